@@ -1,0 +1,7 @@
+"""`python -m ztpki`."""
+
+import sys
+
+from ztpki.cli import main
+
+sys.exit(main())

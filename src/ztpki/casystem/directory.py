@@ -1,0 +1,246 @@
+"""The CA-system directory: several CAs (each its own key, certificate and policy), the
+service CA that authenticates CA-clients, and the issuance store.
+
+Layout::
+
+    DIR/system.toml                 default CA
+    DIR/store.sqlite                every certificate issued, registered CA-clients
+    DIR/cas/<name>/ca.pem           the CA certificate
+    DIR/cas/<name>/chain.pem        its parents up to the root (empty for a root)
+    DIR/cas/<name>/ca.key.pem       encrypted PKCS#8, 0600
+    DIR/cas/<name>/policy.toml      issuing policy
+    DIR/service/ca.pem, ca.key.pem  the TLS trust anchor of the service and its clients
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import tomli_w
+from cryptography import x509
+
+from ztpki.errors import ConfigurationError, MalformedInput, UnknownCA
+from ztpki.pki.authority import CertificateAuthority, IssuanceGrant, create_self_signed_ca
+from ztpki.pki.keys import KeySpec, decode_pkcs8, encode_pkcs8_pem, generate_private_key
+from ztpki.pki.names import SubjectFields, build_subject
+from ztpki.pki.pem import certificates_pem, load_certificates_pem
+from ztpki.pki.profiles import CertificateProfile
+from ztpki.casystem.policy import IssuingPolicy
+from ztpki.secretfiles import write_private_file, write_public_file
+
+CA_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+SERVICE_CA = "service"
+
+
+@dataclass(frozen=True)
+class CAInfo:
+    """What `ztpki ca list` shows of one CA."""
+
+    name: str
+    subject: str
+    issuer: str
+    not_after: datetime
+    key_algorithm: str
+    profile: str
+    is_default: bool
+    is_root: bool
+
+
+def check_ca_name(name: str) -> str:
+    if not CA_NAME.fullmatch(name) or name == SERVICE_CA:
+        raise ConfigurationError(
+            f"CA name {name[:64]!r} must be 1-64 characters of A-Z a-z 0-9 . _ - and not "
+            f"'{SERVICE_CA}'"
+        )
+    return name
+
+
+class CASystemDirectory:
+    """Reads and writes one CA-system directory. Keys are decrypted only on demand."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    @property
+    def store_path(self) -> Path:
+        return self.root / "store.sqlite"
+
+    def ca_dir(self, name: str) -> Path:
+        return self.root / "cas" / name
+
+    def ca_names(self) -> list[str]:
+        cas = self.root / "cas"
+        return sorted(p.name for p in cas.iterdir() if (p / "ca.pem").exists()) if cas.exists() else []
+
+    def default_ca(self) -> str:
+        try:
+            data = tomllib.loads((self.root / "system.toml").read_text(encoding="utf-8"))
+            return str(data["default_ca"])
+        except (OSError, KeyError, tomllib.TOMLDecodeError):
+            names = self.ca_names()
+            if not names:
+                raise ConfigurationError(
+                    f"{self.root} holds no CA yet; create one with `ztpki ca init --dir {self.root}`"
+                ) from None
+            return names[0]
+
+    def set_default_ca(self, name: str) -> None:
+        write_public_file(
+            self.root / "system.toml",
+            ("# The CA used for requests that name none.\n" + tomli_w.dumps({"default_ca": name})).encode(),
+        )
+
+    def certificate(self, name: str) -> x509.Certificate:
+        return self._certs(self.ca_dir(name) / "ca.pem", name)[0]
+
+    def parents(self, name: str) -> tuple[x509.Certificate, ...]:
+        path = self.ca_dir(name) / "chain.pem"
+        if not path.exists() or not path.read_bytes().strip():
+            return ()
+        return tuple(self._certs(path, name))
+
+    def policy(self, name: str) -> IssuingPolicy:
+        self._require(name)
+        return IssuingPolicy.load(self.ca_dir(name) / "policy.toml")
+
+    def load_authority(self, name: str, *, passphrase: bytes | None) -> CertificateAuthority:
+        self._require(name)
+        key_bytes = (self.ca_dir(name) / "ca.key.pem").read_bytes()
+        try:
+            key = decode_pkcs8(key_bytes, passphrase=passphrase)
+        except MalformedInput:
+            raise ConfigurationError(
+                f"cannot open the key of CA {name}: wrong or missing passphrase "
+                "(--passphrase-file or ZTPKI_CA_PASSPHRASE)"
+            ) from None
+        return CertificateAuthority(
+            name=name, key=key, certificate=self.certificate(name), parents=self.parents(name)
+        )
+
+    def info(self, name: str) -> CAInfo:
+        cert = self.certificate(name)
+        from ztpki.pki.keys import key_spec_of
+
+        return CAInfo(
+            name=name,
+            subject=cert.subject.rfc4514_string(),
+            issuer=cert.issuer.rfc4514_string(),
+            not_after=cert.not_valid_after_utc,
+            key_algorithm=key_spec_of(cert.public_key()).value,
+            profile=self.policy(name).profile.value,
+            is_default=name == self.default_ca(),
+            is_root=not self.parents(name),
+        )
+
+    def write_ca(
+        self,
+        name: str,
+        *,
+        key_pem: bytes,
+        certificate: x509.Certificate,
+        parents: tuple[x509.Certificate, ...],
+        policy: IssuingPolicy,
+    ) -> None:
+        directory = self.ca_dir(name)
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        write_private_file(directory / "ca.key.pem", key_pem)
+        write_public_file(directory / "chain.pem", certificates_pem(parents))
+        policy.save(directory / "policy.toml")
+        # ca.pem last: its presence is what makes the CA exist.
+        write_public_file(directory / "ca.pem", certificates_pem([certificate]))
+
+    def _require(self, name: str) -> None:
+        if not (self.ca_dir(name) / "ca.pem").exists():
+            known = ", ".join(self.ca_names()) or "none"
+            raise UnknownCA(f"no CA named {name!r} in {self.root} (known: {known})")
+
+    def _certs(self, path: Path, name: str) -> list[x509.Certificate]:
+        try:
+            return load_certificates_pem(path.read_bytes())
+        except OSError:
+            raise UnknownCA(f"no CA named {name!r} in {self.root}") from None
+        except MalformedInput:
+            raise ConfigurationError(f"{path} is corrupt: it holds no valid certificate") from None
+
+
+def _ca_subject(name: str, fields: SubjectFields, common_name: str | None) -> x509.Name:
+    return build_subject(common_name or name, fields, serial_number=None)
+
+
+def init_ca(
+    directory: CASystemDirectory,
+    name: str,
+    *,
+    key_spec: KeySpec,
+    validity_days: int,
+    passphrase: bytes | None,
+    now: datetime,
+    parent: CertificateAuthority | None = None,
+    policy: IssuingPolicy | None = None,
+    subject: SubjectFields | None = None,
+    common_name: str | None = None,
+    make_default: bool = False,
+) -> CertificateAuthority:
+    """Create a CA in directory: a root, or subordinate to parent (another system or this one)."""
+    check_ca_name(name)
+    if (directory.ca_dir(name) / "ca.pem").exists():
+        raise ConfigurationError(f"CA {name!r} already exists in {directory.root}")
+    if validity_days <= 0:
+        raise ConfigurationError("--validity-days must be positive")
+    fields = subject or SubjectFields()
+    key = generate_private_key(key_spec)
+    ca_subject = _ca_subject(name, fields, common_name)
+    if parent is None:
+        certificate = create_self_signed_ca(key, ca_subject, now=now, validity=timedelta(days=validity_days))
+        parents: tuple[x509.Certificate, ...] = ()
+    else:
+        grant = IssuanceGrant(
+            subject=ca_subject,
+            profile=CertificateProfile.CA,
+            not_before=now - timedelta(minutes=5),
+            not_after=now + timedelta(days=validity_days),
+            path_length=0,
+        )
+        certificate = parent.issue(key.public_key(), grant)
+        parents = parent.chain
+    policy = policy or IssuingPolicy(subject=fields)
+    directory.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    directory.write_ca(
+        name,
+        key_pem=encode_pkcs8_pem(key, passphrase=passphrase),
+        certificate=certificate,
+        parents=parents,
+        policy=policy,
+    )
+    if make_default or not (directory.root / "system.toml").exists():
+        directory.set_default_ca(name)
+    return CertificateAuthority(name=name, key=key, certificate=certificate, parents=parents)
+
+
+def service_authority(
+    directory: CASystemDirectory, *, passphrase: bytes | None, now: datetime
+) -> CertificateAuthority:
+    """The CA that issues the service's TLS certificate and CA-client credentials.
+
+    Created on first use; it is separate from the issuing CAs so that a CA-client credential
+    can never be mistaken for a device identity.
+    """
+    service_dir = directory.root / SERVICE_CA
+    cert_path = service_dir / "ca.pem"
+    if cert_path.exists():
+        key = decode_pkcs8((service_dir / "ca.key.pem").read_bytes(), passphrase=passphrase)
+        cert = load_certificates_pem(cert_path.read_bytes())[0]
+        return CertificateAuthority(name=SERVICE_CA, key=key, certificate=cert)
+    key = generate_private_key(KeySpec.EC_P256)
+    subject = build_subject(
+        f"ztpki CA-system service {directory.root.resolve().name}", SubjectFields(), serial_number=None
+    )
+    cert = create_self_signed_ca(key, subject, now=now, validity=timedelta(days=3650))
+    service_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    write_private_file(service_dir / "ca.key.pem", encode_pkcs8_pem(key, passphrase=passphrase))
+    write_public_file(cert_path, certificates_pem([cert]))
+    return CertificateAuthority(name=SERVICE_CA, key=key, certificate=cert)

@@ -1,0 +1,145 @@
+"""The CA system's generating and signing means (patent Fig. 4: 85, 87), free of I/O.
+
+An enrollment request becomes an IssuancePlan (which CA, which grant, which key), the plan
+plus a public key becomes a certificate, and the certificate plus the key becomes the answer.
+The service decides where each step runs (inline, in a process pool, in the writer thread).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from cryptography import x509
+
+from ztpki.casystem.policy import IssuingPolicy
+from ztpki.errors import MalformedInput, UnknownCA, UnsupportedParameter
+from ztpki.pki.authority import CertificateAuthority, IssuanceGrant
+from ztpki.pki.keys import KeySpec, PrivateKey, PublicKey, encode_pkcs8, key_spec_of
+from ztpki.pki.names import SubjectFields
+from ztpki.pki.pem import certificate_der, fingerprint_sha256, serial_hex
+from ztpki.protocol.enrollment import EnrollmentAnswer, EnrollmentRequest
+from ztpki.store.records import CertificateStatus, IssuedCertificate
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LoadedCA:
+    authority: CertificateAuthority
+    policy: IssuingPolicy
+    chain_der: tuple[bytes, ...] = field(default=(), repr=False)
+
+
+@dataclass(frozen=True)
+class IssuancePlan:
+    """What will be issued for one request, decided before any key or signature work."""
+
+    request: EnrollmentRequest
+    ca: LoadedCA
+    grant: IssuanceGrant
+    key_spec: KeySpec
+    csr_public_key: PublicKey | None = None
+
+
+def _csr_public_key(csr_der: bytes, policy: IssuingPolicy) -> tuple[PublicKey, KeySpec]:
+    if not policy.allow_csr:
+        raise UnsupportedParameter("this CA does not accept CSRs; omit CSR to get a generated key")
+    try:
+        csr = x509.load_der_x509_csr(csr_der)
+    except ValueError:
+        raise MalformedInput("CSR is not a DER PKCS#10 certification request") from None
+    try:
+        valid = csr.is_signature_valid
+        public_key = csr.public_key()
+    except (ValueError, TypeError, x509.UnsupportedGeneralNameType):
+        raise MalformedInput("CSR public key or signature algorithm is not supported") from None
+    if not valid:
+        raise MalformedInput("CSR signature does not verify: the CSR was altered or mis-signed")
+    spec = policy.key_spec(key_spec_of(public_key))
+    if not isinstance(public_key, PublicKey.__args__):  # type: ignore[attr-defined]
+        raise UnsupportedParameter("CSR key type is not supported")
+    return public_key, spec
+
+
+class CASystem:
+    """The loaded CAs of one CA system, ready to plan and sign."""
+
+    def __init__(self, cas: Mapping[str, LoadedCA], *, default_ca: str) -> None:
+        if default_ca not in cas:
+            raise UnknownCA(f"default CA {default_ca!r} is not loaded")
+        self.cas = dict(cas)
+        self.default_ca = default_ca
+
+    def resolve(self, name: str | None) -> LoadedCA:
+        ca = self.cas.get(name or self.default_ca)
+        if ca is None:
+            known = ", ".join(sorted(self.cas))
+            raise UnknownCA(f"this CA system has no CA named {name!r}; known CAs: {known}")
+        return ca
+
+    def plan(self, request: EnrollmentRequest, *, now: datetime) -> IssuancePlan:
+        """Resolve the CA and apply its policy, or raise a typed error. Cheap: no crypto."""
+        ca = self.resolve(request.ca)
+        params = request.parameters
+        fields = SubjectFields(
+            organization=params.organization,
+            organizational_unit=params.organizational_unit,
+            locality=params.locality,
+            country=params.country,
+            email=params.email,
+        )
+        grant = ca.policy.grant(
+            request.device_id,
+            fields,
+            validity_days=params.validity_days,
+            dns_names=params.dns_names,
+            ip_addresses=params.ip_addresses,
+            now=now,
+        )
+        if request.csr_der is not None:
+            if params.key_algorithm is not None:
+                raise UnsupportedParameter("KeyAlgorithm cannot be combined with a CSR")
+            public_key, spec = _csr_public_key(request.csr_der, ca.policy)
+            return IssuancePlan(request, ca, grant, spec, csr_public_key=public_key)
+        return IssuancePlan(request, ca, grant, ca.policy.key_spec(params.key_algorithm))
+
+    @staticmethod
+    def sign(plan: IssuancePlan, public_key: PublicKey) -> x509.Certificate:
+        return plan.ca.authority.issue(public_key, plan.grant)
+
+    @staticmethod
+    def record_of(plan: IssuancePlan, certificate: x509.Certificate, *, now: datetime) -> IssuedCertificate:
+        return IssuedCertificate(
+            serial=serial_hex(certificate),
+            ca_name=plan.ca.authority.name,
+            device_id=plan.request.device_id,
+            subject=certificate.subject.rfc4514_string(),
+            not_before=certificate.not_valid_before_utc,
+            not_after=certificate.not_valid_after_utc,
+            status=CertificateStatus.ACTIVE,
+            request_id=plan.request.request_id,
+            fingerprint=fingerprint_sha256(certificate),
+            issued_at=now,
+            certificate_der=certificate_der(certificate),
+        )
+
+    @staticmethod
+    def answer(
+        plan: IssuancePlan, certificate: x509.Certificate, private_key: PrivateKey | None
+    ) -> EnrollmentAnswer:
+        """The answering means (83): key (encrypted when asked), certificate, CA chain."""
+        params = plan.request.parameters
+        key_der = None
+        if private_key is not None:
+            key_der = encode_pkcs8(private_key, passphrase=params.encrypt_private_key)
+        chain = plan.ca.chain_der if params.include_ca_certificates else ()
+        return EnrollmentAnswer(
+            request_id=plan.request.request_id,
+            certificate_der=certificate_der(certificate),
+            ca_certificates_der=chain,
+            private_key_der=key_der,
+            private_key_encrypted=private_key is not None and params.encrypt_private_key is not None,
+        )

@@ -1,0 +1,117 @@
+"""CA-system operations behind the CLI: open, register clients, build the service."""
+
+from __future__ import annotations
+
+import ipaddress
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from ztpki.casystem.directory import CASystemDirectory, service_authority
+from ztpki.casystem.issuer import CASystem, LoadedCA
+from ztpki.casystem.service import CASystemService, ServiceLimits
+from ztpki.credentials import Credential, server_context
+from ztpki.errors import ConfigurationError
+from ztpki.pki.authority import IssuanceGrant
+from ztpki.pki.keys import KeySpec, generate_private_key
+from ztpki.pki.names import SubjectFields, build_subject, check_device_id
+from ztpki.pki.pem import certificate_der, fingerprint_sha256, serial_hex
+from ztpki.pki.profiles import CertificateProfile
+from ztpki.store.interfaces import IssuanceStore
+from ztpki.store.records import ClientRecord
+from ztpki.store.sqlite import open_sqlite_ca_store
+
+
+def open_store(directory: CASystemDirectory, *, durable: bool = True) -> IssuanceStore:
+    if not directory.root.is_dir():
+        raise ConfigurationError(f"{directory.root} is not a CA-system directory")
+    return open_sqlite_ca_store(directory.store_path, durable=durable)
+
+
+def load_system(directory: CASystemDirectory, *, passphrase: bytes | None) -> CASystem:
+    """Every CA of the directory, keys decrypted and chains encoded once."""
+    cas: dict[str, LoadedCA] = {}
+    for name in directory.ca_names():
+        authority = directory.load_authority(name, passphrase=passphrase)
+        cas[name] = LoadedCA(
+            authority=authority,
+            policy=directory.policy(name),
+            chain_der=tuple(certificate_der(c) for c in authority.chain),
+        )
+    if not cas:
+        raise ConfigurationError(f"{directory.root} holds no CA; run `ztpki ca init` first")
+    return CASystem(cas, default_ca=directory.default_ca())
+
+
+def add_client(
+    directory: CASystemDirectory,
+    name: str,
+    *,
+    out: Path,
+    passphrase: bytes | None,
+    client_passphrase: bytes | None,
+    validity_days: int = 825,
+    now: datetime | None = None,
+) -> ClientRecord:
+    """Issue and register the TLS credential of a CA-client (loading station, customer node)."""
+    check_device_id(name)
+    now = now or datetime.now(UTC)
+    store = open_store(directory)
+    if any(c.name == name and c.status == "active" for c in store.clients()):
+        raise ConfigurationError(f"a CA-client named {name!r} is already registered; remove it first")
+    authority = service_authority(directory, passphrase=passphrase, now=now)
+    key = generate_private_key(KeySpec.EC_P256)
+    grant = IssuanceGrant(
+        subject=build_subject(name, SubjectFields(organizational_unit="ztpki CA-client"), serial_number=None),
+        profile=CertificateProfile.CLIENT,
+        not_before=now - timedelta(minutes=5),
+        not_after=now + timedelta(days=validity_days),
+    )
+    certificate = authority.issue(key.public_key(), grant)
+    Credential(key=key, chain=(certificate,), trust_anchors=(authority.certificate,)).save(
+        out, passphrase=client_passphrase
+    )
+    store.add_client(
+        name,
+        serial=serial_hex(certificate),
+        fingerprint=fingerprint_sha256(certificate),
+        not_after=certificate.not_valid_after_utc,
+        now=now,
+    )
+    record = next(c for c in store.clients() if c.name == name and c.status == "active")
+    return record
+
+
+def build_service(
+    directory: CASystemDirectory,
+    *,
+    passphrase: bytes | None,
+    hostnames: tuple[str, ...],
+    limits: ServiceLimits | None = None,
+    key_pool_workers: int | None = None,
+) -> CASystemService:
+    """The service with a fresh server certificate whose key lives only in memory."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    now = datetime.now(UTC)
+    system = load_system(directory, passphrase=passphrase)
+    authority = service_authority(directory, passphrase=passphrase, now=now)
+    key = generate_private_key(KeySpec.EC_P256)
+    dns, ips = [], []
+    for host in dict.fromkeys((*hostnames, "localhost", "127.0.0.1")):
+        try:
+            ips.append(str(ipaddress.ip_address(host)))
+        except ValueError:
+            dns.append(host)
+    grant = IssuanceGrant(
+        subject=build_subject("ztpki CA-system service", SubjectFields(), serial_number=None),
+        profile=CertificateProfile.SERVER,
+        not_before=now - timedelta(minutes=5),
+        not_after=now + timedelta(days=30),
+        dns_names=tuple(dns),
+        ip_addresses=tuple(ips),
+    )
+    server_cert = authority.issue(key.public_key(), grant)
+    context = server_context(key, [server_cert], client_anchors=[authority.certificate])
+    pool = ProcessPoolExecutor(max_workers=key_pool_workers, mp_context=get_context("spawn"))
+    return CASystemService(system, open_store(directory), context, limits=limits, key_pool=pool)

@@ -1,0 +1,211 @@
+"""The CA-system service: the receiving (81) and answering (83) means over TLS-protected TCP.
+
+One asyncio loop serves many connections; each carries framed XML requests and answers in
+turn. RSA key generation runs in a process pool, durable records in the recorder's thread,
+so neither stalls other connections. Only CA-clients registered in the store (and not
+removed) get past the handshake check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from concurrent.futures import Executor, ProcessPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from ztpki.casystem.issuer import CASystem
+from ztpki.casystem.recorder import IssuanceRecorder
+from ztpki.casystem.wire import error_answer
+from ztpki.errors import MalformedInput, PayloadTooLarge, ZtpkiError
+from ztpki.pki.keys import KeySpec, PrivateKey, decode_pkcs8, encode_pkcs8, generate_private_key
+from ztpki.pki.pem import serial_hex
+from ztpki.protocol.enrollment import (
+    EnrollmentAnswer,
+    EnrollmentError,
+    decode_request,
+    encode_answer,
+    request_id_of,
+)
+from ztpki.protocol.framing import HEADER_SIZE, MAX_FRAME_SIZE, encode_frame, frame_length
+from ztpki.store.interfaces import IssuanceStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServiceLimits:
+    idle_timeout: float = 120.0  # between requests on a kept-alive connection
+    read_timeout: float = 15.0  # to receive one whole frame once its header arrived
+    handshake_timeout: float = 15.0
+    max_connections: int = 1024
+
+
+def _generate_pkcs8(spec: str) -> bytes:
+    # Runs in a worker process: return plain PKCS#8 over the pool's pipe (memory, not disk).
+    return encode_pkcs8(generate_private_key(KeySpec(spec)), passphrase=None)
+
+
+class CASystemService:
+    def __init__(
+        self,
+        system: CASystem,
+        store: IssuanceStore,
+        ssl_context: ssl.SSLContext,
+        *,
+        limits: ServiceLimits | None = None,
+        key_pool: Executor | None = None,
+    ) -> None:
+        self.system = system
+        self.store = store
+        self.ssl_context = ssl_context
+        self.limits = limits or ServiceLimits()
+        self._key_pool = key_pool
+        self._recorder = IssuanceRecorder(store)
+        self._server: asyncio.Server | None = None
+        self._connections = asyncio.Semaphore(self.limits.max_connections)
+
+    async def start(self, host: str, port: int) -> tuple[str, int]:
+        self._recorder.start()
+        self._server = await asyncio.start_server(
+            self._serve_connection,
+            host,
+            port,
+            ssl=self.ssl_context,
+            ssl_handshake_timeout=self.limits.handshake_timeout,
+            limit=MAX_FRAME_SIZE + HEADER_SIZE,
+        )
+        bound = self._server.sockets[0].getsockname()
+        return str(bound[0]), int(bound[1])
+
+    async def serve_forever(self) -> None:
+        assert self._server is not None
+        async with self._server:
+            await self._server.serve_forever()
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        await self._recorder.stop()
+        if isinstance(self._key_pool, ProcessPoolExecutor):
+            self._key_pool.shutdown(cancel_futures=True)
+
+    def _registered_client(self, writer: asyncio.StreamWriter) -> str | None:
+        import hashlib
+
+        ssl_object = writer.get_extra_info("ssl_object")
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object else None
+        if not der:
+            return None
+        record = self.store.client_by_fingerprint(hashlib.sha256(der).hexdigest())
+        return record.name if record is not None and record.status == "active" else None
+
+    async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        async with self._connections:
+            peer = writer.get_extra_info("peername")
+            client = self._registered_client(writer)
+            try:
+                if client is None:
+                    log.warning("refused connection from %s: client certificate not registered", peer)
+                    await self._send(writer, error_answer(None, _unregistered()))
+                    return
+                await self._serve_requests(reader, writer, client)
+            except (ConnectionError, asyncio.IncompleteReadError, TimeoutError, ssl.SSLError):
+                pass
+            finally:
+                writer.close()
+                try:
+                    await writer.wait_closed()
+                except (ConnectionError, ssl.SSLError, OSError):
+                    pass
+
+    async def _serve_requests(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, client: str
+    ) -> None:
+        while True:
+            try:
+                header = await asyncio.wait_for(
+                    reader.readexactly(HEADER_SIZE), self.limits.idle_timeout
+                )
+            except asyncio.IncompleteReadError:
+                return  # the client closed between requests: normal end
+            try:
+                length = frame_length(header)
+                if length > MAX_FRAME_SIZE:
+                    raise PayloadTooLarge(
+                        f"frame of {length} bytes exceeds the limit of {MAX_FRAME_SIZE} bytes"
+                    )
+            except ZtpkiError as exc:
+                log.warning("closing connection of client %s: %s", client, exc.message)
+                await self._send(writer, error_answer(None, exc))
+                return
+            payload = await asyncio.wait_for(reader.readexactly(length), self.limits.read_timeout)
+            await self._send(writer, await self.handle(payload, client=client))
+
+    async def _send(self, writer: asyncio.StreamWriter, answer: EnrollmentAnswer | EnrollmentError) -> None:
+        writer.write(encode_frame(encode_answer(answer)))
+        await writer.drain()
+
+    async def handle(self, payload: bytes, *, client: str) -> EnrollmentAnswer | EnrollmentError:
+        """One request frame in, one answer out; every failure becomes a typed error answer."""
+        request_id = None
+        try:
+            request = decode_request(payload)
+            request_id = request.request_id
+            answer = await self.enroll(request)
+        except ZtpkiError as exc:
+            request_id = request_id or request_id_of(payload)
+            log.info("refused request %s from %s: %s %s", request_id, client, exc.code, exc.message)
+            return error_answer(request_id, exc)
+        except Exception:
+            log.exception("internal error on request %s from %s", request_id, client)
+            return error_answer(request_id, ZtpkiError("internal"))
+        return answer
+
+    async def enroll(self, request: object) -> EnrollmentAnswer:
+        from ztpki.protocol.enrollment import EnrollmentRequest
+
+        assert isinstance(request, EnrollmentRequest)
+        now = datetime.now(UTC)
+        plan = self.system.plan(request, now=now)
+        private_key: PrivateKey | None = None
+        if plan.csr_public_key is not None:
+            public_key = plan.csr_public_key
+        else:
+            private_key = await self._generate(plan.key_spec)
+            public_key = private_key.public_key()
+        certificate = self.system.sign(plan, public_key)
+        superseded = await self._recorder.record(
+            self.system.record_of(plan, certificate, now=now), supersede=request.reissue
+        )
+        log.info(
+            "issued serial=%s device=%s ca=%s request=%s%s",
+            serial_hex(certificate),
+            request.device_id,
+            plan.ca.authority.name,
+            request.request_id,
+            f" superseding {','.join(superseded)}" if superseded else "",
+        )
+        return self.system.answer(plan, certificate, private_key)
+
+    async def _generate(self, spec: KeySpec) -> PrivateKey:
+        if not spec.is_rsa:
+            return generate_private_key(spec)  # microseconds: not worth a hop
+        if self._key_pool is None:
+            return await asyncio.to_thread(generate_private_key, spec)
+        der = await asyncio.get_running_loop().run_in_executor(self._key_pool, _generate_pkcs8, spec.value)
+        return decode_pkcs8(der, passphrase=None)
+
+
+def _unregistered() -> ZtpkiError:
+    from ztpki.errors import NotAuthorized
+
+    return NotAuthorized(
+        "this CA-client certificate is not registered with the CA system (or was removed); "
+        "ask the operator for a credential from `ztpki ca add-client`"
+    )
+
+
+__all__ = ["CASystemService", "MalformedInput", "ServiceLimits"]

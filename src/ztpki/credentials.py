@@ -1,0 +1,117 @@
+"""TLS credentials on disk: an encrypted key, its certificate chain and a trust anchor.
+
+A credential directory holds key.pem (encrypted PKCS#8, 0600), cert.pem (the certificate
+followed by any intermediates) and ca.pem (the trust anchors for the peer). The CA system
+writes one for each CA-client (`ztpki ca add-client`); the node keeps one as its server
+identity. ssl contexts are built here so that every TLS edge uses the same settings.
+"""
+
+from __future__ import annotations
+
+import ssl
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography import x509
+
+from ztpki.errors import ConfigurationError, MalformedInput
+from ztpki.pki.keys import PrivateKey, decode_pkcs8, encode_pkcs8_pem
+from ztpki.pki.pem import certificates_pem, load_certificates_pem
+from ztpki.secretfiles import write_private_file, write_public_file
+
+KEY_FILE = "key.pem"
+CERT_FILE = "cert.pem"
+TRUST_FILE = "ca.pem"
+
+
+@dataclass(frozen=True)
+class Credential:
+    """A private key with its certificate chain, and the anchors that verify the peer."""
+
+    key: PrivateKey = field(repr=False)
+    chain: tuple[x509.Certificate, ...]
+    trust_anchors: tuple[x509.Certificate, ...]
+
+    @property
+    def certificate(self) -> x509.Certificate:
+        return self.chain[0]
+
+    def save(self, directory: Path, *, passphrase: bytes | None) -> None:
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        write_private_file(directory / KEY_FILE, encode_pkcs8_pem(self.key, passphrase=passphrase))
+        write_public_file(directory / CERT_FILE, certificates_pem(self.chain))
+        write_public_file(directory / TRUST_FILE, certificates_pem(self.trust_anchors))
+
+    @classmethod
+    def load(cls, directory: Path, *, passphrase: bytes | None) -> Credential:
+        try:
+            key_bytes = (directory / KEY_FILE).read_bytes()
+            chain = load_certificates_pem((directory / CERT_FILE).read_bytes())
+            anchors = load_certificates_pem((directory / TRUST_FILE).read_bytes())
+        except OSError as exc:
+            raise ConfigurationError(
+                f"credential directory {directory} is incomplete: {exc.strerror} ({exc.filename})"
+            ) from None
+        except MalformedInput as exc:
+            raise ConfigurationError(f"credential directory {directory}: {exc.message}") from None
+        try:
+            key = decode_pkcs8(key_bytes, passphrase=passphrase)
+        except MalformedInput:
+            raise ConfigurationError(
+                f"cannot open the key in {directory}: wrong or missing passphrase"
+            ) from None
+        return cls(key=key, chain=tuple(chain), trust_anchors=tuple(anchors))
+
+
+def _load_identity(context: ssl.SSLContext, key: PrivateKey, chain: Sequence[x509.Certificate]) -> None:
+    # ssl only loads keys from files: write an encrypted copy under a one-time password to a
+    # private temporary directory, load it, and delete it at once.
+    import secrets
+
+    password = secrets.token_hex(16).encode()
+    with tempfile.TemporaryDirectory(prefix="ztpki-tls-") as tmp:
+        key_path = Path(tmp) / "key.pem"
+        cert_path = Path(tmp) / "cert.pem"
+        write_private_file(key_path, encode_pkcs8_pem(key, passphrase=password))
+        write_public_file(cert_path, certificates_pem(chain))
+        context.load_cert_chain(cert_path, key_path, password=password)
+
+
+def _trust(context: ssl.SSLContext, anchors: Sequence[x509.Certificate]) -> None:
+    context.load_verify_locations(cadata=certificates_pem(anchors).decode("ascii"))
+
+
+def server_context(
+    key: PrivateKey,
+    chain: Sequence[x509.Certificate],
+    *,
+    client_anchors: Sequence[x509.Certificate] | None,
+    require_client_cert: bool = True,
+) -> ssl.SSLContext:
+    """TLS 1.2+ server context; verifies client certificates against client_anchors."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    _load_identity(context, key, chain)
+    if client_anchors:
+        _trust(context, client_anchors)
+        context.verify_mode = ssl.CERT_REQUIRED if require_client_cert else ssl.CERT_OPTIONAL
+    return context
+
+
+def client_context(
+    *,
+    key: PrivateKey | None,
+    chain: Sequence[x509.Certificate],
+    server_anchors: Sequence[x509.Certificate],
+    check_hostname: bool = True,
+) -> ssl.SSLContext:
+    """TLS 1.2+ client context presenting key/chain and verifying the server."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.check_hostname = check_hostname
+    _trust(context, server_anchors)
+    if key is not None:
+        _load_identity(context, key, chain)
+    return context

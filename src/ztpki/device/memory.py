@@ -1,0 +1,458 @@
+"""The device's non-volatile memory (93): a directory holding its identity, crash-safe.
+
+Layout of a device directory (0700; every file 0600)::
+
+    device.json     device id; written last at creation, so it marks a complete device
+    identity.json   phase, generation, encrypted PKCS#8 key, certificate, CA certificates
+    config.json     what the loading station (and later an installer) configured
+    trust.pem       trust anchors: the factory CA certificate(s)
+    secret          the device-unique secret, when the default FileSecretProvider is used
+    lock            held while writing, so concurrent writers take turns
+
+The whole identity lives in one file, so one rename switches key, certificate and CA
+certificates together: a crash at any instant leaves the old or the new identity whole.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import stat
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+
+from ztpki.device.atomic import (
+    DIR_MODE,
+    NotDurable,
+    StepHook,
+    fsync_dir,
+    locked,
+    read_file,
+    remove_stale,
+    write_atomic,
+)
+from ztpki.device.secrets import FileSecretProvider, SecretProvider
+from ztpki.errors import DeviceMemoryError, ZtpkiError
+from ztpki.pki.keys import PrivateKey, decode_pkcs8, encode_pkcs8_pem, keys_match
+from ztpki.pki.pem import certificate_pem, certificates_pem, load_certificates_pem
+
+__all__ = ["DeviceMemory", "Identity", "Phase"]
+
+logger = logging.getLogger(__name__)
+
+DEVICE_FILE = "device.json"
+IDENTITY_FILE = "identity.json"
+CONFIG_FILE = "config.json"
+TRUST_FILE = "trust.pem"
+SECRET_FILE = "secret"  # noqa: S105 - a file name, not a secret
+LOCK_FILE = "lock"
+FORMAT = 1
+MAX_DEVICE_ID = 256
+
+_SIMPLE = (str, bool, int, float)
+
+
+class Phase(StrEnum):
+    """Where the device is in its life: no identity, factory (birth) identity, customer's."""
+
+    BLANK = "blank"
+    TEMPORARY = "temporary"
+    CUSTOMIZED = "customized"
+
+
+_ORDER = {Phase.BLANK: 0, Phase.TEMPORARY: 1, Phase.CUSTOMIZED: 2}
+
+
+@dataclass(frozen=True)
+class Identity:
+    """One generation of the device's identity; a blank identity holds no key material."""
+
+    phase: Phase
+    generation: int
+    private_key: PrivateKey | None = field(default=None, repr=False)
+    certificate: x509.Certificate | None = None
+    ca_certificates: tuple[x509.Certificate, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "phase", Phase(self.phase))
+        object.__setattr__(self, "ca_certificates", tuple(self.ca_certificates))
+        if isinstance(self.generation, bool) or not isinstance(self.generation, int):
+            raise TypeError("generation must be an int")
+        if self.generation < 0:
+            raise ValueError("generation must not be negative")
+        if self.phase is Phase.BLANK:
+            if self.private_key is not None or self.certificate is not None or self.ca_certificates:
+                raise ValueError("a blank identity holds no key, certificate or CA certificate")
+        elif self.private_key is None or self.certificate is None:
+            raise ValueError(f"a {self.phase} identity needs a private key and a certificate")
+
+
+def _check_device_id(device_id: str) -> None:
+    if not isinstance(device_id, str):
+        raise TypeError("device_id must be a str")
+    if not device_id or len(device_id) > MAX_DEVICE_ID or not device_id.isprintable():
+        raise ValueError(f"device_id must be 1 to {MAX_DEVICE_ID} printable characters")
+
+
+def _check_config_value(key: str, value: Any) -> Any:
+    """The JSON form of a simple config value; TypeError/ValueError for anything else."""
+    items = list(value) if isinstance(value, list | tuple) else [value]
+    for item in items:
+        if not isinstance(item, _SIMPLE):
+            raise TypeError(
+                f"config {key!r}: values are str, int, float, bool or a list of them, "
+                f"not {type(item).__name__}"
+            )
+        if isinstance(item, float) and not math.isfinite(item):
+            raise ValueError(f"config {key!r}: {item} is not a finite number")
+    return items if isinstance(value, list | tuple) else value
+
+
+def _cause(exc: OSError) -> str:
+    return exc.strerror or exc.__class__.__name__
+
+
+class DeviceMemory:
+    """A device directory; build with :meth:`create` or :meth:`open`.
+
+    ``_fault_hook`` (test only) is called with each step name of every atomic write, so a
+    test can kill the process at a chosen step (see ``atomic.STEPS``).
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        device_id: str,
+        secrets: SecretProvider,
+        _fault_hook: StepHook | None = None,
+    ) -> None:
+        self.path = path
+        self._device_id = device_id
+        self._secrets = secrets
+        self._fault_hook = _fault_hook
+
+    def __repr__(self) -> str:
+        return f"DeviceMemory({str(self.path)!r}, device_id={self._device_id!r})"
+
+    @classmethod
+    def create(
+        cls,
+        path: Path,
+        *,
+        device_id: str,
+        secrets: SecretProvider | None = None,
+        _fault_hook: StepHook | None = None,
+    ) -> DeviceMemory:
+        """A new blank device in ``path``, which must be absent or an empty directory."""
+        _check_device_id(device_id)
+        path = Path(path)
+        try:
+            path.mkdir(mode=DIR_MODE, parents=True)
+        except FileExistsError:
+            if not path.is_dir() or any(path.iterdir()):
+                raise DeviceMemoryError(
+                    f"cannot create a device in {path}: it exists and is not an empty directory"
+                ) from None
+        except OSError as exc:
+            raise DeviceMemoryError(
+                f"cannot create device directory {path}: {_cause(exc)}"
+            ) from None
+        if secrets is None:
+            secrets = FileSecretProvider(path / SECRET_FILE)
+        memory = cls(path, device_id=device_id, secrets=secrets, _fault_hook=_fault_hook)
+        try:
+            os.chmod(path, DIR_MODE)
+            fsync_dir(path.parent)
+            if isinstance(secrets, FileSecretProvider) and not secrets.path.exists():
+                secrets.generate()
+        except OSError as exc:
+            raise memory._error(f"cannot prepare the directory: {_cause(exc)}") from None
+        except ZtpkiError as exc:
+            raise memory._error(exc.message) from None
+        memory._secret()  # fail before writing anything if the secret is unusable
+        with memory._locked():
+            memory._write(CONFIG_FILE, b"{}\n")
+            memory._write(TRUST_FILE, b"")
+            memory._write(IDENTITY_FILE, memory._encode_identity(Identity(Phase.BLANK, 0)))
+            record = {"format": FORMAT, "device_id": device_id}
+            memory._write(DEVICE_FILE, json.dumps(record, indent=2).encode() + b"\n")
+        logger.info("created device memory %s for device %s", path, device_id)
+        return memory
+
+    @classmethod
+    def open(
+        cls,
+        path: Path,
+        *,
+        secrets: SecretProvider | None = None,
+        _fault_hook: StepHook | None = None,
+    ) -> DeviceMemory:
+        """An existing device; removes temporary files a crashed writer left behind."""
+        path = Path(path)
+        try:
+            st = path.stat()
+        except OSError as exc:
+            raise DeviceMemoryError(
+                f"device memory {path} cannot be opened: {_cause(exc)}"
+            ) from None
+        if not stat.S_ISDIR(st.st_mode):
+            raise DeviceMemoryError(f"device memory {path} is not a directory")
+        if st.st_mode & 0o077:
+            raise DeviceMemoryError(
+                f"device memory {path} is open to other users "
+                f"(mode {stat.S_IMODE(st.st_mode):04o}); run chmod 700 on it"
+            )
+        if secrets is None:
+            secrets = FileSecretProvider(path / SECRET_FILE)
+        memory = cls(path, device_id="", secrets=secrets, _fault_hook=_fault_hook)
+        if not (path / DEVICE_FILE).exists():
+            raise memory._error(f"not a device memory: {DEVICE_FILE} is missing")
+        record = memory._read_json(DEVICE_FILE)
+        device_id = record.get("device_id")
+        if record.get("format") != FORMAT or not isinstance(device_id, str) or not device_id:
+            raise memory._error(f"{DEVICE_FILE} is not a format {FORMAT} device record")
+        memory._device_id = device_id
+        with memory._locked():
+            try:
+                removed = remove_stale(path)
+            except OSError as exc:
+                raise memory._error(f"cannot remove stale files: {_cause(exc)}") from None
+        if removed:
+            logger.warning("device memory %s: removed unfinished writes %s", path, removed)
+        return memory
+
+    @property
+    def device_id(self) -> str:
+        return self._device_id
+
+    # -- identity ---------------------------------------------------------------------
+
+    def identity(self) -> Identity:
+        """The current generation, fully validated (the key decrypts and matches the cert)."""
+        record = self._read_identity_record()
+        phase, generation = record["phase"], record["generation"]
+        if phase is Phase.BLANK:
+            if record["private_key"] or record["certificate"] or record["ca_certificates"]:
+                raise self._error(f"{IDENTITY_FILE}: a blank identity holds key material")
+            return Identity(phase, generation)
+        if not record["private_key"] or not record["certificate"]:
+            raise self._error(f"{IDENTITY_FILE}: the {phase} identity lacks a key or certificate")
+        secret = self._secret()
+        try:
+            key = decode_pkcs8(record["private_key"].encode("ascii"), passphrase=secret)
+        except (ZtpkiError, UnicodeError):
+            raise self._error(
+                f"{IDENTITY_FILE}: the private key does not decrypt with this device's secret"
+            ) from None
+        certs = self._parse_certs(record["certificate"], f"{IDENTITY_FILE} certificate")
+        if len(certs) != 1:
+            raise self._error(f"{IDENTITY_FILE}: the certificate field must hold one certificate")
+        certificate = certs[0]
+        cas = self._parse_certs(record["ca_certificates"], f"{IDENTITY_FILE} CA certificates")
+        if not keys_match(key, certificate.public_key()):
+            raise self._error(f"{IDENTITY_FILE}: the private key does not match the certificate")
+        return Identity(phase, generation, key, certificate, tuple(cas))
+
+    @property
+    def phase(self) -> Phase:
+        """The current phase, read without decrypting the key (use identity() to validate)."""
+        phase: Phase = self._read_identity_record()["phase"]
+        return phase
+
+    def replace_identity(
+        self,
+        *,
+        phase: Phase,
+        private_key: PrivateKey,
+        certificate: x509.Certificate,
+        ca_certificates: Sequence[x509.Certificate],
+    ) -> Identity:
+        """Switch atomically to a new generation; on any error the old identity stays."""
+        phase = Phase(phase)
+        if phase is Phase.BLANK:
+            raise ValueError("an identity cannot be replaced by a blank one")
+        if not keys_match(private_key, certificate.public_key()):
+            raise self._error("the private key does not belong to the certificate; not replaced")
+        with self._locked():
+            current = self._read_identity_record()
+            if _ORDER[phase] < _ORDER[current["phase"]]:
+                raise self._error(
+                    f"refusing to go from a {current['phase']} identity back to a {phase} one"
+                )
+            new = Identity(
+                phase, current["generation"] + 1, private_key, certificate, tuple(ca_certificates)
+            )
+            self._write(
+                IDENTITY_FILE,
+                self._encode_identity(new),
+                tmp_name=f"{IDENTITY_FILE}.{new.generation}.tmp",
+            )
+        serial = certificate.serial_number
+        logger.info(
+            "device %s: identity %d is %s, serial %x", self.device_id, new.generation, phase, serial
+        )
+        return new
+
+    # -- configuration and trust anchors ------------------------------------------------
+
+    def config(self) -> dict[str, Any]:
+        """The configuration the loading station (or an installer) wrote."""
+        record = self._read_json(CONFIG_FILE)
+        try:
+            for key, value in record.items():
+                _check_config_value(key, value)
+        except (TypeError, ValueError) as exc:
+            raise self._error(f"{CONFIG_FILE}: {exc}") from None
+        return record
+
+    def update_config(self, **changes: Any) -> dict[str, Any]:
+        """Set keys atomically (a value of None deletes the key); returns the new config."""
+        checked = {k: None if v is None else _check_config_value(k, v) for k, v in changes.items()}
+        with self._locked():
+            config = self.config()
+            for key, value in checked.items():
+                if value is None:
+                    config.pop(key, None)
+                else:
+                    config[key] = value
+            data = json.dumps(config, indent=2, sort_keys=True).encode() + b"\n"
+            self._write(CONFIG_FILE, data)
+        return config
+
+    def trust_anchors(self) -> list[x509.Certificate]:
+        """The factory CA certificate(s) the device authenticates the customer node with."""
+        return self._parse_certs(self._read(TRUST_FILE).decode("ascii", "replace"), TRUST_FILE)
+
+    def set_trust_anchors(self, certs: Sequence[x509.Certificate]) -> None:
+        for cert in certs:
+            if not isinstance(cert, x509.Certificate):
+                raise TypeError(f"trust anchors are x509.Certificate, not {type(cert).__name__}")
+        with self._locked():
+            self._write(TRUST_FILE, certificates_pem(certs))
+
+    def export_pem(self, out: Path, *, passphrase: bytes | None = None) -> dict[str, Path]:
+        """Write key.pem, cert.pem, chain.pem and trust.pem (all 0600) for openssl or curl.
+
+        key.pem is unencrypted PKCS#8 unless a passphrase is given: the operator asked for
+        it explicitly, so other tools can act as the device. ``out`` is created 0700.
+        """
+        identity = self.identity()
+        if identity.private_key is None or identity.certificate is None:
+            raise self._error("the device has no identity yet (phase blank); nothing to export")
+        files = {
+            "key": encode_pkcs8_pem(identity.private_key, passphrase=passphrase),
+            "cert": certificate_pem(identity.certificate),
+            "chain": certificates_pem(identity.ca_certificates),
+            "trust": certificates_pem(self.trust_anchors()),
+        }
+        out = Path(out)
+        paths = {name: out / f"{name}.pem" for name in files}
+        try:
+            out.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+            for name, data in files.items():
+                write_atomic(paths[name], data)
+        except OSError as exc:
+            raise self._error(f"cannot export to {out}: {_cause(exc)}") from None
+        logger.info("device %s: exported identity to %s", self._device_id, out)
+        return paths
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _error(self, message: str) -> DeviceMemoryError:
+        return DeviceMemoryError(f"device memory {self.path}: {message}")
+
+    def _secret(self) -> bytes:
+        try:
+            return self._secrets.secret()
+        except ZtpkiError as exc:
+            raise self._error(exc.message) from None
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        with ExitStack() as stack:
+            try:
+                stack.enter_context(locked(self.path / LOCK_FILE))
+            except OSError as exc:
+                raise self._error(f"cannot take the write lock: {_cause(exc)}") from None
+            yield
+
+    def _read(self, name: str) -> bytes:
+        try:
+            return read_file(self.path / name)
+        except OSError as exc:
+            raise self._error(f"cannot read {name}: {_cause(exc)}") from None
+
+    def _read_json(self, name: str) -> dict[str, Any]:
+        try:
+            record = json.loads(self._read(name))
+        except (ValueError, UnicodeError):
+            raise self._error(f"{name} is not valid JSON") from None
+        if not isinstance(record, dict):
+            raise self._error(f"{name} does not hold a JSON object")
+        return record
+
+    def _write(self, name: str, data: bytes, *, tmp_name: str | None = None) -> None:
+        try:
+            write_atomic(self.path / name, data, tmp_name=tmp_name, on_step=self._fault_hook)
+        except NotDurable as exc:
+            raise self._error(
+                f"{name} was replaced but could not be made durable ({_cause(exc)}); "
+                "it may revert to the previous content after a power loss"
+            ) from None
+        except OSError as exc:
+            raise self._error(
+                f"cannot write {name} ({_cause(exc)}); the previous content is unchanged"
+            ) from None
+
+    def _read_identity_record(self) -> dict[str, Any]:
+        """identity.json checked for shape (not for cryptography), with ``phase`` as a Phase."""
+        record = self._read_json(IDENTITY_FILE)
+        if record.get("format") != FORMAT:
+            raise self._error(f"{IDENTITY_FILE} is not format {FORMAT}")
+        fields = ("phase", "generation", "private_key", "certificate", "ca_certificates")
+        for name in fields:
+            if name not in record:
+                raise self._error(f"{IDENTITY_FILE} lacks the field {name!r}")
+        generation = record["generation"]
+        invalid = [
+            name
+            for name in fields[2:]
+            if record[name] is not None and not isinstance(record[name], str)
+        ]
+        if isinstance(generation, bool) or not isinstance(generation, int) or generation < 0:
+            invalid.insert(0, "generation")
+        if record["phase"] not in list(Phase):
+            invalid.insert(0, "phase")
+        if invalid:
+            raise self._error(f"{IDENTITY_FILE} has an invalid {', '.join(invalid)}")
+        record["phase"] = Phase(record["phase"])
+        return record
+
+    def _parse_certs(self, text: str | None, what: str) -> list[x509.Certificate]:
+        if not text or not text.strip():
+            return []
+        try:
+            return load_certificates_pem(text.encode("ascii"))
+        except (ZtpkiError, UnicodeError):
+            raise self._error(f"{what}: not valid PEM certificates") from None
+
+    def _encode_identity(self, identity: Identity) -> bytes:
+        key, cert = identity.private_key, identity.certificate
+        record = {
+            "format": FORMAT,
+            "phase": identity.phase.value,
+            "generation": identity.generation,
+            "private_key": key and encode_pkcs8_pem(key, passphrase=self._secret()).decode(),
+            "certificate": cert and certificate_pem(cert).decode(),
+            "ca_certificates": certificates_pem(identity.ca_certificates).decode(),
+        }
+        return json.dumps(record, indent=2).encode() + b"\n"

@@ -1,0 +1,124 @@
+"""A certification authority in memory: its key, its certificate, and how it signs.
+
+The CA is loaded once and reused for every issuance: issuer name, authority key identifier
+and digest are derived at construction, never per request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from cryptography import x509
+
+from ztpki.errors import UnsupportedParameter
+from ztpki.pki.keys import PrivateKey, PublicKey, signature_hash
+from ztpki.pki.profiles import CertificateProfile, profile_extensions, subject_alt_names
+
+# Backdate notBefore a little so devices with slightly slow clocks accept a fresh certificate.
+CLOCK_SKEW = timedelta(minutes=5)
+
+
+@dataclass(frozen=True)
+class IssuanceGrant:
+    """What authorization decided a certificate may contain; the CA applies it verbatim."""
+
+    subject: x509.Name
+    profile: CertificateProfile
+    not_before: datetime
+    not_after: datetime
+    dns_names: tuple[str, ...] = ()
+    ip_addresses: tuple[str, ...] = ()
+    path_length: int | None = None
+
+
+def _builder(
+    subject: x509.Name,
+    issuer: x509.Name,
+    public_key: PublicKey,
+    not_before: datetime,
+    not_after: datetime,
+) -> x509.CertificateBuilder:
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+    )
+
+
+def create_self_signed_ca(
+    key: PrivateKey, subject: x509.Name, *, now: datetime, validity: timedelta
+) -> x509.Certificate:
+    """A root CA certificate (self-issued, self-signed, CA:TRUE, keyCertSign + cRLSign)."""
+    public_key = key.public_key()
+    builder = _builder(subject, subject, public_key, now - CLOCK_SKEW, now + validity)
+    ski = x509.SubjectKeyIdentifier.from_public_key(public_key)
+    builder = builder.add_extension(
+        x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False
+    )
+    for extension, critical in profile_extensions(CertificateProfile.CA, public_key):
+        builder = builder.add_extension(extension, critical=critical)
+    return builder.sign(key, signature_hash(key))
+
+
+@dataclass(frozen=True)
+class CertificateAuthority:
+    """A CA ready to sign: key, certificate, and the chain above it up to the root."""
+
+    name: str
+    key: PrivateKey = field(repr=False)
+    certificate: x509.Certificate
+    parents: tuple[x509.Certificate, ...] = ()
+    _aki: x509.AuthorityKeyIdentifier = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        ski = self.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
+        aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski.value)
+        object.__setattr__(self, "_aki", aki)
+
+    @property
+    def chain(self) -> tuple[x509.Certificate, ...]:
+        """This CA's certificate and every parent up to and including the root."""
+        return (self.certificate, *self.parents)
+
+    @property
+    def root(self) -> x509.Certificate:
+        return self.chain[-1]
+
+    def clamp_validity(self, not_before: datetime, not_after: datetime) -> tuple[datetime, datetime]:
+        """Keep a validity inside this CA's own (RFC 5280: never outlive the issuer)."""
+        ca_before = self.certificate.not_valid_before_utc
+        ca_after = self.certificate.not_valid_after_utc
+        start = max(not_before, ca_before)
+        end = min(not_after, ca_after)
+        if end <= start:
+            raise UnsupportedParameter(
+                f"CA {self.name} is not valid in the requested period; renew the CA certificate"
+            )
+        return start, end
+
+    def issue(self, public_key: PublicKey, grant: IssuanceGrant) -> x509.Certificate:
+        """Sign a certificate for public_key exactly as the grant says."""
+        not_before, not_after = self.clamp_validity(grant.not_before, grant.not_after)
+        builder = _builder(
+            grant.subject, self.certificate.subject, public_key, not_before, not_after
+        ).add_extension(self._aki, critical=False)
+        for extension, critical in profile_extensions(
+            grant.profile, public_key, path_length=grant.path_length
+        ):
+            builder = builder.add_extension(extension, critical=critical)
+        san = subject_alt_names(grant.dns_names, grant.ip_addresses)
+        if san is not None:
+            # RFC 5280 4.2.1.6: critical only when the subject is empty; ours never is.
+            builder = builder.add_extension(san, critical=False)
+        return builder.sign(self.key, signature_hash(self.key))
+
+
+def chain_from(certs: Sequence[x509.Certificate]) -> tuple[x509.Certificate, ...]:
+    return tuple(certs)

@@ -1,0 +1,103 @@
+"""Certificate path validation against trust anchors (RFC 5280, via cryptography's verifier)."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+from datetime import datetime
+
+from cryptography import x509
+from cryptography.x509.verification import (
+    Criticality,
+    ExtensionPolicy,
+    PolicyBuilder,
+    Store,
+    VerificationError,
+)
+
+from ztpki.errors import VerificationFailed
+from ztpki.pki.profiles import DOCUMENT_SIGNING
+
+
+def _policy(anchors: Sequence[x509.Certificate], now: datetime) -> PolicyBuilder:
+    if not anchors:
+        raise VerificationFailed("no trust anchor is configured")
+    return PolicyBuilder().store(Store(list(anchors))).time(now)
+
+
+def _device_ee_policy() -> ExtensionPolicy:
+    # Device identities are names in a register, not host names: a subjectAltName is optional
+    # for TLS clients (the Web PKI defaults would demand one).
+    return ExtensionPolicy.webpki_defaults_ee().may_be_present(
+        x509.SubjectAlternativeName, Criticality.AGNOSTIC, None
+    )
+
+
+def verify_client_chain(
+    leaf: x509.Certificate,
+    intermediates: Sequence[x509.Certificate],
+    anchors: Sequence[x509.Certificate],
+    *,
+    now: datetime,
+) -> list[x509.Certificate]:
+    """The verified path leaf..anchor for a TLS client certificate (EKU clientAuth)."""
+    verifier = (
+        _policy(anchors, now)
+        .extension_policies(
+            ca_policy=ExtensionPolicy.webpki_defaults_ca(), ee_policy=_device_ee_policy()
+        )
+        .build_client_verifier()
+    )
+    try:
+        verified = verifier.verify(leaf, list(intermediates))
+    except VerificationError as exc:
+        raise VerificationFailed(f"client certificate does not verify: {exc}") from None
+    return list(verified.chain)
+
+
+def verify_server_chain(
+    leaf: x509.Certificate,
+    intermediates: Sequence[x509.Certificate],
+    anchors: Sequence[x509.Certificate],
+    *,
+    host: str,
+    now: datetime,
+) -> list[x509.Certificate]:
+    """The verified path for a TLS server certificate naming host (DNS name or IP)."""
+    try:
+        name: x509.verification.Subject = x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        name = x509.DNSName(host)
+    verifier = _policy(anchors, now).build_server_verifier(name)
+    try:
+        return list(verifier.verify(leaf, list(intermediates)))
+    except VerificationError as exc:
+        raise VerificationFailed(f"server certificate does not verify: {exc}") from None
+
+
+def verify_signer_chain(
+    leaf: x509.Certificate,
+    intermediates: Sequence[x509.Certificate],
+    anchors: Sequence[x509.Certificate],
+    *,
+    now: datetime,
+) -> list[x509.Certificate]:
+    """The verified path for a document (manifest) signer: EKU id-kp-documentSigning."""
+    ee_policy = ExtensionPolicy.permit_all().require_present(
+        x509.ExtendedKeyUsage, Criticality.AGNOSTIC, _require_document_signing
+    )
+    builder = _policy(anchors, now).extension_policies(
+        ca_policy=ExtensionPolicy.webpki_defaults_ca(), ee_policy=ee_policy
+    )
+    verifier = builder.build_client_verifier()
+    try:
+        return list(verifier.verify(leaf, list(intermediates)).chain)
+    except VerificationError as exc:
+        raise VerificationFailed(f"signer certificate does not verify: {exc}") from None
+
+
+def _require_document_signing(
+    policy: object, cert: x509.Certificate, eku: x509.ExtendedKeyUsage | None
+) -> None:
+    if eku is None or DOCUMENT_SIGNING not in eku:
+        raise ValueError("certificate is not a document (manifest) signing certificate")

@@ -1,0 +1,81 @@
+"""Subject names for device and CA certificates."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
+from ztpki.errors import UnsupportedParameter
+
+DEVICE_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_COUNTRY = re.compile(r"[A-Z]{2}")
+
+
+def check_device_id(device_id: str) -> str:
+    if not DEVICE_ID_PATTERN.fullmatch(device_id):
+        shown = device_id[:64]
+        raise UnsupportedParameter(
+            f"device id {shown!r} is not 1-64 characters of A-Z a-z 0-9 . _ -"
+        )
+    return device_id
+
+
+@dataclass(frozen=True)
+class SubjectFields:
+    """The optional subject attributes a request or a policy supplies."""
+
+    organization: str | None = None
+    organizational_unit: str | None = None
+    locality: str | None = None
+    country: str | None = None
+    email: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.country is not None and not _COUNTRY.fullmatch(self.country):
+            raise UnsupportedParameter(
+                f"country {self.country[:8]!r} is not a two-letter ISO 3166 code such as SE"
+            )
+
+    def merged_over(self, defaults: SubjectFields) -> SubjectFields:
+        """These fields, with absent ones taken from defaults."""
+        return SubjectFields(
+            organization=self.organization or defaults.organization,
+            organizational_unit=self.organizational_unit or defaults.organizational_unit,
+            locality=self.locality or defaults.locality,
+            country=self.country or defaults.country,
+            email=self.email or defaults.email,
+        )
+
+
+def build_subject(common_name: str, fields: SubjectFields, *, serial_number: str | None) -> x509.Name:
+    """C, L, O, OU, CN, serialNumber, emailAddress, in the conventional big-endian order."""
+    attributes: list[x509.NameAttribute[str]] = []
+    if fields.country:
+        attributes.append(x509.NameAttribute(NameOID.COUNTRY_NAME, fields.country))
+    if fields.locality:
+        attributes.append(x509.NameAttribute(NameOID.LOCALITY_NAME, fields.locality))
+    if fields.organization:
+        attributes.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, fields.organization))
+    if fields.organizational_unit:
+        attributes.append(
+            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, fields.organizational_unit)
+        )
+    attributes.append(x509.NameAttribute(NameOID.COMMON_NAME, common_name))
+    if serial_number:
+        attributes.append(x509.NameAttribute(NameOID.SERIAL_NUMBER, serial_number))
+    if fields.email:
+        attributes.append(x509.NameAttribute(NameOID.EMAIL_ADDRESS, fields.email))
+    return x509.Name(attributes)
+
+
+def device_id_of(certificate: x509.Certificate) -> str | None:
+    """The device id a certificate names: subject serialNumber, else CN."""
+    for oid in (NameOID.SERIAL_NUMBER, NameOID.COMMON_NAME):
+        values = certificate.subject.get_attributes_for_oid(oid)
+        if values:
+            value = values[0].value
+            return value if isinstance(value, str) else None
+    return None

@@ -1,0 +1,67 @@
+"""PEM, DER and PKCS#7 certs-only helpers, and fingerprints."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.serialization import pkcs7
+
+from ztpki.errors import MalformedInput
+
+
+def certificate_der(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
+def certificate_pem(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def certificates_pem(certs: Iterable[x509.Certificate]) -> bytes:
+    return b"".join(certificate_pem(c) for c in certs)
+
+
+def load_certificate_der(data: bytes) -> x509.Certificate:
+    try:
+        return x509.load_der_x509_certificate(data)
+    except ValueError:
+        raise MalformedInput("certificate is not valid DER X.509") from None
+
+
+def load_certificates_pem(data: bytes) -> list[x509.Certificate]:
+    """All certificates in a PEM bundle; MalformedInput when there are none or one is bad."""
+    try:
+        certs = x509.load_pem_x509_certificates(data)
+    except ValueError:
+        raise MalformedInput("PEM bundle holds no valid certificate") from None
+    return certs
+
+
+def load_certificate_pem(data: bytes) -> x509.Certificate:
+    return load_certificates_pem(data)[0]
+
+
+def pkcs7_certs_only(certs: Sequence[x509.Certificate]) -> bytes:
+    """A degenerate (certs-only) PKCS#7 SignedData in DER, as EST returns it."""
+    return pkcs7.serialize_certificates(list(certs), serialization.Encoding.DER)
+
+
+def load_pkcs7_certs(data: bytes) -> list[x509.Certificate]:
+    try:
+        certs = pkcs7.load_der_pkcs7_certificates(data)
+    except ValueError:
+        raise MalformedInput("body is not a DER PKCS#7 certs-only structure") from None
+    if not certs:
+        raise MalformedInput("PKCS#7 structure holds no certificate")
+    return certs
+
+
+def fingerprint_sha256(cert: x509.Certificate) -> str:
+    """Lower-case hex SHA-256 over the DER certificate (what `openssl x509 -fingerprint` hashes)."""
+    return cert.fingerprint(hashes.SHA256()).hex()
+
+
+def serial_hex(cert: x509.Certificate) -> str:
+    return format(cert.serial_number, "x")

@@ -1,0 +1,458 @@
+"""The patent's XML enrollment messages (request, answer, error), sans I/O.
+
+Bytes in, frozen dataclasses out, and back. Every message is checked against the published
+schema (``enrollment.xsd``) in both directions; decoders raise only ``MalformedInput``, with
+a message that names the offending element and never repeats a passphrase or key.
+Wire names meet Python names only in the encode/decode functions at the end of this module.
+Protocol description, with the rationale for each rule: docs/xml-enrollment.md.
+"""
+
+from __future__ import annotations
+
+import binascii
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Final
+
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from lxml import etree
+
+from ztpki.pki.keys import KeySpec
+from ztpki.protocol import enrollment_schema as schema
+from ztpki.protocol.enrollment_schema import NAMESPACE, InvalidEnrollmentMessage, invalid_value
+
+__all__ = [
+    "NAMESPACE",
+    "EnrollmentAnswer",
+    "EnrollmentError",
+    "EnrollmentParameters",
+    "EnrollmentRequest",
+    "ErrorCode",
+    "InvalidEnrollmentMessage",
+    "decode_answer",
+    "decode_request",
+    "encode_answer",
+    "encode_request",
+    "request_id_of",
+]
+
+MAX_DER_SIZE: Final = 65536
+MAX_CA_CERTIFICATES: Final = 10
+MAX_ALT_NAMES: Final = 16
+MAX_VALIDITY_DAYS: Final = 36500
+MAX_ERROR_MESSAGE: Final = 1024
+
+
+class ErrorCode(StrEnum):
+    """The ``code`` attribute of an EnrollmentError."""
+
+    MALFORMED = "malformed"
+    UNSUPPORTED_PARAMETER = "unsupported-parameter"
+    UNKNOWN_CA = "unknown-ca"
+    NOT_AUTHORIZED = "not-authorized"
+    UNAVAILABLE = "unavailable"
+    INTERNAL = "internal"
+
+
+# Python mirrors of the schema's simple types, so that a bad value is refused where the
+# dataclass is built (with the same message a decoder would give), not deep inside lxml.
+_NOT_XML_TEXT = "\x00-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff"
+_IDENTIFIER = re.compile(r"[A-Za-z0-9._\-]{1,64}")
+_TEXT = re.compile(f"[^{_NOT_XML_TEXT}]{{1,64}}")
+_PASSPHRASE = re.compile(f"[^{_NOT_XML_TEXT}]{{8,256}}")
+_COUNTRY = re.compile(r"[A-Z]{2}")
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\-]+"
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?"
+_HOST = rf"{_LABEL}(?:\.{_LABEL})*"
+_EMAIL = re.compile(rf"{_ATOM}(?:\.{_ATOM})*@{_HOST}")
+_DNS_NAME = re.compile(_HOST)
+_IP_TEXT = re.compile(r"[0-9A-Fa-f:.]{2,45}")
+_CONTROL_RUN = re.compile(f"[{_NOT_XML_TEXT}]+")
+
+
+def _typed(name: str, value: object, kind: type) -> None:
+    # bool is an int, but True days or a request with reissue=1 is a caller's mistake.
+    if isinstance(value, kind) and (kind is bool or not isinstance(value, bool)):
+        return
+    raise TypeError(f"{name} must be {kind.__name__}, not {type(value).__name__}")
+
+
+def _check(ok: bool, name: str, value: object) -> None:
+    if not ok:
+        raise invalid_value(name, value)
+
+
+def _check_pattern(name: str, value: object, pattern: re.Pattern[str], limit: int) -> None:
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be str, not {type(value).__name__}")
+    _check(len(value) <= limit and pattern.fullmatch(value) is not None, name, value)
+
+
+def _check_identifier(name: str, value: object) -> None:
+    _check_pattern(name, value, _IDENTIFIER, 64)
+
+
+def _check_optional(name: str, value: object, pattern: re.Pattern[str], limit: int) -> None:
+    if value is not None:
+        _check_pattern(name, value, pattern, limit)
+
+
+def _check_der(name: str, value: object, *, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if not isinstance(value, bytes):
+        raise TypeError(f"{name} must be bytes, not {type(value).__name__}")
+    _check(0 < len(value) <= MAX_DER_SIZE, name, value)
+
+
+def _is_ip_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _sequence(owner: object, attribute: str, name: str, limit: int) -> tuple[object, ...]:
+    """The tuple in ``attribute`` (a list is accepted and stored as a tuple), at most ``limit``."""
+    values = getattr(owner, attribute)
+    if not isinstance(values, tuple | list):
+        raise TypeError(f"{attribute} must be a tuple, not {type(values).__name__}")
+    values = tuple(values)
+    if len(values) > limit:
+        raise InvalidEnrollmentMessage(f"at most {limit} {name} elements are allowed")
+    object.__setattr__(owner, attribute, values)
+    return values
+
+
+@dataclass(frozen=True)
+class EnrollmentParameters:
+    """The request's optional parameters; None (or empty) means the CA's policy default."""
+
+    key_algorithm: KeySpec | None = None
+    validity_days: int | None = None
+    organization: str | None = None
+    organizational_unit: str | None = None
+    locality: str | None = None
+    country: str | None = None
+    email: str | None = None
+    encrypt_private_key: bytes | None = field(default=None, repr=False)
+    include_ca_certificates: bool = True
+    dns_names: tuple[str, ...] = ()
+    ip_addresses: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.key_algorithm is not None and not isinstance(self.key_algorithm, KeySpec):
+            _typed("KeyAlgorithm", self.key_algorithm, str)
+            try:
+                object.__setattr__(self, "key_algorithm", KeySpec(self.key_algorithm))
+            except ValueError:
+                raise invalid_value("KeyAlgorithm", self.key_algorithm) from None
+        if self.validity_days is not None:
+            _typed("ValidityDays", self.validity_days, int)
+            _check(0 < self.validity_days <= MAX_VALIDITY_DAYS, "ValidityDays", self.validity_days)
+        _check_optional("Organization", self.organization, _TEXT, 64)
+        _check_optional("OrganizationalUnit", self.organizational_unit, _TEXT, 64)
+        _check_optional("Locality", self.locality, _TEXT, 64)
+        _check_optional("Country", self.country, _COUNTRY, 2)
+        _check_optional("Email", self.email, _EMAIL, 128)
+        if self.encrypt_private_key is not None:
+            _typed("EncryptPrivateKey", self.encrypt_private_key, bytes)
+            _check(_passphrase_ok(self.encrypt_private_key), "EncryptPrivateKey", None)
+        _typed("IncludeCACertificates", self.include_ca_certificates, bool)
+        for name in _sequence(self, "dns_names", "DnsName", MAX_ALT_NAMES):
+            _check_pattern("DnsName", name, _DNS_NAME, 253)
+        for address in _sequence(self, "ip_addresses", "IpAddress", MAX_ALT_NAMES):
+            _check_pattern("IpAddress", address, _IP_TEXT, 45)
+            _check(_is_ip_address(str(address)), "IpAddress", address)
+
+
+def _passphrase_ok(passphrase: bytes) -> bool:
+    try:
+        text = passphrase.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return _PASSPHRASE.fullmatch(text) is not None
+
+
+@dataclass(frozen=True)
+class EnrollmentRequest:
+    """A CA-client asks the CA system for a certificate (and a key, unless it sends a CSR)."""
+
+    request_id: str
+    device_id: str
+    ca: str | None = None
+    parameters: EnrollmentParameters = EnrollmentParameters()
+    csr_der: bytes | None = None
+    reissue: bool = False
+
+    def __post_init__(self) -> None:
+        _check_identifier("id", self.request_id)
+        _check_identifier("DeviceId", self.device_id)
+        if self.ca is not None:
+            _check_identifier("CA", self.ca)
+        _typed("parameters", self.parameters, EnrollmentParameters)
+        _check_der("CSR", self.csr_der, optional=True)
+        _typed("reissue", self.reissue, bool)
+
+
+@dataclass(frozen=True)
+class EnrollmentAnswer:
+    """The CA system's answer: certificate, CA chain (issuing CA first), and the new key
+    (PKCS#8 DER, encrypted when the request asked) unless the request carried a CSR."""
+
+    request_id: str
+    certificate_der: bytes
+    ca_certificates_der: tuple[bytes, ...] = ()
+    private_key_der: bytes | None = field(default=None, repr=False)
+    private_key_encrypted: bool = False
+
+    def __post_init__(self) -> None:
+        _check_identifier("requestId", self.request_id)
+        _check_der("Certificate", self.certificate_der)
+        for der in _sequence(
+            self, "ca_certificates_der", "CACertificates/Certificate", MAX_CA_CERTIFICATES
+        ):
+            _check_der("Certificate", der)
+        _check_der("PrivateKey", self.private_key_der, optional=True)
+        _typed("encrypted", self.private_key_encrypted, bool)
+        if self.private_key_encrypted and self.private_key_der is None:
+            raise InvalidEnrollmentMessage("private_key_encrypted is true but there is no key")
+
+
+@dataclass(frozen=True)
+class EnrollmentError:
+    """A typed refusal. The message is made wire-safe when built: control characters
+    become spaces and text beyond 1024 characters is cut, so an error can always be sent."""
+
+    request_id: str
+    code: ErrorCode
+    message: str
+
+    def __post_init__(self) -> None:
+        _check_identifier("requestId", self.request_id)
+        if not isinstance(self.code, ErrorCode):
+            _typed("code", self.code, str)
+            try:
+                object.__setattr__(self, "code", ErrorCode(self.code))
+            except ValueError:
+                raise invalid_value("code", self.code) from None
+        _typed("message", self.message, str)
+        message = _CONTROL_RUN.sub(" ", self.message)
+        if len(message) > MAX_ERROR_MESSAGE:
+            message = message[: MAX_ERROR_MESSAGE - 1] + "\u2026"
+        _check(bool(message), "EnrollmentError", message)
+        object.__setattr__(self, "message", message)
+
+
+# --- encoding ---------------------------------------------------------------------------
+
+_BOOL_TEXT = {True: "true", False: "false"}
+
+
+def _b64(der: bytes) -> str:
+    return binascii.b2a_base64(der, newline=False).decode("ascii")
+
+
+def _add(parent: etree._Element, name: str, text: str) -> etree._Element:
+    child = etree.SubElement(parent, schema.qualified(name))
+    child.text = text
+    return child
+
+
+def _build_parameters(parent: etree._Element, params: EnrollmentParameters) -> None:
+    element = etree.SubElement(parent, schema.qualified("Parameters"))
+    texts = (
+        ("KeyAlgorithm", params.key_algorithm and params.key_algorithm.value),
+        ("ValidityDays", None if params.validity_days is None else str(params.validity_days)),
+        ("Organization", params.organization),
+        ("OrganizationalUnit", params.organizational_unit),
+        ("Locality", params.locality),
+        ("Country", params.country),
+        ("Email", params.email),
+        ("EncryptPrivateKey", _passphrase_text(params.encrypt_private_key)),
+        ("IncludeCACertificates", None if params.include_ca_certificates else "false"),
+    )
+    for name, text in texts:
+        if text is not None:
+            _add(element, name, text)
+    for dns_name in params.dns_names:
+        _add(element, "DnsName", dns_name)
+    for address in params.ip_addresses:
+        _add(element, "IpAddress", address)
+
+
+_NO_PARAMETERS = EnrollmentParameters()
+
+
+def _passphrase_text(passphrase: bytes | None) -> str | None:
+    return None if passphrase is None else passphrase.decode("utf-8")
+
+
+def encode_request(request: EnrollmentRequest) -> bytes:
+    """The UTF-8 XML document of ``request``, checked against the schema."""
+    _typed("request", request, EnrollmentRequest)
+    root = schema.new_root("EnrollmentRequest", id=request.request_id)
+    if request.reissue:
+        root.set("reissue", "true")
+    _add(root, "DeviceId", request.device_id)
+    if request.ca is not None:
+        _add(root, "CA", request.ca)
+    if request.parameters != _NO_PARAMETERS:
+        _build_parameters(root, request.parameters)
+    if request.csr_der is not None:
+        _add(root, "CSR", _b64(request.csr_der))
+    return schema.serialize(root)
+
+
+def encode_answer(answer: EnrollmentAnswer | EnrollmentError) -> bytes:
+    """The UTF-8 XML document of an answer or an error, checked against the schema."""
+    if isinstance(answer, EnrollmentError):
+        root = schema.new_root(
+            "EnrollmentError", requestId=answer.request_id, code=answer.code.value
+        )
+        root.text = answer.message
+        return schema.serialize(root)
+    _typed("answer", answer, EnrollmentAnswer)
+    root = schema.new_root("EnrollmentAnswer", requestId=answer.request_id)
+    if answer.private_key_der is not None:
+        key = _add(root, "PrivateKey", _b64(answer.private_key_der))
+        key.set("encrypted", _BOOL_TEXT[answer.private_key_encrypted])
+    _add(root, "Certificate", _b64(answer.certificate_der))
+    if answer.ca_certificates_der:
+        chain = etree.SubElement(root, schema.qualified("CACertificates"))
+        for der in answer.ca_certificates_der:
+            _add(chain, "Certificate", _b64(der))
+    return schema.serialize(root)
+
+
+# --- decoding ---------------------------------------------------------------------------
+
+_XML_SPACE = " \t\n\r"
+_BOOLEAN = {"true": True, "1": True, "false": False, "0": False}
+
+
+def _text(element: etree._Element) -> str:
+    return element.text or ""
+
+
+def _boolean(text: str | None, *, default: bool) -> bool:
+    return default if text is None else _BOOLEAN[text.strip(_XML_SPACE)]
+
+
+def _der(element: etree._Element) -> bytes:
+    name = schema.local_name(element)
+    compact = "".join(_text(element).split())
+    try:
+        return binascii.a2b_base64(compact, strict_mode=True)
+    except binascii.Error:
+        raise InvalidEnrollmentMessage(f"{name} is not valid base64 (RFC 4648, padded)") from None
+
+
+def _read_parameters(element: etree._Element) -> EnrollmentParameters:
+    values: dict[str, str] = {}
+    dns_names: list[str] = []
+    ip_addresses: list[str] = []
+    for child in element:
+        name = schema.local_name(child)
+        if name == "DnsName":
+            dns_names.append(_text(child))
+        elif name == "IpAddress":
+            ip_addresses.append(_text(child))
+        else:
+            values[name] = _text(child)
+    key = values.get("KeyAlgorithm")
+    days = values.get("ValidityDays")
+    passphrase = values.get("EncryptPrivateKey")
+    return EnrollmentParameters(
+        key_algorithm=None if key is None else KeySpec(key.strip(_XML_SPACE)),
+        validity_days=None if days is None else int(days.strip(_XML_SPACE)),
+        organization=values.get("Organization"),
+        organizational_unit=values.get("OrganizationalUnit"),
+        locality=values.get("Locality"),
+        country=values.get("Country"),
+        email=values.get("Email"),
+        encrypt_private_key=None if passphrase is None else passphrase.encode("utf-8"),
+        include_ca_certificates=_boolean(values.get("IncludeCACertificates"), default=True),
+        dns_names=tuple(dns_names),
+        ip_addresses=tuple(ip_addresses),
+    )
+
+
+def decode_request(data: bytes) -> EnrollmentRequest:
+    """The EnrollmentRequest in ``data``; MalformedInput for anything else."""
+    root = schema.parse(data, expected=("EnrollmentRequest",))
+    children = {schema.local_name(child): child for child in root}
+    csr_der = _der(children["CSR"]) if "CSR" in children else None
+    if csr_der is not None:
+        try:
+            x509.load_der_x509_csr(csr_der)
+        except (ValueError, UnsupportedAlgorithm):
+            raise InvalidEnrollmentMessage(
+                "CSR is not a DER PKCS#10 certification request"
+            ) from None
+    ca = children.get("CA")
+    parameters = children.get("Parameters")
+    return EnrollmentRequest(
+        request_id=root.get("id", ""),
+        device_id=_text(children["DeviceId"]),
+        ca=None if ca is None else _text(ca),
+        parameters=_NO_PARAMETERS if parameters is None else _read_parameters(parameters),
+        csr_der=csr_der,
+        reissue=_boolean(root.get("reissue"), default=False),
+    )
+
+
+def _certificate(element: etree._Element, where: str) -> bytes:
+    der = _der(element)
+    try:
+        x509.load_der_x509_certificate(der)
+    except (ValueError, UnsupportedAlgorithm):
+        raise InvalidEnrollmentMessage(f"{where} is not a DER X.509 certificate") from None
+    return der
+
+
+def decode_answer(data: bytes) -> EnrollmentAnswer | EnrollmentError:
+    """The EnrollmentAnswer or EnrollmentError in ``data``; MalformedInput for anything else."""
+    root = schema.parse(data, expected=("EnrollmentAnswer", "EnrollmentError"))
+    request_id = root.get("requestId", "")
+    if schema.local_name(root) == "EnrollmentError":
+        code = ErrorCode(root.get("code", "").strip(_XML_SPACE))
+        return EnrollmentError(request_id=request_id, code=code, message=_text(root))
+    children = {schema.local_name(child): child for child in root}
+    key = children.get("PrivateKey")
+    chain = children.get("CACertificates")
+    chain_der = (
+        ()
+        if chain is None
+        else tuple(_certificate(cert, f"CA certificate {n}") for n, cert in enumerate(chain, 1))
+    )
+    return EnrollmentAnswer(
+        request_id=request_id,
+        certificate_der=_certificate(children["Certificate"], "Certificate"),
+        ca_certificates_der=chain_der,
+        private_key_der=None if key is None else _der(key),
+        private_key_encrypted=key is not None and _boolean(key.get("encrypted"), default=False),
+    )
+
+
+# Reads only the start of the root tag, with a regular expression: nothing is parsed, so
+# no entity, DTD or size trick in a hostile message can reach here.
+_REQUEST_ID = re.compile(
+    rb"<(?:[A-Za-z_][A-Za-z0-9_.\-]*:)?EnrollmentRequest\s[^<>]*?(?<=\s)id\s*=\s*"
+    rb"(?:\"([A-Za-z0-9._\-]{1,64})\"|'([A-Za-z0-9._\-]{1,64})')"
+)
+_REQUEST_ID_WINDOW = 4096
+
+
+def request_id_of(data: bytes) -> str | None:
+    """Best effort: the request id of a message that did not decode, for the error answer."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        return None
+    match = _REQUEST_ID.search(bytes(data[:_REQUEST_ID_WINDOW]))
+    if match is None:
+        return None
+    return (match.group(1) or match.group(2)).decode("ascii")

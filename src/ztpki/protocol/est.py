@@ -1,0 +1,532 @@
+"""EST (RFC 7030) message bodies, sans I/O: bytes and header values in, typed objects out.
+
+Both ends use this module: the customer node decodes CSRs and encodes certs-only,
+serverkeygen and csrattrs answers; the device does the reverse. Every decoder raises
+only ``MalformedInput`` (or its subclass ``UnsupportedMediaType``) and ``PayloadTooLarge``.
+
+Line breaks in the base64 we write: 64 columns, LF for plain bodies (coreutils ``base64 -d``
+fails on CR and ``openssl base64 -d`` on lines over 64 characters, so both work unchanged);
+CRLF inside ``multipart/mixed``, as MIME requires.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import email
+import email.errors
+import email.policy
+import hashlib
+import re
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from email.message import Message
+
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
+from cryptography.x509.oid import NameOID
+
+from ztpki.errors import MalformedInput, PayloadTooLarge
+from ztpki.pki.keys import PrivateKey
+from ztpki.pki.pem import load_pkcs7_certs, pkcs7_certs_only
+
+__all__ = [
+    "CERTS_ONLY_TYPE",
+    "CSRATTRS_TYPE",
+    "CSR_TYPE",
+    "MAX_BODY",
+    "MULTIPART_TYPE",
+    "PKCS8_TYPE",
+    "ServerKeygenResponse",
+    "UnsupportedMediaType",
+    "build_csr",
+    "check_content_type",
+    "csr_device_id",
+    "decode_base64_body",
+    "decode_certs_only",
+    "decode_csr",
+    "decode_csrattrs",
+    "decode_serverkeygen",
+    "encode_certs_only",
+    "encode_csr",
+    "encode_csrattrs",
+    "encode_serverkeygen",
+    "spki_sha256",
+]
+
+MAX_BODY = 64 * 1024
+CSR_TYPE = "application/pkcs10"
+CERTS_ONLY_TYPE = "application/pkcs7-mime; smime-type=certs-only"
+PKCS8_TYPE = "application/pkcs8"
+CSRATTRS_TYPE = "application/csrattrs"
+MULTIPART_TYPE = "multipart/mixed"
+
+_LINE = 64
+_MAX_HEADER = 1024
+_B64_SHAPE = re.compile(rb"[A-Za-z0-9+/]*={0,2}")
+_B64_ALPHABET = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=")
+_WHITESPACE = b" \t\r\n"
+
+
+class UnsupportedMediaType(MalformedInput):
+    """The request's Content-Type is missing or not the one the EST operation takes (HTTP 415)."""
+
+    code = "unsupported-media-type"
+
+
+# --- base64 bodies ------------------------------------------------------------------------
+
+
+def _encode_base64(der: bytes, *, newline: bytes = b"\n") -> bytes:
+    text = base64.b64encode(der)
+    lines = [text[i : i + _LINE] for i in range(0, len(text), _LINE)]
+    return newline.join(lines) + newline
+
+
+def decode_base64_body(body: bytes, *, limit: int = MAX_BODY) -> bytes:
+    """The DER inside a base64 EST body (RFC 7030 section 4, Content-Transfer-Encoding base64).
+
+    Line breaks and spaces anywhere are ignored; anything else outside the alphabet,
+    missing or excess padding, and non-canonical final bits are refused.
+    """
+    if len(body) > limit:
+        raise PayloadTooLarge(f"body is {len(body)} bytes; the limit is {limit}")
+    compact = body.translate(None, _WHITESPACE)
+    if not compact:
+        raise MalformedInput("body is empty; expected base64-encoded DER")
+    if compact.startswith(b"-----BEGIN"):
+        raise MalformedInput("body is PEM; send the base64 DER without the BEGIN/END lines")
+    for offset, byte in enumerate(compact):
+        if byte not in _B64_ALPHABET:
+            raise MalformedInput(
+                f"body is not base64: byte 0x{byte:02x} (after removing line breaks, "
+                f"offset {offset}) is outside the base64 alphabet"
+            )
+    if not _B64_SHAPE.fullmatch(compact):
+        raise MalformedInput("body is not base64: '=' padding is misplaced or too long")
+    if len(compact) % 4:
+        raise MalformedInput(
+            f"body is not base64: {len(compact)} characters is not a multiple of 4 "
+            "(padding missing or extra)"
+        )
+    try:
+        der = base64.b64decode(compact, validate=True)
+    except binascii.Error:
+        raise MalformedInput("body is not base64: the padding is wrong") from None
+    if base64.b64encode(der) != compact:
+        raise MalformedInput("body is not canonical base64: the final bits before '=' are set")
+    return der
+
+
+# --- Content-Type -------------------------------------------------------------------------
+
+
+def _media_type(value: str) -> str:
+    return value.split(";", 1)[0].strip().lower()
+
+
+def check_content_type(header: str | None, expected: str) -> None:
+    """Refuse a Content-Type whose media type is not the expected one (parameters ignored)."""
+    want = _media_type(expected)
+    if header is None or not header.strip():
+        raise UnsupportedMediaType(f"expected Content-Type {want}, got none")
+    if _media_type(header) != want:
+        shown = header[:80] + ("..." if len(header) > 80 else "")
+        raise UnsupportedMediaType(f"expected Content-Type {want}, got {shown!r}")
+
+
+# --- PKCS#10 ------------------------------------------------------------------------------
+
+
+def decode_csr(
+    body: bytes,
+    *,
+    content_type: str | None,
+    transfer_encoding: str | None = None,
+    limit: int = MAX_BODY,
+) -> x509.CertificateSigningRequest:
+    """A verified PKCS#10 CSR from a simpleenroll, simplereenroll or serverkeygen request.
+
+    ``transfer_encoding`` is the request's Content-Transfer-Encoding header: absent or
+    ``base64`` (RFC 7030) means base64, ``binary`` tolerates clients that post raw DER.
+    """
+    check_content_type(content_type, CSR_TYPE)
+    der = _decode_transfer(body, transfer_encoding, limit=limit)
+    try:
+        csr = x509.load_der_x509_csr(der)
+        valid = csr.is_signature_valid
+    except (ValueError, UnsupportedAlgorithm):
+        raise MalformedInput("body is not a DER PKCS#10 certification request") from None
+    if not valid:
+        raise MalformedInput("CSR signature does not verify")
+    return csr
+
+
+def _decode_transfer(body: bytes, transfer_encoding: str | None, *, limit: int) -> bytes:
+    encoding = (transfer_encoding or "base64").strip().lower()
+    if encoding == "base64":
+        return decode_base64_body(body, limit=limit)
+    if encoding == "binary":
+        if len(body) > limit:
+            raise PayloadTooLarge(f"body is {len(body)} bytes; the limit is {limit}")
+        if not body:
+            raise MalformedInput("body is empty; expected DER")
+        return body
+    shown = transfer_encoding[:40] if transfer_encoding else ""
+    raise MalformedInput(f"Content-Transfer-Encoding {shown!r} is not supported; use base64")
+
+
+def build_csr(private_key: PrivateKey, *, device_id: str) -> x509.CertificateSigningRequest:
+    """A CSR naming the device (CN and serialNumber), signed with its new key."""
+    if not device_id:
+        raise ValueError("device_id must not be empty")
+    subject = x509.Name(
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, device_id),
+            x509.NameAttribute(NameOID.SERIAL_NUMBER, device_id),
+        ]
+    )
+    algorithm = None if isinstance(private_key, ed25519.Ed25519PrivateKey) else hashes.SHA256()
+    return (
+        x509.CertificateSigningRequestBuilder().subject_name(subject).sign(private_key, algorithm)
+    )
+
+
+def encode_csr(csr: x509.CertificateSigningRequest) -> bytes:
+    """The base64 request body for a CSR (send with Content-Type application/pkcs10)."""
+    return _encode_base64(csr.public_bytes(serialization.Encoding.DER))
+
+
+def csr_device_id(csr: x509.CertificateSigningRequest) -> str | None:
+    """The device id a CSR names: subject serialNumber if present, else CN; None if neither."""
+    try:
+        subject = csr.subject
+        for oid, name in ((NameOID.SERIAL_NUMBER, "serialNumber"), (NameOID.COMMON_NAME, "CN")):
+            values = {a.value for a in subject.get_attributes_for_oid(oid)}
+            if len(values) > 1:
+                raise MalformedInput(f"CSR subject names {len(values)} different {name} values")
+            for value in values:
+                if isinstance(value, str) and value:
+                    return value
+    except ValueError:
+        raise MalformedInput("CSR subject does not decode") from None
+    return None
+
+
+def spki_sha256(public_key: CertificatePublicKeyTypes) -> str:
+    """Hex SHA-256 of the SubjectPublicKeyInfo DER: equal for the same public key."""
+    spki = public_key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return hashlib.sha256(spki).hexdigest()
+
+
+# --- certs-only PKCS#7 ---------------------------------------------------------------------
+
+
+def encode_certs_only(certs: Sequence[x509.Certificate]) -> bytes:
+    """A base64 certs-only PKCS#7 body (cacerts, simpleenroll, simplereenroll answers)."""
+    if not certs:
+        raise ValueError("a certs-only answer needs at least one certificate")
+    return _encode_base64(pkcs7_certs_only(certs))
+
+
+def decode_certs_only(body: bytes, *, limit: int = MAX_BODY) -> list[x509.Certificate]:
+    """The certificates in a base64 certs-only PKCS#7 body, in the order they were sent."""
+    der = decode_base64_body(body, limit=limit)
+    try:
+        return load_pkcs7_certs(der)
+    except (ValueError, UnsupportedAlgorithm):
+        raise MalformedInput("body is not a DER PKCS#7 certs-only structure") from None
+
+
+# --- serverkeygen multipart ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServerKeygenResponse:
+    """A /serverkeygen answer: the new private key and the certificate issued for it."""
+
+    # Unencrypted PKCS#8: the TLS channel protects it (RFC 7030 section 4.4.2).
+    private_key_der: bytes = field(repr=False)
+    certificates: tuple[x509.Certificate, ...]
+
+    def __post_init__(self) -> None:
+        if not self.certificates:
+            raise ValueError("a serverkeygen answer needs the issued certificate")
+
+
+def encode_serverkeygen(
+    *, private_key_der: bytes, certificate: x509.Certificate, boundary: str | None = None
+) -> tuple[str, bytes]:
+    """(Content-Type header value, body) of a multipart/mixed serverkeygen answer.
+
+    Part one is the PKCS#8 key, part two the certs-only PKCS#7 with the issued certificate;
+    both base64 with CRLF line ends. The boundary is random unless given (tests).
+    """
+    if not private_key_der:
+        raise ValueError("private_key_der must not be empty")
+    if boundary is None:
+        boundary = "est-" + secrets.token_hex(16)
+    # RFC 2046 also allows "'", but parsers read it as RFC 2231 charset syntax: leave it out.
+    if not re.fullmatch(r"[0-9A-Za-z()+_,./:=?-]{1,70}", boundary):
+        raise ValueError("boundary must be 1-70 MIME boundary characters without spaces or quotes")
+    delimiter = b"--" + boundary.encode("ascii")
+    parts = [
+        (PKCS8_TYPE, private_key_der),
+        (CERTS_ONLY_TYPE, pkcs7_certs_only([certificate])),
+    ]
+    chunks: list[bytes] = []
+    for media_type, der in parts:
+        chunks += [
+            delimiter + b"\r\n",
+            b"Content-Type: " + media_type.encode("ascii") + b"\r\n",
+            b"Content-Transfer-Encoding: base64\r\n\r\n",
+            _encode_base64(der, newline=b"\r\n"),
+        ]
+    chunks.append(delimiter + b"--\r\n")
+    # RFC 2045 tspecials in a parameter value need quotes; the random default has none.
+    value = f'"{boundary}"' if re.search(r"[()<>@,;:/?=]", boundary) else boundary
+    return f"{MULTIPART_TYPE}; boundary={value}", b"".join(chunks)
+
+
+_STRUCTURAL_DEFECTS = (
+    email.errors.NoBoundaryInMultipartDefect,
+    email.errors.StartBoundaryNotFoundDefect,
+    email.errors.CloseBoundaryNotFoundDefect,
+    email.errors.MultipartInvariantViolationDefect,
+    email.errors.MissingHeaderBodySeparatorDefect,
+    email.errors.FirstHeaderLineIsContinuationDefect,
+)
+
+
+def decode_serverkeygen(
+    content_type: str, body: bytes, *, limit: int = MAX_BODY
+) -> ServerKeygenResponse:
+    """Split and check a multipart/mixed serverkeygen answer (client side)."""
+    check_content_type(content_type, MULTIPART_TYPE)
+    if len(body) > limit:
+        raise PayloadTooLarge(f"body is {len(body)} bytes; the limit is {limit}")
+    if len(content_type) > _MAX_HEADER or not content_type.isascii():
+        raise MalformedInput("Content-Type header is too long or not ASCII")
+    if any(c in content_type for c in "\r\n\0"):
+        raise MalformedInput("Content-Type header contains a line break")
+    parts = _split_multipart(content_type, body)
+    keys = [p for p in parts if p[0] == PKCS8_TYPE]
+    certs = [p for p in parts if p[0] == "application/pkcs7-mime"]
+    if len(parts) != 2 or len(keys) != 1 or len(certs) != 1:
+        found = ", ".join(p[0] for p in parts) or "none"
+        raise MalformedInput(
+            "serverkeygen answer must hold one application/pkcs8 and one "
+            f"application/pkcs7-mime part; found: {found}"
+        )
+    if certs[0][1] not in ("", "certs-only"):
+        raise MalformedInput(
+            f"certificate part has smime-type {certs[0][1]!r}; expected certs-only "
+            "(encrypted server-generated keys are not supported)"
+        )
+    key_der = _part_der(keys[0][2], "private key part", limit=limit)
+    _check_pkcs8_shape(key_der)
+    cert_der = _part_der(certs[0][2], "certificate part", limit=limit)
+    try:
+        issued = load_pkcs7_certs(cert_der)
+    except (ValueError, UnsupportedAlgorithm):
+        raise MalformedInput("certificate part is not a DER PKCS#7 certs-only structure") from None
+    return ServerKeygenResponse(private_key_der=key_der, certificates=tuple(issued))
+
+
+def _split_multipart(content_type: str, body: bytes) -> list[tuple[str, str, Message]]:
+    """(media type, smime-type, part) for each part of the body."""
+    head = b"Content-Type: " + content_type.encode("ascii") + b"\r\nMIME-Version: 1.0\r\n\r\n"
+    # The stdlib parser is lenient by design and its header parser has raised stray
+    # IndexError/AttributeError on hostile input in past releases: at this boundary any
+    # failure of the parser means the body is malformed.
+    try:
+        message = email.message_from_bytes(head + body, policy=email.policy.default)
+        if not message.get_boundary():
+            raise MalformedInput("multipart/mixed Content-Type has no boundary parameter")
+        if not message.is_multipart() or _has_structural_defect(message):
+            raise MalformedInput(
+                "serverkeygen body is not a complete multipart/mixed body "
+                "(boundary missing, misplaced or not closed)"
+            )
+        parts: list[tuple[str, str, Message]] = []
+        for part in message.iter_parts():
+            if part.is_multipart() or _has_structural_defect(part):
+                raise MalformedInput("serverkeygen part is malformed or nested multipart")
+            encoding = str(part.get("Content-Transfer-Encoding", "base64")).strip().lower()
+            if encoding != "base64":
+                raise MalformedInput(
+                    f"serverkeygen part uses Content-Transfer-Encoding {encoding[:40]!r}; "
+                    "expected base64"
+                )
+            smime = str(part.get_param("smime-type", "")).strip().lower()
+            parts.append((part.get_content_type(), smime, part))
+    except MalformedInput:
+        raise
+    except Exception:
+        raise MalformedInput("serverkeygen body is not a parseable multipart/mixed body") from None
+    return parts
+
+
+def _has_structural_defect(message: Message) -> bool:
+    return any(isinstance(d, _STRUCTURAL_DEFECTS) for d in message.defects)
+
+
+def _part_der(part: Message, what: str, *, limit: int) -> bytes:
+    payload = part.get_payload(decode=False)
+    if not isinstance(payload, str):
+        raise MalformedInput(f"{what} is not a leaf MIME part")
+    try:
+        raw = payload.encode("ascii")
+    except UnicodeEncodeError:
+        raise MalformedInput(f"{what} is not base64: it holds non-ASCII bytes") from None
+    try:
+        return decode_base64_body(raw, limit=limit)
+    except MalformedInput as exc:
+        raise MalformedInput(f"{what}: {exc.message}") from None
+
+
+def _check_pkcs8_shape(der: bytes) -> None:
+    """PrivateKeyInfo is SEQUENCE { INTEGER version (0 or 1), AlgorithmIdentifier, ... }.
+
+    Checked structurally only (no key loading): enough to catch a truncated or swapped part.
+    """
+    bad = MalformedInput("private key part is not a DER PKCS#8 PrivateKeyInfo")
+    try:
+        outer, end = _read_tlv(der, 0)
+        if outer.tag != 0x30 or end != len(der):
+            raise bad
+        version, after = _read_tlv(der, outer.start)
+        algorithm, _ = _read_tlv(der, after)
+    except MalformedInput:
+        raise bad from None
+    if version.tag != 0x02 or der[version.start : version.end] not in (b"\x00", b"\x01"):
+        raise bad
+    if algorithm.tag != 0x30:
+        raise bad
+
+
+# --- csrattrs: a minimal DER codec for SEQUENCE OF (OID | Attribute) ---------------------
+
+
+def encode_csrattrs(
+    oids: Sequence[x509.ObjectIdentifier] = (),
+    *,
+    attributes: Sequence[tuple[x509.ObjectIdentifier, Sequence[x509.ObjectIdentifier]]] = (),
+) -> bytes:
+    """The base64 body of a /csrattrs answer (RFC 7030 section 4.5.2).
+
+    ``oids`` become bare OBJECT IDENTIFIER entries (e.g. ecdsa-with-SHA256: sign the CSR so);
+    ``attributes`` become Attribute { type, SET OF OID } entries (e.g. id-ecPublicKey with
+    secp256r1: the key type to generate). An empty list is valid; the HTTP adapter may
+    answer 204 instead.
+    """
+    entries = [_tlv(0x06, _oid_body(oid.dotted_string)) for oid in oids]
+    for attr_type, values in attributes:
+        value_set = _tlv(
+            0x31, b"".join(sorted(_tlv(0x06, _oid_body(v.dotted_string)) for v in values))
+        )
+        entries.append(_tlv(0x30, _tlv(0x06, _oid_body(attr_type.dotted_string)) + value_set))
+    return _encode_base64(_tlv(0x30, b"".join(entries)))
+
+
+def decode_csrattrs(body: bytes, *, limit: int = MAX_BODY) -> list[str]:
+    """Dotted OIDs named by a /csrattrs answer: bare OIDs, and each Attribute's type."""
+    der = decode_base64_body(body, limit=limit)
+    outer, end = _read_tlv(der, 0)
+    if outer.tag != 0x30 or end != len(der):
+        raise MalformedInput("csrattrs body is not a single DER SEQUENCE")
+    found: list[str] = []
+    at = outer.start
+    while at < outer.end:
+        entry, at = _read_tlv(der, at, stop=outer.end)
+        if entry.tag == 0x06:
+            found.append(_oid_text(der[entry.start : entry.end]))
+        elif entry.tag == 0x30:
+            attr_type, after = _read_tlv(der, entry.start, stop=entry.end)
+            values, after = _read_tlv(der, after, stop=entry.end)
+            if attr_type.tag != 0x06 or values.tag != 0x31 or after != entry.end:
+                raise MalformedInput("csrattrs Attribute is not SEQUENCE { OID, SET }")
+            found.append(_oid_text(der[attr_type.start : attr_type.end]))
+        else:
+            raise MalformedInput(
+                f"csrattrs entry has tag 0x{entry.tag:02x}; expected OID or Attribute"
+            )
+    return found
+
+
+def _tlv(tag: int, content: bytes) -> bytes:
+    n = len(content)
+    if n < 0x80:
+        return bytes([tag, n]) + content
+    size = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes([tag, 0x80 | len(size)]) + size + content
+
+
+def _oid_body(dotted: str) -> bytes:
+    arcs = [int(a) for a in dotted.split(".")]
+    first = [40 * arcs[0] + arcs[1], *arcs[2:]]
+    out = bytearray()
+    for arc in first:
+        chunk = [arc & 0x7F]
+        arc >>= 7
+        while arc:
+            chunk.append(0x80 | (arc & 0x7F))
+            arc >>= 7
+        out += bytes(reversed(chunk))
+    return bytes(out)
+
+
+def _oid_text(body: bytes) -> str:
+    if not body or body[-1] & 0x80:
+        raise MalformedInput("csrattrs holds an OBJECT IDENTIFIER that is empty or truncated")
+    arcs: list[int] = []
+    value = 0
+    fresh = True
+    for byte in body:
+        if fresh and byte == 0x80:
+            raise MalformedInput("csrattrs holds an OBJECT IDENTIFIER that is not minimal DER")
+        value = (value << 7) | (byte & 0x7F)
+        fresh = not byte & 0x80
+        if fresh:
+            arcs.append(value)
+            value = 0
+    head = arcs[0]
+    top = min(head // 40, 2)
+    return ".".join(str(a) for a in [top, head - 40 * top, *arcs[1:]])
+
+
+@dataclass(frozen=True)
+class _Tlv:
+    tag: int
+    start: int
+    end: int
+
+
+def _read_tlv(der: bytes, at: int, *, stop: int | None = None) -> tuple[_Tlv, int]:
+    """One definite-length DER TLV at ``at`` with a single-byte tag; (tlv, offset after it)."""
+    stop = len(der) if stop is None else stop
+    if at + 2 > stop:
+        raise MalformedInput("DER is truncated")
+    tag, first = der[at], der[at + 1]
+    if tag & 0x1F == 0x1F:
+        raise MalformedInput("DER uses a multi-byte tag, which is not expected here")
+    at += 2
+    if first < 0x80:
+        length = first
+    else:
+        count = first & 0x7F
+        if count == 0 or count > 4 or at + count > stop:
+            raise MalformedInput("DER length is indefinite, too large or truncated")
+        length = int.from_bytes(der[at : at + count], "big")
+        if length < 0x80 or der[at] == 0:
+            raise MalformedInput("DER length is not minimally encoded")
+        at += count
+    if at + length > stop:
+        raise MalformedInput("DER is truncated")
+    return _Tlv(tag, at, at + length), at + length

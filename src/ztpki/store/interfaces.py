@@ -1,0 +1,215 @@
+"""The storage interfaces services depend on; SQLite implements them now, PostgreSQL can later.
+
+Every method is one transaction. Conditional changes return whether they happened instead of
+raising, so the caller reads the row again to learn why not. Times are always passed in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from datetime import datetime
+from typing import Protocol
+
+from ztpki.errors import ZtpkiError
+from ztpki.store.records import (
+    AuditEntry,
+    AuditRecord,
+    AuditVerification,
+    CertificateStatus,
+    ClientRecord,
+    DeviceState,
+    ImportResult,
+    IssuedCertificate,
+    ManifestRecord,
+    NewDevice,
+    RegisteredDevice,
+)
+
+
+class IssuanceStore(Protocol):
+    """The CA system's record of every certificate it issued, and its registered CA-clients."""
+
+    def record_issuance(self, cert: IssuedCertificate, *, supersede: bool) -> list[str]:
+        """Record ``cert`` (status ACTIVE) as the device's one live certificate at its CA.
+
+        A live certificate already recorded for (ca_name, device_id) raises AlreadyIssued
+        unless ``supersede``, which marks it SUPERSEDED; returns the superseded serials.
+        DuplicateSerial when the CA already recorded this serial.
+        """
+        ...
+
+    def record_issuances(
+        self, certs: Sequence[tuple[IssuedCertificate, bool]]
+    ) -> list[list[str] | ZtpkiError]:
+        """Many ``record_issuance(cert, supersede=flag)`` in one transaction (one fsync).
+
+        Items apply in order; one that fails yields its error in its slot and the others commit.
+        """
+        ...
+
+    def issued(
+        self,
+        *,
+        ca_name: str | None = None,
+        device_id: str | None = None,
+        status: CertificateStatus | None = None,
+    ) -> list[IssuedCertificate]:
+        """Recorded certificates matching every given filter, ordered by issued_at, serial."""
+        ...
+
+    def active_certificate(self, ca_name: str, device_id: str) -> IssuedCertificate | None: ...
+
+    def set_status(self, ca_name: str, serial: str, status: CertificateStatus) -> bool:
+        """Move an ACTIVE certificate to SUPERSEDED or REVOKED; False when it was not ACTIVE."""
+        ...
+
+    def count(self) -> int: ...
+
+    def add_client(
+        self, name: str, *, serial: str, fingerprint: str, not_after: datetime, now: datetime
+    ) -> None:
+        """Register a CA-client; DuplicateClient when the name is active or the cert known."""
+        ...
+
+    def remove_client(self, name: str, *, now: datetime) -> bool:
+        """Revoke the active CA-client ``name`` (kept as history); False when none is active."""
+        ...
+
+    def client_by_fingerprint(self, fingerprint: str) -> ClientRecord | None:
+        """The CA-client holding this certificate, active or revoked (the caller checks)."""
+        ...
+
+    def clients(self) -> list[ClientRecord]:
+        """Every CA-client ever added, removed ones included, oldest first."""
+        ...
+
+
+class RegisterStore(Protocol):
+    """The customer node's access-control register of valid device identities.
+
+    Every changing method takes ``audit``: when given, that record is appended to the audit
+    trail in the same transaction if and only if the change is made, so the trail and the
+    register never disagree. A refused change appends nothing; the caller records the refusal
+    with ``AuditLog.append`` once it knows why.
+    """
+
+    def import_devices(
+        self,
+        devices: Sequence[NewDevice],
+        *,
+        manifest: ManifestRecord,
+        audit: AuditRecord | None = None,
+    ) -> ImportResult:
+        """List the devices not yet listed; never change a listed one. A manifest_id seen
+        before is a no-op (already_imported, everything unchanged)."""
+        ...
+
+    def add_device(
+        self, device: NewDevice, *, now: datetime, audit: AuditRecord | None = None
+    ) -> None:
+        """List one device by hand; DuplicateDevice when it is already listed."""
+        ...
+
+    def get(self, device_id: str) -> RegisteredDevice | None: ...
+
+    def devices(self, *, state: DeviceState | None = None) -> list[RegisteredDevice]:
+        """Devices ordered by device_id, optionally only those in ``state``."""
+        ...
+
+    def counts(self) -> dict[DeviceState, int]:
+        """Number of devices in each state (every state present, zero included)."""
+        ...
+
+    def begin_issuance(
+        self,
+        device_id: str,
+        *,
+        allowed_from: Collection[DeviceState],
+        token: str,
+        now: datetime,
+        lease_seconds: float,
+        audit: AuditRecord | None = None,
+    ) -> RegisteredDevice | None:
+        """Move the device to ISSUING under a lease held by ``token``.
+
+        Allowed when its state is in ``allowed_from`` (resting states only), or when it is
+        ISSUING under a lease that expired before ``now`` and the state that issuance started
+        from is in ``allowed_from`` (a crashed node's work is taken over; its previous_state is
+        kept). Returns the row as it was before the change, or None when not allowed.
+        """
+        ...
+
+    def complete_issuance(
+        self,
+        device_id: str,
+        *,
+        token: str,
+        new_state: DeviceState,
+        serial: str,
+        spki: str,
+        certificate_der: bytes,
+        chain_der: Sequence[bytes],
+        now: datetime,
+        audit: AuditRecord | None = None,
+    ) -> bool:
+        """ISSUING -> ``new_state`` (ISSUED or CUSTOMIZED) with the new certificate, only while
+        ``token`` still holds the lease; clears the lease."""
+        ...
+
+    def abort_issuance(
+        self, device_id: str, *, token: str, now: datetime, audit: AuditRecord | None = None
+    ) -> bool:
+        """ISSUING -> the state it came from, only while ``token`` still holds the lease."""
+        ...
+
+    def confirm(
+        self, device_id: str, *, serial: str, now: datetime, audit: AuditRecord | None = None
+    ) -> bool:
+        """ISSUED -> CUSTOMIZED, only when ``serial`` is the certificate last issued to it."""
+        ...
+
+    def block(self, device_id: str, *, now: datetime, audit: AuditRecord | None = None) -> bool:
+        """Any state but BLOCKED -> BLOCKED; an issuance in flight loses its lease."""
+        ...
+
+    def unblock(self, device_id: str, *, now: datetime, audit: AuditRecord | None = None) -> bool:
+        """BLOCKED -> the resting state it was blocked from."""
+        ...
+
+    def manifests(self) -> list[ManifestRecord]:
+        """Imported manifests, oldest import first."""
+        ...
+
+
+class AuditLog(Protocol):
+    """The tamper-evident audit trail: one hash chain, appended by any number of processes."""
+
+    def append(
+        self,
+        *,
+        at: datetime,
+        device_id: str | None,
+        client_fingerprint: str | None,
+        endpoint: str,
+        decision: str,
+        reason: str,
+        serial: str | None,
+    ) -> AuditEntry: ...
+
+    def append_many(self, records: Sequence[AuditRecord]) -> list[AuditEntry]:
+        """Append in order in one transaction (one fsync for the lot)."""
+        ...
+
+    def entries(
+        self, *, device_id: str | None = None, limit: int | None = None
+    ) -> list[AuditEntry]:
+        """Entries in seq order; with ``limit``, only the newest ``limit`` of them."""
+        ...
+
+    def verify(self) -> AuditVerification: ...
+
+    def counts_by_decision(self) -> dict[str, int]: ...
+
+
+class NodeStore(RegisterStore, AuditLog, Protocol):
+    """What the customer node keeps in one database: its register and its audit trail."""

@@ -1,0 +1,256 @@
+"""Records the stores hold and return, and the errors they raise.
+
+Every record is a frozen dataclass validated when built; every instant in one is timezone-aware
+and is returned in UTC.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from ztpki.errors import NotAuthorized, ZtpkiError
+from ztpki.store.instants import require_utc
+
+_HEX = re.compile(r"[0-9a-f]+")
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+def _check_hex(value: str, *, name: str) -> None:
+    if not _HEX.fullmatch(value):
+        raise ValueError(f"{name} must be lower-case hex, got {value!r}")
+
+
+def _check_sha256(value: str | None, *, name: str) -> None:
+    if value is not None and not _SHA256_HEX.fullmatch(value):
+        raise ValueError(f"{name} must be 64 lower-case hex digits (SHA-256)")
+
+
+def _check_text(value: str, *, name: str) -> None:
+    if not value:
+        raise ValueError(f"{name} must not be empty")
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class AlreadyIssued(NotAuthorized):
+    """The CA already has a live certificate for this device and the request did not supersede."""
+
+    def __init__(self, *, ca_name: str, device_id: str, serial: str) -> None:
+        super().__init__(
+            f"device {device_id} already holds live certificate {serial} from CA {ca_name}; "
+            "reissue it (supersede) to replace that certificate"
+        )
+        self.ca_name = ca_name
+        self.device_id = device_id
+        self.serial = serial
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_already_issued, (self.ca_name, self.device_id, self.serial))
+
+
+def _rebuild_already_issued(ca_name: str, device_id: str, serial: str) -> AlreadyIssued:
+    return AlreadyIssued(ca_name=ca_name, device_id=device_id, serial=serial)
+
+
+class AlreadyRecorded(ZtpkiError):
+    """A record with this key already exists; nothing was changed."""
+
+    code = "conflict"
+
+
+class DuplicateDevice(AlreadyRecorded):
+    """The register already lists a device with this identity."""
+
+
+class DuplicateClient(AlreadyRecorded):
+    """An active CA-client has this name, or some CA-client has this certificate."""
+
+
+class DuplicateSerial(AlreadyRecorded):
+    """The CA already recorded a certificate with this serial number."""
+
+
+# --------------------------------------------------------------------------- CA system
+
+
+class CertificateStatus(StrEnum):
+    ACTIVE = "active"
+    SUPERSEDED = "superseded"
+    REVOKED = "revoked"
+
+
+@dataclass(frozen=True)
+class IssuedCertificate:
+    """One certificate the CA system issued: the record the patent says it keeps."""
+
+    serial: str
+    ca_name: str
+    device_id: str
+    subject: str
+    not_before: datetime
+    not_after: datetime
+    status: CertificateStatus
+    request_id: str
+    fingerprint: str
+    issued_at: datetime
+    certificate_der: bytes = field(repr=False)
+
+    def __post_init__(self) -> None:
+        _check_hex(self.serial, name="serial")
+        _check_text(self.ca_name, name="ca_name")
+        _check_text(self.device_id, name="device_id")
+        _check_sha256(self.fingerprint, name="fingerprint")
+        object.__setattr__(self, "status", CertificateStatus(self.status))
+        for name in ("not_before", "not_after", "issued_at"):
+            object.__setattr__(self, name, require_utc(getattr(self, name), name=name))
+        if self.not_after <= self.not_before:
+            raise ValueError("not_after must be later than not_before")
+        if not self.certificate_der:
+            raise ValueError("certificate_der must not be empty")
+
+
+class ClientStatus(StrEnum):
+    ACTIVE = "active"
+    REVOKED = "revoked"
+
+
+@dataclass(frozen=True)
+class ClientRecord:
+    """A CA-client registered with ``ztpki ca add-client``; removed ones are kept as history."""
+
+    name: str
+    serial: str
+    fingerprint: str
+    not_after: datetime
+    status: ClientStatus
+    added_at: datetime
+    removed_at: datetime | None
+
+
+# ------------------------------------------------------------------- access-control register
+
+
+class DeviceState(StrEnum):
+    LISTED = "listed"
+    ISSUING = "issuing"
+    ISSUED = "issued"
+    CUSTOMIZED = "customized"
+    BLOCKED = "blocked"
+
+
+# States a device rests in (not in the middle of an issuance and not blocked).
+RESTING_STATES = frozenset({DeviceState.LISTED, DeviceState.ISSUED, DeviceState.CUSTOMIZED})
+
+
+@dataclass(frozen=True)
+class NewDevice:
+    """A device identity to list in the register (from a manifest or by hand)."""
+
+    device_id: str
+    temp_fingerprint: str | None
+    manufacturer: str | None = None
+    model: str | None = None
+    batch: str | None = None
+
+    def __post_init__(self) -> None:
+        _check_text(self.device_id, name="device_id")
+        _check_sha256(self.temp_fingerprint, name="temp_fingerprint")
+
+
+@dataclass(frozen=True)
+class RegisteredDevice:
+    """One row of the access-control register: a valid device identity and where it stands."""
+
+    device_id: str
+    state: DeviceState
+    temp_fingerprint: str | None
+    manufacturer: str | None
+    model: str | None
+    batch: str | None
+    manifest_id: str | None
+    issued_serial: str | None
+    issued_spki: str | None
+    issued_certificate_der: bytes | None = field(repr=False)
+    issued_chain_der: tuple[bytes, ...]
+    blocked_from: DeviceState | None
+    lease_token: str | None = field(repr=False)
+    lease_expires: datetime | None
+    previous_state: DeviceState | None
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class ManifestRecord:
+    """A signed manifest of devices the register imported."""
+
+    manifest_id: str
+    issued_at: datetime
+    signer: str
+    device_count: int
+    imported_at: datetime
+
+    def __post_init__(self) -> None:
+        _check_text(self.manifest_id, name="manifest_id")
+        if self.device_count < 0:
+            raise ValueError("device_count must not be negative")
+        for name in ("issued_at", "imported_at"):
+            object.__setattr__(self, name, require_utc(getattr(self, name), name=name))
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    added: list[str]
+    unchanged: list[str]
+    already_imported: bool
+
+
+# --------------------------------------------------------------------------- audit trail
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """One decision to append to the audit trail (the entry minus its place in the chain)."""
+
+    at: datetime
+    endpoint: str
+    decision: str
+    reason: str
+    device_id: str | None = None
+    client_fingerprint: str | None = None
+    serial: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "at", require_utc(self.at, name="at"))
+        _check_text(self.endpoint, name="endpoint")
+        _check_text(self.decision, name="decision")
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """An audit record in the chain: ``entry_hash`` covers it and ``prev_hash``."""
+
+    seq: int
+    at: datetime
+    device_id: str | None
+    client_fingerprint: str | None
+    endpoint: str
+    decision: str
+    reason: str
+    serial: str | None
+    prev_hash: str
+    entry_hash: str
+
+
+@dataclass(frozen=True)
+class AuditVerification:
+    """``checked`` counts the entries examined, the first bad one included."""
+
+    ok: bool
+    checked: int
+    first_bad_seq: int | None
+    reason: str

@@ -1,0 +1,306 @@
+"""The CA system's issuance record and CA-client registry in SQLite.
+
+The schema itself keeps the rules: one serial per CA (primary key), at most one ACTIVE
+certificate per device and CA (partial unique index), one active CA-client per name.
+The DDL and queries use only syntax PostgreSQL shares (BLOB becomes BYTEA there).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from ztpki.errors import ZtpkiError
+from ztpki.store.instants import decode_instant, encode_instant
+from ztpki.store.records import (
+    AlreadyIssued,
+    CertificateStatus,
+    ClientRecord,
+    ClientStatus,
+    DuplicateClient,
+    DuplicateSerial,
+    IssuedCertificate,
+)
+from ztpki.store.sqlite_db import SQLiteDatabase, savepoint, storage_error
+
+SCHEMA_COMPONENT = "ca_system"
+SCHEMA_VERSION = 1
+
+SCHEMA = (
+    """
+    CREATE TABLE issued_certificate (
+        ca_name         TEXT NOT NULL CHECK (ca_name <> ''),
+        serial          TEXT NOT NULL CHECK (serial <> '' AND serial = lower(serial)),
+        device_id       TEXT NOT NULL CHECK (device_id <> ''),
+        subject         TEXT NOT NULL,
+        not_before      TEXT NOT NULL,
+        not_after       TEXT NOT NULL CHECK (not_after > not_before),
+        status          TEXT NOT NULL CHECK (status IN ('active', 'superseded', 'revoked')),
+        request_id      TEXT NOT NULL,
+        fingerprint     TEXT NOT NULL CHECK (length(fingerprint) = 64),
+        issued_at       TEXT NOT NULL,
+        certificate_der BLOB NOT NULL,
+        PRIMARY KEY (ca_name, serial)
+    )""",
+    # Exactly one live certificate per device and CA, whatever the code above it does.
+    """
+    CREATE UNIQUE INDEX issued_certificate_one_active
+        ON issued_certificate (ca_name, device_id) WHERE status = 'active'
+    """,
+    "CREATE INDEX issued_certificate_by_device ON issued_certificate (device_id, issued_at)",
+    "CREATE INDEX issued_certificate_by_time ON issued_certificate (issued_at, serial)",
+    """
+    CREATE TABLE ca_client (
+        client_id   INTEGER PRIMARY KEY,
+        name        TEXT NOT NULL CHECK (name <> ''),
+        serial      TEXT NOT NULL,
+        fingerprint TEXT NOT NULL UNIQUE CHECK (length(fingerprint) = 64),
+        not_after   TEXT NOT NULL,
+        status      TEXT NOT NULL CHECK (status IN ('active', 'revoked')),
+        added_at    TEXT NOT NULL,
+        removed_at  TEXT,
+        CHECK ((status = 'active' AND removed_at IS NULL)
+               OR (status = 'revoked' AND removed_at IS NOT NULL))
+    )""",
+    "CREATE UNIQUE INDEX ca_client_one_active_name ON ca_client (name) WHERE status = 'active'",
+)
+
+_CERT_COLUMNS = (
+    "serial, ca_name, device_id, subject, not_before, not_after, status, request_id, "
+    "fingerprint, issued_at, certificate_der"
+)
+_CLIENT_COLUMNS = "name, serial, fingerprint, not_after, status, added_at, removed_at"
+_ACTIVE_SERIALS = (
+    "SELECT serial FROM issued_certificate "
+    "WHERE ca_name = ? AND device_id = ? AND status = 'active' ORDER BY serial"
+)
+
+
+class SQLiteIssuanceStore:
+    """IssuanceStore over one SQLite file."""
+
+    def __init__(self, db: SQLiteDatabase) -> None:
+        self._db = db
+        try:
+            db.ensure_schema(SCHEMA_COMPONENT, SCHEMA_VERSION, SCHEMA)
+        except BaseException:
+            db.close()
+            raise
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> SQLiteIssuanceStore:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ issuance record
+
+    def record_issuance(self, cert: IssuedCertificate, *, supersede: bool) -> list[str]:
+        _require_active(cert)
+        with self._db.write() as conn:
+            return _record(conn, cert, supersede=supersede, db_path=self._db.path)
+
+    def record_issuances(
+        self, certs: Sequence[tuple[IssuedCertificate, bool]]
+    ) -> list[list[str] | ZtpkiError]:
+        for cert, _ in certs:
+            _require_active(cert)
+        results: list[list[str] | ZtpkiError] = []
+        with self._db.write() as conn:
+            for cert, supersede in certs:
+                try:
+                    with savepoint(conn, "issuance"):
+                        results.append(
+                            _record(conn, cert, supersede=supersede, db_path=self._db.path)
+                        )
+                except ZtpkiError as exc:
+                    results.append(exc)
+        return results
+
+    def issued(
+        self,
+        *,
+        ca_name: str | None = None,
+        device_id: str | None = None,
+        status: CertificateStatus | None = None,
+    ) -> list[IssuedCertificate]:
+        filters = {"ca_name": ca_name, "device_id": device_id, "status": status}
+        given = {column: value for column, value in filters.items() if value is not None}
+        # Column names come from the fixed dict above, never from the caller.
+        where = " AND ".join(f"{column} = ?" for column in given) or "1 = 1"
+        query = (
+            f"SELECT {_CERT_COLUMNS} FROM issued_certificate "  # noqa: S608
+            f"WHERE {where} ORDER BY issued_at, serial"
+        )
+        with self._db.read() as conn:
+            rows = conn.execute(query, tuple(str(v) for v in given.values())).fetchall()
+        return [_certificate(row) for row in rows]
+
+    def active_certificate(self, ca_name: str, device_id: str) -> IssuedCertificate | None:
+        with self._db.read() as conn:
+            row = conn.execute(
+                f"SELECT {_CERT_COLUMNS} FROM issued_certificate "  # noqa: S608
+                "WHERE ca_name = ? AND device_id = ? AND status = 'active'",
+                (ca_name, device_id),
+            ).fetchone()
+        return None if row is None else _certificate(row)
+
+    def set_status(self, ca_name: str, serial: str, status: CertificateStatus) -> bool:
+        status = CertificateStatus(status)
+        if status is CertificateStatus.ACTIVE:
+            raise ValueError("a certificate can only leave ACTIVE, never return to it")
+        with self._db.write() as conn:
+            cursor = conn.execute(
+                "UPDATE issued_certificate SET status = ? "
+                "WHERE ca_name = ? AND serial = ? AND status = 'active'",
+                (status.value, ca_name, serial),
+            )
+            return cursor.rowcount == 1
+
+    def count(self) -> int:
+        with self._db.read() as conn:
+            row = conn.execute("SELECT COUNT(*) FROM issued_certificate").fetchone()
+        return int(row[0])
+
+    # ------------------------------------------------------------------ CA-clients
+
+    def add_client(
+        self, name: str, *, serial: str, fingerprint: str, not_after: datetime, now: datetime
+    ) -> None:
+        if not name:
+            raise ValueError("a CA-client needs a name")
+        with self._db.write() as conn:
+            clash = conn.execute(
+                "SELECT name, status FROM ca_client "
+                "WHERE (name = ? AND status = 'active') OR fingerprint = ?",
+                (name, fingerprint),
+            ).fetchone()
+            if clash is not None:
+                raise DuplicateClient(_clash_message(name, clash))
+            conn.execute(
+                f"INSERT INTO ca_client ({_CLIENT_COLUMNS}) "  # noqa: S608
+                "VALUES (?, ?, ?, ?, 'active', ?, NULL)",
+                (name, serial, fingerprint, encode_instant(not_after), encode_instant(now)),
+            )
+
+    def remove_client(self, name: str, *, now: datetime) -> bool:
+        with self._db.write() as conn:
+            cursor = conn.execute(
+                "UPDATE ca_client SET status = 'revoked', removed_at = ? "
+                "WHERE name = ? AND status = 'active'",
+                (encode_instant(now), name),
+            )
+            return cursor.rowcount == 1
+
+    def client_by_fingerprint(self, fingerprint: str) -> ClientRecord | None:
+        with self._db.read() as conn:
+            row = conn.execute(
+                f"SELECT {_CLIENT_COLUMNS} FROM ca_client WHERE fingerprint = ?",  # noqa: S608
+                (fingerprint,),
+            ).fetchone()
+        return None if row is None else _client(row)
+
+    def clients(self) -> list[ClientRecord]:
+        with self._db.read() as conn:
+            rows = conn.execute(
+                f"SELECT {_CLIENT_COLUMNS} FROM ca_client ORDER BY added_at, client_id"  # noqa: S608
+            ).fetchall()
+        return [_client(row) for row in rows]
+
+
+def _require_active(cert: IssuedCertificate) -> None:
+    if cert.status is not CertificateStatus.ACTIVE:
+        raise ValueError(f"certificate {cert.serial} must be recorded as ACTIVE")
+
+
+def _record(
+    conn: sqlite3.Connection, cert: IssuedCertificate, *, supersede: bool, db_path: Path
+) -> list[str]:
+    """One issuance inside the caller's transaction."""
+    if conn.execute(
+        "SELECT 1 FROM issued_certificate WHERE ca_name = ? AND serial = ?",
+        (cert.ca_name, cert.serial),
+    ).fetchone():
+        raise DuplicateSerial(
+            f"CA {cert.ca_name} already recorded serial {cert.serial}; serials must be unique"
+        )
+    live = [row[0] for row in conn.execute(_ACTIVE_SERIALS, (cert.ca_name, cert.device_id))]
+    if live and not supersede:
+        raise AlreadyIssued(ca_name=cert.ca_name, device_id=cert.device_id, serial=live[0])
+    if live:
+        conn.execute(
+            "UPDATE issued_certificate SET status = 'superseded' "
+            "WHERE ca_name = ? AND device_id = ? AND status = 'active'",
+            (cert.ca_name, cert.device_id),
+        )
+    try:
+        conn.execute(
+            f"INSERT INTO issued_certificate ({_CERT_COLUMNS}) "  # noqa: S608
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            _certificate_row(cert),
+        )
+    except sqlite3.IntegrityError as exc:
+        raise storage_error(exc, path=db_path) from exc
+    return live
+
+
+def _certificate_row(cert: IssuedCertificate) -> tuple[Any, ...]:
+    return (
+        cert.serial,
+        cert.ca_name,
+        cert.device_id,
+        cert.subject,
+        encode_instant(cert.not_before),
+        encode_instant(cert.not_after),
+        cert.status.value,
+        cert.request_id,
+        cert.fingerprint,
+        encode_instant(cert.issued_at),
+        cert.certificate_der,
+    )
+
+
+def _certificate(row: Sequence[Any]) -> IssuedCertificate:
+    return IssuedCertificate(
+        serial=row[0],
+        ca_name=row[1],
+        device_id=row[2],
+        subject=row[3],
+        not_before=decode_instant(row[4]),
+        not_after=decode_instant(row[5]),
+        status=CertificateStatus(row[6]),
+        request_id=row[7],
+        fingerprint=row[8],
+        issued_at=decode_instant(row[9]),
+        certificate_der=bytes(row[10]),
+    )
+
+
+def _client(row: Sequence[Any]) -> ClientRecord:
+    return ClientRecord(
+        name=row[0],
+        serial=row[1],
+        fingerprint=row[2],
+        not_after=decode_instant(row[3]),
+        status=ClientStatus(row[4]),
+        added_at=decode_instant(row[5]),
+        removed_at=None if row[6] is None else decode_instant(row[6]),
+    )
+
+
+def _clash_message(name: str, clash: Sequence[Any]) -> str:
+    if clash[0] == name and clash[1] == ClientStatus.ACTIVE:
+        return f"a CA-client named {name} is already active; remove it first or pick another name"
+    return (
+        f"this certificate is already registered for CA-client {clash[0]}; "
+        "issue a new client certificate"
+    )

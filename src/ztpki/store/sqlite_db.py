@@ -1,0 +1,202 @@
+"""One SQLite database file shared safely by threads and processes.
+
+Each thread (and each process, after a fork) gets its own connection; writes run inside
+``BEGIN IMMEDIATE`` so a conditional update reads and writes under the one database write
+lock, across processes too. WAL lets readers work while one writer writes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from ztpki.errors import ConfigurationError, StorageError, Unavailable, ZtpkiError
+
+logger = logging.getLogger(__name__)
+
+_BUSY_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
+
+_SCHEMA_VERSION_TABLE = """
+CREATE TABLE IF NOT EXISTS schema_version (
+    component TEXT PRIMARY KEY,
+    version   INTEGER NOT NULL CHECK (version >= 1)
+)"""
+
+
+def storage_error(exc: sqlite3.Error, *, path: Path) -> ZtpkiError:
+    """The ztpki error for a driver error: busy means retry later, anything else is storage."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None and (code & 0xFF) in _BUSY_CODES:
+        return Unavailable(f"the database {path} is busy; retry shortly", retry_after=1)
+    return StorageError(f"the database {path} failed an operation: {exc}")
+
+
+class SQLiteDatabase:
+    """Connections, transactions and schema versions for one database file."""
+
+    def __init__(self, path: Path, *, durable: bool = True, busy_timeout: float = 30.0) -> None:
+        self.path = Path(path)
+        self.durable = durable
+        self._busy_timeout = busy_timeout
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._connections: list[sqlite3.Connection] = []
+        self._closed = False
+        self._pid = os.getpid()
+        self._create_private_file()
+        try:
+            self._enable_wal()
+        except BaseException:
+            self.close()
+            raise
+
+    def _enable_wal(self) -> None:
+        """Switch the file to WAL (a property of the file, so once, before any transaction).
+
+        Switching a fresh file can fail with SQLITE_BUSY at once, without the busy handler,
+        while another process switches it too; so this one step retries on its own.
+        """
+        deadline = time.monotonic() + self._busy_timeout
+        delay = 0.002
+        while True:
+            try:
+                mode = self.connection().execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                break
+            except sqlite3.Error as exc:
+                error = storage_error(exc, path=self.path)
+                if not isinstance(error, Unavailable) or time.monotonic() >= deadline:
+                    raise error from exc
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
+        if mode != "wal":
+            logger.warning(
+                "database %s runs in %s mode, not WAL: readers wait for writers", self.path, mode
+            )
+
+    def _create_private_file(self) -> None:
+        if not self.path.parent.is_dir():
+            raise ConfigurationError(f"the directory for database {self.path} does not exist")
+        # SQLite gives the -wal and -shm files the main file's mode, so 0600 covers all three.
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise ConfigurationError(f"cannot open database {self.path}: {exc.strerror}") from exc
+        os.close(fd)
+
+    def connection(self) -> sqlite3.Connection:
+        """This thread's connection, opened on first use (again in a forked child)."""
+        if self._closed:
+            raise StorageError(f"the database {self.path} was closed")
+        pid = os.getpid()
+        owned: tuple[int, sqlite3.Connection] | None = getattr(self._local, "owned", None)
+        if owned is not None and owned[0] == pid:
+            return owned[1]
+        if pid != self._pid:
+            # A forked child must neither use nor close the parent's connections.
+            self._pid, self._lock, self._connections = pid, threading.Lock(), []
+        conn = self._connect()
+        self._local.owned = (pid, conn)
+        with self._lock:
+            self._connections.append(conn)
+        return conn
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            # isolation_level=None: the driver never opens transactions on its own; we do.
+            conn = sqlite3.connect(
+                self.path,
+                timeout=self._busy_timeout,
+                isolation_level=None,
+                check_same_thread=False,  # only close() touches it from another thread
+            )
+            conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
+            conn.execute("PRAGMA foreign_keys = ON")
+            conn.execute(f"PRAGMA synchronous = {'FULL' if self.durable else 'NORMAL'}")
+        except sqlite3.Error as exc:
+            raise storage_error(exc, path=self.path) from exc
+        return conn
+
+    @contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction holding the database write lock from its first statement."""
+        with self._transaction("BEGIN IMMEDIATE") as conn:
+            yield conn
+
+    @contextmanager
+    def read(self) -> Iterator[sqlite3.Connection]:
+        """A read transaction: every query inside sees one snapshot."""
+        with self._transaction("BEGIN") as conn:
+            yield conn
+
+    @contextmanager
+    def _transaction(self, begin: str) -> Iterator[sqlite3.Connection]:
+        conn = self.connection()
+        try:
+            conn.execute(begin)
+        except sqlite3.Error as exc:
+            raise storage_error(exc, path=self.path) from exc
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            _rollback(conn)
+            raise storage_error(exc, path=self.path) from exc
+        except BaseException:
+            _rollback(conn)
+            raise
+
+    def ensure_schema(self, component: str, version: int, ddl: Sequence[str]) -> None:
+        """Create ``component``'s tables when missing; refuse a database of another version."""
+        with self.write() as conn:
+            conn.execute(_SCHEMA_VERSION_TABLE)
+            row = conn.execute(
+                "SELECT version FROM schema_version WHERE component = ?", (component,)
+            ).fetchone()
+            if row is None:
+                for statement in ddl:
+                    conn.execute(statement)
+                conn.execute(
+                    "INSERT INTO schema_version (component, version) VALUES (?, ?)",
+                    (component, version),
+                )
+                logger.info("created %s schema version %d in %s", component, version, self.path)
+            elif row[0] != version:
+                raise ConfigurationError(
+                    f"database {self.path} holds {component} schema version {row[0]}, but this "
+                    f"ztpki uses version {version}; use the matching ztpki release"
+                )
+
+    def close(self) -> None:
+        """Close every connection this object opened; later use raises StorageError."""
+        with self._lock:
+            self._closed = True
+            connections, self._connections = self._connections, []
+        for conn in connections:
+            conn.close()
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    if conn.in_transaction:
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            logger.exception("rollback failed; the connection is left for SQLite to recover")
+
+
+@contextmanager
+def savepoint(conn: sqlite3.Connection, name: str) -> Iterator[None]:
+    """A nested unit inside a transaction: undone alone when its body raises."""
+    conn.execute(f"SAVEPOINT {name}")
+    try:
+        yield
+    except BaseException:
+        conn.execute(f"ROLLBACK TO SAVEPOINT {name}")
+        conn.execute(f"RELEASE SAVEPOINT {name}")
+        raise
+    conn.execute(f"RELEASE SAVEPOINT {name}")

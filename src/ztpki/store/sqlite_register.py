@@ -1,0 +1,457 @@
+"""The customer node's access-control register and audit trail in one SQLite file.
+
+The state machine lives in the schema as well as here: CHECK constraints allow only the known
+states and tie ISSUING to a held lease and BLOCKED to a remembered state, and every transition
+is one conditional ``UPDATE ... WHERE state ...`` whose row count says whether it happened.
+An ``audit`` record given to a transition is appended in the same transaction, only when the
+transition happens.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Collection, Sequence
+from datetime import datetime, timedelta
+from types import TracebackType
+from typing import Any
+
+from ztpki.store import sqlite_audit
+from ztpki.store.audit import verify_chain
+from ztpki.store.instants import decode_instant, encode_instant
+from ztpki.store.records import (
+    RESTING_STATES,
+    AuditEntry,
+    AuditRecord,
+    AuditVerification,
+    DeviceState,
+    DuplicateDevice,
+    ImportResult,
+    ManifestRecord,
+    NewDevice,
+    RegisteredDevice,
+)
+from ztpki.store.sqlite_db import SQLiteDatabase
+
+SCHEMA_COMPONENT = "customer_node"
+SCHEMA_VERSION = 1
+
+_STATES = "'listed', 'issuing', 'issued', 'customized', 'blocked'"
+_RESTING = "'listed', 'issued', 'customized'"
+
+REGISTER_SCHEMA = (
+    """
+    CREATE TABLE manifest (
+        manifest_id  TEXT PRIMARY KEY CHECK (manifest_id <> ''),
+        issued_at    TEXT NOT NULL,
+        signer       TEXT NOT NULL,
+        device_count INTEGER NOT NULL CHECK (device_count >= 0),
+        imported_at  TEXT NOT NULL
+    )""",
+    f"""
+    CREATE TABLE device (
+        device_id              TEXT PRIMARY KEY CHECK (device_id <> ''),
+        state                  TEXT NOT NULL CHECK (state IN ({_STATES})),
+        temp_fingerprint       TEXT CHECK (length(temp_fingerprint) = 64),
+        manufacturer           TEXT,
+        model                  TEXT,
+        batch                  TEXT,
+        manifest_id            TEXT REFERENCES manifest (manifest_id),
+        issued_serial          TEXT,
+        issued_spki            TEXT,
+        issued_certificate_der BLOB,
+        blocked_from           TEXT CHECK (blocked_from IN ({_RESTING})),
+        lease_token            TEXT,
+        lease_expires          TEXT,
+        previous_state         TEXT CHECK (previous_state IN ({_RESTING})),
+        updated_at             TEXT NOT NULL,
+        CHECK ((state = 'issuing' AND lease_token IS NOT NULL AND lease_expires IS NOT NULL
+                AND previous_state IS NOT NULL)
+            OR (state <> 'issuing' AND lease_token IS NULL AND lease_expires IS NULL
+                AND previous_state IS NULL)),
+        CHECK ((state = 'blocked' AND blocked_from IS NOT NULL)
+            OR (state <> 'blocked' AND blocked_from IS NULL)),
+        CHECK (state NOT IN ('issued', 'customized')
+            OR (issued_serial IS NOT NULL AND issued_spki IS NOT NULL
+                AND issued_certificate_der IS NOT NULL))
+    )""",
+    "CREATE INDEX device_by_state ON device (state, device_id)",
+    """
+    CREATE TABLE device_chain (
+        device_id       TEXT NOT NULL REFERENCES device (device_id) ON DELETE CASCADE,
+        position        INTEGER NOT NULL CHECK (position >= 0),
+        certificate_der BLOB NOT NULL,
+        PRIMARY KEY (device_id, position)
+    )""",
+)
+
+_DEVICE_COLUMNS = (
+    "device_id, state, temp_fingerprint, manufacturer, model, batch, manifest_id, "
+    "issued_serial, issued_spki, issued_certificate_der, blocked_from, lease_token, "
+    "lease_expires, previous_state, updated_at"
+)
+_MANIFEST_COLUMNS = "manifest_id, issued_at, signer, device_count, imported_at"
+_INSERT_DEVICE = (
+    "INSERT INTO device (device_id, state, temp_fingerprint, manufacturer, model, batch, "
+    "manifest_id, updated_at) VALUES (?, 'listed', ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (device_id) DO NOTHING"
+)
+
+
+class SQLiteNodeStore:
+    """RegisterStore and AuditLog over one SQLite file."""
+
+    def __init__(self, db: SQLiteDatabase) -> None:
+        self._db = db
+        try:
+            db.ensure_schema(
+                SCHEMA_COMPONENT, SCHEMA_VERSION, REGISTER_SCHEMA + sqlite_audit.SCHEMA
+            )
+        except BaseException:
+            db.close()
+            raise
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> SQLiteNodeStore:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ listing devices
+
+    def import_devices(
+        self,
+        devices: Sequence[NewDevice],
+        *,
+        manifest: ManifestRecord,
+        audit: AuditRecord | None = None,
+    ) -> ImportResult:
+        ids = [device.device_id for device in devices]
+        with self._db.write() as conn:
+            if conn.execute(
+                "SELECT 1 FROM manifest WHERE manifest_id = ?", (manifest.manifest_id,)
+            ).fetchone():
+                return ImportResult(added=[], unchanged=ids, already_imported=True)
+            conn.execute(
+                f"INSERT INTO manifest ({_MANIFEST_COLUMNS}) VALUES (?, ?, ?, ?, ?)",  # noqa: S608
+                _manifest_row(manifest),
+            )
+            added: list[str] = []
+            unchanged: list[str] = []
+            for device in devices:
+                row = _new_device_row(device, manifest.manifest_id, manifest.imported_at)
+                inserted = conn.execute(_INSERT_DEVICE, row).rowcount == 1
+                (added if inserted else unchanged).append(device.device_id)
+            _audit(conn, audit)
+        return ImportResult(added=added, unchanged=unchanged, already_imported=False)
+
+    def add_device(
+        self, device: NewDevice, *, now: datetime, audit: AuditRecord | None = None
+    ) -> None:
+        with self._db.write() as conn:
+            if conn.execute(_INSERT_DEVICE, _new_device_row(device, None, now)).rowcount != 1:
+                raise DuplicateDevice(
+                    f"device {device.device_id} is already in the register; "
+                    "block or inspect it instead of adding it again"
+                )
+            _audit(conn, audit)
+
+    # ------------------------------------------------------------------ reading
+
+    def get(self, device_id: str) -> RegisteredDevice | None:
+        with self._db.read() as conn:
+            return _select_device(conn, device_id)
+
+    def devices(self, *, state: DeviceState | None = None) -> list[RegisteredDevice]:
+        where, params = ("WHERE d.state = ?", (DeviceState(state).value,)) if state else ("", ())
+        with self._db.read() as conn:
+            rows = conn.execute(
+                f"SELECT {_DEVICE_COLUMNS} FROM device d {where} "  # noqa: S608
+                "ORDER BY d.device_id",
+                params,
+            ).fetchall()
+            chains: dict[str, list[bytes]] = {}
+            for device_id, der in conn.execute(
+                "SELECT c.device_id, c.certificate_der FROM device_chain c "  # noqa: S608
+                f"JOIN device d ON d.device_id = c.device_id {where} "
+                "ORDER BY c.device_id, c.position",
+                params,
+            ):
+                chains.setdefault(device_id, []).append(bytes(der))
+        return [_device(row, chains.get(row[0], [])) for row in rows]
+
+    def counts(self) -> dict[DeviceState, int]:
+        with self._db.read() as conn:
+            rows = conn.execute("SELECT state, COUNT(*) FROM device GROUP BY state").fetchall()
+        found = {DeviceState(state): int(count) for state, count in rows}
+        return {state: found.get(state, 0) for state in DeviceState}
+
+    def manifests(self) -> list[ManifestRecord]:
+        with self._db.read() as conn:
+            rows = conn.execute(
+                f"SELECT {_MANIFEST_COLUMNS} FROM manifest "  # noqa: S608
+                "ORDER BY imported_at, manifest_id"
+            ).fetchall()
+        return [_manifest(row) for row in rows]
+
+    # ------------------------------------------------------------------ issuance lease
+
+    def begin_issuance(
+        self,
+        device_id: str,
+        *,
+        allowed_from: Collection[DeviceState],
+        token: str,
+        now: datetime,
+        lease_seconds: float,
+        audit: AuditRecord | None = None,
+    ) -> RegisteredDevice | None:
+        allowed = _resting_states(allowed_from)
+        if not token:
+            raise ValueError("an issuance lease needs a non-empty token")
+        if not lease_seconds > 0:
+            raise ValueError("lease_seconds must be positive")
+        marks = ", ".join("?" for _ in allowed)
+        at = encode_instant(now, name="now")
+        expires = encode_instant(now + timedelta(seconds=lease_seconds))
+        with self._db.write() as conn:
+            before = _select_device(conn, device_id)
+            if before is None:
+                return None
+            # A lease that expired belongs to a node that crashed mid-issuance: take it over,
+            # but only for an issuance that started from a state this caller may start from.
+            changed = conn.execute(
+                "UPDATE device SET state = 'issuing', lease_token = ?, lease_expires = ?, "  # noqa: S608
+                "previous_state = CASE WHEN state = 'issuing' THEN previous_state ELSE state END, "
+                "updated_at = ? "
+                f"WHERE device_id = ? AND (state IN ({marks}) OR (state = 'issuing' "
+                f"AND lease_expires < ? AND previous_state IN ({marks})))",
+                (token, expires, at, device_id, *allowed, at, *allowed),
+            ).rowcount
+            if changed != 1:
+                return None
+            _audit(conn, audit)
+        return before
+
+    def complete_issuance(
+        self,
+        device_id: str,
+        *,
+        token: str,
+        new_state: DeviceState,
+        serial: str,
+        spki: str,
+        certificate_der: bytes,
+        chain_der: Sequence[bytes],
+        now: datetime,
+        audit: AuditRecord | None = None,
+    ) -> bool:
+        new_state = DeviceState(new_state)
+        if new_state not in (DeviceState.ISSUED, DeviceState.CUSTOMIZED):
+            raise ValueError("an issuance completes as ISSUED or CUSTOMIZED")
+        with self._db.write() as conn:
+            changed = conn.execute(
+                "UPDATE device SET state = ?, issued_serial = ?, issued_spki = ?, "
+                "issued_certificate_der = ?, lease_token = NULL, lease_expires = NULL, "
+                "previous_state = NULL, updated_at = ? "
+                "WHERE device_id = ? AND state = 'issuing' AND lease_token = ?",
+                (
+                    new_state.value,
+                    serial,
+                    spki,
+                    certificate_der,
+                    encode_instant(now),
+                    device_id,
+                    token,
+                ),
+            ).rowcount
+            if changed != 1:
+                return False
+            conn.execute("DELETE FROM device_chain WHERE device_id = ?", (device_id,))
+            conn.executemany(
+                "INSERT INTO device_chain (device_id, position, certificate_der) VALUES (?, ?, ?)",
+                [(device_id, position, der) for position, der in enumerate(chain_der)],
+            )
+            _audit(conn, audit)
+        return True
+
+    def abort_issuance(
+        self, device_id: str, *, token: str, now: datetime, audit: AuditRecord | None = None
+    ) -> bool:
+        return self._transition(
+            "UPDATE device SET state = previous_state, lease_token = NULL, lease_expires = NULL, "
+            "previous_state = NULL, updated_at = ? "
+            "WHERE device_id = ? AND state = 'issuing' AND lease_token = ?",
+            (encode_instant(now), device_id, token),
+            audit,
+        )
+
+    # ------------------------------------------------------------------ other transitions
+
+    def confirm(
+        self, device_id: str, *, serial: str, now: datetime, audit: AuditRecord | None = None
+    ) -> bool:
+        return self._transition(
+            "UPDATE device SET state = 'customized', updated_at = ? "
+            "WHERE device_id = ? AND state = 'issued' AND issued_serial = ?",
+            (encode_instant(now), device_id, serial),
+            audit,
+        )
+
+    def block(self, device_id: str, *, now: datetime, audit: AuditRecord | None = None) -> bool:
+        # Blocking an issuance in flight drops its lease, so its completion cannot land.
+        return self._transition(
+            "UPDATE device SET state = 'blocked', "
+            "blocked_from = CASE WHEN state = 'issuing' THEN previous_state ELSE state END, "
+            "lease_token = NULL, lease_expires = NULL, previous_state = NULL, updated_at = ? "
+            "WHERE device_id = ? AND state <> 'blocked'",
+            (encode_instant(now), device_id),
+            audit,
+        )
+
+    def unblock(self, device_id: str, *, now: datetime, audit: AuditRecord | None = None) -> bool:
+        return self._transition(
+            "UPDATE device SET state = blocked_from, blocked_from = NULL, updated_at = ? "
+            "WHERE device_id = ? AND state = 'blocked'",
+            (encode_instant(now), device_id),
+            audit,
+        )
+
+    def _transition(self, update: str, params: tuple[Any, ...], audit: AuditRecord | None) -> bool:
+        with self._db.write() as conn:
+            if conn.execute(update, params).rowcount != 1:
+                return False
+            _audit(conn, audit)
+        return True
+
+    # ------------------------------------------------------------------ audit trail
+
+    def append(
+        self,
+        *,
+        at: datetime,
+        device_id: str | None,
+        client_fingerprint: str | None,
+        endpoint: str,
+        decision: str,
+        reason: str,
+        serial: str | None,
+    ) -> AuditEntry:
+        record = AuditRecord(
+            at=at,
+            device_id=device_id,
+            client_fingerprint=client_fingerprint,
+            endpoint=endpoint,
+            decision=decision,
+            reason=reason,
+            serial=serial,
+        )
+        return self.append_many([record])[0]
+
+    def append_many(self, records: Sequence[AuditRecord]) -> list[AuditEntry]:
+        with self._db.write() as conn:
+            return sqlite_audit.append_records(conn, records)
+
+    def entries(
+        self, *, device_id: str | None = None, limit: int | None = None
+    ) -> list[AuditEntry]:
+        with self._db.read() as conn:
+            return sqlite_audit.select_entries(conn, device_id=device_id, limit=limit)
+
+    def verify(self) -> AuditVerification:
+        with self._db.read() as conn:
+            try:
+                return verify_chain(sqlite_audit.iterate_entries(conn))
+            except sqlite_audit.UnreadableEntry as exc:
+                return AuditVerification(False, exc.seq, exc.seq, str(exc))
+
+    def counts_by_decision(self) -> dict[str, int]:
+        with self._db.read() as conn:
+            return sqlite_audit.count_by_decision(conn)
+
+
+def _audit(conn: sqlite3.Connection, record: AuditRecord | None) -> None:
+    if record is not None:
+        sqlite_audit.append_records(conn, [record])
+
+
+def _resting_states(allowed_from: Collection[DeviceState]) -> list[str]:
+    allowed = sorted({DeviceState(state) for state in allowed_from})
+    if not allowed or not set(allowed) <= RESTING_STATES:
+        raise ValueError("allowed_from must name one or more of LISTED, ISSUED, CUSTOMIZED")
+    return [state.value for state in allowed]
+
+
+def _select_device(conn: sqlite3.Connection, device_id: str) -> RegisteredDevice | None:
+    row = conn.execute(
+        f"SELECT {_DEVICE_COLUMNS} FROM device WHERE device_id = ?",  # noqa: S608
+        (device_id,),
+    ).fetchone()
+    if row is None:
+        return None
+    chain = conn.execute(
+        "SELECT certificate_der FROM device_chain WHERE device_id = ? ORDER BY position",
+        (device_id,),
+    )
+    return _device(row, [bytes(der) for (der,) in chain])
+
+
+def _new_device_row(device: NewDevice, manifest_id: str | None, now: datetime) -> tuple[Any, ...]:
+    return (
+        device.device_id,
+        device.temp_fingerprint,
+        device.manufacturer,
+        device.model,
+        device.batch,
+        manifest_id,
+        encode_instant(now, name="now"),
+    )
+
+
+def _optional_state(value: str | None) -> DeviceState | None:
+    return None if value is None else DeviceState(value)
+
+
+def _device(row: Sequence[Any], chain: list[bytes]) -> RegisteredDevice:
+    return RegisteredDevice(
+        device_id=row[0],
+        state=DeviceState(row[1]),
+        temp_fingerprint=row[2],
+        manufacturer=row[3],
+        model=row[4],
+        batch=row[5],
+        manifest_id=row[6],
+        issued_serial=row[7],
+        issued_spki=row[8],
+        issued_certificate_der=None if row[9] is None else bytes(row[9]),
+        issued_chain_der=tuple(chain),
+        blocked_from=_optional_state(row[10]),
+        lease_token=row[11],
+        lease_expires=None if row[12] is None else decode_instant(row[12]),
+        previous_state=_optional_state(row[13]),
+        updated_at=decode_instant(row[14]),
+    )
+
+
+def _manifest_row(manifest: ManifestRecord) -> tuple[Any, ...]:
+    return (
+        manifest.manifest_id,
+        encode_instant(manifest.issued_at),
+        manifest.signer,
+        manifest.device_count,
+        encode_instant(manifest.imported_at),
+    )
+
+
+def _manifest(row: Sequence[Any]) -> ManifestRecord:
+    return ManifestRecord(
+        manifest_id=row[0],
+        issued_at=decode_instant(row[1]),
+        signer=row[2],
+        device_count=int(row[3]),
+        imported_at=decode_instant(row[4]),
+    )

@@ -1,0 +1,201 @@
+"""The store implementations the contract suite runs against, and work for child processes.
+
+A backend is named by (kind, locator), both plain strings, so a child process started with
+``spawn`` can open the same database. To add PostgreSQL: add its kind to KINDS, teach
+``locator_for``/``open_ca``/``open_node``/``raw_execute`` to use a DSN with a per-test schema,
+and the whole contract suite runs against it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from ztpki.store import (
+    AuditRecord,
+    CertificateStatus,
+    DeviceState,
+    IssuanceStore,
+    IssuedCertificate,
+    NodeStore,
+    open_sqlite_ca_store,
+    open_sqlite_node_store,
+)
+
+KINDS = ("sqlite",)
+
+T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+
+
+# ---------------------------------------------------------------- record builders
+
+
+def make_certificate(
+    serial: str,
+    device_id: str = "dev-1",
+    *,
+    ca_name: str = "customer",
+    issued_at: datetime = T0,
+) -> IssuedCertificate:
+    der = b"\x30\x82" + serial.encode() + device_id.encode()
+    return IssuedCertificate(
+        serial=serial,
+        ca_name=ca_name,
+        device_id=device_id,
+        subject=f"CN={device_id}",
+        not_before=issued_at,
+        not_after=issued_at + timedelta(days=365),
+        status=CertificateStatus.ACTIVE,
+        request_id=f"req-{serial}",
+        fingerprint=hashlib.sha256(der).hexdigest(),
+        issued_at=issued_at,
+        certificate_der=der,
+    )
+
+
+def sha256_hex(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+# ---------------------------------------------------------------- opening backends
+
+
+def locator_for(kind: str, tmp_path: Path) -> str:
+    if kind == "sqlite":
+        return str(tmp_path)
+    raise AssertionError(f"unknown backend {kind}")
+
+
+def open_ca(kind: str, locator: str) -> IssuanceStore:
+    if kind == "sqlite":
+        return open_sqlite_ca_store(Path(locator) / "ca.db")
+    raise AssertionError(f"unknown backend {kind}")
+
+
+def open_node(kind: str, locator: str) -> NodeStore:
+    if kind == "sqlite":
+        return open_sqlite_node_store(Path(locator) / "node.db")
+    raise AssertionError(f"unknown backend {kind}")
+
+
+def raw_execute(kind: str, locator: str, database: str, sql: str, params: tuple[Any, ...]) -> int:
+    """Run SQL behind the store's back (``?`` placeholders); returns the row count."""
+    if kind == "sqlite":
+        conn = sqlite3.connect(Path(locator) / f"{database}.db", isolation_level=None)
+        try:
+            conn.execute("PRAGMA foreign_keys = ON")
+            return conn.execute(sql, params).rowcount
+        finally:
+            conn.close()
+    raise AssertionError(f"unknown backend {kind}")
+
+
+def integrity_error(kind: str) -> type[Exception]:
+    if kind == "sqlite":
+        return sqlite3.IntegrityError
+    raise AssertionError(f"unknown backend {kind}")
+
+
+def close(store: object) -> None:
+    closer = getattr(store, "close", None)
+    if closer is not None:
+        closer()
+
+
+@dataclass
+class Backend:
+    kind: str
+    locator: str
+    opened: list[object]
+
+    def ca(self) -> IssuanceStore:
+        store = open_ca(self.kind, self.locator)
+        self.opened.append(store)
+        return store
+
+    def node(self) -> NodeStore:
+        store = open_node(self.kind, self.locator)
+        self.opened.append(store)
+        return store
+
+    def raw(self, database: str, sql: str, *params: Any) -> int:
+        return raw_execute(self.kind, self.locator, database, sql, params)
+
+    @property
+    def integrity_error(self) -> type[Exception]:
+        return integrity_error(self.kind)
+
+
+# ---------------------------------------------------------------- child-process work
+
+
+def race_begin_issuance(
+    kind: str, locator: str, device_id: str, token: str, barrier: Any, results: Any
+) -> None:
+    store = open_node(kind, locator)
+    try:
+        barrier.wait(timeout=60)
+        won = store.begin_issuance(
+            device_id,
+            allowed_from={DeviceState.LISTED},
+            token=token,
+            now=T0,
+            lease_seconds=60,
+        )
+        results.put((token, won is not None))
+    finally:
+        close(store)
+
+
+def open_fresh_and_append(kind: str, locator: str, worker: int, barrier: Any, results: Any) -> None:
+    barrier.wait(timeout=60)
+    try:
+        store = open_node(kind, locator)
+    except Exception as exc:
+        results.put((worker, repr(exc)))
+        return
+    try:
+        entry = store.append(**_fields(AuditRecord(at=T0, endpoint="e", decision="d", reason="")))
+        results.put((worker, entry.seq))
+    finally:
+        close(store)
+
+
+def append_audit_entries(
+    kind: str, locator: str, worker: int, count: int, barrier: Any, results: Any
+) -> None:
+    store = open_node(kind, locator)
+    try:
+        barrier.wait(timeout=60)
+        seqs: list[int] = []
+        for i in range(count):
+            record = AuditRecord(
+                at=T0,
+                endpoint="simpleenroll",
+                decision="issued",
+                reason=f"worker {worker} entry {i}",
+                device_id=f"dev-{worker}",
+            )
+            if i % 5 == 4:
+                seqs.extend(e.seq for e in store.append_many([record, record]))
+            else:
+                seqs.append(store.append(**_fields(record)).seq)
+        results.put((worker, seqs))
+    finally:
+        close(store)
+
+
+def _fields(record: AuditRecord) -> dict[str, Any]:
+    return {
+        "at": record.at,
+        "device_id": record.device_id,
+        "client_fingerprint": record.client_fingerprint,
+        "endpoint": record.endpoint,
+        "decision": record.decision,
+        "reason": record.reason,
+        "serial": record.serial,
+    }

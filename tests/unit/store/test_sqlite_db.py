@@ -1,0 +1,113 @@
+"""SQLite-only behaviour under the contract: pragmas, file mode, locking and error mapping."""
+
+from __future__ import annotations
+
+import multiprocessing
+import sqlite3
+import stat
+import threading
+from pathlib import Path
+
+import pytest
+from store_backends import make_certificate, open_fresh_and_append
+
+from ztpki.errors import ConfigurationError, StorageError, Unavailable
+from ztpki.store import open_sqlite_ca_store, open_sqlite_node_store
+from ztpki.store.sqlite_db import SQLiteDatabase
+
+
+def pragma(db: SQLiteDatabase, name: str) -> object:
+    return db.connection().execute(f"PRAGMA {name}").fetchone()[0]
+
+
+@pytest.mark.parametrize(
+    ("durable", "synchronous"), [(True, 2), (False, 1)], ids=["ok-full", "ok-normal"]
+)
+def test_ok_pragmas(tmp_path: Path, durable: bool, synchronous: int) -> None:
+    db = SQLiteDatabase(tmp_path / "x.db", durable=durable)
+    try:
+        assert pragma(db, "journal_mode") == "wal"
+        assert pragma(db, "synchronous") == synchronous
+        assert pragma(db, "foreign_keys") == 1
+        assert pragma(db, "busy_timeout") == 30000
+    finally:
+        db.close()
+
+
+def test_ok_database_file_is_private(tmp_path: Path) -> None:
+    open_sqlite_node_store(tmp_path / "node.db").close()
+    assert stat.S_IMODE((tmp_path / "node.db").stat().st_mode) == 0o600
+
+
+def test_fail_missing_directory(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="does not exist"):
+        open_sqlite_ca_store(tmp_path / "absent" / "ca.db")
+
+
+def test_fail_use_after_close(tmp_path: Path) -> None:
+    store = open_sqlite_ca_store(tmp_path / "ca.db")
+    assert store.count() == 0
+    store.close()
+    with pytest.raises(StorageError, match="closed"):
+        store.count()
+
+
+def test_ok_each_thread_has_its_own_connection(tmp_path: Path) -> None:
+    db = SQLiteDatabase(tmp_path / "x.db")
+    seen: list[sqlite3.Connection] = []
+    thread = threading.Thread(target=lambda: seen.append(db.connection()))
+    thread.start()
+    thread.join()
+    try:
+        assert seen[0] is not db.connection()
+        assert db.connection() is db.connection()
+    finally:
+        db.close()
+
+
+def test_fail_busy_database_is_unavailable(tmp_path: Path) -> None:
+    store = open_sqlite_ca_store(tmp_path / "ca.db", busy_timeout=0.05)
+    holder = sqlite3.connect(tmp_path / "ca.db", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(Unavailable) as caught:
+            store.record_issuance(make_certificate("01"), supersede=False)
+        assert caught.value.retry_after == 1
+        assert store.count() == 0  # readers still read under WAL
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert store.record_issuance(make_certificate("01"), supersede=False) == []
+    store.close()
+
+
+def test_ok_both_stores_can_share_one_file(tmp_path: Path) -> None:
+    with (
+        open_sqlite_ca_store(tmp_path / "one.db") as ca,
+        open_sqlite_node_store(tmp_path / "one.db") as node,
+    ):
+        ca.record_issuance(make_certificate("01"), supersede=False)
+        assert node.verify().ok and ca.count() == 1
+
+
+@pytest.mark.timeout(180)
+def test_ok_processes_opening_a_fresh_database_together(tmp_path: Path) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    workers = 6
+    barrier = ctx.Barrier(workers)
+    results = ctx.Queue()
+    processes = [
+        ctx.Process(
+            target=open_fresh_and_append, args=("sqlite", str(tmp_path), w, barrier, results)
+        )
+        for w in range(workers)
+    ]
+    for process in processes:
+        process.start()
+    outcomes = dict(results.get(timeout=120) for _ in processes)
+    for process in processes:
+        process.join(timeout=60)
+    assert all(isinstance(seq, int) for seq in outcomes.values()), outcomes
+    assert sorted(outcomes.values()) == list(range(1, workers + 1))
+    with open_sqlite_node_store(tmp_path / "node.db") as store:
+        assert store.verify().checked == workers
