@@ -65,7 +65,9 @@ class Credential:
         return cls(key=key, chain=tuple(chain), trust_anchors=tuple(anchors))
 
 
-def _load_identity(context: ssl.SSLContext, key: PrivateKey, chain: Sequence[x509.Certificate]) -> None:
+def _load_identity(
+    context: ssl.SSLContext, key: PrivateKey, chain: Sequence[x509.Certificate]
+) -> None:
     # ssl only loads keys from files: write an encrypted copy under a one-time password to a
     # private temporary directory, load it, and delete it at once.
     import secrets

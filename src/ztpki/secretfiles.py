@@ -59,7 +59,9 @@ def resolve_passphrase(
         try:
             value = passphrase_file.read_bytes().rstrip(b"\r\n")
         except OSError as exc:
-            raise ConfigurationError(f"cannot read passphrase file {passphrase_file}: {exc.strerror}") from None
+            raise ConfigurationError(
+                f"cannot read passphrase file {passphrase_file}: {exc.strerror}"
+            ) from None
     elif os.environ.get(env_var):
         value = os.environ[env_var].encode()
     elif insecure_no_passphrase:
@@ -74,5 +76,7 @@ def resolve_passphrase(
             f"{what} needs a passphrase: give --passphrase-file FILE or set {env_var}"
         )
     if len(value) < MIN_PASSPHRASE:
-        raise ConfigurationError(f"the passphrase for {what} must have at least {MIN_PASSPHRASE} characters")
+        raise ConfigurationError(
+            f"the passphrase for {what} must have at least {MIN_PASSPHRASE} characters"
+        )
     return value

@@ -53,7 +53,11 @@ def ztpki_argv(*args: str) -> list[str]:
 
 
 def start(
-    args: Sequence[str], *, log_path: Path, env: Mapping[str, str] | None = None, timeout: float = 60.0
+    args: Sequence[str],
+    *,
+    log_path: Path,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 60.0,
 ) -> Service:
     """Run `ztpki ARGS` and return once it printed its readiness line."""
     full_env = {**os.environ, **(env or {})}

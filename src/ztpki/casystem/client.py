@@ -87,7 +87,9 @@ class CAClient:
                 answer = await asyncio.wait_for(self._exchange(connection, request), self._timeout)
             except TimeoutError:
                 connection.close()
-                raise Unavailable(f"CA system {self.address} did not answer within {self._timeout:.0f} s") from None
+                raise Unavailable(
+                    f"CA system {self.address} did not answer within {self._timeout:.0f} s"
+                ) from None
             except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError, OSError) as exc:
                 connection.close()
                 raise Unavailable(f"connection to CA system {self.address} failed: {exc}") from None
@@ -133,7 +135,9 @@ class CAClient:
         return _Connection(reader, writer, now)
 
     @staticmethod
-    async def _exchange(connection: _Connection, request: EnrollmentRequest) -> EnrollmentAnswer | EnrollmentError:
+    async def _exchange(
+        connection: _Connection, request: EnrollmentRequest
+    ) -> EnrollmentAnswer | EnrollmentError:
         connection.writer.write(encode_frame(encode_request(request)))
         await connection.writer.drain()
         length = frame_length(await connection.reader.readexactly(HEADER_SIZE))

@@ -23,13 +23,13 @@ from pathlib import Path
 import tomli_w
 from cryptography import x509
 
+from ztpki.casystem.policy import IssuingPolicy
 from ztpki.errors import ConfigurationError, MalformedInput, UnknownCA
 from ztpki.pki.authority import CertificateAuthority, IssuanceGrant, create_self_signed_ca
 from ztpki.pki.keys import KeySpec, decode_pkcs8, encode_pkcs8_pem, generate_private_key
 from ztpki.pki.names import SubjectFields, build_subject
 from ztpki.pki.pem import certificates_pem, load_certificates_pem
 from ztpki.pki.profiles import CertificateProfile
-from ztpki.casystem.policy import IssuingPolicy
 from ztpki.secretfiles import write_private_file, write_public_file
 
 CA_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -74,7 +74,9 @@ class CASystemDirectory:
 
     def ca_names(self) -> list[str]:
         cas = self.root / "cas"
-        return sorted(p.name for p in cas.iterdir() if (p / "ca.pem").exists()) if cas.exists() else []
+        return (
+            sorted(p.name for p in cas.iterdir() if (p / "ca.pem").exists()) if cas.exists() else []
+        )
 
     def default_ca(self) -> str:
         try:
@@ -91,7 +93,9 @@ class CASystemDirectory:
     def set_default_ca(self, name: str) -> None:
         write_public_file(
             self.root / "system.toml",
-            ("# The CA used for requests that name none.\n" + tomli_w.dumps({"default_ca": name})).encode(),
+            (
+                "# The CA used for requests that name none.\n" + tomli_w.dumps({"default_ca": name})
+            ).encode(),
         )
 
     def certificate(self, name: str) -> x509.Certificate:
@@ -195,7 +199,9 @@ def init_ca(
     key = generate_private_key(key_spec)
     ca_subject = _ca_subject(name, fields, common_name)
     if parent is None:
-        certificate = create_self_signed_ca(key, ca_subject, now=now, validity=timedelta(days=validity_days))
+        certificate = create_self_signed_ca(
+            key, ca_subject, now=now, validity=timedelta(days=validity_days)
+        )
         parents: tuple[x509.Certificate, ...] = ()
     else:
         grant = IssuanceGrant(
@@ -237,7 +243,9 @@ def service_authority(
         return CertificateAuthority(name=SERVICE_CA, key=key, certificate=cert)
     key = generate_private_key(KeySpec.EC_P256)
     subject = build_subject(
-        f"ztpki CA-system service {directory.root.resolve().name}", SubjectFields(), serial_number=None
+        f"ztpki CA-system service {directory.root.resolve().name}",
+        SubjectFields(),
+        serial_number=None,
     )
     cert = create_self_signed_ca(key, subject, now=now, validity=timedelta(days=3650))
     service_dir.mkdir(parents=True, exist_ok=True, mode=0o700)

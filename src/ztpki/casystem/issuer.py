@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from ztpki.casystem.policy import IssuingPolicy
 from ztpki.errors import MalformedInput, UnknownCA, UnsupportedParameter
@@ -49,7 +50,7 @@ def _csr_public_key(csr_der: bytes, policy: IssuingPolicy) -> tuple[PublicKey, K
         raise UnsupportedParameter("this CA does not accept CSRs; omit CSR to get a generated key")
     try:
         csr = x509.load_der_x509_csr(csr_der)
-    except ValueError:
+    except (ValueError, x509.InvalidVersion):
         raise MalformedInput("CSR is not a DER PKCS#10 certification request") from None
     try:
         valid = csr.is_signature_valid
@@ -58,10 +59,11 @@ def _csr_public_key(csr_der: bytes, policy: IssuingPolicy) -> tuple[PublicKey, K
         raise MalformedInput("CSR public key or signature algorithm is not supported") from None
     if not valid:
         raise MalformedInput("CSR signature does not verify: the CSR was altered or mis-signed")
-    spec = policy.key_spec(key_spec_of(public_key))
-    if not isinstance(public_key, PublicKey.__args__):  # type: ignore[attr-defined]
-        raise UnsupportedParameter("CSR key type is not supported")
-    return public_key, spec
+    if not isinstance(
+        public_key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey | ed25519.Ed25519PublicKey
+    ):
+        raise UnsupportedParameter("CSR key type is not supported; use EC, RSA or Ed25519")
+    return public_key, policy.key_spec(key_spec_of(public_key))
 
 
 class CASystem:
@@ -111,7 +113,9 @@ class CASystem:
         return plan.ca.authority.issue(public_key, plan.grant)
 
     @staticmethod
-    def record_of(plan: IssuancePlan, certificate: x509.Certificate, *, now: datetime) -> IssuedCertificate:
+    def record_of(
+        plan: IssuancePlan, certificate: x509.Certificate, *, now: datetime
+    ) -> IssuedCertificate:
         return IssuedCertificate(
             serial=serial_hex(certificate),
             ca_name=plan.ca.authority.name,
@@ -141,5 +145,6 @@ class CASystem:
             certificate_der=certificate_der(certificate),
             ca_certificates_der=chain,
             private_key_der=key_der,
-            private_key_encrypted=private_key is not None and params.encrypt_private_key is not None,
+            private_key_encrypted=private_key is not None
+            and params.encrypt_private_key is not None,
         )

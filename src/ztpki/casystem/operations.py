@@ -57,11 +57,15 @@ def add_client(
     now = now or datetime.now(UTC)
     store = open_store(directory)
     if any(c.name == name and c.status == "active" for c in store.clients()):
-        raise ConfigurationError(f"a CA-client named {name!r} is already registered; remove it first")
+        raise ConfigurationError(
+            f"a CA-client named {name!r} is already registered; remove it first"
+        )
     authority = service_authority(directory, passphrase=passphrase, now=now)
     key = generate_private_key(KeySpec.EC_P256)
     grant = IssuanceGrant(
-        subject=build_subject(name, SubjectFields(organizational_unit="ztpki CA-client"), serial_number=None),
+        subject=build_subject(
+            name, SubjectFields(organizational_unit="ztpki CA-client"), serial_number=None
+        ),
         profile=CertificateProfile.CLIENT,
         not_before=now - timedelta(minutes=5),
         not_after=now + timedelta(days=validity_days),

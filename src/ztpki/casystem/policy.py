@@ -79,7 +79,9 @@ class IssuingPolicy:
                 "subject alternative names are only issued by a CA with the server profile"
             )
         not_before, not_after = self.validity(validity_days, now=now)
-        subject = build_subject(device_id, fields.merged_over(self.subject), serial_number=device_id)
+        subject = build_subject(
+            device_id, fields.merged_over(self.subject), serial_number=device_id
+        )
         return IssuanceGrant(
             subject=subject,
             profile=self.profile,
@@ -107,7 +109,10 @@ class IssuingPolicy:
                 "default_days": self.default_validity_days,
                 "max_days": self.max_validity_days,
             },
-            "keys": {"default": self.default_key.value, "allowed": [k.value for k in self.allowed_keys]},
+            "keys": {
+                "default": self.default_key.value,
+                "allowed": [k.value for k in self.allowed_keys],
+            },
             "subject": subject,
             "issuance": {
                 "allow_csr": self.allow_csr,

@@ -8,6 +8,7 @@ fsync instead of paying one each.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from ztpki.errors import ZtpkiError
@@ -32,10 +33,8 @@ class IssuanceRecorder:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
 
     async def record(self, certificate: IssuedCertificate, *, supersede: bool) -> list[str]:
         """Serials superseded by this one; raises AlreadyIssued when one is live and not superseding."""

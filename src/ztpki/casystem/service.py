@@ -9,6 +9,7 @@ removed) get past the handshake check.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 from concurrent.futures import Executor, ProcessPoolExecutor
@@ -102,13 +103,17 @@ class CASystemService:
         record = self.store.client_by_fingerprint(hashlib.sha256(der).hexdigest())
         return record.name if record is not None and record.status == "active" else None
 
-    async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve_connection(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         async with self._connections:
             peer = writer.get_extra_info("peername")
             client = self._registered_client(writer)
             try:
                 if client is None:
-                    log.warning("refused connection from %s: client certificate not registered", peer)
+                    log.warning(
+                        "refused connection from %s: client certificate not registered", peer
+                    )
                     await self._send(writer, error_answer(None, _unregistered()))
                     return
                 await self._serve_requests(reader, writer, client)
@@ -116,10 +121,8 @@ class CASystemService:
                 pass
             finally:
                 writer.close()
-                try:
+                with contextlib.suppress(ConnectionError, ssl.SSLError, OSError):
                     await writer.wait_closed()
-                except (ConnectionError, ssl.SSLError, OSError):
-                    pass
 
     async def _serve_requests(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, client: str
@@ -144,7 +147,9 @@ class CASystemService:
             payload = await asyncio.wait_for(reader.readexactly(length), self.limits.read_timeout)
             await self._send(writer, await self.handle(payload, client=client))
 
-    async def _send(self, writer: asyncio.StreamWriter, answer: EnrollmentAnswer | EnrollmentError) -> None:
+    async def _send(
+        self, writer: asyncio.StreamWriter, answer: EnrollmentAnswer | EnrollmentError
+    ) -> None:
         writer.write(encode_frame(encode_answer(answer)))
         await writer.drain()
 
@@ -195,7 +200,9 @@ class CASystemService:
             return generate_private_key(spec)  # microseconds: not worth a hop
         if self._key_pool is None:
             return await asyncio.to_thread(generate_private_key, spec)
-        der = await asyncio.get_running_loop().run_in_executor(self._key_pool, _generate_pkcs8, spec.value)
+        der = await asyncio.get_running_loop().run_in_executor(
+            self._key_pool, _generate_pkcs8, spec.value
+        )
         return decode_pkcs8(der, passphrase=None)
 
 

@@ -41,7 +41,11 @@ def error_code(exc: ZtpkiError) -> ErrorCode:
 
 def error_answer(request_id: str | None, exc: ZtpkiError) -> EnrollmentError:
     code = error_code(exc)
-    message = exc.message if code is not ErrorCode.INTERNAL else "internal error in the CA system; see its log"
+    message = (
+        exc.message
+        if code is not ErrorCode.INTERNAL
+        else "internal error in the CA system; see its log"
+    )
     return EnrollmentError(request_id=request_id or "unknown", code=code, message=message[:1000])
 
 

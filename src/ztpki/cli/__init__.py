@@ -43,6 +43,13 @@ def _register() -> None:
                 raise
             continue
         cli.add_command(getattr(module, module_name))
+    # Commands that extend a group defined elsewhere register themselves on import.
+    for extension in ("device_agent",):
+        try:
+            __import__(f"ztpki.cli.{extension}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"ztpki.cli.{extension}":
+                raise
 
 
 _register()

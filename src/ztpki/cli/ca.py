@@ -25,7 +25,10 @@ CLIENT_ENV = "ZTPKI_CLIENT_PASSPHRASE"
 log = logging.getLogger(__name__)
 
 dir_option = click.option(
-    "--dir", "directory", required=True, type=click.Path(path_type=Path, file_okay=False),
+    "--dir",
+    "directory",
+    required=True,
+    type=click.Path(path_type=Path, file_okay=False),
     help="The CA-system directory.",
 )
 
@@ -38,26 +41,58 @@ def ca() -> None:
 @ca.command("init")
 @dir_option
 @click.option("--name", required=True, help="Name of the new CA inside this CA system.")
-@click.option("--key", "key_spec", type=click.Choice([k.value for k in KeySpec]), default="ec-p256", show_default=True)
+@click.option(
+    "--key",
+    "key_spec",
+    type=click.Choice([k.value for k in KeySpec]),
+    default="ec-p256",
+    show_default=True,
+)
 @click.option("--validity-days", type=int, default=3650, show_default=True)
-@click.option("--parent-dir", type=click.Path(path_type=Path, file_okay=False), help="CA system holding the parent CA.")
+@click.option(
+    "--parent-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="CA system holding the parent CA.",
+)
 @click.option("--parent", "parent_name", help="Name of the parent CA (makes this CA subordinate).")
-@click.option("--parent-passphrase-file", type=click.Path(path_type=Path, dir_okay=False),
-              help="Passphrase of the parent CA's key (default: same as this CA's).")
-@click.option("--profile", type=click.Choice([p.value for p in CertificateProfile]), default="device",
-              show_default=True, help="Certificates this CA issues.")
+@click.option(
+    "--parent-passphrase-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Passphrase of the parent CA's key (default: same as this CA's).",
+)
+@click.option(
+    "--profile",
+    type=click.Choice([p.value for p in CertificateProfile]),
+    default="device",
+    show_default=True,
+    help="Certificates this CA issues.",
+)
 @click.option("--common-name", help="Subject CN of the CA certificate (default: the name).")
 @click.option("--org", help="Organization (O), in the CA subject and the policy default.")
 @click.option("--org-unit", help="Organizational unit (OU) default for issued certificates.")
 @click.option("--locality", help="Locality (L) default.")
 @click.option("--country", help="Two-letter country (C) default.")
-@click.option("--default", "make_default", is_flag=True, help="Make it the default CA of the system.")
+@click.option(
+    "--default", "make_default", is_flag=True, help="Make it the default CA of the system."
+)
 @passphrase_options(CA_ENV, "the CA private key")
 def init_command(
-    directory: Path, name: str, key_spec: str, validity_days: int, parent_dir: Path | None,
-    parent_name: str | None, parent_passphrase_file: Path | None, profile: str, common_name: str | None,
-    org: str | None, org_unit: str | None, locality: str | None, country: str | None,
-    make_default: bool, passphrase_file: Path | None, insecure_no_passphrase: bool,
+    directory: Path,
+    name: str,
+    key_spec: str,
+    validity_days: int,
+    parent_dir: Path | None,
+    parent_name: str | None,
+    parent_passphrase_file: Path | None,
+    profile: str,
+    common_name: str | None,
+    org: str | None,
+    org_unit: str | None,
+    locality: str | None,
+    country: str | None,
+    make_default: bool,
+    passphrase_file: Path | None,
+    insecure_no_passphrase: bool,
 ) -> None:
     """Create a CA (a root, or subordinate with --parent)."""
     secret = passphrase(passphrase_file, insecure_no_passphrase, CA_ENV, "the CA private key")
@@ -66,17 +101,32 @@ def init_command(
     if parent_name:
         parent_secret = secret
         if parent_passphrase_file is not None:
-            parent_secret = resolve_passphrase(passphrase_file=parent_passphrase_file, env_var=CA_ENV, what="the parent CA key")
-        parent = CASystemDirectory(parent_dir or directory).load_authority(parent_name, passphrase=parent_secret)
-    fields = SubjectFields(organization=org, organizational_unit=org_unit, locality=locality, country=country)
+            parent_secret = resolve_passphrase(
+                passphrase_file=parent_passphrase_file, env_var=CA_ENV, what="the parent CA key"
+            )
+        parent = CASystemDirectory(parent_dir or directory).load_authority(
+            parent_name, passphrase=parent_secret
+        )
+    fields = SubjectFields(
+        organization=org, organizational_unit=org_unit, locality=locality, country=country
+    )
     policy = IssuingPolicy(profile=CertificateProfile(profile), subject=fields)
     authority = init_ca(
-        CASystemDirectory(directory), name, key_spec=KeySpec(key_spec), validity_days=validity_days,
-        passphrase=secret, now=now, parent=parent, policy=policy,
-        subject=SubjectFields(organization=org, country=country), common_name=common_name,
+        CASystemDirectory(directory),
+        name,
+        key_spec=KeySpec(key_spec),
+        validity_days=validity_days,
+        passphrase=secret,
+        now=now,
+        parent=parent,
+        policy=policy,
+        subject=SubjectFields(organization=org, country=country),
+        common_name=common_name,
         make_default=make_default,
     )
-    console.print(f"created CA [bold]{name}[/] in {directory}: {authority.certificate.subject.rfc4514_string()}")
+    console.print(
+        f"created CA [bold]{name}[/] in {directory}: {authority.certificate.subject.rfc4514_string()}"
+    )
     console.print(f"policy: {directory / 'cas' / name / 'policy.toml'}")
 
 
@@ -92,8 +142,15 @@ def list_command(directory: Path, as_json: bool) -> None:
         return
     table = Table("name", "subject", "issuer", "key", "profile", "not after", "default")
     for i in infos:
-        table.add_row(i.name, i.subject, "(self: root)" if i.is_root else i.issuer, i.key_algorithm,
-                      i.profile, i.not_after.isoformat(timespec="seconds"), "yes" if i.is_default else "")
+        table.add_row(
+            i.name,
+            i.subject,
+            "(self: root)" if i.is_root else i.issuer,
+            i.key_algorithm,
+            i.profile,
+            i.not_after.isoformat(timespec="seconds"),
+            "yes" if i.is_default else "",
+        )
     console.print(table)
 
 
@@ -113,20 +170,39 @@ def policy_command(directory: Path, name: str | None) -> None:
 @click.option("--ca", "ca_name", help="Only this CA.")
 @click.option("--device", "device_id", help="Only this device.")
 @click.option("--json", "as_json", is_flag=True)
-def issued_command(directory: Path, ca_name: str | None, device_id: str | None, as_json: bool) -> None:
+def issued_command(
+    directory: Path, ca_name: str | None, device_id: str | None, as_json: bool
+) -> None:
     """Every certificate the CA system issued."""
     records = open_store(CASystemDirectory(directory)).issued(ca_name=ca_name, device_id=device_id)
     if as_json:
-        print_json([
-            {"serial": r.serial, "subject": r.subject, "ca": r.ca_name, "device_id": r.device_id,
-             "not_after": r.not_after.isoformat(), "status": r.status.value, "request_id": r.request_id,
-             "fingerprint": r.fingerprint, "issued_at": r.issued_at.isoformat()}
-            for r in records
-        ])
+        print_json(
+            [
+                {
+                    "serial": r.serial,
+                    "subject": r.subject,
+                    "ca": r.ca_name,
+                    "device_id": r.device_id,
+                    "not_after": r.not_after.isoformat(),
+                    "status": r.status.value,
+                    "request_id": r.request_id,
+                    "fingerprint": r.fingerprint,
+                    "issued_at": r.issued_at.isoformat(),
+                }
+                for r in records
+            ]
+        )
         return
     table = Table("serial", "subject", "CA", "not after", "status", "request id")
     for r in records:
-        table.add_row(r.serial, r.subject, r.ca_name, r.not_after.isoformat(timespec="seconds"), r.status.value, r.request_id)
+        table.add_row(
+            r.serial,
+            r.subject,
+            r.ca_name,
+            r.not_after.isoformat(timespec="seconds"),
+            r.status.value,
+            r.request_id,
+        )
     console.print(table)
     console.print(f"{len(records)} certificate(s)")
 
@@ -134,23 +210,48 @@ def issued_command(directory: Path, ca_name: str | None, device_id: str | None, 
 @ca.command("add-client")
 @dir_option
 @click.option("--name", required=True, help="Name of the CA-client (e.g. line-1, customer-node).")
-@click.option("--out", required=True, type=click.Path(path_type=Path, file_okay=False), help="Where to write the credential.")
-@click.option("--client-passphrase-file", type=click.Path(path_type=Path, dir_okay=False),
-              help=f"Passphrase for the client key (default: ${CLIENT_ENV}).")
-@click.option("--insecure-client-key", is_flag=True, help="Write the client key unencrypted (demos only).")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Where to write the credential.",
+)
+@click.option(
+    "--client-passphrase-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help=f"Passphrase for the client key (default: ${CLIENT_ENV}).",
+)
+@click.option(
+    "--insecure-client-key", is_flag=True, help="Write the client key unencrypted (demos only)."
+)
 @passphrase_options(CA_ENV, "the CA private key")
 def add_client_command(
-    directory: Path, name: str, out: Path, client_passphrase_file: Path | None, insecure_client_key: bool,
-    passphrase_file: Path | None, insecure_no_passphrase: bool,
+    directory: Path,
+    name: str,
+    out: Path,
+    client_passphrase_file: Path | None,
+    insecure_client_key: bool,
+    passphrase_file: Path | None,
+    insecure_no_passphrase: bool,
 ) -> None:
     """Issue and register the TLS credential a CA-client connects with."""
     secret = passphrase(passphrase_file, insecure_no_passphrase, CA_ENV, "the CA private key")
     client_secret = resolve_passphrase(
-        passphrase_file=client_passphrase_file, env_var=CLIENT_ENV,
-        insecure_no_passphrase=insecure_client_key, what="the CA-client key",
+        passphrase_file=client_passphrase_file,
+        env_var=CLIENT_ENV,
+        insecure_no_passphrase=insecure_client_key,
+        what="the CA-client key",
     )
-    record = add_client(CASystemDirectory(directory), name, out=out, passphrase=secret, client_passphrase=client_secret)
-    console.print(f"registered CA-client [bold]{name}[/] (serial {record.serial}); credential in {out}")
+    record = add_client(
+        CASystemDirectory(directory),
+        name,
+        out=out,
+        passphrase=secret,
+        client_passphrase=client_secret,
+    )
+    console.print(
+        f"registered CA-client [bold]{name}[/] (serial {record.serial}); credential in {out}"
+    )
 
 
 @ca.command("remove-client")
@@ -176,27 +277,56 @@ def clients_command(directory: Path, as_json: bool) -> None:
         return
     table = Table("name", "serial", "status", "not after", "added")
     for c in clients:
-        table.add_row(c.name, c.serial, c.status, c.not_after.isoformat(timespec="seconds"), c.added_at.isoformat(timespec="seconds"))
+        table.add_row(
+            c.name,
+            c.serial,
+            c.status,
+            c.not_after.isoformat(timespec="seconds"),
+            c.added_at.isoformat(timespec="seconds"),
+        )
     console.print(table)
 
 
 @ca.command("serve")
 @dir_option
-@click.option("--listen", default="127.0.0.1:7443", show_default=True, help="HOST:PORT (port 0: any free port).")
-@click.option("--hostname", "hostnames", multiple=True, help="Extra DNS name or IP for the server certificate.")
-@click.option("--key-workers", type=int, default=None, help="Processes for RSA key generation (default: CPUs).")
+@click.option(
+    "--listen",
+    default="127.0.0.1:7443",
+    show_default=True,
+    help="HOST:PORT (port 0: any free port).",
+)
+@click.option(
+    "--hostname",
+    "hostnames",
+    multiple=True,
+    help="Extra DNS name or IP for the server certificate.",
+)
+@click.option(
+    "--key-workers",
+    type=int,
+    default=None,
+    help="Processes for RSA key generation (default: CPUs).",
+)
 @passphrase_options(CA_ENV, "the CA private key")
 def serve_command(
-    directory: Path, listen: str, hostnames: tuple[str, ...], key_workers: int | None,
-    passphrase_file: Path | None, insecure_no_passphrase: bool,
+    directory: Path,
+    listen: str,
+    hostnames: tuple[str, ...],
+    key_workers: int | None,
+    passphrase_file: Path | None,
+    insecure_no_passphrase: bool,
 ) -> None:
     """Run the CA-system service. Prints `listening on HOST:PORT` when ready."""
     from ztpki.casystem.client import parse_address
 
     secret = passphrase(passphrase_file, insecure_no_passphrase, CA_ENV, "the CA private key")
     host, port = parse_address(listen, allow_any_port=True)
-    service = build_service(CASystemDirectory(directory), passphrase=secret,
-                            hostnames=(host, *hostnames), key_pool_workers=key_workers)
+    service = build_service(
+        CASystemDirectory(directory),
+        passphrase=secret,
+        hostnames=(host, *hostnames),
+        key_pool_workers=key_workers,
+    )
 
     async def run() -> None:
         bound_host, bound_port = await service.start(host, port)

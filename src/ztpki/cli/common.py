@@ -24,7 +24,9 @@ EXIT_USAGE = 2
 
 def run_command(group: click.Group, argv: Sequence[str] | None) -> int:
     try:
-        group.main(args=list(argv) if argv is not None else None, prog_name="ztpki", standalone_mode=False)
+        group.main(
+            args=list(argv) if argv is not None else None, prog_name="ztpki", standalone_mode=False
+        )
     except ZtpkiError as exc:
         err_console.print(f"[bold red]error:[/] {exc.message}", markup=True, highlight=False)
         return EXIT_ERROR
@@ -60,7 +62,9 @@ def passphrase_options(env_var: str, what: str) -> Callable[[F], F]:
     return decorate
 
 
-def passphrase(passphrase_file: Path | None, insecure: bool, env_var: str, what: str) -> bytes | None:
+def passphrase(
+    passphrase_file: Path | None, insecure: bool, env_var: str, what: str
+) -> bytes | None:
     return resolve_passphrase(
         passphrase_file=passphrase_file, env_var=env_var, insecure_no_passphrase=insecure, what=what
     )

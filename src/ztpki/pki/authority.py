@@ -91,7 +91,9 @@ class CertificateAuthority:
     def root(self) -> x509.Certificate:
         return self.chain[-1]
 
-    def clamp_validity(self, not_before: datetime, not_after: datetime) -> tuple[datetime, datetime]:
+    def clamp_validity(
+        self, not_before: datetime, not_after: datetime
+    ) -> tuple[datetime, datetime]:
         """Keep a validity inside this CA's own (RFC 5280: never outlive the issuer)."""
         ca_before = self.certificate.not_valid_before_utc
         ca_after = self.certificate.not_valid_after_utc

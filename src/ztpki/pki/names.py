@@ -50,7 +50,9 @@ class SubjectFields:
         )
 
 
-def build_subject(common_name: str, fields: SubjectFields, *, serial_number: str | None) -> x509.Name:
+def build_subject(
+    common_name: str, fields: SubjectFields, *, serial_number: str | None
+) -> x509.Name:
     """C, L, O, OU, CN, serialNumber, emailAddress, in the conventional big-endian order."""
     attributes: list[x509.NameAttribute[str]] = []
     if fields.country:

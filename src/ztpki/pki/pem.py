@@ -26,7 +26,7 @@ def certificates_pem(certs: Iterable[x509.Certificate]) -> bytes:
 def load_certificate_der(data: bytes) -> x509.Certificate:
     try:
         return x509.load_der_x509_certificate(data)
-    except ValueError:
+    except (ValueError, x509.InvalidVersion):
         raise MalformedInput("certificate is not valid DER X.509") from None
 
 
@@ -34,7 +34,7 @@ def load_certificates_pem(data: bytes) -> list[x509.Certificate]:
     """All certificates in a PEM bundle; MalformedInput when there are none or one is bad."""
     try:
         certs = x509.load_pem_x509_certificates(data)
-    except ValueError:
+    except (ValueError, x509.InvalidVersion):
         raise MalformedInput("PEM bundle holds no valid certificate") from None
     return certs
 
@@ -51,7 +51,7 @@ def pkcs7_certs_only(certs: Sequence[x509.Certificate]) -> bytes:
 def load_pkcs7_certs(data: bytes) -> list[x509.Certificate]:
     try:
         certs = pkcs7.load_der_pkcs7_certificates(data)
-    except ValueError:
+    except (ValueError, x509.InvalidVersion):
         raise MalformedInput("body is not a DER PKCS#7 certs-only structure") from None
     if not certs:
         raise MalformedInput("PKCS#7 structure holds no certificate")

@@ -33,7 +33,9 @@ class CertificateProfile(StrEnum):
             raise UnsupportedParameter(f"unknown profile {text!r}; use one of: {allowed}") from None
 
 
-def _key_usage(*, signature: bool, key_agreement: bool, ca: bool, commitment: bool) -> x509.KeyUsage:
+def _key_usage(
+    *, signature: bool, key_agreement: bool, ca: bool, commitment: bool
+) -> x509.KeyUsage:
     return x509.KeyUsage(
         digital_signature=signature,
         content_commitment=commitment,

@@ -137,6 +137,7 @@ _STRUCTURAL = frozenset(
 )
 _ATTRIBUTE_ERROR = re.compile(r"Element '[^']*', attribute '([^']*)'")
 _UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
+_POSITION = re.compile(r",? line \d+, column \d+$", re.MULTILINE)
 
 
 def qualified(name: str) -> str:
@@ -154,7 +155,17 @@ def _clean(message: str, limit: int = 240) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _syntax(exc: etree.XMLSyntaxError) -> str:
+    # libxml2 appends up to 50 characters of document text on a second line for some errors
+    # (an unfinished CDATA section): only the first line is safe to repeat.
+    first = _POSITION.sub("", str(exc.msg or "syntax error")).partition("\n")[0]
+    line, column = exc.position
+    return f"{_clean(first, 160)} (line {line}, column {column})"
+
+
 def _screen(data: bytes) -> None:
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        raise InvalidEnrollmentMessage("message is UTF-16; the protocol uses UTF-8 only")
     start = 0
     declaration = _DECLARATION.match(data)
     if declaration is not None:
@@ -209,9 +220,8 @@ def parse(data: bytes, *, expected: tuple[str, ...]) -> etree._Element:
     _screen(data)
     try:
         root = etree.fromstring(data, _THREAD.parser)
-    except (etree.LxmlError, ValueError) as exc:
-        reason = _clean(str(getattr(exc, "msg", "") or exc))
-        raise InvalidEnrollmentMessage(f"message is not well-formed XML: {reason}") from None
+    except etree.XMLSyntaxError as exc:
+        raise InvalidEnrollmentMessage(f"message is not well-formed XML: {_syntax(exc)}") from None
     docinfo = root.getroottree().docinfo
     if docinfo.internalDTD is not None:  # set by any DOCTYPE; _screen stops them first
         raise InvalidEnrollmentMessage("message has a DOCTYPE; DTDs are not allowed")

@@ -68,8 +68,10 @@ MULTIPART_TYPE = "multipart/mixed"
 _LINE = 64
 _MAX_HEADER = 1024
 _B64_SHAPE = re.compile(rb"[A-Za-z0-9+/]*={0,2}")
-_B64_ALPHABET = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=")
+_B64_STRAY = re.compile(rb"[^A-Za-z0-9+/=]")
 _WHITESPACE = b" \t\r\n"
+# What cryptography raises on bytes it cannot parse; InvalidVersion is not a ValueError.
+_PARSE_ERRORS = (ValueError, UnsupportedAlgorithm, x509.InvalidVersion)
 
 
 class UnsupportedMediaType(MalformedInput):
@@ -100,12 +102,12 @@ def decode_base64_body(body: bytes, *, limit: int = MAX_BODY) -> bytes:
         raise MalformedInput("body is empty; expected base64-encoded DER")
     if compact.startswith(b"-----BEGIN"):
         raise MalformedInput("body is PEM; send the base64 DER without the BEGIN/END lines")
-    for offset, byte in enumerate(compact):
-        if byte not in _B64_ALPHABET:
-            raise MalformedInput(
-                f"body is not base64: byte 0x{byte:02x} (after removing line breaks, "
-                f"offset {offset}) is outside the base64 alphabet"
-            )
+    stray = _B64_STRAY.search(compact)
+    if stray:
+        raise MalformedInput(
+            f"body is not base64: byte 0x{compact[stray.start()]:02x} (after removing line "
+            f"breaks, offset {stray.start()}) is outside the base64 alphabet"
+        )
     if not _B64_SHAPE.fullmatch(compact):
         raise MalformedInput("body is not base64: '=' padding is misplaced or too long")
     if len(compact) % 4:
@@ -159,7 +161,7 @@ def decode_csr(
     try:
         csr = x509.load_der_x509_csr(der)
         valid = csr.is_signature_valid
-    except (ValueError, UnsupportedAlgorithm):
+    except _PARSE_ERRORS:
         raise MalformedInput("body is not a DER PKCS#10 certification request") from None
     if not valid:
         raise MalformedInput("CSR signature does not verify")
@@ -240,7 +242,7 @@ def decode_certs_only(body: bytes, *, limit: int = MAX_BODY) -> list[x509.Certif
     der = decode_base64_body(body, limit=limit)
     try:
         return load_pkcs7_certs(der)
-    except (ValueError, UnsupportedAlgorithm):
+    except _PARSE_ERRORS:
         raise MalformedInput("body is not a DER PKCS#7 certs-only structure") from None
 
 
@@ -334,7 +336,7 @@ def decode_serverkeygen(
     cert_der = _part_der(certs[0][2], "certificate part", limit=limit)
     try:
         issued = load_pkcs7_certs(cert_der)
-    except (ValueError, UnsupportedAlgorithm):
+    except _PARSE_ERRORS:
         raise MalformedInput("certificate part is not a DER PKCS#7 certs-only structure") from None
     return ServerKeygenResponse(private_key_der=key_der, certificates=tuple(issued))
 

@@ -919,7 +919,9 @@ def test_ok_openssl_verifies_our_csr() -> None:
 
 
 @needs_openssl
-@pytest.mark.parametrize("decoder", ["base64 -d", "openssl base64 -d"])
+@pytest.mark.parametrize(
+    "decoder", ["base64 -d", "openssl base64 -d"], ids=["ok-coreutils", "ok-openssl"]
+)
 def test_ok_openssl_reads_certs_only_after_base64_decode(decoder: str) -> None:
     body = encode_certs_only([certificate("leaf"), certificate("issuer")])
     der = run(decoder.split(), body)
@@ -947,7 +949,43 @@ def test_ok_serverkeygen_boundary_quoting(boundary: str, header: str) -> None:
     assert decode_serverkeygen(content_type, body).certificates == (certificate("device"),)
 
 
-@pytest.mark.parametrize("boundary", ["has space", "x" * 71, "semi;colon", "new\nline", "''0", ""])
+@pytest.mark.parametrize(
+    "boundary",
+    ["has space", "x" * 71, "semi;colon", "new\nline", "''0", ""],
+    ids=[
+        "fail-space",
+        "fail-too-long",
+        "fail-semicolon",
+        "fail-newline",
+        "fail-quote",
+        "fail-empty",
+    ],
+)
 def test_fail_serverkeygen_bad_boundary(boundary: str) -> None:
     with pytest.raises(ValueError, match="boundary"):
         skg(boundary)
+
+
+def test_fail_invalid_versions_are_malformed() -> None:
+    # cryptography's InvalidVersion is not a ValueError; both decoders must still say malformed.
+    csr = csr_der(build_csr(ec_key(), device_id="D")).replace(b"\x02\x01\x00", b"\x02\x01\x05", 1)
+    with pytest.raises(MalformedInput, match="not a DER PKCS#10"):
+        decode_csr(b64(csr), content_type=CSR_TYPE)
+    p7 = base64.b64decode(encode_certs_only([certificate("leaf")]))
+    version = b"\xa0\x03\x02\x01\x02"
+    assert version in p7
+    bad = b64(p7.replace(version, b"\xa0\x03\x02\x01\x19", 1))
+    with pytest.raises(MalformedInput, match="PKCS#7"):
+        decode_certs_only(bad)
+    content_type, body = skg()
+    good = crlf_base64(base64.b64decode(encode_certs_only([certificate("device")])))
+    assert good in body
+    bad_p7 = base64.b64decode(encode_certs_only([certificate("device")]))
+    bad_p7 = bad_p7.replace(version, b"\xa0\x03\x02\x01\x19", 1)
+    with pytest.raises(MalformedInput, match="certificate part"):
+        decode_serverkeygen(content_type, body.replace(good, crlf_base64(bad_p7)))
+
+
+def crlf_base64(der: bytes) -> bytes:
+    text = b64(der)
+    return b"".join(text[i : i + 64] + b"\r\n" for i in range(0, len(text), 64))
