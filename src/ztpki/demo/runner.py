@@ -1,0 +1,299 @@
+"""The demo's main line: phases, progress, tables, proof, summary."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from ztpki.credentials import Credential
+from ztpki.demo.fleet import (
+    DeviceOutcome,
+    customize_all,
+    greet,
+    replay_temporary,
+    snapshot,
+    temporary_identity_refused,
+)
+from ztpki.demo.proof import CustomerService
+from ztpki.demo.scenario import (
+    DemoEnvironment,
+    DemoSettings,
+    device_dirs,
+    manufacture,
+    new_environment,
+    start_customer_ca,
+    start_factory,
+    start_node,
+    write_summary,
+)
+from ztpki.device.activation import KeyMode
+from ztpki.device.memory import DeviceMemory
+from ztpki.pki.pem import load_certificates_pem
+from ztpki.store.sqlite import open_sqlite_node_store
+
+
+def run_demo(settings: DemoSettings, *, console: Console, json_path: Path | None) -> int:
+    demo = new_environment(settings)
+    console.rule("[bold]ztpki demo[/]: factory → customer, zero touch")
+    console.print(f"work directory: [bold]{settings.workdir}[/]")
+    try:
+        summary = _run(demo, console)
+    except BaseException:
+        demo.stop_all()
+        raise
+    if json_path is not None:
+        write_summary(json_path, summary)
+        console.print(f"summary written to {json_path}")
+    if settings.keep_running:
+        _print_keep_running(demo, console)
+    else:
+        demo.stop_all()
+    return 0 if summary["failed"] == 0 and summary["proof"]["ok"] else 1
+
+
+def _run(demo: DemoEnvironment, console: Console) -> dict[str, Any]:
+    n = demo.settings.devices
+    with console.status("starting the factory CA system and the customer CA system…"):
+        with demo.phase("CA systems"):
+            factory = start_factory(demo)
+            customer = start_customer_ca(demo)
+    console.print(
+        f"factory CA system on {factory.address}, customer CA system on {customer.address}"
+    )
+    console.rule(f"manufacturing {n} devices (loading station + first CA-client)")
+    with demo.phase("manufacture"):
+        batch = manufacture(demo, factory, n)
+    paths = device_dirs(batch)
+    with console.status("starting the customer node…"), demo.phase("customer node"):
+        node = start_node(demo, factory, customer, batch)
+    console.print(f"customer node on https://{node.address}")
+    outcomes = [
+        DeviceOutcome(
+            device_id=DeviceMemory.open(p).device_id,
+            path=p,
+            key_mode=KeyMode.SERVERKEYGEN if i % 2 == 0 else KeyMode.SIMPLEENROLL,
+            before=snapshot(p),
+        )
+        for i, p in enumerate(paths)
+    ]
+    replay_dir = demo.path("replay-" + outcomes[0].device_id)
+    demo.run("device", "export", "--device", str(outcomes[0].path), "--out", str(replay_dir))
+    proof_service, anchors = _start_proof_service(demo, customer.address)
+    refused_before = temporary_identity_refused(
+        outcomes[0].path, proof_service.port, server_anchors=anchors
+    )
+
+    console.rule(
+        f"plugging in {len(outcomes)} devices at once (activating client + communication means)"
+    )
+    with _progress(console) as progress, demo.phase("customization"):
+        task = progress.add_task("customizing", total=len(outcomes))
+        asyncio.run(
+            customize_all(
+                outcomes,
+                f"https://{node.address}",
+                concurrency=demo.settings.concurrency,
+                advance=lambda: progress.advance(task),
+            )
+        )
+    with demo.phase("proof"):
+        for outcome in outcomes:
+            if outcome.error is None:
+                try:
+                    outcome.greeted = greet(
+                        outcome.path, proof_service.port, server_anchors=anchors
+                    ) == (f"hello {outcome.device_id}")
+                except Exception as exc:  # reported per device, never hides the others
+                    outcome.error = f"customer service refused the new identity: {exc}"
+        replay_status, replay_reason = replay_temporary(replay_dir, node.host, node.port)
+    proof_service.stop()
+    store = open_sqlite_node_store(demo.path("node", "node.sqlite"))
+    states = {str(k): v for k, v in store.counts().items()}
+    audit = store.counts_by_decision()
+    audit_ok = store.verify().ok
+    store.close()
+    summary = _summary(
+        demo, outcomes, states, audit, audit_ok, refused_before, replay_status, replay_reason
+    )
+    _print_tables(console, outcomes, summary)
+    return summary
+
+
+def _start_proof_service(
+    demo: DemoEnvironment, customer_address: str
+) -> tuple[CustomerService, list[Any]]:
+    cred_dir = demo.path("customer-service.cred")
+    demo.run(
+        "node",
+        "request-server-cert",
+        "--ca",
+        customer_address,
+        "--client-cred",
+        str(demo.path("node.cred")),
+        "--ca-name",
+        "services",
+        "--ip",
+        "127.0.0.1",
+        "--out",
+        str(cred_dir),
+    )
+    credential = Credential.load(cred_dir, passphrase=demo.env["ZTPKI_NODE_PASSPHRASE"].encode())
+    services_ca = load_certificates_pem(
+        demo.path("customer-ca", "cas", "services", "ca.pem").read_bytes()
+    )
+    root = load_certificates_pem(
+        demo.path("customer-ca", "cas", "customer-root", "ca.pem").read_bytes()
+    )
+    service = CustomerService(
+        credential.key, [credential.certificate, *services_ca], customer_anchors=root
+    )
+    service.start()
+    return service, root
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    )
+
+
+def _summary(
+    demo: DemoEnvironment,
+    outcomes: list[DeviceOutcome],
+    states: dict[str, int],
+    audit: dict[str, int],
+    audit_ok: bool,
+    refused_before: bool,
+    replay_status: int,
+    replay_reason: str,
+) -> dict[str, Any]:
+    customized = [o for o in outcomes if o.error is None and o.after is not None]
+    seconds = demo.phases.get("customization", 0.0)
+    greeted = sum(o.greeted for o in outcomes)
+    return {
+        "workdir": str(demo.root),
+        "devices": [
+            {
+                "device_id": o.device_id,
+                "key_mode": o.key_mode.value,
+                "ok": o.error is None and o.greeted,
+                "error": o.error,
+                "seconds": round(o.seconds, 4),
+                "before": o.before.__dict__ if o.before else None,
+                "after": o.after.__dict__ if o.after else None,
+            }
+            for o in outcomes
+        ],
+        "customized": len(customized),
+        "failed": sum(1 for o in outcomes if o.error is not None or not o.greeted),
+        "register": states,
+        "audit": {"decisions": audit, "chain_verifies": audit_ok},
+        "phases": {k: round(v, 3) for k, v in demo.phases.items()},
+        "enrollments_per_second": round(len(customized) / seconds, 2) if seconds else 0.0,
+        "proof": {
+            "greeted_with_new_identity": greeted,
+            "temporary_identity_refused_by_customer_service": refused_before,
+            "replayed_temporary_certificate_status": replay_status,
+            "replay_reason": replay_reason,
+            "ok": greeted == len(outcomes) and refused_before and replay_status == 403 and audit_ok,
+        },
+    }
+
+
+def _print_tables(console: Console, outcomes: list[DeviceOutcome], summary: dict[str, Any]) -> None:
+    table = Table(title="device identities: before (factory) → after (customer)")
+    for column in (
+        "device",
+        "mode",
+        "issuer before",
+        "serial before",
+        "issuer after",
+        "serial after",
+        "fingerprint after",
+        "result",
+    ):
+        table.add_column(column, overflow="fold")
+    for o in outcomes:
+        table.add_row(
+            o.device_id,
+            o.key_mode.value,
+            o.before.issuer if o.before else "-",
+            (o.before.serial[:12] + "…") if o.before else "-",
+            o.after.issuer if o.after else "-",
+            (o.after.serial[:12] + "…") if o.after else "-",
+            (o.after.fingerprint[:16] + "…") if o.after else "-",
+            "[green]ok[/]"
+            if o.error is None and o.greeted
+            else f"[red]{o.error or 'not greeted'}[/]",
+        )
+    console.print(table)
+    register = Table("state", "devices", title="authorization register")
+    for state, count in sorted(summary["register"].items()):
+        register.add_row(state, str(count))
+    audit = Table(
+        "decision",
+        "entries",
+        title="audit trail ("
+        + ("chain verifies" if summary["audit"]["chain_verifies"] else "CHAIN BROKEN")
+        + ")",
+    )
+    for decision, count in sorted(summary["audit"]["decisions"].items()):
+        audit.add_row(decision, str(count))
+    phases = Table("phase", "seconds", title="phases")
+    for name, seconds in summary["phases"].items():
+        phases.add_row(name, f"{seconds:.2f}")
+    console.print(register, audit, phases)
+    proof = summary["proof"]
+    console.print(
+        f"customized {summary['customized']}/{len(outcomes)} devices at "
+        f"[bold]{summary['enrollments_per_second']}[/] enrollments/s; "
+        f"{proof['greeted_with_new_identity']} greeted by the customer-only service with their new identity; "
+        f"temporary identity refused by it before: {proof['temporary_identity_refused_by_customer_service']}; "
+        f"replayed temporary certificate → HTTP {proof['replayed_temporary_certificate_status']} "
+        f"({proof['replay_reason']})"
+    )
+    console.rule(
+        "[green]demo passed[/]" if proof["ok"] and summary["failed"] == 0 else "[red]demo FAILED[/]"
+    )
+
+
+def _print_keep_running(demo: DemoEnvironment, console: Console) -> None:
+    node = demo.services["node"]
+    device = device_dirs(demo.path("batch"))[-1]
+    console.rule(
+        "still running (--keep-running); stop with: kill "
+        + " ".join(str(s.pid) for s in demo.services.values())
+    )
+    console.print(
+        f"""cd {demo.root}
+export ZTPKI_CLIENT_PASSPHRASE=$(cat secrets/ztpki_client_passphrase.txt)
+ztpki node devices --dir node
+ztpki node audit --dir node --verify
+ztpki ca issued --dir customer-ca
+ztpki device show --device {device}
+ztpki device export --device {device} --out dev-pem
+curl -sS --cacert dev-pem/trust.pem https://{node.address}/.well-known/est/cacerts | head -3
+curl -sS --cacert dev-pem/trust.pem --cert dev-pem/cert.pem --key dev-pem/key.pem https://{node.address}/.well-known/est/csrattrs
+curl -sS --cacert dev-pem/trust.pem https://{node.address}/metrics | head""",
+        markup=False,
+        highlight=False,
+    )
+
+
+def default_workdir() -> Path:
+    import tempfile
+
+    return Path(tempfile.mkdtemp(prefix="ztpki-demo-"))
+
+
+__all__ = ["DemoSettings", "default_workdir", "run_demo", "shutil"]

@@ -1,0 +1,380 @@
+"""`ztpki demo`: the whole factory-to-customer flow on loopback, in separate processes.
+
+Factory CA system, customer CA system and customer node run as child processes, exactly as
+an operator would start them; the production batch is made by `ztpki factory manufacture`;
+then every device is plugged in at once and customizes itself in this process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ztpki.demo.processes import ServiceProcess, start_service, ztpki_argv
+from ztpki.errors import ZtpkiError
+
+DEVICE_PREFIX = "ACME"
+
+
+class DemoStepFailed(ZtpkiError):
+    code = "demo-failed"
+
+
+@dataclass
+class DemoSettings:
+    workdir: Path
+    devices: int = 20
+    concurrency: int = 32
+    keep_running: bool = False
+
+
+@dataclass
+class DemoEnvironment:
+    """Paths, passphrases and processes of one demo run."""
+
+    settings: DemoSettings
+    env: dict[str, str] = field(default_factory=dict)
+    services: dict[str, ServiceProcess] = field(default_factory=dict)
+    phases: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def root(self) -> Path:
+        return self.settings.workdir
+
+    def path(self, *parts: str) -> Path:
+        return self.root.joinpath(*parts)
+
+    def run(self, *args: str, env: dict[str, str] | None = None, show: bool = False) -> str:
+        """Run one ztpki command to completion; its output is logged, not shown, unless show."""
+        log = self.path("logs", "commands.log")
+        with log.open("a") as out:
+            out.write(f"$ ztpki {' '.join(args)}\n")
+            out.flush()
+            result = subprocess.run(
+                ztpki_argv(*args),
+                env={**os.environ, **self.env, **(env or {})},
+                stdout=None if show else subprocess.PIPE,
+                stderr=out,
+                text=True,
+                check=False,
+            )
+            if result.stdout:
+                out.write(result.stdout)
+        if result.returncode != 0:
+            tail = "\n".join(log.read_text().splitlines()[-12:])
+            raise DemoStepFailed(f"`ztpki {' '.join(args)}` failed; {log} ends:\n{tail}")
+        return result.stdout or ""
+
+    def serve(self, name: str, *args: str, env: dict[str, str] | None = None) -> ServiceProcess:
+        service = start_service(
+            args,
+            log_path=self.path("logs", f"{name}.log"),
+            env={**self.env, **(env or {})},
+            name=name,
+        )
+        self.services[name] = service
+        return service
+
+    def stop_all(self) -> None:
+        for service in reversed(list(self.services.values())):
+            service.stop()
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        self.phases[name] = time.perf_counter() - start
+
+
+def new_environment(settings: DemoSettings) -> DemoEnvironment:
+    """Create the work directory with fresh random passphrases (files 0600)."""
+    root = settings.workdir
+    (root / "logs").mkdir(parents=True, exist_ok=True)
+    (root / "secrets").mkdir(mode=0o700, exist_ok=True)
+    env: dict[str, str] = {}
+    for var in ("ZTPKI_CLIENT_PASSPHRASE", "ZTPKI_NODE_PASSPHRASE", "ZTPKI_SIGNER_PASSPHRASE"):
+        env[var] = _secret(root, var)
+    demo = DemoEnvironment(settings, env)
+    demo.env["ZTPKI_LOG_LEVEL"] = "info"
+    return demo
+
+
+def _secret(root: Path, name: str) -> str:
+    value = secrets.token_urlsafe(24)
+    path = root / "secrets" / f"{name.lower()}.txt"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(value + "\n")
+    return value
+
+
+def factory_ca_env(demo: DemoEnvironment) -> dict[str, str]:
+    return {
+        "ZTPKI_CA_PASSPHRASE": demo.env.setdefault("FACTORY_CA", _secret(demo.root, "factory_ca"))
+    }
+
+
+def customer_ca_env(demo: DemoEnvironment) -> dict[str, str]:
+    return {
+        "ZTPKI_CA_PASSPHRASE": demo.env.setdefault("CUSTOMER_CA", _secret(demo.root, "customer_ca"))
+    }
+
+
+def start_factory(demo: DemoEnvironment) -> ServiceProcess:
+    """Factory CA system (5): root, factory CA, node-server CA, manifest CA; line-1 client."""
+    d, env = str(demo.path("factory-ca")), factory_ca_env(demo)
+    demo.run(
+        "ca",
+        "init",
+        "--dir",
+        d,
+        "--name",
+        "factory-root",
+        "--org",
+        "ACME",
+        "--country",
+        "SE",
+        env=env,
+    )
+    demo.run(
+        "ca",
+        "init",
+        "--dir",
+        d,
+        "--name",
+        "factory",
+        "--parent",
+        "factory-root",
+        "--default",
+        "--org",
+        "ACME",
+        "--country",
+        "SE",
+        "--common-name",
+        "ACME Factory CA",
+        env=env,
+    )
+    demo.run(
+        "ca",
+        "init",
+        "--dir",
+        d,
+        "--name",
+        "node-servers",
+        "--parent",
+        "factory-root",
+        "--profile",
+        "server",
+        "--org",
+        "ACME",
+        env=env,
+    )
+    demo.run(
+        "ca",
+        "init",
+        "--dir",
+        d,
+        "--name",
+        "manifests",
+        "--parent",
+        "factory-root",
+        "--profile",
+        "manifest-signer",
+        "--org",
+        "ACME",
+        env=env,
+    )
+    demo.run(
+        "ca",
+        "add-client",
+        "--dir",
+        d,
+        "--name",
+        "line-1",
+        "--out",
+        str(demo.path("line-1.cred")),
+        env=env,
+    )
+    demo.run(
+        "factory",
+        "export-trust",
+        "--dir",
+        d,
+        "--name",
+        "factory",
+        "--out",
+        str(demo.path("factory-bundle.pem")),
+        env=env,
+    )
+    return demo.serve("factory-ca", "ca", "serve", "--dir", d, "--listen", "127.0.0.1:0", env=env)
+
+
+def start_customer_ca(demo: DemoEnvironment) -> ServiceProcess:
+    """Customer CA system (11): its own root, the device CA, a CA for its own TLS services."""
+    d, env = str(demo.path("customer-ca")), customer_ca_env(demo)
+    demo.run("ca", "init", "--dir", d, "--name", "customer-root", "--org", "Customer Ltd", env=env)
+    demo.run(
+        "ca",
+        "init",
+        "--dir",
+        d,
+        "--name",
+        "devices",
+        "--parent",
+        "customer-root",
+        "--default",
+        "--org",
+        "Customer Ltd",
+        "--common-name",
+        "Customer Device CA",
+        env=env,
+    )
+    demo.run(
+        "ca",
+        "init",
+        "--dir",
+        d,
+        "--name",
+        "services",
+        "--parent",
+        "customer-root",
+        "--profile",
+        "server",
+        "--org",
+        "Customer Ltd",
+        env=env,
+    )
+    demo.run(
+        "ca",
+        "add-client",
+        "--dir",
+        d,
+        "--name",
+        "node-1",
+        "--out",
+        str(demo.path("node.cred")),
+        env=env,
+    )
+    demo.run(
+        "ca",
+        "export",
+        "--dir",
+        d,
+        "--name",
+        "devices",
+        "--out",
+        str(demo.path("customer-chain.pem")),
+        env=env,
+    )
+    return demo.serve("customer-ca", "ca", "serve", "--dir", d, "--listen", "127.0.0.1:0", env=env)
+
+
+def manufacture(demo: DemoEnvironment, factory: ServiceProcess, count: int) -> Path:
+    """Loading station (4): a batch with a signed shipping manifest."""
+    cred = str(demo.path("line-1.cred"))
+    demo.run(
+        "factory",
+        "signer",
+        "--ca",
+        factory.address,
+        "--client-cred",
+        cred,
+        "--ca-name",
+        "manifests",
+        "--name",
+        "manifest-signer-1",
+        "--out",
+        str(demo.path("signer.cred")),
+    )
+    batch = demo.path("batch")
+    demo.run(
+        "factory",
+        "manufacture",
+        "--ca",
+        factory.address,
+        "--client-cred",
+        cred,
+        "--count",
+        str(count),
+        "--batch",
+        "B1",
+        "--model",
+        "e-box",
+        "--id-pattern",
+        DEVICE_PREFIX + "-{batch}-{n:04d}",
+        "--out",
+        str(batch),
+        "--concurrency",
+        "16",
+        "--manifest-signer",
+        str(demo.path("signer.cred")),
+        show=True,
+    )
+    return batch
+
+
+def start_node(
+    demo: DemoEnvironment, factory: ServiceProcess, customer: ServiceProcess, batch: Path
+) -> ServiceProcess:
+    """Customer node (10): server certificate from the maker's node-server CA, register, EST."""
+    node = str(demo.path("node"))
+    server_cred = demo.path("node-server.cred")
+    demo.run(
+        "node",
+        "request-server-cert",
+        "--ca",
+        factory.address,
+        "--client-cred",
+        str(demo.path("line-1.cred")),
+        "--ca-name",
+        "node-servers",
+        "--ip",
+        "127.0.0.1",
+        "--dns",
+        "localhost",
+        "--out",
+        str(server_cred),
+    )
+    demo.run(
+        "node",
+        "init",
+        "--dir",
+        node,
+        "--ca",
+        customer.address,
+        "--client-cred",
+        str(demo.path("node.cred")),
+        "--trust",
+        str(demo.path("factory-bundle.pem")),
+        "--customer-chain",
+        str(demo.path("customer-chain.pem")),
+        "--server-cert",
+        str(server_cred / "cert.pem"),
+        "--server-key",
+        str(server_cred / "key.pem"),
+    )
+    demo.run("node", "import", "--dir", node, str(manifest_path(batch)))
+    return demo.serve("node", "node", "serve", "--dir", node, "--listen", "127.0.0.1:0")
+
+
+def manifest_path(batch: Path) -> Path:
+    candidates = sorted(p for p in batch.glob("*.json") if "manifest" in p.name)
+    if not candidates:
+        raise DemoStepFailed(f"the batch in {batch} has no signed manifest")
+    return candidates[0]
+
+
+def device_dirs(batch: Path) -> list[Path]:
+    return sorted(p for p in batch.iterdir() if (p / "device.json").exists())
+
+
+def write_summary(path: Path, summary: dict[str, Any]) -> None:
+    path.write_text(json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n")
