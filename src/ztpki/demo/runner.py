@@ -254,13 +254,18 @@ def _print_tables(console: Console, outcomes: list[DeviceOutcome], summary: dict
         phases.add_row(name, f"{seconds:.2f}")
     console.print(register, audit, phases)
     proof = summary["proof"]
+    replay = proof["replayed_temporary_certificate_status"]
     console.print(
         f"customized {summary['customized']}/{len(outcomes)} devices at "
-        f"[bold]{summary['enrollments_per_second']}[/] enrollments/s; "
-        f"{proof['greeted_with_new_identity']} greeted by the customer-only service with their new identity; "
-        f"temporary identity refused by it before: {proof['temporary_identity_refused_by_customer_service']}; "
-        f"replayed temporary certificate → HTTP {proof['replayed_temporary_certificate_status']} "
-        f"({proof['replay_reason']})"
+        f"[bold]{summary['enrollments_per_second']}[/] enrollments/s"
+    )
+    console.print(
+        f"{proof['greeted_with_new_identity']} greeted by a customer-only TLS service with "
+        "their new identity; a temporary identity was refused by it before: "
+        f"{proof['temporary_identity_refused_by_customer_service']}"
+    )
+    console.print(
+        f"replayed temporary certificate at the node: HTTP {replay} ({proof['replay_reason']})"
     )
     console.rule(
         "[green]demo passed[/]" if proof["ok"] and summary["failed"] == 0 else "[red]demo FAILED[/]"
