@@ -101,6 +101,13 @@ class CASystem:
             ip_addresses=params.ip_addresses,
             now=now,
         )
+        ca_not_after = ca.authority.certificate.not_valid_after_utc
+        if params.validity_days is not None and grant.not_after > ca_not_after:
+            # The CA would have to cut the requested validity short: refuse, never change it.
+            raise UnsupportedParameter(
+                f"validity of {params.validity_days} days outlives CA {ca.authority.name}, "
+                f"which expires {ca_not_after:%Y-%m-%d}; ask for fewer days or omit ValidityDays"
+            )
         if request.csr_der is not None:
             if params.key_algorithm is not None:
                 raise UnsupportedParameter("KeyAlgorithm cannot be combined with a CSR")

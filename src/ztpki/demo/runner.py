@@ -59,10 +59,9 @@ def run_demo(settings: DemoSettings, *, console: Console, json_path: Path | None
 
 def _run(demo: DemoEnvironment, console: Console) -> dict[str, Any]:
     n = demo.settings.devices
-    with console.status("starting the factory CA system and the customer CA system…"):
-        with demo.phase("CA systems"):
-            factory = start_factory(demo)
-            customer = start_customer_ca(demo)
+    with console.status("starting the factory and customer CA systems…"), demo.phase("CA systems"):
+        factory = start_factory(demo)
+        customer = start_customer_ca(demo)
     console.print(
         f"factory CA system on {factory.address}, customer CA system on {customer.address}"
     )

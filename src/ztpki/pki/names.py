@@ -12,6 +12,21 @@ from ztpki.errors import UnsupportedParameter
 
 DEVICE_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _COUNTRY = re.compile(r"[A-Z]{2}")
+# The officially assigned ISO 3166-1 alpha-2 codes: a well-formed but unassigned code (XX,
+# or UK for GB) would put a country no relying party knows into a certificate.
+ISO_3166_COUNTRIES = frozenset(
+    """
+    AD AE AF AG AI AL AM AO AQ AR AS AT AU AW AX AZ BA BB BD BE BF BG BH BI BJ BL BM BN BO BQ
+    BR BS BT BV BW BY BZ CA CC CD CF CG CH CI CK CL CM CN CO CR CU CV CW CX CY CZ DE DJ DK DM
+    DO DZ EC EE EG EH ER ES ET FI FJ FK FM FO FR GA GB GD GE GF GG GH GI GL GM GN GP GQ GR GS
+    GT GU GW GY HK HM HN HR HT HU ID IE IL IM IN IO IQ IR IS IT JE JM JO JP KE KG KH KI KM KN
+    KP KR KW KY KZ LA LB LC LI LK LR LS LT LU LV LY MA MC MD ME MF MG MH MK ML MM MN MO MP MQ
+    MR MS MT MU MV MW MX MY MZ NA NC NE NF NG NI NL NO NP NR NU NZ OM PA PE PF PG PH PK PL PM
+    PN PR PS PT PW PY QA RE RO RS RU RW SA SB SC SD SE SG SH SI SJ SK SL SM SN SO SR SS ST SV
+    SX SY SZ TC TD TF TG TH TJ TK TL TM TN TO TR TT TV TW TZ UA UG UM US UY UZ VA VC VE VG VI
+    VN VU WF WS YE YT ZA ZM ZW
+    """.split()
+)
 
 
 def check_device_id(device_id: str) -> str:
@@ -34,9 +49,12 @@ class SubjectFields:
     email: str | None = None
 
     def __post_init__(self) -> None:
-        if self.country is not None and not _COUNTRY.fullmatch(self.country):
+        if self.country is not None and not (
+            _COUNTRY.fullmatch(self.country) and self.country in ISO_3166_COUNTRIES
+        ):
             raise UnsupportedParameter(
-                f"country {self.country[:8]!r} is not a two-letter ISO 3166 code such as SE"
+                f"country {self.country[:8]!r} is not an assigned two-letter ISO 3166 code "
+                "such as SE"
             )
 
     def merged_over(self, defaults: SubjectFields) -> SubjectFields:

@@ -130,7 +130,13 @@ def _sequence(owner: object, attribute: str, name: str, limit: int) -> tuple[obj
 
 @dataclass(frozen=True)
 class EnrollmentParameters:
-    """The request's optional parameters; None (or empty) means the CA's policy default."""
+    """The request's optional parameters; None (or empty) means the CA's policy default.
+
+    ``encrypt_private_key`` is the passphrase for the generated key as UTF-8 bytes (8-256
+    characters, no control characters); it is left out of repr and of every error message.
+    ``dns_names`` and ``ip_addresses`` (at most 16 each) become subjectAltNames, for CAs
+    with the server profile. Lists are accepted and stored as tuples.
+    """
 
     key_algorithm: KeySpec | None = None
     validity_days: int | None = None
@@ -332,6 +338,9 @@ def encode_answer(answer: EnrollmentAnswer | EnrollmentError) -> bytes:
 # --- decoding ---------------------------------------------------------------------------
 
 _XML_SPACE = " \t\n\r"
+# What cryptography raises for bytes that are not the structure asked for (a version-1
+# certificate number flipped to an unknown one is InvalidVersion, not ValueError).
+_NOT_DER = (ValueError, UnsupportedAlgorithm, x509.InvalidVersion)
 _BOOLEAN = {"true": True, "1": True, "false": False, "0": False}
 
 
@@ -348,7 +357,7 @@ def _der(element: etree._Element) -> bytes:
     compact = "".join(_text(element).split())
     try:
         return binascii.a2b_base64(compact, strict_mode=True)
-    except binascii.Error:
+    except ValueError:  # binascii.Error, or non-ASCII text that libxml2 let through
         raise InvalidEnrollmentMessage(f"{name} is not valid base64 (RFC 4648, padded)") from None
 
 
@@ -390,7 +399,7 @@ def decode_request(data: bytes) -> EnrollmentRequest:
     if csr_der is not None:
         try:
             x509.load_der_x509_csr(csr_der)
-        except (ValueError, UnsupportedAlgorithm):
+        except _NOT_DER:
             raise InvalidEnrollmentMessage(
                 "CSR is not a DER PKCS#10 certification request"
             ) from None
@@ -410,7 +419,7 @@ def _certificate(element: etree._Element, where: str) -> bytes:
     der = _der(element)
     try:
         x509.load_der_x509_certificate(der)
-    except (ValueError, UnsupportedAlgorithm):
+    except _NOT_DER:
         raise InvalidEnrollmentMessage(f"{where} is not a DER X.509 certificate") from None
     return der
 

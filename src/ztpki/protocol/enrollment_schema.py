@@ -84,11 +84,14 @@ def _shown(value: object) -> str:
 
 
 def invalid_value(name: str, value: object) -> InvalidEnrollmentMessage:
-    """The error for a bad value of the element or attribute ``name`` (its wire name)."""
+    """The error for a bad value of the element or attribute ``name`` (its wire name).
+
+    ``value`` is repeated, cut short, unless it is None or the field is secret or a blob.
+    """
     rule = _RULES.get(name)
     if rule is None:
-        return InvalidEnrollmentMessage(f"{name} has a value the schema does not allow")
-    if not rule.shown:
+        return InvalidEnrollmentMessage(f"{_clean(name, 80)} has a value the schema does not allow")
+    if not rule.shown or value is None:
         return InvalidEnrollmentMessage(f"{name} is not {rule.what}")
     return InvalidEnrollmentMessage(f"{name} {_shown(value)} is not {rule.what}")
 
@@ -124,6 +127,12 @@ _STRUCTURAL = frozenset(
     {
         "SCHEMAV_ELEMENT_CONTENT",
         "SCHEMAV_CVC_ELT_1",
+        "SCHEMAV_CVC_ELT_3_1",  # xsi:nil, xsi:type: they quote the xsi value, not content
+        "SCHEMAV_CVC_ELT_3_2_1",
+        "SCHEMAV_CVC_ELT_3_2_2",
+        "SCHEMAV_CVC_ELT_4_1",
+        "SCHEMAV_CVC_ELT_4_2",
+        "SCHEMAV_CVC_ELT_4_3",
         "SCHEMAV_CVC_TYPE_3_1_1",
         "SCHEMAV_CVC_TYPE_3_1_2",
         "SCHEMAV_CVC_COMPLEX_TYPE_2_1",
@@ -135,9 +144,28 @@ _STRUCTURAL = frozenset(
         "SCHEMAV_CVC_COMPLEX_TYPE_4",
     }
 )
-_ATTRIBUTE_ERROR = re.compile(r"Element '[^']*', attribute '([^']*)'")
+_ERROR_SUBJECT = re.compile(r"Element '([^']*)'(?:, attribute '([^']*)')?")
+_PATH_STEP = re.compile(r"(?:[^:/\[\]]+:)?([^:/\[\]]+)(?:\[([1-9][0-9]{0,5})\])?")
 _UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
-_POSITION = re.compile(r",? line \d+, column \d+$", re.MULTILINE)
+_LIBXML2_ERRORS: Final[dict[int, str]] = {
+    code: name
+    for name, code in vars(etree.ErrorTypes).items()
+    if name.isupper() and isinstance(code, int)
+}
+_SYNTAX_WORDS: Final = {
+    "ERR_DOCUMENT_EMPTY": "document is empty",
+    "ERR_DOCUMENT_END": "content after the end of the root element",
+    "ERR_TAG_NAME_MISMATCH": "an end tag does not match its start tag",
+    "ERR_TAG_NOT_FINISHED": "the document ends inside an element (truncated?)",
+    "ERR_UNDECLARED_ENTITY": "reference to an undefined entity (write & as &amp;)",
+    "ERR_ENTITYREF_SEMICOL_MISSING": "an & that does not start an entity (write & as &amp;)",
+    "ERR_INVALID_CHAR": "a character XML 1.0 does not allow",
+    "ERR_INVALID_ENCODING": "bytes that are not UTF-8",
+    "ERR_LT_IN_ATTRIBUTE": "an unescaped < in an attribute value",
+    "ERR_ATTRIBUTE_REDEFINED": "an attribute given twice",
+    "ERR_RESOURCE_LIMIT": "a parser limit was exceeded (elements nested too deeply?)",
+    "NS_ERR_UNDEFINED_NAMESPACE": "a namespace prefix that is not declared",
+}
 
 
 def qualified(name: str) -> str:
@@ -156,11 +184,12 @@ def _clean(message: str, limit: int = 240) -> str:
 
 
 def _syntax(exc: etree.XMLSyntaxError) -> str:
-    # libxml2 appends up to 50 characters of document text on a second line for some errors
-    # (an unfinished CDATA section): only the first line is safe to repeat.
-    first = _POSITION.sub("", str(exc.msg or "syntax error")).partition("\n")[0]
+    # libxml2's own wording may quote document text (a comment, a CDATA section, a name),
+    # which can be a passphrase: the message is built from the error's type alone.
+    kind = _LIBXML2_ERRORS.get(exc.code, "")  # type: ignore[attr-defined]  # not in lxml-stubs
+    words = _SYNTAX_WORDS.get(kind) or kind.removeprefix("ERR_").replace("_", " ").lower()
     line, column = exc.position
-    return f"{_clean(first, 160)} (line {line}, column {column})"
+    return f"{words or 'syntax error'} (line {line}, column {column})"
 
 
 def _screen(data: bytes) -> None:
@@ -189,22 +218,46 @@ def _screen(data: bytes) -> None:
     )
 
 
+def _node_at(root: etree._Element, path: str | None) -> etree._Element | None:
+    """The element at a libxml2 error path such as ``/*/p:Parameters/*[3]``, or None.
+
+    Walked by hand: evaluating the path as XPath fails on prefixes the document declared.
+    """
+    if not path or not path.startswith("/"):
+        return None
+    node: etree._Element | None = None
+    for step in path[1:].split("/"):
+        parsed = _PATH_STEP.fullmatch(step)
+        if parsed is None:
+            return None
+        name, index = parsed.group(1), int(parsed.group(2) or 1)
+        candidates = [root] if node is None else [c for c in node if isinstance(c.tag, str)]
+        if name != "*":
+            candidates = [c for c in candidates if etree.QName(c).localname == name]
+        if len(candidates) < index:
+            return None
+        node = candidates[index - 1]
+    return node
+
+
 def _schema_failure(root: etree._Element, log: etree._ListErrorLog) -> InvalidEnrollmentMessage:
     entry = next(iter(log), None)
-    if entry is None:
+    subject = _ERROR_SUBJECT.match(entry.message) if entry is not None else None
+    if entry is None or subject is None:
         return InvalidEnrollmentMessage("message does not follow the enrollment schema")
-    found = root.xpath(entry.path) if entry.path else []
-    node = found[0] if isinstance(found, list) and found else root
-    if not isinstance(node, etree._Element):
-        node = root
-    attribute = _ATTRIBUTE_ERROR.match(entry.message)
-    name = attribute.group(1) if attribute else local_name(node)
-    if entry.type_name not in _STRUCTURAL and name in _RULES:
-        value = node.get(name) if attribute else node.text
-        return invalid_value(name, value or "")
-    return InvalidEnrollmentMessage(
-        f"message does not follow the enrollment schema: {_clean(entry.message)}"
-    )
+    if entry.type_name in _STRUCTURAL:
+        return InvalidEnrollmentMessage(
+            f"message does not follow the enrollment schema: {_clean(entry.message)}"
+        )
+    # A value error: libxml2 quotes the value, which may be a passphrase, so its wording is
+    # never passed on; the rule for the element or attribute says what is wrong instead.
+    element, attribute = subject.group(1), subject.group(2)
+    name = attribute or element.rpartition("}")[2]
+    node = _node_at(root, entry.path)
+    value: str | None = None
+    if node is not None and node.tag == element:
+        value = (node.get(attribute) if attribute else node.text) or ""
+    return invalid_value(name, value)
 
 
 def parse(data: bytes, *, expected: tuple[str, ...]) -> etree._Element:

@@ -4,9 +4,11 @@ and the examples of docs/xml-enrollment.md."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cache
@@ -146,6 +148,12 @@ def answer_xml(inner: str, attributes: str = 'requestId="r1"') -> bytes:
     return f"<EnrollmentAnswer {NS} {attributes}>{inner}</EnrollmentAnswer>".encode()
 
 
+def error_xml(message: str, code: str = "internal") -> bytes:
+    return (
+        f'<EnrollmentError {NS} requestId="r1" code="{code}">{message}</EnrollmentError>'.encode()
+    )
+
+
 def refusal(decode: object, data: bytes) -> str:
     assert callable(decode)
     with pytest.raises(MalformedInput) as caught:
@@ -160,7 +168,9 @@ IDENTIFIERS = st.from_regex(r"[A-Za-z0-9._\-]{1,64}", fullmatch=True)
 TEXTS = st.text(XML_CHARS, min_size=1, max_size=64)
 LABELS = st.from_regex(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?", fullmatch=True)
 DNS_NAMES = st.lists(LABELS, min_size=1, max_size=4).map(".".join).filter(lambda n: len(n) <= 253)
-LOCAL_PARTS = st.from_regex(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]{1,16}(\.[A-Za-z0-9_-]{1,8}){0,2}", fullmatch=True)
+LOCAL_PARTS = st.from_regex(
+    r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]{1,16}(\.[A-Za-z0-9_-]{1,8}){0,2}", fullmatch=True
+)
 EMAILS = st.builds("{}@{}".format, LOCAL_PARTS, DNS_NAMES).filter(lambda e: len(e) <= 128)
 PARAMETERS = st.builds(
     EnrollmentParameters,
@@ -381,10 +391,13 @@ SCHEMA_LOCATION_TYPE = request_xml(
         pytest.param(PARAMETER_ENTITY, "DOCTYPE or ENTITY", id="fail-parameter-entity"),
         pytest.param(LOWERCASE_DOCTYPE, "DOCTYPE or ENTITY", id="fail-lowercase-doctype"),
         pytest.param(
-            request_xml("<DeviceId>&ext;</DeviceId>"), "Entity 'ext' not defined", id="fail-entity-ref"
+            request_xml("<DeviceId>&ext;</DeviceId>"),
+            "reference to an undefined entity",
+            id="fail-entity-ref",
         ),
         pytest.param(
-            b'<?xml version="1.0"?><?xml-stylesheet href="x"?>' + request_xml("<DeviceId>d</DeviceId>"),
+            b'<?xml version="1.0"?><?xml-stylesheet href="x"?>'
+            + request_xml("<DeviceId>d</DeviceId>"),
             "processing instruction",
             id="fail-processing-instruction",
         ),
@@ -393,21 +406,29 @@ SCHEMA_LOCATION_TYPE = request_xml(
             "processing instruction",
             id="fail-processing-instruction-inside",
         ),
-        pytest.param(XINCLUDE, "xi}include", id="fail-xinclude-not-processed"),
+        pytest.param(
+            XINCLUDE,
+            "XInclude}include': This element is not expected",
+            id="fail-xinclude-not-processed",
+        ),
         pytest.param(SCHEMA_LOCATION_TYPE, "xsi:type", id="fail-xsi-type-substitution"),
         pytest.param(b"", "empty", id="fail-empty"),
         pytest.param(b"\x00\x01\x02garbage", "not well-formed", id="fail-binary"),
-        pytest.param(request_xml("<DeviceId>d</DeviceId>")[:-9], "not well-formed", id="fail-truncated"),
         pytest.param(
-            request_xml("<DeviceId>d</DeviceId>") + b"<x/>", "not well-formed", id="fail-trailing-content"
+            request_xml("<DeviceId>d</DeviceId>")[:-9], "not well-formed", id="fail-truncated"
         ),
         pytest.param(
-            b'<EnrollmentRequest xmlns="urn:other" id="r1"><DeviceId>d</DeviceId></EnrollmentRequest>',
+            request_xml("<DeviceId>d</DeviceId>") + b"<x/>",
+            "not well-formed",
+            id="fail-trailing-content",
+        ),
+        pytest.param(
+            request_xml("<DeviceId>d</DeviceId>").replace(NAMESPACE.encode(), b"urn:other"),
             "(urn:other) EnrollmentRequest",
             id="fail-wrong-namespace",
         ),
         pytest.param(
-            b'<EnrollmentRequest id="r1"><DeviceId>d</DeviceId></EnrollmentRequest>',
+            request_xml("<DeviceId>d</DeviceId>").replace(NS.encode(), b""),
             "got 'EnrollmentRequest'",
             id="fail-no-namespace",
         ),
@@ -417,10 +438,12 @@ SCHEMA_LOCATION_TYPE = request_xml(
             id="fail-wrong-root",
         ),
         pytest.param(
-            request_xml("<CA>ops</CA>"), "Element 'CA': This element is not expected", id="fail-missing-device-id"
+            request_xml("<CA>ops</CA>"),
+            "Element 'CA': This element is not expected",
+            id="fail-missing-device-id",
         ),
         pytest.param(
-            b'<EnrollmentRequest xmlns="urn:ztpki:enrollment:1"><DeviceId>d</DeviceId></EnrollmentRequest>',
+            request_xml("<DeviceId>d</DeviceId>", attributes=""),
             "attribute 'id' is required",
             id="fail-missing-id",
         ),
@@ -430,10 +453,14 @@ SCHEMA_LOCATION_TYPE = request_xml(
             id="fail-device-id-charset",
         ),
         pytest.param(
-            request_xml("<DeviceId>" + "d" * 65 + "</DeviceId>"), "DeviceId 'ddd", id="fail-device-id-length"
+            request_xml("<DeviceId>" + "d" * 65 + "</DeviceId>"),
+            "DeviceId 'ddd",
+            id="fail-device-id-length",
         ),
         pytest.param(
-            request_xml("<DeviceId>d</DeviceId>", 'id="r 1"'), "id 'r 1' is not", id="fail-request-id"
+            request_xml("<DeviceId>d</DeviceId>", 'id="r 1"'),
+            "id 'r 1' is not",
+            id="fail-request-id",
         ),
         pytest.param(
             request_xml("<DeviceId>d</DeviceId>", 'id="r1" reissue="yes"'),
@@ -456,7 +483,9 @@ SCHEMA_LOCATION_TYPE = request_xml(
             id="fail-unknown-element",
         ),
         pytest.param(
-            request_xml("<DeviceId>d<b/></DeviceId>"), "Element content is not allowed", id="fail-nested-element"
+            request_xml("<DeviceId>d<b/></DeviceId>"),
+            "Element content is not allowed",
+            id="fail-nested-element",
         ),
         pytest.param(
             request_xml("text<DeviceId>d</DeviceId>"), "Character content", id="fail-mixed-content"
@@ -472,7 +501,9 @@ SCHEMA_LOCATION_TYPE = request_xml(
             id="fail-unknown-key-algorithm",
         ),
         pytest.param(
-            with_parameters("<ValidityDays>0</ValidityDays>"), "ValidityDays '0' is not", id="fail-validity-zero"
+            with_parameters("<ValidityDays>0</ValidityDays>"),
+            "ValidityDays '0' is not",
+            id="fail-validity-zero",
         ),
         pytest.param(
             with_parameters("<ValidityDays>36501</ValidityDays>"),
@@ -490,10 +521,14 @@ SCHEMA_LOCATION_TYPE = request_xml(
             id="fail-validity-huge-number",
         ),
         pytest.param(
-            with_parameters("<Country>de</Country>"), "Country 'de' is not 2 upper-case", id="fail-country"
+            with_parameters("<Country>de</Country>"),
+            "Country 'de' is not 2 upper-case",
+            id="fail-country",
         ),
         pytest.param(
-            with_parameters("<Organization></Organization>"), "Organization '' is not", id="fail-text-empty"
+            with_parameters("<Organization></Organization>"),
+            "Organization '' is not",
+            id="fail-text-empty",
         ),
         pytest.param(
             with_parameters("<Organization>" + "o" * 65 + "</Organization>"),
@@ -517,7 +552,9 @@ SCHEMA_LOCATION_TYPE = request_xml(
             id="fail-email-too-long",
         ),
         pytest.param(
-            with_parameters("<DnsName>*.example.com</DnsName>"), "DnsName '*.example.com'", id="fail-dns-wildcard"
+            with_parameters("<DnsName>*.example.com</DnsName>"),
+            "DnsName '*.example.com'",
+            id="fail-dns-wildcard",
         ),
         pytest.param(
             with_parameters("<DnsName>a.example</DnsName>" * 17),
@@ -530,10 +567,14 @@ SCHEMA_LOCATION_TYPE = request_xml(
             id="fail-ip-address",
         ),
         pytest.param(
-            with_parameters("<IpAddress>fe80::1%eth0</IpAddress>"), "IpAddress 'fe80::1%eth0'", id="fail-ip-zone"
+            with_parameters("<IpAddress>fe80::1%eth0</IpAddress>"),
+            "IpAddress 'fe80::1%eth0'",
+            id="fail-ip-zone",
         ),
         pytest.param(
-            request_xml("<DeviceId>d</DeviceId><CSR>not base64!</CSR>"), "CSR is not base64", id="fail-csr-base64"
+            request_xml("<DeviceId>d</DeviceId><CSR>not base64!</CSR>"),
+            "CSR is not base64",
+            id="fail-csr-base64",
         ),
         pytest.param(
             request_xml("<DeviceId>d</DeviceId><CSR>AAA=AAA=</CSR>"),
@@ -550,7 +591,11 @@ SCHEMA_LOCATION_TYPE = request_xml(
             "CSR is not a DER PKCS#10",
             id="fail-csr-is-a-certificate",
         ),
-        pytest.param(request_xml("<DeviceId>d</DeviceId><CSR></CSR>"), "CSR is not base64", id="fail-csr-empty"),
+        pytest.param(
+            request_xml("<DeviceId>d</DeviceId><CSR></CSR>"),
+            "CSR is not base64",
+            id="fail-csr-empty",
+        ),
         pytest.param(
             request_xml(f"<DeviceId>d</DeviceId><CSR>{b64(bytes(65537))}</CSR>"),
             "CSR is not base64 of a DER PKCS#10 request of 1 byte to 64 KiB",
@@ -567,12 +612,15 @@ SCHEMA_LOCATION_TYPE = request_xml(
             id="fail-utf16",
         ),
         pytest.param(
-            '<EnrollmentRequest id="r1"/>'.encode("utf-16-le"), "not well-formed", id="fail-utf16-without-bom"
+            '<EnrollmentRequest id="r1"/>'.encode("utf-16-le"),
+            "not well-formed",
+            id="fail-utf16-without-bom",
         ),
         pytest.param(
-            request_xml("<DeviceId>d</DeviceId><Parameters><Locality>M\xfcnchen</Locality></Parameters>")
-            .replace(b"M\xc3\xbcnchen", b"M\xfcnchen"),
-            "Invalid bytes in character encoding",
+            request_xml(
+                "<DeviceId>d</DeviceId><Parameters><Locality>M\xfcnchen</Locality></Parameters>"
+            ).replace(b"M\xc3\xbcnchen", b"M\xfcnchen"),
+            "bytes that are not UTF-8",
             id="fail-invalid-utf8",
         ),
         pytest.param(
@@ -580,9 +628,7 @@ SCHEMA_LOCATION_TYPE = request_xml(
             "XML version '1.1'",
             id="fail-xml-1-1",
         ),
-        pytest.param(
-            b"<a>" * 300 + b"</a>" * 300, "Excessive depth", id="fail-deep-nesting"
-        ),
+        pytest.param(b"<a>" * 300 + b"</a>" * 300, "nested too deeply", id="fail-deep-nesting"),
         pytest.param(
             with_parameters("<Organization>" + "x" * (1 << 20) + "</Organization>"),
             "exceeds the limit of 1048576 bytes",
@@ -610,7 +656,7 @@ def test_fail_request_control_valid() -> None:
 
 def test_fail_billion_laughs_is_fast() -> None:
     started = time.perf_counter()
-    refusal(decode_request, BILLION_LAUGHS.replace(b"lol9", b"lol9" * 1))
+    refusal(decode_request, BILLION_LAUGHS)
     assert time.perf_counter() - started < 0.5
 
 
@@ -621,6 +667,17 @@ def test_fail_billion_laughs_is_fast() -> None:
             answer_xml(f"<Certificate>{b64(b'junk')}</Certificate>"),
             "Certificate is not a DER X.509",
             id="fail-certificate-not-der",
+        ),
+        pytest.param(
+            answer_xml(
+                "<Certificate>"
+                + b64(
+                    material().leaf_der.replace(b"\xa0\x03\x02\x01\x02", b"\xa0\x03\x02\x01\x05", 1)
+                )
+                + "</Certificate>"
+            ),
+            "Certificate is not a DER X.509",
+            id="fail-certificate-unknown-version",
         ),
         pytest.param(
             answer_xml(
@@ -646,7 +703,9 @@ def test_fail_billion_laughs_is_fast() -> None:
             id="fail-chain-too-long",
         ),
         pytest.param(
-            answer_xml(f"<PrivateKey>{b64(b'k')}</PrivateKey><Certificate>{b64(material().leaf_der)}</Certificate>"),
+            answer_xml(
+                f"<PrivateKey>{b64(b'k')}</PrivateKey><Certificate>{b64(material().leaf_der)}</Certificate>"
+            ),
             "attribute 'encrypted' is required",
             id="fail-key-without-encrypted",
         ),
@@ -660,21 +719,25 @@ def test_fail_billion_laughs_is_fast() -> None:
         ),
         pytest.param(answer_xml(""), "Missing child element", id="fail-no-certificate"),
         pytest.param(
-            f'<EnrollmentError {NS} requestId="r1" code="teapot">x</EnrollmentError>'.encode(),
+            error_xml("x", code="teapot"),
             "code 'teapot' is not one of malformed",
             id="fail-error-code",
         ),
         pytest.param(
-            f'<EnrollmentError {NS} requestId="r1" code="internal"></EnrollmentError>'.encode(),
-            "EnrollmentError is not a message of 1-1024",
+            error_xml(""),
+            "EnrollmentError '' is not a message of 1-1024",
             id="fail-error-empty-message",
         ),
         pytest.param(
-            f'<EnrollmentError {NS} requestId="r1" code="internal">{"m" * 1025}</EnrollmentError>'.encode(),
-            "EnrollmentError is not a message",
+            error_xml("m" * 1025),
+            "(1025 characters) is not a message of 1-1024 characters",
             id="fail-error-message-too-long",
         ),
-        pytest.param(encode_request(full_request()), "expected EnrollmentAnswer or EnrollmentError", id="fail-request-as-answer"),
+        pytest.param(
+            encode_request(full_request()),
+            "expected EnrollmentAnswer or EnrollmentError",
+            id="fail-request-as-answer",
+        ),
     ],
 )
 def test_fail_answer(data: bytes, expected: str) -> None:
@@ -690,7 +753,7 @@ def test_fail_answer_control_valid() -> None:
     )
     answer = decode_answer(data)
     assert isinstance(answer, EnrollmentAnswer) and answer.private_key_der == b"k"
-    error = decode_answer(f'<EnrollmentError {NS} requestId="r1" code=" unavailable ">try later</EnrollmentError>'.encode())
+    error = decode_answer(error_xml("try later", code=" unavailable "))
     assert error == EnrollmentError("r1", ErrorCode.UNAVAILABLE, "try later")
 
 
@@ -738,20 +801,21 @@ def test_fuzz_secret_never_echoed_under_mutation(data: st.DataObject) -> None:
     secret = PASSPHRASE
     start = document.index(b"<EncryptPrivateKey>")
     end = document.index(b"</EncryptPrivateKey>") + len(b"</EncryptPrivateKey>")
-    mutated = bytearray(document)
+    parts = [bytearray(document[:start]), bytearray(document[end:])]
     for _ in range(data.draw(st.integers(1, 4))):
-        position = data.draw(st.sampled_from([*range(0, start), *range(end, len(document))]))
-        position = min(position, len(mutated))
-        if position >= start:
-            position += len(mutated) - len(document)  # keep pointing past the secret
+        part = parts[data.draw(st.integers(0, 1))]
+        position = data.draw(st.integers(0, len(part)))
         action = data.draw(st.sampled_from(["delete", "insert", "replace"]))
-        snippet = data.draw(st.sampled_from([b"<", b">", b"<!--", b"<![CDATA[", b'"', b"&", b"x", b"\xff"]))
+        snippet = data.draw(
+            st.sampled_from([b"<", b">", b"<!--", b"<![CDATA[", b'"', b"&", b"x", b"\xff"])
+        )
         if action == "delete":
-            del mutated[position : position + data.draw(st.integers(1, 20))]
+            del part[position : position + data.draw(st.integers(1, 20))]
         elif action == "insert":
-            mutated[position:position] = snippet
+            part[position:position] = snippet
         else:
-            mutated[position : position + 1] = snippet
+            part[position : position + 1] = snippet
+    mutated = parts[0] + document[start:end] + parts[1]
     assume(secret in mutated)
     try:
         decode_request(bytes(mutated))
@@ -763,12 +827,57 @@ def test_fuzz_secret_never_echoed_under_mutation(data: st.DataObject) -> None:
 # --- hostile and random input -----------------------------------------------------------------
 
 HOSTILE_TOKENS = [
-    "<", ">", "</", "/>", "=", '"', "'", " ", "\n", "&", ";", "#", "&#x0;", "&#65;", "&amp;",
-    "<!DOCTYPE", "<!ENTITY", "<!--", "-->", "<![CDATA[", "]]>", "<?", "?>", "<?xml",
-    'version="1.0"', "EnrollmentRequest", "EnrollmentAnswer", "EnrollmentError", "DeviceId",
-    "Parameters", "CSR", "Certificate", "CACertificates", "PrivateKey", "encrypted", "requestId",
-    "id", "reissue", "code", f'xmlns="{NAMESPACE}"', "xmlns:e", "e:", "AAAA", "true",
-    "é", "\U0001f600", "\x00", "\x85", "%p;", "SYSTEM", "file:///etc/passwd",
+    "<",
+    ">",
+    "</",
+    "/>",
+    "=",
+    '"',
+    "'",
+    " ",
+    "\n",
+    "&",
+    ";",
+    "#",
+    "&#x0;",
+    "&#65;",
+    "&amp;",
+    "<!DOCTYPE",
+    "<!ENTITY",
+    "<!--",
+    "-->",
+    "<![CDATA[",
+    "]]>",
+    "<?",
+    "?>",
+    "<?xml",
+    'version="1.0"',
+    "EnrollmentRequest",
+    "EnrollmentAnswer",
+    "EnrollmentError",
+    "DeviceId",
+    "Parameters",
+    "CSR",
+    "Certificate",
+    "CACertificates",
+    "PrivateKey",
+    "encrypted",
+    "requestId",
+    "id",
+    "reissue",
+    "code",
+    f'xmlns="{NAMESPACE}"',
+    "xmlns:e",
+    "e:",
+    "AAAA",
+    "true",
+    "é",
+    "\U0001f600",
+    "\x00",
+    "\x85",
+    "%p;",
+    "SYSTEM",
+    "file:///etc/passwd",
 ]
 
 
@@ -777,10 +886,8 @@ HOSTILE_TOKENS = [
 @given(st.binary(max_size=2048))
 def test_fuzz_random_bytes_only_malformed(data: bytes) -> None:
     for decode in (decode_request, decode_answer):
-        try:
+        with contextlib.suppress(MalformedInput):
             decode(data)
-        except MalformedInput:
-            pass
     request_id_of(data)
 
 
@@ -790,10 +897,8 @@ def test_fuzz_random_bytes_only_malformed(data: bytes) -> None:
 def test_fuzz_token_soup_only_malformed(tokens: list[str]) -> None:
     data = "".join(tokens).encode("utf-8", "surrogatepass")
     for decode in (decode_request, decode_answer):
-        try:
+        with contextlib.suppress(MalformedInput):
             decode(data)
-        except MalformedInput:
-            pass
 
 
 @FUZZ
@@ -805,7 +910,10 @@ def test_fuzz_mutated_documents_only_malformed(kind: str, data: st.DataObject) -
     elif kind == "answer":
         document, decode = encode_answer(full_answer()), decode_answer
     else:
-        document, decode = encode_answer(EnrollmentError("r1", ErrorCode.INTERNAL, "x")), decode_answer
+        document, decode = (
+            encode_answer(EnrollmentError("r1", ErrorCode.INTERNAL, "x")),
+            decode_answer,
+        )
     mutated = bytearray(document)
     for _ in range(data.draw(st.integers(1, 6))):
         position = data.draw(st.integers(0, len(mutated)))
@@ -831,36 +939,70 @@ def test_fuzz_mutated_documents_only_malformed(kind: str, data: st.DataObject) -
 @pytest.mark.parametrize(
     ("build", "expected"),
     [
-        pytest.param(lambda: EnrollmentRequest("r1", "a b"), "DeviceId 'a b' is not", id="fail-device-id"),
-        pytest.param(lambda: EnrollmentRequest("", "d"), "id '' is not", id="fail-empty-request-id"),
+        pytest.param(
+            lambda: EnrollmentRequest("r1", "a b"), "DeviceId 'a b' is not", id="fail-device-id"
+        ),
+        pytest.param(
+            lambda: EnrollmentRequest("", "d"), "id '' is not", id="fail-empty-request-id"
+        ),
         pytest.param(lambda: EnrollmentRequest("r1", "d", ca="x/y"), "CA 'x/y'", id="fail-ca"),
-        pytest.param(lambda: EnrollmentRequest("r1", "d", csr_der=b""), "CSR is not", id="fail-empty-csr"),
+        pytest.param(
+            lambda: EnrollmentRequest("r1", "d", csr_der=b""), "CSR is not", id="fail-empty-csr"
+        ),
         pytest.param(
             lambda: EnrollmentParameters(key_algorithm="dsa"),  # type: ignore[arg-type]
             "KeyAlgorithm 'dsa'",
             id="fail-key-algorithm",
         ),
-        pytest.param(lambda: EnrollmentParameters(validity_days=0), "ValidityDays '0'", id="fail-validity"),
-        pytest.param(lambda: EnrollmentParameters(country="DEU"), "Country 'DEU'", id="fail-country"),
-        pytest.param(lambda: EnrollmentParameters(organization="a\nb"), "Organization 'a\\nb'", id="fail-newline"),
-        pytest.param(lambda: EnrollmentParameters(locality="\ud800"), "Locality", id="fail-surrogate"),
-        pytest.param(lambda: EnrollmentParameters(locality="\ufffe"), "Locality", id="fail-noncharacter"),
         pytest.param(
-            lambda: EnrollmentParameters(encrypt_private_key=b"\xff" * 10), "EncryptPrivateKey", id="fail-passphrase-utf8"
+            lambda: EnrollmentParameters(validity_days=0), "ValidityDays '0'", id="fail-validity"
         ),
         pytest.param(
-            lambda: EnrollmentParameters(dns_names=("a.example",) * 17), "at most 16 DnsName", id="fail-dns-count"
+            lambda: EnrollmentParameters(country="DEU"), "Country 'DEU'", id="fail-country"
         ),
-        pytest.param(lambda: EnrollmentParameters(ip_addresses=("1.2.3",)), "IpAddress '1.2.3'", id="fail-ip"),
         pytest.param(
-            lambda: EnrollmentAnswer("r1", b"c", private_key_encrypted=True), "no key", id="fail-encrypted-without-key"
+            lambda: EnrollmentParameters(organization="a\nb"),
+            "Organization 'a\\nb'",
+            id="fail-newline",
+        ),
+        pytest.param(
+            lambda: EnrollmentParameters(locality="\ud800"), "Locality", id="fail-surrogate"
+        ),
+        pytest.param(
+            lambda: EnrollmentParameters(locality="\ufffe"), "Locality", id="fail-noncharacter"
+        ),
+        pytest.param(
+            lambda: EnrollmentParameters(encrypt_private_key=b"\xff" * 10),
+            "EncryptPrivateKey",
+            id="fail-passphrase-utf8",
+        ),
+        pytest.param(
+            lambda: EnrollmentParameters(dns_names=("a.example",) * 17),
+            "at most 16 DnsName",
+            id="fail-dns-count",
+        ),
+        pytest.param(
+            lambda: EnrollmentParameters(ip_addresses=("1.2.3",)), "IpAddress '1.2.3'", id="fail-ip"
+        ),
+        pytest.param(
+            lambda: EnrollmentAnswer("r1", b"c", private_key_encrypted=True),
+            "no key",
+            id="fail-encrypted-without-key",
         ),
         pytest.param(
             lambda: EnrollmentAnswer("r1", b"c", (b"c",) * 11), "at most 10", id="fail-chain-count"
         ),
-        pytest.param(lambda: EnrollmentAnswer("r1", b""), "Certificate is not", id="fail-empty-certificate"),
-        pytest.param(lambda: EnrollmentError("r1", "teapot", "x"), "code 'teapot'", id="fail-error-code"),  # type: ignore[arg-type]
-        pytest.param(lambda: EnrollmentError("r1", ErrorCode.INTERNAL, ""), "EnrollmentError", id="fail-empty-message"),
+        pytest.param(
+            lambda: EnrollmentAnswer("r1", b""), "Certificate is not", id="fail-empty-certificate"
+        ),
+        pytest.param(
+            lambda: EnrollmentError("r1", "teapot", "x"), "code 'teapot'", id="fail-error-code"
+        ),  # type: ignore[arg-type]
+        pytest.param(
+            lambda: EnrollmentError("r1", ErrorCode.INTERNAL, ""),
+            "EnrollmentError",
+            id="fail-empty-message",
+        ),
     ],
 )
 def test_fail_dataclass_value(build: object, expected: str) -> None:
@@ -877,7 +1019,9 @@ def test_fail_dataclass_value(build: object, expected: str) -> None:
         pytest.param(lambda: EnrollmentRequest("r1", 5), id="fail-device-id-int"),  # type: ignore[arg-type]
         pytest.param(lambda: EnrollmentRequest("r1", "d", reissue=1), id="fail-reissue-int"),  # type: ignore[arg-type]
         pytest.param(lambda: EnrollmentParameters(validity_days=True), id="fail-days-bool"),  # type: ignore[arg-type]
-        pytest.param(lambda: EnrollmentParameters(encrypt_private_key="text"), id="fail-passphrase-str"),  # type: ignore[arg-type]
+        pytest.param(
+            lambda: EnrollmentParameters(encrypt_private_key="text"), id="fail-passphrase-str"
+        ),  # type: ignore[arg-type]
         pytest.param(lambda: EnrollmentParameters(dns_names="a.example"), id="fail-names-str"),  # type: ignore[arg-type]
         pytest.param(lambda: EnrollmentAnswer("r1", "cert"), id="fail-certificate-str"),  # type: ignore[arg-type]
         pytest.param(lambda: encode_request("<xml/>"), id="fail-encode-str"),  # type: ignore[arg-type]
@@ -920,22 +1064,51 @@ def test_fail_encoder_checks_schema() -> None:
         encode_answer(answer)
 
 
+def test_threads_get_their_own_errors() -> None:
+    """Validators keep their error log on the object; each thread has its own."""
+
+    def refuse(n: int) -> tuple[int, str]:
+        return n, refusal(decode_request, request_xml(f"<DeviceId>bad {n}</DeviceId>"))
+
+    with ThreadPoolExecutor(4) as pool:
+        for n, message in pool.map(refuse, range(400)):
+            assert f"DeviceId 'bad {n}' is not" in message
+
+
 # --- request_id_of ----------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
     ("data", "expected"),
     [
-        pytest.param(request_xml("<DeviceId>a b</DeviceId>", 'id="r-9.x_1"'), "r-9.x_1", id="ok-invalid-body"),
-        pytest.param(b"<EnrollmentRequest id='r2' reissue='maybe'", "r2", id="ok-truncated-single-quotes"),
-        pytest.param(f'<e:EnrollmentRequest xmlns:e="{NAMESPACE}"\n  reissue="true"\tid = "r3">'.encode(), "r3", id="ok-prefix-whitespace"),
-        pytest.param(BILLION_LAUGHS.replace(b'id="r1"', b'id="lol"'), "lol", id="ok-billion-laughs"),
+        pytest.param(
+            request_xml("<DeviceId>a b</DeviceId>", 'id="r-9.x_1"'), "r-9.x_1", id="ok-invalid-body"
+        ),
+        pytest.param(
+            b"<EnrollmentRequest id='r2' reissue='maybe'", "r2", id="ok-truncated-single-quotes"
+        ),
+        pytest.param(
+            f'<e:EnrollmentRequest xmlns:e="{NAMESPACE}"\n  reissue="true"\tid = "r3">'.encode(),
+            "r3",
+            id="ok-prefix-whitespace",
+        ),
+        pytest.param(
+            BILLION_LAUGHS.replace(b'id="r1"', b'id="lol"'), "lol", id="ok-billion-laughs"
+        ),
         pytest.param(request_xml("<DeviceId>d</DeviceId>", 'id="r 1"'), None, id="fail-invalid-id"),
-        pytest.param(request_xml("<DeviceId>d</DeviceId>", 'id="' + "r" * 65 + '"'), None, id="fail-long-id"),
-        pytest.param(request_xml("<DeviceId>d</DeviceId>", 'xml:id="r1"'), None, id="fail-other-attribute"),
-        pytest.param(request_xml("<DeviceId>d</DeviceId>", 'reid="r1"'), None, id="fail-suffix-attribute"),
+        pytest.param(
+            request_xml("<DeviceId>d</DeviceId>", 'id="' + "r" * 65 + '"'), None, id="fail-long-id"
+        ),
+        pytest.param(
+            request_xml("<DeviceId>d</DeviceId>", 'xml:id="r1"'), None, id="fail-other-attribute"
+        ),
+        pytest.param(
+            request_xml("<DeviceId>d</DeviceId>", 'reid="r1"'), None, id="fail-suffix-attribute"
+        ),
         pytest.param(answer_xml(""), None, id="fail-not-a-request"),
-        pytest.param(b" " * 5000 + request_xml("<DeviceId>d</DeviceId>"), None, id="fail-beyond-window"),
+        pytest.param(
+            b" " * 5000 + request_xml("<DeviceId>d</DeviceId>"), None, id="fail-beyond-window"
+        ),
         pytest.param(b"", None, id="fail-empty"),
     ],
 )
