@@ -20,7 +20,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from lxml import etree
 
@@ -816,7 +816,6 @@ def test_fuzz_secret_never_echoed_under_mutation(data: st.DataObject) -> None:
         else:
             part[position : position + 1] = snippet
     mutated = parts[0] + document[start:end] + parts[1]
-    assume(secret in mutated)
     try:
         decode_request(bytes(mutated))
     except MalformedInput as exc:
