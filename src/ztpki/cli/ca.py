@@ -340,3 +340,24 @@ def serve_command(
         await service.close()
 
     asyncio.run(run())
+
+
+@ca.command("export")
+@dir_option
+@click.option("--name", required=True, help="The CA whose chain to export.")
+@click.option(
+    "--out", required=True, type=click.Path(path_type=Path, dir_okay=False), help="PEM file."
+)
+def export_command(directory: Path, name: str, out: Path) -> None:
+    """Write a CA's chain as PEM: the CA certificate first, then its parents up to the root.
+
+    This is what a customer node takes as --customer-chain, and a factory CA's chain is the
+    trust bundle devices and nodes verify temporary certificates with.
+    """
+    from ztpki.pki.pem import certificates_pem
+    from ztpki.secretfiles import write_public_file
+
+    system = CASystemDirectory(directory)
+    chain = [system.certificate(name), *system.parents(name)]
+    write_public_file(out, certificates_pem(chain))
+    console.print(f"wrote the chain of CA [bold]{name}[/] ({len(chain)} certificate(s)) to {out}")

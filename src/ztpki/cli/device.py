@@ -1,0 +1,120 @@
+"""`ztpki device`: look into a device memory (93) and act as the device with other tools."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+from cryptography import x509
+from rich.markup import escape
+from rich.table import Table
+
+from ztpki.cli.common import console, passphrase, passphrase_options, print_json
+from ztpki.device.memory import DeviceMemory
+from ztpki.pki.pem import fingerprint_sha256, serial_hex
+
+EXPORT_ENV = "ZTPKI_EXPORT_PASSPHRASE"
+
+device_option = click.option(
+    "--device",
+    "device_dir",
+    required=True,
+    type=click.Path(path_type=Path, file_okay=False),
+    help="The device memory directory.",
+)
+
+
+def certificate_summary(cert: x509.Certificate) -> dict[str, str]:
+    """The fields an operator checks first, as text."""
+    return {
+        "subject": cert.subject.rfc4514_string(),
+        "issuer": cert.issuer.rfc4514_string(),
+        "serial": serial_hex(cert),
+        "not_before": cert.not_valid_before_utc.isoformat(),
+        "not_after": cert.not_valid_after_utc.isoformat(),
+        "sha256": fingerprint_sha256(cert),
+    }
+
+
+def device_summary(memory: DeviceMemory) -> dict[str, Any]:
+    """Identity, phase, certificates, trust anchors and configuration of a device."""
+    identity = memory.identity()
+    return {
+        "device_id": memory.device_id,
+        "path": str(memory.path),
+        "phase": identity.phase.value,
+        "generation": identity.generation,
+        "certificate": identity.certificate and certificate_summary(identity.certificate),
+        "ca_certificates": [certificate_summary(c) for c in identity.ca_certificates],
+        "trust_anchors": [certificate_summary(c) for c in memory.trust_anchors()],
+        "config": memory.config(),
+    }
+
+
+@click.group()
+def device() -> None:
+    """The device (1): its memory, identity and trust anchors."""
+
+
+@device.command("show")
+@device_option
+@click.option("--json", "as_json", is_flag=True)
+def show_command(device_dir: Path, as_json: bool) -> None:
+    """Identity, phase, current certificate and trust anchors of a device."""
+    summary = device_summary(DeviceMemory.open(device_dir))
+    if as_json:
+        print_json(summary)
+        return
+    table = Table(show_header=False, box=None)
+
+    def add(label: str, value: object) -> None:
+        table.add_row(escape(label), escape(str(value)))
+
+    add("device id", summary["device_id"])
+    add("phase", f"{summary['phase']} (generation {summary['generation']})")
+    cert = summary["certificate"]
+    if cert is None:
+        add("certificate", "none")
+    else:
+        add("certificate", cert["subject"])
+        add("  issuer", cert["issuer"])
+        add("  serial", cert["serial"])
+        add("  not after", cert["not_after"])
+        add("  sha256", cert["sha256"])
+    for ca in summary["ca_certificates"]:
+        add("CA certificate", ca["subject"])
+    for anchor in summary["trust_anchors"]:
+        add("trust anchor", f"{anchor['subject']} sha256 {anchor['sha256']}")
+    if not summary["trust_anchors"]:
+        add("trust anchor", "none")
+    for key, value in sorted(summary["config"].items()):
+        add(f"config {key}", value)
+    console.print(table, highlight=False)
+
+
+@device.command("export")
+@device_option
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Directory for key.pem, cert.pem, chain.pem and trust.pem (created 0700).",
+)
+@passphrase_options(EXPORT_ENV, "the exported private key")
+def export_command(
+    device_dir: Path, out: Path, passphrase_file: Path | None, insecure_no_passphrase: bool
+) -> None:
+    """Write the device's key and certificates as PEM, so openssl or curl can act as it.
+
+    key.pem (0600) is encrypted with the export passphrase; --insecure-no-passphrase writes
+    it in clear for tools that cannot ask for one.
+    """
+    secret = passphrase(passphrase_file, insecure_no_passphrase, EXPORT_ENV, "the exported key")
+    memory = DeviceMemory.open(device_dir)
+    paths = memory.export_pem(out, passphrase=secret)
+    for name, path in paths.items():
+        console.print(f"{name:6} {path}")
+
+
+__all__ = ["certificate_summary", "device", "device_summary"]

@@ -1,0 +1,264 @@
+"""`ztpki device activate | agent | renew | set-node | connect`: the device in the field.
+
+Exit status: 0 done; 1 an error (the message says which step and what to do); 3 the node
+refused the device (403, or it does not accept the device's certificate); 4 a temporary
+failure (network, node busy): run again later.
+
+Test only: ZTPKI_DEVICE_FAULT=before-request|after-answer|mid-replace|after-replace makes
+activate, renew and agent SIGKILL themselves at that point (see ztpki.device.activation).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+
+import click
+
+from ztpki.cli.common import err_console, print_json
+from ztpki.cli.device import device
+from ztpki.device.activation import (
+    NODE_CA_KEY,
+    NODE_URL_KEY,
+    ActivatingClient,
+    ActivationError,
+    ActivationEvent,
+    ActivationResult,
+    FaultInjector,
+    KeyMode,
+)
+from ztpki.device.agent import Agent, AgentEvent, AgentStopped
+from ztpki.device.communication import NodeAddress, parse_fingerprint
+from ztpki.device.connect import connect, identity_ssl_context
+from ztpki.device.memory import DeviceMemory
+from ztpki.errors import ConfigurationError
+from ztpki.pki.keys import KeySpec
+from ztpki.pki.pem import load_certificates_pem
+
+device_option = click.option(
+    "--device",
+    "device_dir",
+    required=True,
+    type=click.Path(path_type=Path, file_okay=False),
+    help="The device directory (its memory).",
+)
+fingerprint_option = click.option(
+    "--node-ca-fingerprint",
+    help="Trust a node whose certificate chains to the CA with this SHA-256 fingerprint "
+    "(sha256:HEX), instead of the factory CA certificate.",
+)
+key_on_device_option = click.option(
+    "--key-on-device",
+    is_flag=True,
+    help="Generate the operational key in the device (simpleenroll) instead of having the "
+    "customer CA generate it (serverkeygen).",
+)
+
+
+def _open(device_dir: Path, fault: FaultInjector | None) -> DeviceMemory:
+    hook = fault.memory_hook if fault is not None else None
+    return DeviceMemory.open(device_dir, _fault_hook=hook)
+
+
+def _node(memory: DeviceMemory, node_url: str | None) -> NodeAddress:
+    url = node_url or memory.config().get(NODE_URL_KEY)
+    if not isinstance(url, str) or not url:
+        raise ConfigurationError(
+            f"device {memory.device_id} has no customer-node address: give --node "
+            "https://HOST:PORT or run ztpki device set-node"
+        )
+    return NodeAddress.parse(url)
+
+
+def _pin(memory: DeviceMemory, fingerprint: str | None) -> str | None:
+    configured = memory.config().get(NODE_CA_KEY)
+    text = fingerprint or (configured if isinstance(configured, str) else None)
+    return parse_fingerprint(text) if text else None
+
+
+def _print_event(event: ActivationEvent) -> None:
+    click.echo(f"[{event.step.value}] {event.message}")
+
+
+def _finish(result: ActivationResult, as_json: bool) -> None:
+    if as_json:
+        print_json(
+            {
+                "device_id": result.device_id,
+                "action": result.action,
+                "serial": result.serial,
+                "not_after": result.not_after.isoformat(),
+                "events": [{"step": e.step.value, "message": e.message} for e in result.events],
+            }
+        )
+    else:
+        click.echo(f"{result.device_id}: {result.action} (serial {result.serial})")
+
+
+def _fail(exc: ActivationError | AgentStopped) -> None:
+    err_console.print(f"[bold red]error:[/] {exc.message}", markup=True, highlight=False)
+    # SystemExit, not click's Exit: run_command drops the status of the latter.
+    raise SystemExit(exc.exit_code)
+
+
+@device.command("activate")
+@device_option
+@click.option("--node", "node_url", help="https://HOST:PORT[/label] (default: set-node's).")
+@key_on_device_option
+@fingerprint_option
+@click.option("--key-algorithm", help="Key for --key-on-device (default: as the current key).")
+@click.option("--timeout", type=float, default=30.0, show_default=True, help="Seconds per request.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def activate_command(
+    device_dir: Path,
+    node_url: str | None,
+    key_on_device: bool,
+    node_ca_fingerprint: str | None,
+    key_algorithm: str | None,
+    timeout: float,
+    as_json: bool,
+) -> None:
+    """Customize the device once: swap its temporary identity for the customer's."""
+    fault = FaultInjector.from_env()
+    memory = _open(device_dir, fault)
+    client = ActivatingClient(
+        memory,
+        _node(memory, node_url),
+        key_mode=KeyMode.SIMPLEENROLL if key_on_device else KeyMode.SERVERKEYGEN,
+        key_spec=KeySpec.parse(key_algorithm) if key_algorithm else None,
+        pinned_fingerprint=_pin(memory, node_ca_fingerprint),
+        report=None if as_json else _print_event,
+        timeout=timeout,
+        fault=fault,
+    )
+    try:
+        result = asyncio.run(client.activate())
+    except ActivationError as exc:
+        _fail(exc)
+    _finish(result, as_json)
+
+
+@device.command("renew")
+@device_option
+@click.option("--node", "node_url", help="https://HOST:PORT[/label] (default: set-node's).")
+@fingerprint_option
+@click.option("--timeout", type=float, default=30.0, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def renew_command(
+    device_dir: Path,
+    node_url: str | None,
+    node_ca_fingerprint: str | None,
+    timeout: float,
+    as_json: bool,
+) -> None:
+    """Renew the operational identity now (simplereenroll; new key made in the device)."""
+    fault = FaultInjector.from_env()
+    memory = _open(device_dir, fault)
+    client = ActivatingClient(
+        memory,
+        _node(memory, node_url),
+        pinned_fingerprint=_pin(memory, node_ca_fingerprint),
+        report=None if as_json else _print_event,
+        timeout=timeout,
+        fault=fault,
+    )
+    try:
+        result = asyncio.run(client.renew())
+    except ActivationError as exc:
+        _fail(exc)
+    _finish(result, as_json)
+
+
+@device.command("agent")
+@device_option
+@click.option("--node", "node_url", help="Node address; default: wait for set-node's.")
+@key_on_device_option
+@fingerprint_option
+@click.option("--once", is_flag=True, help="Exit after one activation or renewal.")
+@click.option(
+    "--poll-interval",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="Seconds between looks at the configuration while waiting for an address.",
+)
+@click.option("--timeout", type=float, default=30.0, show_default=True)
+def agent_command(
+    device_dir: Path,
+    node_url: str | None,
+    key_on_device: bool,
+    node_ca_fingerprint: str | None,
+    once: bool,
+    poll_interval: float,
+    timeout: float,
+) -> None:
+    """Customize as soon as a node address is known, then renew before expiry."""
+    fault = FaultInjector.from_env()
+    memory = _open(device_dir, fault)
+    agent = Agent(
+        memory,
+        node=NodeAddress.parse(node_url) if node_url else None,
+        key_mode=KeyMode.SIMPLEENROLL if key_on_device else KeyMode.SERVERKEYGEN,
+        pinned_fingerprint=parse_fingerprint(node_ca_fingerprint) if node_ca_fingerprint else None,
+        report=_print_agent_event,
+        poll_interval=poll_interval,
+        timeout=timeout,
+        fault=fault,
+    )
+
+    async def run() -> ActivationResult | None:
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
+        return await agent.run(once=once)
+
+    try:
+        asyncio.run(run())
+    except AgentStopped as exc:
+        _fail(exc)
+    except asyncio.CancelledError:
+        click.echo("agent stopped")
+
+
+def _print_agent_event(event: AgentEvent) -> None:
+    click.echo(f"[{event.kind}] {event.message}")
+
+
+@device.command("set-node")
+@device_option
+@click.argument("url")
+@fingerprint_option
+def set_node_command(device_dir: Path, url: str, node_ca_fingerprint: str | None) -> None:
+    """Give the device its customer-node address (a running agent picks it up)."""
+    node = NodeAddress.parse(url)
+    memory = DeviceMemory.open(device_dir)
+    changes: dict[str, str | None] = {NODE_URL_KEY: str(node)}
+    if node_ca_fingerprint:
+        changes[NODE_CA_KEY] = f"sha256:{parse_fingerprint(node_ca_fingerprint)}"
+    memory.update_config(**changes)
+    click.echo(f"{memory.device_id}: customer node {node}")
+
+
+@device.command("connect")
+@device_option
+@click.argument("url")
+@click.option(
+    "--trust",
+    "trust_file",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="PEM file of extra CA certificates to verify the server with "
+    "(default: the customer CA certificates the device holds).",
+)
+@click.option("--timeout", type=float, default=30.0, show_default=True)
+def connect_command(device_dir: Path, url: str, trust_file: Path | None, timeout: float) -> None:
+    """HTTPS GET of URL with the device's current identity; prints status and body."""
+    memory = DeviceMemory.open(device_dir)
+    extra = load_certificates_pem(trust_file.read_bytes()) if trust_file else []
+    response = connect(url, identity_ssl_context(memory, server_anchors=extra), timeout=timeout)
+    click.echo(f"{response.status} {response.reason}")
+    click.echo(response.body.decode("utf-8", "replace"), nl=False)
+    if response.status >= 400:
+        raise SystemExit(1)

@@ -1,0 +1,463 @@
+"""`ztpki node`: the customer node (patent Fig. 2, 10) - register, EST server, audit trail."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.table import Table
+
+from ztpki.cli.common import console, passphrase, passphrase_options, print_json
+from ztpki.node.config import DEFAULT_LABEL, IssuingParameters, NodeConfig
+from ztpki.pki.keys import KeySpec
+from ztpki.secretfiles import resolve_passphrase
+from ztpki.store.records import DeviceState
+
+NODE_ENV = "ZTPKI_NODE_PASSPHRASE"
+CLIENT_ENV = "ZTPKI_CLIENT_PASSPHRASE"
+NODE_KEY = "the node's server key"
+log = logging.getLogger(__name__)
+F = TypeVar("F", bound=Callable[..., Any])
+
+dir_option = click.option(
+    "--dir",
+    "directory",
+    required=True,
+    type=click.Path(path_type=Path, file_okay=False),
+    help="The node directory (holds node.toml and node.sqlite).",
+)
+client_passphrase_option = click.option(
+    "--client-passphrase-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help=f"Passphrase of the CA-client key (default: ${CLIENT_ENV}).",
+)
+
+
+def _policy_options(func: F) -> F:
+    """The issuing parameters the node asks the customer CA system for, per EST label."""
+    options = [
+        click.option(
+            "--key-algorithm",
+            type=click.Choice([k.value for k in KeySpec]),
+            help="Key algorithm for serverkeygen (default: the CA's policy).",
+        ),
+        click.option("--validity-days", type=int, help="Validity of operational certificates."),
+        click.option("--org", help="Organization (O)."),
+        click.option("--org-unit", help="Organizational unit (OU)."),
+        click.option("--locality", help="Locality (L)."),
+        click.option("--country", help="Two-letter country (C)."),
+        click.option("--email", help="E-mail address in the subject."),
+        click.option(
+            "--encrypt-key",
+            is_flag=True,
+            help="Have the CA system encrypt generated keys on the way to the node.",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _parameters(kw: dict[str, Any]) -> IssuingParameters:
+    key = kw.pop("key_algorithm")
+    return IssuingParameters(
+        key_algorithm=KeySpec(key) if key else None,
+        validity_days=kw.pop("validity_days"),
+        organization=kw.pop("org"),
+        organizational_unit=kw.pop("org_unit"),
+        locality=kw.pop("locality"),
+        country=kw.pop("country"),
+        email=kw.pop("email"),
+        encrypt_key=kw.pop("encrypt_key"),
+    )
+
+
+def _client_passphrase(passphrase_file: Path | None) -> bytes | None:
+    return resolve_passphrase(
+        passphrase_file=passphrase_file, env_var=CLIENT_ENV, what="the CA-client key"
+    )
+
+
+@click.group()
+def node() -> None:
+    """The customer node: EST enrollment of listed devices through the customer's own CA."""
+
+
+@node.command("init")
+@dir_option
+@click.option("--ca", "ca_system", required=True, help="HOST:PORT of the customer CA system.")
+@click.option(
+    "--client-cred",
+    required=True,
+    type=click.Path(path_type=Path, file_okay=False),
+    help="CA-client credential from `ztpki ca add-client` on the customer CA system.",
+)
+@click.option(
+    "--trust",
+    "trust",
+    multiple=True,
+    required=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Factory trust bundle (PEM) of a manufacturer; repeat for several.",
+)
+@click.option(
+    "--server-cert",
+    required=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="The node's TLS server certificate (PEM, followed by its intermediates).",
+)
+@click.option(
+    "--server-key",
+    required=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Its private key (PKCS#8 PEM; stored encrypted with the node passphrase).",
+)
+@click.option(
+    "--customer-chain",
+    required=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="PEM chain of the issuing customer CA up to its root (`ztpki ca export`).",
+)
+@click.option(
+    "--label",
+    default=DEFAULT_LABEL,
+    show_default=True,
+    help="EST label of that CA; it is also served at /.well-known/est/.",
+)
+@click.option(
+    "--ca-name", help="Name of that CA in the customer CA system (default: its default CA)."
+)
+@click.option(
+    "--crl",
+    "crls",
+    multiple=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="CRL of a factory CA to check temporary certificates against; repeatable.",
+)
+@_policy_options
+@passphrase_options(NODE_ENV, NODE_KEY)
+def init_command(
+    directory: Path,
+    ca_system: str,
+    client_cred: Path,
+    trust: tuple[Path, ...],
+    server_cert: Path,
+    server_key: Path,
+    customer_chain: Path,
+    label: str,
+    ca_name: str | None,
+    crls: tuple[Path, ...],
+    passphrase_file: Path | None,
+    insecure_no_passphrase: bool,
+    **policy: Any,
+) -> None:
+    """Create a node directory."""
+    from ztpki.node.setup import init_node
+
+    secret = passphrase(passphrase_file, insecure_no_passphrase, NODE_ENV, NODE_KEY)
+    result = init_node(
+        directory,
+        ca_system=ca_system,
+        client_credential=client_cred,
+        trust=trust,
+        server_cert=server_cert,
+        server_key=server_key,
+        node_passphrase=secret,
+        customer_chain=customer_chain,
+        label=label,
+        ca_name=ca_name,
+        parameters=_parameters(policy),
+        crls=crls,
+    )
+    for warning in result.warnings:
+        console.print(f"[yellow]warning:[/] {warning}")
+    console.print(f"created node in {directory} (label [bold]{label}[/], CA system {ca_system})")
+
+
+@node.command("add-ca")
+@dir_option
+@click.option("--label", required=True, help="EST label: /.well-known/est/<label>/...")
+@click.option("--customer-chain", required=True, type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--ca-name", help="Name of the CA in the customer CA system.")
+@_policy_options
+def add_ca_command(
+    directory: Path, label: str, customer_chain: Path, ca_name: str | None, **policy: Any
+) -> None:
+    """Serve another CA of the customer CA system under its own EST label."""
+    from ztpki.node.setup import add_label
+
+    add_label(
+        directory,
+        label=label,
+        customer_chain=customer_chain,
+        ca_name=ca_name,
+        parameters=_parameters(policy),
+    )
+    console.print(f"added EST label [bold]{label}[/]")
+
+
+@node.command("policy")
+@dir_option
+@click.option("--json", "as_json", is_flag=True)
+def policy_command(directory: Path, as_json: bool) -> None:
+    """Show each EST label's CA and the issuing parameters sent to the CA system."""
+    from ztpki.node.runtime import load_labels
+
+    config = NodeConfig.load(directory)
+    labels = load_labels(config)
+    rows = []
+    for name, loaded in labels.items():
+        params = loaded.config.parameters.to_toml()
+        rows.append(
+            {
+                "label": name,
+                "default": name == config.default_label,
+                "ca_name": loaded.config.ca_name,
+                "ca_subject": loaded.certificate.subject.rfc4514_string(),
+                "chain": str(config.path(loaded.config.chain)),
+                **params,
+            }
+        )
+    if as_json:
+        print_json(rows)
+        return
+    for row in rows:
+        console.print(f"[bold]# {row['label']}[/]{'  (default)' if row['default'] else ''}")
+        for key, value in row.items():
+            if key not in ("label", "default"):
+                console.print(
+                    f"  {key} = {value if value is not None else '(CA system default)'}",
+                    markup=False,
+                )
+    console.print(f"CA system: {config.ca_system}; limits: {config.limits.to_toml()}", markup=False)
+
+
+@node.command("serve")
+@dir_option
+@click.option(
+    "--listen",
+    default="127.0.0.1:8443",
+    show_default=True,
+    help="HOST:PORT (port 0: any free port).",
+)
+@client_passphrase_option
+@passphrase_options(NODE_ENV, NODE_KEY)
+def serve_command(
+    directory: Path,
+    listen: str,
+    client_passphrase_file: Path | None,
+    passphrase_file: Path | None,
+    insecure_no_passphrase: bool,
+) -> None:
+    """Run the EST server. Prints `listening on HOST:PORT` when ready."""
+    from ztpki.casystem.client import parse_address
+    from ztpki.node.runtime import load_material, start_node
+
+    secret = passphrase(passphrase_file, insecure_no_passphrase, NODE_ENV, NODE_KEY)
+    material = load_material(
+        NodeConfig.load(directory),
+        node_passphrase=secret,
+        client_passphrase=_client_passphrase(client_passphrase_file),
+    )
+    host, port = parse_address(listen, allow_any_port=True)
+
+    async def run() -> None:
+        running = await start_node(material, host=host, port=port)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        click.echo(f"listening on {running.host}:{running.port}")
+        await stop.wait()
+        await running.close()
+
+    asyncio.run(run())
+
+
+@node.command("request-server-cert")
+@click.option(
+    "--ca", "ca_address", required=True, help="HOST:PORT of the MANUFACTURER's CA system."
+)
+@click.option(
+    "--client-cred",
+    required=True,
+    type=click.Path(path_type=Path, file_okay=False),
+    help="CA-client credential the manufacturer registered for this customer.",
+)
+@click.option("--ca-name", help="The CA with the server profile in that CA system.")
+@click.option("--name", default="customer-node", show_default=True, help="Subject CN of the node.")
+@click.option(
+    "--dns", "dns_names", multiple=True, help="DNS name devices use for the node; repeatable."
+)
+@click.option(
+    "--ip", "ip_addresses", multiple=True, help="IP address devices use for the node; repeatable."
+)
+@click.option("--out", required=True, type=click.Path(path_type=Path, file_okay=False))
+@client_passphrase_option
+@passphrase_options(NODE_ENV, NODE_KEY)
+def request_server_cert_command(
+    ca_address: str,
+    client_cred: Path,
+    ca_name: str | None,
+    name: str,
+    dns_names: tuple[str, ...],
+    ip_addresses: tuple[str, ...],
+    out: Path,
+    client_passphrase_file: Path | None,
+    passphrase_file: Path | None,
+    insecure_no_passphrase: bool,
+) -> None:
+    """Enroll the node's TLS server certificate from the manufacturer's CA system."""
+    from ztpki.credentials import Credential
+    from ztpki.node.setup import request_server_cert
+
+    secret = passphrase(passphrase_file, insecure_no_passphrase, NODE_ENV, NODE_KEY)
+    credential = Credential.load(client_cred, passphrase=_client_passphrase(client_passphrase_file))
+    result = asyncio.run(
+        request_server_cert(
+            ca_address=ca_address,
+            credential=credential,
+            ca_name=ca_name,
+            name=name,
+            dns_names=dns_names,
+            ip_addresses=ip_addresses,
+            out=out,
+            node_passphrase=secret,
+        )
+    )
+    console.print(f"server certificate for {name} in {out}/cert.pem, key in {out}/key.pem")
+    console.print(f"subject: {result.certificate.subject.rfc4514_string()}", markup=False)
+    console.print(f"node CA SHA-256 fingerprint (for pinning): {result.anchor_fingerprint}")
+
+
+@node.command("import")
+@dir_option
+@click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+def import_command(directory: Path, manifest: Path) -> None:
+    """List the devices of a signed manifest (verified against the factory trust bundles)."""
+    from ztpki.node.operations import import_manifest
+
+    result = import_manifest(directory, manifest.read_bytes(), now=datetime.now(UTC))
+    if result.already_imported:
+        console.print(f"manifest {manifest} was imported before; nothing changed")
+        return
+    console.print(
+        f"listed {len(result.added)} device(s); "
+        f"{len(result.unchanged)} already listed, left unchanged"
+    )
+
+
+@node.command("add")
+@dir_option
+@click.argument("device_id")
+@click.option("--fingerprint", help="SHA-256 of the device's temporary certificate (hex).")
+@click.option("--manufacturer")
+@click.option("--model")
+def add_command(
+    directory: Path,
+    device_id: str,
+    fingerprint: str | None,
+    manufacturer: str | None,
+    model: str | None,
+) -> None:
+    """List one device by hand."""
+    from ztpki.node.operations import add_device
+
+    add_device(
+        directory,
+        device_id,
+        fingerprint=fingerprint,
+        manufacturer=manufacturer,
+        model=model,
+        now=datetime.now(UTC),
+    )
+    console.print(f"listed device [bold]{device_id}[/]")
+
+
+@node.command("devices")
+@dir_option
+@click.option("--state", type=click.Choice([s.value for s in DeviceState]))
+@click.option("--json", "as_json", is_flag=True)
+def devices_command(directory: Path, state: str | None, as_json: bool) -> None:
+    """The access-control register."""
+    from ztpki.node.operations import device_json, list_devices
+
+    devices = list_devices(directory, state=DeviceState(state) if state else None)
+    if as_json:
+        print_json([device_json(d) for d in devices])
+        return
+    table = Table("device", "state", "manufacturer", "model", "batch", "issued serial", "updated")
+    for d in devices:
+        table.add_row(
+            d.device_id,
+            d.state.value,
+            d.manufacturer or "",
+            d.model or "",
+            d.batch or "",
+            d.issued_serial or "",
+            d.updated_at.isoformat(timespec="seconds"),
+        )
+    console.print(table)
+    console.print(f"{len(devices)} device(s)")
+
+
+def _set_blocked(directory: Path, device_id: str, *, blocked: bool) -> None:
+    from ztpki.node.operations import set_blocked
+
+    set_blocked(directory, device_id, blocked=blocked, now=datetime.now(UTC))
+    console.print(f"{'blocked' if blocked else 'unblocked'} device [bold]{device_id}[/]")
+
+
+@node.command("block")
+@dir_option
+@click.argument("device_id")
+def block_command(directory: Path, device_id: str) -> None:
+    """Refuse every further request of a device (an issuance in flight is discarded)."""
+    _set_blocked(directory, device_id, blocked=True)
+
+
+@node.command("unblock")
+@dir_option
+@click.argument("device_id")
+def unblock_command(directory: Path, device_id: str) -> None:
+    """Return a blocked device to the state it was blocked from."""
+    _set_blocked(directory, device_id, blocked=False)
+
+
+@node.command("audit")
+@dir_option
+@click.option("--device", "device_id", help="Only this device's entries.")
+@click.option("--limit", type=int, help="Only the newest N entries.")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--verify", is_flag=True, help="Verify the hash chain; exit 1 if it is broken.")
+def audit_command(
+    directory: Path, device_id: str | None, limit: int | None, as_json: bool, verify: bool
+) -> None:
+    """The audit trail: every decision, hash-chained."""
+    from ztpki.node.operations import audit_entries, entry_json, verify_audit
+
+    if verify:
+        console.print(f"audit trail OK: {verify_audit(directory)}")
+        return
+    entries = audit_entries(directory, device_id=device_id, limit=limit)
+    if as_json:
+        print_json([entry_json(e) for e in entries])
+        return
+    table = Table("seq", "time", "device", "endpoint", "decision", "reason", "serial")
+    for e in entries:
+        table.add_row(
+            str(e.seq),
+            e.at.isoformat(timespec="seconds"),
+            e.device_id or "",
+            e.endpoint,
+            e.decision,
+            e.reason,
+            e.serial or "",
+        )
+    console.print(table)
