@@ -238,7 +238,13 @@ def service_authority(
     service_dir = directory.root / SERVICE_CA
     cert_path = service_dir / "ca.pem"
     if cert_path.exists():
-        key = decode_pkcs8((service_dir / "ca.key.pem").read_bytes(), passphrase=passphrase)
+        try:
+            key = decode_pkcs8((service_dir / "ca.key.pem").read_bytes(), passphrase=passphrase)
+        except MalformedInput:
+            raise ConfigurationError(
+                f"cannot open the service key of {directory.root}: wrong or missing passphrase "
+                "(--passphrase-file or ZTPKI_CA_PASSPHRASE)"
+            ) from None
         cert = load_certificates_pem(cert_path.read_bytes())[0]
         return CertificateAuthority(name=SERVICE_CA, key=key, certificate=cert)
     key = generate_private_key(KeySpec.EC_P256)

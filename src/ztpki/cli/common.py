@@ -24,7 +24,7 @@ EXIT_USAGE = 2
 
 def run_command(group: click.Group, argv: Sequence[str] | None) -> int:
     try:
-        group.main(
+        status = group.main(
             args=list(argv) if argv is not None else None, prog_name="ztpki", standalone_mode=False
         )
     except ZtpkiError as exc:
@@ -42,7 +42,7 @@ def run_command(group: click.Group, argv: Sequence[str] | None) -> int:
         return 130
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else EXIT_ERROR
-    return 0
+    return status if isinstance(status, int) else 0
 
 
 def passphrase_options(env_var: str, what: str) -> Callable[[F], F]:

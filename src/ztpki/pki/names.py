@@ -14,8 +14,7 @@ DEVICE_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _COUNTRY = re.compile(r"[A-Z]{2}")
 # The officially assigned ISO 3166-1 alpha-2 codes: a well-formed but unassigned code (XX,
 # or UK for GB) would put a country no relying party knows into a certificate.
-ISO_3166_COUNTRIES = frozenset(
-    """
+_ISO_3166_CODES = """
     AD AE AF AG AI AL AM AO AQ AR AS AT AU AW AX AZ BA BB BD BE BF BG BH BI BJ BL BM BN BO BQ
     BR BS BT BV BW BY BZ CA CC CD CF CG CH CI CK CL CM CN CO CR CU CV CW CX CY CZ DE DJ DK DM
     DO DZ EC EE EG EH ER ES ET FI FJ FK FM FO FR GA GB GD GE GF GG GH GI GL GM GN GP GQ GR GS
@@ -25,8 +24,8 @@ ISO_3166_COUNTRIES = frozenset(
     PN PR PS PT PW PY QA RE RO RS RU RW SA SB SC SD SE SG SH SI SJ SK SL SM SN SO SR SS ST SV
     SX SY SZ TC TD TF TG TH TJ TK TL TM TN TO TR TT TV TW TZ UA UG UM US UY UZ VA VC VE VG VI
     VN VU WF WS YE YT ZA ZM ZW
-    """.split()
-)
+    """
+ISO_3166_COUNTRIES = frozenset(_ISO_3166_CODES.split())
 
 
 def check_device_id(device_id: str) -> str:
