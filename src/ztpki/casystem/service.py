@@ -203,7 +203,7 @@ class CASystemService:
         der = await asyncio.get_running_loop().run_in_executor(
             self._key_pool, _generate_pkcs8, spec.value
         )
-        return decode_pkcs8(der, passphrase=None)
+        return decode_pkcs8(der, passphrase=None, self_generated=True)
 
 
 def _unregistered() -> ZtpkiError:

@@ -101,10 +101,14 @@ def temporary_identity_refused(
     return False
 
 
-def replay_temporary(export_dir: Path, node_host: str, node_port: int) -> tuple[int, str]:
+def replay_temporary(
+    export_dir: Path, node_host: str, node_port: int, *, key_passphrase: str
+) -> tuple[int, str]:
     """simpleenroll with a saved copy of a customized device's temporary identity."""
     context = ssl.create_default_context(cafile=str(export_dir / "trust.pem"))
-    context.load_cert_chain(export_dir / "cert.pem", export_dir / "key.pem")
+    context.load_cert_chain(
+        export_dir / "cert.pem", export_dir / "key.pem", password=key_passphrase
+    )
     certificate = x509.load_pem_x509_certificate((export_dir / "cert.pem").read_bytes())
     device_id = device_id_of(certificate) or "unknown"
     csr = encode_csr(build_csr(generate_private_key(KeySpec.EC_P256), device_id=device_id))

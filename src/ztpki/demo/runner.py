@@ -110,7 +110,9 @@ def _run(demo: DemoEnvironment, console: Console) -> dict[str, Any]:
                     ) == (f"hello {outcome.device_id}")
                 except Exception as exc:  # reported per device, never hides the others
                     outcome.error = f"customer service refused the new identity: {exc}"
-        replay_status, replay_reason = replay_temporary(replay_dir, node.host, node.port)
+        replay_status, replay_reason = replay_temporary(
+            replay_dir, node.host, node.port, key_passphrase=demo.env["ZTPKI_EXPORT_PASSPHRASE"]
+        )
     proof_service.stop()
     store = open_sqlite_node_store(demo.path("node", "node.sqlite"))
     states = {str(k): v for k, v in store.counts().items()}

@@ -100,7 +100,12 @@ def new_environment(settings: DemoSettings) -> DemoEnvironment:
     (root / "logs").mkdir(parents=True, exist_ok=True)
     (root / "secrets").mkdir(mode=0o700, exist_ok=True)
     env: dict[str, str] = {}
-    for var in ("ZTPKI_CLIENT_PASSPHRASE", "ZTPKI_NODE_PASSPHRASE", "ZTPKI_SIGNER_PASSPHRASE"):
+    for var in (
+        "ZTPKI_CLIENT_PASSPHRASE",
+        "ZTPKI_NODE_PASSPHRASE",
+        "ZTPKI_SIGNER_PASSPHRASE",
+        "ZTPKI_EXPORT_PASSPHRASE",
+    ):
         env[var] = _secret(root, var)
     demo = DemoEnvironment(settings, env)
     demo.env["ZTPKI_LOG_LEVEL"] = "info"

@@ -128,16 +128,25 @@ def _checked(key: object) -> PrivateKey:
     return key
 
 
-def decode_pkcs8(data: bytes, *, passphrase: bytes | None) -> PrivateKey:
+def decode_pkcs8(
+    data: bytes, *, passphrase: bytes | None, self_generated: bool = False
+) -> PrivateKey:
     """Load a PKCS#8 private key from DER or PEM; MalformedInput if it does not load.
 
-    The message never repeats the key bytes or the passphrase.
+    ``self_generated`` skips RSA's expensive consistency check (about 50 ms) for keys this
+    process family generated itself a moment ago. The message never repeats the key bytes
+    or the passphrase.
     """
+    skip = self_generated
     try:
         if data.lstrip().startswith(b"-----BEGIN"):
-            key = serialization.load_pem_private_key(data, password=passphrase)
+            key = serialization.load_pem_private_key(
+                data, password=passphrase, unsafe_skip_rsa_key_validation=skip
+            )
         else:
-            key = serialization.load_der_private_key(data, password=passphrase)
+            key = serialization.load_der_private_key(
+                data, password=passphrase, unsafe_skip_rsa_key_validation=skip
+            )
     except TypeError as exc:
         # Raised for "password given but key not encrypted" and the reverse.
         raise MalformedInput(f"private key encryption does not match: {exc}") from None
