@@ -1,0 +1,88 @@
+"""`ztpki demo`: the whole factory-to-customer flow as an operator first sees it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+from tests.support.services import run_ztpki
+
+
+def test_ok_demo_customizes_every_device_and_proves_it(tmp_path: Path) -> None:
+    summary_path = tmp_path / "summary.json"
+    workdir = tmp_path / "work"
+    result = run_ztpki(
+        "demo", "--devices", "5", "--workdir", str(workdir), "--json", str(summary_path)
+    )
+    assert "demo passed" in result.stdout
+    summary = json.loads(summary_path.read_text())
+    assert summary["failed"] == 0
+    assert summary["customized"] == 5
+    devices = summary["devices"]
+    assert len({d["device_id"] for d in devices}) == 5
+    assert {d["key_mode"] for d in devices} == {"serverkeygen", "simpleenroll"}
+    for device in devices:
+        assert device["ok"], device
+        before, after = device["before"], device["after"]
+        # The identity really changed hands: factory issuer before, customer issuer after.
+        assert "ACME" in before["issuer"] and "Customer" in after["issuer"]
+        assert before["serial"] != after["serial"]
+        assert before["fingerprint"] != after["fingerprint"]
+    assert summary["register"]["customized"] == 5
+    assert summary["register"]["issued"] == summary["register"]["listed"] == 0
+    assert summary["audit"]["chain_verifies"] is True
+    assert summary["audit"]["decisions"]["issued"] >= 5
+    proof = summary["proof"]
+    assert proof["ok"] is True
+    assert proof["greeted_with_new_identity"] == 5
+    assert proof["temporary_identity_refused_by_customer_service"] is True
+    assert proof["replayed_temporary_certificate_status"] == 403
+    assert set(summary["phases"]) >= {"manufacture", "customization"}
+    assert summary["enrollments_per_second"] > 0
+    # Every process the demo started is gone (no --keep-running).
+    assert not _ztpki_servers_under(workdir)
+
+
+def test_fail_demo_exits_nonzero_and_stops_services_when_a_phase_fails(tmp_path: Path) -> None:
+    # A work directory that already holds a CA system makes `ca init` refuse: the demo must
+    # report the failing step, exit non-zero, and leave no service running.
+    workdir = tmp_path / "work"
+    (workdir / "factory-ca" / "cas" / "factory-root").mkdir(parents=True)
+    (workdir / "factory-ca" / "cas" / "factory-root" / "ca.pem").write_text("not a certificate")
+    result = run_ztpki("demo", "--devices", "2", "--workdir", str(workdir), check=False)
+    assert result.returncode != 0
+    assert "ca init" in result.stderr + result.stdout
+    assert not _ztpki_servers_under(workdir)
+
+
+def _ztpki_servers_under(workdir: Path) -> list[int]:
+    """PIDs of live `ztpki ... serve --dir <workdir>/...` processes."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        text = b" ".join(cmdline).decode(errors="replace")
+        if "serve" in text and str(workdir) in text and "ztpki" in text:
+            pids.append(int(entry.name))
+    return pids
+
+
+def test_ok_keep_running_leaves_services_up_with_commands(tmp_path: Path) -> None:
+    workdir = tmp_path / "work"
+    result = run_ztpki("demo", "--devices", "2", "--workdir", str(workdir), "--keep-running")
+    try:
+        assert "ztpki node devices --dir node" in result.stdout
+        assert "curl" in result.stdout
+        pids = _ztpki_servers_under(workdir)
+        assert len(pids) == 3  # factory CA system, customer CA system, node
+        devices = run_ztpki("node", "devices", "--dir", str(workdir / "node"), "--json")
+        assert all(d["state"] == "customized" for d in json.loads(devices.stdout))
+    finally:
+        for pid in _ztpki_servers_under(workdir):
+            os.kill(pid, signal.SIGTERM)
