@@ -48,6 +48,7 @@ def run_ztpki(
     )
     if check and result.returncode != 0:
         raise AssertionError(
-            f"ztpki {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+            f"ztpki {' '.join(args)} failed ({result.returncode}):\n"
+            f"{result.stdout}\n{result.stderr}"
         )
     return result

@@ -102,7 +102,8 @@ class CAClient:
             raise raise_for(answer)
         if answer.request_id != request.request_id:
             raise MalformedInput(
-                f"CA system answered request {answer.request_id!r} instead of {request.request_id!r}"
+                f"CA system answered request {answer.request_id!r} "
+                f"instead of {request.request_id!r}"
             )
         return answer
 

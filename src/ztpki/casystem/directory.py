@@ -86,7 +86,8 @@ class CASystemDirectory:
             names = self.ca_names()
             if not names:
                 raise ConfigurationError(
-                    f"{self.root} holds no CA yet; create one with `ztpki ca init --dir {self.root}`"
+                    f"{self.root} holds no CA yet; "
+                    f"create one with `ztpki ca init --dir {self.root}`"
                 ) from None
             return names[0]
 

@@ -37,7 +37,7 @@ class IssuanceRecorder:
                 await self._task
 
     async def record(self, certificate: IssuedCertificate, *, supersede: bool) -> list[str]:
-        """Serials superseded by this one; raises AlreadyIssued when one is live and not superseding."""
+        """Serials this one superseded; AlreadyIssued when one is live and not superseded."""
         future: asyncio.Future[list[str]] = asyncio.get_running_loop().create_future()
         await self._queue.put((certificate, supersede, future))
         return await future

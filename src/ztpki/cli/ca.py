@@ -125,7 +125,8 @@ def init_command(
         make_default=make_default,
     )
     console.print(
-        f"created CA [bold]{name}[/] in {directory}: {authority.certificate.subject.rfc4514_string()}"
+        f"created CA [bold]{name}[/] in {directory}: "
+        f"{authority.certificate.subject.rfc4514_string()}"
     )
     console.print(f"policy: {directory / 'cas' / name / 'policy.toml'}")
 
