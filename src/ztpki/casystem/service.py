@@ -128,10 +128,10 @@ class CASystemService:
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, client: str
     ) -> None:
         while True:
+            # asyncio.timeout, not wait_for: no extra task per read on the hot path.
             try:
-                header = await asyncio.wait_for(
-                    reader.readexactly(HEADER_SIZE), self.limits.idle_timeout
-                )
+                async with asyncio.timeout(self.limits.idle_timeout):
+                    header = await reader.readexactly(HEADER_SIZE)
             except asyncio.IncompleteReadError:
                 return  # the client closed between requests: normal end
             try:
@@ -144,7 +144,8 @@ class CASystemService:
                 log.warning("closing connection of client %s: %s", client, exc.message)
                 await self._send(writer, error_answer(None, exc))
                 return
-            payload = await asyncio.wait_for(reader.readexactly(length), self.limits.read_timeout)
+            async with asyncio.timeout(self.limits.read_timeout):
+                payload = await reader.readexactly(length)
             await self._send(writer, await self.handle(payload, client=client))
 
     async def _send(

@@ -228,9 +228,9 @@ def _print_tables(console: Console, outcomes: list[DeviceOutcome], summary: dict
         table.add_row(
             o.device_id,
             o.key_mode.value,
-            o.before.issuer if o.before else "-",
+            _common_name(o.before.issuer) if o.before else "-",
             (o.before.serial[:12] + "…") if o.before else "-",
-            o.after.issuer if o.after else "-",
+            _common_name(o.after.issuer) if o.after else "-",
             (o.after.serial[:12] + "…") if o.after else "-",
             (o.after.fingerprint[:16] + "…") if o.after else "-",
             "[green]ok[/]"
@@ -271,6 +271,14 @@ def _print_tables(console: Console, outcomes: list[DeviceOutcome], summary: dict
     console.rule(
         "[green]demo passed[/]" if proof["ok"] and summary["failed"] == 0 else "[red]demo FAILED[/]"
     )
+
+
+def _common_name(rfc4514: str) -> str:
+    """The CN of an RFC 4514 name, to keep the table narrow (the JSON has the full name)."""
+    for part in rfc4514.split(","):
+        if part.startswith("CN="):
+            return part[3:]
+    return rfc4514
 
 
 def _print_keep_running(demo: DemoEnvironment, console: Console) -> None:

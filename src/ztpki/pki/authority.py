@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from cryptography import x509
 
 from ztpki.errors import UnsupportedParameter
-from ztpki.pki.keys import PrivateKey, PublicKey, signature_hash
+from ztpki.pki.keys import PrivateKey, PublicKey, key_spec_of, signature_hash
 from ztpki.pki.profiles import CertificateProfile, profile_extensions, subject_alt_names
 
 # Backdate notBefore a little so devices with slightly slow clocks accept a fresh certificate.
@@ -76,11 +76,15 @@ class CertificateAuthority:
     certificate: x509.Certificate
     parents: tuple[x509.Certificate, ...] = ()
     _aki: x509.AuthorityKeyIdentifier = field(init=False, repr=False)
+    _constant: dict[tuple[object, ...], list[x509.Extension[x509.ExtensionType]]] = field(
+        init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         ski = self.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
         aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski.value)
         object.__setattr__(self, "_aki", aki)
+        object.__setattr__(self, "_constant", {})
 
     @property
     def chain(self) -> tuple[x509.Certificate, ...]:
@@ -105,20 +109,49 @@ class CertificateAuthority:
             )
         return start, end
 
+    def _constant_extensions(
+        self, profile: CertificateProfile, public_key: PublicKey, path_length: int | None
+    ) -> list[x509.Extension[x509.ExtensionType]]:
+        """AKI and the profile's extensions, DER-encoded once per profile and key type.
+
+        Handing the signer ready bytes (an UnrecognizedExtension with a known OID encodes to
+        the same DER) saves it re-reading every field of every extension on each issuance.
+        """
+        cache_key = (profile, key_spec_of(public_key), path_length)
+        extensions = self._constant.get(cache_key)
+        if extensions is None:
+            pairs = [(self._aki, False)]
+            pairs += profile_extensions(profile, public_key, path_length=path_length)
+            extensions = [
+                x509.Extension(
+                    value.oid, critical, x509.UnrecognizedExtension(value.oid, value.public_bytes())
+                )
+                for value, critical in pairs
+            ]
+            self._constant[cache_key] = extensions
+        return extensions
+
     def issue(self, public_key: PublicKey, grant: IssuanceGrant) -> x509.Certificate:
         """Sign a certificate for public_key exactly as the grant says."""
         not_before, not_after = self.clamp_validity(grant.not_before, grant.not_after)
-        builder = _builder(
-            grant.subject, self.certificate.subject, public_key, not_before, not_after
-        ).add_extension(self._aki, critical=False)
-        for extension, critical in profile_extensions(
-            grant.profile, public_key, path_length=grant.path_length
-        ):
-            builder = builder.add_extension(extension, critical=critical)
+        ski = x509.SubjectKeyIdentifier.from_public_key(public_key)
+        extensions: list[x509.Extension[x509.ExtensionType]] = [
+            x509.Extension(ski.oid, False, ski),
+            *self._constant_extensions(grant.profile, public_key, grant.path_length),
+        ]
         san = subject_alt_names(grant.dns_names, grant.ip_addresses)
         if san is not None:
             # RFC 5280 4.2.1.6: critical only when the subject is empty; ours never is.
-            builder = builder.add_extension(san, critical=False)
+            extensions.append(x509.Extension(san.oid, False, san))
+        builder = (
+            x509.CertificateBuilder(extensions=extensions)
+            .subject_name(grant.subject)
+            .issuer_name(self.certificate.subject)
+            .public_key(public_key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(not_before)
+            .not_valid_after(not_after)
+        )
         return builder.sign(self.key, signature_hash(self.key))
 
 
