@@ -1,0 +1,63 @@
+"""The customer node (10): authenticate devices by certificate, authorize them against the
+register exactly once, and have the customer CA system issue their operational identity."""
+
+from ztpki.node.authentication import (
+    AuthenticationModule,
+    ClientIdentity,
+    CustomerCA,
+    FactoryTrust,
+    IdentityKind,
+)
+from ztpki.node.authorization import (
+    Action,
+    Decision,
+    EnrollmentContext,
+    InProgress,
+    Operation,
+    RefusalReason,
+    Refused,
+    decide,
+    should_confirm,
+)
+from ztpki.node.ca_client import Issued, SecondCAClient, UpstreamError
+from ztpki.node.config import CALabel, IssuingParameters, Limits, NodeConfig
+from ztpki.node.enrollment import Enrolled, EnrollmentService, LoadedLabel
+from ztpki.node.http import ERROR_TABLE, EstApplication
+from ztpki.node.metrics import NodeMetrics
+from ztpki.node.register import AsyncRegister
+from ztpki.node.runtime import NodeMaterial, RunningNode, load_material, start_node
+
+__all__ = [
+    "ERROR_TABLE",
+    "Action",
+    "AsyncRegister",
+    "AuthenticationModule",
+    "CALabel",
+    "ClientIdentity",
+    "CustomerCA",
+    "Decision",
+    "Enrolled",
+    "EnrollmentContext",
+    "EnrollmentService",
+    "EstApplication",
+    "FactoryTrust",
+    "IdentityKind",
+    "InProgress",
+    "Issued",
+    "IssuingParameters",
+    "Limits",
+    "LoadedLabel",
+    "NodeConfig",
+    "NodeMaterial",
+    "NodeMetrics",
+    "Operation",
+    "RefusalReason",
+    "Refused",
+    "RunningNode",
+    "SecondCAClient",
+    "UpstreamError",
+    "decide",
+    "load_material",
+    "should_confirm",
+    "start_node",
+]

@@ -1,0 +1,263 @@
+"""The authorization module (19): may this device have a certificate now, and which kind?
+
+Pure decisions over one register row and one authenticated identity: no I/O, no clock. The
+enrollment service applies a decision with the register's conditional transitions, so a
+decision made on a stale row can only fail to apply, never apply wrongly.
+
+Rules (patent Fig. 3, B59-B65):
+
+* temporary certificate: the device must be listed, not blocked, its certificate the one the
+  manifest names (fingerprint), and not customized; it may enroll from LISTED, and retry
+  from ISSUED (answer lost): simpleenroll with the same key gets the same certificate again,
+  anything else is issued anew and supersedes the unconfirmed one;
+* operational certificate: only the device's current one counts (a superseded one is
+  refused); its first use confirms the device (ISSUED -> CUSTOMIZED); it renews with
+  simplereenroll, which supersedes it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from ztpki.errors import NotAuthorized, Unavailable
+from ztpki.node.authentication import ClientIdentity, IdentityKind
+from ztpki.store.records import DeviceState, RegisteredDevice
+
+
+class Operation(StrEnum):
+    """The EST operations (RFC 7030 section 3.2.2)."""
+
+    CACERTS = "cacerts"
+    CSRATTRS = "csrattrs"
+    SIMPLEENROLL = "simpleenroll"
+    SIMPLEREENROLL = "simplereenroll"
+    SERVERKEYGEN = "serverkeygen"
+
+
+class RefusalReason(StrEnum):
+    UNKNOWN = "unknown"
+    BLOCKED = "blocked"
+    FINGERPRINT_MISMATCH = "fingerprint-mismatch"
+    CUSTOMIZED = "already-customized"
+    SUBJECT_MISMATCH = "subject-mismatch"
+    SUPERSEDED = "superseded"
+    LABEL_MISMATCH = "label-mismatch"
+    WRONG_OPERATION = "wrong-operation"
+
+
+class Refused(NotAuthorized):
+    """The register refuses this device this request (HTTP 403 with the reason)."""
+
+    def __init__(self, reason: RefusalReason, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class InProgress(Unavailable):
+    """Another request of the same device holds the issuance lease (HTTP 503, retry soon)."""
+
+    def __init__(self, device_id: str) -> None:
+        super().__init__(
+            f"an enrollment for device {device_id} is in progress; retry in a second",
+            retry_after=1,
+        )
+
+
+class Action(StrEnum):
+    PROCEED = "proceed"  # authorized; nothing to issue (csrattrs)
+    ISSUE = "issue"
+    REDELIVER = "redeliver"  # hand out the stored certificate again, without the CA system
+
+
+# The states an issuance may start from, by the certificate that asks. A decision narrows this to
+# the one state it was made on, so a decision made on a stale row cannot start an issuance.
+TEMPORARY_FROM = frozenset({DeviceState.LISTED, DeviceState.ISSUED})
+RENEWAL_FROM = frozenset({DeviceState.CUSTOMIZED})
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: Action
+    allowed_from: frozenset[DeviceState] = frozenset()
+    new_state: DeviceState | None = None
+    reissue: bool = False
+    reason: str = "authorized"
+
+
+@dataclass(frozen=True)
+class EnrollmentContext:
+    """What a decision looks at besides the register row and the identity."""
+
+    operation: Operation
+    label: str  # the EST label of the request
+    csr_device_id: str | None = None  # the device the CSR names
+    csr_spki: str | None = None  # SHA-256 of the CSR's SubjectPublicKeyInfo
+    issued_label: str | None = None  # label whose CA issued the device's current certificate
+    lease_expired: bool = False  # the device is ISSUING under a lease that ran out (a crash)
+
+
+def should_confirm(device: RegisteredDevice | None, identity: ClientIdentity | None) -> bool:
+    """True for the first request made with the certificate the node issued last (B71)."""
+    return (
+        device is not None
+        and identity is not None
+        and identity.kind is IdentityKind.OPERATIONAL
+        and device.state is DeviceState.ISSUED
+        and device.issued_serial == identity.serial
+    )
+
+
+def decide(
+    device: RegisteredDevice | None, identity: ClientIdentity, context: EnrollmentContext
+) -> Decision:
+    """The decision for one request (confirmation already applied), or Refused / InProgress."""
+    if device is None:
+        raise Refused(
+            RefusalReason.UNKNOWN, f"device {identity.device_id} is not in the customer register"
+        )
+    if device.state is DeviceState.BLOCKED:
+        raise Refused(
+            RefusalReason.BLOCKED, f"device {device.device_id} is blocked in the customer register"
+        )
+    if identity.kind is IdentityKind.TEMPORARY:
+        return _temporary(device, identity, context)
+    return _operational(device, identity, context)
+
+
+def _resting_state(device: RegisteredDevice) -> DeviceState:
+    if device.state is DeviceState.ISSUING and device.previous_state is not None:
+        return device.previous_state
+    return device.state
+
+
+def _check_subject(device: RegisteredDevice, context: EnrollmentContext) -> None:
+    if context.csr_device_id != device.device_id:
+        named = context.csr_device_id or "no device"
+        raise Refused(
+            RefusalReason.SUBJECT_MISMATCH,
+            f"subject mismatch: the CSR names {named}, but the client certificate is "
+            f"device {device.device_id}'s",
+        )
+
+
+def _temporary(
+    device: RegisteredDevice, identity: ClientIdentity, context: EnrollmentContext
+) -> Decision:
+    if device.temp_fingerprint is not None and device.temp_fingerprint != identity.fingerprint:
+        raise Refused(
+            RefusalReason.FINGERPRINT_MISMATCH,
+            "fingerprint mismatch: this temporary certificate is not the one the manufacturer's "
+            f"manifest lists for device {device.device_id}",
+        )
+    if _resting_state(device) is DeviceState.CUSTOMIZED:
+        raise Refused(
+            RefusalReason.CUSTOMIZED,
+            f"device {device.device_id} is already customized: its temporary certificate is no "
+            "longer accepted; use the operational certificate",
+        )
+    if context.operation is Operation.CSRATTRS:
+        return Decision(Action.PROCEED)
+    if context.operation is Operation.SIMPLEREENROLL:
+        raise Refused(
+            RefusalReason.WRONG_OPERATION,
+            "simplereenroll renews an operational certificate; with the temporary certificate, "
+            "enroll with simpleenroll or serverkeygen",
+        )
+    _check_subject(device, context)
+    if device.state is DeviceState.ISSUING:
+        return _take_over(device, context, new_state=DeviceState.ISSUED)
+    if device.state is DeviceState.ISSUED:
+        if context.issued_label is not None and context.issued_label != context.label:
+            raise Refused(
+                RefusalReason.LABEL_MISMATCH,
+                f"device {device.device_id} was issued its certificate under EST label "
+                f"{context.issued_label}; retry under that label",
+            )
+        if context.operation is Operation.SIMPLEENROLL and context.csr_spki == device.issued_spki:
+            return Decision(Action.REDELIVER, reason="same public key: answer sent again")
+        return Decision(
+            Action.ISSUE,
+            allowed_from=frozenset({DeviceState.ISSUED}),
+            new_state=DeviceState.ISSUED,
+            reissue=True,
+            reason="issued anew; the unconfirmed certificate is superseded",
+        )
+    return Decision(
+        Action.ISSUE,
+        allowed_from=frozenset({DeviceState.LISTED}),
+        new_state=DeviceState.ISSUED,
+        reissue=False,
+        reason="first enrollment with the temporary certificate",
+    )
+
+
+def _operational(
+    device: RegisteredDevice, identity: ClientIdentity, context: EnrollmentContext
+) -> Decision:
+    if device.issued_serial != identity.serial:
+        if _renewal_answer_lost(device, identity, context):
+            return Decision(Action.REDELIVER, reason="renewal answer sent again (same key)")
+        raise Refused(
+            RefusalReason.SUPERSEDED,
+            f"operational certificate {identity.serial} is not device {device.device_id}'s "
+            "current certificate (superseded)",
+        )
+    if context.operation is Operation.CSRATTRS:
+        return Decision(Action.PROCEED)
+    if context.operation is not Operation.SIMPLEREENROLL:
+        raise Refused(
+            RefusalReason.WRONG_OPERATION,
+            f"device {device.device_id} is already customized: renew its operational "
+            "certificate with simplereenroll",
+        )
+    if identity.label != context.label:
+        raise Refused(
+            RefusalReason.LABEL_MISMATCH,
+            f"this certificate was issued under EST label {identity.label}; renew it there",
+        )
+    _check_subject(device, context)
+    if device.state is DeviceState.ISSUING:
+        if device.previous_state is not DeviceState.CUSTOMIZED:
+            raise InProgress(device.device_id)
+        return _take_over(device, context, new_state=DeviceState.CUSTOMIZED)
+    return Decision(
+        Action.ISSUE,
+        allowed_from=RENEWAL_FROM,
+        new_state=DeviceState.CUSTOMIZED,
+        reissue=True,
+        reason="renewal; the previous operational certificate is superseded",
+    )
+
+
+def _take_over(
+    device: RegisteredDevice, context: EnrollmentContext, *, new_state: DeviceState
+) -> Decision:
+    """An issuance in flight: wait for it, unless its lease ran out (its node crashed)."""
+    if not context.lease_expired or device.previous_state is None:
+        raise InProgress(device.device_id)
+    # The crashed issuance may have reached the CA system: supersede whatever it issued, and
+    # never hand out the stored certificate, which it may have superseded already.
+    return Decision(
+        Action.ISSUE,
+        allowed_from=frozenset({device.previous_state}),
+        new_state=new_state,
+        reissue=True,
+        reason="took over an issuance whose lease expired",
+    )
+
+
+def _renewal_answer_lost(
+    device: RegisteredDevice, identity: ClientIdentity, context: EnrollmentContext
+) -> bool:
+    # A renewal whose answer was lost: the device still holds its previous certificate and
+    # sends the same CSR again. The CSR proves it holds the key of the current certificate,
+    # so handing that certificate over again gives nothing away.
+    return (
+        context.operation is Operation.SIMPLEREENROLL
+        and device.state is DeviceState.CUSTOMIZED
+        and identity.label == context.label
+        and context.csr_device_id == device.device_id
+        and context.csr_spki is not None
+        and context.csr_spki == device.issued_spki
+    )

@@ -1,0 +1,436 @@
+"""The customer node's enrollment service: authorize, take the issuance lease, ask the customer
+CA system, record the answer, and audit every decision (patent Fig. 3, B57-B71).
+
+Exactly-once lives in the register: ``begin_issuance`` moves the device to ISSUING under a
+lease only from the states the decision allows, so of many concurrent requests for one device
+one goes to the CA system and the others are told to retry; ``complete_issuance`` lands only
+while that lease holds; any failure on the way gives the state back (``abort_issuance``). Every
+state change carries its audit record in the same transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from cryptography import x509
+
+from ztpki.errors import NotAuthenticated, Unavailable, UnknownCA, ZtpkiError
+from ztpki.node.authentication import ClientIdentity, IdentityKind
+from ztpki.node.authorization import (
+    Action,
+    Decision,
+    EnrollmentContext,
+    InProgress,
+    Operation,
+    RefusalReason,
+    Refused,
+    decide,
+    should_confirm,
+)
+from ztpki.node.ca_client import Issued, SecondCAClient
+from ztpki.node.config import CALabel, Limits
+from ztpki.node.metrics import NodeMetrics
+from ztpki.node.register import AsyncRegister
+from ztpki.pki.keys import KeySpec
+from ztpki.pki.pem import certificate_der, load_certificate_der, serial_hex
+from ztpki.protocol.est import csr_device_id, spki_sha256
+from ztpki.store.records import AuditRecord, DeviceState, RegisteredDevice
+
+log = logging.getLogger(__name__)
+
+# A request that lost the race for the lease looks at the register again this many times.
+DECISION_ROUNDS = 3
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class LoadedLabel:
+    """An EST label with its CA chain loaded (issuing CA first)."""
+
+    config: CALabel
+    chain: tuple[x509.Certificate, ...]
+
+    @property
+    def name(self) -> str:
+        return self.config.label
+
+    @property
+    def certificate(self) -> x509.Certificate:
+        return self.chain[0]
+
+
+@dataclass(frozen=True)
+class Enrolled:
+    """What an enrollment hands the device."""
+
+    outcome: str  # "issued" or "redelivered"
+    certificate: x509.Certificate
+    chain: tuple[x509.Certificate, ...]
+    private_key_der: bytes | None = field(default=None, repr=False)
+
+
+class _Audited(Exception):
+    """Carries an error whose audit record was already written with its state change."""
+
+    def __init__(self, error: ZtpkiError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+def decision_of(exc: ZtpkiError) -> str:
+    """The audit trail's word for a request that ended in exc."""
+    return "deferred" if isinstance(exc, Unavailable) else "refused"
+
+
+class EnrollmentService:
+    """Serves the EST operations for authenticated identities; the HTTP adapter is elsewhere."""
+
+    def __init__(
+        self,
+        *,
+        register: AsyncRegister,
+        ca_client: SecondCAClient,
+        labels: Mapping[str, LoadedLabel],
+        default_label: str,
+        limits: Limits,
+        metrics: NodeMetrics,
+        clock: Callable[[], datetime] = _utcnow,
+    ) -> None:
+        if default_label not in labels:
+            raise UnknownCA(f"default EST label {default_label!r} is not configured")
+        self.register = register
+        self.ca_client = ca_client
+        self.labels = dict(labels)
+        self.default_label = default_label
+        self.limits = limits
+        self.metrics = metrics
+        self._clock = clock
+
+    def label(self, name: str | None) -> LoadedLabel:
+        found = self.labels.get(name or self.default_label)
+        if found is None:
+            raise UnknownCA(
+                f"this node has no EST label {(name or '')[:64]!r}; "
+                f"labels: {', '.join(sorted(self.labels))}"
+            )
+        return found
+
+    # ------------------------------------------------------------------ read-only operations
+
+    async def cacerts(
+        self, label: LoadedLabel, identity: ClientIdentity | None
+    ) -> tuple[x509.Certificate, ...]:
+        """The label's CA chain. Needs no client certificate; an operational one confirms."""
+        if identity is not None and identity.kind is IdentityKind.OPERATIONAL:
+            device = await self.register.get(identity.device_id)
+            await self._confirm(device, identity, endpoint=_endpoint(label, Operation.CACERTS))
+        return label.chain
+
+    async def csrattrs(self, label: LoadedLabel, identity: ClientIdentity) -> KeySpec | None:
+        """The key algorithm the label's policy asks for (None: the CA system's default)."""
+        endpoint = _endpoint(label, Operation.CSRATTRS)
+        try:
+            device = await self._confirm(
+                await self.register.get(identity.device_id), identity, endpoint=endpoint
+            )
+            decide(device, identity, EnrollmentContext(Operation.CSRATTRS, label.name))
+        except ZtpkiError as exc:
+            await self.record_refusal(endpoint, identity, exc)
+            raise
+        return label.config.parameters.key_algorithm
+
+    # ------------------------------------------------------------------ enrollment
+
+    async def enroll(
+        self,
+        operation: Operation,
+        label: LoadedLabel,
+        identity: ClientIdentity,
+        csr: x509.CertificateSigningRequest,
+    ) -> Enrolled:
+        """simpleenroll, simplereenroll or serverkeygen for an authenticated device."""
+        endpoint = _endpoint(label, operation)
+        try:
+            return await self._enroll(operation, label, identity, csr, endpoint)
+        except _Audited as done:
+            raise done.error from None
+        except ZtpkiError as exc:
+            await self.record_refusal(endpoint, identity, exc)
+            raise
+
+    async def _enroll(
+        self,
+        operation: Operation,
+        label: LoadedLabel,
+        identity: ClientIdentity,
+        csr: x509.CertificateSigningRequest,
+        endpoint: str,
+    ) -> Enrolled:
+        device = await self._confirm(
+            await self.register.get(identity.device_id), identity, endpoint=endpoint
+        )
+        spki = spki_sha256(csr.public_key())
+        named = csr_device_id(csr)
+        for _ in range(DECISION_ROUNDS):
+            now = self._clock()
+            context = EnrollmentContext(
+                operation,
+                label.name,
+                named,
+                spki,
+                issued_label=self._issued_label(device),
+                lease_expired=_lease_expired(device, now),
+            )
+            decision = decide(device, identity, context)
+            if decision.action is Action.REDELIVER:
+                assert device is not None
+                return await self._redeliver(device, identity, decision, endpoint)
+            assert device is not None
+            token = secrets.token_hex(16)
+            before = await self.register.begin_issuance(
+                identity.device_id,
+                allowed_from=decision.allowed_from,
+                token=token,
+                now=now,
+                lease_seconds=self.limits.lease_seconds,
+            )
+            if before is not None and _same_row(before, device):
+                csr_der = None if operation is Operation.SERVERKEYGEN else _csr_der(csr)
+                return await self._issue(
+                    before, identity, decision, label, csr_der, token, endpoint
+                )
+            if before is not None:
+                # The row changed between reading and leasing it (another request issued in
+                # between): give the lease back and decide on what is there now.
+                await self.register.abort_issuance(
+                    identity.device_id, token=token, now=self._clock(), audit=None
+                )
+            device = await self.register.get(identity.device_id)
+        raise InProgress(identity.device_id)
+
+    async def _issue(
+        self,
+        before: RegisteredDevice,
+        identity: ClientIdentity,
+        decision: Decision,
+        label: LoadedLabel,
+        csr_der: bytes | None,
+        token: str,
+        endpoint: str,
+    ) -> Enrolled:
+        device_id = before.device_id
+        # A device with an issued (unconfirmed) certificate gets it superseded, never a second.
+        reissue = decision.reissue or before.issued_serial is not None
+        try:
+            issued = await self.ca_client.issue(
+                device_id=device_id,
+                ca=label.config,
+                ca_certificate=label.certificate,
+                csr_der=csr_der,
+                reissue=reissue,
+            )
+        except ZtpkiError as exc:
+            self.metrics.observe_ca_system(decision_of(exc), 0.0)
+            now = self._clock()
+            audit = self._record(endpoint, identity, decision_of(exc), exc.message, now=now)
+            await self.register.abort_issuance(device_id, token=token, now=now, audit=audit)
+            raise _Audited(exc) from None
+        except BaseException:
+            # Cancelled (shutdown): give the state back; the lease would expire anyway.
+            await asyncio.shield(
+                self.register.abort_issuance(device_id, token=token, now=self._clock(), audit=None)
+            )
+            raise
+        self.metrics.observe_ca_system("issued", issued.seconds)
+        return await self._complete(issued, identity, decision, token, endpoint)
+
+    async def _complete(
+        self,
+        issued: Issued,
+        identity: ClientIdentity,
+        decision: Decision,
+        token: str,
+        endpoint: str,
+    ) -> Enrolled:
+        device_id = identity.device_id
+        serial = serial_hex(issued.certificate)
+        reason = decision.reason
+        if issued.superseded_undelivered:
+            reason += "; superseded a certificate whose answer was lost before delivery"
+        now = self._clock()
+        assert decision.new_state is not None
+        completed = await self.register.complete_issuance(
+            device_id,
+            token=token,
+            new_state=decision.new_state,
+            serial=serial,
+            spki=spki_sha256(issued.certificate.public_key()),
+            certificate_der=certificate_der(issued.certificate),
+            chain_der=[certificate_der(c) for c in issued.chain],
+            now=now,
+            audit=self._record(endpoint, identity, "issued", reason, now=now, serial=serial),
+        )
+        if not completed:
+            return await self._discard(identity, serial, endpoint)
+        log.info("issued serial=%s device=%s via %s (%s)", serial, device_id, endpoint, reason)
+        return Enrolled("issued", issued.certificate, issued.chain, issued.private_key_der)
+
+    async def _discard(self, identity: ClientIdentity, serial: str, endpoint: str) -> Enrolled:
+        # The lease was lost while the CA system worked: the device was blocked, or the lease
+        # expired and another request took over. This certificate is not handed out.
+        current = await self.register.get(identity.device_id)
+        blocked = current is not None and current.state is DeviceState.BLOCKED
+        error: ZtpkiError = (
+            Refused(
+                RefusalReason.BLOCKED,
+                f"device {identity.device_id} is blocked in the customer register",
+            )
+            if blocked
+            else Unavailable(
+                f"the enrollment of device {identity.device_id} was overtaken; retry", retry_after=1
+            )
+        )
+        log.warning(
+            "discarded serial=%s for device %s: %s", serial, identity.device_id, error.message
+        )
+        await self.register.audit(
+            self._record(
+                endpoint,
+                identity,
+                "discarded",
+                f"issued certificate not delivered: {error.message}",
+                serial=serial,
+            )
+        )
+        raise _Audited(error)
+
+    async def _redeliver(
+        self,
+        device: RegisteredDevice,
+        identity: ClientIdentity,
+        decision: Decision,
+        endpoint: str,
+    ) -> Enrolled:
+        assert device.issued_certificate_der is not None
+        certificate = load_certificate_der(device.issued_certificate_der)
+        chain = tuple(load_certificate_der(der) for der in device.issued_chain_der)
+        await self.register.audit(
+            self._record(
+                endpoint, identity, "redelivered", decision.reason, serial=device.issued_serial
+            )
+        )
+        log.info("redelivered serial=%s to device %s", device.issued_serial, device.device_id)
+        return Enrolled("redelivered", certificate, chain)
+
+    # ------------------------------------------------------------------ confirmation, audit
+
+    async def _confirm(
+        self, device: RegisteredDevice | None, identity: ClientIdentity, *, endpoint: str
+    ) -> RegisteredDevice | None:
+        if not should_confirm(device, identity):
+            return device
+        now = self._clock()
+        record = self._record(
+            endpoint,
+            identity,
+            "confirmed",
+            "first request with the operational certificate: device customized",
+            now=now,
+            serial=identity.serial,
+        )
+        if await self.register.confirm(
+            identity.device_id, serial=identity.serial, now=now, audit=record
+        ):
+            log.info(
+                "device %s confirmed serial=%s: customized", identity.device_id, identity.serial
+            )
+        return await self.register.get(identity.device_id)
+
+    async def record_refusal(
+        self,
+        endpoint: str,
+        identity: ClientIdentity | None,
+        exc: ZtpkiError,
+        *,
+        fingerprint: str | None = None,
+    ) -> None:
+        """Audit a refused or deferred request (no state changed)."""
+        record = AuditRecord(
+            at=self._clock(),
+            endpoint=endpoint,
+            decision=decision_of(exc),
+            reason=exc.message,
+            device_id=identity.device_id if identity else None,
+            client_fingerprint=identity.fingerprint if identity else fingerprint,
+        )
+        level = (
+            logging.INFO
+            if isinstance(exc, Refused | Unavailable | NotAuthenticated)
+            else logging.WARNING
+        )
+        log.log(level, "%s %s: %s", record.decision, record.device_id or "(anonymous)", exc.message)
+        await self.register.audit(record)
+
+    def _record(
+        self,
+        endpoint: str,
+        identity: ClientIdentity,
+        decision: str,
+        reason: str,
+        *,
+        now: datetime | None = None,
+        serial: str | None = None,
+    ) -> AuditRecord:
+        return AuditRecord(
+            at=now or self._clock(),
+            endpoint=endpoint,
+            decision=decision,
+            reason=reason,
+            device_id=identity.device_id,
+            client_fingerprint=identity.fingerprint,
+            serial=serial,
+        )
+
+    def _issued_label(self, device: RegisteredDevice | None) -> str | None:
+        if device is None or not device.issued_chain_der:
+            return None
+        issuing = device.issued_chain_der[0]
+        for loaded in self.labels.values():
+            if certificate_der(loaded.certificate) == issuing:
+                return loaded.name
+        return None
+
+
+def _lease_expired(device: RegisteredDevice | None, now: datetime) -> bool:
+    return (
+        device is not None
+        and device.state is DeviceState.ISSUING
+        and device.lease_expires is not None
+        and device.lease_expires < now
+    )
+
+
+def _same_row(before: RegisteredDevice, decided_on: RegisteredDevice) -> bool:
+    return (
+        before.state is decided_on.state
+        and before.issued_serial == decided_on.issued_serial
+        and before.lease_token == decided_on.lease_token
+    )
+
+
+def _endpoint(label: LoadedLabel, operation: Operation) -> str:
+    return f"est/{label.name}/{operation.value}"
+
+
+def _csr_der(csr: x509.CertificateSigningRequest) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
+    return csr.public_bytes(serialization.Encoding.DER)

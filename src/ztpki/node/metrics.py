@@ -1,0 +1,133 @@
+"""Request counters and latency histograms, exposed in the Prometheus text format (0.0.4).
+
+The format is a few lines of text per series, so it is written here by hand. Counters live
+in one process and reset when the node restarts, as Prometheus expects.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# Seconds: an enrollment on loopback takes milliseconds; a loaded CA system, seconds.
+LATENCY_BUCKETS: tuple[float, ...] = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _labels(pairs: Sequence[tuple[str, str]]) -> str:
+    if not pairs:
+        return ""
+    return "{" + ",".join(f'{name}="{_escape(value)}"' for name, value in pairs) + "}"
+
+
+def _number(value: float) -> str:
+    if value == int(value) and abs(value) < 1e15:
+        return str(int(value))
+    return repr(value)
+
+
+@dataclass
+class Histogram:
+    buckets: tuple[float, ...] = LATENCY_BUCKETS
+    counts: list[int] = field(default_factory=list)
+    total: float = 0.0
+    count: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.counts:
+            self.counts = [0] * len(self.buckets)
+
+    def observe(self, value: float) -> None:
+        # Stored per bucket; exposition makes them cumulative.
+        index = bisect.bisect_left(self.buckets, value)
+        if index < len(self.counts):
+            self.counts[index] += 1
+        self.total += value
+        self.count += 1
+
+
+class NodeMetrics:
+    """What the node counts: requests by endpoint and outcome, and enrollment latency."""
+
+    def __init__(self) -> None:
+        self._requests: dict[tuple[str, str], int] = {}
+        self._enrollment: dict[str, Histogram] = {}
+        self._ca_system: dict[str, Histogram] = {}
+
+    def count_request(self, endpoint: str, outcome: str) -> None:
+        key = (endpoint, outcome)
+        self._requests[key] = self._requests.get(key, 0) + 1
+
+    def observe_enrollment(self, endpoint: str, seconds: float) -> None:
+        """Whole request, from the first byte read to the answer, for issued certificates."""
+        self._enrollment.setdefault(endpoint, Histogram()).observe(seconds)
+
+    def observe_ca_system(self, outcome: str, seconds: float) -> None:
+        """One exchange with the customer CA system."""
+        self._ca_system.setdefault(outcome, Histogram()).observe(seconds)
+
+    def requests(self) -> dict[tuple[str, str], int]:
+        return dict(self._requests)
+
+    def exposition(self, *, devices: Mapping[str, int] | None = None) -> str:
+        lines = [
+            "# HELP ztpki_node_requests_total EST and metrics requests by endpoint and outcome.",
+            "# TYPE ztpki_node_requests_total counter",
+        ]
+        for (endpoint, outcome), value in sorted(self._requests.items()):
+            series = _labels([("endpoint", endpoint), ("outcome", outcome)])
+            lines.append(f"ztpki_node_requests_total{series} {value}")
+        lines += _histogram(
+            "ztpki_node_enrollment_seconds",
+            "Time to answer an enrollment that issued a certificate.",
+            "endpoint",
+            self._enrollment,
+        )
+        lines += _histogram(
+            "ztpki_node_ca_system_seconds",
+            "Time of one exchange with the customer CA system, by outcome.",
+            "outcome",
+            self._ca_system,
+        )
+        if devices is not None:
+            lines += [
+                "# HELP ztpki_node_devices Devices in the access-control register by state.",
+                "# TYPE ztpki_node_devices gauge",
+            ]
+            for state, value in sorted(devices.items()):
+                lines.append(f"ztpki_node_devices{_labels([('state', state)])} {value}")
+        return "\n".join(lines) + "\n"
+
+
+def _histogram(name: str, help_text: str, label: str, series: Mapping[str, Histogram]) -> list[str]:
+    lines = [f"# HELP {name} {help_text}", f"# TYPE {name} histogram"]
+    for key, histogram in sorted(series.items()):
+        cumulative = 0
+        for bound, count in zip(histogram.buckets, histogram.counts, strict=True):
+            cumulative += count
+            lines.append(
+                f"{name}_bucket{_labels([(label, key), ('le', _number(bound))])} {cumulative}"
+            )
+        lines.append(f"{name}_bucket{_labels([(label, key), ('le', '+Inf')])} {histogram.count}")
+        lines.append(f"{name}_sum{_labels([(label, key)])} {_number(histogram.total)}")
+        lines.append(f"{name}_count{_labels([(label, key)])} {histogram.count}")
+    return lines

@@ -1,0 +1,171 @@
+"""The register operations behind `ztpki node ...`: import, add, block, list, audit.
+
+Each change carries its audit record into the same transaction as the change itself.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from ztpki.errors import ConfigurationError, VerificationFailed
+from ztpki.factory.manifest import verify_manifest
+from ztpki.node.authentication import FactoryTrust
+from ztpki.node.config import NODE_FILE, NodeConfig
+from ztpki.node.runtime import read_certificates
+from ztpki.pki.names import check_device_id
+from ztpki.store.records import (
+    AuditEntry,
+    AuditRecord,
+    DeviceState,
+    ImportResult,
+    ManifestRecord,
+    NewDevice,
+    RegisteredDevice,
+)
+from ztpki.store.sqlite import SQLiteNodeStore, open_sqlite_node_store
+
+
+def open_register(directory: Path) -> SQLiteNodeStore:
+    if not (directory / NODE_FILE).exists():
+        raise ConfigurationError(
+            f"{directory} is not a node directory (no {NODE_FILE}); run `ztpki node init`"
+        )
+    return open_sqlite_node_store(NodeConfig.load(directory).database)
+
+
+def import_manifest(directory: Path, data: bytes, *, now: datetime) -> ImportResult:
+    """List the devices of a signed manifest; refused unless it verifies to a factory anchor."""
+    config = NodeConfig.load(directory)
+    bundles = [read_certificates(config.path(p), "factory trust bundle") for p in config.trust]
+    trust = FactoryTrust.from_bundles(bundles)
+    # A manifest's x5c may stop below the root: any certificate of a bundle is an anchor here.
+    verified = verify_manifest(data, anchors=[*trust.anchors, *trust.intermediates], now=now)
+    manifest = verified.manifest
+    signer = verified.signer.subject.rfc4514_string()
+    devices = [
+        NewDevice(
+            device_id=entry.device_id,
+            temp_fingerprint=entry.temp_fingerprint,
+            manufacturer=manifest.manufacturer,
+            model=entry.model,
+            batch=entry.batch or manifest.batch,
+        )
+        for entry in manifest.entries
+    ]
+    record = ManifestRecord(
+        manifest_id=manifest.manifest_id,
+        issued_at=manifest.issued_at,
+        signer=signer,
+        device_count=len(devices),
+        imported_at=now,
+    )
+    audit = AuditRecord(
+        at=now,
+        endpoint="cli/import",
+        decision="imported",
+        reason=(
+            f"manifest {manifest.manifest_id} of {manifest.manufacturer} with "
+            f"{len(devices)} device(s), signed by {signer}"
+        ),
+    )
+    with open_register(directory) as store:
+        result = store.import_devices(devices, manifest=record, audit=audit)
+    return result
+
+
+def add_device(
+    directory: Path,
+    device_id: str,
+    *,
+    fingerprint: str | None,
+    manufacturer: str | None,
+    model: str | None,
+    now: datetime,
+) -> None:
+    check_device_id(device_id)
+    if fingerprint is not None:
+        fingerprint = fingerprint.replace(":", "").lower()
+    try:
+        device = NewDevice(device_id, fingerprint, manufacturer=manufacturer, model=model)
+    except ValueError as exc:
+        raise ConfigurationError(f"cannot list {device_id}: {exc}") from None
+    reason = "listed by hand" + (
+        " with its temporary certificate fingerprint" if fingerprint else ""
+    )
+    audit = AuditRecord(
+        at=now, endpoint="cli/add", decision="listed", reason=reason, device_id=device_id
+    )
+    with open_register(directory) as store:
+        store.add_device(device, now=now, audit=audit)
+
+
+def set_blocked(directory: Path, device_id: str, *, blocked: bool, now: datetime) -> None:
+    word = "blocked" if blocked else "unblocked"
+    audit = AuditRecord(
+        at=now,
+        endpoint=f"cli/{word[:-2]}",
+        decision=word,
+        reason=f"{word} by the operator",
+        device_id=device_id,
+    )
+    with open_register(directory) as store:
+        change = store.block if blocked else store.unblock
+        if change(device_id, now=now, audit=audit):
+            return
+        device = store.get(device_id)
+    if device is None:
+        raise ConfigurationError(f"device {device_id} is not in the register")
+    raise ConfigurationError(f"device {device_id} is {device.state.value}; nothing to do")
+
+
+def list_devices(directory: Path, *, state: DeviceState | None) -> list[RegisteredDevice]:
+    with open_register(directory) as store:
+        devices = store.devices(state=state)
+    return devices
+
+
+def device_json(device: RegisteredDevice) -> dict[str, Any]:
+    return {
+        "device_id": device.device_id,
+        "state": device.state.value,
+        "temp_fingerprint": device.temp_fingerprint,
+        "manufacturer": device.manufacturer,
+        "model": device.model,
+        "batch": device.batch,
+        "manifest_id": device.manifest_id,
+        "issued_serial": device.issued_serial,
+        "blocked_from": device.blocked_from.value if device.blocked_from else None,
+        "updated_at": device.updated_at.isoformat(),
+    }
+
+
+def audit_entries(directory: Path, *, device_id: str | None, limit: int | None) -> list[AuditEntry]:
+    with open_register(directory) as store:
+        entries = store.entries(device_id=device_id, limit=limit)
+    return entries
+
+
+def verify_audit(directory: Path) -> str:
+    """The verification summary; VerificationFailed when the chain is broken."""
+    with open_register(directory) as store:
+        result = store.verify()
+    if not result.ok:
+        where = f" at entry {result.first_bad_seq}" if result.first_bad_seq is not None else ""
+        raise VerificationFailed(f"the audit trail does not verify{where}: {result.reason}")
+    return result.reason
+
+
+def entry_json(entry: AuditEntry) -> dict[str, Any]:
+    return {
+        "seq": entry.seq,
+        "at": entry.at.isoformat(),
+        "device_id": entry.device_id,
+        "client_fingerprint": entry.client_fingerprint,
+        "endpoint": entry.endpoint,
+        "decision": entry.decision,
+        "reason": entry.reason,
+        "serial": entry.serial,
+        "entry_hash": entry.entry_hash,
+    }

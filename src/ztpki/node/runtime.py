@@ -1,0 +1,231 @@
+"""Load a node directory and run the node: TLS context, stores, CA-client, HTTP server.
+
+The TLS layer asks every client for a certificate (CERT_OPTIONAL: ``cacerts`` needs none) and
+verifies it against all factory trust bundles and customer CA chains; a chain that fails
+there (expired, unknown CA) ends the handshake, before any HTTP. What passes is verified again
+by the authentication module, which also tells temporary from operational identities.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiohttp import web
+from cryptography import x509
+
+from ztpki.casystem.client import CAClient, parse_address
+from ztpki.credentials import Credential, server_context
+from ztpki.errors import ConfigurationError, MalformedInput
+from ztpki.node.authentication import AuthenticationModule, CustomerCA, FactoryTrust
+from ztpki.node.ca_client import EnrollmentTransport, SecondCAClient
+from ztpki.node.config import NodeConfig
+from ztpki.node.enrollment import EnrollmentService, LoadedLabel
+from ztpki.node.http import EstApplication
+from ztpki.node.metrics import NodeMetrics
+from ztpki.node.register import AsyncRegister
+from ztpki.pki.keys import PrivateKey, decode_pkcs8, keys_match
+from ztpki.pki.pem import load_certificates_pem
+from ztpki.store.interfaces import NodeStore
+from ztpki.store.sqlite import open_sqlite_node_store
+
+log = logging.getLogger(__name__)
+
+
+def read_certificates(path: Path, what: str) -> list[x509.Certificate]:
+    try:
+        return load_certificates_pem(path.read_bytes())
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read {what} {path}: {exc.strerror}") from None
+    except MalformedInput:
+        raise ConfigurationError(f"{what} {path} holds no valid PEM certificate") from None
+
+
+def read_crl(path: Path) -> x509.CertificateRevocationList:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read CRL {path}: {exc.strerror}") from None
+    try:
+        if data.lstrip().startswith(b"-----BEGIN"):
+            return x509.load_pem_x509_crl(data)
+        return x509.load_der_x509_crl(data)
+    except ValueError:
+        raise ConfigurationError(f"{path} is not a PEM or DER CRL") from None
+
+
+def read_server_key(path: Path, *, passphrase: bytes | None) -> PrivateKey:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot read the node's server key {path}: {exc.strerror}"
+        ) from None
+    try:
+        return decode_pkcs8(data, passphrase=passphrase)
+    except MalformedInput:
+        raise ConfigurationError(
+            f"cannot open the node's server key {path}: wrong or missing passphrase "
+            "(--passphrase-file or ZTPKI_NODE_PASSPHRASE)"
+        ) from None
+
+
+@dataclass(frozen=True)
+class NodeMaterial:
+    """The node's configuration with every file loaded and every key decrypted."""
+
+    config: NodeConfig
+    authentication: AuthenticationModule
+    labels: dict[str, LoadedLabel]
+    server_key: PrivateKey = field(repr=False)
+    server_chain: tuple[x509.Certificate, ...]
+    credential: Credential | None = field(repr=False)
+
+    def ssl_context(self) -> ssl.SSLContext:
+        context = server_context(
+            self.server_key,
+            self.server_chain,
+            client_anchors=self.authentication.tls_trust_store(),
+            require_client_cert=False,
+        )
+        if self.authentication.partial_chain:
+            context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+        return context
+
+
+def load_labels(config: NodeConfig) -> dict[str, LoadedLabel]:
+    return {
+        ca.label: LoadedLabel(
+            ca, tuple(read_certificates(config.path(ca.chain), f"CA chain of EST label {ca.label}"))
+        )
+        for ca in config.labels
+    }
+
+
+def load_material(
+    config: NodeConfig,
+    *,
+    node_passphrase: bytes | None,
+    client_passphrase: bytes | None,
+    load_credential: bool = True,
+) -> NodeMaterial:
+    if not config.labels:
+        raise ConfigurationError(
+            "node.toml has no [ca.<label>] table: the node has no CA to issue from"
+        )
+    bundles = [read_certificates(config.path(p), "factory trust bundle") for p in config.trust]
+    labels = load_labels(config)
+    authentication = AuthenticationModule(
+        FactoryTrust.from_bundles(bundles),
+        [CustomerCA(name, loaded.chain) for name, loaded in labels.items()],
+        crls=[read_crl(config.path(p)) for p in config.crls],
+    )
+    key = read_server_key(config.path(config.server_key), passphrase=node_passphrase)
+    chain = tuple(read_certificates(config.path(config.server_cert), "server certificate"))
+    if not keys_match(key, chain[0].public_key()):
+        raise ConfigurationError("the node's server key does not match its server certificate")
+    credential = None
+    if load_credential:
+        credential = Credential.load(config.path(config.ca_client), passphrase=client_passphrase)
+    return NodeMaterial(config, authentication, labels, key, chain, credential)
+
+
+@dataclass
+class RunningNode:
+    host: str
+    port: int
+    runner: web.AppRunner
+    server: asyncio.Server
+    ca_client: SecondCAClient
+    register: AsyncRegister
+    store: NodeStore
+    metrics: NodeMetrics
+
+    async def close(self) -> None:
+        self.server.close()
+        await self.server.wait_closed()
+        await self.runner.cleanup()
+        await self.ca_client.close()
+        self.register.close()
+        close = getattr(self.store, "close", None)
+        if close is not None:
+            close()
+
+
+async def start_node(
+    material: NodeMaterial,
+    *,
+    host: str,
+    port: int,
+    transport: EnrollmentTransport | None = None,
+    store: NodeStore | None = None,
+) -> RunningNode:
+    """Start serving; returns once the socket listens (port 0: any free port)."""
+    config = material.config
+    limits = config.limits
+    if transport is None:
+        if material.credential is None:
+            raise ConfigurationError(
+                "the node needs its CA-client credential to reach the CA system"
+            )
+        transport = CAClient(
+            parse_address(config.ca_system),
+            material.credential,
+            pool_size=limits.ca_pool_size,
+            timeout=limits.ca_timeout,
+        )
+    store = store or open_sqlite_node_store(config.database)
+    register = AsyncRegister(store)
+    metrics = NodeMetrics()
+    ca_client = SecondCAClient(transport, timeout=limits.ca_timeout, retry_after=limits.retry_after)
+    service = EnrollmentService(
+        register=register,
+        ca_client=ca_client,
+        labels=material.labels,
+        default_label=config.default_label,
+        limits=limits,
+        metrics=metrics,
+    )
+    app = EstApplication(
+        service,
+        material.authentication,
+        limits=limits,
+        metrics=metrics,
+        expose_metrics=config.metrics,
+    ).build()
+    # keepalive_timeout runs from the end of the TLS handshake and from each answer: a client
+    # that sends no complete request head by then (slow headers included) is disconnected.
+    runner = web.AppRunner(
+        app,
+        keepalive_timeout=limits.keepalive_timeout,
+        max_line_size=limits.max_line_size,
+        max_field_size=limits.max_field_size,
+        max_headers=limits.max_headers,
+        lingering_time=limits.lingering_time,
+        handler_cancellation=False,  # an issuance runs to its end even if the client leaves
+    )
+    await runner.setup()
+    assert runner.server is not None
+    # web.TCPSite cannot bound the TLS handshake, so the listening socket is made here, with
+    # the runner's protocol factory; runner.cleanup() still closes every connection.
+    server = await asyncio.get_running_loop().create_server(
+        runner.server,
+        host,
+        port,
+        ssl=material.ssl_context(),
+        ssl_handshake_timeout=limits.handshake_timeout,
+        reuse_address=True,
+    )
+    bound = server.sockets[0].getsockname()
+    log.info(
+        "customer node %s serving EST labels %s; customer CA system %s",
+        config.directory,
+        ", ".join(material.labels),
+        config.ca_system,
+    )
+    return RunningNode(
+        str(bound[0]), int(bound[1]), runner, server, ca_client, register, store, metrics
+    )

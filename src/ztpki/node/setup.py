@@ -1,0 +1,282 @@
+"""Creating a node directory, adding EST labels, and getting the node's server certificate.
+
+``init_node`` copies every input file into the node directory (keys stay encrypted), so the
+directory alone runs the node. ``request_server_cert`` enrolls the node's TLS server
+certificate from the MANUFACTURER's CA system (a CA with the server profile): devices then
+verify the node with the trust anchor they received at the factory, which is the two-way
+authentication the patent asks for.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from ztpki.casystem.client import CAClient, parse_address
+from ztpki.credentials import CERT_FILE, KEY_FILE, TRUST_FILE, Credential
+from ztpki.errors import ConfigurationError, MalformedInput
+from ztpki.node.authentication import AuthenticationModule, FactoryTrust
+from ztpki.node.config import (
+    DEFAULT_LABEL,
+    NODE_FILE,
+    CALabel,
+    IssuingParameters,
+    Limits,
+    NodeConfig,
+    check_label,
+)
+from ztpki.node.runtime import read_certificates, read_crl
+from ztpki.pki.keys import (
+    KeySpec,
+    PrivateKey,
+    decode_pkcs8,
+    encode_pkcs8_pem,
+    generate_private_key,
+    keys_match,
+)
+from ztpki.pki.pem import certificates_pem, fingerprint_sha256, load_certificate_der
+from ztpki.protocol.enrollment import EnrollmentParameters, EnrollmentRequest
+from ztpki.protocol.est import build_csr
+from ztpki.secretfiles import write_private_file, write_public_file
+from ztpki.store.sqlite import open_sqlite_node_store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class InitResult:
+    config: NodeConfig
+    warnings: list[str] = field(default_factory=list)
+
+
+def _is_ca(cert: x509.Certificate) -> bool:
+    try:
+        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+    except x509.ExtensionNotFound:
+        return False
+
+
+def _copy_certificates(source: Path, target: Path, what: str) -> list[x509.Certificate]:
+    certs = read_certificates(source, what)
+    write_public_file(target, certificates_pem(certs))
+    return certs
+
+
+def _load_key_for_copy(path: Path, passphrase: bytes | None) -> PrivateKey:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read the server key {path}: {exc.strerror}") from None
+    for attempt in (passphrase, None):
+        try:
+            return decode_pkcs8(data, passphrase=attempt)
+        except MalformedInput:
+            continue
+    raise ConfigurationError(
+        f"cannot open the server key {path}: wrong passphrase (ZTPKI_NODE_PASSPHRASE or "
+        "--passphrase-file) or not a PKCS#8 key"
+    )
+
+
+def _server_warnings(
+    chain: Sequence[x509.Certificate], bundles: Sequence[Sequence[x509.Certificate]]
+) -> list[str]:
+    warnings = []
+    try:
+        eku = chain[0].extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        if ExtendedKeyUsageOID.SERVER_AUTH not in eku:
+            warnings.append(
+                "the server certificate lacks EKU serverAuth: TLS clients will refuse it"
+            )
+    except x509.ExtensionNotFound:
+        pass
+    trusted = {c.subject for bundle in bundles for c in bundle}
+    if not any(c.issuer in trusted for c in chain):
+        warnings.append(
+            "the server certificate does not chain to a configured factory trust bundle: devices "
+            "cannot verify the node with their factory trust anchor; give installers the "
+            "SHA-256 fingerprint of the node's CA to pin instead (see docs/node.md)"
+        )
+    return warnings
+
+
+def init_node(
+    directory: Path,
+    *,
+    ca_system: str,
+    client_credential: Path,
+    trust: Sequence[Path],
+    server_cert: Path,
+    server_key: Path,
+    node_passphrase: bytes | None,
+    customer_chain: Path,
+    label: str = DEFAULT_LABEL,
+    ca_name: str | None = None,
+    parameters: IssuingParameters | None = None,
+    crls: Sequence[Path] = (),
+    limits: Limits | None = None,
+) -> InitResult:
+    """Create a node directory from the operator's files; refuses an existing node."""
+    if (directory / NODE_FILE).exists():
+        raise ConfigurationError(f"{directory} already holds a node ({NODE_FILE}); edit it instead")
+    parse_address(ca_system)
+    check_label(label)
+    if not trust:
+        raise ConfigurationError("give at least one factory trust bundle (--trust FILE)")
+    bundles = [read_certificates(path, "factory trust bundle") for path in trust]
+    chain = read_certificates(customer_chain, "customer CA chain")
+    if not _is_ca(chain[0]):
+        raise ConfigurationError(
+            f"{customer_chain} must start with the issuing CA certificate (`ztpki ca export`)"
+        )
+    server_chain = read_certificates(server_cert, "server certificate")
+    key = _load_key_for_copy(server_key, node_passphrase)
+    if not keys_match(key, server_chain[0].public_key()):
+        raise ConfigurationError(
+            "--server-key does not belong to the first certificate of --server-cert"
+        )
+    credential = _read_credential(client_credential)
+    # A CRL must come from a factory CA of these bundles (checked as the node will check it).
+    AuthenticationModule(FactoryTrust.from_bundles(bundles), [], crls=[read_crl(p) for p in crls])
+    # Everything checked: now write.
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    trust_paths = []
+    for index, (path, bundle) in enumerate(zip(trust, bundles, strict=True), start=1):
+        relative = Path("trust") / f"{index:02d}-{path.stem}.pem"
+        write_public_file(directory / relative, certificates_pem(bundle))
+        trust_paths.append(relative)
+    ca_relative = Path("ca") / f"{label}.pem"
+    write_public_file(directory / ca_relative, certificates_pem(chain))
+    write_public_file(directory / "server" / "cert.pem", certificates_pem(server_chain))
+    write_private_file(
+        directory / "server" / "key.pem", encode_pkcs8_pem(key, passphrase=node_passphrase)
+    )
+    _write_credential(credential, directory / "ca-client")
+    crl_paths = []
+    for index, path in enumerate(crls, start=1):
+        relative = Path("crl") / f"{index:02d}-{path.name}"
+        write_public_file(directory / relative, path.read_bytes())
+        crl_paths.append(relative)
+    config = NodeConfig(
+        directory=directory,
+        ca_system=ca_system,
+        ca_client=Path("ca-client"),
+        server_cert=Path("server/cert.pem"),
+        server_key=Path("server/key.pem"),
+        trust=tuple(trust_paths),
+        crls=tuple(crl_paths),
+        labels=(CALabel(label, ca_relative, ca_name, parameters or IssuingParameters()),),
+        default_label=label,
+        limits=limits or Limits(),
+    )
+    open_sqlite_node_store(config.database).close()
+    config.save()
+    return InitResult(config, _server_warnings(server_chain, bundles))
+
+
+_Credential = tuple[bytes, list[x509.Certificate], list[x509.Certificate]]
+
+
+def _read_credential(source: Path) -> _Credential:
+    """The CA-client credential's files, checked but not decrypted (the key stays encrypted)."""
+    try:
+        key = (source / KEY_FILE).read_bytes()
+    except OSError as exc:
+        raise ConfigurationError(
+            f"{source} is not a CA-client credential (`ztpki ca add-client`): {exc.strerror}"
+        ) from None
+    certs = read_certificates(source / CERT_FILE, "CA-client certificate")
+    anchors = read_certificates(source / TRUST_FILE, "CA-client trust anchor")
+    return key, certs, anchors
+
+
+def _write_credential(credential: _Credential, target: Path) -> None:
+    key, certs, anchors = credential
+    target.mkdir(parents=True, exist_ok=True, mode=0o700)
+    write_private_file(target / KEY_FILE, key)
+    write_public_file(target / CERT_FILE, certificates_pem(certs))
+    write_public_file(target / TRUST_FILE, certificates_pem(anchors))
+
+
+def add_label(
+    directory: Path,
+    *,
+    label: str,
+    customer_chain: Path,
+    ca_name: str | None,
+    parameters: IssuingParameters,
+) -> NodeConfig:
+    """Serve one more CA of the customer CA system under /.well-known/est/<label>/."""
+    config = NodeConfig.load(directory)
+    check_label(label)
+    if any(ca.label == label for ca in config.labels):
+        raise ConfigurationError(f"EST label {label} exists already; edit node.toml to change it")
+    chain = read_certificates(customer_chain, "customer CA chain")
+    if not _is_ca(chain[0]):
+        raise ConfigurationError(f"{customer_chain} must start with the issuing CA certificate")
+    relative = Path("ca") / f"{label}.pem"
+    write_public_file(directory / relative, certificates_pem(chain))
+    updated = config.with_label(CALabel(label, relative, ca_name, parameters))
+    updated.save()
+    return updated
+
+
+@dataclass(frozen=True)
+class ServerCertificate:
+    certificate: x509.Certificate
+    chain: tuple[x509.Certificate, ...]
+    anchor_fingerprint: str  # SHA-256 of the top of the chain: what installers can pin
+
+
+async def request_server_cert(
+    *,
+    ca_address: str,
+    credential: Credential,
+    ca_name: str | None,
+    name: str,
+    dns_names: Sequence[str],
+    ip_addresses: Sequence[str],
+    out: Path,
+    node_passphrase: bytes | None,
+    key_spec: KeySpec = KeySpec.EC_P256,
+) -> ServerCertificate:
+    """Enroll the node's server certificate over the XML protocol; the key never leaves here."""
+    for address in ip_addresses:
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            raise ConfigurationError(f"--ip {address!r} is not an IP address") from None
+    if not dns_names and not ip_addresses:
+        raise ConfigurationError("give the node's names: --dns NAME and/or --ip ADDRESS")
+    key = generate_private_key(key_spec)
+    from cryptography.hazmat.primitives import serialization
+
+    csr = build_csr(key, device_id=name).public_bytes(serialization.Encoding.DER)
+    request = EnrollmentRequest(
+        request_id=f"node-server-{secrets.token_hex(8)}",
+        device_id=name,
+        ca=ca_name,
+        parameters=EnrollmentParameters(
+            dns_names=tuple(dns_names), ip_addresses=tuple(ip_addresses)
+        ),
+        csr_der=csr,
+    )
+    client = CAClient(parse_address(ca_address), credential, pool_size=1)
+    try:
+        answer = await client.enroll(request)
+    finally:
+        await client.close()
+    certificate = load_certificate_der(answer.certificate_der)
+    chain = tuple(load_certificate_der(der) for der in answer.ca_certificates_der)
+    write_private_file(out / "key.pem", encode_pkcs8_pem(key, passphrase=node_passphrase))
+    write_public_file(out / "cert.pem", certificates_pem([certificate, *chain]))
+    top = chain[-1] if chain else certificate
+    write_public_file(out / "ca.pem", certificates_pem([top]))
+    return ServerCertificate(certificate, chain, fingerprint_sha256(top))

@@ -1,0 +1,254 @@
+"""In-memory PKI and an in-process customer CA system for the node's unit tests.
+
+``InProcessCA`` is the real CA-system logic (casystem.issuer.CASystem planning and signing, the
+SQLite issuance store keeping one live certificate per device) behind the EnrollmentTransport
+protocol, with knobs to fail, stall or lose answers the way a network does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import NameOID
+
+from ztpki.casystem.issuer import CASystem, LoadedCA
+from ztpki.casystem.policy import IssuingPolicy
+from ztpki.casystem.wire import error_answer, raise_for
+from ztpki.errors import ZtpkiError
+from ztpki.node.authentication import AuthenticationModule, ClientIdentity, CustomerCA, FactoryTrust
+from ztpki.node.ca_client import SecondCAClient
+from ztpki.node.config import CALabel, IssuingParameters, Limits
+from ztpki.node.enrollment import EnrollmentService, LoadedLabel
+from ztpki.node.metrics import NodeMetrics
+from ztpki.node.register import AsyncRegister
+from ztpki.pki.authority import CertificateAuthority, IssuanceGrant, create_self_signed_ca
+from ztpki.pki.keys import KeySpec, PrivateKey, generate_private_key
+from ztpki.pki.pem import certificate_der
+from ztpki.pki.profiles import CertificateProfile
+from ztpki.protocol.enrollment import EnrollmentAnswer, EnrollmentRequest
+from ztpki.store.interfaces import IssuanceStore
+from ztpki.store.records import CertificateStatus, NewDevice
+from ztpki.store.sqlite import SQLiteNodeStore, open_sqlite_ca_store, open_sqlite_node_store
+
+NOW = datetime.now(UTC).replace(microsecond=0)
+
+
+def name(cn: str, *, serial: str | None = None) -> x509.Name:
+    attrs = [x509.NameAttribute(NameOID.COMMON_NAME, cn)]
+    if serial is not None:
+        attrs.append(x509.NameAttribute(NameOID.SERIAL_NUMBER, serial))
+    return x509.Name(attrs)
+
+
+def root_ca(cn: str) -> CertificateAuthority:
+    key = generate_private_key(KeySpec.EC_P256)
+    cert = create_self_signed_ca(
+        key, name(cn), now=NOW - timedelta(days=1), validity=timedelta(days=3650)
+    )
+    return CertificateAuthority(name=cn, key=key, certificate=cert)
+
+
+def sub_ca(parent: CertificateAuthority, cn: str) -> CertificateAuthority:
+    key = generate_private_key(KeySpec.EC_P256)
+    grant = IssuanceGrant(
+        subject=name(cn),
+        profile=CertificateProfile.CA,
+        not_before=NOW - timedelta(days=1),
+        not_after=NOW + timedelta(days=3000),
+        path_length=0,
+    )
+    return CertificateAuthority(
+        name=cn, key=key, certificate=parent.issue(key.public_key(), grant), parents=parent.chain
+    )
+
+
+def leaf(
+    ca: CertificateAuthority,
+    device_id: str,
+    *,
+    profile: CertificateProfile = CertificateProfile.DEVICE,
+    not_before: datetime | None = None,
+    validity: timedelta = timedelta(days=365),
+) -> tuple[PrivateKey, x509.Certificate]:
+    key = generate_private_key(KeySpec.EC_P256)
+    start = not_before or NOW - timedelta(hours=1)
+    grant = IssuanceGrant(
+        subject=name(device_id, serial=device_id),
+        profile=profile,
+        not_before=start,
+        not_after=start + validity,
+    )
+    return key, ca.issue(key.public_key(), grant)
+
+
+@dataclass
+class PKI:
+    factory_root: CertificateAuthority
+    factory_ca: CertificateAuthority
+    customer_root: CertificateAuthority
+    operational: CertificateAuthority
+    sibling: CertificateAuthority  # another CA under the customer root, behind no label
+
+    @classmethod
+    def create(cls) -> PKI:
+        factory_root = root_ca("factory root")
+        customer_root = root_ca("customer root")
+        return cls(
+            factory_root=factory_root,
+            factory_ca=sub_ca(factory_root, "factory CA"),
+            customer_root=customer_root,
+            operational=sub_ca(customer_root, "operational"),
+            sibling=sub_ca(customer_root, "sibling"),
+        )
+
+    def bundle(self) -> list[x509.Certificate]:
+        return [self.factory_ca.certificate, self.factory_root.certificate]
+
+    def authentication(self, **kwargs: object) -> AuthenticationModule:
+        return AuthenticationModule(
+            FactoryTrust.from_bundles([self.bundle()]),
+            [CustomerCA("default", self.operational.chain)],
+            **kwargs,  # type: ignore[arg-type]
+        )
+
+    def temporary(self, device_id: str) -> tuple[PrivateKey, x509.Certificate]:
+        return leaf(self.factory_ca, device_id)
+
+    def identity(self, cert: x509.Certificate) -> ClientIdentity:
+        return self.authentication().authenticate(certificate_der(cert), now=NOW)
+
+
+@dataclass
+class InProcessCA:
+    """The customer CA system's issuing logic in this process, with failure knobs."""
+
+    system: CASystem
+    store: IssuanceStore
+    calls: int = 0
+    fail_with: ZtpkiError | None = None  # raise this instead of answering
+    lose_answer: bool = False  # issue and record, then fail like a dropped connection
+    before_answer: Callable[[EnrollmentRequest], object] | None = None
+    stall: asyncio.Event | None = None  # wait for this before answering
+    requests: list[EnrollmentRequest] = field(default_factory=list)
+
+    @classmethod
+    def create(cls, pki: PKI, directory: Path) -> InProcessCA:
+        loaded = LoadedCA(
+            authority=pki.operational,
+            policy=IssuingPolicy(),
+            chain_der=tuple(certificate_der(c) for c in pki.operational.chain),
+        )
+        system = CASystem({"operational": loaded}, default_ca="operational")
+        return cls(system, open_sqlite_ca_store(directory / "ca.sqlite", durable=False))
+
+    async def enroll(self, request: EnrollmentRequest) -> EnrollmentAnswer:
+        self.calls += 1
+        self.requests.append(request)
+        if self.stall is not None:
+            await self.stall.wait()
+        if self.fail_with is not None:
+            raise self.fail_with
+        try:
+            answer = self._issue(request)
+        except ZtpkiError as exc:
+            raise raise_for(error_answer(request.request_id, exc)) from None
+        if self.before_answer is not None:
+            self.before_answer(request)
+        if self.lose_answer:
+            from ztpki.errors import Unavailable
+
+            raise Unavailable("connection to CA system lost")
+        return answer
+
+    def _issue(self, request: EnrollmentRequest) -> EnrollmentAnswer:
+        from ztpki.pki.keys import generate_private_key as generate
+
+        now = datetime.now(UTC)
+        plan = self.system.plan(request, now=now)
+        private_key = None
+        if plan.csr_public_key is not None:
+            public_key = plan.csr_public_key
+        else:
+            private_key = generate(plan.key_spec)
+            public_key = private_key.public_key()
+        certificate = self.system.sign(plan, public_key)
+        self.store.record_issuance(
+            self.system.record_of(plan, certificate, now=now), supersede=request.reissue
+        )
+        return self.system.answer(plan, certificate, private_key)
+
+    def active(self, device_id: str) -> list[str]:
+        return [
+            c.serial
+            for c in self.store.issued(device_id=device_id, status=CertificateStatus.ACTIVE)
+        ]
+
+    async def close(self) -> None:
+        pass
+
+
+@dataclass
+class Node:
+    pki: PKI
+    ca: InProcessCA
+    store: SQLiteNodeStore
+    service: EnrollmentService
+    label: LoadedLabel
+
+    def list(self, device_id: str, *, fingerprint: str | None = None) -> None:
+        self.store.add_device(NewDevice(device_id, fingerprint), now=NOW)
+
+    def state(self, device_id: str) -> str:
+        device = self.store.get(device_id)
+        assert device is not None
+        return device.state.value
+
+    def decisions(self, device_id: str) -> list[str]:
+        return [e.decision for e in self.store.entries(device_id=device_id)]
+
+    def close(self) -> None:
+        self.service.register.close()
+        self.store.close()
+
+
+def make_node(
+    tmp: Path,
+    *,
+    pki: PKI | None = None,
+    parameters: IssuingParameters | None = None,
+    limits: Limits | None = None,
+) -> Node:
+    pki = pki or PKI.create()
+    ca = InProcessCA.create(pki, tmp)
+    store = open_sqlite_node_store(tmp / "node.sqlite", durable=False)
+    label = LoadedLabel(
+        CALabel(
+            "default", Path("ca/default.pem"), "operational", parameters or IssuingParameters()
+        ),
+        pki.operational.chain,
+    )
+    service = EnrollmentService(
+        register=AsyncRegister(store),
+        ca_client=SecondCAClient(ca, timeout=(limits or Limits()).ca_timeout),
+        labels={"default": label},
+        default_label="default",
+        limits=limits or Limits(),
+        metrics=NodeMetrics(),
+    )
+    return Node(pki, ca, store, service, label)
+
+
+def csr_for(device_id: str, key: PrivateKey | None = None) -> x509.CertificateSigningRequest:
+    from ztpki.protocol.est import build_csr
+
+    return build_csr(key or generate_private_key(KeySpec.EC_P256), device_id=device_id)
+
+
+def der(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.DER)

@@ -1,0 +1,115 @@
+"""node.toml round trips and refusals; the Prometheus text the metrics endpoint writes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ztpki.errors import ConfigurationError, UnknownCA
+from ztpki.node.config import CALabel, IssuingParameters, Limits, NodeConfig
+from ztpki.node.metrics import NodeMetrics
+from ztpki.pki.keys import KeySpec
+
+
+def config(tmp_path: Path, **kw: object) -> NodeConfig:
+    values: dict[str, object] = {
+        "directory": tmp_path,
+        "ca_system": "ca.example:7443",
+        "ca_client": Path("ca-client"),
+        "server_cert": Path("server/cert.pem"),
+        "server_key": Path("/etc/node/key.pem"),
+        "trust": (Path("trust/01-acme.pem"), Path("trust/02-other.pem")),
+        "labels": (
+            CALabel("default", Path("ca/default.pem"), "operational"),
+            CALabel(
+                "meters",
+                Path("ca/meters.pem"),
+                None,
+                IssuingParameters(
+                    key_algorithm=KeySpec.EC_P384, validity_days=90, country="SE", encrypt_key=True
+                ),
+            ),
+        ),
+    }
+    values.update(kw)
+    return NodeConfig(**values)  # type: ignore[arg-type]
+
+
+def test_ok_round_trip(tmp_path: Path) -> None:
+    original = config(tmp_path, limits=Limits(max_body=1000, ca_timeout=5.0))
+    original.save()
+    loaded = NodeConfig.load(tmp_path)
+    assert loaded == original
+    assert loaded.path(loaded.server_cert) == tmp_path / "server/cert.pem"
+    assert loaded.path(loaded.server_key) == Path("/etc/node/key.pem")
+    assert loaded.label(None).label == "default" and loaded.label("meters").ca_name is None
+
+
+NODE_TABLE = (
+    '[node]\nca_system = "x:1"\nca_client = "c"\nserver_cert = "s"\nserver_key = "k"\n'
+    'trust = ["t"]\n'
+)
+
+
+@pytest.mark.parametrize(
+    ("case", "text"),
+    [
+        ("fail-no-node-table", "[limits]\n"),
+        ("fail-missing-key", '[node]\nca_system = "x:1"\n'),
+        ("fail-bad-toml", "[node\n"),
+        ("fail-unknown-limit", NODE_TABLE + "[limits]\nheader_patience = 3\n"),
+        ("fail-bad-limit", NODE_TABLE + '[limits]\nmax_body = "lots"\n'),
+        (
+            "fail-bad-key-algorithm",
+            NODE_TABLE + '[ca.default]\nchain = "c.pem"\nkey_algorithm = "dsa"\n',
+        ),
+        ("fail-label-without-chain", NODE_TABLE + '[ca.default]\nca_name = "x"\n'),
+    ],
+)
+def test_fail_bad_files(tmp_path: Path, case: str, text: str) -> None:
+    (tmp_path / "node.toml").write_text(text)
+    with pytest.raises(ConfigurationError):
+        NodeConfig.load(tmp_path)
+    with pytest.raises(ConfigurationError):
+        NodeConfig.load(tmp_path / "elsewhere")
+
+
+def test_fail_inconsistent_settings(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError):
+        config(tmp_path, trust=())
+    with pytest.raises(ConfigurationError):
+        config(tmp_path, default_label="nosuch")
+    with pytest.raises(ConfigurationError, match="lease_seconds"):
+        Limits(ca_timeout=60, lease_seconds=100)
+    with pytest.raises(ConfigurationError):
+        Limits(max_body=0)
+    with pytest.raises(ConfigurationError):
+        IssuingParameters(country="Sweden")
+    with pytest.raises(UnknownCA):
+        config(tmp_path).label("nosuch")
+
+
+def test_ok_metrics_exposition() -> None:
+    metrics = NodeMetrics()
+    metrics.count_request("simpleenroll", "issued")
+    metrics.count_request("simpleenroll", "issued")
+    metrics.count_request("simpleenroll", "refused-blocked")
+    metrics.observe_enrollment("simpleenroll", 0.02)
+    metrics.observe_enrollment("simpleenroll", 42.0)
+    text = metrics.exposition(devices={"listed": 3})
+    lines = text.splitlines()
+    assert 'ztpki_node_requests_total{endpoint="simpleenroll",outcome="issued"} 2' in lines
+    assert 'ztpki_node_enrollment_seconds_bucket{endpoint="simpleenroll",le="0.01"} 0' in lines
+    assert 'ztpki_node_enrollment_seconds_bucket{endpoint="simpleenroll",le="0.025"} 1' in lines
+    assert 'ztpki_node_enrollment_seconds_bucket{endpoint="simpleenroll",le="30"} 1' in lines
+    assert 'ztpki_node_enrollment_seconds_bucket{endpoint="simpleenroll",le="+Inf"} 2' in lines
+    assert 'ztpki_node_enrollment_seconds_count{endpoint="simpleenroll"} 2' in lines
+    assert 'ztpki_node_devices{state="listed"} 3' in lines
+    assert text.endswith("\n")
+
+
+def test_ok_label_values_are_escaped() -> None:
+    metrics = NodeMetrics()
+    metrics.count_request('a"b\\c\nd', "x")
+    assert 'endpoint="a\\"b\\\\c\\nd"' in metrics.exposition()
