@@ -12,8 +12,15 @@ from ztpki.errors import (
     ZtpkiError,
 )
 from ztpki.protocol.enrollment import EnrollmentError, ErrorCode
+from ztpki.store.records import AlreadyIssued
+
+
+class LiveCertificateExists(NotAuthorized):
+    """The CA system refused: the device already holds a live certificate (`already-issued`)."""
+
 
 _TO_CODE: tuple[tuple[type[ZtpkiError], ErrorCode], ...] = (
+    (AlreadyIssued, ErrorCode.ALREADY_ISSUED),
     (MalformedInput, ErrorCode.MALFORMED),
     (PayloadTooLarge, ErrorCode.MALFORMED),
     (UnsupportedParameter, ErrorCode.UNSUPPORTED_PARAMETER),
@@ -27,6 +34,7 @@ _FROM_CODE: dict[ErrorCode, type[ZtpkiError]] = {
     ErrorCode.UNSUPPORTED_PARAMETER: UnsupportedParameter,
     ErrorCode.UNKNOWN_CA: UnknownCA,
     ErrorCode.NOT_AUTHORIZED: NotAuthorized,
+    ErrorCode.ALREADY_ISSUED: LiveCertificateExists,
     ErrorCode.UNAVAILABLE: Unavailable,
     ErrorCode.INTERNAL: ZtpkiError,
 }

@@ -19,9 +19,9 @@ from typing import Protocol
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
+from ztpki.casystem.wire import LiveCertificateExists
 from ztpki.errors import (
     MalformedInput,
-    NotAuthorized,
     Unavailable,
     UnsupportedParameter,
     ZtpkiError,
@@ -65,9 +65,8 @@ class Issued:
 
 
 def _already_issued(exc: ZtpkiError) -> bool:
-    # The CA system refuses a second live certificate unless asked to supersede; its message
-    # is the only part of the wire error that says so.
-    return isinstance(exc, NotAuthorized) and "already holds live certificate" in exc.message
+    # The CA system refuses a second live certificate unless asked to supersede.
+    return isinstance(exc, LiveCertificateExists)
 
 
 class SecondCAClient:

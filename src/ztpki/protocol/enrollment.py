@@ -53,6 +53,7 @@ class ErrorCode(StrEnum):
     UNSUPPORTED_PARAMETER = "unsupported-parameter"
     UNKNOWN_CA = "unknown-ca"
     NOT_AUTHORIZED = "not-authorized"
+    ALREADY_ISSUED = "already-issued"
     UNAVAILABLE = "unavailable"
     INTERNAL = "internal"
 

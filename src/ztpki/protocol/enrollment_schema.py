@@ -69,7 +69,8 @@ _RULES: Final[dict[str, _Rule]] = {
     "Certificate": _Rule(f"base64 of a DER X.509 certificate {_DER}", shown=False),
     "PrivateKey": _Rule(f"base64 of a DER PKCS#8 private key {_DER}", shown=False),
     "code": _Rule(
-        "one of malformed, unsupported-parameter, unknown-ca, not-authorized, unavailable, internal"
+        "one of malformed, unsupported-parameter, unknown-ca, not-authorized, already-issued, "
+        "unavailable, internal"
     ),
     "EnrollmentError": _Rule("a message of 1-1024 characters without control characters"),
 }

@@ -336,7 +336,7 @@ def decode_serverkeygen(
     cert_der = _part_der(certs[0][2], "certificate part", limit=limit)
     try:
         issued = load_pkcs7_certs(cert_der)
-    except _PARSE_ERRORS:
+    except (*_PARSE_ERRORS, MalformedInput):
         raise MalformedInput("certificate part is not a DER PKCS#7 certs-only structure") from None
     return ServerKeygenResponse(private_key_der=key_der, certificates=tuple(issued))
 
