@@ -7,6 +7,7 @@ The service decides where each step runs (inline, in a process pool, in the writ
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from ztpki.errors import MalformedInput, UnknownCA, UnsupportedParameter
 from ztpki.pki.authority import CertificateAuthority, IssuanceGrant
 from ztpki.pki.keys import KeySpec, PrivateKey, PublicKey, encode_pkcs8, key_spec_of
 from ztpki.pki.names import SubjectFields
-from ztpki.pki.pem import certificate_der, fingerprint_sha256, serial_hex
+from ztpki.pki.pem import certificate_der, serial_hex
 from ztpki.protocol.enrollment import EnrollmentAnswer, EnrollmentRequest
 from ztpki.store.records import CertificateStatus, IssuedCertificate
 
@@ -123,6 +124,7 @@ class CASystem:
     def record_of(
         plan: IssuancePlan, certificate: x509.Certificate, *, now: datetime
     ) -> IssuedCertificate:
+        der = certificate_der(certificate)
         return IssuedCertificate(
             serial=serial_hex(certificate),
             ca_name=plan.ca.authority.name,
@@ -132,9 +134,9 @@ class CASystem:
             not_after=certificate.not_valid_after_utc,
             status=CertificateStatus.ACTIVE,
             request_id=plan.request.request_id,
-            fingerprint=fingerprint_sha256(certificate),
+            fingerprint=hashlib.sha256(der).hexdigest(),  # = fingerprint_sha256, DER once
             issued_at=now,
-            certificate_der=certificate_der(certificate),
+            certificate_der=der,
         )
 
     @staticmethod

@@ -34,7 +34,6 @@ class IssuingPolicy:
     allowed_keys: tuple[KeySpec, ...] = DEFAULT_ALLOWED
     subject: SubjectFields = field(default_factory=SubjectFields)
     allow_csr: bool = True
-    one_active_per_device: bool = True
 
     def __post_init__(self) -> None:
         if not 0 < self.default_validity_days <= self.max_validity_days:
@@ -114,10 +113,7 @@ class IssuingPolicy:
                 "allowed": [k.value for k in self.allowed_keys],
             },
             "subject": subject,
-            "issuance": {
-                "allow_csr": self.allow_csr,
-                "one_active_per_device": self.one_active_per_device,
-            },
+            "issuance": {"allow_csr": self.allow_csr},
         }
 
     @classmethod
@@ -135,7 +131,6 @@ class IssuingPolicy:
                 allowed_keys=tuple(KeySpec.parse(k) for k in keys.get("allowed", DEFAULT_ALLOWED)),
                 subject=SubjectFields(**{k: str(v) for k, v in subject.items()}),
                 allow_csr=bool(issuance.get("allow_csr", True)),
-                one_active_per_device=bool(issuance.get("one_active_per_device", True)),
             )
         except (TypeError, ValueError, UnsupportedParameter) as exc:
             raise ConfigurationError(f"policy file is invalid: {exc}") from None
@@ -151,5 +146,6 @@ class IssuingPolicy:
         header = (
             "# Issuing policy of this CA. Edit and restart `ztpki ca serve` to apply.\n"
             "# profile: device | server | client | manifest-signer | ca\n"
+            "# A device holds at most one live certificate per CA; reissue supersedes it.\n"
         )
         path.write_text(header + tomli_w.dumps(self.to_toml()), encoding="utf-8")

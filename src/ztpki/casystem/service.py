@@ -12,11 +12,12 @@ import asyncio
 import contextlib
 import logging
 import ssl
+import time
 from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from ztpki.casystem.issuer import CASystem
+from ztpki.casystem.issuer import CASystem, IssuancePlan
 from ztpki.casystem.recorder import IssuanceRecorder
 from ztpki.casystem.wire import error_answer
 from ztpki.errors import MalformedInput, PayloadTooLarge, ZtpkiError
@@ -25,12 +26,14 @@ from ztpki.pki.pem import serial_hex
 from ztpki.protocol.enrollment import (
     EnrollmentAnswer,
     EnrollmentError,
+    EnrollmentRequest,
     decode_request,
     encode_answer,
     request_id_of,
 )
 from ztpki.protocol.framing import HEADER_SIZE, MAX_FRAME_SIZE, encode_frame, frame_length
 from ztpki.store.interfaces import IssuanceStore
+from ztpki.store.records import AlreadyIssued
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +44,9 @@ class ServiceLimits:
     read_timeout: float = 15.0  # to receive one whole frame once its header arrived
     handshake_timeout: float = 15.0
     max_connections: int = 1024
+    # How stale a kept-alive connection's registration check may get before a request
+    # re-reads it: `ca remove-client` reaches open connections within this time.
+    client_recheck: float = 0.25
 
 
 def _generate_pkcs8(spec: str) -> bytes:
@@ -127,6 +133,7 @@ class CASystemService:
     async def _serve_requests(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, client: str
     ) -> None:
+        checked = time.monotonic()
         while True:
             # asyncio.timeout, not wait_for: no extra task per read on the hot path.
             try:
@@ -146,6 +153,14 @@ class CASystemService:
                 return
             async with asyncio.timeout(self.limits.read_timeout):
                 payload = await reader.readexactly(length)
+            if time.monotonic() - checked > self.limits.client_recheck:
+                # A kept-alive connection must not outlive `ca remove-client`; checking at most
+                # every client_recheck seconds keeps the store read off most requests.
+                if self._registered_client(writer) is None:
+                    log.warning("closing connection of client %s: it was removed", client)
+                    await self._send(writer, error_answer(request_id_of(payload), _unregistered()))
+                    return
+                checked = time.monotonic()
             await self._send(writer, await self.handle(payload, client=client))
 
     async def _send(
@@ -170,16 +185,17 @@ class CASystemService:
             return error_answer(request_id, ZtpkiError("internal"))
         return answer
 
-    async def enroll(self, request: object) -> EnrollmentAnswer:
-        from ztpki.protocol.enrollment import EnrollmentRequest
-
-        assert isinstance(request, EnrollmentRequest)
+    async def enroll(self, request: EnrollmentRequest) -> EnrollmentAnswer:
         now = datetime.now(UTC)
         plan = self.system.plan(request, now=now)
         private_key: PrivateKey | None = None
         if plan.csr_public_key is not None:
             public_key = plan.csr_public_key
         else:
+            if plan.key_spec.is_rsa and not request.reissue:
+                # Refuse before 50 ms of RSA generation rather than at the record: a
+                # repeated request must not be able to keep the key pool busy.
+                self._refuse_if_live(plan)
             private_key = await self._generate(plan.key_spec)
             public_key = private_key.public_key()
         certificate = self.system.sign(plan, public_key)
@@ -195,6 +211,11 @@ class CASystemService:
             f" superseding {','.join(superseded)}" if superseded else "",
         )
         return self.system.answer(plan, certificate, private_key)
+
+    def _refuse_if_live(self, plan: IssuancePlan) -> None:
+        live = self.store.active_certificate(plan.ca.authority.name, plan.request.device_id)
+        if live is not None:
+            raise AlreadyIssued(ca_name=live.ca_name, device_id=live.device_id, serial=live.serial)
 
     async def _generate(self, spec: KeySpec) -> PrivateKey:
         if not spec.is_rsa:

@@ -259,7 +259,7 @@ def add_client_command(
 @dir_option
 @click.option("--name", required=True)
 def remove_client_command(directory: Path, name: str) -> None:
-    """Revoke a CA-client: the service refuses it from its next connection on."""
+    """Revoke a CA-client: refused from now on (open connections within 0.25 s)."""
     from ztpki.errors import ConfigurationError
 
     if not open_store(CASystemDirectory(directory)).remove_client(name, now=datetime.now(UTC)):

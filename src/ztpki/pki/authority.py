@@ -120,7 +120,7 @@ class CertificateAuthority:
         cache_key = (profile, key_spec_of(public_key), path_length)
         extensions = self._constant.get(cache_key)
         if extensions is None:
-            pairs = [(self._aki, False)]
+            pairs: list[tuple[x509.ExtensionType, bool]] = [(self._aki, False)]
             pairs += profile_extensions(profile, public_key, path_length=path_length)
             extensions = [
                 x509.Extension(

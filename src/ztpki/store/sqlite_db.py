@@ -83,8 +83,14 @@ class SQLiteDatabase:
         if not self.path.parent.is_dir():
             raise ConfigurationError(f"the directory for database {self.path} does not exist")
         # SQLite gives the -wal and -shm files the main file's mode, so 0600 covers all three.
+        # Only create: closing any descriptor of a file drops every POSIX lock this process
+        # holds on it, including the locks of SQLite connections already open on it.
+        if self.path.exists():
+            return
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return  # another process created it between our check and open
         except OSError as exc:
             raise ConfigurationError(f"cannot open database {self.path}: {exc.strerror}") from exc
         os.close(fd)

@@ -1,0 +1,171 @@
+"""IssuingPolicy: defaults fill what a request leaves out, anything outside policy is refused."""
+
+from __future__ import annotations
+
+import tomllib
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ztpki.casystem.policy import IssuingPolicy
+from ztpki.errors import ConfigurationError, UnsupportedParameter
+from ztpki.pki.keys import KeySpec
+from ztpki.pki.names import SubjectFields
+from ztpki.pki.profiles import CertificateProfile
+
+NOW = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
+DEFAULTS = SubjectFields(
+    organization="Acme", organizational_unit="Line 1", locality="Lund", country="SE"
+)
+
+
+def subject_of(name: x509.Name) -> dict[str, str]:
+    return {a.oid.dotted_string: str(a.value) for a in name}
+
+
+def test_ok_defaults() -> None:
+    policy = IssuingPolicy()
+    assert policy.profile is CertificateProfile.DEVICE
+    assert policy.key_spec(None) is KeySpec.EC_P256
+    assert policy.validity(None, now=NOW) == (NOW - timedelta(minutes=5), NOW + timedelta(days=365))
+
+
+@pytest.mark.parametrize("spec", list(KeySpec), ids=lambda s: f"ok-{s}")
+def test_ok_every_key_allowed_by_default(spec: KeySpec) -> None:
+    assert IssuingPolicy().key_spec(spec) is spec
+
+
+def test_fail_key_not_allowed_names_the_allowed_ones() -> None:
+    policy = IssuingPolicy(allowed_keys=(KeySpec.EC_P256, KeySpec.ED25519))
+    with pytest.raises(UnsupportedParameter, match="ec-p256, ed25519"):
+        policy.key_spec(KeySpec.RSA_2048)
+    assert policy.key_spec(KeySpec.ED25519) is KeySpec.ED25519  # control
+
+
+@given(days=st.integers(min_value=1, max_value=825))
+def test_ok_validity_within_max_is_exact(days: int) -> None:
+    not_before, not_after = IssuingPolicy().validity(days, now=NOW)
+    assert not_after - NOW == timedelta(days=days)
+    assert NOW - not_before == timedelta(minutes=5)
+
+
+@given(days=st.one_of(st.integers(max_value=0), st.integers(min_value=826, max_value=10**6)))
+def test_fail_validity_outside_policy(days: int) -> None:
+    with pytest.raises(UnsupportedParameter, match="outside policy"):
+        IssuingPolicy().validity(days, now=NOW)
+
+
+def test_ok_grant_merges_request_over_policy_subject() -> None:
+    policy = IssuingPolicy(subject=DEFAULTS)
+    grant = policy.grant(
+        "dev-1",
+        SubjectFields(organization="Other", email="a@b.example"),
+        validity_days=None,
+        now=NOW,
+    )
+    subject = subject_of(grant.subject)
+    assert subject[NameOID.ORGANIZATION_NAME.dotted_string] == "Other"
+    assert subject[NameOID.ORGANIZATIONAL_UNIT_NAME.dotted_string] == "Line 1"
+    assert subject[NameOID.LOCALITY_NAME.dotted_string] == "Lund"
+    assert subject[NameOID.COUNTRY_NAME.dotted_string] == "SE"
+    assert subject[NameOID.EMAIL_ADDRESS.dotted_string] == "a@b.example"
+    assert subject[NameOID.COMMON_NAME.dotted_string] == "dev-1"
+    assert subject[NameOID.SERIAL_NUMBER.dotted_string] == "dev-1"
+    assert grant.profile is CertificateProfile.DEVICE
+    assert grant.not_after == NOW + timedelta(days=365)
+
+
+def test_fail_grant_bad_device_id() -> None:
+    with pytest.raises(UnsupportedParameter, match="device id"):
+        IssuingPolicy().grant("bad id!", SubjectFields(), validity_days=None, now=NOW)
+
+
+def test_san_only_from_server_profile() -> None:
+    with pytest.raises(UnsupportedParameter, match="server profile"):
+        IssuingPolicy().grant(
+            "d", SubjectFields(), validity_days=None, dns_names=("a.example",), now=NOW
+        )
+    server = IssuingPolicy(profile=CertificateProfile.SERVER)
+    grant = server.grant(
+        "d",
+        SubjectFields(),
+        validity_days=None,
+        dns_names=("a.example",),
+        ip_addresses=("::1",),
+        now=NOW,
+    )
+    assert grant.dns_names == ("a.example",) and grant.ip_addresses == ("::1",)
+
+
+@pytest.mark.parametrize("country", ["XX", "UK", "se", "SWE"], ids=lambda c: f"fail-{c}")
+def test_fail_country_not_assigned_iso_3166(country: str) -> None:
+    with pytest.raises(UnsupportedParameter, match="ISO 3166"):
+        SubjectFields(country=country)
+
+
+@pytest.mark.parametrize("country", ["SE", "GB", "DE", "US", "AQ"], ids=lambda c: f"ok-{c}")
+def test_ok_country_assigned(country: str) -> None:
+    assert SubjectFields(country=country).country == country
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        pytest.param({"default_validity_days": 900}, id="fail-default-over-max"),
+        pytest.param({"default_validity_days": 0}, id="fail-default-zero"),
+        pytest.param({"allowed_keys": (KeySpec.ED25519,)}, id="fail-default-key-not-allowed"),
+    ],
+)
+def test_fail_inconsistent_policy(kwargs: dict[str, object]) -> None:
+    with pytest.raises(ConfigurationError):
+        IssuingPolicy(**kwargs)  # type: ignore[arg-type]
+
+
+def test_ok_toml_round_trip(tmp_path: Path) -> None:
+    policy = IssuingPolicy(
+        profile=CertificateProfile.SERVER,
+        default_validity_days=30,
+        max_validity_days=90,
+        default_key=KeySpec.ED25519,
+        allowed_keys=(KeySpec.ED25519, KeySpec.EC_P384),
+        subject=DEFAULTS,
+        allow_csr=False,
+    )
+    path = tmp_path / "policy.toml"
+    policy.save(path)
+    text = path.read_text()
+    assert text.startswith("# Issuing policy")  # readable, with a comment for the operator
+    assert tomllib.loads(text)["keys"]["allowed"] == ["ed25519", "ec-p384"]
+    assert IssuingPolicy.load(path) == policy
+    assert IssuingPolicy.from_toml({}) == IssuingPolicy()  # every key optional
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param('profile = "printer"', id="fail-unknown-profile"),
+        pytest.param('[keys]\nallowed = ["dsa-1024"]', id="fail-unknown-key"),
+        pytest.param(
+            '[keys]\ndefault = "rsa-2048"\nallowed = ["ec-p256"]', id="fail-default-not-allowed"
+        ),
+        pytest.param('[validity]\ndefault_days = "many"', id="fail-days-not-a-number"),
+        pytest.param('[subject]\ncountry = "XX"', id="fail-bad-country"),
+        pytest.param('[subject]\nplanet = "Mars"', id="fail-unknown-subject-field"),
+        pytest.param("profile = ", id="fail-not-toml"),
+    ],
+)
+def test_fail_bad_policy_file(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "policy.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigurationError):
+        IssuingPolicy.load(path)
+
+
+def test_fail_missing_policy_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="cannot read policy"):
+        IssuingPolicy.load(tmp_path / "absent.toml")
