@@ -8,6 +8,7 @@ identity. ssl contexts are built here so that every TLS edge uses the same setti
 
 from __future__ import annotations
 
+import logging
 import ssl
 import tempfile
 from collections.abc import Sequence
@@ -24,6 +25,8 @@ from ztpki.secretfiles import write_private_file, write_public_file
 KEY_FILE = "key.pem"
 CERT_FILE = "cert.pem"
 TRUST_FILE = "ca.pem"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,28 @@ def _trust(context: ssl.SSLContext, anchors: Sequence[x509.Certificate]) -> None
     context.load_verify_locations(cadata=certificates_pem(anchors).decode("ascii"))
 
 
+def handshake_refusal(exc: ssl.SSLError) -> str:
+    """Why a TLS handshake failed, as a short phrase (no key material is ever in it)."""
+    if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
+        return f"client certificate refused: {exc.verify_message}"
+    reason = exc.reason or type(exc).__name__
+    return reason.lower().replace("_", " ")
+
+
+class _RefusalLoggingSSLObject(ssl.SSLObject):
+    # asyncio closes a connection whose handshake failed without logging why (and without
+    # sending the alert): a device with an expired or foreign certificate would be refused
+    # with no trace at the server. Every ztpki TLS server logs the reason here instead.
+    def do_handshake(self) -> None:
+        try:
+            super().do_handshake()
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            raise
+        except ssl.SSLError as exc:
+            log.info("refused a TLS handshake: %s", handshake_refusal(exc))
+            raise
+
+
 def server_context(
     key: PrivateKey,
     chain: Sequence[x509.Certificate],
@@ -92,9 +117,14 @@ def server_context(
     client_anchors: Sequence[x509.Certificate] | None,
     require_client_cert: bool = True,
 ) -> ssl.SSLContext:
-    """TLS 1.2+ server context; verifies client certificates against client_anchors."""
+    """TLS 1.2+ server context; verifies client certificates against client_anchors.
+
+    A refused handshake (old protocol, client certificate that does not verify) is logged
+    with its reason.
+    """
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.sslobject_class = _RefusalLoggingSSLObject
     _load_identity(context, key, chain)
     if client_anchors:
         _trust(context, client_anchors)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 from collections.abc import Sequence
@@ -12,8 +13,35 @@ from ztpki import __version__
 from ztpki.cli.common import run_command
 from ztpki.errors import ZtpkiError
 
+# Each role's commands live in their own module, imported only when that group is used:
+# `ztpki device show` must not pay for loading the node's HTTP server.
+_GROUPS = {
+    "ca": "ztpki.cli.ca",
+    "factory": "ztpki.cli.factory",
+    "node": "ztpki.cli.node",
+    "device": "ztpki.cli.device",
+    "demo": "ztpki.cli.demo",
+}
+# Modules that add commands to a group defined elsewhere, imported with it.
+_EXTENSIONS = {"device": ("ztpki.cli.device_agent",)}
 
-@click.group()
+
+class RoleGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *_GROUPS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in _GROUPS:
+            return super().get_command(ctx, cmd_name)
+        module = importlib.import_module(_GROUPS[cmd_name])
+        for extension in _EXTENSIONS.get(cmd_name, ()):
+            importlib.import_module(extension)
+        command = getattr(module, cmd_name)
+        assert isinstance(command, click.Command)
+        return command
+
+
+@click.group(cls=RoleGroup)
 @click.version_option(__version__, prog_name="ztpki")
 @click.option(
     "--log-level",
@@ -29,30 +57,6 @@ def cli(log_level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-
-
-def _register() -> None:
-    from ztpki.cli import ca
-
-    cli.add_command(ca.ca)
-    for module_name in ("factory", "device", "node", "demo"):
-        try:
-            module = __import__(f"ztpki.cli.{module_name}", fromlist=[module_name])
-        except ModuleNotFoundError as exc:
-            if exc.name != f"ztpki.cli.{module_name}":
-                raise
-            continue
-        cli.add_command(getattr(module, module_name))
-    # Commands that extend a group defined elsewhere register themselves on import.
-    for extension in ("device_agent",):
-        try:
-            __import__(f"ztpki.cli.{extension}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"ztpki.cli.{extension}":
-                raise
-
-
-_register()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

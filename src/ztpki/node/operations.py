@@ -5,11 +5,12 @@ Each change carries its audit record into the same transaction as the change its
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ztpki.errors import ConfigurationError, VerificationFailed
+from ztpki.errors import ConfigurationError, MalformedInput, VerificationFailed
 from ztpki.factory.manifest import verify_manifest
 from ztpki.node.authentication import FactoryTrust
 from ztpki.node.config import NODE_FILE, NodeConfig
@@ -41,7 +42,19 @@ def import_manifest(directory: Path, data: bytes, *, now: datetime) -> ImportRes
     bundles = [read_certificates(config.path(p), "factory trust bundle") for p in config.trust]
     trust = FactoryTrust.from_bundles(bundles)
     # A manifest's x5c may stop below the root: any certificate of a bundle is an anchor here.
-    verified = verify_manifest(data, anchors=[*trust.anchors, *trust.intermediates], now=now)
+    try:
+        verified = verify_manifest(data, anchors=[*trust.anchors, *trust.intermediates], now=now)
+    except (MalformedInput, VerificationFailed) as exc:
+        # A forged or altered manifest is a security event: the audit trail keeps it.
+        refusal = AuditRecord(
+            at=now,
+            endpoint="cli/import",
+            decision="refused",
+            reason=f"manifest (sha256 {hashlib.sha256(data).hexdigest()}) refused: {exc.message}",
+        )
+        with open_register(directory) as store:
+            store.append_many([refusal])
+        raise
     manifest = verified.manifest
     signer = verified.signer.subject.rfc4514_string()
     devices = [
