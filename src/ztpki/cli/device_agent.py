@@ -200,7 +200,7 @@ def agent_command(
         memory,
         node=NodeAddress.parse(node_url) if node_url else None,
         key_mode=KeyMode.SIMPLEENROLL if key_on_device else KeyMode.SERVERKEYGEN,
-        pinned_fingerprint=parse_fingerprint(node_ca_fingerprint) if node_ca_fingerprint else None,
+        pinned_fingerprint=_pin(memory, node_ca_fingerprint),
         report=_print_agent_event,
         poll_interval=poll_interval,
         timeout=timeout,

@@ -1,31 +1,28 @@
 """The device (1): its memory holds one whole identity at a time, private keys never in clear."""
 
-from ztpki.device.activation import (
-    ActivatingClient,
-    ActivationError,
-    ActivationEvent,
-    ActivationResult,
-    KeyMode,
-    Step,
-)
-from ztpki.device.agent import Agent, AgentEvent, AgentStopped, Backoff, Clock
-from ztpki.device.answer import IssuedIdentity, verify_answer
-from ztpki.device.communication import ESTClient, NodeAddress
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from ztpki.device.connect import connect, identity_ssl_context, operational_ssl_context
 from ztpki.device.memory import DeviceMemory, Identity, Phase
 from ztpki.device.secrets import EnvSecretProvider, FileSecretProvider, SecretProvider
 
-__all__ = [
-    "DeviceMemory",
-    "EnvSecretProvider",
-    "FileSecretProvider",
-    "Identity",
-    "Phase",
-    "SecretProvider",
-]
+if TYPE_CHECKING:
+    from ztpki.device.activation import (
+        ActivatingClient,
+        ActivationError,
+        ActivationEvent,
+        ActivationResult,
+        KeyMode,
+        Step,
+    )
+    from ztpki.device.agent import Agent, AgentEvent, AgentStopped, Backoff, Clock
+    from ztpki.device.answer import IssuedIdentity, verify_answer
+    from ztpki.device.communication import ESTClient, NodeAddress
 
-# The activating client (33), communication means (35), agent mode, the operational identity.
-__all__ += [
+__all__ = [
     "ActivatingClient",
     "ActivationError",
     "ActivationEvent",
@@ -35,13 +32,48 @@ __all__ += [
     "AgentStopped",
     "Backoff",
     "Clock",
+    "DeviceMemory",
     "ESTClient",
+    "EnvSecretProvider",
+    "FileSecretProvider",
+    "Identity",
     "IssuedIdentity",
     "KeyMode",
     "NodeAddress",
+    "Phase",
+    "SecretProvider",
     "Step",
     "connect",
     "identity_ssl_context",
     "operational_ssl_context",
     "verify_answer",
 ]
+
+# The activating client (33), communication means (35), agent mode, the operational identity
+# are imported on first use: they bring in aiohttp, which reading the device memory never needs.
+_LAZY = {
+    "ActivatingClient": "activation",
+    "ActivationError": "activation",
+    "ActivationEvent": "activation",
+    "ActivationResult": "activation",
+    "KeyMode": "activation",
+    "Step": "activation",
+    "Agent": "agent",
+    "AgentEvent": "agent",
+    "AgentStopped": "agent",
+    "Backoff": "agent",
+    "Clock": "agent",
+    "IssuedIdentity": "answer",
+    "verify_answer": "answer",
+    "ESTClient": "communication",
+    "NodeAddress": "communication",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value

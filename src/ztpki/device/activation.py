@@ -1,0 +1,429 @@
+"""The activating client (33): swaps the temporary identity for the customer's, exactly once.
+
+One customization (Fig. 3, B47-B53) is a sequence of steps, each reported as an
+:class:`ActivationEvent` when done::
+
+    load      read the identity from the device memory (93)
+    connect   mutual TLS to the node: temporary key and certificate out, node verified
+              with the factory CA certificate(s) or a pinned node CA
+    cacerts   fetch the customer CA certificates
+    request   serverkeygen (the CA generates the key) or simpleenroll (key made here)
+    verify    the answer: key matches, names this device, current, chains to the CA certs
+    replace   one atomic switch of key + certificate + CA certificates in the memory
+    confirm   one request with the NEW certificate; the node then retires the old one
+
+Where a killed process resumes follows from the memory alone: a temporary identity means
+"ask again" (the node supersedes an answer that never arrived); a customized identity with
+``confirmed: false`` in the configuration means "only confirm". A failure raises
+:class:`ActivationError` naming the step, the cause and what the operator can do; the
+identity in the memory is then the one the device had before the step.
+
+Test-only fault injection (``ZTPKI_DEVICE_FAULT``) is described in ``ztpki.device.faults``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from enum import StrEnum
+
+from cryptography import x509
+
+from ztpki.device.answer import IssuedIdentity, verify_answer
+from ztpki.device.communication import (
+    DEFAULT_TIMEOUT,
+    ESTClient,
+    NodeAddress,
+    node_context,
+    probe_pinned_anchor,
+)
+from ztpki.device.faults import FAULT_ENV, FAULT_POINTS, FaultInjector
+from ztpki.device.memory import DeviceMemory, Identity, Phase
+from ztpki.device.reporting import (
+    EXIT_REFUSED,
+    EXIT_RETRY,
+    ActivationError,
+    ActivationEvent,
+    ActivationResult,
+    Step,
+    confirm_remedy,
+    request_remedy,
+)
+from ztpki.errors import (
+    ConfigurationError,
+    DeviceMemoryError,
+    MalformedInput,
+    Unavailable,
+    ZtpkiError,
+)
+from ztpki.pki.keys import KeySpec, PrivateKey, decode_pkcs8, generate_private_key, key_spec_of
+from ztpki.pki.pem import serial_hex
+from ztpki.protocol.est import build_csr
+
+__all__ = [
+    "CONFIRMED_KEY",
+    "EXIT_REFUSED",
+    "EXIT_RETRY",
+    "FAULT_ENV",
+    "FAULT_POINTS",
+    "NODE_CA_KEY",
+    "NODE_URL_KEY",
+    "ActivatingClient",
+    "ActivationError",
+    "ActivationEvent",
+    "ActivationResult",
+    "FaultInjector",
+    "KeyMode",
+    "Step",
+]
+
+logger = logging.getLogger(__name__)
+
+NODE_URL_KEY = "node_url"
+NODE_CA_KEY = "node_ca_fingerprint"
+CONFIRMED_KEY = "confirmed"
+KEY_ALGORITHM_KEY = "key_algorithm"
+LOCK_FILE = "activation.lock"
+
+
+class KeyMode(StrEnum):
+    """Who generates the operational key: the customer CA (serverkeygen) or the device."""
+
+    SERVERKEYGEN = "serverkeygen"
+    SIMPLEENROLL = "simpleenroll"
+
+
+@contextmanager
+def _exclusive(memory: DeviceMemory) -> Iterator[None]:
+    """One activation per device at a time (an agent and an installer's command may race)."""
+    path = memory.path / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise ActivationError(
+            Step.LOAD, DeviceMemoryError(f"cannot open {path}: {exc.strerror}")
+        ) from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            busy = Unavailable(
+                f"another activation of the device in {memory.path} is running", retry_after=1
+            )
+            raise ActivationError(
+                Step.LOAD, busy, remedy="wait for it to finish (is `ztpki device agent` running?)"
+            ) from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def _subject(cert: x509.Certificate) -> str:
+    return cert.subject.rfc4514_string()
+
+
+class ActivatingClient:
+    """Customizes (and later renews) one device against one customer node.
+
+    ``report`` receives each :class:`ActivationEvent` as it happens; ``now`` is the clock
+    the answer's validity is checked against.
+    """
+
+    def __init__(
+        self,
+        memory: DeviceMemory,
+        node: NodeAddress,
+        *,
+        key_mode: KeyMode = KeyMode.SERVERKEYGEN,
+        key_spec: KeySpec | None = None,
+        pinned_fingerprint: str | None = None,
+        report: Callable[[ActivationEvent], None] | None = None,
+        now: Callable[[], datetime] | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        fault: FaultInjector | None = None,
+    ) -> None:
+        self.memory = memory
+        self.node = node
+        self.key_mode = KeyMode(key_mode)
+        self.key_spec = key_spec
+        self.pinned_fingerprint = pinned_fingerprint
+        self.events: list[ActivationEvent] = []
+        self._report = report
+        self._now = now or (lambda: datetime.now(UTC))
+        self._timeout = timeout
+        self._fault = fault
+        self._anchors: list[x509.Certificate] | None = None
+
+    # -- public operations -------------------------------------------------------------------
+
+    async def activate(self) -> ActivationResult:
+        """Customize the device; resumes a customization a crash interrupted."""
+        with _exclusive(self.memory):
+            identity = self._load()
+            if identity.phase is Phase.CUSTOMIZED:
+                if self._confirmed():
+                    self._emit(Step.LOAD, "the device is already customized; nothing to do")
+                    return self._result("unchanged", identity)
+                self._emit(Step.LOAD, "the device is customized but not yet confirmed")
+                return await self._confirm(identity, "confirmed")
+            if identity.phase is Phase.BLANK:
+                raise ActivationError(
+                    Step.LOAD,
+                    DeviceMemoryError("the device has no temporary identity"),
+                    remedy="manufacture it first (ztpki factory manufacture)",
+                )
+            issued = await self._enroll(identity, self.key_mode)
+            return await self._install(issued, "activated")
+
+    async def renew(self) -> ActivationResult:
+        """Replace the operational identity with a new one (simplereenroll, key made here)."""
+        with _exclusive(self.memory):
+            identity = self._load()
+            if identity.phase is not Phase.CUSTOMIZED:
+                raise ActivationError(
+                    Step.LOAD,
+                    DeviceMemoryError(f"the device is {identity.phase}, not customized"),
+                    remedy="customize it first (ztpki device activate)",
+                )
+            if not self._confirmed():
+                await self._confirm(identity, "confirmed")
+            issued = await self._enroll(identity, None)
+            return await self._install(issued, "renewed")
+
+    async def confirm(self) -> ActivationResult:
+        """Present the operational certificate to the node once (idempotent)."""
+        with _exclusive(self.memory):
+            return await self._confirm(self._load(), "confirmed")
+
+    # -- the steps ---------------------------------------------------------------------------
+
+    def _load(self) -> Identity:
+        try:
+            identity = self.memory.identity()
+        except ZtpkiError as exc:
+            raise ActivationError(Step.LOAD, exc) from None
+        if identity.certificate is not None:
+            self._emit(
+                Step.LOAD,
+                f"device {self.memory.device_id} holds a {identity.phase} identity "
+                f"(serial {serial_hex(identity.certificate)}, issued by "
+                f"{_subject_of_issuer(identity.certificate)})",
+            )
+        return identity
+
+    def _confirmed(self) -> bool:
+        try:
+            return self.memory.config().get(CONFIRMED_KEY) is True
+        except ZtpkiError as exc:
+            raise ActivationError(Step.LOAD, exc) from None
+
+    async def _node_anchors(self) -> list[x509.Certificate]:
+        if self._anchors is not None:
+            return self._anchors
+        try:
+            if self.pinned_fingerprint:
+                pinned = await probe_pinned_anchor(
+                    self.node, self.pinned_fingerprint, now=self._now(), timeout=self._timeout
+                )
+                self._emit(
+                    Step.CONNECT,
+                    f"the node's certificate chains to the pinned CA {_subject(pinned)}",
+                )
+                self._anchors = [pinned]
+            else:
+                self._anchors = self.memory.trust_anchors()
+        except ZtpkiError as exc:
+            raise ActivationError(Step.CONNECT, exc) from None
+        if not self._anchors:
+            raise ActivationError(
+                Step.CONNECT,
+                ConfigurationError("the device holds no factory CA certificate"),
+                remedy="reload the device at the factory, or pin the node's CA with "
+                "--node-ca-fingerprint sha256:HEX",
+            )
+        return self._anchors
+
+    def _chain_of(self, identity: Identity) -> list[x509.Certificate]:
+        assert identity.certificate is not None
+        cas = [c for c in identity.ca_certificates if c.subject != c.issuer]
+        return [identity.certificate, *cas]
+
+    async def _client(self, identity: Identity) -> ESTClient:
+        anchors = await self._node_anchors()
+        try:
+            context = node_context(
+                key=identity.private_key, chain=self._chain_of(identity), anchors=anchors
+            )
+        except ZtpkiError as exc:
+            raise ActivationError(Step.CONNECT, exc) from None
+        return ESTClient(self.node, context, timeout=self._timeout)
+
+    async def _enroll(self, identity: Identity, mode: KeyMode | None) -> IssuedIdentity:
+        """Steps connect..verify; ``mode`` None means simplereenroll (renewal)."""
+        assert identity.private_key is not None and identity.certificate is not None
+        operation = mode.value if mode else "simplereenroll"
+        est = await self._client(identity)
+        async with est:
+            try:
+                cacerts = await est.cacerts()
+            except ZtpkiError as exc:
+                step = Step.CONNECT if est.peer_certificate is None else Step.CACERTS
+                raise ActivationError(step, exc) from None
+            self._report_connected(est, identity)
+            self._emit(
+                Step.CACERTS,
+                "customer CA certificates: " + "; ".join(_subject(c) for c in cacerts),
+            )
+            self._at("before-request")
+            key, certificates = await self._request(est, identity, mode, operation)
+            self._at("after-answer")
+        try:
+            issued = verify_answer(
+                device_id=self.memory.device_id,
+                private_key=key,
+                certificates=certificates,
+                cacerts=cacerts,
+                now=self._now(),
+                previous=identity.certificate,
+            )
+        except ZtpkiError as exc:
+            raise ActivationError(Step.VERIFY, exc) from None
+        self._emit(
+            Step.VERIFY,
+            f"answer verified: certificate serial {issued.serial} names "
+            f"{self.memory.device_id}, matches the key, is valid until "
+            f"{issued.certificate.not_valid_after_utc.isoformat(timespec='seconds')} and "
+            f"chains to {_subject(issued.anchor)}",
+        )
+        return issued
+
+    async def _request(
+        self, est: ESTClient, identity: Identity, mode: KeyMode | None, operation: str
+    ) -> tuple[PrivateKey, list[x509.Certificate]]:
+        assert identity.private_key is not None
+        device_id = self.memory.device_id
+        try:
+            if mode is KeyMode.SERVERKEYGEN:
+                # The CA ignores the CSR's key; signing with the temporary key costs nothing.
+                csr = build_csr(identity.private_key, device_id=device_id)
+                answer = await est.serverkeygen(csr)
+                try:
+                    key = decode_pkcs8(answer.private_key_der, passphrase=None)
+                except MalformedInput as exc:
+                    raise MalformedInput(f"the serverkeygen key part: {exc.message}") from None
+                certificates = list(answer.certificates)
+                origin = "the customer CA generated the key"
+            else:
+                key = generate_private_key(self._key_spec(identity.private_key))
+                csr = build_csr(key, device_id=device_id)
+                if mode is KeyMode.SIMPLEENROLL:
+                    certificates = await est.simpleenroll(csr)
+                else:
+                    certificates = await est.simplereenroll(csr)
+                origin = f"the key ({key_spec_of(key)}) was generated in the device"
+        except ZtpkiError as exc:
+            remedy = request_remedy(exc, renewing=mode is None)
+            raise ActivationError(Step.REQUEST, exc, remedy=remedy) from None
+        self._emit(
+            Step.REQUEST,
+            f"{operation}: the node answered with {len(certificates)} certificate(s); {origin}",
+        )
+        return key, certificates
+
+    def _key_spec(self, current: PrivateKey) -> KeySpec:
+        if self.key_spec is not None:
+            return self.key_spec
+        try:
+            configured = self.memory.config().get(KEY_ALGORITHM_KEY)
+            if isinstance(configured, str):
+                return KeySpec.parse(configured)
+            return key_spec_of(current)
+        except ZtpkiError as exc:
+            raise ActivationError(Step.REQUEST, exc) from None
+
+    async def _install(self, issued: IssuedIdentity, action: str) -> ActivationResult:
+        changes: dict[str, str | bool] = {CONFIRMED_KEY: False, NODE_URL_KEY: str(self.node)}
+        if self.pinned_fingerprint:
+            changes[NODE_CA_KEY] = f"sha256:{self.pinned_fingerprint}"
+        try:
+            # The memory fsyncs each write: keep that off the event loop (a benchmark or a
+            # gateway customizes many devices in one process).
+            await asyncio.to_thread(self.memory.update_config, **changes)
+            self._at("mid-replace")
+            new = await asyncio.to_thread(
+                self.memory.replace_identity,
+                phase=Phase.CUSTOMIZED,
+                private_key=issued.private_key,
+                certificate=issued.certificate,
+                ca_certificates=issued.ca_certificates,
+            )
+        except ZtpkiError as exc:
+            raise ActivationError(Step.REPLACE, exc) from None
+        self._emit(
+            Step.REPLACE,
+            f"the device memory now holds the operational identity (generation "
+            f"{new.generation}, serial {issued.serial}) and "
+            f"{len(issued.ca_certificates)} customer CA certificate(s)",
+        )
+        self._at("after-replace")
+        return await self._confirm(new, action)
+
+    async def _confirm(self, identity: Identity, action: str) -> ActivationResult:
+        est = await self._client(identity)
+        async with est:
+            try:
+                await est.cacerts()
+            except ZtpkiError as exc:
+                raise ActivationError(
+                    Step.CONFIRM, exc, remedy=confirm_remedy(exc, self.node)
+                ) from None
+        try:
+            await asyncio.to_thread(self.memory.update_config, **{CONFIRMED_KEY: True})
+        except ZtpkiError as exc:
+            raise ActivationError(Step.CONFIRM, exc) from None
+        self._emit(
+            Step.CONFIRM,
+            "the node accepted the operational certificate; the previous certificate is retired",
+        )
+        return self._result(action, identity)
+
+    # -- reporting ---------------------------------------------------------------------------
+
+    def _report_connected(self, est: ESTClient, identity: Identity) -> None:
+        peer = est.peer_certificate
+        shown = _subject(peer) if peer is not None else "unknown"
+        self._emit(
+            Step.CONNECT,
+            f"mutual TLS with {self.node}: the node ({shown}) is verified, the device "
+            f"presented its {identity.phase} certificate",
+        )
+
+    def _emit(self, step: Step, message: str) -> None:
+        event = ActivationEvent(step, message)
+        self.events.append(event)
+        logger.debug("device %s: %s: %s", self.memory.device_id, step.value, message)
+        if self._report is not None:
+            self._report(event)
+
+    def _at(self, point: str) -> None:
+        if self._fault is not None:
+            self._fault.at(point)
+
+    def _result(self, action: str, identity: Identity) -> ActivationResult:
+        assert identity.certificate is not None
+        return ActivationResult(
+            device_id=self.memory.device_id,
+            action=action,
+            serial=serial_hex(identity.certificate),
+            not_after=identity.certificate.not_valid_after_utc,
+            events=tuple(self.events),
+        )
+
+
+def _subject_of_issuer(cert: x509.Certificate) -> str:
+    return cert.issuer.rfc4514_string()

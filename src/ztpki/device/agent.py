@@ -1,0 +1,272 @@
+"""Agent mode: the activating client (33) runs by itself for the device's whole life.
+
+The agent waits until the device has a customer-node address (given on the command line, or
+written into the device configuration as ``node_url`` by an installer or another unit at any
+moment), customizes the device, and renews the operational certificate with
+``simplereenroll`` once ``renew_fraction`` (two thirds) of its validity has passed (and
+never sooner than ``min_renewal_interval`` after the previous success).
+Network errors and "later" answers (202, 429, 5xx) are retried with exponential backoff and
+jitter, never sooner than the node's Retry-After; a refusal (403, a certificate the node
+does not accept) or an answer that fails verification stops the agent with
+:class:`AgentStopped`.
+
+Time is read and waited for through a :class:`Clock`, so tests drive the agent without
+waiting: a fake clock's ``sleep`` advances its ``now``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+
+from ztpki.device.activation import (
+    NODE_CA_KEY,
+    NODE_URL_KEY,
+    ActivatingClient,
+    ActivationError,
+    ActivationEvent,
+    ActivationResult,
+    FaultInjector,
+    KeyMode,
+)
+from ztpki.device.communication import NodeAddress, parse_fingerprint
+from ztpki.device.memory import CONFIG_FILE, DeviceMemory, Identity, Phase
+from ztpki.errors import ZtpkiError
+
+__all__ = ["Agent", "AgentEvent", "AgentStopped", "Backoff", "Clock", "SystemClock", "renewal_time"]
+
+logger = logging.getLogger(__name__)
+
+RENEW_FRACTION = 2 / 3
+
+
+class Clock(Protocol):
+    """Where the agent reads the time and waits."""
+
+    def now(self) -> datetime: ...
+
+    async def sleep(self, seconds: float) -> None: ...
+
+
+class SystemClock:
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Exponential backoff with "equal jitter": attempt n waits between d/2 and d, where
+    d = min(cap, base * 2**n), so a fleet that failed together does not retry together."""
+
+    base: float = 1.0
+    cap: float = 300.0
+
+    def __post_init__(self) -> None:
+        if self.base <= 0 or self.cap < self.base:
+            raise ValueError("backoff needs 0 < base <= cap")
+
+    def delay(self, attempt: int, *, jitter: float) -> float:
+        """Seconds to wait before retry ``attempt`` (0-based); ``jitter`` is in [0, 1)."""
+        ceiling = min(self.cap, self.base * 2.0 ** min(attempt, 62))
+        return ceiling / 2 + jitter * ceiling / 2
+
+
+@dataclass(frozen=True)
+class AgentEvent:
+    """``kind`` is an activation step (load, connect, ...) or wait, retry, schedule, done."""
+
+    kind: str
+    message: str
+
+
+class AgentStopped(ZtpkiError):
+    """The agent gave up: the node refused the device, or an answer cannot be trusted."""
+
+    code = "agent-stopped"
+
+    def __init__(self, cause: ActivationError) -> None:
+        super().__init__(cause.message)
+        self.cause = cause
+
+    @property
+    def exit_code(self) -> int:
+        return self.cause.exit_code
+
+
+def renewal_time(identity: Identity, *, fraction: float = RENEW_FRACTION) -> datetime:
+    """When the operational certificate should be renewed: after ``fraction`` of its life."""
+    assert identity.certificate is not None
+    start = identity.certificate.not_valid_before_utc
+    life = identity.certificate.not_valid_after_utc - start
+    return start + life * fraction
+
+
+class Agent:
+    """Customizes, then keeps renewing, one device. Build, then ``await agent.run()``."""
+
+    def __init__(
+        self,
+        memory: DeviceMemory,
+        *,
+        node: NodeAddress | None = None,
+        key_mode: KeyMode = KeyMode.SERVERKEYGEN,
+        pinned_fingerprint: str | None = None,
+        report: Callable[[AgentEvent], None] | None = None,
+        clock: Clock | None = None,
+        backoff: Backoff = Backoff(),
+        jitter: Callable[[], float] = random.random,
+        poll_interval: float = 1.0,
+        renew_fraction: float = RENEW_FRACTION,
+        max_sleep: float = 3600.0,
+        min_renewal_interval: timedelta = timedelta(hours=1),
+        timeout: float = 30.0,
+        fault: FaultInjector | None = None,
+    ) -> None:
+        if not 0 < renew_fraction < 1:
+            raise ValueError("renew_fraction must be between 0 and 1")
+        self.memory = memory
+        self.node = node
+        self.key_mode = key_mode
+        self.pinned_fingerprint = pinned_fingerprint
+        self.clock: Clock = clock or SystemClock()
+        self.backoff = backoff
+        self.renew_fraction = renew_fraction
+        self.min_renewal_interval = min_renewal_interval
+        self._earliest_renewal: datetime | None = None
+        self._report = report
+        self._jitter = jitter
+        self._poll_interval = poll_interval
+        self._max_sleep = max_sleep
+        self._timeout = timeout
+        self._fault = fault
+        self._config_seen: tuple[int, int] | None = None
+        self._configured: tuple[NodeAddress, str | None] | None = None
+
+    async def run(self, *, once: bool = False) -> ActivationResult | None:
+        """Work until stopped; with ``once``, return after the first activation or renewal
+        (or at once, with None, when the device is customized and no renewal is due)."""
+        attempt = 0
+        while True:
+            identity = self.memory.identity()
+            if identity.phase is Phase.BLANK:
+                raise ZtpkiError(
+                    f"device {self.memory.device_id} has no temporary identity; manufacture it"
+                )
+            renewing = identity.phase is Phase.CUSTOMIZED and self._confirmed()
+            if renewing:
+                due = renewal_time(identity, fraction=self.renew_fraction)
+                if self._earliest_renewal is not None:
+                    # A certificate due as soon as it is issued (a CA near its own expiry
+                    # clamps validity) must not make the agent renew in a tight loop.
+                    due = max(due, self._earliest_renewal)
+                if self.clock.now() < due:
+                    if once:
+                        return None
+                    await self._sleep_until(due)
+                    continue
+            node, pin = await self._wait_for_node()
+            client = self._client(node, pin)
+            try:
+                result = await (client.renew() if renewing else client.activate())
+            except ActivationError as exc:
+                if not exc.retryable:
+                    self._emit("stop", exc.message)
+                    raise AgentStopped(exc) from None
+                delay = max(
+                    float(exc.retry_after or 0), self.backoff.delay(attempt, jitter=self._jitter())
+                )
+                attempt += 1
+                self._emit("retry", f"{exc.message}; retry {attempt} in {delay:.1f} s")
+                await self.clock.sleep(delay)
+                continue
+            attempt = 0
+            self._earliest_renewal = self.clock.now() + self.min_renewal_interval
+            self._emit(
+                "done",
+                f"{result.action}: serial {result.serial}, valid until "
+                f"{result.not_after.isoformat(timespec='seconds')}",
+            )
+            if once:
+                return result
+
+    # -- pieces ------------------------------------------------------------------------------
+
+    def _client(self, node: NodeAddress, pin: str | None) -> ActivatingClient:
+        return ActivatingClient(
+            self.memory,
+            node,
+            key_mode=self.key_mode,
+            pinned_fingerprint=pin,
+            report=self._forward,
+            now=self.clock.now,
+            timeout=self._timeout,
+            fault=self._fault,
+        )
+
+    def _confirmed(self) -> bool:
+        return self.memory.config().get("confirmed") is True
+
+    async def _sleep_until(self, due: datetime) -> None:
+        self._emit("schedule", f"renewal due at {due.isoformat(timespec='seconds')}")
+        remaining = (due - self.clock.now()).total_seconds()
+        await self.clock.sleep(max(0.0, min(remaining, self._max_sleep)))
+
+    async def _wait_for_node(self) -> tuple[NodeAddress, str | None]:
+        """The node address from the command line, else from the configuration once written."""
+        if self.node is not None:
+            return self.node, self.pinned_fingerprint
+        announced = False
+        while True:
+            found = self._configured_node()
+            if found is not None:
+                return found
+            if not announced:
+                self._emit(
+                    "wait",
+                    "waiting for a customer-node address (ztpki device set-node --device "
+                    f"{self.memory.path} https://HOST:PORT)",
+                )
+                announced = True
+            await self.clock.sleep(self._poll_interval)
+
+    def _configured_node(self) -> tuple[NodeAddress, str | None] | None:
+        """Re-read the configuration only when its file changed (a cheap file watch)."""
+        try:
+            stat = (self.memory.path / CONFIG_FILE).stat()
+        except OSError:
+            return None
+        seen = (stat.st_mtime_ns, stat.st_size)
+        if seen == self._config_seen:
+            return self._configured
+        self._config_seen = seen
+        self._configured = None
+        try:
+            config = self.memory.config()
+            url = config.get(NODE_URL_KEY)
+            if not isinstance(url, str) or not url:
+                return None
+            pin = config.get(NODE_CA_KEY)
+            fingerprint = (
+                parse_fingerprint(pin) if isinstance(pin, str) and pin else self.pinned_fingerprint
+            )
+            self._configured = (NodeAddress.parse(url), fingerprint)
+        except ZtpkiError as exc:
+            self._emit("wait", f"the configured node address is unusable: {exc.message}")
+            return None
+        return self._configured
+
+    def _forward(self, event: ActivationEvent) -> None:
+        self._emit(event.step.value, event.message)
+
+    def _emit(self, kind: str, message: str) -> None:
+        logger.debug("device %s agent: %s: %s", self.memory.device_id, kind, message)
+        if self._report is not None:
+            self._report(AgentEvent(kind, message))

@@ -1,0 +1,448 @@
+"""Communication means (35): the device's HTTPS client for EST (RFC 7030) to the customer node.
+
+The device authenticates with a key and certificate from its memory (mutual TLS) and
+verifies the node with anchors it already holds: the factory CA certificate(s) loaded at
+manufacturing, or a CA the installer pinned by its SHA-256 fingerprint. Every failure is
+raised from the ``ztpki.errors`` tree, so callers decide by class what a failure means:
+
+========================================  =========================================
+what happened                             raised
+========================================  =========================================
+network error, timeout, 202, 429, 5xx     ``Unavailable`` (``retry_after`` seconds)
+node certificate does not verify          ``VerificationFailed``
+TLS alert: node refused our certificate   ``NotAuthenticated``
+401 / 403                                 ``NotAuthenticated`` / ``NotAuthorized``
+400, 415, or an answer that does not      ``MalformedInput``
+parse
+404                                       ``ConfigurationError`` (wrong address/label)
+413                                       ``PayloadTooLarge``
+========================================  =========================================
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import re
+import ssl
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from types import TracebackType
+from urllib.parse import urlsplit
+
+import aiohttp
+from cryptography import x509
+
+from ztpki.device.connect import tls_client_context
+from ztpki.errors import (
+    ConfigurationError,
+    MalformedInput,
+    NotAuthenticated,
+    NotAuthorized,
+    PayloadTooLarge,
+    Unavailable,
+    VerificationFailed,
+    ZtpkiError,
+)
+from ztpki.pki.chain import verify_server_chain
+from ztpki.pki.keys import PrivateKey
+from ztpki.pki.pem import fingerprint_sha256, load_certificate_der
+from ztpki.protocol.est import (
+    CERTS_ONLY_TYPE,
+    CSR_TYPE,
+    MAX_BODY,
+    ServerKeygenResponse,
+    decode_certs_only,
+    decode_serverkeygen,
+    encode_csr,
+)
+
+__all__ = [
+    "ESTClient",
+    "NodeAddress",
+    "node_context",
+    "parse_fingerprint",
+    "probe_pinned_anchor",
+    "retry_after_seconds",
+]
+
+EST_PREFIX = "/.well-known/est"
+DEFAULT_TIMEOUT = 30.0
+DEFAULT_RETRY_AFTER = 5
+MAX_RETRY_AFTER = 3600
+_LABEL = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_HEX = re.compile(r"[0-9a-f]{64}")
+_SHOWN_BODY = 300
+
+
+@dataclass(frozen=True)
+class NodeAddress:
+    """Where the customer node's EST service is: ``https://HOST[:PORT][/label]``."""
+
+    host: str
+    port: int = 443
+    label: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.host:
+            raise ConfigurationError("the node address has no host")
+        if not 0 < self.port < 65536:
+            raise ConfigurationError(f"node port {self.port} is not 1-65535")
+        if self.label is not None and not _LABEL.fullmatch(self.label):
+            raise ConfigurationError(
+                f"CA label {self.label[:64]!r} is not 1-64 characters of A-Z a-z 0-9 . _ -"
+            )
+
+    @classmethod
+    def parse(cls, url: str) -> NodeAddress:
+        """Read ``https://HOST:PORT[/label]``; ``/.well-known/est`` in the path is accepted."""
+        shown = url[:200]
+        try:
+            parts = urlsplit(url.strip())
+            port = parts.port or 443
+        except ValueError as exc:
+            raise ConfigurationError(f"node address {shown!r} is not a URL: {exc}") from None
+        if parts.scheme != "https":
+            raise ConfigurationError(
+                f"node address {shown!r} must start with https:// (EST runs over TLS only)"
+            )
+        if not parts.hostname or parts.username or parts.password:
+            raise ConfigurationError(f"node address {shown!r} needs a host and no user name")
+        if parts.query or parts.fragment:
+            raise ConfigurationError(f"node address {shown!r} must not hold '?' or '#'")
+        path = parts.path.rstrip("/")
+        if path.startswith(EST_PREFIX):
+            path = path[len(EST_PREFIX) :]
+        segments = [s for s in path.split("/") if s]
+        if len(segments) > 1:
+            raise ConfigurationError(
+                f"node address {shown!r}: the path may only name one CA label, as in "
+                "https://node.example:8443/fleet"
+            )
+        return cls(parts.hostname, port, segments[0] if segments else None)
+
+    @property
+    def base(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"https://{host}:{self.port}"
+
+    def url(self, operation: str) -> str:
+        """The URL of one EST operation (``cacerts``, ``simpleenroll``, ...)."""
+        label = f"/{self.label}" if self.label else ""
+        return f"{self.base}{EST_PREFIX}{label}/{operation}"
+
+    def __str__(self) -> str:
+        return self.base + (f"/{self.label}" if self.label else "")
+
+
+def parse_fingerprint(text: str) -> str:
+    """``sha256:HEX`` (colons between bytes allowed, any case) -> 64 lower-case hex digits."""
+    value = text.strip().lower()
+    algorithm, sep, digits = value.partition(":")
+    if not sep or algorithm != "sha256":
+        raise ConfigurationError(
+            f"fingerprint {text[:100]!r} must look like sha256:HEX (openssl x509 -fingerprint "
+            "-sha256 prints the HEX)"
+        )
+    digits = digits.replace(":", "")
+    if not _HEX.fullmatch(digits):
+        raise ConfigurationError(
+            f"fingerprint {text[:100]!r}: expected 64 hex digits after sha256:"
+        )
+    return digits
+
+
+def node_context(
+    *,
+    key: PrivateKey | None,
+    chain: Sequence[x509.Certificate],
+    anchors: Sequence[x509.Certificate],
+) -> ssl.SSLContext:
+    """The device's TLS context towards the node: ``key``/``chain`` out, ``anchors`` trusted."""
+    if not anchors:
+        raise ConfigurationError("no CA certificate is available to verify the customer node")
+    return tls_client_context(key=key, chain=chain, anchors=anchors)
+
+
+def _unverified_context() -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+@dataclass(frozen=True)
+class _Answer:
+    status: int
+    content_type: str
+    body: bytes
+
+
+class ESTClient:
+    """EST requests to one node over one TLS identity; use as ``async with``.
+
+    One client keeps one connection alive (``cacerts`` then an enrollment share a handshake);
+    a new identity needs a new client. ``peer_certificate`` is the node's leaf certificate
+    from the last handshake. The client owns ``context`` (it hooks the context to see that
+    certificate): give each client its own.
+    """
+
+    def __init__(
+        self,
+        address: NodeAddress,
+        context: ssl.SSLContext,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        self.address = address
+        self._context = context
+        self._timeout = timeout
+        self._session: aiohttp.ClientSession | None = None
+        self._peer_chains: list[list[bytes]] = []
+        _record_peer(context, self._peer_chains)
+        self.peer_certificate: x509.Certificate | None = None
+        self.peer_chain: list[x509.Certificate] = []
+
+    async def __aenter__(self) -> ESTClient:
+        connector = aiohttp.TCPConnector(ssl=self._context, limit=1)
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=self._timeout),
+            headers={"User-Agent": "ztpki-device"},
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def cacerts(self) -> list[x509.Certificate]:
+        """The node's current CA certificates (RFC 7030 section 4.1)."""
+        answer = await self._request("GET", "cacerts")
+        return self._certs_only(answer, "cacerts")
+
+    async def simpleenroll(self, csr: x509.CertificateSigningRequest) -> list[x509.Certificate]:
+        answer = await self._request("POST", "simpleenroll", csr=csr)
+        return self._certs_only(answer, "simpleenroll")
+
+    async def simplereenroll(self, csr: x509.CertificateSigningRequest) -> list[x509.Certificate]:
+        answer = await self._request("POST", "simplereenroll", csr=csr)
+        return self._certs_only(answer, "simplereenroll")
+
+    async def serverkeygen(self, csr: x509.CertificateSigningRequest) -> ServerKeygenResponse:
+        answer = await self._request("POST", "serverkeygen", csr=csr)
+        try:
+            return decode_serverkeygen(answer.content_type, answer.body)
+        except MalformedInput as exc:
+            raise MalformedInput(f"the node's serverkeygen answer is unusable: {exc}") from None
+
+    def _certs_only(self, answer: _Answer, operation: str) -> list[x509.Certificate]:
+        media = answer.content_type.split(";", 1)[0].strip().lower()
+        if media != CERTS_ONLY_TYPE.split(";", 1)[0]:
+            raise MalformedInput(
+                f"the node answered {operation} with Content-Type {media[:60]!r}, "
+                "not application/pkcs7-mime"
+            )
+        try:
+            return decode_certs_only(answer.body)
+        except MalformedInput as exc:
+            raise MalformedInput(f"the node's {operation} answer is unusable: {exc}") from None
+
+    async def _request(
+        self, method: str, operation: str, *, csr: x509.CertificateSigningRequest | None = None
+    ) -> _Answer:
+        if self._session is None:
+            raise RuntimeError("ESTClient is used outside 'async with'")
+        url = self.address.url(operation)
+        headers: dict[str, str] = {}
+        data = None
+        if csr is not None:
+            data = encode_csr(csr)
+            headers = {"Content-Type": CSR_TYPE, "Content-Transfer-Encoding": "base64"}
+        try:
+            async with self._session.request(method, url, data=data, headers=headers) as resp:
+                self._remember_peer()
+                body = await _read_limited(resp)
+                answer = _Answer(resp.status, resp.headers.get("Content-Type", ""), body)
+                retry_after = resp.headers.get("Retry-After")
+        except ZtpkiError:
+            raise
+        except aiohttp.ClientConnectorCertificateError as exc:
+            raise VerificationFailed(
+                f"the node at {self.address} presented a certificate the device cannot "
+                f"verify: {exc.certificate_error}"
+            ) from None
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise _transport_error(exc, self.address, operation) from None
+        return _check_status(answer, retry_after, operation, str(self.address))
+
+    def _remember_peer(self) -> None:
+        if self._peer_chains:
+            chain = [load_certificate_der(der) for der in self._peer_chains[-1]]
+            self.peer_certificate = chain[0]
+            self.peer_chain = chain
+
+
+def _presented_chain(ssl_object: ssl.SSLObject) -> list[bytes]:
+    """DER of the certificates the peer sent, leaf first.
+
+    Python 3.13 has ``get_unverified_chain``; 3.11 and 3.12 only have it on the private
+    ``_sslobj``. Without either, the leaf alone.
+    """
+    getter = getattr(ssl_object, "get_unverified_chain", None)
+    if getter is None:
+        getter = getattr(getattr(ssl_object, "_sslobj", None), "get_unverified_chain", None)
+    if getter is not None:
+        try:
+            certs = getter() or []
+            chain = [c if isinstance(c, bytes) else c.public_bytes(_DER) for c in certs]
+            if chain:
+                return chain
+        except (AttributeError, TypeError, ValueError, ssl.SSLError):
+            pass
+    leaf = ssl_object.getpeercert(binary_form=True)
+    return [leaf] if leaf else []
+
+
+_DER = 2  # _ssl.ENCODING_DER
+
+
+def _record_peer(context: ssl.SSLContext, sink: list[list[bytes]]) -> None:
+    """Make each TLS connection of ``context`` append the peer's chain to ``sink``.
+
+    aiohttp releases a connection as soon as a small answer is read, so the transport is
+    gone before the caller could ask it; the SSL object sees the certificates at handshake.
+    """
+
+    class RecordingSSLObject(ssl.SSLObject):
+        def do_handshake(self) -> None:
+            super().do_handshake()
+            chain = _presented_chain(self)
+            if chain:
+                sink.append(chain)
+
+    context.sslobject_class = RecordingSSLObject
+
+
+async def _read_limited(resp: aiohttp.ClientResponse, limit: int = MAX_BODY) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        chunk = await resp.content.read(16384)
+        if not chunk:
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"the node's answer is larger than {limit} bytes")
+        chunks.append(chunk)
+
+
+def _transport_error(exc: BaseException, address: NodeAddress, operation: str) -> ZtpkiError:
+    """A network-level failure as a typed error; TLS alerts from the node are refusals."""
+    cause: BaseException | None = exc
+    while cause is not None and not isinstance(cause, ssl.SSLError):
+        cause = cause.__cause__ or cause.__context__
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        return VerificationFailed(
+            f"the node at {address} presented a certificate the device cannot verify: "
+            f"{cause.verify_message}"
+        )
+    if isinstance(cause, ssl.SSLError) and "ALERT" in (cause.reason or "").upper():
+        return NotAuthenticated(
+            f"the node at {address} ended the TLS handshake ({cause.reason}): it does not "
+            "accept the certificate the device presented"
+        )
+    if isinstance(exc, asyncio.TimeoutError):
+        return Unavailable(
+            f"the node at {address} did not answer {operation} in time", retry_after=0
+        )
+    detail = str(exc) or exc.__class__.__name__
+    return Unavailable(
+        f"cannot reach the node at {address} for {operation}: {detail[:200]}", retry_after=0
+    )
+
+
+def _node_text(body: bytes) -> str:
+    text = body[:_SHOWN_BODY].decode("utf-8", "replace")
+    text = "".join(c if c.isprintable() else " " for c in text).strip()
+    return " ".join(text.split()) or "no reason given"
+
+
+def retry_after_seconds(value: str | None, *, now: datetime | None = None) -> int:
+    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date), bounded;
+    0 when there is none, a short default when it does not parse."""
+    if not value or not value.strip():
+        return 0  # no hint: the caller's backoff decides
+    value = value.strip()
+    if value.isdigit():
+        return min(int(value), MAX_RETRY_AFTER)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return DEFAULT_RETRY_AFTER
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    delta = (when - (now or datetime.now(UTC))).total_seconds()
+    return max(0, min(int(delta), MAX_RETRY_AFTER))
+
+
+def _check_status(answer: _Answer, retry_after: str | None, operation: str, node: str) -> _Answer:
+    status = answer.status
+    if status == 200:
+        return answer
+    said = _node_text(answer.body)
+    if status == 202 or status == 429 or status >= 500:
+        what = "accepted the request but has no answer yet" if status == 202 else "is unavailable"
+        raise Unavailable(
+            f"the node {what} ({status} to {operation}): {said}",
+            retry_after=retry_after_seconds(retry_after),
+        )
+    errors: dict[int, type[ZtpkiError]] = {
+        400: MalformedInput,
+        401: NotAuthenticated,
+        403: NotAuthorized,
+        413: PayloadTooLarge,
+        415: MalformedInput,
+    }
+    if status == 404:
+        raise ConfigurationError(f"the node has no {operation} at {node} (404): {said}")
+    raise errors.get(status, MalformedInput)(f"node refused {operation} ({status}): {said}")
+
+
+async def probe_pinned_anchor(
+    address: NodeAddress, fingerprint: str, *, now: datetime, timeout: float = DEFAULT_TIMEOUT
+) -> x509.Certificate:
+    """The node CA the installer pinned, once the node proved its certificate chains to it.
+
+    Fetch ``cacerts`` without verifying (and without a client certificate), find the
+    certificate with the pinned fingerprint among those the node presented in TLS and those
+    it sent in ``cacerts``, and verify the node's certificate under it for this host. The
+    caller then connects again trusting only the returned certificate.
+    """
+    async with ESTClient(address, _unverified_context(), timeout=timeout) as est:
+        cacerts = await est.cacerts()
+        presented = est.peer_chain
+    if not presented:
+        raise VerificationFailed(f"the node at {address} presented no certificate")
+    leaf, candidates = presented[0], [*presented[1:], *cacerts]
+    pinned = [c for c in candidates if fingerprint_sha256(c) == fingerprint]
+    if not pinned:
+        raise VerificationFailed(
+            f"the node at {address} did not send a CA certificate with the pinned fingerprint "
+            f"sha256:{fingerprint}"
+        )
+    try:
+        verify_server_chain(leaf, candidates, pinned[:1], host=address.host, now=now)
+    except VerificationFailed as exc:
+        raise VerificationFailed(
+            f"the node's certificate does not chain to the pinned CA: {exc.message}"
+        ) from None
+    return pinned[0]

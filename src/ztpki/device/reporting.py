@@ -1,0 +1,156 @@
+"""What the activating client reports: its steps, their events, and failures with remedies.
+
+A failure is an :class:`ActivationError` naming the step, the cause (an error from the
+``ztpki.errors`` tree) and what the operator can do; the CLI turns it into an exit status.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+
+from ztpki.device.communication import NodeAddress
+from ztpki.errors import (
+    ConfigurationError,
+    DeviceMemoryError,
+    MalformedInput,
+    NotAuthenticated,
+    NotAuthorized,
+    PayloadTooLarge,
+    Unavailable,
+    VerificationFailed,
+    ZtpkiError,
+)
+
+__all__ = [
+    "EXIT_REFUSED",
+    "EXIT_RETRY",
+    "ActivationError",
+    "ActivationEvent",
+    "ActivationResult",
+    "Step",
+    "confirm_remedy",
+    "request_remedy",
+]
+
+EXIT_REFUSED = 3
+EXIT_RETRY = 4
+
+
+class Step(StrEnum):
+    """The steps of one customization, in order (see ``ztpki.device.activation``)."""
+
+    LOAD = "load"
+    CONNECT = "connect"
+    CACERTS = "cacerts"
+    REQUEST = "request"
+    VERIFY = "verify"
+    REPLACE = "replace"
+    CONFIRM = "confirm"
+
+
+@dataclass(frozen=True)
+class ActivationEvent:
+    step: Step
+    message: str
+
+
+@dataclass(frozen=True)
+class ActivationResult:
+    """What one run achieved: ``action`` is activated, renewed, confirmed or unchanged."""
+
+    device_id: str
+    action: str
+    serial: str
+    not_after: datetime
+    events: tuple[ActivationEvent, ...] = field(default=(), repr=False)
+
+
+_REMEDIES: tuple[tuple[type[ZtpkiError], str], ...] = (
+    (
+        NotAuthorized,
+        "the customer must register or unblock this device on the node "
+        "(ztpki node devices / ztpki node add)",
+    ),
+    (
+        NotAuthenticated,
+        "the node does not accept the device's certificate; the customer must give the node "
+        "the CA certificate that issued it (the manufacturer's factory CA)",
+    ),
+    (Unavailable, "retry later; `ztpki device agent` retries by itself"),
+    (ConfigurationError, "check the node address (https://HOST:PORT[/label])"),
+    (DeviceMemoryError, "check the device directory (permissions, disk space), then run again"),
+    (MalformedInput, "the device identity is unchanged; report this to the node's operator"),
+    (PayloadTooLarge, "the device identity is unchanged; report this to the node's operator"),
+)
+
+
+def _remedy(step: Step, cause: ZtpkiError) -> str:
+    if isinstance(cause, VerificationFailed):
+        if step is Step.CONNECT:
+            return (
+                "check the node address; if the node's certificate comes from another CA than "
+                "the factory's, pin that CA with --node-ca-fingerprint sha256:HEX"
+            )
+        return "the device identity is unchanged; report the answer to the node's operator"
+    for kind, remedy in _REMEDIES:
+        if isinstance(cause, kind):
+            return remedy
+    return "the device identity is unchanged; run again with --log-level debug for details"
+
+
+class ActivationError(ZtpkiError):
+    """One step of a customization failed; ``step``, ``cause`` and ``remedy`` say which and why.
+
+    ``retryable`` is true for network errors and answers that say "later" (202, 429, 5xx);
+    ``retry_after`` is then the node's hint in seconds.
+    """
+
+    code = "activation-failed"
+
+    def __init__(self, step: Step, cause: ZtpkiError, *, remedy: str | None = None) -> None:
+        self.step = step
+        self.cause = cause
+        self.remedy = remedy or _remedy(step, cause)
+        cause_text = cause.message.rstrip(". ")
+        super().__init__(f"step {step.value} failed: {cause_text}. What to do: {self.remedy}")
+
+    @property
+    def retryable(self) -> bool:
+        return isinstance(self.cause, Unavailable)
+
+    @property
+    def retry_after(self) -> int | None:
+        return self.cause.retry_after if isinstance(self.cause, Unavailable) else None
+
+    @property
+    def refused(self) -> bool:
+        """The node refused the device for good (403, or its certificate is not accepted)."""
+        return isinstance(self.cause, NotAuthorized | NotAuthenticated)
+
+    @property
+    def exit_code(self) -> int:
+        if self.refused:
+            return EXIT_REFUSED
+        return EXIT_RETRY if self.retryable else 1
+
+
+def request_remedy(exc: ZtpkiError, *, renewing: bool) -> str | None:
+    if isinstance(exc, MalformedInput):
+        return "the device identity is unchanged; report the node's answer to its operator"
+    if renewing and isinstance(exc, NotAuthorized):
+        return (
+            "the node no longer renews this certificate; the customer must check the device "
+            "in the node's register (ztpki node devices, ztpki node audit)"
+        )
+    return None
+
+
+def confirm_remedy(exc: ZtpkiError, node: NodeAddress) -> str | None:
+    if isinstance(exc, Unavailable):
+        return (
+            "the new identity is installed but not yet confirmed; run `ztpki device activate "
+            f"--node {node}` again to confirm"
+        )
+    return None

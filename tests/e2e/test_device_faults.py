@@ -1,0 +1,115 @@
+"""Faults on the device's side, end to end: a killed device process, an unexpected node.
+
+The kill is a real SIGKILL the process sends itself at a chosen point
+(ZTPKI_DEVICE_FAULT, test only), so the point is exact and the test deterministic.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+
+import pytest
+from tests.e2e.device_fixtures import World, take_device, world, ztpki
+
+from ztpki.device import DeviceMemory, Phase
+from ztpki.pki.pem import fingerprint_sha256, load_certificates_pem
+
+__all__ = ["world"]  # the session fixture, shared with the other device modules
+
+
+def activate(
+    world: World,
+    device_id: str,
+    *extra: str,
+    node: str | None = None,
+    fault: str | None = None,
+    check: bool = True,
+) -> subprocess.CompletedProcess[str]:
+    return ztpki(  # type: ignore[no-any-return]
+        "device", "activate", "--device", str(world.device(device_id)),
+        "--node", node or world.node_url, *extra,
+        env={"ZTPKI_DEVICE_FAULT": fault} if fault else None, check=check,
+    )  # fmt: skip
+
+
+def flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+@pytest.mark.parametrize(
+    ("point", "phase_after_kill", "node_state_after_kill"),
+    [
+        pytest.param(point, phase, state, id=f"ok-killed-{point}")
+        for point, phase, state in [
+            ("before-request", Phase.TEMPORARY, "listed"),
+            ("after-answer", Phase.TEMPORARY, "issued"),  # the answer was lost on the way
+            ("mid-replace", Phase.TEMPORARY, "issued"),
+            ("after-replace", Phase.CUSTOMIZED, "issued"),  # not yet confirmed
+        ]
+    ],
+)
+@pytest.mark.parametrize("mode", [[], ["--key-on-device"]], ids=["serverkeygen", "simpleenroll"])
+def test_killed_device_process_ends_customized_with_one_live_certificate(
+    world: World,
+    point: str,
+    phase_after_kill: Phase,
+    node_state_after_kill: str,
+    mode: list[str],
+) -> None:
+    device_id = take_device(world)
+    directory = world.device(device_id)
+
+    killed = activate(world, device_id, *mode, fault=point, check=False)
+
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    if point == "mid-replace":  # the new identity was being written when the process died
+        assert list(directory.glob("identity.json.*.tmp"))
+    assert DeviceMemory.open(directory).phase is phase_after_kill
+    assert world.register()[device_id]["state"] == node_state_after_kill
+
+    again = activate(world, device_id, *mode)
+
+    memory = DeviceMemory.open(directory)
+    assert memory.phase is Phase.CUSTOMIZED and memory.config()["confirmed"] is True
+    if point == "after-replace":
+        assert "customized but not yet confirmed" in again.stdout
+        assert "[request]" not in again.stdout
+    cert = memory.identity().certificate
+    assert cert is not None
+    assert world.active(device_id) == [format(cert.serial_number, "x")]
+    assert world.register()[device_id]["state"] == "customized"
+
+
+def test_fail_node_presenting_an_unexpected_certificate(world: World) -> None:
+    """A node whose certificate is not from the factory's CAs is refused, unless pinned."""
+    device_id = take_device(world)
+    directory = world.device(device_id)
+    before = DeviceMemory.open(directory).identity().certificate
+    stranger = world.init_node("N2", "service-cert")  # TLS certificate from the customer's CA
+    url = f"https://{stranger.address}"
+    try:
+        refused = activate(world, device_id, node=url, check=False)
+        assert refused.returncode == 1
+        message = flat(refused.stderr)
+        assert "step connect failed" in message and "cannot verify" in message
+        assert "--node-ca-fingerprint" in message
+        assert world.register("N2")[device_id]["state"] == "listed"  # nothing was requested
+
+        factory_root = load_certificates_pem(world.path("F", "cas", "root", "ca.pem").read_bytes())
+        wrong = activate(
+            world, device_id, "--node-ca-fingerprint",
+            f"sha256:{fingerprint_sha256(factory_root[0])}", node=url, check=False,
+        )  # fmt: skip
+        assert wrong.returncode == 1 and "pinned fingerprint" in flat(wrong.stderr)
+        assert DeviceMemory.open(directory).identity().certificate == before
+
+        customer_root = load_certificates_pem(world.path("C", "cas", "root", "ca.pem").read_bytes())
+        pin = f"sha256:{fingerprint_sha256(customer_root[0])}"
+        pinned = activate(world, device_id, "--node-ca-fingerprint", pin, node=url)
+        assert "chains to the pinned CA CN=root,O=Customer" in pinned.stdout
+    finally:
+        world.stop("N2")
+    memory = DeviceMemory.open(directory)
+    assert memory.phase is Phase.CUSTOMIZED
+    assert memory.config()["node_ca_fingerprint"] == pin
