@@ -81,6 +81,34 @@ def test_killed_device_process_ends_customized_with_one_live_certificate(
     assert world.register()[device_id]["state"] == "customized"
 
 
+@pytest.mark.parametrize("point", ["after-answer", "mid-replace"])
+def test_ok_renewal_whose_answer_was_lost_is_retried_to_one_live_certificate(
+    world: World, point: str
+) -> None:
+    device_id = take_device(world)
+    directory = world.device(device_id)
+    activate(world, device_id, "--key-on-device")
+    before = DeviceMemory.open(directory).identity().certificate
+    assert before is not None
+
+    renew = ["device", "renew", "--device", str(directory)]
+    killed = ztpki(*renew, env={"ZTPKI_DEVICE_FAULT": point}, check=False)
+
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    # The node issued (and superseded the old certificate); the device still holds the old one.
+    assert DeviceMemory.open(directory).identity().certificate == before
+    assert (directory / "pending-key.pem").exists()
+
+    ztpki(*renew)  # same pending key -> the node hands the same renewed certificate over again
+
+    memory = DeviceMemory.open(directory)
+    renewed = memory.identity().certificate
+    assert renewed is not None and renewed.serial_number != before.serial_number
+    assert world.active(device_id) == [format(renewed.serial_number, "x")]
+    assert world.register()[device_id]["state"] == "customized"
+    assert not (directory / "pending-key.pem").exists()
+
+
 def test_fail_node_presenting_an_unexpected_certificate(world: World) -> None:
     """A node whose certificate is not from the factory's CAs is refused, unless pinned."""
     device_id = take_device(world)

@@ -319,7 +319,7 @@ class ActivatingClient:
                 certificates = list(answer.certificates)
                 origin = "the customer CA generated the key"
             else:
-                key = generate_private_key(self._key_spec(identity.private_key))
+                key = await asyncio.to_thread(self._device_key, identity.private_key)
                 csr = build_csr(key, device_id=device_id)
                 if mode is KeyMode.SIMPLEENROLL:
                     certificates = await est.simpleenroll(csr)
@@ -334,6 +334,16 @@ class ActivatingClient:
             f"{operation}: the node answered with {len(certificates)} certificate(s); {origin}",
         )
         return key, certificates
+
+    def _device_key(self, current: PrivateKey) -> PrivateKey:
+        """The key for a device-side request: the one a lost answer left pending, or a new
+        one saved before it is sent, so that a retry asks for the same public key."""
+        pending = self.memory.pending_key()
+        if pending is not None and key_spec_of(pending) == self._key_spec(current):
+            return pending
+        key = generate_private_key(self._key_spec(current))
+        self.memory.save_pending_key(key)
+        return key
 
     def _key_spec(self, current: PrivateKey) -> KeySpec:
         if self.key_spec is not None:
@@ -371,6 +381,7 @@ class ActivatingClient:
             f"{len(issued.ca_certificates)} customer CA certificate(s)",
         )
         self._at("after-replace")
+        await asyncio.to_thread(self.memory.clear_pending_key)
         return await self._confirm(new, action)
 
     async def _confirm(self, identity: Identity, action: str) -> ActivationResult:

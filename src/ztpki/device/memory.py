@@ -52,6 +52,7 @@ DEVICE_FILE = "device.json"
 IDENTITY_FILE = "identity.json"
 CONFIG_FILE = "config.json"
 TRUST_FILE = "trust.pem"
+PENDING_KEY_FILE = "pending-key.pem"
 SECRET_FILE = "secret"  # noqa: S105 - a file name, not a secret
 LOCK_FILE = "lock"
 FORMAT = 1
@@ -338,6 +339,31 @@ class DeviceMemory:
                 raise TypeError(f"trust anchors are x509.Certificate, not {type(cert).__name__}")
         with self._locked():
             self._write(TRUST_FILE, certificates_pem(certs))
+
+    def pending_key(self) -> PrivateKey | None:
+        """The key of a device-side enrollment whose answer has not been installed yet.
+
+        Kept so that a retry after a lost answer sends the same public key, which the node
+        answers by re-delivering the certificate instead of superseding it.
+        """
+        if not (self.path / PENDING_KEY_FILE).exists():
+            return None
+        try:
+            return decode_pkcs8(self._read(PENDING_KEY_FILE), passphrase=self._secret())
+        except ZtpkiError as exc:
+            raise self._error(f"{PENDING_KEY_FILE}: {exc.message}") from None
+
+    def save_pending_key(self, key: PrivateKey) -> None:
+        """Store the key of a request about to be sent, encrypted with the device secret."""
+        with self._locked():
+            self._write(PENDING_KEY_FILE, encode_pkcs8_pem(key, passphrase=self._secret()))
+
+    def clear_pending_key(self) -> None:
+        with self._locked():
+            try:
+                (self.path / PENDING_KEY_FILE).unlink(missing_ok=True)
+            except OSError as exc:
+                raise self._error(f"cannot remove {PENDING_KEY_FILE}: {_cause(exc)}") from None
 
     def export_pem(self, out: Path, *, passphrase: bytes | None = None) -> dict[str, Path]:
         """Write key.pem, cert.pem, chain.pem and trust.pem (all 0600) for openssl or curl.

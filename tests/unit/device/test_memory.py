@@ -713,3 +713,22 @@ def test_fail_export_of_a_blank_device(memory: DeviceMemory, tmp_path: Path) -> 
         memory.export_pem(tmp_path / "out")
     assert str(memory.path) in str(caught.value)
     assert not (tmp_path / "out").exists()
+
+
+def test_ok_pending_key_is_kept_encrypted_until_cleared(memory: DeviceMemory) -> None:
+    assert memory.pending_key() is None
+    key, _ = issue("pending")
+    memory.save_pending_key(key)
+    stored = (memory.path / "pending-key.pem").read_bytes()
+    assert b"BEGIN ENCRYPTED PRIVATE KEY" in stored
+    assert oct((memory.path / "pending-key.pem").stat().st_mode & 0o777) == "0o600"
+    loaded = DeviceMemory.open(memory.path).pending_key()
+    assert loaded is not None and keys_match(loaded, key.public_key())
+    memory.clear_pending_key()
+    assert memory.pending_key() is None
+
+
+def test_fail_corrupt_pending_key_names_the_file(memory: DeviceMemory) -> None:
+    (memory.path / "pending-key.pem").write_bytes(b"garbage")
+    with pytest.raises(DeviceMemoryError, match="pending-key.pem"):
+        memory.pending_key()
