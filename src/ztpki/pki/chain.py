@@ -50,7 +50,7 @@ def verify_client_chain(
     )
     try:
         verified = verifier.verify(leaf, list(intermediates))
-    except VerificationError as exc:
+    except (VerificationError, ValueError) as exc:  # ValueError: a part does not decode
         raise VerificationFailed(f"client certificate does not verify: {exc}") from None
     return list(verified.chain)
 
@@ -71,7 +71,7 @@ def verify_server_chain(
     verifier = _policy(anchors, now).build_server_verifier(name)
     try:
         return list(verifier.verify(leaf, list(intermediates)))
-    except VerificationError as exc:
+    except (VerificationError, ValueError) as exc:  # ValueError: a part does not decode
         raise VerificationFailed(f"server certificate does not verify: {exc}") from None
 
 
@@ -92,7 +92,7 @@ def verify_signer_chain(
     verifier = builder.build_client_verifier()
     try:
         return list(verifier.verify(leaf, list(intermediates)).chain)
-    except VerificationError as exc:
+    except (VerificationError, ValueError) as exc:  # ValueError: a part does not decode
         raise VerificationFailed(f"signer certificate does not verify: {exc}") from None
 
 

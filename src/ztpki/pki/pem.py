@@ -23,18 +23,30 @@ def certificates_pem(certs: Iterable[x509.Certificate]) -> bytes:
     return b"".join(certificate_pem(c) for c in certs)
 
 
+# What cryptography raises for a certificate part that does not decode.
+_NOT_X509 = (ValueError, x509.InvalidVersion, x509.DuplicateExtension)
+
+
+def _decoded(cert: x509.Certificate) -> x509.Certificate:
+    # cryptography decodes names and extensions only when first read: read them now, so a
+    # malformed one is refused at the boundary (MalformedInput), not as a ValueError from
+    # deep inside a later check (a client certificate would have become an HTTP 500).
+    _ = cert.subject, cert.issuer, cert.extensions
+    return cert
+
+
 def load_certificate_der(data: bytes) -> x509.Certificate:
     try:
-        return x509.load_der_x509_certificate(data)
-    except (ValueError, x509.InvalidVersion):
+        return _decoded(x509.load_der_x509_certificate(data))
+    except _NOT_X509:
         raise MalformedInput("certificate is not valid DER X.509") from None
 
 
 def load_certificates_pem(data: bytes) -> list[x509.Certificate]:
     """All certificates in a PEM bundle; MalformedInput when there are none or one is bad."""
     try:
-        certs = x509.load_pem_x509_certificates(data)
-    except (ValueError, x509.InvalidVersion):
+        certs = [_decoded(c) for c in x509.load_pem_x509_certificates(data)]
+    except _NOT_X509:
         raise MalformedInput("PEM bundle holds no valid certificate") from None
     return certs
 
@@ -50,8 +62,8 @@ def pkcs7_certs_only(certs: Sequence[x509.Certificate]) -> bytes:
 
 def load_pkcs7_certs(data: bytes) -> list[x509.Certificate]:
     try:
-        certs = pkcs7.load_der_pkcs7_certificates(data)
-    except (ValueError, x509.InvalidVersion):
+        certs = [_decoded(c) for c in pkcs7.load_der_pkcs7_certificates(data)]
+    except _NOT_X509:
         raise MalformedInput("body is not a DER PKCS#7 certs-only structure") from None
     if not certs:
         raise MalformedInput("PKCS#7 structure holds no certificate")

@@ -730,5 +730,5 @@ def test_ok_pending_key_is_kept_encrypted_until_cleared(memory: DeviceMemory) ->
 
 def test_fail_corrupt_pending_key_names_the_file(memory: DeviceMemory) -> None:
     (memory.path / "pending-key.pem").write_bytes(b"garbage")
-    with pytest.raises(DeviceMemoryError, match="pending-key.pem"):
+    with pytest.raises(DeviceMemoryError, match=r"pending-key\.pem"):
         memory.pending_key()
