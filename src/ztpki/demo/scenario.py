@@ -121,165 +121,81 @@ def _secret(root: Path, name: str) -> str:
     return value
 
 
-def factory_ca_env(demo: DemoEnvironment) -> dict[str, str]:
-    return {
-        "ZTPKI_CA_PASSPHRASE": demo.env.setdefault("FACTORY_CA", _secret(demo.root, "factory_ca"))
-    }
+@dataclass(frozen=True)
+class CASpec:
+    """One CA of a demo CA system, as `ztpki ca init` creates it."""
+
+    name: str
+    parent: str | None = None
+    profile: str = "device"
+    org: str | None = None
+    common_name: str | None = None
+    default: bool = False
+
+    def init_args(self, directory: str) -> list[str]:
+        args = ["ca", "init", "--dir", directory, "--name", self.name, "--profile", self.profile]
+        for option, value in (
+            ("--parent", self.parent),
+            ("--org", self.org),
+            ("--common-name", self.common_name),
+        ):
+            if value:
+                args += [option, value]
+        return [*args, "--default"] if self.default else args
 
 
-def customer_ca_env(demo: DemoEnvironment) -> dict[str, str]:
-    return {
-        "ZTPKI_CA_PASSPHRASE": demo.env.setdefault("CUSTOMER_CA", _secret(demo.root, "customer_ca"))
-    }
+FACTORY_CAS = (
+    CASpec("factory-root", org="ACME"),
+    CASpec("factory", "factory-root", org="ACME", common_name="ACME Factory CA", default=True),
+    CASpec("node-servers", "factory-root", profile="server", org="ACME"),
+    CASpec("manifests", "factory-root", profile="manifest-signer", org="ACME"),
+)
+CUSTOMER_CAS = (
+    CASpec("customer-root", org="Customer Ltd"),
+    CASpec(
+        "devices",
+        "customer-root",
+        org="Customer Ltd",
+        common_name="Customer Device CA",
+        default=True,
+    ),
+    CASpec("services", "customer-root", profile="server", org="Customer Ltd"),
+)
+
+
+def start_ca_system(
+    demo: DemoEnvironment,
+    name: str,
+    cas: tuple[CASpec, ...],
+    *,
+    client: str,
+    exports: dict[str, str],
+) -> ServiceProcess:
+    """Create a CA system with its CAs and one CA-client, export chains, and serve it."""
+    directory, env = str(demo.path(name)), {"ZTPKI_CA_PASSPHRASE": _secret(demo.root, name)}
+    for spec in cas:
+        demo.run(*spec.init_args(directory), env=env)
+    cred = str(demo.path(f"{client}.cred"))
+    demo.run("ca", "add-client", "--dir", directory, "--name", client, "--out", cred, env=env)
+    for ca_name, out in exports.items():
+        demo.run(
+            "ca", "export", "--dir", directory, "--name", ca_name, "--out", str(demo.path(out))
+        )
+    return demo.serve(name, "ca", "serve", "--dir", directory, "--listen", "127.0.0.1:0", env=env)
 
 
 def start_factory(demo: DemoEnvironment) -> ServiceProcess:
     """Factory CA system (5): root, factory CA, node-server CA, manifest CA; line-1 client."""
-    d, env = str(demo.path("factory-ca")), factory_ca_env(demo)
-    demo.run(
-        "ca",
-        "init",
-        "--dir",
-        d,
-        "--name",
-        "factory-root",
-        "--org",
-        "ACME",
-        "--country",
-        "SE",
-        env=env,
+    return start_ca_system(
+        demo, "factory-ca", FACTORY_CAS, client="line-1", exports={"factory": "factory-bundle.pem"}
     )
-    demo.run(
-        "ca",
-        "init",
-        "--dir",
-        d,
-        "--name",
-        "factory",
-        "--parent",
-        "factory-root",
-        "--default",
-        "--org",
-        "ACME",
-        "--country",
-        "SE",
-        "--common-name",
-        "ACME Factory CA",
-        env=env,
-    )
-    demo.run(
-        "ca",
-        "init",
-        "--dir",
-        d,
-        "--name",
-        "node-servers",
-        "--parent",
-        "factory-root",
-        "--profile",
-        "server",
-        "--org",
-        "ACME",
-        env=env,
-    )
-    demo.run(
-        "ca",
-        "init",
-        "--dir",
-        d,
-        "--name",
-        "manifests",
-        "--parent",
-        "factory-root",
-        "--profile",
-        "manifest-signer",
-        "--org",
-        "ACME",
-        env=env,
-    )
-    demo.run(
-        "ca",
-        "add-client",
-        "--dir",
-        d,
-        "--name",
-        "line-1",
-        "--out",
-        str(demo.path("line-1.cred")),
-        env=env,
-    )
-    demo.run(
-        "factory",
-        "export-trust",
-        "--dir",
-        d,
-        "--name",
-        "factory",
-        "--out",
-        str(demo.path("factory-bundle.pem")),
-        env=env,
-    )
-    return demo.serve("factory-ca", "ca", "serve", "--dir", d, "--listen", "127.0.0.1:0", env=env)
 
 
 def start_customer_ca(demo: DemoEnvironment) -> ServiceProcess:
     """Customer CA system (11): its own root, the device CA, a CA for its own TLS services."""
-    d, env = str(demo.path("customer-ca")), customer_ca_env(demo)
-    demo.run("ca", "init", "--dir", d, "--name", "customer-root", "--org", "Customer Ltd", env=env)
-    demo.run(
-        "ca",
-        "init",
-        "--dir",
-        d,
-        "--name",
-        "devices",
-        "--parent",
-        "customer-root",
-        "--default",
-        "--org",
-        "Customer Ltd",
-        "--common-name",
-        "Customer Device CA",
-        env=env,
+    return start_ca_system(
+        demo, "customer-ca", CUSTOMER_CAS, client="node", exports={"devices": "customer-chain.pem"}
     )
-    demo.run(
-        "ca",
-        "init",
-        "--dir",
-        d,
-        "--name",
-        "services",
-        "--parent",
-        "customer-root",
-        "--profile",
-        "server",
-        "--org",
-        "Customer Ltd",
-        env=env,
-    )
-    demo.run(
-        "ca",
-        "add-client",
-        "--dir",
-        d,
-        "--name",
-        "node-1",
-        "--out",
-        str(demo.path("node.cred")),
-        env=env,
-    )
-    demo.run(
-        "ca",
-        "export",
-        "--dir",
-        d,
-        "--name",
-        "devices",
-        "--out",
-        str(demo.path("customer-chain.pem")),
-        env=env,
-    )
-    return demo.serve("customer-ca", "ca", "serve", "--dir", d, "--listen", "127.0.0.1:0", env=env)
 
 
 def manufacture(demo: DemoEnvironment, factory: ServiceProcess, count: int) -> Path:
