@@ -12,13 +12,13 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
 import subprocess
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tests.support.environment import environment
 from tests.support.services import Service, run_ztpki, start
 
 from ztpki.cli import main as ztpki_main
@@ -43,20 +43,6 @@ class CLIResult:
 
     def json(self) -> Any:
         return json.loads(self.stdout)
-
-
-@contextlib.contextmanager
-def environment(values: Mapping[str, str]) -> Iterator[None]:
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def cli(*args: str | Path, env: Mapping[str, str] | None = None) -> CLIResult:

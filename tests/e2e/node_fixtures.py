@@ -16,7 +16,7 @@ import os
 import sqlite3
 import ssl
 import tomllib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ import aiohttp
 import tomli_w
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from tests.support.environment import environment
 from tests.support.services import Service, run_ztpki, start
 
 from ztpki.casystem.client import CAClient
@@ -52,24 +53,10 @@ TEST_LIMITS = {
 }
 
 
-@contextlib.contextmanager
-def _environment(env: Mapping[str, str]) -> Iterator[None]:
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
 def cli(*args: str) -> str:
     """One `ztpki` command run in-process (same code as the binary, no interpreter start-up)."""
     out = io.StringIO()
-    with _environment(ENV), contextlib.redirect_stdout(out):
+    with environment(ENV), contextlib.redirect_stdout(out):
         status = ztpki_main(list(args))
     assert status == 0, f"ztpki {' '.join(args)} exited {status}:\n{out.getvalue()}"
     return out.getvalue()
