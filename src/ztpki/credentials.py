@@ -92,8 +92,10 @@ def handshake_refusal(exc: ssl.SSLError) -> str:
     """Why a TLS handshake failed, as a short phrase (no key material is ever in it)."""
     if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
         return f"client certificate refused: {exc.verify_message}"
-    reason = exc.reason or type(exc).__name__
-    return reason.lower().replace("_", " ")
+    reason = (exc.reason or type(exc).__name__).lower().replace("_", " ")
+    if "alert" in reason:
+        return f"the client ended it with {reason}"
+    return reason
 
 
 class _RefusalLoggingSSLObject(ssl.SSLObject):
@@ -105,8 +107,12 @@ class _RefusalLoggingSSLObject(ssl.SSLObject):
             super().do_handshake()
         except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
             raise
+        except (ssl.SSLEOFError, ssl.SSLZeroReturnError):
+            # A peer that hangs up mid-handshake (a TCP health check): not worth a log line.
+            log.debug("TLS handshake abandoned by the client")
+            raise
         except ssl.SSLError as exc:
-            log.info("refused a TLS handshake: %s", handshake_refusal(exc))
+            log.info("TLS handshake failed: %s", handshake_refusal(exc))
             raise
 
 

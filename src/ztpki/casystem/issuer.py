@@ -141,9 +141,16 @@ class CASystem:
 
     @staticmethod
     def answer(
-        plan: IssuancePlan, certificate: x509.Certificate, private_key: PrivateKey | None
+        plan: IssuancePlan,
+        certificate: x509.Certificate,
+        private_key: PrivateKey | None,
+        *,
+        der: bytes | None = None,
     ) -> EnrollmentAnswer:
-        """The answering means (83): key (encrypted when asked), certificate, CA chain."""
+        """The answering means (83): key (encrypted when asked), certificate, CA chain.
+
+        ``der`` is the certificate's DER when the caller already holds it (its record does).
+        """
         params = plan.request.parameters
         key_der = None
         if private_key is not None:
@@ -151,7 +158,7 @@ class CASystem:
         chain = plan.ca.chain_der if params.include_ca_certificates else ()
         return EnrollmentAnswer(
             request_id=plan.request.request_id,
-            certificate_der=certificate_der(certificate),
+            certificate_der=der if der is not None else certificate_der(certificate),
             ca_certificates_der=chain,
             private_key_der=key_der,
             private_key_encrypted=private_key is not None

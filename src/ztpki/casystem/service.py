@@ -166,7 +166,8 @@ class CASystemService:
     async def _send(
         self, writer: asyncio.StreamWriter, answer: EnrollmentAnswer | EnrollmentError
     ) -> None:
-        writer.write(encode_frame(encode_answer(answer)))
+        # Answers are built here from checked dataclasses: no second schema check on the way out.
+        writer.write(encode_frame(encode_answer(answer, validate=False)))
         await writer.drain()
 
     async def handle(self, payload: bytes, *, client: str) -> EnrollmentAnswer | EnrollmentError:
@@ -199,9 +200,8 @@ class CASystemService:
             private_key = await self._generate(plan.key_spec)
             public_key = private_key.public_key()
         certificate = self.system.sign(plan, public_key)
-        superseded = await self._recorder.record(
-            self.system.record_of(plan, certificate, now=now), supersede=request.reissue
-        )
+        record = self.system.record_of(plan, certificate, now=now)
+        superseded = await self._recorder.record(record, supersede=request.reissue)
         log.info(
             "issued serial=%s device=%s ca=%s request=%s%s",
             serial_hex(certificate),
@@ -210,7 +210,7 @@ class CASystemService:
             request.request_id,
             f" superseding {','.join(superseded)}" if superseded else "",
         )
-        return self.system.answer(plan, certificate, private_key)
+        return self.system.answer(plan, certificate, private_key, der=record.certificate_der)
 
     def _refuse_if_live(self, plan: IssuancePlan) -> None:
         live = self.store.active_certificate(plan.ca.authority.name, plan.request.device_id)

@@ -14,10 +14,12 @@ swappable in one file.
 
 from __future__ import annotations
 
+import bisect
 import logging
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
 from cryptography import x509
@@ -118,6 +120,10 @@ class AuthenticationModule:
         self.factory = factory
         self.customer = tuple(customer)
         self._crls = _checked_crls(crls, [*factory.anchors, *factory.intermediates])
+        self._boundaries = sorted(
+            {t for cert in self.tls_trust_store() for t in _validity_boundaries(cert)}
+        )
+        self._verified: OrderedDict[bytes, _Verified] = OrderedDict()
 
     def tls_trust_store(self) -> list[x509.Certificate]:
         """Every certificate the TLS layer should accept client chains to (and build with)."""
@@ -138,7 +144,40 @@ class AuthenticationModule:
         )
 
     def authenticate(self, der: bytes, *, now: datetime) -> ClientIdentity:
-        """The identity in a client certificate, or NotAuthenticated with the reason."""
+        """The identity in a client certificate, or NotAuthenticated with the reason.
+
+        A certificate that verified is remembered (bounded, least recently used first out)
+        with the stretch of time in which no validity period of it or of any configured CA
+        certificate begins or ends: inside that stretch every input of the verification is the
+        same, so its result is too. A device sends the same certificate on several requests.
+        """
+        at = _utc(now)
+        remembered = self._verified.get(der)
+        if remembered is not None:
+            if remembered.holds_at(at):
+                self._verified.move_to_end(der)
+                return remembered.identity
+            del self._verified[der]
+        identity = self._verify(der, now=now)
+        stretch = self._stable_stretch(identity.certificate, at)
+        if stretch is not None:
+            self._verified[der] = _Verified(identity, *stretch)
+            if len(self._verified) > VERIFIED_CACHE_SIZE:
+                self._verified.popitem(last=False)
+        return identity
+
+    def _stable_stretch(
+        self, leaf: x509.Certificate, at: datetime
+    ) -> tuple[datetime, datetime] | None:
+        # A second away from each boundary, so no rounding of instants to whole seconds by
+        # the validator can put two instants of one stretch on different sides of a boundary.
+        boundaries = sorted({*self._boundaries, *_validity_boundaries(leaf)})
+        index = bisect.bisect_right(boundaries, at)
+        earliest = _moved(boundaries[index - 1], _MARGIN) if index > 0 else _DAWN
+        latest = _moved(boundaries[index], -_MARGIN) if index < len(boundaries) else _DUSK
+        return (earliest, latest) if earliest <= at <= latest else None
+
+    def _verify(self, der: bytes, *, now: datetime) -> ClientIdentity:
         try:
             leaf = load_certificate_der(der)
         except MalformedInput:
@@ -198,6 +237,39 @@ class AuthenticationModule:
             certificate=leaf,
             label=label,
         )
+
+
+# Verified client certificates remembered: a few per device being customized at once.
+VERIFIED_CACHE_SIZE = 4096
+_MARGIN = timedelta(seconds=1)
+_DAWN = datetime.min.replace(tzinfo=UTC)
+_DUSK = datetime.max.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class _Verified:
+    identity: ClientIdentity
+    earliest: datetime
+    latest: datetime
+
+    def holds_at(self, at: datetime) -> bool:
+        return self.earliest <= at <= self.latest
+
+
+def _utc(now: datetime) -> datetime:
+    # The validator reads a naive instant as UTC; so does this module.
+    return now.replace(tzinfo=UTC) if now.tzinfo is None else now.astimezone(UTC)
+
+
+def _moved(instant: datetime, by: timedelta) -> datetime:
+    try:
+        return instant + by
+    except OverflowError:  # a validity period ending in 9999: the stretch ends there
+        return instant
+
+
+def _validity_boundaries(cert: x509.Certificate) -> tuple[datetime, datetime]:
+    return cert.not_valid_before_utc, cert.not_valid_after_utc
 
 
 def _checked_crls(

@@ -10,6 +10,7 @@ certificate: the CA system builds the subject from the device id and the label's
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import secrets
 import time
@@ -164,7 +165,7 @@ def _check_answer(
     """The answer, after checking it is what the node asked for; UpstreamError otherwise."""
     try:
         certificate = load_certificate_der(answer.certificate_der)
-        chain = tuple(load_certificate_der(der) for der in answer.ca_certificates_der)
+        chain = tuple(_ca_certificate(der) for der in answer.ca_certificates_der)
         certificate.verify_directly_issued_by(ca_certificate)
     except (MalformedInput, ValueError, TypeError, InvalidSignature) as exc:
         raise UpstreamError(
@@ -185,6 +186,12 @@ def _check_answer(
     return Issued(
         certificate=certificate, chain=chain or (ca_certificate,), private_key_der=key_der
     )
+
+
+@functools.lru_cache(maxsize=64)
+def _ca_certificate(der: bytes) -> x509.Certificate:
+    # The CA chain in every answer is the same few certificates: parse each once.
+    return load_certificate_der(der)
 
 
 def _plain_key(

@@ -131,7 +131,9 @@ class EnrollmentService:
         """The label's CA chain. Needs no client certificate; an operational one confirms."""
         if identity is not None and identity.kind is IdentityKind.OPERATIONAL:
             device = await self.register.get(identity.device_id)
-            await self._confirm(device, identity, endpoint=_endpoint(label, Operation.CACERTS))
+            await self._confirm(
+                device, identity, endpoint=_endpoint(label, Operation.CACERTS), reread=False
+            )
         return label.chain
 
     async def csrattrs(self, label: LoadedLabel, identity: ClientIdentity) -> KeySpec | None:
@@ -333,8 +335,15 @@ class EnrollmentService:
     # ------------------------------------------------------------------ confirmation, audit
 
     async def _confirm(
-        self, device: RegisteredDevice | None, identity: ClientIdentity, *, endpoint: str
+        self,
+        device: RegisteredDevice | None,
+        identity: ClientIdentity,
+        *,
+        endpoint: str,
+        reread: bool = True,
     ) -> RegisteredDevice | None:
+        """Confirm a customization if this request shows it; the row afterwards (reread) or
+        as it was given (when the caller does not use it)."""
         if not should_confirm(device, identity):
             return device
         now = self._clock()
@@ -352,7 +361,7 @@ class EnrollmentService:
             log.info(
                 "device %s confirmed serial=%s: customized", identity.device_id, identity.serial
             )
-        return await self.register.get(identity.device_id)
+        return await self.register.get(identity.device_id) if reread else device
 
     async def record_refusal(
         self,

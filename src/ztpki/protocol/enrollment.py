@@ -315,8 +315,13 @@ def encode_request(request: EnrollmentRequest) -> bytes:
     return schema.serialize(root)
 
 
-def encode_answer(answer: EnrollmentAnswer | EnrollmentError) -> bytes:
-    """The UTF-8 XML document of an answer or an error, checked against the schema."""
+def encode_answer(answer: EnrollmentAnswer | EnrollmentError, *, validate: bool = True) -> bytes:
+    """The UTF-8 XML document of an answer or an error, checked against the schema.
+
+    ``validate=False`` skips the schema check of an EnrollmentAnswer (never of an error):
+    its constructor already checked every value the schema constrains, so a service that
+    built the answer itself need not pay for the check again. Decoders always validate.
+    """
     if isinstance(answer, EnrollmentError):
         root = schema.new_root(
             "EnrollmentError", requestId=answer.request_id, code=answer.code.value
@@ -333,7 +338,7 @@ def encode_answer(answer: EnrollmentAnswer | EnrollmentError) -> bytes:
         chain = etree.SubElement(root, schema.qualified("CACertificates"))
         for der in answer.ca_certificates_der:
             _add(chain, "Certificate", _b64(der))
-    return schema.serialize(root)
+    return schema.serialize(root, validate=validate)
 
 
 # --- decoding ---------------------------------------------------------------------------

@@ -300,9 +300,10 @@ def new_root(name: str, **attributes: str) -> etree._Element:
     return etree.Element(qualified(name), attrib=attributes, nsmap=nsmap)  # type: ignore[arg-type]
 
 
-def serialize(root: etree._Element) -> bytes:
-    """The UTF-8 document of ``root`` after checking it against the schema."""
+def serialize(root: etree._Element, *, validate: bool = True) -> bytes:
+    """The UTF-8 document of ``root`` after checking it against the schema (unless the
+    caller built it only from values its dataclass already checked)."""
     schema = _THREAD.schema
-    if not schema.validate(root):
+    if validate and not schema.validate(root):
         raise _schema_failure(root, schema.error_log)
     return etree.tostring(root, encoding="UTF-8", xml_declaration=True)
