@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 from pathlib import Path
 
-from tests.support.services import run_ztpki
+from tests.support.services import run_ztpki, ztpki_argv
 
 
 def test_ok_demo_customizes_every_device_and_proves_it(tmp_path: Path) -> None:
@@ -73,7 +74,7 @@ def _ztpki_servers_under(workdir: Path) -> list[int]:
     return pids
 
 
-def test_ok_keep_running_leaves_services_up_with_commands(tmp_path: Path) -> None:
+def test_ok_keep_running_leaves_services_up_with_commands_that_work(tmp_path: Path) -> None:
     workdir = tmp_path / "work"
     result = run_ztpki("demo", "--devices", "2", "--workdir", str(workdir), "--keep-running")
     try:
@@ -81,8 +82,41 @@ def test_ok_keep_running_leaves_services_up_with_commands(tmp_path: Path) -> Non
         assert "curl" in result.stdout
         pids = _ztpki_servers_under(workdir)
         assert len(pids) == 3  # factory CA system, customer CA system, node
+        # The printed commands are the ones an operator will paste: run them all.
+        tried = subprocess.run(
+            ["bash", str(workdir / "try-me.sh")], capture_output=True, text=True, timeout=120
+        )
+        assert tried.returncode == 0, tried.stdout + tried.stderr
+        assert "audit trail OK" in tried.stdout
+        assert "ztpki_node_requests_total" in tried.stdout
         devices = run_ztpki("node", "devices", "--dir", str(workdir / "node"), "--json")
         assert all(d["state"] == "customized" for d in json.loads(devices.stdout))
     finally:
         for pid in _ztpki_servers_under(workdir):
             os.kill(pid, signal.SIGTERM)
+
+
+def test_ok_ctrl_c_stops_every_process_the_demo_started(tmp_path: Path) -> None:
+    workdir = tmp_path / "work"
+    demo = subprocess.Popen(
+        ztpki_argv("demo", "--devices", "3", "--workdir", str(workdir)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert demo.stdout is not None
+    try:
+        # Interrupt once the node is up: all three services are running at that point.
+        for line in demo.stdout:
+            if "customer node on https://" in line:
+                break
+        assert len(_ztpki_servers_under(workdir)) == 3
+        demo.send_signal(signal.SIGINT)
+        demo.communicate(timeout=60)
+        assert demo.returncode != 0
+        assert not _ztpki_servers_under(workdir)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+        for pid in _ztpki_servers_under(workdir):
+            os.kill(pid, signal.SIGKILL)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -281,27 +282,36 @@ def _common_name(rfc4514: str) -> str:
     return rfc4514
 
 
-def _print_keep_running(demo: DemoEnvironment, console: Console) -> None:
-    node = demo.services["node"]
+def keep_running_commands(demo: DemoEnvironment) -> str:
+    """Shell commands that talk to the services a --keep-running demo left up."""
+    node = demo.services["node"].address
     device = device_dirs(demo.path("batch"))[-1]
-    console.rule(
-        "still running (--keep-running); stop with: kill "
-        + " ".join(str(s.pid) for s in demo.services.values())
-    )
-    console.print(
-        f"""cd {demo.root}
-export ZTPKI_CLIENT_PASSPHRASE=$(cat secrets/ztpki_client_passphrase.txt)
+    est = f"https://{node}/.well-known/est"
+    return f"""cd {demo.root}
+export PATH={Path(sys.executable).parent}:$PATH
+export ZTPKI_EXPORT_PASSPHRASE=$(cat secrets/ztpki_export_passphrase.txt)
 ztpki node devices --dir node
 ztpki node audit --dir node --verify
 ztpki ca issued --dir customer-ca
 ztpki device show --device {device}
 ztpki device export --device {device} --out dev-pem
-curl -sS --cacert dev-pem/trust.pem https://{node.address}/.well-known/est/cacerts | head -3
-curl -sS --cacert dev-pem/trust.pem --cert dev-pem/cert.pem --key dev-pem/key.pem https://{node.address}/.well-known/est/csrattrs
-curl -sS --cacert dev-pem/trust.pem https://{node.address}/metrics | head""",
-        markup=False,
-        highlight=False,
+curl -sS --fail-with-body --cacert dev-pem/trust.pem {est}/cacerts | head -3
+curl -sS --fail-with-body --cacert dev-pem/trust.pem --cert dev-pem/cert.pem \\
+  --key dev-pem/key.pem --pass "$ZTPKI_EXPORT_PASSPHRASE" {est}/csrattrs
+curl -sS --fail-with-body --cacert dev-pem/trust.pem https://{node}/metrics | head
+"""
+
+
+def _print_keep_running(demo: DemoEnvironment, console: Console) -> None:
+    commands = keep_running_commands(demo)
+    script = demo.path("try-me.sh")
+    script.write_text("set -e\n" + commands)
+    console.rule(
+        "still running (--keep-running); stop with: kill "
+        + " ".join(str(s.pid) for s in demo.services.values())
     )
+    console.print(commands, markup=False, highlight=False)
+    console.print(f"(also in {script})", markup=False, highlight=False)
 
 
 def default_workdir() -> Path:
