@@ -44,6 +44,7 @@ from tests.e2e.casystem_fixtures import (
     stopped_afterwards,
     ztpki,
 )
+from tests.support.pem_markers import ENCRYPTED_KEY_HEADER, PLAIN_KEY_HEADER
 
 from ztpki.casystem.client import CAClient
 from ztpki.casystem.service import ServiceLimits
@@ -693,7 +694,7 @@ def test_keys_at_rest_are_encrypted_and_private(
     assert len(keys) == 9
     for path in keys:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
-        assert path.read_bytes().startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----"), path
+        assert path.read_bytes().startswith(ENCRYPTED_KEY_HEADER), path
     for directory in (plant.root, customer.root):
         for path in directory.rglob("*"):
             if path.is_file():
@@ -737,7 +738,7 @@ def test_ok_insecure_no_passphrase_works_and_warns(tmp_path: Path) -> None:
     )  # fmt: skip
     assert "INSECURE" in created.stderr
     key = demo.root / "cas" / "root" / "ca.key.pem"
-    assert key.read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----")
+    assert key.read_bytes().startswith(PLAIN_KEY_HEADER)
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
     out = tmp_path / "demo-client"
     ztpki(

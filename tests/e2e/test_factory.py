@@ -24,6 +24,7 @@ from tests.e2e.factory_fixtures import (
     running_factory,
     ztpki,
 )
+from tests.support.pem_markers import ENCRYPTED_KEY_HEADER
 
 from ztpki.credentials import Credential
 from ztpki.device import DeviceMemory, Phase
@@ -187,7 +188,7 @@ def test_ok_batch_keys_encrypted_and_private(batch: Path) -> None:
             assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
         record = json.loads((d / "identity.json").read_text())
         key_pem = record["private_key"].encode()
-        assert key_pem.startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----")
+        assert key_pem.startswith(ENCRYPTED_KEY_HEADER)
         with pytest.raises(MalformedInput):
             decode_pkcs8(key_pem, passphrase=None)
     assert DeviceMemory.open(device_dirs(batch)[0]).identity().private_key is not None

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from tests.support.pem_markers import ENCRYPTED_KEY_HEADER
 
 from ztpki.casystem.directory import CASystemDirectory, init_ca, service_authority
 from ztpki.casystem.operations import load_system
@@ -41,7 +42,7 @@ def test_ok_layout_and_default(plant: CASystemDirectory) -> None:
     for name in ("root", "factory"):
         key = plant.ca_dir(name) / "ca.key.pem"
         assert stat.S_IMODE(key.stat().st_mode) == 0o600
-        assert key.read_bytes().startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----")
+        assert key.read_bytes().startswith(ENCRYPTED_KEY_HEADER)
     assert plant.parents("root") == ()
     assert plant.parents("factory") == (plant.certificate("root"),)
     assert plant.policy("factory").subject.country == "SE"
@@ -121,7 +122,7 @@ def test_ok_service_authority_created_once(plant: CASystemDirectory) -> None:
     assert first.certificate == again.certificate
     key = plant.root / "service" / "ca.key.pem"
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
-    assert key.read_bytes().startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----")
+    assert key.read_bytes().startswith(ENCRYPTED_KEY_HEADER)
     assert "service" not in plant.ca_names()  # never an issuing CA
     with pytest.raises(ConfigurationError, match="passphrase"):
         service_authority(plant, passphrase=b"not-the-passphrase", now=NOW)

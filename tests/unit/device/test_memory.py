@@ -16,6 +16,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import NameOID
+from tests.support.pem_markers import ENCRYPTED_KEY_HEADER, PLAIN_KEY_HEADER
 
 from ztpki.device import (
     DeviceMemory,
@@ -690,7 +691,7 @@ def test_ok_export_pem_for_openssl_and_curl(
         assert path.parent == out
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
     pem = paths["key"].read_bytes()
-    assert pem.startswith(b"-----BEGIN PRIVATE KEY-----")
+    assert pem.startswith(PLAIN_KEY_HEADER)
     exported = serialization.load_pem_private_key(pem, password=None)
     assert keys_match(exported, cert.public_key())  # type: ignore[arg-type]
     assert load_certificates_pem(paths["cert"].read_bytes()) == [cert]
@@ -703,7 +704,7 @@ def test_ok_export_pem_with_a_passphrase(
 ) -> None:
     paths = memory.export_pem(tmp_path / "out", passphrase=b"operator passphrase")
     pem = paths["key"].read_bytes()
-    assert pem.startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----")
+    assert pem.startswith(ENCRYPTED_KEY_HEADER)
     with pytest.raises(TypeError):
         serialization.load_pem_private_key(pem, password=None)
 
