@@ -120,23 +120,16 @@ def activate_command(
     as_json: bool,
 ) -> None:
     """Customize the device once: swap its temporary identity for the customer's."""
-    fault = FaultInjector.from_env()
-    memory = _open(device_dir, fault)
-    client = ActivatingClient(
-        memory,
-        _node(memory, node_url),
+    _run_once(
+        device_dir,
+        node_url,
+        node_ca_fingerprint,
+        timeout=timeout,
+        as_json=as_json,
+        renew=False,
         key_mode=KeyMode.SIMPLEENROLL if key_on_device else KeyMode.SERVERKEYGEN,
         key_spec=KeySpec.parse(key_algorithm) if key_algorithm else None,
-        pinned_fingerprint=_pin(memory, node_ca_fingerprint),
-        report=None if as_json else _print_event,
-        timeout=timeout,
-        fault=fault,
     )
-    try:
-        result = asyncio.run(client.activate())
-    except ActivationError as exc:
-        _fail(exc)
-    _finish(result, as_json)
 
 
 @device.command("renew")
@@ -153,18 +146,36 @@ def renew_command(
     as_json: bool,
 ) -> None:
     """Renew the operational identity now (simplereenroll; new key made in the device)."""
+    _run_once(
+        device_dir, node_url, node_ca_fingerprint, timeout=timeout, as_json=as_json, renew=True
+    )
+
+
+def _run_once(
+    device_dir: Path,
+    node_url: str | None,
+    node_ca_fingerprint: str | None,
+    *,
+    timeout: float,
+    as_json: bool,
+    renew: bool,
+    key_mode: KeyMode = KeyMode.SERVERKEYGEN,
+    key_spec: KeySpec | None = None,
+) -> None:
     fault = FaultInjector.from_env()
     memory = _open(device_dir, fault)
     client = ActivatingClient(
         memory,
         _node(memory, node_url),
+        key_mode=key_mode,
+        key_spec=key_spec,
         pinned_fingerprint=_pin(memory, node_ca_fingerprint),
         report=None if as_json else _print_event,
         timeout=timeout,
         fault=fault,
     )
     try:
-        result = asyncio.run(client.renew())
+        result = asyncio.run(client.renew() if renew else client.activate())
     except ActivationError as exc:
         _fail(exc)
     _finish(result, as_json)
