@@ -15,6 +15,7 @@ from rich.table import Table
 from ztpki.credentials import Credential
 from ztpki.demo.fleet import (
     DeviceOutcome,
+    IdentityView,
     customize_all,
     greet,
     replay_temporary,
@@ -217,11 +218,8 @@ def _print_tables(console: Console, outcomes: list[DeviceOutcome], summary: dict
     for column in (
         "device",
         "mode",
-        "issuer before",
-        "serial before",
-        "issuer after",
-        "serial after",
-        "fingerprint after",
+        "before: issuer / serial / sha256",
+        "after: issuer / serial / sha256",
         "result",
     ):
         table.add_column(column, overflow="fold")
@@ -229,11 +227,8 @@ def _print_tables(console: Console, outcomes: list[DeviceOutcome], summary: dict
         table.add_row(
             o.device_id,
             o.key_mode.value,
-            _common_name(o.before.issuer) if o.before else "-",
-            (o.before.serial[:12] + "…") if o.before else "-",
-            _common_name(o.after.issuer) if o.after else "-",
-            (o.after.serial[:12] + "…") if o.after else "-",
-            (o.after.fingerprint[:16] + "…") if o.after else "-",
+            _identity_cell(o.before),
+            _identity_cell(o.after),
             "[green]ok[/]"
             if o.error is None and o.greeted
             else f"[red]{o.error or 'not greeted'}[/]",
@@ -272,6 +267,12 @@ def _print_tables(console: Console, outcomes: list[DeviceOutcome], summary: dict
     console.rule(
         "[green]demo passed[/]" if proof["ok"] and summary["failed"] == 0 else "[red]demo FAILED[/]"
     )
+
+
+def _identity_cell(view: IdentityView | None) -> str:
+    if view is None:
+        return "-"
+    return f"{_common_name(view.issuer)}\n{view.serial[:16]}…\n{view.fingerprint[:16]}…"
 
 
 def _common_name(rfc4514: str) -> str:
