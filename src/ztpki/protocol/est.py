@@ -33,6 +33,7 @@ from cryptography.x509.oid import NameOID
 from ztpki.errors import MalformedInput, PayloadTooLarge
 from ztpki.pki.keys import PrivateKey
 from ztpki.pki.pem import load_pkcs7_certs, pkcs7_certs_only
+from ztpki.protocol.der import oid_body, oid_text, read_tlv, tlv
 
 __all__ = [
     "CERTS_ONLY_TYPE",
@@ -400,11 +401,11 @@ def _check_pkcs8_shape(der: bytes) -> None:
     """
     bad = MalformedInput("private key part is not a DER PKCS#8 PrivateKeyInfo")
     try:
-        outer, end = _read_tlv(der, 0)
+        outer, end = read_tlv(der, 0)
         if outer.tag != 0x30 or end != len(der):
             raise bad
-        version, after = _read_tlv(der, outer.start)
-        algorithm, _ = _read_tlv(der, after)
+        version, after = read_tlv(der, outer.start)
+        algorithm, _ = read_tlv(der, after)
     except MalformedInput:
         raise bad from None
     if version.tag != 0x02 or der[version.start : version.end] not in (b"\x00", b"\x01"):
@@ -428,107 +429,35 @@ def encode_csrattrs(
     secp256r1: the key type to generate). An empty list is valid; the HTTP adapter may
     answer 204 instead.
     """
-    entries = [_tlv(0x06, _oid_body(oid.dotted_string)) for oid in oids]
+    entries = [tlv(0x06, oid_body(oid.dotted_string)) for oid in oids]
     for attr_type, values in attributes:
-        value_set = _tlv(
-            0x31, b"".join(sorted(_tlv(0x06, _oid_body(v.dotted_string)) for v in values))
+        value_set = tlv(
+            0x31, b"".join(sorted(tlv(0x06, oid_body(v.dotted_string)) for v in values))
         )
-        entries.append(_tlv(0x30, _tlv(0x06, _oid_body(attr_type.dotted_string)) + value_set))
-    return _encode_base64(_tlv(0x30, b"".join(entries)))
+        entries.append(tlv(0x30, tlv(0x06, oid_body(attr_type.dotted_string)) + value_set))
+    return _encode_base64(tlv(0x30, b"".join(entries)))
 
 
 def decode_csrattrs(body: bytes, *, limit: int = MAX_BODY) -> list[str]:
     """Dotted OIDs named by a /csrattrs answer: bare OIDs, and each Attribute's type."""
     der = decode_base64_body(body, limit=limit)
-    outer, end = _read_tlv(der, 0)
+    outer, end = read_tlv(der, 0)
     if outer.tag != 0x30 or end != len(der):
         raise MalformedInput("csrattrs body is not a single DER SEQUENCE")
     found: list[str] = []
     at = outer.start
     while at < outer.end:
-        entry, at = _read_tlv(der, at, stop=outer.end)
+        entry, at = read_tlv(der, at, stop=outer.end)
         if entry.tag == 0x06:
-            found.append(_oid_text(der[entry.start : entry.end]))
+            found.append(oid_text(der[entry.start : entry.end]))
         elif entry.tag == 0x30:
-            attr_type, after = _read_tlv(der, entry.start, stop=entry.end)
-            values, after = _read_tlv(der, after, stop=entry.end)
+            attr_type, after = read_tlv(der, entry.start, stop=entry.end)
+            values, after = read_tlv(der, after, stop=entry.end)
             if attr_type.tag != 0x06 or values.tag != 0x31 or after != entry.end:
                 raise MalformedInput("csrattrs Attribute is not SEQUENCE { OID, SET }")
-            found.append(_oid_text(der[attr_type.start : attr_type.end]))
+            found.append(oid_text(der[attr_type.start : attr_type.end]))
         else:
             raise MalformedInput(
                 f"csrattrs entry has tag 0x{entry.tag:02x}; expected OID or Attribute"
             )
     return found
-
-
-def _tlv(tag: int, content: bytes) -> bytes:
-    n = len(content)
-    if n < 0x80:
-        return bytes([tag, n]) + content
-    size = n.to_bytes((n.bit_length() + 7) // 8, "big")
-    return bytes([tag, 0x80 | len(size)]) + size + content
-
-
-def _oid_body(dotted: str) -> bytes:
-    arcs = [int(a) for a in dotted.split(".")]
-    first = [40 * arcs[0] + arcs[1], *arcs[2:]]
-    out = bytearray()
-    for arc in first:
-        chunk = [arc & 0x7F]
-        arc >>= 7
-        while arc:
-            chunk.append(0x80 | (arc & 0x7F))
-            arc >>= 7
-        out += bytes(reversed(chunk))
-    return bytes(out)
-
-
-def _oid_text(body: bytes) -> str:
-    if not body or body[-1] & 0x80:
-        raise MalformedInput("csrattrs holds an OBJECT IDENTIFIER that is empty or truncated")
-    arcs: list[int] = []
-    value = 0
-    fresh = True
-    for byte in body:
-        if fresh and byte == 0x80:
-            raise MalformedInput("csrattrs holds an OBJECT IDENTIFIER that is not minimal DER")
-        value = (value << 7) | (byte & 0x7F)
-        fresh = not byte & 0x80
-        if fresh:
-            arcs.append(value)
-            value = 0
-    head = arcs[0]
-    top = min(head // 40, 2)
-    return ".".join(str(a) for a in [top, head - 40 * top, *arcs[1:]])
-
-
-@dataclass(frozen=True)
-class _Tlv:
-    tag: int
-    start: int
-    end: int
-
-
-def _read_tlv(der: bytes, at: int, *, stop: int | None = None) -> tuple[_Tlv, int]:
-    """One definite-length DER TLV at ``at`` with a single-byte tag; (tlv, offset after it)."""
-    stop = len(der) if stop is None else stop
-    if at + 2 > stop:
-        raise MalformedInput("DER is truncated")
-    tag, first = der[at], der[at + 1]
-    if tag & 0x1F == 0x1F:
-        raise MalformedInput("DER uses a multi-byte tag, which is not expected here")
-    at += 2
-    if first < 0x80:
-        length = first
-    else:
-        count = first & 0x7F
-        if count == 0 or count > 4 or at + count > stop:
-            raise MalformedInput("DER length is indefinite, too large or truncated")
-        length = int.from_bytes(der[at : at + count], "big")
-        if length < 0x80 or der[at] == 0:
-            raise MalformedInput("DER length is not minimally encoded")
-        at += count
-    if at + length > stop:
-        raise MalformedInput("DER is truncated")
-    return _Tlv(tag, at, at + length), at + length
