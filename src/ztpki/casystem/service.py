@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from ztpki.casystem.issuer import CASystem, IssuancePlan
 from ztpki.casystem.recorder import IssuanceRecorder
 from ztpki.casystem.wire import error_answer
-from ztpki.errors import MalformedInput, PayloadTooLarge, ZtpkiError
+from ztpki.errors import PayloadTooLarge, ZtpkiError
 from ztpki.pki.keys import KeySpec, PrivateKey, decode_pkcs8, encode_pkcs8, generate_private_key
 from ztpki.pki.pem import serial_hex
 from ztpki.protocol.enrollment import (
@@ -237,4 +237,4 @@ def _unregistered() -> ZtpkiError:
     )
 
 
-__all__ = ["CASystemService", "MalformedInput", "ServiceLimits"]
+__all__ = ["CASystemService", "ServiceLimits"]

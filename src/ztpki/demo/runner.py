@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -321,4 +320,4 @@ def default_workdir() -> Path:
     return Path(tempfile.mkdtemp(prefix="ztpki-demo-"))
 
 
-__all__ = ["DemoSettings", "default_workdir", "run_demo", "shutil"]
+__all__ = ["DemoSettings", "default_workdir", "run_demo"]

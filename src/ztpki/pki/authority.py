@@ -6,7 +6,6 @@ and digest are derived at construction, never per request.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -153,7 +152,3 @@ class CertificateAuthority:
             .not_valid_after(not_after)
         )
         return builder.sign(self.key, signature_hash(self.key))
-
-
-def chain_from(certs: Sequence[x509.Certificate]) -> tuple[x509.Certificate, ...]:
-    return tuple(certs)

@@ -1,0 +1,21 @@
+"""The CA system (patent Fig. 4): policy and signing in `issuer`, the TLS service and its
+CA-client at the edges; requests arrive only as validated XML from registered CA-clients."""
+
+from ztpki.casystem.client import CAClient, parse_address
+from ztpki.casystem.directory import CASystemDirectory, init_ca
+from ztpki.casystem.issuer import CASystem, IssuancePlan, LoadedCA
+from ztpki.casystem.policy import IssuingPolicy
+from ztpki.casystem.service import CASystemService, ServiceLimits
+
+__all__ = [
+    "CAClient",
+    "CASystem",
+    "CASystemDirectory",
+    "CASystemService",
+    "IssuancePlan",
+    "IssuingPolicy",
+    "LoadedCA",
+    "ServiceLimits",
+    "init_ca",
+    "parse_address",
+]
