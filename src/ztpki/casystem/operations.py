@@ -16,12 +16,12 @@ from ztpki.pki.keys import KeySpec, generate_private_key
 from ztpki.pki.names import SubjectFields, build_subject, check_device_id
 from ztpki.pki.pem import certificate_der, fingerprint_sha256, serial_hex
 from ztpki.pki.profiles import CertificateProfile
-from ztpki.store.interfaces import IssuanceStore
 from ztpki.store.records import ClientRecord
 from ztpki.store.sqlite import open_sqlite_ca_store
+from ztpki.store.sqlite_ca import SQLiteIssuanceStore
 
 
-def open_store(directory: CASystemDirectory, *, durable: bool = True) -> IssuanceStore:
+def open_store(directory: CASystemDirectory, *, durable: bool = True) -> SQLiteIssuanceStore:
     if not directory.root.is_dir():
         raise ConfigurationError(f"{directory.root} is not a CA-system directory")
     return open_sqlite_ca_store(directory.store_path, durable=durable)
@@ -55,33 +55,33 @@ def add_client(
     """Issue and register the TLS credential of a CA-client (loading station, customer node)."""
     check_device_id(name)
     now = now or datetime.now(UTC)
-    store = open_store(directory)
-    if any(c.name == name and c.status == "active" for c in store.clients()):
-        raise ConfigurationError(
-            f"a CA-client named {name!r} is already registered; remove it first"
+    with open_store(directory) as store:
+        if any(c.name == name and c.status == "active" for c in store.clients()):
+            raise ConfigurationError(
+                f"a CA-client named {name!r} is already registered; remove it first"
+            )
+        authority = service_authority(directory, passphrase=passphrase, now=now)
+        key = generate_private_key(KeySpec.EC_P256)
+        grant = IssuanceGrant(
+            subject=build_subject(
+                name, SubjectFields(organizational_unit="ztpki CA-client"), serial_number=None
+            ),
+            profile=CertificateProfile.CLIENT,
+            not_before=now - timedelta(minutes=5),
+            not_after=now + timedelta(days=validity_days),
         )
-    authority = service_authority(directory, passphrase=passphrase, now=now)
-    key = generate_private_key(KeySpec.EC_P256)
-    grant = IssuanceGrant(
-        subject=build_subject(
-            name, SubjectFields(organizational_unit="ztpki CA-client"), serial_number=None
-        ),
-        profile=CertificateProfile.CLIENT,
-        not_before=now - timedelta(minutes=5),
-        not_after=now + timedelta(days=validity_days),
-    )
-    certificate = authority.issue(key.public_key(), grant)
-    Credential(key=key, chain=(certificate,), trust_anchors=(authority.certificate,)).save(
-        out, passphrase=client_passphrase
-    )
-    store.add_client(
-        name,
-        serial=serial_hex(certificate),
-        fingerprint=fingerprint_sha256(certificate),
-        not_after=certificate.not_valid_after_utc,
-        now=now,
-    )
-    record = next(c for c in store.clients() if c.name == name and c.status == "active")
+        certificate = authority.issue(key.public_key(), grant)
+        Credential(key=key, chain=(certificate,), trust_anchors=(authority.certificate,)).save(
+            out, passphrase=client_passphrase
+        )
+        store.add_client(
+            name,
+            serial=serial_hex(certificate),
+            fingerprint=fingerprint_sha256(certificate),
+            not_after=certificate.not_valid_after_utc,
+            now=now,
+        )
+        record = next(c for c in store.clients() if c.name == name and c.status == "active")
     return record
 
 

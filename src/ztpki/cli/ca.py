@@ -175,7 +175,8 @@ def issued_command(
     directory: Path, ca_name: str | None, device_id: str | None, as_json: bool
 ) -> None:
     """Every certificate the CA system issued."""
-    records = open_store(CASystemDirectory(directory)).issued(ca_name=ca_name, device_id=device_id)
+    with open_store(CASystemDirectory(directory)) as store:
+        records = store.issued(ca_name=ca_name, device_id=device_id)
     if as_json:
         print_json(
             [
@@ -262,7 +263,9 @@ def remove_client_command(directory: Path, name: str) -> None:
     """Revoke a CA-client: refused from now on (open connections within 0.25 s)."""
     from ztpki.errors import ConfigurationError
 
-    if not open_store(CASystemDirectory(directory)).remove_client(name, now=datetime.now(UTC)):
+    with open_store(CASystemDirectory(directory)) as store:
+        removed = store.remove_client(name, now=datetime.now(UTC))
+    if not removed:
         raise ConfigurationError(f"no registered CA-client named {name!r}")
     console.print(f"removed CA-client [bold]{name}[/]")
 
@@ -272,7 +275,8 @@ def remove_client_command(directory: Path, name: str) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def clients_command(directory: Path, as_json: bool) -> None:
     """Registered CA-clients."""
-    clients = open_store(CASystemDirectory(directory)).clients()
+    with open_store(CASystemDirectory(directory)) as store:
+        clients = store.clients()
     if as_json:
         print_json([c.__dict__ for c in clients])
         return
