@@ -32,6 +32,9 @@ def _decoded(cert: x509.Certificate) -> x509.Certificate:
     # malformed one is refused at the boundary (MalformedInput), not as a ValueError from
     # deep inside a later check (a client certificate would have become an HTTP 500).
     _ = cert.subject, cert.issuer, cert.extensions
+    if cert.serial_number <= 0:
+        # RFC 5280 4.1.2.2; cryptography only warns about it today.
+        raise ValueError("certificate serial number is not positive")
     return cert
 
 

@@ -1,0 +1,52 @@
+"""Certificate loaders refuse what RFC 5280 forbids at the boundary, with a typed error."""
+
+from __future__ import annotations
+
+import base64
+import warnings
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from ztpki.errors import MalformedInput
+from ztpki.pki.pem import load_certificate_der, load_certificates_pem
+
+
+def _certificate(serial: int) -> bytes:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "device")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(serial)
+        .not_valid_before(now)
+        .not_valid_after(now + timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
+def test_ok_positive_serial_loads() -> None:
+    assert load_certificate_der(_certificate(1)).serial_number == 1
+
+
+@pytest.mark.parametrize("serial_byte", [0x00, 0xFF], ids=["fail-zero", "fail-negative"])
+def test_fail_non_positive_serial_is_malformed(serial_byte: int) -> None:
+    der = bytearray(_certificate(1))
+    at = der.find(b"\x02\x01\x01")  # INTEGER 1, the serial
+    der[at + 2] = serial_byte
+    pem = b"-----BEGIN CERTIFICATE-----\n" + base64.encodebytes(bytes(der))
+    pem += b"-----END CERTIFICATE-----\n"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # cryptography warns before it parses
+        with pytest.raises(MalformedInput):
+            load_certificate_der(bytes(der))
+        with pytest.raises(MalformedInput):
+            load_certificates_pem(pem)
