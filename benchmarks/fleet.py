@@ -248,6 +248,8 @@ def handshake_floor(
             "-cert", str(cert), "-cert_chain", str(cert),
             "-key", str(world.path("node-cert", "key.pem")), "-pass", "env:ZTPKI_NODE_PASSPHRASE",
             "-CAfile", str(world.path("factory-trust.pem")), "-verify_quiet",
+            # Like the node: no TLS 1.3 session tickets (devices never resume).
+            "-num_tickets", "0",
         ],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         env={**os.environ, **ENV},
