@@ -24,7 +24,9 @@ def certificates_pem(certs: Iterable[x509.Certificate]) -> bytes:
 
 
 # What cryptography raises for a certificate part that does not decode.
-_NOT_X509 = (ValueError, x509.InvalidVersion, x509.DuplicateExtension)
+# What cryptography raises for bytes that are not a valid certificate. Names decode lazily, and
+# an attribute of the wrong ASN.1 type raises TypeError from inside the library.
+_NOT_X509 = (ValueError, TypeError, x509.InvalidVersion, x509.DuplicateExtension)
 
 
 def _decoded(cert: x509.Certificate) -> x509.Certificate:

@@ -72,7 +72,7 @@ _B64_SHAPE = re.compile(rb"[A-Za-z0-9+/]*={0,2}")
 _B64_STRAY = re.compile(rb"[^A-Za-z0-9+/=]")
 _WHITESPACE = b" \t\r\n"
 # What cryptography raises on bytes it cannot parse; InvalidVersion is not a ValueError.
-_PARSE_ERRORS = (ValueError, UnsupportedAlgorithm, x509.InvalidVersion)
+_PARSE_ERRORS = (ValueError, TypeError, UnsupportedAlgorithm, x509.InvalidVersion)
 
 
 class UnsupportedMediaType(MalformedInput):
@@ -215,7 +215,7 @@ def csr_device_id(csr: x509.CertificateSigningRequest) -> str | None:
             for value in values:
                 if isinstance(value, str) and value:
                     return value
-    except ValueError:
+    except (ValueError, TypeError):
         raise MalformedInput("CSR subject does not decode") from None
     return None
 

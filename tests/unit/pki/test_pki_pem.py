@@ -16,7 +16,7 @@ from ztpki.errors import MalformedInput
 from ztpki.pki.pem import load_certificate_der, load_certificates_pem
 
 
-def _certificate(serial: int) -> bytes:
+def _certificate(serial: int = 1) -> bytes:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "device")])
     now = datetime.now(UTC)
@@ -50,3 +50,13 @@ def test_fail_non_positive_serial_is_malformed(serial_byte: int) -> None:
             load_certificate_der(bytes(der))
         with pytest.raises(MalformedInput):
             load_certificates_pem(pem)
+
+
+def test_fail_subject_attribute_of_the_wrong_asn1_type_is_malformed() -> None:
+    # CN re-typed as a BIT STRING: cryptography raises TypeError when the subject is decoded
+    # (found by the attack suite's certificate fuzzer; it used to escape as an HTTP 500).
+    der = _certificate()
+    assert b"\x0c\x06device" in der
+    bad = der.replace(b"\x0c\x06device", b"\x03\x06\x00evice")
+    with pytest.raises(MalformedInput):
+        load_certificate_der(bad)
