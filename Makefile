@@ -15,10 +15,14 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/ztpki demo $(DEMO_ARGS)
 
-# System tools the tests drive as real third-party clients (curl, openssl).
+# System tools the tests drive as real third parties (curl, openssl; nginx as the TLS proxy).
+# nginx-light is Debian 12's small build; newer releases ship only `nginx`. RUNLEVEL=1 keeps
+# the package from starting a system nginx: the tests run their own on loopback.
 system-deps:
-	@command -v curl >/dev/null && command -v openssl >/dev/null || \
-	  (apt-get update -q && apt-get install -y -q curl openssl)
+	@command -v curl >/dev/null && command -v openssl >/dev/null && \
+	  PATH="$$PATH:/usr/sbin" command -v nginx >/dev/null || \
+	  (apt-get update -q && apt-get install -y -q curl openssl && \
+	   (RUNLEVEL=1 apt-get install -y -q nginx-light || RUNLEVEL=1 apt-get install -y -q nginx))
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

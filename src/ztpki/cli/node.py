@@ -140,6 +140,14 @@ def node() -> None:
     type=click.Path(path_type=Path, dir_okay=False),
     help="CRL of a factory CA to check temporary certificates against; repeatable.",
 )
+@click.option(
+    "--trusted-proxy",
+    "trusted_proxies",
+    multiple=True,
+    metavar="ADDR/CIDR",
+    help="Address or CIDR of a TLS-terminating proxy whose client-certificate header the "
+    "proxy listener (`serve --proxy-listen`) believes; repeatable.",
+)
 @_policy_options
 @passphrase_options(NODE_ENV, NODE_KEY)
 def init_command(
@@ -153,6 +161,7 @@ def init_command(
     label: str,
     ca_name: str | None,
     crls: tuple[Path, ...],
+    trusted_proxies: tuple[str, ...],
     passphrase_file: Path | None,
     insecure_no_passphrase: bool,
     **policy: Any,
@@ -174,6 +183,7 @@ def init_command(
         ca_name=ca_name,
         parameters=_parameters(policy),
         crls=crls,
+        trusted_proxies=trusted_proxies,
     )
     for warning in result.warnings:
         console.print(f"[yellow]warning:[/] {warning}")
@@ -224,6 +234,10 @@ def policy_command(directory: Path, as_json: bool) -> None:
                 **params,
             }
         )
+    proxy = {
+        "trusted": [str(n) for n in config.proxy.trusted],
+        "header": config.proxy.header,
+    }
     if as_json:
         print_json(rows)
         return
@@ -236,6 +250,13 @@ def policy_command(directory: Path, as_json: bool) -> None:
                     markup=False,
                 )
     console.print(f"CA system: {config.ca_system}; limits: {config.limits.to_toml()}", markup=False)
+    if proxy["trusted"]:
+        console.print(
+            f"trusted proxies: {', '.join(proxy['trusted'])} (header {proxy['header']})",
+            markup=False,
+        )
+    else:
+        console.print("trusted proxies: none (proxy headers are ignored)", markup=False)
 
 
 @node.command("serve")
@@ -246,11 +267,19 @@ def policy_command(directory: Path, as_json: bool) -> None:
     show_default=True,
     help="HOST:PORT (port 0: any free port).",
 )
+@click.option(
+    "--proxy-listen",
+    metavar="HOST:PORT",
+    help="Also serve plain HTTP here for TLS-terminating proxies: the client certificate then "
+    "comes from the [proxy] header, believed only from [proxy] trusted addresses. Bind it "
+    "where only the proxies can reach it.",
+)
 @client_passphrase_option
 @passphrase_options(NODE_ENV, NODE_KEY)
 def serve_command(
     directory: Path,
     listen: str,
+    proxy_listen: str | None,
     client_passphrase_file: Path | None,
     passphrase_file: Path | None,
     insecure_no_passphrase: bool,
@@ -266,13 +295,19 @@ def serve_command(
         client_passphrase=_client_passphrase(client_passphrase_file),
     )
     host, port = parse_address(listen, allow_any_port=True)
+    proxy_address = None
+    if proxy_listen is not None:
+        proxy_address = parse_address(proxy_listen, allow_any_port=True)
 
     async def run() -> None:
-        running = await start_node(material, host=host, port=port)
+        running = await start_node(material, host=host, port=port, proxy_listen=proxy_address)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        if running.proxy is not None:
+            # On stderr, before the readiness line: stdout carries only `listening on`.
+            click.echo(f"proxy listening on {running.proxy.host}:{running.proxy.port}", err=True)
         click.echo(f"listening on {running.host}:{running.port}")
         await stop.wait()
         await running.close()

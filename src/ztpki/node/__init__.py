@@ -20,12 +20,19 @@ from ztpki.node.authorization import (
     should_confirm,
 )
 from ztpki.node.ca_client import Issued, SecondCAClient, UpstreamError
-from ztpki.node.config import CALabel, IssuingParameters, Limits, NodeConfig
+from ztpki.node.config import CALabel, IssuingParameters, Limits, NodeConfig, ProxyConfig
 from ztpki.node.enrollment import Enrolled, EnrollmentService, LoadedLabel
 from ztpki.node.http import ERROR_TABLE, EstApplication
 from ztpki.node.metrics import NodeMetrics
+from ztpki.node.proxy import ForwardedCertificate, decode_forwarded_certificate
 from ztpki.node.register import AsyncRegister
-from ztpki.node.runtime import NodeMaterial, RunningNode, load_material, start_node
+from ztpki.node.runtime import (
+    NodeMaterial,
+    ProxyListener,
+    RunningNode,
+    load_material,
+    start_node,
+)
 
 __all__ = [
     "ERROR_TABLE",
@@ -41,6 +48,7 @@ __all__ = [
     "EnrollmentService",
     "EstApplication",
     "FactoryTrust",
+    "ForwardedCertificate",
     "IdentityKind",
     "InProgress",
     "Issued",
@@ -51,12 +59,15 @@ __all__ = [
     "NodeMaterial",
     "NodeMetrics",
     "Operation",
+    "ProxyConfig",
+    "ProxyListener",
     "RefusalReason",
     "Refused",
     "RunningNode",
     "SecondCAClient",
     "UpstreamError",
     "decide",
+    "decode_forwarded_certificate",
     "load_material",
     "should_confirm",
     "start_node",

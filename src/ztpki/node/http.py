@@ -148,8 +148,12 @@ class EstApplication:
         metrics: NodeMetrics,
         expose_metrics: bool = True,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        client_certificate: Callable[[web.BaseRequest], bytes | None] = peer_certificate_der,
     ) -> None:
         self.service = service
+        # Where the client certificate comes from: the TLS transport (the direct listener), or
+        # a trusted proxy's header (ztpki.node.proxy, the proxy listener). Never both.
+        self.client_certificate = client_certificate
         self.authentication = authentication
         self.limits = limits
         self.metrics = metrics
@@ -196,7 +200,7 @@ class EstApplication:
     async def _identity(
         self, request: web.Request, operation: Operation, label: LoadedLabel
     ) -> ClientIdentity | None:
-        der = peer_certificate_der(request)
+        der = self.client_certificate(request)
         if der is None:
             if operation is Operation.CACERTS:
                 return None

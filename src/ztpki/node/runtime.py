@@ -4,6 +4,10 @@ The TLS layer asks every client for a certificate (CERT_OPTIONAL: ``cacerts`` ne
 verifies it against all factory trust bundles and customer CA chains; a chain that fails
 there (expired, unknown CA) ends the handshake, before any HTTP. What passes is verified again
 by the authentication module, which also tells temporary from operational identities.
+
+Optionally a second, plain-HTTP listener serves the same application to TLS-terminating
+proxies (``proxy_listen``): there the client certificate comes from the proxy's header, and
+only from the addresses in ``[proxy] trusted`` (ztpki.node.proxy).
 """
 
 from __future__ import annotations
@@ -22,10 +26,11 @@ from ztpki.credentials import Credential, server_context
 from ztpki.errors import ConfigurationError, MalformedInput
 from ztpki.node.authentication import AuthenticationModule, CustomerCA, FactoryTrust
 from ztpki.node.ca_client import EnrollmentTransport, SecondCAClient
-from ztpki.node.config import NodeConfig
+from ztpki.node.config import Limits, NodeConfig
 from ztpki.node.enrollment import EnrollmentService, LoadedLabel
 from ztpki.node.http import EstApplication
 from ztpki.node.metrics import NodeMetrics
+from ztpki.node.proxy import ForwardedCertificate
 from ztpki.node.register import AsyncRegister
 from ztpki.pki.keys import PrivateKey, decode_pkcs8, keys_match
 from ztpki.pki.pem import load_certificates_pem
@@ -138,6 +143,16 @@ def load_material(
 
 
 @dataclass
+class ProxyListener:
+    """The plain-HTTP listener for TLS-terminating proxies."""
+
+    host: str
+    port: int
+    runner: web.AppRunner
+    server: asyncio.Server
+
+
+@dataclass
 class RunningNode:
     host: str
     port: int
@@ -147,11 +162,17 @@ class RunningNode:
     register: AsyncRegister
     store: NodeStore
     metrics: NodeMetrics
+    proxy: ProxyListener | None = None
 
     async def close(self) -> None:
-        self.server.close()
-        await self.server.wait_closed()
-        await self.runner.cleanup()
+        listeners = [(self.server, self.runner)]
+        if self.proxy is not None:
+            listeners.append((self.proxy.server, self.proxy.runner))
+        for server, _ in listeners:
+            server.close()
+        for server, runner in listeners:
+            await server.wait_closed()
+            await runner.cleanup()
         await self.ca_client.close()
         self.register.close()
         close = getattr(self.store, "close", None)
@@ -166,10 +187,20 @@ async def start_node(
     port: int,
     transport: EnrollmentTransport | None = None,
     store: NodeStore | None = None,
+    proxy_listen: tuple[str, int] | None = None,
 ) -> RunningNode:
-    """Start serving; returns once the socket listens (port 0: any free port)."""
+    """Start serving; returns once the socket listens (port 0: any free port).
+
+    ``proxy_listen`` adds the plain-HTTP listener for TLS-terminating proxies; it needs at
+    least one ``[proxy] trusted`` address, or no request there could ever authenticate.
+    """
     config = material.config
     limits = config.limits
+    if proxy_listen is not None and not config.proxy.trusted:
+        raise ConfigurationError(
+            "a proxy listener needs the proxies' addresses in node.toml: [proxy] trusted = "
+            '["ADDRESS or CIDR", ...] (or `ztpki node init --trusted-proxy`)'
+        )
     if transport is None:
         if material.credential is None:
             raise ConfigurationError(
@@ -193,13 +224,47 @@ async def start_node(
         limits=limits,
         metrics=metrics,
     )
-    app = EstApplication(
+    application = EstApplication(
         service,
         material.authentication,
         limits=limits,
         metrics=metrics,
         expose_metrics=config.metrics,
-    ).build()
+    )
+    runner = await _runner(application.build(), limits)
+    # web.TCPSite cannot bound the TLS handshake, so the listening socket is made here, with
+    # the runner's protocol factory; runner.cleanup() still closes every connection.
+    server = await asyncio.get_running_loop().create_server(
+        _factory(runner),
+        host,
+        port,
+        ssl=material.ssl_context(),
+        ssl_handshake_timeout=limits.handshake_timeout,
+        reuse_address=True,
+    )
+    proxy = None
+    if proxy_listen is not None:
+        try:
+            proxy = await _start_proxy_listener(application, proxy_listen, material)
+        except BaseException:
+            server.close()
+            await runner.cleanup()
+            await ca_client.close()
+            register.close()
+            raise
+    bound = server.sockets[0].getsockname()
+    log.info(
+        "customer node %s serving EST labels %s; customer CA system %s",
+        config.directory,
+        ", ".join(material.labels),
+        config.ca_system,
+    )
+    return RunningNode(
+        str(bound[0]), int(bound[1]), runner, server, ca_client, register, store, metrics, proxy
+    )
+
+
+async def _runner(app: web.Application, limits: Limits) -> web.AppRunner:
     # keepalive_timeout runs from the end of the TLS handshake and from each answer: a client
     # that sends no complete request head by then (slow headers included) is disconnected.
     runner = web.AppRunner(
@@ -212,24 +277,37 @@ async def start_node(
         handler_cancellation=False,  # an issuance runs to its end even if the client leaves
     )
     await runner.setup()
+    return runner
+
+
+def _factory(runner: web.AppRunner) -> web.Server:
     assert runner.server is not None
-    # web.TCPSite cannot bound the TLS handshake, so the listening socket is made here, with
-    # the runner's protocol factory; runner.cleanup() still closes every connection.
+    return runner.server
+
+
+async def _start_proxy_listener(
+    direct: EstApplication, address: tuple[str, int], material: NodeMaterial
+) -> ProxyListener:
+    """The same service behind plain HTTP, the certificate taken from a trusted proxy's header."""
+    proxy_config = material.config.proxy
+    application = EstApplication(
+        direct.service,
+        direct.authentication,
+        limits=direct.limits,
+        metrics=direct.metrics,
+        expose_metrics=direct.expose_metrics,
+        client_certificate=ForwardedCertificate(proxy_config),
+    )
+    runner = await _runner(application.build(), direct.limits)
     server = await asyncio.get_running_loop().create_server(
-        runner.server,
-        host,
-        port,
-        ssl=material.ssl_context(),
-        ssl_handshake_timeout=limits.handshake_timeout,
-        reuse_address=True,
+        _factory(runner), address[0], address[1], reuse_address=True
     )
     bound = server.sockets[0].getsockname()
     log.info(
-        "customer node %s serving EST labels %s; customer CA system %s",
-        config.directory,
-        ", ".join(material.labels),
-        config.ca_system,
+        "proxy listener on %s:%s (plain HTTP): header %s believed from %s",
+        bound[0],
+        bound[1],
+        proxy_config.header,
+        ", ".join(str(n) for n in proxy_config.trusted),
     )
-    return RunningNode(
-        str(bound[0]), int(bound[1]), runner, server, ca_client, register, store, metrics
-    )
+    return ProxyListener(str(bound[0]), int(bound[1]), runner, server)

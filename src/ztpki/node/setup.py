@@ -30,7 +30,9 @@ from ztpki.node.config import (
     IssuingParameters,
     Limits,
     NodeConfig,
+    ProxyConfig,
     check_label,
+    parse_network,
 )
 from ztpki.node.runtime import read_certificates, read_crl
 from ztpki.pki.keys import (
@@ -122,12 +124,14 @@ def init_node(
     parameters: IssuingParameters | None = None,
     crls: Sequence[Path] = (),
     limits: Limits | None = None,
+    trusted_proxies: Sequence[str] = (),
 ) -> InitResult:
     """Create a node directory from the operator's files; refuses an existing node."""
     if (directory / NODE_FILE).exists():
         raise ConfigurationError(f"{directory} already holds a node ({NODE_FILE}); edit it instead")
     parse_address(ca_system)
     check_label(label)
+    proxy = ProxyConfig(trusted=tuple(parse_network(p) for p in trusted_proxies))
     if not trust:
         raise ConfigurationError("give at least one factory trust bundle (--trust FILE)")
     bundles = [read_certificates(path, "factory trust bundle") for path in trust]
@@ -175,6 +179,7 @@ def init_node(
         labels=(CALabel(label, ca_relative, ca_name, parameters or IssuingParameters()),),
         default_label=label,
         limits=limits or Limits(),
+        proxy=proxy,
     )
     open_sqlite_node_store(config.database).close()
     config.save()
