@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import socket
 import ssl
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +16,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from node_fixtures import NodeWorld, build_world, write_identity
+from tests.support.shell import sh
 
 from ztpki.pki.keys import KeySpec, decode_pkcs8, generate_private_key, keys_match
 from ztpki.pki.pem import load_certificates_pem, serial_hex
@@ -32,21 +32,6 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeWorld]:
         yield w
     finally:
         w.stop()
-
-
-def sh(script: str, cwd: Path, *, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", script],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(
-            f"script failed ({result.returncode}):\n{script}\n{result.stdout}\n{result.stderr}"
-        )
-    return result
 
 
 def curl_prelude(world: NodeWorld) -> str:

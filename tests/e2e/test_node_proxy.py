@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 from node_fixtures import ENV, NODE_PASSPHRASE, NodeWorld, build_world, cli
 from tests.support.services import Service, start
+from tests.support.shell import sh
 
 from ztpki.pki.keys import KeySpec, decode_pkcs8, encode_pkcs8_pem, generate_private_key
 from ztpki.pki.pem import load_certificates_pem
@@ -182,21 +183,6 @@ def proxied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxiedWorld]:
                 os.killpg(nginx.pid, signal.SIGKILL)  # its own session: master and worker
                 nginx.wait()
         world.stop()
-
-
-def sh(script: str, cwd: Path, *, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", script],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(
-            f"script failed ({result.returncode}):\n{script}\n{result.stdout}\n{result.stderr}"
-        )
-    return result
 
 
 def escaped_pem(cert: x509.Certificate) -> str:
