@@ -6,22 +6,19 @@ one from node_pki. Raw sockets play the slow and oversized clients.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import ipaddress
 import re
 import socket
 import ssl
-import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import Future
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from cryptography import x509
-from node_pki import NOW, PKI, InProcessCA, csr_for, leaf
+from node_harness import InProcessNode
+from node_pki import NOW, csr_for, leaf
 
 from ztpki.credentials import client_context
 from ztpki.errors import (
@@ -33,17 +30,10 @@ from ztpki.errors import (
     ZtpkiError,
 )
 from ztpki.node.authorization import InProgress, RefusalReason, Refused
-from ztpki.node.config import CALabel, Limits, NodeConfig
-from ztpki.node.enrollment import LoadedLabel
+from ztpki.node.config import Limits
 from ztpki.node.http import ERROR_TABLE, error_response, status_of
-from ztpki.node.runtime import NodeMaterial, RunningNode, start_node
-from ztpki.pki.authority import IssuanceGrant
-from ztpki.pki.keys import KeySpec, generate_private_key
-from ztpki.pki.names import SubjectFields, build_subject
-from ztpki.pki.profiles import CertificateProfile
 from ztpki.protocol.est import UnsupportedMediaType, encode_csr
 from ztpki.store.records import NewDevice
-from ztpki.store.sqlite import open_sqlite_node_store
 
 LIMITS = Limits(
     keepalive_timeout=1.0,
@@ -55,59 +45,17 @@ LIMITS = Limits(
 )
 
 
-class ServerThread:
-    """A node on 127.0.0.1:0 served by an event loop in a background thread."""
+class ServerThread(InProcessNode):
+    """The node with the tight limits these tests probe, started at once."""
 
     def __init__(self, tmp: Path) -> None:
-        self.pki = PKI.create()
-        key = generate_private_key(KeySpec.EC_P256)
-        grant = IssuanceGrant(
-            subject=build_subject("node", SubjectFields(), serial_number=None),
-            profile=CertificateProfile.SERVER,
-            not_before=NOW - timedelta(hours=1),
-            not_after=NOW + timedelta(days=30),
-            ip_addresses=("127.0.0.1",),
-        )
-        server_cert = self.pki.factory_root.issue(key.public_key(), grant)
-        assert ipaddress.ip_address("127.0.0.1") in server_cert.extensions.get_extension_for_class(
+        super().__init__(tmp, limits=LIMITS)
+        assert ipaddress.ip_address(
+            "127.0.0.1"
+        ) in self.server_cert.extensions.get_extension_for_class(
             x509.SubjectAlternativeName
         ).value.get_values_for_type(x509.IPAddress)
-        label = CALabel("default", Path("unused.pem"), "operational")
-        config = NodeConfig(
-            directory=tmp,
-            ca_system="127.0.0.1:1",
-            ca_client=Path("unused"),
-            server_cert=Path("unused"),
-            server_key=Path("unused"),
-            trust=(Path("unused"),),
-            labels=(label,),
-            limits=LIMITS,
-        )
-        self.material = NodeMaterial(
-            config,
-            self.pki.authentication(),
-            {"default": LoadedLabel(label, self.pki.operational.chain)},
-            key,
-            (server_cert,),
-            None,
-        )
-        self.ca = InProcessCA.create(self.pki, tmp)
-        self.store = open_sqlite_node_store(tmp / "node.sqlite", durable=False)
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.node: RunningNode = self.call(
-            start_node(self.material, host="127.0.0.1", port=0, transport=self.ca, store=self.store)
-        )
-
-    def call(self, coro):  # type: ignore[no-untyped-def]
-        future: Future[object] = asyncio.run_coroutine_threadsafe(coro, self.loop)
-        return future.result(timeout=30)
-
-    def close(self) -> None:
-        self.call(self.node.close())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=10)
+        self.start()
 
     def context(self, *, device: str | None = None) -> ssl.SSLContext:
         if device is None:

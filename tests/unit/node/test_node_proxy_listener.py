@@ -6,14 +6,10 @@ loopback) play peers that are not trusted proxies.
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import socket
 import ssl
-import threading
 from collections.abc import Iterator
-from concurrent.futures import Future
-from datetime import timedelta
 from pathlib import Path
 from urllib.parse import quote
 
@@ -22,22 +18,17 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from node_pki import NOW, PKI, InProcessCA, csr_for, leaf, root_ca, sub_ca
+from node_harness import InProcessNode
+from node_pki import NOW, PKI, csr_for, leaf, root_ca, sub_ca
 from test_node_cli import env, init_args, inputs, run  # noqa: F401 (its fixtures, reused)
 
 from ztpki.credentials import client_context
 from ztpki.errors import ConfigurationError, MalformedInput
 from ztpki.node.config import CALabel, Limits, NodeConfig, ProxyConfig, parse_network
-from ztpki.node.enrollment import LoadedLabel
 from ztpki.node.proxy import MAX_HEADER, decode_forwarded_certificate
-from ztpki.node.runtime import NodeMaterial, RunningNode, start_node
-from ztpki.pki.authority import IssuanceGrant
-from ztpki.pki.keys import KeySpec, generate_private_key
-from ztpki.pki.names import SubjectFields, build_subject
-from ztpki.pki.profiles import CertificateProfile
+from ztpki.node.runtime import RunningNode
 from ztpki.protocol.est import encode_csr
 from ztpki.store.records import NewDevice
-from ztpki.store.sqlite import open_sqlite_node_store
 
 HEADER = "X-SSL-Client-Cert"
 UNTRUSTED_PEER = "127.0.0.2"
@@ -151,68 +142,18 @@ def test_ok_node_toml_without_proxy_table_trusts_no_proxy(tmp_path: Path) -> Non
 
 
 # ------------------------------------------------------------------ the two listeners
-class ProxiedNode:
+class ProxiedNode(InProcessNode):
     """A node with its TLS listener and its proxy listener, in a background event loop."""
 
     def __init__(self, tmp: Path, *, trusted: tuple[str, ...] = ("127.0.0.1",)) -> None:
-        self.pki = PKI.create()
-        key = generate_private_key(KeySpec.EC_P256)
-        grant = IssuanceGrant(
-            subject=build_subject("node", SubjectFields(), serial_number=None),
-            profile=CertificateProfile.SERVER,
-            not_before=NOW - timedelta(hours=1),
-            not_after=NOW + timedelta(days=30),
-            ip_addresses=("127.0.0.1",),
-        )
-        server_cert = self.pki.factory_root.issue(key.public_key(), grant)
-        label = CALabel("default", Path("unused.pem"), "operational")
-        config = NodeConfig(
-            directory=tmp,
-            ca_system="127.0.0.1:1",
-            ca_client=Path("unused"),
-            server_cert=Path("unused"),
-            server_key=Path("unused"),
-            trust=(Path("unused"),),
-            labels=(label,),
+        super().__init__(
+            tmp,
             limits=Limits(keepalive_timeout=2.0, handshake_timeout=2.0, body_timeout=2.0),
             proxy=ProxyConfig(trusted=tuple(parse_network(t) for t in trusted)),
         )
-        self.material = NodeMaterial(
-            config,
-            self.pki.authentication(),
-            {"default": LoadedLabel(label, self.pki.operational.chain)},
-            key,
-            (server_cert,),
-            None,
-        )
-        self.ca = InProcessCA.create(self.pki, tmp)
-        self.store = open_sqlite_node_store(tmp / "node.sqlite", durable=False)
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
 
-    def start(self) -> RunningNode:
-        self.node: RunningNode = self.call(
-            start_node(
-                self.material,
-                host="127.0.0.1",
-                port=0,
-                transport=self.ca,
-                store=self.store,
-                proxy_listen=("127.0.0.1", 0),
-            )
-        )
-        return self.node
-
-    def call(self, coro):  # type: ignore[no-untyped-def]
-        future: Future[object] = asyncio.run_coroutine_threadsafe(coro, self.loop)
-        return future.result(timeout=30)
-
-    def close(self) -> None:
-        if hasattr(self, "node"):
-            self.call(self.node.close())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=10)
+    def start(self, *, proxy_listen: tuple[str, int] | None = ("127.0.0.1", 0)) -> RunningNode:
+        return super().start(proxy_listen=proxy_listen)
 
     def listed_device(self, device_id: str) -> x509.Certificate:
         self.store.add_device(NewDevice(device_id, None), now=NOW)
