@@ -16,11 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
+from tests.support.rawtls import RawTLS as BaseRawTLS
 
 from ztpki.credentials import client_context
 from ztpki.pki.keys import PrivateKey
-from ztpki.protocol.enrollment import EnrollmentAnswer, EnrollmentError, decode_answer
-from ztpki.protocol.framing import HEADER_SIZE
 
 TIMEOUT = 30.0
 
@@ -151,40 +150,13 @@ def tls_handshake(
     return None
 
 
-class RawTLS:
-    """A blocking TLS connection sending arbitrary bytes (a hostile client or CA-client)."""
+class RawTLS(BaseRawTLS):
+    """A hostile client or CA-client, with what the attacks observe of the answer."""
 
     def __init__(
         self, address: tuple[str, int], context: ssl.SSLContext, *, timeout: float = TIMEOUT
     ) -> None:
-        plain = socket.create_connection(address, timeout=timeout)
-        self.tls = context.wrap_socket(plain, server_hostname=address[0])
-
-    def __enter__(self) -> RawTLS:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self.tls.close()
-
-    def send(self, data: bytes) -> None:
-        self.tls.sendall(data)
-
-    def read_exactly(self, size: int) -> bytes:
-        data = bytearray()
-        while len(data) < size:
-            chunk = self.tls.recv(size - len(data))
-            if not chunk:
-                raise EOFError(f"connection closed after {len(data)} of {size} bytes")
-            data += chunk
-        return bytes(data)
-
-    def read_frame(self) -> EnrollmentAnswer | EnrollmentError:
-        length = int.from_bytes(self.read_exactly(HEADER_SIZE), "big")
-        return decode_answer(self.read_exactly(length))
+        super().__init__(address, context, timeout=timeout)
 
     def read_response(self) -> Observed:
         """One HTTP/1.1 response (status line, headers, Content-Length body) or the failure."""

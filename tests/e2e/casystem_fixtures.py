@@ -12,8 +12,6 @@ import contextlib
 import io
 import json
 import os
-import socket
-import ssl
 import subprocess
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -23,6 +21,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from tests.support.rawtls import RawTLS
 from tests.support.services import Service, run_ztpki, start
 
 from ztpki.casystem.client import CAClient
@@ -33,10 +32,9 @@ from ztpki.protocol.enrollment import (
     EnrollmentAnswer,
     EnrollmentError,
     EnrollmentRequest,
-    decode_answer,
     encode_request,
 )
-from ztpki.protocol.framing import HEADER_SIZE, encode_frame
+from ztpki.protocol.framing import encode_frame
 from ztpki.store.interfaces import IssuanceStore
 from ztpki.store.records import IssuedCertificate
 from ztpki.store.sqlite import open_sqlite_ca_store
@@ -164,54 +162,26 @@ async def enroll_all(
 # --- raw frames over a real TLS socket ---------------------------------------------------
 
 
-class RawConnection:
-    """A blocking TLS connection that sends arbitrary bytes as frames (a hostile client)."""
+class RawConnection(RawTLS):
+    """A registered CA-client that sends arbitrary bytes as frames (a hostile client)."""
 
     def __init__(self, address: tuple[str, int], credential: Credential) -> None:
         context = client_context(
             key=credential.key, chain=credential.chain, server_anchors=credential.trust_anchors
         )
-        plain = socket.create_connection(address, timeout=20)
-        self.tls = context.wrap_socket(plain, server_hostname=address[0])
-
-    def __enter__(self) -> RawConnection:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self.tls.close()
+        super().__init__(address, context)
 
     def send_raw(self, data: bytes) -> None:
-        self.tls.sendall(data)
+        self.send(data)
 
     def send_frame(self, payload: bytes) -> None:
-        self.send_raw(encode_frame(payload))
+        self.send(encode_frame(payload))
 
     def send_request(self, request: EnrollmentRequest) -> None:
         self.send_frame(encode_request(request))
 
-    def _read_exactly(self, size: int) -> bytes:
-        data = bytearray()
-        while len(data) < size:
-            chunk = self.tls.recv(size - len(data))
-            if not chunk:
-                raise EOFError(f"connection closed after {len(data)} of {size} bytes")
-            data += chunk
-        return bytes(data)
-
     def read_answer(self) -> EnrollmentAnswer | EnrollmentError:
-        length = int.from_bytes(self._read_exactly(HEADER_SIZE), "big")
-        return decode_answer(self._read_exactly(length))
-
-    def at_eof(self) -> bool:
-        """True when the server closed the connection (recv returns nothing)."""
-        try:
-            return self.tls.recv(1) == b""
-        except (ConnectionError, ssl.SSLEOFError):
-            return True
+        return self.read_frame()
 
 
 # --- what a verifier checks --------------------------------------------------------------
