@@ -9,7 +9,7 @@ removed) get past the handshake check.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import hashlib
 import logging
 import ssl
 import time
@@ -17,6 +17,7 @@ from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from ztpki.casystem.connections import ConnectionLimits, FramedTLSServer, Reply
 from ztpki.casystem.issuer import CASystem, IssuancePlan
 from ztpki.casystem.recorder import IssuanceRecorder
 from ztpki.casystem.wire import error_answer
@@ -31,7 +32,7 @@ from ztpki.protocol.enrollment import (
     encode_answer,
     request_id_of,
 )
-from ztpki.protocol.framing import HEADER_SIZE, MAX_FRAME_SIZE, encode_frame, frame_length
+from ztpki.protocol.framing import encode_frame
 from ztpki.store.interfaces import IssuanceStore
 from ztpki.store.records import AlreadyIssued
 
@@ -54,6 +55,11 @@ def _generate_pkcs8(spec: str) -> bytes:
     return encode_pkcs8(generate_private_key(KeySpec(spec)), passphrase=None)
 
 
+def answer_frame(answer: EnrollmentAnswer | EnrollmentError) -> bytes:
+    # Answers are built here from checked dataclasses: no second schema check on the way out.
+    return encode_frame(encode_answer(answer, validate=False))
+
+
 class CASystemService:
     def __init__(
         self,
@@ -70,105 +76,49 @@ class CASystemService:
         self.limits = limits or ServiceLimits()
         self._key_pool = key_pool
         self._recorder = IssuanceRecorder(store)
-        self._server: asyncio.Server | None = None
-        self._connections = asyncio.Semaphore(self.limits.max_connections)
+        self._server: FramedTLSServer | None = None
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         self._recorder.start()
-        self._server = await asyncio.start_server(
-            self._serve_connection,
-            host,
-            port,
-            ssl=self.ssl_context,
-            ssl_handshake_timeout=self.limits.handshake_timeout,
-            limit=MAX_FRAME_SIZE + HEADER_SIZE,
+        limits = self.limits
+        self._server = FramedTLSServer(
+            self.ssl_context,
+            self._session_for,
+            ConnectionLimits(
+                idle_timeout=limits.idle_timeout,
+                read_timeout=limits.read_timeout,
+                handshake_timeout=limits.handshake_timeout,
+                max_connections=limits.max_connections,
+            ),
         )
-        bound = self._server.sockets[0].getsockname()
-        return str(bound[0]), int(bound[1])
+        return self._server.listen(host, port)
 
     async def serve_forever(self) -> None:
         assert self._server is not None
-        async with self._server:
-            await self._server.serve_forever()
+        await self._server.wait_closed()
 
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
-            await self._server.wait_closed()
         await self._recorder.stop()
         if isinstance(self._key_pool, ProcessPoolExecutor):
             self._key_pool.shutdown(cancel_futures=True)
 
-    def _registered_client(self, writer: asyncio.StreamWriter) -> str | None:
-        import hashlib
-
-        ssl_object = writer.get_extra_info("ssl_object")
-        der = ssl_object.getpeercert(binary_form=True) if ssl_object else None
+    def registered_client(self, tls: ssl.SSLSocket) -> str | None:
+        """The name of the active registered CA-client that presented this certificate."""
+        der = tls.getpeercert(binary_form=True)
         if not der:
             return None
         record = self.store.client_by_fingerprint(hashlib.sha256(der).hexdigest())
         return record.name if record is not None and record.status == "active" else None
 
-    async def _serve_connection(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        async with self._connections:
-            peer = writer.get_extra_info("peername")
-            client = self._registered_client(writer)
-            try:
-                if client is None:
-                    log.warning(
-                        "refused connection from %s: client certificate not registered", peer
-                    )
-                    await self._send(writer, error_answer(None, _unregistered()))
-                    return
-                await self._serve_requests(reader, writer, client)
-            except (ConnectionError, asyncio.IncompleteReadError, TimeoutError, ssl.SSLError):
-                pass
-            finally:
-                writer.close()
-                with contextlib.suppress(ConnectionError, ssl.SSLError, OSError):
-                    await writer.wait_closed()
-
-    async def _serve_requests(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, client: str
-    ) -> None:
-        checked = time.monotonic()
-        while True:
-            # asyncio.timeout, not wait_for: no extra task per read on the hot path.
-            try:
-                async with asyncio.timeout(self.limits.idle_timeout):
-                    header = await reader.readexactly(HEADER_SIZE)
-            except asyncio.IncompleteReadError:
-                return  # the client closed between requests: normal end
-            try:
-                length = frame_length(header)
-                if length > MAX_FRAME_SIZE:
-                    raise PayloadTooLarge(
-                        f"frame of {length} bytes exceeds the limit of {MAX_FRAME_SIZE} bytes"
-                    )
-            except ZtpkiError as exc:
-                log.warning("closing connection of client %s: %s", client, exc.message)
-                await self._send(writer, error_answer(None, exc))
-                return
-            async with asyncio.timeout(self.limits.read_timeout):
-                payload = await reader.readexactly(length)
-            if time.monotonic() - checked > self.limits.client_recheck:
-                # A kept-alive connection must not outlive `ca remove-client`; checking at most
-                # every client_recheck seconds keeps the store read off most requests.
-                if self._registered_client(writer) is None:
-                    log.warning("closing connection of client %s: it was removed", client)
-                    await self._send(writer, error_answer(request_id_of(payload), _unregistered()))
-                    return
-                checked = time.monotonic()
-            await self._send(writer, await self.handle(payload, client=client))
-
-    async def _send(
-        self, writer: asyncio.StreamWriter, answer: EnrollmentAnswer | EnrollmentError
-    ) -> None:
-        # Answers are built here from checked dataclasses: no second schema check on the way out.
-        writer.write(encode_frame(encode_answer(answer, validate=False)))
-        await writer.drain()
+    def _session_for(self, tls: ssl.SSLSocket) -> _ClientSession | Reply:
+        client = self.registered_client(tls)
+        if client is None:
+            peer = _peer_of(tls)
+            log.warning("refused connection from %s: client certificate not registered", peer)
+            return Reply(answer_frame(error_answer(None, _unregistered())), close=True)
+        return _ClientSession(self, tls, client)
 
     async def handle(self, payload: bytes, *, client: str) -> EnrollmentAnswer | EnrollmentError:
         """One request frame in, one answer out; every failure becomes a typed error answer."""
@@ -226,6 +176,43 @@ class CASystemService:
             self._key_pool, _generate_pkcs8, spec.value
         )
         return decode_pkcs8(der, passphrase=None, self_generated=True)
+
+
+class _ClientSession:
+    """One registered CA-client's connection: each frame becomes one answer, in order."""
+
+    def __init__(self, service: CASystemService, tls: ssl.SSLSocket, client: str) -> None:
+        self._service = service
+        self._tls = tls
+        self._client = client
+        self._checked = time.monotonic()
+
+    def frame(self, payload: bytes) -> Reply | asyncio.Future[Reply]:
+        service = self._service
+        if time.monotonic() - self._checked > service.limits.client_recheck:
+            # A kept-alive connection must not outlive `ca remove-client`; checking at most
+            # every client_recheck seconds keeps the store read off most requests.
+            if service.registered_client(self._tls) is None:
+                log.warning("closing connection of client %s: it was removed", self._client)
+                refusal = error_answer(request_id_of(payload), _unregistered())
+                return Reply(answer_frame(refusal), close=True)
+            self._checked = time.monotonic()
+        return asyncio.ensure_future(self._reply(payload))
+
+    async def _reply(self, payload: bytes) -> Reply:
+        return Reply(answer_frame(await self._service.handle(payload, client=self._client)))
+
+    def too_large(self, error: PayloadTooLarge) -> Reply:
+        log.warning("closing connection of client %s: %s", self._client, error.message)
+        return Reply(answer_frame(error_answer(None, error)), close=True)
+
+
+def _peer_of(tls: ssl.SSLSocket) -> str:
+    try:
+        host, port = tls.getpeername()[:2]
+    except OSError:
+        return "a client that already left"
+    return f"{host}:{port}"
 
 
 def _unregistered() -> ZtpkiError:
