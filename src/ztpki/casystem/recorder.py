@@ -1,8 +1,10 @@
 """Durable issuance records with group commit.
 
-Every answer waits until its certificate is durably recorded. One writer thread commits
-whatever accumulated while the previous commit ran, so many concurrent issuances share one
-fsync instead of paying one each.
+Every answer waits until its certificate is durably recorded. The records that accumulated
+while the previous commit ran are written as one batch on the event loop (a few statements,
+microseconds each) and committed, the one fsync, on the recorder's own thread. Running the
+statements on the loop and handing over once per batch keeps the two threads from passing
+the interpreter lock back and forth on every statement, which cost more CPU than the writes.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from concurrent.futures import ThreadPoolExecutor
 
 from ztpki.errors import ZtpkiError
 from ztpki.store.interfaces import IssuanceStore
@@ -26,6 +29,7 @@ class IssuanceRecorder:
         self._store = store
         self._queue: asyncio.Queue[_Item] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
+        self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recorder")
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="issuance-recorder")
@@ -35,32 +39,37 @@ class IssuanceRecorder:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        self._committer.shutdown(wait=True)  # a commit in progress completes
 
     async def record(self, certificate: IssuedCertificate, *, supersede: bool) -> list[str]:
         """Serials this one superseded; AlreadyIssued when one is live and not superseded."""
         future: asyncio.Future[list[str]] = asyncio.get_running_loop().create_future()
-        await self._queue.put((certificate, supersede, future))
+        self._queue.put_nowait((certificate, supersede, future))
         return await future
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             batch = [await self._queue.get()]
             while len(batch) < MAX_GROUP and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             try:
-                results = await asyncio.to_thread(
-                    self._store.record_issuances, [(c, s) for c, s, _ in batch]
-                )
+                staged = self._store.stage_issuances([(c, s) for c, s, _ in batch])
+                await loop.run_in_executor(self._committer, staged.commit)
             except Exception as exc:  # the whole transaction failed: fail every waiter
                 log.exception("issuance store write failed")
-                for _, _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
+                _fail(batch, exc)
                 continue
-            for (_, _, future), result in zip(batch, results, strict=True):
+            for (_, _, future), result in zip(batch, staged.results, strict=True):
                 if future.done():
                     continue
                 if isinstance(result, ZtpkiError):
                     future.set_exception(result)
                 else:
                     future.set_result(result)
+
+
+def _fail(batch: list[_Item], exc: Exception) -> None:
+    for _, _, future in batch:
+        if not future.done():
+            future.set_exception(exc)

@@ -26,6 +26,16 @@ from ztpki.store.records import (
 )
 
 
+class StagedBatch(Protocol):
+    """Issuances written in an open transaction: ``results`` as record_issuances gives."""
+
+    results: list[list[str] | ZtpkiError]
+
+    def commit(self) -> None: ...
+
+    def rollback(self) -> None: ...
+
+
 class IssuanceStore(Protocol):
     """The CA system's record of every certificate it issued, and its registered CA-clients."""
 
@@ -45,6 +55,10 @@ class IssuanceStore(Protocol):
 
         Items apply in order; one that fails yields its error in its slot and the others commit.
         """
+        ...
+
+    def stage_issuances(self, certs: Sequence[tuple[IssuedCertificate, bool]]) -> StagedBatch:
+        """``record_issuances`` without its commit: the caller commits (on any thread)."""
         ...
 
     def issued(

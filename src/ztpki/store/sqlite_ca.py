@@ -25,7 +25,7 @@ from ztpki.store.records import (
     DuplicateSerial,
     IssuedCertificate,
 )
-from ztpki.store.sqlite_db import SQLiteDatabase, savepoint, storage_error
+from ztpki.store.sqlite_db import SQLiteDatabase, rollback, savepoint, storage_error
 
 SCHEMA_COMPONENT = "ca_system"
 SCHEMA_VERSION = 1
@@ -73,6 +73,14 @@ _CERT_COLUMNS = (
     "serial, ca_name, device_id, subject, not_before, not_after, status, request_id, "
     "fingerprint, issued_at, certificate_der"
 )
+_INSERT_CERT = (
+    f"INSERT INTO issued_certificate ({_CERT_COLUMNS}) "  # noqa: S608
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_SUPERSEDE = (
+    "UPDATE issued_certificate SET status = 'superseded' "
+    "WHERE ca_name = ? AND device_id = ? AND status = 'active' RETURNING serial"
+)
 _CLIENT_COLUMNS = "name, serial, fingerprint, not_after, status, added_at, removed_at"
 _ACTIVE_SERIALS = (
     "SELECT serial FROM issued_certificate "
@@ -85,6 +93,7 @@ class SQLiteIssuanceStore:
 
     def __init__(self, db: SQLiteDatabase) -> None:
         self._db = db
+        self._staging: SQLiteDatabase | None = None
         try:
             db.ensure_schema(SCHEMA_COMPONENT, SCHEMA_VERSION, SCHEMA)
         except BaseException:
@@ -92,6 +101,8 @@ class SQLiteIssuanceStore:
             raise
 
     def close(self) -> None:
+        if self._staging is not None:
+            self._staging.close()
         self._db.close()
 
     def __enter__(self) -> SQLiteIssuanceStore:
@@ -114,17 +125,30 @@ class SQLiteIssuanceStore:
     ) -> list[list[str] | ZtpkiError]:
         for cert, _ in certs:
             _require_active(cert)
-        results: list[list[str] | ZtpkiError] = []
         with self._db.write() as conn:
-            for cert, supersede in certs:
-                try:
-                    with savepoint(conn, "issuance"):
-                        results.append(
-                            _record(conn, cert, supersede=supersede, db_path=self._db.path)
-                        )
-                except ZtpkiError as exc:
-                    results.append(exc)
-        return results
+            return _record_each(conn, certs, db_path=self._db.path)
+
+    def stage_issuances(self, certs: Sequence[tuple[IssuedCertificate, bool]]) -> StagedIssuances:
+        """``record_issuances`` up to, not including, its commit (see StagedIssuances).
+
+        The batch runs on a connection of its own, so this thread's reads (and their
+        snapshots) never see it before it commits.
+        """
+        for cert, _ in certs:
+            _require_active(cert)
+        if self._staging is None:
+            self._staging = SQLiteDatabase(self._db.path, durable=self._db.durable)
+        conn = self._staging.connection()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise storage_error(exc, path=self._db.path) from exc
+        try:
+            results = _record_each(conn, certs, db_path=self._db.path)
+        except BaseException:
+            rollback(conn)
+            raise
+        return StagedIssuances(conn, results, db_path=self._db.path)
 
     def issued(
         self,
@@ -217,6 +241,50 @@ class SQLiteIssuanceStore:
         return [_client(row) for row in rows]
 
 
+class StagedIssuances:
+    """A batch of issuances written inside an open transaction, not yet committed.
+
+    ``commit`` may run on another thread (the CA system's recorder waits for the fsync
+    there while its event loop goes on); until it returns, no answer may leave.
+    """
+
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        results: list[list[str] | ZtpkiError],
+        *,
+        db_path: Path,
+    ) -> None:
+        self.results = results
+        self._conn = conn
+        self._db_path = db_path
+
+    def commit(self) -> None:
+        try:
+            self._conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            rollback(self._conn)
+            raise storage_error(exc, path=self._db_path) from exc
+
+    def rollback(self) -> None:
+        rollback(self._conn)
+
+
+def _record_each(
+    conn: sqlite3.Connection,
+    certs: Sequence[tuple[IssuedCertificate, bool]],
+    *,
+    db_path: Path,
+) -> list[list[str] | ZtpkiError]:
+    results: list[list[str] | ZtpkiError] = []
+    for cert, supersede in certs:
+        try:
+            results.append(_record(conn, cert, supersede=supersede, db_path=db_path))
+        except ZtpkiError as exc:
+            results.append(exc)
+    return results
+
+
 def _require_active(cert: IssuedCertificate) -> None:
     if cert.status is not CertificateStatus.ACTIVE:
         raise ValueError(f"certificate {cert.serial} must be recorded as ACTIVE")
@@ -225,32 +293,37 @@ def _require_active(cert: IssuedCertificate) -> None:
 def _record(
     conn: sqlite3.Connection, cert: IssuedCertificate, *, supersede: bool, db_path: Path
 ) -> list[str]:
-    """One issuance inside the caller's transaction."""
-    if conn.execute(
-        "SELECT 1 FROM issued_certificate WHERE ca_name = ? AND serial = ?",
-        (cert.ca_name, cert.serial),
-    ).fetchone():
-        raise DuplicateSerial(
-            f"CA {cert.ca_name} already recorded serial {cert.serial}; serials must be unique"
-        )
-    live = [row[0] for row in conn.execute(_ACTIVE_SERIALS, (cert.ca_name, cert.device_id))]
-    if live and not supersede:
-        raise AlreadyIssued(ca_name=cert.ca_name, device_id=cert.device_id, serial=live[0])
-    if live:
-        conn.execute(
-            "UPDATE issued_certificate SET status = 'superseded' "
-            "WHERE ca_name = ? AND device_id = ? AND status = 'active'",
-            (cert.ca_name, cert.device_id),
-        )
+    """One issuance inside the caller's transaction; on error nothing of it is left.
+
+    The common case is one INSERT, atomic on its own; the schema's unique indexes refuse a
+    second live certificate or a repeated serial, and only then is the cause looked up.
+    """
+    if not supersede:
+        _insert(conn, cert, db_path=db_path)
+        return []
+    with savepoint(conn, "issuance"):
+        live = conn.execute(_SUPERSEDE, (cert.ca_name, cert.device_id)).fetchall()
+        _insert(conn, cert, db_path=db_path)
+    return sorted(row[0] for row in live)
+
+
+def _insert(conn: sqlite3.Connection, cert: IssuedCertificate, *, db_path: Path) -> None:
     try:
-        conn.execute(
-            f"INSERT INTO issued_certificate ({_CERT_COLUMNS}) "  # noqa: S608
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            _certificate_row(cert),
-        )
+        conn.execute(_INSERT_CERT, _certificate_row(cert))
     except sqlite3.IntegrityError as exc:
+        live = conn.execute(_ACTIVE_SERIALS, (cert.ca_name, cert.device_id)).fetchone()
+        if live is not None:
+            raise AlreadyIssued(
+                ca_name=cert.ca_name, device_id=cert.device_id, serial=live[0]
+            ) from None
+        if conn.execute(
+            "SELECT 1 FROM issued_certificate WHERE ca_name = ? AND serial = ?",
+            (cert.ca_name, cert.serial),
+        ).fetchone():
+            raise DuplicateSerial(
+                f"CA {cert.ca_name} already recorded serial {cert.serial}; serials must be unique"
+            ) from None
         raise storage_error(exc, path=db_path) from exc
-    return live
 
 
 def _certificate_row(cert: IssuedCertificate) -> tuple[Any, ...]:

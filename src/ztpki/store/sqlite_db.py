@@ -151,10 +151,10 @@ class SQLiteDatabase:
             yield conn
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
-            _rollback(conn)
+            rollback(conn)
             raise storage_error(exc, path=self.path) from exc
         except BaseException:
-            _rollback(conn)
+            rollback(conn)
             raise
 
     def ensure_schema(self, component: str, version: int, ddl: Sequence[str]) -> None:
@@ -187,7 +187,7 @@ class SQLiteDatabase:
             conn.close()
 
 
-def _rollback(conn: sqlite3.Connection) -> None:
+def rollback(conn: sqlite3.Connection) -> None:
     if conn.in_transaction:
         try:
             conn.execute("ROLLBACK")
