@@ -616,6 +616,24 @@ def test_fail_oversized_frame_header_answered_and_closed(plant: CASystemUnderTes
         assert connection.read_answer().request_id == legit.request_id
 
 
+def test_fail_oversized_header_behind_a_request_answered_after_it(
+    plant: CASystemUnderTest,
+) -> None:
+    before = plant.count()
+    with RawConnection(plant.address, plant.credential("line1")) as connection:
+        payload = encode_request(legit := request())
+        # One write: a whole request, then the header of a frame over the limit.
+        connection.send_raw(
+            len(payload).to_bytes(4, "big") + payload + ((1 << 20) + 1).to_bytes(4, "big")
+        )
+        first, second = connection.read_answer(), connection.read_answer()
+        assert isinstance(first, EnrollmentAnswer) and first.request_id == legit.request_id
+        assert isinstance(second, EnrollmentError) and second.code is ErrorCode.MALFORMED
+        assert "exceeds" in second.message
+        assert connection.at_eof()
+    assert plant.count() == before + 1  # the request ahead of the bad header, nothing else
+
+
 @pytest.mark.parametrize(
     "sent",
     [

@@ -280,47 +280,44 @@ class _Connection:
                 return
             # Frames sent ahead while a request is handled are decoded now, answered later.
             if not self._feed(chunk):
-                return
+                break
         self._next()
 
     def _feed(self, chunk: bytes) -> bool:
-        """False when the stream is out of step and the connection is being ended."""
+        """False when the stream is out of step and nothing more is to be read."""
         assert self._session is not None
-        try:
+        with contextlib.suppress(PayloadTooLarge):  # noted in failure, read just below
             self._pending.extend(self._decoder.feed(chunk))
-        except PayloadTooLarge as exc:
-            self._pending.clear()
-            self._loop.remove_reader(self._fd)  # nothing more is read from this client
-            farewell = Reply(self._session.too_large(exc).frame, close=True)
-            if self._busy:  # the answer in progress goes first
-                self._farewell = farewell
-            else:
-                self._busy = True
-                self._send(farewell)
-            return False
-        return True
+        failure = self._decoder.failure
+        if failure is None:
+            return True
+        self._loop.remove_reader(self._fd)
+        # Said after the answers to the frames that came ahead of the bad header.
+        self._farewell = Reply(self._session.too_large(failure).frame, close=True)
+        return False
 
     def _next(self) -> None:
         if self._busy or self._closed:
             return
-        if not self._pending:
-            limits = self._server.limits
-            if not self._decoder.buffered:
-                self._in_frame = False
-                self._set_deadline(limits.idle_timeout)
-            elif not self._in_frame:  # the whole frame must follow within read_timeout
-                self._in_frame = True
-                self._set_deadline(limits.read_timeout)
-            return
-        assert self._session is not None
-        self._in_frame = False
-        self._busy = True
-        self._clear_deadline()
-        result = self._session.frame(self._pending.popleft())
-        if isinstance(result, Reply):
-            self._send(result)
-        else:
-            result.add_done_callback(self._answered)
+        if self._pending:
+            assert self._session is not None
+            self._in_frame = False
+            self._busy = True
+            self._clear_deadline()
+            result = self._session.frame(self._pending.popleft())
+            if isinstance(result, Reply):
+                self._send(result)
+            else:
+                result.add_done_callback(self._answered)
+        elif self._farewell is not None:
+            self._busy = True
+            self._send(self._farewell)
+        elif not self._decoder.buffered:
+            self._in_frame = False
+            self._set_deadline(self._server.limits.idle_timeout)
+        elif not self._in_frame:  # the whole frame must follow within read_timeout
+            self._in_frame = True
+            self._set_deadline(self._server.limits.read_timeout)
 
     def _answered(self, future: asyncio.Future[Reply]) -> None:
         if self._closed:
@@ -353,10 +350,6 @@ class _Connection:
             self._out = self._out[sent:]
         self._want_write(False)
         self._out = None
-        if self._farewell is not None:
-            farewell, self._farewell = self._farewell, None
-            self._send(farewell)
-            return
         self._busy = False
         if self._close_after:
             self.close()

@@ -49,10 +49,11 @@ def frame_length(header: bytes, *, max_size: int = MAX_FRAME_SIZE) -> int:
 class FrameDecoder:
     """Incremental decoder: feed it bytes as they arrive, get complete payloads back.
 
-    PayloadTooLarge is raised as soon as a header announces more than ``max_size``, before
-    the body arrives. The stream is then out of step: frames completed earlier in the same
-    ``feed`` call are dropped, every later call raises again, and the caller closes the
-    connection (after sending an error answer, if it wants to).
+    A header that announces more than ``max_size`` puts the stream out of step before its
+    body arrives: the frames ahead of it are still returned (``failure`` is then set), and
+    the first call with none of them left raises PayloadTooLarge, as does every later call.
+    The caller answers what came ahead, then closes the connection (after sending an error
+    answer, if it wants to).
     """
 
     def __init__(self, *, max_size: int = MAX_FRAME_SIZE) -> None:
@@ -61,6 +62,11 @@ class FrameDecoder:
         self._max_size = max_size
         self._buffer = bytearray()
         self._failure: PayloadTooLarge | None = None
+
+    @property
+    def failure(self) -> PayloadTooLarge | None:
+        """The error of a header over the limit, once one arrived."""
+        return self._failure
 
     @property
     def buffered(self) -> int:
@@ -87,7 +93,8 @@ class FrameDecoder:
                 start = end
         except PayloadTooLarge as exc:
             self._failure = exc
-            raise
+            if not payloads:
+                raise
         finally:
             # One deletion per call keeps many small frames in one chunk linear.
             del buffer[:start]

@@ -104,6 +104,8 @@ def test_fuzz_random_stream_only_typed_errors(chunks: list[bytes], max_size: int
             for payload in decoder.feed(chunk):
                 assert len(payload) <= max_size % 200
     except PayloadTooLarge:
+        assert decoder.failure is not None
+    if decoder.failure is not None:
         with pytest.raises(PayloadTooLarge):
             decoder.feed(b"")
 
@@ -132,8 +134,20 @@ def test_fail_huge_header() -> None:
 
 def test_fail_oversize_after_good_frame_in_same_chunk() -> None:
     decoder = FrameDecoder(max_size=8)
+    # The frame ahead of the bad header is still delivered, with the failure noted ...
+    assert decoder.feed(encode_frame(b"ok") + (9).to_bytes(4, "big") + b"body") == [b"ok"]
+    assert isinstance(decoder.failure, PayloadTooLarge)
+    # ... and from then on the stream is out of step.
+    with pytest.raises(PayloadTooLarge, match="9 bytes exceeds the limit of 8"):
+        decoder.feed(b"")
     with pytest.raises(PayloadTooLarge):
-        decoder.feed(encode_frame(b"ok") + (9).to_bytes(4, "big"))
+        decoder.feed(encode_frame(b"late"))
+
+
+def test_ok_no_failure_on_a_good_stream() -> None:
+    decoder = FrameDecoder(max_size=8)
+    assert decoder.feed(encode_frame(b"ok") + (8).to_bytes(4, "big")) == [b"ok"]
+    assert decoder.failure is None
 
 
 def test_fail_custom_limit() -> None:
