@@ -251,7 +251,12 @@ class _Connection:
             return
         self._want_write(False)
         self._handshaken = True
-        started = self._server.sessions(self._tls)
+        try:
+            started = self._server.sessions(self._tls)
+        except Exception:
+            log.exception("starting a session failed; closing the connection")
+            self.close()
+            return
         if isinstance(started, Reply):
             self._loop.remove_reader(self._fd)  # nothing is read from a refused client
             self._busy = True
@@ -304,7 +309,13 @@ class _Connection:
             self._in_frame = False
             self._busy = True
             self._clear_deadline()
-            result = self._session.frame(self._pending.popleft())
+            try:
+                result = self._session.frame(self._pending.popleft())
+            except Exception:
+                # A session answers its own errors; this is a bug or a failed store read.
+                log.exception("handling a frame failed; closing the connection")
+                self.close()
+                return
             if isinstance(result, Reply):
                 self._send(result)
             else:

@@ -221,3 +221,30 @@ def test_ok_connections_over_the_limit_wait_for_a_free_slot() -> None:
         waiting.sendall(encode_frame(b"second"))
         assert _read_frame(waiting) == b"dnoces"
         waiting.close()
+
+
+class _Broken(_Echo):
+    def frame(self, payload: bytes) -> Reply | asyncio.Future[Reply]:
+        if payload == b"boom":
+            raise RuntimeError("a bug in the session")
+        return super().frame(payload)
+
+
+def test_fail_session_that_raises_closes_only_its_connection() -> None:
+    with (
+        _server(_limits(), sessions=lambda tls: _Broken()) as address,
+        _connect(address) as bystander,
+        _connect(address) as victim,
+    ):
+        victim.sendall(encode_frame(b"boom"))
+        assert _closed_by_server(victim)
+        bystander.sendall(encode_frame(b"still here"))
+        assert _read_frame(bystander) == b"ereh llits"
+
+
+def test_fail_session_factory_that_raises_closes_the_connection() -> None:
+    def failing(tls: ssl.SSLSocket) -> _Echo:
+        raise RuntimeError("the store could not be read")
+
+    with _server(_limits(), sessions=failing) as address, _connect(address) as tls:
+        assert _closed_by_server(tls)
