@@ -10,13 +10,18 @@ verifies it again with the path validator, and says which kind of identity it is
 Either way it checks the validity period, key usage and EKU clientAuth, an optional CRL of
 the issuing CA, and reads the device id from the subject. Raw DER in keeps the HTTP server
 swappable in one file.
+
+For a certificate the node's own TLS layer verified (the direct listener), the module may
+take a shortcut that reaches the same verdict with one signature check instead of a whole
+path: see ``AuthenticationModule._by_known_issuer``. A certificate from a proxy header is
+always verified in full.
 """
 
 from __future__ import annotations
 
 import bisect
 import logging
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -120,10 +125,17 @@ class AuthenticationModule:
         self.factory = factory
         self.customer = tuple(customer)
         self._crls = _checked_crls(crls, [*factory.anchors, *factory.intermediates])
-        self._boundaries = sorted(
-            {t for cert in self.tls_trust_store() for t in _validity_boundaries(cert)}
-        )
+        trusted = self.tls_trust_store()
+        self._boundaries = sorted({t for cert in trusted for t in _validity_boundaries(cert)})
         self._verified: OrderedDict[bytes, _Verified] = OrderedDict()
+        # Configured certificates whose subject no other configured certificate bears: for a
+        # leaf naming one of them as issuer, every path the verifier could build starts there.
+        subjects = Counter(cert.subject for cert in trusted)
+        self._sole_issuer = {c.subject: c for c in trusted if subjects[c.subject] == 1}
+        self._factory_certs = frozenset((*factory.anchors, *factory.intermediates))
+        # (label or None for the factory trust, issuer) -> when its path up was seen verified.
+        self._issuer_paths: dict[tuple[str | None, x509.Certificate], tuple[datetime, datetime]]
+        self._issuer_paths = {}
 
     def tls_trust_store(self) -> list[x509.Certificate]:
         """Every certificate the TLS layer should accept client chains to (and build with)."""
@@ -143,35 +155,103 @@ class AuthenticationModule:
             not any(_self_signed(c) for c in ca.chain) for ca in self.customer
         )
 
-    def authenticate(self, der: bytes, *, now: datetime) -> ClientIdentity:
+    def authenticate(
+        self, der: bytes, *, now: datetime, chain_verified_by_tls: bool = False
+    ) -> ClientIdentity:
         """The identity in a client certificate, or NotAuthenticated with the reason.
 
         A certificate that verified is remembered (bounded, least recently used first out)
         with the stretch of time in which no validity period of it or of any configured CA
         certificate begins or ends: inside that stretch every input of the verification is the
         same, so its result is too. A device sends the same certificate on several requests.
+
+        ``chain_verified_by_tls``: the node's own TLS layer took this certificate from the
+        handshake and verified its chain against ``tls_trust_store()`` (the direct listener,
+        never a proxy header). Only then may the module take its known-issuer shortcut, and
+        only a result of full verification is ever reused for other callers.
         """
         at = _utc(now)
         remembered = self._verified.get(der)
         if remembered is not None:
-            if remembered.holds_at(at):
+            if remembered.holds_at(at) and (remembered.full or chain_verified_by_tls):
                 self._verified.move_to_end(der)
                 return remembered.identity
             del self._verified[der]
-        identity = self._verify(der, now=now)
-        stretch = self._stable_stretch(identity.certificate, at)
+        identity = self._by_known_issuer(der, at=at, now=now) if chain_verified_by_tls else None
+        full = identity is None
+        if identity is None:
+            identity = self._verify(der, now=now)
+        stretch = self._stable_stretch(at, identity.certificate)
         if stretch is not None:
-            self._verified[der] = _Verified(identity, *stretch)
+            self._verified[der] = _Verified(identity, *stretch, full=full)
             if len(self._verified) > VERIFIED_CACHE_SIZE:
                 self._verified.popitem(last=False)
         return identity
 
+    def _by_known_issuer(self, der: bytes, *, at: datetime, now: datetime) -> ClientIdentity | None:
+        """The verdict of ``_verify`` for a leaf whose issuer's own path was verified before.
+
+        Why this is the same verdict: full verification builds leaf -> issuer -> ... -> anchor
+        from configured certificates only. When exactly one configured certificate X bears the
+        leaf's issuer name, every such path starts leaf -> X, so ``_verify`` tries the same
+        label first (the first label whose CA is named so, which must then be X) or, with no
+        such label, the factory trust, and finds the same issuer for the CRL check. The path
+        splits in two: the leaf's part (its signature by X, validity, key usage, EKU and the
+        other end-entity rules, X's CA rules as its issuer) is checked here in full, with X as
+        the only anchor; X's part up to an anchor depends on no leaf, and a full verification
+        through X saw it pass within the same stretch of time, in which no configured
+        certificate's validity begins or ends. Name constraints are the one rule above X that
+        reads the leaf, so an issuer path that carries any is never remembered. Anything that
+        does not verify here goes to full verification, which alone refuses and words the
+        reason. The TLS layer verified the chain as well; this shortcut is still taken only
+        then (``chain_verified_by_tls``), so a certificate from a proxy header always gets
+        the full path.
+        """
+        try:
+            leaf = load_certificate_der(der)
+        except MalformedInput:
+            return None
+        issuer = self._sole_issuer.get(leaf.issuer)
+        if issuer is None:
+            return None
+        label = next((ca for ca in self.customer if ca.certificate.subject == leaf.issuer), None)
+        if label is None and issuer not in self._factory_certs:
+            return None
+        if not self._issuer_path_holds(None if label is None else label.label, issuer, at):
+            return None
+        try:
+            verify_client_chain(leaf, (), (issuer,), now=now)
+        except VerificationFailed:
+            return None
+        if label is not None:
+            return self._identity(IdentityKind.OPERATIONAL, leaf, label=label.label)
+        self._check_revocation(leaf, (leaf, issuer))
+        return self._identity(IdentityKind.TEMPORARY, leaf, label=None)
+
+    def _issuer_path_holds(self, trust: str | None, issuer: x509.Certificate, at: datetime) -> bool:
+        stretch = self._issuer_paths.get((trust, issuer))
+        return stretch is not None and stretch[0] <= at <= stretch[1]
+
+    def _remember_issuer_path(
+        self, trust: str | None, path: Sequence[x509.Certificate], now: datetime
+    ) -> None:
+        """After a full verification: the issuer's path up holds for this stretch of time."""
+        if len(path) < 2 or self._sole_issuer.get(path[1].subject) != path[1]:
+            return
+        if any(_constrains_names(cert) for cert in path[1:]):
+            return
+        stretch = self._stable_stretch(_utc(now))
+        if stretch is not None:
+            self._issuer_paths[(trust, path[1])] = stretch
+
     def _stable_stretch(
-        self, leaf: x509.Certificate, at: datetime
+        self, at: datetime, leaf: x509.Certificate | None = None
     ) -> tuple[datetime, datetime] | None:
         # A second away from each boundary, so no rounding of instants to whole seconds by
         # the validator can put two instants of one stretch on different sides of a boundary.
-        boundaries = sorted({*self._boundaries, *_validity_boundaries(leaf)})
+        boundaries = self._boundaries
+        if leaf is not None:
+            boundaries = sorted({*boundaries, *_validity_boundaries(leaf)})
         index = bisect.bisect_right(boundaries, at)
         earliest = _moved(boundaries[index - 1], _MARGIN) if index > 0 else _DAWN
         latest = _moved(boundaries[index], -_MARGIN) if index < len(boundaries) else _DUSK
@@ -193,7 +273,9 @@ class AuthenticationModule:
             # Only the label's own CA may vouch for an operational identity, not a sibling CA
             # under the same customer root.
             if len(path) > 1 and path[1] == ca.certificate:
-                return self._identity(IdentityKind.OPERATIONAL, leaf, label=ca.label)
+                identity = self._identity(IdentityKind.OPERATIONAL, leaf, label=ca.label)
+                self._remember_issuer_path(ca.label, path, now)
+                return identity
         # Not the customer's (a factory CA may even bear the same name as a customer CA).
         try:
             path = verify_client_chain(
@@ -206,7 +288,9 @@ class AuthenticationModule:
                 f"or customer CA: {'; '.join(problems)}"
             ) from None
         self._check_revocation(leaf, path)
-        return self._identity(IdentityKind.TEMPORARY, leaf, label=None)
+        identity = self._identity(IdentityKind.TEMPORARY, leaf, label=None)
+        self._remember_issuer_path(None, path, now)
+        return identity
 
     def _check_revocation(self, leaf: x509.Certificate, path: Sequence[x509.Certificate]) -> None:
         if len(path) < 2:
@@ -251,6 +335,7 @@ class _Verified:
     identity: ClientIdentity
     earliest: datetime
     latest: datetime
+    full: bool = True  # False: found by the known-issuer shortcut (TLS-verified callers only)
 
     def holds_at(self, at: datetime) -> bool:
         return self.earliest <= at <= self.latest
@@ -266,6 +351,14 @@ def _moved(instant: datetime, by: timedelta) -> datetime:
         return instant + by
     except OverflowError:  # a validity period ending in 9999: the stretch ends there
         return instant
+
+
+def _constrains_names(cert: x509.Certificate) -> bool:
+    try:
+        cert.extensions.get_extension_for_class(x509.NameConstraints)
+    except x509.ExtensionNotFound:
+        return False
+    return True
 
 
 def _validity_boundaries(cert: x509.Certificate) -> tuple[datetime, datetime]:

@@ -9,6 +9,7 @@ text/plain sentence; nothing else here knows about status codes.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import time
@@ -108,6 +109,12 @@ def error_response(exc: ZtpkiError) -> tuple[web.Response, str]:
     return response, outcome
 
 
+@functools.lru_cache(maxsize=16)
+def _certs_only_body(chain: tuple[x509.Certificate, ...]) -> bytes:
+    # A label's CA chain is the same on every cacerts request: encode it once.
+    return encode_certs_only(chain)
+
+
 def _base64_response(body: bytes, content_type: str) -> web.Response:
     response = web.Response(body=body)
     response.headers["Content-Type"] = content_type
@@ -154,6 +161,8 @@ class EstApplication:
         # Where the client certificate comes from: the TLS transport (the direct listener), or
         # a trusted proxy's header (ztpki.node.proxy, the proxy listener). Never both.
         self.client_certificate = client_certificate
+        # Only the node's own TLS layer verified the chain of a certificate it hands over.
+        self._chain_verified_by_tls = client_certificate is peer_certificate_der
         self.authentication = authentication
         self.limits = limits
         self.metrics = metrics
@@ -209,7 +218,9 @@ class EstApplication:
                 "operational certificate)"
             )
         try:
-            return self.authentication.authenticate(der, now=self._clock())
+            return self.authentication.authenticate(
+                der, now=self._clock(), chain_verified_by_tls=self._chain_verified_by_tls
+            )
         except NotAuthenticated as exc:
             if operation is Operation.CACERTS:
                 return None  # cacerts needs no authentication (RFC 7030 section 4.1.1)
@@ -227,7 +238,7 @@ class EstApplication:
     ) -> tuple[web.Response, str]:
         if operation is Operation.CACERTS:
             chain = await self.service.cacerts(label, identity)
-            return _base64_response(encode_certs_only(chain), CERTS_ONLY_TYPE), "served"
+            return _base64_response(_certs_only_body(chain), CERTS_ONLY_TYPE), "served"
         assert identity is not None
         if operation is Operation.CSRATTRS:
             key = await self.service.csrattrs(label, identity)

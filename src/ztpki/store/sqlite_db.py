@@ -37,6 +37,10 @@ def storage_error(exc: sqlite3.Error, *, path: Path) -> ZtpkiError:
     return StorageError(f"the database {path} failed an operation: {exc}")
 
 
+class GroupAborted(StorageError):
+    """A group transaction ended before its commit: none of its units took effect."""
+
+
 class SQLiteDatabase:
     """Connections, transactions and schema versions for one database file."""
 
@@ -95,33 +99,49 @@ class SQLiteDatabase:
             raise ConfigurationError(f"cannot open database {self.path}: {exc.strerror}") from exc
         os.close(fd)
 
-    def connection(self) -> sqlite3.Connection:
-        """This thread's connection, opened on first use (again in a forked child)."""
+    def connection(self, *, wait: bool = True) -> sqlite3.Connection:
+        """This thread's connection, opened on first use (again in a forked child).
+
+        ``wait=False``: this thread's second connection, which never waits for a busy
+        database (busy timeout 0), for reads on a thread that must not block.
+        """
         if self._closed:
             raise StorageError(f"the database {self.path} was closed")
         pid = os.getpid()
-        owned: tuple[int, sqlite3.Connection] | None = getattr(self._local, "owned", None)
+        slot = "owned" if wait else "owned_nowait"
+        owned: tuple[int, sqlite3.Connection] | None = getattr(self._local, slot, None)
         if owned is not None and owned[0] == pid:
             return owned[1]
         if pid != self._pid:
             # A forked child must neither use nor close the parent's connections.
             self._pid, self._lock, self._connections = pid, threading.Lock(), []
-        conn = self._connect()
-        self._local.owned = (pid, conn)
+        conn = self._connect(busy_timeout=self._busy_timeout if wait else 0.0)
+        setattr(self._local, slot, (pid, conn))
         with self._lock:
             self._connections.append(conn)
         return conn
 
-    def _connect(self) -> sqlite3.Connection:
+    def _forget(self, conn: sqlite3.Connection) -> None:
+        """Close conn and let this thread open a fresh connection on its next use."""
+        for slot in ("owned", "owned_nowait"):
+            owned = getattr(self._local, slot, None)
+            if owned is not None and owned[1] is conn:
+                delattr(self._local, slot)
+        with self._lock:
+            if conn in self._connections:
+                self._connections.remove(conn)
+        conn.close()
+
+    def _connect(self, *, busy_timeout: float) -> sqlite3.Connection:
         try:
             # isolation_level=None: the driver never opens transactions on its own; we do.
             conn = sqlite3.connect(
                 self.path,
-                timeout=self._busy_timeout,
+                timeout=busy_timeout,
                 isolation_level=None,
                 check_same_thread=False,  # only close() touches it from another thread
             )
-            conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
+            conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
             conn.execute("PRAGMA foreign_keys = ON")
             conn.execute(f"PRAGMA synchronous = {'FULL' if self.durable else 'NORMAL'}")
         except sqlite3.Error as exc:
@@ -129,20 +149,71 @@ class SQLiteDatabase:
         return conn
 
     @contextmanager
-    def write(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction holding the database write lock from its first statement."""
-        with self._transaction("BEGIN IMMEDIATE") as conn:
-            yield conn
+    def write(self, *, sync: bool = True) -> Iterator[sqlite3.Connection]:
+        """A write transaction holding the database write lock from its first statement.
 
-    @contextmanager
-    def read(self) -> Iterator[sqlite3.Connection]:
-        """A read transaction: every query inside sees one snapshot."""
-        with self._transaction("BEGIN") as conn:
-            yield conn
-
-    @contextmanager
-    def _transaction(self, begin: str) -> Iterator[sqlite3.Connection]:
+        ``sync=False``: this commit does not wait for fsync even in a durable database
+        (``synchronous=NORMAL`` for it: consistent after any crash, but a power loss may take
+        it back); the next synced commit makes it durable along with its own changes.
+        """
+        if sync or not self.durable or getattr(self._local, "grouped", False):
+            with self._transaction("BEGIN IMMEDIATE") as conn:
+                yield conn
+            return
         conn = self.connection()
+        try:
+            conn.execute("PRAGMA synchronous = NORMAL")
+        except sqlite3.Error as exc:
+            raise storage_error(exc, path=self.path) from exc
+        try:
+            with self._transaction("BEGIN IMMEDIATE") as conn:
+                yield conn
+        finally:
+            try:
+                conn.execute("PRAGMA synchronous = FULL")
+            except sqlite3.Error:
+                # Left at NORMAL the connection would stop syncing: never use it again.
+                logger.exception("could not restore synchronous=FULL on %s", self.path)
+                self._forget(conn)
+
+    @contextmanager
+    def read(self, *, wait: bool = True) -> Iterator[sqlite3.Connection]:
+        """A read transaction: every query inside sees one snapshot.
+
+        ``wait=False`` is for a thread that must not block (an event loop): when the database
+        is busy (rare in WAL mode: recovery, a checkpoint resetting the log) it raises
+        Unavailable at once instead of waiting up to the busy timeout.
+        """
+        with self._transaction("BEGIN", wait=wait) as conn:
+            yield conn
+
+    @contextmanager
+    def group(self) -> Iterator[None]:
+        """One write transaction around several units of work of this thread (group commit).
+
+        Inside it, ``write()`` and ``read()`` run as savepoints of the group's transaction: a
+        unit that raises is undone alone, and the group's one COMMIT makes every other unit
+        durable at once, with one fsync for all of them. A unit whose failure ended the whole
+        transaction (SQLite rolls back by itself on some I/O errors) raises GroupAborted, and
+        nothing of the group is committed.
+        """
+        if getattr(self._local, "grouped", False):
+            raise RuntimeError("a group of units does not nest")
+        with self.write():
+            self._local.grouped = True
+            try:
+                yield
+            finally:
+                self._local.grouped = False
+
+    @contextmanager
+    def _transaction(self, begin: str, *, wait: bool = True) -> Iterator[sqlite3.Connection]:
+        if getattr(self._local, "grouped", False):
+            conn = self.connection()
+            with self._unit(conn):
+                yield conn
+            return
+        conn = self.connection(wait=wait)
         try:
             conn.execute(begin)
         except sqlite3.Error as exc:
@@ -156,6 +227,31 @@ class SQLiteDatabase:
         except BaseException:
             rollback(conn)
             raise
+
+    @contextmanager
+    def _unit(self, conn: sqlite3.Connection) -> Iterator[None]:
+        """One unit of a group, as a savepoint of the group's transaction."""
+        try:
+            if not conn.in_transaction:
+                raise GroupAborted(f"the group transaction on {self.path} ended early")
+            conn.execute("SAVEPOINT unit")
+        except sqlite3.Error as exc:
+            raise GroupAborted(f"the database {self.path} failed a group: {exc}") from exc
+        try:
+            yield
+        except BaseException as exc:
+            try:
+                conn.execute("ROLLBACK TO SAVEPOINT unit")
+                conn.execute("RELEASE SAVEPOINT unit")
+            except sqlite3.Error:
+                raise GroupAborted(f"the database {self.path} failed a group: {exc}") from exc
+            if isinstance(exc, sqlite3.Error):
+                raise storage_error(exc, path=self.path) from exc
+            raise
+        try:
+            conn.execute("RELEASE SAVEPOINT unit")
+        except sqlite3.Error as exc:
+            raise GroupAborted(f"the database {self.path} failed a group: {exc}") from exc
 
     def ensure_schema(self, component: str, version: int, ddl: Sequence[str]) -> None:
         """Create ``component``'s tables when missing; refuse a database of another version."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Collection, Sequence
+from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any
@@ -113,6 +114,14 @@ class SQLiteNodeStore:
     def close(self) -> None:
         self._db.close()
 
+    def group(self) -> AbstractContextManager[None]:
+        """Run the calls made inside on this thread in one transaction with one commit.
+
+        Each call keeps its own all-or-nothing behaviour (a savepoint); the calls that did not
+        raise become durable together when the group ends. GroupAborted: nothing did.
+        """
+        return self._db.group()
+
     def __enter__(self) -> SQLiteNodeStore:
         return self
 
@@ -162,8 +171,9 @@ class SQLiteNodeStore:
 
     # ------------------------------------------------------------------ reading
 
-    def get(self, device_id: str) -> RegisteredDevice | None:
-        with self._db.read() as conn:
+    def get(self, device_id: str, *, wait: bool = True) -> RegisteredDevice | None:
+        """The device's row. ``wait=False``: Unavailable at once if the database is busy."""
+        with self._db.read(wait=wait) as conn:
             return _select_device(conn, device_id)
 
     def devices(self, *, state: DeviceState | None = None) -> list[RegisteredDevice]:
@@ -218,7 +228,13 @@ class SQLiteNodeStore:
         marks = ", ".join("?" for _ in allowed)
         at = encode_instant(now, name="now")
         expires = encode_instant(now + timedelta(seconds=lease_seconds))
-        with self._db.write() as conn:
+        # A lease alone is not synced on its own: it is volatile by nature. It is visible to
+        # every process at once, and the next synced commit (the completion or abort that
+        # ends it, before any answer reaches the device) makes it durable. A power loss that
+        # takes it back leaves the device where it was, which a retry handles like a lost
+        # answer (the CA system's live certificate is superseded). With an audit record it
+        # is a decision, and synced.
+        with self._db.write(sync=audit is not None) as conn:
             before = _select_device(conn, device_id)
             if before is None:
                 return None

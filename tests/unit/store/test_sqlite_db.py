@@ -13,7 +13,7 @@ from store_backends import make_certificate, open_fresh_and_append
 
 from ztpki.errors import ConfigurationError, StorageError, Unavailable
 from ztpki.store import open_sqlite_ca_store, open_sqlite_node_store
-from ztpki.store.sqlite_db import SQLiteDatabase
+from ztpki.store.sqlite_db import GroupAborted, SQLiteDatabase
 
 
 def pragma(db: SQLiteDatabase, name: str) -> object:
@@ -111,3 +111,101 @@ def test_ok_processes_opening_a_fresh_database_together(tmp_path: Path) -> None:
     assert sorted(outcomes.values()) == list(range(1, workers + 1))
     with open_sqlite_node_store(tmp_path / "node.db") as store:
         assert store.verify().checked == workers
+
+
+# ---------------------------------------------------------------- group commit, non-blocking reads
+
+
+def _rows(db: SQLiteDatabase) -> list[int]:
+    with db.read() as conn:
+        return [int(v) for (v,) in conn.execute("SELECT v FROM t ORDER BY v")]
+
+
+@pytest.fixture
+def table_db(tmp_path: Path) -> SQLiteDatabase:
+    db = SQLiteDatabase(tmp_path / "g.db")
+    with db.write() as conn:
+        conn.execute("CREATE TABLE t (v INTEGER PRIMARY KEY)")
+    return db
+
+
+def test_ok_group_commits_units_together_and_undoes_a_failing_one(
+    table_db: SQLiteDatabase,
+) -> None:
+    other = sqlite3.connect(table_db.path, isolation_level=None)
+    try:
+        with table_db.group():
+            with table_db.write() as conn:
+                conn.execute("INSERT INTO t VALUES (1)")
+            with pytest.raises(ValueError), table_db.write() as conn:
+                conn.execute("INSERT INTO t VALUES (2)")
+                raise ValueError("this unit fails")
+            with table_db.read() as conn:  # a unit sees the group's earlier units
+                assert conn.execute("SELECT COUNT(*) FROM t").fetchone()[0] == 1
+            with table_db.write() as conn:
+                conn.execute("INSERT INTO t VALUES (3)")
+            # Nothing is visible to others before the group's one commit.
+            assert other.execute("SELECT COUNT(*) FROM t").fetchone()[0] == 0
+        assert _rows(table_db) == [1, 3]
+        # negative control: a unit outside a group commits on its own, as before
+        with table_db.write() as conn:
+            conn.execute("INSERT INTO t VALUES (4)")
+        assert other.execute("SELECT COUNT(*) FROM t").fetchone()[0] == 3
+    finally:
+        other.close()
+        table_db.close()
+
+
+def test_fail_group_whose_transaction_ended_commits_nothing(table_db: SQLiteDatabase) -> None:
+    try:
+        with pytest.raises(GroupAborted), table_db.group():
+            with table_db.write() as conn:
+                conn.execute("INSERT INTO t VALUES (1)")
+            with table_db.write() as conn:
+                conn.execute("ROLLBACK")  # what SQLite does by itself on some I/O errors
+        assert _rows(table_db) == []
+        # negative control: the database works on afterwards, groups included
+        with table_db.group(), table_db.write() as conn:
+            conn.execute("INSERT INTO t VALUES (5)")
+        assert _rows(table_db) == [5]
+    finally:
+        table_db.close()
+
+
+def test_fail_groups_do_not_nest(table_db: SQLiteDatabase) -> None:
+    try:
+        with pytest.raises(RuntimeError, match="nest"), table_db.group(), table_db.group():
+            pass
+        assert not table_db.connection().in_transaction
+    finally:
+        table_db.close()
+
+
+def test_ok_read_without_waiting_has_a_connection_that_never_waits(tmp_path: Path) -> None:
+    store = open_sqlite_node_store(tmp_path / "n.db")
+    db = store._db
+    try:
+        assert store.get("dev-1", wait=False) is None
+        nowait = db.connection(wait=False)
+        assert nowait is not db.connection()
+        assert nowait.execute("PRAGMA busy_timeout").fetchone()[0] == 0
+        # negative control: the thread's ordinary connection still waits for the lock
+        assert pragma(db, "busy_timeout") == 30000
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("durable", [True, False], ids=["ok-durable", "ok-not-durable"])
+def test_ok_unsynced_write_commits_and_keeps_the_connection_synchronous(
+    tmp_path: Path, durable: bool
+) -> None:
+    db = SQLiteDatabase(tmp_path / "s.db", durable=durable)
+    try:
+        with db.write(sync=False) as conn:
+            conn.execute("CREATE TABLE t (v INTEGER)")
+            assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL for it
+        assert pragma(db, "synchronous") == (2 if durable else 1)
+        with db.read() as conn:
+            assert conn.execute("SELECT COUNT(*) FROM t").fetchone()[0] == 0
+    finally:
+        db.close()
