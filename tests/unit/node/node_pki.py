@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
 from ztpki.casystem.issuer import CASystem, LoadedCA
@@ -122,6 +122,47 @@ class PKI:
 
     def identity(self, cert: x509.Certificate) -> ClientIdentity:
         return self.authentication().authenticate(certificate_der(cert), now=NOW)
+
+    def revoking_crl(self, *revoked: x509.Certificate) -> x509.CertificateRevocationList:
+        """A current CRL of the factory CA that revokes ``revoked``."""
+        builder = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(self.factory_ca.certificate.subject)
+            .last_update(NOW - timedelta(hours=1))
+            .next_update(NOW + timedelta(days=1))
+        )
+        for cert in revoked:
+            builder = builder.add_revoked_certificate(
+                x509.RevokedCertificateBuilder()
+                .serial_number(cert.serial_number)
+                .revocation_date(NOW)
+                .build()
+            )
+        return builder.sign(self.factory_ca.key, hashes.SHA256())
+
+
+def with_namesake_factory_ca(pki: PKI) -> tuple[AuthenticationModule, CertificateAuthority]:
+    """A module whose factory CA (another maker's) bears the subject of pki's customer CA."""
+    maker = PKI.create()
+    namesake = sub_ca(maker.factory_root, "operational")  # the customer CA's subject
+    module = AuthenticationModule(
+        FactoryTrust.from_bundles([[namesake.certificate, maker.factory_root.certificate]]),
+        [CustomerCA("default", pki.operational.chain)],
+    )
+    return module, namesake
+
+
+def counting_verifications(module: AuthenticationModule) -> list[bytes]:
+    """Record every full verification the module runs (the DER of each certificate)."""
+    calls: list[bytes] = []
+    verify = module._verify
+
+    def counted(der: bytes, *, now: object) -> object:
+        calls.append(der)
+        return verify(der, now=now)  # type: ignore[arg-type]
+
+    module._verify = counted  # type: ignore[assignment,method-assign]
+    return calls
 
 
 @dataclass

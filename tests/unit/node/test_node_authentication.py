@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
-from node_pki import NOW, PKI, der, leaf, sub_ca
+from node_pki import NOW, PKI, der, leaf, sub_ca, with_namesake_factory_ca
 
 from ztpki.errors import ConfigurationError, NotAuthenticated
 from ztpki.node.authentication import AuthenticationModule, CustomerCA, FactoryTrust, IdentityKind
@@ -75,19 +75,7 @@ def test_fail_refused(pki: PKI, case: str) -> None:
 def test_fail_revoked_by_crl(pki: PKI) -> None:
     _, revoked = pki.temporary("dev-r")
     _, fine = pki.temporary("dev-f")
-    crl = (
-        x509.CertificateRevocationListBuilder()
-        .issuer_name(pki.factory_ca.certificate.subject)
-        .last_update(NOW - timedelta(hours=1))
-        .next_update(NOW + timedelta(days=1))
-        .add_revoked_certificate(
-            x509.RevokedCertificateBuilder()
-            .serial_number(revoked.serial_number)
-            .revocation_date(NOW)
-            .build()
-        )
-        .sign(pki.factory_ca.key, hashes.SHA256())  # type: ignore[arg-type]
-    )
+    crl = pki.revoking_crl(revoked)
     module = pki.authentication(crls=[crl])
     with pytest.raises(NotAuthenticated, match="revoked"):
         module.authenticate(der(revoked), now=NOW)
@@ -134,12 +122,7 @@ def test_ok_tls_store_holds_every_certificate_once(pki: PKI) -> None:
 
 def test_ok_factory_ca_with_the_same_name_as_a_customer_ca(pki: PKI) -> None:
     """Names are not identities: a factory CA called like the customer's CA still works."""
-    maker = PKI.create()
-    namesake = sub_ca(maker.factory_root, "operational")  # the customer CA's subject
-    module = AuthenticationModule(
-        FactoryTrust.from_bundles([[namesake.certificate, maker.factory_root.certificate]]),
-        [CustomerCA("default", pki.operational.chain)],
-    )
+    module, namesake = with_namesake_factory_ca(pki)
     _, temporary = leaf(namesake, "dev-1")
     assert module.authenticate(der(temporary), now=NOW).kind is IdentityKind.TEMPORARY
     _, operational = leaf(pki.operational, "dev-1")

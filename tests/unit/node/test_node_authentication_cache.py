@@ -5,11 +5,11 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from node_pki import NOW, PKI, der, leaf
+from node_pki import NOW, PKI, counting_verifications, der, leaf
 
 from ztpki.errors import NotAuthenticated
 from ztpki.node import authentication
-from ztpki.node.authentication import AuthenticationModule, IdentityKind
+from ztpki.node.authentication import IdentityKind
 
 
 @pytest.fixture(scope="module")
@@ -17,22 +17,9 @@ def pki() -> PKI:
     return PKI.create()
 
 
-def _counting(module: AuthenticationModule) -> list[bytes]:
-    """Record every full verification the module runs."""
-    calls: list[bytes] = []
-    verify = module._verify
-
-    def counted(der: bytes, *, now: object) -> object:
-        calls.append(der)
-        return verify(der, now=now)  # type: ignore[arg-type]
-
-    module._verify = counted  # type: ignore[assignment,method-assign]
-    return calls
-
-
 def test_ok_second_request_uses_the_remembered_identity(pki: PKI) -> None:
     module = pki.authentication()
-    calls = _counting(module)
+    calls = counting_verifications(module)
     _, cert = pki.temporary("dev-1")
     first = module.authenticate(der(cert), now=NOW)
     second = module.authenticate(der(cert), now=NOW + timedelta(minutes=5))
@@ -66,7 +53,7 @@ def test_fail_before_validity_after_being_remembered(pki: PKI) -> None:
 
 def test_fail_refusals_are_not_remembered(pki: PKI) -> None:
     module = pki.authentication()
-    calls = _counting(module)
+    calls = counting_verifications(module)
     _, cert = leaf(pki.factory_ca, "dev-z", not_before=NOW + timedelta(days=1))
     for _ in range(2):
         with pytest.raises(NotAuthenticated):
@@ -82,7 +69,7 @@ def test_fail_refusals_are_not_remembered(pki: PKI) -> None:
 def test_ok_bounded(pki: PKI, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(authentication, "VERIFIED_CACHE_SIZE", 2)
     module = pki.authentication()
-    calls = _counting(module)
+    calls = counting_verifications(module)
     certs = [der(pki.temporary(f"dev-{i}")[1]) for i in range(3)]
     for cert in certs:
         module.authenticate(cert, now=NOW)

@@ -8,8 +8,16 @@ from datetime import timedelta
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from node_pki import NOW, PKI, der, leaf, name, sub_ca
+from node_pki import (
+    NOW,
+    PKI,
+    counting_verifications,
+    der,
+    leaf,
+    name,
+    sub_ca,
+    with_namesake_factory_ca,
+)
 
 from ztpki.errors import NotAuthenticated
 from ztpki.node.authentication import (
@@ -33,19 +41,6 @@ def pki() -> PKI:
     return PKI.create()
 
 
-def _counting(module: AuthenticationModule) -> list[bytes]:
-    """Record every full verification the module runs."""
-    calls: list[bytes] = []
-    verify = module._verify
-
-    def counted(der: bytes, *, now: object) -> object:
-        calls.append(der)
-        return verify(der, now=now)  # type: ignore[arg-type]
-
-    module._verify = counted  # type: ignore[assignment,method-assign]
-    return calls
-
-
 def _primed(pki: PKI, **kwargs: object) -> AuthenticationModule:
     """A module that has verified one temporary and one operational certificate in full."""
     module = pki.authentication(**kwargs)
@@ -67,22 +62,6 @@ def _verdict(
         identity.fingerprint,
         identity.serial,
         identity.label,
-    )
-
-
-def _revoking_crl(pki: PKI, cert: x509.Certificate) -> x509.CertificateRevocationList:
-    return (
-        x509.CertificateRevocationListBuilder()
-        .issuer_name(pki.factory_ca.certificate.subject)
-        .last_update(NOW - timedelta(hours=1))
-        .next_update(NOW + timedelta(days=1))
-        .add_revoked_certificate(
-            x509.RevokedCertificateBuilder()
-            .serial_number(cert.serial_number)
-            .revocation_date(NOW)
-            .build()
-        )
-        .sign(pki.factory_ca.key, hashes.SHA256())
     )
 
 
@@ -126,9 +105,9 @@ def _certificate(pki: PKI, case: str) -> x509.Certificate:
 @pytest.mark.parametrize("case", CASES)
 def test_ok_shortcut_verdict_is_the_full_verdict(pki: PKI, case: str) -> None:
     cert = _certificate(pki, case)
-    crls = [_revoking_crl(pki, cert)] if case == "fail-revoked" else []
+    crls = [pki.revoking_crl(cert)] if case == "fail-revoked" else []
     shortcut = _primed(pki, crls=crls)
-    calls = _counting(shortcut)
+    calls = counting_verifications(shortcut)
     full = pki.authentication(crls=crls)
     expected = _verdict(lambda: full.authenticate(der(cert), now=NOW))
     got = _verdict(lambda: shortcut.authenticate(der(cert), now=NOW, chain_verified_by_tls=True))
@@ -141,7 +120,7 @@ def test_ok_shortcut_verdict_is_the_full_verdict(pki: PKI, case: str) -> None:
 
 def test_fail_proxy_certificates_always_get_full_verification(pki: PKI) -> None:
     module = _primed(pki)
-    calls = _counting(module)
+    calls = counting_verifications(module)
     _, cert = pki.temporary("dev-2")
     module.authenticate(der(cert), now=NOW, chain_verified_by_tls=True)
     assert calls == []
@@ -155,7 +134,7 @@ def test_fail_proxy_certificates_always_get_full_verification(pki: PKI) -> None:
 
 def test_fail_no_shortcut_before_a_full_verification_through_the_issuer(pki: PKI) -> None:
     module = pki.authentication()
-    calls = _counting(module)
+    calls = counting_verifications(module)
     for device_id in ("dev-1", "dev-2"):
         module.authenticate(der(pki.temporary(device_id)[1]), now=NOW, chain_verified_by_tls=True)
     assert len(calls) == 1  # the first went the full way and vouched for its issuer's path
@@ -184,7 +163,7 @@ def test_fail_no_shortcut_past_a_validity_boundary(pki: PKI) -> None:
         FactoryTrust.from_bundles([[short.certificate, pki.factory_root.certificate]]),
         [CustomerCA("default", pki.operational.chain)],
     )
-    calls = _counting(module)
+    calls = counting_verifications(module)
     module.authenticate(der(leaf(short, "primer")[1]), now=NOW, chain_verified_by_tls=True)
     soon = NOW + timedelta(days=5)
     module.authenticate(
@@ -200,13 +179,8 @@ def test_fail_no_shortcut_past_a_validity_boundary(pki: PKI) -> None:
 
 
 def test_fail_no_shortcut_when_configured_names_repeat(pki: PKI) -> None:
-    maker = PKI.create()
-    namesake = sub_ca(maker.factory_root, "operational")  # the customer CA's subject
-    module = AuthenticationModule(
-        FactoryTrust.from_bundles([[namesake.certificate, maker.factory_root.certificate]]),
-        [CustomerCA("default", pki.operational.chain)],
-    )
-    calls = _counting(module)
+    module, namesake = with_namesake_factory_ca(pki)
+    calls = counting_verifications(module)
     for device_id in ("dev-1", "dev-2"):
         temporary = leaf(namesake, device_id)[1]
         identity = module.authenticate(der(temporary), now=NOW, chain_verified_by_tls=True)
