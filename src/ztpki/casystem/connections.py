@@ -27,6 +27,9 @@ from ztpki.protocol.framing import HEADER_SIZE, MAX_FRAME_SIZE, FrameDecoder
 log = logging.getLogger(__name__)
 _RECV_SIZE = 64 * 1024
 _ACCEPTS_PER_WAKEUP = 64
+# A client that sends ahead without reading its answers is held here: no more is read from
+# it until its queue of decoded requests is down to half of this.
+_MAX_QUEUED = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,15 +160,19 @@ class _Connection:
         self._close_after = False
         self._farewell: Reply | None = None
         self._writer = False
+        self._reading = False  # the loop watches the socket for reads
+        self._read_ended = False  # out of step or refused: never read again
+        self._write_needs_read = False
         self._closed = False
         # One timer per connection, re-armed lazily: a request moves the deadline, not the
         # timer, so the hot path creates no timer handles.
         self._deadline = 0.0
         self._in_frame = False
+        self._in_next = False
         self._timer: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
-        self._loop.add_reader(self._fd, self._readable)
+        self._want_read(True)
         self._set_deadline(self._server.limits.handshake_timeout)
         self._handshake()
 
@@ -173,7 +180,7 @@ class _Connection:
         if self._closed:
             return
         self._closed = True
-        self._loop.remove_reader(self._fd)
+        self._want_read(False)
         self._want_write(False)
         if self._timer is not None:
             self._timer.cancel()
@@ -188,6 +195,8 @@ class _Connection:
     def _readable(self) -> None:
         if not self._handshaken:
             self._handshake()
+        elif self._write_needs_read:
+            self._write()
         else:
             self._read()
 
@@ -198,6 +207,18 @@ class _Connection:
             self._write()
         else:
             self._read()  # a read that needed to write (a TLS key update)
+
+    def _want_read(self, wanted: bool) -> None:
+        if wanted and not self._reading and not self._read_ended and not self._closed:
+            self._loop.add_reader(self._fd, self._readable)
+            self._reading = True
+        elif not wanted and self._reading:
+            self._loop.remove_reader(self._fd)
+            self._reading = False
+
+    def _end_reading(self) -> None:
+        self._want_read(False)
+        self._read_ended = True
 
     def _want_write(self, wanted: bool) -> None:
         if wanted and not self._writer:
@@ -258,7 +279,7 @@ class _Connection:
             self.close()
             return
         if isinstance(started, Reply):
-            self._loop.remove_reader(self._fd)  # nothing is read from a refused client
+            self._end_reading()  # nothing is read from a refused client
             self._busy = True
             self._send(started)
             return
@@ -269,7 +290,12 @@ class _Connection:
     # --- reading and handling -------------------------------------------------------------
 
     def _read(self) -> None:
-        while not self._closed:
+        if self._writer and self._out is None:
+            self._want_write(False)  # a read that waited to write is being retried now
+        while self._reading:
+            if len(self._pending) >= _MAX_QUEUED:
+                self._want_read(False)  # resumed by _next once the queue is half done
+                break
             try:
                 chunk = self._tls.recv(_RECV_SIZE)
             except ssl.SSLWantReadError:
@@ -296,31 +322,45 @@ class _Connection:
         failure = self._decoder.failure
         if failure is None:
             return True
-        self._loop.remove_reader(self._fd)
+        self._end_reading()
         # Said after the answers to the frames that came ahead of the bad header.
         self._farewell = Reply(self._session.too_large(failure).frame, close=True)
         return False
 
     def _next(self) -> None:
-        if self._busy or self._closed:
+        # A loop, not recursion: an answer sent at once calls _next again from _write, and a
+        # client far ahead can have thousands of small frames decoded from one read.
+        if self._in_next:
             return
+        self._in_next = True
+        try:
+            while not self._busy and not self._closed and self._step():
+                pass
+        finally:
+            self._in_next = False
+
+    def _step(self) -> bool:
+        """Start the next thing to do; False when there is nothing to start."""
         if self._pending:
             assert self._session is not None
             self._in_frame = False
             self._busy = True
             self._clear_deadline()
+            if not self._reading and len(self._pending) <= _MAX_QUEUED // 2:
+                self._resume_reading()
             try:
                 result = self._session.frame(self._pending.popleft())
             except Exception:
                 # A session answers its own errors; this is a bug or a failed store read.
                 log.exception("handling a frame failed; closing the connection")
                 self.close()
-                return
+                return False
             if isinstance(result, Reply):
                 self._send(result)
             else:
                 result.add_done_callback(self._answered)
-        elif self._farewell is not None:
+            return True
+        if self._farewell is not None:
             self._busy = True
             self._send(self._farewell)
         elif not self._decoder.buffered:
@@ -329,6 +369,13 @@ class _Connection:
         elif not self._in_frame:  # the whole frame must follow within read_timeout
             self._in_frame = True
             self._set_deadline(self._server.limits.read_timeout)
+        return False
+
+    def _resume_reading(self) -> None:
+        self._want_read(True)
+        if self._reading:
+            # Bytes the TLS layer already decrypted wake no one up: read them soon.
+            self._loop.call_soon(self._read)
 
     def _answered(self, future: asyncio.Future[Reply]) -> None:
         if self._closed:
@@ -347,6 +394,7 @@ class _Connection:
 
     def _write(self) -> None:
         assert self._out is not None
+        self._write_needs_read = False
         while self._out:
             try:
                 sent = self._tls.send(self._out)
@@ -354,7 +402,9 @@ class _Connection:
                 self._want_write(True)
                 return
             except ssl.SSLWantReadError:
-                return  # the reader's next wake-up retries (via _writable's fallthrough)
+                self._write_needs_read = True  # the next readable wake-up retries the write
+                self._want_read(True)
+                return
             except (ssl.SSLError, OSError):
                 self.close()
                 return

@@ -248,3 +248,16 @@ def test_fail_session_factory_that_raises_closes_the_connection() -> None:
 
     with _server(_limits(), sessions=failing) as address, _connect(address) as tls:
         assert _closed_by_server(tls)
+
+
+def test_ok_client_far_ahead_is_held_back_and_still_answered_in_order() -> None:
+    # Far more frames than the server queues: it stops reading, and must resume by itself,
+    # including the frames the TLS layer already decrypted when it stopped.
+    payloads = [f"frame-{n:05d}".encode() for n in range(3000)]
+    wire = b"".join(encode_frame(p) for p in payloads)
+    with _server(_limits()) as address, _connect(address) as tls:
+        sender = threading.Thread(target=tls.sendall, args=(wire,), daemon=True)
+        sender.start()
+        answers = [_read_frame(tls) for _ in payloads]
+        sender.join(10)
+        assert answers == [p[::-1] for p in payloads]
