@@ -8,6 +8,7 @@ protocol, with knobs to fail, stall or lose answers the way a network does.
 from __future__ import annotations
 
 import asyncio
+import builtins
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -250,7 +251,7 @@ class Node:
         assert device is not None
         return device.state.value
 
-    def decisions(self, device_id: str) -> list[str]:
+    def decisions(self, device_id: str) -> builtins.list[str]:
         return [e.decision for e in self.store.entries(device_id=device_id)]
 
     def close(self) -> None:
