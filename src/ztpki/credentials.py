@@ -9,6 +9,7 @@ identity. ssl contexts are built here so that every TLS edge uses the same setti
 from __future__ import annotations
 
 import logging
+import os
 import ssl
 import tempfile
 from collections.abc import Sequence
@@ -71,8 +72,49 @@ class Credential:
 def _load_identity(
     context: ssl.SSLContext, key: PrivateKey, chain: Sequence[x509.Certificate]
 ) -> None:
-    # ssl only loads keys from files: write an encrypted copy under a one-time password to a
-    # private temporary directory, load it, and delete it at once.
+    # ssl loads keys only from files. Where the kernel offers anonymous in-memory files the
+    # key goes there: it never reaches a disk (or a device's flash), and no passphrase has
+    # to be derived twice per TLS context. Elsewhere: an encrypted temporary file.
+    try:
+        _load_identity_from_memory(context, key, chain)
+    except _NoMemoryFiles:
+        _load_identity_from_disk(context, key, chain)
+
+
+class _NoMemoryFiles(Exception):
+    pass
+
+
+def _load_identity_from_memory(
+    context: ssl.SSLContext, key: PrivateKey, chain: Sequence[x509.Certificate]
+) -> None:
+    memfd_create = getattr(os, "memfd_create", None)
+    if memfd_create is None or not Path("/proc/self/fd").is_dir():
+        raise _NoMemoryFiles
+    descriptors: list[int] = []
+    try:
+        paths = []
+        for name, data in (
+            ("ztpki-cert", certificates_pem(chain)),
+            ("ztpki-key", encode_pkcs8_pem(key, passphrase=None)),
+        ):
+            fd = memfd_create(name, os.MFD_CLOEXEC)
+            descriptors.append(fd)
+            os.write(fd, data)
+            paths.append(f"/proc/self/fd/{fd}")
+        context.load_cert_chain(paths[0], paths[1])
+    except OSError as exc:
+        raise _NoMemoryFiles from exc
+    finally:
+        for fd in descriptors:
+            os.close(fd)
+
+
+def _load_identity_from_disk(
+    context: ssl.SSLContext, key: PrivateKey, chain: Sequence[x509.Certificate]
+) -> None:
+    # An encrypted copy under a one-time password in a private temporary directory, loaded
+    # and deleted at once.
     import secrets
 
     password = secrets.token_hex(16).encode()
