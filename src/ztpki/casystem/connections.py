@@ -54,10 +54,10 @@ SessionFactory = Callable[[ssl.SSLSocket], "Session | Reply"]
 
 @dataclass(frozen=True)
 class ConnectionLimits:
-    idle_timeout: float  # between requests on a kept-alive connection
-    read_timeout: float  # to receive the rest of a frame once part of it arrived
-    handshake_timeout: float
-    max_connections: int
+    idle_timeout: float = 120.0  # between requests on a kept-alive connection
+    read_timeout: float = 15.0  # to receive the rest of a frame once part of it arrived
+    handshake_timeout: float = 15.0
+    max_connections: int = 1024
 
 
 class FramedTLSServer:

@@ -40,11 +40,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class ServiceLimits:
-    idle_timeout: float = 120.0  # between requests on a kept-alive connection
-    read_timeout: float = 15.0  # to receive one whole frame once its header arrived
-    handshake_timeout: float = 15.0
-    max_connections: int = 1024
+class ServiceLimits(ConnectionLimits):
     # How stale a kept-alive connection's registration check may get before a request
     # re-reads it: `ca remove-client` reaches open connections within this time.
     client_recheck: float = 0.25
@@ -80,17 +76,7 @@ class CASystemService:
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         self._recorder.start()
-        limits = self.limits
-        self._server = FramedTLSServer(
-            self.ssl_context,
-            self._session_for,
-            ConnectionLimits(
-                idle_timeout=limits.idle_timeout,
-                read_timeout=limits.read_timeout,
-                handshake_timeout=limits.handshake_timeout,
-                max_connections=limits.max_connections,
-            ),
-        )
+        self._server = FramedTLSServer(self.ssl_context, self._session_for, self.limits)
         return self._server.listen(host, port)
 
     async def serve_forever(self) -> None:
