@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import os
 import socket
 import ssl
 import time
@@ -126,13 +127,23 @@ def https_request(
 def tls_handshake(
     address: tuple[str, int], context: ssl.SSLContext, *, timeout: float = TIMEOUT
 ) -> str | None:
-    """None when the server accepts the connection, else how it refused (alert or close)."""
+    """None when the server accepts the connection, else how it refused (alert or close).
+
+    After a refusal it waits for the server to hang up: a ztpki server logs why it refused
+    before it closes, and its alert may reach the client before that log line is written.
+    """
     try:
-        with (
-            socket.create_connection(address, timeout=timeout) as plain,
-            context.wrap_socket(plain, server_hostname=address[0]) as tls,
-        ):
-            tls.do_handshake()
+        plain = socket.create_connection(address, timeout=timeout)
+    except OSError as exc:
+        return tls_reason(exc)
+    with plain:
+        tls = context.wrap_socket(plain, server_hostname=address[0], do_handshake_on_connect=False)
+        with tls:
+            try:
+                tls.do_handshake()
+            except (ssl.SSLError, OSError) as exc:
+                _await_hangup(tls, timeout)
+                return tls_reason(exc)
             version = tls.version()
             # A TLS 1.3 server refuses a client certificate after the client's Finished:
             # wait a moment for its alert, or for it to close the connection.
@@ -145,9 +156,18 @@ def tls_handshake(
                     )
             except TimeoutError:
                 return None
-    except (ssl.SSLError, OSError) as exc:
-        return tls_reason(exc)
+            except (ssl.SSLError, OSError) as exc:
+                _await_hangup(tls, timeout)
+                return tls_reason(exc)
     return None
+
+
+def _await_hangup(tls: ssl.SSLSocket, timeout: float) -> None:
+    """Read the raw TCP stream until the server closes it (or the timeout passes)."""
+    with contextlib.suppress(OSError), socket.socket(fileno=os.dup(tls.fileno())) as raw:
+        raw.settimeout(timeout)
+        while raw.recv(4096):
+            pass
 
 
 class RawTLS(BaseRawTLS):
