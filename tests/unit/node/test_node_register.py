@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import threading
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -22,14 +21,21 @@ NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 
 
 def in_loop(
-    test: Callable[[GatedStore], Coroutine[None, None, None]],
+    test: Callable[[GatedStore, AsyncRegister], Coroutine[None, None, None]],
 ) -> Callable[[GatedStore], None]:
-    """Run an async test body in a fresh event loop (the suite has no asyncio plugin)."""
+    """Run an async test body with a register over ``store`` in a fresh event loop (the
+    suite has no asyncio plugin); the register is closed afterwards, whatever happened."""
 
-    @functools.wraps(test)
     def run(store: GatedStore) -> None:
-        asyncio.run(test(store))
+        register = AsyncRegister(store)
+        try:
+            asyncio.run(test(store, register))
+        finally:
+            register.close()
 
+    # Named like the test, but not wrapping it: pytest must see only the store fixture.
+    run.__name__ = run.__qualname__ = test.__name__
+    run.__doc__ = test.__doc__
     return run
 
 
@@ -107,87 +113,72 @@ async def _queued_behind_gate(
 
 
 @in_loop
-async def test_ok_calls_queued_together_share_one_group(store: GatedStore) -> None:
-    register = AsyncRegister(store)
-    try:
-        results = await _queued_behind_gate(store, register, [(f"d{i}", 60.0) for i in range(5)])
-        assert all(isinstance(r, RegisteredDevice) for r in results)
-        assert store.groups == [1]  # the five calls after the gate: one transaction
-        assert {d.state for d in store.devices() if d.device_id != "gate"} == {
-            DeviceState.ISSUING,
-            DeviceState.LISTED,  # d5 was not asked
-        }
-        # negative control: a call made alone runs alone, without a group
-        assert await register.abort_issuance("d0", token="t-d0", now=NOW, audit=None)
-        assert store.groups == [1]
-    finally:
-        register.close()
+async def test_ok_calls_queued_together_share_one_group(
+    store: GatedStore, register: AsyncRegister
+) -> None:
+    results = await _queued_behind_gate(store, register, [(f"d{i}", 60.0) for i in range(5)])
+    assert all(isinstance(r, RegisteredDevice) for r in results)
+    assert store.groups == [1]  # the five calls after the gate: one transaction
+    assert {d.state for d in store.devices() if d.device_id != "gate"} == {
+        DeviceState.ISSUING,
+        DeviceState.LISTED,  # d5 was not asked
+    }
+    # negative control: a call made alone runs alone, without a group
+    assert await register.abort_issuance("d0", token="t-d0", now=NOW, audit=None)
+    assert store.groups == [1]
 
 
 @in_loop
-async def test_fail_a_failing_call_fails_alone_in_its_group(store: GatedStore) -> None:
-    register = AsyncRegister(store)
-    try:
-        leases = [("d0", 60.0), ("d1", 0.0), ("d2", 60.0)]
-        results = await _queued_behind_gate(store, register, leases)
-        assert isinstance(results[1], ValueError)
-        assert isinstance(results[0], RegisteredDevice) and isinstance(results[2], RegisteredDevice)
-        states = {d.device_id: d.state for d in store.devices()}
-        assert (states["d0"], states["d1"], states["d2"]) == (
-            DeviceState.ISSUING,
-            DeviceState.LISTED,
-            DeviceState.ISSUING,
-        )
-    finally:
-        register.close()
+async def test_fail_a_failing_call_fails_alone_in_its_group(
+    store: GatedStore, register: AsyncRegister
+) -> None:
+    leases = [("d0", 60.0), ("d1", 0.0), ("d2", 60.0)]
+    results = await _queued_behind_gate(store, register, leases)
+    assert isinstance(results[1], ValueError)
+    assert isinstance(results[0], RegisteredDevice) and isinstance(results[2], RegisteredDevice)
+    states = {d.device_id: d.state for d in store.devices()}
+    assert (states["d0"], states["d1"], states["d2"]) == (
+        DeviceState.ISSUING,
+        DeviceState.LISTED,
+        DeviceState.ISSUING,
+    )
 
 
 @in_loop
 async def test_fail_a_failed_commit_fails_every_call_and_runs_none_again(
-    store: GatedStore,
+    store: GatedStore, register: AsyncRegister
 ) -> None:
-    register = AsyncRegister(store)
-    try:
-        store.fail_group = StorageError("disk full")
-        results = await _queued_behind_gate(store, register, [("d0", 60.0), ("d1", 60.0)])
-        assert all(isinstance(r, StorageError) and "disk full" in str(r) for r in results)
-        assert store.begun.count("d0") == 1 and store.begun.count("d1") == 1
-        assert {d.state for d in store.devices()} == {DeviceState.LISTED, DeviceState.ISSUING}
-        assert store.get("d0") is not None and store.get("d0").state is DeviceState.LISTED  # type: ignore[union-attr]
-    finally:
-        register.close()
+    store.fail_group = StorageError("disk full")
+    results = await _queued_behind_gate(store, register, [("d0", 60.0), ("d1", 60.0)])
+    assert all(isinstance(r, StorageError) and "disk full" in str(r) for r in results)
+    assert store.begun.count("d0") == 1 and store.begun.count("d1") == 1
+    assert {d.state for d in store.devices()} == {DeviceState.LISTED, DeviceState.ISSUING}
+    assert store.get("d0") is not None and store.get("d0").state is DeviceState.LISTED  # type: ignore[union-attr]
 
 
 @in_loop
-async def test_ok_an_aborted_group_runs_its_calls_one_by_one(store: GatedStore) -> None:
-    register = AsyncRegister(store)
-    try:
-        store.fail_group = GroupAborted("the transaction ended early")
-        results = await _queued_behind_gate(store, register, [("d0", 60.0), ("d1", 60.0)])
-        assert all(isinstance(r, RegisteredDevice) for r in results)
-        assert store.begun.count("d0") == 2  # in the rolled-back group, then alone
-        assert store.get("d0").state is DeviceState.ISSUING  # type: ignore[union-attr]
-    finally:
-        register.close()
+async def test_ok_an_aborted_group_runs_its_calls_one_by_one(
+    store: GatedStore, register: AsyncRegister
+) -> None:
+    store.fail_group = GroupAborted("the transaction ended early")
+    results = await _queued_behind_gate(store, register, [("d0", 60.0), ("d1", 60.0)])
+    assert all(isinstance(r, RegisteredDevice) for r in results)
+    assert store.begun.count("d0") == 2  # in the rolled-back group, then alone
+    assert store.get("d0").state is DeviceState.ISSUING  # type: ignore[union-attr]
 
 
 @in_loop
 async def test_ok_reads_wait_on_the_register_thread_when_the_database_is_busy(
-    store: GatedStore,
+    store: GatedStore, register: AsyncRegister
 ) -> None:
-    register = AsyncRegister(store)
-    try:
-        assert (await register.get("d0")).state is DeviceState.LISTED  # type: ignore[union-attr]
-        store.busy_reads = True
-        assert (await register.get("d0")).state is DeviceState.LISTED  # type: ignore[union-attr]
-        assert await register.get("absent") is None  # negative control
-    finally:
-        register.close()
+    assert (await register.get("d0")).state is DeviceState.LISTED  # type: ignore[union-attr]
+    store.busy_reads = True
+    assert (await register.get("d0")).state is DeviceState.LISTED  # type: ignore[union-attr]
+    assert await register.get("absent") is None  # negative control
 
 
 @in_loop
-async def test_fail_calls_after_close(store: GatedStore) -> None:
-    register = AsyncRegister(store)
+async def test_fail_calls_after_close(store: GatedStore, register: AsyncRegister) -> None:
     assert await register.counts()
     register.close()
     with pytest.raises(StorageError, match="closed"):
