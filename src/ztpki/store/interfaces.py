@@ -31,9 +31,9 @@ class StagedBatch(Protocol):
 
     results: list[list[str] | ZtpkiError]
 
-    def commit(self) -> None: ...
-
-    def rollback(self) -> None: ...
+    def commit(self) -> None:
+        """Make the batch durable; on failure nothing of it is kept (StorageError)."""
+        ...
 
 
 class IssuanceStore(Protocol):

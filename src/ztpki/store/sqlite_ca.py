@@ -266,9 +266,6 @@ class StagedIssuances:
             rollback(self._conn)
             raise storage_error(exc, path=self._db_path) from exc
 
-    def rollback(self) -> None:
-        rollback(self._conn)
-
 
 def _record_each(
     conn: sqlite3.Connection,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import replace
 from datetime import datetime, timedelta
 
@@ -197,6 +198,35 @@ def test_ok_group_commit_of_nothing_and_of_all_failing(ca_store: IssuanceStore) 
     results = ca_store.record_issuances([(make_certificate("02"), False)])
     assert len(results) == 1 and isinstance(results[0], ZtpkiError)
     assert ca_store.count() == 1
+
+
+def test_ok_staged_batch_is_invisible_until_committed_from_another_thread(
+    ca_store: IssuanceStore,
+) -> None:
+    ca_store.record_issuance(make_certificate("01", "dev-1"), supersede=False)
+    staged = ca_store.stage_issuances(
+        [
+            (make_certificate("02", "dev-2"), False),
+            (make_certificate("03", "dev-1"), False),  # dev-1 is live: AlreadyIssued
+        ]
+    )
+    assert staged.results[0] == []
+    assert isinstance(staged.results[1], AlreadyIssued) and staged.results[1].serial == "01"
+    assert ca_store.count() == 1  # the store's own reads do not see the open batch
+    committer = threading.Thread(target=staged.commit)
+    committer.start()
+    committer.join(10)
+    assert [c.serial for c in ca_store.issued()] == ["01", "02"]
+
+
+def test_ok_staged_batches_follow_each_other(ca_store: IssuanceStore) -> None:
+    first = ca_store.stage_issuances([(make_certificate("01", "dev-1"), False)])
+    first.commit()
+    second = ca_store.stage_issuances([(make_certificate("02", "dev-1"), True)])
+    second.commit()
+    assert second.results == [["01"]]  # the second batch saw the first one's record
+    live = [c.serial for c in ca_store.issued(status=ACTIVE)]
+    assert live == ["02"]
 
 
 def test_ok_records_survive_reopening(backend: Backend) -> None:
