@@ -774,6 +774,37 @@ def test_ok_insecure_no_passphrase_works_and_warns(tmp_path: Path) -> None:
         assert leaf_of(answer).issuer == demo.ca_certificate("root").subject
 
 
+def test_ok_serve_runs_on_uvloop_by_default(plant: CASystemUnderTest) -> None:
+    assert plant.service is not None
+    assert "on the uvloop event loop" in plant.service.log()
+
+
+def test_ok_serve_on_the_standard_event_loop(tmp_path: Path) -> None:
+    system = CASystemUnderTest(tmp_path / "std", tmp_path)
+    system.init_ca("root")
+    system.add_client("line1")
+    with stopped_afterwards(system):
+        service = system.start(env={"ZTPKI_EVENT_LOOP": "asyncio"})
+        assert "on the asyncio event loop" in service.log()
+        generated = system.enroll(request())
+        with_csr = system.enroll(request(csr_der=make_csr(generate_private_key(KeySpec.EC_P256))))
+    for answer in (generated, with_csr):
+        assert leaf_of(answer).issuer == system.ca_certificate("root").subject
+    assert len(system.issued()) == 2
+
+
+def test_fail_serve_with_an_unknown_event_loop(plant: CASystemUnderTest) -> None:
+    before = plant.issued()
+    failed = ztpki(
+        "ca", "serve", "--dir", str(plant.root), "--listen", "127.0.0.1:0",
+        env={"ZTPKI_EVENT_LOOP": "trio"}, check=False,
+    )  # fmt: skip
+    assert failed.returncode == 1
+    assert "ZTPKI_EVENT_LOOP='trio'" in failed.stderr and "asyncio" in failed.stderr
+    assert "listening on" not in failed.stdout and "Traceback" not in failed.stderr
+    assert plant.issued() == before
+
+
 # --- concurrency -------------------------------------------------------------------------
 
 

@@ -222,6 +222,12 @@ def test_ok_metrics(world: NodeWorld) -> None:
     assert 'ztpki_node_devices{state="issued"}' in text
 
 
+def test_ok_node_serves_on_uvloop(world: NodeWorld) -> None:
+    # Every other test here runs against this node, so they all run on uvloop's TLS transport;
+    # the node's in-process tests (tests/unit/node) run on the standard loop.
+    assert "on the uvloop event loop" in world.node.log()
+
+
 def test_fail_slow_client_is_disconnected(world: NodeWorld) -> None:
     """A client that never finishes its request head is cut off after keepalive_timeout."""
     context = world.context()

@@ -15,6 +15,7 @@ from ztpki.casystem.directory import CASystemDirectory, init_ca
 from ztpki.casystem.operations import add_client, build_service, open_store
 from ztpki.casystem.policy import IssuingPolicy
 from ztpki.cli.common import console, passphrase, passphrase_options, print_json
+from ztpki.eventloop import chosen_loop, run_service, running_loop_name
 from ztpki.pki.keys import KeySpec
 from ztpki.pki.names import SubjectFields
 from ztpki.pki.profiles import CertificateProfile
@@ -324,6 +325,7 @@ def serve_command(
     """Run the CA-system service. Prints `listening on HOST:PORT` when ready."""
     from ztpki.casystem.client import parse_address
 
+    event_loop = chosen_loop()
     secret = passphrase(passphrase_file, insecure_no_passphrase, CA_ENV, "the CA private key")
     host, port = parse_address(listen, allow_any_port=True)
     service = build_service(
@@ -339,12 +341,13 @@ def serve_command(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        log.info("CA system %s serving CAs %s", directory, ", ".join(service.system.cas))
+        cas, loop_name = ", ".join(service.system.cas), running_loop_name()
+        log.info("CA system %s serving CAs %s on the %s event loop", directory, cas, loop_name)
         click.echo(f"listening on {bound_host}:{bound_port}", nl=True)
         await stop.wait()
         await service.close()
 
-    asyncio.run(run())
+    run_service(run(), event_loop)
 
 
 @ca.command("export")

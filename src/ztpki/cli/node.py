@@ -14,6 +14,7 @@ import click
 from rich.table import Table
 
 from ztpki.cli.common import console, passphrase, passphrase_options, print_json
+from ztpki.eventloop import chosen_loop, run_service, running_loop_name
 from ztpki.node.config import DEFAULT_LABEL, IssuingParameters, NodeConfig
 from ztpki.pki.keys import KeySpec
 from ztpki.secretfiles import resolve_passphrase
@@ -288,6 +289,7 @@ def serve_command(
     from ztpki.casystem.client import parse_address
     from ztpki.node.runtime import load_material, start_node
 
+    event_loop = chosen_loop()
     secret = passphrase(passphrase_file, insecure_no_passphrase, NODE_ENV, NODE_KEY)
     material = load_material(
         NodeConfig.load(directory),
@@ -308,11 +310,12 @@ def serve_command(
         if running.proxy is not None:
             # On stderr, before the readiness line: stdout carries only `listening on`.
             click.echo(f"proxy listening on {running.proxy.host}:{running.proxy.port}", err=True)
+        log.info("customer node %s serving on the %s event loop", directory, running_loop_name())
         click.echo(f"listening on {running.host}:{running.port}")
         await stop.wait()
         await running.close()
 
-    asyncio.run(run())
+    run_service(run(), event_loop)
 
 
 @node.command("request-server-cert")
