@@ -1,18 +1,19 @@
 """The event loop the long-running services (CA system, customer node) run on.
 
 uvloop by default: its loop and its TLS transport are compiled, and measured under load
-they take about 8 % off the server CPU of every customization and issuance
-(`benchmarks/README.md`, "uvloop for the services"). `ZTPKI_EVENT_LOOP=asyncio` selects the
-standard library's loop, for a platform without uvloop or to rule the loop out when
-chasing a fault. Every test that runs a service in-process uses the standard loop, every
-test that starts `ztpki ... serve` uses uvloop, so both stay covered.
+they take 5 to 9 % off the server CPU of every issuance and customization
+(`benchmarks/README.md`, "Fourth round: uvloop for the services").
+`ZTPKI_EVENT_LOOP=asyncio` selects the standard library's loop, for a platform without
+uvloop or to rule the loop out when chasing a fault. Every test that runs a service
+in-process uses the standard loop, every test that starts `ztpki ... serve` uses uvloop,
+so both stay covered.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from typing import Any, Literal, TypeVar
 
 from ztpki.errors import ConfigurationError
@@ -22,7 +23,7 @@ LoopName = Literal["uvloop", "asyncio"]
 T = TypeVar("T")
 
 
-def chosen_loop(environ: dict[str, str] | os._Environ[str] = os.environ) -> LoopName:
+def chosen_loop(environ: Mapping[str, str] = os.environ) -> LoopName:
     """The loop named by ZTPKI_EVENT_LOOP (default uvloop), or a ConfigurationError."""
     name = environ.get(EVENT_LOOP_ENV, "").strip().lower() or "uvloop"
     if name == "asyncio":
