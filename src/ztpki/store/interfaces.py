@@ -57,8 +57,14 @@ class IssuanceStore(Protocol):
         """
         ...
 
-    def stage_issuances(self, certs: Sequence[tuple[IssuedCertificate, bool]]) -> StagedBatch:
-        """``record_issuances`` without its commit: the caller commits (on any thread)."""
+    def stage_issuances(
+        self, certs: Sequence[tuple[IssuedCertificate, bool]], *, wait: bool = True
+    ) -> StagedBatch:
+        """``record_issuances`` without its commit: the caller commits (on any thread).
+
+        ``wait=False`` is for a caller that must not block (an event loop): when another
+        writer holds the database, Unavailable at once instead of waiting for it.
+        """
         ...
 
     def issued(

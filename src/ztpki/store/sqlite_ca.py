@@ -128,17 +128,20 @@ class SQLiteIssuanceStore:
         with self._db.write() as conn:
             return _record_each(conn, certs, db_path=self._db.path)
 
-    def stage_issuances(self, certs: Sequence[tuple[IssuedCertificate, bool]]) -> StagedIssuances:
+    def stage_issuances(
+        self, certs: Sequence[tuple[IssuedCertificate, bool]], *, wait: bool = True
+    ) -> StagedIssuances:
         """``record_issuances`` up to, not including, its commit (see StagedIssuances).
 
         The batch runs on a connection of its own, so this thread's reads (and their
-        snapshots) never see it before it commits.
+        snapshots) never see it before it commits. ``wait=False``: Unavailable at once when
+        another writer holds the database.
         """
         for cert, _ in certs:
             _require_active(cert)
         if self._staging is None:
             self._staging = SQLiteDatabase(self._db.path, durable=self._db.durable)
-        conn = self._staging.connection()
+        conn = self._staging.connection(wait=wait)
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:

@@ -5,6 +5,7 @@ of a batch still gathering."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -28,9 +29,12 @@ class BatchCountingStore:
         self.store = store
         self.batches: list[int] = []
 
-    def stage_issuances(self, certs: Sequence[tuple[IssuedCertificate, bool]]) -> StagedBatch:
+    def stage_issuances(
+        self, certs: Sequence[tuple[IssuedCertificate, bool]], *, wait: bool = True
+    ) -> StagedBatch:
+        staged = self.store.stage_issuances(certs, wait=wait)
         self.batches.append(len(certs))
-        return self.store.stage_issuances(certs)
+        return staged
 
     def issued(self) -> list[IssuedCertificate]:
         return self.store.issued()
@@ -40,6 +44,16 @@ class BatchCountingStore:
 def store(tmp_path: Path) -> Iterator[BatchCountingStore]:
     with open_sqlite_ca_store(tmp_path / "store.sqlite") as opened:
         yield BatchCountingStore(opened)
+
+
+@pytest.fixture
+def other_writer(tmp_path: Path) -> Iterator[sqlite3.Connection]:
+    """Another process's connection to the same database, as `ztpki ca ...` would hold."""
+    conn = sqlite3.connect(tmp_path / "store.sqlite", isolation_level=None)
+    try:
+        yield conn
+    finally:
+        conn.close()
 
 
 def with_recorder(
@@ -123,3 +137,23 @@ def test_ok_stop_while_gathering_writes_nothing_of_the_batch(store: BatchCountin
     assert all(isinstance(o, asyncio.CancelledError) for o in outcomes), outcomes
     assert not any(isinstance(o, ZtpkiError) for o in outcomes)
     assert store.batches == [] and store.issued() == []
+
+
+# A loop stuck in the store's busy wait would sit there for its 30-s timeout: fail long before.
+@pytest.mark.timeout(10)
+def test_ok_another_writer_holding_the_database_does_not_stall_the_loop(
+    store: BatchCountingStore, other_writer: sqlite3.Connection
+) -> None:
+    async def body(recorder: IssuanceRecorder) -> None:
+        other_writer.execute("BEGIN IMMEDIATE")
+        recording = asyncio.ensure_future(
+            recorder.record(make_certificate("b1", "dev-b1"), supersede=False)
+        )
+        await turns(200)  # with staging stuck on the loop, no turn would pass for 30 s
+        assert not recording.done()
+        other_writer.execute("ROLLBACK")
+        assert await recording == []
+
+    with_recorder(store, body)
+    assert [c.serial for c in store.issued()] == ["b1"]
+    assert store.batches == [1]

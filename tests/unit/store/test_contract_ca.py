@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 import pytest
 from store_backends import T0, Backend, make_certificate, sha256_hex
 
-from ztpki.errors import ConfigurationError, NotAuthorized, ZtpkiError
+from ztpki.errors import ConfigurationError, NotAuthorized, Unavailable, ZtpkiError
 from ztpki.store import (
     AlreadyIssued,
     CertificateStatus,
@@ -227,6 +227,19 @@ def test_ok_staged_batches_follow_each_other(ca_store: IssuanceStore) -> None:
     assert second.results == [["01"]]  # the second batch saw the first one's record
     live = [c.serial for c in ca_store.issued(status=ACTIVE)]
     assert live == ["02"]
+
+
+def test_fail_staging_without_waiting_while_another_batch_holds_the_store(
+    backend: Backend,
+) -> None:
+    holder, other = backend.ca(), backend.ca()
+    held = holder.stage_issuances([(make_certificate("01", "dev-1"), False)])
+    with pytest.raises(Unavailable):
+        other.stage_issuances([(make_certificate("02", "dev-2"), False)], wait=False)
+    held.commit()
+    assert [c.serial for c in other.issued()] == ["01"]  # the refused batch left nothing
+    other.stage_issuances([(make_certificate("02", "dev-2"), False)], wait=False).commit()
+    assert [c.serial for c in other.issued()] == ["01", "02"]
 
 
 def test_ok_records_survive_reopening(backend: Backend) -> None:
