@@ -53,7 +53,9 @@ class IssuanceRecorder:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        self._committer.shutdown(wait=True)  # a commit in progress completes
+        # A commit in progress completes; waiting for it off the loop keeps the loop serving.
+        finish = functools.partial(self._committer.shutdown, wait=True)
+        await asyncio.get_running_loop().run_in_executor(None, finish)
         while not self._queue.empty():  # never taken into a batch: never written
             self._queue.get_nowait()[2].cancel()
 
@@ -69,13 +71,12 @@ class IssuanceRecorder:
             batch = [await self._queue.get()]
             try:
                 await self._linger(batch)
-            except asyncio.CancelledError:  # stopping: nothing of this batch was written
+                staged = await self._stage([(c, s) for c, s, _ in batch])
+                await loop.run_in_executor(self._committer, staged.commit)
+            except asyncio.CancelledError:  # stopping: no waiter of this batch gets an answer
                 for _, _, future in batch:
                     future.cancel()
                 raise
-            try:
-                staged = await self._stage([(c, s) for c, s, _ in batch])
-                await loop.run_in_executor(self._committer, staged.commit)
             except Exception as exc:  # the whole transaction failed: fail every waiter
                 log.exception("issuance store write failed")
                 _fail(batch, exc)

@@ -157,3 +157,23 @@ def test_ok_another_writer_holding_the_database_does_not_stall_the_loop(
     with_recorder(store, body)
     assert [c.serial for c in store.issued()] == ["b1"]
     assert store.batches == [1]
+
+
+@pytest.mark.timeout(10)
+def test_ok_stop_while_waiting_for_another_writer_answers_nobody_and_writes_nothing(
+    store: BatchCountingStore, other_writer: sqlite3.Connection
+) -> None:
+    async def body(recorder: IssuanceRecorder) -> None:
+        other_writer.execute("BEGIN IMMEDIATE")
+        recording = asyncio.ensure_future(
+            recorder.record(make_certificate("c1", "dev-c1"), supersede=False)
+        )
+        await turns(50)  # the batch now waits for the lock on the commit thread
+        stopping = asyncio.ensure_future(recorder.stop())
+        await turns(5)
+        assert recording.cancelled()
+        other_writer.execute("ROLLBACK")  # lets the commit thread finish, so stop returns
+        await stopping
+
+    with_recorder(store, body)
+    assert store.issued() == []
