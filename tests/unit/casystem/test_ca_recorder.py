@@ -139,17 +139,25 @@ def test_ok_stop_while_gathering_writes_nothing_of_the_batch(store: BatchCountin
     assert store.batches == [] and store.issued() == []
 
 
+async def record_behind(
+    other_writer: sqlite3.Connection, recorder: IssuanceRecorder, serial: str
+) -> asyncio.Future[list[str]]:
+    """A record made while another writer holds the database, once its batch waits for it."""
+    other_writer.execute("BEGIN IMMEDIATE")
+    cert = make_certificate(serial, f"dev-{serial}")
+    recording = asyncio.ensure_future(recorder.record(cert, supersede=False))
+    await turns(50)  # the batch has gathered and now waits for the lock on the commit thread
+    return recording
+
+
 # A loop stuck in the store's busy wait would sit there for its 30-s timeout: fail long before.
 @pytest.mark.timeout(10)
 def test_ok_another_writer_holding_the_database_does_not_stall_the_loop(
     store: BatchCountingStore, other_writer: sqlite3.Connection
 ) -> None:
     async def body(recorder: IssuanceRecorder) -> None:
-        other_writer.execute("BEGIN IMMEDIATE")
-        recording = asyncio.ensure_future(
-            recorder.record(make_certificate("b1", "dev-b1"), supersede=False)
-        )
-        await turns(200)  # with staging stuck on the loop, no turn would pass for 30 s
+        recording = await record_behind(other_writer, recorder, "b1")
+        await turns(150)  # with staging stuck on the loop, no turn would pass for 30 s
         assert not recording.done()
         other_writer.execute("ROLLBACK")
         assert await recording == []
@@ -164,11 +172,7 @@ def test_ok_stop_while_waiting_for_another_writer_answers_nobody_and_writes_noth
     store: BatchCountingStore, other_writer: sqlite3.Connection
 ) -> None:
     async def body(recorder: IssuanceRecorder) -> None:
-        other_writer.execute("BEGIN IMMEDIATE")
-        recording = asyncio.ensure_future(
-            recorder.record(make_certificate("c1", "dev-c1"), supersede=False)
-        )
-        await turns(50)  # the batch now waits for the lock on the commit thread
+        recording = await record_behind(other_writer, recorder, "c1")
         stopping = asyncio.ensure_future(recorder.stop())
         await turns(5)
         assert recording.cancelled()
