@@ -38,6 +38,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from cryptography import x509
@@ -46,9 +47,17 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from ztpki.casystem.client import CAClient
+from ztpki.casystem.directory import CASystemDirectory
+from ztpki.casystem.operations import load_system
+from ztpki.casystem.service import answer_frame
 from ztpki.credentials import Credential
 from ztpki.pki.keys import KeySpec
-from ztpki.protocol.enrollment import EnrollmentParameters, EnrollmentRequest
+from ztpki.protocol.enrollment import (
+    EnrollmentParameters,
+    EnrollmentRequest,
+    decode_request,
+    encode_request,
+)
 
 CA_PASSPHRASE = "benchmark-ca-passphrase"
 CLIENT_PASSPHRASE = "benchmark-client-passphrase"
@@ -115,7 +124,7 @@ class Result:
 
     def line(self) -> str:
         return (
-            f"{self.name:<14} {self.count:>6} certs {self.per_second:>9.1f}/s "
+            f"{self.name:<18} {self.count:>6} certs {self.per_second:>9.1f}/s "
             f"{self.cpu_ms:>9.3f} ms server CPU/cert"
         )
 
@@ -247,6 +256,50 @@ def ztpki_phases(
         return asyncio.run(run_all())
     finally:
         stop(server)
+
+
+# --- the CPython floor: the service's own steps, in-process, with no I/O ----------------
+
+
+def in_process_floor(system_dir: Path, csrs: list[tuple[str, bytes]], count: int) -> list[Result]:
+    """CPU per certificate of the issuance steps alone, run in this process with no I/O.
+
+    "crypto" is what any CA must spend: load and verify the CSR, sign one certificate.
+    "steps" is the code `ca serve` runs per CSR request (decode with schema check, policy,
+    CSR check, certificate, record, answer encoding) without TLS, event loop or SQLite.
+    If "steps" alone costs what cfssl spends in all, no trimming of the server reaches it.
+    """
+    system = load_system(CASystemDirectory(system_dir), passphrase=CA_PASSPHRASE.encode())
+    payloads = [
+        encode_request(EnrollmentRequest(f"f{n}", f"floor-{n}", csr_der=csrs[n % len(csrs)][1]))
+        for n in range(count)
+    ]
+    key = system.resolve(None).authority.key
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    tbs = b"\x30" * 400  # about a device certificate's TBS
+
+    def crypto() -> None:
+        for n in range(count):
+            csr = x509.load_der_x509_csr(csrs[n % len(csrs)][1])
+            assert csr.is_signature_valid
+            key.sign(tbs, ec.ECDSA(hashes.SHA256()))
+
+    def steps() -> None:
+        for payload in payloads:
+            request = decode_request(payload)
+            now = datetime.now(UTC)
+            plan = system.plan(request, now=now)
+            assert plan.csr_public_key is not None
+            certificate = system.sign(plan, plan.csr_public_key)
+            record = system.record_of(plan, certificate, now=now)
+            answer_frame(system.answer(plan, certificate, None, der=record.certificate_der))
+
+    results = []
+    for name, run in (("in-process crypto", crypto), ("in-process steps", steps)):
+        cpu, wall = time.process_time(), time.perf_counter()
+        run()
+        results.append(Result(name, count, time.perf_counter() - wall, time.process_time() - cpu))
+    return results
 
 
 # --- cfssl -------------------------------------------------------------------------------
@@ -385,6 +438,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         results = ztpki_phases(work, args.clients, counts, csrs)
         for result in results:
             print(result.line(), flush=True)
+        floor = in_process_floor(work / "ca-system", csrs, min(args.csr, 2000))
+        for result in floor:
+            print(result.line().replace("server CPU", "CPU"), flush=True)
         cfssl = None if args.no_cfssl else find_cfssl()
         if cfssl is not None:
             peer = cfssl_phase(cfssl, work, args.clients, args.csr, csrs)
@@ -395,6 +451,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(
                 f"ratio ztpki CSR-mode / cfssl CPU per certificate: {ratio:.2f} "
                 f"({verdict} the target <= 1.0; ztpki also records every certificate durably)"
+            )
+            print(
+                "ratio of the in-process floor / cfssl: "
+                + ", ".join(f"{r.name} {r.cpu_ms / peer.cpu_ms:.2f}" for r in floor)
+                + " (no TLS, loop or record: what trimming the server can approach at best)"
             )
     finally:
         if args.keep:
