@@ -69,9 +69,11 @@ class Credential:
         return cls(key=key, chain=tuple(chain), trust_anchors=tuple(anchors))
 
 
-def _load_identity(
+def load_identity(
     context: ssl.SSLContext, key: PrivateKey, chain: Sequence[x509.Certificate]
 ) -> None:
+    """Make context present key and chain. On a context already serving, every handshake
+    after the call presents the new identity; connections already open keep theirs."""
     # ssl loads keys only from files. Where the kernel offers anonymous in-memory files the
     # key goes there: it never reaches a disk (or a device's flash), and no passphrase has
     # to be derived twice per TLS context. Elsewhere: an encrypted temporary file.
@@ -173,7 +175,7 @@ def server_context(
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.sslobject_class = _RefusalLoggingSSLObject
-    _load_identity(context, key, chain)
+    load_identity(context, key, chain)
     if client_anchors:
         _trust(context, client_anchors)
         context.verify_mode = ssl.CERT_REQUIRED if require_client_cert else ssl.CERT_OPTIONAL
@@ -193,5 +195,5 @@ def client_context(
     context.check_hostname = check_hostname
     _trust(context, server_anchors)
     if key is not None:
-        _load_identity(context, key, chain)
+        load_identity(context, key, chain)
     return context

@@ -6,13 +6,11 @@ renamed into place so a crash never leaves half a key.
 
 from __future__ import annotations
 
-import logging
 import os
+import sys
 from pathlib import Path
 
 from ztpki.errors import ConfigurationError
-
-log = logging.getLogger(__name__)
 
 MIN_PASSPHRASE = 8
 
@@ -53,7 +51,7 @@ def resolve_passphrase(
 ) -> bytes | None:
     """The passphrase protecting `what`, from a file or the environment.
 
-    None only with insecure_no_passphrase, which logs a loud warning: it exists for demos.
+    None only with insecure_no_passphrase, which prints a loud warning: it exists for demos.
     """
     if passphrase_file is not None:
         try:
@@ -65,10 +63,13 @@ def resolve_passphrase(
     elif os.environ.get(env_var):
         value = os.environ[env_var].encode()
     elif insecure_no_passphrase:
-        log.warning(
-            "INSECURE: %s is stored WITHOUT a passphrase (--insecure-no-passphrase); "
-            "anyone who can read the file holds the key. Use this only for demos.",
-            what,
+        # Straight to stderr, not through logging: `--log-level error` must not hide it.
+        print(
+            f"WARNING: INSECURE: {what} is stored WITHOUT a passphrase "
+            "(--insecure-no-passphrase); anyone who can read the file holds the key. "
+            "Use this only for demos.",
+            file=sys.stderr,
+            flush=True,
         )
         return None
     else:

@@ -140,13 +140,13 @@ class NodeWorld:
 
     # -------------------------------------------------------------- devices
     def make_devices(
-        self, count: int, *, listed: bool = True, fingerprint: bool = True
+        self, count: int, *, listed: bool = True, fingerprint: bool = True, prefix: str = "dev"
     ) -> list[Device]:
         """Temporary certificates from the factory CA system; listed in the register by hand."""
         ids = []
         for _ in range(count):
             self._count += 1
-            ids.append(f"dev-{os.getpid()}-{self._count:04d}")
+            ids.append(f"{prefix}-{os.getpid()}-{self._count:04d}")
         devices = asyncio.run(self._enroll_temporary(ids))
         for device in devices:
             if listed:

@@ -18,6 +18,7 @@ import os
 import socket
 import ssl
 import stat
+import subprocess
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -397,6 +398,53 @@ def test_ok_validity_limits(plant: CASystemUnderTest) -> None:
     issuer = plant.ca_certificate("shortlived")
     assert short.not_valid_after_utc == issuer.not_valid_after_utc
     check_end_entity(short, issuer, device_id=name_values(short.subject)["CN"])
+
+
+# --- names -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("csr", [False, True], ids=["ok-generated-key", "ok-csr"])
+def test_ok_device_id_with_underscore_is_issued_and_verifies(
+    plant: CASystemUnderTest, tmp_path: Path, csr: bool
+) -> None:
+    # The protocol allows `_` in a DeviceId; X.520's PrintableString serialNumber does not.
+    device = new_id("meter_7")
+    csr_der = make_csr(generate_private_key(KeySpec.EC_P256)) if csr else None
+    answer = plant.enroll(request(device, csr_der=csr_der))
+    leaf = leaf_of(answer)
+    check_end_entity(leaf, plant.ca_certificate("factory"), device_id=device)
+    verify_with_openssl(tmp_path, plant, answer, purpose="sslclient")
+    [record] = plant.records(device_id=device)
+    assert record.serial == format(leaf.serial_number, "x")
+    shown = subprocess.run(
+        ["openssl", "x509", "-noout", "-subject", "-nameopt", "RFC2253"],
+        input=leaf.public_bytes(serialization.Encoding.PEM), capture_output=True, check=True,
+    )  # fmt: skip
+    assert f"serialNumber={device}".encode() in shown.stdout
+    # Control: the same id is one identity; a second plain request for it is refused.
+    with pytest.raises(NotAuthorized, match="already holds"):
+        plant.enroll(request(device))
+
+
+def test_ok_email_goes_in_subject_alt_name(plant: CASystemUnderTest, tmp_path: Path) -> None:
+    # RFC 5280 4.1.2.6: an e-mail address belongs in subjectAltName (rfc822Name).
+    answer = plant.enroll(request(parameters=EnrollmentParameters(email="ops@acme.example")))
+    leaf = leaf_of(answer)
+    san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    assert not san.critical and san.value.get_values_for_type(x509.RFC822Name) == [
+        "ops@acme.example"
+    ]
+    assert name_values(leaf.subject)["email"] == "ops@acme.example"  # kept for old readers
+    verify_with_openssl(tmp_path, plant, answer, purpose="sslclient")
+    shown = subprocess.run(
+        ["openssl", "x509", "-noout", "-ext", "subjectAltName"],
+        input=leaf.public_bytes(serialization.Encoding.PEM), capture_output=True, check=True,
+    )  # fmt: skip
+    assert b"email:ops@acme.example" in shown.stdout
+    # Control: without Email there is no subjectAltName on a device certificate.
+    plain = leaf_of(plant.enroll(request()))
+    with pytest.raises(x509.ExtensionNotFound):
+        plain.extensions.get_extension_for_class(x509.SubjectAlternativeName)
 
 
 def test_second_enrollment_refused_reissue_supersedes(plant: CASystemUnderTest) -> None:
@@ -803,6 +851,73 @@ def test_fail_serve_with_an_unknown_event_loop(plant: CASystemUnderTest) -> None
     assert "ZTPKI_EVENT_LOOP='trio'" in failed.stderr and "asyncio" in failed.stderr
     assert "listening on" not in failed.stdout and "Traceback" not in failed.stderr
     assert plant.issued() == before
+
+
+# --- CA key types and deeper hierarchies ---------------------------------------------------
+
+KEYED_CAS = {
+    KeySpec.ED25519: "ca-ed25519",
+    KeySpec.RSA_3072: "ca-rsa3072",
+    KeySpec.RSA_4096: "ca-rsa4096",
+}
+
+
+@pytest.fixture(scope="module")
+def keyed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CASystemUnderTest]:
+    """A system whose issuing CAs hold Ed25519, RSA-3072 and RSA-4096 keys, and a CA two
+    levels below the root (root -> mid with --path-length 1 -> issuing)."""
+    base = tmp_path_factory.mktemp("keyed")
+    system = CASystemUnderTest(base / "keyed", base)
+    system.init_ca("root", "--org", "Acme")
+    for spec, name in KEYED_CAS.items():
+        system.init_ca(name, "--parent", "root", "--key", spec.value)
+    system.init_ca("mid", "--parent", "root", "--path-length", "1")
+    system.init_ca("issuing", "--parent", "mid", "--default")
+    system.add_client("line1")
+    with stopped_afterwards(system):
+        system.start()
+        yield system
+
+
+@pytest.mark.parametrize("spec", list(KEYED_CAS), ids=lambda s: f"ok-{s}")
+def test_ok_ca_key_types_issue_certificates_openssl_accepts(
+    keyed: CASystemUnderTest, tmp_path: Path, spec: KeySpec
+) -> None:
+    name = KEYED_CAS[spec]
+    issuing, root = keyed.ca_certificate(name), keyed.ca_certificate("root")
+    assert key_spec_of(issuing.public_key()) is spec
+    device = new_id("keyed")
+    answer = keyed.enroll(request(device, ca=name))
+    leaf = leaf_of(answer)
+    check_end_entity(leaf, issuing, device_id=device)
+    assert chain_of(answer) == [issuing, root]
+    ok = openssl_verify(tmp_path, leaf, root=root, intermediates=[issuing], purpose="sslclient")
+    assert ok.returncode == 0 and ": OK" in ok.stdout, ok.stderr
+    # Control: the same leaf with another CA of the system as its issuer does not verify.
+    other = keyed.ca_certificate(next(n for n in KEYED_CAS.values() if n != name))
+    wrong = openssl_verify(tmp_path, leaf, root=root, intermediates=[other], purpose="sslclient")
+    assert wrong.returncode != 0
+
+
+def test_ok_two_intermediates_verify_and_a_third_level_is_refused(
+    keyed: CASystemUnderTest, tmp_path: Path
+) -> None:
+    root, mid, issuing = (keyed.ca_certificate(n) for n in ("root", "mid", "issuing"))
+    answer = keyed.enroll(request())
+    assert chain_of(answer) == [issuing, mid, root]
+    leaf = leaf_of(answer)
+    ok = openssl_verify(
+        tmp_path, leaf, root=root, intermediates=[issuing, mid], purpose="sslclient"
+    )
+    assert ok.returncode == 0 and ": OK" in ok.stdout, ok.stderr
+    # A CA below the path-length-0 issuing CA is refused before anything is written.
+    refused = ztpki(
+        "ca", "init", "--dir", str(keyed.root), "--name", "too-deep", "--parent", "issuing",
+        check=False,
+    )  # fmt: skip
+    assert refused.returncode == 1 and "path length 0" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert not (keyed.root / "cas" / "too-deep").exists()
 
 
 # --- concurrency -------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from node_fixtures import NodeWorld, build_world, write_identity
 from tests.support.shell import sh
 
 from ztpki.pki.keys import KeySpec, decode_pkcs8, generate_private_key, keys_match
+from ztpki.pki.names import device_id_of
 from ztpki.pki.pem import load_certificates_pem, serial_hex
 from ztpki.protocol.est import decode_certs_only, decode_csrattrs, decode_serverkeygen
 
@@ -165,6 +166,27 @@ def test_ok_python_enroll_confirm_renew(world: NodeWorld, tmp_path: Path) -> Non
     other = world.post_csr(device, "simplereenroll", device.csr(), context=op_context)
     assert other.status == 403 and "superseded" in other.text
     assert len(world.active(device.device_id)) == 1
+
+
+def test_ok_device_id_with_underscore_enrolls_and_confirms(world: NodeWorld) -> None:
+    # `_` is allowed in a device id: its serialNumber is a UTF8String in both the temporary
+    # and the operational certificate, and in the CSR; the node matches them as text.
+    (device,) = world.make_devices(1, prefix="meter_7")
+    assert device_id_of(device.certificate) == device.device_id
+    new_key = generate_private_key(KeySpec.EC_P256)
+    # Control first: a CSR naming the id with `-` for `_` is another device, refused.
+    lookalike = device.device_id.replace("_", "-")
+    refused = world.post_csr(device, "simpleenroll", device.csr(new_key, device_id=lookalike))
+    assert refused.status == 403, refused.text
+    answer = world.post_csr(device, "simpleenroll", device.csr(new_key))
+    assert answer.status == 200, answer.text
+    (operational,) = decode_certs_only(answer.body)
+    assert device_id_of(operational) == device.device_id
+    assert keys_match(new_key, operational.public_key())
+    op_context = world.context(operational, new_key)
+    assert world.request("GET", world.url("csrattrs"), context=op_context).status == 200
+    assert world.state(device.device_id) == "customized"
+    assert [r["serial"] for r in world.active(device.device_id)] == [serial_hex(operational)]
 
 
 def test_ok_python_serverkeygen(world: NodeWorld) -> None:

@@ -7,7 +7,7 @@ Layout::
     DIR/store.sqlite                every certificate issued, registered CA-clients
     DIR/cas/<name>/ca.pem           the CA certificate
     DIR/cas/<name>/chain.pem        its parents up to the root (empty for a root)
-    DIR/cas/<name>/ca.key.pem       encrypted PKCS#8, 0600
+    DIR/cas/<name>/ca.key.pem       encrypted PKCS#8 (PBKDF2-SHA256, many rounds), 0600
     DIR/cas/<name>/policy.toml      issuing policy
     DIR/service/ca.pem, ca.key.pem  the TLS trust anchor of the service and its clients
 """
@@ -28,6 +28,7 @@ from ztpki.errors import ConfigurationError, MalformedInput, UnknownCA
 from ztpki.pki.authority import CertificateAuthority, IssuanceGrant, create_self_signed_ca
 from ztpki.pki.keys import KeySpec, decode_pkcs8, encode_pkcs8_pem, generate_private_key
 from ztpki.pki.names import SubjectFields, build_subject
+from ztpki.pki.pbes2 import AT_REST_KDF_ROUNDS
 from ztpki.pki.pem import certificates_pem, load_certificates_pem
 from ztpki.pki.profiles import CertificateProfile
 from ztpki.secretfiles import write_private_file, write_public_file
@@ -108,6 +109,31 @@ class CASystemDirectory:
             return ()
         return tuple(self._certs(path, name))
 
+    def key_paths(self) -> list[Path]:
+        """The key files of every CA of the system: the issuing CAs' and the service CA's."""
+        paths = [self.ca_dir(n) / "ca.key.pem" for n in self.ca_names()]
+        paths.append(self.root / SERVICE_CA / "ca.key.pem")
+        return [p for p in paths if p.exists()]
+
+    def check_passphrase(self, passphrase: bytes | None) -> None:
+        """Refuse a passphrase that does not open the keys the system already holds.
+
+        `ztpki ca serve` opens every key of a system with one passphrase, so new key material
+        under another one would be created without complaint and then keep the service from
+        starting. One existing key is enough to check: they all share the passphrase.
+        """
+        existing = self.key_paths()
+        if not existing:
+            return
+        try:
+            decode_pkcs8(existing[0].read_bytes(), passphrase=passphrase)
+        except MalformedInput:
+            raise ConfigurationError(
+                f"wrong or missing passphrase for CA system {self.root}: every key of a CA "
+                f"system shares one passphrase, and this one does not open {existing[0]}; give "
+                "the system's passphrase (--passphrase-file or ZTPKI_CA_PASSPHRASE)"
+            ) from None
+
     def policy(self, name: str) -> IssuingPolicy:
         self._require(name)
         return IssuingPolicy.load(self.ca_dir(name) / "policy.toml")
@@ -176,6 +202,38 @@ def _ca_subject(name: str, fields: SubjectFields, common_name: str | None) -> x5
     return build_subject(common_name or name, fields, serial_number=None)
 
 
+def subordinate_path_length(parent: CertificateAuthority, requested: int | None) -> int:
+    """The pathLenConstraint of a new CA under parent (RFC 5280 4.2.1.9), or a refusal.
+
+    A subordinate gets 0 (it issues end-entity certificates only) unless asked for more; a
+    parent whose own constraint leaves no room for another CA below it is refused, since
+    every verifier (`openssl verify` among them) would refuse the chain.
+    """
+    try:
+        constraints = parent.certificate.extensions.get_extension_for_class(x509.BasicConstraints)
+    except x509.ExtensionNotFound:
+        constraints = None
+    if constraints is None or not constraints.value.ca:
+        raise ConfigurationError(f"{parent.name} is not a CA certificate; it cannot be a parent")
+    limit = constraints.value.path_length
+    if limit == 0:
+        raise ConfigurationError(
+            f"CA {parent.name} has path length 0: it may issue device and server certificates "
+            "but no further CA, and a chain through one would not verify. Choose a parent with "
+            "room below it: a root, or a CA created with `ztpki ca init --parent ... "
+            "--path-length 1` (or more)"
+        )
+    wanted = 0 if requested is None else requested
+    if wanted < 0:
+        raise ConfigurationError("--path-length must be 0 or more")
+    if limit is not None and wanted >= limit:
+        raise ConfigurationError(
+            f"--path-length {wanted} is too long under CA {parent.name}, whose path length is "
+            f"{limit}; use at most {limit - 1}"
+        )
+    return wanted
+
+
 def init_ca(
     directory: CASystemDirectory,
     name: str,
@@ -185,17 +243,28 @@ def init_ca(
     passphrase: bytes | None,
     now: datetime,
     parent: CertificateAuthority | None = None,
+    path_length: int | None = None,
     policy: IssuingPolicy | None = None,
     subject: SubjectFields | None = None,
     common_name: str | None = None,
     make_default: bool = False,
 ) -> CertificateAuthority:
-    """Create a CA in directory: a root, or subordinate to parent (another system or this one)."""
+    """Create a CA in directory: a root, or subordinate to parent (another system or this one).
+
+    A subordinate's path length is 0 unless path_length says more; a root has none. Nothing
+    is written unless every check passes.
+    """
     check_ca_name(name)
     if (directory.ca_dir(name) / "ca.pem").exists():
         raise ConfigurationError(f"CA {name!r} already exists in {directory.root}")
     if validity_days <= 0:
         raise ConfigurationError("--validity-days must be positive")
+    if parent is None and path_length is not None:
+        raise ConfigurationError(
+            "--path-length applies to a subordinate CA (give --parent); a root has no limit"
+        )
+    sub_path_length = subordinate_path_length(parent, path_length) if parent else None
+    directory.check_passphrase(passphrase)
     fields = subject or SubjectFields()
     key = generate_private_key(key_spec)
     ca_subject = _ca_subject(name, fields, common_name)
@@ -210,7 +279,7 @@ def init_ca(
             profile=CertificateProfile.CA,
             not_before=now - timedelta(minutes=5),
             not_after=now + timedelta(days=validity_days),
-            path_length=0,
+            path_length=sub_path_length,
         )
         certificate = parent.issue(key.public_key(), grant)
         parents = parent.chain
@@ -218,7 +287,7 @@ def init_ca(
     directory.root.mkdir(parents=True, exist_ok=True, mode=0o700)
     directory.write_ca(
         name,
-        key_pem=encode_pkcs8_pem(key, passphrase=passphrase),
+        key_pem=encode_pkcs8_pem(key, passphrase=passphrase, kdf_rounds=AT_REST_KDF_ROUNDS),
         certificate=certificate,
         parents=parents,
         policy=policy,
@@ -248,6 +317,7 @@ def service_authority(
             ) from None
         cert = load_certificates_pem(cert_path.read_bytes())[0]
         return CertificateAuthority(name=SERVICE_CA, key=key, certificate=cert)
+    directory.check_passphrase(passphrase)
     key = generate_private_key(KeySpec.EC_P256)
     subject = build_subject(
         f"ztpki CA-system service {directory.root.resolve().name}",
@@ -256,6 +326,7 @@ def service_authority(
     )
     cert = create_self_signed_ca(key, subject, now=now, validity=timedelta(days=3650))
     service_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    write_private_file(service_dir / "ca.key.pem", encode_pkcs8_pem(key, passphrase=passphrase))
+    key_pem = encode_pkcs8_pem(key, passphrase=passphrase, kdf_rounds=AT_REST_KDF_ROUNDS)
+    write_private_file(service_dir / "ca.key.pem", key_pem)
     write_public_file(cert_path, certificates_pem([cert]))
     return CertificateAuthority(name=SERVICE_CA, key=key, certificate=cert)

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import ipaddress
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from ztpki.casystem.directory import CASystemDirectory, service_authority
 from ztpki.casystem.issuer import CASystem, LoadedCA
+from ztpki.casystem.server_identity import ServerIdentity
 from ztpki.casystem.service import CASystemService, ServiceLimits
-from ztpki.credentials import Credential, server_context
+from ztpki.credentials import Credential
 from ztpki.errors import ConfigurationError
 from ztpki.pki.authority import IssuanceGrant
 from ztpki.pki.keys import KeySpec, generate_private_key
@@ -21,9 +21,13 @@ from ztpki.store.sqlite import open_sqlite_ca_store
 from ztpki.store.sqlite_ca import SQLiteIssuanceStore
 
 
-def open_store(directory: CASystemDirectory, *, durable: bool = True) -> SQLiteIssuanceStore:
+def _require_system(directory: CASystemDirectory) -> None:
     if not directory.root.is_dir():
         raise ConfigurationError(f"{directory.root} is not a CA-system directory")
+
+
+def open_store(directory: CASystemDirectory, *, durable: bool = True) -> SQLiteIssuanceStore:
+    _require_system(directory)
     return open_sqlite_ca_store(directory.store_path, durable=durable)
 
 
@@ -55,12 +59,14 @@ def add_client(
     """Issue and register the TLS credential of a CA-client (loading station, customer node)."""
     check_device_id(name)
     now = now or datetime.now(UTC)
+    _require_system(directory)
+    # The passphrase first: a wrong one must leave no store, service CA or credential behind.
+    authority = service_authority(directory, passphrase=passphrase, now=now)
     with open_store(directory) as store:
         if any(c.name == name and c.status == "active" for c in store.clients()):
             raise ConfigurationError(
                 f"a CA-client named {name!r} is already registered; remove it first"
             )
-        authority = service_authority(directory, passphrase=passphrase, now=now)
         key = generate_private_key(KeySpec.EC_P256)
         grant = IssuanceGrant(
             subject=build_subject(
@@ -93,29 +99,21 @@ def build_service(
     limits: ServiceLimits | None = None,
     key_pool_workers: int | None = None,
 ) -> CASystemService:
-    """The service with a fresh server certificate whose key lives only in memory."""
+    """The service with a fresh server certificate whose key lives only in memory; the
+    running service renews it well before it expires (server_identity)."""
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
 
     now = datetime.now(UTC)
     system = load_system(directory, passphrase=passphrase)
     authority = service_authority(directory, passphrase=passphrase, now=now)
-    key = generate_private_key(KeySpec.EC_P256)
-    dns, ips = [], []
-    for host in dict.fromkeys((*hostnames, "localhost", "127.0.0.1")):
-        try:
-            ips.append(str(ipaddress.ip_address(host)))
-        except ValueError:
-            dns.append(host)
-    grant = IssuanceGrant(
-        subject=build_subject("ztpki CA-system service", SubjectFields(), serial_number=None),
-        profile=CertificateProfile.SERVER,
-        not_before=now - timedelta(minutes=5),
-        not_after=now + timedelta(days=30),
-        dns_names=tuple(dns),
-        ip_addresses=tuple(ips),
-    )
-    server_cert = authority.issue(key.public_key(), grant)
-    context = server_context(key, [server_cert], client_anchors=[authority.certificate])
+    identity = ServerIdentity(authority, (*hostnames, "localhost", "127.0.0.1"), now=now)
     pool = ProcessPoolExecutor(max_workers=key_pool_workers, mp_context=get_context("spawn"))
-    return CASystemService(system, open_store(directory), context, limits=limits, key_pool=pool)
+    return CASystemService(
+        system,
+        open_store(directory),
+        identity.context,
+        limits=limits,
+        key_pool=pool,
+        identity=identity,
+    )

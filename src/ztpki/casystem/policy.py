@@ -78,9 +78,8 @@ class IssuingPolicy:
                 "subject alternative names are only issued by a CA with the server profile"
             )
         not_before, not_after = self.validity(validity_days, now=now)
-        subject = build_subject(
-            device_id, fields.merged_over(self.subject), serial_number=device_id
-        )
+        merged = fields.merged_over(self.subject)
+        subject = build_subject(device_id, merged, serial_number=device_id)
         return IssuanceGrant(
             subject=subject,
             profile=self.profile,
@@ -88,6 +87,8 @@ class IssuingPolicy:
             not_after=not_after,
             dns_names=dns_names,
             ip_addresses=ip_addresses,
+            # Also in the subject (emailAddress), where older relying parties look for it.
+            email_addresses=(merged.email,) if merged.email else (),
         )
 
     def to_toml(self) -> dict[str, Any]:

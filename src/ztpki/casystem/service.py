@@ -9,6 +9,7 @@ removed) get past the handshake check.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import ssl
@@ -20,6 +21,7 @@ from datetime import UTC, datetime
 from ztpki.casystem.connections import ConnectionLimits, FramedTLSServer, Reply
 from ztpki.casystem.issuer import CASystem, IssuancePlan
 from ztpki.casystem.recorder import IssuanceRecorder
+from ztpki.casystem.server_identity import ServerIdentity, keep_renewed
 from ztpki.casystem.wire import error_answer
 from ztpki.errors import PayloadTooLarge, ZtpkiError
 from ztpki.pki.keys import KeySpec, PrivateKey, decode_pkcs8, encode_pkcs8, generate_private_key
@@ -65,11 +67,16 @@ class CASystemService:
         *,
         limits: ServiceLimits | None = None,
         key_pool: Executor | None = None,
+        identity: ServerIdentity | None = None,
     ) -> None:
+        """``identity``, when given, owns ssl_context's server certificate: the running
+        service renews it before it expires."""
         self.system = system
         self.store = store
         self.ssl_context = ssl_context
         self.limits = limits or ServiceLimits()
+        self.identity = identity
+        self.renewal: asyncio.Task[None] | None = None
         self._key_pool = key_pool
         self._recorder = IssuanceRecorder(store)
         self._server: FramedTLSServer | None = None
@@ -77,13 +84,20 @@ class CASystemService:
     async def start(self, host: str, port: int) -> tuple[str, int]:
         self._recorder.start()
         self._server = FramedTLSServer(self.ssl_context, self._session_for, self.limits)
-        return self._server.listen(host, port)
+        bound = self._server.listen(host, port)
+        if self.identity is not None:
+            self.renewal = asyncio.create_task(keep_renewed(self.identity))
+        return bound
 
     async def serve_forever(self) -> None:
         assert self._server is not None
         await self._server.wait_closed()
 
     async def close(self) -> None:
+        if self.renewal is not None:
+            self.renewal.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.renewal
         if self._server is not None:
             self._server.close()
         await self._recorder.stop()

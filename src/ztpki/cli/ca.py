@@ -62,6 +62,12 @@ def ca() -> None:
     help="Passphrase of the parent CA's key (default: same as this CA's).",
 )
 @click.option(
+    "--path-length",
+    type=click.IntRange(min=0),
+    help="How many CAs may follow below this subordinate CA (default 0: it issues "
+    "end-entity certificates only).",
+)
+@click.option(
     "--profile",
     type=click.Choice([p.value for p in CertificateProfile]),
     default="device",
@@ -85,6 +91,7 @@ def init_command(
     parent_dir: Path | None,
     parent_name: str | None,
     parent_passphrase_file: Path | None,
+    path_length: int | None,
     profile: str,
     common_name: str | None,
     org: str | None,
@@ -95,7 +102,20 @@ def init_command(
     passphrase_file: Path | None,
     insecure_no_passphrase: bool,
 ) -> None:
-    """Create a CA (a root, or subordinate with --parent)."""
+    """Create a CA (a root, or subordinate with --parent; --parent-dir if it is in another
+    CA system)."""
+    # Without --parent these would be ignored and a root made instead of the subordinate the
+    # operator asked for.
+    for given, option in (
+        (parent_dir is not None, "--parent-dir"),
+        (parent_passphrase_file is not None, "--parent-passphrase-file"),
+        (path_length is not None, "--path-length"),
+    ):
+        if given and not parent_name:
+            raise click.UsageError(
+                f"{option} needs --parent NAME (the parent CA); without --parent, "
+                "`ca init` creates a root CA"
+            )
     secret = passphrase(passphrase_file, insecure_no_passphrase, CA_ENV, "the CA private key")
     now = datetime.now(UTC)
     parent = None
@@ -120,6 +140,7 @@ def init_command(
         passphrase=secret,
         now=now,
         parent=parent,
+        path_length=path_length,
         policy=policy,
         subject=SubjectFields(organization=org, country=country),
         common_name=common_name,

@@ -53,7 +53,7 @@ def _policy_options(func: F) -> F:
         click.option("--org-unit", help="Organizational unit (OU)."),
         click.option("--locality", help="Locality (L)."),
         click.option("--country", help="Two-letter country (C)."),
-        click.option("--email", help="E-mail address in the subject."),
+        click.option("--email", help="E-mail address (subjectAltName and subject)."),
         click.option(
             "--encrypt-key",
             is_flag=True,

@@ -13,7 +13,13 @@ from ztpki.pki.keys import (
     key_spec_of,
     keys_match,
 )
-from ztpki.pki.names import SubjectFields, build_subject, check_device_id, device_id_of
+from ztpki.pki.names import (
+    SubjectFields,
+    build_subject,
+    check_device_id,
+    device_id_of,
+    serial_number_attribute,
+)
 from ztpki.pki.pem import (
     certificate_der,
     certificate_pem,
@@ -52,6 +58,7 @@ __all__ = [
     "load_certificate_pem",
     "load_certificates_pem",
     "serial_hex",
+    "serial_number_attribute",
     "verify_client_chain",
     "verify_server_chain",
     "verify_signer_chain",

@@ -29,6 +29,8 @@ class IssuanceGrant:
     not_after: datetime
     dns_names: tuple[str, ...] = ()
     ip_addresses: tuple[str, ...] = ()
+    # RFC 5280 4.1.2.6: e-mail addresses SHOULD be rfc822Name subjectAltNames.
+    email_addresses: tuple[str, ...] = ()
     path_length: int | None = None
 
 
@@ -138,7 +140,7 @@ class CertificateAuthority:
             x509.Extension(ski.oid, False, ski),
             *self._constant_extensions(grant.profile, public_key, grant.path_length),
         ]
-        san = subject_alt_names(grant.dns_names, grant.ip_addresses)
+        san = subject_alt_names(grant.dns_names, grant.ip_addresses, grant.email_addresses)
         if san is not None:
             # RFC 5280 4.2.1.6: critical only when the subject is empty; ours never is.
             extensions.append(x509.Extension(san.oid, False, san))

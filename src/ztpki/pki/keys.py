@@ -8,6 +8,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from ztpki.errors import MalformedInput, UnsupportedParameter
+from ztpki.pki.pbes2 import encrypt_pkcs8_der, encrypted_pkcs8_pem
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
 PublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey | ed25519.Ed25519PublicKey
@@ -108,8 +109,22 @@ def encode_pkcs8(key: PrivateKey, *, passphrase: bytes | None) -> bytes:
     )
 
 
-def encode_pkcs8_pem(key: PrivateKey, *, passphrase: bytes | None) -> bytes:
-    """PKCS#8 PEM; encrypted when a passphrase is given."""
+def encode_pkcs8_pem(
+    key: PrivateKey, *, passphrase: bytes | None, kdf_rounds: int | None = None
+) -> bytes:
+    """PKCS#8 PEM; encrypted when a passphrase is given.
+
+    ``kdf_rounds`` sets the PBKDF2-HMAC-SHA256 work factor (pbes2.AT_REST_KDF_ROUNDS for keys
+    kept on disk for years); without it cryptography's default applies (2048 rounds), which
+    suits keys under one-time random passwords and keys loaded per request.
+    """
+    if passphrase and kdf_rounds is not None:
+        plain = key.private_bytes(
+            serialization.Encoding.DER,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        return encrypted_pkcs8_pem(encrypt_pkcs8_der(plain, passphrase, rounds=kdf_rounds))
     encryption: serialization.KeySerializationEncryption = (
         serialization.BestAvailableEncryption(passphrase)
         if passphrase

@@ -6,11 +6,14 @@ import re
 from dataclasses import dataclass
 
 from cryptography import x509
+from cryptography.x509.name import _ASN1Type
 from cryptography.x509.oid import NameOID
 
 from ztpki.errors import UnsupportedParameter
 
 DEVICE_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
+# The PrintableString alphabet (X.680 41.4): no `_`, which a device id may hold.
+_PRINTABLE = re.compile(r"[A-Za-z0-9 '()+,\-./:=?]*")
 _COUNTRY = re.compile(r"[A-Z]{2}")
 # The officially assigned ISO 3166-1 alpha-2 codes: a well-formed but unassigned code (XX,
 # or UK for GB) would put a country no relying party knows into a certificate.
@@ -26,6 +29,17 @@ _ISO_3166_CODES = """
     VN VU WF WS YE YT ZA ZM ZW
     """
 ISO_3166_COUNTRIES = frozenset(_ISO_3166_CODES.split())
+
+
+def serial_number_attribute(value: str) -> x509.NameAttribute[str]:
+    """The subject serialNumber attribute holding a device id.
+
+    X.520 types serialNumber as PrintableString, which cannot hold `_`; such an id goes in a
+    UTF8String instead (OpenSSL, cryptography and TLS stacks read it back unchanged), and
+    every other id keeps the PrintableString the schema asks for.
+    """
+    asn1_type = _ASN1Type.PrintableString if _PRINTABLE.fullmatch(value) else _ASN1Type.UTF8String
+    return x509.NameAttribute(NameOID.SERIAL_NUMBER, value, _type=asn1_type)
 
 
 def check_device_id(device_id: str) -> str:
@@ -48,6 +62,11 @@ class SubjectFields:
     email: str | None = None
 
     def __post_init__(self) -> None:
+        if self.email is not None and not (self.email.isascii() and "@" in self.email):
+            # It goes in an IA5String emailAddress and an rfc822Name: ASCII only.
+            raise UnsupportedParameter(
+                f"e-mail {self.email[:64]!r} is not an ASCII address such as ops@example.com"
+            )
         if self.country is not None and not (
             _COUNTRY.fullmatch(self.country) and self.country in ISO_3166_COUNTRIES
         ):
@@ -84,7 +103,7 @@ def build_subject(
         )
     attributes.append(x509.NameAttribute(NameOID.COMMON_NAME, common_name))
     if serial_number:
-        attributes.append(x509.NameAttribute(NameOID.SERIAL_NUMBER, serial_number))
+        attributes.append(serial_number_attribute(serial_number))
     if fields.email:
         attributes.append(x509.NameAttribute(NameOID.EMAIL_ADDRESS, fields.email))
     return x509.Name(attributes)

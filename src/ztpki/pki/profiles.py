@@ -70,10 +70,13 @@ def _end_entity_key_usage(public_key: PublicKey, *, commitment: bool = False) ->
 
 
 def subject_alt_names(
-    dns_names: tuple[str, ...], ip_addresses: tuple[str, ...]
+    dns_names: tuple[str, ...],
+    ip_addresses: tuple[str, ...],
+    email_addresses: tuple[str, ...] = (),
 ) -> x509.SubjectAlternativeName | None:
     names: list[x509.GeneralName] = [x509.DNSName(n) for n in dns_names]
     names += [x509.IPAddress(ipaddress.ip_address(a)) for a in ip_addresses]
+    names += [x509.RFC822Name(e) for e in email_addresses]
     return x509.SubjectAlternativeName(names) if names else None
 
 

@@ -32,6 +32,7 @@ from cryptography.x509.oid import NameOID
 
 from ztpki.errors import MalformedInput, PayloadTooLarge
 from ztpki.pki.keys import PrivateKey
+from ztpki.pki.names import serial_number_attribute
 from ztpki.pki.pem import load_pkcs7_certs, pkcs7_certs_only
 from ztpki.protocol.der import oid_body, oid_text, read_tlv, tlv
 
@@ -190,7 +191,7 @@ def build_csr(private_key: PrivateKey, *, device_id: str) -> x509.CertificateSig
     subject = x509.Name(
         [
             x509.NameAttribute(NameOID.COMMON_NAME, device_id),
-            x509.NameAttribute(NameOID.SERIAL_NUMBER, device_id),
+            serial_number_attribute(device_id),
         ]
     )
     algorithm = None if isinstance(private_key, ed25519.Ed25519PrivateKey) else hashes.SHA256()

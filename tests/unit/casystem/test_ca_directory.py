@@ -11,7 +11,7 @@ from cryptography import x509
 from tests.support.pem_markers import ENCRYPTED_KEY_HEADER
 
 from ztpki.casystem.directory import CASystemDirectory, init_ca, service_authority
-from ztpki.casystem.operations import load_system
+from ztpki.casystem.operations import add_client, load_system
 from ztpki.casystem.policy import IssuingPolicy
 from ztpki.errors import ConfigurationError, UnknownCA
 from ztpki.pki.keys import KeySpec
@@ -136,3 +136,101 @@ def test_ok_load_system(plant: CASystemDirectory) -> None:
         plant.certificate("factory"),
         plant.certificate("root"),
     ]
+
+
+# --- path length (RFC 5280 4.2.1.9) ------------------------------------------------------
+
+
+def _path_length(certificate: x509.Certificate) -> int | None:
+    return certificate.extensions.get_extension_for_class(x509.BasicConstraints).value.path_length
+
+
+def _tree(directory: CASystemDirectory) -> list[Path]:
+    return sorted(directory.root.rglob("*"))
+
+
+def test_fail_subordinate_of_a_path_length_0_ca_is_refused(plant: CASystemDirectory) -> None:
+    factory = plant.load_authority("factory", passphrase=SECRET)
+    assert _path_length(factory.certificate) == 0
+    before = _tree(plant)
+    with pytest.raises(ConfigurationError, match="path length 0") as refused:
+        init_ca(
+            plant, "sub-of-sub", key_spec=KeySpec.EC_P256, validity_days=10, passphrase=SECRET,
+            now=NOW, parent=factory,
+        )  # fmt: skip
+    assert "--path-length" in refused.value.message  # says how to get a CA that may sign CAs
+    assert _tree(plant) == before and "sub-of-sub" not in plant.ca_names()
+    # Control: the root (no path length limit) may sign another subordinate.
+    root = plant.load_authority("root", passphrase=SECRET)
+    sub = init_ca(
+        plant, "sub", key_spec=KeySpec.EC_P256, validity_days=10, passphrase=SECRET, now=NOW,
+        parent=root,
+    )  # fmt: skip
+    assert _path_length(sub.certificate) == 0
+
+
+def test_ok_path_length_1_ca_signs_an_issuing_ca(plant: CASystemDirectory) -> None:
+    root = plant.load_authority("root", passphrase=SECRET)
+    common = {"key_spec": KeySpec.EC_P256, "validity_days": 10, "passphrase": SECRET, "now": NOW}
+    mid = init_ca(plant, "mid", parent=root, path_length=1, **common)  # type: ignore[arg-type]
+    issuing = init_ca(plant, "issuing", parent=mid, **common)  # type: ignore[arg-type]
+    assert _path_length(mid.certificate) == 1 and _path_length(issuing.certificate) == 0
+    assert plant.parents("issuing") == (mid.certificate, plant.certificate("root"))
+    with pytest.raises(ConfigurationError, match="path length 0"):
+        init_ca(plant, "too-deep", parent=issuing, **common)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="at most 0"):
+        init_ca(plant, "too-long", parent=mid, path_length=1, **common)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="subordinate"):
+        init_ca(plant, "root2", path_length=1, **common)  # type: ignore[arg-type]
+    assert plant.ca_names() == ["factory", "issuing", "mid", "root"]
+
+
+# --- one passphrase per CA system --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "other", [b"another-passphrase", None], ids=["fail-other-passphrase", "fail-no-passphrase"]
+)
+def test_fail_new_ca_under_another_passphrase_writes_nothing(
+    plant: CASystemDirectory, other: bytes | None
+) -> None:
+    # `ca serve` opens every key of the system with one passphrase: a CA under another one
+    # would be created fine and then stop the service from starting.
+    before = _tree(plant)
+    with pytest.raises(ConfigurationError, match="wrong or missing passphrase") as refused:
+        init_ca(
+            plant, "other", key_spec=KeySpec.EC_P256, validity_days=10, passphrase=other, now=NOW
+        )
+    assert "ZTPKI_CA_PASSPHRASE" in refused.value.message
+    assert _tree(plant) == before
+    # Control: under the system's passphrase the same CA is created and the service loads.
+    init_ca(plant, "other", key_spec=KeySpec.EC_P256, validity_days=10, passphrase=SECRET, now=NOW)
+    assert "other" in load_system(plant, passphrase=SECRET).cas
+
+
+def test_fail_first_client_under_another_passphrase_writes_nothing(
+    plant: CASystemDirectory, tmp_path: Path
+) -> None:
+    before = _tree(plant)
+    out = tmp_path / "line1"
+    with pytest.raises(ConfigurationError, match="wrong or missing passphrase"):
+        add_client(
+            plant, "line1", out=out, passphrase=b"another-passphrase", client_passphrase=None
+        )
+    with pytest.raises(ConfigurationError, match="wrong or missing passphrase"):
+        service_authority(plant, passphrase=b"another-passphrase", now=NOW)
+    assert _tree(plant) == before and not out.exists()
+    # Control: the system's passphrase creates the service CA and the credential.
+    record = add_client(plant, "line1", out=out, passphrase=SECRET, client_passphrase=None)
+    assert record.name == "line1" and (out / "cert.pem").exists()
+    service_authority(plant, passphrase=SECRET, now=NOW)
+
+
+def test_ok_system_without_passphrase_refuses_one(tmp_path: Path) -> None:
+    demo = CASystemDirectory(tmp_path / "demo")
+    common = {"key_spec": KeySpec.EC_P256, "validity_days": 10, "now": NOW}
+    init_ca(demo, "root", passphrase=None, **common)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="wrong or missing passphrase"):
+        init_ca(demo, "sealed", passphrase=SECRET, **common)  # type: ignore[arg-type]
+    init_ca(demo, "second", passphrase=None, **common)  # type: ignore[arg-type]
+    assert demo.ca_names() == ["root", "second"]

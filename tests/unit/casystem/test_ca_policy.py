@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 from ztpki.casystem.policy import IssuingPolicy
 from ztpki.errors import ConfigurationError, UnsupportedParameter
-from ztpki.pki.keys import KeySpec
+from ztpki.pki.authority import CertificateAuthority, create_self_signed_ca
+from ztpki.pki.keys import KeySpec, generate_private_key
 from ztpki.pki.names import SubjectFields
 from ztpki.pki.profiles import CertificateProfile
 
@@ -78,6 +79,54 @@ def test_ok_grant_merges_request_over_policy_subject() -> None:
     assert subject[NameOID.SERIAL_NUMBER.dotted_string] == "dev-1"
     assert grant.profile is CertificateProfile.DEVICE
     assert grant.not_after == NOW + timedelta(days=365)
+
+
+@pytest.mark.parametrize(
+    ("request_email", "policy_email", "expected"),
+    [
+        pytest.param("a@b.example", None, ("a@b.example",), id="ok-from-request"),
+        pytest.param(None, "ops@acme.example", ("ops@acme.example",), id="ok-from-policy"),
+        pytest.param(None, None, (), id="ok-none-no-san"),
+    ],
+)
+def test_ok_email_goes_in_subject_alt_name(
+    request_email: str | None, policy_email: str | None, expected: tuple[str, ...]
+) -> None:
+    # RFC 5280 4.1.2.6: an e-mail address SHOULD be an rfc822Name subjectAltName; the subject
+    # emailAddress stays for readers that look there.
+    policy = IssuingPolicy(subject=SubjectFields(email=policy_email))
+    grant = policy.grant("dev-1", SubjectFields(email=request_email), validity_days=1, now=NOW)
+    assert grant.email_addresses == expected
+    key = generate_private_key(KeySpec.EC_P256)
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ca")])
+    ca_cert = create_self_signed_ca(key, ca_name, now=NOW, validity=timedelta(days=2))
+    cert = CertificateAuthority(name="ca", key=key, certificate=ca_cert).issue(
+        key.public_key(), grant
+    )
+    emails = [a.value for a in cert.subject.get_attributes_for_oid(NameOID.EMAIL_ADDRESS)]
+    assert emails == list(expected)
+    if not expected:
+        with pytest.raises(x509.ExtensionNotFound):
+            cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        return
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    assert not san.critical
+    assert san.value.get_values_for_type(x509.RFC822Name) == list(expected)
+
+
+def test_ok_server_profile_san_holds_names_and_email() -> None:
+    server = IssuingPolicy(profile=CertificateProfile.SERVER)
+    fields = SubjectFields(email="noc@acme.example")
+    grant = server.grant("n", fields, validity_days=None, dns_names=("a.example",), now=NOW)
+    assert grant.dns_names == ("a.example",) and grant.email_addresses == ("noc@acme.example",)
+
+
+@pytest.mark.parametrize(
+    "email", ["no-at-sign", "\u00e5@acme.example"], ids=["fail-no-at", "fail-non-ascii"]
+)
+def test_fail_policy_email_not_an_address(email: str) -> None:
+    with pytest.raises(UnsupportedParameter, match="e-mail"):
+        SubjectFields(email=email)
 
 
 def test_fail_grant_bad_device_id() -> None:
