@@ -180,6 +180,13 @@ class World:
         devices = ztpki_json("node", "devices", "--dir", str(self.path(node)))
         return {d["device_id"]: d for d in devices}
 
+    def audit(self, device_id: str, node: str = "N") -> list[dict[str, Any]]:
+        """`ztpki node audit --json` of a node, for one device."""
+        entries: list[dict[str, Any]] = ztpki_json(
+            "node", "audit", "--dir", str(self.path(node)), "--device", device_id
+        )
+        return entries
+
     def show(self, device_id: str) -> dict[str, Any]:
         summary: dict[str, Any] = ztpki_json(
             "device", "show", "--device", str(self.device(device_id))
@@ -279,7 +286,7 @@ def _start_and_manufacture(world: World, *, devices: int, batch: str) -> None:
 
 _SHARED: dict[str, World] = {}
 _USED: set[str] = set()
-WORLD_DEVICES = 24
+WORLD_DEVICES = 40
 
 
 @pytest.fixture(scope="session")

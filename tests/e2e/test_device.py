@@ -6,10 +6,12 @@ and the before/after test of the new identity (a customer service and the node i
 
 from __future__ import annotations
 
+import asyncio
 import os
 import selectors
 import subprocess
-from datetime import datetime, timedelta
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -24,10 +26,10 @@ from tests.e2e.device_fixtures import (
 )
 
 from ztpki.demo.processes import ztpki_argv
-from ztpki.device import Agent, DeviceMemory, Phase
+from ztpki.device import Agent, AgentEvent, DeviceMemory, Phase
 from ztpki.device.communication import NodeAddress
 from ztpki.pki.keys import decode_pkcs8
-from ztpki.pki.pem import load_certificates_pem
+from ztpki.pki.pem import fingerprint_sha256, load_certificates_pem
 from ztpki.protocol.est import build_csr, encode_csr
 
 __all__ = ["world"]  # the session fixture, shared with the other device modules
@@ -216,8 +218,6 @@ class ShiftedClock:
 
 
 def test_agent_renews_once_two_thirds_of_the_validity_passed(world: World) -> None:
-    import asyncio
-
     device_id = take_device(world)
     activate(world, device_id)
     memory = DeviceMemory.open(world.device(device_id))
@@ -235,3 +235,54 @@ def test_agent_renews_once_two_thirds_of_the_validity_passed(world: World) -> No
     assert world.active(device_id) == [result.serial]
     assert NodeAddress.parse(memory.config()["node_url"]) == NodeAddress.parse(world.node_url)
     assert result.not_after - datetime.now(result.not_after.tzinfo) > timedelta(days=300)
+
+
+class OperatorClock:
+    """Time moves only when the agent sleeps; the first sleep is when the operator acts."""
+
+    def __init__(self, act: Callable[[], None]) -> None:
+        self.at = datetime.now(UTC)
+        self.sleeps: list[float] = []
+        self._act = act
+
+    def now(self) -> datetime:
+        return self.at
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.at += timedelta(seconds=seconds)
+        if len(self.sleeps) == 1:
+            await asyncio.to_thread(self._act)
+        assert len(self.sleeps) < 1000, "the agent did not pick up the corrected configuration"
+
+
+@pytest.mark.parametrize("fault", ["wrong-label", "stale-pin"])
+def test_ok_agent_keeps_trying_until_the_operator_fixes_the_configuration(
+    world: World, fault: str
+) -> None:
+    """A 404 (no such EST label) or a node that does not verify under a stale pin is not a
+    refusal: the agent retries slowly, and goes on as soon as set-node corrects the device."""
+    device_id = take_device(world)
+    device = str(world.device(device_id))
+    if fault == "wrong-label":
+        ztpki("device", "set-node", "--device", device, f"{world.node_url}/no-such-label")
+        expected = "(404)"
+    else:
+        root = load_certificates_pem(world.path("C", "cas", "root", "ca.pem").read_bytes())
+        stale = f"sha256:{fingerprint_sha256(root[0])}"
+        ztpki("device", "set-node", "--device", device, world.node_url,
+              "--node-ca-fingerprint", stale)  # fmt: skip
+        expected = "set-node"
+    events: list[AgentEvent] = []
+    clock = OperatorClock(lambda: ztpki("device", "set-node", "--device", device, world.node_url))
+    memory = DeviceMemory.open(world.device(device_id))
+    agent = Agent(memory, clock=clock, report=events.append, jitter=lambda: 0.0, timeout=20)
+
+    result = asyncio.run(agent.run(once=True))
+
+    assert result is not None and result.action == "activated"
+    retries = [e.message for e in events if e.kind == "retry"]
+    assert retries and expected in retries[0] and "needs attention" in retries[0]
+    assert "configuration changed" in retries[-1]
+    assert not any(e.kind == "stop" for e in events)
+    assert world.active(device_id) == [result.serial]

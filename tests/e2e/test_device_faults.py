@@ -141,3 +141,116 @@ def test_fail_node_presenting_an_unexpected_certificate(world: World) -> None:
     memory = DeviceMemory.open(directory)
     assert memory.phase is Phase.CUSTOMIZED
     assert memory.config()["node_ca_fingerprint"] == pin
+
+
+def _resume(world: World, device_id: str, how: str) -> subprocess.CompletedProcess[str]:
+    directory = str(world.device(device_id))
+    if how == "agent-once":
+        return ztpki("device", "agent", "--device", directory, "--once")  # type: ignore[no-any-return]
+    return ztpki("device", "activate", "--device", directory)  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("how", ["activate", "agent-once"])
+@pytest.mark.parametrize("point", ["after-answer", "mid-replace"])
+def test_ok_interrupted_renewal_resumed_ends_with_the_live_certificate_on_the_device(
+    world: World, point: str, how: str
+) -> None:
+    """The node issued a renewal the device never installed: resuming must not "confirm"
+    the superseded certificate, but fetch the renewed one (same pending key, redelivered)."""
+    device_id = take_device(world)
+    directory = world.device(device_id)
+    activate(world, device_id, "--key-on-device")
+    before = DeviceMemory.open(directory).identity().certificate
+    assert before is not None
+    old = format(before.serial_number, "x")
+
+    killed = ztpki(
+        "device", "renew", "--device", str(directory),
+        env={"ZTPKI_DEVICE_FAULT": point}, check=False,
+    )  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert DeviceMemory.open(directory).identity().certificate == before
+    assert old not in world.active(device_id)  # the node superseded the device's certificate
+
+    resumed = _resume(world, device_id, how)
+
+    memory = DeviceMemory.open(directory)
+    held = memory.identity().certificate
+    assert held is not None
+    assert memory.phase is Phase.CUSTOMIZED and memory.config()["confirmed"] is True
+    assert world.active(device_id) == [format(held.serial_number, "x")]
+    assert world.register()[device_id]["issued_serial"] == format(held.serial_number, "x")
+    assert held.serial_number != before.serial_number
+    assert "redelivered" in {r["decision"] for r in world.audit(device_id)}
+    assert "[confirm]" in resumed.stdout
+    assert not (directory / "pending-key.pem").exists()
+
+
+def test_ok_resumed_confirmation_retires_the_pending_key(world: World) -> None:
+    """Killed after the swap of a device-side key: the confirm-only resume must drop the
+    pending key, or the next renewal would ask for a certificate on the same key."""
+    device_id = take_device(world)
+    directory = world.device(device_id)
+    killed = activate(world, device_id, "--key-on-device", fault="after-replace", check=False)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert (directory / "pending-key.pem").exists()  # control: the kill left it behind
+
+    again = activate(world, device_id)
+    assert "[request]" not in again.stdout
+    assert not (directory / "pending-key.pem").exists()
+
+    first = DeviceMemory.open(directory).identity().certificate
+    ztpki("device", "renew", "--device", str(directory))
+    renewed = DeviceMemory.open(directory).identity().certificate
+    assert first is not None and renewed is not None
+    assert renewed.serial_number != first.serial_number
+    assert renewed.public_key() != first.public_key()
+    assert world.active(device_id) == [format(renewed.serial_number, "x")]
+
+
+def test_ok_set_node_without_a_pin_removes_a_stale_pin(world: World) -> None:
+    """A pin that no longer fits the node is reported as such, and `set-node` without
+    --node-ca-fingerprint removes it: the device verifies the node with the factory CA again."""
+    device_id = take_device(world)
+    directory = str(world.device(device_id))
+    customer_root = load_certificates_pem(world.path("C", "cas", "root", "ca.pem").read_bytes())
+    stale = f"sha256:{fingerprint_sha256(customer_root[0])}"  # N's certificate is the factory's
+    ztpki("device", "set-node", "--device", directory, world.node_url,
+          "--node-ca-fingerprint", stale)  # fmt: skip
+
+    refused = ztpki("device", "activate", "--device", directory, check=False)
+    assert refused.returncode == 1
+    message = flat(refused.stderr)
+    assert "step connect failed" in message and "pinned CA" in message
+    assert f"the device pins the node's CA {stale}" in message
+    assert f"ztpki device set-node --device {directory} {world.node_url}" in message
+    assert world.register()[device_id]["state"] == "listed"
+
+    unpinned = ztpki("device", "set-node", "--device", directory, world.node_url)
+    assert f"removed the pinned node CA {stale}" in flat(unpinned.stdout)
+    assert "node_ca_fingerprint" not in DeviceMemory.open(world.device(device_id)).config()
+
+    activate(world, device_id)
+    assert DeviceMemory.open(world.device(device_id)).phase is Phase.CUSTOMIZED
+
+
+def test_fail_confirmation_with_a_superseded_certificate_is_refused(world: World) -> None:
+    """Negative control of the resume: without the pending key the device cannot fetch the
+    renewed certificate, and the confirmation must then fail, not report success."""
+    device_id = take_device(world)
+    directory = world.device(device_id)
+    activate(world, device_id, "--key-on-device")
+    killed = ztpki(
+        "device", "renew", "--device", str(directory),
+        env={"ZTPKI_DEVICE_FAULT": "mid-replace"}, check=False,
+    )  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    (directory / "pending-key.pem").unlink()  # as if the renewal's key were lost
+
+    refused = ztpki("device", "activate", "--device", str(directory), check=False)
+
+    assert refused.returncode == 3
+    message = flat(refused.stderr)
+    assert "step confirm failed" in message and "(superseded)" in message
+    assert "ztpki node audit" in message
+    assert DeviceMemory.open(directory).config()["confirmed"] is False

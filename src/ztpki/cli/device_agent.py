@@ -2,7 +2,10 @@
 
 Exit status: 0 done; 1 an error (the message says which step and what to do); 3 the node
 refused the device (403, or it does not accept the device's certificate); 4 a temporary
-failure (network, node busy): run again later.
+failure (network, node busy): run again later. The agent retries everything but a refusal
+itself (see ztpki.device.agent), so it ends with 0, 3, or 1 for a device it cannot read.
+
+`set-node` states the whole node: without --node-ca-fingerprint it removes an earlier pin.
 
 Test only: ZTPKI_DEVICE_FAULT=before-request|after-answer|mid-replace|after-replace makes
 activate, renew and agent SIGKILL themselves at that point (see ztpki.device.activation).
@@ -192,7 +195,8 @@ def _run_once(
     type=float,
     default=1.0,
     show_default=True,
-    help="Seconds between looks at the configuration while waiting for an address.",
+    help="Seconds between looks at the configuration while waiting for an address, or "
+    "for a fix before a slow retry.",
 )
 @click.option("--timeout", type=float, default=30.0, show_default=True)
 def agent_command(
@@ -211,7 +215,8 @@ def agent_command(
         memory,
         node=NodeAddress.parse(node_url) if node_url else None,
         key_mode=KeyMode.SIMPLEENROLL if key_on_device else KeyMode.SERVERKEYGEN,
-        pinned_fingerprint=_pin(memory, node_ca_fingerprint),
+        # Only the command line's pin: the agent follows the configuration's as it changes.
+        pinned_fingerprint=parse_fingerprint(node_ca_fingerprint) if node_ca_fingerprint else None,
         report=_print_agent_event,
         poll_interval=poll_interval,
         timeout=timeout,
@@ -241,16 +246,29 @@ def _print_agent_event(event: AgentEvent) -> None:
 @device.command("set-node")
 @device_option
 @click.argument("url")
-@fingerprint_option
+@click.option(
+    "--node-ca-fingerprint",
+    help="Pin the CA the node's certificate chains to (sha256:HEX). Without it, a pin set "
+    "before is removed and the node is verified with the factory CA certificate(s).",
+)
 def set_node_command(device_dir: Path, url: str, node_ca_fingerprint: str | None) -> None:
-    """Give the device its customer-node address (a running agent picks it up)."""
+    """Give the device its customer node: address and, optionally, pinned CA.
+
+    The command states the whole node, so it never leaves a pin from an earlier node (or
+    an earlier CA of this one) behind. A running agent picks the change up.
+    """
     node = NodeAddress.parse(url)
     memory = DeviceMemory.open(device_dir)
-    changes: dict[str, str | None] = {NODE_URL_KEY: str(node)}
-    if node_ca_fingerprint:
-        changes[NODE_CA_KEY] = f"sha256:{parse_fingerprint(node_ca_fingerprint)}"
-    memory.update_config(**changes)
-    click.echo(f"{memory.device_id}: customer node {node}")
+    previous = memory.config().get(NODE_CA_KEY)
+    pin = f"sha256:{parse_fingerprint(node_ca_fingerprint)}" if node_ca_fingerprint else None
+    memory.update_config(**{NODE_URL_KEY: str(node), NODE_CA_KEY: pin})
+    if pin is not None:
+        trust = f"verified with the pinned CA {pin}"
+    else:
+        trust = "verified with the factory CA certificate(s)"
+        if isinstance(previous, str) and previous:
+            trust += f"; removed the pinned node CA {previous}"
+    click.echo(f"{memory.device_id}: customer node {node}, {trust}")
 
 
 @device.command("connect")

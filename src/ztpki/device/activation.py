@@ -10,11 +10,16 @@ One customization (Fig. 3, B47-B53) is a sequence of steps, each reported as an
     request   serverkeygen (the CA generates the key) or simpleenroll (key made here)
     verify    the answer: key matches, names this device, current, chains to the CA certs
     replace   one atomic switch of key + certificate + CA certificates in the memory
-    confirm   one request with the NEW certificate; the node then retires the old one
+    confirm   one authenticated request (csrattrs) with the NEW certificate: the node then
+              retires the old one, and refuses it if it is not the device's current one
 
 Where a killed process resumes follows from the memory alone: a temporary identity means
-"ask again" (the node supersedes an answer that never arrived); a customized identity with
-``confirmed: false`` in the configuration means "only confirm". A failure raises
+"ask again" (the node supersedes an answer that never arrived); a pending device-made key
+that the installed certificate does not carry means "a renewal was under way": the node may
+already have issued (and superseded the installed certificate), so ask again with the same
+key, which the node answers by handing the issued certificate over again; otherwise a
+customized identity with ``confirmed: false`` in the configuration means "only confirm". A
+failure raises
 :class:`ActivationError` naming the step, the cause and what the operator can do; the
 identity in the memory is then the one the device had before the step.
 
@@ -52,6 +57,7 @@ from ztpki.device.reporting import (
     ActivationResult,
     Step,
     confirm_remedy,
+    pinned_node_remedy,
     request_remedy,
 )
 from ztpki.errors import (
@@ -59,9 +65,17 @@ from ztpki.errors import (
     DeviceMemoryError,
     MalformedInput,
     Unavailable,
+    VerificationFailed,
     ZtpkiError,
 )
-from ztpki.pki.keys import KeySpec, PrivateKey, decode_pkcs8, generate_private_key, key_spec_of
+from ztpki.pki.keys import (
+    KeySpec,
+    PrivateKey,
+    decode_pkcs8,
+    generate_private_key,
+    key_spec_of,
+    keys_match,
+)
 from ztpki.pki.pem import serial_hex
 from ztpki.protocol.est import build_csr
 
@@ -166,6 +180,9 @@ class ActivatingClient:
         with _exclusive(self.memory):
             identity = self._load()
             if identity.phase is Phase.CUSTOMIZED:
+                pending = self._unfinished_renewal(identity)
+                if pending is not None:
+                    return await self._resume_renewal(identity, pending)
                 if self._confirmed():
                     self._emit(Step.LOAD, "the device is already customized; nothing to do")
                     return self._result("unchanged", identity)
@@ -190,6 +207,9 @@ class ActivatingClient:
                     DeviceMemoryError(f"the device is {identity.phase}, not customized"),
                     remedy="customize it first (ztpki device activate)",
                 )
+            pending = self._unfinished_renewal(identity)
+            if pending is not None:
+                return await self._resume_renewal(identity, pending)
             if not self._confirmed():
                 await self._confirm(identity, "confirmed")
             issued = await self._enroll(identity, None)
@@ -216,6 +236,35 @@ class ActivatingClient:
             )
         return identity
 
+    def _unfinished_renewal(self, identity: Identity) -> PrivateKey | None:
+        """The key of a renewal the node may have answered but the device never installed.
+
+        A pending key the installed certificate already carries is what a crash between the
+        swap and its clean-up leaves: it is dropped here, or the next renewal would ask for a
+        certificate on the current key again.
+        """
+        assert identity.certificate is not None
+        try:
+            pending = self.memory.pending_key()
+            if pending is None:
+                return None
+            if keys_match(pending, identity.certificate.public_key()):
+                self.memory.clear_pending_key()
+                return None
+        except ZtpkiError as exc:
+            raise ActivationError(Step.LOAD, exc) from None
+        return pending
+
+    async def _resume_renewal(self, identity: Identity, pending: PrivateKey) -> ActivationResult:
+        # Not confirmed with the installed certificate first: the node may have superseded it.
+        self._emit(
+            Step.LOAD,
+            "a renewal was interrupted before its answer was installed; asking the node again "
+            "with the same key (it hands over the certificate it issued, if it did)",
+        )
+        issued = await self._enroll(identity, None, pending=pending)
+        return await self._install(issued, "renewed")
+
     def _confirmed(self) -> bool:
         try:
             return self.memory.config().get(CONFIRMED_KEY) is True
@@ -238,7 +287,7 @@ class ActivatingClient:
             else:
                 self._anchors = self.memory.trust_anchors()
         except ZtpkiError as exc:
-            raise ActivationError(Step.CONNECT, exc) from None
+            raise ActivationError(Step.CONNECT, exc, remedy=self._connect_remedy(exc)) from None
         if not self._anchors:
             raise ActivationError(
                 Step.CONNECT,
@@ -247,6 +296,11 @@ class ActivatingClient:
                 "--node-ca-fingerprint sha256:HEX",
             )
         return self._anchors
+
+    def _connect_remedy(self, exc: ZtpkiError) -> str | None:
+        if self.pinned_fingerprint and isinstance(exc, VerificationFailed):
+            return pinned_node_remedy(self.pinned_fingerprint, self.node, str(self.memory.path))
+        return None
 
     def _chain_of(self, identity: Identity) -> list[x509.Certificate]:
         assert identity.certificate is not None
@@ -263,8 +317,11 @@ class ActivatingClient:
             raise ActivationError(Step.CONNECT, exc) from None
         return ESTClient(self.node, context, timeout=self._timeout)
 
-    async def _enroll(self, identity: Identity, mode: KeyMode | None) -> IssuedIdentity:
-        """Steps connect..verify; ``mode`` None means simplereenroll (renewal)."""
+    async def _enroll(
+        self, identity: Identity, mode: KeyMode | None, *, pending: PrivateKey | None = None
+    ) -> IssuedIdentity:
+        """Steps connect..verify; ``mode`` None means simplereenroll (renewal), with the
+        ``pending`` key of an interrupted renewal when given."""
         assert identity.private_key is not None and identity.certificate is not None
         operation = mode.value if mode else "simplereenroll"
         est = await self._client(identity)
@@ -272,15 +329,17 @@ class ActivatingClient:
             try:
                 cacerts = await est.cacerts()
             except ZtpkiError as exc:
-                step = Step.CONNECT if est.peer_certificate is None else Step.CACERTS
-                raise ActivationError(step, exc) from None
+                if est.peer_certificate is None:
+                    remedy = self._connect_remedy(exc)
+                    raise ActivationError(Step.CONNECT, exc, remedy=remedy) from None
+                raise ActivationError(Step.CACERTS, exc) from None
             self._report_connected(est, identity)
             self._emit(
                 Step.CACERTS,
                 "customer CA certificates: " + "; ".join(_subject(c) for c in cacerts),
             )
             self._at("before-request")
-            key, certificates = await self._request(est, identity, mode, operation)
+            key, certificates = await self._request(est, identity, mode, operation, pending)
             self._at("after-answer")
         try:
             issued = verify_answer(
@@ -303,7 +362,12 @@ class ActivatingClient:
         return issued
 
     async def _request(
-        self, est: ESTClient, identity: Identity, mode: KeyMode | None, operation: str
+        self,
+        est: ESTClient,
+        identity: Identity,
+        mode: KeyMode | None,
+        operation: str,
+        pending: PrivateKey | None,
     ) -> tuple[PrivateKey, list[x509.Certificate]]:
         assert identity.private_key is not None
         device_id = self.memory.device_id
@@ -319,7 +383,11 @@ class ActivatingClient:
                 certificates = list(answer.certificates)
                 origin = "the customer CA generated the key"
             else:
-                key = await asyncio.to_thread(self._device_key, identity.private_key)
+                key = (
+                    pending
+                    if pending is not None
+                    else await asyncio.to_thread(self._device_key, identity.private_key)
+                )
                 csr = build_csr(key, device_id=device_id)
                 if mode is KeyMode.SIMPLEENROLL:
                     certificates = await est.simpleenroll(csr)
@@ -388,7 +456,10 @@ class ActivatingClient:
         est = await self._client(identity)
         async with est:
             try:
-                await est.cacerts()
+                # csrattrs, not cacerts: the node serves cacerts to any certificate (or none),
+                # but answers csrattrs only for the device's current certificate, so a 200
+                # here proves the node takes this certificate as the live one.
+                await est.csrattrs()
             except ZtpkiError as exc:
                 raise ActivationError(
                     Step.CONFIRM, exc, remedy=confirm_remedy(exc, self.node)

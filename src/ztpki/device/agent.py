@@ -6,9 +6,16 @@ moment), customizes the device, and renews the operational certificate with
 ``simplereenroll`` once ``renew_fraction`` (two thirds) of its validity has passed (and
 never sooner than ``min_renewal_interval`` after the previous success).
 Network errors and "later" answers (202, 429, 5xx) are retried with exponential backoff and
-jitter, never sooner than the node's Retry-After; a refusal (403, a certificate the node
-does not accept) or an answer that fails verification stops the agent with
-:class:`AgentStopped`.
+jitter, never sooner than the node's Retry-After. Only a refusal (403, or a device
+certificate the node does not accept) stops the agent, with :class:`AgentStopped`. Other
+failures need an operator but not a restart (a wrong address or label: 404; a node
+certificate that does not verify, e.g. under a stale pin; an answer that is not EST or fails
+verification; a device memory that cannot be written): they are logged as warnings and
+retried with a slow backoff (``slow_backoff``: minutes up to an hour), and at once when the
+device configuration changes (``ztpki device set-node``).
+
+The node's CA pin given to the agent wins; without one, the configuration's current pin
+(``node_ca_fingerprint``) applies, so removing it with ``set-node`` takes effect.
 
 Time is read and waited for through a :class:`Clock`, so tests drive the agent without
 waiting: a fake clock's ``sleep`` advances its ``now``.
@@ -122,6 +129,7 @@ class Agent:
         report: Callable[[AgentEvent], None] | None = None,
         clock: Clock | None = None,
         backoff: Backoff = Backoff(),
+        slow_backoff: Backoff = Backoff(base=60.0, cap=3600.0),
         jitter: Callable[[], float] = random.random,
         poll_interval: float = 1.0,
         renew_fraction: float = RENEW_FRACTION,
@@ -138,6 +146,7 @@ class Agent:
         self.pinned_fingerprint = pinned_fingerprint
         self.clock: Clock = clock or SystemClock()
         self.backoff = backoff
+        self.slow_backoff = slow_backoff
         self.renew_fraction = renew_fraction
         self.min_renewal_interval = min_renewal_interval
         self._earliest_renewal: datetime | None = None
@@ -147,12 +156,15 @@ class Agent:
         self._max_sleep = max_sleep
         self._timeout = timeout
         self._fault = fault
-        self._config_seen: tuple[int, int] | None = None
-        self._configured: tuple[NodeAddress, str | None] | None = None
+        self._config_seen: tuple[int, int, int] | None = None
+        self._configured: tuple[NodeAddress | None, str | None] | None = None
 
     async def run(self, *, once: bool = False) -> ActivationResult | None:
         """Work until stopped; with ``once``, return after the first activation or renewal
-        (or at once, with None, when the device is customized and no renewal is due)."""
+        (or at once, with None, when the device is customized and no renewal is due).
+
+        ``once`` still retries failures as described in the module documentation: it ends
+        with a result, a refusal (:class:`AgentStopped`), or cancellation."""
         attempt = 0
         while True:
             identity = self.memory.identity()
@@ -160,7 +172,14 @@ class Agent:
                 raise ZtpkiError(
                     f"device {self.memory.device_id} has no temporary identity; manufacture it"
                 )
-            renewing = identity.phase is Phase.CUSTOMIZED and self._confirmed()
+            # A pending key on a customized device: a renewal (or its clean-up) was cut off,
+            # and the node may have superseded the installed certificate; activate() resumes
+            # it now instead of waiting for the next renewal date.
+            renewing = (
+                identity.phase is Phase.CUSTOMIZED
+                and self._confirmed()
+                and not self.memory.has_pending_key()
+            )
             if renewing:
                 due = renewal_time(identity, fraction=self.renew_fraction)
                 if self._earliest_renewal is not None:
@@ -177,15 +196,11 @@ class Agent:
             try:
                 result = await (client.renew() if renewing else client.activate())
             except ActivationError as exc:
-                if not exc.retryable:
+                if exc.refused:
                     self._emit("stop", exc.message)
                     raise AgentStopped(exc) from None
-                delay = max(
-                    float(exc.retry_after or 0), self.backoff.delay(attempt, jitter=self._jitter())
-                )
+                await self._retry(exc, attempt)
                 attempt += 1
-                self._emit("retry", f"{exc.message}; retry {attempt} in {delay:.1f} s")
-                await self.clock.sleep(delay)
                 continue
             attempt = 0
             self._earliest_renewal = self.clock.now() + self.min_renewal_interval
@@ -214,21 +229,65 @@ class Agent:
     def _confirmed(self) -> bool:
         return self.memory.config().get("confirmed") is True
 
+    async def _retry(self, exc: ActivationError, attempt: int) -> None:
+        """Wait before retry ``attempt + 1``: briefly for "later", slowly for what needs an
+        operator (then also until the configuration changes, whichever comes first)."""
+        jitter = self._jitter()
+        if exc.retryable:
+            delay = max(float(exc.retry_after or 0), self.backoff.delay(attempt, jitter=jitter))
+            self._emit("retry", f"{exc.message}; retry {attempt + 1} in {delay:.1f} s")
+            await self.clock.sleep(delay)
+            return
+        delay = self.slow_backoff.delay(attempt, jitter=jitter)
+        logger.warning(
+            "device %s: needs attention, retry %d in %.0f s: %s",
+            self.memory.device_id,
+            attempt + 1,
+            delay,
+            exc.message,
+        )
+        self._emit(
+            "retry",
+            f"{exc.message}; this needs attention: retry {attempt + 1} in {delay:.0f} s, or as "
+            "soon as the device configuration changes",
+        )
+        stamp = self._config_stamp()
+        remaining = delay
+        while remaining > 0:
+            step = min(self._poll_interval, remaining)
+            await self.clock.sleep(step)
+            remaining -= step
+            if self._config_stamp() != stamp:
+                self._emit("retry", "the device configuration changed; retrying now")
+                return
+
+    def _config_stamp(self) -> tuple[int, int, int] | None:
+        # Every write renames a new file into place, so the inode changes with each one.
+        try:
+            stat = (self.memory.path / CONFIG_FILE).stat()
+        except OSError:
+            return None
+        return stat.st_ino, stat.st_mtime_ns, stat.st_size
+
     async def _sleep_until(self, due: datetime) -> None:
         self._emit("schedule", f"renewal due at {due.isoformat(timespec='seconds')}")
         remaining = (due - self.clock.now()).total_seconds()
         await self.clock.sleep(max(0.0, min(remaining, self._max_sleep)))
 
     async def _wait_for_node(self) -> tuple[NodeAddress, str | None]:
-        """The node address from the command line, else from the configuration once written."""
-        if self.node is not None:
+        """The node address from the command line, else from the configuration once written;
+        the pin given to the agent, else the configuration's."""
+        if self.node is not None and self.pinned_fingerprint is not None:
             return self.node, self.pinned_fingerprint
         announced = False
         while True:
             found = self._configured_node()
             if found is not None:
-                return found
-            if not announced:
+                address, pin = found
+                address = self.node or address
+                if address is not None:
+                    return address, self.pinned_fingerprint or pin
+            if not announced and self.node is None:  # else _configured_node said why
                 self._emit(
                     "wait",
                     "waiting for a customer-node address (ztpki device set-node --device "
@@ -237,27 +296,26 @@ class Agent:
                 announced = True
             await self.clock.sleep(self._poll_interval)
 
-    def _configured_node(self) -> tuple[NodeAddress, str | None] | None:
-        """Re-read the configuration only when its file changed (a cheap file watch)."""
-        try:
-            stat = (self.memory.path / CONFIG_FILE).stat()
-        except OSError:
+    def _configured_node(self) -> tuple[NodeAddress | None, str | None] | None:
+        """(address, pin) from the configuration, None while it is unusable; re-read only
+        when the file changed (a cheap file watch). The address is not read when the agent
+        was given one."""
+        seen = self._config_stamp()
+        if seen is None:
             return None
-        seen = (stat.st_mtime_ns, stat.st_size)
         if seen == self._config_seen:
             return self._configured
         self._config_seen = seen
         self._configured = None
         try:
             config = self.memory.config()
-            url = config.get(NODE_URL_KEY)
-            if not isinstance(url, str) or not url:
-                return None
             pin = config.get(NODE_CA_KEY)
-            fingerprint = (
-                parse_fingerprint(pin) if isinstance(pin, str) and pin else self.pinned_fingerprint
-            )
-            self._configured = (NodeAddress.parse(url), fingerprint)
+            fingerprint = parse_fingerprint(pin) if isinstance(pin, str) and pin else None
+            url = config.get(NODE_URL_KEY)
+            address = None
+            if self.node is None and isinstance(url, str) and url:
+                address = NodeAddress.parse(url)
+            self._configured = (address, fingerprint)
         except ZtpkiError as exc:
             self._emit("wait", f"the configured node address is unusable: {exc.message}")
             return None

@@ -54,6 +54,7 @@ from ztpki.protocol.est import (
     MAX_BODY,
     ServerKeygenResponse,
     decode_certs_only,
+    decode_csrattrs,
     decode_serverkeygen,
     encode_csr,
 )
@@ -229,6 +230,20 @@ class ESTClient:
         answer = await self._request("GET", "cacerts")
         return self._certs_only(answer, "cacerts")
 
+    async def csrattrs(self) -> list[str]:
+        """The attributes (dotted OIDs) the node wants in a CSR (RFC 7030 section 4.5).
+
+        Needs the client certificate: the node answers only a certificate it accepts as the
+        device's current one, so the activating client confirms a new identity with it.
+        """
+        answer = await self._request("GET", "csrattrs")
+        if answer.status == 204 or not answer.body.strip():
+            return []  # "no attributes" (RFC 7030 section 4.5.2)
+        try:
+            return decode_csrattrs(answer.body)
+        except MalformedInput as exc:
+            raise MalformedInput(f"the node's csrattrs answer is unusable: {exc}") from None
+
     async def simpleenroll(self, csr: x509.CertificateSigningRequest) -> list[x509.Certificate]:
         answer = await self._request("POST", "simpleenroll", csr=csr)
         return self._certs_only(answer, "simpleenroll")
@@ -396,7 +411,7 @@ def retry_after_seconds(value: str | None, *, now: datetime | None = None) -> in
 
 def _check_status(answer: _Answer, retry_after: str | None, operation: str, node: str) -> _Answer:
     status = answer.status
-    if status == 200:
+    if status == 200 or (status == 204 and operation == "csrattrs"):
         return answer
     said = _node_text(answer.body)
     if status == 202 or status == 429 or status >= 500:

@@ -353,6 +353,10 @@ class DeviceMemory:
         except ZtpkiError as exc:
             raise self._error(f"{PENDING_KEY_FILE}: {exc.message}") from None
 
+    def has_pending_key(self) -> bool:
+        """Whether a pending key is stored, without decrypting it (a cheap check)."""
+        return (self.path / PENDING_KEY_FILE).exists()
+
     def save_pending_key(self, key: PrivateKey) -> None:
         """Store the key of a request about to be sent, encrypted with the device secret."""
         with self._locked():

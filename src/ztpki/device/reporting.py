@@ -31,6 +31,7 @@ __all__ = [
     "ActivationResult",
     "Step",
     "confirm_remedy",
+    "pinned_node_remedy",
     "request_remedy",
 ]
 
@@ -147,10 +148,27 @@ def request_remedy(exc: ZtpkiError, *, renewing: bool) -> str | None:
     return None
 
 
+def pinned_node_remedy(fingerprint: str, node: NodeAddress, device_dir: str) -> str:
+    """What to do when the node does not verify under the pinned CA: the pin may be stale."""
+    return (
+        f"the device pins the node's CA sha256:{fingerprint}; check the node address, and if "
+        "the node's CA changed, the pin is stale: pin the new CA with `ztpki device set-node "
+        f"--device {device_dir} {node} --node-ca-fingerprint sha256:HEX`, or remove the pin "
+        f"with `ztpki device set-node --device {device_dir} {node}` to verify the node with "
+        "the factory CA certificate(s) again"
+    )
+
+
 def confirm_remedy(exc: ZtpkiError, node: NodeAddress) -> str | None:
     if isinstance(exc, Unavailable):
         return (
             "the new identity is installed but not yet confirmed; run `ztpki device activate "
             f"--node {node}` again to confirm"
+        )
+    if isinstance(exc, NotAuthorized):
+        return (
+            "the node does not take the installed certificate as this device's current one; "
+            "the customer must check the device in the node's register (ztpki node devices, "
+            "ztpki node audit): a superseded certificate means another enrollment replaced it"
         )
     return None

@@ -31,8 +31,10 @@ from ztpki.pki.pem import load_certificate_der, serial_hex
 from ztpki.pki.profiles import CertificateProfile
 from ztpki.protocol.est import (
     CERTS_ONLY_TYPE,
+    CSRATTRS_TYPE,
     decode_csr,
     encode_certs_only,
+    encode_csrattrs,
     encode_serverkeygen,
 )
 
@@ -147,6 +149,7 @@ class FakeNode:
         app = web.Application()
         prefix = "/.well-known/est"
         app.router.add_get(f"{prefix}/cacerts", self.cacerts)
+        app.router.add_get(f"{prefix}/csrattrs", self.csrattrs)
         for op in ("simpleenroll", "simplereenroll", "serverkeygen"):
             app.router.add_post(f"{prefix}/{op}", self.enroll)
         return app
@@ -175,6 +178,22 @@ class FakeNode:
                     reg.state, reg.pending = "customized", None
         body = encode_certs_only(self.cacerts_list())
         return web.Response(body=body, headers=_certs_headers())
+
+    async def csrattrs(self, request: web.Request) -> web.Response:
+        """Only for a live certificate; the first request with a new one confirms it."""
+        peer = self._peer(request)
+        if peer is None:
+            return web.Response(status=401, text="a client certificate is required")
+        device_id, who = peer
+        self.calls.append(("csrattrs", device_id, who))
+        reg = self.register(device_id)
+        if who != "temporary":
+            if who not in reg.live:
+                return web.Response(status=403, text="operational certificate is not live")
+            if reg.pending == who:
+                reg.state, reg.pending = "customized", None
+        body = encode_csrattrs([x509.ObjectIdentifier("2.5.4.5")])
+        return web.Response(body=body, headers={"Content-Type": CSRATTRS_TYPE})
 
     async def enroll(self, request: web.Request) -> web.Response:
         op = request.path.rsplit("/", 1)[1]

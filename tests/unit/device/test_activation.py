@@ -74,7 +74,7 @@ def test_activation_customizes_and_confirms(pki: Pki, memory: DeviceMemory, mode
             reg = node.registers["ACME-0001"]
             assert reg.state == "customized" and reg.live == {result.serial}
             ops = [c[0] for c in node.calls]
-            assert ops == ["cacerts", mode.value, "cacerts"]
+            assert ops == ["cacerts", mode.value, "csrattrs"]
             assert node.calls[-1][2] == result.serial  # confirmed by the NEW certificate
 
     run(scenario)

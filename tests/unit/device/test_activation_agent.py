@@ -215,3 +215,32 @@ def test_ok_agent_sleeps_until_renewal_is_due(pki: Pki, memory: DeviceMemory) ->
     # It slept in chunks of at most an hour until two thirds of ten days had passed.
     assert max(clock.sleeps) <= 3600
     assert sum(clock.sleeps) >= timedelta(days=10).total_seconds() * 2 / 3 - 600
+
+
+def test_ok_agent_retries_a_garbage_answer_slowly_instead_of_stopping(
+    pki: Pki, memory: DeviceMemory
+) -> None:
+    clock, events = FakeClock(), list[AgentEvent]()
+
+    async def scenario() -> None:
+        async with serving(pki) as node:
+            node.tamper = "garbage"
+
+            async def node_fixed(count: int) -> None:
+                node.tamper = None
+
+            clock.on_sleep = node_fixed
+            slow = Backoff(base=2.0, cap=60.0)
+            runner = agent(
+                memory, clock, events, node=NodeAddress.parse(node.url), slow_backoff=slow
+            )
+            result = await runner.run(once=True)
+            assert result is not None and result.action == "activated"
+
+    asyncio.run(scenario())
+    # Slow backoff, attempt 0, no jitter: 1 s, waited in polls of the configuration.
+    assert clock.sleeps == [0.25, 0.25, 0.25, 0.25]
+    retry = next(e.message for e in events if e.kind == "retry")
+    assert "not EST" in retry or "unusable" in retry
+    assert "needs attention" in retry
+    assert memory.phase is Phase.CUSTOMIZED
