@@ -13,6 +13,9 @@ class ZtpkiError(Exception):
     """Root of every error ztpki raises on purpose."""
 
     code = "internal"
+    # The HTTP status of the peer's refusal this error reports, when a peer refused: a 4xx
+    # is the peer's final word on that request, where a network error leaves it open.
+    refused_with: int | None = None
 
     def __init__(self, message: str) -> None:
         super().__init__(message)

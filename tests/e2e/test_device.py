@@ -286,3 +286,14 @@ def test_ok_agent_keeps_trying_until_the_operator_fixes_the_configuration(
     assert "configuration changed" in retries[-1]
     assert not any(e.kind == "stop" for e in events)
     assert world.active(device_id) == [result.serial]
+
+
+def test_fail_agent_poll_interval_of_zero_is_a_usage_error(world: World) -> None:
+    device_id = take_device(world)
+    result = ztpki(
+        "device", "agent", "--device", str(world.device(device_id)), "--once",
+        "--poll-interval", "0", check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "--poll-interval" in result.stderr
+    assert world.register()[device_id]["state"] == "listed"

@@ -13,7 +13,8 @@ import pytest
 from tests.e2e.device_fixtures import World, take_device, world, ztpki
 
 from ztpki.device import DeviceMemory, Phase
-from ztpki.pki.pem import fingerprint_sha256, load_certificates_pem
+from ztpki.pki.keys import KeySpec, generate_private_key
+from ztpki.pki.pem import fingerprint_sha256, load_certificates_pem, serial_hex
 
 __all__ = ["world"]  # the session fixture, shared with the other device modules
 
@@ -254,3 +255,66 @@ def test_fail_confirmation_with_a_superseded_certificate_is_refused(world: World
     assert "step confirm failed" in message and "(superseded)" in message
     assert "ztpki node audit" in message
     assert DeviceMemory.open(directory).config()["confirmed"] is False
+
+
+def test_ok_renewal_refused_by_the_node_drops_its_key_and_a_later_one_succeeds(
+    world: World,
+) -> None:
+    """A 4xx is the node's final word on a key: the device must not keep asking with it
+    (it would never renew again), and once the cause is gone a renewal uses a new key."""
+    device_id = take_device(world)
+    directory = world.device(device_id)
+    node_dir = str(world.path("N"))
+    activate(world, device_id, "--key-on-device")
+    first = DeviceMemory.open(directory).identity().certificate
+    assert first is not None
+
+    ztpki("node", "block", "--dir", node_dir, device_id)
+    refused = ztpki("device", "renew", "--device", str(directory), check=False)
+    assert refused.returncode == 3, refused.stderr
+    assert "blocked in the customer register" in flat(refused.stderr)
+    assert not (directory / "pending-key.pem").exists()
+    assert world.active(device_id) == [format(first.serial_number, "x")]  # nothing issued
+
+    ztpki("node", "unblock", "--dir", node_dir, device_id)
+    unchanged = activate(world, device_id)  # no renewal to resume: the key was dropped
+    assert "nothing to do" in unchanged.stdout and "[request]" not in unchanged.stdout
+    ztpki("device", "renew", "--device", str(directory))
+    renewed = DeviceMemory.open(directory).identity().certificate
+    assert renewed is not None and renewed.public_key() != first.public_key()
+    assert world.active(device_id) == [format(renewed.serial_number, "x")]
+
+
+def test_ok_pending_key_of_an_earlier_identity_is_not_taken_for_a_renewal(world: World) -> None:
+    """A device-side key saved for a request made with the temporary certificate, whose
+    outcome never arrived, must not turn a later confirm-only resume into a renewal."""
+    device_id = take_device(world)
+    directory = world.device(device_id)
+    memory = DeviceMemory.open(directory)
+    temporary = memory.identity().certificate
+    assert temporary is not None
+    # What a simpleenroll whose answer was lost leaves behind (the node may even be down).
+    memory.save_pending_key(generate_private_key(KeySpec.EC_P256), made_with=serial_hex(temporary))
+    killed = activate(world, device_id, fault="after-replace", check=False)  # serverkeygen
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    installed = DeviceMemory.open(directory).identity().certificate
+    assert installed is not None
+
+    resumed = activate(world, device_id)
+
+    assert "[request]" not in resumed.stdout and "[confirm]" in resumed.stdout
+    assert not (directory / "pending-key.pem").exists()
+    assert DeviceMemory.open(directory).identity().certificate == installed
+    assert world.active(device_id) == [format(installed.serial_number, "x")]
+
+
+def test_ok_unreadable_pending_key_does_not_stop_a_customized_device(world: World) -> None:
+    device_id = take_device(world)
+    directory = world.device(device_id)
+    activate(world, device_id)
+    (directory / "pending-key.pem").write_bytes(b"garbage\n")
+
+    again = activate(world, device_id)
+
+    assert "cannot be read" in again.stdout and "nothing to do" in again.stdout
+    assert not (directory / "pending-key.pem").exists()

@@ -192,7 +192,7 @@ def _run_once(
 @click.option("--once", is_flag=True, help="Exit after one activation or renewal.")
 @click.option(
     "--poll-interval",
-    type=float,
+    type=click.FloatRange(min=0.01),
     default=1.0,
     show_default=True,
     help="Seconds between looks at the configuration while waiting for an address, or "

@@ -239,16 +239,26 @@ class ActivatingClient:
     def _unfinished_renewal(self, identity: Identity) -> PrivateKey | None:
         """The key of a renewal the node may have answered but the device never installed.
 
-        A pending key the installed certificate already carries is what a crash between the
-        swap and its clean-up leaves: it is dropped here, or the next renewal would ask for a
-        certificate on the current key again.
+        Only a pending key whose request was sent with the installed certificate qualifies.
+        Any other is dropped here: one the installed certificate already carries (a crash
+        between the swap and its clean-up), one left by a request made with an earlier
+        identity, and one that no longer decrypts (it could never fetch anything).
         """
         assert identity.certificate is not None
         try:
-            pending = self.memory.pending_key()
-            if pending is None:
+            if not self.memory.has_pending_key():
                 return None
-            if keys_match(pending, identity.certificate.public_key()):
+            try:
+                pending = self.memory.pending_key()
+            except DeviceMemoryError as exc:
+                self._emit(Step.LOAD, f"dropping a pending key that cannot be read: {exc.message}")
+                self.memory.clear_pending_key()
+                return None
+            assert pending is not None
+            made_with = self.memory.pending_key_made_with()
+            if keys_match(pending, identity.certificate.public_key()) or made_with != serial_hex(
+                identity.certificate
+            ):
                 self.memory.clear_pending_key()
                 return None
         except ZtpkiError as exc:
@@ -386,7 +396,7 @@ class ActivatingClient:
                 key = (
                     pending
                     if pending is not None
-                    else await asyncio.to_thread(self._device_key, identity.private_key)
+                    else await asyncio.to_thread(self._device_key, identity)
                 )
                 csr = build_csr(key, device_id=device_id)
                 if mode is KeyMode.SIMPLEENROLL:
@@ -395,6 +405,10 @@ class ActivatingClient:
                     certificates = await est.simplereenroll(csr)
                 origin = f"the key ({key_spec_of(key)}) was generated in the device"
         except ZtpkiError as exc:
+            if exc.refused_with is not None and mode is not KeyMode.SERVERKEYGEN:
+                # The node's final word on this key: it issued nothing for it, and asking
+                # again with it (another algorithm may be configured by now) cannot succeed.
+                await asyncio.to_thread(self._drop_pending_key)
             remedy = request_remedy(exc, renewing=mode is None)
             raise ActivationError(Step.REQUEST, exc, remedy=remedy) from None
         self._emit(
@@ -403,15 +417,32 @@ class ActivatingClient:
         )
         return key, certificates
 
-    def _device_key(self, current: PrivateKey) -> PrivateKey:
+    def _device_key(self, identity: Identity) -> PrivateKey:
         """The key for a device-side request: the one a lost answer left pending, or a new
         one saved before it is sent, so that a retry asks for the same public key."""
-        pending = self.memory.pending_key()
-        if pending is not None and key_spec_of(pending) == self._key_spec(current):
+        assert identity.private_key is not None and identity.certificate is not None
+        spec = self._key_spec(identity.private_key)
+        made_with = serial_hex(identity.certificate)
+        try:
+            pending = self.memory.pending_key()
+        except DeviceMemoryError:
+            pending = None  # unreadable, so it can fetch nothing: replaced below
+        if (
+            pending is not None
+            and key_spec_of(pending) == spec
+            and self.memory.pending_key_made_with() == made_with
+        ):
             return pending
-        key = generate_private_key(self._key_spec(current))
-        self.memory.save_pending_key(key)
+        key = generate_private_key(spec)
+        self.memory.save_pending_key(key, made_with=made_with)
         return key
+
+    def _drop_pending_key(self) -> None:
+        try:
+            self.memory.clear_pending_key()
+        except ZtpkiError as exc:
+            # The refusal is what the operator needs to hear; a stale key is dropped later.
+            logger.warning("device %s: %s", self.memory.device_id, exc.message)
 
     def _key_spec(self, current: PrivateKey) -> KeySpec:
         if self.key_spec is not None:

@@ -140,6 +140,9 @@ class Agent:
     ) -> None:
         if not 0 < renew_fraction < 1:
             raise ValueError("renew_fraction must be between 0 and 1")
+        if not poll_interval > 0:
+            # Every wait of the agent is cut into polls of this length: 0 would never end one.
+            raise ValueError("poll_interval must be more than 0 seconds")
         self.memory = memory
         self.node = node
         self.key_mode = key_mode

@@ -428,8 +428,13 @@ def _check_status(answer: _Answer, retry_after: str | None, operation: str, node
         415: MalformedInput,
     }
     if status == 404:
-        raise ConfigurationError(f"the node has no {operation} at {node} (404): {said}")
-    raise errors.get(status, MalformedInput)(f"node refused {operation} ({status}): {said}")
+        refusal: ZtpkiError = ConfigurationError(
+            f"the node has no {operation} at {node} (404): {said}"
+        )
+    else:
+        refusal = errors.get(status, MalformedInput)(f"node refused {operation} ({status}): {said}")
+    refusal.refused_with = status
+    raise refusal
 
 
 async def probe_pinned_anchor(

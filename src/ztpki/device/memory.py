@@ -53,6 +53,9 @@ IDENTITY_FILE = "identity.json"
 CONFIG_FILE = "config.json"
 TRUST_FILE = "trust.pem"
 PENDING_KEY_FILE = "pending-key.pem"
+# The serial of the certificate the pending key's request was made with: only while that
+# certificate is still installed can the request be unfinished.
+PENDING_FOR_FILE = "pending-key.for"
 SECRET_FILE = "secret"  # noqa: S105 - a file name, not a secret
 LOCK_FILE = "lock"
 FORMAT = 1
@@ -357,17 +360,32 @@ class DeviceMemory:
         """Whether a pending key is stored, without decrypting it (a cheap check)."""
         return (self.path / PENDING_KEY_FILE).exists()
 
-    def save_pending_key(self, key: PrivateKey) -> None:
-        """Store the key of a request about to be sent, encrypted with the device secret."""
+    def pending_key_made_with(self) -> str | None:
+        """The serial (hex) of the certificate the pending key's request was sent with.
+
+        None when no key is pending, or for a key saved before this was recorded.
+        """
+        if not self.has_pending_key() or not (self.path / PENDING_FOR_FILE).exists():
+            return None
+        serial = self._read(PENDING_FOR_FILE).decode("ascii", "replace").strip()
+        return serial or None
+
+    def save_pending_key(self, key: PrivateKey, *, made_with: str) -> None:
+        """Store the key of a request about to be sent, encrypted with the device secret,
+        and the serial of the certificate (``made_with``) that authenticates the request."""
         with self._locked():
+            # The serial first: a crash between the two leaves it without a key (ignored),
+            # never a key with another request's serial.
+            self._write(PENDING_FOR_FILE, made_with.encode("ascii") + b"\n")
             self._write(PENDING_KEY_FILE, encode_pkcs8_pem(key, passphrase=self._secret()))
 
     def clear_pending_key(self) -> None:
         with self._locked():
-            try:
-                (self.path / PENDING_KEY_FILE).unlink(missing_ok=True)
-            except OSError as exc:
-                raise self._error(f"cannot remove {PENDING_KEY_FILE}: {_cause(exc)}") from None
+            for name in (PENDING_KEY_FILE, PENDING_FOR_FILE):
+                try:
+                    (self.path / name).unlink(missing_ok=True)
+                except OSError as exc:
+                    raise self._error(f"cannot remove {name}: {_cause(exc)}") from None
 
     def export_pem(self, out: Path, *, passphrase: bytes | None = None) -> dict[str, Path]:
         """Write key.pem, cert.pem, chain.pem and trust.pem (all 0600) for openssl or curl.

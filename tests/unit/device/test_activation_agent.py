@@ -244,3 +244,12 @@ def test_ok_agent_retries_a_garbage_answer_slowly_instead_of_stopping(
     assert "not EST" in retry or "unusable" in retry
     assert "needs attention" in retry
     assert memory.phase is Phase.CUSTOMIZED
+
+
+@pytest.mark.parametrize("interval", [0.0, -1.0])
+def test_fail_agent_refuses_a_poll_interval_that_would_never_end_a_wait(
+    interval: float, tmp_path: Path
+) -> None:
+    memory = DeviceMemory.create(tmp_path / "d", device_id="poll-0")
+    with pytest.raises(ValueError, match="poll_interval"):
+        Agent(memory, poll_interval=interval)

@@ -719,7 +719,7 @@ def test_fail_export_of_a_blank_device(memory: DeviceMemory, tmp_path: Path) -> 
 def test_ok_pending_key_is_kept_encrypted_until_cleared(memory: DeviceMemory) -> None:
     assert memory.pending_key() is None
     key, _ = issue("pending")
-    memory.save_pending_key(key)
+    memory.save_pending_key(key, made_with="01ab")
     stored = (memory.path / "pending-key.pem").read_bytes()
     assert b"BEGIN ENCRYPTED PRIVATE KEY" in stored
     assert oct((memory.path / "pending-key.pem").stat().st_mode & 0o777) == "0o600"
