@@ -168,7 +168,9 @@ class Agent:
 
         ``once`` still retries failures as described in the module documentation: it ends
         with a result, a refusal (:class:`AgentStopped`), or cancellation."""
-        attempt = 0
+        # Attempts are counted per kind of failure: a first "needs attention" after a run of
+        # network errors starts its slow backoff at the beginning, and the other way round.
+        attempts = {True: 0, False: 0}  # keyed by ActivationError.retryable
         while True:
             identity = self.memory.identity()
             if identity.phase is Phase.BLANK:
@@ -202,10 +204,11 @@ class Agent:
                 if exc.refused:
                     self._emit("stop", exc.message)
                     raise AgentStopped(exc) from None
-                await self._retry(exc, attempt)
-                attempt += 1
+                await self._retry(exc, attempts[exc.retryable])
+                attempts[exc.retryable] += 1
+                attempts[not exc.retryable] = 0
                 continue
-            attempt = 0
+            attempts = {True: 0, False: 0}
             self._earliest_renewal = self.clock.now() + self.min_renewal_interval
             self._emit(
                 "done",

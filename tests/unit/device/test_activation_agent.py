@@ -246,6 +246,31 @@ def test_ok_agent_retries_a_garbage_answer_slowly_instead_of_stopping(
     assert memory.phase is Phase.CUSTOMIZED
 
 
+def test_ok_slow_backoff_starts_afresh_after_a_run_of_network_errors(
+    pki: Pki, memory: DeviceMemory
+) -> None:
+    """Four 503s, then a 404 (wrong label), then success: the first slow wait is the slow
+    backoff's first step, not its fifth (the fast attempts are not counted against it)."""
+    clock, events = FakeClock(), list[AgentEvent]()
+
+    async def scenario() -> None:
+        async with serving(pki) as node:
+            node.queued.extend([(503, {"Retry-After": "0"}, b"busy")] * 4)
+            node.queued.append((404, {}, b"no such label"))
+            slow = Backoff(base=2.0, cap=64.0)
+            runner = agent(
+                memory, clock, events, node=NodeAddress.parse(node.url), slow_backoff=slow
+            )
+            result = await runner.run(once=True)
+            assert result is not None and result.action == "activated"
+
+    asyncio.run(scenario())
+    # Fast backoff 0.5, 1, 2, 4 s (no jitter: half the ceiling); then the slow one's first
+    # step, 1 s, in polls of 0.25 s (counted on from the fast attempts it would be 16 s).
+    assert clock.sleeps == [0.5, 1.0, 2.0, 4.0, 0.25, 0.25, 0.25, 0.25]
+    assert memory.phase is Phase.CUSTOMIZED
+
+
 @pytest.mark.parametrize("interval", [0.0, -1.0])
 def test_fail_agent_refuses_a_poll_interval_that_would_never_end_a_wait(
     interval: float, tmp_path: Path
