@@ -492,9 +492,11 @@ class ActivatingClient:
                 # here proves the node takes this certificate as the live one.
                 await est.csrattrs()
             except ZtpkiError as exc:
-                raise ActivationError(
-                    Step.CONFIRM, exc, remedy=confirm_remedy(exc, self.node)
-                ) from None
+                if exc.refused_with != 404:
+                    raise ActivationError(
+                        Step.CONFIRM, exc, remedy=confirm_remedy(exc, self.node)
+                    ) from None
+                await self._confirm_with_cacerts(est)
         try:
             await asyncio.to_thread(self.memory.update_config, **{CONFIRMED_KEY: True})
         except ZtpkiError as exc:
@@ -504,6 +506,22 @@ class ActivatingClient:
             "the node accepted the operational certificate; the previous certificate is retired",
         )
         return self._result(action, identity)
+
+    async def _confirm_with_cacerts(self, est: ESTClient) -> None:
+        # RFC 7030 4.5.2: 404 to csrattrs means "no CSR attributes", so an EST server other
+        # than ztpki's node may answer it to every device. Such a server gets the confirmation
+        # the protocol names (cacerts with the new certificate), which cannot tell a
+        # superseded certificate from the live one; ztpki's node always answers csrattrs.
+        try:
+            await est.cacerts()
+        except ZtpkiError as exc:
+            raise ActivationError(
+                Step.CONFIRM, exc, remedy=confirm_remedy(exc, self.node)
+            ) from None
+        self._emit(
+            Step.CONFIRM,
+            "the node has no CSR attributes (404 to csrattrs); confirmed with cacerts instead",
+        )
 
     # -- reporting ---------------------------------------------------------------------------
 

@@ -130,6 +130,7 @@ class FakeNode:
     )  # (operation, device, cert kind)
     queued: list[tuple[int, dict[str, str], bytes]] = field(default_factory=list)
     tamper: str | None = None
+    csrattrs_status: int | None = None  # answer csrattrs with this status instead
     on_issue: Callable[[str], None] | None = None
     port: int = 0
 
@@ -186,6 +187,8 @@ class FakeNode:
             return web.Response(status=401, text="a client certificate is required")
         device_id, who = peer
         self.calls.append(("csrattrs", device_id, who))
+        if self.csrattrs_status is not None:
+            return web.Response(status=self.csrattrs_status, text="no CSR attributes here")
         reg = self.register(device_id)
         if who != "temporary":
             if who not in reg.live:

@@ -94,6 +94,43 @@ def test_activation_customizes_and_confirms(pki: Pki, memory: DeviceMemory, mode
     assert seen.index("replace") < seen.index("confirm")
 
 
+def test_ok_confirms_with_cacerts_where_the_node_has_no_csr_attributes(
+    pki: Pki, memory: DeviceMemory
+) -> None:
+    """RFC 7030 4.5.2: 404 to csrattrs means "no attributes"; an EST server answering so is
+    not refusing the certificate, and the device confirms with cacerts instead."""
+    seen: list[str] = []
+
+    async def scenario() -> None:
+        async with serving(pki) as node:
+            node.csrattrs_status = 404
+            activating = client(memory, node, report=lambda e: seen.append(e.message))
+            result = await activating.activate()
+            assert [c[0] for c in node.calls][-2:] == ["csrattrs", "cacerts"]
+            assert node.calls[-1][2] == result.serial
+            assert node.registers["ACME-0001"].state == "customized"
+
+    run(scenario)
+    assert memory.config()["confirmed"] is True
+    assert any("confirmed with cacerts instead" in m for m in seen)
+
+
+@pytest.mark.parametrize("status", [403, 500])
+def test_fail_csrattrs_refusal_other_than_404_is_not_confirmation(
+    pki: Pki, memory: DeviceMemory, status: int
+) -> None:
+    async def scenario() -> None:
+        async with serving(pki) as node:
+            node.csrattrs_status = status
+            with pytest.raises(ActivationError, match="step confirm failed"):
+                await client(memory, node).activate()
+            assert [c[0] for c in node.calls][-1] == "csrattrs"  # no fallback to cacerts
+
+    run(scenario)
+    assert memory.phase is Phase.CUSTOMIZED
+    assert memory.config()["confirmed"] is False
+
+
 def test_ok_temporary_certificate_refused_after_customization(
     pki: Pki, memory: DeviceMemory, tmp_path: Path
 ) -> None:
