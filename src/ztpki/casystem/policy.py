@@ -142,6 +142,8 @@ class IssuingPolicy:
             return cls.from_toml(tomllib.loads(path.read_text(encoding="utf-8")))
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigurationError(f"cannot read policy {path}: {exc}") from None
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"{path}: {exc.message}; fix it and retry") from None
 
     def save(self, path: Path) -> None:
         header = (

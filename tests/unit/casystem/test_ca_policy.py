@@ -218,3 +218,13 @@ def test_fail_bad_policy_file(tmp_path: Path, text: str) -> None:
 def test_fail_missing_policy_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="cannot read policy"):
         IssuingPolicy.load(tmp_path / "absent.toml")
+
+
+def test_fail_invalid_policy_file_is_named_in_the_error(tmp_path: Path) -> None:
+    path = tmp_path / "policy.toml"
+    IssuingPolicy().save(path)
+    path.write_text(path.read_text().replace("[subject]", '[subject]\nemail = "ops-at-example"'))
+    with pytest.raises(ConfigurationError) as caught:
+        IssuingPolicy.load(path)
+    assert str(path) in caught.value.message
+    assert "ops@example.com" in caught.value.message
