@@ -49,7 +49,11 @@ class Credential:
         write_public_file(directory / TRUST_FILE, certificates_pem(self.trust_anchors))
 
     @classmethod
-    def load(cls, directory: Path, *, passphrase: bytes | None) -> Credential:
+    def load(
+        cls, directory: Path, *, passphrase: bytes | None, passphrase_source: str | None = None
+    ) -> Credential:
+        """The credential in directory; passphrase_source names where the passphrase comes
+        from (e.g. "--client-passphrase-file or ZTPKI_CLIENT_PASSPHRASE"), for the error."""
         try:
             key_bytes = (directory / KEY_FILE).read_bytes()
             chain = load_certificates_pem((directory / CERT_FILE).read_bytes())
@@ -63,8 +67,9 @@ class Credential:
         try:
             key = decode_pkcs8(key_bytes, passphrase=passphrase)
         except MalformedInput:
+            source = f" ({passphrase_source})" if passphrase_source else ""
             raise ConfigurationError(
-                f"cannot open the key in {directory}: wrong or missing passphrase"
+                f"cannot open the key in {directory}: wrong or missing passphrase{source}"
             ) from None
         return cls(key=key, chain=tuple(chain), trust_anchors=tuple(anchors))
 

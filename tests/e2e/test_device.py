@@ -187,7 +187,8 @@ def test_fail_agent_stops_when_the_node_refuses(world: World) -> None:
     assert once.returncode == 3
     message = flat(once.stderr)
     assert "step request failed: node refused serverkeygen (403)" in message
-    assert "What to do: the customer must register or unblock this device" in message
+    assert "What to do: the customer blocked this device on the node" in message
+    assert "ztpki node unblock --dir NODE_DIR DEVICE_ID" in message
     assert phase(world, device_id) is Phase.TEMPORARY
     assert world.active(device_id) == []
 
@@ -297,3 +298,41 @@ def test_fail_agent_poll_interval_of_zero_is_a_usage_error(world: World) -> None
     assert result.returncode == 2
     assert "--poll-interval" in result.stderr
     assert world.register()[device_id]["state"] == "listed"
+
+
+@pytest.mark.parametrize("extra", [[], ["--json"]], ids=["text", "json"])
+def test_fail_unknown_label_is_reported_not_a_crash(world: World, extra: list[str]) -> None:
+    """The node's 404 for an unknown CA label: the remedy names https://HOST:PORT[/label],
+    which must be printed as it is (rich markup would take [/label] for a closing tag)."""
+    device_id = take_device(world)
+    result = ztpki(
+        "device", "activate", "--device", str(world.device(device_id)),
+        "--node", f"{world.node_url}/nolabel", *extra, check=False,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    message = flat(result.stderr)
+    assert "Traceback" not in result.stderr and "MarkupError" not in result.stderr
+    assert "(404)" in message and "https://HOST:PORT[/label]" in message
+    if extra:  # --json prints nothing but the result
+        assert result.stdout == ""
+    assert phase(world, device_id) is Phase.TEMPORARY
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--node", "http://127.0.0.1:28443"],
+        ["--node", "127.0.0.1:28443"],
+        ["--node-ca-fingerprint", "1234"],
+        ["--key-algorithm", "foo"],
+        ["--key-algorithm", "ec-p256"],
+    ],
+    ids=["http", "no-scheme", "short-pin", "bad-algorithm", "algorithm-without-key-on-device"],
+)
+def test_fail_unparsable_option_is_a_usage_error(world: World, extra: list[str]) -> None:
+    device_id = take_device(world)
+    result = ztpki("device", "activate", "--device", str(world.device(device_id)), *extra,
+                   check=False)  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "Usage: ztpki device activate" in result.stderr
+    assert phase(world, device_id) is Phase.TEMPORARY

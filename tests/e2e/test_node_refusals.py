@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 import ssl
 from collections.abc import AsyncIterator, Callable, Iterator
 
@@ -310,3 +311,34 @@ def test_ok_devices_cli_agrees(world: NodeWorld) -> None:
         ztpki("node", "devices", "--dir", str(world.node_dir), "--state", "issued", "--json").stdout
     )
     assert {d["state"] for d in issued} <= {"issued"}
+
+
+# ----------------------------------------------------- operator: request-server-cert again
+
+
+def test_ok_request_server_cert_again_needs_force_and_reissue(world: NodeWorld) -> None:
+    """The second request for the same name: the existing --out is kept unless --force, the
+    CA system's refusal names --reissue, and --reissue supersedes. The pin is printed in the
+    form the device's --node-ca-fingerprint takes (sha256:HEX)."""
+    out, other = world.root / "server-again", world.root / "server-again-2"
+    args = [
+        *("node", "request-server-cert", "--ca", world.factory.address),
+        *("--client-cred", str(world.root / "cred-customer"), "--ca-name", "nodes"),
+        *("--name", "customer-node-again", "--ip", "127.0.0.1"),
+    ]
+    first = ztpki(*args, "--out", str(out))
+    pin = re.search(r"\(for pinning.*\): (\S+)", " ".join(first.stdout.split()))
+    assert pin is not None and re.fullmatch(r"sha256:[0-9a-f]{64}", pin.group(1)), first.stdout
+    key = (out / "key.pem").read_bytes()
+
+    again = ztpki(*args, "--out", str(out), check=False)
+    assert again.returncode == 1 and "--force" in again.stderr and "Traceback" not in again.stderr
+    assert (out / "key.pem").read_bytes() == key  # not overwritten
+
+    refused = ztpki(*args, "--out", str(other), check=False)
+    err = " ".join(refused.stderr.split())
+    assert refused.returncode == 1 and "--reissue" in err and "request-server-cert" in err, err
+    assert not other.exists()
+
+    ztpki(*args, "--out", str(out), "--force", "--reissue")
+    assert (out / "key.pem").read_bytes() != key

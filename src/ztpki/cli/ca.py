@@ -14,7 +14,15 @@ from rich.table import Table
 from ztpki.casystem.directory import CASystemDirectory, init_ca
 from ztpki.casystem.operations import add_client, build_service, open_store
 from ztpki.casystem.policy import IssuingPolicy
-from ztpki.cli.common import console, passphrase, passphrase_options, print_json
+from ztpki.cli.common import (
+    cannot_listen,
+    console,
+    passphrase,
+    passphrase_options,
+    print_json,
+    refuse_existing_output,
+    refuse_insecure_with_passphrase,
+)
 from ztpki.eventloop import chosen_loop, run_service, running_loop_name
 from ztpki.pki.keys import KeySpec
 from ztpki.pki.names import SubjectFields
@@ -238,7 +246,10 @@ def issued_command(
     "--out",
     required=True,
     type=click.Path(path_type=Path, file_okay=False),
-    help="Where to write the credential.",
+    help="Where to write the credential (a new or empty directory).",
+)
+@click.option(
+    "--force", is_flag=True, help="Overwrite whatever --out holds already (another credential)."
 )
 @click.option(
     "--client-passphrase-file",
@@ -253,12 +264,22 @@ def add_client_command(
     directory: Path,
     name: str,
     out: Path,
+    force: bool,
     client_passphrase_file: Path | None,
     insecure_client_key: bool,
     passphrase_file: Path | None,
     insecure_no_passphrase: bool,
 ) -> None:
     """Issue and register the TLS credential a CA-client connects with."""
+    refuse_insecure_with_passphrase(
+        insecure_client_key,
+        client_passphrase_file,
+        CLIENT_ENV,
+        insecure_option="--insecure-client-key",
+        file_option="--client-passphrase-file",
+    )
+    # Before anything is issued or registered: a refused --out leaves the store unchanged.
+    refuse_existing_output(out, force=force)
     secret = passphrase(passphrase_file, insecure_no_passphrase, CA_ENV, "the CA private key")
     client_secret = resolve_passphrase(
         passphrase_file=client_passphrase_file,
@@ -334,7 +355,12 @@ def clients_command(directory: Path, as_json: bool) -> None:
     default=None,
     help="Processes for RSA key generation (default: CPUs).",
 )
-@passphrase_options(CA_ENV, "the CA private key")
+@passphrase_options(
+    CA_ENV,
+    "the CA private key",
+    insecure_help="The CA keys are stored unencrypted (`ca init --insecure-no-passphrase`): "
+    "read them without a passphrase. For demos only; never in production.",
+)
 def serve_command(
     directory: Path,
     listen: str,
@@ -357,7 +383,11 @@ def serve_command(
     )
 
     async def run() -> None:
-        bound_host, bound_port = await service.start(host, port)
+        try:
+            bound_host, bound_port = await service.start(host, port)
+        except OSError as exc:
+            await service.close()
+            raise cannot_listen(host, port, exc) from None
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -377,7 +407,8 @@ def serve_command(
 @click.option(
     "--out", required=True, type=click.Path(path_type=Path, dir_okay=False), help="PEM file."
 )
-def export_command(directory: Path, name: str, out: Path) -> None:
+@click.option("--force", is_flag=True, help="Overwrite --out if it exists already.")
+def export_command(directory: Path, name: str, out: Path, force: bool) -> None:
     """Write a CA's chain as PEM: the CA certificate first, then its parents up to the root.
 
     This is what a customer node takes as --customer-chain, and a factory CA's chain is the
@@ -386,6 +417,7 @@ def export_command(directory: Path, name: str, out: Path) -> None:
     from ztpki.pki.pem import certificates_pem
     from ztpki.secretfiles import write_public_file
 
+    refuse_existing_output(out, force=force)
     system = CASystemDirectory(directory)
     chain = [system.certificate(name), *system.parents(name)]
     write_public_file(out, certificates_pem(chain))

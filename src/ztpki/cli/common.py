@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any, TypeVar
 import click
 from rich.console import Console
 
-from ztpki.errors import ZtpkiError
+from ztpki.errors import ConfigurationError, ZtpkiError
 from ztpki.secretfiles import resolve_passphrase
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -28,7 +29,10 @@ def run_command(group: click.Group, argv: Sequence[str] | None) -> int:
             args=list(argv) if argv is not None else None, prog_name="ztpki", standalone_mode=False
         )
     except ZtpkiError as exc:
-        err_console.print(f"[bold red]error:[/] {exc.message}", markup=True, highlight=False)
+        # The message may hold node or user text such as "https://HOST:PORT[/label]": never
+        # read it as rich markup.
+        err_console.print("[bold red]error:[/]", end=" ", markup=True, highlight=False)
+        err_console.print(exc.message, markup=False, highlight=False)
         return EXIT_ERROR
     except click.exceptions.Abort:
         err_console.print("aborted")
@@ -45,14 +49,16 @@ def run_command(group: click.Group, argv: Sequence[str] | None) -> int:
     return status if isinstance(status, int) else 0
 
 
-def passphrase_options(env_var: str, what: str) -> Callable[[F], F]:
+def passphrase_options(
+    env_var: str, what: str, *, insecure_help: str | None = None
+) -> Callable[[F], F]:
     """--passphrase-file and --insecure-no-passphrase, resolved into a `passphrase` argument."""
 
     def decorate(func: F) -> F:
         func = click.option(
             "--insecure-no-passphrase",
             is_flag=True,
-            help=f"Store {what} unencrypted. For demos only; never in production.",
+            help=insecure_help or f"Store {what} unencrypted. For demos only; never in production.",
         )(func)
         func = click.option(
             "--passphrase-file",
@@ -64,11 +70,58 @@ def passphrase_options(env_var: str, what: str) -> Callable[[F], F]:
     return decorate
 
 
+def refuse_insecure_with_passphrase(
+    insecure: bool,
+    passphrase_file: Path | None,
+    env_var: str,
+    *,
+    insecure_option: str = "--insecure-no-passphrase",
+    file_option: str = "--passphrase-file",
+) -> None:
+    """A usage error when the insecure flag meets a passphrase: one of them would be ignored
+    silently (the passphrase wins), and the operator would not get what they asked for."""
+    if not insecure:
+        return
+    if passphrase_file is not None:
+        raise click.UsageError(
+            f"{insecure_option} and {file_option} contradict each other; give one of them"
+        )
+    if os.environ.get(env_var):
+        raise click.UsageError(
+            f"{insecure_option} was given but {env_var} is set: unset {env_var} to store the "
+            f"key unencrypted, or drop {insecure_option} to use the passphrase"
+        )
+
+
 def passphrase(
     passphrase_file: Path | None, insecure: bool, env_var: str, what: str
 ) -> bytes | None:
+    refuse_insecure_with_passphrase(insecure, passphrase_file, env_var)
     return resolve_passphrase(
         passphrase_file=passphrase_file, env_var=env_var, insecure_no_passphrase=insecure, what=what
+    )
+
+
+def cannot_listen(host: str, port: int, exc: OSError) -> ConfigurationError:
+    """The error for a listening socket the OS refused (port in use, address not local...)."""
+    from ztpki.casystem.client import ListenFailed
+
+    return ListenFailed(host, port, exc)
+
+
+def refuse_existing_output(out: Path, *, force: bool) -> None:
+    """Refuse to write into an existing non-empty --out unless --force: it may hold another
+    client's credential, which would be overwritten silently."""
+    if force or not out.exists():
+        return
+    if out.is_dir():
+        if not any(out.iterdir()):
+            return
+        what = "is a directory that is not empty"
+    else:
+        what = "exists already"
+    raise ConfigurationError(
+        f"--out {out} {what}; choose another --out, or give --force to overwrite it"
     )
 
 

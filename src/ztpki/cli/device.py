@@ -2,19 +2,31 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 from cryptography import x509
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
-from ztpki.cli.common import console, passphrase, passphrase_options, print_json
+from ztpki.cli.common import (
+    console,
+    err_console,
+    passphrase,
+    passphrase_options,
+    print_json,
+    refuse_existing_output,
+)
 from ztpki.device.memory import DeviceMemory
+from ztpki.errors import ZtpkiError
 from ztpki.pki.pem import fingerprint_sha256, serial_hex
 
 EXPORT_ENV = "ZTPKI_EXPORT_PASSPHRASE"
+F = TypeVar("F", bound=Callable[..., Any])
 
 device_option = click.option(
     "--device",
@@ -23,6 +35,27 @@ device_option = click.option(
     type=click.Path(path_type=Path, file_okay=False),
     help="The device memory directory.",
 )
+
+
+def print_error(message: str) -> None:
+    """``error: MESSAGE`` on stderr, the message as plain text: it holds URLs, paths and the
+    node's words, where rich markup would misread ``[/label]`` and the like."""
+    err_console.print(Text.assemble(("error:", "bold red"), " ", message), highlight=False)
+
+
+def plain_errors(func: F) -> F:
+    """Report a ``ZtpkiError`` of a device command as plain text with exit status 1."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except ZtpkiError as exc:
+            print_error(exc.message)
+            # SystemExit, not click's Exit: run_command drops the status of the latter.
+            raise SystemExit(1) from None
+
+    return wrapper  # type: ignore[return-value]
 
 
 def certificate_summary(cert: x509.Certificate) -> dict[str, str]:
@@ -59,7 +92,8 @@ def device() -> None:
 
 @device.command("show")
 @device_option
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@plain_errors
 def show_command(device_dir: Path, as_json: bool) -> None:
     """Identity, phase, current certificate and trust anchors of a device."""
     summary = device_summary(DeviceMemory.open(device_dir))
@@ -101,20 +135,30 @@ def show_command(device_dir: Path, as_json: bool) -> None:
     type=click.Path(path_type=Path, file_okay=False),
     help="Directory for key.pem, cert.pem, chain.pem and trust.pem (created 0700).",
 )
+@click.option(
+    "--force", is_flag=True, help="Overwrite the files of an --out directory that is not empty."
+)
 @passphrase_options(EXPORT_ENV, "the exported private key")
+@plain_errors
 def export_command(
-    device_dir: Path, out: Path, passphrase_file: Path | None, insecure_no_passphrase: bool
+    device_dir: Path,
+    out: Path,
+    force: bool,
+    passphrase_file: Path | None,
+    insecure_no_passphrase: bool,
 ) -> None:
     """Write the device's key and certificates as PEM, so openssl or curl can act as it.
 
     key.pem (0600) is encrypted with the export passphrase; --insecure-no-passphrase writes
-    it in clear for tools that cannot ask for one.
+    it in clear for tools that cannot ask for one. An --out directory that is not empty is
+    refused unless --force is given.
     """
+    refuse_existing_output(out, force=force)
     secret = passphrase(passphrase_file, insecure_no_passphrase, EXPORT_ENV, "the exported key")
     memory = DeviceMemory.open(device_dir)
     paths = memory.export_pem(out, passphrase=secret)
     for name, path in paths.items():
-        console.print(f"{name:6} {path}")
+        console.print(f"{name:6} {path}", markup=False, soft_wrap=True)
 
 
-__all__ = ["certificate_summary", "device", "device_summary"]
+__all__ = ["certificate_summary", "device", "device_summary", "plain_errors", "print_error"]

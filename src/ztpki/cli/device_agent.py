@@ -7,6 +7,10 @@ itself (see ztpki.device.agent), so it ends with 0, 3, or 1 for a device it cann
 
 `set-node` states the whole node: without --node-ca-fingerprint it removes an earlier pin.
 
+Option values that do not parse (--node, --node-ca-fingerprint, --key-algorithm, URL) are
+usage errors (exit 2), as are contradicting options. Messages are printed as plain text:
+they hold URLs such as https://HOST:PORT[/label] and the node's own words.
+
 Test only: ZTPKI_DEVICE_FAULT=before-request|after-answer|mid-replace|after-replace makes
 activate, renew and agent SIGKILL themselves at that point (see ztpki.device.activation).
 """
@@ -16,11 +20,12 @@ from __future__ import annotations
 import asyncio
 import signal
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import click
 
-from ztpki.cli.common import err_console, print_json
-from ztpki.cli.device import device
+from ztpki.cli.common import print_json
+from ztpki.cli.device import device, plain_errors, print_error
 from ztpki.device.activation import (
     NODE_CA_KEY,
     NODE_URL_KEY,
@@ -35,9 +40,48 @@ from ztpki.device.agent import Agent, AgentEvent, AgentStopped
 from ztpki.device.communication import NodeAddress, parse_fingerprint
 from ztpki.device.connect import connect, identity_ssl_context
 from ztpki.device.memory import DeviceMemory
-from ztpki.errors import ConfigurationError
+from ztpki.device.reporting import connect_remedy
+from ztpki.errors import ConfigurationError, ZtpkiError
 from ztpki.pki.keys import KeySpec
 from ztpki.pki.pem import load_certificates_pem
+
+
+def _node_value(
+    ctx: click.Context, param: click.Parameter, value: str | None
+) -> NodeAddress | None:
+    """Parse a node address option or argument, or make it a usage error."""
+    if value is None:
+        return None
+    try:
+        return NodeAddress.parse(value)
+    except ConfigurationError as exc:
+        raise click.BadParameter(exc.message, ctx=ctx, param=param) from None
+
+
+def _fingerprint_value(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Parse --node-ca-fingerprint to 64 lower-case hex digits, or make it a usage error."""
+    if value is None:
+        return None
+    try:
+        return parse_fingerprint(value)
+    except ConfigurationError as exc:
+        raise click.BadParameter(exc.message, ctx=ctx, param=param) from None
+
+
+def _https_url(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError as exc:
+        raise click.BadParameter(f"{value[:200]!r} is not a URL: {exc}", ctx, param) from None
+    if parts.scheme != "https" or not parts.hostname:
+        raise click.BadParameter(
+            f"{value[:200]!r} is not an https:// URL with a host", ctx=ctx, param=param
+        )
+    return value
+
+
+FINGERPRINT_FORMS = "sha256:HEX, HEX, or openssl's AB:CD:... form"
 
 device_option = click.option(
     "--device",
@@ -48,8 +92,15 @@ device_option = click.option(
 )
 fingerprint_option = click.option(
     "--node-ca-fingerprint",
+    callback=_fingerprint_value,
     help="Trust a node whose certificate chains to the CA with this SHA-256 fingerprint "
-    "(sha256:HEX), instead of the factory CA certificate.",
+    f"({FINGERPRINT_FORMS}), instead of the factory CA certificate.",
+)
+node_option = click.option(
+    "--node",
+    "node",
+    callback=_node_value,
+    help="https://HOST:PORT[/label] (default: set-node's).",
 )
 key_on_device_option = click.option(
     "--key-on-device",
@@ -64,8 +115,10 @@ def _open(device_dir: Path, fault: FaultInjector | None) -> DeviceMemory:
     return DeviceMemory.open(device_dir, _fault_hook=hook)
 
 
-def _node(memory: DeviceMemory, node_url: str | None) -> NodeAddress:
-    url = node_url or memory.config().get(NODE_URL_KEY)
+def _node(memory: DeviceMemory, node: NodeAddress | None) -> NodeAddress:
+    if node is not None:
+        return node
+    url = memory.config().get(NODE_URL_KEY)
     if not isinstance(url, str) or not url:
         raise ConfigurationError(
             f"device {memory.device_id} has no customer-node address: give --node "
@@ -76,8 +129,9 @@ def _node(memory: DeviceMemory, node_url: str | None) -> NodeAddress:
 
 def _pin(memory: DeviceMemory, fingerprint: str | None) -> str | None:
     configured = memory.config().get(NODE_CA_KEY)
-    text = fingerprint or (configured if isinstance(configured, str) else None)
-    return parse_fingerprint(text) if text else None
+    if fingerprint is not None:
+        return fingerprint  # parsed by the option's callback
+    return parse_fingerprint(configured) if isinstance(configured, str) and configured else None
 
 
 def _print_event(event: ActivationEvent) -> None:
@@ -100,22 +154,35 @@ def _finish(result: ActivationResult, as_json: bool) -> None:
 
 
 def _fail(exc: ActivationError | AgentStopped) -> None:
-    err_console.print(f"[bold red]error:[/] {exc.message}", markup=True, highlight=False)
+    print_error(exc.message)
     # SystemExit, not click's Exit: run_command drops the status of the latter.
     raise SystemExit(exc.exit_code)
 
 
+timeout_option = click.option(
+    "--timeout", type=float, default=30.0, show_default=True, help="Seconds per request."
+)
+json_option = click.option(
+    "--json", "as_json", is_flag=True, help="Print the result as JSON (no step lines)."
+)
+
+
 @device.command("activate")
 @device_option
-@click.option("--node", "node_url", help="https://HOST:PORT[/label] (default: set-node's).")
+@node_option
 @key_on_device_option
 @fingerprint_option
-@click.option("--key-algorithm", help="Key for --key-on-device (default: as the current key).")
-@click.option("--timeout", type=float, default=30.0, show_default=True, help="Seconds per request.")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option(
+    "--key-algorithm",
+    type=click.Choice([spec.value for spec in KeySpec], case_sensitive=False),
+    help="Key the device generates; only with --key-on-device (default: as the current key).",
+)
+@timeout_option
+@json_option
+@plain_errors
 def activate_command(
     device_dir: Path,
-    node_url: str | None,
+    node: NodeAddress | None,
     key_on_device: bool,
     node_ca_fingerprint: str | None,
     key_algorithm: str | None,
@@ -123,9 +190,14 @@ def activate_command(
     as_json: bool,
 ) -> None:
     """Customize the device once: swap its temporary identity for the customer's."""
+    if key_algorithm is not None and not key_on_device:
+        raise click.UsageError(
+            "--key-algorithm needs --key-on-device: without it the customer CA generates the "
+            "key (serverkeygen)"
+        )
     _run_once(
         device_dir,
-        node_url,
+        node,
         node_ca_fingerprint,
         timeout=timeout,
         as_json=as_json,
@@ -137,26 +209,25 @@ def activate_command(
 
 @device.command("renew")
 @device_option
-@click.option("--node", "node_url", help="https://HOST:PORT[/label] (default: set-node's).")
+@node_option
 @fingerprint_option
-@click.option("--timeout", type=float, default=30.0, show_default=True)
-@click.option("--json", "as_json", is_flag=True)
+@timeout_option
+@json_option
+@plain_errors
 def renew_command(
     device_dir: Path,
-    node_url: str | None,
+    node: NodeAddress | None,
     node_ca_fingerprint: str | None,
     timeout: float,
     as_json: bool,
 ) -> None:
     """Renew the operational identity now (simplereenroll; new key made in the device)."""
-    _run_once(
-        device_dir, node_url, node_ca_fingerprint, timeout=timeout, as_json=as_json, renew=True
-    )
+    _run_once(device_dir, node, node_ca_fingerprint, timeout=timeout, as_json=as_json, renew=True)
 
 
 def _run_once(
     device_dir: Path,
-    node_url: str | None,
+    node: NodeAddress | None,
     node_ca_fingerprint: str | None,
     *,
     timeout: float,
@@ -169,7 +240,7 @@ def _run_once(
     memory = _open(device_dir, fault)
     client = ActivatingClient(
         memory,
-        _node(memory, node_url),
+        _node(memory, node),
         key_mode=key_mode,
         key_spec=key_spec,
         pinned_fingerprint=_pin(memory, node_ca_fingerprint),
@@ -186,7 +257,12 @@ def _run_once(
 
 @device.command("agent")
 @device_option
-@click.option("--node", "node_url", help="Node address; default: wait for set-node's.")
+@click.option(
+    "--node",
+    "node",
+    callback=_node_value,
+    help="https://HOST:PORT[/label]; default: wait for set-node's.",
+)
 @key_on_device_option
 @fingerprint_option
 @click.option("--once", is_flag=True, help="Exit after one activation or renewal.")
@@ -198,10 +274,11 @@ def _run_once(
     help="Seconds between looks at the configuration while waiting for an address, or "
     "for a fix before a slow retry.",
 )
-@click.option("--timeout", type=float, default=30.0, show_default=True)
+@timeout_option
+@plain_errors
 def agent_command(
     device_dir: Path,
-    node_url: str | None,
+    node: NodeAddress | None,
     key_on_device: bool,
     node_ca_fingerprint: str | None,
     once: bool,
@@ -213,10 +290,10 @@ def agent_command(
     memory = _open(device_dir, fault)
     agent = Agent(
         memory,
-        node=NodeAddress.parse(node_url) if node_url else None,
+        node=node,
         key_mode=KeyMode.SIMPLEENROLL if key_on_device else KeyMode.SERVERKEYGEN,
         # Only the command line's pin: the agent follows the configuration's as it changes.
-        pinned_fingerprint=parse_fingerprint(node_ca_fingerprint) if node_ca_fingerprint else None,
+        pinned_fingerprint=node_ca_fingerprint,
         report=_print_agent_event,
         poll_interval=poll_interval,
         timeout=timeout,
@@ -245,22 +322,23 @@ def _print_agent_event(event: AgentEvent) -> None:
 
 @device.command("set-node")
 @device_option
-@click.argument("url")
+@click.argument("node", metavar="URL", callback=_node_value)
 @click.option(
     "--node-ca-fingerprint",
-    help="Pin the CA the node's certificate chains to (sha256:HEX). Without it, a pin set "
-    "before is removed and the node is verified with the factory CA certificate(s).",
+    callback=_fingerprint_value,
+    help=f"Pin the CA the node's certificate chains to ({FINGERPRINT_FORMS}). Without it, a "
+    "pin set before is removed and the node is verified with the factory CA certificate(s).",
 )
-def set_node_command(device_dir: Path, url: str, node_ca_fingerprint: str | None) -> None:
+@plain_errors
+def set_node_command(device_dir: Path, node: NodeAddress, node_ca_fingerprint: str | None) -> None:
     """Give the device its customer node: address and, optionally, pinned CA.
 
     The command states the whole node, so it never leaves a pin from an earlier node (or
     an earlier CA of this one) behind. A running agent picks the change up.
     """
-    node = NodeAddress.parse(url)
     memory = DeviceMemory.open(device_dir)
     previous = memory.config().get(NODE_CA_KEY)
-    pin = f"sha256:{parse_fingerprint(node_ca_fingerprint)}" if node_ca_fingerprint else None
+    pin = f"sha256:{node_ca_fingerprint}" if node_ca_fingerprint else None
     memory.update_config(**{NODE_URL_KEY: str(node), NODE_CA_KEY: pin})
     if pin is not None:
         trust = f"verified with the pinned CA {pin}"
@@ -273,7 +351,7 @@ def set_node_command(device_dir: Path, url: str, node_ca_fingerprint: str | None
 
 @device.command("connect")
 @device_option
-@click.argument("url")
+@click.argument("url", callback=_https_url)
 @click.option(
     "--trust",
     "trust_file",
@@ -281,12 +359,26 @@ def set_node_command(device_dir: Path, url: str, node_ca_fingerprint: str | None
     help="PEM file of extra CA certificates to verify the server with "
     "(default: the customer CA certificates the device holds).",
 )
-@click.option("--timeout", type=float, default=30.0, show_default=True)
+@timeout_option
+@plain_errors
 def connect_command(device_dir: Path, url: str, trust_file: Path | None, timeout: float) -> None:
-    """HTTPS GET of URL with the device's current identity; prints status and body."""
+    """HTTPS GET of URL with the device's current identity; prints status and body.
+
+    The server is verified with --trust FILE plus the CA certificates stored with the
+    current identity: the customer CA's once customized, the factory CA's that issued the
+    temporary certificate before.
+    """
     memory = DeviceMemory.open(device_dir)
     extra = load_certificates_pem(trust_file.read_bytes()) if trust_file else []
-    response = connect(url, identity_ssl_context(memory, server_anchors=extra), timeout=timeout)
+    try:
+        context = identity_ssl_context(memory, server_anchors=extra)
+        response = connect(url, context, timeout=timeout)
+    except ZtpkiError as exc:
+        remedy = connect_remedy(exc)
+        if remedy is None:
+            raise
+        print_error(f"{exc.message.rstrip('. ')}. What to do: {remedy}")
+        raise SystemExit(1) from None
     click.echo(f"{response.status} {response.reason}")
     click.echo(response.body.decode("utf-8", "replace"), nl=False)
     if response.status >= 400:

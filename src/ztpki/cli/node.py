@@ -11,9 +11,15 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
-from rich.table import Table
+from rich.table import Column, Table
 
-from ztpki.cli.common import console, passphrase, passphrase_options, print_json
+from ztpki.cli.common import (
+    console,
+    passphrase,
+    passphrase_options,
+    print_json,
+    refuse_existing_output,
+)
 from ztpki.eventloop import chosen_loop, run_service, running_loop_name
 from ztpki.node.config import DEFAULT_LABEL, IssuingParameters, NodeConfig
 from ztpki.pki.keys import KeySpec
@@ -77,6 +83,9 @@ def _parameters(kw: dict[str, Any]) -> IssuingParameters:
         email=kw.pop("email"),
         encrypt_key=kw.pop("encrypt_key"),
     )
+
+
+CLIENT_KEY_OPTIONS = f"--client-passphrase-file or {CLIENT_ENV}"
 
 
 def _client_passphrase(passphrase_file: Path | None) -> bytes | None:
@@ -276,7 +285,12 @@ def policy_command(directory: Path, as_json: bool) -> None:
     "where only the proxies can reach it.",
 )
 @client_passphrase_option
-@passphrase_options(NODE_ENV, NODE_KEY)
+@passphrase_options(
+    NODE_ENV,
+    NODE_KEY,
+    insecure_help="The node's server key is stored unencrypted (`node init "
+    "--insecure-no-passphrase`): read it without a passphrase. For demos only.",
+)
 def serve_command(
     directory: Path,
     listen: str,
@@ -336,7 +350,19 @@ def serve_command(
 @click.option(
     "--ip", "ip_addresses", multiple=True, help="IP address devices use for the node; repeatable."
 )
-@click.option("--out", required=True, type=click.Path(path_type=Path, file_okay=False))
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Directory for cert.pem, key.pem and ca.pem (a new or empty one).",
+)
+@click.option("--force", is_flag=True, help="Overwrite the files --out holds already.")
+@click.option(
+    "--reissue",
+    is_flag=True,
+    help="Replace the live server certificate the CA system issued for --name before "
+    "(it is superseded).",
+)
 @client_passphrase_option
 @passphrase_options(NODE_ENV, NODE_KEY)
 def request_server_cert_command(
@@ -347,6 +373,8 @@ def request_server_cert_command(
     dns_names: tuple[str, ...],
     ip_addresses: tuple[str, ...],
     out: Path,
+    force: bool,
+    reissue: bool,
     client_passphrase_file: Path | None,
     passphrase_file: Path | None,
     insecure_no_passphrase: bool,
@@ -355,8 +383,13 @@ def request_server_cert_command(
     from ztpki.credentials import Credential
     from ztpki.node.setup import request_server_cert
 
+    refuse_existing_output(out, force=force)
     secret = passphrase(passphrase_file, insecure_no_passphrase, NODE_ENV, NODE_KEY)
-    credential = Credential.load(client_cred, passphrase=_client_passphrase(client_passphrase_file))
+    credential = Credential.load(
+        client_cred,
+        passphrase=_client_passphrase(client_passphrase_file),
+        passphrase_source=CLIENT_KEY_OPTIONS,
+    )
     result = asyncio.run(
         request_server_cert(
             ca_address=ca_address,
@@ -367,11 +400,16 @@ def request_server_cert_command(
             ip_addresses=ip_addresses,
             out=out,
             node_passphrase=secret,
+            reissue=reissue,
         )
     )
     console.print(f"server certificate for {name} in {out}/cert.pem, key in {out}/key.pem")
     console.print(f"subject: {result.certificate.subject.rfc4514_string()}", markup=False)
-    console.print(f"node CA SHA-256 fingerprint (for pinning): {result.anchor_fingerprint}")
+    console.print(
+        f"node CA SHA-256 fingerprint (for pinning, e.g. device --node-ca-fingerprint): "
+        f"sha256:{result.anchor_fingerprint}",
+        markup=False,
+    )
 
 
 @node.command("import")
@@ -394,7 +432,11 @@ def import_command(directory: Path, manifest: Path) -> None:
 @node.command("add")
 @dir_option
 @click.argument("device_id")
-@click.option("--fingerprint", help="SHA-256 of the device's temporary certificate (hex).")
+@click.option(
+    "--fingerprint",
+    help="SHA-256 of the device's temporary certificate: 64 hex digits, optionally with a "
+    "sha256: prefix and colons.",
+)
 @click.option("--manufacturer")
 @click.option("--model")
 def add_command(
@@ -430,7 +472,22 @@ def devices_command(directory: Path, state: str | None, as_json: bool) -> None:
     if as_json:
         print_json([device_json(d) for d in devices])
         return
-    table = Table("device", "state", "manufacturer", "model", "batch", "issued serial", "updated")
+    # The device id is what an operator copies into `node block ID`: never cut it short;
+    # the long hex serial and the timestamp fold onto several lines instead.
+    table = Table(
+        Column(
+            "device",
+            no_wrap=True,
+            overflow="fold",
+            min_width=max((len(d.device_id) for d in devices), default=6),
+        ),
+        "state",
+        "manufacturer",
+        "model",
+        "batch",
+        Column("issued serial", overflow="fold"),
+        Column("updated", overflow="fold"),
+    )
     for d in devices:
         table.add_row(
             d.device_id,

@@ -138,18 +138,23 @@ class NodeAddress:
 
 
 def parse_fingerprint(text: str) -> str:
-    """``sha256:HEX`` (colons between bytes allowed, any case) -> 64 lower-case hex digits."""
+    """A CA certificate's SHA-256 fingerprint -> 64 lower-case hex digits.
+
+    Accepted, in any case: ``sha256:HEX``, bare ``HEX``, and openssl's colon form
+    (``AB:CD:...``, as ``openssl x509 -noout -fingerprint -sha256`` prints it, with or
+    without ``sha256:`` or openssl's ``sha256 Fingerprint=`` in front).
+    """
     value = text.strip().lower()
-    algorithm, sep, digits = value.partition(":")
-    if not sep or algorithm != "sha256":
-        raise ConfigurationError(
-            f"fingerprint {text[:100]!r} must look like sha256:HEX (openssl x509 -fingerprint "
-            "-sha256 prints the HEX)"
-        )
-    digits = digits.replace(":", "")
+    for prefix in ("sha256 fingerprint=", "sha256:"):
+        if value.startswith(prefix):
+            value = value[len(prefix) :].strip()
+            break
+    digits = value.replace(":", "")
     if not _HEX.fullmatch(digits):
         raise ConfigurationError(
-            f"fingerprint {text[:100]!r}: expected 64 hex digits after sha256:"
+            f"fingerprint {text[:100]!r} is not a SHA-256 fingerprint: give 64 hex digits, "
+            "as sha256:HEX, HEX or AB:CD:... (openssl x509 -noout -fingerprint -sha256 "
+            "prints it)"
         )
     return digits
 

@@ -31,7 +31,9 @@ __all__ = [
     "ActivationResult",
     "Step",
     "confirm_remedy",
+    "connect_remedy",
     "pinned_node_remedy",
+    "refusal_remedy",
     "request_remedy",
 ]
 
@@ -71,8 +73,9 @@ class ActivationResult:
 _REMEDIES: tuple[tuple[type[ZtpkiError], str], ...] = (
     (
         NotAuthorized,
-        "the customer must register or unblock this device on the node "
-        "(ztpki node devices / ztpki node add)",
+        "the customer must check this device in the node's register (ztpki node devices): "
+        "register an unknown device (ztpki node add), unblock a blocked one (ztpki node "
+        "unblock)",
     ),
     (
         NotAuthenticated,
@@ -95,6 +98,9 @@ def _remedy(step: Step, cause: ZtpkiError) -> str:
                 "the factory's, pin that CA with --node-ca-fingerprint sha256:HEX"
             )
         return "the device identity is unchanged; report the answer to the node's operator"
+    explained = refusal_remedy(cause)
+    if explained is not None:
+        return explained
     for kind, remedy in _REMEDIES:
         if isinstance(cause, kind):
             return remedy
@@ -137,9 +143,47 @@ class ActivationError(ZtpkiError):
         return EXIT_RETRY if self.retryable else 1
 
 
+_BLOCKED = "is blocked in the customer register"
+_UNKNOWN = "is not in the customer register"
+_CUSTOMIZED = "already customized"
+
+
+def refusal_remedy(exc: ZtpkiError) -> str | None:
+    """What to do about a 403 the node explained: blocked, unknown or customized device.
+
+    ztpki's node says why it refuses (see ``ztpki.node.authorization``); another EST server's
+    403 gets the generic remedy.
+    """
+    if not isinstance(exc, NotAuthorized):
+        return None
+    text = exc.message
+    if _BLOCKED in text:
+        return (
+            "the customer blocked this device on the node; if it should be served again, the "
+            "customer must unblock it (ztpki node unblock --dir NODE_DIR DEVICE_ID), then run "
+            "again"
+        )
+    if _UNKNOWN in text:
+        return (
+            "the node does not know this device; the customer must import the manufacturer's "
+            "manifest that lists it or register it (ztpki node import / ztpki node add), then "
+            "run again"
+        )
+    if _CUSTOMIZED in text:
+        return (
+            "the device is already customized at this node, so its temporary certificate is "
+            "no longer accepted; use the operational identity (ztpki device renew renews it); "
+            "a device that lost it must be registered anew by the customer"
+        )
+    return None
+
+
 def request_remedy(exc: ZtpkiError, *, renewing: bool) -> str | None:
     if isinstance(exc, MalformedInput):
         return "the device identity is unchanged; report the node's answer to its operator"
+    explained = refusal_remedy(exc)
+    if explained is not None:
+        return explained
     if renewing and isinstance(exc, NotAuthorized):
         return (
             "the node no longer renews this certificate; the customer must check the device "
@@ -165,10 +209,30 @@ def confirm_remedy(exc: ZtpkiError, node: NodeAddress) -> str | None:
             "the new identity is installed but not yet confirmed; run `ztpki device activate "
             f"--node {node}` again to confirm"
         )
+    explained = refusal_remedy(exc)
+    if explained is not None:
+        return explained
     if isinstance(exc, NotAuthorized):
         return (
             "the node does not take the installed certificate as this device's current one; "
             "the customer must check the device in the node's register (ztpki node devices, "
             "ztpki node audit): a superseded certificate means another enrollment replaced it"
+        )
+    return None
+
+
+def connect_remedy(exc: ZtpkiError) -> str | None:
+    """What to do when ``ztpki device connect`` fails (see ``ztpki.device.connect``)."""
+    if isinstance(exc, VerificationFailed):
+        return (
+            "give the server's CA certificate with --trust FILE (PEM); without it, the device "
+            "trusts only the CA certificates stored with its current identity"
+        )
+    if isinstance(exc, ConfigurationError) and "no CA certificate" in exc.message:
+        return "give the server's CA certificate with --trust FILE (PEM)"
+    if isinstance(exc, NotAuthenticated):
+        return (
+            "the server must trust the CA that issued the device's current certificate (the "
+            "customer CA once customized, the factory CA before)"
         )
     return None

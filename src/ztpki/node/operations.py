@@ -88,6 +88,28 @@ def import_manifest(directory: Path, data: bytes, *, now: datetime) -> ImportRes
     return result
 
 
+_HEX_DIGITS = frozenset("0123456789abcdef")
+
+
+def normalise_fingerprint(value: str) -> str:
+    """A SHA-256 fingerprint as 64 lower-case hex digits, from any of the usual spellings:
+    an optional ``sha256:`` prefix (or openssl's ``sha256 Fingerprint=``), upper or lower case,
+    bytes separated by colons."""
+    text = value.strip()
+    for prefix in ("sha256 fingerprint=", "sha256:"):  # openssl's output, then ours
+        if text.lower().startswith(prefix):
+            text = text[len(prefix) :]
+            break
+    digits = text.replace(":", "").lower()
+    if len(digits) != 64 or not set(digits) <= _HEX_DIGITS:
+        raise ConfigurationError(
+            f"--fingerprint {value!r} is not a SHA-256 fingerprint: give 64 hex digits, "
+            "optionally prefixed with sha256: and/or separated by colons "
+            "(e.g. sha256:08fc... or 08:FC:...)"
+        )
+    return digits
+
+
 def add_device(
     directory: Path,
     device_id: str,
@@ -99,7 +121,7 @@ def add_device(
 ) -> None:
     check_device_id(device_id)
     if fingerprint is not None:
-        fingerprint = fingerprint.replace(":", "").lower()
+        fingerprint = normalise_fingerprint(fingerprint)
     try:
         device = NewDevice(device_id, fingerprint, manufacturer=manufacturer, model=model)
     except ValueError as exc:

@@ -21,12 +21,12 @@ from pathlib import Path
 from aiohttp import web
 from cryptography import x509
 
-from ztpki.casystem.client import CAClient, parse_address
+from ztpki.casystem.client import CAClient, ListenFailed, parse_address
 from ztpki.credentials import Credential, server_context
 from ztpki.errors import ConfigurationError, MalformedInput
 from ztpki.node.authentication import AuthenticationModule, CustomerCA, FactoryTrust
 from ztpki.node.ca_client import EnrollmentTransport, SecondCAClient
-from ztpki.node.config import Limits, NodeConfig
+from ztpki.node.config import NODE_FILE, Limits, NodeConfig
 from ztpki.node.enrollment import EnrollmentService, LoadedLabel
 from ztpki.node.http import EstApplication
 from ztpki.node.metrics import NodeMetrics
@@ -60,6 +60,9 @@ def read_crl(path: Path) -> x509.CertificateRevocationList:
         return x509.load_der_x509_crl(data)
     except ValueError:
         raise ConfigurationError(f"{path} is not a PEM or DER CRL") from None
+
+
+CLIENT_KEY_OPTIONS = "--client-passphrase-file or ZTPKI_CLIENT_PASSPHRASE"
 
 
 def read_server_key(path: Path, *, passphrase: bytes | None) -> PrivateKey:
@@ -138,7 +141,11 @@ def load_material(
         raise ConfigurationError("the node's server key does not match its server certificate")
     credential = None
     if load_credential:
-        credential = Credential.load(config.path(config.ca_client), passphrase=client_passphrase)
+        credential = Credential.load(
+            config.path(config.ca_client),
+            passphrase=client_passphrase,
+            passphrase_source=CLIENT_KEY_OPTIONS,
+        )
     return NodeMaterial(config, authentication, labels, key, chain, credential)
 
 
@@ -198,8 +205,9 @@ async def start_node(
     limits = config.limits
     if proxy_listen is not None and not config.proxy.trusted:
         raise ConfigurationError(
-            "a proxy listener needs the proxies' addresses in node.toml: [proxy] trusted = "
-            '["ADDRESS or CIDR", ...] (or `ztpki node init --trusted-proxy`)'
+            "a proxy listener needs the proxies' addresses: add `trusted = [\"ADDRESS or "
+            f'CIDR", ...]` under `[proxy]` in {config.directory / NODE_FILE} '
+            "(or create the node with `ztpki node init --trusted-proxy`)"
         )
     if transport is None:
         if material.credential is None:
@@ -234,14 +242,22 @@ async def start_node(
     runner = await _runner(application.build(), limits)
     # web.TCPSite cannot bound the TLS handshake, so the listening socket is made here, with
     # the runner's protocol factory; runner.cleanup() still closes every connection.
-    server = await asyncio.get_running_loop().create_server(
-        _factory(runner),
-        host,
-        port,
-        ssl=material.ssl_context(),
-        ssl_handshake_timeout=limits.handshake_timeout,
-        reuse_address=True,
-    )
+    try:
+        server = await asyncio.get_running_loop().create_server(
+            _factory(runner),
+            host,
+            port,
+            ssl=material.ssl_context(),
+            ssl_handshake_timeout=limits.handshake_timeout,
+            reuse_address=True,
+        )
+    except BaseException as exc:
+        await runner.cleanup()
+        await ca_client.close()
+        register.close()
+        if isinstance(exc, OSError):
+            raise ListenFailed(host, port, exc) from None
+        raise
     proxy = None
     if proxy_listen is not None:
         try:
@@ -299,9 +315,15 @@ async def _start_proxy_listener(
         client_certificate=ForwardedCertificate(proxy_config),
     )
     runner = await _runner(application.build(), direct.limits)
-    server = await asyncio.get_running_loop().create_server(
-        _factory(runner), address[0], address[1], reuse_address=True
-    )
+    try:
+        server = await asyncio.get_running_loop().create_server(
+            _factory(runner), address[0], address[1], reuse_address=True
+        )
+    except BaseException as exc:
+        await runner.cleanup()
+        if isinstance(exc, OSError):
+            raise ListenFailed(address[0], address[1], exc) from None
+        raise
     bound = server.sockets[0].getsockname()
     log.info(
         "proxy listener on %s:%s (plain HTTP): header %s believed from %s",

@@ -20,6 +20,7 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from ztpki.casystem.client import CAClient, parse_address
+from ztpki.casystem.wire import LiveCertificateExists
 from ztpki.credentials import CERT_FILE, KEY_FILE, TRUST_FILE, Credential
 from ztpki.errors import ConfigurationError, MalformedInput
 from ztpki.node.authentication import AuthenticationModule, FactoryTrust
@@ -128,7 +129,9 @@ def init_node(
 ) -> InitResult:
     """Create a node directory from the operator's files; refuses an existing node."""
     if (directory / NODE_FILE).exists():
-        raise ConfigurationError(f"{directory} already holds a node ({NODE_FILE}); edit it instead")
+        raise ConfigurationError(
+            f"{directory}: a node directory exists already ({NODE_FILE}); edit it instead"
+        )
     parse_address(ca_system)
     check_label(label)
     proxy = ProxyConfig(trusted=tuple(parse_network(p) for p in trusted_proxies))
@@ -251,6 +254,7 @@ async def request_server_cert(
     out: Path,
     node_passphrase: bytes | None,
     key_spec: KeySpec = KeySpec.EC_P256,
+    reissue: bool = False,
 ) -> ServerCertificate:
     """Enroll the node's server certificate over the XML protocol; the key never leaves here."""
     for address in ip_addresses:
@@ -272,10 +276,17 @@ async def request_server_cert(
             dns_names=tuple(dns_names), ip_addresses=tuple(ip_addresses)
         ),
         csr_der=csr,
+        reissue=reissue,
     )
     client = CAClient(parse_address(ca_address), credential, pool_size=1)
     try:
         answer = await client.enroll(request)
+    except LiveCertificateExists as exc:
+        raise LiveCertificateExists(
+            f"{name} already holds a live server certificate (the CA system says: "
+            f"{exc.message}); to replace it, run this `ztpki node request-server-cert` "
+            "command again with --reissue: the CA system then supersedes the live one"
+        ) from None
     finally:
         await client.close()
     certificate = load_certificate_der(answer.certificate_der)

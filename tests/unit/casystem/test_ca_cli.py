@@ -115,3 +115,116 @@ def test_ok_insecure_warning_on_stderr_at_any_log_level(
     assert main([*argv, "--insecure-no-passphrase"]) == 0
     err = capsys.readouterr().err
     assert err.count("INSECURE") == 1 and "the CA private key" in err
+
+
+# ------------------------------------------------------- usability: flags that contradict
+
+
+@pytest.mark.parametrize("with_file", [False, True], ids=["env", "file"])
+def test_fail_insecure_flag_with_a_passphrase_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], with_file: bool
+) -> None:
+    """ZTPKI_CA_PASSPHRASE (or --passphrase-file) and --insecure-no-passphrase: refused, not
+    one of them silently ignored."""
+    target = tmp_path / "demo"
+    extra: list[str] = []
+    if with_file:
+        (tmp_path / "pw").write_text(CA_PASSPHRASE)
+        extra = ["--passphrase-file", str(tmp_path / "pw")]
+    assert init(target, "root", "--insecure-no-passphrase", *extra) == 2
+    err = capsys.readouterr().err
+    assert "--insecure-no-passphrase" in err
+    assert ("--passphrase-file" if with_file else "ZTPKI_CA_PASSPHRASE") in err
+    assert not target.exists()
+
+
+def test_fail_insecure_client_key_with_client_passphrase_is_a_usage_error(
+    plant: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("ZTPKI_CLIENT_PASSPHRASE", "client-passphrase-1")
+    out = tmp_path / "cred"
+    argv = ["ca", "add-client", "--dir", str(plant), "--name", "c1", "--out", str(out)]
+    assert main([*argv, "--insecure-client-key"]) == 2
+    err = capsys.readouterr().err
+    assert "--insecure-client-key" in err and "ZTPKI_CLIENT_PASSPHRASE" in err
+    assert not out.exists()
+    assert main(argv) == 0  # control: the same command without the flag
+
+
+# ------------------------------------------------------- usability: --out is never clobbered
+
+
+def clients(plant: Path) -> list[tuple[str, str]]:
+    from ztpki.casystem.operations import open_store
+
+    with open_store(CASystemDirectory(plant)) as store:
+        return [(c.name, c.serial) for c in store.clients()]
+
+
+def test_fail_add_client_into_another_clients_credential_needs_force(
+    plant: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("ZTPKI_CLIENT_PASSPHRASE", "client-passphrase-1")
+    out = tmp_path / "cred"
+
+    def add(name: str, *extra: str) -> int:
+        return main(
+            ["ca", "add-client", "--dir", str(plant), "--name", name, "--out", str(out), *extra]
+        )
+
+    out.mkdir()  # an empty directory is fine
+    assert add("node-a") == 0
+    first_cert = (out / "cert.pem").read_bytes()
+    before = clients(plant)
+    capsys.readouterr()
+    assert add("node-x") == 1
+    err = " ".join(capsys.readouterr().err.split())
+    assert str(out) in err and "--force" in err
+    assert clients(plant) == before  # nothing registered or issued
+    assert (out / "cert.pem").read_bytes() == first_cert
+    assert add("node-x", "--force") == 0
+    assert [name for name, _ in clients(plant)] == ["node-a", "node-x"]
+    assert (out / "cert.pem").read_bytes() != first_cert
+
+
+def test_fail_export_over_an_existing_file_needs_force(
+    plant: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "chain.pem"
+    out.write_text("someone else's chain\n")
+    argv = ["ca", "export", "--dir", str(plant), "--name", "root", "--out", str(out)]
+    assert main(argv) == 1
+    assert "--force" in capsys.readouterr().err
+    assert out.read_text() == "someone else's chain\n"
+    assert main([*argv, "--force"]) == 0
+    assert out.read_text().startswith("-----BEGIN CERTIFICATE-----")
+
+
+# ------------------------------------------------------- usability: a port in use
+
+
+def test_fail_serve_on_a_port_in_use_is_one_line_not_a_traceback(plant: Path) -> None:
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [
+                *(sys.executable, "-m", "ztpki", "ca", "serve", "--dir", str(plant)),
+                *("--listen", f"127.0.0.1:{port}", "--key-workers", "1"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "ZTPKI_CA_PASSPHRASE": CA_PASSPHRASE},
+        )
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    err = " ".join(result.stderr.split())
+    assert f"error: cannot listen on 127.0.0.1:{port}: address already in use" in err
+    assert "listening on" not in result.stdout

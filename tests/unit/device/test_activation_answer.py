@@ -176,10 +176,21 @@ def test_fail_node_address(url: str) -> None:
 
 
 def test_fingerprint_forms() -> None:
-    hex64 = "ab" * 32
-    assert parse_fingerprint(f"sha256:{hex64}") == hex64
-    assert parse_fingerprint("SHA256:" + ":".join(["AB"] * 32)) == hex64
-    for bad in (hex64, f"sha1:{hex64}", "sha256:abc", f"sha256:{hex64}00"):
+    hex64 = "ab" * 31 + "0f"
+    colons = ":".join(hex64[i : i + 2] for i in range(0, 64, 2)).upper()
+    for good in (
+        f"sha256:{hex64}",
+        f"SHA256:{hex64.upper()}",
+        hex64,
+        hex64.upper(),
+        colons,
+        f"sha256:{colons}",
+        f"SHA256:{colons.lower()}",
+        f"sha256 Fingerprint={colons}",  # openssl x509 -noout -fingerprint -sha256
+        f"  {colons}\n",
+    ):
+        assert parse_fingerprint(good) == hex64, good
+    for bad in (f"sha1:{hex64}", "sha256:abc", f"sha256:{hex64}00", "1234", "", hex64[:-1] + "g"):
         with pytest.raises(ConfigurationError):
             parse_fingerprint(bad)
 

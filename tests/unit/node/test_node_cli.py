@@ -8,6 +8,10 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
+import socket
+import subprocess
+import sys
 import tomllib
 from collections.abc import Iterator
 from datetime import timedelta
@@ -22,7 +26,7 @@ from ztpki.cli import main
 from ztpki.credentials import Credential
 from ztpki.node.config import NodeConfig
 from ztpki.node.runtime import load_material
-from ztpki.pki.keys import KeySpec, encode_pkcs8_pem, generate_private_key
+from ztpki.pki.keys import encode_pkcs8_pem
 from ztpki.pki.pem import certificates_pem
 from ztpki.pki.profiles import CertificateProfile
 
@@ -63,8 +67,9 @@ def inputs(tmp_path: Path, env: None) -> Iterator[dict[str, Path]]:
         .sign(pki.factory_ca.key, hashes.SHA256())  # type: ignore[arg-type]
     )
     files["crl"].write_bytes(crl.public_bytes(serialization.Encoding.PEM))
-    client_key = generate_private_key(KeySpec.EC_P256)
-    _, client_cert = leaf(pki.factory_root, "node-client", profile=CertificateProfile.CLIENT)
+    client_key, client_cert = leaf(
+        pki.factory_root, "node-client", profile=CertificateProfile.CLIENT
+    )
     Credential(client_key, (client_cert,), (pki.customer_root.certificate,)).save(
         tmp_path / "cred", passphrase=CLIENT_PASSPHRASE.encode()
     )
@@ -144,9 +149,12 @@ def test_ok_init_makes_a_self_contained_directory(inputs: dict[str, Path]) -> No
         )
 
 
-def test_fail_init_twice(inputs: dict[str, Path]) -> None:
+def test_fail_init_twice(inputs: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
     assert run(*init_args(inputs))[0] == 0
+    capsys.readouterr()
     assert run(*init_args(inputs))[0] == 1
+    err = " ".join(capsys.readouterr().err.split())  # rich wraps long lines
+    assert f"{inputs['node']}: a node directory exists already (node.toml)" in err
 
 
 def test_fail_init_with_a_leaf_as_customer_chain(inputs: dict[str, Path]) -> None:
@@ -233,3 +241,107 @@ def test_ok_register_commands_and_audit(inputs: dict[str, Path]) -> None:
 def test_fail_commands_outside_a_node_directory(tmp_path: Path, env: None) -> None:
     assert run("node", "devices", "--dir", str(tmp_path))[0] == 1
     assert run("node", "audit", "--dir", str(tmp_path), "--verify")[0] == 1
+
+
+# ------------------------------------------------------------------ usability
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    [
+        pytest.param("sha256:" + "AB" * 32, id="ok-sha256-prefix-upper-case"),
+        pytest.param("SHA256:" + ":".join(["ab"] * 32), id="ok-prefix-and-colons"),
+        pytest.param("ab" * 32, id="ok-bare-hex"),
+        pytest.param(
+            "sha256 Fingerprint=" + ":".join(["AB"] * 32), id="ok-openssl-x509-fingerprint-output"
+        ),
+    ],
+)
+def test_ok_add_fingerprint_spellings(inputs: dict[str, Path], spelling: str) -> None:
+    """What `openssl x509 -fingerprint` and the device print is accepted as it is."""
+    assert run(*init_args(inputs))[0] == 0
+    node = str(inputs["node"])
+    assert run("node", "add", "--dir", node, "dev-1", "--fingerprint", spelling)[0] == 0
+    out = run("node", "devices", "--dir", node, "--json")[1]
+    assert [d["temp_fingerprint"] for d in json.loads(out)] == ["ab" * 32]
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    [
+        pytest.param("sha256:" + "ab" * 31, id="fail-too-short"),
+        pytest.param("sha1:" + "ab" * 32, id="fail-other-prefix"),
+        pytest.param("xy" * 32, id="fail-not-hex"),
+    ],
+)
+def test_fail_add_bad_fingerprint_names_the_option(
+    inputs: dict[str, Path], capsys: pytest.CaptureFixture[str], spelling: str
+) -> None:
+    assert run(*init_args(inputs))[0] == 0
+    capsys.readouterr()
+    node = str(inputs["node"])
+    assert run("node", "add", "--dir", node, "dev-1", "--fingerprint", spelling)[0] == 1
+    err = " ".join(capsys.readouterr().err.split())
+    assert "--fingerprint" in err and "sha256:" in err and "temp_fingerprint" not in err
+    assert json.loads(run("node", "devices", "--dir", node, "--json")[1]) == []
+
+
+def test_fail_serve_with_a_wrong_client_passphrase_names_where_it_comes_from(
+    inputs: dict[str, Path], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(*init_args(inputs))[0] == 0
+    capsys.readouterr()
+    monkeypatch.setenv("ZTPKI_CLIENT_PASSPHRASE", "not-the-client-passphrase")
+    monkeypatch.setenv("ZTPKI_EVENT_LOOP", "asyncio")
+    status, out = run("node", "serve", "--dir", str(inputs["node"]), "--listen", "127.0.0.1:0")
+    assert status == 1 and "listening" not in out
+    err = " ".join(capsys.readouterr().err.split())
+    assert "wrong or missing passphrase" in err
+    assert "ZTPKI_CLIENT_PASSPHRASE" in err and "--client-passphrase-file" in err
+    assert "not-the-client-passphrase" not in err
+
+
+def ztpki_process(
+    *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ztpki", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_fail_serve_on_a_port_in_use_is_one_line_not_a_traceback(
+    inputs: dict[str, Path],
+) -> None:
+    assert run(*init_args(inputs))[0] == 0
+    env = {"ZTPKI_NODE_PASSPHRASE": NODE_PASSPHRASE, "ZTPKI_CLIENT_PASSPHRASE": CLIENT_PASSPHRASE}
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = ztpki_process(
+            "node", "serve", "--dir", str(inputs["node"]), "--listen", f"127.0.0.1:{port}", env=env
+        )
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    err = " ".join(result.stderr.split())
+    assert f"error: cannot listen on 127.0.0.1:{port}: address already in use" in err
+    assert "listening on" not in result.stdout
+
+
+def test_ok_devices_table_never_cuts_a_device_id_in_80_columns(inputs: dict[str, Path]) -> None:
+    assert run(*init_args(inputs))[0] == 0
+    node = str(inputs["node"])
+    ids = ["ACME-B1-000001", "ACME-B1-000002-with-a-long-suffix"]
+    for device_id in ids:
+        assert (
+            run("node", "add", "--dir", node, device_id, "--manufacturer", "Acme Devices")[0] == 0
+        )
+    result = ztpki_process("node", "devices", "--dir", node, env={"COLUMNS": "80"})
+    assert result.returncode == 0, result.stderr
+    assert max(len(line) for line in result.stdout.splitlines()) <= 80
+    for device_id in ids:
+        assert device_id in result.stdout

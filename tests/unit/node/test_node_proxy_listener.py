@@ -272,7 +272,7 @@ def test_fail_direct_tls_listener_ignores_the_header(proxied: ProxiedNode) -> No
 def test_fail_proxy_listener_without_trusted_proxies_does_not_start(tmp_path: Path) -> None:
     node = ProxiedNode(tmp_path, trusted=())
     try:
-        with pytest.raises(ConfigurationError, match=r"\[proxy\] trusted"):
+        with pytest.raises(ConfigurationError, match=r"`trusted = \[.*\]` under `\[proxy\]`"):
             node.start()
     finally:
         node.close()
