@@ -19,7 +19,7 @@ from pathlib import Path
 from cryptography import x509
 
 from ztpki.errors import ConfigurationError, MalformedInput
-from ztpki.pki.keys import PrivateKey, decode_pkcs8, encode_pkcs8_pem
+from ztpki.pki.keys import PrivateKey, decode_pkcs8, encode_pkcs8_pem, keys_match
 from ztpki.pki.pem import certificates_pem, load_certificates_pem
 from ztpki.secretfiles import write_private_file, write_public_file
 
@@ -71,6 +71,13 @@ class Credential:
             raise ConfigurationError(
                 f"cannot open the key in {directory}: wrong or missing passphrase{source}"
             ) from None
+        if not chain or not keys_match(key, chain[0].public_key()):
+            # ssl would only say KEY_VALUES_MISMATCH, deep inside a service's start-up.
+            raise ConfigurationError(
+                f"credential directory {directory}: {KEY_FILE} does not belong to the first "
+                f"certificate in {CERT_FILE}; write the key and certificate of one credential "
+                "there (ztpki ca add-client --out DIR --force issues a new one)"
+            )
         return cls(key=key, chain=tuple(chain), trust_anchors=tuple(anchors))
 
 

@@ -17,6 +17,7 @@ from tests.support.pem_markers import ENCRYPTED_KEY_HEADER
 
 from ztpki import credentials
 from ztpki.credentials import client_context, server_context
+from ztpki.errors import ConfigurationError
 from ztpki.pki.authority import CertificateAuthority, IssuanceGrant, create_self_signed_ca
 from ztpki.pki.keys import KeySpec, PrivateKey, generate_private_key
 from ztpki.pki.profiles import CertificateProfile
@@ -117,3 +118,17 @@ def test_fail_mismatched_key_is_refused_by_either_path(monkeypatch: pytest.Monke
     monkeypatch.delattr(os, "memfd_create")
     with pytest.raises(ssl.SSLError):
         server_context(server_key, [client_cert], client_anchors=[anchor])
+
+
+def test_fail_credential_whose_key_is_not_the_certificates(tmp_path: Path) -> None:
+    anchor, (server_key, server_cert), (client_key, _) = _pki()
+    credentials.Credential(key=client_key, chain=(server_cert,), trust_anchors=(anchor,)).save(
+        tmp_path / "cred", passphrase=None
+    )
+    with pytest.raises(ConfigurationError) as caught:
+        credentials.Credential.load(tmp_path / "cred", passphrase=None)
+    assert "key.pem does not belong to the first certificate in cert.pem" in caught.value.message
+    assert str(tmp_path / "cred") in caught.value.message
+    good = credentials.Credential(key=server_key, chain=(server_cert,), trust_anchors=(anchor,))
+    good.save(tmp_path / "good", passphrase=None)
+    assert credentials.Credential.load(tmp_path / "good", passphrase=None).chain == (server_cert,)
