@@ -8,7 +8,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from ztpki.errors import MalformedInput, UnsupportedParameter
-from ztpki.pki.pbes2 import encrypt_pkcs8_der, encrypted_pkcs8_pem
+from ztpki.pki.pbes2 import encrypt_pkcs8_der
+from ztpki.pki.pem import pem_armor
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
 PublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey | ed25519.Ed25519PublicKey
@@ -97,15 +98,16 @@ def keys_match(private_key: PrivateKey, public_key: object) -> bool:
     return public_key_der(private_key.public_key()) == public_key_der(public_key)
 
 
+def _encryption(passphrase: bytes | None) -> serialization.KeySerializationEncryption:
+    if passphrase:
+        return serialization.BestAvailableEncryption(passphrase)
+    return serialization.NoEncryption()
+
+
 def encode_pkcs8(key: PrivateKey, *, passphrase: bytes | None) -> bytes:
     """PKCS#8 DER; encrypted (PBES2/AES-256) when a passphrase is given."""
-    encryption: serialization.KeySerializationEncryption = (
-        serialization.BestAvailableEncryption(passphrase)
-        if passphrase
-        else serialization.NoEncryption()
-    )
     return key.private_bytes(
-        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, encryption
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, _encryption(passphrase)
     )
 
 
@@ -119,19 +121,10 @@ def encode_pkcs8_pem(
     suits keys under one-time random passwords and keys loaded per request.
     """
     if passphrase and kdf_rounds is not None:
-        plain = key.private_bytes(
-            serialization.Encoding.DER,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-        return encrypted_pkcs8_pem(encrypt_pkcs8_der(plain, passphrase, rounds=kdf_rounds))
-    encryption: serialization.KeySerializationEncryption = (
-        serialization.BestAvailableEncryption(passphrase)
-        if passphrase
-        else serialization.NoEncryption()
-    )
+        der = encrypt_pkcs8_der(encode_pkcs8(key, passphrase=None), passphrase, rounds=kdf_rounds)
+        return pem_armor("ENCRYPTED PRIVATE KEY", der)
     return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, _encryption(passphrase)
     )
 
 

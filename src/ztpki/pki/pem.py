@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterable, Sequence
 
 from cryptography import x509
@@ -9,6 +10,18 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.serialization import pkcs7
 
 from ztpki.errors import MalformedInput
+
+
+def base64_lines(der: bytes, *, newline: bytes = b"\n") -> bytes:
+    """Base64 in lines of 64 characters, each ended by newline (RFC 7468, RFC 7030 bodies)."""
+    text = base64.b64encode(der)
+    return b"".join(text[i : i + 64] + newline for i in range(0, len(text), 64))
+
+
+def pem_armor(label: str, der: bytes) -> bytes:
+    """RFC 7468 text encoding of der under label, for structures cryptography cannot write."""
+    boundary = label.encode("ascii")
+    return b"-----BEGIN %s-----\n%s-----END %s-----\n" % (boundary, base64_lines(der), boundary)
 
 
 def certificate_der(cert: x509.Certificate) -> bytes:

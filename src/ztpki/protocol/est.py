@@ -31,10 +31,10 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKey
 from cryptography.x509.oid import NameOID
 
 from ztpki.errors import MalformedInput, PayloadTooLarge
+from ztpki.pki.der import oid_body, oid_text, read_tlv, tlv
 from ztpki.pki.keys import PrivateKey
 from ztpki.pki.names import serial_number_attribute
-from ztpki.pki.pem import load_pkcs7_certs, pkcs7_certs_only
-from ztpki.protocol.der import oid_body, oid_text, read_tlv, tlv
+from ztpki.pki.pem import base64_lines, load_pkcs7_certs, pkcs7_certs_only
 
 __all__ = [
     "CERTS_ONLY_TYPE",
@@ -67,7 +67,6 @@ PKCS8_TYPE = "application/pkcs8"
 CSRATTRS_TYPE = "application/csrattrs"
 MULTIPART_TYPE = "multipart/mixed"
 
-_LINE = 64
 _MAX_HEADER = 1024
 _B64_SHAPE = re.compile(rb"[A-Za-z0-9+/]*={0,2}")
 _B64_STRAY = re.compile(rb"[^A-Za-z0-9+/=]")
@@ -83,12 +82,6 @@ class UnsupportedMediaType(MalformedInput):
 
 
 # --- base64 bodies ------------------------------------------------------------------------
-
-
-def _encode_base64(der: bytes, *, newline: bytes = b"\n") -> bytes:
-    text = base64.b64encode(der)
-    lines = [text[i : i + _LINE] for i in range(0, len(text), _LINE)]
-    return newline.join(lines) + newline
 
 
 def decode_base64_body(body: bytes, *, limit: int = MAX_BODY) -> bytes:
@@ -202,7 +195,7 @@ def build_csr(private_key: PrivateKey, *, device_id: str) -> x509.CertificateSig
 
 def encode_csr(csr: x509.CertificateSigningRequest) -> bytes:
     """The base64 request body for a CSR (send with Content-Type application/pkcs10)."""
-    return _encode_base64(csr.public_bytes(serialization.Encoding.DER))
+    return base64_lines(csr.public_bytes(serialization.Encoding.DER))
 
 
 def csr_device_id(csr: x509.CertificateSigningRequest) -> str | None:
@@ -236,7 +229,7 @@ def encode_certs_only(certs: Sequence[x509.Certificate]) -> bytes:
     """A base64 certs-only PKCS#7 body (cacerts, simpleenroll, simplereenroll answers)."""
     if not certs:
         raise ValueError("a certs-only answer needs at least one certificate")
-    return _encode_base64(pkcs7_certs_only(certs))
+    return base64_lines(pkcs7_certs_only(certs))
 
 
 def decode_certs_only(body: bytes, *, limit: int = MAX_BODY) -> list[x509.Certificate]:
@@ -290,7 +283,7 @@ def encode_serverkeygen(
             delimiter + b"\r\n",
             b"Content-Type: " + media_type.encode("ascii") + b"\r\n",
             b"Content-Transfer-Encoding: base64\r\n\r\n",
-            _encode_base64(der, newline=b"\r\n"),
+            base64_lines(der, newline=b"\r\n"),
         ]
     chunks.append(delimiter + b"--\r\n")
     # RFC 2045 tspecials in a parameter value need quotes; the random default has none.
@@ -436,7 +429,7 @@ def encode_csrattrs(
             0x31, b"".join(sorted(tlv(0x06, oid_body(v.dotted_string)) for v in values))
         )
         entries.append(tlv(0x30, tlv(0x06, oid_body(attr_type.dotted_string)) + value_set))
-    return _encode_base64(tlv(0x30, b"".join(entries)))
+    return base64_lines(tlv(0x30, b"".join(entries)))
 
 
 def decode_csrattrs(body: bytes, *, limit: int = MAX_BODY) -> list[str]:

@@ -15,6 +15,7 @@ from tests.support.pem_markers import ENCRYPTED_KEY_HEADER
 
 from ztpki.casystem.directory import CASystemDirectory, init_ca, service_authority
 from ztpki.errors import MalformedInput
+from ztpki.pki.der import oid_text, read_tlv
 from ztpki.pki.keys import (
     KeySpec,
     PrivateKey,
@@ -24,7 +25,6 @@ from ztpki.pki.keys import (
     keys_match,
 )
 from ztpki.pki.pbes2 import AT_REST_KDF_ROUNDS
-from ztpki.protocol.der import oid_text, read_tlv
 
 SECRET = b"keys-at-rest-passphrase"
 NOW = datetime.now(UTC)

@@ -11,9 +11,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from hypothesis import given
+from hypothesis import strategies as st
 
 from ztpki.errors import MalformedInput
-from ztpki.pki.pem import load_certificate_der, load_certificates_pem
+from ztpki.pki.pem import base64_lines, load_certificate_der, load_certificates_pem, pem_armor
 
 
 def _certificate(serial: int = 1) -> bytes:
@@ -60,3 +62,22 @@ def test_fail_subject_attribute_of_the_wrong_asn1_type_is_malformed() -> None:
     bad = der.replace(b"\x0c\x06device", b"\x03\x06\x00evice")
     with pytest.raises(MalformedInput):
         load_certificate_der(bad)
+
+
+@given(st.binary(min_size=1, max_size=400), st.sampled_from([b"\n", b"\r\n"]))
+def test_ok_base64_lines_round_trip_in_lines_of_64(der: bytes, newline: bytes) -> None:
+    text = base64_lines(der, newline=newline)
+    lines = text.split(newline)
+    assert lines[-1] == b"" and all(0 < len(line) <= 64 for line in lines[:-1])
+    assert base64.b64decode(b"".join(lines)) == der
+
+
+@given(st.binary(min_size=1, max_size=400))
+def test_ok_pem_armor_round_trips(der: bytes) -> None:
+    text = pem_armor("TEST BLOCK", der).decode("ascii")
+    assert text.startswith("-----BEGIN TEST BLOCK-----\n")
+    assert text.endswith("-----END TEST BLOCK-----\n")
+    body = text.removeprefix("-----BEGIN TEST BLOCK-----\n").removesuffix(
+        "-----END TEST BLOCK-----\n"
+    )
+    assert base64.b64decode(body) == der

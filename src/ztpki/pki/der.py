@@ -1,7 +1,8 @@
 """A minimal DER reader and writer: single-byte tags, definite lengths, OBJECT IDENTIFIERs.
 
 Enough for the few structures cryptography has no API for (EST csrattrs, a PKCS#8 shape
-check). Encoding only; no cryptography happens here. Every reader error is MalformedInput.
+check, the PBES2 envelope of keys at rest). Encoding only; no cryptography happens here.
+Every reader error is MalformedInput.
 """
 
 from __future__ import annotations
@@ -17,6 +18,11 @@ def tlv(tag: int, content: bytes) -> bytes:
         return bytes([tag, n]) + content
     size = n.to_bytes((n.bit_length() + 7) // 8, "big")
     return bytes([tag, 0x80 | len(size)]) + size + content
+
+
+def integer(value: int) -> bytes:
+    """A non-negative INTEGER (a leading zero octet keeps the sign bit clear)."""
+    return tlv(0x02, value.to_bytes(value.bit_length() // 8 + 1, "big"))
 
 
 def oid_body(dotted: str) -> bytes:
