@@ -8,6 +8,9 @@ one table each (``casystem.service`` for XML, ``node.http`` for HTTP).
 
 from __future__ import annotations
 
+import os
+import socket
+
 
 class ZtpkiError(Exception):
     """Root of every error ztpki raises on purpose."""
@@ -72,6 +75,20 @@ class ConfigurationError(ZtpkiError):
     """A missing or inconsistent file, directory, passphrase or setting."""
 
     code = "configuration"
+
+
+class ListenFailed(ConfigurationError):
+    """The OS refused a listening socket (port in use, address not local...)."""
+
+    def __init__(self, host: str, port: int, exc: OSError) -> None:
+        # asyncio's create_server wraps the OS error in its own words; the OS's reason is
+        # what the operator needs ("address already in use").
+        if exc.errno and exc.errno > 0 and not isinstance(exc, socket.gaierror):
+            reason = os.strerror(exc.errno)
+        else:
+            reason = exc.strerror or str(exc)
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        super().__init__(f"cannot listen on {where}: {reason[:1].lower()}{reason[1:]}")
 
 
 class StorageError(ZtpkiError):

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import socket
 import ssl
 import time
 from dataclasses import dataclass
@@ -31,20 +29,6 @@ log = logging.getLogger(__name__)
 
 # Reconnect rather than reuse a connection the server may be about to close as idle.
 MAX_IDLE = 60.0
-
-
-class ListenFailed(ConfigurationError):
-    """The OS refused a listening socket (port in use, address not local...)."""
-
-    def __init__(self, host: str, port: int, exc: OSError) -> None:
-        # asyncio's create_server wraps the OS error in its own words; the OS's reason is
-        # what the operator needs ("address already in use").
-        if exc.errno and exc.errno > 0 and not isinstance(exc, socket.gaierror):
-            reason = os.strerror(exc.errno)
-        else:
-            reason = exc.strerror or str(exc)
-        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        super().__init__(f"cannot listen on {where}: {reason[:1].lower()}{reason[1:]}")
 
 
 def parse_address(text: str, *, allow_any_port: bool = False) -> tuple[str, int]:

@@ -15,7 +15,6 @@ from ztpki.casystem.directory import CASystemDirectory, init_ca
 from ztpki.casystem.operations import add_client, build_service, open_store
 from ztpki.casystem.policy import IssuingPolicy
 from ztpki.cli.common import (
-    cannot_listen,
     console,
     passphrase,
     passphrase_options,
@@ -23,6 +22,7 @@ from ztpki.cli.common import (
     refuse_existing_output,
     refuse_insecure_with_passphrase,
 )
+from ztpki.errors import ListenFailed
 from ztpki.eventloop import chosen_loop, run_service, running_loop_name
 from ztpki.pki.keys import KeySpec
 from ztpki.pki.names import SubjectFields
@@ -387,7 +387,7 @@ def serve_command(
             bound_host, bound_port = await service.start(host, port)
         except OSError as exc:
             await service.close()
-            raise cannot_listen(host, port, exc) from None
+            raise ListenFailed(host, port, exc) from None
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -102,13 +102,6 @@ def passphrase(
     )
 
 
-def cannot_listen(host: str, port: int, exc: OSError) -> ConfigurationError:
-    """The error for a listening socket the OS refused (port in use, address not local...)."""
-    from ztpki.casystem.client import ListenFailed
-
-    return ListenFailed(host, port, exc)
-
-
 def refuse_existing_output(out: Path, *, force: bool) -> None:
     """Refuse to write into an existing non-empty --out unless --force: it may hold another
     client's credential, which would be overwritten silently."""

@@ -47,7 +47,7 @@ from ztpki.errors import (
 )
 from ztpki.pki.chain import verify_server_chain
 from ztpki.pki.keys import PrivateKey
-from ztpki.pki.pem import fingerprint_sha256, load_certificate_der
+from ztpki.pki.pem import fingerprint_sha256, load_certificate_der, parse_sha256_fingerprint
 from ztpki.protocol.est import (
     CERTS_ONLY_TYPE,
     CSR_TYPE,
@@ -73,7 +73,6 @@ DEFAULT_TIMEOUT = 30.0
 DEFAULT_RETRY_AFTER = 5
 MAX_RETRY_AFTER = 3600
 _LABEL = re.compile(r"[A-Za-z0-9._-]{1,64}")
-_HEX = re.compile(r"[0-9a-f]{64}")
 _SHOWN_BODY = 300
 
 
@@ -138,25 +137,11 @@ class NodeAddress:
 
 
 def parse_fingerprint(text: str) -> str:
-    """A CA certificate's SHA-256 fingerprint -> 64 lower-case hex digits.
-
-    Accepted, in any case: ``sha256:HEX``, bare ``HEX``, and openssl's colon form
-    (``AB:CD:...``, as ``openssl x509 -noout -fingerprint -sha256`` prints it, with or
-    without ``sha256:`` or openssl's ``sha256 Fingerprint=`` in front).
-    """
-    value = text.strip().lower()
-    for prefix in ("sha256 fingerprint=", "sha256:"):
-        if value.startswith(prefix):
-            value = value[len(prefix) :].strip()
-            break
-    digits = value.replace(":", "")
-    if not _HEX.fullmatch(digits):
-        raise ConfigurationError(
-            f"fingerprint {text[:100]!r} is not a SHA-256 fingerprint: give 64 hex digits, "
-            "as sha256:HEX, HEX or AB:CD:... (openssl x509 -noout -fingerprint -sha256 "
-            "prints it)"
-        )
-    return digits
+    """A pinned node CA's SHA-256 fingerprint -> 64 lower-case hex digits (any usual form)."""
+    try:
+        return parse_sha256_fingerprint(text)
+    except MalformedInput as exc:
+        raise ConfigurationError(f"fingerprint {exc.message}") from None
 
 
 def node_context(

@@ -16,6 +16,7 @@ from ztpki.node.authentication import FactoryTrust
 from ztpki.node.config import NODE_FILE, NodeConfig
 from ztpki.node.runtime import read_certificates
 from ztpki.pki.names import check_device_id
+from ztpki.pki.pem import parse_sha256_fingerprint
 from ztpki.store.records import (
     AuditEntry,
     AuditRecord,
@@ -88,26 +89,12 @@ def import_manifest(directory: Path, data: bytes, *, now: datetime) -> ImportRes
     return result
 
 
-_HEX_DIGITS = frozenset("0123456789abcdef")
-
-
 def normalise_fingerprint(value: str) -> str:
-    """A SHA-256 fingerprint as 64 lower-case hex digits, from any of the usual spellings:
-    an optional ``sha256:`` prefix (or openssl's ``sha256 Fingerprint=``), upper or lower case,
-    bytes separated by colons."""
-    text = value.strip()
-    for prefix in ("sha256 fingerprint=", "sha256:"):  # openssl's output, then ours
-        if text.lower().startswith(prefix):
-            text = text[len(prefix) :]
-            break
-    digits = text.replace(":", "").lower()
-    if len(digits) != 64 or not set(digits) <= _HEX_DIGITS:
-        raise ConfigurationError(
-            f"--fingerprint {value!r} is not a SHA-256 fingerprint: give 64 hex digits, "
-            "optionally prefixed with sha256: and/or separated by colons "
-            "(e.g. sha256:08fc... or 08:FC:...)"
-        )
-    return digits
+    """A temporary certificate's SHA-256 fingerprint (any usual spelling) -> lower-case hex."""
+    try:
+        return parse_sha256_fingerprint(value)
+    except MalformedInput as exc:
+        raise ConfigurationError(f"--fingerprint {exc.message}") from None
 
 
 def add_device(

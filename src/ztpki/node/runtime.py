@@ -21,9 +21,9 @@ from pathlib import Path
 from aiohttp import web
 from cryptography import x509
 
-from ztpki.casystem.client import CAClient, ListenFailed, parse_address
+from ztpki.casystem.client import CAClient, parse_address
 from ztpki.credentials import Credential, server_context
-from ztpki.errors import ConfigurationError, MalformedInput
+from ztpki.errors import ConfigurationError, ListenFailed, MalformedInput
 from ztpki.node.authentication import AuthenticationModule, CustomerCA, FactoryTrust
 from ztpki.node.ca_client import EnrollmentTransport, SecondCAClient
 from ztpki.node.config import NODE_FILE, Limits, NodeConfig

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 from collections.abc import Iterable, Sequence
 
 from cryptography import x509
@@ -91,6 +92,33 @@ def load_pkcs7_certs(data: bytes) -> list[x509.Certificate]:
 def fingerprint_sha256(cert: x509.Certificate) -> str:
     """Lower-case hex SHA-256 over the DER certificate (what `openssl x509 -fingerprint` hashes)."""
     return cert.fingerprint(hashes.SHA256()).hex()
+
+
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+SHA256_FINGERPRINT_FORMS = (
+    "64 hex digits, as sha256:HEX, HEX or AB:CD:... "
+    "(openssl x509 -noout -fingerprint -sha256 prints it)"
+)
+
+
+def parse_sha256_fingerprint(text: str) -> str:
+    """A SHA-256 fingerprint in any usual spelling -> 64 lower-case hex digits.
+
+    Accepted, in any case: ``sha256:HEX``, bare ``HEX``, and openssl's colon form
+    (``AB:CD:...``), with or without ``sha256:`` or openssl's ``sha256 Fingerprint=`` in
+    front. The inverse of :func:`fingerprint_sha256`.
+    """
+    value = text.strip().lower()
+    for prefix in ("sha256 fingerprint=", "sha256:"):
+        if value.startswith(prefix):
+            value = value[len(prefix) :].strip()
+            break
+    digits = value.replace(":", "")
+    if not _SHA256_HEX.fullmatch(digits):
+        raise MalformedInput(
+            f"{text[:100]!r} is not a SHA-256 fingerprint: give {SHA256_FINGERPRINT_FORMS}"
+        )
+    return digits
 
 
 def serial_hex(cert: x509.Certificate) -> str:

@@ -166,17 +166,26 @@ class FakeNode:
         assert device_id is not None
         return device_id, kind if kind == "temporary" else serial_hex(cert)
 
+    def _confirm_by(self, device_id: str, who: str) -> web.Response | None:
+        """A 403 for an operational certificate that is not live; else the first request
+        with the pending certificate customizes the device."""
+        reg = self.register(device_id)
+        if who == "temporary":
+            return None
+        if who not in reg.live:
+            return web.Response(status=403, text="operational certificate is not live")
+        if reg.pending == who:
+            reg.state, reg.pending = "customized", None
+        return None
+
     async def cacerts(self, request: web.Request) -> web.Response:
         peer = self._peer(request)
         if peer is not None:
             device_id, who = peer
             self.calls.append(("cacerts", device_id, who))
-            reg = self.register(device_id)
-            if who != "temporary":
-                if who not in reg.live:
-                    return web.Response(status=403, text="operational certificate is not live")
-                if reg.pending == who:
-                    reg.state, reg.pending = "customized", None
+            refused = self._confirm_by(device_id, who)
+            if refused is not None:
+                return refused
         body = encode_certs_only(self.cacerts_list())
         return web.Response(body=body, headers=_certs_headers())
 
@@ -189,12 +198,9 @@ class FakeNode:
         self.calls.append(("csrattrs", device_id, who))
         if self.csrattrs_status is not None:
             return web.Response(status=self.csrattrs_status, text="no CSR attributes here")
-        reg = self.register(device_id)
-        if who != "temporary":
-            if who not in reg.live:
-                return web.Response(status=403, text="operational certificate is not live")
-            if reg.pending == who:
-                reg.state, reg.pending = "customized", None
+        refused = self._confirm_by(device_id, who)
+        if refused is not None:
+            return refused
         body = encode_csrattrs([x509.ObjectIdentifier("2.5.4.5")])
         return web.Response(body=body, headers={"Content-Type": CSRATTRS_TYPE})
 
