@@ -23,7 +23,10 @@ _GROUPS = {
     "demo": "ztpki.cli.demo",
 }
 # Modules that add commands to a group defined elsewhere, imported with it.
-_EXTENSIONS = {"device": ("ztpki.cli.device_agent",)}
+_EXTENSIONS = {
+    "device": ("ztpki.cli.device_agent",),
+    "node": ("ztpki.cli.node_register",),
+}
 
 
 class RoleGroup(click.Group):

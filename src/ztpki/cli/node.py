@@ -1,17 +1,15 @@
-"""`ztpki node`: the customer node (patent Fig. 2, 10) - register, EST server, audit trail."""
+"""`ztpki node`: the customer node (patent Fig. 2, 10) - set-up and the EST server. The
+register's commands are in node_register.py."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import signal
-from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
-from rich.table import Column, Table
 
 from ztpki.cli.common import (
     console,
@@ -20,78 +18,20 @@ from ztpki.cli.common import (
     print_json,
     refuse_existing_output,
 )
+from ztpki.cli.node_options import (
+    CLIENT_KEY_OPTIONS,
+    NODE_ENV,
+    NODE_KEY,
+    client_passphrase,
+    client_passphrase_option,
+    dir_option,
+    issuing_parameters,
+    policy_options,
+)
 from ztpki.eventloop import chosen_loop, run_service, running_loop_name
-from ztpki.node.config import DEFAULT_LABEL, IssuingParameters, NodeConfig
-from ztpki.pki.keys import KeySpec
-from ztpki.secretfiles import resolve_passphrase
-from ztpki.store.records import DeviceState
+from ztpki.node.config import DEFAULT_LABEL, NodeConfig
 
-NODE_ENV = "ZTPKI_NODE_PASSPHRASE"
-CLIENT_ENV = "ZTPKI_CLIENT_PASSPHRASE"
-NODE_KEY = "the node's server key"
 log = logging.getLogger(__name__)
-F = TypeVar("F", bound=Callable[..., Any])
-
-dir_option = click.option(
-    "--dir",
-    "directory",
-    required=True,
-    type=click.Path(path_type=Path, file_okay=False),
-    help="The node directory (holds node.toml and node.sqlite).",
-)
-client_passphrase_option = click.option(
-    "--client-passphrase-file",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help=f"Passphrase of the CA-client key (default: ${CLIENT_ENV}).",
-)
-
-
-def _policy_options(func: F) -> F:
-    """The issuing parameters the node asks the customer CA system for, per EST label."""
-    options = [
-        click.option(
-            "--key-algorithm",
-            type=click.Choice([k.value for k in KeySpec]),
-            help="Key algorithm for serverkeygen (default: the CA's policy).",
-        ),
-        click.option("--validity-days", type=int, help="Validity of operational certificates."),
-        click.option("--org", help="Organization (O)."),
-        click.option("--org-unit", help="Organizational unit (OU)."),
-        click.option("--locality", help="Locality (L)."),
-        click.option("--country", help="Two-letter country (C)."),
-        click.option("--email", help="E-mail address (subjectAltName and subject)."),
-        click.option(
-            "--encrypt-key",
-            is_flag=True,
-            help="Have the CA system encrypt generated keys on the way to the node.",
-        ),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
-
-
-def _parameters(kw: dict[str, Any]) -> IssuingParameters:
-    key = kw.pop("key_algorithm")
-    return IssuingParameters(
-        key_algorithm=KeySpec(key) if key else None,
-        validity_days=kw.pop("validity_days"),
-        organization=kw.pop("org"),
-        organizational_unit=kw.pop("org_unit"),
-        locality=kw.pop("locality"),
-        country=kw.pop("country"),
-        email=kw.pop("email"),
-        encrypt_key=kw.pop("encrypt_key"),
-    )
-
-
-CLIENT_KEY_OPTIONS = f"--client-passphrase-file or {CLIENT_ENV}"
-
-
-def _client_passphrase(passphrase_file: Path | None) -> bytes | None:
-    return resolve_passphrase(
-        passphrase_file=passphrase_file, env_var=CLIENT_ENV, what="the CA-client key"
-    )
 
 
 @click.group()
@@ -158,7 +98,7 @@ def node() -> None:
     help="Address or CIDR of a TLS-terminating proxy whose client-certificate header the "
     "proxy listener (`serve --proxy-listen`) believes; repeatable.",
 )
-@_policy_options
+@policy_options
 @passphrase_options(NODE_ENV, NODE_KEY)
 def init_command(
     directory: Path,
@@ -191,7 +131,7 @@ def init_command(
         customer_chain=customer_chain,
         label=label,
         ca_name=ca_name,
-        parameters=_parameters(policy),
+        parameters=issuing_parameters(policy),
         crls=crls,
         trusted_proxies=trusted_proxies,
     )
@@ -205,7 +145,7 @@ def init_command(
 @click.option("--label", required=True, help="EST label: /.well-known/est/<label>/...")
 @click.option("--customer-chain", required=True, type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--ca-name", help="Name of the CA in the customer CA system.")
-@_policy_options
+@policy_options
 def add_ca_command(
     directory: Path, label: str, customer_chain: Path, ca_name: str | None, **policy: Any
 ) -> None:
@@ -217,7 +157,7 @@ def add_ca_command(
         label=label,
         customer_chain=customer_chain,
         ca_name=ca_name,
-        parameters=_parameters(policy),
+        parameters=issuing_parameters(policy),
     )
     console.print(f"added EST label [bold]{label}[/]")
 
@@ -308,7 +248,7 @@ def serve_command(
     material = load_material(
         NodeConfig.load(directory),
         node_passphrase=secret,
-        client_passphrase=_client_passphrase(client_passphrase_file),
+        client_passphrase=client_passphrase(client_passphrase_file),
     )
     host, port = parse_address(listen, allow_any_port=True)
     proxy_address = None
@@ -387,7 +327,7 @@ def request_server_cert_command(
     secret = passphrase(passphrase_file, insecure_no_passphrase, NODE_ENV, NODE_KEY)
     credential = Credential.load(
         client_cred,
-        passphrase=_client_passphrase(client_passphrase_file),
+        passphrase=client_passphrase(client_passphrase_file),
         passphrase_source=CLIENT_KEY_OPTIONS,
     )
     result = asyncio.run(
@@ -410,149 +350,3 @@ def request_server_cert_command(
         f"sha256:{result.anchor_fingerprint}",
         markup=False,
     )
-
-
-@node.command("import")
-@dir_option
-@click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False, exists=True))
-def import_command(directory: Path, manifest: Path) -> None:
-    """List the devices of a signed manifest (verified against the factory trust bundles)."""
-    from ztpki.node.operations import import_manifest
-
-    result = import_manifest(directory, manifest.read_bytes(), now=datetime.now(UTC))
-    if result.already_imported:
-        console.print(f"manifest {manifest} was imported before; nothing changed")
-        return
-    console.print(
-        f"listed {len(result.added)} device(s); "
-        f"{len(result.unchanged)} already listed, left unchanged"
-    )
-
-
-@node.command("add")
-@dir_option
-@click.argument("device_id")
-@click.option(
-    "--fingerprint",
-    help="SHA-256 of the device's temporary certificate: 64 hex digits, optionally with a "
-    "sha256: prefix and colons.",
-)
-@click.option("--manufacturer")
-@click.option("--model")
-def add_command(
-    directory: Path,
-    device_id: str,
-    fingerprint: str | None,
-    manufacturer: str | None,
-    model: str | None,
-) -> None:
-    """List one device by hand."""
-    from ztpki.node.operations import add_device
-
-    add_device(
-        directory,
-        device_id,
-        fingerprint=fingerprint,
-        manufacturer=manufacturer,
-        model=model,
-        now=datetime.now(UTC),
-    )
-    console.print(f"listed device [bold]{device_id}[/]")
-
-
-@node.command("devices")
-@dir_option
-@click.option("--state", type=click.Choice([s.value for s in DeviceState]))
-@click.option("--json", "as_json", is_flag=True)
-def devices_command(directory: Path, state: str | None, as_json: bool) -> None:
-    """The access-control register."""
-    from ztpki.node.operations import device_json, list_devices
-
-    devices = list_devices(directory, state=DeviceState(state) if state else None)
-    if as_json:
-        print_json([device_json(d) for d in devices])
-        return
-    # The device id is what an operator copies into `node block ID`: never cut it short;
-    # the long hex serial and the timestamp fold onto several lines instead.
-    table = Table(
-        Column(
-            "device",
-            no_wrap=True,
-            overflow="fold",
-            min_width=max((len(d.device_id) for d in devices), default=6),
-        ),
-        "state",
-        "manufacturer",
-        "model",
-        "batch",
-        Column("issued serial", overflow="fold"),
-        Column("updated", overflow="fold"),
-    )
-    for d in devices:
-        table.add_row(
-            d.device_id,
-            d.state.value,
-            d.manufacturer or "",
-            d.model or "",
-            d.batch or "",
-            d.issued_serial or "",
-            d.updated_at.isoformat(timespec="seconds"),
-        )
-    console.print(table)
-    console.print(f"{len(devices)} device(s)")
-
-
-def _set_blocked(directory: Path, device_id: str, *, blocked: bool) -> None:
-    from ztpki.node.operations import set_blocked
-
-    set_blocked(directory, device_id, blocked=blocked, now=datetime.now(UTC))
-    console.print(f"{'blocked' if blocked else 'unblocked'} device [bold]{device_id}[/]")
-
-
-@node.command("block")
-@dir_option
-@click.argument("device_id")
-def block_command(directory: Path, device_id: str) -> None:
-    """Refuse every further request of a device (an issuance in flight is discarded)."""
-    _set_blocked(directory, device_id, blocked=True)
-
-
-@node.command("unblock")
-@dir_option
-@click.argument("device_id")
-def unblock_command(directory: Path, device_id: str) -> None:
-    """Return a blocked device to the state it was blocked from."""
-    _set_blocked(directory, device_id, blocked=False)
-
-
-@node.command("audit")
-@dir_option
-@click.option("--device", "device_id", help="Only this device's entries.")
-@click.option("--limit", type=int, help="Only the newest N entries.")
-@click.option("--json", "as_json", is_flag=True)
-@click.option("--verify", is_flag=True, help="Verify the hash chain; exit 1 if it is broken.")
-def audit_command(
-    directory: Path, device_id: str | None, limit: int | None, as_json: bool, verify: bool
-) -> None:
-    """The audit trail: every decision, hash-chained."""
-    from ztpki.node.operations import audit_entries, entry_json, verify_audit
-
-    if verify:
-        console.print(f"audit trail OK: {verify_audit(directory)}")
-        return
-    entries = audit_entries(directory, device_id=device_id, limit=limit)
-    if as_json:
-        print_json([entry_json(e) for e in entries])
-        return
-    table = Table("seq", "time", "device", "endpoint", "decision", "reason", "serial")
-    for e in entries:
-        table.add_row(
-            str(e.seq),
-            e.at.isoformat(timespec="seconds"),
-            e.device_id or "",
-            e.endpoint,
-            e.decision,
-            e.reason,
-            e.serial or "",
-        )
-    console.print(table)

@@ -1,0 +1,79 @@
+"""Options and values shared by the `ztpki node` commands."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from ztpki.node.config import IssuingParameters
+from ztpki.pki.keys import KeySpec
+from ztpki.secretfiles import resolve_passphrase
+
+NODE_ENV = "ZTPKI_NODE_PASSPHRASE"
+CLIENT_ENV = "ZTPKI_CLIENT_PASSPHRASE"
+NODE_KEY = "the node's server key"
+F = TypeVar("F", bound=Callable[..., Any])
+
+dir_option = click.option(
+    "--dir",
+    "directory",
+    required=True,
+    type=click.Path(path_type=Path, file_okay=False),
+    help="The node directory (holds node.toml and node.sqlite).",
+)
+client_passphrase_option = click.option(
+    "--client-passphrase-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help=f"Passphrase of the CA-client key (default: ${CLIENT_ENV}).",
+)
+
+
+def policy_options(func: F) -> F:
+    """The issuing parameters the node asks the customer CA system for, per EST label."""
+    options = [
+        click.option(
+            "--key-algorithm",
+            type=click.Choice([k.value for k in KeySpec]),
+            help="Key algorithm for serverkeygen (default: the CA's policy).",
+        ),
+        click.option("--validity-days", type=int, help="Validity of operational certificates."),
+        click.option("--org", help="Organization (O)."),
+        click.option("--org-unit", help="Organizational unit (OU)."),
+        click.option("--locality", help="Locality (L)."),
+        click.option("--country", help="Two-letter country (C)."),
+        click.option("--email", help="E-mail address (subjectAltName and subject)."),
+        click.option(
+            "--encrypt-key",
+            is_flag=True,
+            help="Have the CA system encrypt generated keys on the way to the node.",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def issuing_parameters(kw: dict[str, Any]) -> IssuingParameters:
+    key = kw.pop("key_algorithm")
+    return IssuingParameters(
+        key_algorithm=KeySpec(key) if key else None,
+        validity_days=kw.pop("validity_days"),
+        organization=kw.pop("org"),
+        organizational_unit=kw.pop("org_unit"),
+        locality=kw.pop("locality"),
+        country=kw.pop("country"),
+        email=kw.pop("email"),
+        encrypt_key=kw.pop("encrypt_key"),
+    )
+
+
+CLIENT_KEY_OPTIONS = f"--client-passphrase-file or {CLIENT_ENV}"
+
+
+def client_passphrase(passphrase_file: Path | None) -> bytes | None:
+    return resolve_passphrase(
+        passphrase_file=passphrase_file, env_var=CLIENT_ENV, what="the CA-client key"
+    )

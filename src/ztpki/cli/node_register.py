@@ -1,0 +1,161 @@
+"""`ztpki node` commands on the access-control register and its audit trail (patent Fig. 2,
+19): import manifests, list devices by hand, block, unblock, audit."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import click
+from rich.table import Column, Table
+
+from ztpki.cli.common import console, print_json
+from ztpki.cli.node import node
+from ztpki.cli.node_options import dir_option
+from ztpki.store.records import DeviceState
+
+
+@node.command("import")
+@dir_option
+@click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+def import_command(directory: Path, manifest: Path) -> None:
+    """List the devices of a signed manifest (verified against the factory trust bundles)."""
+    from ztpki.node.operations import import_manifest
+
+    result = import_manifest(directory, manifest.read_bytes(), now=datetime.now(UTC))
+    if result.already_imported:
+        console.print(f"manifest {manifest} was imported before; nothing changed")
+        return
+    console.print(
+        f"listed {len(result.added)} device(s); "
+        f"{len(result.unchanged)} already listed, left unchanged"
+    )
+
+
+@node.command("add")
+@dir_option
+@click.argument("device_id")
+@click.option(
+    "--fingerprint",
+    help="SHA-256 of the device's temporary certificate: 64 hex digits, optionally with a "
+    "sha256: prefix and colons.",
+)
+@click.option("--manufacturer")
+@click.option("--model")
+def add_command(
+    directory: Path,
+    device_id: str,
+    fingerprint: str | None,
+    manufacturer: str | None,
+    model: str | None,
+) -> None:
+    """List one device by hand."""
+    from ztpki.node.operations import add_device
+
+    add_device(
+        directory,
+        device_id,
+        fingerprint=fingerprint,
+        manufacturer=manufacturer,
+        model=model,
+        now=datetime.now(UTC),
+    )
+    console.print(f"listed device [bold]{device_id}[/]")
+
+
+@node.command("devices")
+@dir_option
+@click.option("--state", type=click.Choice([s.value for s in DeviceState]))
+@click.option("--json", "as_json", is_flag=True)
+def devices_command(directory: Path, state: str | None, as_json: bool) -> None:
+    """The access-control register."""
+    from ztpki.node.operations import device_json, list_devices
+
+    devices = list_devices(directory, state=DeviceState(state) if state else None)
+    if as_json:
+        print_json([device_json(d) for d in devices])
+        return
+    # The device id is what an operator copies into `node block ID`: never cut it short;
+    # the long hex serial and the timestamp fold onto several lines instead.
+    table = Table(
+        Column(
+            "device",
+            no_wrap=True,
+            overflow="fold",
+            min_width=max((len(d.device_id) for d in devices), default=6),
+        ),
+        "state",
+        "manufacturer",
+        "model",
+        "batch",
+        Column("issued serial", overflow="fold"),
+        Column("updated", overflow="fold"),
+    )
+    for d in devices:
+        table.add_row(
+            d.device_id,
+            d.state.value,
+            d.manufacturer or "",
+            d.model or "",
+            d.batch or "",
+            d.issued_serial or "",
+            d.updated_at.isoformat(timespec="seconds"),
+        )
+    console.print(table)
+    console.print(f"{len(devices)} device(s)")
+
+
+def _set_blocked(directory: Path, device_id: str, *, blocked: bool) -> None:
+    from ztpki.node.operations import set_blocked
+
+    set_blocked(directory, device_id, blocked=blocked, now=datetime.now(UTC))
+    console.print(f"{'blocked' if blocked else 'unblocked'} device [bold]{device_id}[/]")
+
+
+@node.command("block")
+@dir_option
+@click.argument("device_id")
+def block_command(directory: Path, device_id: str) -> None:
+    """Refuse every further request of a device (an issuance in flight is discarded)."""
+    _set_blocked(directory, device_id, blocked=True)
+
+
+@node.command("unblock")
+@dir_option
+@click.argument("device_id")
+def unblock_command(directory: Path, device_id: str) -> None:
+    """Return a blocked device to the state it was blocked from."""
+    _set_blocked(directory, device_id, blocked=False)
+
+
+@node.command("audit")
+@dir_option
+@click.option("--device", "device_id", help="Only this device's entries.")
+@click.option("--limit", type=int, help="Only the newest N entries.")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--verify", is_flag=True, help="Verify the hash chain; exit 1 if it is broken.")
+def audit_command(
+    directory: Path, device_id: str | None, limit: int | None, as_json: bool, verify: bool
+) -> None:
+    """The audit trail: every decision, hash-chained."""
+    from ztpki.node.operations import audit_entries, entry_json, verify_audit
+
+    if verify:
+        console.print(f"audit trail OK: {verify_audit(directory)}")
+        return
+    entries = audit_entries(directory, device_id=device_id, limit=limit)
+    if as_json:
+        print_json([entry_json(e) for e in entries])
+        return
+    table = Table("seq", "time", "device", "endpoint", "decision", "reason", "serial")
+    for e in entries:
+        table.add_row(
+            str(e.seq),
+            e.at.isoformat(timespec="seconds"),
+            e.device_id or "",
+            e.endpoint,
+            e.decision,
+            e.reason,
+            e.serial or "",
+        )
+    console.print(table)
