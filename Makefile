@@ -3,8 +3,11 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# `make test` installs the wheel it builds here, recreated each run, as a user would.
+WHEEL_DIST := build/dist
+WHEEL_VENV := build/wheel-venv
 
-.PHONY: system-deps demo test lint typecheck unit fuzz bench clean
+.PHONY: system-deps demo test lint typecheck wheel-check dist unit fuzz bench clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -31,8 +34,21 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-test: $(STAMP) system-deps lint typecheck
+# The sdist, and the wheel built from it (so a file missing from either fails), installed
+# into a fresh virtual environment, not editable, then `ztpki --version` and the demo run
+# from outside the checkout: tests/packaging/check_wheel.py.
+wheel-check: $(STAMP)
+	rm -rf $(WHEEL_DIST)
+	$(BIN)/python -m build --quiet --outdir $(WHEEL_DIST) .
+	$(BIN)/python tests/packaging/check_wheel.py $(WHEEL_DIST) --venv $(WHEEL_VENV)
+
+test: $(STAMP) system-deps lint typecheck wheel-check
 	$(BIN)/pytest -n 2 -q
+
+# What a release publishes: dist/ztpki-VERSION.tar.gz and dist/ztpki-VERSION-py3-none-any.whl.
+dist: $(STAMP)
+	rm -rf dist
+	$(BIN)/python -m build --outdir dist .
 
 fuzz: $(STAMP)
 	ZTPKI_FUZZ_EXAMPLES=20000 $(BIN)/pytest -q -m fuzz -p no:xdist
@@ -41,4 +57,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/ca_throughput.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache .hypothesis

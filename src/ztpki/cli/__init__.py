@@ -9,7 +9,6 @@ from collections.abc import Sequence
 
 import click
 
-from ztpki import __version__
 from ztpki.cli.common import run_command
 from ztpki.errors import ZtpkiError
 
@@ -21,6 +20,7 @@ _GROUPS = {
     "node": "ztpki.cli.node",
     "device": "ztpki.cli.device",
     "demo": "ztpki.cli.demo",
+    "completion": "ztpki.cli.completion",
 }
 # Modules that add commands to a group defined elsewhere, imported with it.
 _EXTENSIONS = {
@@ -44,8 +44,24 @@ class RoleGroup(click.Group):
         return command
 
 
+def show_versions(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    from ztpki.versions import version_report
+
+    click.echo(version_report())
+    ctx.exit()
+
+
 @click.group(cls=RoleGroup)
-@click.version_option(__version__, prog_name="ztpki")
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=show_versions,
+    help="Show the versions of ztpki, cryptography and OpenSSL, and exit.",
+)
 @click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"]),

@@ -28,6 +28,8 @@ from ztpki.pki.keys import KeySpec
 from ztpki.pki.names import SubjectFields
 from ztpki.pki.profiles import CertificateProfile
 from ztpki.secretfiles import resolve_passphrase
+from ztpki.store import sqlite_ca
+from ztpki.versions import deployment_versions
 
 CA_ENV = "ZTPKI_CA_PASSPHRASE"
 CLIENT_ENV = "ZTPKI_CLIENT_PASSPHRASE"
@@ -168,8 +170,11 @@ def list_command(directory: Path, as_json: bool) -> None:
     """The CAs of a CA system."""
     system = CASystemDirectory(directory)
     infos = [system.info(n) for n in system.ca_names()]
+    versions = deployment_versions(
+        system.store_path, component=sqlite_ca.SCHEMA_COMPONENT, schema=sqlite_ca.SCHEMA_VERSION
+    )
     if as_json:
-        print_json([info.__dict__ for info in infos])
+        print_json([{**info.__dict__, "versions": versions.to_json()} for info in infos])
         return
     table = Table("name", "subject", "issuer", "key", "profile", "not after", "default")
     for i in infos:
@@ -183,6 +188,7 @@ def list_command(directory: Path, as_json: bool) -> None:
             "yes" if i.is_default else "",
         )
     console.print(table)
+    console.print(versions.describe(), markup=False)
 
 
 @ca.command("policy")

@@ -168,6 +168,8 @@ def add_ca_command(
 def policy_command(directory: Path, as_json: bool) -> None:
     """Show each EST label's CA and the issuing parameters sent to the CA system."""
     from ztpki.node.runtime import load_labels
+    from ztpki.store import sqlite_register
+    from ztpki.versions import deployment_versions
 
     config = NodeConfig.load(directory)
     labels = load_labels(config)
@@ -188,8 +190,13 @@ def policy_command(directory: Path, as_json: bool) -> None:
         "trusted": [str(n) for n in config.proxy.trusted],
         "header": config.proxy.header,
     }
+    versions = deployment_versions(
+        config.database,
+        component=sqlite_register.SCHEMA_COMPONENT,
+        schema=sqlite_register.SCHEMA_VERSION,
+    )
     if as_json:
-        print_json(rows)
+        print_json([{**row, "versions": versions.to_json()} for row in rows])
         return
     for row in rows:
         console.print(f"[bold]# {row['label']}[/]{'  (default)' if row['default'] else ''}")
@@ -200,6 +207,7 @@ def policy_command(directory: Path, as_json: bool) -> None:
                     markup=False,
                 )
     console.print(f"CA system: {config.ca_system}; limits: {config.limits.to_toml()}", markup=False)
+    console.print(versions.describe(), markup=False)
     if proxy["trusted"]:
         console.print(
             f"trusted proxies: {', '.join(proxy['trusted'])} (header {proxy['header']})",

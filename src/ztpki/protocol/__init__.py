@@ -2,6 +2,7 @@
 
 from ztpki.protocol.enrollment import (
     NAMESPACE,
+    PROTOCOL_VERSION,
     EnrollmentAnswer,
     EnrollmentError,
     EnrollmentParameters,
@@ -55,6 +56,7 @@ __all__ = [
     "MULTIPART_TYPE",
     "NAMESPACE",
     "PKCS8_TYPE",
+    "PROTOCOL_VERSION",
     "EnrollmentAnswer",
     "EnrollmentError",
     "EnrollmentParameters",

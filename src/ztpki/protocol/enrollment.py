@@ -22,10 +22,16 @@ from lxml import etree
 
 from ztpki.pki.keys import KeySpec
 from ztpki.protocol import enrollment_schema as schema
-from ztpki.protocol.enrollment_schema import NAMESPACE, InvalidEnrollmentMessage, invalid_value
+from ztpki.protocol.enrollment_schema import (
+    NAMESPACE,
+    PROTOCOL_VERSION,
+    InvalidEnrollmentMessage,
+    invalid_value,
+)
 
 __all__ = [
     "NAMESPACE",
+    "PROTOCOL_VERSION",
     "EnrollmentAnswer",
     "EnrollmentError",
     "EnrollmentParameters",

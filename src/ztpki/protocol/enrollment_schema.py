@@ -18,7 +18,10 @@ from lxml import etree
 from ztpki.errors import MalformedInput
 from ztpki.protocol.framing import MAX_FRAME_SIZE
 
-NAMESPACE: Final = "urn:ztpki:enrollment:1"
+# The protocol's version is in its namespace (and the XSD's version attribute): a message of
+# another version fails validation instead of being half understood.
+PROTOCOL_VERSION: Final = 1
+NAMESPACE: Final = f"urn:ztpki:enrollment:{PROTOCOL_VERSION}"
 _PREFIX: Final = "{" + NAMESPACE + "}"
 _XSD: Final = resources.files("ztpki.protocol").joinpath("enrollment.xsd").read_bytes()
 

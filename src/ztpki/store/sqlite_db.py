@@ -37,6 +37,28 @@ def storage_error(exc: sqlite3.Error, *, path: Path) -> ZtpkiError:
     return StorageError(f"the database {path} failed an operation: {exc}")
 
 
+def stored_schema_version(path: Path, component: str) -> int | None:
+    """The schema version of ``component`` in the database at ``path``, read without writing
+    (no file, WAL switch or table is created); None when there is no such database yet."""
+    if not path.is_file():
+        return None
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            if not conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
+            ).fetchone():
+                return None
+            row = conn.execute(
+                "SELECT version FROM schema_version WHERE component = ?", (component,)
+            ).fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise storage_error(exc, path=path) from exc
+    return None if row is None else int(row[0])
+
+
 class GroupAborted(StorageError):
     """A group transaction ended before its commit: none of its units took effect."""
 
