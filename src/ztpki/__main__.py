@@ -1,7 +1,8 @@
-"""`python -m ztpki`."""
+"""`python -m ztpki`: the same command as `ztpki`."""
 
 import sys
 
 from ztpki.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":
+    sys.exit(main())
