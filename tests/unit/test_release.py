@@ -28,6 +28,14 @@ ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 
+def process(
+    command: list[str], *, env: dict[str, str] | None = None, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        command, input=stdin, capture_output=True, text=True, timeout=120, env=env, check=False
+    )
+
+
 def run(*args: str) -> tuple[int, str]:
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
@@ -76,22 +84,10 @@ def test_ok_source_tree_without_metadata_reports_an_unknown_version(
 
 
 def test_ok_python_dash_m_runs_the_same_command() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "ztpki", "--version"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = process([sys.executable, "-m", "ztpki", "--version"])
     assert result.returncode == 0, result.stderr
     assert result.stdout == run("--version")[1]
-    usage = subprocess.run(
-        [sys.executable, "-m", "ztpki", "no-such-role"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    usage = process([sys.executable, "-m", "ztpki", "no-such-role"])
     assert usage.returncode == 2 and "No such command 'no-such-role'" in usage.stderr
 
 
@@ -105,7 +101,7 @@ def bash_complete(words: list[str]) -> list[str]:
     status, script = run("completion", "bash")
     assert status == 0
     words_array = " ".join(f"'{w}'" for w in words)
-    result = subprocess.run(
+    result = process(
         [
             shutil.which("bash") or "bash",
             "--norc",
@@ -113,11 +109,7 @@ def bash_complete(words: list[str]) -> list[str]:
             f"{script}\nCOMP_WORDS=({words_array}); COMP_CWORD={len(words) - 1}\n"
             '_ztpki_completion ztpki; printf "%s\\n" "${COMPREPLY[@]}"',
         ],
-        capture_output=True,
-        text=True,
-        timeout=120,
         env=completion_env(),
-        check=False,
     )
     assert result.returncode == 0, result.stderr
     return [line for line in result.stdout.splitlines() if line]
@@ -126,13 +118,9 @@ def bash_complete(words: list[str]) -> list[str]:
 def test_ok_bash_script_is_valid_bash() -> None:
     status, script = run("completion", "bash")
     assert status == 0 and "complete -o nosort -F _ztpki_completion ztpki" in script
-    checked = subprocess.run(
-        ["bash", "-n"], input=script, capture_output=True, text=True, timeout=60, check=False
-    )
+    checked = process(["bash", "-n"], stdin=script)
     assert checked.returncode == 0, checked.stderr
-    broken = subprocess.run(
-        ["bash", "-n"], input=script[:-40], capture_output=True, text=True, timeout=60, check=False
-    )
+    broken = process(["bash", "-n"], stdin=script[:-40])
     assert broken.returncode != 0  # the syntax check can fail
 
 
@@ -153,15 +141,11 @@ def test_bash_completes_roles_and_subcommands(words: list[str], offered: list[st
 
 
 def test_ok_completion_protocol_answers_the_environment_variable() -> None:
-    result = subprocess.run(
+    result = process(
         [str(BIN / "ztpki")],
-        capture_output=True,
-        text=True,
-        timeout=120,
         env=completion_env(
             _ZTPKI_COMPLETE="bash_complete", COMP_WORDS="ztpki node pol", COMP_CWORD="2"
         ),
-        check=False,
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["plain,policy"]
