@@ -6,8 +6,8 @@ import click
 from click.shell_completion import get_completion_class
 
 SHELLS = ("bash", "zsh", "fish")
-# The variable the script sets when it asks `ztpki` for completions; click's main() answers
-# it. Derived by click from the program name, written out so the scripts and tests agree.
+# The variable the script sets when it asks `ztpki` for completions: the one click's main()
+# listens for, which it derives from the program name (run_command passes "ztpki").
 COMPLETE_VAR = "_ZTPKI_COMPLETE"
 
 
