@@ -89,8 +89,17 @@ def _load_key_for_copy(path: Path, passphrase: bytes | None) -> PrivateKey:
 
 
 def _server_warnings(
-    chain: Sequence[x509.Certificate], bundles: Sequence[Sequence[x509.Certificate]]
+    directory: Path,
+    chain: Sequence[x509.Certificate],
+    bundles: Sequence[Sequence[x509.Certificate]],
+    served: Sequence[x509.Certificate],
 ) -> list[str]:
+    """What would make devices refuse the node: no serverAuth, no chain to a factory bundle,
+    and then (devices must pin the node's CA) a chain that leaves out the CA to pin.
+
+    ``served`` are the certificates the node serves at cacerts: a device pinning by
+    fingerprint finds the node's CA there too.
+    """
     warnings = []
     try:
         eku = chain[0].extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
@@ -101,11 +110,26 @@ def _server_warnings(
     except x509.ExtensionNotFound:
         pass
     trusted = {c.subject for bundle in bundles for c in bundle}
-    if not any(c.issuer in trusted for c in chain):
+    if any(c.issuer in trusted for c in chain):
+        return warnings
+    warnings.append(
+        "the server certificate does not chain to a configured factory trust bundle: devices "
+        "cannot verify the node with their factory trust anchor; installers must pin the "
+        "node's CA on each device (ztpki device set-node --node-ca FILE; see docs/node.md)"
+    )
+    leaf = chain[0]
+    if leaf.issuer != leaf.subject and not any(
+        c.subject == leaf.issuer for c in [*chain[1:], *served]
+    ):
+        issuer = leaf.issuer.rfc4514_string()
+        served_file = directory / "server" / "cert.pem"
         warnings.append(
-            "the server certificate does not chain to a configured factory trust bundle: devices "
-            "cannot verify the node with their factory trust anchor; give installers the "
-            "SHA-256 fingerprint of the node's CA to pin instead (see docs/node.md)"
+            f"the server certificate file holds the node's certificate without the CA "
+            f"certificate that issued it ({issuer}), so the node will not send that CA: a "
+            "device given only its fingerprint (--node-ca-fingerprint) cannot find it and "
+            f"refuses the node. Append the CA certificate (PEM) to {served_file} "
+            "and restart the node, or have installers give each device the CA certificate "
+            "itself (ztpki device set-node --node-ca FILE)"
         )
     return warnings
 
@@ -186,7 +210,7 @@ def init_node(
     )
     open_sqlite_node_store(config.database).close()
     config.save()
-    return InitResult(config, _server_warnings(server_chain, bundles))
+    return InitResult(config, _server_warnings(directory, server_chain, bundles, chain))
 
 
 _Credential = tuple[bytes, list[x509.Certificate], list[x509.Certificate]]
