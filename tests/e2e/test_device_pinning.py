@@ -145,7 +145,8 @@ def test_fail_node_of_another_ca_under_the_pin(world: World, leaf_node: LeafOnly
 
     assert refused.returncode == 1, refused.stderr
     message = flat(refused.stderr)
-    assert "does not chain to the pinned node CA CN=services,O=Customer" in message
+    assert "does not match the pin: its certificate chains to CN=root,O=Acme" in message
+    assert "not to the pinned node CA CN=services,O=Customer" in message
     assert "the pin is stale" in message
     assert_untouched(world, device_id, "N")
 

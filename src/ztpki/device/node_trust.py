@@ -82,12 +82,18 @@ def _ends(leaf: x509.Certificate, top: x509.Certificate) -> str:
 def _not_found(
     address: NodeAddress, pin: NodePin, leaf: x509.Certificate, top: x509.Certificate
 ) -> VerificationFailed:
-    """The pinned fingerprint is not among the certificates the node sent: a complete chain
-    (ending in a self-signed root) means another CA, an incomplete one a CA left out."""
+    """The node's chain does not reach the pinned CA. A complete chain (up to a self-signed
+    root) leads to another CA; an incomplete one left a CA out, which only matters while the
+    device does not hold the pinned CA itself."""
     if top.issuer == top.subject:
         return PinMismatch(
             f"the node's chain does not match the pin: its certificate chains to "
             f"{_subject(top)} (sha256:{fingerprint_sha256(top)}), not to {pin.describe()}"
+        )
+    if pin.certificate is not None:
+        return PinMismatch(
+            f"the node's certificate does not chain to {pin.describe()}: {_ends(leaf, top)}, "
+            "neither the pinned CA nor a CA the node sent that leads to it"
         )
     return PinNotPresented(
         f"the node at {address} did not send {pin.describe()}: {_ends(leaf, top)}, which it "
@@ -118,9 +124,9 @@ async def probe_pinned_anchor(
         verify_server_chain(leaf, candidates, [pinned], host=address.host, now=now)
     except VerificationFailed as exc:
         path = _chain_up(leaf, [*candidates, pinned])
-        reached = any(fingerprint_sha256(c) == pin.fingerprint for c in path)
-        detail = exc.message if reached else _ends(leaf, path[-1])
+        if not any(fingerprint_sha256(c) == pin.fingerprint for c in path):
+            raise _not_found(address, pin, leaf, path[-1]) from None
         raise PinMismatch(
-            f"the node's certificate does not chain to {pin.describe()}: {detail}"
+            f"the node's certificate does not chain to {pin.describe()}: {exc.message}"
         ) from None
     return pinned

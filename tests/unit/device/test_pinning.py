@@ -124,7 +124,8 @@ def test_fail_pinned_ca_file_refuses_a_node_of_another_ca(
     for leaf_only in (True, False):
         error = asyncio.run(scenario(leaf_only))
         assert error.step is Step.CONNECT and isinstance(error.cause, PinMismatch)
-        assert "does not chain to the pinned node CA CN=Stranger Node CA" in error.message
+        assert "the pinned node CA CN=Stranger Node CA" in error.message
+        assert ("its own certificate, issued by CN=Rogue Root" in error.message) is leaf_only
         assert "the pin is stale" in error.remedy and "--node-ca FILE" in error.remedy
         assert memory.phase is Phase.TEMPORARY
 
