@@ -273,7 +273,7 @@ def test_fail_leaf_only_node_chain(deployment: Deployment, attack_report: Attack
             probe_pinned_anchor(NodeAddress.parse(url), pin, now=now(), timeout=30)
         )
     assert status == 1, said
-    assert f"did not send the pinned node CA {fingerprint}" in said
+    assert f"did not send the pinned CA {fingerprint}" in said
     assert "ends at its own certificate, issued by CN=Customer IT CA" in said
     assert "--node-ca FILE" in said and "stale" not in said
     assert verified == own_ca.certificate

@@ -97,7 +97,7 @@ def test_leaf_only_node_needs_the_ca_certificate(world: World, leaf_node: LeafOn
     assert pinned.returncode == 1, pinned.stderr
     message = flat(pinned.stderr)
     assert "step connect failed" in message
-    assert f"did not send the pinned node CA {leaf_node.fingerprint}" in message
+    assert f"did not send the pinned CA {leaf_node.fingerprint}" in message
     assert "ends at its own certificate, issued by CN=services,O=Customer" in message
     assert "--node-ca FILE" in message and "stale" not in message
     assert_untouched(world, device_id, "NL")
@@ -146,7 +146,7 @@ def test_fail_node_of_another_ca_under_the_pin(world: World, leaf_node: LeafOnly
     assert refused.returncode == 1, refused.stderr
     message = flat(refused.stderr)
     assert "does not match the pin: its certificate chains to CN=root,O=Acme" in message
-    assert "not to the pinned node CA CN=services,O=Customer" in message
+    assert "not to the pinned CA CN=services,O=Customer" in message
     assert "the pin is stale" in message
     assert_untouched(world, device_id, "N")
 

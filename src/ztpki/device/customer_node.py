@@ -175,8 +175,8 @@ class NodePin:
 
     def describe(self) -> str:
         if self.certificate is None:
-            return f"the pinned node CA {self.shown}"
-        return f"the pinned node CA {self.certificate.subject.rfc4514_string()} ({self.shown})"
+            return f"the pinned CA {self.shown}"
+        return f"the pinned CA {self.certificate.subject.rfc4514_string()} ({self.shown})"
 
 
 def load_node_ca(data: bytes, source: str) -> x509.Certificate:

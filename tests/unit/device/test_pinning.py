@@ -86,7 +86,7 @@ def test_ok_node_ca_file_verifies_a_leaf_only_node(
                 ).activate()
             error = info.value
             assert isinstance(error.cause, PinNotPresented)
-            assert "did not send the pinned node CA" in error.message
+            assert "did not send the pinned CA" in error.message
             assert "--node-ca FILE" in error.remedy and f"sha256:{fingerprint}" in error.remedy
             assert "stale" not in error.remedy
             assert node.calls == []  # the device's certificate was never presented
@@ -124,7 +124,7 @@ def test_fail_pinned_ca_file_refuses_a_node_of_another_ca(
     for leaf_only in (True, False):
         error = asyncio.run(scenario(leaf_only))
         assert error.step is Step.CONNECT and isinstance(error.cause, PinMismatch)
-        assert "the pinned node CA CN=Stranger Node CA" in error.message
+        assert "the pinned CA CN=Stranger Node CA" in error.message
         assert ("its own certificate, issued by CN=Rogue Root" in error.message) is leaf_only
         assert "the pin is stale" in error.remedy and "--node-ca FILE" in error.remedy
         assert memory.phase is Phase.TEMPORARY
