@@ -198,18 +198,12 @@ def pinned_node_remedy(exc: ZtpkiError, pin: NodePin, node: NodeAddress, device_
     """What to do when the node does not verify under the pinned CA: the node did not send
     the pinned CA (give it to the device), or its chain does not match (a stale pin)."""
     set_node = f"ztpki device set-node --device {device_dir} {node}"
-    if isinstance(exc, PinNotPresented):
-        if pin.certificate is None:
-            return (
-                "give the device the pinned CA certificate itself (PEM, from the node's "
-                f"operator; its fingerprint must be {pin.shown}): `{set_node} --node-ca FILE`; "
-                "or the node's operator appends that CA certificate to the node's server "
-                "certificate file (ztpki node init --server-cert)"
-            )
+    if isinstance(exc, PinNotPresented):  # only under a fingerprint: see node_trust
         return (
-            "the node's operator must append the CA certificate(s) between the node's "
-            "certificate and the pinned CA to the node's server certificate file, or pin the "
-            f"CA that issued the node's certificate: `{set_node} --node-ca FILE`"
+            "give the device the CA certificate that issued the node's certificate (PEM, from "
+            f"the node's operator; if it is the pinned CA, its fingerprint is {pin.shown}): "
+            f"`{set_node} --node-ca FILE`; or the node's operator appends the missing CA "
+            "certificate(s) to the node's server certificate file (server/cert.pem)"
         )
     return (
         f"the device pins the node's CA {pin.shown}; check the node address, and if the "

@@ -56,17 +56,30 @@ def memory(pki: Pki, tmp_path: Path) -> DeviceMemory:
     return pki.manufacture(tmp_path / "dev", "ACME-0001")
 
 
-def activate(memory: DeviceMemory, url: str, pin: NodePin | None) -> str:
-    client = ActivatingClient(memory, NodeAddress.parse(url), pin=pin, timeout=10)
-    return asyncio.run(client.activate()).action
+def refused(
+    pki: Pki,
+    memory: DeviceMemory,
+    pin: NodePin,
+    server_ca: CertificateAuthority,
+    *,
+    leaf_only: bool = False,
+) -> ActivationError:
+    """Activate under ``pin`` at a node whose certificate ``server_ca`` issued: refused at
+    connect, before the device presented its certificate, its identity unchanged."""
 
+    async def scenario() -> tuple[ActivationError, list[tuple[str, str, str]]]:
+        async with serving(pki, server_ca=server_ca, leaf_only=leaf_only) as node:
+            with pytest.raises(ActivationError) as info:
+                await ActivatingClient(
+                    memory, NodeAddress.parse(node.url), pin=pin, timeout=10
+                ).activate()
+            return info.value, node.calls
 
-def refused(memory: DeviceMemory, url: str, pin: NodePin | None) -> ActivationError:
-    with pytest.raises(ActivationError) as info:
-        activate(memory, url, pin)
-    assert info.value.step is Step.CONNECT
+    error, calls = asyncio.run(scenario())
+    assert error.step is Step.CONNECT
+    assert calls == []  # the device's certificate was never presented
     assert memory.phase is Phase.TEMPORARY
-    return info.value
+    return error
 
 
 # -- the device against a node that sends its certificate alone ----------------------------
@@ -76,21 +89,15 @@ def test_ok_node_ca_file_verifies_a_leaf_only_node(
     pki: Pki, memory: DeviceMemory, node_ca: CertificateAuthority
 ) -> None:
     fingerprint = fingerprint_sha256(node_ca.certificate)
+    # The fingerprint alone: the node never sends the CA, so it cannot be checked.
+    error = refused(pki, memory, NodePin(fingerprint), node_ca, leaf_only=True)
+    assert isinstance(error.cause, PinNotPresented)
+    assert "did not send the pinned CA" in error.message
+    assert "--node-ca FILE" in error.remedy and f"sha256:{fingerprint}" in error.remedy
+    assert "stale" not in error.remedy
 
     async def scenario() -> None:
         async with serving(pki, server_ca=node_ca, leaf_only=True) as node:
-            # The fingerprint alone: the node never sends the CA, so it cannot be checked.
-            with pytest.raises(ActivationError) as info:
-                await ActivatingClient(
-                    memory, NodeAddress.parse(node.url), pin=NodePin(fingerprint), timeout=10
-                ).activate()
-            error = info.value
-            assert isinstance(error.cause, PinNotPresented)
-            assert "did not send the pinned CA" in error.message
-            assert "--node-ca FILE" in error.remedy and f"sha256:{fingerprint}" in error.remedy
-            assert "stale" not in error.remedy
-            assert node.calls == []  # the device's certificate was never presented
-            assert memory.phase is Phase.TEMPORARY
             # The CA certificate itself: the node verifies with nothing more from it.
             pin = NodePin.given(fingerprint=None, certificate=node_ca.certificate)
             result = await ActivatingClient(
@@ -105,46 +112,26 @@ def test_ok_node_ca_file_verifies_a_leaf_only_node(
     assert stored.fingerprint == fingerprint and address is not None
 
 
+@pytest.mark.parametrize("leaf_only", [True, False], ids=["leaf-only", "whole-chain"])
 def test_fail_pinned_ca_file_refuses_a_node_of_another_ca(
-    pki: Pki, memory: DeviceMemory, node_ca: CertificateAuthority
+    pki: Pki, memory: DeviceMemory, node_ca: CertificateAuthority, leaf_only: bool
 ) -> None:
     """Under a pinned CA certificate, a node from another CA is refused whether it sends its
     certificate alone or its whole chain; the remedy is the stale pin's."""
     pin = NodePin.given(fingerprint=None, certificate=node_ca.certificate)
-
-    async def scenario(leaf_only: bool) -> ActivationError:
-        async with serving(pki, server_ca=pki.rogue, leaf_only=leaf_only) as node:
-            with pytest.raises(ActivationError) as info:
-                await ActivatingClient(
-                    memory, NodeAddress.parse(node.url), pin=pin, timeout=10
-                ).activate()
-            assert node.calls == []
-            return info.value
-
-    for leaf_only in (True, False):
-        error = asyncio.run(scenario(leaf_only))
-        assert error.step is Step.CONNECT and isinstance(error.cause, PinMismatch)
-        assert "the pinned CA CN=Stranger Node CA" in error.message
-        assert ("its own certificate, issued by CN=Rogue Root" in error.message) is leaf_only
-        assert "the pin is stale" in error.remedy and "--node-ca FILE" in error.remedy
-        assert memory.phase is Phase.TEMPORARY
+    assert pin is not None
+    error = refused(pki, memory, pin, pki.rogue, leaf_only=leaf_only)
+    assert isinstance(error.cause, PinMismatch)
+    assert "the pinned CA CN=Stranger Node CA" in error.message
+    assert ("its own certificate, issued by CN=Rogue Root" in error.message) is leaf_only
+    assert "the pin is stale" in error.remedy and "--node-ca FILE" in error.remedy
 
 
 def test_fail_fingerprint_of_another_complete_chain_is_a_mismatch(
     pki: Pki, memory: DeviceMemory, node_ca: CertificateAuthority, stranger: CertificateAuthority
 ) -> None:
     """The node sends its whole chain and the pinned CA is not in it: a stale pin."""
-    pin = NodePin(fingerprint_sha256(pki.rogue.certificate))
-
-    async def scenario() -> ActivationError:
-        async with serving(pki, server_ca=node_ca) as node:
-            with pytest.raises(ActivationError) as info:
-                await ActivatingClient(
-                    memory, NodeAddress.parse(node.url), pin=pin, timeout=10
-                ).activate()
-            return info.value
-
-    error = asyncio.run(scenario())
+    error = refused(pki, memory, NodePin(fingerprint_sha256(pki.rogue.certificate)), node_ca)
     assert isinstance(error.cause, PinMismatch)
     assert "does not match the pin" in error.message
     assert f"sha256:{fingerprint_sha256(stranger.certificate)}" in error.message
@@ -155,16 +142,7 @@ def test_fail_root_pin_with_the_intermediate_left_out_names_what_is_missing(
     pki: Pki, memory: DeviceMemory, node_ca: CertificateAuthority, stranger: CertificateAuthority
 ) -> None:
     pin = NodePin(fingerprint_sha256(stranger.certificate))
-
-    async def scenario() -> ActivationError:
-        async with serving(pki, server_ca=node_ca, leaf_only=True) as node:
-            with pytest.raises(ActivationError) as info:
-                await ActivatingClient(
-                    memory, NodeAddress.parse(node.url), pin=pin, timeout=10
-                ).activate()
-            return info.value
-
-    error = asyncio.run(scenario())
+    error = refused(pki, memory, pin, node_ca, leaf_only=True)
     assert isinstance(error.cause, PinNotPresented)
     assert "ends at its own certificate, issued by CN=Stranger Node CA" in error.message
 
