@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 from cryptography import x509
 
 from ztpki.errors import ConfigurationError, MalformedInput
+from ztpki.pki.chain import is_ca_certificate
 from ztpki.pki.pem import (
     certificate_pem,
     fingerprint_sha256,
@@ -126,13 +127,6 @@ def parse_fingerprint(text: str) -> str:
         raise ConfigurationError(f"fingerprint {exc.message}") from None
 
 
-def _is_ca(cert: x509.Certificate) -> bool:
-    try:
-        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
-    except x509.ExtensionNotFound:
-        return False
-
-
 @dataclass(frozen=True)
 class NodePin:
     """The node CA the device trusts instead of the factory CA: its SHA-256 fingerprint (64
@@ -146,7 +140,7 @@ class NodePin:
         cert = self.certificate
         if cert is None:
             return
-        if not _is_ca(cert):
+        if not is_ca_certificate(cert):
             raise ConfigurationError(
                 f"the node CA certificate ({cert.subject.rfc4514_string()[:200]}) is not a CA "
                 "certificate: give the CA that issued the node's server certificate"

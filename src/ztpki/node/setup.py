@@ -36,6 +36,7 @@ from ztpki.node.config import (
     parse_network,
 )
 from ztpki.node.runtime import read_certificates, read_crl
+from ztpki.pki.chain import is_ca_certificate
 from ztpki.pki.keys import (
     KeySpec,
     PrivateKey,
@@ -57,13 +58,6 @@ log = logging.getLogger(__name__)
 class InitResult:
     config: NodeConfig
     warnings: list[str] = field(default_factory=list)
-
-
-def _is_ca(cert: x509.Certificate) -> bool:
-    try:
-        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
-    except x509.ExtensionNotFound:
-        return False
 
 
 def _copy_certificates(source: Path, target: Path, what: str) -> list[x509.Certificate]:
@@ -163,7 +157,7 @@ def init_node(
         raise ConfigurationError("give at least one factory trust bundle (--trust FILE)")
     bundles = [read_certificates(path, "factory trust bundle") for path in trust]
     chain = read_certificates(customer_chain, "customer CA chain")
-    if not _is_ca(chain[0]):
+    if not is_ca_certificate(chain[0]):
         raise ConfigurationError(
             f"{customer_chain} must start with the issuing CA certificate (`ztpki ca export`)"
         )
@@ -251,7 +245,7 @@ def add_label(
     if any(ca.label == label for ca in config.labels):
         raise ConfigurationError(f"EST label {label} exists already; edit node.toml to change it")
     chain = read_certificates(customer_chain, "customer CA chain")
-    if not _is_ca(chain[0]):
+    if not is_ca_certificate(chain[0]):
         raise ConfigurationError(f"{customer_chain} must start with the issuing CA certificate")
     relative = Path("ca") / f"{label}.pem"
     write_public_file(directory / relative, certificates_pem(chain))
