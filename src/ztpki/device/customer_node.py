@@ -36,7 +36,6 @@ from ztpki.pki.pem import (
 
 __all__ = [
     "CONFIRMED_KEY",
-    "KEY_ALGORITHM_KEY",
     "NODE_CA_CERT_KEY",
     "NODE_CA_KEY",
     "NODE_URL_KEY",
@@ -52,8 +51,7 @@ __all__ = [
 NODE_URL_KEY = "node_url"
 NODE_CA_KEY = "node_ca_fingerprint"
 NODE_CA_CERT_KEY = "node_ca_certificate"
-CONFIRMED_KEY = "confirmed"
-KEY_ALGORITHM_KEY = "key_algorithm"
+CONFIRMED_KEY = "confirmed"  # the node took the installed identity as the live one
 
 EST_PREFIX = "/.well-known/est"
 _LABEL = re.compile(r"[A-Za-z0-9._-]{1,64}")

@@ -17,7 +17,6 @@ from enum import StrEnum
 from cryptography import x509
 
 from ztpki.device.communication import ESTClient
-from ztpki.device.customer_node import KEY_ALGORITHM_KEY
 from ztpki.device.memory import DeviceMemory, Identity
 from ztpki.device.reporting import ActivationError, Step, request_remedy
 from ztpki.errors import DeviceMemoryError, MalformedInput, ZtpkiError
@@ -34,6 +33,8 @@ from ztpki.protocol.est import build_csr
 __all__ = ["KeyMode", "Requested", "request_identity"]
 
 logger = logging.getLogger(__name__)
+
+KEY_ALGORITHM_KEY = "key_algorithm"  # in the device configuration: the key a request makes
 
 
 class KeyMode(StrEnum):
