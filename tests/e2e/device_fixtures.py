@@ -142,6 +142,7 @@ class World:
     services: dict[str, Service] = field(default_factory=dict)
     device_ids: list[str] = field(default_factory=list)
     manifest: Path | None = None
+    init_output: dict[str, str] = field(default_factory=dict)  # node name -> what init said
 
     def path(self, *parts: str) -> Path:
         return self.root.joinpath(*parts)
@@ -196,7 +197,7 @@ class World:
     def init_node(self, name: str, server_cert: str) -> Service:
         """Another node directory on the same customer CA system, with its own register."""
         cert = self.path(server_cert)
-        ztpki(
+        init = ztpki(
             "node", "init", "--dir", str(self.path(name)),
             "--ca", self.services["C"].address,
             "--client-cred", str(self.path("C-node")),
@@ -205,6 +206,7 @@ class World:
             "--server-key", str(cert / "key.pem"),
             "--customer-chain", str(self.path("customer-chain.pem")),
         )  # fmt: skip
+        self.init_output[name] = init.stdout + init.stderr
         assert self.manifest is not None
         ztpki("node", "import", "--dir", str(self.path(name)), str(self.manifest))
         return self.start(name, "node", "serve", "--dir", str(self.path(name)),

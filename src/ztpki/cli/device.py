@@ -21,6 +21,7 @@ from ztpki.cli.common import (
     print_json,
     refuse_existing_output,
 )
+from ztpki.device.customer_node import NODE_CA_CERT_KEY, NODE_CA_KEY, load_node_ca
 from ztpki.device.memory import DeviceMemory
 from ztpki.errors import ZtpkiError
 from ztpki.pki.pem import fingerprint_sha256, serial_hex
@@ -70,9 +71,23 @@ def certificate_summary(cert: x509.Certificate) -> dict[str, str]:
     }
 
 
+def _pinned_node_ca(config: dict[str, Any]) -> dict[str, Any] | None:
+    """The pinned node CA set-node stored: its fingerprint, and its certificate when given."""
+    fingerprint = config.get(NODE_CA_KEY)
+    if not fingerprint:
+        return None
+    try:
+        pem = config.get(NODE_CA_CERT_KEY)
+        cert = load_node_ca(pem.encode("ascii"), NODE_CA_CERT_KEY) if pem else None
+    except ZtpkiError:
+        cert = None  # activate says what is wrong with it; show shows what is there
+    return {"fingerprint": fingerprint, "certificate": cert and certificate_summary(cert)}
+
+
 def device_summary(memory: DeviceMemory) -> dict[str, Any]:
     """Identity, phase, certificates, trust anchors and configuration of a device."""
     identity = memory.identity()
+    config = memory.config()
     return {
         "device_id": memory.device_id,
         "path": str(memory.path),
@@ -81,7 +96,9 @@ def device_summary(memory: DeviceMemory) -> dict[str, Any]:
         "certificate": identity.certificate and certificate_summary(identity.certificate),
         "ca_certificates": [certificate_summary(c) for c in identity.ca_certificates],
         "trust_anchors": [certificate_summary(c) for c in memory.trust_anchors()],
-        "config": memory.config(),
+        "pinned_node_ca": _pinned_node_ca(config),
+        # The PEM is summarized in pinned_node_ca.
+        "config": {k: v for k, v in config.items() if k != NODE_CA_CERT_KEY},
     }
 
 
@@ -122,6 +139,11 @@ def show_command(device_dir: Path, as_json: bool) -> None:
         add("trust anchor", f"{anchor['subject']} sha256 {anchor['sha256']}")
     if not summary["trust_anchors"]:
         add("trust anchor", "none")
+    pinned = summary["pinned_node_ca"]
+    if pinned is not None:
+        given = pinned["certificate"]
+        held = f"{given['subject']} " if given else "(certificate not given) "
+        add("pinned node CA", held + pinned["fingerprint"])
     for key, value in sorted(summary["config"].items()):
         add(f"config {key}", value)
     console.print(table, highlight=False)

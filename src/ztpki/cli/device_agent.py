@@ -5,10 +5,14 @@ refused the device (403, or it does not accept the device's certificate); 4 a te
 failure (network, node busy): run again later. The agent retries everything but a refusal
 itself (see ztpki.device.agent), so it ends with 0, 3, or 1 for a device it cannot read.
 
-`set-node` states the whole node: without --node-ca-fingerprint it removes an earlier pin.
+`set-node` states the whole node: without --node-ca or --node-ca-fingerprint it removes an
+earlier pin. --node-ca FILE gives the pinned node CA certificate itself, so the device can
+verify a node that sends its certificate alone (a leaf-only chain); with
+--node-ca-fingerprint too, the two must agree.
 
-Option values that do not parse (--node, --node-ca-fingerprint, --key-algorithm, URL) are
-usage errors (exit 2), as are contradicting options. Messages are printed as plain text:
+Option values that do not parse (--node, --node-ca, --node-ca-fingerprint, --key-algorithm,
+URL) are usage errors (exit 2), as are contradicting options (a --node-ca whose fingerprint
+is not --node-ca-fingerprint): nothing is stored then. Messages are printed as plain text:
 they hold URLs such as https://HOST:PORT[/label] and the node's own words.
 
 Test only: ZTPKI_DEVICE_FAULT=before-request|after-answer|mid-replace|after-replace makes
@@ -23,12 +27,11 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import click
+from cryptography import x509
 
 from ztpki.cli.common import print_json
 from ztpki.cli.device import device, plain_errors, print_error
 from ztpki.device.activation import (
-    NODE_CA_KEY,
-    NODE_URL_KEY,
     ActivatingClient,
     ActivationError,
     ActivationEvent,
@@ -37,8 +40,17 @@ from ztpki.device.activation import (
     KeyMode,
 )
 from ztpki.device.agent import Agent, AgentEvent, AgentStopped
-from ztpki.device.communication import NodeAddress, parse_fingerprint
 from ztpki.device.connect import connect, identity_ssl_context
+from ztpki.device.customer_node import (
+    NODE_CA_KEY,
+    NodeAddress,
+    NodePin,
+    choose_pin,
+    configured_node,
+    load_node_ca,
+    node_changes,
+    parse_fingerprint,
+)
 from ztpki.device.memory import DeviceMemory
 from ztpki.device.reporting import connect_remedy
 from ztpki.errors import ConfigurationError, ZtpkiError
@@ -66,6 +78,31 @@ def _fingerprint_value(ctx: click.Context, param: click.Parameter, value: str | 
         return parse_fingerprint(value)
     except ConfigurationError as exc:
         raise click.BadParameter(exc.message, ctx=ctx, param=param) from None
+
+
+def _node_ca_value(
+    ctx: click.Context, param: click.Parameter, value: Path | None
+) -> x509.Certificate | None:
+    """Read --node-ca: one PEM CA certificate, or make it a usage error."""
+    if value is None:
+        return None
+    try:
+        data = value.read_bytes()
+    except OSError as exc:
+        raise click.BadParameter(f"cannot read {value}: {exc.strerror}", ctx, param) from None
+    try:
+        return load_node_ca(data, str(value))
+    except ConfigurationError as exc:
+        raise click.BadParameter(exc.message, ctx=ctx, param=param) from None
+
+
+def _given_pin(fingerprint: str | None, node_ca: x509.Certificate | None) -> NodePin | None:
+    """The pin of --node-ca and --node-ca-fingerprint; disagreeing options are a usage error,
+    found before anything is read or written."""
+    try:
+        return NodePin.given(fingerprint=fingerprint, certificate=node_ca)
+    except ConfigurationError as exc:
+        raise click.UsageError(f"--node-ca and --node-ca-fingerprint: {exc.message}") from None
 
 
 def _https_url(ctx: click.Context, param: click.Parameter, value: str) -> str:
@@ -102,6 +139,14 @@ node_option = click.option(
     callback=_node_value,
     help="https://HOST:PORT[/label] (default: set-node's).",
 )
+node_ca_option = click.option(
+    "--node-ca",
+    type=click.Path(path_type=Path, dir_okay=False),
+    callback=_node_ca_value,
+    help="PEM file of the node's CA certificate: trust a node whose certificate chains to it, "
+    "even when the node sends its certificate alone. Its fingerprint is the pin; with "
+    "--node-ca-fingerprint too, the two must agree.",
+)
 key_on_device_option = click.option(
     "--key-on-device",
     is_flag=True,
@@ -118,20 +163,18 @@ def _open(device_dir: Path, fault: FaultInjector | None) -> DeviceMemory:
 def _node(memory: DeviceMemory, node: NodeAddress | None) -> NodeAddress:
     if node is not None:
         return node
-    url = memory.config().get(NODE_URL_KEY)
-    if not isinstance(url, str) or not url:
+    configured, _ = configured_node(memory.config())
+    if configured is None:
         raise ConfigurationError(
             f"device {memory.device_id} has no customer-node address: give --node "
             "https://HOST:PORT or run ztpki device set-node"
         )
-    return NodeAddress.parse(url)
+    return configured
 
 
-def _pin(memory: DeviceMemory, fingerprint: str | None) -> str | None:
-    configured = memory.config().get(NODE_CA_KEY)
-    if fingerprint is not None:
-        return fingerprint  # parsed by the option's callback
-    return parse_fingerprint(configured) if isinstance(configured, str) and configured else None
+def _pin(memory: DeviceMemory, given: NodePin | None) -> NodePin | None:
+    """The pin given on the command line, else the one set-node stored."""
+    return choose_pin(given, configured_node(memory.config())[1])
 
 
 def _print_event(event: ActivationEvent) -> None:
@@ -172,6 +215,7 @@ json_option = click.option(
 @node_option
 @key_on_device_option
 @fingerprint_option
+@node_ca_option
 @click.option(
     "--key-algorithm",
     type=click.Choice([spec.value for spec in KeySpec], case_sensitive=False),
@@ -185,6 +229,7 @@ def activate_command(
     node: NodeAddress | None,
     key_on_device: bool,
     node_ca_fingerprint: str | None,
+    node_ca: x509.Certificate | None,
     key_algorithm: str | None,
     timeout: float,
     as_json: bool,
@@ -198,7 +243,7 @@ def activate_command(
     _run_once(
         device_dir,
         node,
-        node_ca_fingerprint,
+        _given_pin(node_ca_fingerprint, node_ca),
         timeout=timeout,
         as_json=as_json,
         renew=False,
@@ -211,6 +256,7 @@ def activate_command(
 @device_option
 @node_option
 @fingerprint_option
+@node_ca_option
 @timeout_option
 @json_option
 @plain_errors
@@ -218,17 +264,19 @@ def renew_command(
     device_dir: Path,
     node: NodeAddress | None,
     node_ca_fingerprint: str | None,
+    node_ca: x509.Certificate | None,
     timeout: float,
     as_json: bool,
 ) -> None:
     """Renew the operational identity now (simplereenroll; new key made in the device)."""
-    _run_once(device_dir, node, node_ca_fingerprint, timeout=timeout, as_json=as_json, renew=True)
+    pin = _given_pin(node_ca_fingerprint, node_ca)
+    _run_once(device_dir, node, pin, timeout=timeout, as_json=as_json, renew=True)
 
 
 def _run_once(
     device_dir: Path,
     node: NodeAddress | None,
-    node_ca_fingerprint: str | None,
+    pin: NodePin | None,
     *,
     timeout: float,
     as_json: bool,
@@ -243,7 +291,7 @@ def _run_once(
         _node(memory, node),
         key_mode=key_mode,
         key_spec=key_spec,
-        pinned_fingerprint=_pin(memory, node_ca_fingerprint),
+        pin=_pin(memory, pin),
         report=None if as_json else _print_event,
         timeout=timeout,
         fault=fault,
@@ -265,6 +313,7 @@ def _run_once(
 )
 @key_on_device_option
 @fingerprint_option
+@node_ca_option
 @click.option("--once", is_flag=True, help="Exit after one activation or renewal.")
 @click.option(
     "--poll-interval",
@@ -281,11 +330,13 @@ def agent_command(
     node: NodeAddress | None,
     key_on_device: bool,
     node_ca_fingerprint: str | None,
+    node_ca: x509.Certificate | None,
     once: bool,
     poll_interval: float,
     timeout: float,
 ) -> None:
     """Customize as soon as a node address is known, then renew before expiry."""
+    pin = _given_pin(node_ca_fingerprint, node_ca)
     fault = FaultInjector.from_env()
     memory = _open(device_dir, fault)
     agent = Agent(
@@ -293,7 +344,7 @@ def agent_command(
         node=node,
         key_mode=KeyMode.SIMPLEENROLL if key_on_device else KeyMode.SERVERKEYGEN,
         # Only the command line's pin: the agent follows the configuration's as it changes.
-        pinned_fingerprint=node_ca_fingerprint,
+        pin=pin,
         report=_print_agent_event,
         poll_interval=poll_interval,
         timeout=timeout,
@@ -326,22 +377,31 @@ def _print_agent_event(event: AgentEvent) -> None:
 @click.option(
     "--node-ca-fingerprint",
     callback=_fingerprint_value,
-    help=f"Pin the CA the node's certificate chains to ({FINGERPRINT_FORMS}). Without it, a "
-    "pin set before is removed and the node is verified with the factory CA certificate(s).",
+    help=f"Pin the CA the node's certificate chains to ({FINGERPRINT_FORMS}). Without it and "
+    "--node-ca, a pin set before is removed and the node is verified with the factory CA "
+    "certificate(s).",
 )
+@node_ca_option
 @plain_errors
-def set_node_command(device_dir: Path, node: NodeAddress, node_ca_fingerprint: str | None) -> None:
+def set_node_command(
+    device_dir: Path,
+    node: NodeAddress,
+    node_ca_fingerprint: str | None,
+    node_ca: x509.Certificate | None,
+) -> None:
     """Give the device its customer node: address and, optionally, pinned CA.
 
     The command states the whole node, so it never leaves a pin from an earlier node (or
     an earlier CA of this one) behind. A running agent picks the change up.
     """
+    pin = _given_pin(node_ca_fingerprint, node_ca)
     memory = DeviceMemory.open(device_dir)
     previous = memory.config().get(NODE_CA_KEY)
-    pin = f"sha256:{node_ca_fingerprint}" if node_ca_fingerprint else None
-    memory.update_config(**{NODE_URL_KEY: str(node), NODE_CA_KEY: pin})
+    memory.update_config(**node_changes(node, pin))
     if pin is not None:
-        trust = f"verified with the pinned CA {pin}"
+        trust = f"verified with {pin.describe()}"
+        if pin.certificate is None:
+            trust += ", which the node must send"
     else:
         trust = "verified with the factory CA certificate(s)"
         if isinstance(previous, str) and previous:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.markup import escape
 
 from ztpki.cli.common import (
     console,
@@ -136,7 +137,8 @@ def init_command(
         trusted_proxies=trusted_proxies,
     )
     for warning in result.warnings:
-        console.print(f"[yellow]warning:[/] {warning}")
+        # The warning names certificate subjects, which are not markup.
+        console.print(f"[yellow]warning:[/] {escape(warning)}")
     console.print(f"created node in {directory} (label [bold]{label}[/], CA system {ca_system})")
 
 

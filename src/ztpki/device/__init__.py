@@ -6,6 +6,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from ztpki.device.connect import connect, identity_ssl_context, operational_ssl_context
+from ztpki.device.customer_node import NodeAddress, NodePin
 from ztpki.device.memory import DeviceMemory, Identity, Phase
 from ztpki.device.secrets import EnvSecretProvider, FileSecretProvider, SecretProvider
 
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
     )
     from ztpki.device.agent import Agent, AgentEvent, AgentStopped, Backoff, Clock
     from ztpki.device.answer import IssuedIdentity, verify_answer
-    from ztpki.device.communication import ESTClient, NodeAddress
+    from ztpki.device.communication import ESTClient
 
 __all__ = [
     "ActivatingClient",
@@ -40,6 +41,7 @@ __all__ = [
     "IssuedIdentity",
     "KeyMode",
     "NodeAddress",
+    "NodePin",
     "Phase",
     "SecretProvider",
     "Step",
@@ -66,7 +68,6 @@ _LAZY = {
     "IssuedIdentity": "answer",
     "verify_answer": "answer",
     "ESTClient": "communication",
-    "NodeAddress": "communication",
 }
 
 

@@ -5,9 +5,10 @@ One customization (Fig. 3, B47-B53) is a sequence of steps, each reported as an
 
     load      read the identity from the device memory (93)
     connect   mutual TLS to the node: temporary key and certificate out, node verified
-              with the factory CA certificate(s) or a pinned node CA
+              with the factory CA certificate(s) or a pinned node CA (``node_trust``)
     cacerts   fetch the customer CA certificates
-    request   serverkeygen (the CA generates the key) or simpleenroll (key made here)
+    request   serverkeygen (the CA generates the key) or simpleenroll (key made here;
+              ``ztpki.device.request``)
     verify    the answer: key matches, names this device, current, chains to the CA certs
     replace   one atomic switch of key + certificate + CA certificates in the memory
     confirm   one authenticated request (csrattrs) with the NEW certificate: the node then
@@ -35,20 +36,22 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from enum import StrEnum
 
 from cryptography import x509
 
 from ztpki.device.answer import IssuedIdentity, verify_answer
-from ztpki.device.communication import (
-    DEFAULT_TIMEOUT,
-    ESTClient,
+from ztpki.device.communication import DEFAULT_TIMEOUT, ESTClient, node_context
+from ztpki.device.customer_node import (
+    CONFIRMED_KEY,
+    NODE_CA_KEY,
+    NODE_URL_KEY,
     NodeAddress,
-    node_context,
-    probe_pinned_anchor,
+    NodePin,
+    node_changes,
 )
 from ztpki.device.faults import FAULT_ENV, FAULT_POINTS, FaultInjector
 from ztpki.device.memory import DeviceMemory, Identity, Phase
+from ztpki.device.node_trust import probe_pinned_anchor
 from ztpki.device.reporting import (
     EXIT_REFUSED,
     EXIT_RETRY,
@@ -58,26 +61,17 @@ from ztpki.device.reporting import (
     Step,
     confirm_remedy,
     pinned_node_remedy,
-    request_remedy,
 )
+from ztpki.device.request import KeyMode, request_identity
 from ztpki.errors import (
     ConfigurationError,
     DeviceMemoryError,
-    MalformedInput,
     Unavailable,
     VerificationFailed,
     ZtpkiError,
 )
-from ztpki.pki.keys import (
-    KeySpec,
-    PrivateKey,
-    decode_pkcs8,
-    generate_private_key,
-    key_spec_of,
-    keys_match,
-)
+from ztpki.pki.keys import KeySpec, PrivateKey, keys_match
 from ztpki.pki.pem import serial_hex
-from ztpki.protocol.est import build_csr
 
 __all__ = [
     "CONFIRMED_KEY",
@@ -98,18 +92,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-NODE_URL_KEY = "node_url"
-NODE_CA_KEY = "node_ca_fingerprint"
-CONFIRMED_KEY = "confirmed"
-KEY_ALGORITHM_KEY = "key_algorithm"
 LOCK_FILE = "activation.lock"
-
-
-class KeyMode(StrEnum):
-    """Who generates the operational key: the customer CA (serverkeygen) or the device."""
-
-    SERVERKEYGEN = "serverkeygen"
-    SIMPLEENROLL = "simpleenroll"
 
 
 @contextmanager
@@ -155,7 +138,7 @@ class ActivatingClient:
         *,
         key_mode: KeyMode = KeyMode.SERVERKEYGEN,
         key_spec: KeySpec | None = None,
-        pinned_fingerprint: str | None = None,
+        pin: NodePin | None = None,
         report: Callable[[ActivationEvent], None] | None = None,
         now: Callable[[], datetime] | None = None,
         timeout: float = DEFAULT_TIMEOUT,
@@ -165,7 +148,7 @@ class ActivatingClient:
         self.node = node
         self.key_mode = KeyMode(key_mode)
         self.key_spec = key_spec
-        self.pinned_fingerprint = pinned_fingerprint
+        self.pin = pin
         self.events: list[ActivationEvent] = []
         self._report = report
         self._now = now or (lambda: datetime.now(UTC))
@@ -285,9 +268,9 @@ class ActivatingClient:
         if self._anchors is not None:
             return self._anchors
         try:
-            if self.pinned_fingerprint:
+            if self.pin is not None:
                 pinned = await probe_pinned_anchor(
-                    self.node, self.pinned_fingerprint, now=self._now(), timeout=self._timeout
+                    self.node, self.pin, now=self._now(), timeout=self._timeout
                 )
                 self._emit(
                     Step.CONNECT,
@@ -302,14 +285,13 @@ class ActivatingClient:
             raise ActivationError(
                 Step.CONNECT,
                 ConfigurationError("the device holds no factory CA certificate"),
-                remedy="reload the device at the factory, or pin the node's CA with "
-                "--node-ca-fingerprint sha256:HEX",
+                remedy="reload the device at the factory, or pin the node's CA with --node-ca FILE",
             )
         return self._anchors
 
     def _connect_remedy(self, exc: ZtpkiError) -> str | None:
-        if self.pinned_fingerprint and isinstance(exc, VerificationFailed):
-            return pinned_node_remedy(self.pinned_fingerprint, self.node, str(self.memory.path))
+        if self.pin is not None and isinstance(exc, VerificationFailed):
+            return pinned_node_remedy(exc, self.pin, self.node, str(self.memory.path))
         return None
 
     def _chain_of(self, identity: Identity) -> list[x509.Certificate]:
@@ -349,13 +331,20 @@ class ActivatingClient:
                 "customer CA certificates: " + "; ".join(_subject(c) for c in cacerts),
             )
             self._at("before-request")
-            key, certificates = await self._request(est, identity, mode, operation, pending)
+            requested = await request_identity(
+                est, self.memory, identity, mode, key_spec=self.key_spec, pending=pending
+            )
+            self._emit(
+                Step.REQUEST,
+                f"{operation}: the node answered with {len(requested.certificates)} "
+                f"certificate(s); {requested.origin}",
+            )
             self._at("after-answer")
         try:
             issued = verify_answer(
                 device_id=self.memory.device_id,
-                private_key=key,
-                certificates=certificates,
+                private_key=requested.private_key,
+                certificates=requested.certificates,
                 cacerts=cacerts,
                 now=self._now(),
                 previous=identity.certificate,
@@ -371,94 +360,9 @@ class ActivatingClient:
         )
         return issued
 
-    async def _request(
-        self,
-        est: ESTClient,
-        identity: Identity,
-        mode: KeyMode | None,
-        operation: str,
-        pending: PrivateKey | None,
-    ) -> tuple[PrivateKey, list[x509.Certificate]]:
-        assert identity.private_key is not None
-        device_id = self.memory.device_id
-        try:
-            if mode is KeyMode.SERVERKEYGEN:
-                # The CA ignores the CSR's key; signing with the temporary key costs nothing.
-                csr = build_csr(identity.private_key, device_id=device_id)
-                answer = await est.serverkeygen(csr)
-                try:
-                    key = decode_pkcs8(answer.private_key_der, passphrase=None)
-                except MalformedInput as exc:
-                    raise MalformedInput(f"the serverkeygen key part: {exc.message}") from None
-                certificates = list(answer.certificates)
-                origin = "the customer CA generated the key"
-            else:
-                key = (
-                    pending
-                    if pending is not None
-                    else await asyncio.to_thread(self._device_key, identity)
-                )
-                csr = build_csr(key, device_id=device_id)
-                if mode is KeyMode.SIMPLEENROLL:
-                    certificates = await est.simpleenroll(csr)
-                else:
-                    certificates = await est.simplereenroll(csr)
-                origin = f"the key ({key_spec_of(key)}) was generated in the device"
-        except ZtpkiError as exc:
-            if exc.refused_with is not None and mode is not KeyMode.SERVERKEYGEN:
-                # The node's final word on this key: it issued nothing for it, and asking
-                # again with it (another algorithm may be configured by now) cannot succeed.
-                await asyncio.to_thread(self._drop_pending_key)
-            remedy = request_remedy(exc, renewing=mode is None)
-            raise ActivationError(Step.REQUEST, exc, remedy=remedy) from None
-        self._emit(
-            Step.REQUEST,
-            f"{operation}: the node answered with {len(certificates)} certificate(s); {origin}",
-        )
-        return key, certificates
-
-    def _device_key(self, identity: Identity) -> PrivateKey:
-        """The key for a device-side request: the one a lost answer left pending, or a new
-        one saved before it is sent, so that a retry asks for the same public key."""
-        assert identity.private_key is not None and identity.certificate is not None
-        spec = self._key_spec(identity.private_key)
-        made_with = serial_hex(identity.certificate)
-        try:
-            pending = self.memory.pending_key()
-        except DeviceMemoryError:
-            pending = None  # unreadable, so it can fetch nothing: replaced below
-        if (
-            pending is not None
-            and key_spec_of(pending) == spec
-            and self.memory.pending_key_made_with() == made_with
-        ):
-            return pending
-        key = generate_private_key(spec)
-        self.memory.save_pending_key(key, made_with=made_with)
-        return key
-
-    def _drop_pending_key(self) -> None:
-        try:
-            self.memory.clear_pending_key()
-        except ZtpkiError as exc:
-            # The refusal is what the operator needs to hear; a stale key is dropped later.
-            logger.warning("device %s: %s", self.memory.device_id, exc.message)
-
-    def _key_spec(self, current: PrivateKey) -> KeySpec:
-        if self.key_spec is not None:
-            return self.key_spec
-        try:
-            configured = self.memory.config().get(KEY_ALGORITHM_KEY)
-            if isinstance(configured, str):
-                return KeySpec.parse(configured)
-            return key_spec_of(current)
-        except ZtpkiError as exc:
-            raise ActivationError(Step.REQUEST, exc) from None
-
     async def _install(self, issued: IssuedIdentity, action: str) -> ActivationResult:
-        changes: dict[str, str | bool] = {CONFIRMED_KEY: False, NODE_URL_KEY: str(self.node)}
-        if self.pinned_fingerprint:
-            changes[NODE_CA_KEY] = f"sha256:{self.pinned_fingerprint}"
+        # The node this identity came from, and how it was trusted, as set-node states it.
+        changes = {CONFIRMED_KEY: False, **node_changes(self.node, self.pin)}
         try:
             # The memory fsyncs each write: keep that off the event loop (a benchmark or a
             # gateway customizes many devices in one process).

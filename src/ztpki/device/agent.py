@@ -15,7 +15,8 @@ retried with a slow backoff (``slow_backoff``: minutes up to an hour), and at on
 device configuration changes (``ztpki device set-node``).
 
 The node's CA pin given to the agent wins; without one, the configuration's current pin
-(``node_ca_fingerprint``) applies, so removing it with ``set-node`` takes effect.
+(``node_ca_fingerprint``, with the CA certificate ``node_ca_certificate`` when the installer
+gave it) applies, so changing or removing it with ``set-node`` takes effect.
 
 Time is read and waited for through a :class:`Clock`, so tests drive the agent without
 waiting: a fake clock's ``sleep`` advances its ``now``.
@@ -32,8 +33,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from ztpki.device.activation import (
-    NODE_CA_KEY,
-    NODE_URL_KEY,
     ActivatingClient,
     ActivationError,
     ActivationEvent,
@@ -41,7 +40,13 @@ from ztpki.device.activation import (
     FaultInjector,
     KeyMode,
 )
-from ztpki.device.communication import NodeAddress, parse_fingerprint
+from ztpki.device.customer_node import (
+    NODE_URL_KEY,
+    NodeAddress,
+    NodePin,
+    choose_pin,
+    configured_node,
+)
 from ztpki.device.memory import CONFIG_FILE, DeviceMemory, Identity, Phase
 from ztpki.errors import ZtpkiError
 
@@ -125,7 +130,7 @@ class Agent:
         *,
         node: NodeAddress | None = None,
         key_mode: KeyMode = KeyMode.SERVERKEYGEN,
-        pinned_fingerprint: str | None = None,
+        pin: NodePin | None = None,
         report: Callable[[AgentEvent], None] | None = None,
         clock: Clock | None = None,
         backoff: Backoff = Backoff(),
@@ -146,7 +151,7 @@ class Agent:
         self.memory = memory
         self.node = node
         self.key_mode = key_mode
-        self.pinned_fingerprint = pinned_fingerprint
+        self.pin = pin
         self.clock: Clock = clock or SystemClock()
         self.backoff = backoff
         self.slow_backoff = slow_backoff
@@ -160,7 +165,7 @@ class Agent:
         self._timeout = timeout
         self._fault = fault
         self._config_seen: tuple[int, int, int] | None = None
-        self._configured: tuple[NodeAddress | None, str | None] | None = None
+        self._configured: tuple[NodeAddress | None, NodePin | None] | None = None
 
     async def run(self, *, once: bool = False) -> ActivationResult | None:
         """Work until stopped; with ``once``, return after the first activation or renewal
@@ -220,12 +225,12 @@ class Agent:
 
     # -- pieces ------------------------------------------------------------------------------
 
-    def _client(self, node: NodeAddress, pin: str | None) -> ActivatingClient:
+    def _client(self, node: NodeAddress, pin: NodePin | None) -> ActivatingClient:
         return ActivatingClient(
             self.memory,
             node,
             key_mode=self.key_mode,
-            pinned_fingerprint=pin,
+            pin=pin,
             report=self._forward,
             now=self.clock.now,
             timeout=self._timeout,
@@ -280,11 +285,11 @@ class Agent:
         remaining = (due - self.clock.now()).total_seconds()
         await self.clock.sleep(max(0.0, min(remaining, self._max_sleep)))
 
-    async def _wait_for_node(self) -> tuple[NodeAddress, str | None]:
+    async def _wait_for_node(self) -> tuple[NodeAddress, NodePin | None]:
         """The node address from the command line, else from the configuration once written;
         the pin given to the agent, else the configuration's."""
-        if self.node is not None and self.pinned_fingerprint is not None:
-            return self.node, self.pinned_fingerprint
+        if self.node is not None and self.pin is not None:
+            return self.node, self.pin
         announced = False
         while True:
             found = self._configured_node()
@@ -292,7 +297,7 @@ class Agent:
                 address, pin = found
                 address = self.node or address
                 if address is not None:
-                    return address, self.pinned_fingerprint or pin
+                    return address, choose_pin(self.pin, pin)
             if not announced and self.node is None:  # else _configured_node said why
                 self._emit(
                     "wait",
@@ -302,7 +307,7 @@ class Agent:
                 announced = True
             await self.clock.sleep(self._poll_interval)
 
-    def _configured_node(self) -> tuple[NodeAddress | None, str | None] | None:
+    def _configured_node(self) -> tuple[NodeAddress | None, NodePin | None] | None:
         """(address, pin) from the configuration, None while it is unusable; re-read only
         when the file changed (a cheap file watch). The address is not read when the agent
         was given one."""
@@ -315,13 +320,9 @@ class Agent:
         self._configured = None
         try:
             config = self.memory.config()
-            pin = config.get(NODE_CA_KEY)
-            fingerprint = parse_fingerprint(pin) if isinstance(pin, str) and pin else None
-            url = config.get(NODE_URL_KEY)
-            address = None
-            if self.node is None and isinstance(url, str) and url:
-                address = NodeAddress.parse(url)
-            self._configured = (address, fingerprint)
+            if self.node is not None:
+                config.pop(NODE_URL_KEY, None)
+            self._configured = configured_node(config)
         except ZtpkiError as exc:
             self._emit("wait", f"the configured node address is unusable: {exc.message}")
             return None

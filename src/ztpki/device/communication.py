@@ -2,7 +2,7 @@
 
 The device authenticates with a key and certificate from its memory (mutual TLS) and
 verifies the node with anchors it already holds: the factory CA certificate(s) loaded at
-manufacturing, or a CA the installer pinned by its SHA-256 fingerprint. Every failure is
+manufacturing, or a CA the installer pinned (see ``ztpki.device.node_trust``). Every failure is
 raised from the ``ztpki.errors`` tree, so callers decide by class what a failure means:
 
 ========================================  =========================================
@@ -23,18 +23,17 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import re
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
-from urllib.parse import urlsplit
 
 import aiohttp
 from cryptography import x509
 
 from ztpki.device.connect import tls_client_context
+from ztpki.device.customer_node import NodeAddress, parse_fingerprint
 from ztpki.errors import (
     ConfigurationError,
     MalformedInput,
@@ -45,9 +44,8 @@ from ztpki.errors import (
     VerificationFailed,
     ZtpkiError,
 )
-from ztpki.pki.chain import verify_server_chain
 from ztpki.pki.keys import PrivateKey
-from ztpki.pki.pem import fingerprint_sha256, load_certificate_der, parse_sha256_fingerprint
+from ztpki.pki.pem import load_certificate_der
 from ztpki.protocol.est import (
     CERTS_ONLY_TYPE,
     CSR_TYPE,
@@ -60,88 +58,19 @@ from ztpki.protocol.est import (
 )
 
 __all__ = [
+    "DEFAULT_TIMEOUT",
     "ESTClient",
     "NodeAddress",
     "node_context",
     "parse_fingerprint",
-    "probe_pinned_anchor",
     "retry_after_seconds",
+    "unverified_context",
 ]
 
-EST_PREFIX = "/.well-known/est"
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_RETRY_AFTER = 5
 MAX_RETRY_AFTER = 3600
-_LABEL = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _SHOWN_BODY = 300
-
-
-@dataclass(frozen=True)
-class NodeAddress:
-    """Where the customer node's EST service is: ``https://HOST[:PORT][/label]``."""
-
-    host: str
-    port: int = 443
-    label: str | None = None
-
-    def __post_init__(self) -> None:
-        if not self.host:
-            raise ConfigurationError("the node address has no host")
-        if not 0 < self.port < 65536:
-            raise ConfigurationError(f"node port {self.port} is not 1-65535")
-        if self.label is not None and not _LABEL.fullmatch(self.label):
-            raise ConfigurationError(
-                f"CA label {self.label[:64]!r} is not 1-64 characters of A-Z a-z 0-9 . _ -"
-            )
-
-    @classmethod
-    def parse(cls, url: str) -> NodeAddress:
-        """Read ``https://HOST:PORT[/label]``; ``/.well-known/est`` in the path is accepted."""
-        shown = url[:200]
-        try:
-            parts = urlsplit(url.strip())
-            port = parts.port or 443
-        except ValueError as exc:
-            raise ConfigurationError(f"node address {shown!r} is not a URL: {exc}") from None
-        if parts.scheme != "https":
-            raise ConfigurationError(
-                f"node address {shown!r} must start with https:// (EST runs over TLS only)"
-            )
-        if not parts.hostname or parts.username or parts.password:
-            raise ConfigurationError(f"node address {shown!r} needs a host and no user name")
-        if parts.query or parts.fragment:
-            raise ConfigurationError(f"node address {shown!r} must not hold '?' or '#'")
-        path = parts.path.rstrip("/")
-        if path.startswith(EST_PREFIX):
-            path = path[len(EST_PREFIX) :]
-        segments = [s for s in path.split("/") if s]
-        if len(segments) > 1:
-            raise ConfigurationError(
-                f"node address {shown!r}: the path may only name one CA label, as in "
-                "https://node.example:8443/fleet"
-            )
-        return cls(parts.hostname, port, segments[0] if segments else None)
-
-    @property
-    def base(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"https://{host}:{self.port}"
-
-    def url(self, operation: str) -> str:
-        """The URL of one EST operation (``cacerts``, ``simpleenroll``, ...)."""
-        label = f"/{self.label}" if self.label else ""
-        return f"{self.base}{EST_PREFIX}{label}/{operation}"
-
-    def __str__(self) -> str:
-        return self.base + (f"/{self.label}" if self.label else "")
-
-
-def parse_fingerprint(text: str) -> str:
-    """A pinned node CA's SHA-256 fingerprint -> 64 lower-case hex digits (any usual form)."""
-    try:
-        return parse_sha256_fingerprint(text)
-    except MalformedInput as exc:
-        raise ConfigurationError(f"fingerprint {exc.message}") from None
 
 
 def node_context(
@@ -156,7 +85,9 @@ def node_context(
     return tls_client_context(key=key, chain=chain, anchors=anchors)
 
 
-def _unverified_context() -> ssl.SSLContext:
+def unverified_context() -> ssl.SSLContext:
+    """A context that verifies nothing and presents no certificate: only for looking at what
+    a node sends (the pin probe), whose every use is then checked against the pin."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.check_hostname = False
@@ -425,34 +356,3 @@ def _check_status(answer: _Answer, retry_after: str | None, operation: str, node
         refusal = errors.get(status, MalformedInput)(f"node refused {operation} ({status}): {said}")
     refusal.refused_with = status
     raise refusal
-
-
-async def probe_pinned_anchor(
-    address: NodeAddress, fingerprint: str, *, now: datetime, timeout: float = DEFAULT_TIMEOUT
-) -> x509.Certificate:
-    """The node CA the installer pinned, once the node proved its certificate chains to it.
-
-    Fetch ``cacerts`` without verifying (and without a client certificate), find the
-    certificate with the pinned fingerprint among those the node presented in TLS and those
-    it sent in ``cacerts``, and verify the node's certificate under it for this host. The
-    caller then connects again trusting only the returned certificate.
-    """
-    async with ESTClient(address, _unverified_context(), timeout=timeout) as est:
-        cacerts = await est.cacerts()
-        presented = est.peer_chain
-    if not presented:
-        raise VerificationFailed(f"the node at {address} presented no certificate")
-    leaf, candidates = presented[0], [*presented[1:], *cacerts]
-    pinned = [c for c in candidates if fingerprint_sha256(c) == fingerprint]
-    if not pinned:
-        raise VerificationFailed(
-            f"the node at {address} did not send a CA certificate with the pinned fingerprint "
-            f"sha256:{fingerprint}"
-        )
-    try:
-        verify_server_chain(leaf, candidates, pinned[:1], host=address.host, now=now)
-    except VerificationFailed as exc:
-        raise VerificationFailed(
-            f"the node's certificate does not chain to the pinned CA: {exc.message}"
-        ) from None
-    return pinned[0]

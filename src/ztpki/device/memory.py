@@ -4,7 +4,8 @@ Layout of a device directory (0700; every file 0600)::
 
     device.json     device id; written last at creation, so it marks a complete device
     identity.json   phase, generation, encrypted PKCS#8 key, certificate, CA certificates
-    config.json     what the loading station (and later an installer) configured
+    config.json     what the loading station (and later an installer) configured: e.g. the
+                    customer node and its pinned CA (see ``ztpki.device.customer_node``)
     trust.pem       trust anchors: the factory CA certificate(s)
     secret          the device-unique secret, when the default FileSecretProvider is used
     lock            held while writing, so concurrent writers take turns
@@ -17,13 +18,10 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import stat
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +36,13 @@ from ztpki.device.atomic import (
     read_file,
     remove_stale,
     write_atomic,
+)
+from ztpki.device.identity import (
+    ORDER,
+    Identity,
+    Phase,
+    check_config_value,
+    check_device_id,
 )
 from ztpki.device.secrets import FileSecretProvider, SecretProvider
 from ztpki.errors import DeviceMemoryError, ZtpkiError
@@ -59,65 +64,6 @@ PENDING_FOR_FILE = "pending-key.for"
 SECRET_FILE = "secret"  # noqa: S105 - a file name, not a secret
 LOCK_FILE = "lock"
 FORMAT = 1
-MAX_DEVICE_ID = 256
-
-_SIMPLE = (str, bool, int, float)
-
-
-class Phase(StrEnum):
-    """Where the device is in its life: no identity, factory (birth) identity, customer's."""
-
-    BLANK = "blank"
-    TEMPORARY = "temporary"
-    CUSTOMIZED = "customized"
-
-
-_ORDER = {Phase.BLANK: 0, Phase.TEMPORARY: 1, Phase.CUSTOMIZED: 2}
-
-
-@dataclass(frozen=True)
-class Identity:
-    """One generation of the device's identity; a blank identity holds no key material."""
-
-    phase: Phase
-    generation: int
-    private_key: PrivateKey | None = field(default=None, repr=False)
-    certificate: x509.Certificate | None = None
-    ca_certificates: tuple[x509.Certificate, ...] = ()
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "phase", Phase(self.phase))
-        object.__setattr__(self, "ca_certificates", tuple(self.ca_certificates))
-        if isinstance(self.generation, bool) or not isinstance(self.generation, int):
-            raise TypeError("generation must be an int")
-        if self.generation < 0:
-            raise ValueError("generation must not be negative")
-        if self.phase is Phase.BLANK:
-            if self.private_key is not None or self.certificate is not None or self.ca_certificates:
-                raise ValueError("a blank identity holds no key, certificate or CA certificate")
-        elif self.private_key is None or self.certificate is None:
-            raise ValueError(f"a {self.phase} identity needs a private key and a certificate")
-
-
-def _check_device_id(device_id: str) -> None:
-    if not isinstance(device_id, str):
-        raise TypeError("device_id must be a str")
-    if not device_id or len(device_id) > MAX_DEVICE_ID or not device_id.isprintable():
-        raise ValueError(f"device_id must be 1 to {MAX_DEVICE_ID} printable characters")
-
-
-def _check_config_value(key: str, value: Any) -> Any:
-    """The JSON form of a simple config value; TypeError/ValueError for anything else."""
-    items = list(value) if isinstance(value, list | tuple) else [value]
-    for item in items:
-        if not isinstance(item, _SIMPLE):
-            raise TypeError(
-                f"config {key!r}: values are str, int, float, bool or a list of them, "
-                f"not {type(item).__name__}"
-            )
-        if isinstance(item, float) and not math.isfinite(item):
-            raise ValueError(f"config {key!r}: {item} is not a finite number")
-    return items if isinstance(value, list | tuple) else value
 
 
 def _cause(exc: OSError) -> str:
@@ -157,7 +103,7 @@ class DeviceMemory:
         _fault_hook: StepHook | None = None,
     ) -> DeviceMemory:
         """A new blank device in ``path``, which must be absent or an empty directory."""
-        _check_device_id(device_id)
+        check_device_id(device_id)
         path = Path(path)
         try:
             path.mkdir(mode=DIR_MODE, parents=True)
@@ -288,7 +234,7 @@ class DeviceMemory:
             raise self._error("the private key does not belong to the certificate; not replaced")
         with self._locked():
             current = self._read_identity_record()
-            if _ORDER[phase] < _ORDER[current["phase"]]:
+            if ORDER[phase] < ORDER[current["phase"]]:
                 raise self._error(
                     f"refusing to go from a {current['phase']} identity back to a {phase} one"
                 )
@@ -313,14 +259,14 @@ class DeviceMemory:
         record = self._read_json(CONFIG_FILE)
         try:
             for key, value in record.items():
-                _check_config_value(key, value)
+                check_config_value(key, value)
         except (TypeError, ValueError) as exc:
             raise self._error(f"{CONFIG_FILE}: {exc}") from None
         return record
 
     def update_config(self, **changes: Any) -> dict[str, Any]:
         """Set keys atomically (a value of None deletes the key); returns the new config."""
-        checked = {k: None if v is None else _check_config_value(k, v) for k, v in changes.items()}
+        checked = {k: None if v is None else check_config_value(k, v) for k, v in changes.items()}
         with self._locked():
             config = self.config()
             for key, value in checked.items():

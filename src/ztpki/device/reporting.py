@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
-from ztpki.device.communication import NodeAddress
+from ztpki.device.customer_node import NodeAddress, NodePin
+from ztpki.device.node_trust import PinNotPresented
 from ztpki.errors import (
     ConfigurationError,
     DeviceMemoryError,
@@ -95,7 +96,8 @@ def _remedy(step: Step, cause: ZtpkiError) -> str:
         if step is Step.CONNECT:
             return (
                 "check the node address; if the node's certificate comes from another CA than "
-                "the factory's, pin that CA with --node-ca-fingerprint sha256:HEX"
+                "the factory's, pin that CA: give its certificate with --node-ca FILE (or its "
+                "fingerprint with --node-ca-fingerprint sha256:HEX)"
             )
         return "the device identity is unchanged; report the answer to the node's operator"
     explained = refusal_remedy(cause)
@@ -192,14 +194,22 @@ def request_remedy(exc: ZtpkiError, *, renewing: bool) -> str | None:
     return None
 
 
-def pinned_node_remedy(fingerprint: str, node: NodeAddress, device_dir: str) -> str:
-    """What to do when the node does not verify under the pinned CA: the pin may be stale."""
+def pinned_node_remedy(exc: ZtpkiError, pin: NodePin, node: NodeAddress, device_dir: str) -> str:
+    """What to do when the node does not verify under the pinned CA: the node did not send
+    the pinned CA (give it to the device), or its chain does not match (a stale pin)."""
+    set_node = f"ztpki device set-node --device {device_dir} {node}"
+    if isinstance(exc, PinNotPresented):  # only under a fingerprint: see node_trust
+        return (
+            "give the device the CA certificate that issued the node's certificate (PEM, from "
+            f"the node's operator; if it is the pinned CA, its fingerprint is {pin.shown}): "
+            f"`{set_node} --node-ca FILE`; or the node's operator appends the missing CA "
+            "certificate(s) to the node's server certificate file (server/cert.pem)"
+        )
     return (
-        f"the device pins the node's CA sha256:{fingerprint}; check the node address, and if "
-        "the node's CA changed, the pin is stale: pin the new CA with `ztpki device set-node "
-        f"--device {device_dir} {node} --node-ca-fingerprint sha256:HEX`, or remove the pin "
-        f"with `ztpki device set-node --device {device_dir} {node}` to verify the node with "
-        "the factory CA certificate(s) again"
+        f"the device pins the node's CA {pin.shown}; check the node address, and if the "
+        "node's CA changed, the pin is stale: pin the new CA with "
+        f"`{set_node} --node-ca FILE` (or --node-ca-fingerprint sha256:HEX), or remove the "
+        f"pin with `{set_node}` to verify the node with the factory CA certificate(s) again"
     )
 
 

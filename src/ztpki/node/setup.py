@@ -36,6 +36,7 @@ from ztpki.node.config import (
     parse_network,
 )
 from ztpki.node.runtime import read_certificates, read_crl
+from ztpki.pki.chain import is_ca_certificate
 from ztpki.pki.keys import (
     KeySpec,
     PrivateKey,
@@ -57,13 +58,6 @@ log = logging.getLogger(__name__)
 class InitResult:
     config: NodeConfig
     warnings: list[str] = field(default_factory=list)
-
-
-def _is_ca(cert: x509.Certificate) -> bool:
-    try:
-        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
-    except x509.ExtensionNotFound:
-        return False
 
 
 def _copy_certificates(source: Path, target: Path, what: str) -> list[x509.Certificate]:
@@ -89,8 +83,17 @@ def _load_key_for_copy(path: Path, passphrase: bytes | None) -> PrivateKey:
 
 
 def _server_warnings(
-    chain: Sequence[x509.Certificate], bundles: Sequence[Sequence[x509.Certificate]]
+    directory: Path,
+    chain: Sequence[x509.Certificate],
+    bundles: Sequence[Sequence[x509.Certificate]],
+    served: Sequence[x509.Certificate],
 ) -> list[str]:
+    """What would make devices refuse the node: no serverAuth, no chain to a factory bundle,
+    and then (devices must pin the node's CA) a chain that leaves out the CA to pin.
+
+    ``served`` are the certificates the node serves at cacerts: a device pinning by
+    fingerprint finds the node's CA there too.
+    """
     warnings = []
     try:
         eku = chain[0].extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
@@ -101,11 +104,26 @@ def _server_warnings(
     except x509.ExtensionNotFound:
         pass
     trusted = {c.subject for bundle in bundles for c in bundle}
-    if not any(c.issuer in trusted for c in chain):
+    if any(c.issuer in trusted for c in chain):
+        return warnings
+    warnings.append(
+        "the server certificate does not chain to a configured factory trust bundle: devices "
+        "cannot verify the node with their factory trust anchor; installers must pin the "
+        "node's CA on each device (ztpki device set-node --node-ca FILE; see docs/node.md)"
+    )
+    leaf = chain[0]
+    if leaf.issuer != leaf.subject and not any(
+        c.subject == leaf.issuer for c in [*chain[1:], *served]
+    ):
+        issuer = leaf.issuer.rfc4514_string()
+        served_file = directory / "server" / "cert.pem"
         warnings.append(
-            "the server certificate does not chain to a configured factory trust bundle: devices "
-            "cannot verify the node with their factory trust anchor; give installers the "
-            "SHA-256 fingerprint of the node's CA to pin instead (see docs/node.md)"
+            f"the server certificate file holds the node's certificate without the CA "
+            f"certificate that issued it ({issuer}), so the node will not send that CA: a "
+            "device given only its fingerprint (--node-ca-fingerprint) cannot find it and "
+            f"refuses the node. Append the CA certificate (PEM) to {served_file} "
+            "and restart the node, or have installers give each device the CA certificate "
+            "itself (ztpki device set-node --node-ca FILE)"
         )
     return warnings
 
@@ -139,7 +157,7 @@ def init_node(
         raise ConfigurationError("give at least one factory trust bundle (--trust FILE)")
     bundles = [read_certificates(path, "factory trust bundle") for path in trust]
     chain = read_certificates(customer_chain, "customer CA chain")
-    if not _is_ca(chain[0]):
+    if not is_ca_certificate(chain[0]):
         raise ConfigurationError(
             f"{customer_chain} must start with the issuing CA certificate (`ztpki ca export`)"
         )
@@ -186,7 +204,7 @@ def init_node(
     )
     open_sqlite_node_store(config.database).close()
     config.save()
-    return InitResult(config, _server_warnings(server_chain, bundles))
+    return InitResult(config, _server_warnings(directory, server_chain, bundles, chain))
 
 
 _Credential = tuple[bytes, list[x509.Certificate], list[x509.Certificate]]
@@ -227,7 +245,7 @@ def add_label(
     if any(ca.label == label for ca in config.labels):
         raise ConfigurationError(f"EST label {label} exists already; edit node.toml to change it")
     chain = read_certificates(customer_chain, "customer CA chain")
-    if not _is_ca(chain[0]):
+    if not is_ca_certificate(chain[0]):
         raise ConfigurationError(f"{customer_chain} must start with the issuing CA certificate")
     relative = Path("ca") / f"{label}.pem"
     write_public_file(directory / relative, certificates_pem(chain))

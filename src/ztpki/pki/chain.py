@@ -19,6 +19,14 @@ from ztpki.errors import VerificationFailed
 from ztpki.pki.profiles import DOCUMENT_SIGNING
 
 
+def is_ca_certificate(cert: x509.Certificate) -> bool:
+    """Whether ``cert`` says it is a CA (basicConstraints cA); no extension means it is not."""
+    try:
+        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+    except x509.ExtensionNotFound:
+        return False
+
+
 def _policy(anchors: Sequence[x509.Certificate], now: datetime) -> PolicyBuilder:
     if not anchors:
         raise VerificationFailed("no trust anchor is configured")

@@ -133,6 +133,7 @@ class FakeNode:
     csrattrs_status: int | None = None  # answer csrattrs with this status instead
     on_issue: Callable[[str], None] | None = None
     port: int = 0
+    leaf_only: bool = False  # present the server certificate without its CA chain
 
     @property
     def url(self) -> str:
@@ -280,17 +281,17 @@ def _server_context(node: FakeNode) -> ssl.SSLContext:
     cert = issue(
         node.server_ca, key.public_key(), "node", profile=CertificateProfile.SERVER, ip="127.0.0.1"
     )
-    chain = [cert, *node.server_ca.chain]
+    chain = [cert] if node.leaf_only else [cert, *node.server_ca.chain]
     anchors = [node.pki.factory.certificate, node.pki.customer_root.certificate]
     return server_context(key, chain, client_anchors=anchors, require_client_cert=False)
 
 
 @asynccontextmanager
 async def serving(
-    pki: Pki, *, server_ca: CertificateAuthority | None = None
+    pki: Pki, *, server_ca: CertificateAuthority | None = None, leaf_only: bool = False
 ) -> AsyncIterator[FakeNode]:
     """Run a FakeNode on 127.0.0.1 (any free port) for the block."""
-    node = FakeNode(pki=pki, server_ca=server_ca or pki.factory)
+    node = FakeNode(pki=pki, server_ca=server_ca or pki.factory, leaf_only=leaf_only)
     runner = web.AppRunner(node.app(), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=_server_context(node))

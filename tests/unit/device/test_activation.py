@@ -13,6 +13,7 @@ from tests.unit.device.fake_node import FakeNode, Pki, make_root, make_sub, serv
 from ztpki.device import ActivatingClient, ActivationError, DeviceMemory, KeyMode, Phase, Step
 from ztpki.device.activation import FaultInjector
 from ztpki.device.communication import NodeAddress
+from ztpki.device.customer_node import NodePin
 from ztpki.errors import (
     MalformedInput,
     NotAuthorized,
@@ -319,11 +320,11 @@ def test_fail_node_not_verifiable_with_factory_ca(
             assert node.calls == []  # nothing was sent to the unverified node
             wrong = fingerprint_sha256(pki.rogue.certificate)
             with pytest.raises(ActivationError) as pinned_wrong:
-                await client(memory, node, pinned_fingerprint=wrong).activate()
+                await client(memory, node, pin=NodePin(wrong)).activate()
             assert pinned_wrong.value.step is Step.CONNECT
             # Control: pinning the node's real CA makes it acceptable.
             good = fingerprint_sha256(stranger.certificate)
-            result = await client(memory, node, pinned_fingerprint=good).activate()
+            result = await client(memory, node, pin=NodePin(good)).activate()
             assert result.action == "activated"
 
     run(scenario)
