@@ -40,6 +40,7 @@ from ztpki.pki.keys import KeySpec
 from ztpki.pki.pem import certificate_der, load_certificate_der, serial_hex
 from ztpki.protocol.est import csr_device_id, spki_sha256
 from ztpki.store.records import AuditRecord, DeviceState, RegisteredDevice
+from ztpki.untrusted import quote
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +119,7 @@ class EnrollmentService:
         found = self.labels.get(name or self.default_label)
         if found is None:
             raise UnknownCA(
-                f"this node has no EST label {(name or '')[:64]!r}; "
+                f"this node has no EST label {quote(name or '')}; "
                 f"labels: {', '.join(sorted(self.labels))}"
             )
         return found
