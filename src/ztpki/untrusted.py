@@ -5,7 +5,7 @@ A certificate subject, a CSR field, a request path or a manifest field can hold 
 separators and bidirectional overrides. Two forms:
 
 * ``quote`` for log lines, error messages sent back to a client, and audit rows: a
-  double-quoted literal of printable ASCII, every other character escaped visibly (``\\n``,
+  single-quoted literal of printable ASCII (as Python's ``ascii()`` writes it), every other character escaped visibly (``\\n``,
   ``\\x1b``, ``\\u2028``), cut to a length with a visible marker. Two different texts that fit
   give two different literals, so nothing is lost but length.
 * ``displayable`` for what a command prints: printable characters of any script kept,
@@ -22,7 +22,7 @@ __all__ = ["QUOTE_LIMIT", "displayable", "quote"]
 # Long enough for any device id, subject attribute or header value a person needs to read.
 QUOTE_LIMIT = 120
 _MIN_LIMIT = 32  # room for the quotes, a few characters and the marker
-_SHORT = {"\n": "\\n", "\r": "\\r", "\t": "\\t", '"': '\\"', "\\": "\\\\"}
+_SHORT = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "'": "\\'", "\\": "\\\\"}
 
 
 def _escaped(char: str) -> str:
@@ -39,15 +39,15 @@ def _escaped(char: str) -> str:
     return f"\\U{code:08x}"
 
 
-def _marker(hidden: int) -> str:
-    return f"...(+{hidden} chars)"
+def _marker(total: int) -> str:
+    return f"... ({total} characters)"
 
 
 def quote(text: object, *, limit: int = QUOTE_LIMIT) -> str:
-    """``text`` as a double-quoted literal of printable ASCII, at most ``limit`` characters.
+    """``text`` as a single-quoted literal of printable ASCII, at most ``limit`` characters.
 
     A text whose literal is longer is cut at a whole character and followed by a marker
-    saying how many characters were left out: ``"abc"...(+200 chars)``.
+    giving the whole text's length: ``'abc'... (200 characters)``.
     """
     if limit < _MIN_LIMIT:
         raise ValueError(f"limit must be at least {_MIN_LIMIT}")
@@ -55,8 +55,7 @@ def quote(text: object, *, limit: int = QUOTE_LIMIT) -> str:
     if len(value) + 2 <= limit:
         whole = "".join(map(_escaped, value))
         if len(whole) + 2 <= limit:
-            return f'"{whole}"'
-    # The marker's digits are bounded by the whole length, so reserving for it is safe.
+            return f"'{whole}'"
     budget = limit - 2 - len(_marker(len(value)))
     pieces: list[str] = []
     used = 0
@@ -66,7 +65,7 @@ def quote(text: object, *, limit: int = QUOTE_LIMIT) -> str:
             break
         pieces.append(piece)
         used += len(piece)
-    return f'"{"".join(pieces)}"{_marker(len(value) - len(pieces))}'
+    return f"'{''.join(pieces)}'{_marker(len(value))}"
 
 
 def displayable(text: object) -> str:

@@ -75,7 +75,7 @@ _RULES: Final[dict[str, _Rule]] = {
     ),
     "EnrollmentError": _Rule("a message of 1-1024 characters without control characters"),
 }
-_SHOWN_LIMIT = 80  # the literal, quotes and cut marker included
+_SHOWN_LIMIT = 66  # 64 characters and the quotes; a longer value is cut, with a marker
 
 
 def _shown(value: object) -> str:
