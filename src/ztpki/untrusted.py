@@ -5,9 +5,9 @@ A certificate subject, a CSR field, a request path or a manifest field can hold 
 separators and bidirectional overrides. Two forms:
 
 * ``quote`` for log lines, error messages sent back to a client, and audit rows: a
-  single-quoted literal of printable ASCII (as Python's ``ascii()`` writes it), every other character escaped visibly (``\\n``,
-  ``\\x1b``, ``\\u2028``), cut to a length with a visible marker. Two different texts that fit
-  give two different literals, so nothing is lost but length.
+  single-quoted literal of printable ASCII, every other character escaped visibly (``\\n``,
+  ``\\x1b``, ``\\u2028``), cut to a length with a visible marker. It reads back as a Python
+  string literal, so two different texts that fit give two different literals.
 * ``displayable`` for what a command prints: printable characters of any script kept,
   control, format and separator characters escaped visibly, so a terminal shows them
   instead of obeying them.
