@@ -51,23 +51,17 @@ def _assert_shown_not_obeyed(out: str) -> None:
     assert "\\x1b]0;pwned\\x07" in out and "\\x9b2J" in out and "\\u202eevil" in out
 
 
-def test_ok_audit_prints_markup_and_escapes_as_text(
+@pytest.mark.parametrize("command", ["audit", "devices"], ids=["ok-audit", "ok-devices"])
+def test_ok_tables_print_markup_and_escapes_as_text(
     inputs: dict[str, Path],  # noqa: F811
+    command: str,
 ) -> None:
+    # audit shows the hostile reason; devices the hostile manufacturer and model.
     node = _hostile_node(inputs)
-    status, out = run("node", "audit", "--dir", node)
+    status, out = run("node", command, "--dir", node)
     assert status == 0, out
     _assert_shown_not_obeyed(out)
     assert "\\nfake line" in out  # the newline shown, not a second row
-
-
-def test_ok_devices_prints_manufacturer_and_model_as_text(
-    inputs: dict[str, Path],  # noqa: F811
-) -> None:
-    node = _hostile_node(inputs)
-    status, out = run("node", "devices", "--dir", node)
-    assert status == 0, out
-    _assert_shown_not_obeyed(out)
 
 
 def test_ok_json_output_escapes_control_characters(
