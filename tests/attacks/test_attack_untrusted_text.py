@@ -274,8 +274,9 @@ def test_fail_unauthenticated_flood_leaves_the_audit_trail_alone(
         f"each: {anonymous}; {foreign}; {nameless}",
         f"ztpki_node_unauthenticated_refusals_total grew by {FLOOD} for each of "
         "no-client-certificate, tls-handshake and certificate-refused; "
-        f"{len(lines)} log lines for {3 * FLOOD} refusals (at most {bound}), then "
-        "'more lines like the last one are suppressed'",
+        # Counts of log lines vary with timing: the sentence says the bound, not the count.
+        f"the log holds at most {LOG_BURST} lines per reason and minute, then 'more lines "
+        "like the last one are suppressed'",
         checked,
         d.serve_next_device(),
     )
