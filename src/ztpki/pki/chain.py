@@ -20,14 +20,14 @@ from ztpki.pki.profiles import DOCUMENT_SIGNING
 from ztpki.untrusted import quote
 
 
+# The verifier's messages name each certificate it tried; enough of it to act on.
+DETAIL_LIMIT = 400
+
+
 def _detail(exc: Exception) -> str:
     # The verifier's message quotes the certificates it saw, subjects and all: text the
     # certificate's maker chose, which must not reach a log line or a terminal raw.
     return quote(exc, limit=DETAIL_LIMIT)
-
-
-# The verifier's messages name each certificate it tried; enough of it to act on.
-DETAIL_LIMIT = 400
 
 
 def _policy(anchors: Sequence[x509.Certificate], now: datetime) -> PolicyBuilder:
