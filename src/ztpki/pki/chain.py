@@ -19,7 +19,6 @@ from ztpki.errors import VerificationFailed
 from ztpki.pki.profiles import DOCUMENT_SIGNING
 from ztpki.untrusted import quote
 
-
 # The verifier's messages name each certificate it tried; enough of it to act on.
 DETAIL_LIMIT = 400
 
