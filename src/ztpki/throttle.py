@@ -11,6 +11,7 @@ counters in the metrics stay exact; only the log is thinned.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -48,9 +49,15 @@ class LogThrottle:
         self.interval = interval
         self._clock = clock
         self._buckets: dict[str, _Bucket] = {}
+        # One throttle may serve several threads (a process-wide one for TLS refusals).
+        self._lock = threading.Lock()
 
     def log(self, level: int, kind: str, message: str, *args: object) -> bool:
         """Log ``message % args`` unless this kind is over its rate; True if it was logged."""
+        with self._lock:
+            return self._log(level, kind, message, args)
+
+    def _log(self, level: int, kind: str, message: str, args: tuple[object, ...]) -> bool:
         now = self._clock()
         if kind not in self._buckets and len(self._buckets) >= _MAX_KINDS:
             kind = _OTHER
