@@ -12,7 +12,7 @@ import logging
 import os
 import ssl
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +22,7 @@ from ztpki.errors import ConfigurationError, MalformedInput
 from ztpki.pki.keys import PrivateKey, decode_pkcs8, encode_pkcs8_pem, keys_match
 from ztpki.pki.pem import certificates_pem, load_certificates_pem
 from ztpki.secretfiles import write_private_file, write_public_file
+from ztpki.throttle import LogThrottle
 
 KEY_FILE = "key.pem"
 CERT_FILE = "cert.pem"
@@ -154,22 +155,38 @@ def handshake_refusal(exc: ssl.SSLError) -> str:
     return reason
 
 
-class _RefusalLoggingSSLObject(ssl.SSLObject):
-    # asyncio closes a connection whose handshake failed without logging why (and without
-    # sending the alert): a device with an expired or foreign certificate would be refused
-    # with no trace at the server. Every ztpki TLS server logs the reason here instead.
-    def do_handshake(self) -> None:
-        try:
-            super().do_handshake()
-        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
-            raise
-        except (ssl.SSLEOFError, ssl.SSLZeroReturnError):
-            # A peer that hangs up mid-handshake (a TCP health check): not worth a log line.
-            log.debug("TLS handshake abandoned by the client")
-            raise
-        except ssl.SSLError as exc:
-            log.info("TLS handshake failed: %s", handshake_refusal(exc))
-            raise
+# A stranger can repeat a refused handshake at no cost: its log lines come at a bounded rate,
+# one kind per phrase (OpenSSL's fixed reason strings, so the kinds are bounded too).
+_REFUSALS_LOG = LogThrottle(log)
+
+HandshakeRefused = Callable[[ssl.SSLError], None]
+
+
+def log_handshake_refusal(exc: ssl.SSLError) -> None:
+    """Log why a TLS handshake was refused, at a bounded rate per reason."""
+    phrase = handshake_refusal(exc)
+    _REFUSALS_LOG.info(phrase, "TLS handshake failed: %s", phrase)
+
+
+def _reporting_sslobject(on_refusal: HandshakeRefused) -> type[ssl.SSLObject]:
+    class _RefusalReportingSSLObject(ssl.SSLObject):
+        # asyncio closes a connection whose handshake failed without logging why (and
+        # without sending the alert): a device with an expired or foreign certificate would
+        # be refused with no trace at the server. Every ztpki TLS server reports it here.
+        def do_handshake(self) -> None:
+            try:
+                super().do_handshake()
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                raise
+            except (ssl.SSLEOFError, ssl.SSLZeroReturnError):
+                # A peer that hangs up mid-handshake (a TCP health check): not a refusal.
+                log.debug("TLS handshake abandoned by the client")
+                raise
+            except ssl.SSLError as exc:
+                on_refusal(exc)
+                raise
+
+    return _RefusalReportingSSLObject
 
 
 def server_context(
@@ -178,15 +195,16 @@ def server_context(
     *,
     client_anchors: Sequence[x509.Certificate] | None,
     require_client_cert: bool = True,
+    on_refusal: HandshakeRefused = log_handshake_refusal,
 ) -> ssl.SSLContext:
     """TLS 1.2+ server context; verifies client certificates against client_anchors.
 
-    A refused handshake (old protocol, client certificate that does not verify) is logged
-    with its reason.
+    A refused handshake (old protocol, client certificate that does not verify) goes to
+    ``on_refusal``: by default logged with its reason, at a bounded rate.
     """
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.sslobject_class = _RefusalLoggingSSLObject
+    context.sslobject_class = _reporting_sslobject(on_refusal)
     load_identity(context, key, chain)
     if client_anchors:
         _trust(context, client_anchors)

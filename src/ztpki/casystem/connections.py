@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from ztpki.credentials import handshake_refusal
+from ztpki.credentials import log_handshake_refusal
 from ztpki.errors import PayloadTooLarge
 from ztpki.protocol.framing import HEADER_SIZE, MAX_FRAME_SIZE, FrameDecoder
 
@@ -264,7 +264,7 @@ class _Connection:
             self.close()
             return
         except ssl.SSLError as exc:
-            log.info("TLS handshake failed: %s", handshake_refusal(exc))
+            log_handshake_refusal(exc)  # at a bounded rate: strangers can repeat it for free
             self.close()
             return
         except OSError:

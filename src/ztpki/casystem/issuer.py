@@ -24,6 +24,7 @@ from ztpki.pki.names import SubjectFields
 from ztpki.pki.pem import certificate_der, serial_hex
 from ztpki.protocol.enrollment import EnrollmentAnswer, EnrollmentRequest
 from ztpki.store.records import CertificateStatus, IssuedCertificate
+from ztpki.untrusted import quote
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,9 @@ class CASystem:
         ca = self.cas.get(name or self.default_ca)
         if ca is None:
             known = ", ".join(sorted(self.cas))
-            raise UnknownCA(f"this CA system has no CA named {name!r}; known CAs: {known}")
+            raise UnknownCA(
+                f"this CA system has no CA named {quote(name or '')}; known CAs: {known}"
+            )
         return ca
 
     def plan(self, request: EnrollmentRequest, *, now: datetime) -> IssuancePlan:

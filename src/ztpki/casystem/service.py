@@ -37,8 +37,11 @@ from ztpki.protocol.enrollment import (
 from ztpki.protocol.framing import encode_frame
 from ztpki.store.interfaces import IssuanceStore
 from ztpki.store.records import AlreadyIssued
+from ztpki.throttle import LogThrottle
 
 log = logging.getLogger(__name__)
+# A removed CA-client can reconnect at no cost: its refusals are logged at a bounded rate.
+_UNREGISTERED_LOG = LogThrottle(log)
 
 
 @dataclass(frozen=True)
@@ -116,7 +119,11 @@ class CASystemService:
         client = self.registered_client(tls)
         if client is None:
             peer = _peer_of(tls)
-            log.warning("refused connection from %s: client certificate not registered", peer)
+            _UNREGISTERED_LOG.warning(
+                "unregistered",
+                "refused connection from %s: client certificate not registered",
+                peer,
+            )
             return Reply(answer_frame(error_answer(None, _unregistered())), close=True)
         return _ClientSession(self, tls, client)
 

@@ -18,6 +18,7 @@ from ztpki.cli.common import (
     console,
     passphrase,
     passphrase_options,
+    plain,
     print_json,
     refuse_existing_output,
     refuse_insecure_with_passphrase,
@@ -179,13 +180,13 @@ def list_command(directory: Path, as_json: bool) -> None:
     table = Table("name", "subject", "issuer", "key", "profile", "not after", "default")
     for i in infos:
         table.add_row(
-            i.name,
-            i.subject,
-            "(self: root)" if i.is_root else i.issuer,
-            i.key_algorithm,
-            i.profile,
-            i.not_after.isoformat(timespec="seconds"),
-            "yes" if i.is_default else "",
+            plain(i.name),
+            plain(i.subject),
+            plain("(self: root)" if i.is_root else i.issuer),
+            plain(i.key_algorithm),
+            plain(i.profile),
+            plain(i.not_after.isoformat(timespec="seconds")),
+            plain("yes" if i.is_default else ""),
         )
     console.print(table)
     console.print(versions.describe(), markup=False)
@@ -234,12 +235,12 @@ def issued_command(
     table = Table("serial", "subject", "CA", "not after", "status", "request id")
     for r in records:
         table.add_row(
-            r.serial,
-            r.subject,
-            r.ca_name,
-            r.not_after.isoformat(timespec="seconds"),
-            r.status.value,
-            r.request_id,
+            plain(r.serial),
+            plain(r.subject),  # O, OU, L and e-mail as the CA-client asked for them
+            plain(r.ca_name),
+            plain(r.not_after.isoformat(timespec="seconds")),
+            plain(r.status.value),
+            plain(r.request_id),
         )
     console.print(table)
     console.print(f"{len(records)} certificate(s)")
@@ -332,11 +333,11 @@ def clients_command(directory: Path, as_json: bool) -> None:
     table = Table("name", "serial", "status", "not after", "added")
     for c in clients:
         table.add_row(
-            c.name,
-            c.serial,
-            c.status,
-            c.not_after.isoformat(timespec="seconds"),
-            c.added_at.isoformat(timespec="seconds"),
+            plain(c.name),
+            plain(c.serial),
+            plain(c.status),
+            plain(c.not_after.isoformat(timespec="seconds")),
+            plain(c.added_at.isoformat(timespec="seconds")),
         )
     console.print(table)
 

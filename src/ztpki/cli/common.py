@@ -11,9 +11,11 @@ from typing import Any, TypeVar
 
 import click
 from rich.console import Console
+from rich.text import Text
 
 from ztpki.errors import ConfigurationError, ZtpkiError
 from ztpki.secretfiles import resolve_passphrase
+from ztpki.untrusted import displayable
 
 F = TypeVar("F", bound=Callable[..., Any])
 console = Console(stderr=False, highlight=False)
@@ -32,7 +34,7 @@ def run_command(group: click.Group, argv: Sequence[str] | None) -> int:
         # The message may hold node or user text such as "https://HOST:PORT[/label]": never
         # read it as rich markup.
         err_console.print("[bold red]error:[/]", end=" ", markup=True, highlight=False)
-        err_console.print(exc.message, markup=False, highlight=False)
+        err_console.print(plain(exc.message), highlight=False)
         return EXIT_ERROR
     except click.exceptions.Abort:
         err_console.print("aborted")
@@ -47,6 +49,17 @@ def run_command(group: click.Group, argv: Sequence[str] | None) -> int:
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else EXIT_ERROR
     return status if isinstance(status, int) else 0
+
+
+def plain(value: object | None) -> Text:
+    """A value from a register, audit trail, manifest, CA store or peer, ready to print.
+
+    Such text may hold what a device, a client or a factory chose: it is never read as rich
+    markup (``[/bold]`` would stop the command), and its control, format and separator
+    characters are shown escaped instead of reaching the terminal (an OSC sequence could
+    retitle the window, a CSI one rewrite what is on screen). Use it for every table cell.
+    """
+    return Text("" if value is None else displayable(value))
 
 
 def passphrase_options(

@@ -9,7 +9,6 @@ from typing import Any, TypeVar
 
 import click
 from cryptography import x509
-from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -18,6 +17,7 @@ from ztpki.cli.common import (
     err_console,
     passphrase,
     passphrase_options,
+    plain,
     print_json,
     refuse_existing_output,
 )
@@ -41,7 +41,7 @@ device_option = click.option(
 def print_error(message: str) -> None:
     """``error: MESSAGE`` on stderr, the message as plain text: it holds URLs, paths and the
     node's words, where rich markup would misread ``[/label]`` and the like."""
-    err_console.print(Text.assemble(("error:", "bold red"), " ", message), highlight=False)
+    err_console.print(Text.assemble(("error:", "bold red"), " ", plain(message)), highlight=False)
 
 
 def plain_errors(func: F) -> F:
@@ -120,7 +120,7 @@ def show_command(device_dir: Path, as_json: bool) -> None:
     table = Table(show_header=False, box=None)
 
     def add(label: str, value: object) -> None:
-        table.add_row(escape(label), escape(str(value)))
+        table.add_row(plain(label), plain(value))
 
     add("device id", summary["device_id"])
     add("phase", f"{summary['phase']} (generation {summary['generation']})")

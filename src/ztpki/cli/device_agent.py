@@ -56,6 +56,7 @@ from ztpki.device.reporting import connect_remedy
 from ztpki.errors import ConfigurationError, ZtpkiError
 from ztpki.pki.keys import KeySpec
 from ztpki.pki.pem import load_certificates_pem
+from ztpki.untrusted import displayable
 
 
 def _node_value(
@@ -178,7 +179,8 @@ def _pin(memory: DeviceMemory, given: NodePin | None) -> NodePin | None:
 
 
 def _print_event(event: ActivationEvent) -> None:
-    click.echo(f"[{event.step.value}] {event.message}")
+    # The message may quote the node's answer: its control characters are shown, not obeyed.
+    click.echo(f"[{event.step.value}] {displayable(event.message)}")
 
 
 def _finish(result: ActivationResult, as_json: bool) -> None:

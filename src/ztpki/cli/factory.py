@@ -19,7 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ztpki.casystem.client import CAClient
-from ztpki.cli.common import console, err_console, print_json
+from ztpki.cli.common import console, err_console, plain, print_json
 from ztpki.credentials import Credential
 from ztpki.errors import ConfigurationError, ZtpkiError
 from ztpki.factory.batch import (
@@ -39,6 +39,7 @@ from ztpki.factory.signer import SIGNER_ENV, enroll_signer, write_manifest
 from ztpki.factory.station import LoadingStation
 from ztpki.pki.pem import certificates_pem, fingerprint_sha256, serial_hex
 from ztpki.secretfiles import resolve_passphrase, write_public_file
+from ztpki.untrusted import displayable
 
 CLIENT_ENV = "ZTPKI_CLIENT_PASSPHRASE"
 _NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -486,21 +487,19 @@ def verify_manifest_command(manifest_file: Path, trust: Path, as_json: bool) -> 
     if as_json:
         print_json({**manifest_document(m), "signer": verified.signer.subject.rfc4514_string()})
         return
-    _say(
-        "[green]valid[/] "
-        + escape(
-            f"manifest {m.manifest_id} from {m.manufacturer}, signed by "
-            f"{verified.signer.subject.rfc4514_string()}; {len(m.entries)} device(s)"
-        )
+    header = (
+        f"manifest {m.manifest_id} from {m.manufacturer}, signed by "
+        f"{verified.signer.subject.rfc4514_string()}; {len(m.entries)} device(s)"
     )
+    _say("[green]valid[/] " + escape(displayable(header)))  # the factory's text, as text
     table = Table("device id", "temporary certificate sha256", "model", "batch", "manufactured")
     for e in m.entries:
         table.add_row(
-            e.device_id,
-            e.temp_fingerprint,
-            escape(e.model or ""),
-            escape(e.batch or ""),
-            e.manufactured_at.isoformat(timespec="seconds"),
+            plain(e.device_id),
+            plain(e.temp_fingerprint),
+            plain(e.model),
+            plain(e.batch),
+            plain(e.manufactured_at.isoformat(timespec="seconds")),
         )
     console.print(table)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 from rich.table import Column, Table
 
-from ztpki.cli.common import console, print_json
+from ztpki.cli.common import console, plain, print_json
 from ztpki.cli.node import node
 from ztpki.cli.node_options import dir_option
 from ztpki.store.records import DeviceState
@@ -93,13 +93,13 @@ def devices_command(directory: Path, state: str | None, as_json: bool) -> None:
     )
     for d in devices:
         table.add_row(
-            d.device_id,
-            d.state.value,
-            d.manufacturer or "",
-            d.model or "",
-            d.batch or "",
-            d.issued_serial or "",
-            d.updated_at.isoformat(timespec="seconds"),
+            plain(d.device_id),
+            plain(d.state.value),
+            plain(d.manufacturer),
+            plain(d.model),
+            plain(d.batch),
+            plain(d.issued_serial),
+            plain(d.updated_at.isoformat(timespec="seconds")),
         )
     console.print(table)
     console.print(f"{len(devices)} device(s)")
@@ -150,12 +150,12 @@ def audit_command(
     table = Table("seq", "time", "device", "endpoint", "decision", "reason", "serial")
     for e in entries:
         table.add_row(
-            str(e.seq),
-            e.at.isoformat(timespec="seconds"),
-            e.device_id or "",
-            e.endpoint,
-            e.decision,
-            e.reason,
-            e.serial or "",
+            plain(e.seq),
+            plain(e.at.isoformat(timespec="seconds")),
+            plain(e.device_id),
+            plain(e.endpoint),
+            plain(e.decision),
+            plain(e.reason),
+            plain(e.serial),
         )
     console.print(table)

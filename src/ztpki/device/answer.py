@@ -18,6 +18,7 @@ from ztpki.pki.chain import verify_client_chain
 from ztpki.pki.keys import PrivateKey, keys_match
 from ztpki.pki.names import device_id_of
 from ztpki.pki.pem import fingerprint_sha256, serial_hex
+from ztpki.untrusted import quote
 
 __all__ = ["CLOCK_SKEW", "IssuedIdentity", "customer_anchors", "verify_answer"]
 
@@ -95,8 +96,8 @@ def verify_answer(
     named = device_id_of(leaf)
     if named != device_id:
         raise VerificationFailed(
-            f"the certificate in the answer names device {str(named)[:64]!r}, not this device "
-            f"{device_id!r}"
+            f"the certificate in the answer names device {quote(str(named))}, not this device "
+            f"{quote(device_id)}"
         )
     if now + CLOCK_SKEW < leaf.not_valid_before_utc:
         raise VerificationFailed(

@@ -23,6 +23,7 @@ from enum import StrEnum
 from ztpki.errors import NotAuthorized, Unavailable
 from ztpki.node.authentication import ClientIdentity, IdentityKind
 from ztpki.store.records import DeviceState, RegisteredDevice
+from ztpki.untrusted import quote
 
 
 class Operation(StrEnum):
@@ -133,7 +134,8 @@ def _resting_state(device: RegisteredDevice) -> DeviceState:
 
 def _check_subject(device: RegisteredDevice, context: EnrollmentContext) -> None:
     if context.csr_device_id != device.device_id:
-        named = context.csr_device_id or "no device"
+        # The CSR's subject is the client's own text: quoted, it cannot forge a log line.
+        named = quote(context.csr_device_id) if context.csr_device_id else "no device"
         raise Refused(
             RefusalReason.SUBJECT_MISMATCH,
             f"subject mismatch: the CSR names {named}, but the client certificate is "

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 
 from cryptography import x509
 
-from ztpki.errors import NotAuthenticated, Unavailable, UnknownCA, ZtpkiError
+from ztpki.errors import Unavailable, UnknownCA, ZtpkiError
 from ztpki.node.authentication import ClientIdentity, IdentityKind
 from ztpki.node.authorization import (
     Action,
@@ -40,6 +40,7 @@ from ztpki.pki.keys import KeySpec
 from ztpki.pki.pem import certificate_der, load_certificate_der, serial_hex
 from ztpki.protocol.est import csr_device_id, spki_sha256
 from ztpki.store.records import AuditRecord, DeviceState, RegisteredDevice
+from ztpki.untrusted import quote
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +119,7 @@ class EnrollmentService:
         found = self.labels.get(name or self.default_label)
         if found is None:
             raise UnknownCA(
-                f"this node has no EST label {(name or '')[:64]!r}; "
+                f"this node has no EST label {quote(name or '')}; "
                 f"labels: {', '.join(sorted(self.labels))}"
             )
         return found
@@ -364,28 +365,22 @@ class EnrollmentService:
         return await self.register.get(identity.device_id) if reread else device
 
     async def record_refusal(
-        self,
-        endpoint: str,
-        identity: ClientIdentity | None,
-        exc: ZtpkiError,
-        *,
-        fingerprint: str | None = None,
+        self, endpoint: str, identity: ClientIdentity, exc: ZtpkiError
     ) -> None:
-        """Audit a refused or deferred request (no state changed)."""
+        """Audit a refused or deferred request of an authenticated device (no state changed).
+
+        Refusals before authentication are not audited: see ztpki.node.strangers.
+        """
         record = AuditRecord(
             at=self._clock(),
             endpoint=endpoint,
             decision=decision_of(exc),
             reason=exc.message,
-            device_id=identity.device_id if identity else None,
-            client_fingerprint=identity.fingerprint if identity else fingerprint,
+            device_id=identity.device_id,
+            client_fingerprint=identity.fingerprint,
         )
-        level = (
-            logging.INFO
-            if isinstance(exc, Refused | Unavailable | NotAuthenticated)
-            else logging.WARNING
-        )
-        log.log(level, "%s %s: %s", record.decision, record.device_id or "(anonymous)", exc.message)
+        level = logging.INFO if isinstance(exc, Refused | Unavailable) else logging.WARNING
+        log.log(level, "%s %s: %s", record.decision, record.device_id, exc.message)
         await self.register.audit(record)
 
     def _record(

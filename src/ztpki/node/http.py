@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -36,6 +35,7 @@ from ztpki.node.config import Limits
 from ztpki.node.enrollment import EnrollmentService, LoadedLabel
 from ztpki.node.metrics import CONTENT_TYPE as METRICS_TYPE
 from ztpki.node.metrics import NodeMetrics
+from ztpki.node.strangers import StrangerRefusals, UnauthenticatedReason
 from ztpki.pki.keys import KeySpec
 from ztpki.protocol.est import (
     CERTS_ONLY_TYPE,
@@ -48,6 +48,7 @@ from ztpki.protocol.est import (
     encode_csrattrs,
     encode_serverkeygen,
 )
+from ztpki.untrusted import quote
 
 log = logging.getLogger(__name__)
 
@@ -156,8 +157,11 @@ class EstApplication:
         expose_metrics: bool = True,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         client_certificate: Callable[[web.BaseRequest], bytes | None] = peer_certificate_der,
+        strangers: StrangerRefusals | None = None,
     ) -> None:
         self.service = service
+        # Refusals before authentication: counted and logged at a bounded rate, not audited.
+        self.strangers = strangers or StrangerRefusals(metrics)
         # Where the client certificate comes from: the TLS transport (the direct listener), or
         # a trusted proxy's header (ztpki.node.proxy, the proxy listener). Never both.
         self.client_certificate = client_certificate
@@ -199,7 +203,7 @@ class EstApplication:
         except ZtpkiError as exc:
             response, outcome = error_response(exc)
         except Exception:
-            log.exception("internal error serving %s %s", request.method, request.path)
+            log.exception("internal error serving %s %s", request.method, quote(request.path))
             response, outcome = error_response(ZtpkiError("internal"))
         self.metrics.count_request(operation.value, outcome)
         if outcome == "issued":
@@ -213,10 +217,14 @@ class EstApplication:
         if der is None:
             if operation is Operation.CACERTS:
                 return None
-            raise NotAuthenticated(
+            missing = NotAuthenticated(
                 f"{operation.value} needs a TLS client certificate (the device's temporary or "
                 "operational certificate)"
             )
+            self._refused_stranger(
+                request, UnauthenticatedReason.NO_CERTIFICATE, operation, label, missing
+            )
+            raise missing
         try:
             return self.authentication.authenticate(
                 der, now=self._clock(), chain_verified_by_tls=self._chain_verified_by_tls
@@ -224,10 +232,22 @@ class EstApplication:
         except NotAuthenticated as exc:
             if operation is Operation.CACERTS:
                 return None  # cacerts needs no authentication (RFC 7030 section 4.1.1)
-            endpoint = f"est/{label.name}/{operation.value}"
-            fingerprint = hashlib.sha256(der).hexdigest()
-            await self.service.record_refusal(endpoint, None, exc, fingerprint=fingerprint)
+            self._refused_stranger(
+                request, UnauthenticatedReason.CERTIFICATE_REFUSED, operation, label, exc
+            )
             raise
+
+    def _refused_stranger(
+        self,
+        request: web.Request,
+        reason: UnauthenticatedReason,
+        operation: Operation,
+        label: LoadedLabel,
+        exc: NotAuthenticated,
+    ) -> None:
+        # No identity was authenticated: nothing to audit (see ztpki.node.strangers).
+        endpoint = f"est/{label.name}/{operation.value}"
+        self.strangers.request(reason, endpoint, exc.message, peer=request.remote)
 
     async def _dispatch(
         self,

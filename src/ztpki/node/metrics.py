@@ -72,10 +72,18 @@ class NodeMetrics:
         self._requests: dict[tuple[str, str], int] = {}
         self._enrollment: dict[str, Histogram] = {}
         self._ca_system: dict[str, Histogram] = {}
+        self._unauthenticated: dict[str, int] = {}
 
     def count_request(self, endpoint: str, outcome: str) -> None:
         key = (endpoint, outcome)
         self._requests[key] = self._requests.get(key, 0) + 1
+
+    def count_unauthenticated(self, reason: str) -> None:
+        """A refusal before any identity was authenticated (never audited; see strangers)."""
+        self._unauthenticated[reason] = self._unauthenticated.get(reason, 0) + 1
+
+    def unauthenticated(self) -> dict[str, int]:
+        return dict(self._unauthenticated)
 
     def observe_enrollment(self, endpoint: str, seconds: float) -> None:
         """Whole request, from the first byte read to the answer, for issued certificates."""
@@ -96,6 +104,14 @@ class NodeMetrics:
         for (endpoint, outcome), value in sorted(self._requests.items()):
             series = _labels([("endpoint", endpoint), ("outcome", outcome)])
             lines.append(f"ztpki_node_requests_total{series} {value}")
+        lines += [
+            "# HELP ztpki_node_unauthenticated_refusals_total TLS handshakes and requests "
+            "refused before any client identity was authenticated (not audited), by reason.",
+            "# TYPE ztpki_node_unauthenticated_refusals_total counter",
+        ]
+        for reason, value in sorted(self._unauthenticated.items()):
+            series = _labels([("reason", reason)])
+            lines.append(f"ztpki_node_unauthenticated_refusals_total{series} {value}")
         lines += _histogram(
             "ztpki_node_enrollment_seconds",
             "Time to answer an enrollment that issued a certificate.",

@@ -27,6 +27,7 @@ from ztpki.store.records import (
     RegisteredDevice,
 )
 from ztpki.store.sqlite import SQLiteNodeStore, open_sqlite_node_store
+from ztpki.untrusted import quote
 
 
 def open_register(directory: Path) -> SQLiteNodeStore:
@@ -80,8 +81,9 @@ def import_manifest(directory: Path, data: bytes, *, now: datetime) -> ImportRes
         endpoint="cli/import",
         decision="imported",
         reason=(
-            f"manifest {manifest.manifest_id} of {manifest.manufacturer} with "
-            f"{len(devices)} device(s), signed by {signer}"
+            # The manufacturer field and the signer's subject are the factory's text.
+            f"manifest {manifest.manifest_id} of {quote(manifest.manufacturer)} with "
+            f"{len(devices)} device(s), signed by {quote(signer)}"
         ),
     )
     with open_register(directory) as store:

@@ -23,8 +23,11 @@ from cryptography.hazmat.primitives import serialization
 from ztpki.errors import MalformedInput
 from ztpki.node.config import ProxyConfig
 from ztpki.pki.pem import load_certificates_pem
+from ztpki.throttle import LogThrottle
 
 log = logging.getLogger(__name__)
+# Any process that reaches the listener can send the header: its warnings at a bounded rate.
+_IGNORED = LogThrottle(log)
 
 # An escaped PEM leaf is about 1 KiB (EC) to 2.5 KiB (RSA-4096); a chain or anything larger
 # is not what the header is for.
@@ -85,7 +88,8 @@ class ForwardedCertificate:
             return None
         address = peer_address(request)
         if address is None or not self.config.trusts(address):
-            log.warning(
+            _IGNORED.warning(
+                "ignored-header",
                 "ignored the %s header from %s, which is not a trusted proxy ([proxy] trusted); "
                 "the request counts as having no client certificate",
                 self.config.header,

@@ -22,7 +22,12 @@ from aiohttp import web
 from cryptography import x509
 
 from ztpki.casystem.client import CAClient, parse_address
-from ztpki.credentials import Credential, server_context
+from ztpki.credentials import (
+    Credential,
+    HandshakeRefused,
+    log_handshake_refusal,
+    server_context,
+)
 from ztpki.errors import ConfigurationError, ListenFailed, MalformedInput
 from ztpki.node.authentication import AuthenticationModule, CustomerCA, FactoryTrust
 from ztpki.node.ca_client import EnrollmentTransport, SecondCAClient
@@ -92,12 +97,14 @@ class NodeMaterial:
     server_chain: tuple[x509.Certificate, ...]
     credential: Credential | None = field(repr=False)
 
-    def ssl_context(self) -> ssl.SSLContext:
+    def ssl_context(self, *, on_refusal: HandshakeRefused | None = None) -> ssl.SSLContext:
+        """``on_refusal``: told of each handshake the TLS layer refuses (default: logged)."""
         context = server_context(
             self.server_key,
             self.server_chain,
             client_anchors=self.authentication.tls_trust_store(),
             require_client_cert=False,
+            on_refusal=on_refusal or log_handshake_refusal,
         )
         if self.authentication.partial_chain:
             context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
@@ -247,7 +254,7 @@ async def start_node(
             _factory(runner),
             host,
             port,
-            ssl=material.ssl_context(),
+            ssl=material.ssl_context(on_refusal=application.strangers.tls_handshake),
             ssl_handshake_timeout=limits.handshake_timeout,
             reuse_address=True,
         )
@@ -313,6 +320,7 @@ async def _start_proxy_listener(
         metrics=direct.metrics,
         expose_metrics=direct.expose_metrics,
         client_certificate=ForwardedCertificate(proxy_config),
+        strangers=direct.strangers,
     )
     runner = await _runner(application.build(), direct.limits)
     try:

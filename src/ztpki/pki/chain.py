@@ -17,6 +17,16 @@ from cryptography.x509.verification import (
 
 from ztpki.errors import VerificationFailed
 from ztpki.pki.profiles import DOCUMENT_SIGNING
+from ztpki.untrusted import quote
+
+# The verifier's messages name each certificate it tried; enough of it to act on.
+DETAIL_LIMIT = 400
+
+
+def _detail(exc: Exception) -> str:
+    # The verifier's message quotes the certificates it saw, subjects and all: text the
+    # certificate's maker chose, which must not reach a log line or a terminal raw.
+    return quote(exc, limit=DETAIL_LIMIT)
 
 
 def is_ca_certificate(cert: x509.Certificate) -> bool:
@@ -59,7 +69,7 @@ def verify_client_chain(
     try:
         verified = verifier.verify(leaf, list(intermediates))
     except (VerificationError, ValueError) as exc:  # ValueError: a part does not decode
-        raise VerificationFailed(f"client certificate does not verify: {exc}") from None
+        raise VerificationFailed(f"client certificate does not verify: {_detail(exc)}") from None
     return list(verified.chain)
 
 
@@ -80,7 +90,7 @@ def verify_server_chain(
     try:
         return list(verifier.verify(leaf, list(intermediates)))
     except (VerificationError, ValueError) as exc:  # ValueError: a part does not decode
-        raise VerificationFailed(f"server certificate does not verify: {exc}") from None
+        raise VerificationFailed(f"server certificate does not verify: {_detail(exc)}") from None
 
 
 def verify_signer_chain(
@@ -101,7 +111,7 @@ def verify_signer_chain(
     try:
         return list(verifier.verify(leaf, list(intermediates)).chain)
     except (VerificationError, ValueError) as exc:  # ValueError: a part does not decode
-        raise VerificationFailed(f"signer certificate does not verify: {exc}") from None
+        raise VerificationFailed(f"signer certificate does not verify: {_detail(exc)}") from None
 
 
 def _require_document_signing(

@@ -10,6 +10,7 @@ from cryptography.x509.name import _ASN1Type
 from cryptography.x509.oid import NameOID
 
 from ztpki.errors import UnsupportedParameter
+from ztpki.untrusted import quote
 
 DEVICE_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
 # The PrintableString alphabet (X.680 41.4): no `_`, which a device id may hold.
@@ -44,9 +45,8 @@ def serial_number_attribute(value: str) -> x509.NameAttribute[str]:
 
 def check_device_id(device_id: str) -> str:
     if not DEVICE_ID_PATTERN.fullmatch(device_id):
-        shown = device_id[:64]
         raise UnsupportedParameter(
-            f"device id {shown!r} is not 1-64 characters of A-Z a-z 0-9 . _ -"
+            f"device id {quote(device_id)} is not 1-64 characters of A-Z a-z 0-9 . _ -"
         )
     return device_id
 
@@ -65,14 +65,14 @@ class SubjectFields:
         if self.email is not None and not (self.email.isascii() and "@" in self.email):
             # It goes in an IA5String emailAddress and an rfc822Name: ASCII only.
             raise UnsupportedParameter(
-                f"e-mail {self.email[:64]!r} is not an ASCII address such as ops@example.com"
+                f"e-mail {quote(self.email)} is not an ASCII address such as ops@example.com"
             )
         if self.country is not None and not (
             _COUNTRY.fullmatch(self.country) and self.country in ISO_3166_COUNTRIES
         ):
             raise UnsupportedParameter(
-                f"country {self.country[:8]!r} is not an assigned two-letter ISO 3166 code "
-                "such as SE"
+                f"country {quote(self.country, limit=40)} is not an assigned two-letter "
+                "ISO 3166 code such as SE"
             )
 
     def merged_over(self, defaults: SubjectFields) -> SubjectFields:

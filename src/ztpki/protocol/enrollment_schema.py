@@ -17,6 +17,7 @@ from lxml import etree
 
 from ztpki.errors import MalformedInput
 from ztpki.protocol.framing import MAX_FRAME_SIZE
+from ztpki.untrusted import quote
 
 # The protocol's version is in its namespace (and the XSD's version attribute): a message of
 # another version fails validation instead of being half understood.
@@ -77,14 +78,12 @@ _RULES: Final[dict[str, _Rule]] = {
     ),
     "EnrollmentError": _Rule("a message of 1-1024 characters without control characters"),
 }
-_SHOWN_LIMIT = 64
+_SHOWN_LIMIT = 66  # 64 characters and the quotes; a longer value is cut, with a marker
 
 
 def _shown(value: object) -> str:
-    text = value if isinstance(value, str) else str(value)
-    if len(text) > _SHOWN_LIMIT:
-        return f"{text[:_SHOWN_LIMIT]!r}... ({len(text)} characters)"
-    return repr(text)
+    # The client's own text: quoted, escaped and cut, so it cannot forge a log line.
+    return quote(value, limit=_SHOWN_LIMIT)
 
 
 def invalid_value(name: str, value: object) -> InvalidEnrollmentMessage:

@@ -35,6 +35,7 @@ from ztpki.pki.der import oid_body, oid_text, read_tlv, tlv
 from ztpki.pki.keys import PrivateKey
 from ztpki.pki.names import serial_number_attribute
 from ztpki.pki.pem import base64_lines, load_pkcs7_certs, pkcs7_certs_only
+from ztpki.untrusted import quote
 
 __all__ = [
     "CERTS_ONLY_TYPE",
@@ -132,8 +133,7 @@ def check_content_type(header: str | None, expected: str) -> None:
     if header is None or not header.strip():
         raise UnsupportedMediaType(f"expected Content-Type {want}, got none")
     if _media_type(header) != want:
-        shown = header[:80] + ("..." if len(header) > 80 else "")
-        raise UnsupportedMediaType(f"expected Content-Type {want}, got {shown!r}")
+        raise UnsupportedMediaType(f"expected Content-Type {want}, got {quote(header)}")
 
 
 # --- PKCS#10 ------------------------------------------------------------------------------
@@ -173,8 +173,8 @@ def _decode_transfer(body: bytes, transfer_encoding: str | None, *, limit: int) 
         if not body:
             raise MalformedInput("body is empty; expected DER")
         return body
-    shown = transfer_encoding[:40] if transfer_encoding else ""
-    raise MalformedInput(f"Content-Transfer-Encoding {shown!r} is not supported; use base64")
+    shown = quote(transfer_encoding or "", limit=60)
+    raise MalformedInput(f"Content-Transfer-Encoding {shown} is not supported; use base64")
 
 
 def build_csr(private_key: PrivateKey, *, device_id: str) -> x509.CertificateSigningRequest:
