@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from node_fixtures import ENV, NODE_PASSPHRASE, NodeWorld, cli
+from tests.support.proxy_pki import make_proxy_pki
 from tests.support.services import Service, start
-from tests.support.shell import sh
 
 from ztpki.pki.keys import decode_pkcs8, encode_pkcs8_pem
 
@@ -67,19 +67,6 @@ http {{
 }}
 """
 
-# The proxy CA and nginx's client certificate, as docs/node.md tells operators to make them.
-PROXY_PKI = """
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 365 \\
-  -subj "/CN=Example proxy CA" -keyout proxy-ca.key -out proxy-ca.pem \\
-  -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign
-openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \\
-  -subj "/CN=nginx-1" -keyout nginx-client.key -out nginx-client.csr
-printf '%s\\n' basicConstraints=CA:FALSE keyUsage=critical,digitalSignature \\
-  extendedKeyUsage=clientAuth > client.ext
-openssl x509 -req -in nginx-client.csr -CA proxy-ca.pem -CAkey proxy-ca.key -CAcreateserial \\
-  -days 365 -extfile client.ext -out nginx-client.pem
-"""
-
 
 @dataclass
 class ProxiedWorld:
@@ -126,9 +113,7 @@ def listening_socket() -> socket.socket:
 def start_proxied_node(world: NodeWorld, socket_path: Path) -> tuple[Service, int, Path]:
     """Make the proxy PKI, configure [proxy] with `node set-proxy`, restart the node with a
     TLS and a Unix-socket proxy listener."""
-    pki = world.root / "proxy-pki"
-    pki.mkdir()
-    sh(PROXY_PKI, pki)
+    pki = make_proxy_pki(world.root / "proxy-pki").directory
     world.node.stop()
     cli(
         "node",
