@@ -18,6 +18,7 @@ from tests.support.proxy_pki import make_proxy_pki
 from tests.support.services import Service, start
 
 from ztpki.pki.keys import decode_pkcs8, encode_pkcs8_pem
+from ztpki.pki.pem import fingerprint_sha256, load_certificates_pem
 
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
 PROXY_PEER = "127.0.0.2"  # nginx connects to the node from here (proxy_bind)
@@ -111,9 +112,11 @@ def listening_socket() -> socket.socket:
 
 
 def start_proxied_node(world: NodeWorld, socket_path: Path) -> tuple[Service, int, Path]:
-    """Make the proxy PKI, configure [proxy] with `node set-proxy`, restart the node with a
-    TLS and a Unix-socket proxy listener."""
-    pki = make_proxy_pki(world.root / "proxy-pki").directory
+    """Make the proxy PKI, configure [proxy] with `node set-proxy` (nginx's certificate
+    pinned), restart the node with a TLS and a Unix-socket proxy listener."""
+    proxy_pki = make_proxy_pki(world.root / "proxy-pki")
+    pki = proxy_pki.directory
+    pin = fingerprint_sha256(load_certificates_pem(proxy_pki.cert.read_bytes())[0])
     world.node.stop()
     cli(
         "node",
@@ -128,6 +131,8 @@ def start_proxied_node(world: NodeWorld, socket_path: Path) -> tuple[Service, in
         HEADER,
         "--proxy-socket-group",
         WORKER_GROUP,
+        "--proxy-fingerprint",
+        f"sha256:{pin}",
     )
     log = world.root / "node-proxied.log"
     node = start(

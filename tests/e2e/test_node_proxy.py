@@ -218,6 +218,7 @@ def test_fail_client_header_through_nginx_is_replaced(
     [
         pytest.param("none", id="fail-no-client-certificate"),
         pytest.param("device", id="fail-the-device-certificate"),
+        pytest.param("unpinned", id="fail-proxy-ca-certificate-not-pinned"),
     ],
 )
 def test_fail_local_process_with_a_stolen_header_is_refused_at_tls(
@@ -231,6 +232,16 @@ def test_fail_local_process_with_a_stolen_header_is_refused_at_tls(
     audit = len(world.audit(device.device_id))
     header = f"-H '{HEADER}: {escaped_pem(device.certificate)}'"
     identity = f"--cert {device.cert_path} --key {device.key_path}" if client == "device" else ""
+    if client == "unpinned":
+        # Another client certificate from the proxy CA: not the one [proxy] pins.
+        sh(
+            "openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=rogue "
+            "-keyout rogue.key -out rogue.csr && openssl x509 -req -in rogue.csr "
+            f"-CA {proxied.proxy_pki / 'proxy-ca.pem'} -CAkey {proxied.proxy_pki / 'proxy-ca.key'} "
+            f"-CAcreateserial -days 1 -extfile {proxied.proxy_pki / 'client.ext'} -out rogue.pem",
+            tmp_path,
+        )
+        identity = "--cert rogue.pem --key rogue.key"
     curl_refused(
         proxied.proxy_listener,
         tmp_path,
@@ -239,7 +250,10 @@ def test_fail_local_process_with_a_stolen_header_is_refused_at_tls(
         header,
     )
     assert_untouched(world, device.device_id, audit)
-    assert "TLS handshake failed" in proxied.node.log()
+    if client == "unpinned":
+        assert "is not one of [proxy] fingerprints" in proxied.node.log()
+    else:
+        assert "TLS handshake failed" in proxied.node.log()
     # Positive control: the same request with nginx's certificate is honoured.
     status = post_status(
         proxied.proxy_listener, tmp_path, proxied.as_nginx, f"--interface {PROXY_PEER}", header

@@ -170,6 +170,8 @@ class _PinnedProxy(asyncio.Protocol):
 def protocol_factory(
     server: Callable[[], Any], proxy: ProxyConfig
 ) -> Callable[[], asyncio.Protocol]:
+    """The TLS listener's protocol factory: pinned, when [proxy] fingerprints are set (a Unix
+    socket has no certificate to pin; its permissions are its fence)."""
     if not proxy.fingerprints:
         return server
     pins = frozenset(proxy.fingerprints)
