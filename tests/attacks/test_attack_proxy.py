@@ -16,7 +16,6 @@ import grp
 import shutil
 import socket
 import ssl
-import subprocess
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -31,6 +30,7 @@ from tests.attacks.attack_report import AttackReport
 from tests.attacks.attack_wire import Observed, https_context, https_request
 from tests.support.proxy_pki import ProxyPKI, make_proxy_pki
 from tests.support.services import start
+from tests.support.unix_client import unix_exchange
 
 from ztpki.pki.keys import KeySpec, decode_pkcs8, generate_private_key, keys_match
 from ztpki.pki.pem import load_certificates_pem
@@ -99,6 +99,16 @@ def escaped(device: DeviceUnderTest) -> str:
 
 def _csr(device: DeviceUnderTest) -> bytes:
     return encode_csr(build_csr(generate_private_key(KeySpec.EC_P256), device_id=device.device_id))
+
+
+def raw_enroll(device: DeviceUnderTest) -> bytes:
+    """simpleenroll as bytes on the wire, with device's certificate in the proxy header."""
+    body = _csr(device)
+    return (
+        f"POST {EST}/simpleenroll HTTP/1.1\r\nHost: node\r\nContent-Type: {CSR_TYPE}\r\n"
+        f"Content-Transfer-Encoding: base64\r\n{HEADER}: {escaped(device)}\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode() + body
 
 
 def proxy_context(d: Deployment, setup: ProxySetup) -> ssl.SSLContext:
@@ -191,14 +201,8 @@ def test_plain_http_to_the_proxy_listener_gets_no_http(
     port = proxy_port(d, proxy)
     victim = d.take_device()
     before = d.snapshot()
-    body = _csr(victim)
-    head = (
-        f"POST {EST}/simpleenroll HTTP/1.1\r\nHost: node\r\nContent-Type: {CSR_TYPE}\r\n"
-        f"Content-Transfer-Encoding: base64\r\n{HEADER}: {escaped(victim)}\r\n"
-        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-    )
     with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
-        sock.sendall(head.encode() + body)
+        sock.sendall(raw_enroll(victim))
         answer = b""
         while chunk := sock.recv(65536):
             answer += chunk
@@ -215,36 +219,6 @@ def test_plain_http_to_the_proxy_listener_gets_no_http(
     )
 
 
-UNIX_CLIENT = """
-import socket, sys
-s = socket.socket(socket.AF_UNIX)
-try:
-    s.connect(sys.argv[1])
-except OSError as exc:
-    print("connect:", exc.strerror); sys.exit(0)
-s.sendall(sys.stdin.buffer.read())
-data = b""
-while chunk := s.recv(65536):
-    data += chunk
-print(data.split(b"\\r\\n", 1)[0].decode())
-"""
-
-
-def _unix_request(path: Path, request: bytes, *, gid: int) -> str:
-    """One request from an unprivileged process (root would ignore the socket's mode)."""
-    done = subprocess.run(
-        ["/usr/bin/python3", "-I", "-c", UNIX_CLIENT, str(path)],
-        input=request,
-        capture_output=True,
-        user=OUTSIDER,
-        group=gid,
-        extra_groups=[],
-        timeout=60,
-        check=True,
-    )
-    return done.stdout.decode().strip()
-
-
 def test_unix_socket_refuses_a_local_user_outside_the_proxy_group(
     deployment: Deployment, proxy: ProxySetup, attack_report: AttackReport
 ) -> None:
@@ -255,16 +229,11 @@ def test_unix_socket_refuses_a_local_user_outside_the_proxy_group(
     assert mode == "0o660" and info.st_gid == PROXY_GID, (mode, info.st_gid)
     victim = d.take_device()
     before = d.snapshot()
-    body = _csr(victim)
-    request = (
-        f"POST {EST}/simpleenroll HTTP/1.1\r\nHost: node\r\nContent-Type: {CSR_TYPE}\r\n"
-        f"Content-Transfer-Encoding: base64\r\n{HEADER}: {escaped(victim)}\r\n"
-        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-    ).encode() + body
-    outsider = _unix_request(proxy.socket_path, request, gid=OUTSIDER)
+    request = raw_enroll(victim)
+    outsider = unix_exchange(proxy.socket_path, request, uid=OUTSIDER, gid=OUTSIDER)
     assert outsider == "connect: Permission denied", outsider
     unchanged = d.check_unchanged(before, unaudited_because="the kernel refused the connect")
-    member = _unix_request(proxy.socket_path, request, gid=PROXY_GID)
+    member = unix_exchange(proxy.socket_path, request, uid=OUTSIDER, gid=PROXY_GID)
     assert member == "HTTP/1.1 200 OK", member
     _record(
         attack_report,

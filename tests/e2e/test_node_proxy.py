@@ -20,6 +20,7 @@ from __future__ import annotations
 import grp
 import os
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -30,7 +31,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
-from node_fixtures import NodeWorld, build_world, cli, ztpki
+from node_fixtures import Device, NodeWorld, build_world, cli, ztpki
 from proxy_fixtures import (
     HEADER,
     NGINX,
@@ -85,15 +86,22 @@ openssl req -new -key new.key -subj "/CN={device_id}/serialNumber={device_id}" -
 """
 
 
-def post_status(url: str, cwd: Path, *extra: str) -> str:
-    """The HTTP status of a simpleenroll POST of cwd/csr.b64, by curl."""
+def curl_enroll(url: str, cwd: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    """A simpleenroll POST of cwd/csr.b64 by curl; stdout is the HTTP status (000: none)."""
     args = " ".join(extra)
-    result = sh(
+    return sh(
         f"curl -sS --max-time 30 -o answer.txt -w '%{{http_code}}' {args} "
         "-H 'Content-Type: application/pkcs10' -H 'Content-Transfer-Encoding: base64' "
         f"--data-binary @csr.b64 '{url}/simpleenroll'",
         cwd,
+        check=False,
     )
+
+
+def post_status(url: str, cwd: Path, *extra: str) -> str:
+    """The HTTP status of a simpleenroll POST that got an HTTP answer."""
+    result = curl_enroll(url, cwd, *extra)
+    assert result.returncode == 0, result.stderr
     return result.stdout.strip()
 
 
@@ -123,17 +131,17 @@ def self_signed_as(device_id: str) -> x509.Certificate:
 
 def curl_refused(url: str, cwd: Path, *extra: str) -> str:
     """A simpleenroll POST that must fail before any HTTP answer: curl's exit code and error."""
-    args = " ".join(extra)
-    result = sh(
-        f"curl -sS --max-time 30 -o answer.txt -w '%{{http_code}}' {args} "
-        "-H 'Content-Type: application/pkcs10' -H 'Content-Transfer-Encoding: base64' "
-        f"--data-binary @csr.b64 '{url}/simpleenroll'",
-        cwd,
-        check=False,
-    )
+    result = curl_enroll(url, cwd, *extra)
     assert result.returncode != 0, (result.stdout, (cwd / "answer.txt").read_text())
     assert result.stdout.strip() == "000", result.stdout  # no HTTP status at all
     return f"curl exit {result.returncode}: {result.stderr.strip()}"
+
+
+def fresh_device(world: NodeWorld, cwd: Path) -> tuple[Device, int]:
+    """A listed device, its CSR in cwd/csr.b64, and its audit trail's length."""
+    (device,) = world.make_devices(1)
+    sh(csr_script(device.device_id), cwd)
+    return device, len(world.audit(device.device_id))
 
 
 def assert_untouched(world: NodeWorld, device_id: str, audit_before: int) -> None:
@@ -227,9 +235,7 @@ def test_fail_local_process_with_a_stolen_header_is_refused_at_tls(
     """Straight to the TLS proxy listener from the trusted address, with a device's (public)
     certificate in the header: without nginx's client certificate there is no TLS session."""
     world = proxied.world
-    (device,) = world.make_devices(1)
-    sh(csr_script(device.device_id), tmp_path)
-    audit = len(world.audit(device.device_id))
+    device, audit = fresh_device(world, tmp_path)
     header = f"-H '{HEADER}: {escaped_pem(device.certificate)}'"
     identity = f"--cert {device.cert_path} --key {device.key_path}" if client == "device" else ""
     if client == "unpinned":
@@ -266,9 +272,7 @@ def test_fail_plain_http_to_the_proxy_listener_gets_no_http(
     proxied: ProxiedWorld, tmp_path: Path
 ) -> None:
     world = proxied.world
-    (device,) = world.make_devices(1)
-    sh(csr_script(device.device_id), tmp_path)
-    audit = len(world.audit(device.device_id))
+    device, audit = fresh_device(world, tmp_path)
     header = f"-H '{HEADER}: {escaped_pem(device.certificate)}'"
     url = f"http://127.0.0.1:{proxied.proxy_port}/.well-known/est"
     curl_refused(url, tmp_path, f"--interface {PROXY_PEER}", header)
@@ -279,9 +283,7 @@ def test_fail_unix_socket_refuses_a_user_outside_the_proxy_group(
     proxied: ProxiedWorld, tmp_path: Path
 ) -> None:
     world = proxied.world
-    (device,) = world.make_devices(1)
-    sh(csr_script(device.device_id), tmp_path)
-    audit = len(world.audit(device.device_id))
+    device, audit = fresh_device(world, tmp_path)
     info = proxied.socket_path.lstat()
     assert oct(info.st_mode & 0o777) == "0o660"
     assert info.st_uid == os.getuid() and info.st_gid == grp.getgrnam(WORKER_GROUP).gr_gid

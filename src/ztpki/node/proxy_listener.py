@@ -34,11 +34,11 @@ from aiohttp import web
 from cryptography import x509
 
 from ztpki.credentials import server_context
-from ztpki.errors import ConfigurationError, ListenFailed, MalformedInput
+from ztpki.errors import ConfigurationError, ListenFailed
 from ztpki.node.config import NODE_FILE, NodeConfig
 from ztpki.node.proxy_config import SOCKET_MODE, ProxyConfig
+from ztpki.node.proxy_setup import read_proxy_ca
 from ztpki.pki.keys import PrivateKey
-from ztpki.pki.pem import load_certificates_pem
 
 log = logging.getLogger(__name__)
 
@@ -101,13 +101,7 @@ def check_proxy_listener(config: NodeConfig, address: ProxyAddress) -> None:
 
 def proxy_anchors(config: NodeConfig) -> list[x509.Certificate]:
     assert config.proxy.ca is not None
-    path = config.path(config.proxy.ca)
-    try:
-        return load_certificates_pem(path.read_bytes())
-    except OSError as exc:
-        raise ConfigurationError(f"cannot read the proxy CA {path}: {exc.strerror}") from None
-    except MalformedInput:
-        raise ConfigurationError(f"the proxy CA {path} holds no valid PEM certificate") from None
+    return read_proxy_ca(config.path(config.proxy.ca))
 
 
 def proxy_ssl_context(

@@ -49,12 +49,13 @@ class PreparedProxy:
 
 
 def read_proxy_ca(path: Path) -> list[x509.Certificate]:
+    """The certificates of a proxy CA file (--proxy-ca, or [proxy] ca when serving)."""
     try:
         certificates = load_certificates_pem(path.read_bytes())
     except OSError as exc:
-        raise ConfigurationError(f"cannot read --proxy-ca {path}: {exc.strerror}") from None
+        raise ConfigurationError(f"cannot read the proxy CA {path}: {exc.strerror}") from None
     except MalformedInput:
-        raise ConfigurationError(f"--proxy-ca {path} holds no valid PEM certificate") from None
+        raise ConfigurationError(f"the proxy CA {path} holds no valid PEM certificate") from None
     return certificates
 
 

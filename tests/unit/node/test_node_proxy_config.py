@@ -109,21 +109,6 @@ def test_fail_bad_proxy_table(table: dict[str, object]) -> None:
         ProxyConfig.from_toml(table)
 
 
-def test_ok_proxy_table_round_trips_through_node_toml(tmp_path: Path) -> None:
-    config = NodeConfig(
-        directory=tmp_path,
-        ca_system="127.0.0.1:1",
-        ca_client=Path("c"),
-        server_cert=Path("s"),
-        server_key=Path("k"),
-        trust=(Path("t"),),
-        labels=(CALabel("default", Path("ca.pem")),),
-        proxy=ProxyConfig(trusted=(parse_network("10.0.0.0/24"),), header="X-Client-Cert"),
-    )
-    config.save()
-    assert NodeConfig.load(tmp_path).proxy == config.proxy
-
-
 def test_ok_node_toml_without_proxy_table_trusts_no_proxy(tmp_path: Path) -> None:
     (tmp_path / "node.toml").write_text(
         '[node]\nca_system = "127.0.0.1:1"\nca_client = "c"\nserver_cert = "s"\n'
@@ -176,7 +161,27 @@ def test_fail_pins_without_a_proxy_ca() -> None:
         ProxyConfig(fingerprints=("ab" * 32,))
 
 
-def test_ok_full_proxy_table_round_trips_through_node_toml(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "proxy",
+    [
+        pytest.param(
+            ProxyConfig(trusted=(parse_network("10.0.0.0/24"),), header="X-Client-Cert"),
+            id="ok-addresses",
+        ),
+        pytest.param(
+            ProxyConfig(
+                trusted=(parse_network("10.0.0.0/8", allow_wide=True),),
+                header="X-Client-Cert",
+                allow_wide_range=True,
+                ca=Path("proxy/ca.pem"),
+                fingerprints=("ab" * 32,),
+                socket_group="www-data",
+            ),
+            id="ok-every-setting",
+        ),
+    ],
+)
+def test_proxy_table_round_trips_through_node_toml(tmp_path: Path, proxy: ProxyConfig) -> None:
     config = NodeConfig(
         directory=tmp_path,
         ca_system="127.0.0.1:1",
@@ -185,17 +190,10 @@ def test_ok_full_proxy_table_round_trips_through_node_toml(tmp_path: Path) -> No
         server_key=Path("k"),
         trust=(Path("t"),),
         labels=(CALabel("default", Path("ca.pem")),),
-        proxy=ProxyConfig(
-            trusted=(parse_network("10.0.0.0/8", allow_wide=True),),
-            header="X-Client-Cert",
-            allow_wide_range=True,
-            ca=Path("proxy/ca.pem"),
-            fingerprints=("ab" * 32,),
-            socket_group="www-data",
-        ),
+        proxy=proxy,
     )
     config.save()
-    assert NodeConfig.load(tmp_path).proxy == config.proxy
+    assert NodeConfig.load(tmp_path).proxy == proxy
 
 
 @pytest.mark.parametrize(

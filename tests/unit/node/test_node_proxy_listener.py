@@ -14,7 +14,6 @@ import shutil
 import socket
 import ssl
 import stat
-import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +24,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from node_harness import InProcessNode
 from node_pki import NOW, csr_for, leaf, root_ca, sub_ca
+from tests.support.unix_client import unix_exchange
 
 from ztpki.credentials import client_context
 from ztpki.errors import ConfigurationError
@@ -323,36 +323,6 @@ def on_socket(
     node.close()
 
 
-UNIX_CLIENT = """
-import socket, sys
-s = socket.socket(socket.AF_UNIX)
-try:
-    s.connect(sys.argv[1])
-except OSError as exc:
-    print("refused", exc.strerror); sys.exit(0)
-s.sendall(sys.stdin.buffer.read())
-data = b""
-while chunk := s.recv(65536):
-    data += chunk
-print(data.split(b"\\r\\n", 1)[0].decode())
-"""
-
-
-def unix_exchange(path: Path, request: bytes, *, uid: int, gid: int) -> str:
-    """One request from a process of uid:gid with no supplementary groups (not root)."""
-    done = subprocess.run(
-        ["/usr/bin/python3", "-I", "-c", UNIX_CLIENT, str(path)],
-        input=request,
-        capture_output=True,
-        user=uid,
-        group=gid,
-        extra_groups=[],
-        timeout=60,
-        check=True,
-    )
-    return done.stdout.decode().strip()
-
-
 def test_ok_socket_is_created_0660_for_the_proxy_group(on_socket: tuple[ProxiedNode, Path]) -> None:
     _, path = on_socket
     info = path.lstat()
@@ -371,7 +341,7 @@ def test_socket_admits_the_proxy_group_and_refuses_another_user(
     request = enroll_head(len(body), certificate=escaped(cert)).encode() + body
     audit = node.audit_length()
     outsider = unix_exchange(path, request, uid=OUTSIDER, gid=OUTSIDER)
-    assert outsider == "refused Permission denied"
+    assert outsider == "connect: Permission denied"
     registered = node.store.get("s1")
     assert registered is not None and registered.state.value == "listed"
     assert node.audit_length() == audit
