@@ -333,3 +333,9 @@ def test_fail_hand_edited_everything_range_stops_the_node(request: pytest.Fixtur
     assert status == 1
     with pytest.raises(ProxyRangeRefused):
         NodeConfig.load(files["node"])
+
+
+@pytest.mark.parametrize("value", ["proxy", "unix:relative.sock", "10.0.0.1"])
+def test_fail_serve_with_a_bad_proxy_listen_is_a_usage_error(tmp_path: Path, value: str) -> None:
+    # Refused while parsing options: before any node directory is read or socket opened.
+    assert run("node", "serve", "--dir", str(tmp_path), "--proxy-listen", value)[0] == 2
