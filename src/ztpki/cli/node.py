@@ -119,26 +119,28 @@ def init_command(
     **policy: Any,
 ) -> None:
     """Create a node directory."""
+    from ztpki.node.proxy_setup import prepare_proxy
     from ztpki.node.setup import init_node
 
     secret = passphrase(passphrase_file, insecure_no_passphrase, NODE_ENV, NODE_KEY)
     proxy = proxy_settings(policy)
     with proxy_usage_errors():
-        result = init_node(
-            directory,
-            ca_system=ca_system,
-            client_credential=client_cred,
-            trust=trust,
-            server_cert=server_cert,
-            server_key=server_key,
-            node_passphrase=secret,
-            customer_chain=customer_chain,
-            label=label,
-            ca_name=ca_name,
-            parameters=issuing_parameters(policy),
-            crls=crls,
-            proxy=proxy,
-        )
+        prepare_proxy(proxy)  # a bad proxy value is a usage error, before anything is written
+    result = init_node(
+        directory,
+        ca_system=ca_system,
+        client_credential=client_cred,
+        trust=trust,
+        server_cert=server_cert,
+        server_key=server_key,
+        node_passphrase=secret,
+        customer_chain=customer_chain,
+        label=label,
+        ca_name=ca_name,
+        parameters=issuing_parameters(policy),
+        crls=crls,
+        proxy=proxy,
+    )
     for warning in result.warnings:
         console.print(f"[yellow]warning:[/] {warning}")
     console.print(f"created node in {directory} (label [bold]{label}[/], CA system {ca_system})")

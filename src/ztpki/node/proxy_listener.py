@@ -271,7 +271,8 @@ def bind_unix_socket(path: Path, group: str | None) -> socket.socket:
         sock.close()
         path.unlink(missing_ok=True)
         raise ConfigurationError(
-            f"cannot give {UNIX_PREFIX}{path} to group {group}: {exc.strerror}"
+            f"cannot give {UNIX_PREFIX}{path} to group {group}: {exc.strerror} (the node's "
+            "user must be a member of that group, or the node must run as root)"
         ) from None
     sock.setblocking(False)
     return sock
