@@ -5,8 +5,9 @@ Over TCP the listener speaks TLS with the node's server certificate and requires
 certificate that chains to ``[proxy] ca`` (nginx: ``proxy_ssl_certificate``); a handshake
 without one, or with any other certificate (a device's included), fails before any HTTP is
 read. With ``[proxy] fingerprints`` a connection whose certificate is not pinned is closed
-as soon as the handshake ends. Then the address fence: only a peer in ``[proxy] trusted`` is
-believed (ztpki.node.proxy). A Unix socket is bound 0600 and only then opened to the group
+as soon as the handshake ends. A proxy CA that is also a factory or customer CA of the node is
+refused: every device would be a proxy. Then the address fence: only a peer in
+``[proxy] trusted`` is believed (ztpki.node.proxy). A Unix socket is bound 0600 and only then opened to the group
 ``[proxy] socket_group`` (mode 0660), so no other user can ever connect to it.
 
 Either way the hop from proxy to node is never clear text on a network: serverkeygen's
@@ -25,13 +26,14 @@ import os
 import socket
 import ssl
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
 from aiohttp import web
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from ztpki.credentials import server_context
 from ztpki.errors import ConfigurationError, ListenFailed
@@ -104,13 +106,38 @@ def proxy_anchors(config: NodeConfig) -> list[x509.Certificate]:
     return read_proxy_ca(config.path(config.proxy.ca))
 
 
+def _spki(cert: x509.Certificate) -> bytes:
+    return cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def refuse_device_issuers(
+    anchors: list[x509.Certificate], device_issuers: Sequence[x509.Certificate]
+) -> None:
+    """A proxy CA that also issues device certificates (a factory or customer CA of this node)
+    would let every device speak for every other one: refused, whatever the certificate."""
+    issuers = {_spki(c) for c in device_issuers}
+    for anchor in anchors:
+        if _spki(anchor) in issuers:
+            raise ConfigurationError(
+                f"the proxy CA {anchor.subject.rfc4514_string()} is also a CA of this node's "
+                "devices: every device could then speak for the others. Give the proxies a CA "
+                "of their own (`ztpki node set-proxy --proxy-ca FILE`)"
+            )
+
+
 def proxy_ssl_context(
-    config: NodeConfig, key: PrivateKey, chain: tuple[x509.Certificate, ...]
+    config: NodeConfig,
+    key: PrivateKey,
+    chain: tuple[x509.Certificate, ...],
+    *,
+    device_issuers: Sequence[x509.Certificate],
 ) -> ssl.SSLContext:
     """The node's server identity; a client certificate under [proxy] ca is required."""
-    context = server_context(
-        key, chain, client_anchors=proxy_anchors(config), require_client_cert=True
-    )
+    anchors = proxy_anchors(config)
+    refuse_device_issuers(anchors, device_issuers)
+    context = server_context(key, chain, client_anchors=anchors, require_client_cert=True)
     # A proxy's own (leaf or self-signed) certificate may be the anchor: pinning one proxy.
     context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
     context.num_tickets = 0  # every connection proves the proxy's key again
@@ -205,6 +232,7 @@ async def listen(
     config: NodeConfig,
     key: PrivateKey,
     chain: tuple[x509.Certificate, ...],
+    device_issuers: Sequence[x509.Certificate],
     handshake_timeout: float,
 ) -> tuple[asyncio.Server, ProxyAddress, tuple[int, int] | None]:
     loop = asyncio.get_running_loop()
@@ -218,7 +246,7 @@ async def listen(
             address.socket_path.unlink(missing_ok=True)
             raise
         return server, address, (inode.st_dev, inode.st_ino)
-    context = proxy_ssl_context(config, key, chain)
+    context = proxy_ssl_context(config, key, chain, device_issuers=device_issuers)
     try:
         server = await loop.create_server(
             factory,

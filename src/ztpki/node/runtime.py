@@ -319,6 +319,7 @@ async def _start_proxy_listener(
             config=material.config,
             key=material.server_key,
             chain=material.server_chain,
+            device_issuers=material.authentication.tls_trust_store(),
             handshake_timeout=direct.limits.handshake_timeout,
         )
     except BaseException:

@@ -302,6 +302,21 @@ def test_fail_tcp_proxy_listener_that_cannot_authenticate_the_proxy_does_not_sta
         node.close()
 
 
+@pytest.mark.parametrize("issuer", ["factory_ca", "factory_root", "operational"])
+def test_fail_a_proxy_ca_that_issues_device_certificates_does_not_start(
+    tmp_path: Path, issuer: str
+) -> None:
+    """With a device CA as the proxy CA, every device would be a proxy for all the others."""
+    node = ProxiedNode(tmp_path)
+    ca: CertificateAuthority = getattr(node.pki, issuer)
+    (tmp_path / "proxy" / "ca.pem").write_bytes(certificates_pem([ca.certificate]))
+    try:
+        with pytest.raises(ConfigurationError, match="also a CA of this node's devices"):
+            node.start(proxy_listen=[TCP])
+    finally:
+        node.close()
+
+
 # ------------------------------------------------------------------ Unix-socket proxy listener
 @pytest.fixture(scope="module")
 def socket_dir() -> Iterator[Path]:
