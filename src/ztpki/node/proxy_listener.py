@@ -7,8 +7,9 @@ without one, or with any other certificate (a device's included), fails before a
 read. With ``[proxy] fingerprints`` a connection whose certificate is not pinned is closed
 as soon as the handshake ends. A proxy CA that is also a factory or customer CA of the node is
 refused: every device would be a proxy. Then the address fence: only a peer in
-``[proxy] trusted`` is believed (ztpki.node.proxy). A Unix socket is bound 0600 and only then opened to the group
-``[proxy] socket_group`` (mode 0660), so no other user can ever connect to it.
+``[proxy] trusted`` is believed (ztpki.node.proxy). A Unix socket is bound 0600 and only
+then opened to the group ``[proxy] socket_group`` (mode 0660), so no other user can ever
+connect to it.
 
 Either way the hop from proxy to node is never clear text on a network: serverkeygen's
 private keys cross it inside TLS, or inside the kernel.
