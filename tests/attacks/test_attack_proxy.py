@@ -393,3 +393,29 @@ def test_serverkeygen_key_never_crosses_the_proxy_hop_in_clear(
         "plain-TCP proxy listener exists.)",
         "refused",
     )
+
+
+def test_a_device_ca_as_proxy_ca_is_refused(
+    deployment: Deployment, proxy: ProxySetup, attack_report: AttackReport, tmp_path: Path
+) -> None:
+    """The operator gives the customer CA chain as --proxy-ca: every customized device (its
+    operational certificate is from that CA) could then speak for every other device."""
+    d = deployment
+    copy = tmp_path / "node"
+    shutil.copytree(d.node_dir, copy, ignore=shutil.ignore_patterns("node.sqlite*"))
+    chain = str(d.root / "customer-chain.pem")
+    d.operator("node", "set-proxy", "--dir", str(copy), "--proxy-ca", chain)
+    listen = ["--listen", "127.0.0.1:0", "--proxy-listen", "127.0.0.1:0"]
+    result = d.operator("node", "serve", "--dir", str(copy), *listen)
+    assert result.status == 1, (result.out, result.err)
+    assert "also a CA of this node's devices" in result.err, result.err
+    assert "listening on" not in result.out
+    refusal = " ".join(result.err[result.err.index("error:") :].split())
+    _record(
+        attack_report,
+        "device-ca-as-proxy-ca",
+        "the operator makes the customer CA (which issues every device's operational "
+        "certificate) the proxy CA, so that any customized device could connect as a proxy",
+        f"`node serve` exits 1 before listening: {refusal}",
+        "refused",
+    )
