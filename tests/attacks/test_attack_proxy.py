@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import grp
+import os
 import shutil
 import socket
 import ssl
@@ -76,7 +77,7 @@ def proxy_port(d: Deployment, setup: ProxySetup) -> int:
         proxies = ["--proxy-listen", "127.0.0.1:0", "--proxy-listen", f"unix:{setup.socket_path}"]
         d.services["node"] = start(
             ["node", "serve", "--dir", str(d.node_dir), *listen, *proxies],
-            log_path=d.logs / f"node-proxied-{port}.log",
+            log_path=d.logs / f"node-proxied-{os.urandom(3).hex()}.log",
             env=d.env,
         )
         lines = [x for x in d.node.log().splitlines() if x.startswith("proxy listening on ")]
