@@ -3,40 +3,50 @@
 nginx runs as an ordinary process on 127.0.0.1 (own prefix, `daemon off;`, a master and one
 worker; it segfaults on an inherited socket with `master_process off`), verifies that the
 client holds the key of its certificate (`ssl_verify_client optional_no_ca`: the node checks
-the chain itself) and forwards `$ssl_client_escaped_cert` from 127.0.0.2 to the node's proxy
-listener. The node trusts only 127.0.0.2, so anything reaching the proxy listener from
-127.0.0.1 plays a peer that is not a trusted proxy.
+the chain itself) and forwards `$ssl_client_escaped_cert` to the node's proxy listeners, on
+two front ports:
+
+* TLS: nginx authenticates itself with its own client certificate (a proxy CA made with
+  openssl, `proxy_ssl_certificate`) and verifies the node (`proxy_ssl_verify on`), from
+  127.0.0.2, the one trusted proxy address;
+* a Unix socket the node creates 0660 for the group nginx's worker runs in.
+
+A local process that reaches a proxy listener directly with a stolen device-certificate header
+has neither nginx's certificate nor its group, and is refused before any HTTP.
 """
 
 from __future__ import annotations
 
+import grp
 import os
 import shutil
-import signal
-import socket
 import subprocess
-import tomllib
+import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-import tomli_w
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
-from node_fixtures import ENV, NODE_PASSPHRASE, NodeWorld, build_world, cli
-from tests.support.services import Service, start
+from node_fixtures import Device, NodeWorld, build_world, cli, ztpki
+from proxy_fixtures import (
+    HEADER,
+    NGINX,
+    OUTSIDER,
+    PROXY_PEER,
+    WORKER_GROUP,
+    ProxiedWorld,
+    start_nginx,
+    start_proxied_node,
+    stop_nginx,
+)
 from tests.support.shell import sh
 
-from ztpki.pki.keys import KeySpec, decode_pkcs8, encode_pkcs8_pem, generate_private_key
+from ztpki.pki.keys import KeySpec, generate_private_key
 from ztpki.pki.pem import load_certificates_pem
-
-NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
-PROXY_PEER = "127.0.0.2"  # nginx connects to the node from here (proxy_bind)
-HEADER = "X-SSL-Client-Cert"
 
 pytestmark = pytest.mark.skipif(
     NGINX is None,
@@ -44,145 +54,24 @@ pytestmark = pytest.mark.skipif(
     "still covered by tests/unit/node/test_node_proxy.py",
 )
 
-NGINX_CONF = """
-daemon off;
-worker_processes 1;
-pid {prefix}/nginx.pid;
-error_log {prefix}/error.log info;
-events {{ worker_connections 64; }}
-http {{
-    access_log {prefix}/access.log;
-    client_body_temp_path {prefix}/tmp/body;
-    proxy_temp_path {prefix}/tmp/proxy;
-    fastcgi_temp_path {prefix}/tmp/fastcgi;
-    uwsgi_temp_path {prefix}/tmp/uwsgi;
-    scgi_temp_path {prefix}/tmp/scgi;
-    server {{
-        listen 127.0.0.1:{port} ssl;
-        ssl_certificate {cert};
-        ssl_certificate_key {key};
-        ssl_protocols TLSv1.2 TLSv1.3;
-        ssl_verify_client optional_no_ca;
-        ssl_verify_depth 4;
-        location / {{
-            proxy_pass http://127.0.0.1:{node_port};
-            proxy_bind {peer};
-            proxy_set_header {header} $ssl_client_escaped_cert;
-        }}
-    }}
-}}
-"""
-
-
-@dataclass
-class ProxiedWorld:
-    world: NodeWorld
-    node: Service
-    proxy_port: int  # the node's proxy listener (plain HTTP)
-    nginx_port: int
-
-    @property
-    def est(self) -> str:
-        return f"https://127.0.0.1:{self.nginx_port}/.well-known/est"
-
-    @property
-    def proxy_listener(self) -> str:
-        return f"http://127.0.0.1:{self.proxy_port}/.well-known/est"
-
-
-def listening_socket() -> socket.socket:
-    """nginx inherits this socket (its NGINX environment variable, as in a binary upgrade):
-    connections queue from the start, so there is no port race and no readiness poll."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(64)
-    return sock
-
-
-def start_proxied_node(world: NodeWorld) -> tuple[Service, int]:
-    """Restart the node with [proxy] trusted = [PROXY_PEER] and a proxy listener."""
-    world.node.stop()
-    path = world.node_dir / "node.toml"
-    data = tomllib.loads(path.read_text())
-    data["proxy"] = {"trusted": [PROXY_PEER], "header": HEADER}
-    path.write_text(tomli_w.dumps(data))
-    log = world.root / "node-proxied.log"
-    node = start(
-        [
-            "node",
-            "serve",
-            "--dir",
-            str(world.node_dir),
-            "--listen",
-            "127.0.0.1:0",
-            "--proxy-listen",
-            "127.0.0.1:0",
-        ],
-        log_path=log,
-        env=ENV,
-    )
-    world.services.append(node)
-    world.node = node
-    line = next(x for x in node.log().splitlines() if x.startswith("proxy listening on "))
-    return node, int(line.rpartition(":")[2])
-
-
-def start_nginx(world: NodeWorld, node_port: int) -> tuple[subprocess.Popen[bytes], int]:
-    assert NGINX is not None
-    prefix = world.root / "nginx"
-    (prefix / "tmp").mkdir(parents=True)
-    key = decode_pkcs8(
-        (world.root / "server" / "key.pem").read_bytes(), passphrase=NODE_PASSPHRASE.encode()
-    )
-    key_path = prefix / "server.key"
-    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(encode_pkcs8_pem(key, passphrase=None))
-    sock = listening_socket()
-    port = sock.getsockname()[1]
-    conf = prefix / "nginx.conf"
-    conf.write_text(
-        NGINX_CONF.format(
-            prefix=prefix,
-            port=port,
-            cert=world.root / "server" / "cert.pem",
-            key=key_path,
-            node_port=node_port,
-            peer=PROXY_PEER,
-            header=HEADER,
-        )
-    )
-    log = prefix / "stderr.log"
-    with sock, log.open("wb") as err:
-        process = subprocess.Popen(
-            [NGINX, "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")],
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-            env={**os.environ, "NGINX": f"{sock.fileno()};"},
-            pass_fds=(sock.fileno(),),
-            start_new_session=True,
-        )
-    # Our copy of the socket is closed: if nginx dies, connections are refused, not queued.
-    return process, port
-
 
 @pytest.fixture(scope="module")
 def proxied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxiedWorld]:
     world = build_world(tmp_path_factory.mktemp("node-proxy"))
+    # nginx's worker (nobody) must reach the socket: pytest's tmp is 0700 to other users.
+    socket_dir = Path(tempfile.mkdtemp(prefix="ztpki-nginx-"))
+    socket_dir.chmod(0o711)
+    socket_path = socket_dir / "proxy.sock"
     nginx = None
     try:
-        node, proxy_port = start_proxied_node(world)
-        nginx, nginx_port = start_nginx(world, proxy_port)
-        yield ProxiedWorld(world, node, proxy_port, nginx_port)
+        node, proxy_port, pki = start_proxied_node(world, socket_path)
+        nginx, nginx_port, unix_port = start_nginx(world, proxy_port, socket_path, pki)
+        yield ProxiedWorld(world, node, proxy_port, socket_path, nginx_port, unix_port, pki)
     finally:
         if nginx is not None:
-            nginx.terminate()
-            try:
-                nginx.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(nginx.pid, signal.SIGKILL)  # its own session: master and worker
-                nginx.wait()
+            stop_nginx(nginx)
         world.stop()
+        shutil.rmtree(socket_dir, ignore_errors=True)
 
 
 def escaped_pem(cert: x509.Certificate) -> str:
@@ -197,15 +86,22 @@ openssl req -new -key new.key -subj "/CN={device_id}/serialNumber={device_id}" -
 """
 
 
-def post_status(url: str, cwd: Path, *extra: str) -> str:
-    """The HTTP status of a simpleenroll POST of cwd/csr.b64, by curl."""
+def curl_enroll(url: str, cwd: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    """A simpleenroll POST of cwd/csr.b64 by curl; stdout is the HTTP status (000: none)."""
     args = " ".join(extra)
-    result = sh(
+    return sh(
         f"curl -sS --max-time 30 -o answer.txt -w '%{{http_code}}' {args} "
         "-H 'Content-Type: application/pkcs10' -H 'Content-Transfer-Encoding: base64' "
         f"--data-binary @csr.b64 '{url}/simpleenroll'",
         cwd,
+        check=False,
     )
+
+
+def post_status(url: str, cwd: Path, *extra: str) -> str:
+    """The HTTP status of a simpleenroll POST that got an HTTP answer."""
+    result = curl_enroll(url, cwd, *extra)
+    assert result.returncode == 0, result.stderr
     return result.stdout.strip()
 
 
@@ -233,16 +129,42 @@ def self_signed_as(device_id: str) -> x509.Certificate:
     )
 
 
-def test_ok_policy_shows_the_trusted_proxy(proxied: ProxiedWorld) -> None:
+def curl_refused(url: str, cwd: Path, *extra: str) -> str:
+    """A simpleenroll POST that must fail before any HTTP answer: curl's exit code and error."""
+    result = curl_enroll(url, cwd, *extra)
+    assert result.returncode != 0, (result.stdout, (cwd / "answer.txt").read_text())
+    assert result.stdout.strip() == "000", result.stdout  # no HTTP status at all
+    return f"curl exit {result.returncode}: {result.stderr.strip()}"
+
+
+def fresh_device(world: NodeWorld, cwd: Path) -> tuple[Device, int]:
+    """A listed device, its CSR in cwd/csr.b64, and its audit trail's length."""
+    (device,) = world.make_devices(1)
+    sh(csr_script(device.device_id), cwd)
+    return device, len(world.audit(device.device_id))
+
+
+def assert_untouched(world: NodeWorld, device_id: str, audit_before: int) -> None:
+    assert world.state(device_id) == "listed"
+    assert len(world.audit(device_id)) == audit_before
+    assert world.issued(device_id) == []
+
+
+def test_ok_policy_shows_the_proxy(proxied: ProxiedWorld) -> None:
     out = cli("node", "policy", "--dir", str(proxied.world.node_dir))
     assert f"trusted proxies: {PROXY_PEER}/32 (header {HEADER})" in out
+    assert "proxy authentication: TLS client certificate under CN=Example proxy CA" in out
+    assert f"proxy Unix socket: mode 0660, group {WORKER_GROUP}" in out
 
 
-def test_ok_enroll_and_confirm_through_nginx(proxied: ProxiedWorld, tmp_path: Path) -> None:
+@pytest.mark.parametrize("hop", ["tls", "unix"], ids=["ok-tls-hop", "ok-unix-socket-hop"])
+def test_ok_enroll_and_confirm_through_nginx(
+    proxied: ProxiedWorld, tmp_path: Path, hop: str
+) -> None:
     world = proxied.world
     (device,) = world.make_devices(1)
     script = f"""
-EST={proxied.est}
+EST={proxied.est if hop == "tls" else proxied.est_unix}
 CA={world.factory_anchor}
 b64d() {{ tr -d '\\r\\n' | base64 -d; }}
 curl -sS --fail-with-body --cacert "$CA" -o cacerts.b64 "$EST/cacerts"
@@ -264,6 +186,26 @@ curl -sS --fail-with-body --cacert "$CA" --cert new.pem --key new.key -o /dev/nu
     )
 
 
+def test_ok_serverkeygen_through_nginx_over_the_tls_hop(
+    proxied: ProxiedWorld, tmp_path: Path
+) -> None:
+    """The generated private key reaches the device through nginx; on the nginx-to-node hop it
+    travels inside TLS (the attack suite records that hop and looks for it)."""
+    world = proxied.world
+    (device,) = world.make_devices(1)
+    sh(csr_script(device.device_id), tmp_path)
+    result = sh(
+        f"curl -sS --fail-with-body --cacert {world.factory_anchor} --cert {device.cert_path} "
+        f"--key {device.key_path} -H 'Content-Type: application/pkcs10' "
+        "-H 'Content-Transfer-Encoding: base64' --data-binary @csr.b64 -o keygen.out "
+        f"-w '%{{content_type}}' '{proxied.est}/serverkeygen'",
+        tmp_path,
+    )
+    assert result.stdout.startswith("multipart/mixed"), result.stdout
+    assert b"application/pkcs8" in (tmp_path / "keygen.out").read_bytes()
+    assert world.state(device.device_id) == "issued"
+
+
 def test_fail_client_header_through_nginx_is_replaced(
     proxied: ProxiedWorld, tmp_path: Path
 ) -> None:
@@ -273,48 +215,134 @@ def test_fail_client_header_through_nginx_is_replaced(
     (victim,) = world.make_devices(1)
     sh(csr_script(victim.device_id), tmp_path)
     forged = f"-H '{HEADER}: {escaped_pem(victim.certificate)}'"
-    status = post_status(proxied.est, tmp_path, f"--cacert {world.factory_anchor}", forged)
-    assert status == "401", (tmp_path / "answer.txt").read_text()
+    for front in (proxied.est, proxied.est_unix):
+        status = post_status(front, tmp_path, f"--cacert {world.factory_anchor}", forged)
+        assert status == "401", (tmp_path / "answer.txt").read_text()
     assert world.state(victim.device_id) == "listed"
 
 
-def test_fail_header_from_a_peer_that_is_not_a_trusted_proxy(
-    proxied: ProxiedWorld, tmp_path: Path
+@pytest.mark.parametrize(
+    "client",
+    [
+        pytest.param("none", id="fail-no-client-certificate"),
+        pytest.param("device", id="fail-the-device-certificate"),
+        pytest.param("unpinned", id="fail-proxy-ca-certificate-not-pinned"),
+    ],
+)
+def test_fail_local_process_with_a_stolen_header_is_refused_at_tls(
+    proxied: ProxiedWorld, tmp_path: Path, client: str
 ) -> None:
+    """Straight to the TLS proxy listener from the trusted address, with a device's (public)
+    certificate in the header: without nginx's client certificate there is no TLS session."""
     world = proxied.world
-    (device,) = world.make_devices(1)
-    sh(csr_script(device.device_id), tmp_path)
+    device, audit = fresh_device(world, tmp_path)
     header = f"-H '{HEADER}: {escaped_pem(device.certificate)}'"
-    # Straight to the proxy listener from 127.0.0.1, which is not in [proxy] trusted.
-    status = post_status(proxied.proxy_listener, tmp_path, header)
-    assert status == "401", (tmp_path / "answer.txt").read_text()
-    assert world.state(device.device_id) == "listed"
-    assert f"ignored the {HEADER} header from 127.0.0.1" in proxied.node.log()
-    # Positive control: the very same request from the trusted proxy address is honoured.
-    status = post_status(proxied.proxy_listener, tmp_path, header, f"--interface {PROXY_PEER}")
+    identity = f"--cert {device.cert_path} --key {device.key_path}" if client == "device" else ""
+    if client == "unpinned":
+        # Another client certificate from the proxy CA: not the one [proxy] pins.
+        sh(
+            "openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=rogue "
+            "-keyout rogue.key -out rogue.csr && openssl x509 -req -in rogue.csr "
+            f"-CA {proxied.proxy_pki / 'proxy-ca.pem'} -CAkey {proxied.proxy_pki / 'proxy-ca.key'} "
+            f"-CAcreateserial -days 1 -extfile {proxied.proxy_pki / 'client.ext'} -out rogue.pem",
+            tmp_path,
+        )
+        identity = "--cert rogue.pem --key rogue.key"
+    curl_refused(
+        proxied.proxy_listener,
+        tmp_path,
+        f"--cacert {world.factory_anchor} --interface {PROXY_PEER}",
+        identity,
+        header,
+    )
+    assert_untouched(world, device.device_id, audit)
+    if client == "unpinned":
+        assert "is not one of [proxy] fingerprints" in proxied.node.log()
+    else:
+        assert "TLS handshake failed" in proxied.node.log()
+    # Positive control: the same request with nginx's certificate is honoured.
+    status = post_status(
+        proxied.proxy_listener, tmp_path, proxied.as_nginx, f"--interface {PROXY_PEER}", header
+    )
     assert status == "200", (tmp_path / "answer.txt").read_text()
     assert world.state(device.device_id) == "issued"
 
 
-def test_fail_forged_certificate_from_the_trusted_proxy_is_reverified(
+def test_fail_plain_http_to_the_proxy_listener_gets_no_http(
+    proxied: ProxiedWorld, tmp_path: Path
+) -> None:
+    world = proxied.world
+    device, audit = fresh_device(world, tmp_path)
+    header = f"-H '{HEADER}: {escaped_pem(device.certificate)}'"
+    url = f"http://127.0.0.1:{proxied.proxy_port}/.well-known/est"
+    curl_refused(url, tmp_path, f"--interface {PROXY_PEER}", header)
+    assert_untouched(world, device.device_id, audit)
+
+
+def test_fail_unix_socket_refuses_a_user_outside_the_proxy_group(
+    proxied: ProxiedWorld, tmp_path: Path
+) -> None:
+    world = proxied.world
+    device, audit = fresh_device(world, tmp_path)
+    info = proxied.socket_path.lstat()
+    assert oct(info.st_mode & 0o777) == "0o660"
+    assert info.st_uid == os.getuid() and info.st_gid == grp.getgrnam(WORKER_GROUP).gr_gid
+    request = (
+        f"curl -sS --max-time 30 -o /dev/null -w '%{{http_code}}' --unix-socket "
+        f"{proxied.socket_path} -H '{HEADER}: {escaped_pem(device.certificate)}' "
+        "-H 'Content-Type: application/pkcs10' -H 'Content-Transfer-Encoding: base64' "
+        "--data-binary @- http://node/.well-known/est/simpleenroll < csr.b64"  # opened as root
+    )
+    # root ignores file permissions: the local process runs as an unprivileged user.
+    outsider = sh(
+        f"setpriv --reuid={OUTSIDER} --regid={OUTSIDER} --clear-groups {request}",
+        tmp_path,
+        check=False,
+    )
+    assert outsider.returncode == 7, (outsider.stdout, outsider.stderr)  # couldn't connect
+    assert "Permission denied" in outsider.stderr or "Couldn't connect" in outsider.stderr
+    assert_untouched(world, device.device_id, audit)
+    # Positive control: the same unprivileged user in nginx's group is served.
+    member = sh(
+        f"setpriv --reuid={OUTSIDER} --regid={WORKER_GROUP} --clear-groups {request}", tmp_path
+    )
+    assert member.stdout.strip() == "200", member.stderr
+    assert world.state(device.device_id) == "issued"
+
+
+def test_fail_forged_certificate_from_the_proxy_is_reverified(
     proxied: ProxiedWorld, tmp_path: Path
 ) -> None:
     world = proxied.world
     (device,) = world.make_devices(1)
     sh(csr_script(device.device_id), tmp_path)
     forged = f"-H '{HEADER}: {escaped_pem(self_signed_as(device.device_id))}'"
-    status = post_status(proxied.proxy_listener, tmp_path, forged, f"--interface {PROXY_PEER}")
+    options = (proxied.as_nginx, f"--interface {PROXY_PEER}", forged)
+    status = post_status(proxied.proxy_listener, tmp_path, *options)
     assert status == "401", (tmp_path / "answer.txt").read_text()
     assert world.state(device.device_id) == "listed"
 
 
-def test_fail_malformed_header_from_the_trusted_proxy_is_400(
+def test_fail_nginx_certificate_from_outside_the_address_fence_is_ignored(
     proxied: ProxiedWorld, tmp_path: Path
 ) -> None:
+    world = proxied.world
+    (device,) = world.make_devices(1)
+    sh(csr_script(device.device_id), tmp_path)
+    header = f"-H '{HEADER}: {escaped_pem(device.certificate)}'"
+    # From 127.0.0.1, which is not in [proxy] trusted: the second fence.
+    status = post_status(proxied.proxy_listener, tmp_path, proxied.as_nginx, header)
+    assert status == "401", (tmp_path / "answer.txt").read_text()
+    assert world.state(device.device_id) == "listed"
+    assert f"ignored the {HEADER} header from 127.0.0.1" in proxied.node.log()
+
+
+def test_fail_malformed_header_from_the_proxy_is_400(proxied: ProxiedWorld, tmp_path: Path) -> None:
     (device,) = proxied.world.make_devices(1)
     sh(csr_script(device.device_id), tmp_path)
     garbled = f"-H '{HEADER}: %2D%2D%2D%2D%2DBEGIN%20CERTIFICATE'"
-    status = post_status(proxied.proxy_listener, tmp_path, garbled, f"--interface {PROXY_PEER}")
+    options = (proxied.as_nginx, f"--interface {PROXY_PEER}", garbled)
+    status = post_status(proxied.proxy_listener, tmp_path, *options)
     assert status == "400", (tmp_path / "answer.txt").read_text()
 
 
@@ -326,3 +354,24 @@ def test_fail_direct_tls_listener_ignores_the_header(proxied: ProxiedWorld, tmp_
     status = post_status(world.est, tmp_path, f"--cacert {world.factory_anchor}", header)
     assert status == "401", (tmp_path / "answer.txt").read_text()
     assert world.state(device.device_id) == "listed"
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        pytest.param(("--trusted-proxy", "0.0.0.0/0"), id="fail-ipv4-everything"),
+        pytest.param(
+            ("--trusted-proxy", "::/0", "--allow-wide-proxy-range"), id="fail-ipv6-everything"
+        ),
+        pytest.param(("--trusted-proxy", "127.0.0.0/8"), id="fail-wide-without-flag"),
+    ],
+)
+def test_fail_set_proxy_refuses_everything_and_wide_ranges(
+    proxied: ProxiedWorld, options: tuple[str, ...]
+) -> None:
+    path = proxied.world.node_dir / "node.toml"
+    before = path.read_bytes()
+    result = ztpki("node", "set-proxy", "--dir", str(proxied.world.node_dir), *options, check=False)
+    assert result.returncode == 2, result.stderr
+    assert "every address" in result.stderr or "--allow-wide-proxy-range" in result.stderr
+    assert path.read_bytes() == before

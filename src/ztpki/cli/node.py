@@ -7,7 +7,7 @@ import asyncio
 import logging
 import signal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.markup import escape
@@ -29,8 +29,18 @@ from ztpki.cli.node_options import (
     issuing_parameters,
     policy_options,
 )
+from ztpki.cli.node_proxy import (
+    proxy_addresses,
+    proxy_options,
+    proxy_settings,
+    proxy_usage_errors,
+    set_proxy_command,
+)
 from ztpki.eventloop import chosen_loop, run_service, running_loop_name
 from ztpki.node.config import DEFAULT_LABEL, NodeConfig
+
+if TYPE_CHECKING:
+    from ztpki.node.proxy_listener import ProxyAddress
 
 log = logging.getLogger(__name__)
 
@@ -91,14 +101,7 @@ def node() -> None:
     type=click.Path(path_type=Path, dir_okay=False),
     help="CRL of a factory CA to check temporary certificates against; repeatable.",
 )
-@click.option(
-    "--trusted-proxy",
-    "trusted_proxies",
-    multiple=True,
-    metavar="ADDR/CIDR",
-    help="Address or CIDR of a TLS-terminating proxy whose client-certificate header the "
-    "proxy listener (`serve --proxy-listen`) believes; repeatable.",
-)
+@proxy_options
 @policy_options
 @passphrase_options(NODE_ENV, NODE_KEY)
 def init_command(
@@ -112,15 +115,18 @@ def init_command(
     label: str,
     ca_name: str | None,
     crls: tuple[Path, ...],
-    trusted_proxies: tuple[str, ...],
     passphrase_file: Path | None,
     insecure_no_passphrase: bool,
     **policy: Any,
 ) -> None:
     """Create a node directory."""
+    from ztpki.node.proxy_setup import prepare_proxy
     from ztpki.node.setup import init_node
 
     secret = passphrase(passphrase_file, insecure_no_passphrase, NODE_ENV, NODE_KEY)
+    proxy = proxy_settings(policy)
+    with proxy_usage_errors():
+        prepare_proxy(proxy)  # a bad proxy value is a usage error, before anything is written
     result = init_node(
         directory,
         ca_system=ca_system,
@@ -134,7 +140,7 @@ def init_command(
         ca_name=ca_name,
         parameters=issuing_parameters(policy),
         crls=crls,
-        trusted_proxies=trusted_proxies,
+        proxy=proxy,
     )
     for warning in result.warnings:
         # The warning names certificate subjects, which are not markup.
@@ -169,6 +175,7 @@ def add_ca_command(
 @click.option("--json", "as_json", is_flag=True)
 def policy_command(directory: Path, as_json: bool) -> None:
     """Show each EST label's CA and the issuing parameters sent to the CA system."""
+    from ztpki.node.proxy_setup import describe_proxy
     from ztpki.node.runtime import load_labels
     from ztpki.store import sqlite_register
     from ztpki.versions import deployment_versions
@@ -188,10 +195,6 @@ def policy_command(directory: Path, as_json: bool) -> None:
                 **params,
             }
         )
-    proxy = {
-        "trusted": [str(n) for n in config.proxy.trusted],
-        "header": config.proxy.header,
-    }
     versions = deployment_versions(
         config.database,
         component=sqlite_register.SCHEMA_COMPONENT,
@@ -210,13 +213,8 @@ def policy_command(directory: Path, as_json: bool) -> None:
                 )
     console.print(f"CA system: {config.ca_system}; limits: {config.limits.to_toml()}", markup=False)
     console.print(versions.describe(), markup=False)
-    if proxy["trusted"]:
-        console.print(
-            f"trusted proxies: {', '.join(proxy['trusted'])} (header {proxy['header']})",
-            markup=False,
-        )
-    else:
-        console.print("trusted proxies: none (proxy headers are ignored)", markup=False)
+    for line in describe_proxy(config):
+        console.print(line, markup=False, soft_wrap=True)
 
 
 @node.command("serve")
@@ -229,10 +227,14 @@ def policy_command(directory: Path, as_json: bool) -> None:
 )
 @click.option(
     "--proxy-listen",
-    metavar="HOST:PORT",
-    help="Also serve plain HTTP here for TLS-terminating proxies: the client certificate then "
-    "comes from the [proxy] header, believed only from [proxy] trusted addresses. Bind it "
-    "where only the proxies can reach it.",
+    "proxy_listen",
+    multiple=True,
+    metavar="HOST:PORT|unix:PATH",
+    callback=proxy_addresses,
+    help="Also serve TLS-terminating proxies here (repeatable): HOST:PORT speaks TLS and "
+    "requires a proxy client certificate under [proxy] ca, from a [proxy] trusted address; "
+    "unix:PATH is a socket of mode 0660 for [proxy] socket_group. The client certificate "
+    "then comes from the proxy's header.",
 )
 @client_passphrase_option
 @passphrase_options(
@@ -244,7 +246,7 @@ def policy_command(directory: Path, as_json: bool) -> None:
 def serve_command(
     directory: Path,
     listen: str,
-    proxy_listen: str | None,
+    proxy_listen: tuple[ProxyAddress, ...],
     client_passphrase_file: Path | None,
     passphrase_file: Path | None,
     insecure_no_passphrase: bool,
@@ -261,25 +263,25 @@ def serve_command(
         client_passphrase=client_passphrase(client_passphrase_file),
     )
     host, port = parse_address(listen, allow_any_port=True)
-    proxy_address = None
-    if proxy_listen is not None:
-        proxy_address = parse_address(proxy_listen, allow_any_port=True)
 
     async def run() -> None:
-        running = await start_node(material, host=host, port=port, proxy_listen=proxy_address)
+        running = await start_node(material, host=host, port=port, proxy_listen=proxy_listen)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        if running.proxy is not None:
+        for proxy in running.proxies:
             # On stderr, before the readiness line: stdout carries only `listening on`.
-            click.echo(f"proxy listening on {running.proxy.host}:{running.proxy.port}", err=True)
+            click.echo(f"proxy listening on {proxy.address}", err=True)
         log.info("customer node %s serving on the %s event loop", directory, running_loop_name())
         click.echo(f"listening on {running.host}:{running.port}")
         await stop.wait()
         await running.close()
 
     run_service(run(), event_loop)
+
+
+node.add_command(set_proxy_command)
 
 
 @node.command("request-server-cert")

@@ -20,15 +20,16 @@ from ztpki.node.authorization import (
     should_confirm,
 )
 from ztpki.node.ca_client import Issued, SecondCAClient, UpstreamError
-from ztpki.node.config import CALabel, IssuingParameters, Limits, NodeConfig, ProxyConfig
+from ztpki.node.config import CALabel, IssuingParameters, Limits, NodeConfig
 from ztpki.node.enrollment import Enrolled, EnrollmentService, LoadedLabel
 from ztpki.node.http import ERROR_TABLE, EstApplication
 from ztpki.node.metrics import NodeMetrics
 from ztpki.node.proxy import ForwardedCertificate, decode_forwarded_certificate
+from ztpki.node.proxy_config import ProxyConfig
+from ztpki.node.proxy_listener import ProxyAddress, ProxyListener
 from ztpki.node.register import AsyncRegister
 from ztpki.node.runtime import (
     NodeMaterial,
-    ProxyListener,
     RunningNode,
     load_material,
     start_node,
@@ -59,6 +60,7 @@ __all__ = [
     "NodeMaterial",
     "NodeMetrics",
     "Operation",
+    "ProxyAddress",
     "ProxyConfig",
     "ProxyListener",
     "RefusalReason",

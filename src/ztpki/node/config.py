@@ -12,15 +12,14 @@ directory alone is enough to run the node)::
     DIR/ca-client/            the second CA-client's credential (ZTPKI_CLIENT_PASSPHRASE)
     DIR/crl/*.pem             optional CRLs of the factory CAs
 
-An optional ``[proxy]`` table names the TLS-terminating proxies (addresses or CIDRs) whose
-client-certificate header the node's plain-HTTP proxy listener believes.
+An optional ``[proxy]`` table says which TLS-terminating proxies may tell the node a client's
+certificate (ztpki.node.proxy_config).
 
 Relative paths in node.toml are relative to DIR.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import re
 import tomllib
 from dataclasses import dataclass, field, fields
@@ -30,6 +29,7 @@ from typing import Any
 import tomli_w
 
 from ztpki.errors import ConfigurationError, UnsupportedParameter
+from ztpki.node.proxy_config import ProxyConfig
 from ztpki.pki.keys import KeySpec
 from ztpki.pki.names import SubjectFields
 from ztpki.protocol.enrollment import EnrollmentParameters
@@ -187,57 +187,6 @@ class Limits:
         return cls(**values)
 
 
-DEFAULT_PROXY_HEADER = "X-SSL-Client-Cert"
-_HEADER_NAME = re.compile(r"[A-Za-z0-9-]{1,64}")
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-def parse_network(text: str) -> Network:
-    """One proxy address (a host) or CIDR block; host bits set in a CIDR are refused."""
-    try:
-        return ipaddress.ip_network(text.strip(), strict=True)
-    except ValueError:
-        raise ConfigurationError(
-            f"trusted proxy {text[:64]!r} is not an IP address or CIDR block (e.g. 10.0.0.0/8)"
-        ) from None
-
-
-@dataclass(frozen=True)
-class ProxyConfig:
-    """Which TLS-terminating proxies may tell the node the client's certificate, and in which
-    header. No trusted proxy (the default): the header is never believed."""
-
-    trusted: tuple[Network, ...] = ()
-    header: str = DEFAULT_PROXY_HEADER
-
-    def __post_init__(self) -> None:
-        if not _HEADER_NAME.fullmatch(self.header):
-            raise ConfigurationError(
-                f"[proxy] header {self.header[:64]!r} must be 1-64 characters of A-Z a-z 0-9 -"
-            )
-
-    def trusts(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
-        return any(address in network for network in self.trusted)
-
-    def to_toml(self) -> dict[str, Any]:
-        return {"trusted": [str(n) for n in self.trusted], "header": self.header}
-
-    @classmethod
-    def from_toml(cls, table: dict[str, Any]) -> ProxyConfig:
-        unknown = set(table) - {"trusted", "header"}
-        if unknown:
-            raise ConfigurationError(f"[proxy] has unknown setting {sorted(unknown)[0]!r}")
-        trusted = table.get("trusted", [])
-        if not isinstance(trusted, list):
-            raise ConfigurationError('[proxy] trusted must be a list, e.g. ["10.0.0.0/8"]')
-        return cls(
-            trusted=tuple(parse_network(str(t)) for t in trusted),
-            header=str(table.get("header", DEFAULT_PROXY_HEADER)),
-        )
-
-
 @dataclass(frozen=True)
 class NodeConfig:
     """Everything `ztpki node serve` needs, as written in DIR/node.toml."""
@@ -310,8 +259,8 @@ class NodeConfig:
             "# ztpki customer node. Edit and restart `ztpki node serve` to apply.\n"
             "# [ca.<label>]: one table per EST label (/.well-known/est/<label>/...);\n"
             "# default_label is served at /.well-known/est/ as well.\n"
-            "# [proxy] trusted: addresses/CIDRs of TLS-terminating proxies whose client\n"
-            "# certificate header the proxy listener (`node serve --proxy-listen`) believes.\n"
+            "# [proxy]: the TLS-terminating proxies the proxy listener (`node serve\n"
+            "# --proxy-listen`) believes; change it with `ztpki node set-proxy`.\n"
         )
         write_public_file(
             self.directory / NODE_FILE, (header + tomli_w.dumps(self.to_toml())).encode()

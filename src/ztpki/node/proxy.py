@@ -1,14 +1,17 @@
 """The client certificate as a TLS-terminating proxy forwards it, on the node's proxy listener.
 
 In a scale-out deployment a proxy (nginx, HAProxy, a load balancer) terminates the devices'
-TLS and forwards each request over plain HTTP to the node's proxy listener, with the client's
-certificate in a header: PEM, URL-escaped as nginx's ``$ssl_client_escaped_cert`` writes it.
-The proxy is trusted only to say which certificate the client proved possession of; the
-authentication module verifies the chain again exactly as for a certificate taken from TLS.
+TLS and forwards each request to the node's proxy listener (ztpki.node.proxy_listener: TLS
+with the proxy's own client certificate, or a Unix socket), with the client's certificate in a
+header: PEM, URL-escaped as nginx's ``$ssl_client_escaped_cert`` writes it. The proxy is
+trusted only to say which certificate the client proved possession of; the authentication
+module verifies the chain again exactly as for a certificate taken from TLS.
 
-The header is believed only from a peer address in ``[proxy] trusted``; from anyone else it
-is ignored (the request has no client certificate) and logged. A trusted proxy that sends a
-garbled header gets 400: that is a proxy misconfiguration, never a reason to guess.
+On a TCP listener the header is believed only from a peer address in ``[proxy] trusted`` (the
+second fence, after the proxy's certificate); from anyone else it is ignored (the request has
+no client certificate) and logged. On a Unix socket the socket's permissions are the fence. A
+trusted proxy that sends a garbled header gets 400: that is a proxy misconfiguration, never a
+reason to guess.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 
 from ztpki.errors import MalformedInput
-from ztpki.node.config import ProxyConfig
+from ztpki.node.proxy_config import ProxyConfig
 from ztpki.pki.pem import load_certificates_pem
 from ztpki.throttle import LogThrottle
 
@@ -77,17 +80,20 @@ def peer_address(request: web.BaseRequest) -> Address | None:
 
 
 class ForwardedCertificate:
-    """Takes the client certificate (DER) from the proxy header of a trusted peer."""
+    """Takes the client certificate (DER) from the proxy header of a trusted peer.
 
-    def __init__(self, config: ProxyConfig) -> None:
+    ``address_fence`` is off only on a Unix socket, which has no peer address."""
+
+    def __init__(self, config: ProxyConfig, *, address_fence: bool = True) -> None:
         self.config = config
+        self.address_fence = address_fence
 
     def __call__(self, request: web.BaseRequest) -> bytes | None:
         values = request.headers.getall(self.config.header, [])
         if not values:
             return None
         address = peer_address(request)
-        if address is None or not self.config.trusts(address):
+        if self.address_fence and (address is None or not self.config.trusts(address)):
             _IGNORED.warning(
                 "ignored-header",
                 "ignored the %s header from %s, which is not a trusted proxy ([proxy] trusted); "
@@ -101,5 +107,7 @@ class ForwardedCertificate:
         try:
             return decode_forwarded_certificate(values[0])
         except MalformedInput as exc:
-            log.warning("refused a request from proxy %s: %s", address, exc.message)
+            log.warning(
+                "refused a request from proxy %s: %s", address or "on the socket", exc.message
+            )
             raise

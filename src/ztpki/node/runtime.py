@@ -5,9 +5,10 @@ verifies it against all factory trust bundles and customer CA chains; a chain th
 there (expired, unknown CA) ends the handshake, before any HTTP. What passes is verified again
 by the authentication module, which also tells temporary from operational identities.
 
-Optionally a second, plain-HTTP listener serves the same application to TLS-terminating
-proxies (``proxy_listen``): there the client certificate comes from the proxy's header, and
-only from the addresses in ``[proxy] trusted`` (ztpki.node.proxy).
+Optionally proxy listeners serve the same application to TLS-terminating proxies
+(``proxy_listen``): TLS with the proxy's client certificate, or a Unix socket only the proxy's
+user can open (ztpki.node.proxy_listener); there the client certificate comes from the proxy's
+header (ztpki.node.proxy).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,11 +33,18 @@ from ztpki.credentials import (
 from ztpki.errors import ConfigurationError, ListenFailed, MalformedInput
 from ztpki.node.authentication import AuthenticationModule, CustomerCA, FactoryTrust
 from ztpki.node.ca_client import EnrollmentTransport, SecondCAClient
-from ztpki.node.config import NODE_FILE, Limits, NodeConfig
+from ztpki.node.config import Limits, NodeConfig
 from ztpki.node.enrollment import EnrollmentService, LoadedLabel
 from ztpki.node.http import EstApplication
 from ztpki.node.metrics import NodeMetrics
 from ztpki.node.proxy import ForwardedCertificate
+from ztpki.node.proxy_listener import (
+    ProxyAddress,
+    ProxyListener,
+    check_proxy_listener,
+    listen,
+    protocol_factory,
+)
 from ztpki.node.register import AsyncRegister
 from ztpki.pki.keys import PrivateKey, decode_pkcs8, keys_match
 from ztpki.pki.pem import load_certificates_pem
@@ -157,16 +166,6 @@ def load_material(
 
 
 @dataclass
-class ProxyListener:
-    """The plain-HTTP listener for TLS-terminating proxies."""
-
-    host: str
-    port: int
-    runner: web.AppRunner
-    server: asyncio.Server
-
-
-@dataclass
 class RunningNode:
     host: str
     port: int
@@ -176,17 +175,16 @@ class RunningNode:
     register: AsyncRegister
     store: NodeStore
     metrics: NodeMetrics
-    proxy: ProxyListener | None = None
+    proxies: list[ProxyListener] = field(default_factory=list)
 
     async def close(self) -> None:
-        listeners = [(self.server, self.runner)]
-        if self.proxy is not None:
-            listeners.append((self.proxy.server, self.proxy.runner))
-        for server, _ in listeners:
-            server.close()
-        for server, runner in listeners:
-            await server.wait_closed()
-            await runner.cleanup()
+        self.server.close()
+        for proxy in self.proxies:
+            proxy.server.close()
+        await self.server.wait_closed()
+        await self.runner.cleanup()
+        for proxy in self.proxies:
+            await proxy.close()
         await self.ca_client.close()
         self.register.close()
         close = getattr(self.store, "close", None)
@@ -201,21 +199,17 @@ async def start_node(
     port: int,
     transport: EnrollmentTransport | None = None,
     store: NodeStore | None = None,
-    proxy_listen: tuple[str, int] | None = None,
+    proxy_listen: Sequence[ProxyAddress] = (),
 ) -> RunningNode:
-    """Start serving; returns once the socket listens (port 0: any free port).
+    """Start serving; returns once the sockets listen (port 0: any free port).
 
-    ``proxy_listen`` adds the plain-HTTP listener for TLS-terminating proxies; it needs at
-    least one ``[proxy] trusted`` address, or no request there could ever authenticate.
+    ``proxy_listen`` adds listeners for TLS-terminating proxies; each is refused unless the
+    configuration can authenticate the proxy there (ztpki.node.proxy_listener).
     """
     config = material.config
     limits = config.limits
-    if proxy_listen is not None and not config.proxy.trusted:
-        raise ConfigurationError(
-            "a proxy listener needs the proxies' addresses: add `trusted = [\"ADDRESS or "
-            f'CIDR", ...]` under `[proxy]` in {config.directory / NODE_FILE} '
-            "(or create the node with `ztpki node init --trusted-proxy`)"
-        )
+    for address in proxy_listen:
+        check_proxy_listener(config, address)
     if transport is None:
         if material.credential is None:
             raise ConfigurationError(
@@ -265,16 +259,18 @@ async def start_node(
         if isinstance(exc, OSError):
             raise ListenFailed(host, port, exc) from None
         raise
-    proxy = None
-    if proxy_listen is not None:
-        try:
-            proxy = await _start_proxy_listener(application, proxy_listen, material)
-        except BaseException:
-            server.close()
-            await runner.cleanup()
-            await ca_client.close()
-            register.close()
-            raise
+    proxies: list[ProxyListener] = []
+    try:
+        for address in proxy_listen:
+            proxies.append(await _start_proxy_listener(application, address, material))
+    except BaseException:
+        server.close()
+        await runner.cleanup()
+        for proxy in proxies:
+            await proxy.close()
+        await ca_client.close()
+        register.close()
+        raise
     bound = server.sockets[0].getsockname()
     log.info(
         "customer node %s serving EST labels %s; customer CA system %s",
@@ -283,7 +279,7 @@ async def start_node(
         config.ca_system,
     )
     return RunningNode(
-        str(bound[0]), int(bound[1]), runner, server, ca_client, register, store, metrics, proxy
+        str(bound[0]), int(bound[1]), runner, server, ca_client, register, store, metrics, proxies
     )
 
 
@@ -309,35 +305,48 @@ def _factory(runner: web.AppRunner) -> web.Server:
 
 
 async def _start_proxy_listener(
-    direct: EstApplication, address: tuple[str, int], material: NodeMaterial
+    direct: EstApplication, address: ProxyAddress, material: NodeMaterial
 ) -> ProxyListener:
-    """The same service behind plain HTTP, the certificate taken from a trusted proxy's header."""
+    """The same service, the certificate taken from an authenticated proxy's header."""
     proxy_config = material.config.proxy
+    unix = address.socket_path is not None
     application = EstApplication(
         direct.service,
         direct.authentication,
         limits=direct.limits,
         metrics=direct.metrics,
         expose_metrics=direct.expose_metrics,
-        client_certificate=ForwardedCertificate(proxy_config),
+        client_certificate=ForwardedCertificate(proxy_config, address_fence=not unix),
         strangers=direct.strangers,
     )
     runner = await _runner(application.build(), direct.limits)
     try:
-        server = await asyncio.get_running_loop().create_server(
-            _factory(runner), address[0], address[1], reuse_address=True
+        server, bound, inode = await listen(
+            address,
+            _factory(runner) if unix else protocol_factory(_factory(runner), proxy_config),
+            config=material.config,
+            key=material.server_key,
+            chain=material.server_chain,
+            device_issuers=material.authentication.tls_trust_store(),
+            handshake_timeout=direct.limits.handshake_timeout,
         )
-    except BaseException as exc:
+    except BaseException:
         await runner.cleanup()
-        if isinstance(exc, OSError):
-            raise ListenFailed(address[0], address[1], exc) from None
         raise
-    bound = server.sockets[0].getsockname()
-    log.info(
-        "proxy listener on %s:%s (plain HTTP): header %s believed from %s",
-        bound[0],
-        bound[1],
-        proxy_config.header,
-        ", ".join(str(n) for n in proxy_config.trusted),
-    )
-    return ProxyListener(str(bound[0]), int(bound[1]), runner, server)
+    if unix:
+        log.info(
+            "proxy listener on %s (mode 0660, group %s): header %s believed",
+            bound,
+            proxy_config.socket_group or "of the node's user",
+            proxy_config.header,
+        )
+    else:
+        log.info(
+            "proxy listener on %s (TLS, proxy client certificate required%s): header %s "
+            "believed from %s",
+            bound,
+            ", pinned" if proxy_config.fingerprints else "",
+            proxy_config.header,
+            ", ".join(str(n) for n in proxy_config.trusted),
+        )
+    return ProxyListener(bound, runner, server, inode)

@@ -31,10 +31,9 @@ from ztpki.node.config import (
     IssuingParameters,
     Limits,
     NodeConfig,
-    ProxyConfig,
     check_label,
-    parse_network,
 )
+from ztpki.node.proxy_setup import ProxySettings, prepare_proxy
 from ztpki.node.runtime import read_certificates, read_crl
 from ztpki.pki.chain import is_ca_certificate
 from ztpki.pki.keys import (
@@ -143,7 +142,7 @@ def init_node(
     parameters: IssuingParameters | None = None,
     crls: Sequence[Path] = (),
     limits: Limits | None = None,
-    trusted_proxies: Sequence[str] = (),
+    proxy: ProxySettings | None = None,
 ) -> InitResult:
     """Create a node directory from the operator's files; refuses an existing node."""
     if (directory / NODE_FILE).exists():
@@ -152,7 +151,7 @@ def init_node(
         )
     parse_address(ca_system)
     check_label(label)
-    proxy = ProxyConfig(trusted=tuple(parse_network(p) for p in trusted_proxies))
+    prepared_proxy = prepare_proxy(proxy or ProxySettings())
     if not trust:
         raise ConfigurationError("give at least one factory trust bundle (--trust FILE)")
     bundles = [read_certificates(path, "factory trust bundle") for path in trust]
@@ -184,6 +183,7 @@ def init_node(
         directory / "server" / "key.pem", encode_pkcs8_pem(key, passphrase=node_passphrase)
     )
     _write_credential(credential, directory / "ca-client")
+    prepared_proxy.write(directory)
     crl_paths = []
     for index, path in enumerate(crls, start=1):
         relative = Path("crl") / f"{index:02d}-{path.name}"
@@ -200,7 +200,7 @@ def init_node(
         labels=(CALabel(label, ca_relative, ca_name, parameters or IssuingParameters()),),
         default_label=label,
         limits=limits or Limits(),
-        proxy=proxy,
+        proxy=prepared_proxy.config,
     )
     open_sqlite_node_store(config.database).close()
     config.save()

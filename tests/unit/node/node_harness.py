@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Sequence
 from concurrent.futures import Future
 from datetime import timedelta
 from pathlib import Path
 
 from node_pki import NOW, PKI, InProcessCA
 
-from ztpki.node.config import CALabel, Limits, NodeConfig, ProxyConfig
+from ztpki.node.config import CALabel, Limits, NodeConfig
 from ztpki.node.enrollment import LoadedLabel
+from ztpki.node.proxy_config import ProxyConfig
+from ztpki.node.proxy_listener import ProxyAddress
 from ztpki.node.runtime import NodeMaterial, RunningNode, start_node
 from ztpki.pki.authority import IssuanceGrant
 from ztpki.pki.keys import KeySpec, generate_private_key
@@ -61,7 +64,7 @@ class InProcessNode:
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
 
-    def start(self, *, proxy_listen: tuple[str, int] | None = None) -> RunningNode:
+    def start(self, *, proxy_listen: Sequence[ProxyAddress] = ()) -> RunningNode:
         self.node: RunningNode = self.call(
             start_node(
                 self.material,
