@@ -743,7 +743,7 @@ def test_cli_list_issued_clients(plant: CASystemUnderTest, customer: CASystemUnd
     table = ztpki("ca", "issued", "--dir", str(plant.root), "--device", device, env=wide).stdout
     assert format(leaf.serial_number, "x") in table and "1 certificate(s)" in table
 
-    clients = ztpki("ca", "clients", "--dir", str(plant.root), env=wide).stdout
+    clients = ztpki("ca", "list-clients", "--dir", str(plant.root), env=wide).stdout
     assert "line1" in clients and "active" in clients
     assert "node1" not in clients  # control: the other system's client
 
@@ -809,7 +809,7 @@ def test_ok_insecure_no_passphrase_works_and_warns(tmp_path: Path) -> None:
     out = tmp_path / "demo-client"
     ztpki(
         "ca", "add-client", "--dir", str(demo.root), "--name", "line1", "--out", str(out),
-        "--insecure-no-passphrase", env=no_env,
+        "--ca", "root", "--insecure-no-passphrase", env=no_env,
     )  # fmt: skip
     demo.credentials["line1"] = out
     # Control: without the flag and without a passphrase, serve refuses to start.

@@ -57,6 +57,14 @@ class FieldRule(StrEnum):
     FORBIDDEN = "forbidden"  # never in the certificate; a request naming it is refused
 
 
+def _rule(subject: SubjectFields, name: str, explicit: FieldRule | str | None) -> FieldRule:
+    if explicit is not None:
+        return FieldRule(explicit)
+    if getattr(subject, name):
+        return FieldRule.FIXED
+    return FieldRule.FORBIDDEN if name == "email" else FieldRule.ALLOWED
+
+
 class AboveMax(StrEnum):
     REFUSE = "refuse"
     CLIP = "clip"
@@ -73,7 +81,7 @@ class IssuingPolicy:
     allowed_keys: tuple[KeySpec, ...] = DEFAULT_ALLOWED
     subject: SubjectFields = field(default_factory=SubjectFields)
     allow_csr: bool = True
-    # Only the rules written in policy.toml; rule() gives the defaults for the others.
+    # Rules given for some fields; the others get their defaults (see the module docstring).
     subject_rules: tuple[tuple[str, FieldRule], ...] = ()
     above_max: AboveMax = AboveMax.REFUSE
     issue_ca_certificates: bool = False
@@ -81,16 +89,23 @@ class IssuingPolicy:
     permitted_ip: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        for name, rule in self.subject_rules:
+        explicit = dict(self.subject_rules)
+        for name in explicit:
             if name not in SUBJECT_FIELDS:
                 raise ConfigurationError(
                     f"policy: [subject_rules] has unknown field {name!r}; "
                     f"use {', '.join(SUBJECT_FIELDS)}"
                 )
+        # Every field's rule, the defaults written out: two policies that behave alike are equal.
+        rules = tuple(
+            (name, _rule(self.subject, name, explicit.get(name))) for name in SUBJECT_FIELDS
+        )
+        object.__setattr__(self, "subject_rules", rules)
+        for name, rule in rules:
             value = getattr(self.subject, name)
-            if FieldRule(rule) is FieldRule.FIXED and not value:
+            if rule is FieldRule.FIXED and not value:
                 raise ConfigurationError(f"policy: {name} is fixed but [subject] gives no value")
-            if FieldRule(rule) is FieldRule.FORBIDDEN and value:
+            if rule is FieldRule.FORBIDDEN and value:
                 raise ConfigurationError(f"policy: {name} is forbidden but [subject] gives one")
         if self.issue_ca_certificates and not (self.permitted_dns or self.permitted_ip):
             raise ConfigurationError(
@@ -115,12 +130,7 @@ class IssuingPolicy:
         return spec
 
     def rule(self, name: str) -> FieldRule:
-        explicit = dict(self.subject_rules).get(name)
-        if explicit is not None:
-            return FieldRule(explicit)
-        if getattr(self.subject, name):
-            return FieldRule.FIXED
-        return FieldRule.FORBIDDEN if name == "email" else FieldRule.ALLOWED
+        return dict(self.subject_rules)[name]
 
     def subject_fields(self, requested: SubjectFields) -> SubjectFields:
         """The subject fields a certificate gets, or NotEntitled for a field the request may
@@ -254,9 +264,7 @@ class IssuingPolicy:
                 subject_rules=tuple((str(k), FieldRule(v)) for k, v in rules.items()),
                 above_max=AboveMax(validity.get("above_max", "refuse")),
                 issue_ca_certificates=ca_certs.get("issue", False) is True,
-                permitted_dns=tuple(
-                    check_dns_pattern(d) for d in ca_certs.get("permitted_dns", ())
-                ),
+                permitted_dns=tuple(_subtree(d) for d in ca_certs.get("permitted_dns", ())),
                 permitted_ip=tuple(check_ip_range(n) for n in ca_certs.get("permitted_ip", ())),
             )
         except ConfigurationError as exc:
@@ -278,7 +286,7 @@ class IssuingPolicy:
             "# Issuing policy of this CA. Edit and restart `ztpki ca serve` to apply.\n"
             "# profile: device | server | client | manifest-signer | ca\n"
             "# A device holds at most one live certificate per CA; reissue supersedes it.\n"
-            "# subject_rules: allowed (a request may set it) | fixed (only [subject]'s value)\n"
+            "# subject_rules: allowed (a request may set it) | fixed (the policy's value only)\n"
             "#   | forbidden (never). validity.above_max: refuse | clip.\n"
         )
         path.write_text(header + tomli_w.dumps(self.to_toml()), encoding="utf-8")
