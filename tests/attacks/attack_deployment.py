@@ -424,7 +424,7 @@ FACTORY_CAS: tuple[tuple[str, ...], ...] = (
 )
 # What each factory CA-client may ask for (the README's set-up).
 CLIENT_RIGHTS: dict[str, tuple[str, ...]] = {
-    "line1": ("--ca", "factory", "--ca", "manifests", "--device-ids", "ACME-*"),
+    "line1": ("--ca", "factory", "--ca", "manifests"),
     "customer": ("--ca", "nodes", "--ip", "127.0.0.1", "--dns", "localhost"),
 }
 CUSTOMER_CAS: tuple[tuple[str, ...], ...] = (
