@@ -89,11 +89,12 @@ class CASystemUnderTest:
         ztpki("ca", "init", "--dir", str(self.root), "--name", name, *args, env=env)
 
     def add_client(self, name: str, *rights: str) -> Path:
-        """Register a CA-client with ``rights`` (add-client options); by default every CA."""
+        """Register a CA-client with ``rights`` (add-client options); every CA unless they
+        name some with --ca."""
         out = self.root.parent / f"{self.root.name}-client-{name}"
-        if not rights:
+        if "--ca" not in rights:
             every = sorted(p.name for p in (self.root / "cas").iterdir())
-            rights = tuple(arg for ca in every for arg in ("--ca", ca))
+            rights = (*rights, *(arg for ca in every for arg in ("--ca", ca)))
         ztpki(
             "ca", "add-client", "--dir", str(self.root), "--name", name, "--out", str(out),
             *rights,
