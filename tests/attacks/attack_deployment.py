@@ -421,6 +421,8 @@ FACTORY_CAS: tuple[tuple[str, ...], ...] = (
     ("--name", "factory", "--parent", "froot", "--default", "--org", "Acme Devices"),
     ("--name", "nodes", "--parent", "froot", "--profile", "server"),
     ("--name", "manifests", "--parent", "froot", "--profile", "manifest-signer"),
+    # A CA for subordinate CAs, which its policy keeps from issuing them over the protocol.
+    ("--name", "subcas", "--parent", "froot", "--path-length", "1", "--profile", "ca"),
 )
 # What each factory CA-client may ask for (the README's set-up).
 CLIENT_RIGHTS: dict[str, tuple[str, ...]] = {

@@ -12,7 +12,6 @@ import contextlib
 import io
 import json
 import os
-import sqlite3
 import subprocess
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -287,18 +286,3 @@ def stopped_afterwards(system: CASystemUnderTest) -> Iterator[CASystemUnderTest]
         yield system
     finally:
         system.stop()
-
-
-def downgrade_store_to_v1(path: Path) -> None:
-    """Turn a CA-system store into what a release before entitlements wrote (schema 1): no
-    entitlement with the clients, no client with the certificates, no record of refusals."""
-    conn = sqlite3.connect(path, isolation_level=None)
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-        conn.execute("DROP TABLE refused_request")
-        conn.execute("ALTER TABLE ca_client DROP COLUMN entitlement")
-        conn.execute("ALTER TABLE issued_certificate DROP COLUMN client_name")
-        conn.execute("UPDATE schema_version SET version = 1 WHERE component = 'ca_system'")
-        conn.execute("COMMIT")
-    finally:
-        conn.close()

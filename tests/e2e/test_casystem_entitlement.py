@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 from tests.e2e.casystem_fixtures import (
     CASystemUnderTest,
-    downgrade_store_to_v1,
     leaf_of,
     stopped_afterwards,
     ztpki,
@@ -26,6 +25,7 @@ from tests.e2e.casystem_fixtures import (
 from tests.e2e.casystem_fixtures import (
     RawConnection as Raw,
 )
+from tests.support.legacy_ca_store import downgrade_ca_store_to_v1
 
 from ztpki.casystem.service import ServiceLimits
 from ztpki.errors import NotAuthorized
@@ -187,7 +187,7 @@ def test_fail_serve_refuses_clients_without_entitlement_until_set(tmp_path: Path
     old.init_ca("root")
     old.init_ca("devices", "--parent", "root", "--default")
     old.add_client("line1", "--ca", "devices")
-    downgrade_store_to_v1(old.root / "store.sqlite")
+    downgrade_ca_store_to_v1(old.root / "store.sqlite")
 
     result = ztpki("ca", "serve", "--dir", str(old.root), "--listen", "127.0.0.1:0", check=False)
     message = " ".join(result.stderr.split())
