@@ -105,6 +105,18 @@ def _server(*dns: str, ip: tuple[str, ...] = ()) -> EnrollmentParameters:
     return EnrollmentParameters(dns_names=dns, ip_addresses=ip)
 
 
+def _customers(d: Deployment) -> tuple[str, str]:
+    """Customer X's and customer Y's clients for the nodes CA, each for its own domain."""
+    x, y = (_client(d, "--ca", "nodes", "--dns", f"*.{c}.example") for c in "xy")
+    return x, y
+
+
+def _node(kind: str, device: str, dns: str, *, reissue: bool = False) -> EnrollmentRequest:
+    return EnrollmentRequest(
+        _id(kind), device, ca="nodes", parameters=_server(dns), reissue=reissue
+    )
+
+
 def test_fail_client_uses_a_ca_it_was_not_given(
     deployment: Deployment, attack_report: AttackReport
 ) -> None:
@@ -144,40 +156,38 @@ def test_fail_client_names_a_device_id_outside_its_pattern(
     )
 
 
-def test_fail_client_overrides_a_subject_field_the_policy_fixes(
-    deployment: Deployment, attack_report: AttackReport
+@pytest.mark.parametrize(
+    ("case", "params", "says", "attack"),
+    [
+        pytest.param(
+            "subject-override",
+            EnrollmentParameters(organization="Customer Y Ltd"),
+            "Organization 'Customer Y Ltd'",
+            "a request sets Organization to another company's name where the CA's policy "
+            "fixes O=Acme Devices",
+            id="fail-subject-override",
+        ),
+        pytest.param(
+            "rfc822-email",
+            EnrollmentParameters(email="ceo@bank.example"),
+            "Email may not appear",
+            "a request asks for Email ceo@bank.example (an rfc822Name subjectAltName) where "
+            "the policy gives no e-mail",
+            id="fail-rfc822-email",
+        ),
+    ],
+)
+def test_fail_client_sets_a_subject_field_against_the_policy(
+    deployment: Deployment,
+    attack_report: AttackReport,
+    case: str,
+    params: EnrollmentParameters,
+    says: str,
+    attack: str,
 ) -> None:
-    request = EnrollmentRequest(
-        _id("atk"), _id("dev"), parameters=EnrollmentParameters(organization="Customer Y Ltd")
-    )
-    observed = _refused(
-        deployment, "cred-line1", request, says="Organization 'Customer Y Ltd'", case="subject"
-    )
-    _record(
-        attack_report,
-        "subject-override",
-        "a request sets Organization to another company's name where the CA's policy "
-        "fixes O=Acme Devices",
-        observed,
-    )
-
-
-def test_fail_client_puts_an_email_into_an_rfc822_name(
-    deployment: Deployment, attack_report: AttackReport
-) -> None:
-    request = EnrollmentRequest(
-        _id("atk"), _id("dev"), parameters=EnrollmentParameters(email="ceo@bank.example")
-    )
-    observed = _refused(
-        deployment, "cred-line1", request, says="Email may not appear", case="rfc822"
-    )
-    _record(
-        attack_report,
-        "rfc822-email",
-        "a request asks for Email ceo@bank.example (an rfc822Name subjectAltName) where the "
-        "policy gives no e-mail",
-        observed,
-    )
+    request = EnrollmentRequest(_id("atk"), _id("dev"), parameters=params)
+    observed = _refused(deployment, "cred-line1", request, says=says, case=case)
+    _record(attack_report, case, attack, observed)
 
 
 @pytest.mark.parametrize(
@@ -217,20 +227,12 @@ def test_fail_customer_x_gets_customer_y_node_certificate(
 ) -> None:
     """The documented set-up: the manufacturer gives each customer a client for the nodes CA."""
     d = deployment
-    x = _client(d, "--ca", "nodes", "--dns", "*.x.example")
-    y = _client(d, "--ca", "nodes", "--dns", "*.y.example")
-    request = EnrollmentRequest(
-        _id("atk"), "node-1", ca="nodes", parameters=_server("node.y.example")
-    )
+    x, y = _customers(d)
+    request = _node("atk", "node-1", "node.y.example")
     observed = _refused(
         d, f"cred-{x}", request, says="may not ask for DNS name 'node.y.example'", case="x-gets-y"
     )
-    mine = EnrollmentRequest(
-        _id("ok"), _id("node"), ca="nodes", parameters=_server("node.x.example")
-    )
-    theirs = EnrollmentRequest(
-        _id("ok"), _id("node"), ca="nodes", parameters=_server("node.y.example")
-    )
+    mine, theirs = (_node("ok", _id("node"), f"node.{c}.example") for c in "xy")
     for cred, asked in ((x, mine), (y, theirs)):
         answer = _ask(d, f"cred-{cred}", asked)
         assert isinstance(answer, EnrollmentAnswer)
@@ -250,21 +252,15 @@ def test_fail_reissue_supersedes_another_clients_certificate(
     deployment: Deployment, attack_report: AttackReport
 ) -> None:
     d = deployment
-    x = _client(d, "--ca", "nodes", "--dns", "*.x.example")
-    y = _client(d, "--ca", "nodes", "--dns", "*.y.example")
+    x, y = _customers(d)
     device = _id("node-y")
-    first = EnrollmentRequest(_id("ok"), device, ca="nodes", parameters=_server("node.y.example"))
-    owned = _ask(d, f"cred-{y}", first)
+    owned = _ask(d, f"cred-{y}", _node("ok", device, "node.y.example"))
     assert isinstance(owned, EnrollmentAnswer)
     live = d.live_serials("factory", device)
-    request = EnrollmentRequest(
-        _id("atk"), device, ca="nodes", parameters=_server("node.x.example"), reissue=True
-    )
+    request = _node("atk", device, "node.x.example", reissue=True)
     observed = _refused(d, f"cred-{x}", request, says="may not supersede", case="reissue")
     assert d.live_serials("factory", device) == live, "the other client's certificate changed"
-    again = EnrollmentRequest(
-        _id("ok"), device, ca="nodes", parameters=_server("node.y.example"), reissue=True
-    )
+    again = _node("ok", device, "node.y.example", reissue=True)
     assert isinstance(_ask(d, f"cred-{y}", again), EnrollmentAnswer)  # its owner may
     assert d.live_serials("factory", device) != live
     _record(

@@ -263,15 +263,28 @@ UNTIL = T0 + timedelta(days=365)
 RIGHTS = ClientEntitlement(cas=("customer",), device_ids=("dev-*",))
 
 
-def test_ok_add_and_find_client(ca_store: IssuanceStore) -> None:
+def register(
+    ca_store: IssuanceStore,
+    name: str,
+    *,
+    serial: str = "aa",
+    key: str | None = None,
+    now: datetime = T0,
+    entitlement: ClientEntitlement = RIGHTS,
+) -> None:
+    """add_client with the certificate fingerprint sha256(key), by default sha256(name)."""
     ca_store.add_client(
-        "node-1",
-        serial="aa",
-        fingerprint=sha256_hex("a"),
+        name,
+        serial=serial,
+        fingerprint=sha256_hex(key or name),
         not_after=UNTIL,
-        now=T0,
-        entitlement=RIGHTS,
+        now=now,
+        entitlement=entitlement,
     )
+
+
+def test_ok_add_and_find_client(ca_store: IssuanceStore) -> None:
+    register(ca_store, "node-1", serial="aa", key="a", now=T0)
     record = ca_store.client_by_fingerprint(sha256_hex("a"))
     assert record is not None
     assert (record.name, record.serial, record.status) == ("node-1", "aa", ClientStatus.ACTIVE)
@@ -281,45 +294,17 @@ def test_ok_add_and_find_client(ca_store: IssuanceStore) -> None:
 
 
 def test_fail_duplicate_client_name_or_certificate(ca_store: IssuanceStore) -> None:
-    ca_store.add_client(
-        "node-1",
-        serial="aa",
-        fingerprint=sha256_hex("a"),
-        not_after=UNTIL,
-        now=T0,
-        entitlement=RIGHTS,
-    )
+    register(ca_store, "node-1", serial="aa", key="a", now=T0)
     with pytest.raises(DuplicateClient, match="already active"):
-        ca_store.add_client(
-            "node-1",
-            serial="bb",
-            fingerprint=sha256_hex("b"),
-            not_after=UNTIL,
-            now=T0,
-            entitlement=RIGHTS,
-        )
+        register(ca_store, "node-1", serial="bb", key="b", now=T0)
     with pytest.raises(DuplicateClient, match="already registered"):
-        ca_store.add_client(
-            "node-2",
-            serial="aa",
-            fingerprint=sha256_hex("a"),
-            not_after=UNTIL,
-            now=T0,
-            entitlement=RIGHTS,
-        )
+        register(ca_store, "node-2", serial="aa", key="a", now=T0)
     assert [c.name for c in ca_store.clients()] == ["node-1"]
 
 
 def test_ok_remove_and_re_add_keeps_history(ca_store: IssuanceStore) -> None:
     later = T0 + timedelta(hours=1)
-    ca_store.add_client(
-        "node-1",
-        serial="aa",
-        fingerprint=sha256_hex("a"),
-        not_after=UNTIL,
-        now=T0,
-        entitlement=RIGHTS,
-    )
+    register(ca_store, "node-1", serial="aa", key="a", now=T0)
     assert ca_store.remove_client("node-1", now=later) is True
     assert ca_store.remove_client("node-1", now=later) is False
     assert ca_store.remove_client("never-added", now=later) is False
@@ -328,22 +313,8 @@ def test_ok_remove_and_re_add_keeps_history(ca_store: IssuanceStore) -> None:
     assert (removed.status, removed.removed_at) == (ClientStatus.REVOKED, later)
     # The removed certificate stays known, so it cannot come back under another name.
     with pytest.raises(DuplicateClient):
-        ca_store.add_client(
-            "node-9",
-            serial="aa",
-            fingerprint=sha256_hex("a"),
-            not_after=UNTIL,
-            now=later,
-            entitlement=RIGHTS,
-        )
-    ca_store.add_client(
-        "node-1",
-        serial="bb",
-        fingerprint=sha256_hex("b"),
-        not_after=UNTIL,
-        now=later,
-        entitlement=RIGHTS,
-    )
+        register(ca_store, "node-9", serial="aa", key="a", now=later)
+    register(ca_store, "node-1", serial="bb", key="b", now=later)
     history = [(c.name, c.serial, c.status) for c in ca_store.clients()]
     assert history == [
         ("node-1", "aa", ClientStatus.REVOKED),
@@ -354,14 +325,7 @@ def test_ok_remove_and_re_add_keeps_history(ca_store: IssuanceStore) -> None:
 def test_fail_schema_holds_one_active_client_per_name(
     ca_store: IssuanceStore, backend: Backend
 ) -> None:
-    ca_store.add_client(
-        "node-1",
-        serial="aa",
-        fingerprint=sha256_hex("a"),
-        not_after=UNTIL,
-        now=T0,
-        entitlement=RIGHTS,
-    )
+    register(ca_store, "node-1", serial="aa", key="a", now=T0)
     insert = (
         "INSERT INTO ca_client (name, serial, fingerprint, not_after, status, added_at, "
         "removed_at) VALUES ('node-1', 'bb', ?, '2025-05-01T12:00:00.000000Z', ?, "
@@ -375,17 +339,6 @@ def test_fail_schema_holds_one_active_client_per_name(
     assert len(ca_store.clients()) == 2
 
 
-def add(ca_store: IssuanceStore, name: str, entitlement: ClientEntitlement = RIGHTS) -> None:
-    ca_store.add_client(
-        name,
-        serial="aa",
-        fingerprint=sha256_hex(name),
-        not_after=UNTIL,
-        now=T0,
-        entitlement=entitlement,
-    )
-
-
 def test_ok_entitlement_kept_with_the_registration(ca_store: IssuanceStore) -> None:
     rights = ClientEntitlement(
         cas=("factory", "manifests"),
@@ -393,14 +346,14 @@ def test_ok_entitlement_kept_with_the_registration(ca_store: IssuanceStore) -> N
         dns_names=("*.node.example.com",),
         ip_ranges=("10.0.0.0/8", "2001:db8::/32"),
     )
-    add(ca_store, "line-1", rights)
+    register(ca_store, "line-1", entitlement=rights)
     record = ca_store.client_by_fingerprint(sha256_hex("line-1"))
     assert record is not None and record.entitlement == rights
     assert ca_store.clients()[0].entitlement == rights
 
 
 def test_ok_set_entitlement_only_for_an_active_client(ca_store: IssuanceStore) -> None:
-    add(ca_store, "line-1")
+    register(ca_store, "line-1")
     narrower = ClientEntitlement(cas=("customer",), device_ids=("dev-1",))
     assert ca_store.set_entitlement("line-1", narrower) is True
     assert ca_store.clients()[0].entitlement == narrower
