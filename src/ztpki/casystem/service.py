@@ -133,10 +133,17 @@ class CASystemService:
             answer = await self.enroll(request, client=client)
         except ZtpkiError as exc:
             request_id = request.request_id if request else request_id_of(payload)
-            log.info(
-                "refused request %s from %s: %s %s", request_id, client.name, exc.code, exc.message
+            # A registered client asking beyond its rights is a security event, not noise.
+            denied = isinstance(exc, NotAuthorized) and not isinstance(exc, AlreadyIssued)
+            log.log(
+                logging.WARNING if denied else logging.INFO,
+                "refused request %s from %s: %s %s",
+                request_id,
+                client.name,
+                exc.code,
+                exc.message,
             )
-            if isinstance(exc, NotAuthorized) and not isinstance(exc, AlreadyIssued):
+            if denied:
                 await self._record_refusal(client.name, request, request_id, exc)
             return error_answer(request_id, exc)
         except Exception:
