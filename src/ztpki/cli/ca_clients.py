@@ -52,20 +52,22 @@ def entitlement_options(command: F) -> F:
             "--device-ids",
             multiple=True,
             metavar="PATTERN",
-            help="Device ids it may name, * and ? as wildcards (e.g. 'ACME-*'). Default: any.",
+            help="Device ids it may name, * and ? as wildcards (e.g. 'ACME-*'). "
+            "add-client default: any.",
         ),
         click.option(
             "--dns",
             multiple=True,
             metavar="PATTERN",
             help="DNS name it may ask a server-profile CA for; '*.example.com' stands for "
-            "one label in front. Default: none.",
+            "one label in front. add-client default: none.",
         ),
         click.option(
             "--ip",
             multiple=True,
             metavar="CIDR",
-            help="IP address or range it may ask a server-profile CA for. Default: none.",
+            help="IP address or range it may ask a server-profile CA for. "
+            "add-client default: none.",
         ),
     )
     for option in reversed(options):
