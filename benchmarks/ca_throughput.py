@@ -58,6 +58,7 @@ from ztpki.protocol.enrollment import (
     decode_request,
     encode_request,
 )
+from ztpki.store.records import ClientEntitlement
 
 CA_PASSPHRASE = "benchmark-ca-passphrase"
 CLIENT_PASSPHRASE = "benchmark-client-passphrase"
@@ -206,7 +207,10 @@ def ztpki_phases(
     system = work / "ca-system"
     ztpki("ca", "init", "--dir", str(system), "--name", "root")
     ztpki("ca", "init", "--dir", str(system), "--name", "factory", "--parent", "root", "--default")
-    ztpki("ca", "add-client", "--dir", str(system), "--name", "bench", "--out", str(work / "cred"))
+    ztpki(
+        "ca", "add-client", "--dir", str(system), "--name", "bench", "--out", str(work / "cred"),
+        "--ca", "factory",
+    )  # fmt: skip
     credential = Credential.load(work / "cred", passphrase=CLIENT_PASSPHRASE.encode())
     serve = ["ca", "serve", "--dir", str(system), "--listen", "127.0.0.1:0"]
     server, port = start_ready(
@@ -274,6 +278,7 @@ def in_process_floor(system_dir: Path, csrs: list[tuple[str, bytes]], count: int
         encode_request(EnrollmentRequest(f"f{n}", f"floor-{n}", csr_der=csrs[n % len(csrs)][1]))
         for n in range(count)
     ]
+    everything = ClientEntitlement(cas=tuple(system.cas))
     key = system.resolve(None).authority.key
     assert isinstance(key, ec.EllipticCurvePrivateKey)
     tbs = b"\x30" * 400  # about a device certificate's TBS
@@ -288,7 +293,7 @@ def in_process_floor(system_dir: Path, csrs: list[tuple[str, bytes]], count: int
         for payload in payloads:
             request = decode_request(payload)
             now = datetime.now(UTC)
-            plan = system.plan(request, now=now)
+            plan = system.plan(request, now=now, client="bench", entitlement=everything)
             assert plan.csr_public_key is not None
             certificate = system.sign(plan, plan.csr_public_key)
             record = system.record_of(plan, certificate, now=now)

@@ -99,7 +99,10 @@ def main() -> None:
     system = root / "ca"
     ztpki("--log-level", "warning", "ca", "init", "--dir", str(system), "--name", "root")
     ztpki("ca", "init", "--dir", str(system), "--name", "factory", "--parent", "root", "--default")
-    ztpki("ca", "add-client", "--dir", str(system), "--name", "line1", "--out", str(root / "line1"))
+    ztpki(
+        "ca", "add-client", "--dir", str(system), "--name", "line1", "--out", str(root / "line1"),
+        "--ca", "factory", "--device-ids", "BENCH-*",
+    )  # fmt: skip
     service, address = start_service(system, root / "serve.log")
     try:
         credential = Credential.load(

@@ -64,6 +64,12 @@ class DeploymentVersions:
         schema = f"{self.component} database schema"
         if self.database_schema is None:
             return f"{protocol}; {schema} {self.schema} (no database yet)"
+        if self.database_schema < self.schema:
+            return (
+                f"{protocol}; {self.database} holds {schema} {self.database_schema}, older than "
+                f"this ztpki's {self.schema}: the next command that opens the store upgrades it "
+                "(back the file up first)"
+            )
         if self.database_schema != self.schema:
             return (
                 f"{protocol}; {self.database} holds {schema} {self.database_schema}, but this "

@@ -421,7 +421,14 @@ FACTORY_CAS: tuple[tuple[str, ...], ...] = (
     ("--name", "factory", "--parent", "froot", "--default", "--org", "Acme Devices"),
     ("--name", "nodes", "--parent", "froot", "--profile", "server"),
     ("--name", "manifests", "--parent", "froot", "--profile", "manifest-signer"),
+    # A CA for subordinate CAs, which its policy keeps from issuing them over the protocol.
+    ("--name", "subcas", "--parent", "froot", "--path-length", "1", "--profile", "ca"),
 )
+# What each factory CA-client may ask for (the README's set-up).
+CLIENT_RIGHTS: dict[str, tuple[str, ...]] = {
+    "line1": ("--ca", "factory", "--ca", "manifests"),
+    "customer": ("--ca", "nodes", "--ip", "127.0.0.1", "--dns", "localhost"),
+}
 CUSTOMER_CAS: tuple[tuple[str, ...], ...] = (
     ("--name", "croot", "--org", "Customer Ltd"),
     ("--name", "devices", "--parent", "croot", "--default"),
@@ -438,11 +445,12 @@ def build(root: Path) -> Deployment:
         d.cli("ca", "init", *f, *args, system="factory")
     for args in CUSTOMER_CAS:
         d.cli("ca", "init", *c, *args, system="customer")
-    for name in ("line1", "customer"):
+    for name, rights in CLIENT_RIGHTS.items():
         out = ["--out", str(root / f"cred-{name}")]
-        d.cli("ca", "add-client", *f, "--name", name, *out, system="factory")
+        d.cli("ca", "add-client", *f, "--name", name, *out, *rights, system="factory")
     node_cred = str(root / "cred-node")
-    d.cli("ca", "add-client", *c, "--name", "node", "--out", node_cred, system="customer")
+    node = ["--name", "node", "--out", node_cred, "--ca", "devices"]
+    d.cli("ca", "add-client", *c, *node, system="customer")
     bundle, chain = str(root / "factory-bundle.pem"), str(root / "customer-chain.pem")
     d.cli("ca", "export", *f, "--name", "factory", "--out", bundle, system="factory")
     d.cli("ca", "export", *c, "--name", "devices", "--out", chain, system="customer")

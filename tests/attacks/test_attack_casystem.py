@@ -274,6 +274,8 @@ def test_fail_unregistered_ca_client(deployment: Deployment, attack_report: Atta
         name,
         "--out",
         str(out),
+        "--ca",
+        "factory",
         system="factory",
     )
     d.cli("ca", "remove-client", "--dir", str(d.factory_dir), "--name", name, system="factory")

@@ -87,9 +87,17 @@ class CASystemUnderTest:
     def init_ca(self, name: str, *args: str, env: Mapping[str, str] | None = None) -> None:
         ztpki("ca", "init", "--dir", str(self.root), "--name", name, *args, env=env)
 
-    def add_client(self, name: str) -> Path:
+    def add_client(self, name: str, *rights: str) -> Path:
+        """Register a CA-client with ``rights`` (add-client options); every CA unless they
+        name some with --ca."""
         out = self.root.parent / f"{self.root.name}-client-{name}"
-        ztpki("ca", "add-client", "--dir", str(self.root), "--name", name, "--out", str(out))
+        if "--ca" not in rights:
+            every = sorted(p.name for p in (self.root / "cas").iterdir())
+            rights = (*rights, *(arg for ca in every for arg in ("--ca", ca)))
+        ztpki(
+            "ca", "add-client", "--dir", str(self.root), "--name", name, "--out", str(out),
+            *rights,
+        )  # fmt: skip
         self.credentials[name] = out
         return out
 
@@ -117,8 +125,8 @@ class CASystemUnderTest:
         return records
 
     def clients(self) -> dict[str, dict[str, Any]]:
-        """`ztpki ca clients --json` by name (the newest record of each name)."""
-        result = ztpki("ca", "clients", "--dir", str(self.root), "--json")
+        """`ztpki ca list-clients --json` by name (the newest record of each name)."""
+        result = ztpki("ca", "list-clients", "--dir", str(self.root), "--json")
         return {c["name"]: c for c in json.loads(result.stdout)}
 
     @property

@@ -106,7 +106,10 @@ def running_factory(root: Path) -> Iterator[Factory]:
         "ca", "init", "--dir", system, "--name", "manifests", "--parent", "root",
         "--profile", "manifest-signer", "--org", "Acme Devices",
     )  # fmt: skip
-    cli_ok("ca", "add-client", "--dir", system, "--name", "line1", "--out", root / "line1")
+    cli_ok(
+        "ca", "add-client", "--dir", system, "--name", "line1", "--out", root / "line1",
+        "--ca", "factory", "--ca", "manifests",
+    )  # fmt: skip
     bundle = root / "factory-bundle.pem"
     cli_ok("factory", "export-trust", "--dir", system, "--name", "factory", "--out", bundle)
     service = start(

@@ -373,6 +373,10 @@ def build_world(root: Path, *, limits: Mapping[str, float] = TEST_LIMITS) -> Nod
         "line1",
         "--out",
         str(root / "cred-line1"),
+        "--ca",
+        "factory",
+        "--ca",
+        "manifests",
     )
     cli(
         "ca",
@@ -383,6 +387,12 @@ def build_world(root: Path, *, limits: Mapping[str, float] = TEST_LIMITS) -> Nod
         "customer-x",
         "--out",
         str(root / "cred-customer"),
+        "--ca",
+        "nodes",
+        "--dns",
+        "localhost",
+        "--ip",
+        "127.0.0.1",
     )
     cli("ca", "init", "--dir", str(customer), "--name", "croot", "--org", "Customer X")
     cli(
@@ -406,6 +416,10 @@ def build_world(root: Path, *, limits: Mapping[str, float] = TEST_LIMITS) -> Nod
         "node",
         "--out",
         str(root / "cred-node"),
+        "--ca",
+        "operational",
+        "--ca",
+        "meters",
     )
     cli(
         "ca",

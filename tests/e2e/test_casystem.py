@@ -54,7 +54,6 @@ from ztpki.errors import (
     MalformedInput,
     NotAuthorized,
     Unavailable,
-    UnknownCA,
     UnsupportedParameter,
 )
 from ztpki.pki.authority import create_self_signed_ca
@@ -107,7 +106,12 @@ def systems(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, CASy
     plant.init_ca("servers", "--parent", "root", "--profile", "server")
     plant.init_ca("shortlived", "--parent", "root", "--validity-days", "20")
     plant.init_ca("strict", "--parent", "root")
-    plant.add_client("line1")
+    # The operator lets requests to the factory CA carry an e-mail address (rfc822Name).
+    policy = plant.root / "cas" / "factory" / "policy.toml"
+    policy.write_text(policy.read_text().replace('email = "forbidden"', 'email = "allowed"'))
+    plant.add_client(
+        "line1", "--dns", "node.example.com", "--dns", "a.example", "--ip", "192.0.2.10"
+    )
     plant.add_client("doomed")
     customer.init_ca("customer", "--parent-dir", str(plant.root), "--parent", "root")
     customer.add_client("node1")
@@ -338,15 +342,19 @@ def test_ok_absent_parameters_take_policy_defaults(plant: CASystemUnderTest) -> 
     lifetime = leaf.not_valid_after_utc - before
     assert timedelta(days=365) - timedelta(minutes=1) < lifetime <= timedelta(days=365, minutes=1)
 
-    # Control: given parameters win over the defaults.
+    # The defaults are the policy's rules: a request may not change them.
     params = EnrollmentParameters(
         organization="Other Org", organizational_unit="Field", locality="Kiel", country="DE",
-        email="ops@other.example", validity_days=30,
+        validity_days=30,
     )  # fmt: skip
-    given = leaf_of(plant.enroll(request(parameters=params)))
+    before = plant.count()
+    with pytest.raises(NotAuthorized, match="Organization 'Other Org' is not allowed"):
+        plant.enroll(request(parameters=params))
+    assert plant.count() == before
+    # Control: a CA whose policy gives no subject lets the request set the fields.
+    given = leaf_of(plant.enroll(request(ca="strict", parameters=params)))
     assert name_values(given.subject) | {"CN": "x", "serialNumber": "x"} == {
-        "O": "Other Org", "OU": "Field", "L": "Kiel", "C": "DE", "email": "ops@other.example",
-        "CN": "x", "serialNumber": "x",
+        "O": "Other Org", "OU": "Field", "L": "Kiel", "C": "DE", "CN": "x", "serialNumber": "x",
     }  # fmt: skip
     assert given.not_valid_after_utc - given.not_valid_before_utc == timedelta(days=30, minutes=5)
 
@@ -369,7 +377,7 @@ UNSUPPORTED = UnsupportedParameter
         pytest.param(
             "shortlived", {"validity_days": 30}, False, UNSUPPORTED, id="fail-validity-over-issuer"
         ),
-        pytest.param("nosuchca", {}, False, UnknownCA, id="fail-unknown-ca"),
+        pytest.param("nosuchca", {}, False, NotAuthorized, id="fail-unknown-ca"),
     ],
 )
 def test_fail_outside_policy_issues_nothing(
@@ -743,7 +751,7 @@ def test_cli_list_issued_clients(plant: CASystemUnderTest, customer: CASystemUnd
     table = ztpki("ca", "issued", "--dir", str(plant.root), "--device", device, env=wide).stdout
     assert format(leaf.serial_number, "x") in table and "1 certificate(s)" in table
 
-    clients = ztpki("ca", "clients", "--dir", str(plant.root), env=wide).stdout
+    clients = ztpki("ca", "list-clients", "--dir", str(plant.root), env=wide).stdout
     assert "line1" in clients and "active" in clients
     assert "node1" not in clients  # control: the other system's client
 
@@ -809,7 +817,7 @@ def test_ok_insecure_no_passphrase_works_and_warns(tmp_path: Path) -> None:
     out = tmp_path / "demo-client"
     ztpki(
         "ca", "add-client", "--dir", str(demo.root), "--name", "line1", "--out", str(out),
-        "--insecure-no-passphrase", env=no_env,
+        "--ca", "root", "--insecure-no-passphrase", env=no_env,
     )  # fmt: skip
     demo.credentials["line1"] = out
     # Control: without the flag and without a passphrase, serve refuses to start.

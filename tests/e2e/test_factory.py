@@ -132,12 +132,13 @@ def test_fail_refusing_ca_leaves_device_as_it_was(factory: Factory, tmp_path: Pa
     )  # fmt: skip
     message = " ".join(result.stderr.split())
     assert result.status == 1
-    assert "device ACME-R-1:" in message and "no CA named 'nonexistent'" in message
+    assert "device ACME-R-1:" in message and "may not use CA 'nonexistent'" in message
     assert {p.name: p.read_bytes() for p in device.iterdir() if p.is_file()} == before
     # A CA-client the CA system no longer knows: refused at the handshake.
     cli_ok(
-        "ca", "add-client", "--dir", factory.system, "--name", "line9", "--out", tmp_path / "line9"
-    )
+        "ca", "add-client", "--dir", factory.system, "--name", "line9", "--out", tmp_path / "line9",
+        "--ca", "factory",
+    )  # fmt: skip
     cli_ok("ca", "remove-client", "--dir", factory.system, "--name", "line9")
     result = cli(
         "factory", "load", "--device", device, "--device-id", "ACME-R-1",

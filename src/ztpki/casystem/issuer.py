@@ -16,6 +16,7 @@ from datetime import datetime
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
+from ztpki.casystem.entitlement import authorize
 from ztpki.casystem.policy import IssuingPolicy
 from ztpki.errors import MalformedInput, UnknownCA, UnsupportedParameter
 from ztpki.pki.authority import CertificateAuthority, IssuanceGrant
@@ -23,7 +24,7 @@ from ztpki.pki.keys import KeySpec, PrivateKey, PublicKey, encode_pkcs8, key_spe
 from ztpki.pki.names import SubjectFields
 from ztpki.pki.pem import certificate_der, serial_hex
 from ztpki.protocol.enrollment import EnrollmentAnswer, EnrollmentRequest
-from ztpki.store.records import CertificateStatus, IssuedCertificate
+from ztpki.store.records import CertificateStatus, ClientEntitlement, IssuedCertificate
 from ztpki.untrusted import quote
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ class IssuancePlan:
     grant: IssuanceGrant
     key_spec: KeySpec
     csr_public_key: PublicKey | None = None
+    client: str | None = None  # the CA-client that asked, recorded with the certificate
 
 
 def _csr_public_key(csr_der: bytes, policy: IssuingPolicy) -> tuple[PublicKey, KeySpec]:
@@ -80,16 +82,30 @@ class CASystem:
     def resolve(self, name: str | None) -> LoadedCA:
         ca = self.cas.get(name or self.default_ca)
         if ca is None:
-            known = ", ".join(sorted(self.cas))
-            raise UnknownCA(
-                f"this CA system has no CA named {quote(name or '')}; known CAs: {known}"
-            )
+            # Never lists the CAs that exist: a client learns only what it may use.
+            raise UnknownCA(f"this CA system serves no CA named {quote(name or '')}")
         return ca
 
-    def plan(self, request: EnrollmentRequest, *, now: datetime) -> IssuancePlan:
-        """Resolve the CA and apply its policy, or raise a typed error. Cheap: no crypto."""
-        ca = self.resolve(request.ca)
+    def plan(
+        self,
+        request: EnrollmentRequest,
+        *,
+        now: datetime,
+        client: str,
+        entitlement: ClientEntitlement,
+    ) -> IssuancePlan:
+        """Check the client's entitlement, resolve the CA and apply its policy, or raise a
+        typed error. Cheap: no crypto."""
         params = request.parameters
+        authorize(
+            client,
+            entitlement,
+            ca_name=request.ca or self.default_ca,
+            device_id=request.device_id,
+            dns_names=params.dns_names,
+            ip_addresses=params.ip_addresses,
+        )
+        ca = self.resolve(request.ca)
         fields = SubjectFields(
             organization=params.organization,
             organizational_unit=params.organizational_unit,
@@ -116,8 +132,9 @@ class CASystem:
             if params.key_algorithm is not None:
                 raise UnsupportedParameter("KeyAlgorithm cannot be combined with a CSR")
             public_key, spec = _csr_public_key(request.csr_der, ca.policy)
-            return IssuancePlan(request, ca, grant, spec, csr_public_key=public_key)
-        return IssuancePlan(request, ca, grant, ca.policy.key_spec(params.key_algorithm))
+            return IssuancePlan(request, ca, grant, spec, csr_public_key=public_key, client=client)
+        spec = ca.policy.key_spec(params.key_algorithm)
+        return IssuancePlan(request, ca, grant, spec, client=client)
 
     @staticmethod
     def sign(plan: IssuancePlan, public_key: PublicKey) -> x509.Certificate:
@@ -140,6 +157,7 @@ class CASystem:
             fingerprint=hashlib.sha256(der).hexdigest(),  # = fingerprint_sha256, DER once
             issued_at=now,
             certificate_der=der,
+            client=plan.client,
         )
 
     @staticmethod

@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from ztpki.casystem.directory import CASystemDirectory, service_authority
+from ztpki.casystem.entitlement import ChangeMode, change_entitlement
 from ztpki.casystem.issuer import CASystem, LoadedCA
 from ztpki.casystem.server_identity import ServerIdentity
 from ztpki.casystem.service import CASystemService, ServiceLimits
@@ -16,7 +17,7 @@ from ztpki.pki.keys import KeySpec, generate_private_key
 from ztpki.pki.names import SubjectFields, build_subject, check_device_id
 from ztpki.pki.pem import certificate_der, fingerprint_sha256, serial_hex
 from ztpki.pki.profiles import CertificateProfile
-from ztpki.store.records import ClientRecord
+from ztpki.store.records import ClientEntitlement, ClientRecord
 from ztpki.store.sqlite import open_sqlite_ca_store
 from ztpki.store.sqlite_ca import SQLiteIssuanceStore
 
@@ -46,6 +47,16 @@ def load_system(directory: CASystemDirectory, *, passphrase: bytes | None) -> CA
     return CASystem(cas, default_ca=directory.default_ca())
 
 
+def _require_cas(directory: CASystemDirectory, entitlement: ClientEntitlement) -> None:
+    """Refuse an entitlement naming a CA this system does not hold (a typo grants nothing)."""
+    known = directory.ca_names()
+    for name in entitlement.cas:
+        if name not in known:
+            raise ConfigurationError(
+                f"no CA named {name!r} in {directory.root} (known: {', '.join(known) or 'none'})"
+            )
+
+
 def add_client(
     directory: CASystemDirectory,
     name: str,
@@ -53,13 +64,16 @@ def add_client(
     out: Path,
     passphrase: bytes | None,
     client_passphrase: bytes | None,
+    entitlement: ClientEntitlement,
     validity_days: int = 825,
     now: datetime | None = None,
 ) -> ClientRecord:
-    """Issue and register the TLS credential of a CA-client (loading station, customer node)."""
+    """Issue and register the TLS credential of a CA-client (loading station, customer node)
+    with what it may ask for."""
     check_device_id(name)
     now = now or datetime.now(UTC)
     _require_system(directory)
+    _require_cas(directory, entitlement)
     # The passphrase first: a wrong one must leave no store, service CA or credential behind.
     authority = service_authority(directory, passphrase=passphrase, now=now)
     with open_store(directory) as store:
@@ -86,9 +100,50 @@ def add_client(
             fingerprint=fingerprint_sha256(certificate),
             not_after=certificate.not_valid_after_utc,
             now=now,
+            entitlement=entitlement,
         )
         record = next(c for c in store.clients() if c.name == name and c.status == "active")
     return record
+
+
+def set_client(
+    directory: CASystemDirectory,
+    name: str,
+    change: ClientEntitlement,
+    *,
+    given: frozenset[str],
+    mode: ChangeMode,
+) -> ClientRecord:
+    """Change the entitlement of an active CA-client; a running service applies it within
+    its client_recheck time, as it does a removal."""
+    _require_cas(directory, change)
+    with open_store(directory) as store:
+        current = next(
+            (c for c in store.clients() if c.name == name and c.status == "active"), None
+        )
+        if current is None:
+            raise ConfigurationError(f"no registered CA-client named {name!r}")
+        entitlement = change_entitlement(current.entitlement, change, given=given, mode=mode)
+        if not store.set_entitlement(name, entitlement):
+            raise ConfigurationError(f"CA-client {name!r} was removed meanwhile")
+        return next(c for c in store.clients() if c.name == name and c.status == "active")
+
+
+def require_entitlements(directory: CASystemDirectory, clients: list[ClientRecord]) -> None:
+    """Refuse to serve while an active CA-client has no entitlement (registered by a release
+    before entitlements), naming the command that gives it one."""
+    legacy = [c.name for c in clients if c.status == "active" and c.entitlement is None]
+    if not legacy:
+        return
+    cas = " ".join(f"--ca {n}" for n in directory.ca_names())
+    commands = "; ".join(
+        f"`ztpki ca set-client --dir {directory.root} --name {n} {cas}`" for n in legacy
+    )
+    raise ConfigurationError(
+        f"CA-client(s) {', '.join(legacy)} of {directory.root} were registered before "
+        f"entitlements and may use no CA: run {commands}, keeping only the --ca the client "
+        "needs (and --device-ids, --dns, --ip to narrow it), then start the service again"
+    )
 
 
 def build_service(
@@ -105,13 +160,19 @@ def build_service(
     from multiprocessing import get_context
 
     now = datetime.now(UTC)
-    system = load_system(directory, passphrase=passphrase)
-    authority = service_authority(directory, passphrase=passphrase, now=now)
-    identity = ServerIdentity(authority, (*hostnames, "localhost", "127.0.0.1"), now=now)
+    store = open_store(directory)
+    try:
+        require_entitlements(directory, store.clients())
+        system = load_system(directory, passphrase=passphrase)
+        authority = service_authority(directory, passphrase=passphrase, now=now)
+        identity = ServerIdentity(authority, (*hostnames, "localhost", "127.0.0.1"), now=now)
+    except BaseException:
+        store.close()
+        raise
     pool = ProcessPoolExecutor(max_workers=key_pool_workers, mp_context=get_context("spawn"))
     return CASystemService(
         system,
-        open_store(directory),
+        store,
         identity.context,
         limits=limits,
         key_pool=pool,

@@ -3,7 +3,8 @@
 One asyncio loop serves many connections; each carries framed XML requests and answers in
 turn. RSA key generation runs in a process pool, durable records in the recorder's thread,
 so neither stalls other connections. Only CA-clients registered in the store (and not
-removed) get past the handshake check.
+removed) get past the handshake check, and each request must then fit that client's
+entitlement; a request refused as not authorized is recorded in the store.
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from ztpki.casystem.connections import ConnectionLimits, FramedTLSServer, Reply
+from ztpki.casystem.entitlement import NotEntitled
 from ztpki.casystem.issuer import CASystem, IssuancePlan
 from ztpki.casystem.recorder import IssuanceRecorder
 from ztpki.casystem.server_identity import ServerIdentity, keep_renewed
 from ztpki.casystem.wire import error_answer
-from ztpki.errors import PayloadTooLarge, ZtpkiError
+from ztpki.errors import NotAuthorized, PayloadTooLarge, ZtpkiError
 from ztpki.pki.keys import KeySpec, PrivateKey, decode_pkcs8, encode_pkcs8, generate_private_key
 from ztpki.pki.pem import serial_hex
 from ztpki.protocol.enrollment import (
@@ -36,7 +38,7 @@ from ztpki.protocol.enrollment import (
 )
 from ztpki.protocol.framing import encode_frame
 from ztpki.store.interfaces import IssuanceStore
-from ztpki.store.records import AlreadyIssued
+from ztpki.store.records import AlreadyIssued, ClientRecord, RefusedRequest, SupersedeRefused
 from ztpki.throttle import LogThrottle
 
 log = logging.getLogger(__name__)
@@ -107,13 +109,14 @@ class CASystemService:
         if isinstance(self._key_pool, ProcessPoolExecutor):
             self._key_pool.shutdown(cancel_futures=True)
 
-    def registered_client(self, tls: ssl.SSLSocket) -> str | None:
-        """The name of the active registered CA-client that presented this certificate."""
+    def registered_client(self, tls: ssl.SSLSocket) -> ClientRecord | None:
+        """The active registered CA-client (with its entitlement) that presented this
+        certificate."""
         der = tls.getpeercert(binary_form=True)
         if not der:
             return None
         record = self.store.client_by_fingerprint(hashlib.sha256(der).hexdigest())
-        return record.name if record is not None and record.status == "active" else None
+        return record if record is not None and record.status == "active" else None
 
     def _session_for(self, tls: ssl.SSLSocket) -> _ClientSession | Reply:
         client = self.registered_client(tls)
@@ -127,30 +130,71 @@ class CASystemService:
             return Reply(answer_frame(error_answer(None, _unregistered())), close=True)
         return _ClientSession(self, tls, client)
 
-    async def handle(self, payload: bytes, *, client: str) -> EnrollmentAnswer | EnrollmentError:
+    async def handle(
+        self, payload: bytes, *, client: ClientRecord
+    ) -> EnrollmentAnswer | EnrollmentError:
         """One request frame in, one answer out; every failure becomes a typed error answer."""
-        request_id = None
+        request: EnrollmentRequest | None = None
         try:
             request = decode_request(payload)
-            request_id = request.request_id
-            answer = await self.enroll(request)
+            answer = await self.enroll(request, client=client)
         except ZtpkiError as exc:
-            request_id = request_id or request_id_of(payload)
-            log.info("refused request %s from %s: %s %s", request_id, client, exc.code, exc.message)
+            request_id = request.request_id if request else request_id_of(payload)
+            # A registered client asking beyond its rights is a security event, not noise.
+            denied = isinstance(exc, NotAuthorized) and not isinstance(exc, AlreadyIssued)
+            log.log(
+                logging.WARNING if denied else logging.INFO,
+                "refused request %s from %s: %s %s",
+                request_id,
+                client.name,
+                exc.code,
+                exc.message,
+            )
+            if denied:
+                await self._record_refusal(client.name, request, request_id, exc)
             return error_answer(request_id, exc)
         except Exception:
-            log.exception("internal error on request %s from %s", request_id, client)
+            request_id = request.request_id if request else None
+            log.exception("internal error on request %s from %s", request_id, client.name)
             return error_answer(request_id, ZtpkiError("internal"))
         return answer
 
-    async def enroll(self, request: EnrollmentRequest) -> EnrollmentAnswer:
+    async def _record_refusal(
+        self,
+        client: str,
+        request: EnrollmentRequest | None,
+        request_id: str | None,
+        exc: ZtpkiError,
+    ) -> None:
+        refusal = RefusedRequest(
+            at=datetime.now(UTC),
+            client=client,
+            request_id=request_id or "unknown",
+            device_id=request.device_id if request else None,
+            ca_name=(request.ca or self.system.default_ca) if request else None,
+            reason=exc.message,
+        )
+        try:
+            # Off the loop: the write waits for the database lock and an fsync.
+            await asyncio.to_thread(self.store.record_refusal, refusal)
+        except ZtpkiError as failure:  # the refusal stands; only its record is missing
+            log.error("could not record refusal of request %s: %s", request_id, failure.message)
+
+    async def enroll(self, request: EnrollmentRequest, *, client: ClientRecord) -> EnrollmentAnswer:
         now = datetime.now(UTC)
-        plan = self.system.plan(request, now=now)
+        if client.entitlement is None:
+            raise NotEntitled(
+                f"CA-client {client.name} has no entitlement yet; the operator gives it one "
+                "with `ztpki ca set-client`"
+            )
+        plan = self.system.plan(
+            request, now=now, client=client.name, entitlement=client.entitlement
+        )
         private_key: PrivateKey | None = None
         if plan.csr_public_key is not None:
             public_key = plan.csr_public_key
         else:
-            if plan.key_spec.is_rsa and not request.reissue:
+            if plan.key_spec.is_rsa:
                 # Refuse before 50 ms of RSA generation rather than at the record: a
                 # repeated request must not be able to keep the key pool busy.
                 self._refuse_if_live(plan)
@@ -170,9 +214,16 @@ class CASystemService:
         return self.system.answer(plan, certificate, private_key, der=record.certificate_der)
 
     def _refuse_if_live(self, plan: IssuancePlan) -> None:
+        """What the record would refuse, checked early (the record still decides)."""
         live = self.store.active_certificate(plan.ca.authority.name, plan.request.device_id)
-        if live is not None:
+        if live is None:
+            return
+        if not plan.request.reissue:
             raise AlreadyIssued(ca_name=live.ca_name, device_id=live.device_id, serial=live.serial)
+        if live.client is not None and live.client != plan.client:
+            raise SupersedeRefused(
+                client=plan.client or "unknown", ca_name=live.ca_name, device_id=live.device_id
+            )
 
     async def _generate(self, spec: KeySpec) -> PrivateKey:
         if not spec.is_rsa:
@@ -188,7 +239,7 @@ class CASystemService:
 class _ClientSession:
     """One registered CA-client's connection: each frame becomes one answer, in order."""
 
-    def __init__(self, service: CASystemService, tls: ssl.SSLSocket, client: str) -> None:
+    def __init__(self, service: CASystemService, tls: ssl.SSLSocket, client: ClientRecord) -> None:
         self._service = service
         self._tls = tls
         self._client = client
@@ -197,12 +248,15 @@ class _ClientSession:
     def frame(self, payload: bytes) -> Reply | asyncio.Future[Reply]:
         service = self._service
         if time.monotonic() - self._checked > service.limits.client_recheck:
-            # A kept-alive connection must not outlive `ca remove-client`; checking at most
-            # every client_recheck seconds keeps the store read off most requests.
-            if service.registered_client(self._tls) is None:
-                log.warning("closing connection of client %s: it was removed", self._client)
+            # A kept-alive connection must not outlive `ca remove-client` nor keep an
+            # entitlement `ca set-client` changed; checking at most every client_recheck
+            # seconds keeps the store read off most requests.
+            current = service.registered_client(self._tls)
+            if current is None:
+                log.warning("closing connection of client %s: it was removed", self._client.name)
                 refusal = error_answer(request_id_of(payload), _unregistered())
                 return Reply(answer_frame(refusal), close=True)
+            self._client = current
             self._checked = time.monotonic()
         return asyncio.ensure_future(self._reply(payload))
 
@@ -210,7 +264,7 @@ class _ClientSession:
         return Reply(answer_frame(await self._service.handle(payload, client=self._client)))
 
     def too_large(self, error: PayloadTooLarge) -> Reply:
-        log.warning("closing connection of client %s: %s", self._client, error.message)
+        log.warning("closing connection of client %s: %s", self._client.name, error.message)
         return Reply(answer_frame(error_answer(None, error)), close=True)
 
 

@@ -24,6 +24,7 @@ _GROUPS = {
 }
 # Modules that add commands to a group defined elsewhere, imported with it.
 _EXTENSIONS = {
+    "ca": ("ztpki.cli.ca_clients",),
     "device": ("ztpki.cli.device_agent",),
     "node": ("ztpki.cli.node_register",),
 }

@@ -1,4 +1,5 @@
-"""`ztpki ca`: create and run a CA system (patent Fig. 4)."""
+"""`ztpki ca`: create and run a CA system (patent Fig. 4). Its CA-clients and what each may
+ask for: ztpki.cli.ca_clients."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import click
 from rich.table import Table
 
 from ztpki.casystem.directory import CASystemDirectory, init_ca
-from ztpki.casystem.operations import add_client, build_service, open_store
+from ztpki.casystem.operations import build_service, open_store
 from ztpki.casystem.policy import IssuingPolicy
 from ztpki.cli.common import (
     console,
@@ -21,7 +22,6 @@ from ztpki.cli.common import (
     plain,
     print_json,
     refuse_existing_output,
-    refuse_insecure_with_passphrase,
 )
 from ztpki.errors import ListenFailed
 from ztpki.eventloop import chosen_loop, run_service, running_loop_name
@@ -33,7 +33,6 @@ from ztpki.store import sqlite_ca
 from ztpki.versions import deployment_versions
 
 CA_ENV = "ZTPKI_CA_PASSPHRASE"
-CLIENT_ENV = "ZTPKI_CLIENT_PASSPHRASE"
 log = logging.getLogger(__name__)
 
 dir_option = click.option(
@@ -244,102 +243,6 @@ def issued_command(
         )
     console.print(table)
     console.print(f"{len(records)} certificate(s)")
-
-
-@ca.command("add-client")
-@dir_option
-@click.option("--name", required=True, help="Name of the CA-client (e.g. line-1, customer-node).")
-@click.option(
-    "--out",
-    required=True,
-    type=click.Path(path_type=Path, file_okay=False),
-    help="Where to write the credential (a new or empty directory).",
-)
-@click.option(
-    "--force", is_flag=True, help="Overwrite whatever --out holds already (another credential)."
-)
-@click.option(
-    "--client-passphrase-file",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help=f"Passphrase for the client key (default: ${CLIENT_ENV}).",
-)
-@click.option(
-    "--insecure-client-key", is_flag=True, help="Write the client key unencrypted (demos only)."
-)
-@passphrase_options(CA_ENV, "the CA private key")
-def add_client_command(
-    directory: Path,
-    name: str,
-    out: Path,
-    force: bool,
-    client_passphrase_file: Path | None,
-    insecure_client_key: bool,
-    passphrase_file: Path | None,
-    insecure_no_passphrase: bool,
-) -> None:
-    """Issue and register the TLS credential a CA-client connects with."""
-    refuse_insecure_with_passphrase(
-        insecure_client_key,
-        client_passphrase_file,
-        CLIENT_ENV,
-        insecure_option="--insecure-client-key",
-        file_option="--client-passphrase-file",
-    )
-    # Before anything is issued or registered: a refused --out leaves the store unchanged.
-    refuse_existing_output(out, force=force)
-    secret = passphrase(passphrase_file, insecure_no_passphrase, CA_ENV, "the CA private key")
-    client_secret = resolve_passphrase(
-        passphrase_file=client_passphrase_file,
-        env_var=CLIENT_ENV,
-        insecure_no_passphrase=insecure_client_key,
-        what="the CA-client key",
-    )
-    record = add_client(
-        CASystemDirectory(directory),
-        name,
-        out=out,
-        passphrase=secret,
-        client_passphrase=client_secret,
-    )
-    console.print(
-        f"registered CA-client [bold]{name}[/] (serial {record.serial}); credential in {out}"
-    )
-
-
-@ca.command("remove-client")
-@dir_option
-@click.option("--name", required=True)
-def remove_client_command(directory: Path, name: str) -> None:
-    """Revoke a CA-client: refused from now on (open connections within 0.25 s)."""
-    from ztpki.errors import ConfigurationError
-
-    with open_store(CASystemDirectory(directory)) as store:
-        removed = store.remove_client(name, now=datetime.now(UTC))
-    if not removed:
-        raise ConfigurationError(f"no registered CA-client named {name!r}")
-    console.print(f"removed CA-client [bold]{name}[/]")
-
-
-@ca.command("clients")
-@dir_option
-@click.option("--json", "as_json", is_flag=True)
-def clients_command(directory: Path, as_json: bool) -> None:
-    """Registered CA-clients."""
-    with open_store(CASystemDirectory(directory)) as store:
-        clients = store.clients()
-    if as_json:
-        print_json([c.__dict__ for c in clients])
-        return
-    table = Table("name", "serial", "status", "not after", "added")
-    for c in clients:
-        table.add_row(
-            plain(c.name),
-            plain(c.serial),
-            plain(c.status),
-            plain(c.not_after.isoformat(timespec="seconds")),
-            plain(c.added_at.isoformat(timespec="seconds")),
-        )
-    console.print(table)
 
 
 @ca.command("serve")

@@ -168,15 +168,18 @@ def start_ca_system(
     name: str,
     cas: tuple[CASpec, ...],
     *,
-    client: str,
+    clients: dict[str, tuple[str, ...]],
     exports: dict[str, str],
 ) -> ServiceProcess:
-    """Create a CA system with its CAs and one CA-client, export chains, and serve it."""
+    """Create a CA system with its CAs and CA-clients (each with what it may ask for: the
+    `ca add-client` entitlement options), export chains, and serve it."""
     directory, env = str(demo.path(name)), {"ZTPKI_CA_PASSPHRASE": _secret(demo.root, name)}
     for spec in cas:
         demo.run(*spec.init_args(directory), env=env)
-    cred = str(demo.path(f"{client}.cred"))
-    demo.run("ca", "add-client", "--dir", directory, "--name", client, "--out", cred, env=env)
+    for client, rights in clients.items():
+        cred = str(demo.path(f"{client}.cred"))
+        add = ("ca", "add-client", "--dir", directory, "--name", client, "--out", cred)
+        demo.run(*add, *rights, env=env)
     for ca_name, out in exports.items():
         demo.run(
             "ca", "export", "--dir", directory, "--name", ca_name, "--out", str(demo.path(out))
@@ -185,16 +188,31 @@ def start_ca_system(
 
 
 def start_factory(demo: DemoEnvironment) -> ServiceProcess:
-    """Factory CA system (5): root, factory CA, node-server CA, manifest CA; line-1 client."""
+    """Factory CA system (5): root, factory CA, node-server CA, manifest CA; the line-1
+    client for devices and the manifest signer, customer-1 for the customer's node."""
     return start_ca_system(
-        demo, "factory-ca", FACTORY_CAS, client="line-1", exports={"factory": "factory-bundle.pem"}
+        demo,
+        "factory-ca",
+        FACTORY_CAS,
+        clients={
+            "line-1": (
+                *("--ca", "factory", "--ca", "manifests"),
+                *("--device-ids", f"{DEVICE_PREFIX}-*", "--device-ids", "manifest-signer-*"),
+            ),
+            "customer-1": ("--ca", "node-servers", "--ip", "127.0.0.1", "--dns", "localhost"),
+        },
+        exports={"factory": "factory-bundle.pem"},
     )
 
 
 def start_customer_ca(demo: DemoEnvironment) -> ServiceProcess:
     """Customer CA system (11): its own root, the device CA, a CA for its own TLS services."""
     return start_ca_system(
-        demo, "customer-ca", CUSTOMER_CAS, client="node", exports={"devices": "customer-chain.pem"}
+        demo,
+        "customer-ca",
+        CUSTOMER_CAS,
+        clients={"node": ("--ca", "devices", "--ca", "services", "--ip", "127.0.0.1")},
+        exports={"devices": "customer-chain.pem"},
     )
 
 
@@ -254,7 +272,7 @@ def start_node(
         "--ca",
         factory.address,
         "--client-cred",
-        str(demo.path("line-1.cred")),
+        str(demo.path("customer-1.cred")),
         "--ca-name",
         "node-servers",
         "--ip",

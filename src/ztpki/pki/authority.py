@@ -32,6 +32,8 @@ class IssuanceGrant:
     # RFC 5280 4.1.2.6: e-mail addresses SHOULD be rfc822Name subjectAltNames.
     email_addresses: tuple[str, ...] = ()
     path_length: int | None = None
+    # For a CA certificate: the names it may certify (RFC 5280 4.2.1.10).
+    name_constraints: x509.NameConstraints | None = None
 
 
 def _builder(
@@ -144,6 +146,10 @@ class CertificateAuthority:
         if san is not None:
             # RFC 5280 4.2.1.6: critical only when the subject is empty; ours never is.
             extensions.append(x509.Extension(san.oid, False, san))
+        if grant.name_constraints is not None:
+            # RFC 5280 4.2.1.10: conforming CAs MUST mark this extension critical.
+            nc = grant.name_constraints
+            extensions.append(x509.Extension(nc.oid, True, nc))
         builder = (
             x509.CertificateBuilder(extensions=extensions)
             .subject_name(grant.subject)

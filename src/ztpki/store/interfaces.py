@@ -16,12 +16,14 @@ from ztpki.store.records import (
     AuditRecord,
     AuditVerification,
     CertificateStatus,
+    ClientEntitlement,
     ClientRecord,
     DeviceState,
     ImportResult,
     IssuedCertificate,
     ManifestRecord,
     NewDevice,
+    RefusedRequest,
     RegisteredDevice,
 )
 
@@ -44,6 +46,8 @@ class IssuanceStore(Protocol):
 
         A live certificate already recorded for (ca_name, device_id) raises AlreadyIssued
         unless ``supersede``, which marks it SUPERSEDED; returns the superseded serials.
+        SupersedeRefused when that certificate was obtained by another client than
+        ``cert.client`` (one recorded without a client may be superseded by any).
         DuplicateSerial when the CA already recorded this serial.
         """
         ...
@@ -86,9 +90,29 @@ class IssuanceStore(Protocol):
     def count(self) -> int: ...
 
     def add_client(
-        self, name: str, *, serial: str, fingerprint: str, not_after: datetime, now: datetime
+        self,
+        name: str,
+        *,
+        serial: str,
+        fingerprint: str,
+        not_after: datetime,
+        now: datetime,
+        entitlement: ClientEntitlement,
     ) -> None:
-        """Register a CA-client; DuplicateClient when the name is active or the cert known."""
+        """Register a CA-client with what it may ask for; DuplicateClient when the name is
+        active or the cert known."""
+        ...
+
+    def set_entitlement(self, name: str, entitlement: ClientEntitlement) -> bool:
+        """Replace the entitlement of the active CA-client ``name``; False when none is."""
+        ...
+
+    def record_refusal(self, refusal: RefusedRequest) -> None:
+        """Keep a request refused as not authorized."""
+        ...
+
+    def refusals(self, *, limit: int | None = None) -> list[RefusedRequest]:
+        """Refused requests, oldest first; with ``limit``, only the newest ``limit``."""
         ...
 
     def remove_client(self, name: str, *, now: datetime) -> bool:

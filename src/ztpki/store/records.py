@@ -57,6 +57,27 @@ def _rebuild_already_issued(ca_name: str, device_id: str, serial: str) -> Alread
     return AlreadyIssued(ca_name=ca_name, device_id=device_id, serial=serial)
 
 
+class SupersedeRefused(NotAuthorized):
+    """A reissue would supersede a live certificate that another CA-client obtained."""
+
+    def __init__(self, *, client: str, ca_name: str, device_id: str) -> None:
+        # Never says which client holds it: one CA-client learns nothing of the others.
+        super().__init__(
+            f"CA-client {client} may not supersede the live certificate of device {device_id} "
+            f"at CA {ca_name}: another CA-client obtained it"
+        )
+        self.client = client
+        self.ca_name = ca_name
+        self.device_id = device_id
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_supersede_refused, (self.client, self.ca_name, self.device_id))
+
+
+def _rebuild_supersede_refused(client: str, ca_name: str, device_id: str) -> SupersedeRefused:
+    return SupersedeRefused(client=client, ca_name=ca_name, device_id=device_id)
+
+
 class AlreadyRecorded(ZtpkiError):
     """A record with this key already exists; nothing was changed."""
 
@@ -99,6 +120,8 @@ class IssuedCertificate:
     fingerprint: str
     issued_at: datetime
     certificate_der: bytes = field(repr=False)
+    # The CA-client that obtained it; None for certificates recorded before clients were.
+    client: str | None = None
 
     def __post_init__(self) -> None:
         _check_hex(self.serial, name="serial")
@@ -120,8 +143,36 @@ class ClientStatus(StrEnum):
 
 
 @dataclass(frozen=True)
+class ClientEntitlement:
+    """What one CA-client may ask for; ``casystem.entitlement`` checks requests against it.
+
+    ``cas``: the CAs it may use (none unless named). ``device_ids``: fnmatch-style patterns
+    of the device ids it may name. ``dns_names`` and ``ip_ranges``: the subjectAltNames it
+    may ask a server-profile CA for (patterns such as ``*.node.example.com``, and CIDRs).
+    """
+
+    cas: tuple[str, ...] = ()
+    device_ids: tuple[str, ...] = ("*",)
+    dns_names: tuple[str, ...] = ()
+    ip_ranges: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in ("cas", "device_ids", "dns_names", "ip_ranges"):
+            values = getattr(self, name)
+            if not isinstance(values, tuple | list) or not all(
+                isinstance(v, str) and v for v in values
+            ):
+                raise ValueError(f"{name} must be a tuple of non-empty strings")
+            object.__setattr__(self, name, tuple(values))
+
+
+@dataclass(frozen=True)
 class ClientRecord:
-    """A CA-client registered with ``ztpki ca add-client``; removed ones are kept as history."""
+    """A CA-client registered with ``ztpki ca add-client``; removed ones are kept as history.
+
+    ``entitlement`` is None for a client registered before entitlements existed: it may use
+    nothing until ``ztpki ca set-client`` gives it one.
+    """
 
     name: str
     serial: str
@@ -130,6 +181,23 @@ class ClientRecord:
     status: ClientStatus
     added_at: datetime
     removed_at: datetime | None
+    entitlement: ClientEntitlement | None = None
+
+
+@dataclass(frozen=True)
+class RefusedRequest:
+    """A request the CA system refused as not authorized: who asked what, and why not."""
+
+    at: datetime
+    client: str
+    request_id: str
+    device_id: str | None
+    ca_name: str | None
+    reason: str
+
+    def __post_init__(self) -> None:
+        _check_text(self.client, name="client")
+        object.__setattr__(self, "at", require_utc(self.at, name="at"))
 
 
 # ------------------------------------------------------------------- access-control register

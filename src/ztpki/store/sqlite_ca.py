@@ -2,6 +2,9 @@
 
 The schema itself keeps the rules: one serial per CA (primary key), at most one ACTIVE
 certificate per device and CA (partial unique index), one active CA-client per name.
+Each CA-client's entitlement is kept with its registration (JSON in ``ca_client``), and
+each certificate names the CA-client that obtained it, so that only that client supersedes
+it. Requests refused as not authorized are kept in ``refused_request``.
 The DDL and queries use only syntax PostgreSQL shares (BLOB becomes BYTEA there).
 """
 
@@ -9,7 +12,6 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
-from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -19,16 +21,15 @@ from ztpki.store.instants import decode_instant, encode_instant
 from ztpki.store.records import (
     AlreadyIssued,
     CertificateStatus,
-    ClientRecord,
-    ClientStatus,
-    DuplicateClient,
     DuplicateSerial,
     IssuedCertificate,
+    SupersedeRefused,
 )
+from ztpki.store.sqlite_ca_clients import SQLiteClientRegistry
 from ztpki.store.sqlite_db import SQLiteDatabase, rollback, savepoint, storage_error
 
 SCHEMA_COMPONENT = "ca_system"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 SCHEMA = (
     """
@@ -44,6 +45,7 @@ SCHEMA = (
         fingerprint     TEXT NOT NULL CHECK (length(fingerprint) = 64),
         issued_at       TEXT NOT NULL,
         certificate_der BLOB NOT NULL,
+        client_name     TEXT,
         PRIMARY KEY (ca_name, serial)
     )""",
     # Exactly one live certificate per device and CA, whatever the code above it does.
@@ -63,39 +65,63 @@ SCHEMA = (
         status      TEXT NOT NULL CHECK (status IN ('active', 'revoked')),
         added_at    TEXT NOT NULL,
         removed_at  TEXT,
+        entitlement TEXT,
         CHECK ((status = 'active' AND removed_at IS NULL)
                OR (status = 'revoked' AND removed_at IS NOT NULL))
     )""",
     "CREATE UNIQUE INDEX ca_client_one_active_name ON ca_client (name) WHERE status = 'active'",
+    """
+    CREATE TABLE refused_request (
+        refusal_id  INTEGER PRIMARY KEY,
+        at          TEXT NOT NULL,
+        client_name TEXT NOT NULL CHECK (client_name <> ''),
+        request_id  TEXT NOT NULL,
+        device_id   TEXT,
+        ca_name     TEXT,
+        reason      TEXT NOT NULL
+    )""",
 )
+# Version 1 had no entitlements: its clients keep a NULL one, which `ca serve` refuses to
+# start with (naming the `ca set-client` command), and its certificates name no client.
+MIGRATIONS = {
+    1: (
+        "ALTER TABLE issued_certificate ADD COLUMN client_name TEXT",
+        "ALTER TABLE ca_client ADD COLUMN entitlement TEXT",
+        SCHEMA[-1],
+    ),
+}
 
 _CERT_COLUMNS = (
     "serial, ca_name, device_id, subject, not_before, not_after, status, request_id, "
-    "fingerprint, issued_at, certificate_der"
+    "fingerprint, issued_at, certificate_der, client_name"
 )
 _INSERT_CERT = (
     f"INSERT INTO issued_certificate ({_CERT_COLUMNS}) "  # noqa: S608
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+# A live certificate of this device at this CA that another (known) client obtained.
+_HELD_BY_OTHER = (
+    "SELECT 1 FROM issued_certificate WHERE ca_name = ? AND device_id = ? "
+    "AND status = 'active' AND client_name IS NOT NULL AND client_name <> ?"
 )
 _SUPERSEDE = (
     "UPDATE issued_certificate SET status = 'superseded' "
     "WHERE ca_name = ? AND device_id = ? AND status = 'active' RETURNING serial"
 )
-_CLIENT_COLUMNS = "name, serial, fingerprint, not_after, status, added_at, removed_at"
 _ACTIVE_SERIALS = (
     "SELECT serial FROM issued_certificate "
     "WHERE ca_name = ? AND device_id = ? AND status = 'active' ORDER BY serial"
 )
 
 
-class SQLiteIssuanceStore:
+class SQLiteIssuanceStore(SQLiteClientRegistry):
     """IssuanceStore over one SQLite file."""
 
     def __init__(self, db: SQLiteDatabase) -> None:
         self._db = db
         self._staging: SQLiteDatabase | None = None
         try:
-            db.ensure_schema(SCHEMA_COMPONENT, SCHEMA_VERSION, SCHEMA)
+            db.ensure_schema(SCHEMA_COMPONENT, SCHEMA_VERSION, SCHEMA, migrations=MIGRATIONS)
         except BaseException:
             db.close()
             raise
@@ -198,51 +224,6 @@ class SQLiteIssuanceStore:
             row = conn.execute("SELECT COUNT(*) FROM issued_certificate").fetchone()
         return int(row[0])
 
-    # ------------------------------------------------------------------ CA-clients
-
-    def add_client(
-        self, name: str, *, serial: str, fingerprint: str, not_after: datetime, now: datetime
-    ) -> None:
-        if not name:
-            raise ValueError("a CA-client needs a name")
-        with self._db.write() as conn:
-            clash = conn.execute(
-                "SELECT name, status FROM ca_client "
-                "WHERE (name = ? AND status = 'active') OR fingerprint = ?",
-                (name, fingerprint),
-            ).fetchone()
-            if clash is not None:
-                raise DuplicateClient(_clash_message(name, clash))
-            conn.execute(
-                f"INSERT INTO ca_client ({_CLIENT_COLUMNS}) "  # noqa: S608
-                "VALUES (?, ?, ?, ?, 'active', ?, NULL)",
-                (name, serial, fingerprint, encode_instant(not_after), encode_instant(now)),
-            )
-
-    def remove_client(self, name: str, *, now: datetime) -> bool:
-        with self._db.write() as conn:
-            cursor = conn.execute(
-                "UPDATE ca_client SET status = 'revoked', removed_at = ? "
-                "WHERE name = ? AND status = 'active'",
-                (encode_instant(now), name),
-            )
-            return cursor.rowcount == 1
-
-    def client_by_fingerprint(self, fingerprint: str) -> ClientRecord | None:
-        with self._db.read() as conn:
-            row = conn.execute(
-                f"SELECT {_CLIENT_COLUMNS} FROM ca_client WHERE fingerprint = ?",  # noqa: S608
-                (fingerprint,),
-            ).fetchone()
-        return None if row is None else _client(row)
-
-    def clients(self) -> list[ClientRecord]:
-        with self._db.read() as conn:
-            rows = conn.execute(
-                f"SELECT {_CLIENT_COLUMNS} FROM ca_client ORDER BY added_at, client_id"  # noqa: S608
-            ).fetchall()
-        return [_client(row) for row in rows]
-
 
 class StagedIssuances:
     """A batch of issuances written inside an open transaction, not yet committed.
@@ -302,6 +283,13 @@ def _record(
         _insert(conn, cert, db_path=db_path)
         return []
     with savepoint(conn, "issuance"):
+        if (
+            cert.client is not None
+            and conn.execute(_HELD_BY_OTHER, (cert.ca_name, cert.device_id, cert.client)).fetchone()
+        ):
+            raise SupersedeRefused(
+                client=cert.client, ca_name=cert.ca_name, device_id=cert.device_id
+            )
         live = conn.execute(_SUPERSEDE, (cert.ca_name, cert.device_id)).fetchall()
         _insert(conn, cert, db_path=db_path)
     return sorted(row[0] for row in live)
@@ -339,6 +327,7 @@ def _certificate_row(cert: IssuedCertificate) -> tuple[Any, ...]:
         cert.fingerprint,
         encode_instant(cert.issued_at),
         cert.certificate_der,
+        cert.client,
     )
 
 
@@ -355,25 +344,5 @@ def _certificate(row: Sequence[Any]) -> IssuedCertificate:
         fingerprint=row[8],
         issued_at=decode_instant(row[9]),
         certificate_der=bytes(row[10]),
-    )
-
-
-def _client(row: Sequence[Any]) -> ClientRecord:
-    return ClientRecord(
-        name=row[0],
-        serial=row[1],
-        fingerprint=row[2],
-        not_after=decode_instant(row[3]),
-        status=ClientStatus(row[4]),
-        added_at=decode_instant(row[5]),
-        removed_at=None if row[6] is None else decode_instant(row[6]),
-    )
-
-
-def _clash_message(name: str, clash: Sequence[Any]) -> str:
-    if clash[0] == name and clash[1] == ClientStatus.ACTIVE:
-        return f"a CA-client named {name} is already active; remove it first or pick another name"
-    return (
-        f"this certificate is already registered for CA-client {clash[0]}; "
-        "issue a new client certificate"
+        client=row[11],
     )

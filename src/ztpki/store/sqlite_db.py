@@ -12,7 +12,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -275,8 +275,20 @@ class SQLiteDatabase:
         except sqlite3.Error as exc:
             raise GroupAborted(f"the database {self.path} failed a group: {exc}") from exc
 
-    def ensure_schema(self, component: str, version: int, ddl: Sequence[str]) -> None:
-        """Create ``component``'s tables when missing; refuse a database of another version."""
+    def ensure_schema(
+        self,
+        component: str,
+        version: int,
+        ddl: Sequence[str],
+        *,
+        migrations: Mapping[int, Sequence[str]] | None = None,
+    ) -> None:
+        """Create ``component``'s tables when missing; refuse a database of another version.
+
+        ``migrations[n]`` takes a database from version n to n + 1; an older database with a
+        path of them to ``version`` is upgraded in the same transaction (all steps or none).
+        """
+        steps = migrations or {}
         with self.write() as conn:
             conn.execute(_SCHEMA_VERSION_TABLE)
             row = conn.execute(
@@ -290,6 +302,21 @@ class SQLiteDatabase:
                     (component, version),
                 )
                 logger.info("created %s schema version %d in %s", component, version, self.path)
+            elif row[0] < version and all(v in steps for v in range(row[0], version)):
+                for step in range(row[0], version):
+                    for statement in steps[step]:
+                        conn.execute(statement)
+                conn.execute(
+                    "UPDATE schema_version SET version = ? WHERE component = ?",
+                    (version, component),
+                )
+                logger.warning(
+                    "upgraded %s schema in %s from version %d to %d",
+                    component,
+                    self.path,
+                    row[0],
+                    version,
+                )
             elif row[0] != version:
                 raise ConfigurationError(
                     f"database {self.path} holds {component} schema version {row[0]}, but this "

@@ -143,7 +143,18 @@ def test_fail_insecure_client_key_with_client_passphrase_is_a_usage_error(
 ) -> None:
     monkeypatch.setenv("ZTPKI_CLIENT_PASSPHRASE", "client-passphrase-1")
     out = tmp_path / "cred"
-    argv = ["ca", "add-client", "--dir", str(plant), "--name", "c1", "--out", str(out)]
+    argv = [
+        "ca",
+        "add-client",
+        "--dir",
+        str(plant),
+        "--name",
+        "c1",
+        "--out",
+        str(out),
+        "--ca",
+        "root",
+    ]
     assert main([*argv, "--insecure-client-key"]) == 2
     err = capsys.readouterr().err
     assert "--insecure-client-key" in err and "ZTPKI_CLIENT_PASSPHRASE" in err
@@ -168,9 +179,8 @@ def test_fail_add_client_into_another_clients_credential_needs_force(
     out = tmp_path / "cred"
 
     def add(name: str, *extra: str) -> int:
-        return main(
-            ["ca", "add-client", "--dir", str(plant), "--name", name, "--out", str(out), *extra]
-        )
+        argv = ["ca", "add-client", "--dir", str(plant), "--name", name, "--out", str(out)]
+        return main([*argv, "--ca", "root", *extra])
 
     out.mkdir()  # an empty directory is fine
     assert add("node-a") == 0

@@ -17,6 +17,7 @@ from ztpki.errors import ConfigurationError, UnknownCA
 from ztpki.pki.keys import KeySpec
 from ztpki.pki.names import SubjectFields
 from ztpki.pki.profiles import CertificateProfile
+from ztpki.store.records import ClientEntitlement
 
 NOW = datetime.now(UTC)
 SECRET = b"directory-test-passphrase"
@@ -215,13 +216,25 @@ def test_fail_first_client_under_another_passphrase_writes_nothing(
     out = tmp_path / "line1"
     with pytest.raises(ConfigurationError, match="wrong or missing passphrase"):
         add_client(
-            plant, "line1", out=out, passphrase=b"another-passphrase", client_passphrase=None
+            plant,
+            "line1",
+            out=out,
+            passphrase=b"another-passphrase",
+            client_passphrase=None,
+            entitlement=ClientEntitlement(cas=("root",)),
         )
     with pytest.raises(ConfigurationError, match="wrong or missing passphrase"):
         service_authority(plant, passphrase=b"another-passphrase", now=NOW)
     assert _tree(plant) == before and not out.exists()
     # Control: the system's passphrase creates the service CA and the credential.
-    record = add_client(plant, "line1", out=out, passphrase=SECRET, client_passphrase=None)
+    record = add_client(
+        plant,
+        "line1",
+        out=out,
+        passphrase=SECRET,
+        client_passphrase=None,
+        entitlement=ClientEntitlement(cas=("root",)),
+    )
     assert record.name == "line1" and (out / "cert.pem").exists()
     service_authority(plant, passphrase=SECRET, now=NOW)
 

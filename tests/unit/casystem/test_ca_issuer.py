@@ -18,9 +18,14 @@ from ztpki.pki.names import SubjectFields, build_subject
 from ztpki.pki.pem import certificate_der, fingerprint_sha256, serial_hex
 from ztpki.pki.profiles import CertificateProfile
 from ztpki.protocol.enrollment import EnrollmentParameters, EnrollmentRequest
-from ztpki.store.records import CertificateStatus
+from ztpki.store.records import CertificateStatus, ClientEntitlement
 
 NOW = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
+# A client entitled to every CA of the fixture (and to an unknown name, to reach UnknownCA).
+EVERY_CA = {
+    "client": "line1",
+    "entitlement": ClientEntitlement(cas=("root", "factory", "short", "nocsr", "eccsr", "other")),
+}
 
 
 def make_root(name: str, *, days: int = 3650) -> CertificateAuthority:
@@ -86,17 +91,22 @@ def test_fail_default_ca_must_be_loaded() -> None:
 
 
 def test_ok_default_and_named_ca(system: CASystem) -> None:
-    assert system.plan(EnrollmentRequest("r", "d"), now=NOW).ca.authority.name == "factory"
-    assert system.plan(EnrollmentRequest("r", "d", ca="root"), now=NOW).ca.authority.name == "root"
-    with pytest.raises(UnknownCA, match="known CAs: eccsr, factory, nocsr, root, short"):
-        system.plan(EnrollmentRequest("r", "d", ca="other"), now=NOW)
+    assert (
+        system.plan(EnrollmentRequest("r", "d"), now=NOW, **EVERY_CA).ca.authority.name == "factory"
+    )
+    assert (
+        system.plan(EnrollmentRequest("r", "d", ca="root"), now=NOW, **EVERY_CA).ca.authority.name
+        == "root"
+    )
+    with pytest.raises(UnknownCA, match="serves no CA named 'other'"):
+        system.plan(EnrollmentRequest("r", "d", ca="other"), now=NOW, **EVERY_CA)
 
 
 def test_ok_generated_key_full_round(system: CASystem) -> None:
     request = EnrollmentRequest(
         "req-1", "dev-1", parameters=EnrollmentParameters(encrypt_private_key=b"passphrase-1")
     )
-    plan = system.plan(request, now=NOW)
+    plan = system.plan(request, now=NOW, **EVERY_CA)
     assert plan.key_spec is KeySpec.EC_P256 and plan.csr_public_key is None
     key = generate_private_key(plan.key_spec)
     cert = system.sign(plan, key.public_key())
@@ -120,7 +130,7 @@ def test_ok_no_chain_and_plain_key(system: CASystem) -> None:
     request = EnrollmentRequest(
         "r", "d", parameters=EnrollmentParameters(include_ca_certificates=False)
     )
-    plan = system.plan(request, now=NOW)
+    plan = system.plan(request, now=NOW, **EVERY_CA)
     key = generate_private_key(plan.key_spec)
     answer = system.answer(plan, system.sign(plan, key.public_key()), key)
     assert answer.ca_certificates_der == () and not answer.private_key_encrypted
@@ -130,7 +140,9 @@ def test_ok_no_chain_and_plain_key(system: CASystem) -> None:
 
 def test_ok_csr_gives_only_its_key(system: CASystem) -> None:
     device_key = generate_private_key(KeySpec.EC_P256)
-    plan = system.plan(EnrollmentRequest("r", "d", csr_der=csr_der(device_key)), now=NOW)
+    plan = system.plan(
+        EnrollmentRequest("r", "d", csr_der=csr_der(device_key)), now=NOW, **EVERY_CA
+    )
     assert plan.csr_public_key is not None and keys_match(device_key, plan.csr_public_key)
     cert = system.sign(plan, plan.csr_public_key)
     assert "from-csr" not in cert.subject.rfc4514_string()
@@ -142,7 +154,7 @@ def test_fail_csr_signature_does_not_verify(system: CASystem) -> None:
     der = bytearray(csr_der(generate_private_key(KeySpec.EC_P256)))
     der[-1] ^= 1
     with pytest.raises(MalformedInput, match="signature does not verify"):
-        system.plan(EnrollmentRequest("r", "d", csr_der=bytes(der)), now=NOW)
+        system.plan(EnrollmentRequest("r", "d", csr_der=bytes(der)), now=NOW, **EVERY_CA)
 
 
 @pytest.mark.parametrize(
@@ -187,12 +199,14 @@ def test_fail_csr_outside_policy(
     else:
         der = csr_der(key)
     with pytest.raises(UnsupportedParameter, match=match):
-        system.plan(EnrollmentRequest("r", "d", ca=ca, parameters=params, csr_der=der), now=NOW)
+        system.plan(
+            EnrollmentRequest("r", "d", ca=ca, parameters=params, csr_der=der), now=NOW, **EVERY_CA
+        )
 
 
 def test_validity_never_beyond_the_issuer(system: CASystem) -> None:
     """Absent ValidityDays ends with a short-lived CA; an explicit one beyond it is refused."""
-    plan = system.plan(EnrollmentRequest("r", "d", ca="short"), now=NOW)
+    plan = system.plan(EnrollmentRequest("r", "d", ca="short"), now=NOW, **EVERY_CA)
     cert = system.sign(plan, generate_private_key(KeySpec.EC_P256).public_key())
     issuer = system.cas["short"].authority.certificate
     assert cert.not_valid_after_utc == issuer.not_valid_after_utc
@@ -202,9 +216,12 @@ def test_validity_never_beyond_the_issuer(system: CASystem) -> None:
                 "r", "d", ca="short", parameters=EnrollmentParameters(validity_days=11)
             ),
             now=NOW,
+            **EVERY_CA,
         )
     fits = EnrollmentRequest("r", "d", ca="short", parameters=EnrollmentParameters(validity_days=9))
-    assert system.plan(fits, now=NOW).grant.not_after == NOW + timedelta(days=9)  # control
+    assert system.plan(fits, now=NOW, **EVERY_CA).grant.not_after == NOW + timedelta(
+        days=9
+    )  # control
 
 
 @pytest.mark.parametrize(

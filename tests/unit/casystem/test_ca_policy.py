@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import tomllib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -12,8 +13,9 @@ from cryptography.x509.oid import NameOID
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ztpki.casystem.policy import IssuingPolicy
-from ztpki.errors import ConfigurationError, UnsupportedParameter
+from ztpki.casystem.entitlement import NotEntitled
+from ztpki.casystem.policy import AboveMax, FieldRule, IssuingPolicy
+from ztpki.errors import ConfigurationError, NotAuthorized, UnsupportedParameter
 from ztpki.pki.authority import CertificateAuthority, create_self_signed_ca
 from ztpki.pki.keys import KeySpec, generate_private_key
 from ztpki.pki.names import SubjectFields
@@ -61,8 +63,11 @@ def test_fail_validity_outside_policy(days: int) -> None:
         IssuingPolicy().validity(days, now=NOW)
 
 
+ALLOW_O_AND_EMAIL = (("organization", FieldRule.ALLOWED), ("email", FieldRule.ALLOWED))
+
+
 def test_ok_grant_merges_request_over_policy_subject() -> None:
-    policy = IssuingPolicy(subject=DEFAULTS)
+    policy = IssuingPolicy(subject=DEFAULTS, subject_rules=ALLOW_O_AND_EMAIL)
     grant = policy.grant(
         "dev-1",
         SubjectFields(organization="Other", email="a@b.example"),
@@ -94,7 +99,8 @@ def test_ok_email_goes_in_subject_alt_name(
 ) -> None:
     # RFC 5280 4.1.2.6: an e-mail address SHOULD be an rfc822Name subjectAltName; the subject
     # emailAddress stays for readers that look there.
-    policy = IssuingPolicy(subject=SubjectFields(email=policy_email))
+    rules = () if policy_email else (("email", FieldRule.ALLOWED),)
+    policy = IssuingPolicy(subject=SubjectFields(email=policy_email), subject_rules=rules)
     grant = policy.grant("dev-1", SubjectFields(email=request_email), validity_days=1, now=NOW)
     assert grant.email_addresses == expected
     key = generate_private_key(KeySpec.EC_P256)
@@ -115,7 +121,9 @@ def test_ok_email_goes_in_subject_alt_name(
 
 
 def test_ok_server_profile_san_holds_names_and_email() -> None:
-    server = IssuingPolicy(profile=CertificateProfile.SERVER)
+    server = IssuingPolicy(
+        profile=CertificateProfile.SERVER, subject_rules=(("email", FieldRule.ALLOWED),)
+    )
     fields = SubjectFields(email="noc@acme.example")
     grant = server.grant("n", fields, validity_days=None, dns_names=("a.example",), now=NOW)
     assert grant.dns_names == ("a.example",) and grant.email_addresses == ("noc@acme.example",)
@@ -228,3 +236,124 @@ def test_fail_invalid_policy_file_is_named_in_the_error(tmp_path: Path) -> None:
         IssuingPolicy.load(path)
     assert str(path) in caught.value.message
     assert "ops@example.com" in caught.value.message
+
+
+# ------------------------------------------------ subject fields are rules, not defaults
+
+
+@pytest.mark.parametrize(
+    ("fields", "refused"),
+    [
+        pytest.param(SubjectFields(organization="Evil"), "Organization", id="fail-fixed-o"),
+        pytest.param(SubjectFields(country="US"), "Country", id="fail-fixed-c"),
+        pytest.param(SubjectFields(email="x@evil.example"), "Email", id="fail-email-default"),
+    ],
+)
+def test_fail_request_may_not_override_the_policy(fields: SubjectFields, refused: str) -> None:
+    policy = IssuingPolicy(subject=DEFAULTS)
+    with pytest.raises(NotEntitled, match=refused) as caught:
+        policy.grant("dev-1", fields, validity_days=None, now=NOW)
+    assert isinstance(caught.value, NotAuthorized)
+
+
+def test_ok_request_may_repeat_a_fixed_field_and_set_an_allowed_one() -> None:
+    policy = IssuingPolicy(subject=SubjectFields(organization="Acme"))
+    fields = SubjectFields(organization="Acme", locality="Lund")
+    subject = subject_of(policy.grant("d", fields, validity_days=None, now=NOW).subject)
+    assert subject[NameOID.ORGANIZATION_NAME.dotted_string] == "Acme"
+    assert subject[NameOID.LOCALITY_NAME.dotted_string] == "Lund"  # allowed: no policy value
+
+
+def test_fail_forbidden_field_is_refused_even_without_a_value() -> None:
+    policy = IssuingPolicy(subject_rules=(("locality", FieldRule.FORBIDDEN),))
+    with pytest.raises(NotEntitled, match="Locality"):
+        policy.grant("d", SubjectFields(locality="Lund"), validity_days=None, now=NOW)
+    grant = policy.grant("d", SubjectFields(), validity_days=None, now=NOW)  # control
+    assert NameOID.LOCALITY_NAME.dotted_string not in subject_of(grant.subject)
+
+
+@pytest.mark.parametrize(
+    ("rules", "subject"),
+    [
+        pytest.param((("organization", "fixed"),), SubjectFields(), id="fail-fixed-without-value"),
+        pytest.param(
+            (("email", "forbidden"),),
+            SubjectFields(email="a@b.example"),
+            id="fail-forbidden-with-value",
+        ),
+        pytest.param((("planet", "allowed"),), SubjectFields(), id="fail-unknown-field"),
+    ],
+)
+def test_fail_inconsistent_subject_rules(
+    rules: tuple[tuple[str, str], ...], subject: SubjectFields
+) -> None:
+    with pytest.raises(ConfigurationError):
+        IssuingPolicy(subject=subject, subject_rules=rules)  # type: ignore[arg-type]
+
+
+def test_ok_rules_are_written_out_and_read_back(tmp_path: Path) -> None:
+    path = tmp_path / "policy.toml"
+    IssuingPolicy(subject=SubjectFields(organization="Acme")).save(path)
+    rules = tomllib.loads(path.read_text())["subject_rules"]
+    assert rules["organization"] == "fixed" and rules["email"] == "forbidden"
+    assert rules["locality"] == "allowed"
+    path.write_text(path.read_text().replace('locality = "allowed"', 'locality = "forbidden"'))
+    assert IssuingPolicy.load(path).rule("locality") is FieldRule.FORBIDDEN
+
+
+def test_ok_validity_above_max_clipped_only_when_the_policy_says_clip() -> None:
+    with pytest.raises(UnsupportedParameter, match="outside policy"):
+        IssuingPolicy(default_validity_days=30, max_validity_days=30).validity(31, now=NOW)
+    clipping = IssuingPolicy(
+        default_validity_days=30, max_validity_days=30, above_max=AboveMax.CLIP
+    )
+    assert clipping.validity(31, now=NOW)[1] == NOW + timedelta(days=30)
+    assert IssuingPolicy.from_toml({"validity": {"above_max": "clip"}}).above_max is AboveMax.CLIP
+
+
+# ------------------------------------------------ CA certificates over the protocol
+
+
+def test_fail_ca_profile_issues_no_ca_certificate_unless_the_policy_allows() -> None:
+    with pytest.raises(NotEntitled, match="does not issue CA certificates"):
+        IssuingPolicy(profile=CertificateProfile.CA).grant(
+            "sub", SubjectFields(), validity_days=None, now=NOW
+        )
+
+
+def test_ok_allowed_ca_certificate_has_path_length_0_and_name_constraints() -> None:
+    policy = IssuingPolicy(
+        profile=CertificateProfile.CA,
+        issue_ca_certificates=True,
+        permitted_dns=("customer.example",),
+        permitted_ip=("10.0.0.0/8",),
+    )
+    grant = policy.grant("sub", SubjectFields(), validity_days=None, now=NOW)
+    key = generate_private_key(KeySpec.EC_P256)
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ca")])
+    ca_cert = create_self_signed_ca(key, ca_name, now=NOW, validity=timedelta(days=800))
+    cert = CertificateAuthority(name="ca", key=key, certificate=ca_cert).issue(
+        generate_private_key(KeySpec.EC_P256).public_key(), grant
+    )
+    constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    assert constraints.ca and constraints.path_length == 0
+    names = cert.extensions.get_extension_for_class(x509.NameConstraints)
+    assert names.critical
+    assert names.value.permitted_subtrees is not None
+    assert set(names.value.permitted_subtrees) == {
+        x509.DNSName("customer.example"),
+        x509.IPAddress(ipaddress.ip_network("10.0.0.0/8")),
+    }
+
+
+@pytest.mark.parametrize(
+    "table",
+    [
+        pytest.param({"issue": True}, id="fail-allowed-without-constraints"),
+        pytest.param({"issue": True, "permitted_dns": ["*.x.example"]}, id="fail-wildcard"),
+        pytest.param({"issue": True, "permitted_ip": ["10.0.0.1/8"]}, id="fail-host-bits"),
+    ],
+)
+def test_fail_ca_certificates_need_valid_name_constraints(table: dict[str, object]) -> None:
+    with pytest.raises(ConfigurationError):
+        IssuingPolicy.from_toml({"profile": "ca", "ca_certificates": table})

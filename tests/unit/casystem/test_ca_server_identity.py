@@ -26,6 +26,7 @@ from ztpki.pki.authority import CertificateAuthority, IssuanceGrant, create_self
 from ztpki.pki.keys import KeySpec, generate_private_key
 from ztpki.pki.names import SubjectFields, build_subject
 from ztpki.pki.profiles import CertificateProfile
+from ztpki.store.records import ClientEntitlement
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 SECRET = b"server-identity-passphrase"
@@ -174,7 +175,12 @@ def test_ok_service_renews_on_its_listening_socket(tmp_path: Path) -> None:
         directory, "root", key_spec=KeySpec.EC_P256, validity_days=30, passphrase=SECRET, now=NOW
     )
     add_client(
-        directory, "line1", out=tmp_path / "line1", passphrase=SECRET, client_passphrase=None
+        directory,
+        "line1",
+        out=tmp_path / "line1",
+        passphrase=SECRET,
+        client_passphrase=None,
+        entitlement=ClientEntitlement(cas=("root",)),
     )
     credential = Credential.load(tmp_path / "line1", passphrase=None)
     anchor = service_authority(directory, passphrase=SECRET, now=NOW).certificate

@@ -90,6 +90,19 @@ def test_fail_a_database_of_another_release_is_named_and_left_as_it_is(plant: Pa
     assert stored_schema_version(database, "ca_system") == 99
 
 
+def test_ok_an_older_database_is_named_with_the_upgrade_and_left_as_it_is(plant: Path) -> None:
+    database = plant / "store.sqlite"
+    open_sqlite_ca_store(database).close()
+    with contextlib.closing(sqlite3.connect(database)) as conn, conn:
+        conn.execute("UPDATE schema_version SET version = 1 WHERE component = 'ca_system'")
+    assert versions_line(plant) == (
+        f"versions: XML enrollment protocol {PROTOCOL_VERSION}; {database} holds ca_system "
+        f"database schema 1, older than this ztpki's {sqlite_ca.SCHEMA_VERSION}: the next "
+        "command that opens the store upgrades it (back the file up first)"
+    )
+    assert stored_schema_version(database, "ca_system") == 1
+
+
 def test_ok_a_database_without_the_component_has_no_schema_of_it(tmp_path: Path) -> None:
     database = tmp_path / "other.sqlite"
     open_sqlite_ca_store(database).close()

@@ -34,7 +34,7 @@ from ztpki.pki.pem import certificate_der
 from ztpki.pki.profiles import CertificateProfile
 from ztpki.protocol.enrollment import EnrollmentAnswer, EnrollmentRequest
 from ztpki.store.interfaces import IssuanceStore
-from ztpki.store.records import CertificateStatus, NewDevice
+from ztpki.store.records import CertificateStatus, ClientEntitlement, NewDevice
 from ztpki.store.sqlite import SQLiteNodeStore, open_sqlite_ca_store, open_sqlite_node_store
 
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -212,7 +212,9 @@ class InProcessCA:
         from ztpki.pki.keys import generate_private_key as generate
 
         now = datetime.now(UTC)
-        plan = self.system.plan(request, now=now)
+        # This fake CA system serves one client entitled to every CA it holds.
+        everything = ClientEntitlement(cas=tuple(self.system.cas))
+        plan = self.system.plan(request, now=now, client="node", entitlement=everything)
         private_key = None
         if plan.csr_public_key is not None:
             public_key = plan.csr_public_key

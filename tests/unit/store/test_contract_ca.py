@@ -13,11 +13,14 @@ from ztpki.errors import ConfigurationError, NotAuthorized, Unavailable, ZtpkiEr
 from ztpki.store import (
     AlreadyIssued,
     CertificateStatus,
+    ClientEntitlement,
     ClientStatus,
     DuplicateClient,
     DuplicateSerial,
     IssuanceStore,
     IssuedCertificate,
+    RefusedRequest,
+    SupersedeRefused,
 )
 
 ACTIVE = CertificateStatus.ACTIVE
@@ -257,10 +260,31 @@ def test_fail_other_schema_version_is_refused(backend: Backend) -> None:
 # ---------------------------------------------------------------- CA-clients
 
 UNTIL = T0 + timedelta(days=365)
+RIGHTS = ClientEntitlement(cas=("customer",), device_ids=("dev-*",))
+
+
+def register(
+    ca_store: IssuanceStore,
+    name: str,
+    *,
+    serial: str = "aa",
+    key: str | None = None,
+    now: datetime = T0,
+    entitlement: ClientEntitlement = RIGHTS,
+) -> None:
+    """add_client with the certificate fingerprint sha256(key), by default sha256(name)."""
+    ca_store.add_client(
+        name,
+        serial=serial,
+        fingerprint=sha256_hex(key or name),
+        not_after=UNTIL,
+        now=now,
+        entitlement=entitlement,
+    )
 
 
 def test_ok_add_and_find_client(ca_store: IssuanceStore) -> None:
-    ca_store.add_client("node-1", serial="aa", fingerprint=sha256_hex("a"), not_after=UNTIL, now=T0)
+    register(ca_store, "node-1", serial="aa", key="a", now=T0)
     record = ca_store.client_by_fingerprint(sha256_hex("a"))
     assert record is not None
     assert (record.name, record.serial, record.status) == ("node-1", "aa", ClientStatus.ACTIVE)
@@ -270,21 +294,17 @@ def test_ok_add_and_find_client(ca_store: IssuanceStore) -> None:
 
 
 def test_fail_duplicate_client_name_or_certificate(ca_store: IssuanceStore) -> None:
-    ca_store.add_client("node-1", serial="aa", fingerprint=sha256_hex("a"), not_after=UNTIL, now=T0)
+    register(ca_store, "node-1", serial="aa", key="a", now=T0)
     with pytest.raises(DuplicateClient, match="already active"):
-        ca_store.add_client(
-            "node-1", serial="bb", fingerprint=sha256_hex("b"), not_after=UNTIL, now=T0
-        )
+        register(ca_store, "node-1", serial="bb", key="b", now=T0)
     with pytest.raises(DuplicateClient, match="already registered"):
-        ca_store.add_client(
-            "node-2", serial="aa", fingerprint=sha256_hex("a"), not_after=UNTIL, now=T0
-        )
+        register(ca_store, "node-2", serial="aa", key="a", now=T0)
     assert [c.name for c in ca_store.clients()] == ["node-1"]
 
 
 def test_ok_remove_and_re_add_keeps_history(ca_store: IssuanceStore) -> None:
     later = T0 + timedelta(hours=1)
-    ca_store.add_client("node-1", serial="aa", fingerprint=sha256_hex("a"), not_after=UNTIL, now=T0)
+    register(ca_store, "node-1", serial="aa", key="a", now=T0)
     assert ca_store.remove_client("node-1", now=later) is True
     assert ca_store.remove_client("node-1", now=later) is False
     assert ca_store.remove_client("never-added", now=later) is False
@@ -293,12 +313,8 @@ def test_ok_remove_and_re_add_keeps_history(ca_store: IssuanceStore) -> None:
     assert (removed.status, removed.removed_at) == (ClientStatus.REVOKED, later)
     # The removed certificate stays known, so it cannot come back under another name.
     with pytest.raises(DuplicateClient):
-        ca_store.add_client(
-            "node-9", serial="aa", fingerprint=sha256_hex("a"), not_after=UNTIL, now=later
-        )
-    ca_store.add_client(
-        "node-1", serial="bb", fingerprint=sha256_hex("b"), not_after=UNTIL, now=later
-    )
+        register(ca_store, "node-9", serial="aa", key="a", now=later)
+    register(ca_store, "node-1", serial="bb", key="b", now=later)
     history = [(c.name, c.serial, c.status) for c in ca_store.clients()]
     assert history == [
         ("node-1", "aa", ClientStatus.REVOKED),
@@ -309,7 +325,7 @@ def test_ok_remove_and_re_add_keeps_history(ca_store: IssuanceStore) -> None:
 def test_fail_schema_holds_one_active_client_per_name(
     ca_store: IssuanceStore, backend: Backend
 ) -> None:
-    ca_store.add_client("node-1", serial="aa", fingerprint=sha256_hex("a"), not_after=UNTIL, now=T0)
+    register(ca_store, "node-1", serial="aa", key="a", now=T0)
     insert = (
         "INSERT INTO ca_client (name, serial, fingerprint, not_after, status, added_at, "
         "removed_at) VALUES ('node-1', 'bb', ?, '2025-05-01T12:00:00.000000Z', ?, "
@@ -321,3 +337,67 @@ def test_fail_schema_holds_one_active_client_per_name(
         backend.raw("ca", insert, sha256_hex("b"), "revoked", None)
     backend.raw("ca", insert, sha256_hex("b"), "revoked", "2024-05-02T12:00:00.000000Z")
     assert len(ca_store.clients()) == 2
+
+
+def test_ok_entitlement_kept_with_the_registration(ca_store: IssuanceStore) -> None:
+    rights = ClientEntitlement(
+        cas=("factory", "manifests"),
+        device_ids=("ACME-*",),
+        dns_names=("*.node.example.com",),
+        ip_ranges=("10.0.0.0/8", "2001:db8::/32"),
+    )
+    register(ca_store, "line-1", entitlement=rights)
+    record = ca_store.client_by_fingerprint(sha256_hex("line-1"))
+    assert record is not None and record.entitlement == rights
+    assert ca_store.clients()[0].entitlement == rights
+
+
+def test_ok_set_entitlement_only_for_an_active_client(ca_store: IssuanceStore) -> None:
+    register(ca_store, "line-1")
+    narrower = ClientEntitlement(cas=("customer",), device_ids=("dev-1",))
+    assert ca_store.set_entitlement("line-1", narrower) is True
+    assert ca_store.clients()[0].entitlement == narrower
+    assert ca_store.set_entitlement("nobody", RIGHTS) is False
+    ca_store.remove_client("line-1", now=T0)
+    assert ca_store.set_entitlement("line-1", RIGHTS) is False
+    assert ca_store.clients()[0].entitlement == narrower  # unchanged after removal
+
+
+def test_ok_refusals_recorded_newest_last(ca_store: IssuanceStore) -> None:
+    assert ca_store.refusals() == []
+    for n in range(3):
+        ca_store.record_refusal(
+            RefusedRequest(
+                at=T0 + timedelta(seconds=n),
+                client="line-1",
+                request_id=f"r{n}",
+                device_id="dev-1" if n else None,
+                ca_name="nodes",
+                reason="CA-client line-1 may not use CA 'nodes'",
+            )
+        )
+    assert [r.request_id for r in ca_store.refusals()] == ["r0", "r1", "r2"]
+    assert [r.request_id for r in ca_store.refusals(limit=2)] == ["r1", "r2"]
+    assert ca_store.refusals()[0].device_id is None
+
+
+def test_fail_supersede_of_another_clients_certificate(ca_store: IssuanceStore) -> None:
+    mine = replace(make_certificate("01"), client="node-x")
+    ca_store.record_issuance(mine, supersede=False)
+    theirs = replace(make_certificate("02"), client="node-y")
+    with pytest.raises(SupersedeRefused) as caught:
+        ca_store.record_issuance(theirs, supersede=True)
+    assert isinstance(caught.value, NotAuthorized)
+    assert "node-x" not in caught.value.message  # never names the other client
+    assert [c.serial for c in ca_store.issued()] == ["01"]
+    assert ca_store.active_certificate("customer", "dev-1") == mine
+    # Control: the client that obtained it supersedes it.
+    again = replace(make_certificate("03"), client="node-x")
+    assert ca_store.record_issuance(again, supersede=True) == ["01"]
+
+
+def test_ok_certificate_without_client_may_be_superseded_by_any(ca_store: IssuanceStore) -> None:
+    ca_store.record_issuance(make_certificate("01"), supersede=False)  # before clients
+    later = replace(make_certificate("02"), client="node-x")
+    assert ca_store.record_issuance(later, supersede=True) == ["01"]
+    assert ca_store.active_certificate("customer", "dev-1") == later

@@ -209,3 +209,59 @@ def test_ok_unsynced_write_commits_and_keeps_the_connection_synchronous(
             assert conn.execute("SELECT COUNT(*) FROM t").fetchone()[0] == 0
     finally:
         db.close()
+
+
+V1 = ("CREATE TABLE thing (id INTEGER PRIMARY KEY)",)
+V2 = ("CREATE TABLE thing (id INTEGER PRIMARY KEY, colour TEXT)",)
+TO_V2 = {1: ("ALTER TABLE thing ADD COLUMN colour TEXT",)}
+
+
+def _version(db: SQLiteDatabase) -> int:
+    row = db.connection().execute("SELECT version FROM schema_version").fetchone()
+    return int(row[0])
+
+
+def test_ok_older_schema_upgraded_along_its_migrations(tmp_path: Path) -> None:
+    db = SQLiteDatabase(tmp_path / "x.db")
+    try:
+        db.ensure_schema("part", 1, V1)
+        db.connection().execute("INSERT INTO thing (id) VALUES (7)")
+        db.ensure_schema("part", 2, V2, migrations=TO_V2)
+        assert _version(db) == 2
+        assert db.connection().execute("SELECT id, colour FROM thing").fetchall() == [(7, None)]
+        db.ensure_schema("part", 2, V2, migrations=TO_V2)  # already there: nothing to do
+    finally:
+        db.close()
+
+
+@pytest.mark.parametrize(
+    ("version", "migrations"),
+    [
+        pytest.param(3, TO_V2, id="fail-no-path-to-3"),
+        pytest.param(2, {}, id="fail-no-migration"),
+    ],
+)
+def test_fail_schema_without_a_migration_path_changes_nothing(
+    tmp_path: Path, version: int, migrations: dict[int, tuple[str, ...]]
+) -> None:
+    db = SQLiteDatabase(tmp_path / "x.db")
+    try:
+        db.ensure_schema("part", 1, V1)
+        with pytest.raises(ConfigurationError, match="schema version 1"):
+            db.ensure_schema("part", version, V2, migrations=migrations)
+        assert _version(db) == 1
+        columns = [r[1] for r in db.connection().execute("PRAGMA table_info(thing)")]
+        assert columns == ["id"]
+    finally:
+        db.close()
+
+
+def test_fail_newer_schema_is_never_downgraded(tmp_path: Path) -> None:
+    db = SQLiteDatabase(tmp_path / "x.db")
+    try:
+        db.ensure_schema("part", 2, V2)
+        with pytest.raises(ConfigurationError, match="schema version 2"):
+            db.ensure_schema("part", 1, V1, migrations=TO_V2)
+        assert _version(db) == 2
+    finally:
+        db.close()
