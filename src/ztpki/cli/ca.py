@@ -188,7 +188,7 @@ def list_command(directory: Path, as_json: bool) -> None:
             plain("yes" if i.is_default else ""),
         )
     console.print(table)
-    console.print(versions.describe(), markup=False)
+    console.print(versions.describe(), markup=False, soft_wrap=True)
 
 
 @ca.command("policy")
