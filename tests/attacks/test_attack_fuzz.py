@@ -32,7 +32,6 @@ from lxml import etree
 from tests.attacks.attack_report import AttackReport
 
 from ztpki.errors import MalformedInput, NotAuthenticated, PayloadTooLarge, VerificationFailed
-from ztpki.factory.manifest import Manifest, ManifestEntry, sign_manifest, verify_manifest
 from ztpki.node.authentication import AuthenticationModule, FactoryTrust
 from ztpki.pki.authority import CertificateAuthority, IssuanceGrant, create_self_signed_ca
 from ztpki.pki.keys import KeySpec, encode_pkcs8, generate_private_key
@@ -47,6 +46,7 @@ from ztpki.protocol.est import (
     encode_certs_only,
     spki_sha256,
 )
+from ztpki.protocol.manifest import Manifest, ManifestEntry, sign_manifest, verify_manifest
 
 pytestmark = pytest.mark.fuzz
 

@@ -181,7 +181,7 @@ class NodeWorld:
         manifest signer (a certificate from its manifest-signer CA)."""
         from datetime import UTC, datetime
 
-        from ztpki.factory.manifest import Manifest, ManifestEntry, new_manifest_id, sign_manifest
+        from ztpki.protocol.manifest import Manifest, ManifestEntry, new_manifest_id, sign_manifest
 
         key, chain = asyncio.run(self._manifest_signer())
         now = datetime.now(UTC)

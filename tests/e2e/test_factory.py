@@ -29,12 +29,12 @@ from tests.support.pem_markers import ENCRYPTED_KEY_HEADER
 from ztpki.credentials import Credential
 from ztpki.device import DeviceMemory, Phase
 from ztpki.errors import MalformedInput, VerificationFailed
-from ztpki.factory.manifest import sign_manifest, verify_manifest
 from ztpki.pki.authority import CertificateAuthority, IssuanceGrant, create_self_signed_ca
 from ztpki.pki.keys import KeySpec, decode_pkcs8, generate_private_key
 from ztpki.pki.names import SubjectFields, build_subject
 from ztpki.pki.pem import certificate_pem, fingerprint_sha256, load_certificates_pem
 from ztpki.pki.profiles import CertificateProfile
+from ztpki.protocol.manifest import sign_manifest, verify_manifest
 
 BATCH_SIZE = 200
 

@@ -25,7 +25,7 @@ _GROUPS = {
 # Modules that add commands to a group defined elsewhere, imported with it.
 _EXTENSIONS = {
     "device": ("ztpki.cli.device_agent",),
-    "node": ("ztpki.cli.node_register",),
+    "node": ("ztpki.cli.node_register", "ztpki.cli.node_manufacturers"),
 }
 
 

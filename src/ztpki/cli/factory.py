@@ -33,11 +33,11 @@ from ztpki.factory.batch import (
     select_ids,
 )
 from ztpki.factory.configuration import PARAMETER_NAMES, CAClientConfig
-from ztpki.factory.manifest import Manifest, manifest_document, verify_manifest
 from ztpki.factory.shipping import devices_manifest, factory_chain, load_trust_bundle
-from ztpki.factory.signer import SIGNER_ENV, enroll_signer, write_manifest
+from ztpki.factory.signer import SIGNER_ENV, enroll_signer, verify_own_manifest, write_manifest
 from ztpki.factory.station import LoadingStation
 from ztpki.pki.pem import certificates_pem, fingerprint_sha256, serial_hex
+from ztpki.protocol.manifest import Manifest, manifest_document
 from ztpki.secretfiles import resolve_passphrase, write_public_file
 
 CLIENT_ENV = "ZTPKI_CLIENT_PASSPHRASE"
@@ -481,7 +481,7 @@ def verify_manifest_command(manifest_file: Path, trust: Path, as_json: bool) -> 
         data = manifest_file.read_bytes()
     except OSError as exc:
         raise ConfigurationError(f"cannot read {manifest_file}: {exc.strerror}") from None
-    verified = verify_manifest(data, anchors=load_trust_bundle(trust), now=datetime.now(UTC))
+    verified = verify_own_manifest(data, anchors=load_trust_bundle(trust), now=datetime.now(UTC))
     m = verified.manifest
     if as_json:
         print_json({**manifest_document(m), "signer": verified.signer.subject.rfc4514_string()})

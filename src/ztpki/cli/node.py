@@ -26,6 +26,8 @@ from ztpki.cli.node_options import (
     client_passphrase_option,
     dir_option,
     issuing_parameters,
+    manufacturer_config,
+    manufacturer_options,
     policy_options,
 )
 from ztpki.eventloop import chosen_loop, run_service, running_loop_name
@@ -48,14 +50,7 @@ def node() -> None:
     type=click.Path(path_type=Path, file_okay=False),
     help="CA-client credential from `ztpki ca add-client` on the customer CA system.",
 )
-@click.option(
-    "--trust",
-    "trust",
-    multiple=True,
-    required=True,
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="Factory trust bundle (PEM) of a manufacturer; repeat for several.",
-)
+@manufacturer_options
 @click.option(
     "--server-cert",
     required=True,
@@ -104,7 +99,6 @@ def init_command(
     directory: Path,
     ca_system: str,
     client_cred: Path,
-    trust: tuple[Path, ...],
     server_cert: Path,
     server_key: Path,
     customer_chain: Path,
@@ -116,15 +110,16 @@ def init_command(
     insecure_no_passphrase: bool,
     **policy: Any,
 ) -> None:
-    """Create a node directory."""
+    """Create a node directory, with its first manufacturer (more: `node add-manufacturer`)."""
     from ztpki.node.setup import init_node
 
     secret = passphrase(passphrase_file, insecure_no_passphrase, NODE_ENV, NODE_KEY)
+    maker = manufacturer_config(policy)
     result = init_node(
         directory,
         ca_system=ca_system,
         client_credential=client_cred,
-        trust=trust,
+        manufacturer=maker,
         server_cert=server_cert,
         server_key=server_key,
         node_passphrase=secret,
@@ -137,7 +132,11 @@ def init_command(
     )
     for warning in result.warnings:
         console.print(f"[yellow]warning:[/] {warning}")
-    console.print(f"created node in {directory} (label [bold]{label}[/], CA system {ca_system})")
+    console.print(
+        f"created node in {directory} (label {label}, CA system {ca_system}, manufacturer "
+        f"{maker.name} for device ids {maker.device_ids})",
+        markup=False,
+    )
 
 
 @node.command("add-ca")
@@ -166,11 +165,14 @@ def add_ca_command(
 @dir_option
 @click.option("--json", "as_json", is_flag=True)
 def policy_command(directory: Path, as_json: bool) -> None:
-    """Show each EST label's CA and the issuing parameters sent to the CA system."""
+    """Show each EST label's CA and the issuing parameters sent to the CA system, and the
+    manufacturers whose devices and manifests the node accepts."""
+    from ztpki.cli.node_manufacturers import manufacturer_rows, print_manufacturers
     from ztpki.node.runtime import load_labels
 
     config = NodeConfig.load(directory)
     labels = load_labels(config)
+    makers = manufacturer_rows(config)
     rows = []
     for name, loaded in labels.items():
         params = loaded.config.parameters.to_toml()
@@ -191,6 +193,7 @@ def policy_command(directory: Path, as_json: bool) -> None:
     if as_json:
         print_json(rows)
         return
+    print_manufacturers(makers)
     for row in rows:
         console.print(f"[bold]# {row['label']}[/]{'  (default)' if row['default'] else ''}")
         for key, value in row.items():

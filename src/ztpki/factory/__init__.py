@@ -16,15 +16,6 @@ from ztpki.factory.batch import (
 )
 from ztpki.factory.configuration import CAClientConfig, parse_parameters
 from ztpki.factory.first_client import FirstCAClient, name_device
-from ztpki.factory.manifest import (
-    Manifest,
-    ManifestEntry,
-    VerifiedManifest,
-    manifest_csv,
-    new_manifest_id,
-    sign_manifest,
-    verify_manifest,
-)
 from ztpki.factory.shipping import (
     build_manifest,
     collect_entries,
@@ -34,6 +25,15 @@ from ztpki.factory.shipping import (
 )
 from ztpki.factory.signer import enroll_signer, sign_checked
 from ztpki.factory.station import LoadingStation
+from ztpki.protocol.manifest import (
+    Manifest,
+    ManifestEntry,
+    VerifiedManifest,
+    manifest_csv,
+    new_manifest_id,
+    sign_manifest,
+    verify_manifest,
+)
 
 __all__ = [
     "AcceptedIdentity",

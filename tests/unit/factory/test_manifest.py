@@ -16,8 +16,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ztpki.errors import ConfigurationError, MalformedInput, VerificationFailed
-from ztpki.factory.jws import _sign
-from ztpki.factory.manifest import (
+from ztpki.pki.keys import KeySpec, PrivateKey
+from ztpki.pki.profiles import CertificateProfile
+from ztpki.protocol.jws import _sign
+from ztpki.protocol.manifest import (
     MANIFEST_TYPE,
     Manifest,
     ManifestEntry,
@@ -26,8 +28,6 @@ from ztpki.factory.manifest import (
     sign_manifest,
     verify_manifest,
 )
-from ztpki.pki.keys import KeySpec, PrivateKey
-from ztpki.pki.profiles import CertificateProfile
 
 PKI: FactoryPKI = factory_pki()
 SIGNER_KEY, SIGNER_CHAIN = leaf(PKI.manifests, "line1-signer", CertificateProfile.MANIFEST_SIGNER)

@@ -12,11 +12,11 @@ from fake_ca import FakeCA
 
 from ztpki.credentials import Credential
 from ztpki.errors import ConfigurationError, VerificationFailed
-from ztpki.factory.manifest import Manifest, new_manifest_id, verify_manifest
 from ztpki.factory.shipping import load_trust_bundle, manufacturer_of
 from ztpki.factory.signer import enroll_signer, sign_checked, write_manifest
 from ztpki.pki.pem import certificates_pem
 from ztpki.pki.profiles import CertificateProfile
+from ztpki.protocol.manifest import Manifest, new_manifest_id, verify_manifest
 
 PKI = factory_pki()
 EMPTY = Manifest(new_manifest_id(), "Acme", None, None, NOW, ())
