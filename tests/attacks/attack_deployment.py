@@ -68,6 +68,7 @@ NODE_LIMITS: dict[str, float] = {
     "ca_timeout": 4.0,
     "lease_seconds": 18.0,
 }
+MANUFACTURER = "Acme Devices"  # as the manifests name it (the signer's O)
 DEVICES = 60
 REFILL = 30
 EST = "/.well-known/est"
@@ -455,6 +456,7 @@ def build(root: Path) -> Deployment:
         request += ["--ca-name", "nodes", "--ip", "127.0.0.1", "--dns", "localhost"]
         d.cli("node", "request-server-cert", *request, "--out", str(server))
         init = ["--dir", str(d.node_dir), "--ca", customer.address, "--client-cred", node_cred]
+        init += ["--manufacturer", MANUFACTURER, "--device-ids", "ACME-*"]
         init += ["--trust", bundle, "--customer-chain", chain]
         init += ["--server-cert", str(server / "cert.pem"), "--server-key", str(server / "key.pem")]
         d.cli("node", "init", *init)

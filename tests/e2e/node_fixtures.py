@@ -36,6 +36,9 @@ from ztpki.pki.pem import fingerprint_sha256, load_certificate_der, load_certifi
 from ztpki.protocol.enrollment import EnrollmentRequest
 from ztpki.protocol.est import CSR_TYPE, build_csr, encode_csr
 
+# The one manufacturer of this world, as its manifests name it.
+MANUFACTURER = "Acme Devices"
+
 CA_PASSPHRASE = "ca-passphrase-for-tests"
 CLIENT_PASSPHRASE = "client-passphrase-for-tests"
 NODE_PASSPHRASE = "node-passphrase-for-tests"
@@ -151,6 +154,7 @@ class NodeWorld:
         for device in devices:
             if listed:
                 args = ["--fingerprint", device.fingerprint] if fingerprint else []
+                args = args or ["--manufacturer", MANUFACTURER]
                 cli("node", "add", "--dir", str(self.node_dir), device.device_id, *args)
         return devices
 
@@ -187,7 +191,7 @@ class NodeWorld:
         now = datetime.now(UTC)
         manifest = Manifest(
             manifest_id=manifest_id or new_manifest_id(),
-            manufacturer="Acme Devices",
+            manufacturer=MANUFACTURER,
             batch="B1",
             order="PO-7",
             issued_at=now,
@@ -468,6 +472,10 @@ def build_world(root: Path, *, limits: Mapping[str, float] = TEST_LIMITS) -> Nod
             customer_service.address,
             "--client-cred",
             str(root / "cred-node"),
+            "--manufacturer",
+            MANUFACTURER,
+            "--device-ids",
+            "*",
             "--trust",
             str(root / "factory-bundle.pem"),
             "--server-cert",

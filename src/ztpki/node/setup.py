@@ -154,8 +154,8 @@ def init_node(
     AuthenticationModule(FactoryTrust.from_bundles(bundles), [], crls=[read_crl(p) for p in crls])
     # Everything checked: now write.
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    relative = Path("trust") / f"01-{manufacturer.trust.stem}.pem"
-    write_public_file(directory / relative, certificates_pem(bundle))
+    trust_relative = Path("trust") / f"01-{manufacturer.trust.stem}.pem"
+    write_public_file(directory / trust_relative, certificates_pem(bundle))
     ca_relative = Path("ca") / f"{label}.pem"
     write_public_file(directory / ca_relative, certificates_pem(chain))
     write_public_file(directory / "server" / "cert.pem", certificates_pem(server_chain))
@@ -174,7 +174,7 @@ def init_node(
         ca_client=Path("ca-client"),
         server_cert=Path("server/cert.pem"),
         server_key=Path("server/key.pem"),
-        manufacturers=(replace(manufacturer, trust=relative),),
+        manufacturers=(replace(manufacturer, trust=trust_relative),),
         crls=tuple(crl_paths),
         labels=(CALabel(label, ca_relative, ca_name, parameters or IssuingParameters()),),
         default_label=label,

@@ -171,8 +171,6 @@ class ManufacturerTrust:
     signer_fingerprints: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
-        if not self.anchors:
-            raise ValueError(f"manufacturer {self.name} has no trust anchor")
         for pin in self.signer_fingerprints:
             if not _FINGERPRINT.fullmatch(pin):
                 raise ValueError("a signer fingerprint is 64 lower-case hex digits (SHA-256)")

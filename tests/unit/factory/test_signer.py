@@ -13,10 +13,10 @@ from fake_ca import FakeCA
 from ztpki.credentials import Credential
 from ztpki.errors import ConfigurationError, VerificationFailed
 from ztpki.factory.shipping import load_trust_bundle, manufacturer_of
-from ztpki.factory.signer import enroll_signer, sign_checked, write_manifest
+from ztpki.factory.signer import enroll_signer, sign_checked, verify_own_manifest, write_manifest
 from ztpki.pki.pem import certificates_pem
 from ztpki.pki.profiles import CertificateProfile
-from ztpki.protocol.manifest import Manifest, new_manifest_id, verify_manifest
+from ztpki.protocol.manifest import Manifest, new_manifest_id
 
 PKI = factory_pki()
 EMPTY = Manifest(new_manifest_id(), "Acme", None, None, NOW, ())
@@ -34,7 +34,7 @@ def test_ok_enrolled_signer_signs_verifiable_manifests(tmp_path: Path) -> None:
     assert signer.trust_anchors == PKI.anchors
     assert manufacturer_of(signer.certificate) == "Acme"
     data = sign_checked(EMPTY, signer, now=NOW)
-    assert verify_manifest(data, anchors=PKI.anchors, now=NOW).manifest == EMPTY
+    assert verify_own_manifest(data, anchors=PKI.anchors, now=NOW).manifest == EMPTY
     write_manifest(tmp_path / "m.json", EMPTY, data, csv_path=tmp_path / "m.csv")
     assert (tmp_path / "m.json").read_bytes() == data
     assert (tmp_path / "m.csv").read_text().startswith("device_id,")

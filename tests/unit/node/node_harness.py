@@ -13,8 +13,10 @@ from node_pki import NOW, PKI, InProcessCA
 
 from ztpki.node.config import CALabel, Limits, NodeConfig, ProxyConfig
 from ztpki.node.enrollment import LoadedLabel
+from ztpki.node.manufacturers import ManufacturerConfig
 from ztpki.node.runtime import NodeMaterial, RunningNode, start_node
 from ztpki.pki.authority import IssuanceGrant
+from ztpki.pki.device_ids import EVERY_DEVICE_ID
 from ztpki.pki.keys import KeySpec, generate_private_key
 from ztpki.pki.names import SubjectFields, build_subject
 from ztpki.pki.profiles import CertificateProfile
@@ -42,7 +44,7 @@ class InProcessNode:
             ca_client=Path("unused"),
             server_cert=Path("unused"),
             server_key=Path("unused"),
-            trust=(Path("unused"),),
+            manufacturers=(ManufacturerConfig("Acme", Path("unused"), EVERY_DEVICE_ID),),
             labels=(label,),
             limits=limits,
             proxy=proxy or ProxyConfig(),

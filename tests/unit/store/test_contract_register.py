@@ -33,8 +33,11 @@ def device(device_id: str) -> NewDevice:
     return NewDevice(device_id, sha256_hex(device_id), manufacturer="Acme", model="X1", batch="b-7")
 
 
-def manifest(manifest_id: str, count: int, *, issued_days_ago: int = 1) -> ManifestRecord:
+def manifest(
+    manifest_id: str, count: int, *, issued_days_ago: int = 1, manufacturer: str = "Acme"
+) -> ManifestRecord:
     return ManifestRecord(
+        manufacturer=manufacturer,
         manifest_id=manifest_id,
         issued_at=T0 - timedelta(days=issued_days_ago),
         signer="CN=Acme manifest signer",
