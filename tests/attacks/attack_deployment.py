@@ -75,6 +75,7 @@ EST = "/.well-known/est"
 PASSPHRASES = (
     "factory_ca",
     "customer_ca",
+    "globex_ca",
     "ZTPKI_CLIENT_PASSPHRASE",
     "ZTPKI_NODE_PASSPHRASE",
     "ZTPKI_SIGNER_PASSPHRASE",
@@ -421,7 +422,24 @@ FACTORY_CAS: tuple[tuple[str, ...], ...] = (
     ("--name", "froot", "--org", "Acme Devices"),
     ("--name", "factory", "--parent", "froot", "--default", "--org", "Acme Devices"),
     ("--name", "nodes", "--parent", "froot", "--profile", "server"),
-    ("--name", "manifests", "--parent", "froot", "--profile", "manifest-signer"),
+    (
+        "--name",
+        "manifests",
+        "--parent",
+        "froot",
+        "--profile",
+        "manifest-signer",
+        "--org",
+        MANUFACTURER,
+    ),
+)
+# A second manufacturer the node also buys from ("GLX-*" devices); its CA system never serves:
+# the cases forge what its CAs would sign (d.authority("globex", ...)).
+OTHER_MANUFACTURER = "Globex"
+GLOBEX_CAS: tuple[tuple[str, ...], ...] = (
+    ("--name", "groot", "--org", OTHER_MANUFACTURER),
+    ("--name", "gfactory", "--parent", "groot", "--default", "--org", OTHER_MANUFACTURER),
+    ("--name", "gmanifests", "--parent", "groot", "--profile", "manifest-signer"),
 )
 CUSTOMER_CAS: tuple[tuple[str, ...], ...] = (
     ("--name", "croot", "--org", "Customer Ltd"),
@@ -460,6 +478,7 @@ def build(root: Path) -> Deployment:
         init += ["--trust", bundle, "--customer-chain", chain]
         init += ["--server-cert", str(server / "cert.pem"), "--server-key", str(server / "key.pem")]
         d.cli("node", "init", *init)
+        _other_manufacturer(d)
         set_limits(d.node_dir, NODE_LIMITS)
         d.cli("node", "import", "--dir", str(d.node_dir), str(root / "manifest-new.json"))
         d.serve_node()
@@ -467,6 +486,15 @@ def build(root: Path) -> Deployment:
         d.stop()
         raise
     return d
+
+
+def _other_manufacturer(d: Deployment) -> None:
+    g, bundle = ["--dir", str(d.root / "globex")], str(d.root / "globex-bundle.pem")
+    for args in GLOBEX_CAS:
+        d.cli("ca", "init", *g, *args, system="globex")
+    d.cli("ca", "export", *g, "--name", "gfactory", "--out", bundle, system="globex")
+    maker = ["--manufacturer", OTHER_MANUFACTURER, "--device-ids", "GLX-*", "--trust", bundle]
+    d.cli("node", "add-manufacturer", "--dir", str(d.node_dir), *maker)
 
 
 def _manufacture(d: Deployment, factory_address: str) -> None:
