@@ -25,6 +25,7 @@ _GROUPS = {
 # Modules that add commands to a group defined elsewhere, imported with it.
 _EXTENSIONS = {
     "device": ("ztpki.cli.device_agent",),
+    "factory": ("ztpki.cli.factory_batch",),
     "node": ("ztpki.cli.node_register", "ztpki.cli.node_manufacturers"),
 }
 
