@@ -16,16 +16,16 @@ from datetime import timedelta
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import NameOID
 from tests.attacks.attack_deployment import MANUFACTURER, OTHER_MANUFACTURER, Deployment, now
 from tests.attacks.attack_report import AttackReport
+from tests.support.signers import unmarked_document_signer
 
 from ztpki.credentials import Credential
 from ztpki.pki.authority import CertificateAuthority, IssuanceGrant
 from ztpki.pki.keys import KeySpec, PrivateKey, generate_private_key
 from ztpki.pki.names import SubjectFields, build_subject
-from ztpki.pki.profiles import DOCUMENT_SIGNING, CertificateProfile
+from ztpki.pki.profiles import CertificateProfile
 from ztpki.protocol.est import build_csr, encode_csr
 from ztpki.protocol.manifest import Manifest, ManifestEntry, new_manifest_id, sign_manifest
 
@@ -169,49 +169,31 @@ def test_fail_manifest_naming_a_manufacturer_signed_by_another(
     )
 
 
-def _unmarked_document_signer(
-    ca: CertificateAuthority, key: PrivateKey
-) -> tuple[x509.Certificate, list[x509.Certificate]]:
-    """A documentSigning certificate from Acme's manifest CA, without ztpki's mark: what any
-    other document-signing use of that CA (or an older ztpki) would have issued."""
-    start = now()
-    subject = x509.Name(
-        [
-            x509.NameAttribute(NameOID.COMMON_NAME, "invoice signer"),
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, MANUFACTURER),
-        ]
-    )
-    ski = ca.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(ca.certificate.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start - timedelta(minutes=1))
-        .not_valid_after(start + timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(True, True, False, False, False, False, False, False, False),
-            critical=True,
-        )
-        .add_extension(x509.ExtendedKeyUsage([DOCUMENT_SIGNING]), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), False)
-        .sign(ca.key, hashes.SHA256())  # type: ignore[arg-type]
-    )
-    return cert, [cert, ca.certificate]
-
-
 def test_fail_manifest_signed_by_unmarked_document_signer(
     deployment: Deployment, attack_report: AttackReport
 ) -> None:
     d = deployment
     d.reserve(1)
     listed = _unique("ACME-UNMARKED")
-    key = generate_private_key(KeySpec.EC_P256)
-    _, chain = _unmarked_document_signer(d.authority("factory", "manifests"), key)
-    signed = sign_manifest(_manifest(MANUFACTURER, [listed]), key=key, chain=chain)
+    key, ca, start = (
+        generate_private_key(KeySpec.EC_P256),
+        d.authority("factory", "manifests"),
+        now(),
+    )
+    subject = x509.Name(
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, "invoice signer"),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, MANUFACTURER),
+        ]
+    )
+    cert = unmarked_document_signer(
+        ca,
+        key,
+        subject,
+        not_before=start - timedelta(minutes=1),
+        not_after=start + timedelta(days=30),
+    )
+    signed = sign_manifest(_manifest(MANUFACTURER, [listed]), key=key, chain=[cert, ca.certificate])
     before = d.snapshot()
     status, text = _import(d, "manifest-unmarked-signer.json", signed)
     assert status == 1 and "lacks ztpki's manifest-signing mark" in text, text
