@@ -339,8 +339,17 @@ def set_limits(node_dir: Path, limits: Mapping[str, float]) -> None:
     path.write_text(tomli_w.dumps(data))
 
 
-def build_world(root: Path, *, limits: Mapping[str, float] = TEST_LIMITS) -> NodeWorld:
-    """Make and start the three services; the caller stops them (world.stop())."""
+def build_world(
+    root: Path,
+    *,
+    limits: Mapping[str, float] = TEST_LIMITS,
+    device_ids: str = "*",
+    other_manufacturers: Sequence[tuple[str, Path, str]] = (),
+) -> NodeWorld:
+    """Make and start the three services; the caller stops them (world.stop()).
+
+    The node buys from MANUFACTURER (ids device_ids) and from each (name, trust bundle,
+    device-id pattern) of other_manufacturers."""
     factory, customer, node_dir = root / "factory", root / "customer", root / "node"
     cli("ca", "init", "--dir", str(factory), "--name", "froot", "--org", "Acme Devices")
     cli("ca", "init", "--dir", str(factory), "--name", "factory", "--parent", "froot", "--default")
@@ -475,7 +484,7 @@ def build_world(root: Path, *, limits: Mapping[str, float] = TEST_LIMITS) -> Nod
             "--manufacturer",
             MANUFACTURER,
             "--device-ids",
-            "*",
+            device_ids,
             "--trust",
             str(root / "factory-bundle.pem"),
             "--server-cert",
@@ -501,6 +510,9 @@ def build_world(root: Path, *, limits: Mapping[str, float] = TEST_LIMITS) -> Nod
             "--key-algorithm",
             "ec-p384",
         )
+        for name, bundle, pattern in other_manufacturers:
+            maker = ["--manufacturer", name, "--trust", str(bundle), "--device-ids", pattern]
+            cli("node", "add-manufacturer", "--dir", str(node_dir), *maker)
         set_limits(node_dir, limits)
         node_service = start(
             ["node", "serve", "--dir", str(node_dir), "--listen", "127.0.0.1:0"],
