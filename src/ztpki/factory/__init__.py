@@ -23,7 +23,7 @@ from ztpki.factory.shipping import (
     load_trust_bundle,
     manifest_entry,
 )
-from ztpki.factory.signer import enroll_signer, sign_checked
+from ztpki.factory.signer import enroll_signer, sign_checked, verify_own_manifest
 from ztpki.factory.station import LoadingStation
 from ztpki.protocol.manifest import (
     Manifest,
@@ -64,4 +64,5 @@ __all__ = [
     "sign_checked",
     "sign_manifest",
     "verify_manifest",
+    "verify_own_manifest",
 ]

@@ -5,6 +5,7 @@ from ztpki.node.authentication import (
     AuthenticationModule,
     ClientIdentity,
     CustomerCA,
+    FactoryBundle,
     FactoryTrust,
     IdentityKind,
 )
@@ -23,6 +24,7 @@ from ztpki.node.ca_client import Issued, SecondCAClient, UpstreamError
 from ztpki.node.config import CALabel, IssuingParameters, Limits, NodeConfig, ProxyConfig
 from ztpki.node.enrollment import Enrolled, EnrollmentService, LoadedLabel
 from ztpki.node.http import ERROR_TABLE, EstApplication
+from ztpki.node.manufacturers import LoadedManufacturer, ManufacturerConfig
 from ztpki.node.metrics import NodeMetrics
 from ztpki.node.proxy import ForwardedCertificate, decode_forwarded_certificate
 from ztpki.node.register import AsyncRegister
@@ -47,6 +49,7 @@ __all__ = [
     "EnrollmentContext",
     "EnrollmentService",
     "EstApplication",
+    "FactoryBundle",
     "FactoryTrust",
     "ForwardedCertificate",
     "IdentityKind",
@@ -55,6 +58,8 @@ __all__ = [
     "IssuingParameters",
     "Limits",
     "LoadedLabel",
+    "LoadedManufacturer",
+    "ManufacturerConfig",
     "NodeConfig",
     "NodeMaterial",
     "NodeMetrics",
