@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import click
+from cryptography import x509
 
 from ztpki.cli.common import console, print_json
 from ztpki.cli.node import node
@@ -14,6 +16,10 @@ from ztpki.node.config import NodeConfig
 from ztpki.pki.pem import fingerprint_sha256
 
 ANY_MARKED_SIGNER = "any signer under its bundle marked by ztpki's manifest-signer profile"
+
+
+def _certificates(certs: Sequence[x509.Certificate]) -> list[dict[str, str]]:
+    return [{"subject": c.subject.rfc4514_string(), "sha256": fingerprint_sha256(c)} for c in certs]
 
 
 def manufacturer_rows(config: NodeConfig) -> list[dict[str, Any]]:
@@ -28,10 +34,7 @@ def manufacturer_rows(config: NodeConfig) -> list[dict[str, Any]]:
                 "device_ids": maker.config.device_ids.texts(),
                 "manifest_signers": [f"sha256:{p}" for p in maker.config.manifest_signers],
                 "trust": str(config.path(maker.config.trust)),
-                "trust_anchors": [
-                    {"subject": c.subject.rfc4514_string(), "sha256": fingerprint_sha256(c)}
-                    for c in maker.bundle
-                ],
+                "trust_anchors": _certificates(maker.bundle),
             }
         )
     for path in config.legacy_trust:
@@ -42,10 +45,7 @@ def manufacturer_rows(config: NodeConfig) -> list[dict[str, Any]]:
                 "device_ids": [],
                 "manifest_signers": [],
                 "trust": str(config.path(path)),
-                "trust_anchors": [
-                    {"subject": c.subject.rfc4514_string(), "sha256": fingerprint_sha256(c)}
-                    for c in certs
-                ],
+                "trust_anchors": _certificates(certs),
             }
         )
     return rows
