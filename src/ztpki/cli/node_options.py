@@ -88,12 +88,14 @@ def manufacturer_options(func: F) -> F:
             "--manufacturer",
             "manufacturer_name",
             required=True,
+            multiple=True,  # given twice is refused, not silently the last one
             metavar="NAME",
             help="The manufacturer's name, exactly as its manifests give it.",
         ),
         click.option(
             "--trust",
             required=True,
+            multiple=True,
             type=click.Path(path_type=Path, dir_okay=False),
             help="Its factory trust bundle (PEM, `ztpki factory export-trust`).",
         ),
@@ -122,9 +124,15 @@ def manufacturer_options(func: F) -> F:
 
 
 def manufacturer_config(kw: dict[str, Any]) -> ManufacturerConfig:
+    names, bundles = kw.pop("manufacturer_name"), kw.pop("trust")
+    if len(names) != 1 or len(bundles) != 1:
+        raise click.UsageError(
+            "give one --manufacturer and its one --trust bundle; declare each further "
+            "manufacturer with `ztpki node add-manufacturer`"
+        )
     return ManufacturerConfig(
-        name=kw.pop("manufacturer_name"),
-        trust=kw.pop("trust"),
+        name=names[0],
+        trust=bundles[0],
         device_ids=DeviceIdNamespace.parse(kw.pop("device_ids")),
         manifest_signers=tuple(kw.pop("signer_fingerprints")),
     )

@@ -24,7 +24,12 @@ def import_command(directory: Path, manifest: Path) -> None:
 
     result = import_manifest(directory, manifest.read_bytes(), now=datetime.now(UTC))
     if result.already_imported:
-        console.print(f"manifest {manifest} was imported before; nothing changed")
+        console.print(
+            f"manifest {manifest} was imported before; nothing changed (a manifest id counts "
+            "once per manufacturer)",
+            markup=False,
+            soft_wrap=True,
+        )
         return
     console.print(
         f"listed {len(result.added)} device(s); "

@@ -191,3 +191,13 @@ def test_ok_legacy_node_toml_is_refused_then_migrated(
     node_table = node_toml(inputs)["node"]
     assert isinstance(node_table, dict) and "trust" not in node_table
     assert run("node", "add", "--dir", node, "ACME-1", "--manufacturer", "Acme Devices")[0] == 0
+
+
+def test_fail_init_with_two_bundles_is_a_usage_error(
+    inputs: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before manufacturers, --trust was repeatable; now a second one would be dropped
+    silently by the option parser, so it is refused instead."""
+    status, _ = run(*acme_init(inputs), "--trust", str(inputs["bundle"]))
+    assert status == 2 and not inputs["node"].exists()
+    assert "one --manufacturer and its one --trust" in " ".join(capsys.readouterr().err.split())
