@@ -270,10 +270,6 @@ class NodeConfig:
         names = [ca.label for ca in self.labels]
         if len(set(names)) != len(names):
             raise ConfigurationError("node.toml names one EST label twice")
-        if not self.manufacturers and not self.legacy_trust:
-            raise ConfigurationError(
-                "node.toml declares no manufacturer ([manufacturer.NAME] with its trust bundle)"
-            )
         check_manufacturers(self.manufacturers)
         if self.labels and self.default_label not in names:
             raise ConfigurationError(
@@ -320,9 +316,16 @@ class NodeConfig:
         legacy = tuple(p for p in self.legacy_trust if p not in replaces_legacy)
         return replace(self, manufacturers=(*self.manufacturers, maker), legacy_trust=legacy)
 
-    def refuse_legacy_trust(self) -> None:
-        """ConfigurationError naming the command that declares each bare bundle's maker."""
+    def check_manufacturers_declared(self) -> None:
+        """ConfigurationError, naming the command that fixes it, unless every trust bundle
+        belongs to a declared manufacturer and there is at least one."""
         if not self.legacy_trust:
+            if not self.manufacturers:
+                raise ConfigurationError(
+                    f"{self.directory / NODE_FILE} declares no manufacturer: declare the "
+                    f"ones the customer buys from with `ztpki node add-manufacturer --dir "
+                    f"{self.directory} --manufacturer NAME --trust FILE --device-ids 'PATTERN'`"
+                )
             return
         files = ", ".join(str(self.path(p)) for p in self.legacy_trust)
         raise ConfigurationError(
@@ -369,11 +372,12 @@ class NodeConfig:
 
     @classmethod
     def load(cls, directory: Path, *, migrating: bool = False) -> NodeConfig:
-        """The node's configuration. One of an older ztpki with bare trust bundles is refused
-        with the command that migrates it, unless ``migrating`` (that command itself)."""
+        """The node's configuration. One of an older ztpki with bare trust bundles, or one
+        without manufacturers, is refused with the command that fixes it, unless
+        ``migrating`` (that command itself, and the commands that only read the register)."""
         config = cls._read(directory)
         if not migrating:
-            config.refuse_legacy_trust()
+            config.check_manufacturers_declared()
         return config
 
     @classmethod

@@ -87,8 +87,8 @@ def test_fail_bad_files(tmp_path: Path, case: str, text: str) -> None:
 
 
 def test_fail_inconsistent_settings(tmp_path: Path) -> None:
-    with pytest.raises(ConfigurationError):
-        config(tmp_path, manufacturers=())
+    with pytest.raises(ConfigurationError, match="declares no manufacturer"):
+        config(tmp_path, manufacturers=()).check_manufacturers_declared()
     with pytest.raises(ConfigurationError):
         config(tmp_path, default_label="nosuch")
     with pytest.raises(ConfigurationError, match="lease_seconds"):

@@ -201,3 +201,16 @@ def test_fail_init_with_two_bundles_is_a_usage_error(
     status, _ = run(*acme_init(inputs), "--trust", str(inputs["bundle"]))
     assert status == 2 and not inputs["node"].exists()
     assert "one --manufacturer and its one --trust" in " ".join(capsys.readouterr().err.split())
+
+
+def test_ok_node_toml_without_manufacturers_is_refused_then_fixed(inputs: dict[str, Path]) -> None:
+    assert run(*acme_init(inputs))[0] == 0
+    data = node_toml(inputs)
+    makers = data.pop("manufacturer")
+    (inputs["node"] / "node.toml").write_text(tomli_w.dumps(data))
+    with pytest.raises(ConfigurationError, match="declares no manufacturer"):
+        NodeConfig.load(inputs["node"])
+    assert isinstance(makers, dict)
+    bundle = inputs["node"] / makers["Acme Devices"]["trust"]
+    assert add_manufacturer(inputs, "Acme Devices", bundle, "ACME-*") == 0
+    assert [m.name for m in NodeConfig.load(inputs["node"]).manufacturers] == ["Acme Devices"]
