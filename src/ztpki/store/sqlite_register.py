@@ -40,6 +40,9 @@ from ztpki.store.sqlite_register_schema import (
     SCHEMA_VERSION,
 )
 
+# The schema names are re-exported: callers read the component and version from this module.
+__all__ = ["MIGRATIONS", "REGISTER_SCHEMA", "SCHEMA_COMPONENT", "SCHEMA_VERSION", "SQLiteNodeStore"]
+
 _DEVICE_COLUMNS = (
     "device_id, state, temp_fingerprint, manufacturer, model, batch, manifest_id, "
     "issued_serial, issued_spki, issued_certificate_der, blocked_from, lease_token, "
