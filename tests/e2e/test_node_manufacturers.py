@@ -15,15 +15,24 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from cryptography import x509
 from cryptography.x509.oid import NameOID
-from node_fixtures import MANUFACTURER, Device, NodeWorld, build_world, cli, ztpki
+from node_fixtures import ENV, MANUFACTURER, Device, NodeWorld, build_world, cli, ztpki
+from tests.support.services import run_ztpki
 
+from ztpki.credentials import Credential
 from ztpki.pki.authority import CertificateAuthority, IssuanceGrant, create_self_signed_ca
 from ztpki.pki.keys import KeySpec, PrivateKey, generate_private_key
-from ztpki.pki.pem import certificates_pem, fingerprint_sha256
+from ztpki.pki.pem import certificates_pem, fingerprint_sha256, load_certificates_pem
 from ztpki.pki.profiles import CertificateProfile
-from ztpki.protocol.manifest import Manifest, ManifestEntry, new_manifest_id, sign_manifest
+from ztpki.protocol.manifest import (
+    Manifest,
+    ManifestEntry,
+    is_marked_manifest_signer,
+    new_manifest_id,
+    sign_manifest,
+)
 
 pytestmark = pytest.mark.timeout(300)
+SIGNER_PASSPHRASE = "signer-passphrase-for-tests"
 
 
 def _name(cn: str, *, serial: str | None = None) -> x509.Name:
@@ -152,3 +161,25 @@ def test_fail_clone_under_another_manufacturers_root(world: NodeWorld) -> None:
     # Control: the device's own (Acme) temporary certificate enrolls.
     assert world.post_csr(device, "simpleenroll", device.csr()).status == 200
     assert len(world.active(device.device_id)) == 1
+
+
+def test_ok_factory_signer_is_marked_and_its_manifests_import(world: NodeWorld) -> None:
+    """`ztpki factory signer` against the real factory CA system issues a marked signer, prints
+    the fingerprint a customer may pin, and `factory sign-manifest` output imports."""
+    out = world.root / "signer-e2e"
+    result = run_ztpki(
+        "factory", "signer", "--ca", world.factory.address,
+        "--client-cred", str(world.root / "cred-line1"), "--ca-name", "manifests",
+        "--name", "signer-e2e", "--out", str(out),
+        env={**ENV, "ZTPKI_SIGNER_PASSPHRASE": SIGNER_PASSPHRASE},
+    )  # fmt: skip
+    cert = load_certificates_pem((out / "cert.pem").read_bytes())[0]
+    assert is_marked_manifest_signer(cert)
+    assert f"sha256:{fingerprint_sha256(cert)}" in " ".join(result.stdout.split())
+    (device,) = world.make_devices(1, listed=False)
+    credential = Credential.load(out, passphrase=SIGNER_PASSPHRASE.encode())
+    manifest = _manifest(MANUFACTURER, [(device.device_id, device.fingerprint)])
+    path = world.root / "signer-e2e.json"
+    path.write_bytes(sign_manifest(manifest, key=credential.key, chain=list(credential.chain)))
+    imported = ztpki("node", "import", "--dir", str(world.node_dir), str(path))
+    assert "listed 1 device(s)" in imported.stdout

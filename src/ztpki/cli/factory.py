@@ -232,7 +232,9 @@ def signer_command(
     cert = signer.certificate
     say(
         f"manifest signer [bold]{signer_id}[/] saved in {out}: serial {serial_hex(cert)}, "
-        f"valid until {cert.not_valid_after_utc.isoformat(timespec='seconds')}"
+        f"valid until {cert.not_valid_after_utc.isoformat(timespec='seconds')}\n"
+        f"  sha256:{fingerprint_sha256(cert)} (customers may pin it: `ztpki node "
+        "add-manufacturer ... --manifest-signer-fingerprint`)"
     )
 
 
