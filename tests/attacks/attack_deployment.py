@@ -68,12 +68,14 @@ NODE_LIMITS: dict[str, float] = {
     "ca_timeout": 4.0,
     "lease_seconds": 18.0,
 }
+MANUFACTURER = "Acme Devices"  # as the manifests name it (the signer's O)
 DEVICES = 60
 REFILL = 30
 EST = "/.well-known/est"
 PASSPHRASES = (
     "factory_ca",
     "customer_ca",
+    "globex_ca",
     "ZTPKI_CLIENT_PASSPHRASE",
     "ZTPKI_NODE_PASSPHRASE",
     "ZTPKI_SIGNER_PASSPHRASE",
@@ -420,9 +422,26 @@ FACTORY_CAS: tuple[tuple[str, ...], ...] = (
     ("--name", "froot", "--org", "Acme Devices"),
     ("--name", "factory", "--parent", "froot", "--default", "--org", "Acme Devices"),
     ("--name", "nodes", "--parent", "froot", "--profile", "server"),
-    ("--name", "manifests", "--parent", "froot", "--profile", "manifest-signer"),
+    (
+        "--name",
+        "manifests",
+        "--parent",
+        "froot",
+        "--profile",
+        "manifest-signer",
+        "--org",
+        MANUFACTURER,
+    ),
     # A CA for subordinate CAs, which its policy keeps from issuing them over the protocol.
     ("--name", "subcas", "--parent", "froot", "--path-length", "1", "--profile", "ca"),
+)
+# A second manufacturer the node also buys from ("GLX-*" devices); its CA system never serves:
+# the cases forge what its CAs would sign (d.authority("globex", ...)).
+OTHER_MANUFACTURER = "Globex"
+GLOBEX_CAS: tuple[tuple[str, ...], ...] = (
+    ("--name", "groot", "--org", OTHER_MANUFACTURER),
+    ("--name", "gfactory", "--parent", "groot", "--default", "--org", OTHER_MANUFACTURER),
+    ("--name", "gmanifests", "--parent", "groot", "--profile", "manifest-signer"),
 )
 # What each factory CA-client may ask for (the README's set-up).
 CLIENT_RIGHTS: dict[str, tuple[str, ...]] = {
@@ -463,9 +482,11 @@ def build(root: Path) -> Deployment:
         request += ["--ca-name", "nodes", "--ip", "127.0.0.1", "--dns", "localhost"]
         d.cli("node", "request-server-cert", *request, "--out", str(server))
         init = ["--dir", str(d.node_dir), "--ca", customer.address, "--client-cred", node_cred]
+        init += ["--manufacturer", MANUFACTURER, "--device-ids", "ACME-*"]
         init += ["--trust", bundle, "--customer-chain", chain]
         init += ["--server-cert", str(server / "cert.pem"), "--server-key", str(server / "key.pem")]
         d.cli("node", "init", *init)
+        _other_manufacturer(d)
         set_limits(d.node_dir, NODE_LIMITS)
         d.cli("node", "import", "--dir", str(d.node_dir), str(root / "manifest-new.json"))
         d.serve_node()
@@ -473,6 +494,15 @@ def build(root: Path) -> Deployment:
         d.stop()
         raise
     return d
+
+
+def _other_manufacturer(d: Deployment) -> None:
+    g, bundle = ["--dir", str(d.root / "globex")], str(d.root / "globex-bundle.pem")
+    for args in GLOBEX_CAS:
+        d.cli("ca", "init", *g, *args, system="globex")
+    d.cli("ca", "export", *g, "--name", "gfactory", "--out", bundle, system="globex")
+    maker = ["--manufacturer", OTHER_MANUFACTURER, "--device-ids", "GLX-*", "--trust", bundle]
+    d.cli("node", "add-manufacturer", "--dir", str(d.node_dir), *maker)
 
 
 def _manufacture(d: Deployment, factory_address: str) -> None:

@@ -18,13 +18,13 @@ from tests.attacks.attack_deployment import Deployment, now
 from tests.attacks.attack_report import AttackReport
 
 from ztpki.credentials import Credential
-from ztpki.factory.manifest import Manifest, ManifestEntry, new_manifest_id, sign_manifest
 from ztpki.pki.authority import CertificateAuthority, IssuanceGrant, create_self_signed_ca
 from ztpki.pki.keys import KeySpec, generate_private_key
 from ztpki.pki.names import SubjectFields, build_subject
 from ztpki.pki.pem import fingerprint_sha256
 from ztpki.pki.profiles import CertificateProfile
 from ztpki.protocol.est import build_csr, encode_csr
+from ztpki.protocol.manifest import Manifest, ManifestEntry, new_manifest_id, sign_manifest
 
 pytestmark = pytest.mark.timeout(240)
 

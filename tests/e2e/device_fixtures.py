@@ -201,6 +201,7 @@ class World:
             "node", "init", "--dir", str(self.path(name)),
             "--ca", self.services["C"].address,
             "--client-cred", str(self.path("C-node")),
+            "--manufacturer", "Acme", "--device-ids", "*",
             "--trust", str(self.path("factory-trust.pem")),
             "--server-cert", str(cert / "cert.pem"),
             "--server-key", str(cert / "key.pem"),

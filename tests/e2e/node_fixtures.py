@@ -36,6 +36,9 @@ from ztpki.pki.pem import fingerprint_sha256, load_certificate_der, load_certifi
 from ztpki.protocol.enrollment import EnrollmentRequest
 from ztpki.protocol.est import CSR_TYPE, build_csr, encode_csr
 
+# The one manufacturer of this world, as its manifests name it.
+MANUFACTURER = "Acme Devices"
+
 CA_PASSPHRASE = "ca-passphrase-for-tests"
 CLIENT_PASSPHRASE = "client-passphrase-for-tests"
 NODE_PASSPHRASE = "node-passphrase-for-tests"
@@ -151,6 +154,7 @@ class NodeWorld:
         for device in devices:
             if listed:
                 args = ["--fingerprint", device.fingerprint] if fingerprint else []
+                args = args or ["--manufacturer", MANUFACTURER]
                 cli("node", "add", "--dir", str(self.node_dir), device.device_id, *args)
         return devices
 
@@ -181,13 +185,13 @@ class NodeWorld:
         manifest signer (a certificate from its manifest-signer CA)."""
         from datetime import UTC, datetime
 
-        from ztpki.factory.manifest import Manifest, ManifestEntry, new_manifest_id, sign_manifest
+        from ztpki.protocol.manifest import Manifest, ManifestEntry, new_manifest_id, sign_manifest
 
         key, chain = asyncio.run(self._manifest_signer())
         now = datetime.now(UTC)
         manifest = Manifest(
             manifest_id=manifest_id or new_manifest_id(),
-            manufacturer="Acme Devices",
+            manufacturer=MANUFACTURER,
             batch="B1",
             order="PO-7",
             issued_at=now,
@@ -335,8 +339,17 @@ def set_limits(node_dir: Path, limits: Mapping[str, float]) -> None:
     path.write_text(tomli_w.dumps(data))
 
 
-def build_world(root: Path, *, limits: Mapping[str, float] = TEST_LIMITS) -> NodeWorld:
-    """Make and start the three services; the caller stops them (world.stop())."""
+def build_world(
+    root: Path,
+    *,
+    limits: Mapping[str, float] = TEST_LIMITS,
+    device_ids: str = "*",
+    other_manufacturers: Sequence[tuple[str, Path, str]] = (),
+) -> NodeWorld:
+    """Make and start the three services; the caller stops them (world.stop()).
+
+    The node buys from MANUFACTURER (ids device_ids) and from each (name, trust bundle,
+    device-id pattern) of other_manufacturers."""
     factory, customer, node_dir = root / "factory", root / "customer", root / "node"
     cli("ca", "init", "--dir", str(factory), "--name", "froot", "--org", "Acme Devices")
     cli("ca", "init", "--dir", str(factory), "--name", "factory", "--parent", "froot", "--default")
@@ -482,6 +495,10 @@ def build_world(root: Path, *, limits: Mapping[str, float] = TEST_LIMITS) -> Nod
             customer_service.address,
             "--client-cred",
             str(root / "cred-node"),
+            "--manufacturer",
+            MANUFACTURER,
+            "--device-ids",
+            device_ids,
             "--trust",
             str(root / "factory-bundle.pem"),
             "--server-cert",
@@ -507,6 +524,9 @@ def build_world(root: Path, *, limits: Mapping[str, float] = TEST_LIMITS) -> Nod
             "--key-algorithm",
             "ec-p384",
         )
+        for name, bundle, pattern in other_manufacturers:
+            maker = ["--manufacturer", name, "--trust", str(bundle), "--device-ids", pattern]
+            cli("node", "add-manufacturer", "--dir", str(node_dir), *maker)
         set_limits(node_dir, limits)
         node_service = start(
             ["node", "serve", "--dir", str(node_dir), "--listen", "127.0.0.1:0"],

@@ -29,12 +29,13 @@ from tests.support.pem_markers import ENCRYPTED_KEY_HEADER
 from ztpki.credentials import Credential
 from ztpki.device import DeviceMemory, Phase
 from ztpki.errors import MalformedInput, VerificationFailed
-from ztpki.factory.manifest import sign_manifest, verify_manifest
+from ztpki.factory.signer import verify_own_manifest
 from ztpki.pki.authority import CertificateAuthority, IssuanceGrant, create_self_signed_ca
 from ztpki.pki.keys import KeySpec, decode_pkcs8, generate_private_key
 from ztpki.pki.names import SubjectFields, build_subject
 from ztpki.pki.pem import certificate_pem, fingerprint_sha256, load_certificates_pem
 from ztpki.pki.profiles import CertificateProfile
+from ztpki.protocol.manifest import sign_manifest
 
 BATCH_SIZE = 200
 
@@ -198,7 +199,7 @@ def test_ok_batch_keys_encrypted_and_private(batch: Path) -> None:
 def test_ok_batch_manifest_verifies_and_matches_devices(factory: Factory, batch: Path) -> None:
     data = (batch / "manifest-B1.json").read_bytes()
     anchors = load_certificates_pem(factory.bundle.read_bytes())
-    verified = verify_manifest(data, anchors=anchors, now=datetime.now(UTC))
+    verified = verify_own_manifest(data, anchors=anchors, now=datetime.now(UTC))
     manifest = verified.manifest
     assert (manifest.batch, manifest.order, manifest.manufacturer) == (
         "B1",
@@ -299,7 +300,7 @@ def test_fail_tampered_manifest(factory: Factory, batch: Path, tmp_path: Path, e
     tampered.write_bytes(_payload_edit((batch / "manifest-B1.json").read_bytes(), edit))
     anchors = load_certificates_pem(factory.bundle.read_bytes())
     with pytest.raises(VerificationFailed, match="signature does not verify"):
-        verify_manifest(tampered.read_bytes(), anchors=anchors, now=datetime.now(UTC))
+        verify_own_manifest(tampered.read_bytes(), anchors=anchors, now=datetime.now(UTC))
     result = ztpki("factory", "verify-manifest", tampered, "--trust", factory.bundle, check=False)
     assert result.returncode == 1
     assert "signature does not verify" in result.stderr
@@ -311,7 +312,7 @@ def test_fail_tampered_manifest(factory: Factory, batch: Path, tmp_path: Path, e
 def test_fail_manifest_signed_by_a_device_certificate(factory: Factory, batch: Path) -> None:
     identity = DeviceMemory.open(device_dirs(batch)[0]).identity()
     anchors = load_certificates_pem(factory.bundle.read_bytes())
-    genuine = verify_manifest(
+    genuine = verify_own_manifest(
         (batch / "manifest-B1.json").read_bytes(), anchors=anchors, now=datetime.now(UTC)
     ).manifest
     assert identity.private_key is not None and identity.certificate is not None
@@ -319,7 +320,7 @@ def test_fail_manifest_signed_by_a_device_certificate(factory: Factory, batch: P
         genuine, key=identity.private_key, chain=(identity.certificate, *identity.ca_certificates)
     )
     with pytest.raises(VerificationFailed, match="signer certificate does not verify"):
-        verify_manifest(forged, anchors=anchors, now=datetime.now(UTC))
+        verify_own_manifest(forged, anchors=anchors, now=datetime.now(UTC))
 
 
 def test_fail_manifest_from_an_untrusted_ca(factory: Factory, batch: Path, tmp_path: Path) -> None:

@@ -26,7 +26,8 @@ _GROUPS = {
 _EXTENSIONS = {
     "ca": ("ztpki.cli.ca_clients",),
     "device": ("ztpki.cli.device_agent",),
-    "node": ("ztpki.cli.node_register",),
+    "factory": ("ztpki.cli.factory_batch",),
+    "node": ("ztpki.cli.node_register", "ztpki.cli.node_manufacturers"),
 }
 
 

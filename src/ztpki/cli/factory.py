@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import re
-from collections import Counter
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -15,29 +13,18 @@ from typing import Any, TypeVar
 import click
 from cryptography import x509
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from ztpki.casystem.client import CAClient
 from ztpki.cli.common import console, err_console, plain, print_json
 from ztpki.credentials import Credential
-from ztpki.errors import ConfigurationError, ZtpkiError
-from ztpki.factory.batch import (
-    DEFAULT_PATTERN,
-    BatchReport,
-    DeviceResult,
-    Manufacturer,
-    Outcome,
-    ProductionBatch,
-    device_ids,
-    select_ids,
-)
+from ztpki.errors import ConfigurationError
 from ztpki.factory.configuration import PARAMETER_NAMES, CAClientConfig
-from ztpki.factory.manifest import Manifest, manifest_document, verify_manifest
 from ztpki.factory.shipping import devices_manifest, factory_chain, load_trust_bundle
-from ztpki.factory.signer import SIGNER_ENV, enroll_signer, write_manifest
+from ztpki.factory.signer import SIGNER_ENV, enroll_signer, verify_own_manifest, write_manifest
 from ztpki.factory.station import LoadingStation
 from ztpki.pki.pem import certificates_pem, fingerprint_sha256, serial_hex
+from ztpki.protocol.manifest import Manifest, manifest_document
 from ztpki.secretfiles import resolve_passphrase, write_public_file
 from ztpki.untrusted import displayable
 
@@ -46,24 +33,24 @@ _NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _say(text: str) -> None:
+def say(text: str) -> None:
     """One message line: never wrapped, so serials and paths stay whole for copy and paste."""
     console.print(text, soft_wrap=True, highlight=False)
 
 
-def _passphrase(path: Path | None, env_var: str, what: str) -> bytes | None:
+def passphrase(path: Path | None, env_var: str, what: str) -> bytes | None:
     """A passphrase from a file or the environment; None when neither is given."""
     if path is None and not os.environ.get(env_var):
         return None
     return resolve_passphrase(passphrase_file=path, env_var=env_var, what=what)
 
 
-def _client_credential(directory: Path, passphrase_file: Path | None) -> Credential:
-    secret = _passphrase(passphrase_file, CLIENT_ENV, "the CA-client key")
+def client_credential(directory: Path, passphrase_file: Path | None) -> Credential:
+    secret = passphrase(passphrase_file, CLIENT_ENV, "the CA-client key")
     return Credential.load(directory, passphrase=secret)
 
 
-def _ca_options(func: F) -> F:
+def ca_options(func: F) -> F:
     """The options every command that talks to the factory CA system shares."""
     options = [
         click.option("--ca", "ca_address", required=True, help="The CA system, HOST:PORT."),
@@ -90,7 +77,7 @@ def _ca_options(func: F) -> F:
     return func
 
 
-def _request_options(func: F) -> F:
+def request_options(func: F) -> F:
     options = [
         click.option(
             "--param",
@@ -112,12 +99,12 @@ def _request_options(func: F) -> F:
     return func
 
 
-def _check_name(value: str | None, option: str) -> None:
+def check_name(value: str | None, option: str) -> None:
     if value is not None and not _NAME.fullmatch(value):
         raise ConfigurationError(f"{option} {value[:64]!r} must be 1-64 of A-Z a-z 0-9 . _ -")
 
 
-def _trust(path: Path | None) -> tuple[x509.Certificate, ...]:
+def trust_bundle(path: Path | None) -> tuple[x509.Certificate, ...]:
     return load_trust_bundle(path) if path is not None else ()
 
 
@@ -135,8 +122,8 @@ def factory() -> None:
     help="The device memory directory (created blank when absent).",
 )
 @click.option("--device-id", required=True, help="The device identity to load.")
-@_ca_options
-@_request_options
+@ca_options
+@request_options
 def load_command(
     device_dir: Path,
     device_id: str,
@@ -151,17 +138,17 @@ def load_command(
     reissue: bool,
 ) -> None:
     """Load one device and signal it to request its temporary identity."""
-    _check_name(batch, "--batch")
+    check_name(batch, "--batch")
     station = LoadingStation(
         ca=CAClientConfig(ca_address, client_cred, ca_name, params),
-        client_passphrase=_passphrase(client_passphrase_file, CLIENT_ENV, "the CA-client key"),
-        trust=_trust(trust),
+        client_passphrase=passphrase(client_passphrase_file, CLIENT_ENV, "the CA-client key"),
+        trust=trust_bundle(trust),
         model=model,
         batch=batch,
     )
     accepted = asyncio.run(station.load(device_dir, device_id, reissue=reissue))
     cert = accepted.certificate
-    _say(
+    say(
         f"device [bold]{device_id}[/]: temporary identity stored in {device_dir}\n"
         f"  certificate {cert.subject.rfc4514_string()} serial {serial_hex(cert)}\n"
         f"  issued by {cert.issuer.rfc4514_string()}, valid until "
@@ -170,172 +157,14 @@ def load_command(
     )
 
 
-def _progress_run(
-    run: Callable[[Callable[[DeviceResult], None]], Coroutine[Any, Any, BatchReport]], total: int
-) -> BatchReport:
-    progress = Progress(
-        TextColumn("[bold]manufacturing"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[failed]} failed"),
-        TimeElapsedColumn(),
-        console=err_console,
-        transient=False,
-    )
-    with progress:
-        task = progress.add_task("batch", total=total, failed=0)
-        failed = 0
-
-        def advance(result: DeviceResult) -> None:
-            nonlocal failed
-            failed += result.outcome is Outcome.FAILED
-            progress.update(task, advance=1, failed=failed)
-
-        return asyncio.run(run(advance))
-
-
-def _print_summary(report: BatchReport, *, manifest: Path | None, as_json: bool) -> None:
-    made, failed = report.of(Outcome.MADE), report.of(Outcome.FAILED)
-    skipped = report.of(Outcome.SKIPPED)
-    if as_json:
-        print_json(
-            {
-                "made": len(made),
-                "failed": len(failed),
-                "skipped": len(skipped),
-                "elapsed_seconds": round(report.elapsed, 3),
-                "devices_per_second": round(report.rate, 1),
-                "failures": {r.device_id: r.detail for r in failed},
-                "manifest": manifest and str(manifest),
-            }
-        )
-        return
-    if manifest is not None:
-        _say(f"signed manifest: {manifest} (CSV view, not signed: {manifest.with_suffix('.csv')})")
-    table = Table("made", "failed", "skipped", "seconds", "devices/s")
-    table.add_row(
-        str(len(made)),
-        str(len(failed)),
-        str(len(skipped)),
-        f"{report.elapsed:.1f}",
-        f"{report.rate:.1f}",
-    )
-    console.print(table)
-    for result in failed[:20]:
-        _say(f"[red]failed[/] {escape(result.detail)}")
-    if len(failed) > 20:
-        causes = Counter(r.detail.partition(": ")[2] for r in failed)
-        console.print(f"... and {len(failed) - 20} more; most common causes:")
-        for cause, n in causes.most_common(3):
-            console.print(f"  {n} x {cause}", markup=False)
-
-
-@factory.command("manufacture")
-@_ca_options
-@_request_options
-@click.option("--count", type=click.IntRange(min=0), help="How many devices the batch has.")
-@click.option(
-    "--out",
-    required=True,
-    type=click.Path(path_type=Path, file_okay=False),
-    help="Directory that receives one device directory per device (and the manifest).",
-)
-@click.option(
-    "--id-pattern",
-    help=f"Device ids, with {{n}} and {{batch}} (default: {DEFAULT_PATTERN}, or DEV-{{n:06d}}).",
-)
-@click.option("--first", "first_n", type=click.IntRange(min=0), default=1, show_default=True)
-@click.option("--concurrency", type=click.IntRange(min=1, max=256), default=16, show_default=True)
-@click.option("--only", multiple=True, metavar="ID", help="Make only these devices (retry).")
-@click.option(
-    "--manifest-signer",
-    type=click.Path(path_type=Path, file_okay=False, exists=True),
-    help="Manifest signer credential (from `factory signer`): write the signed manifest "
-    "(JSON) and its CSV view (not signed) into --out.",
-)
-@click.option(
-    "--signer-passphrase-file",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help=f"Passphrase of the manifest signer key (default: ${SIGNER_ENV}).",
-)
-@click.option("--manufacturer", help="Manufacturer name in the manifest (default: signer's O).")
-@click.option("--order", help="Customer order the manifest is for.")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def manufacture_command(
-    ca_address: str,
-    client_cred: Path,
-    client_passphrase_file: Path | None,
-    ca_name: str | None,
-    trust: Path | None,
-    params: tuple[str, ...],
-    model: str | None,
-    batch: str | None,
-    reissue: bool,
-    count: int | None,
-    out: Path,
-    id_pattern: str | None,
-    first_n: int,
-    concurrency: int,
-    only: tuple[str, ...],
-    manifest_signer: Path | None,
-    signer_passphrase_file: Path | None,
-    manufacturer: str | None,
-    order: str | None,
-    as_json: bool,
-) -> None:
-    """Make a whole production batch in parallel (one CA-client for many devices)."""
-    _check_name(batch, "--batch")
-    if count is None and not only:
-        raise ConfigurationError("give --count N (or --only ID ... to retry single devices)")
-    pattern = id_pattern or (DEFAULT_PATTERN if batch else "DEV-{n:06d}")
-    ids = select_ids(device_ids(pattern, count=count or 0, batch=batch, start=first_n), only)
-    signer = _load_signer(manifest_signer, signer_passphrase_file)
-    credential = _client_credential(client_cred, client_passphrase_file)
-    production = ProductionBatch(
-        out=out,
-        device_ids=ids,
-        ca=CAClientConfig(ca_address, client_cred, ca_name, params),
-        trust=_trust(trust),
-        model=model,
-        batch=batch,
-        reissue=reissue,
-    )
-
-    async def run(on_result: Callable[[DeviceResult], None] | None) -> BatchReport:
-        client = CAClient(production.ca.address, credential, pool_size=concurrency)
-        try:
-            return await Manufacturer(
-                production, client, concurrency=concurrency, on_result=on_result
-            ).run()
-        finally:
-            await client.close()
-
-    # One INFO line per device file write drowns the progress bar; the summary says it all.
-    if not logging.getLogger().isEnabledFor(logging.DEBUG):
-        logging.getLogger("ztpki.device.memory").setLevel(logging.WARNING)
-    report = asyncio.run(run(None)) if as_json else _progress_run(run, len(ids))
-    manifest = None
-    if signer is not None:
-        manifest = _write_batch_manifest(
-            out, signer, batch=batch, order=order, manufacturer=manufacturer
-        )
-    _print_summary(report, manifest=manifest, as_json=as_json)
-    failed = report.of(Outcome.FAILED)
-    if failed:
-        raise ZtpkiError(
-            f"{len(failed)} of {len(ids)} device(s) failed; retry them alone with --only ID "
-            f"(e.g. --only {failed[0].device_id})"
-        )
-
-
-def _load_signer(directory: Path | None, passphrase_file: Path | None) -> Credential | None:
+def load_signer(directory: Path | None, passphrase_file: Path | None) -> Credential | None:
     if directory is None:
         return None
-    secret = _passphrase(passphrase_file, SIGNER_ENV, "the manifest signer key")
+    secret = passphrase(passphrase_file, SIGNER_ENV, "the manifest signer key")
     return Credential.load(directory, passphrase=secret)
 
 
-def _signed_manifest(
+def signed_manifest(
     devices: Path,
     signer: Credential,
     batch: str | None,
@@ -350,22 +179,8 @@ def _signed_manifest(
     return manifest, signed
 
 
-def _write_batch_manifest(
-    out: Path,
-    signer: Credential,
-    *,
-    batch: str | None,
-    order: str | None,
-    manufacturer: str | None,
-) -> Path:
-    manifest, signed = _signed_manifest(out, signer, batch, order, manufacturer)
-    path = out / (f"manifest-{batch}.json" if batch else "manifest.json")
-    write_manifest(path, manifest, signed, csv_path=path.with_suffix(".csv"))
-    return path
-
-
 @factory.command("signer")
-@_ca_options
+@ca_options
 @click.option("--name", "signer_id", required=True, help="Identity of the manifest signer.")
 @click.option(
     "--out",
@@ -396,7 +211,7 @@ def signer_command(
     secret = resolve_passphrase(
         passphrase_file=passphrase_file, env_var=SIGNER_ENV, what="the manifest signer key"
     )
-    credential = _client_credential(client_cred, client_passphrase_file)
+    credential = client_credential(client_cred, client_passphrase_file)
     config = CAClientConfig(ca_address, client_cred, ca_name)
 
     async def run() -> Credential:
@@ -406,7 +221,7 @@ def signer_command(
                 client,
                 signer_id=signer_id,
                 ca_name=ca_name,
-                trust=_trust(trust),
+                trust=trust_bundle(trust),
                 now=datetime.now(UTC),
                 reissue=reissue,
             )
@@ -416,9 +231,11 @@ def signer_command(
     signer = asyncio.run(run())
     signer.save(out, passphrase=secret)
     cert = signer.certificate
-    _say(
+    say(
         f"manifest signer [bold]{signer_id}[/] saved in {out}: serial {serial_hex(cert)}, "
-        f"valid until {cert.not_valid_after_utc.isoformat(timespec='seconds')}"
+        f"valid until {cert.not_valid_after_utc.isoformat(timespec='seconds')}\n"
+        f"  sha256:{fingerprint_sha256(cert)} (customers may pin it: `ztpki node "
+        "add-manufacturer ... --manifest-signer-fingerprint`)"
     )
 
 
@@ -460,11 +277,11 @@ def sign_manifest_command(
     The JSON file is the signed manifest (a JWS). The CSV view is NOT signed: customers
     must import the JSON file.
     """
-    credential = _load_signer(signer, signer_passphrase_file)
+    credential = load_signer(signer, signer_passphrase_file)
     assert credential is not None
-    manifest, signed = _signed_manifest(devices, credential, batch, order, manufacturer)
+    manifest, signed = signed_manifest(devices, credential, batch, order, manufacturer)
     write_manifest(out, manifest, signed, csv_path=csv_path)
-    _say(f"signed manifest of {len(manifest.entries)} device(s): {out}")
+    say(f"signed manifest of {len(manifest.entries)} device(s): {out}")
 
 
 @factory.command("verify-manifest")
@@ -482,7 +299,7 @@ def verify_manifest_command(manifest_file: Path, trust: Path, as_json: bool) -> 
         data = manifest_file.read_bytes()
     except OSError as exc:
         raise ConfigurationError(f"cannot read {manifest_file}: {exc.strerror}") from None
-    verified = verify_manifest(data, anchors=load_trust_bundle(trust), now=datetime.now(UTC))
+    verified = verify_own_manifest(data, anchors=load_trust_bundle(trust), now=datetime.now(UTC))
     m = verified.manifest
     if as_json:
         print_json({**manifest_document(m), "signer": verified.signer.subject.rfc4514_string()})
@@ -491,7 +308,7 @@ def verify_manifest_command(manifest_file: Path, trust: Path, as_json: bool) -> 
         f"manifest {m.manifest_id} from {m.manufacturer}, signed by "
         f"{verified.signer.subject.rfc4514_string()}; {len(m.entries)} device(s)"
     )
-    _say("[green]valid[/] " + escape(displayable(header)))  # the factory's text, as text
+    say("[green]valid[/] " + escape(displayable(header)))  # the factory's text, as text
     table = Table("device id", "temporary certificate sha256", "model", "batch", "manufactured")
     for e in m.entries:
         table.add_row(
@@ -519,8 +336,8 @@ def export_trust_command(directory: Path, name: str, out: Path) -> None:
     chain = factory_chain(directory, name)
     write_public_file(out, certificates_pem(chain))
     for cert in chain:
-        _say(f"  {cert.subject.rfc4514_string()}  sha256 {fingerprint_sha256(cert)}")
-    _say(f"factory trust bundle of CA {name} ({len(chain)} certificates): {out}")
+        say(f"  {cert.subject.rfc4514_string()}  sha256 {fingerprint_sha256(cert)}")
+    say(f"factory trust bundle of CA {name} ({len(chain)} certificates): {out}")
 
 
 __all__ = ["factory"]

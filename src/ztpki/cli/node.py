@@ -27,6 +27,8 @@ from ztpki.cli.node_options import (
     client_passphrase_option,
     dir_option,
     issuing_parameters,
+    manufacturer_config,
+    manufacturer_options,
     policy_options,
 )
 from ztpki.cli.node_proxy import (
@@ -59,14 +61,7 @@ def node() -> None:
     type=click.Path(path_type=Path, file_okay=False),
     help="CA-client credential from `ztpki ca add-client` on the customer CA system.",
 )
-@click.option(
-    "--trust",
-    "trust",
-    multiple=True,
-    required=True,
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="Factory trust bundle (PEM) of a manufacturer; repeat for several.",
-)
+@manufacturer_options
 @click.option(
     "--server-cert",
     required=True,
@@ -108,7 +103,6 @@ def init_command(
     directory: Path,
     ca_system: str,
     client_cred: Path,
-    trust: tuple[Path, ...],
     server_cert: Path,
     server_key: Path,
     customer_chain: Path,
@@ -119,11 +113,12 @@ def init_command(
     insecure_no_passphrase: bool,
     **policy: Any,
 ) -> None:
-    """Create a node directory."""
+    """Create a node directory, with its first manufacturer (more: `node add-manufacturer`)."""
     from ztpki.node.proxy_setup import prepare_proxy
     from ztpki.node.setup import init_node
 
     secret = passphrase(passphrase_file, insecure_no_passphrase, NODE_ENV, NODE_KEY)
+    maker = manufacturer_config(policy)
     proxy = proxy_settings(policy)
     with proxy_usage_errors():
         prepare_proxy(proxy)  # a bad proxy value is a usage error, before anything is written
@@ -131,7 +126,7 @@ def init_command(
         directory,
         ca_system=ca_system,
         client_credential=client_cred,
-        trust=trust,
+        manufacturer=maker,
         server_cert=server_cert,
         server_key=server_key,
         node_passphrase=secret,
@@ -145,7 +140,11 @@ def init_command(
     for warning in result.warnings:
         # The warning names certificate subjects, which are not markup.
         console.print(f"[yellow]warning:[/] {escape(warning)}")
-    console.print(f"created node in {directory} (label [bold]{label}[/], CA system {ca_system})")
+    console.print(
+        f"created node in {directory} (label {label}, CA system {ca_system}, manufacturer "
+        f"{maker.name} for device ids {maker.device_ids})",
+        markup=False,
+    )
 
 
 @node.command("add-ca")
@@ -174,7 +173,9 @@ def add_ca_command(
 @dir_option
 @click.option("--json", "as_json", is_flag=True)
 def policy_command(directory: Path, as_json: bool) -> None:
-    """Show each EST label's CA and the issuing parameters sent to the CA system."""
+    """Show each EST label's CA and the issuing parameters sent to the CA system, the
+    manufacturers whose devices and manifests the node accepts, and the proxies it believes."""
+    from ztpki.cli.node_manufacturers import manufacturer_rows, print_manufacturers
     from ztpki.node.proxy_setup import describe_proxy
     from ztpki.node.runtime import load_labels
     from ztpki.store import sqlite_register
@@ -182,6 +183,7 @@ def policy_command(directory: Path, as_json: bool) -> None:
 
     config = NodeConfig.load(directory)
     labels = load_labels(config)
+    makers = manufacturer_rows(config)
     rows = []
     for name, loaded in labels.items():
         params = loaded.config.parameters.to_toml()
@@ -203,6 +205,7 @@ def policy_command(directory: Path, as_json: bool) -> None:
     if as_json:
         print_json([{**row, "versions": versions.to_json()} for row in rows])
         return
+    print_manufacturers(makers)
     for row in rows:
         console.print(f"[bold]# {row['label']}[/]{'  (default)' if row['default'] else ''}")
         for key, value in row.items():

@@ -9,6 +9,8 @@ from typing import Any, TypeVar
 import click
 
 from ztpki.node.config import IssuingParameters
+from ztpki.node.manufacturers import ManufacturerConfig
+from ztpki.pki.device_ids import DeviceIdNamespace
 from ztpki.pki.keys import KeySpec
 from ztpki.secretfiles import resolve_passphrase
 
@@ -76,4 +78,61 @@ CLIENT_KEY_OPTIONS = f"--client-passphrase-file or {CLIENT_ENV}"
 def client_passphrase(passphrase_file: Path | None) -> bytes | None:
     return resolve_passphrase(
         passphrase_file=passphrase_file, env_var=CLIENT_ENV, what="the CA-client key"
+    )
+
+
+def manufacturer_options(func: F) -> F:
+    """A manufacturer the node buys from (`node init`, `node add-manufacturer`)."""
+    options = [
+        click.option(
+            "--manufacturer",
+            "manufacturer_name",
+            required=True,
+            multiple=True,  # given twice is refused, not silently the last one
+            metavar="NAME",
+            help="The manufacturer's name, exactly as its manifests give it.",
+        ),
+        click.option(
+            "--trust",
+            required=True,
+            multiple=True,
+            type=click.Path(path_type=Path, dir_okay=False),
+            help="Its factory trust bundle (PEM, `ztpki factory export-trust`).",
+        ),
+        click.option(
+            "--device-ids",
+            "device_ids",
+            multiple=True,
+            required=True,
+            metavar="PATTERN",
+            help="Device ids it may list, e.g. 'ACME-*' (* is any run of id characters); "
+            "repeatable. No two manufacturers may share an id.",
+        ),
+        click.option(
+            "--manifest-signer-fingerprint",
+            "signer_fingerprints",
+            multiple=True,
+            metavar="SHA256",
+            help="Accept manifests only from the signer with this certificate fingerprint "
+            "(repeatable); default: any signer under its bundle marked by ztpki's "
+            "manifest-signer profile.",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def manufacturer_config(kw: dict[str, Any]) -> ManufacturerConfig:
+    names, bundles = kw.pop("manufacturer_name"), kw.pop("trust")
+    if len(names) != 1 or len(bundles) != 1:
+        raise click.UsageError(
+            "give one --manufacturer and its one --trust bundle; declare each further "
+            "manufacturer with `ztpki node add-manufacturer`"
+        )
+    return ManufacturerConfig(
+        name=names[0],
+        trust=bundles[0],
+        device_ids=DeviceIdNamespace.parse(kw.pop("device_ids")),
+        manifest_signers=tuple(kw.pop("signer_fingerprints")),
     )

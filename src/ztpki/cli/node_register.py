@@ -24,7 +24,12 @@ def import_command(directory: Path, manifest: Path) -> None:
 
     result = import_manifest(directory, manifest.read_bytes(), now=datetime.now(UTC))
     if result.already_imported:
-        console.print(f"manifest {manifest} was imported before; nothing changed")
+        console.print(
+            f"manifest {manifest} was imported before; nothing changed (a manifest id counts "
+            "once per manufacturer)",
+            markup=False,
+            soft_wrap=True,
+        )
         return
     console.print(
         f"listed {len(result.added)} device(s); "
@@ -40,7 +45,11 @@ def import_command(directory: Path, manifest: Path) -> None:
     help="SHA-256 of the device's temporary certificate: 64 hex digits, optionally with a "
     "sha256: prefix and colons.",
 )
-@click.option("--manufacturer")
+@click.option(
+    "--manufacturer",
+    help="A configured manufacturer (`node manufacturers`) whose CA must have issued the "
+    "device's temporary certificate; required without --fingerprint.",
+)
 @click.option("--model")
 def add_command(
     directory: Path,
@@ -49,7 +58,8 @@ def add_command(
     manufacturer: str | None,
     model: str | None,
 ) -> None:
-    """List one device by hand."""
+    """List one device by hand: pin its temporary certificate (--fingerprint), or name the
+    manufacturer whose CA issued it (--manufacturer), or both."""
     from ztpki.node.operations import add_device
 
     add_device(

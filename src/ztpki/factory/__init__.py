@@ -16,7 +16,16 @@ from ztpki.factory.batch import (
 )
 from ztpki.factory.configuration import CAClientConfig, parse_parameters
 from ztpki.factory.first_client import FirstCAClient, name_device
-from ztpki.factory.manifest import (
+from ztpki.factory.shipping import (
+    build_manifest,
+    collect_entries,
+    factory_chain,
+    load_trust_bundle,
+    manifest_entry,
+)
+from ztpki.factory.signer import enroll_signer, sign_checked, verify_own_manifest
+from ztpki.factory.station import LoadingStation
+from ztpki.protocol.manifest import (
     Manifest,
     ManifestEntry,
     VerifiedManifest,
@@ -25,15 +34,6 @@ from ztpki.factory.manifest import (
     sign_manifest,
     verify_manifest,
 )
-from ztpki.factory.shipping import (
-    build_manifest,
-    collect_entries,
-    factory_chain,
-    load_trust_bundle,
-    manifest_entry,
-)
-from ztpki.factory.signer import enroll_signer, sign_checked
-from ztpki.factory.station import LoadingStation
 
 __all__ = [
     "AcceptedIdentity",
@@ -64,4 +64,5 @@ __all__ = [
     "sign_checked",
     "sign_manifest",
     "verify_manifest",
+    "verify_own_manifest",
 ]

@@ -15,9 +15,9 @@ from ztpki.credentials import Credential
 from ztpki.device.memory import DEVICE_FILE, DeviceMemory, Phase
 from ztpki.errors import ConfigurationError, MalformedInput, ZtpkiError
 from ztpki.factory.configuration import BATCH, MANUFACTURED_AT, MODEL
-from ztpki.factory.manifest import Manifest, ManifestEntry, new_manifest_id
 from ztpki.factory.signer import sign_checked
 from ztpki.pki.pem import fingerprint_sha256, load_certificates_pem
+from ztpki.protocol.manifest import Manifest, ManifestEntry, new_manifest_id
 
 log = logging.getLogger(__name__)
 

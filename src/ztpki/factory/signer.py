@@ -14,8 +14,17 @@ from ztpki.credentials import Credential
 from ztpki.errors import ConfigurationError, VerificationFailed, ZtpkiError
 from ztpki.factory.answer import accept_answer
 from ztpki.factory.first_client import name_device
-from ztpki.factory.manifest import Manifest, manifest_csv, sign_manifest, verify_manifest
+from ztpki.pki.device_ids import EVERY_DEVICE_ID
 from ztpki.protocol.enrollment import EnrollmentRequest
+from ztpki.protocol.manifest import (
+    Manifest,
+    ManufacturerTrust,
+    VerifiedManifest,
+    is_marked_manifest_signer,
+    manifest_csv,
+    sign_manifest,
+    verify_manifest,
+)
 from ztpki.secretfiles import write_public_file
 
 SIGNER_ENV = "ZTPKI_SIGNER_PASSPHRASE"
@@ -41,6 +50,12 @@ async def enroll_signer(
         )
     except ZtpkiError as exc:
         raise name_device(signer_id, exc) from None
+    if not is_marked_manifest_signer(accepted.certificate):
+        raise VerificationFailed(
+            f"device {signer_id}: the CA answer's certificate lacks ztpki's manifest-signing "
+            "mark, so customers would refuse its manifests; enroll with a CA whose profile is "
+            "manifest-signer on a CA system of this ztpki version; not stored"
+        )
     return Credential(
         key=accepted.private_key,
         chain=(accepted.certificate, *accepted.intermediates),
@@ -48,11 +63,19 @@ async def enroll_signer(
     )
 
 
+def verify_own_manifest(
+    data: bytes, *, anchors: Sequence[x509.Certificate], now: datetime
+) -> VerifiedManifest:
+    """Verify a manifest as a customer would, under whichever manufacturer name it gives."""
+    trust = ManufacturerTrust(None, tuple(anchors), EVERY_DEVICE_ID)
+    return verify_manifest(data, manufacturers=[trust], now=now)
+
+
 def sign_checked(manifest: Manifest, signer: Credential, *, now: datetime) -> bytes:
     """Sign, then verify as a customer would with the signer's own anchors before handing out."""
     data = sign_manifest(manifest, key=signer.key, chain=signer.chain)
     try:
-        verify_manifest(data, anchors=signer.trust_anchors, now=now)
+        verify_own_manifest(data, anchors=signer.trust_anchors, now=now)
     except VerificationFailed as exc:
         raise ConfigurationError(
             f"this credential cannot sign manifests a customer would accept: {exc.message}"

@@ -5,6 +5,7 @@ from ztpki.node.authentication import (
     AuthenticationModule,
     ClientIdentity,
     CustomerCA,
+    FactoryBundle,
     FactoryTrust,
     IdentityKind,
 )
@@ -23,6 +24,7 @@ from ztpki.node.ca_client import Issued, SecondCAClient, UpstreamError
 from ztpki.node.config import CALabel, IssuingParameters, Limits, NodeConfig
 from ztpki.node.enrollment import Enrolled, EnrollmentService, LoadedLabel
 from ztpki.node.http import ERROR_TABLE, EstApplication
+from ztpki.node.manufacturers import LoadedManufacturer, ManufacturerConfig
 from ztpki.node.metrics import NodeMetrics
 from ztpki.node.proxy import ForwardedCertificate, decode_forwarded_certificate
 from ztpki.node.proxy_config import ProxyConfig
@@ -48,6 +50,7 @@ __all__ = [
     "EnrollmentContext",
     "EnrollmentService",
     "EstApplication",
+    "FactoryBundle",
     "FactoryTrust",
     "ForwardedCertificate",
     "IdentityKind",
@@ -56,6 +59,8 @@ __all__ = [
     "IssuingParameters",
     "Limits",
     "LoadedLabel",
+    "LoadedManufacturer",
+    "ManufacturerConfig",
     "NodeConfig",
     "NodeMaterial",
     "NodeMetrics",

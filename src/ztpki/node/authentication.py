@@ -4,7 +4,9 @@ The TLS layer has already checked the client's chain against every certificate t
 trusts (Python 3.11 exposes only the leaf afterwards). This module takes the leaf's raw DER,
 verifies it again with the path validator, and says which kind of identity it is:
 
-* TEMPORARY: a factory (birth) certificate that chains to a configured factory trust anchor;
+* TEMPORARY: a factory (birth) certificate that chains to a configured factory trust anchor,
+  with the manufacturers whose trust bundle alone carries its path (authorization then checks
+  that the manufacturer that listed the device is one of them);
 * OPERATIONAL: a certificate issued by the customer CA behind one of the node's EST labels.
 
 Either way it checks the validity period, key usage and EKU clientAuth, an optional CRL of
@@ -52,6 +54,8 @@ class ClientIdentity:
     serial: str  # lower-case hex, as the stores keep serials
     certificate: x509.Certificate = field(repr=False)
     label: str | None = None  # the EST label whose CA issued an operational certificate
+    # A temporary certificate: the manufacturers whose trust bundle carries its path.
+    manufacturers: frozenset[str] = frozenset()
 
 
 def _self_signed(cert: x509.Certificate) -> bool:
@@ -66,15 +70,52 @@ def _anchors_of(certs: Sequence[x509.Certificate]) -> tuple[x509.Certificate, ..
 
 
 @dataclass(frozen=True)
+class FactoryBundle:
+    """One manufacturer's factory trust bundle."""
+
+    manufacturer: str
+    certificates: frozenset[x509.Certificate]
+    anchors: frozenset[x509.Certificate]
+
+    def carries(self, path: Sequence[x509.Certificate]) -> bool:
+        """The verified path leaf..anchor runs through this bundle's certificates alone, from
+        the leaf's issuer up to one of its anchors (so the leaf chains to this manufacturer,
+        not merely to a root some other manufacturer's CA also hangs from)."""
+        for cert in path[1:]:
+            if cert not in self.certificates:
+                return False
+            if cert in self.anchors:
+                return True
+        return False
+
+
+@dataclass(frozen=True)
 class FactoryTrust:
     """The factory trust bundles of every manufacturer the customer buys from."""
 
     anchors: tuple[x509.Certificate, ...]
     intermediates: tuple[x509.Certificate, ...]
     partial_chain: bool  # some bundle has no root: its CA certificates are anchors themselves
+    manufacturers: tuple[FactoryBundle, ...] = ()
+
+    def manufacturers_of(self, path: Sequence[x509.Certificate]) -> frozenset[str]:
+        return frozenset(b.manufacturer for b in self.manufacturers if b.carries(path))
+
+    @classmethod
+    def from_manufacturers(
+        cls, bundles: Sequence[tuple[str, Sequence[x509.Certificate]]]
+    ) -> FactoryTrust:
+        """The trust of named bundles: (manufacturer, its bundle) pairs."""
+        trust = cls.from_bundles(bundle for _, bundle in bundles)
+        named = tuple(
+            FactoryBundle(name, frozenset(bundle), frozenset(_anchors_of(bundle)))
+            for name, bundle in bundles
+        )
+        return cls(trust.anchors, trust.intermediates, trust.partial_chain, named)
 
     @classmethod
     def from_bundles(cls, bundles: Iterable[Sequence[x509.Certificate]]) -> FactoryTrust:
+        """The trust of bundles no manufacturer is named for (identities carry none)."""
         anchors: list[x509.Certificate] = []
         intermediates: list[x509.Certificate] = []
         partial = False
@@ -136,6 +177,8 @@ class AuthenticationModule:
         # (label or None for the factory trust, issuer) -> when its path up was seen verified.
         self._issuer_paths: dict[tuple[str | None, x509.Certificate], tuple[datetime, datetime]]
         self._issuer_paths = {}
+        # A factory issuer -> the manufacturers whose bundle carried its path up.
+        self._issuer_makers: dict[x509.Certificate, frozenset[str]] = {}
 
     def tls_trust_store(self) -> list[x509.Certificate]:
         """Every certificate the TLS layer should accept client chains to (and build with)."""
@@ -225,8 +268,11 @@ class AuthenticationModule:
             return None
         if label is not None:
             return self._identity(IdentityKind.OPERATIONAL, leaf, label=label.label)
+        makers = self._issuer_makers.get(issuer)
+        if makers is None:
+            return None
         self._check_revocation(leaf, (leaf, issuer))
-        return self._identity(IdentityKind.TEMPORARY, leaf, label=None)
+        return self._identity(IdentityKind.TEMPORARY, leaf, label=None, manufacturers=makers)
 
     def _issuer_path_holds(self, trust: str | None, issuer: x509.Certificate, at: datetime) -> bool:
         stretch = self._issuer_paths.get((trust, issuer))
@@ -242,6 +288,8 @@ class AuthenticationModule:
             return
         stretch = self._stable_stretch(_utc(now))
         if stretch is not None:
+            if trust is None:
+                self._issuer_makers[path[1]] = self.factory.manufacturers_of(path)
             self._issuer_paths[(trust, path[1])] = stretch
 
     def _stable_stretch(
@@ -288,7 +336,12 @@ class AuthenticationModule:
                 f"or customer CA: {'; '.join(problems)}"
             ) from None
         self._check_revocation(leaf, path)
-        identity = self._identity(IdentityKind.TEMPORARY, leaf, label=None)
+        identity = self._identity(
+            IdentityKind.TEMPORARY,
+            leaf,
+            label=None,
+            manufacturers=self.factory.manufacturers_of(path),
+        )
         self._remember_issuer_path(None, path, now)
         return identity
 
@@ -306,7 +359,11 @@ class AuthenticationModule:
 
     @staticmethod
     def _identity(
-        kind: IdentityKind, leaf: x509.Certificate, *, label: str | None
+        kind: IdentityKind,
+        leaf: x509.Certificate,
+        *,
+        label: str | None,
+        manufacturers: frozenset[str] = frozenset(),
     ) -> ClientIdentity:
         device_id = device_id_of(leaf)
         if device_id is None or not DEVICE_ID_PATTERN.fullmatch(device_id):
@@ -320,6 +377,7 @@ class AuthenticationModule:
             serial=serial_hex(leaf),
             certificate=leaf,
             label=label,
+            manufacturers=manufacturers,
         )
 
 

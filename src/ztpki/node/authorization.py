@@ -6,7 +6,8 @@ decision made on a stale row can only fail to apply, never apply wrongly.
 
 Rules (patent Fig. 3, B59-B65):
 
-* temporary certificate: the device must be listed, not blocked, its certificate the one the
+* temporary certificate: the device must be listed, not blocked, its certificate chained to
+  the manufacturer that listed it (through that manufacturer's trust bundle) and the one the
   manifest names (fingerprint), and not customized; it may enroll from LISTED, and retry
   from ISSUED (answer lost): simpleenroll with the same key gets the same certificate again,
   anything else is issued anew and supersedes the unconfirmed one;
@@ -40,6 +41,7 @@ class RefusalReason(StrEnum):
     UNKNOWN = "unknown"
     BLOCKED = "blocked"
     FINGERPRINT_MISMATCH = "fingerprint-mismatch"
+    MANUFACTURER_MISMATCH = "manufacturer-mismatch"
     CUSTOMIZED = "already-customized"
     SUBJECT_MISMATCH = "subject-mismatch"
     SUPERSEDED = "superseded"
@@ -146,6 +148,16 @@ def _check_subject(device: RegisteredDevice, context: EnrollmentContext) -> None
 def _temporary(
     device: RegisteredDevice, identity: ClientIdentity, context: EnrollmentContext
 ) -> Decision:
+    # A device listed for a manufacturer takes only a certificate of that manufacturer's CA: a
+    # clone minted under another trusted manufacturer's root is refused even where the
+    # register pins no fingerprint (a device listed by hand).
+    if device.manufacturer is not None and device.manufacturer not in identity.manufacturers:
+        raise Refused(
+            RefusalReason.MANUFACTURER_MISMATCH,
+            f"manufacturer mismatch: device {device.device_id} is listed for manufacturer "
+            f"{device.manufacturer!r}, but this temporary certificate does not chain to that "
+            "manufacturer's trust bundle",
+        )
     if device.temp_fingerprint is not None and device.temp_fingerprint != identity.fingerprint:
         raise Refused(
             RefusalReason.FINGERPRINT_MISMATCH,

@@ -12,6 +12,14 @@ directory alone is enough to run the node)::
     DIR/ca-client/            the second CA-client's credential (ZTPKI_CLIENT_PASSPHRASE)
     DIR/crl/*.pem             optional CRLs of the factory CAs
 
+Each ``[manufacturer.NAME]`` table is one manufacturer the customer buys from (NAME as its
+manifests name it): its trust bundle, the device ids it may list (``device_ids``, patterns like
+``ACME-*``; no two manufacturers' namespaces overlap) and, optionally, the fingerprints of the
+manifest signers it signs with (``manifest_signers``; without them, any signer under its
+bundle marked by ztpki's manifest-signer profile). A node.toml of an older ztpki lists bare
+bundles in ``[node] trust``: it loads only for ``ztpki node add-manufacturer``, which turns
+them into manufacturers one by one.
+
 An optional ``[proxy]`` table says which TLS-terminating proxies may tell the node a client's
 certificate (ztpki.node.proxy_config).
 
@@ -29,6 +37,7 @@ from typing import Any
 import tomli_w
 
 from ztpki.errors import ConfigurationError, UnsupportedParameter
+from ztpki.node.manufacturers import ManufacturerConfig, check_manufacturers
 from ztpki.node.proxy_config import ProxyConfig
 from ztpki.pki.keys import KeySpec
 from ztpki.pki.names import SubjectFields
@@ -196,20 +205,21 @@ class NodeConfig:
     ca_client: Path
     server_cert: Path
     server_key: Path
-    trust: tuple[Path, ...]
+    manufacturers: tuple[ManufacturerConfig, ...]
     labels: tuple[CALabel, ...]
     default_label: str = DEFAULT_LABEL
     crls: tuple[Path, ...] = ()
     limits: Limits = field(default_factory=Limits)
     metrics: bool = True
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
+    # Bare trust bundles of an older node.toml, still to be declared as manufacturers.
+    legacy_trust: tuple[Path, ...] = ()
 
     def __post_init__(self) -> None:
         names = [ca.label for ca in self.labels]
         if len(set(names)) != len(names):
             raise ConfigurationError("node.toml names one EST label twice")
-        if not self.trust:
-            raise ConfigurationError("node.toml lists no factory trust bundle (trust = [...])")
+        check_manufacturers(self.manufacturers)
         if self.labels and self.default_label not in names:
             raise ConfigurationError(
                 f"default_label {self.default_label!r} has no [ca.{self.default_label}] table"
@@ -237,26 +247,69 @@ class NodeConfig:
 
         return replace(self, labels=(*self.labels, ca))
 
+    def manufacturer(self, name: str) -> ManufacturerConfig:
+        for maker in self.manufacturers:
+            if maker.name == name:
+                return maker
+        known = ", ".join(repr(m.name) for m in self.manufacturers) or "none"
+        raise ConfigurationError(
+            f"{name[:128]!r} is not a manufacturer of this node (configured: {known}); "
+            "declare it with `ztpki node add-manufacturer`"
+        )
+
+    def with_manufacturer(
+        self, maker: ManufacturerConfig, *, replaces_legacy: tuple[Path, ...] = ()
+    ) -> NodeConfig:
+        from dataclasses import replace
+
+        legacy = tuple(p for p in self.legacy_trust if p not in replaces_legacy)
+        return replace(self, manufacturers=(*self.manufacturers, maker), legacy_trust=legacy)
+
+    def check_manufacturers_declared(self) -> None:
+        """ConfigurationError, naming the command that fixes it, unless every trust bundle
+        belongs to a declared manufacturer and there is at least one."""
+        if not self.legacy_trust:
+            if not self.manufacturers:
+                raise ConfigurationError(
+                    f"{self.directory / NODE_FILE} declares no manufacturer: declare the "
+                    f"ones the customer buys from with `ztpki node add-manufacturer --dir "
+                    f"{self.directory} --manufacturer NAME --trust FILE --device-ids 'PATTERN'`"
+                )
+            return
+        files = ", ".join(str(self.path(p)) for p in self.legacy_trust)
+        raise ConfigurationError(
+            f"{self.directory / NODE_FILE} lists factory trust bundles without a manufacturer "
+            f"([node] trust: {files}); any of them could list any device. Declare each as a "
+            f"manufacturer: `ztpki node add-manufacturer --dir {self.directory} --manufacturer "
+            "NAME --trust FILE --device-ids 'PATTERN'` (NAME as its manifests name it, PATTERN "
+            "its device ids, e.g. 'ACME-*'); see docs/node.md"
+        )
+
     def to_toml(self) -> dict[str, Any]:
-        return {
+        document: dict[str, Any] = {
             "node": {
                 "ca_system": self.ca_system,
                 "ca_client": str(self.ca_client),
                 "server_cert": str(self.server_cert),
                 "server_key": str(self.server_key),
-                "trust": [str(p) for p in self.trust],
                 "crl": [str(p) for p in self.crls],
                 "default_label": self.default_label,
                 "metrics": self.metrics,
             },
+            "manufacturer": {m.name: m.to_toml() for m in self.manufacturers},
             "limits": self.limits.to_toml(),
             "proxy": self.proxy.to_toml(),
             "ca": {ca.label: ca.to_toml() for ca in self.labels},
         }
+        if self.legacy_trust:
+            document["node"]["trust"] = [str(p) for p in self.legacy_trust]
+        return document
 
     def save(self) -> None:
         header = (
             "# ztpki customer node. Edit and restart `ztpki node serve` to apply.\n"
+            "# [manufacturer.NAME]: trust bundle, device_ids it may list, and optionally the\n"
+            "# manifest_signers (SHA-256 fingerprints) whose manifests count.\n"
             "# [ca.<label>]: one table per EST label (/.well-known/est/<label>/...);\n"
             "# default_label is served at /.well-known/est/ as well.\n"
             "# [proxy]: the TLS-terminating proxies the proxy listener (`node serve\n"
@@ -267,7 +320,17 @@ class NodeConfig:
         )
 
     @classmethod
-    def load(cls, directory: Path) -> NodeConfig:
+    def load(cls, directory: Path, *, migrating: bool = False) -> NodeConfig:
+        """The node's configuration. One of an older ztpki with bare trust bundles, or one
+        without manufacturers, is refused with the command that fixes it, unless
+        ``migrating`` (that command itself, and the commands that only read the register)."""
+        config = cls._read(directory)
+        if not migrating:
+            config.check_manufacturers_declared()
+        return config
+
+    @classmethod
+    def _read(cls, directory: Path) -> NodeConfig:
         path = directory / NODE_FILE
         try:
             data = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -287,7 +350,7 @@ class NodeConfig:
         node = data.get("node")
         if not isinstance(node, dict):
             raise ConfigurationError(f"{directory / NODE_FILE} has no [node] table")
-        for required in ("ca_system", "ca_client", "server_cert", "server_key", "trust"):
+        for required in ("ca_system", "ca_client", "server_cert", "server_key"):
             if required not in node:
                 raise ConfigurationError(f"[node] in {directory / NODE_FILE} needs {required}")
         labels = tuple(
@@ -299,7 +362,11 @@ class NodeConfig:
             ca_client=Path(str(node["ca_client"])),
             server_cert=Path(str(node["server_cert"])),
             server_key=Path(str(node["server_key"])),
-            trust=tuple(Path(str(p)) for p in node["trust"]),
+            manufacturers=tuple(
+                ManufacturerConfig.from_toml(str(name), table)
+                for name, table in data.get("manufacturer", {}).items()
+            ),
+            legacy_trust=tuple(Path(str(p)) for p in node.get("trust", [])),
             crls=tuple(Path(str(p)) for p in node.get("crl", [])),
             default_label=str(node.get("default_label", DEFAULT_LABEL)),
             limits=Limits.from_toml(data.get("limits", {})),

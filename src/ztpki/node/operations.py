@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from ztpki.errors import ConfigurationError, MalformedInput, VerificationFailed
-from ztpki.factory.manifest import verify_manifest
-from ztpki.node.authentication import FactoryTrust
 from ztpki.node.config import NODE_FILE, NodeConfig
-from ztpki.node.runtime import read_certificates
+from ztpki.node.manufacturers import manifest_trusts
+from ztpki.node.runtime import load_manufacturers
 from ztpki.pki.names import check_device_id
 from ztpki.pki.pem import parse_sha256_fingerprint
+from ztpki.protocol.manifest import verify_manifest
 from ztpki.store.records import (
     AuditEntry,
     AuditRecord,
@@ -35,17 +35,17 @@ def open_register(directory: Path) -> SQLiteNodeStore:
         raise ConfigurationError(
             f"{directory} is not a node directory (no {NODE_FILE}); run `ztpki node init`"
         )
-    return open_sqlite_node_store(NodeConfig.load(directory).database)
+    # The register stays readable while an older node.toml is being migrated.
+    return open_sqlite_node_store(NodeConfig.load(directory, migrating=True).database)
 
 
 def import_manifest(directory: Path, data: bytes, *, now: datetime) -> ImportResult:
-    """List the devices of a signed manifest; refused unless it verifies to a factory anchor."""
+    """List the devices of a signed manifest; refused unless it verifies as the manufacturer it
+    names (that manufacturer's signer, ids in its namespace)."""
     config = NodeConfig.load(directory)
-    bundles = [read_certificates(config.path(p), "factory trust bundle") for p in config.trust]
-    trust = FactoryTrust.from_bundles(bundles)
-    # A manifest's x5c may stop below the root: any certificate of a bundle is an anchor here.
+    trusts = manifest_trusts(load_manufacturers(config))
     try:
-        verified = verify_manifest(data, anchors=[*trust.anchors, *trust.intermediates], now=now)
+        verified = verify_manifest(data, manufacturers=trusts, now=now)
     except (MalformedInput, VerificationFailed) as exc:
         # A forged or altered manifest is a security event: the audit trail keeps it.
         refusal = AuditRecord(
@@ -70,6 +70,7 @@ def import_manifest(directory: Path, data: bytes, *, now: datetime) -> ImportRes
         for entry in manifest.entries
     ]
     record = ManifestRecord(
+        manufacturer=manifest.manufacturer,
         manifest_id=manifest.manifest_id,
         issued_at=manifest.issued_at,
         signer=signer,
@@ -111,6 +112,19 @@ def add_device(
     check_device_id(device_id)
     if fingerprint is not None:
         fingerprint = normalise_fingerprint(fingerprint)
+    elif manufacturer is None:
+        raise ConfigurationError(
+            f"cannot list {device_id} without --fingerprint unless --manufacturer names the "
+            "manufacturer whose temporary certificate it must present (any certificate of "
+            "that manufacturer's CA for this id is then accepted)"
+        )
+    if manufacturer is not None:
+        maker = NodeConfig.load(directory).manufacturer(manufacturer)
+        if not maker.device_ids.covers(device_id):
+            raise ConfigurationError(
+                f"{device_id} is outside manufacturer {maker.name}'s device ids "
+                f"({maker.device_ids})"
+            )
     try:
         device = NewDevice(device_id, fingerprint, manufacturer=manufacturer, model=model)
     except ValueError as exc:
@@ -118,6 +132,8 @@ def add_device(
     reason = "listed by hand" + (
         " with its temporary certificate fingerprint" if fingerprint else ""
     )
+    if manufacturer is not None:
+        reason += f" for manufacturer {manufacturer}"
     audit = AuditRecord(
         at=now, endpoint="cli/add", decision="listed", reason=reason, device_id=device_id
     )

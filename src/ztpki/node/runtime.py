@@ -36,6 +36,7 @@ from ztpki.node.ca_client import EnrollmentTransport, SecondCAClient
 from ztpki.node.config import Limits, NodeConfig
 from ztpki.node.enrollment import EnrollmentService, LoadedLabel
 from ztpki.node.http import EstApplication
+from ztpki.node.manufacturers import LoadedManufacturer
 from ztpki.node.metrics import NodeMetrics
 from ztpki.node.proxy import ForwardedCertificate
 from ztpki.node.proxy_listener import (
@@ -124,6 +125,24 @@ class NodeMaterial:
         return context
 
 
+def load_manufacturers(config: NodeConfig) -> list[LoadedManufacturer]:
+    return [
+        LoadedManufacturer(
+            maker,
+            tuple(
+                read_certificates(
+                    config.path(maker.trust), f"trust bundle of manufacturer {maker.name}"
+                )
+            ),
+        )
+        for maker in config.manufacturers
+    ]
+
+
+def factory_trust(makers: list[LoadedManufacturer]) -> FactoryTrust:
+    return FactoryTrust.from_manufacturers([(m.name, m.bundle) for m in makers])
+
+
 def load_labels(config: NodeConfig) -> dict[str, LoadedLabel]:
     return {
         ca.label: LoadedLabel(
@@ -144,10 +163,9 @@ def load_material(
         raise ConfigurationError(
             "node.toml has no [ca.<label>] table: the node has no CA to issue from"
         )
-    bundles = [read_certificates(config.path(p), "factory trust bundle") for p in config.trust]
     labels = load_labels(config)
     authentication = AuthenticationModule(
-        FactoryTrust.from_bundles(bundles),
+        factory_trust(load_manufacturers(config)),
         [CustomerCA(name, loaded.chain) for name, loaded in labels.items()],
         crls=[read_crl(config.path(p)) for p in config.crls],
     )

@@ -13,7 +13,7 @@ import ipaddress
 import logging
 import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from cryptography import x509
@@ -33,6 +33,7 @@ from ztpki.node.config import (
     NodeConfig,
     check_label,
 )
+from ztpki.node.manufacturers import ManufacturerConfig
 from ztpki.node.proxy_setup import ProxySettings, prepare_proxy
 from ztpki.node.runtime import read_certificates, read_crl
 from ztpki.pki.chain import is_ca_certificate
@@ -132,7 +133,7 @@ def init_node(
     *,
     ca_system: str,
     client_credential: Path,
-    trust: Sequence[Path],
+    manufacturer: ManufacturerConfig,
     server_cert: Path,
     server_key: Path,
     node_passphrase: bytes | None,
@@ -152,9 +153,8 @@ def init_node(
     parse_address(ca_system)
     check_label(label)
     prepared_proxy = prepare_proxy(proxy or ProxySettings())
-    if not trust:
-        raise ConfigurationError("give at least one factory trust bundle (--trust FILE)")
-    bundles = [read_certificates(path, "factory trust bundle") for path in trust]
+    bundle = read_certificates(manufacturer.trust, f"trust bundle of {manufacturer.name}")
+    bundles = [bundle]
     chain = read_certificates(customer_chain, "customer CA chain")
     if not is_ca_certificate(chain[0]):
         raise ConfigurationError(
@@ -171,11 +171,8 @@ def init_node(
     AuthenticationModule(FactoryTrust.from_bundles(bundles), [], crls=[read_crl(p) for p in crls])
     # Everything checked: now write.
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    trust_paths = []
-    for index, (path, bundle) in enumerate(zip(trust, bundles, strict=True), start=1):
-        relative = Path("trust") / f"{index:02d}-{path.stem}.pem"
-        write_public_file(directory / relative, certificates_pem(bundle))
-        trust_paths.append(relative)
+    trust_relative = Path("trust") / f"01-{manufacturer.trust.stem}.pem"
+    write_public_file(directory / trust_relative, certificates_pem(bundle))
     ca_relative = Path("ca") / f"{label}.pem"
     write_public_file(directory / ca_relative, certificates_pem(chain))
     write_public_file(directory / "server" / "cert.pem", certificates_pem(server_chain))
@@ -195,7 +192,7 @@ def init_node(
         ca_client=Path("ca-client"),
         server_cert=Path("server/cert.pem"),
         server_key=Path("server/key.pem"),
-        trust=tuple(trust_paths),
+        manufacturers=(replace(manufacturer, trust=trust_relative),),
         crls=tuple(crl_paths),
         labels=(CALabel(label, ca_relative, ca_name, parameters or IssuingParameters()),),
         default_label=label,
@@ -250,6 +247,35 @@ def add_label(
     relative = Path("ca") / f"{label}.pem"
     write_public_file(directory / relative, certificates_pem(chain))
     updated = config.with_label(CALabel(label, relative, ca_name, parameters))
+    updated.save()
+    return updated
+
+
+def add_manufacturer(directory: Path, manufacturer: ManufacturerConfig) -> NodeConfig:
+    """Declare one more manufacturer (restart `node serve` to trust its devices).
+
+    On a node.toml of an older ztpki this is the migration: a bundle given here whose
+    certificates are those of a bare [node] trust bundle replaces it.
+    """
+    config = NodeConfig.load(directory, migrating=True)
+    if any(m.name == manufacturer.name for m in config.manufacturers):
+        raise ConfigurationError(
+            f"manufacturer {manufacturer.name} exists already; edit node.toml to change it"
+        )
+    bundle = read_certificates(manufacturer.trust, f"trust bundle of {manufacturer.name}")
+    replaced = tuple(
+        p
+        for p in config.legacy_trust
+        if set(read_certificates(config.path(p), "factory trust bundle")) == set(bundle)
+    )
+    index = len(config.manufacturers) + len(config.legacy_trust) + 1
+    relative = Path("trust") / f"{index:02d}-{manufacturer.trust.stem}.pem"
+    while (directory / relative).exists():
+        index += 1
+        relative = Path("trust") / f"{index:02d}-{manufacturer.trust.stem}.pem"
+    declared = replace(manufacturer, trust=relative)
+    updated = config.with_manufacturer(declared, replaces_legacy=replaced)  # checks overlaps
+    write_public_file(directory / relative, certificates_pem(bundle))
     updated.save()
     return updated
 

@@ -13,6 +13,11 @@ from ztpki.pki.keys import PublicKey
 
 # RFC 9336 id-kp-documentSigning: the manifest signer signs documents, nothing else.
 DOCUMENT_SIGNING = ObjectIdentifier("1.3.6.1.5.5.7.3.36")
+# id-kp-ztpkiManifestSigning: ztpki's own mark of a shipping-manifest signer, so that a
+# documentSigning certificate made for some other purpose under a manufacturer's root never
+# counts as one. Its arc is 2.25 (ITU-T X.667: an OID made of a UUID, registered by nobody
+# and clashing with nothing); the UUID is 88ecf691-bf81-4caf-a053-d565b4b1f6f6.
+MANIFEST_SIGNING = ObjectIdentifier("2.25.182005390505476791360697117803625445110")
 
 
 class CertificateProfile(StrEnum):
@@ -96,7 +101,7 @@ def profile_extensions(
         CertificateProfile.DEVICE: [ExtendedKeyUsageOID.CLIENT_AUTH],
         CertificateProfile.CLIENT: [ExtendedKeyUsageOID.CLIENT_AUTH],
         CertificateProfile.SERVER: [ExtendedKeyUsageOID.SERVER_AUTH],
-        CertificateProfile.MANIFEST_SIGNER: [DOCUMENT_SIGNING],
+        CertificateProfile.MANIFEST_SIGNER: [DOCUMENT_SIGNING, MANIFEST_SIGNING],
     }[profile]
     commitment = profile is CertificateProfile.MANIFEST_SIGNER
     return [

@@ -145,7 +145,8 @@ class RegisterStore(Protocol):
         audit: AuditRecord | None = None,
     ) -> ImportResult:
         """List the devices not yet listed; never change a listed one. A manifest_id seen
-        before is a no-op (already_imported, everything unchanged)."""
+        before from the same manufacturer is a no-op (already_imported, everything unchanged);
+        manifest ids of different manufacturers never clash."""
         ...
 
     def add_device(

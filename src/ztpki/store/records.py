@@ -254,8 +254,10 @@ class RegisteredDevice:
 
 @dataclass(frozen=True)
 class ManifestRecord:
-    """A signed manifest of devices the register imported."""
+    """A signed manifest of devices the register imported; (manufacturer, manifest_id) is
+    its key: each manufacturer chooses its own manifest ids."""
 
+    manufacturer: str
     manifest_id: str
     issued_at: datetime
     signer: str
@@ -263,6 +265,7 @@ class ManifestRecord:
     imported_at: datetime
 
     def __post_init__(self) -> None:
+        _check_text(self.manufacturer, name="manufacturer")
         _check_text(self.manifest_id, name="manifest_id")
         if self.device_count < 0:
             raise ValueError("device_count must not be negative")

@@ -283,11 +283,8 @@ class SQLiteDatabase:
         *,
         migrations: Mapping[int, Sequence[str]] | None = None,
     ) -> None:
-        """Create ``component``'s tables when missing; refuse a database of another version.
-
-        ``migrations[n]`` takes a database from version n to n + 1; an older database with a
-        path of them to ``version`` is upgraded in the same transaction (all steps or none).
-        """
+        """Create ``component``'s tables when missing; bring an older version up to date with
+        ``migrations`` (version N -> the statements that make it N + 1); refuse any other."""
         steps = migrations or {}
         with self.write() as conn:
             conn.execute(_SCHEMA_VERSION_TABLE)
@@ -302,26 +299,42 @@ class SQLiteDatabase:
                     (component, version),
                 )
                 logger.info("created %s schema version %d in %s", component, version, self.path)
-            elif row[0] < version and all(v in steps for v in range(row[0], version)):
-                for step in range(row[0], version):
-                    for statement in steps[step]:
-                        conn.execute(statement)
-                conn.execute(
-                    "UPDATE schema_version SET version = ? WHERE component = ?",
-                    (version, component),
-                )
-                logger.warning(
-                    "upgraded %s schema in %s from version %d to %d",
-                    component,
-                    self.path,
-                    row[0],
-                    version,
-                )
-            elif row[0] != version:
+                return
+            if row[0] == version:
+                return
+            if not row[0] < version or any(v not in steps for v in range(row[0], version)):
                 raise ConfigurationError(
                     f"database {self.path} holds {component} schema version {row[0]}, but this "
                     f"ztpki uses version {version}; use the matching ztpki release"
                 )
+        self._migrate(component, version, steps)
+
+    def _migrate(self, component: str, version: int, steps: Mapping[int, Sequence[str]]) -> None:
+        """Run the migrations in one transaction with foreign keys off (tables are rebuilt, as
+        SQLite's ALTER TABLE cannot change constraints), checking every key before COMMIT."""
+        conn = self.connection()
+        conn.execute("PRAGMA foreign_keys = OFF")  # only takes effect outside a transaction
+        try:
+            with self._transaction("BEGIN IMMEDIATE") as conn:
+                (found,) = conn.execute(
+                    "SELECT version FROM schema_version WHERE component = ?", (component,)
+                ).fetchone()
+                for step in range(found, version):  # another process may have migrated
+                    for statement in steps[step]:
+                        conn.execute(statement)
+                broken = conn.execute("PRAGMA foreign_key_check").fetchone()
+                if broken is not None:
+                    raise StorageError(
+                        f"database {self.path}: migrating {component} to schema version "
+                        f"{version} would break a reference in table {broken[0]}; nothing changed"
+                    )
+                conn.execute(
+                    "UPDATE schema_version SET version = ? WHERE component = ?",
+                    (version, component),
+                )
+        finally:
+            conn.execute("PRAGMA foreign_keys = ON")
+        logger.warning("migrated %s to schema version %d in %s", component, version, self.path)
 
     def close(self) -> None:
         """Close every connection this object opened; later use raises StorageError."""

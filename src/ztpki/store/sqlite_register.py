@@ -12,6 +12,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Collection, Sequence
 from contextlib import AbstractContextManager
+from dataclasses import replace
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any
@@ -32,65 +33,22 @@ from ztpki.store.records import (
     RegisteredDevice,
 )
 from ztpki.store.sqlite_db import SQLiteDatabase
-
-SCHEMA_COMPONENT = "customer_node"
-SCHEMA_VERSION = 1
-
-_STATES = "'listed', 'issuing', 'issued', 'customized', 'blocked'"
-_RESTING = "'listed', 'issued', 'customized'"
-
-REGISTER_SCHEMA = (
-    """
-    CREATE TABLE manifest (
-        manifest_id  TEXT PRIMARY KEY CHECK (manifest_id <> ''),
-        issued_at    TEXT NOT NULL,
-        signer       TEXT NOT NULL,
-        device_count INTEGER NOT NULL CHECK (device_count >= 0),
-        imported_at  TEXT NOT NULL
-    )""",
-    f"""
-    CREATE TABLE device (
-        device_id              TEXT PRIMARY KEY CHECK (device_id <> ''),
-        state                  TEXT NOT NULL CHECK (state IN ({_STATES})),
-        temp_fingerprint       TEXT CHECK (length(temp_fingerprint) = 64),
-        manufacturer           TEXT,
-        model                  TEXT,
-        batch                  TEXT,
-        manifest_id            TEXT REFERENCES manifest (manifest_id),
-        issued_serial          TEXT,
-        issued_spki            TEXT,
-        issued_certificate_der BLOB,
-        blocked_from           TEXT CHECK (blocked_from IN ({_RESTING})),
-        lease_token            TEXT,
-        lease_expires          TEXT,
-        previous_state         TEXT CHECK (previous_state IN ({_RESTING})),
-        updated_at             TEXT NOT NULL,
-        CHECK ((state = 'issuing' AND lease_token IS NOT NULL AND lease_expires IS NOT NULL
-                AND previous_state IS NOT NULL)
-            OR (state <> 'issuing' AND lease_token IS NULL AND lease_expires IS NULL
-                AND previous_state IS NULL)),
-        CHECK ((state = 'blocked' AND blocked_from IS NOT NULL)
-            OR (state <> 'blocked' AND blocked_from IS NULL)),
-        CHECK (state NOT IN ('issued', 'customized')
-            OR (issued_serial IS NOT NULL AND issued_spki IS NOT NULL
-                AND issued_certificate_der IS NOT NULL))
-    )""",
-    "CREATE INDEX device_by_state ON device (state, device_id)",
-    """
-    CREATE TABLE device_chain (
-        device_id       TEXT NOT NULL REFERENCES device (device_id) ON DELETE CASCADE,
-        position        INTEGER NOT NULL CHECK (position >= 0),
-        certificate_der BLOB NOT NULL,
-        PRIMARY KEY (device_id, position)
-    )""",
+from ztpki.store.sqlite_register_schema import (
+    MIGRATIONS,
+    REGISTER_SCHEMA,
+    SCHEMA_COMPONENT,
+    SCHEMA_VERSION,
 )
+
+# The schema names are re-exported: callers read the component and version from this module.
+__all__ = ["MIGRATIONS", "REGISTER_SCHEMA", "SCHEMA_COMPONENT", "SCHEMA_VERSION", "SQLiteNodeStore"]
 
 _DEVICE_COLUMNS = (
     "device_id, state, temp_fingerprint, manufacturer, model, batch, manifest_id, "
     "issued_serial, issued_spki, issued_certificate_der, blocked_from, lease_token, "
     "lease_expires, previous_state, updated_at"
 )
-_MANIFEST_COLUMNS = "manifest_id, issued_at, signer, device_count, imported_at"
+_MANIFEST_COLUMNS = "manufacturer, manifest_id, issued_at, signer, device_count, imported_at"
 _INSERT_DEVICE = (
     "INSERT INTO device (device_id, state, temp_fingerprint, manufacturer, model, batch, "
     "manifest_id, updated_at) VALUES (?, 'listed', ?, ?, ?, ?, ?, ?) "
@@ -105,7 +63,10 @@ class SQLiteNodeStore:
         self._db = db
         try:
             db.ensure_schema(
-                SCHEMA_COMPONENT, SCHEMA_VERSION, REGISTER_SCHEMA + sqlite_audit.SCHEMA
+                SCHEMA_COMPONENT,
+                SCHEMA_VERSION,
+                REGISTER_SCHEMA + sqlite_audit.SCHEMA,
+                migrations=MIGRATIONS,
             )
         except BaseException:
             db.close()
@@ -140,19 +101,30 @@ class SQLiteNodeStore:
         audit: AuditRecord | None = None,
     ) -> ImportResult:
         ids = [device.device_id for device in devices]
+        for device in devices:
+            if device.manufacturer not in (None, manifest.manufacturer):
+                raise ValueError(
+                    f"device {device.device_id} is of {device.manufacturer}, not of the "
+                    f"manifest's manufacturer {manifest.manufacturer}"
+                )
         with self._db.write() as conn:
             if conn.execute(
-                "SELECT 1 FROM manifest WHERE manifest_id = ?", (manifest.manifest_id,)
+                "SELECT 1 FROM manifest WHERE manufacturer = ? AND manifest_id = ?",
+                (manifest.manufacturer, manifest.manifest_id),
             ).fetchone():
                 return ImportResult(added=[], unchanged=ids, already_imported=True)
             conn.execute(
-                f"INSERT INTO manifest ({_MANIFEST_COLUMNS}) VALUES (?, ?, ?, ?, ?)",  # noqa: S608
+                f"INSERT INTO manifest ({_MANIFEST_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",  # noqa: S608
                 _manifest_row(manifest),
             )
             added: list[str] = []
             unchanged: list[str] = []
             for device in devices:
-                row = _new_device_row(device, manifest.manifest_id, manifest.imported_at)
+                row = _new_device_row(
+                    replace(device, manufacturer=manifest.manufacturer),
+                    manifest.manifest_id,
+                    manifest.imported_at,
+                )
                 inserted = conn.execute(_INSERT_DEVICE, row).rowcount == 1
                 (added if inserted else unchanged).append(device.device_id)
             _audit(conn, audit)
@@ -204,7 +176,7 @@ class SQLiteNodeStore:
         with self._db.read() as conn:
             rows = conn.execute(
                 f"SELECT {_MANIFEST_COLUMNS} FROM manifest "  # noqa: S608
-                "ORDER BY imported_at, manifest_id"
+                "ORDER BY imported_at, manufacturer, manifest_id"
             ).fetchall()
         return [_manifest(row) for row in rows]
 
@@ -455,6 +427,7 @@ def _device(row: Sequence[Any], chain: list[bytes]) -> RegisteredDevice:
 
 def _manifest_row(manifest: ManifestRecord) -> tuple[Any, ...]:
     return (
+        manifest.manufacturer,
         manifest.manifest_id,
         encode_instant(manifest.issued_at),
         manifest.signer,
@@ -465,9 +438,10 @@ def _manifest_row(manifest: ManifestRecord) -> tuple[Any, ...]:
 
 def _manifest(row: Sequence[Any]) -> ManifestRecord:
     return ManifestRecord(
-        manifest_id=row[0],
-        issued_at=decode_instant(row[1]),
-        signer=row[2],
-        device_count=int(row[3]),
-        imported_at=decode_instant(row[4]),
+        manufacturer=row[0],
+        manifest_id=row[1],
+        issued_at=decode_instant(row[2]),
+        signer=row[3],
+        device_count=int(row[4]),
+        imported_at=decode_instant(row[5]),
     )

@@ -16,18 +16,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ztpki.errors import ConfigurationError, MalformedInput, VerificationFailed
-from ztpki.factory.jws import _sign
-from ztpki.factory.manifest import (
+from ztpki.factory.signer import verify_own_manifest
+from ztpki.pki.keys import KeySpec, PrivateKey
+from ztpki.pki.profiles import CertificateProfile
+from ztpki.protocol.jws import _sign
+from ztpki.protocol.manifest import (
     MANIFEST_TYPE,
     Manifest,
     ManifestEntry,
     manifest_csv,
     new_manifest_id,
     sign_manifest,
-    verify_manifest,
 )
-from ztpki.pki.keys import KeySpec, PrivateKey
-from ztpki.pki.profiles import CertificateProfile
 
 PKI: FactoryPKI = factory_pki()
 SIGNER_KEY, SIGNER_CHAIN = leaf(PKI.manifests, "line1-signer", CertificateProfile.MANIFEST_SIGNER)
@@ -108,7 +108,7 @@ def parts(data: bytes) -> dict[str, str]:
 
 def verify(data: bytes, **kw: Any) -> Manifest:
     anchors = kw.pop("anchors", PKI.anchors)
-    return verify_manifest(data, anchors=anchors, now=kw.pop("now", NOW)).manifest
+    return verify_own_manifest(data, anchors=anchors, now=kw.pop("now", NOW)).manifest
 
 
 # --- positive cases with their controls --------------------------------------------------------
@@ -125,7 +125,7 @@ def test_round_trip_every_alg(spec: KeySpec) -> None:
     )
     m = manifest()
     data = sign_manifest(m, key=key, chain=chain)
-    verified = verify_manifest(data, anchors=PKI.anchors, now=NOW)
+    verified = verify_own_manifest(data, anchors=PKI.anchors, now=NOW)
     assert verified.manifest == m
     assert verified.signer == chain[0]
     assert verified.chain[-1] == PKI.root.certificate
@@ -292,7 +292,7 @@ def test_fail_non_canonical_base64url() -> None:
 
 
 def test_fail_oversize() -> None:
-    from ztpki.factory import manifest as module
+    from ztpki.protocol import manifest as module
 
     with pytest.raises(MalformedInput, match="larger"):
         verify(b" " * (module.MAX_MANIFEST_BYTES + 1))

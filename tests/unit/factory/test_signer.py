@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from factory_pki import NOW, factory_pki, leaf
 from fake_ca import FakeCA
+from tests.support.signers import unmarked_document_signer
 
 from ztpki.credentials import Credential
 from ztpki.errors import ConfigurationError, VerificationFailed
-from ztpki.factory.manifest import Manifest, new_manifest_id, verify_manifest
 from ztpki.factory.shipping import load_trust_bundle, manufacturer_of
-from ztpki.factory.signer import enroll_signer, sign_checked, write_manifest
-from ztpki.pki.pem import certificates_pem
+from ztpki.factory.signer import enroll_signer, sign_checked, verify_own_manifest, write_manifest
+from ztpki.pki.keys import KeySpec, encode_pkcs8, generate_private_key
+from ztpki.pki.names import SubjectFields, build_subject
+from ztpki.pki.pem import certificate_der, certificates_pem
 from ztpki.pki.profiles import CertificateProfile
+from ztpki.protocol.enrollment import EnrollmentAnswer, EnrollmentRequest
+from ztpki.protocol.manifest import Manifest, is_marked_manifest_signer, new_manifest_id
 
 PKI = factory_pki()
 EMPTY = Manifest(new_manifest_id(), "Acme", None, None, NOW, ())
@@ -34,7 +39,7 @@ def test_ok_enrolled_signer_signs_verifiable_manifests(tmp_path: Path) -> None:
     assert signer.trust_anchors == PKI.anchors
     assert manufacturer_of(signer.certificate) == "Acme"
     data = sign_checked(EMPTY, signer, now=NOW)
-    assert verify_manifest(data, anchors=PKI.anchors, now=NOW).manifest == EMPTY
+    assert verify_own_manifest(data, anchors=PKI.anchors, now=NOW).manifest == EMPTY
     write_manifest(tmp_path / "m.json", EMPTY, data, csv_path=tmp_path / "m.csv")
     assert (tmp_path / "m.json").read_bytes() == data
     assert (tmp_path / "m.csv").read_text().startswith("device_id,")
@@ -66,3 +71,27 @@ def test_trust_bundle_loading(tmp_path: Path) -> None:
     bundle.write_text("not pem")
     with pytest.raises(ConfigurationError, match="no PEM certificate"):
         load_trust_bundle(bundle)
+
+
+def _unmarked_answer(answer: EnrollmentAnswer, request: EnrollmentRequest) -> EnrollmentAnswer:
+    """A CA system of an older ztpki: documentSigning, but no manifest-signing mark."""
+    key = generate_private_key(KeySpec.EC_P256)
+    cert = unmarked_document_signer(
+        PKI.manifests,
+        key,
+        build_subject(request.device_id, SubjectFields(), serial_number=request.device_id),
+        not_before=NOW - timedelta(hours=1),
+        not_after=NOW + timedelta(days=30),
+    )
+    return replace(
+        answer,
+        certificate_der=certificate_der(cert),
+        private_key_der=encode_pkcs8(key, passphrase=None),
+    )
+
+
+def test_fail_enrolled_signer_without_the_manifest_signing_mark() -> None:
+    with pytest.raises(VerificationFailed, match="lacks ztpki's manifest-signing mark"):
+        enroll(FakeCA(PKI, tamper=_unmarked_answer))
+    # Control: the same CA system, untampered, issues a marked signer.
+    assert is_marked_manifest_signer(enroll(FakeCA(PKI)).certificate)

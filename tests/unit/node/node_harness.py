@@ -14,10 +14,12 @@ from node_pki import NOW, PKI, InProcessCA
 
 from ztpki.node.config import CALabel, Limits, NodeConfig
 from ztpki.node.enrollment import LoadedLabel
+from ztpki.node.manufacturers import ManufacturerConfig
 from ztpki.node.proxy_config import ProxyConfig
 from ztpki.node.proxy_listener import ProxyAddress
 from ztpki.node.runtime import NodeMaterial, RunningNode, start_node
 from ztpki.pki.authority import IssuanceGrant
+from ztpki.pki.device_ids import EVERY_DEVICE_ID
 from ztpki.pki.keys import KeySpec, generate_private_key
 from ztpki.pki.names import SubjectFields, build_subject
 from ztpki.pki.profiles import CertificateProfile
@@ -45,7 +47,7 @@ class InProcessNode:
             ca_client=Path("unused"),
             server_cert=Path("unused"),
             server_key=Path("unused"),
-            trust=(Path("unused"),),
+            manufacturers=(ManufacturerConfig("Acme", Path("unused"), EVERY_DEVICE_ID),),
             labels=(label,),
             limits=limits,
             proxy=proxy or ProxyConfig(),

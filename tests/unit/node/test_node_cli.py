@@ -88,6 +88,10 @@ def init_args(files: dict[str, Path], *extra: str) -> list[str]:
         "127.0.0.1:7443",
         "--client-cred",
         str(files["cred"]),
+        "--manufacturer",
+        "Acme Devices",
+        "--device-ids",
+        "*",
         "--trust",
         str(files["bundle"]),
         "--server-cert",
@@ -219,7 +223,7 @@ def test_ok_register_commands_and_audit(inputs: dict[str, Path]) -> None:
     assert run(*init_args(inputs))[0] == 0
     node = str(inputs["node"])
     assert run("node", "add", "--dir", node, "dev-1", "--fingerprint", "AB:" * 31 + "AB")[0] == 0
-    assert run("node", "add", "--dir", node, "dev-1")[0] == 1  # already listed
+    assert run("node", "add", "--dir", node, "dev-1", "--fingerprint", "cd" * 32)[0] == 1  # listed
     assert run("node", "add", "--dir", node, "dev 2")[0] == 1  # not a device id
     assert run("node", "add", "--dir", node, "dev-3", "--fingerprint", "xyz")[0] == 1
     assert run("node", "block", "--dir", node, "dev-1")[0] == 0

@@ -8,8 +8,14 @@ import pytest
 
 from ztpki.errors import ConfigurationError, UnknownCA
 from ztpki.node.config import CALabel, IssuingParameters, Limits, NodeConfig
+from ztpki.node.manufacturers import ManufacturerConfig
 from ztpki.node.metrics import NodeMetrics
+from ztpki.pki.device_ids import DeviceIdNamespace
 from ztpki.pki.keys import KeySpec
+
+
+def ids(*patterns: str) -> DeviceIdNamespace:
+    return DeviceIdNamespace.parse(patterns)
 
 
 def config(tmp_path: Path, **kw: object) -> NodeConfig:
@@ -19,7 +25,12 @@ def config(tmp_path: Path, **kw: object) -> NodeConfig:
         "ca_client": Path("ca-client"),
         "server_cert": Path("server/cert.pem"),
         "server_key": Path("/etc/node/key.pem"),
-        "trust": (Path("trust/01-acme.pem"), Path("trust/02-other.pem")),
+        "manufacturers": (
+            ManufacturerConfig("Acme Devices", Path("trust/01-acme.pem"), ids("ACME-*")),
+            ManufacturerConfig(
+                "Other", Path("trust/02-other.pem"), ids("OTH-*", "X-*"), ("ab" * 32,)
+            ),
+        ),
         "labels": (
             CALabel("default", Path("ca/default.pem"), "operational"),
             CALabel(
@@ -48,7 +59,7 @@ def test_ok_round_trip(tmp_path: Path) -> None:
 
 NODE_TABLE = (
     '[node]\nca_system = "x:1"\nca_client = "c"\nserver_cert = "s"\nserver_key = "k"\n'
-    'trust = ["t"]\n'
+    '[manufacturer.Acme]\ntrust = "t"\ndevice_ids = ["*"]\n'
 )
 
 
@@ -76,8 +87,8 @@ def test_fail_bad_files(tmp_path: Path, case: str, text: str) -> None:
 
 
 def test_fail_inconsistent_settings(tmp_path: Path) -> None:
-    with pytest.raises(ConfigurationError):
-        config(tmp_path, trust=())
+    with pytest.raises(ConfigurationError, match="declares no manufacturer"):
+        config(tmp_path, manufacturers=()).check_manufacturers_declared()
     with pytest.raises(ConfigurationError):
         config(tmp_path, default_label="nosuch")
     with pytest.raises(ConfigurationError, match="lease_seconds"):

@@ -19,9 +19,11 @@ from test_node_cli import env, init_args, inputs, run  # noqa: F401 (its fixture
 
 from ztpki.errors import ConfigurationError, MalformedInput
 from ztpki.node.config import CALabel, NodeConfig
+from ztpki.node.manufacturers import ManufacturerConfig
 from ztpki.node.proxy import MAX_HEADER, decode_forwarded_certificate
 from ztpki.node.proxy_config import ProxyConfig, ProxyRangeRefused, ProxyValueError, parse_network
 from ztpki.node.proxy_listener import ProxyAddress
+from ztpki.pki.device_ids import EVERY_DEVICE_ID
 from ztpki.pki.pem import certificates_pem, fingerprint_sha256
 
 
@@ -112,7 +114,7 @@ def test_fail_bad_proxy_table(table: dict[str, object]) -> None:
 def test_ok_node_toml_without_proxy_table_trusts_no_proxy(tmp_path: Path) -> None:
     (tmp_path / "node.toml").write_text(
         '[node]\nca_system = "127.0.0.1:1"\nca_client = "c"\nserver_cert = "s"\n'
-        'server_key = "k"\ntrust = ["t"]\n'
+        'server_key = "k"\n[manufacturer.Acme]\ntrust = "t"\ndevice_ids = ["*"]\n'
     )
     assert NodeConfig.load(tmp_path).proxy == ProxyConfig()
 
@@ -188,7 +190,7 @@ def test_proxy_table_round_trips_through_node_toml(tmp_path: Path, proxy: ProxyC
         ca_client=Path("c"),
         server_cert=Path("s"),
         server_key=Path("k"),
-        trust=(Path("t"),),
+        manufacturers=(ManufacturerConfig("Acme", Path("t"), EVERY_DEVICE_ID),),
         labels=(CALabel("default", Path("ca.pem")),),
         proxy=proxy,
     )

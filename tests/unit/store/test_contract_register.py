@@ -33,8 +33,11 @@ def device(device_id: str) -> NewDevice:
     return NewDevice(device_id, sha256_hex(device_id), manufacturer="Acme", model="X1", batch="b-7")
 
 
-def manifest(manifest_id: str, count: int, *, issued_days_ago: int = 1) -> ManifestRecord:
+def manifest(
+    manifest_id: str, count: int, *, issued_days_ago: int = 1, manufacturer: str = "Acme"
+) -> ManifestRecord:
     return ManifestRecord(
+        manufacturer=manufacturer,
         manifest_id=manifest_id,
         issued_at=T0 - timedelta(days=issued_days_ago),
         signer="CN=Acme manifest signer",
@@ -151,6 +154,34 @@ def test_fail_replayed_manifest_cannot_reset_or_unblock(node_store: NodeStore) -
     assert after["d1"] == before["d1"] and after["d1"].state is BLOCKED
     assert after["d2"] == before["d2"] and after["d2"].state is ISSUED
     assert after["d3"].state is LISTED and after["d3"].manifest_id == "m0"
+
+
+def test_ok_manifest_id_is_unique_per_manufacturer(node_store: NodeStore) -> None:
+    node_store.import_devices([device("d1")], manifest=manifest("m1", 1))
+    globex = NewDevice("g1", sha256_hex("g1"), manufacturer="Globex")
+    theirs = node_store.import_devices([globex], manifest=manifest("m1", 1, manufacturer="Globex"))
+    assert (theirs.added, theirs.already_imported) == (["g1"], False)
+    row = node_store.get("g1")
+    assert row is not None and (row.manufacturer, row.manifest_id) == ("Globex", "m1")
+    # Within one manufacturer the id counts once: a second manifest under it lists nothing.
+    again = node_store.import_devices([device("d2")], manifest=manifest("m1", 1))
+    assert (again.added, again.already_imported) == ([], True)
+    assert node_store.get("d2") is None
+    assert sorted((m.manufacturer, m.manifest_id) for m in node_store.manifests()) == [
+        ("Acme", "m1"),
+        ("Globex", "m1"),
+    ]
+
+
+def test_fail_manifest_listing_a_device_of_another_manufacturer(node_store: NodeStore) -> None:
+    globex = NewDevice("g1", sha256_hex("g1"), manufacturer="Globex")
+    with pytest.raises(ValueError, match="not of the manifest's manufacturer Acme"):
+        node_store.import_devices([device("d1"), globex], manifest=manifest("m1", 2))
+    assert node_store.devices() == [] and node_store.manifests() == []
+    # A device without a manufacturer takes the manifest's.
+    node_store.import_devices([NewDevice("d1", None)], manifest=manifest("m1", 1))
+    row = node_store.get("d1")
+    assert row is not None and row.manufacturer == "Acme"
 
 
 def test_ok_add_device_by_hand(node_store: NodeStore) -> None:

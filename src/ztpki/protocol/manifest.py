@@ -1,10 +1,17 @@
 """The signed shipping manifest: which devices left the factory, with which temporary certificate.
 
-The file is a JWS (see `ztpki.factory.jws`): flattened JSON serialization, ``x5c`` carrying the
-signer chain, ``typ`` ztpki-manifest+json, and the manifest JSON as payload. A manifest counts
-only when its signer chains to a factory trust anchor through a certificate with EKU
-id-kp-documentSigning (a CA whose profile is manifest-signer), so a tampered manifest can never
-add a device. The CSV view is for spreadsheets and is not signed.
+The manifest is the contract between a factory and its customers: the factory writes it, the
+customer node reads it, and this module is all either needs. The file is a JWS (see
+`ztpki.protocol.jws`): flattened JSON serialization, ``x5c`` carrying the signer chain, ``typ``
+ztpki-manifest+json, and the manifest JSON as payload. The CSV view is for spreadsheets and is
+not signed.
+
+A customer trusts each manufacturer for exactly what it was given (``ManufacturerTrust``): a
+manifest counts only when it names a configured manufacturer, its signer chains to that
+manufacturer's trust bundle, the signer is one of that manufacturer's manifest signers (its
+fingerprint pinned, or else its certificate marked with ztpki's manifest-signing EKU, which the
+manifest-signer profile puts in), and every device id it lists is in that manufacturer's
+namespace. A tampered manifest never adds a device, and no manufacturer lists another's.
 
 Sans-I/O: bytes in, frozen dataclasses out, the clock passed in as ``now``.
 """
@@ -22,11 +29,14 @@ from typing import Any
 
 from cryptography import x509
 
-from ztpki.errors import MalformedInput
-from ztpki.factory.jws import check_members, compact_json, sign_jws, strict_json, verify_jws
+from ztpki.errors import MalformedInput, VerificationFailed
 from ztpki.pki.chain import verify_signer_chain
+from ztpki.pki.device_ids import DeviceIdNamespace
 from ztpki.pki.keys import PrivateKey
 from ztpki.pki.names import DEVICE_ID_PATTERN
+from ztpki.pki.pem import fingerprint_sha256
+from ztpki.pki.profiles import MANIFEST_SIGNING
+from ztpki.protocol.jws import check_members, compact_json, sign_jws, strict_json, verify_jws
 
 MANIFEST_TYPE = "ztpki-manifest+json"
 MANIFEST_VERSION = 1
@@ -64,6 +74,12 @@ def _check_instant(value: datetime, what: str) -> None:
         raise TypeError(f"{what} must be a datetime")
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValueError(f"{what} must be timezone-aware")
+
+
+def check_manufacturer_name(name: str) -> str:
+    """A manufacturer's name as manifests carry it (and node.toml declares it)."""
+    _check_text(name, "manufacturer", optional=False)
+    return name
 
 
 @dataclass(frozen=True)
@@ -104,7 +120,7 @@ class Manifest:
     def __post_init__(self) -> None:
         if not isinstance(self.manifest_id, str) or not _MANIFEST_ID.fullmatch(self.manifest_id):
             raise ValueError("manifest id must be 1-64 characters of A-Z a-z 0-9 . _ -")
-        _check_text(self.manufacturer, "manufacturer", optional=False)
+        check_manufacturer_name(self.manufacturer)
         _check_text(self.batch, "batch", optional=True)
         _check_text(self.order, "order", optional=True)
         _check_instant(self.issued_at, "issued_at")
@@ -136,6 +152,63 @@ class VerifiedManifest:
     manifest: Manifest
     signer: x509.Certificate
     chain: tuple[x509.Certificate, ...]
+
+
+@dataclass(frozen=True)
+class ManufacturerTrust:
+    """What a customer trusts one manufacturer for.
+
+    name: as manifests name it; None only for the factory's own check of what it signs (any
+    name). anchors: the manufacturer's trust bundle (any certificate of it may end a signer's
+    chain, since x5c may stop below the root). device_ids: the ids it may list.
+    signer_fingerprints: SHA-256 (lower-case hex) of the signer certificates it signs with;
+    empty means any signer under the anchors whose certificate bears MANIFEST_SIGNING.
+    """
+
+    name: str | None
+    anchors: tuple[x509.Certificate, ...]
+    device_ids: DeviceIdNamespace
+    signer_fingerprints: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        for pin in self.signer_fingerprints:
+            if not _FINGERPRINT.fullmatch(pin):
+                raise ValueError("a signer fingerprint is 64 lower-case hex digits (SHA-256)")
+
+    def check_signer(self, signer: x509.Certificate) -> None:
+        """VerificationFailed unless signer is one of this manufacturer's manifest signers."""
+        who = f"the manifest signer {signer.subject.rfc4514_string()[:128]!r}"
+        if self.signer_fingerprints:
+            if fingerprint_sha256(signer) not in self.signer_fingerprints:
+                raise VerificationFailed(
+                    f"{who} is not one of the signers pinned for manufacturer {self.name} "
+                    f"(its fingerprint is sha256:{fingerprint_sha256(signer)})"
+                )
+            return
+        if not is_marked_manifest_signer(signer):
+            raise VerificationFailed(
+                f"{who} is not a manifest signer of manufacturer {self.name}: its certificate "
+                f"lacks ztpki's manifest-signing mark (EKU {MANIFEST_SIGNING.dotted_string}); "
+                "the manufacturer reissues it with `ztpki factory signer --reissue`, or the "
+                "customer pins its fingerprint for that manufacturer"
+            )
+
+    def check_device_ids(self, manifest: Manifest) -> None:
+        outside = [i for i in manifest.device_ids() if not self.device_ids.covers(i)]
+        if outside:
+            raise VerificationFailed(
+                f"the manifest lists {len(outside)} device id(s) outside manufacturer "
+                f"{self.name}'s namespace ({self.device_ids}), e.g. {outside[0]}"
+            )
+
+
+def is_marked_manifest_signer(cert: x509.Certificate) -> bool:
+    """The certificate bears ztpki's manifest-signing EKU (the manifest-signer profile's)."""
+    try:
+        eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return False
+    return MANIFEST_SIGNING in eku
 
 
 # --- encodings ---------------------------------------------------------------------------------
@@ -245,19 +318,42 @@ def sign_manifest(
 
 
 def verify_manifest(
-    data: bytes, *, anchors: Sequence[x509.Certificate], now: datetime
+    data: bytes, *, manufacturers: Sequence[ManufacturerTrust], now: datetime
 ) -> VerifiedManifest:
-    """The manifest in data, once its signature and its signer chain verify to one of anchors.
+    """The manifest in data, once it verifies as the manufacturer it names.
 
     MalformedInput: the bytes do not parse (size, JSON, base64url, header, alg, certificates,
-    content). VerificationFailed: the signature does not verify, or the x5c chain does not
-    lead to an anchor through a certificate with EKU id-kp-documentSigning.
+    content). VerificationFailed: the signature does not verify; the manifest names no
+    manufacturer of manufacturers; the x5c chain does not lead to that manufacturer's trust
+    bundle through a certificate with EKU id-kp-documentSigning; the signer is not one of
+    that manufacturer's manifest signers; or a device id is outside its namespace.
     """
     signed = verify_jws(data, typ=MANIFEST_TYPE, max_size=MAX_MANIFEST_BYTES, what="manifest")
-    signer = signed.chain[0]
-    path = verify_signer_chain(signer, signed.chain[1:], anchors, now=now)
+    # The payload is parsed before its signer is trusted, to learn whose it claims to be;
+    # the parser is strict and size-bounded, and nothing of it is used unless all checks pass.
     manifest = _parse_manifest(signed.payload)
+    trust = _named(manifest.manufacturer, manufacturers)
+    signer = signed.chain[0]
+    try:
+        path = verify_signer_chain(signer, signed.chain[1:], trust.anchors, now=now)
+    except VerificationFailed as exc:
+        raise VerificationFailed(
+            f"{exc.message} (to the trust bundle of manufacturer {manifest.manufacturer})"
+        ) from None
+    trust.check_signer(signer)
+    trust.check_device_ids(manifest)
     return VerifiedManifest(manifest=manifest, signer=signer, chain=tuple(path))
+
+
+def _named(name: str, manufacturers: Sequence[ManufacturerTrust]) -> ManufacturerTrust:
+    for trust in manufacturers:
+        if trust.name is None or trust.name == name:
+            return trust
+    known = ", ".join(repr(m.name) for m in manufacturers) or "none"
+    raise VerificationFailed(
+        f"the manifest names manufacturer {name!r}, which is not a configured manufacturer "
+        f"(configured: {known})"
+    )
 
 
 # --- the spreadsheet view ----------------------------------------------------------------------

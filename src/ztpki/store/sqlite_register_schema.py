@@ -1,0 +1,96 @@
+"""The tables of the customer node's register (SQLite), and the migrations of older ones.
+
+The state machine lives in the schema as well as in the store: CHECK constraints allow only
+the known states and tie ISSUING to a held lease and BLOCKED to a remembered state.
+"""
+
+from __future__ import annotations
+
+SCHEMA_COMPONENT = "customer_node"
+# Version 2: manifests are keyed by (manufacturer, manifest_id).
+SCHEMA_VERSION = 2
+
+_STATES = "'listed', 'issuing', 'issued', 'customized', 'blocked'"
+_RESTING = "'listed', 'issued', 'customized'"
+
+
+def _manifest_table(name: str) -> str:
+    return f"""
+    CREATE TABLE {name} (
+        manufacturer TEXT NOT NULL CHECK (manufacturer <> ''),
+        manifest_id  TEXT NOT NULL CHECK (manifest_id <> ''),
+        issued_at    TEXT NOT NULL,
+        signer       TEXT NOT NULL,
+        device_count INTEGER NOT NULL CHECK (device_count >= 0),
+        imported_at  TEXT NOT NULL,
+        PRIMARY KEY (manufacturer, manifest_id)
+    )"""
+
+
+def _device_table(name: str) -> str:
+    return f"""
+    CREATE TABLE {name} (
+        device_id              TEXT PRIMARY KEY CHECK (device_id <> ''),
+        state                  TEXT NOT NULL CHECK (state IN ({_STATES})),
+        temp_fingerprint       TEXT CHECK (length(temp_fingerprint) = 64),
+        manufacturer           TEXT,
+        model                  TEXT,
+        batch                  TEXT,
+        manifest_id            TEXT,
+        issued_serial          TEXT,
+        issued_spki            TEXT,
+        issued_certificate_der BLOB,
+        blocked_from           TEXT CHECK (blocked_from IN ({_RESTING})),
+        lease_token            TEXT,
+        lease_expires          TEXT,
+        previous_state         TEXT CHECK (previous_state IN ({_RESTING})),
+        updated_at             TEXT NOT NULL,
+        FOREIGN KEY (manufacturer, manifest_id) REFERENCES manifest (manufacturer, manifest_id),
+        CHECK (manifest_id IS NULL OR manufacturer IS NOT NULL),
+        CHECK ((state = 'issuing' AND lease_token IS NOT NULL AND lease_expires IS NOT NULL
+                AND previous_state IS NOT NULL)
+            OR (state <> 'issuing' AND lease_token IS NULL AND lease_expires IS NULL
+                AND previous_state IS NULL)),
+        CHECK ((state = 'blocked' AND blocked_from IS NOT NULL)
+            OR (state <> 'blocked' AND blocked_from IS NULL)),
+        CHECK (state NOT IN ('issued', 'customized')
+            OR (issued_serial IS NOT NULL AND issued_spki IS NOT NULL
+                AND issued_certificate_der IS NOT NULL))
+    )"""
+
+
+_DEVICE_INDEX = "CREATE INDEX device_by_state ON device (state, device_id)"
+
+REGISTER_SCHEMA = (
+    _manifest_table("manifest"),
+    _device_table("device"),
+    _DEVICE_INDEX,
+    """
+    CREATE TABLE device_chain (
+        device_id       TEXT NOT NULL REFERENCES device (device_id) ON DELETE CASCADE,
+        position        INTEGER NOT NULL CHECK (position >= 0),
+        certificate_der BLOB NOT NULL,
+        PRIMARY KEY (device_id, position)
+    )""",
+)
+
+# Version 1 keyed manifests by manifest_id alone. A manifest's manufacturer is the one its
+# devices were listed for (every device of a manifest has it); one that listed no device
+# gets 'unknown'. The device table is rebuilt for its new reference to (manufacturer, id).
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: (
+        _manifest_table("manifest_v2"),
+        "INSERT INTO manifest_v2 (manufacturer, manifest_id, issued_at, signer, device_count, "
+        "imported_at) SELECT COALESCE((SELECT d.manufacturer FROM device d "
+        "WHERE d.manifest_id = m.manifest_id AND d.manufacturer IS NOT NULL "
+        "ORDER BY d.device_id LIMIT 1), 'unknown'), m.manifest_id, m.issued_at, m.signer, "
+        "m.device_count, m.imported_at FROM manifest m",
+        _device_table("device_v2"),
+        "INSERT INTO device_v2 SELECT * FROM device",
+        "DROP TABLE device",
+        "DROP TABLE manifest",
+        "ALTER TABLE manifest_v2 RENAME TO manifest",
+        "ALTER TABLE device_v2 RENAME TO device",
+        _DEVICE_INDEX,
+    )
+}
