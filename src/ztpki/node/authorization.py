@@ -9,7 +9,8 @@ Rules (patent Fig. 3, B59-B65):
 * temporary certificate: the device must be listed, not blocked, its certificate the one the
   manifest names (fingerprint), and not customized; it may enroll from LISTED, and retry
   from ISSUED (answer lost): simpleenroll with the same key gets the same certificate again,
-  anything else is issued anew and supersedes the unconfirmed one;
+  anything else is issued anew and supersedes the unconfirmed one; every retry stays under
+  the EST label its first issuance began under (after an abort or a takeover too);
 * operational certificate: only the device's current one counts (a superseded one is
   refused); its first use confirms the device (ISSUED -> CUSTOMIZED); it renews with
   simplereenroll, which supersedes it.
@@ -141,6 +142,19 @@ def _check_subject(device: RegisteredDevice, context: EnrollmentContext) -> None
         )
 
 
+def _check_label(device: RegisteredDevice, context: EnrollmentContext) -> None:
+    # Once an issuance began under a label, that label's CA may hold a live certificate for
+    # the device (its answer lost, its node crashed): only a retry there supersedes it, so
+    # until the device is customized every other label is refused.
+    bound = device.issuance_label or context.issued_label
+    if bound is not None and bound != context.label:
+        raise Refused(
+            RefusalReason.LABEL_MISMATCH,
+            f"device {device.device_id} began its enrollment under EST label {bound}; until "
+            f"it is customized it enrolls only there: retry under /.well-known/est/{bound}/",
+        )
+
+
 def _temporary(
     device: RegisteredDevice, identity: ClientIdentity, context: EnrollmentContext
 ) -> Decision:
@@ -165,15 +179,10 @@ def _temporary(
             "enroll with simpleenroll or serverkeygen",
         )
     _check_subject(device, context)
+    _check_label(device, context)
     if device.state is DeviceState.ISSUING:
         return _take_over(device, context, new_state=DeviceState.ISSUED)
     if device.state is DeviceState.ISSUED:
-        if context.issued_label is not None and context.issued_label != context.label:
-            raise Refused(
-                RefusalReason.LABEL_MISMATCH,
-                f"device {device.device_id} was issued its certificate under EST label "
-                f"{context.issued_label}; retry under that label",
-            )
         if context.operation is Operation.SIMPLEENROLL and context.csr_spki == device.issued_spki:
             return Decision(Action.REDELIVER, reason="same public key: answer sent again")
         return Decision(

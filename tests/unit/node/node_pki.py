@@ -180,13 +180,20 @@ class InProcessCA:
     requests: list[EnrollmentRequest] = field(default_factory=list)
 
     @classmethod
-    def create(cls, pki: PKI, directory: Path) -> InProcessCA:
-        loaded = LoadedCA(
-            authority=pki.operational,
-            policy=IssuingPolicy(),
-            chain_der=tuple(certificate_der(c) for c in pki.operational.chain),
-        )
-        system = CASystem({"operational": loaded}, default_ca="operational")
+    def create(
+        cls, pki: PKI, directory: Path, *, more: dict[str, CertificateAuthority] | None = None
+    ) -> InProcessCA:
+        """The customer CA system with CA "operational" and the CAs in ``more`` by name."""
+        cas = {"operational": pki.operational, **(more or {})}
+        loaded = {
+            name: LoadedCA(
+                authority=ca,
+                policy=IssuingPolicy(),
+                chain_der=tuple(certificate_der(c) for c in ca.chain),
+            )
+            for name, ca in cas.items()
+        }
+        system = CASystem(loaded, default_ca="operational")
         return cls(system, open_sqlite_ca_store(directory / "ca.sqlite", durable=False))
 
     async def enroll(self, request: EnrollmentRequest) -> EnrollmentAnswer:
@@ -265,9 +272,13 @@ def make_node(
     pki: PKI | None = None,
     parameters: IssuingParameters | None = None,
     limits: Limits | None = None,
+    more_labels: tuple[str, ...] = (),
 ) -> Node:
+    """A node with EST label "default" (CA "operational") and, for each of ``more_labels``,
+    a label of that name served by its own CA of that name under the customer root."""
     pki = pki or PKI.create()
-    ca = InProcessCA.create(pki, tmp)
+    more = {name: sub_ca(pki.customer_root, name) for name in more_labels}
+    ca = InProcessCA.create(pki, tmp, more=more)
     store = open_sqlite_node_store(tmp / "node.sqlite", durable=False)
     label = LoadedLabel(
         CALabel(
@@ -275,10 +286,13 @@ def make_node(
         ),
         pki.operational.chain,
     )
+    labels = {"default": label}
+    for name, authority in more.items():
+        labels[name] = LoadedLabel(CALabel(name, Path(f"ca/{name}.pem"), name), authority.chain)
     service = EnrollmentService(
         register=AsyncRegister(store),
         ca_client=SecondCAClient(ca, timeout=(limits or Limits()).ca_timeout),
-        labels={"default": label},
+        labels=labels,
         default_label="default",
         limits=limits or Limits(),
         metrics=NodeMetrics(),
