@@ -22,6 +22,7 @@ from ztpki.cli.node_options import (
     CLIENT_KEY_OPTIONS,
     NODE_ENV,
     NODE_KEY,
+    allow_no_eku_option,
     client_passphrase,
     client_passphrase_option,
     dir_option,
@@ -99,6 +100,7 @@ def node() -> None:
     "proxy listener (`serve --proxy-listen`) believes; repeatable.",
 )
 @policy_options
+@allow_no_eku_option
 @passphrase_options(NODE_ENV, NODE_KEY)
 def init_command(
     directory: Path,
@@ -112,6 +114,7 @@ def init_command(
     ca_name: str | None,
     crls: tuple[Path, ...],
     trusted_proxies: tuple[str, ...],
+    allow_no_eku: bool,
     passphrase_file: Path | None,
     insecure_no_passphrase: bool,
     **policy: Any,
@@ -134,6 +137,7 @@ def init_command(
         parameters=issuing_parameters(policy),
         crls=crls,
         trusted_proxies=trusted_proxies,
+        allow_no_eku=allow_no_eku,
     )
     for warning in result.warnings:
         console.print(f"[yellow]warning:[/] {warning}")
@@ -146,8 +150,14 @@ def init_command(
 @click.option("--customer-chain", required=True, type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--ca-name", help="Name of the CA in the customer CA system.")
 @policy_options
+@allow_no_eku_option
 def add_ca_command(
-    directory: Path, label: str, customer_chain: Path, ca_name: str | None, **policy: Any
+    directory: Path,
+    label: str,
+    customer_chain: Path,
+    ca_name: str | None,
+    allow_no_eku: bool,
+    **policy: Any,
 ) -> None:
     """Serve another CA of the customer CA system under its own EST label."""
     from ztpki.node.setup import add_label
@@ -158,6 +168,7 @@ def add_ca_command(
         customer_chain=customer_chain,
         ca_name=ca_name,
         parameters=issuing_parameters(policy),
+        allow_no_eku=allow_no_eku,
     )
     console.print(f"added EST label [bold]{label}[/]")
 
@@ -181,6 +192,7 @@ def policy_command(directory: Path, as_json: bool) -> None:
                 "ca_name": loaded.config.ca_name,
                 "ca_subject": loaded.certificate.subject.rfc4514_string(),
                 "chain": str(config.path(loaded.config.chain)),
+                "allow_no_eku": loaded.config.allow_no_eku,
                 **params,
             }
         )

@@ -8,7 +8,9 @@ verifies it again with the path validator, and says which kind of identity it is
 * OPERATIONAL: a certificate issued by the customer CA behind one of the node's EST labels.
 
 Either way it checks the validity period, key usage and EKU clientAuth, an optional CRL of
-the issuing CA, and reads the device id from the subject. Raw DER in keeps the HTTP server
+the issuing CA, and reads the device id from the subject. A certificate with no EKU at all
+passes here marked (``client_auth_stated``): whether that is enough is the EST label's policy
+(``authorization.check_purpose``). Raw DER in keeps the HTTP server
 swappable in one file.
 
 For a certificate the node's own TLS layer verified (the direct listener), the module may
@@ -52,6 +54,9 @@ class ClientIdentity:
     serial: str  # lower-case hex, as the stores keep serials
     certificate: x509.Certificate = field(repr=False)
     label: str | None = None  # the EST label whose CA issued an operational certificate
+    # False: the certificate has no extendedKeyUsage at all, which RFC 5280 reads as "any
+    # purpose" and TLS stacks accept; the node refuses it unless the label's policy allows.
+    client_auth_stated: bool = True
 
 
 def _self_signed(cert: x509.Certificate) -> bool:
@@ -320,6 +325,7 @@ class AuthenticationModule:
             serial=serial_hex(leaf),
             certificate=leaf,
             label=label,
+            client_auth_stated=_states_purpose(leaf),
         )
 
 
@@ -351,6 +357,16 @@ def _moved(instant: datetime, by: timedelta) -> datetime:
         return instant + by
     except OverflowError:  # a validity period ending in 9999: the stretch ends there
         return instant
+
+
+def _states_purpose(cert: x509.Certificate) -> bool:
+    # Any EKU that reaches here names clientAuth: the TLS layer and the path validator refuse
+    # an EKU without it. What is left to tell apart is a certificate with no EKU at all.
+    try:
+        cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage)
+    except x509.ExtensionNotFound:
+        return False
+    return True
 
 
 def _constrains_names(cert: x509.Certificate) -> bool:

@@ -18,6 +18,7 @@ Rules (patent Fig. 3, B59-B65):
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -45,6 +46,7 @@ class RefusalReason(StrEnum):
     SUPERSEDED = "superseded"
     LABEL_MISMATCH = "label-mismatch"
     WRONG_OPERATION = "wrong-operation"
+    NO_CLIENT_AUTH = "no-client-auth"
 
 
 class Refused(NotAuthorized):
@@ -96,6 +98,25 @@ class EnrollmentContext:
     csr_spki: str | None = None  # SHA-256 of the CSR's SubjectPublicKeyInfo
     issued_label: str | None = None  # label whose CA issued the device's current certificate
     lease_expired: bool = False  # the device is ISSUING under a lease that ran out (a crash)
+
+
+def check_purpose(
+    identity: ClientIdentity, *, label: str, allow_no_eku: Collection[str] = ()
+) -> None:
+    """Refused unless the certificate names clientAuth in its EKU, or has no EKU and the label
+    whose policy governs it is in ``allow_no_eku``: the request's label for a temporary
+    certificate, the label of its CA for an operational one."""
+    if identity.client_auth_stated:
+        return
+    governing = identity.label if identity.kind is IdentityKind.OPERATIONAL else None
+    governing = governing or label
+    if governing in allow_no_eku:
+        return
+    raise Refused(
+        RefusalReason.NO_CLIENT_AUTH,
+        f"the client certificate of device {identity.device_id} has no extendedKeyUsage: "
+        f"this node requires clientAuth in it (EST label {governing} does not allow_no_eku)",
+    )
 
 
 def should_confirm(device: RegisteredDevice | None, identity: ClientIdentity | None) -> bool:
