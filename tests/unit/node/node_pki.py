@@ -17,6 +17,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
+from tests.support.no_eku import certificate_without_eku
 
 from ztpki.casystem.issuer import CASystem, LoadedCA
 from ztpki.casystem.policy import IssuingPolicy
@@ -93,36 +94,13 @@ def leaf_without_eku(
 ) -> tuple[PrivateKey, x509.Certificate]:
     """A device certificate like ``leaf`` but with no extendedKeyUsage extension at all."""
     key = generate_private_key(KeySpec.EC_P256)
-    issuer_key = ca.certificate.public_key()
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name(device_id, serial=device_id))
-        .issuer_name(ca.certificate.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(NOW - timedelta(hours=1))
-        .not_valid_after(NOW + timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key),  # type: ignore[arg-type]
-            critical=False,
-        )
-        .sign(ca.key, hashes.SHA256())  # type: ignore[arg-type]
+    cert = certificate_without_eku(
+        subject=name(device_id, serial=device_id),
+        public_key=key.public_key(),
+        issuer=ca.certificate,
+        issuer_key=ca.key,
+        not_before=NOW - timedelta(hours=1),
+        not_after=NOW + timedelta(days=30),
     )
     return key, cert
 
