@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from tests.attacks.attack_deployment import Deployment, now
 from tests.attacks.attack_report import AttackReport
 from tests.support.no_eku import certificate_without_eku
@@ -270,6 +270,13 @@ def test_fail_device_certificate_without_eku(
     assert obs.status == 403, obs.summary()
     assert "has no extendedKeyUsage" in obs.text and "clientAuth" in obs.text, obs.text
     checked = d.check_unchanged(before, audited=[(device_id, "refused", "has no extendedKeyUsage")])
+    served = d.serve_next_device()
+    # ztpki's own factory and customer CAs put clientAuth in what they issue to devices.
+    d.reserve(1)
+    operational = next(u for u in d.used if u.device_id == d.served[-1]).certificate
+    for own in (d.pool[0].certificate, operational):
+        eku = own.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        assert ExtendedKeyUsageOID.CLIENT_AUTH in eku, own.subject
     attack_report.record(
         case="identity/certificate-without-any-eku",
         category="identity",
@@ -280,7 +287,8 @@ def test_fail_device_certificate_without_eku(
         ),
         observed=(
             f"the TLS handshake passed and the node answered {obs.summary()}; {checked}; "
-            f"{d.serve_next_device()}"
+            f"{served} (its temporary and operational certificates, from ztpki's factory and "
+            "customer CAs, both name clientAuth)"
         ),
         verdict="refused",
     )

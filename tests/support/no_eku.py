@@ -9,6 +9,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from ztpki.pki.keys import PrivateKey, PublicKey
+from ztpki.pki.profiles import CertificateProfile, profile_extensions
 
 
 def certificate_without_eku(
@@ -20,19 +21,8 @@ def certificate_without_eku(
     not_before: datetime,
     not_after: datetime,
 ) -> x509.Certificate:
-    usage = x509.KeyUsage(
-        digital_signature=True,
-        content_commitment=False,
-        key_encipherment=False,
-        data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=False,
-        crl_sign=False,
-        encipher_only=False,
-        decipher_only=False,
-    )
-    aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.public_key())  # type: ignore[arg-type]
-    return (
+    # The device profile's own extensions (basic constraints, key usage), minus the EKU.
+    builder = (
         x509.CertificateBuilder()
         .subject_name(subject)
         .issuer_name(issuer.subject)
@@ -40,9 +30,13 @@ def certificate_without_eku(
         .serial_number(x509.random_serial_number())
         .not_valid_before(not_before)
         .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(usage, critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+    )
+    for extension, critical in profile_extensions(CertificateProfile.DEVICE, public_key):
+        if not isinstance(extension, x509.ExtendedKeyUsage):
+            builder = builder.add_extension(extension, critical=critical)
+    aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.public_key())  # type: ignore[arg-type]
+    return (
+        builder.add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
         .add_extension(aki, critical=False)
         .sign(issuer_key, hashes.SHA256())  # type: ignore[arg-type]
     )

@@ -359,22 +359,22 @@ def _moved(instant: datetime, by: timedelta) -> datetime:
         return instant
 
 
+def _has_extension(cert: x509.Certificate, kind: type[x509.ExtensionType]) -> bool:
+    try:
+        cert.extensions.get_extension_for_class(kind)
+    except x509.ExtensionNotFound:
+        return False
+    return True
+
+
 def _states_purpose(cert: x509.Certificate) -> bool:
     # Any EKU that reaches here names clientAuth: the TLS layer and the path validator refuse
     # an EKU without it. What is left to tell apart is a certificate with no EKU at all.
-    try:
-        cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage)
-    except x509.ExtensionNotFound:
-        return False
-    return True
+    return _has_extension(cert, x509.ExtendedKeyUsage)
 
 
 def _constrains_names(cert: x509.Certificate) -> bool:
-    try:
-        cert.extensions.get_extension_for_class(x509.NameConstraints)
-    except x509.ExtensionNotFound:
-        return False
-    return True
+    return _has_extension(cert, x509.NameConstraints)
 
 
 def _validity_boundaries(cert: x509.Certificate) -> tuple[datetime, datetime]:

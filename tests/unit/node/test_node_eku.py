@@ -31,25 +31,29 @@ class Node(InProcessNode):
     def list(self, device_id: str, cert: x509.Certificate) -> None:
         self.store.add_device(NewDevice(device_id, fingerprint_sha256(cert)), now=NOW)
 
-    def simpleenroll(self, device_id: str, key: PrivateKey, cert: x509.Certificate) -> bytes:
+    def exchange(self, key: PrivateKey, cert: x509.Certificate, request: bytes) -> bytes:
+        """One request over TLS with this client certificate; the whole answer."""
         context = client_context(
             key=key,
             chain=[cert, self.pki.factory_ca.certificate],
             server_anchors=[self.pki.factory_root.certificate],
         )
+        raw = socket.create_connection(("127.0.0.1", self.node.port), timeout=10)
+        with context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            tls.sendall(request)
+            chunks = []
+            while chunk := tls.recv(65536):
+                chunks.append(chunk)
+        return b"".join(chunks)
+
+    def simpleenroll(self, device_id: str, key: PrivateKey, cert: x509.Certificate) -> bytes:
         body = encode_csr(csr_for(device_id))
         head = (
             "POST /.well-known/est/simpleenroll HTTP/1.1\r\nHost: node\r\n"
             f"Content-Type: application/pkcs10\r\nContent-Length: {len(body)}\r\n"
             "Connection: close\r\n\r\n"
         )
-        raw = socket.create_connection(("127.0.0.1", self.node.port), timeout=10)
-        with context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
-            tls.sendall(head.encode() + body)
-            chunks = []
-            while chunk := tls.recv(65536):
-                chunks.append(chunk)
-        return b"".join(chunks)
+        return self.exchange(key, cert, head.encode() + body)
 
 
 @pytest.fixture(scope="module")
@@ -138,14 +142,5 @@ def test_ok_check_purpose_reads_the_governing_label() -> None:
 def test_ok_tls_layer_alone_would_accept_it(strict: Node) -> None:
     """Why the node checks: OpenSSL's purpose check passes a certificate without EKU."""
     key, cert = leaf_without_eku(strict.pki.factory_ca, "e6")
-    context = client_context(
-        key=key,
-        chain=[cert, strict.pki.factory_ca.certificate],
-        server_anchors=[strict.pki.factory_root.certificate],
-    )
-    raw = socket.create_connection(("127.0.0.1", strict.node.port), timeout=10)
-    with context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
-        tls.sendall(
-            b"GET /.well-known/est/cacerts HTTP/1.1\r\nHost: n\r\nConnection: close\r\n\r\n"
-        )
-        assert tls.recv(64).startswith(b"HTTP/1.1 200")
+    request = b"GET /.well-known/est/cacerts HTTP/1.1\r\nHost: n\r\nConnection: close\r\n\r\n"
+    assert strict.exchange(key, cert, request).startswith(b"HTTP/1.1 200")
