@@ -91,9 +91,11 @@ def test_fail_symlink_planted_at_a_credential_file(
     assert os.listdir(out) == ["key.pem"] and (out / "key.pem").is_symlink()
     assert _clients(d) == clients  # no CA-client registered
     checked = d.check_unchanged(before, unaudited_because="a CA-system command, not the node")
-    found = re.search(r"refusing to write \S+: it is a symbolic link[^;]*", " ".join(text.split()))
-    assert found, text
-    message = found.group().replace(str(out), "DIR")
+    # The terminal may wrap the message anywhere, inside the path too.
+    found = re.search(r"refusing to write(.*?): it is a symbolic link([^;]*)", text, re.S)
+    assert found and "".join(found.group(1).split()) == str(out / "key.pem"), text
+    message = f"refusing to write DIR/key.pem: it is a symbolic link{found.group(2)}"
+    message = " ".join(message.split())
     attack_report.record(
         case=f"{CATEGORY}/symlink-planted-at-a-credential-file",
         category=CATEGORY,
