@@ -13,7 +13,9 @@ Rules (patent Fig. 3, B59-B65):
   the EST label its first issuance began under (after an abort or a takeover too);
 * operational certificate: only the device's current one counts (a superseded one is
   refused); its first use confirms the device (ISSUED -> CUSTOMIZED); it renews with
-  simplereenroll, which supersedes it.
+  simplereenroll, which supersedes it;
+* either certificate names clientAuth in its EKU, or has none and its label allows that
+  (``check_purpose``).
 """
 
 from __future__ import annotations
