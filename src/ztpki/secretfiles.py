@@ -1,9 +1,10 @@
 """Files that hold secrets, and where passphrases come from.
 
-Every file ztpki writes goes through a temporary file beside it, created with
+Both writers here go through a temporary file beside the target, created with
 ``O_EXCL | O_NOFOLLOW`` under an unpredictable name, then renamed into place in one step, so
 a crash never leaves half a key and a symbolic link planted by another local user can never
-redirect the write. Secret files are created 0600 and fsynced with their directory.
+redirect the write (one at the target itself is refused). Secret files are created 0600 and
+fsynced with their directory.
 """
 
 from __future__ import annotations

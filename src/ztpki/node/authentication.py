@@ -10,8 +10,7 @@ verifies it again with the path validator, and says which kind of identity it is
 Either way it checks the validity period, key usage and EKU clientAuth, an optional CRL of
 the issuing CA, and reads the device id from the subject. A certificate with no EKU at all
 passes here marked (``client_auth_stated``): whether that is enough is the EST label's policy
-(``authorization.check_purpose``). Raw DER in keeps the HTTP server
-swappable in one file.
+(``authorization.check_purpose``). Raw DER in keeps the HTTP server swappable in one file.
 
 For a certificate the node's own TLS layer verified (the direct listener), the module may
 take a shortcut that reaches the same verdict with one signature check instead of a whole
