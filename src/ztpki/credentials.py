@@ -20,6 +20,7 @@ from cryptography import x509
 
 from ztpki.errors import ConfigurationError, MalformedInput
 from ztpki.pki.keys import PrivateKey, decode_pkcs8, encode_pkcs8_pem, keys_match
+from ztpki.pki.pbes2 import AT_REST_KDF_ROUNDS
 from ztpki.pki.pem import certificates_pem, load_certificates_pem
 from ztpki.secretfiles import write_private_file, write_public_file
 from ztpki.throttle import LogThrottle
@@ -45,7 +46,10 @@ class Credential:
 
     def save(self, directory: Path, *, passphrase: bytes | None) -> None:
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        write_private_file(directory / KEY_FILE, encode_pkcs8_pem(self.key, passphrase=passphrase))
+        # A credential lives on disk for years and travels (to a factory line, a node): its
+        # key gets the work factor of a CA key, not cryptography's 2,048 rounds.
+        key_pem = encode_pkcs8_pem(self.key, passphrase=passphrase, kdf_rounds=AT_REST_KDF_ROUNDS)
+        write_private_file(directory / KEY_FILE, key_pem)
         write_public_file(directory / CERT_FILE, certificates_pem(self.chain))
         write_public_file(directory / TRUST_FILE, certificates_pem(self.trust_anchors))
 

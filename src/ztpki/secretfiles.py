@@ -1,12 +1,18 @@
 """Files that hold secrets, and where passphrases come from.
 
-Secret files are created 0600 with O_EXCL semantics through a temporary name, fsynced and
-renamed into place so a crash never leaves half a key.
+Both writers here go through a temporary file beside the target, created with
+``O_EXCL | O_NOFOLLOW`` under an unpredictable name, then renamed into place in one step, so
+a crash never leaves half a key and a symbolic link planted by another local user can never
+redirect the write (one at the target itself is refused). Secret files are created 0600 and
+fsynced with their directory.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
+import stat
 import sys
 from pathlib import Path
 
@@ -15,31 +21,69 @@ from ztpki.errors import ConfigurationError
 MIN_PASSPHRASE = 8
 
 
-def write_private_file(path: Path, data: bytes) -> None:
-    """Write data to path with mode 0600, atomically and durably."""
+def _temporary_name(path: Path) -> Path:
+    # Unpredictable, so no one can prepare anything at it in advance.
+    return path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+
+
+def _refuse_symlink(path: Path) -> None:
+    try:
+        is_link = stat.S_ISLNK(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return
+    if is_link:
+        # The rename below would replace the link rather than write through it; a link where
+        # ztpki keeps its own file is still someone's attempt to redirect it.
+        raise ConfigurationError(
+            f"refusing to write {path}: it is a symbolic link, not a file ztpki wrote; "
+            "remove the link (and check who planted it), then run the command again"
+        )
+
+
+def _write_new_file(path: Path, data: bytes, *, mode: int, durable: bool) -> None:
+    """Replace path with data through a fresh temporary file: atomic, never via a link."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    _refuse_symlink(path)
+    tmp = _temporary_name(path)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+        fd = os.open(tmp, flags, mode)
+    except FileExistsError:
+        raise ConfigurationError(
+            f"refusing to write {path}: its temporary file {tmp.name} exists already (a "
+            "planted file or symbolic link); remove it and run the command again"
+        ) from None
     try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+        try:
+            os.fchmod(fd, mode)  # exact, whatever the umask
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            if durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    if durable:
+        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def write_private_file(path: Path, data: bytes) -> None:
+    """Write data to path with mode 0600, atomically and durably; never through a link."""
+    _write_new_file(path, data, mode=0o600, durable=True)
 
 
 def write_public_file(path: Path, data: bytes) -> None:
-    """Write a non-secret file (certificates, policy) atomically, mode 0644."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    """Write a non-secret file (certificates, policy) atomically, mode 0644; never via a link."""
+    _write_new_file(path, data, mode=0o644, durable=False)
 
 
 def resolve_passphrase(

@@ -3,9 +3,9 @@ with the real CLI and served by real processes on loopback.
 
 * factory CA system: root "froot", the default factory CA (temporary device certificates),
   "nodes" (server profile: the node's TLS certificate) and "manifests" (manifest signers);
-* customer CA system: root "croot" and the default device CA "devices";
+* customer CA system: root "croot", the default device CA "devices", and "meters";
 * customer node in front of the customer CA system, with short limits (node.toml [limits]) so
-  the slow-client and crash cases take seconds, not minutes;
+  the slow-client and crash cases take seconds, not minutes; EST label "meters" (add-ca);
 * a production batch made by `ztpki factory manufacture`, two signed manifests of it (the
   older one is never imported: the replay case uses it) and the newer one imported.
 
@@ -451,6 +451,7 @@ CLIENT_RIGHTS: dict[str, tuple[str, ...]] = {
 CUSTOMER_CAS: tuple[tuple[str, ...], ...] = (
     ("--name", "croot", "--org", "Customer Ltd"),
     ("--name", "devices", "--parent", "croot", "--default"),
+    ("--name", "meters", "--parent", "croot"),  # behind the node's second EST label
 )
 
 
@@ -473,6 +474,8 @@ def build(root: Path) -> Deployment:
     bundle, chain = str(root / "factory-bundle.pem"), str(root / "customer-chain.pem")
     d.cli("ca", "export", *f, "--name", "factory", "--out", bundle, system="factory")
     d.cli("ca", "export", *c, "--name", "devices", "--out", chain, system="customer")
+    meters = ["--customer-chain", str(root / "meters-chain.pem")]
+    d.cli("ca", "export", *c, "--name", "meters", "--out", meters[1], system="customer")
     server = root / "server"
     try:
         factory = d.serve_ca("factory")
@@ -487,6 +490,8 @@ def build(root: Path) -> Deployment:
         init += ["--server-cert", str(server / "cert.pem"), "--server-key", str(server / "key.pem")]
         d.cli("node", "init", *init)
         _other_manufacturer(d)
+        add_ca = ["--dir", str(d.node_dir), "--label", "meters", "--ca-name", "meters", *meters]
+        d.cli("node", "add-ca", *add_ca)
         set_limits(d.node_dir, NODE_LIMITS)
         d.cli("node", "import", "--dir", str(d.node_dir), str(root / "manifest-new.json"))
         d.serve_node()

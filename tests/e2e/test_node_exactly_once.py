@@ -33,22 +33,26 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeWorld]:
 
 
 async def burst(
-    world: NodeWorld, device: Device, operation: str, bodies: list[bytes]
+    world: NodeWorld,
+    device: Device,
+    operation: str,
+    bodies: list[bytes],
+    *,
+    labels: list[str | None] | None = None,
 ) -> list[Response]:
-    """All requests at once, each on its own TLS connection."""
+    """All requests at once, each on its own TLS connection (under labels[i], if given)."""
     connector = aiohttp.TCPConnector(limit=0, force_close=True)
     context = world.device_context(device)
     headers = {"Content-Type": CSR_TYPE}
+    urls = [world.url(operation, label) for label in labels or [None] * len(bodies)]
 
     async with aiohttp.ClientSession(connector=connector) as session:
 
-        async def one(body: bytes) -> Response:
-            async with session.post(
-                world.url(operation), data=body, headers=headers, ssl=context
-            ) as r:
+        async def one(url: str, body: bytes) -> Response:
+            async with session.post(url, data=body, headers=headers, ssl=context) as r:
                 return Response(r.status, dict(r.headers), await r.read())
 
-        return await asyncio.gather(*(one(b) for b in bodies))
+        return await asyncio.gather(*(one(u, b) for u, b in zip(urls, bodies, strict=True)))
 
 
 def only_live_serial(world: NodeWorld, device_id: str) -> str:
@@ -86,6 +90,32 @@ def test_ok_concurrent_serverkeygen(world: NodeWorld) -> None:
     ]
     assert live in serials and len(set(serials)) == len(serials)
     assert {r["status"] for r in world.issued(device.device_id)} <= {"active", "superseded"}
+
+
+def test_ok_concurrent_requests_under_two_labels(world: NodeWorld) -> None:
+    """Half the requests under label default, half under meters (another CA), all at once:
+    one label wins, the other is refused, and one certificate is live at the customer CA."""
+    (device,) = world.make_devices(1)
+    csr = device.csr()
+    labels: list[str | None] = [None, "meters"] * (CONCURRENCY // 2)
+    answers = asyncio.run(burst(world, device, "simpleenroll", [csr] * len(labels), labels=labels))
+    statuses = {(label, a.status) for label, a in zip(labels, answers, strict=True)}
+    ok = [a for a in answers if a.status == 200]
+    assert ok and {status for _, status in statuses} <= {200, 403, 503}, statuses
+    winners = {label for label, status in statuses if status == 200}
+    assert len(winners) == 1, statuses  # never both labels
+    losers = {label for label, status in statuses if status == 403}
+    assert not losers & winners, statuses
+    live = only_live_serial(world, device.device_id)
+    assert {serial_hex(decode_certs_only(a.body)[0]) for a in ok} == {live}
+    assert len(world.issued(device.device_id)) == 1
+    # The losing label stays closed after the burst too, until the device is customized.
+    loser = "meters" if winners == {None} else None
+    retry = world.post_csr(device, "simpleenroll", device.csr(), label=loser)
+    assert retry.status == 403 and "began its enrollment under EST label" in retry.text
+    assert only_live_serial(world, device.device_id) == live
+    refused = [e for e in world.audit(device.device_id) if e["decision"] == "refused"]
+    assert refused and all("label" in e["reason"] for e in refused), refused
 
 
 def drop_answer(world: NodeWorld, device: Device, operation: str, body: bytes) -> None:

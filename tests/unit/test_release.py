@@ -131,7 +131,7 @@ def test_ok_bash_script_is_valid_bash() -> None:
             ["ztpki", ""], ["ca", "completion", "demo", "device", "factory", "node"], id="ok-roles"
         ),
         pytest.param(["ztpki", "no"], ["node"], id="ok-role-prefix"),
-        pytest.param(["ztpki", "ca", "li"], ["list"], id="ok-subcommand"),
+        pytest.param(["ztpki", "ca", "li"], ["list", "list-clients"], id="ok-subcommand"),
         pytest.param(["ztpki", "completion", ""], ["bash", "zsh", "fish"], id="ok-shell-choice"),
         pytest.param(["ztpki", "zz"], [], id="fail-nothing-for-an-unknown-prefix"),
     ],

@@ -34,7 +34,7 @@ def run_command(group: click.Group, argv: Sequence[str] | None) -> int:
         # The message may hold node or user text such as "https://HOST:PORT[/label]": never
         # read it as rich markup.
         err_console.print("[bold red]error:[/]", end=" ", markup=True, highlight=False)
-        err_console.print(plain(exc.message), highlight=False)
+        err_console.print(plain(exc.message), highlight=False, soft_wrap=True)
         return EXIT_ERROR
     except click.exceptions.Abort:
         err_console.print("aborted")

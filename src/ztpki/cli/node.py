@@ -23,6 +23,7 @@ from ztpki.cli.node_options import (
     CLIENT_KEY_OPTIONS,
     NODE_ENV,
     NODE_KEY,
+    allow_no_eku_option,
     client_passphrase,
     client_passphrase_option,
     dir_option,
@@ -98,6 +99,7 @@ def node() -> None:
 )
 @proxy_options
 @policy_options
+@allow_no_eku_option
 @passphrase_options(NODE_ENV, NODE_KEY)
 def init_command(
     directory: Path,
@@ -109,6 +111,7 @@ def init_command(
     label: str,
     ca_name: str | None,
     crls: tuple[Path, ...],
+    allow_no_eku: bool,
     passphrase_file: Path | None,
     insecure_no_passphrase: bool,
     **policy: Any,
@@ -136,6 +139,7 @@ def init_command(
         parameters=issuing_parameters(policy),
         crls=crls,
         proxy=proxy,
+        allow_no_eku=allow_no_eku,
     )
     for warning in result.warnings:
         # The warning names certificate subjects, which are not markup.
@@ -153,8 +157,14 @@ def init_command(
 @click.option("--customer-chain", required=True, type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--ca-name", help="Name of the CA in the customer CA system.")
 @policy_options
+@allow_no_eku_option
 def add_ca_command(
-    directory: Path, label: str, customer_chain: Path, ca_name: str | None, **policy: Any
+    directory: Path,
+    label: str,
+    customer_chain: Path,
+    ca_name: str | None,
+    allow_no_eku: bool,
+    **policy: Any,
 ) -> None:
     """Serve another CA of the customer CA system under its own EST label."""
     from ztpki.node.setup import add_label
@@ -165,6 +175,7 @@ def add_ca_command(
         customer_chain=customer_chain,
         ca_name=ca_name,
         parameters=issuing_parameters(policy),
+        allow_no_eku=allow_no_eku,
     )
     console.print(f"added EST label [bold]{label}[/]")
 
@@ -194,6 +205,7 @@ def policy_command(directory: Path, as_json: bool) -> None:
                 "ca_name": loaded.config.ca_name,
                 "ca_subject": loaded.certificate.subject.rfc4514_string(),
                 "chain": str(config.path(loaded.config.chain)),
+                "allow_no_eku": loaded.config.allow_no_eku,
                 **params,
             }
         )

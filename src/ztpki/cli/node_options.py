@@ -33,6 +33,14 @@ client_passphrase_option = click.option(
 )
 
 
+allow_no_eku_option = click.option(
+    "--allow-no-eku",
+    is_flag=True,
+    help="Accept device certificates with no extendedKeyUsage at all under this label "
+    "(default: clientAuth must be in it).",
+)
+
+
 def policy_options(func: F) -> F:
     """The issuing parameters the node asks the customer CA system for, per EST label."""
     options = [

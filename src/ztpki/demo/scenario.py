@@ -20,6 +20,7 @@ from typing import Any
 
 from ztpki.demo.processes import ServiceProcess, start_service, ztpki_argv
 from ztpki.errors import ZtpkiError
+from ztpki.secretfiles import write_private_file
 
 DEVICE_PREFIX = "ACME"
 
@@ -114,10 +115,7 @@ def new_environment(settings: DemoSettings) -> DemoEnvironment:
 
 def _secret(root: Path, name: str) -> str:
     value = secrets.token_urlsafe(24)
-    path = root / "secrets" / f"{name.lower()}.txt"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(value + "\n")
+    write_private_file(root / "secrets" / f"{name.lower()}.txt", (value + "\n").encode())
     return value
 
 

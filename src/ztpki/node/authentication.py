@@ -10,8 +10,9 @@ verifies it again with the path validator, and says which kind of identity it is
 * OPERATIONAL: a certificate issued by the customer CA behind one of the node's EST labels.
 
 Either way it checks the validity period, key usage and EKU clientAuth, an optional CRL of
-the issuing CA, and reads the device id from the subject. Raw DER in keeps the HTTP server
-swappable in one file.
+the issuing CA, and reads the device id from the subject. A certificate with no EKU at all
+passes here marked (``client_auth_stated``): whether that is enough is the EST label's policy
+(``authorization.check_purpose``). Raw DER in keeps the HTTP server swappable in one file.
 
 For a certificate the node's own TLS layer verified (the direct listener), the module may
 take a shortcut that reaches the same verdict with one signature check instead of a whole
@@ -56,6 +57,9 @@ class ClientIdentity:
     label: str | None = None  # the EST label whose CA issued an operational certificate
     # A temporary certificate: the manufacturers whose trust bundle carries its path.
     manufacturers: frozenset[str] = frozenset()
+    # False: the certificate has no extendedKeyUsage at all, which RFC 5280 reads as "any
+    # purpose" and TLS stacks accept; the node refuses it unless the label's policy allows.
+    client_auth_stated: bool = True
 
 
 def _self_signed(cert: x509.Certificate) -> bool:
@@ -378,6 +382,7 @@ class AuthenticationModule:
             certificate=leaf,
             label=label,
             manufacturers=manufacturers,
+            client_auth_stated=_states_purpose(leaf),
         )
 
 
@@ -411,12 +416,22 @@ def _moved(instant: datetime, by: timedelta) -> datetime:
         return instant
 
 
-def _constrains_names(cert: x509.Certificate) -> bool:
+def _has_extension(cert: x509.Certificate, kind: type[x509.ExtensionType]) -> bool:
     try:
-        cert.extensions.get_extension_for_class(x509.NameConstraints)
+        cert.extensions.get_extension_for_class(kind)
     except x509.ExtensionNotFound:
         return False
     return True
+
+
+def _states_purpose(cert: x509.Certificate) -> bool:
+    # Any EKU that reaches here names clientAuth: the TLS layer and the path validator refuse
+    # an EKU without it. What is left to tell apart is a certificate with no EKU at all.
+    return _has_extension(cert, x509.ExtendedKeyUsage)
+
+
+def _constrains_names(cert: x509.Certificate) -> bool:
+    return _has_extension(cert, x509.NameConstraints)
 
 
 def _validity_boundaries(cert: x509.Certificate) -> tuple[datetime, datetime]:

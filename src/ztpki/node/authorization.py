@@ -10,14 +10,18 @@ Rules (patent Fig. 3, B59-B65):
   the manufacturer that listed it (through that manufacturer's trust bundle) and the one the
   manifest names (fingerprint), and not customized; it may enroll from LISTED, and retry
   from ISSUED (answer lost): simpleenroll with the same key gets the same certificate again,
-  anything else is issued anew and supersedes the unconfirmed one;
+  anything else is issued anew and supersedes the unconfirmed one; every retry stays under
+  the EST label its first issuance began under (after an abort or a takeover too);
 * operational certificate: only the device's current one counts (a superseded one is
   refused); its first use confirms the device (ISSUED -> CUSTOMIZED); it renews with
-  simplereenroll, which supersedes it.
+  simplereenroll, which supersedes it;
+* either certificate names clientAuth in its EKU, or has none and its label allows that
+  (``check_purpose``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -47,6 +51,7 @@ class RefusalReason(StrEnum):
     SUPERSEDED = "superseded"
     LABEL_MISMATCH = "label-mismatch"
     WRONG_OPERATION = "wrong-operation"
+    NO_CLIENT_AUTH = "no-client-auth"
 
 
 class Refused(NotAuthorized):
@@ -100,6 +105,25 @@ class EnrollmentContext:
     lease_expired: bool = False  # the device is ISSUING under a lease that ran out (a crash)
 
 
+def check_purpose(
+    identity: ClientIdentity, *, label: str, allow_no_eku: Collection[str] = ()
+) -> None:
+    """Refused unless the certificate names clientAuth in its EKU, or has no EKU and the label
+    whose policy governs it is in ``allow_no_eku``: the request's label for a temporary
+    certificate, the label of its CA for an operational one."""
+    if identity.client_auth_stated:
+        return
+    governing = identity.label if identity.kind is IdentityKind.OPERATIONAL else None
+    governing = governing or label
+    if governing in allow_no_eku:
+        return
+    raise Refused(
+        RefusalReason.NO_CLIENT_AUTH,
+        f"the client certificate of device {identity.device_id} has no extendedKeyUsage: "
+        f"this node requires clientAuth in it (EST label {governing} does not allow_no_eku)",
+    )
+
+
 def should_confirm(device: RegisteredDevice | None, identity: ClientIdentity | None) -> bool:
     """True for the first request made with the certificate the node issued last (B71)."""
     return (
@@ -145,6 +169,19 @@ def _check_subject(device: RegisteredDevice, context: EnrollmentContext) -> None
         )
 
 
+def _check_label(device: RegisteredDevice, context: EnrollmentContext) -> None:
+    # Once an issuance began under a label, that label's CA may hold a live certificate for
+    # the device (its answer lost, its node crashed): only a retry there supersedes it, so
+    # until the device is customized every other label is refused.
+    bound = device.issuance_label or context.issued_label
+    if bound is not None and bound != context.label:
+        raise Refused(
+            RefusalReason.LABEL_MISMATCH,
+            f"device {device.device_id} began its enrollment under EST label {bound}; until "
+            f"it is customized it enrolls only there: retry under /.well-known/est/{bound}/",
+        )
+
+
 def _temporary(
     device: RegisteredDevice, identity: ClientIdentity, context: EnrollmentContext
 ) -> Decision:
@@ -179,15 +216,10 @@ def _temporary(
             "enroll with simpleenroll or serverkeygen",
         )
     _check_subject(device, context)
+    _check_label(device, context)
     if device.state is DeviceState.ISSUING:
         return _take_over(device, context, new_state=DeviceState.ISSUED)
     if device.state is DeviceState.ISSUED:
-        if context.issued_label is not None and context.issued_label != context.label:
-            raise Refused(
-                RefusalReason.LABEL_MISMATCH,
-                f"device {device.device_id} was issued its certificate under EST label "
-                f"{context.issued_label}; retry under that label",
-            )
         if context.operation is Operation.SIMPLEENROLL and context.csr_spki == device.issued_spki:
             return Decision(Action.REDELIVER, reason="same public key: answer sent again")
         return Decision(

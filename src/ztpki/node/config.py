@@ -134,11 +134,15 @@ class CALabel:
     chain: Path
     ca_name: str | None = None
     parameters: IssuingParameters = field(default_factory=IssuingParameters)
+    # Accept device certificates with no extendedKeyUsage at all (some makers' birth
+    # certificates have none); by default the node requires clientAuth in it.
+    allow_no_eku: bool = False
 
     def to_toml(self) -> dict[str, Any]:
         table: dict[str, Any] = {"chain": str(self.chain)}
         if self.ca_name:
             table["ca_name"] = self.ca_name
+        table["allow_no_eku"] = self.allow_no_eku
         table.update(self.parameters.to_toml())
         return table
 
@@ -146,12 +150,17 @@ class CALabel:
     def from_toml(cls, label: str, table: dict[str, Any]) -> CALabel:
         if "chain" not in table:
             raise ConfigurationError(f"[ca.{label}] needs chain = FILE (the CA's PEM chain)")
-        params = {k: v for k, v in table.items() if k not in ("chain", "ca_name")}
+        own = ("chain", "ca_name", "allow_no_eku")
+        params = {k: v for k, v in table.items() if k not in own}
+        allow_no_eku = table.get("allow_no_eku", False)
+        if not isinstance(allow_no_eku, bool):
+            raise ConfigurationError(f"[ca.{label}] allow_no_eku must be true or false")
         return cls(
             label=check_label(label),
             chain=Path(str(table["chain"])),
             ca_name=_optional_str(table, "ca_name"),
             parameters=IssuingParameters.from_toml(params),
+            allow_no_eku=allow_no_eku,
         )
 
 

@@ -202,6 +202,7 @@ class EnrollmentService:
                 identity.device_id,
                 allowed_from=decision.allowed_from,
                 token=token,
+                label=label.name,
                 now=now,
                 lease_seconds=self.limits.lease_seconds,
             )

@@ -29,7 +29,7 @@ from ztpki.errors import (
     ZtpkiError,
 )
 from ztpki.node.authentication import AuthenticationModule, ClientIdentity
-from ztpki.node.authorization import InProgress, Operation, Refused
+from ztpki.node.authorization import InProgress, Operation, Refused, check_purpose
 from ztpki.node.ca_client import UpstreamError
 from ztpki.node.config import Limits
 from ztpki.node.enrollment import EnrollmentService, LoadedLabel
@@ -226,7 +226,7 @@ class EstApplication:
             )
             raise missing
         try:
-            return self.authentication.authenticate(
+            identity = self.authentication.authenticate(
                 der, now=self._clock(), chain_verified_by_tls=self._chain_verified_by_tls
             )
         except NotAuthenticated as exc:
@@ -236,6 +236,21 @@ class EstApplication:
                 request, UnauthenticatedReason.CERTIFICATE_REFUSED, operation, label, exc
             )
             raise
+        return await self._check_purpose(identity, operation, label)
+
+    async def _check_purpose(
+        self, identity: ClientIdentity, operation: Operation, label: LoadedLabel
+    ) -> ClientIdentity | None:
+        """A certificate without EKU counts only where its label's policy allows it."""
+        allow = (n for n, loaded in self.service.labels.items() if loaded.config.allow_no_eku)
+        try:
+            check_purpose(identity, label=label.name, allow_no_eku=frozenset(allow))
+        except Refused as exc:
+            if operation is Operation.CACERTS:
+                return None  # served as to anyone; such a certificate confirms nothing
+            await self.service.record_refusal(f"est/{label.name}/{operation.value}", identity, exc)
+            raise
+        return identity
 
     def _refused_stranger(
         self,

@@ -168,6 +168,7 @@ class AsyncRegister:
         *,
         allowed_from: Collection[DeviceState],
         token: str,
+        label: str,
         now: datetime,
         lease_seconds: float,
     ) -> RegisteredDevice | None:
@@ -176,6 +177,7 @@ class AsyncRegister:
             device_id,
             allowed_from=allowed_from,
             token=token,
+            label=label,
             now=now,
             lease_seconds=lease_seconds,
         )

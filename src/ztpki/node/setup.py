@@ -45,6 +45,7 @@ from ztpki.pki.keys import (
     generate_private_key,
     keys_match,
 )
+from ztpki.pki.pbes2 import AT_REST_KDF_ROUNDS
 from ztpki.pki.pem import certificates_pem, fingerprint_sha256, load_certificate_der
 from ztpki.protocol.enrollment import EnrollmentParameters, EnrollmentRequest
 from ztpki.protocol.est import build_csr
@@ -80,6 +81,11 @@ def _load_key_for_copy(path: Path, passphrase: bytes | None) -> PrivateKey:
         f"cannot open the server key {path}: wrong passphrase (ZTPKI_NODE_PASSPHRASE or "
         "--passphrase-file) or not a PKCS#8 key"
     )
+
+
+def _server_key_pem(key: PrivateKey, passphrase: bytes | None) -> bytes:
+    # The node's TLS key stays on disk as long as its certificate: a CA key's work factor.
+    return encode_pkcs8_pem(key, passphrase=passphrase, kdf_rounds=AT_REST_KDF_ROUNDS)
 
 
 def _server_warnings(
@@ -144,6 +150,7 @@ def init_node(
     crls: Sequence[Path] = (),
     limits: Limits | None = None,
     proxy: ProxySettings | None = None,
+    allow_no_eku: bool = False,
 ) -> InitResult:
     """Create a node directory from the operator's files; refuses an existing node."""
     if (directory / NODE_FILE).exists():
@@ -176,9 +183,7 @@ def init_node(
     ca_relative = Path("ca") / f"{label}.pem"
     write_public_file(directory / ca_relative, certificates_pem(chain))
     write_public_file(directory / "server" / "cert.pem", certificates_pem(server_chain))
-    write_private_file(
-        directory / "server" / "key.pem", encode_pkcs8_pem(key, passphrase=node_passphrase)
-    )
+    write_private_file(directory / "server" / "key.pem", _server_key_pem(key, node_passphrase))
     _write_credential(credential, directory / "ca-client")
     prepared_proxy.write(directory)
     crl_paths = []
@@ -194,7 +199,15 @@ def init_node(
         server_key=Path("server/key.pem"),
         manufacturers=(replace(manufacturer, trust=trust_relative),),
         crls=tuple(crl_paths),
-        labels=(CALabel(label, ca_relative, ca_name, parameters or IssuingParameters()),),
+        labels=(
+            CALabel(
+                label,
+                ca_relative,
+                ca_name,
+                parameters or IssuingParameters(),
+                allow_no_eku=allow_no_eku,
+            ),
+        ),
         default_label=label,
         limits=limits or Limits(),
         proxy=prepared_proxy.config,
@@ -235,6 +248,7 @@ def add_label(
     customer_chain: Path,
     ca_name: str | None,
     parameters: IssuingParameters,
+    allow_no_eku: bool = False,
 ) -> NodeConfig:
     """Serve one more CA of the customer CA system under /.well-known/est/<label>/."""
     config = NodeConfig.load(directory)
@@ -246,7 +260,9 @@ def add_label(
         raise ConfigurationError(f"{customer_chain} must start with the issuing CA certificate")
     relative = Path("ca") / f"{label}.pem"
     write_public_file(directory / relative, certificates_pem(chain))
-    updated = config.with_label(CALabel(label, relative, ca_name, parameters))
+    updated = config.with_label(
+        CALabel(label, relative, ca_name, parameters, allow_no_eku=allow_no_eku)
+    )
     updated.save()
     return updated
 
@@ -335,7 +351,7 @@ async def request_server_cert(
         await client.close()
     certificate = load_certificate_der(answer.certificate_der)
     chain = tuple(load_certificate_der(der) for der in answer.ca_certificates_der)
-    write_private_file(out / "key.pem", encode_pkcs8_pem(key, passphrase=node_passphrase))
+    write_private_file(out / "key.pem", _server_key_pem(key, node_passphrase))
     write_public_file(out / "cert.pem", certificates_pem([certificate, *chain]))
     top = chain[-1] if chain else certificate
     write_public_file(out / "ca.pem", certificates_pem([top]))

@@ -171,16 +171,19 @@ class RegisterStore(Protocol):
         *,
         allowed_from: Collection[DeviceState],
         token: str,
+        label: str,
         now: datetime,
         lease_seconds: float,
         audit: AuditRecord | None = None,
     ) -> RegisteredDevice | None:
-        """Move the device to ISSUING under a lease held by ``token``.
+        """Move the device to ISSUING under a lease held by ``token``, for EST ``label``.
 
         Allowed when its state is in ``allowed_from`` (resting states only), or when it is
         ISSUING under a lease that expired before ``now`` and the state that issuance started
         from is in ``allowed_from`` (a crashed node's work is taken over; its previous_state is
-        kept). Returns the row as it was before the change, or None when not allowed.
+        kept). The device remembers ``label`` (``issuance_label``) across completion, abort
+        and takeover; until it is customized, an issuance under another label is not allowed.
+        Returns the row as it was before the change, or None when not allowed.
         """
         ...
 

@@ -250,6 +250,9 @@ class RegisteredDevice:
     lease_expires: datetime | None
     previous_state: DeviceState | None
     updated_at: datetime
+    # The EST label its first issuance began under: kept across aborts and takeovers, since
+    # that label's CA may hold a certificate for it; other labels wait until it is customized.
+    issuance_label: str | None = None
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,7 @@ __all__ = ["MIGRATIONS", "REGISTER_SCHEMA", "SCHEMA_COMPONENT", "SCHEMA_VERSION"
 _DEVICE_COLUMNS = (
     "device_id, state, temp_fingerprint, manufacturer, model, batch, manifest_id, "
     "issued_serial, issued_spki, issued_certificate_der, blocked_from, lease_token, "
-    "lease_expires, previous_state, updated_at"
+    "lease_expires, previous_state, updated_at, issuance_label"
 )
 _MANIFEST_COLUMNS = "manufacturer, manifest_id, issued_at, signer, device_count, imported_at"
 _INSERT_DEVICE = (
@@ -188,6 +188,7 @@ class SQLiteNodeStore:
         *,
         allowed_from: Collection[DeviceState],
         token: str,
+        label: str,
         now: datetime,
         lease_seconds: float,
         audit: AuditRecord | None = None,
@@ -195,6 +196,8 @@ class SQLiteNodeStore:
         allowed = _resting_states(allowed_from)
         if not token:
             raise ValueError("an issuance lease needs a non-empty token")
+        if not label:
+            raise ValueError("an issuance needs the EST label it runs under")
         if not lease_seconds > 0:
             raise ValueError("lease_seconds must be positive")
         marks = ", ".join("?" for _ in allowed)
@@ -212,13 +215,17 @@ class SQLiteNodeStore:
                 return None
             # A lease that expired belongs to a node that crashed mid-issuance: take it over,
             # but only for an issuance that started from a state this caller may start from.
+            # The label binds the device until it is customized: an aborted or taken-over
+            # issuance may have reached that label's CA, and only a retry there supersedes it.
             changed = conn.execute(
                 "UPDATE device SET state = 'issuing', lease_token = ?, lease_expires = ?, "  # noqa: S608
                 "previous_state = CASE WHEN state = 'issuing' THEN previous_state ELSE state END, "
-                "updated_at = ? "
+                "issuance_label = ?, updated_at = ? "
                 f"WHERE device_id = ? AND (state IN ({marks}) OR (state = 'issuing' "
-                f"AND lease_expires < ? AND previous_state IN ({marks})))",
-                (token, expires, at, device_id, *allowed, at, *allowed),
+                f"AND lease_expires < ? AND previous_state IN ({marks}))) "
+                "AND (issuance_label IS NULL OR issuance_label = ? OR "
+                "(CASE WHEN state = 'issuing' THEN previous_state ELSE state END) = 'customized')",
+                (token, expires, label, at, device_id, *allowed, at, *allowed, label),
             ).rowcount
             if changed != 1:
                 return None
@@ -422,6 +429,7 @@ def _device(row: Sequence[Any], chain: list[bytes]) -> RegisteredDevice:
         lease_expires=None if row[12] is None else decode_instant(row[12]),
         previous_state=_optional_state(row[13]),
         updated_at=decode_instant(row[14]),
+        issuance_label=row[15],
     )
 
 

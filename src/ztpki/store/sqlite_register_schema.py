@@ -7,8 +7,9 @@ the known states and tie ISSUING to a held lease and BLOCKED to a remembered sta
 from __future__ import annotations
 
 SCHEMA_COMPONENT = "customer_node"
-# Version 2: manifests are keyed by (manufacturer, manifest_id).
-SCHEMA_VERSION = 2
+# Version 2: manifests are keyed by (manufacturer, manifest_id). Version 3: a device remembers
+# the EST label its issuance began under (one live certificate, whatever the label).
+SCHEMA_VERSION = 3
 
 _STATES = "'listed', 'issuing', 'issued', 'customized', 'blocked'"
 _RESTING = "'listed', 'issued', 'customized'"
@@ -27,7 +28,11 @@ def _manifest_table(name: str) -> str:
     )"""
 
 
-def _device_table(name: str) -> str:
+_ISSUANCE_LABEL = "issuance_label TEXT CHECK (issuance_label <> '')"
+
+
+def _device_table(name: str, *, issuance_label: bool = True) -> str:
+    label = f"{_ISSUANCE_LABEL}," if issuance_label else ""
     return f"""
     CREATE TABLE {name} (
         device_id              TEXT PRIMARY KEY CHECK (device_id <> ''),
@@ -45,6 +50,7 @@ def _device_table(name: str) -> str:
         lease_expires          TEXT,
         previous_state         TEXT CHECK (previous_state IN ({_RESTING})),
         updated_at             TEXT NOT NULL,
+        {label}
         FOREIGN KEY (manufacturer, manifest_id) REFERENCES manifest (manufacturer, manifest_id),
         CHECK (manifest_id IS NULL OR manufacturer IS NOT NULL),
         CHECK ((state = 'issuing' AND lease_token IS NOT NULL AND lease_expires IS NOT NULL
@@ -85,12 +91,15 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "WHERE d.manifest_id = m.manifest_id AND d.manufacturer IS NOT NULL "
         "ORDER BY d.device_id LIMIT 1), 'unknown'), m.manifest_id, m.issued_at, m.signer, "
         "m.device_count, m.imported_at FROM manifest m",
-        _device_table("device_v2"),
+        _device_table("device_v2", issuance_label=False),
         "INSERT INTO device_v2 SELECT * FROM device",
         "DROP TABLE device",
         "DROP TABLE manifest",
         "ALTER TABLE manifest_v2 RENAME TO manifest",
         "ALTER TABLE device_v2 RENAME TO device",
         _DEVICE_INDEX,
-    )
+    ),
+    # Devices of a version-2 register gain the column empty: an issued device falls back to
+    # the label of its certificate's CA.
+    2: (f"ALTER TABLE device ADD COLUMN {_ISSUANCE_LABEL}",),
 }

@@ -29,7 +29,14 @@ from ztpki.store.sqlite import open_sqlite_node_store
 class InProcessNode:
     """Build with the limits and proxy settings a test needs; `start()` opens the listeners."""
 
-    def __init__(self, tmp: Path, *, limits: Limits, proxy: ProxyConfig | None = None) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        *,
+        limits: Limits,
+        proxy: ProxyConfig | None = None,
+        allow_no_eku: bool = False,
+    ) -> None:
         self.pki = PKI.create()
         key = generate_private_key(KeySpec.EC_P256)
         grant = IssuanceGrant(
@@ -40,7 +47,7 @@ class InProcessNode:
             ip_addresses=("127.0.0.1",),
         )
         self.server_cert = self.pki.factory_root.issue(key.public_key(), grant)
-        label = CALabel("default", Path("unused.pem"), "operational")
+        label = CALabel("default", Path("unused.pem"), "operational", allow_no_eku=allow_no_eku)
         config = NodeConfig(
             directory=tmp,
             ca_system="127.0.0.1:1",

@@ -17,6 +17,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
+from tests.support.no_eku import certificate_without_eku
 
 from ztpki.casystem.issuer import CASystem, LoadedCA
 from ztpki.casystem.policy import IssuingPolicy
@@ -86,6 +87,22 @@ def leaf(
         not_after=start + validity,
     )
     return key, ca.issue(key.public_key(), grant)
+
+
+def leaf_without_eku(
+    ca: CertificateAuthority, device_id: str
+) -> tuple[PrivateKey, x509.Certificate]:
+    """A device certificate like ``leaf`` but with no extendedKeyUsage extension at all."""
+    key = generate_private_key(KeySpec.EC_P256)
+    cert = certificate_without_eku(
+        subject=name(device_id, serial=device_id),
+        public_key=key.public_key(),
+        issuer=ca.certificate,
+        issuer_key=ca.key,
+        not_before=NOW - timedelta(hours=1),
+        not_after=NOW + timedelta(days=30),
+    )
+    return key, cert
 
 
 @dataclass
@@ -180,13 +197,20 @@ class InProcessCA:
     requests: list[EnrollmentRequest] = field(default_factory=list)
 
     @classmethod
-    def create(cls, pki: PKI, directory: Path) -> InProcessCA:
-        loaded = LoadedCA(
-            authority=pki.operational,
-            policy=IssuingPolicy(),
-            chain_der=tuple(certificate_der(c) for c in pki.operational.chain),
-        )
-        system = CASystem({"operational": loaded}, default_ca="operational")
+    def create(
+        cls, pki: PKI, directory: Path, *, more: dict[str, CertificateAuthority] | None = None
+    ) -> InProcessCA:
+        """The customer CA system with CA "operational" and the CAs in ``more`` by name."""
+        cas = {"operational": pki.operational, **(more or {})}
+        loaded = {
+            name: LoadedCA(
+                authority=ca,
+                policy=IssuingPolicy(),
+                chain_der=tuple(certificate_der(c) for c in ca.chain),
+            )
+            for name, ca in cas.items()
+        }
+        system = CASystem(loaded, default_ca="operational")
         return cls(system, open_sqlite_ca_store(directory / "ca.sqlite", durable=False))
 
     async def enroll(self, request: EnrollmentRequest) -> EnrollmentAnswer:
@@ -267,9 +291,13 @@ def make_node(
     pki: PKI | None = None,
     parameters: IssuingParameters | None = None,
     limits: Limits | None = None,
+    more_labels: tuple[str, ...] = (),
 ) -> Node:
+    """A node with EST label "default" (CA "operational") and, for each of ``more_labels``,
+    a label of that name served by its own CA of that name under the customer root."""
     pki = pki or PKI.create()
-    ca = InProcessCA.create(pki, tmp)
+    more = {name: sub_ca(pki.customer_root, name) for name in more_labels}
+    ca = InProcessCA.create(pki, tmp, more=more)
     store = open_sqlite_node_store(tmp / "node.sqlite", durable=False)
     label = LoadedLabel(
         CALabel(
@@ -277,10 +305,13 @@ def make_node(
         ),
         pki.operational.chain,
     )
+    labels = {"default": label}
+    for name, authority in more.items():
+        labels[name] = LoadedLabel(CALabel(name, Path(f"ca/{name}.pem"), name), authority.chain)
     service = EnrollmentService(
         register=AsyncRegister(store),
         ca_client=SecondCAClient(ca, timeout=(limits or Limits()).ca_timeout),
-        labels={"default": label},
+        labels=labels,
         default_label="default",
         limits=limits or Limits(),
         metrics=NodeMetrics(),

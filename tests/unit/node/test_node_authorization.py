@@ -131,12 +131,53 @@ def test_ok_listed_device_is_issued() -> None:
             ctx(issued_label="meters"),
             RefusalReason.LABEL_MISMATCH,
         ),
+        (
+            "fail-other-label-after-abort",
+            row(DeviceState.LISTED, issuance_label="meters"),
+            ctx(),
+            RefusalReason.LABEL_MISMATCH,
+        ),
+        (
+            "fail-other-label-at-takeover",
+            row(
+                DeviceState.ISSUING,
+                previous_state=DeviceState.LISTED,
+                lease_token="t",
+                lease_expires=NOW,
+                issuance_label="meters",
+            ),
+            ctx(lease_expired=True),
+            RefusalReason.LABEL_MISMATCH,
+        ),
+        (
+            "fail-other-label-remembered-over-certificate",
+            row(DeviceState.ISSUED, issuance_label="meters"),
+            ctx(issued_label="default"),
+            RefusalReason.LABEL_MISMATCH,
+        ),
     ],
 )
 def test_fail_temporary_refusals(
     case: str, device: RegisteredDevice | None, context: EnrollmentContext, reason: RefusalReason
 ) -> None:
     assert refusal(device, TEMP, context) is reason
+
+
+def test_ok_remembered_label_is_retried_there() -> None:
+    # The negative control of the label refusals: under its own label the device goes on.
+    after_abort = decide(
+        row(DeviceState.LISTED, issuance_label="meters"), TEMP, ctx(label="meters")
+    )
+    assert after_abort.action is Action.ISSUE
+    crashed = row(
+        DeviceState.ISSUING,
+        previous_state=DeviceState.LISTED,
+        lease_token="t",
+        lease_expires=NOW,
+        issuance_label="meters",
+    )
+    taken_over = decide(crashed, TEMP, ctx(label="meters", lease_expired=True))
+    assert taken_over.action is Action.ISSUE and taken_over.reissue
 
 
 def test_ok_fingerprint_not_recorded_is_not_checked() -> None:

@@ -21,12 +21,14 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from node_pki import NOW, PKI, leaf
+from tests.support.pbes2 import pbes2_parameters
 
 from ztpki.cli import main
 from ztpki.credentials import Credential
 from ztpki.node.config import NodeConfig
 from ztpki.node.runtime import load_material
-from ztpki.pki.keys import encode_pkcs8_pem
+from ztpki.pki.keys import decode_pkcs8, encode_pkcs8_pem
+from ztpki.pki.pbes2 import AT_REST_KDF_ROUNDS
 from ztpki.pki.pem import certificates_pem
 from ztpki.pki.profiles import CertificateProfile
 
@@ -127,6 +129,7 @@ def test_ok_init_makes_a_self_contained_directory(inputs: dict[str, Path]) -> No
     assert data["ca"]["default"] == {
         "chain": "ca/default.pem",
         "ca_name": "operational",
+        "allow_no_eku": False,
         "validity_days": 90,
         "country": "SE",
         "encrypt_key": False,
@@ -165,6 +168,54 @@ def test_fail_init_with_a_leaf_as_customer_chain(inputs: dict[str, Path]) -> Non
     status, _ = run(*init_args(inputs)[:-1], str(inputs["server-cert"]))
     assert status == 1
     assert not inputs["node"].exists()  # checked before anything is written
+
+
+def test_ok_allow_no_eku_per_label_and_shown_by_policy(inputs: dict[str, Path]) -> None:
+    assert run(*init_args(inputs, "--allow-no-eku"))[0] == 0
+    node = str(inputs["node"])
+    add = ["node", "add-ca", "--dir", node, "--customer-chain", str(inputs["chain"])]
+    assert run(*add, "--label", "strict")[0] == 0
+    assert run(*add, "--label", "legacy", "--allow-no-eku")[0] == 0
+    status, out = run("node", "policy", "--dir", node, "--json")
+    assert status == 0
+    rows = {r["label"]: r["allow_no_eku"] for r in json.loads(out)}
+    assert rows == {"default": True, "strict": False, "legacy": True}
+    config = NodeConfig.load(inputs["node"])
+    assert {ca.label: ca.allow_no_eku for ca in config.labels} == rows
+    status, out = run("node", "policy", "--dir", node)
+    assert "allow_no_eku = True" in out and "allow_no_eku = False" in out
+
+
+def test_fail_allow_no_eku_must_be_a_boolean(inputs: dict[str, Path]) -> None:
+    assert run(*init_args(inputs))[0] == 0
+    path = inputs["node"] / "node.toml"
+    path.write_text(path.read_text().replace("allow_no_eku = false", 'allow_no_eku = "yes"'))
+    status, _ = run("node", "policy", "--dir", str(inputs["node"]))
+    assert status == 1
+
+
+def test_ok_server_key_is_written_with_the_work_factor_of_ca_keys(
+    inputs: dict[str, Path],
+) -> None:
+    # The input key is in the old format (cryptography's 2,048 rounds): it still loads.
+    old = encode_pkcs8_pem(
+        decode_pkcs8(inputs["server-key"].read_bytes(), passphrase=None),
+        passphrase=NODE_PASSPHRASE.encode(),
+    )
+    assert pbes2_parameters(old)[2] == 2048
+    inputs["server-key"].write_bytes(old)
+    assert run(*init_args(inputs))[0] == 0
+    written = (inputs["node"] / "server" / "key.pem").read_bytes()
+    assert pbes2_parameters(written)[2] == AT_REST_KDF_ROUNDS
+    copied = (inputs["node"] / "ca-client" / "key.pem").read_bytes()
+    assert pbes2_parameters(copied)[2] == AT_REST_KDF_ROUNDS  # as `ca add-client` wrote it
+    config = NodeConfig.load(inputs["node"])
+    material = load_material(
+        config,
+        node_passphrase=NODE_PASSPHRASE.encode(),
+        client_passphrase=CLIENT_PASSPHRASE.encode(),
+    )
+    assert material.credential is not None
 
 
 def test_ok_add_ca_and_policy(inputs: dict[str, Path]) -> None:

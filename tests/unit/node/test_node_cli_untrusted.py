@@ -27,7 +27,8 @@ def wide(monkeypatch: pytest.MonkeyPatch) -> None:
 def _hostile_node(inputs: dict[str, Path]) -> str:  # noqa: F811 (the fixture's name)
     assert run(*init_args(inputs))[0] == 0
     node = str(inputs["node"])
-    add = ["node", "add", "--dir", node, "dev-1", "--manufacturer", HOSTILE, "--model", HOSTILE]
+    # A manufacturer's name is the operator's (it must be configured); the model is the factory's.
+    add = ["node", "add", "--dir", node, "dev-1", "--fingerprint", "ab" * 32, "--model", HOSTILE]
     assert run(*add)[0] == 0
     with open_register(inputs["node"]) as store:
         # As a row written before reasons were quoted, or by any other writer.
@@ -56,7 +57,7 @@ def test_ok_tables_print_markup_and_escapes_as_text(
     inputs: dict[str, Path],  # noqa: F811
     command: str,
 ) -> None:
-    # audit shows the hostile reason; devices the hostile manufacturer and model.
+    # audit shows the hostile reason; devices the hostile model.
     node = _hostile_node(inputs)
     status, out = run("node", command, "--dir", node)
     assert status == 0, out

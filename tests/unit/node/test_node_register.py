@@ -93,6 +93,7 @@ def _lease(
             device_id,
             allowed_from=[DeviceState.LISTED],
             token=f"t-{device_id}",
+            label="default",
             now=NOW,
             lease_seconds=seconds,
         )

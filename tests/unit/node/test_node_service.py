@@ -15,6 +15,7 @@ from ztpki.node.ca_client import UpstreamError
 from ztpki.node.config import IssuingParameters, Limits
 from ztpki.pki.keys import KeySpec, decode_pkcs8, generate_private_key, keys_match
 from ztpki.pki.pem import serial_hex
+from ztpki.store.records import DeviceState
 
 
 @pytest.fixture
@@ -215,6 +216,7 @@ def test_fail_in_progress_is_deferred(node: Node) -> None:
         "d1",
         allowed_from={"listed"},
         token="other",
+        label="default",
         now=NOW,
         lease_seconds=600,  # type: ignore[arg-type]
     )
@@ -231,6 +233,7 @@ def test_ok_expired_lease_of_a_crashed_node_is_taken_over(node: Node) -> None:
         "d1",
         allowed_from={"listed"},
         token="crashed",
+        label="default",
         now=NOW - timedelta(hours=1),
         lease_seconds=1,  # type: ignore[arg-type]
     )
@@ -253,3 +256,94 @@ def test_fail_slow_ca_system_gives_up_in_time(tmp_path: Path) -> None:
         assert enroll(node, "d1").outcome == "issued"
     finally:
         node.close()
+
+
+def _enroll_under(node: Node, label: str, device_id: str = "d1"):  # type: ignore[no-untyped-def]
+    _, cert = node.pki.temporary(device_id)
+    identity = node.pki.identity(cert)
+    return asyncio.run(
+        node.service.enroll(
+            Operation.SIMPLEENROLL, node.service.labels[label], identity, csr_for(device_id)
+        )
+    )
+
+
+@pytest.fixture
+def two_labels(tmp_path: Path) -> Iterator[Node]:
+    n = make_node(tmp_path, more_labels=("meters",))
+    yield n
+    n.close()
+
+
+def test_fail_other_label_after_a_lost_ca_answer(two_labels: Node) -> None:
+    node = two_labels
+    node.list("d1")
+    node.ca.lose_answer = True  # the CA system issues and records; the node never hears it
+    with pytest.raises(Unavailable):
+        _enroll_under(node, "default")
+    node.ca.lose_answer = False
+    assert node.state("d1") == "listed"
+    undelivered = node.ca.active("d1")
+    assert len(undelivered) == 1  # live at CA "operational", unknown to the register
+    calls = node.ca.calls
+    with pytest.raises(Refused) as refused:
+        _enroll_under(node, "meters")
+    assert refused.value.reason is RefusalReason.LABEL_MISMATCH
+    assert "label default" in refused.value.message
+    assert node.ca.calls == calls and node.ca.active("d1") == undelivered  # nothing issued
+    assert node.state("d1") == "listed" and node.decisions("d1")[-1] == "refused"
+    # Under its label the retry supersedes the undelivered certificate: one live certificate.
+    enrolled = _enroll_under(node, "default")
+    assert node.ca.active("d1") == [serial_hex(enrolled.certificate)]
+
+
+def test_fail_other_label_at_a_takeover(two_labels: Node) -> None:
+    from datetime import timedelta
+
+    node = two_labels
+    node.list("d1")
+    crashed = node.store.begin_issuance(
+        "d1",
+        allowed_from={DeviceState.LISTED},
+        token="crashed",
+        label="default",
+        now=NOW - timedelta(hours=1),
+        lease_seconds=1,
+    )
+    assert crashed is not None
+    with pytest.raises(Refused) as refused:
+        _enroll_under(node, "meters")
+    assert refused.value.reason is RefusalReason.LABEL_MISMATCH
+    assert node.ca.calls == 0 and node.state("d1") == "issuing"
+    enrolled = _enroll_under(node, "default")
+    assert enrolled.outcome == "issued" and "lease expired" in node.store.entries()[-1].reason
+    assert node.ca.active("d1") == [serial_hex(enrolled.certificate)]
+
+
+def test_ok_concurrent_requests_under_two_labels_issue_once(two_labels: Node) -> None:
+    node = two_labels
+    node.list("d1")
+    _, cert = node.pki.temporary("d1")
+    identity = node.pki.identity(cert)
+
+    async def burst() -> list[object]:
+        return await asyncio.gather(
+            *(
+                node.service.enroll(
+                    Operation.SIMPLEENROLL,
+                    node.service.labels[("default", "meters")[i % 2]],
+                    identity,
+                    csr_for("d1"),
+                )
+                for i in range(20)
+            ),
+            return_exceptions=True,
+        )
+
+    outcomes = asyncio.run(burst())
+    issued = [o for o in outcomes if not isinstance(o, BaseException)]
+    assert issued, outcomes
+    assert all(isinstance(o, InProgress | Refused) for o in outcomes if o not in issued)
+    device = node.store.get("d1")
+    assert device is not None and device.issuance_label in ("default", "meters")
+    assert node.ca.active("d1") == [device.issued_serial]

@@ -3,19 +3,20 @@ cryptography and OpenSSL alike; keys written by earlier versions (2048 rounds) s
 
 from __future__ import annotations
 
-import base64
 import os
 import subprocess
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
+from tests.support.pbes2 import AES256_CBC, HMAC_SHA256, PBES2, PBKDF2, pbes2_parameters
 from tests.support.pem_markers import ENCRYPTED_KEY_HEADER
 
 from ztpki.casystem.directory import CASystemDirectory, init_ca, service_authority
-from ztpki.errors import MalformedInput
-from ztpki.pki.der import oid_text, read_tlv
+from ztpki.credentials import Credential
+from ztpki.errors import ConfigurationError, MalformedInput
+from ztpki.pki.authority import create_self_signed_ca
 from ztpki.pki.keys import (
     KeySpec,
     PrivateKey,
@@ -24,44 +25,11 @@ from ztpki.pki.keys import (
     generate_private_key,
     keys_match,
 )
+from ztpki.pki.names import SubjectFields, build_subject
 from ztpki.pki.pbes2 import AT_REST_KDF_ROUNDS
 
 SECRET = b"keys-at-rest-passphrase"
 NOW = datetime.now(UTC)
-
-
-def pbes2_parameters(pem: bytes) -> tuple[str, str, int, str, str]:
-    """(scheme, kdf, rounds, prf, cipher) OIDs and count of an encrypted PKCS#8 PEM."""
-    body = b"".join(line for line in pem.splitlines() if not line.startswith(b"-----"))
-    der = base64.b64decode(body)
-
-    def children(at: int, stop: int) -> list[tuple[int, int, int]]:
-        found = []
-        while at < stop:
-            item, at = read_tlv(der, at, stop=stop)
-            found.append((item.tag, item.start, item.end))
-        return found
-
-    (outer,) = children(0, len(der))
-    algorithm, _data = children(outer[1], outer[2])
-    scheme_oid, params = children(algorithm[1], algorithm[2])
-    kdf, cipher = children(params[1], params[2])
-    kdf_oid, kdf_params = children(kdf[1], kdf[2])
-    _salt, rounds, *rest = children(kdf_params[1], kdf_params[2])
-    prf_oid = children(rest[-1][1], rest[-1][2])[0]
-    cipher_oid = children(cipher[1], cipher[2])[0]
-
-    def oid(item: tuple[int, int, int]) -> str:
-        return oid_text(der[item[1] : item[2]])
-
-    count = int.from_bytes(der[rounds[1] : rounds[2]], "big")
-    return oid(scheme_oid), oid(kdf_oid), count, oid(prf_oid), oid(cipher_oid)
-
-
-PBES2 = "1.2.840.113549.1.5.13"
-PBKDF2 = "1.2.840.113549.1.5.12"
-HMAC_SHA256 = "1.2.840.113549.2.9"
-AES256_CBC = "2.16.840.1.101.3.4.1.42"
 
 
 @pytest.mark.parametrize("spec", [KeySpec.EC_P256, KeySpec.ED25519, KeySpec.RSA_2048])
@@ -129,3 +97,30 @@ def test_ok_keys_written_with_the_old_kdf_still_load(tmp_path: Path) -> None:
     # A second CA is checked against the old key and written with the strong KDF.
     init_ca(system, "next", key_spec=KeySpec.EC_P256, validity_days=5, passphrase=SECRET, now=NOW)
     assert pbes2_parameters((system.ca_dir("next") / "ca.key.pem").read_bytes())[2] > 2048
+
+
+def _credential(key: PrivateKey) -> Credential:
+    name = build_subject("client-1", SubjectFields(), serial_number=None)
+    cert = create_self_signed_ca(key, name, now=NOW, validity=timedelta(days=5))
+    return Credential(key=key, chain=(cert,), trust_anchors=(cert,))
+
+
+def test_ok_credentials_are_written_with_the_strong_kdf(tmp_path: Path) -> None:
+    key = generate_private_key(KeySpec.EC_P256)
+    _credential(key).save(tmp_path / "cred", passphrase=SECRET)
+    pem = (tmp_path / "cred" / "key.pem").read_bytes()
+    assert pbes2_parameters(pem) == (PBES2, PBKDF2, AT_REST_KDF_ROUNDS, HMAC_SHA256, AES256_CBC)
+    loaded = Credential.load(tmp_path / "cred", passphrase=SECRET)
+    assert keys_match(loaded.key, key.public_key())
+
+
+def test_ok_credentials_written_with_the_old_kdf_still_load(tmp_path: Path) -> None:
+    key = generate_private_key(KeySpec.EC_P256)
+    _credential(key).save(tmp_path / "cred", passphrase=SECRET)
+    old = _old_format(key)
+    assert pbes2_parameters(old)[2] == 2048
+    (tmp_path / "cred" / "key.pem").write_bytes(old)
+    loaded = Credential.load(tmp_path / "cred", passphrase=SECRET)
+    assert keys_match(loaded.key, key.public_key())
+    with pytest.raises(ConfigurationError, match="wrong or missing passphrase"):  # control
+        Credential.load(tmp_path / "cred", passphrase=b"not-the-passphrase")

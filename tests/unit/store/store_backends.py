@@ -143,6 +143,7 @@ def race_begin_issuance(
             device_id,
             allowed_from={DeviceState.LISTED},
             token=token,
+            label="default",
             now=T0,
             lease_seconds=60,
         )

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import multiprocessing
+import sqlite3
 import threading
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import pytest
 from store_backends import T0, Backend, race_begin_issuance, sha256_hex
@@ -18,6 +20,7 @@ from ztpki.store import (
     NodeStore,
     RegisteredDevice,
 )
+from ztpki.store.sqlite import open_sqlite_node_store
 
 LISTED = DeviceState.LISTED
 ISSUING = DeviceState.ISSUING
@@ -66,11 +69,13 @@ def begin(
     now: datetime = T0,
     lease: float = 60,
     audit: AuditRecord | None = None,
+    label: str = "default",
 ) -> RegisteredDevice | None:
     return store.begin_issuance(
         device_id,
         allowed_from=allowed,
         token=token,
+        label=label,
         now=now,
         lease_seconds=lease,
         audit=audit,
@@ -344,6 +349,40 @@ def test_ok_stale_lease_is_taken_over(node_store: NodeStore) -> None:
     assert node_store.abort_issuance("d1", token="crashed", now=LATER) is False
 
 
+def test_ok_label_is_remembered_across_abort_and_takeover(node_store: NodeStore) -> None:
+    listed(node_store, "d1")
+    allowed = frozenset({LISTED, ISSUED})
+    assert begin(node_store, "d1", "t1", allowed=allowed, label="meters") is not None
+    assert node_store.abort_issuance("d1", token="t1", now=LATER) is True
+    row = node_store.get("d1")
+    assert row is not None and (row.state, row.issuance_label) == (LISTED, "meters")
+    # Another label may not start, not even on a row read before the abort.
+    assert begin(node_store, "d1", "t2", allowed=allowed, label="default") is None
+    assert state_of(node_store, "d1") is LISTED
+    # A crashed issuance under the same label: its takeover is bound to that label too.
+    assert begin(node_store, "d1", "crashed", allowed=allowed, lease=1, label="meters")
+    stale = T0 + timedelta(hours=1)
+    assert begin(node_store, "d1", "t3", allowed=allowed, now=stale, label="default") is None
+    assert begin(node_store, "d1", "t3", allowed=allowed, now=stale, label="meters") is not None
+    assert complete(node_store, "d1", "t3", serial="0a") is True
+    row = node_store.get("d1")
+    assert row is not None and (row.state, row.issuance_label) == (ISSUED, "meters")
+    assert begin(node_store, "d1", "t4", allowed=allowed, label="default") is None
+    # Customized: its operational certificate names its label; the register no longer binds.
+    node_store.confirm("d1", serial="0a", now=LATER)
+    renewal = begin(node_store, "d1", "t5", allowed=frozenset({CUSTOMIZED}), label="default")
+    assert renewal is not None
+
+
+def test_ok_label_survives_block_and_unblock(node_store: NodeStore) -> None:
+    listed(node_store, "d1")
+    assert begin(node_store, "d1", "t1", label="meters") is not None
+    assert node_store.block("d1", now=LATER) is True
+    assert node_store.unblock("d1", now=LATER) is True
+    assert begin(node_store, "d1", "t2", label="default") is None
+    assert begin(node_store, "d1", "t2", label="meters") is not None
+
+
 def test_fail_stale_lease_from_a_state_the_caller_may_not_start_from(node_store: NodeStore) -> None:
     listed(node_store, "d1")
     issued(node_store, "d1")
@@ -551,3 +590,22 @@ def test_ok_schema_accepts_consistent_rows(node_store: NodeStore, backend: Backe
     )  # fmt: skip
     assert changed == 1
     assert state_of(node_store, "d1") is BLOCKED
+
+
+def test_ok_register_from_before_issuance_labels_opens_and_gains_them(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    store = open_sqlite_node_store(path)
+    listed(store, "d1")
+    store.close()
+    with sqlite3.connect(path) as conn:  # the register as ztpki wrote it before the column
+        conn.execute("ALTER TABLE device DROP COLUMN issuance_label")
+        conn.execute("UPDATE schema_version SET version = 2 WHERE component = 'customer_node'")
+    store = open_sqlite_node_store(path)
+    try:
+        row = store.get("d1")
+        assert row is not None and row.issuance_label is None
+        assert begin(store, "d1", "t1", label="meters") is not None
+        row = store.get("d1")
+        assert row is not None and row.issuance_label == "meters"
+    finally:
+        store.close()

@@ -13,6 +13,7 @@ from ztpki.errors import ConfigurationError, StorageError
 from ztpki.store import open_sqlite_node_store
 from ztpki.store.records import DeviceState, ManifestRecord, NewDevice
 from ztpki.store.sqlite_audit import SCHEMA as AUDIT_SCHEMA
+from ztpki.store.sqlite_register_schema import SCHEMA_VERSION
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 STAMP = "2025-03-01T12:00:00.000000Z"
@@ -109,7 +110,7 @@ def test_ok_schema_1_is_migrated_in_place(tmp_path: Path) -> None:
         assert store.import_devices([NewDevice("d9", None)], manifest=acme).already_imported
         assert store.verify().ok
     with contextlib.closing(sqlite3.connect(path)) as db:
-        assert db.execute("SELECT version FROM schema_version").fetchone() == (2,)
+        assert db.execute("SELECT version FROM schema_version").fetchone() == (SCHEMA_VERSION,)
         assert db.execute("PRAGMA foreign_key_check").fetchall() == []
         db.execute("PRAGMA foreign_keys = ON")
         with pytest.raises(sqlite3.IntegrityError):  # the composite reference is enforced
@@ -141,6 +142,10 @@ def test_fail_broken_references_stop_the_migration(tmp_path: Path) -> None:
 
 def test_fail_newer_schema_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "node.sqlite"
-    _v1_database(path, version=3)
-    with pytest.raises(ConfigurationError, match="schema version 3, but this ztpki uses version 2"):
+    newer = SCHEMA_VERSION + 1
+    _v1_database(path, version=newer)
+    with pytest.raises(
+        ConfigurationError,
+        match=f"schema version {newer}, but this ztpki uses version {SCHEMA_VERSION}",
+    ):
         open_sqlite_node_store(path)
