@@ -62,6 +62,8 @@ def _add_client(d: Deployment, name: str, out: Path) -> tuple[int, str]:
         "--out",
         str(out),
         "--force",
+        "--ca",
+        "devices",
         system="customer",
         check=False,
     )

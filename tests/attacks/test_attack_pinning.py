@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from tests.attacks.attack_deployment import Deployment, DeviceUnderTest, now
+from tests.attacks.attack_deployment import MANUFACTURER, Deployment, DeviceUnderTest, now
 from tests.attacks.attack_report import AttackReport
 from tests.support.services import running
 
@@ -228,6 +228,10 @@ def _node_init(d: Deployment, directory: Path, cert: Path, key: Path) -> str:
     init += [
         "--client-cred",
         str(d.root / "cred-node"),
+        "--manufacturer",
+        MANUFACTURER,
+        "--device-ids",
+        "ACME-*",
         "--trust",
         str(d.root / "factory-bundle.pem"),
     ]
