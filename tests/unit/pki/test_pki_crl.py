@@ -120,7 +120,7 @@ def test_ok_reasons_are_cryptographys() -> None:
         "no-before-margin",
         "ok-margin",
         "ok-expired",
-    ],  # fmt: skip
+    ],
 )
 def test_crl_due(
     this_update: datetime | None, changed_at: datetime | None, now: datetime, due: bool

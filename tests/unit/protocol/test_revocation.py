@@ -150,7 +150,7 @@ def test_ok_wire_form_and_normalised_values() -> None:
         "fail-offset",
         "fail-no-such-day",
         "fail-foreign-element",
-    ],  # fmt: skip
+    ],
 )
 def test_fail_request(body: str, expected: str) -> None:
     data = f'<RevocationRequest {NS} id="r9">{body}</RevocationRequest>'.encode()
@@ -191,7 +191,7 @@ def test_fail_answer_is_not_a_request() -> None:
         "fail-naive",
         "fail-int-flag",
         "fail-id",
-    ],  # fmt: skip
+    ],
 )
 def test_fail_request_values(kwargs: dict[str, object], error: type[Exception]) -> None:
     fields: dict[str, object] = {
