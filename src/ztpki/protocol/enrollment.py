@@ -470,10 +470,9 @@ def _certificate(element: etree._Element, where: str) -> bytes:
 def decode_answer(data: bytes) -> EnrollmentAnswer | EnrollmentError:
     """The EnrollmentAnswer or EnrollmentError in ``data``; MalformedInput for anything else."""
     root = schema.parse(data, expected=("EnrollmentAnswer", "EnrollmentError"))
-    request_id = root.get("requestId", "")
     if schema.local_name(root) == "EnrollmentError":
-        code = ErrorCode(root.get("code", "").strip(_XML_SPACE))
-        return EnrollmentError(request_id=request_id, code=code, message=_text(root))
+        return error_of(root)
+    request_id = root.get("requestId", "")
     children = {schema.local_name(child): child for child in root}
     key = children.get("PrivateKey")
     chain = children.get("CACertificates")
@@ -489,6 +488,12 @@ def decode_answer(data: bytes) -> EnrollmentAnswer | EnrollmentError:
         private_key_der=None if key is None else _der(key),
         private_key_encrypted=key is not None and _boolean(key.get("encrypted"), default=False),
     )
+
+
+def error_of(root: etree._Element) -> EnrollmentError:
+    """The EnrollmentError of a schema-valid root element (the answer to any request)."""
+    code = ErrorCode(root.get("code", "").strip(_XML_SPACE))
+    return EnrollmentError(request_id=root.get("requestId", ""), code=code, message=_text(root))
 
 
 # Reads only the start of the root tag, with a regular expression: nothing is parsed, so
