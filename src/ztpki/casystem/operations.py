@@ -4,10 +4,18 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import cast
 
 from ztpki.casystem.directory import CASystemDirectory, service_authority
 from ztpki.casystem.entitlement import ChangeMode, change_entitlement
 from ztpki.casystem.issuer import CASystem, LoadedCA
+from ztpki.casystem.ocsp_responder import (
+    DEFAULT_NEXT_UPDATE,
+    OCSPResponder,
+    RevocationSource,
+    SignerPolicy,
+)
+from ztpki.casystem.publisher import PublisherLimits, RevocationPublisher
 from ztpki.casystem.server_identity import ServerIdentity
 from ztpki.casystem.service import CASystemService, ServiceLimits
 from ztpki.credentials import Credential
@@ -178,3 +186,28 @@ def build_service(
         key_pool=pool,
         identity=identity,
     )
+
+
+def build_publisher(
+    directory: CASystemDirectory,
+    service: CASystemService,
+    *,
+    signer: SignerPolicy = SignerPolicy.DELEGATED,
+    limits: PublisherLimits | None = None,
+) -> RevocationPublisher:
+    """The HTTP publisher of CRLs and OCSP for every CA the service holds, reading the
+    service's store (its own delegated responders are issued now, keys in memory)."""
+    cas = service.system.cas
+    responder = OCSPResponder(
+        {name: loaded.authority for name, loaded in cas.items()},
+        cast(RevocationSource, service.store),  # until the store has revocations (R1)
+        now=datetime.now(UTC),
+        signer=signer,
+        next_update={name: _next_update(loaded) for name, loaded in cas.items()},
+    )
+    crl_paths = {name: directory.ca_dir(name) / "crl.der" for name in cas}
+    return RevocationPublisher(crl_paths, responder, limits=limits)
+
+
+def _next_update(loaded: LoadedCA) -> timedelta:
+    return DEFAULT_NEXT_UPDATE
