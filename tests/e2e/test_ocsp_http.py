@@ -2,10 +2,10 @@
 
 `openssl ocsp` (POST, nonces, -CAfile / -VAfile verification of the delegated responder),
 curl (RFC 5019 GET of a request made with `openssl ocsp -reqout`, the CRL URL) and
-`openssl crl` against a CA system whose certificates were issued over the XML protocol and
-revoked with `ztpki ca revoke`, as an operator does. Each positive case has its negative
-control (a revoked certificate is not good, a foreign issuer is unauthorized, an unknown CA
-has no CRL).
+`openssl crl` against a CA system whose certificates were issued, and revoked, over the XML
+protocol by the CA-client that obtained them. Each positive case has its negative control
+(a revoked certificate is not good, a foreign issuer is unauthorized, an unknown CA has no
+CRL).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import pytest
 from cryptography import x509
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import ExtendedKeyUsageOID
-from tests.e2e.casystem_fixtures import CA_PASSPHRASE, CASystemUnderTest, enroll_all, leaf_of, ztpki
+from tests.e2e.casystem_fixtures import CA_PASSPHRASE, CASystemUnderTest, enroll_all, leaf_of
 from tests.support.ocsp import (
     exchange,
     http_address,
@@ -37,6 +37,7 @@ from tests.support.ocsp import (
 )
 from tests.support.shell import sh
 
+from ztpki.casystem.client import CAClient
 from ztpki.casystem.directory import CASystemDirectory
 from ztpki.pki.authority import IssuanceGrant
 from ztpki.pki.keys import KeySpec, generate_private_key
@@ -44,6 +45,8 @@ from ztpki.pki.names import SubjectFields, build_subject
 from ztpki.pki.pem import serial_hex
 from ztpki.pki.profiles import CertificateProfile
 from ztpki.protocol.enrollment import EnrollmentAnswer, EnrollmentRequest
+from ztpki.protocol.revocation import RevocationRequest
+from ztpki.store.records import RevocationReason
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -74,10 +77,19 @@ class Publisher:
         return leaves
 
     def revoke(self, leaf: x509.Certificate, reason: str, *, ca: str = "factory") -> None:
-        ztpki(
-            "ca", "revoke", "--dir", str(self.system.root), "--name", ca,
-            "--serial", serial_hex(leaf), "--reason", reason,
-        )  # fmt: skip
+        """Revoke over the XML protocol, as the CA-client that obtained the certificate."""
+
+        async def run() -> None:
+            client = CAClient(self.system.address, self.system.credential("line1"))
+            try:
+                request = RevocationRequest(
+                    new_id("rev"), ca, serial_hex(leaf), None, RevocationReason(reason)
+                )
+                await client.revoke(request)
+            finally:
+                await client.close()
+
+        asyncio.run(run())
 
     def pem(self, leaf: x509.Certificate) -> Path:
         return write_pem(self.work / f"leaf-{serial_hex(leaf)[:16]}.pem", leaf)

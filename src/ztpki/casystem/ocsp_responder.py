@@ -45,6 +45,7 @@ from ztpki.pki.ocsp import (
     parse_request,
 )
 from ztpki.pki.pem import serial_hex
+from ztpki.store.records import IssuedCertificate, Revocation
 from ztpki.throttle import LogThrottle
 
 log = logging.getLogger(__name__)
@@ -61,25 +62,12 @@ RESPONDER_RENEW_BEFORE = timedelta(days=2)
 CACHE_ENTRIES = 200_000
 
 
-class _Reason(Protocol):
-    @property
-    def value(self) -> str: ...
-
-
-class _RevocationRecord(Protocol):
-    @property
-    def revoked_at(self) -> datetime: ...
-
-    @property
-    def reason(self) -> _Reason: ...
-
-
 class RevocationSource(Protocol):
     """What the responder reads of the issuance store (IssuanceStore satisfies it)."""
 
-    def certificate(self, ca_name: str, serial: str) -> object | None: ...
+    def certificate(self, ca_name: str, serial: str) -> IssuedCertificate | None: ...
 
-    def revocation(self, ca_name: str, serial: str) -> _RevocationRecord | None: ...
+    def revocation(self, ca_name: str, serial: str) -> Revocation | None: ...
 
     def revocation_version(self, ca_name: str) -> int: ...
 

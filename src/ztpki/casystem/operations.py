@@ -4,16 +4,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import cast
 
 from ztpki.casystem.crl_publisher import CRLPublisher, CRLTarget
 from ztpki.casystem.directory import CASystemDirectory, service_authority
 from ztpki.casystem.entitlement import ChangeMode, change_entitlement
 from ztpki.casystem.issuer import CASystem, LoadedCA
 from ztpki.casystem.ocsp_responder import (
-    DEFAULT_NEXT_UPDATE,
     OCSPResponder,
-    RevocationSource,
     SignerPolicy,
 )
 from ztpki.casystem.publisher import PublisherLimits, RevocationPublisher
@@ -210,14 +207,13 @@ def build_publisher(
     cas = service.system.cas
     responder = OCSPResponder(
         {name: loaded.authority for name, loaded in cas.items()},
-        cast(RevocationSource, service.store),  # until the store has revocations (R1)
+        service.store,
         now=datetime.now(UTC),
         signer=signer,
-        next_update={name: _next_update(loaded) for name, loaded in cas.items()},
+        next_update={
+            name: timedelta(hours=loaded.policy.crl_next_update_hours)
+            for name, loaded in cas.items()
+        },
     )
     crl_paths = {name: directory.ca_dir(name) / "crl.der" for name in cas}
     return RevocationPublisher(crl_paths, responder, limits=limits)
-
-
-def _next_update(loaded: LoadedCA) -> timedelta:
-    return DEFAULT_NEXT_UPDATE
