@@ -92,6 +92,7 @@ class _Cached:
     version: int
     refresh_at: datetime
     answer: OCSPAnswer
+    status: StatusAnswer
 
 
 class _CASigner:
@@ -144,7 +145,7 @@ class OCSPResponder:
         self._index = IssuerIndex({n: a.certificate for n, a in authorities.items()})
         self._signers = {n: _CASigner(a, signer, now=now) for n, a in authorities.items()}
         self._next_update = dict(next_update or {})
-        self._cache: OrderedDict[tuple[str, int], _Cached] = OrderedDict()
+        self._cache: OrderedDict[tuple[str, str, int], _Cached] = OrderedDict()
         self._cache_entries = cache_entries
 
     def signer_of(self, ca_name: str) -> ResponseSigner:
@@ -182,30 +183,32 @@ class OCSPResponder:
             return OCSPAnswer(INTERNAL_ERROR)
 
     def _status_answer(self, ca_name: str, request: StatusRequest, now: datetime) -> OCSPAnswer:
+        # The version is read before the status: a revocation landing in between is cached
+        # under the older version, so the next request signs again (never the reverse).
         version = self._source.revocation_version(ca_name)
-        key = (ca_name, request.cert_id.serial_number)
-        if request.nonce is None:
-            cached = self._cache.get(key)
-            if cached is not None and cached.version == version and now < cached.refresh_at:
-                self._cache.move_to_end(key)
-                answer = cached.answer
-                return _with_max_age(answer, now)
+        cert_id = request.cert_id
+        # The answer repeats the request's CertID, so its hash algorithm is part of the key.
+        key = (ca_name, cert_id.hash_name, cert_id.serial_number)
+        cached = self._cache.get(key)
+        if cached is not None and cached.version != version:
+            cached = None
+        if request.nonce is None and cached is not None and now < cached.refresh_at:
+            self._cache.move_to_end(key)
+            return _with_max_age(cached.answer, now)
+        # The status of a fresh cache entry is still current; only the signature is new.
+        status = cached.status if cached is not None else self._status(ca_name, cert_id.serial_hex)
         this_update = now.replace(microsecond=0)
         validity = self._next_update.get(ca_name, DEFAULT_NEXT_UPDATE)
         signer = self._signers[ca_name].signer
         next_update = min(this_update + validity, signer.certificate.not_valid_after_utc)
         body = build_response(
-            request,
-            self._status(ca_name, request.cert_id.serial_hex),
-            signer,
-            this_update=this_update,
-            next_update=next_update,
+            request, status, signer, this_update=this_update, next_update=next_update
         )
-        if request.nonce is not None:
-            return OCSPAnswer(body, this_update=this_update, next_update=next_update)
         answer = OCSPAnswer(body, this_update=this_update, next_update=next_update)
+        if request.nonce is not None:
+            return answer  # signed for this nonce alone: never cached, never max-age
         refresh_at = this_update + (next_update - this_update) / 2
-        self._cache[key] = _Cached(version, refresh_at, answer)
+        self._cache[key] = _Cached(version, refresh_at, answer, status)
         self._cache.move_to_end(key)
         while len(self._cache) > self._cache_entries:
             self._cache.popitem(last=False)
