@@ -26,7 +26,13 @@ import pytest
 from cryptography import x509
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import ExtendedKeyUsageOID
-from tests.e2e.casystem_fixtures import CA_PASSPHRASE, CASystemUnderTest, enroll_all, leaf_of
+from tests.e2e.casystem_fixtures import (
+    CA_PASSPHRASE,
+    CASystemUnderTest,
+    enroll_all,
+    leaf_of,
+    ztpki,
+)
 from tests.support.ocsp import (
     exchange,
     http_address,
@@ -140,6 +146,21 @@ def test_ok_good_then_revoked_with_reason_and_time(publisher: Publisher) -> None
     assert before - timedelta(seconds=1) <= revoked_at <= datetime.now(UTC)
     # Negative control: the certificate beside it is still good.
     assert f"{publisher.pem(other)}: good" in publisher.ask(other)
+
+
+def test_ok_operator_hold_and_release_seen_at_once(publisher: Publisher) -> None:
+    """`ztpki ca revoke` / `release-hold` in their own processes: the running responder's
+    cached answer follows each change on the next query."""
+    (leaf,) = publisher.issue()
+    root = str(publisher.system.root)
+    assert f"{publisher.pem(leaf)}: good" in publisher.ask(leaf, "-no_nonce")
+    ztpki("ca", "revoke", "--dir", root, "--name", "factory", "--serial", serial_hex(leaf),
+          "--reason", "certificateHold")  # fmt: skip
+    held = publisher.ask(leaf, "-no_nonce")
+    assert ": revoked" in held and "Reason: certificateHold" in held, held
+    ztpki("ca", "release-hold", "--dir", root, "--name", "factory", "--serial", serial_hex(leaf))
+    released = publisher.ask(leaf, "-no_nonce")
+    assert "Response verify OK" in released and f"{publisher.pem(leaf)}: good" in released
 
 
 def test_ok_rsa_ca_and_sha256_cert_ids(publisher: Publisher) -> None:
