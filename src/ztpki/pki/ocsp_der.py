@@ -22,7 +22,6 @@ from ztpki.pki.der import integer, oid_body, read_tlv, tlv
 from ztpki.pki.keys import PrivateKey
 
 _SEQUENCE, _OCTETS, _OID, _NULL, _ENUMERATED, _BITS = 0x30, 0x04, 0x06, 0x05, 0x0A, 0x03
-_GENERALIZED_TIME = 0x18
 ID_PKIX_OCSP_BASIC = "1.3.6.1.5.5.7.48.1.1"
 ID_PKIX_OCSP_NONCE = "1.3.6.1.5.5.7.48.1.2"
 HASH_OIDS = {
@@ -56,9 +55,26 @@ def _algorithm(dotted: str, *, null: bool) -> bytes:
     return tlv(_SEQUENCE, _oid(dotted) + (tlv(_NULL, b"") if null else b""))
 
 
+# Encoded once: the CertID hash AlgorithmIdentifiers (with NULL parameters, as openssl and
+# cryptography write them), the nonce extension's OID, the responseType, the reason fields.
+_HASH_ALGORITHMS = {name: _algorithm(dotted, null=True) for name, dotted in HASH_OIDS.items()}
+_NONCE_OID = _oid(ID_PKIX_OCSP_NONCE)
+_BASIC_OID = _oid(ID_PKIX_OCSP_BASIC)
+_REASONS = {
+    reason: tlv(0xA0, tlv(_ENUMERATED, bytes([code]))) for reason, code in REASON_CODES.items()
+}
+_SUCCESSFUL = tlv(_ENUMERATED, b"\x00")
+
+
 def generalized_time(when: datetime) -> bytes:
     """GeneralizedTime in UTC, whole seconds (RFC 5280 4.1.2.5.2)."""
-    return tlv(_GENERALIZED_TIME, when.strftime("%Y%m%d%H%M%SZ").encode("ascii"))
+    if when.utcoffset():
+        raise ValueError("OCSP times are given in UTC")
+    text = (
+        f"{when.year:04d}{when.month:02d}{when.day:02d}"
+        f"{when.hour:02d}{when.minute:02d}{when.second:02d}Z"
+    )
+    return b"\x18\x0f" + text.encode("ascii")  # 15 characters, a one-octet length
 
 
 def public_key_bits(certificate: x509.Certificate) -> bytes:
@@ -128,7 +144,7 @@ def encode_response(
     """A successful OCSPResponse carrying one signed SingleResponse (DER)."""
     cert_id = tlv(
         _SEQUENCE,
-        _algorithm(HASH_OIDS[hash_name], null=True)
+        _HASH_ALGORITHMS[hash_name]
         + tlv(_OCTETS, issuer_name_hash)
         + tlv(_OCTETS, issuer_key_hash)
         + integer(serial_number),
@@ -136,7 +152,7 @@ def encode_response(
     if revoked_at is not None:
         revoked = generalized_time(revoked_at)
         if reason is not None:
-            revoked += tlv(0xA0, tlv(_ENUMERATED, bytes([REASON_CODES[reason]])))
+            revoked += _REASONS[reason]
         status = tlv(0xA1, revoked)  # [1] IMPLICIT RevokedInfo
     else:
         status = _UNKNOWN if unknown else _GOOD
@@ -146,9 +162,7 @@ def encode_response(
     )
     extensions = b""
     if nonce is not None:
-        nonce_extension = tlv(
-            _SEQUENCE, _oid(ID_PKIX_OCSP_NONCE) + tlv(_OCTETS, tlv(_OCTETS, nonce))
-        )
+        nonce_extension = tlv(_SEQUENCE, _NONCE_OID + tlv(_OCTETS, tlv(_OCTETS, nonce)))
         extensions = tlv(0xA1, tlv(_SEQUENCE, nonce_extension))
     tbs = tlv(
         _SEQUENCE,
@@ -156,8 +170,8 @@ def encode_response(
     )
     signature = tlv(_BITS, b"\x00" + _sign(key, tbs))
     basic = tlv(_SEQUENCE, tbs + parts.signature_algorithm + signature + parts.certs)
-    response_bytes = tlv(_SEQUENCE, _oid(ID_PKIX_OCSP_BASIC) + tlv(_OCTETS, basic))
-    return tlv(_SEQUENCE, tlv(_ENUMERATED, b"\x00") + tlv(0xA0, response_bytes))
+    response_bytes = tlv(_SEQUENCE, _BASIC_OID + tlv(_OCTETS, basic))
+    return tlv(_SEQUENCE, _SUCCESSFUL + tlv(0xA0, response_bytes))
 
 
 __all__ = [
