@@ -379,3 +379,28 @@ def test_ok_200_concurrent_queries_while_revoking(publisher: Publisher) -> None:
         answer = post_ocsp(publisher.http, request_der(leaf, issuer)).ocsp()
         expected = ocsp.OCSPCertStatus.REVOKED if n < 10 else ocsp.OCSPCertStatus.GOOD
         assert answer.certificate_status is expected, n
+
+
+def test_fail_http_port_in_use_is_one_line_and_nothing_listens(publisher: Publisher) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = ztpki(
+            "ca", "serve", "--dir", str(publisher.system.root), "--listen", "127.0.0.1:0",
+            "--http-listen", f"127.0.0.1:{port}", "--key-workers", "1", check=False,
+        )  # fmt: skip
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    err = " ".join(result.stderr.split())
+    assert f"error: cannot listen on 127.0.0.1:{port}: address already in use" in err
+    assert "listening on" not in result.stdout
+
+
+def test_fail_ocsp_signer_without_http_listen(publisher: Publisher) -> None:
+    result = ztpki(
+        "ca", "serve", "--dir", str(publisher.system.root), "--ocsp-signer", "ca", check=False
+    )
+    assert result.returncode == 2 and "--ocsp-signer needs --http-listen" in result.stderr
+    assert "listening on" not in result.stdout
