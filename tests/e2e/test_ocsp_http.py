@@ -122,6 +122,11 @@ def publisher(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Publisher]:
     system = CASystemUnderTest(base / "system", logs)
     system.init_ca("factory", "--default")
     system.init_ca("rsaca", "--key", "rsa-2048")
+    # This CA's CRLs, and so its OCSP answers, are valid for 2 hours.
+    policy = system.root / "cas" / "rsaca" / "policy.toml"
+    text = policy.read_text()
+    assert "crl_next_update_hours = 24" in text
+    policy.write_text(text.replace("crl_next_update_hours = 24", "crl_next_update_hours = 2"))
     system.add_client("line1")
     service = system.start("--http-listen", "127.0.0.1:0", "--key-workers", "1")
     try:
@@ -167,6 +172,14 @@ def test_ok_rsa_ca_and_sha256_cert_ids(publisher: Publisher) -> None:
     (leaf,) = publisher.issue(ca="rsaca")
     answer = publisher.ask(leaf, ca="rsaca", digest="sha256")
     assert "Response verify OK" in answer and ": good" in answer, answer
+    issuer = publisher.system.ca_certificate("rsaca")
+    parsed = post_ocsp(publisher.http, request_der(leaf, issuer)).ocsp()
+    assert parsed.next_update_utc - parsed.this_update_utc == timedelta(hours=2)
+    factory = post_ocsp(
+        publisher.http,
+        request_der(publisher.issue()[0], publisher.system.ca_certificate("factory")),
+    ).ocsp()
+    assert factory.next_update_utc - factory.this_update_utc == timedelta(hours=24)
     publisher.revoke(leaf, "superseded", ca="rsaca")
     answer = publisher.ask(leaf, ca="rsaca")
     assert ": revoked" in answer and "Reason: superseded" in answer, answer
@@ -337,6 +350,14 @@ def test_ok_crl_served_as_written(publisher: Publisher) -> None:
     text = sh(f"openssl crl -inform DER -in {out} -noout -text", publisher.work).stdout
     assert format(leaf.serial_number, "X") in text.replace(":", "").upper()
     assert "Privilege Withdrawn" in text
+    # The publisher reads the file again once the CA system replaced it.
+    (second,) = publisher.issue()
+    publisher.revoke(second, "affiliationChanged")
+    again = exchange(publisher.http, "GET", "/crl/factory.crl").body
+    assert again == crl_file.read_bytes() != out.read_bytes()
+    assert x509.load_der_x509_crl(again).get_revoked_certificate_by_serial_number(
+        second.serial_number
+    )
     # Negative controls: a CA the system does not hold, and a path that tries to leave cas/.
     assert exchange(publisher.http, "GET", "/crl/nosuch.crl").status == 404
     assert exchange(publisher.http, "GET", "/crl/..%2F..%2Fstore.sqlite.crl").status == 404

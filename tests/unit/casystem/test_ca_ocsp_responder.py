@@ -195,3 +195,41 @@ def test_ok_ca_signer_never_renews(store: SQLiteIssuanceStore) -> None:
     responder = OCSPResponder({"factory": CA}, store, now=NOW, signer=SignerPolicy.CA)
     assert responder.signer_of("factory").certificate == CA.certificate
     assert responder.renew_if_due(NOW + timedelta(days=300)) == []
+
+
+def test_ok_publisher_renews_on_schedule_and_survives_a_failure(
+    store: SQLiteIssuanceStore, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The running publisher checks every hour (a fake sleep here) and renews the delegated
+    responder when due; a failed renewal is logged and retried at the next check."""
+    import asyncio
+
+    from ztpki.casystem.publisher import RENEW_CHECK_EVERY, RevocationPublisher
+
+    responder = OCSPResponder({"factory": CA}, store, now=NOW)
+    first = responder.signer_of("factory").certificate
+    times = iter([NOW + timedelta(days=1), NOW + timedelta(days=6), NOW + timedelta(days=6)])
+    publisher = RevocationPublisher({}, responder, clock=lambda: next(times))
+    real = responder.renew_if_due
+    calls: list[datetime] = []
+
+    def flaky(now: datetime) -> list[str]:
+        calls.append(now)
+        if len(calls) == 2:
+            raise OSError("simulated failure")
+        return real(now)
+
+    monkeypatch.setattr(responder, "renew_if_due", flaky)
+    delays: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        if len(delays) == 3:
+            raise asyncio.CancelledError
+        delays.append(seconds)
+
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(publisher._keep_renewed(sleep=sleep))
+    assert delays == [RENEW_CHECK_EVERY] * 3 and len(calls) == 3
+    assert "renewing an OCSP responder certificate failed" in caplog.text
+    renewed = responder.signer_of("factory").certificate
+    assert renewed != first and renewed.not_valid_before_utc > first.not_valid_before_utc
