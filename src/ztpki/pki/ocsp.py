@@ -232,6 +232,7 @@ def unsuccessful(status: ocsp.OCSPResponseStatus) -> bytes:
 MALFORMED_REQUEST = unsuccessful(ocsp.OCSPResponseStatus.MALFORMED_REQUEST)
 UNAUTHORIZED = unsuccessful(ocsp.OCSPResponseStatus.UNAUTHORIZED)
 INTERNAL_ERROR = unsuccessful(ocsp.OCSPResponseStatus.INTERNAL_ERROR)
+TRY_LATER = unsuccessful(ocsp.OCSPResponseStatus.TRY_LATER)
 
 
 def issue_responder_certificate(
@@ -307,6 +308,7 @@ __all__ = [
     "MAX_NONCE",
     "MAX_REQUEST_SIZE",
     "RESPONDER_LIFETIME",
+    "TRY_LATER",
     "UNAUTHORIZED",
     "CertID",
     "CertStatus",
