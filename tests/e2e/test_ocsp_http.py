@@ -379,8 +379,18 @@ def test_ok_200_concurrent_queries_while_revoking(publisher: Publisher) -> None:
             return await response.read()
 
     async def revoke_all() -> None:
-        for leaf in doomed:
-            await asyncio.to_thread(publisher.revoke, leaf, "keyCompromise")
+        # In parallel too, over one CA-client's pool of connections.
+        system = publisher.system
+        client = CAClient(system.address, system.credential("line1"), pool_size=4)
+        reason = RevocationReason.KEY_COMPROMISE
+        requests = [
+            RevocationRequest(new_id("rev"), "factory", serial_hex(leaf), None, reason)
+            for leaf in doomed
+        ]
+        try:
+            await asyncio.gather(*(client.revoke(request) for request in requests))
+        finally:
+            await client.close()
 
     async def run() -> list[bytes]:
         connector = aiohttp.TCPConnector(limit=200)
