@@ -276,6 +276,16 @@ def test_ok_get_rfc5019_with_curl(publisher: Publisher) -> None:
         "-CAfile", publisher.ca_pem(),
     )  # fmt: skip
     assert "Response verify OK" in check.stderr + check.stdout and ": good" in check.stdout
+    # Clients that do not escape the path: '+', '/' and '=' of base64 as they are.
+    issuer = publisher.system.ca_certificate("factory")
+    while True:
+        nonce = os.urandom(16)
+        raw = base64.b64encode(request_der(leaf, issuer, nonce=nonce)).decode()
+        if "+" in raw and "/" in raw:
+            break
+    plain = exchange(publisher.http, "GET", f"/ocsp/{raw}").ocsp()
+    assert plain.certificate_status is ocsp.OCSPCertStatus.GOOD
+    assert plain.extensions.get_extension_for_class(x509.OCSPNonce).value.nonce == nonce
     # Negative control: the same path with its base64 broken is a malformedRequest.
     bad = exchange(publisher.http, "GET", "/ocsp/" + escaped[:-6] + "%21%21")
     assert bad.ocsp().response_status is ocsp.OCSPResponseStatus.MALFORMED_REQUEST
