@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID
 
-from ztpki.errors import MalformedInput, PayloadTooLarge
+from ztpki.errors import MalformedInput, PayloadTooLarge, UnsupportedParameter
 from ztpki.pki.keys import PrivateKey, signature_hash
 from ztpki.pki.ocsp_der import SignerParts, encode_response, public_key_bits
 
@@ -260,7 +260,10 @@ def issue_responder_certificate(
     not_before = max(now - BACKDATE, ca_certificate.not_valid_before_utc)
     not_after = min(now + lifetime, ca_certificate.not_valid_after_utc)
     if not_after <= not_before:
-        raise ValueError("the CA certificate is not valid now; renew it")
+        raise UnsupportedParameter(
+            f"CA {ca_label} is not valid now: no OCSP responder certificate can be issued "
+            "under it; renew the CA certificate"
+        )
     builder = (
         x509.CertificateBuilder()
         .subject_name(

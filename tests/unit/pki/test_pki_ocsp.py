@@ -275,3 +275,16 @@ _OCSP_STATUS = {
     CertStatus.REVOKED: ocsp.OCSPCertStatus.REVOKED,
     CertStatus.UNKNOWN: ocsp.OCSPCertStatus.UNKNOWN,
 }
+
+
+def test_fail_no_responder_under_an_expired_ca(factory: CertificateAuthority) -> None:
+    from ztpki.errors import UnsupportedParameter
+
+    key = generate_private_key(KeySpec.EC_P256)
+    later = factory.certificate.not_valid_after_utc + timedelta(days=1)
+    with pytest.raises(UnsupportedParameter, match="renew the CA certificate"):
+        issue_responder_certificate(factory.certificate, factory.key, key, now=later)
+    # Control: a day before the CA expires, the responder is issued, cut to the CA's end.
+    almost = factory.certificate.not_valid_after_utc - timedelta(days=1)
+    cert = issue_responder_certificate(factory.certificate, factory.key, key, now=almost)
+    assert cert.not_valid_after_utc == factory.certificate.not_valid_after_utc
