@@ -31,12 +31,8 @@ from ztpki.node.config import CALabel
 from ztpki.pki.keys import decode_pkcs8, encode_pkcs8, keys_match, public_key_der
 from ztpki.pki.names import device_id_of
 from ztpki.pki.pem import load_certificate_der
-from ztpki.protocol.enrollment import (
-    EnrollmentAnswer,
-    EnrollmentRequest,
-    RevocationAnswer,
-    RevocationRequest,
-)
+from ztpki.protocol.enrollment import EnrollmentAnswer, EnrollmentRequest
+from ztpki.protocol.revocation import RevocationAnswer, RevocationRequest
 from ztpki.store.records import RevocationReason
 
 log = logging.getLogger(__name__)

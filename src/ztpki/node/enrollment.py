@@ -36,10 +36,10 @@ from ztpki.node.ca_client import Issued, SecondCAClient
 from ztpki.node.config import CALabel, Limits, RevocationPolicy
 from ztpki.node.metrics import NodeMetrics
 from ztpki.node.register import AsyncRegister
+from ztpki.node.revocation_orders import confirms_renewal, superseded_order
 from ztpki.pki.keys import KeySpec
 from ztpki.pki.pem import certificate_der, load_certificate_der, serial_hex
 from ztpki.protocol.est import csr_device_id, spki_sha256
-from ztpki.node.revocation_orders import confirms_renewal, superseded_order
 from ztpki.store.records import AuditRecord, DeviceState, RegisteredDevice
 from ztpki.untrusted import quote
 

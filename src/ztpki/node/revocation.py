@@ -23,7 +23,7 @@ from ztpki.errors import Unavailable, ZtpkiError
 from ztpki.node.ca_client import SecondCAClient
 from ztpki.node.config import RevocationPolicy
 from ztpki.node.register import AsyncRegister
-from ztpki.protocol.enrollment import RevocationRequest
+from ztpki.protocol.revocation import RevocationRequest
 from ztpki.store.records import AuditRecord, RevocationReason
 from ztpki.store.revocation_records import QueuedRevocation, RevocationAction
 from ztpki.store.sqlite_revocation_queue import AUDIT_ENDPOINT

@@ -82,7 +82,7 @@ _DEVICE_INDEX = "CREATE INDEX device_by_state ON device (state, device_id)"
 # the running node (``seq`` orders two orders on one certificate: a hold before its release).
 # WAITING: a renewal's superseded certificate, due once the renewed one is confirmed.
 _REVOCATION_TABLE = """
-    CREATE TABLE revocation (
+    CREATE TABLE node_revocation (
         seq         INTEGER PRIMARY KEY AUTOINCREMENT,
         device_id   TEXT NOT NULL CHECK (device_id <> ''),
         label       TEXT NOT NULL CHECK (label <> ''),
@@ -100,9 +100,9 @@ _REVOCATION_TABLE = """
         CHECK ((status IN ('done', 'refused')) = (done_at IS NOT NULL))
     )"""
 _REVOCATION_INDEXES = (
-    "CREATE INDEX revocation_open ON revocation (status, due_at, seq)",
-    "CREATE INDEX revocation_by_device ON revocation (device_id, seq)",
-    "CREATE INDEX revocation_by_serial ON revocation (serial, seq)",
+    "CREATE INDEX node_revocation_open ON node_revocation (status, due_at, seq)",
+    "CREATE INDEX node_revocation_by_device ON node_revocation (device_id, seq)",
+    "CREATE INDEX node_revocation_by_serial ON node_revocation (serial, seq)",
 )
 
 _DEVICE_CHAIN_TABLE = """

@@ -41,7 +41,7 @@ def insert_orders(
     """Queue the orders, each with its "revocation-requested" audit entry."""
     at = encode_instant(now, name="now")
     conn.executemany(
-        f"INSERT INTO revocation ({_COLUMNS}) "  # noqa: S608
+        f"INSERT INTO node_revocation ({_COLUMNS}) "  # noqa: S608
         "VALUES (NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, NULL, NULL)",
         [
             (
@@ -88,7 +88,7 @@ def _requested(order: RevocationOrder) -> str:
 def release_waiting(conn: sqlite3.Connection, device_id: str, *, due_at: datetime) -> int:
     """Make the device's waiting orders due at ``due_at``; how many there were."""
     return conn.execute(
-        "UPDATE revocation SET status = 'pending', due_at = ? "
+        "UPDATE node_revocation SET status = 'pending', due_at = ? "
         "WHERE device_id = ? AND status = 'waiting'",
         (encode_instant(due_at, name="due_at"), device_id),
     ).rowcount
@@ -126,7 +126,7 @@ class RevocationQueue:
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         with self._db.read() as conn:
             rows = conn.execute(
-                f"SELECT {_COLUMNS} FROM revocation {clause} ORDER BY seq",  # noqa: S608
+                f"SELECT {_COLUMNS} FROM node_revocation {clause} ORDER BY seq",  # noqa: S608
                 params,
             ).fetchall()
         return [_queued(row) for row in rows]
@@ -135,9 +135,9 @@ class RevocationQueue:
         """Pending orders due by ``now`` whose certificate has no earlier open order."""
         with self._db.read() as conn:
             rows = conn.execute(
-                f"SELECT {_COLUMNS} FROM revocation r "  # noqa: S608
+                f"SELECT {_COLUMNS} FROM node_revocation r "  # noqa: S608
                 "WHERE r.status = 'pending' AND r.due_at <= ? AND NOT EXISTS ("
-                "SELECT 1 FROM revocation e WHERE e.serial = r.serial AND e.seq < r.seq "
+                "SELECT 1 FROM node_revocation e WHERE e.serial = r.serial AND e.seq < r.seq "
                 "AND e.status IN ('waiting', 'pending')) ORDER BY r.seq LIMIT ?",
                 (encode_instant(now, name="now"), limit),
             ).fetchall()
@@ -155,7 +155,7 @@ class RevocationQueue:
         status = QueueStatus.REFUSED if refused is not None else QueueStatus.DONE
         with self._db.write() as conn:
             changed = conn.execute(
-                "UPDATE revocation SET status = ?, done_at = ?, last_error = ?, "
+                "UPDATE node_revocation SET status = ?, done_at = ?, last_error = ?, "
                 "attempts = attempts + 1 WHERE seq = ? AND status = 'pending'",
                 (status.value, encode_instant(now, name="now"), refused, seq),
             ).rowcount
@@ -175,7 +175,7 @@ class RevocationQueue:
         """Count a failed attempt of a pending order and set when to try it again."""
         with self._db.write() as conn:
             changed = conn.execute(
-                "UPDATE revocation SET attempts = attempts + 1, last_error = ?, due_at = ? "
+                "UPDATE node_revocation SET attempts = attempts + 1, last_error = ?, due_at = ? "
                 "WHERE seq = ? AND status = 'pending'",
                 (error, encode_instant(retry_at, name="retry_at"), seq),
             ).rowcount
