@@ -130,7 +130,14 @@ def test_ok_import_lists_new_devices(node_store: NodeStore) -> None:
     assert row.issued_chain_der == ()
     assert row.updated_at == T0
     assert node_store.manifests() == [manifest("m1", 2)]
-    assert node_store.counts() == {LISTED: 2, ISSUING: 0, ISSUED: 0, CUSTOMIZED: 0, BLOCKED: 0, RETIRED: 0}
+    assert node_store.counts() == {
+        LISTED: 2,
+        ISSUING: 0,
+        ISSUED: 0,
+        CUSTOMIZED: 0,
+        BLOCKED: 0,
+        RETIRED: 0,
+    }
 
 
 def test_fail_same_manifest_twice_is_a_no_op(node_store: NodeStore) -> None:
