@@ -13,6 +13,7 @@ from ztpki.cli.common import console, plain, print_json
 from ztpki.cli.node import node
 from ztpki.cli.node_options import dir_option
 from ztpki.store.records import DeviceState, RevocationReason
+from ztpki.store.revocation_records import QueuedRevocation, QueueStatus
 
 
 @node.command("import")
@@ -112,10 +113,26 @@ def devices_command(directory: Path, state: str | None, as_json: bool) -> None:
             plain(d.batch),
             plain(d.issued_serial),
             plain(d.updated_at.isoformat(timespec="seconds")),
-            plain("; ".join(o.describe() for o in pending.get(d.device_id, []))),
+            plain(_open_count(pending.get(d.device_id, []))),
         )
     console.print(table)
     console.print(f"{len(devices)} device(s)")
+    # One line per order, never wrapped: the serial is what an operator copies.
+    for d in devices:
+        for order in pending.get(d.device_id, []):
+            console.print(
+                f"revocation {d.device_id}: {order.describe()}", markup=False, soft_wrap=True
+            )
+
+
+def _open_count(orders: list[QueuedRevocation]) -> str | None:
+    if not orders:
+        return None
+    return ", ".join(
+        f"{sum(1 for o in orders if o.status is status)} {status.value}"
+        for status in QueueStatus
+        if any(o.status is status for o in orders)
+    )
 
 
 def _set_blocked(directory: Path, device_id: str, *, blocked: bool) -> None:
