@@ -52,6 +52,7 @@ class RefusalReason(StrEnum):
     LABEL_MISMATCH = "label-mismatch"
     WRONG_OPERATION = "wrong-operation"
     NO_CLIENT_AUTH = "no-client-auth"
+    RETIRED = "retired"
 
 
 class Refused(NotAuthorized):
@@ -91,6 +92,7 @@ class Decision:
     new_state: DeviceState | None = None
     reissue: bool = False
     reason: str = "authorized"
+    takeover: bool = False  # an issuance whose lease expired: what it issued is unknown
 
 
 @dataclass(frozen=True)
@@ -142,6 +144,12 @@ def decide(
     if device is None:
         raise Refused(
             RefusalReason.UNKNOWN, f"device {identity.device_id} is not in the customer register"
+        )
+    if device.state is DeviceState.RETIRED:
+        raise Refused(
+            RefusalReason.RETIRED,
+            f"device {device.device_id} is retired: its certificates are revoked and it is "
+            "never enrolled again",
         )
     if device.state is DeviceState.BLOCKED:
         raise Refused(
@@ -290,6 +298,7 @@ def _take_over(
         new_state=new_state,
         reissue=True,
         reason="took over an issuance whose lease expired",
+        takeover=True,
     )
 
 

@@ -14,8 +14,8 @@ import asyncio
 import logging
 import secrets
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
 
@@ -33,9 +33,10 @@ from ztpki.node.authorization import (
     should_confirm,
 )
 from ztpki.node.ca_client import Issued, SecondCAClient
-from ztpki.node.config import CALabel, Limits
+from ztpki.node.config import CALabel, Limits, RevocationPolicy
 from ztpki.node.metrics import NodeMetrics
 from ztpki.node.register import AsyncRegister
+from ztpki.node.revocation_orders import confirms_renewal, superseded_order
 from ztpki.pki.keys import KeySpec
 from ztpki.pki.pem import certificate_der, load_certificate_der, serial_hex
 from ztpki.protocol.est import csr_device_id, spki_sha256
@@ -104,6 +105,8 @@ class EnrollmentService:
         limits: Limits,
         metrics: NodeMetrics,
         clock: Callable[[], datetime] = _utcnow,
+        revocation: RevocationPolicy | None = None,
+        revocation_queued: Callable[[], None] = lambda: None,
     ) -> None:
         if default_label not in labels:
             raise UnknownCA(f"default EST label {default_label!r} is not configured")
@@ -114,6 +117,9 @@ class EnrollmentService:
         self.limits = limits
         self.metrics = metrics
         self._clock = clock
+        self.revocation = revocation or RevocationPolicy()
+        # Told when this service queued a revocation, so that the sender looks at once.
+        self._revocation_queued = revocation_queued
 
     def label(self, name: str | None) -> LoadedLabel:
         found = self.labels.get(name or self.default_label)
@@ -233,6 +239,7 @@ class EnrollmentService:
         device_id = before.device_id
         # A device with an issued (unconfirmed) certificate gets it superseded, never a second.
         reissue = decision.reissue or before.issued_serial is not None
+        resting = before.previous_state if before.state is DeviceState.ISSUING else before.state
         try:
             issued = await self.ca_client.issue(
                 device_id=device_id,
@@ -240,6 +247,9 @@ class EnrollmentService:
                 ca_certificate=label.certificate,
                 csr_der=csr_der,
                 reissue=reissue,
+                # A taken-over issuance may have left a certificate nobody received; a renewal
+                # never revokes first: the live one may be the certificate the device uses.
+                revoke_live_first=decision.takeover and resting is not DeviceState.CUSTOMIZED,
             )
         except ZtpkiError as exc:
             self.metrics.observe_ca_system(decision_of(exc), 0.0)
@@ -254,11 +264,20 @@ class EnrollmentService:
             )
             raise
         self.metrics.observe_ca_system("issued", issued.seconds)
-        return await self._complete(issued, identity, decision, token, endpoint)
+        why = "superseded before delivery: revoked at the CA system before reissuing"
+        await self.register.audit(
+            *(
+                self._record(endpoint, identity, "revoked", why, serial=r.serial)
+                for r in issued.revoked
+            )
+        )
+        return await self._complete(issued, before, label, identity, decision, token, endpoint)
 
     async def _complete(
         self,
         issued: Issued,
+        before: RegisteredDevice,
+        label: LoadedLabel,
         identity: ClientIdentity,
         decision: Decision,
         token: str,
@@ -269,6 +288,11 @@ class EnrollmentService:
         reason = decision.reason
         if issued.superseded_undelivered:
             reason += "; superseded a certificate whose answer was lost before delivery"
+        renewal = decision.new_state is DeviceState.CUSTOMIZED
+        previous = before.issued_serial
+        orders = []
+        if previous is not None and previous != serial:
+            orders.append(superseded_order(device_id, label.config, previous, renewal=renewal))
         now = self._clock()
         assert decision.new_state is not None
         completed = await self.register.complete_issuance(
@@ -281,23 +305,34 @@ class EnrollmentService:
             chain_der=[certificate_der(c) for c in issued.chain],
             now=now,
             audit=self._record(endpoint, identity, "issued", reason, now=now, serial=serial),
+            revocations=orders,
+            renewed_from=previous if renewal and orders else None,
         )
         if not completed:
-            return await self._discard(identity, serial, endpoint)
+            return await self._discard(label, identity, serial, endpoint)
+        if orders:
+            self._revocation_queued()
         log.info("issued serial=%s device=%s via %s (%s)", serial, device_id, endpoint, reason)
         return Enrolled("issued", issued.certificate, issued.chain, issued.private_key_der)
 
-    async def _discard(self, identity: ClientIdentity, serial: str, endpoint: str) -> Enrolled:
+    async def _discard(
+        self,
+        label: LoadedLabel,
+        identity: ClientIdentity,
+        serial: str,
+        endpoint: str,
+    ) -> Enrolled:
         # The lease was lost while the CA system worked: the device was blocked, or the lease
-        # expired and another request took over. This certificate is not handed out.
+        # expired and another request took over. This certificate is not handed out, and is
+        # revoked (nobody holds it).
         current = await self.register.get(identity.device_id)
-        blocked = current is not None and current.state is DeviceState.BLOCKED
+        state = None if current is None else current.state
         error: ZtpkiError = (
             Refused(
-                RefusalReason.BLOCKED,
-                f"device {identity.device_id} is blocked in the customer register",
+                RefusalReason(state.value),
+                f"device {identity.device_id} is {state.value} in the customer register",
             )
-            if blocked
+            if state is DeviceState.BLOCKED or state is DeviceState.RETIRED
             else Unavailable(
                 f"the enrollment of device {identity.device_id} was overtaken; retry", retry_after=1
             )
@@ -305,15 +340,19 @@ class EnrollmentService:
         log.warning(
             "discarded serial=%s for device %s: %s", serial, identity.device_id, error.message
         )
-        await self.register.audit(
-            self._record(
+        order = superseded_order(identity.device_id, label.config, serial, renewal=False)
+        await self.register.queue_revocations(
+            [replace(order, cause="issued but discarded: never delivered")],
+            now=self._clock(),
+            audit=self._record(
                 endpoint,
                 identity,
                 "discarded",
                 f"issued certificate not delivered: {error.message}",
                 serial=serial,
-            )
+            ),
         )
+        self._revocation_queued()
         raise _Audited(error)
 
     async def _redeliver(
@@ -344,8 +383,12 @@ class EnrollmentService:
         endpoint: str,
         reread: bool = True,
     ) -> RegisteredDevice | None:
-        """Confirm a customization if this request shows it; the row afterwards (reread) or
-        as it was given (when the caller does not use it)."""
+        """Confirm a customization (or a renewal) if this request shows it; the row afterwards
+        (reread) or as it was given (when the caller does not use it)."""
+        if confirms_renewal(device, identity):
+            assert device is not None
+            await self._confirm_renewal(device, identity, endpoint=endpoint)
+            return await self.register.get(identity.device_id) if reread else device
         if not should_confirm(device, identity):
             return device
         now = self._clock()
@@ -364,6 +407,21 @@ class EnrollmentService:
                 "device %s confirmed serial=%s: customized", identity.device_id, identity.serial
             )
         return await self.register.get(identity.device_id) if reread else device
+
+    async def _confirm_renewal(
+        self, device: RegisteredDevice, identity: ClientIdentity, *, endpoint: str
+    ) -> None:
+        now, label = self._clock(), self.labels.get(identity.label or "")
+        grace = self.revocation.grace_for(label.config) if label else 0.0
+        why = f"renewed certificate used: {device.renewed_from} is revoked in {grace:g} s"
+        record = self._record(
+            endpoint, identity, "renewal-confirmed", why, now=now, serial=identity.serial
+        )
+        due = now + timedelta(seconds=grace)
+        if await self.register.confirm_renewal(
+            identity.device_id, serial=identity.serial, now=now, due_at=due, audit=record
+        ):
+            self._revocation_queued()
 
     async def record_refusal(
         self, endpoint: str, identity: ClientIdentity, exc: ZtpkiError

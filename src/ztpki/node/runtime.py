@@ -47,6 +47,7 @@ from ztpki.node.proxy_listener import (
     protocol_factory,
 )
 from ztpki.node.register import AsyncRegister
+from ztpki.node.revocation import RevocationSender
 from ztpki.pki.keys import PrivateKey, decode_pkcs8, keys_match
 from ztpki.pki.pem import load_certificates_pem
 from ztpki.store.interfaces import NodeStore
@@ -194,8 +195,11 @@ class RunningNode:
     store: NodeStore
     metrics: NodeMetrics
     proxies: list[ProxyListener] = field(default_factory=list)
+    revocations: RevocationSender | None = None
 
     async def close(self) -> None:
+        if self.revocations is not None:
+            await self.revocations.close()
         self.server.close()
         for proxy in self.proxies:
             proxy.server.close()
@@ -243,6 +247,7 @@ async def start_node(
     register = AsyncRegister(store)
     metrics = NodeMetrics()
     ca_client = SecondCAClient(transport, timeout=limits.ca_timeout, retry_after=limits.retry_after)
+    revocations = RevocationSender(register, ca_client, config.revocation)
     service = EnrollmentService(
         register=register,
         ca_client=ca_client,
@@ -250,6 +255,8 @@ async def start_node(
         default_label=config.default_label,
         limits=limits,
         metrics=metrics,
+        revocation=config.revocation,
+        revocation_queued=revocations.wake,
     )
     application = EstApplication(
         service,
@@ -296,8 +303,19 @@ async def start_node(
         ", ".join(material.labels),
         config.ca_system,
     )
+    # Revocations queued while the node was down, or by `node block` meanwhile, go out now.
+    revocations.start()
     return RunningNode(
-        str(bound[0]), int(bound[1]), runner, server, ca_client, register, store, metrics, proxies
+        str(bound[0]),
+        int(bound[1]),
+        runner,
+        server,
+        ca_client,
+        register,
+        store,
+        metrics,
+        proxies,
+        revocations,
     )
 
 
