@@ -29,15 +29,19 @@ from ztpki.node.authorization import (
     Operation,
     RefusalReason,
     Refused,
+    RevocationCheck,
+    RevocationUnknown,
     decide,
     should_confirm,
 )
 from ztpki.node.ca_client import Issued, SecondCAClient
 from ztpki.node.config import CALabel, Limits
+from ztpki.node.factory_crls import FactoryRevocation
 from ztpki.node.metrics import NodeMetrics
 from ztpki.node.register import AsyncRegister
 from ztpki.pki.keys import KeySpec
 from ztpki.pki.pem import certificate_der, load_certificate_der, serial_hex
+from ztpki.pki.revocation_check import RevocationStatus
 from ztpki.protocol.est import csr_device_id, spki_sha256
 from ztpki.store.records import AuditRecord, DeviceState, RegisteredDevice
 from ztpki.untrusted import quote
@@ -104,6 +108,7 @@ class EnrollmentService:
         limits: Limits,
         metrics: NodeMetrics,
         clock: Callable[[], datetime] = _utcnow,
+        revocation: FactoryRevocation | None = None,
     ) -> None:
         if default_label not in labels:
             raise UnknownCA(f"default EST label {default_label!r} is not configured")
@@ -114,6 +119,7 @@ class EnrollmentService:
         self.limits = limits
         self.metrics = metrics
         self._clock = clock
+        self.revocation = revocation
 
     def label(self, name: str | None) -> LoadedLabel:
         found = self.labels.get(name or self.default_label)
@@ -144,7 +150,12 @@ class EnrollmentService:
             device = await self._confirm(
                 await self.register.get(identity.device_id), identity, endpoint=endpoint
             )
-            decide(device, identity, EnrollmentContext(Operation.CSRATTRS, label.name))
+            revocation = await self._revocation(identity)
+            decide(
+                device,
+                identity,
+                EnrollmentContext(Operation.CSRATTRS, label.name, revocation=revocation),
+            )
         except ZtpkiError as exc:
             await self.record_refusal(endpoint, identity, exc)
             raise
@@ -182,6 +193,7 @@ class EnrollmentService:
         )
         spki = spki_sha256(csr.public_key())
         named = csr_device_id(csr)
+        revocation = await self._revocation(identity)
         for _ in range(DECISION_ROUNDS):
             now = self._clock()
             context = EnrollmentContext(
@@ -191,6 +203,7 @@ class EnrollmentService:
                 spki,
                 issued_label=self._issued_label(device),
                 lease_expired=_lease_expired(device, now),
+                revocation=revocation,
             )
             decision = decide(device, identity, context)
             if decision.action is Action.REDELIVER:
@@ -365,6 +378,25 @@ class EnrollmentService:
             )
         return await self.register.get(identity.device_id) if reread else device
 
+    async def _revocation(self, identity: ClientIdentity) -> RevocationCheck | None:
+        """The factory CRLs' verdict on a temporary certificate (None: nothing to check)."""
+        if self.revocation is None:
+            return None
+        check = await self.revocation.check(identity)
+        if (
+            check is not None
+            and check.fail_open
+            and check.verdict.status is RevocationStatus.UNKNOWN
+        ):
+            log.warning(
+                "device %s let through with its revocation status unknown (%s): "
+                "manufacturer %s fails open",
+                identity.device_id,
+                check.verdict.detail,
+                ", ".join(check.manufacturers),
+            )
+        return check
+
     async def record_refusal(
         self, endpoint: str, identity: ClientIdentity, exc: ZtpkiError
     ) -> None:
@@ -381,6 +413,8 @@ class EnrollmentService:
             client_fingerprint=identity.fingerprint,
         )
         level = logging.INFO if isinstance(exc, Refused | Unavailable) else logging.WARNING
+        if isinstance(exc, RevocationUnknown):
+            level = logging.WARNING  # the node's CRLs are stale: the operator must act
         log.log(level, "%s %s: %s", record.decision, record.device_id, exc.message)
         await self.register.audit(record)
 

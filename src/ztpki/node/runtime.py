@@ -14,10 +14,12 @@ header (ztpki.node.proxy).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 from aiohttp import web
@@ -35,6 +37,7 @@ from ztpki.node.authentication import AuthenticationModule, CustomerCA, FactoryT
 from ztpki.node.ca_client import EnrollmentTransport, SecondCAClient
 from ztpki.node.config import Limits, NodeConfig
 from ztpki.node.enrollment import EnrollmentService, LoadedLabel
+from ztpki.node.factory_crls import FactoryRevocation, resolve
 from ztpki.node.http import EstApplication
 from ztpki.node.manufacturers import LoadedManufacturer
 from ztpki.node.metrics import NodeMetrics
@@ -106,6 +109,7 @@ class NodeMaterial:
     server_key: PrivateKey = field(repr=False)
     server_chain: tuple[x509.Certificate, ...]
     credential: Credential | None = field(repr=False)
+    revocation: FactoryRevocation | None = field(default=None, repr=False)
 
     def ssl_context(self, *, on_refusal: HandshakeRefused | None = None) -> ssl.SSLContext:
         """``on_refusal``: told of each handshake the TLS layer refuses (default: logged)."""
@@ -164,11 +168,12 @@ def load_material(
             "node.toml has no [ca.<label>] table: the node has no CA to issue from"
         )
     labels = load_labels(config)
+    makers = load_manufacturers(config)
     authentication = AuthenticationModule(
-        factory_trust(load_manufacturers(config)),
+        factory_trust(makers),
         [CustomerCA(name, loaded.chain) for name, loaded in labels.items()],
-        crls=[read_crl(config.path(p)) for p in config.crls],
     )
+    revocation = factory_revocation(config, makers)
     key = read_server_key(config.path(config.server_key), passphrase=node_passphrase)
     chain = tuple(read_certificates(config.path(config.server_cert), "server certificate"))
     if not keys_match(key, chain[0].public_key()):
@@ -180,7 +185,18 @@ def load_material(
             passphrase=client_passphrase,
             passphrase_source=CLIENT_KEY_OPTIONS,
         )
-    return NodeMaterial(config, authentication, labels, key, chain, credential)
+    return NodeMaterial(config, authentication, labels, key, chain, credential, revocation)
+
+
+def factory_revocation(config: NodeConfig, makers: list[LoadedManufacturer]) -> FactoryRevocation:
+    """The factory CRLs the node checks temporary certificates against (not fetched yet)."""
+    return FactoryRevocation(
+        [(m.name, m.bundle) for m in makers],
+        locations={m.name: [resolve(config.directory, c) for c in m.config.crl] for m in makers},
+        refresh={m.name: timedelta(minutes=m.config.crl_refresh_minutes) for m in makers},
+        fail_open={m.name: m.config.fail_open for m in makers},
+        static=[read_crl(config.path(p)) for p in config.crls],
+    )
 
 
 @dataclass
@@ -194,8 +210,14 @@ class RunningNode:
     store: NodeStore
     metrics: NodeMetrics
     proxies: list[ProxyListener] = field(default_factory=list)
+    revocation: FactoryRevocation | None = None
+    refresher: asyncio.Task[None] | None = None
 
     async def close(self) -> None:
+        if self.refresher is not None:
+            self.refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.refresher
         self.server.close()
         for proxy in self.proxies:
             proxy.server.close()
@@ -250,7 +272,11 @@ async def start_node(
         default_label=config.default_label,
         limits=limits,
         metrics=metrics,
+        revocation=material.revocation,
     )
+    if material.revocation is not None and material.revocation.configured:
+        # The first fetch before serving, so no device meets a node without its factory CRLs.
+        await asyncio.to_thread(material.revocation.refresh)
     application = EstApplication(
         service,
         material.authentication,
@@ -296,8 +322,21 @@ async def start_node(
         ", ".join(material.labels),
         config.ca_system,
     )
+    refresher = None
+    if material.revocation is not None:
+        refresher = asyncio.create_task(material.revocation.run(), name="factory CRL refresh")
     return RunningNode(
-        str(bound[0]), int(bound[1]), runner, server, ca_client, register, store, metrics, proxies
+        str(bound[0]),
+        int(bound[1]),
+        runner,
+        server,
+        ca_client,
+        register,
+        store,
+        metrics,
+        proxies,
+        material.revocation,
+        refresher,
     )
 
 
