@@ -1,0 +1,283 @@
+"""The node's factory CRLs (node.factory_crls) and authorization's revocation rule."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import datetime, timedelta
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from node_pki import NOW, PKI
+from tests.support.revocation_pki import RevocationCA
+
+from ztpki.errors import ConfigurationError, Unavailable
+from ztpki.node.authentication import ClientIdentity
+from ztpki.node.authorization import (
+    EnrollmentContext,
+    Operation,
+    RefusalReason,
+    Refused,
+    RevocationUnknown,
+    check_revocation,
+    decide,
+)
+from ztpki.node.factory_crls import FactoryRevocation
+from ztpki.pki.revocation_check import RevocationStatus
+from ztpki.store.records import DeviceState, RegisteredDevice
+
+URL = "http://factory.example/crl/factory.crl"
+
+
+class Published:
+    """What the factory's CRL URL serves now (bytes, or an error), and how often it was asked."""
+
+    def __init__(self) -> None:
+        self.body: bytes | None = None
+        self.asked: list[str] = []
+
+    def __call__(self, location: str) -> bytes:
+        self.asked.append(location)
+        if self.body is None:
+            raise Unavailable(f"cannot fetch the CRL at {location}: connection refused")
+        return self.body
+
+    def publish(self, crl: x509.CertificateRevocationList) -> None:
+        self.body = crl.public_bytes(serialization.Encoding.DER)
+
+
+def crl_of(
+    pki: PKI,
+    *revoked: x509.Certificate,
+    number: int = 1,
+    this_update: datetime | None = None,
+    next_update: datetime | None = None,
+    reason: x509.ReasonFlags = x509.ReasonFlags.key_compromise,
+) -> x509.CertificateRevocationList:
+    start = this_update or NOW - timedelta(hours=1)
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(pki.factory_ca.certificate.subject)
+        .last_update(start)
+        .next_update(next_update or start + timedelta(days=1))
+        .add_extension(x509.CRLNumber(number), critical=False)
+    )
+    for cert in revoked:
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder()
+            .serial_number(cert.serial_number)
+            .revocation_date(start)
+            .add_extension(x509.CRLReason(reason), critical=False)
+            .build()
+        )
+    return builder.sign(pki.factory_ca.key, hashes.SHA256())  # type: ignore[arg-type]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = NOW
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def revocation(
+    pki: PKI, published: Published, clock: Clock, *, fail_open: bool = False, **kw: object
+) -> FactoryRevocation:
+    return FactoryRevocation(
+        [("Acme", pki.bundle())],
+        locations={"Acme": [URL]},
+        refresh={"Acme": timedelta(minutes=10)},
+        fail_open={"Acme": fail_open},
+        fetch=published,
+        clock=clock,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture
+def pki() -> PKI:
+    return PKI.create()
+
+
+def identity(pki: PKI, device_id: str) -> ClientIdentity:
+    return pki.identity(pki.temporary(device_id)[1])
+
+
+def listed(device_id: str) -> RegisteredDevice:
+    return RegisteredDevice(
+        device_id=device_id,
+        state=DeviceState.LISTED,
+        temp_fingerprint=None,
+        manufacturer=None,
+        model=None,
+        batch=None,
+        manifest_id=None,
+        issued_serial=None,
+        issued_spki=None,
+        issued_certificate_der=None,
+        issued_chain_der=(),
+        blocked_from=None,
+        lease_token=None,
+        lease_expires=None,
+        previous_state=None,
+        updated_at=NOW,
+    )
+
+
+def test_fail_revoked_temporary_certificate_is_refused_403_with_its_reason(pki: PKI) -> None:
+    published, clock = Published(), Clock()
+    stolen, fine = identity(pki, "dev-stolen"), identity(pki, "dev-fine")
+    published.publish(crl_of(pki, stolen.certificate))
+    factory = revocation(pki, published, clock)
+    factory.refresh()
+    check = asyncio.run(factory.check(stolen))
+    assert check is not None and check.verdict.status is RevocationStatus.REVOKED
+    context = EnrollmentContext(Operation.SERVERKEYGEN, "default", "dev-stolen", revocation=check)
+    with pytest.raises(Refused, match=r"revoked by its factory CA .*keyCompromise") as refused:
+        decide(listed("dev-stolen"), stolen, context)
+    assert refused.value.reason is RefusalReason.REVOKED
+    # Refused whatever the register says: even a device the register does not know.
+    with pytest.raises(Refused, match="revoked"):
+        decide(None, stolen, context)
+    # Negative control: the other device of the same CA is good.
+    good = asyncio.run(factory.check(fine))
+    assert good is not None and good.verdict.status is RevocationStatus.GOOD
+    check_revocation(fine, good)
+
+
+def test_fail_revocation_seen_after_refresh_interval_and_on_request(pki: PKI) -> None:
+    published, clock = Published(), Clock()
+    stolen = identity(pki, "dev-1")
+    published.publish(crl_of(pki))
+    factory = revocation(pki, published, clock)
+    factory.refresh()
+    published.publish(crl_of(pki, stolen.certificate, number=2))
+    factory.refresh()  # not due yet: the CRL in hand stays
+    assert len(published.asked) == 1
+    check = asyncio.run(factory.check(stolen))
+    assert check is not None and check.verdict.status is RevocationStatus.GOOD
+    clock.now += timedelta(minutes=10)  # the refresh interval
+    factory.refresh()
+    check = asyncio.run(factory.check(stolen))
+    assert check is not None and check.verdict.status is RevocationStatus.REVOKED
+    factory.refresh(force=True)  # SIGHUP
+    assert len(published.asked) == 3
+
+
+def test_fail_stale_crl_fails_closed_by_default(pki: PKI, caplog: pytest.LogCaptureFixture) -> None:
+    published, clock = Published(), Clock()
+    device = identity(pki, "dev-1")
+    published.publish(crl_of(pki, next_update=NOW + timedelta(hours=1)))
+    factory = revocation(pki, published, clock)
+    factory.refresh()
+    published.body = None  # the factory's CRL server goes away
+    clock.now += timedelta(hours=2)
+    with caplog.at_level(logging.WARNING):
+        factory.refresh()
+    assert "could not be refreshed" in caplog.text
+    check = asyncio.run(factory.check(device))
+    assert check is not None and check.verdict.status is RevocationStatus.UNKNOWN
+    context = EnrollmentContext(Operation.SERVERKEYGEN, "default", "dev-1", revocation=check)
+    with pytest.raises(RevocationUnknown, match=r"stale.*fail_open = false"):
+        decide(listed("dev-1"), device, context)
+
+
+def test_ok_stale_crl_passes_when_the_manufacturer_fails_open(pki: PKI) -> None:
+    published, clock = Published(), Clock()
+    device = identity(pki, "dev-1")
+    published.publish(crl_of(pki, next_update=NOW + timedelta(hours=1)))
+    factory = revocation(pki, published, clock, fail_open=True)
+    factory.refresh()
+    clock.now += timedelta(hours=2)
+    check = asyncio.run(factory.check(device))
+    assert check is not None and check.fail_open
+    check_revocation(device, check)  # passes
+    # Even failing open, a revoked certificate is refused.
+    published.publish(crl_of(pki, device.certificate, number=2))
+    factory.refresh(force=True)
+    with pytest.raises(Refused):
+        check_revocation(device, asyncio.run(factory.check(device)))
+
+
+def test_fail_never_fetched_crl_is_unknown(pki: PKI) -> None:
+    factory = revocation(pki, Published(), Clock())
+    factory.refresh()
+    check = asyncio.run(factory.check(identity(pki, "dev-1")))
+    assert check is not None and check.verdict.status is RevocationStatus.UNKNOWN
+    assert URL in check.verdict.detail
+
+
+def test_ok_no_crl_configured_nothing_to_check(pki: PKI) -> None:
+    factory = FactoryRevocation([("Acme", pki.bundle())])
+    assert not factory.configured
+    assert asyncio.run(factory.check(identity(pki, "dev-1"))) is None
+
+
+def test_fail_older_crl_served_again_is_not_taken(pki: PKI) -> None:
+    published, clock = Published(), Clock()
+    stolen = identity(pki, "dev-1")
+    published.publish(crl_of(pki, stolen.certificate, number=5))
+    factory = revocation(pki, published, clock)
+    factory.refresh()
+    published.publish(crl_of(pki, number=4))  # a replay of an older CRL, without the entry
+    factory.refresh(force=True)
+    check = asyncio.run(factory.check(stolen))
+    assert check is not None and check.verdict.status is RevocationStatus.REVOKED
+
+
+def test_fail_crl_signed_by_another_key_counts_for_nothing(pki: PKI) -> None:
+    published, clock = Published(), Clock()
+    device = identity(pki, "dev-1")
+    forged = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(pki.factory_ca.certificate.subject)
+        .last_update(NOW - timedelta(hours=1))
+        .next_update(NOW + timedelta(days=1))
+        .sign(RevocationCA.create().key, hashes.SHA256())
+    )
+    published.publish(forged)
+    factory = revocation(pki, published, clock)
+    factory.refresh()
+    check = asyncio.run(factory.check(device))
+    assert check is not None and check.verdict.status is RevocationStatus.UNKNOWN
+    assert "signature" in check.verdict.detail
+
+
+def with_distribution_point(pki: PKI, cert: x509.Certificate, url: str) -> x509.Certificate:
+    """``cert`` again, naming its CRL distribution point, signed by the factory CA."""
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(cert.subject)
+        .issuer_name(cert.issuer)
+        .public_key(cert.public_key())
+        .serial_number(cert.serial_number)
+        .not_valid_before(cert.not_valid_before_utc)
+        .not_valid_after(cert.not_valid_after_utc)
+    )
+    for extension in cert.extensions:
+        builder = builder.add_extension(extension.value, extension.critical)
+    point = x509.DistributionPoint([x509.UniformResourceIdentifier(url)], None, None, None)
+    builder = builder.add_extension(x509.CRLDistributionPoints([point]), critical=False)
+    return builder.sign(pki.factory_ca.key, hashes.SHA256())  # type: ignore[arg-type]
+
+
+def test_ok_distribution_point_learned_from_the_certificate(pki: PKI) -> None:
+    # A factory CA whose temporary certificates name their CRL: no location configured.
+    published, clock = Published(), Clock()
+    cert = with_distribution_point(pki, pki.temporary("dev-cdp")[1], URL)
+    published.publish(crl_of(pki, cert))
+    factory = FactoryRevocation([("Acme", pki.bundle())], fetch=published, clock=clock)
+    check = asyncio.run(factory.check(pki.identity(cert)))
+    assert published.asked == [URL]
+    assert check is not None and check.verdict.status is RevocationStatus.REVOKED
+    # Negative control: a certificate without a distribution point is not checked.
+    assert asyncio.run(factory.check(identity(pki, "dev-plain"))) is not None  # URL learned
+    assert published.asked == [URL]  # fetched once, held
+
+
+def test_fail_https_or_ftp_location_is_a_configuration_error(pki: PKI) -> None:
+    for location in ("https://factory.example/a.crl", "ftp://factory.example/a.crl"):
+        with pytest.raises(ConfigurationError, match="only http://"):
+            FactoryRevocation([("Acme", pki.bundle())], locations={"Acme": [location]})
