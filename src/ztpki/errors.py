@@ -55,6 +55,12 @@ class NotAuthorized(ZtpkiError):
     code = "not-authorized"
 
 
+class UnknownCertificate(ZtpkiError):
+    """A revocation names a certificate (serial, or a device's live one) the CA never issued."""
+
+    code = "unknown-certificate"
+
+
 class PayloadTooLarge(ZtpkiError):
     """A body or frame larger than the configured limit."""
 

@@ -11,7 +11,9 @@ import asyncio
 import logging
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from ztpki.casystem.wire import raise_for
 from ztpki.credentials import Credential, client_context
@@ -24,8 +26,16 @@ from ztpki.protocol.enrollment import (
     encode_request,
 )
 from ztpki.protocol.framing import HEADER_SIZE, MAX_FRAME_SIZE, encode_frame, frame_length
+from ztpki.protocol.revocation import (
+    RevocationAnswer,
+    RevocationRequest,
+    decode_revocation_answer,
+    encode_revocation_request,
+)
 
 log = logging.getLogger(__name__)
+
+_Answer = TypeVar("_Answer", EnrollmentAnswer, RevocationAnswer)
 
 # Reconnect rather than reuse a connection the server may be about to close as idle.
 MAX_IDLE = 60.0
@@ -81,12 +91,25 @@ class CAClient:
 
     async def enroll(self, request: EnrollmentRequest) -> EnrollmentAnswer:
         """The CA system's answer, or the typed error it sent, or Unavailable."""
+        answer = await self._call(encode_request(request), decode_answer)
+        return _checked(answer, request.request_id)
+
+    async def revoke(self, request: RevocationRequest) -> RevocationAnswer:
+        """Revoke (or release the hold of) a certificate this CA-client obtained: the CA
+        system's answer once the revocation is durable, the typed error it sent (NotAuthorized,
+        UnknownCertificate, ...), or Unavailable. Safe to repeat: revoking is idempotent."""
+        answer = await self._call(encode_revocation_request(request), decode_revocation_answer)
+        return _checked(answer, request.request_id)
+
+    async def _call(
+        self, payload: bytes, decode: Callable[[bytes], _Answer | EnrollmentError]
+    ) -> _Answer | EnrollmentError:
         async with self._slots:
             connection = await self._checkout()
             try:
                 # asyncio.timeout, not wait_for: no extra task per request on the hot path.
                 async with asyncio.timeout(self._timeout):
-                    answer = await self._exchange(connection, request)
+                    answer = await self._exchange(connection, payload, decode)
             except TimeoutError:
                 connection.close()
                 raise Unavailable(
@@ -100,13 +123,6 @@ class CAClient:
                 raise
             connection.last_used = time.monotonic()
             self._idle.append(connection)
-        if isinstance(answer, EnrollmentError):
-            raise raise_for(answer)
-        if answer.request_id != request.request_id:
-            raise MalformedInput(
-                f"CA system answered request {answer.request_id!r} "
-                f"instead of {request.request_id!r}"
-            )
         return answer
 
     async def close(self) -> None:
@@ -139,11 +155,24 @@ class CAClient:
 
     @staticmethod
     async def _exchange(
-        connection: _Connection, request: EnrollmentRequest
-    ) -> EnrollmentAnswer | EnrollmentError:
-        connection.writer.write(encode_frame(encode_request(request)))
+        connection: _Connection,
+        payload: bytes,
+        decode: Callable[[bytes], _Answer | EnrollmentError],
+    ) -> _Answer | EnrollmentError:
+        connection.writer.write(encode_frame(payload))
         await connection.writer.drain()
         length = frame_length(await connection.reader.readexactly(HEADER_SIZE))
         if length > MAX_FRAME_SIZE:
             raise MalformedInput(f"CA system sent a frame of {length} bytes, over the limit")
-        return decode_answer(await connection.reader.readexactly(length))
+        return decode(await connection.reader.readexactly(length))
+
+
+def _checked(answer: _Answer | EnrollmentError, request_id: str) -> _Answer:
+    """The answer to ``request_id``; the typed error for an EnrollmentError."""
+    if isinstance(answer, EnrollmentError):
+        raise raise_for(answer)
+    if answer.request_id != request_id:
+        raise MalformedInput(
+            f"CA system answered request {answer.request_id!r} instead of {request_id!r}"
+        )
+    return answer

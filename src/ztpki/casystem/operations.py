@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from ztpki.casystem.crl_publisher import CRLPublisher, CRLTarget
 from ztpki.casystem.directory import CASystemDirectory, service_authority
 from ztpki.casystem.entitlement import ChangeMode, change_entitlement
 from ztpki.casystem.issuer import CASystem, LoadedCA
@@ -45,6 +46,14 @@ def load_system(directory: CASystemDirectory, *, passphrase: bytes | None) -> CA
     if not cas:
         raise ConfigurationError(f"{directory.root} holds no CA; run `ztpki ca init` first")
     return CASystem(cas, default_ca=directory.default_ca())
+
+
+def crl_targets(directory: CASystemDirectory, system: CASystem) -> dict[str, CRLTarget]:
+    """Every CA of the system, ready to have its CRL published."""
+    return {
+        name: CRLTarget(ca.authority, ca.policy, directory.ca_dir(name))
+        for name, ca in system.cas.items()
+    }
 
 
 def _require_cas(directory: CASystemDirectory, entitlement: ClientEntitlement) -> None:
@@ -177,4 +186,5 @@ def build_service(
         limits=limits,
         key_pool=pool,
         identity=identity,
+        crls=CRLPublisher(crl_targets(directory, system), store),
     )

@@ -20,6 +20,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import tomli_w
 from cryptography import x509
@@ -49,6 +50,31 @@ def _subtree(domain: str) -> str:
             f"permitted_dns {domain[:64]!r}: name a domain (example.com covers its subdomains)"
         )
     return check_dns_pattern(domain)
+
+
+MAX_CRL_HOURS = 24 * 31
+
+
+def _check_url(name: str, url: object) -> None:
+    """An http(s) URL a relying party can fetch (RFC 5280 4.2.1.13 and 4.2.2.1)."""
+    if url is None:
+        return
+    if not isinstance(url, str):
+        raise ConfigurationError(f"policy: [revocation] {name} must be a string URL")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or any(c in url for c in ' "<>'):
+        raise ConfigurationError(
+            f"policy: [revocation] {name} {url[:80]!r} must be an http:// URL such as "
+            "http://pki.example.com:8080/crl/customer.crl"
+        )
+
+
+def _whole(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigurationError(
+            "policy: [revocation] crl_next_update_hours must be a whole number"
+        )
+    return value
 
 
 class FieldRule(StrEnum):
@@ -87,6 +113,12 @@ class IssuingPolicy:
     issue_ca_certificates: bool = False
     permitted_dns: tuple[str, ...] = ()
     permitted_ip: tuple[str, ...] = ()
+    # [revocation]: where relying parties find this CA's CRL and OCSP responder (None: the
+    # certificates it issues carry no CRL Distribution Point / AIA OCSP entry), and how long
+    # each CRL is valid (nextUpdate).
+    crl_url: str | None = None
+    ocsp_url: str | None = None
+    crl_next_update_hours: int = 24
 
     def __post_init__(self) -> None:
         explicit = dict(self.subject_rules)
@@ -111,6 +143,13 @@ class IssuingPolicy:
             raise ConfigurationError(
                 "policy: [ca_certificates] issue = true needs name constraints: list "
                 "permitted_dns and/or permitted_ip (an unconstrained CA could name anything)"
+            )
+        for name in ("crl_url", "ocsp_url"):
+            _check_url(name, getattr(self, name))
+        if not 0 < self.crl_next_update_hours <= MAX_CRL_HOURS:
+            raise ConfigurationError(
+                f"policy: [revocation] crl_next_update_hours must be 1 to {MAX_CRL_HOURS} "
+                f"(got {self.crl_next_update_hours})"
             )
         if not 0 < self.default_validity_days <= self.max_validity_days:
             raise ConfigurationError(
@@ -187,6 +226,8 @@ class IssuingPolicy:
             ip_addresses=ip_addresses,
             # Also in the subject (emailAddress), where older relying parties look for it.
             email_addresses=(merged.email,) if merged.email else (),
+            crl_url=self.crl_url,
+            ocsp_url=self.ocsp_url,
             **self._ca_constraints(),
         )
 
@@ -236,6 +277,12 @@ class IssuingPolicy:
             "subject_rules": {name: self.rule(name).value for name in SUBJECT_FIELDS},
             "issuance": {"allow_csr": self.allow_csr},
         }
+        revocation: dict[str, Any] = {"crl_next_update_hours": self.crl_next_update_hours}
+        if self.crl_url:
+            revocation["crl_url"] = self.crl_url
+        if self.ocsp_url:
+            revocation["ocsp_url"] = self.ocsp_url
+        data["revocation"] = revocation
         if self.profile is CertificateProfile.CA:
             data["ca_certificates"] = {
                 "issue": self.issue_ca_certificates,
@@ -253,6 +300,7 @@ class IssuingPolicy:
             issuance = data.get("issuance", {})
             rules = data.get("subject_rules", {})
             ca_certs = data.get("ca_certificates", {})
+            revocation = data.get("revocation", {})
             return cls(
                 profile=CertificateProfile.parse(data.get("profile", "device")),
                 default_validity_days=int(validity.get("default_days", 365)),
@@ -266,6 +314,9 @@ class IssuingPolicy:
                 issue_ca_certificates=ca_certs.get("issue", False) is True,
                 permitted_dns=tuple(_subtree(d) for d in ca_certs.get("permitted_dns", ())),
                 permitted_ip=tuple(check_ip_range(n) for n in ca_certs.get("permitted_ip", ())),
+                crl_url=revocation.get("crl_url"),
+                ocsp_url=revocation.get("ocsp_url"),
+                crl_next_update_hours=_whole(revocation.get("crl_next_update_hours", 24)),
             )
         except ConfigurationError as exc:
             raise ConfigurationError(f"policy file is invalid: {exc.message}") from None
@@ -288,5 +339,7 @@ class IssuingPolicy:
             "# A device holds at most one live certificate per CA; reissue supersedes it.\n"
             "# subject_rules: allowed (a request may set it) | fixed (the policy's value only)\n"
             "#   | forbidden (never). validity.above_max: refuse | clip.\n"
+            "# [revocation] crl_url / ocsp_url: put into every certificate issued (CRL\n"
+            "#   Distribution Point, AIA OCSP); crl_next_update_hours: CRL validity.\n"
         )
         path.write_text(header + tomli_w.dumps(self.to_toml()), encoding="utf-8")

@@ -20,9 +20,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from ztpki.casystem.connections import ConnectionLimits, FramedTLSServer, Reply
+from ztpki.casystem.crl_publisher import CRLPublisher
 from ztpki.casystem.entitlement import NotEntitled
 from ztpki.casystem.issuer import CASystem, IssuancePlan
 from ztpki.casystem.recorder import IssuanceRecorder
+from ztpki.casystem.revocation import ca_name_of, revoke_for_client
 from ztpki.casystem.server_identity import ServerIdentity, keep_renewed
 from ztpki.casystem.wire import error_answer
 from ztpki.errors import NotAuthorized, PayloadTooLarge, ZtpkiError
@@ -32,11 +34,16 @@ from ztpki.protocol.enrollment import (
     EnrollmentAnswer,
     EnrollmentError,
     EnrollmentRequest,
-    decode_request,
     encode_answer,
     request_id_of,
 )
 from ztpki.protocol.framing import encode_frame
+from ztpki.protocol.revocation import (
+    RevocationAnswer,
+    RevocationRequest,
+    decode_client_message,
+    encode_revocation_answer,
+)
 from ztpki.store.interfaces import IssuanceStore
 from ztpki.store.records import AlreadyIssued, ClientRecord, RefusedRequest, SupersedeRefused
 from ztpki.throttle import LogThrottle
@@ -58,8 +65,13 @@ def _generate_pkcs8(spec: str) -> bytes:
     return encode_pkcs8(generate_private_key(KeySpec(spec)), passphrase=None)
 
 
-def answer_frame(answer: EnrollmentAnswer | EnrollmentError) -> bytes:
+Answer = EnrollmentAnswer | RevocationAnswer | EnrollmentError
+
+
+def answer_frame(answer: Answer) -> bytes:
     # Answers are built here from checked dataclasses: no second schema check on the way out.
+    if isinstance(answer, RevocationAnswer):
+        return encode_frame(encode_revocation_answer(answer))
     return encode_frame(encode_answer(answer, validate=False))
 
 
@@ -73,20 +85,29 @@ class CASystemService:
         limits: ServiceLimits | None = None,
         key_pool: Executor | None = None,
         identity: ServerIdentity | None = None,
+        crls: CRLPublisher | None = None,
     ) -> None:
         """``identity``, when given, owns ssl_context's server certificate: the running
-        service renews it before it expires."""
+        service renews it before it expires. ``crls``, when given, publishes each CA's CRL
+        after every revocation change and before its nextUpdate."""
         self.system = system
         self.store = store
         self.ssl_context = ssl_context
         self.limits = limits or ServiceLimits()
         self.identity = identity
         self.renewal: asyncio.Task[None] | None = None
+        self.crls = crls
+        self.crl_timer: asyncio.Task[None] | None = None
         self._key_pool = key_pool
         self._recorder = IssuanceRecorder(store)
         self._server: FramedTLSServer | None = None
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
+        if self.crls is not None:
+            # Before the first request: a revocation recorded by a service that died before
+            # its CRL went out is published now (publish_due sees the CRL is older).
+            await asyncio.to_thread(self.crls.publish_due)
+            self.crl_timer = asyncio.create_task(self.crls.run())
         self._recorder.start()
         self._server = FramedTLSServer(self.ssl_context, self._session_for, self.limits)
         bound = self._server.listen(host, port)
@@ -99,10 +120,11 @@ class CASystemService:
         await self._server.wait_closed()
 
     async def close(self) -> None:
-        if self.renewal is not None:
-            self.renewal.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.renewal
+        for task in (self.renewal, self.crl_timer):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._server is not None:
             self._server.close()
         await self._recorder.stop()
@@ -130,14 +152,16 @@ class CASystemService:
             return Reply(answer_frame(error_answer(None, _unregistered())), close=True)
         return _ClientSession(self, tls, client)
 
-    async def handle(
-        self, payload: bytes, *, client: ClientRecord
-    ) -> EnrollmentAnswer | EnrollmentError:
+    async def handle(self, payload: bytes, *, client: ClientRecord) -> Answer:
         """One request frame in, one answer out; every failure becomes a typed error answer."""
-        request: EnrollmentRequest | None = None
+        request: EnrollmentRequest | RevocationRequest | None = None
+        answer: Answer
         try:
-            request = decode_request(payload)
-            answer = await self.enroll(request, client=client)
+            request = decode_client_message(payload)
+            if isinstance(request, RevocationRequest):
+                answer = await self.revoke(request, client=client)
+            else:
+                answer = await self.enroll(request, client=client)
         except ZtpkiError as exc:
             request_id = request.request_id if request else request_id_of(payload)
             # A registered client asking beyond its rights is a security event, not noise.
@@ -162,7 +186,7 @@ class CASystemService:
     async def _record_refusal(
         self,
         client: str,
-        request: EnrollmentRequest | None,
+        request: EnrollmentRequest | RevocationRequest | None,
         request_id: str | None,
         exc: ZtpkiError,
     ) -> None:
@@ -212,6 +236,31 @@ class CASystemService:
             f" superseding {','.join(superseded)}" if superseded else "",
         )
         return self.system.answer(plan, certificate, private_key, der=record.certificate_der)
+
+    async def revoke(self, request: RevocationRequest, *, client: ClientRecord) -> RevocationAnswer:
+        """Revoke or release once the entitlement allows it; answered when durable and (as
+        far as the disk allows) on the published CRL."""
+        answer = await asyncio.to_thread(
+            revoke_for_client,
+            request,
+            client=client,
+            system=self.system,
+            store=self.store,
+            now=datetime.now(UTC),
+        )
+        ca_name = self.system.resolve(ca_name_of(request, self.system)).authority.name
+        log.info(
+            "%s serial=%s ca=%s reason=%s request=%s client=%s",
+            "released" if answer.released else "revoked",
+            answer.serial,
+            ca_name,
+            answer.reason.value,
+            request.request_id,
+            client.name,
+        )
+        if self.crls is not None:
+            await self.crls.refresh(ca_name)
+        return answer
 
     def _refuse_if_live(self, plan: IssuancePlan) -> None:
         """What the record would refuse, checked early (the record still decides)."""

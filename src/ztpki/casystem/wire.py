@@ -8,6 +8,7 @@ from ztpki.errors import (
     PayloadTooLarge,
     Unavailable,
     UnknownCA,
+    UnknownCertificate,
     UnsupportedParameter,
     ZtpkiError,
 )
@@ -25,6 +26,7 @@ _TO_CODE: tuple[tuple[type[ZtpkiError], ErrorCode], ...] = (
     (PayloadTooLarge, ErrorCode.MALFORMED),
     (UnsupportedParameter, ErrorCode.UNSUPPORTED_PARAMETER),
     (UnknownCA, ErrorCode.UNKNOWN_CA),
+    (UnknownCertificate, ErrorCode.UNKNOWN_CERTIFICATE),
     (NotAuthorized, ErrorCode.NOT_AUTHORIZED),
     (Unavailable, ErrorCode.UNAVAILABLE),
 )
@@ -35,6 +37,7 @@ _FROM_CODE: dict[ErrorCode, type[ZtpkiError]] = {
     ErrorCode.UNKNOWN_CA: UnknownCA,
     ErrorCode.NOT_AUTHORIZED: NotAuthorized,
     ErrorCode.ALREADY_ISSUED: LiveCertificateExists,
+    ErrorCode.UNKNOWN_CERTIFICATE: UnknownCertificate,
     ErrorCode.UNAVAILABLE: Unavailable,
     ErrorCode.INTERNAL: ZtpkiError,
 }

@@ -13,7 +13,12 @@ from cryptography import x509
 
 from ztpki.errors import UnsupportedParameter
 from ztpki.pki.keys import PrivateKey, PublicKey, key_spec_of, signature_hash
-from ztpki.pki.profiles import CertificateProfile, profile_extensions, subject_alt_names
+from ztpki.pki.profiles import (
+    CertificateProfile,
+    profile_extensions,
+    revocation_pointers,
+    subject_alt_names,
+)
 
 # Backdate notBefore a little so devices with slightly slow clocks accept a fresh certificate.
 CLOCK_SKEW = timedelta(minutes=5)
@@ -34,6 +39,9 @@ class IssuanceGrant:
     path_length: int | None = None
     # For a CA certificate: the names it may certify (RFC 5280 4.2.1.10).
     name_constraints: x509.NameConstraints | None = None
+    # Where relying parties check revocation (RFC 5280 4.2.1.13, 4.2.2.1); None: not named.
+    crl_url: str | None = None
+    ocsp_url: str | None = None
 
 
 def _builder(
@@ -146,6 +154,8 @@ class CertificateAuthority:
         if san is not None:
             # RFC 5280 4.2.1.6: critical only when the subject is empty; ours never is.
             extensions.append(x509.Extension(san.oid, False, san))
+        for pointer in revocation_pointers(grant.crl_url, grant.ocsp_url):
+            extensions.append(x509.Extension(pointer.oid, False, pointer))
         if grant.name_constraints is not None:
             # RFC 5280 4.2.1.10: conforming CAs MUST mark this extension critical.
             nc = grant.name_constraints

@@ -85,6 +85,27 @@ def subject_alt_names(
     return x509.SubjectAlternativeName(names) if names else None
 
 
+def revocation_pointers(
+    crl_url: str | None, ocsp_url: str | None
+) -> list[x509.CRLDistributionPoints | x509.AuthorityInformationAccess]:
+    """The CRL Distribution Point and AIA OCSP extensions for these URLs (none for None)."""
+    pointers: list[x509.CRLDistributionPoints | x509.AuthorityInformationAccess] = []
+    if crl_url is not None:
+        point = x509.DistributionPoint(
+            full_name=[x509.UniformResourceIdentifier(crl_url)],
+            relative_name=None,
+            reasons=None,
+            crl_issuer=None,
+        )
+        pointers.append(x509.CRLDistributionPoints([point]))
+    if ocsp_url is not None:
+        access = x509.AccessDescription(
+            x509.oid.AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(ocsp_url)
+        )
+        pointers.append(x509.AuthorityInformationAccess([access]))
+    return pointers
+
+
 def profile_extensions(
     profile: CertificateProfile,
     public_key: PublicKey,

@@ -58,6 +58,15 @@ from ztpki.protocol.manifest import (
     sign_manifest,
     verify_manifest,
 )
+from ztpki.protocol.revocation import (
+    RevocationAnswer,
+    RevocationRequest,
+    decode_client_message,
+    decode_revocation_answer,
+    decode_revocation_request,
+    encode_revocation_answer,
+    encode_revocation_request,
+)
 
 __all__ = [
     "CERTS_ONLY_TYPE",
@@ -81,6 +90,8 @@ __all__ = [
     "Manifest",
     "ManifestEntry",
     "ManufacturerTrust",
+    "RevocationAnswer",
+    "RevocationRequest",
     "ServerKeygenResponse",
     "UnsupportedMediaType",
     "VerifiedManifest",
@@ -90,9 +101,12 @@ __all__ = [
     "decode_answer",
     "decode_base64_body",
     "decode_certs_only",
+    "decode_client_message",
     "decode_csr",
     "decode_csrattrs",
     "decode_request",
+    "decode_revocation_answer",
+    "decode_revocation_request",
     "decode_serverkeygen",
     "encode_answer",
     "encode_certs_only",
@@ -100,6 +114,8 @@ __all__ = [
     "encode_csrattrs",
     "encode_frame",
     "encode_request",
+    "encode_revocation_answer",
+    "encode_revocation_request",
     "encode_serverkeygen",
     "frame_length",
     "is_marked_manifest_signer",

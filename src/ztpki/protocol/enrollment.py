@@ -60,6 +60,7 @@ class ErrorCode(StrEnum):
     UNKNOWN_CA = "unknown-ca"
     NOT_AUTHORIZED = "not-authorized"
     ALREADY_ISSUED = "already-issued"
+    UNKNOWN_CERTIFICATE = "unknown-certificate"
     UNAVAILABLE = "unavailable"
     INTERNAL = "internal"
 
@@ -431,7 +432,11 @@ def _read_parameters(element: etree._Element) -> EnrollmentParameters:
 
 def decode_request(data: bytes) -> EnrollmentRequest:
     """The EnrollmentRequest in ``data``; MalformedInput for anything else."""
-    root = schema.parse(data, expected=("EnrollmentRequest",))
+    return request_of(schema.parse(data, expected=("EnrollmentRequest",)))
+
+
+def request_of(root: etree._Element) -> EnrollmentRequest:
+    """The EnrollmentRequest of a schema-valid root element (``schema.parse`` checked it)."""
     children = {schema.local_name(child): child for child in root}
     csr_der = _der(children["CSR"]) if "CSR" in children else None
     if csr_der is not None:
@@ -489,7 +494,7 @@ def decode_answer(data: bytes) -> EnrollmentAnswer | EnrollmentError:
 # Reads only the start of the root tag, with a regular expression: nothing is parsed, so
 # no entity, DTD or size trick in a hostile message can reach here.
 _REQUEST_ID = re.compile(
-    rb"<(?:[A-Za-z_][A-Za-z0-9_.\-]*:)?EnrollmentRequest\s[^<>]*?(?<=\s)id\s*=\s*"
+    rb"<(?:[A-Za-z_][A-Za-z0-9_.\-]*:)?(?:Enrollment|Revocation)Request\s[^<>]*?(?<=\s)id\s*=\s*"
     rb"(?:\"([A-Za-z0-9._\-]{1,64})\"|'([A-Za-z0-9._\-]{1,64})')"
 )
 _REQUEST_ID_WINDOW = 4096

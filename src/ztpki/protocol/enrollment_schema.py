@@ -74,8 +74,17 @@ _RULES: Final[dict[str, _Rule]] = {
     "PrivateKey": _Rule(f"base64 of a DER PKCS#8 private key {_DER}", shown=False),
     "code": _Rule(
         "one of malformed, unsupported-parameter, unknown-ca, not-authorized, already-issued, "
-        "unavailable, internal"
+        "unknown-certificate, unavailable, internal"
     ),
+    "Serial": _Rule("1-40 hexadecimal digits (a certificate serial number)"),
+    "Reason": _Rule(
+        "an RFC 5280 reason: unspecified, keyCompromise, cACompromise, affiliationChanged, "
+        "superseded, cessationOfOperation, certificateHold, privilegeWithdrawn, aACompromise"
+    ),
+    "InvalidityDate": _Rule("a UTC instant such as 2026-12-07T16:25:03Z"),
+    "RevokedAt": _Rule("a UTC instant such as 2026-12-07T16:25:03Z"),
+    "releaseHold": _BOOLEAN,
+    "released": _BOOLEAN,
     "EnrollmentError": _Rule("a message of 1-1024 characters without control characters"),
 }
 _SHOWN_LIMIT = 66  # 64 characters and the quotes; a longer value is cut, with a marker

@@ -24,6 +24,8 @@ from ztpki.store.records import (
     NewDevice,
     RefusedRequest,
     RegisteredDevice,
+    Revocation,
+    RevocationReason,
     SupersedeRefused,
 )
 from ztpki.store.sqlite import (
@@ -58,6 +60,8 @@ __all__ = [
     "RefusedRequest",
     "RegisterStore",
     "RegisteredDevice",
+    "Revocation",
+    "RevocationReason",
     "SQLiteIssuanceStore",
     "SQLiteNodeStore",
     "SupersedeRefused",

@@ -25,6 +25,8 @@ from ztpki.store.records import (
     NewDevice,
     RefusedRequest,
     RegisteredDevice,
+    Revocation,
+    RevocationReason,
 )
 
 
@@ -88,6 +90,51 @@ class IssuanceStore(Protocol):
         ...
 
     def count(self) -> int: ...
+
+    def certificate(self, ca_name: str, serial: str) -> IssuedCertificate | None:
+        """The certificate ``serial`` (lower-case hex) of CA ``ca_name``, whatever its status."""
+        ...
+
+    def revoke(
+        self,
+        ca_name: str,
+        serial: str,
+        *,
+        reason: RevocationReason,
+        at: datetime,
+        invalidity_date: datetime | None = None,
+    ) -> Revocation:
+        """Put the certificate on the CA's revocation list; durable before it returns.
+
+        Idempotent: a certificate already revoked keeps (and returns) its first record,
+        except that one on hold (certificateHold) is revoked for good with another reason.
+        A revocation for good marks the certificate REVOKED (its device then holds no live
+        certificate at this CA); a hold leaves its status as it was. UnknownCertificate when
+        the CA never recorded ``serial``.
+        """
+        ...
+
+    def release_hold(self, ca_name: str, serial: str, *, at: datetime) -> bool:
+        """Lift a certificateHold (the certificate leaves the list); False when not on hold."""
+        ...
+
+    def revocation(self, ca_name: str, serial: str) -> Revocation | None: ...
+
+    def revocations(self, ca_name: str) -> list[Revocation]:
+        """What the CA's CRL lists now, ordered by serial."""
+        ...
+
+    def revocation_version(self, ca_name: str) -> int:
+        """Grows on every change of the CA's revoked set (0: never changed)."""
+        ...
+
+    def revocation_changed_at(self, ca_name: str) -> datetime | None:
+        """When the CA's revoked set last changed (None: never), to decide a CRL re-signing."""
+        ...
+
+    def next_crl_number(self, ca_name: str) -> int:
+        """A new CRL number for the CA: durable, strictly increasing across restarts."""
+        ...
 
     def add_client(
         self,

@@ -13,6 +13,7 @@ from enum import StrEnum
 from typing import Any
 
 from ztpki.errors import NotAuthorized, ZtpkiError
+from ztpki.pki.crl import RevocationReason as RevocationReason  # the store's record uses it
 from ztpki.store.instants import require_utc
 
 _HEX = re.compile(r"[0-9a-f]+")
@@ -135,6 +136,34 @@ class IssuedCertificate:
             raise ValueError("not_after must be later than not_before")
         if not self.certificate_der:
             raise ValueError("certificate_der must not be empty")
+
+
+@dataclass(frozen=True)
+class Revocation:
+    """One certificate on a CA's revocation list: since when, why, and (when known) since
+    when its key was no longer to be trusted (RFC 5280 5.3.2 invalidity date)."""
+
+    ca_name: str
+    serial: str  # lower-case hex, as the stores keep serials
+    revoked_at: datetime
+    reason: RevocationReason
+    invalidity_date: datetime | None = None
+
+    def __post_init__(self) -> None:
+        _check_text(self.ca_name, name="ca_name")
+        _check_hex(self.serial, name="serial")
+        object.__setattr__(self, "reason", RevocationReason(self.reason))
+        object.__setattr__(self, "revoked_at", require_utc(self.revoked_at, name="revoked_at"))
+        if self.invalidity_date is not None:
+            object.__setattr__(
+                self,
+                "invalidity_date",
+                require_utc(self.invalidity_date, name="invalidity_date"),
+            )
+
+    @property
+    def on_hold(self) -> bool:
+        return self.reason is RevocationReason.CERTIFICATE_HOLD
 
 
 class ClientStatus(StrEnum):

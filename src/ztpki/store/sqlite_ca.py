@@ -26,11 +26,23 @@ from ztpki.store.records import (
     SupersedeRefused,
 )
 from ztpki.store.sqlite_ca_clients import SQLiteClientRegistry
+from ztpki.store.sqlite_ca_revocations import SCHEMA as REVOCATION_SCHEMA
+from ztpki.store.sqlite_ca_revocations import SQLiteRevocations
 from ztpki.store.sqlite_db import SQLiteDatabase, rollback, savepoint, storage_error
 
 SCHEMA_COMPONENT = "ca_system"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
+_REFUSED_REQUEST = """
+    CREATE TABLE refused_request (
+        refusal_id  INTEGER PRIMARY KEY,
+        at          TEXT NOT NULL,
+        client_name TEXT NOT NULL CHECK (client_name <> ''),
+        request_id  TEXT NOT NULL,
+        device_id   TEXT,
+        ca_name     TEXT,
+        reason      TEXT NOT NULL
+    )"""
 SCHEMA = (
     """
     CREATE TABLE issued_certificate (
@@ -70,16 +82,8 @@ SCHEMA = (
                OR (status = 'revoked' AND removed_at IS NOT NULL))
     )""",
     "CREATE UNIQUE INDEX ca_client_one_active_name ON ca_client (name) WHERE status = 'active'",
-    """
-    CREATE TABLE refused_request (
-        refusal_id  INTEGER PRIMARY KEY,
-        at          TEXT NOT NULL,
-        client_name TEXT NOT NULL CHECK (client_name <> ''),
-        request_id  TEXT NOT NULL,
-        device_id   TEXT,
-        ca_name     TEXT,
-        reason      TEXT NOT NULL
-    )""",
+    _REFUSED_REQUEST,
+    *REVOCATION_SCHEMA,
 )
 # Version 1 had no entitlements: its clients keep a NULL one, which `ca serve` refuses to
 # start with (naming the `ca set-client` command), and its certificates name no client.
@@ -87,8 +91,10 @@ MIGRATIONS = {
     1: (
         "ALTER TABLE issued_certificate ADD COLUMN client_name TEXT",
         "ALTER TABLE ca_client ADD COLUMN entitlement TEXT",
-        SCHEMA[-1],
+        _REFUSED_REQUEST,
     ),
+    # Version 2 had no revocations: no certificate was revoked, every CRL number is unused.
+    2: REVOCATION_SCHEMA,
 }
 
 _CERT_COLUMNS = (
@@ -114,7 +120,7 @@ _ACTIVE_SERIALS = (
 )
 
 
-class SQLiteIssuanceStore(SQLiteClientRegistry):
+class SQLiteIssuanceStore(SQLiteClientRegistry, SQLiteRevocations):
     """IssuanceStore over one SQLite file."""
 
     def __init__(self, db: SQLiteDatabase) -> None:
@@ -218,6 +224,15 @@ class SQLiteIssuanceStore(SQLiteClientRegistry):
                 (status.value, ca_name, serial),
             )
             return cursor.rowcount == 1
+
+    def certificate(self, ca_name: str, serial: str) -> IssuedCertificate | None:
+        with self._db.read() as conn:
+            row = conn.execute(
+                f"SELECT {_CERT_COLUMNS} FROM issued_certificate "  # noqa: S608
+                "WHERE ca_name = ? AND serial = ?",
+                (ca_name, serial),
+            ).fetchone()
+        return None if row is None else _certificate(row)
 
     def count(self) -> int:
         with self._db.read() as conn:
