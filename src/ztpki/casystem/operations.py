@@ -9,6 +9,11 @@ from ztpki.casystem.crl_publisher import CRLPublisher, CRLTarget
 from ztpki.casystem.directory import CASystemDirectory, service_authority
 from ztpki.casystem.entitlement import ChangeMode, change_entitlement
 from ztpki.casystem.issuer import CASystem, LoadedCA
+from ztpki.casystem.ocsp_responder import (
+    OCSPResponder,
+    SignerPolicy,
+)
+from ztpki.casystem.publisher import PublisherLimits, RevocationPublisher
 from ztpki.casystem.server_identity import ServerIdentity
 from ztpki.casystem.service import CASystemService, ServiceLimits
 from ztpki.credentials import Credential
@@ -188,3 +193,27 @@ def build_service(
         identity=identity,
         crls=CRLPublisher(crl_targets(directory, system), store),
     )
+
+
+def build_publisher(
+    directory: CASystemDirectory,
+    service: CASystemService,
+    *,
+    signer: SignerPolicy = SignerPolicy.DELEGATED,
+    limits: PublisherLimits | None = None,
+) -> RevocationPublisher:
+    """The HTTP publisher of CRLs and OCSP for every CA the service holds, reading the
+    service's store (its own delegated responders are issued now, keys in memory)."""
+    cas = service.system.cas
+    responder = OCSPResponder(
+        {name: loaded.authority for name, loaded in cas.items()},
+        service.store,
+        now=datetime.now(UTC),
+        signer=signer,
+        next_update={
+            name: timedelta(hours=loaded.policy.crl_next_update_hours)
+            for name, loaded in cas.items()
+        },
+    )
+    crl_paths = {name: directory.ca_dir(name) / "crl.der" for name in cas}
+    return RevocationPublisher(crl_paths, responder, limits=limits)

@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from ztpki.casystem.connections import ConnectionLimits, FramedTLSServer, Reply
 from ztpki.casystem.crl_publisher import CRLPublisher
 from ztpki.casystem.entitlement import NotEntitled
+from ztpki.casystem.faults import chosen_fault, crash_at
 from ztpki.casystem.issuer import CASystem, IssuancePlan
 from ztpki.casystem.recorder import IssuanceRecorder
 from ztpki.casystem.revocation import ca_name_of, revoke_for_client
@@ -98,6 +99,7 @@ class CASystemService:
         self.renewal: asyncio.Task[None] | None = None
         self.crls = crls
         self.crl_timer: asyncio.Task[None] | None = None
+        self._fault = chosen_fault()
         self._key_pool = key_pool
         self._recorder = IssuanceRecorder(store)
         self._server: FramedTLSServer | None = None
@@ -258,6 +260,7 @@ class CASystemService:
             request.request_id,
             client.name,
         )
+        crash_at("after-revocation-record", self._fault)
         if self.crls is not None:
             await self.crls.refresh(ca_name)
         return answer

@@ -13,7 +13,8 @@ import click
 from rich.table import Table
 
 from ztpki.casystem.directory import CASystemDirectory, init_ca
-from ztpki.casystem.operations import build_service, open_store
+from ztpki.casystem.ocsp_responder import SignerPolicy
+from ztpki.casystem.operations import build_publisher, build_service, open_store
 from ztpki.casystem.policy import IssuingPolicy
 from ztpki.cli.common import (
     console,
@@ -260,6 +261,18 @@ def issued_command(
     help="Extra DNS name or IP for the server certificate.",
 )
 @click.option(
+    "--http-listen",
+    help="Also serve CRLs (/crl/NAME.crl) and OCSP (/ocsp) over plain HTTP on HOST:PORT.",
+)
+@click.option(
+    "--ocsp-signer",
+    type=click.Choice([p.value for p in SignerPolicy]),
+    default=SignerPolicy.DELEGATED.value,
+    show_default=True,
+    help="Who signs OCSP answers: a delegated responder certificate per CA (key in memory, "
+    "renewed by the service) or the CA key itself.",
+)
+@click.option(
     "--key-workers",
     type=int,
     default=None,
@@ -275,16 +288,20 @@ def serve_command(
     directory: Path,
     listen: str,
     hostnames: tuple[str, ...],
+    http_listen: str | None,
+    ocsp_signer: str,
     key_workers: int | None,
     passphrase_file: Path | None,
     insecure_no_passphrase: bool,
 ) -> None:
-    """Run the CA-system service. Prints `listening on HOST:PORT` when ready."""
+    """Run the CA-system service. Prints `listening on HOST:PORT` when ready (after
+    `http listening on HOST:PORT` on stderr with --http-listen)."""
     from ztpki.casystem.client import parse_address
 
     event_loop = chosen_loop()
     secret = passphrase(passphrase_file, insecure_no_passphrase, CA_ENV, "the CA private key")
     host, port = parse_address(listen, allow_any_port=True)
+    http = parse_address(http_listen, allow_any_port=True) if http_listen else None
     service = build_service(
         CASystemDirectory(directory),
         passphrase=secret,
@@ -298,6 +315,18 @@ def serve_command(
         except OSError as exc:
             await service.close()
             raise ListenFailed(host, port, exc) from None
+        publisher = None
+        if http is not None:
+            publisher = build_publisher(
+                CASystemDirectory(directory), service, signer=SignerPolicy(ocsp_signer)
+            )
+            try:
+                http_host, http_port = await publisher.start(*http)
+            except BaseException:
+                await service.close()
+                raise
+            # On stderr, before the readiness line: stdout carries only `listening on`.
+            click.echo(f"http listening on {http_host}:{http_port}", err=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -306,6 +335,8 @@ def serve_command(
         log.info("CA system %s serving CAs %s on the %s event loop", directory, cas, loop_name)
         click.echo(f"listening on {bound_host}:{bound_port}", nl=True)
         await stop.wait()
+        if publisher is not None:
+            await publisher.close()
         await service.close()
 
     run_service(run(), event_loop)

@@ -1,0 +1,357 @@
+"""OCSP responses per second and server CPU per response: ztpki against `openssl ocsp`.
+
+One CA system (an EC P-256 CA) with 10,000 issued certificates of which 1,000 are revoked
+(recorded in its store, and written as an OpenSSL index.txt for the same serials). Two
+responders serve them in the same run, each signing with a delegated EC P-256 responder
+certificate:
+
+  ztpki    `ztpki ca serve --http-listen` (answers without a nonce pre-signed and cached)
+  openssl  `openssl ocsp -index index.txt -port P -rsigner R -rkey K -CA ca.pem -ndays 1`
+
+Clients are `--clients` threads POSTing pre-built DER requests (every request a fresh
+connection, as `openssl ocsp` closes each one), without a nonce and with a fresh 16-octet
+nonce per request. ztpki's cache is warmed with one pass over the serials before the clock
+starts: that is what "pre-signed" means. One more ztpki line uses kept-alive connections
+(HTTP/1.1, which openssl's responder does not offer). Server CPU is utime + stime of each
+server process tree from /proc, before and after each phase. The ratios the issue sets:
+
+  no nonce:   ztpki CPU per response / openssl CPU per response   (target <= 0.20)
+  with nonce: ztpki CPU per response / openssl CPU per response   (target <= 1.00)
+
+Run: .venv/bin/python benchmarks/ocsp.py [--clients 8] [--requests 4000] [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import http.client
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from ca_throughput import ENV, Result, measure, stop
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509 import ocsp
+
+from ztpki.casystem.directory import CASystemDirectory
+from ztpki.casystem.operations import open_store
+from ztpki.pki.authority import CertificateAuthority, IssuanceGrant
+from ztpki.pki.keys import KeySpec, generate_private_key
+from ztpki.pki.names import SubjectFields, build_subject
+from ztpki.pki.ocsp import issue_responder_certificate
+from ztpki.pki.pem import certificate_der, serial_hex
+from ztpki.pki.profiles import CertificateProfile
+from ztpki.store.records import CertificateStatus, IssuedCertificate, RevocationReason
+
+CA_NAME = "factory"
+REASONS = [RevocationReason.KEY_COMPROMISE, RevocationReason.SUPERSEDED]
+READY = re.compile(r"http listening on (\S+):(\d+)")
+
+
+def ztpki(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "ztpki", *args], env=ENV, check=True, capture_output=True)
+
+
+def issue_all(authority: CertificateAuthority, count: int, now: datetime) -> list[x509.Certificate]:
+    """``count`` device certificates (one key for all: the benchmark is about status)."""
+    public_key = generate_private_key(KeySpec.EC_P256).public_key()
+    certificates = []
+    for n in range(count):
+        grant = IssuanceGrant(
+            subject=build_subject(f"bench-{n}", SubjectFields(), serial_number=None),
+            profile=CertificateProfile.DEVICE,
+            not_before=now - timedelta(minutes=5),
+            not_after=now + timedelta(days=365),
+        )
+        certificates.append(authority.issue(public_key, grant))
+    return certificates
+
+
+def record_all(
+    system: CASystemDirectory, certificates: Sequence[x509.Certificate], revoked: int, now: datetime
+) -> dict[int, tuple[datetime, RevocationReason]]:
+    """Record every certificate in the store and revoke the first ``revoked`` of them."""
+    records = []
+    for n, certificate in enumerate(certificates):
+        der = certificate_der(certificate)
+        record = IssuedCertificate(
+            serial=serial_hex(certificate),
+            ca_name=CA_NAME,
+            device_id=f"bench-{n}",
+            subject=certificate.subject.rfc4514_string(),
+            not_before=certificate.not_valid_before_utc,
+            not_after=certificate.not_valid_after_utc,
+            status=CertificateStatus.ACTIVE,
+            request_id=f"bench-{n}",
+            fingerprint=hashlib.sha256(der).hexdigest(),
+            issued_at=now,
+            certificate_der=der,
+        )
+        records.append((record, False))
+    revocations: dict[int, tuple[datetime, RevocationReason]] = {}
+    with open_store(system) as store:
+        for start in range(0, len(records), 1000):
+            store.record_issuances(records[start : start + 1000])
+        for n, certificate in enumerate(certificates[:revoked]):
+            at = (now - timedelta(minutes=n % 60)).replace(microsecond=0)
+            reason = REASONS[n % len(REASONS)]
+            store.revoke(CA_NAME, serial_hex(certificate), reason=reason, at=at)
+            revocations[certificate.serial_number] = (at, reason)
+    return revocations
+
+
+def write_index(
+    path: Path,
+    certificates: Sequence[x509.Certificate],
+    revocations: dict[int, tuple[datetime, RevocationReason]],
+) -> None:
+    """The same status as an OpenSSL CA database (ca(1) index.txt)."""
+
+    def stamp(when: datetime) -> str:
+        return when.strftime("%y%m%d%H%M%SZ")
+
+    lines = []
+    for certificate in certificates:
+        expiry = stamp(certificate.not_valid_after_utc)
+        serial = format(certificate.serial_number, "X")
+        subject = "/CN=" + certificate.subject.rfc4514_string().removeprefix("CN=")
+        revoked = revocations.get(certificate.serial_number)
+        if revoked is None:
+            lines.append(f"V\t{expiry}\t\t{serial}\tunknown\t{subject}")
+        else:
+            at, reason = revoked
+            lines.append(f"R\t{expiry}\t{stamp(at)},{reason.value}\t{serial}\tunknown\t{subject}")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def build_requests(
+    certificates: Sequence[x509.Certificate], issuer: x509.Certificate, *, nonce: bool
+) -> list[bytes]:
+    requests = []
+    for certificate in certificates:
+        builder = ocsp.OCSPRequestBuilder().add_certificate(certificate, issuer, hashes.SHA1())
+        if nonce:
+            builder = builder.add_extension(x509.OCSPNonce(os.urandom(16)), critical=False)
+        requests.append(builder.build().public_bytes(serialization.Encoding.DER))
+    return requests
+
+
+def post_all(port: int, path: str, bodies: Sequence[bytes], clients: int, *, keep: bool) -> None:
+    """POST every body with ``clients`` threads; a fresh connection per request unless keep."""
+    pending = iter(bodies)
+    lock = threading.Lock()
+    failures: list[str] = []
+    headers = {"Content-Type": "application/ocsp-request"}
+    if not keep:
+        headers["Connection"] = "close"
+
+    def worker() -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        while True:
+            with lock:
+                body = next(pending, None)
+            if body is None:
+                break
+            if not keep:
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            connection.request("POST", path, body, headers)
+            response = connection.getresponse()
+            answer = response.read()
+            if response.status != 200 or answer[:1] != b"\x30":
+                failures.append(f"HTTP {response.status}: {answer[:80]!r}")
+                break
+            if not keep:
+                connection.close()
+        connection.close()
+
+    threads = [threading.Thread(target=worker) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if failures:
+        raise RuntimeError(f"a responder failed a request: {failures[0]}")
+
+
+def check_answers(
+    port: int,
+    path: str,
+    requests: Sequence[bytes],
+    certificates: Sequence[x509.Certificate],
+    revocations: dict[int, tuple[datetime, RevocationReason]],
+) -> None:
+    """Both responders must say the same thing: spot-check revoked and good serials."""
+    for n in [*range(5), *range(len(requests) - 5, len(requests))]:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        connection.request("POST", path, requests[n], {"Content-Type": "application/ocsp-request"})
+        response = ocsp.load_der_ocsp_response(connection.getresponse().read())
+        connection.close()
+        revoked = revocations.get(certificates[n].serial_number)
+        expected = ocsp.OCSPCertStatus.REVOKED if revoked else ocsp.OCSPCertStatus.GOOD
+        if response.certificate_status is not expected:
+            raise RuntimeError(f"serial #{n}: {response.certificate_status}, expected {expected}")
+
+
+def start_ztpki(system: Path, log: Path) -> tuple[subprocess.Popen[str], int]:
+    argv = [sys.executable, "-m", "ztpki", "ca", "serve", "--dir", str(system)]
+    argv += ["--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--key-workers", "1"]
+    process = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=log.open("w"), text=True, env=ENV
+    )
+    assert process.stdout is not None
+    line = process.stdout.readline()  # `listening on`, printed after `http listening on`
+    found = READY.search(log.read_text())
+    if not line.startswith("listening on ") or found is None:
+        process.kill()
+        raise RuntimeError(f"ztpki ca serve did not start:\n{log.read_text()}")
+    return process, int(found.group(2))
+
+
+def start_openssl(work: Path, log: Path) -> tuple[subprocess.Popen[str], int]:
+    argv = ["openssl", "ocsp", "-index", str(work / "index.txt"), "-port", "0"]
+    argv += ["-rsigner", str(work / "responder.pem"), "-rkey", str(work / "responder.key")]
+    argv += ["-CA", str(work / "ca.pem"), "-ndays", "1", "-resp_key_id", "-ignore_err"]
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log.open("w"), text=True)
+    assert process.stdout is not None
+    for line in process.stdout:
+        found = re.match(r"ACCEPT \S*:(\d+)", line)
+        if found:
+            return process, int(found.group(1))
+    process.kill()
+    raise RuntimeError(f"openssl ocsp did not start:\n{log.read_text()}")
+
+
+def phase(
+    name: str, pid: int, bodies: Sequence[bytes], run: Callable[[Sequence[bytes]], None]
+) -> Result:
+    return measure(name, pid, len(bodies), lambda: run(bodies))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clients", type=int, default=8, help="concurrent client threads")
+    parser.add_argument("--issued", type=int, default=10_000)
+    parser.add_argument("--revoked", type=int, default=1_000)
+    parser.add_argument("--requests", type=int, default=4_000, help="requests per phase")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    args = parser.parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="ztpki-bench-ocsp-"))
+    now = datetime.now(UTC)
+    try:
+        system = work / "system"
+        ztpki("ca", "init", "--dir", str(system), "--name", CA_NAME, "--key", "ec-p256")
+        directory = CASystemDirectory(system)
+        authority = directory.load_authority(
+            CA_NAME, passphrase=ENV["ZTPKI_CA_PASSPHRASE"].encode()
+        )
+        print(f"issuing {args.issued} certificates, revoking {args.revoked} ...", flush=True)
+        certificates = issue_all(authority, args.issued, now)
+        revocations = record_all(directory, certificates, args.revoked, now)
+        write_index(work / "index.txt", certificates, revocations)
+        shutil.copy(directory.ca_dir(CA_NAME) / "ca.pem", work / "ca.pem")
+        responder_key = generate_private_key(KeySpec.EC_P256)
+        responder = issue_responder_certificate(
+            authority.certificate, authority.key, responder_key, now=now
+        )
+        (work / "responder.pem").write_bytes(responder.public_bytes(serialization.Encoding.PEM))
+        key_file = work / "responder.key"
+        key_file.touch(mode=0o600)
+        key_file.write_bytes(
+            responder_key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+        # The revoked serials are the first ones; asking in a shuffled order over all of them
+        # mixes about 10% revoked answers into every phase.
+        order = list(range(args.issued))
+        random.Random(1).shuffle(order)
+        asked = [certificates[order[n % len(order)]] for n in range(args.requests)]
+        plain = build_requests(asked, authority.certificate, nonce=False)
+        every = build_requests(certificates, authority.certificate, nonce=False)
+        results: list[Result] = []
+
+        ztpki_server, ztpki_port = start_ztpki(system, work / "ztpki-serve.log")
+        try:
+            print("warming ztpki's cache (one answer per serial, unmeasured) ...", flush=True)
+            post_all(ztpki_port, "/ocsp", every, args.clients, keep=True)
+            check_answers(ztpki_port, "/ocsp", every, certificates, revocations)
+            for name, nonce, keep in (
+                ("ztpki no nonce", False, False),
+                ("ztpki nonce", True, False),
+                ("ztpki no nonce keep-alive", False, True),
+                ("ztpki nonce keep-alive", True, True),
+            ):
+                bodies = (
+                    build_requests(asked, authority.certificate, nonce=True) if nonce else plain
+                )
+
+                def run(b: Sequence[bytes], keep: bool = keep) -> None:
+                    post_all(ztpki_port, "/ocsp", b, args.clients, keep=keep)
+
+                results.append(phase(name, ztpki_server.pid, bodies, run))
+        finally:
+            stop(ztpki_server)
+
+        openssl_server, openssl_port = start_openssl(work, work / "openssl-ocsp.log")
+        try:
+            check_answers(openssl_port, "/", every, certificates, revocations)
+            for name, nonce in (("openssl no nonce", False), ("openssl nonce", True)):
+                bodies = (
+                    build_requests(asked, authority.certificate, nonce=True) if nonce else plain
+                )
+
+                def run_openssl(b: Sequence[bytes]) -> None:
+                    post_all(openssl_port, "/", b, args.clients, keep=False)
+
+                results.append(phase(name, openssl_server.pid, bodies, run_openssl))
+        finally:
+            openssl_server.terminate()
+            openssl_server.wait(timeout=20)
+
+        report(results, args)
+    finally:
+        if args.keep:
+            print(f"work directory kept: {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def report(results: Sequence[Result], args: argparse.Namespace) -> None:
+    print(
+        f"\n{args.issued} issued, {args.revoked} revoked; {args.requests} requests per phase, "
+        f"{args.clients} client threads; a fresh connection per request unless keep-alive"
+    )
+    print(f"{'phase':<28}{'responses':>10}{'per second':>12}{'server CPU per response':>26}")
+    by_name = {}
+    for r in results:
+        by_name[r.name] = r
+        per = r.cpu_seconds / r.count * 1000
+        print(f"{r.name:<28}{r.count:>10}{r.per_second:>12.0f}{per:>23.3f} ms")
+    for label, ours, theirs, target in (
+        ("no nonce", "ztpki no nonce", "openssl no nonce", 0.2),
+        ("with nonce", "ztpki nonce", "openssl nonce", 1.0),
+    ):
+        a, b = by_name[ours], by_name[theirs]
+        ratio = (a.cpu_seconds / a.count) / (b.cpu_seconds / b.count)
+        verdict = "met" if ratio <= target else "NOT met"
+        print(
+            f"ratio {label}: ztpki/openssl CPU per response = {ratio:.2f} "
+            f"(target <= {target:.2f}: {verdict})"
+        )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,244 @@
+"""The OCSP responder of a CA system: status from the issuance store, signed answers, cache.
+
+One responder answers for every CA of the system; the request's issuerNameHash and
+issuerKeyHash choose the CA (pki.ocsp.IssuerIndex), anything else is ``unauthorized``.
+
+Signing: by default each CA has a delegated responder (id-kp-OCSPSigning, ocsp-nocheck,
+7 days) whose P-256 key is generated at start and lives only in memory, never on disk; the
+running service renews it two days before it expires, as it does its TLS certificate
+(server_identity). ``signer="ca"`` signs with the CA key itself instead (no extra
+certificate for clients to check, at the price of the CA key signing every answer).
+
+Cache: answers to requests without a nonce are signed once per (CA, serial) and served as
+they are until the CA's ``revocation_version`` moves or half their validity has passed
+(RFC 5019 pre-produced responses). A request with a nonce is signed for itself, so a cached
+answer can never be replayed to it. Time comes from the caller.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Protocol
+
+from cryptography import x509
+
+from ztpki.errors import PayloadTooLarge
+from ztpki.pki.authority import CertificateAuthority
+from ztpki.pki.keys import KeySpec, generate_private_key
+from ztpki.pki.ocsp import (
+    INTERNAL_ERROR,
+    MALFORMED_REQUEST,
+    UNAUTHORIZED,
+    CertStatus,
+    IssuerIndex,
+    MalformedOCSPRequest,
+    ResponseSigner,
+    StatusAnswer,
+    StatusRequest,
+    build_response,
+    issue_responder_certificate,
+    parse_request,
+)
+from ztpki.pki.pem import serial_hex
+from ztpki.store.records import IssuedCertificate, Revocation
+from ztpki.throttle import LogThrottle
+
+log = logging.getLogger(__name__)
+# Anyone may send garbage or ask about a foreign CA, at no cost: such lines are rate-bounded.
+_REFUSALS = LogThrottle(log)
+
+DEFAULT_NEXT_UPDATE = timedelta(hours=24)
+# Renew the delegated responder when fewer than 2 of its 7 days are left: an answer's
+# nextUpdate never outlives its signer (pki.ocsp clamps it), so a 24 h answer signed just
+# before renewal still has a day of valid signer behind it.
+RESPONDER_RENEW_BEFORE = timedelta(days=2)
+# Bound on pre-signed answers kept (unknown serials included): a client asking for random
+# serials costs at most this much memory, then the oldest answers are signed again.
+CACHE_ENTRIES = 200_000
+
+
+class RevocationSource(Protocol):
+    """What the responder reads of the issuance store (IssuanceStore satisfies it)."""
+
+    def certificate(self, ca_name: str, serial: str) -> IssuedCertificate | None: ...
+
+    def revocation(self, ca_name: str, serial: str) -> Revocation | None: ...
+
+    def revocation_version(self, ca_name: str) -> int: ...
+
+
+class SignerPolicy(StrEnum):
+    DELEGATED = "delegated"  # a responder certificate per CA, key in memory (the default)
+    CA = "ca"  # the CA key signs every answer
+
+
+@dataclass(frozen=True)
+class OCSPAnswer:
+    """Bytes for the HTTP adapter, and how long an HTTP cache may keep them."""
+
+    body: bytes
+    max_age: int | None = None  # seconds; only for pre-signed answers (RFC 5019 6.2)
+    this_update: datetime | None = None
+    next_update: datetime | None = None
+
+
+@dataclass(frozen=True)
+class _Cached:
+    version: int
+    refresh_at: datetime
+    answer: OCSPAnswer
+    status: StatusAnswer
+
+
+class _CASigner:
+    """One CA's signer: the CA itself, or its delegated responder, renewed when due."""
+
+    def __init__(
+        self, authority: CertificateAuthority, policy: SignerPolicy, *, now: datetime
+    ) -> None:
+        self.authority = authority
+        self.policy = policy
+        self.signer = self._new_signer(now)
+
+    def _new_signer(self, now: datetime) -> ResponseSigner:
+        ca = self.authority
+        if self.policy is SignerPolicy.CA:
+            return ResponseSigner(ca.certificate, ca.certificate, ca.key)
+        key = generate_private_key(KeySpec.EC_P256)
+        certificate = issue_responder_certificate(ca.certificate, ca.key, key, now=now)
+        log.info(
+            "issued the OCSP responder certificate of CA %s: serial=%s valid until %s",
+            ca.name,
+            serial_hex(certificate),
+            certificate.not_valid_after_utc.isoformat(timespec="seconds"),
+        )
+        return ResponseSigner(ca.certificate, certificate, key)
+
+    def renew_if_due(self, now: datetime) -> bool:
+        if self.policy is SignerPolicy.CA:
+            return False
+        if self.signer.certificate.not_valid_after_utc - now > RESPONDER_RENEW_BEFORE:
+            return False
+        self.signer = self._new_signer(now)
+        return True
+
+
+class OCSPResponder:
+    """Answers DER OCSP requests for every CA of a system."""
+
+    def __init__(
+        self,
+        authorities: Mapping[str, CertificateAuthority],
+        source: RevocationSource,
+        *,
+        now: datetime,
+        signer: SignerPolicy = SignerPolicy.DELEGATED,
+        next_update: Mapping[str, timedelta] | None = None,
+        cache_entries: int = CACHE_ENTRIES,
+    ) -> None:
+        self._source = source
+        self._index = IssuerIndex({n: a.certificate for n, a in authorities.items()})
+        self._signers = {n: _CASigner(a, signer, now=now) for n, a in authorities.items()}
+        self._next_update = dict(next_update or {})
+        self._cache: OrderedDict[tuple[str, str, int], _Cached] = OrderedDict()
+        self._cache_entries = cache_entries
+
+    def signer_of(self, ca_name: str) -> ResponseSigner:
+        return self._signers[ca_name].signer
+
+    def renew_if_due(self, now: datetime) -> list[str]:
+        """Renew every delegated responder close to expiry; the CAs renewed."""
+        renewed = [name for name, s in self._signers.items() if s.renew_if_due(now)]
+        if renewed:
+            # Answers signed by the old responder stay valid where they are; new ones come
+            # from the new responder.
+            self._cache = OrderedDict((k, v) for k, v in self._cache.items() if k[0] not in renewed)
+        return renewed
+
+    def answer(self, der: bytes, *, now: datetime) -> OCSPAnswer:
+        """One request's answer; bad input becomes an OCSP error status, never an exception."""
+        try:
+            request = parse_request(der)
+        except (MalformedOCSPRequest, PayloadTooLarge) as exc:
+            _REFUSALS.log(logging.INFO, "malformed", "OCSP malformedRequest: %s", exc.message)
+            return OCSPAnswer(MALFORMED_REQUEST)
+        ca_name = self._index.issuer_of(request.cert_id)
+        if ca_name is None:
+            _REFUSALS.log(
+                logging.INFO,
+                "unauthorized",
+                "OCSP unauthorized: no CA of this system matches the %s issuer hashes",
+                request.cert_id.hash_name,
+            )
+            return OCSPAnswer(UNAUTHORIZED)
+        try:
+            return self._status_answer(ca_name, request, now)
+        except Exception:
+            log.exception("OCSP internal error for CA %s", ca_name)
+            return OCSPAnswer(INTERNAL_ERROR)
+
+    def _status_answer(self, ca_name: str, request: StatusRequest, now: datetime) -> OCSPAnswer:
+        # The version is read before the status: a revocation landing in between is cached
+        # under the older version, so the next request signs again (never the reverse).
+        version = self._source.revocation_version(ca_name)
+        cert_id = request.cert_id
+        # The answer repeats the request's CertID, so its hash algorithm is part of the key.
+        key = (ca_name, cert_id.hash_name, cert_id.serial_number)
+        cached = self._cache.get(key)
+        if cached is not None and cached.version != version:
+            cached = None
+        if request.nonce is None and cached is not None and now < cached.refresh_at:
+            self._cache.move_to_end(key)
+            return _with_max_age(cached.answer, now)
+        # The status of a fresh cache entry is still current; only the signature is new.
+        status = cached.status if cached is not None else self._status(ca_name, cert_id.serial_hex)
+        this_update = now.replace(microsecond=0)
+        validity = self._next_update.get(ca_name, DEFAULT_NEXT_UPDATE)
+        signer = self._signers[ca_name].signer
+        next_update = min(this_update + validity, signer.certificate.not_valid_after_utc)
+        body = build_response(
+            request, status, signer, this_update=this_update, next_update=next_update
+        )
+        answer = OCSPAnswer(body, this_update=this_update, next_update=next_update)
+        if request.nonce is not None:
+            return answer  # signed for this nonce alone: never cached, never max-age
+        refresh_at = this_update + (next_update - this_update) / 2
+        self._cache[key] = _Cached(version, refresh_at, answer, status)
+        self._cache.move_to_end(key)
+        while len(self._cache) > self._cache_entries:
+            self._cache.popitem(last=False)
+        return _with_max_age(answer, now)
+
+    def _status(self, ca_name: str, serial: str) -> StatusAnswer:
+        revocation = self._source.revocation(ca_name, serial)
+        if revocation is not None:
+            return StatusAnswer(
+                CertStatus.REVOKED,
+                revoked_at=revocation.revoked_at,
+                reason=x509.ReasonFlags(revocation.reason.value),
+            )
+        if self._source.certificate(ca_name, serial) is None:
+            return StatusAnswer(CertStatus.UNKNOWN)
+        return StatusAnswer(CertStatus.GOOD)
+
+
+def _with_max_age(answer: OCSPAnswer, now: datetime) -> OCSPAnswer:
+    assert answer.next_update is not None
+    # RFC 5019 6.2: max-age ends before nextUpdate. The status may change before that; a
+    # relying party that must know at once asks with a nonce, which no cache answers.
+    left = int((answer.next_update - now).total_seconds())
+    return OCSPAnswer(answer.body, max(left, 0), answer.this_update, answer.next_update)
+
+
+__all__ = [
+    "DEFAULT_NEXT_UPDATE",
+    "OCSPAnswer",
+    "OCSPResponder",
+    "RevocationSource",
+    "SignerPolicy",
+]

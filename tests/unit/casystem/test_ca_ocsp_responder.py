@@ -1,0 +1,197 @@
+"""The OCSP responder over a real SQLite issuance store, with the clock passed in: status from
+the revocation records, the pre-signed cache and what invalidates it, nonces, the delegated
+responder's renewal."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.x509 import ocsp
+from tests.support.ocsp import request_der
+
+from ztpki.casystem.ocsp_responder import OCSPResponder, SignerPolicy
+from ztpki.pki.authority import CertificateAuthority, IssuanceGrant, create_self_signed_ca
+from ztpki.pki.keys import KeySpec, generate_private_key
+from ztpki.pki.names import SubjectFields, build_subject
+from ztpki.pki.pem import certificate_der, serial_hex
+from ztpki.pki.profiles import CertificateProfile
+from ztpki.store.records import CertificateStatus, IssuedCertificate, RevocationReason
+from ztpki.store.sqlite import open_sqlite_ca_store
+from ztpki.store.sqlite_ca import SQLiteIssuanceStore
+
+NOW = datetime.now(UTC).replace(microsecond=0)
+
+
+def make_ca(name: str) -> CertificateAuthority:
+    key = generate_private_key(KeySpec.EC_P256)
+    subject = build_subject(name, SubjectFields(), serial_number=None)
+    cert = create_self_signed_ca(key, subject, now=NOW, validity=timedelta(days=365))
+    return CertificateAuthority(name=name, key=key, certificate=cert)
+
+
+CA = make_ca("factory")
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SQLiteIssuanceStore]:
+    opened = open_sqlite_ca_store(tmp_path / "store.sqlite", durable=False)
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
+def issue(store: SQLiteIssuanceStore, *, record: bool = True) -> x509.Certificate:
+    device = f"dev-{os.urandom(4).hex()}"
+    grant = IssuanceGrant(
+        subject=build_subject(device, SubjectFields(), serial_number=None),
+        profile=CertificateProfile.DEVICE,
+        not_before=NOW,
+        not_after=NOW + timedelta(days=30),
+    )
+    leaf = CA.issue(generate_private_key(KeySpec.EC_P256).public_key(), grant)
+    if record:
+        der = certificate_der(leaf)
+        store.record_issuance(
+            IssuedCertificate(
+                serial=serial_hex(leaf), ca_name="factory", device_id=device,
+                subject=leaf.subject.rfc4514_string(), not_before=leaf.not_valid_before_utc,
+                not_after=leaf.not_valid_after_utc, status=CertificateStatus.ACTIVE,
+                request_id=device, fingerprint=hashlib.sha256(der).hexdigest(), issued_at=NOW,
+                certificate_der=der,
+            ),
+            supersede=False,
+        )  # fmt: skip
+    return leaf
+
+
+def status_of(body: bytes) -> ocsp.OCSPCertStatus:
+    return ocsp.load_der_ocsp_response(body).certificate_status
+
+
+def test_ok_good_revoked_unknown(store: SQLiteIssuanceStore) -> None:
+    responder = OCSPResponder({"factory": CA}, store, now=NOW)
+    good, revoked, stray = issue(store), issue(store), issue(store, record=False)
+    store.revoke("factory", serial_hex(revoked), reason=RevocationReason.CERTIFICATE_HOLD, at=NOW)
+    assert status_of(responder.answer(request_der(good, CA.certificate), now=NOW).body) is (
+        ocsp.OCSPCertStatus.GOOD
+    )
+    answer = ocsp.load_der_ocsp_response(
+        responder.answer(request_der(revoked, CA.certificate), now=NOW).body
+    )
+    assert answer.certificate_status is ocsp.OCSPCertStatus.REVOKED
+    assert answer.revocation_reason is x509.ReasonFlags.certificate_hold
+    assert answer.revocation_time_utc == NOW
+    assert status_of(responder.answer(request_der(stray, CA.certificate), now=NOW).body) is (
+        ocsp.OCSPCertStatus.UNKNOWN
+    )
+
+
+def test_ok_cache_serves_until_version_moves_then_resigns(store: SQLiteIssuanceStore) -> None:
+    responder = OCSPResponder({"factory": CA}, store, now=NOW)
+    leaf = issue(store)
+    first = responder.answer(request_der(leaf, CA.certificate), now=NOW)
+    later = responder.answer(request_der(leaf, CA.certificate), now=NOW + timedelta(hours=1))
+    assert later.body == first.body and first.max_age == 24 * 3600
+    assert later.max_age == 23 * 3600
+    store.revoke("factory", serial_hex(leaf), reason=RevocationReason.KEY_COMPROMISE, at=NOW)
+    after = responder.answer(request_der(leaf, CA.certificate), now=NOW + timedelta(hours=1))
+    assert status_of(after.body) is ocsp.OCSPCertStatus.REVOKED
+    # Negative control: another certificate's answer keeps working after the version moved.
+    other = issue(store)
+    assert status_of(responder.answer(request_der(other, CA.certificate), now=NOW).body) is (
+        ocsp.OCSPCertStatus.GOOD
+    )
+
+
+def test_ok_cache_refreshed_after_half_its_validity(store: SQLiteIssuanceStore) -> None:
+    responder = OCSPResponder(
+        {"factory": CA}, store, now=NOW, next_update={"factory": timedelta(hours=4)}
+    )
+    leaf = issue(store)
+    first = responder.answer(request_der(leaf, CA.certificate), now=NOW)
+    assert (
+        responder.answer(request_der(leaf, CA.certificate), now=NOW + timedelta(hours=1)).body
+        == first.body
+    )
+    fresh = responder.answer(request_der(leaf, CA.certificate), now=NOW + timedelta(hours=2))
+    assert fresh.body != first.body
+    parsed = ocsp.load_der_ocsp_response(fresh.body)
+    assert parsed.this_update_utc == NOW + timedelta(hours=2)
+    assert parsed.next_update_utc == NOW + timedelta(hours=6)
+
+
+def test_ok_sha1_and_sha256_cert_ids_are_answered_each_in_kind(store: SQLiteIssuanceStore) -> None:
+    responder = OCSPResponder({"factory": CA}, store, now=NOW)
+    leaf = issue(store)
+    for algorithm in (hashes.SHA1(), hashes.SHA256(), hashes.SHA1()):
+        body = responder.answer(
+            request_der(leaf, CA.certificate, algorithm=algorithm), now=NOW
+        ).body
+        assert ocsp.load_der_ocsp_response(body).hash_algorithm.name == algorithm.name
+
+
+def test_ok_nonce_answers_are_signed_each_time_and_never_cached(store: SQLiteIssuanceStore) -> None:
+    responder = OCSPResponder({"factory": CA}, store, now=NOW)
+    leaf = issue(store)
+    plain = responder.answer(request_der(leaf, CA.certificate), now=NOW)
+    nonces = [os.urandom(16) for _ in range(2)]
+    answers = [
+        responder.answer(request_der(leaf, CA.certificate, nonce=n), now=NOW) for n in nonces
+    ]
+    for nonce, answer in zip(nonces, answers, strict=True):
+        assert answer.max_age is None
+        parsed = ocsp.load_der_ocsp_response(answer.body)
+        assert parsed.extensions.get_extension_for_class(x509.OCSPNonce).value.nonce == nonce
+    # The plain request still gets the pre-signed answer, without any nonce.
+    again = responder.answer(request_der(leaf, CA.certificate), now=NOW)
+    assert again.body == plain.body
+    assert not list(ocsp.load_der_ocsp_response(again.body).extensions)
+
+
+def test_fail_malformed_and_foreign_issuer(store: SQLiteIssuanceStore) -> None:
+    responder = OCSPResponder({"factory": CA}, store, now=NOW)
+    garbage = ocsp.load_der_ocsp_response(responder.answer(b"\x30\x03\x02\x01\x01", now=NOW).body)
+    assert garbage.response_status is ocsp.OCSPResponseStatus.MALFORMED_REQUEST
+    stranger = make_ca("factory")
+    grant = IssuanceGrant(
+        subject=build_subject("x", SubjectFields(), serial_number=None),
+        profile=CertificateProfile.DEVICE,
+        not_before=NOW,
+        not_after=NOW + timedelta(days=1),
+    )
+    foreign = stranger.issue(generate_private_key(KeySpec.EC_P256).public_key(), grant)
+    body = responder.answer(request_der(foreign, stranger.certificate), now=NOW).body
+    assert ocsp.load_der_ocsp_response(body).response_status is (
+        ocsp.OCSPResponseStatus.UNAUTHORIZED
+    )
+
+
+def test_ok_delegated_responder_renewed_before_expiry(store: SQLiteIssuanceStore) -> None:
+    responder = OCSPResponder({"factory": CA}, store, now=NOW)
+    first = responder.signer_of("factory").certificate
+    assert responder.renew_if_due(NOW + timedelta(days=4)) == []
+    assert responder.signer_of("factory").certificate == first
+    assert responder.renew_if_due(NOW + timedelta(days=5, minutes=1)) == ["factory"]
+    renewed = responder.signer_of("factory").certificate
+    assert renewed.serial_number != first.serial_number
+    assert renewed.public_key() != first.public_key()  # a new key, not only a new certificate
+    leaf = issue(store)
+    later = NOW + timedelta(days=5, minutes=2)
+    answer = ocsp.load_der_ocsp_response(
+        responder.answer(request_der(leaf, CA.certificate), now=later).body
+    )
+    assert answer.certificates == [renewed]
+
+
+def test_ok_ca_signer_never_renews(store: SQLiteIssuanceStore) -> None:
+    responder = OCSPResponder({"factory": CA}, store, now=NOW, signer=SignerPolicy.CA)
+    assert responder.signer_of("factory").certificate == CA.certificate
+    assert responder.renew_if_due(NOW + timedelta(days=300)) == []
