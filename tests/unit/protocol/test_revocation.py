@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -200,3 +202,26 @@ def test_fail_request_values(kwargs: dict[str, object], error: type[Exception]) 
     }  # fmt: skip
     with pytest.raises(error):
         RevocationRequest(**{**fields, **kwargs})  # type: ignore[arg-type]
+
+
+DOC = Path(__file__).resolve().parents[3] / "docs" / "xml-enrollment.md"
+
+
+def revocation_doc_examples() -> list[bytes]:
+    found = re.findall(r"```xml\n(.*?)```", DOC.read_text(encoding="utf-8"), re.DOTALL)
+    return [x.encode() for x in found if "<Revocation" in x or "revoke" in x]
+
+
+def test_ok_doc_examples_decode() -> None:
+    examples = revocation_doc_examples()
+    assert len(examples) == 4
+    hold, by_serial, answer, refusal = examples
+    held = decode_client_message(hold)
+    assert isinstance(held, RevocationRequest)
+    assert held.device_id == "device-0042" and held.reason is RevocationReason.CERTIFICATE_HOLD
+    request = decode_revocation_request(by_serial)
+    assert request.serial == "4f0a1b2c3d" and request.invalidity_date is not None
+    decoded = decode_revocation_answer(answer)
+    assert isinstance(decoded, RevocationAnswer) and decoded.request_id == request.request_id
+    error = decode_revocation_answer(refusal)
+    assert isinstance(error, EnrollmentError) and error.code is ErrorCode.NOT_AUTHORIZED
