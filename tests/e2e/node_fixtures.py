@@ -339,12 +339,29 @@ def set_limits(node_dir: Path, limits: Mapping[str, float]) -> None:
     path.write_text(tomli_w.dumps(data))
 
 
+def merge_settings(node_dir: Path, settings: Mapping[str, Any]) -> None:
+    """Merge tables into node.toml (nested tables such as {"ca": {"meters": {...}}} too)."""
+
+    def merge(into: dict[str, Any], more: Mapping[str, Any]) -> None:
+        for key, value in more.items():
+            if isinstance(value, Mapping):
+                merge(into.setdefault(key, {}), value)
+            else:
+                into[key] = value
+
+    path = node_dir / "node.toml"
+    data = tomllib.loads(path.read_text())
+    merge(data, settings)
+    path.write_text(tomli_w.dumps(data))
+
+
 def build_world(
     root: Path,
     *,
     limits: Mapping[str, float] = TEST_LIMITS,
     device_ids: str = "*",
     other_manufacturers: Sequence[tuple[str, Path, str]] = (),
+    settings: Mapping[str, Any] | None = None,
 ) -> NodeWorld:
     """Make and start the three services; the caller stops them (world.stop()).
 
@@ -528,6 +545,7 @@ def build_world(
             maker = ["--manufacturer", name, "--trust", str(bundle), "--device-ids", pattern]
             cli("node", "add-manufacturer", "--dir", str(node_dir), *maker)
         set_limits(node_dir, limits)
+        merge_settings(node_dir, settings or {})
         node_service = start(
             ["node", "serve", "--dir", str(node_dir), "--listen", "127.0.0.1:0"],
             log_path=root / "node.log",

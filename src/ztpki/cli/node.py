@@ -288,9 +288,9 @@ def serve_command(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        if running.revocation is not None:
+        if running.factory_crls is not None:
             # SIGHUP: fetch every factory CRL now (after a manufacturer revoked a device).
-            loop.add_signal_handler(signal.SIGHUP, running.revocation.refresh_now)
+            loop.add_signal_handler(signal.SIGHUP, running.factory_crls.refresh_now)
         for proxy in running.proxies:
             # On stderr, before the readiness line: stdout carries only `listening on`.
             click.echo(f"proxy listening on {proxy.address}", err=True)

@@ -12,7 +12,8 @@ from rich.table import Column, Table
 from ztpki.cli.common import console, plain, print_json
 from ztpki.cli.node import node
 from ztpki.cli.node_options import dir_option
-from ztpki.store.records import DeviceState
+from ztpki.store.records import DeviceState, RevocationReason
+from ztpki.store.revocation_records import QueuedRevocation, QueueStatus
 
 
 @node.command("import")
@@ -79,11 +80,12 @@ def add_command(
 @click.option("--json", "as_json", is_flag=True)
 def devices_command(directory: Path, state: str | None, as_json: bool) -> None:
     """The access-control register."""
-    from ztpki.node.operations import device_json, list_devices
+    from ztpki.node.operations import device_json, list_devices, pending_revocations
 
     devices = list_devices(directory, state=DeviceState(state) if state else None)
+    pending = pending_revocations(directory)
     if as_json:
-        print_json([device_json(d) for d in devices])
+        print_json([device_json(d, pending.get(d.device_id)) for d in devices])
         return
     # The device id is what an operator copies into `node block ID`: never cut it short;
     # the long hex serial and the timestamp fold onto several lines instead.
@@ -100,6 +102,7 @@ def devices_command(directory: Path, state: str | None, as_json: bool) -> None:
         "batch",
         Column("issued serial", overflow="fold"),
         Column("updated", overflow="fold"),
+        Column("revocations", overflow="fold"),
     )
     for d in devices:
         table.add_row(
@@ -110,16 +113,37 @@ def devices_command(directory: Path, state: str | None, as_json: bool) -> None:
             plain(d.batch),
             plain(d.issued_serial),
             plain(d.updated_at.isoformat(timespec="seconds")),
+            plain(_open_count(pending.get(d.device_id, []))),
         )
     console.print(table)
     console.print(f"{len(devices)} device(s)")
+    # One line per order, never wrapped: the serial is what an operator copies.
+    for d in devices:
+        for order in pending.get(d.device_id, []):
+            console.print(
+                f"revocation {d.device_id}: {order.describe()}", markup=False, soft_wrap=True
+            )
+
+
+def _open_count(orders: list[QueuedRevocation]) -> str | None:
+    if not orders:
+        return None
+    return ", ".join(
+        f"{sum(1 for o in orders if o.status is status)} {status.value}"
+        for status in QueueStatus
+        if any(o.status is status for o in orders)
+    )
 
 
 def _set_blocked(directory: Path, device_id: str, *, blocked: bool) -> None:
     from ztpki.node.operations import set_blocked
 
     set_blocked(directory, device_id, blocked=blocked, now=datetime.now(UTC))
-    console.print(f"{'blocked' if blocked else 'unblocked'} device [bold]{device_id}[/]")
+    console.print(
+        f"{'blocked' if blocked else 'unblocked'} device [bold]{device_id}[/]; its certificate's "
+        f"{'hold' if blocked else 'release'} is queued for the CA system (`node serve` sends "
+        "it; `node devices` shows it until done)"
+    )
 
 
 @node.command("block")
@@ -136,6 +160,33 @@ def block_command(directory: Path, device_id: str) -> None:
 def unblock_command(directory: Path, device_id: str) -> None:
     """Return a blocked device to the state it was blocked from."""
     _set_blocked(directory, device_id, blocked=False)
+
+
+_RETIRE_REASONS = [
+    r.value
+    for r in RevocationReason
+    if r not in (RevocationReason.CERTIFICATE_HOLD, RevocationReason.SUPERSEDED)
+]
+
+
+@node.command("retire")
+@dir_option
+@click.argument("device_id")
+@click.option(
+    "--reason",
+    required=True,
+    type=click.Choice(_RETIRE_REASONS),
+    help="RFC 5280 reason the CA system records (keyCompromise for a stolen device).",
+)
+def retire_command(directory: Path, device_id: str, reason: str) -> None:
+    """Retire a device for good: its certificate is revoked and it never enrolls again."""
+    from ztpki.node.operations import retire_device
+
+    retire_device(directory, device_id, reason=RevocationReason(reason), now=datetime.now(UTC))
+    console.print(
+        f"retired device [bold]{device_id}[/]; its revocation ({reason}) is queued for the CA "
+        "system (`node serve` sends it)"
+    )
 
 
 @node.command("audit")

@@ -56,6 +56,7 @@ class RefusalReason(StrEnum):
     LABEL_MISMATCH = "label-mismatch"
     WRONG_OPERATION = "wrong-operation"
     NO_CLIENT_AUTH = "no-client-auth"
+    RETIRED = "retired"
     REVOKED = "revoked"
 
 
@@ -110,6 +111,7 @@ class Decision:
     new_state: DeviceState | None = None
     reissue: bool = False
     reason: str = "authorized"
+    takeover: bool = False  # an issuance whose lease expired: what it issued is unknown
 
 
 @dataclass(frozen=True)
@@ -122,7 +124,6 @@ class EnrollmentContext:
     csr_spki: str | None = None  # SHA-256 of the CSR's SubjectPublicKeyInfo
     issued_label: str | None = None  # label whose CA issued the device's current certificate
     lease_expired: bool = False  # the device is ISSUING under a lease that ran out (a crash)
-    revocation: RevocationCheck | None = None  # a temporary certificate's; None: not checked
 
 
 def check_purpose(
@@ -182,10 +183,15 @@ def decide(
     device: RegisteredDevice | None, identity: ClientIdentity, context: EnrollmentContext
 ) -> Decision:
     """The decision for one request (confirmation already applied), or Refused / InProgress."""
-    check_revocation(identity, context.revocation)
     if device is None:
         raise Refused(
             RefusalReason.UNKNOWN, f"device {identity.device_id} is not in the customer register"
+        )
+    if device.state is DeviceState.RETIRED:
+        raise Refused(
+            RefusalReason.RETIRED,
+            f"device {device.device_id} is retired: its certificates are revoked and it is "
+            "never enrolled again",
         )
     if device.state is DeviceState.BLOCKED:
         raise Refused(
@@ -334,6 +340,7 @@ def _take_over(
         new_state=new_state,
         reissue=True,
         reason="took over an issuance whose lease expired",
+        takeover=True,
     )
 
 

@@ -15,7 +15,7 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from typing import Protocol, overload
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -32,6 +32,8 @@ from ztpki.pki.keys import decode_pkcs8, encode_pkcs8, keys_match, public_key_de
 from ztpki.pki.names import device_id_of
 from ztpki.pki.pem import load_certificate_der
 from ztpki.protocol.enrollment import EnrollmentAnswer, EnrollmentRequest
+from ztpki.protocol.revocation import RevocationAnswer, RevocationRequest
+from ztpki.store.records import RevocationReason
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,8 @@ class EnrollmentTransport(Protocol):
 
     async def enroll(self, request: EnrollmentRequest) -> EnrollmentAnswer: ...
 
+    async def revoke(self, request: RevocationRequest) -> RevocationAnswer: ...
+
     async def close(self) -> None: ...
 
 
@@ -63,6 +67,8 @@ class Issued:
     private_key_der: bytes | None = field(default=None, repr=False)
     superseded_undelivered: bool = False  # the CA held a live certificate nobody received
     seconds: float = 0.0
+    # Certificates nobody held, revoked (superseded) at the CA before this one was issued.
+    revoked: tuple[RevocationAnswer, ...] = ()
 
 
 def _already_issued(exc: ZtpkiError) -> bool:
@@ -89,8 +95,13 @@ class SecondCAClient:
         ca_certificate: x509.Certificate,
         csr_der: bytes | None,
         reissue: bool,
+        revoke_live_first: bool = False,
     ) -> Issued:
-        """Ask for a certificate (and a key when csr_der is None) for device_id under ca."""
+        """Ask for a certificate (and a key when csr_der is None) for device_id under ca.
+
+        ``revoke_live_first``: the device's live certificate at that CA is one no device
+        holds (an issuance taken over from a crashed node): revoke it before superseding it.
+        """
         passphrase = None
         if csr_der is None and ca.parameters.encrypt_key:
             passphrase = secrets.token_urlsafe(24).encode()
@@ -107,15 +118,20 @@ class SecondCAClient:
         )
         started = time.monotonic()
         superseded = False
+        revoked: list[RevocationAnswer] = []
+        if revoke_live_first:
+            revoked.extend(await self._revoke_undelivered(device_id, ca))
         try:
             answer = await self._exchange(request)
         except ZtpkiError as exc:
             if reissue or not _already_issued(exc):
                 raise self._translated(exc) from None
             # The CA system holds a live certificate for this device that the register never
-            # recorded: its answer was lost (timeout, crash) before delivery. Supersede it.
+            # recorded: its answer was lost (timeout, crash) before delivery. Revoke and
+            # supersede it.
             log.warning("device %s: superseding a certificate that was never delivered", device_id)
             superseded = True
+            revoked.extend(await self._revoke_undelivered(device_id, ca))
             try:
                 answer = await self._exchange(replace(request, reissue=True))
             except ZtpkiError as again:
@@ -128,14 +144,50 @@ class SecondCAClient:
             passphrase=passphrase,
         )
         return replace(
-            issued, superseded_undelivered=superseded, seconds=time.monotonic() - started
+            issued,
+            superseded_undelivered=superseded,
+            seconds=time.monotonic() - started,
+            revoked=tuple(revoked),
         )
 
-    async def _exchange(self, request: EnrollmentRequest) -> EnrollmentAnswer:
+    async def revoke(self, request: RevocationRequest) -> RevocationAnswer:
+        """Send one revocation (or release of a hold); Unavailable, or the CA's refusal."""
+        return await self._exchange(request)
+
+    async def _revoke_undelivered(self, device_id: str, ca: CALabel) -> list[RevocationAnswer]:
+        # By device id: the register never learnt this certificate's serial. Sent before the
+        # reissue, while the live certificate is still the undelivered one; nothing live at
+        # the CA (the crashed issuance never reached it) is a refusal, and nothing to do.
+        request = RevocationRequest(
+            request_id=f"node-{secrets.token_hex(12)}",
+            ca=ca.ca_name,
+            serial=None,
+            device_id=device_id,
+            reason=RevocationReason.SUPERSEDED,
+        )
+        try:
+            return [await self._exchange(request)]
+        except Unavailable:
+            raise
+        except ZtpkiError as exc:
+            log.info("device %s: no undelivered certificate to revoke (%s)", device_id, exc.message)
+            return []
+
+    @overload
+    async def _exchange(self, request: EnrollmentRequest) -> EnrollmentAnswer: ...
+
+    @overload
+    async def _exchange(self, request: RevocationRequest) -> RevocationAnswer: ...
+
+    async def _exchange(
+        self, request: EnrollmentRequest | RevocationRequest
+    ) -> EnrollmentAnswer | RevocationAnswer:
         for attempt in (1, 2):
             started = time.monotonic()
             try:
                 async with asyncio.timeout(self._timeout):
+                    if isinstance(request, RevocationRequest):
+                        return await self._transport.revoke(request)
                     return await self._transport.enroll(request)
             except TimeoutError:
                 raise Unavailable(

@@ -137,12 +137,23 @@ class CALabel:
     # Accept device certificates with no extendedKeyUsage at all (some makers' birth
     # certificates have none); by default the node requires clientAuth in it.
     allow_no_eku: bool = False
+    # Seconds a renewed device's previous certificate stays valid after the device first uses
+    # the new one (None: the node-wide [revocation] superseded_grace_seconds).
+    superseded_grace_seconds: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.superseded_grace_seconds is not None and not self.superseded_grace_seconds >= 0:
+            raise ConfigurationError(
+                f"[ca.{self.label}] superseded_grace_seconds must be 0 or more"
+            )
 
     def to_toml(self) -> dict[str, Any]:
         table: dict[str, Any] = {"chain": str(self.chain)}
         if self.ca_name:
             table["ca_name"] = self.ca_name
         table["allow_no_eku"] = self.allow_no_eku
+        if self.superseded_grace_seconds is not None:
+            table["superseded_grace_seconds"] = self.superseded_grace_seconds
         table.update(self.parameters.to_toml())
         return table
 
@@ -150,17 +161,19 @@ class CALabel:
     def from_toml(cls, label: str, table: dict[str, Any]) -> CALabel:
         if "chain" not in table:
             raise ConfigurationError(f"[ca.{label}] needs chain = FILE (the CA's PEM chain)")
-        own = ("chain", "ca_name", "allow_no_eku")
+        own = ("chain", "ca_name", "allow_no_eku", "superseded_grace_seconds")
         params = {k: v for k, v in table.items() if k not in own}
         allow_no_eku = table.get("allow_no_eku", False)
         if not isinstance(allow_no_eku, bool):
             raise ConfigurationError(f"[ca.{label}] allow_no_eku must be true or false")
+        grace = table.get("superseded_grace_seconds")
         return cls(
             label=check_label(label),
             chain=Path(str(table["chain"])),
             ca_name=_optional_str(table, "ca_name"),
             parameters=IssuingParameters.from_toml(params),
             allow_no_eku=allow_no_eku,
+            superseded_grace_seconds=None if grace is None else float(grace),
         )
 
 
@@ -206,6 +219,42 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class RevocationPolicy:
+    """``[revocation]``: how the node revokes the certificates its register retires."""
+
+    # A renewed device's previous certificate is revoked this long after the device first uses
+    # the new one (a label's own superseded_grace_seconds wins).
+    superseded_grace_seconds: float = 0.0
+    # How often the running node looks for revocations to send (`node block` and friends
+    # queue theirs from another process), and the longest wait between two attempts.
+    poll_seconds: float = 2.0
+    retry_max_seconds: float = 300.0
+
+    def __post_init__(self) -> None:
+        if not self.superseded_grace_seconds >= 0:
+            raise ConfigurationError("[revocation] superseded_grace_seconds must be 0 or more")
+        for name in ("poll_seconds", "retry_max_seconds"):
+            if not getattr(self, name) > 0:
+                raise ConfigurationError(f"[revocation] {name} must be positive")
+
+    def grace_for(self, label: CALabel) -> float:
+        if label.superseded_grace_seconds is not None:
+            return label.superseded_grace_seconds
+        return self.superseded_grace_seconds
+
+    def to_toml(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_toml(cls, table: dict[str, Any]) -> RevocationPolicy:
+        known = {f.name for f in fields(cls)}
+        unknown = set(table) - known
+        if unknown:
+            raise ConfigurationError(f"[revocation] has unknown setting {sorted(unknown)[0]!r}")
+        return cls(**{name: float(value) for name, value in table.items()})
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     """Everything `ztpki node serve` needs, as written in DIR/node.toml."""
 
@@ -221,6 +270,7 @@ class NodeConfig:
     limits: Limits = field(default_factory=Limits)
     metrics: bool = True
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
+    revocation: RevocationPolicy = field(default_factory=RevocationPolicy)
     # Bare trust bundles of an older node.toml, still to be declared as manufacturers.
     legacy_trust: tuple[Path, ...] = ()
 
@@ -308,6 +358,7 @@ class NodeConfig:
             "manufacturer": {m.name: m.to_toml() for m in self.manufacturers},
             "limits": self.limits.to_toml(),
             "proxy": self.proxy.to_toml(),
+            "revocation": self.revocation.to_toml(),
             "ca": {ca.label: ca.to_toml() for ca in self.labels},
         }
         if self.legacy_trust:
@@ -381,5 +432,6 @@ class NodeConfig:
             limits=Limits.from_toml(data.get("limits", {})),
             metrics=bool(node.get("metrics", True)),
             proxy=ProxyConfig.from_toml(data.get("proxy", {})),
+            revocation=RevocationPolicy.from_toml(data.get("revocation", {})),
             labels=labels,
         )

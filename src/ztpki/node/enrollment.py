@@ -14,8 +14,8 @@ import asyncio
 import logging
 import secrets
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
 
@@ -29,19 +29,16 @@ from ztpki.node.authorization import (
     Operation,
     RefusalReason,
     Refused,
-    RevocationCheck,
-    RevocationUnknown,
     decide,
     should_confirm,
 )
 from ztpki.node.ca_client import Issued, SecondCAClient
-from ztpki.node.config import CALabel, Limits
-from ztpki.node.factory_crls import FactoryRevocation
+from ztpki.node.config import CALabel, Limits, RevocationPolicy
 from ztpki.node.metrics import NodeMetrics
 from ztpki.node.register import AsyncRegister
+from ztpki.node.revocation_orders import confirms_renewal, superseded_order
 from ztpki.pki.keys import KeySpec
 from ztpki.pki.pem import certificate_der, load_certificate_der, serial_hex
-from ztpki.pki.revocation_check import RevocationStatus
 from ztpki.protocol.est import csr_device_id, spki_sha256
 from ztpki.store.records import AuditRecord, DeviceState, RegisteredDevice
 from ztpki.untrusted import quote
@@ -108,7 +105,8 @@ class EnrollmentService:
         limits: Limits,
         metrics: NodeMetrics,
         clock: Callable[[], datetime] = _utcnow,
-        revocation: FactoryRevocation | None = None,
+        revocation: RevocationPolicy | None = None,
+        revocation_queued: Callable[[], None] = lambda: None,
     ) -> None:
         if default_label not in labels:
             raise UnknownCA(f"default EST label {default_label!r} is not configured")
@@ -119,7 +117,9 @@ class EnrollmentService:
         self.limits = limits
         self.metrics = metrics
         self._clock = clock
-        self.revocation = revocation
+        self.revocation = revocation or RevocationPolicy()
+        # Told when this service queued a revocation, so that the sender looks at once.
+        self._revocation_queued = revocation_queued
 
     def label(self, name: str | None) -> LoadedLabel:
         found = self.labels.get(name or self.default_label)
@@ -150,12 +150,7 @@ class EnrollmentService:
             device = await self._confirm(
                 await self.register.get(identity.device_id), identity, endpoint=endpoint
             )
-            revocation = await self._revocation(identity)
-            decide(
-                device,
-                identity,
-                EnrollmentContext(Operation.CSRATTRS, label.name, revocation=revocation),
-            )
+            decide(device, identity, EnrollmentContext(Operation.CSRATTRS, label.name))
         except ZtpkiError as exc:
             await self.record_refusal(endpoint, identity, exc)
             raise
@@ -193,7 +188,6 @@ class EnrollmentService:
         )
         spki = spki_sha256(csr.public_key())
         named = csr_device_id(csr)
-        revocation = await self._revocation(identity)
         for _ in range(DECISION_ROUNDS):
             now = self._clock()
             context = EnrollmentContext(
@@ -203,7 +197,6 @@ class EnrollmentService:
                 spki,
                 issued_label=self._issued_label(device),
                 lease_expired=_lease_expired(device, now),
-                revocation=revocation,
             )
             decision = decide(device, identity, context)
             if decision.action is Action.REDELIVER:
@@ -246,6 +239,7 @@ class EnrollmentService:
         device_id = before.device_id
         # A device with an issued (unconfirmed) certificate gets it superseded, never a second.
         reissue = decision.reissue or before.issued_serial is not None
+        resting = before.previous_state if before.state is DeviceState.ISSUING else before.state
         try:
             issued = await self.ca_client.issue(
                 device_id=device_id,
@@ -253,6 +247,9 @@ class EnrollmentService:
                 ca_certificate=label.certificate,
                 csr_der=csr_der,
                 reissue=reissue,
+                # A taken-over issuance may have left a certificate nobody received; a renewal
+                # never revokes first: the live one may be the certificate the device uses.
+                revoke_live_first=decision.takeover and resting is not DeviceState.CUSTOMIZED,
             )
         except ZtpkiError as exc:
             self.metrics.observe_ca_system(decision_of(exc), 0.0)
@@ -267,11 +264,20 @@ class EnrollmentService:
             )
             raise
         self.metrics.observe_ca_system("issued", issued.seconds)
-        return await self._complete(issued, identity, decision, token, endpoint)
+        why = "superseded before delivery: revoked at the CA system before reissuing"
+        await self.register.audit(
+            *(
+                self._record(endpoint, identity, "revoked", why, serial=r.serial)
+                for r in issued.revoked
+            )
+        )
+        return await self._complete(issued, before, label, identity, decision, token, endpoint)
 
     async def _complete(
         self,
         issued: Issued,
+        before: RegisteredDevice,
+        label: LoadedLabel,
         identity: ClientIdentity,
         decision: Decision,
         token: str,
@@ -282,6 +288,11 @@ class EnrollmentService:
         reason = decision.reason
         if issued.superseded_undelivered:
             reason += "; superseded a certificate whose answer was lost before delivery"
+        renewal = decision.new_state is DeviceState.CUSTOMIZED
+        previous = before.issued_serial
+        orders = []
+        if previous is not None and previous != serial:
+            orders.append(superseded_order(device_id, label.config, previous, renewal=renewal))
         now = self._clock()
         assert decision.new_state is not None
         completed = await self.register.complete_issuance(
@@ -294,15 +305,26 @@ class EnrollmentService:
             chain_der=[certificate_der(c) for c in issued.chain],
             now=now,
             audit=self._record(endpoint, identity, "issued", reason, now=now, serial=serial),
+            revocations=orders,
+            renewed_from=previous if renewal and orders else None,
         )
         if not completed:
-            return await self._discard(identity, serial, endpoint)
+            return await self._discard(label, identity, serial, endpoint)
+        if orders:
+            self._revocation_queued()
         log.info("issued serial=%s device=%s via %s (%s)", serial, device_id, endpoint, reason)
         return Enrolled("issued", issued.certificate, issued.chain, issued.private_key_der)
 
-    async def _discard(self, identity: ClientIdentity, serial: str, endpoint: str) -> Enrolled:
+    async def _discard(
+        self,
+        label: LoadedLabel,
+        identity: ClientIdentity,
+        serial: str,
+        endpoint: str,
+    ) -> Enrolled:
         # The lease was lost while the CA system worked: the device was blocked, or the lease
-        # expired and another request took over. This certificate is not handed out.
+        # expired and another request took over. This certificate is not handed out, and is
+        # revoked (nobody holds it).
         current = await self.register.get(identity.device_id)
         blocked = current is not None and current.state is DeviceState.BLOCKED
         error: ZtpkiError = (
@@ -318,15 +340,19 @@ class EnrollmentService:
         log.warning(
             "discarded serial=%s for device %s: %s", serial, identity.device_id, error.message
         )
-        await self.register.audit(
-            self._record(
+        order = superseded_order(identity.device_id, label.config, serial, renewal=False)
+        await self.register.queue_revocations(
+            [replace(order, cause="issued but discarded: never delivered")],
+            now=self._clock(),
+            audit=self._record(
                 endpoint,
                 identity,
                 "discarded",
                 f"issued certificate not delivered: {error.message}",
                 serial=serial,
-            )
+            ),
         )
+        self._revocation_queued()
         raise _Audited(error)
 
     async def _redeliver(
@@ -357,8 +383,12 @@ class EnrollmentService:
         endpoint: str,
         reread: bool = True,
     ) -> RegisteredDevice | None:
-        """Confirm a customization if this request shows it; the row afterwards (reread) or
-        as it was given (when the caller does not use it)."""
+        """Confirm a customization (or a renewal) if this request shows it; the row afterwards
+        (reread) or as it was given (when the caller does not use it)."""
+        if confirms_renewal(device, identity):
+            assert device is not None
+            await self._confirm_renewal(device, identity, endpoint=endpoint)
+            return await self.register.get(identity.device_id) if reread else device
         if not should_confirm(device, identity):
             return device
         now = self._clock()
@@ -378,24 +408,20 @@ class EnrollmentService:
             )
         return await self.register.get(identity.device_id) if reread else device
 
-    async def _revocation(self, identity: ClientIdentity) -> RevocationCheck | None:
-        """The factory CRLs' verdict on a temporary certificate (None: nothing to check)."""
-        if self.revocation is None:
-            return None
-        check = await self.revocation.check(identity)
-        if (
-            check is not None
-            and check.fail_open
-            and check.verdict.status is RevocationStatus.UNKNOWN
+    async def _confirm_renewal(
+        self, device: RegisteredDevice, identity: ClientIdentity, *, endpoint: str
+    ) -> None:
+        now, label = self._clock(), self.labels.get(identity.label or "")
+        grace = self.revocation.grace_for(label.config) if label else 0.0
+        why = f"renewed certificate used: {device.renewed_from} is revoked in {grace:g} s"
+        record = self._record(
+            endpoint, identity, "renewal-confirmed", why, now=now, serial=identity.serial
+        )
+        due = now + timedelta(seconds=grace)
+        if await self.register.confirm_renewal(
+            identity.device_id, serial=identity.serial, now=now, due_at=due, audit=record
         ):
-            log.warning(
-                "device %s let through with its revocation status unknown (%s): "
-                "manufacturer %s fails open",
-                identity.device_id,
-                check.verdict.detail,
-                ", ".join(check.manufacturers),
-            )
-        return check
+            self._revocation_queued()
 
     async def record_refusal(
         self, endpoint: str, identity: ClientIdentity, exc: ZtpkiError
@@ -413,8 +439,6 @@ class EnrollmentService:
             client_fingerprint=identity.fingerprint,
         )
         level = logging.INFO if isinstance(exc, Refused | Unavailable) else logging.WARNING
-        if isinstance(exc, RevocationUnknown):
-            level = logging.WARNING  # the node's CRLs are stale: the operator must act
         log.log(level, "%s %s: %s", record.decision, record.device_id, exc.message)
         await self.register.audit(record)
 

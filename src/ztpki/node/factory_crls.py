@@ -141,11 +141,22 @@ class FactoryRevocation:
                 RevocationStatus.UNKNOWN,
                 detail=f"{verdict.detail}; no CRL could be fetched from {', '.join(missing)}",
             )
-        return RevocationCheck(
+        check = RevocationCheck(
             verdict,
             fail_open=bool(makers) and all(m.fail_open for m in makers),
             manufacturers=tuple(m.name for m in makers),
         )
+        if verdict.status is RevocationStatus.UNKNOWN:
+            log.warning(
+                "device %s %s: the revocation status of its temporary certificate is unknown "
+                "(%s); manufacturer %s has fail_open = %s",
+                identity.device_id,
+                "let through" if check.fail_open else "refused",
+                verdict.detail,
+                ", ".join(check.manufacturers) or "-",
+                "true" if check.fail_open else "false",
+            )
+        return check
 
     # ------------------------------------------------------------------ refreshing
 

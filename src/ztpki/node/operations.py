@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from ztpki.errors import ConfigurationError, MalformedInput, VerificationFailed
-from ztpki.node.config import NODE_FILE, NodeConfig
+from ztpki.node.config import NODE_FILE, CALabel, NodeConfig
 from ztpki.node.manufacturers import manifest_trusts
-from ztpki.node.runtime import load_manufacturers
+from ztpki.node.revocation_orders import operator_order
+from ztpki.node.runtime import load_labels, load_manufacturers
 from ztpki.pki.names import check_device_id
-from ztpki.pki.pem import parse_sha256_fingerprint
+from ztpki.pki.pem import certificate_der, parse_sha256_fingerprint
 from ztpki.protocol.manifest import verify_manifest
 from ztpki.store.records import (
     AuditEntry,
@@ -25,7 +26,9 @@ from ztpki.store.records import (
     ManifestRecord,
     NewDevice,
     RegisteredDevice,
+    RevocationReason,
 )
+from ztpki.store.revocation_records import QueuedRevocation, QueueStatus, RevocationAction
 from ztpki.store.sqlite import SQLiteNodeStore, open_sqlite_node_store
 from ztpki.untrusted import quote
 
@@ -141,7 +144,40 @@ def add_device(
         store.add_device(device, now=now, audit=audit)
 
 
+# A change decided on a row that changed meanwhile (an issuance completing) is decided again.
+_ROUNDS = 5
+
+
+def _issuing_label(config: NodeConfig, device: RegisteredDevice) -> CALabel:
+    """The EST label whose CA issued the device's certificate."""
+    if device.issuance_label is not None:
+        return config.label(device.issuance_label)
+    if device.issued_chain_der:
+        for loaded in load_labels(config).values():
+            if certificate_der(loaded.certificate) == device.issued_chain_der[0]:
+                return loaded.config
+    raise ConfigurationError(
+        f"no EST label of this node has the CA that issued device {device.device_id}'s "
+        f"certificate {device.issued_serial}; add that CA back (`node add-ca`) to revoke it"
+    )
+
+
+def _last_hold(store: SQLiteNodeStore, device: RegisteredDevice) -> bool:
+    """True when the last order on the device's certificate put it on hold."""
+    orders = [
+        o
+        for o in store.revocations(device_id=device.device_id)
+        if o.serial == device.issued_serial and o.status is not QueueStatus.REFUSED
+    ]
+    return (
+        bool(orders)
+        and orders[-1].reason == RevocationReason.CERTIFICATE_HOLD.value
+        and (orders[-1].action is RevocationAction.REVOKE)
+    )
+
+
 def set_blocked(directory: Path, device_id: str, *, blocked: bool, now: datetime) -> None:
+    """Block (its live certificate on hold at the CA) or unblock (the hold released)."""
     word = "blocked" if blocked else "unblocked"
     audit = AuditRecord(
         at=now,
@@ -150,14 +186,109 @@ def set_blocked(directory: Path, device_id: str, *, blocked: bool, now: datetime
         reason=f"{word} by the operator",
         device_id=device_id,
     )
+    config = NodeConfig.load(directory, migrating=True)
+    hold = RevocationReason.CERTIFICATE_HOLD
     with open_register(directory) as store:
-        change = store.block if blocked else store.unblock
-        if change(device_id, now=now, audit=audit):
-            return
-        device = store.get(device_id)
+        for _ in range(_ROUNDS):
+            device = _device(store, device_id)
+            order = None
+            if device.issued_serial is not None and (blocked or _last_hold(store, device)):
+                order = operator_order(
+                    device,
+                    _issuing_label(config, device),
+                    reason=hold,
+                    release=not blocked,
+                    cause=f"device {word} by the operator",
+                )
+            change = store.block if blocked else store.unblock
+            orders = [] if order is None else [order]
+            if change(
+                device_id,
+                now=now,
+                audit=audit,
+                revocations=orders,
+                issued_serial=device.issued_serial,
+            ):
+                return
+            if device.state is DeviceState.RETIRED or (
+                (device.state is DeviceState.BLOCKED) is blocked
+            ):
+                break  # nothing to do; otherwise the row changed meanwhile: decide again
+    raise ConfigurationError(f"device {device_id} is {device.state.value}; nothing to do")
+
+
+def retire_device(
+    directory: Path, device_id: str, *, reason: RevocationReason, now: datetime
+) -> None:
+    """Revoke the device's live certificate for good and move it to RETIRED (final)."""
+    if reason is RevocationReason.CERTIFICATE_HOLD:
+        raise ConfigurationError(
+            "retiring revokes for good: use `node block` to put a certificate on hold"
+        )
+    audit = AuditRecord(
+        at=now,
+        endpoint="cli/retire",
+        decision="retired",
+        reason=f"retired by the operator ({reason.value}): never enrolled again",
+        device_id=device_id,
+    )
+    config = NodeConfig.load(directory, migrating=True)
+    with open_register(directory) as store:
+        for _ in range(_ROUNDS):
+            device = _device(store, device_id)
+            if device.state is DeviceState.RETIRED:
+                break
+            order = None
+            if device.issued_serial is not None:
+                order = operator_order(
+                    device,
+                    _issuing_label(config, device),
+                    reason=reason,
+                    cause="device retired by the operator",
+                )
+            if store.retire(
+                device_id,
+                now=now,
+                audit=audit,
+                revocations=[] if order is None else [order],
+                issued_serial=device.issued_serial,
+            ):
+                return
+    raise ConfigurationError(f"device {device_id} is {device.state.value}; nothing to do")
+
+
+def _device(store: SQLiteNodeStore, device_id: str) -> RegisteredDevice:
+    device = store.get(device_id)
     if device is None:
         raise ConfigurationError(f"device {device_id} is not in the register")
-    raise ConfigurationError(f"device {device_id} is {device.state.value}; nothing to do")
+    return device
+
+
+def pending_revocations(directory: Path) -> dict[str, list[QueuedRevocation]]:
+    """Open (and refused) revocation orders by device: what `node devices` shows."""
+    with open_register(directory) as store:
+        orders = store.revocations()
+    found: dict[str, list[QueuedRevocation]] = {}
+    for order in orders:
+        if order.status is not QueueStatus.DONE:
+            found.setdefault(order.device_id, []).append(order)
+    return found
+
+
+def revocation_json(order: QueuedRevocation) -> dict[str, Any]:
+    return {
+        "seq": order.seq,
+        "serial": order.serial,
+        "action": order.action.value,
+        "reason": order.reason,
+        "status": order.status.value,
+        "ca_name": order.ca_name,
+        "label": order.label,
+        "created_at": order.created_at.isoformat(),
+        "due_at": None if order.due_at is None else order.due_at.isoformat(),
+        "attempts": order.attempts,
+        "last_error": order.last_error,
+    }
 
 
 def list_devices(directory: Path, *, state: DeviceState | None) -> list[RegisteredDevice]:
@@ -166,7 +297,9 @@ def list_devices(directory: Path, *, state: DeviceState | None) -> list[Register
     return devices
 
 
-def device_json(device: RegisteredDevice) -> dict[str, Any]:
+def device_json(
+    device: RegisteredDevice, revocations: list[QueuedRevocation] | None = None
+) -> dict[str, Any]:
     return {
         "device_id": device.device_id,
         "state": device.state.value,
@@ -178,6 +311,7 @@ def device_json(device: RegisteredDevice) -> dict[str, Any]:
         "issued_serial": device.issued_serial,
         "blocked_from": device.blocked_from.value if device.blocked_from else None,
         "updated_at": device.updated_at.isoformat(),
+        "revocations": [revocation_json(o) for o in revocations or []],
     }
 
 

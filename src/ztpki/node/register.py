@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 from ztpki.errors import StorageError, Unavailable
 from ztpki.store.interfaces import NodeStore
 from ztpki.store.records import AuditRecord, DeviceState, RegisteredDevice
+from ztpki.store.revocation_records import QueuedRevocation, RevocationOrder
 from ztpki.store.sqlite_db import GroupAborted
 from ztpki.store.sqlite_register import SQLiteNodeStore
 
@@ -194,6 +195,8 @@ class AsyncRegister:
         chain_der: Sequence[bytes],
         now: datetime,
         audit: AuditRecord,
+        revocations: Sequence[RevocationOrder] = (),
+        renewed_from: str | None = None,
     ) -> bool:
         return await self._run(
             self.store.complete_issuance,
@@ -206,6 +209,8 @@ class AsyncRegister:
             chain_der=chain_der,
             now=now,
             audit=audit,
+            revocations=revocations,
+            renewed_from=renewed_from,
         )
 
     async def abort_issuance(
@@ -220,8 +225,45 @@ class AsyncRegister:
     ) -> bool:
         return await self._run(self.store.confirm, device_id, serial=serial, now=now, audit=audit)
 
-    async def audit(self, record: AuditRecord) -> None:
-        await self._run(self.store.append_many, [record])
+    async def audit(self, *records: AuditRecord) -> None:
+        if records:
+            await self._run(self.store.append_many, list(records))
+
+    # ------------------------------------------------------------------ revocation queue
+
+    async def confirm_renewal(
+        self, device_id: str, *, serial: str, now: datetime, due_at: datetime, audit: AuditRecord
+    ) -> bool:
+        return await self._run(
+            self.store.confirm_renewal,
+            device_id,
+            serial=serial,
+            now=now,
+            due_at=due_at,
+            audit=audit,
+        )
+
+    async def queue_revocations(
+        self, orders: Sequence[RevocationOrder], *, now: datetime, audit: AuditRecord | None
+    ) -> None:
+        await self._run(self.store.queue_revocations, orders, now=now, audit=audit)
+
+    async def due_revocations(self, *, now: datetime, limit: int) -> list[QueuedRevocation]:
+        return await self._run(self.store.due_revocations, now=now, limit=limit)
+
+    async def revocation_done(
+        self, seq: int, *, now: datetime, refused: str | None, audit: AuditRecord
+    ) -> bool:
+        return await self._run(
+            self.store.revocation_done, seq, now=now, refused=refused, audit=audit
+        )
+
+    async def revocation_failed(
+        self, seq: int, *, error: str, retry_at: datetime, audit: AuditRecord
+    ) -> bool:
+        return await self._run(
+            self.store.revocation_failed, seq, error=error, retry_at=retry_at, audit=audit
+        )
 
     def close(self) -> None:
         """Finish the calls already queued, stop the thread; later calls raise StorageError."""

@@ -50,6 +50,7 @@ from ztpki.node.proxy_listener import (
     protocol_factory,
 )
 from ztpki.node.register import AsyncRegister
+from ztpki.node.revocation import RevocationSender
 from ztpki.pki.keys import PrivateKey, decode_pkcs8, keys_match
 from ztpki.pki.pem import load_certificates_pem
 from ztpki.store.interfaces import NodeStore
@@ -109,7 +110,7 @@ class NodeMaterial:
     server_key: PrivateKey = field(repr=False)
     server_chain: tuple[x509.Certificate, ...]
     credential: Credential | None = field(repr=False)
-    revocation: FactoryRevocation | None = field(default=None, repr=False)
+    factory_crls: FactoryRevocation | None = field(default=None, repr=False)
 
     def ssl_context(self, *, on_refusal: HandshakeRefused | None = None) -> ssl.SSLContext:
         """``on_refusal``: told of each handshake the TLS layer refuses (default: logged)."""
@@ -173,7 +174,7 @@ def load_material(
         factory_trust(makers),
         [CustomerCA(name, loaded.chain) for name, loaded in labels.items()],
     )
-    revocation = factory_revocation(config, makers)
+    factory_crls = factory_revocation(config, makers)
     key = read_server_key(config.path(config.server_key), passphrase=node_passphrase)
     chain = tuple(read_certificates(config.path(config.server_cert), "server certificate"))
     if not keys_match(key, chain[0].public_key()):
@@ -185,7 +186,7 @@ def load_material(
             passphrase=client_passphrase,
             passphrase_source=CLIENT_KEY_OPTIONS,
         )
-    return NodeMaterial(config, authentication, labels, key, chain, credential, revocation)
+    return NodeMaterial(config, authentication, labels, key, chain, credential, factory_crls)
 
 
 def factory_revocation(config: NodeConfig, makers: list[LoadedManufacturer]) -> FactoryRevocation:
@@ -210,14 +211,17 @@ class RunningNode:
     store: NodeStore
     metrics: NodeMetrics
     proxies: list[ProxyListener] = field(default_factory=list)
-    revocation: FactoryRevocation | None = None
-    refresher: asyncio.Task[None] | None = None
+    revocations: RevocationSender | None = None
+    factory_crls: FactoryRevocation | None = None
+    crl_refresher: asyncio.Task[None] | None = None
 
     async def close(self) -> None:
-        if self.refresher is not None:
-            self.refresher.cancel()
+        if self.crl_refresher is not None:
+            self.crl_refresher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self.refresher
+                await self.crl_refresher
+        if self.revocations is not None:
+            await self.revocations.close()
         self.server.close()
         for proxy in self.proxies:
             proxy.server.close()
@@ -265,6 +269,7 @@ async def start_node(
     register = AsyncRegister(store)
     metrics = NodeMetrics()
     ca_client = SecondCAClient(transport, timeout=limits.ca_timeout, retry_after=limits.retry_after)
+    revocations = RevocationSender(register, ca_client, config.revocation)
     service = EnrollmentService(
         register=register,
         ca_client=ca_client,
@@ -272,17 +277,19 @@ async def start_node(
         default_label=config.default_label,
         limits=limits,
         metrics=metrics,
-        revocation=material.revocation,
+        revocation=config.revocation,
+        revocation_queued=revocations.wake,
     )
-    if material.revocation is not None and material.revocation.configured:
+    if material.factory_crls is not None and material.factory_crls.configured:
         # The first fetch before serving, so no device meets a node without its factory CRLs.
-        await asyncio.to_thread(material.revocation.refresh)
+        await asyncio.to_thread(material.factory_crls.refresh)
     application = EstApplication(
         service,
         material.authentication,
         limits=limits,
         metrics=metrics,
         expose_metrics=config.metrics,
+        factory_crls=material.factory_crls,
     )
     runner = await _runner(application.build(), limits)
     # web.TCPSite cannot bound the TLS handshake, so the listening socket is made here, with
@@ -322,9 +329,11 @@ async def start_node(
         ", ".join(material.labels),
         config.ca_system,
     )
+    # Revocations queued while the node was down, or by `node block` meanwhile, go out now.
+    revocations.start()
     refresher = None
-    if material.revocation is not None:
-        refresher = asyncio.create_task(material.revocation.run(), name="factory CRL refresh")
+    if material.factory_crls is not None:
+        refresher = asyncio.create_task(material.factory_crls.run(), name="factory CRL refresh")
     return RunningNode(
         str(bound[0]),
         int(bound[1]),
@@ -335,7 +344,8 @@ async def start_node(
         store,
         metrics,
         proxies,
-        material.revocation,
+        revocations,
+        material.factory_crls,
         refresher,
     )
 
@@ -375,6 +385,7 @@ async def _start_proxy_listener(
         expose_metrics=direct.expose_metrics,
         client_certificate=ForwardedCertificate(proxy_config, address_fence=not unix),
         strangers=direct.strangers,
+        factory_crls=direct.factory_crls,
     )
     runner = await _runner(application.build(), direct.limits)
     try:

@@ -28,6 +28,7 @@ from ztpki.store.records import (
     Revocation,
     RevocationReason,
 )
+from ztpki.store.revocation_records import QueuedRevocation, RevocationOrder
 
 
 class StagedBatch(Protocol):
@@ -246,9 +247,13 @@ class RegisterStore(Protocol):
         chain_der: Sequence[bytes],
         now: datetime,
         audit: AuditRecord | None = None,
+        revocations: Sequence[RevocationOrder] = (),
+        renewed_from: str | None = None,
     ) -> bool:
         """ISSUING -> ``new_state`` (ISSUED or CUSTOMIZED) with the new certificate, only while
-        ``token`` still holds the lease; clears the lease."""
+        ``token`` still holds the lease; clears the lease. ``revocations`` (the certificates
+        it supersedes) are queued with it; ``renewed_from``: a renewal's previous certificate,
+        whose WAITING revocation confirm_renewal makes due."""
         ...
 
     def abort_issuance(
@@ -263,12 +268,90 @@ class RegisterStore(Protocol):
         """ISSUED -> CUSTOMIZED, only when ``serial`` is the certificate last issued to it."""
         ...
 
-    def block(self, device_id: str, *, now: datetime, audit: AuditRecord | None = None) -> bool:
-        """Any state but BLOCKED -> BLOCKED; an issuance in flight loses its lease."""
+    def confirm_renewal(
+        self,
+        device_id: str,
+        *,
+        serial: str,
+        now: datetime,
+        due_at: datetime,
+        audit: AuditRecord | None = None,
+    ) -> bool:
+        """First use of the renewed certificate ``serial``: the device's WAITING revocations
+        become due at ``due_at``; False when no renewal of that certificate awaits it."""
         ...
 
-    def unblock(self, device_id: str, *, now: datetime, audit: AuditRecord | None = None) -> bool:
+    # block, unblock and retire: with ``revocations`` (a list, maybe empty) the change is made
+    # only while the device's issued_serial is ``issued_serial`` (the row the orders were
+    # decided on), and the orders are queued with it, the device's WAITING ones made due.
+
+    def block(
+        self,
+        device_id: str,
+        *,
+        now: datetime,
+        audit: AuditRecord | None = None,
+        revocations: Sequence[RevocationOrder] | None = None,
+        issued_serial: str | None = None,
+    ) -> bool:
+        """Any state but BLOCKED or RETIRED -> BLOCKED; an issuance in flight loses its lease."""
+        ...
+
+    def unblock(
+        self,
+        device_id: str,
+        *,
+        now: datetime,
+        audit: AuditRecord | None = None,
+        revocations: Sequence[RevocationOrder] | None = None,
+        issued_serial: str | None = None,
+    ) -> bool:
         """BLOCKED -> the resting state it was blocked from."""
+        ...
+
+    def retire(
+        self,
+        device_id: str,
+        *,
+        now: datetime,
+        audit: AuditRecord | None = None,
+        revocations: Sequence[RevocationOrder] | None = None,
+        issued_serial: str | None = None,
+    ) -> bool:
+        """Any state but RETIRED -> RETIRED (final); an issuance in flight loses its lease."""
+        ...
+
+    def queue_revocations(
+        self, orders: Sequence[RevocationOrder], *, now: datetime, audit: AuditRecord | None = None
+    ) -> None:
+        """Queue orders no state change causes (a certificate issued but discarded)."""
+        ...
+
+    def revocations(
+        self, *, device_id: str | None = None, open_only: bool = False
+    ) -> list[QueuedRevocation]:
+        """Queued orders, oldest first; optionally one device's, or only WAITING/PENDING."""
+        ...
+
+    def due_revocations(self, *, now: datetime, limit: int = 32) -> list[QueuedRevocation]:
+        """PENDING orders due by ``now`` with no earlier open order on the same certificate."""
+        ...
+
+    def revocation_done(
+        self,
+        seq: int,
+        *,
+        now: datetime,
+        refused: str | None = None,
+        audit: AuditRecord | None = None,
+    ) -> bool:
+        """PENDING -> DONE (or REFUSED, with the CA system's words)."""
+        ...
+
+    def revocation_failed(
+        self, seq: int, *, error: str, retry_at: datetime, audit: AuditRecord | None = None
+    ) -> bool:
+        """Count a failed attempt of a PENDING order; it is due again at ``retry_at``."""
         ...
 
     def manifests(self) -> list[ManifestRecord]:

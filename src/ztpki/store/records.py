@@ -238,6 +238,7 @@ class DeviceState(StrEnum):
     ISSUED = "issued"
     CUSTOMIZED = "customized"
     BLOCKED = "blocked"
+    RETIRED = "retired"  # final: its certificates revoked, no enrollment of any kind again
 
 
 # States a device rests in (not in the middle of an issuance and not blocked).
@@ -282,6 +283,8 @@ class RegisteredDevice:
     # The EST label its first issuance began under: kept across aborts and takeovers, since
     # that label's CA may hold a certificate for it; other labels wait until it is customized.
     issuance_label: str | None = None
+    # A renewal's previous certificate, revoked once the device first uses the renewed one.
+    renewed_from: str | None = None
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from ztpki.store.records import (
     NewDevice,
     RegisteredDevice,
 )
+from ztpki.store.revocation_records import RevocationOrder
 from ztpki.store.sqlite_db import SQLiteDatabase
 from ztpki.store.sqlite_register_schema import (
     MIGRATIONS,
@@ -39,6 +40,8 @@ from ztpki.store.sqlite_register_schema import (
     SCHEMA_COMPONENT,
     SCHEMA_VERSION,
 )
+from ztpki.store.sqlite_register_transitions import RegisterTransitions
+from ztpki.store.sqlite_revocation_queue import insert_orders
 
 # The schema names are re-exported: callers read the component and version from this module.
 __all__ = ["MIGRATIONS", "REGISTER_SCHEMA", "SCHEMA_COMPONENT", "SCHEMA_VERSION", "SQLiteNodeStore"]
@@ -46,7 +49,7 @@ __all__ = ["MIGRATIONS", "REGISTER_SCHEMA", "SCHEMA_COMPONENT", "SCHEMA_VERSION"
 _DEVICE_COLUMNS = (
     "device_id, state, temp_fingerprint, manufacturer, model, batch, manifest_id, "
     "issued_serial, issued_spki, issued_certificate_der, blocked_from, lease_token, "
-    "lease_expires, previous_state, updated_at, issuance_label"
+    "lease_expires, previous_state, updated_at, issuance_label, renewed_from"
 )
 _MANIFEST_COLUMNS = "manufacturer, manifest_id, issued_at, signer, device_count, imported_at"
 _INSERT_DEVICE = (
@@ -56,8 +59,8 @@ _INSERT_DEVICE = (
 )
 
 
-class SQLiteNodeStore:
-    """RegisterStore and AuditLog over one SQLite file."""
+class SQLiteNodeStore(RegisterTransitions):
+    """RegisterStore, AuditLog and the revocation queue over one SQLite file."""
 
     def __init__(self, db: SQLiteDatabase) -> None:
         self._db = db
@@ -244,6 +247,8 @@ class SQLiteNodeStore:
         chain_der: Sequence[bytes],
         now: datetime,
         audit: AuditRecord | None = None,
+        revocations: Sequence[RevocationOrder] = (),
+        renewed_from: str | None = None,
     ) -> bool:
         new_state = DeviceState(new_state)
         if new_state not in (DeviceState.ISSUED, DeviceState.CUSTOMIZED):
@@ -252,13 +257,14 @@ class SQLiteNodeStore:
             changed = conn.execute(
                 "UPDATE device SET state = ?, issued_serial = ?, issued_spki = ?, "
                 "issued_certificate_der = ?, lease_token = NULL, lease_expires = NULL, "
-                "previous_state = NULL, updated_at = ? "
+                "previous_state = NULL, renewed_from = ?, updated_at = ? "
                 "WHERE device_id = ? AND state = 'issuing' AND lease_token = ?",
                 (
                     new_state.value,
                     serial,
                     spki,
                     certificate_der,
+                    renewed_from,
                     encode_instant(now),
                     device_id,
                     token,
@@ -271,6 +277,7 @@ class SQLiteNodeStore:
                 "INSERT INTO device_chain (device_id, position, certificate_der) VALUES (?, ?, ?)",
                 [(device_id, position, der) for position, der in enumerate(chain_der)],
             )
+            insert_orders(conn, revocations, now=now)
             _audit(conn, audit)
         return True
 
@@ -284,44 +291,6 @@ class SQLiteNodeStore:
             (encode_instant(now), device_id, token),
             audit,
         )
-
-    # ------------------------------------------------------------------ other transitions
-
-    def confirm(
-        self, device_id: str, *, serial: str, now: datetime, audit: AuditRecord | None = None
-    ) -> bool:
-        return self._transition(
-            "UPDATE device SET state = 'customized', updated_at = ? "
-            "WHERE device_id = ? AND state = 'issued' AND issued_serial = ?",
-            (encode_instant(now), device_id, serial),
-            audit,
-        )
-
-    def block(self, device_id: str, *, now: datetime, audit: AuditRecord | None = None) -> bool:
-        # Blocking an issuance in flight drops its lease, so its completion cannot land.
-        return self._transition(
-            "UPDATE device SET state = 'blocked', "
-            "blocked_from = CASE WHEN state = 'issuing' THEN previous_state ELSE state END, "
-            "lease_token = NULL, lease_expires = NULL, previous_state = NULL, updated_at = ? "
-            "WHERE device_id = ? AND state <> 'blocked'",
-            (encode_instant(now), device_id),
-            audit,
-        )
-
-    def unblock(self, device_id: str, *, now: datetime, audit: AuditRecord | None = None) -> bool:
-        return self._transition(
-            "UPDATE device SET state = blocked_from, blocked_from = NULL, updated_at = ? "
-            "WHERE device_id = ? AND state = 'blocked'",
-            (encode_instant(now), device_id),
-            audit,
-        )
-
-    def _transition(self, update: str, params: tuple[Any, ...], audit: AuditRecord | None) -> bool:
-        with self._db.write() as conn:
-            if conn.execute(update, params).rowcount != 1:
-                return False
-            _audit(conn, audit)
-        return True
 
     # ------------------------------------------------------------------ audit trail
 
@@ -430,6 +399,7 @@ def _device(row: Sequence[Any], chain: list[bytes]) -> RegisteredDevice:
         previous_state=_optional_state(row[13]),
         updated_at=decode_instant(row[14]),
         issuance_label=row[15],
+        renewed_from=row[16],
     )
 
 

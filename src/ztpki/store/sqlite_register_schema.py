@@ -8,10 +8,13 @@ from __future__ import annotations
 
 SCHEMA_COMPONENT = "customer_node"
 # Version 2: manifests are keyed by (manufacturer, manifest_id). Version 3: a device remembers
-# the EST label its issuance began under (one live certificate, whatever the label).
-SCHEMA_VERSION = 3
+# the EST label its issuance began under (one live certificate, whatever the label). Version 4:
+# the final state RETIRED, the renewal awaiting confirmation (renewed_from), and the durable
+# queue of revocations the node owes the customer CA system.
+SCHEMA_VERSION = 4
 
 _STATES = "'listed', 'issuing', 'issued', 'customized', 'blocked'"
+_STATES_V4 = f"{_STATES}, 'retired'"
 _RESTING = "'listed', 'issued', 'customized'"
 
 
@@ -29,14 +32,20 @@ def _manifest_table(name: str) -> str:
 
 
 _ISSUANCE_LABEL = "issuance_label TEXT CHECK (issuance_label <> '')"
+# The previous operational certificate of a renewal that the device has not used yet: it is
+# revoked (superseded) once the renewed certificate is first used, after the grace period.
+_RENEWED_FROM = "renewed_from TEXT CHECK (renewed_from <> '')"
 
 
-def _device_table(name: str, *, issuance_label: bool = True) -> str:
+def _device_table(name: str, *, issuance_label: bool = True, version: int = 3) -> str:
+    # Older versions' tables stay as they were built: their migrations must not change.
     label = f"{_ISSUANCE_LABEL}," if issuance_label else ""
+    states = _STATES_V4 if version >= 4 else _STATES
+    renewed = f"{_RENEWED_FROM}," if version >= 4 else ""
     return f"""
     CREATE TABLE {name} (
         device_id              TEXT PRIMARY KEY CHECK (device_id <> ''),
-        state                  TEXT NOT NULL CHECK (state IN ({_STATES})),
+        state                  TEXT NOT NULL CHECK (state IN ({states})),
         temp_fingerprint       TEXT CHECK (length(temp_fingerprint) = 64),
         manufacturer           TEXT,
         model                  TEXT,
@@ -51,6 +60,7 @@ def _device_table(name: str, *, issuance_label: bool = True) -> str:
         previous_state         TEXT CHECK (previous_state IN ({_RESTING})),
         updated_at             TEXT NOT NULL,
         {label}
+        {renewed}
         FOREIGN KEY (manufacturer, manifest_id) REFERENCES manifest (manufacturer, manifest_id),
         CHECK (manifest_id IS NULL OR manufacturer IS NOT NULL),
         CHECK ((state = 'issuing' AND lease_token IS NOT NULL AND lease_expires IS NOT NULL
@@ -67,17 +77,49 @@ def _device_table(name: str, *, issuance_label: bool = True) -> str:
 
 _DEVICE_INDEX = "CREATE INDEX device_by_state ON device (state, device_id)"
 
-REGISTER_SCHEMA = (
-    _manifest_table("manifest"),
-    _device_table("device"),
-    _DEVICE_INDEX,
-    """
+# The revocations the node owes the customer CA system, in the order they were decided, and
+# their outcome: written in the same transaction as the state change that causes them, sent by
+# the running node (``seq`` orders two orders on one certificate: a hold before its release).
+# WAITING: a renewal's superseded certificate, due once the renewed one is confirmed.
+_REVOCATION_TABLE = """
+    CREATE TABLE node_revocation (
+        seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+        device_id   TEXT NOT NULL CHECK (device_id <> ''),
+        label       TEXT NOT NULL CHECK (label <> ''),
+        ca_name     TEXT CHECK (ca_name <> ''),
+        serial      TEXT NOT NULL CHECK (serial <> ''),
+        action      TEXT NOT NULL CHECK (action IN ('revoke', 'release')),
+        reason      TEXT NOT NULL CHECK (reason <> ''),
+        status      TEXT NOT NULL CHECK (status IN ('waiting', 'pending', 'done', 'refused')),
+        created_at  TEXT NOT NULL,
+        due_at      TEXT,
+        attempts    INTEGER NOT NULL DEFAULT 0 CHECK (attempts >= 0),
+        last_error  TEXT,
+        done_at     TEXT,
+        CHECK ((status = 'waiting') = (due_at IS NULL)),
+        CHECK ((status IN ('done', 'refused')) = (done_at IS NOT NULL))
+    )"""
+_REVOCATION_INDEXES = (
+    "CREATE INDEX node_revocation_open ON node_revocation (status, due_at, seq)",
+    "CREATE INDEX node_revocation_by_device ON node_revocation (device_id, seq)",
+    "CREATE INDEX node_revocation_by_serial ON node_revocation (serial, seq)",
+)
+
+_DEVICE_CHAIN_TABLE = """
     CREATE TABLE device_chain (
         device_id       TEXT NOT NULL REFERENCES device (device_id) ON DELETE CASCADE,
         position        INTEGER NOT NULL CHECK (position >= 0),
         certificate_der BLOB NOT NULL,
         PRIMARY KEY (device_id, position)
-    )""",
+    )"""
+
+REGISTER_SCHEMA = (
+    _manifest_table("manifest"),
+    _device_table("device", version=4),
+    _DEVICE_INDEX,
+    _DEVICE_CHAIN_TABLE,
+    _REVOCATION_TABLE,
+    *_REVOCATION_INDEXES,
 )
 
 # Version 1 keyed manifests by manifest_id alone. A manifest's manufacturer is the one its
@@ -102,4 +144,20 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     # Devices of a version-2 register gain the column empty: an issued device falls back to
     # the label of its certificate's CA.
     2: (f"ALTER TABLE device ADD COLUMN {_ISSUANCE_LABEL}",),
+    # Version 4 rebuilds the device table for its new state (a CHECK constraint) and column
+    # (device_chain's reference names the table, and finds the new one), and adds the queue.
+    3: (
+        _device_table("device_v4", version=4),
+        "INSERT INTO device_v4 (device_id, state, temp_fingerprint, manufacturer, model, batch, "
+        "manifest_id, issued_serial, issued_spki, issued_certificate_der, blocked_from, "
+        "lease_token, lease_expires, previous_state, updated_at, issuance_label) "
+        "SELECT device_id, state, temp_fingerprint, manufacturer, model, batch, manifest_id, "
+        "issued_serial, issued_spki, issued_certificate_der, blocked_from, lease_token, "
+        "lease_expires, previous_state, updated_at, issuance_label FROM device",
+        "DROP TABLE device",
+        "ALTER TABLE device_v4 RENAME TO device",
+        _DEVICE_INDEX,
+        _REVOCATION_TABLE,
+        *_REVOCATION_INDEXES,
+    ),
 }

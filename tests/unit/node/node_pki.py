@@ -34,6 +34,7 @@ from ztpki.pki.keys import KeySpec, PrivateKey, generate_private_key
 from ztpki.pki.pem import certificate_der
 from ztpki.pki.profiles import CertificateProfile
 from ztpki.protocol.enrollment import EnrollmentAnswer, EnrollmentRequest
+from ztpki.protocol.revocation import RevocationAnswer, RevocationRequest
 from ztpki.store.interfaces import IssuanceStore
 from ztpki.store.records import CertificateStatus, ClientEntitlement, NewDevice
 from ztpki.store.sqlite import SQLiteNodeStore, open_sqlite_ca_store, open_sqlite_node_store
@@ -195,6 +196,7 @@ class InProcessCA:
     before_answer: Callable[[EnrollmentRequest], object] | None = None
     stall: asyncio.Event | None = None  # wait for this before answering
     requests: list[EnrollmentRequest] = field(default_factory=list)
+    revocations: list[RevocationRequest] = field(default_factory=list)
 
     @classmethod
     def create(
@@ -250,6 +252,32 @@ class InProcessCA:
             self.system.record_of(plan, certificate, now=now), supersede=request.reissue
         )
         return self.system.answer(plan, certificate, private_key)
+
+    async def revoke(self, request: RevocationRequest) -> RevocationAnswer:
+        """Revoke as the real CA system does, for the one client "node" entitled to all."""
+        from ztpki.casystem.revocation import revoke_for_client
+        from ztpki.store.records import ClientRecord, ClientStatus
+
+        self.revocations.append(request)
+        if self.fail_with is not None:
+            raise self.fail_with
+        now = datetime.now(UTC)
+        client = ClientRecord(
+            name="node",
+            serial="01",
+            fingerprint="00" * 32,
+            not_after=now,
+            status=ClientStatus.ACTIVE,
+            added_at=now,
+            removed_at=None,
+            entitlement=ClientEntitlement(cas=tuple(self.system.cas)),
+        )
+        try:
+            return revoke_for_client(
+                request, client=client, system=self.system, store=self.store, now=now
+            )
+        except ZtpkiError as exc:
+            raise raise_for(error_answer(request.request_id, exc)) from None
 
     def active(self, device_id: str) -> list[str]:
         return [

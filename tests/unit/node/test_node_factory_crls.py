@@ -15,17 +15,13 @@ from tests.support.revocation_pki import RevocationCA
 from ztpki.errors import ConfigurationError, Unavailable
 from ztpki.node.authentication import ClientIdentity
 from ztpki.node.authorization import (
-    EnrollmentContext,
-    Operation,
     RefusalReason,
     Refused,
     RevocationUnknown,
     check_revocation,
-    decide,
 )
 from ztpki.node.factory_crls import FactoryRevocation
 from ztpki.pki.revocation_check import RevocationStatus
-from ztpki.store.records import DeviceState, RegisteredDevice
 
 URL = "http://factory.example/crl/factory.crl"
 
@@ -105,27 +101,6 @@ def identity(pki: PKI, device_id: str) -> ClientIdentity:
     return pki.identity(pki.temporary(device_id)[1])
 
 
-def listed(device_id: str) -> RegisteredDevice:
-    return RegisteredDevice(
-        device_id=device_id,
-        state=DeviceState.LISTED,
-        temp_fingerprint=None,
-        manufacturer=None,
-        model=None,
-        batch=None,
-        manifest_id=None,
-        issued_serial=None,
-        issued_spki=None,
-        issued_certificate_der=None,
-        issued_chain_der=(),
-        blocked_from=None,
-        lease_token=None,
-        lease_expires=None,
-        previous_state=None,
-        updated_at=NOW,
-    )
-
-
 def test_fail_revoked_temporary_certificate_is_refused_403_with_its_reason(pki: PKI) -> None:
     published, clock = Published(), Clock()
     stolen, fine = identity(pki, "dev-stolen"), identity(pki, "dev-fine")
@@ -134,13 +109,9 @@ def test_fail_revoked_temporary_certificate_is_refused_403_with_its_reason(pki: 
     factory.refresh()
     check = asyncio.run(factory.check(stolen))
     assert check is not None and check.verdict.status is RevocationStatus.REVOKED
-    context = EnrollmentContext(Operation.SERVERKEYGEN, "default", "dev-stolen", revocation=check)
     with pytest.raises(Refused, match=r"revoked by its factory CA .*keyCompromise") as refused:
-        decide(listed("dev-stolen"), stolen, context)
+        check_revocation(stolen, check)
     assert refused.value.reason is RefusalReason.REVOKED
-    # Refused whatever the register says: even a device the register does not know.
-    with pytest.raises(Refused, match="revoked"):
-        decide(None, stolen, context)
     # Negative control: the other device of the same CA is good.
     good = asyncio.run(factory.check(fine))
     assert good is not None and good.verdict.status is RevocationStatus.GOOD
@@ -179,9 +150,8 @@ def test_fail_stale_crl_fails_closed_by_default(pki: PKI, caplog: pytest.LogCapt
     assert "could not be refreshed" in caplog.text
     check = asyncio.run(factory.check(device))
     assert check is not None and check.verdict.status is RevocationStatus.UNKNOWN
-    context = EnrollmentContext(Operation.SERVERKEYGEN, "default", "dev-1", revocation=check)
     with pytest.raises(RevocationUnknown, match=r"stale.*fail_open = false"):
-        decide(listed("dev-1"), device, context)
+        check_revocation(device, check)
 
 
 def test_ok_stale_crl_passes_when_the_manufacturer_fails_open(pki: PKI) -> None:

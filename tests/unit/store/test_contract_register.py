@@ -27,6 +27,7 @@ ISSUING = DeviceState.ISSUING
 ISSUED = DeviceState.ISSUED
 CUSTOMIZED = DeviceState.CUSTOMIZED
 BLOCKED = DeviceState.BLOCKED
+RETIRED = DeviceState.RETIRED
 
 LATER = T0 + timedelta(minutes=1)
 CHAIN = (b"\x30root", b"\x30sub")
@@ -129,7 +130,14 @@ def test_ok_import_lists_new_devices(node_store: NodeStore) -> None:
     assert row.issued_chain_der == ()
     assert row.updated_at == T0
     assert node_store.manifests() == [manifest("m1", 2)]
-    assert node_store.counts() == {LISTED: 2, ISSUING: 0, ISSUED: 0, CUSTOMIZED: 0, BLOCKED: 0}
+    assert node_store.counts() == {
+        LISTED: 2,
+        ISSUING: 0,
+        ISSUED: 0,
+        CUSTOMIZED: 0,
+        BLOCKED: 0,
+        RETIRED: 0,
+    }
 
 
 def test_fail_same_manifest_twice_is_a_no_op(node_store: NodeStore) -> None:
@@ -599,6 +607,8 @@ def test_ok_register_from_before_issuance_labels_opens_and_gains_them(tmp_path: 
     store.close()
     with sqlite3.connect(path) as conn:  # the register as ztpki wrote it before the column
         conn.execute("ALTER TABLE device DROP COLUMN issuance_label")
+        conn.execute("ALTER TABLE device DROP COLUMN renewed_from")  # and before version 4
+        conn.execute("DROP TABLE node_revocation")
         conn.execute("UPDATE schema_version SET version = 2 WHERE component = 'customer_node'")
     store = open_sqlite_node_store(path)
     try:

@@ -1,0 +1,186 @@
+"""The running node sends the revocations its register queued to the customer CA system.
+
+Orders are written by whoever changes the register (an enrollment superseding a certificate,
+`ztpki node block|unblock|retire` in another process) in the same transaction as the change;
+``RevocationSender`` takes the due ones in the order they were made, sends each as an XML
+revocation request, and records the outcome with its audit entry: done ("revoked",
+"released"), refused for good by the CA system ("revocation-refused", left for the operator),
+or not reachable ("revocation-deferred": tried again after a backoff that doubles up to
+``[revocation] retry_max_seconds``). A CA system that cannot be reached never blocks an
+enrollment: sending runs beside the EST service, and an order waits until it goes through.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+from ztpki.errors import Unavailable, ZtpkiError
+from ztpki.node.ca_client import SecondCAClient
+from ztpki.node.config import RevocationPolicy
+from ztpki.node.register import AsyncRegister
+from ztpki.protocol.revocation import RevocationRequest
+from ztpki.store.records import AuditRecord, RevocationReason
+from ztpki.store.revocation_records import QueuedRevocation, RevocationAction
+from ztpki.store.sqlite_revocation_queue import AUDIT_ENDPOINT
+
+log = logging.getLogger(__name__)
+
+# Orders taken from the queue per look; the rest wait for the next look (at once).
+BATCH = 32
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def backoff(attempts: int, *, cap: float) -> float:
+    """Seconds before the next try of an order that failed ``attempts`` times (1 s, 2 s, ...)."""
+    return float(min(cap, 2.0 ** max(0, attempts - 1)))
+
+
+def request_for(order: QueuedRevocation) -> RevocationRequest:
+    release = order.action is RevocationAction.RELEASE
+    return RevocationRequest(
+        request_id=f"node-revoke-{order.seq}-{secrets.token_hex(6)}",
+        ca=order.ca_name,
+        serial=order.serial,
+        device_id=None,
+        reason=RevocationReason(order.reason),
+        release_hold=release,
+    )
+
+
+class RevocationSender:
+    """Drains the register's revocation queue while the node runs."""
+
+    def __init__(
+        self,
+        register: AsyncRegister,
+        ca_client: SecondCAClient,
+        policy: RevocationPolicy,
+        *,
+        clock: Callable[[], datetime] = _utcnow,
+    ) -> None:
+        self._register = register
+        self._ca_client = ca_client
+        self._policy = policy
+        self._clock = clock
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="node-revocations")
+
+    def wake(self) -> None:
+        """Look at the queue now (an order was just written by this process)."""
+        self._wake.set()
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.drain()
+            except ZtpkiError as exc:  # the register itself failed: look again later
+                log.warning("revocation queue not read: %s", exc.message)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._policy.poll_seconds):
+                    await self._wake.wait()
+            self._wake.clear()
+
+    async def drain(self) -> int:
+        """Send every due order, in order; how many were sent (done or refused)."""
+        sent = 0
+        while True:
+            due = await self._register.due_revocations(now=self._clock(), limit=BATCH)
+            if not due:
+                return sent
+            for order in due:
+                if not await self._send(order):
+                    return sent  # the CA system is unreachable: the others would fail too
+                sent += 1
+
+    async def _send(self, order: QueuedRevocation) -> bool:
+        """True when the CA system answered (done or refused); False when it was unreachable."""
+        try:
+            answer = await self._ca_client.revoke(request_for(order))
+        except Unavailable as exc:
+            now = self._clock()
+            wait = backoff(order.attempts + 1, cap=self._policy.retry_max_seconds)
+            log.warning(
+                "revocation of %s (device %s) deferred %.0f s: %s",
+                order.serial,
+                order.device_id,
+                wait,
+                exc.message,
+            )
+            await self._register.revocation_failed(
+                order.seq,
+                error=exc.message,
+                retry_at=now + timedelta(seconds=wait),
+                audit=self._audit(
+                    order,
+                    "revocation-deferred",
+                    f"attempt {order.attempts + 1} failed, next in {wait:.0f} s: {exc.message}",
+                    now=now,
+                ),
+            )
+            return False
+        except ZtpkiError as exc:
+            now = self._clock()
+            log.error(
+                "the customer CA system refused the %s of %s (device %s): %s",
+                order.action.value,
+                order.serial,
+                order.device_id,
+                exc.message,
+            )
+            await self._register.revocation_done(
+                order.seq,
+                now=now,
+                refused=exc.message,
+                audit=self._audit(order, "revocation-refused", exc.message, now=now),
+            )
+            return True
+        now = self._clock()
+        if order.action is RevocationAction.RELEASE:
+            decision = "released"
+            reason = (
+                "hold released at the CA system"
+                if answer.released
+                else "the certificate was not on hold at the CA system"
+            )
+        else:
+            decision = "revoked"
+            reason = (
+                f"revoked at the CA system ({answer.reason.value}) at "
+                f"{answer.revoked_at.isoformat(timespec='seconds')}"
+            )
+        log.info("%s serial=%s device=%s: %s", decision, order.serial, order.device_id, reason)
+        await self._register.revocation_done(
+            order.seq, now=now, refused=None, audit=self._audit(order, decision, reason, now=now)
+        )
+        return True
+
+    @staticmethod
+    def _audit(
+        order: QueuedRevocation, decision: str, reason: str, *, now: datetime
+    ) -> AuditRecord:
+        return AuditRecord(
+            at=now,
+            endpoint=AUDIT_ENDPOINT,
+            decision=decision,
+            reason=reason,
+            device_id=order.device_id,
+            serial=order.serial,
+        )
