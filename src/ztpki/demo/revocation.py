@@ -10,6 +10,7 @@ connection. The demo waits for the CRL to change (the node sends the hold from i
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,6 +74,7 @@ def prove_block(
     port: int,
     anchors: list[x509.Certificate],
     crl_path: Path,
+    say: Callable[[str], None],
 ) -> RevocationProof:
     """Block the device at the node, ask the service, unblock it, ask again."""
     memory = DeviceMemory.open(device)
@@ -82,7 +84,9 @@ def prove_block(
     demo.run("node", "block", "--dir", node, memory.device_id, show=True)
     _wait_for_crl(crl_path, certificate.serial_number, listed=True, what="node block")
     blocked = greet(device, port, server_anchors=anchors)
+    say(f"after node block, the customer service answers: {blocked}")
     demo.run("node", "unblock", "--dir", node, memory.device_id, show=True)
     _wait_for_crl(crl_path, certificate.serial_number, listed=False, what="node unblock")
     unblocked = greet(device, port, server_anchors=anchors)
+    say(f"after node unblock, the customer service answers: {unblocked}")
     return RevocationProof(memory.device_id, blocked, unblocked)

@@ -127,11 +127,10 @@ def _run(demo: DemoEnvironment, console: Console) -> dict[str, Any]:
                     port=proof_service.port,
                     anchors=anchors,
                     crl_path=demo.path("customer-ca", "cas", "devices", "crl.der"),
+                    say=lambda line: console.print(line, markup=False),
                 )
             finally:
                 proof_service.stop()
-        console.print(f"after node block, the customer service: {revocation.blocked_answer}")
-        console.print(f"after node unblock, the customer service: {revocation.unblocked_answer}")
     proof_service.stop()
     store = open_sqlite_node_store(demo.path("node", "node.sqlite"))
     states = {str(k): v for k, v in store.counts().items()}
