@@ -251,3 +251,41 @@ def test_fail_https_or_ftp_location_is_a_configuration_error(pki: PKI) -> None:
     for location in ("https://factory.example/a.crl", "ftp://factory.example/a.crl"):
         with pytest.raises(ConfigurationError, match="only http://"):
             FactoryRevocation([("Acme", pki.bundle())], locations={"Acme": [location]})
+
+
+def test_ok_manufacturer_crl_settings_round_trip() -> None:
+    from pathlib import Path
+
+    from ztpki.node.manufacturers import ManufacturerConfig
+
+    table = {
+        "trust": "trust/01-acme.pem",
+        "device_ids": ["ACME-*"],
+        "crl": [URL, "crl/factory.der"],
+        "crl_refresh_minutes": 5,
+        "fail_open": True,
+    }
+    maker = ManufacturerConfig.from_toml("Acme", table)
+    assert maker.crl == (URL, "crl/factory.der") and maker.fail_open
+    assert maker.crl_refresh_minutes == 5.0
+    assert ManufacturerConfig.from_toml("Acme", maker.to_toml()) == maker
+    plain = ManufacturerConfig("Acme", Path("t.pem"), maker.device_ids)
+    assert "fail_open" not in plain.to_toml() and "crl" not in plain.to_toml()
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "message"),
+    [
+        ("crl", ["https://factory.example/a.crl"], "only http://"),
+        ("crl", 7, "URL or file"),
+        ("fail_open", "yes", "true or false"),
+        ("crl_refresh_minutes", 0, "positive"),
+        ("crl_refresh_minutes", "often", "a number"),
+    ],
+)
+def test_fail_bad_manufacturer_crl_settings(setting: str, value: object, message: str) -> None:
+    from ztpki.node.manufacturers import ManufacturerConfig
+
+    table = {"trust": "t.pem", "device_ids": ["ACME-*"], setting: value}
+    with pytest.raises(ConfigurationError, match=message):
+        ManufacturerConfig.from_toml("Acme", table)
