@@ -11,7 +11,6 @@ a legitimate revocation served.
 
 from __future__ import annotations
 
-import itertools
 import json
 import secrets
 
@@ -20,6 +19,7 @@ from cryptography import x509
 from tests.attacks.attack_deployment import Deployment
 from tests.attacks.attack_report import AttackReport
 from tests.attacks.attack_wire import RawTLS
+from tests.attacks.test_attack_entitlement_ca import _client, _refusals
 
 from ztpki.credentials import client_context
 from ztpki.pki.pem import load_certificate_der, serial_hex
@@ -42,21 +42,11 @@ from ztpki.protocol.revocation import (
 
 pytestmark = pytest.mark.timeout(240)
 CATEGORY = "revocation"
-_n = itertools.count()
 KEY_COMPROMISE = RevocationReason.KEY_COMPROMISE
 
 
 def _id(prefix: str) -> str:
     return f"{prefix}-{secrets.token_hex(4)}"
-
-
-def _client(d: Deployment, *rights: str) -> str:
-    """A new CA-client of the factory system with these `ca add-client` options."""
-    name = f"rev-{next(_n)}-{secrets.token_hex(3)}"
-    out = ["--out", str(d.root / f"cred-{name}")]
-    d.cli("ca", "add-client", "--dir", str(d.factory_dir), "--name", name, *out, *rights,
-          system="factory")  # fmt: skip
-    return name
 
 
 def _exchange(d: Deployment, client: str, payload: bytes) -> bytes:
@@ -95,12 +85,6 @@ def _status(d: Deployment, serial: str, ca: str = "factory") -> str:
 
 def _crl(d: Deployment) -> bytes:
     return (d.factory_dir / "cas" / "factory" / "crl.der").read_bytes()
-
-
-def _refusals(d: Deployment) -> list[dict[str, str]]:
-    listed = d.cli("ca", "refusals", "--dir", str(d.factory_dir), "--json", system="factory")
-    rows: list[dict[str, str]] = json.loads(listed.out)
-    return rows
 
 
 def _refused(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import os
 import re
 import signal
 import subprocess
@@ -270,3 +271,49 @@ def test_ok_kill_between_record_and_crl_ends_on_the_next_crl(
             after.extensions.get_extension_for_class(number).value.crl_number
             > before.extensions.get_extension_for_class(number).value.crl_number
         )
+
+
+def test_ok_sigkill_during_a_burst_loses_no_acknowledged_revocation(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """SIGKILL from outside while 100 revocations are in flight: every acknowledged one is
+    durable, and every durable one is on the CRL the restarted service publishes."""
+    base = tmp_path_factory.mktemp("burst")
+    (base / "logs").mkdir()
+    plant = CASystemUnderTest(base / "plant", base / "logs")
+    plant.init_ca("customer")
+    plant.add_client("node1", "--ca", "customer")
+    with stopped_afterwards(plant):
+        plant.start()
+        requests = [EnrollmentRequest(rid(), f"burst-{n:03d}") for n in range(100)]
+        answers = asyncio.run(enroll_all(plant, requests, client="node1", pool_size=8))
+        serials = [serial_hex(leaf_of(a)) for a in answers if not isinstance(a, BaseException)]
+        assert len(serials) == 100
+        service = plant.service
+        assert service is not None
+
+        async def burst() -> list[RevocationAnswer | BaseException]:
+            client = CAClient(plant.address, plant.credential("node1"), pool_size=16)
+            reason = RevocationReason.AFFILIATION_CHANGED
+            tasks = [
+                asyncio.create_task(client.revoke(RevocationRequest(rid(), None, s, None, reason)))
+                for s in serials
+            ]
+            try:
+                await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                os.kill(service.pid, signal.SIGKILL)
+                return list(await asyncio.gather(*tasks, return_exceptions=True))
+            finally:
+                await client.close()
+
+        results = asyncio.run(burst())
+        assert service.process.wait(timeout=30) == -signal.SIGKILL
+        acknowledged = {r.serial for r in results if isinstance(r, RevocationAnswer)}
+        assert acknowledged  # the kill came after the first answer
+        assert all(isinstance(r, RevocationAnswer | Unavailable) for r in results), results
+        durable = {r.serial for r in plant.store.revocations("customer")}
+        assert acknowledged <= durable
+        plant.service = None
+        plant.start()
+        listed = {format(e.serial_number, "x") for e in published_crl(plant)}
+        assert durable <= listed

@@ -6,35 +6,36 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+_NO_REVOCATIONS = ("DROP TABLE revocation", "DROP TABLE ca_revocation_state")
+
 
 def downgrade_ca_store_to_v1(path: Path) -> None:
     """Turn a CA-system store made by this release into a schema-1 one: no entitlement with
-    the clients, no client with the certificates, no record of refusals."""
-    conn = sqlite3.connect(path, isolation_level=None)
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-        _drop_revocations(conn)
-        conn.execute("DROP TABLE refused_request")
-        conn.execute("ALTER TABLE ca_client DROP COLUMN entitlement")
-        conn.execute("ALTER TABLE issued_certificate DROP COLUMN client_name")
-        conn.execute("UPDATE schema_version SET version = 1 WHERE component = 'ca_system'")
-        conn.execute("COMMIT")
-    finally:
-        conn.close()
+    the clients, no client with the certificates, no record of refusals, no revocations."""
+    _rewrite(
+        path,
+        1,
+        *_NO_REVOCATIONS,
+        "DROP TABLE refused_request",
+        "ALTER TABLE ca_client DROP COLUMN entitlement",
+        "ALTER TABLE issued_certificate DROP COLUMN client_name",
+    )
 
 
 def downgrade_ca_store_to_v2(path: Path) -> None:
     """Turn a CA-system store made by this release into a schema-2 one: no revocations."""
+    _rewrite(path, 2, *_NO_REVOCATIONS)
+
+
+def _rewrite(path: Path, version: int, *statements: str) -> None:
     conn = sqlite3.connect(path, isolation_level=None)
     try:
         conn.execute("BEGIN IMMEDIATE")
-        _drop_revocations(conn)
-        conn.execute("UPDATE schema_version SET version = 2 WHERE component = 'ca_system'")
+        for statement in statements:
+            conn.execute(statement)
+        conn.execute(
+            "UPDATE schema_version SET version = ? WHERE component = 'ca_system'", (version,)
+        )
         conn.execute("COMMIT")
     finally:
         conn.close()
-
-
-def _drop_revocations(conn: sqlite3.Connection) -> None:
-    conn.execute("DROP TABLE revocation")
-    conn.execute("DROP TABLE ca_revocation_state")

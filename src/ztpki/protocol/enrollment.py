@@ -27,6 +27,7 @@ from ztpki.protocol.enrollment_schema import (
     PROTOCOL_VERSION,
     InvalidEnrollmentMessage,
     invalid_value,
+    request_id_of,
 )
 
 __all__ = [
@@ -470,10 +471,9 @@ def _certificate(element: etree._Element, where: str) -> bytes:
 def decode_answer(data: bytes) -> EnrollmentAnswer | EnrollmentError:
     """The EnrollmentAnswer or EnrollmentError in ``data``; MalformedInput for anything else."""
     root = schema.parse(data, expected=("EnrollmentAnswer", "EnrollmentError"))
-    request_id = root.get("requestId", "")
     if schema.local_name(root) == "EnrollmentError":
-        code = ErrorCode(root.get("code", "").strip(_XML_SPACE))
-        return EnrollmentError(request_id=request_id, code=code, message=_text(root))
+        return error_of(root)
+    request_id = root.get("requestId", "")
     children = {schema.local_name(child): child for child in root}
     key = children.get("PrivateKey")
     chain = children.get("CACertificates")
@@ -491,20 +491,7 @@ def decode_answer(data: bytes) -> EnrollmentAnswer | EnrollmentError:
     )
 
 
-# Reads only the start of the root tag, with a regular expression: nothing is parsed, so
-# no entity, DTD or size trick in a hostile message can reach here.
-_REQUEST_ID = re.compile(
-    rb"<(?:[A-Za-z_][A-Za-z0-9_.\-]*:)?(?:Enrollment|Revocation)Request\s[^<>]*?(?<=\s)id\s*=\s*"
-    rb"(?:\"([A-Za-z0-9._\-]{1,64})\"|'([A-Za-z0-9._\-]{1,64})')"
-)
-_REQUEST_ID_WINDOW = 4096
-
-
-def request_id_of(data: bytes) -> str | None:
-    """Best effort: the request id of a message that did not decode, for the error answer."""
-    if not isinstance(data, bytes | bytearray | memoryview):
-        return None
-    match = _REQUEST_ID.search(bytes(data[:_REQUEST_ID_WINDOW]))
-    if match is None:
-        return None
-    return (match.group(1) or match.group(2)).decode("ascii")
+def error_of(root: etree._Element) -> EnrollmentError:
+    """The EnrollmentError of a schema-valid root element (the answer to any request)."""
+    code = ErrorCode(root.get("code", "").strip(_XML_SPACE))
+    return EnrollmentError(request_id=root.get("requestId", ""), code=code, message=_text(root))

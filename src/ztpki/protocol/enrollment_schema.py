@@ -318,3 +318,22 @@ def serialize(root: etree._Element, *, validate: bool = True) -> bytes:
     if validate and not schema.validate(root):
         raise _schema_failure(root, schema.error_log)
     return etree.tostring(root, encoding="UTF-8", xml_declaration=True)
+
+
+# Reads only the start of the root tag, with a regular expression: nothing is parsed, so
+# no entity, DTD or size trick in a hostile message can reach here.
+_REQUEST_ID = re.compile(
+    rb"<(?:[A-Za-z_][A-Za-z0-9_.\-]*:)?(?:Enrollment|Revocation)Request\s[^<>]*?(?<=\s)id\s*=\s*"
+    rb"(?:\"([A-Za-z0-9._\-]{1,64})\"|'([A-Za-z0-9._\-]{1,64})')"
+)
+_REQUEST_ID_WINDOW = 4096
+
+
+def request_id_of(data: bytes) -> str | None:
+    """Best effort: the request id of a message that did not decode, for the error answer."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        return None
+    match = _REQUEST_ID.search(bytes(data[:_REQUEST_ID_WINDOW]))
+    if match is None:
+        return None
+    return (match.group(1) or match.group(2)).decode("ascii")

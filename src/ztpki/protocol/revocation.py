@@ -19,13 +19,13 @@ from ztpki.protocol import enrollment_schema as schema
 from ztpki.protocol.enrollment import (
     EnrollmentError,
     EnrollmentRequest,
-    ErrorCode,
     _add,
     _boolean,
     _check,
     _check_identifier,
     _text,
     _typed,
+    error_of,
     request_of,
 )
 from ztpki.protocol.enrollment_schema import InvalidEnrollmentMessage, invalid_value
@@ -220,13 +220,11 @@ def decode_client_message(data: bytes) -> EnrollmentRequest | RevocationRequest:
 def decode_revocation_answer(data: bytes) -> RevocationAnswer | EnrollmentError:
     """The RevocationAnswer or EnrollmentError in ``data``; MalformedInput for anything else."""
     root = schema.parse(data, expected=("RevocationAnswer", "EnrollmentError"))
-    request_id = root.get("requestId", "")
     if schema.local_name(root) == "EnrollmentError":
-        code = ErrorCode(root.get("code", "").strip(_XML_SPACE))
-        return EnrollmentError(request_id=request_id, code=code, message=_text(root))
+        return error_of(root)
     children = {schema.local_name(child): child for child in root}
     return RevocationAnswer(
-        request_id=request_id,
+        request_id=root.get("requestId", ""),
         serial=_text(children["Serial"]).strip(_XML_SPACE),
         revoked_at=_read_instant(children["RevokedAt"]),
         reason=_reason(_text(children["Reason"]).strip(_XML_SPACE)),

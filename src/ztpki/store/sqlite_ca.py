@@ -205,13 +205,7 @@ class SQLiteIssuanceStore(SQLiteClientRegistry, SQLiteRevocations):
         return [_certificate(row) for row in rows]
 
     def active_certificate(self, ca_name: str, device_id: str) -> IssuedCertificate | None:
-        with self._db.read() as conn:
-            row = conn.execute(
-                f"SELECT {_CERT_COLUMNS} FROM issued_certificate "  # noqa: S608
-                "WHERE ca_name = ? AND device_id = ? AND status = 'active'",
-                (ca_name, device_id),
-            ).fetchone()
-        return None if row is None else _certificate(row)
+        return self._one("device_id = ? AND status = 'active'", ca_name, device_id)
 
     def set_status(self, ca_name: str, serial: str, status: CertificateStatus) -> bool:
         status = CertificateStatus(status)
@@ -226,11 +220,15 @@ class SQLiteIssuanceStore(SQLiteClientRegistry, SQLiteRevocations):
             return cursor.rowcount == 1
 
     def certificate(self, ca_name: str, serial: str) -> IssuedCertificate | None:
+        return self._one("serial = ?", ca_name, serial)
+
+    def _one(self, where: str, ca_name: str, key: str) -> IssuedCertificate | None:
+        # ``where`` is one of the two literals above, never a caller's text.
         with self._db.read() as conn:
             row = conn.execute(
                 f"SELECT {_CERT_COLUMNS} FROM issued_certificate "  # noqa: S608
-                "WHERE ca_name = ? AND serial = ?",
-                (ca_name, serial),
+                f"WHERE ca_name = ? AND {where}",
+                (ca_name, key),
             ).fetchone()
         return None if row is None else _certificate(row)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -177,3 +178,34 @@ def test_ok_policy_revocation_table_round_trip() -> None:
 def test_fail_bad_revocation_policy(table: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigurationError, match=message):
         IssuingPolicy.from_toml({"revocation": table})
+
+
+def test_ok_timer_publishes_what_is_due_then_waits(
+    authority: CertificateAuthority, store: SQLiteIssuanceStore, tmp_path: Path
+) -> None:
+    round_done = threading.Event()
+
+    class RoundClock(Clock):
+        calls = 0
+
+        def __call__(self) -> datetime:
+            # The timer reads the clock once in publish_due and once for its wait.
+            self.calls += 1
+            if self.calls == 2:
+                round_done.set()
+            return self.now
+
+    publisher = CRLPublisher({"customer": target(authority, tmp_path)}, store, clock=RoundClock())
+
+    async def first_round() -> None:
+        timer = asyncio.create_task(publisher.run())
+        try:
+            assert await asyncio.to_thread(round_done.wait, 30)
+            assert not timer.done()  # it waits for the next due time
+        finally:
+            timer.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await timer
+
+    asyncio.run(first_round())
+    assert number(read_crl(tmp_path / "crl.der")) == 1
