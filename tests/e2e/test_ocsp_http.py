@@ -26,7 +26,13 @@ import pytest
 from cryptography import x509
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import ExtendedKeyUsageOID
-from tests.e2e.casystem_fixtures import CA_PASSPHRASE, CASystemUnderTest, enroll_all, leaf_of
+from tests.e2e.casystem_fixtures import (
+    CA_PASSPHRASE,
+    CASystemUnderTest,
+    enroll_all,
+    leaf_of,
+    ztpki,
+)
 from tests.support.ocsp import (
     exchange,
     http_address,
@@ -116,6 +122,11 @@ def publisher(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Publisher]:
     system = CASystemUnderTest(base / "system", logs)
     system.init_ca("factory", "--default")
     system.init_ca("rsaca", "--key", "rsa-2048")
+    # This CA's CRLs, and so its OCSP answers, are valid for 2 hours.
+    policy = system.root / "cas" / "rsaca" / "policy.toml"
+    text = policy.read_text()
+    assert "crl_next_update_hours = 24" in text
+    policy.write_text(text.replace("crl_next_update_hours = 24", "crl_next_update_hours = 2"))
     system.add_client("line1")
     service = system.start("--http-listen", "127.0.0.1:0", "--key-workers", "1")
     try:
@@ -142,10 +153,33 @@ def test_ok_good_then_revoked_with_reason_and_time(publisher: Publisher) -> None
     assert f"{publisher.pem(other)}: good" in publisher.ask(other)
 
 
+def test_ok_operator_hold_and_release_seen_at_once(publisher: Publisher) -> None:
+    """`ztpki ca revoke` / `release-hold` in their own processes: the running responder's
+    cached answer follows each change on the next query."""
+    (leaf,) = publisher.issue()
+    root = str(publisher.system.root)
+    assert f"{publisher.pem(leaf)}: good" in publisher.ask(leaf, "-no_nonce")
+    ztpki("ca", "revoke", "--dir", root, "--name", "factory", "--serial", serial_hex(leaf),
+          "--reason", "certificateHold")  # fmt: skip
+    held = publisher.ask(leaf, "-no_nonce")
+    assert ": revoked" in held and "Reason: certificateHold" in held, held
+    ztpki("ca", "release-hold", "--dir", root, "--name", "factory", "--serial", serial_hex(leaf))
+    released = publisher.ask(leaf, "-no_nonce")
+    assert "Response verify OK" in released and f"{publisher.pem(leaf)}: good" in released
+
+
 def test_ok_rsa_ca_and_sha256_cert_ids(publisher: Publisher) -> None:
     (leaf,) = publisher.issue(ca="rsaca")
     answer = publisher.ask(leaf, ca="rsaca", digest="sha256")
     assert "Response verify OK" in answer and ": good" in answer, answer
+    issuer = publisher.system.ca_certificate("rsaca")
+    parsed = post_ocsp(publisher.http, request_der(leaf, issuer)).ocsp()
+    assert parsed.next_update_utc - parsed.this_update_utc == timedelta(hours=2)
+    factory = post_ocsp(
+        publisher.http,
+        request_der(publisher.issue()[0], publisher.system.ca_certificate("factory")),
+    ).ocsp()
+    assert factory.next_update_utc - factory.this_update_utc == timedelta(hours=24)
     publisher.revoke(leaf, "superseded", ca="rsaca")
     answer = publisher.ask(leaf, ca="rsaca")
     assert ": revoked" in answer and "Reason: superseded" in answer, answer
@@ -242,6 +276,16 @@ def test_ok_get_rfc5019_with_curl(publisher: Publisher) -> None:
         "-CAfile", publisher.ca_pem(),
     )  # fmt: skip
     assert "Response verify OK" in check.stderr + check.stdout and ": good" in check.stdout
+    # Clients that do not escape the path: '+', '/' and '=' of base64 as they are.
+    issuer = publisher.system.ca_certificate("factory")
+    while True:
+        nonce = os.urandom(16)
+        raw = base64.b64encode(request_der(leaf, issuer, nonce=nonce)).decode()
+        if "+" in raw and "/" in raw:
+            break
+    plain = exchange(publisher.http, "GET", f"/ocsp/{raw}").ocsp()
+    assert plain.certificate_status is ocsp.OCSPCertStatus.GOOD
+    assert plain.extensions.get_extension_for_class(x509.OCSPNonce).value.nonce == nonce
     # Negative control: the same path with its base64 broken is a malformedRequest.
     bad = exchange(publisher.http, "GET", "/ocsp/" + escaped[:-6] + "%21%21")
     assert bad.ocsp().response_status is ocsp.OCSPResponseStatus.MALFORMED_REQUEST
@@ -316,6 +360,14 @@ def test_ok_crl_served_as_written(publisher: Publisher) -> None:
     text = sh(f"openssl crl -inform DER -in {out} -noout -text", publisher.work).stdout
     assert format(leaf.serial_number, "X") in text.replace(":", "").upper()
     assert "Privilege Withdrawn" in text
+    # The publisher reads the file again once the CA system replaced it.
+    (second,) = publisher.issue()
+    publisher.revoke(second, "affiliationChanged")
+    again = exchange(publisher.http, "GET", "/crl/factory.crl").body
+    assert again == crl_file.read_bytes() != out.read_bytes()
+    assert x509.load_der_x509_crl(again).get_revoked_certificate_by_serial_number(
+        second.serial_number
+    )
     # Negative controls: a CA the system does not hold, and a path that tries to leave cas/.
     assert exchange(publisher.http, "GET", "/crl/nosuch.crl").status == 404
     assert exchange(publisher.http, "GET", "/crl/..%2F..%2Fstore.sqlite.crl").status == 404
@@ -337,8 +389,18 @@ def test_ok_200_concurrent_queries_while_revoking(publisher: Publisher) -> None:
             return await response.read()
 
     async def revoke_all() -> None:
-        for leaf in doomed:
-            await asyncio.to_thread(publisher.revoke, leaf, "keyCompromise")
+        # In parallel too, over one CA-client's pool of connections.
+        system = publisher.system
+        client = CAClient(system.address, system.credential("line1"), pool_size=4)
+        reason = RevocationReason.KEY_COMPROMISE
+        requests = [
+            RevocationRequest(new_id("rev"), "factory", serial_hex(leaf), None, reason)
+            for leaf in doomed
+        ]
+        try:
+            await asyncio.gather(*(client.revoke(request) for request in requests))
+        finally:
+            await client.close()
 
     async def run() -> list[bytes]:
         connector = aiohttp.TCPConnector(limit=200)
@@ -358,3 +420,28 @@ def test_ok_200_concurrent_queries_while_revoking(publisher: Publisher) -> None:
         answer = post_ocsp(publisher.http, request_der(leaf, issuer)).ocsp()
         expected = ocsp.OCSPCertStatus.REVOKED if n < 10 else ocsp.OCSPCertStatus.GOOD
         assert answer.certificate_status is expected, n
+
+
+def test_fail_http_port_in_use_is_one_line_and_nothing_listens(publisher: Publisher) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = ztpki(
+            "ca", "serve", "--dir", str(publisher.system.root), "--listen", "127.0.0.1:0",
+            "--http-listen", f"127.0.0.1:{port}", "--key-workers", "1", check=False,
+        )  # fmt: skip
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    err = " ".join(result.stderr.split())
+    assert f"error: cannot listen on 127.0.0.1:{port}: address already in use" in err
+    assert "listening on" not in result.stdout
+
+
+def test_fail_ocsp_signer_without_http_listen(publisher: Publisher) -> None:
+    result = ztpki(
+        "ca", "serve", "--dir", str(publisher.system.root), "--ocsp-signer", "ca", check=False
+    )
+    assert result.returncode == 2 and "--ocsp-signer needs --http-listen" in result.stderr
+    assert "listening on" not in result.stdout

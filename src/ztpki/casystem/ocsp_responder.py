@@ -27,12 +27,13 @@ from typing import Protocol
 
 from cryptography import x509
 
-from ztpki.errors import PayloadTooLarge
+from ztpki.errors import PayloadTooLarge, Unavailable
 from ztpki.pki.authority import CertificateAuthority
 from ztpki.pki.keys import KeySpec, generate_private_key
 from ztpki.pki.ocsp import (
     INTERNAL_ERROR,
     MALFORMED_REQUEST,
+    TRY_LATER,
     UNAUTHORIZED,
     CertStatus,
     IssuerIndex,
@@ -178,6 +179,10 @@ class OCSPResponder:
             return OCSPAnswer(UNAUTHORIZED)
         try:
             return self._status_answer(ca_name, request, now)
+        except Unavailable as exc:
+            # The store is busy or gone for a moment: RFC 6960's tryLater, not a guess.
+            log.warning("OCSP tryLater for CA %s: %s", ca_name, exc.message)
+            return OCSPAnswer(TRY_LATER)
         except Exception:
             log.exception("OCSP internal error for CA %s", ca_name)
             return OCSPAnswer(INTERNAL_ERROR)

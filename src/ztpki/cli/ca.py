@@ -267,10 +267,8 @@ def issued_command(
 @click.option(
     "--ocsp-signer",
     type=click.Choice([p.value for p in SignerPolicy]),
-    default=SignerPolicy.DELEGATED.value,
-    show_default=True,
-    help="Who signs OCSP answers: a delegated responder certificate per CA (key in memory, "
-    "renewed by the service) or the CA key itself.",
+    help="Who signs OCSP answers: a delegated responder certificate per CA (the default: key "
+    "in memory, renewed by the service) or the CA key itself. Needs --http-listen.",
 )
 @click.option(
     "--key-workers",
@@ -289,7 +287,7 @@ def serve_command(
     listen: str,
     hostnames: tuple[str, ...],
     http_listen: str | None,
-    ocsp_signer: str,
+    ocsp_signer: str | None,
     key_workers: int | None,
     passphrase_file: Path | None,
     insecure_no_passphrase: bool,
@@ -298,6 +296,8 @@ def serve_command(
     `http listening on HOST:PORT` on stderr with --http-listen)."""
     from ztpki.casystem.client import parse_address
 
+    if ocsp_signer is not None and http_listen is None:
+        raise click.UsageError("--ocsp-signer needs --http-listen HOST:PORT (the OCSP responder)")
     event_loop = chosen_loop()
     secret = passphrase(passphrase_file, insecure_no_passphrase, CA_ENV, "the CA private key")
     host, port = parse_address(listen, allow_any_port=True)
@@ -318,7 +318,9 @@ def serve_command(
         publisher = None
         if http is not None:
             publisher = build_publisher(
-                CASystemDirectory(directory), service, signer=SignerPolicy(ocsp_signer)
+                CASystemDirectory(directory),
+                service,
+                signer=SignerPolicy(ocsp_signer or SignerPolicy.DELEGATED),
             )
             try:
                 http_host, http_port = await publisher.start(*http)

@@ -31,9 +31,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID
 
-from ztpki.errors import MalformedInput, PayloadTooLarge
-from ztpki.pki.der import read_tlv
+from ztpki.errors import MalformedInput, PayloadTooLarge, UnsupportedParameter
 from ztpki.pki.keys import PrivateKey, signature_hash
+from ztpki.pki.ocsp_der import SignerParts, encode_response, public_key_bits
 
 # RFC 6960 sets no size. One CertID with a SHA-512 hash, a 32-octet nonce and a few other
 # extensions fits in 1 KiB; a signed request with its certificates in a few. 8 KiB refuses
@@ -109,17 +109,15 @@ class ResponseSigner:
     issuer: x509.Certificate
     certificate: x509.Certificate
     key: PrivateKey = field(repr=False)
+    parts: SignerParts = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        parts = SignerParts.of(self.key, self.certificate, delegated=self.delegated)
+        object.__setattr__(self, "parts", parts)
 
     @property
     def delegated(self) -> bool:
         return self.certificate != self.issuer
-
-
-def _hash_algorithm(name: str) -> hashes.HashAlgorithm:
-    for algorithm in CERT_ID_HASHES:
-        if algorithm.name == name:
-            return algorithm
-    raise MalformedOCSPRequest(f"unsupported CertID hash algorithm {name[:32]!r}")
 
 
 def parse_request(der: bytes, *, max_size: int = MAX_REQUEST_SIZE) -> StatusRequest:
@@ -169,17 +167,6 @@ def parse_request(der: bytes, *, max_size: int = MAX_REQUEST_SIZE) -> StatusRequ
     return StatusRequest(cert_id, nonce)
 
 
-def public_key_bits(certificate: x509.Certificate) -> bytes:
-    """The subjectPublicKey BIT STRING's value, which issuerKeyHash hashes (RFC 6960 4.1.1)."""
-    spki = certificate.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    outer, _ = read_tlv(spki, 0)
-    _algorithm, after = read_tlv(spki, outer.start, stop=outer.end)
-    bits, _ = read_tlv(spki, after, stop=outer.end)
-    return spki[bits.start + 1 : bits.end]  # skip the unused-bits octet
-
-
 class IssuerIndex:
     """Which CA a CertID names, for every CA of a system and every supported hash."""
 
@@ -200,14 +187,6 @@ class IssuerIndex:
         )
 
 
-def _cert_status(status: CertStatus) -> ocsp.OCSPCertStatus:
-    return {
-        CertStatus.GOOD: ocsp.OCSPCertStatus.GOOD,
-        CertStatus.REVOKED: ocsp.OCSPCertStatus.REVOKED,
-        CertStatus.UNKNOWN: ocsp.OCSPCertStatus.UNKNOWN,
-    }[status]
-
-
 def build_response(
     request: StatusRequest,
     answer: StatusAnswer,
@@ -221,32 +200,26 @@ def build_response(
     The CertID is echoed as asked (same hash algorithm), the responder named by key hash
     (RFC 5019 2.2.3), and the delegated responder's certificate included so that a client
     can verify it against the CA. The nonce, when the request had one, is echoed.
+    producedAt is thisUpdate: the answer is made when the status is read.
     """
     cert_id = request.cert_id
-    revoked = answer.status is CertStatus.REVOKED
     # RFC 5280 5.3.1: unspecified is expressed by leaving the reason out.
     reason = answer.reason if answer.reason is not x509.ReasonFlags.unspecified else None
-    builder = (
-        ocsp.OCSPResponseBuilder()
-        .add_response_by_hash(
-            issuer_name_hash=cert_id.issuer_name_hash,
-            issuer_key_hash=cert_id.issuer_key_hash,
-            serial_number=cert_id.serial_number,
-            algorithm=_hash_algorithm(cert_id.hash_name),
-            cert_status=_cert_status(answer.status),
-            this_update=this_update,
-            next_update=min(next_update, signer.certificate.not_valid_after_utc),
-            revocation_time=answer.revoked_at if revoked else None,
-            revocation_reason=reason if revoked else None,
-        )
-        .responder_id(ocsp.OCSPResponderEncoding.HASH, signer.certificate)
+    return encode_response(
+        key=signer.key,
+        parts=signer.parts,
+        hash_name=cert_id.hash_name,
+        issuer_name_hash=cert_id.issuer_name_hash,
+        issuer_key_hash=cert_id.issuer_key_hash,
+        serial_number=cert_id.serial_number,
+        revoked_at=answer.revoked_at,
+        reason=reason,
+        unknown=answer.status is CertStatus.UNKNOWN,
+        produced_at=this_update,
+        this_update=this_update,
+        next_update=min(next_update, signer.certificate.not_valid_after_utc),
+        nonce=request.nonce,
     )
-    if signer.delegated:
-        builder = builder.certificates([signer.certificate])
-    if request.nonce is not None:
-        builder = builder.add_extension(x509.OCSPNonce(request.nonce), critical=False)
-    response = builder.sign(signer.key, signature_hash(signer.key))
-    return response.public_bytes(serialization.Encoding.DER)
 
 
 def unsuccessful(status: ocsp.OCSPResponseStatus) -> bytes:
@@ -259,6 +232,7 @@ def unsuccessful(status: ocsp.OCSPResponseStatus) -> bytes:
 MALFORMED_REQUEST = unsuccessful(ocsp.OCSPResponseStatus.MALFORMED_REQUEST)
 UNAUTHORIZED = unsuccessful(ocsp.OCSPResponseStatus.UNAUTHORIZED)
 INTERNAL_ERROR = unsuccessful(ocsp.OCSPResponseStatus.INTERNAL_ERROR)
+TRY_LATER = unsuccessful(ocsp.OCSPResponseStatus.TRY_LATER)
 
 
 def issue_responder_certificate(
@@ -286,7 +260,10 @@ def issue_responder_certificate(
     not_before = max(now - BACKDATE, ca_certificate.not_valid_before_utc)
     not_after = min(now + lifetime, ca_certificate.not_valid_after_utc)
     if not_after <= not_before:
-        raise ValueError("the CA certificate is not valid now; renew it")
+        raise UnsupportedParameter(
+            f"CA {ca_label} is not valid now: no OCSP responder certificate can be issued "
+            "under it; renew the CA certificate"
+        )
     builder = (
         x509.CertificateBuilder()
         .subject_name(
@@ -334,6 +311,7 @@ __all__ = [
     "MAX_NONCE",
     "MAX_REQUEST_SIZE",
     "RESPONDER_LIFETIME",
+    "TRY_LATER",
     "UNAUTHORIZED",
     "CertID",
     "CertStatus",

@@ -17,6 +17,7 @@ from cryptography.x509 import ocsp
 from tests.support.ocsp import request_der
 
 from ztpki.casystem.ocsp_responder import OCSPResponder, SignerPolicy
+from ztpki.errors import Unavailable
 from ztpki.pki.authority import CertificateAuthority, IssuanceGrant, create_self_signed_ca
 from ztpki.pki.keys import KeySpec, generate_private_key
 from ztpki.pki.names import SubjectFields, build_subject
@@ -195,3 +196,79 @@ def test_ok_ca_signer_never_renews(store: SQLiteIssuanceStore) -> None:
     responder = OCSPResponder({"factory": CA}, store, now=NOW, signer=SignerPolicy.CA)
     assert responder.signer_of("factory").certificate == CA.certificate
     assert responder.renew_if_due(NOW + timedelta(days=300)) == []
+
+
+def test_ok_publisher_renews_on_schedule_and_survives_a_failure(
+    store: SQLiteIssuanceStore, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The running publisher checks every hour (a fake sleep here) and renews the delegated
+    responder when due; a failed renewal is logged and retried at the next check."""
+    import asyncio
+
+    from ztpki.casystem.publisher import RENEW_CHECK_EVERY, RevocationPublisher
+
+    responder = OCSPResponder({"factory": CA}, store, now=NOW)
+    first = responder.signer_of("factory").certificate
+    times = iter([NOW + timedelta(days=1), NOW + timedelta(days=6), NOW + timedelta(days=6)])
+    publisher = RevocationPublisher({}, responder, clock=lambda: next(times))
+    real = responder.renew_if_due
+    calls: list[datetime] = []
+
+    def flaky(now: datetime) -> list[str]:
+        calls.append(now)
+        if len(calls) == 2:
+            raise OSError("simulated failure")
+        return real(now)
+
+    monkeypatch.setattr(responder, "renew_if_due", flaky)
+    delays: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        if len(delays) == 3:
+            raise asyncio.CancelledError
+        delays.append(seconds)
+
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(publisher._keep_renewed(sleep=sleep))
+    assert delays == [RENEW_CHECK_EVERY] * 3 and len(calls) == 3
+    assert "renewing an OCSP responder certificate failed" in caplog.text
+    renewed = responder.signer_of("factory").certificate
+    assert renewed != first and renewed.not_valid_before_utc > first.not_valid_before_utc
+
+
+class _FailingStore:
+    """The real store, failing its reads the way a busy or broken database does."""
+
+    def __init__(self, store: SQLiteIssuanceStore, failure: Exception) -> None:
+        self.store, self.failure = store, failure
+
+    def revocation_version(self, ca_name: str) -> int:
+        raise self.failure
+
+    def revocation(self, ca_name: str, serial: str) -> None:
+        raise self.failure
+
+    def certificate(self, ca_name: str, serial: str) -> None:
+        raise self.failure
+
+
+@pytest.mark.parametrize(
+    ("failure", "expected"),
+    [
+        (Unavailable("the database is busy; retry shortly"), ocsp.OCSPResponseStatus.TRY_LATER),
+        (RuntimeError("a bug"), ocsp.OCSPResponseStatus.INTERNAL_ERROR),
+    ],
+    ids=["busy-try-later", "bug-internal-error"],
+)
+def test_fail_store_failure_is_an_ocsp_status_not_a_crash(
+    store: SQLiteIssuanceStore, failure: Exception, expected: ocsp.OCSPResponseStatus
+) -> None:
+    leaf = issue(store)
+    responder = OCSPResponder({"factory": CA}, _FailingStore(store, failure), now=NOW)
+    body = responder.answer(request_der(leaf, CA.certificate), now=NOW).body
+    assert ocsp.load_der_ocsp_response(body).response_status is expected
+    # Negative control: the same request over the working store is answered.
+    working = OCSPResponder({"factory": CA}, store, now=NOW)
+    assert status_of(working.answer(request_der(leaf, CA.certificate), now=NOW).body) is (
+        ocsp.OCSPCertStatus.GOOD
+    )

@@ -165,19 +165,7 @@ def test_ok_revoked_answer_verifies_and_echoes_nonce(
     assert response.hash_algorithm.name == "sha256"
     assert response.extensions.get_extension_for_class(x509.OCSPNonce).value.nonce == b"q" * 20
     assert response.certificates == ([signer.certificate] if delegated else [])
-    signer.certificate.public_key().verify(  # type: ignore[call-arg,union-attr]
-        response.signature, response.tbs_response_bytes, *_verify_args(signer)
-    )
-
-
-def _verify_args(signer: ResponseSigner) -> tuple[object, ...]:
-    from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-
-    public = signer.certificate.public_key()
-    if isinstance(public, ec.EllipticCurvePublicKey):
-        return (ec.ECDSA(hashes.SHA256()),)
-    assert isinstance(public, rsa.RSAPublicKey)
-    return (padding.PKCS1v15(), hashes.SHA256())
+    _verify(response, signer.certificate)
 
 
 def test_ok_next_update_never_outlives_the_signer(factory: CertificateAuthority) -> None:
@@ -215,3 +203,88 @@ def test_fail_status_answer_inconsistent() -> None:
         StatusAnswer(CertStatus.GOOD, revoked_at=NOW)
     with pytest.raises(ValueError, match="revocation time"):
         StatusAnswer(CertStatus.REVOKED)
+
+
+def _verify(response: ocsp.OCSPResponse, certificate: x509.Certificate) -> None:
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+
+    public = certificate.public_key()
+    data, signature = response.tbs_response_bytes, response.signature
+    if isinstance(public, ec.EllipticCurvePublicKey):
+        assert response.signature_hash_algorithm is not None
+        public.verify(signature, data, ec.ECDSA(response.signature_hash_algorithm))
+    elif isinstance(public, rsa.RSAPublicKey):
+        assert response.signature_hash_algorithm is not None
+        public.verify(signature, data, padding.PKCS1v15(), response.signature_hash_algorithm)
+    else:
+        assert isinstance(public, ed25519.Ed25519PublicKey)
+        public.verify(signature, data)
+
+
+@pytest.mark.parametrize(
+    "spec", [KeySpec.EC_P256, KeySpec.EC_P384, KeySpec.RSA_2048, KeySpec.ED25519]
+)
+@pytest.mark.parametrize(
+    ("status", "reason"),
+    [
+        (CertStatus.GOOD, None),
+        (CertStatus.UNKNOWN, None),
+        (CertStatus.REVOKED, x509.ReasonFlags.unspecified),
+        (CertStatus.REVOKED, x509.ReasonFlags.aa_compromise),
+    ],
+    ids=["good", "unknown", "revoked-unspecified", "revoked-aa-compromise"],
+)
+def test_ok_every_ca_key_and_status_reads_back_and_verifies(
+    spec: KeySpec, status: CertStatus, reason: x509.ReasonFlags | None
+) -> None:
+    """The hand-written DER, read by cryptography: every field as given, signature valid."""
+    ca = make_ca(f"CA {spec.value}", spec)
+    leaf = make_leaf(ca)
+    nonce = b"z" * 32
+    request = parse_request(request_der(leaf, ca.certificate, hashes.SHA256(), nonce=nonce))
+    revoked_at = NOW - timedelta(days=1) if status is CertStatus.REVOKED else None
+    der = build_response(
+        request,
+        StatusAnswer(status, revoked_at, reason),
+        ResponseSigner(ca.certificate, ca.certificate, ca.key),
+        this_update=NOW,
+        next_update=NOW + timedelta(hours=24),
+    )
+    response = ocsp.load_der_ocsp_response(der)
+    assert response.certificate_status is _OCSP_STATUS[status]
+    assert response.produced_at_utc == response.this_update_utc == NOW
+    assert response.next_update_utc == NOW + timedelta(hours=24)
+    assert response.serial_number == leaf.serial_number
+    assert response.issuer_key_hash == request.cert_id.issuer_key_hash
+    assert response.issuer_name_hash == request.cert_id.issuer_name_hash
+    assert response.responder_key_hash == (
+        x509.SubjectKeyIdentifier.from_public_key(ca.certificate.public_key()).digest
+    )
+    assert response.certificates == []
+    if status is CertStatus.REVOKED:
+        assert response.revocation_time_utc == revoked_at
+        # RFC 5280 5.3.1: unspecified is left out, never encoded.
+        expected = None if reason is x509.ReasonFlags.unspecified else reason
+        assert response.revocation_reason is expected
+    assert response.extensions.get_extension_for_class(x509.OCSPNonce).value.nonce == nonce
+    _verify(response, ca.certificate)
+
+
+_OCSP_STATUS = {
+    CertStatus.GOOD: ocsp.OCSPCertStatus.GOOD,
+    CertStatus.REVOKED: ocsp.OCSPCertStatus.REVOKED,
+    CertStatus.UNKNOWN: ocsp.OCSPCertStatus.UNKNOWN,
+}
+
+
+def test_fail_no_responder_under_an_expired_ca(factory: CertificateAuthority) -> None:
+    from ztpki.errors import UnsupportedParameter
+
+    key = generate_private_key(KeySpec.EC_P256)
+    later = factory.certificate.not_valid_after_utc + timedelta(days=1)
+    with pytest.raises(UnsupportedParameter, match="renew the CA certificate"):
+        issue_responder_certificate(factory.certificate, factory.key, key, now=later)
+    # Control: a day before the CA expires, the responder is issued, cut to the CA's end.
+    almost = factory.certificate.not_valid_after_utc - timedelta(days=1)
+    cert = issue_responder_certificate(factory.certificate, factory.key, key, now=almost)
+    assert cert.not_valid_after_utc == factory.certificate.not_valid_after_utc
