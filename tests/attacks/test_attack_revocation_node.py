@@ -19,6 +19,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from tests.attacks.attack_deployment import Deployment, wait_until
 from tests.attacks.attack_report import AttackReport
+from tests.attacks.attack_wire import Observed
 
 from ztpki.pki.keys import PrivateKey, decode_pkcs8
 from ztpki.pki.pem import serial_hex
@@ -31,12 +32,15 @@ CUSTOMER_CA = "devices"  # the CA behind the node's default EST label
 WAIT = 90.0
 
 
+def _ask(d: Deployment, key: PrivateKey, cert: x509.Certificate, device_id: str) -> Observed:
+    body = encode_csr(build_csr(key, device_id=device_id))
+    return d.est("serverkeygen", key=key, chain=[cert], body=body)
+
+
 def _serverkeygen(
     d: Deployment, key: PrivateKey, cert: x509.Certificate, device_id: str
 ) -> x509.Certificate:
-    obs = d.est(
-        "serverkeygen", key=key, chain=[cert], body=encode_csr(build_csr(key, device_id=device_id))
-    )
+    obs = _ask(d, key, cert, device_id)
     assert obs.status == 200, obs.summary()
     parsed = decode_serverkeygen(obs.headers["Content-Type"], obs.body)
     decode_pkcs8(parsed.private_key_der, passphrase=None)  # the attacker holds a usable key
@@ -168,12 +172,7 @@ def test_refused_retired_device_enrolls_again(
     assert retired.status == 0, retired.err
     _wait_reason(d, serial_hex(operational), "keyCompromise")
     before = d.snapshot()
-    obs = d.est(
-        "serverkeygen",
-        key=key,
-        chain=[temp],
-        body=encode_csr(build_csr(key, device_id=device.device_id)),
-    )
+    obs = _ask(d, key, temp, device.device_id)
     assert obs.status == 403 and "retired" in obs.text, obs.summary()
     checked = d.check_unchanged(before, audited=[(device.device_id, "refused", "retired")])
     attack_report.record(

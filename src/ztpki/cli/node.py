@@ -227,6 +227,7 @@ def policy_command(directory: Path, as_json: bool) -> None:
                     markup=False,
                 )
     console.print(f"CA system: {config.ca_system}; limits: {config.limits.to_toml()}", markup=False)
+    console.print(f"revocation: {config.revocation.to_toml()}", markup=False, soft_wrap=True)
     console.print(versions.describe(), markup=False, soft_wrap=True)
     for line in describe_proxy(config):
         console.print(line, markup=False, soft_wrap=True)

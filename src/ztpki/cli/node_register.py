@@ -13,7 +13,12 @@ from ztpki.cli.common import console, plain, print_json
 from ztpki.cli.node import node
 from ztpki.cli.node_options import dir_option
 from ztpki.store.records import DeviceState, RevocationReason
-from ztpki.store.revocation_records import QueuedRevocation, QueueStatus
+from ztpki.store.revocation_records import (
+    QueuedRevocation,
+    QueueStatus,
+    RevocationAction,
+    RevocationOrder,
+)
 
 
 @node.command("import")
@@ -138,11 +143,21 @@ def _open_count(orders: list[QueuedRevocation]) -> str | None:
 def _set_blocked(directory: Path, device_id: str, *, blocked: bool) -> None:
     from ztpki.node.operations import set_blocked
 
-    set_blocked(directory, device_id, blocked=blocked, now=datetime.now(UTC))
+    order = set_blocked(directory, device_id, blocked=blocked, now=datetime.now(UTC))
+    console.print(f"{'blocked' if blocked else 'unblocked'} device {device_id}", markup=False)
+    _print_queued(order)
+
+
+def _print_queued(order: RevocationOrder | None) -> None:
+    if order is None:
+        console.print("no certificate of it to revoke at the CA system")
+        return
+    what = "release of the hold" if order.action is RevocationAction.RELEASE else order.reason
     console.print(
-        f"{'blocked' if blocked else 'unblocked'} device [bold]{device_id}[/]; its certificate's "
-        f"{'hold' if blocked else 'release'} is queued for the CA system (`node serve` sends "
-        "it; `node devices` shows it until done)"
+        f"queued for the CA system: {what} of certificate {order.serial} (`ztpki node serve` "
+        "sends it; `ztpki node devices` shows it until it is done)",
+        markup=False,
+        soft_wrap=True,
     )
 
 
@@ -182,11 +197,11 @@ def retire_command(directory: Path, device_id: str, reason: str) -> None:
     """Retire a device for good: its certificate is revoked and it never enrolls again."""
     from ztpki.node.operations import retire_device
 
-    retire_device(directory, device_id, reason=RevocationReason(reason), now=datetime.now(UTC))
-    console.print(
-        f"retired device [bold]{device_id}[/]; its revocation ({reason}) is queued for the CA "
-        "system (`node serve` sends it)"
+    order = retire_device(
+        directory, device_id, reason=RevocationReason(reason), now=datetime.now(UTC)
     )
+    console.print(f"retired device {device_id}: it is never enrolled again", markup=False)
+    _print_queued(order)
 
 
 @node.command("audit")

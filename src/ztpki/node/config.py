@@ -374,6 +374,8 @@ class NodeConfig:
             "# default_label is served at /.well-known/est/ as well.\n"
             "# [proxy]: the TLS-terminating proxies the proxy listener (`node serve\n"
             "# --proxy-listen`) believes; change it with `ztpki node set-proxy`.\n"
+            "# [revocation]: the grace of a renewal's previous certificate, and how the\n"
+            "# running node sends queued revocations (docs/node.md, Automatic revocation).\n"
         )
         write_public_file(
             self.directory / NODE_FILE, (header + tomli_w.dumps(self.to_toml())).encode()

@@ -326,13 +326,13 @@ class EnrollmentService:
         # expired and another request took over. This certificate is not handed out, and is
         # revoked (nobody holds it).
         current = await self.register.get(identity.device_id)
-        blocked = current is not None and current.state is DeviceState.BLOCKED
+        state = None if current is None else current.state
         error: ZtpkiError = (
             Refused(
-                RefusalReason.BLOCKED,
-                f"device {identity.device_id} is blocked in the customer register",
+                RefusalReason(state.value),
+                f"device {identity.device_id} is {state.value} in the customer register",
             )
-            if blocked
+            if state is DeviceState.BLOCKED or state is DeviceState.RETIRED
             else Unavailable(
                 f"the enrollment of device {identity.device_id} was overtaken; retry", retry_after=1
             )

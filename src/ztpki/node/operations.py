@@ -28,7 +28,12 @@ from ztpki.store.records import (
     RegisteredDevice,
     RevocationReason,
 )
-from ztpki.store.revocation_records import QueuedRevocation, QueueStatus, RevocationAction
+from ztpki.store.revocation_records import (
+    QueuedRevocation,
+    QueueStatus,
+    RevocationAction,
+    RevocationOrder,
+)
 from ztpki.store.sqlite import SQLiteNodeStore, open_sqlite_node_store
 from ztpki.untrusted import quote
 
@@ -176,8 +181,11 @@ def _last_hold(store: SQLiteNodeStore, device: RegisteredDevice) -> bool:
     )
 
 
-def set_blocked(directory: Path, device_id: str, *, blocked: bool, now: datetime) -> None:
-    """Block (its live certificate on hold at the CA) or unblock (the hold released)."""
+def set_blocked(
+    directory: Path, device_id: str, *, blocked: bool, now: datetime
+) -> RevocationOrder | None:
+    """Block (its live certificate on hold at the CA) or unblock (the hold released); the
+    order queued for the CA system, if any."""
     word = "blocked" if blocked else "unblocked"
     audit = AuditRecord(
         at=now,
@@ -209,7 +217,7 @@ def set_blocked(directory: Path, device_id: str, *, blocked: bool, now: datetime
                 revocations=orders,
                 issued_serial=device.issued_serial,
             ):
-                return
+                return order
             if device.state is DeviceState.RETIRED or (
                 (device.state is DeviceState.BLOCKED) is blocked
             ):
@@ -219,7 +227,7 @@ def set_blocked(directory: Path, device_id: str, *, blocked: bool, now: datetime
 
 def retire_device(
     directory: Path, device_id: str, *, reason: RevocationReason, now: datetime
-) -> None:
+) -> RevocationOrder | None:
     """Revoke the device's live certificate for good and move it to RETIRED (final)."""
     if reason is RevocationReason.CERTIFICATE_HOLD:
         raise ConfigurationError(
@@ -253,7 +261,7 @@ def retire_device(
                 revocations=[] if order is None else [order],
                 issued_serial=device.issued_serial,
             ):
-                return
+                return order
     raise ConfigurationError(f"device {device_id} is {device.state.value}; nothing to do")
 
 

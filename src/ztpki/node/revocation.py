@@ -93,6 +93,8 @@ class RevocationSender:
                 await self.drain()
             except ZtpkiError as exc:  # the register itself failed: look again later
                 log.warning("revocation queue not read: %s", exc.message)
+            except Exception:  # a bug must not end the sending for the node's lifetime
+                log.exception("revocation queue: unexpected error; looking again later")
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._policy.poll_seconds):
                     await self._wake.wait()

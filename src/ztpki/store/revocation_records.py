@@ -12,6 +12,7 @@ from datetime import datetime
 from enum import StrEnum
 
 from ztpki.store.instants import require_utc
+from ztpki.store.records import RevocationReason
 
 
 class RevocationAction(StrEnum):
@@ -52,6 +53,7 @@ class RevocationOrder:
             if not getattr(self, name):
                 raise ValueError(f"a revocation order needs a {name}")
         object.__setattr__(self, "action", RevocationAction(self.action))
+        object.__setattr__(self, "reason", RevocationReason(self.reason).value)
         if self.waiting and self.action is not RevocationAction.REVOKE:
             raise ValueError("only a revocation waits for a renewal's confirmation")
 

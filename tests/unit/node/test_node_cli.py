@@ -293,6 +293,28 @@ def test_ok_register_commands_and_audit(inputs: dict[str, Path]) -> None:
     assert run("node", "devices", "--dir", node)[0] == 0
 
 
+def test_ok_retire_is_final_and_refuses_a_hold_reason(inputs: dict[str, Path]) -> None:
+    assert run(*init_args(inputs))[0] == 0
+    node = str(inputs["node"])
+    assert run("node", "add", "--dir", node, "dev-1", "--fingerprint", "ab" * 32)[0] == 0
+    before = run("node", "audit", "--dir", node, "--json")[1]
+    hold = run("node", "retire", "--dir", node, "dev-1", "--reason", "certificateHold")
+    assert hold[0] == 2  # a usage error: not among the choices
+    assert run("node", "retire", "--dir", node, "dev-1")[0] == 2  # --reason is required
+    assert run("node", "audit", "--dir", node, "--json")[1] == before  # nothing changed
+    status, out = run("node", "retire", "--dir", node, "dev-1", "--reason", "keyCompromise")
+    assert status == 0 and "no certificate of it to revoke" in out
+    assert run("node", "retire", "--dir", node, "dev-1", "--reason", "keyCompromise")[0] == 1
+    assert run("node", "block", "--dir", node, "dev-1")[0] == 1
+    assert run("node", "unblock", "--dir", node, "dev-1")[0] == 1
+    assert run("node", "retire", "--dir", node, "nobody", "--reason", "keyCompromise")[0] == 1
+    status, out = run("node", "devices", "--dir", node, "--json", "--state", "retired")
+    (device,) = json.loads(out)
+    assert (device["device_id"], device["revocations"]) == ("dev-1", [])
+    status, out = run("node", "audit", "--dir", node, "--json", "--device", "dev-1")
+    assert [e["decision"] for e in json.loads(out)] == ["listed", "retired"]
+
+
 def test_fail_commands_outside_a_node_directory(tmp_path: Path, env: None) -> None:
     assert run("node", "devices", "--dir", str(tmp_path))[0] == 1
     assert run("node", "audit", "--dir", str(tmp_path), "--verify")[0] == 1

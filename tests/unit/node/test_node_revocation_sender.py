@@ -175,3 +175,25 @@ def test_fail_refused_revocation_is_kept_and_audited(node: Node) -> None:
 
 def test_ok_backoff_doubles_up_to_its_cap() -> None:
     assert [backoff(n, cap=8) for n in range(1, 6)] == [1, 2, 4, 8, 8]
+
+
+def test_fail_retired_during_issuance_is_refused_and_its_certificate_revoked(node: Node) -> None:
+    node.list("d1")
+    node.ca.before_answer = lambda request: node.store.retire("d1", now=NOW)
+    with pytest.raises(Refused) as refused:
+        enroll(node, "d1")
+    assert refused.value.reason is RefusalReason.RETIRED
+    (discarded,) = node.ca.active("d1")
+    asyncio.run(sender(node).drain())
+    assert reason_at_ca(node, discarded) == "superseded"
+    assert node.state("d1") == "retired"
+    node.ca.before_answer = None
+    calls = node.ca.calls
+    with pytest.raises(Refused, match="retired"):
+        enroll(node, "d1")
+    assert node.ca.calls == calls  # nothing asked of the CA system
+
+
+def test_fail_order_with_an_unknown_reason() -> None:
+    with pytest.raises(ValueError):
+        RevocationOrder("d1", "default", CA, "0a", "stolen")
