@@ -43,6 +43,8 @@ class Setting:
     server: Path  # cert.pem, key.pem, ca.pem of the service
     root_pem: Path
     crl_url: str
+    ocsp_service: str  # a TLS service whose certificate names an OCSP responder only
+    ocsp_server: Path
 
 
 def _serve_tls(cert: Path, key: Path, client_anchor: Path) -> tuple[str, http.server.HTTPServer]:
@@ -68,6 +70,11 @@ def _serve_tls(cert: Path, key: Path, client_anchor: Path) -> tuple[str, http.se
     return f"https://127.0.0.1:{httpd.server_address[1]}/hello", httpd
 
 
+def _name_urls(policy: Path, lines: str) -> None:
+    """Put these lines in the [revocation] table of a CA's policy.toml."""
+    policy.write_text(policy.read_text().replace("\n[revocation]\n", "\n[revocation]\n" + lines))
+
+
 @pytest.fixture(scope="module")
 def setting(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setting]:
     base = tmp_path_factory.mktemp("relying")
@@ -76,7 +83,9 @@ def setting(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setting]:
     system.init_ca("root")
     system.init_ca("devices", "--parent", "root", "--default")
     system.init_ca("web", "--parent", "root", "--profile", "server")
-    client = system.add_client("svc", "--ca", "devices", "--ca", "web", "--ip", "127.0.0.1")
+    system.init_ca("ocspweb", "--parent", "root", "--profile", "server")  # names OCSP only
+    rights = ("--ca", "devices", "--ca", "web", "--ca", "ocspweb", "--ip", "127.0.0.1")
+    client = system.add_client("svc", *rights)
     # Learn the publisher's port, then name it in the web CA's policy and serve there again.
     host, port = http_address(system.start("--http-listen", "127.0.0.1:0", "--key-workers", "1"))
     system.stop()
@@ -84,8 +93,13 @@ def setting(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setting]:
     policy = system.root / "cas" / "web" / "policy.toml"
     links = f'crl_url = "{crl_url}"\nocsp_url = "http://{host}:{port}/ocsp"\n'
     policy.write_text(policy.read_text().replace("\n[revocation]\n", "\n[revocation]\n" + links))
+    policy = system.root / "cas" / "ocspweb" / "policy.toml"
+    ocsp_only = f'ocsp_url = "http://{host}:{port}/ocsp"\n'
+    policy.write_text(
+        policy.read_text().replace("\n[revocation]\n", "\n[revocation]\n" + ocsp_only)
+    )
     system.start("--http-listen", f"{host}:{port}", "--key-workers", "1")
-    httpd = None
+    servers: list[http.server.HTTPServer] = []
     try:
         address = f"{system.address[0]}:{system.address[1]}"
         server = base / "server"
@@ -99,20 +113,32 @@ def setting(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setting]:
             "--count", "1", "--out", str(devices),
         )  # fmt: skip
         device = next(p for p in devices.iterdir() if p.is_dir() and not p.name.startswith("."))
+        ocsp_server = base / "ocsp-server"
+        run(
+            "node", "request-server-cert", "--ca", address, "--client-cred", str(client),
+            "--ca-name", "ocspweb", "--ip", "127.0.0.1", "--out", str(ocsp_server),
+        )  # fmt: skip
         root_pem = system.ca_pem("root")
         url, httpd = _serve_tls(server / "cert.pem", server / "key.pem", root_pem)
-        yield Setting(system, url, device, server, root_pem, crl_url)
+        servers.append(httpd)
+        ocsp_url, ocsp_httpd = _serve_tls(
+            ocsp_server / "cert.pem", ocsp_server / "key.pem", root_pem
+        )
+        servers.append(ocsp_httpd)
+        yield Setting(system, url, device, server, root_pem, crl_url, ocsp_url, ocsp_server)
     finally:
-        if httpd is not None:
+        for httpd in servers:
             httpd.shutdown()
         system.stop()
 
 
-def connect(setting: Setting, *extra: str) -> subprocess.CompletedProcess[str]:
-    web = setting.system.ca_pem("web")
+def connect(
+    setting: Setting, *extra: str, ca: str = "web", url: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    trust = str(setting.system.ca_pem(ca))
     return run(  # type: ignore[no-any-return]
-        "device", "connect", "--device", str(setting.device), setting.url, "--trust", str(web),
-        *extra, check=False,
+        "device", "connect", "--device", str(setting.device), url or setting.url,
+        "--trust", trust, *extra, check=False,
     )  # fmt: skip
 
 
@@ -162,6 +188,21 @@ def test_fail_revoked_server_is_refused_by_device_connect_and_curl(
     refused = curl(setting, crl_pem(setting, tmp_path / "after.pem"))
     assert refused.returncode == 60, (refused.returncode, refused.stderr)  # peer cert failed
     assert "revoked" in refused.stderr.lower()
+
+
+def test_fail_server_revoked_at_the_ocsp_responder_is_refused(setting: Setting) -> None:
+    cert = load_certificates_pem((setting.ocsp_server / "cert.pem").read_bytes())[0]
+    assert crl_urls(cert) == () and ocsp_urls(cert)
+    # ca serve's own responder (a delegated responder certificate) answers good, then revoked.
+    before = connect(setting, "--require-revocation-check", ca="ocspweb", url=setting.ocsp_service)
+    assert before.returncode == 0 and "hello" in before.stdout, before.stderr
+    run(
+        "ca", "revoke", "--dir", str(setting.system.root), "--name", "ocspweb",
+        "--serial", serial_hex(cert), "--reason", "superseded",
+    )  # fmt: skip
+    after = connect(setting, ca="ocspweb", url=setting.ocsp_service)
+    assert after.returncode == 1, after.stdout
+    assert "revoked by its CA" in after.stderr and "superseded" in after.stderr
 
 
 def test_ssl_error_type_is_a_verification_error() -> None:
