@@ -27,9 +27,10 @@ from tests.e2e.node_fixtures import (
     start,
     ztpki,
 )
+from tests.support.ocsp import http_address
 
 from ztpki.pki.pem import serial_hex
-from ztpki.pki.revocation_check import load_crl
+from ztpki.pki.revocation_check import crl_urls, load_crl
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -139,3 +140,46 @@ def test_fail_factory_recall_of_a_batch(world: NodeWorld, tmp_path: Path) -> Non
     again = json.loads(ztpki(*args, "--reason", "keyCompromise", "--json").stdout)
     assert [r["revoked_at"] for r in again] == [r["revoked_at"] for r in revoked]
     assert {r["reason"] for r in again} == {"cessationOfOperation"}
+
+
+def test_fail_revoked_via_the_distribution_point_the_certificate_names(world: NodeWorld) -> None:
+    # The factory CA names its CRL in the temporary certificates it issues, served by its own
+    # `ca serve --http-listen`; the node is configured with no CRL at all and learns the URL.
+    port = world.factory.port
+    world.factory.stop()
+    probe = start(
+        ["ca", "serve", "--dir", str(world.factory_dir), "--listen", f"127.0.0.1:{port}",
+         "--http-listen", "127.0.0.1:0", "--key-workers", "1"],
+        log_path=world.root / f"factory-{os.urandom(3).hex()}.log",
+        env=ENV,
+    )  # fmt: skip
+    host, http_port = http_address(probe)
+    probe.stop()
+    policy = world.factory_dir / "cas" / "factory" / "policy.toml"
+    url = f"http://{host}:{http_port}/crl/factory.crl"
+    policy.write_text(
+        policy.read_text().replace("\n[revocation]\n", f'\n[revocation]\ncrl_url = "{url}"\n')
+    )
+    world.factory = start(
+        ["ca", "serve", "--dir", str(world.factory_dir), "--listen", f"127.0.0.1:{port}",
+         "--http-listen", f"{host}:{http_port}", "--key-workers", "1"],
+        log_path=world.root / f"factory-{os.urandom(3).hex()}.log",
+        env=ENV,
+    )  # fmt: skip
+    world.services.append(world.factory)
+    configure_crl(world, crl=[])
+    stolen, honest = world.make_devices(2)
+    assert crl_urls(stolen.certificate) == (url,)
+    ztpki(
+        "ca", "revoke", "--dir", str(world.factory_dir), "--name", "factory",
+        "--serial", serial_hex(stolen.certificate), "--reason", "keyCompromise",
+    )  # fmt: skip
+    ok = world.post_csr(honest, "simpleenroll", honest.csr())  # learns the URL, fetches it
+    assert ok.status == 200, ok.text
+    assert f"CRL distribution point {url} learned from device {honest.device_id}" in (
+        world.node.log()
+    )
+    refused = world.post_csr(stolen, "simpleenroll", stolen.csr())
+    assert refused.status == 403 and "revoked by its factory CA" in refused.text, refused.text
+    assert world.audit(stolen.device_id)[-1]["decision"] == "refused"
+    assert world.issued(stolen.device_id) == []
