@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from node_pki import NOW, PKI
+from test_node_cli import env, inputs, run
+from test_node_manufacturers import acme_init, node_toml, other_bundle
 from tests.support.revocation_pki import RevocationCA
 
 from ztpki.errors import ConfigurationError, Unavailable
@@ -22,6 +25,9 @@ from ztpki.node.authorization import (
 )
 from ztpki.node.factory_crls import FactoryRevocation
 from ztpki.pki.revocation_check import RevocationStatus
+
+# The node CLI tests' fixtures, used here by name.
+__all__ = ["env", "inputs"]
 
 URL = "http://factory.example/crl/factory.crl"
 
@@ -289,3 +295,27 @@ def test_fail_bad_manufacturer_crl_settings(setting: str, value: object, message
     table = {"trust": "t.pem", "device_ids": ["ACME-*"], setting: value}
     with pytest.raises(ConfigurationError, match=message):
         ManufacturerConfig.from_toml("Acme", table)
+
+
+def test_ok_add_manufacturer_with_its_crl_and_listing(
+    inputs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(*acme_init(inputs))[0] == 0
+    node = str(inputs["node"])
+    args = ["node", "add-manufacturer", "--dir", node, "--manufacturer", "Globex"]
+    args += ["--trust", str(other_bundle(tmp_path)), "--device-ids", "GLX-*"]
+    # An https location is refused, and nothing is written.
+    before = node_toml(inputs)
+    capsys.readouterr()
+    status, _ = run(*args, "--crl-url", "https://pki.globex.example/f.crl")
+    assert status != 0 and "only http://" in " ".join(capsys.readouterr().err.split())
+    assert node_toml(inputs) == before
+    crl = ["--crl-url", URL, "--crl-refresh-minutes", "15", "--crl-fail-open"]
+    assert run(*args, *crl)[0] == 0
+    globex = node_toml(inputs)["manufacturer"]["Globex"]  # type: ignore[index]
+    assert globex["crl"] == [URL] and globex["crl_refresh_minutes"] == 15.0
+    assert globex["fail_open"] is True
+    status, text = run("node", "manufacturers", "--dir", node)
+    flat = " ".join(text.split())
+    assert f"factory CRLs = {URL} (every 15 min; fail_open = true)" in flat
+    assert "only the distribution points its certificates name (every 60 min; fail_open = " in flat
