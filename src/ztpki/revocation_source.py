@@ -180,13 +180,15 @@ def verdict_of(
     crls: Sequence[x509.CertificateRevocationList],
     *,
     now: datetime,
+    verified: Callable[[x509.CertificateRevocationList], bool] = lambda crl: False,
 ) -> RevocationVerdict:
     """The combined verdict of several CRLs: revoked if one says so, good if one current CRL
-    of the issuer says so, else unknown with every reason."""
+    of the issuer says so, else unknown with every reason. ``verified(crl)``: True when
+    that CRL's signature by ``issuer`` was checked before."""
     details: list[str] = []
     good: RevocationVerdict | None = None
     for crl in crls:
-        verdict = check_crl(cert, issuer, crl, now=now)
+        verdict = check_crl(cert, issuer, crl, now=now, signature_verified=verified(crl))
         if verdict.status is RevocationStatus.REVOKED:
             return verdict
         if verdict.status is RevocationStatus.GOOD:

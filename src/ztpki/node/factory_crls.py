@@ -28,7 +28,12 @@ from cryptography import x509
 from ztpki.errors import ConfigurationError
 from ztpki.node.authentication import ClientIdentity, IdentityKind
 from ztpki.node.authorization import RevocationCheck
-from ztpki.pki.revocation_check import RevocationStatus, RevocationVerdict, crl_urls
+from ztpki.pki.revocation_check import (
+    RevocationStatus,
+    RevocationVerdict,
+    crl_signed_by,
+    crl_urls,
+)
 from ztpki.revocation_source import CRLCache, Fetch, check_location, utcnow, verdict_of
 
 log = logging.getLogger(__name__)
@@ -36,6 +41,8 @@ log = logging.getLogger(__name__)
 # Distribution points learned from certificates, per manufacturer: a bound, since a factory CA
 # (trusted, but not with the node's memory) names them.
 MAX_LEARNED = 8
+# CRL signatures remembered as checked: a few CRLs per factory CA, kept until refreshed away.
+MAX_REMEMBERED = 64
 # The refresh loop wakes at least this often to see what is due.
 MAX_TICK = timedelta(seconds=60)
 
@@ -94,6 +101,10 @@ class FactoryRevocation:
         check_static_crls(static, [c for m in self._makers for c in m.bundle])
         self._static = tuple(static)
         self._clock = clock
+        self._signatures: dict[
+            tuple[int, int],
+            tuple[x509.CertificateRevocationList, x509.Certificate, bool],
+        ] = {}
         self._wake = asyncio.Event()
         self._force = False
 
@@ -135,7 +146,7 @@ class FactoryRevocation:
                     crls.append(crl)
         if not crls and not missing:
             return None
-        verdict = verdict_of(cert, issuer, crls, now=now)
+        verdict = verdict_of(cert, issuer, crls, now=now, verified=self._signature_checker(issuer))
         if verdict.status is RevocationStatus.UNKNOWN and missing:
             verdict = RevocationVerdict(
                 RevocationStatus.UNKNOWN,
@@ -157,6 +168,25 @@ class FactoryRevocation:
                 "true" if check.fail_open else "false",
             )
         return check
+
+    def _signature_checker(
+        self, issuer: x509.Certificate
+    ) -> Callable[[x509.CertificateRevocationList], bool]:
+        """``verified(crl)`` for verdict_of: checks each CRL's signature by ``issuer`` once,
+        then remembers it (a factory CRL of 10,000 entries takes ~3.5 ms to verify)."""
+
+        def verified(crl: x509.CertificateRevocationList) -> bool:
+            key = (id(crl), id(issuer))
+            known = self._signatures.get(key)
+            # The entry holds both objects, so neither id can be reused while it is there.
+            if known is None or known[0] is not crl or known[1] is not issuer:
+                if len(self._signatures) >= MAX_REMEMBERED:
+                    self._signatures.clear()
+                known = (crl, issuer, crl_signed_by(crl, issuer))
+                self._signatures[key] = known
+            return known[2]
+
+        return verified
 
     # ------------------------------------------------------------------ refreshing
 

@@ -319,3 +319,29 @@ def test_ok_add_manufacturer_with_its_crl_and_listing(
     flat = " ".join(text.split())
     assert f"factory CRLs = {URL} (every 15 min; fail_open = true)" in flat
     assert "only the distribution points its certificates name (every 60 min; fail_open = " in flat
+
+
+def test_ok_crl_signature_checked_once_per_crl(pki: PKI, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ztpki.node import factory_crls
+
+    calls: list[x509.CertificateRevocationList] = []
+    real = factory_crls.crl_signed_by
+
+    def counting(crl: x509.CertificateRevocationList, issuer: x509.Certificate) -> bool:
+        calls.append(crl)
+        return real(crl, issuer)
+
+    monkeypatch.setattr(factory_crls, "crl_signed_by", counting)
+    published, clock = Published(), Clock()
+    stolen = identity(pki, "dev-1")
+    published.publish(crl_of(pki, stolen.certificate))
+    factory = revocation(pki, published, clock)
+    factory.refresh()
+    for device_id in ("dev-2", "dev-3", "dev-4"):
+        check = asyncio.run(factory.check(identity(pki, device_id)))
+        assert check is not None and check.verdict.status is RevocationStatus.GOOD
+    assert len(calls) == 1
+    factory.refresh(force=True)  # a new CRL object: its signature is checked again
+    check = asyncio.run(factory.check(stolen))
+    assert check is not None and check.verdict.status is RevocationStatus.REVOKED
+    assert len(calls) == 2
