@@ -375,6 +375,15 @@ def cfssl_server(cfssl: str, work: Path) -> Iterator[tuple[subprocess.Popen[byte
             process.wait(timeout=20)
 
 
+def run_threads(count: int, worker: Callable[[], None]) -> None:
+    """``count`` threads running ``worker``, until every one has returned."""
+    threads = [threading.Thread(target=worker) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
 def cfssl_sign_all(port: int, bodies: Sequence[bytes], clients: int) -> None:
     """POST every body to /api/v1/cfssl/sign with `clients` threads on kept-alive connections."""
     pending = iter(bodies)
@@ -398,11 +407,7 @@ def cfssl_sign_all(port: int, bodies: Sequence[bytes], clients: int) -> None:
                 break
         connection.close()
 
-    threads = [threading.Thread(target=worker) for _ in range(clients)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    run_threads(clients, worker)
     if failures:
         raise RuntimeError(f"cfssl refused a request: {failures[0]}")
 

@@ -38,7 +38,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from ca_throughput import ENV, Result, measure, stop
+from ca_throughput import ENV, Result, measure, run_threads, stop
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
@@ -174,11 +174,7 @@ def post_all(port: int, path: str, bodies: Sequence[bytes], clients: int, *, kee
                 connection.close()
         connection.close()
 
-    threads = [threading.Thread(target=worker) for _ in range(clients)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    run_threads(clients, worker)
     if failures:
         raise RuntimeError(f"a responder failed a request: {failures[0]}")
 

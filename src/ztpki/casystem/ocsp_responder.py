@@ -35,6 +35,7 @@ from ztpki.pki.ocsp import (
     MALFORMED_REQUEST,
     TRY_LATER,
     UNAUTHORIZED,
+    CertID,
     CertStatus,
     IssuerIndex,
     MalformedOCSPRequest,
@@ -146,6 +147,15 @@ class OCSPResponder:
         self._index = IssuerIndex({n: a.certificate for n, a in authorities.items()})
         self._signers = {n: _CASigner(a, signer, now=now) for n, a in authorities.items()}
         self._next_update = dict(next_update or {})
+        # CA certificates are not in the issuance store, yet a relying party checking a whole
+        # chain asks about them: a CA of this system issued by another CA of this system is
+        # known to its issuer (and cannot be revoked here, so it is good).
+        by_subject = {a.certificate.subject: n for n, a in authorities.items()}
+        self._ca_certificates = {
+            (by_subject[a.certificate.issuer], a.certificate.serial_number)
+            for a in authorities.values()
+            if a.certificate.issuer in by_subject
+        }
         self._cache: OrderedDict[tuple[str, str, int], _Cached] = OrderedDict()
         self._cache_entries = cache_entries
 
@@ -201,7 +211,7 @@ class OCSPResponder:
             self._cache.move_to_end(key)
             return _with_max_age(cached.answer, now)
         # The status of a fresh cache entry is still current; only the signature is new.
-        status = cached.status if cached is not None else self._status(ca_name, cert_id.serial_hex)
+        status = cached.status if cached is not None else self._status(ca_name, cert_id)
         this_update = now.replace(microsecond=0)
         validity = self._next_update.get(ca_name, DEFAULT_NEXT_UPDATE)
         signer = self._signers[ca_name].signer
@@ -219,7 +229,8 @@ class OCSPResponder:
             self._cache.popitem(last=False)
         return _with_max_age(answer, now)
 
-    def _status(self, ca_name: str, serial: str) -> StatusAnswer:
+    def _status(self, ca_name: str, cert_id: CertID) -> StatusAnswer:
+        serial = cert_id.serial_hex
         revocation = self._source.revocation(ca_name, serial)
         if revocation is not None:
             return StatusAnswer(
@@ -228,6 +239,8 @@ class OCSPResponder:
                 reason=x509.ReasonFlags(revocation.reason.value),
             )
         if self._source.certificate(ca_name, serial) is None:
+            if (ca_name, cert_id.serial_number) in self._ca_certificates:
+                return StatusAnswer(CertStatus.GOOD)
             return StatusAnswer(CertStatus.UNKNOWN)
         return StatusAnswer(CertStatus.GOOD)
 

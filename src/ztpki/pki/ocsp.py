@@ -34,6 +34,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID
 from ztpki.errors import MalformedInput, PayloadTooLarge, UnsupportedParameter
 from ztpki.pki.keys import PrivateKey, signature_hash
 from ztpki.pki.ocsp_der import SignerParts, encode_response, public_key_bits
+from ztpki.pki.profiles import digital_signature_only
 
 # RFC 6960 sets no size. One CertID with a SHA-512 hash, a 32-octet nonce and a few other
 # extensions fits in 1 KiB; a signed request with its certificates in a few. 8 KiB refuses
@@ -280,20 +281,7 @@ def issue_responder_certificate(
         .not_valid_before(not_before)
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(digital_signature_only(), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.OCSP_SIGNING]), critical=False)
         .add_extension(x509.OCSPNoCheck(), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)

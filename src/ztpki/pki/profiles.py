@@ -54,6 +54,12 @@ def _key_usage(
     )
 
 
+def digital_signature_only() -> x509.KeyUsage:
+    """digitalSignature and nothing else: a certificate that signs answers (an OCSP
+    responder), never certificates, CRLs or key exchanges."""
+    return _key_usage(signature=True, key_agreement=False, ca=False, commitment=False)
+
+
 def _end_entity_key_usage(public_key: PublicKey, *, commitment: bool = False) -> x509.KeyUsage:
     # RSA TLS 1.2 key exchange needs keyEncipherment; EC and Ed25519 sign only.
     from cryptography.hazmat.primitives.asymmetric import rsa

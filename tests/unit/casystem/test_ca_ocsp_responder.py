@@ -272,3 +272,29 @@ def test_fail_store_failure_is_an_ocsp_status_not_a_crash(
     assert status_of(working.answer(request_der(leaf, CA.certificate), now=NOW).body) is (
         ocsp.OCSPCertStatus.GOOD
     )
+
+
+def test_ok_subordinate_ca_of_the_system_is_good_under_its_root(
+    store: SQLiteIssuanceStore,
+) -> None:
+    """A relying party checking the whole chain asks the root's responder about the
+    subordinate CA: the system holds both, so the answer is good, not unknown."""
+    sub_key = generate_private_key(KeySpec.EC_P256)
+    grant = IssuanceGrant(
+        subject=build_subject("Sub CA", SubjectFields(), serial_number=None),
+        profile=CertificateProfile.CA,
+        not_before=NOW,
+        not_after=NOW + timedelta(days=30),
+        path_length=0,
+    )
+    sub_cert = CA.issue(sub_key.public_key(), grant)
+    sub = CertificateAuthority(
+        name="sub", key=sub_key, certificate=sub_cert, parents=(CA.certificate,)
+    )
+    responder = OCSPResponder({"factory": CA, "sub": sub}, store, now=NOW)
+    body = responder.answer(request_der(sub_cert, CA.certificate), now=NOW).body
+    assert status_of(body) is ocsp.OCSPCertStatus.GOOD
+    # Negative control: a CA certificate the root signed but the system does not hold.
+    stray = CA.issue(generate_private_key(KeySpec.EC_P256).public_key(), grant)
+    body = responder.answer(request_der(stray, CA.certificate), now=NOW).body
+    assert status_of(body) is ocsp.OCSPCertStatus.UNKNOWN
