@@ -226,3 +226,35 @@ def test_ok_label_grace_keeps_the_previous_certificate_valid(world: NodeWorld) -
     assert order["status"] == "pending" and order["serial"] == serial_hex(old)
     assert order["due_at"] > order["created_at"]
     assert reason_at_ca(world, serial_hex(old), ca="meters") is None  # within its hour
+
+
+def test_ok_hold_and_release_queued_while_down_reach_the_ca_system_in_order(
+    world: NodeWorld,
+) -> None:
+    (device,) = world.make_devices(1)
+    certificate, key = customized(world, device)
+    serial = serial_hex(certificate)
+    node_dir = str(world.node_dir)
+    world.customer.stop()
+    try:
+        cli("node", "block", "--dir", node_dir, device.device_id)
+        cli("node", "unblock", "--dir", node_dir, device.device_id)
+        orders = devices_json(world)[device.device_id]["revocations"]
+        assert [(o["action"], o["status"]) for o in orders] == [
+            ("revoke", "pending"),
+            ("release", "pending"),
+        ]
+    finally:
+        world.restart_customer()
+    assert wait_until(
+        lambda: devices_json(world)[device.device_id]["revocations"] == [], timeout=WAIT
+    )
+    assert reason_at_ca(world, serial) is None  # held, then released: good again
+    done = [
+        d
+        for d, s in decisions(world, device.device_id)
+        if s == serial and d in ("revoked", "released")
+    ]
+    assert done == ["revoked", "released"]
+    used = world.request("GET", world.url("csrattrs"), context=world.context(certificate, key))
+    assert used.status == 200, used.text
