@@ -2,15 +2,16 @@
 
 Sources, per manufacturer (``[manufacturer.NAME]`` in node.toml): the ``crl`` locations it
 configures (http:// URLs or files), the CRL distribution points named in its temporary
-certificates (learned as devices present them), and the static CRL files of ``[node] crl``
-(``node init --crl``). Each is fetched at start, again every ``crl_refresh_minutes`` and before
-its nextUpdate, and at once on SIGHUP to ``node serve``. A fetch that fails keeps the CRL held
-before; once that one is past its nextUpdate, its verdicts are "unknown" and the
-manufacturer's ``fail_open`` (false by default) decides: refused (503, try again later), with
-a log line that says why, or let through with a warning.
+certificates (learned as devices present them), and the CRL files of ``[node] crl`` (``node
+init --crl``), each for the manufacturers whose bundle holds the CA that signed it. Each is
+fetched at start, again every ``crl_refresh_minutes`` and before its nextUpdate, and at once on
+SIGHUP to ``node serve``. A fetch that fails keeps the CRL held before; once that one is past
+its nextUpdate, its verdicts are "unknown" and the manufacturer's ``fail_open`` (false by
+default) decides: refused (503, try again later), with a log line that says why, or let through
+with a warning.
 
-The verdict goes to authorization, which refuses a revoked certificate with 403 and its
-reason, in the audit trail (``authorization.check_revocation``).
+The verdict goes to authorization, which refuses a revoked certificate with 403 and its reason,
+in the audit trail (``authorization.check_revocation``).
 """
 
 from __future__ import annotations
@@ -64,13 +65,24 @@ def check_static_crls(
     """Each static CRL must be signed by a factory CA the node trusts; anything else is a
     mistake of the operator's, refused at once."""
     for crl in crls:
-        if not any(
-            c.subject == crl.issuer and crl.is_signature_valid(c.public_key())  # type: ignore[arg-type]
-            for c in issuers
-        ):
+        if not any(crl_signed_by(crl, c) for c in issuers):
             raise ConfigurationError(
                 f"CRL of {crl.issuer.rfc4514_string()} is not signed by a configured factory CA"
             )
+
+
+def static_locations(
+    files: Sequence[tuple[str, x509.CertificateRevocationList]],
+    manufacturers: Sequence[tuple[str, Sequence[x509.Certificate]]],
+) -> dict[str, list[str]]:
+    """The static CRL files (``[node] crl``: path, its CRL as read now) by the manufacturers
+    whose bundle holds the CA that signed each; ConfigurationError for one no bundle does.
+    They are re-read like any configured file."""
+    check_static_crls([crl for _, crl in files], [c for _, b in manufacturers for c in b])
+    return {
+        name: [path for path, crl in files if any(crl_signed_by(crl, c) for c in bundle)]
+        for name, bundle in manufacturers
+    }
 
 
 class FactoryRevocation:
@@ -83,7 +95,6 @@ class FactoryRevocation:
         locations: dict[str, Sequence[str]] | None = None,
         refresh: dict[str, timedelta] | None = None,
         fail_open: dict[str, bool] | None = None,
-        static: Sequence[x509.CertificateRevocationList] = (),
         fetch: Fetch | None = None,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
@@ -98,8 +109,6 @@ class FactoryRevocation:
             )
             for name, bundle in manufacturers
         ]
-        check_static_crls(static, [c for m in self._makers for c in m.bundle])
-        self._static = tuple(static)
         self._clock = clock
         self._signatures: dict[
             tuple[int, int],
@@ -110,7 +119,7 @@ class FactoryRevocation:
 
     @property
     def configured(self) -> bool:
-        return bool(self._static) or any(m.locations for m in self._makers)
+        return any(m.locations for m in self._makers)
 
     # ------------------------------------------------------------------ the verdict
 
@@ -121,7 +130,7 @@ class FactoryRevocation:
             return None
         issuer, cert = identity.issuer, identity.certificate
         makers = [m for m in self._makers if issuer in m.bundle]
-        if not makers and not self._static:
+        if not makers:
             return None
         for maker in makers:
             new = [u for u in crl_urls(cert) if u not in maker.locations + maker.learned]
@@ -135,7 +144,7 @@ class FactoryRevocation:
                 )
                 await asyncio.to_thread(self._refresh_maker, maker, self._clock(), False)
         now = self._clock()
-        crls = [c for c in self._static if c.issuer == issuer.subject]
+        crls: list[x509.CertificateRevocationList] = []
         missing: list[str] = []
         for maker in makers:
             for location in (*maker.locations, *maker.learned):

@@ -37,7 +37,7 @@ from ztpki.node.authentication import AuthenticationModule, CustomerCA, FactoryT
 from ztpki.node.ca_client import EnrollmentTransport, SecondCAClient
 from ztpki.node.config import Limits, NodeConfig
 from ztpki.node.enrollment import EnrollmentService, LoadedLabel
-from ztpki.node.factory_crls import FactoryRevocation, resolve
+from ztpki.node.factory_crls import FactoryRevocation, resolve, static_locations
 from ztpki.node.http import EstApplication
 from ztpki.node.manufacturers import LoadedManufacturer
 from ztpki.node.metrics import NodeMetrics
@@ -191,12 +191,17 @@ def load_material(
 
 def factory_revocation(config: NodeConfig, makers: list[LoadedManufacturer]) -> FactoryRevocation:
     """The factory CRLs the node checks temporary certificates against (not fetched yet)."""
+    bundles = [(m.name, m.bundle) for m in makers]
+    files = [(str(config.path(p)), read_crl(config.path(p))) for p in config.crls]
+    static = static_locations(files, bundles)
     return FactoryRevocation(
-        [(m.name, m.bundle) for m in makers],
-        locations={m.name: [resolve(config.directory, c) for c in m.config.crl] for m in makers},
+        bundles,
+        locations={
+            m.name: [*(resolve(config.directory, c) for c in m.config.crl), *static[m.name]]
+            for m in makers
+        },
         refresh={m.name: timedelta(minutes=m.config.crl_refresh_minutes) for m in makers},
         fail_open={m.name: m.config.fail_open for m in makers},
-        static=[read_crl(config.path(p)) for p in config.crls],
     )
 
 

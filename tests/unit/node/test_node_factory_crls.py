@@ -345,3 +345,14 @@ def test_ok_crl_signature_checked_once_per_crl(pki: PKI, monkeypatch: pytest.Mon
     check = asyncio.run(factory.check(stolen))
     assert check is not None and check.verdict.status is RevocationStatus.REVOKED
     assert len(calls) == 2
+
+
+def test_ok_static_crl_files_go_to_the_manufacturer_whose_ca_signed_them(pki: PKI) -> None:
+    from ztpki.node.factory_crls import static_locations
+
+    other = PKI.create()
+    files = [("crl/01-acme.der", crl_of(pki))]
+    makers = [("Acme", pki.bundle()), ("Globex", other.bundle())]
+    assert static_locations(files, makers) == {"Acme": ["crl/01-acme.der"], "Globex": []}
+    with pytest.raises(ConfigurationError, match="not signed by a configured factory CA"):
+        static_locations(files, [("Globex", other.bundle())])
