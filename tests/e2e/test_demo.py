@@ -40,6 +40,16 @@ def test_ok_demo_customizes_every_device_and_proves_it(tmp_path: Path) -> None:
     assert proof["greeted_with_new_identity"] == 5
     assert proof["temporary_identity_refused_by_customer_service"] is True
     assert proof["replayed_temporary_certificate_status"] == 403
+    # The customer's relying party checks the customer CA's CRL: a blocked device (its
+    # certificate on hold) is refused, and greeted again once unblocked.
+    revocation = proof["revocation"]
+    device = revocation["device_id"]
+    assert (
+        revocation["blocked_answer"] == f"refused {device}: certificate revoked (certificateHold)"
+    )
+    assert revocation["unblocked_answer"] == f"hello {device}"
+    assert "after node block, the customer service answers: refused" in result.stdout
+    assert f"after node unblock, the customer service answers: hello {device}" in result.stdout
     assert set(summary["phases"]) >= {"manufacture", "customization"}
     assert summary["enrollments_per_second"] > 0
     # Every process the demo started is gone (no --keep-running).

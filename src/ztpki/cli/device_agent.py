@@ -40,7 +40,7 @@ from ztpki.device.activation import (
     KeyMode,
 )
 from ztpki.device.agent import Agent, AgentEvent, AgentStopped
-from ztpki.device.connect import connect, identity_ssl_context
+from ztpki.device.connect import RevocationPolicy, connect, identity_ssl_context
 from ztpki.device.customer_node import (
     NODE_CA_KEY,
     NodeAddress,
@@ -421,19 +421,33 @@ def set_node_command(
     help="PEM file of extra CA certificates to verify the server with "
     "(default: the customer CA certificates the device holds).",
 )
+@click.option(
+    "--require-revocation-check",
+    is_flag=True,
+    help="Refuse the server when its certificate's revocation status (CRL or OCSP it names) "
+    "cannot be checked; by default that is logged and the connection proceeds.",
+)
 @timeout_option
 @plain_errors
-def connect_command(device_dir: Path, url: str, trust_file: Path | None, timeout: float) -> None:
+def connect_command(
+    device_dir: Path,
+    url: str,
+    trust_file: Path | None,
+    require_revocation_check: bool,
+    timeout: float,
+) -> None:
     """HTTPS GET of URL with the device's current identity; prints status and body.
 
     The server is verified with --trust FILE plus the CA certificates stored with the
     current identity: the customer CA's once customized, the factory CA's that issued the
-    temporary certificate before.
+    temporary certificate before. A server certificate naming a CRL distribution point or
+    an OCSP responder is checked there: a revoked one is refused.
     """
     memory = DeviceMemory.open(device_dir)
     extra = load_certificates_pem(trust_file.read_bytes()) if trust_file else []
+    policy = RevocationPolicy(require=require_revocation_check)
     try:
-        context = identity_ssl_context(memory, server_anchors=extra)
+        context = identity_ssl_context(memory, server_anchors=extra, revocation=policy)
         response = connect(url, context, timeout=timeout)
     except ZtpkiError as exc:
         remedy = connect_remedy(exc)

@@ -267,7 +267,10 @@ def serve_command(
     passphrase_file: Path | None,
     insecure_no_passphrase: bool,
 ) -> None:
-    """Run the EST server. Prints `listening on HOST:PORT` when ready."""
+    """Run the EST server. Prints `listening on HOST:PORT` when ready.
+
+    SIGHUP fetches every factory CRL at once (they are fetched on their own before their
+    nextUpdate and every crl_refresh_minutes)."""
     from ztpki.casystem.client import parse_address
     from ztpki.node.runtime import load_material, start_node
 
@@ -286,6 +289,9 @@ def serve_command(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        if running.factory_crls is not None:
+            # SIGHUP: fetch every factory CRL now (after a manufacturer revoked a device).
+            loop.add_signal_handler(signal.SIGHUP, running.factory_crls.refresh_now)
         for proxy in running.proxies:
             # On stderr, before the readiness line: stdout carries only `listening on`.
             click.echo(f"proxy listening on {proxy.address}", err=True)

@@ -35,6 +35,9 @@ def manufacturer_rows(config: NodeConfig) -> list[dict[str, Any]]:
                 "manifest_signers": [f"sha256:{p}" for p in maker.config.manifest_signers],
                 "trust": str(config.path(maker.config.trust)),
                 "trust_anchors": _certificates(maker.bundle),
+                "crl": list(maker.config.crl),
+                "crl_refresh_minutes": maker.config.crl_refresh_minutes,
+                "fail_open": maker.config.fail_open,
             }
         )
     for path in config.legacy_trust:
@@ -46,6 +49,9 @@ def manufacturer_rows(config: NodeConfig) -> list[dict[str, Any]]:
                 "manifest_signers": [],
                 "trust": str(config.path(path)),
                 "trust_anchors": _certificates(certs),
+                "crl": [],
+                "crl_refresh_minutes": None,
+                "fail_open": False,
             }
         )
     return rows
@@ -67,6 +73,12 @@ def print_manufacturers(rows: list[dict[str, Any]]) -> None:
         console.print(f"  trust = {row['trust']}", markup=False)
         for anchor in row["trust_anchors"]:
             console.print(f"    {anchor['subject']}  sha256:{anchor['sha256']}", markup=False)
+        crls = ", ".join(row["crl"]) or "only the distribution points its certificates name"
+        console.print(
+            f"  factory CRLs = {crls} (every {row['crl_refresh_minutes']:g} min; fail_open = "
+            f"{'true' if row['fail_open'] else 'false'})",
+            markup=False,
+        )
 
 
 @node.command("add-manufacturer")

@@ -125,6 +125,28 @@ def manufacturer_options(func: F) -> F:
             "(repeatable); default: any signer under its bundle marked by ztpki's "
             "manifest-signer profile.",
         ),
+        click.option(
+            "--crl-url",
+            "crl_urls",
+            multiple=True,
+            metavar="URL|FILE",
+            help="Where its factory CA's CRL is (http:// URL or a file, re-read): fetched at "
+            "start, every --crl-refresh-minutes and before its nextUpdate (repeatable). The "
+            "CRL distribution points of its temporary certificates are fetched as well.",
+        ),
+        click.option(
+            "--crl-refresh-minutes",
+            type=click.FloatRange(min=0, min_open=True),
+            default=60.0,
+            show_default=True,
+            help="Fetch its CRLs again this often, whatever their nextUpdate.",
+        ),
+        click.option(
+            "--crl-fail-open",
+            is_flag=True,
+            help="Let a temporary certificate through (with a warning) when no current CRL "
+            "of its CA can be had; by default it is refused (503) until one is fetched.",
+        ),
     ]
     for option in reversed(options):
         func = option(func)
@@ -143,4 +165,7 @@ def manufacturer_config(kw: dict[str, Any]) -> ManufacturerConfig:
         trust=bundles[0],
         device_ids=DeviceIdNamespace.parse(kw.pop("device_ids")),
         manifest_signers=tuple(kw.pop("signer_fingerprints")),
+        crl=tuple(kw.pop("crl_urls")),
+        crl_refresh_minutes=float(kw.pop("crl_refresh_minutes")),
+        fail_open=bool(kw.pop("crl_fail_open")),
     )

@@ -22,6 +22,7 @@ from ztpki.demo.fleet import (
     temporary_identity_refused,
 )
 from ztpki.demo.proof import CustomerService
+from ztpki.demo.revocation import RevocationProof, prove_block
 from ztpki.demo.scenario import (
     DemoEnvironment,
     DemoSettings,
@@ -114,6 +115,22 @@ def _run(demo: DemoEnvironment, console: Console) -> dict[str, Any]:
         replay_status, replay_reason = replay_temporary(
             replay_dir, node.host, node.port, key_passphrase=demo.env["ZTPKI_EXPORT_PASSPHRASE"]
         )
+    greeted = next((o for o in outcomes if o.greeted), None)
+    revocation = None
+    if greeted is not None:
+        console.rule(f"blocking {greeted.device_id} at the node (its certificate put on hold)")
+        with demo.phase("revocation"):
+            try:
+                revocation = prove_block(
+                    demo,
+                    greeted.path,
+                    port=proof_service.port,
+                    anchors=anchors,
+                    crl_path=demo.path("customer-ca", "cas", "devices", "crl.der"),
+                    say=lambda line: console.print(line, markup=False),
+                )
+            finally:
+                proof_service.stop()
     proof_service.stop()
     store = open_sqlite_node_store(demo.path("node", "node.sqlite"))
     states = {str(k): v for k, v in store.counts().items()}
@@ -123,8 +140,20 @@ def _run(demo: DemoEnvironment, console: Console) -> dict[str, Any]:
     summary = _summary(
         demo, outcomes, states, audit, audit_ok, refused_before, replay_status, replay_reason
     )
+    summary["proof"]["revocation"] = None if revocation is None else _revocation(revocation)
+    summary["proof"]["ok"] = summary["proof"]["ok"] and revocation is not None and revocation.ok
     _print_tables(console, outcomes, summary)
     return summary
+
+
+def _revocation(proof: RevocationProof) -> dict[str, Any]:
+    return {
+        "device_id": proof.device_id,
+        "blocked_answer": proof.blocked_answer,
+        "blocked_refused": proof.blocked_refused,
+        "unblocked_answer": proof.unblocked_answer,
+        "greeted_again": proof.greeted_again,
+    }
 
 
 def _start_proof_service(
@@ -152,8 +181,13 @@ def _start_proof_service(
     root = load_certificates_pem(
         demo.path("customer-ca", "cas", "customer-root", "ca.pem").read_bytes()
     )
+    device_ca = demo.path("customer-ca", "cas", "devices")
     service = CustomerService(
-        credential.key, [credential.certificate, *services_ca], customer_anchors=root
+        credential.key,
+        [credential.certificate, *services_ca],
+        customer_anchors=root,
+        crl=device_ca / "crl.der",
+        device_cas=load_certificates_pem((device_ca / "ca.pem").read_bytes()),
     )
     service.start()
     return service, root

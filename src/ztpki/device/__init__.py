@@ -5,7 +5,13 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from ztpki.device.connect import connect, identity_ssl_context, operational_ssl_context
+from ztpki.device.connect import (
+    RevocationPolicy,
+    ServerRevocationError,
+    connect,
+    identity_ssl_context,
+    operational_ssl_context,
+)
 from ztpki.device.customer_node import NodeAddress, NodePin
 from ztpki.device.memory import DeviceMemory, Identity, Phase
 from ztpki.device.secrets import EnvSecretProvider, FileSecretProvider, SecretProvider
@@ -43,7 +49,9 @@ __all__ = [
     "NodeAddress",
     "NodePin",
     "Phase",
+    "RevocationPolicy",
     "SecretProvider",
+    "ServerRevocationError",
     "Step",
     "connect",
     "identity_ssl_context",

@@ -28,6 +28,11 @@ from cryptography import x509
 
 from ztpki.credentials import client_context
 from ztpki.device.memory import DeviceMemory, Phase
+from ztpki.device.server_revocation import (
+    RevocationPolicy,
+    ServerRevocationError,
+    with_revocation_check,
+)
 from ztpki.errors import (
     ConfigurationError,
     DeviceMemoryError,
@@ -39,8 +44,12 @@ from ztpki.errors import (
 )
 from ztpki.pki.keys import PrivateKey
 
+SOFT_FAIL = RevocationPolicy()
+
 __all__ = [
     "HTTPSResponse",
+    "RevocationPolicy",
+    "ServerRevocationError",
     "connect",
     "identity_ssl_context",
     "operational_ssl_context",
@@ -69,12 +78,18 @@ def tls_client_context(
 
 
 def identity_ssl_context(
-    memory: DeviceMemory, *, server_anchors: Sequence[x509.Certificate] = ()
+    memory: DeviceMemory,
+    *,
+    server_anchors: Sequence[x509.Certificate] = (),
+    revocation: RevocationPolicy | None = SOFT_FAIL,
 ) -> ssl.SSLContext:
     """A TLS client context with the device's current identity, whatever its phase.
 
     The server is verified with ``server_anchors`` plus the CA certificates stored with the
-    identity (the customer CA certificates once customized).
+    identity (the customer CA certificates once customized), and its certificate's
+    revocation is checked when it names a CRL distribution point or an OCSP responder
+    (``revocation``: soft-fail by default, ``RevocationPolicy(require=True)`` hard-fails,
+    None checks nothing; a revoked server is always refused).
     """
     identity = memory.identity()
     if identity.private_key is None or identity.certificate is None:
@@ -88,14 +103,22 @@ def identity_ssl_context(
             "give the server's CA certificate"
         )
     chain = [identity.certificate, *(c for c in identity.ca_certificates if c.subject != c.issuer)]
-    return tls_client_context(key=identity.private_key, chain=chain, anchors=anchors)
+    context = tls_client_context(key=identity.private_key, chain=chain, anchors=anchors)
+    if revocation is not None:
+        with_revocation_check(context, anchors, revocation)
+    return context
 
 
 def operational_ssl_context(
-    memory: DeviceMemory, *, server_anchors: Sequence[x509.Certificate] = ()
+    memory: DeviceMemory,
+    *,
+    server_anchors: Sequence[x509.Certificate] = (),
+    revocation: RevocationPolicy | None = SOFT_FAIL,
 ) -> ssl.SSLContext:
     """The TLS client context of the operational identity, trusting the customer CA.
 
+    A server whose certificate its CA revoked is refused (``ServerRevocationError``, an
+    ``ssl.SSLCertVerificationError``); see ``identity_ssl_context`` for ``revocation``.
     Raises ``DeviceMemoryError`` while the device still has its temporary identity.
     """
     if memory.phase is not Phase.CUSTOMIZED:
@@ -103,7 +126,7 @@ def operational_ssl_context(
             f"device {memory.device_id} is {memory.phase}, not customized: it has no "
             "operational identity yet (run ztpki device activate)"
         )
-    return identity_ssl_context(memory, server_anchors=server_anchors)
+    return identity_ssl_context(memory, server_anchors=server_anchors, revocation=revocation)
 
 
 @dataclass(frozen=True)
@@ -141,8 +164,14 @@ def connect(
     return HTTPSResponse(response.status, response.reason, body)
 
 
+class ServerRefused(VerificationFailed):
+    """The server's certificate is revoked (or its status unknown where a check is required)."""
+
+
 def _connection_error(exc: BaseException, url: str) -> ZtpkiError:
     shown = url[:200]
+    if isinstance(exc, ServerRevocationError):
+        return ServerRefused(f"refused the server at {shown}: {exc.verify_message}")
     if isinstance(exc, ssl.SSLCertVerificationError):
         return VerificationFailed(
             f"the server at {shown} presented a certificate the device cannot verify: "

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
+from ztpki.device.connect import ServerRefused
 from ztpki.device.customer_node import NodeAddress, NodePin
 from ztpki.device.node_trust import PinNotPresented
 from ztpki.errors import (
@@ -233,6 +234,13 @@ def confirm_remedy(exc: ZtpkiError, node: NodeAddress) -> str | None:
 
 def connect_remedy(exc: ZtpkiError) -> str | None:
     """What to do when ``ztpki device connect`` fails (see ``ztpki.device.connect``)."""
+    if isinstance(exc, ServerRefused):
+        if "revoked" in exc.message:
+            return "the server's CA revoked its certificate: its operator must replace it"
+        return (
+            "make the server's CRL or OCSP responder reachable, or connect without "
+            "--require-revocation-check"
+        )
     if isinstance(exc, VerificationFailed):
         return (
             "give the server's CA certificate with --trust FILE (PEM); without it, the device "

@@ -9,10 +9,13 @@ verifies it again with the path validator, and says which kind of identity it is
   that the manufacturer that listed the device is one of them);
 * OPERATIONAL: a certificate issued by the customer CA behind one of the node's EST labels.
 
-Either way it checks the validity period, key usage and EKU clientAuth, an optional CRL of
-the issuing CA, and reads the device id from the subject. A certificate with no EKU at all
-passes here marked (``client_auth_stated``): whether that is enough is the EST label's policy
-(``authorization.check_purpose``). Raw DER in keeps the HTTP server swappable in one file.
+Either way it checks the validity period, key usage and EKU clientAuth, and reads the device
+id from the subject. Revocation of a temporary certificate is not checked here: a certificate
+of a genuine factory CA is an authenticated identity, and the refusal of a revoked one is an
+authorization decision, audited (``node.factory_crls``, ``authorization.check_revocation``).
+A certificate with no EKU at all passes here marked (``client_auth_stated``): whether that
+is enough is the EST label's policy (``authorization.check_purpose``). Raw DER in keeps the
+HTTP server swappable in one file.
 
 For a certificate the node's own TLS layer verified (the direct listener), the module may
 take a shortcut that reaches the same verdict with one signature check instead of a whole
@@ -60,6 +63,9 @@ class ClientIdentity:
     # False: the certificate has no extendedKeyUsage at all, which RFC 5280 reads as "any
     # purpose" and TLS stacks accept; the node refuses it unless the label's policy allows.
     client_auth_stated: bool = True
+    # A temporary certificate: the factory CA certificate that signed it (its revocation is
+    # that CA's word, checked by authorization against the CA's CRL).
+    issuer: x509.Certificate | None = field(default=None, repr=False)
 
 
 def _self_signed(cert: x509.Certificate) -> bool:
@@ -164,12 +170,9 @@ class AuthenticationModule:
         self,
         factory: FactoryTrust,
         customer: Sequence[CustomerCA],
-        *,
-        crls: Sequence[x509.CertificateRevocationList] = (),
     ) -> None:
         self.factory = factory
         self.customer = tuple(customer)
-        self._crls = _checked_crls(crls, [*factory.anchors, *factory.intermediates])
         trusted = self.tls_trust_store()
         self._boundaries = sorted({t for cert in trusted for t in _validity_boundaries(cert)})
         self._verified: OrderedDict[bytes, _Verified] = OrderedDict()
@@ -238,21 +241,20 @@ class AuthenticationModule:
     def _by_known_issuer(self, der: bytes, *, at: datetime, now: datetime) -> ClientIdentity | None:
         """The verdict of ``_verify`` for a leaf whose issuer's own path was verified before.
 
-        Why this is the same verdict: full verification builds leaf -> issuer -> ... -> anchor
-        from configured certificates only. When exactly one configured certificate X bears the
-        leaf's issuer name, every such path starts leaf -> X, so ``_verify`` tries the same
-        label first (the first label whose CA is named so, which must then be X) or, with no
-        such label, the factory trust, and finds the same issuer for the CRL check. The path
-        splits in two: the leaf's part (its signature by X, validity, key usage, EKU and the
-        other end-entity rules, X's CA rules as its issuer) is checked here in full, with X as
-        the only anchor; X's part up to an anchor depends on no leaf, and a full verification
-        through X saw it pass within the same stretch of time, in which no configured
-        certificate's validity begins or ends. Name constraints are the one rule above X that
-        reads the leaf, so an issuer path that carries any is never remembered. Anything that
-        does not verify here goes to full verification, which alone refuses and words the
-        reason. The TLS layer verified the chain as well; this shortcut is still taken only
-        then (``chain_verified_by_tls``), so a certificate from a proxy header always gets
-        the full path.
+        Why this is the same verdict: full verification builds leaf -> issuer -> ... -> anchor from
+        configured certificates only. When exactly one configured certificate X bears the leaf's
+        issuer name, every such path starts leaf -> X, so ``_verify`` tries the same label first
+        (the first label whose CA is named so, which must then be X) or, with no such label, the
+        factory trust, and finds the same issuer (whose CRL authorization checks). The path splits
+        in two: the leaf's part (its signature by X, validity, key usage, EKU and the other
+        end-entity rules, X's CA rules as its issuer) is checked here in full, with X as the only
+        anchor; X's part up to an anchor depends on no leaf, and a full verification through X saw
+        it pass within the same stretch of time, in which no configured certificate's validity
+        begins or ends. Name constraints are the one rule above X that reads the leaf, so an issuer
+        path that carries any is never remembered. Anything that does not verify here goes to full
+        verification, which alone refuses and words the reason. The TLS layer verified the chain as
+        well; this shortcut is still taken only then (``chain_verified_by_tls``), so a certificate
+        from a proxy header always gets the full path.
         """
         try:
             leaf = load_certificate_der(der)
@@ -275,8 +277,9 @@ class AuthenticationModule:
         makers = self._issuer_makers.get(issuer)
         if makers is None:
             return None
-        self._check_revocation(leaf, (leaf, issuer))
-        return self._identity(IdentityKind.TEMPORARY, leaf, label=None, manufacturers=makers)
+        return self._identity(
+            IdentityKind.TEMPORARY, leaf, label=None, manufacturers=makers, issuer=issuer
+        )
 
     def _issuer_path_holds(self, trust: str | None, issuer: x509.Certificate, at: datetime) -> bool:
         stretch = self._issuer_paths.get((trust, issuer))
@@ -339,27 +342,15 @@ class AuthenticationModule:
                 "the client certificate does not chain to a configured factory trust anchor "
                 f"or customer CA: {'; '.join(problems)}"
             ) from None
-        self._check_revocation(leaf, path)
         identity = self._identity(
             IdentityKind.TEMPORARY,
             leaf,
             label=None,
             manufacturers=self.factory.manufacturers_of(path),
+            issuer=path[1] if len(path) > 1 else None,
         )
         self._remember_issuer_path(None, path, now)
         return identity
-
-    def _check_revocation(self, leaf: x509.Certificate, path: Sequence[x509.Certificate]) -> None:
-        if len(path) < 2:
-            return
-        issuer = path[1]
-        for crl in self._crls:
-            if crl.issuer != issuer.subject or not crl.is_signature_valid(issuer.public_key()):  # type: ignore[arg-type]
-                continue
-            if crl.get_revoked_certificate_by_serial_number(leaf.serial_number) is not None:
-                raise NotAuthenticated(
-                    f"the client certificate (serial {serial_hex(leaf)}) is revoked by its CA"
-                )
 
     @staticmethod
     def _identity(
@@ -368,6 +359,7 @@ class AuthenticationModule:
         *,
         label: str | None,
         manufacturers: frozenset[str] = frozenset(),
+        issuer: x509.Certificate | None = None,
     ) -> ClientIdentity:
         device_id = device_id_of(leaf)
         if device_id is None or not DEVICE_ID_PATTERN.fullmatch(device_id):
@@ -383,6 +375,7 @@ class AuthenticationModule:
             label=label,
             manufacturers=manufacturers,
             client_auth_stated=_states_purpose(leaf),
+            issuer=issuer,
         )
 
 
@@ -436,23 +429,3 @@ def _constrains_names(cert: x509.Certificate) -> bool:
 
 def _validity_boundaries(cert: x509.Certificate) -> tuple[datetime, datetime]:
     return cert.not_valid_before_utc, cert.not_valid_after_utc
-
-
-def _checked_crls(
-    crls: Sequence[x509.CertificateRevocationList], issuers: Sequence[x509.Certificate]
-) -> tuple[x509.CertificateRevocationList, ...]:
-    """Each CRL must be signed by a factory CA the node trusts; anything else is a mistake."""
-    for crl in crls:
-        signer = next(
-            (
-                c
-                for c in issuers
-                if c.subject == crl.issuer and crl.is_signature_valid(c.public_key())  # type: ignore[arg-type]
-            ),
-            None,
-        )
-        if signer is None:
-            raise ConfigurationError(
-                f"CRL of {crl.issuer.rfc4514_string()} is not signed by a configured factory CA"
-            )
-    return tuple(crls)

@@ -16,7 +16,10 @@ Rules (patent Fig. 3, B59-B65):
   refused); its first use confirms the device (ISSUED -> CUSTOMIZED); it renews with
   simplereenroll, which supersedes it;
 * either certificate names clientAuth in its EKU, or has none and its label allows that
-  (``check_purpose``).
+  (``check_purpose``);
+* a temporary certificate its factory CA's CRL lists as revoked is refused, whatever the
+  register says (403, with the CRL's reason); one whose status no current CRL tells is
+  deferred (503) unless its manufacturer's policy is ``fail_open`` (``check_revocation``).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from enum import StrEnum
 
 from ztpki.errors import NotAuthorized, Unavailable
 from ztpki.node.authentication import ClientIdentity, IdentityKind
+from ztpki.pki.revocation_check import RevocationStatus, RevocationVerdict
 from ztpki.store.records import DeviceState, RegisteredDevice
 from ztpki.untrusted import quote
 
@@ -53,6 +57,7 @@ class RefusalReason(StrEnum):
     WRONG_OPERATION = "wrong-operation"
     NO_CLIENT_AUTH = "no-client-auth"
     RETIRED = "retired"
+    REVOKED = "revoked"
 
 
 class Refused(NotAuthorized):
@@ -61,6 +66,20 @@ class Refused(NotAuthorized):
     def __init__(self, reason: RefusalReason, message: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class RevocationUnknown(Unavailable):
+    """No current CRL tells whether this temporary certificate is revoked, and its
+    manufacturer's policy is to fail closed (HTTP 503: the node may fetch one soon)."""
+
+
+@dataclass(frozen=True)
+class RevocationCheck:
+    """The factory CRLs' verdict on a temporary certificate, and the policy for an unknown one."""
+
+    verdict: RevocationVerdict
+    fail_open: bool
+    manufacturers: tuple[str, ...]
 
 
 class InProgress(Unavailable):
@@ -124,6 +143,29 @@ def check_purpose(
         f"the client certificate of device {identity.device_id} has no extendedKeyUsage: "
         f"this node requires clientAuth in it (EST label {governing} does not allow_no_eku)",
     )
+
+
+def check_revocation(identity: ClientIdentity, check: RevocationCheck | None) -> None:
+    """Refused if the factory CA revoked this certificate; RevocationUnknown if no current CRL
+    says and the manufacturer does not fail open."""
+    if check is None:
+        return
+    verdict = check.verdict
+    if verdict.status is RevocationStatus.REVOKED:
+        when = "" if verdict.revoked_at is None else f" on {verdict.revoked_at.isoformat()}"
+        raise Refused(
+            RefusalReason.REVOKED,
+            f"the temporary certificate of device {identity.device_id} (serial "
+            f"{identity.serial}) is revoked by its factory CA{when}, reason {verdict.reason}",
+        )
+    if verdict.status is RevocationStatus.UNKNOWN and not check.fail_open:
+        makers = ", ".join(check.manufacturers) or "the factory CA"
+        raise RevocationUnknown(
+            f"the revocation status of the temporary certificate of device "
+            f"{identity.device_id} is unknown ({verdict.detail}); manufacturer {makers} "
+            "fails closed (fail_open = false): refused until a current CRL is fetched",
+            retry_after=60,
+        )
 
 
 def should_confirm(device: RegisteredDevice | None, identity: ClientIdentity | None) -> bool:

@@ -28,11 +28,19 @@ from ztpki.errors import (
     UnsupportedParameter,
     ZtpkiError,
 )
-from ztpki.node.authentication import AuthenticationModule, ClientIdentity
-from ztpki.node.authorization import InProgress, Operation, Refused, check_purpose
+from ztpki.node.authentication import AuthenticationModule, ClientIdentity, IdentityKind
+from ztpki.node.authorization import (
+    InProgress,
+    Operation,
+    Refused,
+    RevocationUnknown,
+    check_purpose,
+    check_revocation,
+)
 from ztpki.node.ca_client import UpstreamError
 from ztpki.node.config import Limits
 from ztpki.node.enrollment import EnrollmentService, LoadedLabel
+from ztpki.node.factory_crls import FactoryRevocation
 from ztpki.node.metrics import CONTENT_TYPE as METRICS_TYPE
 from ztpki.node.metrics import NodeMetrics
 from ztpki.node.strangers import StrangerRefusals, UnauthenticatedReason
@@ -158,6 +166,7 @@ class EstApplication:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         client_certificate: Callable[[web.BaseRequest], bytes | None] = peer_certificate_der,
         strangers: StrangerRefusals | None = None,
+        factory_crls: FactoryRevocation | None = None,
     ) -> None:
         self.service = service
         # Refusals before authentication: counted and logged at a bounded rate, not audited.
@@ -168,6 +177,8 @@ class EstApplication:
         # Only the node's own TLS layer verified the chain of a certificate it hands over.
         self._chain_verified_by_tls = client_certificate is peer_certificate_der
         self.authentication = authentication
+        # The factory CAs' CRLs temporary certificates are checked against (None: none).
+        self.factory_crls = factory_crls
         self.limits = limits
         self.metrics = metrics
         self.expose_metrics = expose_metrics
@@ -236,7 +247,8 @@ class EstApplication:
                 request, UnauthenticatedReason.CERTIFICATE_REFUSED, operation, label, exc
             )
             raise
-        return await self._check_purpose(identity, operation, label)
+        checked = await self._check_purpose(identity, operation, label)
+        return None if checked is None else await self._check_revocation(checked, operation, label)
 
     async def _check_purpose(
         self, identity: ClientIdentity, operation: Operation, label: LoadedLabel
@@ -246,6 +258,22 @@ class EstApplication:
         try:
             check_purpose(identity, label=label.name, allow_no_eku=frozenset(allow))
         except Refused as exc:
+            if operation is Operation.CACERTS:
+                return None  # served as to anyone; such a certificate confirms nothing
+            await self.service.record_refusal(f"est/{label.name}/{operation.value}", identity, exc)
+            raise
+        return identity
+
+    async def _check_revocation(
+        self, identity: ClientIdentity, operation: Operation, label: LoadedLabel
+    ) -> ClientIdentity | None:
+        """A temporary certificate its factory CA revoked is refused, audited (an identity
+        of a genuine factory CA, so the refusal is authorization's, not authentication's)."""
+        if self.factory_crls is None or identity.kind is not IdentityKind.TEMPORARY:
+            return identity
+        try:
+            check_revocation(identity, await self.factory_crls.check(identity))
+        except (Refused, RevocationUnknown) as exc:
             if operation is Operation.CACERTS:
                 return None  # served as to anyone; such a certificate confirms nothing
             await self.service.record_refusal(f"est/{label.name}/{operation.value}", identity, exc)

@@ -3,7 +3,9 @@
 A manufacturer (``[manufacturer.NAME]`` in node.toml) is a name, as its manifests give it; its
 factory trust bundle, to which its devices' temporary certificates and its manifest signers
 chain; the device ids it may list (a namespace, disjoint from every other manufacturer's); and
-optionally the pinned fingerprints of its manifest signers. The node turns them into the
+optionally the pinned fingerprints of its manifest signers; and where its factory CAs' CRLs
+are, how often to fetch them, and whether a certificate no current CRL speaks for passes
+(``fail_open``). The node turns them into the
 manifest trust of ``ztpki.protocol.manifest`` and the factory trust of authentication.
 """
 
@@ -20,6 +22,9 @@ from ztpki.errors import ConfigurationError, MalformedInput
 from ztpki.pki.device_ids import DeviceIdNamespace
 from ztpki.pki.pem import parse_sha256_fingerprint
 from ztpki.protocol.manifest import ManufacturerTrust, check_manufacturer_name
+from ztpki.revocation_source import check_location
+
+DEFAULT_CRL_REFRESH_MINUTES = 60.0
 
 
 @dataclass(frozen=True)
@@ -32,8 +37,24 @@ class ManufacturerConfig:
     trust: Path
     device_ids: DeviceIdNamespace
     manifest_signers: tuple[str, ...] = ()
+    # Where its factory CAs' CRLs are (http:// URLs or files); the CRL distribution points in
+    # its temporary certificates are fetched as well (ztpki.node.factory_crls).
+    crl: tuple[str, ...] = ()
+    crl_refresh_minutes: float = DEFAULT_CRL_REFRESH_MINUTES
+    # A temporary certificate whose status no current CRL tells: refused (false), or let
+    # through with a warning (true).
+    fail_open: bool = False
 
     def __post_init__(self) -> None:
+        if not self.crl_refresh_minutes > 0:
+            raise ConfigurationError(
+                f"manufacturer {self.name}: crl_refresh_minutes must be positive"
+            )
+        for location in self.crl:
+            try:
+                check_location(location)
+            except ConfigurationError as exc:
+                raise ConfigurationError(f"manufacturer {self.name}: {exc.message}") from None
         try:
             check_manufacturer_name(self.name)
         except (TypeError, ValueError) as exc:
@@ -52,12 +73,25 @@ class ManufacturerConfig:
         table: dict[str, Any] = {"trust": str(self.trust), "device_ids": self.device_ids.texts()}
         if self.manifest_signers:
             table["manifest_signers"] = list(self.manifest_signers)
+        if self.crl:
+            table["crl"] = list(self.crl)
+        if self.crl_refresh_minutes != DEFAULT_CRL_REFRESH_MINUTES:
+            table["crl_refresh_minutes"] = self.crl_refresh_minutes
+        if self.fail_open:
+            table["fail_open"] = True
         return table
 
     @classmethod
     def from_toml(cls, name: str, table: dict[str, Any]) -> ManufacturerConfig:
         where = f"[manufacturer.{name!r}]"
-        unknown = set(table) - {"trust", "device_ids", "manifest_signers"}
+        unknown = set(table) - {
+            "trust",
+            "device_ids",
+            "manifest_signers",
+            "crl",
+            "crl_refresh_minutes",
+            "fail_open",
+        }
         if unknown:
             raise ConfigurationError(f"{where} has unknown setting {sorted(unknown)[0]!r}")
         if "trust" not in table:
@@ -70,11 +104,27 @@ class ManufacturerConfig:
             )
         if not isinstance(pins, list):
             raise ConfigurationError(f"{where} manifest_signers must be a list of fingerprints")
+        crl, refresh, fail_open = (
+            table.get("crl", []),
+            table.get("crl_refresh_minutes", DEFAULT_CRL_REFRESH_MINUTES),
+            table.get("fail_open", False),
+        )
+        if isinstance(crl, str):
+            crl = [crl]
+        if not isinstance(crl, list):
+            raise ConfigurationError(f"{where} crl must be a URL or file, or a list of them")
+        if not isinstance(fail_open, bool):
+            raise ConfigurationError(f"{where} fail_open must be true or false")
+        if not isinstance(refresh, int | float) or isinstance(refresh, bool):
+            raise ConfigurationError(f"{where} crl_refresh_minutes must be a number")
         return cls(
             name=name,
             trust=Path(str(table["trust"])),
             device_ids=DeviceIdNamespace.parse(str(i) for i in ids),
             manifest_signers=tuple(str(p) for p in pins),
+            crl=tuple(str(c) for c in crl),
+            crl_refresh_minutes=float(refresh),
+            fail_open=fail_open,
         )
 
 

@@ -14,10 +14,12 @@ header (ztpki.node.proxy).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 from aiohttp import web
@@ -35,6 +37,7 @@ from ztpki.node.authentication import AuthenticationModule, CustomerCA, FactoryT
 from ztpki.node.ca_client import EnrollmentTransport, SecondCAClient
 from ztpki.node.config import Limits, NodeConfig
 from ztpki.node.enrollment import EnrollmentService, LoadedLabel
+from ztpki.node.factory_crls import FactoryRevocation, resolve, static_locations
 from ztpki.node.http import EstApplication
 from ztpki.node.manufacturers import LoadedManufacturer
 from ztpki.node.metrics import NodeMetrics
@@ -107,6 +110,7 @@ class NodeMaterial:
     server_key: PrivateKey = field(repr=False)
     server_chain: tuple[x509.Certificate, ...]
     credential: Credential | None = field(repr=False)
+    factory_crls: FactoryRevocation | None = field(default=None, repr=False)
 
     def ssl_context(self, *, on_refusal: HandshakeRefused | None = None) -> ssl.SSLContext:
         """``on_refusal``: told of each handshake the TLS layer refuses (default: logged)."""
@@ -165,11 +169,12 @@ def load_material(
             "node.toml has no [ca.<label>] table: the node has no CA to issue from"
         )
     labels = load_labels(config)
+    makers = load_manufacturers(config)
     authentication = AuthenticationModule(
-        factory_trust(load_manufacturers(config)),
+        factory_trust(makers),
         [CustomerCA(name, loaded.chain) for name, loaded in labels.items()],
-        crls=[read_crl(config.path(p)) for p in config.crls],
     )
+    factory_crls = factory_revocation(config, makers)
     key = read_server_key(config.path(config.server_key), passphrase=node_passphrase)
     chain = tuple(read_certificates(config.path(config.server_cert), "server certificate"))
     if not keys_match(key, chain[0].public_key()):
@@ -181,7 +186,23 @@ def load_material(
             passphrase=client_passphrase,
             passphrase_source=CLIENT_KEY_OPTIONS,
         )
-    return NodeMaterial(config, authentication, labels, key, chain, credential)
+    return NodeMaterial(config, authentication, labels, key, chain, credential, factory_crls)
+
+
+def factory_revocation(config: NodeConfig, makers: list[LoadedManufacturer]) -> FactoryRevocation:
+    """The factory CRLs the node checks temporary certificates against (not fetched yet)."""
+    bundles = [(m.name, m.bundle) for m in makers]
+    files = [(str(config.path(p)), read_crl(config.path(p))) for p in config.crls]
+    static = static_locations(files, bundles)
+    return FactoryRevocation(
+        bundles,
+        locations={
+            m.name: [*(resolve(config.directory, c) for c in m.config.crl), *static[m.name]]
+            for m in makers
+        },
+        refresh={m.name: timedelta(minutes=m.config.crl_refresh_minutes) for m in makers},
+        fail_open={m.name: m.config.fail_open for m in makers},
+    )
 
 
 @dataclass
@@ -196,8 +217,14 @@ class RunningNode:
     metrics: NodeMetrics
     proxies: list[ProxyListener] = field(default_factory=list)
     revocations: RevocationSender | None = None
+    factory_crls: FactoryRevocation | None = None
+    crl_refresher: asyncio.Task[None] | None = None
 
     async def close(self) -> None:
+        if self.crl_refresher is not None:
+            self.crl_refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.crl_refresher
         if self.revocations is not None:
             await self.revocations.close()
         self.server.close()
@@ -258,12 +285,16 @@ async def start_node(
         revocation=config.revocation,
         revocation_queued=revocations.wake,
     )
+    if material.factory_crls is not None and material.factory_crls.configured:
+        # The first fetch before serving, so no device meets a node without its factory CRLs.
+        await asyncio.to_thread(material.factory_crls.refresh)
     application = EstApplication(
         service,
         material.authentication,
         limits=limits,
         metrics=metrics,
         expose_metrics=config.metrics,
+        factory_crls=material.factory_crls,
     )
     runner = await _runner(application.build(), limits)
     # web.TCPSite cannot bound the TLS handshake, so the listening socket is made here, with
@@ -305,6 +336,9 @@ async def start_node(
     )
     # Revocations queued while the node was down, or by `node block` meanwhile, go out now.
     revocations.start()
+    refresher = None
+    if material.factory_crls is not None:
+        refresher = asyncio.create_task(material.factory_crls.run(), name="factory CRL refresh")
     return RunningNode(
         str(bound[0]),
         int(bound[1]),
@@ -316,6 +350,8 @@ async def start_node(
         metrics,
         proxies,
         revocations,
+        material.factory_crls,
+        refresher,
     )
 
 
@@ -354,6 +390,7 @@ async def _start_proxy_listener(
         expose_metrics=direct.expose_metrics,
         client_certificate=ForwardedCertificate(proxy_config, address_fence=not unix),
         strangers=direct.strangers,
+        factory_crls=direct.factory_crls,
     )
     runner = await _runner(application.build(), direct.limits)
     try:

@@ -23,7 +23,6 @@ from ztpki.casystem.client import CAClient, parse_address
 from ztpki.casystem.wire import LiveCertificateExists
 from ztpki.credentials import CERT_FILE, KEY_FILE, TRUST_FILE, Credential
 from ztpki.errors import ConfigurationError, MalformedInput
-from ztpki.node.authentication import AuthenticationModule, FactoryTrust
 from ztpki.node.config import (
     DEFAULT_LABEL,
     NODE_FILE,
@@ -33,6 +32,7 @@ from ztpki.node.config import (
     NodeConfig,
     check_label,
 )
+from ztpki.node.factory_crls import check_static_crls
 from ztpki.node.manufacturers import ManufacturerConfig
 from ztpki.node.proxy_setup import ProxySettings, prepare_proxy
 from ztpki.node.runtime import read_certificates, read_crl
@@ -175,7 +175,7 @@ def init_node(
         )
     credential = _read_credential(client_credential)
     # A CRL must come from a factory CA of these bundles (checked as the node will check it).
-    AuthenticationModule(FactoryTrust.from_bundles(bundles), [], crls=[read_crl(p) for p in crls])
+    check_static_crls([read_crl(p) for p in crls], [c for b in bundles for c in b])
     # Everything checked: now write.
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     trust_relative = Path("trust") / f"01-{manufacturer.trust.stem}.pem"

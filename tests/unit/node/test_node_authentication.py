@@ -11,6 +11,7 @@ from node_pki import NOW, PKI, der, leaf, sub_ca, with_namesake_factory_ca
 
 from ztpki.errors import ConfigurationError, NotAuthenticated
 from ztpki.node.authentication import AuthenticationModule, CustomerCA, FactoryTrust, IdentityKind
+from ztpki.node.factory_crls import check_static_crls
 from ztpki.pki.pem import fingerprint_sha256, serial_hex
 from ztpki.pki.profiles import CertificateProfile
 
@@ -72,14 +73,13 @@ def test_fail_refused(pki: PKI, case: str) -> None:
         pki.authentication().authenticate(der(cert), now=NOW)
 
 
-def test_fail_revoked_by_crl(pki: PKI) -> None:
+def test_ok_revoked_temporary_certificate_is_an_identity_with_its_issuer(pki: PKI) -> None:
+    # A revoked certificate of a genuine factory CA authenticates: refusing it is
+    # authorization's decision, audited (test_node_factory_crls).
     _, revoked = pki.temporary("dev-r")
-    _, fine = pki.temporary("dev-f")
-    crl = pki.revoking_crl(revoked)
-    module = pki.authentication(crls=[crl])
-    with pytest.raises(NotAuthenticated, match="revoked"):
-        module.authenticate(der(revoked), now=NOW)
-    assert module.authenticate(der(fine), now=NOW).device_id == "dev-f"  # negative control
+    identity = pki.authentication().authenticate(der(revoked), now=NOW)
+    assert identity.device_id == "dev-r"
+    assert identity.issuer == pki.factory_ca.certificate
 
 
 def test_fail_crl_from_an_untrusted_signer(pki: PKI) -> None:
@@ -92,7 +92,8 @@ def test_fail_crl_from_an_untrusted_signer(pki: PKI) -> None:
         .sign(stranger.key, hashes.SHA256())  # type: ignore[arg-type]
     )
     with pytest.raises(ConfigurationError):
-        pki.authentication(crls=[crl])
+        check_static_crls([crl], pki.bundle())
+    check_static_crls([pki.revoking_crl()], pki.bundle())  # negative control
 
 
 def test_ok_several_manufacturers(pki: PKI) -> None:

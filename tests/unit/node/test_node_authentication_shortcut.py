@@ -74,7 +74,6 @@ CASES = [
     "fail-sibling-ca",
     "fail-same-name-as-factory-ca-other-key",
     "fail-same-name-as-label-ca-under-factory-root",
-    "fail-revoked",
 ]
 
 
@@ -105,17 +104,16 @@ def _certificate(pki: PKI, case: str) -> x509.Certificate:
 @pytest.mark.parametrize("case", CASES)
 def test_ok_shortcut_verdict_is_the_full_verdict(pki: PKI, case: str) -> None:
     cert = _certificate(pki, case)
-    crls = [pki.revoking_crl(cert)] if case == "fail-revoked" else []
-    shortcut = _primed(pki, crls=crls)
+    shortcut = _primed(pki)
     calls = counting_verifications(shortcut)
-    full = pki.authentication(crls=crls)
+    full = pki.authentication()
     expected = _verdict(lambda: full.authenticate(der(cert), now=NOW))
     got = _verdict(lambda: shortcut.authenticate(der(cert), now=NOW, chain_verified_by_tls=True))
     assert got == expected
     assert isinstance(expected, str) == case.startswith("fail-")
-    # Accepted certificates took the shortcut (which checks revocation itself, in the same
-    # words); every other refusal was reached and worded by full verification.
-    assert len(calls) == (0 if case.startswith("ok-") or case == "fail-revoked" else 1)
+    # Accepted certificates took the shortcut; every refusal was reached and worded by full
+    # verification.
+    assert len(calls) == (0 if case.startswith("ok-") else 1)
 
 
 def test_fail_proxy_certificates_always_get_full_verification(pki: PKI) -> None:
