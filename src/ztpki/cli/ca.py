@@ -271,6 +271,13 @@ def issued_command(
     "in memory, renewed by the service) or the CA key itself. Needs --http-listen.",
 )
 @click.option(
+    "--ocsp-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Keep DIR/NAME/ filled with pre-signed OCSP answers (SHA-1 CertID, no nonce), one "
+    "per certificate of each CA, for a web server such as nginx to serve (README: OCSP and "
+    "HTTP). Needs --http-listen.",
+)
+@click.option(
     "--key-workers",
     type=int,
     default=None,
@@ -288,6 +295,7 @@ def serve_command(
     hostnames: tuple[str, ...],
     http_listen: str | None,
     ocsp_signer: str | None,
+    ocsp_dir: Path | None,
     key_workers: int | None,
     passphrase_file: Path | None,
     insecure_no_passphrase: bool,
@@ -298,6 +306,8 @@ def serve_command(
 
     if ocsp_signer is not None and http_listen is None:
         raise click.UsageError("--ocsp-signer needs --http-listen HOST:PORT (the OCSP responder)")
+    if ocsp_dir is not None and http_listen is None:
+        raise click.UsageError("--ocsp-dir needs --http-listen HOST:PORT (the OCSP responder)")
     event_loop = chosen_loop()
     secret = passphrase(passphrase_file, insecure_no_passphrase, CA_ENV, "the CA private key")
     host, port = parse_address(listen, allow_any_port=True)
@@ -321,6 +331,7 @@ def serve_command(
                 CASystemDirectory(directory),
                 service,
                 signer=SignerPolicy(ocsp_signer or SignerPolicy.DELEGATED),
+                ocsp_dir=ocsp_dir,
             )
             try:
                 http_host, http_port = await publisher.start(*http)
