@@ -76,7 +76,9 @@ server {{
 
 def nginx_main_conf(prefix: Path, server: str, *, workers: int = 1) -> str:
     """A whole nginx.conf around ``server`` for a private instance under ``prefix`` (its
-    pid, logs and temporary files), in the foreground: what the tests and benchmark run."""
+    pid, logs and temporary files in ``prefix/tmp``, which the caller creates), in the
+    foreground: what the tests and benchmark run."""
+    temp = prefix / "tmp"
     return f"""
 daemon off;
 worker_processes {workers};
@@ -85,11 +87,11 @@ error_log {prefix}/error.log;
 events {{ worker_connections 1024; }}
 http {{
     access_log off;
-    client_body_temp_path {prefix}/tmp/body;
-    proxy_temp_path {prefix}/tmp/proxy;
-    fastcgi_temp_path {prefix}/tmp/fastcgi;
-    uwsgi_temp_path {prefix}/tmp/uwsgi;
-    scgi_temp_path {prefix}/tmp/scgi;
+    client_body_temp_path {temp}/body;
+    proxy_temp_path {temp}/proxy;
+    fastcgi_temp_path {temp}/fastcgi;
+    uwsgi_temp_path {temp}/uwsgi;
+    scgi_temp_path {temp}/scgi;
 {server}
 }}
 """
