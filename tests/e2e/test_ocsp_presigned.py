@@ -26,9 +26,10 @@ from tests.e2e.casystem_fixtures import CASystemUnderTest, ztpki
 from tests.e2e.proxy_fixtures import NGINX, listening_socket, stop_nginx
 from tests.e2e.test_ocsp_http import Publisher
 from tests.support.ocsp import http_address, openssl_ocsp
+from tests.unit.casystem.test_ca_ocsp_presign import shapes
 
 from ztpki.casystem.ocsp_nginx import nginx_main_conf, nginx_ocsp_server
-from ztpki.casystem.ocsp_presign import file_name
+from ztpki.casystem.ocsp_presign import file_name, sha1_request
 from ztpki.pki.pem import serial_hex
 
 pytestmark = [
@@ -53,12 +54,15 @@ class Served:
         assert done.returncode == 0, done.stderr
         return out.read_bytes()
 
-    def get(self, der: bytes) -> tuple[dict[str, str], Path]:
-        """curl GET /ocsp/<URL-escaped base64>; the response headers and body file."""
-        path = urllib.parse.quote(base64.b64encode(der).decode(), safe="")
+    def get(self, der: bytes, *, escape: bool = True) -> tuple[dict[str, str], Path]:
+        """curl GET /ocsp/<base64>, URL-escaped or as it is (both occur in the field); the
+        response headers and body file."""
+        path = base64.b64encode(der).decode()
+        if escape:
+            path = urllib.parse.quote(path, safe="")
         body = self.publisher.work / f"resp-{os.urandom(4).hex()}.der"
         done = subprocess.run(
-            ["curl", "-sS", "-D", "-", "-o", str(body),
+            ["curl", "-sS", "--path-as-is", "-D", "-", "-o", str(body),
              f"http://{self.nginx[0]}:{self.nginx[1]}/ocsp/{path}"],
             capture_output=True, text=True, timeout=60, check=True,
         )  # fmt: skip
@@ -227,3 +231,23 @@ def test_ok_written_files_are_world_readable_not_the_ca_directory(served: Served
     assert path.stat().st_mode & 0o777 == 0o644
     ca_dir = served.publisher.system.root / "cas" / "factory"
     assert ca_dir.stat().st_mode & 0o077 == 0
+
+
+def test_ok_nginx_finds_every_base64_shape_escaped_or_not(served: Served) -> None:
+    """A '/' in the base64 is a directory level, a run of them one level, a trailing one the
+    file "_": nginx finds each file from the escaped and the raw GET path alike."""
+    for shape, cert_id in shapes().items():
+        der = sha1_request(cert_id)
+        path = served.file_of(der)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        marker = f"presigned {shape}".encode()
+        path.write_bytes(marker)
+        for escape in (True, False):
+            headers, body = served.get(der, escape=escape)
+            assert headers.get("accept-ranges") == "bytes", (shape, escape, headers)
+            assert body.read_bytes() == marker, (shape, escape)
+        path.unlink()
+        # Negative control: without the file, the responder answers (a foreign issuer).
+        headers, body = served.get(der)
+        assert "accept-ranges" not in headers
+        assert body.read_bytes() == b"\x30\x03\x0a\x01\x06"  # unauthorized
