@@ -28,7 +28,7 @@ from tests.e2e.test_ocsp_http import Publisher
 from tests.support.ocsp import http_address, openssl_ocsp
 from tests.unit.casystem.test_ca_ocsp_presign import shapes
 
-from ztpki.casystem.ocsp_nginx import nginx_main_conf, nginx_ocsp_server
+from ztpki.casystem.ocsp_nginx import nginx_main_conf
 from ztpki.casystem.ocsp_presign import file_name, sha1_request
 from ztpki.pki.pem import serial_hex
 
@@ -119,13 +119,12 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         (prefix / "tmp").mkdir(parents=True)
         sock = listening_socket()
         port = sock.getsockname()[1]
-        server = nginx_ocsp_server(
-            listen=f"127.0.0.1:{port}",
-            ocsp_dir=ocsp_dir,
-            ca_names=["factory"],
-            responder=f"{http[0]}:{http[1]}",
-            max_age_hours=24,
-        )
+        # The configuration the operator prints with `ztpki ca ocsp-nginx`.
+        server = ztpki(
+            "ca", "ocsp-nginx", "--dir", str(system.root), "--ocsp-dir", str(ocsp_dir),
+            "--responder", f"{http[0]}:{http[1]}", "--listen", f"127.0.0.1:{port}",
+        ).stdout  # fmt: skip
+        assert "expires modified +24h;" in server and "/factory/$1 @ztpki" in server
         conf = prefix / "nginx.conf"
         conf.write_text(nginx_main_conf(prefix, server))
         assert NGINX is not None

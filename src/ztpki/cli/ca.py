@@ -203,6 +203,38 @@ def policy_command(directory: Path, name: str | None) -> None:
         console.print((directory / "cas" / ca_name / "policy.toml").read_text(), markup=False)
 
 
+@ca.command("ocsp-nginx")
+@dir_option
+@click.option(
+    "--ocsp-dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The directory `ca serve --ocsp-dir` writes (absolute, as nginx reads it).",
+)
+@click.option(
+    "--responder", required=True, help="HOST:PORT of `ca serve --http-listen`, for the rest."
+)
+@click.option("--listen", default="80", show_default=True, help="nginx's listen parameter.")
+def ocsp_nginx_command(directory: Path, ocsp_dir: Path, responder: str, listen: str) -> None:
+    """Print the nginx upstream and server blocks that serve the pre-signed OCSP files of
+    every CA (RFC 5019 GET) and pass everything else to the responder."""
+    from ztpki.casystem.ocsp_nginx import nginx_ocsp_server
+
+    system = CASystemDirectory(directory)
+    names = system.ca_names()
+    # One max-age for all files: the shortest validity, so none outlives its nextUpdate.
+    hours = min((system.policy(n).crl_next_update_hours for n in names), default=24)
+    click.echo(
+        nginx_ocsp_server(
+            listen=listen,
+            ocsp_dir=ocsp_dir.absolute(),
+            ca_names=names,
+            responder=responder,
+            max_age_hours=hours,
+        )
+    )
+
+
 @ca.command("issued")
 @dir_option
 @click.option("--ca", "ca_name", help="Only this CA.")
