@@ -254,12 +254,16 @@ def phase(
     return measure(name, pid, len(bodies), lambda: run(bodies))
 
 
-def measure_trees(name: str, pids: Sequence[int], count: int, run: Callable[[], None]) -> Result:
-    """Like measure, for the sum of several server process trees (nginx and ztpki)."""
-    before, wall = sum(tree_cpu_seconds(p) for p in pids), time.perf_counter()
+def measure_trees(
+    name: str, pids: dict[str, int], count: int, run: Callable[[], None]
+) -> list[Result]:
+    """Like measure, for several server process trees: their sum, then each one's share."""
+    before, wall = {k: tree_cpu_seconds(p) for k, p in pids.items()}, time.perf_counter()
     run()
     seconds = time.perf_counter() - wall
-    return Result(name, count, seconds, sum(tree_cpu_seconds(p) for p in pids) - before)
+    spent = {k: tree_cpu_seconds(p) - before[k] for k, p in pids.items()}
+    parts = [Result(f"  of which {k}", count, seconds, cpu) for k, cpu in spent.items()]
+    return [Result(name, count, seconds, sum(spent.values())), *parts]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -357,11 +361,23 @@ def main(argv: Sequence[str] | None = None) -> int:
                     send_all(nginx_port, get_paths(b), args.clients, keep=keep)
 
                 results.append(phase(name, nginx_server.pid, static, run_static))
+            # nginx's own floor on this machine: the same GETs answered by `return 200` from
+            # its configuration, no file (a location only this benchmark adds).
+            floor = [(m, p.replace("/ocsp/", "/floor/", 1), b) for m, p, b in get_paths(static)]
+            for name, keep in (("nginx floor (no file)", False), ("nginx floor keep-alive", True)):
+                results.append(
+                    measure(
+                        name,
+                        nginx_server.pid,
+                        len(floor),
+                        lambda keep=keep: send_all(nginx_port, floor, args.clients, keep=keep),
+                    )
+                )
             nonce_bodies = build_requests(asked, authority.certificate, nonce=True)
-            results.append(
+            results.extend(
                 measure_trees(
                     "nginx->ztpki nonce",
-                    [nginx_server.pid, ztpki_server.pid],
+                    {"nginx": nginx_server.pid, "ztpki": ztpki_server.pid},
                     len(nonce_bodies),
                     lambda: post_all(nginx_port, "/ocsp", nonce_bodies, args.clients, keep=False),
                 )

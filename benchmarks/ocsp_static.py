@@ -73,7 +73,9 @@ def start_nginx(
         max_age_hours=24,
     )
     conf = prefix / "nginx.conf"
-    conf.write_text(nginx_main_conf(prefix, server))
+    # The floor: nginx answering from its configuration, no file, no regex (0x30 = "0").
+    floor = '    location /floor/ { return 200 "0"; }\n}\n'
+    conf.write_text(nginx_main_conf(prefix, server.rstrip().removesuffix("}") + floor))
     with sock:
         process = subprocess.Popen(
             [nginx, "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")],
