@@ -250,3 +250,34 @@ def test_ok_nginx_finds_every_base64_shape_escaped_or_not(served: Served) -> Non
         headers, body = served.get(der)
         assert "accept-ranges" not in headers
         assert body.read_bytes() == b"\x30\x03\x0a\x01\x06"  # unauthorized
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/ocsp/secret.txt",  # a name with a "." is never a file name here
+        "/ocsp/..%2Fsecret.txt",
+        "/ocsp/%2E%2E/%2E%2E/system/cas/factory/ca.key.pem",
+        "/ocsp/factory%2F..%2F..%2Fsecret.txt",
+    ],
+)
+def test_fail_paths_outside_the_answers_serve_no_file(served: Served, path: str) -> None:
+    """Only base64 paths reach the files; anything else is the responder's (or nginx's 404),
+    and no other file of the directory, nor the CA's key, is ever sent."""
+    secret = served.ocsp_dir / "secret.txt"
+    secret.write_bytes(b"not an OCSP answer")
+    try:
+        with socket.create_connection(served.nginx, timeout=30) as conn:
+            conn.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+            reply = b""
+            while chunk := conn.recv(65536):
+                reply += chunk
+    finally:
+        secret.unlink()
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert b"accept-ranges" not in head.lower(), reply[:300]
+    assert b"not an OCSP answer" not in body and b"PRIVATE KEY" not in body
+    status = head.split(b" ", 2)[1]
+    # The responder's malformedRequest, the 404 of a path nginx normalised out of /ocsp/, or
+    # nginx's 400 for one climbing above its root.
+    assert body == b"\x30\x03\x0a\x01\x01" or status in {b"400", b"404"}, reply[:300]

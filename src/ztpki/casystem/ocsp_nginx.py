@@ -70,6 +70,9 @@ server {{
     location @ztpki {{
         {_PROXY}
     }}
+    location / {{
+        return 404;
+    }}
 }}
 """
 
