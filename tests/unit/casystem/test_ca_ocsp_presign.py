@@ -4,7 +4,6 @@ signed again, and a sweep over a real SQLite store with the clock passed in."""
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path, PurePosixPath
 
@@ -12,7 +11,12 @@ import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509 import ocsp
 from tests.support.ocsp import request_der
-from tests.unit.casystem.test_ca_ocsp_responder import CA, NOW, issue
+from tests.unit.casystem.test_ca_ocsp_responder import (  # the same store fixture
+    CA,
+    NOW,
+    issue,
+    store,  # noqa: F401
+)
 
 from ztpki.casystem.ocsp_presign import (
     Presigned,
@@ -25,7 +29,6 @@ from ztpki.casystem.ocsp_responder import OCSPResponder
 from ztpki.pki.ocsp import CertID, CertStatus, StatusAnswer, parse_request
 from ztpki.pki.pem import serial_hex
 from ztpki.store.records import RevocationReason
-from ztpki.store.sqlite import open_sqlite_ca_store
 from ztpki.store.sqlite_ca import SQLiteIssuanceStore
 
 GOOD = StatusAnswer(CertStatus.GOOD)
@@ -36,7 +39,7 @@ def cert_id(serial: int) -> CertID:
     return CertID("sha1", b"\x01" * 20, b"\x02" * 20, serial)
 
 
-def test_ok_request_is_what_openssl_and_cryptography_send(store: SQLiteIssuanceStore) -> None:
+def test_ok_request_is_what_openssl_and_cryptography_send(store: SQLiteIssuanceStore) -> None:  # noqa: F811
     """The DER is a function of the CertID: the same bytes as a client's no-nonce request
     (cryptography's, which the e2e test matches against `openssl ocsp -reqout`)."""
     leaf = issue(store, record=False)
@@ -101,16 +104,7 @@ def test_ok_resign_decision(
     assert resign_due(held, status, NOW + timedelta(hours=hours)) is due
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[SQLiteIssuanceStore]:
-    opened = open_sqlite_ca_store(tmp_path / "store.sqlite", durable=False)
-    try:
-        yield opened
-    finally:
-        opened.close()
-
-
-def presigner(store: SQLiteIssuanceStore, tmp_path: Path) -> PresignedResponses:
+def presigner(store: SQLiteIssuanceStore, tmp_path: Path) -> PresignedResponses:  # noqa: F811
     responder = OCSPResponder({"factory": CA}, store, now=NOW)
     return PresignedResponses(
         responder, store, {"factory": CA.certificate}, {"factory": tmp_path / "ocsp" / "factory"}
@@ -122,7 +116,8 @@ def file_status(path: Path) -> ocsp.OCSPCertStatus:
 
 
 def test_ok_sweep_writes_resigns_on_revocation_and_half_life(
-    store: SQLiteIssuanceStore, tmp_path: Path
+    store: SQLiteIssuanceStore,  # noqa: F811
+    tmp_path: Path,
 ) -> None:
     files = presigner(store, tmp_path)
     leaf, other = issue(store), issue(store)
@@ -145,7 +140,7 @@ def test_ok_sweep_writes_resigns_on_revocation_and_half_life(
     assert files.sweep(NOW + timedelta(hours=14, seconds=1)) == 2
 
 
-def test_ok_expired_certificate_file_removed(store: SQLiteIssuanceStore, tmp_path: Path) -> None:
+def test_ok_expired_certificate_file_removed(store: SQLiteIssuanceStore, tmp_path: Path) -> None:  # noqa: F811
     files = presigner(store, tmp_path)
     leaf = issue(store)  # valid 30 days
     files.sweep(NOW)
@@ -155,7 +150,7 @@ def test_ok_expired_certificate_file_removed(store: SQLiteIssuanceStore, tmp_pat
     assert not path.exists()  # the responder answers for it now
 
 
-def test_ok_sha256_cert_id_has_no_file(store: SQLiteIssuanceStore, tmp_path: Path) -> None:
+def test_ok_sha256_cert_id_has_no_file(store: SQLiteIssuanceStore, tmp_path: Path) -> None:  # noqa: F811
     files = presigner(store, tmp_path)
     leaf = issue(store)
     files.sweep(NOW)
