@@ -26,6 +26,7 @@ from ztpki.casystem.ocsp_presign import (
     sha1_request,
 )
 from ztpki.casystem.ocsp_responder import OCSPResponder
+from ztpki.cli import main
 from ztpki.pki.ocsp import CertID, CertStatus, StatusAnswer, parse_request
 from ztpki.pki.pem import serial_hex
 from ztpki.store.records import RevocationReason
@@ -157,3 +158,33 @@ def test_ok_sha256_cert_id_has_no_file(store: SQLiteIssuanceStore, tmp_path: Pat
     sha256 = file_name(request_der(leaf, CA.certificate, algorithm=hashes.SHA256()))
     assert sha256 is not None
     assert not (tmp_path / "ocsp" / "factory" / str(sha256)).exists()
+
+
+def test_ok_ocsp_nginx_uses_every_ca_and_the_shortest_validity(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ZTPKI_CA_PASSPHRASE", "presign-cli-passphrase")
+    system = tmp_path / "system"
+    for name in ("alpha", "beta"):
+        assert main(["ca", "init", "--dir", str(system), "--name", name]) == 0
+    policy = system / "cas" / "beta" / "policy.toml"
+    policy.write_text(
+        policy.read_text().replace("crl_next_update_hours = 24", "crl_next_update_hours = 6")
+    )
+    capsys.readouterr()
+    argv = ["ca", "ocsp-nginx", "--dir", str(system), "--ocsp-dir", "/srv/answers"]
+    assert main([*argv, "--responder", "127.0.0.1:8080"]) == 0
+    conf = capsys.readouterr().out
+    assert "try_files /alpha/$1 /beta/$1 @ztpki;" in conf
+    assert "root /srv/answers;" in conf and "server 127.0.0.1:8080;" in conf
+    # beta's answers live 6 h: no max-age may be longer (RFC 5019 6.2).
+    assert "expires modified +6h;" in conf and "+24h" not in conf
+
+
+def test_fail_ocsp_dir_without_http_listen_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    answers = tmp_path / "answers"
+    status = main(["ca", "serve", "--dir", str(tmp_path / "none"), "--ocsp-dir", str(answers)])
+    assert status == 2 and "--ocsp-dir needs --http-listen" in capsys.readouterr().err
+    assert not answers.exists()  # nothing written
