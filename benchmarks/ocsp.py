@@ -5,7 +5,11 @@ One CA system (an EC P-256 CA) with 10,000 issued certificates of which 1,000 ar
 responders serve them in the same run, each signing with a delegated EC P-256 responder
 certificate:
 
-  ztpki    `ztpki ca serve --http-listen` (answers without a nonce pre-signed and cached)
+  ztpki    `ztpki ca serve --http-listen --ocsp-dir D` (answers without a nonce pre-signed
+           and cached in memory, and written to D/factory/ as files)
+  nginx    Debian's nginx (one worker) with ztpki.casystem.ocsp_nginx's configuration: the
+           pre-signed files for RFC 5019 GETs, everything else proxied to ztpki over
+           kept-alive upstream connections
   openssl  `openssl ocsp -index index.txt -port P -rsigner R -rkey K -CA ca.pem -ndays 1`
 
 Clients are `--clients` threads POSTing pre-built DER requests (every request a fresh
@@ -13,12 +17,17 @@ connection, as `openssl ocsp` closes each one), without a nonce and with a fresh
 nonce per request. ztpki's cache is warmed with one pass over the serials before the clock
 starts: that is what "pre-signed" means. One more ztpki line uses kept-alive connections
 (HTTP/1.1, which openssl's responder does not offer). Server CPU is utime + stime of each
-server process tree from /proc, before and after each phase. The ratios the issue sets:
+server process tree from /proc, before and after each phase (nginx: master and worker;
+behind nginx: nginx's and ztpki's added). The ratios the issue sets, for each way of serving:
 
-  no nonce:   ztpki CPU per response / openssl CPU per response   (target <= 0.20)
-  with nonce: ztpki CPU per response / openssl CPU per response   (target <= 1.00)
+  no nonce:   CPU per response / openssl CPU per response   (target <= 0.20)
+  with nonce: CPU per response / openssl CPU per response   (target <= 1.00)
 
-Run: .venv/bin/python benchmarks/ocsp.py [--clients 8] [--requests 4000] [--keep]
+The nginx GET phases run --static-requests requests (more than the others: nginx spends so
+little that /proc's 10 ms ticks need many responses to measure it).
+
+Run: .venv/bin/python benchmarks/ocsp.py [--clients 8] [--requests 4000]
+     [--static-requests 20000] [--keep]
 """
 
 from __future__ import annotations
@@ -34,14 +43,16 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from ca_throughput import ENV, Result, measure, run_threads, stop
+from ca_throughput import ENV, Result, measure, run_threads, stop, tree_cpu_seconds
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
+from ocsp_static import check_static, get_paths, start_nginx, wait_for_files
 
 from ztpki.casystem.directory import CASystemDirectory
 from ztpki.casystem.operations import open_store
@@ -148,7 +159,15 @@ def build_requests(
 
 def post_all(port: int, path: str, bodies: Sequence[bytes], clients: int, *, keep: bool) -> None:
     """POST every body with ``clients`` threads; a fresh connection per request unless keep."""
-    pending = iter(bodies)
+    send_all(port, [("POST", path, body) for body in bodies], clients, keep=keep)
+
+
+def send_all(
+    port: int, requests: Sequence[tuple[str, str, bytes | None]], clients: int, *, keep: bool
+) -> None:
+    """Send every (method, path, body) with ``clients`` threads; a fresh connection per
+    request unless keep."""
+    pending = iter(requests)
     lock = threading.Lock()
     failures: list[str] = []
     headers = {"Content-Type": "application/ocsp-request"}
@@ -159,12 +178,13 @@ def post_all(port: int, path: str, bodies: Sequence[bytes], clients: int, *, kee
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         while True:
             with lock:
-                body = next(pending, None)
-            if body is None:
+                item = next(pending, None)
+            if item is None:
                 break
+            method, path, body = item
             if not keep:
                 connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-            connection.request("POST", path, body, headers)
+            connection.request(method, path, body, headers)
             response = connection.getresponse()
             answer = response.read()
             if response.status != 200 or answer[:1] != b"\x30":
@@ -198,9 +218,10 @@ def check_answers(
             raise RuntimeError(f"serial #{n}: {response.certificate_status}, expected {expected}")
 
 
-def start_ztpki(system: Path, log: Path) -> tuple[subprocess.Popen[str], int]:
+def start_ztpki(system: Path, log: Path, ocsp_dir: Path) -> tuple[subprocess.Popen[str], int]:
     argv = [sys.executable, "-m", "ztpki", "ca", "serve", "--dir", str(system)]
     argv += ["--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--key-workers", "1"]
+    argv += ["--ocsp-dir", str(ocsp_dir)]
     process = subprocess.Popen(
         argv, stdout=subprocess.PIPE, stderr=log.open("w"), text=True, env=ENV
     )
@@ -233,15 +254,31 @@ def phase(
     return measure(name, pid, len(bodies), lambda: run(bodies))
 
 
+def measure_trees(
+    name: str, pids: dict[str, int], count: int, run: Callable[[], None]
+) -> list[Result]:
+    """Like measure, for several server process trees: their sum, then each one's share."""
+    before, wall = {k: tree_cpu_seconds(p) for k, p in pids.items()}, time.perf_counter()
+    run()
+    seconds = time.perf_counter() - wall
+    spent = {k: tree_cpu_seconds(p) - before[k] for k, p in pids.items()}
+    parts = [Result(f"  of which {k}", count, seconds, cpu) for k, cpu in spent.items()]
+    return [Result(name, count, seconds, sum(spent.values())), *parts]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=8, help="concurrent client threads")
     parser.add_argument("--issued", type=int, default=10_000)
     parser.add_argument("--revoked", type=int, default=1_000)
     parser.add_argument("--requests", type=int, default=4_000, help="requests per phase")
+    parser.add_argument(
+        "--static-requests", type=int, default=20_000, help="requests per nginx GET phase"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="ztpki-bench-ocsp-"))
+    work.chmod(0o755)  # nginx's worker (nobody, under root) reads work/ocsp; keys stay 0600
     now = datetime.now(UTC)
     try:
         system = work / "system"
@@ -275,10 +312,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         random.Random(1).shuffle(order)
         asked = [certificates[order[n % len(order)]] for n in range(args.requests)]
         plain = build_requests(asked, authority.certificate, nonce=False)
+        by_serial = dict(
+            zip(
+                certificates,
+                build_requests(certificates, authority.certificate, nonce=False),
+                strict=True,
+            )
+        )
+        asked_static = [
+            by_serial[certificates[order[n % len(order)]]] for n in range(args.static_requests)
+        ]
         every = build_requests(certificates, authority.certificate, nonce=False)
         results: list[Result] = []
 
-        ztpki_server, ztpki_port = start_ztpki(system, work / "ztpki-serve.log")
+        ocsp_dir = work / "ocsp"
+        ztpki_server, ztpki_port = start_ztpki(system, work / "ztpki-serve.log", ocsp_dir)
+        nginx_server = None
         try:
             print("warming ztpki's cache (one answer per serial, unmeasured) ...", flush=True)
             post_all(ztpki_port, "/ocsp", every, args.clients, keep=True)
@@ -297,7 +346,46 @@ def main(argv: Sequence[str] | None = None) -> int:
                     post_all(ztpki_port, "/ocsp", b, args.clients, keep=keep)
 
                 results.append(phase(name, ztpki_server.pid, bodies, run))
+
+            print("waiting for ztpki's pre-signed files ...", flush=True)
+            wait_for_files(ocsp_dir, CA_NAME, every)
+            nginx_server, nginx_port = start_nginx(work, ocsp_dir, CA_NAME, ztpki_port)
+            static = [asked_static[n] for n in range(args.static_requests)]
+            check_static(nginx_port, every, certificates, revocations)
+            for name, keep in (
+                ("nginx no nonce (files)", False),
+                ("nginx no nonce keep-alive", True),
+            ):
+
+                def run_static(b: Sequence[bytes], keep: bool = keep) -> None:
+                    send_all(nginx_port, get_paths(b), args.clients, keep=keep)
+
+                results.append(phase(name, nginx_server.pid, static, run_static))
+            # nginx's own floor on this machine: the same GETs answered by `return 200` from
+            # its configuration, no file (a location only this benchmark adds).
+            floor = [(m, p.replace("/ocsp/", "/floor/", 1), b) for m, p, b in get_paths(static)]
+            for name, keep in (("nginx floor (no file)", False), ("nginx floor keep-alive", True)):
+                results.append(
+                    measure(
+                        name,
+                        nginx_server.pid,
+                        len(floor),
+                        lambda keep=keep: send_all(nginx_port, floor, args.clients, keep=keep),
+                    )
+                )
+            nonce_bodies = build_requests(asked, authority.certificate, nonce=True)
+            results.extend(
+                measure_trees(
+                    "nginx->ztpki nonce",
+                    {"nginx": nginx_server.pid, "ztpki": ztpki_server.pid},
+                    len(nonce_bodies),
+                    lambda: post_all(nginx_port, "/ocsp", nonce_bodies, args.clients, keep=False),
+                )
+            )
         finally:
+            if nginx_server is not None:
+                nginx_server.terminate()
+                nginx_server.wait(timeout=20)
             stop(ztpki_server)
 
         openssl_server, openssl_port = start_openssl(work, work / "openssl-ocsp.log")
@@ -327,8 +415,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def report(results: Sequence[Result], args: argparse.Namespace) -> None:
     print(
-        f"\n{args.issued} issued, {args.revoked} revoked; {args.requests} requests per phase, "
-        f"{args.clients} client threads; a fresh connection per request unless keep-alive"
+        f"\n{args.issued} issued, {args.revoked} revoked; {args.requests} requests per phase "
+        f"({args.static_requests} for nginx's files), {args.clients} client threads; a fresh "
+        "connection per request unless keep-alive"
     )
     print(f"{'phase':<28}{'responses':>10}{'per second':>12}{'server CPU per response':>26}")
     by_name = {}
@@ -338,13 +427,17 @@ def report(results: Sequence[Result], args: argparse.Namespace) -> None:
         print(f"{r.name:<28}{r.count:>10}{r.per_second:>12.0f}{per:>23.3f} ms")
     for label, ours, theirs, target in (
         ("no nonce", "ztpki no nonce", "openssl no nonce", 0.2),
+        ("no nonce", "nginx no nonce (files)", "openssl no nonce", 0.2),
+        ("no nonce", "nginx no nonce keep-alive", "openssl no nonce", 0.2),
         ("with nonce", "ztpki nonce", "openssl nonce", 1.0),
+        ("with nonce", "ztpki nonce keep-alive", "openssl nonce", 1.0),
+        ("with nonce", "nginx->ztpki nonce", "openssl nonce", 1.0),
     ):
         a, b = by_name[ours], by_name[theirs]
         ratio = (a.cpu_seconds / a.count) / (b.cpu_seconds / b.count)
         verdict = "met" if ratio <= target else "NOT met"
         print(
-            f"ratio {label}: ztpki/openssl CPU per response = {ratio:.2f} "
+            f"ratio {label:<10} {ours:<26} / openssl = {ratio:.2f} "
             f"(target <= {target:.2f}: {verdict})"
         )
 

@@ -212,6 +212,20 @@ class OCSPResponder:
             return _with_max_age(cached.answer, now)
         # The status of a fresh cache entry is still current; only the signature is new.
         status = cached.status if cached is not None else self._status(ca_name, cert_id)
+        answer = self.sign(ca_name, request, status, now=now)
+        if request.nonce is not None:
+            return answer  # signed for this nonce alone: never cached, never max-age
+        refresh_at = refresh_time(answer)
+        self._cache[key] = _Cached(version, refresh_at, answer, status)
+        self._cache.move_to_end(key)
+        while len(self._cache) > self._cache_entries:
+            self._cache.popitem(last=False)
+        return _with_max_age(answer, now)
+
+    def sign(
+        self, ca_name: str, request: StatusRequest, status: StatusAnswer, *, now: datetime
+    ) -> OCSPAnswer:
+        """A freshly signed answer saying ``status`` (the caller read it from the store)."""
         this_update = now.replace(microsecond=0)
         validity = self._next_update.get(ca_name, DEFAULT_NEXT_UPDATE)
         signer = self._signers[ca_name].signer
@@ -219,30 +233,35 @@ class OCSPResponder:
         body = build_response(
             request, status, signer, this_update=this_update, next_update=next_update
         )
-        answer = OCSPAnswer(body, this_update=this_update, next_update=next_update)
-        if request.nonce is not None:
-            return answer  # signed for this nonce alone: never cached, never max-age
-        refresh_at = this_update + (next_update - this_update) / 2
-        self._cache[key] = _Cached(version, refresh_at, answer, status)
-        self._cache.move_to_end(key)
-        while len(self._cache) > self._cache_entries:
-            self._cache.popitem(last=False)
-        return _with_max_age(answer, now)
+        return OCSPAnswer(body, this_update=this_update, next_update=next_update)
 
     def _status(self, ca_name: str, cert_id: CertID) -> StatusAnswer:
         serial = cert_id.serial_hex
         revocation = self._source.revocation(ca_name, serial)
         if revocation is not None:
-            return StatusAnswer(
-                CertStatus.REVOKED,
-                revoked_at=revocation.revoked_at,
-                reason=x509.ReasonFlags(revocation.reason.value),
-            )
+            return status_of(revocation)
         if self._source.certificate(ca_name, serial) is None:
             if (ca_name, cert_id.serial_number) in self._ca_certificates:
                 return StatusAnswer(CertStatus.GOOD)
             return StatusAnswer(CertStatus.UNKNOWN)
         return StatusAnswer(CertStatus.GOOD)
+
+
+def status_of(revocation: Revocation | None) -> StatusAnswer:
+    """What OCSP says of a recorded certificate: revoked (time, reason) or good."""
+    if revocation is None:
+        return StatusAnswer(CertStatus.GOOD)
+    return StatusAnswer(
+        CertStatus.REVOKED,
+        revoked_at=revocation.revoked_at,
+        reason=x509.ReasonFlags(revocation.reason.value),
+    )
+
+
+def refresh_time(answer: OCSPAnswer) -> datetime:
+    """When a pre-signed answer is signed again: half its validity (RFC 5019 6.2)."""
+    assert answer.this_update is not None and answer.next_update is not None
+    return answer.this_update + (answer.next_update - answer.this_update) / 2
 
 
 def _with_max_age(answer: OCSPAnswer, now: datetime) -> OCSPAnswer:
@@ -259,4 +278,6 @@ __all__ = [
     "OCSPResponder",
     "RevocationSource",
     "SignerPolicy",
+    "refresh_time",
+    "status_of",
 ]

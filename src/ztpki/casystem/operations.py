@@ -9,6 +9,7 @@ from ztpki.casystem.crl_publisher import CRLPublisher, CRLTarget
 from ztpki.casystem.directory import CASystemDirectory, service_authority
 from ztpki.casystem.entitlement import ChangeMode, change_entitlement
 from ztpki.casystem.issuer import CASystem, LoadedCA
+from ztpki.casystem.ocsp_presign import PresignedResponses
 from ztpki.casystem.ocsp_responder import (
     OCSPResponder,
     SignerPolicy,
@@ -201,9 +202,11 @@ def build_publisher(
     *,
     signer: SignerPolicy = SignerPolicy.DELEGATED,
     limits: PublisherLimits | None = None,
+    ocsp_dir: Path | None = None,
 ) -> RevocationPublisher:
     """The HTTP publisher of CRLs and OCSP for every CA the service holds, reading the
-    service's store (its own delegated responders are issued now, keys in memory)."""
+    service's store (its own delegated responders are issued now, keys in memory); with
+    ``ocsp_dir``, it also keeps ``ocsp_dir/NAME/`` of pre-signed answers for each CA."""
     cas = service.system.cas
     responder = OCSPResponder(
         {name: loaded.authority for name, loaded in cas.items()},
@@ -216,4 +219,12 @@ def build_publisher(
         },
     )
     crl_paths = {name: directory.ca_dir(name) / "crl.der" for name in cas}
-    return RevocationPublisher(crl_paths, responder, limits=limits)
+    presigned = None
+    if ocsp_dir is not None:
+        presigned = PresignedResponses(
+            responder,
+            service.store,
+            {name: loaded.authority.certificate for name, loaded in cas.items()},
+            {name: ocsp_dir / name for name in cas},
+        )
+    return RevocationPublisher(crl_paths, responder, limits=limits, presigned=presigned)

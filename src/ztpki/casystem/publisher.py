@@ -32,6 +32,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from ztpki.casystem.ocsp_presign import PresignedResponses
 from ztpki.casystem.ocsp_responder import OCSPAnswer, OCSPResponder
 from ztpki.errors import ListenFailed
 from ztpki.pki.ocsp import MALFORMED_REQUEST, MAX_REQUEST_SIZE
@@ -79,6 +80,7 @@ class RevocationPublisher:
         *,
         limits: PublisherLimits | None = None,
         clock: Callable[[], datetime] = _utc_now,
+        presigned: PresignedResponses | None = None,
     ) -> None:
         self._crl_paths = dict(crl_paths)
         self._crls: dict[str, _CRLFile] = {}
@@ -88,6 +90,8 @@ class RevocationPublisher:
         self._runner: web.AppRunner | None = None
         self._server: asyncio.Server | None = None
         self._renewal: asyncio.Task[None] | None = None
+        self.presigned = presigned
+        self._presigning: asyncio.Task[None] | None = None
 
     def build(self) -> web.Application:
         app = web.Application(client_max_size=self.limits.max_body)
@@ -122,14 +126,17 @@ class RevocationPublisher:
             raise ListenFailed(host, port, exc) from None
         self._runner = runner
         self._renewal = asyncio.create_task(self._keep_renewed())
+        if self.presigned is not None:
+            self._presigning = asyncio.create_task(self.presigned.run(self._clock))
         bound = self._server.sockets[0].getsockname()
         return str(bound[0]), int(bound[1])
 
     async def close(self) -> None:
-        if self._renewal is not None:
-            self._renewal.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._renewal
+        for task in (self._renewal, self._presigning):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()

@@ -203,6 +203,38 @@ def policy_command(directory: Path, name: str | None) -> None:
         console.print((directory / "cas" / ca_name / "policy.toml").read_text(), markup=False)
 
 
+@ca.command("ocsp-nginx")
+@dir_option
+@click.option(
+    "--ocsp-dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The directory `ca serve --ocsp-dir` writes (absolute, as nginx reads it).",
+)
+@click.option(
+    "--responder", required=True, help="HOST:PORT of `ca serve --http-listen`, for the rest."
+)
+@click.option("--listen", default="80", show_default=True, help="nginx's listen parameter.")
+def ocsp_nginx_command(directory: Path, ocsp_dir: Path, responder: str, listen: str) -> None:
+    """Print the nginx upstream and server blocks that serve the pre-signed OCSP files of
+    every CA (RFC 5019 GET) and pass everything else to the responder."""
+    from ztpki.casystem.ocsp_nginx import nginx_ocsp_server
+
+    system = CASystemDirectory(directory)
+    names = system.ca_names()
+    # One max-age for all files: the shortest validity, so none outlives its nextUpdate.
+    hours = min((system.policy(n).crl_next_update_hours for n in names), default=24)
+    click.echo(
+        nginx_ocsp_server(
+            listen=listen,
+            ocsp_dir=ocsp_dir.absolute(),
+            ca_names=names,
+            responder=responder,
+            max_age_hours=hours,
+        )
+    )
+
+
 @ca.command("issued")
 @dir_option
 @click.option("--ca", "ca_name", help="Only this CA.")
@@ -271,6 +303,13 @@ def issued_command(
     "in memory, renewed by the service) or the CA key itself. Needs --http-listen.",
 )
 @click.option(
+    "--ocsp-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Keep DIR/NAME/ filled with pre-signed OCSP answers (SHA-1 CertID, no nonce), one "
+    "per certificate of each CA, for a web server such as nginx to serve (README: OCSP and "
+    "HTTP). Needs --http-listen.",
+)
+@click.option(
     "--key-workers",
     type=int,
     default=None,
@@ -288,6 +327,7 @@ def serve_command(
     hostnames: tuple[str, ...],
     http_listen: str | None,
     ocsp_signer: str | None,
+    ocsp_dir: Path | None,
     key_workers: int | None,
     passphrase_file: Path | None,
     insecure_no_passphrase: bool,
@@ -298,6 +338,8 @@ def serve_command(
 
     if ocsp_signer is not None and http_listen is None:
         raise click.UsageError("--ocsp-signer needs --http-listen HOST:PORT (the OCSP responder)")
+    if ocsp_dir is not None and http_listen is None:
+        raise click.UsageError("--ocsp-dir needs --http-listen HOST:PORT (the OCSP responder)")
     event_loop = chosen_loop()
     secret = passphrase(passphrase_file, insecure_no_passphrase, CA_ENV, "the CA private key")
     host, port = parse_address(listen, allow_any_port=True)
@@ -321,6 +363,7 @@ def serve_command(
                 CASystemDirectory(directory),
                 service,
                 signer=SignerPolicy(ocsp_signer or SignerPolicy.DELEGATED),
+                ocsp_dir=ocsp_dir,
             )
             try:
                 http_host, http_port = await publisher.start(*http)
