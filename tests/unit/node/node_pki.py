@@ -140,7 +140,9 @@ class PKI:
         return leaf(self.factory_ca, device_id)
 
     def identity(self, cert: x509.Certificate) -> ClientIdentity:
-        return self.authentication().authenticate(certificate_der(cert), now=NOW)
+        # The clock now, not NOW: the in-process CA issues with the real clock, and a loaded
+        # run may reach this minutes after the module was imported.
+        return self.authentication().authenticate(certificate_der(cert), now=datetime.now(UTC))
 
     def revoking_crl(self, *revoked: x509.Certificate) -> x509.CertificateRevocationList:
         """A current CRL of the factory CA that revokes ``revoked``."""
