@@ -11,6 +11,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.x509 import ocsp
 
 from ztpki.demo.processes import ServiceProcess
@@ -36,6 +37,21 @@ def request_der(
     if nonce is not None:
         builder = builder.add_extension(x509.OCSPNonce(nonce), critical=False)
     return builder.build().public_bytes(serialization.Encoding.DER)
+
+
+def verify_signed_by(response: ocsp.OCSPResponse, certificate: x509.Certificate) -> None:
+    """Raises InvalidSignature unless ``certificate``'s key signed ``response``."""
+    public = certificate.public_key()
+    data, signature = response.tbs_response_bytes, response.signature
+    if isinstance(public, ec.EllipticCurvePublicKey):
+        assert response.signature_hash_algorithm is not None
+        public.verify(signature, data, ec.ECDSA(response.signature_hash_algorithm))
+    elif isinstance(public, rsa.RSAPublicKey):
+        assert response.signature_hash_algorithm is not None
+        public.verify(signature, data, padding.PKCS1v15(), response.signature_hash_algorithm)
+    else:
+        assert isinstance(public, ed25519.Ed25519PublicKey)
+        public.verify(signature, data)
 
 
 @dataclass(frozen=True)

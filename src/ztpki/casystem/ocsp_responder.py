@@ -4,8 +4,9 @@ One responder answers for every CA of the system; the request's issuerNameHash a
 issuerKeyHash choose the CA (pki.ocsp.IssuerIndex), anything else is ``unauthorized``.
 
 Signing: by default each CA has a delegated responder (id-kp-OCSPSigning, ocsp-nocheck,
-7 days) whose P-256 key is generated at start and lives only in memory, never on disk; the
-running service renews it two days before it expires, as it does its TLS certificate
+7 days) whose key, of the CA key's own algorithm and size (an RSA-3072 CA's responder signs
+with RSA-3072, a P-256 CA's with P-256), is generated at start and lives only in memory, never
+on disk; the running service renews it two days before it expires, as it does its TLS certificate
 (server_identity). ``signer="ca"`` signs with the CA key itself instead (no extra
 certificate for clients to check, at the price of the CA key signing every answer).
 
@@ -29,7 +30,7 @@ from cryptography import x509
 
 from ztpki.errors import PayloadTooLarge, Unavailable
 from ztpki.pki.authority import CertificateAuthority
-from ztpki.pki.keys import KeySpec, generate_private_key
+from ztpki.pki.keys import generate_private_key, key_spec_of
 from ztpki.pki.ocsp import (
     INTERNAL_ERROR,
     MALFORMED_REQUEST,
@@ -111,7 +112,9 @@ class _CASigner:
         ca = self.authority
         if self.policy is SignerPolicy.CA:
             return ResponseSigner(ca.certificate, ca.certificate, ca.key)
-        key = generate_private_key(KeySpec.EC_P256)
+        # The CA's own algorithm: a relying party that accepts the CA's signatures accepts the
+        # responder's, and the responder is never the weaker key of the two.
+        key = generate_private_key(key_spec_of(ca.key))
         certificate = issue_responder_certificate(ca.certificate, ca.key, key, now=now)
         log.info(
             "issued the OCSP responder certificate of CA %s: serial=%s valid until %s",

@@ -14,12 +14,12 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509 import ocsp
-from tests.support.ocsp import request_der
+from tests.support.ocsp import request_der, verify_signed_by
 
 from ztpki.casystem.ocsp_responder import OCSPResponder, SignerPolicy
 from ztpki.errors import Unavailable
 from ztpki.pki.authority import CertificateAuthority, IssuanceGrant, create_self_signed_ca
-from ztpki.pki.keys import KeySpec, generate_private_key
+from ztpki.pki.keys import KeySpec, generate_private_key, key_spec_of
 from ztpki.pki.names import SubjectFields, build_subject
 from ztpki.pki.pem import certificate_der, serial_hex
 from ztpki.pki.profiles import CertificateProfile
@@ -30,8 +30,8 @@ from ztpki.store.sqlite_ca import SQLiteIssuanceStore
 NOW = datetime.now(UTC).replace(microsecond=0)
 
 
-def make_ca(name: str) -> CertificateAuthority:
-    key = generate_private_key(KeySpec.EC_P256)
+def make_ca(name: str, spec: KeySpec = KeySpec.EC_P256) -> CertificateAuthority:
+    key = generate_private_key(spec)
     subject = build_subject(name, SubjectFields(), serial_number=None)
     cert = create_self_signed_ca(key, subject, now=NOW, validity=timedelta(days=365))
     return CertificateAuthority(name=name, key=key, certificate=cert)
@@ -190,6 +190,33 @@ def test_ok_delegated_responder_renewed_before_expiry(store: SQLiteIssuanceStore
         responder.answer(request_der(leaf, CA.certificate), now=later).body
     )
     assert answer.certificates == [renewed]
+
+
+@pytest.mark.parametrize("spec", [KeySpec.RSA_2048, KeySpec.EC_P384])
+def test_ok_delegated_responder_key_follows_the_ca_key(
+    store: SQLiteIssuanceStore, spec: KeySpec
+) -> None:
+    ca = make_ca("factory", spec)
+    responder = OCSPResponder({"factory": ca}, store, now=NOW)
+    signer = responder.signer_of("factory")
+    assert key_spec_of(signer.key) is spec
+    assert key_spec_of(signer.certificate.public_key()) is spec
+    assert responder.renew_if_due(NOW + timedelta(days=5, minutes=1)) == ["factory"]
+    assert key_spec_of(responder.signer_of("factory").key) is spec
+    # A request about a certificate of this CA is answered, signed by that key (an unknown
+    # serial is enough: the signature is what is checked).
+    grant = IssuanceGrant(
+        subject=build_subject("stray", SubjectFields(), serial_number=None),
+        profile=CertificateProfile.DEVICE,
+        not_before=NOW,
+        not_after=NOW + timedelta(days=30),
+    )
+    stray = ca.issue(generate_private_key(KeySpec.EC_P256).public_key(), grant)
+    later = NOW + timedelta(days=5, minutes=2)
+    der = responder.answer(request_der(stray, ca.certificate), now=later).body
+    answer = ocsp.load_der_ocsp_response(der)
+    assert answer.certificate_status is ocsp.OCSPCertStatus.UNKNOWN
+    verify_signed_by(answer, responder.signer_of("factory").certificate)
 
 
 def test_ok_ca_signer_never_renews(store: SQLiteIssuanceStore) -> None:

@@ -13,6 +13,7 @@ from cryptography.x509 import ocsp
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests.support.ocsp import verify_signed_by
 
 from ztpki.pki.authority import CertificateAuthority, IssuanceGrant, create_self_signed_ca
 from ztpki.pki.keys import KeySpec, generate_private_key
@@ -165,7 +166,7 @@ def test_ok_revoked_answer_verifies_and_echoes_nonce(
     assert response.hash_algorithm.name == "sha256"
     assert response.extensions.get_extension_for_class(x509.OCSPNonce).value.nonce == b"q" * 20
     assert response.certificates == ([signer.certificate] if delegated else [])
-    _verify(response, signer.certificate)
+    verify_signed_by(response, signer.certificate)
 
 
 def test_ok_next_update_never_outlives_the_signer(factory: CertificateAuthority) -> None:
@@ -203,22 +204,6 @@ def test_fail_status_answer_inconsistent() -> None:
         StatusAnswer(CertStatus.GOOD, revoked_at=NOW)
     with pytest.raises(ValueError, match="revocation time"):
         StatusAnswer(CertStatus.REVOKED)
-
-
-def _verify(response: ocsp.OCSPResponse, certificate: x509.Certificate) -> None:
-    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
-
-    public = certificate.public_key()
-    data, signature = response.tbs_response_bytes, response.signature
-    if isinstance(public, ec.EllipticCurvePublicKey):
-        assert response.signature_hash_algorithm is not None
-        public.verify(signature, data, ec.ECDSA(response.signature_hash_algorithm))
-    elif isinstance(public, rsa.RSAPublicKey):
-        assert response.signature_hash_algorithm is not None
-        public.verify(signature, data, padding.PKCS1v15(), response.signature_hash_algorithm)
-    else:
-        assert isinstance(public, ed25519.Ed25519PublicKey)
-        public.verify(signature, data)
 
 
 @pytest.mark.parametrize(
@@ -267,7 +252,7 @@ def test_ok_every_ca_key_and_status_reads_back_and_verifies(
         expected = None if reason is x509.ReasonFlags.unspecified else reason
         assert response.revocation_reason is expected
     assert response.extensions.get_extension_for_class(x509.OCSPNonce).value.nonce == nonce
-    _verify(response, ca.certificate)
+    verify_signed_by(response, ca.certificate)
 
 
 _OCSP_STATUS = {
