@@ -1,9 +1,11 @@
 """OCSP responses per second and server CPU per response: ztpki against `openssl ocsp`.
 
-One CA system (an EC P-256 CA) with 10,000 issued certificates of which 1,000 are revoked
-(recorded in its store, and written as an OpenSSL index.txt for the same serials). Two
-responders serve them in the same run, each signing with a delegated EC P-256 responder
-certificate:
+One CA system with 10,000 issued certificates of which 1,000 are revoked (recorded in its
+store, and written as an OpenSSL index.txt for the same serials). Two responders serve them
+in the same run, each signing with a delegated responder certificate whose key is of the
+CA's algorithm. `--key` chooses it: ec (P-256), rsa (RSA-2048), or both (the default: every
+phase below for an EC CA, then again for an RSA CA, each compared with openssl signing
+with the same algorithm):
 
   ztpki    `ztpki ca serve --http-listen --ocsp-dir D` (answers without a nonce pre-signed
            and cached in memory, and written to D/factory/ as files)
@@ -26,16 +28,14 @@ behind nginx: nginx's and ztpki's added). The ratios the issue sets, for each wa
 The nginx GET phases run --static-requests requests (more than the others: nginx spends so
 little that /proc's 10 ms ticks need many responses to measure it).
 
-Run: .venv/bin/python benchmarks/ocsp.py [--clients 8] [--requests 4000]
-     [--static-requests 20000] [--keep]
+Run: .venv/bin/python benchmarks/ocsp.py [--key ec|rsa|both] [--clients 8] [--requests 4000]
+     [--rsa-requests N] [--static-requests 20000] [--keep]
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import http.client
-import os
 import random
 import re
 import shutil
@@ -45,116 +45,19 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 from ca_throughput import ENV, Result, measure, run_threads, stop, tree_cpu_seconds
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
+from ocsp_setup import CA_NAME, KEYS, build_requests, make_setup
 from ocsp_static import check_static, get_paths, start_nginx, wait_for_files
 
-from ztpki.casystem.directory import CASystemDirectory
-from ztpki.casystem.operations import open_store
-from ztpki.pki.authority import CertificateAuthority, IssuanceGrant
-from ztpki.pki.keys import KeySpec, generate_private_key
-from ztpki.pki.names import SubjectFields, build_subject
-from ztpki.pki.ocsp import issue_responder_certificate
-from ztpki.pki.pem import certificate_der, serial_hex
-from ztpki.pki.profiles import CertificateProfile
-from ztpki.store.records import CertificateStatus, IssuedCertificate, RevocationReason
+from ztpki.pki.keys import KeySpec, key_spec_of
+from ztpki.store.records import RevocationReason
 
-CA_NAME = "factory"
-REASONS = [RevocationReason.KEY_COMPROMISE, RevocationReason.SUPERSEDED]
 READY = re.compile(r"http listening on (\S+):(\d+)")
-
-
-def ztpki(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", "ztpki", *args], env=ENV, check=True, capture_output=True)
-
-
-def issue_all(authority: CertificateAuthority, count: int, now: datetime) -> list[x509.Certificate]:
-    """``count`` device certificates (one key for all: the benchmark is about status)."""
-    public_key = generate_private_key(KeySpec.EC_P256).public_key()
-    certificates = []
-    for n in range(count):
-        grant = IssuanceGrant(
-            subject=build_subject(f"bench-{n}", SubjectFields(), serial_number=None),
-            profile=CertificateProfile.DEVICE,
-            not_before=now - timedelta(minutes=5),
-            not_after=now + timedelta(days=365),
-        )
-        certificates.append(authority.issue(public_key, grant))
-    return certificates
-
-
-def record_all(
-    system: CASystemDirectory, certificates: Sequence[x509.Certificate], revoked: int, now: datetime
-) -> dict[int, tuple[datetime, RevocationReason]]:
-    """Record every certificate in the store and revoke the first ``revoked`` of them."""
-    records = []
-    for n, certificate in enumerate(certificates):
-        der = certificate_der(certificate)
-        record = IssuedCertificate(
-            serial=serial_hex(certificate),
-            ca_name=CA_NAME,
-            device_id=f"bench-{n}",
-            subject=certificate.subject.rfc4514_string(),
-            not_before=certificate.not_valid_before_utc,
-            not_after=certificate.not_valid_after_utc,
-            status=CertificateStatus.ACTIVE,
-            request_id=f"bench-{n}",
-            fingerprint=hashlib.sha256(der).hexdigest(),
-            issued_at=now,
-            certificate_der=der,
-        )
-        records.append((record, False))
-    revocations: dict[int, tuple[datetime, RevocationReason]] = {}
-    with open_store(system) as store:
-        for start in range(0, len(records), 1000):
-            store.record_issuances(records[start : start + 1000])
-        for n, certificate in enumerate(certificates[:revoked]):
-            at = (now - timedelta(minutes=n % 60)).replace(microsecond=0)
-            reason = REASONS[n % len(REASONS)]
-            store.revoke(CA_NAME, serial_hex(certificate), reason=reason, at=at)
-            revocations[certificate.serial_number] = (at, reason)
-    return revocations
-
-
-def write_index(
-    path: Path,
-    certificates: Sequence[x509.Certificate],
-    revocations: dict[int, tuple[datetime, RevocationReason]],
-) -> None:
-    """The same status as an OpenSSL CA database (ca(1) index.txt)."""
-
-    def stamp(when: datetime) -> str:
-        return when.strftime("%y%m%d%H%M%SZ")
-
-    lines = []
-    for certificate in certificates:
-        expiry = stamp(certificate.not_valid_after_utc)
-        serial = format(certificate.serial_number, "X")
-        subject = "/CN=" + certificate.subject.rfc4514_string().removeprefix("CN=")
-        revoked = revocations.get(certificate.serial_number)
-        if revoked is None:
-            lines.append(f"V\t{expiry}\t\t{serial}\tunknown\t{subject}")
-        else:
-            at, reason = revoked
-            lines.append(f"R\t{expiry}\t{stamp(at)},{reason.value}\t{serial}\tunknown\t{subject}")
-    path.write_text("\n".join(lines) + "\n")
-
-
-def build_requests(
-    certificates: Sequence[x509.Certificate], issuer: x509.Certificate, *, nonce: bool
-) -> list[bytes]:
-    requests = []
-    for certificate in certificates:
-        builder = ocsp.OCSPRequestBuilder().add_certificate(certificate, issuer, hashes.SHA1())
-        if nonce:
-            builder = builder.add_extension(x509.OCSPNonce(os.urandom(16)), critical=False)
-        requests.append(builder.build().public_bytes(serialization.Encoding.DER))
-    return requests
 
 
 def post_all(port: int, path: str, bodies: Sequence[bytes], clients: int, *, keep: bool) -> None:
@@ -205,8 +108,10 @@ def check_answers(
     requests: Sequence[bytes],
     certificates: Sequence[x509.Certificate],
     revocations: dict[int, tuple[datetime, RevocationReason]],
+    spec: KeySpec,
 ) -> None:
-    """Both responders must say the same thing: spot-check revoked and good serials."""
+    """Both responders must say the same thing: spot-check revoked and good serials, and
+    that the answer's responder certificate has a ``spec`` key (the phase's algorithm)."""
     for n in [*range(5), *range(len(requests) - 5, len(requests))]:
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         connection.request("POST", path, requests[n], {"Content-Type": "application/ocsp-request"})
@@ -216,6 +121,9 @@ def check_answers(
         expected = ocsp.OCSPCertStatus.REVOKED if revoked else ocsp.OCSPCertStatus.GOOD
         if response.certificate_status is not expected:
             raise RuntimeError(f"serial #{n}: {response.certificate_status}, expected {expected}")
+        signers = {key_spec_of(c.public_key()) for c in response.certificates}
+        if signers != {spec}:
+            raise RuntimeError(f"serial #{n}: signed by {signers}, expected {spec}")
 
 
 def start_ztpki(system: Path, log: Path, ocsp_dir: Path) -> tuple[subprocess.Popen[str], int]:
@@ -266,145 +174,124 @@ def measure_trees(
     return [Result(name, count, seconds, sum(spent.values())), *parts]
 
 
+def run_key(spec: KeySpec, work: Path, args: argparse.Namespace) -> list[Result]:
+    """Every phase, for a CA (and so both responders) with a ``spec`` key."""
+    work.mkdir()
+    work.chmod(0o755)  # nginx's worker (nobody, under root) reads work/ocsp; keys stay 0600
+    setup = make_setup(work, spec, args.issued, args.revoked, datetime.now(UTC))
+    authority, certificates, revocations = setup.authority, setup.certificates, setup.revocations
+    requests = args.requests if not spec.is_rsa else args.rsa_requests or args.requests
+    static_requests = args.static_requests
+    # The revoked serials are the first ones; asking in a shuffled order over all of them
+    # mixes about 10% revoked answers into every phase.
+    order = list(range(args.issued))
+    random.Random(1).shuffle(order)
+    asked = [certificates[order[n % len(order)]] for n in range(requests)]
+    plain = build_requests(asked, authority.certificate, nonce=False)
+    every = build_requests(certificates, authority.certificate, nonce=False)
+    asked_static = [every[order[n % len(order)]] for n in range(static_requests)]
+    results: list[Result] = []
+
+    ocsp_dir = work / "ocsp"
+    ztpki_server, ztpki_port = start_ztpki(setup.system, work / "ztpki-serve.log", ocsp_dir)
+    nginx_server = None
+    try:
+        print(f"[{spec.value}] warming ztpki's cache (one answer per serial) ...", flush=True)
+        post_all(ztpki_port, "/ocsp", every, args.clients, keep=True)
+        check_answers(ztpki_port, "/ocsp", every, certificates, revocations, spec)
+        for name, nonce, keep in (
+            ("ztpki no nonce", False, False),
+            ("ztpki nonce", True, False),
+            ("ztpki no nonce keep-alive", False, True),
+            ("ztpki nonce keep-alive", True, True),
+        ):
+            bodies = build_requests(asked, authority.certificate, nonce=True) if nonce else plain
+
+            def run(b: Sequence[bytes], keep: bool = keep) -> None:
+                post_all(ztpki_port, "/ocsp", b, args.clients, keep=keep)
+
+            results.append(phase(name, ztpki_server.pid, bodies, run))
+
+        print(f"[{spec.value}] waiting for ztpki's pre-signed files ...", flush=True)
+        wait_for_files(ocsp_dir, CA_NAME, every)
+        nginx_server, nginx_port = start_nginx(work, ocsp_dir, CA_NAME, ztpki_port)
+        check_static(nginx_port, every, certificates, revocations)
+        for name, keep in (("nginx no nonce (files)", False), ("nginx no nonce keep-alive", True)):
+
+            def run_static(b: Sequence[bytes], keep: bool = keep) -> None:
+                send_all(nginx_port, get_paths(b), args.clients, keep=keep)
+
+            results.append(phase(name, nginx_server.pid, asked_static, run_static))
+        # nginx's own floor on this machine: the same GETs answered by `return 200` from
+        # its configuration, no file (a location only this benchmark adds).
+        floor = [(m, p.replace("/ocsp/", "/floor/", 1), b) for m, p, b in get_paths(asked_static)]
+        for name, keep in (("nginx floor (no file)", False), ("nginx floor keep-alive", True)):
+            results.append(
+                measure(
+                    name,
+                    nginx_server.pid,
+                    len(floor),
+                    lambda keep=keep: send_all(nginx_port, floor, args.clients, keep=keep),
+                )
+            )
+        nonce_bodies = build_requests(asked, authority.certificate, nonce=True)
+        results.extend(
+            measure_trees(
+                "nginx->ztpki nonce",
+                {"nginx": nginx_server.pid, "ztpki": ztpki_server.pid},
+                len(nonce_bodies),
+                lambda: post_all(nginx_port, "/ocsp", nonce_bodies, args.clients, keep=False),
+            )
+        )
+    finally:
+        if nginx_server is not None:
+            nginx_server.terminate()
+            nginx_server.wait(timeout=20)
+        stop(ztpki_server)
+
+    openssl_server, openssl_port = start_openssl(work, work / "openssl-ocsp.log")
+    try:
+        check_answers(openssl_port, "/", every, certificates, revocations, spec)
+        for name, nonce in (("openssl no nonce", False), ("openssl nonce", True)):
+            bodies = build_requests(asked, authority.certificate, nonce=True) if nonce else plain
+
+            def run_openssl(b: Sequence[bytes]) -> None:
+                post_all(openssl_port, "/", b, args.clients, keep=False)
+
+            results.append(phase(name, openssl_server.pid, bodies, run_openssl))
+    finally:
+        openssl_server.terminate()
+        openssl_server.wait(timeout=20)
+    return results
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=8, help="concurrent client threads")
     parser.add_argument("--issued", type=int, default=10_000)
     parser.add_argument("--revoked", type=int, default=1_000)
+    parser.add_argument(
+        "--key",
+        choices=[*KEYS, "both"],
+        default="both",
+        help="the CA's key and both responders': ec (P-256), rsa (RSA-2048), or both in turn",
+    )
     parser.add_argument("--requests", type=int, default=4_000, help="requests per phase")
+    parser.add_argument(
+        "--rsa-requests", type=int, default=0, help="per phase with --key rsa (0: --requests)"
+    )
     parser.add_argument(
         "--static-requests", type=int, default=20_000, help="requests per nginx GET phase"
     )
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="ztpki-bench-ocsp-"))
-    work.chmod(0o755)  # nginx's worker (nobody, under root) reads work/ocsp; keys stay 0600
-    now = datetime.now(UTC)
+    work.chmod(0o755)
+    keys = list(KEYS) if args.key == "both" else [args.key]
     try:
-        system = work / "system"
-        ztpki("ca", "init", "--dir", str(system), "--name", CA_NAME, "--key", "ec-p256")
-        directory = CASystemDirectory(system)
-        authority = directory.load_authority(
-            CA_NAME, passphrase=ENV["ZTPKI_CA_PASSPHRASE"].encode()
-        )
-        print(f"issuing {args.issued} certificates, revoking {args.revoked} ...", flush=True)
-        certificates = issue_all(authority, args.issued, now)
-        revocations = record_all(directory, certificates, args.revoked, now)
-        write_index(work / "index.txt", certificates, revocations)
-        shutil.copy(directory.ca_dir(CA_NAME) / "ca.pem", work / "ca.pem")
-        responder_key = generate_private_key(KeySpec.EC_P256)
-        responder = issue_responder_certificate(
-            authority.certificate, authority.key, responder_key, now=now
-        )
-        (work / "responder.pem").write_bytes(responder.public_bytes(serialization.Encoding.PEM))
-        key_file = work / "responder.key"
-        key_file.touch(mode=0o600)
-        key_file.write_bytes(
-            responder_key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-        # The revoked serials are the first ones; asking in a shuffled order over all of them
-        # mixes about 10% revoked answers into every phase.
-        order = list(range(args.issued))
-        random.Random(1).shuffle(order)
-        asked = [certificates[order[n % len(order)]] for n in range(args.requests)]
-        plain = build_requests(asked, authority.certificate, nonce=False)
-        by_serial = dict(
-            zip(
-                certificates,
-                build_requests(certificates, authority.certificate, nonce=False),
-                strict=True,
-            )
-        )
-        asked_static = [
-            by_serial[certificates[order[n % len(order)]]] for n in range(args.static_requests)
-        ]
-        every = build_requests(certificates, authority.certificate, nonce=False)
-        results: list[Result] = []
-
-        ocsp_dir = work / "ocsp"
-        ztpki_server, ztpki_port = start_ztpki(system, work / "ztpki-serve.log", ocsp_dir)
-        nginx_server = None
-        try:
-            print("warming ztpki's cache (one answer per serial, unmeasured) ...", flush=True)
-            post_all(ztpki_port, "/ocsp", every, args.clients, keep=True)
-            check_answers(ztpki_port, "/ocsp", every, certificates, revocations)
-            for name, nonce, keep in (
-                ("ztpki no nonce", False, False),
-                ("ztpki nonce", True, False),
-                ("ztpki no nonce keep-alive", False, True),
-                ("ztpki nonce keep-alive", True, True),
-            ):
-                bodies = (
-                    build_requests(asked, authority.certificate, nonce=True) if nonce else plain
-                )
-
-                def run(b: Sequence[bytes], keep: bool = keep) -> None:
-                    post_all(ztpki_port, "/ocsp", b, args.clients, keep=keep)
-
-                results.append(phase(name, ztpki_server.pid, bodies, run))
-
-            print("waiting for ztpki's pre-signed files ...", flush=True)
-            wait_for_files(ocsp_dir, CA_NAME, every)
-            nginx_server, nginx_port = start_nginx(work, ocsp_dir, CA_NAME, ztpki_port)
-            static = [asked_static[n] for n in range(args.static_requests)]
-            check_static(nginx_port, every, certificates, revocations)
-            for name, keep in (
-                ("nginx no nonce (files)", False),
-                ("nginx no nonce keep-alive", True),
-            ):
-
-                def run_static(b: Sequence[bytes], keep: bool = keep) -> None:
-                    send_all(nginx_port, get_paths(b), args.clients, keep=keep)
-
-                results.append(phase(name, nginx_server.pid, static, run_static))
-            # nginx's own floor on this machine: the same GETs answered by `return 200` from
-            # its configuration, no file (a location only this benchmark adds).
-            floor = [(m, p.replace("/ocsp/", "/floor/", 1), b) for m, p, b in get_paths(static)]
-            for name, keep in (("nginx floor (no file)", False), ("nginx floor keep-alive", True)):
-                results.append(
-                    measure(
-                        name,
-                        nginx_server.pid,
-                        len(floor),
-                        lambda keep=keep: send_all(nginx_port, floor, args.clients, keep=keep),
-                    )
-                )
-            nonce_bodies = build_requests(asked, authority.certificate, nonce=True)
-            results.extend(
-                measure_trees(
-                    "nginx->ztpki nonce",
-                    {"nginx": nginx_server.pid, "ztpki": ztpki_server.pid},
-                    len(nonce_bodies),
-                    lambda: post_all(nginx_port, "/ocsp", nonce_bodies, args.clients, keep=False),
-                )
-            )
-        finally:
-            if nginx_server is not None:
-                nginx_server.terminate()
-                nginx_server.wait(timeout=20)
-            stop(ztpki_server)
-
-        openssl_server, openssl_port = start_openssl(work, work / "openssl-ocsp.log")
-        try:
-            check_answers(openssl_port, "/", every, certificates, revocations)
-            for name, nonce in (("openssl no nonce", False), ("openssl nonce", True)):
-                bodies = (
-                    build_requests(asked, authority.certificate, nonce=True) if nonce else plain
-                )
-
-                def run_openssl(b: Sequence[bytes]) -> None:
-                    post_all(openssl_port, "/", b, args.clients, keep=False)
-
-                results.append(phase(name, openssl_server.pid, bodies, run_openssl))
-        finally:
-            openssl_server.terminate()
-            openssl_server.wait(timeout=20)
-
-        report(results, args)
+        runs = {KEYS[k]: run_key(KEYS[k], work / k, args) for k in keys}
+        for spec, results in runs.items():
+            report(spec, results, args)
     finally:
         if args.keep:
             print(f"work directory kept: {work}")
@@ -413,11 +300,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def report(results: Sequence[Result], args: argparse.Namespace) -> None:
+def report(spec: KeySpec, results: Sequence[Result], args: argparse.Namespace) -> None:
+    requests = args.rsa_requests or args.requests if spec.is_rsa else args.requests
     print(
-        f"\n{args.issued} issued, {args.revoked} revoked; {args.requests} requests per phase "
-        f"({args.static_requests} for nginx's files), {args.clients} client threads; a fresh "
-        "connection per request unless keep-alive"
+        f"\n[{spec.value} CA and responders] {args.issued} issued, {args.revoked} revoked; "
+        f"{requests} requests per phase ({args.static_requests} for nginx's files), "
+        f"{args.clients} client threads; a fresh connection per request unless keep-alive"
     )
     print(f"{'phase':<28}{'responses':>10}{'per second':>12}{'server CPU per response':>26}")
     by_name = {}
