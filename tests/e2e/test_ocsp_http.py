@@ -46,7 +46,7 @@ from tests.support.shell import sh
 from ztpki.casystem.client import CAClient
 from ztpki.casystem.directory import CASystemDirectory
 from ztpki.pki.authority import IssuanceGrant
-from ztpki.pki.keys import KeySpec, generate_private_key
+from ztpki.pki.keys import KeySpec, generate_private_key, key_spec_of
 from ztpki.pki.names import SubjectFields, build_subject
 from ztpki.pki.pem import serial_hex
 from ztpki.pki.profiles import CertificateProfile
@@ -175,6 +175,10 @@ def test_ok_rsa_ca_and_sha256_cert_ids(publisher: Publisher) -> None:
     issuer = publisher.system.ca_certificate("rsaca")
     parsed = post_ocsp(publisher.http, request_der(leaf, issuer)).ocsp()
     assert parsed.next_update_utc - parsed.this_update_utc == timedelta(hours=2)
+    # The RSA CA's delegated responder signs with a key of the CA's own algorithm and size.
+    (responder,) = parsed.certificates
+    assert key_spec_of(responder.public_key()) is key_spec_of(issuer.public_key())
+    assert key_spec_of(issuer.public_key()).is_rsa
     factory = post_ocsp(
         publisher.http,
         request_der(publisher.issue()[0], publisher.system.ca_certificate("factory")),
