@@ -113,7 +113,9 @@ class _CASigner:
         if self.policy is SignerPolicy.CA:
             return ResponseSigner(ca.certificate, ca.certificate, ca.key)
         # The CA's own algorithm: a relying party that accepts the CA's signatures accepts the
-        # responder's, and the responder is never the weaker key of the two.
+        # responder's, and the responder is never the weaker key of the two. An RSA key takes
+        # 0.1-2 s to generate (4096 bits the most): at start, and at each renewal (every 5
+        # days), that pauses the service's event loop that long.
         key = generate_private_key(key_spec_of(ca.key))
         certificate = issue_responder_certificate(ca.certificate, ca.key, key, now=now)
         log.info(

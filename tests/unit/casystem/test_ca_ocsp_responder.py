@@ -49,15 +49,20 @@ def store(tmp_path: Path) -> Iterator[SQLiteIssuanceStore]:
         opened.close()
 
 
-def issue(store: SQLiteIssuanceStore, *, record: bool = True) -> x509.Certificate:
-    device = f"dev-{os.urandom(4).hex()}"
+def device_leaf(ca: CertificateAuthority, device: str) -> x509.Certificate:
+    """A 30-day device certificate of ``ca``, recorded nowhere."""
     grant = IssuanceGrant(
         subject=build_subject(device, SubjectFields(), serial_number=None),
         profile=CertificateProfile.DEVICE,
         not_before=NOW,
         not_after=NOW + timedelta(days=30),
     )
-    leaf = CA.issue(generate_private_key(KeySpec.EC_P256).public_key(), grant)
+    return ca.issue(generate_private_key(KeySpec.EC_P256).public_key(), grant)
+
+
+def issue(store: SQLiteIssuanceStore, *, record: bool = True) -> x509.Certificate:
+    device = f"dev-{os.urandom(4).hex()}"
+    leaf = device_leaf(CA, device)
     if record:
         der = certificate_der(leaf)
         store.record_issuance(
@@ -162,13 +167,7 @@ def test_fail_malformed_and_foreign_issuer(store: SQLiteIssuanceStore) -> None:
     garbage = ocsp.load_der_ocsp_response(responder.answer(b"\x30\x03\x02\x01\x01", now=NOW).body)
     assert garbage.response_status is ocsp.OCSPResponseStatus.MALFORMED_REQUEST
     stranger = make_ca("factory")
-    grant = IssuanceGrant(
-        subject=build_subject("x", SubjectFields(), serial_number=None),
-        profile=CertificateProfile.DEVICE,
-        not_before=NOW,
-        not_after=NOW + timedelta(days=1),
-    )
-    foreign = stranger.issue(generate_private_key(KeySpec.EC_P256).public_key(), grant)
+    foreign = device_leaf(stranger, "x")
     body = responder.answer(request_der(foreign, stranger.certificate), now=NOW).body
     assert ocsp.load_der_ocsp_response(body).response_status is (
         ocsp.OCSPResponseStatus.UNAUTHORIZED
@@ -205,13 +204,7 @@ def test_ok_delegated_responder_key_follows_the_ca_key(
     assert key_spec_of(responder.signer_of("factory").key) is spec
     # A request about a certificate of this CA is answered, signed by that key (an unknown
     # serial is enough: the signature is what is checked).
-    grant = IssuanceGrant(
-        subject=build_subject("stray", SubjectFields(), serial_number=None),
-        profile=CertificateProfile.DEVICE,
-        not_before=NOW,
-        not_after=NOW + timedelta(days=30),
-    )
-    stray = ca.issue(generate_private_key(KeySpec.EC_P256).public_key(), grant)
+    stray = device_leaf(ca, "stray")
     later = NOW + timedelta(days=5, minutes=2)
     der = responder.answer(request_der(stray, ca.certificate), now=later).body
     answer = ocsp.load_der_ocsp_response(der)
