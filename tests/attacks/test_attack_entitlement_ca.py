@@ -258,7 +258,7 @@ def test_fail_reissue_supersedes_another_clients_certificate(
     assert isinstance(owned, EnrollmentAnswer)
     live = d.live_serials("factory", device)
     request = _node("atk", device, "node.x.example", reissue=True)
-    observed = _refused(d, f"cred-{x}", request, says="is taken by another CA-client", case="reissue")
+    observed = _refused(d, f"cred-{x}", request, says="is taken by another", case="reissue")
     assert d.live_serials("factory", device) == live, "the other client's certificate changed"
     again = _node("ok", device, "node.y.example", reissue=True)
     assert isinstance(_ask(d, f"cred-{y}", again), EnrollmentAnswer)  # its owner may
