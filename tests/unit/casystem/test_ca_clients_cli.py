@@ -102,6 +102,8 @@ def test_ok_device_ids_default_to_any(plant: Path) -> None:
         pytest.param(("--ca", "factory", "--device-ids", "AC ME"), 2, "device-id", id="fail-id"),
         pytest.param(("--ca", "nodes", "--dns", "*.com"), 2, "DNS pattern", id="fail-dns"),
         pytest.param(("--ca", "nodes", "--ip", "10.0.0.1/8"), 2, "IP range", id="fail-ip"),
+        pytest.param(("--ca", "nodes", "--ip", "0.0.0.0/0"), 2, "any address", id="fail-ip4-all"),
+        pytest.param(("--ca", "nodes", "--ip", "::/0"), 2, "any address", id="fail-ip6-all"),
         pytest.param(("--ca", "ghost"), 1, "no CA named 'ghost'", id="fail-unknown-ca"),
     ],
 )
@@ -146,6 +148,8 @@ def test_ok_set_client_replace_add_remove_clear(plant: Path) -> None:
         pytest.param(("--add", "--clear", "cas"), 2, id="fail-clear-with-add"),
         pytest.param(("--ca", "ghost"), 1, id="fail-unknown-ca"),
         pytest.param(("--dns", "bad name"), 2, id="fail-bad-dns"),
+        pytest.param(("--add", "--ip", "::/0"), 2, id="fail-add-every-ip6"),
+        pytest.param(("--ip", "0.0.0.0/0"), 2, id="fail-every-ip4"),
     ],
 )
 def test_fail_set_client_bad_change_changes_nothing(
