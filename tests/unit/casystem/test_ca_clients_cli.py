@@ -177,3 +177,31 @@ def test_fail_set_client_of_unknown_or_removed_client(
 
 def test_ok_refusals_listed_empty(plant: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert listed(plant, capsys, "refusals") == []
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        pytest.param(("list-clients",), id="list-clients"),
+        pytest.param(("refusals",), id="refusals"),
+        pytest.param(("issued",), id="issued"),
+        pytest.param(("set-client", "--name", "c", "--ca", "nodes"), id="set-client"),
+        pytest.param(("remove-client", "--name", "c"), id="remove-client"),
+        pytest.param(("status", "--name", "factory", "--serial", "0a"), id="status"),
+        pytest.param(("crl", "--name", "factory", "--out", "x.crl"), id="crl"),
+        pytest.param(
+            ("revoke", "--name", "factory", "--serial", "0a", "--reason", "superseded"), id="revoke"
+        ),
+        pytest.param(("release-hold", "--name", "factory", "--serial", "0a"), id="release-hold"),
+    ],
+)
+def test_fail_command_on_a_directory_that_is_no_ca_system_creates_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: tuple[str, ...]
+) -> None:
+    empty = tmp_path / "emptydir"
+    empty.mkdir()
+    name, *rest = command
+    assert main(["ca", name, "--dir", str(empty), *rest]) != 0
+    said = " ".join(capsys.readouterr().err.split())
+    assert f"{empty} is not a CA-system directory" in said or "no CA named" in said, said
+    assert list(empty.iterdir()) == []
