@@ -77,6 +77,7 @@ def _done_json(done: RevocationDone) -> dict[str, Any]:
         if record is None or record.invalidity_date is None
         else record.invalidity_date.isoformat(),
         "crl_number": _crl_number(done.crl),
+        "already_revoked": done.already,
     }
 
 
@@ -135,6 +136,15 @@ def revoke_command(
         return
     record = done.revocation
     assert record is not None
+    if done.already:
+        console.print(
+            plain(
+                f"certificate {record.serial} of device {done.certificate.device_id} at CA "
+                f"{name} is already revoked at {record.revoked_at.isoformat()} "
+                f"({record.reason.value}); nothing changed"
+            )
+        )
+        return
     console.print(
         plain(
             f"revoked certificate {record.serial} of device {done.certificate.device_id} "
