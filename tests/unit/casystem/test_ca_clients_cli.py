@@ -205,3 +205,40 @@ def test_fail_command_on_a_directory_that_is_no_ca_system_creates_nothing(
     said = " ".join(capsys.readouterr().err.split())
     assert f"{empty} is not a CA-system directory" in said or "no CA named" in said, said
     assert list(empty.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        pytest.param(("add-client", "--name", "c", "--out", "cred", "--ca", "nodes"), id="add"),
+        pytest.param(("init", "--name", "more", "--parent", "root"), id="init-another"),
+        pytest.param(
+            ("revoke", "--name", "nodes", "--serial", "0a", "--reason", "superseded"), id="revoke"
+        ),
+        pytest.param(("release-hold", "--name", "nodes", "--serial", "0a"), id="release-hold"),
+        pytest.param(("serve", "--listen", "127.0.0.1:0"), id="serve"),
+    ],
+)
+def test_fail_short_wrong_passphrase_of_existing_keys_is_wrong_not_too_short(
+    plant: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    command: tuple[str, ...],
+) -> None:
+    # The length rule is for new keys; on a system that holds keys, "short" is just wrong.
+    monkeypatch.chdir(plant.parent)
+    monkeypatch.setenv("ZTPKI_CA_PASSPHRASE", "short")
+    before = sorted(p.relative_to(plant) for p in plant.rglob("*"))
+    name, *rest = command
+    assert main(["ca", name, "--dir", str(plant), *rest]) != 0
+    said = " ".join(capsys.readouterr().err.split())
+    assert "wrong or missing passphrase" in said and "at least" not in said, said
+    assert sorted(p.relative_to(plant) for p in plant.rglob("*")) == before
+
+
+def test_fail_short_passphrase_for_a_new_system_names_the_rule(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ZTPKI_CA_PASSPHRASE", "short")
+    assert main(["ca", "init", "--dir", str(tmp_path / "new"), "--name", "root"]) != 0
+    assert "must have at least 8 characters" in capsys.readouterr().err
