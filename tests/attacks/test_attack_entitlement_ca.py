@@ -272,6 +272,29 @@ def test_fail_reissue_supersedes_another_clients_certificate(
     )
 
 
+def test_fail_asking_for_another_clients_name_learns_its_serial(
+    deployment: Deployment, attack_report: AttackReport
+) -> None:
+    d = deployment
+    x, y = _customers(d)
+    device = _id("node-y")
+    owned = _ask(d, f"cred-{y}", _node("ok", device, "node.y.example"))
+    assert isinstance(owned, EnrollmentAnswer)
+    [serial] = d.live_serials("factory", device)
+    request = _node("atk", device, "node.x.example")
+    observed = _refused(d, f"cred-{x}", request, says="is taken by another", case="name-taken")
+    said = _refusals(d)[-1]["reason"]
+    assert serial not in said and "reissue" not in said and y not in said, said
+    assert d.live_serials("factory", device) == [serial]
+    _record(
+        attack_report,
+        "name-taken-serial-leak",
+        "customer X asks for a certificate for a device id whose live certificate customer Y "
+        "obtained, to learn that certificate's serial (and be told to supersede it)",
+        observed + "; the answer names no serial, no client, no --reissue",
+    )
+
+
 def test_fail_unconstrained_ca_certificate(
     deployment: Deployment, attack_report: AttackReport
 ) -> None:
