@@ -248,14 +248,20 @@ def test_fail_customer_x_gets_customer_y_node_certificate(
     )
 
 
-def test_fail_reissue_supersedes_another_clients_certificate(
-    deployment: Deployment, attack_report: AttackReport
-) -> None:
-    d = deployment
+def _node_of_y(d: Deployment) -> tuple[str, str, str]:
+    """Customers X and Y, and a device id whose node certificate Y obtained."""
     x, y = _customers(d)
     device = _id("node-y")
     owned = _ask(d, f"cred-{y}", _node("ok", device, "node.y.example"))
     assert isinstance(owned, EnrollmentAnswer)
+    return x, y, device
+
+
+def test_fail_reissue_supersedes_another_clients_certificate(
+    deployment: Deployment, attack_report: AttackReport
+) -> None:
+    d = deployment
+    x, y, device = _node_of_y(d)
     live = d.live_serials("factory", device)
     request = _node("atk", device, "node.x.example", reissue=True)
     observed = _refused(d, f"cred-{x}", request, says="is taken by another", case="reissue")
@@ -276,10 +282,7 @@ def test_fail_asking_for_another_clients_name_learns_its_serial(
     deployment: Deployment, attack_report: AttackReport
 ) -> None:
     d = deployment
-    x, y = _customers(d)
-    device = _id("node-y")
-    owned = _ask(d, f"cred-{y}", _node("ok", device, "node.y.example"))
-    assert isinstance(owned, EnrollmentAnswer)
+    x, y, device = _node_of_y(d)
     [serial] = d.live_serials("factory", device)
     request = _node("atk", device, "node.x.example")
     observed = _refused(d, f"cred-{x}", request, says="is taken by another", case="name-taken")
