@@ -92,10 +92,13 @@ def resolve_passphrase(
     env_var: str,
     insecure_no_passphrase: bool = False,
     what: str,
+    minimum: int = MIN_PASSPHRASE,
 ) -> bytes | None:
     """The passphrase protecting `what`, from a file or the environment.
 
     None only with insecure_no_passphrase, which prints a loud warning: it exists for demos.
+    ``minimum`` is the rule for new keys; a caller opening an existing key passes 0 and lets
+    the key say whether the passphrase is right.
     """
     if passphrase_file is not None:
         try:
@@ -120,8 +123,8 @@ def resolve_passphrase(
         raise ConfigurationError(
             f"{what} needs a passphrase: give --passphrase-file FILE or set {env_var}"
         )
-    if len(value) < MIN_PASSPHRASE:
+    if len(value) < minimum:
         raise ConfigurationError(
-            f"the passphrase for {what} must have at least {MIN_PASSPHRASE} characters"
+            f"the passphrase for {what} must have at least {minimum} characters"
         )
     return value

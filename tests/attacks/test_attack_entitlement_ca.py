@@ -248,17 +248,23 @@ def test_fail_customer_x_gets_customer_y_node_certificate(
     )
 
 
-def test_fail_reissue_supersedes_another_clients_certificate(
-    deployment: Deployment, attack_report: AttackReport
-) -> None:
-    d = deployment
+def _node_of_y(d: Deployment) -> tuple[str, str, str]:
+    """Customers X and Y, and a device id whose node certificate Y obtained."""
     x, y = _customers(d)
     device = _id("node-y")
     owned = _ask(d, f"cred-{y}", _node("ok", device, "node.y.example"))
     assert isinstance(owned, EnrollmentAnswer)
+    return x, y, device
+
+
+def test_fail_reissue_supersedes_another_clients_certificate(
+    deployment: Deployment, attack_report: AttackReport
+) -> None:
+    d = deployment
+    x, y, device = _node_of_y(d)
     live = d.live_serials("factory", device)
     request = _node("atk", device, "node.x.example", reissue=True)
-    observed = _refused(d, f"cred-{x}", request, says="may not supersede", case="reissue")
+    observed = _refused(d, f"cred-{x}", request, says="is taken by another", case="reissue")
     assert d.live_serials("factory", device) == live, "the other client's certificate changed"
     again = _node("ok", device, "node.y.example", reissue=True)
     assert isinstance(_ask(d, f"cred-{y}", again), EnrollmentAnswer)  # its owner may
@@ -269,6 +275,26 @@ def test_fail_reissue_supersedes_another_clients_certificate(
         "customer X sets reissue for a device id whose live certificate customer Y obtained, "
         "to supersede (revoke) Y's node certificate",
         observed,
+    )
+
+
+def test_fail_asking_for_another_clients_name_learns_its_serial(
+    deployment: Deployment, attack_report: AttackReport
+) -> None:
+    d = deployment
+    x, y, device = _node_of_y(d)
+    [serial] = d.live_serials("factory", device)
+    request = _node("atk", device, "node.x.example")
+    observed = _refused(d, f"cred-{x}", request, says="is taken by another", case="name-taken")
+    said = _refusals(d)[-1]["reason"]
+    assert serial not in said and "reissue" not in said and y not in said, said
+    assert d.live_serials("factory", device) == [serial]
+    _record(
+        attack_report,
+        "name-taken-serial-leak",
+        "customer X asks for a certificate for a device id whose live certificate customer Y "
+        "obtained, to learn that certificate's serial (and be told to supersede it)",
+        observed + "; the answer names no serial, no client, no --reissue",
     )
 
 

@@ -139,7 +139,7 @@ def test_fail_reissue_of_another_clients_certificate(system: CASystemUnderTest) 
         "shared-node", ca="nodes", parameters=server(dns=("n.y.example",)), reissue=True
     )
     message = refused(system, steal, client="custy")
-    assert "may not supersede" in message and "custx" not in message
+    assert "is taken by another CA-client" in message and "custx" not in message
     live = system.store.active_certificate("nodes", "shared-node")
     assert live is not None and live.serial == serial and live.client == "custx"
     # Control: the client that obtained it reissues it.

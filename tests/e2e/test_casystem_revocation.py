@@ -30,7 +30,7 @@ from tests.e2e.casystem_fixtures import (
 
 from ztpki.casystem.client import CAClient
 from ztpki.casystem.faults import FAULT_ENV
-from ztpki.errors import Unavailable
+from ztpki.errors import Unavailable, UnknownCertificate
 from ztpki.pki.pem import serial_hex
 from ztpki.protocol.enrollment import EnrollmentRequest
 from ztpki.protocol.revocation import RevocationAnswer, RevocationRequest
@@ -153,6 +153,25 @@ def test_ok_revoke_by_device_id_hold_and_release(system: CASystemUnderTest) -> N
         system, RevocationRequest(rid(), None, serial_hex(leaf), None, HOLD, release_hold=True)
     )
     assert again.released
+
+
+def test_ok_revoke_by_device_id_again_answers_the_first_record(system: CASystemUnderTest) -> None:
+    # A recall run twice asks by device id: the first run left no live certificate.
+    leaf = enroll(system, "dev-twice")
+    first = revoke(system, RevocationRequest(rid(), None, None, "dev-twice", KEY_COMPROMISE))
+    again = revoke(system, RevocationRequest(rid(), None, None, "dev-twice", HOLD))
+    assert (again.serial, again.revoked_at, again.reason) == (
+        serial_hex(leaf),
+        first.revoked_at,
+        KEY_COMPROMISE,
+    )
+    # Another CA-client learns nothing of it: for node2 the device holds no live certificate.
+    with pytest.raises(UnknownCertificate, match="holds no live certificate"):
+        revoke(
+            system,
+            RevocationRequest(rid(), None, None, "dev-twice", KEY_COMPROMISE),
+            client="node2",
+        )
 
 
 def test_ok_policy_urls_become_cdp_and_aia(system: CASystemUnderTest) -> None:

@@ -14,10 +14,13 @@ import os
 import signal
 import tomllib
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 import tomli_w
+from cryptography import x509
+from cryptography.x509.oid import NameOID
 from tests.attacks.attack_deployment import wait_until
 from tests.e2e.node_fixtures import (
     ENV,
@@ -29,6 +32,8 @@ from tests.e2e.node_fixtures import (
 )
 from tests.support.ocsp import http_address
 
+from ztpki.device.memory import DEVICE_FILE, DeviceMemory, Phase
+from ztpki.pki.authority import create_self_signed_ca
 from ztpki.pki.pem import serial_hex
 from ztpki.pki.revocation_check import crl_urls, load_crl
 
@@ -140,6 +145,42 @@ def test_fail_factory_recall_of_a_batch(world: NodeWorld, tmp_path: Path) -> Non
     again = json.loads(ztpki(*args, "--reason", "keyCompromise", "--json").stdout)
     assert [r["revoked_at"] for r in again] == [r["revoked_at"] for r in revoked]
     assert {r["reason"] for r in again} == {"cessationOfOperation"}
+
+
+def customize(device_dir: Path) -> None:
+    """Stand-in for the customer's enrollment: the directory keeps only its customer identity."""
+    memory = DeviceMemory.open(device_dir)
+    key = memory.identity().private_key
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, memory.device_id)])
+    now = datetime.now(UTC)
+    cert = create_self_signed_ca(key, name, now=now, validity=timedelta(days=1))
+    memory.replace_identity(
+        phase=Phase.CUSTOMIZED, private_key=key, certificate=cert, ca_certificates=[cert]
+    )
+
+
+def test_fail_factory_recall_of_customized_devices_is_idempotent(
+    world: NodeWorld, tmp_path: Path
+) -> None:
+    # A customized directory no longer holds the temporary certificate: the recall asks by
+    # device id, and a second run must answer the first revocation, not "no live certificate".
+    batch = tmp_path / "batch"
+    line = ["--ca", world.factory.address, "--client-cred", str(world.root / "cred-line1")]
+    ztpki("factory", "manufacture", *line, "--batch", "C1", "--count", "2", "--out", str(batch))
+    for device_dir in batch.iterdir():
+        if (device_dir / DEVICE_FILE).exists():
+            customize(device_dir)
+    args = ["factory", "recall", *line, "--batch", "C1", "--devices", str(batch), "--json"]
+    first = ztpki(*args, check=False)
+    assert first.returncode == 0, first.stderr
+    revoked = json.loads(first.stdout)
+    assert len(revoked) == 2 and all(r["revoked"] for r in revoked)
+    again = ztpki(*args, "--reason", "keyCompromise", check=False)
+    assert again.returncode == 0, again.stderr
+    repeated = json.loads(again.stdout)
+    assert [(r["serial"], r["revoked_at"], r["reason"]) for r in repeated] == [
+        (r["serial"], r["revoked_at"], r["reason"]) for r in revoked
+    ]
 
 
 def test_fail_revoked_via_the_distribution_point_the_certificate_names(world: NodeWorld) -> None:

@@ -342,3 +342,39 @@ def test_ok_request_server_cert_again_needs_force_and_reissue(world: NodeWorld) 
 
     ztpki(*args, "--out", str(out), "--force", "--reissue")
     assert (out / "key.pem").read_bytes() != key
+
+
+def test_fail_request_server_cert_for_a_name_another_client_holds(world: NodeWorld) -> None:
+    """A second customer asking for a name the first holds learns neither its serial nor
+    that --reissue would help: the name is taken, ask for another (with or without
+    --reissue); nothing is issued."""
+    cli(
+        *("ca", "add-client", "--dir", str(world.factory_dir), "--name", "customer-y"),
+        *("--out", str(world.root / "cred-customer-y"), "--ca", "nodes"),
+        *("--dns", "localhost", "--ip", "127.0.0.1"),
+    )
+    name = ["--ca-name", "nodes", "--name", "customer-node-taken", "--ip", "127.0.0.1"]
+    first = world.root / "server-taken"
+    ztpki(
+        *("node", "request-server-cert", "--ca", world.factory.address),
+        *("--client-cred", str(world.root / "cred-customer"), *name, "--out", str(first)),
+    )
+    held = x509.load_pem_x509_certificate((first / "cert.pem").read_bytes())
+    serial = format(held.serial_number, "x")
+    issued = ["ca", "issued", "--dir", str(world.factory_dir), "--device", "customer-node-taken"]
+    before = json.loads(ztpki(*issued, "--json").stdout)
+    for extra in ([], ["--reissue"]):
+        out = world.root / f"server-taken-y{len(extra)}"
+        refused = ztpki(
+            *("node", "request-server-cert", "--ca", world.factory.address),
+            *("--client-cred", str(world.root / "cred-customer-y"), *name, "--out", str(out)),
+            *extra,
+            check=False,
+        )
+        err = " ".join(refused.stderr.split())
+        assert refused.returncode == 1, err
+        assert "customer-node-taken is taken by another CA-client" in err, err
+        assert "another --name" in err, err
+        assert serial not in err and "customer-x" not in err and "--reissue" not in err, err
+        assert not out.exists()
+    assert json.loads(ztpki(*issued, "--json").stdout) == before

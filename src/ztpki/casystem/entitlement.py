@@ -75,6 +75,18 @@ def check_ip_range(text: str) -> str:
         ) from None
 
 
+def check_client_ip_range(text: str) -> str:
+    """An IP range a CA-client may be entitled to: never every address (/0), as no DNS
+    pattern may be a bare ``*``."""
+    network = check_ip_range(text)
+    if network.endswith("/0"):
+        raise ConfigurationError(
+            f"IP range {text[:64]!r} would let the CA-client ask for any address; name the "
+            "addresses or ranges its servers use (such as 192.0.2.10 or 10.1.0.0/16)"
+        )
+    return network
+
+
 def _unique(values: Iterable[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(values))
 
@@ -91,7 +103,7 @@ def build_entitlement(
         cas=_unique(cas),
         device_ids=_unique(check_device_id_pattern(p) for p in device_ids) or (ANY_DEVICE,),
         dns_names=_unique(check_dns_pattern(p) for p in dns_names),
-        ip_ranges=_unique(check_ip_range(r) for r in ip_ranges),
+        ip_ranges=_unique(check_client_ip_range(r) for r in ip_ranges),
     )
 
 
@@ -170,6 +182,7 @@ __all__ = [
     "authorize",
     "build_entitlement",
     "change_entitlement",
+    "check_client_ip_range",
     "check_device_id_pattern",
     "check_dns_pattern",
     "check_ip_range",

@@ -30,7 +30,9 @@ from ztpki.store.sqlite_ca import SQLiteIssuanceStore
 
 
 def _require_system(directory: CASystemDirectory) -> None:
-    if not directory.root.is_dir():
+    # `ca init` makes cas/; without it this is no CA system, and opening the store would
+    # create one there (a read-only command must leave a stray directory as it found it).
+    if not (directory.root / "cas").is_dir():
         raise ConfigurationError(f"{directory.root} is not a CA-system directory")
 
 

@@ -45,9 +45,7 @@ def target_of(
             )
         certificate = store.active_certificate(ca_name, request.device_id)
         if certificate is None:
-            raise UnknownCertificate(
-                f"device {request.device_id} holds no live certificate of CA {ca_name}"
-            )
+            certificate = _already_revoked(request, request.device_id, ca_name, client, store)
     else:
         serial = str(request.serial)
         certificate = store.certificate(ca_name, serial)
@@ -65,6 +63,32 @@ def target_of(
             "another CA-client obtained it"
         )
     return certificate
+
+
+def _already_revoked(
+    request: RevocationRequest,
+    device_id: str,
+    ca_name: str,
+    client: ClientRecord,
+    store: IssuanceStore,
+) -> IssuedCertificate:
+    """The device's newest certificate from ``client`` when a repeat of ``request`` is moot.
+
+    A repeated revocation by device id (a recall run again) finds no live certificate: the
+    first run revoked it. When this client's newest certificate of the CA is already revoked
+    as asked (for good, or on hold for a hold), ``apply`` answers that record, as a repeat by
+    serial does; otherwise the device holds nothing to revoke.
+    """
+    own = [
+        c
+        for c in store.issued(ca_name=ca_name, device_id=device_id)
+        if c.client is None or c.client == client.name
+    ]
+    standing = store.revocation(ca_name, own[-1].serial) if own else None
+    hold_asked = request.reason is RevocationReason.CERTIFICATE_HOLD
+    if standing is None or request.release_hold or (standing.on_hold and not hold_asked):
+        raise UnknownCertificate(f"device {device_id} holds no live certificate of CA {ca_name}")
+    return own[-1]
 
 
 def revoke_for_client(

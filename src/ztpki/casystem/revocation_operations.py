@@ -67,6 +67,7 @@ class RevocationDone:
     revocation: Revocation | None  # None: a hold was released
     certificate: IssuedCertificate
     crl: x509.CertificateRevocationList
+    already: bool = False  # revoked before: that record stands, no CRL was signed for it
 
 
 def revoke_certificate(
@@ -83,6 +84,12 @@ def revoke_certificate(
     target = crl_target(directory, name, passphrase=passphrase)
     with open_store(directory) as store:
         certificate = find_certificate(store, name, serial=serial, device_id=device_id)
+        standing = store.revocation(name, certificate.serial)
+        upgrade = reason is not RevocationReason.CERTIFICATE_HOLD
+        if standing is not None and not (standing.on_hold and upgrade):
+            return RevocationDone(
+                standing, certificate, _reflecting_crl(target, store, now=now), already=True
+            )
         record = store.revoke(
             name, certificate.serial, reason=reason, at=now, invalidity_date=invalidity_date
         )
@@ -130,13 +137,50 @@ def current_crl(
         path = directory.ca_dir(name) / "crl.der"
         crl = read_crl(path)
         changed_at = store.revocation_changed_at(name)
-        if crl is not None and not _due(crl, changed_at, directory, name, now):
+        # Not near its nextUpdate, and signed after the newest change (or, when that change
+        # fell in the CRL's own second, listing exactly what the store has revoked).
+        if (
+            crl is not None
+            and not _due(crl, None, directory, name, now)
+            and (
+                not _due(crl, changed_at, directory, name, now)
+                or reflects(crl, store.revocations(name))
+            )
+        ):
             return crl
         target = crl_target(directory, name, passphrase=passphrase())
         publish_if_due(target, store, now=now)
         published = read_crl(path)
     assert published is not None
     return published
+
+
+def reflects(crl: x509.CertificateRevocationList, revocations: list[Revocation]) -> bool:
+    """Whether ``crl`` lists exactly ``revocations`` (serial, second, reason): signed after
+    the newest change, though in the same second (so ``crl_due`` cannot tell)."""
+
+    def reason(entry: x509.RevokedCertificate) -> str:
+        try:
+            return str(entry.extensions.get_extension_for_class(x509.CRLReason).value.reason.value)
+        except x509.ExtensionNotFound:
+            return RevocationReason.UNSPECIFIED.value
+
+    listed = {
+        (format(e.serial_number, "x"), e.revocation_date_utc.replace(microsecond=0), reason(e))
+        for e in crl
+    }
+    wanted = {(r.serial, r.revoked_at.replace(microsecond=0), r.reason.value) for r in revocations}
+    return listed == wanted
+
+
+def _reflecting_crl(
+    target: CRLTarget, store: IssuanceStore, *, now: datetime
+) -> x509.CertificateRevocationList:
+    """The published CRL when it lists the store's revocations; else one signed now."""
+    crl = read_crl(target.path)
+    if crl is not None and reflects(crl, store.revocations(target.authority.name)):
+        return crl
+    return publish_crl(target, store, now=now)
 
 
 def _due(
@@ -190,6 +234,7 @@ __all__ = [
     "current_crl",
     "find_certificate",
     "parse_serial",
+    "reflects",
     "release_hold",
     "revoke_certificate",
 ]

@@ -270,12 +270,12 @@ class CASystemService:
         live = self.store.active_certificate(plan.ca.authority.name, plan.request.device_id)
         if live is None:
             return
-        if not plan.request.reissue:
-            raise AlreadyIssued(ca_name=live.ca_name, device_id=live.device_id, serial=live.serial)
         if live.client is not None and live.client != plan.client:
             raise SupersedeRefused(
                 client=plan.client or "unknown", ca_name=live.ca_name, device_id=live.device_id
             )
+        if not plan.request.reissue:
+            raise AlreadyIssued(ca_name=live.ca_name, device_id=live.device_id, serial=live.serial)
 
     async def _generate(self, spec: KeySpec) -> PrivateKey:
         if not spec.is_rsa:

@@ -29,7 +29,7 @@ from ztpki.eventloop import chosen_loop, run_service, running_loop_name
 from ztpki.pki.keys import KeySpec
 from ztpki.pki.names import SubjectFields
 from ztpki.pki.profiles import CertificateProfile
-from ztpki.secretfiles import resolve_passphrase
+from ztpki.secretfiles import MIN_PASSPHRASE, resolve_passphrase
 from ztpki.store import sqlite_ca
 from ztpki.versions import deployment_versions
 
@@ -43,6 +43,18 @@ dir_option = click.option(
     type=click.Path(path_type=Path, file_okay=False),
     help="The CA-system directory.",
 )
+
+
+def ca_passphrase(directory: Path, passphrase_file: Path | None, insecure: bool) -> bytes | None:
+    """The CA system's passphrase. The length rule is for new keys: once the system holds
+    keys, a short passphrase is one that does not open them (said as such), not a rule."""
+    system = CASystemDirectory(directory)
+    if not system.key_paths():
+        return passphrase(passphrase_file, insecure, CA_ENV, "the CA private key")
+    secret = passphrase(passphrase_file, insecure, CA_ENV, "the CA private key", minimum=0)
+    if secret is not None and len(secret) < MIN_PASSPHRASE:
+        system.check_passphrase(secret)  # wrong, unless a key was made before the rule
+    return secret
 
 
 @click.group()
@@ -127,14 +139,17 @@ def init_command(
                 f"{option} needs --parent NAME (the parent CA); without --parent, "
                 "`ca init` creates a root CA"
             )
-    secret = passphrase(passphrase_file, insecure_no_passphrase, CA_ENV, "the CA private key")
+    secret = ca_passphrase(directory, passphrase_file, insecure_no_passphrase)
     now = datetime.now(UTC)
     parent = None
     if parent_name:
         parent_secret = secret
         if parent_passphrase_file is not None:
             parent_secret = resolve_passphrase(
-                passphrase_file=parent_passphrase_file, env_var=CA_ENV, what="the parent CA key"
+                passphrase_file=parent_passphrase_file,
+                env_var=CA_ENV,
+                what="the parent CA key",
+                minimum=0,  # an existing key: it says whether the passphrase is right
             )
         parent = CASystemDirectory(parent_dir or directory).load_authority(
             parent_name, passphrase=parent_secret
@@ -341,7 +356,7 @@ def serve_command(
     if ocsp_dir is not None and http_listen is None:
         raise click.UsageError("--ocsp-dir needs --http-listen HOST:PORT (the OCSP responder)")
     event_loop = chosen_loop()
-    secret = passphrase(passphrase_file, insecure_no_passphrase, CA_ENV, "the CA private key")
+    secret = ca_passphrase(directory, passphrase_file, insecure_no_passphrase)
     host, port = parse_address(listen, allow_any_port=True)
     http = parse_address(http_listen, allow_any_port=True) if http_listen else None
     service = build_service(

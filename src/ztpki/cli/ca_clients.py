@@ -19,10 +19,9 @@ from rich.table import Table
 from ztpki.casystem.directory import CASystemDirectory
 from ztpki.casystem.entitlement import ChangeMode, build_entitlement
 from ztpki.casystem.operations import add_client, open_store, set_client
-from ztpki.cli.ca import CA_ENV, ca, dir_option
+from ztpki.cli.ca import CA_ENV, ca, ca_passphrase, dir_option
 from ztpki.cli.common import (
     console,
-    passphrase,
     passphrase_options,
     plain,
     print_json,
@@ -152,7 +151,7 @@ def add_client_command(
         )
     # Before anything is issued or registered: a refused --out leaves the store unchanged.
     refuse_existing_output(out, force=force)
-    secret = passphrase(passphrase_file, insecure_no_passphrase, CA_ENV, "the CA private key")
+    secret = ca_passphrase(directory, passphrase_file, insecure_no_passphrase)
     client_secret = resolve_passphrase(
         passphrase_file=client_passphrase_file,
         env_var=CLIENT_ENV,

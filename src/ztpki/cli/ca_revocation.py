@@ -25,10 +25,9 @@ from ztpki.casystem.revocation_operations import (
     release_hold,
     revoke_certificate,
 )
-from ztpki.cli.ca import CA_ENV, ca, dir_option
+from ztpki.cli.ca import CA_ENV, ca, ca_passphrase, dir_option
 from ztpki.cli.common import (
     console,
-    passphrase,
     passphrase_options,
     plain,
     print_json,
@@ -77,6 +76,7 @@ def _done_json(done: RevocationDone) -> dict[str, Any]:
         if record is None or record.invalidity_date is None
         else record.invalidity_date.isoformat(),
         "crl_number": _crl_number(done.crl),
+        "already_revoked": done.already,
     }
 
 
@@ -119,7 +119,7 @@ def revoke_command(
     """
     if (serial is None) == (device_id is None):
         raise click.UsageError("give exactly one of --serial and --device-id")
-    secret = passphrase(passphrase_file, insecure_no_passphrase, CA_ENV, "the CA private key")
+    secret = ca_passphrase(directory, passphrase_file, insecure_no_passphrase)
     done = revoke_certificate(
         CASystemDirectory(directory),
         name,
@@ -135,6 +135,15 @@ def revoke_command(
         return
     record = done.revocation
     assert record is not None
+    if done.already:
+        console.print(
+            plain(
+                f"certificate {record.serial} of device {done.certificate.device_id} at CA "
+                f"{name} is already revoked at {record.revoked_at.isoformat()} "
+                f"({record.reason.value}); nothing changed"
+            )
+        )
+        return
     console.print(
         plain(
             f"revoked certificate {record.serial} of device {done.certificate.device_id} "
@@ -159,7 +168,7 @@ def release_hold_command(
     as_json: bool,
 ) -> None:
     """Lift a certificateHold (the certificate is good again) and publish the new CRL."""
-    secret = passphrase(passphrase_file, insecure_no_passphrase, CA_ENV, "the CA private key")
+    secret = ca_passphrase(directory, passphrase_file, insecure_no_passphrase)
     done = release_hold(
         CASystemDirectory(directory),
         name,
@@ -202,9 +211,7 @@ def crl_command(
     crl = current_crl(
         CASystemDirectory(directory),
         name,
-        passphrase=lambda: passphrase(
-            passphrase_file, insecure_no_passphrase, CA_ENV, "the CA private key"
-        ),
+        passphrase=lambda: ca_passphrase(directory, passphrase_file, insecure_no_passphrase),
         now=datetime.now(UTC),
     )
     write_public_file(out, crl.public_bytes(Encoding.PEM if pem else Encoding.DER))

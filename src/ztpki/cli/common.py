@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.text import Text
 
 from ztpki.errors import ConfigurationError, ZtpkiError
-from ztpki.secretfiles import resolve_passphrase
+from ztpki.secretfiles import MIN_PASSPHRASE, resolve_passphrase
 from ztpki.untrusted import displayable
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -107,11 +107,20 @@ def refuse_insecure_with_passphrase(
 
 
 def passphrase(
-    passphrase_file: Path | None, insecure: bool, env_var: str, what: str
+    passphrase_file: Path | None,
+    insecure: bool,
+    env_var: str,
+    what: str,
+    *,
+    minimum: int = MIN_PASSPHRASE,
 ) -> bytes | None:
     refuse_insecure_with_passphrase(insecure, passphrase_file, env_var)
     return resolve_passphrase(
-        passphrase_file=passphrase_file, env_var=env_var, insecure_no_passphrase=insecure, what=what
+        passphrase_file=passphrase_file,
+        env_var=env_var,
+        insecure_no_passphrase=insecure,
+        what=what,
+        minimum=minimum,
     )
 
 

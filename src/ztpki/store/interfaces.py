@@ -49,8 +49,9 @@ class IssuanceStore(Protocol):
 
         A live certificate already recorded for (ca_name, device_id) raises AlreadyIssued
         unless ``supersede``, which marks it SUPERSEDED; returns the superseded serials.
-        SupersedeRefused when that certificate was obtained by another client than
-        ``cert.client`` (one recorded without a client may be superseded by any).
+        SupersedeRefused (with or without ``supersede``) when that certificate was obtained
+        by another client than ``cert.client`` (one recorded without a client may be
+        superseded by any): that client must not learn its serial.
         DuplicateSerial when the CA already recorded this serial.
         """
         ...

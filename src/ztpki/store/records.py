@@ -59,13 +59,16 @@ def _rebuild_already_issued(ca_name: str, device_id: str, serial: str) -> Alread
 
 
 class SupersedeRefused(NotAuthorized):
-    """A reissue would supersede a live certificate that another CA-client obtained."""
+    """The name's live certificate was obtained by another CA-client: asked for or reissued.
+
+    Never says which client holds it, nor its serial, nor that a reissue would help: one
+    CA-client learns nothing of the others.
+    """
 
     def __init__(self, *, client: str, ca_name: str, device_id: str) -> None:
-        # Never says which client holds it: one CA-client learns nothing of the others.
         super().__init__(
-            f"CA-client {client} may not supersede the live certificate of device {device_id} "
-            f"at CA {ca_name}: another CA-client obtained it"
+            f"the name {device_id} is taken by another CA-client at CA {ca_name}; "
+            "ask for another --name"
         )
         self.client = client
         self.ca_name = ca_name

@@ -313,6 +313,14 @@ def _insert(conn: sqlite3.Connection, cert: IssuedCertificate, *, db_path: Path)
         conn.execute(_INSERT_CERT, _certificate_row(cert))
     except sqlite3.IntegrityError as exc:
         live = conn.execute(_ACTIVE_SERIALS, (cert.ca_name, cert.device_id)).fetchone()
+        if (
+            cert.client is not None
+            and live is not None
+            and conn.execute(_HELD_BY_OTHER, (cert.ca_name, cert.device_id, cert.client)).fetchone()
+        ):
+            raise SupersedeRefused(
+                client=cert.client, ca_name=cert.ca_name, device_id=cert.device_id
+            ) from None
         if live is not None:
             raise AlreadyIssued(
                 ca_name=cert.ca_name, device_id=cert.device_id, serial=live[0]

@@ -102,6 +102,8 @@ def test_ok_device_ids_default_to_any(plant: Path) -> None:
         pytest.param(("--ca", "factory", "--device-ids", "AC ME"), 2, "device-id", id="fail-id"),
         pytest.param(("--ca", "nodes", "--dns", "*.com"), 2, "DNS pattern", id="fail-dns"),
         pytest.param(("--ca", "nodes", "--ip", "10.0.0.1/8"), 2, "IP range", id="fail-ip"),
+        pytest.param(("--ca", "nodes", "--ip", "0.0.0.0/0"), 2, "any address", id="fail-ip4-all"),
+        pytest.param(("--ca", "nodes", "--ip", "::/0"), 2, "any address", id="fail-ip6-all"),
         pytest.param(("--ca", "ghost"), 1, "no CA named 'ghost'", id="fail-unknown-ca"),
     ],
 )
@@ -146,6 +148,8 @@ def test_ok_set_client_replace_add_remove_clear(plant: Path) -> None:
         pytest.param(("--add", "--clear", "cas"), 2, id="fail-clear-with-add"),
         pytest.param(("--ca", "ghost"), 1, id="fail-unknown-ca"),
         pytest.param(("--dns", "bad name"), 2, id="fail-bad-dns"),
+        pytest.param(("--add", "--ip", "::/0"), 2, id="fail-add-every-ip6"),
+        pytest.param(("--ip", "0.0.0.0/0"), 2, id="fail-every-ip4"),
     ],
 )
 def test_fail_set_client_bad_change_changes_nothing(
@@ -173,3 +177,68 @@ def test_fail_set_client_of_unknown_or_removed_client(
 
 def test_ok_refusals_listed_empty(plant: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert listed(plant, capsys, "refusals") == []
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        pytest.param(("list-clients",), id="list-clients"),
+        pytest.param(("refusals",), id="refusals"),
+        pytest.param(("issued",), id="issued"),
+        pytest.param(("set-client", "--name", "c", "--ca", "nodes"), id="set-client"),
+        pytest.param(("remove-client", "--name", "c"), id="remove-client"),
+        pytest.param(("status", "--name", "factory", "--serial", "0a"), id="status"),
+        pytest.param(("crl", "--name", "factory", "--out", "x.crl"), id="crl"),
+        pytest.param(
+            ("revoke", "--name", "factory", "--serial", "0a", "--reason", "superseded"), id="revoke"
+        ),
+        pytest.param(("release-hold", "--name", "factory", "--serial", "0a"), id="release-hold"),
+    ],
+)
+def test_fail_command_on_a_directory_that_is_no_ca_system_creates_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: tuple[str, ...]
+) -> None:
+    empty = tmp_path / "emptydir"
+    empty.mkdir()
+    name, *rest = command
+    assert main(["ca", name, "--dir", str(empty), *rest]) != 0
+    said = " ".join(capsys.readouterr().err.split())
+    assert f"{empty} is not a CA-system directory" in said or "no CA named" in said, said
+    assert list(empty.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        pytest.param(("add-client", "--name", "c", "--out", "cred", "--ca", "nodes"), id="add"),
+        pytest.param(("init", "--name", "more", "--parent", "root"), id="init-another"),
+        pytest.param(
+            ("revoke", "--name", "nodes", "--serial", "0a", "--reason", "superseded"), id="revoke"
+        ),
+        pytest.param(("release-hold", "--name", "nodes", "--serial", "0a"), id="release-hold"),
+        pytest.param(("serve", "--listen", "127.0.0.1:0"), id="serve"),
+    ],
+)
+def test_fail_short_wrong_passphrase_of_existing_keys_is_wrong_not_too_short(
+    plant: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    command: tuple[str, ...],
+) -> None:
+    # The length rule is for new keys; on a system that holds keys, "short" is just wrong.
+    monkeypatch.chdir(plant.parent)
+    monkeypatch.setenv("ZTPKI_CA_PASSPHRASE", "short")
+    before = sorted(p.relative_to(plant) for p in plant.rglob("*"))
+    name, *rest = command
+    assert main(["ca", name, "--dir", str(plant), *rest]) != 0
+    said = " ".join(capsys.readouterr().err.split())
+    assert "wrong or missing passphrase" in said and "at least" not in said, said
+    assert sorted(p.relative_to(plant) for p in plant.rglob("*")) == before
+
+
+def test_fail_short_passphrase_for_a_new_system_names_the_rule(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ZTPKI_CA_PASSPHRASE", "short")
+    assert main(["ca", "init", "--dir", str(tmp_path / "new"), "--name", "root"]) != 0
+    assert "must have at least 8 characters" in capsys.readouterr().err

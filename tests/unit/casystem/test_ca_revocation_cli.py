@@ -138,6 +138,38 @@ def test_ok_crl_export_reuses_the_current_crl(
     assert main(["ca", "crl", *d, "--out", str(again)]) != 0  # exists: --force needed
 
 
+def test_ok_revoke_again_and_crl_after_release_sign_nothing(
+    plant: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    d = ["--dir", str(plant), "--name", "customer"]
+    serial = serial_of(plant, "dev-1")
+    revoke = ["revoke", *d, "--serial", serial, "--reason", "keyCompromise"]
+    status, first, _ = run(capsys, *revoke, "--json")
+    assert status == 0 and first["already_revoked"] is False
+    published = (plant / "cas" / "customer" / "crl.der").read_bytes()
+    status, again, _ = run(capsys, *revoke)
+    assert status == 0
+    assert f"already revoked at {first['revoked_at']} (keyCompromise)" in again, again
+    assert "published" not in again
+    status, shown, _ = run(capsys, *revoke, "--json")
+    assert shown["already_revoked"] is True and shown["crl_number"] == first["crl_number"]
+    assert (plant / "cas" / "customer" / "crl.der").read_bytes() == published
+    # release-hold publishes the CRL without the entry; the next `ca crl` exports that one
+    # and needs no CA key (so signs nothing).
+    held = serial_of(plant, "dev-2")
+    assert run(capsys, "revoke", *d, "--serial", held, "--reason", "certificateHold")[0] == 0
+    status, released, _ = run(capsys, "release-hold", *d, "--serial", held, "--json")
+    assert status == 0
+    monkeypatch.delenv("ZTPKI_CA_PASSPHRASE")
+    out = plant.parent / "after-release.crl"
+    assert main(["ca", "crl", *d, "--out", str(out)]) == 0
+    crl = x509.load_der_x509_crl(out.read_bytes())
+    assert (
+        crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+        == (released["crl_number"])
+    )
+
+
 def test_ok_crl_due_is_signed_again(plant: Path) -> None:
     d = ["--dir", str(plant), "--name", "customer"]
     assert main(["ca", "crl", *d, "--out", str(plant.parent / "a.crl")]) == 0

@@ -396,6 +396,18 @@ def test_fail_supersede_of_another_clients_certificate(ca_store: IssuanceStore) 
     assert ca_store.record_issuance(again, supersede=True) == ["01"]
 
 
+def test_fail_issuance_for_a_name_another_client_holds_names_no_serial(
+    ca_store: IssuanceStore,
+) -> None:
+    ca_store.record_issuance(replace(make_certificate("0a1b"), client="node-x"), supersede=False)
+    theirs = replace(make_certificate("02"), client="node-y")
+    with pytest.raises(SupersedeRefused) as caught:
+        ca_store.record_issuance(theirs, supersede=False)
+    assert "is taken by another CA-client" in caught.value.message
+    assert "0a1b" not in caught.value.message and "node-x" not in caught.value.message
+    assert [c.serial for c in ca_store.issued()] == ["0a1b"]
+
+
 def test_ok_certificate_without_client_may_be_superseded_by_any(ca_store: IssuanceStore) -> None:
     ca_store.record_issuance(make_certificate("01"), supersede=False)  # before clients
     later = replace(make_certificate("02"), client="node-x")
