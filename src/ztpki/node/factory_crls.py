@@ -85,6 +85,15 @@ def static_locations(
     }
 
 
+def no_crl_warning(manufacturer: str) -> str:
+    return (
+        f"temporary certificates of {manufacturer} are checked for revocation only if they "
+        "name a CRL distribution point; give --crl-url URL (its factory CA's CRL, e.g. from "
+        "`ztpki ca serve --http-listen`) to `ztpki node add-manufacturer`, or crl = [URL] "
+        f"under [manufacturer.{manufacturer}] in node.toml, so that a recall refuses them"
+    )
+
+
 class FactoryRevocation:
     """The factory CRLs of every manufacturer, and the verdict on a temporary certificate."""
 
@@ -120,6 +129,11 @@ class FactoryRevocation:
     @property
     def configured(self) -> bool:
         return any(m.locations for m in self._makers)
+
+    def unconfigured(self) -> list[str]:
+        """The manufacturers with no configured CRL (URL or file): a recall at their factory
+        reaches the node only through a distribution point their certificates name."""
+        return [m.name for m in self._makers if not m.locations]
 
     # ------------------------------------------------------------------ the verdict
 

@@ -37,7 +37,12 @@ from ztpki.node.authentication import AuthenticationModule, CustomerCA, FactoryT
 from ztpki.node.ca_client import EnrollmentTransport, SecondCAClient
 from ztpki.node.config import Limits, NodeConfig
 from ztpki.node.enrollment import EnrollmentService, LoadedLabel
-from ztpki.node.factory_crls import FactoryRevocation, resolve, static_locations
+from ztpki.node.factory_crls import (
+    FactoryRevocation,
+    no_crl_warning,
+    resolve,
+    static_locations,
+)
 from ztpki.node.http import EstApplication
 from ztpki.node.manufacturers import LoadedManufacturer
 from ztpki.node.metrics import NodeMetrics
@@ -205,6 +210,13 @@ def factory_revocation(config: NodeConfig, makers: list[LoadedManufacturer]) -> 
     )
 
 
+def crl_warnings(config: NodeConfig, only: str | None = None) -> list[str]:
+    """One warning per manufacturer (or only that one) whose recalls the node would hear of
+    only through its certificates' distribution points."""
+    unconfigured = factory_revocation(config, load_manufacturers(config)).unconfigured()
+    return [no_crl_warning(name) for name in unconfigured if only in (None, name)]
+
+
 @dataclass
 class RunningNode:
     host: str
@@ -334,6 +346,9 @@ async def start_node(
         ", ".join(material.labels),
         config.ca_system,
     )
+    if material.factory_crls is not None:
+        for name in material.factory_crls.unconfigured():
+            log.warning("%s", no_crl_warning(name))
     # Revocations queued while the node was down, or by `node block` meanwhile, go out now.
     revocations.start()
     refresher = None

@@ -35,7 +35,7 @@ from ztpki.node.config import (
 from ztpki.node.factory_crls import check_static_crls
 from ztpki.node.manufacturers import ManufacturerConfig
 from ztpki.node.proxy_setup import ProxySettings, prepare_proxy
-from ztpki.node.runtime import read_certificates, read_crl
+from ztpki.node.runtime import crl_warnings, read_certificates, read_crl
 from ztpki.pki.chain import is_ca_certificate
 from ztpki.pki.keys import (
     KeySpec,
@@ -214,7 +214,8 @@ def init_node(
     )
     open_sqlite_node_store(config.database).close()
     config.save()
-    return InitResult(config, _server_warnings(directory, server_chain, bundles, chain))
+    warnings = _server_warnings(directory, server_chain, bundles, chain)
+    return InitResult(config, [*warnings, *crl_warnings(config)])
 
 
 _Credential = tuple[bytes, list[x509.Certificate], list[x509.Certificate]]

@@ -214,3 +214,45 @@ def test_ok_node_toml_without_manufacturers_is_refused_then_fixed(inputs: dict[s
     bundle = inputs["node"] / makers["Acme Devices"]["trust"]
     assert add_manufacturer(inputs, "Acme Devices", bundle, "ACME-*") == 0
     assert [m.name for m in NodeConfig.load(inputs["node"]).manufacturers] == ["Acme Devices"]
+
+
+def test_ok_manufacturer_without_crl_source_is_warned(
+    inputs: dict[str, Path], tmp_path: Path
+) -> None:
+    """A recall reaches the node only from a CRL it knows of: a manufacturer without one is
+    named at init, at add-manufacturer and in the listing (not shown as fail-closed)."""
+    status, out = run(*acme_init(inputs))
+    flat = " ".join(out.split())
+    assert status == 0
+    assert (
+        "temporary certificates of Acme Devices are checked for revocation only if they name "
+        "a CRL distribution point; give --crl-url" in flat
+    )
+    node = str(inputs["node"])
+    status, out = run("node", "manufacturers", "--dir", node)
+    flat = " ".join(out.split())
+    assert "factory CRLs = none configured: temporary certificates of Acme Devices" in flat
+    assert "fail_open" not in flat
+    rows = json.loads(run("node", "manufacturers", "--dir", node, "--json")[1])
+    assert rows[0]["crl_configured"] is False
+    # Globex with a CRL URL: no warning for it, and the listing shows its CRL.
+    args = ["node", "add-manufacturer", "--dir", node, "--manufacturer", "Globex"]
+    status, out = run(
+        *args, "--trust", str(other_bundle(tmp_path)), "--device-ids", "GLX-*",
+        "--crl-url", "http://127.0.0.1:7445/crl/globex.crl",
+    )  # fmt: skip
+    assert status == 0 and "checked for revocation only" not in out
+    out = " ".join(run("node", "manufacturers", "--dir", node)[1].split())
+    assert "factory CRLs = http://127.0.0.1:7445/crl/globex.crl (every 60 min" in out
+
+
+def test_ok_init_with_crl_url_or_file_is_not_warned(inputs: dict[str, Path]) -> None:
+    status, out = run(*acme_init(inputs), "--crl-url", "http://127.0.0.1:7445/crl/f.crl")
+    assert status == 0 and "checked for revocation only" not in out
+
+
+def test_ok_init_with_static_crl_is_not_warned(inputs: dict[str, Path]) -> None:
+    status, out = run(*acme_init(inputs), "--crl", str(inputs["crl"]))
+    assert status == 0 and "checked for revocation only" not in out
+    out = " ".join(run("node", "manufacturers", "--dir", str(inputs["node"]))[1].split())
+    assert "factory CRLs = the CRL files given to `node init --crl`" in out
