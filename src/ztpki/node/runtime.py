@@ -44,7 +44,7 @@ from ztpki.node.factory_crls import (
     static_locations,
 )
 from ztpki.node.http import EstApplication
-from ztpki.node.manufacturers import LoadedManufacturer
+from ztpki.node.manufacturers import LoadedManufacturer, check_distinct_trust
 from ztpki.node.metrics import NodeMetrics
 from ztpki.node.proxy import ForwardedCertificate
 from ztpki.node.proxy_listener import (
@@ -136,7 +136,7 @@ class NodeMaterial:
 
 
 def load_manufacturers(config: NodeConfig) -> list[LoadedManufacturer]:
-    return [
+    loaded = [
         LoadedManufacturer(
             maker,
             tuple(
@@ -147,6 +147,8 @@ def load_manufacturers(config: NodeConfig) -> list[LoadedManufacturer]:
         )
         for maker in config.manufacturers
     ]
+    check_distinct_trust(loaded)  # also a node.toml edited by hand
+    return loaded
 
 
 def factory_trust(makers: list[LoadedManufacturer]) -> FactoryTrust:

@@ -33,9 +33,13 @@ from ztpki.node.config import (
     check_label,
 )
 from ztpki.node.factory_crls import check_static_crls
-from ztpki.node.manufacturers import ManufacturerConfig
+from ztpki.node.manufacturers import (
+    LoadedManufacturer,
+    ManufacturerConfig,
+    check_distinct_trust,
+)
 from ztpki.node.proxy_setup import ProxySettings, prepare_proxy
-from ztpki.node.runtime import crl_warnings, read_certificates, read_crl
+from ztpki.node.runtime import crl_warnings, load_manufacturers, read_certificates, read_crl
 from ztpki.pki.chain import is_ca_certificate
 from ztpki.pki.keys import (
     KeySpec,
@@ -292,6 +296,7 @@ def add_manufacturer(directory: Path, manufacturer: ManufacturerConfig) -> NodeC
         relative = Path("trust") / f"{index:02d}-{manufacturer.trust.stem}.pem"
     declared = replace(manufacturer, trust=relative)
     updated = config.with_manufacturer(declared, replaces_legacy=replaced)  # checks overlaps
+    check_distinct_trust([*load_manufacturers(config), LoadedManufacturer(declared, tuple(bundle))])
     write_public_file(directory / relative, certificates_pem(bundle))
     updated.save()
     return updated

@@ -12,6 +12,7 @@ import tomli_w
 from node_pki import PKI
 from test_node_cli import env, init_args, inputs, run
 
+from ztpki.cli.node_manufacturers import manufacturer_rows
 from ztpki.errors import ConfigurationError
 from ztpki.node.config import NodeConfig
 from ztpki.node.manufacturers import ManufacturerConfig
@@ -256,3 +257,27 @@ def test_ok_init_with_static_crl_is_not_warned(inputs: dict[str, Path]) -> None:
     assert status == 0 and "checked for revocation only" not in out
     out = " ".join(run("node", "manufacturers", "--dir", str(inputs["node"]))[1].split())
     assert "factory CRLs = the CRL files given to `node init --crl`" in out
+
+
+def test_fail_manufacturer_with_another_manufacturers_trust(
+    inputs: dict[str, Path], tmp_path: Path
+) -> None:
+    """Evil declared with ACME's bundle would let ACME's factory CA act for EVL-* devices."""
+    assert run(*acme_init(inputs))[0] == 0
+    before = sorted((p.name, p.read_bytes()) for p in inputs["node"].rglob("*") if p.is_file())
+    assert add_manufacturer(inputs, "Evil", inputs["bundle"], "EVL-*") == 1
+    after = sorted((p.name, p.read_bytes()) for p in inputs["node"].rglob("*") if p.is_file())
+    assert after == before  # nothing written, no trust file copied
+    # A bundle sharing only one certificate (the root, here) is refused as well.
+    shared = tmp_path / "shared.pem"
+    acme = inputs["bundle"].read_bytes()
+    shared.write_bytes(acme + other_bundle(tmp_path).read_bytes())
+    assert add_manufacturer(inputs, "Evil", shared, "EVL-*") == 1
+    # A node.toml edited by hand to the same effect does not load.
+    toml = node_toml(inputs)
+    makers = toml["manufacturer"]
+    assert isinstance(makers, dict)
+    makers["Evil"] = {"trust": makers["Acme Devices"]["trust"], "device_ids": ["EVL-*"]}
+    (inputs["node"] / "node.toml").write_text(tomli_w.dumps(toml))
+    with pytest.raises(ConfigurationError, match="a trust anchor of manufacturer Acme Devices"):
+        manufacturer_rows(NodeConfig.load(inputs["node"]))
