@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -89,8 +90,9 @@ def no_crl_warning(manufacturer: str) -> str:
     return (
         f"temporary certificates of {manufacturer} are checked for revocation only if they "
         "name a CRL distribution point; give --crl-url URL (its factory CA's CRL, e.g. from "
-        "`ztpki ca serve --http-listen`) to `ztpki node add-manufacturer`, or crl = [URL] "
-        f"under [manufacturer.{manufacturer}] in node.toml, so that a recall refuses them"
+        "`ztpki ca serve --http-listen`) to `node init` or `node add-manufacturer`, or set "
+        f"crl = [URL] under [manufacturer.{json.dumps(manufacturer)}] in node.toml, so that "
+        "a recall at its factory refuses them"
     )
 
 
