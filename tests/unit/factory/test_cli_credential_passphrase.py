@@ -3,35 +3,21 @@ system's and the node's do (a new user otherwise does not know which variable to
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from factory_pki import leaf, root_ca
 
 from ztpki.cli.factory import client_credential, load_signer
 from ztpki.credentials import Credential
 from ztpki.errors import ConfigurationError
+from ztpki.pki.profiles import CertificateProfile
 
 
 def saved_credential(directory: Path) -> Path:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "line-1")])
-    now = datetime.now(UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(now + timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    Credential(key, (cert,), (cert,)).save(directory, passphrase=b"right-passphrase")
+    root = root_ca("factory-root")
+    key, chain = leaf(root, "line-1", CertificateProfile.CLIENT)
+    Credential(key, chain[:1], (root.certificate,)).save(directory, passphrase=b"right-passphrase")
     return directory
 
 
