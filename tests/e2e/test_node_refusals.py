@@ -22,6 +22,7 @@ from cryptography.x509.oid import NameOID
 from node_fixtures import Device, NodeWorld, Response, build_world, cli, ztpki
 
 from ztpki.pki.keys import KeySpec, generate_private_key
+from ztpki.pki.pem import serial_hex
 from ztpki.protocol.est import CSR_TYPE, build_csr, decode_certs_only
 
 
@@ -329,6 +330,10 @@ def test_ok_request_server_cert_names_the_node_by_its_address(world: NodeWorld) 
     assert "server certificate for 127.0.0.1 in" in done.stdout, done.stdout
     cert = x509.load_pem_x509_certificate((out / "cert.pem").read_bytes())
     assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "127.0.0.1"
+    # `ca issued` on a pipe (80 columns) folds the serial that `ca revoke --serial` takes.
+    table = ztpki("ca", "issued", "--dir", str(world.factory_dir), "--ca", "nodes").stdout
+    cells = "".join(line.split("│")[1].strip() for line in table.splitlines() if "│" in line)
+    assert serial_hex(cert) in cells, table
 
 
 def test_ok_request_server_cert_again_needs_force_and_reissue(world: NodeWorld) -> None:
