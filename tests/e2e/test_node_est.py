@@ -23,7 +23,19 @@ from ztpki.pki.names import device_id_of
 from ztpki.pki.pem import load_certificates_pem, serial_hex
 from ztpki.protocol.est import decode_certs_only, decode_csrattrs, decode_serverkeygen
 
-SPLIT = "/work/shared/interop/est_split_multipart.py"
+# docs/node.md's way of splitting a serverkeygen answer, with the standard library alone.
+SPLIT = r"""mkdir -p out
+python3 - "$CT" skg.body out <<'EOF'
+import email, sys
+from pathlib import Path
+content_type, body, out = sys.argv[1:]
+head = f"Content-Type: {content_type}\n\n".encode()  # the boundary is in it
+answer = email.message_from_bytes(head + Path(body).read_bytes())
+for part in answer.get_payload():  # each part's base64 transfer encoding is undone
+    name = "key.der" if part.get_content_type() == "application/pkcs8" else "cert.p7.der"
+    Path(out, name).write_bytes(part.get_payload(decode=True))
+EOF
+"""
 
 
 @pytest.fixture(scope="module")
@@ -107,8 +119,7 @@ openssl req -new -key throwaway.key -subj "/CN={device.device_id}/serialNumber={
 CT=$(curl -sS --fail-with-body --cacert "$CA" --cert {device.cert_path} --key {device.key_path} \
   -H 'Content-Type: application/pkcs10' --data-binary @csr.b64 \
   -o skg.body -w '%{{content_type}}' "$EST/serverkeygen")
-python3 {SPLIT} "$CT" skg.body out
-openssl pkey -inform DER -in out/key.der -noout
+{SPLIT}openssl pkey -inform DER -in out/key.der -noout
 openssl pkcs7 -inform DER -in out/cert.p7.der -print_certs -out out/cert.pem
 openssl pkey -inform DER -in out/key.der -pubout -out out/key.pub
 openssl x509 -in out/cert.pem -pubkey -noout > out/cert.pub

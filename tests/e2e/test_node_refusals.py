@@ -18,9 +18,11 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from node_fixtures import Device, NodeWorld, Response, build_world, cli, ztpki
 
 from ztpki.pki.keys import KeySpec, generate_private_key
+from ztpki.pki.pem import serial_hex
 from ztpki.protocol.est import CSR_TYPE, build_csr, decode_certs_only
 
 
@@ -314,6 +316,24 @@ def test_ok_devices_cli_agrees(world: NodeWorld) -> None:
 
 
 # ----------------------------------------------------- operator: request-server-cert again
+
+
+def test_ok_request_server_cert_names_the_node_by_its_address(world: NodeWorld) -> None:
+    """Without --name the node is named by its first --dns (else --ip), not a name that every
+    customer of the manufacturer would share (and the second would be refused)."""
+    out = world.root / "server-by-ip"
+    args = [
+        *("node", "request-server-cert", "--ca", world.factory.address),
+        *("--client-cred", str(world.root / "cred-customer"), "--ca-name", "nodes"),
+    ]
+    done = ztpki(*args, "--ip", "127.0.0.1", "--out", str(out))
+    assert "server certificate for 127.0.0.1 in" in done.stdout, done.stdout
+    cert = x509.load_pem_x509_certificate((out / "cert.pem").read_bytes())
+    assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "127.0.0.1"
+    # `ca issued` on a pipe (80 columns) folds the serial that `ca revoke --serial` takes.
+    table = ztpki("ca", "issued", "--dir", str(world.factory_dir), "--ca", "nodes").stdout
+    cells = "".join(line.split("│")[1].strip() for line in table.splitlines() if "│" in line)
+    assert serial_hex(cert) in cells, table
 
 
 def test_ok_request_server_cert_again_needs_force_and_reissue(world: NodeWorld) -> None:

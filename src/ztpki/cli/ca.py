@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import click
-from rich.table import Table
+from rich.table import Column, Table
 
 from ztpki.casystem.directory import CASystemDirectory, init_ca
 from ztpki.casystem.ocsp_responder import SignerPolicy
@@ -279,7 +279,15 @@ def issued_command(
             ]
         )
         return
-    table = Table("serial", "subject", "CA", "not after", "status", "request id")
+    # The serial is what `ca revoke --serial` takes: it folds onto several lines, never cut.
+    table = Table(
+        Column("serial", overflow="fold"),
+        "subject",
+        "CA",
+        Column("not after", overflow="fold"),
+        "status",
+        Column("request id", overflow="fold"),
+    )
     for r in records:
         table.add_row(
             plain(r.serial),

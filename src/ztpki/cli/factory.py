@@ -47,7 +47,9 @@ def passphrase(path: Path | None, env_var: str, what: str) -> bytes | None:
 
 def client_credential(directory: Path, passphrase_file: Path | None) -> Credential:
     secret = passphrase(passphrase_file, CLIENT_ENV, "the CA-client key")
-    return Credential.load(directory, passphrase=secret)
+    return Credential.load(
+        directory, passphrase=secret, passphrase_source=f"--client-passphrase-file or {CLIENT_ENV}"
+    )
 
 
 def ca_options(func: F) -> F:
@@ -161,7 +163,9 @@ def load_signer(directory: Path | None, passphrase_file: Path | None) -> Credent
     if directory is None:
         return None
     secret = passphrase(passphrase_file, SIGNER_ENV, "the manifest signer key")
-    return Credential.load(directory, passphrase=secret)
+    return Credential.load(
+        directory, passphrase=secret, passphrase_source=f"--signer-passphrase-file or {SIGNER_ENV}"
+    )
 
 
 def signed_manifest(

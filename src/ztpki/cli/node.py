@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -306,6 +307,12 @@ def serve_command(
 node.add_command(set_proxy_command)
 
 
+def default_server_name(dns_names: Sequence[str], ip_addresses: Sequence[str]) -> str:
+    """The node's own name, so that two customers of one manufacturer do not ask for the same
+    one (the CA system refuses a name another CA-client holds)."""
+    return next(iter([*dns_names, *ip_addresses]), "customer-node")
+
+
 @node.command("request-server-cert")
 @click.option(
     "--ca", "ca_address", required=True, help="HOST:PORT of the MANUFACTURER's CA system."
@@ -317,7 +324,11 @@ node.add_command(set_proxy_command)
     help="CA-client credential the manufacturer registered for this customer.",
 )
 @click.option("--ca-name", help="The CA with the server profile in that CA system.")
-@click.option("--name", default="customer-node", show_default=True, help="Subject CN of the node.")
+@click.option(
+    "--name",
+    help="Subject CN of the node, and the name a later --reissue replaces (default: the first "
+    "--dns, else the first --ip, else customer-node): each customer's node its own.",
+)
 @click.option(
     "--dns", "dns_names", multiple=True, help="DNS name devices use for the node; repeatable."
 )
@@ -343,7 +354,7 @@ def request_server_cert_command(
     ca_address: str,
     client_cred: Path,
     ca_name: str | None,
-    name: str,
+    name: str | None,
     dns_names: tuple[str, ...],
     ip_addresses: tuple[str, ...],
     out: Path,
@@ -358,6 +369,7 @@ def request_server_cert_command(
     from ztpki.node.setup import request_server_cert
 
     refuse_existing_output(out, force=force)
+    name = name or default_server_name(dns_names, ip_addresses)
     secret = passphrase(passphrase_file, insecure_no_passphrase, NODE_ENV, NODE_KEY)
     credential = Credential.load(
         client_cred,

@@ -13,6 +13,7 @@ from ztpki.cli.common import console, print_json
 from ztpki.cli.node import node
 from ztpki.cli.node_options import dir_option, manufacturer_config, manufacturer_options
 from ztpki.node.config import NodeConfig
+from ztpki.node.factory_crls import no_crl_warning
 from ztpki.pki.pem import fingerprint_sha256
 
 ANY_MARKED_SIGNER = "any signer under its bundle marked by ztpki's manifest-signer profile"
@@ -24,10 +25,12 @@ def _certificates(certs: Sequence[x509.Certificate]) -> list[dict[str, str]]:
 
 def manufacturer_rows(config: NodeConfig) -> list[dict[str, Any]]:
     """One row per manufacturer, and one per bare trust bundle of an older node.toml."""
-    from ztpki.node.runtime import load_manufacturers, read_certificates
+    from ztpki.node.runtime import factory_revocation, load_manufacturers, read_certificates
 
     rows: list[dict[str, Any]] = []
-    for maker in load_manufacturers(config):
+    makers = load_manufacturers(config)
+    unconfigured = factory_revocation(config, makers).unconfigured()
+    for maker in makers:
         rows.append(
             {
                 "manufacturer": maker.name,
@@ -38,6 +41,7 @@ def manufacturer_rows(config: NodeConfig) -> list[dict[str, Any]]:
                 "crl": list(maker.config.crl),
                 "crl_refresh_minutes": maker.config.crl_refresh_minutes,
                 "fail_open": maker.config.fail_open,
+                "crl_configured": maker.name not in unconfigured,
             }
         )
     for path in config.legacy_trust:
@@ -52,6 +56,7 @@ def manufacturer_rows(config: NodeConfig) -> list[dict[str, Any]]:
                 "crl": [],
                 "crl_refresh_minutes": None,
                 "fail_open": False,
+                "crl_configured": False,
             }
         )
     return rows
@@ -73,7 +78,14 @@ def print_manufacturers(rows: list[dict[str, Any]]) -> None:
         console.print(f"  trust = {row['trust']}", markup=False)
         for anchor in row["trust_anchors"]:
             console.print(f"    {anchor['subject']}  sha256:{anchor['sha256']}", markup=False)
-        crls = ", ".join(row["crl"]) or "only the distribution points its certificates name"
+        if not row["crl_configured"]:
+            console.print(
+                f"  factory CRLs = none configured: {no_crl_warning(row['manufacturer'])}",
+                markup=False,
+                style="yellow",
+            )
+            continue
+        crls = ", ".join(row["crl"]) or "the CRL files given to `node init --crl`"
         console.print(
             f"  factory CRLs = {crls} (every {row['crl_refresh_minutes']:g} min; fail_open = "
             f"{'true' if row['fail_open'] else 'false'})",
@@ -90,6 +102,7 @@ def add_manufacturer_command(directory: Path, **options: Any) -> None:
     Also migrates a node.toml of an older ztpki: each bare trust bundle it lists is declared
     this way (give the bundle's file); restart `node serve` afterwards.
     """
+    from ztpki.node.runtime import crl_warnings
     from ztpki.node.setup import add_manufacturer
 
     maker = manufacturer_config(options)
@@ -99,6 +112,8 @@ def add_manufacturer_command(directory: Path, **options: Any) -> None:
         "`ztpki node serve` to accept its devices",
         markup=False,
     )
+    for warning in crl_warnings(updated, only=maker.name):
+        console.print(f"warning: {warning}", markup=False, style="yellow")
     if updated.legacy_trust:
         console.print(
             f"{len(updated.legacy_trust)} trust bundle(s) still lack a manufacturer: "

@@ -223,7 +223,16 @@ def audit_command(
     if as_json:
         print_json([entry_json(e) for e in entries])
         return
-    table = Table("seq", "time", "device", "endpoint", "decision", "reason", "serial")
+    # Ids and serials fold onto several lines instead of being cut: they are copied from here.
+    table = Table(
+        "seq",
+        Column("time", overflow="fold"),
+        Column("device", overflow="fold"),
+        Column("endpoint", overflow="fold"),
+        "decision",
+        "reason",
+        Column("serial", overflow="fold"),
+    )
     for e in entries:
         table.add_row(
             plain(e.seq),

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -85,6 +86,16 @@ def static_locations(
     }
 
 
+def no_crl_warning(manufacturer: str) -> str:
+    return (
+        f"temporary certificates of {manufacturer} are checked for revocation only if they "
+        "name a CRL distribution point; give --crl-url URL (its factory CA's CRL, e.g. from "
+        "`ztpki ca serve --http-listen`) to `node init` or `node add-manufacturer`, or set "
+        f"crl = [URL] under [manufacturer.{json.dumps(manufacturer)}] in node.toml, so that "
+        "a recall at its factory refuses them"
+    )
+
+
 class FactoryRevocation:
     """The factory CRLs of every manufacturer, and the verdict on a temporary certificate."""
 
@@ -120,6 +131,11 @@ class FactoryRevocation:
     @property
     def configured(self) -> bool:
         return any(m.locations for m in self._makers)
+
+    def unconfigured(self) -> list[str]:
+        """The manufacturers with no configured CRL (URL or file): a recall at their factory
+        reaches the node only through a distribution point their certificates name."""
+        return [m.name for m in self._makers if not m.locations]
 
     # ------------------------------------------------------------------ the verdict
 

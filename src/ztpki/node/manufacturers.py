@@ -165,3 +165,19 @@ class LoadedManufacturer:
 
 def manifest_trusts(loaded: Sequence[LoadedManufacturer]) -> list[ManufacturerTrust]:
     return [maker.manifest_trust() for maker in loaded]
+
+
+def check_distinct_trust(loaded: Sequence[LoadedManufacturer]) -> None:
+    """No certificate in two manufacturers' bundles: a factory CA trusted for one manufacturer
+    would otherwise act for the other's devices (its namespace, its manifests)."""
+    owner: dict[x509.Certificate, str] = {}
+    for maker in loaded:
+        for cert in maker.bundle:
+            first = owner.setdefault(cert, maker.name)
+            if first != maker.name:
+                raise ConfigurationError(
+                    f"the trust bundle of manufacturer {maker.name} holds "
+                    f"{cert.subject.rfc4514_string()!r}, a trust anchor of manufacturer "
+                    f"{first}: each manufacturer needs its own factory CA (a CA trusted for "
+                    "two could act for the devices of both)"
+                )

@@ -37,9 +37,14 @@ from ztpki.node.authentication import AuthenticationModule, CustomerCA, FactoryT
 from ztpki.node.ca_client import EnrollmentTransport, SecondCAClient
 from ztpki.node.config import Limits, NodeConfig
 from ztpki.node.enrollment import EnrollmentService, LoadedLabel
-from ztpki.node.factory_crls import FactoryRevocation, resolve, static_locations
+from ztpki.node.factory_crls import (
+    FactoryRevocation,
+    no_crl_warning,
+    resolve,
+    static_locations,
+)
 from ztpki.node.http import EstApplication
-from ztpki.node.manufacturers import LoadedManufacturer
+from ztpki.node.manufacturers import LoadedManufacturer, check_distinct_trust
 from ztpki.node.metrics import NodeMetrics
 from ztpki.node.proxy import ForwardedCertificate
 from ztpki.node.proxy_listener import (
@@ -131,7 +136,7 @@ class NodeMaterial:
 
 
 def load_manufacturers(config: NodeConfig) -> list[LoadedManufacturer]:
-    return [
+    loaded = [
         LoadedManufacturer(
             maker,
             tuple(
@@ -142,6 +147,8 @@ def load_manufacturers(config: NodeConfig) -> list[LoadedManufacturer]:
         )
         for maker in config.manufacturers
     ]
+    check_distinct_trust(loaded)  # also a node.toml edited by hand
+    return loaded
 
 
 def factory_trust(makers: list[LoadedManufacturer]) -> FactoryTrust:
@@ -203,6 +210,13 @@ def factory_revocation(config: NodeConfig, makers: list[LoadedManufacturer]) -> 
         refresh={m.name: timedelta(minutes=m.config.crl_refresh_minutes) for m in makers},
         fail_open={m.name: m.config.fail_open for m in makers},
     )
+
+
+def crl_warnings(config: NodeConfig, only: str | None = None) -> list[str]:
+    """One warning per manufacturer (or only that one) whose recalls the node would hear of
+    only through its certificates' distribution points."""
+    unconfigured = factory_revocation(config, load_manufacturers(config)).unconfigured()
+    return [no_crl_warning(name) for name in unconfigured if only in (None, name)]
 
 
 @dataclass
@@ -334,6 +348,9 @@ async def start_node(
         ", ".join(material.labels),
         config.ca_system,
     )
+    if material.factory_crls is not None:
+        for name in material.factory_crls.unconfigured():
+            log.warning("%s", no_crl_warning(name))
     # Revocations queued while the node was down, or by `node block` meanwhile, go out now.
     revocations.start()
     refresher = None

@@ -33,9 +33,13 @@ from ztpki.node.config import (
     check_label,
 )
 from ztpki.node.factory_crls import check_static_crls
-from ztpki.node.manufacturers import ManufacturerConfig
+from ztpki.node.manufacturers import (
+    LoadedManufacturer,
+    ManufacturerConfig,
+    check_distinct_trust,
+)
 from ztpki.node.proxy_setup import ProxySettings, prepare_proxy
-from ztpki.node.runtime import read_certificates, read_crl
+from ztpki.node.runtime import crl_warnings, load_manufacturers, read_certificates, read_crl
 from ztpki.pki.chain import is_ca_certificate
 from ztpki.pki.keys import (
     KeySpec,
@@ -214,7 +218,8 @@ def init_node(
     )
     open_sqlite_node_store(config.database).close()
     config.save()
-    return InitResult(config, _server_warnings(directory, server_chain, bundles, chain))
+    warnings = _server_warnings(directory, server_chain, bundles, chain)
+    return InitResult(config, [*warnings, *crl_warnings(config)])
 
 
 _Credential = tuple[bytes, list[x509.Certificate], list[x509.Certificate]]
@@ -291,6 +296,7 @@ def add_manufacturer(directory: Path, manufacturer: ManufacturerConfig) -> NodeC
         relative = Path("trust") / f"{index:02d}-{manufacturer.trust.stem}.pem"
     declared = replace(manufacturer, trust=relative)
     updated = config.with_manufacturer(declared, replaces_legacy=replaced)  # checks overlaps
+    check_distinct_trust([*load_manufacturers(config), LoadedManufacturer(declared, tuple(bundle))])
     write_public_file(directory / relative, certificates_pem(bundle))
     updated.save()
     return updated

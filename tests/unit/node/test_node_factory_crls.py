@@ -318,7 +318,7 @@ def test_ok_add_manufacturer_with_its_crl_and_listing(
     status, text = run("node", "manufacturers", "--dir", node)
     flat = " ".join(text.split())
     assert f"factory CRLs = {URL} (every 15 min; fail_open = true)" in flat
-    assert "only the distribution points its certificates name (every 60 min; fail_open = " in flat
+    assert "factory CRLs = none configured: temporary certificates of Acme Devices are" in flat
 
 
 def test_ok_crl_signature_checked_once_per_crl(pki: PKI, monkeypatch: pytest.MonkeyPatch) -> None:

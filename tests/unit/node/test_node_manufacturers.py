@@ -12,6 +12,7 @@ import tomli_w
 from node_pki import PKI
 from test_node_cli import env, init_args, inputs, run
 
+from ztpki.cli.node_manufacturers import manufacturer_rows
 from ztpki.errors import ConfigurationError
 from ztpki.node.config import NodeConfig
 from ztpki.node.manufacturers import ManufacturerConfig
@@ -214,3 +215,69 @@ def test_ok_node_toml_without_manufacturers_is_refused_then_fixed(inputs: dict[s
     bundle = inputs["node"] / makers["Acme Devices"]["trust"]
     assert add_manufacturer(inputs, "Acme Devices", bundle, "ACME-*") == 0
     assert [m.name for m in NodeConfig.load(inputs["node"]).manufacturers] == ["Acme Devices"]
+
+
+def test_ok_manufacturer_without_crl_source_is_warned(
+    inputs: dict[str, Path], tmp_path: Path
+) -> None:
+    """A recall reaches the node only from a CRL it knows of: a manufacturer without one is
+    named at init, at add-manufacturer and in the listing (not shown as fail-closed)."""
+    status, out = run(*acme_init(inputs))
+    flat = " ".join(out.split())
+    assert status == 0
+    assert (
+        "temporary certificates of Acme Devices are checked for revocation only if they name "
+        "a CRL distribution point; give --crl-url" in flat
+    )
+    node = str(inputs["node"])
+    status, out = run("node", "manufacturers", "--dir", node)
+    flat = " ".join(out.split())
+    assert "factory CRLs = none configured: temporary certificates of Acme Devices" in flat
+    assert "fail_open" not in flat
+    rows = json.loads(run("node", "manufacturers", "--dir", node, "--json")[1])
+    assert rows[0]["crl_configured"] is False
+    # Globex with a CRL URL: no warning for it, and the listing shows its CRL.
+    args = ["node", "add-manufacturer", "--dir", node, "--manufacturer", "Globex"]
+    status, out = run(
+        *args, "--trust", str(other_bundle(tmp_path)), "--device-ids", "GLX-*",
+        "--crl-url", "http://127.0.0.1:7445/crl/globex.crl",
+    )  # fmt: skip
+    assert status == 0 and "checked for revocation only" not in out
+    out = " ".join(run("node", "manufacturers", "--dir", node)[1].split())
+    assert "factory CRLs = http://127.0.0.1:7445/crl/globex.crl (every 60 min" in out
+
+
+def test_ok_init_with_crl_url_or_file_is_not_warned(inputs: dict[str, Path]) -> None:
+    status, out = run(*acme_init(inputs), "--crl-url", "http://127.0.0.1:7445/crl/f.crl")
+    assert status == 0 and "checked for revocation only" not in out
+
+
+def test_ok_init_with_static_crl_is_not_warned(inputs: dict[str, Path]) -> None:
+    status, out = run(*acme_init(inputs), "--crl", str(inputs["crl"]))
+    assert status == 0 and "checked for revocation only" not in out
+    out = " ".join(run("node", "manufacturers", "--dir", str(inputs["node"]))[1].split())
+    assert "factory CRLs = the CRL files given to `node init --crl`" in out
+
+
+def test_fail_manufacturer_with_another_manufacturers_trust(
+    inputs: dict[str, Path], tmp_path: Path
+) -> None:
+    """Evil declared with ACME's bundle would let ACME's factory CA act for EVL-* devices."""
+    assert run(*acme_init(inputs))[0] == 0
+    before = sorted((p.name, p.read_bytes()) for p in inputs["node"].rglob("*") if p.is_file())
+    assert add_manufacturer(inputs, "Evil", inputs["bundle"], "EVL-*") == 1
+    after = sorted((p.name, p.read_bytes()) for p in inputs["node"].rglob("*") if p.is_file())
+    assert after == before  # nothing written, no trust file copied
+    # A bundle sharing only one certificate (the root, here) is refused as well.
+    shared = tmp_path / "shared.pem"
+    acme = inputs["bundle"].read_bytes()
+    shared.write_bytes(acme + other_bundle(tmp_path).read_bytes())
+    assert add_manufacturer(inputs, "Evil", shared, "EVL-*") == 1
+    # A node.toml edited by hand to the same effect does not load.
+    toml = node_toml(inputs)
+    makers = toml["manufacturer"]
+    assert isinstance(makers, dict)
+    makers["Evil"] = {"trust": makers["Acme Devices"]["trust"], "device_ids": ["EVL-*"]}
+    (inputs["node"] / "node.toml").write_text(tomli_w.dumps(toml))
+    with pytest.raises(ConfigurationError, match="a trust anchor of manufacturer Acme Devices"):
+        manufacturer_rows(NodeConfig.load(inputs["node"]))
