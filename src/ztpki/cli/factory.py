@@ -52,8 +52,8 @@ def client_credential(directory: Path, passphrase_file: Path | None) -> Credenti
     )
 
 
-def ca_options(func: F) -> F:
-    """The options every command that talks to the factory CA system shares."""
+def ca_connection_options(func: F) -> F:
+    """How a factory command reaches the CA system: its address and the CA-client to be."""
     options = [
         click.option("--ca", "ca_address", required=True, help="The CA system, HOST:PORT."),
         click.option(
@@ -68,15 +68,20 @@ def ca_options(func: F) -> F:
             help=f"Passphrase of the CA-client key (default: ${CLIENT_ENV}).",
         ),
         click.option("--ca-name", help="CA inside the CA system (default: its default CA)."),
-        click.option(
-            "--trust",
-            type=click.Path(path_type=Path, dir_okay=False, exists=True),
-            help="Factory trust bundle (PEM); default: the root the CA system returns.",
-        ),
     ]
     for option in reversed(options):
         func = option(func)
     return func
+
+
+def ca_options(func: F) -> F:
+    """The options every command that has the factory CA system issue shares."""
+    func = click.option(
+        "--trust",
+        type=click.Path(path_type=Path, dir_okay=False, exists=True),
+        help="Factory trust bundle (PEM); default: the root the CA system returns.",
+    )(func)
+    return ca_connection_options(func)
 
 
 def request_options(func: F) -> F:

@@ -9,7 +9,7 @@ import click
 
 from ztpki.casystem.client import CAClient, parse_address
 from ztpki.cli.common import console, print_json
-from ztpki.cli.factory import check_name, client_credential, factory
+from ztpki.cli.factory import ca_connection_options, check_name, client_credential, factory
 from ztpki.errors import ZtpkiError
 from ztpki.factory.recall import RecallResult, recall, recall_targets
 from ztpki.store.records import RevocationReason
@@ -25,19 +25,7 @@ RECALL_REASONS = [
 
 
 @factory.command("recall")
-@click.option("--ca", "ca_address", required=True, help="The factory CA system, HOST:PORT.")
-@click.option(
-    "--client-cred",
-    required=True,
-    type=click.Path(path_type=Path, file_okay=False, exists=True),
-    help="The CA-client credential the batch was made with (only it may revoke them).",
-)
-@click.option(
-    "--client-passphrase-file",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="Passphrase of the CA-client key (default: $ZTPKI_CLIENT_PASSPHRASE).",
-)
-@click.option("--ca-name", help="CA inside the CA system (default: its default CA).")
+@ca_connection_options
 @click.option("--batch", required=True, help="The production batch to recall.")
 @click.option(
     "--devices",
@@ -66,7 +54,8 @@ def recall_command(
     """Revoke the temporary certificates of every device of a batch at the factory CA.
 
     Customer nodes that fetch the factory CA's CRL then refuse those devices (403, revoked).
-    Safe to run again: a certificate revoked before keeps its first revocation."""
+    Give the CA-client credential the batch was made with: only it may revoke them. Safe to
+    run again: a certificate revoked before keeps its first revocation."""
     check_name(batch, "--batch")
     targets = recall_targets(devices, batch)
     credential = client_credential(client_cred, client_passphrase_file)
