@@ -12,6 +12,7 @@ so both stay covered.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import Coroutine, Mapping
 from typing import Any, Literal, TypeVar
@@ -62,3 +63,12 @@ def running_loop_name() -> LoopName:
 
 
 __all__ = ["EVENT_LOOP_ENV", "chosen_loop", "run_service", "running_loop_name"]
+
+
+async def cancel_tasks(*tasks: asyncio.Task[Any] | None) -> None:
+    """Cancel each background task (None: never started) and wait until it has stopped."""
+    for task in tasks:
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import binascii
-import contextlib
 import hashlib
 import logging
 import os
@@ -35,6 +34,7 @@ from aiohttp import web
 from ztpki.casystem.ocsp_presign import PresignedResponses
 from ztpki.casystem.ocsp_responder import OCSPAnswer, OCSPResponder
 from ztpki.errors import ListenFailed
+from ztpki.eventloop import cancel_tasks
 from ztpki.pki.ocsp import MALFORMED_REQUEST, MAX_REQUEST_SIZE
 from ztpki.throttle import LogThrottle
 
@@ -132,11 +132,7 @@ class RevocationPublisher:
         return str(bound[0]), int(bound[1])
 
     async def close(self) -> None:
-        for task in (self._renewal, self._presigning):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        await cancel_tasks(self._renewal, self._presigning)
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()

@@ -20,12 +20,12 @@ the batch is staged on the commit thread instead, and the loop goes on serving.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 from concurrent.futures import ThreadPoolExecutor
 
 from ztpki.errors import Unavailable, ZtpkiError
+from ztpki.eventloop import cancel_tasks
 from ztpki.store.interfaces import IssuanceStore, StagedBatch
 from ztpki.store.records import IssuedCertificate
 
@@ -49,10 +49,7 @@ class IssuanceRecorder:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="issuance-recorder")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_tasks(self._task)
         # A commit in progress completes; waiting for it off the loop keeps the loop serving.
         finish = functools.partial(self._committer.shutdown, wait=True)
         await asyncio.get_running_loop().run_in_executor(None, finish)

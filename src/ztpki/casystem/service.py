@@ -10,7 +10,6 @@ entitlement; a request refused as not authorized is recorded in the store.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import ssl
@@ -29,6 +28,7 @@ from ztpki.casystem.revocation import ca_name_of, revoke_for_client
 from ztpki.casystem.server_identity import ServerIdentity, keep_renewed
 from ztpki.casystem.wire import error_answer
 from ztpki.errors import NotAuthorized, PayloadTooLarge, ZtpkiError
+from ztpki.eventloop import cancel_tasks
 from ztpki.pki.keys import KeySpec, PrivateKey, decode_pkcs8, encode_pkcs8, generate_private_key
 from ztpki.pki.pem import serial_hex
 from ztpki.protocol.enrollment import (
@@ -122,11 +122,7 @@ class CASystemService:
         await self._server.wait_closed()
 
     async def close(self) -> None:
-        for task in (self.renewal, self.crl_timer):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        await cancel_tasks(self.renewal, self.crl_timer)
         if self._server is not None:
             self._server.close()
         await self._recorder.stop()

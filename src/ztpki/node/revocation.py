@@ -20,6 +20,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from ztpki.errors import Unavailable, ZtpkiError
+from ztpki.eventloop import cancel_tasks
 from ztpki.node.ca_client import SecondCAClient
 from ztpki.node.config import RevocationPolicy
 from ztpki.node.register import AsyncRegister
@@ -81,11 +82,8 @@ class RevocationSender:
         self._wake.set()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_tasks(self._task)
+        self._task = None
 
     async def _run(self) -> None:
         while True:

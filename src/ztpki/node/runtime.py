@@ -14,7 +14,6 @@ header (ztpki.node.proxy).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import ssl
 from collections.abc import Sequence
@@ -33,6 +32,7 @@ from ztpki.credentials import (
     server_context,
 )
 from ztpki.errors import ConfigurationError, ListenFailed, MalformedInput
+from ztpki.eventloop import cancel_tasks
 from ztpki.node.authentication import AuthenticationModule, CustomerCA, FactoryTrust
 from ztpki.node.ca_client import EnrollmentTransport, SecondCAClient
 from ztpki.node.config import Limits, NodeConfig
@@ -235,10 +235,7 @@ class RunningNode:
     crl_refresher: asyncio.Task[None] | None = None
 
     async def close(self) -> None:
-        if self.crl_refresher is not None:
-            self.crl_refresher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.crl_refresher
+        await cancel_tasks(self.crl_refresher)
         if self.revocations is not None:
             await self.revocations.close()
         self.server.close()
