@@ -55,7 +55,7 @@ _UNSTABLE = (
     (re.compile(r"\b(rogue|ctl|during-[a-z]+)-\d+\b"), r"\1-N"),
     # Names a case makes fresh each run (clients, devices, directories), times and sizes.
     (re.compile(r"\b(ent-\d+|node-y|legacy|tmpnames|planted)-[0-9a-f]{6,8}\b"), r"\1-N"),
-    (re.compile(r"\bACME-([A-Z]+)-\d{4}-[0-9a-f]{6}\b"), r"ACME-\1-N"),
+    (re.compile(r"\bACME-([A-Z]+)-\d+-[0-9a-f]{6}\b"), r"ACME-\1-N"),
     (re.compile(r"\bACME-NOEKU-[0-9A-F]{6}\b"), "ACME-NOEKU-N"),
     (re.compile(r"\battacks-[A-Za-z0-9_]{8}\b"), "DIR"),
     (re.compile(r"\b\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\+00:00)?"), "TIME"),
