@@ -235,8 +235,13 @@ async def listen(
     chain: tuple[x509.Certificate, ...],
     device_issuers: Sequence[x509.Certificate],
     handshake_timeout: float,
+    sock: socket.socket | None = None,
 ) -> tuple[asyncio.Server, ProxyAddress, tuple[int, int] | None]:
+    """``sock``: already bound for ``address`` (a worker of `node serve --workers`; its
+    supervisor owns the socket file, so no inode comes back)."""
     loop = asyncio.get_running_loop()
+    if sock is not None and address.socket_path is not None:
+        return await loop.create_unix_server(factory, sock=sock), address, None
     if address.socket_path is not None:
         sock = bind_unix_socket(address.socket_path, config.proxy.socket_group)
         inode = address.socket_path.lstat()
@@ -248,6 +253,11 @@ async def listen(
             raise
         return server, address, (inode.st_dev, inode.st_ino)
     context = proxy_ssl_context(config, key, chain, device_issuers=device_issuers)
+    if sock is not None:
+        server = await loop.create_server(
+            factory, sock=sock, ssl=context, ssl_handshake_timeout=handshake_timeout
+        )
+        return server, address, None
     try:
         server = await loop.create_server(
             factory,
