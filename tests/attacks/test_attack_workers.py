@@ -1,0 +1,147 @@
+"""Attacks on `node serve --workers N` (the deployment's node runs one worker per core): a
+client that tries to crash workers into a restart loop, and a local user who reaches for the
+workers' metrics exchange."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import socket
+import ssl
+from pathlib import Path
+
+import pytest
+from tests.attacks.attack_deployment import Deployment
+from tests.attacks.attack_report import AttackReport
+from tests.attacks.attack_wire import https_context, https_request
+from tests.support.unix_client import unix_exchange
+
+pytestmark = pytest.mark.timeout(240)
+
+CATEGORY = "workers"
+OUTSIDER = 23456  # uid and gid of a local user other than the node's
+
+
+def _record(report: AttackReport, case: str, attack: str, observed: str, verdict: str) -> None:
+    report.record(
+        case=f"{CATEGORY}/{case}",
+        category=CATEGORY,
+        attack=attack,
+        observed=observed,
+        verdict=verdict,
+    )
+
+
+def worker_pids(supervisor_pid: int) -> set[int]:
+    pids = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rpartition(")")[2].split()
+            except OSError:
+                continue
+            if int(fields[1]) == supervisor_pid and fields[0] != "Z":
+                pids.add(int(entry))
+    return pids
+
+
+def metrics_sockets(pids: set[int]) -> list[Path]:
+    """The metrics-exchange sockets these workers listen on (from /proc/net/unix)."""
+    inodes = set()
+    for pid in pids:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            target = os.readlink(f"/proc/{pid}/fd/{fd}") if fd.isdigit() else ""
+            if match := re.fullmatch(r"socket:\[(\d+)\]", target):
+                inodes.add(match.group(1))
+    found = []
+    for line in Path("/proc/net/unix").read_text().splitlines()[1:]:
+        parts = line.split()
+        if len(parts) >= 8 and parts[6] in inodes and parts[7].endswith(".metrics.sock"):
+            found.append(Path(parts[7]))
+    return sorted(set(found))
+
+
+def _anonymous(d: Deployment) -> ssl.SSLContext:
+    return https_context(key=None, chain=[], anchors=d.node_anchors)
+
+
+def _hostile_connections(d: Deployment) -> int:
+    """Garbage before TLS, garbage after TLS, a header line past every limit, a connection
+    cut mid-request: each many times. Returns how many were made."""
+    host, port = d.node_address
+    made = 0
+    for _ in range(10):
+        for payload in (b"\x16\x03\x01\xff\xff" + os.urandom(300), b"GET / HTTP/1.1\r\n\r\n"):
+            with socket.create_connection((host, port), timeout=10) as raw:
+                raw.sendall(payload)
+                made += 1
+        for request in (
+            os.urandom(512),
+            b"GET /.well-known/est/cacerts HTTP/1.1\r\nX: " + b"A" * 70_000 + b"\r\n\r\n",
+            b"POST /.well-known/est/simpleenroll HTTP/1.1\r\nContent-Length: 99\r\n\r\nab",
+        ):
+            with (
+                socket.create_connection((host, port), timeout=10) as raw,
+                _anonymous(d).wrap_socket(raw, server_hostname=host) as tls,
+            ):
+                # The node may hang up first: that is its answer.
+                with contextlib.suppress(OSError):
+                    tls.sendall(request)
+                made += 1
+    return made
+
+
+def test_survived_hostile_clients_cannot_crash_workers_into_a_restart_loop(
+    deployment: Deployment, attack_report: AttackReport
+) -> None:
+    d = deployment
+    pids = worker_pids(d.node.pid)
+    assert len(pids) >= 2, "the deployment's node runs one worker per core"
+    before = d.snapshot()
+    mark = d.log_mark()
+    made = _hostile_connections(d)
+    # Positive control: the workers serve on.
+    served = https_request(d.node_address, "GET", "/.well-known/est/cacerts", context=_anonymous(d))
+    assert served.status == 200, served.summary()
+    assert worker_pids(d.node.pid) == pids
+    logged = d.logged_since(mark)
+    assert "starting another" not in logged and "cannot serve" not in logged, logged
+    unchanged = d.check_unchanged(before, unaudited_because="no client was authenticated")
+    _record(
+        attack_report,
+        "crash-workers-into-restart-loop",
+        f"{made} connections to the supervised node (`node serve` with {len(pids)} workers): "
+        "garbage instead of a TLS ClientHello, plain HTTP to the TLS port, random bytes after "
+        "the handshake, a 70 kB header line, a request cut mid-body",
+        f"every worker still the same process (no death, no restart logged); cacerts served "
+        f"afterwards (200); {unchanged}",
+        "survived",
+    )
+
+
+def test_refused_other_local_user_cannot_reach_the_metrics_exchange(
+    deployment: Deployment, attack_report: AttackReport
+) -> None:
+    d = deployment
+    sockets = metrics_sockets(worker_pids(d.node.pid))
+    assert len(sockets) >= 2, sockets
+    directory = sockets[0].parent
+    assert directory.stat().st_mode & 0o777 == 0o700
+    request = b"GET / HTTP/1.0\r\n\r\n"
+    outsider = unix_exchange(sockets[0], request, uid=OUTSIDER, gid=OUTSIDER)
+    assert outsider == "connect: Permission denied", outsider
+    # Positive control: the node's own user reads the snapshot the workers add up.
+    with socket.socket(socket.AF_UNIX) as own:
+        own.connect(str(sockets[0]))
+        snapshot = own.recv(65536)
+    assert snapshot.startswith(b'{"requests"'), snapshot[:80]
+    _record(
+        attack_report,
+        "metrics-exchange-other-user",
+        f"a local user (uid/gid {OUTSIDER}) connects to a worker's metrics-exchange socket, to "
+        "read the node's figures or answer a scrape with forged ones",
+        "the sockets live in a directory of mode 0700 of the node's user: connect refused "
+        "(Permission denied); the node's own user gets the worker's JSON snapshot",
+        "refused",
+    )
