@@ -15,6 +15,7 @@ import pytest
 from tests.attacks.attack_deployment import Deployment
 from tests.attacks.attack_report import AttackReport
 from tests.attacks.attack_wire import https_context, https_request
+from tests.support.services import child_pids
 from tests.support.unix_client import unix_exchange
 
 pytestmark = pytest.mark.timeout(240)
@@ -33,25 +34,15 @@ def _record(report: AttackReport, case: str, attack: str, observed: str, verdict
     )
 
 
-def worker_pids(supervisor_pid: int) -> set[int]:
-    pids = set()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                fields = Path(f"/proc/{entry}/stat").read_text().rpartition(")")[2].split()
-            except OSError:
-                continue
-            if int(fields[1]) == supervisor_pid and fields[0] != "Z":
-                pids.add(int(entry))
-    return pids
-
-
 def metrics_sockets(pids: set[int]) -> list[Path]:
     """The metrics-exchange sockets these workers listen on (from /proc/net/unix)."""
     inodes = set()
     for pid in pids:
         for fd in os.listdir(f"/proc/{pid}/fd"):
-            target = os.readlink(f"/proc/{pid}/fd/{fd}") if fd.isdigit() else ""
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue  # closed meanwhile
             if match := re.fullmatch(r"socket:\[(\d+)\]", target):
                 inodes.add(match.group(1))
     found = []
@@ -96,7 +87,7 @@ def test_survived_hostile_clients_cannot_crash_workers_into_a_restart_loop(
     deployment: Deployment, attack_report: AttackReport
 ) -> None:
     d = deployment
-    pids = worker_pids(d.node.pid)
+    pids = child_pids(d.node.pid)
     assert len(pids) >= 2, "the deployment's node runs one worker per core"
     before = d.snapshot()
     mark = d.log_mark()
@@ -104,7 +95,7 @@ def test_survived_hostile_clients_cannot_crash_workers_into_a_restart_loop(
     # Positive control: the workers serve on.
     served = https_request(d.node_address, "GET", "/.well-known/est/cacerts", context=_anonymous(d))
     assert served.status == 200, served.summary()
-    assert worker_pids(d.node.pid) == pids
+    assert child_pids(d.node.pid) == pids
     logged = d.logged_since(mark)
     assert "starting another" not in logged and "cannot serve" not in logged, logged
     unchanged = d.check_unchanged(before, unaudited_because="no client was authenticated")
@@ -124,7 +115,7 @@ def test_refused_other_local_user_cannot_reach_the_metrics_exchange(
     deployment: Deployment, attack_report: AttackReport
 ) -> None:
     d = deployment
-    sockets = metrics_sockets(worker_pids(d.node.pid))
+    sockets = metrics_sockets(child_pids(d.node.pid))
     assert len(sockets) >= 2, sockets
     directory = sockets[0].parent
     assert directory.stat().st_mode & 0o777 == 0o700

@@ -30,7 +30,7 @@ from node_fixtures import (
 )
 from tests.attacks.attack_deployment import wait_until
 from tests.support.rawtls import RawTLS
-from tests.support.services import Service, start
+from tests.support.services import Service, child_pids, start
 from tests.support.shell import sh
 
 from ztpki.protocol.est import CSR_TYPE, decode_certs_only
@@ -84,20 +84,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeWorld]:
 
 
 def worker_pids(supervisor: Service) -> set[int]:
-    """The supervisor's children, from /proc."""
-    pids = set()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        # pid (comm) state ppid ...: comm may hold spaces, so split after its ")".
-        fields = stat.rpartition(")")[2].split()
-        if fields[0] != "Z" and int(fields[1]) == supervisor.pid:
-            pids.add(int(entry))
-    return pids
+    return child_pids(supervisor.pid)
 
 
 def serving_workers(world: NodeWorld) -> set[int]:

@@ -6,6 +6,7 @@ import logging
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -99,63 +100,68 @@ def serve_command(
         client_passphrase=client_passphrase(client_passphrase_file),
     )
     host, port = parse_address(listen, allow_any_port=True)
+    how = Serving(material, event_loop, host, port, proxy_listen, drain_timeout)
     count = workers or default_worker_count()
     if count == 1:
-        serve_one(material, event_loop, host, port, proxy_listen, drain_timeout)
+        serve_one(how)
     else:
-        serve_workers(material, event_loop, host, port, proxy_listen, drain_timeout, count)
+        serve_workers(how, count)
 
 
-def serve_one(
-    material: NodeMaterial,
-    event_loop: LoopName,
-    host: str,
-    port: int,
-    proxy_listen: tuple[ProxyAddress, ...],
-    drain_timeout: float,
-) -> None:
+@dataclass(frozen=True)
+class Serving:
+    """What to serve, where, and how long a drain may take."""
+
+    material: NodeMaterial
+    event_loop: LoopName
+    host: str
+    port: int
+    proxy_listen: tuple[ProxyAddress, ...]
+    drain_timeout: float
+
+
+def announce(proxies: list[ProxyAddress], host: str, port: int) -> None:
+    for address in proxies:
+        # On stderr, before the readiness line: stdout carries only `listening on`.
+        click.echo(f"proxy listening on {address}", err=True)
+    click.echo(f"listening on {host}:{port}")
+
+
+def serve_one(how: Serving) -> None:
     """The node in this process."""
     from ztpki.node.serving import serve_node
 
     def ready(running: RunningNode) -> None:
-        for proxy in running.proxies:
-            # On stderr, before the readiness line: stdout carries only `listening on`.
-            click.echo(f"proxy listening on {proxy.address}", err=True)
         log.info(
             "customer node %s serving on the %s event loop",
-            material.config.directory,
+            how.material.config.directory,
             running_loop_name(),
         )
-        click.echo(f"listening on {running.host}:{running.port}")
+        announce([p.address for p in running.proxies], running.host, running.port)
 
     run_service(
         serve_node(
-            material,
-            host=host,
-            port=port,
-            proxy_listen=proxy_listen,
-            drain_timeout=drain_timeout,
+            how.material,
+            host=how.host,
+            port=how.port,
+            proxy_listen=how.proxy_listen,
+            drain_timeout=how.drain_timeout,
             ready=ready,
         ),
-        event_loop,
+        how.event_loop,
     )
 
 
-def serve_workers(
-    material: NodeMaterial,
-    event_loop: LoopName,
-    host: str,
-    port: int,
-    proxy_listen: tuple[ProxyAddress, ...],
-    drain_timeout: float,
-    count: int,
-) -> None:
+def serve_workers(how: Serving, count: int) -> None:
     """A supervisor here, the node in ``count`` forked workers (ztpki.node.workers)."""
     from ztpki.node.listeners import WorkerPlace, bind_listeners
     from ztpki.node.serving import reload_material, serve_node
     from ztpki.node.workers import READY, Supervisor
 
-    bound = bind_listeners(material.config, host=host, port=port, proxy_listen=proxy_listen)
+    material, drain_timeout = how.material, how.drain_timeout
+    bound = bind_listeners(
+        material.config, host=how.host, port=how.port, proxy_listen=how.proxy_listen
+    )
     # The metrics exchange between workers (ztpki.node.fleet_metrics): mkdtemp makes it 0700.
     metrics_dir = Path(tempfile.mkdtemp(prefix="ztpki-node-workers-"))
     current = [material]  # the supervisor's copy, reloaded on SIGHUP, for workers it starts
@@ -168,7 +174,7 @@ def serve_workers(
         place = WorkerPlace(bound, slot, metrics_dir)
         run_service(
             serve_node(current[0], worker=place, drain_timeout=drain_timeout, ready=ready),
-            event_loop,
+            how.event_loop,
         )
         return 0
 
@@ -184,15 +190,13 @@ def serve_workers(
     )
     try:
         supervisor.start()
-        for address, _ in bound.proxies:
-            click.echo(f"proxy listening on {address}", err=True)
         log.info(
             "customer node %s serving with %d workers on the %s event loop",
             material.config.directory,
             count,
-            event_loop,
+            how.event_loop,
         )
-        click.echo(f"listening on {bound.host}:{bound.port}")
+        announce([address for address, _ in bound.proxies], bound.host, bound.port)
         status = supervisor.run()
     finally:
         bound.close()
