@@ -234,7 +234,19 @@ def test_ok_killed_worker_is_replaced_while_the_others_serve(world: NodeWorld) -
     (replacement,) = worker_pids(world.node) - pids
     with only(world, replacement):
         assert curl_status(world) == "200"
-    # The replacement started from the reloaded configuration too.
+    # Dying again at once: the next start waits twice as long (no tight restart loop).
+    os.kill(replacement, signal.SIGKILL)
+    assert wait_until(
+        lambda: (
+            len(serving_workers(world)) == WORKERS and replacement not in worker_pids(world.node)
+        ),
+        timeout=WAIT,
+    ), world.node.log()
+    assert re.search(
+        rf"\(pid {replacement}\) killed by SIGKILL; starting another in 1.0 s "
+        r"\(2 deaths in a row\)",
+        world.node.log(),
+    ), world.node.log()
     assert world.node.process.poll() is None
 
 

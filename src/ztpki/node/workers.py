@@ -166,14 +166,28 @@ class Supervisor:
             for slot, due in sorted(self._due.items()):
                 if due <= now:
                     del self._due[slot]
-                    self._spawn(slot)
+                    self._respawn(slot)
+
+    def _respawn(self, slot: int) -> None:
+        try:
+            self._spawn(slot)
+        except OSError as exc:  # out of processes or memory: try again later
+            deaths = self._deaths.get(slot, 0) + 1
+            self._deaths[slot] = deaths
+            self._due[slot] = self._clock() + restart_delay(deaths)
+            log.error("cannot start worker %d: %s; trying again later", slot, exc.strerror)
 
     # ------------------------------------------------------------------ workers
     def _spawn(self, slot: int) -> None:
         ready_r, ready_w = os.pipe()
         sys.stdout.flush()
         sys.stderr.flush()
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError:
+            os.close(ready_r)
+            os.close(ready_w)
+            raise
         if pid == 0:
             self._become_worker(slot, ready_r, ready_w)
         os.close(ready_w)
