@@ -6,6 +6,7 @@ A URL may carry a password; every message, log line and listing shows it as ``**
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from ztpki.errors import ConfigurationError
@@ -72,3 +73,39 @@ def without_password(text: str, url: str) -> str:
         if secret:
             text = text.replace(secret, "***")
     return text
+
+
+# The file in a node or CA-system directory naming its PostgreSQL database (mode 0600: the URL
+# may carry a password). Without it the directory's SQLite file is the store.
+DATABASE_URL_FILE = "database.url"
+
+
+def directory_database(directory: Path, sqlite_file: str) -> Path | str:
+    """Where the store of ``directory`` lives: the URL in its database.url, else the SQLite
+    file ``sqlite_file`` in it."""
+    try:
+        url = (directory / DATABASE_URL_FILE).read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return directory / sqlite_file
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot read {directory / DATABASE_URL_FILE}: {exc.strerror}"
+        ) from None
+    return check_database_url(url)
+
+
+def record_database_url(directory: Path, url: str, sqlite_file: str) -> None:
+    """Make the PostgreSQL database at ``url`` the store of ``directory``; refuse when the
+    directory already keeps its records elsewhere (moving records is not a setting)."""
+    check_database_url(url)
+    current = directory_database(directory, sqlite_file)
+    if current == url:
+        return
+    if isinstance(current, str) or current.exists():
+        raise ConfigurationError(
+            f"{directory} keeps its records in {redact_url(str(current))} already; a directory "
+            "has one store (see docs/deploy.md for moving to PostgreSQL)"
+        )
+    from ztpki.secretfiles import write_private_file
+
+    write_private_file(directory / DATABASE_URL_FILE, (url + "\n").encode())
