@@ -93,7 +93,7 @@ class PostgresCluster:
         if self._uid is not None:
             command = ["setpriv", f"--reuid={self._uid}", f"--regid={self._uid}",
                        "--clear-groups", *command]  # fmt: skip
-        return subprocess.run(  # noqa: S603 - fixed argv
+        return subprocess.run(
             command, capture_output=True, text=True, check=check, cwd=self.base, timeout=120
         )
 
@@ -112,9 +112,7 @@ class PostgresCluster:
         with self._admin() as conn:
             exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (_ROLE,))
             if exists.fetchone() is None:
-                conn.execute(
-                    f"CREATE ROLE {_ROLE} LOGIN CREATEDB PASSWORD '{self.password}'"  # noqa: S608
-                )
+                conn.execute(f"CREATE ROLE {_ROLE} LOGIN CREATEDB PASSWORD '{self.password}'")
 
     def stop(self, mode: str = "fast") -> None:
         self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop", check=False)

@@ -159,11 +159,21 @@ class PostgresDatabase:
             raw = self.pool().getconn(timeout=None if wait else 0.05)
         except PoolTimeout as exc:
             raise Unavailable(
-                f"no connection to the database {self.name} is free or can be opened; "
-                "retry shortly",
+                f"no connection to the database {self.name} is free or can be opened"
+                f"{self._why_not_connecting() if wait else ''}; retry shortly",
                 retry_after=1,
             ) from exc
         return PostgresConnection(raw)
+
+    def _why_not_connecting(self) -> str:
+        """What the server says to a new connection (wrong password, no such database...),
+        for the message of a pool that could not open one; the password never in it."""
+        try:
+            psycopg.connect(self.url, connect_timeout=int(self._connect_timeout)).close()
+        except psycopg.Error as exc:
+            said = str(exc).strip().splitlines()
+            return f" ({without_password(said[-1] if said else type(exc).__name__, self.url)})"
+        return ""
 
     def release(self, conn: PostgresConnection, *, broken: bool = False) -> None:
         if broken or conn.raw.closed or conn.in_transaction:

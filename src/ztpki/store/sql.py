@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from ztpki.errors import ConfigurationError
 
 # The command that brings each component's schema up to date, named in SchemaOutdated.
-MIGRATE_COMMANDS = {"register": "ztpki node migrate", "ca_system": "ztpki ca migrate"}
+MIGRATE_COMMANDS = {"customer_node": "ztpki node migrate", "ca_system": "ztpki ca migrate"}
 
 
 class SQLCursor(Protocol):
