@@ -26,12 +26,16 @@ from tests.support.nginx import (
     NODE_SITE,
     RenderError,
     check_nginx_conf,
+    listening_socket,
     placeholders,
     render,
+    start_nginx,
+    stop_nginx,
     write_nginx_conf,
 )
 from tests.support.proxy_pki import make_proxy_pki
 from tests.support.services import run_ztpki
+from tests.support.shell import sh
 
 SYSTEMD = DEPLOY / "systemd"
 UNITS = sorted(SYSTEMD.glob("*.service"))
@@ -111,14 +115,28 @@ def service_units() -> Iterator[Unit]:
         yield Unit.parse(path)
 
 
-def site_values(tmp_path: Path, hop: str) -> dict[str, object]:
-    """Real certificate files, as `nginx -t` loads them, and a node hop of each kind."""
+SERVER_CERT = """
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=localhost \\
+  -addext subjectAltName=DNS:localhost -keyout server.key -out server.pem
+"""
+
+
+def site_values(
+    tmp_path: Path,
+    hop: str,
+    *,
+    listen: str = "127.0.0.1:443",
+    socket: str = "/run/ztpki/proxy.sock",
+) -> dict[str, object]:
+    """Real certificate files, as nginx loads them, and a node hop of each kind (`nginx -t`
+    binds nothing: any port will do)."""
     pki = make_proxy_pki(tmp_path / "pki")
+    sh(SERVER_CERT, pki.directory)
     return {
-        "LISTEN": "127.0.0.1:443",  # `nginx -t` binds nothing
-        "CERT": pki.cert,
-        "KEY": pki.key,
-        "NODE": "unix:/run/ztpki/proxy.sock" if hop == "unix" else "10.1.0.7:8444",
+        "LISTEN": listen,
+        "CERT": pki.directory / "server.pem",
+        "KEY": pki.directory / "server.key",
+        "NODE": f"unix:{socket}" if hop == "unix" else "10.1.0.7:8444",
         "NODE_SCHEME": "http" if hop == "unix" else "https",
         "PROXY_CERT": pki.cert,
         "PROXY_KEY": pki.key,
@@ -157,6 +175,44 @@ def test_fail_render_needs_exactly_the_documented_placeholders(tmp_path: Path) -
         render(NODE_SITE, {k: v for k, v in values.items() if k != "NODE_NAME"})
     with pytest.raises(RenderError, match=r"no placeholder for \['BACKEND'\]"):
         render(NODE_SITE, values | {"BACKEND": "x"})
+
+
+@pytest.mark.skipif(NGINX is None, reason="nginx is not installed (make system-deps)")
+def test_ok_node_down_is_503_with_retry_after_and_the_log_keeps_no_certificate(
+    tmp_path: Path,
+) -> None:
+    """The node not listening (a restart, an upgrade): devices get 503 and Retry-After, not
+    502. The access log names the client by subject, never with its certificate; the node's
+    other paths (/metrics) are not reachable through nginx."""
+    sock = listening_socket()
+    port = sock.getsockname()[1]
+    values = site_values(
+        tmp_path, "unix", listen=f"127.0.0.1:{port}", socket=str(tmp_path / "absent.sock")
+    )
+    nginx = start_nginx(write_nginx_conf(tmp_path / "nginx", render(NODE_SITE, values)), [sock])
+    pki = tmp_path / "pki"
+    curl = (
+        f"curl -sS --max-time 30 --cacert server.pem --cert nginx-client.pem "
+        f"--key nginx-client.key -D headers.txt -o body.txt -w '%{{http_code}}' "
+        f"--resolve localhost:{port}:127.0.0.1 https://localhost:{port}"
+    )
+    try:
+        est = sh(f"{curl}/.well-known/est/cacerts", pki)
+        headers = (pki / "headers.txt").read_text().lower()
+        body = (pki / "body.txt").read_text()
+        metrics = sh(f"{curl}/metrics", pki)
+    finally:
+        stop_nginx(nginx)
+    assert est.stdout == "503", est.stdout
+    assert "retry-after: 30" in headers
+    assert body == "the enrollment service is unavailable: retry later\n"
+    assert metrics.stdout == "404"
+    log = values["ACCESS_LOG"].read_text()  # type: ignore[attr-defined]
+    lines = log.splitlines()
+    assert len(lines) == 2 and '"GET /.well-known/est/cacerts HTTP/1.1" 503' in lines[0]
+    # optional_no_ca: nginx holds no CA to verify with (the node does), so never SUCCESS.
+    assert 'client="CN=nginx-1"' in lines[0] and "client_verify=FAILED:" in lines[0]
+    assert "BEGIN" not in log and "%2D" not in log.upper()
 
 
 def test_ok_access_log_holds_no_secret() -> None:
