@@ -18,7 +18,8 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/ztpki demo $(DEMO_ARGS)
 
-# System tools the tests drive as real third parties (curl, openssl; nginx as the TLS proxy).
+# System tools the tests drive as real third parties (curl, openssl; nginx as the TLS proxy;
+# systemd's checkers for deploy/).
 # nginx-light is Debian 12's small build; newer releases ship only `nginx`. RUNLEVEL=1 keeps
 # the package from starting a system nginx: the tests run their own on loopback.
 system-deps:
@@ -26,6 +27,7 @@ system-deps:
 	  PATH="$$PATH:/usr/sbin" command -v nginx >/dev/null || \
 	  (apt-get update -q && apt-get install -y -q curl openssl && \
 	   (RUNLEVEL=1 apt-get install -y -q nginx-light || RUNLEVEL=1 apt-get install -y -q nginx))
+	@command -v systemd-analyze >/dev/null || (apt-get update -q && apt-get install -y -q systemd)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
