@@ -345,6 +345,8 @@ def test_ok_node_socket_is_the_one_nginx_is_told() -> None:
     assert socket == f"unix:/run/{node.one('RuntimeDirectory')}/proxy.sock"
     assert f"unix:{socket.removeprefix('unix:')}" in NODE_SITE.read_text()  # the example
     assert node.values("SupplementaryGroups") == ["ztpki-proxy"]
+    # systemd applies the filters in order: chown (the socket's group) outlives ~@privileged.
+    assert node.values("SystemCallFilter")[-2:] == ["~@privileged @resources", "@chown"]
     assert node.one("ExecReload") == "/bin/kill -HUP $MAINPID"
     users = SYSUSERS.read_text()
     assert re.search(r"^g\s+ztpki-proxy\s", users, re.MULTILINE)
