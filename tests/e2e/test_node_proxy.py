@@ -186,6 +186,17 @@ curl -sS --fail-with-body --cacert "$CA" --cert new.pem --key new.key -o /dev/nu
     assert issued.subject.get_attributes_for_oid(NameOID.SERIAL_NUMBER)[0].value == (
         device.device_id
     )
+    # nginx's access log names the device that enrolled (what docs/deploy.md uses after a
+    # restore), never its certificate. One worker: the enrollment was logged before it served
+    # the confirming request.
+    log = (world.root / f"nginx-{hop}" / "access.log").read_text()
+    (line,) = [
+        x
+        for x in log.splitlines()
+        if f"serialNumber={device.device_id}" in x and "simpleenroll" in x
+    ]
+    assert '"POST /.well-known/est/simpleenroll HTTP/1.1" 200' in line
+    assert "BEGIN" not in log and "%2D%2D" not in log.upper()
 
 
 def test_ok_serverkeygen_through_nginx_over_the_tls_hop(
