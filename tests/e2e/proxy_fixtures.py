@@ -10,7 +10,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from node_fixtures import ENV, NODE_PASSPHRASE, NodeWorld, cli
+from node_fixtures import CLIENT_PASSPHRASE, NODE_PASSPHRASE, NodeWorld, cli
+from tests.support.deploy_units import NODE_UNIT, Unit
 from tests.support.nginx import (
     NODE_SITE,
     WORKER_GROUP,
@@ -65,7 +66,9 @@ class ProxiedWorld:
 
 def start_proxied_node(world: NodeWorld, socket_path: Path) -> tuple[Service, int, Path]:
     """Make the proxy PKI, configure [proxy] with `node set-proxy` (nginx's certificate
-    pinned), restart the node with a TLS and a Unix-socket proxy listener."""
+    pinned), restart the node with the command line of deploy/systemd/ztpki-node.service (its
+    Unix-socket proxy listener; the passphrases from its credentials directory) and a TLS
+    proxy listener besides."""
     proxy_pki = make_proxy_pki(world.root / "proxy-pki")
     pki = proxy_pki.directory
     pin = fingerprint_sha256(load_certificates_pem(proxy_pki.cert.read_bytes())[0])
@@ -86,28 +89,28 @@ def start_proxied_node(world: NodeWorld, socket_path: Path) -> tuple[Service, in
         "--proxy-fingerprint",
         f"sha256:{pin}",
     )
-    log = world.root / "node-proxied.log"
+    unit = Unit.parse(NODE_UNIT)
+    credentials = unit.write_credentials(
+        world.root / "node-credentials",
+        {"node-passphrase": NODE_PASSPHRASE, "client-passphrase": CLIENT_PASSPHRASE},
+    )
+    command = unit.command(
+        {"/var/lib/ztpki/node": str(world.node_dir), "/run/ztpki/proxy.sock": str(socket_path)},
+        {"ZTPKI_NODE_LISTEN": "127.0.0.1:0", "ZTPKI_NODE_WORKERS": "2"},
+        credentials,
+    )
+    assert f"unix:{socket_path}" in command
     node = start(
-        [
-            "node",
-            "serve",
-            "--dir",
-            str(world.node_dir),
-            "--listen",
-            "127.0.0.1:0",
-            "--proxy-listen",
-            "127.0.0.1:0",
-            "--proxy-listen",
-            f"unix:{socket_path}",
-        ],
-        log_path=log,
-        env=ENV,
+        [*command, "--proxy-listen", "127.0.0.1:0"],
+        log_path=world.root / "node-proxied.log",
+        # No passphrase in the environment: the unit's --passphrase-file options read them.
+        env={"ZTPKI_NODE_PASSPHRASE": "", "ZTPKI_CLIENT_PASSPHRASE": ""},
     )
     world.services.append(node)
     world.node = node
     lines = [x for x in node.log().splitlines() if x.startswith("proxy listening on ")]
-    assert lines[1] == f"proxy listening on unix:{socket_path}", lines
-    return node, int(lines[0].rpartition(":")[2]), pki
+    assert lines[0] == f"proxy listening on unix:{socket_path}", lines
+    return node, int(lines[1].rpartition(":")[2]), pki
 
 
 def nginx_key(world: NodeWorld, prefix: Path) -> Path:

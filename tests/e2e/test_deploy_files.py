@@ -15,11 +15,18 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 
 import pytest
+from tests.support.deploy_units import (
+    CA_UNIT,
+    INSTALLED,
+    NODE_UNIT,
+    SYSTEMD,
+    Unit,
+    unknown_options,
+    ztpki_command,
+)
 from tests.support.nginx import (
     DEPLOY,
     NGINX,
@@ -33,23 +40,15 @@ from tests.support.nginx import (
     stop_nginx,
     write_nginx_conf,
 )
+from tests.support.ocsp import http_address
 from tests.support.proxy_pki import make_proxy_pki
-from tests.support.services import run_ztpki
+from tests.support.services import run_ztpki, running
 from tests.support.shell import sh
 
-SYSTEMD = DEPLOY / "systemd"
 UNITS = sorted(SYSTEMD.glob("*.service"))
 SYSUSERS = DEPLOY / "sysusers.d" / "ztpki.conf"
 DOCS = DEPLOY.parent / "docs" / "deploy.md"
-INSTALLED = "/opt/ztpki/bin/ztpki"  # where docs/deploy.md installs ztpki (a virtualenv)
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
-# Options of issue 16 that other branches add; checked like the rest as soon as they exist.
-PENDING = {
-    ("node", "serve"): {"--workers"},
-    ("node", "init"): {"--database"},
-    ("ca", "init"): {"--database"},
-}
-PENDING_COMMANDS = {("node", "migrate"), ("ca", "migrate")}
 HARDENING = {
     "NoNewPrivileges": "yes",
     "ProtectSystem": "strict",
@@ -64,69 +63,6 @@ HARDENING = {
     "User": "ztpki",
 }
 CREDENTIAL = re.compile(r"\$\{CREDENTIALS_DIRECTORY\}/([A-Za-z0-9_.-]+)")
-
-
-@dataclass(frozen=True)
-class Unit:
-    path: Path
-    entries: tuple[tuple[str, str, str], ...]  # (section, key, value), in file order
-
-    @classmethod
-    def parse(cls, path: Path) -> Unit:
-        """systemd's syntax as far as our units use it: sections, Key=Value, comments, and
-        lines continued with a backslash."""
-        text = re.sub(r"\\\n", " ", path.read_text())
-        entries, section = [], ""
-        for line in text.splitlines():
-            line = line.strip()
-            if not line or line[0] in "#;":
-                continue
-            if line.startswith("["):
-                section = line.strip("[]")
-                continue
-            key, sep, value = line.partition("=")
-            assert sep, f"{path.name}: not Key=Value: {line!r}"
-            entries.append((section, key.strip(), value.strip()))
-        return cls(path, tuple(entries))
-
-    def values(self, key: str, section: str = "Service") -> list[str]:
-        return [v for s, k, v in self.entries if s == section and k == key]
-
-    def one(self, key: str, section: str = "Service") -> str:
-        (value,) = self.values(key, section)
-        return value
-
-    @property
-    def exec_start(self) -> list[str]:
-        return shlex.split(self.one("ExecStart"))
-
-
-def ztpki_command(argv: list[str]) -> tuple[tuple[str, ...], list[str]]:
-    """(subcommand path, option names) of a ztpki command line."""
-    args = argv[1:]
-    words = tuple(a for a in args[: next((i for i, a in enumerate(args) if a[0] == "-"), None)])
-    return words, [a.split("=", 1)[0] for a in args if a.startswith("--")]
-
-
-@cache
-def ztpki_options(words: tuple[str, ...]) -> frozenset[str] | None:
-    """The long options `ztpki WORDS --help` lists; None if there is no such command."""
-    result = run_ztpki(*words, "--help", check=False)
-    if result.returncode == 2 and "No such command" in result.stderr:
-        return None
-    assert result.returncode == 0, result.stderr
-    return frozenset(re.findall(r"^\s+(?:-\w, )?(--[a-z][a-z0-9-]*)", result.stdout, re.MULTILINE))
-
-
-def unknown_options(argv: list[str]) -> list[str]:
-    """The options of a ztpki command line that its command does not have (PENDING ones
-    excused while absent); a missing command is an error unless PENDING_COMMANDS names it."""
-    words, options = ztpki_command(argv)
-    known = ztpki_options(words)
-    if known is None:
-        return [] if words in PENDING_COMMANDS else [f"(no command `ztpki {' '.join(words)}`)"]
-    pending = PENDING.get(words, set())
-    return [o for o in options if o not in known and o not in pending]
 
 
 def service_units() -> Iterator[Unit]:
@@ -338,8 +274,40 @@ def test_ok_unit_hardening_and_writable_directory() -> None:
         assert unit.one("StateDirectoryMode") == "0700"
 
 
+def test_ok_ca_unit_command_line_serves_enrollment_and_crls(tmp_path: Path) -> None:
+    """ztpki-ca@.service's ExecStart, as systemd would run it for instance `customer` (paths
+    and listeners mapped to loopback, the passphrase only in its credentials directory),
+    starts a CA system that publishes its CRL over HTTP; without the credential it does not
+    start. (The node's unit line runs every proxy end-to-end test: proxy_fixtures.py.)"""
+    ca_dir = tmp_path / "ca" / "customer"
+    passphrase = "deploy-unit-ca-passphrase"
+    run_ztpki(
+        "ca", "init", "--dir", str(ca_dir), "--name", "customer", "--default",
+        env={"ZTPKI_CA_PASSPHRASE": passphrase},
+    )  # fmt: skip
+    unit = Unit.parse(CA_UNIT)
+    paths = {"/var/lib/ztpki/ca/%i": str(ca_dir)}
+    listen = {"ZTPKI_CA_LISTEN": "127.0.0.1:0", "ZTPKI_CA_HTTP_LISTEN": "127.0.0.1:0"}
+    no_env = {"ZTPKI_CA_PASSPHRASE": ""}
+    empty = tmp_path / "no-credentials"
+    empty.mkdir()
+    refused = run_ztpki(*unit.command(paths, listen, empty), env=no_env, check=False)
+    assert refused.returncode != 0 and "cannot read passphrase file" in refused.stderr
+    credentials = unit.write_credentials(tmp_path / "credentials", {"ca-passphrase": passphrase})
+    with running(
+        unit.command(paths, listen, credentials), log_path=tmp_path / "ca.log", env=no_env
+    ) as service:
+        http = http_address(service)
+        result = sh(
+            f"curl -sS --fail -o crl.der http://{http[0]}:{http[1]}/crl/customer.crl && "
+            "openssl crl -inform DER -in crl.der -noout -issuer",
+            tmp_path,
+        )
+    assert "CN = customer" in result.stdout or "CN=customer" in result.stdout, result.stdout
+
+
 def test_ok_node_socket_is_the_one_nginx_is_told() -> None:
-    node = Unit.parse(SYSTEMD / "ztpki-node.service")
+    node = Unit.parse(NODE_UNIT)
     argv = node.exec_start
     socket = argv[argv.index("--proxy-listen") + 1]
     assert socket == f"unix:/run/{node.one('RuntimeDirectory')}/proxy.sock"
