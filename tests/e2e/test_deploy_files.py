@@ -93,9 +93,11 @@ def site_values(
         "KEY": pki.directory / "server.key",
         "NODE": f"unix:{socket}" if hop == "unix" else "10.1.0.7:8444",
         "NODE_SCHEME": "http" if hop == "unix" else "https",
-        "PROXY_CERT": pki.cert,
-        "PROXY_KEY": pki.key,
-        "NODE_CA": pki.ca,
+        # The socket hop never opens the files of the TLS hop (docs/deploy.md renders them
+        # as /dev/null); the TLS hop loads them.
+        "PROXY_CERT": "/dev/null" if hop == "unix" else pki.cert,
+        "PROXY_KEY": "/dev/null" if hop == "unix" else pki.key,
+        "NODE_CA": "/dev/null" if hop == "unix" else pki.ca,
         "NODE_NAME": "node.example",
         "ACCESS_LOG": tmp_path / "nginx" / "access.log",
     }
@@ -113,19 +115,23 @@ def test_ok_nginx_accepts_the_rendered_site(tmp_path: Path, hop: str) -> None:
 
 @pytest.mark.skipif(NGINX is None, reason="nginx is not installed (make system-deps)")
 def test_fail_nginx_refuses_a_wrong_rendering(tmp_path: Path) -> None:
-    """Negative control: `nginx -t` does read the file (a scheme it cannot proxy to)."""
+    """Negative controls: `nginx -t` does read the file (a scheme it cannot proxy to), and
+    the TLS hop does load its client certificate."""
     values = site_values(tmp_path, "tls") | {"NODE_SCHEME": "ftp"}
     result = check_nginx_conf(write_nginx_conf(tmp_path / "nginx", render(NODE_SITE, values)))
     assert result.returncode != 0
     assert "invalid URL prefix" in result.stderr, result.stderr
+    values = site_values(tmp_path / "2", "tls") | {"PROXY_CERT": "/dev/null"}
+    result = check_nginx_conf(write_nginx_conf(tmp_path / "nginx2", render(NODE_SITE, values)))
+    assert result.returncode != 0
+    assert 'cannot load certificate "/dev/null"' in result.stderr, result.stderr
 
 
 def test_fail_render_needs_exactly_the_documented_placeholders(tmp_path: Path) -> None:
     values = site_values(tmp_path, "unix")
     documented = set(re.findall(r"@([A-Z_]+)@", NODE_SITE.read_text().split("\n\n", 1)[0]))
     assert placeholders(NODE_SITE) == set(values)
-    # Each one is explained in the file's header (@PROXY_*@ stands for the two proxy files).
-    assert placeholders(NODE_SITE) - {"PROXY_CERT", "PROXY_KEY"} <= documented
+    assert placeholders(NODE_SITE) <= documented  # each one explained in the file's header
     with pytest.raises(RenderError, match=r"no value for \['NODE_NAME'\]"):
         render(NODE_SITE, {k: v for k, v in values.items() if k != "NODE_NAME"})
     with pytest.raises(RenderError, match=r"no placeholder for \['BACKEND'\]"):
