@@ -322,6 +322,9 @@ def test_ok_node_socket_is_the_one_nginx_is_told() -> None:
     # systemd applies the filters in order: chown (the socket's group) outlives ~@privileged.
     assert node.values("SystemCallFilter")[-2:] == ["~@privileged @resources", "@chown"]
     assert node.one("ExecReload") == "/bin/kill -HUP $MAINPID"
+    # systemd's stop timeout outlasts the drain and the supervisor's 10 s grace after it.
+    drain = float(argv[argv.index("--drain-timeout") + 1])
+    assert int(node.one("TimeoutStopSec")) > drain + 10
     users = SYSUSERS.read_text()
     assert re.search(r"^g\s+ztpki-proxy\s", users, re.MULTILINE)
     assert re.search(r"^m\s+www-data\s+ztpki-proxy\s*$", users, re.MULTILINE)

@@ -25,7 +25,7 @@ CREDENTIALS = "${CREDENTIALS_DIRECTORY}"
 # Options and commands of issue 16 that other branches add: excused while absent, checked
 # like the rest as soon as they exist.
 PENDING = {
-    ("node", "serve"): {"--workers"},
+    ("node", "serve"): {"--workers", "--drain-timeout"},
     ("node", "init"): {"--database"},
     ("ca", "init"): {"--database"},
 }
