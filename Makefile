@@ -19,7 +19,8 @@ demo: $(STAMP)
 	$(BIN)/ztpki demo $(DEMO_ARGS)
 
 # System tools the tests drive as real third parties (curl, openssl; nginx as the TLS proxy;
-# PostgreSQL, whose throwaway clusters the tests start: tests/support/postgres.py).
+# PostgreSQL, whose throwaway clusters the tests start: tests/support/postgres.py; systemd's
+# checkers for deploy/).
 # nginx-light is Debian 12's small build; newer releases ship only `nginx`. RUNLEVEL=1 keeps
 # the packages from starting a system nginx, and create_main_cluster = false keeps Debian's
 # PostgreSQL package from creating (and starting) a system cluster: the tests run their own.
@@ -33,6 +34,7 @@ system-deps:
 	   (grep -qs '^create_main_cluster' /etc/postgresql-common/createcluster.conf || \
 	    echo 'create_main_cluster = false' >> /etc/postgresql-common/createcluster.conf) && \
 	   RUNLEVEL=1 apt-get install -y -q postgresql)
+	@command -v systemd-analyze >/dev/null || (apt-get update -q && apt-get install -y -q systemd)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
