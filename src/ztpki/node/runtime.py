@@ -50,7 +50,7 @@ from ztpki.node.proxy_listener import (
 from ztpki.node.register import AsyncRegister
 from ztpki.node.revocation import RevocationSender
 from ztpki.store.interfaces import NodeStore
-from ztpki.store.sqlite import open_sqlite_node_store
+from ztpki.store.sqlite import open_node_store
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ async def start_node(
             pool_size=limits.ca_pool_size,
             timeout=limits.ca_timeout,
         )
-    store = store or open_sqlite_node_store(config.database)
+    store = store or open_node_store(config.database)
     register = AsyncRegister(store)
     metrics = NodeMetrics()
     fleet = None if worker is None else FleetMetrics(worker.metrics_dir, worker.slot, metrics)
