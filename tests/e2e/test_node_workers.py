@@ -15,6 +15,7 @@ import os
 import re
 import signal
 import socket
+import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -139,6 +140,12 @@ def csrattrs(connection: http.client.HTTPSConnection) -> bytes:
     return base64.b64decode(body)
 
 
+def meters_key_oid(world: NodeWorld) -> bytes:
+    """The curve label meters asks for, as node.toml says now."""
+    table = tomllib.loads((world.node_dir / "node.toml").read_text())
+    return P256_OID if table["ca"]["meters"]["key_algorithm"] == "ec-p256" else P384_OID
+
+
 def device_connection(world: NodeWorld, device: Device) -> http.client.HTTPSConnection:
     return http.client.HTTPSConnection(
         world.node.host, world.node.port, context=world.device_context(device), timeout=30
@@ -232,8 +239,15 @@ def test_ok_killed_worker_is_replaced_while_the_others_serve(world: NodeWorld) -
     ), world.node.log()
     assert re.search(rf"\(pid {victim}\) killed by SIGKILL; starting another in", world.node.log())
     (replacement,) = worker_pids(world.node) - pids
+    (device,) = world.make_devices(1)
     with only(world, replacement):
         assert curl_status(world) == "200"
+        # Forked from the supervisor, with node.toml as the supervisor last (re)loaded it.
+        fresh = device_connection(world, device)
+        try:
+            assert meters_key_oid(world) in csrattrs(fresh)
+        finally:
+            fresh.close()
     # Dying again at once: the next start waits twice as long (no tight restart loop).
     os.kill(replacement, signal.SIGKILL)
     assert wait_until(
