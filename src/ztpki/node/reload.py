@@ -5,15 +5,16 @@ Applied at once, to requests that start after the reload (open connections stay 
 - each EST label's settings (``[ca.LABEL]``: ca_name, the issuing parameters, allow_no_eku,
   superseded_grace_seconds);
 - the proxies' entitlement as the proxy listeners read it (``[proxy]`` trusted,
-  allow_wide_range, header).
+  allow_wide_range, header, fingerprints: a pin removed refuses that proxy's next connection;
+  its open connections stay open until they close).
 
 Everything else needs a restart of `node serve`, and a reload that finds it changed says so in
 the log and keeps the running value: the labels themselves and their CA chains, the
 manufacturers and their trust bundles (the TLS layer's trust store is built once), the
 server certificate and key, the CA system and the node's credential, the database, the
-limits, the metrics switch, ``[revocation]``, and ``[proxy]`` ca, fingerprints and
-socket_group. A node.toml that does not load is refused whole: the node runs on as before.
-The factory CRLs are fetched again on every SIGHUP (ztpki.node.factory_crls).
+limits, the metrics switch, ``[revocation]``, and ``[proxy]`` ca and socket_group. A
+node.toml that does not load is refused whole: the node runs on as before. The factory CRLs
+are fetched again on every SIGHUP (ztpki.node.factory_crls).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from ztpki.node.enrollment import LoadedLabel
 
 log = logging.getLogger(__name__)
 
-_RELOADED_PROXY = ("trusted", "allow_wide_range", "header")
+_RELOADED_PROXY = ("trusted", "allow_wide_range", "header", "fingerprints")
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ def plan_reload(running: NodeConfig, found: NodeConfig) -> Reload:
     proxy = replace(running.proxy, **{k: getattr(found.proxy, k) for k in _RELOADED_PROXY})
     if proxy != running.proxy:
         applied.append("[proxy] " + ", ".join(_RELOADED_PROXY))
-    for name in ("ca", "fingerprints", "socket_group"):
+    for name in ("ca", "socket_group"):
         if getattr(found.proxy, name) != getattr(running.proxy, name):
             restart.append(f"[proxy] {name}")
     for item in dataclasses.fields(NodeConfig):

@@ -320,7 +320,9 @@ async def _start_proxy_listener(
     try:
         server, bound, inode = await listen(
             address,
-            _factory(runner) if unix else protocol_factory(_factory(runner), proxy_config),
+            _factory(runner)
+            if unix
+            else protocol_factory(_factory(runner), lambda: forwarded.config),
             config=material.config,
             key=material.server_key,
             chain=material.server_chain,

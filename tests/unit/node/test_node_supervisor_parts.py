@@ -87,7 +87,10 @@ def test_ok_reload_applies_label_settings_and_proxy_entitlement(tmp_path: Path) 
     )
     reload = plan_reload(running, changed)
     assert reload.config == changed
-    assert reload.applied == ("[ca.meters]", "[proxy] trusted, allow_wide_range, header")
+    assert reload.applied == (
+        "[ca.meters]",
+        "[proxy] trusted, allow_wide_range, header, fingerprints",
+    )
     assert reload.needs_restart == ()
 
 
