@@ -1,22 +1,29 @@
 """Attacks on `node serve --workers N` (the deployment's node runs one worker per core): a
-client that tries to crash workers into a restart loop, and a local user who reaches for the
-workers' metrics exchange."""
+client that tries to crash workers into a restart loop, a local user who reaches for the
+workers' metrics exchange, and a proxy that keeps connecting after a reload withdrew its pin."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import re
+import signal
 import socket
 import ssl
+import tomllib
 from pathlib import Path
 
 import pytest
-from tests.attacks.attack_deployment import Deployment
+import tomli_w
+from tests.attacks.attack_deployment import Deployment, wait_until
 from tests.attacks.attack_report import AttackReport
 from tests.attacks.attack_wire import https_context, https_request
+from tests.support.proxy_pki import make_proxy_pki
 from tests.support.services import child_pids
 from tests.support.unix_client import unix_exchange
+
+from ztpki.pki.keys import decode_pkcs8
+from ztpki.pki.pem import fingerprint_sha256, load_certificates_pem
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -134,5 +141,72 @@ def test_refused_other_local_user_cannot_reach_the_metrics_exchange(
         "read the node's figures or answer a scrape with forged ones",
         "the sockets live in a directory of mode 0700 of the node's user: connect refused "
         "(Permission denied); the node's own user gets the worker's JSON snapshot",
+        "refused",
+    )
+
+
+def test_refused_a_proxy_whose_pin_a_reload_withdrew(
+    deployment: Deployment, attack_report: AttackReport, tmp_path: Path
+) -> None:
+    d = deployment
+    pki = make_proxy_pki(tmp_path / "proxy-pki")
+    pin = fingerprint_sha256(load_certificates_pem(pki.cert.read_bytes())[0])
+    node_toml = d.node_dir / "node.toml"
+    original = node_toml.read_text()
+    port = d.node.port
+    try:
+        d.cli(
+            "node",
+            "set-proxy",
+            "--dir",
+            str(d.node_dir),
+            "--proxy-ca",
+            str(pki.ca),
+            "--trusted-proxy",
+            "127.0.0.1",
+            "--proxy-fingerprint",
+            f"sha256:{pin}",
+        )
+        d.node.stop()
+        node = d.serve_node(port=port, extra=("--proxy-listen", "127.0.0.1:0"))
+        lines = [x for x in node.log().splitlines() if x.startswith("proxy listening on ")]
+        proxy = ("127.0.0.1", int(lines[0].rpartition(":")[2]))
+        context = https_context(
+            key=decode_pkcs8(pki.key.read_bytes(), passphrase=None),
+            chain=load_certificates_pem(pki.cert.read_bytes()),
+            anchors=d.node_anchors,
+        )
+        pinned = https_request(proxy, "GET", "/.well-known/est/cacerts", context=context)
+        assert pinned.status == 200, pinned.summary()
+        before = d.snapshot()
+        # The operator withdraws the pin (another proxy's certificate is pinned instead).
+        table = tomllib.loads(node_toml.read_text())
+        table["proxy"]["fingerprints"] = ["sha256:" + "ab" * 32]
+        node_toml.write_text(tomli_w.dumps(table))
+        workers = len(child_pids(node.pid))
+        os.kill(node.pid, signal.SIGHUP)
+        assert wait_until(
+            lambda: node.log().count("reloaded [proxy]") == workers + 1, timeout=60
+        ), node.log()
+        attempts = [
+            https_request(proxy, "GET", "/.well-known/est/cacerts", context=context)
+            for _ in range(2 * workers)
+        ]
+        assert all(a.status is None for a in attempts), [a.summary() for a in attempts]
+        assert "is not one of [proxy] fingerprints" in node.log()
+        unchanged = d.check_unchanged(before, unaudited_because="no device was named")
+    finally:
+        node_toml.write_text(original)
+        d.node.stop()
+        d.serve_node(port=port)
+    _record(
+        attack_report,
+        "proxy-pin-withdrawn-by-reload",
+        f"a proxy (TLS client certificate under [proxy] ca, pinned) keeps connecting to the "
+        f"proxy listener of the supervised node ({workers} workers) after the operator pinned "
+        "another certificate instead and sent SIGHUP, without a restart",
+        f"served (200) while pinned; after the reload, {len(attempts)} of {len(attempts)} new "
+        f"connections closed right after the handshake (no HTTP answer), in every worker; "
+        f"{unchanged}",
         "refused",
     )
