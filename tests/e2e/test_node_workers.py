@@ -94,6 +94,13 @@ def serving_workers(world: NodeWorld) -> set[int]:
     return logged & worker_pids(world.node)
 
 
+def replaced(world: NodeWorld, gone: int) -> bool:
+    """The worker gone has died and another serves in its place (one look at /proc, so that
+    both hold at the same instant)."""
+    serving = serving_workers(world)
+    return gone not in serving and len(serving) == WORKERS
+
+
 @contextmanager
 def only(world: NodeWorld, pid: int) -> Iterator[None]:
     """Every other worker stopped: connections made meanwhile are this worker's."""
@@ -155,7 +162,42 @@ def device_connection(world: NodeWorld, device: Device) -> http.client.HTTPSConn
 CACERTS = 'ztpki_node_requests_total{endpoint="cacerts",outcome="served"}'
 
 
+def start_node(world: NodeWorld, *options: str) -> Service:
+    """Another `node serve` on the same node directory, on a port of its own."""
+    node = start(
+        ["node", "serve", "--dir", str(world.node_dir), "--listen", "127.0.0.1:0", *options],
+        log_path=world.root / f"node-{os.urandom(3).hex()}.log",
+        env=ENV,
+    )
+    world.services.append(node)
+    return node
+
+
 # ------------------------------------------------------------------------------ tests
+def test_ok_default_is_one_worker_per_core_and_workers_1_is_one_process(
+    world: NodeWorld,
+) -> None:
+    cores = len(os.sched_getaffinity(0))
+    default = start_node(world)
+    try:
+        assert len(child_pids(default.pid)) == (cores if cores > 1 else 0)
+    finally:
+        default.stop()
+    single = start_node(world, "--workers", "1")
+    assert not child_pids(single.pid)
+    result = sh(
+        f"curl -sS --max-time 30 --cacert {world.factory_anchor} -o /dev/null "
+        f"-w '%{{http_code}}' https://{single.address}/.well-known/est/cacerts",
+        world.root,
+    )
+    assert result.stdout == "200"
+    os.kill(single.pid, signal.SIGHUP)
+    assert wait_until(lambda: "SIGHUP (node): " in single.log(), timeout=WAIT), single.log()
+    single.process.send_signal(signal.SIGTERM)
+    assert single.process.wait(timeout=WAIT) == 0
+    assert "node stopped accepting connections" in single.log()
+
+
 def test_ok_every_worker_serves_on_the_one_address(world: NodeWorld) -> None:
     pids = worker_pids(world.node)
     assert len(pids) == WORKERS and world.node.pid not in pids
@@ -233,10 +275,7 @@ def test_ok_killed_worker_is_replaced_while_the_others_serve(world: NodeWorld) -
     os.kill(victim, signal.SIGKILL)
     # At once, before any replacement: the other worker takes the connection.
     assert curl_status(world) == "200"
-    assert wait_until(
-        lambda: len(serving_workers(world)) == WORKERS and victim not in worker_pids(world.node),
-        timeout=WAIT,
-    ), world.node.log()
+    assert wait_until(lambda: replaced(world, victim), timeout=WAIT), world.node.log()
     assert re.search(rf"\(pid {victim}\) killed by SIGKILL; starting another in", world.node.log())
     (replacement,) = worker_pids(world.node) - pids
     (device,) = world.make_devices(1)
@@ -250,12 +289,7 @@ def test_ok_killed_worker_is_replaced_while_the_others_serve(world: NodeWorld) -
             fresh.close()
     # Dying again at once: the next start waits twice as long (no tight restart loop).
     os.kill(replacement, signal.SIGKILL)
-    assert wait_until(
-        lambda: (
-            len(serving_workers(world)) == WORKERS and replacement not in worker_pids(world.node)
-        ),
-        timeout=WAIT,
-    ), world.node.log()
+    assert wait_until(lambda: replaced(world, replacement), timeout=WAIT), world.node.log()
     assert re.search(
         rf"\(pid {replacement}\) killed by SIGKILL; starting another in 1.0 s "
         r"\(2 deaths in a row\)",
