@@ -7,8 +7,8 @@ adds the figures up, so whichever worker the kernel hands the scrape to answers 
 fleet's sums. A worker that does not answer in time (stopped, dying) is left out and logged;
 ``ztpki_node_workers`` says how many were added up.
 
-The figures of a worker that died went with it: the fleet's counters then drop, which
-Prometheus reads as a counter reset.
+The figures of a worker that died went with it: the fleet's counters then drop by what it had
+counted, which Prometheus reads as a counter reset, as it would a restart of the node.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 # A snapshot is a few KiB; anything far larger is not one.
 MAX_SNAPSHOT = 1 << 20
 # A worker busy with TLS handshakes still answers within this; a stopped one is skipped.
-PEER_TIMEOUT = 2.0
+PEER_TIMEOUT = 5.0  # within Prometheus's default scrape timeout (10 s)
 SOCKET_SUFFIX = ".metrics.sock"
 
 
