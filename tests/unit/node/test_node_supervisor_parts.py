@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from test_node_config_metrics import config
 
+from ztpki.cli import main
 from ztpki.node.config import IssuingParameters, Limits
 from ztpki.node.metrics import NodeMetrics
 from ztpki.node.proxy_config import ProxyConfig
@@ -124,3 +125,13 @@ def test_fail_a_node_toml_that_does_not_load_changes_nothing(
     with caplog.at_level(logging.ERROR, "ztpki.node.reload"):
         assert read_reload(running, who="worker 0") is None
     assert "node.toml not reloaded, the node runs on as before" in caplog.text
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "many"])
+def test_fail_a_worker_count_below_one_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], value: str
+) -> None:
+    status = main(["node", "serve", "--dir", str(tmp_path), "--workers", value])
+    assert status == 2
+    assert "--workers" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())  # nothing bound, nothing written
