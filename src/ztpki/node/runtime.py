@@ -237,7 +237,11 @@ async def start_node(
         for name in material.factory_crls.unconfigured():
             log.warning("%s", no_crl_warning(name))
     # Revocations queued while the node was down, or by `node block` meanwhile, go out now.
-    revocations.start()
+    # With workers only the first sends: two senders reading one queue could send an order
+    # twice, and a stale hold sent after the release that followed it would put a live
+    # certificate back on hold. The others' orders reach it within [revocation] poll_seconds.
+    if worker is None or worker.slot == 0:
+        revocations.start()
     refresher = None
     if material.factory_crls is not None:
         refresher = asyncio.create_task(material.factory_crls.run(), name="factory CRL refresh")
