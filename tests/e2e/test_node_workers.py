@@ -75,7 +75,12 @@ def proxy_socket(world: NodeWorld) -> Path:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeWorld]:
-    built = build_world(tmp_path_factory.mktemp("workers"), limits=LIMITS)
+    # A poll far beyond any wait here: a revocation sent at once was woken, not polled.
+    built = build_world(
+        tmp_path_factory.mktemp("workers"),
+        limits=LIMITS,
+        settings={"revocation": {"poll_seconds": 600.0}},
+    )
     try:
         built.node.stop()
         start_workers(built)
@@ -296,6 +301,25 @@ def test_ok_killed_worker_is_replaced_while_the_others_serve(world: NodeWorld) -
         world.node.log(),
     ), world.node.log()
     assert world.node.process.poll() is None
+
+
+def test_ok_revocation_queued_by_any_worker_is_sent_at_once(world: NodeWorld) -> None:
+    (device,) = world.make_devices(1)
+    first = world.post_csr(device, "serverkeygen", device.csr())
+    assert first.status == 200, first.text
+    sender = int(re.findall(r"worker 0 \(pid (\d+)\) serving", world.node.log())[-1])
+    (other, *_) = worker_pids(world.node) - {sender}
+    with only(world, other):
+        # The answer was lost: serverkeygen again issues anew and supersedes the first.
+        again = world.post_csr(device, "serverkeygen", device.csr())
+        assert again.status == 200, again.text
+    assert wait_until(
+        lambda: (
+            sorted(r["status"] for r in world.issued(device.device_id)) == ["active", "revoked"]
+        ),
+        timeout=WAIT,
+    ), world.issued(device.device_id)
+    assert "revoked" in [e["decision"] for e in world.audit(device.device_id)]
 
 
 def test_ok_sigterm_drains_a_request_in_flight_and_refuses_new_connections(

@@ -49,6 +49,7 @@ from ztpki.node.proxy_listener import (
 )
 from ztpki.node.register import AsyncRegister
 from ztpki.node.revocation import RevocationSender
+from ztpki.node.revocation_wake import WakeListener, WakeSender
 from ztpki.store.interfaces import NodeStore
 from ztpki.store.sqlite import open_node_store
 
@@ -77,6 +78,7 @@ class RunningNode:
     forwarded: list[ForwardedCertificate] = field(default_factory=list)
     in_flight: InFlight | None = None
     drain_timeout: float = 60.0
+    wake_listener: WakeListener | None = None
 
     def set_proxy(self, proxy: ProxyConfig) -> None:
         for forwarded in self.forwarded:
@@ -107,6 +109,8 @@ class RunningNode:
             await proxy.close()
         if self.fleet is not None:
             await self.fleet.close()
+        if self.wake_listener is not None:
+            await self.wake_listener.close()
         await self.ca_client.close()
         self.register.close()
         close = getattr(self.store, "close", None)
@@ -153,6 +157,14 @@ async def start_node(
     fleet = None if worker is None else FleetMetrics(worker.metrics_dir, worker.slot, metrics)
     ca_client = SecondCAClient(transport, timeout=limits.ca_timeout, retry_after=limits.retry_after)
     revocations = RevocationSender(register, ca_client, config.revocation)
+    # With workers only worker 0 sends revocation orders; the others wake it (revocation_wake).
+    sends_revocations = worker is None or worker.slot == 0
+    wake_listener = None
+    revocation_queued = revocations.wake
+    if worker is not None and sends_revocations:
+        wake_listener = WakeListener(worker.metrics_dir, revocations.wake)
+    elif worker is not None:
+        revocation_queued = WakeSender(worker.metrics_dir).wake
     service = EnrollmentService(
         register=register,
         ca_client=ca_client,
@@ -161,7 +173,7 @@ async def start_node(
         limits=limits,
         metrics=metrics,
         revocation=config.revocation,
-        revocation_queued=revocations.wake,
+        revocation_queued=revocation_queued,
     )
     if material.factory_crls is not None and material.factory_crls.configured:
         # The first fetch before serving, so no device meets a node without its factory CRLs.
@@ -237,11 +249,10 @@ async def start_node(
         for name in material.factory_crls.unconfigured():
             log.warning("%s", no_crl_warning(name))
     # Revocations queued while the node was down, or by `node block` meanwhile, go out now.
-    # With workers only the first sends: two senders reading one queue could send an order
-    # twice, and a stale hold sent after the release that followed it would put a live
-    # certificate back on hold. The others' orders reach it within [revocation] poll_seconds.
-    if worker is None or worker.slot == 0:
+    if sends_revocations:
         revocations.start()
+    if wake_listener is not None:
+        await wake_listener.start()
     refresher = None
     if material.factory_crls is not None:
         refresher = asyncio.create_task(material.factory_crls.run(), name="factory CRL refresh")
@@ -263,6 +274,7 @@ async def start_node(
         forwarded,
         application.in_flight,
         drain_timeout,
+        wake_listener,
     )
 
 

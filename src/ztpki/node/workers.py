@@ -155,13 +155,15 @@ class Supervisor:
         """Watch the workers until SIGTERM or SIGINT; the exit status of the drain."""
         while True:
             self._wait(self._next_restart())
+            signals, self._signals = self._signals, []
+            if signal.SIGTERM in signals or signal.SIGINT in signals:
+                # Before reaping: a Ctrl-C reaches the workers too, and those that already
+                # drained and exited are the drain's, not deaths to restart.
+                return self._drain()
             for worker, status in self._reap():
                 self._died(worker, status)
-            signals, self._signals = self._signals, []
             if signal.SIGHUP in signals:
                 self._forward_reload()
-            if signal.SIGTERM in signals or signal.SIGINT in signals:
-                return self._drain()
             now = self._clock()
             for slot, due in sorted(self._due.items()):
                 if due <= now:
