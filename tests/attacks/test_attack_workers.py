@@ -129,6 +129,11 @@ def test_refused_other_local_user_cannot_reach_the_metrics_exchange(
     request = b"GET / HTTP/1.0\r\n\r\n"
     outsider = unix_exchange(sockets[0], request, uid=OUTSIDER, gid=OUTSIDER)
     assert outsider == "connect: Permission denied", outsider
+    # The socket through which workers wake worker 0's revocation sender, beside them.
+    wake = directory / "revocations.wake.sock"
+    assert wake.exists()
+    woken = unix_exchange(wake, request, uid=OUTSIDER, gid=OUTSIDER)
+    assert woken == "connect: Permission denied", woken
     # Positive control: the node's own user reads the snapshot the workers add up.
     with socket.socket(socket.AF_UNIX) as own:
         own.connect(str(sockets[0]))
@@ -138,9 +143,10 @@ def test_refused_other_local_user_cannot_reach_the_metrics_exchange(
         attack_report,
         "metrics-exchange-other-user",
         f"a local user (uid/gid {OUTSIDER}) connects to a worker's metrics-exchange socket, to "
-        "read the node's figures or answer a scrape with forged ones",
-        "the sockets live in a directory of mode 0700 of the node's user: connect refused "
-        "(Permission denied); the node's own user gets the worker's JSON snapshot",
+        "read the node's figures or answer a scrape with forged ones, and to the socket that "
+        "wakes the revocation sender",
+        "the sockets live in a directory of mode 0700 of the node's user: both connects "
+        "refused (Permission denied); the node's own user gets the worker's JSON snapshot",
         "refused",
     )
 
