@@ -24,9 +24,7 @@ INSTALLED = "/opt/ztpki/bin/ztpki"  # where docs/deploy.md installs ztpki (a vir
 CREDENTIALS = "${CREDENTIALS_DIRECTORY}"
 # Options and commands of issue 16 that other branches add: excused while absent, checked
 # like the rest as soon as they exist.
-PENDING = {
-    ("node", "serve"): {"--workers", "--drain-timeout"},
-}
+PENDING: dict[tuple[str, str], set[str]] = {}
 PENDING_COMMANDS: set[tuple[str, str]] = set()
 
 
