@@ -27,7 +27,7 @@ from ztpki.casystem.recorder import IssuanceRecorder
 from ztpki.casystem.revocation import ca_name_of, revoke_for_client
 from ztpki.casystem.server_identity import ServerIdentity, keep_renewed
 from ztpki.casystem.wire import error_answer
-from ztpki.errors import NotAuthorized, PayloadTooLarge, ZtpkiError
+from ztpki.errors import NotAuthorized, PayloadTooLarge, Unavailable, ZtpkiError
 from ztpki.eventloop import cancel_tasks
 from ztpki.pki.keys import KeySpec, PrivateKey, decode_pkcs8, encode_pkcs8, generate_private_key
 from ztpki.pki.pem import serial_hex
@@ -46,7 +46,14 @@ from ztpki.protocol.revocation import (
     encode_revocation_answer,
 )
 from ztpki.store.interfaces import IssuanceStore
-from ztpki.store.records import AlreadyIssued, ClientRecord, RefusedRequest, SupersedeRefused
+from ztpki.store.records import (
+    AlreadyIssued,
+    AnsweredRequest,
+    ClientRecord,
+    RefusedRequest,
+    RequestAnswered,
+    SupersedeRefused,
+)
 from ztpki.throttle import LogThrottle
 
 log = logging.getLogger(__name__)
@@ -212,6 +219,11 @@ class CASystemService:
         plan = self.system.plan(
             request, now=now, client=client.name, entitlement=client.entitlement
         )
+        # A request sent again (its answer lost, or a failover from another instance that
+        # recorded it and died before answering) is answered from the record, not issued.
+        recorded = self.store.answered_request(client.name, request.request_id)
+        if recorded is not None:
+            return self._answer_again(plan, recorded)
         private_key: PrivateKey | None = None
         if plan.csr_public_key is not None:
             public_key = plan.csr_public_key
@@ -223,8 +235,18 @@ class CASystemService:
             private_key = await self._generate(plan.key_spec)
             public_key = private_key.public_key()
         certificate = self.system.sign(plan, public_key)
-        record = self.system.record_of(plan, certificate, now=now)
-        superseded = await self._recorder.record(record, supersede=request.reissue)
+        answer = self.system.answer(plan, certificate, private_key)
+        kept_key = answer.private_key_der if answer.private_key_encrypted else None
+        record = self.system.record_of(plan, certificate, now=now, answer_key_der=kept_key)
+        try:
+            superseded = await self._recorder.record(record, supersede=request.reissue)
+        except RequestAnswered:
+            # The same request, recorded meanwhile by another instance (or connection):
+            # the database kept the first; this certificate was never recorded nor sent.
+            recorded = self.store.answered_request(client.name, request.request_id)
+            if recorded is None:  # the first record was rolled back: a storage fault
+                raise Unavailable("the CA system's store changed under it; try again") from None
+            return self._answer_again(plan, recorded)
         log.info(
             "issued serial=%s device=%s ca=%s request=%s%s",
             serial_hex(certificate),
@@ -233,7 +255,19 @@ class CASystemService:
             request.request_id,
             f" superseding {','.join(superseded)}" if superseded else "",
         )
-        return self.system.answer(plan, certificate, private_key, der=record.certificate_der)
+        crash_at("after-issuance-record", self._fault)
+        return answer
+
+    def _answer_again(self, plan: IssuancePlan, recorded: AnsweredRequest) -> EnrollmentAnswer:
+        answer = self.system.answer_again(plan, recorded)
+        log.info(
+            "answered again serial=%s device=%s ca=%s request=%s",
+            recorded.certificate.serial,
+            plan.request.device_id,
+            recorded.certificate.ca_name,
+            plan.request.request_id,
+        )
+        return answer
 
     async def revoke(self, request: RevocationRequest, *, client: ClientRecord) -> RevocationAnswer:
         """Revoke or release once the entitlement allows it; answered when durable and (as
