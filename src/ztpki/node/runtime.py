@@ -24,7 +24,7 @@ from pathlib import Path
 from aiohttp import web
 from cryptography import x509
 
-from ztpki.casystem.client import CAClient, parse_address
+from ztpki.casystem.failover import FailoverCAClient, parse_addresses
 from ztpki.credentials import (
     Credential,
     HandshakeRefused,
@@ -275,8 +275,8 @@ async def start_node(
             raise ConfigurationError(
                 "the node needs its CA-client credential to reach the CA system"
             )
-        transport = CAClient(
-            parse_address(config.ca_system),
+        transport = FailoverCAClient.connect(
+            parse_addresses(config.ca_systems),
             material.credential,
             pool_size=limits.ca_pool_size,
             timeout=limits.ca_timeout,
@@ -284,7 +284,12 @@ async def start_node(
     store = store or open_sqlite_node_store(config.database)
     register = AsyncRegister(store)
     metrics = NodeMetrics()
-    ca_client = SecondCAClient(transport, timeout=limits.ca_timeout, retry_after=limits.retry_after)
+    ca_client = SecondCAClient(
+        transport,
+        timeout=limits.ca_timeout,
+        retry_after=limits.retry_after,
+        failover=len(config.ca_systems) > 1,
+    )
     revocations = RevocationSender(register, ca_client, config.revocation)
     service = EnrollmentService(
         register=register,
@@ -343,7 +348,7 @@ async def start_node(
         "customer node %s serving EST labels %s; customer CA system %s",
         config.directory,
         ", ".join(material.labels),
-        config.ca_system,
+        ", ".join(config.ca_systems),
     )
     if material.factory_crls is not None:
         for name in material.factory_crls.unconfigured():

@@ -20,6 +20,7 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from ztpki.casystem.client import CAClient, parse_address
+from ztpki.casystem.failover import parse_addresses
 from ztpki.casystem.wire import LiveCertificateExists
 from ztpki.credentials import CERT_FILE, KEY_FILE, TRUST_FILE, Credential
 from ztpki.errors import ConfigurationError, MalformedInput
@@ -141,7 +142,7 @@ def _server_warnings(
 def init_node(
     directory: Path,
     *,
-    ca_system: str,
+    ca_system: str | Sequence[str],
     client_credential: Path,
     manufacturer: ManufacturerConfig,
     server_cert: Path,
@@ -161,7 +162,8 @@ def init_node(
         raise ConfigurationError(
             f"{directory}: a node directory exists already ({NODE_FILE}); edit it instead"
         )
-    parse_address(ca_system)
+    addresses = (ca_system,) if isinstance(ca_system, str) else tuple(ca_system)
+    parse_addresses(addresses)
     check_label(label)
     prepared_proxy = prepare_proxy(proxy or ProxySettings())
     bundle = read_certificates(manufacturer.trust, f"trust bundle of {manufacturer.name}")
@@ -197,7 +199,7 @@ def init_node(
         crl_paths.append(relative)
     config = NodeConfig(
         directory=directory,
-        ca_system=ca_system,
+        ca_system=addresses,
         ca_client=Path("ca-client"),
         server_cert=Path("server/cert.pem"),
         server_key=Path("server/key.pem"),
@@ -268,6 +270,16 @@ def add_label(
     updated = config.with_label(
         CALabel(label, relative, ca_name, parameters, allow_no_eku=allow_no_eku)
     )
+    updated.save()
+    return updated
+
+
+def set_ca_systems(directory: Path, addresses: Sequence[str]) -> NodeConfig:
+    """Point the node at the CA system's instance(s), in order of preference (restart
+    `node serve` to apply)."""
+    config = NodeConfig.load(directory, migrating=True)
+    parse_addresses(addresses)
+    updated = config.with_ca_systems(tuple(addresses))
     updated.save()
     return updated
 
