@@ -16,7 +16,7 @@ import ssl
 import time
 from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from ztpki.casystem.connections import ConnectionLimits, FramedTLSServer, Reply
 from ztpki.casystem.crl_publisher import CRLPublisher
@@ -59,6 +59,10 @@ from ztpki.throttle import LogThrottle
 log = logging.getLogger(__name__)
 # A removed CA-client can reconnect at no cost: its refusals are logged at a bounded rate.
 _UNREGISTERED_LOG = LogThrottle(log)
+# How long the encrypted key of an answer is kept for a retry of its request (a CA-client
+# retries within its own lease, two minutes for the node), and how often older ones go.
+KEEP_ANSWER_KEYS = timedelta(hours=1)
+FORGET_KEYS_EVERY = 300.0
 
 
 @dataclass(frozen=True)
@@ -110,6 +114,7 @@ class CASystemService:
         self._key_pool = key_pool
         self._recorder = IssuanceRecorder(store)
         self._server: FramedTLSServer | None = None
+        self._forgetting: asyncio.Task[None] | None = None
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         if self.crls is not None:
@@ -118,18 +123,29 @@ class CASystemService:
             await asyncio.to_thread(self.crls.publish_due)
             self.crl_timer = asyncio.create_task(self.crls.run())
         self._recorder.start()
+        self._forgetting = asyncio.create_task(self._forget_answer_keys())
         self._server = FramedTLSServer(self.ssl_context, self._session_for, self.limits)
         bound = self._server.listen(host, port)
         if self.identity is not None:
             self.renewal = asyncio.create_task(keep_renewed(self.identity))
         return bound
 
+    async def _forget_answer_keys(self) -> None:
+        """Drop the kept keys no retry can ask for any more; every instance does, harmlessly."""
+        while True:
+            try:
+                before = datetime.now(UTC) - KEEP_ANSWER_KEYS
+                await asyncio.to_thread(self.store.forget_answer_keys, answered_before=before)
+            except ZtpkiError as exc:  # kept a little longer; the next round tries again
+                log.warning("could not drop kept answer keys: %s", exc.message)
+            await asyncio.sleep(FORGET_KEYS_EVERY)
+
     async def serve_forever(self) -> None:
         assert self._server is not None
         await self._server.wait_closed()
 
     async def close(self) -> None:
-        await cancel_tasks(self.renewal, self.crl_timer)
+        await cancel_tasks(self.renewal, self.crl_timer, self._forgetting)
         if self._server is not None:
             self._server.close()
         await self._recorder.stop()

@@ -98,6 +98,11 @@ class IssuanceStore(Protocol):
         """
         ...
 
+    def forget_answer_keys(self, *, answered_before: datetime) -> int:
+        """Drop the kept (encrypted) keys of requests answered before then: no retry of
+        theirs can come any more. Returns how many were dropped."""
+        ...
+
     def set_status(self, ca_name: str, serial: str, status: CertificateStatus) -> bool:
         """Move an ACTIVE certificate to SUPERSEDED or REVOKED; False when it was not ACTIVE."""
         ...

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -51,19 +52,27 @@ _REFUSED_REQUEST = """
 # The request each certificate answered. Written before its certificate in one transaction
 # (hence the deferred reference): a second request with the same id finds the row taken and
 # writes nothing. ``private_key`` is the answer's key encrypted under the requester's one-time
-# passphrase, or NULL (a CSR; a key sent in the clear is never kept).
-_ISSUANCE_REQUEST = """
+# passphrase, or NULL (a CSR; a key sent in the clear is never kept; a key forgotten once no
+# retry can come any more: forget_answer_keys, on the partial index of the few still kept).
+_ISSUANCE_REQUEST = (
+    """
     CREATE TABLE issuance_request (
         client_name TEXT NOT NULL CHECK (client_name <> ''),
         request_id  TEXT NOT NULL CHECK (request_id <> ''),
         digest      TEXT NOT NULL CHECK (length(digest) = 64),
         ca_name     TEXT NOT NULL,
         serial      TEXT NOT NULL,
+        answered_at TEXT NOT NULL,
         private_key BLOB,
         PRIMARY KEY (client_name, request_id),
         FOREIGN KEY (ca_name, serial) REFERENCES issued_certificate (ca_name, serial)
             DEFERRABLE INITIALLY DEFERRED
-    )"""
+    )""",
+    """
+    CREATE INDEX issuance_request_kept_keys ON issuance_request (answered_at)
+        WHERE private_key IS NOT NULL
+    """,
+)
 SCHEMA = (
     """
     CREATE TABLE issued_certificate (
@@ -105,7 +114,7 @@ SCHEMA = (
     "CREATE UNIQUE INDEX ca_client_one_active_name ON ca_client (name) WHERE status = 'active'",
     _REFUSED_REQUEST,
     *REVOCATION_SCHEMA,
-    _ISSUANCE_REQUEST,
+    *_ISSUANCE_REQUEST,
 )
 # Version 1 had no entitlements: its clients keep a NULL one, which `ca serve` refuses to
 # start with (naming the `ca set-client` command), and its certificates name no client.
@@ -118,7 +127,7 @@ MIGRATIONS = {
     # Version 2 had no revocations: no certificate was revoked, every CRL number is unused.
     2: REVOCATION_SCHEMA,
     # Version 3 kept no request ids: its certificates answer no repeated request.
-    3: (_ISSUANCE_REQUEST,),
+    3: _ISSUANCE_REQUEST,
 }
 
 _CERT_COLUMNS = (
@@ -140,7 +149,8 @@ _SUPERSEDE = (
 )
 _TAKE_REQUEST = (
     "INSERT INTO issuance_request (client_name, request_id, digest, ca_name, serial, "
-    "private_key) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (client_name, request_id) DO NOTHING"
+    "answered_at, private_key) VALUES (?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (client_name, request_id) DO NOTHING"
 )
 # Column names from the fixed list above, never from a caller.
 _ANSWERED = (
@@ -276,6 +286,15 @@ class SQLiteIssuanceStore(SQLiteClientRegistry, SQLiteRevocations):
         key = None if row[1] is None else bytes(row[1])
         return AnsweredRequest(_certificate(row[2:]), row[0], key)
 
+    def forget_answer_keys(self, *, answered_before: datetime) -> int:
+        with self._db.write() as conn:
+            cursor = conn.execute(
+                "UPDATE issuance_request SET private_key = NULL "
+                "WHERE private_key IS NOT NULL AND answered_at < ?",
+                (encode_instant(answered_before),),
+            )
+            return cursor.rowcount
+
     def count(self) -> int:
         with self._db.read() as conn:
             row = conn.execute("SELECT COUNT(*) FROM issued_certificate").fetchone()
@@ -369,6 +388,7 @@ def _take_request(conn: sqlite3.Connection, cert: IssuedCertificate) -> None:
             cert.request_digest,
             cert.ca_name,
             cert.serial,
+            encode_instant(cert.issued_at),
             cert.answer_key_der,
         ),
     )

@@ -101,3 +101,18 @@ def test_ok_schema_3_store_is_migrated(tmp_path: Path) -> None:
         store.record_issuance(requested("02", "dev-2"), supersede=False)
         answered = store.answered_request("node", "r-1")
         assert answered is not None and answered.certificate.serial == "02"
+
+
+def test_ok_kept_keys_are_forgotten_after_their_window(ca_store: IssuanceStore) -> None:
+    from datetime import timedelta
+
+    from store_backends import T0
+
+    ca_store.record_issuance(requested("01"), supersede=False)
+    assert ca_store.forget_answer_keys(answered_before=T0) == 0  # not older than T0
+    answered = ca_store.answered_request("node", "r-1")
+    assert answered is not None and answered.answer_key_der == KEY
+    assert ca_store.forget_answer_keys(answered_before=T0 + timedelta(seconds=1)) == 1
+    answered = ca_store.answered_request("node", "r-1")
+    assert answered is not None and answered.answer_key_der is None
+    assert answered.certificate.serial == "01"  # the request itself is still answered
