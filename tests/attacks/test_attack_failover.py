@@ -11,6 +11,8 @@ passphrase. Each case checks that nothing was issued.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
+from dataclasses import replace
 
 import pytest
 from cryptography import x509
@@ -52,10 +54,18 @@ def _issued_by_line(d: Deployment) -> tuple[EnrollmentRequest, EnrollmentAnswer]
     return request, answer
 
 
-def _refusal(d: Deployment, answer: EnrollmentAnswer | EnrollmentError, case: str) -> str:
+def _replay_refused(
+    d: Deployment, cred: str, request: EnrollmentRequest, code: ErrorCode, *, says: str, case: str
+) -> str:
+    """Send ``request``; expect the typed refusal ``code`` saying ``says`` and nothing issued.
+    Returns the observation for the report."""
+    before = d.issued_count("factory")
+    answer = _ask(d, cred, request)
     assert isinstance(answer, EnrollmentError), "the CA system answered with a certificate"
     text = f"XML error {answer.code.value}: {answer.message}"
     d.transcript.add(f"ca {case}", text)
+    assert answer.code is code and says in answer.message, text
+    assert d.issued_count("factory") == before, "the CA system issued a certificate"
     return text
 
 
@@ -68,12 +78,17 @@ def test_fail_other_client_replays_a_request_id(
     request, first = _issued_by_line(d)
     other = _client(d, "--ca", "factory")
     before = d.issued_count("factory")
-    answer = _ask(d, f"cred-{other}", request)
-    text = _refusal(d, answer, "replay-other-client")
-    assert isinstance(answer, EnrollmentError) and answer.code is ErrorCode.NOT_AUTHORIZED, text
+    # Refused as any request for a device another client holds, naming no serial of it.
+    text = _replay_refused(
+        d,
+        f"cred-{other}",
+        request,
+        ErrorCode.NOT_AUTHORIZED,
+        says="taken by another CA-client",
+        case="replay-other",
+    )
     serial = format(x509.load_der_x509_certificate(first.certificate_der).serial_number, "x")
-    assert serial not in answer.message, "the refusal names the other client's serial"
-    assert d.issued_count("factory") == before, "the CA system issued a certificate"
+    assert serial not in text, "the refusal names the other client's serial"
     # Control: the line itself, sending it again, gets its own certificate back.
     again = _ask(d, "cred-line1", request)
     assert isinstance(again, EnrollmentAnswer) and again.certificate_der == first.certificate_der
@@ -89,54 +104,44 @@ def test_fail_other_client_replays_a_request_id(
     )
 
 
-def test_fail_reused_request_id_for_another_device(
-    deployment: Deployment, attack_report: AttackReport
+@pytest.mark.parametrize(
+    ("case", "forged", "attack"),
+    [
+        pytest.param(
+            "reused-request-id",
+            lambda r: replace(r, device_id=f"ACME-{secrets.token_hex(4)}"),
+            "a client reuses a request id already answered, for another device, hoping to be "
+            "answered with the first device's certificate or to have a second one issued",
+            id="fail-another-device",
+        ),
+        pytest.param(
+            "replay-other-passphrase",
+            lambda r: replace(
+                r, parameters=EnrollmentParameters(encrypt_private_key=b"guessed-passphrase")
+            ),
+            "someone who saw a request id but not its one-time key passphrase sends it again "
+            "with a passphrase of their own, to get the kept key encrypted under it",
+            id="fail-another-passphrase",
+        ),
+    ],
+)
+def test_fail_request_id_reused_for_another_request(
+    deployment: Deployment,
+    attack_report: AttackReport,
+    case: str,
+    forged: Callable[[EnrollmentRequest], EnrollmentRequest],
+    attack: str,
 ) -> None:
-    d = deployment
-    request, _ = _issued_by_line(d)
-    before = d.issued_count("factory")
-    forged = EnrollmentRequest(
-        request_id=request.request_id,
-        device_id=f"ACME-{secrets.token_hex(4)}",
-        parameters=request.parameters,
+    request, _ = _issued_by_line(deployment)
+    text = _replay_refused(
+        deployment,
+        "cred-line1",
+        forged(request),
+        ErrorCode.MALFORMED,
+        says="used for another request",
+        case=case,
     )
-    answer = _ask(d, "cred-line1", forged)
-    text = _refusal(d, answer, "reused-id")
-    assert isinstance(answer, EnrollmentError) and answer.code is ErrorCode.MALFORMED, text
-    assert "used for another request" in answer.message
-    assert d.issued_count("factory") == before, "the CA system issued a certificate"
-    _record(
-        attack_report,
-        "reused-request-id",
-        "a client reuses a request id already answered, for another device, hoping to be "
-        "answered with the first device's certificate or to have a second one issued",
-        f"{text}; nothing issued",
-    )
-
-
-def test_fail_replay_with_another_passphrase(
-    deployment: Deployment, attack_report: AttackReport
-) -> None:
-    """Someone who saw the request id but not the one-time passphrase replays it."""
-    d = deployment
-    request, _ = _issued_by_line(d)
-    before = d.issued_count("factory")
-    guessed = EnrollmentRequest(
-        request_id=request.request_id,
-        device_id=request.device_id,
-        parameters=EnrollmentParameters(encrypt_private_key=b"guessed-passphrase"),
-    )
-    answer = _ask(d, "cred-line1", guessed)
-    text = _refusal(d, answer, "replay-passphrase")
-    assert isinstance(answer, EnrollmentError) and answer.code is ErrorCode.MALFORMED, text
-    assert d.issued_count("factory") == before
-    _record(
-        attack_report,
-        "replay-other-passphrase",
-        "a request id already answered is sent again with another key passphrase, to get "
-        "the kept key encrypted under a passphrase the sender knows",
-        f"{text}; no key sent; nothing issued",
-    )
+    _record(attack_report, case, attack, f"{text}; no key sent; nothing issued")
 
 
 def test_fail_replay_after_revocation(deployment: Deployment, attack_report: AttackReport) -> None:
@@ -148,12 +153,9 @@ def test_fail_replay_after_revocation(deployment: Deployment, attack_report: Att
         "--reason", "keyCompromise", system="factory",
     )  # fmt: skip
     assert revoked.status == 0, revoked.err
-    before = d.issued_count("factory")
-    answer = _ask(d, "cred-line1", request)
-    text = _refusal(d, answer, "replay-revoked")
-    assert isinstance(answer, EnrollmentError) and answer.code is ErrorCode.NOT_AUTHORIZED, text
-    assert "revoked now" in answer.message
-    assert d.issued_count("factory") == before
+    text = _replay_refused(
+        d, "cred-line1", request, ErrorCode.NOT_AUTHORIZED, says="revoked now", case="revoked"
+    )
     _record(
         attack_report,
         "replay-after-revocation",

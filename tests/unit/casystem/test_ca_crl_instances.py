@@ -19,6 +19,30 @@ def revoked_serials(path: Path) -> set[str]:
     return {format(entry.serial_number, "x") for entry in crl}
 
 
+def two_instances(
+    authority: CertificateAuthority,  # noqa: F811
+    store: SQLiteIssuanceStore,  # noqa: F811
+    a_dir: Path,
+    b_dir: Path,
+    serial: str,
+) -> CRLPublisher:
+    """Publishers A and B on one store, each with its CRL published; ``serial`` is then
+    revoked (two seconds later) through A, which publishes. Returns B."""
+    clock = Clock()
+    a = CRLPublisher({"customer": target(authority, a_dir)}, store, clock=clock)
+    b = CRLPublisher({"customer": target(authority, b_dir)}, store, clock=clock)
+    issue(store, serial)
+    a.publish_due()
+    b.publish_due()
+    assert b.changed_elsewhere() == []  # negative control: nothing changed yet
+    clock.now = T0.replace(second=T0.second + 2)
+    store.revoke("customer", serial, reason=RevocationReason.KEY_COMPROMISE, at=clock.now)
+    clock.now = T0.replace(second=T0.second + 3)
+    asyncio.run(a.refresh("customer"))
+    assert revoked_serials(a_dir / "crl.der") == {serial}
+    return b
+
+
 def test_ok_own_directory_catches_up_with_a_revocation_made_elsewhere(
     authority: CertificateAuthority,  # noqa: F811
     store: SQLiteIssuanceStore,  # noqa: F811
@@ -27,17 +51,7 @@ def test_ok_own_directory_catches_up_with_a_revocation_made_elsewhere(
     a_dir, b_dir = tmp_path / "a", tmp_path / "b"
     a_dir.mkdir()
     b_dir.mkdir()
-    clock = Clock()
-    a = CRLPublisher({"customer": target(authority, a_dir)}, store, clock=clock)
-    b = CRLPublisher({"customer": target(authority, b_dir)}, store, clock=clock)
-    issue(store, "a0")
-    a.publish_due()
-    b.publish_due()
-    assert b.changed_elsewhere() == []  # negative control: nothing changed yet
-    clock.now = T0.replace(second=T0.second + 2)
-    store.revoke("customer", "a0", reason=RevocationReason.KEY_COMPROMISE, at=clock.now)
-    asyncio.run(a.refresh("customer"))
-    assert revoked_serials(a_dir / "crl.der") == {"a0"}
+    b = two_instances(authority, store, a_dir, b_dir, "a0")
     assert revoked_serials(b_dir / "crl.der") == set()  # B has not looked yet
     assert b.changed_elsewhere() == ["customer"]
     asyncio.run(b.catch_up("customer"))
@@ -50,18 +64,8 @@ def test_ok_shared_directory_is_not_signed_twice(
     store: SQLiteIssuanceStore,  # noqa: F811
     tmp_path: Path,
 ) -> None:
-    clock = Clock()
-    a = CRLPublisher({"customer": target(authority, tmp_path)}, store, clock=clock)
-    b = CRLPublisher({"customer": target(authority, tmp_path)}, store, clock=clock)
-    issue(store, "b0")
-    a.publish_due()
-    b.publish_due()
-    clock.now = T0.replace(second=T0.second + 2)
-    store.revoke("customer", "b0", reason=RevocationReason.SUPERSEDED, at=clock.now)
-    clock.now = T0.replace(second=T0.second + 3)
-    asyncio.run(a.refresh("customer"))
+    b = two_instances(authority, store, tmp_path, tmp_path, "b0")
     published = number(read_crl(tmp_path / "crl.der"))
-    assert revoked_serials(tmp_path / "crl.der") == {"b0"}
     assert b.changed_elsewhere() == ["customer"]
     asyncio.run(b.catch_up("customer"))  # the file already covers it: left as it is
     assert number(read_crl(tmp_path / "crl.der")) == published
