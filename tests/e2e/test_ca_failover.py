@@ -122,15 +122,21 @@ def dead_addresses(count: int) -> list[str]:
 # ------------------------------------------------------------------------ the CA systems
 
 
-def test_ok_retried_request_id_returns_the_same_certificate(instances: Instances) -> None:
-    """The same request to A, then to B: one certificate, one key, one record."""
+@pytest.mark.parametrize(
+    "key", [KeySpec.EC_P256, KeySpec.RSA_2048], ids=["ok-ec", "ok-rsa-looked-up-first"]
+)
+def test_ok_retried_request_id_returns_the_same_certificate(
+    instances: Instances, key: KeySpec
+) -> None:
+    """The same request to A, then to B: one certificate, one key, one record. (An RSA
+    request is looked up before its key is generated; the others meet their record.)"""
     device = f"retry-{os.getpid()}-{secrets.token_hex(3)}"
     passphrase = secrets.token_urlsafe(24).encode()
     request = EnrollmentRequest(
         request_id=f"node-{secrets.token_hex(12)}",
         device_id=device,
         ca="operational",
-        parameters=EnrollmentParameters(encrypt_private_key=passphrase),
+        parameters=EnrollmentParameters(key_algorithm=key, encrypt_private_key=passphrase),
     )
 
     async def send(address: str, what: EnrollmentRequest) -> Any:

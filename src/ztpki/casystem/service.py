@@ -236,10 +236,9 @@ class CASystemService:
             request, now=now, client=client.name, entitlement=client.entitlement
         )
         # A request sent again (its answer lost, or a failover from another instance that
-        # recorded it and died before answering) is answered from the record, not issued.
-        recorded = self.store.answered_request(client.name, request.request_id)
-        if recorded is not None:
-            return self._answer_again(plan, recorded)
+        # recorded it and died before answering) is answered from its record, never issued
+        # twice: the record refuses a second certificate for its id (RequestAnswered below),
+        # so the common case costs no read here; only RSA looks first, see just below.
         private_key: PrivateKey | None = None
         if plan.csr_public_key is not None:
             public_key = plan.csr_public_key
@@ -247,6 +246,9 @@ class CASystemService:
             if plan.key_spec.is_rsa:
                 # Refuse before 50 ms of RSA generation rather than at the record: a
                 # repeated request must not be able to keep the key pool busy.
+                recorded = self.store.answered_request(client.name, request.request_id)
+                if recorded is not None:
+                    return self._answer_again(plan, recorded)
                 self._refuse_if_live(plan)
             private_key = await self._generate(plan.key_spec)
             public_key = private_key.public_key()
