@@ -16,6 +16,7 @@ import os
 import secrets
 import signal
 import socket
+import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -39,6 +40,7 @@ from tests.support.ocsp import exchange, http_address, post_ocsp, request_der
 from tests.support.services import Service, start
 
 from ztpki.casystem.client import CAClient
+from ztpki.casystem.failover import BACKOFF_FIRST
 from ztpki.credentials import Credential
 from ztpki.errors import MalformedInput, NotAuthorized
 from ztpki.pki.keys import KeySpec, decode_pkcs8, generate_private_key, keys_match
@@ -288,6 +290,34 @@ def test_ok_instance_dying_after_its_record_is_answered_by_the_next(
     recorded_by_c = {serial_hex(c) for c in got.values()}
     assert all(f"answered again serial={s}" in instances.b.log() for s in recorded_by_c)
     assert not any(f"issued serial={s}" in instances.b.log() for s in recorded_by_c)
+
+
+def test_ok_hung_instance_is_failed_over_then_preferred_again(instances: Instances) -> None:
+    """H serves a device, then hangs (SIGSTOP) with the node's next request unanswered on a
+    kept-alive connection. After ca_timeout the node asks B with the same request id; B
+    issues. H, woken up, is the node's first choice again once its back-off has passed, and
+    the request it held issued nothing."""
+    world = instances.world
+    hung = start_instance(world)
+    point_node(world, hung.address, instances.b.address)
+    first, second, third = world.make_devices(3)
+    got = asyncio.run(customize(world, [first]))
+    assert f"issued serial={serial_hex(got[first.device_id])}" in hung.log()
+    os.kill(hung.pid, signal.SIGSTOP)
+    try:
+        got.update(asyncio.run(customize(world, [second])))
+    finally:
+        os.kill(hung.pid, signal.SIGCONT)
+    assert f"issued serial={serial_hex(got[second.device_id])}" in instances.b.log()
+    assert "did not answer within" in world.node.log()
+    failed_over_at = time.monotonic()
+    # Once its back-off has passed, H is asked first again, and serves. (Waiting out the
+    # node's own timer: it is the behaviour under test, not a stand-in for a signal.)
+    time.sleep(max(0.0, failed_over_at + BACKOFF_FIRST + 0.5 - time.monotonic()))
+    got.update(asyncio.run(customize(world, [third])))
+    assert f"issued serial={serial_hex(got[third.device_id])}" in hung.log()
+    assert f"device={second.device_id}" not in hung.log()  # the held request issued nothing
+    check_one_live_each(world, got)
 
 
 def test_ok_fleet_survives_kill_9_of_one_instance(instances: Instances) -> None:
