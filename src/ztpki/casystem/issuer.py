@@ -23,7 +23,7 @@ from ztpki.pki.authority import CertificateAuthority, IssuanceGrant
 from ztpki.pki.keys import KeySpec, PrivateKey, PublicKey, encode_pkcs8, key_spec_of
 from ztpki.pki.names import SubjectFields
 from ztpki.pki.pem import certificate_der, serial_hex
-from ztpki.protocol.enrollment import EnrollmentAnswer, EnrollmentRequest
+from ztpki.protocol.enrollment import EnrollmentAnswer, EnrollmentParameters, EnrollmentRequest
 from ztpki.store.records import (
     AlreadyIssued,
     AnsweredRequest,
@@ -76,19 +76,24 @@ def _csr_public_key(csr_der: bytes, policy: IssuingPolicy) -> tuple[PublicKey, K
     return public_key, policy.key_spec(key_spec_of(public_key))
 
 
+_PARAMETER_NAMES = tuple(f.name for f in fields(EnrollmentParameters))
+
+
 def request_digest(request: EnrollmentRequest) -> str:
     """SHA-256 (hex) of everything a request asks for, its id excepted: a request sent again
     has the same digest, another request under a reused id a different one. The one-time
     passphrase is part of it: only its holder gets the kept (encrypted) key back."""
-    digest = hashlib.sha256()
     params = request.parameters
-    parts: list[object] = [request.device_id, request.ca, request.reissue, request.csr_der]
-    parts.extend(getattr(params, f.name) for f in fields(params))
-    for part in parts:
-        # repr of str, bytes, bool, int, None, enums and tuples of them is exact and stable.
-        text = repr(part).encode()
-        digest.update(len(text).to_bytes(4, "big") + text)
-    return digest.hexdigest()
+    parts = (
+        request.device_id,
+        request.ca,
+        request.reissue,
+        request.csr_der,
+        *(getattr(params, name) for name in _PARAMETER_NAMES),
+    )
+    # repr of a tuple of str, bytes, bool, int, None, enums and tuples of them is exact
+    # (quotes escaped, every part delimited) and the same in every process of a release.
+    return hashlib.sha256(repr(parts).encode()).hexdigest()
 
 
 class CASystem:

@@ -49,11 +49,13 @@ _REFUSED_REQUEST = """
         ca_name     TEXT,
         reason      TEXT NOT NULL
     )"""
-# The request each certificate answered. Written before its certificate in one transaction
-# (hence the deferred reference): a second request with the same id finds the row taken and
-# writes nothing. ``private_key`` is the answer's key encrypted under the requester's one-time
-# passphrase, or NULL (a CSR; a key sent in the clear is never kept; a key forgotten once no
-# retry can come any more: forget_answer_keys, on the partial index of the few still kept).
+# The request each certificate answered, written just before its certificate in the same
+# transaction: a second request with the same id finds the row taken and writes nothing, and
+# a certificate refused gives its row back (so every row names a recorded certificate; no
+# foreign key, whose upkeep cost more than both inserts). ``private_key`` is the answer's key
+# encrypted under the requester's one-time passphrase, or NULL (a CSR; a key sent in the
+# clear is never kept; a key forgotten once no retry can come any more: forget_answer_keys,
+# on the partial index of the few still kept).
 _ISSUANCE_REQUEST = (
     """
     CREATE TABLE issuance_request (
@@ -64,9 +66,7 @@ _ISSUANCE_REQUEST = (
         serial      TEXT NOT NULL,
         answered_at TEXT NOT NULL,
         private_key BLOB,
-        PRIMARY KEY (client_name, request_id),
-        FOREIGN KEY (ca_name, serial) REFERENCES issued_certificate (ca_name, serial)
-            DEFERRABLE INITIALLY DEFERRED
+        PRIMARY KEY (client_name, request_id)
     )""",
     """
     CREATE INDEX issuance_request_kept_keys ON issuance_request (answered_at)
@@ -147,6 +147,7 @@ _SUPERSEDE = (
     "UPDATE issued_certificate SET status = 'superseded' "
     "WHERE ca_name = ? AND device_id = ? AND status = 'active' RETURNING serial"
 )
+_GIVE_BACK_REQUEST = "DELETE FROM issuance_request WHERE client_name = ? AND request_id = ?"
 _TAKE_REQUEST = (
     "INSERT INTO issuance_request (client_name, request_id, digest, ca_name, serial, "
     "answered_at, private_key) VALUES (?, ?, ?, ?, ?, ?, ?) "
@@ -357,15 +358,22 @@ def _record(
     then is the cause looked up. The request is taken first: RequestAnswered when its id
     was, and then nothing is written (no second live certificate, no supersession).
     """
-    if cert.request_digest is None and not supersede:
-        _insert(conn, cert, db_path=db_path)
+    requested = cert.request_digest is not None and cert.client is not None
+    if not supersede:
+        # Two statements, no savepoint (which costs as much as both): the request taken,
+        # then the certificate; a refused certificate gives its request back.
+        if requested:
+            _take_request(conn, cert)
+        try:
+            _insert(conn, cert, db_path=db_path)
+        except ZtpkiError:
+            if requested:
+                conn.execute(_GIVE_BACK_REQUEST, (cert.client, cert.request_id))
+            raise
         return []
     with savepoint(conn, "issuance"):
-        if cert.request_digest is not None and cert.client is not None:
+        if requested:
             _take_request(conn, cert)
-        if not supersede:
-            _insert(conn, cert, db_path=db_path)
-            return []
         if (
             cert.client is not None
             and conn.execute(_HELD_BY_OTHER, (cert.ca_name, cert.device_id, cert.client)).fetchone()
