@@ -20,6 +20,7 @@ from ztpki.cli.common import (
     print_json,
     refuse_existing_output,
 )
+from ztpki.cli.database import database_option
 from ztpki.cli.node_ca_system import set_ca_system_command
 from ztpki.cli.node_options import (
     CLIENT_KEY_OPTIONS,
@@ -109,6 +110,7 @@ def node() -> None:
 @proxy_options
 @policy_options
 @allow_no_eku_option
+@database_option("register")
 @passphrase_options(NODE_ENV, NODE_KEY)
 def init_command(
     directory: Path,
@@ -121,6 +123,7 @@ def init_command(
     ca_name: str | None,
     crls: tuple[Path, ...],
     allow_no_eku: bool,
+    database: str | None,
     passphrase_file: Path | None,
     insecure_no_passphrase: bool,
     **policy: Any,
@@ -149,6 +152,7 @@ def init_command(
         crls=crls,
         proxy=proxy,
         allow_no_eku=allow_no_eku,
+        database=database,
     )
     for warning in result.warnings:
         # The warning names certificate subjects, which are not markup.
@@ -159,6 +163,25 @@ def init_command(
         f"{maker.name} for device ids {maker.device_ids})",
         markup=False,
     )
+
+
+@node.command("migrate")
+@dir_option
+def migrate_command(directory: Path) -> None:
+    """Upgrade the register's schema to this ztpki's (stop every `node serve` using it, and
+    back it up, first). Services refuse to start on an older schema until this has run."""
+    from ztpki.cli.database import migrate_store
+    from ztpki.store import sqlite_register
+    from ztpki.store.sqlite import open_node_store
+
+    location = NodeConfig.load(directory, migrating=True).database
+    line = migrate_store(
+        location,
+        sqlite_register.SCHEMA_COMPONENT,
+        sqlite_register.SCHEMA_VERSION,
+        lambda: open_node_store(location, migrate=True),
+    )
+    console.print(line, markup=False)
 
 
 @node.command("add-ca")

@@ -34,7 +34,7 @@ from ztpki.store.revocation_records import (
     RevocationAction,
     RevocationOrder,
 )
-from ztpki.store.sqlite import SQLiteNodeStore, open_sqlite_node_store
+from ztpki.store.sqlite import SQLiteNodeStore, open_node_store
 from ztpki.untrusted import quote
 
 
@@ -44,7 +44,7 @@ def open_register(directory: Path) -> SQLiteNodeStore:
             f"{directory} is not a node directory (no {NODE_FILE}); run `ztpki node init`"
         )
     # The register stays readable while an older node.toml is being migrated.
-    return open_sqlite_node_store(NodeConfig.load(directory, migrating=True).database)
+    return open_node_store(NodeConfig.load(directory, migrating=True).database)
 
 
 def import_manifest(directory: Path, data: bytes, *, now: datetime) -> ImportResult:

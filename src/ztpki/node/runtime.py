@@ -59,7 +59,7 @@ from ztpki.node.revocation import RevocationSender
 from ztpki.pki.keys import PrivateKey, decode_pkcs8, keys_match
 from ztpki.pki.pem import load_certificates_pem
 from ztpki.store.interfaces import NodeStore
-from ztpki.store.sqlite import open_sqlite_node_store
+from ztpki.store.sqlite import open_node_store
 
 log = logging.getLogger(__name__)
 
@@ -281,7 +281,7 @@ async def start_node(
             pool_size=limits.ca_pool_size,
             timeout=limits.ca_timeout,
         )
-    store = store or open_sqlite_node_store(config.database)
+    store = store or open_node_store(config.database)
     register = AsyncRegister(store)
     metrics = NodeMetrics()
     ca_client = SecondCAClient(

@@ -25,6 +25,7 @@ from ztpki.casystem.wire import LiveCertificateExists
 from ztpki.credentials import CERT_FILE, KEY_FILE, TRUST_FILE, Credential
 from ztpki.errors import ConfigurationError, MalformedInput
 from ztpki.node.config import (
+    DB_FILE,
     DEFAULT_LABEL,
     NODE_FILE,
     CALabel,
@@ -55,7 +56,8 @@ from ztpki.pki.pem import certificates_pem, fingerprint_sha256, load_certificate
 from ztpki.protocol.enrollment import EnrollmentParameters, EnrollmentRequest
 from ztpki.protocol.est import build_csr
 from ztpki.secretfiles import write_private_file, write_public_file
-from ztpki.store.sqlite import open_sqlite_node_store
+from ztpki.store.database_url import check_database_url, record_database_url
+from ztpki.store.sqlite import open_node_store
 
 log = logging.getLogger(__name__)
 
@@ -156,8 +158,13 @@ def init_node(
     limits: Limits | None = None,
     proxy: ProxySettings | None = None,
     allow_no_eku: bool = False,
+    database: str | None = None,
 ) -> InitResult:
-    """Create a node directory from the operator's files; refuses an existing node."""
+    """Create a node directory from the operator's files; refuses an existing node.
+
+    ``database``: a PostgreSQL URL for the register (created there when missing, or shared
+    with the other nodes using it); the directory's SQLite file otherwise.
+    """
     if (directory / NODE_FILE).exists():
         raise ConfigurationError(
             f"{directory}: a node directory exists already ({NODE_FILE}); edit it instead"
@@ -165,6 +172,8 @@ def init_node(
     addresses = (ca_system,) if isinstance(ca_system, str) else tuple(ca_system)
     parse_addresses(addresses)
     check_label(label)
+    if database is not None:
+        check_database_url(database)
     prepared_proxy = prepare_proxy(proxy or ProxySettings())
     bundle = read_certificates(manufacturer.trust, f"trust bundle of {manufacturer.name}")
     bundles = [bundle]
@@ -218,7 +227,10 @@ def init_node(
         limits=limits or Limits(),
         proxy=prepared_proxy.config,
     )
-    open_sqlite_node_store(config.database).close()
+    if database is not None:
+        open_node_store(database).close()  # reachable, and its schema is current
+        record_database_url(directory, database, DB_FILE)
+    open_node_store(config.database).close()
     config.save()
     warnings = _server_warnings(directory, server_chain, bundles, chain)
     return InitResult(config, [*warnings, *crl_warnings(config)])
