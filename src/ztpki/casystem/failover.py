@@ -8,7 +8,8 @@ the next address with the very same request.
 
 Which address to try first is decided by ``AddressHealth``, free of I/O and clock: the
 configured order, except that an address that failed is put last until its back-off has
-passed (1 s after the first failure, doubling on each further one, at most 30 s). When
+passed (1 s after the first failure, doubling on each further one, at most 30 s; the
+requests that fail together while it is backing off count once). When
 every address is backing off, all are still tried, soonest first: a request never fails
 without having tried each address once.
 """
@@ -65,9 +66,13 @@ class AddressHealth:
         )
         return healthy + waiting
 
-    def failed(self, index: int, now: float) -> float:
-        """Note a failure; returns the back-off (seconds) the address now has."""
+    def failed(self, index: int, now: float) -> float | None:
+        """Note a failure; returns the back-off (seconds) the address now has, or None when
+        it was backing off already: the requests in flight when it went down fail together
+        and count as one failure (a burst must not push it to the maximum at once)."""
         health = self._health[index]
+        if health.retry_at > now:
+            return None
         health.failures += 1
         delay = min(self._maximum, self._first * 2.0 ** (health.failures - 1))
         health.retry_at = now + delay
@@ -140,10 +145,6 @@ class FailoverCAClient:
             ]
         )
 
-    @property
-    def addresses(self) -> tuple[str, ...]:
-        return tuple(client.address for client in self._clients)
-
     async def enroll(self, request: EnrollmentRequest) -> EnrollmentAnswer:
         return await self._call(lambda client: client.enroll(request))
 
@@ -162,7 +163,7 @@ class FailoverCAClient:
                 result = await send(client)
             except Unavailable as exc:
                 delay = self.health.failed(index, self._clock())
-                if len(self._clients) > 1:
+                if delay is not None and len(self._clients) > 1:
                     log.warning(
                         "CA system %s unavailable (%s); avoided for %.0f s",
                         client.address,

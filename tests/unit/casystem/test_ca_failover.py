@@ -33,18 +33,32 @@ def test_ok_healthy_addresses_keep_their_configured_order() -> None:
 
 def test_ok_backoff_doubles_to_a_maximum_and_success_resets_it() -> None:
     health = AddressHealth(2)
-    delays = [health.failed(0, 0.0) for _ in range(8)]
+    now, delays = 0.0, []
+    for _ in range(8):  # each failure once the previous back-off has passed
+        delay = health.failed(0, now)
+        assert delay is not None
+        delays.append(delay)
+        now += delay
     assert delays[:3] == [BACKOFF_FIRST, 2 * BACKOFF_FIRST, 4 * BACKOFF_FIRST]
     assert max(delays) == BACKOFF_MAX and delays[-1] == BACKOFF_MAX
     health.succeeded(0)
-    assert health.failed(0, 100.0) == BACKOFF_FIRST
+    assert health.failed(0, now) == BACKOFF_FIRST
+
+
+def test_ok_failures_while_backing_off_count_once() -> None:
+    # Eight requests in flight when the address went down fail together: one failure.
+    health = AddressHealth(2)
+    assert health.failed(0, 0.0) == BACKOFF_FIRST
+    assert [health.failed(0, 0.1) for _ in range(7)] == [None] * 7
+    assert health.order(BACKOFF_FIRST) == [0, 1]  # back after the first back-off only
+    assert health.failed(0, BACKOFF_FIRST) == 2 * BACKOFF_FIRST  # the next one doubles
 
 
 def test_ok_all_backing_off_are_still_tried_soonest_first() -> None:
     health = AddressHealth(3)
-    health.failed(2, 0.0)  # retry at 1
     health.failed(0, 0.0)
-    health.failed(0, 0.0)  # retry at 2
+    health.failed(0, 1.0)  # retry at 3
+    health.failed(2, 0.0)  # retry at 1
     health.failed(1, 0.5)  # retry at 1.5
     assert health.order(0.6) == [2, 1, 0]
 
