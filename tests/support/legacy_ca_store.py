@@ -1,5 +1,5 @@
 """CA-system stores as older releases wrote them: before CA-client entitlements (schema 1),
-before revocations (schema 2), before request ids were kept (schema 3)."""
+before revocations (schema 2); neither keeps request ids (schema 4)."""
 
 from __future__ import annotations
 
@@ -26,11 +26,6 @@ def downgrade_ca_store_to_v1(path: Path) -> None:
 def downgrade_ca_store_to_v2(path: Path) -> None:
     """Turn a CA-system store made by this release into a schema-2 one: no revocations."""
     _rewrite(path, 2, *_NO_REVOCATIONS)
-
-
-def downgrade_ca_store_to_v3(path: Path) -> None:
-    """Turn a CA-system store made by this release into a schema-3 one: no request ids."""
-    _rewrite(path, 3, *_NO_REQUESTS)
 
 
 def _rewrite(path: Path, version: int, *statements: str) -> None:

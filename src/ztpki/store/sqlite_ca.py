@@ -20,6 +20,7 @@ from typing import Any
 
 from ztpki.errors import ZtpkiError
 from ztpki.store.instants import decode_instant, encode_instant
+from ztpki.store.pg_schema import postgres_ddl
 from ztpki.store.records import (
     AlreadyIssued,
     AnsweredRequest,
@@ -128,6 +129,8 @@ MIGRATIONS = {
     # Version 3 kept no request ids: its certificates answer no repeated request.
     3: _ISSUANCE_REQUEST,
 }
+# PostgreSQL stores began at version 3.
+POSTGRES_MIGRATIONS = {3: tuple(postgres_ddl(statement) for statement in _ISSUANCE_REQUEST)}
 
 _CERT_COLUMNS = (
     "serial, ca_name, device_id, subject, not_before, not_after, status, request_id, "
@@ -173,7 +176,12 @@ class SQLiteIssuanceStore(SQLiteClientRegistry, SQLiteRevocations):
         self._db = db
         try:
             db.ensure_schema(
-                SCHEMA_COMPONENT, SCHEMA_VERSION, SCHEMA, migrations=MIGRATIONS, migrate=migrate
+                SCHEMA_COMPONENT,
+                SCHEMA_VERSION,
+                SCHEMA,
+                migrations=MIGRATIONS,
+                postgres_migrations=POSTGRES_MIGRATIONS,
+                migrate=migrate,
             )
         except BaseException:
             db.close()

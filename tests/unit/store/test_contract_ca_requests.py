@@ -8,7 +8,6 @@ second record for the same request must write nothing, whichever instance tries.
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 from store_backends import Backend, make_certificate, sha256_hex
@@ -86,21 +85,19 @@ def test_fail_a_key_without_its_request_is_refused() -> None:
         replace(make_certificate("01"), request_digest="not-a-digest")
 
 
-def test_ok_schema_3_store_is_migrated(tmp_path: Path) -> None:
-    from tests.support.legacy_ca_store import downgrade_ca_store_to_v3
-
-    from ztpki.store import open_sqlite_ca_store
-
-    path = tmp_path / "ca.db"
-    with open_sqlite_ca_store(path) as store:
-        store.record_issuance(make_certificate("01"), supersede=False)
-    downgrade_ca_store_to_v3(path)
-    with open_sqlite_ca_store(path) as store:
-        # Certificates of before answer no repeated request; new ones do.
-        assert store.answered_request("node", "req-01") is None
-        store.record_issuance(requested("02", "dev-2"), supersede=False)
-        answered = store.answered_request("node", "r-1")
-        assert answered is not None and answered.certificate.serial == "02"
+def test_ok_schema_3_store_is_migrated(backend: Backend) -> None:
+    """A store of schema 3 (no request ids, as the previous release left it, on either
+    engine) is brought to 4 when opened to migrate: old certificates answer no repeated
+    request, new ones do."""
+    first = backend.ca()
+    first.record_issuance(make_certificate("01"), supersede=False)
+    backend.raw("ca", "DROP TABLE issuance_request")
+    backend.raw("ca", "UPDATE schema_version SET version = 3 WHERE component = 'ca_system'")
+    store = backend.ca()
+    assert store.answered_request("node", "req-01") is None
+    store.record_issuance(requested("02", "dev-2"), supersede=False)
+    answered = store.answered_request("node", "r-1")
+    assert answered is not None and answered.certificate.serial == "02"
 
 
 def test_ok_kept_keys_are_forgotten_after_their_window(ca_store: IssuanceStore) -> None:
