@@ -45,7 +45,7 @@ from ztpki.node.factory_crls import (
 )
 from ztpki.node.http import EstApplication
 from ztpki.node.manufacturers import LoadedManufacturer, check_distinct_trust
-from ztpki.node.metrics import NodeMetrics
+from ztpki.node.metrics import NodeMetrics, database_figures
 from ztpki.node.proxy import ForwardedCertificate
 from ztpki.node.proxy_listener import (
     ProxyAddress,
@@ -283,7 +283,7 @@ async def start_node(
         )
     store = store or open_node_store(config.database)
     register = AsyncRegister(store)
-    metrics = NodeMetrics()
+    metrics = NodeMetrics(database=database_figures(store))
     ca_client = SecondCAClient(transport, timeout=limits.ca_timeout, retry_after=limits.retry_after)
     revocations = RevocationSender(register, ca_client, config.revocation)
     service = EnrollmentService(

@@ -27,6 +27,7 @@ from psycopg import pq
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ztpki.errors import ConfigurationError, StorageError, Unavailable, ZtpkiError
+from ztpki.store.counters import DatabaseCounters
 from ztpki.store.database_url import redact_url, without_password
 from ztpki.store.pg_schema import postgres_ddl
 from ztpki.store.sql import SchemaOutdated, SchemaTooNew
@@ -73,20 +74,28 @@ class PostgresConnection:
     Error = psycopg.Error
     IntegrityError = psycopg.errors.IntegrityError
 
-    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+    def __init__(self, conn: psycopg.Connection[Any], counters: DatabaseCounters) -> None:
         self.raw = conn
+        self.counters = counters
 
     @property
     def in_transaction(self) -> bool:
         return self.raw.info.transaction_status != _IDLE
 
     def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> psycopg.Cursor[Any]:
+        self.counters.round_trip()
         return self.raw.execute(to_pyformat(sql), tuple(parameters))
 
     def executemany(self, sql: str, parameters: Any, /) -> psycopg.Cursor[Any]:
+        self.counters.round_trip()  # psycopg pipelines the rows: one exchange with the server
         cursor = self.raw.cursor()
         cursor.executemany(to_pyformat(sql), [tuple(row) for row in parameters])
         return cursor
+
+    def run(self, sql: str) -> psycopg.Cursor[Any]:
+        """Our own SQL, without parameters (several statements may share the round trip)."""
+        self.counters.round_trip()
+        return self.raw.execute(sql)
 
 
 class _Detached:
@@ -96,10 +105,11 @@ class _Detached:
 
     def commit(self) -> None:
         try:
-            self.connection.raw.execute("COMMIT")
+            self.connection.run("COMMIT")
         except psycopg.Error as exc:
             self._db.release(self.connection, broken=True)
             raise self._db.storage_error(exc) from exc
+        self._db.counters.commit("write")
         self._db.release(self.connection)
 
     def rollback(self) -> None:
@@ -129,6 +139,7 @@ class PostgresDatabase:
         self._pool: ConnectionPool[Any] | None = None
         self._pid = os.getpid()
         self._closed = False
+        self.counters = DatabaseCounters(self.dialect)
 
     # ------------------------------------------------------------------ connections
 
@@ -141,6 +152,7 @@ class PostgresDatabase:
                     _INHERITED.append(self._pool)
                 self._pool, self._pid = None, os.getpid()
                 self._local = threading.local()
+                self.counters.reset()
             if self._pool is None:
                 self._pool = ConnectionPool(
                     self.url,
@@ -163,7 +175,7 @@ class PostgresDatabase:
                 f"{self._why_not_connecting() if wait else ''}; retry shortly",
                 retry_after=1,
             ) from exc
-        return PostgresConnection(raw)
+        return PostgresConnection(raw, self.counters)
 
     def _why_not_connecting(self) -> str:
         """What the server says to a new connection (wrong password, no such database...),
@@ -237,10 +249,10 @@ class PostgresDatabase:
         conn = self.acquire(wait=wait)
         try:
             if wait:
-                conn.raw.execute(self._begin(write=True, sync=True))
+                conn.run(self._begin(write=True, sync=True))
             else:
-                conn.raw.execute("BEGIN")
-                locked = conn.raw.execute(f"SELECT pg_try_advisory_xact_lock({_WRITE_LOCK})")
+                conn.run("BEGIN")
+                locked = conn.run(f"SELECT pg_try_advisory_xact_lock({_WRITE_LOCK})")
                 if not _first(locked.fetchone()):
                     _rollback(conn)
                     self.release(conn)
@@ -267,31 +279,32 @@ class PostgresDatabase:
     ) -> Iterator[PostgresConnection]:
         conn = self.acquire(wait=wait)
         try:
-            conn.raw.execute(self._begin(write=write, sync=sync))
+            conn.run(self._begin(write=write, sync=sync))
             yield conn
-            conn.raw.execute("COMMIT")
+            conn.run("COMMIT")
         except psycopg.Error as exc:
             self.release(conn, broken=not _rollback(conn))
             raise self.storage_error(exc) from exc
         except BaseException:
             self.release(conn, broken=not _rollback(conn))
             raise
+        self.counters.commit("write" if write else "read")
         self.release(conn)
 
     @contextmanager
     def _unit(self, conn: PostgresConnection) -> Iterator[None]:
-        conn.raw.execute("SAVEPOINT unit")
+        conn.run("SAVEPOINT unit")
         try:
             yield
         except BaseException as exc:
             try:
-                conn.raw.execute("ROLLBACK TO SAVEPOINT unit; RELEASE SAVEPOINT unit")
+                conn.run("ROLLBACK TO SAVEPOINT unit; RELEASE SAVEPOINT unit")
             except psycopg.Error as undo:
                 raise self.storage_error(undo) from exc
             if isinstance(exc, psycopg.Error):
                 raise self.storage_error(exc) from exc
             raise
-        conn.raw.execute("RELEASE SAVEPOINT unit")
+        conn.run("RELEASE SAVEPOINT unit")
 
     # ------------------------------------------------------------------ schema
 
@@ -372,7 +385,7 @@ def _rollback(conn: PostgresConnection) -> bool:
         return False
     try:
         if conn.in_transaction:
-            conn.raw.execute("ROLLBACK")
+            conn.run("ROLLBACK")
     except psycopg.Error:
         return False
     return True

@@ -14,6 +14,7 @@ from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 from ztpki.errors import ConfigurationError
+from ztpki.store.counters import DatabaseCounters
 
 # The command that brings each component's schema up to date, named in SchemaOutdated.
 MIGRATE_COMMANDS = {"customer_node": "ztpki node migrate", "ca_system": "ztpki ca migrate"}
@@ -74,6 +75,11 @@ class Database(Protocol):
     @property
     def dialect(self) -> str:
         """``sqlite`` or ``postgresql``."""
+        ...
+
+    @property
+    def counters(self) -> DatabaseCounters:
+        """Round trips and commits so far, for /metrics."""
         ...
 
     def write(self, *, sync: bool = True) -> AbstractContextManager[SQLConnection]: ...
