@@ -5,6 +5,7 @@ per customization (the node's /metrics counters, PostgreSQL's own statistics).""
 from __future__ import annotations
 
 import http.client
+import os
 import re
 import ssl
 import subprocess
@@ -153,6 +154,30 @@ def top_statements(configuration: Configuration, limit: int = 25) -> list[tuple[
         ).fetchall()
     return [(f"{names[str(d)]}: {' '.join(str(q).split())}", int(c), float(t))
             for d, q, c, t in rows]  # fmt: skip
+
+
+def postgres_processes(cluster: PostgresCluster) -> dict[str, float]:
+    """CPU seconds (own + reaped children) per kind of PostgreSQL process (``postgres:
+    walwriter``, ``postgres: ztpki fleet_node_1 ...``: a backend of that database)."""
+    from pathlib import Path
+
+    root = cluster.postmaster_pid()
+    out: dict[str, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            title = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if int(entry.name) != root and int(fields[1]) != root:
+            continue
+        kind = " ".join(title.split()[:4]) if "ztpki" in title else " ".join(title.split()[:3])
+        ticks = sum(int(f) for f in fields[11:15])
+        out[kind] = out.get(kind, 0.0) + ticks / os.sysconf("SC_CLK_TCK")
+    return out
 
 
 def difference(

@@ -77,25 +77,43 @@ class PostgresConnection:
     def __init__(self, conn: psycopg.Connection[Any], counters: DatabaseCounters) -> None:
         self.raw = conn
         self.counters = counters
+        # Our own parameterless SQL due before the next statement (a group's BEGIN, a unit's
+        # RELEASE): sent in the same round trip as our next own statement.
+        self.prefix = ""
+        # A one-statement read: how many statements it may still run (None: any number).
+        self.statements_left: int | None = None
 
     @property
     def in_transaction(self) -> bool:
         return self.raw.info.transaction_status != _IDLE
 
     def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> psycopg.Cursor[Any]:
+        self._statement()
         self.counters.round_trip()
         return self.raw.execute(to_pyformat(sql), tuple(parameters))
 
     def executemany(self, sql: str, parameters: Any, /) -> psycopg.Cursor[Any]:
+        self._statement()
         self.counters.round_trip()  # psycopg pipelines the rows: one exchange with the server
         cursor = self.raw.cursor()
         cursor.executemany(to_pyformat(sql), [tuple(row) for row in parameters])
         return cursor
 
     def run(self, sql: str) -> psycopg.Cursor[Any]:
-        """Our own SQL, without parameters (several statements may share the round trip)."""
+        """Our own SQL, without parameters (several statements may share the round trip),
+        after the prefix due."""
+        sql, self.prefix = self.prefix + sql, ""
         self.counters.round_trip()
         return self.raw.execute(sql)
+
+    def _statement(self) -> None:
+        if self.statements_left is not None:
+            if self.statements_left < 1:
+                # Outside a transaction a second statement would see another snapshot.
+                raise RuntimeError("a one-statement read ran a second statement")
+            self.statements_left -= 1
+        if self.prefix:
+            self.run("")
 
 
 class _Detached:
@@ -223,14 +241,30 @@ class PostgresDatabase:
             yield conn
 
     @contextmanager
-    def read(self, *, wait: bool = True) -> Iterator[PostgresConnection]:
+    def read(self, *, wait: bool = True, single: bool = False) -> Iterator[PostgresConnection]:
+        """A read transaction (one snapshot). ``single``: the body runs one statement, which
+        then runs on its own, as its own snapshot: no BEGIN and COMMIT round trips."""
         grouped: PostgresConnection | None = getattr(self._local, "grouped", None)
         if grouped is not None:
             with self._unit(grouped):
                 yield grouped
             return
-        with self._transaction(write=False, wait=wait) as conn:
+        if not single:
+            with self._transaction(write=False, wait=wait) as conn:
+                yield conn
+            return
+        conn = self.acquire(wait=wait)
+        conn.statements_left = 1
+        try:
             yield conn
+        except psycopg.Error as exc:
+            self.release(conn, broken=not _rollback(conn))
+            raise self.storage_error(exc) from exc
+        except BaseException:
+            self.release(conn, broken=not _rollback(conn))
+            raise
+        self.counters.commit("read")
+        self.release(conn)
 
     @contextmanager
     def group(self) -> Iterator[None]:
@@ -238,7 +272,7 @@ class PostgresDatabase:
         that raises is undone alone, and one COMMIT makes the others durable together."""
         if getattr(self._local, "grouped", None) is not None:
             raise RuntimeError("a group of units does not nest")
-        with self._transaction(write=True, sync=True) as conn:
+        with self._transaction(write=True, sync=True, lazy=True) as conn:
             self._local.grouped = conn
             try:
                 yield
@@ -251,8 +285,8 @@ class PostgresDatabase:
             if wait:
                 conn.run(self._begin(write=True, sync=True))
             else:
-                conn.run("BEGIN")
-                locked = conn.run(f"SELECT pg_try_advisory_xact_lock({_WRITE_LOCK})")
+                locked = conn.run(f"BEGIN; SELECT pg_try_advisory_xact_lock({_WRITE_LOCK})")
+                locked.nextset()  # the lock's answer follows BEGIN's
                 if not _first(locked.fetchone()):
                     _rollback(conn)
                     self.release(conn)
@@ -275,24 +309,37 @@ class PostgresDatabase:
 
     @contextmanager
     def _transaction(
-        self, *, write: bool, sync: bool = True, wait: bool = True
+        self, *, write: bool, sync: bool = True, wait: bool = True, lazy: bool = False
     ) -> Iterator[PostgresConnection]:
+        """``lazy``: BEGIN goes out with the first statement of ours (a group's first
+        SAVEPOINT), and a group that ran nothing sends nothing."""
         conn = self.acquire(wait=wait)
         try:
-            conn.run(self._begin(write=write, sync=sync))
+            begin = self._begin(write=write, sync=sync)
+            if lazy:
+                conn.prefix = begin + "; "
+            else:
+                conn.run(begin)
             yield conn
-            conn.run("COMMIT")
+            begun = not conn.prefix.startswith("BEGIN")
+            conn.prefix = ""  # a unit's RELEASE is due no more: COMMIT releases every savepoint
+            if begun:
+                conn.run("COMMIT")
         except psycopg.Error as exc:
             self.release(conn, broken=not _rollback(conn))
             raise self.storage_error(exc) from exc
         except BaseException:
             self.release(conn, broken=not _rollback(conn))
             raise
-        self.counters.commit("write" if write else "read")
+        if begun:
+            self.counters.commit("write" if write else "read")
         self.release(conn)
 
     @contextmanager
     def _unit(self, conn: PostgresConnection) -> Iterator[None]:
+        """One unit of a group: a savepoint, sent with the group's BEGIN or the previous
+        unit's RELEASE; its own RELEASE goes with the next unit's SAVEPOINT (COMMIT releases
+        the last), so a unit costs one round trip of its own."""
         conn.run("SAVEPOINT unit")
         try:
             yield
@@ -304,7 +351,7 @@ class PostgresDatabase:
             if isinstance(exc, psycopg.Error):
                 raise self.storage_error(exc) from exc
             raise
-        conn.run("RELEASE SAVEPOINT unit")
+        conn.prefix = "RELEASE SAVEPOINT unit; "
 
     # ------------------------------------------------------------------ schema
 
@@ -381,6 +428,7 @@ def _first(row: Any) -> Any:
 
 def _rollback(conn: PostgresConnection) -> bool:
     """Roll back whatever is open; False when the connection cannot even do that."""
+    conn.prefix = ""
     if conn.raw.closed:
         return False
     try:

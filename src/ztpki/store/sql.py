@@ -84,7 +84,12 @@ class Database(Protocol):
 
     def write(self, *, sync: bool = True) -> AbstractContextManager[SQLConnection]: ...
 
-    def read(self, *, wait: bool = True) -> AbstractContextManager[SQLConnection]: ...
+    def read(
+        self, *, wait: bool = True, single: bool = False
+    ) -> AbstractContextManager[SQLConnection]:
+        """A read transaction; ``single``: its body runs exactly one statement, which a
+        database server may then run without BEGIN and COMMIT (a statement is a snapshot)."""
+        ...
 
     def group(self) -> AbstractContextManager[None]: ...
 
