@@ -74,9 +74,12 @@ class PostgresConnection:
     Error = psycopg.Error
     IntegrityError = psycopg.errors.IntegrityError
 
-    def __init__(self, conn: psycopg.Connection[Any], counters: DatabaseCounters) -> None:
+    def __init__(
+        self, conn: psycopg.Connection[Any], counters: DatabaseCounters, memo: dict[str, Any]
+    ) -> None:
         self.raw = conn
         self.counters = counters
+        self.memo = memo  # what the stores remember per database (see sqlite_audit)
         # Our own parameterless SQL due before the next statement (a group's BEGIN, a unit's
         # RELEASE): sent in the same round trip as our next own statement.
         self.prefix = ""
@@ -158,6 +161,7 @@ class PostgresDatabase:
         self._pid = os.getpid()
         self._closed = False
         self.counters = DatabaseCounters(self.dialect)
+        self.memo: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ connections
 
@@ -193,7 +197,7 @@ class PostgresDatabase:
                 f"{self._why_not_connecting() if wait else ''}; retry shortly",
                 retry_after=1,
             ) from exc
-        return PostgresConnection(raw, self.counters)
+        return PostgresConnection(raw, self.counters, self.memo)
 
     def _why_not_connecting(self) -> str:
         """What the server says to a new connection (wrong password, no such database...),

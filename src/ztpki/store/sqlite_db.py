@@ -66,6 +66,7 @@ class _CountingConnection(sqlite3.Connection):
     """A connection that counts the statements it runs (the database's round trips)."""
 
     counters: DatabaseCounters
+    memo: dict[str, Any]  # what the stores remember per database (see sqlite_audit)
 
     def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
         self.counters.round_trip()
@@ -104,6 +105,7 @@ class SQLiteDatabase:
         self._pid = os.getpid()
         self._staging: SQLiteDatabase | None = None
         self.counters = counters or DatabaseCounters(self.dialect)
+        self.memo: dict[str, Any] = {}
         self._create_private_file()
         try:
             self._enable_wal()
@@ -195,6 +197,7 @@ class SQLiteDatabase:
                 factory=_CountingConnection,
             )
             conn.counters = self.counters
+            conn.memo = self.memo
             conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
             conn.execute("PRAGMA foreign_keys = ON")
             conn.execute(f"PRAGMA synchronous = {'FULL' if self.durable else 'NORMAL'}")

@@ -279,10 +279,12 @@ class SQLiteNodeStore(RegisterTransitions):
             if changed != 1:
                 return False
             conn.execute("DELETE FROM device_chain WHERE device_id = ?", (device_id,))
-            conn.executemany(
-                "INSERT INTO device_chain (device_id, position, certificate_der) VALUES (?, ?, ?)",
-                [(device_id, position, der) for position, der in enumerate(chain_der)],
-            )
+            if chain_der:  # one statement for the whole chain: one round trip
+                conn.execute(
+                    "INSERT INTO device_chain (device_id, position, certificate_der) VALUES "  # noqa: S608
+                    + ", ".join("(?, ?, ?)" for _ in chain_der),
+                    [v for row in enumerate(chain_der) for v in (device_id, *row)],
+                )
             insert_orders(conn, revocations, now=now)
             _audit(conn, audit)
         return True

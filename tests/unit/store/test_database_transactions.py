@@ -14,8 +14,8 @@ import pytest
 from store_backends import KINDS, locator_for
 
 from ztpki.errors import StorageError
-from ztpki.store.sqlite import open_database
 from ztpki.store.sql import Database
+from ztpki.store.sqlite import open_database
 
 
 @pytest.fixture(params=KINDS)
