@@ -6,6 +6,11 @@ stores' read-then-write units and the audit chain (one order for every entry) st
 unchanged, and the unique keys and partial unique indexes still refuse whatever slips past.
 Reads take no lock: each is one REPEATABLE READ snapshot.
 
+Each round trip to the server costs both sides CPU, so transactions are shaped to need few:
+BEGIN and the lock go in one, a read of one statement needs neither BEGIN nor COMMIT (the
+statement is its own snapshot), a group's BEGIN goes with its first SAVEPOINT and a unit's
+RELEASE with the next one. ``counters`` counts round trips and commits for /metrics.
+
 A lost connection or a restarting server raises ``Unavailable``, which the services answer
 with 503 and Retry-After; the broken connection is dropped from the pool, and the next
 transaction opens a fresh one.
