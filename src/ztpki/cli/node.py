@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,17 +34,15 @@ from ztpki.cli.node_options import (
     policy_options,
 )
 from ztpki.cli.node_proxy import (
-    proxy_addresses,
     proxy_options,
     proxy_settings,
     proxy_usage_errors,
     set_proxy_command,
 )
-from ztpki.eventloop import chosen_loop, run_service, running_loop_name
 from ztpki.node.config import DEFAULT_LABEL, NodeConfig
 
 if TYPE_CHECKING:
-    from ztpki.node.proxy_listener import ProxyAddress
+    pass
 
 log = logging.getLogger(__name__)
 
@@ -211,8 +208,8 @@ def policy_command(directory: Path, as_json: bool) -> None:
     """Show each EST label's CA and the issuing parameters sent to the CA system, the
     manufacturers whose devices and manifests the node accepts, and the proxies it believes."""
     from ztpki.cli.node_manufacturers import manufacturer_rows, print_manufacturers
+    from ztpki.node.material import load_labels
     from ztpki.node.proxy_setup import describe_proxy
-    from ztpki.node.runtime import load_labels
     from ztpki.store import sqlite_register
     from ztpki.versions import deployment_versions
 
@@ -255,76 +252,6 @@ def policy_command(directory: Path, as_json: bool) -> None:
     console.print(versions.describe(), markup=False, soft_wrap=True)
     for line in describe_proxy(config):
         console.print(line, markup=False, soft_wrap=True)
-
-
-@node.command("serve")
-@dir_option
-@click.option(
-    "--listen",
-    default="127.0.0.1:8443",
-    show_default=True,
-    help="HOST:PORT (port 0: any free port).",
-)
-@click.option(
-    "--proxy-listen",
-    "proxy_listen",
-    multiple=True,
-    metavar="HOST:PORT|unix:PATH",
-    callback=proxy_addresses,
-    help="Also serve TLS-terminating proxies here (repeatable): HOST:PORT speaks TLS and "
-    "requires a proxy client certificate under [proxy] ca, from a [proxy] trusted address; "
-    "unix:PATH is a socket of mode 0660 for [proxy] socket_group. The client certificate "
-    "then comes from the proxy's header.",
-)
-@client_passphrase_option
-@passphrase_options(
-    NODE_ENV,
-    NODE_KEY,
-    insecure_help="The node's server key is stored unencrypted (`node init "
-    "--insecure-no-passphrase`): read it without a passphrase. For demos only.",
-)
-def serve_command(
-    directory: Path,
-    listen: str,
-    proxy_listen: tuple[ProxyAddress, ...],
-    client_passphrase_file: Path | None,
-    passphrase_file: Path | None,
-    insecure_no_passphrase: bool,
-) -> None:
-    """Run the EST server. Prints `listening on HOST:PORT` when ready.
-
-    SIGHUP fetches every factory CRL at once (they are fetched on their own before their
-    nextUpdate and every crl_refresh_minutes)."""
-    from ztpki.casystem.client import parse_address
-    from ztpki.node.runtime import load_material, start_node
-
-    event_loop = chosen_loop()
-    secret = passphrase(passphrase_file, insecure_no_passphrase, NODE_ENV, NODE_KEY)
-    material = load_material(
-        NodeConfig.load(directory),
-        node_passphrase=secret,
-        client_passphrase=client_passphrase(client_passphrase_file),
-    )
-    host, port = parse_address(listen, allow_any_port=True)
-
-    async def run() -> None:
-        running = await start_node(material, host=host, port=port, proxy_listen=proxy_listen)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        if running.factory_crls is not None:
-            # SIGHUP: fetch every factory CRL now (after a manufacturer revoked a device).
-            loop.add_signal_handler(signal.SIGHUP, running.factory_crls.refresh_now)
-        for proxy in running.proxies:
-            # On stderr, before the readiness line: stdout carries only `listening on`.
-            click.echo(f"proxy listening on {proxy.address}", err=True)
-        log.info("customer node %s serving on the %s event loop", directory, running_loop_name())
-        click.echo(f"listening on {running.host}:{running.port}")
-        await stop.wait()
-        await running.close()
-
-    run_service(run(), event_loop)
 
 
 node.add_command(set_proxy_command)

@@ -13,8 +13,8 @@ from typing import Any
 from ztpki.errors import ConfigurationError, MalformedInput, VerificationFailed
 from ztpki.node.config import NODE_FILE, CALabel, NodeConfig
 from ztpki.node.manufacturers import manifest_trusts
+from ztpki.node.material import load_labels, load_manufacturers
 from ztpki.node.revocation_orders import operator_order
-from ztpki.node.runtime import load_labels, load_manufacturers
 from ztpki.pki.names import check_device_id
 from ztpki.pki.pem import certificate_der, parse_sha256_fingerprint
 from ztpki.protocol.manifest import verify_manifest

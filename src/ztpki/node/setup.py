@@ -39,8 +39,8 @@ from ztpki.node.manufacturers import (
     ManufacturerConfig,
     check_distinct_trust,
 )
+from ztpki.node.material import crl_warnings, load_manufacturers, read_certificates, read_crl
 from ztpki.node.proxy_setup import ProxySettings, prepare_proxy
-from ztpki.node.runtime import crl_warnings, load_manufacturers, read_certificates, read_crl
 from ztpki.pki.chain import is_ca_certificate
 from ztpki.pki.keys import (
     KeySpec,

@@ -154,3 +154,19 @@ def test_ok_no_database_figures_without_a_database() -> None:
     assert database_figures(object()) is None
     lines = NodeMetrics().exposition().splitlines()
     assert not [line for line in lines if line.startswith("ztpki_database_")]
+
+
+def test_ok_database_figures_add_up_across_workers() -> None:
+    one = NodeMetrics(database=lambda: ("postgresql", {"round_trips": 7, "commits_write": 2}))
+    two = NodeMetrics(database=lambda: ("postgresql", {"round_trips": 5, "commits_write": 1}))
+    total = NodeMetrics()
+    total.add(one.snapshot())
+    total.add(two.snapshot())
+    lines = total.exposition().splitlines()
+    assert 'ztpki_database_round_trips_total{engine="postgresql"} 12' in lines
+    assert 'ztpki_database_commits_total{engine="postgresql",kind="write"} 3' in lines
+    with pytest.raises(ValueError, match="snapshot"):
+        total.add({**one.snapshot(), "database": [["postgresql", "round_trips", "many"]]})
+    assert 'ztpki_database_round_trips_total{engine="postgresql"} 12' in (
+        total.exposition().splitlines()
+    )
