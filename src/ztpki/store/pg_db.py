@@ -264,14 +264,8 @@ class PostgresDatabase:
             return
         conn = self.acquire(wait=wait)
         conn.statements_left = 1
-        try:
+        with self._undone_on_failure(conn):
             yield conn
-        except psycopg.Error as exc:
-            self.release(conn, broken=not _rollback(conn))
-            raise self.storage_error(exc) from exc
-        except BaseException:
-            self.release(conn, broken=not _rollback(conn))
-            raise
         self.counters.commit("read")
         self.release(conn)
 
@@ -323,7 +317,7 @@ class PostgresDatabase:
         """``lazy``: BEGIN goes out with the first statement of ours (a group's first
         SAVEPOINT), and a group that ran nothing sends nothing."""
         conn = self.acquire(wait=wait)
-        try:
+        with self._undone_on_failure(conn):
             begin = self._begin(write=write, sync=sync)
             if lazy:
                 conn.prefix = begin + "; "
@@ -334,15 +328,22 @@ class PostgresDatabase:
             conn.prefix = ""  # a unit's RELEASE is due no more: COMMIT releases every savepoint
             if begun:
                 conn.run("COMMIT")
+        if begun:
+            self.counters.commit("write" if write else "read")
+        self.release(conn)
+
+    @contextmanager
+    def _undone_on_failure(self, conn: PostgresConnection) -> Iterator[None]:
+        """When the body raises: roll back, give ``conn`` back (closed if it cannot even roll
+        back), and raise a driver error as ours."""
+        try:
+            yield
         except psycopg.Error as exc:
             self.release(conn, broken=not _rollback(conn))
             raise self.storage_error(exc) from exc
         except BaseException:
             self.release(conn, broken=not _rollback(conn))
             raise
-        if begun:
-            self.counters.commit("write" if write else "read")
-        self.release(conn)
 
     @contextmanager
     def _unit(self, conn: PostgresConnection) -> Iterator[None]:
