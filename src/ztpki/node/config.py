@@ -246,13 +246,22 @@ class RevocationPolicy:
     # queue theirs from another process), and the longest wait between two attempts.
     poll_seconds: float = 2.0
     retry_max_seconds: float = 300.0
+    # One process of all the node machines sharing the register sends: the holder of the
+    # sender lease, which it renews at every look and before every order; another takes it
+    # over this long after the holder stopped renewing it (it died, or hangs).
+    lease_seconds: float = 90.0
 
     def __post_init__(self) -> None:
         if not self.superseded_grace_seconds >= 0:
             raise ConfigurationError("[revocation] superseded_grace_seconds must be 0 or more")
-        for name in ("poll_seconds", "retry_max_seconds"):
+        for name in ("poll_seconds", "retry_max_seconds", "lease_seconds"):
             if not getattr(self, name) > 0:
                 raise ConfigurationError(f"[revocation] {name} must be positive")
+        if self.lease_seconds < 3 * self.poll_seconds:
+            raise ConfigurationError(
+                "[revocation] lease_seconds must be at least 3 times poll_seconds, so that "
+                "the sender renews its lease well before it expires"
+            )
 
     def grace_for(self, label: CALabel) -> float:
         if label.superseded_grace_seconds is not None:
@@ -307,6 +316,12 @@ class NodeConfig:
         if self.labels and self.default_label not in names:
             raise ConfigurationError(
                 f"default_label {self.default_label!r} has no [ca.{self.default_label}] table"
+            )
+        if self.revocation.lease_seconds <= self.limits.ca_timeout:
+            # A sender's lease, renewed before each order, must outlast the order's exchange.
+            raise ConfigurationError(
+                "[revocation] lease_seconds must be longer than [limits] ca_timeout "
+                f"({self.limits.ca_timeout:g} s): a revocation is sent within its sender's lease"
             )
 
     @property

@@ -134,3 +134,33 @@ def test_ok_an_old_postgresql_register_is_refused_until_node_migrate(
             "SELECT version FROM schema_version WHERE component = 'customer_node'"
         ).fetchone()
     assert version == 3  # nothing changed
+
+
+def test_ok_a_postgresql_register_of_schema_4_gains_the_sender_lease_by_node_migrate(
+    inputs: dict[str, Path], database: str
+) -> None:
+    assert run(*node_cli.init_args(inputs, "--database", database))[0] == 0
+    node = str(inputs["node"])
+    with psycopg.connect(database, autocommit=True) as pg:  # the register as schema 4 had it
+        pg.execute("DROP TABLE node_sender_lease")
+        pg.execute("UPDATE schema_version SET version = 4 WHERE component = 'customer_node'")
+    status, _, err = run("node", "devices", "--dir", node)
+    assert status == 1 and "holds customer_node schema version 4" in err
+    status, out, err = run("node", "migrate", "--dir", node)
+    assert status == 0, err
+    assert "from customer_node schema version 4 to 5" in " ".join(out.split())
+    with psycopg.connect(database, autocommit=True) as pg:
+        (version,) = pg.execute(
+            "SELECT version FROM schema_version WHERE component = 'customer_node'"
+        ).fetchone()
+        assert version == sqlite_register.SCHEMA_VERSION == 5
+        pg.execute(
+            "INSERT INTO node_sender_lease (name, holder, token, expires_at) "
+            "VALUES ('revocations', 'a', 1, '2026-01-01T00:00:00.000000Z')"
+        )
+        with pytest.raises(psycopg.errors.CheckViolation):  # one lease, by its one name
+            pg.execute(
+                "INSERT INTO node_sender_lease (name, holder, token, expires_at) "
+                "VALUES ('other', 'a', 1, '2026-01-01T00:00:00.000000Z')"
+            )
+    assert run("node", "devices", "--dir", node)[0] == 0

@@ -182,6 +182,18 @@ def race_begin_issuance(
         close(store)
 
 
+def race_take_sender_lease(
+    kind: str, locator: str, holder: str, barrier: Any, results: Any
+) -> None:
+    store = open_node(kind, locator)
+    try:
+        barrier.wait(timeout=60)
+        token = store.take_sender_lease(holder, now=T0, until=T0 + timedelta(seconds=30))
+        results.put((holder, token))
+    finally:
+        close(store)
+
+
 def open_fresh_and_append(kind: str, locator: str, worker: int, barrier: Any, results: Any) -> None:
     barrier.wait(timeout=60)
     try:
