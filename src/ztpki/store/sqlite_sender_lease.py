@@ -20,9 +20,7 @@ from ztpki.store.sql import Database
 _NAME = "revocations"
 
 # The condition an order is closed under: its one parameter is the sender's token.
-FENCE = (
-    "EXISTS (SELECT 1 FROM node_sender_lease WHERE name = 'revocations' AND token = ?)"
-)
+FENCE = "EXISTS (SELECT 1 FROM node_sender_lease WHERE name = 'revocations' AND token = ?)"
 
 
 class SenderLeases:
