@@ -248,20 +248,27 @@ class RevocationPolicy:
     retry_max_seconds: float = 300.0
     # One process of all the node machines sharing the register sends: the holder of the
     # sender lease, which it renews at every look and before every order; another takes it
-    # over this long after the holder stopped renewing it (it died, or hangs).
-    lease_seconds: float = 90.0
+    # over this long after the holder stopped renewing it (it died, or hangs). None: 3 looks,
+    # and at least 90 s (the default [limits] ca_timeout, 30 s, with room).
+    lease_seconds: float | None = None
 
     def __post_init__(self) -> None:
         if not self.superseded_grace_seconds >= 0:
             raise ConfigurationError("[revocation] superseded_grace_seconds must be 0 or more")
-        for name in ("poll_seconds", "retry_max_seconds", "lease_seconds"):
+        for name in ("poll_seconds", "retry_max_seconds"):
             if not getattr(self, name) > 0:
                 raise ConfigurationError(f"[revocation] {name} must be positive")
-        if self.lease_seconds < 3 * self.poll_seconds:
+        if self.lease_seconds is not None and not self.lease_seconds >= 3 * self.poll_seconds:
             raise ConfigurationError(
                 "[revocation] lease_seconds must be at least 3 times poll_seconds, so that "
                 "the sender renews its lease well before it expires"
             )
+
+    @property
+    def sender_lease_seconds(self) -> float:
+        if self.lease_seconds is not None:
+            return self.lease_seconds
+        return max(90.0, 3 * self.poll_seconds)
 
     def grace_for(self, label: CALabel) -> float:
         if label.superseded_grace_seconds is not None:
@@ -269,7 +276,8 @@ class RevocationPolicy:
         return self.superseded_grace_seconds
 
     def to_toml(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return {name: value for name, value in values.items() if value is not None}
 
     @classmethod
     def from_toml(cls, table: dict[str, Any]) -> RevocationPolicy:
@@ -317,7 +325,7 @@ class NodeConfig:
             raise ConfigurationError(
                 f"default_label {self.default_label!r} has no [ca.{self.default_label}] table"
             )
-        if self.revocation.lease_seconds <= self.limits.ca_timeout:
+        if self.revocation.sender_lease_seconds <= self.limits.ca_timeout:
             # A sender's lease, renewed before each order, must outlast the order's exchange.
             raise ConfigurationError(
                 "[revocation] lease_seconds must be longer than [limits] ca_timeout "

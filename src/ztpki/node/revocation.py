@@ -108,7 +108,7 @@ class RevocationSender:
         """Take or renew the sender lease; its token, or None while another process holds it."""
         now = self._clock()
         token = await self._register.take_sender_lease(
-            self.holder, now=now, until=now + timedelta(seconds=self._policy.lease_seconds)
+            self.holder, now=now, until=now + timedelta(seconds=self._policy.sender_lease_seconds)
         )
         if token != self.lease:
             if token is None:
