@@ -186,18 +186,8 @@ class RevocationSender:
                 order.device_id,
                 exc.message,
             )
-            self._closed(
-                order,
-                await self._register.revocation_done(
-                    order.seq,
-                    lease=lease,
-                    now=now,
-                    refused=exc.message,
-                    audit=self._audit(order, "revocation-refused", exc.message, now=now),
-                ),
-            )
+            await self._close(order, lease, "revocation-refused", exc.message, refused=True)
             return True
-        now = self._clock()
         if order.action is RevocationAction.RELEASE:
             decision = "released"
             reason = (
@@ -212,20 +202,21 @@ class RevocationSender:
                 f"{answer.revoked_at.isoformat(timespec='seconds')}"
             )
         log.info("%s serial=%s device=%s: %s", decision, order.serial, order.device_id, reason)
-        self._closed(
-            order,
-            await self._register.revocation_done(
-                order.seq,
-                lease=lease,
-                now=now,
-                refused=None,
-                audit=self._audit(order, decision, reason, now=now),
-            ),
-        )
+        await self._close(order, lease, decision, reason, refused=False)
         return True
 
-    @staticmethod
-    def _closed(order: QueuedRevocation, closed: bool) -> None:
+    async def _close(
+        self, order: QueuedRevocation, lease: int, decision: str, reason: str, *, refused: bool
+    ) -> None:
+        """Record the CA system's answer, under the lease the order was sent under."""
+        now = self._clock()
+        closed = await self._register.revocation_done(
+            order.seq,
+            lease=lease,
+            now=now,
+            refused=reason if refused else None,
+            audit=self._audit(order, decision, reason, now=now),
+        )
         if not closed:  # the register kept the order open for the lease's new holder
             log.warning(
                 "revocation of %s (device %s) not recorded: this process lost the sender "

@@ -18,6 +18,7 @@ from ztpki.store.revocation_records import SenderLease
 from ztpki.store.sql import Database
 
 _NAME = "revocations"
+_SELECT = "SELECT holder, token, expires_at FROM node_sender_lease WHERE name = ?"
 
 # The condition an order is closed under: its one parameter is the sender's token.
 FENCE = "EXISTS (SELECT 1 FROM node_sender_lease WHERE name = 'revocations' AND token = ?)"
@@ -37,11 +38,12 @@ class SenderLeases:
         if not holder:
             raise ValueError("holder must not be empty")
         at, end = encode_instant(now, name="now"), encode_instant(until, name="until")
-        with self._db.write() as conn:
-            row = conn.execute(
-                "SELECT holder, token, expires_at FROM node_sender_lease WHERE name = ?",
-                (_NAME,),
-            ).fetchone()
+        seen = self.sender_lease()
+        if seen is not None and seen.holder != holder and seen.expires_at > now:
+            # Held by another: refused without a write (every look of every other sender).
+            return None
+        with self._db.write() as conn:  # read again: the lease may have changed meanwhile
+            row = conn.execute(_SELECT, (_NAME,)).fetchone()
             if row is None:
                 conn.execute(
                     "INSERT INTO node_sender_lease (name, holder, token, expires_at) "
@@ -79,10 +81,7 @@ class SenderLeases:
     def sender_lease(self) -> SenderLease | None:
         """The lease as it stands (maybe expired), or None before any sender took it."""
         with self._db.read() as conn:
-            row = conn.execute(
-                "SELECT holder, token, expires_at FROM node_sender_lease WHERE name = ?",
-                (_NAME,),
-            ).fetchone()
+            row = conn.execute(_SELECT, (_NAME,)).fetchone()
         if row is None:
             return None
         return SenderLease(holder=row[0], token=int(row[1]), expires_at=decode_instant(row[2]))

@@ -4,11 +4,10 @@ that lost the lease closes no order."""
 
 from __future__ import annotations
 
-import multiprocessing
 from datetime import timedelta
 
 import pytest
-from store_backends import T0, Backend, race_take_sender_lease
+from store_backends import T0, Backend, race, race_take_sender_lease
 from test_contract_register import listed
 
 from ztpki.store import AuditRecord, NodeStore
@@ -125,23 +124,8 @@ def test_fail_empty_holder_is_refused(node_store: NodeStore) -> None:
 def test_ok_four_processes_race_for_the_lease_and_one_holds_it(
     node_store: NodeStore, backend: Backend
 ) -> None:
-    ctx = multiprocessing.get_context("spawn")
-    barrier = ctx.Barrier(4)
-    results = ctx.Queue()
-    processes = [
-        ctx.Process(
-            target=race_take_sender_lease,
-            args=(backend.kind, backend.locator, f"p{i}", barrier, results),
-        )
-        for i in range(4)
-    ]
-    for process in processes:
-        process.start()
-    outcomes = dict(results.get(timeout=120) for _ in processes)
-    for process in processes:
-        process.join(timeout=60)
-        assert process.exitcode == 0
-    assert sorted(outcomes) == ["p0", "p1", "p2", "p3"]
+    names = ["p0", "p1", "p2", "p3"]
+    outcomes = race(backend.kind, backend.locator, race_take_sender_lease, names)
     winners = [holder for holder, token in outcomes.items() if token is not None]
     assert len(winners) == 1 and outcomes[winners[0]] == 1
     lease = node_store.sender_lease()

@@ -14,6 +14,7 @@ from test_contract_register import ISSUED, LISTED, begin, issued, listed
 from ztpki.store import AuditRecord, DeviceState, NodeStore
 from ztpki.store.revocation_records import QueueStatus, RevocationAction, RevocationOrder
 from ztpki.store.sqlite import open_sqlite_node_store
+from ztpki.store.sqlite_db import stored_schema_version
 from ztpki.store.sqlite_register_schema import SCHEMA_VERSION
 
 LATER = T0 + timedelta(minutes=5)
@@ -137,11 +138,8 @@ def test_ok_register_of_schema_3_migrates_to_the_current_one(tmp_path: Path) -> 
         assert store.get("d1").state is DeviceState.RETIRED  # type: ignore[union-attr]
     finally:
         store.close()
+    assert stored_schema_version(path, "customer_node") == 5 == SCHEMA_VERSION
     with sqlite3.connect(path) as conn:
-        (version,) = conn.execute(
-            "SELECT version FROM schema_version WHERE component = 'customer_node'"
-        ).fetchone()
-        assert version == 5 == SCHEMA_VERSION
         assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
         with pytest.raises(sqlite3.IntegrityError):  # the schema still refuses unknown states
             conn.execute("UPDATE device SET state = 'gone' WHERE device_id = 'd1'")
@@ -164,8 +162,4 @@ def test_ok_register_of_schema_4_gains_the_sender_lease(tmp_path: Path) -> None:
         assert store.revocation_done(queued.seq, lease=lease, now=T0)
     finally:
         store.close()
-    with sqlite3.connect(path) as conn:
-        (version,) = conn.execute(
-            "SELECT version FROM schema_version WHERE component = 'customer_node'"
-        ).fetchone()
-        assert version == 5
+    assert stored_schema_version(path, "customer_node") == 5
