@@ -34,7 +34,7 @@ from ztpki.store.sqlite import open_node_store
 # Looks often; the lease is taken over 5 s after its holder stopped renewing it (it must
 # outlast one exchange with the CA system, [limits] ca_timeout).
 LEASE_SECONDS = 5.0
-SETTINGS = {"revocation": {"poll_seconds": 0.2, "lease_seconds": LEASE_SECONDS}}
+SETTINGS = {"revocation": {"poll_seconds": 0.2, "sender_lease_seconds": LEASE_SECONDS}}
 LIMITS = {**TEST_LIMITS, "ca_timeout": 4.0}
 WAIT = 90.0
 

@@ -250,7 +250,7 @@ class RevocationPolicy:
     # sender lease, which it renews at every look and before every order; another takes it
     # over this long after the holder stopped renewing it (it died, or hangs). None: 3 looks,
     # and at least 90 s (the default [limits] ca_timeout, 30 s, with room).
-    lease_seconds: float | None = None
+    sender_lease_seconds: float | None = None
 
     def __post_init__(self) -> None:
         if not self.superseded_grace_seconds >= 0:
@@ -258,16 +258,18 @@ class RevocationPolicy:
         for name in ("poll_seconds", "retry_max_seconds"):
             if not getattr(self, name) > 0:
                 raise ConfigurationError(f"[revocation] {name} must be positive")
-        if self.lease_seconds is not None and not self.lease_seconds >= 3 * self.poll_seconds:
+        lease = self.sender_lease_seconds
+        if lease is not None and not lease >= 3 * self.poll_seconds:
             raise ConfigurationError(
-                "[revocation] lease_seconds must be at least 3 times poll_seconds, so that "
+                "[revocation] sender_lease_seconds must be at least 3 times poll_seconds, so that "
                 "the sender renews its lease well before it expires"
             )
 
     @property
-    def sender_lease_seconds(self) -> float:
-        if self.lease_seconds is not None:
-            return self.lease_seconds
+    def sender_lease(self) -> float:
+        """Seconds the sender lease lasts unless renewed."""
+        if self.sender_lease_seconds is not None:
+            return self.sender_lease_seconds
         return max(90.0, 3 * self.poll_seconds)
 
     def grace_for(self, label: CALabel) -> float:
@@ -325,10 +327,10 @@ class NodeConfig:
             raise ConfigurationError(
                 f"default_label {self.default_label!r} has no [ca.{self.default_label}] table"
             )
-        if self.revocation.sender_lease_seconds <= self.limits.ca_timeout:
+        if self.revocation.sender_lease <= self.limits.ca_timeout:
             # A sender's lease, renewed before each order, must outlast the order's exchange.
             raise ConfigurationError(
-                "[revocation] lease_seconds must be longer than [limits] ca_timeout "
+                "[revocation] sender_lease_seconds must be longer than [limits] ca_timeout "
                 f"({self.limits.ca_timeout:g} s): a revocation is sent within its sender's lease"
             )
 

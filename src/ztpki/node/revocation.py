@@ -12,8 +12,8 @@ enrollment: sending runs beside the EST service, and an order waits until it goe
 Only the holder of the register's sender lease sends (one process across every node machine
 sharing the register: each machine's worker 0 competes for it). It renews the lease at every
 look and before every order, and closes an order under the lease's fencing token, so a sender
-that lost the lease (stuck past ``[revocation] lease_seconds``, taken over) changes nothing; a
-sender that stops lets it go, and another takes it at its next look.
+that lost the lease (stuck past ``[revocation] sender_lease_seconds``, taken over) changes
+nothing; a sender that stops lets it go, and another takes it at its next look.
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ class RevocationSender:
         """Take or renew the sender lease; its token, or None while another process holds it."""
         now = self._clock()
         token = await self._register.take_sender_lease(
-            self.holder, now=now, until=now + timedelta(seconds=self._policy.sender_lease_seconds)
+            self.holder, now=now, until=now + timedelta(seconds=self._policy.sender_lease)
         )
         if token != self.lease:
             if token is None:

@@ -35,7 +35,7 @@ def enroll(node: Node, device_id: str, operation: Operation = Operation.SERVERKE
     return asyncio.run(node.service.enroll(operation, node.label, identity, csr_for(device_id)))
 
 
-POLICY = RevocationPolicy(poll_seconds=0.1, retry_max_seconds=8, lease_seconds=30)
+POLICY = RevocationPolicy(poll_seconds=0.1, retry_max_seconds=8, sender_lease_seconds=30)
 
 
 def sender(node: Node, *, clock: object = None, holder: str = "the sender") -> RevocationSender:
