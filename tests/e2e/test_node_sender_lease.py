@@ -147,5 +147,9 @@ def test_ok_two_machines_send_each_order_once_and_the_survivor_takes_over(
         assert taken is not None and taken.token == 3 and taken.holder != lease.holder
         assert holder_supervisor(taken, [survivor]) is survivor
         assert "revocation sender lease taken (token 3)" in survivor.log()
+        # Either machine's `node policy` names the one sender.
+        for directory in directories:
+            policy = " ".join(cli("node", "policy", "--dir", str(directory)).split())
+            assert f"revocation sender: {taken.holder} (lease token 3, until " in policy
     finally:
         store.close()
