@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -218,6 +219,7 @@ def policy_command(directory: Path, as_json: bool) -> None:
     manufacturers whose devices and manifests the node accepts, and the proxies it believes."""
     from ztpki.cli.node_manufacturers import manufacturer_rows, print_manufacturers
     from ztpki.node.material import load_labels
+    from ztpki.node.operations import describe_sender
     from ztpki.node.proxy_setup import describe_proxy
     from ztpki.store import sqlite_register
     from ztpki.versions import deployment_versions
@@ -262,6 +264,9 @@ def policy_command(directory: Path, as_json: bool) -> None:
     )
     console.print(f"revocation: {config.revocation.to_toml()}", markup=False, soft_wrap=True)
     console.print(versions.describe(), markup=False, soft_wrap=True)
+    if versions.database_schema == versions.schema:  # an old register is not opened
+        sender = describe_sender(directory, now=datetime.now(UTC))
+        console.print(sender, markup=False, soft_wrap=True)
     for line in describe_proxy(config):
         console.print(line, markup=False, soft_wrap=True)
 

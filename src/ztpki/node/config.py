@@ -246,6 +246,11 @@ class RevocationPolicy:
     # queue theirs from another process), and the longest wait between two attempts.
     poll_seconds: float = 2.0
     retry_max_seconds: float = 300.0
+    # One process of all the node machines sharing the register sends: the holder of the
+    # sender lease, which it renews at every look and before every order; another takes it
+    # over this long after the holder stopped renewing it (it died, or hangs). None: 3 looks,
+    # and at least 90 s (the default [limits] ca_timeout, 30 s, with room).
+    sender_lease_seconds: float | None = None
 
     def __post_init__(self) -> None:
         if not self.superseded_grace_seconds >= 0:
@@ -253,6 +258,19 @@ class RevocationPolicy:
         for name in ("poll_seconds", "retry_max_seconds"):
             if not getattr(self, name) > 0:
                 raise ConfigurationError(f"[revocation] {name} must be positive")
+        lease = self.sender_lease_seconds
+        if lease is not None and not lease >= 3 * self.poll_seconds:
+            raise ConfigurationError(
+                "[revocation] sender_lease_seconds must be at least 3 times poll_seconds, so that "
+                "the sender renews its lease well before it expires"
+            )
+
+    @property
+    def sender_lease(self) -> float:
+        """Seconds the sender lease lasts unless renewed."""
+        if self.sender_lease_seconds is not None:
+            return self.sender_lease_seconds
+        return max(90.0, 3 * self.poll_seconds)
 
     def grace_for(self, label: CALabel) -> float:
         if label.superseded_grace_seconds is not None:
@@ -260,7 +278,8 @@ class RevocationPolicy:
         return self.superseded_grace_seconds
 
     def to_toml(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return {name: value for name, value in values.items() if value is not None}
 
     @classmethod
     def from_toml(cls, table: dict[str, Any]) -> RevocationPolicy:
@@ -307,6 +326,12 @@ class NodeConfig:
         if self.labels and self.default_label not in names:
             raise ConfigurationError(
                 f"default_label {self.default_label!r} has no [ca.{self.default_label}] table"
+            )
+        if self.revocation.sender_lease <= self.limits.ca_timeout:
+            # A sender's lease, renewed before each order, must outlast the order's exchange.
+            raise ConfigurationError(
+                "[revocation] sender_lease_seconds must be longer than [limits] ca_timeout "
+                f"({self.limits.ca_timeout:g} s): a revocation is sent within its sender's lease"
             )
 
     @property

@@ -283,6 +283,18 @@ def pending_revocations(directory: Path) -> dict[str, list[QueuedRevocation]]:
     return found
 
 
+def describe_sender(directory: Path, *, now: datetime) -> str:
+    """Which process sends the register's revocation orders (the sender lease), in one line."""
+    with open_register(directory) as store:
+        lease = store.sender_lease()
+    if lease is None:
+        return "revocation sender: none yet (no node has run on this register)"
+    until = lease.expires_at.isoformat(timespec="seconds")
+    if lease.expires_at <= now:
+        return f"revocation sender: none (the lease of {lease.holder} ended at {until})"
+    return f"revocation sender: {lease.holder} (lease token {lease.token}, until {until})"
+
+
 def revocation_json(order: QueuedRevocation) -> dict[str, Any]:
     return {
         "seq": order.seq,

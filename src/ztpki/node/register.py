@@ -252,18 +252,29 @@ class AsyncRegister:
         return await self._run(self.store.due_revocations, now=now, limit=limit)
 
     async def revocation_done(
-        self, seq: int, *, now: datetime, refused: str | None, audit: AuditRecord
+        self, seq: int, *, lease: int, now: datetime, refused: str | None, audit: AuditRecord
     ) -> bool:
         return await self._run(
-            self.store.revocation_done, seq, now=now, refused=refused, audit=audit
+            self.store.revocation_done, seq, lease=lease, now=now, refused=refused, audit=audit
         )
 
     async def revocation_failed(
-        self, seq: int, *, error: str, retry_at: datetime, audit: AuditRecord
+        self, seq: int, *, lease: int, error: str, retry_at: datetime, audit: AuditRecord
     ) -> bool:
         return await self._run(
-            self.store.revocation_failed, seq, error=error, retry_at=retry_at, audit=audit
+            self.store.revocation_failed,
+            seq,
+            lease=lease,
+            error=error,
+            retry_at=retry_at,
+            audit=audit,
         )
+
+    async def take_sender_lease(self, holder: str, *, now: datetime, until: datetime) -> int | None:
+        return await self._run(self.store.take_sender_lease, holder, now=now, until=until)
+
+    async def release_sender_lease(self, token: int, *, now: datetime) -> bool:
+        return await self._run(self.store.release_sender_lease, token, now=now)
 
     def close(self) -> None:
         """Finish the calls already queued, stop the thread; later calls raise StorageError."""

@@ -8,6 +8,12 @@ revocation request, and records the outcome with its audit entry: done ("revoked
 or not reachable ("revocation-deferred": tried again after a backoff that doubles up to
 ``[revocation] retry_max_seconds``). A CA system that cannot be reached never blocks an
 enrollment: sending runs beside the EST service, and an order waits until it goes through.
+
+Only the holder of the register's sender lease sends (one process across every node machine
+sharing the register: each machine's worker 0 competes for it). It renews the lease at every
+look and before every order, and closes an order under the lease's fencing token, so a sender
+that lost the lease (stuck past ``[revocation] sender_lease_seconds``, taken over) changes
+nothing; a sender that stops lets it go, and another takes it at its next look.
 """
 
 from __future__ import annotations
@@ -15,7 +21,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import secrets
+import socket
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
@@ -66,6 +74,7 @@ class RevocationSender:
         policy: RevocationPolicy,
         *,
         clock: Callable[[], datetime] = _utcnow,
+        holder: str | None = None,
     ) -> None:
         self._register = register
         self._ca_client = ca_client
@@ -73,6 +82,10 @@ class RevocationSender:
         self._clock = clock
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # Unique per sender (a restarted worker on the same pid is another holder), and
+        # readable in the register: which machine and process sends.
+        self.holder = holder or f"{socket.gethostname()} pid {os.getpid()} {secrets.token_hex(4)}"
+        self.lease: int | None = None  # the fencing token while this sender holds the lease
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="node-revocations")
@@ -84,6 +97,26 @@ class RevocationSender:
     async def close(self) -> None:
         await cancel_tasks(self._task)
         self._task = None
+        if self.lease is not None:  # let another machine's sender take over at once
+            lease, self.lease = self.lease, None
+            try:
+                await self._register.release_sender_lease(lease, now=self._clock())
+            except ZtpkiError as exc:  # it expires by itself
+                log.warning("revocation sender lease not released: %s", exc.message)
+
+    async def hold(self) -> int | None:
+        """Take or renew the sender lease; its token, or None while another process holds it."""
+        now = self._clock()
+        token = await self._register.take_sender_lease(
+            self.holder, now=now, until=now + timedelta(seconds=self._policy.sender_lease)
+        )
+        if token != self.lease:
+            if token is None:
+                log.warning("revocation sender lease lost: another node process sends now")
+            else:
+                log.info("revocation sender lease taken (token %d): this process sends", token)
+        self.lease = token
+        return token
 
     async def _run(self) -> None:
         while True:
@@ -102,15 +135,22 @@ class RevocationSender:
         """Send every due order, in order; how many were sent (done or refused)."""
         sent = 0
         while True:
+            if await self.hold() is None:
+                return sent  # another process sends
             due = await self._register.due_revocations(now=self._clock(), limit=BATCH)
             if not due:
                 return sent
             for order in due:
-                if not await self._send(order):
+                # Renewed before each order: the exchange (at most [limits] ca_timeout, shorter
+                # than the lease) ends before another process may take the lease over.
+                lease = await self.hold()
+                if lease is None:
+                    return sent
+                if not await self._send(order, lease):
                     return sent  # the CA system is unreachable: the others would fail too
                 sent += 1
 
-    async def _send(self, order: QueuedRevocation) -> bool:
+    async def _send(self, order: QueuedRevocation, lease: int) -> bool:
         """True when the CA system answered (done or refused); False when it was unreachable."""
         try:
             answer = await self._ca_client.revoke(request_for(order))
@@ -126,6 +166,7 @@ class RevocationSender:
             )
             await self._register.revocation_failed(
                 order.seq,
+                lease=lease,
                 error=exc.message,
                 retry_at=now + timedelta(seconds=wait),
                 audit=self._audit(
@@ -145,14 +186,8 @@ class RevocationSender:
                 order.device_id,
                 exc.message,
             )
-            await self._register.revocation_done(
-                order.seq,
-                now=now,
-                refused=exc.message,
-                audit=self._audit(order, "revocation-refused", exc.message, now=now),
-            )
+            await self._close(order, lease, "revocation-refused", exc.message, refused=True)
             return True
-        now = self._clock()
         if order.action is RevocationAction.RELEASE:
             decision = "released"
             reason = (
@@ -167,10 +202,28 @@ class RevocationSender:
                 f"{answer.revoked_at.isoformat(timespec='seconds')}"
             )
         log.info("%s serial=%s device=%s: %s", decision, order.serial, order.device_id, reason)
-        await self._register.revocation_done(
-            order.seq, now=now, refused=None, audit=self._audit(order, decision, reason, now=now)
-        )
+        await self._close(order, lease, decision, reason, refused=False)
         return True
+
+    async def _close(
+        self, order: QueuedRevocation, lease: int, decision: str, reason: str, *, refused: bool
+    ) -> None:
+        """Record the CA system's answer, under the lease the order was sent under."""
+        now = self._clock()
+        closed = await self._register.revocation_done(
+            order.seq,
+            lease=lease,
+            now=now,
+            refused=reason if refused else None,
+            audit=self._audit(order, decision, reason, now=now),
+        )
+        if not closed:  # the register kept the order open for the lease's new holder
+            log.warning(
+                "revocation of %s (device %s) not recorded: this process lost the sender "
+                "lease while sending it",
+                order.serial,
+                order.device_id,
+            )
 
     @staticmethod
     def _audit(

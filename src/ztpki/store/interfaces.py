@@ -29,7 +29,7 @@ from ztpki.store.records import (
     Revocation,
     RevocationReason,
 )
-from ztpki.store.revocation_records import QueuedRevocation, RevocationOrder
+from ztpki.store.revocation_records import QueuedRevocation, RevocationOrder, SenderLease
 
 
 class StagedBatch(Protocol):
@@ -358,17 +358,41 @@ class RegisterStore(Protocol):
         self,
         seq: int,
         *,
+        lease: int,
         now: datetime,
         refused: str | None = None,
         audit: AuditRecord | None = None,
     ) -> bool:
-        """PENDING -> DONE (or REFUSED, with the CA system's words)."""
+        """PENDING -> DONE (or REFUSED, with the CA system's words), only while ``lease`` is
+        the sender lease's current token: a sender that lost the lease changes nothing."""
         ...
 
     def revocation_failed(
-        self, seq: int, *, error: str, retry_at: datetime, audit: AuditRecord | None = None
+        self,
+        seq: int,
+        *,
+        lease: int,
+        error: str,
+        retry_at: datetime,
+        audit: AuditRecord | None = None,
     ) -> bool:
-        """Count a failed attempt of a PENDING order; it is due again at ``retry_at``."""
+        """Count a failed attempt of a PENDING order; it is due again at ``retry_at``. Only
+        while ``lease`` is the sender lease's current token."""
+        ...
+
+    # One process at a time, of every node machine and worker sharing the register, sends its
+    # revocation orders: the holder of the sender lease.
+    def take_sender_lease(self, holder: str, *, now: datetime, until: datetime) -> int | None:
+        """Hold the lease until ``until``: taken (a new fencing token) when free or expired by
+        ``now``, renewed (the same token) when ``holder`` holds it; None while another does."""
+        ...
+
+    def release_sender_lease(self, token: int, *, now: datetime) -> bool:
+        """Let the lease held under ``token`` expire at ``now``, for another to take."""
+        ...
+
+    def sender_lease(self) -> SenderLease | None:
+        """The lease as it stands (maybe expired); None before any sender took it."""
         ...
 
     def manifests(self) -> list[ManifestRecord]:

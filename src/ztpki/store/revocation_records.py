@@ -93,3 +93,19 @@ class QueuedRevocation:
             text += f" (attempts {self.attempts}"
             text += f": {self.last_error})" if self.last_error else ")"
         return text
+
+
+@dataclass(frozen=True)
+class SenderLease:
+    """Who sends the register's revocation orders: ``holder`` until ``expires_at``.
+
+    ``token`` grows by one at every taking of the lease: the fencing token a sender closes an
+    order under (a sender whose token is no longer current changes nothing).
+    """
+
+    holder: str
+    token: int
+    expires_at: datetime
+
+    def __post_init__(self) -> None:
+        require_utc(self.expires_at, name="expires_at")

@@ -35,6 +35,7 @@ from ztpki.store.revocation_records import RevocationOrder
 from ztpki.store.sql import Database, SQLConnection
 from ztpki.store.sqlite_register_schema import (
     MIGRATIONS,
+    POSTGRES_MIGRATIONS,
     REGISTER_SCHEMA,
     SCHEMA_COMPONENT,
     SCHEMA_VERSION,
@@ -71,6 +72,7 @@ class SQLiteNodeStore(RegisterTransitions):
                 SCHEMA_VERSION,
                 REGISTER_SCHEMA + sqlite_audit.SCHEMA,
                 migrations=MIGRATIONS,
+                postgres_migrations=POSTGRES_MIGRATIONS,
                 migrate=migrate,
             )
         except BaseException:

@@ -6,12 +6,15 @@ the known states and tie ISSUING to a held lease and BLOCKED to a remembered sta
 
 from __future__ import annotations
 
+from ztpki.store.pg_schema import postgres_ddl
+
 SCHEMA_COMPONENT = "customer_node"
 # Version 2: manifests are keyed by (manufacturer, manifest_id). Version 3: a device remembers
 # the EST label its issuance began under (one live certificate, whatever the label). Version 4:
 # the final state RETIRED, the renewal awaiting confirmation (renewed_from), and the durable
-# queue of revocations the node owes the customer CA system.
-SCHEMA_VERSION = 4
+# queue of revocations the node owes the customer CA system. Version 5: the lease of the one
+# process (of every node machine sharing the register) that sends the queue's orders.
+SCHEMA_VERSION = 5
 
 _STATES = "'listed', 'issuing', 'issued', 'customized', 'blocked'"
 _STATES_V4 = f"{_STATES}, 'retired'"
@@ -105,6 +108,20 @@ _REVOCATION_INDEXES = (
     "CREATE INDEX node_revocation_by_serial ON node_revocation (serial, seq)",
 )
 
+# The revocation sender's lease: one row, held by at most one process of every node machine and
+# worker sharing the register until ``expires_at`` (renewed as it works). ``token`` grows by one
+# whenever a process takes the lease (a fencing token): an order is closed only under the
+# current token, so a sender that lost the lease (stuck past its expiry, taken over) changes
+# nothing. Instants are encoded as everywhere in the register (UTC, fixed width: they compare
+# as text).
+_SENDER_LEASE_TABLE = """
+    CREATE TABLE node_sender_lease (
+        name       TEXT PRIMARY KEY CHECK (name = 'revocations'),
+        holder     TEXT NOT NULL CHECK (holder <> ''),
+        token      INTEGER NOT NULL CHECK (token > 0),
+        expires_at TEXT NOT NULL
+    )"""
+
 _DEVICE_CHAIN_TABLE = """
     CREATE TABLE device_chain (
         device_id       TEXT NOT NULL REFERENCES device (device_id) ON DELETE CASCADE,
@@ -120,6 +137,7 @@ REGISTER_SCHEMA = (
     _DEVICE_CHAIN_TABLE,
     _REVOCATION_TABLE,
     *_REVOCATION_INDEXES,
+    _SENDER_LEASE_TABLE,
 )
 
 # Version 1 keyed manifests by manifest_id alone. A manifest's manufacturer is the one its
@@ -160,4 +178,10 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         _REVOCATION_TABLE,
         *_REVOCATION_INDEXES,
     ),
+    4: (_SENDER_LEASE_TABLE,),
+}
+
+# PostgreSQL registers were first created at version 4: their steps start there.
+POSTGRES_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    4: (postgres_ddl(_SENDER_LEASE_TABLE),),
 }

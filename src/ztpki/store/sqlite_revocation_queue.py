@@ -4,7 +4,8 @@ The functions run inside a caller's write transaction, so an order lands with th
 that causes it; ``RevocationQueue`` adds the operations of the running node that sends them.
 Two orders on one certificate are sent in the order they were made: an order is due only when
 no earlier order on the same certificate is still open (a hold is never overtaken by its
-release, even when the hold keeps failing).
+release, even when the hold keeps failing). An order is closed only under the current token of
+the sender lease (sqlite_sender_lease): one sender at a time, across every node machine.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from ztpki.store.revocation_records import (
     RevocationOrder,
 )
 from ztpki.store.sql import Database, SQLConnection
+from ztpki.store.sqlite_sender_lease import FENCE, SenderLeases
 
 _COLUMNS = (
     "seq, device_id, label, ca_name, serial, action, reason, status, created_at, due_at, "
@@ -98,7 +100,7 @@ def _append(conn: SQLConnection, audit: AuditRecord | None) -> None:
         sqlite_audit.append_records(conn, [audit])
 
 
-class RevocationQueue:
+class RevocationQueue(SenderLeases):
     """The queue operations of SQLiteNodeStore (a mixin over its database)."""
 
     _db: Database
@@ -146,17 +148,19 @@ class RevocationQueue:
         self,
         seq: int,
         *,
+        lease: int,
         now: datetime,
         refused: str | None = None,
         audit: AuditRecord | None = None,
     ) -> bool:
-        """Close an open order: DONE, or REFUSED with the CA system's words."""
+        """Close an open order: DONE, or REFUSED with the CA system's words; only under the
+        sender lease's current token ``lease``."""
         status = QueueStatus.REFUSED if refused is not None else QueueStatus.DONE
         with self._db.write() as conn:
             changed = conn.execute(
-                "UPDATE node_revocation SET status = ?, done_at = ?, last_error = ?, "
-                "attempts = attempts + 1 WHERE seq = ? AND status = 'pending'",
-                (status.value, encode_instant(now, name="now"), refused, seq),
+                "UPDATE node_revocation SET status = ?, done_at = ?, last_error = ?, "  # noqa: S608
+                f"attempts = attempts + 1 WHERE seq = ? AND status = 'pending' AND {FENCE}",
+                (status.value, encode_instant(now, name="now"), refused, seq, lease),
             ).rowcount
             if changed != 1:
                 return False
@@ -167,16 +171,18 @@ class RevocationQueue:
         self,
         seq: int,
         *,
+        lease: int,
         error: str,
         retry_at: datetime,
         audit: AuditRecord | None = None,
     ) -> bool:
-        """Count a failed attempt of a pending order and set when to try it again."""
+        """Count a failed attempt of a pending order and set when to try it again; only under
+        the sender lease's current token ``lease``."""
         with self._db.write() as conn:
             changed = conn.execute(
-                "UPDATE node_revocation SET attempts = attempts + 1, last_error = ?, due_at = ? "
-                "WHERE seq = ? AND status = 'pending'",
-                (error, encode_instant(retry_at, name="retry_at"), seq),
+                "UPDATE node_revocation SET attempts = attempts + 1, last_error = ?, "  # noqa: S608
+                f"due_at = ? WHERE seq = ? AND status = 'pending' AND {FENCE}",
+                (error, encode_instant(retry_at, name="retry_at"), seq, lease),
             ).rowcount
             if changed != 1:
                 return False

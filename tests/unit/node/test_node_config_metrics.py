@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from ztpki.errors import ConfigurationError, UnknownCA
-from ztpki.node.config import CALabel, IssuingParameters, Limits, NodeConfig
+from ztpki.node.config import CALabel, IssuingParameters, Limits, NodeConfig, RevocationPolicy
 from ztpki.node.manufacturers import ManufacturerConfig
 from ztpki.node.metrics import NodeMetrics, database_figures
 from ztpki.pki.device_ids import DeviceIdNamespace
@@ -125,6 +125,29 @@ def test_ok_label_values_are_escaped() -> None:
     metrics = NodeMetrics()
     metrics.count_request('a"b\\c\nd', "x")
     assert 'endpoint="a\\"b\\\\c\\nd"' in metrics.exposition()
+
+
+def test_ok_sender_lease_defaults_to_three_looks_and_at_least_90_s(tmp_path: Path) -> None:
+    assert RevocationPolicy().sender_lease == 90.0
+    assert RevocationPolicy(poll_seconds=600).sender_lease == 1800.0
+    assert RevocationPolicy(poll_seconds=1, sender_lease_seconds=7).sender_lease == 7.0
+    original = config(
+        tmp_path, revocation=RevocationPolicy(poll_seconds=1, sender_lease_seconds=40)
+    )
+    original.save()
+    assert NodeConfig.load(tmp_path) == original
+    config(tmp_path / "default", revocation=RevocationPolicy()).save()
+    assert "sender_lease_seconds" not in (tmp_path / "default" / "node.toml").read_text()
+
+
+def test_fail_sender_lease_shorter_than_three_looks_or_one_exchange(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="at least 3 times poll_seconds"):
+        RevocationPolicy(poll_seconds=2, sender_lease_seconds=5)
+    with pytest.raises(ConfigurationError, match=r"longer than \[limits\] ca_timeout \(30 s\)"):
+        config(tmp_path, revocation=RevocationPolicy(sender_lease_seconds=30))
+    (tmp_path / "node.toml").write_text(NODE_TABLE + "[revocation]\nsender_lease_seconds = 0\n")
+    with pytest.raises(ConfigurationError, match="sender_lease_seconds"):
+        NodeConfig.load(tmp_path)
 
 
 def test_ok_database_figures_of_the_store_and_of_other_workers(tmp_path: Path) -> None:

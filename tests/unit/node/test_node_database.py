@@ -8,6 +8,7 @@ import io
 import sqlite3
 import stat
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg
@@ -18,6 +19,7 @@ from tests.support.postgres import shared_cluster
 
 from ztpki.cli import main
 from ztpki.store import sqlite_register
+from ztpki.store.sqlite import open_node_store
 from ztpki.store.sqlite_db import stored_schema_version
 
 env = node_cli.env
@@ -54,6 +56,7 @@ def test_ok_init_on_postgresql_keeps_the_url_private_and_never_shows_the_passwor
     assert status == 0, err
     one_line = " ".join(policy.split())
     assert f"customer_node database schema {sqlite_register.SCHEMA_VERSION}" in one_line
+    assert "revocation sender: none yet (no node has run on this register)" in one_line
     assert "ztpki:***@127.0.0.1" in one_line
     status, devices, err = run("node", "devices", "--dir", str(node), "--json")
     assert status == 0 and devices.strip() == "[]", err
@@ -134,3 +137,53 @@ def test_ok_an_old_postgresql_register_is_refused_until_node_migrate(
             "SELECT version FROM schema_version WHERE component = 'customer_node'"
         ).fetchone()
     assert version == 3  # nothing changed
+
+
+def test_ok_a_postgresql_register_of_schema_4_gains_the_sender_lease_by_node_migrate(
+    inputs: dict[str, Path], database: str
+) -> None:
+    assert run(*node_cli.init_args(inputs, "--database", database))[0] == 0
+    node = str(inputs["node"])
+    with psycopg.connect(database, autocommit=True) as pg:  # the register as schema 4 had it
+        pg.execute("DROP TABLE node_sender_lease")
+        pg.execute("UPDATE schema_version SET version = 4 WHERE component = 'customer_node'")
+    status, _, err = run("node", "devices", "--dir", node)
+    assert status == 1 and "holds customer_node schema version 4" in err
+    status, out, err = run("node", "migrate", "--dir", node)
+    assert status == 0, err
+    assert "from customer_node schema version 4 to 5" in " ".join(out.split())
+    with psycopg.connect(database, autocommit=True) as pg:
+        (version,) = pg.execute(
+            "SELECT version FROM schema_version WHERE component = 'customer_node'"
+        ).fetchone()
+        assert version == sqlite_register.SCHEMA_VERSION == 5
+        pg.execute(
+            "INSERT INTO node_sender_lease (name, holder, token, expires_at) "
+            "VALUES ('revocations', 'a', 1, '2026-01-01T00:00:00.000000Z')"
+        )
+        with pytest.raises(psycopg.errors.CheckViolation):  # one lease, by its one name
+            pg.execute(
+                "INSERT INTO node_sender_lease (name, holder, token, expires_at) "
+                "VALUES ('other', 'a', 1, '2026-01-01T00:00:00.000000Z')"
+            )
+    assert run("node", "devices", "--dir", node)[0] == 0
+
+
+def test_ok_node_policy_says_whether_a_sender_holds_the_lease(
+    inputs: dict[str, Path], database: str
+) -> None:
+    assert run(*node_cli.init_args(inputs, "--database", database))[0] == 0
+    node = str(inputs["node"])
+    start = datetime.now(UTC)
+    with open_node_store(database) as store:
+        assert store.take_sender_lease("edge-2 pid 7 ab", now=start, until=start + timedelta(1))
+    status, policy, err = run("node", "policy", "--dir", node)
+    assert status == 0, err
+    assert "revocation sender: edge-2 pid 7 ab (lease token 1, until " in " ".join(policy.split())
+    with open_node_store(database) as store:
+        assert store.release_sender_lease(1, now=start)
+    status, policy, err = run("node", "policy", "--dir", node)
+    assert status == 0, err
+    assert "revocation sender: none (the lease of edge-2 pid 7 ab ended at" in " ".join(
+        policy.split()
+    )

@@ -35,11 +35,22 @@ def enroll(node: Node, device_id: str, operation: Operation = Operation.SERVERKE
     return asyncio.run(node.service.enroll(operation, node.label, identity, csr_for(device_id)))
 
 
-def sender(node: Node, *, clock: object = None) -> RevocationSender:
-    policy = RevocationPolicy(poll_seconds=0.1, retry_max_seconds=8)
+POLICY = RevocationPolicy(poll_seconds=0.1, retry_max_seconds=8, sender_lease_seconds=30)
+
+
+def sender(node: Node, *, clock: object = None, holder: str = "the sender") -> RevocationSender:
+    # One holder by default: the senders a test makes one after another are one process's.
     if clock is None:
-        return RevocationSender(node.service.register, node.service.ca_client, policy)
-    return RevocationSender(node.service.register, node.service.ca_client, policy, clock=clock)  # type: ignore[arg-type]
+        return RevocationSender(
+            node.service.register, node.service.ca_client, POLICY, holder=holder
+        )
+    return RevocationSender(
+        node.service.register,
+        node.service.ca_client,
+        POLICY,
+        clock=clock,  # type: ignore[arg-type]
+        holder=holder,
+    )
 
 
 def reason_at_ca(node: Node, serial: str) -> str | None:
@@ -197,3 +208,76 @@ def test_fail_retired_during_issuance_is_refused_and_its_certificate_revoked(nod
 def test_fail_order_with_an_unknown_reason() -> None:
     with pytest.raises(ValueError):
         RevocationOrder("d1", "default", CA, "0a", "stolen")
+
+
+def blocked_with_hold(node: Node) -> str:
+    node.list("d1")
+    serial = serial_hex(enroll(node, "d1").certificate)
+    assert node.store.block(
+        "d1",
+        now=NOW,
+        revocations=[
+            RevocationOrder("d1", "default", CA, serial, RevocationReason.CERTIFICATE_HOLD.value)
+        ],
+        issued_serial=serial,
+    )
+    return serial
+
+
+def test_fail_sender_without_the_lease_sends_nothing(node: Node) -> None:
+    serial = blocked_with_hold(node)
+    assert node.store.take_sender_lease("other machine", now=NOW, until=NOW + timedelta(hours=1))
+    before = node.store.revocations()
+    other = sender(node, clock=lambda: NOW + timedelta(minutes=59))
+    assert asyncio.run(other.drain()) == 0
+    assert other.lease is None
+    assert node.ca.revocations == [] and reason_at_ca(node, serial) is None
+    assert node.store.revocations() == before
+    # Once the holder's lease has expired, this sender takes it over and sends the hold.
+    after = sender(node, clock=lambda: NOW + timedelta(hours=1))
+    assert asyncio.run(after.drain()) == 1
+    assert after.lease == 2
+    assert reason_at_ca(node, serial) == "certificateHold"
+
+
+class TakenOverWhileSending:
+    """The CA client of a sender that hangs while its lease expires and another takes it."""
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+        self._real = node.service.ca_client
+
+    async def revoke(self, request):  # type: ignore[no-untyped-def]
+        later = NOW + timedelta(minutes=10)
+        assert self._node.store.take_sender_lease("other", now=later, until=later + timedelta(1))
+        return await self._real.revoke(request)
+
+
+def test_fail_sender_that_lost_its_lease_while_sending_records_nothing(node: Node) -> None:
+    serial = blocked_with_hold(node)
+    before = node.store.revocations()
+    decisions = node.decisions("d1")
+    stale = RevocationSender(
+        node.service.register,
+        TakenOverWhileSending(node),  # type: ignore[arg-type]
+        POLICY,
+        clock=lambda: NOW,
+        holder="stale",
+    )
+    assert asyncio.run(stale.drain()) == 1  # the CA system answered
+    assert reason_at_ca(node, serial) == "certificateHold"
+    # The register is the new holder's: the order stays open for it, no audit entry.
+    assert node.store.revocations() == before
+    assert node.decisions("d1") == decisions
+    lease = node.store.sender_lease()
+    assert lease is not None and (lease.holder, lease.token) == ("other", 2)
+
+
+def test_ok_closed_sender_lets_its_lease_go(node: Node) -> None:
+    async def scenario() -> int | None:
+        first = sender(node, holder="first")
+        assert await first.hold() == 1
+        await first.close()
+        return await sender(node, holder="second").hold()
+
+    assert asyncio.run(scenario()) == 2

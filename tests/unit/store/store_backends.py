@@ -9,8 +9,9 @@ database for each test.
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -163,6 +164,26 @@ class Backend:
 # ---------------------------------------------------------------- child-process work
 
 
+def race(kind: str, locator: str, target: Any, names: Sequence[str], *args: Any) -> dict[str, Any]:
+    """``target(kind, locator, *args, name, barrier, results)`` in one spawned process per
+    name, all released at once by a barrier; each process's result, by name."""
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(len(names))
+    results = ctx.Queue()
+    processes = [
+        ctx.Process(target=target, args=(kind, locator, *args, name, barrier, results))
+        for name in names
+    ]
+    for process in processes:
+        process.start()
+    outcomes = dict(results.get(timeout=120) for _ in processes)
+    for process in processes:
+        process.join(timeout=60)
+        assert process.exitcode == 0
+    assert sorted(outcomes) == sorted(names)
+    return outcomes
+
+
 def race_begin_issuance(
     kind: str, locator: str, device_id: str, token: str, barrier: Any, results: Any
 ) -> None:
@@ -178,6 +199,18 @@ def race_begin_issuance(
             lease_seconds=60,
         )
         results.put((token, won is not None))
+    finally:
+        close(store)
+
+
+def race_take_sender_lease(
+    kind: str, locator: str, holder: str, barrier: Any, results: Any
+) -> None:
+    store = open_node(kind, locator)
+    try:
+        barrier.wait(timeout=60)
+        token = store.take_sender_lease(holder, now=T0, until=T0 + timedelta(seconds=30))
+        results.put((holder, token))
     finally:
         close(store)
 

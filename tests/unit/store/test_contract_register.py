@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import sqlite3
 import threading
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
-from store_backends import T0, Backend, race_begin_issuance, sha256_hex
+from store_backends import T0, Backend, race, race_begin_issuance, sha256_hex
 
 from ztpki.store import (
     AuditRecord,
@@ -445,23 +444,8 @@ def test_ok_four_processes_race_and_exactly_one_wins(
     node_store: NodeStore, backend: Backend
 ) -> None:
     listed(node_store, "d1")
-    ctx = multiprocessing.get_context("spawn")
-    barrier = ctx.Barrier(4)
-    results = ctx.Queue()
-    processes = [
-        ctx.Process(
-            target=race_begin_issuance,
-            args=(backend.kind, backend.locator, "d1", f"p{i}", barrier, results),
-        )
-        for i in range(4)
-    ]
-    for process in processes:
-        process.start()
-    outcomes = dict(results.get(timeout=120) for _ in processes)
-    for process in processes:
-        process.join(timeout=60)
-        assert process.exitcode == 0
-    assert sorted(outcomes) == ["p0", "p1", "p2", "p3"]
+    names = ["p0", "p1", "p2", "p3"]
+    outcomes = race(backend.kind, backend.locator, race_begin_issuance, names, "d1")
     assert sum(outcomes.values()) == 1
     (winner,) = [token for token, won in outcomes.items() if won]
     row = node_store.get("d1")
@@ -609,6 +593,7 @@ def test_ok_register_from_before_issuance_labels_opens_and_gains_them(tmp_path: 
         conn.execute("ALTER TABLE device DROP COLUMN issuance_label")
         conn.execute("ALTER TABLE device DROP COLUMN renewed_from")  # and before version 4
         conn.execute("DROP TABLE node_revocation")
+        conn.execute("DROP TABLE node_sender_lease")  # and before version 5
         conn.execute("UPDATE schema_version SET version = 2 WHERE component = 'customer_node'")
     store = open_sqlite_node_store(path)
     try:

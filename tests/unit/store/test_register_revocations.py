@@ -1,5 +1,5 @@
 """The register's final state RETIRED, the renewal awaiting confirmation, the revocation queue
-written with the state change that causes it, and the migration to schema 4."""
+written with the state change that causes it, and the migration from schema 3."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from test_contract_register import ISSUED, LISTED, begin, issued, listed
 from ztpki.store import AuditRecord, DeviceState, NodeStore
 from ztpki.store.revocation_records import QueueStatus, RevocationAction, RevocationOrder
 from ztpki.store.sqlite import open_sqlite_node_store
+from ztpki.store.sqlite_db import stored_schema_version
 from ztpki.store.sqlite_register_schema import SCHEMA_VERSION
 
 LATER = T0 + timedelta(minutes=5)
@@ -100,10 +101,12 @@ def test_ok_queue_sends_one_certificate_in_order(node_store: NodeStore) -> None:
     node_store.queue_revocations([hold, release, other], now=T0)
     due = node_store.due_revocations(now=T0)
     assert [(q.serial, q.action) for q in due] == [("0a", "revoke"), ("0c", "revoke")]
-    assert node_store.revocation_failed(due[0].seq, error="down", retry_at=LATER)
+    lease = node_store.take_sender_lease("sender", now=T0, until=LATER)
+    assert lease is not None
+    assert node_store.revocation_failed(due[0].seq, lease=lease, error="down", retry_at=LATER)
     assert [q.serial for q in node_store.due_revocations(now=T0)] == ["0c"]
-    assert node_store.revocation_done(due[0].seq, now=LATER)
-    assert not node_store.revocation_done(due[0].seq, now=LATER)  # closed once
+    assert node_store.revocation_done(due[0].seq, lease=lease, now=LATER)
+    assert not node_store.revocation_done(due[0].seq, lease=lease, now=LATER)  # closed once
     assert [(q.serial, q.action) for q in node_store.due_revocations(now=LATER)] == [
         ("0a", "release"),
         ("0c", "revoke"),
@@ -115,7 +118,7 @@ def test_fail_waiting_order_must_be_a_revocation() -> None:
         order(action=RevocationAction.RELEASE, waiting=True)
 
 
-def test_ok_register_of_schema_3_migrates_to_4(tmp_path: Path) -> None:
+def test_ok_register_of_schema_3_migrates_to_the_current_one(tmp_path: Path) -> None:
     path = tmp_path / "v3.sqlite"
     store = open_sqlite_node_store(path)
     listed(store, "d1")
@@ -123,6 +126,7 @@ def test_ok_register_of_schema_3_migrates_to_4(tmp_path: Path) -> None:
     store.close()
     with sqlite3.connect(path) as conn:  # the register as schema 3 had it
         conn.execute("DROP TABLE node_revocation")
+        conn.execute("DROP TABLE node_sender_lease")
         conn.execute("ALTER TABLE device DROP COLUMN renewed_from")
         conn.execute("UPDATE schema_version SET version = 3 WHERE component = 'customer_node'")
     store = open_sqlite_node_store(path)
@@ -134,11 +138,28 @@ def test_ok_register_of_schema_3_migrates_to_4(tmp_path: Path) -> None:
         assert store.get("d1").state is DeviceState.RETIRED  # type: ignore[union-attr]
     finally:
         store.close()
+    assert stored_schema_version(path, "customer_node") == 5 == SCHEMA_VERSION
     with sqlite3.connect(path) as conn:
-        (version,) = conn.execute(
-            "SELECT version FROM schema_version WHERE component = 'customer_node'"
-        ).fetchone()
-        assert version == SCHEMA_VERSION == 4
         assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
         with pytest.raises(sqlite3.IntegrityError):  # the schema still refuses unknown states
             conn.execute("UPDATE device SET state = 'gone' WHERE device_id = 'd1'")
+
+
+def test_ok_register_of_schema_4_gains_the_sender_lease(tmp_path: Path) -> None:
+    path = tmp_path / "v4.sqlite"
+    store = open_sqlite_node_store(path)
+    listed(store, "d1")
+    store.queue_revocations([order()], now=T0)
+    store.close()
+    with sqlite3.connect(path) as conn:  # the register as schema 4 had it
+        conn.execute("DROP TABLE node_sender_lease")
+        conn.execute("UPDATE schema_version SET version = 4 WHERE component = 'customer_node'")
+    store = open_sqlite_node_store(path)
+    try:
+        (queued,) = store.revocations()
+        lease = store.take_sender_lease("sender", now=T0, until=LATER)
+        assert lease == 1
+        assert store.revocation_done(queued.seq, lease=lease, now=T0)
+    finally:
+        store.close()
+    assert stored_schema_version(path, "customer_node") == 5
