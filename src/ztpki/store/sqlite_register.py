@@ -9,10 +9,10 @@ transition happens.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import replace
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any
@@ -44,6 +44,8 @@ from ztpki.store.sqlite_register_transitions import RegisterTransitions
 from ztpki.store.sqlite_revocation_queue import insert_orders
 
 # The schema names are re-exported: callers read the component and version from this module.
+logger = logging.getLogger(__name__)
+
 __all__ = ["MIGRATIONS", "REGISTER_SCHEMA", "SCHEMA_COMPONENT", "SCHEMA_VERSION", "SQLiteNodeStore"]
 
 _DEVICE_COLUMNS = (
@@ -52,6 +54,24 @@ _DEVICE_COLUMNS = (
     "lease_expires, previous_state, updated_at, issuance_label, renewed_from"
 )
 _MANIFEST_COLUMNS = "manufacturer, manifest_id, issued_at, signer, device_count, imported_at"
+# The staged devices of one import: a TEMP table belongs to the connection (and a PostgreSQL
+# session) alone. ``position`` is the order they came in, to name a repeated one.
+_STAGE_TABLE = (
+    "CREATE TEMP TABLE IF NOT EXISTS import_device (device_id TEXT PRIMARY KEY, "
+    "position INTEGER NOT NULL, temp_fingerprint TEXT, model TEXT, batch TEXT)"
+)
+_STAGE_DEVICE = (
+    "INSERT INTO import_device (device_id, position, temp_fingerprint, model, batch) "
+    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (device_id) DO NOTHING"
+)
+_STAGE_CHUNK = 5000
+# In device_id order, the register's own order; ``WHERE true`` keeps SQLite from reading
+# ON CONFLICT as a join constraint.
+_LIST_STAGED = (
+    "INSERT INTO device (device_id, state, temp_fingerprint, manufacturer, model, batch, "
+    "manifest_id, updated_at) SELECT device_id, 'listed', temp_fingerprint, ?, model, batch, "
+    "?, ? FROM import_device WHERE true ORDER BY device_id ON CONFLICT (device_id) DO NOTHING"
+)
 _INSERT_DEVICE = (
     "INSERT INTO device (device_id, state, temp_fingerprint, manufacturer, model, batch, "
     "manifest_id, updated_at) VALUES (?, 'listed', ?, ?, ?, ?, ?, ?) "
@@ -98,40 +118,56 @@ class SQLiteNodeStore(RegisterTransitions):
 
     def import_devices(
         self,
-        devices: Sequence[NewDevice],
+        devices: Iterable[NewDevice],
         *,
         manifest: ManifestRecord,
         audit: AuditRecord | None = None,
     ) -> ImportResult:
-        ids = [device.device_id for device in devices]
-        for device in devices:
-            if device.manufacturer not in (None, manifest.manufacturer):
-                raise ValueError(
-                    f"device {device.device_id} is of {device.manufacturer}, not of the "
-                    f"manifest's manufacturer {manifest.manufacturer}"
+        if self._imported_before(manifest):
+            return ImportResult(added=0, unchanged=manifest.device_count, already_imported=True)
+        conn = self._db.connection()
+        try:
+            # Staged first in a TEMP table, which takes no lock on the register: the write
+            # lock is held only for the one INSERT ... SELECT below, however long the
+            # devices take to arrive, and an error while they do leaves the register as it was.
+            with self._db.read() as conn:
+                conn.execute(_STAGE_TABLE)
+                conn.execute("DELETE FROM import_device")
+                staged = _stage(conn, devices, manufacturer=manifest.manufacturer)
+            with self._db.write() as conn:
+                if self._imported_before(manifest, conn=conn):
+                    return ImportResult(
+                        added=0, unchanged=manifest.device_count, already_imported=True
+                    )
+                conn.execute(
+                    f"INSERT INTO manifest ({_MANIFEST_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",  # noqa: S608
+                    _manifest_row(manifest),
                 )
-        with self._db.write() as conn:
-            if conn.execute(
-                "SELECT 1 FROM manifest WHERE manufacturer = ? AND manifest_id = ?",
-                (manifest.manufacturer, manifest.manifest_id),
-            ).fetchone():
-                return ImportResult(added=[], unchanged=ids, already_imported=True)
-            conn.execute(
-                f"INSERT INTO manifest ({_MANIFEST_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",  # noqa: S608
-                _manifest_row(manifest),
-            )
-            added: list[str] = []
-            unchanged: list[str] = []
-            for device in devices:
-                row = _new_device_row(
-                    replace(device, manufacturer=manifest.manufacturer),
-                    manifest.manifest_id,
-                    manifest.imported_at,
-                )
-                inserted = conn.execute(_INSERT_DEVICE, row).rowcount == 1
-                (added if inserted else unchanged).append(device.device_id)
-            _audit(conn, audit)
-        return ImportResult(added=added, unchanged=unchanged, already_imported=False)
+                added = conn.execute(
+                    _LIST_STAGED,
+                    (
+                        manifest.manufacturer,
+                        manifest.manifest_id,
+                        encode_instant(manifest.imported_at, name="now"),
+                    ),
+                ).rowcount
+                _audit(conn, audit)
+        finally:
+            try:
+                conn.execute("DROP TABLE IF EXISTS temp.import_device")
+            except sqlite3.Error:
+                logger.warning("could not drop the staging table of an import", exc_info=True)
+        return ImportResult(added=added, unchanged=staged - added, already_imported=False)
+
+    def _imported_before(
+        self, manifest: ManifestRecord, *, conn: sqlite3.Connection | None = None
+    ) -> bool:
+        query = "SELECT 1 FROM manifest WHERE manufacturer = ? AND manifest_id = ?"
+        key = (manifest.manufacturer, manifest.manifest_id)
+        if conn is not None:
+            return conn.execute(query, key).fetchone() is not None
+        with self._db.read() as reader:
+            return reader.execute(query, key).fetchone() is not None
 
     def add_device(
         self, device: NewDevice, *, now: datetime, audit: AuditRecord | None = None
@@ -151,23 +187,36 @@ class SQLiteNodeStore(RegisterTransitions):
         with self._db.read(wait=wait) as conn:
             return _select_device(conn, device_id)
 
-    def devices(self, *, state: DeviceState | None = None) -> list[RegisteredDevice]:
-        where, params = ("WHERE d.state = ?", (DeviceState(state).value,)) if state else ("", ())
-        with self._db.read() as conn:
-            rows = conn.execute(
-                f"SELECT {_DEVICE_COLUMNS} FROM device d {where} "  # noqa: S608
-                "ORDER BY d.device_id",
-                params,
-            ).fetchall()
-            chains: dict[str, list[bytes]] = {}
-            for device_id, der in conn.execute(
-                "SELECT c.device_id, c.certificate_der FROM device_chain c "  # noqa: S608
-                f"JOIN device d ON d.device_id = c.device_id {where} "
-                "ORDER BY c.device_id, c.position",
-                params,
-            ):
-                chains.setdefault(device_id, []).append(bytes(der))
-        return [_device(row, chains.get(row[0], [])) for row in rows]
+    def devices(
+        self, *, state: DeviceState | None = None, page: int = 1000
+    ) -> Iterator[RegisteredDevice]:
+        # Page by page (keyset on device_id), each page its own short read: memory stays
+        # bounded and no transaction is held while the caller works on the rows.
+        if page < 1:
+            raise ValueError("page must be at least 1")
+        where = "d.state = ? AND " if state else ""
+        params: tuple[Any, ...] = (DeviceState(state).value,) if state else ()
+        after = ""
+        while True:
+            with self._db.read() as conn:
+                rows = conn.execute(
+                    f"SELECT {_DEVICE_COLUMNS} FROM device d "  # noqa: S608
+                    f"WHERE {where}d.device_id > ? ORDER BY d.device_id LIMIT ?",
+                    (*params, after, page),
+                ).fetchall()
+                if not rows:
+                    return
+                chains: dict[str, list[bytes]] = {}
+                for device_id, der in conn.execute(
+                    "SELECT device_id, certificate_der FROM device_chain "
+                    "WHERE device_id >= ? AND device_id <= ? ORDER BY device_id, position",
+                    (rows[0][0], rows[-1][0]),
+                ):
+                    chains.setdefault(device_id, []).append(bytes(der))
+            yield from (_device(row, chains.get(row[0], [])) for row in rows)
+            if len(rows) < page:
+                return
+            after = rows[-1][0]
 
     def counts(self) -> dict[DeviceState, int]:
         with self._db.read() as conn:
@@ -321,10 +370,24 @@ class SQLiteNodeStore(RegisterTransitions):
             return sqlite_audit.append_records(conn, records)
 
     def entries(
-        self, *, device_id: str | None = None, limit: int | None = None
-    ) -> list[AuditEntry]:
-        with self._db.read() as conn:
-            return sqlite_audit.select_entries(conn, device_id=device_id, limit=limit)
+        self, *, device_id: str | None = None, limit: int | None = None, page: int = 1000
+    ) -> Iterator[AuditEntry]:
+        # Page by page (keyset on seq), like ``devices``; the trail only grows at its end.
+        if page < 1:
+            raise ValueError("page must be at least 1")
+        after = 0
+        if limit is not None:
+            with self._db.read() as conn:
+                after = sqlite_audit.seq_before_newest(conn, device_id=device_id, limit=limit)
+        while True:
+            with self._db.read() as conn:
+                entries = sqlite_audit.select_entries(
+                    conn, device_id=device_id, after=after, limit=page
+                )
+            yield from entries
+            if len(entries) < page:
+                return
+            after = entries[-1].seq
 
     def verify(self) -> AuditVerification:
         with self._db.read() as conn:
@@ -336,6 +399,46 @@ class SQLiteNodeStore(RegisterTransitions):
     def counts_by_decision(self) -> dict[str, int]:
         with self._db.read() as conn:
             return sqlite_audit.count_by_decision(conn)
+
+
+def _stage(conn: sqlite3.Connection, devices: Iterable[NewDevice], *, manufacturer: str) -> int:
+    """Stage ``devices`` in chunks; the number staged. DuplicateDevice for a repeated id."""
+    staged = 0
+    chunk: list[tuple[Any, ...]] = []
+    for device in devices:
+        if device.manufacturer not in (None, manufacturer):
+            raise ValueError(
+                f"device {device.device_id} is of {device.manufacturer}, not of the "
+                f"manifest's manufacturer {manufacturer}"
+            )
+        chunk.append(
+            (device.device_id, staged, device.temp_fingerprint, device.model, device.batch)
+        )
+        staged += 1
+        if len(chunk) == _STAGE_CHUNK:
+            _stage_chunk(conn, chunk)
+            chunk = []
+    if chunk:
+        _stage_chunk(conn, chunk)
+    return staged
+
+
+def _stage_chunk(conn: sqlite3.Connection, chunk: list[tuple[Any, ...]]) -> None:
+    if conn.executemany(_STAGE_DEVICE, chunk).rowcount == len(chunk):
+        return
+    seen: set[str] = set()
+    for device_id, *_ in chunk:
+        if device_id in seen:
+            break
+        seen.add(device_id)
+    else:
+        marks = ", ".join("?" for _ in chunk)
+        (device_id,) = conn.execute(
+            f"SELECT device_id FROM import_device WHERE device_id IN ({marks}) "  # noqa: S608
+            "AND position < ? ORDER BY position LIMIT 1",
+            (*seen, chunk[0][1]),
+        ).fetchone()
+    raise DuplicateDevice(f"device {device_id} appears twice in the manifest; nothing was listed")
 
 
 def _audit(conn: sqlite3.Connection, record: AuditRecord | None) -> None:

@@ -187,7 +187,7 @@ def test_ok_append_returns_the_chained_entry(node_store: NodeStore) -> None:
     assert first.entry_hash == chain_hash(GENESIS, canonical_bytes(**FIELDS))  # type: ignore[arg-type]
     second = node_store.append_many([AuditRecord(at=T0, endpoint="e", decision="d", reason="")])
     assert [(e.seq, e.prev_hash) for e in second] == [(2, first.entry_hash)]
-    assert node_store.entries() == [first, *second]
+    assert list(node_store.entries()) == [first, *second]
 
 
 def test_ok_entries_filter_limit_and_counts(node_store: NodeStore) -> None:
@@ -197,8 +197,8 @@ def test_ok_entries_filter_limit_and_counts(node_store: NodeStore) -> None:
     assert [e.seq for e in node_store.entries(limit=2)] == [4, 5]
     assert [e.seq for e in node_store.entries(device_id="d1")] == [2, 4]
     assert [e.seq for e in node_store.entries(device_id="d0", limit=1)] == [5]
-    assert node_store.entries(limit=0) == []
-    assert node_store.entries(device_id="nobody") == []
+    assert list(node_store.entries(limit=0)) == []
+    assert list(node_store.entries(device_id="nobody")) == []
     assert node_store.counts_by_decision() == {"issued": 2, "refused": 3}
 
 
@@ -304,5 +304,5 @@ def test_ok_processes_appending_keep_one_chain(node_store: NodeStore, backend: B
     assert sorted(seqs) == list(range(1, total + 1))
     result = node_store.verify()
     assert (result.ok, result.checked) == (True, total)
-    by_worker = node_store.entries(device_id="dev-0")
+    by_worker = list(node_store.entries(device_id="dev-0"))
     assert len(by_worker) == total // workers

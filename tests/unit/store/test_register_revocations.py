@@ -43,11 +43,11 @@ def test_ok_block_queues_its_hold_in_the_same_transaction(node_store: NodeStore)
 def test_fail_block_decided_on_a_stale_row_changes_nothing(node_store: NodeStore) -> None:
     listed(node_store, "d1")
     issued(node_store, "d1", "0b")  # the row now holds 0b; the caller decided on 0a
-    before = node_store.entries(device_id="d1")
+    before = list(node_store.entries(device_id="d1"))
     assert not node_store.block("d1", now=T0, revocations=[order("0a")], issued_serial="0a")
     assert node_store.get("d1").state is ISSUED  # type: ignore[union-attr]
     assert node_store.revocations() == []
-    assert node_store.entries(device_id="d1") == before
+    assert list(node_store.entries(device_id="d1")) == before
 
 
 def test_ok_retired_is_final(node_store: NodeStore) -> None:
