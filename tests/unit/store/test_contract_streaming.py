@@ -89,7 +89,7 @@ def test_fail_stream_raising_midway_lists_nothing(node_store: NodeStore) -> None
 
 @pytest.mark.parametrize(
     "ids",
-    [IDS + ["d000"], ["x", "x"], IDS[:5] + ["d002"] + IDS[5:]],
+    [[*IDS, "d000"], ["x", "x"], [*IDS[:5], "d002", *IDS[5:]]],
     ids=["fail-repeat-at-the-end", "fail-repeat-adjacent", "fail-repeat-in-the-middle"],
 )
 def test_fail_repeated_id_lists_nothing(node_store: NodeStore, ids: list[str]) -> None:
