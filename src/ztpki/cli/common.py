@@ -146,13 +146,12 @@ def print_json(data: Any) -> None:
 
 
 def print_json_array(items: Iterable[Any]) -> None:
-    """``print_json(list(items))``, written item by item as they come: a listing may hold a
-    million rows, which are never all in memory."""
+    """A JSON array written item by item as they come, one item per line: a listing may hold
+    a million rows, which are never all in memory (and json's C encoder only runs unindented)."""
     write = sys.stdout.write
     opening = "[\n"
     for item in items:
-        text = json.dumps(item, indent=2, sort_keys=True, default=str)
-        write(opening + "  " + text.replace("\n", "\n  "))
+        write(opening + json.dumps(item, sort_keys=True, default=str))
         opening = ",\n"
     write("[]\n" if opening == "[\n" else "\n]\n")
 

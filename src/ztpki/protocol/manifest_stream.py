@@ -211,6 +211,9 @@ class _JsonWalk:
 
     def _peek(self) -> str:
         """The next character that is not whitespace ("" at the end)."""
+        # What ztpki writes has no whitespace: answer that case without the pattern.
+        if self._pos < len(self._buf) and self._buf[self._pos] not in " \t\n\r":
+            return self._buf[self._pos]
         while True:
             self._pos = _WHITESPACE.match(self._buf, self._pos).end()  # type: ignore[union-attr]
             if self._pos < len(self._buf):
