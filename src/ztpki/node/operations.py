@@ -302,12 +302,12 @@ def _device(store: SQLiteNodeStore, device_id: str) -> RegisteredDevice:
 
 def pending_revocations(directory: Path) -> dict[str, list[QueuedRevocation]]:
     """Open (and refused) revocation orders by device: what `node devices` shows."""
+    unfinished = [status for status in QueueStatus if status is not QueueStatus.DONE]
     with open_register(directory) as store:
-        orders = store.revocations()
+        orders = store.revocations(statuses=unfinished)
     found: dict[str, list[QueuedRevocation]] = {}
     for order in orders:
-        if order.status is not QueueStatus.DONE:
-            found.setdefault(order.device_id, []).append(order)
+        found.setdefault(order.device_id, []).append(order)
     return found
 
 

@@ -28,7 +28,7 @@ from ztpki.store.records import (
     Revocation,
     RevocationReason,
 )
-from ztpki.store.revocation_records import QueuedRevocation, RevocationOrder
+from ztpki.store.revocation_records import QueuedRevocation, QueueStatus, RevocationOrder
 
 
 class StagedBatch(Protocol):
@@ -337,9 +337,14 @@ class RegisterStore(Protocol):
         ...
 
     def revocations(
-        self, *, device_id: str | None = None, open_only: bool = False
+        self,
+        *,
+        device_id: str | None = None,
+        open_only: bool = False,
+        statuses: Collection[QueueStatus] | None = None,
     ) -> list[QueuedRevocation]:
-        """Queued orders, oldest first; optionally one device's, or only WAITING/PENDING."""
+        """Queued orders, oldest first; optionally one device's, only WAITING/PENDING, or only
+        those in ``statuses`` (the finished DONE ones grow with the fleet: leave them out)."""
         ...
 
     def due_revocations(self, *, now: datetime, limit: int = 32) -> list[QueuedRevocation]:

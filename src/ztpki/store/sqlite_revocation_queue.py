@@ -10,7 +10,7 @@ release, even when the hold keeps failing).
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -113,9 +113,14 @@ class RevocationQueue:
             _append(conn, audit)
 
     def revocations(
-        self, *, device_id: str | None = None, open_only: bool = False
+        self,
+        *,
+        device_id: str | None = None,
+        open_only: bool = False,
+        statuses: Collection[QueueStatus] | None = None,
     ) -> list[QueuedRevocation]:
-        """Queued orders in the order they were made, optionally one device's or open ones."""
+        """Queued orders in the order they were made, optionally one device's, open ones, or
+        those in ``statuses``."""
         where: list[str] = []
         params: list[Any] = []
         if device_id is not None:
@@ -123,6 +128,10 @@ class RevocationQueue:
             params.append(device_id)
         if open_only:
             where.append("status IN ('waiting', 'pending')")
+        if statuses is not None:
+            wanted = sorted({QueueStatus(status).value for status in statuses})
+            where.append(f"status IN ({', '.join('?' for _ in wanted) or 'NULL'})")
+            params.extend(wanted)
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         with self._db.read() as conn:
             rows = conn.execute(

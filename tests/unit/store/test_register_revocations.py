@@ -110,6 +110,20 @@ def test_ok_queue_sends_one_certificate_in_order(node_store: NodeStore) -> None:
     ]
 
 
+def test_ok_revocations_by_status_leave_the_finished_out(node_store: NodeStore) -> None:
+    listed(node_store, "d1")
+    node_store.queue_revocations([order("0a"), order("0b"), order("0c")], now=T0)
+    first, second, third = node_store.revocations()
+    assert node_store.revocation_done(first.seq, now=LATER)
+    assert node_store.revocation_done(second.seq, now=LATER, refused="unknown certificate")
+    unfinished = [QueueStatus.WAITING, QueueStatus.PENDING, QueueStatus.REFUSED]
+    kept = node_store.revocations(statuses=unfinished)
+    assert [(q.serial, q.status) for q in kept] == [("0b", "refused"), ("0c", "pending")]
+    done = node_store.revocations(statuses=[QueueStatus.DONE], device_id="d1")
+    assert [q.serial for q in done] == ["0a"]
+    assert node_store.revocations(statuses=[]) == []
+
+
 def test_fail_waiting_order_must_be_a_revocation() -> None:
     with pytest.raises(ValueError, match="only a revocation"):
         order(action=RevocationAction.RELEASE, waiting=True)
