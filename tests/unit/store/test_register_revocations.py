@@ -113,7 +113,7 @@ def test_ok_queue_sends_one_certificate_in_order(node_store: NodeStore) -> None:
 def test_ok_revocations_by_status_leave_the_finished_out(node_store: NodeStore) -> None:
     listed(node_store, "d1")
     node_store.queue_revocations([order("0a"), order("0b"), order("0c")], now=T0)
-    first, second, third = node_store.revocations()
+    first, second, _ = node_store.revocations()
     assert node_store.revocation_done(first.seq, now=LATER)
     assert node_store.revocation_done(second.seq, now=LATER, refused="unknown certificate")
     unfinished = [QueueStatus.WAITING, QueueStatus.PENDING, QueueStatus.REFUSED]
