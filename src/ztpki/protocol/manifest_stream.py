@@ -269,20 +269,23 @@ class _JsonWalk:
                     yield from self._array()
                 else:
                     seen[name] = self._value()
-                following = self._peek()
-                self._pos += 1
-                if following == "}":
+                if self._closes("}"):
                     break
-                if following != ",":
-                    raise MalformedInput("manifest payload is not strict UTF-8 JSON")
         if self._peek() != "":
             raise MalformedInput("manifest payload is not strict UTF-8 JSON")
         if devices_seen:
             seen["devices"] = []
 
+    def _closes(self, closing: str) -> bool:
+        """Past the separator after a value: True for ``closing``, False for a comma."""
+        following = self._peek()
+        self._pos += 1
+        if following not in (closing, ","):
+            raise MalformedInput("manifest payload is not strict UTF-8 JSON")
+        return following == closing
+
     def _array(self) -> Iterator[object]:
         if self._peek() != "[":
-            self._value()  # whatever it is, it is not the list of devices
             raise MalformedInput("manifest member 'devices' is not a list")
         self._pos += 1
         if self._peek() == "]":
@@ -293,12 +296,8 @@ class _JsonWalk:
             if self.count > MAX_ENTRIES:
                 raise MalformedInput(f"manifest lists more than {MAX_ENTRIES} devices")
             yield self._value()
-            following = self._peek()
-            self._pos += 1
-            if following == "]":
+            if self._closes("]"):
                 return
-            if following != ",":
-                raise MalformedInput("manifest payload is not strict UTF-8 JSON")
 
 
 def check_manifest_file(

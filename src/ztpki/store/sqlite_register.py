@@ -9,7 +9,6 @@ transition happens.
 
 from __future__ import annotations
 
-import logging
 import sqlite3
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
@@ -34,6 +33,8 @@ from ztpki.store.records import (
 )
 from ztpki.store.revocation_records import RevocationOrder
 from ztpki.store.sqlite_db import SQLiteDatabase
+from ztpki.store.sqlite_register_import import MANIFEST_COLUMNS as _MANIFEST_COLUMNS
+from ztpki.store.sqlite_register_import import import_devices
 from ztpki.store.sqlite_register_schema import (
     MIGRATIONS,
     REGISTER_SCHEMA,
@@ -44,33 +45,12 @@ from ztpki.store.sqlite_register_transitions import RegisterTransitions
 from ztpki.store.sqlite_revocation_queue import insert_orders
 
 # The schema names are re-exported: callers read the component and version from this module.
-logger = logging.getLogger(__name__)
-
 __all__ = ["MIGRATIONS", "REGISTER_SCHEMA", "SCHEMA_COMPONENT", "SCHEMA_VERSION", "SQLiteNodeStore"]
 
 _DEVICE_COLUMNS = (
     "device_id, state, temp_fingerprint, manufacturer, model, batch, manifest_id, "
     "issued_serial, issued_spki, issued_certificate_der, blocked_from, lease_token, "
     "lease_expires, previous_state, updated_at, issuance_label, renewed_from"
-)
-_MANIFEST_COLUMNS = "manufacturer, manifest_id, issued_at, signer, device_count, imported_at"
-# The staged devices of one import: a TEMP table belongs to the connection (and a PostgreSQL
-# session) alone. ``position`` is the order they came in, to name a repeated one.
-_STAGE_TABLE = (
-    "CREATE TEMP TABLE IF NOT EXISTS import_device (device_id TEXT PRIMARY KEY, "
-    "position INTEGER NOT NULL, temp_fingerprint TEXT, model TEXT, batch TEXT)"
-)
-_STAGE_DEVICE = (
-    "INSERT INTO import_device (device_id, position, temp_fingerprint, model, batch) "
-    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (device_id) DO NOTHING"
-)
-_STAGE_CHUNK = 5000
-# In device_id order, the register's own order; ``WHERE true`` keeps SQLite from reading
-# ON CONFLICT as a join constraint.
-_LIST_STAGED = (
-    "INSERT INTO device (device_id, state, temp_fingerprint, manufacturer, model, batch, "
-    "manifest_id, updated_at) SELECT device_id, 'listed', temp_fingerprint, ?, model, batch, "
-    "?, ? FROM import_device WHERE true ORDER BY device_id ON CONFLICT (device_id) DO NOTHING"
 )
 _INSERT_DEVICE = (
     "INSERT INTO device (device_id, state, temp_fingerprint, manufacturer, model, batch, "
@@ -123,51 +103,7 @@ class SQLiteNodeStore(RegisterTransitions):
         manifest: ManifestRecord,
         audit: AuditRecord | None = None,
     ) -> ImportResult:
-        if self._imported_before(manifest):
-            return ImportResult(added=0, unchanged=manifest.device_count, already_imported=True)
-        conn = self._db.connection()
-        try:
-            # Staged first in a TEMP table, which takes no lock on the register: the write
-            # lock is held only for the one INSERT ... SELECT below, however long the
-            # devices take to arrive, and an error while they do leaves the register as it was.
-            with self._db.read() as conn:
-                conn.execute(_STAGE_TABLE)
-                conn.execute("DELETE FROM import_device")
-                staged = _stage(conn, devices, manufacturer=manifest.manufacturer)
-            with self._db.write() as conn:
-                if self._imported_before(manifest, conn=conn):
-                    return ImportResult(
-                        added=0, unchanged=manifest.device_count, already_imported=True
-                    )
-                conn.execute(
-                    f"INSERT INTO manifest ({_MANIFEST_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",  # noqa: S608
-                    _manifest_row(manifest),
-                )
-                added = conn.execute(
-                    _LIST_STAGED,
-                    (
-                        manifest.manufacturer,
-                        manifest.manifest_id,
-                        encode_instant(manifest.imported_at, name="now"),
-                    ),
-                ).rowcount
-                _audit(conn, audit)
-        finally:
-            try:
-                conn.execute("DROP TABLE IF EXISTS temp.import_device")
-            except sqlite3.Error:
-                logger.warning("could not drop the staging table of an import", exc_info=True)
-        return ImportResult(added=added, unchanged=staged - added, already_imported=False)
-
-    def _imported_before(
-        self, manifest: ManifestRecord, *, conn: sqlite3.Connection | None = None
-    ) -> bool:
-        query = "SELECT 1 FROM manifest WHERE manufacturer = ? AND manifest_id = ?"
-        key = (manifest.manufacturer, manifest.manifest_id)
-        if conn is not None:
-            return conn.execute(query, key).fetchone() is not None
-        with self._db.read() as reader:
-            return reader.execute(query, key).fetchone() is not None
+        return import_devices(self._db, devices, manifest=manifest, audit=audit)
 
     def add_device(
         self, device: NewDevice, *, now: datetime, audit: AuditRecord | None = None
@@ -401,46 +337,6 @@ class SQLiteNodeStore(RegisterTransitions):
             return sqlite_audit.count_by_decision(conn)
 
 
-def _stage(conn: sqlite3.Connection, devices: Iterable[NewDevice], *, manufacturer: str) -> int:
-    """Stage ``devices`` in chunks; the number staged. DuplicateDevice for a repeated id."""
-    staged = 0
-    chunk: list[tuple[Any, ...]] = []
-    for device in devices:
-        if device.manufacturer not in (None, manufacturer):
-            raise ValueError(
-                f"device {device.device_id} is of {device.manufacturer}, not of the "
-                f"manifest's manufacturer {manufacturer}"
-            )
-        chunk.append(
-            (device.device_id, staged, device.temp_fingerprint, device.model, device.batch)
-        )
-        staged += 1
-        if len(chunk) == _STAGE_CHUNK:
-            _stage_chunk(conn, chunk)
-            chunk = []
-    if chunk:
-        _stage_chunk(conn, chunk)
-    return staged
-
-
-def _stage_chunk(conn: sqlite3.Connection, chunk: list[tuple[Any, ...]]) -> None:
-    if conn.executemany(_STAGE_DEVICE, chunk).rowcount == len(chunk):
-        return
-    seen: set[str] = set()
-    for device_id, *_ in chunk:
-        if device_id in seen:
-            break
-        seen.add(device_id)
-    else:
-        marks = ", ".join("?" for _ in chunk)
-        (device_id,) = conn.execute(
-            f"SELECT device_id FROM import_device WHERE device_id IN ({marks}) "  # noqa: S608
-            "AND position < ? ORDER BY position LIMIT 1",
-            (*seen, chunk[0][1]),
-        ).fetchone()
-    raise DuplicateDevice(f"device {device_id} appears twice in the manifest; nothing was listed")
-
-
 def _audit(conn: sqlite3.Connection, record: AuditRecord | None) -> None:
     if record is not None:
         sqlite_audit.append_records(conn, [record])
@@ -503,17 +399,6 @@ def _device(row: Sequence[Any], chain: list[bytes]) -> RegisteredDevice:
         updated_at=decode_instant(row[14]),
         issuance_label=row[15],
         renewed_from=row[16],
-    )
-
-
-def _manifest_row(manifest: ManifestRecord) -> tuple[Any, ...]:
-    return (
-        manifest.manufacturer,
-        manifest.manifest_id,
-        encode_instant(manifest.issued_at),
-        manifest.signer,
-        manifest.device_count,
-        encode_instant(manifest.imported_at),
     )
 
 
