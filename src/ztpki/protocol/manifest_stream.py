@@ -193,11 +193,14 @@ class _JsonWalk:
     """The payload's JSON object, walked value by value: ``devices`` yields the entries of
     its ``devices`` array as they are decoded; the other members end up in ``members``."""
 
-    def __init__(self, texts: Iterator[str]) -> None:
+    def __init__(self, texts: Iterator[str], *, strict_devices: bool = True) -> None:
         self._texts = texts
         self._buf = ""
         self._pos = 0
         self._decoder = strict_decoder()
+        # Device entries only counted (the first pass) need no strict decoding: the second
+        # pass decodes each strictly before it is used. json's C scanner runs without hooks.
+        self._device_decoder = self._decoder if strict_devices else json.JSONDecoder()
         self.members: dict[str, Any] = {}
         self.count = 0
 
@@ -226,7 +229,8 @@ class _JsonWalk:
             raise MalformedInput("manifest payload is not strict UTF-8 JSON")
         self._pos += 1
 
-    def _value(self) -> Any:
+    def _value(self, decoder: json.JSONDecoder | None = None) -> Any:
+        decoder = decoder or self._decoder
         self._peek()
         while True:
             if len(self._buf) - self._pos > _MAX_VALUE_CHARS:
@@ -234,7 +238,7 @@ class _JsonWalk:
                     f"manifest payload holds a value longer than {_MAX_VALUE_CHARS} characters"
                 )
             try:
-                value, end = self._decoder.raw_decode(self._buf, self._pos)
+                value, end = decoder.raw_decode(self._buf, self._pos)
             except json.JSONDecodeError:
                 # Perhaps only cut short by the end of the piece: read on, then decide.
                 if self._more():
@@ -295,7 +299,7 @@ class _JsonWalk:
             self.count += 1
             if self.count > MAX_ENTRIES:
                 raise MalformedInput(f"manifest lists more than {MAX_ENTRIES} devices")
-            yield self._value()
+            yield self._value(self._device_decoder)
             if self._closes("]"):
                 return
 
@@ -317,7 +321,7 @@ def check_manifest_file(
             yield piece
 
     pieces = signed()
-    walk = _JsonWalk(_decoded(pieces))
+    walk = _JsonWalk(_decoded(pieces), strict_devices=False)
     try:
         for _ in walk.devices():
             pass
