@@ -104,29 +104,58 @@ async def customize(
     return latencies, failures
 
 
-def run_mode(
-    world: World, device_ids: Sequence[str], mode: KeyMode, concurrency: int
-) -> ModeResult:
+@dataclass
+class Sample:
+    """One batch customized through one node: what ModeResult is computed from."""
+
+    devices: int
+    latencies: list[float]
+    failures: list[str]
+    seconds: float
+    node_cpu: float
+    ca_cpu: float
+    client_cpu: float
+
+
+def measure(
+    world: World, device_ids: Sequence[str], mode: KeyMode, concurrency: int, *, node: str = "N"
+) -> Sample:
+    """Customize ``device_ids`` through node ``node``; the CPU its tree and the customer CA
+    system's spent meanwhile."""
     memories = [DeviceMemory.open(world.device(d)) for d in device_ids]
-    servers = {"node": world.services["N"].process.pid, "ca": world.services["C"].process.pid}
+    servers = {"node": world.services[node].process.pid, "ca": world.services["C"].process.pid}
+    address = NodeAddress.parse(f"https://{world.services[node].address}")
     before = tree_cpu(servers.values())
     client_before = time.process_time()
     started = time.perf_counter()
-    latencies, failures = asyncio.run(
-        customize(memories, NodeAddress.parse(world.node_url), mode, concurrency)
-    )
+    latencies, failures = asyncio.run(customize(memories, address, mode, concurrency))
     seconds = time.perf_counter() - started
     client_cpu = time.process_time() - client_before
     after = tree_cpu(servers.values())
     for failure in failures[:5]:
         print(f"  failed: {failure}", file=sys.stderr)
+    return Sample(
+        devices=len(device_ids),
+        latencies=latencies,
+        failures=failures,
+        seconds=seconds,
+        node_cpu=after[servers["node"]] - before[servers["node"]],
+        ca_cpu=after[servers["ca"]] - before[servers["ca"]],
+        client_cpu=client_cpu,
+    )
+
+
+def result(mode: KeyMode, samples: Sequence[Sample]) -> ModeResult:
+    """The figures of one or more samples of one configuration, taken together."""
+    latencies = [value for sample in samples for value in sample.latencies]
+    seconds = sum(sample.seconds for sample in samples)
     done = max(1, len(latencies))
-    node_cpu = after[servers["node"]] - before[servers["node"]]
-    ca_cpu = after[servers["ca"]] - before[servers["ca"]]
+    node_cpu = sum(sample.node_cpu for sample in samples)
+    ca_cpu = sum(sample.ca_cpu for sample in samples)
     return ModeResult(
         mode=mode.value,
-        devices=len(device_ids),
-        failed=len(failures),
+        devices=sum(sample.devices for sample in samples),
+        failed=sum(len(sample.failures) for sample in samples),
         seconds=seconds,
         per_second=len(latencies) / seconds,
         p50_ms=percentile(latencies, 0.50) * 1000,
@@ -135,5 +164,12 @@ def run_mode(
         server_cpu_ms=(node_cpu + ca_cpu) / done * 1000,
         node_cpu_ms=node_cpu / done * 1000,
         ca_cpu_ms=ca_cpu / done * 1000,
-        client_cpu_ms=client_cpu / done * 1000,
+        client_cpu_ms=sum(sample.client_cpu for sample in samples) / done * 1000,
     )
+
+
+def run_mode(
+    world: World, device_ids: Sequence[str], mode: KeyMode, concurrency: int
+) -> ModeResult:
+    """Customize ``device_ids`` through node N in one batch."""
+    return result(mode, [measure(world, device_ids, mode, concurrency)])
