@@ -19,8 +19,8 @@ def test_ok_scale_benchmark_runs_with_a_small_fleet(tmp_path: Path) -> None:
     figures = tmp_path / "scale.json"
     result = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "scale.py"), "--devices", str(DEVICES),
-         "--customizations", "8", "--rounds", "2", "--concurrency", "8", "--workdir", str(tmp_path / "w"),
-         "--json", str(figures)],
+         "--customizations", "8", "--rounds", "2", "--concurrency", "8",
+         "--workdir", str(tmp_path / "w"), "--json", str(figures)],
         capture_output=True, text=True, timeout=600, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
