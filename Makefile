@@ -18,14 +18,23 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/ztpki demo $(DEMO_ARGS)
 
-# System tools the tests drive as real third parties (curl, openssl; nginx as the TLS proxy).
+# System tools the tests drive as real third parties (curl, openssl; nginx as the TLS proxy;
+# PostgreSQL, whose throwaway clusters the tests start: tests/support/postgres.py; systemd's
+# checkers for deploy/).
 # nginx-light is Debian 12's small build; newer releases ship only `nginx`. RUNLEVEL=1 keeps
-# the package from starting a system nginx: the tests run their own on loopback.
+# the packages from starting a system nginx, and create_main_cluster = false keeps Debian's
+# PostgreSQL package from creating (and starting) a system cluster: the tests run their own.
 system-deps:
 	@command -v curl >/dev/null && command -v openssl >/dev/null && \
-	  PATH="$$PATH:/usr/sbin" command -v nginx >/dev/null || \
+	  PATH="$$PATH:/usr/sbin" command -v nginx >/dev/null && \
+	  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
 	  (apt-get update -q && apt-get install -y -q curl openssl && \
-	   (RUNLEVEL=1 apt-get install -y -q nginx-light || RUNLEVEL=1 apt-get install -y -q nginx))
+	   (RUNLEVEL=1 apt-get install -y -q nginx-light || RUNLEVEL=1 apt-get install -y -q nginx) && \
+	   mkdir -p /etc/postgresql-common && \
+	   (grep -qs '^create_main_cluster' /etc/postgresql-common/createcluster.conf || \
+	    echo 'create_main_cluster = false' >> /etc/postgresql-common/createcluster.conf) && \
+	   RUNLEVEL=1 apt-get install -y -q postgresql)
+	@command -v systemd-analyze >/dev/null || (apt-get update -q && apt-get install -y -q systemd)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -48,7 +48,7 @@ class DeploymentVersions:
     protocol: int  # the XML enrollment protocol between CA-clients and CA systems
     component: str  # whose tables: "ca_system" or "customer_node"
     schema: int  # the database schema this ztpki uses
-    database: Path
+    database: str  # a path, or a URL without its password
     database_schema: int | None  # the schema the database holds; None before it exists
 
     def to_json(self) -> dict[str, int | None]:
@@ -60,6 +60,8 @@ class DeploymentVersions:
 
     def describe(self) -> str:
         """One line for `ztpki ca list` and `ztpki node policy`."""
+        from ztpki.store.sql import MIGRATE_COMMANDS
+
         protocol = f"versions: XML enrollment protocol {self.protocol}"
         schema = f"{self.component} database schema"
         if self.database_schema is None:
@@ -67,8 +69,8 @@ class DeploymentVersions:
         if self.database_schema < self.schema:
             return (
                 f"{protocol}; {self.database} holds {schema} {self.database_schema}, older than "
-                f"this ztpki's {self.schema}: the next command that opens the store upgrades it "
-                "(back the file up first)"
+                f"this ztpki's {self.schema}: back it up and run "
+                f"`{MIGRATE_COMMANDS.get(self.component, 'migrate')} --dir DIR`"
             )
         if self.database_schema != self.schema:
             return (
@@ -78,15 +80,16 @@ class DeploymentVersions:
         return f"{protocol}; {schema} {self.schema} ({self.database})"
 
 
-def deployment_versions(database: Path, *, component: str, schema: int) -> DeploymentVersions:
-    """Read ``database`` without writing to it (it may not exist yet)."""
+def deployment_versions(database: Path | str, *, component: str, schema: int) -> DeploymentVersions:
+    """Read ``database`` (a SQLite file or a PostgreSQL URL) without writing to it (it may not
+    exist yet)."""
     from ztpki.protocol.enrollment_schema import PROTOCOL_VERSION
-    from ztpki.store.sqlite_db import stored_schema_version
+    from ztpki.store.sqlite import describe_location, stored_schema
 
     return DeploymentVersions(
         protocol=PROTOCOL_VERSION,
         component=component,
         schema=schema,
-        database=database,
-        database_schema=stored_schema_version(database, component),
+        database=describe_location(database),
+        database_schema=stored_schema(database, component),
     )

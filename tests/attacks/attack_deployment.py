@@ -199,10 +199,18 @@ class Deployment(StateView):
         self.services[system] = service
         return service
 
-    def serve_node(self, *, port: int = 0) -> Service:
+    def serve_node(self, *, port: int = 0, extra: Sequence[str] = ()) -> Service:
         log = self.logs / f"node-{os.urandom(3).hex()}.log"
         service = start(
-            ["node", "serve", "--dir", str(self.node_dir), "--listen", f"127.0.0.1:{port}"],
+            [
+                "node",
+                "serve",
+                "--dir",
+                str(self.node_dir),
+                "--listen",
+                f"127.0.0.1:{port}",
+                *extra,
+            ],
             log_path=log,
             env=self.env,
         )

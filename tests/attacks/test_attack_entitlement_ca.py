@@ -327,6 +327,7 @@ def test_fail_serve_with_clients_registered_before_entitlements(
     d.cli("ca", "add-client", "--dir", str(legacy), "--name", "old-line", "--out", out,
           "--ca", "root", system="factory")  # fmt: skip
     downgrade_ca_store_to_v1(legacy / "store.sqlite")
+    d.cli("ca", "migrate", "--dir", str(legacy), system="factory")
     started = time.monotonic()
     refused = d.operator("ca", "serve", "--dir", str(legacy), "--listen", "127.0.0.1:0",
                          system="factory")  # fmt: skip

@@ -223,12 +223,18 @@ class NodeWorld:
     # -------------------------------------------------------------- state
     def register(self) -> dict[str, dict[str, Any]]:
         """The register, read straight from the node's database (read-only)."""
-        with contextlib.closing(
-            sqlite3.connect(f"file:{self.node_dir / 'node.sqlite'}?mode=ro", uri=True)
-        ) as db:
-            rows = db.execute(
-                "SELECT device_id, state, issued_serial, blocked_from, lease_token FROM device"
-            ).fetchall()
+        query = "SELECT device_id, state, issued_serial, blocked_from, lease_token FROM device"
+        url_file = self.node_dir / "database.url"
+        if url_file.exists():
+            import psycopg
+
+            with psycopg.connect(url_file.read_text().strip()) as pg:
+                rows = pg.execute(query).fetchall()
+        else:
+            with contextlib.closing(
+                sqlite3.connect(f"file:{self.node_dir / 'node.sqlite'}?mode=ro", uri=True)
+            ) as db:
+                rows = db.execute(query).fetchall()
         return {
             r[0]: {"state": r[1], "serial": r[2], "blocked_from": r[3], "lease": r[4]} for r in rows
         }
@@ -323,6 +329,18 @@ async def request(
         return Response(answer.status, dict(answer.headers), await answer.read())
 
 
+def _databases(backend: str) -> tuple[str | None, str | None]:
+    """Fresh (customer CA system, node) database URLs for ``backend``; None for SQLite."""
+    if backend == "sqlite":
+        return None, None
+    if backend == "postgresql":
+        from tests.support.postgres import shared_cluster
+
+        cluster = shared_cluster()
+        return cluster.fresh_database("ca"), cluster.fresh_database("node")
+    raise AssertionError(f"unknown backend {backend}")
+
+
 def start_ca(directory: Path, logs: Path, *, listen: str = "127.0.0.1:0") -> Service:
     log = logs / f"{directory.name}-{os.urandom(3).hex()}.log"
     return start(
@@ -362,12 +380,16 @@ def build_world(
     device_ids: str = "*",
     other_manufacturers: Sequence[tuple[str, Path, str]] = (),
     settings: Mapping[str, Any] | None = None,
+    backend: str = "sqlite",
 ) -> NodeWorld:
     """Make and start the three services; the caller stops them (world.stop()).
 
     The node buys from MANUFACTURER (ids device_ids) and from each (name, trust bundle,
-    device-id pattern) of other_manufacturers."""
+    device-id pattern) of other_manufacturers. ``backend="postgresql"``: the customer CA
+    system and the node keep their records in databases of the test process's PostgreSQL
+    cluster (the factory stays on SQLite)."""
     factory, customer, node_dir = root / "factory", root / "customer", root / "node"
+    customer_db, node_db = _databases(backend)
     cli("ca", "init", "--dir", str(factory), "--name", "froot", "--org", "Acme Devices")
     cli("ca", "init", "--dir", str(factory), "--name", "factory", "--parent", "froot", "--default")
     cli(
@@ -424,7 +446,8 @@ def build_world(
         "--ip",
         "127.0.0.1",
     )
-    cli("ca", "init", "--dir", str(customer), "--name", "croot", "--org", "Customer X")
+    cli("ca", "init", "--dir", str(customer), "--name", "croot", "--org", "Customer X",
+        *(["--database", customer_db] if customer_db else []))  # fmt: skip
     cli(
         "ca",
         "init",
@@ -526,6 +549,7 @@ def build_world(
             str(root / "customer-chain.pem"),
             "--ca-name",
             "operational",
+            *(["--database", node_db] if node_db else []),
         )
         cli(
             "node",

@@ -36,6 +36,7 @@ from ztpki.protocol.enrollment import (
     EnrollmentRequest,
     ErrorCode,
 )
+from ztpki.store.sqlite_db import stored_schema_version
 
 pytestmark = pytest.mark.timeout(300)
 _ids = itertools.count()
@@ -188,6 +189,13 @@ def test_fail_serve_refuses_clients_without_entitlement_until_set(tmp_path: Path
     old.init_ca("devices", "--parent", "root", "--default")
     old.add_client("line1", "--ca", "devices")
     downgrade_ca_store_to_v1(old.root / "store.sqlite")
+
+    result = ztpki("ca", "serve", "--dir", str(old.root), "--listen", "127.0.0.1:0", check=False)
+    assert result.returncode == 1
+    assert "`ztpki ca migrate --dir DIR`" in " ".join(result.stderr.split())
+    assert stored_schema_version(old.root / "store.sqlite", "ca_system") == 1  # untouched
+    migrated = ztpki("ca", "migrate", "--dir", str(old.root))
+    assert "from ca_system schema version 1 to" in " ".join(migrated.stdout.split())
 
     result = ztpki("ca", "serve", "--dir", str(old.root), "--listen", "127.0.0.1:0", check=False)
     message = " ".join(result.stderr.split())

@@ -53,7 +53,7 @@ def test_ok_demo_customizes_every_device_and_proves_it(tmp_path: Path) -> None:
     assert set(summary["phases"]) >= {"manufacture", "customization"}
     assert summary["enrollments_per_second"] > 0
     # Every process the demo started is gone (no --keep-running).
-    assert not _ztpki_servers_under(workdir)
+    assert not _ztpki_servers_under(workdir, workers=True)
 
 
 def test_fail_demo_exits_nonzero_and_stops_services_when_a_phase_fails(tmp_path: Path) -> None:
@@ -65,23 +65,25 @@ def test_fail_demo_exits_nonzero_and_stops_services_when_a_phase_fails(tmp_path:
     result = run_ztpki("demo", "--devices", "2", "--workdir", str(workdir), check=False)
     assert result.returncode != 0
     assert "ca init" in result.stderr + result.stdout
-    assert not _ztpki_servers_under(workdir)
+    assert not _ztpki_servers_under(workdir, workers=True)
 
 
-def _ztpki_servers_under(workdir: Path) -> list[int]:
-    """PIDs of live `ztpki ... serve --dir <workdir>/...` processes."""
-    pids = []
+def _ztpki_servers_under(workdir: Path, *, workers: bool = False) -> list[int]:
+    """PIDs of live `ztpki ... serve --dir <workdir>/...` processes: the services, and with
+    ``workers`` also the node's worker processes (forked, so with the same command line)."""
+    found = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             cmdline = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
+            ppid = int((entry / "stat").read_text().rpartition(")")[2].split()[1])
+        except (OSError, IndexError, ValueError):
             continue
         text = b" ".join(cmdline).decode(errors="replace")
         if "serve" in text and str(workdir) in text and "ztpki" in text:
-            pids.append(int(entry.name))
-    return pids
+            found[int(entry.name)] = ppid
+    return [pid for pid, ppid in found.items() if workers or ppid not in found]
 
 
 def test_ok_keep_running_leaves_services_up_with_commands_that_work(tmp_path: Path) -> None:
@@ -124,9 +126,9 @@ def test_ok_ctrl_c_stops_every_process_the_demo_started(tmp_path: Path) -> None:
         demo.send_signal(signal.SIGINT)
         demo.communicate(timeout=60)
         assert demo.returncode != 0
-        assert not _ztpki_servers_under(workdir)
+        assert not _ztpki_servers_under(workdir, workers=True)
     finally:
         if demo.poll() is None:
             demo.kill()
-        for pid in _ztpki_servers_under(workdir):
+        for pid in _ztpki_servers_under(workdir, workers=True):
             os.kill(pid, signal.SIGKILL)

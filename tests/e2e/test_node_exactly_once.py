@@ -1,5 +1,6 @@
 """Exactly one live operational certificate per device: concurrency, lost answers, a CA
-system that goes away, and the audit trail that records it all."""
+system that goes away, and the audit trail that records it all; on both store engines (the
+customer CA system and the node on SQLite files, then on PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -24,9 +25,11 @@ from ztpki.protocol.est import CSR_TYPE, decode_certs_only, decode_serverkeygen
 CONCURRENCY = 50
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeWorld]:
-    w = build_world(tmp_path_factory.mktemp("node-once"))
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def world(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[NodeWorld]:
+    w = build_world(tmp_path_factory.mktemp("node-once"), backend=request.param)
     try:
         yield w
     finally:
@@ -211,6 +214,21 @@ def test_ok_one_enrollment_latency(
 def test_ok_audit_chain_verifies_and_detects_an_edit(world: NodeWorld, tmp_path: Path) -> None:
     verified = ztpki("node", "audit", "--dir", str(world.node_dir), "--verify")
     assert "audit trail OK" in verified.stdout
+    url_file = world.node_dir / "database.url"
+    if url_file.exists():
+        # An intruder with database access edits an entry in place, then puts it back.
+        import psycopg
+
+        with psycopg.connect(url_file.read_text().strip(), autocommit=True) as pg:
+            (reason,) = pg.execute("SELECT reason FROM audit_entry WHERE seq = 3").fetchone()
+            pg.execute("UPDATE audit_entry SET reason = 'nothing to see' WHERE seq = 3")
+            tampered = ztpki("node", "audit", "--dir", str(world.node_dir), "--verify", check=False)
+            pg.execute("UPDATE audit_entry SET reason = %s WHERE seq = 3", (reason,))
+        assert tampered.returncode != 0
+        assert "entry 3" in tampered.stderr
+        verified = ztpki("node", "audit", "--dir", str(world.node_dir), "--verify")
+        assert "audit trail OK" in verified.stdout
+        return
     # A copy of the node's database (consistent, via the SQLite backup API) gets edited with
     # the sqlite3 command-line tool, as an intruder with file access would.
     copy = tmp_path / "node-copy"

@@ -31,6 +31,7 @@ from tests.e2e.node_fixtures import (
     ztpki,
 )
 from tests.support.ocsp import http_address
+from tests.support.services import child_pids
 
 from ztpki.device.memory import DEVICE_FILE, DeviceMemory, Phase
 from ztpki.pki.authority import create_self_signed_ca
@@ -62,10 +63,12 @@ def configure_crl(world: NodeWorld, **settings: object) -> None:
 
 
 def refresh(world: NodeWorld) -> None:
-    """SIGHUP the node and wait until it logged that it fetched its CRLs again."""
+    """SIGHUP the node and wait until it logged that it fetched its CRLs again (each of its
+    workers: the next request may reach any of them)."""
     seen = world.node.log().count(REFRESHED)
+    workers = max(1, len(child_pids(world.node.pid)))
     os.kill(world.node.pid, signal.SIGHUP)
-    assert wait_until(lambda: world.node.log().count(REFRESHED) > seen, timeout=30), (
+    assert wait_until(lambda: world.node.log().count(REFRESHED) >= seen + workers, timeout=30), (
         world.node.log()
     )
 

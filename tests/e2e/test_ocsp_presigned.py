@@ -23,12 +23,11 @@ from cryptography import x509
 from cryptography.x509 import ocsp
 from tests.attacks.attack_deployment import wait_until
 from tests.e2e.casystem_fixtures import CASystemUnderTest, ztpki
-from tests.e2e.proxy_fixtures import NGINX, listening_socket, stop_nginx
 from tests.e2e.test_ocsp_http import Publisher
+from tests.support.nginx import NGINX, listening_socket, start_nginx, stop_nginx, write_nginx_conf
 from tests.support.ocsp import http_address, openssl_ocsp
 from tests.unit.casystem.test_ca_ocsp_presign import shapes
 
-from ztpki.casystem.ocsp_nginx import nginx_main_conf
 from ztpki.casystem.ocsp_presign import file_name, sha1_request
 from ztpki.pki.pem import serial_hex
 
@@ -115,8 +114,6 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     nginx = None
     try:
         http = http_address(service)
-        prefix = base / "nginx"
-        (prefix / "tmp").mkdir(parents=True)
         sock = listening_socket()
         port = sock.getsockname()[1]
         # The configuration the operator prints with `ztpki ca ocsp-nginx`.
@@ -125,18 +122,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
             "--responder", f"{http[0]}:{http[1]}", "--listen", f"127.0.0.1:{port}",
         ).stdout  # fmt: skip
         assert "expires modified +24h;" in server and "/factory/$1 @ztpki" in server
-        conf = prefix / "nginx.conf"
-        conf.write_text(nginx_main_conf(prefix, server))
-        assert NGINX is not None
-        with sock:
-            nginx = subprocess.Popen(
-                [NGINX, "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")],
-                stdout=subprocess.DEVNULL,
-                stderr=(prefix / "stderr.log").open("wb"),
-                env={**os.environ, "NGINX": f"{sock.fileno()};"},
-                pass_fds=(sock.fileno(),),
-                start_new_session=True,
-            )
+        nginx = start_nginx(write_nginx_conf(base / "nginx", server), [sock])
         yield Served(Publisher(system, http, base), ("127.0.0.1", port), ocsp_dir)
     finally:
         if nginx is not None:

@@ -52,3 +52,20 @@ def run_ztpki(
             f"{result.stdout}\n{result.stderr}"
         )
     return result
+
+
+def child_pids(parent: int) -> set[int]:
+    """The living child processes of parent (a `node serve` supervisor's workers), from /proc."""
+    pids = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue  # gone meanwhile
+        # pid (comm) state ppid ...: comm may hold spaces, so split after its ")".
+        fields = stat.rpartition(")")[2].split()
+        if fields[0] != "Z" and int(fields[1]) == parent:
+            pids.add(int(entry))
+    return pids

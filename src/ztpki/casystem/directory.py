@@ -32,6 +32,7 @@ from ztpki.pki.pbes2 import AT_REST_KDF_ROUNDS
 from ztpki.pki.pem import certificates_pem, load_certificates_pem
 from ztpki.pki.profiles import CertificateProfile
 from ztpki.secretfiles import write_private_file, write_public_file
+from ztpki.store.database_url import directory_database
 
 CA_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 SERVICE_CA = "service"
@@ -60,6 +61,10 @@ def check_ca_name(name: str) -> str:
     return name
 
 
+# The embedded SQLite store of a CA system without a database.url.
+STORE_FILE = "store.sqlite"
+
+
 class CASystemDirectory:
     """Reads and writes one CA-system directory. Keys are decrypted only on demand."""
 
@@ -68,7 +73,12 @@ class CASystemDirectory:
 
     @property
     def store_path(self) -> Path:
-        return self.root / "store.sqlite"
+        return self.root / STORE_FILE
+
+    @property
+    def store_location(self) -> Path | str:
+        """The issuance store: the URL of database.url (PostgreSQL), else store.sqlite."""
+        return directory_database(self.root, STORE_FILE)
 
     def ca_dir(self, name: str) -> Path:
         return self.root / "cas" / name

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from ztpki.casystem.crl_publisher import CRLPublisher, CRLTarget
-from ztpki.casystem.directory import CASystemDirectory, service_authority
+from ztpki.casystem.directory import STORE_FILE, CASystemDirectory, service_authority
 from ztpki.casystem.entitlement import ChangeMode, change_entitlement
 from ztpki.casystem.issuer import CASystem, LoadedCA
 from ztpki.casystem.ocsp_presign import PresignedResponses
@@ -24,8 +24,9 @@ from ztpki.pki.keys import KeySpec, generate_private_key
 from ztpki.pki.names import SubjectFields, build_subject, check_device_id
 from ztpki.pki.pem import certificate_der, fingerprint_sha256, serial_hex
 from ztpki.pki.profiles import CertificateProfile
+from ztpki.store.database_url import record_database_url
 from ztpki.store.records import ClientEntitlement, ClientRecord
-from ztpki.store.sqlite import open_sqlite_ca_store
+from ztpki.store.sqlite import open_ca_store
 from ztpki.store.sqlite_ca import SQLiteIssuanceStore
 
 
@@ -36,9 +37,21 @@ def _require_system(directory: CASystemDirectory) -> None:
         raise ConfigurationError(f"{directory.root} is not a CA-system directory")
 
 
-def open_store(directory: CASystemDirectory, *, durable: bool = True) -> SQLiteIssuanceStore:
+def open_store(
+    directory: CASystemDirectory, *, durable: bool = True, migrate: bool = False
+) -> SQLiteIssuanceStore:
+    """The CA system's store; one of an older schema is refused (SchemaOutdated names
+    `ztpki ca migrate`) unless ``migrate``."""
     _require_system(directory)
-    return open_sqlite_ca_store(directory.store_path, durable=durable)
+    return open_ca_store(directory.store_location, durable=durable, migrate=migrate)
+
+
+def use_database(directory: CASystemDirectory, url: str) -> None:
+    """Keep the CA system's records in the PostgreSQL database at ``url`` (created there when
+    missing, or shared with the other CA-system instances using it)."""
+    directory.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    open_ca_store(url).close()  # reachable, and its schema is current
+    record_database_url(directory.root, url, STORE_FILE)
 
 
 def load_system(directory: CASystemDirectory, *, passphrase: bytes | None) -> CASystem:

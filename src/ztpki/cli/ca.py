@@ -14,7 +14,7 @@ from rich.table import Column, Table
 
 from ztpki.casystem.directory import CASystemDirectory, init_ca
 from ztpki.casystem.ocsp_responder import SignerPolicy
-from ztpki.casystem.operations import build_publisher, build_service, open_store
+from ztpki.casystem.operations import build_publisher, build_service, open_store, use_database
 from ztpki.casystem.policy import IssuingPolicy
 from ztpki.cli.common import (
     console,
@@ -24,6 +24,7 @@ from ztpki.cli.common import (
     print_json,
     refuse_existing_output,
 )
+from ztpki.cli.database import database_option
 from ztpki.errors import ListenFailed
 from ztpki.eventloop import chosen_loop, run_service, running_loop_name
 from ztpki.pki.keys import KeySpec
@@ -105,6 +106,7 @@ def ca() -> None:
 @click.option(
     "--default", "make_default", is_flag=True, help="Make it the default CA of the system."
 )
+@database_option("CA system's issuance records")
 @passphrase_options(CA_ENV, "the CA private key")
 def init_command(
     directory: Path,
@@ -122,11 +124,13 @@ def init_command(
     locality: str | None,
     country: str | None,
     make_default: bool,
+    database: str | None,
     passphrase_file: Path | None,
     insecure_no_passphrase: bool,
 ) -> None:
     """Create a CA (a root, or subordinate with --parent; --parent-dir if it is in another
-    CA system)."""
+    CA system). The first `ca init` of a directory chooses where the CA system keeps its
+    records (--database); later ones may repeat the same URL or leave it out."""
     # Without --parent these would be ignored and a root made instead of the subordinate the
     # operator asked for.
     for given, option in (
@@ -158,6 +162,8 @@ def init_command(
         organization=org, organizational_unit=org_unit, locality=locality, country=country
     )
     policy = IssuingPolicy(profile=CertificateProfile(profile), subject=fields)
+    if database is not None:
+        use_database(CASystemDirectory(directory), database)
     authority = init_ca(
         CASystemDirectory(directory),
         name,
@@ -179,6 +185,23 @@ def init_command(
     console.print(f"policy: {directory / 'cas' / name / 'policy.toml'}")
 
 
+@ca.command("migrate")
+@dir_option
+def migrate_command(directory: Path) -> None:
+    """Upgrade the issuance store's schema to this ztpki's (stop every `ca serve` using it,
+    and back it up, first). Services refuse to start on an older schema until this has run."""
+    from ztpki.cli.database import migrate_store
+
+    system = CASystemDirectory(directory)
+    line = migrate_store(
+        system.store_location,
+        sqlite_ca.SCHEMA_COMPONENT,
+        sqlite_ca.SCHEMA_VERSION,
+        lambda: open_store(system, migrate=True),
+    )
+    console.print(line, markup=False)
+
+
 @ca.command("list")
 @dir_option
 @click.option("--json", "as_json", is_flag=True)
@@ -187,7 +210,7 @@ def list_command(directory: Path, as_json: bool) -> None:
     system = CASystemDirectory(directory)
     infos = [system.info(n) for n in system.ca_names()]
     versions = deployment_versions(
-        system.store_path, component=sqlite_ca.SCHEMA_COMPONENT, schema=sqlite_ca.SCHEMA_VERSION
+        system.store_location, component=sqlite_ca.SCHEMA_COMPONENT, schema=sqlite_ca.SCHEMA_VERSION
     )
     if as_json:
         print_json([{**info.__dict__, "versions": versions.to_json()} for info in infos])

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,6 +19,7 @@ from ztpki.cli.common import (
     print_json,
     refuse_existing_output,
 )
+from ztpki.cli.database import database_option
 from ztpki.cli.node_options import (
     CLIENT_KEY_OPTIONS,
     NODE_ENV,
@@ -34,17 +34,15 @@ from ztpki.cli.node_options import (
     policy_options,
 )
 from ztpki.cli.node_proxy import (
-    proxy_addresses,
     proxy_options,
     proxy_settings,
     proxy_usage_errors,
     set_proxy_command,
 )
-from ztpki.eventloop import chosen_loop, run_service, running_loop_name
 from ztpki.node.config import DEFAULT_LABEL, NodeConfig
 
 if TYPE_CHECKING:
-    from ztpki.node.proxy_listener import ProxyAddress
+    pass
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +99,7 @@ def node() -> None:
 @proxy_options
 @policy_options
 @allow_no_eku_option
+@database_option("register")
 @passphrase_options(NODE_ENV, NODE_KEY)
 def init_command(
     directory: Path,
@@ -113,6 +112,7 @@ def init_command(
     ca_name: str | None,
     crls: tuple[Path, ...],
     allow_no_eku: bool,
+    database: str | None,
     passphrase_file: Path | None,
     insecure_no_passphrase: bool,
     **policy: Any,
@@ -141,6 +141,7 @@ def init_command(
         crls=crls,
         proxy=proxy,
         allow_no_eku=allow_no_eku,
+        database=database,
     )
     for warning in result.warnings:
         # The warning names certificate subjects, which are not markup.
@@ -150,6 +151,25 @@ def init_command(
         f"{maker.name} for device ids {maker.device_ids})",
         markup=False,
     )
+
+
+@node.command("migrate")
+@dir_option
+def migrate_command(directory: Path) -> None:
+    """Upgrade the register's schema to this ztpki's (stop every `node serve` using it, and
+    back it up, first). Services refuse to start on an older schema until this has run."""
+    from ztpki.cli.database import migrate_store
+    from ztpki.store import sqlite_register
+    from ztpki.store.sqlite import open_node_store
+
+    location = NodeConfig.load(directory, migrating=True).database
+    line = migrate_store(
+        location,
+        sqlite_register.SCHEMA_COMPONENT,
+        sqlite_register.SCHEMA_VERSION,
+        lambda: open_node_store(location, migrate=True),
+    )
+    console.print(line, markup=False)
 
 
 @node.command("add-ca")
@@ -188,8 +208,8 @@ def policy_command(directory: Path, as_json: bool) -> None:
     """Show each EST label's CA and the issuing parameters sent to the CA system, the
     manufacturers whose devices and manifests the node accepts, and the proxies it believes."""
     from ztpki.cli.node_manufacturers import manufacturer_rows, print_manufacturers
+    from ztpki.node.material import load_labels
     from ztpki.node.proxy_setup import describe_proxy
-    from ztpki.node.runtime import load_labels
     from ztpki.store import sqlite_register
     from ztpki.versions import deployment_versions
 
@@ -232,76 +252,6 @@ def policy_command(directory: Path, as_json: bool) -> None:
     console.print(versions.describe(), markup=False, soft_wrap=True)
     for line in describe_proxy(config):
         console.print(line, markup=False, soft_wrap=True)
-
-
-@node.command("serve")
-@dir_option
-@click.option(
-    "--listen",
-    default="127.0.0.1:8443",
-    show_default=True,
-    help="HOST:PORT (port 0: any free port).",
-)
-@click.option(
-    "--proxy-listen",
-    "proxy_listen",
-    multiple=True,
-    metavar="HOST:PORT|unix:PATH",
-    callback=proxy_addresses,
-    help="Also serve TLS-terminating proxies here (repeatable): HOST:PORT speaks TLS and "
-    "requires a proxy client certificate under [proxy] ca, from a [proxy] trusted address; "
-    "unix:PATH is a socket of mode 0660 for [proxy] socket_group. The client certificate "
-    "then comes from the proxy's header.",
-)
-@client_passphrase_option
-@passphrase_options(
-    NODE_ENV,
-    NODE_KEY,
-    insecure_help="The node's server key is stored unencrypted (`node init "
-    "--insecure-no-passphrase`): read it without a passphrase. For demos only.",
-)
-def serve_command(
-    directory: Path,
-    listen: str,
-    proxy_listen: tuple[ProxyAddress, ...],
-    client_passphrase_file: Path | None,
-    passphrase_file: Path | None,
-    insecure_no_passphrase: bool,
-) -> None:
-    """Run the EST server. Prints `listening on HOST:PORT` when ready.
-
-    SIGHUP fetches every factory CRL at once (they are fetched on their own before their
-    nextUpdate and every crl_refresh_minutes)."""
-    from ztpki.casystem.client import parse_address
-    from ztpki.node.runtime import load_material, start_node
-
-    event_loop = chosen_loop()
-    secret = passphrase(passphrase_file, insecure_no_passphrase, NODE_ENV, NODE_KEY)
-    material = load_material(
-        NodeConfig.load(directory),
-        node_passphrase=secret,
-        client_passphrase=client_passphrase(client_passphrase_file),
-    )
-    host, port = parse_address(listen, allow_any_port=True)
-
-    async def run() -> None:
-        running = await start_node(material, host=host, port=port, proxy_listen=proxy_listen)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        if running.factory_crls is not None:
-            # SIGHUP: fetch every factory CRL now (after a manufacturer revoked a device).
-            loop.add_signal_handler(signal.SIGHUP, running.factory_crls.refresh_now)
-        for proxy in running.proxies:
-            # On stderr, before the readiness line: stdout carries only `listening on`.
-            click.echo(f"proxy listening on {proxy.address}", err=True)
-        log.info("customer node %s serving on the %s event loop", directory, running_loop_name())
-        click.echo(f"listening on {running.host}:{running.port}")
-        await stop.wait()
-        await running.close()
-
-    run_service(run(), event_loop)
 
 
 node.add_command(set_proxy_command)

@@ -25,7 +25,7 @@ def _certificates(certs: Sequence[x509.Certificate]) -> list[dict[str, str]]:
 
 def manufacturer_rows(config: NodeConfig) -> list[dict[str, Any]]:
     """One row per manufacturer, and one per bare trust bundle of an older node.toml."""
-    from ztpki.node.runtime import factory_revocation, load_manufacturers, read_certificates
+    from ztpki.node.material import factory_revocation, load_manufacturers, read_certificates
 
     rows: list[dict[str, Any]] = []
     makers = load_manufacturers(config)
@@ -102,7 +102,7 @@ def add_manufacturer_command(directory: Path, **options: Any) -> None:
     Also migrates a node.toml of an older ztpki: each bare trust bundle it lists is declared
     this way (give the bundle's file); restart `node serve` afterwards.
     """
-    from ztpki.node.runtime import crl_warnings
+    from ztpki.node.material import crl_warnings
     from ztpki.node.setup import add_manufacturer
 
     maker = manufacturer_config(options)

@@ -25,17 +25,13 @@ from ztpki.node.config import CALabel, IssuingParameters, Limits, NodeConfig
 from ztpki.node.enrollment import Enrolled, EnrollmentService, LoadedLabel
 from ztpki.node.http import ERROR_TABLE, EstApplication
 from ztpki.node.manufacturers import LoadedManufacturer, ManufacturerConfig
+from ztpki.node.material import NodeMaterial, load_material
 from ztpki.node.metrics import NodeMetrics
 from ztpki.node.proxy import ForwardedCertificate, decode_forwarded_certificate
 from ztpki.node.proxy_config import ProxyConfig
 from ztpki.node.proxy_listener import ProxyAddress, ProxyListener
 from ztpki.node.register import AsyncRegister
-from ztpki.node.runtime import (
-    NodeMaterial,
-    RunningNode,
-    load_material,
-    start_node,
-)
+from ztpki.node.runtime import RunningNode, start_node
 
 __all__ = [
     "ERROR_TABLE",

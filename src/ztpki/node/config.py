@@ -43,6 +43,7 @@ from ztpki.pki.keys import KeySpec
 from ztpki.pki.names import SubjectFields
 from ztpki.protocol.enrollment import EnrollmentParameters
 from ztpki.secretfiles import write_public_file
+from ztpki.store.database_url import directory_database
 
 NODE_FILE = "node.toml"
 DB_FILE = "node.sqlite"
@@ -288,8 +289,9 @@ class NodeConfig:
         return relative if relative.is_absolute() else self.directory / relative
 
     @property
-    def database(self) -> Path:
-        return self.directory / DB_FILE
+    def database(self) -> Path | str:
+        """The register: the URL of database.url (PostgreSQL), else node.sqlite."""
+        return directory_database(self.directory, DB_FILE)
 
     def label(self, name: str | None) -> CALabel:
         wanted = name or self.default_label

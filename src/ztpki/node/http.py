@@ -9,10 +9,11 @@ text/plain sentence; nothing else here knows about status codes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 
 from aiohttp import web
@@ -41,6 +42,7 @@ from ztpki.node.ca_client import UpstreamError
 from ztpki.node.config import Limits
 from ztpki.node.enrollment import EnrollmentService, LoadedLabel
 from ztpki.node.factory_crls import FactoryRevocation
+from ztpki.node.fleet_metrics import FleetMetrics
 from ztpki.node.metrics import CONTENT_TYPE as METRICS_TYPE
 from ztpki.node.metrics import NodeMetrics
 from ztpki.node.strangers import StrangerRefusals, UnauthenticatedReason
@@ -142,6 +144,30 @@ def csrattrs_body(key: KeySpec | None) -> bytes:
     )
 
 
+class InFlight:
+    """Requests being handled now, so that a drain waits for them before closing connections
+    (aiohttp stops reading a connection it closes, even mid-body)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @contextlib.contextmanager
+    def request(self) -> Iterator[None]:
+        self.count += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self.count -= 1
+            if self.count == 0:
+                self._idle.set()
+
+    async def idle(self) -> None:
+        await self._idle.wait()
+
+
 def peer_certificate_der(request: web.BaseRequest) -> bytes | None:
     """The TLS client certificate (leaf, DER) of the connection, if the client sent one."""
     transport = request.transport
@@ -167,8 +193,13 @@ class EstApplication:
         client_certificate: Callable[[web.BaseRequest], bytes | None] = peer_certificate_der,
         strangers: StrangerRefusals | None = None,
         factory_crls: FactoryRevocation | None = None,
+        fleet: FleetMetrics | None = None,
+        in_flight: InFlight | None = None,
     ) -> None:
+        self.in_flight = in_flight or InFlight()
         self.service = service
+        # With several workers: /metrics adds up every worker's figures (None: this one's).
+        self.fleet = fleet
         # Refusals before authentication: counted and logged at a bounded rate, not audited.
         self.strangers = strangers or StrangerRefusals(metrics)
         # Where the client certificate comes from: the TLS transport (the direct listener), or
@@ -196,12 +227,13 @@ class EstApplication:
             ):
                 app.router.add_post(f"{prefix}/{operation.value}", self._handler(operation))
         if self.expose_metrics:
-            app.router.add_get("/metrics", self._metrics)
+            app.router.add_get("/metrics", self._counted_metrics)
         return app
 
     def _handler(self, operation: Operation) -> Callable[[web.Request], Awaitable[web.Response]]:
         async def handle(request: web.Request) -> web.Response:
-            return await self._serve(request, operation)
+            with self.in_flight.request():
+                return await self._serve(request, operation)
 
         return handle
 
@@ -347,10 +379,19 @@ class EstApplication:
             limit=limit,
         )
 
+    async def _counted_metrics(self, request: web.Request) -> web.Response:
+        with self.in_flight.request():
+            return await self._metrics(request)
+
     async def _metrics(self, request: web.Request) -> web.Response:
         self.metrics.count_request("metrics", "served")
         counts = await self.service.register.counts()
-        text = self.metrics.exposition(devices={s.value: n for s, n in counts.items()})
+        devices = {s.value: n for s, n in counts.items()}
+        if self.fleet is None:
+            text = self.metrics.exposition(devices=devices)
+        else:
+            total, workers = await self.fleet.collect()
+            text = total.exposition(devices=devices, workers=workers)
         response = web.Response(text=text)
         response.headers["Content-Type"] = METRICS_TYPE
         return response

@@ -1,7 +1,9 @@
 """Request counters and latency histograms, exposed in the Prometheus text format (0.0.4).
 
 The format is a few lines of text per series, so it is written here by hand. Counters live
-in one process and reset when the node restarts, as Prometheus expects.
+in one process and reset when the node restarts, as Prometheus expects. With several workers
+(`node serve --workers N`) each worker counts its own requests and a scrape adds up every
+worker's ``snapshot()`` (ztpki.node.fleet_metrics).
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -64,6 +67,24 @@ class Histogram:
         self.total += value
         self.count += 1
 
+    def add(self, other: Histogram) -> None:
+        if other.buckets != self.buckets:
+            raise ValueError("histograms with different buckets cannot be added")
+        self.counts = [a + b for a, b in zip(self.counts, other.counts, strict=True)]
+        self.total += other.total
+        self.count += other.count
+
+
+def _histogram_data(histogram: Histogram) -> dict[str, Any]:
+    return {"counts": list(histogram.counts), "total": histogram.total, "count": histogram.count}
+
+
+def _histogram_from(data: Mapping[str, Any]) -> Histogram:
+    counts = [int(c) for c in data["counts"]]
+    if len(counts) != len(LATENCY_BUCKETS):
+        raise ValueError("a histogram with other buckets")
+    return Histogram(counts=counts, total=float(data["total"]), count=int(data["count"]))
+
 
 class NodeMetrics:
     """What the node counts: requests by endpoint and outcome, and enrollment latency."""
@@ -96,7 +117,39 @@ class NodeMetrics:
     def requests(self) -> dict[tuple[str, str], int]:
         return dict(self._requests)
 
-    def exposition(self, *, devices: Mapping[str, int] | None = None) -> str:
+    def snapshot(self) -> dict[str, Any]:
+        """Every figure as JSON-ready data, for another worker to add up (``add``)."""
+        return {
+            "requests": [[e, o, n] for (e, o), n in self._requests.items()],
+            "unauthenticated": dict(self._unauthenticated),
+            "enrollment": {k: _histogram_data(h) for k, h in self._enrollment.items()},
+            "ca_system": {k: _histogram_data(h) for k, h in self._ca_system.items()},
+        }
+
+    def add(self, snapshot: Mapping[str, Any]) -> None:
+        """Add another worker's ``snapshot()`` to these figures; ValueError (nothing added)
+        when it is not one."""
+        try:
+            requests = [(str(e), str(o), int(n)) for e, o, n in snapshot["requests"]]
+            strangers = {str(k): int(n) for k, n in snapshot["unauthenticated"].items()}
+            series = {
+                name: {str(k): _histogram_from(v) for k, v in snapshot[name].items()}
+                for name in ("enrollment", "ca_system")
+            }
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ValueError(f"not a metrics snapshot: {exc!r}") from None
+        for endpoint, outcome, value in requests:
+            key = (endpoint, outcome)
+            self._requests[key] = self._requests.get(key, 0) + value
+        for reason, value in strangers.items():
+            self._unauthenticated[reason] = self._unauthenticated.get(reason, 0) + value
+        for name, into in (("enrollment", self._enrollment), ("ca_system", self._ca_system)):
+            for series_key, histogram in series[name].items():
+                into.setdefault(series_key, Histogram()).add(histogram)
+
+    def exposition(
+        self, *, devices: Mapping[str, int] | None = None, workers: int | None = None
+    ) -> str:
         lines = [
             "# HELP ztpki_node_requests_total EST and metrics requests by endpoint and outcome.",
             "# TYPE ztpki_node_requests_total counter",
@@ -131,6 +184,12 @@ class NodeMetrics:
             ]
             for state, value in sorted(devices.items()):
                 lines.append(f"ztpki_node_devices{_labels([('state', state)])} {value}")
+        if workers is not None:
+            lines += [
+                "# HELP ztpki_node_workers Worker processes whose figures this scrape adds up.",
+                "# TYPE ztpki_node_workers gauge",
+                f"ztpki_node_workers {workers}",
+            ]
         return "\n".join(lines) + "\n"
 
 

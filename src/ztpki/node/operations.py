@@ -14,8 +14,8 @@ from typing import Any
 from ztpki.errors import ConfigurationError, MalformedInput, VerificationFailed
 from ztpki.node.config import NODE_FILE, CALabel, NodeConfig
 from ztpki.node.manufacturers import manifest_trusts
+from ztpki.node.material import load_labels, load_manufacturers
 from ztpki.node.revocation_orders import operator_order
-from ztpki.node.runtime import load_labels, load_manufacturers
 from ztpki.pki.names import check_device_id
 from ztpki.pki.pem import certificate_der, parse_sha256_fingerprint
 from ztpki.protocol.manifest_stream import check_manifest_file, manifest_file_entries
@@ -36,7 +36,7 @@ from ztpki.store.revocation_records import (
     RevocationAction,
     RevocationOrder,
 )
-from ztpki.store.sqlite import SQLiteNodeStore, open_sqlite_node_store
+from ztpki.store.sqlite import SQLiteNodeStore, open_node_store
 from ztpki.untrusted import quote
 
 
@@ -51,7 +51,7 @@ def check_register(directory: Path) -> None:
 def open_register(directory: Path) -> SQLiteNodeStore:
     check_register(directory)
     # The register stays readable while an older node.toml is being migrated.
-    return open_sqlite_node_store(NodeConfig.load(directory, migrating=True).database)
+    return open_node_store(NodeConfig.load(directory, migrating=True).database)
 
 
 _READ_PIECE = 1024 * 1024

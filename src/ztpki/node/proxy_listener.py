@@ -146,7 +146,8 @@ def proxy_ssl_context(
 
 
 class _PinnedProxy(asyncio.Protocol):
-    """Hands a connection to the HTTP protocol only if the proxy's certificate is pinned."""
+    """Hands a connection to the HTTP protocol only if the proxy's certificate is pinned (or
+    no certificate is: then the proxy CA alone decides)."""
 
     def __init__(self, inner: asyncio.Protocol, pins: frozenset[str]) -> None:
         self._inner: asyncio.Protocol | None = inner
@@ -156,7 +157,7 @@ class _PinnedProxy(asyncio.Protocol):
         ssl_object = transport.get_extra_info("ssl_object")
         der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
         fingerprint = hashlib.sha256(der).hexdigest() if der else None
-        if fingerprint not in self._pins:
+        if self._pins and fingerprint not in self._pins:
             log.warning(
                 "closed a proxy connection from %s: its certificate sha256:%s is not one of "
                 "[proxy] fingerprints",
@@ -190,14 +191,13 @@ class _PinnedProxy(asyncio.Protocol):
 
 
 def protocol_factory(
-    server: Callable[[], Any], proxy: ProxyConfig
+    server: Callable[[], Any], proxy: Callable[[], ProxyConfig]
 ) -> Callable[[], asyncio.Protocol]:
-    """The TLS listener's protocol factory: pinned, when [proxy] fingerprints are set (a Unix
-    socket has no certificate to pin; its permissions are its fence)."""
-    if not proxy.fingerprints:
-        return server
-    pins = frozenset(proxy.fingerprints)
-    return lambda: _PinnedProxy(server(), pins)
+    """The TLS listener's protocol factory: pinned to the [proxy] fingerprints ``proxy()``
+    names when the connection is made, so that a reload (SIGHUP) adds or removes a pin for
+    every new connection (a Unix socket has no certificate to pin; its permissions are its
+    fence)."""
+    return lambda: _PinnedProxy(server(), frozenset(proxy().fingerprints))
 
 
 @dataclass
@@ -235,8 +235,13 @@ async def listen(
     chain: tuple[x509.Certificate, ...],
     device_issuers: Sequence[x509.Certificate],
     handshake_timeout: float,
+    sock: socket.socket | None = None,
 ) -> tuple[asyncio.Server, ProxyAddress, tuple[int, int] | None]:
+    """``sock``: already bound for ``address`` (a worker of `node serve --workers`; its
+    supervisor owns the socket file, so no inode comes back)."""
     loop = asyncio.get_running_loop()
+    if sock is not None and address.socket_path is not None:
+        return await loop.create_unix_server(factory, sock=sock), address, None
     if address.socket_path is not None:
         sock = bind_unix_socket(address.socket_path, config.proxy.socket_group)
         inode = address.socket_path.lstat()
@@ -248,6 +253,11 @@ async def listen(
             raise
         return server, address, (inode.st_dev, inode.st_ino)
     context = proxy_ssl_context(config, key, chain, device_issuers=device_issuers)
+    if sock is not None:
+        server = await loop.create_server(
+            factory, sock=sock, ssl=context, ssl_handshake_timeout=handshake_timeout
+        )
+        return server, address, None
     try:
         server = await loop.create_server(
             factory,

@@ -1,4 +1,4 @@
-"""Load a node directory and run the node: TLS context, stores, CA-client, HTTP server.
+"""Run the node (loaded by ztpki.node.material): stores, CA-client, HTTP server, listeners.
 
 The TLS layer asks every client for a certificate (CERT_OPTIONAL: ``cacerts`` needs none) and
 verifies it against all factory trust bundles and customer CA chains; a chain that fails
@@ -14,39 +14,32 @@ header (ztpki.node.proxy).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import ssl
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
-from pathlib import Path
 
 from aiohttp import web
-from cryptography import x509
 
 from ztpki.casystem.client import CAClient, parse_address
-from ztpki.credentials import (
-    Credential,
-    HandshakeRefused,
-    log_handshake_refusal,
-    server_context,
-)
-from ztpki.errors import ConfigurationError, ListenFailed, MalformedInput
+from ztpki.errors import ConfigurationError, ListenFailed
 from ztpki.eventloop import cancel_tasks
-from ztpki.node.authentication import AuthenticationModule, CustomerCA, FactoryTrust
 from ztpki.node.ca_client import EnrollmentTransport, SecondCAClient
-from ztpki.node.config import Limits, NodeConfig
-from ztpki.node.enrollment import EnrollmentService, LoadedLabel
+from ztpki.node.config import Limits
+from ztpki.node.enrollment import EnrollmentService
 from ztpki.node.factory_crls import (
     FactoryRevocation,
     no_crl_warning,
-    resolve,
-    static_locations,
 )
-from ztpki.node.http import EstApplication
-from ztpki.node.manufacturers import LoadedManufacturer, check_distinct_trust
+from ztpki.node.fleet_metrics import FleetMetrics
+from ztpki.node.http import EstApplication, InFlight
+from ztpki.node.listeners import WorkerPlace
+from ztpki.node.material import NodeMaterial
+from ztpki.node.material import load_material as load_material  # its old home, for callers
 from ztpki.node.metrics import NodeMetrics
 from ztpki.node.proxy import ForwardedCertificate
+from ztpki.node.proxy_config import ProxyConfig
 from ztpki.node.proxy_listener import (
     ProxyAddress,
     ProxyListener,
@@ -56,167 +49,13 @@ from ztpki.node.proxy_listener import (
 )
 from ztpki.node.register import AsyncRegister
 from ztpki.node.revocation import RevocationSender
-from ztpki.pki.keys import PrivateKey, decode_pkcs8, keys_match
-from ztpki.pki.pem import load_certificates_pem
+from ztpki.node.revocation_wake import WakeListener, WakeSender
 from ztpki.store.interfaces import NodeStore
-from ztpki.store.sqlite import open_sqlite_node_store
+from ztpki.store.sqlite import open_node_store
 
 log = logging.getLogger(__name__)
 
-
-def read_certificates(path: Path, what: str) -> list[x509.Certificate]:
-    try:
-        return load_certificates_pem(path.read_bytes())
-    except OSError as exc:
-        raise ConfigurationError(f"cannot read {what} {path}: {exc.strerror}") from None
-    except MalformedInput:
-        raise ConfigurationError(f"{what} {path} holds no valid PEM certificate") from None
-
-
-def read_crl(path: Path) -> x509.CertificateRevocationList:
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ConfigurationError(f"cannot read CRL {path}: {exc.strerror}") from None
-    try:
-        if data.lstrip().startswith(b"-----BEGIN"):
-            return x509.load_pem_x509_crl(data)
-        return x509.load_der_x509_crl(data)
-    except ValueError:
-        raise ConfigurationError(f"{path} is not a PEM or DER CRL") from None
-
-
-CLIENT_KEY_OPTIONS = "--client-passphrase-file or ZTPKI_CLIENT_PASSPHRASE"
-
-
-def read_server_key(path: Path, *, passphrase: bytes | None) -> PrivateKey:
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ConfigurationError(
-            f"cannot read the node's server key {path}: {exc.strerror}"
-        ) from None
-    try:
-        return decode_pkcs8(data, passphrase=passphrase)
-    except MalformedInput:
-        raise ConfigurationError(
-            f"cannot open the node's server key {path}: wrong or missing passphrase "
-            "(--passphrase-file or ZTPKI_NODE_PASSPHRASE)"
-        ) from None
-
-
-@dataclass(frozen=True)
-class NodeMaterial:
-    """The node's configuration with every file loaded and every key decrypted."""
-
-    config: NodeConfig
-    authentication: AuthenticationModule
-    labels: dict[str, LoadedLabel]
-    server_key: PrivateKey = field(repr=False)
-    server_chain: tuple[x509.Certificate, ...]
-    credential: Credential | None = field(repr=False)
-    factory_crls: FactoryRevocation | None = field(default=None, repr=False)
-
-    def ssl_context(self, *, on_refusal: HandshakeRefused | None = None) -> ssl.SSLContext:
-        """``on_refusal``: told of each handshake the TLS layer refuses (default: logged)."""
-        context = server_context(
-            self.server_key,
-            self.server_chain,
-            client_anchors=self.authentication.tls_trust_store(),
-            require_client_cert=False,
-            on_refusal=on_refusal or log_handshake_refusal,
-        )
-        if self.authentication.partial_chain:
-            context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
-        # No TLS 1.3 session tickets: devices open a fresh connection per identity and never
-        # resume, so the tickets cost about 0.3 ms of server CPU per handshake for nothing
-        # (and a resumed session would skip the client chain check of a full handshake).
-        context.num_tickets = 0
-        return context
-
-
-def load_manufacturers(config: NodeConfig) -> list[LoadedManufacturer]:
-    loaded = [
-        LoadedManufacturer(
-            maker,
-            tuple(
-                read_certificates(
-                    config.path(maker.trust), f"trust bundle of manufacturer {maker.name}"
-                )
-            ),
-        )
-        for maker in config.manufacturers
-    ]
-    check_distinct_trust(loaded)  # also a node.toml edited by hand
-    return loaded
-
-
-def factory_trust(makers: list[LoadedManufacturer]) -> FactoryTrust:
-    return FactoryTrust.from_manufacturers([(m.name, m.bundle) for m in makers])
-
-
-def load_labels(config: NodeConfig) -> dict[str, LoadedLabel]:
-    return {
-        ca.label: LoadedLabel(
-            ca, tuple(read_certificates(config.path(ca.chain), f"CA chain of EST label {ca.label}"))
-        )
-        for ca in config.labels
-    }
-
-
-def load_material(
-    config: NodeConfig,
-    *,
-    node_passphrase: bytes | None,
-    client_passphrase: bytes | None,
-    load_credential: bool = True,
-) -> NodeMaterial:
-    if not config.labels:
-        raise ConfigurationError(
-            "node.toml has no [ca.<label>] table: the node has no CA to issue from"
-        )
-    labels = load_labels(config)
-    makers = load_manufacturers(config)
-    authentication = AuthenticationModule(
-        factory_trust(makers),
-        [CustomerCA(name, loaded.chain) for name, loaded in labels.items()],
-    )
-    factory_crls = factory_revocation(config, makers)
-    key = read_server_key(config.path(config.server_key), passphrase=node_passphrase)
-    chain = tuple(read_certificates(config.path(config.server_cert), "server certificate"))
-    if not keys_match(key, chain[0].public_key()):
-        raise ConfigurationError("the node's server key does not match its server certificate")
-    credential = None
-    if load_credential:
-        credential = Credential.load(
-            config.path(config.ca_client),
-            passphrase=client_passphrase,
-            passphrase_source=CLIENT_KEY_OPTIONS,
-        )
-    return NodeMaterial(config, authentication, labels, key, chain, credential, factory_crls)
-
-
-def factory_revocation(config: NodeConfig, makers: list[LoadedManufacturer]) -> FactoryRevocation:
-    """The factory CRLs the node checks temporary certificates against (not fetched yet)."""
-    bundles = [(m.name, m.bundle) for m in makers]
-    files = [(str(config.path(p)), read_crl(config.path(p))) for p in config.crls]
-    static = static_locations(files, bundles)
-    return FactoryRevocation(
-        bundles,
-        locations={
-            m.name: [*(resolve(config.directory, c) for c in m.config.crl), *static[m.name]]
-            for m in makers
-        },
-        refresh={m.name: timedelta(minutes=m.config.crl_refresh_minutes) for m in makers},
-        fail_open={m.name: m.config.fail_open for m in makers},
-    )
-
-
-def crl_warnings(config: NodeConfig, only: str | None = None) -> list[str]:
-    """One warning per manufacturer (or only that one) whose recalls the node would hear of
-    only through its certificates' distribution points."""
-    unconfigured = factory_revocation(config, load_manufacturers(config)).unconfigured()
-    return [no_crl_warning(name) for name in unconfigured if only in (None, name)]
+FINAL_GRACE = 5.0
 
 
 @dataclass
@@ -233,18 +72,45 @@ class RunningNode:
     revocations: RevocationSender | None = None
     factory_crls: FactoryRevocation | None = None
     crl_refresher: asyncio.Task[None] | None = None
+    service: EnrollmentService | None = None
+    fleet: FleetMetrics | None = None
+    # Where each proxy listener takes its [proxy] settings from (swapped by a reload).
+    forwarded: list[ForwardedCertificate] = field(default_factory=list)
+    in_flight: InFlight | None = None
+    drain_timeout: float = 60.0
+    wake_listener: WakeListener | None = None
 
-    async def close(self) -> None:
-        await cancel_tasks(self.crl_refresher)
-        if self.revocations is not None:
-            await self.revocations.close()
+    def set_proxy(self, proxy: ProxyConfig) -> None:
+        for forwarded in self.forwarded:
+            forwarded.config = proxy
+
+    def stop_accepting(self) -> None:
+        """Close the listening sockets: new connections are refused (once every worker has
+        closed its copy), open ones are served on."""
         self.server.close()
         for proxy in self.proxies:
             proxy.server.close()
+
+    async def close(self) -> None:
+        """Stop accepting, let requests in flight finish (at most the runner's shutdown
+        timeout: `node serve --drain-timeout`), then close everything."""
+        self.stop_accepting()
+        if self.in_flight is not None:
+            # Before the runner closes connections: it would stop reading a body mid-way.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.drain_timeout):
+                    await self.in_flight.idle()
+        await cancel_tasks(self.crl_refresher)
+        if self.revocations is not None:
+            await self.revocations.close()
         await self.server.wait_closed()
         await self.runner.cleanup()
         for proxy in self.proxies:
             await proxy.close()
+        if self.fleet is not None:
+            await self.fleet.close()
+        if self.wake_listener is not None:
+            await self.wake_listener.close()
         await self.ca_client.close()
         self.register.close()
         close = getattr(self.store, "close", None)
@@ -260,11 +126,15 @@ async def start_node(
     transport: EnrollmentTransport | None = None,
     store: NodeStore | None = None,
     proxy_listen: Sequence[ProxyAddress] = (),
+    worker: WorkerPlace | None = None,
+    drain_timeout: float = 60.0,
 ) -> RunningNode:
     """Start serving; returns once the sockets listen (port 0: any free port).
 
     ``proxy_listen`` adds listeners for TLS-terminating proxies; each is refused unless the
-    configuration can authenticate the proxy there (ztpki.node.proxy_listener).
+    configuration can authenticate the proxy there (ztpki.node.proxy_listener). ``worker``:
+    serve on sockets a supervisor bound (ztpki.node.workers) instead of binding host, port
+    and proxy_listen. ``drain_timeout``: how long close() lets requests in flight finish.
     """
     config = material.config
     limits = config.limits
@@ -281,11 +151,20 @@ async def start_node(
             pool_size=limits.ca_pool_size,
             timeout=limits.ca_timeout,
         )
-    store = store or open_sqlite_node_store(config.database)
+    store = store or open_node_store(config.database)
     register = AsyncRegister(store)
     metrics = NodeMetrics()
+    fleet = None if worker is None else FleetMetrics(worker.metrics_dir, worker.slot, metrics)
     ca_client = SecondCAClient(transport, timeout=limits.ca_timeout, retry_after=limits.retry_after)
     revocations = RevocationSender(register, ca_client, config.revocation)
+    # With workers only worker 0 sends revocation orders; the others wake it (revocation_wake).
+    sends_revocations = worker is None or worker.slot == 0
+    wake_listener = None
+    revocation_queued = revocations.wake
+    if worker is not None and sends_revocations:
+        wake_listener = WakeListener(worker.metrics_dir, revocations.wake)
+    elif worker is not None:
+        revocation_queued = WakeSender(worker.metrics_dir).wake
     service = EnrollmentService(
         register=register,
         ca_client=ca_client,
@@ -294,7 +173,7 @@ async def start_node(
         limits=limits,
         metrics=metrics,
         revocation=config.revocation,
-        revocation_queued=revocations.wake,
+        revocation_queued=revocation_queued,
     )
     if material.factory_crls is not None and material.factory_crls.configured:
         # The first fetch before serving, so no device meets a node without its factory CRLs.
@@ -306,19 +185,31 @@ async def start_node(
         metrics=metrics,
         expose_metrics=config.metrics,
         factory_crls=material.factory_crls,
+        fleet=fleet,
     )
-    runner = await _runner(application.build(), limits)
+    runner = await _runner(application.build(), limits, _final_grace(drain_timeout))
     # web.TCPSite cannot bound the TLS handshake, so the listening socket is made here, with
     # the runner's protocol factory; runner.cleanup() still closes every connection.
+    context = material.ssl_context(on_refusal=application.strangers.tls_handshake)
     try:
-        server = await asyncio.get_running_loop().create_server(
-            _factory(runner),
-            host,
-            port,
-            ssl=material.ssl_context(on_refusal=application.strangers.tls_handshake),
-            ssl_handshake_timeout=limits.handshake_timeout,
-            reuse_address=True,
-        )
+        if worker is not None:
+            if fleet is not None:
+                await fleet.start()
+            server = await asyncio.get_running_loop().create_server(
+                _factory(runner),
+                sock=worker.listeners.main,
+                ssl=context,
+                ssl_handshake_timeout=limits.handshake_timeout,
+            )
+        else:
+            server = await asyncio.get_running_loop().create_server(
+                _factory(runner),
+                host,
+                port,
+                ssl=context,
+                ssl_handshake_timeout=limits.handshake_timeout,
+                reuse_address=True,
+            )
     except BaseException as exc:
         await runner.cleanup()
         await ca_client.close()
@@ -327,9 +218,18 @@ async def start_node(
             raise ListenFailed(host, port, exc) from None
         raise
     proxies: list[ProxyListener] = []
+    forwarded: list[ForwardedCertificate] = []
+    prebound = worker.listeners.proxies if worker is not None else []
+    addresses: list[tuple[ProxyAddress, socket.socket | None]] = [*prebound]
+    if worker is None:
+        addresses = [(a, None) for a in proxy_listen]
     try:
-        for address in proxy_listen:
-            proxies.append(await _start_proxy_listener(application, address, material))
+        for address, sock in addresses:
+            proxy, source = await _start_proxy_listener(
+                application, address, material, sock, drain_timeout=drain_timeout
+            )
+            proxies.append(proxy)
+            forwarded.append(source)
     except BaseException:
         server.close()
         await runner.cleanup()
@@ -349,7 +249,10 @@ async def start_node(
         for name in material.factory_crls.unconfigured():
             log.warning("%s", no_crl_warning(name))
     # Revocations queued while the node was down, or by `node block` meanwhile, go out now.
-    revocations.start()
+    if sends_revocations:
+        revocations.start()
+    if wake_listener is not None:
+        await wake_listener.start()
     refresher = None
     if material.factory_crls is not None:
         refresher = asyncio.create_task(material.factory_crls.run(), name="factory CRL refresh")
@@ -366,10 +269,24 @@ async def start_node(
         revocations,
         material.factory_crls,
         refresher,
+        service,
+        fleet,
+        forwarded,
+        application.in_flight,
+        drain_timeout,
+        wake_listener,
     )
 
 
-async def _runner(app: web.Application, limits: Limits) -> web.AppRunner:
+def _final_grace(drain_timeout: float) -> float:
+    """What the runner's own shutdown still waits once close() waited for the requests in
+    flight: answers still being written."""
+    return min(drain_timeout, FINAL_GRACE)
+
+
+async def _runner(
+    app: web.Application, limits: Limits, shutdown_timeout: float = 60.0
+) -> web.AppRunner:
     # keepalive_timeout runs from the end of the TLS handshake and from each answer: a client
     # that sends no complete request head by then (slow headers included) is disconnected.
     runner = web.AppRunner(
@@ -380,6 +297,7 @@ async def _runner(app: web.Application, limits: Limits) -> web.AppRunner:
         max_headers=limits.max_headers,
         lingering_time=limits.lingering_time,
         handler_cancellation=False,  # an issuance runs to its end even if the client leaves
+        shutdown_timeout=shutdown_timeout,
     )
     await runner.setup()
     return runner
@@ -391,31 +309,42 @@ def _factory(runner: web.AppRunner) -> web.Server:
 
 
 async def _start_proxy_listener(
-    direct: EstApplication, address: ProxyAddress, material: NodeMaterial
-) -> ProxyListener:
+    direct: EstApplication,
+    address: ProxyAddress,
+    material: NodeMaterial,
+    sock: socket.socket | None = None,
+    *,
+    drain_timeout: float,
+) -> tuple[ProxyListener, ForwardedCertificate]:
     """The same service, the certificate taken from an authenticated proxy's header."""
     proxy_config = material.config.proxy
     unix = address.socket_path is not None
+    forwarded = ForwardedCertificate(proxy_config, address_fence=not unix)
     application = EstApplication(
         direct.service,
         direct.authentication,
         limits=direct.limits,
         metrics=direct.metrics,
         expose_metrics=direct.expose_metrics,
-        client_certificate=ForwardedCertificate(proxy_config, address_fence=not unix),
+        client_certificate=forwarded,
         strangers=direct.strangers,
         factory_crls=direct.factory_crls,
+        fleet=direct.fleet,
+        in_flight=direct.in_flight,
     )
-    runner = await _runner(application.build(), direct.limits)
+    runner = await _runner(application.build(), direct.limits, _final_grace(drain_timeout))
     try:
         server, bound, inode = await listen(
             address,
-            _factory(runner) if unix else protocol_factory(_factory(runner), proxy_config),
+            _factory(runner)
+            if unix
+            else protocol_factory(_factory(runner), lambda: forwarded.config),
             config=material.config,
             key=material.server_key,
             chain=material.server_chain,
             device_issuers=material.authentication.tls_trust_store(),
             handshake_timeout=direct.limits.handshake_timeout,
+            sock=sock,
         )
     except BaseException:
         await runner.cleanup()
@@ -436,4 +365,4 @@ async def _start_proxy_listener(
             proxy_config.header,
             ", ".join(str(n) for n in proxy_config.trusted),
         )
-    return ProxyListener(bound, runner, server, inode)
+    return ProxyListener(bound, runner, server, inode), forwarded

@@ -24,6 +24,7 @@ from ztpki.casystem.wire import LiveCertificateExists
 from ztpki.credentials import CERT_FILE, KEY_FILE, TRUST_FILE, Credential
 from ztpki.errors import ConfigurationError, MalformedInput
 from ztpki.node.config import (
+    DB_FILE,
     DEFAULT_LABEL,
     NODE_FILE,
     CALabel,
@@ -38,8 +39,8 @@ from ztpki.node.manufacturers import (
     ManufacturerConfig,
     check_distinct_trust,
 )
+from ztpki.node.material import crl_warnings, load_manufacturers, read_certificates, read_crl
 from ztpki.node.proxy_setup import ProxySettings, prepare_proxy
-from ztpki.node.runtime import crl_warnings, load_manufacturers, read_certificates, read_crl
 from ztpki.pki.chain import is_ca_certificate
 from ztpki.pki.keys import (
     KeySpec,
@@ -54,7 +55,8 @@ from ztpki.pki.pem import certificates_pem, fingerprint_sha256, load_certificate
 from ztpki.protocol.enrollment import EnrollmentParameters, EnrollmentRequest
 from ztpki.protocol.est import build_csr
 from ztpki.secretfiles import write_private_file, write_public_file
-from ztpki.store.sqlite import open_sqlite_node_store
+from ztpki.store.database_url import check_database_url, record_database_url
+from ztpki.store.sqlite import open_node_store
 
 log = logging.getLogger(__name__)
 
@@ -155,14 +157,21 @@ def init_node(
     limits: Limits | None = None,
     proxy: ProxySettings | None = None,
     allow_no_eku: bool = False,
+    database: str | None = None,
 ) -> InitResult:
-    """Create a node directory from the operator's files; refuses an existing node."""
+    """Create a node directory from the operator's files; refuses an existing node.
+
+    ``database``: a PostgreSQL URL for the register (created there when missing, or shared
+    with the other nodes using it); the directory's SQLite file otherwise.
+    """
     if (directory / NODE_FILE).exists():
         raise ConfigurationError(
             f"{directory}: a node directory exists already ({NODE_FILE}); edit it instead"
         )
     parse_address(ca_system)
     check_label(label)
+    if database is not None:
+        check_database_url(database)
     prepared_proxy = prepare_proxy(proxy or ProxySettings())
     bundle = read_certificates(manufacturer.trust, f"trust bundle of {manufacturer.name}")
     bundles = [bundle]
@@ -216,7 +225,10 @@ def init_node(
         limits=limits or Limits(),
         proxy=prepared_proxy.config,
     )
-    open_sqlite_node_store(config.database).close()
+    if database is not None:
+        open_node_store(database).close()  # reachable, and its schema is current
+        record_database_url(directory, database, DB_FILE)
+    open_node_store(config.database).close()
     config.save()
     warnings = _server_warnings(directory, server_chain, bundles, chain)
     return InitResult(config, [*warnings, *crl_warnings(config)])

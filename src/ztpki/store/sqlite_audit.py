@@ -7,13 +7,13 @@ backs this: ``seq`` and ``prev_hash`` are unique, so two entries can never claim
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ztpki.store.audit import GENESIS, next_entry
 from ztpki.store.instants import decode_instant, encode_instant
 from ztpki.store.records import AuditEntry, AuditRecord
+from ztpki.store.sql import SQLConnection
 
 SCHEMA = (
     """
@@ -38,7 +38,7 @@ _COLUMNS = (
 )
 
 
-def append_records(conn: sqlite3.Connection, records: Sequence[AuditRecord]) -> list[AuditEntry]:
+def append_records(conn: SQLConnection, records: Sequence[AuditRecord]) -> list[AuditEntry]:
     """Chain ``records`` after the current head; the caller holds the write lock."""
     head = conn.execute("SELECT seq, entry_hash FROM audit_entry ORDER BY seq DESC LIMIT 1")
     row = head.fetchone()
@@ -58,7 +58,7 @@ def append_records(conn: sqlite3.Connection, records: Sequence[AuditRecord]) -> 
 
 
 def select_entries(
-    conn: sqlite3.Connection, *, device_id: str | None, after: int, limit: int
+    conn: SQLConnection, *, device_id: str | None, after: int, limit: int
 ) -> list[AuditEntry]:
     """Up to ``limit`` entries (of ``device_id``, when given) after seq ``after``, in order."""
     where = "seq > ?" + (" AND device_id = ?" if device_id is not None else "")
@@ -67,7 +67,7 @@ def select_entries(
     return [_entry(row) for row in conn.execute(query, (*params, limit))]
 
 
-def seq_before_newest(conn: sqlite3.Connection, *, device_id: str | None, limit: int) -> int:
+def seq_before_newest(conn: SQLConnection, *, device_id: str | None, limit: int) -> int:
     """The seq after which the newest ``limit`` entries (of ``device_id``) follow; 0: all."""
     if limit < 0:
         raise ValueError("limit must not be negative")
@@ -88,7 +88,7 @@ class UnreadableEntry(ValueError):
         self.seq = seq
 
 
-def iterate_entries(conn: sqlite3.Connection) -> Iterator[AuditEntry]:
+def iterate_entries(conn: SQLConnection) -> Iterator[AuditEntry]:
     """Every entry in seq order, streamed (the trail may be long)."""
     for row in conn.execute(f"SELECT {_COLUMNS} FROM audit_entry ORDER BY seq"):  # noqa: S608
         try:
@@ -98,7 +98,7 @@ def iterate_entries(conn: sqlite3.Connection) -> Iterator[AuditEntry]:
         yield entry
 
 
-def count_by_decision(conn: sqlite3.Connection) -> dict[str, int]:
+def count_by_decision(conn: SQLConnection) -> dict[str, int]:
     rows = conn.execute("SELECT decision, COUNT(*) FROM audit_entry GROUP BY decision")
     return {str(decision): int(count) for decision, count in rows}
 

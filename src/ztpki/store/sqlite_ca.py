@@ -10,9 +10,7 @@ The DDL and queries use only syntax PostgreSQL shares (BLOB becomes BYTEA there)
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Sequence
-from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -25,10 +23,11 @@ from ztpki.store.records import (
     IssuedCertificate,
     SupersedeRefused,
 )
+from ztpki.store.sql import Database, DetachedWrite, SQLConnection
 from ztpki.store.sqlite_ca_clients import SQLiteClientRegistry
 from ztpki.store.sqlite_ca_revocations import SCHEMA as REVOCATION_SCHEMA
 from ztpki.store.sqlite_ca_revocations import SQLiteRevocations
-from ztpki.store.sqlite_db import SQLiteDatabase, rollback, savepoint, storage_error
+from ztpki.store.sqlite_db import savepoint
 
 SCHEMA_COMPONENT = "ca_system"
 SCHEMA_VERSION = 3
@@ -103,7 +102,7 @@ _CERT_COLUMNS = (
 )
 _INSERT_CERT = (
     f"INSERT INTO issued_certificate ({_CERT_COLUMNS}) "  # noqa: S608
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
 )
 # A live certificate of this device at this CA that another (known) client obtained.
 _HELD_BY_OTHER = (
@@ -121,20 +120,23 @@ _ACTIVE_SERIALS = (
 
 
 class SQLiteIssuanceStore(SQLiteClientRegistry, SQLiteRevocations):
-    """IssuanceStore over one SQLite file."""
+    """IssuanceStore over one database (a SQLite file or PostgreSQL)."""
 
-    def __init__(self, db: SQLiteDatabase) -> None:
+    def __init__(self, db: Database, *, migrate: bool = True) -> None:
         self._db = db
-        self._staging: SQLiteDatabase | None = None
         try:
-            db.ensure_schema(SCHEMA_COMPONENT, SCHEMA_VERSION, SCHEMA, migrations=MIGRATIONS)
+            db.ensure_schema(
+                SCHEMA_COMPONENT, SCHEMA_VERSION, SCHEMA, migrations=MIGRATIONS, migrate=migrate
+            )
         except BaseException:
             db.close()
             raise
 
+    @property
+    def database(self) -> Database:
+        return self._db
+
     def close(self) -> None:
-        if self._staging is not None:
-            self._staging.close()
         self._db.close()
 
     def __enter__(self) -> SQLiteIssuanceStore:
@@ -150,7 +152,7 @@ class SQLiteIssuanceStore(SQLiteClientRegistry, SQLiteRevocations):
     def record_issuance(self, cert: IssuedCertificate, *, supersede: bool) -> list[str]:
         _require_active(cert)
         with self._db.write() as conn:
-            return _record(conn, cert, supersede=supersede, db_path=self._db.path)
+            return _record(conn, cert, supersede=supersede)
 
     def record_issuances(
         self, certs: Sequence[tuple[IssuedCertificate, bool]]
@@ -158,7 +160,7 @@ class SQLiteIssuanceStore(SQLiteClientRegistry, SQLiteRevocations):
         for cert, _ in certs:
             _require_active(cert)
         with self._db.write() as conn:
-            return _record_each(conn, certs, db_path=self._db.path)
+            return _record_each(conn, certs)
 
     def stage_issuances(
         self, certs: Sequence[tuple[IssuedCertificate, bool]], *, wait: bool = True
@@ -171,19 +173,18 @@ class SQLiteIssuanceStore(SQLiteClientRegistry, SQLiteRevocations):
         """
         for cert, _ in certs:
             _require_active(cert)
-        if self._staging is None:
-            self._staging = SQLiteDatabase(self._db.path, durable=self._db.durable)
-        conn = self._staging.connection(wait=wait)
+        transaction = self._db.detached_write(wait=wait)
         try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            raise storage_error(exc, path=self._db.path) from exc
-        try:
-            results = _record_each(conn, certs, db_path=self._db.path)
-        except BaseException:
-            rollback(conn)
+            results = _record_each(transaction.connection, certs)
+        except Exception as exc:
+            transaction.rollback()
+            if isinstance(exc, transaction.connection.Error):
+                raise self._db.storage_error(exc) from exc
             raise
-        return StagedIssuances(conn, results, db_path=self._db.path)
+        except BaseException:
+            transaction.rollback()
+            raise
+        return StagedIssuances(transaction, results)
 
     def issued(
         self,
@@ -245,35 +246,21 @@ class StagedIssuances:
     there while its event loop goes on); until it returns, no answer may leave.
     """
 
-    def __init__(
-        self,
-        conn: sqlite3.Connection,
-        results: list[list[str] | ZtpkiError],
-        *,
-        db_path: Path,
-    ) -> None:
+    def __init__(self, transaction: DetachedWrite, results: list[list[str] | ZtpkiError]) -> None:
         self.results = results
-        self._conn = conn
-        self._db_path = db_path
+        self._transaction = transaction
 
     def commit(self) -> None:
-        try:
-            self._conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            rollback(self._conn)
-            raise storage_error(exc, path=self._db_path) from exc
+        self._transaction.commit()
 
 
 def _record_each(
-    conn: sqlite3.Connection,
-    certs: Sequence[tuple[IssuedCertificate, bool]],
-    *,
-    db_path: Path,
+    conn: SQLConnection, certs: Sequence[tuple[IssuedCertificate, bool]]
 ) -> list[list[str] | ZtpkiError]:
     results: list[list[str] | ZtpkiError] = []
     for cert, supersede in certs:
         try:
-            results.append(_record(conn, cert, supersede=supersede, db_path=db_path))
+            results.append(_record(conn, cert, supersede=supersede))
         except ZtpkiError as exc:
             results.append(exc)
     return results
@@ -284,16 +271,14 @@ def _require_active(cert: IssuedCertificate) -> None:
         raise ValueError(f"certificate {cert.serial} must be recorded as ACTIVE")
 
 
-def _record(
-    conn: sqlite3.Connection, cert: IssuedCertificate, *, supersede: bool, db_path: Path
-) -> list[str]:
+def _record(conn: SQLConnection, cert: IssuedCertificate, *, supersede: bool) -> list[str]:
     """One issuance inside the caller's transaction; on error nothing of it is left.
 
     The common case is one INSERT, atomic on its own; the schema's unique indexes refuse a
     second live certificate or a repeated serial, and only then is the cause looked up.
     """
     if not supersede:
-        _insert(conn, cert, db_path=db_path)
+        _insert(conn, cert)
         return []
     with savepoint(conn, "issuance"):
         if (
@@ -304,14 +289,14 @@ def _record(
                 client=cert.client, ca_name=cert.ca_name, device_id=cert.device_id
             )
         live = conn.execute(_SUPERSEDE, (cert.ca_name, cert.device_id)).fetchall()
-        _insert(conn, cert, db_path=db_path)
+        _insert(conn, cert)
     return sorted(row[0] for row in live)
 
 
-def _insert(conn: sqlite3.Connection, cert: IssuedCertificate, *, db_path: Path) -> None:
-    try:
-        conn.execute(_INSERT_CERT, _certificate_row(cert))
-    except sqlite3.IntegrityError as exc:
+def _insert(conn: SQLConnection, cert: IssuedCertificate) -> None:
+    """One INSERT; when a unique key refuses it (nothing written, the transaction still
+    usable on both engines), the cause is looked up and raised as its own error."""
+    if conn.execute(_INSERT_CERT, _certificate_row(cert)).rowcount != 1:
         live = conn.execute(_ACTIVE_SERIALS, (cert.ca_name, cert.device_id)).fetchone()
         if (
             cert.client is not None
@@ -320,19 +305,17 @@ def _insert(conn: sqlite3.Connection, cert: IssuedCertificate, *, db_path: Path)
         ):
             raise SupersedeRefused(
                 client=cert.client, ca_name=cert.ca_name, device_id=cert.device_id
-            ) from None
+            )
         if live is not None:
-            raise AlreadyIssued(
-                ca_name=cert.ca_name, device_id=cert.device_id, serial=live[0]
-            ) from None
+            raise AlreadyIssued(ca_name=cert.ca_name, device_id=cert.device_id, serial=live[0])
         if conn.execute(
             "SELECT 1 FROM issued_certificate WHERE ca_name = ? AND serial = ?",
             (cert.ca_name, cert.serial),
         ).fetchone():
             raise DuplicateSerial(
                 f"CA {cert.ca_name} already recorded serial {cert.serial}; serials must be unique"
-            ) from None
-        raise storage_error(exc, path=db_path) from exc
+            )
+        raise AssertionError("a unique key refused an issuance, but no row clashes with it")
 
 
 def _certificate_row(cert: IssuedCertificate) -> tuple[Any, ...]:

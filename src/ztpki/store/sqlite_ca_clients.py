@@ -19,7 +19,7 @@ from ztpki.store.records import (
     DuplicateClient,
     RefusedRequest,
 )
-from ztpki.store.sqlite_db import SQLiteDatabase
+from ztpki.store.sql import Database
 
 _CLIENT_COLUMNS = "name, serial, fingerprint, not_after, status, added_at, removed_at, entitlement"
 _REFUSAL_COLUMNS = "at, client_name, request_id, device_id, ca_name, reason"
@@ -28,7 +28,7 @@ _REFUSAL_COLUMNS = "at, client_name, request_id, device_id, ca_name, reason"
 class SQLiteClientRegistry:
     """The CA-client half of SQLiteIssuanceStore."""
 
-    _db: SQLiteDatabase
+    _db: Database
 
     def add_client(
         self,
@@ -87,12 +87,12 @@ class SQLiteClientRegistry:
             )
 
     def refusals(self, *, limit: int | None = None) -> list[RefusedRequest]:
+        query = f"SELECT {_REFUSAL_COLUMNS} FROM refused_request ORDER BY refusal_id DESC"  # noqa: S608
         with self._db.read() as conn:
-            rows = conn.execute(
-                f"SELECT {_REFUSAL_COLUMNS} FROM refused_request "  # noqa: S608
-                "ORDER BY refusal_id DESC LIMIT ?",
-                (-1 if limit is None else limit,),
-            ).fetchall()
+            if limit is None:
+                rows = conn.execute(query).fetchall()
+            else:
+                rows = conn.execute(f"{query} LIMIT ?", (limit,)).fetchall()
         return [_refusal(row) for row in reversed(rows)]
 
     def remove_client(self, name: str, *, now: datetime) -> bool:

@@ -10,7 +10,6 @@ PostgreSQL shares (upserts with ON CONFLICT, RETURNING).
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -18,7 +17,7 @@ from typing import Any
 from ztpki.errors import UnknownCertificate
 from ztpki.store.instants import decode_instant, encode_instant
 from ztpki.store.records import Revocation, RevocationReason
-from ztpki.store.sqlite_db import SQLiteDatabase
+from ztpki.store.sql import Database, SQLConnection
 
 _REASONS = ", ".join(f"'{reason.value}'" for reason in RevocationReason)
 
@@ -58,7 +57,7 @@ _NEXT_CRL_NUMBER = (
 class SQLiteRevocations:
     """The revocation half of SQLiteIssuanceStore."""
 
-    _db: SQLiteDatabase
+    _db: Database
 
     def revoke(
         self,
@@ -154,7 +153,7 @@ class SQLiteRevocations:
         return None if row is None else row[0]
 
 
-def _select(conn: sqlite3.Connection, ca_name: str, serial: str) -> Revocation | None:
+def _select(conn: SQLConnection, ca_name: str, serial: str) -> Revocation | None:
     row = conn.execute(
         f"SELECT {_REVOCATION_COLUMNS} FROM revocation "  # noqa: S608
         "WHERE ca_name = ? AND serial = ?",

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ztpki.errors import ConfigurationError, StorageError, Unavailable, ZtpkiError
+from ztpki.store.sql import SchemaOutdated, SchemaTooNew, SQLConnection
 
 logger = logging.getLogger(__name__)
 
@@ -66,8 +67,11 @@ class GroupAborted(StorageError):
 class SQLiteDatabase:
     """Connections, transactions and schema versions for one database file."""
 
+    dialect = "sqlite"
+
     def __init__(self, path: Path, *, durable: bool = True, busy_timeout: float = 30.0) -> None:
         self.path = Path(path)
+        self.name = str(self.path)
         self.durable = durable
         self._busy_timeout = busy_timeout
         self._local = threading.local()
@@ -75,6 +79,7 @@ class SQLiteDatabase:
         self._connections: list[sqlite3.Connection] = []
         self._closed = False
         self._pid = os.getpid()
+        self._staging: SQLiteDatabase | None = None
         self._create_private_file()
         try:
             self._enable_wal()
@@ -275,6 +280,27 @@ class SQLiteDatabase:
         except sqlite3.Error as exc:
             raise GroupAborted(f"the database {self.path} failed a group: {exc}") from exc
 
+    def storage_error(self, exc: Exception) -> ZtpkiError:
+        if isinstance(exc, sqlite3.Error):
+            return storage_error(exc, path=self.path)
+        return StorageError(f"the database {self.path} failed an operation: {exc}")
+
+    def detached_write(self, *, wait: bool = True) -> DetachedWrite:
+        """A write transaction on a connection of its own (this thread's reads never see it
+        before it commits); ``wait=False``: Unavailable at once when another writer holds
+        the database."""
+        if self._staging is None:
+            self._staging = SQLiteDatabase(self.path, durable=self.durable)
+        conn = self._staging.connection(wait=wait)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise storage_error(exc, path=self.path) from exc
+        return DetachedWrite(conn, self.path)
+
+    def schema_version(self, component: str) -> int | None:
+        return stored_schema_version(self.path, component)
+
     def ensure_schema(
         self,
         component: str,
@@ -282,9 +308,13 @@ class SQLiteDatabase:
         ddl: Sequence[str],
         *,
         migrations: Mapping[int, Sequence[str]] | None = None,
+        postgres_migrations: Mapping[int, Sequence[str]] | None = None,
+        migrate: bool = True,
     ) -> None:
         """Create ``component``'s tables when missing; bring an older version up to date with
-        ``migrations`` (version N -> the statements that make it N + 1); refuse any other."""
+        ``migrations`` (version N -> the statements that make it N + 1) only when ``migrate``
+        (SchemaOutdated otherwise, naming the command); refuse a newer one."""
+        del postgres_migrations  # the other engine's steps
         steps = migrations or {}
         with self.write() as conn:
             conn.execute(_SCHEMA_VERSION_TABLE)
@@ -302,10 +332,14 @@ class SQLiteDatabase:
                 return
             if row[0] == version:
                 return
-            if not row[0] < version or any(v not in steps for v in range(row[0], version)):
+            if row[0] > version:
+                raise SchemaTooNew(self.name, component, row[0], version)
+            if not migrate:
+                raise SchemaOutdated(self.name, component, row[0], version)
+            if any(v not in steps for v in range(row[0], version)):
                 raise ConfigurationError(
-                    f"database {self.path} holds {component} schema version {row[0]}, but this "
-                    f"ztpki uses version {version}; use the matching ztpki release"
+                    f"database {self.path}: no migration from {component} schema version "
+                    f"{row[0]} to {version}; use the ztpki release that wrote it"
                 )
         self._migrate(component, version, steps)
 
@@ -338,11 +372,31 @@ class SQLiteDatabase:
 
     def close(self) -> None:
         """Close every connection this object opened; later use raises StorageError."""
+        if self._staging is not None:
+            self._staging.close()
         with self._lock:
             self._closed = True
             connections, self._connections = self._connections, []
         for conn in connections:
             conn.close()
+
+
+class DetachedWrite:
+    """A write transaction left open; ``commit`` or ``rollback`` may run on another thread."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        self.connection = conn
+        self._path = path
+
+    def commit(self) -> None:
+        try:
+            self.connection.execute("COMMIT")
+        except sqlite3.Error as exc:
+            rollback(self.connection)
+            raise storage_error(exc, path=self._path) from exc
+
+    def rollback(self) -> None:
+        rollback(self.connection)
 
 
 def rollback(conn: sqlite3.Connection) -> None:
@@ -354,7 +408,7 @@ def rollback(conn: sqlite3.Connection) -> None:
 
 
 @contextmanager
-def savepoint(conn: sqlite3.Connection, name: str) -> Iterator[None]:
+def savepoint(conn: SQLConnection, name: str) -> Iterator[None]:
     """A nested unit inside a transaction: undone alone when its body raises."""
     conn.execute(f"SAVEPOINT {name}")
     try:

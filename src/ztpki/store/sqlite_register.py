@@ -9,7 +9,6 @@ transition happens.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
@@ -32,7 +31,7 @@ from ztpki.store.records import (
     RegisteredDevice,
 )
 from ztpki.store.revocation_records import RevocationOrder
-from ztpki.store.sqlite_db import SQLiteDatabase
+from ztpki.store.sql import Database, SQLConnection
 from ztpki.store.sqlite_register_import import MANIFEST_COLUMNS as _MANIFEST_COLUMNS
 from ztpki.store.sqlite_register_import import import_devices
 from ztpki.store.sqlite_register_schema import (
@@ -60,9 +59,10 @@ _INSERT_DEVICE = (
 
 
 class SQLiteNodeStore(RegisterTransitions):
-    """RegisterStore, AuditLog and the revocation queue over one SQLite file."""
+    """RegisterStore, AuditLog and the revocation queue over one database (a SQLite file or
+    PostgreSQL)."""
 
-    def __init__(self, db: SQLiteDatabase) -> None:
+    def __init__(self, db: Database, *, migrate: bool = True) -> None:
         self._db = db
         try:
             db.ensure_schema(
@@ -70,10 +70,15 @@ class SQLiteNodeStore(RegisterTransitions):
                 SCHEMA_VERSION,
                 REGISTER_SCHEMA + sqlite_audit.SCHEMA,
                 migrations=MIGRATIONS,
+                migrate=migrate,
             )
         except BaseException:
             db.close()
             raise
+
+    @property
+    def database(self) -> Database:
+        return self._db
 
     def close(self) -> None:
         self._db.close()
@@ -337,7 +342,7 @@ class SQLiteNodeStore(RegisterTransitions):
             return sqlite_audit.count_by_decision(conn)
 
 
-def _audit(conn: sqlite3.Connection, record: AuditRecord | None) -> None:
+def _audit(conn: SQLConnection, record: AuditRecord | None) -> None:
     if record is not None:
         sqlite_audit.append_records(conn, [record])
 
@@ -349,7 +354,7 @@ def _resting_states(allowed_from: Collection[DeviceState]) -> list[str]:
     return [state.value for state in allowed]
 
 
-def _select_device(conn: sqlite3.Connection, device_id: str) -> RegisteredDevice | None:
+def _select_device(conn: SQLConnection, device_id: str) -> RegisteredDevice | None:
     row = conn.execute(
         f"SELECT {_DEVICE_COLUMNS} FROM device WHERE device_id = ?",  # noqa: S608
         (device_id,),

@@ -1,15 +1,16 @@
-"""Listing a manifest's devices in the register (SQLite): a stream of any length, all or nothing.
+"""Listing a manifest's devices in the register: a stream of any length, all or nothing.
 
-The devices are staged in a TEMP table first, which belongs to this connection and takes no
-lock on the register, so enrollments go on while a million devices arrive; one INSERT ...
-SELECT then lists them under the write lock, with the manifest record and the audit entry.
-The SQL is PostgreSQL's as well (a TEMP table there belongs to the session).
+The devices are staged in a TEMP table (the connection's own), then one INSERT ... SELECT
+lists them with the manifest record and the audit entry. On SQLite the staging runs in a
+read transaction: writing a TEMP table takes no lock on the register, so enrollments go on
+while a million devices arrive, and the write lock is held only for the INSERT ... SELECT.
+PostgreSQL hands each transaction a pooled connection and a TEMP table lives in one session,
+so there both steps run in the one write transaction (the table dropped at its commit).
 """
 
 from __future__ import annotations
 
 import logging
-import sqlite3
 from collections.abc import Iterable
 from typing import Any
 
@@ -22,17 +23,20 @@ from ztpki.store.records import (
     ManifestRecord,
     NewDevice,
 )
-from ztpki.store.sqlite_db import SQLiteDatabase
+from ztpki.store.sql import Database, SQLConnection
 
 logger = logging.getLogger(__name__)
 
 MANIFEST_COLUMNS = "manufacturer, manifest_id, issued_at, signer, device_count, imported_at"
-# The staged devices of one import: a TEMP table belongs to the connection (and a PostgreSQL
-# session) alone. ``position`` is the order they came in, to name a repeated one.
-_STAGE_TABLE = (
-    "CREATE TEMP TABLE IF NOT EXISTS import_device (device_id TEXT PRIMARY KEY, "
-    "position INTEGER NOT NULL, temp_fingerprint TEXT, model TEXT, batch TEXT)"
+# ``position``: the order the devices came in, to name a repeated one.
+_STAGE_COLUMNS = (
+    "(device_id TEXT PRIMARY KEY, position INTEGER NOT NULL, temp_fingerprint TEXT, "
+    "model TEXT, batch TEXT)"
 )
+_STAGE_TABLE = {
+    "sqlite": f"CREATE TEMP TABLE IF NOT EXISTS import_device {_STAGE_COLUMNS}",
+    "postgresql": f"CREATE TEMP TABLE import_device {_STAGE_COLUMNS} ON COMMIT DROP",
+}
 _STAGE_DEVICE = (
     "INSERT INTO import_device (device_id, position, temp_fingerprint, model, batch) "
     "VALUES (?, ?, ?, ?, ?) ON CONFLICT (device_id) DO NOTHING"
@@ -48,61 +52,69 @@ _LIST_STAGED = (
 
 
 def import_devices(
-    db: SQLiteDatabase,
+    db: Database,
     devices: Iterable[NewDevice],
     *,
     manifest: ManifestRecord,
     audit: AuditRecord | None = None,
 ) -> ImportResult:
     """``RegisterStore.import_devices`` on the register in ``db``."""
-    if _imported_before(db, manifest):
-        return ImportResult(added=0, unchanged=manifest.device_count, already_imported=True)
-    conn = db.connection()
-    try:
-        # Staged first in a TEMP table, which takes no lock on the register: the write
-        # lock is held only for the one INSERT ... SELECT below, however long the
-        # devices take to arrive, and an error while they do leaves the register as it was.
-        with db.read() as conn:
-            conn.execute(_STAGE_TABLE)
-            conn.execute("DELETE FROM import_device")
-            staged = _stage(conn, devices, manufacturer=manifest.manufacturer)
+    with db.read() as conn:
+        if _imported_before(conn, manifest):
+            return _already(manifest)
+    if db.dialect != "sqlite":
         with db.write() as conn:
-            if _imported_before(db, manifest, conn=conn):
-                return ImportResult(added=0, unchanged=manifest.device_count, already_imported=True)
-            conn.execute(
-                f"INSERT INTO manifest ({MANIFEST_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",  # noqa: S608
-                _manifest_row(manifest),
-            )
-            added = conn.execute(
-                _LIST_STAGED,
-                (
-                    manifest.manufacturer,
-                    manifest.manifest_id,
-                    encode_instant(manifest.imported_at, name="now"),
-                ),
-            ).rowcount
-            if audit is not None:
-                sqlite_audit.append_records(conn, [audit])
-    finally:
-        try:
-            conn.execute("DROP TABLE IF EXISTS temp.import_device")
-        except sqlite3.Error:
-            logger.warning("could not drop the staging table of an import", exc_info=True)
+            conn.execute(_STAGE_TABLE[db.dialect])
+            staged = _stage(conn, devices, manufacturer=manifest.manufacturer)
+            return _list_staged(conn, manifest, audit, staged=staged)
+    with db.read() as conn:
+        conn.execute(_STAGE_TABLE["sqlite"])
+        conn.execute("DELETE FROM import_device")  # what a failed import left on this connection
+        staged = _stage(conn, devices, manufacturer=manifest.manufacturer)
+    with db.write() as conn:
+        result = _list_staged(conn, manifest, audit, staged=staged)
+        conn.execute("DROP TABLE import_device")
+    return result
+
+
+def _already(manifest: ManifestRecord) -> ImportResult:
+    return ImportResult(added=0, unchanged=manifest.device_count, already_imported=True)
+
+
+def _imported_before(conn: SQLConnection, manifest: ManifestRecord) -> bool:
+    return (
+        conn.execute(
+            "SELECT 1 FROM manifest WHERE manufacturer = ? AND manifest_id = ?",
+            (manifest.manufacturer, manifest.manifest_id),
+        ).fetchone()
+        is not None
+    )
+
+
+def _list_staged(
+    conn: SQLConnection, manifest: ManifestRecord, audit: AuditRecord | None, *, staged: int
+) -> ImportResult:
+    """The staged devices into the register, under the write lock ``conn`` holds."""
+    if _imported_before(conn, manifest):
+        return _already(manifest)
+    conn.execute(
+        f"INSERT INTO manifest ({MANIFEST_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",  # noqa: S608
+        _manifest_row(manifest),
+    )
+    added = conn.execute(
+        _LIST_STAGED,
+        (
+            manifest.manufacturer,
+            manifest.manifest_id,
+            encode_instant(manifest.imported_at, name="now"),
+        ),
+    ).rowcount
+    if audit is not None:
+        sqlite_audit.append_records(conn, [audit])
     return ImportResult(added=added, unchanged=staged - added, already_imported=False)
 
 
-def _imported_before(
-    db: SQLiteDatabase, manifest: ManifestRecord, *, conn: sqlite3.Connection | None = None
-) -> bool:
-    query = "SELECT 1 FROM manifest WHERE manufacturer = ? AND manifest_id = ?"
-    key = (manifest.manufacturer, manifest.manifest_id)
-    if conn is not None:
-        return conn.execute(query, key).fetchone() is not None
-    with db.read() as reader:
-        return reader.execute(query, key).fetchone() is not None
-
-
-def _stage(conn: sqlite3.Connection, devices: Iterable[NewDevice], *, manufacturer: str) -> int:
+def _stage(conn: SQLConnection, devices: Iterable[NewDevice], *, manufacturer: str) -> int:
     """Stage ``devices`` in chunks; the number staged. DuplicateDevice for a repeated id."""
     staged = 0
     chunk: list[tuple[Any, ...]] = []
@@ -124,7 +136,7 @@ def _stage(conn: sqlite3.Connection, devices: Iterable[NewDevice], *, manufactur
     return staged
 
 
-def _stage_chunk(conn: sqlite3.Connection, chunk: list[tuple[Any, ...]]) -> None:
+def _stage_chunk(conn: SQLConnection, chunk: list[tuple[Any, ...]]) -> None:
     if conn.executemany(_STAGE_DEVICE, chunk).rowcount == len(chunk):
         return
     seen: set[str] = set()

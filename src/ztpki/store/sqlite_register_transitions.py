@@ -128,7 +128,7 @@ class RegisterTransitions(RevocationQueue):
         was ``issued_serial``), only while the row still holds that certificate; the orders,
         and the device's waiting ones made due, land with it."""
         if revocations is not None:
-            update += " AND issued_serial IS ?"
+            update += " AND issued_serial IS NOT DISTINCT FROM ?"
             params = (*params, issued_serial)
         with self._db.write() as conn:
             if conn.execute(update, params).rowcount != 1:

@@ -9,7 +9,6 @@ release, even when the hold keeps failing).
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
@@ -23,7 +22,7 @@ from ztpki.store.revocation_records import (
     RevocationAction,
     RevocationOrder,
 )
-from ztpki.store.sqlite_db import SQLiteDatabase
+from ztpki.store.sql import Database, SQLConnection
 
 _COLUMNS = (
     "seq, device_id, label, ca_name, serial, action, reason, status, created_at, due_at, "
@@ -35,14 +34,12 @@ _COLUMNS = (
 AUDIT_ENDPOINT = "node/revocation"
 
 
-def insert_orders(
-    conn: sqlite3.Connection, orders: Sequence[RevocationOrder], *, now: datetime
-) -> None:
+def insert_orders(conn: SQLConnection, orders: Sequence[RevocationOrder], *, now: datetime) -> None:
     """Queue the orders, each with its "revocation-requested" audit entry."""
     at = encode_instant(now, name="now")
     conn.executemany(
-        f"INSERT INTO node_revocation ({_COLUMNS}) "  # noqa: S608
-        "VALUES (NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, NULL, NULL)",
+        f"INSERT INTO node_revocation ({_COLUMNS.removeprefix('seq, ')}) "  # noqa: S608
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, NULL, NULL)",
         [
             (
                 order.device_id,
@@ -85,7 +82,7 @@ def _requested(order: RevocationOrder) -> str:
     return f"{text}: {order.cause}" if order.cause else text
 
 
-def release_waiting(conn: sqlite3.Connection, device_id: str, *, due_at: datetime) -> int:
+def release_waiting(conn: SQLConnection, device_id: str, *, due_at: datetime) -> int:
     """Make the device's waiting orders due at ``due_at``; how many there were."""
     return conn.execute(
         "UPDATE node_revocation SET status = 'pending', due_at = ? "
@@ -94,7 +91,7 @@ def release_waiting(conn: sqlite3.Connection, device_id: str, *, due_at: datetim
     ).rowcount
 
 
-def _append(conn: sqlite3.Connection, audit: AuditRecord | None) -> None:
+def _append(conn: SQLConnection, audit: AuditRecord | None) -> None:
     if audit is not None:
         sqlite_audit.append_records(conn, [audit])
 
@@ -102,7 +99,7 @@ def _append(conn: sqlite3.Connection, audit: AuditRecord | None) -> None:
 class RevocationQueue:
     """The queue operations of SQLiteNodeStore (a mixin over its database)."""
 
-    _db: SQLiteDatabase
+    _db: Database
 
     def queue_revocations(
         self, orders: Sequence[RevocationOrder], *, now: datetime, audit: AuditRecord | None = None

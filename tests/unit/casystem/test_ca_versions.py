@@ -97,8 +97,8 @@ def test_ok_an_older_database_is_named_with_the_upgrade_and_left_as_it_is(plant:
         conn.execute("UPDATE schema_version SET version = 1 WHERE component = 'ca_system'")
     assert versions_line(plant) == (
         f"versions: XML enrollment protocol {PROTOCOL_VERSION}; {database} holds ca_system "
-        f"database schema 1, older than this ztpki's {sqlite_ca.SCHEMA_VERSION}: the next "
-        "command that opens the store upgrades it (back the file up first)"
+        f"database schema 1, older than this ztpki's {sqlite_ca.SCHEMA_VERSION}: back it up "
+        "and run `ztpki ca migrate --dir DIR`"
     )
     assert stored_schema_version(database, "ca_system") == 1
 

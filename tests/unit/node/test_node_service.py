@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -217,7 +218,8 @@ def test_fail_in_progress_is_deferred(node: Node) -> None:
         allowed_from={"listed"},
         token="other",
         label="default",
-        now=NOW,
+        # The service reads the real clock; NOW is the import time, long past in a full run.
+        now=datetime.now(UTC),
         lease_seconds=600,  # type: ignore[arg-type]
     )
     with pytest.raises(InProgress):

@@ -13,10 +13,11 @@ from ztpki.store import IssuanceStore, NodeStore
 
 @pytest.fixture(params=KINDS)
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    b = Backend(request.param, locator_for(request.param, tmp_path), [])
-    yield b
-    for store in b.opened:
-        close(store)
+    with locator_for(request.param, tmp_path) as locator:
+        b = Backend(request.param, locator, [])
+        yield b
+        for store in b.opened:
+            close(store)
 
 
 @pytest.fixture

@@ -1,15 +1,17 @@
 """The store implementations the contract suite runs against, and work for child processes.
 
 A backend is named by (kind, locator), both plain strings, so a child process started with
-``spawn`` can open the same database. To add PostgreSQL: add its kind to KINDS, teach
-``locator_for``/``open_ca``/``open_node``/``raw_execute`` to use a DSN with a per-test schema,
-and the whole contract suite runs against it.
+``spawn`` can open the same database: a directory for SQLite, a database URL of the test
+process's throwaway PostgreSQL cluster (tests/support/postgres.py) for PostgreSQL, a fresh
+database for each test.
 """
 
 from __future__ import annotations
 
 import hashlib
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,8 +27,11 @@ from ztpki.store import (
     open_sqlite_ca_store,
     open_sqlite_node_store,
 )
+from ztpki.store.pg_db import PostgresDatabase, to_pyformat
+from ztpki.store.sqlite_ca import SQLiteIssuanceStore
+from ztpki.store.sqlite_register import SQLiteNodeStore
 
-KINDS = ("sqlite",)
+KINDS = ("sqlite", "postgresql")
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
@@ -64,21 +69,37 @@ def sha256_hex(text: str) -> str:
 # ---------------------------------------------------------------- opening backends
 
 
-def locator_for(kind: str, tmp_path: Path) -> str:
+@contextmanager
+def locator_for(kind: str, tmp_path: Path) -> Iterator[str]:
     if kind == "sqlite":
-        return str(tmp_path)
+        yield str(tmp_path)
+        return
+    if kind == "postgresql":
+        from tests.support.postgres import shared_cluster
+
+        cluster = shared_cluster()
+        url = cluster.fresh_database()
+        try:
+            yield url
+        finally:
+            cluster.drop_database(url)
+        return
     raise AssertionError(f"unknown backend {kind}")
 
 
 def open_ca(kind: str, locator: str) -> IssuanceStore:
     if kind == "sqlite":
         return open_sqlite_ca_store(Path(locator) / "ca.db")
+    if kind == "postgresql":
+        return SQLiteIssuanceStore(PostgresDatabase(locator))
     raise AssertionError(f"unknown backend {kind}")
 
 
 def open_node(kind: str, locator: str) -> NodeStore:
     if kind == "sqlite":
         return open_sqlite_node_store(Path(locator) / "node.db")
+    if kind == "postgresql":
+        return SQLiteNodeStore(PostgresDatabase(locator))
     raise AssertionError(f"unknown backend {kind}")
 
 
@@ -91,12 +112,21 @@ def raw_execute(kind: str, locator: str, database: str, sql: str, params: tuple[
             return conn.execute(sql, params).rowcount
         finally:
             conn.close()
+    if kind == "postgresql":
+        import psycopg
+
+        with psycopg.connect(locator, autocommit=True) as pg:
+            return pg.execute(to_pyformat(sql), params).rowcount
     raise AssertionError(f"unknown backend {kind}")
 
 
 def integrity_error(kind: str) -> type[Exception]:
     if kind == "sqlite":
         return sqlite3.IntegrityError
+    if kind == "postgresql":
+        import psycopg.errors
+
+        return psycopg.errors.IntegrityError
     raise AssertionError(f"unknown backend {kind}")
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from store_backends import T0, Backend
+from store_backends import T0
 from test_contract_register import CHAIN, device, issued, manifest
 
 from ztpki.errors import MalformedInput
@@ -85,22 +85,6 @@ def test_fail_stream_raising_midway_lists_nothing(node_store: NodeStore) -> None
     # Negative control: the same devices, without the error, are listed.
     imported(node_store, IDS)
     assert len(list(node_store.devices())) == len(IDS)
-
-
-def test_ok_register_stays_writable_while_devices_arrive(
-    node_store: NodeStore, backend: Backend
-) -> None:
-    other = backend.node()  # another connection, as `node serve` has
-
-    def devices() -> Iterator[NewDevice]:
-        for n, device_id in enumerate(IDS):
-            # An enrollment's write goes through while the import reads its stream.
-            other.add_device(device(f"x{n:03d}"), now=T0)
-            yield device(device_id)
-
-    result = node_store.import_devices(devices(), manifest=manifest("m1", len(IDS)))
-    assert result.added == len(IDS)
-    assert len(list(node_store.devices())) == 2 * len(IDS)
 
 
 @pytest.mark.parametrize(

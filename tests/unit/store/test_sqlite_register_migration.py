@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from tests.support.legacy_register import V1_SCHEMA
 
 from ztpki.errors import ConfigurationError, StorageError
 from ztpki.store import open_sqlite_node_store
@@ -17,46 +18,6 @@ from ztpki.store.sqlite_register_schema import SCHEMA_VERSION
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 STAMP = "2025-03-01T12:00:00.000000Z"
-
-# The register tables of schema version 1, as ztpki created them (frozen here on purpose).
-_V1_STATES = "'listed', 'issuing', 'issued', 'customized', 'blocked'"
-_V1_RESTING = "'listed', 'issued', 'customized'"
-V1_SCHEMA = (
-    """
-    CREATE TABLE manifest (
-        manifest_id  TEXT PRIMARY KEY CHECK (manifest_id <> ''),
-        issued_at    TEXT NOT NULL,
-        signer       TEXT NOT NULL,
-        device_count INTEGER NOT NULL CHECK (device_count >= 0),
-        imported_at  TEXT NOT NULL
-    )""",
-    f"""
-    CREATE TABLE device (
-        device_id              TEXT PRIMARY KEY CHECK (device_id <> ''),
-        state                  TEXT NOT NULL CHECK (state IN ({_V1_STATES})),
-        temp_fingerprint       TEXT CHECK (length(temp_fingerprint) = 64),
-        manufacturer           TEXT,
-        model                  TEXT,
-        batch                  TEXT,
-        manifest_id            TEXT REFERENCES manifest (manifest_id),
-        issued_serial          TEXT,
-        issued_spki            TEXT,
-        issued_certificate_der BLOB,
-        blocked_from           TEXT CHECK (blocked_from IN ({_V1_RESTING})),
-        lease_token            TEXT,
-        lease_expires          TEXT,
-        previous_state         TEXT CHECK (previous_state IN ({_V1_RESTING})),
-        updated_at             TEXT NOT NULL
-    )""",
-    "CREATE INDEX device_by_state ON device (state, device_id)",
-    """
-    CREATE TABLE device_chain (
-        device_id       TEXT NOT NULL REFERENCES device (device_id) ON DELETE CASCADE,
-        position        INTEGER NOT NULL CHECK (position >= 0),
-        certificate_der BLOB NOT NULL,
-        PRIMARY KEY (device_id, position)
-    )""",
-)
 
 
 def _v1_database(path: Path, *, version: int = 1) -> None:

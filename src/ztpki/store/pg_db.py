@@ -1,0 +1,378 @@
+"""One PostgreSQL database shared by threads, processes and machines (psycopg 3 and its pool).
+
+A write transaction first takes one transaction-scoped advisory lock, so write transactions
+of every node worker and CA-system instance run one after another, as SQLite runs them: the
+stores' read-then-write units and the audit chain (one order for every entry) stay correct
+unchanged, and the unique keys and partial unique indexes still refuse whatever slips past.
+Reads take no lock: each is one REPEATABLE READ snapshot.
+
+A lost connection or a restarting server raises ``Unavailable``, which the services answer
+with 503 and Retry-After; the broken connection is dropped from the pool, and the next
+transaction opens a fresh one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from functools import lru_cache
+from typing import Any
+
+import psycopg
+import psycopg.errors
+from psycopg import pq
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from ztpki.errors import ConfigurationError, StorageError, Unavailable, ZtpkiError
+from ztpki.store.database_url import redact_url, without_password
+from ztpki.store.pg_schema import postgres_ddl
+from ztpki.store.sql import SchemaOutdated, SchemaTooNew
+
+logger = logging.getLogger(__name__)
+
+# 'ztpk' as an integer: the one advisory lock every write transaction of a ztpki database takes.
+_WRITE_LOCK = 0x7A74706B
+_SCHEMA_VERSION_TABLE = """
+CREATE TABLE IF NOT EXISTS schema_version (
+    component TEXT COLLATE "C" PRIMARY KEY,
+    version   BIGINT NOT NULL CHECK (version >= 1)
+)"""
+# Connection failures, a server shutting down, serialization failures and deadlocks: retry.
+_RETRYABLE_SQLSTATES = frozenset({"40001", "40P01", "57P01", "57P02", "57P03", "55P03"})
+_IDLE = pq.TransactionStatus.IDLE
+# Pools a forked child inherited: never closed there (closing would end the parent's sessions).
+_INHERITED: list[ConnectionPool[Any]] = []
+
+
+@lru_cache(maxsize=2048)
+def to_pyformat(sql: str) -> str:
+    """The stores' ``?`` placeholders as psycopg's ``%s``, literal ``%`` escaped; a ``?`` inside
+    a quoted literal or identifier is left alone."""
+    out: list[str] = []
+    quote: str | None = None
+    for char in sql:
+        if quote is not None:
+            quote = None if char == quote else quote
+            out.append("%%" if char == "%" else char)
+        elif char in "'\"":
+            quote = char
+            out.append(char)
+        elif char == "?":
+            out.append("%s")
+        else:
+            out.append("%%" if char == "%" else char)
+    return "".join(out)
+
+
+class PostgresConnection:
+    """A psycopg connection speaking the stores' dialect (see ztpki.store.sql.SQLConnection)."""
+
+    Error = psycopg.Error
+    IntegrityError = psycopg.errors.IntegrityError
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self.raw = conn
+
+    @property
+    def in_transaction(self) -> bool:
+        return self.raw.info.transaction_status != _IDLE
+
+    def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> psycopg.Cursor[Any]:
+        return self.raw.execute(to_pyformat(sql), tuple(parameters))
+
+    def executemany(self, sql: str, parameters: Any, /) -> psycopg.Cursor[Any]:
+        cursor = self.raw.cursor()
+        cursor.executemany(to_pyformat(sql), [tuple(row) for row in parameters])
+        return cursor
+
+
+class _Detached:
+    def __init__(self, db: PostgresDatabase, conn: PostgresConnection) -> None:
+        self._db = db
+        self.connection = conn
+
+    def commit(self) -> None:
+        try:
+            self.connection.raw.execute("COMMIT")
+        except psycopg.Error as exc:
+            self._db.release(self.connection, broken=True)
+            raise self._db.storage_error(exc) from exc
+        self._db.release(self.connection)
+
+    def rollback(self) -> None:
+        self._db.release(self.connection, broken=not _rollback(self.connection))
+
+
+class PostgresDatabase:
+    """Connections, transactions and schema versions for one PostgreSQL database."""
+
+    dialect = "postgresql"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        durable: bool = True,
+        pool_size: int = 8,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        self.url = url
+        self.name = redact_url(url)
+        self.durable = durable
+        self._pool_size = pool_size
+        self._connect_timeout = connect_timeout
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._pool: ConnectionPool[Any] | None = None
+        self._pid = os.getpid()
+        self._closed = False
+
+    # ------------------------------------------------------------------ connections
+
+    def pool(self) -> ConnectionPool[Any]:
+        if self._closed:
+            raise StorageError(f"the database {self.name} was closed")
+        with self._lock:
+            if self._pid != os.getpid():
+                if self._pool is not None:
+                    _INHERITED.append(self._pool)
+                self._pool, self._pid = None, os.getpid()
+                self._local = threading.local()
+            if self._pool is None:
+                self._pool = ConnectionPool(
+                    self.url,
+                    min_size=1,
+                    max_size=self._pool_size,
+                    kwargs={"autocommit": True, "connect_timeout": int(self._connect_timeout)},
+                    timeout=self._connect_timeout,
+                    name="ztpki",
+                    open=False,
+                )
+                self._pool.open(wait=False)
+            return self._pool
+
+    def acquire(self, *, wait: bool = True) -> PostgresConnection:
+        try:
+            raw = self.pool().getconn(timeout=None if wait else 0.05)
+        except PoolTimeout as exc:
+            raise Unavailable(
+                f"no connection to the database {self.name} is free or can be opened"
+                f"{self._why_not_connecting() if wait else ''}; retry shortly",
+                retry_after=1,
+            ) from exc
+        return PostgresConnection(raw)
+
+    def _why_not_connecting(self) -> str:
+        """What the server says to a new connection (wrong password, no such database...),
+        for the message of a pool that could not open one; the password never in it."""
+        try:
+            psycopg.connect(self.url, connect_timeout=int(self._connect_timeout)).close()
+        except psycopg.Error as exc:
+            said = str(exc).strip().splitlines()
+            return f" ({without_password(said[-1] if said else type(exc).__name__, self.url)})"
+        return ""
+
+    def release(self, conn: PostgresConnection, *, broken: bool = False) -> None:
+        if broken or conn.raw.closed or conn.in_transaction:
+            conn.raw.close()  # the pool drops a closed connection and opens a new one
+        pool = self._pool
+        if pool is not None and not pool.closed:
+            pool.putconn(conn.raw)
+        else:
+            conn.raw.close()
+
+    def storage_error(self, exc: Exception) -> ZtpkiError:
+        """Unavailable for what a retry may cure (lost connection, restart, serialization);
+        StorageError for anything else. The message names the database without a password."""
+        state = getattr(exc, "sqlstate", None)
+        if isinstance(exc, psycopg.OperationalError) or state in _RETRYABLE_SQLSTATES:
+            return Unavailable(
+                f"the database {self.name} is unavailable ({type(exc).__name__}); retry shortly",
+                retry_after=1,
+            )
+        detail = without_password(
+            str(exc).splitlines()[0] if str(exc) else type(exc).__name__, self.url
+        )
+        return StorageError(f"the database {self.name} failed an operation: {detail}")
+
+    # ------------------------------------------------------------------ transactions
+
+    @contextmanager
+    def write(self, *, sync: bool = True) -> Iterator[PostgresConnection]:
+        grouped: PostgresConnection | None = getattr(self._local, "grouped", None)
+        if grouped is not None:
+            with self._unit(grouped):
+                yield grouped
+            return
+        with self._transaction(write=True, sync=sync) as conn:
+            yield conn
+
+    @contextmanager
+    def read(self, *, wait: bool = True) -> Iterator[PostgresConnection]:
+        grouped: PostgresConnection | None = getattr(self._local, "grouped", None)
+        if grouped is not None:
+            with self._unit(grouped):
+                yield grouped
+            return
+        with self._transaction(write=False, wait=wait) as conn:
+            yield conn
+
+    @contextmanager
+    def group(self) -> Iterator[None]:
+        """One write transaction around several units of this thread, each a savepoint: a unit
+        that raises is undone alone, and one COMMIT makes the others durable together."""
+        if getattr(self._local, "grouped", None) is not None:
+            raise RuntimeError("a group of units does not nest")
+        with self._transaction(write=True, sync=True) as conn:
+            self._local.grouped = conn
+            try:
+                yield
+            finally:
+                self._local.grouped = None
+
+    def detached_write(self, *, wait: bool = True) -> _Detached:
+        conn = self.acquire(wait=wait)
+        try:
+            if wait:
+                conn.raw.execute(self._begin(write=True, sync=True))
+            else:
+                conn.raw.execute("BEGIN")
+                locked = conn.raw.execute(f"SELECT pg_try_advisory_xact_lock({_WRITE_LOCK})")
+                if not _first(locked.fetchone()):
+                    _rollback(conn)
+                    self.release(conn)
+                    raise Unavailable(
+                        f"another writer holds the database {self.name}; retry shortly",
+                        retry_after=1,
+                    )
+        except psycopg.Error as exc:
+            self.release(conn, broken=True)
+            raise self.storage_error(exc) from exc
+        return _Detached(self, conn)
+
+    def _begin(self, *, write: bool, sync: bool) -> str:
+        if not write:
+            return "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
+        statements = ["BEGIN", f"SELECT pg_advisory_xact_lock({_WRITE_LOCK})"]
+        if not (sync and self.durable):
+            statements.append("SET LOCAL synchronous_commit = off")
+        return "; ".join(statements)
+
+    @contextmanager
+    def _transaction(
+        self, *, write: bool, sync: bool = True, wait: bool = True
+    ) -> Iterator[PostgresConnection]:
+        conn = self.acquire(wait=wait)
+        try:
+            conn.raw.execute(self._begin(write=write, sync=sync))
+            yield conn
+            conn.raw.execute("COMMIT")
+        except psycopg.Error as exc:
+            self.release(conn, broken=not _rollback(conn))
+            raise self.storage_error(exc) from exc
+        except BaseException:
+            self.release(conn, broken=not _rollback(conn))
+            raise
+        self.release(conn)
+
+    @contextmanager
+    def _unit(self, conn: PostgresConnection) -> Iterator[None]:
+        conn.raw.execute("SAVEPOINT unit")
+        try:
+            yield
+        except BaseException as exc:
+            try:
+                conn.raw.execute("ROLLBACK TO SAVEPOINT unit; RELEASE SAVEPOINT unit")
+            except psycopg.Error as undo:
+                raise self.storage_error(undo) from exc
+            if isinstance(exc, psycopg.Error):
+                raise self.storage_error(exc) from exc
+            raise
+        conn.raw.execute("RELEASE SAVEPOINT unit")
+
+    # ------------------------------------------------------------------ schema
+
+    def schema_version(self, component: str) -> int | None:
+        with self.read() as conn:
+            exists = conn.execute("SELECT to_regclass('schema_version') IS NOT NULL").fetchone()
+            if exists is None or not exists[0]:
+                return None
+            row = conn.execute(
+                "SELECT version FROM schema_version WHERE component = ?", (component,)
+            ).fetchone()
+        return None if row is None else int(row[0])
+
+    def ensure_schema(
+        self,
+        component: str,
+        version: int,
+        ddl: Sequence[str],
+        *,
+        migrations: Mapping[int, Sequence[str]] | None = None,
+        postgres_migrations: Mapping[int, Sequence[str]] | None = None,
+        migrate: bool = True,
+    ) -> None:
+        """Create ``component``'s tables when missing (the shared DDL in PostgreSQL's types);
+        bring an older version up to date with ``postgres_migrations`` only when ``migrate``
+        (SchemaOutdated otherwise, naming the command); refuse a newer one."""
+        del migrations  # SQLite's steps: they rebuild tables the SQLite way
+        steps = postgres_migrations or {}
+        with self.write() as conn:
+            conn.raw.execute(_SCHEMA_VERSION_TABLE)
+            row = conn.execute(
+                "SELECT version FROM schema_version WHERE component = ?", (component,)
+            ).fetchone()
+            if row is None:
+                for statement in ddl:
+                    conn.raw.execute(postgres_ddl(statement))
+                conn.execute(
+                    "INSERT INTO schema_version (component, version) VALUES (?, ?)",
+                    (component, version),
+                )
+                logger.info("created %s schema version %d in %s", component, version, self.name)
+                return
+            found = int(row[0])
+            if found == version:
+                return
+            if found > version:
+                raise SchemaTooNew(self.name, component, found, version)
+            if not migrate:
+                raise SchemaOutdated(self.name, component, found, version)
+            if any(step not in steps for step in range(found, version)):
+                raise ConfigurationError(
+                    f"database {self.name}: no migration from {component} schema version "
+                    f"{found} to {version}; use the ztpki release that wrote it"
+                )
+            for step in range(found, version):
+                for statement in steps[step]:
+                    conn.raw.execute(statement)
+            conn.execute(
+                "UPDATE schema_version SET version = ? WHERE component = ?", (version, component)
+            )
+        logger.warning("migrated %s to schema version %d in %s", component, version, self.name)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            pool, self._pool = self._pool, None
+        if pool is not None and self._pid == os.getpid():
+            pool.close()
+
+
+def _first(row: Any) -> Any:
+    return None if row is None else row[0]
+
+
+def _rollback(conn: PostgresConnection) -> bool:
+    """Roll back whatever is open; False when the connection cannot even do that."""
+    if conn.raw.closed:
+        return False
+    try:
+        if conn.in_transaction:
+            conn.raw.execute("ROLLBACK")
+    except psycopg.Error:
+        return False
+    return True

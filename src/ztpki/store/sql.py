@@ -1,0 +1,129 @@
+"""What the stores need of a SQL database, whichever engine holds it.
+
+The store modules speak one SQL dialect, the part SQLite and PostgreSQL share, with ``?``
+placeholders; ``SQLiteDatabase`` and ``PostgresDatabase`` each give them connections and
+transactions with the same guarantees: a write transaction holds the database's one write lock
+from its first statement (so a read-then-write inside it is never raced), a read transaction
+sees one snapshot, and a group commits several units with one flush.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
+
+from ztpki.errors import ConfigurationError
+
+# The command that brings each component's schema up to date, named in SchemaOutdated.
+MIGRATE_COMMANDS = {"customer_node": "ztpki node migrate", "ca_system": "ztpki ca migrate"}
+
+
+class SQLCursor(Protocol):
+    @property
+    def rowcount(self) -> int: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+
+class SQLConnection(Protocol):
+    """A DB-API connection with sqlite3's extras: ``execute`` on the connection and the
+    driver's exception classes as attributes (``conn.IntegrityError``)."""
+
+    @property
+    def Error(self) -> type[Exception]: ...
+
+    @property
+    def IntegrityError(self) -> type[Exception]: ...
+
+    @property
+    def in_transaction(self) -> bool: ...
+
+    def execute(self, sql: str, parameters: Sequence[Any] = ..., /) -> SQLCursor: ...
+
+    def executemany(self, sql: str, parameters: Any, /) -> SQLCursor: ...
+
+
+class DetachedWrite(Protocol):
+    """A write transaction left open on a connection of its own; ``commit`` or ``rollback``
+    may run on another thread, and ends it."""
+
+    @property
+    def connection(self) -> SQLConnection: ...
+
+    def commit(self) -> None: ...
+
+    def rollback(self) -> None: ...
+
+
+class Database(Protocol):
+    """Connections and transactions for one database (a SQLite file, a PostgreSQL database)."""
+
+    @property
+    def name(self) -> str:
+        """The database as messages name it: a path, or a URL without its password."""
+        ...
+
+    @property
+    def durable(self) -> bool: ...
+
+    @property
+    def dialect(self) -> str:
+        """``sqlite`` or ``postgresql``."""
+        ...
+
+    def write(self, *, sync: bool = True) -> AbstractContextManager[SQLConnection]: ...
+
+    def read(self, *, wait: bool = True) -> AbstractContextManager[SQLConnection]: ...
+
+    def group(self) -> AbstractContextManager[None]: ...
+
+    def detached_write(self, *, wait: bool = True) -> DetachedWrite: ...
+
+    def storage_error(self, exc: Exception) -> Exception:
+        """The ztpki error for a driver error: Unavailable (retry) or StorageError."""
+        ...
+
+    def ensure_schema(
+        self,
+        component: str,
+        version: int,
+        ddl: Sequence[str],
+        *,
+        migrations: Mapping[int, Sequence[str]] | None = None,
+        postgres_migrations: Mapping[int, Sequence[str]] | None = None,
+        migrate: bool = True,
+    ) -> None: ...
+
+    def schema_version(self, component: str) -> int | None: ...
+
+    def close(self) -> None: ...
+
+
+class SchemaOutdated(ConfigurationError):
+    """The database holds an older schema than this ztpki uses: run the migrate command."""
+
+    def __init__(self, database: str, component: str, found: int, expected: int) -> None:
+        command = MIGRATE_COMMANDS.get(component, "the migrate command")
+        super().__init__(
+            f"database {database} holds {component} schema version {found}, but this ztpki "
+            f"uses version {expected}: stop every service using it, back it up, and run "
+            f"`{command} --dir DIR`"
+        )
+        self.component = component
+        self.found = found
+        self.expected = expected
+
+
+class SchemaTooNew(ConfigurationError):
+    """The database was written by a newer ztpki than this one."""
+
+    def __init__(self, database: str, component: str, found: int, expected: int) -> None:
+        super().__init__(
+            f"database {database} holds {component} schema version {found}, but this ztpki "
+            f"uses version {expected}: use the ztpki release that wrote it, or a newer one"
+        )
