@@ -18,9 +18,9 @@ It builds a world with the real CLI (factory and customer CA systems, node N ser
 3. ``ztpki node devices --state listed --json`` over the big register and ``ztpki node audit
    --verify`` over the big audit trail: wall time, peak memory, and the rate audit prints.
 
-``--database postgresql`` needs ``--database-url`` (or ZTPKI_DATABASE_URL): every command is
-then given that URL, which is all the script needs; until ztpki's PostgreSQL stores exist it
-stops with a message saying so.
+``--database postgresql`` runs the same on PostgreSQL: in three fresh databases made at
+``--database-url`` (a server and a role that may create databases), or without it in a
+throwaway cluster of the local PostgreSQL binaries, as the tests start one.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "src"), str(REPO)]
@@ -59,6 +60,7 @@ from ztpki.protocol.manifest import (  # noqa: E402
     manifest_document,
     new_manifest_id,
 )
+from ztpki.store.database_url import redact_url, without_password  # noqa: E402
 from ztpki.store.records import (  # noqa: E402
     AuditRecord,
     CertificateStatus,
@@ -229,22 +231,37 @@ def fill_register(world: World, node: str, *, start: int, count: int) -> None:
 # --- the run -------------------------------------------------------------------------------
 
 
-def check_database(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+def databases(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str, str]:
+    """PostgreSQL URLs for the customer CA system (C) and nodes N and S; none on SQLite.
+
+    ``--database-url`` names a server and a role that may create databases (its own
+    database in the URL, e.g. postgresql://ztpki@db:5432/postgres): three fresh ones are
+    made there for the run. Without it, a throwaway cluster of the local PostgreSQL binaries
+    (the one the tests start) holds them.
+    """
     if args.database == "sqlite":
-        return
+        return {}
     url = args.database_url or os.environ.get("ZTPKI_DATABASE_URL")
-    if not url:
-        parser.error("--database postgresql needs --database-url URL (or ZTPKI_DATABASE_URL)")
-    init_help = subprocess.run(
-        ztpki_argv("node", "init", "--help"), capture_output=True, text=True, check=False
-    ).stdout
-    if "--database" not in init_help:
-        parser.exit(
-            2,
-            "scale.py: this ztpki has no PostgreSQL stores yet (`ztpki node init --database "
-            "URL` is missing); run with --database sqlite\n",
-        )
-    parser.exit(2, "scale.py: --database postgresql is not wired into the world builder yet\n")
+    if url is None:
+        from tests.support.postgres import PostgresUnavailable, shared_cluster
+
+        try:
+            cluster = shared_cluster()
+        except PostgresUnavailable as exc:
+            parser.exit(2, f"scale.py: no --database-url, and no local PostgreSQL: {exc}\n")
+        return {name: cluster.fresh_database(f"scale_{name.lower()}") for name in "CNS"}
+    import psycopg
+
+    tag = f"ztpki_scale_{os.getpid()}"
+    parts = urlsplit(url)
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            for name in "CNS":
+                conn.execute(f'CREATE DATABASE "{tag}_{name.lower()}"')
+    except psycopg.Error as exc:
+        parser.exit(2, f"scale.py: cannot create databases at {redact_url(url)}: "
+                       f"{without_password(str(exc).strip(), url)}\n")  # fmt: skip
+    return {name: urlunsplit(parts._replace(path=f"/{tag}_{name.lower()}")) for name in "CNS"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -261,16 +278,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument("--json", type=Path, help="also write the figures as JSON")
     args = parser.parse_args(argv)
-    check_database(args, parser)
     if args.devices < 1 or args.customizations < 1 or args.rounds < 1:
         parser.error("--devices, --customizations and --rounds must be positive")
+    urls = databases(args, parser)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="ztpki-scale-"))
     workdir.mkdir(parents=True, exist_ok=True)
     real = 2 * args.customizations
     print(f"building the world in {workdir}: {real} devices ...", flush=True)
-    world = build_world(workdir, devices=real)
+    world = build_world(workdir, devices=real, databases=urls)
     try:
-        figures = run_scale(world, args)
+        figures = run_scale(world, args, urls)
     finally:
         world.stop()
         if not args.keep and args.workdir is None:
@@ -279,11 +296,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0 if figures["ok"] else 1
 
 
-def run_scale(world: World, args: argparse.Namespace) -> dict[str, object]:
+def run_scale(world: World, args: argparse.Namespace, urls: dict[str, str]) -> dict[str, object]:
     big, k, rounds = args.devices, args.customizations, args.rounds
     ids = world.device_ids
     print(f"node S: {SMALL_FLEET} registered ...", flush=True)
-    world.init_node("S", "node-cert")  # lists the world's manifest, then serves
+    world.init_node("S", "node-cert", database=urls.get("S"))  # lists the world's manifest
     fill_register(world, "S", start=big, count=max(0, SMALL_FLEET - len(ids)))
 
     print(f"node N: `ztpki node import` of a signed manifest of {big} devices ...", flush=True)

@@ -194,8 +194,9 @@ class World:
         )
         return summary
 
-    def init_node(self, name: str, server_cert: str) -> Service:
-        """Another node directory on the same customer CA system, with its own register."""
+    def init_node(self, name: str, server_cert: str, *, database: str | None = None) -> Service:
+        """Another node directory on the same customer CA system, with its own register (in
+        ``database``, a PostgreSQL URL, when given)."""
         cert = self.path(server_cert)
         init = ztpki(
             "node", "init", "--dir", str(self.path(name)),
@@ -206,6 +207,7 @@ class World:
             "--server-cert", str(cert / "cert.pem"),
             "--server-key", str(cert / "key.pem"),
             "--customer-chain", str(self.path("customer-chain.pem")),
+            *(["--database", database] if database else []),
         )  # fmt: skip
         self.init_output[name] = init.stdout + init.stderr
         assert self.manifest is not None
@@ -214,8 +216,15 @@ class World:
                           "--listen", "127.0.0.1:0")  # fmt: skip
 
 
-def build_world(root: Path, *, devices: int, batch: str = "B1") -> World:
-    """Everything a customization needs, made with the real CLI, node N serving."""
+def build_world(
+    root: Path, *, devices: int, batch: str = "B1", databases: Mapping[str, str] | None = None
+) -> World:
+    """Everything a customization needs, made with the real CLI, node N serving.
+
+    ``databases``: PostgreSQL URLs for the customer CA system ("C") and node N ("N"); each
+    keeps its records in a SQLite file of its directory otherwise.
+    """
+    on = databases or {}
     world = World(root)
     f, c = str(root / "F"), str(root / "C")
     _parallel(
@@ -235,7 +244,8 @@ def build_world(root: Path, *, devices: int, batch: str = "B1") -> World:
              "--out", str(root / "factory-trust.pem")],
         ],
         [
-            ["ca", "init", "--dir", c, "--name", "root", "--org", "Customer"],
+            ["ca", "init", "--dir", c, "--name", "root", "--org", "Customer",
+             *(["--database", on["C"]] if "C" in on else [])],
             ["ca", "init", "--dir", c, "--name", "devices", "--parent", "root", "--default",
              "--org", "Customer"],
             ["ca", "init", "--dir", c, "--name", "services", "--parent", "root",
@@ -249,14 +259,16 @@ def build_world(root: Path, *, devices: int, batch: str = "B1") -> World:
         ],
     )  # fmt: skip
     try:
-        _start_and_manufacture(world, devices=devices, batch=batch)
+        _start_and_manufacture(world, devices=devices, batch=batch, node_database=on.get("N"))
     except BaseException:
         world.stop()
         raise
     return world
 
 
-def _start_and_manufacture(world: World, *, devices: int, batch: str) -> None:
+def _start_and_manufacture(
+    world: World, *, devices: int, batch: str, node_database: str | None
+) -> None:
     root = world.root
 
     def serve(name: str) -> Service:
@@ -286,7 +298,7 @@ def _start_and_manufacture(world: World, *, devices: int, batch: str) -> None:
     )  # fmt: skip
     world.manifest = root / "devices" / f"manifest-{batch}.json"
     world.device_ids = sorted(p.parent.name for p in (root / "devices").glob("*/device.json"))
-    world.init_node("N", "node-cert")
+    world.init_node("N", "node-cert", database=node_database)
 
 
 # --- pytest fixtures (import them into a test module) -------------------------------------

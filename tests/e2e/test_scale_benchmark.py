@@ -11,14 +11,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 DEVICES = 1500
 
 
-def test_ok_scale_benchmark_runs_with_a_small_fleet(tmp_path: Path) -> None:
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_ok_scale_benchmark_runs_with_a_small_fleet(tmp_path: Path, database: str) -> None:
     figures = tmp_path / "scale.json"
     result = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "scale.py"), "--devices", str(DEVICES),
+        [sys.executable, str(REPO / "benchmarks" / "scale.py"), "--database", database,
+         "--devices", str(DEVICES),
          "--customizations", "8", "--rounds", "2", "--concurrency", "8",
          "--workdir", str(tmp_path / "w"), "--json", str(figures)],
         capture_output=True, text=True, timeout=600, check=False,
@@ -34,11 +38,14 @@ def test_ok_scale_benchmark_runs_with_a_small_fleet(tmp_path: Path) -> None:
     assert data["import"]["peak_mb"] > 0 and data["audit_rate"]
 
 
-def test_fail_postgresql_without_a_url_says_what_is_missing(tmp_path: Path) -> None:
+def test_fail_unreachable_database_url_says_so_without_its_password(tmp_path: Path) -> None:
+    url = "postgresql://ztpki:s3cret-pw@127.0.0.1:1/postgres"  # nothing listens on port 1
     result = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "scale.py"), "--database", "postgresql",
-         "--workdir", str(tmp_path / "w")],
+         "--database-url", url, "--workdir", str(tmp_path / "w")],
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
-    assert result.returncode == 2 and "--database-url" in result.stderr, result.stderr
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "cannot create databases at" in result.stderr and "127.0.0.1" in result.stderr
+    assert "s3cret-pw" not in result.stdout + result.stderr
     assert not (tmp_path / "w").exists()  # refused before building anything
