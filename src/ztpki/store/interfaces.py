@@ -196,8 +196,8 @@ class RegisterStore(Protocol):
         """List the devices not yet listed; never change a listed one. All or nothing: when
         ``devices`` raises (a bad entry, a file that changed) or repeats an id
         (DuplicateDevice), nothing is listed. ``devices`` may be a stream of a million: it is
-        consumed once, in bounded memory, and the register's write lock is not held while it
-        is. A manifest_id seen before from the same manufacturer is a no-op (already_imported,
+        consumed once, in bounded memory (on SQLite without holding the register's write
+        lock; on PostgreSQL inside the one write transaction). A manifest_id seen before from the same manufacturer is a no-op (already_imported,
         ``manifest.device_count`` unchanged, ``devices`` not read); manifest ids of different
         manufacturers never clash."""
         ...
