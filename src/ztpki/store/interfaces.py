@@ -197,9 +197,10 @@ class RegisterStore(Protocol):
         ``devices`` raises (a bad entry, a file that changed) or repeats an id
         (DuplicateDevice), nothing is listed. ``devices`` may be a stream of a million: it is
         consumed once, in bounded memory (on SQLite without holding the register's write
-        lock; on PostgreSQL inside the one write transaction). A manifest_id seen before from the same manufacturer is a no-op (already_imported,
-        ``manifest.device_count`` unchanged, ``devices`` not read); manifest ids of different
-        manufacturers never clash."""
+        lock; on PostgreSQL inside the one write transaction). A manifest_id seen before
+        from the same manufacturer is a no-op (already_imported, ``manifest.device_count``
+        unchanged, ``devices`` not read); manifest ids of different manufacturers never
+        clash."""
         ...
 
     def add_device(
