@@ -311,7 +311,8 @@ def run_scale(world: World, args: argparse.Namespace, urls: dict[str, str]) -> d
                             str(manifest))  # fmt: skip
     manifest.unlink()
     listed = re.search(r"listed (\d+) device", imported.output)
-    print(f"  {imported.output.strip()}", flush=True)
+    print(f"  {imported.output.strip()} ({imported.seconds:.1f} s, peak {imported.peak_mb:.0f} MB)",
+          flush=True)  # fmt: skip
 
     print(f"customer CA store: {big} issuance records; node N: {big} audit entries ...", flush=True)
     ca_fill = fill_ca_store(world, start=0, count=big)
