@@ -88,14 +88,25 @@ class UnreadableEntry(ValueError):
         self.seq = seq
 
 
-def iterate_entries(conn: SQLConnection) -> Iterator[AuditEntry]:
-    """Every entry in seq order, streamed (the trail may be long)."""
-    for row in conn.execute(f"SELECT {_COLUMNS} FROM audit_entry ORDER BY seq"):  # noqa: S608
-        try:
-            entry = _entry(row)
-        except (TypeError, ValueError):
-            raise UnreadableEntry(int(row[0])) from None
-        yield entry
+def iterate_entries(conn: SQLConnection, *, page: int = 10_000) -> Iterator[AuditEntry]:
+    """Every entry in seq order, streamed (the trail may be long): ``page`` rows at a time,
+    all in the caller's one transaction (one snapshot). A driver's plain cursor may hold a
+    whole result set in memory (psycopg's does), so one query for all would not stream."""
+    after = 0
+    while True:
+        rows = conn.execute(
+            f"SELECT {_COLUMNS} FROM audit_entry WHERE seq > ? ORDER BY seq LIMIT ?",  # noqa: S608
+            (after, page),
+        ).fetchall()
+        for row in rows:
+            try:
+                entry = _entry(row)
+            except (TypeError, ValueError):
+                raise UnreadableEntry(int(row[0])) from None
+            yield entry
+        if len(rows) < page:
+            return
+        after = int(rows[-1][0])
 
 
 def count_by_decision(conn: SQLConnection) -> dict[str, int]:

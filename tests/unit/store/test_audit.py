@@ -241,6 +241,22 @@ def test_fail_verify_reports_a_deleted_row(node_store: NodeStore, backend: Backe
     assert (result.ok, result.first_bad_seq) == (False, 3)
 
 
+@pytest.mark.parametrize("page", [1, 2, 3, 5, 6])
+def test_ok_verify_pages_through_the_trail(
+    node_store: NodeStore, backend: Backend, page: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ztpki.store import sqlite_audit
+
+    paged = sqlite_audit.iterate_entries
+    monkeypatch.setattr(sqlite_audit, "iterate_entries", lambda conn: paged(conn, page=page))
+    for i in range(5):
+        append(node_store, "refused", reason=f"r{i}")
+    assert (node_store.verify().ok, node_store.verify().checked) == (True, 5)
+    backend.raw("node", "DELETE FROM audit_entry WHERE seq = 4")  # across a page boundary
+    result = node_store.verify()
+    assert (result.ok, result.first_bad_seq, result.checked) == (False, 5, 4)
+
+
 def test_fail_schema_refuses_a_second_entry_after_the_same_one(
     node_store: NodeStore, backend: Backend
 ) -> None:
