@@ -46,7 +46,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -57,6 +57,7 @@ from cryptography import x509  # noqa: E402
 from cryptography.hazmat.primitives import hashes  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
 from cryptography.x509.oid import NameOID  # noqa: E402
+from customization import customize, percentile, tree_cpu  # noqa: E402
 from fleet_database import (  # noqa: E402
     Configuration,
     Scraper,
@@ -75,77 +76,13 @@ from fleet_report import ModeResult, report  # noqa: E402
 from tests.e2e.device_fixtures import ENV, World, build_world  # noqa: E402
 from tests.support.postgres import PostgresCluster  # noqa: E402
 
-from ztpki.device import ActivatingClient, ActivationError, DeviceMemory, KeyMode  # noqa: E402
+from ztpki.device import DeviceMemory, KeyMode  # noqa: E402
 from ztpki.device.communication import NodeAddress, node_context  # noqa: E402
 
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 STATISTICS_DELAY = 11.0
 
 
-# --- CPU of process trees, from /proc ------------------------------------------------------
-
-
-def _stat(pid: int) -> tuple[int, float] | None:
-    """(parent pid, CPU seconds) of one process: its own user + system time and that of its
-    children it reaped (PostgreSQL's autovacuum workers come and go)."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = text[text.rindex(")") + 2 :].split()
-    return int(fields[1]), sum(int(f) for f in fields[11:15]) / CLOCK_TICKS
-
-
-def tree_cpu(roots: Iterable[int]) -> dict[int, float]:
-    """CPU seconds of each root process plus its living descendants."""
-    stats = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            found = _stat(int(entry.name))
-            if found is not None:
-                stats[int(entry.name)] = found
-    totals = {}
-    for root in roots:
-        members, frontier = {root}, [root]
-        while frontier:
-            parent = frontier.pop()
-            children = [p for p, (ppid, _) in stats.items() if ppid == parent]
-            members.update(children)
-            frontier += children
-        totals[root] = sum(stats[p][1] for p in members if p in stats)
-    return totals
-
-
 # --- customizing the fleet ---------------------------------------------------------------
-
-
-def percentile(values: Sequence[float], fraction: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    index = min(len(ordered) - 1, max(0, round(fraction * len(ordered)) - 1))
-    return ordered[index]
-
-
-async def customize(
-    memories: Sequence[DeviceMemory], node: NodeAddress, mode: KeyMode, concurrency: int
-) -> tuple[list[float], list[str]]:
-    gate = asyncio.Semaphore(concurrency)
-    latencies: list[float] = []
-    failures: list[str] = []
-
-    async def one(memory: DeviceMemory) -> None:
-        async with gate:
-            started = time.perf_counter()
-            try:
-                await ActivatingClient(memory, node, key_mode=mode, timeout=120).activate()
-            except ActivationError as exc:
-                failures.append(f"{memory.device_id}: {exc.message}")
-                return
-            latencies.append(time.perf_counter() - started)
-
-    await asyncio.gather(*(one(m) for m in memories))
-    return latencies, failures
 
 
 def run_mode(

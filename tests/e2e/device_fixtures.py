@@ -267,8 +267,15 @@ def _customer_commands(root: Path, customer: str, database: str | None) -> list[
     ]  # fmt: skip
 
 
-def build_world(root: Path, *, devices: int, batch: str = "B1") -> World:
-    """Everything a customization needs, made with the real CLI, node N serving."""
+def build_world(
+    root: Path, *, devices: int, batch: str = "B1", databases: Mapping[str, str] | None = None
+) -> World:
+    """Everything a customization needs, made with the real CLI, node N serving.
+
+    ``databases``: PostgreSQL URLs for the customer CA system ("C") and node N ("N"); each
+    keeps its records in a SQLite file of its directory otherwise.
+    """
+    on = databases or {}
     world = World(root)
     f = str(root / "F")
     _parallel(
@@ -287,17 +294,19 @@ def build_world(root: Path, *, devices: int, batch: str = "B1") -> World:
             ["factory", "export-trust", "--dir", f, "--name", "devices",
              "--out", str(root / "factory-trust.pem")],
         ],
-        _customer_commands(root, "C", None),
+        _customer_commands(root, "C", on.get("C")),
     )  # fmt: skip
     try:
-        _start_and_manufacture(world, devices=devices, batch=batch)
+        _start_and_manufacture(world, devices=devices, batch=batch, node_database=on.get("N"))
     except BaseException:
         world.stop()
         raise
     return world
 
 
-def _start_and_manufacture(world: World, *, devices: int, batch: str) -> None:
+def _start_and_manufacture(
+    world: World, *, devices: int, batch: str, node_database: str | None
+) -> None:
     root = world.root
 
     def serve(name: str) -> Service:
@@ -327,7 +336,7 @@ def _start_and_manufacture(world: World, *, devices: int, batch: str) -> None:
     )  # fmt: skip
     world.manifest = root / "devices" / f"manifest-{batch}.json"
     world.device_ids = sorted(p.parent.name for p in (root / "devices").glob("*/device.json"))
-    world.init_node("N", "node-cert")
+    world.init_node("N", "node-cert", database=node_database)
 
 
 # --- pytest fixtures (import them into a test module) -------------------------------------

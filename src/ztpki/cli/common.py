@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -18,6 +18,7 @@ from ztpki.secretfiles import MIN_PASSPHRASE, resolve_passphrase
 from ztpki.untrusted import displayable
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 console = Console(stderr=False, highlight=False)
 err_console = Console(stderr=True, highlight=False)
 
@@ -142,3 +143,27 @@ def refuse_existing_output(out: Path, *, force: bool) -> None:
 
 def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def print_json_array(items: Iterable[Any]) -> None:
+    """A JSON array written item by item as they come, one item per line: a listing may hold
+    a million rows, which are never all in memory (and json's C encoder only runs unindented)."""
+    write = sys.stdout.write
+    opening = "[\n"
+    for item in items:
+        write(opening + json.dumps(item, sort_keys=True, default=str))
+        opening = ",\n"
+    write("[]\n" if opening == "[\n" else "\n]\n")
+
+
+def pages(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """``items`` in lists of ``size`` (the last one shorter), at least one list."""
+    page: list[T] = []
+    full = False
+    for item in items:
+        page.append(item)
+        if len(page) == size:
+            yield page
+            page, full = [], True
+    if page or not full:
+        yield page

@@ -3,16 +3,17 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import click
 from rich.table import Column, Table
 
-from ztpki.cli.common import console, plain, print_json
+from ztpki.cli.common import console, pages, plain, print_json_array
 from ztpki.cli.node import node
 from ztpki.cli.node_options import dir_option
-from ztpki.store.records import DeviceState, RevocationReason
+from ztpki.store.records import AuditEntry, DeviceState, RegisteredDevice, RevocationReason
 from ztpki.store.revocation_records import (
     QueuedRevocation,
     QueueStatus,
@@ -28,7 +29,7 @@ def import_command(directory: Path, manifest: Path) -> None:
     """List the devices of a signed manifest (verified against the factory trust bundles)."""
     from ztpki.node.operations import import_manifest
 
-    result = import_manifest(directory, manifest.read_bytes(), now=datetime.now(UTC))
+    result = import_manifest(directory, manifest, now=datetime.now(UTC))
     if result.already_imported:
         console.print(
             f"manifest {manifest} was imported before; nothing changed (a manifest id counts "
@@ -38,8 +39,7 @@ def import_command(directory: Path, manifest: Path) -> None:
         )
         return
     console.print(
-        f"listed {len(result.added)} device(s); "
-        f"{len(result.unchanged)} already listed, left unchanged"
+        f"listed {result.added} device(s); {result.unchanged} already listed, left unchanged"
     )
 
 
@@ -79,19 +79,42 @@ def add_command(
     console.print(f"listed device [bold]{device_id}[/]")
 
 
+# A table is printed a page at a time (rich sizes its columns from the rows it holds), so a
+# register of a million devices streams through in bounded memory.
+TABLE_PAGE = 500
+
+
 @node.command("devices")
 @dir_option
 @click.option("--state", type=click.Choice([s.value for s in DeviceState]))
 @click.option("--json", "as_json", is_flag=True)
 def devices_command(directory: Path, state: str | None, as_json: bool) -> None:
-    """The access-control register."""
+    """The access-control register, in device id order (streamed as it is read)."""
     from ztpki.node.operations import device_json, list_devices, pending_revocations
 
-    devices = list_devices(directory, state=DeviceState(state) if state else None)
     pending = pending_revocations(directory)
+    devices = list_devices(directory, state=DeviceState(state) if state else None)
     if as_json:
-        print_json([device_json(d, pending.get(d.device_id)) for d in devices])
+        print_json_array(device_json(d, pending.get(d.device_id)) for d in devices)
         return
+    count = 0
+    with_orders: list[str] = []
+    for page in pages(devices, TABLE_PAGE):
+        console.print(_device_table(page, pending))
+        count += len(page)
+        with_orders += [d.device_id for d in page if d.device_id in pending]
+    console.print(f"{count} device(s)")
+    # One line per order, never wrapped: the serial is what an operator copies.
+    for device_id in with_orders:
+        for order in pending[device_id]:
+            console.print(
+                f"revocation {device_id}: {order.describe()}", markup=False, soft_wrap=True
+            )
+
+
+def _device_table(
+    devices: list[RegisteredDevice], pending: dict[str, list[QueuedRevocation]]
+) -> Table:
     # The device id is what an operator copies into `node block ID`: never cut it short;
     # the long hex serial and the timestamp fold onto several lines instead.
     table = Table(
@@ -120,14 +143,7 @@ def devices_command(directory: Path, state: str | None, as_json: bool) -> None:
             plain(d.updated_at.isoformat(timespec="seconds")),
             plain(_open_count(pending.get(d.device_id, []))),
         )
-    console.print(table)
-    console.print(f"{len(devices)} device(s)")
-    # One line per order, never wrapped: the serial is what an operator copies.
-    for d in devices:
-        for order in pending.get(d.device_id, []):
-            console.print(
-                f"revocation {d.device_id}: {order.describe()}", markup=False, soft_wrap=True
-            )
+    return table
 
 
 def _open_count(orders: list[QueuedRevocation]) -> str | None:
@@ -217,12 +233,21 @@ def audit_command(
     from ztpki.node.operations import audit_entries, entry_json, verify_audit
 
     if verify:
-        console.print(f"audit trail OK: {verify_audit(directory)}")
+        started = time.perf_counter()
+        summary, checked = verify_audit(directory)
+        seconds = time.perf_counter() - started
+        rate = f", {checked / seconds:,.0f} entries/s" if checked and seconds > 0 else ""
+        console.print(f"audit trail OK: {summary} in {seconds:.1f} s{rate}")
         return
     entries = audit_entries(directory, device_id=device_id, limit=limit)
     if as_json:
-        print_json([entry_json(e) for e in entries])
+        print_json_array(entry_json(e) for e in entries)
         return
+    for page in pages(entries, TABLE_PAGE):
+        console.print(_audit_table(page))
+
+
+def _audit_table(entries: list[AuditEntry]) -> Table:
     # Ids and serials fold onto several lines instead of being cut: they are copied from here.
     table = Table(
         "seq",
@@ -243,4 +268,4 @@ def audit_command(
             plain(e.reason),
             plain(e.serial),
         )
-    console.print(table)
+    return table

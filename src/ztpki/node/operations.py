@@ -6,6 +6,7 @@ Each change carries its audit record into the same transaction as the change its
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -17,11 +18,12 @@ from ztpki.node.material import load_labels, load_manufacturers
 from ztpki.node.revocation_orders import operator_order
 from ztpki.pki.names import check_device_id
 from ztpki.pki.pem import certificate_der, parse_sha256_fingerprint
-from ztpki.protocol.manifest import verify_manifest
+from ztpki.protocol.manifest_stream import check_manifest_file, manifest_file_entries
 from ztpki.store.records import (
     AuditEntry,
     AuditRecord,
     DeviceState,
+    DuplicateDevice,
     ImportResult,
     ManifestRecord,
     NewDevice,
@@ -38,66 +40,92 @@ from ztpki.store.sqlite import SQLiteNodeStore, open_node_store
 from ztpki.untrusted import quote
 
 
-def open_register(directory: Path) -> SQLiteNodeStore:
+def check_register(directory: Path) -> None:
+    """ConfigurationError unless ``directory`` is a node directory."""
     if not (directory / NODE_FILE).exists():
         raise ConfigurationError(
             f"{directory} is not a node directory (no {NODE_FILE}); run `ztpki node init`"
         )
+
+
+def open_register(directory: Path) -> SQLiteNodeStore:
+    check_register(directory)
     # The register stays readable while an older node.toml is being migrated.
     return open_node_store(NodeConfig.load(directory, migrating=True).database)
 
 
-def import_manifest(directory: Path, data: bytes, *, now: datetime) -> ImportResult:
+_READ_PIECE = 1024 * 1024
+
+
+def _pieces(path: Path) -> Callable[[], Iterator[bytes]]:
+    """The file's bytes a megabyte at a time, opened anew for each pass over it."""
+
+    def read() -> Iterator[bytes]:
+        with path.open("rb") as file:
+            while piece := file.read(_READ_PIECE):
+                yield piece
+
+    return read
+
+
+def import_manifest(directory: Path, path: Path, *, now: datetime) -> ImportResult:
     """List the devices of a signed manifest; refused unless it verifies as the manufacturer it
-    names (that manufacturer's signer, ids in its namespace)."""
+    names (that manufacturer's signer, ids in its namespace). All or nothing.
+
+    The file is read in passes, never whole (a manifest may list a million devices): the
+    signature, signer and members are verified before any entry is used; then the entries
+    stream into the register, which keeps none of them when one is bad or the file changed.
+    """
     config = NodeConfig.load(directory)
     trusts = manifest_trusts(load_manufacturers(config))
+    read = _pieces(path)
     try:
-        verified = verify_manifest(data, manufacturers=trusts, now=now)
-    except (MalformedInput, VerificationFailed) as exc:
+        checked = check_manifest_file(read, manufacturers=trusts, now=now)
+        manifest = checked.manifest
+        signer = checked.signer.subject.rfc4514_string()
+        record = ManifestRecord(
+            manufacturer=manifest.manufacturer,
+            manifest_id=manifest.manifest_id,
+            issued_at=manifest.issued_at,
+            signer=signer,
+            device_count=checked.device_count,
+            imported_at=now,
+        )
+        audit = AuditRecord(
+            at=now,
+            endpoint="cli/import",
+            decision="imported",
+            reason=(
+                # The manufacturer field and the signer's subject are the factory's text.
+                f"manifest {manifest.manifest_id} of {quote(manifest.manufacturer)} with "
+                f"{checked.device_count} device(s), signed by {quote(signer)}"
+            ),
+        )
+        devices = (
+            NewDevice(
+                device_id=entry.device_id,
+                temp_fingerprint=entry.temp_fingerprint,
+                manufacturer=manifest.manufacturer,
+                model=entry.model,
+                batch=entry.batch or manifest.batch,
+            )
+            for entry in manifest_file_entries(read, checked)
+        )
+        with open_register(directory) as store:
+            return store.import_devices(devices, manifest=record, audit=audit)
+    except (MalformedInput, VerificationFailed, DuplicateDevice) as exc:
         # A forged or altered manifest is a security event: the audit trail keeps it.
+        with path.open("rb") as file:
+            digest = hashlib.file_digest(file, "sha256").hexdigest()
         refusal = AuditRecord(
             at=now,
             endpoint="cli/import",
             decision="refused",
-            reason=f"manifest (sha256 {hashlib.sha256(data).hexdigest()}) refused: {exc.message}",
+            reason=f"manifest (sha256 {digest}) refused: {exc.message}",
         )
         with open_register(directory) as store:
             store.append_many([refusal])
         raise
-    manifest = verified.manifest
-    signer = verified.signer.subject.rfc4514_string()
-    devices = [
-        NewDevice(
-            device_id=entry.device_id,
-            temp_fingerprint=entry.temp_fingerprint,
-            manufacturer=manifest.manufacturer,
-            model=entry.model,
-            batch=entry.batch or manifest.batch,
-        )
-        for entry in manifest.entries
-    ]
-    record = ManifestRecord(
-        manufacturer=manifest.manufacturer,
-        manifest_id=manifest.manifest_id,
-        issued_at=manifest.issued_at,
-        signer=signer,
-        device_count=len(devices),
-        imported_at=now,
-    )
-    audit = AuditRecord(
-        at=now,
-        endpoint="cli/import",
-        decision="imported",
-        reason=(
-            # The manufacturer field and the signer's subject are the factory's text.
-            f"manifest {manifest.manifest_id} of {quote(manifest.manufacturer)} with "
-            f"{len(devices)} device(s), signed by {quote(signer)}"
-        ),
-    )
-    with open_register(directory) as store:
-        result = store.import_devices(devices, manifest=record, audit=audit)
-    return result
 
 
 def normalise_fingerprint(value: str) -> str:
@@ -274,12 +302,12 @@ def _device(store: SQLiteNodeStore, device_id: str) -> RegisteredDevice:
 
 def pending_revocations(directory: Path) -> dict[str, list[QueuedRevocation]]:
     """Open (and refused) revocation orders by device: what `node devices` shows."""
+    unfinished = [status for status in QueueStatus if status is not QueueStatus.DONE]
     with open_register(directory) as store:
-        orders = store.revocations()
+        orders = store.revocations(statuses=unfinished)
     found: dict[str, list[QueuedRevocation]] = {}
     for order in orders:
-        if order.status is not QueueStatus.DONE:
-            found.setdefault(order.device_id, []).append(order)
+        found.setdefault(order.device_id, []).append(order)
     return found
 
 
@@ -311,10 +339,15 @@ def revocation_json(order: QueuedRevocation) -> dict[str, Any]:
     }
 
 
-def list_devices(directory: Path, *, state: DeviceState | None) -> list[RegisteredDevice]:
+def list_devices(directory: Path, *, state: DeviceState | None) -> Iterator[RegisteredDevice]:
+    """The register's devices in device_id order, read page by page as they are consumed."""
+    check_register(directory)
+    return _devices(directory, state)
+
+
+def _devices(directory: Path, state: DeviceState | None) -> Iterator[RegisteredDevice]:
     with open_register(directory) as store:
-        devices = store.devices(state=state)
-    return devices
+        yield from store.devices(state=state)
 
 
 def device_json(
@@ -335,20 +368,30 @@ def device_json(
     }
 
 
-def audit_entries(directory: Path, *, device_id: str | None, limit: int | None) -> list[AuditEntry]:
+def audit_entries(
+    directory: Path, *, device_id: str | None, limit: int | None
+) -> Iterator[AuditEntry]:
+    """Audit entries in seq order, read page by page as they are consumed."""
+    check_register(directory)
+    if limit is not None and limit < 0:
+        raise ConfigurationError("--limit must not be negative")
+    return _entries(directory, device_id, limit)
+
+
+def _entries(directory: Path, device_id: str | None, limit: int | None) -> Iterator[AuditEntry]:
     with open_register(directory) as store:
-        entries = store.entries(device_id=device_id, limit=limit)
-    return entries
+        yield from store.entries(device_id=device_id, limit=limit)
 
 
-def verify_audit(directory: Path) -> str:
-    """The verification summary; VerificationFailed when the chain is broken."""
+def verify_audit(directory: Path) -> tuple[str, int]:
+    """The verification summary and the number of entries checked; VerificationFailed when
+    the chain is broken."""
     with open_register(directory) as store:
         result = store.verify()
     if not result.ok:
         where = f" at entry {result.first_bad_seq}" if result.first_bad_seq is not None else ""
         raise VerificationFailed(f"the audit trail does not verify{where}: {result.reason}")
-    return result.reason
+    return result.reason, result.checked
 
 
 def entry_json(entry: AuditEntry) -> dict[str, Any]:

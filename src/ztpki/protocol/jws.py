@@ -24,6 +24,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import (
+    Prehashed,
     decode_dss_signature,
     encode_dss_signature,
 )
@@ -62,7 +63,7 @@ def b64url_encode(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
-def _b64url_decode(text: object, what: str) -> bytes:
+def b64url_decode(text: object, what: str) -> bytes:
     # RFC 7515 base64url: no padding, no whitespace, and only the one canonical spelling.
     if not isinstance(text, str) or not _B64URL.fullmatch(text) or len(text) % 4 == 1:
         raise MalformedInput(f"{what} is not base64url without padding")
@@ -104,11 +105,17 @@ def _refuse_constant(name: str) -> None:
     raise MalformedInput(f"{name} is not JSON")
 
 
+def strict_decoder() -> json.JSONDecoder:
+    """The decoder ``strict_json`` uses (no duplicate members, no NaN or Infinity), for a
+    caller that decodes a document value by value (``raw_decode``)."""
+    return json.JSONDecoder(object_pairs_hook=_strict_object, parse_constant=_refuse_constant)
+
+
 def strict_json(data: bytes, what: str) -> dict[str, Any]:
     """A JSON object from strict UTF-8 JSON: no duplicate members, no NaN or Infinity."""
     try:
         text = data.decode("utf-8")
-        value = json.loads(text, object_pairs_hook=_strict_object, parse_constant=_refuse_constant)
+        value = strict_decoder().decode(text)
     except MalformedInput as exc:
         raise MalformedInput(f"{what}: {exc.message}") from None
     except (UnicodeDecodeError, ValueError, RecursionError):
@@ -157,27 +164,83 @@ def _sign(key: PrivateKey, alg: str, message: bytes) -> bytes:
     return key.sign(message, padding.PKCS1v15(), hashes.SHA256())
 
 
+def _digest_for(alg: str) -> hashes.HashAlgorithm | None:
+    """The digest the signature is made over (None: EdDSA signs the whole message)."""
+    if alg in _EC_ALGS:
+        return _EC_ALGS[alg][2]
+    return None if alg == "EdDSA" else hashes.SHA256()
+
+
 def _verifier_for(alg: str, public_key: object, what: str) -> Callable[[bytes, bytes], None]:
-    """verify(signature, message), raising InvalidSignature; VerificationFailed on alg/key clash."""
+    """verify(signature, data), raising InvalidSignature; VerificationFailed on alg/key clash.
+
+    ``data`` is the digest of the signing input (``_digest_for(alg)``), or for EdDSA the
+    signing input itself: a digest lets a signing input of any size be checked as it streams.
+    """
     if alg in _EC_ALGS:
         curve, size, digest = _EC_ALGS[alg]
         if isinstance(public_key, ec.EllipticCurvePublicKey) and public_key.curve.name == curve:
             ec_key = public_key
 
-            def verify_ec(signature: bytes, message: bytes) -> None:
+            def verify_ec(signature: bytes, hashed: bytes) -> None:
                 if len(signature) != 2 * size:
                     raise InvalidSignature()
                 r = int.from_bytes(signature[:size], "big")
                 s = int.from_bytes(signature[size:], "big")
-                ec_key.verify(encode_dss_signature(r, s), message, ec.ECDSA(digest))
+                ec_key.verify(encode_dss_signature(r, s), hashed, ec.ECDSA(Prehashed(digest)))
 
             return verify_ec
     if alg == "EdDSA" and isinstance(public_key, ed25519.Ed25519PublicKey):
         return public_key.verify
     if alg == "RS256" and isinstance(public_key, rsa.RSAPublicKey) and public_key.key_size >= 2048:
         rsa_key = public_key
-        return lambda sig, msg: rsa_key.verify(sig, msg, padding.PKCS1v15(), hashes.SHA256())
+        return lambda sig, hashed: rsa_key.verify(
+            sig, hashed, padding.PKCS1v15(), Prehashed(hashes.SHA256())
+        )
     raise VerificationFailed(f"{what} alg {alg} does not match the signer's key")
+
+
+class SignatureCheck:
+    """A JWS signature checked over a payload fed in pieces, so a file of any size is
+    verified without holding it (EdDSA, which has no pre-hashed form, keeps the message).
+
+    Built from the protected header and the signature (both base64url text): MalformedInput
+    when they do not parse, VerificationFailed when the alg does not fit the signer's key.
+    Feed ``update`` the base64url payload text, then ``verify``.
+    """
+
+    def __init__(self, protected: str, signature: str, *, typ: str, what: str) -> None:
+        self._what = what
+        alg, self.chain = _parse_header(protected, typ, what)
+        self._signature = b64url_decode(signature, f"{what} signature")
+        try:
+            public_key = self.chain[0].public_key()
+        except (UnsupportedAlgorithm, ValueError):
+            raise MalformedInput(
+                f"{what} signer certificate has an unsupported public key"
+            ) from None
+        self._verify = _verifier_for(alg, public_key, what)
+        digest = _digest_for(alg)
+        self._hash = None if digest is None else hashes.Hash(digest)
+        self._whole = bytearray() if digest is None else None
+        self.update(protected.encode("ascii") + b".")
+
+    def update(self, payload_text: bytes) -> None:
+        if self._hash is not None:
+            self._hash.update(payload_text)
+        elif self._whole is not None:
+            self._whole += payload_text
+
+    def verify(self) -> tuple[x509.Certificate, ...]:
+        """The signer chain (chain[0] signed), once the signature verifies; call it once."""
+        data = self._hash.finalize() if self._hash is not None else bytes(self._whole or b"")
+        try:
+            self._verify(self._signature, data)
+        except InvalidSignature:
+            raise VerificationFailed(
+                f"{self._what} signature does not verify: the file was altered after signing"
+            ) from None
+        return self.chain
 
 
 # --- sign and verify -----------------------------------------------------------------------------
@@ -206,7 +269,7 @@ def sign_jws(
 
 
 def _parse_header(protected: str, typ: str, what: str) -> tuple[str, tuple[x509.Certificate, ...]]:
-    header = strict_json(_b64url_decode(protected, f"{what} header"), f"{what} header")
+    header = strict_json(b64url_decode(protected, f"{what} header"), f"{what} header")
     if "crit" in header:
         raise MalformedInput(f"{what} header has 'crit' extensions, which are not supported")
     check_members(header, _HEADER_MEMBERS, _HEADER_MEMBERS, f"{what} header")
@@ -244,20 +307,9 @@ def verify_jws(data: bytes, *, typ: str, max_size: int, what: str) -> SignedPayl
     for name, value in (("protected", protected), ("payload", payload), ("signature", signature)):
         if not isinstance(value, str):
             raise MalformedInput(f"{what} member {name!r} is not a string")
-    alg, chain = _parse_header(protected, typ, what)
-    raw_signature = _b64url_decode(signature, f"{what} signature")
-    body = _b64url_decode(payload, f"{what} payload")
+    check = SignatureCheck(protected, signature, typ=typ, what=what)
+    body = b64url_decode(payload, f"{what} payload")
     if _container(protected, payload, signature) != bytes(data):
         raise MalformedInput(f"{what} file is not exactly as ztpki writes it (edited?)")
-    try:
-        public_key = chain[0].public_key()
-    except (UnsupportedAlgorithm, ValueError):
-        raise MalformedInput(f"{what} signer certificate has an unsupported public key") from None
-    verify = _verifier_for(alg, public_key, what)
-    try:
-        verify(raw_signature, f"{protected}.{payload}".encode("ascii"))
-    except InvalidSignature:
-        raise VerificationFailed(
-            f"{what} signature does not verify: the file was altered after signing"
-        ) from None
-    return SignedPayload(body, chain)
+    check.update(payload.encode("ascii"))
+    return SignedPayload(body, check.verify())

@@ -19,6 +19,7 @@ Sans-I/O: bytes in, frozen dataclasses out, the clock passed in as ``now``.
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import re
 import uuid
@@ -223,10 +224,19 @@ def _format_instant(value: datetime) -> str:
 def _parse_instant(value: object, what: str) -> datetime:
     if not isinstance(value, str) or not _TIME.fullmatch(value):
         raise MalformedInput(f"manifest {what} is not a UTC time like 2025-01-31T12:00:00Z")
+    instant = _utc_instant(value)
+    if instant is None:
+        raise MalformedInput(f"manifest {what} is not a valid date and time")
+    return instant
+
+
+@functools.lru_cache(maxsize=4096)
+def _utc_instant(value: str) -> datetime | None:
+    # A batch's devices share a few manufacturing times: a million entries parse a handful.
     try:
         return datetime.fromisoformat(value[:-1]).replace(tzinfo=UTC)
     except ValueError:
-        raise MalformedInput(f"manifest {what} is not a valid date and time") from None
+        return None
 
 
 def manifest_document(manifest: Manifest) -> dict[str, Any]:
@@ -280,14 +290,21 @@ def _parse_entry(value: object) -> ManifestEntry:
 
 def _parse_manifest(payload: bytes) -> Manifest:
     obj = strict_json(payload, "manifest payload")
+    devices = obj.get("devices")
+    if "devices" in obj and not isinstance(devices, list):
+        raise MalformedInput("manifest member 'devices' is not a list")
+    if isinstance(devices, list) and len(devices) > MAX_ENTRIES:
+        raise MalformedInput(f"manifest lists more than {MAX_ENTRIES} devices")
+    entries = tuple(devices) if isinstance(devices, list) else ()
+    return manifest_from_document(obj, entries=entries)
+
+
+def manifest_from_document(obj: dict[str, Any], *, entries: Sequence[object]) -> Manifest:
+    """The manifest the JSON object ``obj`` describes, with ``entries`` (JSON values) as its
+    devices: every member checked, so a file read in pieces passes the same checks."""
     check_members(obj, _MANIFEST_MEMBERS, _MANIFEST_MEMBERS, "manifest")
     if type(obj["version"]) is not int or obj["version"] != MANIFEST_VERSION:
         raise MalformedInput(f"manifest version is not {MANIFEST_VERSION}")
-    devices = obj["devices"]
-    if not isinstance(devices, list):
-        raise MalformedInput("manifest member 'devices' is not a list")
-    if len(devices) > MAX_ENTRIES:
-        raise MalformedInput(f"manifest lists more than {MAX_ENTRIES} devices")
     try:
         return Manifest(
             manifest_id=_required_text(obj, "manifest_id"),
@@ -295,8 +312,16 @@ def _parse_manifest(payload: bytes) -> Manifest:
             batch=_optional_text(obj, "batch"),
             order=_optional_text(obj, "order"),
             issued_at=_parse_instant(obj["issued_at"], "issued_at"),
-            entries=tuple(_parse_entry(d) for d in devices),
+            entries=tuple(_parse_entry(d) for d in entries),
         )
+    except (TypeError, ValueError) as exc:
+        raise MalformedInput(f"manifest content is invalid: {exc}") from None
+
+
+def parse_manifest_entry(value: object) -> ManifestEntry:
+    """One device entry of a manifest's ``devices`` (a JSON value); MalformedInput if bad."""
+    try:
+        return _parse_entry(value)
     except (TypeError, ValueError) as exc:
         raise MalformedInput(f"manifest content is invalid: {exc}") from None
 
@@ -332,17 +357,31 @@ def verify_manifest(
     # The payload is parsed before its signer is trusted, to learn whose it claims to be;
     # the parser is strict and size-bounded, and nothing of it is used unless all checks pass.
     manifest = _parse_manifest(signed.payload)
-    trust = _named(manifest.manufacturer, manufacturers)
-    signer = signed.chain[0]
+    trust, path = trusted_signer(manifest.manufacturer, signed.chain, manufacturers, now=now)
+    trust.check_device_ids(manifest)
+    return VerifiedManifest(manifest=manifest, signer=signed.chain[0], chain=path)
+
+
+def trusted_signer(
+    manufacturer: str,
+    chain: Sequence[x509.Certificate],
+    manufacturers: Sequence[ManufacturerTrust],
+    *,
+    now: datetime,
+) -> tuple[ManufacturerTrust, tuple[x509.Certificate, ...]]:
+    """The trust of the manufacturer a manifest names and the path from its signer
+    (``chain[0]``) to that manufacturer's bundle, once the signer is one of its manifest
+    signers; VerificationFailed otherwise."""
+    trust = _named(manufacturer, manufacturers)
+    signer = chain[0]
     try:
-        path = verify_signer_chain(signer, signed.chain[1:], trust.anchors, now=now)
+        path = verify_signer_chain(signer, chain[1:], trust.anchors, now=now)
     except VerificationFailed as exc:
         raise VerificationFailed(
-            f"{exc.message} (to the trust bundle of manufacturer {manifest.manufacturer})"
+            f"{exc.message} (to the trust bundle of manufacturer {manufacturer})"
         ) from None
     trust.check_signer(signer)
-    trust.check_device_ids(manifest)
-    return VerifiedManifest(manifest=manifest, signer=signer, chain=tuple(path))
+    return trust, tuple(path)
 
 
 def _named(name: str, manufacturers: Sequence[ManufacturerTrust]) -> ManufacturerTrust:

@@ -6,7 +6,7 @@ raising, so the caller reads the row again to learn why not. Times are always pa
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Protocol
 
@@ -29,7 +29,12 @@ from ztpki.store.records import (
     Revocation,
     RevocationReason,
 )
-from ztpki.store.revocation_records import QueuedRevocation, RevocationOrder, SenderLease
+from ztpki.store.revocation_records import (
+    QueuedRevocation,
+    QueueStatus,
+    RevocationOrder,
+    SenderLease,
+)
 
 
 class StagedBatch(Protocol):
@@ -204,14 +209,19 @@ class RegisterStore(Protocol):
 
     def import_devices(
         self,
-        devices: Sequence[NewDevice],
+        devices: Iterable[NewDevice],
         *,
         manifest: ManifestRecord,
         audit: AuditRecord | None = None,
     ) -> ImportResult:
-        """List the devices not yet listed; never change a listed one. A manifest_id seen
-        before from the same manufacturer is a no-op (already_imported, everything unchanged);
-        manifest ids of different manufacturers never clash."""
+        """List the devices not yet listed; never change a listed one. All or nothing: when
+        ``devices`` raises (a bad entry, a file that changed) or repeats an id
+        (DuplicateDevice), nothing is listed. ``devices`` may be a stream of a million: it is
+        consumed once, in bounded memory (on SQLite without holding the register's write
+        lock; on PostgreSQL inside the one write transaction). A manifest_id seen before
+        from the same manufacturer is a no-op (already_imported, ``manifest.device_count``
+        unchanged, ``devices`` not read); manifest ids of different manufacturers never
+        clash."""
         ...
 
     def add_device(
@@ -222,8 +232,12 @@ class RegisterStore(Protocol):
 
     def get(self, device_id: str) -> RegisteredDevice | None: ...
 
-    def devices(self, *, state: DeviceState | None = None) -> list[RegisteredDevice]:
-        """Devices ordered by device_id, optionally only those in ``state``."""
+    def devices(
+        self, *, state: DeviceState | None = None, page: int = 1000
+    ) -> Iterator[RegisteredDevice]:
+        """Devices ordered by device_id, optionally only those in ``state``, read ``page``
+        rows at a time as the iterator is consumed (bounded memory, no long transaction).
+        Each device comes at most once; one that changes meanwhile shows as its page read it."""
         ...
 
     def counts(self) -> dict[DeviceState, int]:
@@ -345,9 +359,14 @@ class RegisterStore(Protocol):
         ...
 
     def revocations(
-        self, *, device_id: str | None = None, open_only: bool = False
+        self,
+        *,
+        device_id: str | None = None,
+        open_only: bool = False,
+        statuses: Collection[QueueStatus] | None = None,
     ) -> list[QueuedRevocation]:
-        """Queued orders, oldest first; optionally one device's, or only WAITING/PENDING."""
+        """Queued orders, oldest first; optionally one device's, only WAITING/PENDING, or only
+        those in ``statuses`` (the finished DONE ones grow with the fleet: leave them out)."""
         ...
 
     def due_revocations(self, *, now: datetime, limit: int = 32) -> list[QueuedRevocation]:
@@ -420,12 +439,15 @@ class AuditLog(Protocol):
         ...
 
     def entries(
-        self, *, device_id: str | None = None, limit: int | None = None
-    ) -> list[AuditEntry]:
-        """Entries in seq order; with ``limit``, only the newest ``limit`` of them."""
+        self, *, device_id: str | None = None, limit: int | None = None, page: int = 1000
+    ) -> Iterator[AuditEntry]:
+        """Entries in seq order; with ``limit``, only the newest ``limit`` of them (as of the
+        call). Read ``page`` entries at a time as the iterator is consumed."""
         ...
 
-    def verify(self) -> AuditVerification: ...
+    def verify(self) -> AuditVerification:
+        """Check the whole chain in one consistent read, streamed (it may be millions long)."""
+        ...
 
     def counts_by_decision(self) -> dict[str, int]: ...
 

@@ -349,8 +349,11 @@ class ManifestRecord:
 
 @dataclass(frozen=True)
 class ImportResult:
-    added: list[str]
-    unchanged: list[str]
+    """How many devices an import listed, and how many it found listed already (unchanged);
+    counts, not ids, since a manifest may list a million devices."""
+
+    added: int
+    unchanged: int
     already_imported: bool
 
 

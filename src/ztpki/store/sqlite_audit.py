@@ -85,19 +85,26 @@ def append_records(conn: SQLConnection, records: Sequence[AuditRecord]) -> list[
 
 
 def select_entries(
-    conn: SQLConnection, *, device_id: str | None, limit: int | None
+    conn: SQLConnection, *, device_id: str | None, after: int, limit: int
 ) -> list[AuditEntry]:
-    """Entries in seq order; with ``limit`` only the newest ``limit``."""
-    if limit is not None and limit < 0:
+    """Up to ``limit`` entries (of ``device_id``, when given) after seq ``after``, in order."""
+    where = "seq > ?" + (" AND device_id = ?" if device_id is not None else "")
+    params: tuple[Any, ...] = (after,) + ((device_id,) if device_id is not None else ())
+    query = f"SELECT {_COLUMNS} FROM audit_entry WHERE {where} ORDER BY seq LIMIT ?"  # noqa: S608
+    return [_entry(row) for row in conn.execute(query, (*params, limit))]
+
+
+def seq_before_newest(conn: SQLConnection, *, device_id: str | None, limit: int) -> int:
+    """The seq after which the newest ``limit`` entries (of ``device_id``) follow; 0: all."""
+    if limit < 0:
         raise ValueError("limit must not be negative")
     where = "WHERE device_id = ?" if device_id is not None else ""
     params: tuple[Any, ...] = (device_id,) if device_id is not None else ()
-    if limit is None:
-        query = f"SELECT {_COLUMNS} FROM audit_entry {where} ORDER BY seq"  # noqa: S608
-        return [_entry(row) for row in conn.execute(query, params)]
-    query = f"SELECT {_COLUMNS} FROM audit_entry {where} ORDER BY seq DESC LIMIT ?"  # noqa: S608
-    newest_first = [_entry(row) for row in conn.execute(query, (*params, limit))]
-    return newest_first[::-1]
+    row = conn.execute(
+        f"SELECT seq FROM audit_entry {where} ORDER BY seq DESC LIMIT 1 OFFSET ?",  # noqa: S608
+        (*params, limit),
+    ).fetchone()
+    return 0 if row is None else int(row[0])
 
 
 class UnreadableEntry(ValueError):
@@ -108,14 +115,25 @@ class UnreadableEntry(ValueError):
         self.seq = seq
 
 
-def iterate_entries(conn: SQLConnection) -> Iterator[AuditEntry]:
-    """Every entry in seq order, streamed (the trail may be long)."""
-    for row in conn.execute(f"SELECT {_COLUMNS} FROM audit_entry ORDER BY seq"):  # noqa: S608
-        try:
-            entry = _entry(row)
-        except (TypeError, ValueError):
-            raise UnreadableEntry(int(row[0])) from None
-        yield entry
+def iterate_entries(conn: SQLConnection, *, page: int = 10_000) -> Iterator[AuditEntry]:
+    """Every entry in seq order, streamed (the trail may be long): ``page`` rows at a time,
+    all in the caller's one transaction (one snapshot). A driver's plain cursor may hold a
+    whole result set in memory (psycopg's does), so one query for all would not stream."""
+    after = 0
+    while True:
+        rows = conn.execute(
+            f"SELECT {_COLUMNS} FROM audit_entry WHERE seq > ? ORDER BY seq LIMIT ?",  # noqa: S608
+            (after, page),
+        ).fetchall()
+        for row in rows:
+            try:
+                entry = _entry(row)
+            except (TypeError, ValueError):
+                raise UnreadableEntry(int(row[0])) from None
+            yield entry
+        if len(rows) < page:
+            return
+        after = int(rows[-1][0])
 
 
 def count_by_decision(conn: SQLConnection) -> dict[str, int]:

@@ -9,9 +9,8 @@ transition happens.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import replace
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any
@@ -33,6 +32,8 @@ from ztpki.store.records import (
 )
 from ztpki.store.revocation_records import RevocationOrder
 from ztpki.store.sql import Database, SQLConnection
+from ztpki.store.sqlite_register_import import MANIFEST_COLUMNS as _MANIFEST_COLUMNS
+from ztpki.store.sqlite_register_import import import_devices
 from ztpki.store.sqlite_register_schema import (
     MIGRATIONS,
     POSTGRES_MIGRATIONS,
@@ -52,7 +53,6 @@ _DEVICE_COLUMNS = (
     "lease_expires, previous_state, updated_at, issuance_label, renewed_from"
 )
 _JOINED_COLUMNS = ", ".join(f"d.{name.strip()}" for name in _DEVICE_COLUMNS.split(","))
-_MANIFEST_COLUMNS = "manufacturer, manifest_id, issued_at, signer, device_count, imported_at"
 _INSERT_DEVICE = (
     "INSERT INTO device (device_id, state, temp_fingerprint, manufacturer, model, batch, "
     "manifest_id, updated_at) VALUES (?, 'listed', ?, ?, ?, ?, ?, ?) "
@@ -106,40 +106,12 @@ class SQLiteNodeStore(RegisterTransitions):
 
     def import_devices(
         self,
-        devices: Sequence[NewDevice],
+        devices: Iterable[NewDevice],
         *,
         manifest: ManifestRecord,
         audit: AuditRecord | None = None,
     ) -> ImportResult:
-        ids = [device.device_id for device in devices]
-        for device in devices:
-            if device.manufacturer not in (None, manifest.manufacturer):
-                raise ValueError(
-                    f"device {device.device_id} is of {device.manufacturer}, not of the "
-                    f"manifest's manufacturer {manifest.manufacturer}"
-                )
-        with self._db.write() as conn:
-            if conn.execute(
-                "SELECT 1 FROM manifest WHERE manufacturer = ? AND manifest_id = ?",
-                (manifest.manufacturer, manifest.manifest_id),
-            ).fetchone():
-                return ImportResult(added=[], unchanged=ids, already_imported=True)
-            conn.execute(
-                f"INSERT INTO manifest ({_MANIFEST_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",  # noqa: S608
-                _manifest_row(manifest),
-            )
-            added: list[str] = []
-            unchanged: list[str] = []
-            for device in devices:
-                row = _new_device_row(
-                    replace(device, manufacturer=manifest.manufacturer),
-                    manifest.manifest_id,
-                    manifest.imported_at,
-                )
-                inserted = conn.execute(_INSERT_DEVICE, row).rowcount == 1
-                (added if inserted else unchanged).append(device.device_id)
-            _audit(conn, audit)
-        return ImportResult(added=added, unchanged=unchanged, already_imported=False)
+        return import_devices(self._db, devices, manifest=manifest, audit=audit)
 
     def add_device(
         self, device: NewDevice, *, now: datetime, audit: AuditRecord | None = None
@@ -159,23 +131,36 @@ class SQLiteNodeStore(RegisterTransitions):
         with self._db.read(wait=wait, single=True) as conn:
             return _select_device(conn, device_id)
 
-    def devices(self, *, state: DeviceState | None = None) -> list[RegisteredDevice]:
-        where, params = ("WHERE d.state = ?", (DeviceState(state).value,)) if state else ("", ())
-        with self._db.read() as conn:
-            rows = conn.execute(
-                f"SELECT {_DEVICE_COLUMNS} FROM device d {where} "  # noqa: S608
-                "ORDER BY d.device_id",
-                params,
-            ).fetchall()
-            chains: dict[str, list[bytes]] = {}
-            for device_id, der in conn.execute(
-                "SELECT c.device_id, c.certificate_der FROM device_chain c "  # noqa: S608
-                f"JOIN device d ON d.device_id = c.device_id {where} "
-                "ORDER BY c.device_id, c.position",
-                params,
-            ):
-                chains.setdefault(device_id, []).append(bytes(der))
-        return [_device(row, chains.get(row[0], [])) for row in rows]
+    def devices(
+        self, *, state: DeviceState | None = None, page: int = 1000
+    ) -> Iterator[RegisteredDevice]:
+        # Page by page (keyset on device_id), each page its own short read: memory stays
+        # bounded and no transaction is held while the caller works on the rows.
+        if page < 1:
+            raise ValueError("page must be at least 1")
+        where = "d.state = ? AND " if state else ""
+        params: tuple[Any, ...] = (DeviceState(state).value,) if state else ()
+        after = ""
+        while True:
+            with self._db.read() as conn:
+                rows = conn.execute(
+                    f"SELECT {_DEVICE_COLUMNS} FROM device d "  # noqa: S608
+                    f"WHERE {where}d.device_id > ? ORDER BY d.device_id LIMIT ?",
+                    (*params, after, page),
+                ).fetchall()
+                if not rows:
+                    return
+                chains: dict[str, list[bytes]] = {}
+                for device_id, der in conn.execute(
+                    "SELECT device_id, certificate_der FROM device_chain "
+                    "WHERE device_id >= ? AND device_id <= ? ORDER BY device_id, position",
+                    (rows[0][0], rows[-1][0]),
+                ):
+                    chains.setdefault(device_id, []).append(bytes(der))
+            yield from (_device(row, chains.get(row[0], [])) for row in rows)
+            if len(rows) < page:
+                return
+            after = rows[-1][0]
 
     def counts(self) -> dict[DeviceState, int]:
         with self._db.read(single=True) as conn:
@@ -331,10 +316,24 @@ class SQLiteNodeStore(RegisterTransitions):
             return sqlite_audit.append_records(conn, records)
 
     def entries(
-        self, *, device_id: str | None = None, limit: int | None = None
-    ) -> list[AuditEntry]:
-        with self._db.read() as conn:
-            return sqlite_audit.select_entries(conn, device_id=device_id, limit=limit)
+        self, *, device_id: str | None = None, limit: int | None = None, page: int = 1000
+    ) -> Iterator[AuditEntry]:
+        # Page by page (keyset on seq), like ``devices``; the trail only grows at its end.
+        if page < 1:
+            raise ValueError("page must be at least 1")
+        after = 0
+        if limit is not None:
+            with self._db.read() as conn:
+                after = sqlite_audit.seq_before_newest(conn, device_id=device_id, limit=limit)
+        while True:
+            with self._db.read() as conn:
+                entries = sqlite_audit.select_entries(
+                    conn, device_id=device_id, after=after, limit=page
+                )
+            yield from entries
+            if len(entries) < page:
+                return
+            after = entries[-1].seq
 
     def verify(self) -> AuditVerification:
         with self._db.read() as conn:
@@ -410,17 +409,6 @@ def _device(row: Sequence[Any], chain: list[bytes]) -> RegisteredDevice:
         updated_at=decode_instant(row[14]),
         issuance_label=row[15],
         renewed_from=row[16],
-    )
-
-
-def _manifest_row(manifest: ManifestRecord) -> tuple[Any, ...]:
-    return (
-        manifest.manufacturer,
-        manifest.manifest_id,
-        encode_instant(manifest.issued_at),
-        manifest.signer,
-        manifest.device_count,
-        encode_instant(manifest.imported_at),
     )
 
 

@@ -10,7 +10,7 @@ the sender lease (sqlite_sender_lease): one sender at a time, across every node 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -114,9 +114,14 @@ class RevocationQueue(SenderLeases):
             _append(conn, audit)
 
     def revocations(
-        self, *, device_id: str | None = None, open_only: bool = False
+        self,
+        *,
+        device_id: str | None = None,
+        open_only: bool = False,
+        statuses: Collection[QueueStatus] | None = None,
     ) -> list[QueuedRevocation]:
-        """Queued orders in the order they were made, optionally one device's or open ones."""
+        """Queued orders in the order they were made, optionally one device's, open ones, or
+        those in ``statuses``."""
         where: list[str] = []
         params: list[Any] = []
         if device_id is not None:
@@ -124,6 +129,10 @@ class RevocationQueue(SenderLeases):
             params.append(device_id)
         if open_only:
             where.append("status IN ('waiting', 'pending')")
+        if statuses is not None:
+            wanted = sorted({QueueStatus(status).value for status in statuses})
+            where.append(f"status IN ({', '.join('?' for _ in wanted) or 'NULL'})")
+            params.extend(wanted)
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         with self._db.read() as conn:
             rows = conn.execute(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -17,6 +18,7 @@ from hypothesis import strategies as st
 
 from ztpki.errors import ConfigurationError, MalformedInput, VerificationFailed
 from ztpki.factory.signer import verify_own_manifest
+from ztpki.pki.device_ids import EVERY_DEVICE_ID
 from ztpki.pki.keys import KeySpec, PrivateKey
 from ztpki.pki.profiles import CertificateProfile
 from ztpki.protocol.jws import _sign
@@ -24,10 +26,12 @@ from ztpki.protocol.manifest import (
     MANIFEST_TYPE,
     Manifest,
     ManifestEntry,
+    ManufacturerTrust,
     manifest_csv,
     new_manifest_id,
     sign_manifest,
 )
+from ztpki.protocol.manifest_stream import check_manifest_file, manifest_file_entries
 
 PKI: FactoryPKI = factory_pki()
 SIGNER_KEY, SIGNER_CHAIN = leaf(PKI.manifests, "line1-signer", CertificateProfile.MANIFEST_SIGNER)
@@ -107,8 +111,36 @@ def parts(data: bytes) -> dict[str, str]:
 
 
 def verify(data: bytes, **kw: Any) -> Manifest:
+    """The manifest as the factory verifies it whole; the node's reader in pieces
+    (``manifest_stream``) must come to the same result or the same kind of refusal."""
     anchors = kw.pop("anchors", PKI.anchors)
-    return verify_own_manifest(data, anchors=anchors, now=kw.pop("now", NOW)).manifest
+    now = kw.pop("now", NOW)
+    try:
+        whole = verify_own_manifest(data, anchors=anchors, now=now).manifest
+    except (MalformedInput, VerificationFailed) as exc:
+        with pytest.raises(type(exc)):
+            verify_in_pieces(data, anchors=anchors, now=now)
+        raise
+    assert verify_in_pieces(data, anchors=anchors, now=now) == whole
+    return whole
+
+
+def verify_in_pieces(
+    data: bytes, *, anchors: tuple[x509.Certificate, ...], now: datetime, piece: int = 13
+) -> Manifest:
+    """Both passes of the streaming reader over ``data`` cut into ``piece``-byte pieces."""
+
+    def read() -> Iterator[bytes]:
+        return (data[i : i + piece] for i in range(0, len(data), piece))
+
+    trust = ManufacturerTrust(None, tuple(anchors), EVERY_DEVICE_ID)
+    checked = check_manifest_file(read, manufacturers=[trust], now=now)
+    entries = tuple(manifest_file_entries(read, checked))
+    assert len(entries) == checked.device_count
+    try:
+        return replace(checked.manifest, entries=entries)
+    except ValueError as exc:  # a repeated id: the register's staging refuses it
+        raise MalformedInput(str(exc)) from None
 
 
 # --- positive cases with their controls --------------------------------------------------------

@@ -80,7 +80,7 @@ class ProxiedNode(InProcessNode):
         return self.pki.temporary(device_id)[1]
 
     def audit_length(self) -> int:
-        return len(self.store.entries())
+        return len(list(self.store.entries()))
 
     def proxy_exchange(
         self,

@@ -133,7 +133,7 @@ def test_ok_lost_ca_answer_is_superseded_on_retry(node: Node) -> None:
     node.ca.lose_answer = False
     enrolled = enroll(node, "d1")
     assert node.ca.active("d1") == [serial_hex(enrolled.certificate)]
-    last = node.store.entries(device_id="d1")[-1]
+    last = list(node.store.entries(device_id="d1"))[-1]
     assert last.decision == "issued" and "answer was lost" in last.reason
 
 
@@ -243,7 +243,7 @@ def test_ok_expired_lease_of_a_crashed_node_is_taken_over(node: Node) -> None:
     enrolled = enroll(node, "d1")
     assert enrolled.outcome == "issued" and node.ca.requests[-1].reissue is True
     assert node.state("d1") == "issued"
-    assert "lease expired" in node.store.entries(device_id="d1")[-1].reason
+    assert "lease expired" in list(node.store.entries(device_id="d1"))[-1].reason
 
 
 def test_fail_slow_ca_system_gives_up_in_time(tmp_path: Path) -> None:
@@ -318,7 +318,7 @@ def test_fail_other_label_at_a_takeover(two_labels: Node) -> None:
     assert refused.value.reason is RefusalReason.LABEL_MISMATCH
     assert node.ca.calls == 0 and node.state("d1") == "issuing"
     enrolled = _enroll_under(node, "default")
-    assert enrolled.outcome == "issued" and "lease expired" in node.store.entries()[-1].reason
+    assert enrolled.outcome == "issued" and "lease expired" in list(node.store.entries())[-1].reason
     assert node.ca.active("d1") == [serial_hex(enrolled.certificate)]
 
 

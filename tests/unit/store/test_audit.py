@@ -187,7 +187,7 @@ def test_ok_append_returns_the_chained_entry(node_store: NodeStore) -> None:
     assert first.entry_hash == chain_hash(GENESIS, canonical_bytes(**FIELDS))  # type: ignore[arg-type]
     second = node_store.append_many([AuditRecord(at=T0, endpoint="e", decision="d", reason="")])
     assert [(e.seq, e.prev_hash) for e in second] == [(2, first.entry_hash)]
-    assert node_store.entries() == [first, *second]
+    assert list(node_store.entries()) == [first, *second]
 
 
 def test_ok_entries_filter_limit_and_counts(node_store: NodeStore) -> None:
@@ -197,8 +197,8 @@ def test_ok_entries_filter_limit_and_counts(node_store: NodeStore) -> None:
     assert [e.seq for e in node_store.entries(limit=2)] == [4, 5]
     assert [e.seq for e in node_store.entries(device_id="d1")] == [2, 4]
     assert [e.seq for e in node_store.entries(device_id="d0", limit=1)] == [5]
-    assert node_store.entries(limit=0) == []
-    assert node_store.entries(device_id="nobody") == []
+    assert list(node_store.entries(limit=0)) == []
+    assert list(node_store.entries(device_id="nobody")) == []
     assert node_store.counts_by_decision() == {"issued": 2, "refused": 3}
 
 
@@ -239,6 +239,22 @@ def test_fail_verify_reports_a_deleted_row(node_store: NodeStore, backend: Backe
     backend.raw("node", "DELETE FROM audit_entry WHERE seq = 2")
     result = node_store.verify()
     assert (result.ok, result.first_bad_seq) == (False, 3)
+
+
+@pytest.mark.parametrize("page", [1, 2, 3, 5, 6])
+def test_ok_verify_pages_through_the_trail(
+    node_store: NodeStore, backend: Backend, page: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ztpki.store import sqlite_audit
+
+    paged = sqlite_audit.iterate_entries
+    monkeypatch.setattr(sqlite_audit, "iterate_entries", lambda conn: paged(conn, page=page))
+    for i in range(5):
+        append(node_store, "refused", reason=f"r{i}")
+    assert (node_store.verify().ok, node_store.verify().checked) == (True, 5)
+    backend.raw("node", "DELETE FROM audit_entry WHERE seq = 4")  # across a page boundary
+    result = node_store.verify()
+    assert (result.ok, result.first_bad_seq, result.checked) == (False, 5, 4)
 
 
 def test_fail_schema_refuses_a_second_entry_after_the_same_one(
@@ -304,7 +320,7 @@ def test_ok_processes_appending_keep_one_chain(node_store: NodeStore, backend: B
     assert sorted(seqs) == list(range(1, total + 1))
     result = node_store.verify()
     assert (result.ok, result.checked) == (True, total)
-    by_worker = node_store.entries(device_id="dev-0")
+    by_worker = list(node_store.entries(device_id="dev-0"))
     assert len(by_worker) == total // workers
 
 
@@ -321,7 +337,7 @@ def test_ok_appends_after_another_writer_and_after_a_rollback_keep_one_chain(
         append(node_store, "undone")
         raise RuntimeError("the group ends before its commit")
     append(node_store, "after-undone")
-    entries = node_store.entries()
+    entries = list(node_store.entries())
     assert [e.seq for e in entries] == list(range(1, 8))
     assert [e.decision for e in entries][-1] == "after-undone"
     assert "undone" not in [e.decision for e in entries]

@@ -78,7 +78,7 @@ def test_fail_stale_holder_closes_no_order_and_changes_nothing(node_store: NodeS
     current = node_store.take_sender_lease("b", now=EXPIRED, until=EXPIRED + LEASE)
     assert current == 2
     queue_before = node_store.revocations()
-    audit_before = node_store.entries()
+    audit_before = list(node_store.entries())
 
     assert not node_store.revocation_done(first.seq, lease=stale, now=LATER, audit=sent("x"))
     assert not node_store.revocation_done(
@@ -89,7 +89,7 @@ def test_fail_stale_holder_closes_no_order_and_changes_nothing(node_store: NodeS
     )
     assert not node_store.revocation_done(first.seq, lease=99, now=LATER, audit=sent("x"))
     assert node_store.revocations() == queue_before
-    assert node_store.entries() == audit_before
+    assert list(node_store.entries()) == audit_before
 
     # The current holder closes them.
     assert node_store.revocation_done(first.seq, lease=current, now=LATER, audit=sent("revoked"))

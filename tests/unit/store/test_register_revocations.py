@@ -44,11 +44,11 @@ def test_ok_block_queues_its_hold_in_the_same_transaction(node_store: NodeStore)
 def test_fail_block_decided_on_a_stale_row_changes_nothing(node_store: NodeStore) -> None:
     listed(node_store, "d1")
     issued(node_store, "d1", "0b")  # the row now holds 0b; the caller decided on 0a
-    before = node_store.entries(device_id="d1")
+    before = list(node_store.entries(device_id="d1"))
     assert not node_store.block("d1", now=T0, revocations=[order("0a")], issued_serial="0a")
     assert node_store.get("d1").state is ISSUED  # type: ignore[union-attr]
     assert node_store.revocations() == []
-    assert node_store.entries(device_id="d1") == before
+    assert list(node_store.entries(device_id="d1")) == before
 
 
 def test_ok_retired_is_final(node_store: NodeStore) -> None:
@@ -111,6 +111,24 @@ def test_ok_queue_sends_one_certificate_in_order(node_store: NodeStore) -> None:
         ("0a", "release"),
         ("0c", "revoke"),
     ]
+
+
+def test_ok_revocations_by_status_leave_the_finished_out(node_store: NodeStore) -> None:
+    listed(node_store, "d1")
+    node_store.queue_revocations([order("0a"), order("0b"), order("0c")], now=T0)
+    first, second, _ = node_store.revocations()
+    lease = node_store.take_sender_lease("sender", now=T0, until=LATER)
+    assert lease is not None
+    assert node_store.revocation_done(first.seq, lease=lease, now=LATER)
+    assert node_store.revocation_done(
+        second.seq, lease=lease, now=LATER, refused="unknown certificate"
+    )
+    unfinished = [QueueStatus.WAITING, QueueStatus.PENDING, QueueStatus.REFUSED]
+    kept = node_store.revocations(statuses=unfinished)
+    assert [(q.serial, q.status) for q in kept] == [("0b", "refused"), ("0c", "pending")]
+    done = node_store.revocations(statuses=[QueueStatus.DONE], device_id="d1")
+    assert [q.serial for q in done] == ["0a"]
+    assert node_store.revocations(statuses=[]) == []
 
 
 def test_fail_waiting_order_must_be_a_revocation() -> None:
