@@ -55,7 +55,11 @@ SIGNER_PASSPHRASE = "signer-passphrase-for-tests"
 # says 30 s when the node cannot answer): bounded, so a fleet run stays short.
 BACKOFF_FIRST = 0.1
 BACKOFF_CAP = 2.0
-MAX_ATTEMPTS = 40
+# A worker killed while it held a device's issuance lease leaves the device answered 503
+# until the lease expires ([limits] lease_seconds, set to its minimum here); a device keeps
+# retrying for longer than that.
+LIMITS = {**TEST_LIMITS, "lease_seconds": 2 * TEST_LIMITS["ca_timeout"] + 10}
+GIVE_UP_AFTER = 3 * LIMITS["lease_seconds"]
 # What a device may see while a worker, a CA-system instance or PostgreSQL is down: the
 # node's or nginx's "later" (503, with Retry-After), nginx's rate limit (429), and a
 # connection cut or refused. Anything else is a finding.
@@ -92,7 +96,7 @@ def build(root: Path, devices: int) -> ChaosWorld:
     cluster = PostgresCluster()
     try:
         ca_db, node_db = cluster.fresh_database("ca"), cluster.fresh_database("node")
-        world = build_world(root, databases=(ca_db, node_db), limits=TEST_LIMITS)
+        world = build_world(root, databases=(ca_db, node_db), limits=LIMITS)
     except BaseException:
         cluster.destroy()
         raise
@@ -188,10 +192,12 @@ class FleetRun:
     failures: Counter[str] = field(default_factory=Counter)  # kind -> times seen
     devices_retried: int = 0  # saw at least one failure, then customized
     fatal: list[str] = field(default_factory=list)  # not retryable, or gave up
+    said: Counter[str] = field(default_factory=Counter)  # kind: what the device was told
     faults: list[Injected] = field(default_factory=list)
 
 
 _STATUS = re.compile(r"\((\d{3}) to ")
+_DIGITS = re.compile(r"\d+")
 
 
 def failure_kind(error: ActivationError) -> str:
@@ -232,8 +238,9 @@ async def customize_fleet(
     async def one(directory: Path) -> None:
         async with gate:
             memory = DeviceMemory.open(directory)
-            seen = 0
-            for attempt in range(MAX_ATTEMPTS):
+            seen, last, attempt = 0, "", 0
+            deadline = time.monotonic() + GIVE_UP_AFTER
+            while time.monotonic() < deadline:
                 client = ActivatingClient(memory, node, key_mode=KeyMode.SIMPLEENROLL, timeout=30)
                 try:
                     await client.activate()
@@ -241,16 +248,19 @@ async def customize_fleet(
                     kind = failure_kind(exc)
                     run.failures[kind] += 1
                     seen += 1
+                    last = exc.message
+                    run.said[f"{kind}: {_DIGITS.sub('N', exc.cause.message)[:150]}"] += 1
                     if kind not in RETRYABLE_KINDS:
                         run.fatal.append(f"{directory.name}: {kind}: {exc.message}")
                         return
-                    backoff = min(BACKOFF_CAP, BACKOFF_FIRST * 2**attempt, exc.retry_after or 1)
+                    attempt += 1
+                    backoff = min(BACKOFF_CAP, BACKOFF_FIRST * 2 ** min(attempt, 8), exc.retry_after or 1)
                     await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
                     continue
                 run.devices_retried += seen > 0
                 progressed()
                 return
-            run.fatal.append(f"{directory.name}: gave up after {MAX_ATTEMPTS} attempts")
+            run.fatal.append(f"{directory.name}: gave up after {attempt} attempts: {last}")
 
     started = time.perf_counter()
     await asyncio.gather(*(one(d) for d in chaos.devices))
@@ -374,4 +384,6 @@ def report(run: FleetRun, checks: Checks) -> str:
         ),
     ]
     width = max(len(name) for name, _ in rows)
-    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+    table = "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+    said = "\n".join(f"  {n:>6}  {what}" for what, n in run.said.most_common(8))
+    return f"{table}\nwhat devices were told, most often first:\n{said}"
