@@ -254,7 +254,8 @@ async def customize_fleet(
                         run.fatal.append(f"{directory.name}: {kind}: {exc.message}")
                         return
                     attempt += 1
-                    backoff = min(BACKOFF_CAP, BACKOFF_FIRST * 2 ** min(attempt, 8), exc.retry_after or 1)
+                    growing = BACKOFF_FIRST * 2 ** min(attempt, 8)
+                    backoff = min(BACKOFF_CAP, growing, exc.retry_after or 1)
                     await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
                     continue
                 run.devices_retried += seen > 0
