@@ -1,12 +1,13 @@
 """CA-system stores as older releases wrote them: before CA-client entitlements (schema 1),
-before revocations (schema 2)."""
+before revocations (schema 2); neither keeps request ids (schema 4)."""
 
 from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
 
-_NO_REVOCATIONS = ("DROP TABLE revocation", "DROP TABLE ca_revocation_state")
+_NO_REQUESTS = ("DROP TABLE issuance_request",)
+_NO_REVOCATIONS = (*_NO_REQUESTS, "DROP TABLE revocation", "DROP TABLE ca_revocation_state")
 
 
 def downgrade_ca_store_to_v1(path: Path) -> None:

@@ -5,6 +5,7 @@ and each must fit that client's entitlement (`entitlement`)."""
 from ztpki.casystem.client import CAClient, parse_address
 from ztpki.casystem.directory import CASystemDirectory, init_ca
 from ztpki.casystem.entitlement import NotEntitled, authorize, build_entitlement
+from ztpki.casystem.failover import FailoverCAClient
 from ztpki.casystem.issuer import CASystem, IssuancePlan, LoadedCA
 from ztpki.casystem.policy import IssuingPolicy
 from ztpki.casystem.service import CASystemService, ServiceLimits
@@ -14,6 +15,7 @@ __all__ = [
     "CASystem",
     "CASystemDirectory",
     "CASystemService",
+    "FailoverCAClient",
     "IssuancePlan",
     "IssuingPolicy",
     "LoadedCA",

@@ -7,6 +7,13 @@ CRL is due is decided by ``pki.crl.crl_due``, a pure function; this module only 
 clock it is given and moves bytes. At start-up the service publishes every CA whose CRL is
 missing, old, or older than its newest revocation change (a service killed after a durable
 revocation and before its CRL ends with the revocation on the next CRL).
+
+Several instances of the CA system share one store. On one CA directory they publish one
+file (the lock file orders them, the CRL number comes from the store): a revocation made
+through any of them is on the CRL all serve as soon as that one published it. Each with a
+CA directory of its own (another machine) looks every ``poll`` seconds (CRL_POLL, 5 s) at the
+store's revocation_version, one small query per CA, and publishes when another instance
+changed it: its CRL then lags a revocation by at most ``poll`` seconds plus one signing.
 """
 
 from __future__ import annotations
@@ -35,6 +42,8 @@ log = logging.getLogger(__name__)
 CRL_FILE = "crl.der"
 # After a failed publication (a full disk), try again this soon rather than at nextUpdate.
 RETRY_AFTER = timedelta(seconds=30)
+# How often a running service looks for revocations another instance made (module doc).
+CRL_POLL = 5.0
 
 Clock = Callable[[], datetime]
 
@@ -127,11 +136,17 @@ class CRLPublisher:
     """The running service's publisher: re-signs at once after changes, and on a timer."""
 
     def __init__(
-        self, targets: dict[str, CRLTarget], store: IssuanceStore, *, clock: Clock = utc_now
+        self,
+        targets: dict[str, CRLTarget],
+        store: IssuanceStore,
+        *,
+        clock: Clock = utc_now,
+        poll: float = CRL_POLL,
     ) -> None:
         self.targets = targets
         self.store = store
         self.clock = clock
+        self.poll = poll
         self._published: dict[str, int] = {}
         self._locks = {name: asyncio.Lock() for name in targets}
         self._wake = asyncio.Event()
@@ -172,19 +187,50 @@ class CRLPublisher:
                 return
             self._published[ca_name] = version
 
+    def changed_elsewhere(self) -> list[str]:
+        """CAs whose revoked set moved since this service last published their CRL (by
+        another instance sharing the store, or `ztpki ca revoke`)."""
+        return [
+            name
+            for name in self.targets
+            if self.store.revocation_version(name) > self._published.get(name, -1)
+        ]
+
     async def run(self) -> None:
-        """The timer: publish what is due, sleep until the next is due or a retry is asked."""
+        """The timer: publish what is due, sleep until the next is due or a retry is asked;
+        meanwhile, every ``poll`` seconds, catch up with revocations made elsewhere."""
         while True:
             next_due = await asyncio.to_thread(self.publish_due)
-            # At least a second between rounds: a clock far off never makes this spin.
-            delay = max(1.0, (next_due - self.clock()).total_seconds())
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=delay)
+            while True:
+                # At least a second between rounds: a clock far off never makes this spin.
+                until_due = (next_due - self.clock()).total_seconds()
+                delay = max(1.0, min(self.poll, until_due))
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=delay)
+                if self._wake.is_set() or until_due <= self.poll:
+                    break
+                for name in await asyncio.to_thread(self.changed_elsewhere):
+                    await self.catch_up(name)
+
+    async def catch_up(self, ca_name: str) -> None:
+        """Publish the CA's CRL unless the one on disk already covers its revoked set."""
+        # Another instance on this CA directory may have published already: publish_if_due
+        # re-signs only when the file on disk predates the change.
+        target = self.targets[ca_name]
+        version = self.store.revocation_version(ca_name)
+        async with self._locks[ca_name]:
+            try:
+                await asyncio.to_thread(publish_if_due, target, self.store, now=self.clock())
+            except Exception:
+                log.exception("could not publish the CRL of CA %s; retrying", ca_name)
+                return
+            self._published[ca_name] = max(self._published.get(ca_name, 0), version)
 
 
 __all__ = [
     "CRL_FILE",
+    "CRL_POLL",
     "CRLPublisher",
     "CRLTarget",
     "publish_crl",

@@ -4,6 +4,7 @@
 there, as a power cut or crash would:
 
     after-revocation-record  a revocation is durable in the store; its CRL is not signed yet
+    after-issuance-record    a certificate is durable in the store; its answer is not sent
 
 Unset (always, outside tests), nothing happens.
 """
@@ -16,7 +17,7 @@ import signal
 from ztpki.errors import ConfigurationError
 
 FAULT_ENV = "ZTPKI_CA_FAULT"
-FAULT_POINTS = ("after-revocation-record",)
+FAULT_POINTS = ("after-revocation-record", "after-issuance-record")
 
 
 def chosen_fault() -> str | None:

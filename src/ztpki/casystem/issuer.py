@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 
 from cryptography import x509
@@ -18,13 +18,19 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from ztpki.casystem.entitlement import authorize
 from ztpki.casystem.policy import IssuingPolicy
-from ztpki.errors import MalformedInput, UnknownCA, UnsupportedParameter
+from ztpki.errors import MalformedInput, NotAuthorized, UnknownCA, UnsupportedParameter
 from ztpki.pki.authority import CertificateAuthority, IssuanceGrant
 from ztpki.pki.keys import KeySpec, PrivateKey, PublicKey, encode_pkcs8, key_spec_of
 from ztpki.pki.names import SubjectFields
 from ztpki.pki.pem import certificate_der, serial_hex
-from ztpki.protocol.enrollment import EnrollmentAnswer, EnrollmentRequest
-from ztpki.store.records import CertificateStatus, ClientEntitlement, IssuedCertificate
+from ztpki.protocol.enrollment import EnrollmentAnswer, EnrollmentParameters, EnrollmentRequest
+from ztpki.store.records import (
+    AlreadyIssued,
+    AnsweredRequest,
+    CertificateStatus,
+    ClientEntitlement,
+    IssuedCertificate,
+)
 from ztpki.untrusted import quote
 
 log = logging.getLogger(__name__)
@@ -68,6 +74,26 @@ def _csr_public_key(csr_der: bytes, policy: IssuingPolicy) -> tuple[PublicKey, K
     ):
         raise UnsupportedParameter("CSR key type is not supported; use EC, RSA or Ed25519")
     return public_key, policy.key_spec(key_spec_of(public_key))
+
+
+_PARAMETER_NAMES = tuple(f.name for f in fields(EnrollmentParameters))
+
+
+def request_digest(request: EnrollmentRequest) -> str:
+    """SHA-256 (hex) of everything a request asks for, its id excepted: a request sent again
+    has the same digest, another request under a reused id a different one. The one-time
+    passphrase is part of it: only its holder gets the kept (encrypted) key back."""
+    params = request.parameters
+    parts = (
+        request.device_id,
+        request.ca,
+        request.reissue,
+        request.csr_der,
+        *(getattr(params, name) for name in _PARAMETER_NAMES),
+    )
+    # repr of a tuple of str, bytes, bool, int, None, enums and tuples of them is exact
+    # (quotes escaped, every part delimited) and the same in every process of a release.
+    return hashlib.sha256(repr(parts).encode()).hexdigest()
 
 
 class CASystem:
@@ -142,8 +168,14 @@ class CASystem:
 
     @staticmethod
     def record_of(
-        plan: IssuancePlan, certificate: x509.Certificate, *, now: datetime
+        plan: IssuancePlan,
+        certificate: x509.Certificate,
+        *,
+        now: datetime,
+        answer_key_der: bytes | None = None,
     ) -> IssuedCertificate:
+        """The issuance record, with the request it answers when a client asked (and the
+        answer's key when it was encrypted for the client: never a key in the clear)."""
         der = certificate_der(certificate)
         return IssuedCertificate(
             serial=serial_hex(certificate),
@@ -158,6 +190,38 @@ class CASystem:
             issued_at=now,
             certificate_der=der,
             client=plan.client,
+            request_digest=None if plan.client is None else request_digest(plan.request),
+            answer_key_der=answer_key_der if plan.client is not None else None,
+        )
+
+    @staticmethod
+    def answer_again(plan: IssuancePlan, recorded: AnsweredRequest) -> EnrollmentAnswer:
+        """The answer to a request sent again: the certificate recorded for it, and the key
+        as first sent (encrypted for the requester). Refused when that certificate is no
+        longer live, when the id was used for another request, or when the key it needs was
+        sent in the clear and so not kept."""
+        request = plan.request
+        cert = recorded.certificate
+        if recorded.request_digest != request_digest(request):
+            raise MalformedInput(
+                f"request id {quote(request.request_id)} was used for another request "
+                "already; give every request its own id"
+            )
+        if cert.status is not CertificateStatus.ACTIVE:
+            raise NotAuthorized(
+                f"request {quote(request.request_id)} was answered with certificate "
+                f"{cert.serial}, which is {cert.status.value} now; send a new request"
+            )
+        if request.csr_der is None and recorded.answer_key_der is None:
+            # The key went out in the clear and was not kept: the live certificate stands.
+            raise AlreadyIssued(ca_name=cert.ca_name, device_id=cert.device_id, serial=cert.serial)
+        params = request.parameters
+        return EnrollmentAnswer(
+            request_id=request.request_id,
+            certificate_der=cert.certificate_der,
+            ca_certificates_der=plan.ca.chain_der if params.include_ca_certificates else (),
+            private_key_der=recorded.answer_key_der,
+            private_key_encrypted=recorded.answer_key_der is not None,
         )
 
     @staticmethod

@@ -16,7 +16,7 @@ import ssl
 import time
 from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from ztpki.casystem.connections import ConnectionLimits, FramedTLSServer, Reply
 from ztpki.casystem.crl_publisher import CRLPublisher
@@ -27,7 +27,7 @@ from ztpki.casystem.recorder import IssuanceRecorder
 from ztpki.casystem.revocation import ca_name_of, revoke_for_client
 from ztpki.casystem.server_identity import ServerIdentity, keep_renewed
 from ztpki.casystem.wire import error_answer
-from ztpki.errors import NotAuthorized, PayloadTooLarge, ZtpkiError
+from ztpki.errors import NotAuthorized, PayloadTooLarge, Unavailable, ZtpkiError
 from ztpki.eventloop import cancel_tasks
 from ztpki.pki.keys import KeySpec, PrivateKey, decode_pkcs8, encode_pkcs8, generate_private_key
 from ztpki.pki.pem import serial_hex
@@ -46,12 +46,23 @@ from ztpki.protocol.revocation import (
     encode_revocation_answer,
 )
 from ztpki.store.interfaces import IssuanceStore
-from ztpki.store.records import AlreadyIssued, ClientRecord, RefusedRequest, SupersedeRefused
+from ztpki.store.records import (
+    AlreadyIssued,
+    AnsweredRequest,
+    ClientRecord,
+    RefusedRequest,
+    RequestAnswered,
+    SupersedeRefused,
+)
 from ztpki.throttle import LogThrottle
 
 log = logging.getLogger(__name__)
 # A removed CA-client can reconnect at no cost: its refusals are logged at a bounded rate.
 _UNREGISTERED_LOG = LogThrottle(log)
+# How long the encrypted key of an answer is kept for a retry of its request (a CA-client
+# retries within its own lease, two minutes for the node), and how often older ones go.
+KEEP_ANSWER_KEYS = timedelta(hours=1)
+FORGET_KEYS_EVERY = 300.0
 
 
 @dataclass(frozen=True)
@@ -103,6 +114,7 @@ class CASystemService:
         self._key_pool = key_pool
         self._recorder = IssuanceRecorder(store)
         self._server: FramedTLSServer | None = None
+        self._forgetting: asyncio.Task[None] | None = None
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         if self.crls is not None:
@@ -111,18 +123,29 @@ class CASystemService:
             await asyncio.to_thread(self.crls.publish_due)
             self.crl_timer = asyncio.create_task(self.crls.run())
         self._recorder.start()
+        self._forgetting = asyncio.create_task(self._forget_answer_keys())
         self._server = FramedTLSServer(self.ssl_context, self._session_for, self.limits)
         bound = self._server.listen(host, port)
         if self.identity is not None:
             self.renewal = asyncio.create_task(keep_renewed(self.identity))
         return bound
 
+    async def _forget_answer_keys(self) -> None:
+        """Drop the kept keys no retry can ask for any more; every instance does, harmlessly."""
+        while True:
+            try:
+                before = datetime.now(UTC) - KEEP_ANSWER_KEYS
+                await asyncio.to_thread(self.store.forget_answer_keys, answered_before=before)
+            except ZtpkiError as exc:  # kept a little longer; the next round tries again
+                log.warning("could not drop kept answer keys: %s", exc.message)
+            await asyncio.sleep(FORGET_KEYS_EVERY)
+
     async def serve_forever(self) -> None:
         assert self._server is not None
         await self._server.wait_closed()
 
     async def close(self) -> None:
-        await cancel_tasks(self.renewal, self.crl_timer)
+        await cancel_tasks(self.renewal, self.crl_timer, self._forgetting)
         if self._server is not None:
             self._server.close()
         await self._recorder.stop()
@@ -212,6 +235,10 @@ class CASystemService:
         plan = self.system.plan(
             request, now=now, client=client.name, entitlement=client.entitlement
         )
+        # A request sent again (its answer lost, or a failover from another instance that
+        # recorded it and died before answering) is answered from its record, never issued
+        # twice: the record refuses a second certificate for its id (RequestAnswered below),
+        # so the common case costs no read here; only RSA looks first, see just below.
         private_key: PrivateKey | None = None
         if plan.csr_public_key is not None:
             public_key = plan.csr_public_key
@@ -219,12 +246,25 @@ class CASystemService:
             if plan.key_spec.is_rsa:
                 # Refuse before 50 ms of RSA generation rather than at the record: a
                 # repeated request must not be able to keep the key pool busy.
+                recorded = self.store.answered_request(client.name, request.request_id)
+                if recorded is not None:
+                    return self._answer_again(plan, recorded)
                 self._refuse_if_live(plan)
             private_key = await self._generate(plan.key_spec)
             public_key = private_key.public_key()
         certificate = self.system.sign(plan, public_key)
-        record = self.system.record_of(plan, certificate, now=now)
-        superseded = await self._recorder.record(record, supersede=request.reissue)
+        answer = self.system.answer(plan, certificate, private_key)
+        kept_key = answer.private_key_der if answer.private_key_encrypted else None
+        record = self.system.record_of(plan, certificate, now=now, answer_key_der=kept_key)
+        try:
+            superseded = await self._recorder.record(record, supersede=request.reissue)
+        except RequestAnswered:
+            # The same request, recorded meanwhile by another instance (or connection):
+            # the database kept the first; this certificate was never recorded nor sent.
+            recorded = self.store.answered_request(client.name, request.request_id)
+            if recorded is None:  # the first record was rolled back: a storage fault
+                raise Unavailable("the CA system's store changed under it; try again") from None
+            return self._answer_again(plan, recorded)
         log.info(
             "issued serial=%s device=%s ca=%s request=%s%s",
             serial_hex(certificate),
@@ -233,7 +273,19 @@ class CASystemService:
             request.request_id,
             f" superseding {','.join(superseded)}" if superseded else "",
         )
-        return self.system.answer(plan, certificate, private_key, der=record.certificate_der)
+        crash_at("after-issuance-record", self._fault)
+        return answer
+
+    def _answer_again(self, plan: IssuancePlan, recorded: AnsweredRequest) -> EnrollmentAnswer:
+        answer = self.system.answer_again(plan, recorded)
+        log.info(
+            "answered again serial=%s device=%s ca=%s request=%s",
+            recorded.certificate.serial,
+            plan.request.device_id,
+            recorded.certificate.ca_name,
+            plan.request.request_id,
+        )
+        return answer
 
     async def revoke(self, request: RevocationRequest, *, client: ClientRecord) -> RevocationAnswer:
         """Revoke or release once the entitlement allows it; answered when durable and (as

@@ -20,6 +20,7 @@ from ztpki.cli.common import (
     refuse_existing_output,
 )
 from ztpki.cli.database import database_option
+from ztpki.cli.node_ca_system import set_ca_system_command
 from ztpki.cli.node_options import (
     CLIENT_KEY_OPTIONS,
     NODE_ENV,
@@ -54,7 +55,14 @@ def node() -> None:
 
 @node.command("init")
 @dir_option
-@click.option("--ca", "ca_system", required=True, help="HOST:PORT of the customer CA system.")
+@click.option(
+    "--ca",
+    "ca_system",
+    required=True,
+    multiple=True,
+    help="HOST:PORT of the customer CA system; repeat for several instances of it sharing one "
+    "store (tried in this order, failing over to the next).",
+)
 @click.option(
     "--client-cred",
     required=True,
@@ -103,7 +111,7 @@ def node() -> None:
 @passphrase_options(NODE_ENV, NODE_KEY)
 def init_command(
     directory: Path,
-    ca_system: str,
+    ca_system: tuple[str, ...],
     client_cred: Path,
     server_cert: Path,
     server_key: Path,
@@ -147,7 +155,8 @@ def init_command(
         # The warning names certificate subjects, which are not markup.
         console.print(f"[yellow]warning:[/] {escape(warning)}")
     console.print(
-        f"created node in {directory} (label {label}, CA system {ca_system}, manufacturer "
+        f"created node in {directory} (label {label}, CA system {', '.join(ca_system)}, "
+        f"manufacturer "
         f"{maker.name} for device ids {maker.device_ids})",
         markup=False,
     )
@@ -247,7 +256,10 @@ def policy_command(directory: Path, as_json: bool) -> None:
                     f"  {key} = {value if value is not None else '(CA system default)'}",
                     markup=False,
                 )
-    console.print(f"CA system: {config.ca_system}; limits: {config.limits.to_toml()}", markup=False)
+    console.print(
+        f"CA system: {', '.join(config.ca_systems)}; limits: {config.limits.to_toml()}",
+        markup=False,
+    )
     console.print(f"revocation: {config.revocation.to_toml()}", markup=False, soft_wrap=True)
     console.print(versions.describe(), markup=False, soft_wrap=True)
     for line in describe_proxy(config):
@@ -255,6 +267,7 @@ def policy_command(directory: Path, as_json: bool) -> None:
 
 
 node.add_command(set_proxy_command)
+node.add_command(set_ca_system_command)
 
 
 def default_server_name(dns_names: Sequence[str], ip_addresses: Sequence[str]) -> str:

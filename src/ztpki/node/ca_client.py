@@ -1,10 +1,19 @@
 """The second CA-client (18): an authorized EST request becomes an XML request to the customer
 CA system, and the answer is checked before anything reaches a device.
 
-One ``CAClient`` with a pool of kept-alive TLS connections serves every request. A CA system
-that is down or slow raises ``Unavailable`` (HTTP 503) within ``timeout`` seconds, queueing
-for a pooled connection included. Nothing from a CSR but its public key reaches the
-certificate: the CA system builds the subject from the device id and the label's policy.
+One transport (a ``FailoverCAClient`` over one or several CA-system instances, each with a
+pool of kept-alive TLS connections) serves every request. A CA system that is down or slow
+raises ``Unavailable`` (HTTP 503) within ``timeout`` seconds, queueing for a pooled connection
+included; with several instances, within twice that (one may hang for ``timeout`` before the
+next is asked), which the issuance lease outlasts (config.Limits).
+
+A request keeps its id through every retry and failover: the CA system answers a request it
+recorded already with the same certificate (and the same key, which is why a generated key
+is always asked for encrypted under a one-time passphrase: the CA system keeps only that
+encrypted copy, for the retry), never with a second one.
+
+Nothing from a CSR but its public key reaches the certificate: the CA system builds the
+subject from the device id and the label's policy.
 """
 
 from __future__ import annotations
@@ -78,10 +87,17 @@ def _already_issued(exc: ZtpkiError) -> bool:
 
 class SecondCAClient:
     def __init__(
-        self, transport: EnrollmentTransport, *, timeout: float, retry_after: int = 5
+        self,
+        transport: EnrollmentTransport,
+        *,
+        timeout: float,
+        retry_after: int = 5,
+        failover: bool = False,
     ) -> None:
         self._transport = transport
-        self._timeout = timeout
+        # One instance: ``timeout`` for the exchange. Several: one may take all of it
+        # before the transport fails over, so the next gets as long again.
+        self._timeout = timeout * (2 if failover else 1)
         self._retry_after = retry_after
 
     async def close(self) -> None:
@@ -103,7 +119,9 @@ class SecondCAClient:
         holds (an issuance taken over from a crashed node): revoke it before superseding it.
         """
         passphrase = None
-        if csr_der is None and ca.parameters.encrypt_key:
+        if csr_der is None:
+            # Always, whatever encrypt_key says: a retry of this request (a lost answer, a
+            # failover) gets the same key only if the CA system could keep it encrypted.
             passphrase = secrets.token_urlsafe(24).encode()
         params = ca.parameters.enrollment_parameters(encrypt_passphrase=passphrase)
         if csr_der is not None:

@@ -20,6 +20,10 @@ bundle marked by ztpki's manifest-signer profile). A node.toml of an older ztpki
 bundles in ``[node] trust``: it loads only for ``ztpki node add-manufacturer``, which turns
 them into manufacturers one by one.
 
+``ca_system`` is the customer CA system's address, HOST:PORT, or a list of the addresses of
+several instances of it that share one store (tried in that order, failing over to the next
+when one is down; ztpki.casystem.failover).
+
 An optional ``[proxy]`` table says which TLS-terminating proxies may tell the node a client's
 certificate (ztpki.node.proxy_config).
 
@@ -72,7 +76,9 @@ class IssuingParameters:
     email: str | None = None
     # Ask the CA system to encrypt the generated key (serverkeygen) under a one-time
     # passphrase, so it crosses the CA-system hop encrypted; the node decrypts it in memory
-    # and hands plain PKCS#8 to the device inside TLS (RFC 7030 section 4.4.2).
+    # and hands plain PKCS#8 to the device inside TLS (RFC 7030 section 4.4.2). The node now
+    # always does (ca_client: a retried request gets its key back only so); the setting is
+    # kept so that node.toml files that have it still load.
     encrypt_key: bool = False
 
     def __post_init__(self) -> None:
@@ -120,6 +126,16 @@ class IssuingParameters:
             email=_optional_str(table, "email"),
             encrypt_key=bool(table.get("encrypt_key", False)),
         )
+
+
+def _addresses(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    raise ConfigurationError(
+        'ca_system must be "HOST:PORT" or a non-empty list of them, in order of preference'
+    )
 
 
 def _optional_str(table: dict[str, Any], name: str) -> str | None:
@@ -260,7 +276,9 @@ class NodeConfig:
     """Everything `ztpki node serve` needs, as written in DIR/node.toml."""
 
     directory: Path
-    ca_system: str
+    # HOST:PORT, or the addresses of several instances of the CA system in order of
+    # preference; always a tuple once built.
+    ca_system: str | tuple[str, ...]
     ca_client: Path
     server_cert: Path
     server_key: Path
@@ -276,6 +294,12 @@ class NodeConfig:
     legacy_trust: tuple[Path, ...] = ()
 
     def __post_init__(self) -> None:
+        from ztpki.casystem.failover import parse_addresses
+
+        if isinstance(self.ca_system, str):
+            object.__setattr__(self, "ca_system", (self.ca_system,))
+        object.__setattr__(self, "ca_system", tuple(str(a) for a in self.ca_system))
+        parse_addresses(self.ca_systems)
         names = [ca.label for ca in self.labels]
         if len(set(names)) != len(names):
             raise ConfigurationError("node.toml names one EST label twice")
@@ -284,6 +308,17 @@ class NodeConfig:
             raise ConfigurationError(
                 f"default_label {self.default_label!r} has no [ca.{self.default_label}] table"
             )
+
+    @property
+    def ca_systems(self) -> tuple[str, ...]:
+        """The CA system's addresses, in the order they are tried."""
+        assert isinstance(self.ca_system, tuple)  # __post_init__ made it one
+        return self.ca_system
+
+    def with_ca_systems(self, addresses: tuple[str, ...]) -> NodeConfig:
+        from dataclasses import replace
+
+        return replace(self, ca_system=addresses)
 
     def path(self, relative: Path) -> Path:
         return relative if relative.is_absolute() else self.directory / relative
@@ -349,7 +384,10 @@ class NodeConfig:
     def to_toml(self) -> dict[str, Any]:
         document: dict[str, Any] = {
             "node": {
-                "ca_system": self.ca_system,
+                # One address stays a string: the form every ztpki reads.
+                "ca_system": (
+                    self.ca_systems[0] if len(self.ca_systems) == 1 else list(self.ca_systems)
+                ),
                 "ca_client": str(self.ca_client),
                 "server_cert": str(self.server_cert),
                 "server_key": str(self.server_key),
@@ -422,7 +460,7 @@ class NodeConfig:
         )
         return cls(
             directory=directory,
-            ca_system=str(node["ca_system"]),
+            ca_system=_addresses(node["ca_system"]),
             ca_client=Path(str(node["ca_client"])),
             server_cert=Path(str(node["server_cert"])),
             server_key=Path(str(node["server_key"])),

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from ztpki.casystem.client import CAClient, parse_address
+from ztpki.casystem.failover import FailoverCAClient, parse_addresses
 from ztpki.errors import ConfigurationError, ListenFailed
 from ztpki.eventloop import cancel_tasks
 from ztpki.node.ca_client import EnrollmentTransport, SecondCAClient
@@ -145,8 +145,8 @@ async def start_node(
             raise ConfigurationError(
                 "the node needs its CA-client credential to reach the CA system"
             )
-        transport = CAClient(
-            parse_address(config.ca_system),
+        transport = FailoverCAClient.connect(
+            parse_addresses(config.ca_systems),
             material.credential,
             pool_size=limits.ca_pool_size,
             timeout=limits.ca_timeout,
@@ -155,7 +155,12 @@ async def start_node(
     register = AsyncRegister(store)
     metrics = NodeMetrics()
     fleet = None if worker is None else FleetMetrics(worker.metrics_dir, worker.slot, metrics)
-    ca_client = SecondCAClient(transport, timeout=limits.ca_timeout, retry_after=limits.retry_after)
+    ca_client = SecondCAClient(
+        transport,
+        timeout=limits.ca_timeout,
+        retry_after=limits.retry_after,
+        failover=len(config.ca_systems) > 1,
+    )
     revocations = RevocationSender(register, ca_client, config.revocation)
     # With workers only worker 0 sends revocation orders; the others wake it (revocation_wake).
     sends_revocations = worker is None or worker.slot == 0
@@ -243,7 +248,7 @@ async def start_node(
         "customer node %s serving EST labels %s; customer CA system %s",
         config.directory,
         ", ".join(material.labels),
-        config.ca_system,
+        ", ".join(config.ca_systems),
     )
     if material.factory_crls is not None:
         for name in material.factory_crls.unconfigured():

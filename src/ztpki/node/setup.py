@@ -20,6 +20,7 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from ztpki.casystem.client import CAClient, parse_address
+from ztpki.casystem.failover import parse_addresses
 from ztpki.casystem.wire import LiveCertificateExists
 from ztpki.credentials import CERT_FILE, KEY_FILE, TRUST_FILE, Credential
 from ztpki.errors import ConfigurationError, MalformedInput
@@ -143,7 +144,7 @@ def _server_warnings(
 def init_node(
     directory: Path,
     *,
-    ca_system: str,
+    ca_system: str | Sequence[str],
     client_credential: Path,
     manufacturer: ManufacturerConfig,
     server_cert: Path,
@@ -168,7 +169,8 @@ def init_node(
         raise ConfigurationError(
             f"{directory}: a node directory exists already ({NODE_FILE}); edit it instead"
         )
-    parse_address(ca_system)
+    addresses = (ca_system,) if isinstance(ca_system, str) else tuple(ca_system)
+    parse_addresses(addresses)
     check_label(label)
     if database is not None:
         check_database_url(database)
@@ -206,7 +208,7 @@ def init_node(
         crl_paths.append(relative)
     config = NodeConfig(
         directory=directory,
-        ca_system=ca_system,
+        ca_system=addresses,
         ca_client=Path("ca-client"),
         server_cert=Path("server/cert.pem"),
         server_key=Path("server/key.pem"),
@@ -280,6 +282,16 @@ def add_label(
     updated = config.with_label(
         CALabel(label, relative, ca_name, parameters, allow_no_eku=allow_no_eku)
     )
+    updated.save()
+    return updated
+
+
+def set_ca_systems(directory: Path, addresses: Sequence[str]) -> NodeConfig:
+    """Point the node at the CA system's instance(s), in order of preference (restart
+    `node serve` to apply)."""
+    config = NodeConfig.load(directory, migrating=True)
+    parse_addresses(addresses)
+    updated = config.with_ca_systems(tuple(addresses))
     updated.save()
     return updated
 

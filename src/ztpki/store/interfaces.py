@@ -12,6 +12,7 @@ from typing import Protocol
 
 from ztpki.errors import ZtpkiError
 from ztpki.store.records import (
+    AnsweredRequest,
     AuditEntry,
     AuditRecord,
     AuditVerification,
@@ -86,6 +87,21 @@ class IssuanceStore(Protocol):
         ...
 
     def active_certificate(self, ca_name: str, device_id: str) -> IssuedCertificate | None: ...
+
+    def answered_request(self, client: str, request_id: str) -> AnsweredRequest | None:
+        """The certificate recorded for ``client``'s request ``request_id`` (with the request's
+        digest and the answer's encrypted key), whatever its status; None when none was.
+
+        A record whose ``request_digest`` is set also takes (client, request_id): recording
+        a second one raises RequestAnswered and writes nothing, whichever CA-system
+        instance (process, machine) sharing the store records it.
+        """
+        ...
+
+    def forget_answer_keys(self, *, answered_before: datetime) -> int:
+        """Drop the kept (encrypted) keys of requests answered before then: no retry of
+        theirs can come any more. Returns how many were dropped."""
+        ...
 
     def set_status(self, ca_name: str, serial: str, status: CertificateStatus) -> bool:
         """Move an ACTIVE certificate to SUPERSEDED or REVOKED; False when it was not ACTIVE."""

@@ -58,6 +58,32 @@ def _rebuild_already_issued(ca_name: str, device_id: str, serial: str) -> Alread
     return AlreadyIssued(ca_name=ca_name, device_id=device_id, serial=serial)
 
 
+class RequestAnswered(ZtpkiError):
+    """This CA-client's request id was recorded already (by this instance or another one
+    sharing the store): the request is answered from that record, never issued twice."""
+
+    def __init__(self, *, client: str, request_id: str) -> None:
+        super().__init__(f"request {request_id} of CA-client {client} was answered already")
+        self.client = client
+        self.request_id = request_id
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_request_answered, (self.client, self.request_id))
+
+
+def _rebuild_request_answered(client: str, request_id: str) -> RequestAnswered:
+    return RequestAnswered(client=client, request_id=request_id)
+
+
+@dataclass(frozen=True)
+class AnsweredRequest:
+    """A CA-client's request as recorded with the certificate that answered it."""
+
+    certificate: IssuedCertificate
+    request_digest: str
+    answer_key_der: bytes | None = field(default=None, repr=False)
+
+
 class SupersedeRefused(NotAuthorized):
     """The name's live certificate was obtained by another CA-client: asked for or reissued.
 
@@ -126,6 +152,13 @@ class IssuedCertificate:
     certificate_der: bytes = field(repr=False)
     # The CA-client that obtained it; None for certificates recorded before clients were.
     client: str | None = None
+    # Kept with the client's request id so that the request, sent again (a lost answer, a
+    # failover to another CA-system instance), is answered with this certificate: the
+    # SHA-256 of the request (casystem.issuer.request_digest), and the answer's private key
+    # as it was sent, encrypted under the requester's one-time passphrase (None: a CSR, or
+    # a key sent in the clear, which is never kept).
+    request_digest: str | None = None
+    answer_key_der: bytes | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         _check_hex(self.serial, name="serial")
@@ -139,6 +172,9 @@ class IssuedCertificate:
             raise ValueError("not_after must be later than not_before")
         if not self.certificate_der:
             raise ValueError("certificate_der must not be empty")
+        _check_sha256(self.request_digest, name="request_digest")
+        if self.answer_key_der is not None and self.request_digest is None:
+            raise ValueError("an answer's key is kept only with the request it answered")
 
 
 @dataclass(frozen=True)

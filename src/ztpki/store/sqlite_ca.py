@@ -1,7 +1,10 @@
 """The CA system's issuance record and CA-client registry in SQLite.
 
 The schema itself keeps the rules: one serial per CA (primary key), at most one ACTIVE
-certificate per device and CA (partial unique index), one active CA-client per name.
+certificate per device and CA (partial unique index), one active CA-client per name, one
+certificate per CA-client request id (``issuance_request``, primary key): several CA-system
+instances sharing the store answer a repeated request with the certificate recorded for it,
+and the database, not a process, decides which instance recorded it first.
 Each CA-client's entitlement is kept with its registration (JSON in ``ca_client``), and
 each certificate names the CA-client that obtained it, so that only that client supersedes
 it. Requests refused as not authorized are kept in ``refused_request``.
@@ -11,16 +14,20 @@ The DDL and queries use only syntax PostgreSQL shares (BLOB becomes BYTEA there)
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from types import TracebackType
 from typing import Any
 
 from ztpki.errors import ZtpkiError
 from ztpki.store.instants import decode_instant, encode_instant
+from ztpki.store.pg_schema import postgres_ddl
 from ztpki.store.records import (
     AlreadyIssued,
+    AnsweredRequest,
     CertificateStatus,
     DuplicateSerial,
     IssuedCertificate,
+    RequestAnswered,
     SupersedeRefused,
 )
 from ztpki.store.sql import Database, DetachedWrite, SQLConnection
@@ -30,7 +37,7 @@ from ztpki.store.sqlite_ca_revocations import SQLiteRevocations
 from ztpki.store.sqlite_db import savepoint
 
 SCHEMA_COMPONENT = "ca_system"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _REFUSED_REQUEST = """
     CREATE TABLE refused_request (
@@ -42,6 +49,30 @@ _REFUSED_REQUEST = """
         ca_name     TEXT,
         reason      TEXT NOT NULL
     )"""
+# The request each certificate answered, written just before its certificate in the same
+# transaction: a second request with the same id finds the row taken and writes nothing, and
+# a certificate refused gives its row back (so every row names a recorded certificate; no
+# foreign key, whose upkeep cost more than both inserts). ``private_key`` is the answer's key
+# encrypted under the requester's one-time passphrase, or NULL (a CSR; a key sent in the
+# clear is never kept; a key forgotten once no retry can come any more: forget_answer_keys,
+# on the partial index of the few still kept).
+_ISSUANCE_REQUEST = (
+    """
+    CREATE TABLE issuance_request (
+        client_name TEXT NOT NULL CHECK (client_name <> ''),
+        request_id  TEXT NOT NULL CHECK (request_id <> ''),
+        digest      TEXT NOT NULL CHECK (length(digest) = 64),
+        ca_name     TEXT NOT NULL,
+        serial      TEXT NOT NULL,
+        answered_at TEXT NOT NULL,
+        private_key BLOB,
+        PRIMARY KEY (client_name, request_id)
+    )""",
+    """
+    CREATE INDEX issuance_request_kept_keys ON issuance_request (answered_at)
+        WHERE private_key IS NOT NULL
+    """,
+)
 SCHEMA = (
     """
     CREATE TABLE issued_certificate (
@@ -83,6 +114,7 @@ SCHEMA = (
     "CREATE UNIQUE INDEX ca_client_one_active_name ON ca_client (name) WHERE status = 'active'",
     _REFUSED_REQUEST,
     *REVOCATION_SCHEMA,
+    *_ISSUANCE_REQUEST,
 )
 # Version 1 had no entitlements: its clients keep a NULL one, which `ca serve` refuses to
 # start with (naming the `ca set-client` command), and its certificates name no client.
@@ -94,7 +126,11 @@ MIGRATIONS = {
     ),
     # Version 2 had no revocations: no certificate was revoked, every CRL number is unused.
     2: REVOCATION_SCHEMA,
+    # Version 3 kept no request ids: its certificates answer no repeated request.
+    3: _ISSUANCE_REQUEST,
 }
+# PostgreSQL stores began at version 3.
+POSTGRES_MIGRATIONS = {3: tuple(postgres_ddl(statement) for statement in _ISSUANCE_REQUEST)}
 
 _CERT_COLUMNS = (
     "serial, ca_name, device_id, subject, not_before, not_after, status, request_id, "
@@ -113,6 +149,20 @@ _SUPERSEDE = (
     "UPDATE issued_certificate SET status = 'superseded' "
     "WHERE ca_name = ? AND device_id = ? AND status = 'active' RETURNING serial"
 )
+_GIVE_BACK_REQUEST = "DELETE FROM issuance_request WHERE client_name = ? AND request_id = ?"
+_TAKE_REQUEST = (
+    "INSERT INTO issuance_request (client_name, request_id, digest, ca_name, serial, "
+    "answered_at, private_key) VALUES (?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (client_name, request_id) DO NOTHING"
+)
+# Column names from the fixed list above, never from a caller.
+_ANSWERED = (
+    "SELECT r.digest, r.private_key, "  # noqa: S608
+    + ", ".join(f"c.{column.strip()}" for column in _CERT_COLUMNS.split(","))
+    + " FROM issuance_request r JOIN issued_certificate c "
+    "ON c.ca_name = r.ca_name AND c.serial = r.serial "
+    "WHERE r.client_name = ? AND r.request_id = ?"
+)
 _ACTIVE_SERIALS = (
     "SELECT serial FROM issued_certificate "
     "WHERE ca_name = ? AND device_id = ? AND status = 'active' ORDER BY serial"
@@ -126,7 +176,12 @@ class SQLiteIssuanceStore(SQLiteClientRegistry, SQLiteRevocations):
         self._db = db
         try:
             db.ensure_schema(
-                SCHEMA_COMPONENT, SCHEMA_VERSION, SCHEMA, migrations=MIGRATIONS, migrate=migrate
+                SCHEMA_COMPONENT,
+                SCHEMA_VERSION,
+                SCHEMA,
+                migrations=MIGRATIONS,
+                postgres_migrations=POSTGRES_MIGRATIONS,
+                migrate=migrate,
             )
         except BaseException:
             db.close()
@@ -233,6 +288,23 @@ class SQLiteIssuanceStore(SQLiteClientRegistry, SQLiteRevocations):
             ).fetchone()
         return None if row is None else _certificate(row)
 
+    def answered_request(self, client: str, request_id: str) -> AnsweredRequest | None:
+        with self._db.read() as conn:
+            row = conn.execute(_ANSWERED, (client, request_id)).fetchone()
+        if row is None:
+            return None
+        key = None if row[1] is None else bytes(row[1])
+        return AnsweredRequest(_certificate(row[2:]), row[0], key)
+
+    def forget_answer_keys(self, *, answered_before: datetime) -> int:
+        with self._db.write() as conn:
+            cursor = conn.execute(
+                "UPDATE issuance_request SET private_key = NULL "
+                "WHERE private_key IS NOT NULL AND answered_at < ?",
+                (encode_instant(answered_before),),
+            )
+            return cursor.rowcount
+
     def count(self) -> int:
         with self._db.read() as conn:
             row = conn.execute("SELECT COUNT(*) FROM issued_certificate").fetchone()
@@ -274,13 +346,27 @@ def _require_active(cert: IssuedCertificate) -> None:
 def _record(conn: SQLConnection, cert: IssuedCertificate, *, supersede: bool) -> list[str]:
     """One issuance inside the caller's transaction; on error nothing of it is left.
 
-    The common case is one INSERT, atomic on its own; the schema's unique indexes refuse a
-    second live certificate or a repeated serial, and only then is the cause looked up.
+    Without a request to record, the common case is one INSERT, atomic on its own; the
+    schema's unique indexes refuse a second live certificate or a repeated serial, and only
+    then is the cause looked up. The request is taken first: RequestAnswered when its id
+    was, and then nothing is written (no second live certificate, no supersession).
     """
+    requested = cert.request_digest is not None and cert.client is not None
     if not supersede:
-        _insert(conn, cert)
+        # Two statements, no savepoint (which costs as much as both): the request taken,
+        # then the certificate; a refused certificate gives its request back.
+        if requested:
+            _take_request(conn, cert)
+        try:
+            _insert(conn, cert)
+        except ZtpkiError:
+            if requested:
+                conn.execute(_GIVE_BACK_REQUEST, (cert.client, cert.request_id))
+            raise
         return []
     with savepoint(conn, "issuance"):
+        if requested:
+            _take_request(conn, cert)
         if (
             cert.client is not None
             and conn.execute(_HELD_BY_OTHER, (cert.ca_name, cert.device_id, cert.client)).fetchone()
@@ -291,6 +377,24 @@ def _record(conn: SQLConnection, cert: IssuedCertificate, *, supersede: bool) ->
         live = conn.execute(_SUPERSEDE, (cert.ca_name, cert.device_id)).fetchall()
         _insert(conn, cert)
     return sorted(row[0] for row in live)
+
+
+def _take_request(conn: SQLConnection, cert: IssuedCertificate) -> None:
+    assert cert.client is not None
+    taken = conn.execute(
+        _TAKE_REQUEST,
+        (
+            cert.client,
+            cert.request_id,
+            cert.request_digest,
+            cert.ca_name,
+            cert.serial,
+            encode_instant(cert.issued_at),
+            cert.answer_key_der,
+        ),
+    )
+    if taken.rowcount != 1:
+        raise RequestAnswered(client=cert.client, request_id=cert.request_id)
 
 
 def _insert(conn: SQLConnection, cert: IssuedCertificate) -> None:

@@ -243,6 +243,10 @@ class InProcessCA:
         # This fake CA system serves one client entitled to every CA it holds.
         everything = ClientEntitlement(cas=tuple(self.system.cas))
         plan = self.system.plan(request, now=now, client="node", entitlement=everything)
+        # As the real service: a request sent again is answered from its record.
+        recorded = self.store.answered_request("node", request.request_id)
+        if recorded is not None:
+            return self.system.answer_again(plan, recorded)
         private_key = None
         if plan.csr_public_key is not None:
             public_key = plan.csr_public_key
@@ -250,10 +254,13 @@ class InProcessCA:
             private_key = generate(plan.key_spec)
             public_key = private_key.public_key()
         certificate = self.system.sign(plan, public_key)
+        answer = self.system.answer(plan, certificate, private_key)
+        kept = answer.private_key_der if answer.private_key_encrypted else None
         self.store.record_issuance(
-            self.system.record_of(plan, certificate, now=now), supersede=request.reissue
+            self.system.record_of(plan, certificate, now=now, answer_key_der=kept),
+            supersede=request.reissue,
         )
-        return self.system.answer(plan, certificate, private_key)
+        return answer
 
     async def revoke(self, request: RevocationRequest) -> RevocationAnswer:
         """Revoke as the real CA system does, for the one client "node" entitled to all."""

@@ -155,4 +155,4 @@ def test_ok_schema_2_store_is_migrated(tmp_path: Path) -> None:
         assert store.next_crl_number("customer") == 1
         store.revoke("customer", "0a", reason=KEY_COMPROMISE, at=T1)
         assert [r.serial for r in store.revocations("customer")] == ["0a"]
-    assert SCHEMA_VERSION == 3
+    assert SCHEMA_VERSION == 4
