@@ -47,11 +47,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"  ready in {time.perf_counter() - started:.1f} s; nginx at {chaos.est}", flush=True)
         run = asyncio.run(customize_fleet(chaos, concurrency=args.concurrency))
         checks = check(chaos)
+        print(report(run, checks), flush=True)
     finally:
         chaos.stop()
         if not args.keep and args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
-    print(report(run, checks))
     wrong = checks.failures() + run.fatal[:10]
     wrong += [f"not retryable: {kind}" for kind in set(run.failures) - RETRYABLE_KINDS]
     for line in wrong:

@@ -57,9 +57,10 @@ SIGNER_PASSPHRASE = "signer-passphrase-for-tests"
 BACKOFF_FIRST = 0.1
 BACKOFF_CAP = 2.0
 # A worker killed while it held a device's issuance lease leaves the device answered 503
-# until the lease expires ([limits] lease_seconds, set to its minimum here); a device keeps
-# retrying for longer than that.
-LIMITS = {**TEST_LIMITS, "lease_seconds": 2 * TEST_LIMITS["ca_timeout"] + 10}
+# until the lease expires ([limits] lease_seconds, set to its minimum here, 2 x ca_timeout +
+# 10 s); a device keeps retrying for longer than that.
+CA_TIMEOUT = 5.0
+LIMITS = {**TEST_LIMITS, "ca_timeout": CA_TIMEOUT, "lease_seconds": 2 * CA_TIMEOUT + 10}
 GIVE_UP_AFTER = 3 * LIMITS["lease_seconds"]
 # What a device may see while a worker, a CA-system instance or PostgreSQL is down: the
 # node's or nginx's "later" (503, with Retry-After), nginx's rate limit (429), and a
@@ -149,10 +150,22 @@ def manufacture(world: NodeWorld, devices: int) -> None:
 
 
 def kill_node_worker(chaos: ChaosWorld) -> str:
-    workers = sorted(child_pids(chaos.world.node.pid))
+    """SIGKILL of the worker that has served most (CPU time): the kernel may hand one worker
+    most connections, and killing an idle one would test nothing."""
+    workers = sorted(child_pids(chaos.world.node.pid), key=_cpu_ticks)
     assert workers, "the node supervisor has no worker to kill"
-    os.kill(workers[0], signal.SIGKILL)
-    return f"worker pid {workers[0]} of {workers}"
+    os.kill(workers[-1], signal.SIGKILL)
+    return f"worker pid {workers[-1]} of {sorted(workers)}"
+
+
+def _cpu_ticks(pid: int) -> int:
+    """utime + stime of a process, in clock ticks (0 once it is gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0
+    fields = stat.rpartition(")")[2].split()
+    return int(fields[11]) + int(fields[12])
 
 
 def kill_ca_instance(chaos: ChaosWorld) -> str:
