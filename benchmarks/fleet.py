@@ -1,6 +1,7 @@
 """Fleet benchmark: customize N devices at once against a real node, and compare with a floor.
 
     PYTHONPATH=src .venv/bin/python benchmarks/fleet.py --devices 1000
+    .venv/bin/python benchmarks/fleet.py --database postgresql --workers 2
 
 It builds everything itself with the real CLI (factory and customer CA systems, node,
 2 x N devices manufactured by the factory and listed by a signed manifest), then for each
@@ -9,6 +10,14 @@ session and a new TLS connection per device identity (the temporary one for cace
 enrollment, the new one for the confirmation). It prints enrollments per second,
 p50/p95/p99 latency, and the CPU the server processes (node + customer CA system,
 including their child processes, read from /proc) spent per customization.
+
+``--database postgresql`` also starts a PostgreSQL cluster of its own (fsync on, as an
+operator runs it) and a second customer CA system and node keeping their records there (the
+node with ``--workers N``), and customizes as many devices again against them: the SQLite
+single-worker figure and the PostgreSQL figure come from the same run, and their ratio is
+printed. The PostgreSQL server's processes count as server CPU. Per customization it also
+prints the node's database round trips and commits (its /metrics) and PostgreSQL's own count
+of committed transactions (pg_stat_database) for the node and the CA system.
 
 The floor is measured in the same run:
 
@@ -27,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import shutil
 import signal
@@ -39,7 +47,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -50,26 +57,43 @@ from cryptography import x509  # noqa: E402
 from cryptography.hazmat.primitives import hashes  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
 from cryptography.x509.oid import NameOID  # noqa: E402
+from fleet_database import (  # noqa: E402
+    Configuration,
+    Scraper,
+    add_postgres_configuration,
+    difference,
+    enable_statements,
+    node_knows_workers,
+    per,
+    postgres_processes,
+    postgres_statistics,
+    postgres_version,
+    start_postgres,
+    top_statements,
+)
+from fleet_report import ModeResult, report  # noqa: E402
 from tests.e2e.device_fixtures import ENV, World, build_world  # noqa: E402
+from tests.support.postgres import PostgresCluster  # noqa: E402
 
 from ztpki.device import ActivatingClient, ActivationError, DeviceMemory, KeyMode  # noqa: E402
 from ztpki.device.communication import NodeAddress, node_context  # noqa: E402
 
-HANDSHAKES_PER_CUSTOMIZATION = 2
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+STATISTICS_DELAY = 11.0
 
 
 # --- CPU of process trees, from /proc ------------------------------------------------------
 
 
 def _stat(pid: int) -> tuple[int, float] | None:
-    """(parent pid, user + system CPU seconds) of one process."""
+    """(parent pid, CPU seconds) of one process: its own user + system time and that of its
+    children it reaped (PostgreSQL's autovacuum workers come and go)."""
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     fields = text[text.rindex(")") + 2 :].split()
-    return int(fields[1]), (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return int(fields[1]), sum(int(f) for f in fields[11:15]) / CLOCK_TICKS
 
 
 def tree_cpu(roots: Iterable[int]) -> dict[int, float]:
@@ -93,22 +117,6 @@ def tree_cpu(roots: Iterable[int]) -> dict[int, float]:
 
 
 # --- customizing the fleet ---------------------------------------------------------------
-
-
-@dataclass
-class ModeResult:
-    mode: str
-    devices: int
-    failed: int
-    seconds: float
-    per_second: float
-    p50_ms: float
-    p95_ms: float
-    p99_ms: float
-    server_cpu_ms: float  # per customization, node + customer CA system
-    node_cpu_ms: float
-    ca_cpu_ms: float
-    client_cpu_ms: float  # the devices' side, all in this process
 
 
 def percentile(values: Sequence[float], fraction: float) -> float:
@@ -141,37 +149,66 @@ async def customize(
 
 
 def run_mode(
-    world: World, device_ids: Sequence[str], mode: KeyMode, concurrency: int
+    world: World,
+    configuration: Configuration,
+    scraper: Scraper,
+    device_ids: Sequence[str],
+    mode: KeyMode,
+    concurrency: int,
 ) -> ModeResult:
     memories = [DeviceMemory.open(world.device(d)) for d in device_ids]
-    servers = {"node": world.services["N"].process.pid, "ca": world.services["C"].process.pid}
+    servers = configuration.server_pids(world)
+    node = world.services[configuration.node].address
+    database_before = scraper.database(node)
+    postgres_before = postgres_statistics(configuration)
+    processes = postgres_processes(configuration.cluster) if configuration.cluster else {}
     before = tree_cpu(servers.values())
     client_before = time.process_time()
     started = time.perf_counter()
     latencies, failures = asyncio.run(
-        customize(memories, NodeAddress.parse(world.node_url), mode, concurrency)
+        customize(memories, NodeAddress.parse(f"https://{node}"), mode, concurrency)
     )
     seconds = time.perf_counter() - started
     client_cpu = time.process_time() - client_before
     after = tree_cpu(servers.values())
+    if configuration.cluster is not None:
+        if configuration.cluster.statements:  # profiling: where PostgreSQL's CPU went
+            later = postgres_processes(configuration.cluster)
+            for kind, used in sorted(later.items(), key=lambda item: -item[1]):
+                spent = (used - processes.get(kind, 0.0)) / max(1, len(device_ids)) * 1000
+                print(f"  postgres CPU {spent:6.3f} ms per customization: {kind}")
+        # An idle backend publishes its transaction counts within 10 s (PostgreSQL 15).
+        time.sleep(STATISTICS_DELAY)
+    postgres = difference(postgres_statistics(configuration), postgres_before)
+    database = {k: v - database_before.get(k, 0) for k, v in scraper.database(node).items()}
     for failure in failures[:5]:
         print(f"  failed: {failure}", file=sys.stderr)
     done = max(1, len(latencies))
-    node_cpu = after[servers["node"]] - before[servers["node"]]
-    ca_cpu = after[servers["ca"]] - before[servers["ca"]]
+    used = {name: after[pid] - before[pid] for name, pid in servers.items()}
+    ms = 1000.0
     return ModeResult(
         mode=mode.value,
+        configuration=configuration.label,
         devices=len(device_ids),
         failed=len(failures),
         seconds=seconds,
         per_second=len(latencies) / seconds,
-        p50_ms=percentile(latencies, 0.50) * 1000,
-        p95_ms=percentile(latencies, 0.95) * 1000,
-        p99_ms=percentile(latencies, 0.99) * 1000,
-        server_cpu_ms=(node_cpu + ca_cpu) / done * 1000,
-        node_cpu_ms=node_cpu / done * 1000,
-        ca_cpu_ms=ca_cpu / done * 1000,
-        client_cpu_ms=client_cpu / done * 1000,
+        p50_ms=percentile(latencies, 0.50) * ms,
+        p95_ms=percentile(latencies, 0.95) * ms,
+        p99_ms=percentile(latencies, 0.99) * ms,
+        server_cpu_ms=sum(used.values()) / done * ms,
+        node_cpu_ms=used["node"] / done * ms,
+        ca_cpu_ms=used["ca"] / done * ms,
+        client_cpu_ms=client_cpu / done * ms,
+        postgres_cpu_ms=used.get("postgres", 0.0) / done * ms,
+        # The scrape after the run counts its own read (the device counts): a few round trips.
+        node_round_trips=per(database, ["round_trips"], done),
+        node_commits=per(database, ["commits_write"], done),
+        node_read_commits=per(database, ["commits_read"], done),
+        postgres={
+            role: {key: value / done for key, value in figures.items()}
+            for role, figures in postgres.items()
+        },
     )
 
 
@@ -312,6 +349,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--devices", type=int, default=1000, help="devices per key mode")
     parser.add_argument("--concurrency", type=int, default=64, help="customizations in flight")
     parser.add_argument("--modes", default="simpleenroll,serverkeygen")
+    parser.add_argument(
+        "--database",
+        choices=["sqlite", "postgresql"],
+        default="sqlite",
+        help="postgresql: also measure a node and CA system on PostgreSQL, against SQLite",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=1, help="node workers of the PostgreSQL configuration"
+    )
+    parser.add_argument(
+        "--pg-statements",
+        action="store_true",
+        help="load pg_stat_statements and print what PostgreSQL ran most (costs it some CPU)",
+    )
     parser.add_argument("--workdir", type=Path, help="default: a new temporary directory")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument("--json", type=Path, help="also write the results as JSON")
@@ -321,82 +372,55 @@ def main(argv: Sequence[str] | None = None) -> int:
     modes = [KeyMode(m.strip()) for m in args.modes.split(",") if m.strip()]
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="ztpki-fleet-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    print(f"building the world in {workdir}: {args.devices * len(modes)} devices ...", flush=True)
+    setups = 2 if args.database == "postgresql" else 1
+    # One more device, never customized: its identity reads the nodes' /metrics.
+    count = args.devices * len(modes) * setups + 1
+    print(f"building the world in {workdir}: {count} devices ...", flush=True)
     started = time.perf_counter()
-    world = build_world(workdir, devices=args.devices * len(modes))
+    world = build_world(workdir, devices=count)
+    cluster: PostgresCluster | None = None
+    results: list[ModeResult] = []
     try:
         print(f"  ready in {time.perf_counter() - started:.1f} s; node at {world.node_url}")
+        configurations = [Configuration("sqlite, 1 worker", "sqlite", "N", "C", 1)]
+        if args.database == "postgresql":
+            workers = args.workers
+            if workers > 1 and not node_knows_workers():
+                print(f"NOTE: this tree's `node serve` has no --workers: the PostgreSQL figure "
+                      f"is for ONE worker, not {workers}")  # fmt: skip
+                workers = 1
+            cluster = start_postgres(statements=args.pg_statements)
+            print(f"PostgreSQL: {postgres_version(cluster)}, its own cluster in {cluster.base}, "
+                  "fsync and full_page_writes on, synchronous_commit on (durable, as an "
+                  "operator runs it); its processes count as server CPU")  # fmt: skip
+            configurations.append(add_postgres_configuration(world, cluster, workers=workers))
+            enable_statements(configurations[-1])
         ids = world.device_ids
+        scraper = Scraper(world, ids[-1])
         print("measuring the floor (openssl s_server, cryptography) ...", flush=True)
         handshake = handshake_floor(world, ids[: args.devices], handshakes=max(args.devices, 1000))
         signatures = signature_floor()
-        results = []
-        for index, mode in enumerate(modes):
-            batch = ids[index * args.devices : (index + 1) * args.devices]
-            print(f"customizing {len(batch)} devices with {mode.value} ...", flush=True)
-            results.append(run_mode(world, batch, mode, args.concurrency))
+        batches = iter(range(len(modes) * len(configurations)))
+        for mode in modes:
+            for configuration in configurations:
+                index = next(batches)
+                batch = ids[index * args.devices : (index + 1) * args.devices]
+                print(f"customizing {len(batch)} devices with {mode.value} "
+                      f"({configuration.label}) ...", flush=True)  # fmt: skip
+                results.append(
+                    run_mode(world, configuration, scraper, batch, mode, args.concurrency)
+                )
         report(results, handshake, signatures, args)
+        for configuration in configurations:
+            for query, calls, total in top_statements(configuration):
+                print(f"  {calls:>8} calls {total:>9.1f} ms  {query[:150]}")
     finally:
         world.stop()
+        if cluster is not None:
+            cluster.destroy()
         if not args.keep and args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
-    return 0 if all(r.failed == 0 for r in results) else 1
-
-
-def report(
-    results: Sequence[ModeResult],
-    handshake: float,
-    signatures: dict[str, float],
-    args: argparse.Namespace,
-) -> None:
-    ms = 1000.0
-    print()
-    print(f"floor: s_server mutual-TLS handshake {handshake * ms:.3f} ms CPU; "
-          f"CSR verify {signatures['csr_verify'] * ms:.3f} ms; "
-          f"certificate sign {signatures['cert_sign'] * ms:.3f} ms; "
-          f"P-256 key generation {signatures['keygen'] * ms:.3f} ms")  # fmt: skip
-    header = (
-        f"{'mode':<13} {'devices':>7} {'failed':>6} {'enroll/s':>9} {'p50 ms':>8} {'p95 ms':>8} "
-        f"{'p99 ms':>8} {'server CPU ms':>13} {'node':>7} {'CA':>7} {'floor ms':>8} "
-        f"{'ratio':>6} {'ratio/1hs':>9}"
-    )
-    print(header)
-    rows = []
-    for r in results:
-        sign_ops = signatures["csr_verify"] + signatures["cert_sign"]
-        if r.mode == KeyMode.SERVERKEYGEN.value:
-            sign_ops += signatures["keygen"]
-        floor = HANDSHAKES_PER_CUSTOMIZATION * handshake + sign_ops
-        single = handshake + sign_ops
-        ratio = r.server_cpu_ms / (floor * ms)
-        ratio_single = r.server_cpu_ms / (single * ms)
-        print(
-            f"{r.mode:<13} {r.devices:>7} {r.failed:>6} {r.per_second:>9.1f} {r.p50_ms:>8.1f} "
-            f"{r.p95_ms:>8.1f} {r.p99_ms:>8.1f} {r.server_cpu_ms:>13.2f} {r.node_cpu_ms:>7.2f} "
-            f"{r.ca_cpu_ms:>7.2f} {floor * ms:>8.2f} {ratio:>6.2f} {ratio_single:>9.2f}"
-        )
-        rows.append({**asdict(r), "floor_ms": floor * ms, "ratio": ratio,
-                     "ratio_single_handshake": ratio_single})  # fmt: skip
-    for r in results:
-        print(f"{r.mode}: device-side CPU {r.client_cpu_ms:.2f} ms per customization "
-              f"(this process: TLS client, device memory, verification)")  # fmt: skip
-    print(
-        f"(floor = {HANDSHAKES_PER_CUSTOMIZATION} handshakes + the enrollment's signature "
-        "operations; ratio/1hs counts one handshake; target for simpleenroll: ratio <= 1.5)"
-    )
-    if args.json:
-        args.json.write_text(
-            json.dumps(
-                {
-                    "concurrency": args.concurrency,
-                    "handshake_ms": handshake * ms,
-                    "signatures_ms": {k: v * ms for k, v in signatures.items()},
-                    "results": rows,
-                },
-                indent=2,
-            )
-            + "\n"
-        )
+    return 0 if results and all(r.failed == 0 for r in results) else 1
 
 
 if __name__ == "__main__":

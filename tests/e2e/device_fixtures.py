@@ -194,30 +194,83 @@ class World:
         )
         return summary
 
-    def init_node(self, name: str, server_cert: str) -> Service:
-        """Another node directory on the same customer CA system, with its own register."""
+    def init_node(
+        self,
+        name: str,
+        server_cert: str,
+        *,
+        customer: str = "C",
+        database: str | None = None,
+        serve: Sequence[str] = (),
+    ) -> Service:
+        """Another node directory on a customer CA system, with its own register (in the
+        PostgreSQL ``database`` when given); ``serve``: more `node serve` options."""
         cert = self.path(server_cert)
         init = ztpki(
             "node", "init", "--dir", str(self.path(name)),
-            "--ca", self.services["C"].address,
-            "--client-cred", str(self.path("C-node")),
+            "--ca", self.services[customer].address,
+            "--client-cred", str(self.path(f"{customer}-node")),
             "--manufacturer", "Acme", "--device-ids", "*",
             "--trust", str(self.path("factory-trust.pem")),
             "--server-cert", str(cert / "cert.pem"),
             "--server-key", str(cert / "key.pem"),
-            "--customer-chain", str(self.path("customer-chain.pem")),
+            "--customer-chain", str(self.path(_chain_file(customer))),
+            *(["--database", database] if database else []),
         )  # fmt: skip
         self.init_output[name] = init.stdout + init.stderr
         assert self.manifest is not None
         ztpki("node", "import", "--dir", str(self.path(name)), str(self.manifest))
         return self.start(name, "node", "serve", "--dir", str(self.path(name)),
-                          "--listen", "127.0.0.1:0")  # fmt: skip
+                          "--listen", "127.0.0.1:0", *serve)  # fmt: skip
+
+    def add_customer(
+        self,
+        customer: str,
+        node: str,
+        *,
+        ca_database: str | None = None,
+        node_database: str | None = None,
+        serve: Sequence[str] = (),
+    ) -> Service:
+        """A second customer CA system and its node for the same devices (each keeping its
+        records in the PostgreSQL database given, if any); returns the node."""
+        for args in _customer_commands(self.root, customer, ca_database):
+            ztpki(*args)
+        self.start(customer, "ca", "serve", "--dir", str(self.path(customer)),
+                   "--listen", "127.0.0.1:0")  # fmt: skip
+        return self.init_node(
+            node, "node-cert", customer=customer, database=node_database, serve=serve
+        )
+
+
+def _chain_file(customer: str) -> str:
+    return "customer-chain.pem" if customer == "C" else f"{customer}-chain.pem"
+
+
+def _customer_commands(root: Path, customer: str, database: str | None) -> list[list[str]]:
+    """`ca init` and friends for a customer CA system: its devices CA, a services CA, the
+    node's client credential and the chain the node hands to devices."""
+    c = str(root / customer)
+    return [
+        ["ca", "init", "--dir", c, "--name", "root", "--org", "Customer",
+         *(["--database", database] if database else [])],
+        ["ca", "init", "--dir", c, "--name", "devices", "--parent", "root", "--default",
+         "--org", "Customer"],
+        ["ca", "init", "--dir", c, "--name", "services", "--parent", "root",
+         "--profile", "server", "--org", "Customer"],
+        ["ca", "add-client", "--dir", c, "--name", "node", "--out", str(root / f"{customer}-node"),
+         "--ca", "devices"],
+        ["ca", "add-client", "--dir", c, "--name", "it", "--out", str(root / f"{customer}-it"),
+         "--ca", "services", "--ip", "127.0.0.1"],
+        ["ca", "export", "--dir", c, "--name", "devices",
+         "--out", str(root / _chain_file(customer))],
+    ]  # fmt: skip
 
 
 def build_world(root: Path, *, devices: int, batch: str = "B1") -> World:
     """Everything a customization needs, made with the real CLI, node N serving."""
     world = World(root)
-    f, c = str(root / "F"), str(root / "C")
+    f = str(root / "F")
     _parallel(
         [
             ["ca", "init", "--dir", f, "--name", "root", "--org", "Acme", "--country", "SE"],
@@ -234,19 +287,7 @@ def build_world(root: Path, *, devices: int, batch: str = "B1") -> World:
             ["factory", "export-trust", "--dir", f, "--name", "devices",
              "--out", str(root / "factory-trust.pem")],
         ],
-        [
-            ["ca", "init", "--dir", c, "--name", "root", "--org", "Customer"],
-            ["ca", "init", "--dir", c, "--name", "devices", "--parent", "root", "--default",
-             "--org", "Customer"],
-            ["ca", "init", "--dir", c, "--name", "services", "--parent", "root",
-             "--profile", "server", "--org", "Customer"],
-            ["ca", "add-client", "--dir", c, "--name", "node", "--out", str(root / "C-node"),
-             "--ca", "devices"],
-            ["ca", "add-client", "--dir", c, "--name", "it", "--out", str(root / "C-it"),
-             "--ca", "services", "--ip", "127.0.0.1"],
-            ["ca", "export", "--dir", c, "--name", "devices",
-             "--out", str(root / "customer-chain.pem")],
-        ],
+        _customer_commands(root, "C", None),
     )  # fmt: skip
     try:
         _start_and_manufacture(world, devices=devices, batch=batch)

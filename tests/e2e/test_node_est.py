@@ -6,6 +6,7 @@ Real processes on loopback: factory CA system, customer CA system, `ztpki node s
 from __future__ import annotations
 
 import base64
+import re
 import socket
 import ssl
 import time
@@ -253,6 +254,11 @@ def test_ok_metrics(world: NodeWorld) -> None:
     assert 'ztpki_node_requests_total{endpoint="simpleenroll",outcome="issued"}' in text
     assert 'ztpki_node_enrollment_seconds_bucket{endpoint="simpleenroll",le="+Inf"}' in text
     assert 'ztpki_node_devices{state="issued"}' in text
+    # The register's database work: the issuance above committed at least twice.
+    commits = re.search(r'^ztpki_database_commits_total\{engine="sqlite",kind="write"\} (\d+)$',
+                        text, re.M)  # fmt: skip
+    assert commits is not None and int(commits.group(1)) >= 2
+    assert re.search(r'^ztpki_database_round_trips_total\{engine="sqlite"\} [1-9]', text, re.M)
 
 
 def test_ok_node_serves_on_uvloop(world: NodeWorld) -> None:

@@ -6,8 +6,10 @@ root), listening on 127.0.0.1 on a free port and on a Unix socket in its directo
 stopped and removed when the process ends. Each test gets a database of its own
 (``fresh_database``), reached with a password over TCP, as an operator's would be.
 
-The cluster trades durability for speed (fsync off): the tests kill PostgreSQL with an
-immediate shutdown, which loses nothing that was committed; only an OS crash would.
+The tests' cluster trades durability for speed (fsync off): the tests kill PostgreSQL with
+an immediate shutdown, which loses nothing that was committed; only an OS crash would. The
+benchmarks start theirs with ``durable=True`` (fsync and full-page writes on, as an operator
+runs PostgreSQL).
 """
 
 from __future__ import annotations
@@ -70,9 +72,15 @@ def _free_port() -> int:
 
 
 class PostgresCluster:
-    """initdb, start, stop, restart (immediate) and per-test databases."""
+    """initdb, start, stop, restart (immediate) and per-test databases.
 
-    def __init__(self) -> None:
+    ``durable``: fsync and full-page writes on (the benchmarks); ``statements``: load
+    pg_stat_statements, for profiling what the stores send.
+    """
+
+    def __init__(self, *, durable: bool = False, statements: bool = False) -> None:
+        self.durable = durable
+        self.statements = statements
         self.bindir = postgres_bindir()
         self.base = Path(tempfile.mkdtemp(prefix="ztpki-pg-"))
         self.data = self.base / "data"
@@ -103,16 +111,31 @@ class PostgresCluster:
             "--auth-host=scram-sha-256", "--locale=C.UTF-8", "-E", "UTF8", "--no-sync",
         )  # fmt: skip
         settings = dict(_SETTINGS, port=str(self.port), unix_socket_directories=f"'{self.base}'")
+        if self.durable:
+            settings.update(fsync="on", full_page_writes="on")
+        if self.statements:
+            settings.update(shared_preload_libraries="'pg_stat_statements'")
         with (self.data / "postgresql.conf").open("a") as conf:
             conf.writelines(f"{key} = {value}\n" for key, value in settings.items())
 
     def start(self) -> None:
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.base / "server.log"),
                   "-w", "-t", "60", "start")  # fmt: skip
-        with self._admin() as conn:
+        with self.admin() as conn:
             exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (_ROLE,))
             if exists.fetchone() is None:
                 conn.execute(f"CREATE ROLE {_ROLE} LOGIN CREATEDB PASSWORD '{self.password}'")
+
+    def postmaster_pid(self) -> int:
+        """The server's first process (every backend and worker is its child)."""
+        return int((self.data / "postmaster.pid").read_text().split()[0])
+
+    def admin(self, database: str = "postgres") -> psycopg.Connection[tuple[object, ...]]:
+        """A superuser connection over the Unix socket (statistics, extensions)."""
+        return psycopg.connect(
+            host=str(self.base), port=self.port, user=_SUPERUSER, dbname=database,
+            autocommit=True,
+        )  # fmt: skip
 
     def stop(self, mode: str = "fast") -> None:
         self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop", check=False)
@@ -122,25 +145,19 @@ class PostgresCluster:
         self.stop("immediate")
         self.start()
 
-    def _admin(self) -> psycopg.Connection[tuple[object, ...]]:
-        return psycopg.connect(
-            host=str(self.base), port=self.port, user=_SUPERUSER, dbname="postgres",
-            autocommit=True,
-        )  # fmt: skip
-
     def url(self, database: str) -> str:
         return f"postgresql://{_ROLE}:{self.password}@127.0.0.1:{self.port}/{database}"
 
     def fresh_database(self, prefix: str = "t") -> str:
         """A new, empty database owned by the ztpki role; its URL (with the password)."""
         name = f"{prefix}_{os.getpid()}_{next(self._names)}"
-        with self._admin() as conn:
+        with self.admin() as conn:
             conn.execute(f'CREATE DATABASE "{name}" OWNER {_ROLE}')
         return self.url(name)
 
     def drop_database(self, url: str) -> None:
         name = url.rsplit("/", 1)[1]
-        with self._admin() as conn:
+        with self.admin() as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
     def destroy(self) -> None:

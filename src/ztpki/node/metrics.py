@@ -9,7 +9,7 @@ worker's ``snapshot()`` (ztpki.node.fleet_metrics).
 from __future__ import annotations
 
 import bisect
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +30,10 @@ LATENCY_BUCKETS: tuple[float, ...] = (
     10.0,
     30.0,
 )
+
+
+# (engine, {figure: count}), from ztpki.store.counters.DatabaseCounters.
+DatabaseFigures = tuple[str, Mapping[str, int]]
 
 
 def _escape(value: str) -> str:
@@ -89,7 +93,11 @@ def _histogram_from(data: Mapping[str, Any]) -> Histogram:
 class NodeMetrics:
     """What the node counts: requests by endpoint and outcome, and enrollment latency."""
 
-    def __init__(self) -> None:
+    def __init__(self, database: Callable[[], DatabaseFigures] | None = None) -> None:
+        # The store's counters, read at each scrape (the database object keeps them).
+        self._database = database
+        # Other workers' database figures, added up by a scrape (see add_database).
+        self._database_added: dict[tuple[str, str], int] = {}
         self._requests: dict[tuple[str, str], int] = {}
         self._enrollment: dict[str, Histogram] = {}
         self._ca_system: dict[str, Histogram] = {}
@@ -117,6 +125,20 @@ class NodeMetrics:
     def requests(self) -> dict[tuple[str, str], int]:
         return dict(self._requests)
 
+    def database(self) -> dict[tuple[str, str], int]:
+        """(engine, figure) -> count: this process's store plus what ``add_database`` added."""
+        figures = dict(self._database_added)
+        if self._database is not None:
+            engine, counts = self._database()
+            for name, value in counts.items():
+                figures[(engine, name)] = figures.get((engine, name), 0) + value
+        return figures
+
+    def add_database(self, figures: Mapping[tuple[str, str], int]) -> None:
+        """Add another worker's ``database()`` figures."""
+        for key, value in figures.items():
+            self._database_added[key] = self._database_added.get(key, 0) + value
+
     def snapshot(self) -> dict[str, Any]:
         """Every figure as JSON-ready data, for another worker to add up (``add``)."""
         return {
@@ -124,6 +146,7 @@ class NodeMetrics:
             "unauthenticated": dict(self._unauthenticated),
             "enrollment": {k: _histogram_data(h) for k, h in self._enrollment.items()},
             "ca_system": {k: _histogram_data(h) for k, h in self._ca_system.items()},
+            "database": [[e, name, n] for (e, name), n in self.database().items()],
         }
 
     def add(self, snapshot: Mapping[str, Any]) -> None:
@@ -136,6 +159,7 @@ class NodeMetrics:
                 name: {str(k): _histogram_from(v) for k, v in snapshot[name].items()}
                 for name in ("enrollment", "ca_system")
             }
+            database = {(str(e), str(k)): int(n) for e, k, n in snapshot.get("database", [])}
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ValueError(f"not a metrics snapshot: {exc!r}") from None
         for endpoint, outcome, value in requests:
@@ -146,6 +170,7 @@ class NodeMetrics:
         for name, into in (("enrollment", self._enrollment), ("ca_system", self._ca_system)):
             for series_key, histogram in series[name].items():
                 into.setdefault(series_key, Histogram()).add(histogram)
+        self.add_database(database)
 
     def exposition(
         self, *, devices: Mapping[str, int] | None = None, workers: int | None = None
@@ -177,6 +202,7 @@ class NodeMetrics:
             "outcome",
             self._ca_system,
         )
+        lines += _database_lines(self.database())
         if devices is not None:
             lines += [
                 "# HELP ztpki_node_devices Devices in the access-control register by state.",
@@ -191,6 +217,36 @@ class NodeMetrics:
                 f"ztpki_node_workers {workers}",
             ]
         return "\n".join(lines) + "\n"
+
+
+def database_figures(store: object) -> Callable[[], DatabaseFigures] | None:
+    """What reads the counters of ``store``'s database (None: a store given by a test, without
+    a database)."""
+    counters = getattr(getattr(store, "database", None), "counters", None)
+    if counters is None:
+        return None
+    return lambda: (counters.engine, counters.snapshot())
+
+
+def _database_lines(figures: Mapping[tuple[str, str], int]) -> list[str]:
+    lines = [
+        "# HELP ztpki_database_round_trips_total Requests to the node's database and their "
+        "answers: round trips to the server (PostgreSQL), statements run (SQLite).",
+        "# TYPE ztpki_database_round_trips_total counter",
+    ]
+    for (engine, name), value in sorted(figures.items()):
+        if name == "round_trips":
+            lines.append(f"ztpki_database_round_trips_total{_labels([('engine', engine)])} {value}")
+    lines += [
+        "# HELP ztpki_database_commits_total Transactions of the node's database committed, "
+        "by kind (write, read).",
+        "# TYPE ztpki_database_commits_total counter",
+    ]
+    for (engine, name), value in sorted(figures.items()):
+        if name.startswith("commits_"):
+            series = _labels([("engine", engine), ("kind", name.removeprefix("commits_"))])
+            lines.append(f"ztpki_database_commits_total{series} {value}")
+    return lines
 
 
 def _histogram(name: str, help_text: str, label: str, series: Mapping[str, Histogram]) -> list[str]:

@@ -37,7 +37,7 @@ from ztpki.node.http import EstApplication, InFlight
 from ztpki.node.listeners import WorkerPlace
 from ztpki.node.material import NodeMaterial
 from ztpki.node.material import load_material as load_material  # its old home, for callers
-from ztpki.node.metrics import NodeMetrics
+from ztpki.node.metrics import NodeMetrics, database_figures
 from ztpki.node.proxy import ForwardedCertificate
 from ztpki.node.proxy_config import ProxyConfig
 from ztpki.node.proxy_listener import (
@@ -153,7 +153,7 @@ async def start_node(
         )
     store = store or open_node_store(config.database)
     register = AsyncRegister(store)
-    metrics = NodeMetrics()
+    metrics = NodeMetrics(database=database_figures(store))
     fleet = None if worker is None else FleetMetrics(worker.metrics_dir, worker.slot, metrics)
     ca_client = SecondCAClient(
         transport,

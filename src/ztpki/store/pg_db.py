@@ -6,6 +6,11 @@ stores' read-then-write units and the audit chain (one order for every entry) st
 unchanged, and the unique keys and partial unique indexes still refuse whatever slips past.
 Reads take no lock: each is one REPEATABLE READ snapshot.
 
+Each round trip to the server costs both sides CPU, so transactions are shaped to need few:
+BEGIN and the lock go in one, a read of one statement needs neither BEGIN nor COMMIT (the
+statement is its own snapshot), a group's BEGIN goes with its first SAVEPOINT and a unit's
+RELEASE with the next one. ``counters`` counts round trips and commits for /metrics.
+
 A lost connection or a restarting server raises ``Unavailable``, which the services answer
 with 503 and Retry-After; the broken connection is dropped from the pool, and the next
 transaction opens a fresh one.
@@ -27,6 +32,7 @@ from psycopg import pq
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ztpki.errors import ConfigurationError, StorageError, Unavailable, ZtpkiError
+from ztpki.store.counters import DatabaseCounters
 from ztpki.store.database_url import redact_url, without_password
 from ztpki.store.pg_schema import postgres_ddl
 from ztpki.store.sql import SchemaOutdated, SchemaTooNew
@@ -73,20 +79,49 @@ class PostgresConnection:
     Error = psycopg.Error
     IntegrityError = psycopg.errors.IntegrityError
 
-    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+    def __init__(
+        self, conn: psycopg.Connection[Any], counters: DatabaseCounters, memo: dict[str, Any]
+    ) -> None:
         self.raw = conn
+        self.counters = counters
+        self.memo = memo  # what the stores remember per database (see sqlite_audit)
+        # Our own parameterless SQL due before the next statement (a group's BEGIN, a unit's
+        # RELEASE): sent in the same round trip as our next own statement.
+        self.prefix = ""
+        # A one-statement read: how many statements it may still run (None: any number).
+        self.statements_left: int | None = None
 
     @property
     def in_transaction(self) -> bool:
         return self.raw.info.transaction_status != _IDLE
 
     def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> psycopg.Cursor[Any]:
+        self._statement()
+        self.counters.round_trip()
         return self.raw.execute(to_pyformat(sql), tuple(parameters))
 
     def executemany(self, sql: str, parameters: Any, /) -> psycopg.Cursor[Any]:
+        self._statement()
+        self.counters.round_trip()  # psycopg pipelines the rows: one exchange with the server
         cursor = self.raw.cursor()
         cursor.executemany(to_pyformat(sql), [tuple(row) for row in parameters])
         return cursor
+
+    def run(self, sql: str) -> psycopg.Cursor[Any]:
+        """Our own SQL, without parameters (several statements may share the round trip),
+        after the prefix due."""
+        sql, self.prefix = self.prefix + sql, ""
+        self.counters.round_trip()
+        return self.raw.execute(sql)
+
+    def _statement(self) -> None:
+        if self.statements_left is not None:
+            if self.statements_left < 1:
+                # Outside a transaction a second statement would see another snapshot.
+                raise RuntimeError("a one-statement read ran a second statement")
+            self.statements_left -= 1
+        if self.prefix:
+            self.run("")
 
 
 class _Detached:
@@ -96,10 +131,11 @@ class _Detached:
 
     def commit(self) -> None:
         try:
-            self.connection.raw.execute("COMMIT")
+            self.connection.run("COMMIT")
         except psycopg.Error as exc:
             self._db.release(self.connection, broken=True)
             raise self._db.storage_error(exc) from exc
+        self._db.counters.commit("write")
         self._db.release(self.connection)
 
     def rollback(self) -> None:
@@ -129,6 +165,8 @@ class PostgresDatabase:
         self._pool: ConnectionPool[Any] | None = None
         self._pid = os.getpid()
         self._closed = False
+        self.counters = DatabaseCounters(self.dialect)
+        self.memo: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ connections
 
@@ -141,6 +179,7 @@ class PostgresDatabase:
                     _INHERITED.append(self._pool)
                 self._pool, self._pid = None, os.getpid()
                 self._local = threading.local()
+                self.counters.reset()
             if self._pool is None:
                 self._pool = ConnectionPool(
                     self.url,
@@ -163,7 +202,7 @@ class PostgresDatabase:
                 f"{self._why_not_connecting() if wait else ''}; retry shortly",
                 retry_after=1,
             ) from exc
-        return PostgresConnection(raw)
+        return PostgresConnection(raw, self.counters, self.memo)
 
     def _why_not_connecting(self) -> str:
         """What the server says to a new connection (wrong password, no such database...),
@@ -211,14 +250,24 @@ class PostgresDatabase:
             yield conn
 
     @contextmanager
-    def read(self, *, wait: bool = True) -> Iterator[PostgresConnection]:
+    def read(self, *, wait: bool = True, single: bool = False) -> Iterator[PostgresConnection]:
+        """A read transaction (one snapshot). ``single``: the body runs one statement, which
+        then runs on its own, as its own snapshot: no BEGIN and COMMIT round trips."""
         grouped: PostgresConnection | None = getattr(self._local, "grouped", None)
         if grouped is not None:
             with self._unit(grouped):
                 yield grouped
             return
-        with self._transaction(write=False, wait=wait) as conn:
+        if not single:
+            with self._transaction(write=False, wait=wait) as conn:
+                yield conn
+            return
+        conn = self.acquire(wait=wait)
+        conn.statements_left = 1
+        with self._undone_on_failure(conn):
             yield conn
+        self.counters.commit("read")
+        self.release(conn)
 
     @contextmanager
     def group(self) -> Iterator[None]:
@@ -226,7 +275,7 @@ class PostgresDatabase:
         that raises is undone alone, and one COMMIT makes the others durable together."""
         if getattr(self._local, "grouped", None) is not None:
             raise RuntimeError("a group of units does not nest")
-        with self._transaction(write=True, sync=True) as conn:
+        with self._transaction(write=True, sync=True, lazy=True) as conn:
             self._local.grouped = conn
             try:
                 yield
@@ -237,10 +286,10 @@ class PostgresDatabase:
         conn = self.acquire(wait=wait)
         try:
             if wait:
-                conn.raw.execute(self._begin(write=True, sync=True))
+                conn.run(self._begin(write=True, sync=True))
             else:
-                conn.raw.execute("BEGIN")
-                locked = conn.raw.execute(f"SELECT pg_try_advisory_xact_lock({_WRITE_LOCK})")
+                locked = conn.run(f"BEGIN; SELECT pg_try_advisory_xact_lock({_WRITE_LOCK})")
+                locked.nextset()  # the lock's answer follows BEGIN's
                 if not _first(locked.fetchone()):
                     _rollback(conn)
                     self.release(conn)
@@ -263,35 +312,56 @@ class PostgresDatabase:
 
     @contextmanager
     def _transaction(
-        self, *, write: bool, sync: bool = True, wait: bool = True
+        self, *, write: bool, sync: bool = True, wait: bool = True, lazy: bool = False
     ) -> Iterator[PostgresConnection]:
+        """``lazy``: BEGIN goes out with the first statement of ours (a group's first
+        SAVEPOINT), and a group that ran nothing sends nothing."""
         conn = self.acquire(wait=wait)
-        try:
-            conn.raw.execute(self._begin(write=write, sync=sync))
+        with self._undone_on_failure(conn):
+            begin = self._begin(write=write, sync=sync)
+            if lazy:
+                conn.prefix = begin + "; "
+            else:
+                conn.run(begin)
             yield conn
-            conn.raw.execute("COMMIT")
+            begun = not conn.prefix.startswith("BEGIN")
+            conn.prefix = ""  # a unit's RELEASE is due no more: COMMIT releases every savepoint
+            if begun:
+                conn.run("COMMIT")
+        if begun:
+            self.counters.commit("write" if write else "read")
+        self.release(conn)
+
+    @contextmanager
+    def _undone_on_failure(self, conn: PostgresConnection) -> Iterator[None]:
+        """When the body raises: roll back, give ``conn`` back (closed if it cannot even roll
+        back), and raise a driver error as ours."""
+        try:
+            yield
         except psycopg.Error as exc:
             self.release(conn, broken=not _rollback(conn))
             raise self.storage_error(exc) from exc
         except BaseException:
             self.release(conn, broken=not _rollback(conn))
             raise
-        self.release(conn)
 
     @contextmanager
     def _unit(self, conn: PostgresConnection) -> Iterator[None]:
-        conn.raw.execute("SAVEPOINT unit")
+        """One unit of a group: a savepoint, sent with the group's BEGIN or the previous
+        unit's RELEASE; its own RELEASE goes with the next unit's SAVEPOINT (COMMIT releases
+        the last), so a unit costs one round trip of its own."""
+        conn.run("SAVEPOINT unit")
         try:
             yield
         except BaseException as exc:
             try:
-                conn.raw.execute("ROLLBACK TO SAVEPOINT unit; RELEASE SAVEPOINT unit")
+                conn.run("ROLLBACK TO SAVEPOINT unit; RELEASE SAVEPOINT unit")
             except psycopg.Error as undo:
                 raise self.storage_error(undo) from exc
             if isinstance(exc, psycopg.Error):
                 raise self.storage_error(exc) from exc
             raise
-        conn.raw.execute("RELEASE SAVEPOINT unit")
+        conn.prefix = "RELEASE SAVEPOINT unit; "
 
     # ------------------------------------------------------------------ schema
 
@@ -368,11 +438,12 @@ def _first(row: Any) -> Any:
 
 def _rollback(conn: PostgresConnection) -> bool:
     """Roll back whatever is open; False when the connection cannot even do that."""
+    conn.prefix = ""
     if conn.raw.closed:
         return False
     try:
         if conn.in_transaction:
-            conn.raw.execute("ROLLBACK")
+            conn.run("ROLLBACK")
     except psycopg.Error:
         return False
     return True

@@ -14,6 +14,7 @@ from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 from ztpki.errors import ConfigurationError
+from ztpki.store.counters import DatabaseCounters
 
 # The command that brings each component's schema up to date, named in SchemaOutdated.
 MIGRATE_COMMANDS = {"customer_node": "ztpki node migrate", "ca_system": "ztpki ca migrate"}
@@ -76,9 +77,19 @@ class Database(Protocol):
         """``sqlite`` or ``postgresql``."""
         ...
 
+    @property
+    def counters(self) -> DatabaseCounters:
+        """Round trips and commits so far, for /metrics."""
+        ...
+
     def write(self, *, sync: bool = True) -> AbstractContextManager[SQLConnection]: ...
 
-    def read(self, *, wait: bool = True) -> AbstractContextManager[SQLConnection]: ...
+    def read(
+        self, *, wait: bool = True, single: bool = False
+    ) -> AbstractContextManager[SQLConnection]:
+        """A read transaction; ``single``: its body runs exactly one statement, which a
+        database server may then run without BEGIN and COMMIT (a statement is a snapshot)."""
+        ...
 
     def group(self) -> AbstractContextManager[None]: ...
 

@@ -280,7 +280,7 @@ class SQLiteIssuanceStore(SQLiteClientRegistry, SQLiteRevocations):
 
     def _one(self, where: str, ca_name: str, key: str) -> IssuedCertificate | None:
         # ``where`` is one of the two literals above, never a caller's text.
-        with self._db.read() as conn:
+        with self._db.read(single=True) as conn:
             row = conn.execute(
                 f"SELECT {_CERT_COLUMNS} FROM issued_certificate "  # noqa: S608
                 f"WHERE ca_name = ? AND {where}",
@@ -306,7 +306,7 @@ class SQLiteIssuanceStore(SQLiteClientRegistry, SQLiteRevocations):
             return cursor.rowcount
 
     def count(self) -> int:
-        with self._db.read() as conn:
+        with self._db.read(single=True) as conn:
             row = conn.execute("SELECT COUNT(*) FROM issued_certificate").fetchone()
         return int(row[0])
 

@@ -105,7 +105,7 @@ class SQLiteClientRegistry:
             return cursor.rowcount == 1
 
     def client_by_fingerprint(self, fingerprint: str) -> ClientRecord | None:
-        with self._db.read() as conn:
+        with self._db.read(single=True) as conn:
             row = conn.execute(
                 f"SELECT {_CLIENT_COLUMNS} FROM ca_client WHERE fingerprint = ?",  # noqa: S608
                 (fingerprint,),

@@ -15,8 +15,10 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from ztpki.errors import ConfigurationError, StorageError, Unavailable, ZtpkiError
+from ztpki.store.counters import DatabaseCounters
 from ztpki.store.sql import SchemaOutdated, SchemaTooNew, SQLConnection
 
 logger = logging.getLogger(__name__)
@@ -60,6 +62,21 @@ def stored_schema_version(path: Path, component: str) -> int | None:
     return None if row is None else int(row[0])
 
 
+class _CountingConnection(sqlite3.Connection):
+    """A connection that counts the statements it runs (the database's round trips)."""
+
+    counters: DatabaseCounters
+    memo: dict[str, Any]  # what the stores remember per database (see sqlite_audit)
+
+    def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
+        self.counters.round_trip()
+        return super().execute(sql, parameters)
+
+    def executemany(self, sql: str, parameters: Any, /) -> sqlite3.Cursor:
+        self.counters.round_trip()
+        return super().executemany(sql, parameters)
+
+
 class GroupAborted(StorageError):
     """A group transaction ended before its commit: none of its units took effect."""
 
@@ -69,7 +86,14 @@ class SQLiteDatabase:
 
     dialect = "sqlite"
 
-    def __init__(self, path: Path, *, durable: bool = True, busy_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        durable: bool = True,
+        busy_timeout: float = 30.0,
+        counters: DatabaseCounters | None = None,
+    ) -> None:
         self.path = Path(path)
         self.name = str(self.path)
         self.durable = durable
@@ -80,6 +104,8 @@ class SQLiteDatabase:
         self._closed = False
         self._pid = os.getpid()
         self._staging: SQLiteDatabase | None = None
+        self.counters = counters or DatabaseCounters(self.dialect)
+        self.memo: dict[str, Any] = {}
         self._create_private_file()
         try:
             self._enable_wal()
@@ -142,6 +168,7 @@ class SQLiteDatabase:
         if pid != self._pid:
             # A forked child must neither use nor close the parent's connections.
             self._pid, self._lock, self._connections = pid, threading.Lock(), []
+            self.counters.reset()
         conn = self._connect(busy_timeout=self._busy_timeout if wait else 0.0)
         setattr(self._local, slot, (pid, conn))
         with self._lock:
@@ -167,7 +194,10 @@ class SQLiteDatabase:
                 timeout=busy_timeout,
                 isolation_level=None,
                 check_same_thread=False,  # only close() touches it from another thread
+                factory=_CountingConnection,
             )
+            conn.counters = self.counters
+            conn.memo = self.memo
             conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
             conn.execute("PRAGMA foreign_keys = ON")
             conn.execute(f"PRAGMA synchronous = {'FULL' if self.durable else 'NORMAL'}")
@@ -204,13 +234,15 @@ class SQLiteDatabase:
                 self._forget(conn)
 
     @contextmanager
-    def read(self, *, wait: bool = True) -> Iterator[sqlite3.Connection]:
-        """A read transaction: every query inside sees one snapshot.
+    def read(self, *, wait: bool = True, single: bool = False) -> Iterator[sqlite3.Connection]:
+        """A read transaction: every query inside sees one snapshot. ``single`` (the body runs
+        one statement) changes nothing here: BEGIN and COMMIT cost no round trip in-process.
 
         ``wait=False`` is for a thread that must not block (an event loop): when the database
         is busy (rare in WAL mode: recovery, a checkpoint resetting the log) it raises
         Unavailable at once instead of waiting up to the busy timeout.
         """
+        del single
         with self._transaction("BEGIN", wait=wait) as conn:
             yield conn
 
@@ -254,6 +286,7 @@ class SQLiteDatabase:
         except BaseException:
             rollback(conn)
             raise
+        self.counters.commit("read" if begin == "BEGIN" else "write")
 
     @contextmanager
     def _unit(self, conn: sqlite3.Connection) -> Iterator[None]:
@@ -290,13 +323,13 @@ class SQLiteDatabase:
         before it commits); ``wait=False``: Unavailable at once when another writer holds
         the database."""
         if self._staging is None:
-            self._staging = SQLiteDatabase(self.path, durable=self.durable)
+            self._staging = SQLiteDatabase(self.path, durable=self.durable, counters=self.counters)
         conn = self._staging.connection(wait=wait)
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             raise storage_error(exc, path=self.path) from exc
-        return DetachedWrite(conn, self.path)
+        return DetachedWrite(conn, self.path, self.counters)
 
     def schema_version(self, component: str) -> int | None:
         return stored_schema_version(self.path, component)
@@ -384,9 +417,10 @@ class SQLiteDatabase:
 class DetachedWrite:
     """A write transaction left open; ``commit`` or ``rollback`` may run on another thread."""
 
-    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+    def __init__(self, conn: sqlite3.Connection, path: Path, counters: DatabaseCounters) -> None:
         self.connection = conn
         self._path = path
+        self._counters = counters
 
     def commit(self) -> None:
         try:
@@ -394,6 +428,7 @@ class DetachedWrite:
         except sqlite3.Error as exc:
             rollback(self.connection)
             raise storage_error(exc, path=self._path) from exc
+        self._counters.commit("write")
 
     def rollback(self) -> None:
         rollback(self.connection)

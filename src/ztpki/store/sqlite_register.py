@@ -50,6 +50,7 @@ _DEVICE_COLUMNS = (
     "issued_serial, issued_spki, issued_certificate_der, blocked_from, lease_token, "
     "lease_expires, previous_state, updated_at, issuance_label, renewed_from"
 )
+_JOINED_COLUMNS = ", ".join(f"d.{name.strip()}" for name in _DEVICE_COLUMNS.split(","))
 _MANIFEST_COLUMNS = "manufacturer, manifest_id, issued_at, signer, device_count, imported_at"
 _INSERT_DEVICE = (
     "INSERT INTO device (device_id, state, temp_fingerprint, manufacturer, model, batch, "
@@ -153,7 +154,7 @@ class SQLiteNodeStore(RegisterTransitions):
 
     def get(self, device_id: str, *, wait: bool = True) -> RegisteredDevice | None:
         """The device's row. ``wait=False``: Unavailable at once if the database is busy."""
-        with self._db.read(wait=wait) as conn:
+        with self._db.read(wait=wait, single=True) as conn:
             return _select_device(conn, device_id)
 
     def devices(self, *, state: DeviceState | None = None) -> list[RegisteredDevice]:
@@ -175,7 +176,7 @@ class SQLiteNodeStore(RegisterTransitions):
         return [_device(row, chains.get(row[0], [])) for row in rows]
 
     def counts(self) -> dict[DeviceState, int]:
-        with self._db.read() as conn:
+        with self._db.read(single=True) as conn:
             rows = conn.execute("SELECT state, COUNT(*) FROM device GROUP BY state").fetchall()
         found = {DeviceState(state): int(count) for state, count in rows}
         return {state: found.get(state, 0) for state in DeviceState}
@@ -278,10 +279,12 @@ class SQLiteNodeStore(RegisterTransitions):
             if changed != 1:
                 return False
             conn.execute("DELETE FROM device_chain WHERE device_id = ?", (device_id,))
-            conn.executemany(
-                "INSERT INTO device_chain (device_id, position, certificate_der) VALUES (?, ?, ?)",
-                [(device_id, position, der) for position, der in enumerate(chain_der)],
-            )
+            if chain_der:  # one statement for the whole chain: one round trip
+                conn.execute(
+                    "INSERT INTO device_chain (device_id, position, certificate_der) VALUES "  # noqa: S608
+                    + ", ".join("(?, ?, ?)" for _ in chain_der),
+                    [v for row in enumerate(chain_der) for v in (device_id, *row)],
+                )
             insert_orders(conn, revocations, now=now)
             _audit(conn, audit)
         return True
@@ -356,17 +359,17 @@ def _resting_states(allowed_from: Collection[DeviceState]) -> list[str]:
 
 
 def _select_device(conn: SQLConnection, device_id: str) -> RegisteredDevice | None:
-    row = conn.execute(
-        f"SELECT {_DEVICE_COLUMNS} FROM device WHERE device_id = ?",  # noqa: S608
+    # One statement for the row and its chain (a row per chain certificate): one round trip
+    # to a database server, and a read that needs no transaction around it.
+    rows = conn.execute(
+        f"SELECT {_JOINED_COLUMNS}, c.certificate_der FROM device d "  # noqa: S608
+        "LEFT JOIN device_chain c ON c.device_id = d.device_id "
+        "WHERE d.device_id = ? ORDER BY c.position",
         (device_id,),
-    ).fetchone()
-    if row is None:
+    ).fetchall()
+    if not rows:
         return None
-    chain = conn.execute(
-        "SELECT certificate_der FROM device_chain WHERE device_id = ? ORDER BY position",
-        (device_id,),
-    )
-    return _device(row, [bytes(der) for (der,) in chain])
+    return _device(rows[0][:-1], [bytes(row[-1]) for row in rows if row[-1] is not None])
 
 
 def _new_device_row(device: NewDevice, manifest_id: str | None, now: datetime) -> tuple[Any, ...]:

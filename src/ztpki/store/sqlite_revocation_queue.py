@@ -36,6 +36,8 @@ AUDIT_ENDPOINT = "node/revocation"
 
 def insert_orders(conn: SQLConnection, orders: Sequence[RevocationOrder], *, now: datetime) -> None:
     """Queue the orders, each with its "revocation-requested" audit entry."""
+    if not orders:
+        return  # nothing to send (and no audit head to read: a round trip to a server)
     at = encode_instant(now, name="now")
     conn.executemany(
         f"INSERT INTO node_revocation ({_COLUMNS.removeprefix('seq, ')}) "  # noqa: S608

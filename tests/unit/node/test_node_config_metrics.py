@@ -9,9 +9,10 @@ import pytest
 from ztpki.errors import ConfigurationError, UnknownCA
 from ztpki.node.config import CALabel, IssuingParameters, Limits, NodeConfig
 from ztpki.node.manufacturers import ManufacturerConfig
-from ztpki.node.metrics import NodeMetrics
+from ztpki.node.metrics import NodeMetrics, database_figures
 from ztpki.pki.device_ids import DeviceIdNamespace
 from ztpki.pki.keys import KeySpec
+from ztpki.store import open_sqlite_node_store
 
 
 def ids(*patterns: str) -> DeviceIdNamespace:
@@ -124,3 +125,48 @@ def test_ok_label_values_are_escaped() -> None:
     metrics = NodeMetrics()
     metrics.count_request('a"b\\c\nd', "x")
     assert 'endpoint="a\\"b\\\\c\\nd"' in metrics.exposition()
+
+
+def test_ok_database_figures_of_the_store_and_of_other_workers(tmp_path: Path) -> None:
+    store = open_sqlite_node_store(tmp_path / "node.db")
+    try:
+        metrics = NodeMetrics(database=database_figures(store))
+        before = store.database.counters.snapshot()
+        store.counts()
+        metrics.add_database({("postgresql", "round_trips"): 5, ("sqlite", "commits_read"): 2})
+        lines = metrics.exposition().splitlines()
+        figures = store.database.counters.snapshot()
+        assert figures["commits_read"] == before["commits_read"] + 1
+        assert figures["round_trips"] >= before["round_trips"] + 3  # BEGIN, SELECT, COMMIT
+        assert f'ztpki_database_round_trips_total{{engine="sqlite"}} {figures["round_trips"]}' in (
+            lines
+        )
+        assert 'ztpki_database_round_trips_total{engine="postgresql"} 5' in lines
+        reads = figures["commits_read"] + 2
+        assert f'ztpki_database_commits_total{{engine="sqlite",kind="read"}} {reads}' in lines
+        writes = figures["commits_write"]
+        assert f'ztpki_database_commits_total{{engine="sqlite",kind="write"}} {writes}' in lines
+    finally:
+        store.close()
+
+
+def test_ok_no_database_figures_without_a_database() -> None:
+    assert database_figures(object()) is None
+    lines = NodeMetrics().exposition().splitlines()
+    assert not [line for line in lines if line.startswith("ztpki_database_")]
+
+
+def test_ok_database_figures_add_up_across_workers() -> None:
+    one = NodeMetrics(database=lambda: ("postgresql", {"round_trips": 7, "commits_write": 2}))
+    two = NodeMetrics(database=lambda: ("postgresql", {"round_trips": 5, "commits_write": 1}))
+    total = NodeMetrics()
+    total.add(one.snapshot())
+    total.add(two.snapshot())
+    lines = total.exposition().splitlines()
+    assert 'ztpki_database_round_trips_total{engine="postgresql"} 12' in lines
+    assert 'ztpki_database_commits_total{engine="postgresql",kind="write"} 3' in lines
+    with pytest.raises(ValueError, match="snapshot"):
+        total.add({**one.snapshot(), "database": [["postgresql", "round_trips", "many"]]})
+    assert 'ztpki_database_round_trips_total{engine="postgresql"} 12' in (
+        total.exposition().splitlines()
+    )

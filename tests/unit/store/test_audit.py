@@ -306,3 +306,35 @@ def test_ok_processes_appending_keep_one_chain(node_store: NodeStore, backend: B
     assert (result.ok, result.checked) == (True, total)
     by_worker = node_store.entries(device_id="dev-0")
     assert len(by_worker) == total // workers
+
+
+def test_ok_appends_after_another_writer_and_after_a_rollback_keep_one_chain(
+    node_store: NodeStore, backend: Backend
+) -> None:
+    # Each store remembers the head it wrote last; the other store's appends and an undone
+    # append make that memory stale, and the chain must still come out whole.
+    other = backend.node()
+    for i in range(3):
+        append(node_store, f"mine-{i}")
+        append(other, f"other-{i}")
+    with pytest.raises(RuntimeError), node_store.group():  # type: ignore[attr-defined]
+        append(node_store, "undone")
+        raise RuntimeError("the group ends before its commit")
+    append(node_store, "after-undone")
+    entries = node_store.entries()
+    assert [e.seq for e in entries] == list(range(1, 8))
+    assert [e.decision for e in entries][-1] == "after-undone"
+    assert "undone" not in [e.decision for e in entries]
+    assert node_store.verify() == verify_chain(entries) and node_store.verify().ok
+
+
+def test_ok_an_append_after_its_own_costs_one_statement(node_store: NodeStore) -> None:
+    append(node_store, "first")
+    database = node_store.database  # type: ignore[attr-defined]
+    before = database.counters.snapshot()["round_trips"]
+    append(node_store, "second")
+    used = database.counters.snapshot()["round_trips"] - before
+    # One statement for the entry, with the transaction's own: BEGIN (+ lock) and COMMIT
+    # on PostgreSQL (one round trip each), BEGIN IMMEDIATE and COMMIT on SQLite.
+    assert used == 3
+    assert node_store.verify().ok and node_store.verify().checked == 2
