@@ -339,7 +339,7 @@ def _take_over(
         allowed_from=frozenset({device.previous_state}),
         new_state=new_state,
         reissue=True,
-        reason="took over an issuance whose lease expired",
+        reason="took over an issuance whose lease expired or whose holder was killed",
         takeover=True,
     )
 

@@ -30,13 +30,15 @@ def _machine() -> str | None:
 
 
 def _started(pid: int) -> int | None:
-    """The process's start time (clock ticks since boot), None if there is no such process."""
+    """The process's start time (clock ticks since boot), None if there is no such process
+    or it is dead and not yet reaped (a zombie: a killed worker whose supervisor died too)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     # pid (comm) state ppid ...: comm may hold spaces, so split after its ")".
-    return int(stat.rpartition(")")[2].split()[19])
+    fields = stat.rpartition(")")[2].split()
+    return None if fields[0] in ("Z", "X") else int(fields[19])
 
 
 def new_token() -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 from ztpki.node.lease_holder import holder_gone, new_token
 
@@ -29,6 +30,24 @@ def test_ok_a_living_holder_is_not_gone() -> None:
 
 def test_ok_a_holder_that_exited_is_gone() -> None:
     assert holder_gone(token_of_a_process_that_exited()) is True
+
+
+def test_ok_a_killed_holder_not_yet_reaped_is_gone() -> None:
+    """A worker killed along with its supervisor stays a zombie until someone reaps it."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", "from ztpki.node.lease_holder import new_token; print(new_token())"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None
+        token = child.stdout.readline().strip()
+        assert holder_gone(token) is False or child.poll() is not None
+        os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)  # exited, not reaped
+        assert Path(f"/proc/{child.pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z"
+        assert holder_gone(token) is True
+    finally:
+        child.wait()
 
 
 def test_ok_a_reused_pid_is_not_the_holder() -> None:
