@@ -56,9 +56,10 @@ SIGNER_PASSPHRASE = "signer-passphrase-for-tests"
 # says 30 s when the node cannot answer): bounded, so a fleet run stays short.
 BACKOFF_FIRST = 0.1
 BACKOFF_CAP = 2.0
-# A worker killed while it held a device's issuance lease leaves the device answered 503
-# until the lease expires ([limits] lease_seconds, set to its minimum here, 2 x ca_timeout +
-# 10 s); a device keeps retrying for longer than that.
+# A lease whose holder the node cannot judge dead (another machine's) runs until it expires
+# ([limits] lease_seconds, set to its minimum here, 2 x ca_timeout + 10 s); a device keeps
+# retrying for longer than that. (A worker killed here is judged dead: its leases are taken
+# over at once.)
 CA_TIMEOUT = 5.0
 LIMITS = {**TEST_LIMITS, "ca_timeout": CA_TIMEOUT, "lease_seconds": 2 * CA_TIMEOUT + 10}
 GIVE_UP_AFTER = 3 * LIMITS["lease_seconds"]
