@@ -111,7 +111,7 @@ class Decision:
     new_state: DeviceState | None = None
     reissue: bool = False
     reason: str = "authorized"
-    takeover: bool = False  # an issuance whose lease expired or holder died: what it issued is unknown
+    takeover: bool = False  # lease expired or holder died: what it issued is unknown
 
 
 @dataclass(frozen=True)
