@@ -381,15 +381,17 @@ def build_world(
     other_manufacturers: Sequence[tuple[str, Path, str]] = (),
     settings: Mapping[str, Any] | None = None,
     backend: str = "sqlite",
+    databases: tuple[str, str] | None = None,
 ) -> NodeWorld:
     """Make and start the three services; the caller stops them (world.stop()).
 
     The node buys from MANUFACTURER (ids device_ids) and from each (name, trust bundle,
     device-id pattern) of other_manufacturers. ``backend="postgresql"``: the customer CA
     system and the node keep their records in databases of the test process's PostgreSQL
-    cluster (the factory stays on SQLite)."""
+    cluster (the factory stays on SQLite). ``databases``: the (customer CA system, node)
+    database URLs to use instead, e.g. of a cluster the caller restarts."""
     factory, customer, node_dir = root / "factory", root / "customer", root / "node"
-    customer_db, node_db = _databases(backend)
+    customer_db, node_db = databases or _databases(backend)
     cli("ca", "init", "--dir", str(factory), "--name", "froot", "--org", "Acme Devices")
     cli("ca", "init", "--dir", str(factory), "--name", "factory", "--parent", "froot", "--default")
     cli(

@@ -111,7 +111,7 @@ class Decision:
     new_state: DeviceState | None = None
     reissue: bool = False
     reason: str = "authorized"
-    takeover: bool = False  # an issuance whose lease expired: what it issued is unknown
+    takeover: bool = False  # lease expired or holder died: what it issued is unknown
 
 
 @dataclass(frozen=True)
@@ -339,7 +339,7 @@ def _take_over(
         allowed_from=frozenset({device.previous_state}),
         new_state=new_state,
         reissue=True,
-        reason="took over an issuance whose lease expired",
+        reason="took over an issuance whose lease expired or whose holder was killed",
         takeover=True,
     )
 

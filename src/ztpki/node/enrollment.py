@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -34,6 +33,7 @@ from ztpki.node.authorization import (
 )
 from ztpki.node.ca_client import Issued, SecondCAClient
 from ztpki.node.config import CALabel, Limits, RevocationPolicy
+from ztpki.node.lease_holder import holder_gone, new_token
 from ztpki.node.metrics import NodeMetrics
 from ztpki.node.register import AsyncRegister
 from ztpki.node.revocation_orders import confirms_renewal, superseded_order
@@ -203,7 +203,7 @@ class EnrollmentService:
                 assert device is not None
                 return await self._redeliver(device, identity, decision, endpoint)
             assert device is not None
-            token = secrets.token_hex(16)
+            token = new_token()
             before = await self.register.begin_issuance(
                 identity.device_id,
                 allowed_from=decision.allowed_from,
@@ -211,6 +211,7 @@ class EnrollmentService:
                 label=label.name,
                 now=now,
                 lease_seconds=self.limits.lease_seconds,
+                take_over=device.lease_token if context.lease_expired else None,
             )
             if before is not None and _same_row(before, device):
                 csr_der = None if operation is Operation.SERVERKEYGEN else _csr_der(csr)
@@ -473,11 +474,11 @@ class EnrollmentService:
 
 
 def _lease_expired(device: RegisteredDevice | None, now: datetime) -> bool:
-    return (
+    return (  # ran out, or its holder (a worker of this machine) was killed
         device is not None
         and device.state is DeviceState.ISSUING
         and device.lease_expires is not None
-        and device.lease_expires < now
+        and (device.lease_expires < now or holder_gone(device.lease_token))
     )
 
 

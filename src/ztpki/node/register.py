@@ -172,6 +172,7 @@ class AsyncRegister:
         label: str,
         now: datetime,
         lease_seconds: float,
+        take_over: str | None = None,
     ) -> RegisteredDevice | None:
         return await self._run(
             self.store.begin_issuance,
@@ -181,6 +182,7 @@ class AsyncRegister:
             label=label,
             now=now,
             lease_seconds=lease_seconds,
+            take_over=take_over,
         )
 
     async def complete_issuance(

@@ -254,14 +254,17 @@ class RegisterStore(Protocol):
         now: datetime,
         lease_seconds: float,
         audit: AuditRecord | None = None,
+        take_over: str | None = None,
     ) -> RegisteredDevice | None:
         """Move the device to ISSUING under a lease held by ``token``, for EST ``label``.
 
         Allowed when its state is in ``allowed_from`` (resting states only), or when it is
-        ISSUING under a lease that expired before ``now`` and the state that issuance started
-        from is in ``allowed_from`` (a crashed node's work is taken over; its previous_state is
-        kept). The device remembers ``label`` (``issuance_label``) across completion, abort
-        and takeover; until it is customized, an issuance under another label is not allowed.
+        ISSUING under a lease that expired before ``now``, or that is still held by
+        ``take_over`` (a token whose holder the caller knows is dead), and the state that
+        issuance started from is in ``allowed_from`` (a crashed node's work is taken over; its
+        previous_state is kept). The device remembers ``label`` (``issuance_label``) across
+        completion, abort and takeover; until it is customized, an issuance under another label
+        is not allowed.
         Returns the row as it was before the change, or None when not allowed.
         """
         ...

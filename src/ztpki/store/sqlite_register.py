@@ -188,6 +188,7 @@ class SQLiteNodeStore(RegisterTransitions):
         now: datetime,
         lease_seconds: float,
         audit: AuditRecord | None = None,
+        take_over: str | None = None,
     ) -> RegisteredDevice | None:
         allowed = _resting_states(allowed_from)
         if not token:
@@ -209,8 +210,10 @@ class SQLiteNodeStore(RegisterTransitions):
             before = _select_device(conn, device_id)
             if before is None:
                 return None
-            # A lease that expired belongs to a node that crashed mid-issuance: take it over,
-            # but only for an issuance that started from a state this caller may start from.
+            # A lease that expired, or whose holder the caller knows is dead (take_over; "" never
+            # matches, a token is never empty), belongs to a node that crashed mid-issuance: take
+            # it over, but only for an issuance that started from a state this caller may start
+            # from.
             # The label binds the device until it is customized: an aborted or taken-over
             # issuance may have reached that label's CA, and only a retry there supersedes it.
             changed = conn.execute(
@@ -218,10 +221,21 @@ class SQLiteNodeStore(RegisterTransitions):
                 "previous_state = CASE WHEN state = 'issuing' THEN previous_state ELSE state END, "
                 "issuance_label = ?, updated_at = ? "
                 f"WHERE device_id = ? AND (state IN ({marks}) OR (state = 'issuing' "
-                f"AND lease_expires < ? AND previous_state IN ({marks}))) "
+                f"AND (lease_expires < ? OR lease_token = ?) AND previous_state IN ({marks}))) "
                 "AND (issuance_label IS NULL OR issuance_label = ? OR "
                 "(CASE WHEN state = 'issuing' THEN previous_state ELSE state END) = 'customized')",
-                (token, expires, label, at, device_id, *allowed, at, *allowed, label),
+                (
+                    token,
+                    expires,
+                    label,
+                    at,
+                    device_id,
+                    *allowed,
+                    at,
+                    take_over or "",
+                    *allowed,
+                    label,
+                ),
             ).rowcount
             if changed != 1:
                 return None

@@ -70,6 +70,7 @@ def begin(
     lease: float = 60,
     audit: AuditRecord | None = None,
     label: str = "default",
+    take_over: str | None = None,
 ) -> RegisteredDevice | None:
     return store.begin_issuance(
         device_id,
@@ -79,6 +80,7 @@ def begin(
         now=now,
         lease_seconds=lease,
         audit=audit,
+        take_over=take_over,
     )
 
 
@@ -350,6 +352,25 @@ def test_ok_stale_lease_is_taken_over(node_store: NodeStore) -> None:
     assert complete(node_store, "d1", "crashed", serial="0b") is False
     assert complete(node_store, "d1", "t2", serial="0c") is True
     assert node_store.abort_issuance("d1", token="crashed", now=LATER) is False
+
+
+def test_ok_live_lease_of_a_dead_holder_is_taken_over_by_its_token(node_store: NodeStore) -> None:
+    """A worker killed mid-issuance: the caller names the dead holder's token, and takes the
+    lease over before it expires; naming any other token (or none, or "") changes nothing."""
+    listed(node_store, "d1")
+    assert begin(node_store, "d1", "killed", lease=120) is not None
+    for wrong in (None, "", "someone-else"):
+        assert begin(node_store, "d1", "t2", take_over=wrong) is None
+        row = node_store.get("d1")
+        assert row is not None and (row.state, row.lease_token) == (ISSUING, "killed")
+    before = begin(node_store, "d1", "t2", take_over="killed")
+    assert before is not None and before.lease_token == "killed"
+    row = node_store.get("d1")
+    assert row is not None
+    assert (row.state, row.lease_token, row.previous_state) == (ISSUING, "t2", LISTED)
+    assert begin(node_store, "d1", "t3", take_over="killed") is None  # t2 holds it now
+    assert complete(node_store, "d1", "killed", serial="0b") is False
+    assert complete(node_store, "d1", "t2", serial="0c") is True
 
 
 def test_ok_label_is_remembered_across_abort_and_takeover(node_store: NodeStore) -> None:
