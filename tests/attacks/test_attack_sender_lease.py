@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+from datetime import UTC, datetime
 
 from tests.attacks.attack_deployment import Deployment, wait_until
 from tests.attacks.attack_report import AttackReport
@@ -37,6 +38,14 @@ def _holder_pid(d: Deployment) -> int:
     return int(found.group(1))
 
 
+def _held_by_the_running_node(d: Deployment) -> bool:
+    with open_node_store(NodeConfig.load(d.node_dir).database) as store:
+        lease = store.sender_lease()
+    if lease is None or lease.expires_at <= datetime.now(UTC):
+        return False
+    return _holder_pid(d) in child_pids(d.node.pid) | {d.node.pid}
+
+
 def test_refused_second_node_on_the_register_sends_nothing(
     deployment: Deployment, attack_report: AttackReport
 ) -> None:
@@ -44,6 +53,9 @@ def test_refused_second_node_on_the_register_sends_nothing(
     device = d.take_device()
     live = serial_hex(_serverkeygen(d, device.key, device.certificate, device.device_id))
     ca_mark = d.log_mark("customer")
+    # A node restarted by an earlier case lets its lease go; the running one takes it at its
+    # first look at the queue. The attack is on a lease that is held.
+    assert wait_until(lambda: _held_by_the_running_node(d), timeout=WAIT, interval=0.2)
     rogue = start(
         ["node", "serve", "--dir", str(d.node_dir), "--listen", "127.0.0.1:0"],
         log_path=d.logs / f"node-second-{os.urandom(3).hex()}.log",

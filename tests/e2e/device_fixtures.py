@@ -343,7 +343,7 @@ def _start_and_manufacture(
 
 _SHARED: dict[str, World] = {}
 _USED: set[str] = set()
-WORLD_DEVICES = 40
+WORLD_DEVICES = 64
 
 
 @pytest.fixture(scope="session")

@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 from ztpki.errors import StorageError, Unavailable
 from ztpki.store.interfaces import NodeStore
 from ztpki.store.records import AuditRecord, DeviceState, RegisteredDevice
-from ztpki.store.revocation_records import QueuedRevocation, RevocationOrder
+from ztpki.store.revocation_records import QueuedRevocation, RevocationOrder, SenderLease
 from ztpki.store.sqlite_db import GroupAborted
 from ztpki.store.sqlite_register import SQLiteNodeStore
 
@@ -272,8 +272,15 @@ class AsyncRegister:
             audit=audit,
         )
 
-    async def take_sender_lease(self, holder: str, *, now: datetime, until: datetime) -> int | None:
-        return await self._run(self.store.take_sender_lease, holder, now=now, until=until)
+    async def take_sender_lease(
+        self, holder: str, *, now: datetime, until: datetime, take_over: str | None = None
+    ) -> int | None:
+        return await self._run(
+            self.store.take_sender_lease, holder, now=now, until=until, take_over=take_over
+        )
+
+    async def sender_lease(self) -> SenderLease | None:
+        return await self._run(self.store.sender_lease)
 
     async def release_sender_lease(self, token: int, *, now: datetime) -> bool:
         return await self._run(self.store.release_sender_lease, token, now=now)

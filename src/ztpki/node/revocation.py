@@ -31,6 +31,7 @@ from ztpki.errors import Unavailable, ZtpkiError
 from ztpki.eventloop import cancel_tasks
 from ztpki.node.ca_client import SecondCAClient
 from ztpki.node.config import RevocationPolicy
+from ztpki.node.lease_holder import holder_gone, new_token
 from ztpki.node.register import AsyncRegister
 from ztpki.protocol.revocation import RevocationRequest
 from ztpki.store.records import AuditRecord, RevocationReason
@@ -82,9 +83,10 @@ class RevocationSender:
         self._clock = clock
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        # Unique per sender (a restarted worker on the same pid is another holder), and
-        # readable in the register: which machine and process sends.
-        self.holder = holder or f"{socket.gethostname()} pid {os.getpid()} {secrets.token_hex(4)}"
+        # Unique per sender (a restarted worker on the same pid is another holder), readable
+        # in the register (which machine and process sends), and ending in a token that names
+        # this process, so that its replacement on this machine can tell it is gone.
+        self.holder = holder or f"{socket.gethostname()} pid {os.getpid()} {new_token()}"
         self.lease: int | None = None  # the fencing token while this sender holds the lease
 
     def start(self) -> None:
@@ -107,9 +109,21 @@ class RevocationSender:
     async def hold(self) -> int | None:
         """Take or renew the sender lease; its token, or None while another process holds it."""
         now = self._clock()
-        token = await self._register.take_sender_lease(
-            self.holder, now=now, until=now + timedelta(seconds=self._policy.sender_lease)
-        )
+        until = now + timedelta(seconds=self._policy.sender_lease)
+        token = await self._register.take_sender_lease(self.holder, now=now, until=until)
+        if token is None:
+            # A worker killed -9 leaves its lease to run out (up to sender_lease_seconds) unless
+            # its replacement on the same machine sees that it is gone and takes over now.
+            lease = await self._register.sender_lease()
+            if lease is not None and holder_gone(lease.holder.rpartition(" ")[2]):
+                token = await self._register.take_sender_lease(
+                    self.holder, now=now, until=until, take_over=lease.holder
+                )
+                if token is not None:
+                    log.warning(
+                        "revocation sender lease taken over from %s, which no longer runs",
+                        lease.holder,
+                    )
         if token != self.lease:
             if token is None:
                 log.warning("revocation sender lease lost: another node process sends now")

@@ -404,9 +404,12 @@ class RegisterStore(Protocol):
 
     # One process at a time, of every node machine and worker sharing the register, sends its
     # revocation orders: the holder of the sender lease.
-    def take_sender_lease(self, holder: str, *, now: datetime, until: datetime) -> int | None:
-        """Hold the lease until ``until``: taken (a new fencing token) when free or expired by
-        ``now``, renewed (the same token) when ``holder`` holds it; None while another does."""
+    def take_sender_lease(
+        self, holder: str, *, now: datetime, until: datetime, take_over: str | None = None
+    ) -> int | None:
+        """Hold the lease until ``until``: taken (a new fencing token) when free, expired by
+        ``now``, or held by ``take_over`` (a holder the caller knows is dead); renewed (the
+        same token) when ``holder`` holds it; None while another does."""
         ...
 
     def release_sender_lease(self, token: int, *, now: datetime) -> bool:

@@ -29,17 +29,20 @@ class SenderLeases:
 
     _db: Database
 
-    def take_sender_lease(self, holder: str, *, now: datetime, until: datetime) -> int | None:
+    def take_sender_lease(
+        self, holder: str, *, now: datetime, until: datetime, take_over: str | None = None
+    ) -> int | None:
         """Hold the sender lease until ``until``; its token, or None while another holds it.
 
-        Taken (a new token) when nobody holds it or its holder let it expire by ``now``;
+        Taken (a new token) when nobody holds it, its holder let it expire by ``now``, or its
+        holder is ``take_over`` (one the caller found dead: a compare-and-swap on the holder);
         renewed (the same token) when ``holder`` holds it still.
         """
         if not holder:
             raise ValueError("holder must not be empty")
         at, end = encode_instant(now, name="now"), encode_instant(until, name="until")
         seen = self.sender_lease()
-        if seen is not None and seen.holder != holder and seen.expires_at > now:
+        if seen is not None and seen.holder not in (holder, take_over) and seen.expires_at > now:
             # Held by another: refused without a write (every look of every other sender).
             return None
         with self._db.write() as conn:  # read again: the lease may have changed meanwhile
@@ -57,7 +60,7 @@ class SenderLeases:
                     "UPDATE node_sender_lease SET expires_at = ? WHERE name = ?", (end, _NAME)
                 )
                 return token
-            if expires_at > at:
+            if expires_at > at and current != take_over:
                 return None
             conn.execute(
                 "UPDATE node_sender_lease SET holder = ?, token = ?, expires_at = ? WHERE name = ?",

@@ -4,16 +4,19 @@ supersession queues, and how the sender drains the queue (order, backoff, refusa
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from node_pki import NOW, Node, csr_for, make_node
+from tests.unit.node.test_lease_holder import token_of_a_process_that_exited
 
 from ztpki.errors import Unavailable
 from ztpki.node.authorization import Operation, RefusalReason, Refused
 from ztpki.node.config import RevocationPolicy
+from ztpki.node.lease_holder import new_token
 from ztpki.node.revocation import RevocationSender, backoff
 from ztpki.pki.pem import serial_hex
 from ztpki.store.records import RevocationReason
@@ -281,3 +284,26 @@ def test_ok_closed_sender_lets_its_lease_go(node: Node) -> None:
         return await sender(node, holder="second").hold()
 
     assert asyncio.run(scenario()) == 2
+
+
+def test_ok_lease_of_a_killed_sender_on_this_machine_is_taken_over_at_once(node: Node) -> None:
+    """A worker 0 killed -9 while holding the lease: its replacement sends at once, not after
+    sender_lease_seconds; a living holder on this machine keeps the lease."""
+    serial = blocked_with_hold(node)
+    dead = f"this-host pid 1 {token_of_a_process_that_exited()}"
+    assert node.store.take_sender_lease(dead, now=NOW, until=NOW + timedelta(hours=1)) == 1
+    replacement = sender(node, clock=lambda: NOW + timedelta(seconds=1), holder=live_holder())
+    assert asyncio.run(replacement.drain()) == 1
+    assert replacement.lease == 2
+    assert reason_at_ca(node, serial) == "certificateHold"
+
+    # A living holder (this process) is never taken over before its lease expires.
+    other = sender(node, clock=lambda: NOW + timedelta(seconds=2), holder=live_holder())
+    assert asyncio.run(other.drain()) == 0
+    assert other.lease is None
+    lease = node.store.sender_lease()
+    assert lease is not None and lease.token == 2  # the replacement holds it still
+
+
+def live_holder() -> str:
+    return f"this-host pid {os.getpid()} {new_token()}"

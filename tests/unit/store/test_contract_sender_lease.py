@@ -130,3 +130,15 @@ def test_ok_four_processes_race_for_the_lease_and_one_holds_it(
     assert len(winners) == 1 and outcomes[winners[0]] == 1
     lease = node_store.sender_lease()
     assert lease is not None and (lease.holder, lease.token) == (winners[0], 1)
+
+
+def test_ok_a_holder_known_dead_is_taken_over_before_expiry(node_store: NodeStore) -> None:
+    assert node_store.take_sender_lease("a", now=T0, until=T0 + LEASE) == 1
+    # Compare-and-swap on the holder: only the holder named dead is replaced.
+    assert node_store.take_sender_lease("b", now=T0, until=T0 + LEASE, take_over="c") is None
+    assert node_store.sender_lease() == SenderLease("a", 1, T0 + LEASE)
+    assert node_store.take_sender_lease("b", now=T0, until=T0 + LEASE, take_over="a") == 2
+    assert node_store.sender_lease() == SenderLease("b", 2, T0 + LEASE)
+    # The dead holder's token closes nothing any more; naming it again takes nothing.
+    assert node_store.take_sender_lease("c", now=T0, until=T0 + LEASE, take_over="a") is None
+    assert node_store.sender_lease() == SenderLease("b", 2, T0 + LEASE)
