@@ -31,11 +31,11 @@ import psycopg.errors
 from psycopg import pq
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from ztpki.errors import ConfigurationError, StorageError, Unavailable, ZtpkiError
+from ztpki.errors import StorageError, Unavailable, ZtpkiError
 from ztpki.store.counters import DatabaseCounters
 from ztpki.store.database_url import redact_url, without_password
 from ztpki.store.pg_schema import postgres_ddl
-from ztpki.store.sql import SchemaOutdated, SchemaTooNew
+from ztpki.store.sql import needs_migration
 
 logger = logging.getLogger(__name__)
 
@@ -405,17 +405,8 @@ class PostgresDatabase:
                 logger.info("created %s schema version %d in %s", component, version, self.name)
                 return
             found = int(row[0])
-            if found == version:
+            if not needs_migration(self.name, component, found, version, steps, migrate=migrate):
                 return
-            if found > version:
-                raise SchemaTooNew(self.name, component, found, version)
-            if not migrate:
-                raise SchemaOutdated(self.name, component, found, version)
-            if any(step not in steps for step in range(found, version)):
-                raise ConfigurationError(
-                    f"database {self.name}: no migration from {component} schema version "
-                    f"{found} to {version}; use the ztpki release that wrote it"
-                )
             for step in range(found, version):
                 for statement in steps[step]:
                     conn.raw.execute(statement)

@@ -138,3 +138,29 @@ class SchemaTooNew(ConfigurationError):
             f"database {database} holds {component} schema version {found}, but this ztpki "
             f"uses version {expected}: use the ztpki release that wrote it, or a newer one"
         )
+
+
+def needs_migration(
+    database: str,
+    component: str,
+    found: int,
+    version: int,
+    steps: Mapping[int, Sequence[str]],
+    *,
+    migrate: bool,
+) -> bool:
+    """Whether a store holding ``component`` schema ``found`` must be migrated to ``version``
+    (both engines judge alike): SchemaTooNew, SchemaOutdated (unless ``migrate``), or a
+    ConfigurationError when ``steps`` lack one."""
+    if found == version:
+        return False
+    if found > version:
+        raise SchemaTooNew(database, component, found, version)
+    if not migrate:
+        raise SchemaOutdated(database, component, found, version)
+    if any(step not in steps for step in range(found, version)):
+        raise ConfigurationError(
+            f"database {database}: no migration from {component} schema version {found} to "
+            f"{version}; use the ztpki release that wrote it"
+        )
+    return True

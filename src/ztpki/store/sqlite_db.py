@@ -19,7 +19,7 @@ from typing import Any
 
 from ztpki.errors import ConfigurationError, StorageError, Unavailable, ZtpkiError
 from ztpki.store.counters import DatabaseCounters
-from ztpki.store.sql import SchemaOutdated, SchemaTooNew, SQLConnection
+from ztpki.store.sql import SQLConnection, needs_migration
 
 logger = logging.getLogger(__name__)
 
@@ -363,17 +363,8 @@ class SQLiteDatabase:
                 )
                 logger.info("created %s schema version %d in %s", component, version, self.path)
                 return
-            if row[0] == version:
+            if not needs_migration(self.name, component, row[0], version, steps, migrate=migrate):
                 return
-            if row[0] > version:
-                raise SchemaTooNew(self.name, component, row[0], version)
-            if not migrate:
-                raise SchemaOutdated(self.name, component, row[0], version)
-            if any(v not in steps for v in range(row[0], version)):
-                raise ConfigurationError(
-                    f"database {self.path}: no migration from {component} schema version "
-                    f"{row[0]} to {version}; use the ztpki release that wrote it"
-                )
         self._migrate(component, version, steps)
 
     def _migrate(self, component: str, version: int, steps: Mapping[int, Sequence[str]]) -> None:
