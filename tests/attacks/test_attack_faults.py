@@ -328,7 +328,8 @@ def test_survived_node_killed_mid_transaction(
             "issuing, their requests inside the CA system), then restarted on its port"
         ),
         observed=(
-            f"right after the restart a retry got {early.summary()}: the dead node's leases "
+            f"right after the restart a retry got HTTP {early.status} with its certificate: the "
+            "dead node's leases "
             "name it, so the restarted node took them over at once, without waiting for them "
             "to expire (audited 'took over an issuance whose lease expired or whose holder was "
             "killed'); whatever the CA system had issued for the dead "
