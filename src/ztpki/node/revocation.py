@@ -30,9 +30,9 @@ from datetime import UTC, datetime, timedelta
 from ztpki.errors import Unavailable, ZtpkiError
 from ztpki.eventloop import cancel_tasks
 from ztpki.node.ca_client import SecondCAClient
-from ztpki.node.config import RevocationPolicy
 from ztpki.node.lease_holder import holder_gone, new_token
 from ztpki.node.register import AsyncRegister
+from ztpki.node.revocation_policy import RevocationPolicy
 from ztpki.protocol.revocation import RevocationRequest
 from ztpki.store.records import AuditRecord, RevocationReason
 from ztpki.store.revocation_records import QueuedRevocation, RevocationAction

@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 
 from ztpki.errors import ConfigurationError, UnknownCA
-from ztpki.node.config import CALabel, IssuingParameters, Limits, NodeConfig, RevocationPolicy
+from ztpki.node.config import CALabel, IssuingParameters, Limits, NodeConfig
 from ztpki.node.manufacturers import ManufacturerConfig
 from ztpki.node.metrics import NodeMetrics, database_figures
+from ztpki.node.revocation_policy import RevocationPolicy
 from ztpki.pki.device_ids import DeviceIdNamespace
 from ztpki.pki.keys import KeySpec
 from ztpki.store import open_sqlite_node_store

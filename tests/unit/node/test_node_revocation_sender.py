@@ -15,9 +15,9 @@ from tests.unit.node.test_lease_holder import token_of_a_process_that_exited
 
 from ztpki.errors import Unavailable
 from ztpki.node.authorization import Operation, RefusalReason, Refused
-from ztpki.node.config import RevocationPolicy
 from ztpki.node.lease_holder import new_token
 from ztpki.node.revocation import RevocationSender, backoff
+from ztpki.node.revocation_policy import RevocationPolicy
 from ztpki.pki.pem import serial_hex
 from ztpki.store.records import RevocationReason
 from ztpki.store.revocation_records import QueueStatus, RevocationAction, RevocationOrder
