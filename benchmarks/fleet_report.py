@@ -8,6 +8,8 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
+import customization
+
 from ztpki.device import KeyMode
 
 HANDSHAKES_PER_CUSTOMIZATION = 2
@@ -16,20 +18,11 @@ POSTGRES_TARGET = 1.15
 
 
 @dataclass
-class ModeResult:
-    mode: str
+class ModeResult(customization.ModeResult):
+    """A customization run's figures (customization.ModeResult), and where it ran and what the
+    database did for it."""
+
     configuration: str
-    devices: int
-    failed: int
-    seconds: float
-    per_second: float
-    p50_ms: float
-    p95_ms: float
-    p99_ms: float
-    server_cpu_ms: float  # per customization, node + customer CA system
-    node_cpu_ms: float
-    ca_cpu_ms: float
-    client_cpu_ms: float  # the devices' side, all in this process
     postgres_cpu_ms: float  # included in server_cpu_ms
     node_round_trips: float  # per customization, the node's /metrics
     node_commits: float
