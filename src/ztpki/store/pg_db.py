@@ -35,7 +35,7 @@ from ztpki.errors import StorageError, Unavailable, ZtpkiError
 from ztpki.store.counters import DatabaseCounters
 from ztpki.store.database_url import redact_url, without_password
 from ztpki.store.pg_schema import postgres_ddl
-from ztpki.store.sql import needs_migration
+from ztpki.store.sql import needs_migration, stored_or_created
 
 logger = logging.getLogger(__name__)
 
@@ -392,19 +392,11 @@ class PostgresDatabase:
         steps = postgres_migrations or {}
         with self.write() as conn:
             conn.raw.execute(_SCHEMA_VERSION_TABLE)
-            row = conn.execute(
-                "SELECT version FROM schema_version WHERE component = ?", (component,)
-            ).fetchone()
-            if row is None:
-                for statement in ddl:
-                    conn.raw.execute(postgres_ddl(statement))
-                conn.execute(
-                    "INSERT INTO schema_version (component, version) VALUES (?, ?)",
-                    (component, version),
-                )
+            translated = (postgres_ddl(statement) for statement in ddl)
+            found = stored_or_created(conn, component, version, translated)
+            if found is None:
                 logger.info("created %s schema version %d in %s", component, version, self.name)
                 return
-            found = int(row[0])
             if not needs_migration(self.name, component, found, version, steps, migrate=migrate):
                 return
             for step in range(found, version):

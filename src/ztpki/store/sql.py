@@ -9,7 +9,7 @@ sees one snapshot, and a group commits several units with one flush.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
@@ -164,3 +164,21 @@ def needs_migration(
             f"{version}; use the ztpki release that wrote it"
         )
     return True
+
+
+def stored_or_created(
+    conn: SQLConnection, component: str, version: int, ddl: Iterable[str]
+) -> int | None:
+    """Inside a write transaction: the schema version ``component`` holds, or None after
+    creating its tables (``ddl``, already in this engine's types) at ``version``."""
+    row = conn.execute(
+        "SELECT version FROM schema_version WHERE component = ?", (component,)
+    ).fetchone()
+    if row is not None:
+        return int(row[0])
+    for statement in ddl:
+        conn.execute(statement)
+    conn.execute(
+        "INSERT INTO schema_version (component, version) VALUES (?, ?)", (component, version)
+    )
+    return None

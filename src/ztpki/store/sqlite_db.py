@@ -19,7 +19,7 @@ from typing import Any
 
 from ztpki.errors import ConfigurationError, StorageError, Unavailable, ZtpkiError
 from ztpki.store.counters import DatabaseCounters
-from ztpki.store.sql import SQLConnection, needs_migration
+from ztpki.store.sql import SQLConnection, needs_migration, stored_or_created
 
 logger = logging.getLogger(__name__)
 
@@ -351,19 +351,11 @@ class SQLiteDatabase:
         steps = migrations or {}
         with self.write() as conn:
             conn.execute(_SCHEMA_VERSION_TABLE)
-            row = conn.execute(
-                "SELECT version FROM schema_version WHERE component = ?", (component,)
-            ).fetchone()
-            if row is None:
-                for statement in ddl:
-                    conn.execute(statement)
-                conn.execute(
-                    "INSERT INTO schema_version (component, version) VALUES (?, ?)",
-                    (component, version),
-                )
+            found = stored_or_created(conn, component, version, ddl)
+            if found is None:
                 logger.info("created %s schema version %d in %s", component, version, self.path)
                 return
-            if not needs_migration(self.name, component, row[0], version, steps, migrate=migrate):
+            if not needs_migration(self.name, component, found, version, steps, migrate=migrate):
                 return
         self._migrate(component, version, steps)
 
