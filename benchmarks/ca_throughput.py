@@ -13,7 +13,10 @@ to /api/v1/cfssl/sign over HTTP keep-alive with N threads. Server CPU is utime +
 the server process and all its descendants (the key pool), read from /proc before and after
 each phase, so client CPU never counts. The figure to compare is CPU per certificate:
 
-  ratio = ztpki CSR-mode CPU per certificate / cfssl CPU per certificate  (target <= 1.0)
+  ratio = ztpki CSR-mode CPU per certificate / cfssl CPU per certificate
+
+The target of 1.0 is retired (issue 16: out of reach for a CPython server with TLS, an event
+loop and durable records); the ratio is tracked with a no-regression bound of 1.7.
 
 ztpki also writes a durable record (SQLite, synchronous=FULL) of every certificate; cfssl
 here keeps none. Run: .venv/bin/python benchmarks/ca_throughput.py [--clients 8]
@@ -60,6 +63,8 @@ from ztpki.protocol.enrollment import (
 )
 from ztpki.store.records import ClientEntitlement
 
+# CPU per certificate against cfssl: the target of 1.0 is retired; this bound keeps it still.
+CFSSL_BOUND = 1.7
 CA_PASSPHRASE = "benchmark-ca-passphrase"
 CLIENT_PASSPHRASE = "benchmark-client-passphrase"
 ENV = {
@@ -457,10 +462,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(peer.line())
             ours = next(r for r in results if r.name == "ztpki ec-csr")
             ratio = ours.cpu_ms / peer.cpu_ms
-            verdict = "meets" if ratio <= 1.0 else "MISSES"
+            verdict = "within" if ratio <= CFSSL_BOUND else "REGRESSED past"
             print(
-                f"ratio ztpki CSR-mode / cfssl CPU per certificate: {ratio:.2f} "
-                f"({verdict} the target <= 1.0; ztpki also records every certificate durably)"
+                f"ratio ztpki CSR-mode / cfssl CPU per certificate: {ratio:.2f} ({verdict} the "
+                f"no-regression bound <= {CFSSL_BOUND}; ztpki also records every certificate "
+                "durably)"
             )
             print(
                 "ratio of the in-process floor / cfssl: "
