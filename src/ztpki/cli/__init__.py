@@ -21,6 +21,7 @@ _GROUPS = {
     "device": "ztpki.cli.device",
     "demo": "ztpki.cli.demo",
     "completion": "ztpki.cli.completion",
+    "doctor": "ztpki.cli.doctor",
 }
 # Modules that add commands to a group defined elsewhere, imported with it.
 _EXTENSIONS = {
