@@ -79,8 +79,8 @@ def doctor(
                 console.print(f"        fix: {f.fix}", markup=False, highlight=False)
         counts = {s: sum(f.severity is s for f in findings) for s in Severity}
         console.print(
-            f"{len(findings)} checks: {counts[Severity.OK]} ok, {counts[Severity.WARNING]} "
-            f"warnings, {counts[Severity.ERROR]} errors",
+            f"{len(findings)} checks: {counts[Severity.OK]} ok, "
+            f"{counts[Severity.WARNING]} warning(s), {counts[Severity.ERROR]} error(s)",
             markup=False,
         )
     verdict = worst(findings)

@@ -29,6 +29,7 @@ from ztpki.errors import (
     UnsupportedParameter,
     ZtpkiError,
 )
+from ztpki.logs import bind, log_fields
 from ztpki.node.authentication import AuthenticationModule, ClientIdentity, IdentityKind
 from ztpki.node.authorization import (
     InProgress,
@@ -232,7 +233,7 @@ class EstApplication:
 
     def _handler(self, operation: Operation) -> Callable[[web.Request], Awaitable[web.Response]]:
         async def handle(request: web.Request) -> web.Response:
-            with self.in_flight.request():
+            with self.in_flight.request(), log_fields():
                 return await self._serve(request, operation)
 
         return handle
@@ -242,6 +243,7 @@ class EstApplication:
         try:
             label = self.service.label(request.match_info.get("label"))
             identity = await self._identity(request, operation, label)
+            bind(label=label.name, device_id=identity.device_id if identity else None)
             response, outcome = await self._dispatch(request, operation, label, identity)
         except ZtpkiError as exc:
             response, outcome = error_response(exc)
