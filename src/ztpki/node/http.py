@@ -45,7 +45,7 @@ from ztpki.node.enrollment import EnrollmentService, LoadedLabel
 from ztpki.node.factory_crls import FactoryRevocation
 from ztpki.node.fleet_metrics import FleetMetrics
 from ztpki.node.metrics import CONTENT_TYPE as METRICS_TYPE
-from ztpki.node.metrics import NodeMetrics
+from ztpki.node.metrics import Gauges, NodeMetrics
 from ztpki.node.strangers import StrangerRefusals, UnauthenticatedReason
 from ztpki.pki.keys import KeySpec
 from ztpki.protocol.est import (
@@ -198,6 +198,7 @@ class EstApplication:
         in_flight: InFlight | None = None,
     ) -> None:
         self.in_flight = in_flight or InFlight()
+        metrics.watch_in_flight(lambda: self.in_flight.count)
         self.service = service
         # With several workers: /metrics adds up every worker's figures (None: this one's).
         self.fleet = fleet
@@ -250,9 +251,12 @@ class EstApplication:
         except Exception:
             log.exception("internal error serving %s %s", request.method, quote(request.path))
             response, outcome = error_response(ZtpkiError("internal"))
+        elapsed = time.monotonic() - started
         self.metrics.count_request(operation.value, outcome)
+        self.metrics.observe_request(operation.value, elapsed)
         if outcome == "issued":
-            self.metrics.observe_enrollment(operation.value, time.monotonic() - started)
+            self.metrics.observe_enrollment(operation.value, elapsed)
+            self.metrics.count_issued(label.name)
         return response
 
     async def _identity(
@@ -389,11 +393,14 @@ class EstApplication:
         self.metrics.count_request("metrics", "served")
         counts = await self.service.register.counts()
         devices = {s.value: n for s, n in counts.items()}
+        revocations = await self.service.register.open_revocation_counts()
         if self.fleet is None:
-            text = self.metrics.exposition(devices=devices)
+            text = self.metrics.exposition(
+                Gauges(devices, revocations, in_flight=self.metrics.in_flight())
+            )
         else:
             total, workers = await self.fleet.collect()
-            text = total.exposition(devices=devices, workers=workers)
+            text = total.exposition(Gauges(devices, revocations, total.in_flight(), workers))
         response = web.Response(text=text)
         response.headers["Content-Type"] = METRICS_TYPE
         return response
