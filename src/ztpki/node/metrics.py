@@ -9,89 +9,26 @@ Prometheus expects.
 
 from __future__ import annotations
 
-import bisect
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from ztpki.prometheus import (
+    CONTENT_TYPE,
+    Histogram,
+    add_counts,
+    counter,
+    exposition,
+    gauge,
+    histogram,
 )
 
-# The classic text format, which every Prometheus and agent reads (prometheus-client 0.22+
-# would announce its own escaping scheme, version 1.0.0, for the same bytes).
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-
-# Seconds: an enrollment on loopback takes milliseconds; a loaded CA system, seconds.
-LATENCY_BUCKETS: tuple[float, ...] = (
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
-)
-
+__all__ = ["CONTENT_TYPE", "DatabaseFigures", "Gauges", "NodeMetrics", "database_figures"]
 
 # (engine, {figure: count}), from ztpki.store.counters.DatabaseCounters.
 DatabaseFigures = tuple[str, Mapping[str, int]]
-
-
-@dataclass
-class Histogram:
-    buckets: tuple[float, ...] = LATENCY_BUCKETS
-    counts: list[int] = field(default_factory=list)
-    total: float = 0.0
-    count: int = 0
-
-    def __post_init__(self) -> None:
-        if not self.counts:
-            self.counts = [0] * len(self.buckets)
-
-    def observe(self, value: float) -> None:
-        # Stored per bucket; exposition makes them cumulative.
-        index = bisect.bisect_left(self.buckets, value)
-        if index < len(self.counts):
-            self.counts[index] += 1
-        self.total += value
-        self.count += 1
-
-    def add(self, other: Histogram) -> None:
-        if other.buckets != self.buckets:
-            raise ValueError("histograms with different buckets cannot be added")
-        self.counts = [a + b for a, b in zip(self.counts, other.counts, strict=True)]
-        self.total += other.total
-        self.count += other.count
-
-    def cumulative(self) -> list[tuple[str, float]]:
-        """prometheus-client's bucket list: (le, cumulative count), +Inf last."""
-        buckets, running = [], 0
-        for bound, count in zip(self.buckets, self.counts, strict=True):
-            running += count
-            buckets.append((repr(float(bound)), float(running)))  # "30.0", as Go writes it
-        buckets.append(("+Inf", float(self.count)))
-        return buckets
-
-
-def _histogram_data(histogram: Histogram) -> dict[str, Any]:
-    return {"counts": list(histogram.counts), "total": histogram.total, "count": histogram.count}
-
-
-def _histogram_from(data: Mapping[str, Any]) -> Histogram:
-    counts = [int(c) for c in data["counts"]]
-    if len(counts) != len(LATENCY_BUCKETS):
-        raise ValueError("a histogram with other buckets")
-    return Histogram(counts=counts, total=float(data["total"]), count=int(data["count"]))
 
 
 # The counters a snapshot carries: name in the snapshot -> attribute.
@@ -194,7 +131,7 @@ class NodeMetrics:
         for name in _COUNTERS:
             data[name] = dict(getattr(self, f"_{name}"))
         for name in _HISTOGRAMS:
-            data[name] = {k: _histogram_data(h) for k, h in getattr(self, f"_{name}").items()}
+            data[name] = {k: h.data() for k, h in getattr(self, f"_{name}").items()}
         return data
 
     def add(self, snapshot: Mapping[str, Any]) -> None:
@@ -206,7 +143,7 @@ class NodeMetrics:
                 name: {str(k): int(n) for k, n in snapshot[name].items()} for name in _COUNTERS
             }
             series = {
-                name: {str(k): _histogram_from(v) for k, v in snapshot[name].items()}
+                name: {str(k): Histogram.from_data(v) for k, v in snapshot[name].items()}
                 for name in _HISTOGRAMS
             }
             database = {(str(e), str(k)): int(n) for e, k, n in snapshot.get("database", [])}
@@ -217,60 +154,56 @@ class NodeMetrics:
             key = (endpoint, outcome)
             self._requests[key] = self._requests.get(key, 0) + value
         for name, values in counters.items():
-            into: dict[str, int] = getattr(self, f"_{name}")
-            for key_, value in values.items():
-                into[key_] = into.get(key_, 0) + value
+            add_counts(getattr(self, f"_{name}"), values)
         for name, histograms in series.items():
             into_h: dict[str, Histogram] = getattr(self, f"_{name}")
-            for series_key, histogram in histograms.items():
-                into_h.setdefault(series_key, Histogram()).add(histogram)
+            for series_key, figures in histograms.items():
+                into_h.setdefault(series_key, Histogram()).add(figures)
         self.add_database(database)
         self._in_flight_added += in_flight
 
     def exposition(self, gauges: Gauges | None = None) -> str:
-        registry = CollectorRegistry(auto_describe=False)
-        registry.register(_Collector(self, gauges or Gauges()))
-        return generate_latest(registry).decode()
+        return exposition(self.families(gauges or Gauges()))
 
     def families(self, gauges: Gauges) -> Iterator[Metric]:
-        yield _counter(
+        yield counter(
             "ztpki_node_requests",
             "EST and metrics requests by endpoint and outcome.",
             ("endpoint", "outcome"),
             {(e, o): n for (e, o), n in self._requests.items()},
         )
-        yield _counter(
+        yield counter(
             "ztpki_node_unauthenticated_refusals",
             "TLS handshakes and requests refused before any client identity was "
             "authenticated (not audited), by reason.",
             ("reason",),
             {(k,): n for k, n in self._unauthenticated.items()},
         )
-        yield _counter(
+        yield counter(
             "ztpki_node_tls_handshake_failures",
             "TLS handshakes the node refused, by OpenSSL's reason.",
             ("reason",),
             {(k,): n for k, n in self._handshakes.items()},
         )
-        yield _counter(
+        yield counter(
             "ztpki_node_certificates_issued",
             "Certificates the customer CA system issued through the node, by EST label.",
             ("label",),
             {(k,): n for k, n in self._issued.items()},
         )
-        yield _histogram(
+        yield histogram(
             "ztpki_node_request_duration_seconds",
             "Time to answer a request, by endpoint, whatever the outcome.",
             "endpoint",
             self._durations,
         )
-        yield _histogram(
+        yield histogram(
             "ztpki_node_enrollment_seconds",
             "Time to answer an enrollment that issued a certificate.",
             "endpoint",
             self._enrollment,
         )
-        yield _histogram(
+        yield histogram(
             "ztpki_node_ca_system_seconds",
             "Time of one exchange with the customer CA system, by outcome.",
             "outcome",
@@ -280,53 +213,16 @@ class NodeMetrics:
         yield from _gauge_families(gauges)
 
 
-class _Collector:
-    def __init__(self, metrics: NodeMetrics, gauges: Gauges) -> None:
-        self._metrics, self._gauges = metrics, gauges
-
-    def collect(self) -> Iterator[Metric]:
-        return self._metrics.families(self._gauges)
-
-
-def _counter(
-    name: str, help_text: str, labels: tuple[str, ...], values: Mapping[tuple[str, ...], int]
-) -> CounterMetricFamily:
-    family = CounterMetricFamily(name, help_text, labels=labels)
-    for key, value in sorted(values.items()):
-        family.add_metric(key, value)
-    return family
-
-
-def _histogram(
-    name: str, help_text: str, label: str, series: Mapping[str, Histogram]
-) -> HistogramMetricFamily:
-    family = HistogramMetricFamily(name, help_text, labels=(label,))
-    for key, histogram in sorted(series.items()):
-        family.add_metric((key,), histogram.cumulative(), sum_value=histogram.total)
-    return family
-
-
-def _gauge(
-    name: str, help_text: str, label: str | None, values: Mapping[str, int] | int
-) -> GaugeMetricFamily:
-    if isinstance(values, int):
-        return GaugeMetricFamily(name, help_text, value=values)
-    family = GaugeMetricFamily(name, help_text, labels=(label,) if label else ())
-    for key, value in sorted(values.items()):
-        family.add_metric((key,), value)
-    return family
-
-
 def _gauge_families(gauges: Gauges) -> Iterator[GaugeMetricFamily]:
     if gauges.devices is not None:
-        yield _gauge(
+        yield gauge(
             "ztpki_node_devices",
             "Devices in the access-control register by state.",
             "state",
             gauges.devices,
         )
     if gauges.revocations is not None:
-        yield _gauge(
+        yield gauge(
             "ztpki_node_revocation_queue",
             "Revocation orders not yet delivered to the customer CA system, by status "
             "(waiting: for its grace period; pending: due, or retrying).",
@@ -334,14 +230,14 @@ def _gauge_families(gauges: Gauges) -> Iterator[GaugeMetricFamily]:
             gauges.revocations,
         )
     if gauges.in_flight is not None:
-        yield _gauge(
+        yield gauge(
             "ztpki_node_requests_in_flight",
             "Requests being answered now, over every worker.",
             None,
             gauges.in_flight,
         )
     if gauges.workers is not None:
-        yield _gauge(
+        yield gauge(
             "ztpki_node_workers",
             "Worker processes whose figures this scrape adds up.",
             None,
@@ -359,14 +255,14 @@ def database_figures(store: object) -> Callable[[], DatabaseFigures] | None:
 
 
 def _database_families(figures: Mapping[tuple[str, str], int]) -> Iterator[CounterMetricFamily]:
-    yield _counter(
+    yield counter(
         "ztpki_database_round_trips",
         "Requests to the node's database and their answers: round trips to the server "
         "(PostgreSQL), statements run (SQLite).",
         ("engine",),
         {(engine,): n for (engine, name), n in figures.items() if name == "round_trips"},
     )
-    yield _counter(
+    yield counter(
         "ztpki_database_commits",
         "Transactions of the node's database committed, by kind (write, read).",
         ("engine", "kind"),
