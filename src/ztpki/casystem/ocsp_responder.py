@@ -234,7 +234,7 @@ class OCSPResponder:
         this_update = now.replace(microsecond=0)
         validity = self._next_update.get(ca_name, DEFAULT_NEXT_UPDATE)
         signer = self._signers[ca_name].signer
-        next_update = min(this_update + validity, signer.certificate.not_valid_after_utc)
+        next_update = min(this_update + validity, signer.not_after)
         body = build_response(
             request, status, signer, this_update=this_update, next_update=next_update
         )

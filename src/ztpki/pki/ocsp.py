@@ -111,10 +111,13 @@ class ResponseSigner:
     certificate: x509.Certificate
     key: PrivateKey = field(repr=False)
     parts: SignerParts = field(init=False, repr=False, compare=False)
+    # The certificate's notAfter, read once: cryptography builds a new datetime per access.
+    not_after: datetime = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         parts = SignerParts.of(self.key, self.certificate, delegated=self.delegated)
         object.__setattr__(self, "parts", parts)
+        object.__setattr__(self, "not_after", self.certificate.not_valid_after_utc)
 
     @property
     def delegated(self) -> bool:
@@ -218,7 +221,7 @@ def build_response(
         unknown=answer.status is CertStatus.UNKNOWN,
         produced_at=this_update,
         this_update=this_update,
-        next_update=min(next_update, signer.certificate.not_valid_after_utc),
+        next_update=min(next_update, signer.not_after),
         nonce=request.nonce,
     )
 
