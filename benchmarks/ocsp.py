@@ -143,6 +143,20 @@ def start_ztpki(system: Path, log: Path, ocsp_dir: Path) -> tuple[subprocess.Pop
     return process, int(found.group(2))
 
 
+def start_floor() -> tuple[subprocess.Popen[str], int]:
+    """benchmarks/ocsp_floor.py: the publisher's HTTP server answering with constant bytes."""
+    script = Path(__file__).with_name("ocsp_floor.py")
+    process = subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env=ENV
+    )
+    assert process.stdout is not None
+    found = READY.search(process.stdout.readline())
+    if found is None:
+        process.kill()
+        raise RuntimeError("benchmarks/ocsp_floor.py did not start")
+    return process, int(found.group(2))
+
+
 def start_openssl(work: Path, log: Path) -> tuple[subprocess.Popen[str], int]:
     argv = ["openssl", "ocsp", "-index", str(work / "index.txt"), "-port", "0"]
     argv += ["-rsigner", str(work / "responder.pem"), "-rkey", str(work / "responder.key")]
@@ -252,6 +266,18 @@ def run_key(spec: KeySpec, work: Path, args: argparse.Namespace) -> list[Result]
             nginx_server.wait(timeout=20)
         stop(ztpki_server)
 
+    # The Python floor: the same HTTP server and client load, constant answers, no OCSP.
+    floor_server, floor_port = start_floor()
+    try:
+        for name, keep in (("ztpki floor (no OCSP)", False), ("ztpki floor keep-alive", True)):
+
+            def run_floor(b: Sequence[bytes], keep: bool = keep) -> None:
+                post_all(floor_port, "/ocsp", b, args.clients, keep=keep)
+
+            results.append(phase(name, floor_server.pid, plain, run_floor))
+    finally:
+        stop(floor_server)
+
     openssl_server, openssl_port = start_openssl(work, work / "openssl-ocsp.log")
     try:
         check_answers(openssl_port, "/", every, certificates, revocations, spec)
@@ -333,6 +359,8 @@ def report(spec: KeySpec, results: Sequence[Result], args: argparse.Namespace) -
         ("no nonce", "nginx no nonce keep-alive", "openssl no nonce keep-alive", 0.2),
         ("floor", "nginx floor (no file)", "openssl no nonce", 0.2),
         ("floor", "nginx floor keep-alive", "openssl no nonce keep-alive", 0.2),
+        ("floor", "ztpki floor (no OCSP)", "openssl nonce", 1.0),
+        ("floor", "ztpki floor keep-alive", "openssl nonce keep-alive", 1.0),
         ("with nonce", "ztpki nonce", "openssl nonce", 1.0),
         ("with nonce", "ztpki nonce keep-alive", "openssl nonce keep-alive", 1.0),
         ("with nonce", "nginx->ztpki nonce", "openssl nonce", 1.0),
