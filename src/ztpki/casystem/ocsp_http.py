@@ -25,8 +25,8 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import cast
 from email.utils import formatdate
+from typing import cast
 
 from ztpki.pki.ocsp import MAX_REQUEST_SIZE
 

@@ -89,6 +89,7 @@ class RevocationPublisher:
         self.presigned = presigned
         self._presigning: asyncio.Task[None] | None = None
         self._validators: dict[bytes, bytes] = {}
+        self._turn: object | None = None
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         """Listen (port 0: any free port); returns the bound address."""
@@ -191,7 +192,19 @@ class RevocationPublisher:
         return self._ocsp(der)
 
     def _ocsp(self, der: bytes) -> HTTPReply:
-        return self._reply(self.responder.answer(der, now=self._clock()))
+        return self._reply(self.responder.answer(der, now=self._clock(), turn=self._this_turn()))
+
+    def _this_turn(self) -> object:
+        """A token for the requests answered in this turn of the event loop: the HTTP server
+        answers each as soon as it is read, without waiting, so they share one read of the
+        store's revocation version (OCSPResponder.answer)."""
+        if self._turn is None:
+            self._turn = object()
+            asyncio.get_running_loop().call_soon(self._end_turn)
+        return self._turn
+
+    def _end_turn(self) -> None:
+        self._turn = None
 
     def _reply(self, answer: OCSPAnswer) -> HTTPReply:
         if answer.max_age is None or answer.this_update is None or answer.next_update is None:

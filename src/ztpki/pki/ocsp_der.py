@@ -11,8 +11,8 @@ put between them by ``_tlv`` (a tag, a DER length, the content). Measured on thi
 (Python 3.11, a P-256 answer with a nonce): the splicing costs ~5 us and the signature
 ~23 us, where pyasn1 building and encoding the ResponseData alone costs ~320 us and
 cryptography's OCSPResponseBuilder ~215 us for the whole answer (it re-reads the responder
-certificate and re-checks every field per call); openssl's whole answer costs ~120 us. cryptography still reads every answer in the tests, and openssl
-verifies them end to end.
+certificate and re-checks every field per call); openssl's whole answer costs ~120 us.
+cryptography still reads every answer in the tests, and openssl verifies them end to end.
 """
 
 from __future__ import annotations
