@@ -15,13 +15,17 @@ with the same algorithm):
   openssl  `openssl ocsp -index index.txt -port P -rsigner R -rkey K -CA ca.pem -ndays 1`
 
 Clients are `--clients` threads POSTing pre-built DER requests (every request a fresh
-connection, as `openssl ocsp` closes each one), without a nonce and with a fresh 16-octet
-nonce per request. ztpki's cache is warmed with one pass over the serials, and its first
-sweep has written every pre-signed file, before the clock starts: that is what "pre-signed"
-means. One more ztpki line uses kept-alive connections
-(HTTP/1.1, which openssl's responder does not offer). Server CPU is utime + stime of each
-server process tree from /proc, before and after each phase (nginx: master and worker;
-behind nginx: nginx's and ztpki's added). The ratios the issue sets, for each way of serving:
+connection, or kept-alive HTTP/1.1), without a nonce and with a fresh 16-octet nonce per
+request. ztpki's cache is warmed with one pass over the serials, and its first sweep has
+written every pre-signed file, before the clock starts: that is what "pre-signed" means.
+openssl is asked by both clients too: it answers HTTP/1.0 and closes every connection, so
+the kept-alive client reconnects, which is the same client load as ztpki's kept-alive
+phases. Floor phases show what no answer can go below on this machine: nginx answering
+`return 200` from its configuration, and ztpki's HTTP server answering constant bytes
+(benchmarks/ocsp_floor.py). Server CPU is utime + stime of each server process tree from
+/proc, before and after each phase (nginx: master and worker; behind nginx: nginx's and
+ztpki's added). The ratios the issue sets, each way of serving against openssl under the
+same client load (fresh against fresh, kept-alive against kept-alive):
 
   no nonce:   CPU per response / openssl CPU per response   (target <= 0.20)
   with nonce: CPU per response / openssl CPU per response   (target <= 1.00)
