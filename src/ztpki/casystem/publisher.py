@@ -51,8 +51,8 @@ RENEW_CHECK_EVERY = 3600.0  # seconds between checks of the delegated responders
 _OCSP_TYPE = OCSP_RESPONSE_TYPE.encode()
 _NO_STORE = b"Cache-Control: no-store\r\n"
 # Validator headers of pre-signed answers, kept per answer: formatting two dates and a SHA-1
-# per request cost ~12 us of the ~40 an answer takes. Cleared when full (answers are re-signed
-# at least every 12 h, so old entries die anyway).
+# cost ~4.5 us per request (measured quiet), a dict lookup 0.05 us; a pre-signed answer is
+# ~40 us of work. Cleared when full (answers are re-signed at least every 12 h anyway).
 _VALIDATORS_KEPT = 50_000
 
 
