@@ -21,18 +21,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from tests.attacks.attack_deployment import Deployment, DeviceUnderTest
 from tests.attacks.attack_report import AttackReport
 from tests.attacks.attack_wire import https_context, https_request
+from tests.support.cmp_messages import cert_conf, ir_body, refusal, request_header, signed
 
 from ztpki.pki.keys import PrivateKey
 from ztpki.protocol.cmp import (
     CMP_CONTENT_TYPE,
     AlgorithmId,
     BodyType,
-    CertConfBody,
     CertRepBody,
-    CertReqBody,
-    CertRequest,
-    CertStatus,
-    ErrorBody,
     FailInfo,
     Header,
     PKIMessage,
@@ -40,8 +36,6 @@ from ztpki.protocol.cmp import (
     decode_message,
     encode_message,
     protection_certificate,
-    sign_cert_request,
-    sign_message,
     verify_protection,
 )
 
@@ -77,54 +71,24 @@ def _post(
 
 
 def _refused(answer: PKIMessage, fail: FailInfo, phrase: str) -> str:
-    assert isinstance(answer.body, ErrorBody), answer.body
-    text = " ".join(answer.body.status.text)
-    assert answer.body.status.fail_info == {fail}, (answer.body.status.fail_info, text)
-    assert phrase in text, text
+    bits, text = refusal(answer)
+    assert bits == {fail} and phrase in text, (bits, text)
     return f"error message, PKIFailureInfo {fail.wire_name}: {text}"
-
-
-def _header(cert: x509.Certificate, **changes: object) -> Header:
-    header = Header(
-        sender=cert.subject, recipient=x509.Name([]), transaction_id=os.urandom(16),
-        sender_nonce=os.urandom(16), message_time=datetime.now(UTC),
-    )  # fmt: skip
-    return replace(header, **changes)  # type: ignore[arg-type]
-
-
-def _ir(device_id: str) -> CertReqBody:
-    key = ec.generate_private_key(ec.SECP256R1())
-    spki = key.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    subject = x509.Name([x509.NameAttribute(x509.NameOID.SERIAL_NUMBER, device_id)])
-    request = sign_cert_request(CertRequest(0, subject=subject, public_key_der=spki), key)
-    return CertReqBody(BodyType.IR, (request,))
-
-
-def _signed(key: object, cert: x509.Certificate, header: Header, body: object) -> bytes:
-    der = cert.public_bytes(serialization.Encoding.DER)
-    return sign_message(header, body, key, extra_certs=(der,))  # type: ignore[arg-type]
 
 
 def _issued(d: Deployment, device: DeviceUnderTest) -> tuple[Header, PKIMessage]:
     """A legitimate ir of device, answered: the certificate waits for its certConf."""
-    header = _header(device.certificate)
-    ip = _post(d, _signed(device.key, device.certificate, header, _ir(device.device_id)))
+    header = request_header(device.certificate)
+    ip = _post(d, signed(device.key, device.certificate, header, ir_body(device.device_id)))
     assert isinstance(ip.body, CertRepBody) and ip.body.responses[0].certificate_der
     return header, ip
 
 
-def _cert_conf(header: Header, ip: PKIMessage, cert_hash: bytes) -> tuple[Header, CertConfBody]:
-    follow = replace(header, sender_nonce=os.urandom(16), recip_nonce=ip.header.sender_nonce)
-    return follow, CertConfBody((CertStatus(cert_hash, 0),))
-
-
-def test_fail_replayed_ir(deployment: Deployment, attack_report: AttackReport) -> None:
+def test_fail_replayedir_body(deployment: Deployment, attack_report: AttackReport) -> None:
     d = deployment
     device = d.take_device()
-    header = _header(device.certificate)
-    ir = _signed(device.key, device.certificate, header, _ir(device.device_id))
+    header = request_header(device.certificate)
+    ir = signed(device.key, device.certificate, header, ir_body(device.device_id))
     assert isinstance(_post(d, ir).body, CertRepBody)
     before = d.snapshot()
     observed = _refused(_post(d, ir), FailInfo.TRANSACTION_ID_IN_USE, "used before")
@@ -142,7 +106,9 @@ def test_fail_forged_protection(deployment: Deployment, attack_report: AttackRep
     d.reserve(1)
     before = d.snapshot()
     thief = ec.generate_private_key(ec.SECP256R1())
-    forged = _signed(thief, device.certificate, _header(device.certificate), _ir(device.device_id))
+    forged = signed(
+        thief, device.certificate, request_header(device.certificate), ir_body(device.device_id)
+    )
     observed = _refused(_post(d, forged), FailInfo.BAD_MESSAGE_CHECK, "does not verify")
     checked = d.check_unchanged(before, unaudited_because="the signer proved no identity")
     _record(
@@ -160,8 +126,8 @@ def test_fail_mac_protection(deployment: Deployment, attack_report: AttackReport
     before = d.snapshot()
     der = device.certificate.public_bytes(serialization.Encoding.DER)
     pbm = AlgorithmId("1.2.840.113533.7.66.13", b"\x05\x00")
-    header = _header(device.certificate, protection_alg=pbm)
-    body = encode_message(header, _ir(device.device_id), protection=os.urandom(20),
+    header = request_header(device.certificate, protection_alg=pbm)
+    body = encode_message(header, ir_body(device.device_id), protection=os.urandom(20),
                           extra_certs=(der,))  # fmt: skip
     observed = _refused(_post(d, body), FailInfo.BAD_MESSAGE_CHECK, "MAC-based protection")
     checked = d.check_unchanged(before, unaudited_because="the signer proved no identity")
@@ -182,9 +148,9 @@ def test_fail_certconf_of_another_device(
     assert isinstance(ip.body, CertRepBody)
     issued = x509.load_der_x509_certificate(ip.body.responses[0].certificate_der or b"")
     before = d.snapshot()
-    follow, conf = _cert_conf(header, ip, certificate_hash(issued))
+    follow, conf = cert_conf(header, ip, certificate_hash(issued))
     stolen = replace(follow, sender=attacker.certificate.subject)
-    answer = _post(d, _signed(attacker.key, attacker.certificate, stolen, conf))
+    answer = _post(d, signed(attacker.key, attacker.certificate, stolen, conf))
     observed = _refused(answer, FailInfo.NOT_AUTHORIZED, "protected the request")
     checked = d.check_unchanged(
         before, audited=[(attacker.device_id, "refused", "protected the request")]
@@ -204,8 +170,8 @@ def test_fail_certconf_with_a_wrong_hash(
     device = d.take_device()
     header, ip = _issued(d, device)
     before = d.snapshot()
-    follow, conf = _cert_conf(header, ip, b"\x00" * 32)
-    answer = _post(d, _signed(device.key, device.certificate, follow, conf))
+    follow, conf = cert_conf(header, ip, b"\x00" * 32)
+    answer = _post(d, signed(device.key, device.certificate, follow, conf))
     observed = _refused(answer, FailInfo.BAD_CERT_ID, "nothing confirmed")
     checked = d.check_unchanged(before, audited=[(device.device_id, "refused", "certHash")])
     _record(
@@ -222,8 +188,8 @@ def test_fail_signer_other_than_tls_client(
     d = deployment
     device, other = d.take_device(), d.take_device()
     before = d.snapshot()
-    body = _signed(device.key, device.certificate, _header(device.certificate),
-                   _ir(device.device_id))  # fmt: skip
+    body = signed(device.key, device.certificate, request_header(device.certificate),
+                   ir_body(device.device_id))  # fmt: skip
     answer = _post(d, body, key=other.key, chain=[other.certificate])
     observed = _refused(answer, FailInfo.NOT_AUTHORIZED, "TLS client certificate")
     checked = d.check_unchanged(
@@ -251,7 +217,7 @@ def test_fail_unknown_factory(deployment: Deployment, attack_report: AttackRepor
         .not_valid_after(now.replace(year=now.year + 1))
         .sign(key, hashes.SHA256())
     )  # fmt: skip
-    answer = _post(d, _signed(key, fake, _header(fake), _ir(device.device_id)))
+    answer = _post(d, signed(key, fake, request_header(fake), ir_body(device.device_id)))
     observed = _refused(answer, FailInfo.SIGNER_NOT_TRUSTED, "")
     checked = d.check_unchanged(before, unaudited_because="not a certificate of a known factory")
     _record(
@@ -270,12 +236,12 @@ def test_fail_temporary_certificate_after_cmp_customization(
     header, ip = _issued(d, device)
     assert isinstance(ip.body, CertRepBody)
     issued = x509.load_der_x509_certificate(ip.body.responses[0].certificate_der or b"")
-    follow, conf = _cert_conf(header, ip, certificate_hash(issued))
-    done = _post(d, _signed(device.key, device.certificate, follow, conf))
+    follow, conf = cert_conf(header, ip, certificate_hash(issued))
+    done = _post(d, signed(device.key, device.certificate, follow, conf))
     assert done.body.type is BodyType.PKI_CONF
     before = d.snapshot()
-    again = _signed(device.key, device.certificate, _header(device.certificate),
-                    _ir(device.device_id))  # fmt: skip
+    again = signed(device.key, device.certificate, request_header(device.certificate),
+                    ir_body(device.device_id))  # fmt: skip
     observed = _refused(_post(d, again), FailInfo.NOT_AUTHORIZED, "already customized")
     checked = d.check_unchanged(
         before, audited=[(device.device_id, "refused", "already customized")]

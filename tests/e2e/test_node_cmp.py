@@ -9,39 +9,29 @@ ztpki's own codec and posted over the same TLS.
 
 from __future__ import annotations
 
-import os
 import shlex
 from collections.abc import Iterator
 from dataclasses import replace
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from node_fixtures import Device, NodeWorld, build_world, cli
+from tests.support.cmp_messages import cert_conf, ir_body, refusal, request_header, signed
 from tests.support.shell import sh
 
 from ztpki.pki.pem import load_certificates_pem, serial_hex
 from ztpki.protocol.cmp import (
     CMP_CONTENT_TYPE,
     BodyType,
-    CertConfBody,
     CertRepBody,
-    CertReqBody,
-    CertRequest,
-    CertStatus,
-    ErrorBody,
     FailInfo,
     Header,
     PKIMessage,
-    PKIStatus,
     certificate_hash,
     decode_message,
     protection_certificate,
-    sign_cert_request,
-    sign_message,
     verify_protection,
 )
 from ztpki.protocol.est import decode_certs_only
@@ -58,23 +48,22 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeWorld]:
         w.stop()
 
 
-def openssl_cmp(world: NodeWorld, cwd: Path, *args: str, path: str = ".well-known/cmp") -> str:
+def openssl_cmp(
+    world: NodeWorld, cwd: Path, *args: str, path: str = ".well-known/cmp", ok: bool = True
+) -> str:
     """`openssl cmp` against the node over TLS, trusting the factory root for the TLS server
-    certificate and for the node's CMP signature alike; its output (it must succeed)."""
+    certificate and for the node's CMP signature alike; its output. ok: it must succeed, else
+    it must fail."""
     anchor = str(world.factory_anchor)
     command = ["openssl", "cmp", "-server", world.node.address, "-path", path, "-tls_used",
                "-tls_trusted", anchor, "-trusted", anchor, *args]  # fmt: skip
-    result = sh(shlex.join(command), cwd)
+    result = sh(shlex.join(command), cwd, check=ok)
+    assert (result.returncode == 0) == ok, result
     return result.stdout + result.stderr
 
 
 def openssl_cmp_refused(world: NodeWorld, cwd: Path, *args: str) -> str:
-    anchor = str(world.factory_anchor)
-    command = ["openssl", "cmp", "-server", world.node.address, "-path", ".well-known/cmp",
-               "-tls_used", "-tls_trusted", anchor, "-trusted", anchor, *args]  # fmt: skip
-    result = sh(shlex.join(command), cwd, check=False)
-    assert result.returncode != 0
-    return result.stdout + result.stderr
+    return openssl_cmp(world, cwd, *args, ok=False)
 
 
 def new_key(cwd: Path, name: str = "new.key") -> str:
@@ -118,39 +107,13 @@ def post(world: NodeWorld, body: bytes, *, path: str = "/.well-known/cmp") -> PK
 
 def device_ir(
     device: Device, *, transaction_id: bytes | None = None, signing_key: object = None
-) -> tuple[bytes, ec.EllipticCurvePrivateKey, Header]:
+) -> tuple[bytes, Header]:
     """An ir like openssl's, signed with the device's temporary key (or signing_key)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    spki = key.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    subject = x509.Name([x509.NameAttribute(x509.NameOID.SERIAL_NUMBER, device.device_id)])
-    request = sign_cert_request(CertRequest(0, subject=subject, public_key_der=spki), key)
-    header = Header(
-        sender=device.certificate.subject, recipient=x509.Name([]),
-        transaction_id=transaction_id or os.urandom(16), sender_nonce=os.urandom(16),
-        message_time=datetime.now(UTC),
-    )  # fmt: skip
-    der = device.certificate.public_bytes(serialization.Encoding.DER)
-    body = CertReqBody(BodyType.IR, (request,))
-    signer = signing_key if signing_key is not None else device.key
-    return sign_message(header, body, signer, extra_certs=(der,)), key, header  # type: ignore[arg-type]
-
-
-def refusal(answer: PKIMessage) -> tuple[frozenset[FailInfo], str]:
-    assert isinstance(answer.body, ErrorBody), answer.body
-    assert answer.body.status.status is PKIStatus.REJECTION
-    return answer.body.status.fail_info, " ".join(answer.body.status.text)
-
-
-def cert_conf(device: Device, ip: PKIMessage, header: Header, cert_hash: bytes) -> bytes:
-    conf_header = replace(
-        header, sender_nonce=os.urandom(16), recip_nonce=ip.header.sender_nonce,
-        message_time=datetime.now(UTC),
-    )  # fmt: skip
-    der = device.certificate.public_bytes(serialization.Encoding.DER)
-    body = CertConfBody((CertStatus(cert_hash, 0),))
-    return sign_message(conf_header, body, device.key, extra_certs=(der,))  # type: ignore[arg-type]
+    header = request_header(device.certificate)
+    if transaction_id is not None:
+        header = replace(header, transaction_id=transaction_id)
+    key = signing_key if signing_key is not None else device.key
+    return signed(key, device.certificate, header, ir_body(device.device_id)), header
 
 
 # ------------------------------------------------------------------ openssl: the happy paths
@@ -278,7 +241,7 @@ openssl x509 -req -in fake.csr -CA fake-ca.pem -CAkey fake-ca.key -days 2 -out f
 def test_fail_wrong_protection_changes_nothing(world: NodeWorld) -> None:
     (device,) = world.make_devices(1)
     other = ec.generate_private_key(ec.SECP256R1())
-    body, _, _ = device_ir(device, signing_key=other)
+    body, _ = device_ir(device, signing_key=other)
     fail, text = refusal(post(world, body))
     assert fail == {FailInfo.BAD_MESSAGE_CHECK} and "does not verify" in text
     unchanged(world, device)
@@ -286,7 +249,7 @@ def test_fail_wrong_protection_changes_nothing(world: NodeWorld) -> None:
 
 def test_fail_replayed_transaction_id(world: NodeWorld) -> None:
     (device,) = world.make_devices(1)
-    body, _, header = device_ir(device)
+    body, header = device_ir(device)
     ip = post(world, body)
     assert isinstance(ip.body, CertRepBody) and ip.body.type is BodyType.IP
     issued = world.register()[device.device_id]["serial"]
@@ -301,16 +264,18 @@ def test_fail_replayed_transaction_id(world: NodeWorld) -> None:
 
 def test_fail_certconf_with_a_wrong_hash_confirms_nothing(world: NodeWorld) -> None:
     (device,) = world.make_devices(1)
-    body, _, header = device_ir(device)
+    body, header = device_ir(device)
     ip = post(world, body)
     assert isinstance(ip.body, CertRepBody)
     certificate = x509.load_der_x509_certificate(ip.body.responses[0].certificate_der or b"")
-    fail, text = refusal(post(world, cert_conf(device, ip, header, b"\x00" * 32)))
+    follow, conf = cert_conf(header, ip, b"\x00" * 32)
+    fail, text = refusal(post(world, signed(device.key, device.certificate, follow, conf)))
     assert fail == {FailInfo.BAD_CERT_ID} and "nothing confirmed" in text
     assert world.state(device.device_id) == "issued"
     assert [e["decision"] for e in world.audit(device.device_id)][-1] == "refused"
     # The right hash then confirms.
-    done = post(world, cert_conf(device, ip, header, certificate_hash(certificate)))
+    follow, conf = cert_conf(header, ip, certificate_hash(certificate))
+    done = post(world, signed(device.key, device.certificate, follow, conf))
     assert done.body.type is BodyType.PKI_CONF
     assert world.state(device.device_id) == "customized"
 
@@ -346,7 +311,7 @@ def test_fail_est_customized_device_is_refused_cmp_ir(world: NodeWorld, tmp_path
 
 def test_fail_bad_http_is_answered_in_http(world: NodeWorld) -> None:
     url = f"https://{world.node.address}/.well-known/cmp"
-    body, _, _ = device_ir(world.make_devices(1)[0])
+    body, _ = device_ir(world.make_devices(1)[0])
     wrong_type = world.request("POST", url, body=body, headers={"Content-Type": "text/plain"})
     assert wrong_type.status == 415
     assert world.request("GET", url).status == 405

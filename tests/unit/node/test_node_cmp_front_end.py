@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from node_harness import InProcessNode
 from node_pki import NOW
 from test_node_proxy_listener import TCP, ProxiedNode, escaped, read_all
+from tests.support.cmp_messages import ir_body, refusal, request_header, signed
 
 from ztpki.credentials import client_context
 from ztpki.node.config import Limits
@@ -27,13 +27,9 @@ from ztpki.protocol.cmp import (
     BodyType,
     CertConfBody,
     CertRepBody,
-    CertReqBody,
-    CertRequest,
     CertStatus,
-    ErrorBody,
     FailInfo,
     GenMsgBody,
-    Header,
     InfoTypeAndValue,
     PKIMessage,
     certificate_hash,
@@ -41,8 +37,6 @@ from ztpki.protocol.cmp import (
     encode_message,
     protected_part,
     protection_certificate,
-    sign_cert_request,
-    sign_message,
     verify_protection,
 )
 from ztpki.store.records import DeviceState, NewDevice
@@ -94,35 +88,6 @@ def listed(node: InProcessNode, device_id: str) -> tuple[PrivateKey, x509.Certif
     return node.pki.temporary(device_id)
 
 
-def header(cert: x509.Certificate, **changes: object) -> Header:
-    base = Header(
-        sender=cert.subject, recipient=x509.Name([]), transaction_id=os.urandom(16),
-        sender_nonce=os.urandom(16), message_time=datetime.now(UTC),
-    )  # fmt: skip
-    return replace(base, **changes)  # type: ignore[arg-type]
-
-
-def ir(device_id: str) -> CertReqBody:
-    key = ec.generate_private_key(ec.SECP256R1())
-    spki = key.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    subject = x509.Name([x509.NameAttribute(x509.NameOID.SERIAL_NUMBER, device_id)])
-    return CertReqBody(
-        BodyType.IR, (sign_cert_request(CertRequest(0, subject, public_key_der=spki), key),)
-    )
-
-
-def signed(key: PrivateKey, cert: x509.Certificate, head: Header, body: object) -> bytes:
-    der = cert.public_bytes(serialization.Encoding.DER)
-    return sign_message(head, body, key, extra_certs=(der,))  # type: ignore[arg-type]
-
-
-def refused(answer: PKIMessage) -> tuple[frozenset[FailInfo], str]:
-    assert isinstance(answer.body, ErrorBody), answer.body
-    return answer.body.status.fail_info, " ".join(answer.body.status.text)
-
-
 def state(node: InProcessNode, device_id: str) -> DeviceState:
     device = node.store.get(device_id)
     assert device is not None
@@ -134,7 +99,9 @@ def state(node: InProcessNode, device_id: str) -> DeviceState:
 
 def test_ok_ir_behind_the_proxy_with_the_signers_certificate(node: CmpNode) -> None:
     key, cert = listed(node, "px-1")
-    answer = node.cmp(signed(key, cert, header(cert), ir("px-1")), proxied=escaped(cert))
+    answer = node.cmp(
+        signed(key, cert, request_header(cert), ir_body("px-1")), proxied=escaped(cert)
+    )
     assert isinstance(answer.body, CertRepBody) and answer.body.type is BodyType.IP
     assert state(node, "px-1") is DeviceState.ISSUED
 
@@ -143,8 +110,10 @@ def test_fail_proxy_forwarded_another_certificate_than_the_signer(node: CmpNode)
     key, cert = listed(node, "px-2")
     _, other = listed(node, "px-3")
     audit = node.audit_length()
-    answer = node.cmp(signed(key, cert, header(cert), ir("px-2")), proxied=escaped(other))
-    fail, text = refused(answer)
+    answer = node.cmp(
+        signed(key, cert, request_header(cert), ir_body("px-2")), proxied=escaped(other)
+    )
+    fail, text = refusal(answer)
     assert fail == {FailInfo.NOT_AUTHORIZED} and "TLS client certificate" in text
     assert state(node, "px-2") is DeviceState.LISTED
     assert node.audit_length() == audit + 1  # the refusal, audited; nothing else
@@ -155,14 +124,14 @@ def test_fail_proxy_forwarded_another_certificate_than_the_signer(node: CmpNode)
 
 def test_fail_unprotected_and_mac_protected_requests(node: CmpNode) -> None:
     _, cert = listed(node, "mac-1")
-    body = ir("mac-1")
+    body = ir_body("mac-1")
     der = cert.public_bytes(serialization.Encoding.DER)
-    plain = encode_message(header(cert), body, extra_certs=(der,))
-    fail, text = refused(node.cmp(plain))
+    plain = encode_message(request_header(cert), body, extra_certs=(der,))
+    fail, text = refusal(node.cmp(plain))
     assert fail == {FailInfo.BAD_MESSAGE_CHECK} and "not protected" in text
-    mac = header(cert, protection_alg=AlgorithmId("1.2.840.113533.7.66.13", b"\x05\x00"))
+    mac = request_header(cert, protection_alg=AlgorithmId("1.2.840.113533.7.66.13", b"\x05\x00"))
     macced = encode_message(mac, body, protection=os.urandom(20), extra_certs=(der,))
-    fail, text = refused(node.cmp(macced))
+    fail, text = refusal(node.cmp(macced))
     assert fail == {FailInfo.BAD_MESSAGE_CHECK} and "MAC-based protection" in text
     assert state(node, "mac-1") is DeviceState.LISTED
 
@@ -186,32 +155,32 @@ def test_fail_header_refusals_change_nothing(
 ) -> None:
     device_id = f"hdr-{fail.value}"
     key, cert = listed(node, device_id)
-    answer = node.cmp(signed(key, cert, header(cert, **changes), ir(device_id)))
-    assert refused(answer)[0] == {fail}
+    answer = node.cmp(signed(key, cert, request_header(cert, **changes), ir_body(device_id)))
+    assert refusal(answer)[0] == {fail}
     assert state(node, device_id) is DeviceState.LISTED
 
 
 def test_fail_body_without_a_handler_is_a_bad_request(node: CmpNode) -> None:
     key, cert = listed(node, "genm-1")
     body = GenMsgBody(BodyType.GENM, (InfoTypeAndValue("1.3.6.1.5.5.7.4.17"),))
-    fail, text = refused(node.cmp(signed(key, cert, header(cert), body)))
+    fail, text = refusal(node.cmp(signed(key, cert, request_header(cert), body)))
     assert fail == {FailInfo.BAD_REQUEST} and "genm" in text
 
 
 def test_fail_certconf_from_another_signer_or_with_a_stale_nonce(node: CmpNode) -> None:
     key, cert = listed(node, "cc-1")
     other_key, other = listed(node, "cc-2")
-    head = header(cert)
-    ip = node.cmp(signed(key, cert, head, ir("cc-1")))
+    head = request_header(cert)
+    ip = node.cmp(signed(key, cert, head, ir_body("cc-1")))
     assert isinstance(ip.body, CertRepBody)
     issued = x509.load_der_x509_certificate(ip.body.responses[0].certificate_der or b"")
     conf = CertConfBody((CertStatus(certificate_hash(issued), 0),))
     follow = replace(head, sender_nonce=os.urandom(16), recip_nonce=ip.header.sender_nonce)
     stolen = replace(follow, sender=other.subject)
-    fail, _ = refused(node.cmp(signed(other_key, other, stolen, conf)))
+    fail, _ = refusal(node.cmp(signed(other_key, other, stolen, conf)))
     assert fail == {FailInfo.NOT_AUTHORIZED}
     stale = replace(follow, recip_nonce=os.urandom(16))
-    fail, _ = refused(node.cmp(signed(key, cert, stale, conf)))
+    fail, _ = refusal(node.cmp(signed(key, cert, stale, conf)))
     assert fail == {FailInfo.BAD_RECIPIENT_NONCE}
     assert state(node, "cc-1") is DeviceState.ISSUED
     done = node.cmp(signed(key, cert, follow, conf))
@@ -223,7 +192,7 @@ def test_fail_certconf_from_another_signer_or_with_a_stale_nonce(node: CmpNode) 
 
 def test_ok_protected_part_is_what_the_node_signed(node: CmpNode) -> None:
     key, cert = listed(node, "pp-1")
-    ip = node.cmp(signed(key, cert, header(cert), ir("pp-1")))
+    ip = node.cmp(signed(key, cert, request_header(cert), ir_body("pp-1")))
     assert ip.protected_part == protected_part(ip.header, ip.body)
 
 
@@ -235,12 +204,14 @@ def test_ok_implicit_confirm_where_the_label_allows_it(tmp_path: Path) -> None:
     n.start()
     try:
         key, cert = listed(n, "imp-1")
-        answer = direct(n, signed(key, cert, header(cert, implicit_confirm=True), ir("imp-1")))
+        answer = direct(
+            n, signed(key, cert, request_header(cert, implicit_confirm=True), ir_body("imp-1"))
+        )
         assert answer.header.implicit_confirm
         assert state(n, "imp-1") is DeviceState.CUSTOMIZED  # no certConf needed
         # Without asking for it, the same label still wants a certConf.
         key, cert = listed(n, "imp-2")
-        answer = direct(n, signed(key, cert, header(cert), ir("imp-2")))
+        answer = direct(n, signed(key, cert, request_header(cert), ir_body("imp-2")))
         assert not answer.header.implicit_confirm
         assert state(n, "imp-2") is DeviceState.ISSUED
     finally:
