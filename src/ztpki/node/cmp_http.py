@@ -133,7 +133,7 @@ class CmpEndpoint:
             response, outcome = error_response(exc)
             est.metrics.count_request("cmp", outcome)
             return response
-        now = est._clock()
+        now = est.now()
         message: PKIMessage | None = None
         identity: ClientIdentity | None = None
         try:

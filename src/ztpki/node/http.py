@@ -219,6 +219,9 @@ class EstApplication:
         self.expose_metrics = expose_metrics
         self._clock = clock
 
+    def now(self) -> datetime:
+        return self._clock()
+
     def build(self) -> web.Application:
         app = web.Application(client_max_size=self.limits.max_body)
         for prefix in (WELL_KNOWN, WELL_KNOWN + "/{label}"):
