@@ -4,6 +4,7 @@ proxy, implicitConfirm by label policy, and the refusals openssl cannot be made 
 from __future__ import annotations
 
 import os
+import random
 import socket
 from collections.abc import Iterator
 from dataclasses import replace
@@ -216,3 +217,18 @@ def test_ok_implicit_confirm_where_the_label_allows_it(tmp_path: Path) -> None:
         assert state(n, "imp-2") is DeviceState.ISSUED
     finally:
         n.close()
+
+
+def test_fail_mutated_requests_get_a_typed_refusal_never_an_internal_error(node: CmpNode) -> None:
+    key, cert = listed(node, "fz-1")
+    good = bytearray(signed(key, cert, request_header(cert), ir_body("fz-1")))
+    rng = random.Random(17)
+    for _ in range(40):
+        mutated = bytearray(good)
+        for _ in range(rng.randint(1, 4)):
+            position = rng.randrange(len(mutated))
+            mutated[position] = (mutated[position] + rng.randrange(1, 256)) % 256
+        # Every byte is signed, or is the signature, or the signer's certificate: refused.
+        fail, text = refusal(node.cmp(bytes(mutated)))
+        assert FailInfo.SYSTEM_FAILURE not in fail, text
+    assert state(node, "fz-1") is DeviceState.LISTED
