@@ -232,3 +232,13 @@ def test_fail_mutated_requests_get_a_typed_refusal_never_an_internal_error(node:
         fail, text = refusal(node.cmp(bytes(mutated)))
         assert FailInfo.SYSTEM_FAILURE not in fail, text
     assert state(node, "fz-1") is DeviceState.LISTED
+
+
+def test_fail_kur_with_the_temporary_certificate(node: CmpNode) -> None:
+    key, cert = listed(node, "kur-1")
+    body = replace(ir_body("kur-1"), type=BodyType.KUR)
+    audit = node.audit_length()
+    fail, text = refusal(node.cmp(signed(key, cert, request_header(cert), body)))
+    assert fail == {FailInfo.NOT_AUTHORIZED} and "customize with ir" in text
+    assert state(node, "kur-1") is DeviceState.LISTED
+    assert node.audit_length() == audit + 1
