@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
@@ -133,7 +134,7 @@ class CmpEndpoint:
             response, outcome = error_response(exc)
             est.metrics.count_request("cmp", outcome)
             return response
-        now = est.now()
+        now, started = est.now(), time.monotonic()
         message: PKIMessage | None = None
         identity: ClientIdentity | None = None
         try:
@@ -154,6 +155,8 @@ class CmpEndpoint:
             outcome = "internal"
         kind = message.body.type.value if message is not None else "undecoded"
         est.metrics.count_request(f"cmp-{kind}", outcome)
+        if outcome == "issued":
+            est.metrics.observe_enrollment(f"cmp-{kind}", time.monotonic() - started)
         return self._response(message, reply, now)
 
     async def _read(self, request: web.Request) -> bytes:

@@ -105,6 +105,11 @@ def test_ok_ir_behind_the_proxy_with_the_signers_certificate(node: CmpNode) -> N
     )
     assert isinstance(answer.body, CertRepBody) and answer.body.type is BodyType.IP
     assert state(node, "px-1") is DeviceState.ISSUED
+    metrics = node.direct_exchange(
+        "GET /metrics HTTP/1.1\r\nHost: node\r\nConnection: close\r\n\r\n"
+    ).decode()
+    assert 'ztpki_node_requests_total{endpoint="cmp-ir",outcome="issued"}' in metrics
+    assert 'ztpki_node_enrollment_seconds_count{endpoint="cmp-ir"}' in metrics
 
 
 def test_fail_proxy_forwarded_another_certificate_than_the_signer(node: CmpNode) -> None:
