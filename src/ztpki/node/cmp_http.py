@@ -36,6 +36,7 @@ from ztpki.errors import (
     UnsupportedParameter,
     ZtpkiError,
 )
+from ztpki.logs import bind
 from ztpki.node.authentication import ClientIdentity, IdentityKind
 from ztpki.node.authorization import Refused, RevocationUnknown, check_purpose, check_revocation
 from ztpki.node.ca_client import UpstreamError
@@ -140,6 +141,7 @@ class CmpEndpoint:
         try:
             message = decode_message(body)
             identity, signer = await self._authenticate(request, message, label, now)
+            bind(label=label.name, device_id=identity.device_id)
             handler = HANDLERS[message.body.type]
             exchange = CmpExchange(message, identity, label, est.service, now, signer)
             reply = await handler(exchange)
@@ -154,9 +156,12 @@ class CmpEndpoint:
             reply = self._refusal(ZtpkiError("internal error in the customer node; see its log"))
             outcome = "internal"
         kind = message.body.type.value if message is not None else "undecoded"
+        elapsed = time.monotonic() - started
         est.metrics.count_request(f"cmp-{kind}", outcome)
+        est.metrics.observe_request(f"cmp-{kind}", elapsed)
         if outcome == "issued":
-            est.metrics.observe_enrollment(f"cmp-{kind}", time.monotonic() - started)
+            est.metrics.observe_enrollment(f"cmp-{kind}", elapsed)
+            est.metrics.count_issued(label.name)
         return self._response(message, reply, now)
 
     async def _read(self, request: web.Request) -> bytes:
