@@ -68,9 +68,12 @@ def _pieces(path: Path) -> Callable[[], Iterator[bytes]]:
     return read
 
 
-def import_manifest(directory: Path, path: Path, *, now: datetime) -> ImportResult:
+def import_manifest(
+    directory: Path, path: Path, *, now: datetime, operator: str | None = None
+) -> ImportResult:
     """List the devices of a signed manifest; refused unless it verifies as the manufacturer it
-    names (that manufacturer's signer, ids in its namespace). All or nothing.
+    names (that manufacturer's signer, ids in its namespace). All or nothing. ``operator``:
+    the web console's operator who uploaded it (named in the audit entry).
 
     The file is read in passes, never whole (a manifest may list a million devices): the
     signature, signer and members are verified before any entry is used; then the entries
@@ -93,12 +96,13 @@ def import_manifest(directory: Path, path: Path, *, now: datetime) -> ImportResu
         )
         audit = AuditRecord(
             at=now,
-            endpoint="cli/import",
+            endpoint=_endpoint("import", operator),
             decision="imported",
             reason=(
                 # The manufacturer field and the signer's subject are the factory's text.
                 f"manifest {manifest.manifest_id} of {quote(manifest.manufacturer)} with "
                 f"{checked.device_count} device(s), signed by {quote(signer)}"
+                f"{_by(operator)}"
             ),
         )
         devices = (
@@ -119,13 +123,23 @@ def import_manifest(directory: Path, path: Path, *, now: datetime) -> ImportResu
             digest = hashlib.file_digest(file, "sha256").hexdigest()
         refusal = AuditRecord(
             at=now,
-            endpoint="cli/import",
+            endpoint=_endpoint("import", operator),
             decision="refused",
-            reason=f"manifest (sha256 {digest}) refused: {exc.message}",
+            reason=f"manifest (sha256 {digest}) refused: {exc.message}{_by(operator)}",
         )
         with open_register(directory) as store:
             store.append_many([refusal])
         raise
+
+
+def _endpoint(action: str, operator: str | None) -> str:
+    """The audit trail's endpoint of an operator's change: the CLI's, or the web console's."""
+    return f"cli/{action}" if operator is None else f"console/{action}"
+
+
+def _by(operator: str | None) -> str:
+    # Operator names are checked when added (ztpki.node.console.passwords), so plain text.
+    return "" if operator is None else f" (by operator {operator} in the web console)"
 
 
 def normalise_fingerprint(value: str) -> str:
@@ -210,16 +224,21 @@ def _last_hold(store: SQLiteNodeStore, device: RegisteredDevice) -> bool:
 
 
 def set_blocked(
-    directory: Path, device_id: str, *, blocked: bool, now: datetime
+    directory: Path,
+    device_id: str,
+    *,
+    blocked: bool,
+    now: datetime,
+    operator: str | None = None,
 ) -> RevocationOrder | None:
     """Block (its live certificate on hold at the CA) or unblock (the hold released); the
-    order queued for the CA system, if any."""
+    order queued for the CA system, if any. ``operator``: the web console's operator."""
     word = "blocked" if blocked else "unblocked"
     audit = AuditRecord(
         at=now,
-        endpoint=f"cli/{word[:-2]}",
+        endpoint=_endpoint(word[:-2], operator),
         decision=word,
-        reason=f"{word} by the operator",
+        reason=f"{word} by the operator{_by(operator)}",
         device_id=device_id,
     )
     config = NodeConfig.load(directory, migrating=True)
@@ -254,18 +273,24 @@ def set_blocked(
 
 
 def retire_device(
-    directory: Path, device_id: str, *, reason: RevocationReason, now: datetime
+    directory: Path,
+    device_id: str,
+    *,
+    reason: RevocationReason,
+    now: datetime,
+    operator: str | None = None,
 ) -> RevocationOrder | None:
-    """Revoke the device's live certificate for good and move it to RETIRED (final)."""
+    """Revoke the device's live certificate for good and move it to RETIRED (final).
+    ``operator``: the web console's operator."""
     if reason is RevocationReason.CERTIFICATE_HOLD:
         raise ConfigurationError(
             "retiring revokes for good: use `node block` to put a certificate on hold"
         )
     audit = AuditRecord(
         at=now,
-        endpoint="cli/retire",
+        endpoint=_endpoint("retire", operator),
         decision="retired",
-        reason=f"retired by the operator ({reason.value}): never enrolled again",
+        reason=f"retired by the operator ({reason.value}){_by(operator)}: never enrolled again",
         device_id=device_id,
     )
     config = NodeConfig.load(directory, migrating=True)

@@ -7,6 +7,7 @@ the known states and tie ISSUING to a held lease and BLOCKED to a remembered sta
 from __future__ import annotations
 
 from ztpki.store.pg_schema import postgres_ddl
+from ztpki.store.sqlite_console import CONSOLE_SCHEMA
 
 SCHEMA_COMPONENT = "customer_node"
 # Version 2: manifests are keyed by (manufacturer, manifest_id). Version 3: a device remembers
@@ -14,7 +15,9 @@ SCHEMA_COMPONENT = "customer_node"
 # the final state RETIRED, the renewal awaiting confirmation (renewed_from), and the durable
 # queue of revocations the node owes the customer CA system. Version 5: the lease of the one
 # process (of every node machine sharing the register) that sends the queue's orders.
-SCHEMA_VERSION = 5
+# Version 6: the web console's operators, and the indexes its pages read by
+# (ztpki.store.sqlite_console).
+SCHEMA_VERSION = 6
 
 _STATES = "'listed', 'issuing', 'issued', 'customized', 'blocked'"
 _STATES_V4 = f"{_STATES}, 'retired'"
@@ -179,9 +182,11 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         *_REVOCATION_INDEXES,
     ),
     4: (_SENDER_LEASE_TABLE,),
+    5: CONSOLE_SCHEMA,
 }
 
 # PostgreSQL registers were first created at version 4: their steps start there.
 POSTGRES_MIGRATIONS: dict[int, tuple[str, ...]] = {
     4: (postgres_ddl(_SENDER_LEASE_TABLE),),
+    5: tuple(postgres_ddl(statement) for statement in CONSOLE_SCHEMA),
 }

@@ -1,0 +1,254 @@
+"""The console's aiohttp application: the shared context, the security middleware (who is
+asking, with which role), the headers every answer carries, and the one table that turns
+errors into pages.
+
+Every page but /login and /static needs a session: from the session cookie, or opened on
+the spot for a client certificate of the operator CA whose common name is an operator's.
+Every POST but /login must carry the session's CSRF token (a synchronizer token in the form).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from aiohttp import web
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
+from ztpki.errors import ConfigurationError, MalformedInput, VerificationFailed, ZtpkiError
+from ztpki.node.config import NodeConfig
+from ztpki.node.console.sessions import COOKIE, LoginThrottle, Session, Sessions
+from ztpki.store.records import AuditVerification, DuplicateDevice
+from ztpki.store.sqlite_register import SQLiteNodeStore
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# A manifest upload (a million devices is about 150 MB of signed JSON): the body limit.
+MAX_UPLOAD = 256 * 1024 * 1024
+# The audit chain is verified at most this often (it is read whole, streamed).
+VERIFY_EVERY = 60.0
+
+_PUBLIC = ("/login", "/static/")
+_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+        "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "Cache-Control": "no-store",
+    "Strict-Transport-Security": "max-age=31536000",
+}
+
+
+class ConsoleRefusal(ZtpkiError):
+    """A request the console refuses: status and a sentence for the operator."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class ConsoleContext:
+    """What every handler reads: configuration, the register, sessions, templates."""
+
+    config: NodeConfig
+    store: SQLiteNodeStore
+    sessions: Sessions
+    throttle: LoginThrottle
+    templates: jinja2.Environment
+    # Called after a change queued revocation orders: the running node sends them now.
+    revocation_queued: Callable[[], None] = lambda: None
+    clock: Callable[[], datetime] = _utcnow
+    verification: tuple[float, AuditVerification] | None = field(default=None, repr=False)
+
+    @property
+    def directory(self) -> Path:
+        return self.config.directory
+
+    async def read(self, call: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        """A store call on a worker thread: the loop keeps serving the devices."""
+        return await asyncio.to_thread(call, *args, **kwargs)
+
+    async def verify_audit(self) -> AuditVerification:
+        loop = asyncio.get_running_loop()
+        if self.verification is None or loop.time() - self.verification[0] > VERIFY_EVERY:
+            result = await self.read(self.store.verify)
+            self.verification = (loop.time(), result)
+        return self.verification[1]
+
+
+CONTEXT = web.AppKey("console", ConsoleContext)
+SESSION = "console.session"
+
+
+def templates() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("ztpki.node.console", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+    )
+    env.filters["instant"] = lambda at: at.strftime("%Y-%m-%d %H:%M:%S UTC") if at else "—"
+    return env
+
+
+def render(
+    request: web.Request, template: str, *, status: int = 200, **values: Any
+) -> web.Response:
+    context = request.app[CONTEXT]
+    session = request.get(SESSION)
+    body = context.templates.get_template(template).render(
+        session=session, path=request.path, **values
+    )
+    return web.Response(text=body, status=status, content_type="text/html", charset="utf-8")
+
+
+def session_of(request: web.Request) -> Session:
+    session = request.get(SESSION)
+    assert isinstance(session, Session)  # the middleware let only sessions through
+    return session
+
+
+def peer_common_name(request: web.Request) -> str | None:
+    """The common name of the client certificate the TLS layer verified (operator CA)."""
+    transport = request.transport
+    ssl_object = None if transport is None else transport.get_extra_info("ssl_object")
+    der = None if ssl_object is None else ssl_object.getpeercert(binary_form=True)
+    if not der:
+        return None
+    try:
+        names = x509.load_der_x509_certificate(der).subject.get_attributes_for_oid(
+            NameOID.COMMON_NAME
+        )
+    except ValueError:
+        return None
+    value = names[0].value if names else None
+    return value if isinstance(value, str) else None
+
+
+async def _certificate_session(request: web.Request) -> tuple[str, Session] | None:
+    name = peer_common_name(request)
+    if name is None:
+        return None
+    context = request.app[CONTEXT]
+    operator = await context.read(context.store.operator, name)
+    if operator is None:
+        log.warning("console: client certificate of %r names no operator: refused", name[:64])
+        raise ConsoleRefusal(
+            403,
+            "your client certificate is from the operator CA, but its common name is not an "
+            "operator of this node; ask an administrator to run `ztpki node add-operator`",
+        )
+    return context.sessions.open(operator.name, operator.role, how="certificate")
+
+
+@web.middleware
+async def security(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        response = await _checked(request, handler)
+    except ConsoleRefusal as exc:
+        response = render(request, "error.html", status=exc.status, message=exc.message)
+    except (ConfigurationError, MalformedInput, VerificationFailed, DuplicateDevice) as exc:
+        # The register refused the change (a device not listed, a manifest that does not
+        # verify): the operator reads why; nothing changed.
+        response = render(request, "error.html", status=409, message=exc.message)
+    response.headers.update(_HEADERS)
+    return response
+
+
+async def _checked(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path.startswith(_PUBLIC):
+        return await handler(request)
+    context = request.app[CONTEXT]
+    token = request.cookies.get(COOKIE)
+    session = context.sessions.find(token)
+    opened = None
+    if session is None:
+        opened = await _certificate_session(request)
+        if opened is None:
+            if request.method == "GET":
+                return redirect("/login")
+            raise ConsoleRefusal(401, "log in first: your session is missing or has expired")
+        token, session = opened
+    request[SESSION] = session
+    if request.method == "POST":
+        await _check_csrf(request, session)
+    response = await handler(request)
+    if opened is not None:
+        set_session_cookie(response, opened[0], context)
+    return response
+
+
+async def _check_csrf(request: web.Request, session: Session) -> None:
+    form = await request.post()
+    presented = form.get("csrf")
+    if not session.csrf_matches(presented if isinstance(presented, str) else None):
+        log.warning(
+            "console: %s %s by %s without the CSRF token: refused",
+            request.method,
+            request.path,
+            session.operator,
+        )
+        raise ConsoleRefusal(
+            403, "this form is stale or did not come from the console; reload the page and retry"
+        )
+
+
+def redirect(location: str) -> web.Response:
+    """303 See Other: after a POST the browser GETs the page that shows the outcome."""
+    return web.Response(status=303, headers={"Location": location})
+
+
+def set_session_cookie(response: web.StreamResponse, token: str, context: ConsoleContext) -> None:
+    response.set_cookie(
+        COOKIE,
+        token,
+        path="/",
+        secure=True,
+        httponly=True,
+        samesite="Strict",
+        max_age=int(context.sessions.lifetime),
+    )
+
+
+def require_operator(request: web.Request) -> Session:
+    """The session, or 403 unless its role may change the register."""
+    session = session_of(request)
+    if not session.may_change():
+        log.warning(
+            "console: viewer %s tried %s %s: refused",
+            session.operator,
+            request.method,
+            request.path,
+        )
+        raise ConsoleRefusal(
+            403, f"{session.operator} is a viewer: only an operator may change the register"
+        )
+    return session
+
+
+def build(context: ConsoleContext) -> web.Application:
+    from ztpki.node.console import actions, login, pages
+
+    app = web.Application(middlewares=[security], client_max_size=MAX_UPLOAD)
+    app[CONTEXT] = context
+    login.add_routes(app)
+    pages.add_routes(app)
+    actions.add_routes(app)
+    app.router.add_static("/static/", Path(__file__).parent / "static", follow_symlinks=False)
+    return app

@@ -1,0 +1,135 @@
+"""The web console's end-to-end world: the node world of node_fixtures with `node serve
+--console-listen`, an operator CA ([console] operator_ca) and three operators: ``olga``
+(operator, password), ``victor`` (viewer, password) and ``carol`` (operator, certificate
+only). ConsoleClient is an HTTPS client with its own cookie jar, as one browser."""
+
+from __future__ import annotations
+
+import re
+import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass
+from html import unescape
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from node_fixtures import ENV, NodeWorld, build_world, cli
+from tests.support.operator_pki import OperatorPKI, make_operator_pki
+
+from ztpki.credentials import client_context
+from ztpki.pki.pem import load_certificates_pem
+
+OPERATOR, OPERATOR_PASSWORD = "olga", "olga-password-for-tests"
+VIEWER, VIEWER_PASSWORD = "victor", "victor-password-for-tests"
+CERT_OPERATOR = "carol"
+_CONSOLE = re.compile(r"web console on (https://\S+)")
+_CSRF = re.compile(r'name="csrf" value="([^"]+)"')
+
+
+@dataclass
+class ConsoleWorld:
+    world: NodeWorld
+    url: str
+    pki: OperatorPKI
+
+    @property
+    def node_dir(self) -> Path:
+        return self.world.node_dir
+
+    def stop(self) -> None:
+        self.world.stop()
+
+    def context(self, cert: str | None = None) -> ssl.SSLContext:
+        """A client context trusting the node's server certificate; with ``cert`` (a name of
+        OperatorPKI.cert), presenting that client certificate."""
+        from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+        anchors = load_certificates_pem(self.world.factory_anchor.read_bytes())
+        if cert is None:
+            return client_context(key=None, chain=[], server_anchors=anchors)
+        cert_path, key_path = self.pki.cert(cert)
+        key = load_pem_private_key(key_path.read_bytes(), password=None)
+        chain = load_certificates_pem(cert_path.read_bytes())
+        return client_context(key=key, chain=chain, server_anchors=anchors)  # type: ignore[arg-type]
+
+    def audit_count(self) -> int:
+        import json
+
+        return len(json.loads(cli("node", "audit", "--dir", str(self.node_dir), "--json")))
+
+
+def add_operator(node_dir: Path, name: str, role: str, password: str | None) -> None:
+    args = ["node", "add-operator", "--dir", str(node_dir), name, "--role", role]
+    if password is None:
+        cli(*args, "--certificate-only")
+        return
+    path = node_dir.parent / f"{name}.password"
+    path.write_text(password + "\n")
+    cli(*args, "--password-file", str(path))
+
+
+def build_console_world(root: Path, *, settings: Mapping[str, Any] | None = None) -> ConsoleWorld:
+    pki = make_operator_pki(root / "operator-pki")
+    console_settings = {"console": {"operator_ca": str(pki.ca), **dict(settings or {})}}
+    world = build_world(
+        root, settings=console_settings, serve_args=["--console-listen", "127.0.0.1:0"]
+    )
+    try:
+        log = (root / "node.log").read_text()
+        found = _CONSOLE.search(log)
+        assert found, f"node serve did not announce its console:\n{log[-2000:]}"
+        add_operator(world.node_dir, OPERATOR, "operator", OPERATOR_PASSWORD)
+        add_operator(world.node_dir, VIEWER, "viewer", VIEWER_PASSWORD)
+        add_operator(world.node_dir, CERT_OPERATOR, "operator", None)
+    except BaseException:
+        world.stop()
+        raise
+    return ConsoleWorld(world, found.group(1).rstrip("/"), pki)
+
+
+@dataclass
+class Page:
+    status: int
+    headers: Mapping[str, str]
+    text: str
+    url: str
+
+    @property
+    def csrf(self) -> str:
+        found = _CSRF.search(self.text)
+        assert found, "the page has no CSRF token"
+        return unescape(found.group(1))
+
+
+class ConsoleClient:
+    """One browser: a cookie jar (it accepts the Secure cookie of https://127.0.0.1)."""
+
+    def __init__(self, console: ConsoleWorld, *, cert: str | None = None) -> None:
+        self.console = console
+        self.ssl = console.context(cert)
+        self.session = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
+
+    async def __aenter__(self) -> ConsoleClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.session.close()
+
+    async def get(self, path: str, *, follow: bool = True) -> Page:
+        async with self.session.get(
+            self.console.url + path, ssl=self.ssl, allow_redirects=follow
+        ) as answer:
+            return Page(answer.status, dict(answer.headers), await answer.text(), str(answer.url))
+
+    async def post(self, path: str, data: Any, *, follow: bool = False) -> Page:
+        async with self.session.post(
+            self.console.url + path, data=data, ssl=self.ssl, allow_redirects=follow
+        ) as answer:
+            return Page(answer.status, dict(answer.headers), await answer.text(), str(answer.url))
+
+    async def login(self, name: str, password: str) -> Page:
+        return await self.post("/login", {"name": name, "password": password})
+
+
+__all__ = ["ENV", "ConsoleClient", "ConsoleWorld", "build_console_world"]
