@@ -5,6 +5,7 @@ only). ConsoleClient is an HTTPS client with its own cookie jar, as one browser.
 
 from __future__ import annotations
 
+import json
 import re
 import ssl
 from collections.abc import Mapping
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from node_fixtures import ENV, NodeWorld, build_world, cli
+from node_fixtures import NodeWorld, build_world, cli
 from tests.support.operator_pki import OperatorPKI, make_operator_pki
 
 from ztpki.credentials import client_context
@@ -53,10 +54,14 @@ class ConsoleWorld:
         chain = load_certificates_pem(cert_path.read_bytes())
         return client_context(key=key, chain=chain, server_anchors=anchors)  # type: ignore[arg-type]
 
-    def audit_count(self) -> int:
-        import json
+    def audit_all(self) -> list[dict[str, Any]]:
+        entries: list[dict[str, Any]] = json.loads(
+            cli("node", "audit", "--dir", str(self.node_dir), "--json")
+        )
+        return entries
 
-        return len(json.loads(cli("node", "audit", "--dir", str(self.node_dir), "--json")))
+    def audit_count(self) -> int:
+        return len(self.audit_all())
 
 
 def add_operator(node_dir: Path, name: str, role: str, password: str | None) -> None:
@@ -132,4 +137,36 @@ class ConsoleClient:
         return await self.post("/login", {"name": name, "password": password})
 
 
-__all__ = ["ENV", "ConsoleClient", "ConsoleWorld", "build_console_world"]
+async def customize(world: NodeWorld, devices: list[Any]) -> None:
+    """Each device enrolls (simpleenroll with a new key) and confirms with its new
+    certificate (a first request with it), one after another: a small fleet run."""
+    from ztpki.pki.keys import KeySpec, generate_private_key
+    from ztpki.protocol.est import CSR_TYPE, decode_certs_only
+
+    async with aiohttp.ClientSession() as session:
+        for device in devices:
+            new_key = generate_private_key(KeySpec.EC_P256)
+            async with session.post(
+                world.url("simpleenroll"),
+                data=device.csr(new_key),
+                headers={"Content-Type": CSR_TYPE},
+                ssl=world.device_context(device),
+            ) as answer:
+                assert answer.status == 200, await answer.text()
+                (cert,) = decode_certs_only(await answer.read())
+            async with session.get(
+                world.url("csrattrs"), ssl=world.context(cert, new_key)
+            ) as confirmed:
+                assert confirmed.status == 200, await confirmed.text()
+
+
+def tampered(manifest: bytes, device_id: str) -> bytes:
+    """The signed manifest with one device added to its payload (signature left as it was)."""
+    import base64
+
+    genuine = json.loads(manifest)
+    payload = json.loads(base64.urlsafe_b64decode(genuine["payload"] + "=="))
+    payload["devices"].append({**payload["devices"][0], "device_id": device_id})
+    encoded = json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
+    genuine["payload"] = base64.urlsafe_b64encode(encoded).rstrip(b"=").decode()
+    return json.dumps(genuine, separators=(",", ":"), sort_keys=True).encode() + b"\n"

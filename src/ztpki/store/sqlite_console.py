@@ -219,9 +219,10 @@ class ConsoleQueries:
             if before is None:
                 row = conn.execute("SELECT MAX(seq) FROM audit_entry").fetchone()
                 before = (int(row[0]) if row and row[0] is not None else 0) + 1
-            first = max(before - limit, 0)
+            # Seqs are contiguous from 1 (the chain has no gaps): the page is a range of them.
+            first = max(before - 1 - limit, 0)
             entries = sqlite_audit.select_entries(
-                conn, device_id=None, after=first, limit=before - 1 - first
+                conn, device_id=None, after=first, limit=max(before - 1 - first, 0)
             )
         return list(reversed([e for e in entries if e.seq < before]))
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from store_backends import T0
 from test_contract_register import ISSUED, LISTED, begin, issued, listed
+from tests.support.legacy_register import BEFORE_CONSOLE
 
 from ztpki.store import AuditRecord, DeviceState, NodeStore
 from ztpki.store.revocation_records import QueueStatus, RevocationAction, RevocationOrder
@@ -143,6 +144,8 @@ def test_ok_register_of_schema_3_migrates_to_the_current_one(tmp_path: Path) -> 
     issued(store, "d1", "0a")
     store.close()
     with sqlite3.connect(path) as conn:  # the register as schema 3 had it
+        for statement in BEFORE_CONSOLE:
+            conn.execute(statement)
         conn.execute("DROP TABLE node_revocation")
         conn.execute("DROP TABLE node_sender_lease")
         conn.execute("ALTER TABLE device DROP COLUMN renewed_from")
@@ -156,7 +159,7 @@ def test_ok_register_of_schema_3_migrates_to_the_current_one(tmp_path: Path) -> 
         assert store.get("d1").state is DeviceState.RETIRED  # type: ignore[union-attr]
     finally:
         store.close()
-    assert stored_schema_version(path, "customer_node") == 5 == SCHEMA_VERSION
+    assert stored_schema_version(path, "customer_node") == 6 == SCHEMA_VERSION
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
         with pytest.raises(sqlite3.IntegrityError):  # the schema still refuses unknown states
@@ -170,6 +173,8 @@ def test_ok_register_of_schema_4_gains_the_sender_lease(tmp_path: Path) -> None:
     store.queue_revocations([order()], now=T0)
     store.close()
     with sqlite3.connect(path) as conn:  # the register as schema 4 had it
+        for statement in BEFORE_CONSOLE:
+            conn.execute(statement)
         conn.execute("DROP TABLE node_sender_lease")
         conn.execute("UPDATE schema_version SET version = 4 WHERE component = 'customer_node'")
     store = open_sqlite_node_store(path)
@@ -180,4 +185,4 @@ def test_ok_register_of_schema_4_gains_the_sender_lease(tmp_path: Path) -> None:
         assert store.revocation_done(queued.seq, lease=lease, now=T0)
     finally:
         store.close()
-    assert stored_schema_version(path, "customer_node") == 5
+    assert stored_schema_version(path, "customer_node") == SCHEMA_VERSION

@@ -73,9 +73,15 @@ class Sessions:
             self._sessions.pop(token, None)
 
 
+# One address may fail this many times more than one name: several operators may share an
+# address (a NAT, a jump host), and guessing one name is throttled by the name's own limit.
+ADDRESS_FACTOR = 4
+
+
 @dataclass
 class LoginThrottle:
-    """At most ``attempts`` failed logins per name and per address within ``window`` s."""
+    """At most ``attempts`` failed logins per name, and ADDRESS_FACTOR times as many per
+    address, within ``window`` seconds."""
 
     attempts: int
     window: float
@@ -93,9 +99,14 @@ class LoginThrottle:
             del self._failures[key]
         return seen
 
+    def _limits(self, name: str, address: str) -> tuple[tuple[str, int], ...]:
+        return (
+            (f"name:{name}", self.attempts),
+            (f"address:{address}", self.attempts * ADDRESS_FACTOR),
+        )
+
     def blocked(self, name: str, address: str) -> bool:
-        keys = (f"name:{name}", f"address:{address}")
-        return any(len(self._recent(key)) >= self.attempts for key in keys)
+        return any(len(self._recent(key)) >= limit for key, limit in self._limits(name, address))
 
     def failed(self, name: str, address: str) -> None:
         now = self.clock()
@@ -109,7 +120,7 @@ class LoginThrottle:
     def retry_after(self, name: str, address: str) -> int:
         waits = [
             seen[0] + self.window - self.clock()
-            for key in (f"name:{name}", f"address:{address}")
-            if len(seen := self._recent(key)) >= self.attempts
+            for key, limit in self._limits(name, address)
+            if len(seen := self._recent(key)) >= limit
         ]
         return max(1, int(max(waits, default=1.0)) + 1)

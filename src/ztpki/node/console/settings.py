@@ -18,7 +18,7 @@ from ztpki.errors import ConfigurationError
 class ConsoleConfig:
     operator_ca: Path | None = None
     session_minutes: float = 30.0
-    # Failed logins one name (or one address) may make in login_window_seconds.
+    # Failed logins one name may make in login_window_seconds (one address: four times as many).
     login_attempts: int = 5
     login_window_seconds: float = 300.0
 
