@@ -50,7 +50,11 @@ async def _live(context: ConsoleContext) -> dict[str, Any]:
     per_minute = await context.read(context.store.decisions_per_minute, CUSTOMIZED, since=since)
     failures = await context.read(context.store.failure_reasons, FAILURES, since=since)
     bars, peak = _bars(per_minute, now)
+    grouped: dict[tuple[str, str], dict[DeviceState, int]] = {}
+    for maker, batch, state, count in await context.read(context.store.fleet_by_batch):
+        grouped.setdefault((maker or "—", batch or "—"), {})[state] = count
     return {
+        "batches": grouped,
         "counts": counts,
         "total": sum(counts.values()),
         "bars": bars,
@@ -64,11 +68,7 @@ async def _live(context: ConsoleContext) -> dict[str, Any]:
 async def overview(request: web.Request) -> web.Response:
     context = request.app[CONTEXT]
     live = await _live(context)
-    batches = await context.read(context.store.fleet_by_batch)
-    grouped: dict[tuple[str, str], dict[DeviceState, int]] = {}
-    for maker, batch, state, count in batches:
-        grouped.setdefault((maker or "—", batch or "—"), {})[state] = count
-    return render(request, "overview.html", states=list(DeviceState), batches=grouped, **live)
+    return render(request, "overview.html", states=list(DeviceState), **live)
 
 
 async def overview_live(request: web.Request) -> web.Response:
@@ -129,8 +129,13 @@ class Identity:
 def _history(device: Any, entries: list[AuditEntry], orders: list[Any]) -> list[Identity]:
     by_serial: dict[str, str] = {}
     for order in orders:  # oldest first: the last order on a serial is its status
-        word = "revoked" if order.action.value == "revoke" else "released"
-        by_serial[order.serial] = f"{word} ({order.reason}), order {order.status.value}"
+        if order.action.value == "release":
+            word = "hold released"
+        elif order.reason == "certificateHold":
+            word = "on hold"
+        else:
+            word = f"revoked ({order.reason})"
+        by_serial[order.serial] = f"{word}, order {order.status.value}"
     history = [
         Identity("temporary (factory)", None, device.temp_fingerprint, None, "birth identity")
     ]
