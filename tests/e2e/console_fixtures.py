@@ -1,7 +1,7 @@
 """The web console's end-to-end world: the node world of node_fixtures with `node serve
 --console-listen`, an operator CA ([console] operator_ca) and three operators: ``olga``
 (operator, password), ``victor`` (viewer, password) and ``carol`` (operator, certificate
-only). ConsoleClient is an HTTPS client with its own cookie jar, as one browser."""
+only). ``ConsoleWorld.client()`` is one browser (tests.support.console_client)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ import re
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
-from html import unescape
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 from node_fixtures import NodeWorld, build_world, cli
+from tests.support.console_client import ConsoleClient, Page
 from tests.support.operator_pki import OperatorPKI, make_operator_pki
 
 from ztpki.credentials import client_context
@@ -25,7 +25,6 @@ OPERATOR, OPERATOR_PASSWORD = "olga", "olga-password-for-tests"
 VIEWER, VIEWER_PASSWORD = "victor", "victor-password-for-tests"
 CERT_OPERATOR = "carol"
 _CONSOLE = re.compile(r"web console on (https://\S+)")
-_CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 
 
 @dataclass
@@ -53,6 +52,10 @@ class ConsoleWorld:
         key = load_pem_private_key(key_path.read_bytes(), password=None)
         chain = load_certificates_pem(cert_path.read_bytes())
         return client_context(key=key, chain=chain, server_anchors=anchors)  # type: ignore[arg-type]
+
+    def client(self, cert: str | None = None) -> ConsoleClient:
+        """One browser; with ``cert``, presenting that client certificate (OperatorPKI)."""
+        return ConsoleClient(self.url, self.context(cert))
 
     def audit_all(self) -> list[dict[str, Any]]:
         entries: list[dict[str, Any]] = json.loads(
@@ -93,50 +96,6 @@ def build_console_world(root: Path, *, settings: Mapping[str, Any] | None = None
     return ConsoleWorld(world, found.group(1).rstrip("/"), pki)
 
 
-@dataclass
-class Page:
-    status: int
-    headers: Mapping[str, str]
-    text: str
-    url: str
-
-    @property
-    def csrf(self) -> str:
-        found = _CSRF.search(self.text)
-        assert found, "the page has no CSRF token"
-        return unescape(found.group(1))
-
-
-class ConsoleClient:
-    """One browser: a cookie jar (it accepts the Secure cookie of https://127.0.0.1)."""
-
-    def __init__(self, console: ConsoleWorld, *, cert: str | None = None) -> None:
-        self.console = console
-        self.ssl = console.context(cert)
-        self.session = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
-
-    async def __aenter__(self) -> ConsoleClient:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.session.close()
-
-    async def get(self, path: str, *, follow: bool = True) -> Page:
-        async with self.session.get(
-            self.console.url + path, ssl=self.ssl, allow_redirects=follow
-        ) as answer:
-            return Page(answer.status, dict(answer.headers), await answer.text(), str(answer.url))
-
-    async def post(self, path: str, data: Any, *, follow: bool = False) -> Page:
-        async with self.session.post(
-            self.console.url + path, data=data, ssl=self.ssl, allow_redirects=follow
-        ) as answer:
-            return Page(answer.status, dict(answer.headers), await answer.text(), str(answer.url))
-
-    async def login(self, name: str, password: str) -> Page:
-        return await self.post("/login", {"name": name, "password": password})
-
-
 async def customize(world: NodeWorld, devices: list[Any]) -> None:
     """Each device enrolls (simpleenroll with a new key) and confirms with its new
     certificate (a first request with it), one after another: a small fleet run."""
@@ -170,3 +129,6 @@ def tampered(manifest: bytes, device_id: str) -> bytes:
     encoded = json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
     genuine["payload"] = base64.urlsafe_b64encode(encoded).rstrip(b"=").decode()
     return json.dumps(genuine, separators=(",", ":"), sort_keys=True).encode() + b"\n"
+
+
+__all__ = ["ConsoleClient", "Page"]

@@ -51,7 +51,7 @@ def unchanged(console: ConsoleWorld, action: Callable[[], Awaitable[Page]]) -> P
 
 
 async def logged_in(console: ConsoleWorld, name: str, password: str) -> ConsoleClient:
-    client = ConsoleClient(console)
+    client = console.client()
     page = await client.login(name, password)
     assert page.status == 303 and page.headers["Location"] == "/", page.text
     return client
@@ -66,7 +66,7 @@ def test_ok_an_operator_logs_in_with_a_password_and_reads_every_page(
     (device,) = console.world.make_devices(1)
 
     async def body() -> None:
-        async with ConsoleClient(console) as client:
+        async with console.client() as client:
             page = await client.login(OPERATOR, OPERATOR_PASSWORD)
             cookie = page.headers["Set-Cookie"]
             assert cookie.startswith(f"{COOKIE}=")
@@ -148,7 +148,7 @@ def test_fail_without_a_session_pages_redirect_and_changes_are_refused(
     (device,) = console.world.make_devices(1)
 
     async def body() -> Page:
-        async with ConsoleClient(console) as client:
+        async with console.client() as client:
             page = await client.get("/devices", follow=False)
             assert page.status == 303 and page.headers["Location"] == "/login"
             assert (await client.get("/live", follow=False)).status == 303
@@ -163,7 +163,7 @@ def test_fail_without_a_session_pages_redirect_and_changes_are_refused(
 
 def test_fail_a_wrong_password_and_an_unknown_name_get_no_session(console: ConsoleWorld) -> None:
     async def body() -> list[Page]:
-        async with ConsoleClient(console) as client:
+        async with console.client() as client:
             pages = [
                 await client.login(OPERATOR, OPERATOR_PASSWORD + "x"),
                 await client.login("nobody-at-all", OPERATOR_PASSWORD),
@@ -180,7 +180,7 @@ def test_fail_a_wrong_password_and_an_unknown_name_get_no_session(console: Conso
 
 def test_fail_repeated_failed_logins_are_throttled(console: ConsoleWorld) -> None:
     async def body() -> list[Page]:
-        async with ConsoleClient(console) as client:
+        async with console.client() as client:
             return [await client.login("throttled-name", "not the password") for _ in range(6)]
 
     pages = run(body)
@@ -343,7 +343,7 @@ def test_ok_logging_out_ends_the_session_on_the_server(console: ConsoleWorld) ->
             token = client.session.cookie_jar.filter_cookies(url)[COOKIE].value
             csrf = (await client.get("/")).csrf
             assert (await client.post("/logout", {"csrf": csrf})).status == 303
-        async with ConsoleClient(console) as replay:  # the old cookie, kept by an attacker
+        async with console.client() as replay:  # the old cookie, kept by an attacker
             replay.session.cookie_jar.update_cookies(
                 {COOKIE: token}, aiohttp.client.URL(console.url)
             )
@@ -361,7 +361,7 @@ def test_ok_a_client_certificate_of_the_operator_ca_logs_its_operator_in(
     (device,) = console.world.make_devices(1)
 
     async def body() -> None:
-        async with ConsoleClient(console, cert=CERT_OPERATOR) as client:
+        async with console.client(cert=CERT_OPERATOR) as client:
             overview = await client.get("/", follow=False)
             assert overview.status == 200 and f"{CERT_OPERATOR} <span" in overview.text
             confirm = await client.get(f"/devices/{device.device_id}/block")
@@ -380,7 +380,7 @@ def test_fail_a_certificate_of_the_operator_ca_naming_no_operator_is_refused(
     console: ConsoleWorld,
 ) -> None:
     async def body() -> Page:
-        async with ConsoleClient(console, cert="mallory") as client:
+        async with console.client(cert="mallory") as client:
             return await client.get("/", follow=False)
 
     page = unchanged(console, body)
@@ -391,7 +391,7 @@ def test_fail_a_foreign_client_certificate_is_refused_in_the_tls_handshake(
     console: ConsoleWorld,
 ) -> None:
     async def body() -> None:
-        async with ConsoleClient(console, cert="foreign-carol") as client:
+        async with console.client(cert="foreign-carol") as client:
             with pytest.raises((aiohttp.ClientError, ssl.SSLError)):
                 await client.get("/", follow=False)
 
