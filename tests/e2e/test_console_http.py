@@ -398,3 +398,16 @@ def test_fail_a_foreign_client_certificate_is_refused_in_the_tls_handshake(
     register, audit = console.world.register(), console.audit_count()
     run(body)
     assert console.world.register() == register and console.audit_count() == audit
+
+
+def test_fail_a_request_after_a_session_on_the_same_connection_gets_none_of_it(
+    console: ConsoleWorld,
+) -> None:
+    async def body() -> Page:
+        async with await logged_in(console, OPERATOR, OPERATOR_PASSWORD) as client:
+            assert "Log out" in (await client.get("/")).text
+            client.session.cookie_jar.clear()  # the next request, kept alive, has no cookie
+            return await client.get("/login")
+
+    page = run(body)
+    assert page.status == 200 and "Log out" not in page.text and 'name="csrf"' not in page.text

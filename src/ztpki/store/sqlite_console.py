@@ -145,10 +145,15 @@ class ConsoleQueries:
         """Up to ``limit`` devices matching ``where`` with device_id > ``after``, in order."""
         if not 1 <= limit <= 1000:
             raise ValueError("limit must be 1..1000")
-        clauses, params = ["device_id > ?"], [after]
+        # One lower bound on device_id: with two, SQLite's planner keeps only one of them for
+        # the index range and filters the rest row by row.
+        if where.search and after < where.search:
+            clauses, params = ["device_id >= ?"], [where.search]
+        else:
+            clauses, params = ["device_id > ?"], [after]
         if where.search:
-            clauses += ["device_id >= ?", "device_id < ?"]
-            params += [where.search, where.search + _TOP]
+            clauses.append("device_id < ?")
+            params.append(where.search + _TOP)
         if where.state is not None:
             clauses.append("state = ?")
             params.append(where.state.value)

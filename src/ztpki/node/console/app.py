@@ -10,6 +10,8 @@ Every POST but /login must carry the session's CSRF token (a synchronizer token 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -34,8 +36,10 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # A manifest upload (a million devices is about 150 MB of signed JSON): the body limit.
 MAX_UPLOAD = 256 * 1024 * 1024
-# The audit chain is verified at most this often (it is read whole, streamed).
+# The audit chain is verified at most this often (it is read whole, streamed), and a page
+# waits at most VERIFY_WAIT for a verification before it shows the last one.
 VERIFY_EVERY = 60.0
+VERIFY_WAIT = 5.0
 
 _PUBLIC = ("/login", "/static/")
 _HEADERS = {
@@ -75,7 +79,9 @@ class ConsoleContext:
     # Called after a change queued revocation orders: the running node sends them now.
     revocation_queued: Callable[[], None] = lambda: None
     clock: Callable[[], datetime] = _utcnow
-    verification: tuple[float, AuditVerification] | None = field(default=None, repr=False)
+    # The last chain verification: (loop time, when, result), and the one running.
+    verification: tuple[float, datetime, AuditVerification] | None = field(default=None, repr=False)
+    _verifying: asyncio.Task[None] | None = field(default=None, repr=False)
 
     @property
     def directory(self) -> Path:
@@ -85,16 +91,40 @@ class ConsoleContext:
         """A store call on a worker thread: the loop keeps serving the devices."""
         return await asyncio.to_thread(call, *args, **kwargs)
 
-    async def verify_audit(self) -> AuditVerification:
+    async def verify_audit(self) -> tuple[datetime, AuditVerification] | None:
+        """The chain's last verification (when, result); None while the first one runs.
+
+        A million entries take 15 s or more to verify, so a page never waits for more than
+        VERIFY_WAIT: it shows the last result, and a new verification starts in the
+        background when that one is older than VERIFY_EVERY (one at a time).
+        """
         loop = asyncio.get_running_loop()
-        if self.verification is None or loop.time() - self.verification[0] > VERIFY_EVERY:
-            result = await self.read(self.store.verify)
-            self.verification = (loop.time(), result)
-        return self.verification[1]
+        stale = self.verification is None or loop.time() - self.verification[0] > VERIFY_EVERY
+        if stale and (self._verifying is None or self._verifying.done()):
+            self._verifying = asyncio.create_task(self._verify(), name="console audit verify")
+        if self.verification is None and self._verifying is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._verifying), VERIFY_WAIT)
+        return None if self.verification is None else self.verification[1:]
+
+    async def _verify(self) -> None:
+        at = self.clock()
+        result = await self.read(self.store.verify)
+        self.verification = (asyncio.get_running_loop().time(), at, result)
+
+    async def close(self) -> None:
+        if self._verifying is not None:
+            self._verifying.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._verifying
 
 
 CONTEXT = web.AppKey("console", ConsoleContext)
-SESSION = "console.session"
+# The session of the request being handled: the middleware sets it, in the request's own task
+# (aiohttp handles each request in a task of its own, so it never leaks to another).
+SESSION: contextvars.ContextVar[Session | None] = contextvars.ContextVar(
+    "console_session", default=None
+)
 
 
 def templates() -> jinja2.Environment:
@@ -111,7 +141,7 @@ def render(
     request: web.Request, template: str, *, status: int = 200, **values: Any
 ) -> web.Response:
     context = request.app[CONTEXT]
-    session = request.get(SESSION)
+    session = SESSION.get()
     body = context.templates.get_template(template).render(
         session=session, path=request.path, **values
     )
@@ -119,7 +149,7 @@ def render(
 
 
 def session_of(request: web.Request) -> Session:
-    session = request.get(SESSION)
+    session = SESSION.get()
     assert isinstance(session, Session)  # the middleware let only sessions through
     return session
 
@@ -159,14 +189,19 @@ async def _certificate_session(request: web.Request) -> tuple[str, Session] | No
 
 @web.middleware
 async def security(request: web.Request, handler: Handler) -> web.StreamResponse:
+    # Requests of one keep-alive connection may share a task: each starts without a session.
+    reset = SESSION.set(None)
     try:
-        response = await _checked(request, handler)
-    except ConsoleRefusal as exc:
-        response = render(request, "error.html", status=exc.status, message=exc.message)
-    except (ConfigurationError, MalformedInput, VerificationFailed, DuplicateDevice) as exc:
-        # The register refused the change (a device not listed, a manifest that does not
-        # verify): the operator reads why; nothing changed.
-        response = render(request, "error.html", status=409, message=exc.message)
+        try:
+            response = await _checked(request, handler)
+        except ConsoleRefusal as exc:
+            response = render(request, "error.html", status=exc.status, message=exc.message)
+        except (ConfigurationError, MalformedInput, VerificationFailed, DuplicateDevice) as exc:
+            # The register refused the change (a device not listed, a manifest that does not
+            # verify): the operator reads why; nothing changed.
+            response = render(request, "error.html", status=409, message=exc.message)
+    finally:
+        SESSION.reset(reset)
     response.headers.update(_HEADERS)
     return response
 
@@ -185,7 +220,7 @@ async def _checked(request: web.Request, handler: Handler) -> web.StreamResponse
                 return redirect("/login")
             raise ConsoleRefusal(401, "log in first: your session is missing or has expired")
         token, session = opened
-    request[SESSION] = session
+    SESSION.set(session)
     if request.method == "POST":
         await _check_csrf(request, session)
     response = await handler(request)

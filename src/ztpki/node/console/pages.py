@@ -181,12 +181,13 @@ async def audit(request: web.Request) -> web.Response:
     except ValueError:
         raise ConsoleRefusal(400, "before must be an entry number") from None
     entries = await context.read(context.store.audit_page, before=before, limit=AUDIT_PAGE)
-    verification = await context.verify_audit()
+    verified = await context.verify_audit()
     return render(
         request,
         "audit.html",
         entries=entries,
-        verification=verification,
+        verified_at=None if verified is None else verified[0],
+        verification=None if verified is None else verified[1],
         next_before=entries[-1].seq if entries and entries[-1].seq > 1 else None,
     )
 

@@ -30,6 +30,7 @@ class ConsoleServer:
     runner: web.AppRunner
     server: asyncio.Server
     store: SQLiteNodeStore
+    context: ConsoleContext
 
     @property
     def url(self) -> str:
@@ -43,6 +44,7 @@ class ConsoleServer:
         self.server.close()
         await self.server.wait_closed()
         await self.runner.cleanup()
+        await self.context.close()
         self.store.close()
 
 
@@ -99,6 +101,6 @@ async def start_console(
             raise ListenFailed(host, port, exc) from None
         raise
     bound = server.sockets[0].getsockname()
-    console = ConsoleServer(str(bound[0]), int(bound[1]), runner, server, store)
+    console = ConsoleServer(str(bound[0]), int(bound[1]), runner, server, store, context)
     log.info("web console on %s", console.url)
     return console
