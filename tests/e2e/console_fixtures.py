@@ -81,7 +81,9 @@ def build_console_world(root: Path, *, settings: Mapping[str, Any] | None = None
     pki = make_operator_pki(root / "operator-pki")
     console_settings = {"console": {"operator_ca": str(pki.ca), **dict(settings or {})}}
     world = build_world(
-        root, settings=console_settings, serve_args=["--console-listen", "127.0.0.1:0"]
+        root,
+        settings=console_settings,
+        serve_args=["--console-listen", "127.0.0.1:0", "--workers", "2"],
     )
     try:
         log = (root / "node.log").read_text()

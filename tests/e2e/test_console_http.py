@@ -5,6 +5,9 @@ check that nothing changed: register and audit trail as before."""
 from __future__ import annotations
 
 import asyncio
+import os
+import re
+import signal
 import ssl
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
@@ -411,3 +414,34 @@ def test_fail_a_request_after_a_session_on_the_same_connection_gets_none_of_it(
 
     page = run(body)
     assert page.status == 200 and "Log out" not in page.text and 'name="csrf"' not in page.text
+
+
+def test_ok_with_workers_exactly_one_process_serves_the_console(console: ConsoleWorld) -> None:
+    log = (console.world.root / "node.log").read_text()
+    assert "serving with 2 workers" in log
+    assert len(re.findall(r"worker 1 \(pid \d+\) starting", log)) >= 1
+    # One console per start of worker 0 (a test below kills it), none for worker 1.
+    assert log.count("ztpki.node.console.server: web console on") == console_starts(log)
+
+
+def console_starts(log: str) -> int:
+    return len(re.findall(r"worker 0 \(pid \d+\) starting", log))
+
+
+def test_ok_a_killed_worker_0_is_replaced_and_its_replacement_serves_the_console(
+    console: ConsoleWorld,
+) -> None:
+    log_path = console.world.root / "node.log"
+    (first,) = re.findall(r"worker 0 \(pid (\d+)\) serving", log_path.read_text())
+    os.kill(int(first), signal.SIGKILL)
+
+    async def body() -> Page:
+        # Queued on the listening socket the supervisor keeps until the new worker 0 accepts.
+        async with console.client() as client:
+            return await client.get("/login")
+
+    page = run(body)
+    assert page.status == 200 and "Log in to the node console" in page.text
+    log = log_path.read_text()
+    assert console_starts(log) >= 2
+    assert log.count("ztpki.node.console.server: web console on") == console_starts(log)

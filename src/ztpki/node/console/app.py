@@ -82,6 +82,8 @@ class ConsoleContext:
     # The last chain verification: (loop time, when, result), and the one running.
     verification: tuple[float, datetime, AuditVerification] | None = field(default=None, repr=False)
     _verifying: asyncio.Task[None] | None = field(default=None, repr=False)
+    # The overview's live figures being computed (ztpki.node.console.pages).
+    live: asyncio.Future[dict[str, Any]] | None = field(default=None, repr=False)
 
     @property
     def directory(self) -> Path:

@@ -103,4 +103,10 @@ async def start_console(
     bound = server.sockets[0].getsockname()
     console = ConsoleServer(str(bound[0]), int(bound[1]), runner, server, store, context)
     log.info("web console on %s", console.url)
+    if not await asyncio.to_thread(store.operators):
+        log.warning(
+            "the web console has no operator yet: add one with `ztpki node add-operator --dir "
+            "%s NAME --role operator`",
+            config.directory,
+        )
     return console
