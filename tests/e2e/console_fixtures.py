@@ -77,12 +77,15 @@ def add_operator(node_dir: Path, name: str, role: str, password: str | None) -> 
     cli(*args, "--password-file", str(path))
 
 
-def build_console_world(root: Path, *, settings: Mapping[str, Any] | None = None) -> ConsoleWorld:
+def build_console_world(
+    root: Path, *, settings: Mapping[str, Any] | None = None, backend: str = "sqlite"
+) -> ConsoleWorld:
     pki = make_operator_pki(root / "operator-pki")
     console_settings = {"console": {"operator_ca": str(pki.ca), **dict(settings or {})}}
     world = build_world(
         root,
         settings=console_settings,
+        backend=backend,
         serve_args=["--console-listen", "127.0.0.1:0", "--workers", "2"],
     )
     try:
