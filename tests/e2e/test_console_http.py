@@ -313,7 +313,6 @@ def test_ok_an_operator_imports_a_signed_manifest_and_a_forged_one_lists_nothing
         csrf = (await client.get("/import")).csrf
         form = aiohttp.FormData()
         form.add_field("csrf", csrf)
-        form.add_field("confirm", "yes")
         form.add_field("manifest", content, filename="manifest.json")
         return await client.post("/import", form)
 
@@ -326,16 +325,55 @@ def test_ok_an_operator_imports_a_signed_manifest_and_a_forged_one_lists_nothing
     assert refused.status == 409 and "signature does not verify" in refused.text
     assert console.world.register() == register  # nothing listed
 
-    async def body() -> Page:
+    async def body() -> tuple[Page, Page, Page]:
         async with await logged_in(console, OPERATOR, OPERATOR_PASSWORD) as client:
-            return await upload(client, manifest.read_bytes())
+            shown = await upload(client, manifest.read_bytes())
+            token = re.search(r'name="upload" value="([^"]+)"', shown.text)
+            assert token, shown.text
+            listed_before = console.world.register()
+            unconfirmed = await client.post(
+                "/import/confirm", {"csrf": shown.csrf, "upload": token.group(1)}
+            )
+            assert console.world.register() == listed_before  # nothing until confirmed
+            done = await client.post(
+                "/import/confirm",
+                {"csrf": shown.csrf, "upload": token.group(1), "confirm": "yes"},
+            )
+            return shown, unconfirmed, done
 
-    page = run(body)
-    assert page.status == 200 and "Imported: 2 device(s) listed" in page.text
+    shown, unconfirmed, done = run(body)
+    assert shown.status == 200 and 'id="device-count">2<' in shown.text
+    assert unconfirmed.status == 400
+    assert done.status == 200 and "Imported: 2 device(s) listed" in done.text
     assert all(console.world.state(d.device_id) == "listed" for d in devices)
     imports = [e for e in console.audit_all() if e["endpoint"] == "console/import"]
     assert [e["decision"] for e in imports] == ["refused", "imported"]
     assert all(f"by operator {OPERATOR}" in e["reason"] for e in imports)
+
+
+def test_fail_an_upload_is_confirmed_only_by_the_operator_who_made_it(
+    console: ConsoleWorld,
+) -> None:
+    devices = console.world.make_devices(1, listed=False, prefix="upload")
+    manifest = console.world.sign_manifest([(d.device_id, d.fingerprint) for d in devices])
+
+    async def body() -> Page:
+        async with await logged_in(console, OPERATOR, OPERATOR_PASSWORD) as olga:
+            form = aiohttp.FormData()
+            form.add_field("csrf", (await olga.get("/import")).csrf)
+            form.add_field("manifest", manifest.read_bytes(), filename="m.json")
+            token = re.search(
+                r'name="upload" value="([^"]+)"', (await olga.post("/import", form)).text
+            )
+            assert token
+        async with console.client(cert=CERT_OPERATOR) as carol:  # another operator
+            csrf = (await carol.get("/")).csrf
+            return await carol.post(
+                "/import/confirm", {"csrf": csrf, "upload": token.group(1), "confirm": "yes"}
+            )
+
+    page = unchanged(console, body)
+    assert page.status == 400 and "upload the manifest again" in page.text
 
 
 def test_ok_logging_out_ends_the_session_on_the_server(console: ConsoleWorld) -> None:

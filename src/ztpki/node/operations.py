@@ -18,7 +18,11 @@ from ztpki.node.material import load_labels, load_manufacturers
 from ztpki.node.revocation_orders import operator_order
 from ztpki.pki.names import check_device_id
 from ztpki.pki.pem import certificate_der, parse_sha256_fingerprint
-from ztpki.protocol.manifest_stream import check_manifest_file, manifest_file_entries
+from ztpki.protocol.manifest_stream import (
+    CheckedManifest,
+    check_manifest_file,
+    manifest_file_entries,
+)
 from ztpki.store.records import (
     AuditEntry,
     AuditRecord,
@@ -68,6 +72,20 @@ def _pieces(path: Path) -> Callable[[], Iterator[bytes]]:
     return read
 
 
+def check_manifest(
+    directory: Path, path: Path, *, now: datetime, operator: str | None = None
+) -> CheckedManifest:
+    """Verify a manifest file as ``import_manifest`` does before it lists anything: signature,
+    signer, manufacturer and members (the web console shows this before its operator
+    confirms). A manifest that does not verify is refused, and the refusal audited."""
+    trusts = manifest_trusts(load_manufacturers(NodeConfig.load(directory)))
+    try:
+        return check_manifest_file(_pieces(path), manufacturers=trusts, now=now)
+    except (MalformedInput, VerificationFailed) as exc:
+        _refused(directory, path, exc, now=now, operator=operator)
+        raise
+
+
 def import_manifest(
     directory: Path, path: Path, *, now: datetime, operator: str | None = None
 ) -> ImportResult:
@@ -79,11 +97,8 @@ def import_manifest(
     signature, signer and members are verified before any entry is used; then the entries
     stream into the register, which keeps none of them when one is bad or the file changed.
     """
-    config = NodeConfig.load(directory)
-    trusts = manifest_trusts(load_manufacturers(config))
-    read = _pieces(path)
+    checked = check_manifest(directory, path, now=now, operator=operator)
     try:
-        checked = check_manifest_file(read, manufacturers=trusts, now=now)
         manifest = checked.manifest
         signer = checked.signer.subject.rfc4514_string()
         record = ManifestRecord(
@@ -113,23 +128,34 @@ def import_manifest(
                 model=entry.model,
                 batch=entry.batch or manifest.batch,
             )
-            for entry in manifest_file_entries(read, checked)
+            for entry in manifest_file_entries(_pieces(path), checked)
         )
         with open_register(directory) as store:
             return store.import_devices(devices, manifest=record, audit=audit)
     except (MalformedInput, VerificationFailed, DuplicateDevice) as exc:
-        # A forged or altered manifest is a security event: the audit trail keeps it.
-        with path.open("rb") as file:
-            digest = hashlib.file_digest(file, "sha256").hexdigest()
-        refusal = AuditRecord(
-            at=now,
-            endpoint=_endpoint("import", operator),
-            decision="refused",
-            reason=f"manifest (sha256 {digest}) refused: {exc.message}{_by(operator)}",
-        )
-        with open_register(directory) as store:
-            store.append_many([refusal])
+        _refused(directory, path, exc, now=now, operator=operator)
         raise
+
+
+def _refused(
+    directory: Path,
+    path: Path,
+    exc: MalformedInput | VerificationFailed | DuplicateDevice,
+    *,
+    now: datetime,
+    operator: str | None,
+) -> None:
+    # A forged or altered manifest is a security event: the audit trail keeps it.
+    with path.open("rb") as file:
+        digest = hashlib.file_digest(file, "sha256").hexdigest()
+    refusal = AuditRecord(
+        at=now,
+        endpoint=_endpoint("import", operator),
+        decision="refused",
+        reason=f"manifest (sha256 {digest}) refused: {exc.message}{_by(operator)}",
+    )
+    with open_register(directory) as store:
+        store.append_many([refusal])
 
 
 def _endpoint(action: str, operator: str | None) -> str:

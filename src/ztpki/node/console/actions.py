@@ -7,16 +7,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import shutil
-import tempfile
-from pathlib import Path
+import time
 
 from aiohttp import web
 
 from ztpki.node import operations
 from ztpki.node.console.app import (
     CONTEXT,
+    ConsoleContext,
     ConsoleRefusal,
+    Staged,
     redirect,
     render,
     require_operator,
@@ -24,6 +26,10 @@ from ztpki.node.console.app import (
 from ztpki.store.records import RevocationReason
 
 log = logging.getLogger(__name__)
+
+# An upload waits this long for its confirmation; at most MAX_STAGED wait at once.
+STAGED_SECONDS = 15 * 60
+MAX_STAGED = 8
 
 ACTIONS = {
     "block": "Block",
@@ -100,28 +106,70 @@ async def import_form(request: web.Request) -> web.Response:
 
 
 async def import_upload(request: web.Request) -> web.Response:
+    """Keep the upload, verify it (a refusal is audited), show what it would list."""
     session = require_operator(request)
     context = request.app[CONTEXT]
-    form = await request.post()
-    upload = form.get("manifest")
+    upload = (await request.post()).get("manifest")
     if not isinstance(upload, web.FileField):
         raise ConsoleRefusal(400, "choose the signed manifest file to upload")
-    if form.get("confirm") != "yes":
-        raise ConsoleRefusal(400, "tick the confirmation box to import the manifest")
-    with tempfile.TemporaryDirectory(prefix="ztpki-console-") as scratch:
-        path = Path(scratch) / "manifest"
-        with path.open("wb") as out:
-            upload.file.seek(0)
-            shutil.copyfileobj(upload.file, out)
-        result = await asyncio.to_thread(
-            operations.import_manifest,
+    _forget_expired(context)
+    token = secrets.token_urlsafe(24)
+    path = context.scratch / token
+    with path.open("xb") as out:
+        upload.file.seek(0)
+        shutil.copyfileobj(upload.file, out)
+    try:
+        checked = await asyncio.to_thread(
+            operations.check_manifest,
             context.directory,
             path,
             now=context.clock(),
             operator=session.operator,
         )
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    context.staged[token] = Staged(session.operator, path, time.monotonic() + STAGED_SECONDS)
+    return render(
+        request,
+        "import_confirm.html",
+        token=token,
+        manifest=checked.manifest,
+        device_count=checked.device_count,
+        signer=checked.signer.subject.rfc4514_string(),
+    )
+
+
+async def import_confirm(request: web.Request) -> web.Response:
+    """List the devices of an upload its operator confirmed (verified again as it streams)."""
+    session = require_operator(request)
+    context = request.app[CONTEXT]
+    form = await request.post()
+    _forget_expired(context)
+    staged = context.staged.get(str(form.get("upload", "")))
+    if staged is None or staged.operator != session.operator or form.get("confirm") != "yes":
+        raise ConsoleRefusal(400, "upload the manifest again and confirm its import")
+    del context.staged[str(form["upload"])]
+    try:
+        result = await asyncio.to_thread(
+            operations.import_manifest,
+            context.directory,
+            staged.path,
+            now=context.clock(),
+            operator=session.operator,
+        )
+    finally:
+        staged.path.unlink(missing_ok=True)
     log.info("console: %s imported a manifest (%s)", session.operator, result)
     return render(request, "import.html", result=result)
+
+
+def _forget_expired(context: ConsoleContext) -> None:
+    now = time.monotonic()
+    for token, staged in list(context.staged.items()):
+        if staged.expires <= now or len(context.staged) >= MAX_STAGED:
+            staged.path.unlink(missing_ok=True)
+            del context.staged[token]
 
 
 def add_routes(app: web.Application) -> None:
@@ -129,3 +177,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/devices/{device_id}/{action}", change)
     app.router.add_get("/import", import_form)
     app.router.add_post("/import", import_upload)
+    app.router.add_post("/import/confirm", import_confirm)

@@ -13,6 +13,8 @@ import asyncio
 import contextlib
 import contextvars
 import logging
+import shutil
+import tempfile
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -63,6 +65,15 @@ class ConsoleRefusal(ZtpkiError):
         self.status = status
 
 
+@dataclass(frozen=True)
+class Staged:
+    """An uploaded manifest that verified, kept until its operator confirms the import."""
+
+    operator: str
+    path: Path
+    expires: float
+
+
 def _utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -84,6 +95,12 @@ class ConsoleContext:
     _verifying: asyncio.Task[None] | None = field(default=None, repr=False)
     # The overview's live figures being computed (ztpki.node.console.pages).
     live: asyncio.Future[dict[str, Any]] | None = field(default=None, repr=False)
+    # Uploaded manifests awaiting their operator's confirmation (ztpki.node.console.actions),
+    # in a directory of mode 0700 of this console's own.
+    staged: dict[str, Staged] = field(default_factory=dict, repr=False)
+    scratch: Path = field(
+        default_factory=lambda: Path(tempfile.mkdtemp(prefix="ztpki-console-")), repr=False
+    )
 
     @property
     def directory(self) -> Path:
@@ -115,6 +132,7 @@ class ConsoleContext:
         self.verification = (asyncio.get_running_loop().time(), at, result)
 
     async def close(self) -> None:
+        shutil.rmtree(self.scratch, ignore_errors=True)
         if self._verifying is not None:
             self._verifying.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
