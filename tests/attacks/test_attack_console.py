@@ -209,7 +209,8 @@ def test_fail_password_guessing_is_throttled(
 
     guesses, right = _run(body)
     assert [p.status for p in guesses] == [401] * 5 + [429]
-    assert right.status == 429 and "Set-Cookie" not in right.headers
+    assert right.status == 429
+    assert "__Host-ztpki_console=" not in right.headers.get("Set-Cookie", "")
     logged = console.service.log_path.read_text()
     assert PASSWORD not in logged and "guess-0000-password" not in logged  # names only
     checked = d.check_unchanged(before)
@@ -345,5 +346,29 @@ def test_fail_path_traversal_and_sql_in_queries(
         "page number with SQL",
         f"static {static1.status}/{static2.status}; search: no device matches; audit 400; "
         f"{checked}",
+        "refused",
+    )
+
+
+def test_fail_login_csrf(console: ConsoleUnderAttack, attack_report: AttackReport) -> None:
+    d = console.d
+    before = d.snapshot()
+
+    async def body() -> Page:
+        async with console.client() as client:  # a forged form: no token of the login page
+            return await client.post(
+                "/login", {"name": OPERATOR, "password": PASSWORD, "login_token": "forged"}
+            )
+
+    page = _run(body)
+    assert page.status == 403 and "did not come from the console" in page.text
+    assert "__Host-ztpki_console" not in page.headers.get("Set-Cookie", "")
+    checked = d.check_unchanged(before)
+    _record(
+        attack_report,
+        "login-csrf",
+        "a cross-site login form (right name and password, no login token of the console's "
+        "login page): logging a victim's browser in as someone else",
+        f"HTTP 403, no session cookie; {checked}",
         "refused",
     )

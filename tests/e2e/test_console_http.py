@@ -177,7 +177,7 @@ def test_fail_a_wrong_password_and_an_unknown_name_get_no_session(console: Conso
     wrong, unknown, after = run(body)
     for page in (wrong, unknown):
         assert page.status == 401 and "wrong name or password" in page.text
-        assert "Set-Cookie" not in page.headers
+        assert f"{COOKIE}=" not in page.headers.get("Set-Cookie", "")  # no session
     assert after.status == 303  # still not logged in
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import aiohttp
 
 _CSRF = re.compile(r'name="csrf" value="([^"]+)"')
+_LOGIN = re.compile(r'name="login_token" value="([^"]+)"')
 
 
 @dataclass
@@ -54,4 +55,10 @@ class ConsoleClient:
             return Page(answer.status, dict(answer.headers), await answer.text(), str(answer.url))
 
     async def login(self, name: str, password: str) -> Page:
-        return await self.post("/login", {"name": name, "password": password})
+        """The login form, as a browser fills it (with the form's login token)."""
+        form = await self.get("/login")
+        found = _LOGIN.search(form.text)
+        assert found, "the login page has no login token"
+        return await self.post(
+            "/login", {"name": name, "password": password, "login_token": found.group(1)}
+        )

@@ -3,7 +3,10 @@ failed too often. Failures never say whether the name exists."""
 
 from __future__ import annotations
 
+import hmac
 import logging
+import re
+import secrets
 
 from aiohttp import web
 
@@ -21,17 +24,49 @@ from ztpki.node.console.sessions import COOKIE
 log = logging.getLogger(__name__)
 
 
+# Login CSRF (a forged form logging the victim in as the attacker): the login form carries a
+# random token that must equal the one in this SameSite=Strict cookie (double submit).
+LOGIN_COOKIE = "__Host-ztpki_login"
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{32}")
+
+
 async def login_form(request: web.Request) -> web.Response:
     context = request.app[CONTEXT]
     if context.sessions.find(request.cookies.get(COOKIE)) is not None:
         return redirect("/")
-    return render(
+    return _login_page(request, error=None, name="")
+
+
+def _login_page(
+    request: web.Request, *, error: str | None, name: str, status: int = 200
+) -> web.Response:
+    context = request.app[CONTEXT]
+    # The browser's token stays while it has one: a second login page (another tab, or the
+    # favicon's redirect here) must not invalidate the form already shown.
+    kept = request.cookies.get(LOGIN_COOKIE, "")
+    token = kept if _TOKEN.fullmatch(kept) else secrets.token_urlsafe(24)
+    response = render(
         request,
         "login.html",
-        error=None,
-        name="",
+        status=status,
+        error=error,
+        name=name,
+        login_token=token,
         certificate=context.config.console.operator_ca is not None,
         presented=peer_common_name(request),
+    )
+    response.set_cookie(
+        LOGIN_COOKIE, token, path="/", secure=True, httponly=True, samesite="Strict", max_age=3600
+    )
+    return response
+
+
+def _login_token_matches(request: web.Request, presented: object) -> bool:
+    kept = request.cookies.get(LOGIN_COOKIE)
+    return (
+        isinstance(presented, str)
+        and kept is not None
+        and hmac.compare_digest(presented.encode(), kept.encode())
     )
 
 
@@ -42,18 +77,19 @@ async def login(request: web.Request) -> web.Response:
     if not isinstance(name, str) or not isinstance(password, str):
         raise ConsoleRefusal(400, "the login form needs a name and a password")
     name = name.strip()[:64]
+    if not _login_token_matches(request, form.get("login_token")):
+        raise ConsoleRefusal(
+            403, "this login form is stale or did not come from the console; reload and retry"
+        )
     address = request.remote or "unknown"
     if context.throttle.blocked(name, address):
         wait = context.throttle.retry_after(name, address)
         log.warning("console: login of %r from %s throttled", name, address)
-        response = render(
+        response = _login_page(
             request,
-            "login.html",
             status=429,
             error=f"too many failed logins; try again in {wait} seconds",
             name=name,
-            certificate=context.config.console.operator_ca is not None,
-            presented=None,
         )
         response.headers["Retry-After"] = str(wait)
         return response
@@ -63,19 +99,12 @@ async def login(request: web.Request) -> web.Response:
     if not ok or operator is None:
         context.throttle.failed(name, address)
         log.warning("console: failed login of %r from %s", name, address)
-        return render(
-            request,
-            "login.html",
-            status=401,
-            error="wrong name or password",
-            name=name,
-            certificate=context.config.console.operator_ca is not None,
-            presented=None,
-        )
+        return _login_page(request, status=401, error="wrong name or password", name=name)
     token, _ = context.sessions.open(operator.name, operator.role, how="password")
     log.info("console: %s (%s) logged in from %s", operator.name, operator.role.value, address)
     response = redirect("/")
     set_session_cookie(response, token, context)
+    response.del_cookie(LOGIN_COOKIE, path="/", secure=True, httponly=True, samesite="Strict")
     return response
 
 
