@@ -29,6 +29,7 @@ from cryptography.x509.oid import NameOID
 from ztpki.errors import ConfigurationError, MalformedInput, VerificationFailed, ZtpkiError
 from ztpki.node.config import NodeConfig
 from ztpki.node.console.sessions import COOKIE, LoginThrottle, Session, Sessions
+from ztpki.node.factory_crls import FactoryRevocation
 from ztpki.store.records import AuditVerification, DuplicateDevice
 from ztpki.store.sqlite_register import SQLiteNodeStore
 
@@ -89,6 +90,8 @@ class ConsoleContext:
     templates: jinja2.Environment
     # Called after a change queued revocation orders: the running node sends them now.
     revocation_queued: Callable[[], None] = lambda: None
+    # The factory CRLs this node process holds (their freshness on the health page).
+    factory_crls: FactoryRevocation | None = None
     clock: Callable[[], datetime] = _utcnow
     # The last chain verification: (loop time, when, result), and the one running.
     verification: tuple[float, datetime, AuditVerification] | None = field(default=None, repr=False)

@@ -208,10 +208,14 @@ async def health(request: web.Request) -> web.Response:
     probes = await probe_ca_systems(context.config.ca_systems)
     issued = await context.read(context.store.issued_by_label)
     orders = await context.read(context.store.revocations, open_only=True)
+    crls = [] if context.factory_crls is None else context.factory_crls.freshness()
     return render(
         request,
         "health.html",
         probes=probes,
+        crls=crls,
+        now=context.clock(),
+        unconfigured=[] if context.factory_crls is None else context.factory_crls.unconfigured(),
         labels=context.config.labels,
         issued=issued,
         open_orders=len(orders),

@@ -81,6 +81,7 @@ async def start_console(
         throttle=LoginThrottle(config.console.login_attempts, config.console.login_window_seconds),
         templates=templates(),
         revocation_queued=revocation_queued,
+        factory_crls=material.factory_crls,
     )
     runner = web.AppRunner(build(context), access_log=None)
     await runner.setup()
