@@ -203,3 +203,36 @@ def test_ok_the_pages_read_without_javascript_and_the_health_page_shows_the_ca(
         assert text_of(browser, "count-customized").isdigit()
     finally:
         browser.execute_cdp_cmd("Emulation.setScriptExecutionDisabled", {"value": False})
+
+
+def test_ok_every_page_has_landmarks_and_every_control_a_label(
+    browser: WebDriver, console: ConsoleWorld
+) -> None:
+    (device,) = console.world.make_devices(1, prefix="a11y")
+    log_in(browser, console, OPERATOR, OPERATOR_PASSWORD)
+    pages = ["/", "/devices", f"/devices/{device.device_id}", "/audit", "/health", "/import"]
+    pages.append(f"/devices/{device.device_id}/retire")
+    for path in pages:
+        browser.get(console.url + path)
+        found = browser.execute_script(
+            """
+            const controls = [...document.querySelectorAll(
+                "input:not([type=hidden]), select, textarea")];
+            return {
+                unlabelled: controls.filter(c => c.labels.length === 0).map(c => c.name),
+                main: document.querySelectorAll("main").length,
+                nav: document.querySelectorAll("nav[aria-label]").length,
+                h1: document.querySelectorAll("h1").length,
+                lang: document.documentElement.lang,
+                skip: document.querySelector("a.skip") !== null,
+            };
+            """
+        )
+        assert found["unlabelled"] == [], (path, found)
+        assert found["main"] == 1 and found["nav"] >= 1 and found["h1"] == 1, (path, found)
+        assert found["lang"] == "en" and found["skip"], (path, found)
+    # The keyboard reaches the skip link first, and it leads to the main content.
+    browser.get(console.url + "/")
+    first = browser.switch_to.active_element
+    first.send_keys("\ue004")  # Tab
+    assert browser.switch_to.active_element.get_attribute("class") == "skip"
