@@ -5,24 +5,15 @@ unless --replace; the register keeps an argon2 hash only."""
 from __future__ import annotations
 
 import contextlib
-import io
 import sqlite3
 from pathlib import Path
 
 import pytest
 import test_node_cli as node_cli
-
-from ztpki.cli import main
+from test_node_database import run
 
 env = node_cli.env
 inputs = node_cli.inputs
-
-
-def run(*args: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        status = main(list(args))
-    return status, out.getvalue(), " ".join(err.getvalue().split())
 
 
 def operators(node: Path) -> dict[str, tuple[str, str]]:

@@ -16,8 +16,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from test_console_settings import config
 
-from ztpki.node.config import NodeConfig
 from ztpki.node.console.app import ConsoleContext, build, templates
 from ztpki.node.console.sessions import COOKIE, LoginThrottle, Sessions
 from ztpki.node.factory_crls import FactoryRevocation
@@ -29,17 +29,8 @@ T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def console_context(tmp_path: Path, **kwargs: Any) -> ConsoleContext:
-    config = NodeConfig(
-        directory=tmp_path,
-        ca_system="127.0.0.1:1",
-        ca_client=Path("c"),
-        server_cert=Path("s"),
-        server_key=Path("k"),
-        manufacturers=(),
-        labels=(),
-    )
     return ConsoleContext(
-        config=config,
+        config=config(tmp_path),
         store=open_sqlite_node_store(tmp_path / "node.sqlite"),
         sessions=Sessions(lifetime=60),
         throttle=LoginThrottle(5, 60),

@@ -13,7 +13,8 @@ from ztpki.node.config import NodeConfig
 from ztpki.node.console import ConsoleConfig
 
 
-def config(tmp_path: Path, console: ConsoleConfig) -> NodeConfig:
+def config(tmp_path: Path, console: ConsoleConfig | None = None) -> NodeConfig:
+    """A node.toml's content with nothing but the required settings (and ``console``)."""
     return NodeConfig(
         directory=tmp_path,
         ca_system="127.0.0.1:1",
@@ -22,7 +23,7 @@ def config(tmp_path: Path, console: ConsoleConfig) -> NodeConfig:
         server_key=Path("k"),
         manufacturers=(),
         labels=(),
-        console=console,
+        console=console or ConsoleConfig(),
     )
 
 
