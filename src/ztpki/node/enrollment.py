@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
@@ -32,14 +32,19 @@ from ztpki.node.authorization import (
     should_confirm,
 )
 from ztpki.node.ca_client import Issued, SecondCAClient
-from ztpki.node.config import CALabel, Limits, RevocationPolicy
+from ztpki.node.config import Limits, RevocationPolicy
+
+# Enrolled and LoadedLabel are re-exported: they were defined here before.
+from ztpki.node.enrollment_types import Enrolled as Enrolled
+from ztpki.node.enrollment_types import KeyRequest, decision_of
+from ztpki.node.enrollment_types import LoadedLabel as LoadedLabel
 from ztpki.node.lease_holder import holder_gone, new_token
 from ztpki.node.metrics import NodeMetrics
 from ztpki.node.register import AsyncRegister
 from ztpki.node.revocation_orders import confirms_renewal, superseded_order
 from ztpki.pki.keys import KeySpec
 from ztpki.pki.pem import certificate_der, load_certificate_der, serial_hex
-from ztpki.protocol.est import csr_device_id, spki_sha256
+from ztpki.protocol.est import spki_sha256
 from ztpki.store.records import AuditRecord, DeviceState, RegisteredDevice
 from ztpki.untrusted import quote
 
@@ -53,43 +58,12 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-@dataclass(frozen=True)
-class LoadedLabel:
-    """An EST label with its CA chain loaded (issuing CA first)."""
-
-    config: CALabel
-    chain: tuple[x509.Certificate, ...]
-
-    @property
-    def name(self) -> str:
-        return self.config.label
-
-    @property
-    def certificate(self) -> x509.Certificate:
-        return self.chain[0]
-
-
-@dataclass(frozen=True)
-class Enrolled:
-    """What an enrollment hands the device."""
-
-    outcome: str  # "issued" or "redelivered"
-    certificate: x509.Certificate
-    chain: tuple[x509.Certificate, ...]
-    private_key_der: bytes | None = field(default=None, repr=False)
-
-
 class _Audited(Exception):
     """Carries an error whose audit record was already written with its state change."""
 
     def __init__(self, error: ZtpkiError) -> None:
         super().__init__(error.message)
         self.error = error
-
-
-def decision_of(exc: ZtpkiError) -> str:
-    """The audit trail's word for a request that ended in exc."""
-    return "deferred" if isinstance(exc, Unavailable) else "refused"
 
 
 class EnrollmentService:
@@ -163,12 +137,16 @@ class EnrollmentService:
         operation: Operation,
         label: LoadedLabel,
         identity: ClientIdentity,
-        csr: x509.CertificateSigningRequest,
+        csr: x509.CertificateSigningRequest | KeyRequest,
+        *,
+        endpoint: str | None = None,
     ) -> Enrolled:
-        """simpleenroll, simplereenroll or serverkeygen for an authenticated device."""
-        endpoint = _endpoint(label, operation)
+        """simpleenroll, simplereenroll or serverkeygen for an authenticated device (or a CMP
+        request doing the same: ``endpoint`` names it in the audit trail)."""
+        endpoint = endpoint or _endpoint(label, operation)
+        request = csr if isinstance(csr, KeyRequest) else KeyRequest.from_csr(csr)
         try:
-            return await self._enroll(operation, label, identity, csr, endpoint)
+            return await self._enroll(operation, label, identity, request, endpoint)
         except _Audited as done:
             raise done.error from None
         except ZtpkiError as exc:
@@ -180,14 +158,13 @@ class EnrollmentService:
         operation: Operation,
         label: LoadedLabel,
         identity: ClientIdentity,
-        csr: x509.CertificateSigningRequest,
+        request: KeyRequest,
         endpoint: str,
     ) -> Enrolled:
         device = await self._confirm(
             await self.register.get(identity.device_id), identity, endpoint=endpoint
         )
-        spki = spki_sha256(csr.public_key())
-        named = csr_device_id(csr)
+        spki, named = request.spki_sha256, request.named_device_id
         for _ in range(DECISION_ROUNDS):
             now = self._clock()
             context = EnrollmentContext(
@@ -214,10 +191,8 @@ class EnrollmentService:
                 take_over=device.lease_token if context.lease_expired else None,
             )
             if before is not None and _same_row(before, device):
-                csr_der = None if operation is Operation.SERVERKEYGEN else _csr_der(csr)
-                return await self._issue(
-                    before, identity, decision, label, csr_der, token, endpoint
-                )
+                key = None if operation is Operation.SERVERKEYGEN else request
+                return await self._issue(before, identity, decision, label, key, token, endpoint)
             if before is not None:
                 # The row changed between reading and leasing it (another request issued in
                 # between): give the lease back and decide on what is there now.
@@ -233,7 +208,7 @@ class EnrollmentService:
         identity: ClientIdentity,
         decision: Decision,
         label: LoadedLabel,
-        csr_der: bytes | None,
+        key: KeyRequest | None,
         token: str,
         endpoint: str,
     ) -> Enrolled:
@@ -246,7 +221,8 @@ class EnrollmentService:
                 device_id=device_id,
                 ca=label.config,
                 ca_certificate=label.certificate,
-                csr_der=csr_der,
+                csr_der=None if key is None else key.csr_der,
+                public_key_der=None if key is None or key.csr_der else key.public_key_der,
                 reissue=reissue,
                 # A taken-over issuance may have left a certificate nobody received; a renewal
                 # never revokes first: the live one may be the certificate the device uses.
@@ -492,9 +468,3 @@ def _same_row(before: RegisteredDevice, decided_on: RegisteredDevice) -> bool:
 
 def _endpoint(label: LoadedLabel, operation: Operation) -> str:
     return f"est/{label.name}/{operation.value}"
-
-
-def _csr_der(csr: x509.CertificateSigningRequest) -> bytes:
-    from cryptography.hazmat.primitives import serialization
-
-    return csr.public_bytes(serialization.Encoding.DER)
