@@ -135,6 +135,8 @@ class CMPClient:
         self._wait = wait
         self._session: aiohttp.ClientSession | None = None
         self.polls = 0  # pollReq messages sent over this client's life (for reports)
+        # The certificate the node signed its last checked answer with.
+        self.node_certificate: x509.Certificate | None = None
 
     async def __aenter__(self) -> CMPClient:
         connector = aiohttp.TCPConnector(ssl=self._context or False, limit=1)
@@ -173,7 +175,10 @@ class CMPClient:
     ) -> PKIMessage:
         request = transaction.request(body, now=self._now())
         data = await self._post(request)
-        return transaction.answer(data, expected, now=self._now())
+        try:
+            return transaction.answer(data, expected, now=self._now())
+        finally:
+            self.node_certificate = transaction.node_certificate or self.node_certificate
 
     async def _post(self, request: bytes) -> bytes:
         if self._session is None:
