@@ -36,9 +36,15 @@ from ztpki.node.config import Limits, RevocationPolicy
 
 # Enrolled and LoadedLabel are re-exported: they were defined here before.
 from ztpki.node.enrollment_types import Enrolled as Enrolled
-from ztpki.node.enrollment_types import KeyRequest, decision_of
+from ztpki.node.enrollment_types import (
+    KeyRequest,
+    audit_record,
+    decision_of,
+    lease_expired,
+    same_row,
+)
 from ztpki.node.enrollment_types import LoadedLabel as LoadedLabel
-from ztpki.node.lease_holder import holder_gone, new_token
+from ztpki.node.lease_holder import new_token
 from ztpki.node.metrics import NodeMetrics
 from ztpki.node.register import AsyncRegister
 from ztpki.node.revocation_orders import confirms_renewal, superseded_order
@@ -173,7 +179,7 @@ class EnrollmentService:
                 named,
                 spki,
                 issued_label=self._issued_label(device),
-                lease_expired=_lease_expired(device, now),
+                lease_expired=lease_expired(device, now),
             )
             decision = decide(device, identity, context)
             if decision.action is Action.REDELIVER:
@@ -190,7 +196,7 @@ class EnrollmentService:
                 lease_seconds=self.limits.lease_seconds,
                 take_over=device.lease_token if context.lease_expired else None,
             )
-            if before is not None and _same_row(before, device):
+            if before is not None and same_row(before, device):
                 key = None if operation is Operation.SERVERKEYGEN else request
                 return await self._issue(before, identity, decision, label, key, token, endpoint)
             if before is not None:
@@ -386,19 +392,49 @@ class EnrollmentService:
         return await self.register.get(identity.device_id) if reread else device
 
     async def _confirm_renewal(
-        self, device: RegisteredDevice, identity: ClientIdentity, *, endpoint: str
+        self,
+        device: RegisteredDevice,
+        identity: ClientIdentity,
+        *,
+        endpoint: str,
+        serial: str | None = None,
     ) -> None:
+        """serial: the renewed certificate, when not the one identity presents (certConf)."""
         now, label = self._clock(), self.labels.get(identity.label or "")
         grace = self.revocation.grace_for(label.config) if label else 0.0
         why = f"renewed certificate used: {device.renewed_from} is revoked in {grace:g} s"
-        record = self._record(
-            endpoint, identity, "renewal-confirmed", why, now=now, serial=identity.serial
-        )
+        serial = serial or identity.serial
+        record = self._record(endpoint, identity, "renewal-confirmed", why, now=now, serial=serial)
         due = now + timedelta(seconds=grace)
         if await self.register.confirm_renewal(
-            identity.device_id, serial=identity.serial, now=now, due_at=due, audit=record
+            identity.device_id, serial=serial, now=now, due_at=due, audit=record
         ):
             self._revocation_queued()
+
+    async def confirm_certificate(
+        self, identity: ClientIdentity, serial: str, *, endpoint: str
+    ) -> None:
+        """The device confirms that it holds certificate serial (CMP certConf, signed with
+        the certificate it asked with): as its first EST request with that certificate."""
+        device = await self.register.get(identity.device_id)
+        if device is None or device.issued_serial != serial:
+            raise Refused(
+                RefusalReason.SUPERSEDED,
+                f"certificate {serial} is not device {identity.device_id}'s current one",
+            )
+        if device.state is DeviceState.CUSTOMIZED and device.renewed_from is not None:
+            await self._confirm_renewal(device, identity, endpoint=endpoint, serial=serial)
+        elif device.state is DeviceState.ISSUED:
+            now = self._clock()
+            why = "certConf for the issued certificate: device customized"
+            record = self._record(endpoint, identity, "confirmed", why, now=now, serial=serial)
+            if await self.register.confirm(
+                identity.device_id, serial=serial, now=now, audit=record
+            ):
+                log.info("device %s confirmed serial=%s: customized", identity.device_id, serial)
+
+    def now(self) -> datetime:
+        return self._clock()
 
     async def record_refusal(
         self, endpoint: str, identity: ClientIdentity, exc: ZtpkiError
@@ -429,14 +465,8 @@ class EnrollmentService:
         now: datetime | None = None,
         serial: str | None = None,
     ) -> AuditRecord:
-        return AuditRecord(
-            at=now or self._clock(),
-            endpoint=endpoint,
-            decision=decision,
-            reason=reason,
-            device_id=identity.device_id,
-            client_fingerprint=identity.fingerprint,
-            serial=serial,
+        return audit_record(
+            endpoint, identity, decision, reason, at=now or self._clock(), serial=serial
         )
 
     def _issued_label(self, device: RegisteredDevice | None) -> str | None:
@@ -447,23 +477,6 @@ class EnrollmentService:
             if certificate_der(loaded.certificate) == issuing:
                 return loaded.name
         return None
-
-
-def _lease_expired(device: RegisteredDevice | None, now: datetime) -> bool:
-    return (  # ran out, or its holder (a worker of this machine) was killed
-        device is not None
-        and device.state is DeviceState.ISSUING
-        and device.lease_expires is not None
-        and (device.lease_expires < now or holder_gone(device.lease_token))
-    )
-
-
-def _same_row(before: RegisteredDevice, decided_on: RegisteredDevice) -> bool:
-    return (
-        before.state is decided_on.state
-        and before.issued_serial == decided_on.issued_serial
-        and before.lease_token == decided_on.lease_token
-    )
 
 
 def _endpoint(label: LoadedLabel, operation: Operation) -> str:

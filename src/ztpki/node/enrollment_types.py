@@ -1,18 +1,23 @@
 """What the enrollment service takes and hands back, apart from the service itself: a label with
 its CA chain, the answer for a device, the key a device asks a certificate for (from an EST or
-CMP p10cr CSR, or a CMP certificate template whose proof of possession the node verified)."""
+CMP p10cr CSR, or a CMP certificate template whose proof of possession the node verified),
+and the small pure helpers the service decides with."""
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from ztpki.errors import Unavailable, ZtpkiError
+from ztpki.node.authentication import ClientIdentity
 from ztpki.node.config import CALabel
+from ztpki.node.lease_holder import holder_gone
 from ztpki.protocol.est import csr_device_id
+from ztpki.store.records import AuditRecord, DeviceState, RegisteredDevice
 
 
 @dataclass(frozen=True)
@@ -74,4 +79,50 @@ class KeyRequest:
         return hashlib.sha256(self.public_key_der).hexdigest()
 
 
-__all__ = ["Enrolled", "KeyRequest", "LoadedLabel", "decision_of"]
+def audit_record(
+    endpoint: str,
+    identity: ClientIdentity,
+    decision: str,
+    reason: str,
+    *,
+    at: datetime,
+    serial: str | None = None,
+) -> AuditRecord:
+    """The audit record of one decision on a request of identity."""
+    return AuditRecord(
+        at=at,
+        endpoint=endpoint,
+        decision=decision,
+        reason=reason,
+        device_id=identity.device_id,
+        client_fingerprint=identity.fingerprint,
+        serial=serial,
+    )
+
+
+def lease_expired(device: RegisteredDevice | None, now: datetime) -> bool:
+    return (  # ran out, or its holder (a worker of this machine) was killed
+        device is not None
+        and device.state is DeviceState.ISSUING
+        and device.lease_expires is not None
+        and (device.lease_expires < now or holder_gone(device.lease_token))
+    )
+
+
+def same_row(before: RegisteredDevice, decided_on: RegisteredDevice) -> bool:
+    return (
+        before.state is decided_on.state
+        and before.issued_serial == decided_on.issued_serial
+        and before.lease_token == decided_on.lease_token
+    )
+
+
+__all__ = [
+    "Enrolled",
+    "KeyRequest",
+    "LoadedLabel",
+    "audit_record",
+    "decision_of",
+    "lease_expired",
+    "same_row",
+]
