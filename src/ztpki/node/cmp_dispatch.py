@@ -5,6 +5,7 @@ from __future__ import annotations
 from ztpki.node.cmp_confirm import confirm
 from ztpki.node.cmp_enroll import enroll
 from ztpki.node.cmp_exchange import CmpHandler
+from ztpki.node.cmp_general import general
 from ztpki.protocol.cmp import BodyType
 
 HANDLERS: dict[BodyType, CmpHandler] = {
@@ -13,4 +14,5 @@ HANDLERS: dict[BodyType, CmpHandler] = {
     BodyType.P10CR: enroll,
     BodyType.KUR: enroll,
     BodyType.CERT_CONF: confirm,
+    BodyType.GENM: general,
 }

@@ -1,0 +1,142 @@
+"""`ztpki device activate/renew --protocol cmp`: ztpki's own activating client over CMP
+against a real node (ir + certConf, genm caCerts, kur), with `openssl cmp -cmd genm` as a
+third-party client of the node's genm, and the refusals."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from tests.e2e.device_fixtures import World, take_device, world, ztpki
+from tests.e2e.test_device import flat, phase, steps_of
+
+from ztpki.device import DeviceMemory, Phase
+from ztpki.device.cmp_activation import credentials_of, trust_for
+from ztpki.device.cmp_client import ID_IT_CA_CERTS, CMPClient
+from ztpki.device.cmp_transaction import CMPRefused
+from ztpki.protocol.cmp import FailInfo, InfoTypeAndValue
+
+__all__ = ["world"]
+
+STEPS = ["load", "connect", "cacerts", "request", "verify", "replace", "confirm"]
+
+
+def activate_cmp(world: World, device_id: str, *extra: str, check: bool = True):  # type: ignore[no-untyped-def]
+    return ztpki(
+        "device", "activate", "--device", str(world.device(device_id)),
+        "--node", world.node_url, "--protocol", "cmp", "--key-on-device", *extra, check=check,
+    )  # fmt: skip
+
+
+def test_ok_activate_over_cmp(world: World) -> None:
+    device_id = take_device(world)
+    result = activate_cmp(world, device_id)
+    assert steps_of(result.stdout) == STEPS, result.stdout
+    out = flat(result.stdout)
+    assert "genm id-it-caCerts" in out and "ir: the node answered" in out
+    assert "certConf accepted (pkiConf)" in out
+    shown = world.show(device_id)
+    assert shown["phase"] == "customized" and shown["config"]["confirmed"] is True
+    assert world.register()[device_id]["state"] == "customized"
+    assert world.active(device_id) == [shown["certificate"]["serial"]]
+    decisions = [e["decision"] for e in world.audit(device_id)]
+    assert "issued" in decisions and "confirmed" in decisions
+
+    # Renewal over CMP: kur protected by the operational certificate.
+    renewed = ztpki(
+        "device", "renew", "--device", str(world.device(device_id)), "--protocol", "cmp"
+    )  # fmt: skip
+    assert "kur: the node answered" in flat(renewed.stdout)
+    again = world.show(device_id)
+    assert again["certificate"]["serial"] != shown["certificate"]["serial"]
+    assert again["config"]["confirmed"] is True
+
+
+def test_fail_cmp_without_key_on_device(world: World) -> None:
+    device_id = take_device(world)
+    result = ztpki(
+        "device", "activate", "--device", str(world.device(device_id)),
+        "--node", world.node_url, "--protocol", "cmp", check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "--protocol cmp needs --key-on-device" in flat(result.stderr)
+    assert phase(world, device_id) is Phase.TEMPORARY
+    assert world.register()[device_id]["state"] == "listed"
+
+
+def test_ok_genm_ca_certs_with_the_temporary_certificate(world: World) -> None:
+    device_id = take_device(world)
+    memory = DeviceMemory.open(world.device(device_id))
+    identity = memory.identity()
+
+    async def run() -> list[str]:
+        cmp = CMPClient(
+            f"{world.node_url}/.well-known/cmp",
+            credentials_of(identity),
+            trust_for(memory.trust_anchors()),
+            context=_context(memory),
+        )
+        async with cmp:
+            return [c.subject.rfc4514_string() for c in await cmp.ca_certificates()]
+
+    assert asyncio.run(run()) == ["CN=devices,O=Customer", "CN=root,O=Customer"]
+    # Asking for CA certificates changes nothing in the register.
+    assert world.register()[device_id]["state"] == "listed"
+
+
+def test_fail_genm_unknown_info_type(world: World) -> None:
+    device_id = take_device(world)
+    memory = DeviceMemory.open(world.device(device_id))
+    identity = memory.identity()
+
+    async def run() -> None:
+        cmp = CMPClient(
+            f"{world.node_url}/.well-known/cmp",
+            credentials_of(identity),
+            trust_for(memory.trust_anchors()),
+            context=_context(memory),
+        )
+        async with cmp:
+            await cmp.general([InfoTypeAndValue("1.3.6.1.5.5.7.4.16")])  # signKeyPairTypes
+
+    try:
+        asyncio.run(run())
+    except CMPRefused as exc:
+        assert exc.status.fail_info == frozenset({FailInfo.BAD_REQUEST})
+        assert "caCerts" in exc.message
+    else:
+        raise AssertionError("the node answered an infoType it does not serve")
+    assert ID_IT_CA_CERTS.startswith("1.3.6.1.5.5.7.4.")
+
+
+def _context(memory: DeviceMemory):  # type: ignore[no-untyped-def]
+    from ztpki.device.communication import node_context
+
+    identity = memory.identity()
+    chain = [identity.certificate, *(c for c in identity.ca_certificates if c.subject != c.issuer)]
+    return node_context(key=identity.private_key, chain=chain, anchors=memory.trust_anchors())
+
+
+def test_ok_openssl_genm(world: World, tmp_path: Path) -> None:
+    device_id = take_device(world)
+    device = world.device(device_id)
+    out = tmp_path / "creds"
+    ztpki(
+        "device", "export", "--device", str(device), "--out", str(out), "--insecure-no-passphrase"
+    )
+    import subprocess
+
+    result = subprocess.run(
+        [
+            "openssl", "cmp", "-server", world.node_url.removeprefix("https://"),
+            "-path", ".well-known/cmp", "-tls_used",
+            "-tls_trusted", str(out / "trust.pem"), "-trusted", str(out / "trust.pem"),
+            "-tls_cert", str(out / "cert.pem"), "-tls_key", str(out / "key.pem"),
+            "-cert", str(out / "cert.pem"), "-key", str(out / "key.pem"),
+            "-cmd", "genm", "-infotype", "caCerts",
+        ],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log
+    assert "received GENP" in log and "caCerts" in log, log
