@@ -5,8 +5,12 @@ third-party client of the node's genm, and the refusals."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
 from pathlib import Path
 
+import pytest
+from cryptography import x509
+from tests.attacks.attack_deployment import wait_until
 from tests.e2e.device_fixtures import World, take_device, world, ztpki
 from tests.e2e.test_device import flat, phase, steps_of
 
@@ -14,6 +18,7 @@ from ztpki.device import DeviceMemory, Phase
 from ztpki.device.cmp_activation import credentials_of, trust_for
 from ztpki.device.cmp_client import ID_IT_CA_CERTS, CMPClient
 from ztpki.device.cmp_transaction import CMPRefused
+from ztpki.errors import VerificationFailed
 from ztpki.protocol.cmp import FailInfo, InfoTypeAndValue
 
 __all__ = ["world"]
@@ -140,3 +145,125 @@ def test_ok_openssl_genm(world: World, tmp_path: Path) -> None:
     log = result.stdout + result.stderr
     assert result.returncode == 0, log
     assert "received GENP" in log and "caCerts" in log, log
+
+
+def _client(world: World, device_id: str) -> CMPClient:
+    memory = DeviceMemory.open(world.device(device_id))
+    return CMPClient(
+        f"{world.node_url}/.well-known/cmp",
+        credentials_of(memory.identity()),
+        trust_for(memory.trust_anchors()),
+        context=_context(memory),
+    )
+
+
+def test_ok_device_revokes_its_own_certificate(world: World) -> None:
+    device_id = take_device(world)
+    activate_cmp(world, device_id)
+    serial = world.show(device_id)["certificate"]["serial"]
+    certificate = DeviceMemory.open(world.device(device_id)).identity().certificate
+    assert certificate is not None
+
+    async def run() -> None:
+        async with _client(world, device_id) as cmp:
+            await cmp.revoke(certificate, x509.ReasonFlags.key_compromise)
+
+    asyncio.run(run())
+    assert world.register()[device_id]["state"] == "retired"
+    # Queued for the customer CA system, and revoked there once the sender ran.
+    assert wait_until(
+        lambda: (
+            serial not in world.active(device_id)
+            and world.register()[device_id]["revocations"] == []
+        ),
+        timeout=60,
+    )
+    (record,) = [r for r in world.issued(device_id) if r["serial"] == serial]
+    assert record["status"] == "revoked"
+    (retired,) = [e for e in world.audit(device_id) if e["decision"] == "retired"]
+    assert "keyCompromise" in retired["reason"]
+
+    # The revoked certificate is dead at the node too: a second rr is refused.
+    async def again() -> None:
+        async with _client(world, device_id) as cmp:
+            await cmp.revoke(certificate)
+
+    with pytest.raises((CMPRefused, VerificationFailed)):
+        asyncio.run(again())
+
+
+def test_fail_rr_with_the_temporary_certificate(world: World) -> None:
+    device_id = take_device(world)
+    temporary = DeviceMemory.open(world.device(device_id)).identity().certificate
+    assert temporary is not None
+
+    async def run() -> None:
+        async with _client(world, device_id) as cmp:
+            await cmp.revoke(temporary)
+
+    with pytest.raises(CMPRefused, match="its manufacturer") as caught:
+        asyncio.run(run())
+    assert caught.value.status.fail_info == frozenset({FailInfo.NOT_AUTHORIZED})
+    assert world.register()[device_id]["state"] == "listed"
+    assert world.register()[device_id]["revocations"] == []
+
+
+def test_fail_rr_for_another_devices_certificate(world: World) -> None:
+    mine, other = take_device(world), take_device(world)
+    activate_cmp(world, mine)
+    activate_cmp(world, other)
+    theirs = DeviceMemory.open(world.device(other)).identity().certificate
+    assert theirs is not None
+    before = world.active(other)
+
+    async def run() -> None:
+        async with _client(world, mine) as cmp:
+            await cmp.revoke(theirs, x509.ReasonFlags.key_compromise)
+
+    with pytest.raises(CMPRefused, match="badCertId"):
+        asyncio.run(run())
+    assert world.register()[other]["state"] == "customized"
+    assert world.register()[mine]["state"] == "customized"
+    assert world.active(other) == before
+    assert world.register()[other]["revocations"] == []
+
+
+def test_fail_rr_asking_for_a_hold(world: World) -> None:
+    device_id = take_device(world)
+    activate_cmp(world, device_id)
+    certificate = DeviceMemory.open(world.device(device_id)).identity().certificate
+    assert certificate is not None
+
+    async def run() -> None:
+        async with _client(world, device_id) as cmp:
+            await cmp.revoke(certificate, x509.ReasonFlags.certificate_hold)
+
+    with pytest.raises(CMPRefused, match="holds are the operator"):
+        asyncio.run(run())
+    assert world.register()[device_id]["state"] == "customized"
+    assert world.register()[device_id]["revocations"] == []
+
+
+def test_ok_openssl_rr(world: World, tmp_path: Path) -> None:
+    device_id = take_device(world)
+    activate_cmp(world, device_id)
+    out = tmp_path / "creds"
+    device = world.device(device_id)
+    ztpki(
+        "device", "export", "--device", str(device), "--out", str(out), "--insecure-no-passphrase"
+    )
+    result = subprocess.run(
+        [
+            "openssl", "cmp", "-server", world.node_url.removeprefix("https://"),
+            "-path", ".well-known/cmp", "-tls_used",
+            "-tls_trusted", str(out / "trust.pem"), "-trusted", str(out / "trust.pem"),
+            "-tls_cert", str(out / "cert.pem"), "-tls_key", str(out / "key.pem"),
+            "-cert", str(out / "cert.pem"), "-key", str(out / "key.pem"),
+            "-cmd", "rr", "-oldcert", str(out / "cert.pem"), "-revreason", "5",
+        ],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log
+    assert "received RP" in log, log
+    assert world.register()[device_id]["state"] == "retired"

@@ -6,6 +6,7 @@ from ztpki.node.cmp_confirm import confirm
 from ztpki.node.cmp_enroll import enroll
 from ztpki.node.cmp_exchange import CmpHandler
 from ztpki.node.cmp_general import general
+from ztpki.node.cmp_revoke import revoke
 from ztpki.protocol.cmp import BodyType
 
 HANDLERS: dict[BodyType, CmpHandler] = {
@@ -15,4 +16,5 @@ HANDLERS: dict[BodyType, CmpHandler] = {
     BodyType.KUR: enroll,
     BodyType.CERT_CONF: confirm,
     BodyType.GENM: general,
+    BodyType.RR: revoke,
 }
