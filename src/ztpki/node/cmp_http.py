@@ -185,8 +185,7 @@ class CmpEndpoint:
         self, request: web.Request, message: PKIMessage, label: LoadedLabel, now: datetime
     ) -> tuple[ClientIdentity, x509.Certificate]:
         """The identity that signed message (checked as EST's TLS client), or a refusal."""
-        est = self.est
-        header = message.header
+        est, header = self.est, message.header
         if header.pvno not in (PVNO_CMP2000, PVNO_CMP2021):
             raise UnsupportedVersion(f"pvno {header.pvno} is not supported; use 2 or 3")
         if message.body.type not in HANDLERS:
@@ -203,33 +202,49 @@ class CmpEndpoint:
             reason = UnauthenticatedReason.CERTIFICATE_REFUSED
             est.strangers.request(reason, endpoint, exc.message, peer=request.remote)
             raise
-        verify_protection(message, signer)
-        tls = est.client_certificate(request)
+        try:
+            verify_protection(message, signer)
+        except CMPError as exc:  # the certificate without its key: still a stranger
+            reason = UnauthenticatedReason.CERTIFICATE_REFUSED
+            endpoint = _endpoint(label, message)
+            est.strangers.request(reason, endpoint, exc.message, peer=request.remote)
+            raise
+        try:
+            self._check(request, message, signer, now)
+            allow = frozenset(n for n, ld in est.service.labels.items() if ld.config.allow_no_eku)
+            check_purpose(identity, label=label.name, allow_no_eku=allow)
+            if est.factory_crls is not None and identity.kind is IdentityKind.TEMPORARY:
+                check_revocation(identity, await est.factory_crls.check(identity))
+        except (CMPError, Refused, RevocationUnknown) as exc:
+            await est.service.record_refusal(_endpoint(label, message), identity, exc)
+            raise
+        return identity, signer
+
+    def _check(
+        self,
+        request: web.Request,
+        message: PKIMessage,
+        signer: x509.Certificate,
+        now: datetime,
+    ) -> None:
+        """One identity per request; a header that names it; a message of about now."""
+        header = message.header
+        tls = self.est.client_certificate(request)
         if tls is not None and tls != message.extra_certs[0]:
             raise CMPError(
                 "the CMP message is signed with another certificate than the TLS client "
                 "certificate of its connection: use one identity for both",
                 fail_info=FailInfo.NOT_AUTHORIZED,
             )
-        try:
-            if header.sender != signer.subject:
-                raise BadMessageCheck(
-                    "the header's sender is not the subject of the protecting certificate"
-                )
-            if header.message_time is not None and abs(header.message_time - now) > MAX_CLOCK_SKEW:
-                raise BadTime(
-                    f"messageTime {header.message_time:%Y-%m-%dT%H:%M:%SZ} is more than "
-                    f"{MAX_CLOCK_SKEW.seconds // 60} minutes from the node's clock"
-                )
-            allow = frozenset(n for n, ld in est.service.labels.items() if ld.config.allow_no_eku)
-            check_purpose(identity, label=label.name, allow_no_eku=allow)
-            if est.factory_crls is not None and identity.kind is IdentityKind.TEMPORARY:
-                check_revocation(identity, await est.factory_crls.check(identity))
-        except (CMPError, Refused, RevocationUnknown) as exc:
-            if not isinstance(exc, CMPError):
-                await est.service.record_refusal(_endpoint(label, message), identity, exc)
-            raise
-        return identity, signer
+        if header.sender != signer.subject:
+            raise BadMessageCheck(
+                "the header's sender is not the subject of the protecting certificate"
+            )
+        if header.message_time is not None and abs(header.message_time - now) > MAX_CLOCK_SKEW:
+            raise BadTime(
+                f"messageTime {header.message_time:%Y-%m-%dT%H:%M:%SZ} is more than "
+                f"{MAX_CLOCK_SKEW.seconds // 60} minutes from the node's clock"
+            )
 
     def _refusal(self, exc: ZtpkiError) -> CmpReply:
         status = StatusInfo.rejection(fail_info_of(exc), exc.message)
