@@ -57,16 +57,29 @@ def test_ok_activate_over_cmp(world: World) -> None:
     assert again["config"]["confirmed"] is True
 
 
-def test_fail_cmp_without_key_on_device(world: World) -> None:
+def test_ok_central_key_generation_over_cmp(world: World) -> None:
+    """RFC 9483 4.1.6: the customer CA makes the key; the ip carries it signed by the node and
+    enveloped to the temporary key (ECDH); the device opens it, checks it, and confirms."""
     device_id = take_device(world)
+    temporary = DeviceMemory.open(world.device(device_id)).identity()
     result = ztpki(
         "device", "activate", "--device", str(world.device(device_id)),
-        "--node", world.node_url, "--protocol", "cmp", check=False,
+        "--node", world.node_url, "--protocol", "cmp",
     )  # fmt: skip
-    assert result.returncode == 2
-    assert "--protocol cmp needs --key-on-device" in flat(result.stderr)
-    assert phase(world, device_id) is Phase.TEMPORARY
-    assert world.register()[device_id]["state"] == "listed"
+    assert steps_of(result.stdout) == STEPS, result.stdout
+    out = flat(result.stdout)
+    assert "the customer CA generated the key" in out and "enveloped" in out
+    assert "certConf accepted (pkiConf)" in out
+    memory = DeviceMemory.open(world.device(device_id))
+    now = memory.identity()
+    assert now.phase is Phase.CUSTOMIZED
+    assert now.certificate is not None and now.private_key is not None
+    assert temporary.private_key is not None
+    # A new key, which the certificate carries: not the temporary one.
+    assert now.certificate.public_key() == now.private_key.public_key()
+    assert now.private_key.public_key() != temporary.private_key.public_key()
+    assert world.register()[device_id]["state"] == "customized"
+    assert world.active(device_id) == [world.show(device_id)["certificate"]["serial"]]
 
 
 def test_ok_genm_ca_certs_with_the_temporary_certificate(world: World) -> None:

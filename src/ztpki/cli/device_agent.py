@@ -209,8 +209,8 @@ protocol_option = click.option(
     type=click.Choice([p.value for p in EnrollmentProtocol], case_sensitive=False),
     default=EnrollmentProtocol.EST.value,
     show_default=True,
-    help="Enrollment protocol to the node: EST (RFC 7030) or CMP (RFC 9483; the key is made "
-    "in the device: ir + certConf, kur to renew).",
+    help="Enrollment protocol to the node: EST (RFC 7030) or CMP (RFC 9483: ir + certConf, "
+    "with central key generation unless --key-on-device; kur to renew).",
 )
 timeout_option = click.option(
     "--timeout", type=float, default=30.0, show_default=True, help="Seconds per request."
@@ -247,16 +247,6 @@ def activate_command(
     as_json: bool,
 ) -> None:
     """Customize the device once: swap its temporary identity for the customer's."""
-    if EnrollmentProtocol(protocol.lower()) is EnrollmentProtocol.CMP and not key_on_device:
-        raise click.UsageError(
-            "--protocol cmp needs --key-on-device: over CMP this client sends an ir for a key "
-            "the device makes (central key generation over CMP is not available yet)"
-        )
-    if key_algorithm is not None and not key_on_device:
-        raise click.UsageError(
-            "--key-algorithm needs --key-on-device: without it the customer CA generates the "
-            "key (serverkeygen)"
-        )
     _run_once(
         device_dir,
         node,

@@ -3,9 +3,11 @@
 The same steps as over EST, with CMP's messages (RFC 9483):
 
     cacerts   genm id-it-caCerts: the customer CA certificates
-    request   ir (first customization) or kur (renewal) for a key made in the device, saved
-              as the device's pending key before the request is sent (a retry asks for the
-              same public key, and the node hands over what it already issued)
+    request   ir leaving the key to the customer CA (central key generation, RFC 9483
+              4.1.6: the key comes back enveloped to the temporary key), or ir (first
+              customization, --key-on-device) and kur (renewal) for a key made in the device,
+              saved as its pending key before the request is sent (a retry asks for the same
+              public key, and the node hands over what it already issued)
     confirm   certConf in the same transaction, sent only after the new identity is in the
               device memory: a device that crashes before it never told the node it has the
               certificate, and the node re-delivers or supersedes it, as for a lost EST answer
@@ -34,7 +36,7 @@ from ztpki.device.customer_node import NodeAddress
 from ztpki.device.memory import DeviceMemory, Identity
 from ztpki.device.reporting import ActivationError, Step, confirm_remedy, request_remedy
 from ztpki.device.request import KeyMode, Requested, device_key, drop_pending_key
-from ztpki.errors import UnsupportedParameter, ZtpkiError
+from ztpki.errors import ZtpkiError
 from ztpki.pki.chain import verify_cmp_signer_chain
 from ztpki.pki.keys import KeySpec, PrivateKey, key_spec_of
 from ztpki.protocol.cmp import BodyType
@@ -91,13 +93,20 @@ async def cmp_request(
     key_spec: KeySpec | None,
     pending: PrivateKey | None,
 ) -> CMPRequested:
-    """ir (mode SIMPLEENROLL) or kur (mode None: renewal) for a key made in the device."""
+    """ir with central key generation (mode SERVERKEYGEN) or for a key made in the device
+    (SIMPLEENROLL), or kur (mode None: renewal) for a key made in the device."""
     assert identity.certificate is not None
     if mode is KeyMode.SERVERKEYGEN:
-        raise UnsupportedParameter(
-            "over CMP the device makes its key: add --key-on-device (central key generation "
-            "over CMP is not available from this client yet)"
+        # Central key generation: nothing is saved before the request (there is no key yet);
+        # a lost answer is asked again and the unconfirmed certificate superseded.
+        enrollment = await cmp.enroll_central(BodyType.IR, subject=identity.certificate.subject)
+        assert enrollment.private_key is not None
+        certificates = [enrollment.certificate, *enrollment.extra_certs]
+        origin = (
+            "the customer CA generated the key; the node delivered it signed and enveloped "
+            "to the temporary key"
         )
+        return CMPRequested(Requested(enrollment.private_key, certificates, origin), enrollment)
     if pending is None:
         pending = await asyncio.to_thread(device_key, memory, identity, key_spec)
     try:

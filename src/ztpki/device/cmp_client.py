@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from types import TracebackType
 
@@ -38,10 +38,13 @@ from ztpki.device.cmp_transaction import (
 )
 from ztpki.errors import MalformedInput, Unavailable, VerificationFailed
 from ztpki.pki.asn1 import decode_der, encode_der
-from ztpki.pki.keys import keys_match, public_key_der
+from ztpki.pki.enveloped import open_envelope
+from ztpki.pki.key_package import ID_SIGNED_DATA, read_key_package
+from ztpki.pki.keys import PrivateKey, keys_match, public_key_der
 from ztpki.protocol.cmp import (
     CMP_CONTENT_TYPE,
     OLD_CERT_ID,
+    PVNO_CMP2021,
     BodyType,
     CertConfBody,
     CertId,
@@ -49,6 +52,7 @@ from ztpki.protocol.cmp import (
     CertReqBody,
     CertRequest,
     CertStatus,
+    CMPError,
     GenMsgBody,
     InfoTypeAndValue,
     P10crBody,
@@ -65,6 +69,7 @@ from ztpki.protocol.cmp import (
     sign_cert_request,
 )
 from ztpki.protocol.cmp.bodies import encode_cert_id
+from ztpki.protocol.cmp.central_keygen import delivered_keys
 
 __all__ = ["CMPClient", "Enrollment"]
 
@@ -87,6 +92,8 @@ class Enrollment:
     certificate: x509.Certificate
     ca_pubs: tuple[x509.Certificate, ...]
     extra_certs: tuple[x509.Certificate, ...]
+    # The key the CA generated (central key generation), opened and checked.
+    private_key: PrivateKey | None = field(default=None, repr=False)
 
 
 def _der(certificate: x509.Certificate) -> bytes:
@@ -240,6 +247,42 @@ class CMPClient:
         if not keys_match(key, enrollment.certificate.public_key()):  # type: ignore[arg-type]
             raise VerificationFailed("the issued certificate does not carry the device's key")
         return enrollment
+
+    async def enroll_central(
+        self, kind: BodyType = BodyType.IR, *, subject: x509.Name | None = None
+    ) -> Enrollment:
+        """ir or cr leaving the key to the CA (RFC 9483 4.1.6): the answer carries it signed
+        by the node and enveloped to this client's key, which alone opens it."""
+        if kind not in (BodyType.IR, BodyType.CR):
+            raise ValueError(f"central key generation is asked with ir or cr, not {kind.value}")
+        request = CertRequest(
+            cert_req_id=0,
+            subject=subject if subject is not None else self.credentials.certificate.subject,
+        )
+        transaction = self.transaction()
+        transaction.pvno = PVNO_CMP2021  # EnvelopedData in the answer (RFC 9483 4.1.6)
+        enrollment = await self._certificate(
+            transaction, CertReqBody(kind, (request,)), _CERT_RESPONSES[kind]
+        )
+        key = self._open_delivered_key(transaction, enrollment.cert_req_id)
+        if not keys_match(key, enrollment.certificate.public_key()):
+            raise VerificationFailed("the delivered key is not the issued certificate's key")
+        return replace(enrollment, private_key=key)
+
+    def _open_delivered_key(self, transaction: CMPTransaction, cert_req_id: int) -> PrivateKey:
+        try:
+            envelope = delivered_keys(transaction.last_answer).get(cert_req_id)
+        except CMPError as exc:
+            raise MalformedInput(f"the node's answer: {exc.message}") from None
+        if envelope is None:
+            raise MalformedInput("the node issued a certificate but delivered no key with it")
+        credentials = self.credentials
+        opened = open_envelope(envelope, credentials.key, credentials.certificate)  # type: ignore[arg-type]
+        if opened.content_type != ID_SIGNED_DATA:
+            raise MalformedInput("the delivered key is not signed (SignedData expected)")
+        assert transaction.node_certificate is not None  # the answer was checked
+        # Signed by the node that protected the answer, the key generation authority.
+        return read_key_package(opened.content, signer=transaction.node_certificate)
 
     async def enroll_p10(self, csr: x509.CertificateSigningRequest) -> Enrollment:
         """p10cr: a PKCS#10 request, answered with cp."""

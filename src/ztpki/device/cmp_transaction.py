@@ -100,6 +100,7 @@ class CMPTransaction:
     last_nonce: bytes = b""
     node_nonce: bytes | None = None
     node_certificate: x509.Certificate | None = None
+    last_answer: bytes = b""  # the DER of the last answer accepted, as it came
 
     def request(self, body: Body, *, now: datetime) -> bytes:
         """The DER of the next request of this transaction, signed by the device."""
@@ -134,6 +135,7 @@ class CMPTransaction:
             )
         self._check_protection(message, now)
         self.node_nonce = header.sender_nonce
+        self.last_answer = data
         body = message.body
         if isinstance(body, ErrorBody):
             raise CMPRefused(
