@@ -12,7 +12,7 @@ import pytest
 from cryptography import x509
 from tests.attacks.attack_deployment import wait_until
 from tests.e2e.device_fixtures import World, take_device, world, ztpki
-from tests.e2e.test_device import flat, phase, steps_of
+from tests.e2e.test_device import flat, steps_of
 
 from ztpki.device import DeviceMemory, Phase
 from ztpki.device.cmp_activation import credentials_of, trust_for
