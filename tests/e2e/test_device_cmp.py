@@ -38,10 +38,15 @@ def test_ok_activate_over_cmp(world: World) -> None:
     result = activate_cmp(world, device_id)
     assert steps_of(result.stdout) == STEPS, result.stdout
     out = flat(result.stdout)
-    assert "genm id-it-caCerts" in out and "ir: the node answered" in out
+    assert "customer CA certificates (with the answer)" in out and "ir: the node answered" in out
     assert "certConf accepted (pkiConf)" in out
     shown = world.show(device_id)
     assert shown["phase"] == "customized" and shown["config"]["confirmed"] is True
+    # The CA certificates came with the ip: the new certificate's chain, not the node's.
+    assert [c["subject"] for c in shown["ca_certificates"]] == [
+        "CN=devices,O=Customer",
+        "CN=root,O=Customer",
+    ]
     assert world.register()[device_id]["state"] == "customized"
     assert world.active(device_id) == [shown["certificate"]["serial"]]
     decisions = [e["decision"] for e in world.audit(device_id)]

@@ -2,7 +2,8 @@
 
 The same steps as over EST, with CMP's messages (RFC 9483):
 
-    cacerts   genm id-it-caCerts: the customer CA certificates
+    cacerts   the customer CA certificates: the new certificate's chain in the answer's
+              extraCerts (genm id-it-caCerts serves them on their own)
     request   ir leaving the key to the customer CA (central key generation, RFC 9483
               4.1.6: the key comes back enveloped to the temporary key), or ir (first
               customization, --key-on-device) and kur (renewal) for a key made in the device,
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -46,11 +47,11 @@ __all__ = [
     "CMPRequested",
     "EnrollmentProtocol",
     "activating_client",
-    "cmp_cacerts",
     "cmp_confirm",
     "cmp_request",
     "cmp_url",
     "credentials_of",
+    "issuer_chain",
     "trust_for",
 ]
 
@@ -130,10 +131,6 @@ async def cmp_request(
     return CMPRequested(Requested(pending, certificates, origin), enrollment)
 
 
-async def cmp_cacerts(cmp: CMPClient) -> list[x509.Certificate]:
-    return await cmp.ca_certificates()
-
-
 async def cmp_confirm(cmp: CMPClient, enrollment: Enrollment | None) -> str:
     """certConf for ``enrollment``; without one (a resumed confirmation), a genm protected by
     the new certificate. The sentence says which."""
@@ -142,6 +139,24 @@ async def cmp_confirm(cmp: CMPClient, enrollment: Enrollment | None) -> str:
         return "certConf accepted (pkiConf)"
     await cmp.ca_certificates()
     return "the node answered a genm signed with the operational certificate"
+
+
+def issuer_chain(
+    certificate: x509.Certificate, candidates: Sequence[x509.Certificate]
+) -> list[x509.Certificate]:
+    """The certificates of ``candidates`` that certificate's issuer chain runs through, up to
+    a self-signed one, in order (the node's own chain in the same extraCerts stays out)."""
+    chain: list[x509.Certificate] = []
+    current = certificate
+    while current.subject != current.issuer and len(chain) < len(candidates):
+        issuer = next(
+            (c for c in candidates if c.subject == current.issuer and c not in chain), None
+        )
+        if issuer is None:
+            break
+        chain.append(issuer)
+        current = issuer
+    return chain
 
 
 def trust_for(anchors: Sequence[x509.Certificate]) -> NodeTrust:
@@ -183,24 +198,26 @@ class CMPActivatingClient(ActivatingClient):
     ) -> tuple[Requested, list[x509.Certificate]]:
         cmp = await self._cmp_client(credentials_of(identity))
         async with cmp:
-            try:
-                cacerts = await cmp_cacerts(cmp)
-            except ZtpkiError as exc:
-                raise ActivationError(Step.CONNECT, exc, remedy=self._connect_remedy(exc)) from None
-            self._report_connected(cmp.node_certificate, identity)
-            self._emit(
-                Step.CACERTS,
-                "customer CA certificates (genm id-it-caCerts): "
-                + "; ".join(c.subject.rfc4514_string() for c in cacerts),
-            )
             self._at("before-request")
             try:
                 got = await cmp_request(
                     cmp, self.memory, identity, mode, key_spec=self.key_spec, pending=pending
                 )
             except ZtpkiError as exc:
+                if cmp.node_certificate is None:  # no answer checked: the node is the issue
+                    remedy = self._connect_remedy(exc)
+                    raise ActivationError(Step.CONNECT, exc, remedy=remedy) from None
                 remedy = request_remedy(exc, renewing=mode is None)
                 raise ActivationError(Step.REQUEST, exc, remedy=remedy) from None
+            self._report_connected(cmp.node_certificate, identity)
+            # The CA certificates come with the answer (its extraCerts carry the new
+            # certificate's chain, RFC 9483 4.1.1): no genm round trip before the request.
+            cacerts = issuer_chain(got.enrollment.certificate, got.enrollment.extra_certs)
+            self._emit(
+                Step.CACERTS,
+                "customer CA certificates (with the answer): "
+                + "; ".join(c.subject.rfc4514_string() for c in cacerts),
+            )
             operation = "ir" if mode is not None else "kur"
             polled = f" after {cmp.polls} poll(s)" if cmp.polls else ""
             self._emit(
@@ -210,7 +227,8 @@ class CMPActivatingClient(ActivatingClient):
             )
             self._at("after-answer")
         self._enrollment = got.enrollment
-        return got.requested, cacerts
+        requested = replace(got.requested, certificates=[got.enrollment.certificate, *cacerts])
+        return requested, cacerts
 
     async def _present(self, identity: Identity) -> str:
         # certConf goes in the request's transaction, signed and sent with the identity that
