@@ -31,6 +31,7 @@ def _certificate_value(certificate: x509.Certificate) -> rfc5280.Certificate:
         certificate.public_bytes(serialization.Encoding.DER),
         rfc5280.Certificate(),
         what="a CA certificate",
+        ours=True,
     )
 
 

@@ -60,7 +60,7 @@ def _algorithm(
 def _issuer_and_serial(certificate: x509.Certificate) -> rfc5652.IssuerAndSerialNumber:
     ias = rfc5652.IssuerAndSerialNumber()
     ias["issuer"] = decode_der(
-        certificate.issuer.public_bytes(), rfc5280.Name(), what="certificate issuer"
+        certificate.issuer.public_bytes(), rfc5280.Name(), what="certificate issuer", ours=True
     )
     ias["serialNumber"] = certificate.serial_number
     return ias

@@ -84,6 +84,7 @@ def sign_key_package(
             encode_pkcs8(delivered, passphrase=None),
             rfc5958.OneAsymmetricKey(),
             what="generated key",
+            ours=True,
         )
     )
     content = encode_der(package)
@@ -96,7 +97,9 @@ def sign_key_package(
     info = rfc5652.SignerInfo()
     info["version"] = 1
     sid = info["sid"]["issuerAndSerialNumber"]
-    sid["issuer"] = decode_der(signer.issuer.public_bytes(), rfc5280.Name(), what="signer")
+    sid["issuer"] = decode_der(
+        signer.issuer.public_bytes(), rfc5280.Name(), what="signer", ours=True
+    )
     sid["serialNumber"] = signer.serial_number
     info["digestAlgorithm"]["algorithm"] = digest_oid
     attributes = info["signedAttrs"]
@@ -125,6 +128,7 @@ def sign_key_package(
             certificate.public_bytes(serialization.Encoding.DER),
             rfc5280.Certificate(),
             what="signer certificate",
+            ours=True,
         )
         data["certificates"].append(choice)
     data["signerInfos"].append(info)
