@@ -9,33 +9,26 @@ and CA records unchanged except for what the case says, and a legitimate device 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
 
 import pytest
 from cryptography import x509
 from tests.attacks.attack_deployment import Deployment, DeviceUnderTest
 from tests.attacks.attack_report import AttackReport
-from tests.attacks.attack_wire import https_context, https_request
-from tests.support.cmp_messages import refusal, request_header, signed
+from tests.attacks.test_attack_cmp import _post, _refused
+from tests.support.cmp_messages import request_header, signed
 
 from ztpki.device.cmp_activation import credentials_of, trust_for
 from ztpki.device.cmp_client import CMPClient
 from ztpki.device.communication import node_context
 from ztpki.errors import MalformedInput
 from ztpki.pki.enveloped import open_envelope
-from ztpki.pki.keys import PrivateKey
 from ztpki.protocol.cmp import (
-    CMP_CONTENT_TYPE,
     BodyType,
     FailInfo,
     GenMsgBody,
     InfoTypeAndValue,
-    PKIMessage,
     RevDetails,
     RevReqBody,
-    decode_message,
-    protection_certificate,
-    verify_protection,
 )
 from ztpki.protocol.cmp.central_keygen import delivered_keys
 
@@ -52,26 +45,6 @@ def _record(
         case=f"{CATEGORY}/{case}", category=CATEGORY, attack=f"CMP: {attack}",
         observed=observed, verdict=verdict,
     )  # fmt: skip
-
-
-def _post(
-    d: Deployment, body: bytes, *, key: PrivateKey, chain: Sequence[x509.Certificate]
-) -> PKIMessage:
-    context = https_context(key=key, chain=chain, anchors=d.node_anchors)
-    observed = https_request(
-        d.node_address, "POST", PATH, context=context, body=body,
-        headers={"Content-Type": CMP_CONTENT_TYPE}, transcript=d.transcript,
-    )  # fmt: skip
-    assert observed.status == 200, observed.summary()
-    answer = decode_message(observed.body)
-    verify_protection(answer, protection_certificate(answer))
-    return answer
-
-
-def _refused(answer: PKIMessage, fail: FailInfo, phrase: str) -> str:
-    bits, text = refusal(answer)
-    assert bits == {fail} and phrase in text, (bits, text)
-    return f"error message, PKIFailureInfo {fail.wire_name}: {text}"
 
 
 def _rr(device: DeviceUnderTest, target: x509.Certificate, reason: x509.ReasonFlags) -> bytes:

@@ -36,6 +36,7 @@ from ztpki.device.cmp_transaction import (
     NodeTrust,
     refusal_if_rejected,
 )
+from ztpki.device.communication import device_session
 from ztpki.errors import MalformedInput, Unavailable, VerificationFailed
 from ztpki.pki.asn1 import decode_der, encode_der
 from ztpki.pki.enveloped import open_envelope
@@ -146,12 +147,7 @@ class CMPClient:
         self.node_certificate: x509.Certificate | None = None
 
     async def __aenter__(self) -> CMPClient:
-        connector = aiohttp.TCPConnector(ssl=self._context or False, limit=1)
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=aiohttp.ClientTimeout(total=self._timeout),
-            headers={"User-Agent": "ztpki-device"},
-        )
+        self._session = device_session(self._context, timeout=self._timeout)
         return self
 
     async def __aexit__(
