@@ -205,6 +205,38 @@ def test_ok_implicit_confirm_is_not_granted_without_the_labels_policy(
     assert [e["decision"] for e in world.audit(device.device_id)][-1] == "confirmed"
 
 
+def test_ok_certconf_never_sent_is_an_answer_never_received(
+    world: NodeWorld, tmp_path: Path
+) -> None:
+    (device,) = world.make_devices(1)
+    new_key(tmp_path)
+    log = openssl_cmp(world, tmp_path, *ir_args(device, "-disable_confirm"))
+    assert "received IP" in log and "PKICONF" not in log, log
+    lost = load_certificates_pem((tmp_path / "new.pem").read_bytes())[0]
+    assert world.state(device.device_id) == "issued"  # never confirmed
+    # The same key again: the certificate is sent again (EST's redelivery), then confirmed.
+    log = openssl_cmp(world, tmp_path, *ir_args(device)[:-1], "again.pem")
+    again = load_certificates_pem((tmp_path / "again.pem").read_bytes())[0]
+    assert again.serial_number == lost.serial_number
+    assert world.state(device.device_id) == "customized"
+    assert "redelivered" in [e["decision"] for e in world.audit(device.device_id)]
+
+
+def test_ok_unconfirmed_certificate_is_superseded_by_a_new_key(
+    world: NodeWorld, tmp_path: Path
+) -> None:
+    (device,) = world.make_devices(1)
+    new_key(tmp_path)
+    openssl_cmp(world, tmp_path, *ir_args(device, "-disable_confirm"))
+    lost = load_certificates_pem((tmp_path / "new.pem").read_bytes())[0]
+    new_key(tmp_path)  # another key: the unconfirmed certificate is superseded, never two
+    openssl_cmp(world, tmp_path, *ir_args(device)[:-1], "second.pem")
+    second = load_certificates_pem((tmp_path / "second.pem").read_bytes())[0]
+    assert second.serial_number != lost.serial_number
+    assert world.state(device.device_id) == "customized"
+    assert [r["serial"] for r in world.active(device.device_id)] == [serial_hex(second)]
+
+
 # ------------------------------------------------------------------ refusals, nothing changed
 
 

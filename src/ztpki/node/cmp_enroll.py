@@ -31,6 +31,7 @@ from ztpki.protocol.cmp import (
     CertRepBody,
     CertReqBody,
     CertResponse,
+    CMPNotAuthorized,
     P10crBody,
     StatusInfo,
     TransactionIdInUse,
@@ -110,6 +111,12 @@ def _operation(exchange: CmpExchange) -> Operation:
 
 async def enroll(exchange: CmpExchange) -> CmpReply:
     """Answer ir/cr/p10cr/kur with ip/cp/kup carrying the certificate, or refuse."""
+    message, identity = exchange.message, exchange.identity
+    if message.body.type is BodyType.KUR and identity.kind is IdentityKind.TEMPORARY:
+        raise CMPNotAuthorized(
+            "kur updates an operational certificate; with the temporary certificate, "
+            "customize with ir (or cr, p10cr)"
+        )
     key, cert_req_id = _key_request(exchange)
     return await issue(exchange, key, cert_req_id, _operation(exchange))
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
@@ -35,6 +36,7 @@ from ztpki.errors import (
     UnsupportedParameter,
     ZtpkiError,
 )
+from ztpki.logs import bind
 from ztpki.node.authentication import ClientIdentity, IdentityKind
 from ztpki.node.authorization import Refused, RevocationUnknown, check_purpose, check_revocation
 from ztpki.node.ca_client import UpstreamError
@@ -134,12 +136,13 @@ class CmpEndpoint:
             response, outcome = error_response(exc)
             est.metrics.count_request("cmp", outcome)
             return response
-        now = est._clock()
+        now, started = est.now(), time.monotonic()
         message: PKIMessage | None = None
         identity: ClientIdentity | None = None
         try:
             message = decode_message(body)
             identity, signer = await self._authenticate(request, message, label, now)
+            bind(label=label.name, device_id=identity.device_id)
             handler = HANDLERS[message.body.type]
             exchange = CmpExchange(message, identity, label, est.service, now, signer)
             reply = await handler(exchange)
@@ -154,7 +157,12 @@ class CmpEndpoint:
             reply = self._refusal(ZtpkiError("internal error in the customer node; see its log"))
             outcome = "internal"
         kind = message.body.type.value if message is not None else "undecoded"
+        elapsed = time.monotonic() - started
         est.metrics.count_request(f"cmp-{kind}", outcome)
+        est.metrics.observe_request(f"cmp-{kind}", elapsed)
+        if outcome == "issued":
+            est.metrics.observe_enrollment(f"cmp-{kind}", elapsed)
+            est.metrics.count_issued(label.name)
         return self._response(message, reply, now)
 
     async def _read(self, request: web.Request) -> bytes:

@@ -4,6 +4,7 @@ proxy, implicitConfirm by label policy, and the refusals openssl cannot be made 
 from __future__ import annotations
 
 import os
+import random
 import socket
 from collections.abc import Iterator
 from dataclasses import replace
@@ -103,6 +104,11 @@ def test_ok_ir_behind_the_proxy_with_the_signers_certificate(node: CmpNode) -> N
     )
     assert isinstance(answer.body, CertRepBody) and answer.body.type is BodyType.IP
     assert state(node, "px-1") is DeviceState.ISSUED
+    metrics = node.direct_exchange(
+        "GET /metrics HTTP/1.1\r\nHost: node\r\nConnection: close\r\n\r\n"
+    ).decode()
+    assert 'ztpki_node_requests_total{endpoint="cmp-ir",outcome="issued"}' in metrics
+    assert 'ztpki_node_enrollment_seconds_count{endpoint="cmp-ir"}' in metrics
 
 
 def test_fail_proxy_forwarded_another_certificate_than_the_signer(node: CmpNode) -> None:
@@ -216,3 +222,28 @@ def test_ok_implicit_confirm_where_the_label_allows_it(tmp_path: Path) -> None:
         assert state(n, "imp-2") is DeviceState.ISSUED
     finally:
         n.close()
+
+
+def test_fail_mutated_requests_get_a_typed_refusal_never_an_internal_error(node: CmpNode) -> None:
+    key, cert = listed(node, "fz-1")
+    good = bytearray(signed(key, cert, request_header(cert), ir_body("fz-1")))
+    rng = random.Random(17)
+    for _ in range(40):
+        mutated = bytearray(good)
+        for _ in range(rng.randint(1, 4)):
+            position = rng.randrange(len(mutated))
+            mutated[position] = (mutated[position] + rng.randrange(1, 256)) % 256
+        # Every byte is signed, or is the signature, or the signer's certificate: refused.
+        fail, text = refusal(node.cmp(bytes(mutated)))
+        assert FailInfo.SYSTEM_FAILURE not in fail, text
+    assert state(node, "fz-1") is DeviceState.LISTED
+
+
+def test_fail_kur_with_the_temporary_certificate(node: CmpNode) -> None:
+    key, cert = listed(node, "kur-1")
+    body = replace(ir_body("kur-1"), type=BodyType.KUR)
+    audit = node.audit_length()
+    fail, text = refusal(node.cmp(signed(key, cert, request_header(cert), body)))
+    assert fail == {FailInfo.NOT_AUTHORIZED} and "customize with ir" in text
+    assert state(node, "kur-1") is DeviceState.LISTED
+    assert node.audit_length() == audit + 1

@@ -37,6 +37,7 @@ _NULL_DER = b"\x05\x00"
 # A whole message is split into its top-level elements without decoding them, so the
 # ProtectedPart is the exact bytes the sender signed (header and body as they came).
 _Elements = univ.SequenceOf(componentType=univ.Any())
+_TAILS = {b"\xa0": "protection", b"\xa1": "extraCerts"}
 
 
 def encode_header(header: Header) -> rfc9480.PKIHeader:
@@ -123,7 +124,23 @@ def encode_message(
     extra_certs: tuple[bytes, ...] = (),
 ) -> bytes:
     """The DER of a PKIMessage; the protection (if any) was computed over protected_part()."""
-    parts = [der(encode_header(header)), der(encode_body(body))]
+    return assemble(
+        der(encode_header(header)),
+        der(encode_body(body)),
+        protection=protection,
+        extra_certs=extra_certs,
+    )
+
+
+def assemble(
+    header_der: bytes,
+    body_der: bytes,
+    *,
+    protection: bytes | None = None,
+    extra_certs: tuple[bytes, ...] = (),
+) -> bytes:
+    """A PKIMessage from its header and body already encoded (as signed: see sign_message)."""
+    parts = [header_der, body_der]
     tail = asn1.PKIMessage()
     if protection is not None:
         parts.append(der(tail["protection"].clone(hexValue=protection.hex())))
@@ -136,23 +153,38 @@ def encode_message(
 
 def decode_message(data: bytes) -> PKIMessage:
     """A PKIMessage from its DER; BadDataFormat for anything else."""
-    elements = decode_exact(data, _Elements.clone(), what="the PKIMessage")
-    if len(elements) < 2:
-        raise BadDataFormat("a PKIMessage needs a header and a body")
-    message = decode_exact(data, asn1.PKIMessage(), what="the PKIMessage")
+    # Split first (cheap, no schema), then each element decoded once with its own schema.
+    elements = [bytes(e) for e in decode_exact(data, _Elements.clone(), what="the PKIMessage")]
+    if not 2 <= len(elements) <= 4:
+        raise BadDataFormat(
+            "a PKIMessage has a header, a body, and optional protection, extraCerts"
+        )
+    fields = asn1.PKIMessage()
+    protection: bytes | None = None
+    extra: tuple[bytes, ...] = ()
+    for element in elements[2:]:
+        name = _TAILS.get(element[:1])
+        if name is None or (name == "protection" and extra):
+            raise BadDataFormat("a PKIMessage's tail is [0] protection then [1] extraCerts")
+        value = decode_exact(element, fields.getComponentByName(name), what=f"the {name}")
+        if name == "protection":
+            if protection is not None:
+                raise BadDataFormat("a PKIMessage carries one protection")
+            protection = value.asOctets()
+        else:
+            extra = tuple(bytes(c) for c in value)
+    header_spec, body_spec = rfc9480.PKIHeader(), asn1.PKIBody()
     try:
-        header = decode_header(message["header"])
-        body = decode_body(message["body"])
+        header = decode_header(decode_exact(elements[0], header_spec, what="the header"))
+        body = decode_body(decode_exact(elements[1], body_spec, what="the body"))
     except BadDataFormat:
         raise
     except Exception as exc:  # pyasn1 schema access on hostile input
         raise BadDataFormat(f"the PKIMessage does not decode: {type(exc).__name__}") from None
-    protection = message["protection"].asOctets() if message["protection"].isValue else None
-    extra = tuple(bytes(c) for c in message["extraCerts"]) if message["extraCerts"].isValue else ()
     return PKIMessage(
         header=header,
         body=body,
         protection=protection,
         extra_certs=extra,
-        protected_part=sequence_der(bytes(elements[0]), bytes(elements[1])),
+        protected_part=sequence_der(elements[0], elements[1]),
     )
