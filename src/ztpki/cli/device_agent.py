@@ -247,6 +247,11 @@ def activate_command(
     as_json: bool,
 ) -> None:
     """Customize the device once: swap its temporary identity for the customer's."""
+    if key_algorithm is not None and not key_on_device:
+        raise click.UsageError(
+            "--key-algorithm needs --key-on-device: without it the customer CA generates the "
+            "key (serverkeygen, or central key generation over CMP)"
+        )
     _run_once(
         device_dir,
         node,
