@@ -28,6 +28,7 @@ from enum import StrEnum
 from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 
 from ztpki.device.activation import ActivatingClient
 from ztpki.device.cmp_client import CMPClient, Enrollment
@@ -145,18 +146,25 @@ def issuer_chain(
     certificate: x509.Certificate, candidates: Sequence[x509.Certificate]
 ) -> list[x509.Certificate]:
     """The certificates of ``candidates`` that certificate's issuer chain runs through, up to
-    a self-signed one, in order (the node's own chain in the same extraCerts stays out)."""
+    a self-signed one, in order: each one's signature checked, not only its name (the node's
+    own chain in the same extraCerts, or a same-named stranger, stays out)."""
     chain: list[x509.Certificate] = []
     current = certificate
     while current.subject != current.issuer and len(chain) < len(candidates):
-        issuer = next(
-            (c for c in candidates if c.subject == current.issuer and c not in chain), None
-        )
+        issuer = next((c for c in candidates if c not in chain and _issued(current, by=c)), None)
         if issuer is None:
             break
         chain.append(issuer)
         current = issuer
     return chain
+
+
+def _issued(certificate: x509.Certificate, *, by: x509.Certificate) -> bool:
+    try:
+        certificate.verify_directly_issued_by(by)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
 
 
 def trust_for(anchors: Sequence[x509.Certificate]) -> NodeTrust:
