@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from cryptography import x509
 from pyasn1.type import univ
 from pyasn1_alt_modules import rfc4211, rfc5280
 
+from ztpki.pki.ocsp_der import REASON_CODES
 from ztpki.protocol.cmp import asn1
 from ztpki.protocol.cmp.errors import BadDataFormat
 from ztpki.protocol.cmp.fields import (
@@ -239,18 +239,8 @@ def _encode_rev_req(body: RevReqBody, into: univ.SequenceOf) -> None:
         into.append(item)
 
 
-_REASON_CODES = {
-    x509.ReasonFlags.unspecified: 0,
-    x509.ReasonFlags.key_compromise: 1,
-    x509.ReasonFlags.ca_compromise: 2,
-    x509.ReasonFlags.affiliation_changed: 3,
-    x509.ReasonFlags.superseded: 4,
-    x509.ReasonFlags.cessation_of_operation: 5,
-    x509.ReasonFlags.certificate_hold: 6,
-    x509.ReasonFlags.remove_from_crl: 8,
-    x509.ReasonFlags.privilege_withdrawn: 9,
-    x509.ReasonFlags.aa_compromise: 10,
-}
+# RFC 5280 CRLReason codes, as the OCSP encoder writes them.
+_REASON_CODES = REASON_CODES
 _REASONS = {code: reason for reason, code in _REASON_CODES.items()}
 
 
