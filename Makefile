@@ -35,6 +35,10 @@ system-deps:
 	    echo 'create_main_cluster = false' >> /etc/postgresql-common/createcluster.conf) && \
 	   RUNLEVEL=1 apt-get install -y -q postgresql)
 	@command -v systemd-analyze >/dev/null || (apt-get update -q && apt-get install -y -q systemd)
+	@# Keys in hardware (README): SoftHSM2 is the PKCS#11 token of the tests, OpenSC's
+	@# pkcs11-tool the outside view into it.
+	@(command -v softhsm2-util >/dev/null && command -v pkcs11-tool >/dev/null) || \
+	  (apt-get update -q && apt-get install -y -q softhsm2 opensc)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -28,7 +28,7 @@ from typing import Protocol
 
 from cryptography import x509
 
-from ztpki.errors import PayloadTooLarge, Unavailable
+from ztpki.errors import ConfigurationError, PayloadTooLarge, Unavailable
 from ztpki.pki.authority import CertificateAuthority
 from ztpki.pki.keys import generate_private_key, key_spec_of
 from ztpki.pki.ocsp import (
@@ -48,6 +48,7 @@ from ztpki.pki.ocsp import (
     parse_request,
 )
 from ztpki.pki.pem import serial_hex
+from ztpki.pki.signer import ExternalKey
 from ztpki.store.records import IssuedCertificate, Revocation
 from ztpki.throttle import LogThrottle
 
@@ -111,12 +112,18 @@ class _CASigner:
     def _new_signer(self, now: datetime) -> ResponseSigner:
         ca = self.authority
         if self.policy is SignerPolicy.CA:
+            if isinstance(ca.key, ExternalKey):
+                raise ConfigurationError(
+                    f"CA {ca.name} keeps its key in a token, which signs its certificates and "
+                    "CRLs; its OCSP answers come from a delegated responder: leave out "
+                    "--ocsp-signer ca"
+                )
             return ResponseSigner(ca.certificate, ca.certificate, ca.key)
         # The CA's own algorithm: a relying party that accepts the CA's signatures accepts the
         # responder's, and the responder is never the weaker key of the two. An RSA key takes
         # 0.1-2 s to generate (4096 bits the most): at start, and at each renewal (every 5
         # days), that pauses the service's event loop that long.
-        key = generate_private_key(key_spec_of(ca.key))
+        key = generate_private_key(key_spec_of(ca.certificate.public_key()))
         certificate = issue_responder_certificate(ca.certificate, ca.key, key, now=now)
         log.info(
             "issued the OCSP responder certificate of CA %s: serial=%s valid until %s",

@@ -1,0 +1,124 @@
+"""SoftHSM2 tokens for the tests: a fresh token directory per test session, real
+`softhsm2-util` to make tokens and real `pkcs11-tool` (OpenSC) to look inside them.
+
+SoftHSM reads SOFTHSM2_CONF when the module is initialized, so the session fixture sets it
+in this process's environment (in-process tests) and hands it to the services it starts
+(``SoftHSM.env``). Each xdist worker is its own session, so workers never share a token.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+MODULE_PATHS = (
+    "/usr/lib/softhsm/libsofthsm2.so",
+    "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
+    "/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so",
+)
+USER_PIN = "1234-test-pin"
+SO_PIN = "5678-test-so-pin"
+
+
+def softhsm_module() -> str:
+    for path in MODULE_PATHS:
+        if Path(path).is_file():
+            return path
+    raise RuntimeError("SoftHSM2 is not installed: run `make system-deps` (Debian: softhsm2)")
+
+
+@dataclass(frozen=True)
+class SoftHSM:
+    """One SoftHSM2 installation: its configuration, its token directory, its module."""
+
+    root: Path
+    module: str
+
+    @property
+    def conf(self) -> Path:
+        return self.root / "softhsm2.conf"
+
+    @property
+    def tokens(self) -> Path:
+        return self.root / "tokens"
+
+    @property
+    def env(self) -> dict[str, str]:
+        """What a `ztpki` process needs to reach these tokens."""
+        return {
+            "SOFTHSM2_CONF": str(self.conf),
+            "ZTPKI_PKCS11_MODULE": self.module,
+            "ZTPKI_PKCS11_PIN": USER_PIN,
+        }
+
+    def new_token(self, prefix: str = "t") -> str:
+        """A freshly initialized token; its label (unique in this session)."""
+        label = f"{prefix}-{secrets.token_hex(4)}"
+        subprocess.run(
+            [
+                "softhsm2-util",
+                "--init-token",
+                "--free",
+                "--label",
+                label,
+                "--so-pin",
+                SO_PIN,
+                "--pin",
+                USER_PIN,
+            ],
+            check=True,
+            capture_output=True,
+            env={**os.environ, "SOFTHSM2_CONF": str(self.conf)},
+        )
+        return label
+
+    def token_dir(self, label: str) -> Path:
+        """The directory SoftHSM keeps the token ``label`` in."""
+        for entry in self.tokens.iterdir():
+            info = entry / "token.object"
+            if info.exists() and label.encode() in info.read_bytes():
+                return entry
+        raise LookupError(f"no SoftHSM token {label}")
+
+    def pkcs11_tool(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """OpenSC's pkcs11-tool against this SoftHSM, logged in as the user."""
+        return subprocess.run(
+            ["pkcs11-tool", "--module", self.module, *args],
+            check=check,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "SOFTHSM2_CONF": str(self.conf)},
+        )
+
+
+def make_softhsm(root: Path) -> SoftHSM:
+    """A SoftHSM2 with no token yet, whose tokens live under ``root``."""
+    hsm = SoftHSM(root=root, module=softhsm_module())
+    hsm.tokens.mkdir(parents=True)
+    hsm.conf.write_text(
+        f"directories.tokendir = {hsm.tokens}\nobjectstore.backend = file\nlog.level = ERROR\n"
+        "slots.removable = false\n"
+    )
+    return hsm
+
+
+@pytest.fixture(scope="session")
+def softhsm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SoftHSM]:
+    """This test session's SoftHSM2, also the one in-process code reaches (SOFTHSM2_CONF)."""
+    if shutil.which("softhsm2-util") is None or shutil.which("pkcs11-tool") is None:
+        raise RuntimeError("softhsm2-util and pkcs11-tool are missing: run `make system-deps`")
+    hsm = make_softhsm(tmp_path_factory.mktemp("softhsm"))
+    before = os.environ.get("SOFTHSM2_CONF")
+    os.environ["SOFTHSM2_CONF"] = str(hsm.conf)
+    yield hsm
+    if before is None:
+        os.environ.pop("SOFTHSM2_CONF", None)
+    else:
+        os.environ["SOFTHSM2_CONF"] = before
