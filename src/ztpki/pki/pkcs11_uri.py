@@ -129,7 +129,9 @@ class Pkcs11Uri:
         for name in _PATH:
             value = self._value(name)
             if value is not None:
-                path.append(f"{name}={quote(value, safe=_SAFE_PATH)}")
+                # An id is bytes, not text: every octet escaped, as RFC 7512's examples do.
+                escaped = "".join(f"%{b:02X}" for b in value) if name == "id" else None
+                path.append(f"{name}={escaped or quote(value, safe=_SAFE_PATH)}")
         query: list[str] = []
         for name in ("pin-source", "module-name", "module-path"):
             value = self._value(name)

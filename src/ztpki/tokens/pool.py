@@ -121,6 +121,10 @@ class TokenPool:
         return self._size
 
     @property
+    def module_path(self) -> str:
+        return self._access.module
+
+    @property
     def open_sessions(self) -> int:
         return self._open
 

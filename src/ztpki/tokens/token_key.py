@@ -137,8 +137,8 @@ def generate_token_key(
     with pool.session(rw=True) as pooled:
         if _find(pooled, uri, ObjectClass.PRIVATE_KEY) is not None:
             raise ConfigurationError(
-                f"the token already holds a key at {uri.text}; to use it, leave out --key "
-                "(`ztpki ca init ... --pkcs11 URI --pkcs11-existing`), or choose another object"
+                f"the token already holds a key at {uri.text}: add --pkcs11-existing to use it, "
+                "or name another object= in the URI"
             )
         session = pooled.session
         if spec in _CURVES:
