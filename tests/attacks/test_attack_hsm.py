@@ -38,8 +38,7 @@ def test_fail_read_the_ca_key_out_of_the_token(
     label = softhsm.new_token("atk")
     made = _init(tmp_path / "sys", softhsm, f"pkcs11:token={label};object=ca")
     assert made.returncode == 0, made.stderr
-    token = pkcs11.lib(softhsm.module).get_token(token_label=label)
-    with token.open(user_pin=USER_PIN) as session:
+    with softhsm.session(label) as session:
         key = session.get_key(object_class=pkcs11.ObjectClass.PRIVATE_KEY, label="ca")
         with pytest.raises(pkcs11.exceptions.AttributeSensitive):
             key[pkcs11.Attribute.VALUE]

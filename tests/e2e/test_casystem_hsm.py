@@ -91,9 +91,9 @@ def test_ok_pkcs11_tool_sees_a_sensitive_unextractable_key_and_no_key_file_exist
     ).stdout  # fmt: skip
     root_key = listing.split("label:      root")[1].split("Private Key Object")[0]
     assert "Access:     sensitive, always sensitive, never extractable, local" in root_key
+    assert "Usage:      sign\n" in root_key  # no decrypt, unwrap or derive
     # Not even the user who holds the PIN can read the key's value out of the token.
-    token = pkcs11.lib(softhsm.module).get_token(token_label=label)
-    with token.open(user_pin=USER_PIN) as session:
+    with softhsm.session(label) as session:
         key = session.get_key(object_class=pkcs11.ObjectClass.PRIVATE_KEY, label="root")
         assert key[pkcs11.Attribute.EXTRACTABLE] is False
         with pytest.raises(pkcs11.exceptions.AttributeSensitive):

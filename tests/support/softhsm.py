@@ -13,10 +13,15 @@ import secrets
 import shutil
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import pkcs11
 import pytest
+
+from ztpki.pki.pkcs11_uri import Pkcs11Uri
+from ztpki.tokens import TokenAccess, TokenPool
 
 MODULE_PATHS = (
     "/usr/lib/softhsm/libsofthsm2.so",
@@ -86,6 +91,19 @@ class SoftHSM:
             if info.exists() and label.encode() in info.read_bytes():
                 return entry
         raise LookupError(f"no SoftHSM token {label}")
+
+    @contextmanager
+    def session(self, label: str) -> Iterator[pkcs11.Session]:
+        """A logged-in session on token ``label`` in this process, through ztpki's own pool:
+        it initializes the module again when the token is newer than the module's start,
+        the way every other session of this process expects."""
+        uri = Pkcs11Uri(token=label)
+        pool = TokenPool(TokenAccess(module=self.module, pin=USER_PIN.encode()), uri, size=1)
+        try:
+            with pool.session() as pooled:
+                yield pooled.session
+        finally:
+            pool.close()
 
     def pkcs11_tool(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """OpenSC's pkcs11-tool against this SoftHSM, logged in as the user."""

@@ -205,7 +205,7 @@ def init_command(
     )
     console.print(f"policy: {directory / 'cas' / name / 'policy.toml'}")
     if in_token is not None:
-        console.print(f"key: in the token, {in_token.location}", markup=False)
+        console.print(f"key: in the token, {in_token.location}", markup=False, soft_wrap=True)
 
 
 @ca.command("migrate")

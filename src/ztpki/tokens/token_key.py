@@ -129,7 +129,11 @@ def generate_token_key(
         Attribute.PRIVATE: True,
         Attribute.SENSITIVE: True,
         Attribute.EXTRACTABLE: False,
+        # A CA key signs, nothing else: no decrypt, unwrap or derive to misuse it with.
         Attribute.SIGN: True,
+        Attribute.DECRYPT: False,
+        Attribute.UNWRAP: False,
+        Attribute.DERIVE: False,
     }
     public_template = {Attribute.TOKEN: True, Attribute.VERIFY: True}
     # An id ties the public and the private object together; derive one when none is given.
