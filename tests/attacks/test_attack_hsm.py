@@ -73,9 +73,7 @@ def test_fail_wrong_pin_changes_nothing(
     assert guessed.returncode != 0
     assert "the PIN for token" in guessed.stderr and "guess-0000" not in guessed.stderr
     assert not (root / "cas" / "victim").exists()
-    listing = softhsm.pkcs11_tool(
-        "--token-label", label, "--login", "--pin", USER_PIN, "--list-objects"
-    ).stdout  # fmt: skip
+    listing = softhsm.private_keys(label)
     assert "Private Key Object" not in listing  # nothing was generated
     attack_report.record(
         case="keys/token-wrong-pin",
@@ -124,10 +122,7 @@ def test_fail_shadow_an_existing_key(
     before = original.public_key()
     with pytest.raises(Exception, match="already holds a key"):
         generate_token_key(pool, uri, KeySpec.EC_P256)
-    listing = softhsm.pkcs11_tool(
-        "--token-label", label, "--login", "--pin", USER_PIN, "--list-objects",
-        "--type", "privkey",
-    ).stdout  # fmt: skip
+    listing = softhsm.private_keys(label)
     assert listing.count("Private Key Object") == 1
     original.sign(b"still signs", hashes.SHA256())
     assert original.public_key() == before

@@ -85,10 +85,7 @@ def test_ok_pkcs11_tool_sees_a_sensitive_unextractable_key_and_no_key_file_exist
     softhsm: SoftHSM,  # noqa: F811
 ) -> None:
     system, label = hsm_system
-    listing = softhsm.pkcs11_tool(
-        "--token-label", label, "--login", "--pin", USER_PIN, "--list-objects",
-        "--type", "privkey",
-    ).stdout  # fmt: skip
+    listing = softhsm.private_keys(label)
     root_key = listing.split("label:      root")[1].split("Private Key Object")[0]
     assert "Access:     sensitive, always sensitive, never extractable, local" in root_key
     assert "Usage:      sign\n" in root_key  # no decrypt, unwrap or derive

@@ -105,6 +105,13 @@ class SoftHSM:
         finally:
             pool.close()
 
+    def private_keys(self, label: str) -> str:
+        """`pkcs11-tool --list-objects --type privkey` of token ``label``, logged in."""
+        return self.pkcs11_tool(
+            "--token-label", label, "--login", "--pin", USER_PIN, "--list-objects",
+            "--type", "privkey",
+        ).stdout  # fmt: skip
+
     def pkcs11_tool(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """OpenSC's pkcs11-tool against this SoftHSM, logged in as the user."""
         return subprocess.run(

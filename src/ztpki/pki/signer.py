@@ -111,26 +111,36 @@ def resign(signed_der: bytes, signature: bytes) -> bytes:
     return tlv(0x30, body + signed_der[after : outer.end])
 
 
-def sign_certificate(builder: x509.CertificateBuilder, key: SigningKey) -> x509.Certificate:
-    """The certificate ``builder`` describes, signed by ``key`` (a file key or a token's)."""
+Builder = x509.CertificateBuilder | x509.CertificateRevocationListBuilder
+Signed = x509.Certificate | x509.CertificateRevocationList
+
+
+def _signed(builder: Builder, key: SigningKey) -> Signed:
     if not isinstance(key, ExternalKey):
         return builder.sign(key, signature_hash(key), rsa_padding=rsa_padding(key))
     algorithm = _external_hash(key)
     draft = builder.sign(_stand_in(key.public_key()), algorithm, rsa_padding=rsa_padding(key))
-    signature = key.sign(draft.tbs_certificate_bytes, algorithm)
-    return x509.load_der_x509_certificate(resign(draft.public_bytes(_DER), signature))
+    if isinstance(draft, x509.Certificate):
+        der = resign(draft.public_bytes(_DER), key.sign(draft.tbs_certificate_bytes, algorithm))
+        return x509.load_der_x509_certificate(der)
+    der = resign(draft.public_bytes(_DER), key.sign(draft.tbs_certlist_bytes, algorithm))
+    return x509.load_der_x509_crl(der)
+
+
+def sign_certificate(builder: x509.CertificateBuilder, key: SigningKey) -> x509.Certificate:
+    """The certificate ``builder`` describes, signed by ``key`` (a file key or a token's)."""
+    certificate = _signed(builder, key)
+    assert isinstance(certificate, x509.Certificate)
+    return certificate
 
 
 def sign_crl(
     builder: x509.CertificateRevocationListBuilder, key: SigningKey
 ) -> x509.CertificateRevocationList:
     """The CRL ``builder`` describes, signed by ``key`` (a file key or a token's)."""
-    if not isinstance(key, ExternalKey):
-        return builder.sign(key, signature_hash(key), rsa_padding=rsa_padding(key))
-    algorithm = _external_hash(key)
-    draft = builder.sign(_stand_in(key.public_key()), algorithm, rsa_padding=rsa_padding(key))
-    signature = key.sign(draft.tbs_certlist_bytes, algorithm)
-    return x509.load_der_x509_crl(resign(draft.public_bytes(_DER), signature))
+    crl = _signed(builder, key)
+    assert isinstance(crl, x509.CertificateRevocationList)
+    return crl
 
 
 def _external_hash(key: ExternalKey) -> SignatureHash:
