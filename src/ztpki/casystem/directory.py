@@ -38,7 +38,7 @@ from ztpki.pki.names import SubjectFields, build_subject
 from ztpki.pki.pbes2 import AT_REST_KDF_ROUNDS
 from ztpki.pki.pem import certificates_pem, load_certificates_pem
 from ztpki.pki.profiles import CertificateProfile
-from ztpki.pki.signer import ExternalKey, SigningKey
+from ztpki.pki.signer import FILE_KEYS, SigningKey
 from ztpki.secretfiles import write_private_file, write_public_file
 from ztpki.store.database_url import directory_database
 from ztpki.tokens import TokenKey
@@ -323,7 +323,7 @@ def init_ca(
     directory.root.mkdir(parents=True, exist_ok=True, mode=0o700)
     key_pem = None
     if token_key is None:
-        assert not isinstance(key, ExternalKey)
+        assert isinstance(key, FILE_KEYS)
         key_pem = encode_pkcs8_pem(key, passphrase=passphrase, kdf_rounds=AT_REST_KDF_ROUNDS)
     else:
         ca_dir = directory.ca_dir(name)

@@ -48,7 +48,7 @@ from ztpki.pki.ocsp import (
     parse_request,
 )
 from ztpki.pki.pem import serial_hex
-from ztpki.pki.signer import ExternalKey
+from ztpki.pki.signer import FILE_KEYS
 from ztpki.store.records import IssuedCertificate, Revocation
 from ztpki.throttle import LogThrottle
 
@@ -112,7 +112,7 @@ class _CASigner:
     def _new_signer(self, now: datetime) -> ResponseSigner:
         ca = self.authority
         if self.policy is SignerPolicy.CA:
-            if isinstance(ca.key, ExternalKey):
+            if not isinstance(ca.key, FILE_KEYS):
                 raise ConfigurationError(
                     f"CA {ca.name} keeps its key in a token, which signs its certificates and "
                     "CRLs; its OCSP answers come from a delegated responder: leave out "

@@ -17,11 +17,11 @@ No I/O here: the external key's ``sign`` is where the token is reached, at the e
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from ztpki.errors import UnsupportedParameter
@@ -32,7 +32,6 @@ SignatureHash = hashes.SHA256 | hashes.SHA384
 _DER = Encoding.DER
 
 
-@runtime_checkable
 class ExternalKey(Protocol):
     """A private key held elsewhere (a PKCS#11 token) that signs on request."""
 
@@ -54,18 +53,22 @@ class ExternalKey(Protocol):
 
 
 SigningKey = PrivateKey | ExternalKey
+# Keys that sign in this process. Telling the two kinds apart by these classes (rather than
+# a runtime-checkable Protocol, which reads every member, a property included, per call)
+# also lets mypy narrow a SigningKey either way.
+FILE_KEYS = (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey, ed25519.Ed25519PrivateKey)
 
 
 def key_location(key: SigningKey) -> str:
     """Where a CA's key lives, as `ztpki ca list` shows it."""
-    return key.location if isinstance(key, ExternalKey) else "file"
+    return "file" if isinstance(key, FILE_KEYS) else key.location
 
 
 def rsa_padding(key: SigningKey) -> padding.PSS | padding.PKCS1v15 | None:
     """The RSA padding of this key's signatures (None: not RSA)."""
     if not isinstance(key.public_key(), rsa.RSAPublicKey):
         return None
-    if isinstance(key, ExternalKey) and key.rsa_pss:
+    if not isinstance(key, FILE_KEYS) and key.rsa_pss:
         # Salt as long as the digest: RFC 4055's recommendation, and fixed whatever the key
         # size, so the AlgorithmIdentifier the throwaway key writes is the real key's.
         return padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=padding.PSS.DIGEST_LENGTH)
@@ -116,7 +119,7 @@ Signed = x509.Certificate | x509.CertificateRevocationList
 
 
 def _signed(builder: Builder, key: SigningKey) -> Signed:
-    if not isinstance(key, ExternalKey):
+    if isinstance(key, FILE_KEYS):
         return builder.sign(key, signature_hash(key), rsa_padding=rsa_padding(key))
     algorithm = _external_hash(key)
     draft = builder.sign(_stand_in(key.public_key()), algorithm, rsa_padding=rsa_padding(key))
@@ -152,6 +155,7 @@ def _external_hash(key: ExternalKey) -> SignatureHash:
 
 
 __all__ = [
+    "FILE_KEYS",
     "ExternalKey",
     "SignatureHash",
     "SigningKey",

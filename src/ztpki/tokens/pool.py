@@ -1,8 +1,9 @@
 """Logged-in sessions on one PKCS#11 token, shared by the threads that sign.
 
-A PKCS#11 session runs one operation at a time, so concurrent signers each borrow their
-own; the pool keeps up to ``size`` of them open and logged in (the login is the token's,
-shared by every session of the process). A session that fails is closed, never handed out
+Sessions stay open and logged in across requests, so a signature costs one C_Sign, not an
+open, a login and a key search; the pool keeps up to ``size`` of them. Calls into one
+module are serialized, because python-pkcs11 initializes modules without OS locking (see
+``_Module.calls``): the pool bounds sessions, the lock makes them safe. A session that fails is closed, never handed out
 again. When no session can be opened or the key is no longer found (the module lost the
 token: unplugged, restarted, its files moved), the module is finalized and initialized
 again as soon as no session is in use, so the service recovers without a restart. Every
@@ -56,6 +57,10 @@ class _Module:
         self.borrowed = 0
         self.lost = False  # a token went away: initialize again before the next session
         self.ready = threading.Condition()
+        # python-pkcs11 initializes a module with C_Initialize(NULL): the application promises
+        # not to call it from two threads at once (SoftHSM then takes no locks and crashes
+        # when it is). Every operation on the module holds this lock.
+        self.calls = threading.RLock()
         # The logged-in session of each token (by slot id), in this generation.
         self.anchors: dict[int, pkcs11.Session] = {}
         self.anchor_lock = threading.Lock()
@@ -132,6 +137,10 @@ class TokenPool:
     def session(self, *, rw: bool = False) -> Iterator[PooledSession]:
         """A logged-in session for one operation. Any PKCS#11 failure inside closes it and
         becomes TokenUnavailable; other exceptions pass through and the session goes back."""
+        with self._module.calls:
+            yield from self._operate(rw=rw)
+
+    def _operate(self, *, rw: bool) -> Iterator[PooledSession]:
         borrowed = self._borrow(rw=rw)
         try:
             yield borrowed

@@ -59,6 +59,7 @@ class TokenKey:
     def __init__(self, pool: TokenPool, uri: Pkcs11Uri, *, rsa_pss: bool = False) -> None:
         self._pool = pool
         self._uri = uri.require_key()
+        self._location = self._uri.text
         self._rsa_pss = rsa_pss
         self._public: PublicKey | None = None
         self._mechanisms: set[Mechanism] | None = None
@@ -66,7 +67,7 @@ class TokenKey:
 
     @property
     def location(self) -> str:
-        return self._uri.text
+        return self._location
 
     @property
     def rsa_pss(self) -> bool:
