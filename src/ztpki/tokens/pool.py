@@ -5,10 +5,11 @@ open, a login and a key search; the pool keeps up to ``size`` of them. Calls int
 module are serialized, because python-pkcs11 initializes modules without OS locking (see
 ``_Module.calls``): the pool bounds sessions, the lock makes them safe.
 
-A session that fails is closed, never handed out again. When no session can be opened or the key is no longer found (the module lost the
-token: unplugged, restarted, its files moved), the module is finalized and initialized
-again as soon as no session is in use, so the service recovers without a restart. Every
-failure is TokenUnavailable: the request fails now and the next one tries again.
+A session that fails is closed, never handed out again. When no session can be opened or
+the key is no longer found (the module lost the token: unplugged, restarted, its files
+moved), the module is finalized and initialized again as soon as no session is in use, so
+the service recovers without a restart. Every failure is TokenUnavailable: the request
+fails now and the next one tries again.
 """
 
 from __future__ import annotations
