@@ -20,23 +20,12 @@ from pathlib import Path
 import pkcs11
 import pytest
 
+from ztpki.demo.softhsm import init_token, softhsm_config, softhsm_module
 from ztpki.pki.pkcs11_uri import Pkcs11Uri
 from ztpki.tokens import TokenAccess, TokenPool
 
-MODULE_PATHS = (
-    "/usr/lib/softhsm/libsofthsm2.so",
-    "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
-    "/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so",
-)
 USER_PIN = "1234-test-pin"
 SO_PIN = "5678-test-so-pin"
-
-
-def softhsm_module() -> str:
-    for path in MODULE_PATHS:
-        if Path(path).is_file():
-            return path
-    raise RuntimeError("SoftHSM2 is not installed: run `make system-deps` (Debian: softhsm2)")
 
 
 @dataclass(frozen=True)
@@ -66,22 +55,7 @@ class SoftHSM:
     def new_token(self, prefix: str = "t") -> str:
         """A freshly initialized token; its label (unique in this session)."""
         label = f"{prefix}-{secrets.token_hex(4)}"
-        subprocess.run(
-            [
-                "softhsm2-util",
-                "--init-token",
-                "--free",
-                "--label",
-                label,
-                "--so-pin",
-                SO_PIN,
-                "--pin",
-                USER_PIN,
-            ],
-            check=True,
-            capture_output=True,
-            env={**os.environ, "SOFTHSM2_CONF": str(self.conf)},
-        )
+        init_token(self.conf, label, pin=USER_PIN, so_pin=SO_PIN)
         return label
 
     def token_dir(self, label: str) -> Path:
@@ -125,13 +99,8 @@ class SoftHSM:
 
 def make_softhsm(root: Path) -> SoftHSM:
     """A SoftHSM2 with no token yet, whose tokens live under ``root``."""
-    hsm = SoftHSM(root=root, module=softhsm_module())
-    hsm.tokens.mkdir(parents=True)
-    hsm.conf.write_text(
-        f"directories.tokendir = {hsm.tokens}\nobjectstore.backend = file\nlog.level = ERROR\n"
-        "slots.removable = false\n"
-    )
-    return hsm
+    softhsm_config(root)
+    return SoftHSM(root=root, module=softhsm_module())
 
 
 @pytest.fixture(scope="session")
