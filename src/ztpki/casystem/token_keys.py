@@ -30,6 +30,7 @@ from ztpki.tokens import (
     MODULE_ENV,
     TokenKey,
     TokenPool,
+    TokenUnavailable,
     generate_token_key,
     token_access,
 )
@@ -85,7 +86,13 @@ def create_token_key(
         if key_spec is not None
         else TokenKey(pool, uri, rsa_pss=rsa_pss)
     )
-    key.public_key()  # opens the session and finds the key: a wrong URI fails here
+    try:
+        key.public_key()  # opens the session and finds the key: a wrong URI fails here
+    except TokenUnavailable as exc:
+        raise ConfigurationError(
+            f"no usable key at {uri.text} ({exc.message}); list what the token holds with "
+            "`pkcs11-tool --module MODULE --token-label LABEL --login --list-objects`"
+        ) from None
     return key
 
 
