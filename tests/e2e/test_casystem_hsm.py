@@ -5,6 +5,7 @@ requests fail as `unavailable` until it is back, without a restart."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from tests.e2e.casystem_fixtures import (
     chain_of,
     check_end_entity,
     cli_json,
+    enroll_all,
     leaf_of,
     openssl_verify,
     ztpki,
@@ -24,7 +26,7 @@ from tests.e2e.casystem_fixtures import (
 from tests.support.softhsm import USER_PIN, SoftHSM, softhsm  # noqa: F401
 
 from ztpki.errors import ZtpkiError
-from ztpki.protocol.enrollment import EnrollmentRequest
+from ztpki.protocol.enrollment import EnrollmentAnswer, EnrollmentRequest
 
 
 def _request(device: str | None = None) -> EnrollmentRequest:
@@ -70,6 +72,21 @@ def test_ok_token_ca_issues_and_openssl_verifies(
     verified = openssl_verify(tmp_path, leaf, root=chain[-1], intermediates=chain[:-1])
     assert verified.returncode == 0, verified.stdout + verified.stderr
     assert system.count() >= 1
+
+
+def test_ok_concurrent_requests_share_the_token(hsm_system: tuple[CASystemUnderTest, str]) -> None:
+    """Many requests in flight at once: every one signed by the token, none lost. (Negative
+    control, run by hand: without tokens.pool's per-module call lock, SoftHSM, initialized
+    without OS locking, takes the service down within these 400.)"""
+    system, _ = hsm_system
+    requests = [_request() for _ in range(400)]
+    before = system.count()
+    answers = asyncio.run(enroll_all(system, requests, pool_size=8))
+    factory = system.ca_certificate("factory")
+    for request, answer in zip(requests, answers, strict=True):
+        assert isinstance(answer, EnrollmentAnswer), answer
+        check_end_entity(leaf_of(answer), factory, device_id=request.device_id)
+    assert system.count() == before + 400
 
 
 def test_ok_ca_list_shows_where_each_key_lives(hsm_system: tuple[CASystemUnderTest, str]) -> None:
