@@ -135,3 +135,38 @@ def test_fail_shadow_an_existing_key(
         "with that label; the CA key still signs",
         verdict="refused",
     )
+
+
+def test_fail_key_toml_pointed_at_another_key(
+    softhsm: SoftHSM,  # noqa: F811
+    tmp_path: Path,
+    attack_report: AttackReport,
+) -> None:
+    label = softhsm.new_token("atk")
+    root = tmp_path / "sys"
+    for name in ("victim", "other"):
+        made = run_ztpki(
+            "ca", "init", "--dir", str(root), "--name", name,
+            "--pkcs11", f"pkcs11:token={label};object={name}",
+            env={**softhsm.env, **PASSPHRASE}, check=False, timeout=120,
+        )  # fmt: skip
+        assert made.returncode == 0, made.stderr
+    key_toml = root / "cas" / "victim" / "key.toml"
+    other = (root / "cas" / "other" / "key.toml").read_text()
+    key_toml.write_text(other)  # the victim CA now names the other CA's key object
+    served = run_ztpki(
+        "ca", "serve", "--dir", str(root), "--listen", "127.0.0.1:0",
+        env={**softhsm.env, **PASSPHRASE}, check=False, timeout=120,
+    )  # fmt: skip
+    assert served.returncode != 0
+    assert "is not the key of its certificate" in served.stderr
+    assert "listening on" not in served.stdout  # it never served a request
+    attack_report.record(
+        case="keys/key-toml-redirected",
+        category=CATEGORY,
+        attack="key.toml of a token-backed CA edited to name another key object in the "
+        "token, so the CA would sign with a key its certificate does not certify",
+        observed="`ca serve` refuses to start: 'the token key of CA victim (...) is not the "
+        "key of its certificate'; nothing served or issued",
+        verdict="refused",
+    )

@@ -33,7 +33,13 @@ from ztpki.casystem.token_keys import (
 )
 from ztpki.errors import ConfigurationError, MalformedInput, UnknownCA
 from ztpki.pki.authority import CertificateAuthority, IssuanceGrant, create_self_signed_ca
-from ztpki.pki.keys import KeySpec, decode_pkcs8, encode_pkcs8_pem, generate_private_key
+from ztpki.pki.keys import (
+    KeySpec,
+    decode_pkcs8,
+    encode_pkcs8_pem,
+    generate_private_key,
+    keys_match,
+)
 from ztpki.pki.names import SubjectFields, build_subject
 from ztpki.pki.pbes2 import AT_REST_KDF_ROUNDS
 from ztpki.pki.pem import certificates_pem, load_certificates_pem
@@ -166,11 +172,16 @@ class CASystemDirectory:
         self._require(name)
         token_key = load_token_key(self.ca_dir(name), tokens or TokenOptions())
         if token_key is not None:
+            certificate = self.certificate(name)
+            # key.toml is a plain file: pointed at another key object, the CA would sign
+            # certificates that verify under no CA certificate.
+            if not keys_match(token_key, certificate.public_key()):
+                raise ConfigurationError(
+                    f"the token key of CA {name} ({token_key.location}) is not the key of its "
+                    f"certificate {self.ca_dir(name) / 'ca.pem'}; fix the URI in key.toml"
+                )
             return CertificateAuthority(
-                name=name,
-                key=token_key,
-                certificate=self.certificate(name),
-                parents=self.parents(name),
+                name=name, key=token_key, certificate=certificate, parents=self.parents(name)
             )
         key_bytes = (self.ca_dir(name) / "ca.key.pem").read_bytes()
         try:

@@ -98,7 +98,7 @@ def public_key_der(key: PublicKey) -> bytes:
     )
 
 
-def keys_match(private_key: PrivateKey, public_key: object) -> bool:
+def keys_match(private_key: _HasPublicKey, public_key: object) -> bool:
     """True when the public key belongs to the private key."""
     if not isinstance(
         public_key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey | ed25519.Ed25519PublicKey
