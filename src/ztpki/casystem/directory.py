@@ -20,6 +20,7 @@ import tomllib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import tomli_w
 from cryptography import x509
@@ -47,7 +48,9 @@ from ztpki.pki.profiles import CertificateProfile
 from ztpki.pki.signer import FILE_KEYS, SigningKey
 from ztpki.secretfiles import write_private_file, write_public_file
 from ztpki.store.database_url import directory_database
-from ztpki.tokens import TokenKey
+
+if TYPE_CHECKING:  # the PKCS#11 binding loads only for a CA whose key is in a token
+    from ztpki.tokens import TokenKey
 
 CA_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 SERVICE_CA = "service"

@@ -18,6 +18,7 @@ import threading
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import tomli_w
 
@@ -25,15 +26,10 @@ from ztpki.errors import ConfigurationError, MalformedInput
 from ztpki.pki.keys import KeySpec
 from ztpki.pki.pkcs11_uri import Pkcs11Uri
 from ztpki.secretfiles import write_public_file
-from ztpki.tokens import (
-    DEFAULT_POOL_SIZE,
-    MODULE_ENV,
-    TokenKey,
-    TokenPool,
-    TokenUnavailable,
-    generate_token_key,
-    token_access,
-)
+from ztpki.tokens.access import DEFAULT_POOL_SIZE, MODULE_ENV, token_access
+
+if TYPE_CHECKING:  # the binding loads only when a CA's key is in a token
+    from ztpki.tokens import TokenKey, TokenPool
 
 KEY_FILE = "key.toml"
 
@@ -53,6 +49,8 @@ _pools_lock = threading.Lock()
 
 def token_pool(uri: Pkcs11Uri, options: TokenOptions) -> TokenPool:
     """The process's session pool for the token ``uri`` names (shared by its CAs)."""
+    from ztpki.tokens import TokenPool
+
     access = token_access(uri, module=options.module, pin_file=options.pin_file)
     token = Pkcs11Uri(token=uri.token, serial=uri.serial, slot_id=uri.slot_id).text
     with _pools_lock:
@@ -80,6 +78,8 @@ def create_token_key(
 ) -> TokenKey:
     """A CA key in the token: generated there (``key_spec``), or the existing key object the
     URI names (``key_spec`` None), checked to be there and usable."""
+    from ztpki.tokens import TokenKey, TokenUnavailable, generate_token_key
+
     pool = token_pool(uri, options)
     key = (
         generate_token_key(pool, uri, key_spec, rsa_pss=rsa_pss)
@@ -116,6 +116,8 @@ def load_token_key(ca_dir: Path, options: TokenOptions) -> TokenKey | None:
     if data is None:
         return None
     uri = parse_key_uri(str(data["pkcs11"]))
+    from ztpki.tokens import TokenKey
+
     recorded = str(data.get("module") or "") or None
     module = options.module or (None if os.environ.get(MODULE_ENV) else recorded)
     chosen = TokenOptions(module=module, pin_file=options.pin_file, pool_size=options.pool_size)

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import click
 
 from ztpki.casystem.token_keys import TokenOptions, create_token_key, parse_key_uri
 from ztpki.pki.keys import KeySpec
-from ztpki.tokens import MODULE_ENV, PIN_ENV, TokenKey
+from ztpki.tokens.access import MODULE_ENV, PIN_ENV
+
+if TYPE_CHECKING:
+    from ztpki.tokens import TokenKey
 
 F = TypeVar("F", bound=Callable[..., object])
 

@@ -1,5 +1,8 @@
 """Which PKCS#11 module to load and which PIN to log in with, for one key URI.
 
+This module does not import the PKCS#11 binding, so commands that only name a token (or
+none) start without loading it.
+
 The module comes from ``--pkcs11-module``, then ZTPKI_PKCS11_MODULE, then the URI's own
 ``module-path``. The PIN comes from a file (``--pkcs11-pin-file``, or the URI's
 ``pin-source``), else ZTPKI_PKCS11_PIN. The PIN is held in a field that never prints.
@@ -14,6 +17,8 @@ from pathlib import Path
 from ztpki.errors import ConfigurationError
 from ztpki.pki.pkcs11_uri import Pkcs11Uri
 
+# A CA system signs on its event loop and in its worker threads: a handful at a time.
+DEFAULT_POOL_SIZE = 8
 MODULE_ENV = "ZTPKI_PKCS11_MODULE"
 PIN_ENV = "ZTPKI_PKCS11_PIN"
 

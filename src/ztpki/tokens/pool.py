@@ -27,15 +27,12 @@ from pkcs11.exceptions import PKCS11Error
 
 from ztpki.errors import ConfigurationError, Unavailable
 from ztpki.pki.pkcs11_uri import Pkcs11Uri
-from ztpki.tokens.access import TokenAccess
+from ztpki.tokens.access import DEFAULT_POOL_SIZE, TokenAccess
 
 if TYPE_CHECKING:
     from pkcs11._pkcs11 import lib as Pkcs11Module
 
 log = logging.getLogger(__name__)
-
-# A CA system signs on its event loop and in its worker threads: a handful at a time.
-DEFAULT_POOL_SIZE = 8
 
 
 class TokenUnavailable(Unavailable):
