@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pkcs11
 import pytest
+from cryptography.x509 import ocsp
+from cryptography.x509.oid import SignatureAlgorithmOID
 from tests.e2e.casystem_fixtures import (
     CASystemUnderTest,
     chain_of,
@@ -23,6 +25,7 @@ from tests.e2e.casystem_fixtures import (
     openssl_verify,
     ztpki,
 )
+from tests.support.ocsp import http_address, openssl_ocsp, post_ocsp, request_der, write_pem
 from tests.support.softhsm import USER_PIN, SoftHSM, softhsm  # noqa: F401
 
 from ztpki.errors import ZtpkiError
@@ -158,3 +161,40 @@ def test_fail_token_away_then_back_without_restart(
     answer = system.enroll(request)
     check_end_entity(leaf_of(answer), system.ca_certificate("factory"), device_id=request.device_id)
     assert system.count() == before + 1
+
+
+@pytest.mark.parametrize("signer", ["ca", "delegated"], ids=["ok-ca-signs", "ok-delegated"])
+def test_ok_ocsp_answers_of_a_token_ca_verify_with_openssl(
+    hsm_system: tuple[CASystemUnderTest, str],
+    softhsm: SoftHSM,  # noqa: F811
+    tmp_path: Path,
+    signer: str,
+) -> None:
+    """`--ocsp-signer ca`: the token signs every OCSP answer (RSASSA-PSS here); by default a
+    delegated responder signs them, its certificate signed by the token. openssl verifies
+    both against the CA chain."""
+    system, _ = hsm_system
+    request = _request()
+    leaf = leaf_of(system.enroll(request))
+    second = CASystemUnderTest(system.root, tmp_path)  # another instance on the same CA dir
+    extra = ("--ocsp-signer", "ca") if signer == "ca" else ()
+    service = second.start(
+        "--http-listen", "127.0.0.1:0", "--key-workers", "1", *extra, env=softhsm.env
+    )  # fmt: skip
+    try:
+        http = http_address(service)
+        factory = system.ca_certificate("factory")
+        answer = post_ocsp(http, request_der(leaf, factory)).ocsp()
+        assert answer.certificate_status is ocsp.OCSPCertStatus.GOOD
+        assert (answer.certificates == []) is (signer == "ca")
+        if signer == "ca":  # the factory CA's RSA key in the token signs with PSS
+            assert answer.signature_algorithm_oid == SignatureAlgorithmOID.RSASSA_PSS
+        chain = write_pem(tmp_path / "chain.pem", factory, system.ca_certificate("root"))
+        done = openssl_ocsp(
+            "-issuer", system.ca_pem("factory"), "-cert", write_pem(tmp_path / "leaf.pem", leaf),
+            "-url", f"http://{http[0]}:{http[1]}/ocsp", "-CAfile", chain,
+        )  # fmt: skip
+        assert "Response verify OK" in done.stderr + done.stdout, done
+        assert ": good" in done.stdout
+    finally:
+        second.stop()

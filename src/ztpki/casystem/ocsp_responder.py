@@ -28,7 +28,7 @@ from typing import Protocol
 
 from cryptography import x509
 
-from ztpki.errors import ConfigurationError, PayloadTooLarge, Unavailable
+from ztpki.errors import PayloadTooLarge, Unavailable
 from ztpki.pki.authority import CertificateAuthority
 from ztpki.pki.keys import generate_private_key, key_spec_of
 from ztpki.pki.ocsp import (
@@ -48,7 +48,6 @@ from ztpki.pki.ocsp import (
     parse_request,
 )
 from ztpki.pki.pem import serial_hex
-from ztpki.pki.signer import FILE_KEYS
 from ztpki.store.records import IssuedCertificate, Revocation
 from ztpki.throttle import LogThrottle
 
@@ -111,13 +110,7 @@ class _CASigner:
 
     def _new_signer(self, now: datetime) -> ResponseSigner:
         ca = self.authority
-        if self.policy is SignerPolicy.CA:
-            if not isinstance(ca.key, FILE_KEYS):
-                raise ConfigurationError(
-                    f"CA {ca.name} keeps its key in a token, which signs its certificates and "
-                    "CRLs; its OCSP answers come from a delegated responder: leave out "
-                    "--ocsp-signer ca"
-                )
+        if self.policy is SignerPolicy.CA:  # a token's key signs every answer itself
             return ResponseSigner(ca.certificate, ca.certificate, ca.key)
         # The CA's own algorithm: a relying party that accepts the CA's signatures accepts the
         # responder's, and the responder is never the weaker key of the two. An RSA key takes

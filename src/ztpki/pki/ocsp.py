@@ -111,7 +111,7 @@ class ResponseSigner:
 
     issuer: x509.Certificate
     certificate: x509.Certificate
-    key: PrivateKey = field(repr=False)
+    key: SigningKey = field(repr=False)  # the CA's own may be in a token
     parts: SignerParts = field(init=False, repr=False, compare=False)
     # The certificate's notAfter, read once: cryptography builds a new datetime per access.
     not_after: datetime = field(init=False, repr=False, compare=False)

@@ -17,6 +17,7 @@ No I/O here: the external key's ``sign`` is where the token is reached, at the e
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Protocol
 
 from cryptography import x509
@@ -29,6 +30,7 @@ from ztpki.pki.der import read_tlv, tlv
 from ztpki.pki.keys import PrivateKey, PublicKey, signature_hash
 
 SignatureHash = hashes.SHA256 | hashes.SHA384
+_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)  # a draft's validity: only its algorithm is read
 _DER = Encoding.DER
 
 
@@ -101,6 +103,36 @@ def _stand_in(public: PublicKey) -> PrivateKey:
     return key
 
 
+_identifiers: dict[tuple[str, str, bool], bytes] = {}
+
+
+def algorithm_identifier(key: ExternalKey) -> bytes:
+    """The DER signature AlgorithmIdentifier an external key's signatures carry, for
+    structures assembled by hand (BasicOCSPResponse: pki.ocsp_der). Taken from a draft
+    certificate the stand-in signs, so RSASSA-PSS parameters are cryptography's own."""
+    public = key.public_key()
+    algorithm = _external_hash(key)
+    cache_key = (type(public).__name__, algorithm.name, key.rsa_pss)
+    found = _identifiers.get(cache_key)
+    if found is None:
+        name = x509.Name([])
+        draft = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(public)
+            .serial_number(1)
+            .not_valid_before(_EPOCH)
+            .not_valid_after(_EPOCH)
+            .sign(_stand_in(public), algorithm, rsa_padding=rsa_padding(key))
+        ).public_bytes(_DER)
+        outer, _ = read_tlv(draft, 0)
+        _tbs, at = read_tlv(draft, outer.start, stop=outer.end)
+        _algorithm, end = read_tlv(draft, at, stop=outer.end)
+        found = _identifiers[cache_key] = draft[at:end]
+    return found
+
+
 def resign(signed_der: bytes, signature: bytes) -> bytes:
     """``signed_der`` (a Certificate, CertificateList or BasicOCSPResponse) with its
     signature BIT STRING replaced; everything before and after it is kept byte for byte."""
@@ -159,6 +191,7 @@ __all__ = [
     "ExternalKey",
     "SignatureHash",
     "SigningKey",
+    "algorithm_identifier",
     "key_location",
     "resign",
     "rsa_padding",
