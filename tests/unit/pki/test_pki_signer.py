@@ -17,9 +17,10 @@ from cryptography.x509.oid import SignatureAlgorithmOID
 from ztpki.errors import UnsupportedParameter
 from ztpki.pki.authority import CertificateAuthority, create_self_signed_ca
 from ztpki.pki.crl import build_crl
+from ztpki.pki.der import read_tlv
 from ztpki.pki.keys import KeySpec, PrivateKey, PublicKey, generate_private_key
 from ztpki.pki.names import SubjectFields, build_subject
-from ztpki.pki.signer import SignatureHash, key_location, resign
+from ztpki.pki.signer import SignatureHash, algorithm_identifier, key_location, resign
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
 
@@ -72,6 +73,12 @@ def test_ok_external_key_certificates_and_crls_verify(
     crl = build_crl(CertificateAuthority("e", key, root), [], number=1, now=NOW)
     assert crl.signature_algorithm_oid == oid
     assert crl.is_signature_valid(root.public_key())  # type: ignore[arg-type]
+    # The identifier a hand-built structure (OCSP) carries is the one in the certificate.
+    der = root.public_bytes(Encoding.DER)
+    outer, _ = read_tlv(der, 0)
+    _tbs, at = read_tlv(der, outer.start)
+    _algorithm, end = read_tlv(der, at)
+    assert algorithm_identifier(key) == der[at:end]
     assert key_location(key) == "pkcs11:token=t;object=k"
     assert key_location(key.key) == "file"
 
