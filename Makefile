@@ -38,6 +38,10 @@ system-deps:
 	@# The web console's browser tests: Debian's headless Chromium and its matching driver.
 	@(command -v chromium >/dev/null && command -v chromedriver >/dev/null) || \
 	  (apt-get update -q && apt-get install -y -q chromium chromium-driver)
+	@# Keys in hardware (README): SoftHSM2 is the PKCS#11 token of the tests, OpenSC's
+	@# pkcs11-tool the outside view into it.
+	@(command -v softhsm2-util >/dev/null && command -v pkcs11-tool >/dev/null) || \
+	  (apt-get update -q && apt-get install -y -q softhsm2 opensc)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
