@@ -26,6 +26,7 @@ from ztpki.eventloop import LoopName, chosen_loop, run_service, running_loop_nam
 from ztpki.node.config import NodeConfig
 
 if TYPE_CHECKING:
+    from ztpki.node.announce import Announcer
     from ztpki.node.material import NodeMaterial
     from ztpki.node.proxy_listener import ProxyAddress
     from ztpki.node.runtime import RunningNode
@@ -65,6 +66,23 @@ log = logging.getLogger(__name__)
     show_default=True,
     help="On SIGTERM, seconds the requests in flight get to finish before they are cut.",
 )
+@click.option(
+    "--announce",
+    is_flag=True,
+    help="Announce the EST service by DNS-SD over mDNS (_ztpki-est._tcp) on the interfaces "
+    "of the listen address, so devices on the link find the node; withdrawn on shutdown.",
+)
+@click.option(
+    "--announce-host",
+    metavar="NAME",
+    help="With --announce: the host name announced, one of the server certificate's DNS "
+    "names (devices verify the node for it) [default: its first DNS name].",
+)
+@click.option(
+    "--announce-label",
+    metavar="LABEL",
+    help="With --announce: announce the EST path of this CA label [default: the default path].",
+)
 @client_passphrase_option
 @passphrase_options(
     NODE_ENV,
@@ -78,6 +96,9 @@ def serve_command(
     proxy_listen: tuple[ProxyAddress, ...],
     workers: int | None,
     drain_timeout: float,
+    announce: bool,
+    announce_host: str | None,
+    announce_label: str | None,
     client_passphrase_file: Path | None,
     passphrase_file: Path | None,
     insecure_no_passphrase: bool,
@@ -100,7 +121,14 @@ def serve_command(
         client_passphrase=client_passphrase(client_passphrase_file),
     )
     host, port = parse_address(listen, allow_any_port=True)
-    how = Serving(material, event_loop, host, port, proxy_listen, drain_timeout)
+    if (announce_host or announce_label) and not announce:
+        raise click.UsageError("--announce-host and --announce-label need --announce")
+    if announce_label is not None:
+        material.config.label(announce_label)  # an unknown label is refused before serving
+    mdns = Mdns(announce_host, announce_label) if announce else None
+    if mdns is not None:
+        mdns.announcer(material, host, port or 1)  # a name the certificate lacks: refused now
+    how = Serving(material, event_loop, host, port, proxy_listen, drain_timeout, mdns)
     count = workers or default_worker_count()
     if count == 1:
         serve_one(how)
@@ -118,6 +146,24 @@ class Serving:
     port: int
     proxy_listen: tuple[ProxyAddress, ...]
     drain_timeout: float
+    mdns: Mdns | None = None
+
+
+@dataclass(frozen=True)
+class Mdns:
+    """--announce: the host name and EST label to announce."""
+
+    host: str | None
+    label: str | None
+
+    def announcer(self, material: NodeMaterial, host: str, port: int) -> Announcer:
+        from ztpki.node.announce import Announcer, announcement_for
+
+        return Announcer(
+            announcement_for(
+                material.server_chain, listen_host=host, port=port, host=self.host, label=self.label
+            )
+        )
 
 
 def announce(proxies: list[ProxyAddress], host: str, port: int) -> None:
@@ -131,25 +177,34 @@ def serve_one(how: Serving) -> None:
     """The node in this process."""
     from ztpki.node.serving import serve_node
 
+    mdns: list[Announcer] = []
+
     def ready(running: RunningNode) -> None:
         log.info(
             "customer node %s serving on the %s event loop",
             how.material.config.directory,
             running_loop_name(),
         )
+        if how.mdns is not None:
+            mdns.append(how.mdns.announcer(how.material, running.host, running.port))
+            mdns[0].start()
         announce([p.address for p in running.proxies], running.host, running.port)
 
-    run_service(
-        serve_node(
-            how.material,
-            host=how.host,
-            port=how.port,
-            proxy_listen=how.proxy_listen,
-            drain_timeout=how.drain_timeout,
-            ready=ready,
-        ),
-        how.event_loop,
-    )
+    try:
+        run_service(
+            serve_node(
+                how.material,
+                host=how.host,
+                port=how.port,
+                proxy_listen=how.proxy_listen,
+                drain_timeout=how.drain_timeout,
+                ready=ready,
+            ),
+            how.event_loop,
+        )
+    finally:
+        for announcer in mdns:
+            announcer.close()
 
 
 def serve_workers(how: Serving, count: int) -> None:
@@ -188,8 +243,11 @@ def serve_workers(how: Serving, count: int) -> None:
         close_listeners=bound.close,
         drain_timeout=drain_timeout,
     )
+    mdns = how.mdns.announcer(material, bound.host, bound.port) if how.mdns else None
     try:
         supervisor.start()
+        if mdns is not None:
+            mdns.start()  # in the supervisor only: one announcer for all workers
         log.info(
             "customer node %s serving with %d workers on the %s event loop",
             material.config.directory,
@@ -199,6 +257,8 @@ def serve_workers(how: Serving, count: int) -> None:
         announce([address for address, _ in bound.proxies], bound.host, bound.port)
         status = supervisor.run()
     finally:
+        if mdns is not None:
+            mdns.close()
         bound.close()
         bound.unlink_files()
         shutil.rmtree(metrics_dir, ignore_errors=True)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import socket
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from datetime import UTC, datetime
 from types import TracebackType
 
 import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
 from cryptography import x509
 
 from ztpki.device.connect import tls_client_context
@@ -95,6 +97,32 @@ def unverified_context() -> ssl.SSLContext:
     return context
 
 
+class _Addresses(AbstractResolver):
+    """Resolves a discovered node's host name to the addresses it was discovered at (the
+    host name stays what TLS verifies)."""
+
+    def __init__(self, address: NodeAddress) -> None:
+        self._address = address
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        return [
+            ResolveResult(
+                hostname=host,
+                host=ip,
+                port=port,
+                family=socket.AF_INET6 if ":" in ip else socket.AF_INET,
+                proto=0,
+                flags=socket.AI_NUMERICHOST,
+            )
+            for ip in self._address.addresses
+        ]
+
+    async def close(self) -> None:
+        return None
+
+
 @dataclass(frozen=True)
 class _Answer:
     status: int
@@ -128,7 +156,8 @@ class ESTClient:
         self.peer_chain: list[x509.Certificate] = []
 
     async def __aenter__(self) -> ESTClient:
-        connector = aiohttp.TCPConnector(ssl=self._context, limit=1)
+        resolver = _Addresses(self.address) if self.address.addresses else None
+        connector = aiohttp.TCPConnector(ssl=self._context, limit=1, resolver=resolver)
         self._session = aiohttp.ClientSession(
             connector=connector,
             timeout=aiohttp.ClientTimeout(total=self._timeout),
