@@ -35,6 +35,9 @@ system-deps:
 	    echo 'create_main_cluster = false' >> /etc/postgresql-common/createcluster.conf) && \
 	   RUNLEVEL=1 apt-get install -y -q postgresql)
 	@command -v systemd-analyze >/dev/null || (apt-get update -q && apt-get install -y -q systemd)
+	@# Discovery's mDNS tests run in network namespaces of their own: ip (iproute2), unshare.
+	@command -v ip >/dev/null && command -v unshare >/dev/null || \
+	  (apt-get update -q && apt-get install -y -q iproute2 util-linux)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

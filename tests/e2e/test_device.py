@@ -152,7 +152,10 @@ def test_agent_customizes_as_soon_as_an_address_is_written(world: World) -> None
     device_id = take_device(world)
     device = str(world.device(device_id))
     agent = subprocess.Popen(
-        ztpki_argv("device", "agent", "--device", device, "--once", "--poll-interval", "0.05"),
+        ztpki_argv(
+            "device", "agent", "--device", device, "--once", "--poll-interval", "0.05",
+            "--no-mdns", "--no-dns-sd",  # waits for set-node; no discovery outside a namespace
+        ),  # fmt: skip
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

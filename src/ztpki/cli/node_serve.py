@@ -83,6 +83,13 @@ log = logging.getLogger(__name__)
     metavar="LABEL",
     help="With --announce: announce the EST path of this CA label [default: the default path].",
 )
+@click.option(
+    "--announce-priority",
+    type=click.IntRange(0, 65535),
+    default=0,
+    show_default=True,
+    help="With --announce: the SRV priority (devices try lower numbers first).",
+)
 @client_passphrase_option
 @passphrase_options(
     NODE_ENV,
@@ -99,6 +106,7 @@ def serve_command(
     announce: bool,
     announce_host: str | None,
     announce_label: str | None,
+    announce_priority: int,
     client_passphrase_file: Path | None,
     passphrase_file: Path | None,
     insecure_no_passphrase: bool,
@@ -125,7 +133,7 @@ def serve_command(
         raise click.UsageError("--announce-host and --announce-label need --announce")
     if announce_label is not None:
         material.config.label(announce_label)  # an unknown label is refused before serving
-    mdns = Mdns(announce_host, announce_label) if announce else None
+    mdns = Mdns(announce_host, announce_label, announce_priority) if announce else None
     if mdns is not None:
         mdns.announcer(material, host, port or 1)  # a name the certificate lacks: refused now
     how = Serving(material, event_loop, host, port, proxy_listen, drain_timeout, mdns)
@@ -155,13 +163,19 @@ class Mdns:
 
     host: str | None
     label: str | None
+    priority: int = 0
 
     def announcer(self, material: NodeMaterial, host: str, port: int) -> Announcer:
         from ztpki.node.announce import Announcer, announcement_for
 
         return Announcer(
             announcement_for(
-                material.server_chain, listen_host=host, port=port, host=self.host, label=self.label
+                material.server_chain,
+                listen_host=host,
+                port=port,
+                host=self.host,
+                label=self.label,
+                priority=self.priority,
             )
         )
 
@@ -171,6 +185,16 @@ def announce(proxies: list[ProxyAddress], host: str, port: int) -> None:
         # On stderr, before the readiness line: stdout carries only `listening on`.
         click.echo(f"proxy listening on {address}", err=True)
     click.echo(f"listening on {host}:{port}")
+
+
+def start_announcing(announcer: Announcer) -> None:
+    """Announce, and say so on stderr before the readiness line (probing takes ~2 s)."""
+    announcer.start()
+    a = announcer.announcement
+    if announcer.wait_started():
+        click.echo(f"announcing {a.instance} ({a.host}:{a.port}) by mDNS", err=True)
+    else:
+        click.echo("warning: the node is not announced by mDNS (see the log)", err=True)
 
 
 def serve_one(how: Serving) -> None:
@@ -187,7 +211,7 @@ def serve_one(how: Serving) -> None:
         )
         if how.mdns is not None:
             mdns.append(how.mdns.announcer(how.material, running.host, running.port))
-            mdns[0].start()
+            start_announcing(mdns[0])
         announce([p.address for p in running.proxies], running.host, running.port)
 
     try:
@@ -247,7 +271,7 @@ def serve_workers(how: Serving, count: int) -> None:
     try:
         supervisor.start()
         if mdns is not None:
-            mdns.start()  # in the supervisor only: one announcer for all workers
+            start_announcing(mdns)  # in the supervisor only: one announcer for all workers
         log.info(
             "customer node %s serving with %d workers on the %s event loop",
             material.config.directory,

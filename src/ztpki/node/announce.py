@@ -51,6 +51,7 @@ class Announcement:
     port: int
     label: str | None
     ca_fingerprint: str | None
+    priority: int = 0
 
     @property
     def service_type(self) -> str:
@@ -103,6 +104,7 @@ def announcement_for(
     host: str | None = None,
     label: str | None = None,
     kind: str = "est",
+    priority: int = 0,
 ) -> Announcement:
     """The announcement of a node with this server chain, listening on ``listen_host``."""
     leaf = server_chain[0]
@@ -129,6 +131,7 @@ def announcement_for(
         port=port,
         label=label,
         ca_fingerprint=fingerprint_sha256(top) if top is not None else None,
+        priority=priority,
     )
 
 
@@ -148,6 +151,7 @@ class Announcer:
             a.service_type,
             a.instance,
             port=a.port,
+            priority=a.priority,
             properties=encode_txt(label=a.label, ca_fingerprint=a.ca_fingerprint),
             server=f"{a.host.rstrip('.')}.",
             parsed_addresses=list(a.addresses),
