@@ -121,6 +121,8 @@ def serve_command(
     from ztpki.node.material import load_material
     from ztpki.node.workers import default_worker_count
 
+    if (announce_host or announce_label) and not announce:
+        raise click.UsageError("--announce-host and --announce-label need --announce")
     event_loop = chosen_loop()
     secret = passphrase(passphrase_file, insecure_no_passphrase, NODE_ENV, NODE_KEY)
     material = load_material(
@@ -129,8 +131,6 @@ def serve_command(
         client_passphrase=client_passphrase(client_passphrase_file),
     )
     host, port = parse_address(listen, allow_any_port=True)
-    if (announce_host or announce_label) and not announce:
-        raise click.UsageError("--announce-host and --announce-label need --announce")
     if announce_label is not None:
         material.config.label(announce_label)  # an unknown label is refused before serving
     mdns = Mdns(announce_host, announce_label, announce_priority) if announce else None
