@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -23,6 +22,7 @@ import pytest
 from tests.attacks.attack_deployment import Deployment, DeviceUnderTest, now
 from tests.attacks.attack_report import AttackReport
 from tests.support.dns_server import dns_server
+from tests.support.threaded_server import threaded_tls_server
 
 from ztpki.credentials import server_context
 from ztpki.pki.authority import CertificateAuthority, IssuanceGrant, create_self_signed_ca
@@ -106,27 +106,9 @@ def rogue_announcer() -> Iterator[RogueAnnouncer]:
             await writer.drain()
         writer.close()
 
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-
-    async def serve() -> asyncio.Server:
-        return await asyncio.start_server(answer, "127.0.0.1", 0, ssl=context)
-
-    server = asyncio.run_coroutine_threadsafe(serve(), loop).result(timeout=30)
-    rogue.port = server.sockets[0].getsockname()[1]
-    try:
+    with threaded_tls_server(answer, context) as port:
+        rogue.port = port
         yield rogue
-    finally:
-
-        async def close() -> None:
-            server.close()
-            await server.wait_closed()
-
-        asyncio.run_coroutine_threadsafe(close(), loop).result(timeout=30)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=30)
-        loop.close()
 
 
 def _zone(srv: list[tuple[int, int]], txt: str) -> str:

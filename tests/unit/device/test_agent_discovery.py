@@ -8,15 +8,16 @@ the nodes and the clock are the unit suite's fakes, so nothing waits for real ti
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import pytest
 from tests.unit.device.fake_node import Pki, serving
-from tests.unit.device.test_activation_agent import FakeClock, Stop, agent
+from tests.unit.device.test_activation_agent import FakeClock, Stop, agent, memory, pki
 
 from ztpki.device import AgentEvent, Backoff, DeviceMemory, Phase
 from ztpki.device.communication import NodeAddress
 from ztpki.device.customer_node import NodePin
+
+__all__ = ["memory", "pki"]  # the fixtures, shared with the agent's other tests
 
 
 class ScriptedFinder:
@@ -36,16 +37,6 @@ class ScriptedFinder:
 
     def refused(self, node: NodeAddress, why: str) -> None:
         self.left_out.append(node)
-
-
-@pytest.fixture(scope="module")
-def pki() -> Pki:
-    return Pki()
-
-
-@pytest.fixture
-def memory(pki: Pki, tmp_path: Path) -> DeviceMemory:
-    return pki.manufacture(tmp_path / "dev", "ACME-0001")
 
 
 def discovering(memory: DeviceMemory, clock: FakeClock, events: list[AgentEvent], finder: object):  # type: ignore[no-untyped-def]
