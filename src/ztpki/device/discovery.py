@@ -39,6 +39,7 @@ from ztpki.protocol.dnssd import (
     order_records,
     service_name,
 )
+from ztpki.untrusted import displayable
 
 __all__ = ["Candidate", "DiscoverySettings", "Finding", "find_candidates"]
 
@@ -88,9 +89,10 @@ class Candidate:
         r = self.record
         hint = f", announced CA sha256:{r.ca_hint[:16]}..." if r.ca_hint else ""
         where = ", ".join(r.addresses)
+        # The instance name is the announcer's free text: shown, never obeyed by a terminal.
         return (
-            f"{self.node} (at {where}; {r.source} {r.instance}, priority {r.priority}, "
-            f"weight {r.weight}{hint})"
+            f"{self.node} (at {where}; {r.source} {displayable(r.instance[:120])}, priority "
+            f"{r.priority}, weight {r.weight}{hint})"
         )
 
 
@@ -132,33 +134,49 @@ async def browse_mdns(settings: DiscoverySettings, finding: Finding) -> list[Ser
         browser = AsyncServiceBrowser(aiozc.zeroconf, [service_type], handlers=[changed])
         await asyncio.sleep(settings.browse_seconds)
         await browser.async_cancel()
-        for name in names[:MAX_RECORDS]:
-            info = AsyncServiceInfo(service_type, name)
-            if not await info.async_request(aiozc.zeroconf, int(settings.timeout * 1000)):
-                finding.problems.append(f"mDNS: {name[:120]} did not answer with its record")
-                continue
-            try:
-                label, hint = decode_txt(info.properties)
-                if info.server is None or not info.port:
-                    raise MalformedInput("the announcement has no host or port")
-                records.append(
-                    ServiceRecord(
-                        instance=name,
-                        target=info.server,
-                        port=info.port,
-                        priority=info.priority,
-                        weight=info.weight,
-                        label=label,
-                        ca_hint=hint,
-                        addresses=tuple(info.parsed_addresses(IPVersion.V4Only)),
-                        source="mdns",
-                    )
-                )
-            except MalformedInput as exc:
-                finding.problems.append(f"mDNS: skipped {name[:120]}: {exc.message}")
+        await _resolve_mdns(aiozc, service_type, names, settings, finding, records)
+    except OSError as exc:
+        finding.problems.append(f"mDNS browsing failed: {exc}")
     finally:
         await aiozc.async_close()
     return [r for r in records if r.addresses]
+
+
+async def _resolve_mdns(
+    aiozc: AsyncZeroconf,
+    service_type: str,
+    names: list[str],
+    settings: DiscoverySettings,
+    finding: Finding,
+    records: list[ServiceRecord],
+) -> None:
+    """Each browsed instance's SRV, TXT and addresses, as a record (or a problem)."""
+    for name in names[:MAX_RECORDS]:
+        info = AsyncServiceInfo(service_type, name)
+        if not await info.async_request(aiozc.zeroconf, int(settings.timeout * 1000)):
+            finding.problems.append(
+                f"mDNS: {displayable(name[:120])} did not answer with its record"
+            )
+            continue
+        try:
+            label, hint = decode_txt(info.properties)
+            if info.server is None or not info.port:
+                raise MalformedInput("the announcement has no host or port")
+            records.append(
+                ServiceRecord(
+                    instance=name,
+                    target=info.server,
+                    port=info.port,
+                    priority=info.priority,
+                    weight=info.weight,
+                    label=label,
+                    ca_hint=hint,
+                    addresses=tuple(info.parsed_addresses(IPVersion.V4Only)),
+                    source="mdns",
+                )
+            )
+        except MalformedInput as exc:
+            finding.problems.append(f"mDNS: skipped {displayable(name[:120])}: {exc.message}")
 
 
 # -- unicast DNS --------------------------------------------------------------------------
@@ -201,7 +219,11 @@ async def _answer(
 
 async def lookup_dns(settings: DiscoverySettings, finding: Finding) -> list[ServiceRecord]:
     """The SRV records (with the TXT record and the targets' addresses) of every domain."""
-    resolver = _resolver(settings)
+    try:
+        resolver = _resolver(settings)
+    except dns.exception.DNSException as exc:
+        finding.problems.append(f"DNS: no resolver configuration: {exc}")
+        return []
     records: list[ServiceRecord] = []
     for domain in search_domains(settings):
         name = service_name(settings.kind, domain)
