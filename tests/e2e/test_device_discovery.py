@@ -73,6 +73,7 @@ def test_ok_agent_customizes_by_mdns_with_no_address_and_skips_the_rogue(
     assert chose and lines.index(skipped[0]) < lines.index(chose[0])  # the rogue came first
     customized_at(dw, "G", device_id)
     untouched_at(dw, "R", device_id)
+    assert device_id not in dw.world.services["R"].log()  # no request of the device's there
     # A discovered node is not written down: a renewal discovers again.
     assert "node_url" not in DeviceMemory.open(dw.world.device(device_id)).config()
 
