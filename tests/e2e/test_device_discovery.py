@@ -9,10 +9,12 @@ with a better priority than the genuine node G, so the device tries it first.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
 import threading
+from datetime import datetime
 from typing import Any
 
 from tests.e2e.device_fixtures import ENV, ztpki
@@ -26,7 +28,9 @@ from tests.support.dns_server import dns_server
 from zeroconf import IPVersion, ServiceBrowser, ServiceStateChange, Zeroconf
 
 from ztpki.demo.processes import ztpki_argv
-from ztpki.device import DeviceMemory, Phase
+from ztpki.device import Agent, AgentEvent, DeviceMemory, Phase
+from ztpki.device.discovery import DiscoverySettings
+from ztpki.device.node_finder import NodeFinder
 
 __all__ = ["discovery_world"]
 
@@ -216,3 +220,46 @@ def _argv(*args: str) -> list[str]:
 
 def _env() -> dict[str, Any]:
     return {**os.environ, **ENV}
+
+
+class ShiftedClock:
+    """The device's clock moved forward; the agent does not wait for real time."""
+
+    def __init__(self, at: datetime) -> None:
+        self.at = at
+
+    def now(self) -> datetime:
+        return self.at
+
+    async def sleep(self, seconds: float) -> None:
+        raise AssertionError(f"the agent should not wait here ({seconds} s)")
+
+
+def test_ok_renewal_discovers_the_node_again(discovery_world: DiscoveryWorld) -> None:
+    """Nothing was written down at customization: the renewal due later finds the node anew
+    (skipping the rogue again) and renews there."""
+    dw, device_id = discovery_world, take(discovery_world)
+    memory = DeviceMemory.open(dw.world.device(device_id))
+    events: list[AgentEvent] = []
+    settings = DiscoverySettings(unicast=False, mdns_interfaces=("127.0.0.1",))
+
+    def finder() -> NodeFinder:
+        return NodeFinder(settings, report=lambda text: events.append(AgentEvent("d", text)))
+
+    with dw.ns:
+        first = asyncio.run(Agent(memory, finder=finder(), timeout=30).run(once=True))
+        assert first is not None and first.action == "activated"
+        cert = memory.identity().certificate
+        assert cert is not None
+        due = (
+            cert.not_valid_before_utc + (cert.not_valid_after_utc - cert.not_valid_before_utc) * 0.7
+        )
+        events.clear()
+        later = Agent(memory, clock=ShiftedClock(due), finder=finder(), timeout=30)
+        renewed = asyncio.run(later.run(once=True))
+    assert renewed is not None and renewed.action == "renewed"
+    assert any(e.message.startswith(f"skipped https://{ROGUE_HOST}") for e in events)
+    assert any(e.message.startswith(f"chose https://{GENUINE_HOST}") for e in events)
+    assert dw.world.active(device_id) == [renewed.serial]
+    assert "node_url" not in memory.config()
+    untouched_at(dw, "R", device_id)

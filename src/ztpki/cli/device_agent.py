@@ -171,7 +171,8 @@ def _node(memory: DeviceMemory, node: NodeAddress | None) -> NodeAddress:
     if configured is None:
         raise ConfigurationError(
             f"device {memory.device_id} has no customer-node address: give --node "
-            "https://HOST:PORT or run ztpki device set-node"
+            "https://HOST:PORT, run ztpki device set-node, or let ztpki device agent "
+            "discover the node"
         )
     return configured
 
