@@ -29,6 +29,7 @@ from ztpki.errors import (
     UnsupportedParameter,
     ZtpkiError,
 )
+from ztpki.logs import bind, log_fields
 from ztpki.node.authentication import AuthenticationModule, ClientIdentity, IdentityKind
 from ztpki.node.authorization import (
     InProgress,
@@ -44,7 +45,7 @@ from ztpki.node.enrollment import EnrollmentService, LoadedLabel
 from ztpki.node.factory_crls import FactoryRevocation
 from ztpki.node.fleet_metrics import FleetMetrics
 from ztpki.node.metrics import CONTENT_TYPE as METRICS_TYPE
-from ztpki.node.metrics import NodeMetrics
+from ztpki.node.metrics import Gauges, NodeMetrics
 from ztpki.node.strangers import StrangerRefusals, UnauthenticatedReason
 from ztpki.pki.keys import KeySpec
 from ztpki.protocol.est import (
@@ -197,6 +198,7 @@ class EstApplication:
         in_flight: InFlight | None = None,
     ) -> None:
         self.in_flight = in_flight or InFlight()
+        metrics.watch_in_flight(lambda: self.in_flight.count)
         self.service = service
         # With several workers: /metrics adds up every worker's figures (None: this one's).
         self.fleet = fleet
@@ -232,7 +234,7 @@ class EstApplication:
 
     def _handler(self, operation: Operation) -> Callable[[web.Request], Awaitable[web.Response]]:
         async def handle(request: web.Request) -> web.Response:
-            with self.in_flight.request():
+            with self.in_flight.request(), log_fields():
                 return await self._serve(request, operation)
 
         return handle
@@ -242,15 +244,19 @@ class EstApplication:
         try:
             label = self.service.label(request.match_info.get("label"))
             identity = await self._identity(request, operation, label)
+            bind(label=label.name, device_id=identity.device_id if identity else None)
             response, outcome = await self._dispatch(request, operation, label, identity)
         except ZtpkiError as exc:
             response, outcome = error_response(exc)
         except Exception:
             log.exception("internal error serving %s %s", request.method, quote(request.path))
             response, outcome = error_response(ZtpkiError("internal"))
+        elapsed = time.monotonic() - started
         self.metrics.count_request(operation.value, outcome)
+        self.metrics.observe_request(operation.value, elapsed)
         if outcome == "issued":
-            self.metrics.observe_enrollment(operation.value, time.monotonic() - started)
+            self.metrics.observe_enrollment(operation.value, elapsed)
+            self.metrics.count_issued(label.name)
         return response
 
     async def _identity(
@@ -387,11 +393,14 @@ class EstApplication:
         self.metrics.count_request("metrics", "served")
         counts = await self.service.register.counts()
         devices = {s.value: n for s, n in counts.items()}
+        revocations = await self.service.register.open_revocation_counts()
         if self.fleet is None:
-            text = self.metrics.exposition(devices=devices)
+            text = self.metrics.exposition(
+                Gauges(devices, revocations, in_flight=self.metrics.in_flight())
+            )
         else:
             total, workers = await self.fleet.collect()
-            text = total.exposition(devices=devices, workers=workers)
+            text = total.exposition(Gauges(devices, revocations, total.in_flight(), workers))
         response = web.Response(text=text)
         response.headers["Content-Type"] = METRICS_TYPE
         return response

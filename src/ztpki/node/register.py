@@ -250,6 +250,9 @@ class AsyncRegister:
     ) -> None:
         await self._run(self.store.queue_revocations, orders, now=now, audit=audit)
 
+    async def open_revocation_counts(self) -> dict[str, int]:
+        return await self._run(self.store.open_revocation_counts)
+
     async def due_revocations(self, *, now: datetime, limit: int) -> list[QueuedRevocation]:
         return await self._run(self.store.due_revocations, now=now, limit=limit)
 

@@ -376,6 +376,10 @@ class RegisterStore(Protocol):
         """PENDING orders due by ``now`` with no earlier open order on the same certificate."""
         ...
 
+    def open_revocation_counts(self) -> dict[str, int]:
+        """The open orders by status: ``waiting`` and ``pending`` (both always present)."""
+        ...
+
     def revocation_done(
         self,
         seq: int,
