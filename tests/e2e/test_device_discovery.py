@@ -48,6 +48,7 @@ def agent(dw: DiscoveryWorld, device_id: str, *args: str) -> subprocess.Complete
 
 def take(dw: DiscoveryWorld, used: set[str] = set()) -> str:
     free = [d for d in dw.world.device_ids if d not in used]
+    assert free, "the discovery world has too few devices: raise devices= in its fixture"
     used.add(free[0])
     return free[0]
 
