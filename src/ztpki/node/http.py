@@ -40,6 +40,7 @@ from ztpki.node.authorization import (
     check_revocation,
 )
 from ztpki.node.ca_client import UpstreamError
+from ztpki.node.cmp_http import CmpEndpoint, CmpSigner
 from ztpki.node.config import Limits
 from ztpki.node.enrollment import EnrollmentService, LoadedLabel
 from ztpki.node.factory_crls import FactoryRevocation
@@ -196,9 +197,12 @@ class EstApplication:
         factory_crls: FactoryRevocation | None = None,
         fleet: FleetMetrics | None = None,
         in_flight: InFlight | None = None,
+        cmp: CmpSigner | None = None,
     ) -> None:
         self.in_flight = in_flight or InFlight()
         metrics.watch_in_flight(lambda: self.in_flight.count)
+        # The node's CMP identity: with it, CMP is served beside EST (ztpki.node.cmp_http).
+        self.cmp = cmp
         self.service = service
         # With several workers: /metrics adds up every worker's figures (None: this one's).
         self.fleet = fleet
@@ -217,6 +221,9 @@ class EstApplication:
         self.expose_metrics = expose_metrics
         self._clock = clock
 
+    def now(self) -> datetime:
+        return self._clock()
+
     def build(self) -> web.Application:
         app = web.Application(client_max_size=self.limits.max_body)
         for prefix in (WELL_KNOWN, WELL_KNOWN + "/{label}"):
@@ -228,6 +235,8 @@ class EstApplication:
                 Operation.SERVERKEYGEN,
             ):
                 app.router.add_post(f"{prefix}/{operation.value}", self._handler(operation))
+        if self.cmp is not None:
+            CmpEndpoint(self, self.cmp).add_routes(app)
         if self.expose_metrics:
             app.router.add_get("/metrics", self._counted_metrics)
         return app

@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Protocol
 
 from ztpki.errors import ZtpkiError
+from ztpki.store.cmp_transactions import CmpTransactionStore
 from ztpki.store.records import (
     AnsweredRequest,
     AuditEntry,
@@ -462,5 +463,5 @@ class AuditLog(Protocol):
     def counts_by_decision(self) -> dict[str, int]: ...
 
 
-class NodeStore(RegisterStore, AuditLog, Protocol):
+class NodeStore(RegisterStore, AuditLog, CmpTransactionStore, Protocol):
     """What the customer node keeps in one database: its register and its audit trail."""
