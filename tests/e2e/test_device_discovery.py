@@ -188,15 +188,22 @@ def test_ok_announcement_withdrawn_when_the_node_stops(discovery_world: Discover
             seen.notify_all()
 
     def wait_for(port: str, change: ServiceStateChange) -> None:
+        """Until both services of the node on ``port`` (EST and CMP) saw ``change``."""
+
+        def both() -> bool:
+            return {n.split(".", 1)[1] for n, c in events if f" {port}." in n and c is change} == {
+                "_ztpki-est._tcp.local.",
+                "_ztpki-cmp._tcp.local.",
+            }
+
         with seen:
-            assert seen.wait_for(
-                lambda: any(f" {port}." in n and c is change for n, c in events), timeout=30
-            ), events
+            assert seen.wait_for(both, timeout=30), events
 
     with dw.ns:
         zc = Zeroconf(interfaces=["127.0.0.1"], ip_version=IPVersion.V4Only)
         try:
-            browser = ServiceBrowser(zc, "_ztpki-est._tcp.local.", handlers=[changed])
+            types = ["_ztpki-est._tcp.local.", "_ztpki-cmp._tcp.local."]
+            browser = ServiceBrowser(zc, types, handlers=[changed])
             service = dw.world.start(
                 "X", "node", "serve", "--dir", str(dw.world.path("G")), "--listen",
                 "127.0.0.1:0", "--workers", "1", "--announce",
@@ -210,8 +217,10 @@ def test_ok_announcement_withdrawn_when_the_node_stops(discovery_world: Discover
             zc.close()
     # The genuine node G runs two workers and is announced once.
     g_port = dw.world.services["G"].address.rsplit(":", 1)[1]
+    instance = f"ztpki node {GENUINE_HOST.replace('.', '-')} {g_port}"
     assert {n for n, _ in events if f" {g_port}." in n} == {
-        f"ztpki node {GENUINE_HOST.replace('.', '-')} {g_port}._ztpki-est._tcp.local."
+        f"{instance}._ztpki-est._tcp.local.",
+        f"{instance}._ztpki-cmp._tcp.local.",
     }
 
 

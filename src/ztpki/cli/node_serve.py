@@ -70,8 +70,9 @@ log = logging.getLogger(__name__)
 @click.option(
     "--announce",
     is_flag=True,
-    help="Announce the EST service by DNS-SD over mDNS (_ztpki-est._tcp) on the interfaces "
-    "of the listen address, so devices on the link find the node; withdrawn on shutdown.",
+    help="Announce the EST and CMP services by DNS-SD over mDNS (_ztpki-est._tcp, "
+    "_ztpki-cmp._tcp) on the interfaces of the listen address, so devices on the link find "
+    "the node; withdrawn on shutdown.",
 )
 @click.option(
     "--announce-host",
@@ -82,7 +83,8 @@ log = logging.getLogger(__name__)
 @click.option(
     "--announce-label",
     metavar="LABEL",
-    help="With --announce: announce the EST path of this CA label [default: the default path].",
+    help="With --announce: announce the EST and CMP paths of this CA label [default: the "
+    "default paths].",
 )
 @click.option(
     "--announce-priority",
@@ -168,16 +170,22 @@ class Mdns:
 
     def announcer(self, material: NodeMaterial, host: str, port: int) -> Announcer:
         from ztpki.node.announce import Announcer, announcement_for
+        from ztpki.protocol.dnssd import SERVICES
 
+        # Every service the node serves on this listener: EST and CMP.
         return Announcer(
-            announcement_for(
-                material.server_chain,
-                listen_host=host,
-                port=port,
-                host=self.host,
-                label=self.label,
-                priority=self.priority,
-            )
+            [
+                announcement_for(
+                    material.server_chain,
+                    listen_host=host,
+                    port=port,
+                    host=self.host,
+                    label=self.label,
+                    priority=self.priority,
+                    kind=kind,
+                )
+                for kind in SERVICES
+            ]
         )
 
 
@@ -191,9 +199,9 @@ def announce(proxies: list[ProxyAddress], host: str, port: int) -> None:
 def start_announcing(announcer: Announcer) -> None:
     """Announce, and say so on stderr before the readiness line (probing takes ~2 s)."""
     announcer.start()
-    a = announcer.announcement
     if announcer.wait_started():
-        click.echo(f"announcing {a.instance} ({a.host}:{a.port}) by mDNS", err=True)
+        for a in announcer.announcements:
+            click.echo(f"announcing {a.instance} ({a.host}:{a.port}) by mDNS", err=True)
     else:
         click.echo("warning: the node is not announced by mDNS (see the log)", err=True)
 

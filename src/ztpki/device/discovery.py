@@ -159,7 +159,7 @@ async def _resolve_mdns(
             )
             continue
         try:
-            label, hint = decode_txt(info.properties)
+            label, hint = decode_txt(info.properties, kind=settings.kind)
             if info.server is None or not info.port:
                 raise MalformedInput("the announcement has no host or port")
             records.append(
@@ -241,7 +241,7 @@ async def lookup_dns(settings: DiscoverySettings, finding: Finding) -> list[Serv
                 key, sep, value = bytes(item).partition(b"=")
                 pairs.setdefault(key, value if sep else None)
         try:
-            label, hint = decode_txt(pairs)
+            label, hint = decode_txt(pairs, kind=settings.kind)
         except MalformedInput as exc:
             finding.problems.append(f"DNS: skipped {name}: {exc.message}")
             continue

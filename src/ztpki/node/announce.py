@@ -1,10 +1,11 @@
-"""`node serve --announce`: the node's EST service announced by DNS-SD over mDNS (RFC 6762/6763).
+"""`node serve --announce`: the node's EST and CMP services announced by DNS-SD over mDNS
+(RFC 6762/6763), one instance each (``_ztpki-est._tcp``, ``_ztpki-cmp._tcp``).
 
 The announcement (python-zeroconf) names the node by a host name its server certificate
 carries (``--announce-host``, default: the certificate's first DNS name), because a device
 verifies the node's certificate for the name it was given, exactly as for ``--node``. It
 gives the addresses the node listens on (every interface's for a wildcard listen address),
-and the TXT record of :mod:`ztpki.protocol.dnssd`: the EST path and the fingerprint of the
+and the TXT record of :mod:`ztpki.protocol.dnssd`: the service's path and the fingerprint of the
 CA at the top of the chain the node sends (a hint for devices, never their trust).
 
 mDNS is sent only on the interfaces of those addresses, so a node listening on 127.0.0.1
@@ -136,46 +137,51 @@ def announcement_for(
 
 
 class Announcer:
-    """Announces one :class:`Announcement` from ``start()`` until ``close()``."""
+    """Announces its :class:`Announcement` s (one per service) from ``start()`` until
+    ``close()``, all from one zeroconf instance."""
 
-    def __init__(self, announcement: Announcement) -> None:
-        self.announcement = announcement
+    def __init__(self, announcements: Sequence[Announcement]) -> None:
+        if not announcements:
+            raise ValueError("nothing to announce")
+        self.announcements = tuple(announcements)
         self._zeroconf: Zeroconf | None = None
-        self._info: ServiceInfo | None = None
+        self._infos: list[ServiceInfo] = []
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
 
-    def _service_info(self) -> ServiceInfo:
-        a = self.announcement
+    @staticmethod
+    def _service_info(a: Announcement) -> ServiceInfo:
         return ServiceInfo(
             a.service_type,
             a.instance,
             port=a.port,
             priority=a.priority,
-            properties=encode_txt(label=a.label, ca_fingerprint=a.ca_fingerprint),
+            properties=encode_txt(label=a.label, ca_fingerprint=a.ca_fingerprint, kind=a.kind),
             server=f"{a.host.rstrip('.')}.",
             parsed_addresses=list(a.addresses),
         )
 
     def _register(self) -> None:
-        a = self.announcement
+        first = self.announcements[0]
         try:
             # Only the interfaces of the announced addresses: a node on 127.0.0.1 multicasts
             # on the loopback interface alone.
-            self._zeroconf = Zeroconf(interfaces=list(a.addresses), ip_version=IPVersion.V4Only)
-            self._info = self._service_info()
-            # The name is ours alone (host and port): no renaming on a conflict.
-            self._zeroconf.register_service(self._info, allow_name_change=False)
+            self._zeroconf = Zeroconf(interfaces=list(first.addresses), ip_version=IPVersion.V4Only)
+            for a in self.announcements:
+                info = self._service_info(a)
+                # The name is ours alone (host and port): no renaming on a conflict.
+                self._zeroconf.register_service(info, allow_name_change=False)
+                self._infos.append(info)
         except Exception as exc:  # zeroconf's errors carry no secret; the node keeps serving
             self._error = exc
             log.warning("cannot announce the node by mDNS: %s", exc)
             return
         log.info(
             "announcing %s at %s:%d (%s) by mDNS",
-            a.service_type,
-            a.host,
-            a.port,
-            ", ".join(a.addresses),
+            ", ".join(a.service_type for a in self.announcements),
+            first.host,
+            first.port,
+            ", ".join(first.addresses),
         )
 
     def start(self) -> None:
@@ -187,19 +193,19 @@ class Announcer:
         """True once announced (False if announcing failed or took longer than ``timeout``)."""
         if self._thread is not None:
             self._thread.join(timeout)
-        return self._info is not None and self._error is None
+        return len(self._infos) == len(self.announcements) and self._error is None
 
     def close(self) -> None:
-        """Withdraw the announcement (goodbye packets) and stop zeroconf."""
+        """Withdraw the announcements (goodbye packets) and stop zeroconf."""
         if self._thread is not None:
             self._thread.join(30)
-        zc, info = self._zeroconf, self._info
-        self._zeroconf = self._info = None
+        zc, infos = self._zeroconf, self._infos
+        self._zeroconf, self._infos = None, []
         if zc is None:
             return
         try:
-            if info is not None:
+            for info in infos:
                 zc.unregister_service(info)
-                log.info("withdrew the mDNS announcement of %s", self.announcement.instance)
+                log.info("withdrew the mDNS announcement of %s", info.name)
         finally:
             zc.close()

@@ -1,17 +1,18 @@
 """DNS-SD (RFC 6763) for ztpki: the service types, the TXT record and SRV ordering (RFC 2782).
 
-A customer node announces its EST service as ``_ztpki-est._tcp`` (on the local link by
-mDNS, or in the site's DNS as SRV and TXT records). The TXT record carries, as RFC 6763
+A customer node announces its EST service as ``_ztpki-est._tcp`` and its CMP service as
+``_ztpki-cmp._tcp`` (on the local link by mDNS, or in the site's DNS as SRV and TXT
+records); ztpki devices look for EST. The TXT record carries, as RFC 6763
 section 6 key=value strings::
 
     txtvers=1
-    path=/.well-known/est[/label]     where the EST service is on that host and port
+    path=/.well-known/est[/label]     where the service is on that host and port
+                                      (CMP: /.well-known/cmp[/p/label])
     ca=sha256:HEX                     the CA the node's certificate chains to: a hint only
 
 A device never trusts a node because of its TXT record: it verifies the node with its own
 anchors (factory CA or pinned CA). The ``ca`` hint only lets a device try first the nodes
-whose announced CA it already trusts. Adding a service (CMP) is one line of
-:data:`SERVICE_TYPES`.
+whose announced CA it already trusts. Adding a service is one line of :data:`SERVICES`.
 
 Sans-I/O: bytes and strings in, typed values out; randomness comes in as a function.
 """
@@ -27,8 +28,10 @@ from ztpki.pki.pem import parse_sha256_fingerprint
 
 __all__ = [
     "EST_PATH",
+    "SERVICES",
     "SERVICE_TYPES",
     "TXT_VERSION",
+    "ServiceKind",
     "ServiceRecord",
     "decode_txt",
     "encode_txt",
@@ -36,11 +39,29 @@ __all__ = [
     "service_name",
 ]
 
-# Service kind -> DNS-SD service type. CMP adds "cmp": "_ztpki-cmp._tcp".
-SERVICE_TYPES: Mapping[str, str] = {"est": "_ztpki-est._tcp"}
-
 TXT_VERSION = "1"
 EST_PATH = "/.well-known/est"
+
+
+@dataclass(frozen=True)
+class ServiceKind:
+    """One service a node announces: its DNS-SD type, its default path, and the prefix the
+    path of a CA label goes under (``label_prefix/LABEL``)."""
+
+    service_type: str
+    path: str
+    label_prefix: str
+
+    def label_path(self, label: str | None) -> str:
+        return f"{self.label_prefix}/{label}" if label else self.path
+
+
+# The services a node announces, by kind; a new protocol is one line here.
+SERVICES: Mapping[str, ServiceKind] = {
+    "est": ServiceKind("_ztpki-est._tcp", EST_PATH, EST_PATH),
+    "cmp": ServiceKind("_ztpki-cmp._tcp", "/.well-known/cmp", "/.well-known/cmp/p"),
+}
+SERVICE_TYPES: Mapping[str, str] = {kind: s.service_type for kind, s in SERVICES.items()}
 _LABEL = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _HOST = re.compile(
     r"(?=.{1,253}$)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*"
@@ -93,12 +114,13 @@ class ServiceRecord:
                 )
 
 
-def encode_txt(*, label: str | None, ca_fingerprint: str | None) -> dict[str, str]:
+def encode_txt(
+    *, label: str | None, ca_fingerprint: str | None, kind: str = "est"
+) -> dict[str, str]:
     """The TXT key/value pairs of a node's announcement (no ``ca`` without a fingerprint)."""
     if label is not None and not _LABEL.fullmatch(label):
-        raise ValueError(f"EST label {label[:64]!r} is not 1-64 characters of A-Z a-z 0-9 . _ -")
-    path = EST_PATH + (f"/{label}" if label else "")
-    pairs = {"txtvers": TXT_VERSION, "path": path}
+        raise ValueError(f"CA label {label[:64]!r} is not 1-64 characters of A-Z a-z 0-9 . _ -")
+    pairs = {"txtvers": TXT_VERSION, "path": SERVICES[kind].label_path(label)}
     if ca_fingerprint is not None:
         pairs["ca"] = f"sha256:{parse_sha256_fingerprint(ca_fingerprint)}"
     return pairs
@@ -117,10 +139,13 @@ def _text(value: bytes | str | None) -> str | None:
 
 def decode_txt(
     pairs: Mapping[bytes, bytes | None] | Mapping[str, str | None],
+    *,
+    kind: str = "est",
 ) -> tuple[str | None, str | None]:
-    """(EST label or None, CA hint or None) from the TXT key/value pairs of an announcement.
+    """(CA label or None, CA hint or None) from the TXT key/value pairs of an announcement.
 
-    A path other than ``/.well-known/est[/label]``, or a later ``txtvers``, is refused
+    A path other than the service's (``/.well-known/est[/label]`` for EST,
+    ``/.well-known/cmp[/p/label]`` for CMP), or a later ``txtvers``, is refused
     (MalformedInput: the device skips the record); an unreadable ``ca`` is only dropped,
     since the hint decides nothing.
     """
@@ -133,12 +158,16 @@ def decode_txt(
     version = values.get("txtvers")
     if version is not None and version != TXT_VERSION:
         raise MalformedInput(f"TXT txtvers={version[:10]!r} is not {TXT_VERSION}")
-    path = (values.get("path") or EST_PATH).rstrip("/")
-    if not path.startswith(EST_PATH):
-        raise MalformedInput(f"TXT path {path[:80]!r} is not under {EST_PATH}")
-    rest = path[len(EST_PATH) :].strip("/")
-    if rest and not _LABEL.fullmatch(rest):
-        raise MalformedInput(f"TXT path {path[:80]!r} does not end in one EST label")
+    service = SERVICES[kind]
+    path = (values.get("path") or service.path).rstrip("/")
+    if path == service.path:
+        rest = ""
+    elif path.startswith(service.label_prefix + "/"):
+        rest = path[len(service.label_prefix) + 1 :]
+        if not _LABEL.fullmatch(rest):
+            raise MalformedInput(f"TXT path {path[:80]!r} does not end in one CA label")
+    else:
+        raise MalformedInput(f"TXT path {path[:80]!r} is not under {service.path}")
     hint = values.get("ca")
     try:
         ca = parse_sha256_fingerprint(hint) if hint else None

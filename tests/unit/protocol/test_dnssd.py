@@ -46,8 +46,8 @@ def test_ok_unreadable_hint_is_dropped_not_fatal() -> None:
     ("pairs", "said"),
     [
         pytest.param({b"path": b"/admin"}, "not under", id="fail-path-elsewhere"),
-        pytest.param({b"path": b"/.well-known/est/a/b"}, "one EST label", id="fail-two-labels"),
-        pytest.param({b"path": b"/.well-known/est/../x"}, "one EST label", id="fail-dot-dot"),
+        pytest.param({b"path": b"/.well-known/est/a/b"}, "one CA label", id="fail-two-labels"),
+        pytest.param({b"path": b"/.well-known/est/../x"}, "one CA label", id="fail-dot-dot"),
         pytest.param({b"txtvers": b"2"}, "txtvers", id="fail-later-version"),
     ],
 )
@@ -67,6 +67,17 @@ def test_fail_txt_refused(pairs: dict[bytes, bytes], said: str) -> None:
 def test_fail_record_refused_when_built(kwargs: dict[str, object]) -> None:
     with pytest.raises(MalformedInput):
         ServiceRecord("x", **kwargs)  # type: ignore[arg-type]
+
+
+def test_ok_cmp_paths_by_the_table() -> None:
+    assert encode_txt(label="fleet", ca_fingerprint=None, kind="cmp")["path"] == (
+        "/.well-known/cmp/p/fleet"
+    )
+    assert decode_txt({b"path": b"/.well-known/cmp/p/fleet"}, kind="cmp") == ("fleet", None)
+    assert decode_txt({b"path": b"/.well-known/cmp"}, kind="cmp") == (None, None)
+    with pytest.raises(MalformedInput, match="not under /.well-known/cmp"):
+        decode_txt({b"path": b"/.well-known/est"}, kind="cmp")
+    assert service_name("cmp", "site.example") == "_ztpki-cmp._tcp.site.example."
 
 
 def test_ok_service_name_from_the_table() -> None:
