@@ -75,7 +75,7 @@ def test_ok_cmp_paths_by_the_table() -> None:
     )
     assert decode_txt({b"path": b"/.well-known/cmp/p/fleet"}, kind="cmp") == ("fleet", None)
     assert decode_txt({b"path": b"/.well-known/cmp"}, kind="cmp") == (None, None)
-    with pytest.raises(MalformedInput, match="not under /.well-known/cmp"):
+    with pytest.raises(MalformedInput, match=r"not under /\.well-known/cmp"):
         decode_txt({b"path": b"/.well-known/est"}, kind="cmp")
     assert service_name("cmp", "site.example") == "_ztpki-cmp._tcp.site.example."
 
