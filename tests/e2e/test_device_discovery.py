@@ -14,7 +14,6 @@ import json
 import os
 import subprocess
 import threading
-from datetime import datetime
 from typing import Any
 
 from tests.e2e.device_fixtures import ENV, ztpki
@@ -24,6 +23,7 @@ from tests.e2e.discovery_fixtures import (
     DiscoveryWorld,
     discovery_world,
 )
+from tests.e2e.test_device import ShiftedClock
 from tests.support.dns_server import dns_server
 from zeroconf import IPVersion, ServiceBrowser, ServiceStateChange, Zeroconf
 
@@ -230,19 +230,6 @@ def _argv(*args: str) -> list[str]:
 
 def _env() -> dict[str, Any]:
     return {**os.environ, **ENV}
-
-
-class ShiftedClock:
-    """The device's clock moved forward; the agent does not wait for real time."""
-
-    def __init__(self, at: datetime) -> None:
-        self.at = at
-
-    def now(self) -> datetime:
-        return self.at
-
-    async def sleep(self, seconds: float) -> None:
-        raise AssertionError(f"the agent should not wait here ({seconds} s)")
 
 
 def test_ok_renewal_discovers_the_node_again(discovery_world: DiscoveryWorld) -> None:
