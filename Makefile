@@ -42,6 +42,9 @@ system-deps:
 	@# pkcs11-tool the outside view into it.
 	@(command -v softhsm2-util >/dev/null && command -v pkcs11-tool >/dev/null) || \
 	  (apt-get update -q && apt-get install -y -q softhsm2 opensc)
+	@# Discovery's mDNS tests run in network namespaces of their own: ip (iproute2), unshare.
+	@command -v ip >/dev/null && command -v unshare >/dev/null || \
+	  (apt-get update -q && apt-get install -y -q iproute2 util-linux)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

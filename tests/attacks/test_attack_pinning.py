@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -24,6 +23,7 @@ from cryptography import x509
 from tests.attacks.attack_deployment import MANUFACTURER, Deployment, DeviceUnderTest, now
 from tests.attacks.attack_report import AttackReport
 from tests.support.services import running
+from tests.support.threaded_server import threaded_tls_server
 
 from ztpki.credentials import server_context
 from ztpki.device.customer_node import NodeAddress, NodePin
@@ -104,27 +104,9 @@ def rogue_node(
             await writer.drain()
         writer.close()
 
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-
-    async def serve() -> asyncio.Server:
-        return await asyncio.start_server(answer, "127.0.0.1", 0, ssl=context)
-
-    server = asyncio.run_coroutine_threadsafe(serve(), loop).result(timeout=30)
-    rogue.url = f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}"
-    try:
+    with threaded_tls_server(answer, context) as port:
+        rogue.url = f"https://127.0.0.1:{port}"
         yield rogue
-    finally:
-
-        async def close() -> None:
-            server.close()
-            await server.wait_closed()
-
-        asyncio.run_coroutine_threadsafe(close(), loop).result(timeout=30)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=30)
-        loop.close()
 
 
 def _node_ca_file(d: Deployment) -> tuple[Path, x509.Certificate]:

@@ -38,6 +38,11 @@ def test_ok_demo_customizes_every_device_and_proves_it(tmp_path: Path) -> None:
         assert before["serial"] != after["serial"]
         assert before["fingerprint"] != after["fingerprint"]
     assert summary["register"]["customized"] == 5
+    # Part of the fleet was given no address: it found the node by DNS-SD (site DNS on
+    # 127.0.0.1) and customized like the rest.
+    assert "1 of 5 devices get no node address: they find it by DNS-SD" in result.stdout
+    assert [d["ok"] for d in devices if d["found_by"] == "dns-sd"] == [True]
+    assert summary["customized_by_discovery"] == 1
     assert summary["register"]["issued"] == summary["register"]["listed"] == 0
     assert summary["audit"]["chain_verifies"] is True
     assert summary["audit"]["decisions"]["issued"] >= 5

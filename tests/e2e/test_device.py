@@ -151,8 +151,10 @@ def _read_line(process: subprocess.Popen[str], timeout: float = 60) -> str:
 def test_agent_customizes_as_soon_as_an_address_is_written(world: World) -> None:
     device_id = take_device(world)
     device = str(world.device(device_id))
+    # --no-mdns --no-dns-sd: it waits for set-node; no discovery outside a namespace.
+    waiting = ["--poll-interval", "0.05", "--no-mdns", "--no-dns-sd"]
     agent = subprocess.Popen(
-        ztpki_argv("device", "agent", "--device", device, "--once", "--poll-interval", "0.05"),
+        ztpki_argv("device", "agent", "--device", device, "--once", *waiting),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

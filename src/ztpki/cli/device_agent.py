@@ -31,6 +31,7 @@ from cryptography import x509
 
 from ztpki.cli.common import log_format_option, print_json
 from ztpki.cli.device import device, plain_errors, print_error
+from ztpki.cli.discovery_options import discovery_options
 from ztpki.device.activation import (
     ActivationError,
     ActivationEvent,
@@ -51,7 +52,9 @@ from ztpki.device.customer_node import (
     node_changes,
     parse_fingerprint,
 )
+from ztpki.device.discovery import DiscoverySettings
 from ztpki.device.memory import DeviceMemory
+from ztpki.device.node_finder import NodeFinder
 from ztpki.device.reporting import connect_remedy
 from ztpki.errors import ConfigurationError, ZtpkiError
 from ztpki.pki.keys import KeySpec
@@ -168,7 +171,8 @@ def _node(memory: DeviceMemory, node: NodeAddress | None) -> NodeAddress:
     if configured is None:
         raise ConfigurationError(
             f"device {memory.device_id} has no customer-node address: give --node "
-            "https://HOST:PORT or run ztpki device set-node"
+            "https://HOST:PORT, run ztpki device set-node, or let ztpki device agent "
+            "discover the node"
         )
     return configured
 
@@ -342,6 +346,7 @@ def _run_once(
 @protocol_option
 @fingerprint_option
 @node_ca_option
+@discovery_options
 @click.option("--once", is_flag=True, help="Exit after one activation or renewal.")
 @click.option(
     "--poll-interval",
@@ -360,14 +365,23 @@ def agent_command(
     protocol: str,
     node_ca_fingerprint: str | None,
     node_ca: x509.Certificate | None,
+    discovery: DiscoverySettings,
     once: bool,
     poll_interval: float,
     timeout: float,
 ) -> None:
-    """Customize as soon as a node address is known, then renew before expiry."""
+    """Customize as soon as a node address is known, then renew before expiry.
+
+    Without --node or set-node's address, the agent discovers the node (mDNS, then DNS-SD
+    SRV records) and uses the first that verifies; --no-mdns --no-dns-sd waits instead."""
     pin = _given_pin(node_ca_fingerprint, node_ca)
     fault = FaultInjector.from_env()
     memory = _open(device_dir, fault)
+    finder = None
+    if discovery.enabled and node is None:
+        finder = NodeFinder(
+            discovery, report=lambda text: _print_agent_event(AgentEvent("discover", text))
+        )
     agent = Agent(
         memory,
         node=node,
@@ -379,6 +393,7 @@ def agent_command(
         poll_interval=poll_interval,
         timeout=timeout,
         fault=fault,
+        finder=finder,
     )
 
     async def run() -> ActivationResult | None:

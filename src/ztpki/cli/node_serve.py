@@ -26,6 +26,7 @@ from ztpki.eventloop import LoopName, chosen_loop, run_service, running_loop_nam
 from ztpki.node.config import NodeConfig
 
 if TYPE_CHECKING:
+    from ztpki.node.announce import Announcer
     from ztpki.node.material import NodeMaterial
     from ztpki.node.proxy_listener import ProxyAddress
     from ztpki.node.runtime import RunningNode
@@ -73,6 +74,32 @@ log = logging.getLogger(__name__)
     show_default=True,
     help="On SIGTERM, seconds the requests in flight get to finish before they are cut.",
 )
+@click.option(
+    "--announce",
+    is_flag=True,
+    help="Announce the EST and CMP services by DNS-SD over mDNS (_ztpki-est._tcp, "
+    "_ztpki-cmp._tcp) on the interfaces of the listen address, so devices on the link find "
+    "the node; withdrawn on shutdown.",
+)
+@click.option(
+    "--announce-host",
+    metavar="NAME",
+    help="With --announce: the host name announced, one of the server certificate's DNS "
+    "names (devices verify the node for it) [default: its first DNS name].",
+)
+@click.option(
+    "--announce-label",
+    metavar="LABEL",
+    help="With --announce: announce the EST and CMP paths of this CA label [default: the "
+    "default paths].",
+)
+@click.option(
+    "--announce-priority",
+    type=click.IntRange(0, 65535),
+    default=0,
+    show_default=True,
+    help="With --announce: the SRV priority (devices try lower numbers first).",
+)
 @client_passphrase_option
 @passphrase_options(
     NODE_ENV,
@@ -87,6 +114,10 @@ def serve_command(
     console_listen: str | None,
     workers: int | None,
     drain_timeout: float,
+    announce: bool,
+    announce_host: str | None,
+    announce_label: str | None,
+    announce_priority: int,
     client_passphrase_file: Path | None,
     passphrase_file: Path | None,
     insecure_no_passphrase: bool,
@@ -101,6 +132,8 @@ def serve_command(
     from ztpki.node.material import load_material
     from ztpki.node.workers import default_worker_count
 
+    if (announce_host or announce_label) and not announce:
+        raise click.UsageError("--announce-host and --announce-label need --announce")
     event_loop = chosen_loop()
     secret = passphrase(passphrase_file, insecure_no_passphrase, NODE_ENV, NODE_KEY)
     material = load_material(
@@ -112,7 +145,14 @@ def serve_command(
     console_address = (
         None if console_listen is None else parse_address(console_listen, allow_any_port=True)
     )
-    how = Serving(material, event_loop, host, port, proxy_listen, drain_timeout, console_address)
+    if announce_label is not None:
+        material.config.label(announce_label)  # an unknown label is refused before serving
+    mdns = Mdns(announce_host, announce_label, announce_priority) if announce else None
+    if mdns is not None:
+        mdns.announcer(material, host, port or 1)  # a name the certificate lacks: refused now
+    how = Serving(
+        material, event_loop, host, port, proxy_listen, drain_timeout, console_address, mdns
+    )
     count = workers or default_worker_count()
     if count == 1:
         serve_one(how)
@@ -131,6 +171,36 @@ class Serving:
     proxy_listen: tuple[ProxyAddress, ...]
     drain_timeout: float
     console_listen: tuple[str, int] | None = None
+    mdns: Mdns | None = None
+
+
+@dataclass(frozen=True)
+class Mdns:
+    """--announce: the host name and EST label to announce."""
+
+    host: str | None
+    label: str | None
+    priority: int = 0
+
+    def announcer(self, material: NodeMaterial, host: str, port: int) -> Announcer:
+        from ztpki.node.announce import Announcer, announcement_for
+        from ztpki.protocol.dnssd import SERVICES
+
+        # Every service the node serves on this listener: EST and CMP.
+        return Announcer(
+            [
+                announcement_for(
+                    material.server_chain,
+                    listen_host=host,
+                    port=port,
+                    host=self.host,
+                    label=self.label,
+                    priority=self.priority,
+                    kind=kind,
+                )
+                for kind in SERVICES
+            ]
+        )
 
 
 def announce(
@@ -144,9 +214,21 @@ def announce(
     click.echo(f"listening on {host}:{port}")
 
 
+def start_announcing(announcer: Announcer) -> None:
+    """Announce, and say so on stderr before the readiness line (probing takes ~2 s)."""
+    announcer.start()
+    if announcer.wait_started():
+        for a in announcer.announcements:
+            click.echo(f"announcing {a.instance} ({a.host}:{a.port}) by mDNS", err=True)
+    else:
+        click.echo("warning: the node is not announced by mDNS (see the log)", err=True)
+
+
 def serve_one(how: Serving) -> None:
     """The node in this process."""
     from ztpki.node.serving import serve_node
+
+    mdns: list[Announcer] = []
 
     def ready(running: RunningNode) -> None:
         log.info(
@@ -154,21 +236,28 @@ def serve_one(how: Serving) -> None:
             how.material.config.directory,
             running_loop_name(),
         )
+        if how.mdns is not None:
+            mdns.append(how.mdns.announcer(how.material, running.host, running.port))
+            start_announcing(mdns[0])
         console_url = None if running.console is None else running.console.url
         announce([p.address for p in running.proxies], running.host, running.port, console_url)
 
-    run_service(
-        serve_node(
-            how.material,
-            host=how.host,
-            port=how.port,
-            proxy_listen=how.proxy_listen,
-            drain_timeout=how.drain_timeout,
-            ready=ready,
-            console_listen=how.console_listen,
-        ),
-        how.event_loop,
-    )
+    try:
+        run_service(
+            serve_node(
+                how.material,
+                host=how.host,
+                port=how.port,
+                proxy_listen=how.proxy_listen,
+                drain_timeout=how.drain_timeout,
+                ready=ready,
+                console_listen=how.console_listen,
+            ),
+            how.event_loop,
+        )
+    finally:
+        for announcer in mdns:
+            announcer.close()
 
 
 def serve_workers(how: Serving, count: int) -> None:
@@ -211,8 +300,11 @@ def serve_workers(how: Serving, count: int) -> None:
         close_listeners=bound.close,
         drain_timeout=drain_timeout,
     )
+    mdns = how.mdns.announcer(material, bound.host, bound.port) if how.mdns else None
     try:
         supervisor.start()
+        if mdns is not None:
+            start_announcing(mdns)  # in the supervisor only: one announcer for all workers
         log.info(
             "customer node %s serving with %d workers on the %s event loop",
             material.config.directory,
@@ -226,6 +318,8 @@ def serve_workers(how: Serving, count: int) -> None:
         announce([address for address, _ in bound.proxies], bound.host, bound.port, console_url)
         status = supervisor.run()
     finally:
+        if mdns is not None:
+            mdns.close()
         bound.close()
         bound.unlink_files()
         shutil.rmtree(metrics_dir, ignore_errors=True)

@@ -8,6 +8,7 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from cryptography import x509
@@ -17,6 +18,7 @@ from ztpki.device.cmp_activation import EnrollmentProtocol, activating_client
 from ztpki.device.communication import NodeAddress
 from ztpki.device.connect import connect, identity_ssl_context, operational_ssl_context
 from ztpki.device.memory import DeviceMemory
+from ztpki.device.node_finder import NodeFinder
 from ztpki.errors import ZtpkiError
 from ztpki.pki.keys import KeySpec, generate_private_key
 from ztpki.pki.names import device_id_of
@@ -53,6 +55,7 @@ class DeviceOutcome:
     seconds: float = 0.0
     error: str | None = None
     greeted: bool = False
+    discover: bool = False  # no address given: find the node by DNS-SD (demo/site_dns.py)
 
 
 def snapshot(path: Path) -> IdentityView | None:
@@ -61,19 +64,35 @@ def snapshot(path: Path) -> IdentityView | None:
 
 
 async def customize_all(
-    outcomes: list[DeviceOutcome], node_url: str, *, concurrency: int, advance: Callable[[], None]
+    outcomes: list[DeviceOutcome],
+    node_url: str,
+    *,
+    concurrency: int,
+    advance: Callable[[], None],
+    finder: NodeFinder | None = None,
 ) -> None:
-    """Activate every device concurrently (bounded), recording each result."""
+    """Activate every device concurrently (bounded), recording each result; a device marked
+    ``discover`` is given no address and asks ``finder`` (as the agent does)."""
     slots = asyncio.Semaphore(concurrency)
     node = NodeAddress.parse(node_url)
 
     async def one(outcome: DeviceOutcome) -> None:
         async with slots:
             start = time.perf_counter()
-            client = activating_client(
-                outcome.protocol, DeviceMemory.open(outcome.path), node, key_mode=outcome.key_mode
-            )
+            memory = DeviceMemory.open(outcome.path)
             try:
+                found = None
+                if outcome.discover and finder is not None:
+                    found = await finder.choose(memory, None, now=_now, timeout=10)
+                    if found is None:
+                        raise ZtpkiError("no customer node found by DNS-SD")
+                client = activating_client(
+                    outcome.protocol,
+                    memory,
+                    found or node,
+                    key_mode=outcome.key_mode,
+                    remember_node=found is None,
+                )
                 await client.activate()
                 outcome.after = snapshot(outcome.path)
             except (ActivationError, ZtpkiError) as exc:
@@ -82,6 +101,10 @@ async def customize_all(
             advance()
 
     await asyncio.gather(*(one(o) for o in outcomes))
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
 
 
 def greet(path: Path, port: int, *, server_anchors: list[x509.Certificate]) -> str:

@@ -34,11 +34,16 @@ from ztpki.demo.scenario import (
     start_node,
     write_summary,
 )
+from ztpki.demo.site_dns import SITE_DOMAIN, SiteDNS
 from ztpki.device.activation import KeyMode
 from ztpki.device.cmp_activation import EnrollmentProtocol
 from ztpki.device.memory import DeviceMemory
+from ztpki.device.node_finder import NodeFinder
 from ztpki.pki.pem import load_certificates_pem
+from ztpki.protocol.dnssd import service_name
 from ztpki.store.sqlite import open_sqlite_node_store
+
+DISCOVERING = 4  # one device in this many finds the node by DNS-SD
 
 
 def run_demo(settings: DemoSettings, *, console: Console, json_path: Path | None) -> int:
@@ -83,9 +88,18 @@ def _run(demo: DemoEnvironment, console: Console) -> dict[str, Any]:
             # Every third device customizes over CMP (both key modes, as i runs).
             protocol=EnrollmentProtocol.CMP if i % 3 == 1 else EnrollmentProtocol.EST,
             before=snapshot(p),
+            discover=i % DISCOVERING == DISCOVERING - 1,
         )
         for i, p in enumerate(paths)
     ]
+    site_dns = SiteDNS("localhost", node.port)  # the name the node's certificate carries
+    site_dns.start()
+    finder = NodeFinder(site_dns.settings(), report=lambda text: None)
+    console.print(
+        f"{sum(o.discover for o in outcomes)} of {len(outcomes)} devices get no node address: "
+        f"they find it by DNS-SD (SRV {service_name('est', SITE_DOMAIN)} at the site's DNS "
+        f"server {site_dns.server[0]}:{site_dns.server[1]})"
+    )
     replay_dir = demo.path("replay-" + outcomes[0].device_id)
     demo.run("device", "export", "--device", str(outcomes[0].path), "--out", str(replay_dir))
     proof_service, anchors = _start_proof_service(demo, customer.address)
@@ -104,8 +118,10 @@ def _run(demo: DemoEnvironment, console: Console) -> dict[str, Any]:
                 f"https://{node.address}",
                 concurrency=demo.settings.concurrency,
                 advance=lambda: progress.advance(task),
+                finder=finder,
             )
         )
+    site_dns.stop()
     with demo.phase("proof"):
         for outcome in outcomes:
             if outcome.error is None:
@@ -228,6 +244,7 @@ def _summary(
                 "protocol": o.protocol.value,
                 "ok": o.error is None and o.greeted,
                 "error": o.error,
+                "found_by": "dns-sd" if o.discover else "address",
                 "seconds": round(o.seconds, 4),
                 "before": o.before.__dict__ if o.before else None,
                 "after": o.after.__dict__ if o.after else None,
@@ -235,6 +252,7 @@ def _summary(
             for o in outcomes
         ],
         "customized": len(customized),
+        "customized_by_discovery": sum(o.discover for o in customized),
         "failed": sum(1 for o in outcomes if o.error is not None or not o.greeted),
         "register": states,
         "audit": {"decisions": audit, "chain_verifies": audit_ok},

@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     from ztpki.device.agent import Agent, AgentEvent, AgentStopped, Backoff, Clock
     from ztpki.device.answer import IssuedIdentity, verify_answer
     from ztpki.device.communication import ESTClient
+    from ztpki.device.discovery import DiscoverySettings
+    from ztpki.device.node_finder import NodeFinder
 
 __all__ = [
     "ActivatingClient",
@@ -40,6 +42,7 @@ __all__ = [
     "Backoff",
     "Clock",
     "DeviceMemory",
+    "DiscoverySettings",
     "ESTClient",
     "EnvSecretProvider",
     "FileSecretProvider",
@@ -47,6 +50,7 @@ __all__ = [
     "IssuedIdentity",
     "KeyMode",
     "NodeAddress",
+    "NodeFinder",
     "NodePin",
     "Phase",
     "RevocationPolicy",
@@ -76,6 +80,9 @@ _LAZY = {
     "IssuedIdentity": "answer",
     "verify_answer": "answer",
     "ESTClient": "communication",
+    # Discovery (DNS-SD) brings in zeroconf and dnspython.
+    "DiscoverySettings": "discovery",
+    "NodeFinder": "node_finder",
 }
 
 

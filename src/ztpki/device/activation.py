@@ -143,9 +143,11 @@ class ActivatingClient:
         now: Callable[[], datetime] | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         fault: FaultInjector | None = None,
+        remember_node: bool = True,
     ) -> None:
         self.memory = memory
         self.node = node
+        self.remember_node = remember_node
         self.key_mode = KeyMode(key_mode)
         self.key_spec = key_spec
         self.pin = pin
@@ -368,8 +370,10 @@ class ActivatingClient:
         return requested, cacerts
 
     async def _install(self, issued: IssuedIdentity, action: str) -> ActivationResult:
-        # The node this identity came from, and how it was trusted, as set-node states it.
-        changes = {CONFIRMED_KEY: False, **node_changes(self.node, self.pin)}
+        # The node this identity came from, and how it was trusted, as set-node states it
+        # (not a discovered node: the device discovers again).
+        node = node_changes(self.node, self.pin) if self.remember_node else {}
+        changes = {CONFIRMED_KEY: False, **node}
         try:
             # The memory fsyncs each write: keep that off the event loop (a benchmark or a
             # gateway customizes many devices in one process).

@@ -14,6 +14,13 @@ verification; a device memory that cannot be written): they are logged as warnin
 retried with a slow backoff (``slow_backoff``: minutes up to an hour), and at once when the
 device configuration changes (``ztpki device set-node``).
 
+Without an address from either, an agent given a :class:`NodeFinder` discovers one
+(DNS-SD over mDNS, then unicast SRV; ``ztpki.device.node_finder``): the first candidate
+that verifies with the device's own anchors is used, and is not written into the
+configuration, so a renewal looks again. A round that finds no node is followed by another
+after ``discovery_backoff`` (seconds up to minutes), or at once when an address is set. A
+discovered node that refuses the device is left out, not a reason to stop.
+
 The node's CA pin given to the agent wins; without one, the configuration's current pin
 (``node_ca_fingerprint``, with the CA certificate ``node_ca_certificate`` when the installer
 gave it) applies, so changing or removing it with ``set-node`` takes effect.
@@ -49,6 +56,7 @@ from ztpki.device.customer_node import (
     configured_node,
 )
 from ztpki.device.memory import CONFIG_FILE, DeviceMemory, Identity, Phase
+from ztpki.device.node_finder import NodeFinder
 from ztpki.errors import ZtpkiError
 
 __all__ = ["Agent", "AgentEvent", "AgentStopped", "Backoff", "Clock", "SystemClock", "renewal_time"]
@@ -144,6 +152,8 @@ class Agent:
         min_renewal_interval: timedelta = timedelta(hours=1),
         timeout: float = 30.0,
         fault: FaultInjector | None = None,
+        finder: NodeFinder | None = None,
+        discovery_backoff: Backoff = Backoff(base=5.0, cap=300.0),
     ) -> None:
         if not 0 < renew_fraction < 1:
             raise ValueError("renew_fraction must be between 0 and 1")
@@ -169,6 +179,9 @@ class Agent:
         self._fault = fault
         self._config_seen: tuple[int, int, int] | None = None
         self._configured: tuple[NodeAddress | None, NodePin | None] | None = None
+        self.finder = finder
+        self.discovery_backoff = discovery_backoff
+        self._discovered: NodeAddress | None = None
 
     async def run(self, *, once: bool = False) -> ActivationResult | None:
         """Work until stopped; with ``once``, return after the first activation or renewal
@@ -209,6 +222,11 @@ class Agent:
             try:
                 result = await (client.renew() if renewing else client.activate())
             except ActivationError as exc:
+                if exc.refused and self.finder is not None and node == self._discovered:
+                    # Another customer's node verifies too (same factory CA): look further.
+                    self.finder.refused(node, exc.message)
+                    self._emit("discover", f"{node} refused the device; it is left out")
+                    continue
                 if exc.refused:
                     self._emit("stop", exc.message)
                     raise AgentStopped(exc) from None
@@ -239,6 +257,8 @@ class Agent:
             now=self.clock.now,
             timeout=self._timeout,
             fault=self._fault,
+            # A discovered node is looked for again next time, never written down.
+            remember_node=node != self._discovered,
         )
 
     def _confirmed(self) -> bool:
@@ -292,9 +312,11 @@ class Agent:
     async def _wait_for_node(self) -> tuple[NodeAddress, NodePin | None]:
         """The node address from the command line, else from the configuration once written;
         the pin given to the agent, else the configuration's."""
+        self._discovered = None
         if self.node is not None and self.pin is not None:
             return self.node, self.pin
         announced = False
+        rounds, next_round = 0, self.clock.now()
         while True:
             found = self._configured_node()
             if found is not None:
@@ -302,6 +324,19 @@ class Agent:
                 address = self.node or address
                 if address is not None:
                     return address, choose_pin(self.pin, pin)
+                if self.finder is not None and self.clock.now() >= next_round:
+                    chosen = await self._discover(choose_pin(self.pin, pin))
+                    if chosen is not None:
+                        return chosen, choose_pin(self.pin, pin)
+                    delay = self.discovery_backoff.delay(rounds, jitter=self._jitter())
+                    rounds += 1
+                    next_round = self.clock.now() + timedelta(seconds=delay)
+                    self._emit(
+                        "wait",
+                        f"no customer node verified; discovering again in {delay:.0f} s, or "
+                        "at once when an address is set (ztpki device set-node)",
+                    )
+                    announced = True
             if not announced and self.node is None:  # else _configured_node said why
                 self._emit(
                     "wait",
@@ -310,6 +345,15 @@ class Agent:
                 )
                 announced = True
             await self.clock.sleep(self._poll_interval)
+
+    async def _discover(self, pin: NodePin | None) -> NodeAddress | None:
+        assert self.finder is not None
+        self._emit("discover", "no customer-node address is set: looking for one (DNS-SD)")
+        chosen = await self.finder.choose(
+            self.memory, pin, now=self.clock.now, timeout=self._timeout
+        )
+        self._discovered = chosen
+        return chosen
 
     def _configured_node(self) -> tuple[NodeAddress | None, NodePin | None] | None:
         """(address, pin) from the configuration, None while it is unusable; re-read only

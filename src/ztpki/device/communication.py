@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import socket
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from datetime import UTC, datetime
 from types import TracebackType
 
 import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
 from cryptography import x509
 
 from ztpki.device.connect import tls_client_context
@@ -86,10 +88,16 @@ def node_context(
     return tls_client_context(key=key, chain=chain, anchors=anchors)
 
 
-def device_session(context: ssl.SSLContext | None, *, timeout: float) -> aiohttp.ClientSession:
+def device_session(
+    context: ssl.SSLContext | None,
+    *,
+    timeout: float,
+    resolver: AbstractResolver | None = None,
+) -> aiohttp.ClientSession:
     """The HTTP session of one device identity towards the node (EST and CMP alike): one
-    connection kept alive, so the requests of one identity share a handshake."""
-    connector = aiohttp.TCPConnector(ssl=context or False, limit=1)
+    connection kept alive, so the requests of one identity share a handshake. ``resolver``:
+    the addresses discovery found for the node's name, if any."""
+    connector = aiohttp.TCPConnector(ssl=context or False, limit=1, resolver=resolver)
     return aiohttp.ClientSession(
         connector=connector,
         timeout=aiohttp.ClientTimeout(total=timeout),
@@ -105,6 +113,32 @@ def unverified_context() -> ssl.SSLContext:
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
     return context
+
+
+class _Addresses(AbstractResolver):
+    """Resolves a discovered node's host name to the addresses it was discovered at (the
+    host name stays what TLS verifies)."""
+
+    def __init__(self, address: NodeAddress) -> None:
+        self._address = address
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        return [
+            ResolveResult(
+                hostname=host,
+                host=ip,
+                port=port,
+                family=socket.AF_INET6 if ":" in ip else socket.AF_INET,
+                proto=0,
+                flags=socket.AI_NUMERICHOST,
+            )
+            for ip in self._address.addresses
+        ]
+
+    async def close(self) -> None:
+        return None
 
 
 @dataclass(frozen=True)
@@ -140,7 +174,8 @@ class ESTClient:
         self.peer_chain: list[x509.Certificate] = []
 
     async def __aenter__(self) -> ESTClient:
-        self._session = device_session(self._context, timeout=self._timeout)
+        resolver = _Addresses(self.address) if self.address.addresses else None
+        self._session = device_session(self._context, timeout=self._timeout, resolver=resolver)
         return self
 
     async def __aexit__(

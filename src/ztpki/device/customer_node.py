@@ -59,11 +59,17 @@ _LABEL = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 @dataclass(frozen=True)
 class NodeAddress:
-    """Where the customer node's EST service is: ``https://HOST[:PORT][/label]``."""
+    """Where the customer node's EST service is: ``https://HOST[:PORT][/label]``.
+
+    ``addresses``: where to connect instead of resolving ``host`` (a discovered node: the
+    addresses its announcement or the site's DNS gave); the node is still verified for
+    ``host``.
+    """
 
     host: str
     port: int = 443
     label: str | None = None
+    addresses: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.host:
