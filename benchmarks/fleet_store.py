@@ -36,6 +36,7 @@ sys.path[:0] = [str(REPO / "src"), str(REPO)]
 from fleet_database import postgres_processes  # noqa: E402
 from tests.support.postgres import PostgresCluster  # noqa: E402
 
+from ztpki.store.pg_db import PostgresDatabase  # noqa: E402
 from ztpki.store.records import (  # noqa: E402
     AuditRecord,
     CertificateStatus,
@@ -105,7 +106,8 @@ def measure(label: str, node_at: str, ca_at: str, args: argparse.Namespace,
     node, ca = open_node_store(node_at, migrate=True), open_ca_store(ca_at, migrate=True)
     try:
         manifest = ManifestRecord(manufacturer="Acme", manifest_id="m-1", issued_at=NOW,
-                                  signer="CN=x", device_count=len(ids), imported_at=NOW)  # fmt: skip
+                                  signer="CN=x", device_count=len(ids),
+                                  imported_at=NOW)  # fmt: skip
         node.import_devices((NewDevice(d, "ab" * 32, manufacturer="Acme") for d in ids),
                             manifest=manifest)  # fmt: skip
         warm = args.group * 10  # prepared statements, caches, the pools' connections
@@ -142,6 +144,38 @@ def measure(label: str, node_at: str, ca_at: str, args: argparse.Namespace,
     return figures
 
 
+def floor(cluster: PostgresCluster, rounds: int = 2000) -> None:
+    """The least a statement can cost through the stores' database layer: a one-statement
+    read of one row (one round trip), and a write transaction of one UPDATE (BEGIN and the
+    write lock, the UPDATE, a durable COMMIT: three round trips)."""
+    db = PostgresDatabase(cluster.fresh_database("store_floor"))
+    try:
+        with db.write() as conn:
+            conn.execute("CREATE TABLE item (name TEXT PRIMARY KEY, n BIGINT NOT NULL)")
+            conn.execute("INSERT INTO item (name, n) VALUES ('a', 0)")
+
+        def read() -> None:
+            with db.read(single=True) as conn:
+                conn.execute("SELECT n FROM item WHERE name = ?", ("a",)).fetchone()
+
+        def write() -> None:
+            with db.write() as conn:
+                conn.execute("UPDATE item SET n = n + 1 WHERE name = ?", ("a",))
+
+        for name, operation in (("one-row read", read), ("one-UPDATE write", write)):
+            for _ in range(50):
+                operation()  # prepared statements, the pool's connection
+            server = sum(postgres_processes(cluster).values())
+            started = time.process_time()
+            for _ in range(rounds):
+                operation()
+            client = (time.process_time() - started) / rounds * 1e6
+            pg = (sum(postgres_processes(cluster).values()) - server) / rounds * 1e6
+            print(f"  {name:<17} this process {client:5.0f} us + PostgreSQL {pg:5.0f} us CPU")
+    finally:
+        db.close()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--devices", type=int, default=2000)
@@ -149,8 +183,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.devices <= args.group * 10 or args.group < 1:
         parser.error("--devices must exceed 10 groups (the warm-up)")
-    print(f"{args.devices} customizations' store calls, groups of {args.group}; ms CPU per "
-          "customization")
+    print(
+        f"{args.devices} customizations' store calls, groups of {args.group}; ms CPU per "
+        "customization"
+    )
     print(f"{'database':<22} {'this proc':>9} {'postgres':>9} {'total':>9} "
           f"{'node rt':>8} {'commits':>8} {'CA rt':>8}")  # fmt: skip
     results: dict[str, dict[str, float]] = {}
@@ -163,6 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             label = f"postgresql, {'socket' if socket else 'TCP'}"
             results[label] = measure(label, cluster.fresh_database("store_node"),
                                      cluster.fresh_database("store_ca"), args, cluster)  # fmt: skip
+            floor(cluster)
         finally:
             cluster.destroy()
     base = results["sqlite"]["client_ms"]

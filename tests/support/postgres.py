@@ -155,18 +155,19 @@ class PostgresCluster:
         self.stop("immediate")
         self.start()
 
-    def url(self, database: str) -> str:
-        if self.socket:
+    def url(self, database: str, *, socket: bool | None = None) -> str:
+        """``socket``: over the Unix socket (default: as the cluster was started to)."""
+        if self.socket if socket is None else socket:
             where = quote(str(self.base), safe="")
             return f"postgresql://{_ROLE}:{self.password}@/{database}?host={where}&port={self.port}"
         return f"postgresql://{_ROLE}:{self.password}@127.0.0.1:{self.port}/{database}"
 
-    def fresh_database(self, prefix: str = "t") -> str:
+    def fresh_database(self, prefix: str = "t", *, socket: bool | None = None) -> str:
         """A new, empty database owned by the ztpki role; its URL (with the password)."""
         name = f"{prefix}_{os.getpid()}_{next(self._names)}"
         with self.admin() as conn:
             conn.execute(f'CREATE DATABASE "{name}" OWNER {_ROLE}')
-        return self.url(name)
+        return self.url(name, socket=socket)
 
     def drop_database(self, url: str) -> None:
         name = urlsplit(url).path.lstrip("/")
