@@ -12,8 +12,9 @@ p50/p95/p99 latency, and the CPU the server processes (node + customer CA system
 including their child processes, read from /proc) spent per customization.
 
 ``--database postgresql`` also starts a PostgreSQL cluster of its own (fsync on, as an
-operator runs it; reached over its Unix socket, or over TCP with ``--pg-tcp``) and a second customer CA system and node keeping their records there (the
-node with ``--workers N``), and customizes as many devices again against them: the SQLite
+operator runs it; reached over its Unix socket, or over TCP with ``--pg-tcp``) and a
+second customer CA system and node keeping their records there (the node with
+``--workers N``), and customizes as many devices again against them: the SQLite
 single-worker figure and the PostgreSQL figure come from the same run, and their ratio is
 printed. The PostgreSQL server's processes count as server CPU. Per customization it also
 prints the node's database round trips and commits (its /metrics) and PostgreSQL's own count
