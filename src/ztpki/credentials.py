@@ -159,6 +159,14 @@ def handshake_refusal(exc: ssl.SSLError) -> str:
     return reason
 
 
+def handshake_reason(exc: ssl.SSLError) -> str:
+    """Why a TLS handshake failed, as a metric label: OpenSSL's verification message or
+    reason code, both from fixed lists, so a stranger cannot grow the set of series."""
+    if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
+        return str(exc.verify_message).lower()
+    return (getattr(exc, "reason", None) or type(exc).__name__).lower()
+
+
 # A stranger can repeat a refused handshake at no cost: its log lines come at a bounded rate,
 # one kind per phrase (OpenSSL's fixed reason strings, so the kinds are bounded too).
 _REFUSALS_LOG = LogThrottle(log)

@@ -161,11 +161,11 @@ def test_fail_csr_subject_with_terminal_escapes_and_markup(
 
 def _metrics(d: Deployment) -> dict[str, int]:
     series = re.findall(
-        r'^ztpki_node_unauthenticated_refusals_total\{reason="([a-z-]+)"\} (\d+)$',
+        r'^ztpki_node_unauthenticated_refusals_total\{reason="([a-z-]+)"\} ([0-9.]+)$',
         _scrape(d),
         re.MULTILINE,
     )
-    return {reason: int(value) for reason, value in series}
+    return {reason: int(float(value)) for reason, value in series}
 
 
 def _scrape(d: Deployment) -> str:
@@ -176,8 +176,8 @@ def _scrape(d: Deployment) -> str:
 
 
 def _workers(d: Deployment) -> int:
-    found = re.search(r"^ztpki_node_workers (\d+)", _scrape(d), re.MULTILINE)
-    return int(found.group(1)) if found else 1
+    found = re.search(r"^ztpki_node_workers ([0-9.]+)", _scrape(d), re.MULTILINE)
+    return int(float(found.group(1))) if found else 1
 
 
 def _unknown_ca_certificate(device: DeviceUnderTest) -> tuple[PrivateKey, list[x509.Certificate]]:

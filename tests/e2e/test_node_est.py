@@ -6,6 +6,7 @@ Real processes on loopback: factory CA system, customer CA system, `ztpki node s
 from __future__ import annotations
 
 import base64
+import datetime
 import re
 import socket
 import ssl
@@ -13,12 +14,16 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from node_fixtures import NodeWorld, build_world, write_identity
 from tests.support.shell import sh
 
+from ztpki.credentials import load_identity
 from ztpki.pki.keys import KeySpec, decode_pkcs8, generate_private_key, keys_match
 from ztpki.pki.names import device_id_of
 from ztpki.pki.pem import load_certificates_pem, serial_hex
@@ -255,10 +260,54 @@ def test_ok_metrics(world: NodeWorld) -> None:
     assert 'ztpki_node_enrollment_seconds_bucket{endpoint="simpleenroll",le="+Inf"}' in text
     assert 'ztpki_node_devices{state="issued"}' in text
     # The register's database work: the issuance above committed at least twice.
-    commits = re.search(r'^ztpki_database_commits_total\{engine="sqlite",kind="write"\} (\d+)$',
+    commits = re.search(r'^ztpki_database_commits_total\{engine="sqlite",kind="write"\} ([0-9.]+)$',
                         text, re.M)  # fmt: skip
-    assert commits is not None and int(commits.group(1)) >= 2
+    assert commits is not None and float(commits.group(1)) >= 2
     assert re.search(r'^ztpki_database_round_trips_total\{engine="sqlite"\} [1-9]', text, re.M)
+
+
+def _series(text: str, name: str) -> float:
+    found = re.search(rf"^{re.escape(name)} ([0-9.e+]+)$", text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def test_ok_metrics_count_issuance_latency_handshakes_and_queues(world: NodeWorld) -> None:
+    def scrape() -> str:
+        answer = world.request("GET", f"https://{world.node.address}/metrics")
+        assert answer.status == 200
+        return answer.text
+
+    issued = 'ztpki_node_certificates_issued_total{label="default"}'
+    latency = 'ztpki_node_request_duration_seconds_count{endpoint="simpleenroll"}'
+    before = scrape()
+    (device,) = world.make_devices(1)
+    (stranger,) = world.make_devices(1, listed=False)
+    assert world.post_csr(device, "simpleenroll", device.csr()).status == 200
+    assert world.post_csr(stranger, "simpleenroll", stranger.csr()).status == 403
+    # A client certificate from a CA the node does not know: refused in the TLS layer.
+    foreign = generate_private_key(KeySpec.EC_P256)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "foreign")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(foreign.public_key()).serial_number(7)
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .sign(foreign, hashes.SHA256())
+    )  # fmt: skip
+    context = world.context()
+    load_identity(context, foreign, [cert])
+    with pytest.raises((ssl.SSLError, OSError, aiohttp.ClientError)):
+        world.request("GET", world.url("cacerts"), context=context)
+    after = scrape()
+    assert _series(after, issued) == _series(before, issued) + 1
+    assert _series(after, latency) == _series(before, latency) + 2  # refusals are timed too
+    # OpenSSL's own verification message is the reason: a fixed set, not the peer's text.
+    refused = 'ztpki_node_tls_handshake_failures_total{reason="self-signed certificate"}'
+    assert _series(after, refused) >= _series(before, refused) + 1  # the client may retry
+    assert _series(after, "ztpki_node_requests_in_flight") >= 1  # the scrape itself
+    assert re.search(r'^ztpki_node_revocation_queue\{status="pending"\} [0-9.]+$', after, re.M)
+    assert stranger.device_id not in after
 
 
 def test_ok_node_serves_on_uvloop(world: NodeWorld) -> None:

@@ -160,6 +160,28 @@ def test_ok_policy_shows_the_proxy(proxied: ProxiedWorld) -> None:
 
 
 @pytest.mark.parametrize("hop", ["tls", "unix"], ids=["ok-tls-hop", "ok-unix-socket-hop"])
+def test_ok_cmp_ir_and_certconf_through_nginx(
+    proxied: ProxiedWorld, tmp_path: Path, hop: str
+) -> None:
+    """openssl cmp through nginx, its TLS client certificate (forwarded in the header) the
+    same as its CMP signer: the node sees one identity."""
+    world = proxied.world
+    (device,) = world.make_devices(1)
+    port = proxied.nginx_port if hop == "tls" else proxied.nginx_unix_port
+    script = f"""
+openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out new.key
+openssl cmp -server 127.0.0.1:{port} -path .well-known/cmp -tls_used \\
+  -tls_trusted {world.factory_anchor} -trusted {world.factory_anchor} \\
+  -tls_cert {device.cert_path} -tls_key {device.key_path} \\
+  -cmd ir -cert {device.cert_path} -key {device.key_path} -newkey new.key \\
+  -subject "/CN={device.device_id}/serialNumber={device.device_id}" -certout new.pem
+"""
+    result = sh(script, tmp_path)
+    assert "received PKICONF" in result.stdout + result.stderr
+    assert world.state(device.device_id) == "customized"
+
+
+@pytest.mark.parametrize("hop", ["tls", "unix"], ids=["ok-tls-hop", "ok-unix-socket-hop"])
 def test_ok_enroll_and_confirm_through_nginx(
     proxied: ProxiedWorld, tmp_path: Path, hop: str
 ) -> None:

@@ -131,8 +131,8 @@ def curl_status(world: NodeWorld, path: str = "cacerts") -> str:
 
 
 def metric(text: str, series: str) -> int:
-    match = re.search(rf"^{re.escape(series)} (\d+)$", text, re.MULTILINE)
-    return int(match.group(1)) if match else 0
+    match = re.search(rf"^{re.escape(series)} ([0-9.]+)$", text, re.MULTILINE)
+    return int(float(match.group(1))) if match else 0
 
 
 def scrape(world: NodeWorld) -> str:

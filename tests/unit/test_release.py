@@ -128,7 +128,9 @@ def test_ok_bash_script_is_valid_bash() -> None:
     ("words", "offered"),
     [
         pytest.param(
-            ["ztpki", ""], ["ca", "completion", "demo", "device", "factory", "node"], id="ok-roles"
+            ["ztpki", ""],
+            ["ca", "completion", "demo", "device", "doctor", "factory", "node"],
+            id="ok-roles",
         ),
         pytest.param(["ztpki", "no"], ["node"], id="ok-role-prefix"),
         pytest.param(["ztpki", "ca", "li"], ["list", "list-clients"], id="ok-subcommand"),

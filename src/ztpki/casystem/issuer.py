@@ -14,6 +14,8 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from ztpki.casystem.entitlement import authorize
@@ -76,6 +78,24 @@ def _csr_public_key(csr_der: bytes, policy: IssuingPolicy) -> tuple[PublicKey, K
     return public_key, policy.key_spec(key_spec_of(public_key))
 
 
+def _proven_public_key(spki_der: bytes, policy: IssuingPolicy) -> tuple[PublicKey, KeySpec]:
+    """A device-made key whose possession the CA-client verified (CMP POPO): allowed where a
+    CSR is, since both certify a key the device chose."""
+    if not policy.allow_csr:
+        raise UnsupportedParameter(
+            "this CA does not certify device-made keys; omit PublicKey to get a generated key"
+        )
+    try:
+        public_key = serialization.load_der_public_key(spki_der)
+    except (ValueError, UnsupportedAlgorithm):
+        raise MalformedInput("PublicKey is not a DER SubjectPublicKeyInfo") from None
+    if not isinstance(
+        public_key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey | ed25519.Ed25519PublicKey
+    ):
+        raise UnsupportedParameter("PublicKey type is not supported; use EC, RSA or Ed25519")
+    return public_key, policy.key_spec(key_spec_of(public_key))
+
+
 _PARAMETER_NAMES = tuple(f.name for f in fields(EnrollmentParameters))
 
 
@@ -90,6 +110,8 @@ def request_digest(request: EnrollmentRequest) -> str:
         request.reissue,
         request.csr_der,
         *(getattr(params, name) for name in _PARAMETER_NAMES),
+        # Only when present, so the digest of every other request stays what it was.
+        *(() if request.public_key_der is None else (request.public_key_der,)),
     )
     # repr of a tuple of str, bytes, bool, int, None, enums and tuples of them is exact
     # (quotes escaped, every part delimited) and the same in every process of a release.
@@ -158,6 +180,11 @@ class CASystem:
             if params.key_algorithm is not None:
                 raise UnsupportedParameter("KeyAlgorithm cannot be combined with a CSR")
             public_key, spec = _csr_public_key(request.csr_der, ca.policy)
+            return IssuancePlan(request, ca, grant, spec, csr_public_key=public_key, client=client)
+        if request.public_key_der is not None:
+            if params.key_algorithm is not None:
+                raise UnsupportedParameter("KeyAlgorithm cannot be combined with a PublicKey")
+            public_key, spec = _proven_public_key(request.public_key_der, ca.policy)
             return IssuancePlan(request, ca, grant, spec, csr_public_key=public_key, client=client)
         spec = ca.policy.key_spec(params.key_algorithm)
         return IssuancePlan(request, ca, grant, spec, client=client)

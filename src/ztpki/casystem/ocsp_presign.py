@@ -133,6 +133,12 @@ class PresignedResponses:
         self._responder = responder
         self._source = source
         self._issuers = dict(issuers)
+        # The CertID's issuer hashes, once per CA (not once per certificate: a sweep over
+        # 10,000 certificates would otherwise read each CA's key 10,000 times).
+        self._issuer_hashes = {
+            name: (_sha1(issuer.subject.public_bytes()), _sha1(public_key_bits(issuer)))
+            for name, issuer in issuers.items()
+        }
         self._directories = dict(directories)
         self._count = -1
         self._targets: dict[str, dict[str, _Target]] = {n: {} for n in issuers}
@@ -219,24 +225,17 @@ class PresignedResponses:
         if count == self._count:
             return False
         self._count = count
-        for ca_name, issuer in self._issuers.items():
-            targets = self._targets[ca_name]
+        for ca_name, targets in self._targets.items():
             for record in self._source.issued(ca_name=ca_name):
                 if record.serial not in targets:
-                    target = self._target(ca_name, issuer, record)
+                    target = self._target(ca_name, record)
                     if target is not None:
                         targets[record.serial] = target
         return True
 
-    def _target(
-        self, ca_name: str, issuer: x509.Certificate, record: IssuedCertificate
-    ) -> _Target | None:
-        cert_id = CertID(
-            "sha1",
-            _sha1(issuer.subject.public_bytes()),
-            _sha1(public_key_bits(issuer)),
-            int(record.serial, 16),
-        )
+    def _target(self, ca_name: str, record: IssuedCertificate) -> _Target | None:
+        name_hash, key_hash = self._issuer_hashes[ca_name]
+        cert_id = CertID("sha1", name_hash, key_hash, int(record.serial, 16))
         name = file_name(sha1_request(cert_id))
         if name is None:
             return None

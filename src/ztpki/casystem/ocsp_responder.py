@@ -163,6 +163,8 @@ class OCSPResponder:
         }
         self._cache: OrderedDict[tuple[str, str, int], _Cached] = OrderedDict()
         self._cache_entries = cache_entries
+        self._turn: object | None = None
+        self._turn_versions: dict[str, int] = {}
 
     def signer_of(self, ca_name: str) -> ResponseSigner:
         return self._signers[ca_name].signer
@@ -176,8 +178,16 @@ class OCSPResponder:
             self._cache = OrderedDict((k, v) for k, v in self._cache.items() if k[0] not in renewed)
         return renewed
 
-    def answer(self, der: bytes, *, now: datetime) -> OCSPAnswer:
-        """One request's answer; bad input becomes an OCSP error status, never an exception."""
+    def answer(self, der: bytes, *, now: datetime, turn: object | None = None) -> OCSPAnswer:
+        """One request's answer; bad input becomes an OCSP error status, never an exception.
+
+        ``turn``: requests answered with the same token (the HTTP server's: those it read in
+        one turn of its event loop, answered one after the other with no wait between) share
+        one read of each CA's revocation version. That read is a third of a pre-signed answer's
+        server CPU (~35 of ~105 us under load: a read transaction on the store), and the answers
+        stay as current as the turn: none waits for another's I/O in between. None: read
+        for this request alone.
+        """
         try:
             request = parse_request(der)
         except (MalformedOCSPRequest, PayloadTooLarge) as exc:
@@ -193,7 +203,7 @@ class OCSPResponder:
             )
             return OCSPAnswer(UNAUTHORIZED)
         try:
-            return self._status_answer(ca_name, request, now)
+            return self._status_answer(ca_name, request, now, turn)
         except Unavailable as exc:
             # The store is busy or gone for a moment: RFC 6960's tryLater, not a guess.
             log.warning("OCSP tryLater for CA %s: %s", ca_name, exc.message)
@@ -202,10 +212,12 @@ class OCSPResponder:
             log.exception("OCSP internal error for CA %s", ca_name)
             return OCSPAnswer(INTERNAL_ERROR)
 
-    def _status_answer(self, ca_name: str, request: StatusRequest, now: datetime) -> OCSPAnswer:
+    def _status_answer(
+        self, ca_name: str, request: StatusRequest, now: datetime, turn: object | None
+    ) -> OCSPAnswer:
         # The version is read before the status: a revocation landing in between is cached
         # under the older version, so the next request signs again (never the reverse).
-        version = self._source.revocation_version(ca_name)
+        version = self._version(ca_name, turn)
         cert_id = request.cert_id
         # The answer repeats the request's CertID, so its hash algorithm is part of the key.
         key = (ca_name, cert_id.hash_name, cert_id.serial_number)
@@ -227,6 +239,16 @@ class OCSPResponder:
             self._cache.popitem(last=False)
         return _with_max_age(answer, now)
 
+    def _version(self, ca_name: str, turn: object | None) -> int:
+        if turn is None:
+            return self._source.revocation_version(ca_name)
+        if turn is not self._turn:
+            self._turn, self._turn_versions = turn, {}
+        version = self._turn_versions.get(ca_name)
+        if version is None:
+            version = self._turn_versions[ca_name] = self._source.revocation_version(ca_name)
+        return version
+
     def sign(
         self, ca_name: str, request: StatusRequest, status: StatusAnswer, *, now: datetime
     ) -> OCSPAnswer:
@@ -234,7 +256,7 @@ class OCSPResponder:
         this_update = now.replace(microsecond=0)
         validity = self._next_update.get(ca_name, DEFAULT_NEXT_UPDATE)
         signer = self._signers[ca_name].signer
-        next_update = min(this_update + validity, signer.certificate.not_valid_after_utc)
+        next_update = min(this_update + validity, signer.not_after)
         body = build_response(
             request, status, signer, this_update=this_update, next_update=next_update
         )

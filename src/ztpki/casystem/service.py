@@ -29,6 +29,7 @@ from ztpki.casystem.server_identity import ServerIdentity, keep_renewed
 from ztpki.casystem.wire import error_answer
 from ztpki.errors import NotAuthorized, PayloadTooLarge, Unavailable, ZtpkiError
 from ztpki.eventloop import cancel_tasks
+from ztpki.logs import bind, log_fields
 from ztpki.pki.keys import KeySpec, PrivateKey, decode_pkcs8, encode_pkcs8, generate_private_key
 from ztpki.pki.pem import serial_hex
 from ztpki.protocol.enrollment import (
@@ -175,10 +176,15 @@ class CASystemService:
 
     async def handle(self, payload: bytes, *, client: ClientRecord) -> Answer:
         """One request frame in, one answer out; every failure becomes a typed error answer."""
+        with log_fields(client=client.name):
+            return await self._handle(payload, client=client)
+
+    async def _handle(self, payload: bytes, *, client: ClientRecord) -> Answer:
         request: EnrollmentRequest | RevocationRequest | None = None
         answer: Answer
         try:
             request = decode_client_message(payload)
+            bind(request_id=request.request_id, device_id=request.device_id)
             if isinstance(request, RevocationRequest):
                 answer = await self.revoke(request, client=client)
             else:
@@ -272,6 +278,7 @@ class CASystemService:
             plan.ca.authority.name,
             request.request_id,
             f" superseding {','.join(superseded)}" if superseded else "",
+            extra={"serial": serial_hex(certificate), "ca": plan.ca.authority.name},
         )
         crash_at("after-issuance-record", self._fault)
         return answer
@@ -284,6 +291,7 @@ class CASystemService:
             plan.request.device_id,
             recorded.certificate.ca_name,
             plan.request.request_id,
+            extra={"serial": recorded.certificate.serial, "ca": recorded.certificate.ca_name},
         )
         return answer
 
@@ -307,6 +315,7 @@ class CASystemService:
             answer.reason.value,
             request.request_id,
             client.name,
+            extra={"serial": answer.serial, "ca": ca_name},
         )
         crash_at("after-revocation-record", self._fault)
         if self.crls is not None:

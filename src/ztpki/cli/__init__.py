@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import importlib
-import logging
-import sys
 from collections.abc import Sequence
 
 import click
 
 from ztpki.cli.common import run_command
 from ztpki.errors import ZtpkiError
+from ztpki.logs import LOG_FORMATS, configure_logging
 
 # Each role's commands live in their own module, imported only when that group is used:
 # `ztpki device show` must not pay for loading the node's HTTP server.
@@ -21,6 +20,7 @@ _GROUPS = {
     "device": "ztpki.cli.device",
     "demo": "ztpki.cli.demo",
     "completion": "ztpki.cli.completion",
+    "doctor": "ztpki.cli.doctor",
 }
 # Modules that add commands to a group defined elsewhere, imported with it.
 _EXTENSIONS = {
@@ -71,13 +71,19 @@ def show_versions(ctx: click.Context, _param: click.Parameter, value: bool) -> N
     show_default=True,
     envvar="ZTPKI_LOG_LEVEL",
 )
-def cli(log_level: str) -> None:
+@click.option(
+    "--log-format",
+    type=click.Choice(LOG_FORMATS),
+    default="text",
+    show_default=True,
+    envvar="ZTPKI_LOG_FORMAT",
+    help="text, or json: one JSON object a line with device_id, serial and request_id fields.",
+)
+@click.pass_context
+def cli(ctx: click.Context, log_level: str, log_format: str) -> None:
     """Zero-touch device PKI: factory birth identities swapped for customer identities."""
-    logging.basicConfig(
-        level=getattr(logging, log_level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    ctx.obj = {"log_level": log_level}  # for a service's own --log-format
+    configure_logging(log_level, log_format)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -18,6 +18,7 @@ from ztpki.casystem.operations import build_publisher, build_service, open_store
 from ztpki.casystem.policy import IssuingPolicy
 from ztpki.cli.common import (
     console,
+    log_format_option,
     passphrase,
     passphrase_options,
     plain,
@@ -326,6 +327,7 @@ def issued_command(
 
 @ca.command("serve")
 @dir_option
+@log_format_option
 @click.option(
     "--listen",
     default="127.0.0.1:7443",

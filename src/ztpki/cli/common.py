@@ -167,3 +167,24 @@ def pages(items: Iterable[T], size: int) -> Iterator[list[T]]:
             page, full = [], True
     if page or not full:
         yield page
+
+
+def _switch_log_format(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value is None or ctx.resilient_parsing:
+        return
+    from ztpki.logs import configure_logging
+
+    root = ctx.find_root().obj or {}
+    configure_logging(str(root.get("log_level", "info")), value)
+
+
+# On each service command too (`ztpki node serve --log-format json`), where operators look for
+# it; the same as `ztpki --log-format json node serve` or ZTPKI_LOG_FORMAT.
+log_format_option = click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default=None,
+    expose_value=False,
+    callback=_switch_log_format,
+    help="text (default), or json: one JSON object a line with device_id, serial, request_id.",
+)

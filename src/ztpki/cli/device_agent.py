@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 import click
 from cryptography import x509
 
-from ztpki.cli.common import print_json
+from ztpki.cli.common import log_format_option, print_json
 from ztpki.cli.device import device, plain_errors, print_error
 from ztpki.device.activation import (
     ActivatingClient,
@@ -307,6 +307,7 @@ def _run_once(
 
 @device.command("agent")
 @device_option
+@log_format_option
 @click.option(
     "--node",
     "node",

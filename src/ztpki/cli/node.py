@@ -238,6 +238,7 @@ def policy_command(directory: Path, as_json: bool) -> None:
                 "ca_subject": loaded.certificate.subject.rfc4514_string(),
                 "chain": str(config.path(loaded.config.chain)),
                 "allow_no_eku": loaded.config.allow_no_eku,
+                "cmp_implicit_confirm": loaded.config.cmp_implicit_confirm,
                 **params,
             }
         )

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from ztpki.cli.common import passphrase, passphrase_options
+from ztpki.cli.common import log_format_option, passphrase, passphrase_options
 from ztpki.cli.node import node
 from ztpki.cli.node_options import (
     NODE_ENV,
@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 @node.command("serve")
 @dir_option
+@log_format_option
 @click.option(
     "--listen",
     default="127.0.0.1:8443",

@@ -112,6 +112,7 @@ class SecondCAClient:
         csr_der: bytes | None,
         reissue: bool,
         revoke_live_first: bool = False,
+        public_key_der: bytes | None = None,
     ) -> Issued:
         """Ask for a certificate (and a key when csr_der is None) for device_id under ca.
 
@@ -119,13 +120,14 @@ class SecondCAClient:
         holds (an issuance taken over from a crashed node): revoke it before superseding it.
         """
         passphrase = None
-        if csr_der is None:
+        device_key = csr_der is not None or public_key_der is not None
+        if not device_key:
             # Always, whatever encrypt_key says: a retry of this request (a lost answer, a
             # failover) gets the same key only if the CA system could keep it encrypted.
             passphrase = secrets.token_urlsafe(24).encode()
         params = ca.parameters.enrollment_parameters(encrypt_passphrase=passphrase)
-        if csr_der is not None:
-            params = replace(params, key_algorithm=None)  # the CSR's key decides
+        if device_key:
+            params = replace(params, key_algorithm=None)  # the device's key decides
         request = EnrollmentRequest(
             request_id=f"node-{secrets.token_hex(12)}",
             device_id=device_id,
@@ -133,6 +135,7 @@ class SecondCAClient:
             parameters=params,
             csr_der=csr_der,
             reissue=reissue,
+            public_key_der=public_key_der,
         )
         started = time.monotonic()
         superseded = False
@@ -160,6 +163,7 @@ class SecondCAClient:
             ca_certificate=ca_certificate,
             csr_der=csr_der,
             passphrase=passphrase,
+            proven_key_der=public_key_der,
         )
         return replace(
             issued,
@@ -231,6 +235,7 @@ def _check_answer(
     ca_certificate: x509.Certificate,
     csr_der: bytes | None,
     passphrase: bytes | None,
+    proven_key_der: bytes | None = None,
 ) -> Issued:
     """The answer, after checking it is what the node asked for; UpstreamError otherwise."""
     try:
@@ -251,6 +256,9 @@ def _check_answer(
         csr_key = x509.load_der_x509_csr(csr_der).public_key()
         if public_key_der(csr_key) != public_key_der(certificate.public_key()):  # type: ignore[arg-type]
             raise UpstreamError("the customer CA system certified another key than the CSR's")
+    elif proven_key_der is not None:
+        if public_key_der(certificate.public_key()) != proven_key_der:  # type: ignore[arg-type]
+            raise UpstreamError("the customer CA system certified another key than the device's")
     else:
         key_der = _plain_key(answer, certificate, passphrase)
     return Issued(

@@ -158,6 +158,9 @@ class CALabel:
     # Seconds a renewed device's previous certificate stays valid after the device first uses
     # the new one (None: the node-wide [revocation] superseded_grace_seconds).
     superseded_grace_seconds: float | None = None
+    # CMP: grant implicitConfirm (RFC 9483 section 4.1.1) to a request asking for it: the
+    # certificate counts as confirmed when sent, no certConf. Off: every delivery is confirmed.
+    cmp_implicit_confirm: bool = False
 
     def __post_init__(self) -> None:
         if self.superseded_grace_seconds is not None and not self.superseded_grace_seconds >= 0:
@@ -172,6 +175,8 @@ class CALabel:
         table["allow_no_eku"] = self.allow_no_eku
         if self.superseded_grace_seconds is not None:
             table["superseded_grace_seconds"] = self.superseded_grace_seconds
+        if self.cmp_implicit_confirm:
+            table["cmp_implicit_confirm"] = True
         table.update(self.parameters.to_toml())
         return table
 
@@ -179,11 +184,20 @@ class CALabel:
     def from_toml(cls, label: str, table: dict[str, Any]) -> CALabel:
         if "chain" not in table:
             raise ConfigurationError(f"[ca.{label}] needs chain = FILE (the CA's PEM chain)")
-        own = ("chain", "ca_name", "allow_no_eku", "superseded_grace_seconds")
+        own = (
+            "chain",
+            "ca_name",
+            "allow_no_eku",
+            "superseded_grace_seconds",
+            "cmp_implicit_confirm",
+        )
         params = {k: v for k, v in table.items() if k not in own}
         allow_no_eku = table.get("allow_no_eku", False)
         if not isinstance(allow_no_eku, bool):
             raise ConfigurationError(f"[ca.{label}] allow_no_eku must be true or false")
+        implicit = table.get("cmp_implicit_confirm", False)
+        if not isinstance(implicit, bool):
+            raise ConfigurationError(f"[ca.{label}] cmp_implicit_confirm must be true or false")
         grace = table.get("superseded_grace_seconds")
         return cls(
             label=check_label(label),
@@ -192,6 +206,7 @@ class CALabel:
             parameters=IssuingParameters.from_toml(params),
             allow_no_eku=allow_no_eku,
             superseded_grace_seconds=None if grace is None else float(grace),
+            cmp_implicit_confirm=implicit,
         )
 
 

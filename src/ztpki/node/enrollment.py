@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
@@ -32,14 +32,25 @@ from ztpki.node.authorization import (
     should_confirm,
 )
 from ztpki.node.ca_client import Issued, SecondCAClient
-from ztpki.node.config import CALabel, Limits, RevocationPolicy
-from ztpki.node.lease_holder import holder_gone, new_token
+from ztpki.node.config import Limits, RevocationPolicy
+
+# Enrolled and LoadedLabel are re-exported: they were defined here before.
+from ztpki.node.enrollment_types import Enrolled as Enrolled
+from ztpki.node.enrollment_types import (
+    KeyRequest,
+    audit_record,
+    decision_of,
+    lease_expired,
+    same_row,
+)
+from ztpki.node.enrollment_types import LoadedLabel as LoadedLabel
+from ztpki.node.lease_holder import new_token
 from ztpki.node.metrics import NodeMetrics
 from ztpki.node.register import AsyncRegister
 from ztpki.node.revocation_orders import confirms_renewal, superseded_order
 from ztpki.pki.keys import KeySpec
 from ztpki.pki.pem import certificate_der, load_certificate_der, serial_hex
-from ztpki.protocol.est import csr_device_id, spki_sha256
+from ztpki.protocol.est import spki_sha256
 from ztpki.store.records import AuditRecord, DeviceState, RegisteredDevice
 from ztpki.untrusted import quote
 
@@ -53,43 +64,12 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-@dataclass(frozen=True)
-class LoadedLabel:
-    """An EST label with its CA chain loaded (issuing CA first)."""
-
-    config: CALabel
-    chain: tuple[x509.Certificate, ...]
-
-    @property
-    def name(self) -> str:
-        return self.config.label
-
-    @property
-    def certificate(self) -> x509.Certificate:
-        return self.chain[0]
-
-
-@dataclass(frozen=True)
-class Enrolled:
-    """What an enrollment hands the device."""
-
-    outcome: str  # "issued" or "redelivered"
-    certificate: x509.Certificate
-    chain: tuple[x509.Certificate, ...]
-    private_key_der: bytes | None = field(default=None, repr=False)
-
-
 class _Audited(Exception):
     """Carries an error whose audit record was already written with its state change."""
 
     def __init__(self, error: ZtpkiError) -> None:
         super().__init__(error.message)
         self.error = error
-
-
-def decision_of(exc: ZtpkiError) -> str:
-    """The audit trail's word for a request that ended in exc."""
-    return "deferred" if isinstance(exc, Unavailable) else "refused"
 
 
 class EnrollmentService:
@@ -163,12 +143,16 @@ class EnrollmentService:
         operation: Operation,
         label: LoadedLabel,
         identity: ClientIdentity,
-        csr: x509.CertificateSigningRequest,
+        csr: x509.CertificateSigningRequest | KeyRequest,
+        *,
+        endpoint: str | None = None,
     ) -> Enrolled:
-        """simpleenroll, simplereenroll or serverkeygen for an authenticated device."""
-        endpoint = _endpoint(label, operation)
+        """simpleenroll, simplereenroll or serverkeygen for an authenticated device (or a CMP
+        request doing the same: ``endpoint`` names it in the audit trail)."""
+        endpoint = endpoint or _endpoint(label, operation)
+        request = csr if isinstance(csr, KeyRequest) else KeyRequest.from_csr(csr)
         try:
-            return await self._enroll(operation, label, identity, csr, endpoint)
+            return await self._enroll(operation, label, identity, request, endpoint)
         except _Audited as done:
             raise done.error from None
         except ZtpkiError as exc:
@@ -180,14 +164,13 @@ class EnrollmentService:
         operation: Operation,
         label: LoadedLabel,
         identity: ClientIdentity,
-        csr: x509.CertificateSigningRequest,
+        request: KeyRequest,
         endpoint: str,
     ) -> Enrolled:
         device = await self._confirm(
             await self.register.get(identity.device_id), identity, endpoint=endpoint
         )
-        spki = spki_sha256(csr.public_key())
-        named = csr_device_id(csr)
+        spki, named = request.spki_sha256, request.named_device_id
         for _ in range(DECISION_ROUNDS):
             now = self._clock()
             context = EnrollmentContext(
@@ -196,7 +179,7 @@ class EnrollmentService:
                 named,
                 spki,
                 issued_label=self._issued_label(device),
-                lease_expired=_lease_expired(device, now),
+                lease_expired=lease_expired(device, now),
             )
             decision = decide(device, identity, context)
             if decision.action is Action.REDELIVER:
@@ -213,11 +196,9 @@ class EnrollmentService:
                 lease_seconds=self.limits.lease_seconds,
                 take_over=device.lease_token if context.lease_expired else None,
             )
-            if before is not None and _same_row(before, device):
-                csr_der = None if operation is Operation.SERVERKEYGEN else _csr_der(csr)
-                return await self._issue(
-                    before, identity, decision, label, csr_der, token, endpoint
-                )
+            if before is not None and same_row(before, device):
+                key = None if operation is Operation.SERVERKEYGEN else request
+                return await self._issue(before, identity, decision, label, key, token, endpoint)
             if before is not None:
                 # The row changed between reading and leasing it (another request issued in
                 # between): give the lease back and decide on what is there now.
@@ -233,7 +214,7 @@ class EnrollmentService:
         identity: ClientIdentity,
         decision: Decision,
         label: LoadedLabel,
-        csr_der: bytes | None,
+        key: KeyRequest | None,
         token: str,
         endpoint: str,
     ) -> Enrolled:
@@ -246,7 +227,8 @@ class EnrollmentService:
                 device_id=device_id,
                 ca=label.config,
                 ca_certificate=label.certificate,
-                csr_der=csr_der,
+                csr_der=None if key is None else key.csr_der,
+                public_key_der=None if key is None or key.csr_der else key.public_key_der,
                 reissue=reissue,
                 # A taken-over issuance may have left a certificate nobody received; a renewal
                 # never revokes first: the live one may be the certificate the device uses.
@@ -410,19 +392,49 @@ class EnrollmentService:
         return await self.register.get(identity.device_id) if reread else device
 
     async def _confirm_renewal(
-        self, device: RegisteredDevice, identity: ClientIdentity, *, endpoint: str
+        self,
+        device: RegisteredDevice,
+        identity: ClientIdentity,
+        *,
+        endpoint: str,
+        serial: str | None = None,
     ) -> None:
+        """serial: the renewed certificate, when not the one identity presents (certConf)."""
         now, label = self._clock(), self.labels.get(identity.label or "")
         grace = self.revocation.grace_for(label.config) if label else 0.0
         why = f"renewed certificate used: {device.renewed_from} is revoked in {grace:g} s"
-        record = self._record(
-            endpoint, identity, "renewal-confirmed", why, now=now, serial=identity.serial
-        )
+        serial = serial or identity.serial
+        record = self._record(endpoint, identity, "renewal-confirmed", why, now=now, serial=serial)
         due = now + timedelta(seconds=grace)
         if await self.register.confirm_renewal(
-            identity.device_id, serial=identity.serial, now=now, due_at=due, audit=record
+            identity.device_id, serial=serial, now=now, due_at=due, audit=record
         ):
             self._revocation_queued()
+
+    async def confirm_certificate(
+        self, identity: ClientIdentity, serial: str, *, endpoint: str
+    ) -> None:
+        """The device confirms that it holds certificate serial (CMP certConf, signed with
+        the certificate it asked with): as its first EST request with that certificate."""
+        device = await self.register.get(identity.device_id)
+        if device is None or device.issued_serial != serial:
+            raise Refused(
+                RefusalReason.SUPERSEDED,
+                f"certificate {serial} is not device {identity.device_id}'s current one",
+            )
+        if device.state is DeviceState.CUSTOMIZED and device.renewed_from is not None:
+            await self._confirm_renewal(device, identity, endpoint=endpoint, serial=serial)
+        elif device.state is DeviceState.ISSUED:
+            now = self._clock()
+            why = "certConf for the issued certificate: device customized"
+            record = self._record(endpoint, identity, "confirmed", why, now=now, serial=serial)
+            if await self.register.confirm(
+                identity.device_id, serial=serial, now=now, audit=record
+            ):
+                log.info("device %s confirmed serial=%s: customized", identity.device_id, serial)
+
+    def now(self) -> datetime:
+        return self._clock()
 
     async def record_refusal(
         self, endpoint: str, identity: ClientIdentity, exc: ZtpkiError
@@ -453,14 +465,8 @@ class EnrollmentService:
         now: datetime | None = None,
         serial: str | None = None,
     ) -> AuditRecord:
-        return AuditRecord(
-            at=now or self._clock(),
-            endpoint=endpoint,
-            decision=decision,
-            reason=reason,
-            device_id=identity.device_id,
-            client_fingerprint=identity.fingerprint,
-            serial=serial,
+        return audit_record(
+            endpoint, identity, decision, reason, at=now or self._clock(), serial=serial
         )
 
     def _issued_label(self, device: RegisteredDevice | None) -> str | None:
@@ -473,28 +479,5 @@ class EnrollmentService:
         return None
 
 
-def _lease_expired(device: RegisteredDevice | None, now: datetime) -> bool:
-    return (  # ran out, or its holder (a worker of this machine) was killed
-        device is not None
-        and device.state is DeviceState.ISSUING
-        and device.lease_expires is not None
-        and (device.lease_expires < now or holder_gone(device.lease_token))
-    )
-
-
-def _same_row(before: RegisteredDevice, decided_on: RegisteredDevice) -> bool:
-    return (
-        before.state is decided_on.state
-        and before.issued_serial == decided_on.issued_serial
-        and before.lease_token == decided_on.lease_token
-    )
-
-
 def _endpoint(label: LoadedLabel, operation: Operation) -> str:
     return f"est/{label.name}/{operation.value}"
-
-
-def _csr_der(csr: x509.CertificateSigningRequest) -> bytes:
-    from cryptography.hazmat.primitives import serialization
-
-    return csr.public_bytes(serialization.Encoding.DER)

@@ -29,6 +29,7 @@ from ztpki.errors import (
     UnsupportedParameter,
     ZtpkiError,
 )
+from ztpki.logs import bind, log_fields
 from ztpki.node.authentication import AuthenticationModule, ClientIdentity, IdentityKind
 from ztpki.node.authorization import (
     InProgress,
@@ -39,12 +40,13 @@ from ztpki.node.authorization import (
     check_revocation,
 )
 from ztpki.node.ca_client import UpstreamError
+from ztpki.node.cmp_http import CmpEndpoint, CmpSigner
 from ztpki.node.config import Limits
 from ztpki.node.enrollment import EnrollmentService, LoadedLabel
 from ztpki.node.factory_crls import FactoryRevocation
 from ztpki.node.fleet_metrics import FleetMetrics
 from ztpki.node.metrics import CONTENT_TYPE as METRICS_TYPE
-from ztpki.node.metrics import NodeMetrics
+from ztpki.node.metrics import Gauges, NodeMetrics
 from ztpki.node.strangers import StrangerRefusals, UnauthenticatedReason
 from ztpki.pki.keys import KeySpec
 from ztpki.protocol.est import (
@@ -195,8 +197,12 @@ class EstApplication:
         factory_crls: FactoryRevocation | None = None,
         fleet: FleetMetrics | None = None,
         in_flight: InFlight | None = None,
+        cmp: CmpSigner | None = None,
     ) -> None:
         self.in_flight = in_flight or InFlight()
+        metrics.watch_in_flight(lambda: self.in_flight.count)
+        # The node's CMP identity: with it, CMP is served beside EST (ztpki.node.cmp_http).
+        self.cmp = cmp
         self.service = service
         # With several workers: /metrics adds up every worker's figures (None: this one's).
         self.fleet = fleet
@@ -215,6 +221,9 @@ class EstApplication:
         self.expose_metrics = expose_metrics
         self._clock = clock
 
+    def now(self) -> datetime:
+        return self._clock()
+
     def build(self) -> web.Application:
         app = web.Application(client_max_size=self.limits.max_body)
         for prefix in (WELL_KNOWN, WELL_KNOWN + "/{label}"):
@@ -226,13 +235,15 @@ class EstApplication:
                 Operation.SERVERKEYGEN,
             ):
                 app.router.add_post(f"{prefix}/{operation.value}", self._handler(operation))
+        if self.cmp is not None:
+            CmpEndpoint(self, self.cmp).add_routes(app)
         if self.expose_metrics:
             app.router.add_get("/metrics", self._counted_metrics)
         return app
 
     def _handler(self, operation: Operation) -> Callable[[web.Request], Awaitable[web.Response]]:
         async def handle(request: web.Request) -> web.Response:
-            with self.in_flight.request():
+            with self.in_flight.request(), log_fields():
                 return await self._serve(request, operation)
 
         return handle
@@ -242,15 +253,19 @@ class EstApplication:
         try:
             label = self.service.label(request.match_info.get("label"))
             identity = await self._identity(request, operation, label)
+            bind(label=label.name, device_id=identity.device_id if identity else None)
             response, outcome = await self._dispatch(request, operation, label, identity)
         except ZtpkiError as exc:
             response, outcome = error_response(exc)
         except Exception:
             log.exception("internal error serving %s %s", request.method, quote(request.path))
             response, outcome = error_response(ZtpkiError("internal"))
+        elapsed = time.monotonic() - started
         self.metrics.count_request(operation.value, outcome)
+        self.metrics.observe_request(operation.value, elapsed)
         if outcome == "issued":
-            self.metrics.observe_enrollment(operation.value, time.monotonic() - started)
+            self.metrics.observe_enrollment(operation.value, elapsed)
+            self.metrics.count_issued(label.name)
         return response
 
     async def _identity(
@@ -387,11 +402,14 @@ class EstApplication:
         self.metrics.count_request("metrics", "served")
         counts = await self.service.register.counts()
         devices = {s.value: n for s, n in counts.items()}
+        revocations = await self.service.register.open_revocation_counts()
         if self.fleet is None:
-            text = self.metrics.exposition(devices=devices)
+            text = self.metrics.exposition(
+                Gauges(devices, revocations, in_flight=self.metrics.in_flight())
+            )
         else:
             total, workers = await self.fleet.collect()
-            text = total.exposition(devices=devices, workers=workers)
+            text = total.exposition(Gauges(devices, revocations, total.in_flight(), workers))
         response = web.Response(text=text)
         response.headers["Content-Type"] = METRICS_TYPE
         return response

@@ -1,107 +1,71 @@
-"""Request counters and latency histograms, exposed in the Prometheus text format (0.0.4).
+"""What the node counts, exposed in the Prometheus text format (0.0.4) by prometheus-client.
 
-The format is a few lines of text per series, so it is written here by hand. Counters live
-in one process and reset when the node restarts, as Prometheus expects. With several workers
-(`node serve --workers N`) each worker counts its own requests and a scrape adds up every
-worker's ``snapshot()`` (ztpki.node.fleet_metrics).
+The figures live in plain per-process structures, not in prometheus-client's global
+registry: with several workers (`node serve --workers N`) each worker counts its own
+requests, and a scrape adds up every worker's ``snapshot()`` (ztpki.node.fleet_metrics)
+before prometheus-client writes the sums. Counters reset when the node restarts, as
+Prometheus expects.
 """
 
 from __future__ import annotations
 
-import bisect
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-# Seconds: an enrollment on loopback takes milliseconds; a loaded CA system, seconds.
-LATENCY_BUCKETS: tuple[float, ...] = (
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
+from ztpki.prometheus import (
+    CONTENT_TYPE,
+    Histogram,
+    add_counts,
+    counter,
+    exposition,
+    gauge,
+    histogram,
 )
 
+__all__ = ["CONTENT_TYPE", "DatabaseFigures", "Gauges", "NodeMetrics", "database_figures"]
 
 # (engine, {figure: count}), from ztpki.store.counters.DatabaseCounters.
 DatabaseFigures = tuple[str, Mapping[str, int]]
 
 
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+# The counters a snapshot carries: name in the snapshot -> attribute.
+_COUNTERS = ("unauthenticated", "issued", "handshakes")
+_HISTOGRAMS = ("enrollment", "ca_system", "durations")
 
 
-def _labels(pairs: Sequence[tuple[str, str]]) -> str:
-    if not pairs:
-        return ""
-    return "{" + ",".join(f'{name}="{_escape(value)}"' for name, value in pairs) + "}"
+@dataclass(frozen=True)
+class Gauges:
+    """What a scrape reads at the moment it is made (not added up from workers' counts)."""
 
-
-def _number(value: float) -> str:
-    if value == int(value) and abs(value) < 1e15:
-        return str(int(value))
-    return repr(value)
-
-
-@dataclass
-class Histogram:
-    buckets: tuple[float, ...] = LATENCY_BUCKETS
-    counts: list[int] = field(default_factory=list)
-    total: float = 0.0
-    count: int = 0
-
-    def __post_init__(self) -> None:
-        if not self.counts:
-            self.counts = [0] * len(self.buckets)
-
-    def observe(self, value: float) -> None:
-        # Stored per bucket; exposition makes them cumulative.
-        index = bisect.bisect_left(self.buckets, value)
-        if index < len(self.counts):
-            self.counts[index] += 1
-        self.total += value
-        self.count += 1
-
-    def add(self, other: Histogram) -> None:
-        if other.buckets != self.buckets:
-            raise ValueError("histograms with different buckets cannot be added")
-        self.counts = [a + b for a, b in zip(self.counts, other.counts, strict=True)]
-        self.total += other.total
-        self.count += other.count
-
-
-def _histogram_data(histogram: Histogram) -> dict[str, Any]:
-    return {"counts": list(histogram.counts), "total": histogram.total, "count": histogram.count}
-
-
-def _histogram_from(data: Mapping[str, Any]) -> Histogram:
-    counts = [int(c) for c in data["counts"]]
-    if len(counts) != len(LATENCY_BUCKETS):
-        raise ValueError("a histogram with other buckets")
-    return Histogram(counts=counts, total=float(data["total"]), count=int(data["count"]))
+    devices: Mapping[str, int] | None = None
+    revocations: Mapping[str, int] | None = None
+    in_flight: int | None = None
+    workers: int | None = None
 
 
 class NodeMetrics:
-    """What the node counts: requests by endpoint and outcome, and enrollment latency."""
+    """What the node counts: requests by endpoint and outcome, their latency, certificates
+    issued per EST label, TLS handshakes refused by reason, CA-system exchanges."""
 
     def __init__(self, database: Callable[[], DatabaseFigures] | None = None) -> None:
         # The store's counters, read at each scrape (the database object keeps them).
         self._database = database
+        # Requests this process is answering now (set by the HTTP application), and other
+        # workers' at the moment they answered a scrape.
+        self._in_flight: Callable[[], int] = lambda: 0
+        self._in_flight_added = 0
         # Other workers' database figures, added up by a scrape (see add_database).
         self._database_added: dict[tuple[str, str], int] = {}
         self._requests: dict[tuple[str, str], int] = {}
         self._enrollment: dict[str, Histogram] = {}
         self._ca_system: dict[str, Histogram] = {}
+        self._durations: dict[str, Histogram] = {}
         self._unauthenticated: dict[str, int] = {}
+        self._issued: dict[str, int] = {}
+        self._handshakes: dict[str, int] = {}
 
     def count_request(self, endpoint: str, outcome: str) -> None:
         key = (endpoint, outcome)
@@ -111,8 +75,26 @@ class NodeMetrics:
         """A refusal before any identity was authenticated (never audited; see strangers)."""
         self._unauthenticated[reason] = self._unauthenticated.get(reason, 0) + 1
 
+    def count_handshake_failure(self, reason: str) -> None:
+        """A TLS handshake the node refused; ``reason`` is one of OpenSSL's fixed reasons."""
+        self._handshakes[reason] = self._handshakes.get(reason, 0) + 1
+
+    def count_issued(self, label: str) -> None:
+        """A certificate the customer CA system issued through this EST label."""
+        self._issued[label] = self._issued.get(label, 0) + 1
+
+    def watch_in_flight(self, count: Callable[[], int]) -> None:
+        self._in_flight = count
+
+    def in_flight(self) -> int:
+        return self._in_flight() + self._in_flight_added
+
     def unauthenticated(self) -> dict[str, int]:
         return dict(self._unauthenticated)
+
+    def observe_request(self, endpoint: str, seconds: float) -> None:
+        """Any request to ``endpoint``, whatever its outcome."""
+        self._durations.setdefault(endpoint, Histogram()).observe(seconds)
 
     def observe_enrollment(self, endpoint: str, seconds: float) -> None:
         """Whole request, from the first byte read to the answer, for issued certificates."""
@@ -141,82 +123,126 @@ class NodeMetrics:
 
     def snapshot(self) -> dict[str, Any]:
         """Every figure as JSON-ready data, for another worker to add up (``add``)."""
-        return {
+        data: dict[str, Any] = {
             "requests": [[e, o, n] for (e, o), n in self._requests.items()],
-            "unauthenticated": dict(self._unauthenticated),
-            "enrollment": {k: _histogram_data(h) for k, h in self._enrollment.items()},
-            "ca_system": {k: _histogram_data(h) for k, h in self._ca_system.items()},
             "database": [[e, name, n] for (e, name), n in self.database().items()],
+            "in_flight": self.in_flight(),
         }
+        for name in _COUNTERS:
+            data[name] = dict(getattr(self, f"_{name}"))
+        for name in _HISTOGRAMS:
+            data[name] = {k: h.data() for k, h in getattr(self, f"_{name}").items()}
+        return data
 
     def add(self, snapshot: Mapping[str, Any]) -> None:
         """Add another worker's ``snapshot()`` to these figures; ValueError (nothing added)
         when it is not one."""
         try:
             requests = [(str(e), str(o), int(n)) for e, o, n in snapshot["requests"]]
-            strangers = {str(k): int(n) for k, n in snapshot["unauthenticated"].items()}
+            counters = {
+                name: {str(k): int(n) for k, n in snapshot[name].items()} for name in _COUNTERS
+            }
             series = {
-                name: {str(k): _histogram_from(v) for k, v in snapshot[name].items()}
-                for name in ("enrollment", "ca_system")
+                name: {str(k): Histogram.from_data(v) for k, v in snapshot[name].items()}
+                for name in _HISTOGRAMS
             }
             database = {(str(e), str(k)): int(n) for e, k, n in snapshot.get("database", [])}
+            in_flight = int(snapshot.get("in_flight", 0))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ValueError(f"not a metrics snapshot: {exc!r}") from None
         for endpoint, outcome, value in requests:
             key = (endpoint, outcome)
             self._requests[key] = self._requests.get(key, 0) + value
-        for reason, value in strangers.items():
-            self._unauthenticated[reason] = self._unauthenticated.get(reason, 0) + value
-        for name, into in (("enrollment", self._enrollment), ("ca_system", self._ca_system)):
-            for series_key, histogram in series[name].items():
-                into.setdefault(series_key, Histogram()).add(histogram)
+        for name, values in counters.items():
+            add_counts(getattr(self, f"_{name}"), values)
+        for name, histograms in series.items():
+            into_h: dict[str, Histogram] = getattr(self, f"_{name}")
+            for series_key, figures in histograms.items():
+                into_h.setdefault(series_key, Histogram()).add(figures)
         self.add_database(database)
+        self._in_flight_added += in_flight
 
-    def exposition(
-        self, *, devices: Mapping[str, int] | None = None, workers: int | None = None
-    ) -> str:
-        lines = [
-            "# HELP ztpki_node_requests_total EST and metrics requests by endpoint and outcome.",
-            "# TYPE ztpki_node_requests_total counter",
-        ]
-        for (endpoint, outcome), value in sorted(self._requests.items()):
-            series = _labels([("endpoint", endpoint), ("outcome", outcome)])
-            lines.append(f"ztpki_node_requests_total{series} {value}")
-        lines += [
-            "# HELP ztpki_node_unauthenticated_refusals_total TLS handshakes and requests "
-            "refused before any client identity was authenticated (not audited), by reason.",
-            "# TYPE ztpki_node_unauthenticated_refusals_total counter",
-        ]
-        for reason, value in sorted(self._unauthenticated.items()):
-            series = _labels([("reason", reason)])
-            lines.append(f"ztpki_node_unauthenticated_refusals_total{series} {value}")
-        lines += _histogram(
+    def exposition(self, gauges: Gauges | None = None) -> str:
+        return exposition(self.families(gauges or Gauges()))
+
+    def families(self, gauges: Gauges) -> Iterator[Metric]:
+        yield counter(
+            "ztpki_node_requests",
+            "EST and metrics requests by endpoint and outcome.",
+            ("endpoint", "outcome"),
+            {(e, o): n for (e, o), n in self._requests.items()},
+        )
+        yield counter(
+            "ztpki_node_unauthenticated_refusals",
+            "TLS handshakes and requests refused before any client identity was "
+            "authenticated (not audited), by reason.",
+            ("reason",),
+            {(k,): n for k, n in self._unauthenticated.items()},
+        )
+        yield counter(
+            "ztpki_node_tls_handshake_failures",
+            "TLS handshakes the node refused, by OpenSSL's reason.",
+            ("reason",),
+            {(k,): n for k, n in self._handshakes.items()},
+        )
+        yield counter(
+            "ztpki_node_certificates_issued",
+            "Certificates the customer CA system issued through the node, by EST label.",
+            ("label",),
+            {(k,): n for k, n in self._issued.items()},
+        )
+        yield histogram(
+            "ztpki_node_request_duration_seconds",
+            "Time to answer a request, by endpoint, whatever the outcome.",
+            "endpoint",
+            self._durations,
+        )
+        yield histogram(
             "ztpki_node_enrollment_seconds",
             "Time to answer an enrollment that issued a certificate.",
             "endpoint",
             self._enrollment,
         )
-        lines += _histogram(
+        yield histogram(
             "ztpki_node_ca_system_seconds",
             "Time of one exchange with the customer CA system, by outcome.",
             "outcome",
             self._ca_system,
         )
-        lines += _database_lines(self.database())
-        if devices is not None:
-            lines += [
-                "# HELP ztpki_node_devices Devices in the access-control register by state.",
-                "# TYPE ztpki_node_devices gauge",
-            ]
-            for state, value in sorted(devices.items()):
-                lines.append(f"ztpki_node_devices{_labels([('state', state)])} {value}")
-        if workers is not None:
-            lines += [
-                "# HELP ztpki_node_workers Worker processes whose figures this scrape adds up.",
-                "# TYPE ztpki_node_workers gauge",
-                f"ztpki_node_workers {workers}",
-            ]
-        return "\n".join(lines) + "\n"
+        yield from _database_families(self.database())
+        yield from _gauge_families(gauges)
+
+
+def _gauge_families(gauges: Gauges) -> Iterator[GaugeMetricFamily]:
+    if gauges.devices is not None:
+        yield gauge(
+            "ztpki_node_devices",
+            "Devices in the access-control register by state.",
+            "state",
+            gauges.devices,
+        )
+    if gauges.revocations is not None:
+        yield gauge(
+            "ztpki_node_revocation_queue",
+            "Revocation orders not yet delivered to the customer CA system, by status "
+            "(waiting: for its grace period; pending: due, or retrying).",
+            "status",
+            gauges.revocations,
+        )
+    if gauges.in_flight is not None:
+        yield gauge(
+            "ztpki_node_requests_in_flight",
+            "Requests being answered now, over every worker.",
+            None,
+            gauges.in_flight,
+        )
+    if gauges.workers is not None:
+        yield gauge(
+            "ztpki_node_workers",
+            "Worker processes whose figures this scrape adds up.",
+            None,
+            gauges.workers,
+        )
 
 
 def database_figures(store: object) -> Callable[[], DatabaseFigures] | None:
@@ -228,37 +254,21 @@ def database_figures(store: object) -> Callable[[], DatabaseFigures] | None:
     return lambda: (counters.engine, counters.snapshot())
 
 
-def _database_lines(figures: Mapping[tuple[str, str], int]) -> list[str]:
-    lines = [
-        "# HELP ztpki_database_round_trips_total Requests to the node's database and their "
-        "answers: round trips to the server (PostgreSQL), statements run (SQLite).",
-        "# TYPE ztpki_database_round_trips_total counter",
-    ]
-    for (engine, name), value in sorted(figures.items()):
-        if name == "round_trips":
-            lines.append(f"ztpki_database_round_trips_total{_labels([('engine', engine)])} {value}")
-    lines += [
-        "# HELP ztpki_database_commits_total Transactions of the node's database committed, "
-        "by kind (write, read).",
-        "# TYPE ztpki_database_commits_total counter",
-    ]
-    for (engine, name), value in sorted(figures.items()):
-        if name.startswith("commits_"):
-            series = _labels([("engine", engine), ("kind", name.removeprefix("commits_"))])
-            lines.append(f"ztpki_database_commits_total{series} {value}")
-    return lines
-
-
-def _histogram(name: str, help_text: str, label: str, series: Mapping[str, Histogram]) -> list[str]:
-    lines = [f"# HELP {name} {help_text}", f"# TYPE {name} histogram"]
-    for key, histogram in sorted(series.items()):
-        cumulative = 0
-        for bound, count in zip(histogram.buckets, histogram.counts, strict=True):
-            cumulative += count
-            lines.append(
-                f"{name}_bucket{_labels([(label, key), ('le', _number(bound))])} {cumulative}"
-            )
-        lines.append(f"{name}_bucket{_labels([(label, key), ('le', '+Inf')])} {histogram.count}")
-        lines.append(f"{name}_sum{_labels([(label, key)])} {_number(histogram.total)}")
-        lines.append(f"{name}_count{_labels([(label, key)])} {histogram.count}")
-    return lines
+def _database_families(figures: Mapping[tuple[str, str], int]) -> Iterator[CounterMetricFamily]:
+    yield counter(
+        "ztpki_database_round_trips",
+        "Requests to the node's database and their answers: round trips to the server "
+        "(PostgreSQL), statements run (SQLite).",
+        ("engine",),
+        {(engine,): n for (engine, name), n in figures.items() if name == "round_trips"},
+    )
+    yield counter(
+        "ztpki_database_commits",
+        "Transactions of the node's database committed, by kind (write, read).",
+        ("engine", "kind"),
+        {
+            (engine, name.removeprefix("commits_")): n
+            for (engine, name), n in figures.items()
+            if name.startswith("commits_")
+        },
+    )

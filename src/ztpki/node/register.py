@@ -29,6 +29,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from ztpki.errors import StorageError, Unavailable
+from ztpki.store.cmp_transactions import CmpTransaction, CmpTransactionState
 from ztpki.store.interfaces import NodeStore
 from ztpki.store.records import AuditRecord, DeviceState, RegisteredDevice
 from ztpki.store.revocation_records import QueuedRevocation, RevocationOrder, SenderLease
@@ -250,6 +251,9 @@ class AsyncRegister:
     ) -> None:
         await self._run(self.store.queue_revocations, orders, now=now, audit=audit)
 
+    async def open_revocation_counts(self) -> dict[str, int]:
+        return await self._run(self.store.open_revocation_counts)
+
     async def due_revocations(self, *, now: datetime, limit: int) -> list[QueuedRevocation]:
         return await self._run(self.store.due_revocations, now=now, limit=limit)
 
@@ -284,6 +288,41 @@ class AsyncRegister:
 
     async def release_sender_lease(self, token: int, *, now: datetime) -> bool:
         return await self._run(self.store.release_sender_lease, token, now=now)
+
+    # ------------------------------------------------------------------ CMP transactions
+
+    async def begin_cmp_transaction(self, transaction: CmpTransaction) -> bool:
+        return await self._run(self.store.begin_cmp_transaction, transaction)
+
+    async def record_cmp_issued(
+        self,
+        transaction_id: bytes,
+        *,
+        serial: str,
+        certificate_der: bytes,
+        response_nonce: bytes,
+        confirmed: bool,
+        now: datetime,
+    ) -> bool:
+        return await self._run(
+            self.store.record_cmp_issued,
+            transaction_id,
+            serial=serial,
+            certificate_der=certificate_der,
+            response_nonce=response_nonce,
+            confirmed=confirmed,
+            now=now,
+        )
+
+    async def close_cmp_transaction(
+        self, transaction_id: bytes, *, state: CmpTransactionState, now: datetime
+    ) -> bool:
+        return await self._run(
+            self.store.close_cmp_transaction, transaction_id, state=state, now=now
+        )
+
+    async def cmp_transaction(self, transaction_id: bytes) -> CmpTransaction | None:
+        return await self._run(self.store.cmp_transaction, transaction_id)
 
     def close(self) -> None:
         """Finish the calls already queued, stop the thread; later calls raise StorageError."""

@@ -26,6 +26,7 @@ from ztpki.casystem.failover import FailoverCAClient, parse_addresses
 from ztpki.errors import ConfigurationError, ListenFailed
 from ztpki.eventloop import cancel_tasks
 from ztpki.node.ca_client import EnrollmentTransport, SecondCAClient
+from ztpki.node.cmp_http import CmpSigner
 from ztpki.node.config import Limits
 from ztpki.node.enrollment import EnrollmentService
 from ztpki.node.factory_crls import (
@@ -191,6 +192,7 @@ async def start_node(
         expose_metrics=config.metrics,
         factory_crls=material.factory_crls,
         fleet=fleet,
+        cmp=CmpSigner(material.server_key, material.server_chain),
     )
     runner = await _runner(application.build(), limits, _final_grace(drain_timeout))
     # web.TCPSite cannot bound the TLS handshake, so the listening socket is made here, with
@@ -336,6 +338,7 @@ async def _start_proxy_listener(
         factory_crls=direct.factory_crls,
         fleet=direct.fleet,
         in_flight=direct.in_flight,
+        cmp=direct.cmp,
     )
     runner = await _runner(application.build(), direct.limits, _final_grace(drain_timeout))
     try:

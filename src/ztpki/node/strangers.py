@@ -22,7 +22,7 @@ import logging
 import ssl
 from enum import StrEnum
 
-from ztpki.credentials import log_handshake_refusal
+from ztpki.credentials import handshake_reason, log_handshake_refusal
 from ztpki.node.metrics import NodeMetrics
 from ztpki.throttle import LogThrottle
 
@@ -47,6 +47,7 @@ class StrangerRefusals:
     def tls_handshake(self, exc: ssl.SSLError) -> None:
         """The TLS layer refused a handshake (the hook of the node's server context)."""
         self.metrics.count_unauthenticated(UnauthenticatedReason.TLS_HANDSHAKE)
+        self.metrics.count_handshake_failure(handshake_reason(exc))
         log_handshake_refusal(exc)
 
     def request(

@@ -49,6 +49,7 @@ CERT_ID_HASHES: tuple[hashes.HashAlgorithm, ...] = (
     hashes.SHA384(),
     hashes.SHA512(),
 )
+_CERT_ID_HASH_NAMES = frozenset(a.name for a in CERT_ID_HASHES)
 # The responder certificate lives a week: a stolen in-memory key is worth little for long,
 # and the CA system renews it while it runs (casystem.ocsp_responder).
 RESPONDER_LIFETIME = timedelta(days=7)
@@ -111,10 +112,13 @@ class ResponseSigner:
     certificate: x509.Certificate
     key: PrivateKey = field(repr=False)
     parts: SignerParts = field(init=False, repr=False, compare=False)
+    # The certificate's notAfter, read once: cryptography builds a new datetime per access.
+    not_after: datetime = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         parts = SignerParts.of(self.key, self.certificate, delegated=self.delegated)
         object.__setattr__(self, "parts", parts)
+        object.__setattr__(self, "not_after", self.certificate.not_valid_after_utc)
 
     @property
     def delegated(self) -> bool:
@@ -155,7 +159,7 @@ def parse_request(der: bytes, *, max_size: int = MAX_REQUEST_SIZE) -> StatusRequ
                 f"the OCSP request has a critical extension {extension.oid.dotted_string} "
                 "this responder does not understand"
             )
-    if algorithm.name not in {a.name for a in CERT_ID_HASHES}:
+    if algorithm.name not in _CERT_ID_HASH_NAMES:
         raise MalformedOCSPRequest(f"unsupported CertID hash algorithm {algorithm.name}")
     digest = algorithm.digest_size
     if len(request.issuer_name_hash) != digest or len(request.issuer_key_hash) != digest:
@@ -218,7 +222,7 @@ def build_response(
         unknown=answer.status is CertStatus.UNKNOWN,
         produced_at=this_update,
         this_update=this_update,
-        next_update=min(next_update, signer.certificate.not_valid_after_utc),
+        next_update=min(next_update, signer.not_after),
         nonce=request.nonce,
     )
 

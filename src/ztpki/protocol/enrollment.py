@@ -18,6 +18,7 @@ from typing import Final
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
 from lxml import etree
 
 from ztpki.pki.keys import KeySpec
@@ -203,6 +204,8 @@ class EnrollmentRequest:
     parameters: EnrollmentParameters = EnrollmentParameters()
     csr_der: bytes | None = None
     reissue: bool = False
+    # A SubjectPublicKeyInfo whose possession the CA-client verified (CMP POPO), not a CSR.
+    public_key_der: bytes | None = None
 
     def __post_init__(self) -> None:
         _check_identifier("id", self.request_id)
@@ -212,6 +215,9 @@ class EnrollmentRequest:
         _typed("parameters", self.parameters, EnrollmentParameters)
         _check_der("CSR", self.csr_der, optional=True)
         _typed("reissue", self.reissue, bool)
+        _check_der("PublicKey", self.public_key_der, optional=True)
+        if self.csr_der is not None and self.public_key_der is not None:
+            raise InvalidEnrollmentMessage("a request carries a CSR or a PublicKey, not both")
 
 
 @dataclass(frozen=True)
@@ -320,6 +326,8 @@ def encode_request(request: EnrollmentRequest) -> bytes:
         _build_parameters(root, request.parameters)
     if request.csr_der is not None:
         _add(root, "CSR", _b64(request.csr_der))
+    if request.public_key_der is not None:
+        _add(root, "PublicKey", _b64(request.public_key_der))
     return schema.serialize(root)
 
 
@@ -447,6 +455,14 @@ def request_of(root: etree._Element) -> EnrollmentRequest:
             raise InvalidEnrollmentMessage(
                 "CSR is not a DER PKCS#10 certification request"
             ) from None
+    public_key_der = _der(children["PublicKey"]) if "PublicKey" in children else None
+    if public_key_der is not None:
+        try:
+            serialization.load_der_public_key(public_key_der)
+        except _NOT_DER:
+            raise InvalidEnrollmentMessage(
+                "PublicKey is not a DER SubjectPublicKeyInfo of a supported key"
+            ) from None
     ca = children.get("CA")
     parameters = children.get("Parameters")
     return EnrollmentRequest(
@@ -456,6 +472,7 @@ def request_of(root: etree._Element) -> EnrollmentRequest:
         parameters=_NO_PARAMETERS if parameters is None else _read_parameters(parameters),
         csr_der=csr_der,
         reissue=_boolean(root.get("reissue"), default=False),
+        public_key_der=public_key_der,
     )
 
 

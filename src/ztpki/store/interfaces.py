@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Protocol
 
 from ztpki.errors import ZtpkiError
+from ztpki.store.cmp_transactions import CmpTransactionStore
 from ztpki.store.records import (
     AnsweredRequest,
     AuditEntry,
@@ -376,6 +377,10 @@ class RegisterStore(Protocol):
         """PENDING orders due by ``now`` with no earlier open order on the same certificate."""
         ...
 
+    def open_revocation_counts(self) -> dict[str, int]:
+        """The open orders by status: ``waiting`` and ``pending`` (both always present)."""
+        ...
+
     def revocation_done(
         self,
         seq: int,
@@ -458,5 +463,5 @@ class AuditLog(Protocol):
     def counts_by_decision(self) -> dict[str, int]: ...
 
 
-class NodeStore(RegisterStore, AuditLog, Protocol):
+class NodeStore(RegisterStore, AuditLog, CmpTransactionStore, Protocol):
     """What the customer node keeps in one database: its register and its audit trail."""

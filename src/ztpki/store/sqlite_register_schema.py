@@ -6,6 +6,7 @@ the known states and tie ISSUING to a held lease and BLOCKED to a remembered sta
 
 from __future__ import annotations
 
+from ztpki.store.cmp_transactions import CMP_TRANSACTION_INDEX, CMP_TRANSACTION_TABLE
 from ztpki.store.pg_schema import postgres_ddl
 
 SCHEMA_COMPONENT = "customer_node"
@@ -14,7 +15,8 @@ SCHEMA_COMPONENT = "customer_node"
 # the final state RETIRED, the renewal awaiting confirmation (renewed_from), and the durable
 # queue of revocations the node owes the customer CA system. Version 5: the lease of the one
 # process (of every node machine sharing the register) that sends the queue's orders.
-SCHEMA_VERSION = 5
+# Version 6: CMP transactions (ztpki.store.cmp_transactions).
+SCHEMA_VERSION = 6
 
 _STATES = "'listed', 'issuing', 'issued', 'customized', 'blocked'"
 _STATES_V4 = f"{_STATES}, 'retired'"
@@ -138,6 +140,8 @@ REGISTER_SCHEMA = (
     _REVOCATION_TABLE,
     *_REVOCATION_INDEXES,
     _SENDER_LEASE_TABLE,
+    CMP_TRANSACTION_TABLE,
+    CMP_TRANSACTION_INDEX,
 )
 
 # Version 1 keyed manifests by manifest_id alone. A manifest's manufacturer is the one its
@@ -179,9 +183,11 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         *_REVOCATION_INDEXES,
     ),
     4: (_SENDER_LEASE_TABLE,),
+    5: (CMP_TRANSACTION_TABLE, CMP_TRANSACTION_INDEX),
 }
 
 # PostgreSQL registers were first created at version 4: their steps start there.
 POSTGRES_MIGRATIONS: dict[int, tuple[str, ...]] = {
     4: (postgres_ddl(_SENDER_LEASE_TABLE),),
+    5: (postgres_ddl(CMP_TRANSACTION_TABLE), CMP_TRANSACTION_INDEX),
 }

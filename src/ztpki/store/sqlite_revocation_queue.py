@@ -141,6 +141,16 @@ class RevocationQueue(SenderLeases):
             ).fetchall()
         return [_queued(row) for row in rows]
 
+    def open_revocation_counts(self) -> dict[str, int]:
+        """How many orders wait for their grace period and how many are due or retrying
+        (the queue's depth; node_revocation_open makes it an index scan)."""
+        with self._db.read(single=True) as conn:
+            rows = conn.execute(
+                "SELECT status, COUNT(*) FROM node_revocation "
+                "WHERE status IN ('waiting', 'pending') GROUP BY status"
+            ).fetchall()
+        return {"waiting": 0, "pending": 0, **{str(s): int(n) for s, n in rows}}
+
     def due_revocations(self, *, now: datetime, limit: int = 32) -> list[QueuedRevocation]:
         """Pending orders due by ``now`` whose certificate has no earlier open order."""
         with self._db.read() as conn:

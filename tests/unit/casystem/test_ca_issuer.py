@@ -260,3 +260,43 @@ def test_ok_issued_extensions_are_the_profiles(
             *profile_extensions(profile, public_key, path_length=path_length),
         ]
         assert [(e.value, e.critical) for e in cert.extensions] == expected
+
+
+def _spki(key: PrivateKey) -> bytes:
+    return key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def test_ok_proven_public_key_is_certified_as_it_is(system: CASystem) -> None:
+    # A CMP node verified the device's proof of possession and sends the key alone.
+    device_key = generate_private_key(KeySpec.EC_P256)
+    plan = system.plan(
+        EnrollmentRequest("r", "d", public_key_der=_spki(device_key)), now=NOW, **EVERY_CA
+    )
+    assert plan.csr_public_key is not None and keys_match(device_key, plan.csr_public_key)
+    answer = system.answer(plan, system.sign(plan, plan.csr_public_key), None)
+    assert answer.private_key_der is None
+
+
+@pytest.mark.parametrize(
+    ("ca", "key_spec", "params", "match"),
+    [
+        pytest.param("nocsr", KeySpec.EC_P256, EnrollmentParameters(), "device-made keys",
+                     id="fail-public-key-where-no-csr-is-accepted"),
+        pytest.param("eccsr", KeySpec.ED25519, EnrollmentParameters(), "not allowed",
+                     id="fail-public-key-type-not-allowed"),
+        pytest.param(None, KeySpec.EC_P256, EnrollmentParameters(key_algorithm=KeySpec.EC_P256),
+                     "PublicKey", id="fail-key-algorithm-and-public-key"),
+    ],
+)  # fmt: skip
+def test_fail_proven_public_key_outside_policy(
+    system: CASystem, ca: str | None, key_spec: KeySpec, params: EnrollmentParameters, match: str
+) -> None:
+    der = _spki(generate_private_key(key_spec))
+    with pytest.raises(UnsupportedParameter, match=match):
+        system.plan(
+            EnrollmentRequest("r", "d", ca=ca, parameters=params, public_key_der=der),
+            now=NOW,
+            **EVERY_CA,
+        )

@@ -23,7 +23,12 @@ from ztpki.pki.keys import KeySpec, generate_private_key, key_spec_of
 from ztpki.pki.names import SubjectFields, build_subject
 from ztpki.pki.pem import certificate_der, serial_hex
 from ztpki.pki.profiles import CertificateProfile
-from ztpki.store.records import CertificateStatus, IssuedCertificate, RevocationReason
+from ztpki.store.records import (
+    CertificateStatus,
+    IssuedCertificate,
+    Revocation,
+    RevocationReason,
+)
 from ztpki.store.sqlite import open_sqlite_ca_store
 from ztpki.store.sqlite_ca import SQLiteIssuanceStore
 
@@ -115,6 +120,50 @@ def test_ok_cache_serves_until_version_moves_then_resigns(store: SQLiteIssuanceS
     assert status_of(responder.answer(request_der(other, CA.certificate), now=NOW).body) is (
         ocsp.OCSPCertStatus.GOOD
     )
+
+
+class CountingSource:
+    """The store, counting its revocation-version reads."""
+
+    def __init__(self, store: SQLiteIssuanceStore) -> None:
+        self.store = store
+        self.version_reads = 0
+
+    def certificate(self, ca_name: str, serial: str) -> IssuedCertificate | None:
+        return self.store.certificate(ca_name, serial)
+
+    def revocation(self, ca_name: str, serial: str) -> Revocation | None:
+        return self.store.revocation(ca_name, serial)
+
+    def revocation_version(self, ca_name: str) -> int:
+        self.version_reads += 1
+        return self.store.revocation_version(ca_name)
+
+
+def test_ok_one_version_read_per_turn_and_a_new_turn_sees_a_revocation(
+    store: SQLiteIssuanceStore,
+) -> None:
+    source = CountingSource(store)
+    responder = OCSPResponder({"factory": CA}, source, now=NOW)
+    leaf = issue(store)
+    der = request_der(leaf, CA.certificate)
+    first_turn = object()
+    answers = [responder.answer(der, now=NOW, turn=first_turn) for _ in range(3)]
+    assert source.version_reads == 1  # the requests of one turn share one read
+    assert all(status_of(a.body) is ocsp.OCSPCertStatus.GOOD for a in answers)
+    store.revoke("factory", serial_hex(leaf), reason=RevocationReason.KEY_COMPROMISE, at=NOW)
+    # The next turn reads again and sees the revocation at once, nonce or not.
+    second_turn = object()
+    plain = responder.answer(der, now=NOW, turn=second_turn)
+    nonced = responder.answer(
+        request_der(leaf, CA.certificate, nonce=os.urandom(16)), now=NOW, turn=second_turn
+    )
+    assert source.version_reads == 2
+    assert status_of(plain.body) is status_of(nonced.body) is ocsp.OCSPCertStatus.REVOKED
+    # Without a turn every request reads for itself.
+    responder.answer(der, now=NOW)
+    responder.answer(der, now=NOW)
+    assert source.version_reads == 4
 
 
 def test_ok_cache_refreshed_after_half_its_validity(store: SQLiteIssuanceStore) -> None:

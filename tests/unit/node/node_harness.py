@@ -36,6 +36,7 @@ class InProcessNode:
         limits: Limits,
         proxy: ProxyConfig | None = None,
         allow_no_eku: bool = False,
+        cmp_implicit_confirm: bool = False,
     ) -> None:
         self.pki = PKI.create()
         key = generate_private_key(KeySpec.EC_P256)
@@ -47,7 +48,13 @@ class InProcessNode:
             ip_addresses=("127.0.0.1",),
         )
         self.server_cert = self.pki.factory_root.issue(key.public_key(), grant)
-        label = CALabel("default", Path("unused.pem"), "operational", allow_no_eku=allow_no_eku)
+        label = CALabel(
+            "default",
+            Path("unused.pem"),
+            "operational",
+            allow_no_eku=allow_no_eku,
+            cmp_implicit_confirm=cmp_implicit_confirm,
+        )
         config = NodeConfig(
             directory=tmp,
             ca_system="127.0.0.1:1",

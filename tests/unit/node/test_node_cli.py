@@ -194,6 +194,30 @@ def test_fail_allow_no_eku_must_be_a_boolean(inputs: dict[str, Path]) -> None:
     assert status == 1
 
 
+def test_ok_cmp_implicit_confirm_per_label_and_shown_by_policy(
+    inputs: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(*init_args(inputs))[0] == 0
+    node = str(inputs["node"])
+    status, out = run("node", "policy", "--dir", node, "--json")
+    assert [r["cmp_implicit_confirm"] for r in json.loads(out)] == [False]  # off by default
+    path = inputs["node"] / "node.toml"
+    text = path.read_text()
+    path.write_text(
+        text.replace("allow_no_eku = false", "allow_no_eku = false\ncmp_implicit_confirm = true")
+    )
+    status, out = run("node", "policy", "--dir", node)
+    assert status == 0 and "cmp_implicit_confirm = True" in out
+    assert NodeConfig.load(inputs["node"]).labels[0].cmp_implicit_confirm
+    path.write_text(
+        text.replace("allow_no_eku = false", "allow_no_eku = false\ncmp_implicit_confirm = 1")
+    )
+    capsys.readouterr()
+    assert run("node", "policy", "--dir", node)[0] == 1
+    err = " ".join(capsys.readouterr().err.split())
+    assert "cmp_implicit_confirm must be true or false" in err
+
+
 def test_ok_server_key_is_written_with_the_work_factor_of_ca_keys(
     inputs: dict[str, Path],
 ) -> None:

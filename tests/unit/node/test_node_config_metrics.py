@@ -9,7 +9,7 @@ import pytest
 from ztpki.errors import ConfigurationError, UnknownCA
 from ztpki.node.config import CALabel, IssuingParameters, Limits, NodeConfig
 from ztpki.node.manufacturers import ManufacturerConfig
-from ztpki.node.metrics import NodeMetrics, database_figures
+from ztpki.node.metrics import Gauges, NodeMetrics, database_figures
 from ztpki.node.revocation_policy import RevocationPolicy
 from ztpki.pki.device_ids import DeviceIdNamespace
 from ztpki.pki.keys import KeySpec
@@ -110,15 +110,15 @@ def test_ok_metrics_exposition() -> None:
     metrics.count_request("simpleenroll", "refused-blocked")
     metrics.observe_enrollment("simpleenroll", 0.02)
     metrics.observe_enrollment("simpleenroll", 42.0)
-    text = metrics.exposition(devices={"listed": 3})
+    text = metrics.exposition(Gauges(devices={"listed": 3}))
     lines = text.splitlines()
-    assert 'ztpki_node_requests_total{endpoint="simpleenroll",outcome="issued"} 2' in lines
-    assert 'ztpki_node_enrollment_seconds_bucket{endpoint="simpleenroll",le="0.01"} 0' in lines
-    assert 'ztpki_node_enrollment_seconds_bucket{endpoint="simpleenroll",le="0.025"} 1' in lines
-    assert 'ztpki_node_enrollment_seconds_bucket{endpoint="simpleenroll",le="30"} 1' in lines
-    assert 'ztpki_node_enrollment_seconds_bucket{endpoint="simpleenroll",le="+Inf"} 2' in lines
-    assert 'ztpki_node_enrollment_seconds_count{endpoint="simpleenroll"} 2' in lines
-    assert 'ztpki_node_devices{state="listed"} 3' in lines
+    assert 'ztpki_node_requests_total{endpoint="simpleenroll",outcome="issued"} 2.0' in lines
+    assert 'ztpki_node_enrollment_seconds_bucket{endpoint="simpleenroll",le="0.01"} 0.0' in lines
+    assert 'ztpki_node_enrollment_seconds_bucket{endpoint="simpleenroll",le="0.025"} 1.0' in lines
+    assert 'ztpki_node_enrollment_seconds_bucket{endpoint="simpleenroll",le="30.0"} 1.0' in lines
+    assert 'ztpki_node_enrollment_seconds_bucket{endpoint="simpleenroll",le="+Inf"} 2.0' in lines
+    assert 'ztpki_node_enrollment_seconds_count{endpoint="simpleenroll"} 2.0' in lines
+    assert 'ztpki_node_devices{state="listed"} 3.0' in lines
     assert text.endswith("\n")
 
 
@@ -162,14 +162,13 @@ def test_ok_database_figures_of_the_store_and_of_other_workers(tmp_path: Path) -
         figures = store.database.counters.snapshot()
         assert figures["commits_read"] == before["commits_read"] + 1
         assert figures["round_trips"] >= before["round_trips"] + 3  # BEGIN, SELECT, COMMIT
-        assert f'ztpki_database_round_trips_total{{engine="sqlite"}} {figures["round_trips"]}' in (
-            lines
-        )
-        assert 'ztpki_database_round_trips_total{engine="postgresql"} 5' in lines
+        trips = figures["round_trips"]
+        assert f'ztpki_database_round_trips_total{{engine="sqlite"}} {trips}.0' in lines
+        assert 'ztpki_database_round_trips_total{engine="postgresql"} 5.0' in lines
         reads = figures["commits_read"] + 2
-        assert f'ztpki_database_commits_total{{engine="sqlite",kind="read"}} {reads}' in lines
+        assert f'ztpki_database_commits_total{{engine="sqlite",kind="read"}} {reads}.0' in lines
         writes = figures["commits_write"]
-        assert f'ztpki_database_commits_total{{engine="sqlite",kind="write"}} {writes}' in lines
+        assert f'ztpki_database_commits_total{{engine="sqlite",kind="write"}} {writes}.0' in lines
     finally:
         store.close()
 
@@ -187,10 +186,10 @@ def test_ok_database_figures_add_up_across_workers() -> None:
     total.add(one.snapshot())
     total.add(two.snapshot())
     lines = total.exposition().splitlines()
-    assert 'ztpki_database_round_trips_total{engine="postgresql"} 12' in lines
-    assert 'ztpki_database_commits_total{engine="postgresql",kind="write"} 3' in lines
+    assert 'ztpki_database_round_trips_total{engine="postgresql"} 12.0' in lines
+    assert 'ztpki_database_commits_total{engine="postgresql",kind="write"} 3.0' in lines
     with pytest.raises(ValueError, match="snapshot"):
         total.add({**one.snapshot(), "database": [["postgresql", "round_trips", "many"]]})
-    assert 'ztpki_database_round_trips_total{engine="postgresql"} 12' in (
+    assert 'ztpki_database_round_trips_total{engine="postgresql"} 12.0' in (
         total.exposition().splitlines()
     )

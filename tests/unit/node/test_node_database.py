@@ -146,17 +146,18 @@ def test_ok_a_postgresql_register_of_schema_4_gains_the_sender_lease_by_node_mig
     node = str(inputs["node"])
     with psycopg.connect(database, autocommit=True) as pg:  # the register as schema 4 had it
         pg.execute("DROP TABLE node_sender_lease")
+        pg.execute("DROP TABLE cmp_transaction")
         pg.execute("UPDATE schema_version SET version = 4 WHERE component = 'customer_node'")
     status, _, err = run("node", "devices", "--dir", node)
     assert status == 1 and "holds customer_node schema version 4" in err
     status, out, err = run("node", "migrate", "--dir", node)
     assert status == 0, err
-    assert "from customer_node schema version 4 to 5" in " ".join(out.split())
+    assert "from customer_node schema version 4 to 6" in " ".join(out.split())
     with psycopg.connect(database, autocommit=True) as pg:
         (version,) = pg.execute(
             "SELECT version FROM schema_version WHERE component = 'customer_node'"
         ).fetchone()
-        assert version == sqlite_register.SCHEMA_VERSION == 5
+        assert version == sqlite_register.SCHEMA_VERSION == 6
         pg.execute(
             "INSERT INTO node_sender_lease (name, holder, token, expires_at) "
             "VALUES ('revocations', 'a', 1, '2026-01-01T00:00:00.000000Z')"

@@ -14,7 +14,7 @@ from test_node_config_metrics import config
 
 from ztpki.cli import main
 from ztpki.node.config import IssuingParameters, Limits
-from ztpki.node.metrics import NodeMetrics
+from ztpki.node.metrics import Gauges, NodeMetrics
 from ztpki.node.proxy_config import ProxyConfig
 from ztpki.node.reload import plan_reload, read_reload
 from ztpki.node.workers import RESTART_MAX, describe_exit, restart_delay
@@ -45,14 +45,14 @@ def test_ok_snapshots_of_workers_add_up_to_one_exposition() -> None:
     total = NodeMetrics()
     for worker in (busy_metrics(2), busy_metrics(3)):
         total.add(json.loads(json.dumps(worker.snapshot())))
-    text = total.exposition(workers=2)
-    assert 'ztpki_node_requests_total{endpoint="simpleenroll",outcome="issued"} 5' in text
-    assert 'ztpki_node_unauthenticated_refusals_total{reason="no-certificate"} 2' in text
-    assert 'ztpki_node_enrollment_seconds_count{endpoint="simpleenroll"} 5' in text
-    assert 'ztpki_node_enrollment_seconds_bucket{endpoint="simpleenroll",le="0.025"} 5' in text
-    assert 'ztpki_node_ca_system_seconds_bucket{outcome="ok",le="2.5"} 0' in text
-    assert 'ztpki_node_ca_system_seconds_count{outcome="ok"} 2' in text
-    assert "ztpki_node_workers 2" in text
+    text = total.exposition(Gauges(workers=2))
+    assert 'ztpki_node_requests_total{endpoint="simpleenroll",outcome="issued"} 5.0' in text
+    assert 'ztpki_node_unauthenticated_refusals_total{reason="no-certificate"} 2.0' in text
+    assert 'ztpki_node_enrollment_seconds_count{endpoint="simpleenroll"} 5.0' in text
+    assert 'ztpki_node_enrollment_seconds_bucket{endpoint="simpleenroll",le="0.025"} 5.0' in text
+    assert 'ztpki_node_ca_system_seconds_bucket{le="2.5",outcome="ok"} 0.0' in text
+    assert 'ztpki_node_ca_system_seconds_count{outcome="ok"} 2.0' in text
+    assert "ztpki_node_workers 2.0" in text
 
 
 @pytest.mark.parametrize(

@@ -290,6 +290,29 @@ def test_ok_request_with_csr() -> None:
     assert decode_request(encode_request(request)).csr_der == material().csr_der
 
 
+def _public_key_der() -> bytes:
+    return (
+        ec.generate_private_key(ec.SECP256R1())
+        .public_key()
+        .public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+
+
+def test_ok_request_with_a_proven_public_key() -> None:
+    spki = _public_key_der()
+    request = EnrollmentRequest(request_id="r1", device_id="d1", public_key_der=spki)
+    assert decode_request(encode_request(request)) == request
+
+
+def test_fail_request_with_csr_and_public_key_or_a_public_key_not_der() -> None:
+    with pytest.raises(InvalidEnrollmentMessage, match="not both"):
+        EnrollmentRequest("r1", "d1", csr_der=material().csr_der, public_key_der=_public_key_der())
+    document = encode_request(EnrollmentRequest("r1", "d1", public_key_der=_public_key_der()))
+    broken = re.sub(rb"<PublicKey>[^<]*</PublicKey>", b"<PublicKey>AAAA</PublicKey>", document)
+    with pytest.raises(MalformedInput):
+        decode_request(broken)
+
+
 @pytest.mark.parametrize(
     ("data", "expected"),
     [

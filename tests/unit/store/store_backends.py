@@ -263,3 +263,28 @@ def _fields(record: AuditRecord) -> dict[str, Any]:
         "reason": record.reason,
         "serial": record.serial,
     }
+
+
+def race_begin_cmp_transaction(
+    kind: str, locator: str, transaction_id: bytes, name: str, barrier: Any, results: Any
+) -> None:
+    from ztpki.store.cmp_transactions import CmpTransaction, CmpTransactionState
+
+    store = open_node(kind, locator)
+    try:
+        barrier.wait(timeout=60)
+        began = store.begin_cmp_transaction(
+            CmpTransaction(
+                transaction_id,
+                f"dev-{name}",
+                "default",
+                "ir",
+                "ab" * 32,
+                CmpTransactionState.OPEN,
+                T0,
+                T0,
+            )
+        )
+        results.put((name, began))
+    finally:
+        store.close()

@@ -611,6 +611,7 @@ def test_ok_register_from_before_issuance_labels_opens_and_gains_them(tmp_path: 
         conn.execute("ALTER TABLE device DROP COLUMN renewed_from")  # and before version 4
         conn.execute("DROP TABLE node_revocation")
         conn.execute("DROP TABLE node_sender_lease")  # and before version 5
+        conn.execute("DROP TABLE cmp_transaction")  # and before version 6
         conn.execute("UPDATE schema_version SET version = 2 WHERE component = 'customer_node'")
     store = open_sqlite_node_store(path)
     try:

@@ -145,6 +145,7 @@ def test_ok_register_of_schema_3_migrates_to_the_current_one(tmp_path: Path) -> 
     with sqlite3.connect(path) as conn:  # the register as schema 3 had it
         conn.execute("DROP TABLE node_revocation")
         conn.execute("DROP TABLE node_sender_lease")
+        conn.execute("DROP TABLE cmp_transaction")
         conn.execute("ALTER TABLE device DROP COLUMN renewed_from")
         conn.execute("UPDATE schema_version SET version = 3 WHERE component = 'customer_node'")
     store = open_sqlite_node_store(path)
@@ -156,7 +157,7 @@ def test_ok_register_of_schema_3_migrates_to_the_current_one(tmp_path: Path) -> 
         assert store.get("d1").state is DeviceState.RETIRED  # type: ignore[union-attr]
     finally:
         store.close()
-    assert stored_schema_version(path, "customer_node") == 5 == SCHEMA_VERSION
+    assert stored_schema_version(path, "customer_node") == 6 == SCHEMA_VERSION
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
         with pytest.raises(sqlite3.IntegrityError):  # the schema still refuses unknown states
@@ -171,6 +172,7 @@ def test_ok_register_of_schema_4_gains_the_sender_lease(tmp_path: Path) -> None:
     store.close()
     with sqlite3.connect(path) as conn:  # the register as schema 4 had it
         conn.execute("DROP TABLE node_sender_lease")
+        conn.execute("DROP TABLE cmp_transaction")
         conn.execute("UPDATE schema_version SET version = 4 WHERE component = 'customer_node'")
     store = open_sqlite_node_store(path)
     try:
@@ -180,4 +182,4 @@ def test_ok_register_of_schema_4_gains_the_sender_lease(tmp_path: Path) -> None:
         assert store.revocation_done(queued.seq, lease=lease, now=T0)
     finally:
         store.close()
-    assert stored_schema_version(path, "customer_node") == 5
+    assert stored_schema_version(path, "customer_node") == SCHEMA_VERSION

@@ -1,0 +1,52 @@
+"""What a CMP handler gets and gives back: one authenticated, verified request, its label and
+the services it may use; a response body and what its header says.
+
+Handlers are registered by body type in ``ztpki.node.cmp_dispatch.HANDLERS`` (one line each):
+the front end (ztpki.node.cmp_http) has decoded the message, checked its protection and
+version, authenticated the signer as EST's TLS layer does, and will sign whatever comes back.
+A handler refuses by raising: a CMPError carries its failInfo; any ZtpkiError is mapped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from cryptography import x509
+
+from ztpki.node.authentication import ClientIdentity
+from ztpki.node.enrollment import EnrollmentService
+from ztpki.node.enrollment_types import LoadedLabel
+from ztpki.protocol.cmp import Body, PKIMessage
+
+
+@dataclass(frozen=True)
+class CmpExchange:
+    """One verified request. ``signer`` is the certificate that protected it."""
+
+    message: PKIMessage
+    identity: ClientIdentity
+    label: LoadedLabel
+    service: EnrollmentService
+    now: datetime
+    signer: x509.Certificate = field(repr=False)
+
+    @property
+    def endpoint(self) -> str:
+        """The request's name in the audit trail and the metrics."""
+        return f"cmp/{self.label.name}/{self.message.body.type.value}"
+
+
+@dataclass(frozen=True)
+class CmpReply:
+    """A response body; ``sender_nonce`` when the handler recorded the one it must carry."""
+
+    body: Body
+    implicit_confirm: bool = False
+    sender_nonce: bytes | None = None
+    extra_certs: tuple[bytes, ...] = ()  # after the node's own chain (RFC 9483 section 3.3)
+    outcome: str = "served"  # for the metrics: issued, redelivered, confirmed, served
+
+
+CmpHandler = Callable[[CmpExchange], Awaitable[CmpReply]]

@@ -1,0 +1,195 @@
+"""CMP transactions in the register: one row per transactionID the node ever accepted.
+
+A transactionID names one exchange (ir/cr/p10cr/kur, then certConf) of one device (RFC 9483
+section 3.1). Its row is written before the request is served, so a second request under
+the same id -- a replay, or another device's collision -- is refused (transactionIdInUse)
+by the primary key, on every node machine sharing the register. The row then holds what the
+certConf must match: the certificate issued in the exchange and the nonce the answer carried.
+Rows are never reused; a finished transaction stays, as the audit trail does.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+from ztpki.store.instants import decode_instant, encode_instant
+from ztpki.store.sql import Database
+
+
+class CmpTransactionState(enum.StrEnum):
+    OPEN = "open"  # request accepted, being served
+    ISSUED = "issued"  # certificate sent, its certConf awaited
+    CONFIRMED = "confirmed"  # certConf accepted (or implicitConfirm granted)
+    REJECTED = "rejected"  # the request was refused, or the device rejected the certificate
+
+
+@dataclass(frozen=True)
+class CmpTransaction:
+    transaction_id: bytes
+    device_id: str
+    label: str
+    body: str  # the request's body type: ir, cr, p10cr, kur
+    signer_fingerprint: str  # SHA-256 of the certificate that protected the request
+    state: CmpTransactionState
+    created_at: datetime
+    updated_at: datetime
+    cert_req_id: int | None = None
+    serial: str | None = None
+    certificate_der: bytes | None = field(default=None, repr=False)
+    response_nonce: bytes | None = None  # the senderNonce of the node's answer
+
+
+# Instants are encoded as everywhere in the register (UTC, fixed width).
+CMP_TRANSACTION_TABLE = """
+    CREATE TABLE cmp_transaction (
+        transaction_id     BLOB PRIMARY KEY,
+        device_id          TEXT NOT NULL CHECK (device_id <> ''),
+        label              TEXT NOT NULL CHECK (label <> ''),
+        body               TEXT NOT NULL CHECK (body IN ('ir', 'cr', 'p10cr', 'kur')),
+        signer_fingerprint TEXT NOT NULL CHECK (length(signer_fingerprint) = 64),
+        state              TEXT NOT NULL
+                           CHECK (state IN ('open', 'issued', 'confirmed', 'rejected')),
+        cert_req_id        INTEGER,
+        serial             TEXT,
+        certificate_der    BLOB,
+        response_nonce     BLOB,
+        created_at         TEXT NOT NULL,
+        updated_at         TEXT NOT NULL,
+        CHECK (state IN ('open', 'rejected') OR (serial IS NOT NULL
+               AND certificate_der IS NOT NULL AND response_nonce IS NOT NULL))
+    )"""
+CMP_TRANSACTION_INDEX = "CREATE INDEX cmp_transaction_by_device ON cmp_transaction (device_id)"
+
+_COLUMNS = (
+    "transaction_id, device_id, label, body, signer_fingerprint, state, created_at, "
+    "updated_at, cert_req_id, serial, certificate_der, response_nonce"
+)
+
+
+class CmpTransactionStore(Protocol):
+    """What the node's CMP front end keeps of its transactions."""
+
+    def begin_cmp_transaction(self, transaction: CmpTransaction) -> bool: ...
+
+    def record_cmp_issued(
+        self,
+        transaction_id: bytes,
+        *,
+        serial: str,
+        certificate_der: bytes,
+        response_nonce: bytes,
+        confirmed: bool,
+        now: datetime,
+    ) -> bool: ...
+
+    def close_cmp_transaction(
+        self, transaction_id: bytes, *, state: CmpTransactionState, now: datetime
+    ) -> bool: ...
+
+    def cmp_transaction(self, transaction_id: bytes) -> CmpTransaction | None: ...
+
+
+class CmpTransactions:
+    """The CMP transaction operations of SQLiteNodeStore (a mixin over its database)."""
+
+    _db: Database
+
+    def begin_cmp_transaction(self, transaction: CmpTransaction) -> bool:
+        """Record a new transaction; False if its id was ever used (nothing written)."""
+        t = transaction
+        with self._db.write() as conn:
+            return (
+                conn.execute(
+                    f"INSERT INTO cmp_transaction ({_COLUMNS}) "  # noqa: S608 (constant columns)
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (transaction_id) DO NOTHING",
+                    (
+                        t.transaction_id,
+                        t.device_id,
+                        t.label,
+                        t.body,
+                        t.signer_fingerprint,
+                        t.state.value,
+                        encode_instant(t.created_at),
+                        encode_instant(t.updated_at),
+                        t.cert_req_id,
+                        t.serial,
+                        t.certificate_der,
+                        t.response_nonce,
+                    ),
+                ).rowcount
+                == 1
+            )
+
+    def record_cmp_issued(
+        self,
+        transaction_id: bytes,
+        *,
+        serial: str,
+        certificate_der: bytes,
+        response_nonce: bytes,
+        confirmed: bool,
+        now: datetime,
+    ) -> bool:
+        """An open transaction's certificate was sent (or, confirmed: implicitly accepted)."""
+        state = CmpTransactionState.CONFIRMED if confirmed else CmpTransactionState.ISSUED
+        with self._db.write() as conn:
+            return (
+                conn.execute(
+                    "UPDATE cmp_transaction SET state = ?, serial = ?, certificate_der = ?, "
+                    "response_nonce = ?, updated_at = ? "
+                    "WHERE transaction_id = ? AND state = 'open'",
+                    (
+                        state.value,
+                        serial,
+                        certificate_der,
+                        response_nonce,
+                        encode_instant(now),
+                        transaction_id,
+                    ),
+                ).rowcount
+                == 1
+            )
+
+    def close_cmp_transaction(
+        self, transaction_id: bytes, *, state: CmpTransactionState, now: datetime
+    ) -> bool:
+        """An open or issued transaction ends (confirmed or rejected); False if it had."""
+        if state not in (CmpTransactionState.CONFIRMED, CmpTransactionState.REJECTED):
+            raise ValueError(f"a transaction closes confirmed or rejected, not {state.value}")
+        with self._db.write() as conn:
+            return (
+                conn.execute(
+                    "UPDATE cmp_transaction SET state = ?, updated_at = ? "
+                    "WHERE transaction_id = ? AND state IN ('open', 'issued') "
+                    "AND (? = 'rejected' OR state = 'issued')",
+                    (state.value, encode_instant(now), transaction_id, state.value),
+                ).rowcount
+                == 1
+            )
+
+    def cmp_transaction(self, transaction_id: bytes) -> CmpTransaction | None:
+        with self._db.read() as conn:
+            row = conn.execute(
+                f"SELECT {_COLUMNS} FROM cmp_transaction WHERE transaction_id = ?",  # noqa: S608
+                (transaction_id,),
+            ).fetchone()
+        if row is None:
+            return None
+        return CmpTransaction(
+            transaction_id=bytes(row[0]),
+            device_id=row[1],
+            label=row[2],
+            body=row[3],
+            signer_fingerprint=row[4],
+            state=CmpTransactionState(row[5]),
+            created_at=decode_instant(row[6]),
+            updated_at=decode_instant(row[7]),
+            cert_req_id=row[8],
+            serial=row[9],
+            certificate_der=None if row[10] is None else bytes(row[10]),
+            response_nonce=None if row[11] is None else bytes(row[11]),
+        )
