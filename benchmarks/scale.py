@@ -319,7 +319,8 @@ def run_scale(world: World, args: argparse.Namespace, urls: dict[str, str]) -> d
 
     if args.import_only:
         ok = listed is not None and int(listed.group(1)) == big
-        return {"ok": ok, "manifest_mb": size_mb, "import": asdict(imported)}
+        return {"ok": ok, "manifest_mb": size_mb, "import": asdict(imported),
+                "listed": int(listed.group(1)) if listed else None}  # fmt: skip
 
     print(f"customer CA store: {big} issuance records; node N: {big} audit entries ...", flush=True)
     ca_fill = fill_ca_store(world, start=0, count=big)
