@@ -20,7 +20,7 @@ demo: $(STAMP)
 
 # System tools the tests drive as real third parties (curl, openssl; nginx as the TLS proxy;
 # PostgreSQL, whose throwaway clusters the tests start: tests/support/postgres.py; systemd's
-# checkers for deploy/).
+# checkers for deploy/; chromium and chromium-driver for the console's browser tests).
 # nginx-light is Debian 12's small build; newer releases ship only `nginx`. RUNLEVEL=1 keeps
 # the packages from starting a system nginx, and create_main_cluster = false keeps Debian's
 # PostgreSQL package from creating (and starting) a system cluster: the tests run their own.
@@ -35,6 +35,13 @@ system-deps:
 	    echo 'create_main_cluster = false' >> /etc/postgresql-common/createcluster.conf) && \
 	   RUNLEVEL=1 apt-get install -y -q postgresql)
 	@command -v systemd-analyze >/dev/null || (apt-get update -q && apt-get install -y -q systemd)
+	@# The web console's browser tests: Debian's headless Chromium and its matching driver.
+	@(command -v chromium >/dev/null && command -v chromedriver >/dev/null) || \
+	  (apt-get update -q && apt-get install -y -q chromium chromium-driver)
+	@# Keys in hardware (README): SoftHSM2 is the PKCS#11 token of the tests, OpenSC's
+	@# pkcs11-tool the outside view into it.
+	@(command -v softhsm2-util >/dev/null && command -v pkcs11-tool >/dev/null) || \
+	  (apt-get update -q && apt-get install -y -q softhsm2 opensc)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from cryptography import x509
 
-from ztpki.device.activation import ActivatingClient, ActivationError, KeyMode
+from ztpki.device.activation import ActivationError, KeyMode
+from ztpki.device.cmp_activation import EnrollmentProtocol, activating_client
 from ztpki.device.communication import NodeAddress
 from ztpki.device.connect import connect, identity_ssl_context, operational_ssl_context
 from ztpki.device.memory import DeviceMemory
@@ -45,6 +46,8 @@ class DeviceOutcome:
     device_id: str
     path: Path
     key_mode: KeyMode
+    # EST, or CMP (RFC 9483): central key generation for serverkeygen, an ir otherwise.
+    protocol: EnrollmentProtocol = EnrollmentProtocol.EST
     before: IdentityView | None = None
     after: IdentityView | None = None
     seconds: float = 0.0
@@ -67,8 +70,8 @@ async def customize_all(
     async def one(outcome: DeviceOutcome) -> None:
         async with slots:
             start = time.perf_counter()
-            client = ActivatingClient(
-                DeviceMemory.open(outcome.path), node, key_mode=outcome.key_mode
+            client = activating_client(
+                outcome.protocol, DeviceMemory.open(outcome.path), node, key_mode=outcome.key_mode
             )
             try:
                 await client.activate()
