@@ -24,9 +24,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
+from pyasn1.type import univ
 
-from ztpki.errors import UnsupportedParameter
-from ztpki.pki.der import read_tlv, tlv
+from ztpki.errors import MalformedInput, UnsupportedParameter
+from ztpki.pki.asn1 import encode_der, signed_parts
 from ztpki.pki.keys import PrivateKey, PublicKey, signature_hash
 
 SignatureHash = hashes.SHA256 | hashes.SHA384
@@ -126,24 +127,19 @@ def algorithm_identifier(key: ExternalKey) -> bytes:
             .not_valid_after(_EPOCH)
             .sign(_stand_in(public), algorithm, rsa_padding=rsa_padding(key))
         ).public_bytes(_DER)
-        outer, _ = read_tlv(draft, 0)
-        _tbs, at = read_tlv(draft, outer.start, stop=outer.end)
-        _algorithm, end = read_tlv(draft, at, stop=outer.end)
-        found = _identifiers[cache_key] = draft[at:end]
+        found = _identifiers[cache_key] = bytes(signed_parts(draft)["algorithm"])
     return found
 
 
 def resign(signed_der: bytes, signature: bytes) -> bytes:
     """``signed_der`` (a Certificate, CertificateList or BasicOCSPResponse) with its
     signature BIT STRING replaced; everything before and after it is kept byte for byte."""
-    outer, end = read_tlv(signed_der, 0)
-    _tbs, at = read_tlv(signed_der, outer.start, stop=outer.end)
-    _algorithm, at = read_tlv(signed_der, at, stop=outer.end)
-    old, after = read_tlv(signed_der, at, stop=outer.end)
-    if old.tag != 0x03 or end != len(signed_der):
-        raise ValueError("not a signed X.509 structure")
-    body = signed_der[outer.start : at] + tlv(0x03, b"\x00" + signature)
-    return tlv(0x30, body + signed_der[after : outer.end])
+    try:
+        parts = signed_parts(signed_der)
+    except MalformedInput:
+        raise ValueError("not a signed X.509 structure") from None
+    parts["signature"] = parts["signature"].clone(univ.BitString.fromOctetString(signature))
+    return encode_der(parts)
 
 
 Builder = x509.CertificateBuilder | x509.CertificateRevocationListBuilder

@@ -15,9 +15,9 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import SignatureAlgorithmOID
 
 from ztpki.errors import UnsupportedParameter
+from ztpki.pki.asn1 import signed_parts
 from ztpki.pki.authority import CertificateAuthority, create_self_signed_ca
 from ztpki.pki.crl import build_crl
-from ztpki.pki.der import read_tlv
 from ztpki.pki.keys import KeySpec, PrivateKey, PublicKey, generate_private_key
 from ztpki.pki.names import SubjectFields, build_subject
 from ztpki.pki.signer import SignatureHash, algorithm_identifier, key_location, resign
@@ -75,10 +75,7 @@ def test_ok_external_key_certificates_and_crls_verify(
     assert crl.is_signature_valid(root.public_key())  # type: ignore[arg-type]
     # The identifier a hand-built structure (OCSP) carries is the one in the certificate.
     der = root.public_bytes(Encoding.DER)
-    outer, _ = read_tlv(der, 0)
-    _tbs, at = read_tlv(der, outer.start)
-    _algorithm, end = read_tlv(der, at)
-    assert algorithm_identifier(key) == der[at:end]
+    assert algorithm_identifier(key) == bytes(signed_parts(der)["algorithm"])
     assert key_location(key) == "pkcs11:token=t;object=k"
     assert key_location(key.key) == "file"
 
