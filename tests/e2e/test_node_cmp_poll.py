@@ -9,6 +9,7 @@ an unknown transaction, a wrong certReqId, another device's signature).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import sqlite3
 import subprocess
@@ -18,6 +19,8 @@ from datetime import UTC, datetime
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from node_fixtures import TEST_LIMITS, Device, NodeWorld, build_world
 from test_node_cmp import SUBJECT, new_key, post, unchanged
 from tests.support.cmp_messages import (
@@ -28,6 +31,9 @@ from tests.support.cmp_messages import (
     signed,
 )
 
+from ztpki.device.cmp_activation import trust_for
+from ztpki.device.cmp_client import CMPClient
+from ztpki.device.cmp_transaction import Credentials
 from ztpki.pki.pem import load_certificates_pem
 from ztpki.protocol.cmp import (
     BodyType,
@@ -190,3 +196,44 @@ def test_fail_pollreq_with_a_wrong_cert_req_id_or_signer(world: NodeWorld) -> No
         assert cmp_rows(world, device.device_id) == before  # still waiting, unchanged
         unchanged(world, device)
         unchanged(world, other)
+
+
+# ------------------------------------------------------------------ ztpki's own client polls
+
+
+def test_ok_ztpki_client_polls_until_the_ca_system_is_back(world: NodeWorld) -> None:
+    """device/cmp_client.py waits checkAfter between polls: its wait starts the CA system
+    again once the node has answered a pollRep (no sleep: the client's own hook)."""
+    (device,) = world.make_devices(1)
+    anchors = load_certificates_pem(world.factory_anchor.read_bytes())
+    waits: list[float] = []
+
+    async def wait(seconds: float) -> None:
+        waits.append(seconds)
+        if len(waits) == 2:  # the first pollRep came: the node is waiting for its CA system
+            assert cmp_rows(world, device.device_id)[0][1] is not None
+            await asyncio.to_thread(world.restart_customer)
+
+    async def run() -> x509.Certificate:
+        client = CMPClient(
+            f"https://{world.node.address}/.well-known/cmp",
+            Credentials(device.key, device.certificate),  # type: ignore[arg-type]
+            trust_for(anchors),
+            context=world.context(),
+            wait=wait,
+        )
+        async with client:
+            key = ec.generate_private_key(ec.SECP256R1())
+            subject = x509.Name([x509.NameAttribute(NameOID.SERIAL_NUMBER, device.device_id)])
+            enrollment = await client.enroll(BodyType.IR, key, subject=subject)
+            await client.confirm(enrollment)
+            assert client.polls == 2
+            return enrollment.certificate
+
+    world.customer.stop()
+    certificate = asyncio.run(run())
+    assert waits == [0, 1]  # the node's checkAfter is its retry_after
+    assert world.state(device.device_id) == "customized"
+    (issued,) = world.issued(device.device_id)
+    assert int(issued["serial"], 16) == certificate.serial_number
+    assert [state for state, _ in cmp_rows(world, device.device_id)] == ["confirmed"]
