@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import sqlite3
 import subprocess
 from collections.abc import Iterator
@@ -23,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from node_fixtures import TEST_LIMITS, Device, NodeWorld, build_world
 from test_node_cmp import SUBJECT, new_key, post, unchanged
+from tests.attacks.attack_deployment import wait_until
 from tests.support.cmp_messages import (
     cert_conf,
     ir_body,
@@ -40,6 +43,7 @@ from ztpki.protocol.cmp import (
     CertRepBody,
     FailInfo,
     Header,
+    PKIMessage,
     PKIStatus,
     PollRepBody,
     PollReqBody,
@@ -48,7 +52,9 @@ from ztpki.protocol.cmp import (
 
 # The node advises checkAfter = retry_after when its CA system is unavailable: 1 s keeps the
 # test short (openssl waits checkAfter between polls).
-LIMITS = {**TEST_LIMITS, "retry_after": 1}
+# cmp_wait_seconds: a request the stopped (SIGSTOP) CA system does not answer within 4 s is
+# answered 'waiting', well before ca_timeout (10 s) ends the issuance.
+LIMITS = {**TEST_LIMITS, "retry_after": 1, "cmp_wait_seconds": 4.0}
 
 
 @pytest.fixture(scope="module")
@@ -141,6 +147,19 @@ def poll_req(header: Header, *cert_req_ids: int) -> tuple[Header, PollReqBody]:
     return follow, PollReqBody(cert_req_ids)
 
 
+def poll_until_answered(
+    world: NodeWorld, device: Device, header: Header
+) -> tuple[Header, PKIMessage]:
+    """pollReq until the node answers something else than pollRep (a loaded machine may make
+    the first issuance after the CA system's restart outlast cmp_wait_seconds)."""
+    for _ in range(10):
+        follow, body = poll_req(header, 0)
+        answer = post(world, signed(device.key, device.certificate, follow, body))
+        if not isinstance(answer.body, PollRepBody):
+            return follow, answer
+    pytest.fail("the node kept answering pollRep with its CA system running")
+
+
 def test_ok_pollreq_gets_pollrep_then_the_certificate(world: NodeWorld) -> None:
     (device,) = world.make_devices(1)
     with customer_ca_stopped(world):
@@ -151,8 +170,7 @@ def test_ok_pollreq_gets_pollrep_then_the_certificate(world: NodeWorld) -> None:
         (entry,) = answer.body.entries
         assert entry.cert_req_id == 0 and entry.check_after >= 1
         unchanged(world, device)
-    follow, body = poll_req(header, 0)
-    answer = post(world, signed(device.key, device.certificate, follow, body))
+    follow, answer = poll_until_answered(world, device, header)
     assert isinstance(answer.body, CertRepBody) and answer.body.type is BodyType.IP
     (response,) = answer.body.responses
     assert response.status.status is PKIStatus.ACCEPTED and response.certificate_der
@@ -227,13 +245,36 @@ def test_ok_ztpki_client_polls_until_the_ca_system_is_back(world: NodeWorld) -> 
             subject = x509.Name([x509.NameAttribute(NameOID.SERIAL_NUMBER, device.device_id)])
             enrollment = await client.enroll(BodyType.IR, key, subject=subject)
             await client.confirm(enrollment)
-            assert client.polls == 2
+            assert client.polls >= 2
             return enrollment.certificate
 
     world.customer.stop()
     certificate = asyncio.run(run())
-    assert waits == [0, 1]  # the node's checkAfter is its retry_after
+    assert waits[:2] == [0, 1]  # the node's checkAfter is its retry_after
     assert world.state(device.device_id) == "customized"
     (issued,) = world.issued(device.device_id)
     assert int(issued["serial"], 16) == certificate.serial_number
     assert [state for state, _ in cmp_rows(world, device.device_id)] == ["confirmed"]
+
+
+def test_ok_slow_ca_system_issues_in_the_background(world: NodeWorld) -> None:
+    """The CA system is stopped mid-issuance (SIGSTOP): the ir is answered 'waiting' after
+    cmp_wait_seconds while the issuance goes on; once the CA system continues, it lands in
+    the register and the pollReq is answered with that same certificate, issued once."""
+    (device,) = world.make_devices(1)
+    os.kill(world.customer.pid, signal.SIGSTOP)
+    try:
+        header = waiting_ir(world, device)
+        assert world.state(device.device_id) == "issuing"  # the lease is held meanwhile
+    finally:
+        os.kill(world.customer.pid, signal.SIGCONT)
+    assert wait_until(lambda: world.state(device.device_id) == "issued", timeout=30)
+    _, answer = poll_until_answered(world, device, header)
+    assert isinstance(answer.body, CertRepBody) and answer.body.type is BodyType.IP
+    (response,) = answer.body.responses
+    assert response.certificate_der is not None
+    certificate = x509.load_der_x509_certificate(response.certificate_der)
+    (issued,) = world.issued(device.device_id)  # the background issuance's, not a second
+    assert int(issued["serial"], 16) == certificate.serial_number
+    decisions = [e["decision"] for e in world.audit(device.device_id)]
+    assert decisions.count("issued") == 1 and "redelivered" in decisions
