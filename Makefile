@@ -20,7 +20,7 @@ demo: $(STAMP)
 
 # System tools the tests drive as real third parties (curl, openssl; nginx as the TLS proxy;
 # PostgreSQL, whose throwaway clusters the tests start: tests/support/postgres.py; systemd's
-# checkers for deploy/).
+# checkers for deploy/; chromium and chromium-driver for the console's browser tests).
 # nginx-light is Debian 12's small build; newer releases ship only `nginx`. RUNLEVEL=1 keeps
 # the packages from starting a system nginx, and create_main_cluster = false keeps Debian's
 # PostgreSQL package from creating (and starting) a system cluster: the tests run their own.
@@ -38,6 +38,9 @@ system-deps:
 	@# Discovery's mDNS tests run in network namespaces of their own: ip (iproute2), unshare.
 	@command -v ip >/dev/null && command -v unshare >/dev/null || \
 	  (apt-get update -q && apt-get install -y -q iproute2 util-linux)
+	@# The web console's browser tests: Debian's headless Chromium and its matching driver.
+	@(command -v chromium >/dev/null && command -v chromedriver >/dev/null) || \
+	  (apt-get update -q && apt-get install -y -q chromium chromium-driver)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

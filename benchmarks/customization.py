@@ -17,7 +17,8 @@ from pathlib import Path
 
 from tests.e2e.device_fixtures import World
 
-from ztpki.device import ActivatingClient, ActivationError, DeviceMemory, KeyMode
+from ztpki.device import ActivationError, DeviceMemory, KeyMode
+from ztpki.device.cmp_activation import EnrollmentProtocol, activating_client
 from ztpki.device.communication import NodeAddress
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -85,7 +86,12 @@ def percentile(values: Sequence[float], fraction: float) -> float:
 
 
 async def customize(
-    memories: Sequence[DeviceMemory], node: NodeAddress, mode: KeyMode, concurrency: int
+    memories: Sequence[DeviceMemory],
+    node: NodeAddress,
+    mode: KeyMode,
+    concurrency: int,
+    *,
+    protocol: EnrollmentProtocol = EnrollmentProtocol.EST,
 ) -> tuple[list[float], list[str]]:
     gate = asyncio.Semaphore(concurrency)
     latencies: list[float] = []
@@ -95,7 +101,8 @@ async def customize(
         async with gate:
             started = time.perf_counter()
             try:
-                await ActivatingClient(memory, node, key_mode=mode, timeout=120).activate()
+                client = activating_client(protocol, memory, node, key_mode=mode, timeout=120)
+                await client.activate()
             except ActivationError as exc:
                 failures.append(f"{memory.device_id}: {exc.message}")
                 return

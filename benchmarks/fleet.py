@@ -77,6 +77,7 @@ from tests.e2e.device_fixtures import ENV, World, build_world  # noqa: E402
 from tests.support.postgres import PostgresCluster  # noqa: E402
 
 from ztpki.device import DeviceMemory, KeyMode  # noqa: E402
+from ztpki.device.cmp_activation import EnrollmentProtocol  # noqa: E402
 from ztpki.device.communication import NodeAddress, node_context  # noqa: E402
 
 STATISTICS_DELAY = 11.0
@@ -92,6 +93,7 @@ def run_mode(
     device_ids: Sequence[str],
     mode: KeyMode,
     concurrency: int,
+    protocol: EnrollmentProtocol = EnrollmentProtocol.EST,
 ) -> ModeResult:
     memories = [DeviceMemory.open(world.device(d)) for d in device_ids]
     servers = configuration.server_pids(world)
@@ -103,7 +105,9 @@ def run_mode(
     client_before = time.process_time()
     started = time.perf_counter()
     latencies, failures = asyncio.run(
-        customize(memories, NodeAddress.parse(f"https://{node}"), mode, concurrency)
+        customize(
+            memories, NodeAddress.parse(f"https://{node}"), mode, concurrency, protocol=protocol
+        )
     )
     seconds = time.perf_counter() - started
     client_cpu = time.process_time() - client_before
@@ -125,7 +129,7 @@ def run_mode(
     ms = 1000.0
     return ModeResult(
         mode=mode.value,
-        configuration=configuration.label,
+        configuration=configuration.label + (", CMP" if protocol is EnrollmentProtocol.CMP else ""),
         devices=len(device_ids),
         failed=len(failures),
         seconds=seconds,
@@ -278,6 +282,34 @@ def signature_floor(rounds: int = 300) -> dict[str, float]:
     }
 
 
+# CMP customization (ir + certConf) may cost at most this much of EST's server CPU (issue 17).
+CMP_CPU_BOUND = 1.2
+
+
+def protocol_ratios(results: Sequence[ModeResult]) -> None:
+    """Server CPU of CMP over EST, per key mode and database, when both ran."""
+    est = {(r.mode, r.configuration): r for r in results}
+    lines = []
+    for r in results:
+        if not r.configuration.endswith(", CMP"):
+            continue
+        base = est.get((r.mode, r.configuration.removesuffix(", CMP")))
+        if base is None or not base.server_cpu_ms:
+            continue
+        ratio = r.server_cpu_ms / base.server_cpu_ms
+        verdict = "within" if ratio <= CMP_CPU_BOUND else "OVER"
+        lines.append(
+            f"  {r.mode:<13} {base.configuration:<22} CMP {r.server_cpu_ms:.2f} ms / EST "
+            f"{base.server_cpu_ms:.2f} ms = {ratio:.2f} ({verdict} the {CMP_CPU_BOUND} bound; "
+            f"node {r.node_cpu_ms:.2f} / {base.node_cpu_ms:.2f}, "
+            f"CA {r.ca_cpu_ms:.2f} / {base.ca_cpu_ms:.2f})"
+        )
+    if lines:
+        print()
+        print("CMP against EST, server CPU per customization (same run)")
+        print("\n".join(lines))
+
+
 # --- main ----------------------------------------------------------------------------------
 
 
@@ -286,6 +318,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--devices", type=int, default=1000, help="devices per key mode")
     parser.add_argument("--concurrency", type=int, default=64, help="customizations in flight")
     parser.add_argument("--modes", default="simpleenroll,serverkeygen")
+    parser.add_argument(
+        "--protocol",
+        default="est",
+        help="est, cmp or est,cmp: the activating client's protocol (CMP: an ir + certConf, "
+        "central key generation for serverkeygen); with both, the CMP/EST server CPU ratio",
+    )
     parser.add_argument(
         "--database",
         choices=["sqlite", "postgresql"],
@@ -307,11 +345,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not shutil.which("openssl"):
         parser.error("openssl is needed for the floor measurement")
     modes = [KeyMode(m.strip()) for m in args.modes.split(",") if m.strip()]
+    protocols = [EnrollmentProtocol(p.strip()) for p in args.protocol.split(",") if p.strip()]
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="ztpki-fleet-"))
     workdir.mkdir(parents=True, exist_ok=True)
     setups = 2 if args.database == "postgresql" else 1
     # One more device, never customized: its identity reads the nodes' /metrics.
-    count = args.devices * len(modes) * setups + 1
+    count = args.devices * len(modes) * len(protocols) * setups + 1
     print(f"building the world in {workdir}: {count} devices ...", flush=True)
     started = time.perf_counter()
     world = build_world(workdir, devices=count)
@@ -337,17 +376,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("measuring the floor (openssl s_server, cryptography) ...", flush=True)
         handshake = handshake_floor(world, ids[: args.devices], handshakes=max(args.devices, 1000))
         signatures = signature_floor()
-        batches = iter(range(len(modes) * len(configurations)))
+        batches = iter(range(len(modes) * len(configurations) * len(protocols)))
         for mode in modes:
             for configuration in configurations:
-                index = next(batches)
-                batch = ids[index * args.devices : (index + 1) * args.devices]
-                print(f"customizing {len(batch)} devices with {mode.value} "
-                      f"({configuration.label}) ...", flush=True)  # fmt: skip
-                results.append(
-                    run_mode(world, configuration, scraper, batch, mode, args.concurrency)
-                )
+                # EST and CMP batches one after the other, under the same load.
+                for protocol in protocols:
+                    index = next(batches)
+                    batch = ids[index * args.devices : (index + 1) * args.devices]
+                    print(f"customizing {len(batch)} devices with {mode.value} over "
+                          f"{protocol.value.upper()} ({configuration.label}) ...",
+                          flush=True)  # fmt: skip
+                    results.append(
+                        run_mode(
+                            world, configuration, scraper, batch, mode, args.concurrency, protocol
+                        )
+                    )
         report(results, handshake, signatures, args)
+        protocol_ratios(results)
         for configuration in configurations:
             for query, calls, total in top_statements(configuration):
                 print(f"  {calls:>8} calls {total:>9.1f} ms  {query[:150]}")

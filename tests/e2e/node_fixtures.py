@@ -382,6 +382,7 @@ def build_world(
     settings: Mapping[str, Any] | None = None,
     backend: str = "sqlite",
     databases: tuple[str, str] | None = None,
+    serve_args: Sequence[str] = (),
 ) -> NodeWorld:
     """Make and start the three services; the caller stops them (world.stop()).
 
@@ -389,7 +390,8 @@ def build_world(
     device-id pattern) of other_manufacturers. ``backend="postgresql"``: the customer CA
     system and the node keep their records in databases of the test process's PostgreSQL
     cluster (the factory stays on SQLite). ``databases``: the (customer CA system, node)
-    database URLs to use instead, e.g. of a cluster the caller restarts."""
+    database URLs to use instead, e.g. of a cluster the caller restarts. ``serve_args``: more
+    options of `node serve` (e.g. --console-listen)."""
     factory, customer, node_dir = root / "factory", root / "customer", root / "node"
     customer_db, node_db = databases or _databases(backend)
     cli("ca", "init", "--dir", str(factory), "--name", "froot", "--org", "Acme Devices")
@@ -573,7 +575,7 @@ def build_world(
         set_limits(node_dir, limits)
         merge_settings(node_dir, settings or {})
         node_service = start(
-            ["node", "serve", "--dir", str(node_dir), "--listen", "127.0.0.1:0"],
+            ["node", "serve", "--dir", str(node_dir), "--listen", "127.0.0.1:0", *serve_args],
             log_path=root / "node.log",
             env=ENV,
         )

@@ -24,6 +24,12 @@ def test_ok_demo_customizes_every_device_and_proves_it(tmp_path: Path) -> None:
     devices = summary["devices"]
     assert len({d["device_id"] for d in devices}) == 5
     assert {d["key_mode"] for d in devices} == {"serverkeygen", "simpleenroll"}
+    # Some devices customize over CMP, with both key modes (ir and central key generation).
+    assert {d["key_mode"] for d in devices if d["protocol"] == "cmp"} == {
+        "serverkeygen",
+        "simpleenroll",
+    }
+    assert {d["protocol"] for d in devices} == {"est", "cmp"}
     for device in devices:
         assert device["ok"], device
         before, after = device["before"], device["after"]

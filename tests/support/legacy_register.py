@@ -40,3 +40,14 @@ V1_SCHEMA = (
         PRIMARY KEY (device_id, position)
     )""",
 )
+
+
+# Undo what schema version 7 added (the web console's table and indexes): a register of
+# version 6 or older, as a test that fakes one by dropping what came later must leave it.
+BEFORE_CONSOLE = (
+    "DROP TABLE console_operator",
+    "DROP INDEX IF EXISTS device_by_batch",
+    "DROP INDEX IF EXISTS device_by_label",
+    "DROP INDEX IF EXISTS device_by_maker",
+    "DROP INDEX IF EXISTS audit_entry_by_decision",
+)

@@ -27,7 +27,12 @@ _EXTENSIONS = {
     "ca": ("ztpki.cli.ca_clients", "ztpki.cli.ca_revocation"),
     "device": ("ztpki.cli.device_agent", "ztpki.cli.device_discover"),
     "factory": ("ztpki.cli.factory_batch", "ztpki.cli.factory_recall"),
-    "node": ("ztpki.cli.node_register", "ztpki.cli.node_manufacturers", "ztpki.cli.node_serve"),
+    "node": (
+        "ztpki.cli.node_register",
+        "ztpki.cli.node_manufacturers",
+        "ztpki.cli.node_serve",
+        "ztpki.cli.node_console",
+    ),
 }
 
 

@@ -33,7 +33,6 @@ from ztpki.cli.common import log_format_option, print_json
 from ztpki.cli.device import device, plain_errors, print_error
 from ztpki.cli.discovery_options import discovery_options
 from ztpki.device.activation import (
-    ActivatingClient,
     ActivationError,
     ActivationEvent,
     ActivationResult,
@@ -41,6 +40,7 @@ from ztpki.device.activation import (
     KeyMode,
 )
 from ztpki.device.agent import Agent, AgentEvent, AgentStopped
+from ztpki.device.cmp_activation import EnrollmentProtocol, activating_client
 from ztpki.device.connect import RevocationPolicy, connect, identity_ssl_context
 from ztpki.device.customer_node import (
     NODE_CA_KEY,
@@ -208,6 +208,14 @@ def _fail(exc: ActivationError | AgentStopped) -> None:
     raise SystemExit(exc.exit_code)
 
 
+protocol_option = click.option(
+    "--protocol",
+    type=click.Choice([p.value for p in EnrollmentProtocol], case_sensitive=False),
+    default=EnrollmentProtocol.EST.value,
+    show_default=True,
+    help="Enrollment protocol to the node: EST (RFC 7030) or CMP (RFC 9483: ir + certConf, "
+    "with central key generation unless --key-on-device; kur to renew).",
+)
 timeout_option = click.option(
     "--timeout", type=float, default=30.0, show_default=True, help="Seconds per request."
 )
@@ -220,6 +228,7 @@ json_option = click.option(
 @device_option
 @node_option
 @key_on_device_option
+@protocol_option
 @fingerprint_option
 @node_ca_option
 @click.option(
@@ -234,6 +243,7 @@ def activate_command(
     device_dir: Path,
     node: NodeAddress | None,
     key_on_device: bool,
+    protocol: str,
     node_ca_fingerprint: str | None,
     node_ca: x509.Certificate | None,
     key_algorithm: str | None,
@@ -244,7 +254,7 @@ def activate_command(
     if key_algorithm is not None and not key_on_device:
         raise click.UsageError(
             "--key-algorithm needs --key-on-device: without it the customer CA generates the "
-            "key (serverkeygen)"
+            "key (serverkeygen, or central key generation over CMP)"
         )
     _run_once(
         device_dir,
@@ -255,12 +265,14 @@ def activate_command(
         renew=False,
         key_mode=KeyMode.SIMPLEENROLL if key_on_device else KeyMode.SERVERKEYGEN,
         key_spec=KeySpec.parse(key_algorithm) if key_algorithm else None,
+        protocol=EnrollmentProtocol(protocol.lower()),
     )
 
 
 @device.command("renew")
 @device_option
 @node_option
+@protocol_option
 @fingerprint_option
 @node_ca_option
 @timeout_option
@@ -269,14 +281,24 @@ def activate_command(
 def renew_command(
     device_dir: Path,
     node: NodeAddress | None,
+    protocol: str,
     node_ca_fingerprint: str | None,
     node_ca: x509.Certificate | None,
     timeout: float,
     as_json: bool,
 ) -> None:
-    """Renew the operational identity now (simplereenroll; new key made in the device)."""
+    """Renew the operational identity now (simplereenroll or CMP kur; new key made in the
+    device)."""
     pin = _given_pin(node_ca_fingerprint, node_ca)
-    _run_once(device_dir, node, pin, timeout=timeout, as_json=as_json, renew=True)
+    _run_once(
+        device_dir,
+        node,
+        pin,
+        timeout=timeout,
+        as_json=as_json,
+        renew=True,
+        protocol=EnrollmentProtocol(protocol.lower()),
+    )
 
 
 def _run_once(
@@ -289,10 +311,12 @@ def _run_once(
     renew: bool,
     key_mode: KeyMode = KeyMode.SERVERKEYGEN,
     key_spec: KeySpec | None = None,
+    protocol: EnrollmentProtocol = EnrollmentProtocol.EST,
 ) -> None:
     fault = FaultInjector.from_env()
     memory = _open(device_dir, fault)
-    client = ActivatingClient(
+    client = activating_client(
+        protocol,
         memory,
         _node(memory, node),
         key_mode=key_mode,
@@ -319,6 +343,7 @@ def _run_once(
     help="https://HOST:PORT[/label]; default: wait for set-node's.",
 )
 @key_on_device_option
+@protocol_option
 @fingerprint_option
 @node_ca_option
 @discovery_options
@@ -337,6 +362,7 @@ def agent_command(
     device_dir: Path,
     node: NodeAddress | None,
     key_on_device: bool,
+    protocol: str,
     node_ca_fingerprint: str | None,
     node_ca: x509.Certificate | None,
     discovery: DiscoverySettings,
@@ -360,6 +386,7 @@ def agent_command(
         memory,
         node=node,
         key_mode=KeyMode.SIMPLEENROLL if key_on_device else KeyMode.SERVERKEYGEN,
+        protocol=EnrollmentProtocol(protocol.lower()),
         # Only the command line's pin: the agent follows the configuration's as it changes.
         pin=pin,
         report=_print_agent_event,

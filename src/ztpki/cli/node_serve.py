@@ -55,6 +55,13 @@ log = logging.getLogger(__name__)
     "then comes from the proxy's header.",
 )
 @click.option(
+    "--console-listen",
+    metavar="HOST:PORT",
+    help="Also serve the web console here (HTTPS with the node's server certificate; "
+    "operators log in with a password from `node add-operator` or a client certificate of "
+    "[console] operator_ca). With --workers, worker 0 serves it.",
+)
+@click.option(
     "--workers",
     type=click.IntRange(min=1, max=256),
     help="Worker processes serving the same addresses, under one supervisor that restarts "
@@ -104,6 +111,7 @@ def serve_command(
     directory: Path,
     listen: str,
     proxy_listen: tuple[ProxyAddress, ...],
+    console_listen: str | None,
     workers: int | None,
     drain_timeout: float,
     announce: bool,
@@ -139,7 +147,12 @@ def serve_command(
     mdns = Mdns(announce_host, announce_label, announce_priority) if announce else None
     if mdns is not None:
         mdns.announcer(material, host, port or 1)  # a name the certificate lacks: refused now
-    how = Serving(material, event_loop, host, port, proxy_listen, drain_timeout, mdns)
+    console_address = (
+        None if console_listen is None else parse_address(console_listen, allow_any_port=True)
+    )
+    how = Serving(
+        material, event_loop, host, port, proxy_listen, drain_timeout, console_address, mdns
+    )
     count = workers or default_worker_count()
     if count == 1:
         serve_one(how)
@@ -157,6 +170,7 @@ class Serving:
     port: int
     proxy_listen: tuple[ProxyAddress, ...]
     drain_timeout: float
+    console_listen: tuple[str, int] | None = None
     mdns: Mdns | None = None
 
 
@@ -189,10 +203,14 @@ class Mdns:
         )
 
 
-def announce(proxies: list[ProxyAddress], host: str, port: int) -> None:
+def announce(
+    proxies: list[ProxyAddress], host: str, port: int, console_url: str | None = None
+) -> None:
     for address in proxies:
         # On stderr, before the readiness line: stdout carries only `listening on`.
         click.echo(f"proxy listening on {address}", err=True)
+    if console_url is not None:
+        click.echo(f"web console on {console_url}", err=True)
     click.echo(f"listening on {host}:{port}")
 
 
@@ -221,7 +239,8 @@ def serve_one(how: Serving) -> None:
         if how.mdns is not None:
             mdns.append(how.mdns.announcer(how.material, running.host, running.port))
             start_announcing(mdns[0])
-        announce([p.address for p in running.proxies], running.host, running.port)
+        console_url = None if running.console is None else running.console.url
+        announce([p.address for p in running.proxies], running.host, running.port, console_url)
 
     try:
         run_service(
@@ -232,6 +251,7 @@ def serve_one(how: Serving) -> None:
                 proxy_listen=how.proxy_listen,
                 drain_timeout=how.drain_timeout,
                 ready=ready,
+                console_listen=how.console_listen,
             ),
             how.event_loop,
         )
@@ -248,7 +268,11 @@ def serve_workers(how: Serving, count: int) -> None:
 
     material, drain_timeout = how.material, how.drain_timeout
     bound = bind_listeners(
-        material.config, host=how.host, port=how.port, proxy_listen=how.proxy_listen
+        material.config,
+        host=how.host,
+        port=how.port,
+        proxy_listen=how.proxy_listen,
+        console_listen=how.console_listen,
     )
     # The metrics exchange between workers (ztpki.node.fleet_metrics): mkdtemp makes it 0700.
     metrics_dir = Path(tempfile.mkdtemp(prefix="ztpki-node-workers-"))
@@ -287,7 +311,11 @@ def serve_workers(how: Serving, count: int) -> None:
             count,
             how.event_loop,
         )
-        announce([address for address, _ in bound.proxies], bound.host, bound.port)
+        console_url = None
+        if bound.console is not None:
+            name = bound.console.getsockname()
+            console_url = f"https://{name[0]}:{name[1]}/"
+        announce([address for address, _ in bound.proxies], bound.host, bound.port, console_url)
         status = supervisor.run()
     finally:
         if mdns is not None:

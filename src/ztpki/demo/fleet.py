@@ -13,7 +13,8 @@ from pathlib import Path
 
 from cryptography import x509
 
-from ztpki.device.activation import ActivatingClient, ActivationError, KeyMode
+from ztpki.device.activation import ActivationError, KeyMode
+from ztpki.device.cmp_activation import EnrollmentProtocol, activating_client
 from ztpki.device.communication import NodeAddress
 from ztpki.device.connect import connect, identity_ssl_context, operational_ssl_context
 from ztpki.device.memory import DeviceMemory
@@ -47,6 +48,8 @@ class DeviceOutcome:
     device_id: str
     path: Path
     key_mode: KeyMode
+    # EST, or CMP (RFC 9483): central key generation for serverkeygen, an ir otherwise.
+    protocol: EnrollmentProtocol = EnrollmentProtocol.EST
     before: IdentityView | None = None
     after: IdentityView | None = None
     seconds: float = 0.0
@@ -83,8 +86,12 @@ async def customize_all(
                     found = await finder.choose(memory, None, now=_now, timeout=10)
                     if found is None:
                         raise ZtpkiError("no customer node found by DNS-SD")
-                client = ActivatingClient(
-                    memory, found or node, key_mode=outcome.key_mode, remember_node=found is None
+                client = activating_client(
+                    outcome.protocol,
+                    memory,
+                    found or node,
+                    key_mode=outcome.key_mode,
+                    remember_node=found is None,
                 )
                 await client.activate()
                 outcome.after = snapshot(outcome.path)

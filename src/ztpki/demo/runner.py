@@ -36,6 +36,7 @@ from ztpki.demo.scenario import (
 )
 from ztpki.demo.site_dns import SITE_DOMAIN, SiteDNS
 from ztpki.device.activation import KeyMode
+from ztpki.device.cmp_activation import EnrollmentProtocol
 from ztpki.device.memory import DeviceMemory
 from ztpki.device.node_finder import NodeFinder
 from ztpki.pki.pem import load_certificates_pem
@@ -84,6 +85,8 @@ def _run(demo: DemoEnvironment, console: Console) -> dict[str, Any]:
             device_id=DeviceMemory.open(p).device_id,
             path=p,
             key_mode=KeyMode.SERVERKEYGEN if i % 2 == 0 else KeyMode.SIMPLEENROLL,
+            # Every third device customizes over CMP (both key modes, as i runs).
+            protocol=EnrollmentProtocol.CMP if i % 3 == 1 else EnrollmentProtocol.EST,
             before=snapshot(p),
             discover=i % DISCOVERING == DISCOVERING - 1,
         )
@@ -238,6 +241,7 @@ def _summary(
             {
                 "device_id": o.device_id,
                 "key_mode": o.key_mode.value,
+                "protocol": o.protocol.value,
                 "ok": o.error is None and o.greeted,
                 "error": o.error,
                 "found_by": "dns-sd" if o.discover else "address",
@@ -277,7 +281,7 @@ def _print_tables(console: Console, outcomes: list[DeviceOutcome], summary: dict
     for o in outcomes:
         table.add_row(
             o.device_id,
-            o.key_mode.value,
+            f"{o.key_mode.value} ({o.protocol.value})",
             _identity_cell(o.before),
             _identity_cell(o.after),
             "[green]ok[/]"

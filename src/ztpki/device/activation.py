@@ -62,7 +62,7 @@ from ztpki.device.reporting import (
     confirm_remedy,
     pinned_node_remedy,
 )
-from ztpki.device.request import KeyMode, request_identity
+from ztpki.device.request import KeyMode, Requested, request_identity
 from ztpki.errors import (
     ConfigurationError,
     DeviceMemoryError,
@@ -314,34 +314,9 @@ class ActivatingClient:
     async def _enroll(
         self, identity: Identity, mode: KeyMode | None, *, pending: PrivateKey | None = None
     ) -> IssuedIdentity:
-        """Steps connect..verify; ``mode`` None means simplereenroll (renewal), with the
-        ``pending`` key of an interrupted renewal when given."""
-        assert identity.private_key is not None and identity.certificate is not None
-        operation = mode.value if mode else "simplereenroll"
-        est = await self._client(identity)
-        async with est:
-            try:
-                cacerts = await est.cacerts()
-            except ZtpkiError as exc:
-                if est.peer_certificate is None:
-                    remedy = self._connect_remedy(exc)
-                    raise ActivationError(Step.CONNECT, exc, remedy=remedy) from None
-                raise ActivationError(Step.CACERTS, exc) from None
-            self._report_connected(est, identity)
-            self._emit(
-                Step.CACERTS,
-                "customer CA certificates: " + "; ".join(_subject(c) for c in cacerts),
-            )
-            self._at("before-request")
-            requested = await request_identity(
-                est, self.memory, identity, mode, key_spec=self.key_spec, pending=pending
-            )
-            self._emit(
-                Step.REQUEST,
-                f"{operation}: the node answered with {len(requested.certificates)} "
-                f"certificate(s); {requested.origin}",
-            )
-            self._at("after-answer")
+        """Steps connect..verify; ``mode`` None means a renewal, with the ``pending`` key of
+        an interrupted renewal when given."""
+        requested, cacerts = await self._ask(identity, mode, pending=pending)
         try:
             issued = verify_answer(
                 device_id=self.memory.device_id,
@@ -361,6 +336,38 @@ class ActivatingClient:
             f"chains to {_subject(issued.anchor)}",
         )
         return issued
+
+    async def _ask(
+        self, identity: Identity, mode: KeyMode | None, *, pending: PrivateKey | None
+    ) -> tuple[Requested, list[x509.Certificate]]:
+        """Steps connect..request over EST: the answer and the customer CA certificates."""
+        assert identity.private_key is not None and identity.certificate is not None
+        operation = mode.value if mode else "simplereenroll"
+        est = await self._client(identity)
+        async with est:
+            try:
+                cacerts = await est.cacerts()
+            except ZtpkiError as exc:
+                if est.peer_certificate is None:
+                    remedy = self._connect_remedy(exc)
+                    raise ActivationError(Step.CONNECT, exc, remedy=remedy) from None
+                raise ActivationError(Step.CACERTS, exc) from None
+            self._report_connected(est.peer_certificate, identity)
+            self._emit(
+                Step.CACERTS,
+                "customer CA certificates: " + "; ".join(_subject(c) for c in cacerts),
+            )
+            self._at("before-request")
+            requested = await request_identity(
+                est, self.memory, identity, mode, key_spec=self.key_spec, pending=pending
+            )
+            self._emit(
+                Step.REQUEST,
+                f"{operation}: the node answered with {len(requested.certificates)} "
+                f"certificate(s); {requested.origin}",
+            )
+            self._at("after-answer")
+        return requested, cacerts
 
     async def _install(self, issued: IssuedIdentity, action: str) -> ActivationResult:
         # The node this identity came from, and how it was trusted, as set-node states it
@@ -392,6 +399,20 @@ class ActivatingClient:
         return await self._confirm(new, action)
 
     async def _confirm(self, identity: Identity, action: str) -> ActivationResult:
+        said = await self._present(identity)
+        try:
+            await asyncio.to_thread(self.memory.update_config, **{CONFIRMED_KEY: True})
+        except ZtpkiError as exc:
+            raise ActivationError(Step.CONFIRM, exc) from None
+        self._emit(
+            Step.CONFIRM,
+            f"{said}the node accepted the operational certificate; the previous certificate "
+            "is retired",
+        )
+        return self._result(action, identity)
+
+    async def _present(self, identity: Identity) -> str:
+        """Show the node the new certificate once (EST); what it answered, as a prefix."""
         est = await self._client(identity)
         async with est:
             try:
@@ -405,15 +426,7 @@ class ActivatingClient:
                         Step.CONFIRM, exc, remedy=confirm_remedy(exc, self.node)
                     ) from None
                 await self._confirm_with_cacerts(est)
-        try:
-            await asyncio.to_thread(self.memory.update_config, **{CONFIRMED_KEY: True})
-        except ZtpkiError as exc:
-            raise ActivationError(Step.CONFIRM, exc) from None
-        self._emit(
-            Step.CONFIRM,
-            "the node accepted the operational certificate; the previous certificate is retired",
-        )
-        return self._result(action, identity)
+        return ""
 
     async def _confirm_with_cacerts(self, est: ESTClient) -> None:
         # RFC 7030 4.5.2: 404 to csrattrs means "no CSR attributes", so an EST server other
@@ -433,8 +446,7 @@ class ActivatingClient:
 
     # -- reporting ---------------------------------------------------------------------------
 
-    def _report_connected(self, est: ESTClient, identity: Identity) -> None:
-        peer = est.peer_certificate
+    def _report_connected(self, peer: x509.Certificate | None, identity: Identity) -> None:
         shown = _subject(peer) if peer is not None else "unknown"
         self._emit(
             Step.CONNECT,

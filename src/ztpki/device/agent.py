@@ -47,6 +47,7 @@ from ztpki.device.activation import (
     FaultInjector,
     KeyMode,
 )
+from ztpki.device.cmp_activation import EnrollmentProtocol, activating_client
 from ztpki.device.customer_node import (
     NODE_URL_KEY,
     NodeAddress,
@@ -138,6 +139,7 @@ class Agent:
         *,
         node: NodeAddress | None = None,
         key_mode: KeyMode = KeyMode.SERVERKEYGEN,
+        protocol: EnrollmentProtocol = EnrollmentProtocol.EST,
         pin: NodePin | None = None,
         report: Callable[[AgentEvent], None] | None = None,
         clock: Clock | None = None,
@@ -161,6 +163,7 @@ class Agent:
         self.memory = memory
         self.node = node
         self.key_mode = key_mode
+        self.protocol = EnrollmentProtocol(protocol)
         self.pin = pin
         self.clock: Clock = clock or SystemClock()
         self.backoff = backoff
@@ -244,7 +247,8 @@ class Agent:
     # -- pieces ------------------------------------------------------------------------------
 
     def _client(self, node: NodeAddress, pin: NodePin | None) -> ActivatingClient:
-        return ActivatingClient(
+        return activating_client(
+            self.protocol,
             self.memory,
             node,
             key_mode=self.key_mode,

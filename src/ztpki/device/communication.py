@@ -63,6 +63,7 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "ESTClient",
     "NodeAddress",
+    "device_session",
     "node_context",
     "parse_fingerprint",
     "retry_after_seconds",
@@ -85,6 +86,21 @@ def node_context(
     if not anchors:
         raise ConfigurationError("no CA certificate is available to verify the customer node")
     return tls_client_context(key=key, chain=chain, anchors=anchors)
+
+
+def device_session(
+    context: ssl.SSLContext | None, *, timeout: float, address: NodeAddress | None = None
+) -> aiohttp.ClientSession:
+    """The HTTP session of one device identity towards the node (EST and CMP alike): one
+    connection kept alive, so the requests of one identity share a handshake. A discovered
+    ``address`` is connected to at the addresses it was found at."""
+    resolver = _Addresses(address) if address is not None and address.addresses else None
+    connector = aiohttp.TCPConnector(ssl=context or False, limit=1, resolver=resolver)
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=aiohttp.ClientTimeout(total=timeout),
+        headers={"User-Agent": "ztpki-device"},
+    )
 
 
 def unverified_context() -> ssl.SSLContext:
@@ -156,13 +172,7 @@ class ESTClient:
         self.peer_chain: list[x509.Certificate] = []
 
     async def __aenter__(self) -> ESTClient:
-        resolver = _Addresses(self.address) if self.address.addresses else None
-        connector = aiohttp.TCPConnector(ssl=self._context, limit=1, resolver=resolver)
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=aiohttp.ClientTimeout(total=self._timeout),
-            headers={"User-Agent": "ztpki-device"},
-        )
+        self._session = device_session(self._context, timeout=self._timeout, address=self.address)
         return self
 
     async def __aexit__(

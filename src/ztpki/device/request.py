@@ -30,7 +30,7 @@ from ztpki.pki.keys import (
 from ztpki.pki.pem import serial_hex
 from ztpki.protocol.est import build_csr
 
-__all__ = ["KeyMode", "Requested", "request_identity"]
+__all__ = ["KeyMode", "Requested", "device_key", "drop_pending_key", "request_identity"]
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ async def request_identity(
                 raise MalformedInput(f"the serverkeygen key part: {exc.message}") from None
             return Requested(key, list(answer.certificates), "the customer CA generated the key")
         if pending is None:
-            pending = await asyncio.to_thread(_device_key, memory, identity, key_spec)
+            pending = await asyncio.to_thread(device_key, memory, identity, key_spec)
         csr = build_csr(pending, device_id=device_id)
         if mode is KeyMode.SIMPLEENROLL:
             certificates = await est.simpleenroll(csr)
@@ -89,12 +89,12 @@ async def request_identity(
         if exc.refused_with is not None and mode is not KeyMode.SERVERKEYGEN:
             # The node's final word on this key: it issued nothing for it, and asking
             # again with it (another algorithm may be configured by now) cannot succeed.
-            await asyncio.to_thread(_drop_pending_key, memory)
+            await asyncio.to_thread(drop_pending_key, memory)
         remedy = request_remedy(exc, renewing=mode is None)
         raise ActivationError(Step.REQUEST, exc, remedy=remedy) from None
 
 
-def _device_key(memory: DeviceMemory, identity: Identity, key_spec: KeySpec | None) -> PrivateKey:
+def device_key(memory: DeviceMemory, identity: Identity, key_spec: KeySpec | None) -> PrivateKey:
     """The key for a device-side request: the one a lost answer left pending, or a new
     one saved before it is sent, so that a retry asks for the same public key."""
     assert identity.private_key is not None and identity.certificate is not None
@@ -122,7 +122,7 @@ def _configured_spec(memory: DeviceMemory, current: PrivateKey) -> KeySpec:
     return key_spec_of(current)
 
 
-def _drop_pending_key(memory: DeviceMemory) -> None:
+def drop_pending_key(memory: DeviceMemory) -> None:
     try:
         memory.clear_pending_key()
     except ZtpkiError as exc:

@@ -19,7 +19,7 @@ from cryptography.x509.oid import NameOID
 from ztpki.errors import ZtpkiError
 from ztpki.node.authentication import IdentityKind
 from ztpki.node.authorization import Operation
-from ztpki.node.cmp_exchange import CmpExchange, CmpReply
+from ztpki.node.cmp_exchange import CmpExchange, CmpReply, DeliveredKey
 from ztpki.node.enrollment_types import KeyRequest
 from ztpki.pki.pem import serial_hex
 from ztpki.protocol.cmp import (
@@ -111,13 +111,22 @@ def _operation(exchange: CmpExchange) -> Operation:
 
 async def enroll(exchange: CmpExchange) -> CmpReply:
     """Answer ir/cr/p10cr/kur with ip/cp/kup carrying the certificate, or refuse."""
-    message, identity, service = exchange.message, exchange.identity, exchange.service
+    message, identity = exchange.message, exchange.identity
     if message.body.type is BodyType.KUR and identity.kind is IdentityKind.TEMPORARY:
         raise CMPNotAuthorized(
             "kur updates an operational certificate; with the temporary certificate, "
             "customize with ir (or cr, p10cr)"
         )
     key, cert_req_id = _key_request(exchange)
+    return await issue(exchange, key, cert_req_id, _operation(exchange))
+
+
+async def issue(
+    exchange: CmpExchange, key: KeyRequest, cert_req_id: int, operation: Operation
+) -> CmpReply:
+    """The transaction, the enrollment service's answer and the reply for one request
+    (``operation`` SERVERKEYGEN: the reply also carries the key the CA generated)."""
+    message, identity, service = exchange.message, exchange.identity, exchange.service
     transaction_id = message.header.transaction_id
     began = await service.register.begin_cmp_transaction(
         CmpTransaction(
@@ -139,7 +148,7 @@ async def enroll(exchange: CmpExchange) -> CmpReply:
         )
     try:
         enrolled = await service.enroll(
-            _operation(exchange), exchange.label, identity, key, endpoint=exchange.endpoint
+            operation, exchange.label, identity, key, endpoint=exchange.endpoint
         )
     except BaseException:
         await service.register.close_cmp_transaction(
@@ -168,4 +177,9 @@ async def enroll(exchange: CmpExchange) -> CmpReply:
         # The chain of the new certificate, so the device can verify it (section 4.1.1).
         extra_certs=tuple(c.public_bytes(serialization.Encoding.DER) for c in enrolled.chain),
         outcome=enrolled.outcome,
+        delivered_key=(
+            None
+            if enrolled.private_key_der is None
+            else DeliveredKey(cert_req_id, enrolled.private_key_der, exchange.signer)
+        ),
     )

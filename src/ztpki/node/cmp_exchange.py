@@ -39,6 +39,16 @@ class CmpExchange:
 
 
 @dataclass(frozen=True)
+class DeliveredKey:
+    """A key the CA generated for the requester (RFC 9483 4.1.6): the front end signs it as
+    the key generation authority and envelopes it to ``recipient`` (the request's signer)."""
+
+    cert_req_id: int
+    private_key_der: bytes = field(repr=False)
+    recipient: x509.Certificate = field(repr=False)
+
+
+@dataclass(frozen=True)
 class CmpReply:
     """A response body; ``sender_nonce`` when the handler recorded the one it must carry."""
 
@@ -47,6 +57,7 @@ class CmpReply:
     sender_nonce: bytes | None = None
     extra_certs: tuple[bytes, ...] = ()  # after the node's own chain (RFC 9483 section 3.3)
     outcome: str = "served"  # for the metrics: issued, redelivered, confirmed, served
+    delivered_key: DeliveredKey | None = None
 
 
 CmpHandler = Callable[[CmpExchange], Awaitable[CmpReply]]

@@ -42,6 +42,7 @@ from ztpki.node.authorization import Refused, RevocationUnknown, check_purpose, 
 from ztpki.node.ca_client import UpstreamError
 from ztpki.node.cmp_dispatch import HANDLERS
 from ztpki.node.cmp_exchange import CmpExchange, CmpReply
+from ztpki.node.cmp_keygen import deliver_key
 from ztpki.node.enrollment_types import LoadedLabel
 from ztpki.node.strangers import UnauthenticatedReason
 from ztpki.pki.keys import PrivateKey
@@ -270,12 +271,15 @@ class CmpEndpoint:
             message_time=now,
             implicit_confirm=reply.implicit_confirm,
         )
-        body = sign_message(
-            header,
-            reply.body,
-            self.signer.key,
-            extra_certs=self._chain_der + reply.extra_certs,
-        )
+        if reply.delivered_key is not None:
+            body = deliver_key(header, reply, self.signer.key, self.signer.chain)
+        else:
+            body = sign_message(
+                header,
+                reply.body,
+                self.signer.key,
+                extra_certs=self._chain_der + reply.extra_certs,
+            )
         response = web.Response(body=body)
         response.headers["Content-Type"] = CMP_CONTENT_TYPE
         response.headers["Cache-Control"] = "no-store"

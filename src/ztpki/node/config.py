@@ -41,6 +41,7 @@ from typing import Any
 import tomli_w
 
 from ztpki.errors import ConfigurationError, UnsupportedParameter
+from ztpki.node.console.settings import ConsoleConfig
 from ztpki.node.manufacturers import ManufacturerConfig, check_manufacturers
 from ztpki.node.proxy_config import ProxyConfig
 from ztpki.node.revocation_policy import RevocationPolicy as RevocationPolicy  # re-exported
@@ -270,6 +271,7 @@ class NodeConfig:
     metrics: bool = True
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
     revocation: RevocationPolicy = field(default_factory=RevocationPolicy)
+    console: ConsoleConfig = field(default_factory=ConsoleConfig)
     # Bare trust bundles of an older node.toml, still to be declared as manufacturers.
     legacy_trust: tuple[Path, ...] = ()
 
@@ -387,6 +389,8 @@ class NodeConfig:
             "revocation": self.revocation.to_toml(),
             "ca": {ca.label: ca.to_toml() for ca in self.labels},
         }
+        if self.console != ConsoleConfig():
+            document["console"] = self.console.to_toml()
         if self.legacy_trust:
             document["node"]["trust"] = [str(p) for p in self.legacy_trust]
         return document
@@ -461,5 +465,6 @@ class NodeConfig:
             metrics=bool(node.get("metrics", True)),
             proxy=ProxyConfig.from_toml(data.get("proxy", {})),
             revocation=RevocationPolicy.from_toml(data.get("revocation", {})),
+            console=ConsoleConfig.from_toml(data.get("console", {})),
             labels=labels,
         )

@@ -436,6 +436,10 @@ class EnrollmentService:
     def now(self) -> datetime:
         return self._clock()
 
+    def revocations_queued(self) -> None:
+        """Wake the revocation sender: a handler queued an order (CMP rr)."""
+        self._revocation_queued()
+
     async def record_refusal(
         self, endpoint: str, identity: ClientIdentity, exc: ZtpkiError
     ) -> None:

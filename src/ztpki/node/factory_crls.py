@@ -96,6 +96,17 @@ def no_crl_warning(manufacturer: str) -> str:
     )
 
 
+@dataclass(frozen=True)
+class CRLFreshness:
+    """A factory CRL location, the CRL held for it (None: never fetched), and whether its
+    last refresh failed."""
+
+    manufacturer: str
+    location: str
+    crl: x509.CertificateRevocationList | None
+    failed: bool
+
+
 class FactoryRevocation:
     """The factory CRLs of every manufacturer, and the verdict on a temporary certificate."""
 
@@ -131,6 +142,15 @@ class FactoryRevocation:
     @property
     def configured(self) -> bool:
         return any(m.locations for m in self._makers)
+
+    def freshness(self) -> list[CRLFreshness]:
+        """Every CRL location of every manufacturer and the CRL held for it now (the web
+        console's CA health page)."""
+        return [
+            CRLFreshness(maker.name, location, maker.cache.held(location), location in maker.failed)
+            for maker in self._makers
+            for location in (*maker.locations, *maker.learned)
+        ]
 
     def unconfigured(self) -> list[str]:
         """The manufacturers with no configured CRL (URL or file): a recall at their factory

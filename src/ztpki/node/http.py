@@ -135,6 +135,8 @@ def _base64_response(body: bytes, content_type: str) -> web.Response:
     return response
 
 
+# The answer depends on the key type alone and pyasn1 takes ~0.1 ms to encode it: once each.
+@functools.cache
 def csrattrs_body(key: KeySpec | None) -> bytes:
     oids, attributes = _KEY_HINTS.get(key, ([], [])) if key else ([], [])
     return encode_csrattrs(

@@ -35,6 +35,8 @@ class BoundListeners:
     proxies: list[tuple[ProxyAddress, socket.socket]] = field(default_factory=list)
     # (path, (st_dev, st_ino)) of each Unix socket file bound here, to unlink at the end.
     unix_files: list[tuple[Path, tuple[int, int]]] = field(default_factory=list)
+    # The web console's socket (`--console-listen`), served by worker 0 alone.
+    console: socket.socket | None = None
 
     @property
     def host(self) -> str:
@@ -45,7 +47,8 @@ class BoundListeners:
         return int(self.main.getsockname()[1])
 
     def sockets(self) -> list[socket.socket]:
-        return [self.main, *(sock for _, sock in self.proxies)]
+        console = [] if self.console is None else [self.console]
+        return [self.main, *(sock for _, sock in self.proxies), *console]
 
     def close(self) -> None:
         """Close this process's copies: once every worker closed its own too, the kernel
@@ -86,9 +89,14 @@ def bind_tcp(host: str, port: int) -> socket.socket:
 
 
 def bind_listeners(
-    config: NodeConfig, *, host: str, port: int, proxy_listen: Sequence[ProxyAddress]
+    config: NodeConfig,
+    *,
+    host: str,
+    port: int,
+    proxy_listen: Sequence[ProxyAddress],
+    console_listen: tuple[str, int] | None = None,
 ) -> BoundListeners:
-    """Bind the EST address and every proxy listener, or none of them."""
+    """Bind the EST address, every proxy listener and the console's, or none of them."""
     for address in proxy_listen:
         check_proxy_listener(config, address)
     bound = BoundListeners(bind_tcp(host, port))
@@ -103,6 +111,8 @@ def bind_listeners(
                 sock = bind_tcp(address.host, address.port)
                 name = sock.getsockname()
                 bound.proxies.append((ProxyAddress(host=str(name[0]), port=int(name[1])), sock))
+        if console_listen is not None:
+            bound.console = bind_tcp(*console_listen)
     except BaseException:
         bound.close()
         bound.unlink_files()

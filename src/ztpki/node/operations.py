@@ -18,7 +18,11 @@ from ztpki.node.material import load_labels, load_manufacturers
 from ztpki.node.revocation_orders import operator_order
 from ztpki.pki.names import check_device_id
 from ztpki.pki.pem import certificate_der, parse_sha256_fingerprint
-from ztpki.protocol.manifest_stream import check_manifest_file, manifest_file_entries
+from ztpki.protocol.manifest_stream import (
+    CheckedManifest,
+    check_manifest_file,
+    manifest_file_entries,
+)
 from ztpki.store.records import (
     AuditEntry,
     AuditRecord,
@@ -68,19 +72,33 @@ def _pieces(path: Path) -> Callable[[], Iterator[bytes]]:
     return read
 
 
-def import_manifest(directory: Path, path: Path, *, now: datetime) -> ImportResult:
+def check_manifest(
+    directory: Path, path: Path, *, now: datetime, operator: str | None = None
+) -> CheckedManifest:
+    """Verify a manifest file as ``import_manifest`` does before it lists anything: signature,
+    signer, manufacturer and members (the web console shows this before its operator
+    confirms). A manifest that does not verify is refused, and the refusal audited."""
+    trusts = manifest_trusts(load_manufacturers(NodeConfig.load(directory)))
+    try:
+        return check_manifest_file(_pieces(path), manufacturers=trusts, now=now)
+    except (MalformedInput, VerificationFailed) as exc:
+        _refused(directory, path, exc, now=now, operator=operator)
+        raise
+
+
+def import_manifest(
+    directory: Path, path: Path, *, now: datetime, operator: str | None = None
+) -> ImportResult:
     """List the devices of a signed manifest; refused unless it verifies as the manufacturer it
-    names (that manufacturer's signer, ids in its namespace). All or nothing.
+    names (that manufacturer's signer, ids in its namespace). All or nothing. ``operator``:
+    the web console's operator who uploaded it (named in the audit entry).
 
     The file is read in passes, never whole (a manifest may list a million devices): the
     signature, signer and members are verified before any entry is used; then the entries
     stream into the register, which keeps none of them when one is bad or the file changed.
     """
-    config = NodeConfig.load(directory)
-    trusts = manifest_trusts(load_manufacturers(config))
-    read = _pieces(path)
+    checked = check_manifest(directory, path, now=now, operator=operator)
     try:
-        checked = check_manifest_file(read, manufacturers=trusts, now=now)
         manifest = checked.manifest
         signer = checked.signer.subject.rfc4514_string()
         record = ManifestRecord(
@@ -93,12 +111,13 @@ def import_manifest(directory: Path, path: Path, *, now: datetime) -> ImportResu
         )
         audit = AuditRecord(
             at=now,
-            endpoint="cli/import",
+            endpoint=_endpoint("import", operator),
             decision="imported",
             reason=(
                 # The manufacturer field and the signer's subject are the factory's text.
                 f"manifest {manifest.manifest_id} of {quote(manifest.manufacturer)} with "
                 f"{checked.device_count} device(s), signed by {quote(signer)}"
+                f"{_by(operator)}"
             ),
         )
         devices = (
@@ -109,23 +128,44 @@ def import_manifest(directory: Path, path: Path, *, now: datetime) -> ImportResu
                 model=entry.model,
                 batch=entry.batch or manifest.batch,
             )
-            for entry in manifest_file_entries(read, checked)
+            for entry in manifest_file_entries(_pieces(path), checked)
         )
         with open_register(directory) as store:
             return store.import_devices(devices, manifest=record, audit=audit)
     except (MalformedInput, VerificationFailed, DuplicateDevice) as exc:
-        # A forged or altered manifest is a security event: the audit trail keeps it.
-        with path.open("rb") as file:
-            digest = hashlib.file_digest(file, "sha256").hexdigest()
-        refusal = AuditRecord(
-            at=now,
-            endpoint="cli/import",
-            decision="refused",
-            reason=f"manifest (sha256 {digest}) refused: {exc.message}",
-        )
-        with open_register(directory) as store:
-            store.append_many([refusal])
+        _refused(directory, path, exc, now=now, operator=operator)
         raise
+
+
+def _refused(
+    directory: Path,
+    path: Path,
+    exc: MalformedInput | VerificationFailed | DuplicateDevice,
+    *,
+    now: datetime,
+    operator: str | None,
+) -> None:
+    # A forged or altered manifest is a security event: the audit trail keeps it.
+    with path.open("rb") as file:
+        digest = hashlib.file_digest(file, "sha256").hexdigest()
+    refusal = AuditRecord(
+        at=now,
+        endpoint=_endpoint("import", operator),
+        decision="refused",
+        reason=f"manifest (sha256 {digest}) refused: {exc.message}{_by(operator)}",
+    )
+    with open_register(directory) as store:
+        store.append_many([refusal])
+
+
+def _endpoint(action: str, operator: str | None) -> str:
+    """The audit trail's endpoint of an operator's change: the CLI's, or the web console's."""
+    return f"cli/{action}" if operator is None else f"console/{action}"
+
+
+def _by(operator: str | None) -> str:
+    # Operator names are checked when added (ztpki.node.console.passwords), so plain text.
+    return "" if operator is None else f" (by operator {operator} in the web console)"
 
 
 def normalise_fingerprint(value: str) -> str:
@@ -210,16 +250,21 @@ def _last_hold(store: SQLiteNodeStore, device: RegisteredDevice) -> bool:
 
 
 def set_blocked(
-    directory: Path, device_id: str, *, blocked: bool, now: datetime
+    directory: Path,
+    device_id: str,
+    *,
+    blocked: bool,
+    now: datetime,
+    operator: str | None = None,
 ) -> RevocationOrder | None:
     """Block (its live certificate on hold at the CA) or unblock (the hold released); the
-    order queued for the CA system, if any."""
+    order queued for the CA system, if any. ``operator``: the web console's operator."""
     word = "blocked" if blocked else "unblocked"
     audit = AuditRecord(
         at=now,
-        endpoint=f"cli/{word[:-2]}",
+        endpoint=_endpoint(word[:-2], operator),
         decision=word,
-        reason=f"{word} by the operator",
+        reason=f"{word} by the operator{_by(operator)}",
         device_id=device_id,
     )
     config = NodeConfig.load(directory, migrating=True)
@@ -254,18 +299,24 @@ def set_blocked(
 
 
 def retire_device(
-    directory: Path, device_id: str, *, reason: RevocationReason, now: datetime
+    directory: Path,
+    device_id: str,
+    *,
+    reason: RevocationReason,
+    now: datetime,
+    operator: str | None = None,
 ) -> RevocationOrder | None:
-    """Revoke the device's live certificate for good and move it to RETIRED (final)."""
+    """Revoke the device's live certificate for good and move it to RETIRED (final).
+    ``operator``: the web console's operator."""
     if reason is RevocationReason.CERTIFICATE_HOLD:
         raise ConfigurationError(
             "retiring revokes for good: use `node block` to put a certificate on hold"
         )
     audit = AuditRecord(
         at=now,
-        endpoint="cli/retire",
+        endpoint=_endpoint("retire", operator),
         decision="retired",
-        reason=f"retired by the operator ({reason.value}): never enrolled again",
+        reason=f"retired by the operator ({reason.value}){_by(operator)}: never enrolled again",
         device_id=device_id,
     )
     config = NodeConfig.load(directory, migrating=True)

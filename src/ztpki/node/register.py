@@ -228,6 +228,24 @@ class AsyncRegister:
     ) -> bool:
         return await self._run(self.store.confirm, device_id, serial=serial, now=now, audit=audit)
 
+    async def retire(
+        self,
+        device_id: str,
+        *,
+        now: datetime,
+        audit: AuditRecord,
+        revocations: Sequence[RevocationOrder],
+        issued_serial: str | None,
+    ) -> bool:
+        return await self._run(
+            self.store.retire,
+            device_id,
+            now=now,
+            audit=audit,
+            revocations=revocations,
+            issued_serial=issued_serial,
+        )
+
     async def audit(self, *records: AuditRecord) -> None:
         if records:
             await self._run(self.store.append_many, list(records))

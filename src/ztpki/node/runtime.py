@@ -19,6 +19,7 @@ import logging
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -54,6 +55,9 @@ from ztpki.node.revocation_wake import WakeListener, WakeSender
 from ztpki.store.interfaces import NodeStore
 from ztpki.store.sqlite import open_node_store
 
+if TYPE_CHECKING:
+    from ztpki.node.console.server import ConsoleServer
+
 log = logging.getLogger(__name__)
 
 FINAL_GRACE = 5.0
@@ -80,6 +84,8 @@ class RunningNode:
     in_flight: InFlight | None = None
     drain_timeout: float = 60.0
     wake_listener: WakeListener | None = None
+    # The web console, when this process serves it (ztpki.node.console.server).
+    console: ConsoleServer | None = None
 
     def set_proxy(self, proxy: ProxyConfig) -> None:
         for forwarded in self.forwarded:

@@ -15,12 +15,16 @@ import os
 import signal
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from ztpki.node.listeners import WorkerPlace
 from ztpki.node.material import NodeMaterial
 from ztpki.node.proxy_listener import ProxyAddress
 from ztpki.node.reload import read_reload, reloaded_labels
 from ztpki.node.runtime import RunningNode, start_node
+
+if TYPE_CHECKING:
+    from ztpki.node.console.server import ConsoleServer
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +62,13 @@ async def serve_node(
     worker: WorkerPlace | None = None,
     drain_timeout: float,
     ready: Callable[[RunningNode], None],
+    console_listen: tuple[str, int] | None = None,
 ) -> None:
-    """Serve until SIGTERM or SIGINT, then drain; ``ready`` is called once serving."""
+    """Serve until SIGTERM or SIGINT, then drain; ``ready`` is called once serving.
+
+    ``console_listen``: also serve the web console there; with workers, worker 0 serves it
+    on the socket its supervisor bound (``worker.listeners.console``).
+    """
     running = await start_node(
         material,
         host=host,
@@ -68,6 +77,11 @@ async def serve_node(
         worker=worker,
         drain_timeout=drain_timeout,
     )
+    try:
+        running.console = await _start_console(material, running, worker, console_listen)
+    except BaseException:
+        await running.close()
+        raise
     who = "node" if worker is None else f"worker {worker.slot}, pid {os.getpid()}"
     current = material
     stop = asyncio.Event()
@@ -83,9 +97,30 @@ async def serve_node(
     ready(running)
     await stop.wait()
     running.stop_accepting()
+    if running.console is not None:
+        await running.console.close()
     log.info(
         "%s stopped accepting connections; requests in flight have up to %.0f s to finish",
         who,
         drain_timeout,
     )
     await running.close()
+
+
+async def _start_console(
+    material: NodeMaterial,
+    running: RunningNode,
+    worker: WorkerPlace | None,
+    console_listen: tuple[str, int] | None,
+) -> ConsoleServer | None:
+    from ztpki.node.console.server import start_console
+
+    wake = running.revocations.wake if running.revocations is not None else (lambda: None)
+    if worker is not None:
+        if worker.listeners.console is None or worker.slot != 0:
+            return None
+        return await start_console(material, sock=worker.listeners.console, revocation_queued=wake)
+    if console_listen is None:
+        return None
+    host, port = console_listen
+    return await start_console(material, host=host, port=port, revocation_queued=wake)

@@ -114,6 +114,27 @@ def verify_signer_chain(
         raise VerificationFailed(f"signer certificate does not verify: {_detail(exc)}") from None
 
 
+def verify_cmp_signer_chain(
+    leaf: x509.Certificate,
+    intermediates: Sequence[x509.Certificate],
+    anchors: Sequence[x509.Certificate],
+    *,
+    now: datetime,
+) -> list[x509.Certificate]:
+    """The verified path for the signer of CMP messages (RFC 9483 section 3.2): any EE
+    certificate with a signing key that chains to the anchors; its EKU (if any) is the CA's
+    business, as openssl cmp also leaves it."""
+    builder = _policy(anchors, now).extension_policies(
+        ca_policy=ExtensionPolicy.webpki_defaults_ca(), ee_policy=ExtensionPolicy.permit_all()
+    )
+    try:
+        return list(builder.build_client_verifier().verify(leaf, list(intermediates)).chain)
+    except (VerificationError, ValueError) as exc:  # ValueError: a part does not decode
+        raise VerificationFailed(
+            f"CMP signer certificate does not verify: {_detail(exc)}"
+        ) from None
+
+
 def _require_document_signing(
     policy: object, cert: x509.Certificate, eku: x509.ExtendedKeyUsage | None
 ) -> None:

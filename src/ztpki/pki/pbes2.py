@@ -14,19 +14,23 @@ import os
 from cryptography.hazmat.primitives import hashes, padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
+from pyasn1.type import univ
+from pyasn1_alt_modules import rfc5280, rfc5958, rfc8018
 
-from ztpki.pki.der import integer, oid_body, tlv
+from ztpki.pki.asn1 import encode_der
 
 # Work factor of keys at rest: about 45 ms per load on a current server core, paid once when
 # a service starts or a CA is used from the command line (OWASP asks for 600,000 for
 # PBKDF2-HMAC-SHA256 password hashes; a CA key's passphrase is also never sent anywhere).
 AT_REST_KDF_ROUNDS = 300_000
 
-_PBES2 = tlv(0x06, oid_body("1.2.840.113549.1.5.13"))
-_PBKDF2 = tlv(0x06, oid_body("1.2.840.113549.1.5.12"))
-_HMAC_SHA256 = tlv(0x06, oid_body("1.2.840.113549.2.9"))
-_AES256_CBC = tlv(0x06, oid_body("2.16.840.1.101.3.4.1.42"))
-_NULL = b"\x05\x00"
+
+def _algorithm(oid: univ.ObjectIdentifier, parameters: object) -> rfc5280.AlgorithmIdentifier:
+    """An AlgorithmIdentifier whose parameters are the DER of a pyasn1 value."""
+    algorithm = rfc5280.AlgorithmIdentifier()
+    algorithm["algorithm"] = oid
+    algorithm["parameters"] = univ.Any(encode_der(parameters))
+    return algorithm
 
 
 def encrypt_pkcs8_der(plain_pkcs8: bytes, passphrase: bytes, *, rounds: int) -> bytes:
@@ -39,9 +43,18 @@ def encrypt_pkcs8_der(plain_pkcs8: bytes, passphrase: bytes, *, rounds: int) -> 
     padded = padder.update(plain_pkcs8) + padder.finalize()
     encryptor = Cipher(algorithms.AES(key), modes.CBC(iv)).encryptor()
     ciphertext = encryptor.update(padded) + encryptor.finalize()
-    prf = tlv(0x30, _HMAC_SHA256 + _NULL)
-    kdf_params = tlv(0x30, tlv(0x04, salt) + integer(rounds) + integer(32) + prf)
-    kdf = tlv(0x30, _PBKDF2 + kdf_params)
-    scheme = tlv(0x30, _AES256_CBC + tlv(0x04, iv))
-    algorithm = tlv(0x30, _PBES2 + tlv(0x30, kdf + scheme))
-    return tlv(0x30, algorithm + tlv(0x04, ciphertext))
+
+    kdf_params = rfc8018.PBKDF2_params()
+    kdf_params["salt"]["specified"] = salt
+    kdf_params["iterationCount"] = rounds
+    kdf_params["keyLength"] = 32
+    # Written out although HMAC-SHA256 is not the DEFAULT (HMAC-SHA1): readers must not guess.
+    kdf_params["prf"] = _algorithm(rfc8018.id_hmacWithSHA256, univ.Null(""))
+    scheme = rfc8018.PBES2_params()
+    scheme["keyDerivationFunc"] = _algorithm(rfc8018.id_PBKDF2, kdf_params)
+    scheme["encryptionScheme"] = _algorithm(rfc8018.aes256_CBC_PAD, rfc8018.AES_IV(iv))
+    info = rfc5958.EncryptedPrivateKeyInfo()
+    info["encryptionAlgorithm"]["algorithm"] = rfc8018.id_PBES2
+    info["encryptionAlgorithm"]["parameters"] = univ.Any(encode_der(scheme))
+    info["encryptedData"] = ciphertext
+    return encode_der(info)

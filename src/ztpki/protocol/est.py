@@ -29,12 +29,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import NameOID
+from pyasn1_alt_modules import rfc5958
 
 from ztpki.errors import MalformedInput, PayloadTooLarge
-from ztpki.pki.der import oid_body, oid_text, read_tlv, tlv
+from ztpki.pki.asn1 import decode_der
 from ztpki.pki.keys import PrivateKey
 from ztpki.pki.names import serial_number_attribute
 from ztpki.pki.pem import base64_lines, load_pkcs7_certs, pkcs7_certs_only
+from ztpki.protocol.csrattrs import csrattrs_der, oids_of_csrattrs
 from ztpki.untrusted import quote
 
 __all__ = [
@@ -389,26 +391,17 @@ def _part_der(part: Message, what: str, *, limit: int) -> bytes:
 
 
 def _check_pkcs8_shape(der: bytes) -> None:
-    """PrivateKeyInfo is SEQUENCE { INTEGER version (0 or 1), AlgorithmIdentifier, ... }.
-
-    Checked structurally only (no key loading): enough to catch a truncated or swapped part.
-    """
-    bad = MalformedInput("private key part is not a DER PKCS#8 PrivateKeyInfo")
+    """A PrivateKeyInfo / OneAsymmetricKey (version 0 or 1), checked structurally only (no key
+    loading): enough to catch a truncated or swapped part."""
     try:
-        outer, end = read_tlv(der, 0)
-        if outer.tag != 0x30 or end != len(der):
-            raise bad
-        version, after = read_tlv(der, outer.start)
-        algorithm, _ = read_tlv(der, after)
+        info = decode_der(der, rfc5958.OneAsymmetricKey(), what="private key part")
     except MalformedInput:
-        raise bad from None
-    if version.tag != 0x02 or der[version.start : version.end] not in (b"\x00", b"\x01"):
-        raise bad
-    if algorithm.tag != 0x30:
-        raise bad
+        raise MalformedInput("private key part is not a DER PKCS#8 PrivateKeyInfo") from None
+    if int(info["version"]) not in (0, 1):
+        raise MalformedInput("private key part is not a DER PKCS#8 PrivateKeyInfo")
 
 
-# --- csrattrs: a minimal DER codec for SEQUENCE OF (OID | Attribute) ---------------------
+# --- csrattrs (the DER codec is protocol/csrattrs.py) --------------------------------------
 
 
 def encode_csrattrs(
@@ -423,35 +416,9 @@ def encode_csrattrs(
     secp256r1: the key type to generate). An empty list is valid; the HTTP adapter may
     answer 204 instead.
     """
-    entries = [tlv(0x06, oid_body(oid.dotted_string)) for oid in oids]
-    for attr_type, values in attributes:
-        value_set = tlv(
-            0x31, b"".join(sorted(tlv(0x06, oid_body(v.dotted_string)) for v in values))
-        )
-        entries.append(tlv(0x30, tlv(0x06, oid_body(attr_type.dotted_string)) + value_set))
-    return base64_lines(tlv(0x30, b"".join(entries)))
+    return base64_lines(csrattrs_der(oids, attributes=attributes))
 
 
 def decode_csrattrs(body: bytes, *, limit: int = MAX_BODY) -> list[str]:
     """Dotted OIDs named by a /csrattrs answer: bare OIDs, and each Attribute's type."""
-    der = decode_base64_body(body, limit=limit)
-    outer, end = read_tlv(der, 0)
-    if outer.tag != 0x30 or end != len(der):
-        raise MalformedInput("csrattrs body is not a single DER SEQUENCE")
-    found: list[str] = []
-    at = outer.start
-    while at < outer.end:
-        entry, at = read_tlv(der, at, stop=outer.end)
-        if entry.tag == 0x06:
-            found.append(oid_text(der[entry.start : entry.end]))
-        elif entry.tag == 0x30:
-            attr_type, after = read_tlv(der, entry.start, stop=entry.end)
-            values, after = read_tlv(der, after, stop=entry.end)
-            if attr_type.tag != 0x06 or values.tag != 0x31 or after != entry.end:
-                raise MalformedInput("csrattrs Attribute is not SEQUENCE { OID, SET }")
-            found.append(oid_text(der[attr_type.start : attr_type.end]))
-        else:
-            raise MalformedInput(
-                f"csrattrs entry has tag 0x{entry.tag:02x}; expected OID or Attribute"
-            )
-    return found
+    return oids_of_csrattrs(decode_base64_body(body, limit=limit))

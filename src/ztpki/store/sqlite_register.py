@@ -33,6 +33,7 @@ from ztpki.store.records import (
 )
 from ztpki.store.revocation_records import RevocationOrder
 from ztpki.store.sql import Database, SQLConnection
+from ztpki.store.sqlite_console import CONSOLE_SCHEMA, ConsoleQueries
 from ztpki.store.sqlite_register_import import MANIFEST_COLUMNS as _MANIFEST_COLUMNS
 from ztpki.store.sqlite_register_import import import_devices
 from ztpki.store.sqlite_register_schema import (
@@ -61,7 +62,7 @@ _INSERT_DEVICE = (
 )
 
 
-class SQLiteNodeStore(RegisterTransitions, CmpTransactions):
+class SQLiteNodeStore(RegisterTransitions, CmpTransactions, ConsoleQueries):
     """RegisterStore, AuditLog and the revocation queue over one database (a SQLite file or
     PostgreSQL)."""
 
@@ -71,7 +72,7 @@ class SQLiteNodeStore(RegisterTransitions, CmpTransactions):
             db.ensure_schema(
                 SCHEMA_COMPONENT,
                 SCHEMA_VERSION,
-                REGISTER_SCHEMA + sqlite_audit.SCHEMA,
+                REGISTER_SCHEMA + sqlite_audit.SCHEMA + CONSOLE_SCHEMA,
                 migrations=MIGRATIONS,
                 postgres_migrations=POSTGRES_MIGRATIONS,
                 migrate=migrate,

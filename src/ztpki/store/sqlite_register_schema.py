@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from ztpki.store.cmp_transactions import CMP_TRANSACTION_INDEX, CMP_TRANSACTION_TABLE
 from ztpki.store.pg_schema import postgres_ddl
+from ztpki.store.sqlite_console import CONSOLE_SCHEMA
 
 SCHEMA_COMPONENT = "customer_node"
 # Version 2: manifests are keyed by (manufacturer, manifest_id). Version 3: a device remembers
@@ -16,7 +17,9 @@ SCHEMA_COMPONENT = "customer_node"
 # queue of revocations the node owes the customer CA system. Version 5: the lease of the one
 # process (of every node machine sharing the register) that sends the queue's orders.
 # Version 6: CMP transactions (ztpki.store.cmp_transactions).
-SCHEMA_VERSION = 6
+# Version 7: the web console's operators, and the indexes its pages read by
+# (ztpki.store.sqlite_console).
+SCHEMA_VERSION = 7
 
 _STATES = "'listed', 'issuing', 'issued', 'customized', 'blocked'"
 _STATES_V4 = f"{_STATES}, 'retired'"
@@ -184,10 +187,12 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     ),
     4: (_SENDER_LEASE_TABLE,),
     5: (CMP_TRANSACTION_TABLE, CMP_TRANSACTION_INDEX),
+    6: CONSOLE_SCHEMA,
 }
 
 # PostgreSQL registers were first created at version 4: their steps start there.
 POSTGRES_MIGRATIONS: dict[int, tuple[str, ...]] = {
     4: (postgres_ddl(_SENDER_LEASE_TABLE),),
     5: (postgres_ddl(CMP_TRANSACTION_TABLE), CMP_TRANSACTION_INDEX),
+    6: tuple(postgres_ddl(statement) for statement in CONSOLE_SCHEMA),
 }

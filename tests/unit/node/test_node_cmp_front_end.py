@@ -30,9 +30,8 @@ from ztpki.protocol.cmp import (
     CertRepBody,
     CertStatus,
     FailInfo,
-    GenMsgBody,
-    InfoTypeAndValue,
     PKIMessage,
+    PollReqBody,
     certificate_hash,
     decode_message,
     encode_message,
@@ -168,9 +167,10 @@ def test_fail_header_refusals_change_nothing(
 
 def test_fail_body_without_a_handler_is_a_bad_request(node: CmpNode) -> None:
     key, cert = listed(node, "genm-1")
-    body = GenMsgBody(BodyType.GENM, (InfoTypeAndValue("1.3.6.1.5.5.7.4.17"),))
+    # pollReq outside a waiting transaction: no handler (genm has one since cmpclient).
+    body = PollReqBody((0,))
     fail, text = refusal(node.cmp(signed(key, cert, request_header(cert), body)))
-    assert fail == {FailInfo.BAD_REQUEST} and "genm" in text
+    assert fail == {FailInfo.BAD_REQUEST} and "pollReq" in text
 
 
 def test_fail_certconf_from_another_signer_or_with_a_stale_nonce(node: CmpNode) -> None:

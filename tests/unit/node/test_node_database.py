@@ -14,12 +14,13 @@ from pathlib import Path
 import psycopg
 import pytest
 import test_node_cli as node_cli
-from tests.support.legacy_register import V1_SCHEMA
+from tests.support.legacy_register import BEFORE_CONSOLE, V1_SCHEMA
 from tests.support.postgres import shared_cluster
 
 from ztpki.cli import main
 from ztpki.store import sqlite_register
 from ztpki.store.sqlite import open_node_store
+from ztpki.store.sqlite_audit import SCHEMA as AUDIT_SCHEMA
 from ztpki.store.sqlite_db import stored_schema_version
 
 env = node_cli.env
@@ -98,7 +99,7 @@ def test_ok_an_old_sqlite_register_is_refused_until_node_migrate(inputs: dict[st
     register = node / "node.sqlite"
     register.unlink()
     with contextlib.closing(sqlite3.connect(register)) as conn, conn:
-        for statement in V1_SCHEMA:
+        for statement in (*V1_SCHEMA, *AUDIT_SCHEMA):  # the audit trail was there from v1
             conn.execute(statement)
         conn.execute("CREATE TABLE schema_version (component TEXT PRIMARY KEY, version INTEGER)")
         conn.execute("INSERT INTO schema_version VALUES ('customer_node', 1)")
@@ -145,6 +146,8 @@ def test_ok_a_postgresql_register_of_schema_4_gains_the_sender_lease_by_node_mig
     assert run(*node_cli.init_args(inputs, "--database", database))[0] == 0
     node = str(inputs["node"])
     with psycopg.connect(database, autocommit=True) as pg:  # the register as schema 4 had it
+        for statement in BEFORE_CONSOLE:
+            pg.execute(statement)
         pg.execute("DROP TABLE node_sender_lease")
         pg.execute("DROP TABLE cmp_transaction")
         pg.execute("UPDATE schema_version SET version = 4 WHERE component = 'customer_node'")
@@ -152,12 +155,14 @@ def test_ok_a_postgresql_register_of_schema_4_gains_the_sender_lease_by_node_mig
     assert status == 1 and "holds customer_node schema version 4" in err
     status, out, err = run("node", "migrate", "--dir", node)
     assert status == 0, err
-    assert "from customer_node schema version 4 to 6" in " ".join(out.split())
+    assert f"from customer_node schema version 4 to {sqlite_register.SCHEMA_VERSION}" in " ".join(
+        out.split()
+    )
     with psycopg.connect(database, autocommit=True) as pg:
         (version,) = pg.execute(
             "SELECT version FROM schema_version WHERE component = 'customer_node'"
         ).fetchone()
-        assert version == sqlite_register.SCHEMA_VERSION == 6
+        assert version == sqlite_register.SCHEMA_VERSION == 7
         pg.execute(
             "INSERT INTO node_sender_lease (name, holder, token, expires_at) "
             "VALUES ('revocations', 'a', 1, '2026-01-01T00:00:00.000000Z')"

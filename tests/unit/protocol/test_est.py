@@ -833,20 +833,30 @@ def test_ok_csrattrs_openssl_asn1parse() -> None:
 @pytest.mark.parametrize(
     ("der", "reason"),
     [
-        pytest.param(b"\x31\x00", "single DER SEQUENCE", id="fail-set-not-sequence"),
-        pytest.param(b"\x30\x00\x00", "single DER SEQUENCE", id="fail-trailing-data"),
-        pytest.param(b"\x30\x03\x02\x01\x00", "tag 0x02", id="fail-integer-entry"),
-        pytest.param(b"\x30\x04\x06\x02\x80\x01", "not minimal", id="fail-oid-leading-0x80"),
+        pytest.param(b"\x31\x00", "not a DER CsrAttrs", id="fail-set-not-sequence"),
+        pytest.param(b"\x30\x00\x00", "1 bytes after", id="fail-trailing-data"),
+        pytest.param(b"\x30\x03\x02\x01\x00", "not a DER CsrAttrs", id="fail-integer-entry"),
+        pytest.param(b"\x30\x04\x06\x02\x80\x01", "not a DER CsrAttrs", id="fail-oid-leading-0x80"),
         pytest.param(b"\x30\x03\x06\x01\x81", "truncated", id="fail-oid-unterminated"),
-        pytest.param(b"\x30\x02\x06\x00", "empty", id="fail-oid-empty"),
-        pytest.param(b"\x30\x80\x00\x00", "indefinite", id="fail-indefinite-length"),
-        pytest.param(b"\x30\x81\x02\x06\x00", "not minimally", id="fail-long-form-for-short"),
+        pytest.param(b"\x30\x02\x06\x00", "not a DER CsrAttrs", id="fail-oid-empty"),
+        pytest.param(b"\x30\x80\x00\x00", "not a DER CsrAttrs", id="fail-indefinite-length"),
+        pytest.param(b"\x30\x81\x02\x06\x00", "not a DER CsrAttrs", id="fail-long-form-for-short"),
         pytest.param(b"\x30\x05\x06\x01\x2a", "truncated", id="fail-length-past-end"),
         pytest.param(
-            b"\x30\x07\x30\x05\x06\x01\x2a\x04\x00", "OID, SET", id="fail-attribute-octets-not-set"
+            b"\x30\x07\x30\x05\x06\x01\x2a\x04\x00",
+            "not a DER CsrAttrs",
+            id="fail-attribute-octets-not-set",
         ),
-        pytest.param(b"\x30\x05\x30\x03\x06\x01\x2a", "truncated", id="fail-attribute-without-set"),
-        pytest.param(b"\x3f\x01\x00", "multi-byte tag", id="fail-multibyte-tag"),
+        pytest.param(
+            b"\x30\x05\x30\x03\x06\x01\x2a", "not a DER CsrAttrs", id="fail-attribute-without-set"
+        ),
+        pytest.param(b"\x3f\x01\x00", "not a DER CsrAttrs", id="fail-multibyte-tag"),
+        # Decodes, but the SET OF is not in DER order: one value, one encoding.
+        pytest.param(
+            bytes.fromhex("300d300b06012a310606012b06012a"),
+            "not in canonical DER",
+            id="fail-set-of-unsorted",
+        ),
     ],
 )
 def test_fail_decode_csrattrs(der: bytes, reason: str) -> None:

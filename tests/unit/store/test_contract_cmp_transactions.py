@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from store_backends import T0, Backend, race, race_begin_cmp_transaction
+from tests.support.legacy_register import BEFORE_CONSOLE
 
 from ztpki.store import NodeStore
 from ztpki.store.cmp_transactions import CmpTransaction, CmpTransactionState
@@ -96,6 +97,8 @@ def test_ok_register_of_schema_5_gains_cmp_transactions(tmp_path: Path) -> None:
     path = tmp_path / "v5.sqlite"
     open_sqlite_node_store(path).close()
     with sqlite3.connect(path) as conn:  # the register as schema 5 had it
+        for statement in BEFORE_CONSOLE:
+            conn.execute(statement)
         conn.execute("DROP TABLE cmp_transaction")
         conn.execute("UPDATE schema_version SET version = 5 WHERE component = 'customer_node'")
     store = open_sqlite_node_store(path)
@@ -103,4 +106,4 @@ def test_ok_register_of_schema_5_gains_cmp_transactions(tmp_path: Path) -> None:
         assert store.begin_cmp_transaction(transaction())
     finally:
         store.close()
-    assert stored_schema_version(path, "customer_node") == SCHEMA_VERSION == 6
+    assert stored_schema_version(path, "customer_node") == SCHEMA_VERSION == 7

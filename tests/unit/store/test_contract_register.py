@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from store_backends import T0, Backend, race, race_begin_issuance, sha256_hex
+from tests.support.legacy_register import BEFORE_CONSOLE
 
 from ztpki.store import (
     AuditRecord,
@@ -607,6 +608,8 @@ def test_ok_register_from_before_issuance_labels_opens_and_gains_them(tmp_path: 
     listed(store, "d1")
     store.close()
     with sqlite3.connect(path) as conn:  # the register as ztpki wrote it before the column
+        for statement in BEFORE_CONSOLE:  # before version 6
+            conn.execute(statement)
         conn.execute("ALTER TABLE device DROP COLUMN issuance_label")
         conn.execute("ALTER TABLE device DROP COLUMN renewed_from")  # and before version 4
         conn.execute("DROP TABLE node_revocation")

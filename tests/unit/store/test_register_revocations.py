@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from store_backends import T0
 from test_contract_register import ISSUED, LISTED, begin, issued, listed
+from tests.support.legacy_register import BEFORE_CONSOLE
 
 from ztpki.store import AuditRecord, DeviceState, NodeStore
 from ztpki.store.revocation_records import QueueStatus, RevocationAction, RevocationOrder
@@ -143,6 +144,8 @@ def test_ok_register_of_schema_3_migrates_to_the_current_one(tmp_path: Path) -> 
     issued(store, "d1", "0a")
     store.close()
     with sqlite3.connect(path) as conn:  # the register as schema 3 had it
+        for statement in BEFORE_CONSOLE:
+            conn.execute(statement)
         conn.execute("DROP TABLE node_revocation")
         conn.execute("DROP TABLE node_sender_lease")
         conn.execute("DROP TABLE cmp_transaction")
@@ -157,7 +160,7 @@ def test_ok_register_of_schema_3_migrates_to_the_current_one(tmp_path: Path) -> 
         assert store.get("d1").state is DeviceState.RETIRED  # type: ignore[union-attr]
     finally:
         store.close()
-    assert stored_schema_version(path, "customer_node") == 6 == SCHEMA_VERSION
+    assert stored_schema_version(path, "customer_node") == 7 == SCHEMA_VERSION
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
         with pytest.raises(sqlite3.IntegrityError):  # the schema still refuses unknown states
@@ -171,6 +174,8 @@ def test_ok_register_of_schema_4_gains_the_sender_lease(tmp_path: Path) -> None:
     store.queue_revocations([order()], now=T0)
     store.close()
     with sqlite3.connect(path) as conn:  # the register as schema 4 had it
+        for statement in BEFORE_CONSOLE:
+            conn.execute(statement)
         conn.execute("DROP TABLE node_sender_lease")
         conn.execute("DROP TABLE cmp_transaction")
         conn.execute("UPDATE schema_version SET version = 4 WHERE component = 'customer_node'")

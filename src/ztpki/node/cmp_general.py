@@ -1,0 +1,85 @@
+"""genm -> genp (RFC 9483 section 4.3): what a device may ask the node outside an enrollment.
+
+    id-it-caCerts      the label's CA certificates (section 4.3.1), as EST's cacerts; a genm
+                       protected by an operational certificate confirms it, as cacerts does
+    id-it-rootCaCert   root CA update (section 4.3.2): the device names the root it trusts;
+                       the answer (id-it-rootCaKeyUpdate) carries newWithNew, the label's
+                       current root, when that is another one, and no value when it is not
+
+Any other infoType is refused (badRequest) with the list of those served, so a device learns
+what to ask instead of getting an empty answer it cannot tell from "nothing to say".
+"""
+
+from __future__ import annotations
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from pyasn1_alt_modules import rfc5280, rfc9480
+
+from ztpki.node.cmp_exchange import CmpExchange, CmpReply
+from ztpki.pki.asn1 import decode_der, encode_der
+from ztpki.protocol.cmp import BadDataFormat, BadRequest, BodyType, GenMsgBody, InfoTypeAndValue
+
+ID_IT_CA_CERTS = "1.3.6.1.5.5.7.4.17"
+ID_IT_ROOT_CA_KEY_UPDATE = "1.3.6.1.5.5.7.4.18"
+ID_IT_ROOT_CA_CERT = "1.3.6.1.5.5.7.4.20"
+SERVED = {ID_IT_CA_CERTS: "caCerts", ID_IT_ROOT_CA_CERT: "rootCaCert"}
+
+
+def _certificate_value(certificate: x509.Certificate) -> rfc5280.Certificate:
+    return decode_der(
+        certificate.public_bytes(serialization.Encoding.DER),
+        rfc5280.Certificate(),
+        what="a CA certificate",
+        ours=True,
+    )
+
+
+def ca_certs_value(chain: tuple[x509.Certificate, ...]) -> bytes:
+    """CaCertsValue: SEQUENCE SIZE (1..MAX) OF CMPCertificate."""
+    value = rfc9480.CaCertsValue()
+    for certificate in chain:
+        value.append(_certificate_value(certificate))
+    return encode_der(value)
+
+
+def _root_of(chain: tuple[x509.Certificate, ...]) -> x509.Certificate:
+    roots = [c for c in chain if c.subject == c.issuer]
+    return roots[-1] if roots else chain[-1]
+
+
+def root_update_value(asked: bytes | None, chain: tuple[x509.Certificate, ...]) -> bytes | None:
+    """RootCaKeyUpdateValue for a device that trusts the root in ``asked`` (None: no update)."""
+    if asked is None:
+        raise BadRequest("rootCaCert must name the root CA certificate the device trusts")
+    try:
+        old = x509.load_der_x509_certificate(asked)
+    except ValueError:
+        raise BadDataFormat("rootCaCert's value is not a DER certificate") from None
+    current = _root_of(chain)
+    if old == current:
+        return None
+    update = rfc9480.RootCaKeyUpdateContent()
+    update["newWithNew"] = _certificate_value(current)
+    return encode_der(update)
+
+
+async def general(exchange: CmpExchange) -> CmpReply:
+    body = exchange.message.body
+    assert isinstance(body, GenMsgBody)
+    asked = body.items or (InfoTypeAndValue(ID_IT_CA_CERTS),)
+    unknown = sorted({i.oid for i in asked} - SERVED.keys())
+    if unknown:
+        served = ", ".join(f"{name} ({oid})" for oid, name in SERVED.items())
+        raise BadRequest(f"infoType {', '.join(unknown)} is not served here; ask for {served}")
+    # An operational certificate asking for the CA certificates confirms itself, as EST's
+    # cacerts does: the device's first message after a certConf that never arrived.
+    chain = await exchange.service.cacerts(exchange.label, exchange.identity)
+    items = []
+    for item in asked:
+        if item.oid == ID_IT_CA_CERTS:
+            items.append(InfoTypeAndValue(ID_IT_CA_CERTS, ca_certs_value(chain)))
+        else:
+            value = root_update_value(item.value, chain)
+            items.append(InfoTypeAndValue(ID_IT_ROOT_CA_KEY_UPDATE, value))
+    return CmpReply(GenMsgBody(BodyType.GENP, tuple(items)))

@@ -1,0 +1,65 @@
+"""Strict DER through pyasn1: decode one value of a known schema, or encode one.
+
+pyasn1 (with pyasn1-alt-modules' RFC modules) is the ASN.1 library for the structures
+cryptography has no API for (EST csrattrs, a PKCS#8 shape check, the PBES2 envelope of keys
+at rest, CMP). Its DER decoder still takes some BER (long-form lengths for short content,
+non-minimal INTEGERs), so a value is accepted only when it encodes back to the same bytes:
+one value, one encoding, whatever a peer sends. Every decoding error is MalformedInput with a
+sentence of ours; pyasn1's own messages repeat the schema and the input, so they stay out.
+Encoding only; no cryptography happens here.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar, cast
+
+from pyasn1.codec.der import decoder, encoder
+from pyasn1.error import PyAsn1Error, SubstrateUnderrunError
+from pyasn1.type import univ
+
+from ztpki.errors import MalformedInput
+
+__all__ = ["decode_der", "encode_der", "oid", "oid_text"]
+
+_Value = TypeVar("_Value", bound=Any)
+
+
+def decode_der(der: bytes, spec: _Value, *, what: str, ours: bool = False) -> _Value:
+    """The one value of ``spec``'s type that ``der`` holds, in canonical DER only.
+
+    ``what`` names the structure in the error a user sees ("csrattrs body"). ``ours``: the
+    bytes come from `cryptography` in this process (a certificate we hold, a key we made),
+    so the canonical-encoding check, which doubles the cost, is skipped.
+    """
+    try:
+        value, rest = decoder.decode(der, asn1Spec=spec)
+    except SubstrateUnderrunError:
+        raise MalformedInput(f"{what} is truncated DER") from None
+    except PyAsn1Error:
+        raise MalformedInput(f"{what} is not a DER {type(spec).__name__}") from None
+    if rest:
+        raise MalformedInput(f"{what} has {len(rest)} bytes after its DER {type(spec).__name__}")
+    if ours:
+        return cast(_Value, value)
+    try:
+        canonical = encoder.encode(value)
+    except PyAsn1Error:
+        raise MalformedInput(f"{what} is not a complete {type(spec).__name__}") from None
+    if canonical != der:
+        raise MalformedInput(
+            f"{what} is not in canonical DER (a length, value or SET order is encoded otherwise)"
+        )
+    return cast(_Value, value)
+
+
+def encode_der(value: Any) -> bytes:
+    """DER of a pyasn1 value built by our own code (a missing component is our bug)."""
+    return bytes(encoder.encode(value))
+
+
+def oid(dotted: str) -> univ.ObjectIdentifier:
+    return univ.ObjectIdentifier(dotted)
+
+
+def oid_text(value: univ.ObjectIdentifier) -> str:
+    return ".".join(str(arc) for arc in value.asTuple())

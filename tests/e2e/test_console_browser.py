@@ -1,0 +1,238 @@
+"""The web console in a real browser (headless Chromium, Selenium): log in, watch the overview
+fill during a small fleet run, find a device, block it and see its state change; a viewer
+cannot block, a form without its CSRF token is refused, a wrong password is refused, and
+none of these refusals changes anything. The screenshots go to docs/console/ (README)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from browser_fixtures import start_chromium
+from console_fixtures import (
+    OPERATOR,
+    OPERATOR_PASSWORD,
+    VIEWER,
+    VIEWER_PASSWORD,
+    ConsoleWorld,
+    build_console_world,
+    customize,
+)
+from selenium.webdriver.chrome.webdriver import WebDriver
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions
+from selenium.webdriver.support.ui import WebDriverWait
+
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "console"
+# The overview refreshes its live part every 5 s; a loaded machine may take a few rounds.
+LIVE_WAIT = 90
+
+
+@pytest.fixture(scope="module")
+def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleWorld]:
+    c = build_console_world(tmp_path_factory.mktemp("console-browser"))
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+@pytest.fixture(scope="module")
+def browser(console: ConsoleWorld, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDriver]:
+    driver = start_chromium(
+        console.world.root / "server" / "cert.pem", tmp_path_factory.mktemp("chromium")
+    )
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def shoot(browser: WebDriver, name: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    browser.save_screenshot(str(SCREENSHOTS / f"{name}.png"))
+
+
+def log_in(browser: WebDriver, console: ConsoleWorld, name: str, password: str) -> None:
+    browser.delete_all_cookies()
+    browser.get(console.url + "/")
+    assert browser.current_url.endswith("/login")  # no session: the login page
+    browser.find_element(By.ID, "name").send_keys(name)
+    browser.find_element(By.ID, "password").send_keys(password)
+    browser.find_element(By.CSS_SELECTOR, "form.login button").click()
+    WebDriverWait(browser, 30).until(expected_conditions.title_contains("Overview"))
+
+
+def text_of(browser: WebDriver, element_id: str) -> str:
+    return str(browser.find_element(By.ID, element_id).text)
+
+
+def test_fail_a_wrong_password_is_refused_in_the_browser(
+    browser: WebDriver, console: ConsoleWorld
+) -> None:
+    browser.delete_all_cookies()
+    browser.get(console.url + "/login")
+    shoot(browser, "login")
+    browser.find_element(By.ID, "name").send_keys(OPERATOR)
+    browser.find_element(By.ID, "password").send_keys("not-the-password")
+    audit = console.audit_count()
+    browser.find_element(By.CSS_SELECTOR, "form.login button").click()
+    WebDriverWait(browser, 30).until(
+        expected_conditions.presence_of_element_located((By.ID, "error"))
+    )
+    assert text_of(browser, "error") == "wrong name or password"
+    browser.get(console.url + "/devices")
+    assert browser.current_url.endswith("/login")  # still no session
+    assert console.audit_count() == audit
+
+
+def test_ok_the_overview_fills_live_during_a_small_fleet_run(
+    browser: WebDriver, console: ConsoleWorld
+) -> None:
+    devices = console.world.make_devices(4, prefix="fleet")
+    log_in(browser, console, OPERATOR, OPERATOR_PASSWORD)
+    before = int(text_of(browser, "count-customized"))
+    run = threading.Thread(target=asyncio.run, args=(customize(console.world, devices),))
+    run.start()
+    try:
+        # No reload: the page's script fetches the live part and swaps it in.
+        WebDriverWait(browser, LIVE_WAIT, poll_frequency=0.5).until(
+            lambda b: int(text_of(b, "count-customized")) >= before + len(devices)
+        )
+    finally:
+        run.join()
+    assert browser.find_element(By.ID, "live").get_attribute("data-refreshed")
+    assert int(text_of(browser, "last-hour")) >= len(devices)
+    assert browser.find_elements(By.CSS_SELECTOR, "svg.chart rect")  # bars drawn
+    shoot(browser, "overview")
+
+
+def test_ok_an_operator_finds_a_device_blocks_it_and_sees_the_state_change(
+    browser: WebDriver, console: ConsoleWorld
+) -> None:
+    (device,) = console.world.make_devices(1, prefix="find")
+    asyncio.run(customize(console.world, [device]))
+    log_in(browser, console, OPERATOR, OPERATOR_PASSWORD)
+    browser.find_element(By.LINK_TEXT, "Devices").click()
+    search = browser.find_element(By.ID, "q")
+    search.send_keys(device.device_id)
+    search.submit()
+    WebDriverWait(browser, 30).until(expected_conditions.url_contains("q="))
+    shoot(browser, "devices")
+    browser.find_element(By.LINK_TEXT, device.device_id).click()
+    assert text_of(browser, "state") == "customized"
+    history = browser.find_element(By.ID, "hist-h").find_element(By.XPATH, "..").text
+    assert "temporary (factory)" in history and "operational" in history
+    browser.find_element(By.ID, "block").click()
+    assert "Block device" in browser.find_element(By.TAG_NAME, "h1").text
+    shoot(browser, "confirm-block")
+    browser.find_element(By.ID, "confirm").click()
+    WebDriverWait(browser, 30).until(lambda b: text_of(b, "state") == "blocked")
+    assert console.world.state(device.device_id) == "blocked"
+    orders = browser.find_element(By.ID, "rev-h").find_element(By.XPATH, "..").text
+    assert "certificateHold" in orders  # the live certificate goes on hold at its CA
+    shoot(browser, "device")
+    (entry,) = [e for e in console.world.audit(device.device_id) if e["decision"] == "blocked"]
+    assert f"by operator {OPERATOR}" in entry["reason"]
+    browser.get(console.url + "/audit")
+    assert "The hash chain verifies" in text_of(browser, "chain")
+    shoot(browser, "audit")
+
+
+def test_fail_a_viewer_cannot_block_and_nothing_changed(
+    browser: WebDriver, console: ConsoleWorld
+) -> None:
+    (device,) = console.world.make_devices(1, prefix="viewer")
+    log_in(browser, console, VIEWER, VIEWER_PASSWORD)
+    browser.get(f"{console.url}/devices/{device.device_id}")
+    assert not browser.find_elements(By.ID, "block")  # no action offered
+    register, audit = console.world.register(), console.audit_count()
+    browser.get(f"{console.url}/devices/{device.device_id}/block")
+    assert f"{VIEWER} is a viewer" in text_of(browser, "error")
+    # A crafted POST with the viewer's own valid CSRF token: refused all the same.
+    status = browser.execute_async_script(
+        """
+        const done = arguments[arguments.length - 1];
+        const body = new URLSearchParams({csrf: arguments[0], confirm: "yes"});
+        fetch(arguments[1], {method: "POST", body}).then(r => done(r.status));
+        """,
+        _viewer_csrf(browser, console),
+        f"/devices/{device.device_id}/block",
+    )
+    assert status == 403
+    assert console.world.register() == register and console.audit_count() == audit
+
+
+def _viewer_csrf(browser: WebDriver, console: ConsoleWorld) -> str:
+    browser.get(console.url + "/")
+    token = browser.find_element(By.CSS_SELECTOR, "form.who input[name=csrf]")
+    return str(token.get_attribute("value"))
+
+
+def test_fail_a_form_without_its_csrf_token_is_refused_and_nothing_changed(
+    browser: WebDriver, console: ConsoleWorld
+) -> None:
+    (device,) = console.world.make_devices(1, prefix="csrf")
+    log_in(browser, console, OPERATOR, OPERATOR_PASSWORD)
+    browser.get(f"{console.url}/devices/{device.device_id}/block")
+    browser.execute_script("document.querySelector('main input[name=csrf]').remove()")
+    register, audit = console.world.register(), console.audit_count()
+    browser.find_element(By.ID, "confirm").click()
+    WebDriverWait(browser, 30).until(
+        expected_conditions.presence_of_element_located((By.ID, "error"))
+    )
+    assert "did not come from the console" in text_of(browser, "error")
+    assert console.world.register() == register and console.audit_count() == audit
+    assert console.world.state(device.device_id) == "listed"
+
+
+def test_ok_the_pages_read_without_javascript_and_the_health_page_shows_the_ca(
+    browser: WebDriver, console: ConsoleWorld
+) -> None:
+    log_in(browser, console, VIEWER, VIEWER_PASSWORD)
+    browser.get(console.url + "/health")
+    assert console.world.customer.address in browser.find_element(By.TAG_NAME, "main").text
+    shoot(browser, "health")
+    # Every page is complete as served: its live part is in the HTML, not built by script.
+    browser.execute_cdp_cmd("Emulation.setScriptExecutionDisabled", {"value": True})
+    try:
+        browser.get(console.url + "/")
+        assert text_of(browser, "count-customized").isdigit()
+    finally:
+        browser.execute_cdp_cmd("Emulation.setScriptExecutionDisabled", {"value": False})
+
+
+def test_ok_every_page_has_landmarks_and_every_control_a_label(
+    browser: WebDriver, console: ConsoleWorld
+) -> None:
+    (device,) = console.world.make_devices(1, prefix="a11y")
+    log_in(browser, console, OPERATOR, OPERATOR_PASSWORD)
+    pages = ["/", "/devices", f"/devices/{device.device_id}", "/audit", "/health", "/import"]
+    pages.append(f"/devices/{device.device_id}/retire")
+    for path in pages:
+        browser.get(console.url + path)
+        found = browser.execute_script(
+            """
+            const controls = [...document.querySelectorAll(
+                "input:not([type=hidden]), select, textarea")];
+            return {
+                unlabelled: controls.filter(c => c.labels.length === 0).map(c => c.name),
+                main: document.querySelectorAll("main").length,
+                nav: document.querySelectorAll("nav[aria-label]").length,
+                h1: document.querySelectorAll("h1").length,
+                lang: document.documentElement.lang,
+                skip: document.querySelector("a.skip") !== null,
+            };
+            """
+        )
+        assert found["unlabelled"] == [], (path, found)
+        assert found["main"] == 1 and found["nav"] >= 1 and found["h1"] == 1, (path, found)
+        assert found["lang"] == "en" and found["skip"], (path, found)
+    # The keyboard reaches the skip link first, and it leads to the main content.
+    browser.get(console.url + "/")
+    first = browser.switch_to.active_element
+    first.send_keys("\ue004")  # Tab
+    assert browser.switch_to.active_element.get_attribute("class") == "skip"
