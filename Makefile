@@ -35,12 +35,16 @@ system-deps:
 	    echo 'create_main_cluster = false' >> /etc/postgresql-common/createcluster.conf) && \
 	   RUNLEVEL=1 apt-get install -y -q postgresql)
 	@command -v systemd-analyze >/dev/null || (apt-get update -q && apt-get install -y -q systemd)
-	@# Discovery's mDNS tests run in network namespaces of their own: ip (iproute2), unshare.
-	@command -v ip >/dev/null && command -v unshare >/dev/null || \
-	  (apt-get update -q && apt-get install -y -q iproute2 util-linux)
 	@# The web console's browser tests: Debian's headless Chromium and its matching driver.
 	@(command -v chromium >/dev/null && command -v chromedriver >/dev/null) || \
 	  (apt-get update -q && apt-get install -y -q chromium chromium-driver)
+	@# Keys in hardware (README): SoftHSM2 is the PKCS#11 token of the tests, OpenSC's
+	@# pkcs11-tool the outside view into it.
+	@(command -v softhsm2-util >/dev/null && command -v pkcs11-tool >/dev/null) || \
+	  (apt-get update -q && apt-get install -y -q softhsm2 opensc)
+	@# Discovery's mDNS tests run in network namespaces of their own: ip (iproute2), unshare.
+	@command -v ip >/dev/null && command -v unshare >/dev/null || \
+	  (apt-get update -q && apt-get install -y -q iproute2 util-linux)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

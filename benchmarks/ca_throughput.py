@@ -207,11 +207,21 @@ async def drive(client: CAClient, requests: Sequence[EnrollmentRequest], clients
 
 
 def ztpki_phases(
-    work: Path, clients: int, counts: dict[str, int], csrs: list[tuple[str, bytes]]
+    work: Path,
+    clients: int,
+    counts: dict[str, int],
+    csrs: list[tuple[str, bytes]],
+    *,
+    factory: Sequence[str] = (),
 ) -> list[Result]:
+    """The phases named in ``counts``; ``factory``: more `ca init` options of the issuing CA
+    (ca_throughput_pkcs11 puts its key in a token)."""
     system = work / "ca-system"
     ztpki("ca", "init", "--dir", str(system), "--name", "root")
-    ztpki("ca", "init", "--dir", str(system), "--name", "factory", "--parent", "root", "--default")
+    ztpki(
+        "ca", "init", "--dir", str(system), "--name", "factory", "--parent", "root", "--default",
+        *factory,
+    )  # fmt: skip
     ztpki(
         "ca", "add-client", "--dir", str(system), "--name", "bench", "--out", str(work / "cred"),
         "--ca", "factory",
@@ -251,6 +261,8 @@ def ztpki_phases(
                 ("rsa-keygen", KeySpec.RSA_2048, False),
                 ("ec-csr", None, True),
             ):
+                if name not in counts:
+                    continue
                 batch = requests(counts[name], spec=spec, csr=csr)
                 cpu_before, wall_before = tree_cpu_seconds(server.pid), time.perf_counter()
                 await drive(client, batch, clients)
@@ -442,6 +454,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--csr", type=int, default=2000, help="CSR-mode requests (ztpki and cfssl)")
     parser.add_argument("--no-cfssl", action="store_true", help="skip the cfssl comparison")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    parser.add_argument(
+        "--pkcs11", action="store_true", help="also with the CA key in SoftHSM2 (PKCS#11)"
+    )
     args = parser.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="ztpki-bench-"))
@@ -456,6 +471,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         floor = in_process_floor(work / "ca-system", csrs, min(args.csr, 2000))
         for result in floor:
             print(result.line().replace("server CPU", "CPU"), flush=True)
+        if args.pkcs11:
+            from ca_throughput_pkcs11 import compare_token_key
+
+            for line in compare_token_key(work, args.clients, counts, csrs, results):
+                print(line, flush=True)
         cfssl = None if args.no_cfssl else find_cfssl()
         if cfssl is not None:
             peer = cfssl_phase(cfssl, work, args.clients, args.csr, csrs)

@@ -12,8 +12,9 @@ p50/p95/p99 latency, and the CPU the server processes (node + customer CA system
 including their child processes, read from /proc) spent per customization.
 
 ``--database postgresql`` also starts a PostgreSQL cluster of its own (fsync on, as an
-operator runs it) and a second customer CA system and node keeping their records there (the
-node with ``--workers N``), and customizes as many devices again against them: the SQLite
+operator runs it; reached over its Unix socket, or over TCP with ``--pg-tcp``) and a
+second customer CA system and node keeping their records there (the node with
+``--workers N``), and customizes as many devices again against them: the SQLite
 single-worker figure and the PostgreSQL figure come from the same run, and their ratio is
 printed. The PostgreSQL server's processes count as server CPU. Per customization it also
 prints the node's database round trips and commits (its /metrics) and PostgreSQL's own count
@@ -338,6 +339,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="load pg_stat_statements and print what PostgreSQL ran most (costs it some CPU)",
     )
+    parser.add_argument(
+        "--pg-tcp",
+        action="store_true",
+        help="reach PostgreSQL over TCP on 127.0.0.1 instead of its Unix socket",
+    )
     parser.add_argument("--workdir", type=Path, help="default: a new temporary directory")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument("--json", type=Path, help="also write the results as JSON")
@@ -365,10 +371,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"NOTE: this tree's `node serve` has no --workers: the PostgreSQL figure "
                       f"is for ONE worker, not {workers}")  # fmt: skip
                 workers = 1
-            cluster = start_postgres(statements=args.pg_statements)
+            cluster = start_postgres(statements=args.pg_statements, socket=not args.pg_tcp)
             print(f"PostgreSQL: {postgres_version(cluster)}, its own cluster in {cluster.base}, "
                   "fsync and full_page_writes on, synchronous_commit on (durable, as an "
-                  "operator runs it); its processes count as server CPU")  # fmt: skip
+                  "operator runs it), reached over "
+                  f"{'TCP' if args.pg_tcp else 'its Unix socket'}; its processes count as "
+                  "server CPU")  # fmt: skip
             configurations.append(add_postgres_configuration(world, cluster, workers=workers))
             enable_statements(configurations[-1])
         ids = world.device_ids

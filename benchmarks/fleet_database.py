@@ -47,9 +47,10 @@ def node_knows_workers() -> bool:
     return "--workers" in ztpki("node", "serve", "--help").stdout
 
 
-def start_postgres(*, statements: bool) -> PostgresCluster:
-    """A cluster run as an operator runs one: fsync and full-page writes on."""
-    return PostgresCluster(durable=True, statements=statements)
+def start_postgres(*, statements: bool, socket: bool = True) -> PostgresCluster:
+    """A cluster run as an operator runs one: fsync and full-page writes on; reached over its
+    Unix socket (PostgreSQL on the node's machine), or ``socket=False`` over TCP."""
+    return PostgresCluster(durable=True, statements=statements, socket=socket)
 
 
 def add_postgres_configuration(

@@ -260,14 +260,14 @@ def test_fail_wrong_method_content_type_and_paths(
 
 def _two_requests(single: bytes) -> bytes:
     """The OCSPRequest with its one Request repeated (requestList of two)."""
-    from ztpki.pki.der import read_tlv, tlv
+    from pyasn1_alt_modules import rfc6960
 
-    outer, _ = read_tlv(single, 0)
-    tbs, _ = read_tlv(single, outer.start)
-    request_list, after = read_tlv(single, tbs.start)
-    assert after == tbs.end  # no requestorName, no extensions in this request
-    requests = single[request_list.start : request_list.end]
-    return tlv(0x30, tlv(0x30, tlv(0x30, requests + requests)))
+    from ztpki.pki.asn1 import decode_der, encode_der
+
+    request = decode_der(single, rfc6960.OCSPRequest(), what="OCSP request")
+    requests = request["tbsRequest"]["requestList"]
+    requests.append(requests[0])
+    return encode_der(request)
 
 
 def _raw(address: tuple[str, int], data: bytes, *, timeout: float = 30) -> bytes:

@@ -38,6 +38,22 @@ def test_ok_scale_benchmark_runs_with_a_small_fleet(tmp_path: Path, database: st
     assert data["import"]["peak_mb"] > 0 and data["audit_rate"]
 
 
+def test_ok_import_only_measures_the_import_alone(tmp_path: Path) -> None:
+    figures = tmp_path / "scale.json"
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "scale.py"), "--database", "postgresql",
+         "--devices", str(DEVICES), "--import-only", "--workdir", str(tmp_path / "w"),
+         "--json", str(figures)],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "node import, 1,500 devices" in result.stdout, result.stdout
+    assert "ratio big / small" not in result.stdout  # nothing after the import ran
+    data = json.loads(figures.read_text())
+    assert data["ok"] and data["listed"] == DEVICES and data["import"]["peak_mb"] > 0
+    assert "small" not in data
+
+
 def test_fail_unreachable_database_url_says_so_without_its_password(tmp_path: Path) -> None:
     url = "postgresql://ztpki:s3cret-pw@127.0.0.1:1/postgres"  # nothing listens on port 1
     result = subprocess.run(

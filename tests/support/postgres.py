@@ -4,7 +4,9 @@ One cluster per test process (each xdist worker), created on first use in a temp
 directory, run as an unprivileged user (``nobody`` when the tests run as root: initdb refuses
 root), listening on 127.0.0.1 on a free port and on a Unix socket in its directory, and
 stopped and removed when the process ends. Each test gets a database of its own
-(``fresh_database``), reached with a password over TCP, as an operator's would be.
+(``fresh_database``), reached with a password over TCP, as an operator's would be, or
+over the Unix socket (``socket=True``, still with the password), as a node or CA system on
+the database's own machine would reach it: the benchmarks measure that case.
 
 The tests' cluster trades durability for speed (fsync off): the tests kill PostgreSQL with
 an immediate shutdown, which loses nothing that was committed; only an OS crash would. The
@@ -25,6 +27,7 @@ import socket
 import subprocess
 import tempfile
 from pathlib import Path
+from urllib.parse import quote, urlsplit
 
 import psycopg
 
@@ -78,9 +81,12 @@ class PostgresCluster:
     pg_stat_statements, for profiling what the stores send.
     """
 
-    def __init__(self, *, durable: bool = False, statements: bool = False) -> None:
+    def __init__(
+        self, *, durable: bool = False, statements: bool = False, socket: bool = False
+    ) -> None:
         self.durable = durable
         self.statements = statements
+        self.socket = socket
         self.bindir = postgres_bindir()
         self.base = Path(tempfile.mkdtemp(prefix="ztpki-pg-"))
         self.data = self.base / "data"
@@ -117,6 +123,10 @@ class PostgresCluster:
             settings.update(shared_preload_libraries="'pg_stat_statements'")
         with (self.data / "postgresql.conf").open("a") as conf:
             conf.writelines(f"{key} = {value}\n" for key, value in settings.items())
+        # The first matching line decides: the ztpki role gives its password on the socket
+        # too (the superuser's trust there is for the harness: admin()).
+        hba = self.data / "pg_hba.conf"
+        hba.write_text(f"local all {_ROLE} scram-sha-256\n" + hba.read_text())
 
     def start(self) -> None:
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.base / "server.log"),
@@ -145,18 +155,22 @@ class PostgresCluster:
         self.stop("immediate")
         self.start()
 
-    def url(self, database: str) -> str:
+    def url(self, database: str, *, socket: bool | None = None) -> str:
+        """``socket``: over the Unix socket (default: as the cluster was started to)."""
+        if self.socket if socket is None else socket:
+            where = quote(str(self.base), safe="")
+            return f"postgresql://{_ROLE}:{self.password}@/{database}?host={where}&port={self.port}"
         return f"postgresql://{_ROLE}:{self.password}@127.0.0.1:{self.port}/{database}"
 
-    def fresh_database(self, prefix: str = "t") -> str:
+    def fresh_database(self, prefix: str = "t", *, socket: bool | None = None) -> str:
         """A new, empty database owned by the ztpki role; its URL (with the password)."""
         name = f"{prefix}_{os.getpid()}_{next(self._names)}"
         with self.admin() as conn:
             conn.execute(f'CREATE DATABASE "{name}" OWNER {_ROLE}')
-        return self.url(name)
+        return self.url(name, socket=socket)
 
     def drop_database(self, url: str) -> None:
-        name = url.rsplit("/", 1)[1]
+        name = urlsplit(url).path.lstrip("/")
         with self.admin() as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 

@@ -8,6 +8,7 @@ Layout::
     DIR/cas/<name>/ca.pem           the CA certificate
     DIR/cas/<name>/chain.pem        its parents up to the root (empty for a root)
     DIR/cas/<name>/ca.key.pem       encrypted PKCS#8 (PBKDF2-SHA256, many rounds), 0600
+    DIR/cas/<name>/key.toml         instead of ca.key.pem: the key's PKCS#11 URI (token_keys)
     DIR/cas/<name>/policy.toml      issuing policy
     DIR/service/ca.pem, ca.key.pem  the TLS trust anchor of the service and its clients
 """
@@ -19,20 +20,37 @@ import tomllib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import tomli_w
 from cryptography import x509
 
 from ztpki.casystem.policy import IssuingPolicy
+from ztpki.casystem.token_keys import (
+    TokenOptions,
+    load_token_key,
+    record_token_key,
+    recorded_location,
+)
 from ztpki.errors import ConfigurationError, MalformedInput, UnknownCA
 from ztpki.pki.authority import CertificateAuthority, IssuanceGrant, create_self_signed_ca
-from ztpki.pki.keys import KeySpec, decode_pkcs8, encode_pkcs8_pem, generate_private_key
+from ztpki.pki.keys import (
+    KeySpec,
+    decode_pkcs8,
+    encode_pkcs8_pem,
+    generate_private_key,
+    keys_match,
+)
 from ztpki.pki.names import SubjectFields, build_subject
 from ztpki.pki.pbes2 import AT_REST_KDF_ROUNDS
 from ztpki.pki.pem import certificates_pem, load_certificates_pem
 from ztpki.pki.profiles import CertificateProfile
+from ztpki.pki.signer import FILE_KEYS, SigningKey
 from ztpki.secretfiles import write_private_file, write_public_file
 from ztpki.store.database_url import directory_database
+
+if TYPE_CHECKING:  # the PKCS#11 binding loads only for a CA whose key is in a token
+    from ztpki.tokens import TokenKey
 
 CA_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 SERVICE_CA = "service"
@@ -50,6 +68,7 @@ class CAInfo:
     profile: str
     is_default: bool
     is_root: bool
+    key_location: str = "file"  # or the PKCS#11 URI of the key in its token
 
 
 def check_ca_name(name: str) -> str:
@@ -148,8 +167,25 @@ class CASystemDirectory:
         self._require(name)
         return IssuingPolicy.load(self.ca_dir(name) / "policy.toml")
 
-    def load_authority(self, name: str, *, passphrase: bytes | None) -> CertificateAuthority:
+    def load_authority(
+        self, name: str, *, passphrase: bytes | None, tokens: TokenOptions | None = None
+    ) -> CertificateAuthority:
+        """The CA ready to sign: its key file decrypted, or its token key found (sessions
+        open, PIN from ZTPKI_PKCS11_PIN or ``tokens.pin_file``)."""
         self._require(name)
+        token_key = load_token_key(self.ca_dir(name), tokens or TokenOptions())
+        if token_key is not None:
+            certificate = self.certificate(name)
+            # key.toml is a plain file: pointed at another key object, the CA would sign
+            # certificates that verify under no CA certificate.
+            if not keys_match(token_key, certificate.public_key()):
+                raise ConfigurationError(
+                    f"the token key of CA {name} ({token_key.location}) is not the key of its "
+                    f"certificate {self.ca_dir(name) / 'ca.pem'}; fix the URI in key.toml"
+                )
+            return CertificateAuthority(
+                name=name, key=token_key, certificate=certificate, parents=self.parents(name)
+            )
         key_bytes = (self.ca_dir(name) / "ca.key.pem").read_bytes()
         try:
             key = decode_pkcs8(key_bytes, passphrase=passphrase)
@@ -175,20 +211,22 @@ class CASystemDirectory:
             profile=self.policy(name).profile.value,
             is_default=name == self.default_ca(),
             is_root=not self.parents(name),
+            key_location=recorded_location(self.ca_dir(name)) or "file",
         )
 
     def write_ca(
         self,
         name: str,
         *,
-        key_pem: bytes,
+        key_pem: bytes | None,
         certificate: x509.Certificate,
         parents: tuple[x509.Certificate, ...],
         policy: IssuingPolicy,
     ) -> None:
         directory = self.ca_dir(name)
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        write_private_file(directory / "ca.key.pem", key_pem)
+        if key_pem is not None:  # None: the key lives in a token (key.toml, written first)
+            write_private_file(directory / "ca.key.pem", key_pem)
         write_public_file(directory / "chain.pem", certificates_pem(parents))
         policy.save(directory / "policy.toml")
         # ca.pem last: its presence is what makes the CA exist.
@@ -258,11 +296,13 @@ def init_ca(
     subject: SubjectFields | None = None,
     common_name: str | None = None,
     make_default: bool = False,
+    token_key: TokenKey | None = None,
 ) -> CertificateAuthority:
     """Create a CA in directory: a root, or subordinate to parent (another system or this one).
 
-    A subordinate's path length is 0 unless path_length says more; a root has none. Nothing
-    is written unless every check passes.
+    A subordinate's path length is 0 unless path_length says more; a root has none. With
+    ``token_key`` the CA's key is that key in its token (made by token_keys.create_token_key)
+    and no key file is written. Nothing is written unless every check passes.
     """
     check_ca_name(name)
     if (directory.ca_dir(name) / "ca.pem").exists():
@@ -276,7 +316,7 @@ def init_ca(
     sub_path_length = subordinate_path_length(parent, path_length) if parent else None
     directory.check_passphrase(passphrase)
     fields = subject or SubjectFields()
-    key = generate_private_key(key_spec)
+    key: SigningKey = token_key if token_key is not None else generate_private_key(key_spec)
     ca_subject = _ca_subject(name, fields, common_name)
     if parent is None:
         certificate = create_self_signed_ca(
@@ -295,9 +335,17 @@ def init_ca(
         parents = parent.chain
     policy = policy or IssuingPolicy(subject=fields)
     directory.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    key_pem = None
+    if token_key is None:
+        assert isinstance(key, FILE_KEYS)
+        key_pem = encode_pkcs8_pem(key, passphrase=passphrase, kdf_rounds=AT_REST_KDF_ROUNDS)
+    else:
+        ca_dir = directory.ca_dir(name)
+        ca_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        record_token_key(ca_dir, token_key)
     directory.write_ca(
         name,
-        key_pem=encode_pkcs8_pem(key, passphrase=passphrase, kdf_rounds=AT_REST_KDF_ROUNDS),
+        key_pem=key_pem,
         certificate=certificate,
         parents=parents,
         policy=policy,

@@ -110,13 +110,13 @@ class _CASigner:
 
     def _new_signer(self, now: datetime) -> ResponseSigner:
         ca = self.authority
-        if self.policy is SignerPolicy.CA:
+        if self.policy is SignerPolicy.CA:  # a token's key signs every answer itself
             return ResponseSigner(ca.certificate, ca.certificate, ca.key)
         # The CA's own algorithm: a relying party that accepts the CA's signatures accepts the
         # responder's, and the responder is never the weaker key of the two. An RSA key takes
         # 0.1-2 s to generate (4096 bits the most): at start, and at each renewal (every 5
         # days), that pauses the service's event loop that long.
-        key = generate_private_key(key_spec_of(ca.key))
+        key = generate_private_key(key_spec_of(ca.certificate.public_key()))
         certificate = issue_responder_certificate(ca.certificate, ca.key, key, now=now)
         log.info(
             "issued the OCSP responder certificate of CA %s: serial=%s valid until %s",

@@ -17,6 +17,7 @@ from ztpki.casystem.ocsp_responder import (
 from ztpki.casystem.publisher import PublisherLimits, RevocationPublisher
 from ztpki.casystem.server_identity import ServerIdentity
 from ztpki.casystem.service import CASystemService, ServiceLimits
+from ztpki.casystem.token_keys import TokenOptions
 from ztpki.credentials import Credential
 from ztpki.errors import ConfigurationError
 from ztpki.pki.authority import IssuanceGrant
@@ -54,11 +55,14 @@ def use_database(directory: CASystemDirectory, url: str) -> None:
     record_database_url(directory.root, url, STORE_FILE)
 
 
-def load_system(directory: CASystemDirectory, *, passphrase: bytes | None) -> CASystem:
-    """Every CA of the directory, keys decrypted and chains encoded once."""
+def load_system(
+    directory: CASystemDirectory, *, passphrase: bytes | None, tokens: TokenOptions | None = None
+) -> CASystem:
+    """Every CA of the directory, keys decrypted (or found in their tokens) and chains
+    encoded once."""
     cas: dict[str, LoadedCA] = {}
     for name in directory.ca_names():
-        authority = directory.load_authority(name, passphrase=passphrase)
+        authority = directory.load_authority(name, passphrase=passphrase, tokens=tokens)
         cas[name] = LoadedCA(
             authority=authority,
             policy=directory.policy(name),
@@ -183,6 +187,7 @@ def build_service(
     hostnames: tuple[str, ...],
     limits: ServiceLimits | None = None,
     key_pool_workers: int | None = None,
+    tokens: TokenOptions | None = None,
 ) -> CASystemService:
     """The service with a fresh server certificate whose key lives only in memory; the
     running service renews it well before it expires (server_identity)."""
@@ -193,7 +198,7 @@ def build_service(
     store = open_store(directory)
     try:
         require_entitlements(directory, store.clients())
-        system = load_system(directory, passphrase=passphrase)
+        system = load_system(directory, passphrase=passphrase, tokens=tokens)
         authority = service_authority(directory, passphrase=passphrase, now=now)
         identity = ServerIdentity(authority, (*hostnames, "localhost", "127.0.0.1"), now=now)
     except BaseException:

@@ -26,6 +26,12 @@ from ztpki.cli.common import (
     refuse_existing_output,
 )
 from ztpki.cli.database import database_option
+from ztpki.cli.pkcs11_options import (
+    token_access_options,
+    token_key,
+    token_key_options,
+    token_options,
+)
 from ztpki.errors import ListenFailed
 from ztpki.eventloop import chosen_loop, run_service, running_loop_name
 from ztpki.pki.keys import KeySpec
@@ -109,6 +115,7 @@ def ca() -> None:
 )
 @database_option("CA system's issuance records")
 @passphrase_options(CA_ENV, "the CA private key")
+@token_key_options
 def init_command(
     directory: Path,
     name: str,
@@ -128,6 +135,11 @@ def init_command(
     database: str | None,
     passphrase_file: Path | None,
     insecure_no_passphrase: bool,
+    pkcs11_uri: str | None,
+    pkcs11_existing: bool,
+    rsa_pss: bool,
+    pkcs11_module: str | None,
+    pkcs11_pin_file: Path | None,
 ) -> None:
     """Create a CA (a root, or subordinate with --parent; --parent-dir if it is in another
     CA system). The first `ca init` of a directory chooses where the CA system keeps its
@@ -145,6 +157,7 @@ def init_command(
                 "`ca init` creates a root CA"
             )
     secret = ca_passphrase(directory, passphrase_file, insecure_no_passphrase)
+    tokens = token_options(pkcs11_module, pkcs11_pin_file)
     now = datetime.now(UTC)
     parent = None
     if parent_name:
@@ -157,7 +170,7 @@ def init_command(
                 minimum=0,  # an existing key: it says whether the passphrase is right
             )
         parent = CASystemDirectory(parent_dir or directory).load_authority(
-            parent_name, passphrase=parent_secret
+            parent_name, passphrase=parent_secret, tokens=tokens
         )
     fields = SubjectFields(
         organization=org, organizational_unit=org_unit, locality=locality, country=country
@@ -165,6 +178,13 @@ def init_command(
     policy = IssuingPolicy(profile=CertificateProfile(profile), subject=fields)
     if database is not None:
         use_database(CASystemDirectory(directory), database)
+    in_token = token_key(
+        pkcs11_uri,
+        existing=pkcs11_existing,
+        rsa_pss=rsa_pss,
+        key_spec=KeySpec(key_spec),
+        options=tokens,
+    )
     authority = init_ca(
         CASystemDirectory(directory),
         name,
@@ -178,12 +198,15 @@ def init_command(
         subject=SubjectFields(organization=org, country=country),
         common_name=common_name,
         make_default=make_default,
+        token_key=in_token,
     )
     console.print(
         f"created CA [bold]{name}[/] in {directory}: "
         f"{authority.certificate.subject.rfc4514_string()}"
     )
     console.print(f"policy: {directory / 'cas' / name / 'policy.toml'}")
+    if in_token is not None:
+        console.print(f"key: in the token, {in_token.location}", markup=False, soft_wrap=True)
 
 
 @ca.command("migrate")
@@ -216,13 +239,16 @@ def list_command(directory: Path, as_json: bool) -> None:
     if as_json:
         print_json([{**info.__dict__, "versions": versions.to_json()} for info in infos])
         return
-    table = Table("name", "subject", "issuer", "key", "profile", "not after", "default")
+    table = Table(
+        "name", "subject", "issuer", "key", "key location", "profile", "not after", "default"
+    )
     for i in infos:
         table.add_row(
             plain(i.name),
             plain(i.subject),
             plain("(self: root)" if i.is_root else i.issuer),
             plain(i.key_algorithm),
+            plain(i.key_location),
             plain(i.profile),
             plain(i.not_after.isoformat(timespec="seconds")),
             plain("yes" if i.is_default else ""),
@@ -369,6 +395,7 @@ def issued_command(
     insecure_help="The CA keys are stored unencrypted (`ca init --insecure-no-passphrase`): "
     "read them without a passphrase. For demos only; never in production.",
 )
+@token_access_options
 def serve_command(
     directory: Path,
     listen: str,
@@ -379,6 +406,8 @@ def serve_command(
     key_workers: int | None,
     passphrase_file: Path | None,
     insecure_no_passphrase: bool,
+    pkcs11_module: str | None,
+    pkcs11_pin_file: Path | None,
 ) -> None:
     """Run the CA-system service. Prints `listening on HOST:PORT` when ready (after
     `http listening on HOST:PORT` on stderr with --http-listen)."""
@@ -397,6 +426,7 @@ def serve_command(
         passphrase=secret,
         hostnames=(host, *hostnames),
         key_pool_workers=key_workers,
+        tokens=token_options(pkcs11_module, pkcs11_pin_file),
     )
 
     async def run() -> None:

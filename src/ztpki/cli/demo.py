@@ -27,13 +27,23 @@ from ztpki.cli.common import console
     "--keep-running", is_flag=True, help="Leave the services up and print commands to try."
 )
 @click.option(
+    "--hsm",
+    is_flag=True,
+    help="Keep the factory's and the customer's CA keys in SoftHSM2 tokens (PKCS#11).",
+)
+@click.option(
     "--json",
     "json_path",
     type=click.Path(path_type=Path, dir_okay=False),
     help="Write the summary as JSON.",
 )
 def demo(
-    workdir: Path | None, devices: int, concurrency: int, keep_running: bool, json_path: Path | None
+    workdir: Path | None,
+    devices: int,
+    concurrency: int,
+    keep_running: bool,
+    hsm: bool,
+    json_path: Path | None,
 ) -> None:
     """Factory CA, customer CA and node as processes; manufacture; plug in; prove."""
     from ztpki.demo.runner import DemoSettings, default_workdir, run_demo
@@ -43,6 +53,7 @@ def demo(
         devices=devices,
         concurrency=concurrency,
         keep_running=keep_running,
+        hsm=hsm,
     )
     settings.workdir.mkdir(parents=True, exist_ok=True)
     status = run_demo(settings, console=console, json_path=json_path)

@@ -142,14 +142,14 @@ def serve_command(
         client_passphrase=client_passphrase(client_passphrase_file),
     )
     host, port = parse_address(listen, allow_any_port=True)
+    console_address = (
+        None if console_listen is None else parse_address(console_listen, allow_any_port=True)
+    )
     if announce_label is not None:
         material.config.label(announce_label)  # an unknown label is refused before serving
     mdns = Mdns(announce_host, announce_label, announce_priority) if announce else None
     if mdns is not None:
         mdns.announcer(material, host, port or 1)  # a name the certificate lacks: refused now
-    console_address = (
-        None if console_listen is None else parse_address(console_listen, allow_any_port=True)
-    )
     how = Serving(
         material, event_loop, host, port, proxy_listen, drain_timeout, console_address, mdns
     )

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ztpki.demo.processes import ServiceProcess, start_service, ztpki_argv
+from ztpki.demo.softhsm import demo_tokens
 from ztpki.errors import ZtpkiError
 from ztpki.secretfiles import write_private_file
 
@@ -35,6 +36,7 @@ class DemoSettings:
     devices: int = 20
     concurrency: int = 32
     keep_running: bool = False
+    hsm: bool = False  # every CA key in a SoftHSM2 token (demo/softhsm.py)
 
 
 @dataclass
@@ -110,6 +112,8 @@ def new_environment(settings: DemoSettings) -> DemoEnvironment:
         env[var] = _secret(root, var)
     demo = DemoEnvironment(settings, env)
     demo.env["ZTPKI_LOG_LEVEL"] = "info"
+    if settings.hsm:
+        demo.env.update(demo_tokens(root, ("factory-ca", "customer-ca")))
     return demo
 
 
@@ -173,7 +177,8 @@ def start_ca_system(
     `ca add-client` entitlement options), export chains, and serve it."""
     directory, env = str(demo.path(name)), {"ZTPKI_CA_PASSPHRASE": _secret(demo.root, name)}
     for spec in cas:
-        demo.run(*spec.init_args(directory), env=env)
+        in_token = ("--pkcs11", f"pkcs11:token={name};object={spec.name}")
+        demo.run(*spec.init_args(directory), *(in_token if demo.settings.hsm else ()), env=env)
     for client, rights in clients.items():
         cred = str(demo.path(f"{client}.cred"))
         add = ("ca", "add-client", "--dir", directory, "--name", client, "--out", cred)

@@ -36,7 +36,7 @@ from ztpki.device.cmp_transaction import (
     NodeTrust,
     refusal_if_rejected,
 )
-from ztpki.device.communication import NodeAddress, device_session
+from ztpki.device.communication import NodeAddress, device_session, discovered_resolver
 from ztpki.errors import MalformedInput, Unavailable, VerificationFailed
 from ztpki.pki.asn1 import decode_der, encode_der
 from ztpki.pki.enveloped import open_envelope
@@ -149,7 +149,8 @@ class CMPClient:
         self.node_certificate: x509.Certificate | None = None
 
     async def __aenter__(self) -> CMPClient:
-        self._session = device_session(self._context, timeout=self._timeout, address=self._node)
+        resolver = discovered_resolver(self._node)
+        self._session = device_session(self._context, timeout=self._timeout, resolver=resolver)
         return self
 
     async def __aexit__(

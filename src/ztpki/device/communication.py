@@ -89,12 +89,14 @@ def node_context(
 
 
 def device_session(
-    context: ssl.SSLContext | None, *, timeout: float, address: NodeAddress | None = None
+    context: ssl.SSLContext | None,
+    *,
+    timeout: float,
+    resolver: AbstractResolver | None = None,
 ) -> aiohttp.ClientSession:
     """The HTTP session of one device identity towards the node (EST and CMP alike): one
-    connection kept alive, so the requests of one identity share a handshake. A discovered
-    ``address`` is connected to at the addresses it was found at."""
-    resolver = _Addresses(address) if address is not None and address.addresses else None
+    connection kept alive, so the requests of one identity share a handshake. ``resolver``:
+    the addresses discovery found for the node's name, if any."""
     connector = aiohttp.TCPConnector(ssl=context or False, limit=1, resolver=resolver)
     return aiohttp.ClientSession(
         connector=connector,
@@ -111,6 +113,12 @@ def unverified_context() -> ssl.SSLContext:
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
     return context
+
+
+def discovered_resolver(address: NodeAddress | None) -> AbstractResolver | None:
+    """For a discovered node: a resolver giving the addresses it was found at (None: resolve
+    its host name as usual)."""
+    return _Addresses(address) if address is not None and address.addresses else None
 
 
 class _Addresses(AbstractResolver):
@@ -172,7 +180,8 @@ class ESTClient:
         self.peer_chain: list[x509.Certificate] = []
 
     async def __aenter__(self) -> ESTClient:
-        self._session = device_session(self._context, timeout=self._timeout, address=self.address)
+        resolver = discovered_resolver(self.address)
+        self._session = device_session(self._context, timeout=self._timeout, resolver=resolver)
         return self
 
     async def __aexit__(

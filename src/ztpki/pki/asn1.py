@@ -15,11 +15,11 @@ from typing import Any, TypeVar, cast
 
 from pyasn1.codec.der import decoder, encoder
 from pyasn1.error import PyAsn1Error, SubstrateUnderrunError
-from pyasn1.type import univ
+from pyasn1.type import namedtype, tag, univ
 
 from ztpki.errors import MalformedInput
 
-__all__ = ["decode_der", "encode_der", "oid", "oid_text"]
+__all__ = ["SignedStructure", "decode_der", "encode_der", "oid", "oid_text", "signed_parts"]
 
 _Value = TypeVar("_Value", bound=Any)
 
@@ -63,3 +63,26 @@ def oid(dotted: str) -> univ.ObjectIdentifier:
 
 def oid_text(value: univ.ObjectIdentifier) -> str:
     return ".".join(str(arc) for arc in value.asTuple())
+
+
+class SignedStructure(univ.Sequence):
+    """What a Certificate, a CertificateList and a BasicOCSPResponse share: the signed part,
+    its AlgorithmIdentifier, the signature, and (OCSP) optional certificates. The first two
+    stay Any: their bytes are kept exactly as they came, which a signature over them needs."""
+
+    componentType = namedtype.NamedTypes(
+        namedtype.NamedType("signed", univ.Any()),
+        namedtype.NamedType("algorithm", univ.Any()),
+        namedtype.NamedType("signature", univ.BitString()),
+        namedtype.OptionalNamedType(
+            "certs",
+            univ.Any().subtype(
+                explicitTag=tag.Tag(tag.tagClassContext, tag.tagFormatConstructed, 0)
+            ),
+        ),
+    )
+
+
+def signed_parts(der: bytes) -> SignedStructure:
+    """``der`` (made by `cryptography` in this process) as its signed parts."""
+    return decode_der(der, SignedStructure(), what="signed structure", ours=True)

@@ -12,13 +12,14 @@ from datetime import datetime, timedelta
 from cryptography import x509
 
 from ztpki.errors import UnsupportedParameter
-from ztpki.pki.keys import PrivateKey, PublicKey, key_spec_of, signature_hash
+from ztpki.pki.keys import PublicKey, key_spec_of
 from ztpki.pki.profiles import (
     CertificateProfile,
     profile_extensions,
     revocation_pointers,
     subject_alt_names,
 )
+from ztpki.pki.signer import SigningKey, sign_certificate
 
 # Backdate notBefore a little so devices with slightly slow clocks accept a fresh certificate.
 CLOCK_SKEW = timedelta(minutes=5)
@@ -64,7 +65,7 @@ def _builder(
 
 
 def create_self_signed_ca(
-    key: PrivateKey, subject: x509.Name, *, now: datetime, validity: timedelta
+    key: SigningKey, subject: x509.Name, *, now: datetime, validity: timedelta
 ) -> x509.Certificate:
     """A root CA certificate (self-issued, self-signed, CA:TRUE, keyCertSign + cRLSign)."""
     public_key = key.public_key()
@@ -75,15 +76,16 @@ def create_self_signed_ca(
     )
     for extension, critical in profile_extensions(CertificateProfile.CA, public_key):
         builder = builder.add_extension(extension, critical=critical)
-    return builder.sign(key, signature_hash(key))
+    return sign_certificate(builder, key)
 
 
 @dataclass(frozen=True)
 class CertificateAuthority:
-    """A CA ready to sign: key, certificate, and the chain above it up to the root."""
+    """A CA ready to sign: key (a file's or a token's), certificate, and the chain above it
+    up to the root."""
 
     name: str
-    key: PrivateKey = field(repr=False)
+    key: SigningKey = field(repr=False)
     certificate: x509.Certificate
     parents: tuple[x509.Certificate, ...] = ()
     _aki: x509.AuthorityKeyIdentifier = field(init=False, repr=False)
@@ -169,4 +171,4 @@ class CertificateAuthority:
             .not_valid_before(not_before)
             .not_valid_after(not_after)
         )
-        return builder.sign(self.key, signature_hash(self.key))
+        return sign_certificate(builder, self.key)

@@ -15,7 +15,7 @@ from typing import Protocol
 from cryptography import x509
 
 from ztpki.pki.authority import CertificateAuthority
-from ztpki.pki.keys import signature_hash
+from ztpki.pki.signer import sign_crl
 
 DEFAULT_NEXT_UPDATE = timedelta(hours=24)
 # Re-sign this long before nextUpdate (or a tenth of the period, when shorter), so that a
@@ -104,7 +104,7 @@ def build_crl(
     )
     for revocation in revocations:
         builder = builder.add_revoked_certificate(_entry(revocation))
-    return builder.sign(authority.key, signature_hash(authority.key))
+    return sign_crl(builder, authority.key)
 
 
 def resign_margin(next_update: timedelta) -> timedelta:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Protocol
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
@@ -73,11 +74,19 @@ def key_spec_of(key: PublicKey | PrivateKey | object) -> KeySpec:
     raise UnsupportedParameter(f"key type {type(key).__name__} is not supported")
 
 
-def signature_hash(key: PrivateKey) -> hashes.SHA256 | hashes.SHA384 | None:
-    """The digest a CA with this key signs with (None for Ed25519, which hashes itself)."""
-    if isinstance(key, ed25519.Ed25519PrivateKey):
+class _HasPublicKey(Protocol):
+    def public_key(self) -> PublicKey: ...
+
+
+def signature_hash(key: _HasPublicKey) -> hashes.SHA256 | hashes.SHA384 | None:
+    """The digest a CA with this key signs with (None for Ed25519, which hashes itself).
+
+    Decided from the public key, so a key held in a token answers the same as a file key.
+    """
+    public = key.public_key()
+    if isinstance(public, ed25519.Ed25519PublicKey):
         return None
-    if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.key_size > 256:
+    if isinstance(public, ec.EllipticCurvePublicKey) and public.curve.key_size > 256:
         return hashes.SHA384()
     return hashes.SHA256()
 
@@ -89,7 +98,7 @@ def public_key_der(key: PublicKey) -> bytes:
     )
 
 
-def keys_match(private_key: PrivateKey, public_key: object) -> bool:
+def keys_match(private_key: _HasPublicKey, public_key: object) -> bool:
     """True when the public key belongs to the private key."""
     if not isinstance(
         public_key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey | ed25519.Ed25519PublicKey

@@ -32,9 +32,10 @@ from cryptography.x509 import ocsp
 from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID
 
 from ztpki.errors import MalformedInput, PayloadTooLarge, UnsupportedParameter
-from ztpki.pki.keys import PrivateKey, signature_hash
+from ztpki.pki.keys import PrivateKey
 from ztpki.pki.ocsp_der import SignerParts, encode_response, public_key_bits
 from ztpki.pki.profiles import digital_signature_only
+from ztpki.pki.signer import SigningKey, sign_certificate
 
 # RFC 6960 sets no size. One CertID with a SHA-512 hash, a 32-octet nonce and a few other
 # extensions fits in 1 KiB; a signed request with its certificates in a few. 8 KiB refuses
@@ -110,7 +111,7 @@ class ResponseSigner:
 
     issuer: x509.Certificate
     certificate: x509.Certificate
-    key: PrivateKey = field(repr=False)
+    key: SigningKey = field(repr=False)  # the CA's own may be in a token
     parts: SignerParts = field(init=False, repr=False, compare=False)
     # The certificate's notAfter, read once: cryptography builds a new datetime per access.
     not_after: datetime = field(init=False, repr=False, compare=False)
@@ -242,7 +243,7 @@ TRY_LATER = unsuccessful(ocsp.OCSPResponseStatus.TRY_LATER)
 
 def issue_responder_certificate(
     ca_certificate: x509.Certificate,
-    ca_key: PrivateKey,
+    ca_key: SigningKey,
     responder_key: PrivateKey,
     *,
     now: datetime,
@@ -294,7 +295,7 @@ def issue_responder_certificate(
             critical=False,
         )
     )
-    return builder.sign(ca_key, signature_hash(ca_key))
+    return sign_certificate(builder, ca_key)
 
 
 __all__ = [

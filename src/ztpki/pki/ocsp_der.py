@@ -28,7 +28,8 @@ from pyasn1.codec.der import decoder, encoder
 from pyasn1.type import tag, univ
 from pyasn1_alt_modules import rfc5280, rfc6960
 
-from ztpki.pki.keys import PrivateKey
+from ztpki.pki.keys import signature_hash
+from ztpki.pki.signer import FILE_KEYS, SigningKey, algorithm_identifier
 
 ID_PKIX_OCSP_BASIC = str(rfc6960.id_pkix_ocsp_basic)
 ID_PKIX_OCSP_NONCE = str(rfc6960.id_pkix_ocsp_nonce)
@@ -136,7 +137,9 @@ def public_key_bits(certificate: x509.Certificate) -> bytes:
     return bytes(decoded["subjectPublicKey"].asOctets())
 
 
-def _signature_algorithm(key: PrivateKey) -> bytes:
+def _signature_algorithm(key: SigningKey) -> bytes:
+    if not isinstance(key, FILE_KEYS):  # a token's key: pki.signer knows its algorithm
+        return algorithm_identifier(key)
     if isinstance(key, ec.EllipticCurvePrivateKey):
         name = "ecdsa-with-SHA384" if key.curve.key_size > 256 else "ecdsa-with-SHA256"
         return _algorithm(_SIGNATURE_OIDS[name], null=False)
@@ -170,7 +173,7 @@ class SignerParts:
     )
 
     @classmethod
-    def of(cls, key: PrivateKey, certificate: x509.Certificate, *, delegated: bool) -> SignerParts:
+    def of(cls, key: SigningKey, certificate: x509.Certificate, *, delegated: bool) -> SignerParts:
         key_hash = hashlib.sha1(public_key_bits(certificate), usedforsecurity=False).digest()
         responder_id = rfc6960.ResponderID()
         responder_id["byKey"] = key_hash
@@ -186,7 +189,11 @@ class SignerParts:
         return found
 
 
-def _sign(key: PrivateKey, data: bytes) -> bytes:
+def _sign(key: SigningKey, data: bytes) -> bytes:
+    if not isinstance(key, FILE_KEYS):  # the token signs; ECDSA comes back DER-encoded
+        algorithm = signature_hash(key)
+        assert algorithm is not None  # a token key is EC or RSA (pki.signer refuses others)
+        return key.sign(data, algorithm)
     if isinstance(key, ec.EllipticCurvePrivateKey):
         digest = hashes.SHA384() if key.curve.key_size > 256 else hashes.SHA256()
         return key.sign(data, ec.ECDSA(digest))
@@ -198,7 +205,7 @@ def _sign(key: PrivateKey, data: bytes) -> bytes:
 
 def encode_response(
     *,
-    key: PrivateKey,
+    key: SigningKey,
     parts: SignerParts,
     hash_name: str,
     issuer_name_hash: bytes,

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
@@ -49,6 +49,7 @@ CREATE TABLE IF NOT EXISTS schema_version (
 # Connection failures, a server shutting down, serialization failures and deadlocks: retry.
 _RETRYABLE_SQLSTATES = frozenset({"40001", "40P01", "57P01", "57P02", "57P03", "55P03"})
 _IDLE = pq.TransactionStatus.IDLE
+_READ_ONLY = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
 # Pools a forked child inherited: never closed there (closing would end the parent's sessions).
 _INHERITED: list[ConnectionPool[Any]] = []
 
@@ -302,9 +303,22 @@ class PostgresDatabase:
             raise self.storage_error(exc) from exc
         return _Detached(self, conn)
 
+    @contextmanager
+    def session(self) -> Iterator[PostgresSession]:
+        conn = self.acquire()
+        try:
+            yield PostgresSession(self, conn)
+        finally:
+            try:
+                if not conn.raw.closed:
+                    conn.run("DISCARD TEMP")  # a pooled connection is handed back clean
+            except psycopg.Error:
+                conn.raw.close()
+            self.release(conn)
+
     def _begin(self, *, write: bool, sync: bool) -> str:
         if not write:
-            return "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
+            return _READ_ONLY
         statements = ["BEGIN", f"SELECT pg_advisory_xact_lock({_WRITE_LOCK})"]
         if not (sync and self.durable):
             statements.append("SET LOCAL synchronous_commit = off")
@@ -314,36 +328,50 @@ class PostgresDatabase:
     def _transaction(
         self, *, write: bool, sync: bool = True, wait: bool = True, lazy: bool = False
     ) -> Iterator[PostgresConnection]:
-        """``lazy``: BEGIN goes out with the first statement of ours (a group's first
-        SAVEPOINT), and a group that ran nothing sends nothing."""
         conn = self.acquire(wait=wait)
-        with self._undone_on_failure(conn):
-            begin = self._begin(write=write, sync=sync)
+        with self.transaction_on(conn, self._begin(write=write, sync=sync), lazy=lazy):
+            yield conn
+        self.release(conn)
+
+    @contextmanager
+    def transaction_on(
+        self, conn: PostgresConnection, begin: str, *, lazy: bool = False, keep: bool = False
+    ) -> Iterator[None]:
+        """A transaction on ``conn`` opened by ``begin``; ``lazy``: BEGIN goes out with the
+        first statement of ours (a group's first SAVEPOINT), and a group that ran nothing
+        sends nothing. On failure, see ``_undone_on_failure``."""
+        with self._undone_on_failure(conn, keep=keep):
             if lazy:
                 conn.prefix = begin + "; "
             else:
                 conn.run(begin)
-            yield conn
+            yield
             begun = not conn.prefix.startswith("BEGIN")
             conn.prefix = ""  # a unit's RELEASE is due no more: COMMIT releases every savepoint
             if begun:
                 conn.run("COMMIT")
         if begun:
-            self.counters.commit("write" if write else "read")
-        self.release(conn)
+            self.counters.commit("read" if begin.startswith(_READ_ONLY) else "write")
 
     @contextmanager
-    def _undone_on_failure(self, conn: PostgresConnection) -> Iterator[None]:
+    def _undone_on_failure(self, conn: PostgresConnection, *, keep: bool = False) -> Iterator[None]:
         """When the body raises: roll back, give ``conn`` back (closed if it cannot even roll
-        back), and raise a driver error as ours."""
+        back; ``keep``: its session keeps it, closed then), and raise a driver error as ours."""
         try:
             yield
         except psycopg.Error as exc:
-            self.release(conn, broken=not _rollback(conn))
+            self._undo(conn, keep=keep)
             raise self.storage_error(exc) from exc
         except BaseException:
-            self.release(conn, broken=not _rollback(conn))
+            self._undo(conn, keep=keep)
             raise
+
+    def _undo(self, conn: PostgresConnection, *, keep: bool) -> None:
+        rolled_back = _rollback(conn)
+        if not keep:
+            self.release(conn, broken=not rolled_back)
+        elif not rolled_back:
+            conn.raw.close()  # the session's end gives it back, and the pool drops it
 
     @contextmanager
     def _unit(self, conn: PostgresConnection) -> Iterator[None]:
@@ -413,6 +441,37 @@ class PostgresDatabase:
             pool, self._pool = self._pool, None
         if pool is not None and self._pid == os.getpid():
             pool.close()
+
+
+class PostgresSession:
+    """One pooled connection kept for a sequence of transactions (see ztpki.store.sql.Session)."""
+
+    def __init__(self, db: PostgresDatabase, conn: PostgresConnection) -> None:
+        self._db = db
+        self._conn = conn
+
+    @contextmanager
+    def staging(self) -> Iterator[PostgresConnection]:
+        # No advisory lock: TEMP tables are this session's alone.
+        with self._db.transaction_on(self._conn, "BEGIN", keep=True):
+            yield self._conn
+
+    @contextmanager
+    def write(self) -> Iterator[PostgresConnection]:
+        with self._db.transaction_on(self._conn, self._db._begin(write=True, sync=True), keep=True):
+            yield self._conn
+
+    def copy_rows(self, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> int:
+        """COPY in text form: psycopg streams the rows in buffers of its own, one exchange
+        with the server for all of them."""
+        self._conn.counters.round_trip()
+        count = 0
+        statement = f"COPY {table} ({', '.join(columns)}) FROM STDIN"
+        with self._conn.raw.cursor().copy(statement) as copy:
+            for row in rows:
+                copy.write_row(row)
+                count += 1
+        return count
 
 
 def _first(row: Any) -> Any:

@@ -61,6 +61,27 @@ class DetachedWrite(Protocol):
     def rollback(self) -> None: ...
 
 
+class Session(Protocol):
+    """One connection kept across several transactions, so that its TEMP tables live from one
+    to the next (they end with the session): a long staging step runs without the write lock,
+    and only a short write transaction after it holds the lock."""
+
+    def staging(self) -> AbstractContextManager[SQLConnection]:
+        """A transaction that writes only this session's TEMP tables: it takes no write lock,
+        so other writers go on meanwhile."""
+        ...
+
+    def copy_rows(self, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> int:
+        """Inside ``staging()``: append ``rows`` (any number, streamed) to the TEMP ``table``
+        in bulk (PostgreSQL's COPY); how many. An exception from ``rows`` ends it."""
+        ...
+
+    def write(self) -> AbstractContextManager[SQLConnection]:
+        """A write transaction on this session's connection (the write lock, as
+        ``Database.write``)."""
+        ...
+
+
 class Database(Protocol):
     """Connections and transactions for one database (a SQLite file, a PostgreSQL database)."""
 
@@ -94,6 +115,11 @@ class Database(Protocol):
     def group(self) -> AbstractContextManager[None]: ...
 
     def detached_write(self, *, wait: bool = True) -> DetachedWrite: ...
+
+    def session(self) -> AbstractContextManager[Session]:
+        """One connection for a sequence of transactions; its TEMP tables are dropped when
+        it ends."""
+        ...
 
     def storage_error(self, exc: Exception) -> Exception:
         """The ztpki error for a driver error: Unavailable (retry) or StorageError."""

@@ -12,8 +12,8 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -331,6 +331,24 @@ class SQLiteDatabase:
             raise storage_error(exc, path=self.path) from exc
         return DetachedWrite(conn, self.path, self.counters)
 
+    @contextmanager
+    def session(self) -> Iterator[SQLiteSession]:
+        """This thread's connection (each thread has its own already), its TEMP tables
+        dropped at the end."""
+        if getattr(self._local, "grouped", False):
+            raise RuntimeError("a session does not run inside a group")
+        conn = self.connection()
+        try:
+            yield SQLiteSession(self, conn)
+        finally:
+            try:
+                temp = conn.execute("SELECT name FROM temp.sqlite_master WHERE type = 'table'")
+                for (name,) in temp.fetchall():
+                    conn.execute(f'DROP TABLE temp."{name}"')
+            except sqlite3.Error:
+                logger.exception("could not drop the TEMP tables of a session on %s", self.path)
+                self._forget(conn)
+
     def schema_version(self, component: str) -> int | None:
         return stored_schema_version(self.path, component)
 
@@ -395,6 +413,38 @@ class SQLiteDatabase:
             connections, self._connections = self._connections, []
         for conn in connections:
             conn.close()
+
+
+class SQLiteSession:
+    """See ztpki.store.sql.Session: on SQLite, the thread's own connection."""
+
+    _CHUNK = 5000
+
+    def __init__(self, db: SQLiteDatabase, conn: sqlite3.Connection) -> None:
+        self._db = db
+        self._conn = conn
+
+    def staging(self) -> AbstractContextManager[sqlite3.Connection]:
+        # A deferred transaction that writes only the TEMP database takes no lock on the file.
+        return self._db.read()
+
+    def write(self) -> AbstractContextManager[sqlite3.Connection]:
+        return self._db.write()
+
+    def copy_rows(self, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> int:
+        """Chunks of executemany: each chunk one pass through SQLite's C loop."""
+        marks = ", ".join("?" for _ in columns)
+        statement = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})"  # noqa: S608
+        count = 0
+        chunk: list[Sequence[Any]] = []
+        for row in rows:
+            chunk.append(row)
+            if len(chunk) == self._CHUNK:
+                count += self._conn.executemany(statement, chunk).rowcount
+                chunk = []
+        if chunk:
+            count += self._conn.executemany(statement, chunk).rowcount
+        return count
 
 
 class DetachedWrite:

@@ -61,6 +61,17 @@ _INSERT_DEVICE = (
     "ON CONFLICT (device_id) DO NOTHING"
 )
 
+_COMPLETE = (
+    "UPDATE device SET state = ?, issued_serial = ?, issued_spki = ?, "
+    "issued_certificate_der = ?, lease_token = NULL, lease_expires = NULL, "
+    "previous_state = NULL, renewed_from = ?, updated_at = ? "
+    "WHERE device_id = ? AND state = 'issuing' AND lease_token = ?"
+)
+_COMPLETE_DROPPING_CHAIN = (
+    f"WITH changed AS ({_COMPLETE} RETURNING device_id), gone AS (DELETE FROM device_chain "  # noqa: S608
+    "WHERE device_id IN (SELECT device_id FROM changed)) SELECT COUNT(*) FROM changed"
+)
+
 
 class SQLiteNodeStore(RegisterTransitions, CmpTransactions, ConsoleQueries):
     """RegisterStore, AuditLog and the revocation queue over one database (a SQLite file or
@@ -208,39 +219,21 @@ class SQLiteNodeStore(RegisterTransitions, CmpTransactions, ConsoleQueries):
         # takes it back leaves the device where it was, which a retry handles like a lost
         # answer (the CA system's live certificate is superseded). With an audit record it
         # is a decision, and synced.
+        params = (token, expires, label, at, device_id, *allowed, at, take_over or "",
+                  *allowed, label)  # fmt: skip
         with self._db.write(sync=audit is not None) as conn:
-            before = _select_device(conn, device_id)
-            if before is None:
-                return None
-            # A lease that expired, or whose holder the caller knows is dead (take_over; "" never
-            # matches, a token is never empty), belongs to a node that crashed mid-issuance: take
-            # it over, but only for an issuance that started from a state this caller may start
-            # from.
-            # The label binds the device until it is customized: an aborted or taken-over
-            # issuance may have reached that label's CA, and only a retry there supersedes it.
-            changed = conn.execute(
-                "UPDATE device SET state = 'issuing', lease_token = ?, lease_expires = ?, "  # noqa: S608
-                "previous_state = CASE WHEN state = 'issuing' THEN previous_state ELSE state END, "
-                "issuance_label = ?, updated_at = ? "
-                f"WHERE device_id = ? AND (state IN ({marks}) OR (state = 'issuing' "
-                f"AND (lease_expires < ? OR lease_token = ?) AND previous_state IN ({marks}))) "
-                "AND (issuance_label IS NULL OR issuance_label = ? OR "
-                "(CASE WHEN state = 'issuing' THEN previous_state ELSE state END) = 'customized')",
-                (
-                    token,
-                    expires,
-                    label,
-                    at,
-                    device_id,
-                    *allowed,
-                    at,
-                    take_over or "",
-                    *allowed,
-                    label,
-                ),
-            ).rowcount
-            if changed != 1:
-                return None
+            if self._db.dialect == "postgresql":
+                # One statement: the UPDATE returns the row as it was (a subquery's snapshot),
+                # one round trip fewer than a read and then the UPDATE.
+                row = conn.execute(_begin_issuance("old.", marks), params).fetchone()
+                if row is None:
+                    return None
+                before = _device(row[:-1], [bytes(der) for der in row[-1] or ()])
+            else:
+                found = _select_device(conn, device_id)
+                if found is None or conn.execute(_begin_issuance("", marks), params).rowcount != 1:
+                    return None
+                before = found
             _audit(conn, audit)
         return before
 
@@ -262,26 +255,18 @@ class SQLiteNodeStore(RegisterTransitions, CmpTransactions, ConsoleQueries):
         new_state = DeviceState(new_state)
         if new_state not in (DeviceState.ISSUED, DeviceState.CUSTOMIZED):
             raise ValueError("an issuance completes as ISSUED or CUSTOMIZED")
+        params = (new_state.value, serial, spki, certificate_der, renewed_from,
+                  encode_instant(now), device_id, token)  # fmt: skip
         with self._db.write() as conn:
-            changed = conn.execute(
-                "UPDATE device SET state = ?, issued_serial = ?, issued_spki = ?, "
-                "issued_certificate_der = ?, lease_token = NULL, lease_expires = NULL, "
-                "previous_state = NULL, renewed_from = ?, updated_at = ? "
-                "WHERE device_id = ? AND state = 'issuing' AND lease_token = ?",
-                (
-                    new_state.value,
-                    serial,
-                    spki,
-                    certificate_der,
-                    renewed_from,
-                    encode_instant(now),
-                    device_id,
-                    token,
-                ),
-            ).rowcount
+            if self._db.dialect == "postgresql":
+                # The old chain goes in the same statement (one round trip fewer).
+                changed = conn.execute(_COMPLETE_DROPPING_CHAIN, params).fetchone()[0]
+            else:
+                changed = conn.execute(_COMPLETE, params).rowcount
             if changed != 1:
                 return False
-            conn.execute("DELETE FROM device_chain WHERE device_id = ?", (device_id,))
+            if self._db.dialect != "postgresql":
+                conn.execute("DELETE FROM device_chain WHERE device_id = ?", (device_id,))
             if chain_der:  # one statement for the whole chain: one round trip
                 conn.execute(
                     "INSERT INTO device_chain (device_id, position, certificate_der) VALUES "  # noqa: S608
@@ -366,6 +351,37 @@ class SQLiteNodeStore(RegisterTransitions, CmpTransactions, ConsoleQueries):
 def _audit(conn: SQLConnection, record: AuditRecord | None) -> None:
     if record is not None:
         sqlite_audit.append_records(conn, [record])
+
+
+def _begin_issuance(t: str, marks: str) -> str:
+    """The UPDATE that leases a device; ``t``: how the row's old values are named ("" in
+    place; "old." for PostgreSQL's form, which returns them, with the chain as an array).
+
+    A lease that expired, or whose holder the caller knows is dead (take_over; "" never
+    matches, a token is never empty), belongs to a node that crashed mid-issuance: take it
+    over, but only for an issuance that started from a state this caller may start from.
+    The label binds the device until it is customized: an aborted or taken-over issuance may
+    have reached that label's CA, and only a retry there supersedes it.
+    """
+    resting = f"CASE WHEN {t}state = 'issuing' THEN {t}previous_state ELSE {t}state END"
+    update = (
+        f"UPDATE device{' AS d' if t else ''} SET state = 'issuing', lease_token = ?, "  # noqa: S608
+        f"lease_expires = ?, previous_state = {resting}, issuance_label = ?, updated_at = ? "
+    )
+    where = (
+        f"({t}state IN ({marks}) OR ({t}state = 'issuing' AND ({t}lease_expires < ? OR "
+        f"{t}lease_token = ?) AND {t}previous_state IN ({marks}))) AND ({t}issuance_label IS "
+        f"NULL OR {t}issuance_label = ? OR {resting} = 'customized')"
+    )
+    if not t:
+        return f"{update}WHERE device_id = ? AND {where}"
+    returned = ", ".join(f"old.{name.strip()}" for name in _DEVICE_COLUMNS.split(","))
+    return (
+        f"{update}FROM (SELECT {_DEVICE_COLUMNS} FROM device WHERE device_id = ?) AS old "  # noqa: S608
+        f"WHERE d.device_id = old.device_id AND {where} RETURNING {returned}, (SELECT "
+        "array_agg(c.certificate_der ORDER BY c.position) FROM device_chain c "
+        "WHERE c.device_id = old.device_id)"
+    )
 
 
 def _resting_states(allowed_from: Collection[DeviceState]) -> list[str]:
