@@ -24,6 +24,7 @@ from ztpki.factory.shipping import devices_manifest, factory_chain, load_trust_b
 from ztpki.factory.signer import SIGNER_ENV, enroll_signer, verify_own_manifest, write_manifest
 from ztpki.factory.station import LoadingStation
 from ztpki.pki.pem import certificates_pem, fingerprint_sha256, serial_hex
+from ztpki.pki.pkcs11_uri import Pkcs11Uri
 from ztpki.protocol.manifest import Manifest, manifest_document
 from ztpki.secretfiles import resolve_passphrase, write_public_file
 from ztpki.untrusted import displayable
@@ -106,6 +107,19 @@ def request_options(func: F) -> F:
     return func
 
 
+def device_token(text: str) -> str:
+    """The --token URI, checked to name a token (and no key object: the keys are made there)."""
+    uri = Pkcs11Uri.parse(text)
+    if uri.token is None and uri.serial is None and uri.slot_id is None:
+        raise ConfigurationError("--token names no token: give pkcs11:token=LABEL")
+    if uri.object is not None or uri.id is not None:
+        raise ConfigurationError(
+            "--token names a token, not a key: leave out object= and id= (the device's keys "
+            "are generated in the token)"
+        )
+    return uri.text
+
+
 def check_name(value: str | None, option: str) -> None:
     if value is not None and not _NAME.fullmatch(value):
         raise ConfigurationError(f"{option} {value[:64]!r} must be 1-64 of A-Z a-z 0-9 . _ -")
@@ -129,11 +143,18 @@ def factory() -> None:
     help="The device memory directory (created blank when absent).",
 )
 @click.option("--device-id", required=True, help="The device identity to load.")
+@click.option(
+    "--token",
+    metavar="URI",
+    help="The device's PKCS#11 token (pkcs11:token=LABEL): its keys are generated and kept "
+    "there, never in a file (module and PIN: ZTPKI_PKCS11_MODULE, ZTPKI_PKCS11_PIN).",
+)
 @ca_options
 @request_options
 def load_command(
     device_dir: Path,
     device_id: str,
+    token: str | None,
     ca_address: str,
     client_cred: Path,
     client_passphrase_file: Path | None,
@@ -146,7 +167,10 @@ def load_command(
 ) -> None:
     """Load one device and signal it to request its temporary identity."""
     check_name(batch, "--batch")
+    if token is not None:
+        token = device_token(token)
     station = LoadingStation(
+        token=token,
         ca=CAClientConfig(ca_address, client_cred, ca_name, params),
         client_passphrase=passphrase(client_passphrase_file, CLIENT_ENV, "the CA-client key"),
         trust=trust_bundle(trust),

@@ -35,6 +35,7 @@ from ztpki.device.cmp_client import CMPClient, Enrollment
 from ztpki.device.cmp_transaction import Credentials, NodeTrust
 from ztpki.device.communication import node_context
 from ztpki.device.customer_node import NodeAddress
+from ztpki.device.key_store import tls_key
 from ztpki.device.memory import DeviceMemory, Identity
 from ztpki.device.reporting import ActivationError, Step, confirm_remedy, request_remedy
 from ztpki.device.request import KeyMode, Requested, device_key, drop_pending_key
@@ -186,7 +187,7 @@ class CMPActivatingClient(ActivatingClient):
         anchors = await self._node_anchors()
         try:
             context = node_context(
-                key=credentials.key,  # type: ignore[arg-type]
+                key=tls_key(credentials.key),  # type: ignore[arg-type]
                 chain=[credentials.certificate, *credentials.chain],
                 anchors=anchors,
             )

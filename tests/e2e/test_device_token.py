@@ -1,0 +1,185 @@
+"""A device whose keys live in a PKCS#11 token (SoftHSM, a fresh token per device): loaded
+with `ztpki factory load --token`, customized with `ztpki device activate --protocol cmp
+--key-on-device`, every signature made in the token, the identity swap crash-safe."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+from tests.e2e.device_fixtures import World, world, ztpki
+from tests.support.softhsm import SoftHSM, softhsm
+
+from ztpki.device import DeviceMemory, Phase
+from ztpki.pki.keys import keys_match
+
+__all__ = ["softhsm", "world"]
+
+
+@pytest.fixture(autouse=True)
+def _token_env(softhsm: SoftHSM, monkeypatch: pytest.MonkeyPatch) -> None:
+    """This process reads the device memories too: it reaches the tokens as `ztpki` does."""
+    for name, value in softhsm.env.items():
+        monkeypatch.setenv(name, value)
+
+
+def _run(hsm: SoftHSM, *args: str, fault: str | None = None, check: bool = True):  # type: ignore[no-untyped-def]
+    env = {**hsm.env, **({"ZTPKI_DEVICE_FAULT": fault} if fault else {})}
+    return ztpki(*args, env=env, check=check)
+
+
+def load_token_device(world: World, hsm: SoftHSM) -> tuple[str, Path, str]:
+    """A device loaded with its temporary key in a fresh token, listed at node N."""
+    device_id = f"tok-{os.urandom(4).hex()}"
+    label = hsm.new_token("dev")
+    devices = world.path("token-devices", device_id)
+    directory = devices / device_id
+    _run(
+        hsm, "factory", "load", "--device", str(directory), "--device-id", device_id,
+        "--token", f"pkcs11:token={label}", "--batch", "TOK",
+        "--ca", world.services["F"].address, "--client-cred", str(world.path("F-line1")),
+        "--ca-name", "devices", "--trust", str(world.path("factory-trust.pem")),
+    )  # fmt: skip
+    manifest = devices.parent / f"{device_id}.json"
+    _run(
+        hsm, "factory", "sign-manifest", "--devices", str(devices),
+        "--signer", str(world.path("signer")), "--out", str(manifest),
+    )  # fmt: skip
+    ztpki("node", "import", "--dir", str(world.path("N")), str(manifest))
+    return device_id, directory, label
+
+
+def activate(world: World, hsm: SoftHSM, directory: Path, *extra: str, **kw: object):  # type: ignore[no-untyped-def]
+    return _run(
+        hsm, "device", "activate", "--device", str(directory), "--node", world.node_url,
+        *extra, **kw,  # type: ignore[arg-type]
+    )  # fmt: skip
+
+
+def device_keys(hsm: SoftHSM, label: str) -> list[str]:
+    """The labels of the private key objects in the token."""
+    listing = hsm.private_keys(label)
+    return [line.split(":", 1)[1].strip() for line in listing.splitlines() if "label:" in line]
+
+
+def no_key_file(directory: Path) -> bool:
+    return not any(
+        b"PRIVATE KEY" in p.read_bytes() for p in directory.rglob("*") if p.is_file()
+    )
+
+
+def test_ok_token_device_customizes_over_cmp_with_its_keys_in_the_token(
+    world: World, softhsm: SoftHSM
+) -> None:
+    device_id, directory, label = load_token_device(world, softhsm)
+    memory = DeviceMemory.open(directory)
+    temporary = memory.identity()
+    assert temporary.phase is Phase.TEMPORARY
+    assert repr(temporary.private_key).startswith("TokenDeviceKey('pkcs11:")
+    assert no_key_file(directory)
+    assert len(device_keys(softhsm, label)) == 1
+    listing = softhsm.private_keys(label)
+    assert "sensitive" in listing and "never extractable" in listing
+
+    result = activate(world, softhsm, directory, "--protocol", "cmp", "--key-on-device")
+
+    assert "certConf accepted (pkiConf)" in " ".join(result.stdout.split())
+    memory = DeviceMemory.open(directory)
+    operational = memory.identity()
+    assert operational.phase is Phase.CUSTOMIZED and memory.config()["confirmed"] is True
+    assert operational.certificate is not None and operational.private_key is not None
+    assert keys_match(operational.private_key, operational.certificate.public_key())
+    assert repr(operational.private_key) != repr(temporary.private_key)
+    # The temporary key object is destroyed once the node confirmed; one key remains.
+    assert len(device_keys(softhsm, label)) == 1
+    assert no_key_file(directory)
+    assert world.register()[device_id]["state"] == "customized"
+    assert world.active(device_id) == [format(operational.certificate.serial_number, "x")]
+
+    # Renewal over CMP: kur signed in the token, a new object, the old one retired.
+    _run(softhsm, "device", "renew", "--device", str(directory), "--protocol", "cmp")
+    renewed = DeviceMemory.open(directory).identity()
+    assert renewed.certificate is not None
+    assert renewed.certificate.serial_number != operational.certificate.serial_number
+    assert len(device_keys(softhsm, label)) == 1
+    assert world.active(device_id) == [format(renewed.certificate.serial_number, "x")]
+
+
+def test_fail_token_device_over_est_and_export_are_refused_and_nothing_changes(
+    world: World, softhsm: SoftHSM, tmp_path: Path
+) -> None:
+    device_id, directory, label = load_token_device(world, softhsm)
+    before = (directory / "identity.json").read_bytes()
+    keys_before = device_keys(softhsm, label)
+
+    est = activate(world, softhsm, directory, "--key-on-device", check=False)
+
+    assert est.returncode != 0
+    said = " ".join(est.stderr.split())
+    assert "PKCS#11 token" in said and "--protocol cmp" in said, said
+    exported = _run(
+        softhsm, "device", "export", "--device", str(directory), "--out", str(tmp_path / "x"),
+        check=False,
+    )  # fmt: skip
+    assert exported.returncode != 0
+    assert "never leaves it" in " ".join(exported.stderr.split())
+    assert not (tmp_path / "x" / "key.pem").exists()
+    assert (directory / "identity.json").read_bytes() == before
+    assert world.register()[device_id]["state"] == "listed"
+    assert world.active(device_id) == []
+    # The EST attempt made a key for its request (kept pending, as for a file device); the
+    # temporary key is untouched.
+    assert set(keys_before) <= set(device_keys(softhsm, label))
+
+
+@pytest.mark.parametrize(
+    "point", ["before-request", "after-answer", "mid-replace", "after-replace", "after-confirm"]
+)
+def test_ok_token_device_killed_at_each_point_keeps_one_usable_identity(
+    world: World, softhsm: SoftHSM, point: str
+) -> None:
+    device_id, directory, label = load_token_device(world, softhsm)
+    mode = ("--protocol", "cmp", "--key-on-device")
+
+    killed = activate(world, softhsm, directory, *mode, fault=point, check=False)
+
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    # One usable identity: the key the memory names is in the token and matches.
+    identity = DeviceMemory.open(directory).identity()
+    assert identity.private_key is not None and identity.certificate is not None
+    assert keys_match(identity.private_key, identity.certificate.public_key())
+    assert no_key_file(directory)
+
+    again = activate(world, softhsm, directory, *mode)
+
+    memory = DeviceMemory.open(directory)
+    final = memory.identity()
+    assert final.phase is Phase.CUSTOMIZED and memory.config()["confirmed"] is True, again.stdout
+    assert final.certificate is not None
+    assert world.active(device_id) == [format(final.certificate.serial_number, "x")]
+    assert world.register()[device_id]["state"] == "customized"
+    if point == "after-confirm":
+        # Killed before retiring: the next run only confirms again, and then retires.
+        assert "[request]" not in again.stdout
+    assert len(device_keys(softhsm, label)) == 1
+
+
+def test_fail_factory_load_token_uri_naming_a_key_is_refused(
+    world: World, softhsm: SoftHSM, tmp_path: Path
+) -> None:
+    label = softhsm.new_token("dev")
+    result = _run(
+        softhsm, "factory", "load", "--device", str(tmp_path / "d"), "--device-id", "tok-x",
+        "--token", f"pkcs11:token={label};object=k",
+        "--ca", world.services["F"].address, "--client-cred", str(world.path("F-line1")),
+        check=False,
+    )  # fmt: skip
+    assert result.returncode != 0 and "leave out object=" in result.stderr
+    assert not (tmp_path / "d").exists()
+    assert device_keys(softhsm, label) == []
+
+
+_ = subprocess  # run_ztpki returns CompletedProcess
