@@ -120,6 +120,9 @@ def test_fail_token_device_over_est_and_export_are_refused_and_nothing_changes(
     assert est.returncode != 0
     said = " ".join(est.stderr.split())
     assert "PKCS#11 token" in said and "--protocol cmp" in said, said
+    central = activate(world, softhsm, directory, "--protocol", "cmp", check=False)
+    assert central.returncode != 0
+    assert "add --key-on-device" in " ".join(central.stderr.split()), central.stderr
     exported = _run(
         softhsm, "device", "export", "--device", str(directory), "--out", str(tmp_path / "x"),
         check=False,
@@ -130,9 +133,8 @@ def test_fail_token_device_over_est_and_export_are_refused_and_nothing_changes(
     assert (directory / "identity.json").read_bytes() == before
     assert world.register()[device_id]["state"] == "listed"
     assert world.active(device_id) == []
-    # The EST attempt made a key for its request (kept pending, as for a file device); the
-    # temporary key is untouched.
-    assert set(keys_before) <= set(device_keys(softhsm, label))
+    assert device_keys(softhsm, label) == keys_before
+    assert not (directory / "pending-key.pem").exists()
 
 
 @pytest.mark.parametrize(

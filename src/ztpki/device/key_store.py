@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING
 
+from ztpki.errors import ConfigurationError, UnsupportedParameter
 from ztpki.pki.keys import KeySpec, PrivateKey, decode_pkcs8, encode_pkcs8_pem, generate_private_key
 
 if TYPE_CHECKING:
@@ -17,16 +18,19 @@ if TYPE_CHECKING:
 
 __all__ = [
     "KEY_TOKEN",
+    "check_token_enrollment",
     "decode_device_key",
     "encode_device_key",
     "key_token",
     "new_device_key",
+    "refuse_token_export",
     "retire_unused_keys",
     "tls_key",
     "token_uri_of",
 ]
 
-KEY_TOKEN = "key_token"  # noqa: S105 - a config key, not a secret; in the device configuration: the token URI the device's keys live in
+# In the device configuration: the token URI the device's keys live in (not a secret).
+KEY_TOKEN = "key_token"  # noqa: S105
 
 _TOKEN_MODULE = "ztpki.device.token_keys"  # noqa: S105 - a module name
 
@@ -68,6 +72,37 @@ def key_token(memory: DeviceMemory) -> str | None:
     """The token URI the device keeps its keys in (``factory load --token``), or None."""
     value = memory.config().get(KEY_TOKEN)
     return value if isinstance(value, str) and value else None
+
+
+def check_token_enrollment(
+    memory: DeviceMemory, *, cmp: bool, key_on_device: bool = True
+) -> None:
+    """ConfigurationError, before anything is sent, when a device with its keys in a token
+    is asked to enroll in a way that cannot keep the new key there."""
+    token = key_token(memory)
+    if token is None:
+        return
+    if not cmp:
+        raise ConfigurationError(
+            f"this device's key is in the PKCS#11 token {token}, and EST authenticates a device "
+            "by its TLS client key, which Python's TLS takes only from a file: use CMP, whose "
+            "message signature is made in the token: --protocol cmp"
+        )
+    if not key_on_device:
+        raise ConfigurationError(
+            f"this device keeps its keys in the PKCS#11 token {token}: a key the customer CA "
+            "generated would live outside it; add --key-on-device (the key is made in the token)"
+        )
+
+
+def refuse_token_export(memory: DeviceMemory) -> None:
+    """UnsupportedParameter when the device's keys are in a token: they never leave it."""
+    token = key_token(memory)
+    if token is not None:
+        raise UnsupportedParameter(
+            f"the device's key is in the PKCS#11 token {token} and never leaves it: there is "
+            "no key.pem to export (the certificates are in `ztpki device show`)"
+        )
 
 
 def new_device_key(memory: DeviceMemory, spec: KeySpec) -> PrivateKey:
