@@ -66,9 +66,7 @@ def device_keys(hsm: SoftHSM, label: str) -> list[str]:
 
 
 def no_key_file(directory: Path) -> bool:
-    return not any(
-        b"PRIVATE KEY" in p.read_bytes() for p in directory.rglob("*") if p.is_file()
-    )
+    return not any(b"PRIVATE KEY" in p.read_bytes() for p in directory.rglob("*") if p.is_file())
 
 
 def test_ok_token_device_customizes_over_cmp_with_its_keys_in_the_token(

@@ -74,9 +74,7 @@ def key_token(memory: DeviceMemory) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def check_token_enrollment(
-    memory: DeviceMemory, *, cmp: bool, key_on_device: bool = True
-) -> None:
+def check_token_enrollment(memory: DeviceMemory, *, cmp: bool, key_on_device: bool = True) -> None:
     """ConfigurationError, before anything is sent, when a device with its keys in a token
     is asked to enroll in a way that cannot keep the new key there."""
     token = key_token(memory)
