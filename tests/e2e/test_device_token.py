@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 from pathlib import Path
 
 import pytest
 from tests.e2e.device_fixtures import World, world, ztpki
-from tests.support.softhsm import SoftHSM, softhsm
+from tests.support.softhsm import USER_PIN, SoftHSM, softhsm
 
 from ztpki.device import DeviceMemory, Phase
 from ztpki.pki.keys import keys_match
@@ -31,7 +30,7 @@ def _run(hsm: SoftHSM, *args: str, fault: str | None = None, check: bool = True)
     return ztpki(*args, env=env, check=check)
 
 
-def load_token_device(world: World, hsm: SoftHSM) -> tuple[str, Path, str]:
+def load_token_device(world: World, hsm: SoftHSM, *extra: str) -> tuple[str, Path, str]:
     """A device loaded with its temporary key in a fresh token, listed at node N."""
     device_id = f"tok-{os.urandom(4).hex()}"
     label = hsm.new_token("dev")
@@ -41,7 +40,7 @@ def load_token_device(world: World, hsm: SoftHSM) -> tuple[str, Path, str]:
         hsm, "factory", "load", "--device", str(directory), "--device-id", device_id,
         "--token", f"pkcs11:token={label}", "--batch", "TOK",
         "--ca", world.services["F"].address, "--client-cred", str(world.path("F-line1")),
-        "--ca-name", "devices", "--trust", str(world.path("factory-trust.pem")),
+        "--ca-name", "devices", "--trust", str(world.path("factory-trust.pem")), *extra,
     )  # fmt: skip
     manifest = devices.parent / f"{device_id}.json"
     _run(
@@ -167,19 +166,52 @@ def test_ok_token_device_killed_at_each_point_keeps_one_usable_identity(
     assert len(device_keys(softhsm, label)) == 1
 
 
-def test_fail_factory_load_token_uri_naming_a_key_is_refused(
-    world: World, softhsm: SoftHSM, tmp_path: Path
+def test_ok_keygen_station_wraps_the_key_from_the_station_token_into_the_device_token(
+    world: World, softhsm: SoftHSM
+) -> None:
+    station = softhsm.new_token("station")
+    device_id, directory, label = load_token_device(
+        world, softhsm, "--keygen", "station", "--station-token", f"pkcs11:token={station}"
+    )
+
+    # The key is in the device token, sensitive and never extractable there; the station
+    # token keeps nothing (every object it made was a session object, destroyed).
+    assert len(device_keys(softhsm, label)) == 1
+    listing = softhsm.private_keys(label)
+    assert "never extractable" in listing and "sensitive" in listing
+    everything = softhsm.pkcs11_tool("--token-label", station, "--login", "--pin", USER_PIN, "-O")
+    assert "Object" not in everything.stdout, everything.stdout
+    assert no_key_file(directory)
+    temporary = DeviceMemory.open(directory).identity()
+    assert temporary.private_key is not None and temporary.certificate is not None
+    assert keys_match(temporary.private_key, temporary.certificate.public_key())
+
+    activate(world, softhsm, directory, "--protocol", "cmp", "--key-on-device")
+
+    assert DeviceMemory.open(directory).phase is Phase.CUSTOMIZED
+    assert world.register()[device_id]["state"] == "customized"
+
+
+@pytest.mark.parametrize(
+    ("options", "said"),
+    [
+        (["--token", "pkcs11:token={label};object=k"], "leave out object="),
+        (["--token", "pkcs11:token={label}", "--keygen", "station"], "go together"),
+        (["--keygen", "device"], "needs --token URI"),
+        (["--token", "pkcs11:token={label}", "--keygen", "station",
+          "--station-token", "pkcs11:token={label}"], "another token"),
+    ],
+)  # fmt: skip
+def test_fail_factory_load_with_inconsistent_token_options_is_refused(
+    world: World, softhsm: SoftHSM, tmp_path: Path, options: list[str], said: str
 ) -> None:
     label = softhsm.new_token("dev")
     result = _run(
         softhsm, "factory", "load", "--device", str(tmp_path / "d"), "--device-id", "tok-x",
-        "--token", f"pkcs11:token={label};object=k",
+        *[o.format(label=label) for o in options],
         "--ca", world.services["F"].address, "--client-cred", str(world.path("F-line1")),
         check=False,
     )  # fmt: skip
-    assert result.returncode != 0 and "leave out object=" in result.stderr
+    assert result.returncode != 0 and said in " ".join(result.stderr.split()), result.stderr
     assert not (tmp_path / "d").exists()
     assert device_keys(softhsm, label) == []
-
-
-_ = subprocess  # run_ztpki returns CompletedProcess

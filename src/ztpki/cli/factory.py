@@ -149,12 +149,26 @@ def factory() -> None:
     help="The device's PKCS#11 token (pkcs11:token=LABEL): its keys are generated and kept "
     "there, never in a file (module and PIN: ZTPKI_PKCS11_MODULE, ZTPKI_PKCS11_PIN).",
 )
+@click.option(
+    "--keygen",
+    type=click.Choice(["ca", "device", "station"]),
+    help="Who generates the temporary key: the factory CA (default without --token), the "
+    "device's token (default with --token), or the loading station's token (--station-token), "
+    "which wraps it into the device's token.",
+)
+@click.option(
+    "--station-token",
+    metavar="URI",
+    help="The loading station's PKCS#11 token, for --keygen station (same module and PIN).",
+)
 @ca_options
 @request_options
 def load_command(
     device_dir: Path,
     device_id: str,
     token: str | None,
+    keygen: str | None,
+    station_token: str | None,
     ca_address: str,
     client_cred: Path,
     client_passphrase_file: Path | None,
@@ -169,8 +183,20 @@ def load_command(
     check_name(batch, "--batch")
     if token is not None:
         token = device_token(token)
+    keygen = keygen or ("device" if token else "ca")
+    if (keygen == "ca") != (token is None):
+        raise ConfigurationError(
+            f"--keygen {keygen} " + ("takes no --token" if token else "needs --token URI")
+        )
+    if (keygen == "station") != (station_token is not None):
+        raise ConfigurationError("--keygen station and --station-token URI go together")
+    if station_token is not None:
+        station_token = device_token(station_token)
+        if station_token == token:
+            raise ConfigurationError("--station-token must be another token than --token")
     station = LoadingStation(
         token=token,
+        station_token=station_token,
         ca=CAClientConfig(ca_address, client_cred, ca_name, params),
         client_passphrase=passphrase(client_passphrase_file, CLIENT_ENV, "the CA-client key"),
         trust=trust_bundle(trust),

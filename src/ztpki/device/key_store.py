@@ -103,14 +103,22 @@ def refuse_token_export(memory: DeviceMemory) -> None:
         )
 
 
-def new_device_key(memory: DeviceMemory, spec: KeySpec) -> PrivateKey:
-    """A new key for the device: generated in its token when it has one, else here."""
+def new_device_key(
+    memory: DeviceMemory, spec: KeySpec, *, station_token: str | None = None
+) -> PrivateKey:
+    """A new key for the device: generated in its token when it has one (or, given a
+    ``station_token``, in that one and unwrapped into the device's), else here."""
     if key_token(memory) is None:
         return generate_private_key(spec)
     from ztpki.device.token_keys import new_token_key, token_of
 
     token = token_of(memory.config())
     assert token is not None
+    if station_token is not None:
+        from ztpki.device.token_wrap import station_generated_key
+        from ztpki.pki.pkcs11_uri import Pkcs11Uri
+
+        return station_generated_key(Pkcs11Uri.parse(station_token), token, memory.device_id, spec)
     return new_token_key(token, memory.device_id, spec)
 
 

@@ -42,19 +42,22 @@ from ztpki.tokens.pool import TokenPool
 from ztpki.tokens.token_key import TokenKey, generate_token_key
 
 __all__ = [
+    "CURVES",
+    "LABEL_PREFIX",
     "KeyInToken",
     "TokenDeviceKey",
     "is_token_reference",
     "load_token_key",
     "new_token_key",
+    "pool_for",
     "retire_keys",
     "token_of",
 ]
 
 log = logging.getLogger(__name__)
 
-_LABEL_PREFIX = "ztpki-device-"
-_SPECS = {"secp256r1": KeySpec.EC_P256, "secp384r1": KeySpec.EC_P384}
+LABEL_PREFIX = "ztpki-device-"
+CURVES = {"secp256r1": KeySpec.EC_P256, "secp384r1": KeySpec.EC_P384}
 
 _pools: dict[tuple[str, str], TokenPool] = {}
 _pools_lock = threading.Lock()
@@ -64,7 +67,7 @@ class KeyInToken(UnsupportedParameter):
     """The operation needs the key's value, which never leaves the device's token."""
 
 
-def _pool(token: Pkcs11Uri) -> TokenPool:
+def pool_for(token: Pkcs11Uri) -> TokenPool:
     access = token_access(token)
     cache_key = (access.module, token.with_object("-").text)
     with _pools_lock:
@@ -159,7 +162,7 @@ def is_token_reference(text: str) -> bool:
 def load_token_key(text: str) -> TokenDeviceKey:
     """The device key the stored URI names; ConfigurationError when it cannot be reached."""
     uri = Pkcs11Uri.parse(text.strip()).require_key()
-    return TokenDeviceKey(TokenKey(_pool(uri), uri))
+    return TokenDeviceKey(TokenKey(pool_for(uri), uri))
 
 
 def token_of(config: dict[str, Any]) -> Pkcs11Uri | None:
@@ -176,15 +179,15 @@ def token_of(config: dict[str, Any]) -> Pkcs11Uri | None:
 def new_token_key(token: Pkcs11Uri, device_id: str, spec: KeySpec) -> TokenDeviceKey:
     """A new key pair generated in ``token`` for ``device_id``: a fresh object, so the key of
     the current identity stays untouched until the swap is confirmed."""
-    if spec not in _SPECS.values():
+    if spec not in CURVES.values():
         raise UnsupportedParameter(
             f"a device key in a token is ec-p256 or ec-p384, not {spec.value}; "
             "choose one with --key-algorithm"
         )
     suffix = os.urandom(6).hex()
-    uri = Pkcs11Uri(**{**token.with_object(f"{_LABEL_PREFIX}{device_id}-{suffix}").__dict__})
+    uri = Pkcs11Uri(**{**token.with_object(f"{LABEL_PREFIX}{device_id}-{suffix}").__dict__})
     uri = Pkcs11Uri(**{**uri.__dict__, "id": bytes.fromhex(suffix)})
-    return TokenDeviceKey(generate_token_key(_pool(token), uri, spec))
+    return TokenDeviceKey(generate_token_key(pool_for(token), uri, spec))
 
 
 def retire_keys(token: Pkcs11Uri, device_id: str, keep: set[str]) -> list[str]:
@@ -194,9 +197,9 @@ def retire_keys(token: Pkcs11Uri, device_id: str, keep: set[str]) -> list[str]:
     for text in keep:
         if is_token_reference(text):
             kept_ids.add(Pkcs11Uri.parse(text.strip()).id)
-    prefix = f"{_LABEL_PREFIX}{device_id}-"
+    prefix = f"{LABEL_PREFIX}{device_id}-"
     destroyed: list[str] = []
-    with _pool(token).session(rw=True) as pooled:
+    with pool_for(token).session(rw=True) as pooled:
         session = pooled.session
         for kind in (ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY):
             for obj in list(session.get_objects({Attribute.CLASS: kind})):

@@ -59,8 +59,10 @@ class FirstCAClient:
         client_passphrase: bytes | None,
         client: CAClient | None = None,
         clock: Callable[[], datetime] = _utcnow,
+        station_token: str | None = None,
     ) -> None:
         self._memory = memory
+        self._station_token = station_token  # --keygen station: the key is made there
         self._client_passphrase = client_passphrase
         self._client = client
         self._clock = clock
@@ -98,7 +100,9 @@ class FirstCAClient:
         key = None
         if key_token(self._memory) is not None:
             spec = KeySpec.parse(str(config.get(KEY_ALGORITHM_KEY, KeySpec.EC_P256.value)))
-            key = await asyncio.to_thread(new_device_key, self._memory, spec)
+            key = await asyncio.to_thread(
+                new_device_key, self._memory, spec, station_token=self._station_token
+            )
         request = EnrollmentRequest(
             request_id=signal,
             device_id=self.device_id,

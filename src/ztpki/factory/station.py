@@ -61,6 +61,8 @@ class LoadingStation:
     batch: str | None = None
     # The device's PKCS#11 token (a URI naming the token): its keys are generated there.
     token: str | None = None
+    # --keygen station: the loading station's own token, which makes the key and wraps it.
+    station_token: str | None = None
     client: CAClient | None = None
     clock: Callable[[], datetime] = _utcnow
 
@@ -88,6 +90,7 @@ class LoadingStation:
                 client_passphrase=self.client_passphrase,
                 client=self.client,
                 clock=self.clock,
+                station_token=self.station_token,
             )
             return await client.respond(reissue=reissue)
         except BaseException as exc:
