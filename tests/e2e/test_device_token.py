@@ -30,8 +30,11 @@ def _run(hsm: SoftHSM, *args: str, fault: str | None = None, check: bool = True)
     return ztpki(*args, env=env, check=check)
 
 
-def load_token_device(world: World, hsm: SoftHSM, *extra: str) -> tuple[str, Path, str]:
-    """A device loaded with its temporary key in a fresh token, listed at node N."""
+def load_token_device(
+    world: World, hsm: SoftHSM, *extra: str, listed: bool = True
+) -> tuple[str, Path, str]:
+    """A device loaded with its temporary key in a fresh token, listed at node N (unless
+    ``listed`` is false: then no manifest names it)."""
     device_id = f"tok-{os.urandom(4).hex()}"
     label = hsm.new_token("dev")
     devices = world.path("token-devices", device_id)
@@ -42,6 +45,8 @@ def load_token_device(world: World, hsm: SoftHSM, *extra: str) -> tuple[str, Pat
         "--ca", world.services["F"].address, "--client-cred", str(world.path("F-line1")),
         "--ca-name", "devices", "--trust", str(world.path("factory-trust.pem")), *extra,
     )  # fmt: skip
+    if not listed:
+        return device_id, directory, label
     manifest = devices.parent / f"{device_id}.json"
     _run(
         hsm, "factory", "sign-manifest", "--devices", str(devices),
@@ -132,6 +137,27 @@ def test_fail_token_device_over_est_and_export_are_refused_and_nothing_changes(
     assert world.active(device_id) == []
     assert device_keys(softhsm, label) == keys_before
     assert not (directory / "pending-key.pem").exists()
+
+
+def test_fail_token_device_not_in_the_register_is_refused_over_cmp_and_nothing_is_issued(
+    world: World, softhsm: SoftHSM
+) -> None:
+    """Without a TLS client certificate the CMP signer is the identity: it is held to the
+    same checks (factory chain, register), so an unlisted device gets nothing."""
+    device_id, directory, label = load_token_device(world, softhsm, listed=False)
+    before = (directory / "identity.json").read_bytes()
+
+    refused = activate(
+        world, softhsm, directory, "--protocol", "cmp", "--key-on-device", check=False
+    )
+
+    assert refused.returncode != 0
+    assert (directory / "identity.json").read_bytes() == before
+    assert device_id not in world.register()
+    assert world.issued(device_id) == []
+    assert world.audit(device_id)  # the refusal is recorded
+    # Its request's key stays pending in the token (a retry asks for the same key), nothing else.
+    assert len(device_keys(softhsm, label)) <= 2
 
 
 @pytest.mark.parametrize(

@@ -171,6 +171,7 @@ class ActivatingClient:
                     return await self._resume_renewal(identity, pending)
                 if self._confirmed():
                     self._emit(Step.LOAD, "the device is already customized; nothing to do")
+                    await asyncio.to_thread(self._retire_keys)  # a crash may have left some
                     return self._result("unchanged", identity)
                 self._emit(Step.LOAD, "the device is customized but not yet confirmed")
                 return await self._confirm(identity, "confirmed")
