@@ -3,7 +3,8 @@
 Layout of a device directory (0700; every file 0600)::
 
     device.json     device id; written last at creation, so it marks a complete device
-    identity.json   phase, generation, encrypted PKCS#8 key, certificate, CA certificates
+    identity.json   phase, generation, encrypted PKCS#8 key (a token device: the key's
+                    PKCS#11 URI, see ``ztpki.device.token_keys``), certificate, CA certificates
     config.json     what the loading station (and later an installer) configured: e.g. the
                     customer node and its pinned CA (see ``ztpki.device.customer_node``)
     trust.pem       trust anchors: the factory CA certificate(s)
