@@ -31,7 +31,9 @@ def test_ok_demo_customizes_every_device_and_proves_it(tmp_path: Path) -> None:
     assert "demo passed" in result.stdout
     # A first impression in an 80-column terminal: nothing wraps, no log line interleaved
     # with the tables (they are in the work directory), the deliberate refusal explained.
-    assert [line for line in result.stdout.splitlines() if len(line) > 80] == []
+    # The work directory is printed whole once (to be copied): its length is the user's.
+    shown = result.stdout.replace(str(workdir), "WORKDIR")
+    assert [line for line in shown.splitlines() if len(line) > 80] == []
     assert " INFO " not in result.stdout + result.stderr
     assert "TLS handshake failed" not in result.stderr
     assert "'TLS handshake failed: client certificate refused' is this proof, not an error" in (
@@ -134,7 +136,7 @@ def _assert_certificates_lint_clean(workdir: Path) -> None:
             lint_pkix_cert.main(["lint", "--severity", "WARNING", str(pem)])
         if out.getvalue().strip():
             findings[where] = out.getvalue().strip()
-    # The documented exception (docs/demo.md): the manifest signer's EKU mark is a 2.25 UUID
+    # The documented exception (README, "The demo"): the manifest signer's EKU mark is a 2.25 UUID
     # OID (the only kind ztpki may use without registering an arc); its arc exceeds the
     # 32 bits pkilint's DER decoder accepts. Every other certificate has no finding.
     signers = {
@@ -188,8 +190,16 @@ def _ztpki_servers_under(workdir: Path, *, workers: bool = False) -> list[int]:
 
 def test_ok_keep_running_leaves_services_up_with_commands_that_work(tmp_path: Path) -> None:
     workdir = tmp_path / "work"
-    result = run_ztpki("demo", "--devices", "2", "--workdir", str(workdir), "--keep-running")
+    result = run_ztpki(
+        *("demo", "--devices", "2", "--workdir", str(workdir), "--keep-running", "--wide"),
+        env={"COLUMNS": "80"},
+    )
     try:
+        # --wide: issuers and whole fingerprints (64 hex digits, folded in the table).
+        assert "before: issuer" in result.stdout and "ACME Factory CA" in result.stdout
+        assert re.search(r"│ [0-9a-f]{8,}", result.stdout)
+        # The web console stays up: a newcomer logs in with what the demo printed.
+        _log_in_to_console(workdir, " ".join(result.stdout.split()))
         assert "ztpki node devices --dir node" in result.stdout
         assert "curl" in result.stdout
         pids = _ztpki_servers_under(workdir)
@@ -206,6 +216,39 @@ def test_ok_keep_running_leaves_services_up_with_commands_that_work(tmp_path: Pa
     finally:
         for pid in _ztpki_servers_under(workdir):
             os.kill(pid, signal.SIGTERM)
+
+
+def _log_in_to_console(workdir: Path, output: str) -> None:
+    """curl, as a browser would: the login form's token, the login, the overview page."""
+    found = re.search(r"web console: (https://\S+/) log in as (\S+), password in (\S+);", output)
+    assert found, output
+    url, name, password_file = found.groups()
+    password = (workdir / password_file).read_text().strip()
+    jar, trust = workdir / "console-cookies.txt", workdir / "factory-bundle.pem"
+    # The node's server certificate chains to the maker's root in factory-bundle.pem.
+    curl = ["curl", "-sS", "--cacert", str(trust), "-b", str(jar), "-c", str(jar)]
+
+    def log_in(secret: str) -> subprocess.CompletedProcess[str]:
+        subprocess.run([*curl, "-o", "/dev/null", url + "login"], check=True, timeout=30)
+        token = next(
+            line.split("\t")[-1]
+            for line in jar.read_text().splitlines()
+            if "__Host-ztpki_login" in line
+        )
+        form = ["--data-urlencode", f"name={name}", "--data-urlencode", f"password={secret}"]
+        form += ["--data-urlencode", f"login_token={token}"]
+        return subprocess.run(
+            [*curl, "-L", "-w", "\n%{http_code}", *form, url + "login"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+
+    refused = log_in(password + "-wrong")
+    assert refused.stdout.endswith("401") and "wrong name or password" in refused.stdout
+    page = log_in(password)
+    assert page.stdout.endswith("200"), page.stdout[-500:] + page.stderr
+    assert "Fleet overview" in page.stdout
 
 
 def test_ok_ctrl_c_stops_every_process_the_demo_started(tmp_path: Path) -> None:

@@ -51,9 +51,11 @@ def run_demo(settings: DemoSettings, *, console: Console, json_path: Path | None
     demo = new_environment(settings)
     log_to_file(demo.path("logs", "demo.log"), verbose=settings.verbose)
     console.rule("[bold]ztpki demo[/]: factory → customer, zero touch")
-    console.print(f"work directory: [bold]{settings.workdir}[/]")
+    # Paths are copied from here: printed whole (the terminal wraps them, not rich); the
+    # ones below are relative to the work directory, to keep lines within 80 columns.
+    console.print(f"work directory: [bold]{settings.workdir}[/]", soft_wrap=True)
     if not settings.verbose:
-        console.print(f"service and command logs in {demo.path('logs')} (--verbose: here too)")
+        console.print("logs of the services and commands in logs/ (--verbose: here too)")
     try:
         summary = _run(demo, console)
     except BaseException:
@@ -61,7 +63,7 @@ def run_demo(settings: DemoSettings, *, console: Console, json_path: Path | None
         raise
     if json_path is not None:
         write_summary(json_path, summary)
-        console.print(f"summary written to {json_path}")
+        console.print(f"summary written to {json_path}", soft_wrap=True)
     if settings.keep_running:
         _print_keep_running(demo, console)
     else:
@@ -81,7 +83,7 @@ def _run(demo: DemoEnvironment, console: Console) -> dict[str, Any]:
     with console.status(f"manufacturing {n} devices…"), demo.phase("manufacture"):
         batch = manufacture(demo, factory, n)
     paths = device_dirs(batch)
-    console.print(f"{len(paths)} devices in {batch}, with a signed shipping manifest")
+    console.print(f"{len(paths)} devices in batch/, with a signed shipping manifest")
     with console.status("starting the customer node…"), demo.phase("customer node"):
         node = start_node(demo, factory, customer, batch)
     console.print(f"customer node on https://{node.address}")
@@ -306,8 +308,8 @@ def _print_keep_running(demo: DemoEnvironment, console: Console) -> None:
     script.write_text("set -e\n" + commands)
     console.rule("still running (--keep-running)")
     print_console_login(demo, console)
-    console.print(commands, markup=False, highlight=False)
-    console.print(f"(also in {script})", markup=False, highlight=False)
+    console.print(commands, markup=False, highlight=False, soft_wrap=True)
+    console.print(f"(also in {script.name})", markup=False, highlight=False)
     console.print(
         "stop with: kill " + " ".join(str(s.pid) for s in demo.services.values()),
         markup=False,
@@ -322,8 +324,9 @@ def print_console_login(demo: DemoEnvironment, console: Console) -> None:
     url, user, password_file = login
     console.print(f"web console: [bold]{url}[/]", highlight=False)
     console.print(
-        f"log in as {user}, password in {password_file}; the browser warns about the "
-        f"certificate: its CA is the maker's, in {demo.path('factory-bundle.pem')}",
+        f"log in as {user}, password in {password_file.relative_to(demo.root)}; the browser "
+        "warns about the node's certificate: its root CA is the maker's, in "
+        "factory-bundle.pem",
         highlight=False,
     )
 
