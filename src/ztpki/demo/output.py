@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -77,46 +78,48 @@ def print_tables(
 def _identities(outcomes: list[DeviceOutcome]) -> Table:
     """One line a device: serials before and after (`--wide` and the JSON have the rest)."""
     table = Table(
-        title="device identities: factory → customer",
-        caption="issuers and fingerprints: --wide",
+        title="device identities: factory → customer", caption="issuers and fingerprints: --wide"
     )
-    for column in ("device", "mode", "factory serial", "customer serial", "result"):
-        table.add_column(column, overflow="fold")
-    for o in outcomes:
-        table.add_row(
-            o.device_id,
-            f"{o.protocol.value} {_short_mode(o.key_mode.value)}",
-            _serial(o.before),
-            _serial(o.after),
-            _result(o),
-        )
-    return table
+    columns = ("device", "mode", "factory serial", "customer serial", "result")
+    return _fill(table, columns, outcomes, _serial, _short_mode)
 
 
 def _wide_identities(outcomes: list[DeviceOutcome]) -> Table:
     table = Table(title="device identities: before (factory) → after (customer)")
-    for column in (
+    columns = (
         "device",
         "mode",
         "before: issuer / serial / sha256",
         "after: issuer / serial / sha256",
         "result",
-    ):
+    )
+    return _fill(
+        table,
+        columns,
+        outcomes,
+        _identity_cell,
+        lambda o: f"{o.key_mode.value} ({o.protocol.value})",
+    )
+
+
+def _fill(
+    table: Table,
+    columns: tuple[str, ...],
+    outcomes: list[DeviceOutcome],
+    identity: Callable[[IdentityView | None], str],
+    mode: Callable[[DeviceOutcome], str],
+) -> Table:
+    for column in columns:
         table.add_column(column, overflow="fold")
     for o in outcomes:
-        table.add_row(
-            o.device_id,
-            f"{o.key_mode.value} ({o.protocol.value})",
-            _identity_cell(o.before),
-            _identity_cell(o.after),
-            _result(o),
-        )
+        table.add_row(o.device_id, mode(o), identity(o.before), identity(o.after), _result(o))
     return table
 
 
-def _short_mode(key_mode: str) -> str:
+def _short_mode(o: DeviceOutcome) -> str:
     # "serverkeygen": the CA side made the key; "simpleenroll": the device did.
-    return {"serverkeygen": "server key", "simpleenroll": "own key"}.get(key_mode, key_mode)
+    key = {"serverkeygen": "server key", "simpleenroll": "own key"}.get(o.key_mode.value)
+    return f"{o.protocol.value} {key or o.key_mode.value}"
 
 
 def _result(o: DeviceOutcome) -> str:
