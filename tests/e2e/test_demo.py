@@ -31,8 +31,8 @@ def test_ok_demo_customizes_every_device_and_proves_it(tmp_path: Path) -> None:
     assert "demo passed" in result.stdout
     # A first impression in an 80-column terminal: nothing wraps, no log line interleaved
     # with the tables (they are in the work directory), the deliberate refusal explained.
-    # The work directory is printed whole once (to be copied): its length is the user's.
-    shown = result.stdout.replace(str(workdir), "WORKDIR")
+    # The paths the user chose are printed whole (to be copied): their length is the user's.
+    shown = result.stdout.replace(str(workdir), "WORKDIR").replace(str(summary_path), "JSON")
     assert [line for line in shown.splitlines() if len(line) > 80] == []
     assert " INFO " not in result.stdout + result.stderr
     assert "TLS handshake failed" not in result.stderr
@@ -192,9 +192,14 @@ def test_ok_keep_running_leaves_services_up_with_commands_that_work(tmp_path: Pa
     workdir = tmp_path / "work"
     result = run_ztpki(
         *("demo", "--devices", "2", "--workdir", str(workdir), "--keep-running", "--wide"),
+        "--verbose",
         env={"COLUMNS": "80"},
     )
     try:
+        # --verbose: the demo's log lines on the terminal too, not only in logs/demo.log.
+        assert "INFO ztpki.credentials: TLS handshake failed: client certificate refused" in (
+            result.stderr
+        )
         # --wide: issuers and whole fingerprints (64 hex digits, folded in the table).
         assert "before: issuer" in result.stdout and "ACME Factory CA" in result.stdout
         assert re.search(r"│ [0-9a-f]{8,}", result.stdout)
