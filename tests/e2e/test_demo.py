@@ -127,15 +127,7 @@ def _assert_certificates_lint_clean(workdir: Path) -> None:
     certificates = _demo_certificates(workdir)
     # 5 temporary + 5 operational device certificates, the CAs, the node, the services.
     assert len(certificates) >= 25
-    findings = {}
-    for where, certificate in certificates.values():
-        pem = workdir / "lint.pem"
-        pem.write_bytes(certificate.public_bytes(Encoding.PEM))
-        out = io.StringIO()
-        with contextlib.redirect_stdout(out):
-            lint_pkix_cert.main(["lint", "--severity", "WARNING", str(pem)])
-        if out.getvalue().strip():
-            findings[where] = out.getvalue().strip()
+    findings = _lint_findings(workdir, list(certificates.values()))
     # The documented exception (README, "The demo"): the manifest signer's EKU mark is a 2.25 UUID
     # OID (the only kind ztpki may use without registering an arc); its arc exceeds the
     # 32 bits pkilint's DER decoder accepts. Every other certificate has no finding.
@@ -148,6 +140,36 @@ def _assert_certificates_lint_clean(workdir: Path) -> None:
     for where in signers:
         assert "OID contains arc which is larger than 32-bits" in findings.pop(where, "")
     assert findings == {}
+
+
+def _lint_findings(
+    workdir: Path, certificates: list[tuple[str, x509.Certificate]]
+) -> dict[str, str]:
+    """pkilint's findings at WARNING or above, by where the certificate was found."""
+    findings = {}
+    for where, certificate in certificates:
+        pem = workdir / "lint.pem"
+        pem.write_bytes(certificate.public_bytes(Encoding.PEM))
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            lint_pkix_cert.main(["lint", "--severity", "WARNING", str(pem)])
+        if out.getvalue().strip():
+            findings[where] = out.getvalue().strip()
+    return findings
+
+
+def _served_certificate(address: str) -> x509.Certificate:
+    """The TLS server certificate a service presents (a CA system's lives only in memory)."""
+    shown = subprocess.run(
+        ["openssl", "s_client", "-connect", address],
+        input="",
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    found = PEM.search(shown.stdout)
+    assert found, shown.stdout + shown.stderr
+    return x509.load_pem_x509_certificate(found[0].encode())
 
 
 def _has_eku(certificate: x509.Certificate, oid: x509.ObjectIdentifier) -> bool:
@@ -203,6 +225,13 @@ def test_ok_keep_running_leaves_services_up_with_commands_that_work(tmp_path: Pa
         # --wide: issuers and whole fingerprints (64 hex digits, folded in the table).
         assert "before: issuer" in result.stdout and "ACME Factory CA" in result.stdout
         assert re.search(r"│ [0-9a-f]{8,}", result.stdout)
+        # The CA systems' TLS server certificates (made in memory when they start) lint clean.
+        systems = re.search(
+            r"factory CA system on (\S+), customer CA system on (\S+)", result.stdout
+        )
+        assert systems
+        served = [(a, _served_certificate(a)) for a in systems.groups()]
+        assert _lint_findings(workdir, served) == {}
         # The web console stays up: a newcomer logs in with what the demo printed.
         _log_in_to_console(workdir, " ".join(result.stdout.split()))
         assert "ztpki node devices --dir node" in result.stdout
