@@ -249,4 +249,11 @@ def build_publisher(
             {name: loaded.authority.certificate for name, loaded in cas.items()},
             {name: ocsp_dir / name for name in cas},
         )
-    return RevocationPublisher(crl_paths, responder, limits=limits, presigned=presigned)
+    return RevocationPublisher(
+        crl_paths,
+        responder,
+        limits=limits,
+        presigned=presigned,
+        metrics=service.metrics,
+        connections=lambda: service.connection_count,
+    )

@@ -199,6 +199,7 @@ class CMPActivatingClient(ActivatingClient):
             context=context,
             timeout=self._timeout,
             now=self._now,
+            node=self.node,
         )
 
     async def _ask(
