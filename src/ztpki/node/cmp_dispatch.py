@@ -7,6 +7,7 @@ from ztpki.node.cmp_enroll import enroll
 from ztpki.node.cmp_exchange import CmpHandler
 from ztpki.node.cmp_general import general
 from ztpki.node.cmp_keygen import enroll_or_keygen
+from ztpki.node.cmp_poll import poll
 from ztpki.node.cmp_revoke import revoke
 from ztpki.protocol.cmp import BodyType
 
@@ -18,4 +19,5 @@ HANDLERS: dict[BodyType, CmpHandler] = {
     BodyType.CERT_CONF: confirm,
     BodyType.GENM: general,
     BodyType.RR: revoke,
+    BodyType.POLL_REQ: poll,
 }

@@ -9,6 +9,7 @@ transactionID is recorded before anything else, so a replayed or colliding id is
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 
@@ -16,11 +17,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
-from ztpki.errors import ZtpkiError
+from ztpki.errors import Unavailable, ZtpkiError
 from ztpki.node.authentication import IdentityKind
 from ztpki.node.authorization import Operation
 from ztpki.node.cmp_exchange import CmpExchange, CmpReply, DeliveredKey
-from ztpki.node.enrollment_types import KeyRequest
+from ztpki.node.enrollment_types import Enrolled, KeyRequest, LoadedLabel
 from ztpki.pki.pem import serial_hex
 from ztpki.protocol.cmp import (
     RESPONSE_TO,
@@ -33,6 +34,9 @@ from ztpki.protocol.cmp import (
     CertResponse,
     CMPNotAuthorized,
     P10crBody,
+    PKIStatus,
+    PollEntry,
+    PollRepBody,
     StatusInfo,
     TransactionIdInUse,
     old_cert_id,
@@ -139,6 +143,10 @@ async def issue(
             created_at=exchange.now,
             updated_at=exchange.now,
             cert_req_id=cert_req_id,
+            operation=operation.value,
+            public_key_der=key.public_key_der,
+            csr_der=key.csr_der,
+            named_device_id=key.named_device_id,
         )
     )
     if not began:
@@ -146,15 +154,100 @@ async def issue(
             f"transactionID {transaction_id.hex()} was used before: start every request "
             "with a new transactionID"
         )
+    # A centrally generated key is not kept in the register: it cannot wait for a poll.
+    pollable = operation is not Operation.SERVERKEYGEN
+    return await serve(
+        exchange, key, cert_req_id, operation, message.body.type, exchange.label, pollable
+    )
+
+
+async def serve(
+    exchange: CmpExchange,
+    key: KeyRequest,
+    cert_req_id: int,
+    operation: Operation,
+    requested: BodyType,
+    label: LoadedLabel,
+    pollable: bool,
+) -> CmpReply:
+    """Serve an open transaction's key request (the request itself, or a pollReq for it):
+    the certificate, or -- ``pollable`` and the CA system slow or unavailable -- ``waiting``."""
+    identity, service = exchange.identity, exchange.service
+    transaction_id = exchange.message.header.transaction_id
+    enrollment = asyncio.ensure_future(
+        service.enroll(operation, label, identity, key, endpoint=exchange.endpoint)
+    )
     try:
-        enrolled = await service.enroll(
-            operation, exchange.label, identity, key, endpoint=exchange.endpoint
-        )
+        if pollable:
+            # The issuance goes on in the background when the answer is ``waiting``: it lands
+            # in the register, where the pollReq (on any worker) finds it.
+            enrolled = await asyncio.wait_for(
+                asyncio.shield(enrollment), service.limits.cmp_wait_seconds
+            )
+        else:
+            enrolled = await enrollment
+    except TimeoutError:
+        if enrollment.done():
+            raise
+        _keep_running(enrollment)
+        return await _waiting(exchange, requested, cert_req_id, SLOW_CHECK_AFTER)
+    except Unavailable as exc:
+        if not pollable:
+            await _reject(exchange, transaction_id)
+            raise
+        return await _waiting(exchange, requested, cert_req_id, exc.retry_after or 1)
     except BaseException:
-        await service.register.close_cmp_transaction(
-            transaction_id, state=CmpTransactionState.REJECTED, now=service.now()
-        )
+        enrollment.cancel()
+        await _reject(exchange, transaction_id)
         raise
+    return await _deliver(exchange, requested, cert_req_id, enrolled)
+
+
+# checkAfter when the CA system is slow rather than unavailable (it may answer any moment).
+SLOW_CHECK_AFTER = 2
+_BACKGROUND: set[asyncio.Future[Enrolled]] = set()
+
+
+def _keep_running(enrollment: asyncio.Future[Enrolled]) -> None:
+    """Hold a reference to an issuance answered ``waiting`` until it ends; its outcome is in
+    the register and the audit trail (the enrollment service wrote both)."""
+    _BACKGROUND.add(enrollment)
+
+    def done(future: asyncio.Future[Enrolled]) -> None:
+        _BACKGROUND.discard(future)
+        if not future.cancelled() and future.exception() is not None:
+            log.info("a CMP issuance answered 'waiting' ended: %s", future.exception())
+
+    enrollment.add_done_callback(done)
+
+
+async def _reject(exchange: CmpExchange, transaction_id: bytes) -> None:
+    await asyncio.shield(
+        exchange.service.register.close_cmp_transaction(
+            transaction_id, state=CmpTransactionState.REJECTED, now=exchange.service.now()
+        )
+    )
+
+
+async def _waiting(
+    exchange: CmpExchange, requested: BodyType, cert_req_id: int, check_after: int
+) -> CmpReply:
+    """RFC 9483 4.4: the request is accepted and its answer comes on a pollReq."""
+    transaction_id = exchange.message.header.transaction_id
+    await exchange.service.register.mark_cmp_waiting(transaction_id, now=exchange.service.now())
+    if exchange.message.body.type is BodyType.POLL_REQ:
+        entry = PollEntry(cert_req_id, check_after, ("the customer CA system has not answered",))
+        return CmpReply(PollRepBody((entry,)), outcome="waiting")
+    waiting = StatusInfo(PKIStatus.WAITING, text=("the customer CA system has not answered",))
+    response = CertResponse(cert_req_id, waiting)
+    return CmpReply(CertRepBody(RESPONSE_TO[requested], (response,)), outcome="waiting")
+
+
+async def _deliver(
+    exchange: CmpExchange, requested: BodyType, cert_req_id: int, enrolled: Enrolled
+) -> CmpReply:
+    service, message = exchange.service, exchange.message
+    transaction_id = message.header.transaction_id
     certificate_der = enrolled.certificate.public_bytes(serialization.Encoding.DER)
     serial = serial_hex(enrolled.certificate)
     implicit = message.header.implicit_confirm and exchange.label.config.cmp_implicit_confirm
@@ -168,10 +261,10 @@ async def issue(
         now=service.now(),
     )
     if implicit:
-        await service.confirm_certificate(identity, serial, endpoint=exchange.endpoint)
+        await service.confirm_certificate(exchange.identity, serial, endpoint=exchange.endpoint)
     response = CertResponse(cert_req_id, StatusInfo.accepted(), certificate_der)
     return CmpReply(
-        CertRepBody(RESPONSE_TO[message.body.type], (response,)),
+        CertRepBody(RESPONSE_TO[requested], (response,)),
         implicit_confirm=implicit,
         sender_nonce=nonce,
         # The chain of the new certificate, so the device can verify it (section 4.1.1).

@@ -227,6 +227,9 @@ class Limits:
     ca_pool_size: int = 4
     lease_seconds: float = 120.0  # an issuance lease; must outlast ca_timeout (twice, retries)
     retry_after: int = 5  # seconds advised to devices when the CA system is unavailable
+    # A CMP request whose issuance takes longer is answered ``waiting`` (RFC 9483 4.4): the
+    # device polls while the issuance goes on.
+    cmp_wait_seconds: float = 10.0
 
     def __post_init__(self) -> None:
         for f in fields(self):

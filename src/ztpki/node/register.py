@@ -339,6 +339,9 @@ class AsyncRegister:
             self.store.close_cmp_transaction, transaction_id, state=state, now=now
         )
 
+    async def mark_cmp_waiting(self, transaction_id: bytes, *, now: datetime) -> bool:
+        return await self._run(self.store.mark_cmp_waiting, transaction_id, now=now)
+
     async def cmp_transaction(self, transaction_id: bytes) -> CmpTransaction | None:
         return await self._run(self.store.cmp_transaction, transaction_id)
 

@@ -6,6 +6,11 @@ the same id -- a replay, or another device's collision -- is refused (transactio
 by the primary key, on every node machine sharing the register. The row then holds what the
 certConf must match: the certificate issued in the exchange and the nonce the answer carried.
 Rows are never reused; a finished transaction stays, as the audit trail does.
+
+The row also keeps the key request it was opened with (schema version 8), so that a request
+answered ``waiting`` (the customer CA system slow or unavailable, RFC 9483 section 4.4) can be
+served on the device's pollReq by any worker of any node machine, after a restart too:
+``waiting_since`` says the device was told to poll.
 """
 
 from __future__ import annotations
@@ -40,6 +45,16 @@ class CmpTransaction:
     serial: str | None = None
     certificate_der: bytes | None = field(default=None, repr=False)
     response_nonce: bytes | None = None  # the senderNonce of the node's answer
+    # The key request the transaction waits with (version 8; None in older rows).
+    operation: str | None = None  # the enrollment operation serving it
+    public_key_der: bytes | None = field(default=None, repr=False)
+    csr_der: bytes | None = field(default=None, repr=False)
+    named_device_id: str | None = None
+    waiting_since: datetime | None = None  # answered ``waiting``: the device polls
+
+    @property
+    def waiting(self) -> bool:
+        return self.state is CmpTransactionState.OPEN and self.waiting_since is not None
 
 
 # Instants are encoded as everywhere in the register (UTC, fixed width).
@@ -62,10 +77,22 @@ CMP_TRANSACTION_TABLE = """
                AND certificate_der IS NOT NULL AND response_nonce IS NOT NULL))
     )"""
 CMP_TRANSACTION_INDEX = "CREATE INDEX cmp_transaction_by_device ON cmp_transaction (device_id)"
+# Version 8: the key request, so that a pollReq can be served from the register alone.
+CMP_TRANSACTION_V8 = tuple(
+    f"ALTER TABLE cmp_transaction ADD COLUMN {column}"
+    for column in (
+        "operation TEXT",
+        "public_key_der BLOB",
+        "csr_der BLOB",
+        "named_device_id TEXT",
+        "waiting_since TEXT",
+    )
+)
 
 _COLUMNS = (
     "transaction_id, device_id, label, body, signer_fingerprint, state, created_at, "
-    "updated_at, cert_req_id, serial, certificate_der, response_nonce"
+    "updated_at, cert_req_id, serial, certificate_der, response_nonce, operation, "
+    "public_key_der, csr_der, named_device_id, waiting_since"
 )
 
 
@@ -89,6 +116,8 @@ class CmpTransactionStore(Protocol):
         self, transaction_id: bytes, *, state: CmpTransactionState, now: datetime
     ) -> bool: ...
 
+    def mark_cmp_waiting(self, transaction_id: bytes, *, now: datetime) -> bool: ...
+
     def cmp_transaction(self, transaction_id: bytes) -> CmpTransaction | None: ...
 
 
@@ -104,7 +133,7 @@ class CmpTransactions:
             return (
                 conn.execute(
                     f"INSERT INTO cmp_transaction ({_COLUMNS}) "  # noqa: S608 (constant columns)
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                     "ON CONFLICT (transaction_id) DO NOTHING",
                     (
                         t.transaction_id,
@@ -119,6 +148,11 @@ class CmpTransactions:
                         t.serial,
                         t.certificate_der,
                         t.response_nonce,
+                        t.operation,
+                        t.public_key_der,
+                        t.csr_der,
+                        t.named_device_id,
+                        None if t.waiting_since is None else encode_instant(t.waiting_since),
                     ),
                 ).rowcount
                 == 1
@@ -171,6 +205,18 @@ class CmpTransactions:
                 == 1
             )
 
+    def mark_cmp_waiting(self, transaction_id: bytes, *, now: datetime) -> bool:
+        """An open transaction was answered ``waiting``; False if it is no longer open."""
+        with self._db.write() as conn:
+            return (
+                conn.execute(
+                    "UPDATE cmp_transaction SET waiting_since = COALESCE(waiting_since, ?), "
+                    "updated_at = ? WHERE transaction_id = ? AND state = 'open'",
+                    (encode_instant(now), encode_instant(now), transaction_id),
+                ).rowcount
+                == 1
+            )
+
     def cmp_transaction(self, transaction_id: bytes) -> CmpTransaction | None:
         with self._db.read() as conn:
             row = conn.execute(
@@ -192,4 +238,9 @@ class CmpTransactions:
             serial=row[9],
             certificate_der=None if row[10] is None else bytes(row[10]),
             response_nonce=None if row[11] is None else bytes(row[11]),
+            operation=row[12],
+            public_key_der=None if row[13] is None else bytes(row[13]),
+            csr_der=None if row[14] is None else bytes(row[14]),
+            named_device_id=row[15],
+            waiting_since=None if row[16] is None else decode_instant(row[16]),
         )

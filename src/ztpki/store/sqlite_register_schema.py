@@ -6,7 +6,11 @@ the known states and tie ISSUING to a held lease and BLOCKED to a remembered sta
 
 from __future__ import annotations
 
-from ztpki.store.cmp_transactions import CMP_TRANSACTION_INDEX, CMP_TRANSACTION_TABLE
+from ztpki.store.cmp_transactions import (
+    CMP_TRANSACTION_INDEX,
+    CMP_TRANSACTION_TABLE,
+    CMP_TRANSACTION_V8,
+)
 from ztpki.store.pg_schema import postgres_ddl
 from ztpki.store.sqlite_console import CONSOLE_SCHEMA
 
@@ -19,7 +23,8 @@ SCHEMA_COMPONENT = "customer_node"
 # Version 6: CMP transactions (ztpki.store.cmp_transactions).
 # Version 7: the web console's operators, and the indexes its pages read by
 # (ztpki.store.sqlite_console).
-SCHEMA_VERSION = 7
+# Version 8: a CMP transaction keeps its key request, and whether its device was told to poll.
+SCHEMA_VERSION = 8
 
 _STATES = "'listed', 'issuing', 'issued', 'customized', 'blocked'"
 _STATES_V4 = f"{_STATES}, 'retired'"
@@ -145,6 +150,7 @@ REGISTER_SCHEMA = (
     _SENDER_LEASE_TABLE,
     CMP_TRANSACTION_TABLE,
     CMP_TRANSACTION_INDEX,
+    *CMP_TRANSACTION_V8,
 )
 
 # Version 1 keyed manifests by manifest_id alone. A manifest's manufacturer is the one its
@@ -188,6 +194,7 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     4: (_SENDER_LEASE_TABLE,),
     5: (CMP_TRANSACTION_TABLE, CMP_TRANSACTION_INDEX),
     6: CONSOLE_SCHEMA,
+    7: CMP_TRANSACTION_V8,
 }
 
 # PostgreSQL registers were first created at version 4: their steps start there.
@@ -195,4 +202,5 @@ POSTGRES_MIGRATIONS: dict[int, tuple[str, ...]] = {
     4: (postgres_ddl(_SENDER_LEASE_TABLE),),
     5: (postgres_ddl(CMP_TRANSACTION_TABLE), CMP_TRANSACTION_INDEX),
     6: tuple(postgres_ddl(statement) for statement in CONSOLE_SCHEMA),
+    7: tuple(postgres_ddl(statement) for statement in CMP_TRANSACTION_V8),
 }

@@ -30,6 +30,7 @@ from ztpki.protocol.cmp import (
     CertRepBody,
     CertStatus,
     FailInfo,
+    PKIConfBody,
     PKIMessage,
     PollReqBody,
     certificate_hash,
@@ -167,10 +168,14 @@ def test_fail_header_refusals_change_nothing(
 
 def test_fail_body_without_a_handler_is_a_bad_request(node: CmpNode) -> None:
     key, cert = listed(node, "genm-1")
-    # pollReq outside a waiting transaction: no handler (genm has one since cmpclient).
+    # A response body (pkiConf) is nothing a device sends the node.
+    fail, text = refusal(node.cmp(signed(key, cert, request_header(cert), PKIConfBody())))
+    assert fail == {FailInfo.BAD_REQUEST} and "pkiconf" in text
+    # pollReq outside a waiting transaction: refused the same way.
     body = PollReqBody((0,))
     fail, text = refusal(node.cmp(signed(key, cert, request_header(cert), body)))
-    assert fail == {FailInfo.BAD_REQUEST} and "pollReq" in text
+    assert fail == {FailInfo.BAD_REQUEST} and "no CMP transaction" in text
+    assert state(node, "genm-1") is DeviceState.LISTED
 
 
 def test_fail_certconf_from_another_signer_or_with_a_stale_nonce(node: CmpNode) -> None:

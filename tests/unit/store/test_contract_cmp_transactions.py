@@ -106,4 +106,54 @@ def test_ok_register_of_schema_5_gains_cmp_transactions(tmp_path: Path) -> None:
         assert store.begin_cmp_transaction(transaction())
     finally:
         store.close()
-    assert stored_schema_version(path, "customer_node") == SCHEMA_VERSION == 7
+    assert stored_schema_version(path, "customer_node") == SCHEMA_VERSION == 8
+
+
+def waiting_transaction(tid: bytes = b"\x02" * 16) -> CmpTransaction:
+    return replace(
+        transaction(tid), body="p10cr", cert_req_id=-1, operation="simpleenroll",
+        public_key_der=b"\x30spki", csr_der=b"\x30csr", named_device_id="d1",
+    )  # fmt: skip
+
+
+def test_ok_waiting_transaction_keeps_its_key_request(node_store: NodeStore) -> None:
+    """A request answered 'waiting' can be served on its pollReq from the register alone."""
+    assert node_store.begin_cmp_transaction(waiting_transaction())
+    opened = node_store.cmp_transaction(b"\x02" * 16)
+    assert opened == waiting_transaction() and not opened.waiting
+    assert node_store.mark_cmp_waiting(b"\x02" * 16, now=LATER)
+    waiting = node_store.cmp_transaction(b"\x02" * 16)
+    assert waiting == replace(waiting_transaction(), waiting_since=LATER, updated_at=LATER)
+    assert waiting is not None and waiting.waiting
+    # Polled again later: the device has waited since the first answer.
+    assert node_store.mark_cmp_waiting(b"\x02" * 16, now=LATER + timedelta(seconds=5))
+    again = node_store.cmp_transaction(b"\x02" * 16)
+    assert again is not None and again.waiting_since == LATER
+    assert issue(node_store, b"\x02" * 16)
+    issued = node_store.cmp_transaction(b"\x02" * 16)
+    assert issued is not None and issued.state is ISSUED and not issued.waiting
+
+
+def test_fail_only_an_open_transaction_waits(node_store: NodeStore) -> None:
+    assert not node_store.mark_cmp_waiting(b"\x02" * 16, now=LATER)  # no such transaction
+    assert node_store.cmp_transaction(b"\x02" * 16) is None
+    assert node_store.begin_cmp_transaction(waiting_transaction())
+    assert node_store.close_cmp_transaction(b"\x02" * 16, state=REJECTED, now=T0)
+    before = node_store.cmp_transaction(b"\x02" * 16)
+    assert not node_store.mark_cmp_waiting(b"\x02" * 16, now=LATER)
+    assert node_store.cmp_transaction(b"\x02" * 16) == before  # nothing changed
+
+
+def test_ok_register_of_schema_7_gains_key_requests(backend: Backend) -> None:
+    """Schema 7 -> 8 on either engine: older rows read without a key request (not pollable),
+    new ones keep theirs."""
+    assert backend.node().begin_cmp_transaction(transaction())
+    for column in ("operation", "public_key_der", "csr_der", "named_device_id", "waiting_since"):
+        backend.raw("node", f"ALTER TABLE cmp_transaction DROP COLUMN {column}")
+    backend.raw("node", "UPDATE schema_version SET version = 7 WHERE component = 'customer_node'")
+    store = backend.node()
+    assert store.cmp_transaction(b"\x01" * 16) == transaction()
+    assert store.begin_cmp_transaction(waiting_transaction())
+    assert store.mark_cmp_waiting(b"\x02" * 16, now=LATER)
+    waiting = store.cmp_transaction(b"\x02" * 16)
+    assert waiting is not None and waiting.waiting and waiting.csr_der == b"\x30csr"
