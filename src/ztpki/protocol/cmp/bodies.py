@@ -8,7 +8,7 @@ from pyasn1.type import univ
 from pyasn1_alt_modules import rfc4211, rfc5280
 
 from ztpki.pki.ocsp_der import REASON_CODES
-from ztpki.protocol.cmp import asn1
+from ztpki.protocol.cmp import asn1, tlv
 from ztpki.protocol.cmp.errors import BadDataFormat
 from ztpki.protocol.cmp.fields import (
     decode_algorithm,
@@ -129,23 +129,36 @@ def _encode_cert_req_messages(body: CertReqBody, into: univ.SequenceOf) -> None:
         into.append(message)
 
 
-def _decode_cert_request(message: univ.Sequence) -> CertRequest:
+def _received_requests(body: bytes) -> list[tuple[bytes, dict[int, bytes]]]:
+    """Each CertReqMsg's CertRequest as the bytes that came (what its POPO signature covers,
+    RFC 4211 section 4.1), with its CertTemplate's fields by tag. Called once the schema
+    decoded the body, so the framing is known to be sound."""
+    found = []
+    messages = tlv.single(tlv.content(body), tlv.SEQUENCE, what="the certificate requests")
+    for _, message in tlv.elements(messages, what="a CertReqMsg"):
+        request = tlv.elements(tlv.content(message), what="a CertReqMsg")[0][1]
+        template = tlv.elements(tlv.content(request), what="a CertRequest")[1][1]
+        fields = dict(tlv.elements(tlv.content(template), what="a CertTemplate"))
+        found.append((request, fields))
+    return found
+
+
+def _implicit(element: bytes | None) -> bytes | None:
+    """An [n] IMPLICIT SEQUENCE's element as the untagged SEQUENCE's DER."""
+    return None if element is None else bytes((tlv.SEQUENCE,)) + element[1:]
+
+
+def _decode_cert_request(
+    message: univ.Sequence, received: tuple[bytes, dict[int, bytes]]
+) -> CertRequest:
     request = message["certReq"]
     template = request["certTemplate"]
     subject = decode_name(template["subject"]) if template["subject"].isValue else None
     issuer = decode_name(template["issuer"]) if template["issuer"].isValue else None
-    public_key = None
-    if template["publicKey"].isValue:
-        spki = rfc5280.SubjectPublicKeyInfo()
-        spki["algorithm"] = template["publicKey"]["algorithm"]
-        spki["subjectPublicKey"] = template["publicKey"]["subjectPublicKey"]
-        public_key = der(spki)
-    extensions = None
-    if template["extensions"].isValue:
-        plain = rfc5280.Extensions()
-        for extension in template["extensions"]:
-            plain.append(extension)
-        extensions = der(plain)
+    request_der, fields = received
+    # publicKey [6] and extensions [9] (RFC 4211 CertTemplate), taken as received.
+    public_key = _implicit(fields.get(0xA6))
+    extensions = _implicit(fields.get(0xA9))
     controls: tuple[InfoTypeAndValue, ...] = ()
     if request["controls"].isValue:
         controls = tuple(
@@ -177,7 +190,7 @@ def _decode_cert_request(message: univ.Sequence) -> CertRequest:
         extensions_der=extensions,
         controls=controls,
         popo=popo,
-        der=der(request),
+        der=request_der,
     )
 
 
@@ -325,12 +338,14 @@ def encode_body(body: Body) -> asn1.PKIBody:
     return value
 
 
-def decode_body(value: asn1.PKIBody) -> Body:
+def decode_body(value: asn1.PKIBody, received: bytes) -> Body:
+    """The body value decoded from received, the body's DER as it came."""
     name = value.getName()
     slot = value[name]
     kind = BodyType(name)
     if kind in (BodyType.IR, BodyType.CR, BodyType.KUR):
-        return CertReqBody(kind, tuple(_decode_cert_request(m) for m in slot))
+        requests = zip(slot, _received_requests(received), strict=True)
+        return CertReqBody(kind, tuple(_decode_cert_request(m, r) for m, r in requests))
     if kind in (BodyType.IP, BodyType.CP, BodyType.KUP):
         return _decode_cert_rep(kind, slot)
     if kind is BodyType.GENM or kind is BodyType.GENP:

@@ -8,10 +8,9 @@ encode_message(ip) 1.5 ms, decode_message(ip) 2.2 ms. Certificates are never par
 
 from __future__ import annotations
 
-from pyasn1.type import univ
 from pyasn1_alt_modules import rfc9480
 
-from ztpki.protocol.cmp import asn1
+from ztpki.protocol.cmp import asn1, tlv
 from ztpki.protocol.cmp.bodies import decode_body, encode_body
 from ztpki.protocol.cmp.errors import BadDataFormat
 from ztpki.protocol.cmp.fields import (
@@ -36,7 +35,7 @@ _NULL_DER = b"\x05\x00"
 
 # A whole message is split into its top-level elements without decoding them, so the
 # ProtectedPart is the exact bytes the sender signed (header and body as they came).
-_Elements = univ.SequenceOf(componentType=univ.Any())
+_BIT_STRING = 0x03
 _TAILS = {b"\xa0": "protection", b"\xa1": "extraCerts"}
 
 
@@ -139,44 +138,73 @@ def assemble(
     protection: bytes | None = None,
     extra_certs: tuple[bytes, ...] = (),
 ) -> bytes:
-    """A PKIMessage from its header and body already encoded (as signed: see sign_message)."""
+    """A PKIMessage from its header and body already encoded (as signed: see sign_message).
+
+    The tail is framed by hand: the signature and the certificates are DER already, and
+    pyasn1 would only copy them through its schema at a cost per message."""
     parts = [header_der, body_der]
-    tail = asn1.PKIMessage()
     if protection is not None:
-        parts.append(der(tail["protection"].clone(hexValue=protection.hex())))
+        # [0] EXPLICIT PKIProtection, a BIT STRING of whole octets (0 unused bits).
+        parts.append(tlv.wrap(0xA0, tlv.wrap(_BIT_STRING, b"\x00" + protection)))
     if extra_certs:
-        for certificate in extra_certs:
-            tail["extraCerts"].append(univ.Any(certificate))
-        parts.append(der(tail["extraCerts"]))
+        parts.append(tlv.wrap(0xA1, tlv.wrap(tlv.SEQUENCE, b"".join(extra_certs))))
     return sequence_der(*parts)
+
+
+def _split(data: bytes) -> list[tuple[int, bytes]]:
+    """The top-level elements of a PKIMessage, each as the bytes that came."""
+    if not data or data[0] != tlv.SEQUENCE:
+        raise BadDataFormat("the PKIMessage is not a DER SEQUENCE")
+    end = tlv.element_end(data, 0, what="the PKIMessage")
+    if end < len(data):
+        raise BadDataFormat(f"{len(data) - end} bytes follow the PKIMessage")
+    return tlv.elements(tlv.content(data), what="the PKIMessage")
+
+
+def _protection(element: bytes) -> bytes:
+    bits = tlv.single(tlv.content(element), _BIT_STRING, what="the protection")
+    if not bits or bits[0] != 0:
+        raise BadDataFormat("the protection is not a BIT STRING of whole octets")
+    return bits[1:]
+
+
+def _extra_certs(element: bytes) -> tuple[bytes, ...]:
+    # Left as DER: only the first is parsed, by `cryptography`, and only when needed.
+    inner = tlv.single(tlv.content(element), tlv.SEQUENCE, what="the extraCerts")
+    certificates = tlv.elements(inner, what="the extraCerts")
+    if not certificates or any(kind != tlv.SEQUENCE for kind, _ in certificates):
+        raise BadDataFormat("extraCerts is a non-empty SEQUENCE of certificates")
+    return tuple(certificate for _, certificate in certificates)
 
 
 def decode_message(data: bytes) -> PKIMessage:
     """A PKIMessage from its DER; BadDataFormat for anything else."""
-    # Split first (cheap, no schema), then each element decoded once with its own schema.
-    elements = [bytes(e) for e in decode_exact(data, _Elements.clone(), what="the PKIMessage")]
-    if not 2 <= len(elements) <= 4:
+    # Split first by hand (cheap, no schema), then header and body decoded with their schema;
+    # the tail is DER the node hands on (signature, certificates), so it is only framed.
+    parts = _split(data)
+    if not 2 <= len(parts) <= 4:
         raise BadDataFormat(
             "a PKIMessage has a header, a body, and optional protection, extraCerts"
         )
-    fields = asn1.PKIMessage()
+    elements = [element for _, element in parts]
     protection: bytes | None = None
     extra: tuple[bytes, ...] = ()
-    for element in elements[2:]:
-        name = _TAILS.get(element[:1])
+    for kind, element in parts[2:]:
+        name = _TAILS.get(bytes((kind,)))
         if name is None or (name == "protection" and extra):
             raise BadDataFormat("a PKIMessage's tail is [0] protection then [1] extraCerts")
-        value = decode_exact(element, fields.getComponentByName(name), what=f"the {name}")
         if name == "protection":
             if protection is not None:
                 raise BadDataFormat("a PKIMessage carries one protection")
-            protection = value.asOctets()
+            protection = _protection(element)
         else:
-            extra = tuple(bytes(c) for c in value)
+            if extra:
+                raise BadDataFormat("a PKIMessage carries one extraCerts")
+            extra = _extra_certs(element)
     header_spec, body_spec = rfc9480.PKIHeader(), asn1.PKIBody()
     try:
         header = decode_header(decode_exact(elements[0], header_spec, what="the header"))
-        body = decode_body(decode_exact(elements[1], body_spec, what="the body"))
+        body = decode_body(decode_exact(elements[1], body_spec, what="the body"), elements[1])
     except BadDataFormat:
         raise
     except Exception as exc:  # pyasn1 schema access on hostile input
