@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from functools import lru_cache
 
 from pyasn1.type import univ
 from pyasn1_alt_modules import rfc4211, rfc5280
@@ -23,6 +24,7 @@ from ztpki.protocol.cmp.fields import (
     encode_status,
     signed_der,
 )
+from ztpki.protocol.cmp.header import integer
 from ztpki.protocol.cmp.messages import (
     Body,
     BodyType,
@@ -45,6 +47,7 @@ from ztpki.protocol.cmp.messages import (
     RevDetails,
     RevRepBody,
     RevReqBody,
+    StatusInfo,
 )
 from ztpki.protocol.cmp.names import decode_general_name, decode_name, encode_name, general_name
 
@@ -336,6 +339,53 @@ def encode_body(body: Body) -> asn1.PKIBody:
                 encode_free_text(body.details, slot["errorDetails"])
     value[name] = slot
     return value
+
+
+def body_der(body: Body, keys: Mapping[int, bytes] | None = None) -> bytes:
+    """The DER of body's PKIBody. The bodies the node answers every enrollment with (ip, cp,
+    kup, pkiconf) are framed by hand around their DER parts: through pyasn1 a certificate
+    would be decoded only to be encoded again. ``keys``: certReqId -> DER of the
+    EnvelopedData of a centrally generated key (RFC 9483 section 4.1.6), for those bodies."""
+    if isinstance(body, CertRepBody):
+        return _cert_rep_der(body, keys or {})
+    if isinstance(body, PKIConfBody):
+        return _PKI_CONF_DER
+    return der(encode_body(body))
+
+
+# pkiconf [19] EXPLICIT NULL: the same bytes every time.
+_PKI_CONF_DER = tlv.wrap(0xA0 | 19, b"\x05\x00")
+_IMPLICIT_0 = 0xA0
+
+
+@lru_cache(maxsize=64)
+def _status_der(status: StatusInfo) -> bytes:
+    return der(encode_status(status))
+
+
+def _cert_rep_der(body: CertRepBody, keys: Mapping[int, bytes]) -> bytes:
+    responses = []
+    for response in body.responses:
+        parts = [integer(response.cert_req_id), _status_der(response.status)]
+        if response.certificate_der is not None:
+            # certOrEncCert: certificate [0] CMPCertificate (explicit: CMPCertificate is a
+            # CHOICE); privateKey: [0] EncryptedKey, whose envelopedData is [0] IMPLICIT.
+            pair = [tlv.wrap(_IMPLICIT_0, response.certificate_der)]
+            enveloped = keys.get(response.cert_req_id)
+            if enveloped is not None:
+                if not enveloped or enveloped[0] != tlv.SEQUENCE:
+                    raise ValueError(
+                        "a delivered key's envelope must be the DER of an EnvelopedData"
+                    )
+                retagged = bytes((_IMPLICIT_0,)) + enveloped[1:]
+                pair.append(tlv.wrap(_IMPLICIT_0, retagged))
+            parts.append(tlv.wrap(tlv.SEQUENCE, b"".join(pair)))
+        responses.append(tlv.wrap(tlv.SEQUENCE, b"".join(parts)))
+    content = [tlv.wrap(tlv.SEQUENCE, b"".join(responses))]
+    if body.ca_pubs:
+        content.insert(0, tlv.wrap(0xA1, tlv.wrap(tlv.SEQUENCE, b"".join(body.ca_pubs))))
+    number = asn1.BODY_TAGS[body.type.value]
+    return tlv.wrap(0xA0 | number, tlv.wrap(tlv.SEQUENCE, b"".join(content)))
 
 
 def decode_body(value: asn1.PKIBody, received: bytes) -> Body:

@@ -8,30 +8,27 @@ encode_message(ip) 1.5 ms, decode_message(ip) 2.2 ms. Certificates are never par
 
 from __future__ import annotations
 
-from pyasn1_alt_modules import rfc9480
-
 from ztpki.protocol.cmp import asn1, tlv
-from ztpki.protocol.cmp.bodies import decode_body, encode_body
+from ztpki.protocol.cmp.bodies import body_der, decode_body
 from ztpki.protocol.cmp.errors import BadDataFormat
-from ztpki.protocol.cmp.fields import (
-    decode_algorithm,
-    decode_exact,
-    decode_free_text,
-    decode_info,
-    decode_time,
-    der,
-    encode_algorithm,
-    encode_free_text,
-    encode_info,
-    encode_time,
-    sequence_der,
+from ztpki.protocol.cmp.fields import decode_exact, sequence_der
+from ztpki.protocol.cmp.header import (
+    CONFIRM_WAIT_TIME,
+    IMPLICIT_CONFIRM,
+    decode_header,
+    header_der,
 )
-from ztpki.protocol.cmp.messages import Body, Header, InfoTypeAndValue, PKIMessage
-from ztpki.protocol.cmp.names import decode_general_name, general_name
+from ztpki.protocol.cmp.messages import Body, Header, PKIMessage
 
-IMPLICIT_CONFIRM = "1.3.6.1.5.5.7.4.13"
-CONFIRM_WAIT_TIME = "1.3.6.1.5.5.7.4.14"
-_NULL_DER = b"\x05\x00"
+__all__ = [
+    "CONFIRM_WAIT_TIME",
+    "IMPLICIT_CONFIRM",
+    "assemble",
+    "decode_message",
+    "encode_message",
+    "header_der",
+    "protected_part",
+]
 
 # A whole message is split into its top-level elements without decoding them, so the
 # ProtectedPart is the exact bytes the sender signed (header and body as they came).
@@ -39,80 +36,9 @@ _BIT_STRING = 0x03
 _TAILS = {b"\xa0": "protection", b"\xa1": "extraCerts"}
 
 
-def encode_header(header: Header) -> rfc9480.PKIHeader:
-    value = rfc9480.PKIHeader()
-    value["pvno"] = header.pvno
-    value["sender"] = general_name(header.sender)
-    value["recipient"] = general_name(header.recipient)
-    if header.message_time is not None:
-        value["messageTime"] = encode_time(header.message_time, value["messageTime"])
-    if header.protection_alg is not None:
-        encode_algorithm(header.protection_alg, value["protectionAlg"])
-    for name, data in (
-        ("senderKID", header.sender_kid),
-        ("recipKID", header.recip_kid),
-        ("transactionID", header.transaction_id),
-        ("senderNonce", header.sender_nonce),
-        ("recipNonce", header.recip_nonce),
-    ):
-        if data is not None:
-            value[name] = value[name].clone(data)
-    if header.free_text:
-        encode_free_text(header.free_text, value["freeText"])
-    info = list(header.general_info)
-    if header.implicit_confirm:
-        info.insert(0, InfoTypeAndValue(IMPLICIT_CONFIRM, _NULL_DER))
-    if header.confirm_wait_time is not None:
-        moment = encode_time(header.confirm_wait_time, rfc9480.ConfirmWaitTimeValue())
-        info.append(InfoTypeAndValue(CONFIRM_WAIT_TIME, der(moment)))
-    for item in info:
-        slot = value["generalInfo"]
-        slot.append(encode_info(item, slot.getComponentType().clone()))
-    return value
-
-
-def decode_header(value: rfc9480.PKIHeader) -> Header:
-    def octets(name: str) -> bytes | None:
-        return bytes(value[name]) if value[name].isValue else None
-
-    transaction_id, sender_nonce = octets("transactionID"), octets("senderNonce")
-    if transaction_id is None or sender_nonce is None:
-        # Optional in RFC 4210, required by the profile (RFC 9483 section 3.1).
-        raise BadDataFormat("the header must carry a transactionID and a senderNonce")
-    implicit, wait, others = False, None, []
-    if value["generalInfo"].isValue:
-        for item in (decode_info(i) for i in value["generalInfo"]):
-            if item.oid == IMPLICIT_CONFIRM:
-                implicit = True
-            elif item.oid == CONFIRM_WAIT_TIME and item.value is not None:
-                wait = decode_time(
-                    decode_exact(item.value, rfc9480.ConfirmWaitTimeValue(), what="a wait time")
-                )
-            else:
-                others.append(item)
-    return Header(
-        sender=decode_general_name(value["sender"], field="sender"),
-        recipient=decode_general_name(value["recipient"], field="recipient"),
-        transaction_id=transaction_id,
-        sender_nonce=sender_nonce,
-        pvno=int(value["pvno"]),
-        recip_nonce=octets("recipNonce"),
-        message_time=(decode_time(value["messageTime"]) if value["messageTime"].isValue else None),
-        protection_alg=(
-            decode_algorithm(value["protectionAlg"]) if value["protectionAlg"].isValue else None
-        ),
-        sender_kid=octets("senderKID"),
-        recip_kid=octets("recipKID"),
-        implicit_confirm=implicit,
-        confirm_wait_time=wait,
-        general_info=tuple(others),
-        free_text=decode_free_text(value["freeText"]) if value["freeText"].isValue else (),
-    )
-
-
 def protected_part(header: Header, body: Body) -> bytes:
     """The DER of ProtectedPart (RFC 4210 section 5.1.3): what the protection signs."""
-    return sequence_der(der(encode_header(header)), der(encode_body(body)))
+    return sequence_der(header_der(header), body_der(body))
 
 
 def encode_message(
@@ -124,8 +50,8 @@ def encode_message(
 ) -> bytes:
     """The DER of a PKIMessage; the protection (if any) was computed over protected_part()."""
     return assemble(
-        der(encode_header(header)),
-        der(encode_body(body)),
+        header_der(header),
+        body_der(body),
         protection=protection,
         extra_certs=extra_certs,
     )
@@ -201,10 +127,9 @@ def decode_message(data: bytes) -> PKIMessage:
             if extra:
                 raise BadDataFormat("a PKIMessage carries one extraCerts")
             extra = _extra_certs(element)
-    header_spec, body_spec = rfc9480.PKIHeader(), asn1.PKIBody()
     try:
-        header = decode_header(decode_exact(elements[0], header_spec, what="the header"))
-        body = decode_body(decode_exact(elements[1], body_spec, what="the body"), elements[1])
+        header = decode_header(elements[0])
+        body = decode_body(decode_exact(elements[1], asn1.PKIBody(), what="the body"), elements[1])
     except BadDataFormat:
         raise
     except Exception as exc:  # pyasn1 schema access on hostile input
