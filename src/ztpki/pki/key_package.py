@@ -19,7 +19,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from pyasn1.type import univ
-from pyasn1_alt_modules import rfc5280, rfc5652, rfc5958
+from pyasn1_alt_modules import rfc5652, rfc5958
 
 from ztpki.errors import MalformedInput
 from ztpki.pki.asn1 import (
@@ -31,6 +31,7 @@ from ztpki.pki.asn1 import (
     oid,
     oid_text,
 )
+from ztpki.pki.enveloped import issuer_name
 from ztpki.pki.keys import PrivateKey, decode_pkcs8, encode_pkcs8, signature_hash
 
 __all__ = ["ID_SIGNED_DATA", "read_key_package", "sign_key_package"]
@@ -106,9 +107,7 @@ def sign_key_package(
     info = rfc5652.SignerInfo()
     info["version"] = 1
     sid = info["sid"]["issuerAndSerialNumber"]
-    sid["issuer"] = decode_der(
-        signer.issuer.public_bytes(), rfc5280.Name(), what="signer", ours=True
-    )
+    sid["issuer"] = issuer_name(signer.issuer.public_bytes())
     sid["serialNumber"] = signer.serial_number
     info["digestAlgorithm"]["algorithm"] = digest_oid
     attributes = info["signedAttrs"]
