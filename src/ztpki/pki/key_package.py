@@ -88,16 +88,9 @@ def sign_key_package(
 ) -> bytes:
     """DER of a SignedData holding ``delivered`` as an AsymmetricKeyPackage, signed by
     ``signer_key`` whose certificate is ``signer_chain[0]`` (the rest travel with it)."""
-    package = rfc5958.AsymmetricKeyPackage()
-    package.append(
-        decode_der(
-            encode_pkcs8(delivered, passphrase=None),
-            rfc5958.OneAsymmetricKey(),
-            what="generated key",
-            ours=True,
-        )
-    )
-    content = encode_der(package)
+    # AsymmetricKeyPackage: SEQUENCE OF OneAsymmetricKey, which a PKCS#8 PrivateKeyInfo
+    # (version 0) is; cryptography's DER goes in as it is.
+    content = der_tlv(_SEQUENCE, encode_pkcs8(delivered, passphrase=None))
     digest_alg = _digest_for(signer_key)
     digest = hashes.Hash(digest_alg)
     digest.update(content)
