@@ -9,9 +9,9 @@ the text format itself is prometheus-client's.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -103,8 +103,11 @@ class _Families:
         return self._families
 
 
+LabelValues = TypeVar("LabelValues", bound=tuple[str, ...])
+
+
 def counter(
-    name: str, help_text: str, labels: tuple[str, ...], values: Mapping[tuple[str, ...], float]
+    name: str, help_text: str, labels: tuple[str, ...], values: Mapping[LabelValues, float]
 ) -> CounterMetricFamily:
     family = CounterMetricFamily(name, help_text, labels=labels)
     for key, value in sorted(values.items()):
@@ -135,3 +138,36 @@ def gauge(
 def add_counts(into: dict[str, int], values: Mapping[str, int]) -> None:
     for key, value in values.items():
         into[key] = into.get(key, 0) + value
+
+
+# (engine, {figure: count}), from ztpki.store.counters.DatabaseCounters.
+DatabaseFigures = tuple[str, Mapping[str, int]]
+
+
+def database_figures(store: object) -> Callable[[], DatabaseFigures] | None:
+    """What reads the counters of ``store``'s database (None: a store given by a test, without
+    a database)."""
+    counters = getattr(getattr(store, "database", None), "counters", None)
+    if counters is None:
+        return None
+    return lambda: (counters.engine, counters.snapshot())
+
+
+def database_families(figures: Mapping[tuple[str, str], int]) -> Iterator[CounterMetricFamily]:
+    yield counter(
+        "ztpki_database_round_trips",
+        "Requests to the store's database and their answers: round trips to the server "
+        "(PostgreSQL), statements run (SQLite).",
+        ("engine",),
+        {(engine,): n for (engine, name), n in figures.items() if name == "round_trips"},
+    )
+    yield counter(
+        "ztpki_database_commits",
+        "Transactions of the store's database committed, by kind (write, read).",
+        ("engine", "kind"),
+        {
+            (engine, name.removeprefix("commits_")): n
+            for (engine, name), n in figures.items()
+            if name.startswith("commits_")
+        },
+    )

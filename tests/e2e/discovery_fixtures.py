@@ -72,7 +72,7 @@ def build_discovery_world(root: Path, ns: NetworkNamespace, *, devices: int) -> 
 @pytest.fixture(scope="module")
 def discovery_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DiscoveryWorld]:
     ns = NetworkNamespace()
-    built = build_discovery_world(tmp_path_factory.mktemp("discovery"), ns, devices=10)
+    built = build_discovery_world(tmp_path_factory.mktemp("discovery"), ns, devices=12)
     try:
         yield built
     finally:

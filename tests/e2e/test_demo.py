@@ -2,22 +2,48 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
+import re
 import signal
+import sqlite3
 import subprocess
 from pathlib import Path
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.serialization import Encoding
+from pkilint.bin import lint_pkix_cert
 from tests.support.services import run_ztpki, ztpki_argv
+
+from ztpki.pki.profiles import MANIFEST_SIGNING
 
 
 def test_ok_demo_customizes_every_device_and_proves_it(tmp_path: Path) -> None:
     summary_path = tmp_path / "summary.json"
     workdir = tmp_path / "work"
     result = run_ztpki(
-        "demo", "--devices", "5", "--workdir", str(workdir), "--json", str(summary_path)
+        *("demo", "--devices", "5", "--workdir", str(workdir), "--json", str(summary_path)),
+        env={"COLUMNS": "80"},
     )
     assert "demo passed" in result.stdout
+    # A first impression in an 80-column terminal: nothing wraps, no log line interleaved
+    # with the tables (they are in the work directory), the deliberate refusal explained.
+    # The paths the user chose are printed whole (to be copied): their length is the user's.
+    shown = result.stdout.replace(str(workdir), "WORKDIR").replace(str(summary_path), "JSON")
+    assert [line for line in shown.splitlines() if len(line) > 80] == []
+    assert " INFO " not in result.stdout + result.stderr
+    assert "TLS handshake failed" not in result.stderr
+    assert "'TLS handshake failed: client certificate refused' is this proof, not an error" in (
+        " ".join(result.stdout.split())
+    )
+    demo_log = (workdir / "logs" / "demo.log").read_text()
+    assert "TLS handshake failed: client certificate refused" in demo_log
+    # The node serves the web console; the demo says where and how to log in.
+    assert re.search(r"web console: https://127\.0\.0\.1:\d+/", result.stdout)
+    assert "log in as demo-operator" in result.stdout
     summary = json.loads(summary_path.read_text())
     assert summary["failed"] == 0
     assert summary["customized"] == 5
@@ -65,6 +91,93 @@ def test_ok_demo_customizes_every_device_and_proves_it(tmp_path: Path) -> None:
     assert summary["enrollments_per_second"] > 0
     # Every process the demo started is gone (no --keep-running).
     assert not _ztpki_servers_under(workdir, workers=True)
+    # Every certificate the demo made passes pkilint's RFC 5280 linter.
+    _assert_certificates_lint_clean(workdir)
+
+
+PEM = re.compile(r"-----BEGIN CERTIFICATE-----[A-Za-z0-9+/=\s]+-----END CERTIFICATE-----")
+
+
+def _demo_certificates(workdir: Path) -> dict[bytes, tuple[str, x509.Certificate]]:
+    """Every certificate the demo made, by fingerprint: what the CA systems issued (their
+    stores keep every device's temporary and operational certificate, the node's and the
+    services' server certificates, the manifest signer's) and every PEM in the work
+    directory (CA certificates, CA-client credentials, identity.json with escaped newlines)."""
+    found: dict[bytes, tuple[str, x509.Certificate]] = {}
+
+    def add(where: str, certificate: x509.Certificate) -> None:
+        found.setdefault(certificate.fingerprint(hashes.SHA256()), (where, certificate))
+
+    for store in workdir.glob("*-ca/store.sqlite"):
+        with contextlib.closing(sqlite3.connect(store)) as db:
+            for ca_name, serial, der in db.execute(
+                "SELECT ca_name, serial, certificate_der FROM issued_certificate"
+            ):
+                add(f"{store.parent.name} {ca_name} {serial}", x509.load_der_x509_certificate(der))
+    for path in workdir.rglob("*"):
+        if path.suffix not in {".pem", ".json"} or not path.is_file():
+            continue
+        text = path.read_text(errors="replace").replace("\\n", "\n")
+        for match in PEM.finditer(text):
+            add(str(path.relative_to(workdir)), x509.load_pem_x509_certificate(match[0].encode()))
+    return found
+
+
+def _assert_certificates_lint_clean(workdir: Path) -> None:
+    certificates = _demo_certificates(workdir)
+    # 5 temporary + 5 operational device certificates, the CAs, the node, the services.
+    assert len(certificates) >= 25
+    findings = _lint_findings(workdir, list(certificates.values()))
+    # The documented exception (README, "The demo"): the manifest signer's EKU mark is a 2.25 UUID
+    # OID (the only kind ztpki may use without registering an arc); its arc exceeds the
+    # 32 bits pkilint's DER decoder accepts. Every other certificate has no finding.
+    signers = {
+        where
+        for where, certificate in certificates.values()
+        if _has_eku(certificate, MANIFEST_SIGNING)
+    }
+    assert signers
+    for where in signers:
+        assert "OID contains arc which is larger than 32-bits" in findings.pop(where, "")
+    assert findings == {}
+
+
+def _lint_findings(
+    workdir: Path, certificates: list[tuple[str, x509.Certificate]]
+) -> dict[str, str]:
+    """pkilint's findings at WARNING or above, by where the certificate was found."""
+    findings = {}
+    for where, certificate in certificates:
+        pem = workdir / "lint.pem"
+        pem.write_bytes(certificate.public_bytes(Encoding.PEM))
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            lint_pkix_cert.main(["lint", "--severity", "WARNING", str(pem)])
+        if out.getvalue().strip():
+            findings[where] = out.getvalue().strip()
+    return findings
+
+
+def _served_certificate(address: str) -> x509.Certificate:
+    """The TLS server certificate a service presents (a CA system's lives only in memory)."""
+    shown = subprocess.run(
+        ["openssl", "s_client", "-connect", address],
+        input="",
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    found = PEM.search(shown.stdout)
+    assert found, shown.stdout + shown.stderr
+    return x509.load_pem_x509_certificate(found[0].encode())
+
+
+def _has_eku(certificate: x509.Certificate, oid: x509.ObjectIdentifier) -> bool:
+    try:
+        usage = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return False
+    return oid in usage
 
 
 def test_fail_demo_exits_nonzero_and_stops_services_when_a_phase_fails(tmp_path: Path) -> None:
@@ -99,8 +212,28 @@ def _ztpki_servers_under(workdir: Path, *, workers: bool = False) -> list[int]:
 
 def test_ok_keep_running_leaves_services_up_with_commands_that_work(tmp_path: Path) -> None:
     workdir = tmp_path / "work"
-    result = run_ztpki("demo", "--devices", "2", "--workdir", str(workdir), "--keep-running")
+    result = run_ztpki(
+        *("demo", "--devices", "2", "--workdir", str(workdir), "--keep-running", "--wide"),
+        "--verbose",
+        env={"COLUMNS": "80"},
+    )
     try:
+        # --verbose: the demo's log lines on the terminal too, not only in logs/demo.log.
+        assert "INFO ztpki.credentials: TLS handshake failed: client certificate refused" in (
+            result.stderr
+        )
+        # --wide: issuers and whole fingerprints (64 hex digits, folded in the table).
+        assert "before: issuer" in result.stdout and "ACME Factory CA" in result.stdout
+        assert re.search(r"│ [0-9a-f]{8,}", result.stdout)
+        # The CA systems' TLS server certificates (made in memory when they start) lint clean.
+        systems = re.search(
+            r"factory CA system on (\S+), customer CA system on (\S+)", result.stdout
+        )
+        assert systems
+        served = [(a, _served_certificate(a)) for a in systems.groups()]
+        assert _lint_findings(workdir, served) == {}
+        # The web console stays up: a newcomer logs in with what the demo printed.
+        _log_in_to_console(workdir, " ".join(result.stdout.split()))
         assert "ztpki node devices --dir node" in result.stdout
         assert "curl" in result.stdout
         pids = _ztpki_servers_under(workdir)
@@ -117,6 +250,39 @@ def test_ok_keep_running_leaves_services_up_with_commands_that_work(tmp_path: Pa
     finally:
         for pid in _ztpki_servers_under(workdir):
             os.kill(pid, signal.SIGTERM)
+
+
+def _log_in_to_console(workdir: Path, output: str) -> None:
+    """curl, as a browser would: the login form's token, the login, the overview page."""
+    found = re.search(r"web console: (https://\S+/) log in as (\S+), password in (\S+);", output)
+    assert found, output
+    url, name, password_file = found.groups()
+    password = (workdir / password_file).read_text().strip()
+    jar, trust = workdir / "console-cookies.txt", workdir / "factory-bundle.pem"
+    # The node's server certificate chains to the maker's root in factory-bundle.pem.
+    curl = ["curl", "-sS", "--cacert", str(trust), "-b", str(jar), "-c", str(jar)]
+
+    def log_in(secret: str) -> subprocess.CompletedProcess[str]:
+        subprocess.run([*curl, "-o", "/dev/null", url + "login"], check=True, timeout=30)
+        token = next(
+            line.split("\t")[-1]
+            for line in jar.read_text().splitlines()
+            if "__Host-ztpki_login" in line
+        )
+        form = ["--data-urlencode", f"name={name}", "--data-urlencode", f"password={secret}"]
+        form += ["--data-urlencode", f"login_token={token}"]
+        return subprocess.run(
+            [*curl, "-L", "-w", "\n%{http_code}", *form, url + "login"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+
+    refused = log_in(password + "-wrong")
+    assert refused.stdout.endswith("401") and "wrong name or password" in refused.stdout
+    page = log_in(password)
+    assert page.stdout.endswith("200"), page.stdout[-500:] + page.stderr
+    assert "Fleet overview" in page.stdout
 
 
 def test_ok_ctrl_c_stops_every_process_the_demo_started(tmp_path: Path) -> None:

@@ -83,6 +83,17 @@ def test_ok_agent_customizes_by_mdns_with_no_address_and_skips_the_rogue(
     assert "node_url" not in DeviceMemory.open(dw.world.device(device_id)).config()
 
 
+def test_ok_cmp_agent_customizes_at_the_discovered_node(discovery_world: DiscoveryWorld) -> None:
+    """The CMP front end sits on the announced listener: a CMP device finds it the same way,
+    and connects to the address it was found at."""
+    dw, device_id = discovery_world, take(discovery_world)
+    result = agent(dw, device_id, *MDNS_ONLY, "--protocol", "cmp")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"[discover] chose https://{GENUINE_HOST}" in result.stdout
+    customized_at(dw, "G", device_id)
+    untouched_at(dw, "R", device_id)
+
+
 def test_ok_device_discover_lists_both_and_only_the_genuine_verifies(
     discovery_world: DiscoveryWorld,
 ) -> None:

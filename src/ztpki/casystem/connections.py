@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from ztpki.credentials import log_handshake_refusal
+from ztpki.credentials import HandshakeRefused, log_handshake_refusal
 from ztpki.errors import PayloadTooLarge
 from ztpki.protocol.framing import HEADER_SIZE, MAX_FRAME_SIZE, FrameDecoder
 
@@ -64,11 +64,19 @@ class FramedTLSServer:
     """Accepts TLS connections on one listening socket and serves frames on each."""
 
     def __init__(
-        self, context: ssl.SSLContext, sessions: SessionFactory, limits: ConnectionLimits
+        self,
+        context: ssl.SSLContext,
+        sessions: SessionFactory,
+        limits: ConnectionLimits,
+        *,
+        on_refusal: HandshakeRefused = log_handshake_refusal,
     ) -> None:
         self.context = context
         self.sessions = sessions
         self.limits = limits
+        # Told of each handshake refused (default: logged at a bounded rate; strangers can
+        # repeat it for free).
+        self.on_refusal = on_refusal
         self._loop = asyncio.get_running_loop()
         self._listener: socket.socket | None = None
         self._accepting = False
@@ -92,6 +100,10 @@ class FramedTLSServer:
         self._resume_accepting()
         bound = listener.getsockname()
         return str(bound[0]), int(bound[1])
+
+    @property
+    def connection_count(self) -> int:
+        return len(self._connections)
 
     async def wait_closed(self) -> None:
         await asyncio.shield(self._closed)
@@ -264,7 +276,7 @@ class _Connection:
             self.close()
             return
         except ssl.SSLError as exc:
-            log_handshake_refusal(exc)  # at a bounded rate: strangers can repeat it for free
+            self._server.on_refusal(exc)
             self.close()
             return
         except OSError:

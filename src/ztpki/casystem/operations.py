@@ -200,7 +200,9 @@ def build_service(
         require_entitlements(directory, store.clients())
         system = load_system(directory, passphrase=passphrase, tokens=tokens)
         authority = service_authority(directory, passphrase=passphrase, now=now)
-        identity = ServerIdentity(authority, (*hostnames, "localhost", "127.0.0.1"), now=now)
+        # 127.0.0.1 for clients on the same host; not `localhost`: a single-label name that
+        # certificate linters (pkilint) refuse. `ca serve --hostname localhost` adds it back.
+        identity = ServerIdentity(authority, (*hostnames, "127.0.0.1"), now=now)
     except BaseException:
         store.close()
         raise
@@ -247,4 +249,11 @@ def build_publisher(
             {name: loaded.authority.certificate for name, loaded in cas.items()},
             {name: ocsp_dir / name for name in cas},
         )
-    return RevocationPublisher(crl_paths, responder, limits=limits, presigned=presigned)
+    return RevocationPublisher(
+        crl_paths,
+        responder,
+        limits=limits,
+        presigned=presigned,
+        metrics=service.metrics,
+        connections=lambda: service.connection_count,
+    )

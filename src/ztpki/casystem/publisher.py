@@ -26,6 +26,7 @@ import binascii
 import hashlib
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -33,12 +34,16 @@ from email.utils import format_datetime
 from pathlib import Path
 from urllib.parse import unquote, unquote_to_bytes
 
+from cryptography import x509
+
+from ztpki.casystem.metrics import CAGauges, CASystemMetrics, CRLState, crl_state
 from ztpki.casystem.ocsp_http import HTTPReply, HTTPRequest, PublisherHTTPServer, PublisherLimits
 from ztpki.casystem.ocsp_presign import PresignedResponses
 from ztpki.casystem.ocsp_responder import OCSPAnswer, OCSPResponder
 from ztpki.errors import ListenFailed
 from ztpki.eventloop import cancel_tasks
-from ztpki.pki.ocsp import MALFORMED_REQUEST
+from ztpki.pki.ocsp import INTERNAL_ERROR, MALFORMED_REQUEST, TRY_LATER, UNAUTHORIZED
+from ztpki.prometheus import CONTENT_TYPE as METRICS_TYPE
 from ztpki.throttle import LogThrottle
 
 log = logging.getLogger(__name__)
@@ -78,8 +83,14 @@ class RevocationPublisher:
         limits: PublisherLimits | None = None,
         clock: Callable[[], datetime] = _utc_now,
         presigned: PresignedResponses | None = None,
+        metrics: CASystemMetrics | None = None,
+        connections: Callable[[], int] | None = None,
     ) -> None:
         self._crl_paths = dict(crl_paths)
+        # Counted here, read by `GET /metrics` (None: a publisher without one, in tests).
+        self.metrics = metrics
+        self._connections = connections
+        self._crl_states: dict[str, tuple[tuple[int, int, int], CRLState]] = {}
         self._crls: dict[str, _CRLFile] = {}
         self.responder = responder
         self.limits = limits or PublisherLimits()
@@ -147,8 +158,24 @@ class RevocationPublisher:
         return crl
 
     def handle(self, request: HTTPRequest) -> HTTPReply:
-        """The one route table: POST /ocsp, GET /ocsp/<base64>, GET /crl/NAME.crl."""
+        """Every request, answered and counted (endpoint, status, time)."""
+        if self.metrics is None:
+            return self._route(request)
+        started = time.perf_counter()
+        reply = self._route(request)
+        self.metrics.observe_http(
+            _endpoint(request.path), reply.status, time.perf_counter() - started
+        )
+        return reply
+
+    def _route(self, request: HTTPRequest) -> HTTPReply:
+        """The one route table: POST /ocsp, GET /ocsp/<base64>, GET /crl/NAME.crl, and
+        GET /metrics when the publisher has metrics."""
         path, method = request.path, request.method
+        if path == "/metrics" and self.metrics is not None:
+            if method not in ("GET", "HEAD"):
+                return _not_allowed("GET, HEAD")
+            return self._metrics_reply(self.metrics)
         if path == "/ocsp":
             if method != "POST":
                 return _not_allowed("POST")
@@ -194,6 +221,30 @@ class RevocationPublisher:
     def _ocsp(self, der: bytes) -> HTTPReply:
         return self._reply(self.responder.answer(der, now=self._clock(), turn=self._this_turn()))
 
+    # --- metrics --------------------------------------------------------------------------
+
+    def _metrics_reply(self, metrics: CASystemMetrics) -> HTTPReply:
+        connections = None if self._connections is None else self._connections()
+        text = metrics.exposition(CAGauges(self._crl_gauges(), connections))
+        return HTTPReply(200, text.encode(), METRICS_TYPE.encode())
+
+    def _crl_gauges(self) -> dict[str, CRLState]:
+        """Each CA's published CRL as /metrics shows it, parsed again only when it changed."""
+        states: dict[str, CRLState] = {}
+        for name in self._crl_paths:
+            crl = self.crl_bytes(name)
+            if crl is None:
+                continue
+            known = self._crl_states.get(name)
+            if known is None or known[0] != crl.stamp:
+                try:
+                    state = crl_state(x509.load_der_x509_crl(crl.body))
+                except ValueError:
+                    continue  # a file that is not a CRL: `ztpki doctor` says so
+                known = self._crl_states[name] = (crl.stamp, state)
+            states[name] = known[1]
+        return states
+
     def _this_turn(self) -> object:
         """A token for the requests answered in this turn of the event loop: the HTTP server
         answers each as soon as it is read, without waiting, so they share one read of the
@@ -207,6 +258,8 @@ class RevocationPublisher:
         self._turn = None
 
     def _reply(self, answer: OCSPAnswer) -> HTTPReply:
+        if self.metrics is not None:
+            self.metrics.count_ocsp(_ocsp_kind(answer))
         if answer.max_age is None or answer.this_update is None or answer.next_update is None:
             # Signed for one request (a nonce) or an error: no cache may serve it to another.
             return HTTPReply(200, answer.body, _OCSP_TYPE, _NO_STORE)
@@ -224,6 +277,30 @@ class RevocationPublisher:
             answer.max_age
         )
         return HTTPReply(200, answer.body, _OCSP_TYPE, cache + validators)
+
+
+_OCSP_ERRORS = {
+    MALFORMED_REQUEST: "malformedRequest",
+    UNAUTHORIZED: "unauthorized",
+    TRY_LATER: "tryLater",
+    INTERNAL_ERROR: "internalError",
+}
+
+
+def _ocsp_kind(answer: OCSPAnswer) -> str:
+    error = _OCSP_ERRORS.get(answer.body)
+    if error is not None:
+        return error
+    return "nonce" if answer.max_age is None else "cacheable"
+
+
+def _endpoint(path: str) -> str:
+    """The endpoint label of a path: a fixed set, whatever a client asks for."""
+    if path == "/ocsp" or path.startswith("/ocsp/"):
+        return "ocsp"
+    if path.startswith("/crl/"):
+        return "crl"
+    return "metrics" if path == "/metrics" else "other"
 
 
 def _refused(status: int, message: str) -> None:

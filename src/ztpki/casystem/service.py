@@ -23,16 +23,19 @@ from ztpki.casystem.crl_publisher import CRLPublisher
 from ztpki.casystem.entitlement import NotEntitled
 from ztpki.casystem.faults import chosen_fault, crash_at
 from ztpki.casystem.issuer import CASystem, IssuancePlan
+from ztpki.casystem.metrics import CASystemMetrics
 from ztpki.casystem.recorder import IssuanceRecorder
 from ztpki.casystem.revocation import ca_name_of, revoke_for_client
 from ztpki.casystem.server_identity import ServerIdentity, keep_renewed
 from ztpki.casystem.wire import error_answer
+from ztpki.credentials import handshake_reason, log_handshake_refusal
 from ztpki.errors import NotAuthorized, PayloadTooLarge, Unavailable, ZtpkiError
 from ztpki.eventloop import cancel_tasks
 from ztpki.logs import bind, log_fields
 from ztpki.pki.keys import KeySpec, PrivateKey, decode_pkcs8, encode_pkcs8, generate_private_key
 from ztpki.pki.pem import serial_hex
 from ztpki.pki.signer import FILE_KEYS
+from ztpki.prometheus import database_figures
 from ztpki.protocol.enrollment import (
     EnrollmentAnswer,
     EnrollmentError,
@@ -89,6 +92,14 @@ def answer_frame(answer: Answer) -> bytes:
     return encode_frame(encode_answer(answer, validate=False))
 
 
+@dataclass
+class _Outcome:
+    """What /metrics says of one request: its kind once decoded, and how it ended."""
+
+    kind: str = "undecoded"
+    result: str = "answered"
+
+
 class CASystemService:
     def __init__(
         self,
@@ -117,6 +128,7 @@ class CASystemService:
         self._recorder = IssuanceRecorder(store)
         self._server: FramedTLSServer | None = None
         self._forgetting: asyncio.Task[None] | None = None
+        self.metrics = CASystemMetrics(database_figures(store))
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         if self.crls is not None:
@@ -126,11 +138,21 @@ class CASystemService:
             self.crl_timer = asyncio.create_task(self.crls.run())
         self._recorder.start()
         self._forgetting = asyncio.create_task(self._forget_answer_keys())
-        self._server = FramedTLSServer(self.ssl_context, self._session_for, self.limits)
+        self._server = FramedTLSServer(
+            self.ssl_context, self._session_for, self.limits, on_refusal=self._handshake_refused
+        )
         bound = self._server.listen(host, port)
         if self.identity is not None:
             self.renewal = asyncio.create_task(keep_renewed(self.identity))
         return bound
+
+    def _handshake_refused(self, exc: ssl.SSLError) -> None:
+        self.metrics.count_handshake_failure(handshake_reason(exc))
+        log_handshake_refusal(exc)
+
+    @property
+    def connection_count(self) -> int:
+        return 0 if self._server is None else self._server.connection_count
 
     async def _forget_answer_keys(self) -> None:
         """Drop the kept keys no retry can ask for any more; every instance does, harmlessly."""
@@ -177,14 +199,25 @@ class CASystemService:
 
     async def handle(self, payload: bytes, *, client: ClientRecord) -> Answer:
         """One request frame in, one answer out; every failure becomes a typed error answer."""
-        with log_fields(client=client.name):
-            return await self._handle(payload, client=client)
+        started = time.perf_counter()
+        self.metrics.in_flight += 1
+        outcome = _Outcome()
+        try:
+            with log_fields(client=client.name):
+                answer = await self._handle(payload, client=client, outcome=outcome)
+        finally:
+            self.metrics.in_flight -= 1
+        if isinstance(answer, EnrollmentError):
+            outcome.result = f"refused-{answer.code.value}"
+        self.metrics.observe_request(outcome.kind, outcome.result, time.perf_counter() - started)
+        return answer
 
-    async def _handle(self, payload: bytes, *, client: ClientRecord) -> Answer:
+    async def _handle(self, payload: bytes, *, client: ClientRecord, outcome: _Outcome) -> Answer:
         request: EnrollmentRequest | RevocationRequest | None = None
         answer: Answer
         try:
             request = decode_client_message(payload)
+            outcome.kind = "revoke" if isinstance(request, RevocationRequest) else "enroll"
             bind(request_id=request.request_id, device_id=request.device_id)
             if isinstance(request, RevocationRequest):
                 answer = await self.revoke(request, client=client)
@@ -286,6 +319,7 @@ class CASystemService:
             f" superseding {','.join(superseded)}" if superseded else "",
             extra={"serial": serial_hex(certificate), "ca": plan.ca.authority.name},
         )
+        self.metrics.count_issued(plan.ca.authority.name)
         crash_at("after-issuance-record", self._fault)
         return answer
 
@@ -323,6 +357,10 @@ class CASystemService:
             client.name,
             extra={"serial": answer.serial, "ca": ca_name},
         )
+        if answer.released:
+            self.metrics.count_released(ca_name)
+        else:
+            self.metrics.count_revoked(ca_name, answer.reason.value)
         crash_at("after-revocation-record", self._fault)
         if self.crls is not None:
             await self.crls.refresh(ca_name)

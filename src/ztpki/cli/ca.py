@@ -364,7 +364,8 @@ def issued_command(
     "--hostname",
     "hostnames",
     multiple=True,
-    help="Extra DNS name or IP for the server certificate.",
+    help="Extra DNS name or IP for the server certificate (it always names the --listen "
+    "host and 127.0.0.1).",
 )
 @click.option(
     "--http-listen",

@@ -24,13 +24,21 @@ from ztpki.cli.common import console
     help="Devices customizing at the same instant.",
 )
 @click.option(
-    "--keep-running", is_flag=True, help="Leave the services up and print commands to try."
+    "--keep-running",
+    is_flag=True,
+    help="Leave the services and the web console up; print commands to try.",
 )
 @click.option(
     "--hsm",
     is_flag=True,
     help="Keep the factory's and the customer's CA keys in SoftHSM2 tokens (PKCS#11).",
 )
+@click.option(
+    "--verbose",
+    is_flag=True,
+    help="Show log lines on the terminal too (always in WORKDIR/logs/).",
+)
+@click.option("--wide", is_flag=True, help="Identity table with issuers and full fingerprints.")
 @click.option(
     "--json",
     "json_path",
@@ -43,6 +51,8 @@ def demo(
     concurrency: int,
     keep_running: bool,
     hsm: bool,
+    verbose: bool,
+    wide: bool,
     json_path: Path | None,
 ) -> None:
     """Factory CA, customer CA and node as processes; manufacture; plug in; prove."""
@@ -54,6 +64,8 @@ def demo(
         concurrency=concurrency,
         keep_running=keep_running,
         hsm=hsm,
+        verbose=verbose,
+        wide=wide,
     )
     settings.workdir.mkdir(parents=True, exist_ok=True)
     status = run_demo(settings, console=console, json_path=json_path)

@@ -22,6 +22,7 @@ from ztpki.cli.common import (
     refuse_existing_output,
 )
 from ztpki.device.customer_node import NODE_CA_CERT_KEY, NODE_CA_KEY, load_node_ca
+from ztpki.device.key_store import refuse_token_export
 from ztpki.device.memory import DeviceMemory
 from ztpki.errors import ZtpkiError
 from ztpki.pki.pem import fingerprint_sha256, serial_hex
@@ -173,11 +174,13 @@ def export_command(
 
     key.pem (0600) is encrypted with the export passphrase; --insecure-no-passphrase writes
     it in clear for tools that cannot ask for one. An --out directory that is not empty is
-    refused unless --force is given.
+    refused unless --force is given. A device whose key is in a PKCS#11 token (factory load
+    --token) refuses: that key never leaves the token.
     """
     refuse_existing_output(out, force=force)
-    secret = passphrase(passphrase_file, insecure_no_passphrase, EXPORT_ENV, "the exported key")
     memory = DeviceMemory.open(device_dir)
+    refuse_token_export(memory)  # before asking for a passphrase that could not help
+    secret = passphrase(passphrase_file, insecure_no_passphrase, EXPORT_ENV, "the exported key")
     paths = memory.export_pem(out, passphrase=secret)
     for name, path in paths.items():
         console.print(f"{name:6} {path}", markup=False, soft_wrap=True)

@@ -24,6 +24,7 @@ from ztpki.factory.shipping import devices_manifest, factory_chain, load_trust_b
 from ztpki.factory.signer import SIGNER_ENV, enroll_signer, verify_own_manifest, write_manifest
 from ztpki.factory.station import LoadingStation
 from ztpki.pki.pem import certificates_pem, fingerprint_sha256, serial_hex
+from ztpki.pki.pkcs11_uri import Pkcs11Uri
 from ztpki.protocol.manifest import Manifest, manifest_document
 from ztpki.secretfiles import resolve_passphrase, write_public_file
 from ztpki.untrusted import displayable
@@ -106,6 +107,19 @@ def request_options(func: F) -> F:
     return func
 
 
+def device_token(text: str) -> str:
+    """The --token URI, checked to name a token (and no key object: the keys are made there)."""
+    uri = Pkcs11Uri.parse(text)
+    if uri.token is None and uri.serial is None and uri.slot_id is None:
+        raise ConfigurationError("--token names no token: give pkcs11:token=LABEL")
+    if uri.object is not None or uri.id is not None:
+        raise ConfigurationError(
+            "--token names a token, not a key: leave out object= and id= (the device's keys "
+            "are generated in the token)"
+        )
+    return uri.text
+
+
 def check_name(value: str | None, option: str) -> None:
     if value is not None and not _NAME.fullmatch(value):
         raise ConfigurationError(f"{option} {value[:64]!r} must be 1-64 of A-Z a-z 0-9 . _ -")
@@ -129,11 +143,32 @@ def factory() -> None:
     help="The device memory directory (created blank when absent).",
 )
 @click.option("--device-id", required=True, help="The device identity to load.")
+@click.option(
+    "--token",
+    metavar="URI",
+    help="The device's PKCS#11 token (pkcs11:token=LABEL): its keys are generated and kept "
+    "there, never in a file (module and PIN: ZTPKI_PKCS11_MODULE, ZTPKI_PKCS11_PIN).",
+)
+@click.option(
+    "--keygen",
+    type=click.Choice(["ca", "device", "station"]),
+    help="Who generates the temporary key: the factory CA (default without --token), the "
+    "device's token (default with --token), or the loading station's token (--station-token), "
+    "which wraps it into the device's token.",
+)
+@click.option(
+    "--station-token",
+    metavar="URI",
+    help="The loading station's PKCS#11 token, for --keygen station (same module and PIN).",
+)
 @ca_options
 @request_options
 def load_command(
     device_dir: Path,
     device_id: str,
+    token: str | None,
+    keygen: str | None,
+    station_token: str | None,
     ca_address: str,
     client_cred: Path,
     client_passphrase_file: Path | None,
@@ -146,7 +181,22 @@ def load_command(
 ) -> None:
     """Load one device and signal it to request its temporary identity."""
     check_name(batch, "--batch")
+    if token is not None:
+        token = device_token(token)
+    keygen = keygen or ("device" if token else "ca")
+    if (keygen == "ca") != (token is None):
+        raise ConfigurationError(
+            f"--keygen {keygen} " + ("takes no --token" if token else "needs --token URI")
+        )
+    if (keygen == "station") != (station_token is not None):
+        raise ConfigurationError("--keygen station and --station-token URI go together")
+    if station_token is not None:
+        station_token = device_token(station_token)
+        if station_token == token:
+            raise ConfigurationError("--station-token must be another token than --token")
     station = LoadingStation(
+        token=token,
+        station_token=station_token,
         ca=CAClientConfig(ca_address, client_cred, ca_name, params),
         client_passphrase=passphrase(client_passphrase_file, CLIENT_ENV, "the CA-client key"),
         trust=trust_bundle(trust),

@@ -81,11 +81,13 @@ def prove_block(
     certificate = memory.identity().certificate
     assert certificate is not None
     node = str(demo.path("node"))
-    demo.run("node", "block", "--dir", node, memory.device_id, show=True)
+    for line in demo.run("node", "block", "--dir", node, memory.device_id).splitlines():
+        say(line)  # through the demo's console, which wraps it to the terminal
     _wait_for_crl(crl_path, certificate.serial_number, listed=True, what="node block")
     blocked = greet(device, port, server_anchors=anchors)
     say(f"after node block, the customer service answers: {blocked}")
-    demo.run("node", "unblock", "--dir", node, memory.device_id, show=True)
+    for line in demo.run("node", "unblock", "--dir", node, memory.device_id).splitlines():
+        say(line)  # through the demo's console, which wraps it to the terminal
     _wait_for_crl(crl_path, certificate.serial_number, listed=False, what="node unblock")
     unblocked = greet(device, port, server_anchors=anchors)
     say(f"after node unblock, the customer service answers: {unblocked}")

@@ -9,23 +9,24 @@ from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from ztpki.credentials import Credential
 from ztpki.demo.fleet import (
     DeviceOutcome,
-    IdentityView,
     customize_all,
     greet,
     replay_temporary,
     snapshot,
     temporary_identity_refused,
 )
+from ztpki.demo.output import log_to_file, print_tables
 from ztpki.demo.proof import CustomerService
 from ztpki.demo.revocation import RevocationProof, prove_block
 from ztpki.demo.scenario import (
+    NODE_HOST,
     DemoEnvironment,
     DemoSettings,
+    console_login,
     device_dirs,
     manufacture,
     new_environment,
@@ -48,8 +49,13 @@ DISCOVERING = 4  # one device in this many finds the node by DNS-SD
 
 def run_demo(settings: DemoSettings, *, console: Console, json_path: Path | None) -> int:
     demo = new_environment(settings)
+    log_to_file(demo.path("logs", "demo.log"), verbose=settings.verbose)
     console.rule("[bold]ztpki demo[/]: factory → customer, zero touch")
-    console.print(f"work directory: [bold]{settings.workdir}[/]")
+    # Paths are copied from here: printed whole (the terminal wraps them, not rich); the
+    # ones below are relative to the work directory, to keep lines within 80 columns.
+    console.print(f"work directory: [bold]{settings.workdir}[/]", soft_wrap=True)
+    if not settings.verbose:
+        console.print("logs of the services and commands in logs/ (--verbose: here too)")
     try:
         summary = _run(demo, console)
     except BaseException:
@@ -57,7 +63,7 @@ def run_demo(settings: DemoSettings, *, console: Console, json_path: Path | None
         raise
     if json_path is not None:
         write_summary(json_path, summary)
-        console.print(f"summary written to {json_path}")
+        console.print(f"summary written to {json_path}", soft_wrap=True)
     if settings.keep_running:
         _print_keep_running(demo, console)
     else:
@@ -74,12 +80,14 @@ def _run(demo: DemoEnvironment, console: Console) -> dict[str, Any]:
         f"factory CA system on {factory.address}, customer CA system on {customer.address}"
     )
     console.rule(f"manufacturing {n} devices (loading station + first CA-client)")
-    with demo.phase("manufacture"):
+    with console.status(f"manufacturing {n} devices…"), demo.phase("manufacture"):
         batch = manufacture(demo, factory, n)
     paths = device_dirs(batch)
+    console.print(f"{len(paths)} devices in batch/, with a signed shipping manifest")
     with console.status("starting the customer node…"), demo.phase("customer node"):
         node = start_node(demo, factory, customer, batch)
     console.print(f"customer node on https://{node.address}")
+    print_console_login(demo, console)
     outcomes = [
         DeviceOutcome(
             device_id=DeviceMemory.open(p).device_id,
@@ -92,7 +100,7 @@ def _run(demo: DemoEnvironment, console: Console) -> dict[str, Any]:
         )
         for i, p in enumerate(paths)
     ]
-    site_dns = SiteDNS("localhost", node.port)  # the name the node's certificate carries
+    site_dns = SiteDNS(NODE_HOST, node.port)  # the name the node's certificate carries
     site_dns.start()
     finder = NodeFinder(site_dns.settings(), report=lambda text: None)
     console.print(
@@ -106,6 +114,12 @@ def _run(demo: DemoEnvironment, console: Console) -> dict[str, Any]:
     refused_before = temporary_identity_refused(
         outcomes[0].path, proof_service.port, server_anchors=anchors
     )
+    if refused_before:
+        console.print(
+            f"as it must, a customer-only TLS service refused {outcomes[0].device_id}'s "
+            "temporary (factory) identity; the log line 'TLS handshake failed: client "
+            "certificate refused' is this proof, not an error"
+        )
 
     console.rule(
         f"plugging in {len(outcomes)} devices at once (activating client + communication means)"
@@ -161,7 +175,7 @@ def _run(demo: DemoEnvironment, console: Console) -> dict[str, Any]:
     )
     summary["proof"]["revocation"] = None if revocation is None else _revocation(revocation)
     summary["proof"]["ok"] = summary["proof"]["ok"] and revocation is not None and revocation.ok
-    _print_tables(console, outcomes, summary)
+    print_tables(console, outcomes, summary, wide=demo.settings.wide)
     return summary
 
 
@@ -268,76 +282,6 @@ def _summary(
     }
 
 
-def _print_tables(console: Console, outcomes: list[DeviceOutcome], summary: dict[str, Any]) -> None:
-    table = Table(title="device identities: before (factory) → after (customer)")
-    for column in (
-        "device",
-        "mode",
-        "before: issuer / serial / sha256",
-        "after: issuer / serial / sha256",
-        "result",
-    ):
-        table.add_column(column, overflow="fold")
-    for o in outcomes:
-        table.add_row(
-            o.device_id,
-            f"{o.key_mode.value} ({o.protocol.value})",
-            _identity_cell(o.before),
-            _identity_cell(o.after),
-            "[green]ok[/]"
-            if o.error is None and o.greeted
-            else f"[red]{o.error or 'not greeted'}[/]",
-        )
-    console.print(table)
-    register = Table("state", "devices", title="authorization register")
-    for state, count in sorted(summary["register"].items()):
-        register.add_row(state, str(count))
-    audit = Table(
-        "decision",
-        "entries",
-        title="audit trail ("
-        + ("chain verifies" if summary["audit"]["chain_verifies"] else "CHAIN BROKEN")
-        + ")",
-    )
-    for decision, count in sorted(summary["audit"]["decisions"].items()):
-        audit.add_row(decision, str(count))
-    phases = Table("phase", "seconds", title="phases")
-    for name, seconds in summary["phases"].items():
-        phases.add_row(name, f"{seconds:.2f}")
-    console.print(register, audit, phases)
-    proof = summary["proof"]
-    replay = proof["replayed_temporary_certificate_status"]
-    console.print(
-        f"customized {summary['customized']}/{len(outcomes)} devices at "
-        f"[bold]{summary['enrollments_per_second']}[/] enrollments/s"
-    )
-    console.print(
-        f"{proof['greeted_with_new_identity']} greeted by a customer-only TLS service with "
-        "their new identity; a temporary identity was refused by it before: "
-        f"{proof['temporary_identity_refused_by_customer_service']}"
-    )
-    console.print(
-        f"replayed temporary certificate at the node: HTTP {replay} ({proof['replay_reason']})"
-    )
-    console.rule(
-        "[green]demo passed[/]" if proof["ok"] and summary["failed"] == 0 else "[red]demo FAILED[/]"
-    )
-
-
-def _identity_cell(view: IdentityView | None) -> str:
-    if view is None:
-        return "-"
-    return f"{_common_name(view.issuer)}\n{view.serial[:16]}…\n{view.fingerprint[:16]}…"
-
-
-def _common_name(rfc4514: str) -> str:
-    """The CN of an RFC 4514 name, to keep the table narrow (the JSON has the full name)."""
-    for part in rfc4514.split(","):
-        if part.startswith("CN="):
-            return part[3:]
-    return rfc4514
-
-
 def keep_running_commands(demo: DemoEnvironment) -> str:
     """Shell commands that talk to the services a --keep-running demo left up."""
     node = demo.services["node"].address
@@ -362,12 +306,29 @@ def _print_keep_running(demo: DemoEnvironment, console: Console) -> None:
     commands = keep_running_commands(demo)
     script = demo.path("try-me.sh")
     script.write_text("set -e\n" + commands)
-    console.rule(
-        "still running (--keep-running); stop with: kill "
-        + " ".join(str(s.pid) for s in demo.services.values())
+    console.rule("still running (--keep-running)")
+    print_console_login(demo, console)
+    console.print(commands, markup=False, highlight=False, soft_wrap=True)
+    console.print(f"(also in {script.name})", markup=False, highlight=False)
+    console.print(
+        "stop with: kill " + " ".join(str(s.pid) for s in demo.services.values()),
+        markup=False,
+        highlight=False,
     )
-    console.print(commands, markup=False, highlight=False)
-    console.print(f"(also in {script})", markup=False, highlight=False)
+
+
+def print_console_login(demo: DemoEnvironment, console: Console) -> None:
+    login = console_login(demo)
+    if login is None:
+        return
+    url, user, password_file = login
+    console.print(f"web console: [bold]{url}[/]", highlight=False)
+    console.print(
+        f"log in as {user}, password in {password_file.relative_to(demo.root)}; the browser "
+        "warns about the node's certificate: its root CA is the maker's, in "
+        "factory-bundle.pem",
+        highlight=False,
+    )
 
 
 def default_workdir() -> Path:

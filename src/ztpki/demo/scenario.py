@@ -24,6 +24,11 @@ from ztpki.errors import ZtpkiError
 from ztpki.secretfiles import write_private_file
 
 DEVICE_PREFIX = "ACME"
+# The node's host name: under the site's DNS-SD domain (a `.test` name, RFC 6761), which the
+# site DNS resolves to 127.0.0.1 for the devices that discover the node. Not `localhost`: a
+# single-label name in a certificate is what pkilint (and public CAs) refuse.
+NODE_HOST = "node.demo.ztpki.test"
+CONSOLE_OPERATOR = "demo-operator"
 
 
 class DemoStepFailed(ZtpkiError):
@@ -37,6 +42,8 @@ class DemoSettings:
     concurrency: int = 32
     keep_running: bool = False
     hsm: bool = False  # every CA key in a SoftHSM2 token (demo/softhsm.py)
+    verbose: bool = False  # log lines on the terminal too (else only in logs/demo.log)
+    wide: bool = False  # the identity table with issuers and fingerprints
 
 
 @dataclass
@@ -55,8 +62,8 @@ class DemoEnvironment:
     def path(self, *parts: str) -> Path:
         return self.root.joinpath(*parts)
 
-    def run(self, *args: str, env: dict[str, str] | None = None, show: bool = False) -> str:
-        """Run one ztpki command to completion; its output is logged, not shown, unless show."""
+    def run(self, *args: str, env: dict[str, str] | None = None) -> str:
+        """Run one ztpki command to completion; its output is logged and returned, not shown."""
         log = self.path("logs", "commands.log")
         with log.open("a") as out:
             out.write(f"$ ztpki {' '.join(args)}\n")
@@ -64,7 +71,7 @@ class DemoEnvironment:
             result = subprocess.run(
                 ztpki_argv(*args),
                 env={**os.environ, **self.env, **(env or {})},
-                stdout=None if show else subprocess.PIPE,
+                stdout=subprocess.PIPE,
                 stderr=out,
                 text=True,
                 check=False,
@@ -202,7 +209,7 @@ def start_factory(demo: DemoEnvironment) -> ServiceProcess:
                 *("--ca", "factory", "--ca", "manifests"),
                 *("--device-ids", f"{DEVICE_PREFIX}-*", "--device-ids", "manifest-signer-*"),
             ),
-            "customer-1": ("--ca", "node-servers", "--ip", "127.0.0.1", "--dns", "localhost"),
+            "customer-1": ("--ca", "node-servers", "--ip", "127.0.0.1", "--dns", NODE_HOST),
         },
         exports={"factory": "factory-bundle.pem"},
     )
@@ -220,7 +227,8 @@ def start_customer_ca(demo: DemoEnvironment) -> ServiceProcess:
 
 
 def manufacture(demo: DemoEnvironment, factory: ServiceProcess, count: int) -> Path:
-    """Loading station (4): a batch with a signed shipping manifest."""
+    """Loading station (4): a batch with a signed shipping manifest (its output, with the
+    batch's table, in logs/commands.log: the demo prints its own)."""
     cred = str(demo.path("line-1.cred"))
     demo.run(
         "factory",
@@ -258,7 +266,6 @@ def manufacture(demo: DemoEnvironment, factory: ServiceProcess, count: int) -> P
         "16",
         "--manifest-signer",
         str(demo.path("signer.cred")),
-        show=True,
     )
     return batch
 
@@ -281,7 +288,7 @@ def start_node(
         "--ip",
         "127.0.0.1",
         "--dns",
-        "localhost",
+        NODE_HOST,
         "--out",
         str(server_cred),
     )
@@ -308,7 +315,32 @@ def start_node(
         str(server_cred / "key.pem"),
     )
     demo.run("node", "import", "--dir", node, str(manifest_path(batch)))
-    return demo.serve("node", "node", "serve", "--dir", node, "--listen", "127.0.0.1:0")
+    password = demo.path("secrets", "console_operator_password.txt")
+    write_private_file(password, (secrets.token_urlsafe(12) + "\n").encode())
+    add = ("node", "add-operator", "--dir", node, CONSOLE_OPERATOR, "--role", "operator")
+    demo.run(*add, "--password-file", str(password))
+    return demo.serve(
+        "node",
+        *("node", "serve", "--dir", node, "--listen", "127.0.0.1:0"),
+        *("--console-listen", "127.0.0.1:0"),
+    )
+
+
+def console_login(demo: DemoEnvironment) -> tuple[str, str, Path] | None:
+    """The web console's URL, operator name and password file (None: no console).
+
+    `node serve` prints the URL on stderr (the node's log) before its readiness line."""
+    node = demo.services.get("node")
+    if node is None:
+        return None
+    for line in node.log().splitlines():
+        if line.startswith(CONSOLE_PREFIX):
+            url = line[len(CONSOLE_PREFIX) :].strip()
+            return url, CONSOLE_OPERATOR, demo.path("secrets", "console_operator_password.txt")
+    return None
+
+
+CONSOLE_PREFIX = "web console on "
 
 
 def manifest_path(batch: Path) -> Path:

@@ -50,6 +50,7 @@ from ztpki.device.customer_node import (
     node_changes,
 )
 from ztpki.device.faults import FAULT_ENV, FAULT_POINTS, FaultInjector
+from ztpki.device.key_store import retire_unused_keys
 from ztpki.device.memory import DeviceMemory, Identity, Phase
 from ztpki.device.node_trust import probe_pinned_anchor
 from ztpki.device.reporting import (
@@ -170,6 +171,7 @@ class ActivatingClient:
                     return await self._resume_renewal(identity, pending)
                 if self._confirmed():
                     self._emit(Step.LOAD, "the device is already customized; nothing to do")
+                    await asyncio.to_thread(self._retire_keys)  # a crash may have left some
                     return self._result("unchanged", identity)
                 self._emit(Step.LOAD, "the device is customized but not yet confirmed")
                 return await self._confirm(identity, "confirmed")
@@ -404,12 +406,22 @@ class ActivatingClient:
             await asyncio.to_thread(self.memory.update_config, **{CONFIRMED_KEY: True})
         except ZtpkiError as exc:
             raise ActivationError(Step.CONFIRM, exc) from None
+        self._at("after-confirm")
+        await asyncio.to_thread(self._retire_keys)
         self._emit(
             Step.CONFIRM,
             f"{said}the node accepted the operational certificate; the previous certificate "
             "is retired",
         )
         return self._result(action, identity)
+
+    def _retire_keys(self) -> None:
+        """Destroy the token key objects of identities the confirmed one replaced."""
+        try:
+            retire_unused_keys(self.memory)
+        except ZtpkiError as exc:
+            # The identity is confirmed and whole; the next confirmation tries again.
+            logger.warning("device %s: old token keys stay: %s", self.memory.device_id, exc)
 
     async def _present(self, identity: Identity) -> str:
         """Show the node the new certificate once (EST); what it answered, as a prefix."""

@@ -35,6 +35,7 @@ from ztpki.device.cmp_client import CMPClient, Enrollment
 from ztpki.device.cmp_transaction import Credentials, NodeTrust
 from ztpki.device.communication import node_context
 from ztpki.device.customer_node import NodeAddress
+from ztpki.device.key_store import check_token_enrollment, tls_key
 from ztpki.device.memory import DeviceMemory, Identity
 from ztpki.device.reporting import ActivationError, Step, confirm_remedy, request_remedy
 from ztpki.device.request import KeyMode, Requested, device_key, drop_pending_key
@@ -98,6 +99,7 @@ async def cmp_request(
     """ir with central key generation (mode SERVERKEYGEN) or for a key made in the device
     (SIMPLEENROLL), or kur (mode None: renewal) for a key made in the device."""
     assert identity.certificate is not None
+    check_token_enrollment(memory, cmp=True, key_on_device=mode is not KeyMode.SERVERKEYGEN)
     if mode is KeyMode.SERVERKEYGEN:
         # Central key generation: nothing is saved before the request (there is no key yet);
         # a lost answer is asked again and the unconfirmed certificate superseded.
@@ -186,7 +188,7 @@ class CMPActivatingClient(ActivatingClient):
         anchors = await self._node_anchors()
         try:
             context = node_context(
-                key=credentials.key,  # type: ignore[arg-type]
+                key=tls_key(credentials.key),  # type: ignore[arg-type]
                 chain=[credentials.certificate, *credentials.chain],
                 anchors=anchors,
             )
@@ -199,6 +201,7 @@ class CMPActivatingClient(ActivatingClient):
             context=context,
             timeout=self._timeout,
             now=self._now,
+            node=self.node,
         )
 
     async def _ask(
@@ -262,6 +265,7 @@ def activating_client(
     protocol: EnrollmentProtocol, memory: DeviceMemory, node: NodeAddress, **options: Any
 ) -> ActivatingClient:
     """The activating client that speaks ``protocol``; ``options`` as ActivatingClient's."""
+    check_token_enrollment(memory, cmp=EnrollmentProtocol(protocol) is EnrollmentProtocol.CMP)
     kind = (
         CMPActivatingClient
         if EnrollmentProtocol(protocol) is EnrollmentProtocol.CMP

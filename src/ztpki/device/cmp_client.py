@@ -36,7 +36,7 @@ from ztpki.device.cmp_transaction import (
     NodeTrust,
     refusal_if_rejected,
 )
-from ztpki.device.communication import device_session
+from ztpki.device.communication import NodeAddress, device_session, discovered_resolver
 from ztpki.errors import MalformedInput, Unavailable, VerificationFailed
 from ztpki.pki.asn1 import decode_der, encode_der
 from ztpki.pki.enveloped import open_envelope
@@ -131,8 +131,10 @@ class CMPClient:
         max_polls: int = 10,
         now: Callable[[], datetime] | None = None,
         wait: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        node: NodeAddress | None = None,
     ) -> None:
         self.url = url
+        self._node = node  # a discovered node: connected to at the addresses it was found at
         self.credentials = credentials
         self._trust = trust
         self._context = context
@@ -147,7 +149,8 @@ class CMPClient:
         self.node_certificate: x509.Certificate | None = None
 
     async def __aenter__(self) -> CMPClient:
-        self._session = device_session(self._context, timeout=self._timeout)
+        resolver = discovered_resolver(self._node)
+        self._session = device_session(self._context, timeout=self._timeout, resolver=resolver)
         return self
 
     async def __aexit__(

@@ -115,6 +115,12 @@ def unverified_context() -> ssl.SSLContext:
     return context
 
 
+def discovered_resolver(address: NodeAddress | None) -> AbstractResolver | None:
+    """For a discovered node: a resolver giving the addresses it was found at (None: resolve
+    its host name as usual)."""
+    return _Addresses(address) if address is not None and address.addresses else None
+
+
 class _Addresses(AbstractResolver):
     """Resolves a discovered node's host name to the addresses it was discovered at (the
     host name stays what TLS verifies)."""
@@ -174,7 +180,7 @@ class ESTClient:
         self.peer_chain: list[x509.Certificate] = []
 
     async def __aenter__(self) -> ESTClient:
-        resolver = _Addresses(self.address) if self.address.addresses else None
+        resolver = discovered_resolver(self.address)
         self._session = device_session(self._context, timeout=self._timeout, resolver=resolver)
         return self
 

@@ -7,6 +7,7 @@
     after-answer    the node issued and answered; the device has not looked at the answer
     mid-replace     inside the identity write: new file written, not yet renamed into place
     after-replace   the new identity is stored; the node has not seen it yet (unconfirmed)
+    after-confirm   the node confirmed; the replaced keys are not destroyed yet (token device)
 
 Unset (always, outside tests), nothing happens.
 """
@@ -25,7 +26,13 @@ __all__ = ["FAULT_ENV", "FAULT_POINTS", "FaultInjector"]
 logger = logging.getLogger(__name__)
 
 FAULT_ENV = "ZTPKI_DEVICE_FAULT"
-FAULT_POINTS = ("before-request", "after-answer", "mid-replace", "after-replace")
+FAULT_POINTS = (
+    "before-request",
+    "after-answer",
+    "mid-replace",
+    "after-replace",
+    "after-confirm",
+)
 
 
 def _sigkill() -> None:

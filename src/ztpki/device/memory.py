@@ -3,7 +3,8 @@
 Layout of a device directory (0700; every file 0600)::
 
     device.json     device id; written last at creation, so it marks a complete device
-    identity.json   phase, generation, encrypted PKCS#8 key, certificate, CA certificates
+    identity.json   phase, generation, encrypted PKCS#8 key (a token device: the key's
+                    PKCS#11 URI, see ``ztpki.device.token_keys``), certificate, CA certificates
     config.json     what the loading station (and later an installer) configured: e.g. the
                     customer node and its pinned CA (see ``ztpki.device.customer_node``)
     trust.pem       trust anchors: the factory CA certificate(s)
@@ -44,9 +45,10 @@ from ztpki.device.identity import (
     check_config_value,
     check_device_id,
 )
+from ztpki.device.key_store import decode_device_key, encode_device_key
 from ztpki.device.secrets import FileSecretProvider, SecretProvider
 from ztpki.errors import DeviceMemoryError, ZtpkiError
-from ztpki.pki.keys import PrivateKey, decode_pkcs8, encode_pkcs8_pem, keys_match
+from ztpki.pki.keys import PrivateKey, encode_pkcs8_pem, keys_match
 from ztpki.pki.pem import certificate_pem, certificates_pem, load_certificates_pem
 
 __all__ = ["DeviceMemory", "Identity", "Phase"]
@@ -198,8 +200,10 @@ class DeviceMemory:
             raise self._error(f"{IDENTITY_FILE}: the {phase} identity lacks a key or certificate")
         secret = self._secret()
         try:
-            key = decode_pkcs8(record["private_key"].encode("ascii"), passphrase=secret)
-        except (ZtpkiError, UnicodeError):
+            key = decode_device_key(record["private_key"].encode("ascii"), secret)
+        except (ZtpkiError, UnicodeError) as exc:
+            if isinstance(exc, ZtpkiError) and record["private_key"].startswith("pkcs11:"):
+                raise self._error(f"{IDENTITY_FILE}: the key in the token: {exc.message}") from None
             raise self._error(
                 f"{IDENTITY_FILE}: the private key does not decrypt with this device's secret"
             ) from None
@@ -298,7 +302,7 @@ class DeviceMemory:
         if not (self.path / PENDING_KEY_FILE).exists():
             return None
         try:
-            return decode_pkcs8(self._read(PENDING_KEY_FILE), passphrase=self._secret())
+            return decode_device_key(self._read(PENDING_KEY_FILE), self._secret())
         except ZtpkiError as exc:
             raise self._error(f"{PENDING_KEY_FILE}: {exc.message}") from None
 
@@ -323,7 +327,7 @@ class DeviceMemory:
             # The serial first: a crash between the two leaves it without a key (ignored),
             # never a key with another request's serial.
             self._write(PENDING_FOR_FILE, made_with.encode("ascii") + b"\n")
-            self._write(PENDING_KEY_FILE, encode_pkcs8_pem(key, passphrase=self._secret()))
+            self._write(PENDING_KEY_FILE, encode_device_key(key, self._secret()))
 
     def clear_pending_key(self) -> None:
         with self._locked():
@@ -332,6 +336,14 @@ class DeviceMemory:
                     (self.path / name).unlink(missing_ok=True)
                 except OSError as exc:
                     raise self._error(f"cannot remove {name}: {_cause(exc)}") from None
+
+    def stored_keys(self) -> set[str]:
+        """The keys as stored (PEM or a token key's URI) of the identity and of a pending
+        request: what a token must keep (``token_keys.retire_keys``)."""
+        stored = {self._read_identity_record()["private_key"] or ""}
+        if self.has_pending_key():
+            stored.add(self._read(PENDING_KEY_FILE).decode("ascii", "replace"))
+        return stored - {""}
 
     def export_pem(self, out: Path, *, passphrase: bytes | None = None) -> dict[str, Path]:
         """Write key.pem, cert.pem, chain.pem and trust.pem (all 0600) for openssl or curl.
@@ -445,7 +457,7 @@ class DeviceMemory:
             "format": FORMAT,
             "phase": identity.phase.value,
             "generation": identity.generation,
-            "private_key": key and encode_pkcs8_pem(key, passphrase=self._secret()).decode(),
+            "private_key": key and encode_device_key(key, self._secret()).decode(),
             "certificate": cert and certificate_pem(cert).decode(),
             "ca_certificates": certificates_pem(identity.ca_certificates).decode(),
         }

@@ -17,6 +17,7 @@ from enum import StrEnum
 from cryptography import x509
 
 from ztpki.device.communication import ESTClient
+from ztpki.device.key_store import new_device_key
 from ztpki.device.memory import DeviceMemory, Identity
 from ztpki.device.reporting import ActivationError, Step, request_remedy
 from ztpki.errors import DeviceMemoryError, MalformedInput, ZtpkiError
@@ -24,7 +25,6 @@ from ztpki.pki.keys import (
     KeySpec,
     PrivateKey,
     decode_pkcs8,
-    generate_private_key,
     key_spec_of,
 )
 from ztpki.pki.pem import serial_hex
@@ -110,7 +110,8 @@ def device_key(memory: DeviceMemory, identity: Identity, key_spec: KeySpec | Non
         and memory.pending_key_made_with() == made_with
     ):
         return pending
-    key = generate_private_key(spec)
+    # In the device's token when it has one: a new object, the current key untouched.
+    key = new_device_key(memory, spec)
     memory.save_pending_key(key, made_with=made_with)
     return key
 

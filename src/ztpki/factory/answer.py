@@ -47,6 +47,19 @@ def answer_root(ca_certificates: Sequence[x509.Certificate]) -> x509.Certificate
     return ca_certificates[-1] if ca_certificates and _self_issued(ca_certificates[-1]) else None
 
 
+def _answer_key(who: str, answer: EnrollmentAnswer, key_passphrase: bytes | None) -> PrivateKey:
+    if answer.private_key_der is None:
+        raise VerificationFailed(f"{who}: the CA answer carries no private key; not stored")
+    if answer.private_key_encrypted != (key_passphrase is not None):
+        raise VerificationFailed(
+            f"{who}: the CA answer's private key encryption is not what was asked; not stored"
+        )
+    try:
+        return decode_pkcs8(answer.private_key_der, passphrase=key_passphrase)
+    except (MalformedInput, UnsupportedParameter):
+        raise MalformedInput(f"{who}: the CA answer's private key does not load") from None
+
+
 def accept_answer(
     answer: EnrollmentAnswer,
     *,
@@ -55,12 +68,15 @@ def accept_answer(
     now: datetime,
     key_passphrase: bytes | None = None,
     document_signer: bool = False,
+    device_key: PrivateKey | None = None,
 ) -> AcceptedIdentity:
     """The identity in answer, once it verifies for device_id.
 
     anchors: the configured factory trust; None trusts the root the answer carries (the
     answer came over TLS from the authenticated CA system). document_signer: check for a
     manifest-signing certificate instead of a TLS client (device) certificate.
+    device_key: the key the request sent the public key of (made in the device's token); the
+    answer then carries no key.
     Raises VerificationFailed or MalformedInput; the message starts with the device id.
     """
     who = f"device {device_id}"
@@ -74,16 +90,15 @@ def accept_answer(
         raise VerificationFailed(
             f"{who}: the CA answer's certificate names {named!r}, not this device; not stored"
         )
-    if answer.private_key_der is None:
-        raise VerificationFailed(f"{who}: the CA answer carries no private key; not stored")
-    if answer.private_key_encrypted != (key_passphrase is not None):
-        raise VerificationFailed(
-            f"{who}: the CA answer's private key encryption is not what was asked; not stored"
-        )
-    try:
-        private_key = decode_pkcs8(answer.private_key_der, passphrase=key_passphrase)
-    except (MalformedInput, UnsupportedParameter):
-        raise MalformedInput(f"{who}: the CA answer's private key does not load") from None
+    if device_key is not None:
+        if answer.private_key_der is not None:
+            raise VerificationFailed(
+                f"{who}: the CA answer carries a private key, but the key was made in the "
+                "device; not stored"
+            )
+        private_key = device_key
+    else:
+        private_key = _answer_key(who, answer, key_passphrase)
     if not keys_match(private_key, certificate.public_key()):
         raise VerificationFailed(
             f"{who}: the CA answer's private key does not match its certificate; not stored"

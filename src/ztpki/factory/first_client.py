@@ -8,16 +8,20 @@ atomic step. On any error the identity is what it was and the error names the de
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
 
 from ztpki.casystem.client import CAClient
 from ztpki.credentials import Credential
+from ztpki.device.key_store import key_token, new_device_key, retire_unused_keys
 from ztpki.device.memory import DeviceMemory, Phase
+from ztpki.device.request import KEY_ALGORITHM_KEY
 from ztpki.errors import ConfigurationError, Unavailable, ZtpkiError
 from ztpki.factory.answer import AcceptedIdentity, accept_answer
 from ztpki.factory.configuration import REQUEST_SIGNAL, CAClientConfig
+from ztpki.pki.keys import KeySpec, public_key_der
 from ztpki.protocol.enrollment import EnrollmentAnswer, EnrollmentRequest
 
 log = logging.getLogger(__name__)
@@ -55,8 +59,10 @@ class FirstCAClient:
         client_passphrase: bytes | None,
         client: CAClient | None = None,
         clock: Callable[[], datetime] = _utcnow,
+        station_token: str | None = None,
     ) -> None:
         self._memory = memory
+        self._station_token = station_token  # --keygen station: the key is made there
         self._client_passphrase = client_passphrase
         self._client = client
         self._clock = clock
@@ -89,18 +95,33 @@ class FirstCAClient:
             )
         ca_config = CAClientConfig.from_config(config, device=self.device_id)
         anchors = self._memory.trust_anchors()
+        # A device with a token: the temporary key is made in it (a new object, before the
+        # request), and the CA certifies its public key; this CA-client is the POPO check.
+        key = None
+        if key_token(self._memory) is not None:
+            spec = KeySpec.parse(str(config.get(KEY_ALGORITHM_KEY, KeySpec.EC_P256.value)))
+            key = await asyncio.to_thread(
+                new_device_key, self._memory, spec, station_token=self._station_token
+            )
         request = EnrollmentRequest(
             request_id=signal,
             device_id=self.device_id,
             ca=ca_config.ca_name,
             parameters=ca_config.request_parameters(),
             reissue=reissue,
+            public_key_der=None if key is None else public_key_der(key.public_key()),
         )
         answer = await self._enroll(ca_config, request)
         accepted = accept_answer(
-            answer, device_id=self.device_id, anchors=anchors or None, now=self._clock()
+            answer,
+            device_id=self.device_id,
+            anchors=anchors or None,
+            now=self._clock(),
+            device_key=key,
         )
         self._store(accepted, had_anchors=bool(anchors))
+        # Stored: a key object an earlier (reissued or failed) load made is no longer named.
+        await asyncio.to_thread(retire_unused_keys, self._memory)
         return accepted
 
     async def _enroll(self, config: CAClientConfig, request: EnrollmentRequest) -> EnrollmentAnswer:

@@ -21,6 +21,7 @@ from typing import Any
 from cryptography import x509
 
 from ztpki.casystem.client import CAClient
+from ztpki.device.key_store import KEY_TOKEN
 from ztpki.device.memory import DEVICE_FILE, DeviceMemory
 from ztpki.errors import ConfigurationError, ZtpkiError
 from ztpki.factory.answer import AcceptedIdentity
@@ -58,6 +59,10 @@ class LoadingStation:
     trust: tuple[x509.Certificate, ...] = ()
     model: str | None = None
     batch: str | None = None
+    # The device's PKCS#11 token (a URI naming the token): its keys are generated there.
+    token: str | None = None
+    # --keygen station: the loading station's own token, which makes the key and wraps it.
+    station_token: str | None = None
     client: CAClient | None = None
     clock: Callable[[], datetime] = _utcnow
 
@@ -85,6 +90,7 @@ class LoadingStation:
                 client_passphrase=self.client_passphrase,
                 client=self.client,
                 clock=self.clock,
+                station_token=self.station_token,
             )
             return await client.respond(reissue=reissue)
         except BaseException as exc:
@@ -111,6 +117,8 @@ class LoadingStation:
             **self.ca.to_config(),
             **{MODEL: self.model, BATCH: self.batch, MANUFACTURED_AT: self.clock().isoformat()},
         )
+        if self.token is not None:
+            memory.update_config(**{KEY_TOKEN: self.token})
         if self.trust:
             memory.set_trust_anchors(self.trust)
 

@@ -13,22 +13,22 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 from ztpki.prometheus import (
     CONTENT_TYPE,
+    DatabaseFigures,
     Histogram,
     add_counts,
     counter,
+    database_families,
+    database_figures,
     exposition,
     gauge,
     histogram,
 )
 
 __all__ = ["CONTENT_TYPE", "DatabaseFigures", "Gauges", "NodeMetrics", "database_figures"]
-
-# (engine, {figure: count}), from ztpki.store.counters.DatabaseCounters.
-DatabaseFigures = tuple[str, Mapping[str, int]]
 
 
 # The counters a snapshot carries: name in the snapshot -> attribute.
@@ -209,7 +209,7 @@ class NodeMetrics:
             "outcome",
             self._ca_system,
         )
-        yield from _database_families(self.database())
+        yield from database_families(self.database())
         yield from _gauge_families(gauges)
 
 
@@ -243,32 +243,3 @@ def _gauge_families(gauges: Gauges) -> Iterator[GaugeMetricFamily]:
             None,
             gauges.workers,
         )
-
-
-def database_figures(store: object) -> Callable[[], DatabaseFigures] | None:
-    """What reads the counters of ``store``'s database (None: a store given by a test, without
-    a database)."""
-    counters = getattr(getattr(store, "database", None), "counters", None)
-    if counters is None:
-        return None
-    return lambda: (counters.engine, counters.snapshot())
-
-
-def _database_families(figures: Mapping[tuple[str, str], int]) -> Iterator[CounterMetricFamily]:
-    yield counter(
-        "ztpki_database_round_trips",
-        "Requests to the node's database and their answers: round trips to the server "
-        "(PostgreSQL), statements run (SQLite).",
-        ("engine",),
-        {(engine,): n for (engine, name), n in figures.items() if name == "round_trips"},
-    )
-    yield counter(
-        "ztpki_database_commits",
-        "Transactions of the node's database committed, by kind (write, read).",
-        ("engine", "kind"),
-        {
-            (engine, name.removeprefix("commits_")): n
-            for (engine, name), n in figures.items()
-            if name.startswith("commits_")
-        },
-    )
