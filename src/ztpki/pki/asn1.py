@@ -19,7 +19,18 @@ from pyasn1.type import namedtype, tag, univ
 
 from ztpki.errors import MalformedInput
 
-__all__ = ["SignedStructure", "decode_der", "encode_der", "oid", "oid_text", "signed_parts"]
+__all__ = [
+    "SignedStructure",
+    "decode_der",
+    "der_children",
+    "der_content",
+    "der_element_end",
+    "der_tlv",
+    "encode_der",
+    "oid",
+    "oid_text",
+    "signed_parts",
+]
 
 _Value = TypeVar("_Value", bound=Any)
 
@@ -86,3 +97,59 @@ class SignedStructure(univ.Sequence):
 def signed_parts(der: bytes) -> SignedStructure:
     """``der`` (made by `cryptography` in this process) as its signed parts."""
     return decode_der(der, SignedStructure(), what="signed structure", ours=True)
+
+
+# DER framing by hand. pyasn1 costs tens of microseconds per element; a structure that only
+# carries DER made elsewhere (a certificate, a signature) needs framing, not a schema.
+
+
+def der_tlv(tag: int, content: bytes) -> bytes:
+    """One DER element: a single-octet tag, the minimal definite length, the content."""
+    size = len(content)
+    if size < 0x80:
+        return bytes((tag, size)) + content
+    length = size.to_bytes((size.bit_length() + 7) // 8, "big")
+    return bytes((tag, 0x80 | len(length))) + length + content
+
+
+def der_element_end(data: bytes, offset: int) -> int:
+    """Where the element starting at offset ends: single-octet tags (numbers below 31) and
+    minimal definite lengths only, as DER has them for every tag this project reads."""
+    end = len(data)
+    if data[offset] & 0x1F == 0x1F:
+        raise MalformedInput("a tag number above 30 is outside the syntax")
+    if offset + 1 >= end:
+        raise MalformedInput("truncated DER")
+    first = data[offset + 1]
+    start = offset + 2
+    if first < 0x80:
+        size = first
+    else:
+        count = first & 0x7F
+        # DER: no indefinite length, no leading zero octet, long form only from 128 on.
+        if count == 0 or count > 4 or start + count > end or data[start] == 0:
+            raise MalformedInput("a length is not minimal DER")
+        size = int.from_bytes(data[start : start + count], "big")
+        if size < 0x80:
+            raise MalformedInput("a length is not minimal DER")
+        start += count
+    if start + size > end:
+        raise MalformedInput("truncated DER")
+    return start + size
+
+
+def der_content(element: bytes) -> bytes:
+    """The content octets of one whole DER element."""
+    first = element[1]
+    return element[2 + (first & 0x7F if first >= 0x80 else 0) :]
+
+
+def der_children(data: bytes) -> list[bytes]:
+    """The elements, back to back, that data (DER content octets) is made of."""
+    found: list[bytes] = []
+    offset = 0
+    while offset < len(data):
+        end = der_element_end(data, offset)
+        found.append(data[offset:end])
+        offset = end
+    return found

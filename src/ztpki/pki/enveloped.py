@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import lru_cache
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, padding, serialization
@@ -59,11 +60,16 @@ def _algorithm(
 
 def _issuer_and_serial(certificate: x509.Certificate) -> rfc5652.IssuerAndSerialNumber:
     ias = rfc5652.IssuerAndSerialNumber()
-    ias["issuer"] = decode_der(
-        certificate.issuer.public_bytes(), rfc5280.Name(), what="certificate issuer", ours=True
-    )
+    ias["issuer"] = issuer_name(certificate.issuer.public_bytes())
     ias["serialNumber"] = certificate.serial_number
     return ias
+
+
+@lru_cache(maxsize=256)
+def issuer_name(name_der: bytes) -> rfc5280.Name:
+    """A Name made by `cryptography` as pyasn1's value, to be encoded (never changed): a
+    fleet's certificates share few issuers, and decoding one costs a tenth of a millisecond."""
+    return decode_der(name_der, rfc5280.Name(), what="certificate issuer", ours=True)
 
 
 def _same_recipient(ias: rfc5652.IssuerAndSerialNumber, certificate: x509.Certificate) -> bool:
@@ -73,16 +79,17 @@ def _same_recipient(ias: rfc5652.IssuerAndSerialNumber, certificate: x509.Certif
     )
 
 
-def _shared_info(key_wrap: rfc5280.AlgorithmIdentifier) -> bytes:
+@lru_cache(maxsize=8)
+def _shared_info(key_wrap_der: bytes) -> bytes:
     # ECC-CMS-SharedInfo (RFC 5753 section 7.2): the wrap algorithm and its key size in bits.
     info = rfc5753.ECC_CMS_SharedInfo()
-    info["keyInfo"] = key_wrap
+    info["keyInfo"] = decode_der(key_wrap_der, rfc5280.AlgorithmIdentifier(), what="key wrap")
     info["suppPubInfo"] = (8 * _KEY_BYTES).to_bytes(4, "big")
     return encode_der(info)
 
 
 def _kek(shared_secret: bytes, key_wrap: rfc5280.AlgorithmIdentifier) -> bytes:
-    kdf = X963KDF(hashes.SHA256(), _KEY_BYTES, _shared_info(key_wrap))
+    kdf = X963KDF(hashes.SHA256(), _KEY_BYTES, _shared_info(encode_der(key_wrap)))
     return kdf.derive(shared_secret)
 
 

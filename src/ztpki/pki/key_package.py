@@ -19,16 +19,26 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from pyasn1.type import univ
-from pyasn1_alt_modules import rfc5280, rfc5652, rfc5958
+from pyasn1_alt_modules import rfc5652, rfc5958
 
 from ztpki.errors import MalformedInput
-from ztpki.pki.asn1 import decode_der, encode_der, oid, oid_text
+from ztpki.pki.asn1 import (
+    decode_der,
+    der_children,
+    der_content,
+    der_tlv,
+    encode_der,
+    oid,
+    oid_text,
+)
+from ztpki.pki.enveloped import issuer_name
 from ztpki.pki.keys import PrivateKey, decode_pkcs8, encode_pkcs8, signature_hash
 
 __all__ = ["ID_SIGNED_DATA", "read_key_package", "sign_key_package"]
 
 ID_SIGNED_DATA = "1.2.840.113549.1.7.2"
 _KEY_PACKAGE = rfc5958.id_ct_KP_aKeyPackage
+_SEQUENCE, _IMPLICIT_0 = 0x30, 0xA0
 _DIGESTS: dict[str, hashes.HashAlgorithm] = {
     "2.16.840.1.101.3.4.2.1": hashes.SHA256(),
     "2.16.840.1.101.3.4.2.2": hashes.SHA384(),
@@ -78,16 +88,9 @@ def sign_key_package(
 ) -> bytes:
     """DER of a SignedData holding ``delivered`` as an AsymmetricKeyPackage, signed by
     ``signer_key`` whose certificate is ``signer_chain[0]`` (the rest travel with it)."""
-    package = rfc5958.AsymmetricKeyPackage()
-    package.append(
-        decode_der(
-            encode_pkcs8(delivered, passphrase=None),
-            rfc5958.OneAsymmetricKey(),
-            what="generated key",
-            ours=True,
-        )
-    )
-    content = encode_der(package)
+    # AsymmetricKeyPackage: SEQUENCE OF OneAsymmetricKey, which a PKCS#8 PrivateKeyInfo
+    # (version 0) is; cryptography's DER goes in as it is.
+    content = der_tlv(_SEQUENCE, encode_pkcs8(delivered, passphrase=None))
     digest_alg = _digest_for(signer_key)
     digest = hashes.Hash(digest_alg)
     digest.update(content)
@@ -97,9 +100,7 @@ def sign_key_package(
     info = rfc5652.SignerInfo()
     info["version"] = 1
     sid = info["sid"]["issuerAndSerialNumber"]
-    sid["issuer"] = decode_der(
-        signer.issuer.public_bytes(), rfc5280.Name(), what="signer", ours=True
-    )
+    sid["issuer"] = issuer_name(signer.issuer.public_bytes())
     sid["serialNumber"] = signer.serial_number
     info["digestAlgorithm"]["algorithm"] = digest_oid
     attributes = info["signedAttrs"]
@@ -122,17 +123,15 @@ def sign_key_package(
     data["digestAlgorithms"].append(info["digestAlgorithm"])
     data["encapContentInfo"]["eContentType"] = _KEY_PACKAGE
     data["encapContentInfo"]["eContent"] = content
-    for certificate in signer_chain:
-        choice = rfc5652.CertificateChoices()
-        choice["certificate"] = decode_der(
-            certificate.public_bytes(serialization.Encoding.DER),
-            rfc5280.Certificate(),
-            what="signer certificate",
-            ours=True,
-        )
-        data["certificates"].append(choice)
     data["signerInfos"].append(info)
-    return encode_der(data)
+    # The certificates are spliced in as DER: through pyasn1 each would be decoded field by
+    # field (milliseconds) only to be encoded again. certificates [0] IMPLICIT SET OF comes
+    # after encapContentInfo; DER sorts a SET OF by the encodings (X.690 section 11.6).
+    fields = der_children(der_content(encode_der(data)))
+    if signer_chain:
+        certificates = sorted(c.public_bytes(serialization.Encoding.DER) for c in signer_chain)
+        fields.insert(3, der_tlv(_IMPLICIT_0, b"".join(certificates)))
+    return der_tlv(_SEQUENCE, b"".join(fields))
 
 
 def _verify(signer: x509.Certificate, signature: bytes, signed: bytes, digest: object) -> None:

@@ -28,6 +28,7 @@ from pyasn1.codec.der import decoder, encoder
 from pyasn1.type import tag, univ
 from pyasn1_alt_modules import rfc5280, rfc6960
 
+from ztpki.pki.asn1 import der_tlv
 from ztpki.pki.keys import signature_hash
 from ztpki.pki.signer import FILE_KEYS, SigningKey, algorithm_identifier
 
@@ -64,13 +65,7 @@ _SEQUENCE, _OCTETS, _INTEGER, _BITS = 0x30, 0x04, 0x02, 0x03
 _EXPLICIT_0, _EXPLICIT_1, _REVOKED = 0xA0, 0xA1, 0xA1  # [0], [1] constructed
 
 
-def _tlv(tag_octet: int, content: bytes) -> bytes:
-    """One DER TLV: a single-octet tag, the definite length, the content."""
-    n = len(content)
-    if n < 0x80:
-        return bytes((tag_octet, n)) + content
-    size = n.to_bytes((n.bit_length() + 7) // 8, "big")
-    return bytes((tag_octet, 0x80 | len(size))) + size + content
+_tlv = der_tlv
 
 
 def _algorithm(dotted: str, *, null: bool) -> bytes:

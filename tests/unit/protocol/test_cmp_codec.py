@@ -163,7 +163,9 @@ def test_fail_openssl_message_tampered_or_checked_with_another_key() -> None:
     message = decode_message(data)
     with pytest.raises(BadMessageCheck):
         verify_protection(message, _certificate("server"))
-    tampered = replace(message, protected_part=message.protected_part[:-1] + b"\x00")
+    # Flip a bit (writing a fixed byte left it unchanged when the byte was already that).
+    last = message.protected_part[-1] ^ 1
+    tampered = replace(message, protected_part=message.protected_part[:-1] + bytes((last,)))
     with pytest.raises(BadMessageCheck, match="does not verify"):
         verify_protection(tampered, protection_certificate(message))
     with pytest.raises(BadMessageCheck, match="not protected"):
@@ -380,3 +382,36 @@ def test_fail_trailing_bytes_and_a_body_outside_the_profile() -> None:
     message[body_at] = 0xA5
     with pytest.raises(BadDataFormat):
         decode_message(bytes(message))
+
+
+def test_fail_header_out_of_order_and_lengths_not_minimal_are_refused() -> None:
+    from ztpki.protocol.cmp import tlv
+    from ztpki.protocol.cmp.codec import assemble, header_der
+
+    data = openssl_messages()[1]["ir"]
+    message = decode_message(data)
+    body = tlv.elements(tlv.content(data), what="m")[1][1]
+    fields = tlv.elements(tlv.content(header_der(message.header)), what="h")
+    # transactionID [4] before messageTime [0]: PKIHeader's order is fixed.
+    swapped = [fields[0], fields[1], fields[2], *fields[4:], fields[3]]
+    shuffled = tlv.wrap(tlv.SEQUENCE, b"".join(e for _, e in swapped))
+    with pytest.raises(BadDataFormat, match="order"):
+        decode_message(assemble(shuffled, body))
+    # The same header in order decodes; a short length written in the long form does not.
+    assert decode_message(assemble(header_der(message.header), body)).header == message.header
+    long_form = bytes((0xB3, 0x81, 0x02)) + b"\x05\x00"  # pkiconf, its length as 81 02
+    with pytest.raises(BadDataFormat, match="not minimal"):
+        decode_message(tlv.wrap(tlv.SEQUENCE, header_der(message.header) + long_form))
+
+
+def test_ok_popo_is_checked_over_the_certrequest_as_received() -> None:
+    # openssl's ir: the POPO signature covers the CertRequest's bytes as openssl wrote them,
+    # and decode_message keeps exactly those bytes.
+    data = openssl_messages()[1]["ir"]
+    message = decode_message(data)
+    assert isinstance(message.body, CertReqBody)
+    request = message.body.requests[0]
+    assert request.der in data
+    verify_popo(request)
+    with pytest.raises(BadPOP):
+        verify_popo(replace(request, der=request.der[:-1] + bytes((request.der[-1] ^ 1,))))

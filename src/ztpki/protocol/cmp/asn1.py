@@ -98,6 +98,10 @@ _BODY_TYPES: dict[str, tuple[int, univ.Asn1Item]] = {
 }
 
 
+# Wire name -> context tag number, for the bodies encoded by hand.
+BODY_TAGS = {name: number for name, (number, _) in _BODY_TYPES.items()}
+
+
 class PKIBody(univ.Choice):
     componentType = namedtype.NamedTypes(
         *(

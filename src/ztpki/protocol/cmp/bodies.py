@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from functools import lru_cache
 
 from pyasn1.type import univ
 from pyasn1_alt_modules import rfc4211, rfc5280
 
 from ztpki.pki.ocsp_der import REASON_CODES
-from ztpki.protocol.cmp import asn1
+from ztpki.protocol.cmp import asn1, tlv
 from ztpki.protocol.cmp.errors import BadDataFormat
 from ztpki.protocol.cmp.fields import (
     decode_algorithm,
@@ -23,6 +24,7 @@ from ztpki.protocol.cmp.fields import (
     encode_status,
     signed_der,
 )
+from ztpki.protocol.cmp.header import integer
 from ztpki.protocol.cmp.messages import (
     Body,
     BodyType,
@@ -45,6 +47,7 @@ from ztpki.protocol.cmp.messages import (
     RevDetails,
     RevRepBody,
     RevReqBody,
+    StatusInfo,
 )
 from ztpki.protocol.cmp.names import decode_general_name, decode_name, encode_name, general_name
 
@@ -129,23 +132,36 @@ def _encode_cert_req_messages(body: CertReqBody, into: univ.SequenceOf) -> None:
         into.append(message)
 
 
-def _decode_cert_request(message: univ.Sequence) -> CertRequest:
+def _received_requests(body: bytes) -> list[tuple[bytes, dict[int, bytes]]]:
+    """Each CertReqMsg's CertRequest as the bytes that came (what its POPO signature covers,
+    RFC 4211 section 4.1), with its CertTemplate's fields by tag. Called once the schema
+    decoded the body, so the framing is known to be sound."""
+    found = []
+    messages = tlv.single(tlv.content(body), tlv.SEQUENCE, what="the certificate requests")
+    for _, message in tlv.elements(messages, what="a CertReqMsg"):
+        request = tlv.elements(tlv.content(message), what="a CertReqMsg")[0][1]
+        template = tlv.elements(tlv.content(request), what="a CertRequest")[1][1]
+        fields = dict(tlv.elements(tlv.content(template), what="a CertTemplate"))
+        found.append((request, fields))
+    return found
+
+
+def _implicit(element: bytes | None) -> bytes | None:
+    """An [n] IMPLICIT SEQUENCE's element as the untagged SEQUENCE's DER."""
+    return None if element is None else bytes((tlv.SEQUENCE,)) + element[1:]
+
+
+def _decode_cert_request(
+    message: univ.Sequence, received: tuple[bytes, dict[int, bytes]]
+) -> CertRequest:
     request = message["certReq"]
     template = request["certTemplate"]
     subject = decode_name(template["subject"]) if template["subject"].isValue else None
     issuer = decode_name(template["issuer"]) if template["issuer"].isValue else None
-    public_key = None
-    if template["publicKey"].isValue:
-        spki = rfc5280.SubjectPublicKeyInfo()
-        spki["algorithm"] = template["publicKey"]["algorithm"]
-        spki["subjectPublicKey"] = template["publicKey"]["subjectPublicKey"]
-        public_key = der(spki)
-    extensions = None
-    if template["extensions"].isValue:
-        plain = rfc5280.Extensions()
-        for extension in template["extensions"]:
-            plain.append(extension)
-        extensions = der(plain)
+    request_der, fields = received
+    # publicKey [6] and extensions [9] (RFC 4211 CertTemplate), taken as received.
+    public_key = _implicit(fields.get(0xA6))
+    extensions = _implicit(fields.get(0xA9))
     controls: tuple[InfoTypeAndValue, ...] = ()
     if request["controls"].isValue:
         controls = tuple(
@@ -177,7 +193,7 @@ def _decode_cert_request(message: univ.Sequence) -> CertRequest:
         extensions_der=extensions,
         controls=controls,
         popo=popo,
-        der=der(request),
+        der=request_der,
     )
 
 
@@ -325,12 +341,61 @@ def encode_body(body: Body) -> asn1.PKIBody:
     return value
 
 
-def decode_body(value: asn1.PKIBody) -> Body:
+def body_der(body: Body, keys: Mapping[int, bytes] | None = None) -> bytes:
+    """The DER of body's PKIBody. The bodies the node answers every enrollment with (ip, cp,
+    kup, pkiconf) are framed by hand around their DER parts: through pyasn1 a certificate
+    would be decoded only to be encoded again. ``keys``: certReqId -> DER of the
+    EnvelopedData of a centrally generated key (RFC 9483 section 4.1.6), for those bodies."""
+    if isinstance(body, CertRepBody):
+        return _cert_rep_der(body, keys or {})
+    if isinstance(body, PKIConfBody):
+        return _PKI_CONF_DER
+    return der(encode_body(body))
+
+
+# pkiconf [19] EXPLICIT NULL: the same bytes every time.
+_PKI_CONF_DER = tlv.wrap(0xA0 | 19, b"\x05\x00")
+_IMPLICIT_0 = 0xA0
+
+
+@lru_cache(maxsize=64)
+def _status_der(status: StatusInfo) -> bytes:
+    return der(encode_status(status))
+
+
+def _cert_rep_der(body: CertRepBody, keys: Mapping[int, bytes]) -> bytes:
+    responses = []
+    for response in body.responses:
+        parts = [integer(response.cert_req_id), _status_der(response.status)]
+        if response.certificate_der is not None:
+            # certOrEncCert: certificate [0] CMPCertificate (explicit: CMPCertificate is a
+            # CHOICE); privateKey: [0] EncryptedKey, whose envelopedData is [0] IMPLICIT.
+            pair = [tlv.wrap(_IMPLICIT_0, response.certificate_der)]
+            enveloped = keys.get(response.cert_req_id)
+            if enveloped is not None:
+                if not enveloped or enveloped[0] != tlv.SEQUENCE:
+                    raise ValueError(
+                        "a delivered key's envelope must be the DER of an EnvelopedData"
+                    )
+                retagged = bytes((_IMPLICIT_0,)) + enveloped[1:]
+                pair.append(tlv.wrap(_IMPLICIT_0, retagged))
+            parts.append(tlv.wrap(tlv.SEQUENCE, b"".join(pair)))
+        responses.append(tlv.wrap(tlv.SEQUENCE, b"".join(parts)))
+    content = [tlv.wrap(tlv.SEQUENCE, b"".join(responses))]
+    if body.ca_pubs:
+        content.insert(0, tlv.wrap(0xA1, tlv.wrap(tlv.SEQUENCE, b"".join(body.ca_pubs))))
+    number = asn1.BODY_TAGS[body.type.value]
+    return tlv.wrap(0xA0 | number, tlv.wrap(tlv.SEQUENCE, b"".join(content)))
+
+
+def decode_body(value: asn1.PKIBody, received: bytes) -> Body:
+    """The body value decoded from received, the body's DER as it came."""
     name = value.getName()
     slot = value[name]
     kind = BodyType(name)
     if kind in (BodyType.IR, BodyType.CR, BodyType.KUR):
-        return CertReqBody(kind, tuple(_decode_cert_request(m) for m in slot))
+        requests = zip(slot, _received_requests(received), strict=True)
+        return CertReqBody(kind, tuple(_decode_cert_request(m, r) for m, r in requests))
     if kind in (BodyType.IP, BodyType.CP, BodyType.KUP):
         return _decode_cert_rep(kind, slot)
     if kind is BodyType.GENM or kind is BodyType.GENP:

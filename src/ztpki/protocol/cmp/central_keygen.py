@@ -17,12 +17,11 @@ from collections.abc import Mapping
 from dataclasses import replace
 
 from cryptography.hazmat.primitives import hashes
-from pyasn1.type import univ
 from pyasn1_alt_modules import rfc5280, rfc5652
 
 from ztpki.protocol.cmp import asn1
-from ztpki.protocol.cmp.bodies import encode_body
-from ztpki.protocol.cmp.codec import encode_header
+from ztpki.protocol.cmp.bodies import body_der
+from ztpki.protocol.cmp.codec import assemble, header_der
 from ztpki.protocol.cmp.errors import BadDataFormat
 from ztpki.protocol.cmp.fields import decode_exact, der, sequence_der
 from ztpki.protocol.cmp.messages import CertRepBody, CertRequest, Header
@@ -57,23 +56,6 @@ def _retag(data: bytes, tag: int) -> bytes:
     return bytes([tag]) + data[1:]
 
 
-def _body_with_keys(body: CertRepBody, keys: Mapping[int, bytes]) -> bytes:
-    value = encode_body(body)
-    for item in value.getComponent()["response"]:
-        enveloped = keys.get(int(item["certReqId"]))
-        if enveloped is None:
-            continue
-        if not enveloped or enveloped[0] != _SEQUENCE:
-            raise ValueError("a delivered key's envelope must be the DER of an EnvelopedData")
-        choice = item["certifiedKeyPair"]["privateKey"]
-        types = choice.componentType
-        spec = types.getTypeByPosition(types.getPositionByName("envelopedData"))
-        choice["envelopedData"] = decode_exact(
-            _retag(enveloped, _IMPLICIT_0), spec, what="the key's envelope"
-        )
-    return der(value)
-
-
 def sign_message_with_keys(
     header: Header,
     body: CertRepBody,
@@ -87,16 +69,9 @@ def sign_message_with_keys(
     maps a certReqId to the DER of its EnvelopedData."""
     algorithm = signature_algorithm(key, hash_class=hash_class or hashes.SHA256)
     header = replace(header, protection_alg=algorithm)
-    header_der, body_der = der(encode_header(header)), _body_with_keys(body, keys)
-    signature = sign(key, algorithm, sequence_der(header_der, body_der))
-    tail = asn1.PKIMessage()
-    parts = [header_der, body_der]
-    parts.append(der(tail["protection"].clone(hexValue=signature.hex())))
-    if extra_certs:
-        for certificate in extra_certs:
-            tail["extraCerts"].append(univ.Any(certificate))
-        parts.append(der(tail["extraCerts"]))
-    return sequence_der(*parts)
+    header_bytes, body_bytes = header_der(header), body_der(body, keys)
+    signature = sign(key, algorithm, sequence_der(header_bytes, body_bytes))
+    return assemble(header_bytes, body_bytes, protection=signature, extra_certs=extra_certs)
 
 
 def delivered_keys(message_der: bytes) -> dict[int, bytes]:

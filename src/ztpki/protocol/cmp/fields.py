@@ -10,6 +10,7 @@ from pyasn1.codec.der import decoder, encoder
 from pyasn1.type import char, univ, useful
 from pyasn1_alt_modules import rfc4210, rfc5280, rfc9480
 
+from ztpki.protocol.cmp import tlv
 from ztpki.protocol.cmp.errors import BadDataFormat
 from ztpki.protocol.cmp.messages import (
     AlgorithmId,
@@ -112,15 +113,9 @@ def decode_exact(data: bytes, spec: univ.Asn1Item, *, what: str) -> univ.Asn1Ite
     return value
 
 
-_Elements = univ.SequenceOf(componentType=univ.Any())
-
-
 def sequence_der(*encoded: bytes) -> bytes:
     """A DER SEQUENCE of already encoded elements, taken as they are."""
-    value = _Elements.clone()
-    for item in encoded:
-        value.append(univ.Any(item))
-    return der(value)
+    return tlv.wrap(tlv.SEQUENCE, b"".join(encoded))
 
 
 def signed_der(value: univ.Sequence) -> bytes:

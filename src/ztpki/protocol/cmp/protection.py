@@ -17,8 +17,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, paddin
 from pyasn1.type import univ
 from pyasn1_alt_modules import rfc4055, rfc5280
 
-from ztpki.protocol.cmp.bodies import cert_request_der, encode_body
-from ztpki.protocol.cmp.codec import assemble, encode_header
+from ztpki.protocol.cmp.bodies import body_der, cert_request_der
+from ztpki.protocol.cmp.codec import assemble, header_der
 from ztpki.protocol.cmp.errors import BadAlg, BadDataFormat, BadMessageCheck, BadPOP, CMPError
 from ztpki.protocol.cmp.fields import decode_exact, der, encode_algorithm, sequence_der
 from ztpki.protocol.cmp.messages import (
@@ -179,10 +179,10 @@ def sign_message(
     """The DER of a PKIMessage signed by key; extra_certs starts with key's certificate
     (RFC 9483 section 3.3) and may carry its chain."""
     algorithm = signature_algorithm(key, hash_class=hash_class, pss=pss)
-    header_der = der(encode_header(replace(header, protection_alg=algorithm)))
-    body_der = der(encode_body(body))  # each encoded once: signed, then sent as signed
-    signature = sign(key, algorithm, sequence_der(header_der, body_der))
-    return assemble(header_der, body_der, protection=signature, extra_certs=extra_certs)
+    header = replace(header, protection_alg=algorithm)
+    header_bytes, body_bytes = header_der(header), body_der(body)  # signed, then sent as signed
+    signature = sign(key, algorithm, sequence_der(header_bytes, body_bytes))
+    return assemble(header_bytes, body_bytes, protection=signature, extra_certs=extra_certs)
 
 
 def protection_certificate(message: PKIMessage) -> x509.Certificate:
