@@ -189,7 +189,7 @@ def test_ok_service_renews_on_its_listening_socket(tmp_path: Path) -> None:
 
     async def presented(port: int) -> x509.Certificate:
         _, writer = await asyncio.open_connection(
-            "127.0.0.1", port, ssl=client, server_hostname="localhost"
+            "127.0.0.1", port, ssl=client, server_hostname="127.0.0.1"
         )
         der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
         writer.close()
