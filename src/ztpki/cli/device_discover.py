@@ -17,9 +17,9 @@ from cryptography import x509
 
 from ztpki.cli.common import print_json
 from ztpki.cli.device import device, plain_errors
-from ztpki.cli.device_agent import (
+from ztpki.cli.device_agent import _pin
+from ztpki.cli.device_options import (
     _given_pin,
-    _pin,
     device_option,
     fingerprint_option,
     json_option,

@@ -10,8 +10,6 @@ Protocol description, with the rationale for each rule: docs/xml-enrollment.md.
 from __future__ import annotations
 
 import binascii
-import ipaddress
-import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Final
@@ -23,6 +21,23 @@ from lxml import etree
 
 from ztpki.pki.keys import KeySpec
 from ztpki.protocol import enrollment_schema as schema
+from ztpki.protocol.enrollment_fields import (
+    CONTROL_RUN,
+    COUNTRY,
+    DNS_NAME,
+    EMAIL,
+    IP_TEXT,
+    PASSPHRASE,
+    TEXT,
+    check,
+    check_der,
+    check_identifier,
+    check_optional,
+    check_pattern,
+    is_ip_address,
+    sequence,
+    typed,
+)
 from ztpki.protocol.enrollment_schema import (
     NAMESPACE,
     PROTOCOL_VERSION,
@@ -47,7 +62,6 @@ __all__ = [
     "request_id_of",
 ]
 
-MAX_DER_SIZE: Final = 65536
 MAX_CA_CERTIFICATES: Final = 10
 MAX_ALT_NAMES: Final = 16
 MAX_VALIDITY_DAYS: Final = 36500
@@ -65,77 +79,6 @@ class ErrorCode(StrEnum):
     UNKNOWN_CERTIFICATE = "unknown-certificate"
     UNAVAILABLE = "unavailable"
     INTERNAL = "internal"
-
-
-# Python mirrors of the schema's simple types, so that a bad value is refused where the
-# dataclass is built (with the same message a decoder would give), not deep inside lxml.
-_NOT_XML_TEXT = "\x00-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff"
-_IDENTIFIER = re.compile(r"[A-Za-z0-9._\-]{1,64}")
-_TEXT = re.compile(f"[^{_NOT_XML_TEXT}]{{1,64}}")
-_PASSPHRASE = re.compile(f"[^{_NOT_XML_TEXT}]{{8,256}}")
-_COUNTRY = re.compile(r"[A-Z]{2}")
-_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\-]+"
-_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?"
-_HOST = rf"{_LABEL}(?:\.{_LABEL})*"
-_EMAIL = re.compile(rf"{_ATOM}(?:\.{_ATOM})*@{_HOST}")
-_DNS_NAME = re.compile(_HOST)
-_IP_TEXT = re.compile(r"[0-9A-Fa-f:.]{2,45}")
-_CONTROL_RUN = re.compile(f"[{_NOT_XML_TEXT}]+")
-
-
-def _typed(name: str, value: object, kind: type) -> None:
-    # bool is an int, but True days or a request with reissue=1 is a caller's mistake.
-    if isinstance(value, kind) and (kind is bool or not isinstance(value, bool)):
-        return
-    raise TypeError(f"{name} must be {kind.__name__}, not {type(value).__name__}")
-
-
-def _check(ok: bool, name: str, value: object) -> None:
-    if not ok:
-        raise invalid_value(name, value)
-
-
-def _check_pattern(name: str, value: object, pattern: re.Pattern[str], limit: int) -> None:
-    if not isinstance(value, str):
-        raise TypeError(f"{name} must be str, not {type(value).__name__}")
-    _check(len(value) <= limit and pattern.fullmatch(value) is not None, name, value)
-
-
-def _check_identifier(name: str, value: object) -> None:
-    _check_pattern(name, value, _IDENTIFIER, 64)
-
-
-def _check_optional(name: str, value: object, pattern: re.Pattern[str], limit: int) -> None:
-    if value is not None:
-        _check_pattern(name, value, pattern, limit)
-
-
-def _check_der(name: str, value: object, *, optional: bool = False) -> None:
-    if value is None and optional:
-        return
-    if not isinstance(value, bytes):
-        raise TypeError(f"{name} must be bytes, not {type(value).__name__}")
-    _check(0 < len(value) <= MAX_DER_SIZE, name, value)
-
-
-def _is_ip_address(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
-
-
-def _sequence(owner: object, attribute: str, name: str, limit: int) -> tuple[object, ...]:
-    """The tuple in ``attribute`` (a list is accepted and stored as a tuple), at most ``limit``."""
-    values = getattr(owner, attribute)
-    if not isinstance(values, tuple | list):
-        raise TypeError(f"{attribute} must be a tuple, not {type(values).__name__}")
-    values = tuple(values)
-    if len(values) > limit:
-        raise InvalidEnrollmentMessage(f"at most {limit} {name} elements are allowed")
-    object.__setattr__(owner, attribute, values)
-    return values
 
 
 @dataclass(frozen=True)
@@ -162,28 +105,28 @@ class EnrollmentParameters:
 
     def __post_init__(self) -> None:
         if self.key_algorithm is not None and not isinstance(self.key_algorithm, KeySpec):
-            _typed("KeyAlgorithm", self.key_algorithm, str)
+            typed("KeyAlgorithm", self.key_algorithm, str)
             try:
                 object.__setattr__(self, "key_algorithm", KeySpec(self.key_algorithm))
             except ValueError:
                 raise invalid_value("KeyAlgorithm", self.key_algorithm) from None
         if self.validity_days is not None:
-            _typed("ValidityDays", self.validity_days, int)
-            _check(0 < self.validity_days <= MAX_VALIDITY_DAYS, "ValidityDays", self.validity_days)
-        _check_optional("Organization", self.organization, _TEXT, 64)
-        _check_optional("OrganizationalUnit", self.organizational_unit, _TEXT, 64)
-        _check_optional("Locality", self.locality, _TEXT, 64)
-        _check_optional("Country", self.country, _COUNTRY, 2)
-        _check_optional("Email", self.email, _EMAIL, 128)
+            typed("ValidityDays", self.validity_days, int)
+            check(0 < self.validity_days <= MAX_VALIDITY_DAYS, "ValidityDays", self.validity_days)
+        check_optional("Organization", self.organization, TEXT, 64)
+        check_optional("OrganizationalUnit", self.organizational_unit, TEXT, 64)
+        check_optional("Locality", self.locality, TEXT, 64)
+        check_optional("Country", self.country, COUNTRY, 2)
+        check_optional("Email", self.email, EMAIL, 128)
         if self.encrypt_private_key is not None:
-            _typed("EncryptPrivateKey", self.encrypt_private_key, bytes)
-            _check(_passphrase_ok(self.encrypt_private_key), "EncryptPrivateKey", None)
-        _typed("IncludeCACertificates", self.include_ca_certificates, bool)
-        for name in _sequence(self, "dns_names", "DnsName", MAX_ALT_NAMES):
-            _check_pattern("DnsName", name, _DNS_NAME, 253)
-        for address in _sequence(self, "ip_addresses", "IpAddress", MAX_ALT_NAMES):
-            _check_pattern("IpAddress", address, _IP_TEXT, 45)
-            _check(_is_ip_address(str(address)), "IpAddress", address)
+            typed("EncryptPrivateKey", self.encrypt_private_key, bytes)
+            check(_passphrase_ok(self.encrypt_private_key), "EncryptPrivateKey", None)
+        typed("IncludeCACertificates", self.include_ca_certificates, bool)
+        for name in sequence(self, "dns_names", "DnsName", MAX_ALT_NAMES):
+            check_pattern("DnsName", name, DNS_NAME, 253)
+        for address in sequence(self, "ip_addresses", "IpAddress", MAX_ALT_NAMES):
+            check_pattern("IpAddress", address, IP_TEXT, 45)
+            check(is_ip_address(str(address)), "IpAddress", address)
 
 
 def _passphrase_ok(passphrase: bytes) -> bool:
@@ -191,7 +134,7 @@ def _passphrase_ok(passphrase: bytes) -> bool:
         text = passphrase.decode("utf-8")
     except UnicodeDecodeError:
         return False
-    return _PASSPHRASE.fullmatch(text) is not None
+    return PASSPHRASE.fullmatch(text) is not None
 
 
 @dataclass(frozen=True)
@@ -208,14 +151,14 @@ class EnrollmentRequest:
     public_key_der: bytes | None = None
 
     def __post_init__(self) -> None:
-        _check_identifier("id", self.request_id)
-        _check_identifier("DeviceId", self.device_id)
+        check_identifier("id", self.request_id)
+        check_identifier("DeviceId", self.device_id)
         if self.ca is not None:
-            _check_identifier("CA", self.ca)
-        _typed("parameters", self.parameters, EnrollmentParameters)
-        _check_der("CSR", self.csr_der, optional=True)
-        _typed("reissue", self.reissue, bool)
-        _check_der("PublicKey", self.public_key_der, optional=True)
+            check_identifier("CA", self.ca)
+        typed("parameters", self.parameters, EnrollmentParameters)
+        check_der("CSR", self.csr_der, optional=True)
+        typed("reissue", self.reissue, bool)
+        check_der("PublicKey", self.public_key_der, optional=True)
         if self.csr_der is not None and self.public_key_der is not None:
             raise InvalidEnrollmentMessage("a request carries a CSR or a PublicKey, not both")
 
@@ -232,14 +175,14 @@ class EnrollmentAnswer:
     private_key_encrypted: bool = False
 
     def __post_init__(self) -> None:
-        _check_identifier("requestId", self.request_id)
-        _check_der("Certificate", self.certificate_der)
-        for der in _sequence(
+        check_identifier("requestId", self.request_id)
+        check_der("Certificate", self.certificate_der)
+        for der in sequence(
             self, "ca_certificates_der", "CACertificates/Certificate", MAX_CA_CERTIFICATES
         ):
-            _check_der("Certificate", der)
-        _check_der("PrivateKey", self.private_key_der, optional=True)
-        _typed("encrypted", self.private_key_encrypted, bool)
+            check_der("Certificate", der)
+        check_der("PrivateKey", self.private_key_der, optional=True)
+        typed("encrypted", self.private_key_encrypted, bool)
         if self.private_key_encrypted and self.private_key_der is None:
             raise InvalidEnrollmentMessage("private_key_encrypted is true but there is no key")
 
@@ -254,18 +197,18 @@ class EnrollmentError:
     message: str
 
     def __post_init__(self) -> None:
-        _check_identifier("requestId", self.request_id)
+        check_identifier("requestId", self.request_id)
         if not isinstance(self.code, ErrorCode):
-            _typed("code", self.code, str)
+            typed("code", self.code, str)
             try:
                 object.__setattr__(self, "code", ErrorCode(self.code))
             except ValueError:
                 raise invalid_value("code", self.code) from None
-        _typed("message", self.message, str)
-        message = _CONTROL_RUN.sub(" ", self.message)
+        typed("message", self.message, str)
+        message = CONTROL_RUN.sub(" ", self.message)
         if len(message) > MAX_ERROR_MESSAGE:
             message = message[: MAX_ERROR_MESSAGE - 1] + "\u2026"
-        _check(bool(message), "EnrollmentError", message)
+        check(bool(message), "EnrollmentError", message)
         object.__setattr__(self, "message", message)
 
 
@@ -315,7 +258,7 @@ def _passphrase_text(passphrase: bytes | None) -> str | None:
 
 def encode_request(request: EnrollmentRequest) -> bytes:
     """The UTF-8 XML document of ``request``, checked against the schema."""
-    _typed("request", request, EnrollmentRequest)
+    typed("request", request, EnrollmentRequest)
     root = schema.new_root("EnrollmentRequest", id=request.request_id)
     if request.reissue:
         root.set("reissue", "true")
@@ -344,7 +287,7 @@ def encode_answer(answer: EnrollmentAnswer | EnrollmentError, *, validate: bool 
         )
         root.text = answer.message
         return schema.serialize(root)
-    _typed("answer", answer, EnrollmentAnswer)
+    typed("answer", answer, EnrollmentAnswer)
     if not validate:
         return _answer_document(answer)
     root = schema.new_root("EnrollmentAnswer", requestId=answer.request_id)

@@ -21,13 +21,11 @@ from ztpki.protocol.enrollment import (
     EnrollmentRequest,
     _add,
     _boolean,
-    _check,
-    _check_identifier,
     _text,
-    _typed,
     error_of,
     request_of,
 )
+from ztpki.protocol.enrollment_fields import check, check_identifier, typed
 from ztpki.protocol.enrollment_schema import InvalidEnrollmentMessage, invalid_value
 
 __all__ = [
@@ -51,7 +49,7 @@ def _serial(name: str, value: object) -> str:
     if not isinstance(value, str):
         raise TypeError(f"{name} must be str, not {type(value).__name__}")
     text = value.lower()
-    _check(_SERIAL.fullmatch(text) is not None, name, value)
+    check(_SERIAL.fullmatch(text) is not None, name, value)
     return text.lstrip("0") or "0"
 
 
@@ -93,9 +91,9 @@ class RevocationRequest:
     release_hold: bool = False
 
     def __post_init__(self) -> None:
-        _check_identifier("id", self.request_id)
+        check_identifier("id", self.request_id)
         if self.ca is not None:
-            _check_identifier("CA", self.ca)
+            check_identifier("CA", self.ca)
         if (self.serial is None) == (self.device_id is None):
             raise InvalidEnrollmentMessage(
                 "a revocation request names exactly one of Serial and DeviceId"
@@ -103,13 +101,13 @@ class RevocationRequest:
         if self.serial is not None:
             object.__setattr__(self, "serial", _serial("Serial", self.serial))
         if self.device_id is not None:
-            _check_identifier("DeviceId", self.device_id)
+            check_identifier("DeviceId", self.device_id)
         object.__setattr__(self, "reason", _reason(self.reason))
         if self.invalidity_date is not None:
             object.__setattr__(
                 self, "invalidity_date", _instant("InvalidityDate", self.invalidity_date)
             )
-        _typed("release_hold", self.release_hold, bool)
+        typed("release_hold", self.release_hold, bool)
 
 
 @dataclass(frozen=True)
@@ -128,11 +126,11 @@ class RevocationAnswer:
     released: bool = False
 
     def __post_init__(self) -> None:
-        _check_identifier("requestId", self.request_id)
+        check_identifier("requestId", self.request_id)
         object.__setattr__(self, "serial", _serial("Serial", self.serial))
         object.__setattr__(self, "revoked_at", _instant("RevokedAt", self.revoked_at))
         object.__setattr__(self, "reason", _reason(self.reason))
-        _typed("released", self.released, bool)
+        typed("released", self.released, bool)
 
 
 # --- encoding ---------------------------------------------------------------------------
@@ -145,7 +143,7 @@ def _instant_text(value: datetime) -> str:
 
 def encode_revocation_request(request: RevocationRequest) -> bytes:
     """The UTF-8 XML document of ``request``, checked against the schema."""
-    _typed("request", request, RevocationRequest)
+    typed("request", request, RevocationRequest)
     root = schema.new_root("RevocationRequest", id=request.request_id)
     if request.release_hold:
         root.set("releaseHold", "true")
@@ -164,7 +162,7 @@ def encode_revocation_request(request: RevocationRequest) -> bytes:
 def encode_revocation_answer(answer: RevocationAnswer) -> bytes:
     """The UTF-8 XML document of ``answer``, checked against the schema (errors are sent
     with ``enrollment.encode_answer``: one error message for every request)."""
-    _typed("answer", answer, RevocationAnswer)
+    typed("answer", answer, RevocationAnswer)
     root = schema.new_root("RevocationAnswer", requestId=answer.request_id)
     if answer.released:
         root.set("released", "true")
