@@ -81,9 +81,10 @@ def write_private_file(path: Path, data: bytes) -> None:
     _write_new_file(path, data, mode=0o600, durable=True)
 
 
-def write_public_file(path: Path, data: bytes) -> None:
-    """Write a non-secret file (certificates, policy) atomically, mode 0644; never via a link."""
-    _write_new_file(path, data, mode=0o644, durable=False)
+def write_public_file(path: Path, data: bytes, *, durable: bool = False) -> None:
+    """Write a non-secret file (certificates, policy) atomically, mode 0644; never via a link.
+    ``durable``: synced before it returns (a step a crash must not take back)."""
+    _write_new_file(path, data, mode=0o644, durable=durable)
 
 
 def resolve_passphrase(

@@ -10,6 +10,8 @@ Layout::
     DIR/cas/<name>/ca.key.pem       encrypted PKCS#8 (PBKDF2-SHA256, many rounds), 0600
     DIR/cas/<name>/key.toml         instead of ca.key.pem: the key's PKCS#11 URI (token_keys)
     DIR/cas/<name>/policy.toml      issuing policy
+    DIR/cas/<name>/links.pem        a root's key rollovers: oldWithOld, newWithOld, oldWithNew
+                                    per rollover (casystem/rollover.py)
     DIR/service/ca.pem, ca.key.pem  the TLS trust anchor of the service and its clients
 """
 
@@ -45,6 +47,7 @@ from ztpki.pki.names import SubjectFields, build_subject
 from ztpki.pki.pbes2 import AT_REST_KDF_ROUNDS
 from ztpki.pki.pem import certificates_pem, load_certificates_pem
 from ztpki.pki.profiles import CertificateProfile
+from ztpki.pki.rollover import is_self_signed
 from ztpki.pki.signer import FILE_KEYS, SigningKey
 from ztpki.secretfiles import write_private_file, write_public_file
 from ztpki.store.database_url import directory_database
@@ -69,6 +72,8 @@ class CAInfo:
     is_default: bool
     is_root: bool
     key_location: str = "file"  # or the PKCS#11 URI of the key in its token
+    # The root's earlier keys (after `ca rollover`): their self-signed certificates' not-after.
+    previous_keys: tuple[datetime, ...] = ()
 
 
 def check_ca_name(name: str) -> str:
@@ -138,6 +143,37 @@ class CASystemDirectory:
             return ()
         return tuple(self._certs(path, name))
 
+    def links(self, name: str) -> tuple[x509.Certificate, ...]:
+        """A root's rollover certificates (links.pem), oldest first; () before any rollover."""
+        path = self.ca_dir(name) / "links.pem"
+        if not path.exists():
+            return ()
+        return tuple(self._certs(path, name))
+
+    def previous_roots(self, name: str) -> tuple[x509.Certificate, ...]:
+        """The self-signed certificates of a root's earlier keys (oldWithOld of each rollover)."""
+        return tuple(c for c in self.links(name) if is_self_signed(c))
+
+    def export_chain(self, name: str) -> tuple[x509.Certificate, ...]:
+        """The CA's chain up to its root, then -- when that root rolled its key over -- the
+        root's current certificate and every rollover's certificates (RFC 7030 4.1.3)."""
+        chain = (self.certificate(name), *self.parents(name))
+        top = chain[-1]
+        for other in self.ca_names():
+            current = self.certificate(other)
+            if current.subject != top.subject or self.parents(other):
+                continue
+            extra = (current, *self.links(other))
+            chain += tuple(c for i, c in enumerate(extra) if c not in chain and c not in extra[:i])
+        return chain
+
+    def check_not_rolling(self, name: str) -> None:
+        if (self.ca_dir(name) / "rollover.pending").exists():
+            raise ConfigurationError(
+                f"a key rollover of CA {name} was interrupted: its key and certificate may not "
+                f"match yet; finish it with `ztpki ca rollover --dir {self.root} --name {name}`"
+            )
+
     def key_paths(self) -> list[Path]:
         """The key files of every CA of the system: the issuing CAs' and the service CA's."""
         paths = [self.ca_dir(n) / "ca.key.pem" for n in self.ca_names()]
@@ -173,6 +209,7 @@ class CASystemDirectory:
         """The CA ready to sign: its key file decrypted, or its token key found (sessions
         open, PIN from ZTPKI_PKCS11_PIN or ``tokens.pin_file``)."""
         self._require(name)
+        self.check_not_rolling(name)
         token_key = load_token_key(self.ca_dir(name), tokens or TokenOptions())
         if token_key is not None:
             certificate = self.certificate(name)
@@ -194,8 +231,14 @@ class CASystemDirectory:
                 f"cannot open the key of CA {name}: wrong or missing passphrase "
                 "(--passphrase-file or ZTPKI_CA_PASSPHRASE)"
             ) from None
+        certificate = self.certificate(name)
+        if not keys_match(key, certificate.public_key()):
+            raise ConfigurationError(
+                f"the key file of CA {name} is not the key of its certificate "
+                f"{self.ca_dir(name) / 'ca.pem'}"
+            )
         return CertificateAuthority(
-            name=name, key=key, certificate=self.certificate(name), parents=self.parents(name)
+            name=name, key=key, certificate=certificate, parents=self.parents(name)
         )
 
     def info(self, name: str) -> CAInfo:
@@ -212,6 +255,7 @@ class CASystemDirectory:
             is_default=name == self.default_ca(),
             is_root=not self.parents(name),
             key_location=recorded_location(self.ca_dir(name)) or "file",
+            previous_keys=tuple(c.not_valid_after_utc for c in self.previous_roots(name)),
         )
 
     def write_ca(

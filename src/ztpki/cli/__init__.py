@@ -24,7 +24,7 @@ _GROUPS = {
 }
 # Modules that add commands to a group defined elsewhere, imported with it.
 _EXTENSIONS = {
-    "ca": ("ztpki.cli.ca_clients", "ztpki.cli.ca_revocation"),
+    "ca": ("ztpki.cli.ca_clients", "ztpki.cli.ca_revocation", "ztpki.cli.ca_rollover"),
     "device": ("ztpki.cli.device_agent", "ztpki.cli.device_discover"),
     "factory": ("ztpki.cli.factory_batch", "ztpki.cli.factory_recall"),
     "node": (

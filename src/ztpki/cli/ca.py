@@ -253,6 +253,10 @@ def list_command(directory: Path, as_json: bool) -> None:
             plain(i.not_after.isoformat(timespec="seconds")),
             plain("yes" if i.is_default else ""),
         )
+        for ended in i.previous_keys:  # a root's keys before `ca rollover`
+            until = plain(ended.isoformat(timespec="seconds"))
+            old = (plain(f"{i.name} (previous key)"), plain(i.subject), "(self: root)")
+            table.add_row(*old, "", "retired", "", until, "")
     console.print(table)
     console.print(versions.describe(), markup=False, soft_wrap=True)
 
@@ -474,7 +478,8 @@ def serve_command(
 )
 @click.option("--force", is_flag=True, help="Overwrite --out if it exists already.")
 def export_command(directory: Path, name: str, out: Path, force: bool) -> None:
-    """Write a CA's chain as PEM: the CA certificate first, then its parents up to the root.
+    """Write a CA's chain as PEM: the CA certificate first, then its parents up to the root,
+    then, if that root rolled its key over (`ca rollover`), its new certificate and links.
 
     This is what a customer node takes as --customer-chain, and a factory CA's chain is the
     trust bundle devices and nodes verify temporary certificates with.
@@ -484,6 +489,6 @@ def export_command(directory: Path, name: str, out: Path, force: bool) -> None:
 
     refuse_existing_output(out, force=force)
     system = CASystemDirectory(directory)
-    chain = [system.certificate(name), *system.parents(name)]
+    chain = system.export_chain(name)  # after a root's key rollover: with its links
     write_public_file(out, certificates_pem(chain))
     console.print(f"wrote the chain of CA [bold]{name}[/] ({len(chain)} certificate(s)) to {out}")

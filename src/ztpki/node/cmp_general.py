@@ -3,8 +3,10 @@
     id-it-caCerts      the label's CA certificates (section 4.3.1), as EST's cacerts; a genm
                        protected by an operational certificate confirms it, as cacerts does
     id-it-rootCaCert   root CA update (section 4.3.2): the device names the root it trusts;
-                       the answer (id-it-rootCaKeyUpdate) carries newWithNew, the label's
-                       current root, when that is another one, and no value when it is not
+                       when the label's certificates hold a key rollover away from it (`ztpki
+                       ca rollover`, exported with the chain), the answer
+                       (id-it-rootCaKeyUpdate) carries newWithNew, newWithOld and oldWithNew;
+                       for the current root it carries no value; any other root is refused
 
 Any other infoType is refused (badRequest) with the list of those served, so a device learns
 what to ask instead of getting an empty answer it cannot tell from "nothing to say".
@@ -18,6 +20,7 @@ from pyasn1_alt_modules import rfc5280, rfc9480
 
 from ztpki.node.cmp_exchange import CmpExchange, CmpReply
 from ztpki.pki.asn1 import decode_der, encode_der
+from ztpki.pki.rollover import find_update, is_self_signed
 from ztpki.protocol.cmp import BadDataFormat, BadRequest, BodyType, GenMsgBody, InfoTypeAndValue
 
 ID_IT_CA_CERTS = "1.3.6.1.5.5.7.4.17"
@@ -43,25 +46,36 @@ def ca_certs_value(chain: tuple[x509.Certificate, ...]) -> bytes:
     return encode_der(value)
 
 
-def _root_of(chain: tuple[x509.Certificate, ...]) -> x509.Certificate:
-    roots = [c for c in chain if c.subject == c.issuer]
-    return roots[-1] if roots else chain[-1]
+def _tagged(field: rfc5280.Certificate, certificate: x509.Certificate) -> None:
+    """Fill an explicitly tagged CMPCertificate field (its tags come with ``field``)."""
+    value = _certificate_value(certificate)
+    for name in ("tbsCertificate", "signatureAlgorithm", "signature"):
+        field[name] = value[name]
 
 
 def root_update_value(asked: bytes | None, chain: tuple[x509.Certificate, ...]) -> bytes | None:
-    """RootCaKeyUpdateValue for a device that trusts the root in ``asked`` (None: no update)."""
+    """RootCaKeyUpdateValue for a device that trusts the root in ``asked``: the rollover away
+    from it (newWithNew, newWithOld, oldWithNew) when the label's certificates hold one, None
+    when it is the current root. A root the label does not serve is refused."""
     if asked is None:
         raise BadRequest("rootCaCert must name the root CA certificate the device trusts")
     try:
         old = x509.load_der_x509_certificate(asked)
     except ValueError:
         raise BadDataFormat("rootCaCert's value is not a DER certificate") from None
-    current = _root_of(chain)
-    if old == current:
-        return None
-    update = rfc9480.RootCaKeyUpdateContent()
-    update["newWithNew"] = _certificate_value(current)
-    return encode_der(update)
+    if old not in chain or not is_self_signed(old):
+        raise BadRequest(
+            f"rootCaCert names a root this node does not serve ({old.subject.rfc4514_string()}); "
+            "ask with the root CA certificate the device was given"
+        )
+    update = find_update(old, chain)
+    if update is None:
+        return None  # the current root: no update (RFC 9483 4.3.2, an absent value)
+    value = rfc9480.RootCaKeyUpdateContent()
+    value["newWithNew"] = _certificate_value(update.new_with_new)
+    _tagged(value["newWithOld"], update.new_with_old)
+    _tagged(value["oldWithNew"], update.old_with_new)
+    return encode_der(value)
 
 
 async def general(exchange: CmpExchange) -> CmpReply:

@@ -3,14 +3,20 @@ update answer for a device that names the root it trusts."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 from cryptography.hazmat.primitives import serialization
 from pyasn1_alt_modules import rfc9480
-from tests.support.cmp_mock import MockPKI
+from tests.support.cmp_mock import NOW, MockPKI
 
 from ztpki.node.cmp_general import ca_certs_value, root_update_value
 from ztpki.pki.asn1 import decode_der, encode_der
+from ztpki.pki.keys import KeySpec, generate_private_key
+from ztpki.pki.rollover import update_root_key
 from ztpki.protocol.cmp import BadDataFormat, BadRequest
+
+DER = serialization.Encoding.DER
 
 
 def _der(pki: MockPKI) -> bytes:
@@ -26,14 +32,35 @@ def test_ok_ca_certs_value() -> None:
     ]
 
 
-def test_ok_root_update_only_for_another_root() -> None:
-    current, old = MockPKI.create(), MockPKI.create()
-    assert root_update_value(_der(current), (current.server, current.ca)) is None
-    update = root_update_value(_der(old), (current.server, current.ca))
-    assert update is not None
-    value = decode_der(update, rfc9480.RootCaKeyUpdateContent(), what="update")
-    assert encode_der(value["newWithNew"]) == _der(current)
-    assert not value["newWithOld"].isValue  # no cross certificate: the device decides
+def _plain(tagged: object) -> bytes:
+    """A tagged CMPCertificate's DER without its explicit tag (as x509 loads it)."""
+    der = encode_der(tagged)
+    length = der[1]
+    return der[2 + (length - 0x80 if length & 0x80 else 0) :]
+
+
+def test_ok_root_update_after_a_rollover() -> None:
+    current = MockPKI.create()
+    key = generate_private_key(KeySpec.EC_P256)
+    update = update_root_key(current.ca_key, current.ca, key, now=NOW, validity=timedelta(days=90))
+    chain = (current.server, current.ca, update.new_with_new, *update.links)
+    assert root_update_value(_der(current), (current.server, current.ca)) is None  # no rollover
+    value = decode_der(
+        root_update_value(_der(current), chain) or b"", rfc9480.RootCaKeyUpdateContent(), what="u"
+    )
+    assert encode_der(value["newWithNew"]) == update.new_with_new.public_bytes(DER)
+    assert _plain(value["newWithOld"]) == update.new_with_old.public_bytes(DER)
+    assert _plain(value["oldWithNew"]) == update.old_with_new.public_bytes(DER)
+    # Asked with the new root: it is the current one, no update.
+    assert root_update_value(update.new_with_new.public_bytes(DER), chain) is None
+
+
+def test_fail_root_update_for_a_root_not_served() -> None:
+    current, other = MockPKI.create(), MockPKI.create()
+    with pytest.raises(BadRequest, match="does not serve"):
+        root_update_value(_der(other), (current.server, current.ca))
+    with pytest.raises(BadRequest, match="does not serve"):  # a certificate, not a root
+        root_update_value(current.server.public_bytes(DER), (current.server, current.ca))
 
 
 @pytest.mark.parametrize(
