@@ -90,7 +90,7 @@ def rollover_command(
                 "resumed": done.resumed,
                 "new_with_new": fingerprint_sha256(update.new_with_new),
                 "new_with_old": fingerprint_sha256(update.new_with_old),
-                "old_with_new": fingerprint_sha256(update.old_with_new),
+                "old_with_new": fingerprint_sha256(update.links[-1]),
                 "old_with_old": fingerprint_sha256(update.old_with_old),
             }
         )

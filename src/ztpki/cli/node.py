@@ -211,6 +211,19 @@ def add_ca_command(
     console.print(f"added EST label [bold]{label}[/]")
 
 
+@node.command("update-ca")
+@dir_option
+@click.option("--label", required=True, help="The EST label whose CA chain to replace.")
+@click.option("--customer-chain", required=True, type=click.Path(path_type=Path, dir_okay=False))
+def update_ca_command(directory: Path, label: str, customer_chain: Path) -> None:
+    """Replace an EST label's CA chain, e.g. after the customer CA system's root rolled its key
+    over (`ztpki ca rollover`, then `ztpki ca export`). Restart `node serve` to apply."""
+    from ztpki.node.setup import update_label_chain
+
+    path = update_label_chain(directory, label=label, customer_chain=customer_chain)
+    console.print(f"replaced the CA chain of EST label [bold]{label}[/] ({path}); restart the node")
+
+
 @node.command("policy")
 @dir_option
 @click.option("--json", "as_json", is_flag=True)

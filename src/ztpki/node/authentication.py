@@ -26,6 +26,7 @@ always verified in full.
 from __future__ import annotations
 
 import bisect
+import functools
 import logging
 from collections import Counter, OrderedDict
 from collections.abc import Iterable, Sequence
@@ -161,6 +162,13 @@ class CustomerCA:
     @property
     def anchors(self) -> tuple[x509.Certificate, ...]:
         return _anchors_of(self.chain)
+
+    @functools.cached_property
+    def own(self) -> frozenset[x509.Certificate]:
+        """This CA's certificates: the current one and, after a root key rollover, its old
+        root and oldWithNew (same name, the old key), which vouch for what the old key
+        issued until that expires."""
+        return frozenset(c for c in self.chain if c.subject == self.certificate.subject)
 
 
 class AuthenticationModule:
@@ -327,7 +335,7 @@ class AuthenticationModule:
                 continue
             # Only the label's own CA may vouch for an operational identity, not a sibling CA
             # under the same customer root.
-            if len(path) > 1 and path[1] == ca.certificate:
+            if len(path) > 1 and path[1] in ca.own:
                 identity = self._identity(IdentityKind.OPERATIONAL, leaf, label=ca.label)
                 self._remember_issuer_path(ca.label, path, now)
                 return identity

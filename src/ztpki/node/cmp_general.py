@@ -22,11 +22,19 @@ from ztpki.node.cmp_exchange import CmpExchange, CmpReply
 from ztpki.pki.asn1 import decode_der, encode_der
 from ztpki.pki.rollover import find_update, is_self_signed
 from ztpki.protocol.cmp import BadDataFormat, BadRequest, BodyType, GenMsgBody, InfoTypeAndValue
+from ztpki.protocol.cmp.root_update import (
+    ID_IT_ROOT_CA_CERT,
+    ID_IT_ROOT_CA_KEY_UPDATE,
+    RootUpdateValue,
+    encode_root_update,
+)
 
 ID_IT_CA_CERTS = "1.3.6.1.5.5.7.4.17"
-ID_IT_ROOT_CA_KEY_UPDATE = "1.3.6.1.5.5.7.4.18"
-ID_IT_ROOT_CA_CERT = "1.3.6.1.5.5.7.4.20"
 SERVED = {ID_IT_CA_CERTS: "caCerts", ID_IT_ROOT_CA_CERT: "rootCaCert"}
+
+
+def _der(certificate: x509.Certificate) -> bytes:
+    return certificate.public_bytes(serialization.Encoding.DER)
 
 
 def _certificate_value(certificate: x509.Certificate) -> rfc5280.Certificate:
@@ -44,13 +52,6 @@ def ca_certs_value(chain: tuple[x509.Certificate, ...]) -> bytes:
     for certificate in chain:
         value.append(_certificate_value(certificate))
     return encode_der(value)
-
-
-def _tagged(field: rfc5280.Certificate, certificate: x509.Certificate) -> None:
-    """Fill an explicitly tagged CMPCertificate field (its tags come with ``field``)."""
-    value = _certificate_value(certificate)
-    for name in ("tbsCertificate", "signatureAlgorithm", "signature"):
-        field[name] = value[name]
 
 
 def root_update_value(asked: bytes | None, chain: tuple[x509.Certificate, ...]) -> bytes | None:
@@ -71,11 +72,13 @@ def root_update_value(asked: bytes | None, chain: tuple[x509.Certificate, ...]) 
     update = find_update(old, chain)
     if update is None:
         return None  # the current root: no update (RFC 9483 4.3.2, an absent value)
-    value = rfc9480.RootCaKeyUpdateContent()
-    value["newWithNew"] = _certificate_value(update.new_with_new)
-    _tagged(value["newWithOld"], update.new_with_old)
-    _tagged(value["oldWithNew"], update.old_with_new)
-    return encode_der(value)
+    return encode_root_update(
+        RootUpdateValue(
+            _der(update.new_with_new),
+            _der(update.new_with_old),
+            None if update.old_with_new is None else _der(update.old_with_new),
+        )
+    )
 
 
 async def general(exchange: CmpExchange) -> CmpReply:

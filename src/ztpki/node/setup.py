@@ -53,6 +53,7 @@ from ztpki.pki.keys import (
 )
 from ztpki.pki.pbes2 import AT_REST_KDF_ROUNDS
 from ztpki.pki.pem import certificates_pem, fingerprint_sha256, load_certificate_der
+from ztpki.pki.rollover import is_self_signed
 from ztpki.protocol.enrollment import EnrollmentParameters, EnrollmentRequest
 from ztpki.protocol.est import build_csr
 from ztpki.secretfiles import write_private_file, write_public_file
@@ -284,6 +285,34 @@ def add_label(
     )
     updated.save()
     return updated
+
+
+def update_label_chain(directory: Path, *, label: str, customer_chain: Path) -> Path:
+    """Replace an EST label's CA chain, e.g. with the one `ztpki ca export` writes after the
+    customer's root rolled its key over (the chain, then the new root and its link
+    certificates). Every root the label served stays in it: devices that still trust an old
+    root must keep finding it, to be answered with the rollover (CMP genm rootCaCert, EST
+    cacerts). Restart `node serve` to apply."""
+    config = NodeConfig.load(directory)
+    found = [ca for ca in config.labels if ca.label == label]
+    if not found:
+        known = ", ".join(ca.label for ca in config.labels) or "none"
+        raise ConfigurationError(f"no EST label {label} in {directory} (known: {known})")
+    path = config.path(found[0].chain)
+    chain = read_certificates(customer_chain, "customer CA chain")
+    if not is_ca_certificate(chain[0]):
+        raise ConfigurationError(f"{customer_chain} must start with the issuing CA certificate")
+    served = read_certificates(path, f"CA chain of EST label {label}")
+    dropped = [c for c in served if is_self_signed(c) and c not in chain]
+    if dropped:
+        raise ConfigurationError(
+            f"{customer_chain} leaves out the root {dropped[0].subject.rfc4514_string()} that "
+            f"label {label} serves now: devices trusting it could no longer follow a rollover. "
+            "Export the chain again with `ztpki ca export` (after `ca rollover` it carries "
+            "the old root and the link certificates), or add another CA with `node add-ca`"
+        )
+    write_public_file(path, certificates_pem(chain))
+    return path
 
 
 def set_ca_systems(directory: Path, addresses: Sequence[str]) -> NodeConfig:

@@ -33,10 +33,12 @@ class RootKeyUpdate:
     old_with_old: x509.Certificate
     new_with_new: x509.Certificate
     new_with_old: x509.Certificate
-    old_with_new: x509.Certificate
+    old_with_new: x509.Certificate | None  # optional on the wire (RFC 9480 2.14)
 
     @property
-    def links(self) -> tuple[x509.Certificate, x509.Certificate]:
+    def links(self) -> tuple[x509.Certificate, ...]:
+        if self.old_with_new is None:
+            return (self.new_with_old,)
         return (self.new_with_old, self.old_with_new)
 
 

@@ -1,0 +1,99 @@
+"""Following a root CA key update over CMP (RFC 9483 section 4.3.2), as a device.
+
+The device names the root it trusts (genm id-it-rootCaCert); the node answers with no value
+(that root is current) or with newWithNew, newWithOld and oldWithNew. The new root is trusted
+only through the old one: newWithOld must verify under the root the device already trusts
+and certify the very key of newWithNew, whose own self-signature must hold too; oldWithNew,
+when present, must certify the old root's key under the new one. Anything less is refused
+with VerificationFailed and the device keeps its old root.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+
+from ztpki.device.cmp_client import CMPClient
+from ztpki.errors import MalformedInput, VerificationFailed
+from ztpki.pki.rollover import RootKeyUpdate, is_self_signed
+from ztpki.protocol.cmp import InfoTypeAndValue
+from ztpki.protocol.cmp.root_update import (
+    ID_IT_ROOT_CA_CERT,
+    ID_IT_ROOT_CA_KEY_UPDATE,
+    decode_root_update,
+)
+
+
+def _load(der: bytes, what: str) -> x509.Certificate:
+    try:
+        return x509.load_der_x509_certificate(der)
+    except ValueError:
+        raise MalformedInput(f"the node's {what} is not a DER certificate") from None
+
+
+def _check_time(certificate: x509.Certificate, what: str, now: datetime) -> None:
+    if not certificate.not_valid_before_utc <= now <= certificate.not_valid_after_utc:
+        raise VerificationFailed(f"the node's {what} is not valid now")
+
+
+def verify_root_update(
+    trusted_root: x509.Certificate, value: bytes | None, *, now: datetime
+) -> RootKeyUpdate | None:
+    """The rollover from ``trusted_root`` the node announced, every certificate of it checked;
+    None when the node says the root is current."""
+    if value is None:
+        return None
+    update = decode_root_update(value)
+    new_with_new = _load(update.new_with_new, "newWithNew")
+    if update.new_with_old is None:
+        raise VerificationFailed(
+            "the node's root CA update carries no newWithOld: the new root is not vouched for "
+            "by the root the device trusts, so it is not trusted"
+        )
+    new_with_old = _load(update.new_with_old, "newWithOld")
+    try:
+        new_with_old.verify_directly_issued_by(trusted_root)
+    except (ValueError, TypeError, InvalidSignature):
+        raise VerificationFailed(
+            "the node's newWithOld is not signed by the root the device trusts"
+        ) from None
+    if new_with_old.public_key() != new_with_new.public_key() or not is_self_signed(new_with_new):
+        raise VerificationFailed(
+            "the node's newWithNew is not the self-signed certificate of the key newWithOld "
+            "certifies"
+        )
+    if new_with_new.subject != trusted_root.subject:
+        raise VerificationFailed("the node's new root bears another name than the old root")
+    _check_time(new_with_old, "newWithOld", now)
+    _check_time(new_with_new, "newWithNew", now)
+    old_with_new = None
+    if update.old_with_new is not None:
+        old_with_new = _load(update.old_with_new, "oldWithNew")
+        try:
+            old_with_new.verify_directly_issued_by(new_with_new)
+        except (ValueError, TypeError, InvalidSignature):
+            raise VerificationFailed(
+                "the node's oldWithNew is not signed by the new root"
+            ) from None
+        if old_with_new.public_key() != trusted_root.public_key():
+            raise VerificationFailed(
+                "the node's oldWithNew certifies another key than the old root's"
+            )
+    return RootKeyUpdate(trusted_root, new_with_new, new_with_old, old_with_new)
+
+
+async def follow_root_update(
+    client: CMPClient, trusted_root: x509.Certificate, *, now: datetime
+) -> RootKeyUpdate | None:
+    """genm rootCaCert with the root the device trusts; the checked rollover, or None."""
+    asked = InfoTypeAndValue(
+        ID_IT_ROOT_CA_CERT, trusted_root.public_bytes(serialization.Encoding.DER)
+    )
+    items = await client.general([asked])
+    found = [i for i in items if i.oid == ID_IT_ROOT_CA_KEY_UPDATE]
+    if len(found) != 1:
+        raise MalformedInput("the node's genp does not answer id-it-rootCaCert")
+    return verify_root_update(trusted_root, found[0].value, now=now)
