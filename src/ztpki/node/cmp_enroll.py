@@ -3,8 +3,9 @@
 All four are the enrollment service's simpleenroll / simplereenroll: the same authorization,
 register states, lease and audit as EST. ir, cr and p10cr with the temporary certificate
 customize the device; kur (and cr, p10cr) with the operational certificate renew it. The
-transactionID is recorded before anything else, so a replayed or colliding id is refused
-(transactionIdInUse) whatever happens to the request after.
+transactionID is recorded in the issuance lease's own commit (or, for a request that ends
+before any lease, on its own), so a replayed or colliding id is never served twice: it is
+refused (transactionIdInUse), or refused on its own merits.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from dataclasses import replace
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -21,6 +23,7 @@ from ztpki.errors import Unavailable, ZtpkiError
 from ztpki.node.authentication import IdentityKind
 from ztpki.node.authorization import Operation
 from ztpki.node.cmp_exchange import CmpExchange, CmpReply, DeliveredKey
+from ztpki.node.cmp_record import CmpRecord, write_row
 from ztpki.node.enrollment_types import Enrolled, KeyRequest, LoadedLabel
 from ztpki.pki.pem import serial_hex
 from ztpki.protocol.cmp import (
@@ -42,7 +45,7 @@ from ztpki.protocol.cmp import (
     old_cert_id,
     verify_popo,
 )
-from ztpki.store.cmp_transactions import CmpTransaction, CmpTransactionState
+from ztpki.store.cmp_transactions import CmpTransaction, CmpTransactionState, TransactionIdTaken
 
 log = logging.getLogger(__name__)
 
@@ -130,11 +133,10 @@ async def issue(
 ) -> CmpReply:
     """The transaction, the enrollment service's answer and the reply for one request
     (``operation`` SERVERKEYGEN: the reply also carries the key the CA generated)."""
-    message, identity, service = exchange.message, exchange.identity, exchange.service
-    transaction_id = message.header.transaction_id
-    began = await service.register.begin_cmp_transaction(
+    message, identity = exchange.message, exchange.identity
+    record = CmpRecord(
         CmpTransaction(
-            transaction_id=transaction_id,
+            transaction_id=message.header.transaction_id,
             device_id=identity.device_id,
             label=exchange.label.name,
             body=message.body.type.value,
@@ -147,35 +149,37 @@ async def issue(
             public_key_der=key.public_key_der,
             csr_der=key.csr_der,
             named_device_id=key.named_device_id,
-        )
+        ),
+        response_nonce=os.urandom(16),
+        confirmed=message.header.implicit_confirm and exchange.label.config.cmp_implicit_confirm,
     )
-    if not began:
-        raise TransactionIdInUse(
-            f"transactionID {transaction_id.hex()} was used before: start every request "
-            "with a new transactionID"
-        )
     # A centrally generated key is not kept in the register: it cannot wait for a poll.
     pollable = operation is not Operation.SERVERKEYGEN
     return await serve(
-        exchange, key, cert_req_id, operation, message.body.type, exchange.label, pollable
+        exchange, key, record, operation, message.body.type, exchange.label, pollable
     )
 
 
 async def serve(
     exchange: CmpExchange,
     key: KeyRequest,
-    cert_req_id: int,
+    record: CmpRecord,
     operation: Operation,
     requested: BodyType,
     label: LoadedLabel,
     pollable: bool,
 ) -> CmpReply:
     """Serve an open transaction's key request (the request itself, or a pollReq for it):
-    the certificate, or -- ``pollable`` and the CA system slow or unavailable -- ``waiting``."""
+    the certificate, or -- ``pollable`` and the CA system slow or unavailable -- ``waiting``.
+
+    The transaction's row goes into the register with the issuance lease (the enrollment
+    service writes it); when the request ends before any lease, it is written here, so that
+    its transactionID is never served again either way."""
     identity, service = exchange.identity, exchange.service
-    transaction_id = exchange.message.header.transaction_id
+    cert_req_id = record.transaction.cert_req_id
+    assert cert_req_id is not None
     enrollment = asyncio.ensure_future(
-        service.enroll(operation, label, identity, key, endpoint=exchange.endpoint)
+        service.enroll(operation, label, identity, key, endpoint=exchange.endpoint, cmp=record)
     )
     try:
         if pollable:
@@ -189,18 +193,27 @@ async def serve(
     except TimeoutError:
         if enrollment.done():
             raise
-        _keep_running(enrollment)
-        return await _waiting(exchange, requested, cert_req_id, SLOW_CHECK_AFTER)
+        await _open(exchange, record)
+        if await _mark_waiting(exchange):
+            _keep_running(enrollment)
+            return _waiting(exchange, requested, cert_req_id, SLOW_CHECK_AFTER)
+        # The row is no longer open: the issuance landed (its certificate in the row) while
+        # this answer was being decided. Deliver it rather than have the device poll for it.
+        return await _deliver(exchange, requested, record, await enrollment)
     except Unavailable as exc:
         if not pollable:
-            await _reject(exchange, transaction_id)
+            await _reject(exchange, record)
             raise
-        return await _waiting(exchange, requested, cert_req_id, exc.retry_after or 1)
+        await _open(exchange, record)
+        await _mark_waiting(exchange)
+        return _waiting(exchange, requested, cert_req_id, exc.retry_after or 1)
+    except TransactionIdTaken as exc:
+        raise TransactionIdInUse(exc.message) from None  # audited as refused already
     except BaseException:
         enrollment.cancel()
-        await _reject(exchange, transaction_id)
+        await _reject(exchange, record)
         raise
-    return await _deliver(exchange, requested, cert_req_id, enrolled)
+    return await _deliver(exchange, requested, record, enrolled)
 
 
 # checkAfter when the CA system is slow rather than unavailable (it may answer any moment).
@@ -221,20 +234,39 @@ def _keep_running(enrollment: asyncio.Future[Enrolled]) -> None:
     enrollment.add_done_callback(done)
 
 
-async def _reject(exchange: CmpExchange, transaction_id: bytes) -> None:
-    await asyncio.shield(
-        exchange.service.register.close_cmp_transaction(
-            transaction_id, state=CmpTransactionState.REJECTED, now=exchange.service.now()
+async def _open(exchange: CmpExchange, record: CmpRecord) -> None:
+    """The row of a request answered ``waiting``, for its pollReq (unless written already)."""
+    try:
+        await write_row(exchange.service.register, record)
+    except TransactionIdTaken as exc:
+        raise TransactionIdInUse(exc.message) from None
+
+
+async def _reject(exchange: CmpExchange, record: CmpRecord) -> None:
+    """A refused request's transaction ends rejected: closed if its row is in the register,
+    else written so (its transactionID is spent; a replay of it is refused)."""
+    register, now = exchange.service.register, exchange.service.now()
+    if record.written:
+        closing = register.close_cmp_transaction(
+            record.transaction.transaction_id, state=CmpTransactionState.REJECTED, now=now
         )
-    )
+        await asyncio.shield(closing)
+        return
+    rejected = replace(record.transaction, state=CmpTransactionState.REJECTED, updated_at=now)
+    await asyncio.shield(register.begin_cmp_transaction(rejected))
 
 
-async def _waiting(
+async def _mark_waiting(exchange: CmpExchange) -> bool:
+    """The row says the device was told to poll; False when it is no longer open."""
+    transaction_id = exchange.message.header.transaction_id
+    register = exchange.service.register
+    return await register.mark_cmp_waiting(transaction_id, now=exchange.service.now())
+
+
+def _waiting(
     exchange: CmpExchange, requested: BodyType, cert_req_id: int, check_after: int
 ) -> CmpReply:
     """RFC 9483 4.4: the request is accepted and its answer comes on a pollReq."""
-    transaction_id = exchange.message.header.transaction_id
-    await exchange.service.register.mark_cmp_waiting(transaction_id, now=exchange.service.now())
     if exchange.message.body.type is BodyType.POLL_REQ:
         entry = PollEntry(cert_req_id, check_after, ("the customer CA system has not answered",))
         return CmpReply(PollRepBody((entry,)), outcome="waiting")
@@ -244,22 +276,24 @@ async def _waiting(
 
 
 async def _deliver(
-    exchange: CmpExchange, requested: BodyType, cert_req_id: int, enrolled: Enrolled
+    exchange: CmpExchange, requested: BodyType, record: CmpRecord, enrolled: Enrolled
 ) -> CmpReply:
-    service, message = exchange.service, exchange.message
-    transaction_id = message.header.transaction_id
+    service = exchange.service
+    cert_req_id = record.transaction.cert_req_id
+    assert cert_req_id is not None
     certificate_der = enrolled.certificate.public_bytes(serialization.Encoding.DER)
     serial = serial_hex(enrolled.certificate)
-    implicit = message.header.implicit_confirm and exchange.label.config.cmp_implicit_confirm
-    nonce = os.urandom(16)
-    await service.register.record_cmp_issued(
-        transaction_id,
-        serial=serial,
-        certificate_der=certificate_der,
-        response_nonce=nonce,
-        confirmed=implicit,
-        now=service.now(),
-    )
+    implicit, nonce = record.confirmed, record.response_nonce
+    if enrolled.outcome != "issued":
+        # A redelivery: no issuance commit carried the row's certificate, so it goes alone.
+        await service.register.record_cmp_issued(
+            record.transaction.transaction_id,
+            serial=serial,
+            certificate_der=certificate_der,
+            response_nonce=nonce,
+            confirmed=implicit,
+            now=service.now(),
+        )
     if implicit:
         await service.confirm_certificate(exchange.identity, serial, endpoint=exchange.endpoint)
     response = CertResponse(cert_req_id, StatusInfo.accepted(), certificate_der)

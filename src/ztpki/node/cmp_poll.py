@@ -10,9 +10,12 @@ The answer is another pollRep(checkAfter), or the ip/cp/kup the request would ha
 
 from __future__ import annotations
 
+import os
+
 from ztpki.node.authorization import Operation
 from ztpki.node.cmp_enroll import serve
 from ztpki.node.cmp_exchange import CmpExchange, CmpReply
+from ztpki.node.cmp_record import CmpRecord, RowState
 from ztpki.node.enrollment_types import KeyRequest
 from ztpki.protocol.cmp import (
     BadCertId,
@@ -50,10 +53,18 @@ async def poll(exchange: CmpExchange) -> CmpReply:
         )
     assert transaction.operation is not None and transaction.cert_req_id is not None
     key = KeyRequest(transaction.public_key_der, transaction.named_device_id, transaction.csr_der)
+    implicit = exchange.message.header.implicit_confirm
+    record = CmpRecord(
+        transaction,
+        response_nonce=os.urandom(16),
+        confirmed=implicit and exchange.label.config.cmp_implicit_confirm,
+        state=RowState.WRITTEN,
+        polled=True,
+    )
     return await serve(
         exchange,
         key,
-        transaction.cert_req_id,
+        record,
         Operation(transaction.operation),
         BodyType(transaction.body),
         exchange.service.label(transaction.label),

@@ -32,6 +32,7 @@ from ztpki.node.authorization import (
     should_confirm,
 )
 from ztpki.node.ca_client import Issued, SecondCAClient
+from ztpki.node.cmp_record import CmpRecord, write_row
 from ztpki.node.config import Limits, RevocationPolicy
 
 # Enrolled and LoadedLabel are re-exported: they were defined here before.
@@ -146,13 +147,15 @@ class EnrollmentService:
         csr: x509.CertificateSigningRequest | KeyRequest,
         *,
         endpoint: str | None = None,
+        cmp: CmpRecord | None = None,
     ) -> Enrolled:
         """simpleenroll, simplereenroll or serverkeygen for an authenticated device (or a CMP
-        request doing the same: ``endpoint`` names it in the audit trail)."""
+        request doing the same: ``endpoint`` names it in the audit trail, ``cmp`` carries its
+        transaction row into the issuance's own commits)."""
         endpoint = endpoint or _endpoint(label, operation)
         request = csr if isinstance(csr, KeyRequest) else KeyRequest.from_csr(csr)
         try:
-            return await self._enroll(operation, label, identity, request, endpoint)
+            return await self._enroll(operation, label, identity, request, endpoint, cmp)
         except _Audited as done:
             raise done.error from None
         except ZtpkiError as exc:
@@ -166,6 +169,7 @@ class EnrollmentService:
         identity: ClientIdentity,
         request: KeyRequest,
         endpoint: str,
+        cmp: CmpRecord | None,
     ) -> Enrolled:
         device = await self._confirm(
             await self.register.get(identity.device_id), identity, endpoint=endpoint
@@ -184,6 +188,7 @@ class EnrollmentService:
             decision = decide(device, identity, context)
             if decision.action is Action.REDELIVER:
                 assert device is not None
+                await write_row(self.register, cmp)
                 return await self._redeliver(device, identity, decision, endpoint)
             assert device is not None
             token = new_token()
@@ -195,10 +200,14 @@ class EnrollmentService:
                 now=now,
                 lease_seconds=self.limits.lease_seconds,
                 take_over=device.lease_token if context.lease_expired else None,
+                cmp_transaction=None if cmp is None else cmp.claim(),
             )
+            if cmp is not None:
+                cmp.settle(before is not None)
             if before is not None and same_row(before, device):
                 key = None if operation is Operation.SERVERKEYGEN else request
-                return await self._issue(before, identity, decision, label, key, token, endpoint)
+                issuing = (before, identity, decision, label, key, token, endpoint, cmp)
+                return await self._issue(*issuing)
             if before is not None:
                 # The row changed between reading and leasing it (another request issued in
                 # between): give the lease back and decide on what is there now.
@@ -217,6 +226,7 @@ class EnrollmentService:
         key: KeyRequest | None,
         token: str,
         endpoint: str,
+        cmp: CmpRecord | None,
     ) -> Enrolled:
         device_id = before.device_id
         # A device with an issued (unconfirmed) certificate gets it superseded, never a second.
@@ -254,7 +264,7 @@ class EnrollmentService:
                 for r in issued.revoked
             )
         )
-        return await self._complete(issued, before, label, identity, decision, token, endpoint)
+        return await self._complete(issued, before, label, identity, decision, token, endpoint, cmp)
 
     async def _complete(
         self,
@@ -265,6 +275,7 @@ class EnrollmentService:
         decision: Decision,
         token: str,
         endpoint: str,
+        cmp: CmpRecord | None = None,
     ) -> Enrolled:
         device_id = identity.device_id
         serial = serial_hex(issued.certificate)
@@ -290,6 +301,7 @@ class EnrollmentService:
             audit=self._record(endpoint, identity, "issued", reason, now=now, serial=serial),
             revocations=orders,
             renewed_from=previous if renewal and orders else None,
+            cmp_issued=None if cmp is None else cmp.issued,
         )
         if not completed:
             return await self._discard(label, identity, serial, endpoint)

@@ -29,7 +29,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from ztpki.errors import StorageError, Unavailable
-from ztpki.store.cmp_transactions import CmpTransaction, CmpTransactionState
+from ztpki.store.cmp_transactions import CmpIssued, CmpTransaction, CmpTransactionState
 from ztpki.store.interfaces import NodeStore
 from ztpki.store.records import AuditRecord, DeviceState, RegisteredDevice
 from ztpki.store.revocation_records import QueuedRevocation, RevocationOrder, SenderLease
@@ -174,6 +174,7 @@ class AsyncRegister:
         now: datetime,
         lease_seconds: float,
         take_over: str | None = None,
+        cmp_transaction: CmpTransaction | None = None,
     ) -> RegisteredDevice | None:
         return await self._run(
             self.store.begin_issuance,
@@ -184,6 +185,7 @@ class AsyncRegister:
             now=now,
             lease_seconds=lease_seconds,
             take_over=take_over,
+            cmp_transaction=cmp_transaction,
         )
 
     async def complete_issuance(
@@ -200,6 +202,7 @@ class AsyncRegister:
         audit: AuditRecord,
         revocations: Sequence[RevocationOrder] = (),
         renewed_from: str | None = None,
+        cmp_issued: CmpIssued | None = None,
     ) -> bool:
         return await self._run(
             self.store.complete_issuance,
@@ -214,6 +217,7 @@ class AsyncRegister:
             audit=audit,
             revocations=revocations,
             renewed_from=renewed_from,
+            cmp_issued=cmp_issued,
         )
 
     async def abort_issuance(

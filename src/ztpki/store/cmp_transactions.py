@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
+from ztpki.errors import ZtpkiError
 from ztpki.store.instants import decode_instant, encode_instant
-from ztpki.store.sql import Database
+from ztpki.store.sql import Database, SQLConnection
 
 
 class CmpTransactionState(enum.StrEnum):
@@ -96,6 +97,32 @@ _COLUMNS = (
 )
 
 
+@dataclass(frozen=True)
+class CmpIssued:
+    """What a CMP transaction records when its certificate goes out: the senderNonce of the
+    answer (its certConf must echo it) and whether implicitConfirm was granted."""
+
+    transaction_id: bytes
+    response_nonce: bytes
+    confirmed: bool = False
+    # Not over a row answered ``waiting``: that certificate goes out on the device's pollReq,
+    # which records its own answer (the request's issuance finishing in the background).
+    unless_waiting: bool = False
+
+
+class TransactionIdTaken(ZtpkiError):
+    """A CMP request's transactionID was used before (a replay, or another device's): the
+    request is not served. The CMP front end answers it with failInfo transactionIdInUse."""
+
+    code = "transaction-id-in-use"
+
+    def __init__(self, transaction_id: bytes) -> None:
+        super().__init__(
+            f"transactionID {transaction_id.hex()} was used before: start every request "
+            "with a new transactionID"
+        )
+
+
 class CmpTransactionStore(Protocol):
     """What the node's CMP front end keeps of its transactions."""
 
@@ -128,35 +155,8 @@ class CmpTransactions:
 
     def begin_cmp_transaction(self, transaction: CmpTransaction) -> bool:
         """Record a new transaction; False if its id was ever used (nothing written)."""
-        t = transaction
         with self._db.write() as conn:
-            return (
-                conn.execute(
-                    f"INSERT INTO cmp_transaction ({_COLUMNS}) "  # noqa: S608 (constant columns)
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                    "ON CONFLICT (transaction_id) DO NOTHING",
-                    (
-                        t.transaction_id,
-                        t.device_id,
-                        t.label,
-                        t.body,
-                        t.signer_fingerprint,
-                        t.state.value,
-                        encode_instant(t.created_at),
-                        encode_instant(t.updated_at),
-                        t.cert_req_id,
-                        t.serial,
-                        t.certificate_der,
-                        t.response_nonce,
-                        t.operation,
-                        t.public_key_der,
-                        t.csr_der,
-                        t.named_device_id,
-                        None if t.waiting_since is None else encode_instant(t.waiting_since),
-                    ),
-                ).rowcount
-                == 1
-            )
+            return insert_transaction(conn, transaction)
 
     def record_cmp_issued(
         self,
@@ -169,23 +169,10 @@ class CmpTransactions:
         now: datetime,
     ) -> bool:
         """An open transaction's certificate was sent (or, confirmed: implicitly accepted)."""
-        state = CmpTransactionState.CONFIRMED if confirmed else CmpTransactionState.ISSUED
+        issued = CmpIssued(transaction_id, response_nonce, confirmed=confirmed)
         with self._db.write() as conn:
-            return (
-                conn.execute(
-                    "UPDATE cmp_transaction SET state = ?, serial = ?, certificate_der = ?, "
-                    "response_nonce = ?, updated_at = ? "
-                    "WHERE transaction_id = ? AND state = 'open'",
-                    (
-                        state.value,
-                        serial,
-                        certificate_der,
-                        response_nonce,
-                        encode_instant(now),
-                        transaction_id,
-                    ),
-                ).rowcount
-                == 1
+            return mark_issued(
+                conn, issued, serial=serial, certificate_der=certificate_der, now=now
             )
 
     def close_cmp_transaction(
@@ -244,3 +231,67 @@ class CmpTransactions:
             named_device_id=row[15],
             waiting_since=None if row[16] is None else decode_instant(row[16]),
         )
+
+
+# -- the statements, for a caller's own transaction (SQLiteNodeStore.begin_issuance and
+# complete_issuance put a CMP request's row in the issuance's own commit) --------------------
+
+
+def insert_transaction(conn: SQLConnection, transaction: CmpTransaction) -> bool:
+    """INSERT the row unless its transactionID was ever used; False then (nothing written)."""
+    t = transaction
+    return (
+        conn.execute(
+            f"INSERT INTO cmp_transaction ({_COLUMNS}) "  # noqa: S608 (constant columns)
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (transaction_id) DO NOTHING",
+            (
+                t.transaction_id,
+                t.device_id,
+                t.label,
+                t.body,
+                t.signer_fingerprint,
+                t.state.value,
+                encode_instant(t.created_at),
+                encode_instant(t.updated_at),
+                t.cert_req_id,
+                t.serial,
+                t.certificate_der,
+                t.response_nonce,
+                t.operation,
+                t.public_key_der,
+                t.csr_der,
+                t.named_device_id,
+                None if t.waiting_since is None else encode_instant(t.waiting_since),
+            ),
+        ).rowcount
+        == 1
+    )
+
+
+_MARK_ISSUED = (
+    "UPDATE cmp_transaction SET state = ?, serial = ?, certificate_der = ?, "
+    "response_nonce = ?, updated_at = ? WHERE transaction_id = ? AND state = 'open'"
+)
+_MARK_ISSUED_UNLESS_WAITING = _MARK_ISSUED + " AND waiting_since IS NULL"
+
+
+def mark_issued(
+    conn: SQLConnection, issued: CmpIssued, *, serial: str, certificate_der: bytes, now: datetime
+) -> bool:
+    """An open transaction's certificate goes out: ISSUED (or CONFIRMED, implicitConfirm)."""
+    state = CmpTransactionState.CONFIRMED if issued.confirmed else CmpTransactionState.ISSUED
+    return (
+        conn.execute(
+            _MARK_ISSUED_UNLESS_WAITING if issued.unless_waiting else _MARK_ISSUED,
+            (
+                state.value,
+                serial,
+                certificate_der,
+                issued.response_nonce,
+                encode_instant(now),
+                issued.transaction_id,
+            ),
+        ).rowcount
+        == 1
+    )

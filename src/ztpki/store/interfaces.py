@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Protocol
 
 from ztpki.errors import ZtpkiError
-from ztpki.store.cmp_transactions import CmpTransactionStore
+from ztpki.store.cmp_transactions import CmpIssued, CmpTransaction, CmpTransactionStore
 from ztpki.store.records import (
     AnsweredRequest,
     AuditEntry,
@@ -256,6 +256,7 @@ class RegisterStore(Protocol):
         lease_seconds: float,
         audit: AuditRecord | None = None,
         take_over: str | None = None,
+        cmp_transaction: CmpTransaction | None = None,
     ) -> RegisteredDevice | None:
         """Move the device to ISSUING under a lease held by ``token``, for EST ``label``.
 
@@ -267,6 +268,9 @@ class RegisterStore(Protocol):
         completion, abort and takeover; until it is customized, an issuance under another label
         is not allowed.
         Returns the row as it was before the change, or None when not allowed.
+        ``cmp_transaction``: a CMP request's transaction row, written in the same commit when
+        the lease is granted; TransactionIdTaken (and nothing written) when its
+        transactionID was used before.
         """
         ...
 
@@ -284,11 +288,13 @@ class RegisterStore(Protocol):
         audit: AuditRecord | None = None,
         revocations: Sequence[RevocationOrder] = (),
         renewed_from: str | None = None,
+        cmp_issued: CmpIssued | None = None,
     ) -> bool:
         """ISSUING -> ``new_state`` (ISSUED or CUSTOMIZED) with the new certificate, only while
         ``token`` still holds the lease; clears the lease. ``revocations`` (the certificates
         it supersedes) are queued with it; ``renewed_from``: a renewal's previous certificate,
-        whose WAITING revocation confirm_renewal makes due."""
+        whose WAITING revocation confirm_renewal makes due. ``cmp_issued``: the CMP
+        transaction (opened with begin_issuance) records the certificate in the same commit."""
         ...
 
     def abort_issuance(

@@ -17,7 +17,14 @@ from typing import Any
 
 from ztpki.store import sqlite_audit
 from ztpki.store.audit import verify_chain
-from ztpki.store.cmp_transactions import CmpTransactions
+from ztpki.store.cmp_transactions import (
+    CmpIssued,
+    CmpTransaction,
+    CmpTransactions,
+    TransactionIdTaken,
+    insert_transaction,
+    mark_issued,
+)
 from ztpki.store.instants import decode_instant, encode_instant
 from ztpki.store.records import (
     RESTING_STATES,
@@ -202,6 +209,7 @@ class SQLiteNodeStore(RegisterTransitions, CmpTransactions, ConsoleQueries):
         lease_seconds: float,
         audit: AuditRecord | None = None,
         take_over: str | None = None,
+        cmp_transaction: CmpTransaction | None = None,
     ) -> RegisteredDevice | None:
         allowed = _resting_states(allowed_from)
         if not token:
@@ -234,6 +242,10 @@ class SQLiteNodeStore(RegisterTransitions, CmpTransactions, ConsoleQueries):
                 if found is None or conn.execute(_begin_issuance("", marks), params).rowcount != 1:
                     return None
                 before = found
+            # A CMP request's transaction row goes in with its lease: one commit, and a
+            # transactionID used before undoes the lease with it (the exception rolls back).
+            if cmp_transaction is not None and not insert_transaction(conn, cmp_transaction):
+                raise TransactionIdTaken(cmp_transaction.transaction_id)
             _audit(conn, audit)
         return before
 
@@ -251,6 +263,7 @@ class SQLiteNodeStore(RegisterTransitions, CmpTransactions, ConsoleQueries):
         audit: AuditRecord | None = None,
         revocations: Sequence[RevocationOrder] = (),
         renewed_from: str | None = None,
+        cmp_issued: CmpIssued | None = None,
     ) -> bool:
         new_state = DeviceState(new_state)
         if new_state not in (DeviceState.ISSUED, DeviceState.CUSTOMIZED):
@@ -274,6 +287,9 @@ class SQLiteNodeStore(RegisterTransitions, CmpTransactions, ConsoleQueries):
                     [v for row in enumerate(chain_der) for v in (device_id, *row)],
                 )
             insert_orders(conn, revocations, now=now)
+            if cmp_issued is not None:  # the CMP transaction's certificate, in this commit
+                mark_issued(conn, cmp_issued, serial=serial, certificate_der=certificate_der,
+                            now=now)  # fmt: skip
             _audit(conn, audit)
         return True
 

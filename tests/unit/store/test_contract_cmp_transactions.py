@@ -10,10 +10,17 @@ from pathlib import Path
 
 import pytest
 from store_backends import T0, Backend, race, race_begin_cmp_transaction
+from test_contract_register import listed, state_of
 from tests.support.legacy_register import BEFORE_CONSOLE
 
 from ztpki.store import NodeStore
-from ztpki.store.cmp_transactions import CmpTransaction, CmpTransactionState
+from ztpki.store.cmp_transactions import (
+    CmpIssued,
+    CmpTransaction,
+    CmpTransactionState,
+    TransactionIdTaken,
+)
+from ztpki.store.records import DeviceState
 from ztpki.store.sqlite import open_sqlite_node_store
 from ztpki.store.sqlite_db import stored_schema_version
 from ztpki.store.sqlite_register_schema import SCHEMA_VERSION
@@ -157,3 +164,72 @@ def test_ok_register_of_schema_7_gains_key_requests(backend: Backend) -> None:
     assert store.mark_cmp_waiting(b"\x02" * 16, now=LATER)
     waiting = store.cmp_transaction(b"\x02" * 16)
     assert waiting is not None and waiting.waiting and waiting.csr_der == b"\x30csr"
+
+
+# ------------------------------------------------ the row in the issuance's own commits
+
+
+def _device(store: NodeStore, device_id: str = "d1") -> None:
+    listed(store, device_id)
+
+
+def _begin(store: NodeStore, token: str, row: CmpTransaction | None) -> object:
+    return store.begin_issuance(
+        "d1", allowed_from=frozenset({DeviceState.LISTED}), token=token, label="default",
+        now=T0, lease_seconds=60, cmp_transaction=row,
+    )  # fmt: skip
+
+
+def _complete(store: NodeStore, token: str, issued: CmpIssued | None) -> bool:
+    return store.complete_issuance(
+        "d1", token=token, new_state=DeviceState.ISSUED, serial="0a", spki="cd" * 32,
+        certificate_der=b"\x30cert", chain_der=[b"\x30ca"], now=LATER, cmp_issued=issued,
+    )  # fmt: skip
+
+
+def _commits(store: NodeStore) -> int:
+    return store.database.counters.snapshot()["commits_write"]
+
+
+def test_ok_transaction_goes_in_with_the_lease_and_out_with_the_certificate(
+    node_store: NodeStore,
+) -> None:
+    _device(node_store)
+    before = _commits(node_store)
+    assert _begin(node_store, "t1", transaction()) is not None
+    assert _commits(node_store) == before + 1  # lease and row: one commit
+    assert node_store.cmp_transaction(b"\x01" * 16) == transaction()
+    nonce = b"n" * 16
+    assert _complete(node_store, "t1", CmpIssued(b"\x01" * 16, nonce, unless_waiting=True))
+    assert _commits(node_store) == before + 2  # certificate and row: one commit
+    row = node_store.cmp_transaction(b"\x01" * 16)
+    assert row is not None and row.state is ISSUED
+    assert (row.serial, row.certificate_der, row.response_nonce) == ("0a", b"\x30cert", nonce)
+    assert state_of(node_store, "d1") is DeviceState.ISSUED
+
+
+def test_fail_used_transaction_id_takes_no_lease(node_store: NodeStore) -> None:
+    _device(node_store)
+    assert node_store.begin_cmp_transaction(transaction())  # used before (a replay)
+    with pytest.raises(TransactionIdTaken, match="used before"):
+        _begin(node_store, "t1", transaction(device_id="d1"))
+    assert state_of(node_store, "d1") is DeviceState.LISTED  # the lease rolled back with it
+    assert node_store.cmp_transaction(b"\x01" * 16) == transaction()
+
+
+def test_fail_lease_refused_writes_no_row(node_store: NodeStore) -> None:
+    _device(node_store)
+    assert _begin(node_store, "t1", None) is not None  # another request holds the lease
+    assert _begin(node_store, "t2", transaction()) is None
+    assert node_store.cmp_transaction(b"\x01" * 16) is None  # the id is still free
+
+
+def test_ok_row_answered_waiting_is_left_to_the_poll(node_store: NodeStore) -> None:
+    _device(node_store)
+    assert _begin(node_store, "t1", transaction()) is not None
+    assert node_store.mark_cmp_waiting(b"\x01" * 16, now=T0)
+    # The request's own issuance lands in the background: the device was told to poll, and
+    # its pollReq records the answer it gets.
+    assert _complete(node_store, "t1", CmpIssued(b"\x01" * 16, b"n" * 16, unless_waiting=True))
+    row = node_store.cmp_transaction(b"\x01" * 16)
+    assert row is not None and row.waiting and row.serial is None
