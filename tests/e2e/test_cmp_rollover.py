@@ -47,23 +47,27 @@ def root_of(world: NodeWorld) -> x509.Certificate:
     return load_certificates_pem((world.customer_dir / "cas" / "croot" / "ca.pem").read_bytes())[0]
 
 
-def follow(world: NodeWorld, device: Device, trusted: x509.Certificate) -> RootKeyUpdate | None:
-    """genm rootCaCert over mutual TLS, protected by the device's temporary certificate."""
+def client(world: NodeWorld, device: Device) -> CMPClient:
+    """ztpki's CMP client over mutual TLS, protected by the device's temporary certificate."""
     factory = load_certificates_pem((world.root / "factory-bundle.pem").read_bytes())
     credentials = Credentials(
         device.key, device.certificate, tuple(c for c in factory if c.subject != c.issuer)
     )
     anchors = load_certificates_pem(world.factory_anchor.read_bytes())
+    return CMPClient(
+        f"https://{world.node.address}/.well-known/cmp",
+        credentials,
+        trust_for(anchors),
+        context=world.device_context(device),
+    )
+
+
+def follow(world: NodeWorld, device: Device, trusted: x509.Certificate) -> RootKeyUpdate | None:
+    """genm rootCaCert with the root the device trusts."""
 
     async def run() -> RootKeyUpdate | None:
-        client = CMPClient(
-            f"https://{world.node.address}/.well-known/cmp",
-            credentials,
-            trust_for(anchors),
-            context=world.device_context(device),
-        )
-        async with client:
-            return await follow_root_update(client, trusted, now=datetime.now(UTC))
+        async with client(world, device) as cmp:
+            return await follow_root_update(cmp, trusted, now=datetime.now(UTC))
 
     return asyncio.run(run())
 
@@ -145,8 +149,29 @@ def test_ok_cacerts_carry_the_links(world: NodeWorld, rolled: x509.Certificate) 
     served = decode_certs_only(answer.body)
     new_root = root_of(world)
     links = load_certificates_pem((world.customer_dir / "cas" / "croot" / "links.pem").read_bytes())
-    assert served[0].subject.rfc4514_string().startswith("CN=operational")
+    operational = world.customer_dir / "cas" / "operational" / "ca.pem"
+    assert load_certificates_pem(operational.read_bytes())[0] in served
     assert {new_root, *links} <= set(served) and rolled in served
+
+    # CMP genm caCerts: the same certificates, with ztpki's client and with openssl's.
+    async def ca_certs() -> list[x509.Certificate]:
+        async with client(world, device) as cmp:
+            return await cmp.ca_certificates()
+
+    over_cmp = asyncio.run(ca_certs())  # in the chain's order (EST's certs-only is a SET)
+    assert len(over_cmp) == len(served) and set(over_cmp) == set(served)
+    assert over_cmp[0].subject.rfc4514_string().startswith("CN=operational")
+    assert over_cmp[-2:] == links[-2:]  # newWithOld, oldWithNew
+    anchor = str(world.factory_anchor)
+    log = sh(
+        f"openssl cmp -server {world.node.address} -path .well-known/cmp -tls_used "
+        f"-tls_trusted {anchor} -trusted {anchor} -cert {device.cert_path} "
+        f"-key {device.key_path} -tls_cert {device.cert_path} -tls_key {device.key_path} "
+        "-cmd genm -infotype caCerts",
+        world.root,
+    )
+    out = log.stdout + log.stderr
+    assert "received GENP" in out and "caCerts" in out, out
 
 
 def test_fail_rollover_and_node_update_refusals(
