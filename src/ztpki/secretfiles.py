@@ -69,11 +69,16 @@ def _write_new_file(path: Path, data: bytes, *, mode: int, durable: bool) -> Non
             tmp.unlink()
         raise
     if durable:
-        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        sync_directory(path.parent)
+
+
+def sync_directory(path: Path) -> None:
+    """fsync a directory: the names created, renamed or removed in it are durable."""
+    dir_fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 def write_private_file(path: Path, data: bytes) -> None:

@@ -309,6 +309,16 @@ class NodeWorld:
         self.customer = start_ca(self.customer_dir, self.root, listen=f"127.0.0.1:{port}")
         self.services.append(self.customer)
 
+    def restart_node(self) -> None:
+        """Stop `node serve` and start it again on the same directory (a new port)."""
+        self.node.stop()
+        self.node = start(
+            ["node", "serve", "--dir", str(self.node_dir), "--listen", "127.0.0.1:0"],
+            log_path=self.root / f"node-{os.urandom(3).hex()}.log",
+            env=ENV,
+        )
+        self.services.append(self.node)
+
     def stop(self) -> None:
         for service in reversed(self.services):
             service.stop()

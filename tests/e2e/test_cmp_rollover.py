@@ -11,7 +11,6 @@ them); it is used here for genm caCerts, and `openssl verify` for the certificat
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,7 +19,7 @@ import pytest
 from cryptography import x509
 from node_fixtures import ENV, Device, NodeWorld, build_world, cli
 from tests.support.cmp_mock import MockPKI
-from tests.support.services import run_ztpki, start
+from tests.support.services import run_ztpki
 from tests.support.shell import sh
 
 from ztpki.device.cmp_activation import trust_for
@@ -100,13 +99,7 @@ def rolled(world: NodeWorld) -> x509.Certificate:
         "--out", str(chain))  # fmt: skip
     cli("node", "update-ca", "--dir", str(world.node_dir), "--label", "default",
         "--customer-chain", str(chain))  # fmt: skip
-    world.node.stop()
-    world.node = start(
-        ["node", "serve", "--dir", str(world.node_dir), "--listen", "127.0.0.1:0"],
-        log_path=world.root / f"node-{os.urandom(3).hex()}.log",
-        env=ENV,
-    )
-    world.services.append(world.node)
+    world.restart_node()
     return old
 
 

@@ -26,7 +26,6 @@ import os
 import shutil
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cryptography import x509
@@ -39,7 +38,7 @@ from ztpki.pki.pbes2 import AT_REST_KDF_ROUNDS
 from ztpki.pki.pem import certificates_pem, load_certificates_pem
 from ztpki.pki.rollover import RootKeyUpdate, find_update, update_root_key
 from ztpki.pki.signer import FILE_KEYS, SigningKey
-from ztpki.secretfiles import write_private_file, write_public_file
+from ztpki.secretfiles import sync_directory, write_private_file, write_public_file
 
 if TYPE_CHECKING:
     from ztpki.tokens import TokenKey
@@ -57,14 +56,6 @@ class RolloverDone:
     name: str
     update: RootKeyUpdate
     resumed: bool  # an interrupted rollover was finished, no new key was made
-
-
-def _sync_directory(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def rollover_ca(
@@ -108,9 +99,9 @@ def rollover_ca(
     links = (*directory.links(name), update.old_with_old, *update.links)
     write_public_file(staging / LINKS_FILE, certificates_pem(links), durable=True)
     write_public_file(staging / "ca.pem", certificates_pem([update.new_with_new]), durable=True)
-    _sync_directory(staging)
+    sync_directory(staging)
     os.rename(staging, ca_dir / PENDING)  # the point of no return: from here, only _finish
-    _sync_directory(ca_dir)
+    sync_directory(ca_dir)
     return _finish(directory, name, resumed=False)
 
 
@@ -129,7 +120,7 @@ def _finish(directory: CASystemDirectory, name: str, *, resumed: bool) -> Rollov
     write_public_file(ca_dir / LINKS_FILE, certificates_pem(links), durable=True)
     write_public_file(ca_dir / "ca.pem", certificates_pem([new_with_new]), durable=True)
     shutil.rmtree(pending)
-    _sync_directory(ca_dir)
+    sync_directory(ca_dir)
     update = _last_update(links, new_with_new)
     log.info(
         "CA %s rolled over to a new key: %s%s",

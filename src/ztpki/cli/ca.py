@@ -70,16 +70,21 @@ def ca() -> None:
     """The CA system: several CAs, issuing over the XML enrollment protocol."""
 
 
-@ca.command("init")
-@dir_option
-@click.option("--name", required=True, help="Name of the new CA inside this CA system.")
-@click.option(
+# The algorithm of a new CA key (`ca init`, `ca rollover`).
+key_option = click.option(
     "--key",
     "key_spec",
     type=click.Choice([k.value for k in KeySpec]),
     default="ec-p256",
     show_default=True,
+    help="Algorithm of the CA's key.",
 )
+
+
+@ca.command("init")
+@dir_option
+@click.option("--name", required=True, help="Name of the new CA inside this CA system.")
+@key_option
 @click.option("--validity-days", type=int, default=3650, show_default=True)
 @click.option(
     "--parent-dir",

@@ -11,7 +11,7 @@ import click
 
 from ztpki.casystem.directory import CASystemDirectory
 from ztpki.casystem.rollover import rollover_ca
-from ztpki.cli.ca import CA_ENV, ca, ca_passphrase, dir_option
+from ztpki.cli.ca import CA_ENV, ca, ca_passphrase, dir_option, key_option
 from ztpki.cli.common import console, passphrase_options, print_json
 from ztpki.cli.pkcs11_options import token_key, token_key_options, token_options
 from ztpki.pki.keys import KeySpec
@@ -21,14 +21,7 @@ from ztpki.pki.pem import fingerprint_sha256
 @ca.command("rollover")
 @dir_option
 @click.option("--name", required=True, help="The root CA whose key to replace.")
-@click.option(
-    "--key",
-    "key_spec",
-    type=click.Choice([k.value for k in KeySpec]),
-    default="ec-p256",
-    show_default=True,
-    help="Algorithm of the new key.",
-)
+@key_option
 @click.option(
     "--validity-days",
     type=int,

@@ -34,6 +34,13 @@ def _load(der: bytes, what: str) -> x509.Certificate:
         raise MalformedInput(f"the node's {what} is not a DER certificate") from None
 
 
+def _signed(certificate: x509.Certificate, issuer: x509.Certificate, refusal: str) -> None:
+    try:
+        certificate.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature):
+        raise VerificationFailed(f"the node's {refusal}") from None
+
+
 def _check_time(certificate: x509.Certificate, what: str, now: datetime) -> None:
     if not certificate.not_valid_before_utc <= now <= certificate.not_valid_after_utc:
         raise VerificationFailed(f"the node's {what} is not valid now")
@@ -54,12 +61,7 @@ def verify_root_update(
             "by the root the device trusts, so it is not trusted"
         )
     new_with_old = _load(update.new_with_old, "newWithOld")
-    try:
-        new_with_old.verify_directly_issued_by(trusted_root)
-    except (ValueError, TypeError, InvalidSignature):
-        raise VerificationFailed(
-            "the node's newWithOld is not signed by the root the device trusts"
-        ) from None
+    _signed(new_with_old, trusted_root, "newWithOld is not signed by the root the device trusts")
     if new_with_old.public_key() != new_with_new.public_key() or not is_self_signed(new_with_new):
         raise VerificationFailed(
             "the node's newWithNew is not the self-signed certificate of the key newWithOld "
@@ -72,12 +74,7 @@ def verify_root_update(
     old_with_new = None
     if update.old_with_new is not None:
         old_with_new = _load(update.old_with_new, "oldWithNew")
-        try:
-            old_with_new.verify_directly_issued_by(new_with_new)
-        except (ValueError, TypeError, InvalidSignature):
-            raise VerificationFailed(
-                "the node's oldWithNew is not signed by the new root"
-            ) from None
+        _signed(old_with_new, new_with_new, "oldWithNew is not signed by the new root")
         if old_with_new.public_key() != trusted_root.public_key():
             raise VerificationFailed(
                 "the node's oldWithNew certifies another key than the old root's"

@@ -45,13 +45,15 @@ class IssuanceGrant:
     ocsp_url: str | None = None
 
 
-def _builder(
+def certificate_builder(
     subject: x509.Name,
     issuer: x509.Name,
     public_key: PublicKey,
     not_before: datetime,
     not_after: datetime,
 ) -> x509.CertificateBuilder:
+    """What every certificate ztpki signs starts with: the names, the key, a random serial,
+    the validity and the subject key identifier."""
     return (
         x509.CertificateBuilder()
         .subject_name(subject)
@@ -69,7 +71,7 @@ def create_self_signed_ca(
 ) -> x509.Certificate:
     """A root CA certificate (self-issued, self-signed, CA:TRUE, keyCertSign + cRLSign)."""
     public_key = key.public_key()
-    builder = _builder(subject, subject, public_key, now - CLOCK_SKEW, now + validity)
+    builder = certificate_builder(subject, subject, public_key, now - CLOCK_SKEW, now + validity)
     ski = x509.SubjectKeyIdentifier.from_public_key(public_key)
     builder = builder.add_extension(
         x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False

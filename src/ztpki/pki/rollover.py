@@ -20,7 +20,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
 from ztpki.errors import ConfigurationError
-from ztpki.pki.authority import CLOCK_SKEW, create_self_signed_ca
+from ztpki.pki.authority import CLOCK_SKEW, certificate_builder, create_self_signed_ca
 from ztpki.pki.keys import PublicKey, keys_match
 from ztpki.pki.profiles import CertificateProfile, profile_extensions
 from ztpki.pki.signer import SigningKey, sign_certificate
@@ -51,19 +51,9 @@ def _link(
     not_after: datetime,
 ) -> x509.Certificate:
     """A CA certificate for ``public_key`` under the root's name, signed by ``signer``."""
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(public_key)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(signer.public_key()),
-            critical=False,
-        )
+    builder = certificate_builder(subject, subject, public_key, not_before, not_after)
+    builder = builder.add_extension(
+        x509.AuthorityKeyIdentifier.from_issuer_public_key(signer.public_key()), critical=False
     )
     for extension, critical in profile_extensions(CertificateProfile.CA, public_key):
         builder = builder.add_extension(extension, critical=critical)
