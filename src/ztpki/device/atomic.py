@@ -14,6 +14,12 @@ import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from ztpki.secretfiles import sync_directory
+
+# Make the directory's entries (creations, renames) durable: one implementation for the
+# device memory and every other file ztpki writes.
+fsync_dir = sync_directory
+
 StepHook = Callable[[str], None]
 """Test-only fault injection: called with each step name as the step completes."""
 
@@ -31,15 +37,6 @@ class NotDurable(OSError):
 
 def _noop(_step: str) -> None:
     return None
-
-
-def fsync_dir(directory: Path) -> None:
-    """Make the directory's entries (creations, renames) durable."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _write_all(fd: int, data: bytes) -> None:
