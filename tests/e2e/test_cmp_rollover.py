@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from node_fixtures import ENV, Device, NodeWorld, build_world, cli
+from test_node_cmp import enroll_ir
 from tests.support.cmp_mock import MockPKI
 from tests.support.services import run_ztpki
 from tests.support.shell import sh
@@ -133,6 +134,16 @@ def test_ok_device_follows_the_rollover(
     assert ok.returncode == 0
     alone = sh(f"openssl verify -CAfile {new} {operational}", tmp_path, check=False)
     assert alone.returncode != 0, alone  # the negative control: oldWithNew is the link
+
+    # Customization goes on after the rollover (openssl cmp: ir + certConf), and the device's
+    # new certificate verifies for a party that trusts the new root only.
+    (tmp_path / "ir").mkdir()  # enroll_ir writes new.key and new.pem where it runs
+    issued = enroll_ir(world, device, tmp_path / "ir")
+    assert world.state(device.device_id) == "customized"
+    leaf = write(tmp_path / "leaf.pem", issued)
+    between = tmp_path / "between.pem"  # the operational CA, then oldWithNew
+    between.write_bytes(Path(operational).read_bytes() + Path(old_with_new).read_bytes())
+    assert sh(f"openssl verify -CAfile {new} -untrusted {between} {leaf}", tmp_path).returncode == 0
 
 
 def test_ok_cacerts_carry_the_links(world: NodeWorld, rolled: x509.Certificate) -> None:
