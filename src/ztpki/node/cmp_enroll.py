@@ -207,8 +207,10 @@ async def serve(
         await _open(exchange, record)
         await _mark_waiting(exchange)
         return _waiting(exchange, requested, cert_req_id, exc.retry_after or 1)
-    except TransactionIdTaken as exc:
-        raise TransactionIdInUse(exc.message) from None  # audited as refused already
+    except TransactionIdTaken:
+        # A replay: the enrollment service audited it; the row is another request's, so it
+        # is left alone (FAIL_TABLE answers transactionIdInUse).
+        raise
     except BaseException:
         enrollment.cancel()
         await _reject(exchange, record)

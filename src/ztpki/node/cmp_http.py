@@ -66,6 +66,7 @@ from ztpki.protocol.cmp import (
     verify_protection,
 )
 from ztpki.protocol.est import UnsupportedMediaType, check_content_type
+from ztpki.store.cmp_transactions import TransactionIdTaken
 from ztpki.untrusted import quote
 
 if TYPE_CHECKING:
@@ -80,6 +81,7 @@ MAX_CLOCK_SKEW = timedelta(minutes=10)
 # The one table from errors to PKIFailureInfo: first match wins (subclasses first).
 FAIL_TABLE: tuple[tuple[type[ZtpkiError], FailInfo], ...] = (
     (NotAuthenticated, FailInfo.SIGNER_NOT_TRUSTED),
+    (TransactionIdTaken, FailInfo.TRANSACTION_ID_IN_USE),
     (NotAuthorized, FailInfo.NOT_AUTHORIZED),
     (Unavailable, FailInfo.SYSTEM_UNAVAIL),
     (UpstreamError, FailInfo.SYSTEM_FAILURE),
