@@ -252,3 +252,23 @@ def test_fail_kur_with_the_temporary_certificate(node: CmpNode) -> None:
     assert fail == {FailInfo.NOT_AUTHORIZED} and "customize with ir" in text
     assert state(node, "kur-1") is DeviceState.LISTED
     assert node.audit_length() == audit + 1
+
+
+# ------------------------------------------------------------------ what an ir commits
+
+
+def test_ok_ir_commits_twice_like_simpleenroll(node: CmpNode) -> None:
+    """The transaction's row goes in with the issuance lease and its certificate with the
+    completion: an ir is two register write commits, as EST's simpleenroll (begin and
+    complete issuance), not four."""
+    key, cert = listed(node, "commits-1")
+    counters = node.store.database.counters
+    before = counters.snapshot()["commits_write"]
+    head = request_header(cert)
+    ip = node.cmp(signed(key, cert, head, ir_body("commits-1")))
+    assert isinstance(ip.body, CertRepBody) and ip.body.type is BodyType.IP
+    assert counters.snapshot()["commits_write"] - before == 2
+    row = node.store.cmp_transaction(head.transaction_id)
+    assert row is not None and row.state.value == "issued"
+    assert row.response_nonce == ip.header.sender_nonce  # what the certConf must echo
+    assert row.serial is not None and state(node, "commits-1") is DeviceState.ISSUED
