@@ -93,11 +93,16 @@ async def confirm(exchange: CmpExchange) -> CmpReply:
         )
         return CmpReply(PKIConfBody(), outcome="rejected-by-device")
     try:
-        await service.confirm_certificate(identity, transaction.serial, endpoint=exchange.endpoint)
+        # The transaction closes in the confirmation's own commit (one commit, as EST's
+        # first request with the new certificate) ...
+        closed = await service.confirm_certificate(
+            identity, transaction.serial, endpoint=exchange.endpoint, cmp=transaction_id
+        )
     except Refused as exc:  # superseded meanwhile (the device asked again), blocked...
         await service.record_refusal(exchange.endpoint, identity, exc)
         raise
-    await service.register.close_cmp_transaction(
-        transaction_id, state=CmpTransactionState.CONFIRMED, now=service.now()
-    )
+    if not closed:  # ... unless the device was confirmed already (an EST request, say)
+        await service.register.close_cmp_transaction(
+            transaction_id, state=CmpTransactionState.CONFIRMED, now=service.now()
+        )
     return CmpReply(PKIConfBody(), outcome="confirmed")

@@ -41,6 +41,7 @@ from ztpki.node.enrollment_types import (
     KeyRequest,
     audit_record,
     decision_of,
+    issued_label,
     lease_expired,
     same_row,
 )
@@ -182,7 +183,7 @@ class EnrollmentService:
                 label.name,
                 named,
                 spki,
-                issued_label=self._issued_label(device),
+                issued_label=issued_label(device, self.labels.values()),
                 lease_expired=lease_expired(device, now),
             )
             decision = decide(device, identity, context)
@@ -410,7 +411,8 @@ class EnrollmentService:
         *,
         endpoint: str,
         serial: str | None = None,
-    ) -> None:
+        cmp: bytes | None = None,
+    ) -> bool:
         """serial: the renewed certificate, when not the one identity presents (certConf)."""
         now, label = self._clock(), self.labels.get(identity.label or "")
         grace = self.revocation.grace_for(label.config) if label else 0.0
@@ -418,16 +420,19 @@ class EnrollmentService:
         serial = serial or identity.serial
         record = self._record(endpoint, identity, "renewal-confirmed", why, now=now, serial=serial)
         due = now + timedelta(seconds=grace)
-        if await self.register.confirm_renewal(
-            identity.device_id, serial=serial, now=now, due_at=due, audit=record
-        ):
+        confirmed = await self.register.confirm_renewal(
+            identity.device_id, serial=serial, now=now, due_at=due, audit=record, cmp=cmp
+        )
+        if confirmed:
             self._revocation_queued()
+        return confirmed
 
     async def confirm_certificate(
-        self, identity: ClientIdentity, serial: str, *, endpoint: str
-    ) -> None:
+        self, identity: ClientIdentity, serial: str, *, endpoint: str, cmp: bytes | None = None
+    ) -> bool:
         """The device confirms that it holds certificate serial (CMP certConf, signed with
-        the certificate it asked with): as its first EST request with that certificate."""
+        the certificate it asked with): as its first EST request with that certificate.
+        ``cmp``: the CMP transaction that closes confirmed in the same commit (True if so)."""
         device = await self.register.get(identity.device_id)
         if device is None or device.issued_serial != serial:
             raise Refused(
@@ -435,15 +440,19 @@ class EnrollmentService:
                 f"certificate {serial} is not device {identity.device_id}'s current one",
             )
         if device.state is DeviceState.CUSTOMIZED and device.renewed_from is not None:
-            await self._confirm_renewal(device, identity, endpoint=endpoint, serial=serial)
-        elif device.state is DeviceState.ISSUED:
-            now = self._clock()
-            why = "certConf for the issued certificate: device customized"
-            record = self._record(endpoint, identity, "confirmed", why, now=now, serial=serial)
-            if await self.register.confirm(
-                identity.device_id, serial=serial, now=now, audit=record
-            ):
-                log.info("device %s confirmed serial=%s: customized", identity.device_id, serial)
+            return await self._confirm_renewal(device, identity, endpoint=endpoint, serial=serial,
+                                               cmp=cmp)  # fmt: skip
+        if device.state is not DeviceState.ISSUED:
+            return False
+        now = self._clock()
+        why = "certConf for the issued certificate: device customized"
+        record = self._record(endpoint, identity, "confirmed", why, now=now, serial=serial)
+        confirmed = await self.register.confirm(
+            identity.device_id, serial=serial, now=now, audit=record, cmp=cmp
+        )
+        if confirmed:
+            log.info("device %s confirmed serial=%s: customized", identity.device_id, serial)
+        return confirmed
 
     def now(self) -> datetime:
         return self._clock()
@@ -484,15 +493,6 @@ class EnrollmentService:
         return audit_record(
             endpoint, identity, decision, reason, at=now or self._clock(), serial=serial
         )
-
-    def _issued_label(self, device: RegisteredDevice | None) -> str | None:
-        if device is None or not device.issued_chain_der:
-            return None
-        issuing = device.issued_chain_der[0]
-        for loaded in self.labels.values():
-            if certificate_der(loaded.certificate) == issuing:
-                return loaded.name
-        return None
 
 
 def _endpoint(label: LoadedLabel, operation: Operation) -> str:

@@ -6,6 +6,7 @@ and the small pure helpers the service decides with."""
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -126,3 +127,14 @@ __all__ = [
     "lease_expired",
     "same_row",
 ]
+
+
+def issued_label(device: RegisteredDevice | None, labels: Iterable[LoadedLabel]) -> str | None:
+    """The label whose CA issued the device's current certificate (by its chain's first CA)."""
+    if device is None or not device.issued_chain_der:
+        return None
+    issuing = device.issued_chain_der[0]
+    for loaded in labels:
+        if loaded.certificate.public_bytes(serialization.Encoding.DER) == issuing:
+            return loaded.name
+    return None

@@ -228,9 +228,17 @@ class AsyncRegister:
         )
 
     async def confirm(
-        self, device_id: str, *, serial: str, now: datetime, audit: AuditRecord
+        self,
+        device_id: str,
+        *,
+        serial: str,
+        now: datetime,
+        audit: AuditRecord,
+        cmp: bytes | None = None,
     ) -> bool:
-        return await self._run(self.store.confirm, device_id, serial=serial, now=now, audit=audit)
+        return await self._run(
+            self.store.confirm, device_id, serial=serial, now=now, audit=audit, cmp=cmp
+        )
 
     async def retire(
         self,
@@ -257,7 +265,14 @@ class AsyncRegister:
     # ------------------------------------------------------------------ revocation queue
 
     async def confirm_renewal(
-        self, device_id: str, *, serial: str, now: datetime, due_at: datetime, audit: AuditRecord
+        self,
+        device_id: str,
+        *,
+        serial: str,
+        now: datetime,
+        due_at: datetime,
+        audit: AuditRecord,
+        cmp: bytes | None = None,
     ) -> bool:
         return await self._run(
             self.store.confirm_renewal,
@@ -266,6 +281,7 @@ class AsyncRegister:
             now=now,
             due_at=due_at,
             audit=audit,
+            cmp=cmp,
         )
 
     async def queue_revocations(

@@ -295,3 +295,15 @@ def mark_issued(
         ).rowcount
         == 1
     )
+
+
+def mark_confirmed(conn: SQLConnection, transaction_id: bytes, *, now: datetime) -> bool:
+    """An issued transaction's certConf was accepted: CONFIRMED (False if it was not issued)."""
+    return (
+        conn.execute(
+            "UPDATE cmp_transaction SET state = 'confirmed', updated_at = ? "
+            "WHERE transaction_id = ? AND state = 'issued'",
+            (encode_instant(now), transaction_id),
+        ).rowcount
+        == 1
+    )

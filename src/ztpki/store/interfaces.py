@@ -304,9 +304,16 @@ class RegisterStore(Protocol):
         ...
 
     def confirm(
-        self, device_id: str, *, serial: str, now: datetime, audit: AuditRecord | None = None
+        self,
+        device_id: str,
+        *,
+        serial: str,
+        now: datetime,
+        audit: AuditRecord | None = None,
+        cmp: bytes | None = None,
     ) -> bool:
-        """ISSUED -> CUSTOMIZED, only when ``serial`` is the certificate last issued to it."""
+        """ISSUED -> CUSTOMIZED, only when ``serial`` is the certificate last issued to it;
+        ``cmp``: the CMP transaction whose certConf this is closes confirmed in the commit."""
         ...
 
     def confirm_renewal(
@@ -317,9 +324,11 @@ class RegisterStore(Protocol):
         now: datetime,
         due_at: datetime,
         audit: AuditRecord | None = None,
+        cmp: bytes | None = None,
     ) -> bool:
         """First use of the renewed certificate ``serial``: the device's WAITING revocations
-        become due at ``due_at``; False when no renewal of that certificate awaits it."""
+        become due at ``due_at``; False when no renewal of that certificate awaits it.
+        ``cmp``: as for confirm."""
         ...
 
     # block, unblock and retire: with ``revocations`` (a list, maybe empty) the change is made

@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from ztpki.store import sqlite_audit
+from ztpki.store.cmp_transactions import mark_confirmed
 from ztpki.store.instants import encode_instant
 from ztpki.store.records import AuditRecord
 from ztpki.store.revocation_records import RevocationOrder
@@ -19,13 +20,21 @@ from ztpki.store.sqlite_revocation_queue import RevocationQueue, insert_orders, 
 
 class RegisterTransitions(RevocationQueue):
     def confirm(
-        self, device_id: str, *, serial: str, now: datetime, audit: AuditRecord | None = None
+        self,
+        device_id: str,
+        *,
+        serial: str,
+        now: datetime,
+        audit: AuditRecord | None = None,
+        cmp: bytes | None = None,
     ) -> bool:
         return self._transition(
             "UPDATE device SET state = 'customized', updated_at = ? "
             "WHERE device_id = ? AND state = 'issued' AND issued_serial = ?",
             (encode_instant(now), device_id, serial),
             audit,
+            now=now,
+            cmp=cmp,
         )
 
     def confirm_renewal(
@@ -36,8 +45,10 @@ class RegisterTransitions(RevocationQueue):
         now: datetime,
         due_at: datetime,
         audit: AuditRecord | None = None,
+        cmp: bytes | None = None,
     ) -> bool:
-        """The renewed certificate ``serial`` was used: its predecessor's revocation is due."""
+        """The renewed certificate ``serial`` was used: its predecessor's revocation is due.
+        ``cmp``: the CMP transaction (its certConf) closes confirmed in the same commit."""
         with self._db.write() as conn:
             changed = conn.execute(
                 "UPDATE device SET renewed_from = NULL, updated_at = ? WHERE device_id = ? "
@@ -47,6 +58,8 @@ class RegisterTransitions(RevocationQueue):
             if changed != 1:
                 return False
             release_waiting(conn, device_id, due_at=due_at)
+            if cmp is not None:
+                mark_confirmed(conn, cmp, now=now)
             _audit(conn, audit)
         return True
 
@@ -123,10 +136,12 @@ class RegisterTransitions(RevocationQueue):
         now: datetime | None = None,
         revocations: Sequence[RevocationOrder] | None = None,
         issued_serial: str | None = None,
+        cmp: bytes | None = None,
     ) -> bool:
         """One conditional update. With ``revocations`` (decided on a row whose certificate
         was ``issued_serial``), only while the row still holds that certificate; the orders,
-        and the device's waiting ones made due, land with it."""
+        and the device's waiting ones made due, land with it. ``cmp``: a CMP transaction
+        whose certConf this is closes confirmed with it."""
         if revocations is not None:
             update += " AND issued_serial IS NOT DISTINCT FROM ?"
             params = (*params, issued_serial)
@@ -137,6 +152,9 @@ class RegisterTransitions(RevocationQueue):
                 assert now is not None
                 release_waiting(conn, str(params[1]), due_at=now)
                 insert_orders(conn, revocations, now=now)
+            if cmp is not None:
+                assert now is not None
+                mark_confirmed(conn, cmp, now=now)
             _audit(conn, audit)
         return True
 

@@ -257,18 +257,42 @@ def test_fail_kur_with_the_temporary_certificate(node: CmpNode) -> None:
 # ------------------------------------------------------------------ what an ir commits
 
 
-def test_ok_ir_commits_twice_like_simpleenroll(node: CmpNode) -> None:
-    """The transaction's row goes in with the issuance lease and its certificate with the
-    completion: an ir is two register write commits, as EST's simpleenroll (begin and
-    complete issuance), not four."""
+WRITES = ("begin_issuance", "complete_issuance", "abort_issuance", "confirm",
+          "confirm_renewal", "begin_cmp_transaction", "record_cmp_issued",
+          "close_cmp_transaction", "mark_cmp_waiting", "append")  # fmt: skip
+
+
+def test_ok_ir_and_certconf_commit_as_often_as_est(
+    node: CmpNode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The transaction's row goes in with the issuance lease, its certificate with the
+    completion, and its confirmation with the device's: an ir is two register write
+    transactions, as EST's simpleenroll (begin and complete issuance), and its certConf one,
+    as EST's first request with the new certificate (before: four and two)."""
     key, cert = listed(node, "commits-1")
-    counters = node.store.database.counters
-    before = counters.snapshot()["commits_write"]
+    calls: list[str] = []
+    for name in WRITES:
+        method = getattr(node.store, name)
+
+        def counted(*args: object, _name: str = name, _method: object = method, **kw: object):  # type: ignore[no-untyped-def]
+            calls.append(_name)
+            return _method(*args, **kw)  # type: ignore[operator]
+
+        monkeypatch.setattr(node.store, name, counted)
     head = request_header(cert)
     ip = node.cmp(signed(key, cert, head, ir_body("commits-1")))
     assert isinstance(ip.body, CertRepBody) and ip.body.type is BodyType.IP
-    assert counters.snapshot()["commits_write"] - before == 2
+    assert calls == ["begin_issuance", "complete_issuance"]
     row = node.store.cmp_transaction(head.transaction_id)
     assert row is not None and row.state.value == "issued"
     assert row.response_nonce == ip.header.sender_nonce  # what the certConf must echo
     assert row.serial is not None and state(node, "commits-1") is DeviceState.ISSUED
+    issued = x509.load_der_x509_certificate(ip.body.responses[0].certificate_der or b"")
+    conf = CertConfBody((CertStatus(certificate_hash(issued), 0),))
+    follow = replace(head, sender_nonce=os.urandom(16), recip_nonce=ip.header.sender_nonce)
+    calls.clear()
+    assert node.cmp(signed(key, cert, follow, conf)).body.type is BodyType.PKI_CONF
+    assert calls == ["confirm"]
+    confirmed = node.store.cmp_transaction(head.transaction_id)
+    assert confirmed is not None and confirmed.state.value == "confirmed"
+    assert state(node, "commits-1") is DeviceState.CUSTOMIZED
