@@ -17,6 +17,7 @@ from typing import Any
 
 from ztpki.store import sqlite_audit
 from ztpki.store.audit import verify_chain
+from ztpki.store.cmp_secrets import CmpSecrets
 from ztpki.store.cmp_transactions import CmpTransactions
 from ztpki.store.instants import decode_instant, encode_instant
 from ztpki.store.records import (
@@ -73,7 +74,7 @@ _COMPLETE_DROPPING_CHAIN = (
 )
 
 
-class SQLiteNodeStore(RegisterTransitions, CmpTransactions, ConsoleQueries):
+class SQLiteNodeStore(RegisterTransitions, CmpTransactions, CmpSecrets, ConsoleQueries):
     """RegisterStore, AuditLog and the revocation queue over one database (a SQLite file or
     PostgreSQL)."""
 

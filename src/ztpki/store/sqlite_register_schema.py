@@ -6,6 +6,7 @@ the known states and tie ISSUING to a held lease and BLOCKED to a remembered sta
 
 from __future__ import annotations
 
+from ztpki.store.cmp_secrets import CMP_MAC_KEY_TABLE
 from ztpki.store.cmp_transactions import (
     CMP_TRANSACTION_INDEX,
     CMP_TRANSACTION_TABLE,
@@ -24,7 +25,8 @@ SCHEMA_COMPONENT = "customer_node"
 # Version 7: the web console's operators, and the indexes its pages read by
 # (ztpki.store.sqlite_console).
 # Version 8: a CMP transaction keeps its key request, and whether its device was told to poll.
-SCHEMA_VERSION = 8
+# Version 9: the devices' CMP shared secrets for MAC-based protection (ztpki.store.cmp_secrets).
+SCHEMA_VERSION = 9
 
 _STATES = "'listed', 'issuing', 'issued', 'customized', 'blocked'"
 _STATES_V4 = f"{_STATES}, 'retired'"
@@ -151,6 +153,7 @@ REGISTER_SCHEMA = (
     CMP_TRANSACTION_TABLE,
     CMP_TRANSACTION_INDEX,
     *CMP_TRANSACTION_V8,
+    CMP_MAC_KEY_TABLE,
 )
 
 # Version 1 keyed manifests by manifest_id alone. A manifest's manufacturer is the one its
@@ -195,6 +198,7 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     5: (CMP_TRANSACTION_TABLE, CMP_TRANSACTION_INDEX),
     6: CONSOLE_SCHEMA,
     7: CMP_TRANSACTION_V8,
+    8: (CMP_MAC_KEY_TABLE,),
 }
 
 # PostgreSQL registers were first created at version 4: their steps start there.
@@ -203,4 +207,5 @@ POSTGRES_MIGRATIONS: dict[int, tuple[str, ...]] = {
     5: (postgres_ddl(CMP_TRANSACTION_TABLE), CMP_TRANSACTION_INDEX),
     6: tuple(postgres_ddl(statement) for statement in CONSOLE_SCHEMA),
     7: tuple(postgres_ddl(statement) for statement in CMP_TRANSACTION_V8),
+    8: (postgres_ddl(CMP_MAC_KEY_TABLE),),
 }
