@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
-from node_fixtures import MANUFACTURER, NodeWorld, build_world, cli
+from node_fixtures import MANUFACTURER, NodeWorld, build_world, cli, ztpki
 from test_node_cmp import new_key
 from tests.support.cmp_messages import ir_body, refusal
 from tests.support.shell import sh
@@ -80,13 +80,15 @@ def mac_device(world: NodeWorld, *, secret: bytes | None = None) -> tuple[str, b
 def openssl_mac(
     world: NodeWorld, cwd: Path, device_id: str, secret: bytes, *args: str, path: str = MAC_PATH
 ) -> tuple[int, str]:
-    """`openssl cmp` with -secret and -ref (its defaults: PasswordBasedMac, HMAC-SHA1)."""
+    """`openssl cmp` with -secret and -ref (its defaults: PasswordBasedMac, HMAC-SHA1);
+    secret b"": the secret file mac_device wrote (-secret file:, as the README shows)."""
+    source = f"pass:{secret.decode()}" if secret else f"file:{world.root / device_id}.secret"
     command = ["openssl", "cmp", "-server", world.node.address, "-path", path, "-tls_used",
                "-tls_trusted", str(world.factory_anchor), "-cmd", "ir",
                # The node's refusals are signed with its key (never MAC'd with a secret the
                # request did not prove): -trusted lets openssl read them.
                "-trusted", str(world.factory_anchor),
-               "-secret", f"pass:{secret.decode()}", "-ref", device_id,
+               "-secret", source, "-ref", device_id,
                "-newkey", new_key(cwd), "-subject", f"/CN={device_id}/serialNumber={device_id}",
                "-certout", "new.pem", *args]  # fmt: skip
     result = sh(shlex.join(command), cwd, check=False)
@@ -156,6 +158,10 @@ def test_ok_openssl_enrolls_with_the_shared_secret(world: NodeWorld) -> None:
     # The secret is never written to the node's log nor shown in the audit trail.
     assert secret not in (world.root / "node.log").read_bytes()
     assert secret.decode() not in str(world.audit(device_id))
+    # The secret from its file, as the README shows (openssl reads its first line).
+    other, _ = mac_device(world)
+    code, log = openssl_mac(world, workdir(world, other), other, b"")
+    assert code == 0 and world.state(other) == "customized", log
 
 
 def test_ok_the_answer_is_protected_with_the_same_secret(world: NodeWorld) -> None:
@@ -180,6 +186,12 @@ def test_refused_where_the_label_does_not_allow_it(world: NodeWorld) -> None:
     assert code != 0 and "MAC-based protection is not enabled for label" in log, log
     assert "badMessageCheck" in log, log
     nothing_changed(world, device_id)
+    # Nor can the operator bind a secret to that label.
+    secret_file = str(world.root / f"{device_id}.secret")
+    refused = ztpki("node", "set-cmp-secret", "--dir", str(world.node_dir), device_id,
+                    "--secret-file", secret_file, "--label", "default", check=False)  # fmt: skip
+    assert refused.returncode != 0, refused
+    assert "does not accept MAC-based protection" in refused.stderr, refused.stderr
 
 
 def test_refused_wrong_missing_or_another_devices_secret(world: NodeWorld) -> None:

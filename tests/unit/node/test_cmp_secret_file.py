@@ -1,13 +1,21 @@
-"""The operator's CMP shared-secret file: private, a usable length, never echoed."""
+"""The operator's CMP shared-secret file (private, a usable length, never echoed) and the
+label a secret is bound to."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+from cryptography.hazmat.primitives import hashes
 
 from ztpki.errors import ConfigurationError
+from ztpki.node.authentication import ClientIdentity, IdentityKind
+from ztpki.node.cmp_mac import MacKey, check_secret_label
 from ztpki.node.cmp_secret_operations import read_shared_secret
+from ztpki.protocol.cmp import CMPNotAuthorized
+from ztpki.protocol.cmp.mac import MacParameters, MacScheme
 
 
 def _file(tmp_path: Path, data: bytes, mode: int) -> Path:
@@ -48,3 +56,14 @@ def test_fail_symbolic_link_or_missing(tmp_path: Path) -> None:
         read_shared_secret(link)
     with pytest.raises(ConfigurationError, match="cannot read"):
         read_shared_secret(tmp_path / "absent")
+
+
+def test_fail_secret_bound_to_another_label() -> None:
+    identity = ClientIdentity(IdentityKind.SHARED_SECRET, "m1", "ab" * 32, "", None)
+    params = MacParameters(MacScheme.PASSWORD_BASED_MAC, b"s" * 16, 500, hashes.SHA256, hashes.SHA1)
+    bound = MacKey(params, b"0123456789abcdef", b"m1", "meters")
+    meters, default = SimpleNamespace(name="meters"), SimpleNamespace(name="default")
+    check_secret_label(identity, meters, bound)  # type: ignore[arg-type]
+    check_secret_label(identity, default, replace(bound, bound_label=None))  # type: ignore[arg-type]
+    with pytest.raises(CMPNotAuthorized, match="set for label meters"):
+        check_secret_label(identity, default, bound)  # type: ignore[arg-type]
