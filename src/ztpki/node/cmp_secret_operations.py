@@ -7,8 +7,6 @@ the same transaction, and never printed, logged or put in an error message.
 
 from __future__ import annotations
 
-import os
-import stat
 from datetime import datetime
 from pathlib import Path
 
@@ -16,6 +14,7 @@ from ztpki.errors import ConfigurationError
 from ztpki.node.config import NodeConfig
 from ztpki.node.operations import open_register
 from ztpki.pki.names import check_device_id
+from ztpki.secretfiles import read_private_file
 from ztpki.store.records import AuditRecord
 
 MIN_SHARED_SECRET = 16  # bytes: a recorded MAC must not make the secret cheap to guess
@@ -26,21 +25,9 @@ def read_shared_secret(path: Path) -> bytes:
     """The secret in path (one trailing newline dropped); ConfigurationError naming the file,
     never its content, when it is not a private regular file holding a usable secret."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError as exc:
-        raise ConfigurationError(f"cannot read secret file {path}: {exc.strerror}") from None
-    try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise ConfigurationError(f"secret file {path} is not a regular file")
-        if mode & 0o077:
-            raise ConfigurationError(
-                f"secret file {path} is readable by others (mode {stat.S_IMODE(mode):04o}); "
-                "run chmod 600 on it"
-            )
-        data = os.read(fd, MAX_SHARED_SECRET + 2)
-    finally:
-        os.close(fd)
+        data = read_private_file(path, limit=MAX_SHARED_SECRET + 2)
+    except FileNotFoundError:
+        raise ConfigurationError(f"secret file {path} does not exist") from None
     data = data.removesuffix(b"\n").removesuffix(b"\r")
     if not MIN_SHARED_SECRET <= len(data) <= MAX_SHARED_SECRET:
         raise ConfigurationError(

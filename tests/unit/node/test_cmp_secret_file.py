@@ -54,7 +54,7 @@ def test_fail_symbolic_link_or_missing(tmp_path: Path) -> None:
     link.symlink_to(target)
     with pytest.raises(ConfigurationError, match="cannot read"):
         read_shared_secret(link)
-    with pytest.raises(ConfigurationError, match="cannot read"):
+    with pytest.raises(ConfigurationError, match="does not exist"):
         read_shared_secret(tmp_path / "absent")
 
 
