@@ -178,7 +178,7 @@ def test_ok_the_answer_is_protected_with_the_same_secret(world: NodeWorld) -> No
 # ------------------------------------------------------------------ refusals: nothing changes
 
 
-def test_refused_where_the_label_does_not_allow_it(world: NodeWorld) -> None:
+def test_fail_where_the_label_does_not_allow_it(world: NodeWorld) -> None:
     device_id, secret = mac_device(world)
     code, log = openssl_mac(
         world, workdir(world, device_id), device_id, secret, path=".well-known/cmp"
@@ -194,7 +194,7 @@ def test_refused_where_the_label_does_not_allow_it(world: NodeWorld) -> None:
     assert "does not accept MAC-based protection" in refused.stderr, refused.stderr
 
 
-def test_refused_wrong_missing_or_another_devices_secret(world: NodeWorld) -> None:
+def test_fail_wrong_missing_or_another_devices_secret(world: NodeWorld) -> None:
     device_id, secret = mac_device(world)
     before = len(world.audit(device_id))
     code, log = openssl_mac(world, workdir(world, device_id), device_id, b"not-the-secret-at-all")
@@ -226,7 +226,7 @@ def test_refused_wrong_missing_or_another_devices_secret(world: NodeWorld) -> No
         (500, 4, "salt has 4 bytes"),
     ],
 )
-def test_refused_parameters_outside_the_policy(
+def test_fail_parameters_outside_the_policy(
     world: NodeWorld, iterations: int, salt: int, why: str
 ) -> None:
     device_id, secret = mac_device(world)
@@ -236,7 +236,7 @@ def test_refused_parameters_outside_the_policy(
     nothing_changed(world, device_id)
 
 
-def test_refused_blocked_device_audited(world: NodeWorld) -> None:
+def test_fail_blocked_device_audited(world: NodeWorld) -> None:
     device_id, secret = mac_device(world)
     cli("node", "block", "--dir", str(world.node_dir), device_id)
     fail, text = refusal(post_mac(world, device_id, secret))
@@ -245,7 +245,7 @@ def test_refused_blocked_device_audited(world: NodeWorld) -> None:
     assert world.audit(device_id)[-1]["decision"] == "refused"
 
 
-def test_refused_with_a_tls_client_certificate_or_for_kur(world: NodeWorld) -> None:
+def test_fail_with_a_tls_client_certificate_or_for_kur(world: NodeWorld) -> None:
     device_id, secret = mac_device(world)
     (holder,) = world.make_devices(1)
     code, log = openssl_mac(

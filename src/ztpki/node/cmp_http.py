@@ -5,7 +5,9 @@ HTTP-level faults are answered in HTTP (415 wrong media type, 413 too large, 405
 for another method, 404 unknown label). Everything else is answered with a PKIMessage
 (HTTP 200, as RFC 6712 clients expect): the handler's answer, or an ``error`` body whose
 PKIFailureInfo bit is the one the refusal carries (``FAIL_TABLE``). Every answer is signed with
-the node's own TLS server key and carries its chain in extraCerts, as EST's TLS does.
+the node's own TLS server key and carries its chain in extraCerts, as EST's TLS does -- except
+the answer to a request whose MAC verified with its device's shared secret, which is
+MAC-protected with that secret (ztpki.node.cmp_mac, RFC 9483 section 4.1.5).
 
 The request's protecting certificate is authenticated exactly as EST's TLS client
 certificate is (AuthenticationModule, full chain verification), and when the request came over
