@@ -301,8 +301,9 @@ class CmpEndpoint:
             implicit_confirm=reply.implicit_confirm,
         )
         if mac is not None:
-            # RFC 9483 4.1.5: the answer is protected with the shared secret of the request
-            # (verified: a MAC is never computed for a request that did not prove it).
+            # RFC 9483 4.1.5: the device may have no anchor for the node's signature, so the
+            # answer is protected with the shared secret the request proved (a MAC is never
+            # computed for a request that did not: mac is set only once it verified).
             body = mac_message(
                 replace(header, sender_kid=mac.sender_kid),
                 reply.body,
