@@ -164,14 +164,22 @@ def test_ok_openssl_enrolls_with_the_shared_secret(world: NodeWorld) -> None:
     assert code == 0 and world.state(other) == "customized", log
 
 
-def test_ok_the_answer_is_protected_with_the_same_secret(world: NodeWorld) -> None:
+@pytest.mark.parametrize("scheme", list(MacScheme))
+def test_ok_the_answer_is_protected_with_the_same_secret(
+    world: NodeWorld, scheme: MacScheme
+) -> None:
     device_id, secret = mac_device(world)
-    answer = post_mac(world, device_id, secret)
+    # PBMAC1 (PBKDF2 + HMAC) is RFC 9481's other scheme; OpenSSL 3.0 sends only PBM.
+    sent = PBM if scheme is MacScheme.PASSWORD_BASED_MAC else replace(
+        PBM, scheme=scheme, iterations=2000, key_length=32
+    )  # fmt: skip
+    answer = post_mac(world, device_id, secret, sent)
     assert isinstance(answer.body, CertRepBody) and answer.body.type is BodyType.IP
     assert answer.body.responses[0].certificate_der is not None
     assert answer.header.protection_alg is not None
     params = decode_mac_algorithm(answer.header.protection_alg)
-    assert params.scheme is MacScheme.PASSWORD_BASED_MAC and params.salt != PBM.salt
+    assert params.scheme is scheme and params.salt != sent.salt
+    assert answer.header.sender_kid == device_id.encode()
     verify_mac(answer, params, secret, _Policy())  # raises unless the node knew the secret
 
 

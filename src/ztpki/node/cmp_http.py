@@ -248,7 +248,7 @@ class CmpEndpoint:
                 est.service.register, message, label, tls_certificate=tls
             )
         except CMPError as exc:  # no identity proven: a stranger, counted, not audited
-            reason = UnauthenticatedReason.CERTIFICATE_REFUSED
+            reason = UnauthenticatedReason.SHARED_SECRET_REFUSED
             endpoint = _endpoint(label, message)
             est.strangers.request(reason, endpoint, exc.message, peer=request.remote)
             raise
