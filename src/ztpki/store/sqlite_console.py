@@ -102,6 +102,8 @@ class ConsoleQueries:
         at = encode_instant(now, name="now")
         with self._db.write() as conn:
             if replace:
+                # A new password or role ends the sessions opened under the old ones.
+                conn.execute("DELETE FROM console_session WHERE operator = ?", (name,))
                 conn.execute(
                     "INSERT INTO console_operator (name, role, password_hash, created_at, "
                     "updated_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
@@ -119,6 +121,13 @@ class ConsoleQueries:
             raise DuplicateOperator(
                 f"operator {name} exists already; pass --replace to set a new password or role"
             )
+
+    def remove_operator(self, name: str) -> bool:
+        """Remove an operator and end their console sessions; whether there was one."""
+        with self._db.write() as conn:
+            conn.execute("DELETE FROM console_session WHERE operator = ?", (name,))
+            gone = conn.execute("DELETE FROM console_operator WHERE name = ?", (name,)).rowcount
+        return bool(gone)
 
     def operator(self, name: str) -> OperatorRecord | None:
         with self._db.read(single=True) as conn:

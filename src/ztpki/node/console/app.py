@@ -28,6 +28,7 @@ from cryptography.x509.oid import NameOID
 
 from ztpki.errors import ConfigurationError, MalformedInput, VerificationFailed, ZtpkiError
 from ztpki.node.config import NodeConfig
+from ztpki.node.console.health import HealthMonitor
 from ztpki.node.console.sessions import COOKIE, LoginThrottle, Session, Sessions
 from ztpki.node.factory_crls import FactoryRevocation
 from ztpki.store.records import AuditVerification, DuplicateDevice
@@ -92,6 +93,8 @@ class ConsoleContext:
     revocation_queued: Callable[[], None] = lambda: None
     # The factory CRLs this node process holds (their freshness on the health page).
     factory_crls: FactoryRevocation | None = None
+    # The CA systems' health, probed in the background (None: the page says it is not set up).
+    health: HealthMonitor | None = None
     clock: Callable[[], datetime] = _utcnow
     # The last chain verification: (loop time, when, result), and the one running.
     verification: tuple[float, datetime, AuditVerification] | None = field(default=None, repr=False)
@@ -136,6 +139,8 @@ class ConsoleContext:
 
     async def close(self) -> None:
         shutil.rmtree(self.scratch, ignore_errors=True)
+        if self.health is not None:
+            await self.health.close()
         if self._verifying is not None:
             self._verifying.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -207,7 +212,10 @@ async def _certificate_session(request: web.Request) -> tuple[str, Session] | No
             "your client certificate is from the operator CA, but its common name is not an "
             "operator of this node; ask an administrator to run `ztpki node add-operator`",
         )
-    return context.sessions.open(operator.name, operator.role, how="certificate")
+    opened: tuple[str, Session] = await context.read(
+        context.sessions.open, operator.name, operator.role, how="certificate"
+    )
+    return opened
 
 
 @web.middleware
@@ -234,7 +242,7 @@ async def _checked(request: web.Request, handler: Handler) -> web.StreamResponse
         return await handler(request)
     context = request.app[CONTEXT]
     token = request.cookies.get(COOKIE)
-    session = context.sessions.find(token)
+    session = await context.read(context.sessions.find, token)
     opened = None
     if session is None:
         opened = await _certificate_session(request)
