@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 WHEEL_DIST := build/dist
 WHEEL_VENV := build/wheel-venv
 
-.PHONY: system-deps demo test lint typecheck wheel-check dist unit fuzz bench clean
+.PHONY: system-deps demo test lint typecheck wheel-check dist unit fuzz bench clean screenshots
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -68,6 +68,11 @@ test: $(STAMP) system-deps lint typecheck wheel-check
 dist: $(STAMP)
 	rm -rf dist
 	$(BIN)/python -m build --outdir dist .
+
+# The web console's screenshots in docs/console/ (the README shows them): `make test` takes
+# them but writes them only here, so a test run leaves the tree clean (tests/e2e/screenshots.py).
+screenshots: $(STAMP) system-deps
+	ZTPKI_SCREENSHOTS=1 $(BIN)/pytest -q -p no:xdist tests/e2e/test_console_browser.py
 
 fuzz: $(STAMP)
 	ZTPKI_FUZZ_EXAMPLES=20000 $(BIN)/pytest -q -m fuzz -p no:xdist

@@ -1,14 +1,14 @@
 """The web console in a real browser (headless Chromium, Selenium): log in, watch the overview
 fill during a small fleet run, find a device, block it and see its state change; a viewer
 cannot block, a form without its CSRF token is refused, a wrong password is refused, and
-none of these refusals changes anything. The screenshots go to docs/console/ (README)."""
+none of these refusals changes anything. `make screenshots` writes the screenshots to
+docs/console/ (README)."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from browser_fixtures import start_chromium
@@ -21,12 +21,12 @@ from console_fixtures import (
     build_console_world,
     customize,
 )
+from screenshots import save_screenshot
 from selenium.webdriver.chrome.webdriver import WebDriver
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import WebDriverWait
 
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "console"
 # The overview refreshes its live part every 5 s; a loaded machine may take a few rounds.
 LIVE_WAIT = 90
 
@@ -52,8 +52,7 @@ def browser(console: ConsoleWorld, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 def shoot(browser: WebDriver, name: str) -> None:
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    browser.save_screenshot(str(SCREENSHOTS / f"{name}.png"))
+    save_screenshot(browser, name)  # docs/console/ only under `make screenshots`
 
 
 def log_in(browser: WebDriver, console: ConsoleWorld, name: str, password: str) -> None:
