@@ -44,6 +44,10 @@ PROBE_TIMEOUT = 3.0
 REFUSAL_WAIT = 0.3
 REFRESH_EVERY = 30.0
 FIRST_WAIT = PROBE_TIMEOUT + REFUSAL_WAIT + 2.0
+HUNG_UP = (
+    "TLS failure: the CA system closed the connection after the handshake (it refuses the "
+    "node's CA-client certificate, or is shutting down)"
+)
 
 
 @dataclass(frozen=True)
@@ -71,18 +75,18 @@ class HealthReport:
 
     def issued(self) -> dict[str, int]:
         """Certificates issued per CA, added up over every listener that answered."""
-        total: dict[str, int] = {}
-        for reading in self.metrics:
-            for ca, count in reading.issued.items():
-                total[ca] = total.get(ca, 0) + count
-        return total
+        return _added([reading.issued for reading in self.metrics])
 
     def revoked(self) -> dict[str, int]:
-        total: dict[str, int] = {}
-        for reading in self.metrics:
-            for ca, count in reading.revoked.items():
-                total[ca] = total.get(ca, 0) + count
-        return total
+        return _added([reading.revoked for reading in self.metrics])
+
+
+def _added(counts: Sequence[dict[str, int]]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for one in counts:
+        for ca, count in one.items():
+            total[ca] = total.get(ca, 0) + count
+    return total
 
 
 def _refusal(exc: BaseException) -> str:
@@ -111,12 +115,22 @@ async def probe_ca_system(host: str, port: int, context: ssl.SSLContext) -> Prob
         async with asyncio.timeout(PROBE_TIMEOUT):
             reader, writer = await asyncio.open_connection(host, port, ssl=context)
         latency = (time.perf_counter() - started) * 1000
-        with contextlib.suppress(TimeoutError):
+        try:
             async with asyncio.timeout(REFUSAL_WAIT):
                 await reader.read(1)
-                # Anything but silence (a close, a byte) is no accepted CA-client connection.
-                return Probe(address, False, latency, "TLS failure: the CA system hung up")
-        return Probe(address, True, latency, None)
+        except TimeoutError:
+            return Probe(address, True, latency, None)
+        except (ssl.SSLError, ConnectionError) as exc:
+            reason = getattr(exc, "reason", None) or type(exc).__name__
+            return Probe(
+                address,
+                False,
+                latency,
+                f"TLS failure: the CA system refused the node's CA-client certificate ({reason})",
+            )
+        # A close or a byte unasked: no CA system accepting this CA-client. (asyncio reads the
+        # TLS 1.3 alert of a refused client certificate as a plain close: the two read alike.)
+        return Probe(address, False, latency, HUNG_UP)
     except TimeoutError:
         return Probe(address, False, None, f"timeout: no handshake within {PROBE_TIMEOUT:g} s")
     except (OSError, asyncio.IncompleteReadError) as exc:
