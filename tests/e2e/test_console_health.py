@@ -9,6 +9,7 @@ and an expired one are refused."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import re
 import socket
@@ -48,6 +49,7 @@ _CONSOLE = re.compile(r"web console on (https://\S+)")
 REFUSED = "127.0.0.1:1"  # nothing listens on port 1
 GONE = "removable"
 GONE_PASSWORD = "removable-password-for-tests"
+DP_PATH = "/dp/operational.crl"
 
 
 @dataclass
@@ -62,12 +64,18 @@ class HealthWorld:
 
 def _stale_mirror_routes(world: Any) -> dict[str, Any]:
     """meters: its own CA's CRL, two days past its nextUpdate; operational: a CRL under the
-    right name signed by another key."""
-    authority = CASystemDirectory(world.customer_dir).load_authority(
-        "meters", passphrase=CA_PASSPHRASE.encode()
-    )
+    right name signed by another key; and at the distribution point operational's
+    certificates name (DP_PATH), operational's own, fresh."""
+    system = CASystemDirectory(world.customer_dir)
+    authority = system.load_authority("meters", passphrase=CA_PASSPHRASE.encode())
     then = datetime.now(UTC) - timedelta(days=3)
     stale = build_crl(authority, [], number=7, now=then, next_update=timedelta(days=1))
+    own = build_crl(
+        system.load_authority("operational", passphrase=CA_PASSPHRASE.encode()),
+        [],
+        number=3,
+        now=datetime.now(UTC) - timedelta(minutes=1),
+    )
     operational = x509.load_pem_x509_certificate((world.root / "customer-chain.pem").read_bytes())
     forged = (
         x509.CertificateRevocationListBuilder()
@@ -79,6 +87,7 @@ def _stale_mirror_routes(world: Any) -> dict[str, Any]:
     return {
         "/crl/meters.crl": stale.public_bytes(Encoding.DER),
         "/crl/operational.crl": forged.public_bytes(Encoding.DER),
+        DP_PATH: own.public_bytes(Encoding.DER),
     }
 
 
@@ -121,9 +130,19 @@ def restart_node(console: ConsoleWorld) -> None:
 def health(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HealthWorld]:
     root = tmp_path_factory.mktemp("console-health")
     console = build_console_world(root)
-    hang = socket.create_server(("127.0.0.1", 0))  # the kernel accepts; nobody answers
-    try:
+    with contextlib.ExitStack() as stack:
+        stack.callback(console.stop)
         world = console.world
+        hang = stack.enter_context(socket.create_server(("127.0.0.1", 0)))  # never answers
+        hang_address = f"127.0.0.1:{hang.getsockname()[1]}"
+        mirror = stack.enter_context(serving_http(_stale_mirror_routes(world)))
+        # The operational CA names a distribution point in what it issues (on the mirror).
+        policy = world.customer_dir / "cas" / "operational" / "policy.toml"
+        policy.write_text(
+            policy.read_text().replace(
+                "\n[revocation]\n", f'\n[revocation]\ncrl_url = "{mirror.url}{DP_PATH}"\n'
+            )
+        )
         instance = start(
             ["ca", "serve", "--dir", str(world.customer_dir), "--listen", "127.0.0.1:0",
              "--key-workers", "1", "--http-listen", "127.0.0.1:0"],
@@ -132,30 +151,25 @@ def health(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HealthWorld]:
         )  # fmt: skip
         world.services.append(instance)
         host, port = http_address(instance)
-        with serving_http(_stale_mirror_routes(world)) as mirror:
-            add_operator(world.node_dir, GONE, "operator", GONE_PASSWORD)
-            tokens = {
-                name: asyncio.run(_login(console, name, password))
-                for name, password in ((VIEWER, VIEWER_PASSWORD), (GONE, GONE_PASSWORD))
-            }
-            devices = world.make_devices(1, prefix="health")
-            hang_address = f"127.0.0.1:{hang.getsockname()[1]}"
-            cli("node", "set-ca-system", "--dir", str(world.node_dir),
-                *(a for address in (instance.address, REFUSED, world.factory.address,
-                                    hang_address) for a in ("--ca", address)))  # fmt: skip
-            merge_settings(
-                world.node_dir, {"console": {"ca_http": [f"http://{host}:{port}", mirror.url]}}
-            )
-            restart_node(console)
-            # One device issued through the live instance (the first address): its counter
-            # has something to say.
-            asyncio.run(customize(world, devices))
-            yield HealthWorld(
-                console, f"http://{host}:{port}", mirror, hang_address, instance.address, tokens
-            )
-    finally:
-        hang.close()
-        console.stop()
+        add_operator(world.node_dir, GONE, "operator", GONE_PASSWORD)
+        tokens = {
+            name: asyncio.run(_login(console, name, password))
+            for name, password in ((VIEWER, VIEWER_PASSWORD), (GONE, GONE_PASSWORD))
+        }
+        devices = world.make_devices(1, prefix="health")
+        cli("node", "set-ca-system", "--dir", str(world.node_dir),
+            *(a for address in (instance.address, REFUSED, world.factory.address, hang_address)
+              for a in ("--ca", address)))  # fmt: skip
+        merge_settings(
+            world.node_dir, {"console": {"ca_http": [f"http://{host}:{port}", mirror.url]}}
+        )
+        restart_node(console)
+        # One device issued through the live instance (the first address): its counter has
+        # something to say, and its certificate names the distribution point.
+        asyncio.run(customize(world, devices))
+        yield HealthWorld(
+            console, f"http://{host}:{port}", mirror, hang_address, instance.address, tokens
+        )
 
 
 def test_ok_a_session_survives_a_restart_of_the_node_and_the_register_keeps_no_token(
@@ -228,6 +242,8 @@ def test_ok_the_health_page_probes_every_ca_system_address_and_names_each_failur
     assert "fresh" in crls[f"{health.http}/crl/meters.crl"]
     assert "stale: past its next update" in crls[f"{health.mirror.url}/crl/meters.crl"]
     assert "not signed by CA operational" in crls[f"{health.mirror.url}/crl/operational.crl"]
+    # The distribution point the issued certificate names, read from the register's copy.
+    assert "fresh" in crls[f"{health.mirror.url}{DP_PATH}"]
     assert f"{health.mirror.url}/metrics: HTTP 404" in text
     # Read again: the report made in the background is shown, with its instant; no probe runs
     # on the request path (the hanging address would hold it for the probe's timeout).

@@ -200,6 +200,17 @@ class ConsoleQueries:
             ).fetchall()
         return {str(r[0]): int(r[1]) for r in rows}
 
+    def certificate_of_label(self, label: str) -> bytes | None:
+        """One certificate (DER) a device holds under EST ``label``, or None: the CA health
+        page reads the CRL distribution point its CA puts in every certificate."""
+        with self._db.read(single=True) as conn:
+            row = conn.execute(
+                "SELECT issued_certificate_der FROM device WHERE issuance_label = ? "
+                "AND issued_certificate_der IS NOT NULL ORDER BY device_id DESC LIMIT 1",
+                (label,),
+            ).fetchone()
+        return None if row is None else bytes(row[0])
+
     # ------------------------------------------------------------------ audit figures
 
     def decisions_per_minute(self, decision: str, *, since: datetime) -> dict[str, int]:

@@ -8,9 +8,11 @@
   timeout, certificate mismatch, or the TLS failure.
 * Certificates issued and revoked per CA, as the CA systems count them: ``GET /metrics`` of
   each ``[console] ca_http`` listener (``ca serve --http-listen``).
-* CRL freshness of each customer CA: ``GET /crl/NAME.crl`` of each listener, its signature
-  checked against the label's CA certificate; thisUpdate, nextUpdate, age, stale once past
-  nextUpdate (the factory CRLs are the node's own, ztpki.node.factory_crls).
+* CRL freshness of each customer CA: ``GET /crl/NAME.crl`` of each listener and of each CRL
+  distribution point the CA names in the certificates it issued (one of them read from the
+  register), its signature checked against the label's CA certificate; thisUpdate,
+  nextUpdate, age, stale once past nextUpdate (the factory CRLs are the node's own,
+  ztpki.node.factory_crls).
 
 ``HealthMonitor`` runs every probe at once in a background task with bounded timeouts: a page
 shows the last report and its age, starts a new one when that is older than REFRESH_EVERY,
@@ -35,6 +37,7 @@ from cryptography import x509
 
 from ztpki.casystem.failover import parse_addresses
 from ztpki.node.console.ca_readings import CRLStatus, MetricsReading, read_crl, read_metrics
+from ztpki.pki.revocation_check import crl_urls
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +63,22 @@ class Probe:
 
 @dataclass(frozen=True)
 class CustomerCA:
-    """A CA of the customer CA system the node issues from: its name there and certificate."""
+    """A CA of the customer CA system the node issues from: its name there, its certificate,
+    and the EST label whose certificates name its CRL distribution point."""
 
     name: str
     certificate: x509.Certificate
+    label: str = ""
+
+
+def distribution_points(der: bytes | None) -> tuple[str, ...]:
+    """The http CRL distribution points of a certificate its CA issued (none: no DER)."""
+    if der is None:
+        return ()
+    try:
+        return crl_urls(x509.load_der_x509_certificate(der))
+    except ValueError:
+        return ()
 
 
 @dataclass(frozen=True)
@@ -156,12 +171,16 @@ class HealthMonitor:
         tls: ssl.SSLContext | None,
         http: Sequence[str] = (),
         cas: Sequence[CustomerCA] = (),
+        certificate_of_label: Callable[[str], bytes | None] | None = None,
         clock: Callable[[], datetime] = _utcnow,
     ) -> None:
+        """``certificate_of_label``: a certificate issued under a label (the register's), whose
+        CRL distribution points are read besides ``http``'s /crl/NAME.crl."""
         self._addresses = parse_addresses(tuple(addresses))
         self._tls = tls
         self._http = tuple(base.rstrip("/") for base in http)
         self._cas = tuple(cas)
+        self._certificate_of_label = certificate_of_label
         self._clock = clock
         self._last: tuple[float, HealthReport] | None = None
         self._running: asyncio.Task[None] | None = None
@@ -183,18 +202,26 @@ class HealthMonitor:
         at = self._clock()
         probes = self._probes()
         timeout = aiohttp.ClientTimeout(total=PROBE_TIMEOUT)
+        locations = await self._crl_locations()
         async with aiohttp.ClientSession(timeout=timeout) as session:
             metrics = [read_metrics(session, base) for base in self._http]
-            crls = [
-                read_crl(
-                    session, f"{base}/crl/{quote(ca.name, safe='')}.crl", ca.name, ca.certificate
-                )
-                for base in self._http
-                for ca in self._cas
-            ]
+            crls = [read_crl(session, url, ca.name, ca.certificate) for ca, url in locations]
             done = await asyncio.gather(probes, asyncio.gather(*metrics), asyncio.gather(*crls))
         report = HealthReport(at, done[0], list(done[1]), list(done[2]))
         self._last = (asyncio.get_running_loop().time(), report)
+
+    async def _crl_locations(self) -> list[tuple[CustomerCA, str]]:
+        """Each CA's /crl/NAME.crl on every listener, then the distribution points its
+        certificates name (each URL once)."""
+        found: dict[str, CustomerCA] = {}
+        for ca in self._cas:
+            for base in self._http:
+                found.setdefault(f"{base}/crl/{quote(ca.name, safe='')}.crl", ca)
+            if self._certificate_of_label is not None and ca.label:
+                der = await asyncio.to_thread(self._certificate_of_label, ca.label)
+                for url in distribution_points(der):
+                    found.setdefault(url, ca)
+        return [(ca, url) for url, ca in found.items()]
 
     async def _probes(self) -> list[Probe]:
         if self._tls is None:

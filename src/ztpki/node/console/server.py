@@ -64,7 +64,9 @@ def console_context(material: NodeMaterial) -> ssl.SSLContext:
     return context
 
 
-def health_monitor(material: NodeMaterial) -> HealthMonitor:
+def health_monitor(
+    material: NodeMaterial, certificate_of_label: Callable[[str], bytes | None]
+) -> HealthMonitor:
     """The CA health page's probes: the node's CA-client identity, as issuance presents it."""
     config, credential = material.config, material.credential
     tls = None
@@ -77,10 +79,11 @@ def health_monitor(material: NodeMaterial) -> HealthMonitor:
         tls=tls,
         http=config.console.ca_http,
         cas=[
-            CustomerCA(loaded.config.ca_name, loaded.chain[0])
-            for loaded in material.labels.values()
+            CustomerCA(loaded.config.ca_name, loaded.chain[0], label)
+            for label, loaded in material.labels.items()
             if loaded.config.ca_name
         ],
+        certificate_of_label=certificate_of_label,
     )
 
 
@@ -107,7 +110,7 @@ async def start_console(
         templates=templates(),
         revocation_queued=revocation_queued,
         factory_crls=material.factory_crls,
-        health=health_monitor(material),
+        health=health_monitor(material, store.certificate_of_label),
     )
     runner = web.AppRunner(build(context), access_log=None)
     await runner.setup()
