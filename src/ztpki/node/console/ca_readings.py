@@ -8,6 +8,8 @@ signature verifies under the CA certificate the node holds for that label.
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -19,8 +21,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 log = logging.getLogger(__name__)
 
-# A CRL or a metrics page past this is no answer of a CA system's listener.
-MAX_BODY = 16 * 1024 * 1024
+# A CRL or a metrics page past this is no answer of a CA system's listener (a CRL of a
+# million revoked certificates is about 40 MB).
+MAX_BODY = 64 * 1024 * 1024
 ISSUED = "ztpki_ca_certificates_issued_total"
 REVOKED = "ztpki_ca_certificates_revoked_total"
 
@@ -95,11 +98,27 @@ async def read_crl(
     url: str,
     ca: str,
     issuer: x509.Certificate,
+    *,
+    seen: dict[str, tuple[bytes, CRLStatus]] | None = None,
 ) -> CRLStatus:
+    """The CRL at ``url`` judged against ``issuer``. A CRL of a large fleet is megabytes: it
+    is parsed and verified on a worker thread (this loop serves the devices too), and only
+    when its bytes changed since the last read (``seen``: digest and status, by URL)."""
     try:
         body = await _get(session, url)
     except (aiohttp.ClientError, TimeoutError, _Unreadable) as exc:
         return CRLStatus(ca, url, error=_failure(exc))
+    digest = hashlib.sha256(body).digest()
+    known = None if seen is None else seen.get(url)
+    if known is not None and known[0] == digest:
+        return known[1]
+    status = await asyncio.to_thread(judge_crl, body, url, ca, issuer)
+    if seen is not None:
+        seen[url] = (digest, status)
+    return status
+
+
+def judge_crl(body: bytes, url: str, ca: str, issuer: x509.Certificate) -> CRLStatus:
     try:
         crl = x509.load_der_x509_crl(body)
         verified = crl.is_signature_valid(issuer.public_key())  # type: ignore[arg-type]

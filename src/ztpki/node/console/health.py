@@ -184,6 +184,7 @@ class HealthMonitor:
         self._clock = clock
         self._last: tuple[float, HealthReport] | None = None
         self._running: asyncio.Task[None] | None = None
+        self._crls: dict[str, tuple[bytes, CRLStatus]] = {}  # read_crl's: unchanged bytes
 
     async def report(self) -> tuple[HealthReport | None, float | None]:
         """The last report and its age in seconds (None, None while the first is made)."""
@@ -205,7 +206,10 @@ class HealthMonitor:
         locations = await self._crl_locations()
         async with aiohttp.ClientSession(timeout=timeout) as session:
             metrics = [read_metrics(session, base) for base in self._http]
-            crls = [read_crl(session, url, ca.name, ca.certificate) for ca, url in locations]
+            crls = [
+                read_crl(session, url, ca.name, ca.certificate, seen=self._crls)
+                for ca, url in locations
+            ]
             done = await asyncio.gather(probes, asyncio.gather(*metrics), asyncio.gather(*crls))
         report = HealthReport(at, done[0], list(done[1]), list(done[2]))
         self._last = (asyncio.get_running_loop().time(), report)

@@ -38,6 +38,10 @@ class ConsoleConfig:
     def __post_init__(self) -> None:
         for url in self.ca_http:
             parts = urlsplit(url)
+            if parts.username or parts.password:
+                raise ConfigurationError(
+                    "[console] ca_http: put no credentials in the URL (the health page shows it)"
+                )
             if parts.scheme not in ("http", "https") or not parts.hostname or parts.query:
                 raise ConfigurationError(
                     f"[console] ca_http: {url[:100]!r} is not a base URL such as "
