@@ -108,28 +108,35 @@ class ConsoleSessionQueries:
         pushed on when it was last pushed more than ``touch_after`` ago; an expired or idle
         one is deleted, and None."""
         at = encode_instant(now, name="now")
-        with self._db.write() as conn:
+        # Read first: most lookups change nothing, and a write would queue behind the
+        # devices' issuance on the same register.
+        with self._db.read(single=True) as conn:
             row = conn.execute(
                 "SELECT s.operator, s.role, s.csrf_salt, s.how, s.expires_at, s.idle_until, "
                 "s.idle_seconds, o.name FROM console_session s LEFT JOIN console_operator o "
                 "ON o.name = s.operator WHERE s.token_hash = ?",
                 (token_hash,),
             ).fetchone()
-            if row is None:
-                return None
-            if row[4] <= at or row[5] <= at or row[7] is None:
-                conn.execute("DELETE FROM console_session WHERE token_hash = ?", (token_hash,))
-                return None
-            expires, idle_until, idle = decode_instant(row[4]), decode_instant(row[5]), int(row[6])
+        if row is None:
+            return None
+        if row[4] <= at or row[5] <= at or row[7] is None:
+            self.close_console_session(token_hash)
+            return None
+        expires, idle_until, idle = decode_instant(row[4]), decode_instant(row[5]), int(row[6])
+        # The last push was at idle_until - idle: write only when that is old enough, so a
+        # page's requests do not each cost a write. The push is conditional: a session that
+        # idled out or was deleted meanwhile stays ended.
+        if now - (idle_until - timedelta(seconds=idle)) > touch_after:
             pushed = min(now + timedelta(seconds=idle), expires)
-            # The last push was at idle_until - idle: write only when that is old enough, so a
-            # page's requests do not each cost a write.
-            if now - (idle_until - timedelta(seconds=idle)) > touch_after:
-                idle_until = pushed
-                conn.execute(
-                    "UPDATE console_session SET idle_until = ? WHERE token_hash = ?",
-                    (encode_instant(pushed, name="idle"), token_hash),
-                )
+            with self._db.write() as conn:
+                kept = conn.execute(
+                    "UPDATE console_session SET idle_until = ? WHERE token_hash = ? "
+                    "AND idle_until > ? AND expires_at > ?",
+                    (encode_instant(pushed, name="idle"), token_hash, at, at),
+                ).rowcount
+            if not kept:
+                return None
+            idle_until = pushed
         return SessionRecord(row[0], Role(row[1]), row[2], row[3], expires, idle_until, idle)
 
     def close_console_session(self, token_hash: str) -> bool:
