@@ -103,7 +103,7 @@ def test_fail_an_altered_audit_trail_is_shown_as_not_verifying(tmp_path: Path) -
         assert "The hash chain verifies: 3 entries" in page(context, "/audit")
         with sqlite3.connect(tmp_path / "node.sqlite") as conn:  # edited behind the node's back
             conn.execute("UPDATE audit_entry SET reason = 'nothing happened' WHERE seq = 2")
-        context.verification = None  # the next page verifies again (it would after a minute)
+        context.verifications.last = None  # the next page verifies again (it would after a minute)
         text = page(context, "/audit")
         assert "The hash chain does NOT verify at entry 2" in text
         assert 'role="alert"' in text

@@ -37,6 +37,7 @@ from cryptography import x509
 
 from ztpki.casystem.failover import parse_addresses
 from ztpki.node.console.ca_readings import CRLStatus, MetricsReading, read_crl, read_metrics
+from ztpki.node.console.refresh import Refreshed
 from ztpki.pki.revocation_check import crl_urls
 
 log = logging.getLogger(__name__)
@@ -182,24 +183,17 @@ class HealthMonitor:
         self._cas = tuple(cas)
         self._certificate_of_label = certificate_of_label
         self._clock = clock
-        self._last: tuple[float, HealthReport] | None = None
-        self._running: asyncio.Task[None] | None = None
         self._crls: dict[str, tuple[bytes, CRLStatus]] = {}  # read_crl's: unchanged bytes
+        self._report = Refreshed(
+            self._make, every=REFRESH_EVERY, wait=FIRST_WAIT, name="console CA health"
+        )
 
     async def report(self) -> tuple[HealthReport | None, float | None]:
         """The last report and its age in seconds (None, None while the first is made)."""
-        loop = asyncio.get_running_loop()
-        stale = self._last is None or loop.time() - self._last[0] > REFRESH_EVERY
-        if stale and (self._running is None or self._running.done()):
-            self._running = asyncio.create_task(self._refresh(), name="console CA health")
-        if self._last is None and self._running is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self._running), FIRST_WAIT)
-        if self._last is None:
-            return None, None
-        return self._last[1], loop.time() - self._last[0]
+        last = await self._report.get()
+        return (None, None) if last is None else last
 
-    async def _refresh(self) -> None:
+    async def _make(self) -> HealthReport:
         at = self._clock()
         probes = self._probes()
         timeout = aiohttp.ClientTimeout(total=PROBE_TIMEOUT)
@@ -211,8 +205,7 @@ class HealthMonitor:
                 for ca, url in locations
             ]
             done = await asyncio.gather(probes, asyncio.gather(*metrics), asyncio.gather(*crls))
-        report = HealthReport(at, done[0], list(done[1]), list(done[2]))
-        self._last = (asyncio.get_running_loop().time(), report)
+        return HealthReport(at, done[0], list(done[1]), list(done[2]))
 
     async def _crl_locations(self) -> list[tuple[CustomerCA, str]]:
         """Each CA's /crl/NAME.crl on every listener, then the distribution points its
@@ -237,10 +230,7 @@ class HealthMonitor:
         return list(await asyncio.gather(*(probe_ca_system(h, p, tls) for h, p in self._addresses)))
 
     async def close(self) -> None:
-        if self._running is not None:
-            self._running.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._running
+        await self._report.close()
 
 
 def stale(status: CRLStatus, now: datetime) -> bool:
