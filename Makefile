@@ -61,8 +61,9 @@ wheel-check: $(STAMP)
 	$(BIN)/python -m build --quiet --outdir $(WHEEL_DIST) .
 	$(BIN)/python tests/packaging/check_wheel.py $(WHEEL_DIST) --venv $(WHEEL_VENV)
 
+# --durations: CI's log names the slowest tests (the run must stay under 20 minutes).
 test: $(STAMP) system-deps lint typecheck wheel-check
-	$(BIN)/pytest -n 2 -q
+	$(BIN)/pytest -n 2 -q --durations=25
 
 # What a release publishes: dist/ztpki-VERSION.tar.gz and dist/ztpki-VERSION-py3-none-any.whl.
 dist: $(STAMP)
