@@ -36,16 +36,6 @@ pytestmark = pytest.mark.timeout(240)
 CATEGORY = "manifest-signers"
 
 
-def _record(report: AttackReport, case: str, attack: str, observed: str) -> None:
-    report.record(
-        case=f"{CATEGORY}/{case}",
-        category=CATEGORY,
-        attack=attack,
-        observed=observed,
-        verdict="refused",
-    )
-
-
 def _unique(prefix: str) -> str:
     return f"{prefix}-{os.getpid()}-{os.urandom(3).hex()}"
 
@@ -99,92 +89,90 @@ def _acme_pins(d: Deployment, *certificates: x509.Certificate) -> Iterator[None]
         path.write_text(original)
 
 
-def _import(d: Deployment, name: str, data: bytes) -> tuple[int, str]:
-    path = d.root / name
-    path.write_bytes(data)
-    result = d.operator("node", "import", "--dir", str(d.node_dir), str(path))
-    return result.status, " ".join((result.out + result.err).split())
-
-
 def _refused_import(
-    d: Deployment, name: str, key: PrivateKey, chain: list[x509.Certificate], reason: str
-) -> str:
-    """Import a manifest of one new Acme device signed by key; assert it is refused with
-    reason, audited, and changes nothing. Returns the observed text for the report."""
+    d: Deployment,
+    report: AttackReport,
+    case: str,
+    attack: str,
+    signed_with: tuple[PrivateKey, list[x509.Certificate]],
+    reason: str,
+) -> None:
+    """Import a manifest of one new Acme device signed with (key, chain); assert it is
+    refused with reason, audited, and changes nothing; record the case."""
     d.reserve(1)
     listed = _unique("ACME-SIGNER")
-    signed = sign_manifest(_manifest(listed), key=key, chain=chain)
+    key, chain = signed_with
+    path = d.root / f"manifest-{case}.json"
+    path.write_bytes(sign_manifest(_manifest(listed), key=key, chain=chain))
     before = d.snapshot()
-    status, text = _import(d, name, signed)
-    assert status == 1 and reason in text, text
+    result = d.operator("node", "import", "--dir", str(d.node_dir), str(path))
+    text = " ".join((result.out + result.err).split())
+    assert result.status == 1 and reason in text, text
     checked = d.check_unchanged(before, audited=[(None, "refused", reason)])
     assert listed not in d.register()
-    return f"exit 1: {text}; {checked}"
+    report.record(
+        case=f"{CATEGORY}/{case}",
+        category=CATEGORY,
+        attack=attack,
+        observed=f"exit 1: {text}; {checked}; {d.serve_next_device()}",
+        verdict="refused",
+    )
 
 
-def test_fail_document_signer_not_pinned(
-    deployment: Deployment, attack_report: AttackReport
-) -> None:
-    d = deployment
-    manifests = d.authority("factory", "manifests")
-    key, cert = _signer(manifests, "invoice signer", [DOCUMENT_SIGNING])
-    with _acme_pins(d):
-        observed = _refused_import(
-            d, "manifest-invoice-signer.json", key, [cert, manifests.certificate], "pinned for"
-        )
-    _record(
-        attack_report,
+# (case, attack, signer's CA system and CA, its EKU, which certificates Acme pins: None for
+# no pins, else the genuine signer and, with True, this one too; the refusal's reason).
+CASES = [
+    (
         "document-signer-not-pinned",
         "Acme pins its manifest signer; `ztpki node import` of an Acme manifest signed by "
         "another certificate Acme's own manifest CA issued with EKU documentSigning (an "
         "invoice signer under the same root)",
-        f"{observed}; {d.serve_next_device()}",
-    )
-
-
-def test_fail_document_signer_outside_the_manufacturers_bundle(
-    deployment: Deployment, attack_report: AttackReport
-) -> None:
-    d = deployment
-    # The customer's own device CA: the node trusts it, for operational identities only.
-    devices = d.authority("customer", "devices")
-    key, cert = _signer(devices, "manifest signer", [DOCUMENT_SIGNING])
-    observed = _refused_import(
-        d,
-        "manifest-customer-signer.json",
-        key,
-        [cert, *devices.chain],
-        "signer certificate does not verify",
-    )
-    _record(
-        attack_report,
+        ("factory", "manifests"),
+        DOCUMENT_SIGNING,
+        False,
+        "pinned for",
+    ),
+    (
         "document-signer-outside-bundle",
         "`ztpki node import` of an Acme manifest signed by a documentSigning certificate, "
-        "O=Acme Devices, that the customer's own device CA issued (a CA the node trusts, but "
-        "not as Acme's trust bundle)",
-        f"{observed}; {d.serve_next_device()}",
-    )
-
-
-def test_fail_pinned_signer_without_document_signing(
-    deployment: Deployment, attack_report: AttackReport
-) -> None:
-    d = deployment
-    manifests = d.authority("factory", "manifests")
-    key, cert = _signer(manifests, "code signer", [ExtendedKeyUsageOID.CODE_SIGNING])
-    with _acme_pins(d, cert):
-        observed = _refused_import(
-            d,
-            "manifest-code-signer.json",
-            key,
-            [cert, manifests.certificate],
-            "not a document (manifest) signing certificate",
-        )
-    _record(
-        attack_report,
+        "O=Acme Devices, that the customer's own device CA issued (a CA the node trusts, for "
+        "operational identities, but not as Acme's trust bundle)",
+        ("customer", "devices"),
+        DOCUMENT_SIGNING,
+        None,
+        "signer certificate does not verify",
+    ),
+    (
         "pinned-signer-without-document-signing",
         "Acme pins, besides its manifest signer, a certificate of its manifest CA with EKU "
         "codeSigning (neither documentSigning nor the earlier ztpki manifest-signer EKU); "
         "`ztpki node import` of an Acme manifest signed by it",
-        f"{observed}; {d.serve_next_device()}",
-    )
+        ("factory", "manifests"),
+        ExtendedKeyUsageOID.CODE_SIGNING,
+        True,
+        "not a document (manifest) signing certificate",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "attack", "issuer", "eku", "pinned", "reason"),
+    [pytest.param(*c, id=f"fail-{c[0]}") for c in CASES],
+)
+def test_fail_manifest_signer_without_the_right(
+    deployment: Deployment,
+    attack_report: AttackReport,
+    case: str,
+    attack: str,
+    issuer: tuple[str, str],
+    eku: x509.ObjectIdentifier,
+    pinned: bool | None,
+    reason: str,
+) -> None:
+    d = deployment
+    ca = d.authority(*issuer)
+    key, cert = _signer(ca, case, [eku])
+    also = (cert,) if pinned else ()
+    pins = contextlib.nullcontext() if pinned is None else _acme_pins(d, *also)
+    with pins:
+        _refused_import(d, attack_report, case, attack, (key, [cert, *ca.chain]), reason)

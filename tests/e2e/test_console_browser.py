@@ -197,29 +197,30 @@ def test_fail_a_viewer_cannot_block_and_nothing_changed(
 ) -> None:
     (device,) = console.world.make_devices(1, prefix="viewer")
     log_in(browser, console, VIEWER, VIEWER_PASSWORD)
-    browser.get(f"{console.url}/devices/{device.device_id}")
-    assert not browser.find_elements(By.ID, "block")  # no action offered
     register, audit = console.world.register(), console.audit_count()
-    browser.get(f"{console.url}/devices/{device.device_id}/block")
+    assert_viewer_cannot_block(browser, console.url, device.device_id)
+    assert console.world.register() == register and console.audit_count() == audit
+
+
+def assert_viewer_cannot_block(browser: WebDriver, url: str, device_id: str) -> None:
+    """The logged-in viewer is offered no block, is refused the confirmation page, and a
+    crafted POST with the viewer's own valid CSRF token gets 403 all the same."""
+    browser.get(f"{url}/devices/{device_id}")
+    assert not browser.find_elements(By.ID, "block")  # no action offered
+    browser.get(f"{url}/devices/{device_id}/block")
     assert f"{VIEWER} is a viewer" in text_of(browser, "error")
-    # A crafted POST with the viewer's own valid CSRF token: refused all the same.
+    browser.get(url + "/")
+    csrf = browser.find_element(By.CSS_SELECTOR, "form.who input[name=csrf]")
     status = browser.execute_async_script(
         """
         const done = arguments[arguments.length - 1];
         const body = new URLSearchParams({csrf: arguments[0], confirm: "yes"});
         fetch(arguments[1], {method: "POST", body}).then(r => done(r.status));
         """,
-        _viewer_csrf(browser, console),
-        f"/devices/{device.device_id}/block",
+        csrf.get_attribute("value"),
+        f"/devices/{device_id}/block",
     )
     assert status == 403
-    assert console.world.register() == register and console.audit_count() == audit
-
-
-def _viewer_csrf(browser: WebDriver, console: ConsoleWorld) -> str:
-    browser.get(console.url + "/")
-    token = browser.find_element(By.CSS_SELECTOR, "form.who input[name=csrf]")
-    return str(token.get_attribute("value"))
 
 
 def test_fail_a_form_without_its_csrf_token_is_refused_and_nothing_changed(
@@ -315,10 +316,8 @@ def test_ok_certificate_operators_land_logged_in_and_a_foreign_ca_is_refused(
     WebDriverWait(browser, 30).until(lambda _: handshake_refusals(console) > refusals)
     # victor's certificate logs victor in, as the viewer he is: no block offered or done.
     victor = site(console, "victor.console.test")
-    browser.get(f"{victor}/devices/{device.device_id}")
+    browser.get(victor + "/")
     assert browser.find_element(By.CSS_SELECTOR, "form.who").text.startswith(f"{VIEWER} (viewer)")
-    assert not browser.find_elements(By.ID, "block")
-    browser.get(f"{victor}/devices/{device.device_id}/block")
-    assert f"{VIEWER} is a viewer" in text_of(browser, "error")
+    assert_viewer_cannot_block(browser, victor, device.device_id)
     assert console.world.register() == register and console.audit_count() == audit
     assert console.world.state(device.device_id) == "listed"

@@ -335,7 +335,8 @@ def verify_manifest(
     MalformedInput: the bytes do not parse (size, JSON, base64url, header, alg, certificates,
     content). VerificationFailed: the signature does not verify; the manifest names no
     manufacturer of manufacturers; the x5c chain does not lead to that manufacturer's trust
-    bundle through a certificate with EKU id-kp-documentSigning; the signer is not one of
+    bundle through a certificate with EKU id-kp-documentSigning (or the manifest-signer EKU
+    of earlier ztpki versions); the signer is not one of
     that manufacturer's manifest signers; or a device id is outside its namespace.
     """
     signed = verify_jws(data, typ=MANIFEST_TYPE, max_size=MAX_MANIFEST_BYTES, what="manifest")
