@@ -18,6 +18,7 @@ import base64
 import hashlib
 import json
 import os
+import shlex
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -59,7 +60,8 @@ def nss_home(home: Path, identities: Sequence[tuple[Path, Path]]) -> Path:
     database.mkdir(parents=True)
     sh(f'certutil -N -d "sql:{database}" --empty-password', home)
     for cert, key in identities:
-        sh(f"set -- {cert} {key} {database}\n{IMPORT_CERTIFICATE}", home)
+        arguments = " ".join(shlex.quote(str(p)) for p in (cert, key, database))
+        sh(f"set -- {arguments}\n{IMPORT_CERTIFICATE}", home)
     return home
 
 
@@ -73,8 +75,9 @@ def auto_select_certificates(profile: Path, rules: Mapping[str, Mapping[str, str
         }
         for site, names in rules.items()
     }
-    preferences = {"profile": {"content_settings": {"exceptions": {}}}}
-    preferences["profile"]["content_settings"]["exceptions"]["auto_select_certificate"] = exceptions
+    preferences = {
+        "profile": {"content_settings": {"exceptions": {"auto_select_certificate": exceptions}}}
+    }
     (profile / "Default").mkdir(parents=True, exist_ok=True)
     (profile / "Default" / "Preferences").write_text(json.dumps(preferences))
 
