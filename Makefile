@@ -38,6 +38,9 @@ system-deps:
 	@# The web console's browser tests: Debian's headless Chromium and its matching driver.
 	@(command -v chromium >/dev/null && command -v chromedriver >/dev/null) || \
 	  (apt-get update -q && apt-get install -y -q chromium chromium-driver)
+	@# Operators' client certificates in the browser tests: NSS's pk12util and certutil.
+	@(command -v pk12util >/dev/null && command -v certutil >/dev/null) || \
+	  (apt-get update -q && apt-get install -y -q libnss3-tools)
 	@# Keys in hardware (README): SoftHSM2 is the PKCS#11 token of the tests, OpenSC's
 	@# pkcs11-tool the outside view into it.
 	@(command -v softhsm2-util >/dev/null && command -v pkcs11-tool >/dev/null) || \
