@@ -38,6 +38,9 @@ system-deps:
 	@# The web console's browser tests: Debian's headless Chromium and its matching driver.
 	@(command -v chromium >/dev/null && command -v chromedriver >/dev/null) || \
 	  (apt-get update -q && apt-get install -y -q chromium chromium-driver)
+	@# Operators' client certificates in the browser tests: NSS's pk12util and certutil.
+	@(command -v pk12util >/dev/null && command -v certutil >/dev/null) || \
+	  (apt-get update -q && apt-get install -y -q libnss3-tools)
 	@# Keys in hardware (README): SoftHSM2 is the PKCS#11 token of the tests, OpenSC's
 	@# pkcs11-tool the outside view into it.
 	@(command -v softhsm2-util >/dev/null && command -v pkcs11-tool >/dev/null) || \
@@ -61,8 +64,9 @@ wheel-check: $(STAMP)
 	$(BIN)/python -m build --quiet --outdir $(WHEEL_DIST) .
 	$(BIN)/python tests/packaging/check_wheel.py $(WHEEL_DIST) --venv $(WHEEL_VENV)
 
+# --durations: CI's log names the slowest tests (the run must stay under 20 minutes).
 test: $(STAMP) system-deps lint typecheck wheel-check
-	$(BIN)/pytest -n 2 -q
+	$(BIN)/pytest -n 2 -q --durations=25
 
 # What a release publishes: dist/ztpki-VERSION.tar.gz and dist/ztpki-VERSION-py3-none-any.whl.
 dist: $(STAMP)
