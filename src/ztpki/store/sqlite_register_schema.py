@@ -25,9 +25,8 @@ SCHEMA_COMPONENT = "customer_node"
 # Version 7: the web console's operators, and the indexes its pages read by
 # (ztpki.store.sqlite_console).
 # Version 8: a CMP transaction keeps its key request, and whether its device was told to poll.
-# Versions 9 and 10: other branches' steps (empty here until they are merged).
-# Version 11: the web console's sessions (ztpki.store.console_sessions).
-SCHEMA_VERSION = 11
+# Version 9: the web console's sessions (ztpki.store.console_sessions).
+SCHEMA_VERSION = 9
 
 _STATES = "'listed', 'issuing', 'issued', 'customized', 'blocked'"
 _STATES_V4 = f"{_STATES}, 'retired'"
@@ -198,9 +197,7 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     5: (CMP_TRANSACTION_TABLE, CMP_TRANSACTION_INDEX),
     6: CONSOLE_SCHEMA,
     7: CMP_TRANSACTION_V8,
-    8: (),
-    9: (),
-    10: SESSION_SCHEMA,
+    8: SESSION_SCHEMA,
 }
 
 # PostgreSQL registers were first created at version 4: their steps start there.
@@ -209,7 +206,5 @@ POSTGRES_MIGRATIONS: dict[int, tuple[str, ...]] = {
     5: (postgres_ddl(CMP_TRANSACTION_TABLE), CMP_TRANSACTION_INDEX),
     6: tuple(postgres_ddl(statement) for statement in CONSOLE_SCHEMA),
     7: tuple(postgres_ddl(statement) for statement in CMP_TRANSACTION_V8),
-    8: (),
-    9: (),
-    10: tuple(postgres_ddl(statement) for statement in SESSION_SCHEMA),
+    8: tuple(postgres_ddl(statement) for statement in SESSION_SCHEMA),
 }
