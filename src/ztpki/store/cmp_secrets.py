@@ -1,4 +1,4 @@
-"""The CMP shared secrets in the register (schema version 9): one per device, set by the operator.
+"""The CMP shared secrets in the register (schema version 10): one per device, set by the operator.
 
 A device with no factory certificate may enroll over CMP with MAC-based protection (RFC 9483
 section 4.1.5) under a label whose policy allows it (``[ca.<label>] cmp_mac``), proving that

@@ -43,11 +43,11 @@ def test_fail_no_secret_for_an_unlisted_device(node_store: NodeStore) -> None:
     assert list(node_store.entries(device_id="d1")) == []
 
 
-def test_ok_register_of_schema_8_gains_cmp_secrets(backend: Backend) -> None:
-    """Schema 8 -> 9 on either engine: the devices stay, secrets can be set."""
+def test_ok_register_of_schema_9_gains_cmp_secrets(backend: Backend) -> None:
+    """Schema 9 -> 10 on either engine: the devices stay, secrets can be set."""
     backend.node().add_device(NewDevice("d1", None, manufacturer="Acme"), now=T0)
     backend.raw("node", "DROP TABLE cmp_secret")
-    backend.raw("node", "UPDATE schema_version SET version = 8 WHERE component = 'customer_node'")
+    backend.raw("node", "UPDATE schema_version SET version = 9 WHERE component = 'customer_node'")
     store = backend.node()
     assert store.cmp_secret("d1") is None
     assert store.set_cmp_secret("d1", SECRET, label=None, now=T0, audit=_audit("set"))
