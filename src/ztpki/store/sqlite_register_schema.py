@@ -6,11 +6,13 @@ the known states and tie ISSUING to a held lease and BLOCKED to a remembered sta
 
 from __future__ import annotations
 
+from ztpki.store.cmp_secrets import CMP_MAC_KEY_TABLE
 from ztpki.store.cmp_transactions import (
     CMP_TRANSACTION_INDEX,
     CMP_TRANSACTION_TABLE,
     CMP_TRANSACTION_V8,
 )
+from ztpki.store.console_sessions import SESSION_SCHEMA
 from ztpki.store.pg_schema import postgres_ddl
 from ztpki.store.sqlite_console import CONSOLE_SCHEMA
 
@@ -24,7 +26,9 @@ SCHEMA_COMPONENT = "customer_node"
 # Version 7: the web console's operators, and the indexes its pages read by
 # (ztpki.store.sqlite_console).
 # Version 8: a CMP transaction keeps its key request, and whether its device was told to poll.
-SCHEMA_VERSION = 8
+# Version 9: the web console's sessions (ztpki.store.console_sessions).
+# Version 10: the devices' CMP shared secrets for MAC-based protection (ztpki.store.cmp_secrets).
+SCHEMA_VERSION = 10
 
 _STATES = "'listed', 'issuing', 'issued', 'customized', 'blocked'"
 _STATES_V4 = f"{_STATES}, 'retired'"
@@ -151,6 +155,7 @@ REGISTER_SCHEMA = (
     CMP_TRANSACTION_TABLE,
     CMP_TRANSACTION_INDEX,
     *CMP_TRANSACTION_V8,
+    CMP_MAC_KEY_TABLE,
 )
 
 # Version 1 keyed manifests by manifest_id alone. A manifest's manufacturer is the one its
@@ -195,6 +200,8 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     5: (CMP_TRANSACTION_TABLE, CMP_TRANSACTION_INDEX),
     6: CONSOLE_SCHEMA,
     7: CMP_TRANSACTION_V8,
+    8: SESSION_SCHEMA,
+    9: (CMP_MAC_KEY_TABLE,),
 }
 
 # PostgreSQL registers were first created at version 4: their steps start there.
@@ -203,4 +210,6 @@ POSTGRES_MIGRATIONS: dict[int, tuple[str, ...]] = {
     5: (postgres_ddl(CMP_TRANSACTION_TABLE), CMP_TRANSACTION_INDEX),
     6: tuple(postgres_ddl(statement) for statement in CONSOLE_SCHEMA),
     7: tuple(postgres_ddl(statement) for statement in CMP_TRANSACTION_V8),
+    8: tuple(postgres_ddl(statement) for statement in SESSION_SCHEMA),
+    9: (postgres_ddl(CMP_MAC_KEY_TABLE),),
 }
