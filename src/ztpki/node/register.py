@@ -33,7 +33,7 @@ from ztpki.store.cmp_transactions import CmpTransaction, CmpTransactionState
 from ztpki.store.interfaces import NodeStore
 from ztpki.store.records import AuditRecord, DeviceState, RegisteredDevice
 from ztpki.store.revocation_records import QueuedRevocation, RevocationOrder, SenderLease
-from ztpki.store.sqlite_db import GroupAborted
+from ztpki.store.sql import GroupAborted
 from ztpki.store.sqlite_register import SQLiteNodeStore
 
 T = TypeVar("T")

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any
 
-from ztpki.store import sqlite_audit
+from ztpki.store import pg_register_statements, sqlite_audit
 from ztpki.store.audit import verify_chain
 from ztpki.store.cmp_transactions import CmpTransactions
 from ztpki.store.instants import decode_instant, encode_instant
@@ -61,17 +61,6 @@ _INSERT_DEVICE = (
     "ON CONFLICT (device_id) DO NOTHING"
 )
 
-_COMPLETE = (
-    "UPDATE device SET state = ?, issued_serial = ?, issued_spki = ?, "
-    "issued_certificate_der = ?, lease_token = NULL, lease_expires = NULL, "
-    "previous_state = NULL, renewed_from = ?, updated_at = ? "
-    "WHERE device_id = ? AND state = 'issuing' AND lease_token = ?"
-)
-_COMPLETE_DROPPING_CHAIN = (
-    f"WITH changed AS ({_COMPLETE} RETURNING device_id), gone AS (DELETE FROM device_chain "  # noqa: S608
-    "WHERE device_id IN (SELECT device_id FROM changed)) SELECT COUNT(*) FROM changed"
-)
-
 
 class SQLiteNodeStore(RegisterTransitions, CmpTransactions, ConsoleQueries):
     """RegisterStore, AuditLog and the revocation queue over one database (a SQLite file or
@@ -91,6 +80,9 @@ class SQLiteNodeStore(RegisterTransitions, CmpTransactions, ConsoleQueries):
         except BaseException:
             db.close()
             raise
+        # The trail's head is read as the write lock is taken (free on a database server):
+        # an append then knows where it goes, whichever process appended last.
+        db.remember_at_lock(sqlite_audit.HEAD_KEY, sqlite_audit.HEAD)
 
     @property
     def database(self) -> Database:
@@ -258,15 +250,12 @@ class SQLiteNodeStore(RegisterTransitions, CmpTransactions, ConsoleQueries):
         params = (new_state.value, serial, spki, certificate_der, renewed_from,
                   encode_instant(now), device_id, token)  # fmt: skip
         with self._db.write() as conn:
-            if self._db.dialect == "postgresql":
-                # The old chain goes in the same statement (one round trip fewer).
-                changed = conn.execute(_COMPLETE_DROPPING_CHAIN, params).fetchone()[0]
-            else:
-                changed = conn.execute(_COMPLETE, params).rowcount
-            if changed != 1:
+            if self._db.dialect == "postgresql" and not revocations:
+                # One statement: the row, the chain and the audit entry (one round trip).
+                return pg_register_statements.complete_issuance(conn, params, chain_der, audit)
+            if conn.execute(pg_register_statements.COMPLETE, params).rowcount != 1:
                 return False
-            if self._db.dialect != "postgresql":
-                conn.execute("DELETE FROM device_chain WHERE device_id = ?", (device_id,))
+            conn.execute("DELETE FROM device_chain WHERE device_id = ?", (device_id,))
             if chain_der:  # one statement for the whole chain: one round trip
                 conn.execute(
                     "INSERT INTO device_chain (device_id, position, certificate_der) VALUES "  # noqa: S608
