@@ -19,7 +19,10 @@ from tests.support.postgres import PostgresCluster
 from ztpki.device import DeviceMemory
 from ztpki.device.communication import node_context
 
-_SERIES = re.compile(r"^ztpki_database_(round_trips|commits)_total\{([^}]*)\} (\d+)$", re.M)
+# prometheus_client writes a counter's value as a float ("12.0").
+_SERIES = re.compile(
+    r"^ztpki_database_(round_trips|commits)_total\{([^}]*)\} ([0-9.e+]+)$", re.M
+)
 
 
 @dataclass
@@ -104,7 +107,7 @@ class Scraper:
         for name, labels, value in _SERIES.findall(text):
             kind = re.search(r'kind="(\w+)"', labels)
             key = name if kind is None else f"{name}_{kind.group(1)}"
-            figures[key] = figures.get(key, 0) + int(value)
+            figures[key] = figures.get(key, 0) + int(float(value))
         return figures
 
 
