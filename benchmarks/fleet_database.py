@@ -20,9 +20,7 @@ from ztpki.device import DeviceMemory
 from ztpki.device.communication import node_context
 
 # prometheus_client writes a counter's value as a float ("12.0").
-_SERIES = re.compile(
-    r"^ztpki_database_(round_trips|commits)_total\{([^}]*)\} ([0-9.e+]+)$", re.M
-)
+_SERIES = re.compile(r"^ztpki_database_(round_trips|commits)_total\{([^}]*)\} ([0-9.e+]+)$", re.M)
 
 
 @dataclass
