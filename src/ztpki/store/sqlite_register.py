@@ -94,8 +94,9 @@ class SQLiteNodeStore(RegisterTransitions, CmpTransactions, ConsoleQueries):
     def group(self) -> AbstractContextManager[None]:
         """Run the calls made inside on this thread in one transaction with one commit.
 
-        Each call keeps its own all-or-nothing behaviour (a savepoint); the calls that did not
-        raise become durable together when the group ends. GroupAborted: nothing did.
+        Each call keeps its own all-or-nothing behaviour (on SQLite a savepoint; on PostgreSQL
+        a call that fails after writing gives the whole group up); the calls that did not raise
+        become durable together when the group ends. GroupAborted: nothing did.
         """
         return self._db.group()
 
