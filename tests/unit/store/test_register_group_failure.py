@@ -50,7 +50,7 @@ async def complete_all(register: AsyncRegister, store: Any, ids: list[str]) -> l
                 chain_der=[b"\x30r", None if device_id == "d1" else b"\x30s"],  # type: ignore[list-item]
                 now=T0,
                 audit=record(device_id),
-            )  # fmt: skip
+            )
         )
         for device_id in ids
     ]
