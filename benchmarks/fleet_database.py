@@ -20,7 +20,7 @@ from ztpki.device import DeviceMemory
 from ztpki.device.communication import node_context
 
 # prometheus_client writes a counter's value as a float ("12.0").
-_SERIES = re.compile(r"^ztpki_database_(round_trips|commits)_total\{([^}]*)\} (\d+)(?:\.0)?$", re.M)
+_SERIES = re.compile(r"^ztpki_database_(round_trips|commits)_total\{([^}]*)\} ([0-9.e+]+)$", re.M)
 
 
 @dataclass
@@ -105,7 +105,7 @@ class Scraper:
         for name, labels, value in _SERIES.findall(text):
             kind = re.search(r'kind="(\w+)"', labels)
             key = name if kind is None else f"{name}_{kind.group(1)}"
-            figures[key] = figures.get(key, 0) + int(value)
+            figures[key] = figures.get(key, 0) + int(float(value))
         return figures
 
 
@@ -121,10 +121,13 @@ def postgres_statistics(configuration: Configuration) -> dict[str, dict[str, int
         # at the end of a transaction); a fresh snapshot of them is asked for here.
         conn.execute("SELECT pg_stat_clear_snapshot()")
         for role, name in configuration.databases.items():
+            # sessions: connections opened (PostgreSQL 14+); each forks a backend and runs
+            # SCRAM, CPU that a run opening connections counts.
             row = conn.execute(
-                "SELECT xact_commit FROM pg_stat_database WHERE datname = %s", (name,)
+                "SELECT xact_commit, sessions FROM pg_stat_database WHERE datname = %s", (name,)
             ).fetchone()
-            out[role] = {"xact_commit": int(row[0]) if row else 0}
+            out[role] = {"xact_commit": int(row[0]) if row else 0,
+                         "sessions": int(row[1]) if row else 0}  # fmt: skip
             if cluster.statements:
                 calls = conn.execute(
                     "SELECT coalesce(sum(calls), 0) FROM pg_stat_statements s "

@@ -74,6 +74,8 @@ def report(
         )
         for role, figures in sorted(r.postgres.items()):
             line += f"; {role} xact_commit {figures['xact_commit']:.2f}"
+            if "sessions" in figures:
+                line += f", {figures['sessions']:.3f} new connections"
             if "statements" in figures:
                 line += f", {figures['statements']:.1f} statements"
         print(line)

@@ -3,8 +3,9 @@
 SQLite calls block (a durable commit waits for fsync), so they run on the register's own
 thread while the loop keeps serving TLS handshakes and other devices. The thread takes every
 call that queued up while its previous round ran and, when the store offers ``group()``
-(SQLiteNodeStore does), runs them in one transaction: each call is a savepoint of its own
-(all or nothing, as alone), and one commit makes all of them durable together. No caller
+(SQLiteNodeStore does), runs them in one transaction: each call is all or nothing, as alone
+(on SQLite a savepoint; on PostgreSQL a call failing after it wrote gives the group up, and
+its calls run again one by one), and one commit makes all of them durable together. No caller
 hears its result before that commit returned, so a state change the node acts on is on disk
 before a device sees the answer, and devices served at the same time share one fsync instead
 of paying one each. Each round hands its results back to the loop with one wake-up.
@@ -34,7 +35,7 @@ from ztpki.store.cmp_transactions import CmpIssued, CmpTransaction, CmpTransacti
 from ztpki.store.interfaces import NodeStore
 from ztpki.store.records import AuditRecord, DeviceState, RegisteredDevice
 from ztpki.store.revocation_records import QueuedRevocation, RevocationOrder, SenderLease
-from ztpki.store.sqlite_db import GroupAborted
+from ztpki.store.sql import GroupAborted
 from ztpki.store.sqlite_register import SQLiteNodeStore
 
 T = TypeVar("T")

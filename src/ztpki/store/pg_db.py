@@ -8,8 +8,9 @@ Reads take no lock: each is one REPEATABLE READ snapshot.
 
 Each round trip to the server costs both sides CPU, so transactions are shaped to need few:
 BEGIN and the lock go in one, a read of one statement needs neither BEGIN nor COMMIT (the
-statement is its own snapshot), a group's BEGIN goes with its first SAVEPOINT and a unit's
-RELEASE with the next one. ``counters`` counts round trips and commits for /metrics.
+statement is its own snapshot), the write lock's round trip also reads the audit trail's
+head (``remember_at_lock``), and a group's units take no savepoints (see ``_unit``).
+``counters`` counts round trips and commits for /metrics.
 
 A lost connection or a restarting server raises ``Unavailable``, which the services answer
 with 503 and Retry-After; the broken connection is dropped from the pool, and the next
@@ -23,24 +24,26 @@ import os
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from functools import lru_cache
 from typing import Any
 
 import psycopg
-import psycopg.errors
-from psycopg import pq
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ztpki.errors import StorageError, Unavailable, ZtpkiError
 from ztpki.store.counters import DatabaseCounters
 from ztpki.store.database_url import redact_url, without_password
+from ztpki.store.pg_connection import (
+    LOCKING_BEGIN,
+    WRITE_LOCK,
+    PostgresConnection,
+    first,
+    rollback,
+)
 from ztpki.store.pg_schema import postgres_ddl
-from ztpki.store.sql import needs_migration, stored_or_created
+from ztpki.store.sql import GroupAborted, needs_migration, stored_or_created
 
 logger = logging.getLogger(__name__)
 
-# 'ztpk' as an integer: the one advisory lock every write transaction of a ztpki database takes.
-_WRITE_LOCK = 0x7A74706B
 _SCHEMA_VERSION_TABLE = """
 CREATE TABLE IF NOT EXISTS schema_version (
     component TEXT COLLATE "C" PRIMARY KEY,
@@ -48,81 +51,9 @@ CREATE TABLE IF NOT EXISTS schema_version (
 )"""
 # Connection failures, a server shutting down, serialization failures and deadlocks: retry.
 _RETRYABLE_SQLSTATES = frozenset({"40001", "40P01", "57P01", "57P02", "57P03", "55P03"})
-_IDLE = pq.TransactionStatus.IDLE
 _READ_ONLY = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
 # Pools a forked child inherited: never closed there (closing would end the parent's sessions).
 _INHERITED: list[ConnectionPool[Any]] = []
-
-
-@lru_cache(maxsize=2048)
-def to_pyformat(sql: str) -> str:
-    """The stores' ``?`` placeholders as psycopg's ``%s``, literal ``%`` escaped; a ``?`` inside
-    a quoted literal or identifier is left alone."""
-    out: list[str] = []
-    quote: str | None = None
-    for char in sql:
-        if quote is not None:
-            quote = None if char == quote else quote
-            out.append("%%" if char == "%" else char)
-        elif char in "'\"":
-            quote = char
-            out.append(char)
-        elif char == "?":
-            out.append("%s")
-        else:
-            out.append("%%" if char == "%" else char)
-    return "".join(out)
-
-
-class PostgresConnection:
-    """A psycopg connection speaking the stores' dialect (see ztpki.store.sql.SQLConnection)."""
-
-    Error = psycopg.Error
-    IntegrityError = psycopg.errors.IntegrityError
-
-    def __init__(
-        self, conn: psycopg.Connection[Any], counters: DatabaseCounters, memo: dict[str, Any]
-    ) -> None:
-        self.raw = conn
-        self.counters = counters
-        self.memo = memo  # what the stores remember per database (see sqlite_audit)
-        # Our own parameterless SQL due before the next statement (a group's BEGIN, a unit's
-        # RELEASE): sent in the same round trip as our next own statement.
-        self.prefix = ""
-        # A one-statement read: how many statements it may still run (None: any number).
-        self.statements_left: int | None = None
-
-    @property
-    def in_transaction(self) -> bool:
-        return self.raw.info.transaction_status != _IDLE
-
-    def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> psycopg.Cursor[Any]:
-        self._statement()
-        self.counters.round_trip()
-        return self.raw.execute(to_pyformat(sql), tuple(parameters))
-
-    def executemany(self, sql: str, parameters: Any, /) -> psycopg.Cursor[Any]:
-        self._statement()
-        self.counters.round_trip()  # psycopg pipelines the rows: one exchange with the server
-        cursor = self.raw.cursor()
-        cursor.executemany(to_pyformat(sql), [tuple(row) for row in parameters])
-        return cursor
-
-    def run(self, sql: str) -> psycopg.Cursor[Any]:
-        """Our own SQL, without parameters (several statements may share the round trip),
-        after the prefix due."""
-        sql, self.prefix = self.prefix + sql, ""
-        self.counters.round_trip()
-        return self.raw.execute(sql)
-
-    def _statement(self) -> None:
-        if self.statements_left is not None:
-            if self.statements_left < 1:
-                # Outside a transaction a second statement would see another snapshot.
-                raise RuntimeError("a one-statement read ran a second statement")
-            self.statements_left -= 1
-        if self.prefix:
-            self.run("")
 
 
 class _Detached:
@@ -140,7 +71,7 @@ class _Detached:
         self._db.release(self.connection)
 
     def rollback(self) -> None:
-        self._db.release(self.connection, broken=not _rollback(self.connection))
+        self._db.release(self.connection, broken=not rollback(self.connection))
 
 
 class PostgresDatabase:
@@ -168,6 +99,7 @@ class PostgresDatabase:
         self._closed = False
         self.counters = DatabaseCounters(self.dialect)
         self.memo: dict[str, Any] = {}
+        self.lock_reads: dict[str, str] = {}
 
     # ------------------------------------------------------------------ connections
 
@@ -203,7 +135,12 @@ class PostgresDatabase:
                 f"{self._why_not_connecting() if wait else ''}; retry shortly",
                 retry_after=1,
             ) from exc
-        return PostgresConnection(raw, self.counters, self.memo)
+        return PostgresConnection(raw, self.counters, self.memo, self.lock_reads)
+
+    def remember_at_lock(self, key: str, query: str) -> None:
+        """Run ``query`` (one row, no parameters) in the round trip that takes the write lock
+        and keep its row in ``memo[key]``: what it reads cannot change until the commit."""
+        self.lock_reads[key] = query
 
     def _why_not_connecting(self) -> str:
         """What the server says to a new connection (wrong password, no such database...),
@@ -282,6 +219,8 @@ class PostgresDatabase:
                 yield
             finally:
                 self._local.grouped = None
+            if conn.group_aborted:  # a unit gave the group up, and its caller went on
+                raise GroupAborted(conn.group_aborted)
 
     def detached_write(self, *, wait: bool = True) -> _Detached:
         conn = self.acquire(wait=wait)
@@ -289,10 +228,10 @@ class PostgresDatabase:
             if wait:
                 conn.run(self._begin(write=True, sync=True))
             else:
-                locked = conn.run(f"BEGIN; SELECT pg_try_advisory_xact_lock({_WRITE_LOCK})")
+                locked = conn.run(f"BEGIN; SELECT pg_try_advisory_xact_lock({WRITE_LOCK})")
                 locked.nextset()  # the lock's answer follows BEGIN's
-                if not _first(locked.fetchone()):
-                    _rollback(conn)
+                if not first(locked.fetchone()):
+                    rollback(conn)
                     self.release(conn)
                     raise Unavailable(
                         f"another writer holds the database {self.name}; retry shortly",
@@ -319,7 +258,7 @@ class PostgresDatabase:
     def _begin(self, *, write: bool, sync: bool) -> str:
         if not write:
             return _READ_ONLY
-        statements = ["BEGIN", f"SELECT pg_advisory_xact_lock({_WRITE_LOCK})"]
+        statements = [LOCKING_BEGIN, *self.lock_reads.values()]
         if not (sync and self.durable):
             statements.append("SET LOCAL synchronous_commit = off")
         return "; ".join(statements)
@@ -347,7 +286,7 @@ class PostgresDatabase:
                 conn.run(begin)
             yield
             begun = not conn.prefix.startswith("BEGIN")
-            conn.prefix = ""  # a unit's RELEASE is due no more: COMMIT releases every savepoint
+            conn.prefix = ""
             if begun:
                 conn.run("COMMIT")
         if begun:
@@ -367,7 +306,7 @@ class PostgresDatabase:
             raise
 
     def _undo(self, conn: PostgresConnection, *, keep: bool) -> None:
-        rolled_back = _rollback(conn)
+        rolled_back = rollback(conn)
         if not keep:
             self.release(conn, broken=not rolled_back)
         elif not rolled_back:
@@ -375,21 +314,25 @@ class PostgresDatabase:
 
     @contextmanager
     def _unit(self, conn: PostgresConnection) -> Iterator[None]:
-        """One unit of a group: a savepoint, sent with the group's BEGIN or the previous
-        unit's RELEASE; its own RELEASE goes with the next unit's SAVEPOINT (COMMIT releases
-        the last), so a unit costs one round trip of its own."""
-        conn.run("SAVEPOINT unit")
+        """One unit of a group, with no savepoint of its own (a SAVEPOINT and its RELEASE are
+        a round trip per unit, and the stores' units are mostly one statement). A unit that
+        raises before it changed a row leaves nothing to undo, and the group goes on. One that
+        raises after changing rows, or whose statement failed (PostgreSQL then refuses the
+        rest of the transaction), cannot be undone alone: GroupAborted, the group is rolled
+        back, and nothing of it is committed (the register then runs its calls one by one)."""
+        if conn.group_aborted:
+            raise GroupAborted(conn.group_aborted)
+        conn.unit_wrote = False
         try:
             yield
         except BaseException as exc:
-            try:
-                conn.run("ROLLBACK TO SAVEPOINT unit; RELEASE SAVEPOINT unit")
-            except psycopg.Error as undo:
-                raise self.storage_error(undo) from exc
-            if isinstance(exc, psycopg.Error):
-                raise self.storage_error(exc) from exc
+            if conn.unit_wrote or conn.failed or isinstance(exc, psycopg.Error):
+                conn.group_aborted = (
+                    f"the database {self.name} gave up a group: one of its units failed "
+                    f"after writing ({type(exc).__name__}); nothing of the group took effect"
+                )
+                raise GroupAborted(conn.group_aborted) from exc
             raise
-        conn.prefix = "RELEASE SAVEPOINT unit; "
 
     # ------------------------------------------------------------------ schema
 
@@ -472,20 +415,3 @@ class PostgresSession:
                 copy.write_row(row)
                 count += 1
         return count
-
-
-def _first(row: Any) -> Any:
-    return None if row is None else row[0]
-
-
-def _rollback(conn: PostgresConnection) -> bool:
-    """Roll back whatever is open; False when the connection cannot even do that."""
-    conn.prefix = ""
-    if conn.raw.closed:
-        return False
-    try:
-        if conn.in_transaction:
-            conn.run("ROLLBACK")
-    except psycopg.Error:
-        return False
-    return True

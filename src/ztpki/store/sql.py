@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
-from ztpki.errors import ConfigurationError
+from ztpki.errors import ConfigurationError, StorageError
 from ztpki.store.counters import DatabaseCounters
 
 # The command that brings each component's schema up to date, named in SchemaOutdated.
@@ -114,6 +114,11 @@ class Database(Protocol):
 
     def group(self) -> AbstractContextManager[None]: ...
 
+    def remember_at_lock(self, key: str, query: str) -> None:
+        """Keep the row of ``query`` (one row, no parameters) in the connections' ``memo[key]``
+        each time a write transaction takes the write lock, when that costs nothing extra."""
+        ...
+
     def detached_write(self, *, wait: bool = True) -> DetachedWrite: ...
 
     def session(self) -> AbstractContextManager[Session]:
@@ -139,6 +144,10 @@ class Database(Protocol):
     def schema_version(self, component: str) -> int | None: ...
 
     def close(self) -> None: ...
+
+
+class GroupAborted(StorageError):
+    """A group transaction ended before its commit: none of its units took effect."""
 
 
 class SchemaOutdated(ConfigurationError):

@@ -38,50 +38,102 @@ _COLUMNS = (
 )
 
 
-_HEAD = "SELECT seq, entry_hash FROM audit_entry ORDER BY seq DESC LIMIT 1"
+HEAD = "SELECT seq, entry_hash FROM audit_entry ORDER BY seq DESC LIMIT 1"
+HEAD_KEY = "audit_head"  # the connections' memo: the head as last read or written
 _INSERT = f"INSERT INTO audit_entry ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"  # noqa: S608
-# An entry after the head this connection's database last wrote, if that is the head still
-# (nothing after it, and it is what we wrote): no rows otherwise, and nothing written.
-_INSERT_AFTER_KNOWN_HEAD = (
-    f"INSERT INTO audit_entry ({_COLUMNS}) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ? "  # noqa: S608
-    "WHERE EXISTS (SELECT 1 FROM audit_entry WHERE seq = ? AND entry_hash = ?) "
+# An entry after the known head, if that is the head still (nothing after it, and it is what
+# we know): nothing written otherwise.
+_AFTER_KNOWN_HEAD = (
+    "EXISTS (SELECT 1 FROM audit_entry WHERE seq = ? AND entry_hash = ?) "
     "AND NOT EXISTS (SELECT 1 FROM audit_entry WHERE seq > ?)"
 )
-_MEMO_KEY = "audit_head"
+_INSERT_AFTER_KNOWN_HEAD = (
+    f"INSERT INTO audit_entry ({_COLUMNS}) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ? "
+    f"WHERE {_AFTER_KNOWN_HEAD}"
+)
 
 
 def append_records(conn: SQLConnection, records: Sequence[AuditRecord]) -> list[AuditEntry]:
     """Chain ``records`` after the current head; the caller holds the write lock.
 
-    The head this database object last appended is remembered (the connection's ``memo``):
-    the first entry then goes in with one conditional statement instead of a read of the
-    head and an insert, which a database server answers in one round trip instead of two.
-    When another process appended since, or that append was rolled back, the statement
-    writes nothing and the head is read as before.
+    The head is remembered per database object (the connection's ``memo``): the one this
+    object appended last, or on a database server the one read as the write lock was taken
+    (``HEAD``, see ``Database.remember_at_lock``). The first entry then goes in with one
+    conditional statement instead of a read of the head and an insert. When another process
+    appended since, or that append was rolled back, the statement writes nothing and the head
+    is read as before.
     """
     if not records:
         return []
-    memo: dict[str, Any] | None = getattr(conn, "memo", None)
-    known: tuple[int, str] | None = None if memo is None else memo.get(_MEMO_KEY)
+    first = _after_known_head(conn, records[0])
     appended: list[AuditEntry] = []
-    if known is not None:
-        seq, prev_hash = known
-        entry = next_entry(records[0], seq=seq + 1, prev_hash=prev_hash)
-        if conn.execute(_INSERT_AFTER_KNOWN_HEAD, (*_row(entry), seq, prev_hash, seq)).rowcount:
+    if first is not None:
+        entry, params = first
+        if conn.execute(_INSERT_AFTER_KNOWN_HEAD, params).rowcount:
             appended.append(entry)
     if not appended:
-        row = conn.execute(_HEAD).fetchone()
-        seq, prev_hash = (0, GENESIS) if row is None else (int(row[0]), str(row[1]))
-        entry = next_entry(records[0], seq=seq + 1, prev_hash=prev_hash)
-        conn.execute(_INSERT, _row(entry))
-        appended.append(entry)
+        appended.append(_append_after_read_head(conn, records[0]))
+    entry = appended[0]
     for record in records[1:]:
         entry = next_entry(record, seq=entry.seq + 1, prev_hash=entry.entry_hash)
         conn.execute(_INSERT, _row(entry))
         appended.append(entry)
-    if memo is not None:
-        memo[_MEMO_KEY] = (entry.seq, entry.entry_hash)
+    _remember(conn, entry)
     return appended
+
+
+def folded_append(
+    conn: SQLConnection, record: AuditRecord, *, when: str
+) -> tuple[AuditEntry, str, tuple[Any, ...]] | None:
+    """For PostgreSQL: the entry of ``record`` after the known head, and a CTE ``entry AS
+    (INSERT ... RETURNING 1)`` (with its parameters) that appends it only when the CTE named
+    ``when`` returned a row and that head is the head still, to put in the statement making
+    the change the record tells of: one round trip for both. None: no head is known. After the
+    statement, ``settle_folded`` with whether ``entry`` returned a row."""
+    known = _after_known_head(conn, record)
+    if known is None:
+        return None
+    entry, params = known
+    cte = (
+        f"entry AS (INSERT INTO audit_entry ({_COLUMNS}) "  # noqa: S608
+        f"SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM {when}) "
+        f"AND {_AFTER_KNOWN_HEAD} RETURNING 1)"
+    )
+    return entry, cte, params
+
+
+def settle_folded(
+    conn: SQLConnection, entry: AuditEntry, record: AuditRecord, *, written: bool
+) -> None:
+    """After a statement with ``folded_append``'s CTE made its change: remember ``entry``,
+    or, when the head had moved, append ``record`` after the head as it is."""
+    _remember(conn, entry if written else _append_after_read_head(conn, record))
+
+
+def _after_known_head(
+    conn: SQLConnection, record: AuditRecord
+) -> tuple[AuditEntry, tuple[Any, ...]] | None:
+    memo: dict[str, Any] | None = getattr(conn, "memo", None)
+    known: tuple[int, str] | None = None if memo is None else memo.get(HEAD_KEY)
+    if known is None:
+        return None
+    seq, prev_hash = known
+    entry = next_entry(record, seq=seq + 1, prev_hash=prev_hash)
+    return entry, (*_row(entry), seq, prev_hash, seq)
+
+
+def _append_after_read_head(conn: SQLConnection, record: AuditRecord) -> AuditEntry:
+    row = conn.execute(HEAD).fetchone()
+    seq, prev_hash = (0, GENESIS) if row is None else (int(row[0]), str(row[1]))
+    entry = next_entry(record, seq=seq + 1, prev_hash=prev_hash)
+    conn.execute(_INSERT, _row(entry))
+    return entry
+
+
+def _remember(conn: SQLConnection, entry: AuditEntry) -> None:
+    memo: dict[str, Any] | None = getattr(conn, "memo", None)
+    if memo is not None:
+        memo[HEAD_KEY] = (entry.seq, entry.entry_hash)
 
 
 def select_entries(

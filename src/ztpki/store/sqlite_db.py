@@ -19,7 +19,7 @@ from typing import Any
 
 from ztpki.errors import ConfigurationError, StorageError, Unavailable, ZtpkiError
 from ztpki.store.counters import DatabaseCounters
-from ztpki.store.sql import SQLConnection, needs_migration, stored_or_created
+from ztpki.store.sql import GroupAborted, SQLConnection, needs_migration, stored_or_created
 
 logger = logging.getLogger(__name__)
 
@@ -75,10 +75,6 @@ class _CountingConnection(sqlite3.Connection):
     def executemany(self, sql: str, parameters: Any, /) -> sqlite3.Cursor:
         self.counters.round_trip()
         return super().executemany(sql, parameters)
-
-
-class GroupAborted(StorageError):
-    """A group transaction ended before its commit: none of its units took effect."""
 
 
 class SQLiteDatabase:
@@ -245,6 +241,10 @@ class SQLiteDatabase:
         del single
         with self._transaction("BEGIN", wait=wait) as conn:
             yield conn
+
+    def remember_at_lock(self, key: str, query: str) -> None:
+        """Nothing to save: SQLite's lock is taken in process, with no round trip to share."""
+        del key, query
 
     @contextmanager
     def group(self) -> Iterator[None]:

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any
 
-from ztpki.store import sqlite_audit
+from ztpki.store import pg_register_statements, sqlite_audit
 from ztpki.store.audit import verify_chain
 from ztpki.store.cmp_secrets import CmpSecrets
 from ztpki.store.cmp_transactions import (
@@ -70,17 +70,6 @@ _INSERT_DEVICE = (
     "ON CONFLICT (device_id) DO NOTHING"
 )
 
-_COMPLETE = (
-    "UPDATE device SET state = ?, issued_serial = ?, issued_spki = ?, "
-    "issued_certificate_der = ?, lease_token = NULL, lease_expires = NULL, "
-    "previous_state = NULL, renewed_from = ?, updated_at = ? "
-    "WHERE device_id = ? AND state = 'issuing' AND lease_token = ?"
-)
-_COMPLETE_DROPPING_CHAIN = (
-    f"WITH changed AS ({_COMPLETE} RETURNING device_id), gone AS (DELETE FROM device_chain "  # noqa: S608
-    "WHERE device_id IN (SELECT device_id FROM changed)) SELECT COUNT(*) FROM changed"
-)
-
 
 class SQLiteNodeStore(
     RegisterTransitions, CmpTransactions, CmpSecrets, ConsoleQueries, ConsoleSessionQueries
@@ -102,6 +91,9 @@ class SQLiteNodeStore(
         except BaseException:
             db.close()
             raise
+        # The trail's head is read as the write lock is taken (free on a database server):
+        # an append then knows where it goes, whichever process appended last.
+        db.remember_at_lock(sqlite_audit.HEAD_KEY, sqlite_audit.HEAD)
 
     @property
     def database(self) -> Database:
@@ -113,8 +105,9 @@ class SQLiteNodeStore(
     def group(self) -> AbstractContextManager[None]:
         """Run the calls made inside on this thread in one transaction with one commit.
 
-        Each call keeps its own all-or-nothing behaviour (a savepoint); the calls that did not
-        raise become durable together when the group ends. GroupAborted: nothing did.
+        Each call keeps its own all-or-nothing behaviour (on SQLite a savepoint; on PostgreSQL
+        a call that fails after writing gives the whole group up); the calls that did not raise
+        become durable together when the group ends. GroupAborted: nothing did.
         """
         return self._db.group()
 
@@ -275,15 +268,12 @@ class SQLiteNodeStore(
         params = (new_state.value, serial, spki, certificate_der, renewed_from,
                   encode_instant(now), device_id, token)  # fmt: skip
         with self._db.write() as conn:
-            if self._db.dialect == "postgresql":
-                # The old chain goes in the same statement (one round trip fewer).
-                changed = conn.execute(_COMPLETE_DROPPING_CHAIN, params).fetchone()[0]
-            else:
-                changed = conn.execute(_COMPLETE, params).rowcount
-            if changed != 1:
+            if self._db.dialect == "postgresql" and not revocations and cmp_issued is None:
+                # One statement: the row, the chain and the audit entry (one round trip).
+                return pg_register_statements.complete_issuance(conn, params, chain_der, audit)
+            if conn.execute(pg_register_statements.COMPLETE, params).rowcount != 1:
                 return False
-            if self._db.dialect != "postgresql":
-                conn.execute("DELETE FROM device_chain WHERE device_id = ?", (device_id,))
+            conn.execute("DELETE FROM device_chain WHERE device_id = ?", (device_id,))
             if chain_der:  # one statement for the whole chain: one round trip
                 conn.execute(
                     "INSERT INTO device_chain (device_id, position, certificate_der) VALUES "  # noqa: S608

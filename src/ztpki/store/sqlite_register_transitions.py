@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from ztpki.store import sqlite_audit
+from ztpki.store import pg_register_statements, sqlite_audit
 from ztpki.store.cmp_transactions import mark_confirmed
 from ztpki.store.instants import encode_instant
 from ztpki.store.records import AuditRecord
@@ -146,6 +146,9 @@ class RegisterTransitions(RevocationQueue):
             update += " AND issued_serial IS NOT DISTINCT FROM ?"
             params = (*params, issued_serial)
         with self._db.write() as conn:
+            if revocations is None and cmp is None and self._db.dialect == "postgresql":
+                # One statement, audit entry included (pg_register_statements).
+                return pg_register_statements.transition(conn, update, params, audit)
             if conn.execute(update, params).rowcount != 1:
                 return False
             if revocations is not None:

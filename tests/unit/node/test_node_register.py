@@ -14,7 +14,8 @@ import pytest
 from ztpki.errors import StorageError, Unavailable
 from ztpki.node.register import AsyncRegister
 from ztpki.store.records import DeviceState, NewDevice, RegisteredDevice
-from ztpki.store.sqlite_db import GroupAborted, SQLiteDatabase
+from ztpki.store.sql import GroupAborted
+from ztpki.store.sqlite_db import SQLiteDatabase
 from ztpki.store.sqlite_register import SQLiteNodeStore
 
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)

@@ -28,7 +28,8 @@ from ztpki.store import (
     open_sqlite_ca_store,
     open_sqlite_node_store,
 )
-from ztpki.store.pg_db import PostgresDatabase, to_pyformat
+from ztpki.store.pg_connection import to_pyformat
+from ztpki.store.pg_db import PostgresDatabase
 from ztpki.store.sqlite_ca import SQLiteIssuanceStore
 from ztpki.store.sqlite_register import SQLiteNodeStore
 

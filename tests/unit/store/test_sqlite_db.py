@@ -13,7 +13,8 @@ from store_backends import make_certificate, open_fresh_and_append
 
 from ztpki.errors import ConfigurationError, StorageError, Unavailable
 from ztpki.store import open_sqlite_ca_store, open_sqlite_node_store
-from ztpki.store.sqlite_db import GroupAborted, SQLiteDatabase
+from ztpki.store.sql import GroupAborted
+from ztpki.store.sqlite_db import SQLiteDatabase
 
 
 def pragma(db: SQLiteDatabase, name: str) -> object:
