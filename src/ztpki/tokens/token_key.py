@@ -105,10 +105,23 @@ class TokenKey:
                 raw = key.sign(digest, mechanism=_RAW[family], mechanism_param=param)
         if family != "ec":
             return bytes(raw)
-        half = len(raw) // 2  # PKCS#11 gives r || s; X.509 wants the DER Ecdsa-Sig-Value
-        return encode_dss_signature(
-            int.from_bytes(raw[:half], "big"), int.from_bytes(raw[half:], "big")
-        )
+        return _dss(bytes(raw))
+
+    def sign_digest(self, digest: bytes) -> bytes:
+        """An ECDSA signature (DER) over a digest made elsewhere: a TLS handshake's, which
+        OpenSSL hashes before it asks the key (tokens.tls)."""
+        if not isinstance(self.public_key(), ec.EllipticCurvePublicKey):
+            raise UnsupportedParameter("only an EC token key signs a digest for TLS")
+        with self._pool.session() as pooled:
+            raw = _private_key(pooled, self._uri).sign(digest, mechanism=Mechanism.ECDSA)
+        return _dss(bytes(raw))
+
+
+def _dss(raw: bytes) -> bytes:
+    half = len(raw) // 2  # PKCS#11 gives r || s; X.509 and TLS want the DER Ecdsa-Sig-Value
+    return encode_dss_signature(
+        int.from_bytes(raw[:half], "big"), int.from_bytes(raw[half:], "big")
+    )
 
 
 def generate_token_key(
