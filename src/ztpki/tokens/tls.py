@@ -23,6 +23,7 @@ import logging
 import ssl
 import sys
 import threading
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -112,6 +113,7 @@ _openssl_lock = threading.Lock()
 # EC_KEY address -> the token key that signs for it. Entries stay: the EC_KEYs are never
 # freed, so an address is never reused for another key.
 _signers: dict[int, _Signer] = {}
+_contexts: weakref.WeakKeyDictionary[ssl.SSLContext, _Signer] = weakref.WeakKeyDictionary()
 
 
 class _Signer:
@@ -139,8 +141,14 @@ def _openssl_once() -> _OpenSSL:
         return _openssl
 
 
-@_SIGN
-def _sign_callback(  # noqa: PLR0913  (OpenSSL's signature)
+def _log_failure(exc: Exception) -> None:
+    if isinstance(exc, ZtpkiError):  # the token's own words: never a PIN or key material
+        log.warning("the token did not sign a TLS handshake: %s", exc.message)
+    else:
+        log.error("signing a TLS handshake in the token failed", exc_info=True)
+
+
+def _sign(
     _type: int, dgst: int, dlen: int, sig: int, siglen: object, _kinv: int, _r: int, eckey: int
 ) -> int:
     # Called inside SSL_do_handshake, GIL taken by ctypes. An exception must not cross
@@ -151,22 +159,26 @@ def _sign_callback(  # noqa: PLR0913  (OpenSSL's signature)
         ctypes.memmove(sig, signature, len(signature))
         siglen[0] = len(signature)  # type: ignore[index]
         return 1
-    except Exception:  # noqa: BLE001
-        log.warning("the token did not sign the TLS handshake", exc_info=True)
+    except Exception as exc:
+        _log_failure(exc)
         return 0
 
 
-@_SIGN_SIG
-def _sign_sig_callback(dgst: int, dlen: int, _kinv: int, _r: int, eckey: int) -> int | None:
+def _sign_sig(dgst: int, dlen: int, _kinv: int, _r: int, eckey: int) -> int | None:
     try:
         signature = _signers[eckey].der_signature(ctypes.string_at(dgst, dlen))
-    except Exception:  # noqa: BLE001
-        log.warning("the token did not sign the TLS handshake", exc_info=True)
+    except Exception as exc:
+        _log_failure(exc)
         return None
     assert _openssl is not None
     data = ctypes.c_char_p(signature)
     result: int | None = _openssl.crypto.d2i_ECDSA_SIG(None, ctypes.byref(data), len(signature))
     return result
+
+
+# Module globals: OpenSSL keeps the function pointers for the life of the process.
+_sign_callback = _SIGN(_sign)
+_sign_sig_callback = _SIGN_SIG(_sign_sig)
 
 
 def _ssl_ctx(openssl: _OpenSSL, context: ssl.SSLContext) -> int:
@@ -212,7 +224,8 @@ def use_token_key(
     # and signs through the method instead of its own provider.
     if not eckey or not pkey or c.EC_KEY_set_method(eckey, openssl.method) != 1:
         raise ConfigurationError("OpenSSL refused the token key's public key")
-    _signers[eckey] = _Signer(key)
+    signer = _signers[eckey] = _Signer(key)
+    _contexts[context] = signer
     try:
         if c.EVP_PKEY_set1_EC_KEY(pkey, eckey) != 1:
             raise ConfigurationError("OpenSSL refused the token key's public key")
@@ -250,10 +263,8 @@ def _install_chain(openssl: _OpenSSL, pointer: int, chain: Sequence[x509.Certifi
             raise ConfigurationError("OpenSSL refused the credential's certificate chain")
 
 
-def handshake_failure(context: ssl.SSLContext) -> ZtpkiError | None:
-    """Why the token last failed to sign a handshake for ``context``'s key, if it did."""
-    del context  # one process has one CA-client token key at a time, in practice
-    for signer in _signers.values():
-        if signer.failure is not None:
-            return signer.failure
-    return None
+def token_failure(context: ssl.SSLContext) -> ZtpkiError | None:
+    """Why the token failed to sign ``context``'s last handshake, if it did (a handshake
+    the token refused reads as a plain TLS failure otherwise)."""
+    signer = _contexts.get(context)
+    return None if signer is None else signer.failure
