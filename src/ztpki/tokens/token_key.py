@@ -53,6 +53,10 @@ _PSS_PARAMS = {
 }
 
 
+# family ("ec", "rsa", "pss"), mechanism, its parameter, whether the mechanism hashes
+_How = tuple[str, Mechanism, object, bool]
+
+
 class TokenKey:
     """The private key ``uri`` names, in the token ``pool`` opens sessions on."""
 
@@ -64,6 +68,7 @@ class TokenKey:
         self._public: PublicKey | None = None
         self._mechanisms: set[Mechanism] | None = None
         self._lock = threading.Lock()
+        self._hows: dict[str, _How] = {}
 
     @property
     def location(self) -> str:
@@ -88,24 +93,35 @@ class TokenKey:
         return self._public
 
     def sign(self, data: bytes, algorithm: SignatureHash) -> bytes:
-        public = self.public_key()
-        family = "ec" if isinstance(public, ec.EllipticCurvePublicKey) else "rsa"
-        if family == "rsa" and self._rsa_pss:
-            family = "pss"
-        combined = _COMBINED[family, algorithm.name]
+        family, mechanism, param, combined = self._how(algorithm.name)
+        if not combined:
+            data = hashlib.new(algorithm.name, data).digest()
+            if family == "rsa":
+                data = _DIGEST_INFO[algorithm.name] + data
         with self._pool.session() as pooled:
-            key = _private_key(pooled, self._uri)
-            param = _PSS_PARAMS[algorithm.name] if family == "pss" else None
+            raw = _private_key(pooled, self._uri).sign(
+                data, mechanism=mechanism, mechanism_param=param
+            )
+        return _dss(bytes(raw)) if family == "ec" else bytes(raw)
+
+    def _how(self, hash_name: str) -> _How:
+        """How this key signs with ``hash_name``: its family, the mechanism (with
+        parameters) and whether that mechanism hashes. Decided once per hash: the checks
+        cost more than a signature's PKCS#11 call overhead when redone per call."""
+        how = self._hows.get(hash_name)
+        if how is None:
+            public = self.public_key()
+            family = "ec" if isinstance(public, ec.EllipticCurvePublicKey) else "rsa"
+            if family == "rsa" and self._rsa_pss:
+                family = "pss"
+            combined = _COMBINED[family, hash_name]
+            param = _PSS_PARAMS[hash_name] if family == "pss" else None
             if self._mechanisms is not None and combined in self._mechanisms:
-                raw = key.sign(data, mechanism=combined, mechanism_param=param)
+                how = (family, combined, param, True)
             else:
-                digest = hashlib.new(algorithm.name, data).digest()
-                if family == "rsa":
-                    digest = _DIGEST_INFO[algorithm.name] + digest
-                raw = key.sign(digest, mechanism=_RAW[family], mechanism_param=param)
-        if family != "ec":
-            return bytes(raw)
-        return _dss(bytes(raw))
+                how = (family, _RAW[family], param, False)
+            self._hows[hash_name] = how
+        return how
 
     def sign_digest(self, digest: bytes) -> bytes:
         """An ECDSA signature (DER) over a digest made elsewhere: a TLS handshake's, which
