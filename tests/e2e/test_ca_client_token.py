@@ -1,7 +1,8 @@
 """A CA-client whose TLS key lives in a PKCS#11 token (SoftHSM): `ztpki ca add-client
 --pkcs11` makes the key there, the loading station (`ztpki factory load`) and the node's
-CA-client (`ztpki node request-server-cert`) connect with it over mTLS, and a wrong PIN or a
-token that is away stops the command before anything is issued."""
+CA-clients (`ztpki node request-server-cert`, a `node serve` customizing a device) connect
+with it over mTLS, and a wrong PIN or a token that is away stops the command before
+anything is issued."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.e2e.device_fixtures import World, world, ztpki, ztpki_json
+from tests.e2e.device_fixtures import World, take_device, world, ztpki, ztpki_json
 from tests.support.softhsm import USER_PIN, SoftHSM, softhsm
 
 from ztpki.device import DeviceMemory
@@ -105,3 +106,42 @@ def test_fail_wrong_pin_or_token_away_issues_nothing_and_says_why(
     assert "the token holding the key of credential" in gone.stderr, gone.stderr
     assert _issued(world, device_id) == []
     assert not world.path("tok-station", device_id).exists()
+
+
+def test_ok_node_whose_ca_client_key_is_in_a_token_customizes_a_device(
+    world: World, softhsm: SoftHSM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in softhsm.env.items():  # `node serve` inherits them
+        monkeypatch.setenv(name, value)
+    label = softhsm.new_token("node")
+    credential = world.path(f"C-node-{label}")
+    ztpki(
+        "ca", "add-client", "--dir", str(world.path("C")), "--name", f"node-{label}",
+        "--ca", "devices", "--out", str(credential),
+        "--pkcs11", f"pkcs11:token={label};object=node",
+    )  # fmt: skip
+    node = f"NT-{label}"
+    ztpki(
+        "node", "init", "--dir", str(world.path(node)), "--ca", world.services["C"].address,
+        "--client-cred", str(credential), "--manufacturer", "Acme", "--device-ids", "*",
+        "--trust", str(world.path("factory-trust.pem")),
+        "--server-cert", str(world.path("node-cert", "cert.pem")),
+        "--server-key", str(world.path("node-cert", "key.pem")),
+        "--customer-chain", str(world.path("customer-chain.pem")),
+    )  # fmt: skip
+    assert not (world.path(node, "ca-client", "key.pem")).exists()
+    assert (world.path(node, "ca-client", "key.toml")).exists()
+    assert world.manifest is not None
+    ztpki("node", "import", "--dir", str(world.path(node)), str(world.manifest))
+    service = world.start(
+        node, "node", "serve", "--dir", str(world.path(node)), "--listen", "127.0.0.1:0"
+    )
+    try:
+        device_id = take_device(world)
+        ztpki(
+            "device", "activate", "--device", str(world.device(device_id)),
+            "--node", f"https://{service.address}",
+        )  # fmt: skip
+    finally:
+        world.stop(node)
+    assert len(world.active(device_id)) == 1  # the customer CA issued, over the token's TLS
