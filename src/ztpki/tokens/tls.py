@@ -18,6 +18,7 @@ would need the token's raw RSA mechanism for TLS 1.3's PSS, which smart cards of
 
 from __future__ import annotations
 
+import _ssl
 import ctypes
 import logging
 import ssl
@@ -77,6 +78,8 @@ class _OpenSSL:
             (c, "EVP_PKEY_set1_EC_KEY", ctypes.c_int, [_P, _P]),
             (c, "EVP_PKEY_free", None, [_P]),
             (c, "ERR_clear_error", None, []),
+            (c, "ERR_set_mark", ctypes.c_int, []),
+            (c, "ERR_pop_to_mark", ctypes.c_int, []),
         ):
             function = getattr(lib, name)
             function.restype = restype
@@ -90,9 +93,8 @@ class _OpenSSL:
 
 
 def _loaded(stem: str) -> str:
-    """The path of the library ``_ssl`` linked, as the process mapped it."""
-    import _ssl  # noqa: F401  (maps libssl and libcrypto into the process)
-
+    """The path of the library ``_ssl`` linked, as the process mapped it (``_ssl`` is
+    imported above, so both are mapped)."""
     maps = Path("/proc/self/maps")
     if not maps.exists():
         raise ConfigurationError(
@@ -124,11 +126,18 @@ class _Signer:
         self.failure: ZtpkiError | None = None
 
     def der_signature(self, digest: bytes) -> bytes:
+        # The token's library may use this process's OpenSSL too (SoftHSM does, and leaves
+        # errors in the thread's queue when it initializes again): whatever it queued is
+        # dropped, or OpenSSL would take it for a failure of this connection later on.
+        assert _openssl is not None
+        _openssl.crypto.ERR_set_mark()
         try:
             signature = self.key.sign_digest(digest)
         except ZtpkiError as exc:
             self.failure = exc
             raise
+        finally:
+            _openssl.crypto.ERR_pop_to_mark()
         self.failure = None
         return signature
 
@@ -183,7 +192,13 @@ _sign_sig_callback = _SIGN_SIG(_sign_sig)
 
 def _ssl_ctx(openssl: _OpenSSL, context: ssl.SSLContext) -> int:
     """The SSL_CTX* of ``context``, proven to be its own."""
-    # CPython's PySSLContext starts with the object header, then SSL_CTX *ctx.
+    # CPython's PySSLContext starts with the object header, then SSL_CTX *ctx. Only a real
+    # _ssl context on CPython is read at all: anything else would be read at random.
+    if sys.implementation.name != "cpython" or not isinstance(context, _ssl._SSLContext):
+        raise ConfigurationError(
+            "a CA-client key in a token needs CPython's own ssl module "
+            f"({sys.implementation.name}, {type(context).__name__})"
+        )
     pointer = ctypes.c_void_p.from_address(id(context) + object.__basicsize__).value
     if not pointer:
         raise ConfigurationError("cannot reach the OpenSSL context of this Python's ssl module")
@@ -230,9 +245,11 @@ def use_token_key(
         if c.EVP_PKEY_set1_EC_KEY(pkey, eckey) != 1:
             raise ConfigurationError("OpenSSL refused the token key's public key")
         _install_chain(openssl, pointer, chain)
-        if openssl.ssl.SSL_CTX_use_PrivateKey(pointer, pkey) != 1:
-            raise ConfigurationError("OpenSSL refused the token key for TLS")
-        if openssl.ssl.SSL_CTX_check_private_key(pointer) != 1:
+        # use_PrivateKey itself refuses a key that is not the certificate's.
+        if (
+            openssl.ssl.SSL_CTX_use_PrivateKey(pointer, pkey) != 1
+            or openssl.ssl.SSL_CTX_check_private_key(pointer) != 1
+        ):
             raise ConfigurationError(
                 f"the token key at {key.location} does not belong to the credential's "
                 "certificate (cert.pem)"
