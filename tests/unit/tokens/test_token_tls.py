@@ -77,14 +77,18 @@ def _connect(port: int, context: ssl.SSLContext) -> str:
         return tls.recv(200).decode().strip()
 
 
+def _station(hsm: SoftHSM, ca: CertificateAuthority) -> ssl.SSLContext:
+    """A client context whose key is in a fresh token, certified by ``ca`` as "station"."""
+    key = _token_key(hsm)
+    chain = [_issue(ca, "station", key.public_key(), CertificateProfile.CLIENT)]
+    return client_context(key=key, chain=chain, server_anchors=[ca.certificate])
+
+
 def test_ok_handshakes_signed_in_the_token(
     softhsm: SoftHSM,  # noqa: F811
     pki: tuple[CertificateAuthority, ssl.SSLContext],
 ) -> None:
-    ca, server = pki
-    key = _token_key(softhsm)
-    chain = [_issue(ca, "station", key.public_key(), CertificateProfile.CLIENT)]
-    context = client_context(key=key, chain=chain, server_anchors=[ca.certificate])
+    server, context = pki[1], _station(softhsm, pki[0])
     with threaded_tls_server(_say_who, server) as port:
         assert _connect(port, context) == "TLSv1.3 station"
         context.maximum_version = ssl.TLSVersion.TLSv1_2
@@ -96,10 +100,7 @@ def test_fail_token_gone_fails_the_handshake_then_recovers(
     softhsm: SoftHSM,  # noqa: F811
     pki: tuple[CertificateAuthority, ssl.SSLContext],
 ) -> None:
-    ca, server = pki
-    key = _token_key(softhsm)
-    chain = [_issue(ca, "station", key.public_key(), CertificateProfile.CLIENT)]
-    context = client_context(key=key, chain=chain, server_anchors=[ca.certificate])
+    server, context = pki[1], _station(softhsm, pki[0])
     with threaded_tls_server(_say_who, server) as port:
         assert _connect(port, context) == "TLSv1.3 station"
         pkcs11.lib(softhsm.module).finalize()  # the module lost every session under us
