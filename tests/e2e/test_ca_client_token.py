@@ -6,6 +6,7 @@ anything is issued."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -131,6 +132,10 @@ def test_ok_node_whose_ca_client_key_is_in_a_token_customizes_a_device(
     )  # fmt: skip
     assert not (world.path(node, "ca-client", "key.pem")).exists()
     assert (world.path(node, "ca-client", "key.toml")).exists()
+    doctor = ztpki("doctor", "--node-dir", str(world.path(node)), "--offline", "--json")
+    assert "ca-client" not in " ".join(
+        f["subject"] for f in json.loads(doctor.stdout) if f["severity"] == "error"
+    )
     assert world.manifest is not None
     ztpki("node", "import", "--dir", str(world.path(node)), str(world.manifest))
     service = world.start(
