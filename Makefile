@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 WHEEL_DIST := build/dist
 WHEEL_VENV := build/wheel-venv
 
-.PHONY: system-deps demo test lint typecheck wheel-check dist unit fuzz bench clean
+.PHONY: system-deps demo test lint typecheck wheel-check dist unit fuzz bench clean screenshots
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,9 @@ system-deps:
 	@# The web console's browser tests: Debian's headless Chromium and its matching driver.
 	@(command -v chromium >/dev/null && command -v chromedriver >/dev/null) || \
 	  (apt-get update -q && apt-get install -y -q chromium chromium-driver)
+	@# Operators' client certificates in the browser tests: NSS's pk12util and certutil.
+	@(command -v pk12util >/dev/null && command -v certutil >/dev/null) || \
+	  (apt-get update -q && apt-get install -y -q libnss3-tools)
 	@# Keys in hardware (README): SoftHSM2 is the PKCS#11 token of the tests, OpenSC's
 	@# pkcs11-tool the outside view into it.
 	@(command -v softhsm2-util >/dev/null && command -v pkcs11-tool >/dev/null) || \
@@ -61,13 +64,19 @@ wheel-check: $(STAMP)
 	$(BIN)/python -m build --quiet --outdir $(WHEEL_DIST) .
 	$(BIN)/python tests/packaging/check_wheel.py $(WHEEL_DIST) --venv $(WHEEL_VENV)
 
+# --durations: CI's log names the slowest tests (the run must stay under 20 minutes).
 test: $(STAMP) system-deps lint typecheck wheel-check
-	$(BIN)/pytest -n 2 -q
+	$(BIN)/pytest -n 2 -q --durations=25
 
 # What a release publishes: dist/ztpki-VERSION.tar.gz and dist/ztpki-VERSION-py3-none-any.whl.
 dist: $(STAMP)
 	rm -rf dist
 	$(BIN)/python -m build --outdir dist .
+
+# The web console's screenshots in docs/console/ (the README shows them): `make test` takes
+# them but writes them only here, so a test run leaves the tree clean (tests/e2e/screenshots.py).
+screenshots: $(STAMP) system-deps
+	ZTPKI_SCREENSHOTS=1 $(BIN)/pytest -q -p no:xdist tests/e2e/test_console_browser.py
 
 fuzz: $(STAMP)
 	ZTPKI_FUZZ_EXAMPLES=20000 $(BIN)/pytest -q -m fuzz -p no:xdist

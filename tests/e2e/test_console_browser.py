@@ -1,18 +1,23 @@
 """The web console in a real browser (headless Chromium, Selenium): log in, watch the overview
 fill during a small fleet run, find a device, block it and see its state change; a viewer
 cannot block, a form without its CSRF token is refused, a wrong password is refused, and
-none of these refusals changes anything. The screenshots go to docs/console/ (README)."""
+none of these refusals changes anything. Operators with a client certificate (in the
+browser's NSS database, presented without asking) land logged in; a foreign CA's certificate
+is refused; a viewer's certificate cannot block. `make screenshots` writes the screenshots to
+docs/console/ (README)."""
 
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 from collections.abc import Iterator
-from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
-from browser_fixtures import start_chromium
+from browser_fixtures import auto_select_certificates, nss_home, start_chromium
 from console_fixtures import (
+    CERT_OPERATOR,
     OPERATOR,
     OPERATOR_PASSWORD,
     VIEWER,
@@ -21,12 +26,12 @@ from console_fixtures import (
     build_console_world,
     customize,
 )
+from screenshots import save_screenshot
 from selenium.webdriver.chrome.webdriver import WebDriver
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import WebDriverWait
 
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "console"
 # The overview refreshes its live part every 5 s; a loaded machine may take a few rounds.
 LIVE_WAIT = 90
 
@@ -51,9 +56,52 @@ def browser(console: ConsoleWorld, tmp_path_factory: pytest.TempPathFactory) -> 
         driver.quit()
 
 
+# Names of the console's address, one per identity the certificate browser presents there
+# (each its own origin: its own cookies, its own client certificate).
+OPERATOR_CA, FOREIGN_CA = "Example operator CA", "Foreign CA"
+CERTIFICATE_SITES = {
+    "carol.console.test": {"ISSUER": OPERATOR_CA, "SUBJECT": CERT_OPERATOR},
+    "victor.console.test": {"ISSUER": OPERATOR_CA, "SUBJECT": VIEWER},
+    "foreign.console.test": {"ISSUER": FOREIGN_CA, "SUBJECT": CERT_OPERATOR},
+}
+
+
+@pytest.fixture
+def certificate_browser(
+    console: ConsoleWorld, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[WebDriver]:
+    """A browser of its own, whose NSS database holds carol's and victor's certificates from
+    the operator CA and a 'carol' of a foreign CA, as operators import theirs. (Chromium asks
+    which certificate to present at an origin without a rule, which headless cannot answer:
+    so the password tests keep a browser without certificates.)"""
+    identities = [console.pki.cert(n) for n in (CERT_OPERATOR, VIEWER, "foreign-carol")]
+    home = nss_home(tmp_path_factory.mktemp("home"), identities)
+    profile = tmp_path_factory.mktemp("chromium-certificates")
+    port = urlsplit(console.url).port
+    auto_select_certificates(
+        profile, {f"https://{host}:{port}": names for host, names in CERTIFICATE_SITES.items()}
+    )
+    driver = start_chromium(
+        console.world.root / "server" / "cert.pem", profile, home=home, hosts=CERTIFICATE_SITES
+    )
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def handshake_refusals(console: ConsoleWorld) -> int:
+    """How many TLS handshakes the node has logged as refused (its log, node.log)."""
+    return (console.world.root / "node.log").read_text().count("TLS handshake failed")
+
+
+def site(console: ConsoleWorld, host: str) -> str:
+    """The console's URL under host (resolved to its address by the browser)."""
+    return f"https://{host}:{urlsplit(console.url).port}"
+
+
 def shoot(browser: WebDriver, name: str) -> None:
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    browser.save_screenshot(str(SCREENSHOTS / f"{name}.png"))
+    save_screenshot(browser, name)  # docs/console/ only under `make screenshots`
 
 
 def log_in(browser: WebDriver, console: ConsoleWorld, name: str, password: str) -> None:
@@ -147,29 +195,30 @@ def test_fail_a_viewer_cannot_block_and_nothing_changed(
 ) -> None:
     (device,) = console.world.make_devices(1, prefix="viewer")
     log_in(browser, console, VIEWER, VIEWER_PASSWORD)
-    browser.get(f"{console.url}/devices/{device.device_id}")
-    assert not browser.find_elements(By.ID, "block")  # no action offered
     register, audit = console.world.register(), console.audit_count()
-    browser.get(f"{console.url}/devices/{device.device_id}/block")
+    assert_viewer_cannot_block(browser, console.url, device.device_id)
+    assert console.world.register() == register and console.audit_count() == audit
+
+
+def assert_viewer_cannot_block(browser: WebDriver, url: str, device_id: str) -> None:
+    """The logged-in viewer is offered no block, is refused the confirmation page, and a
+    crafted POST with the viewer's own valid CSRF token gets 403 all the same."""
+    browser.get(f"{url}/devices/{device_id}")
+    assert not browser.find_elements(By.ID, "block")  # no action offered
+    browser.get(f"{url}/devices/{device_id}/block")
     assert f"{VIEWER} is a viewer" in text_of(browser, "error")
-    # A crafted POST with the viewer's own valid CSRF token: refused all the same.
+    browser.get(url + "/")
+    csrf = browser.find_element(By.CSS_SELECTOR, "form.who input[name=csrf]")
     status = browser.execute_async_script(
         """
         const done = arguments[arguments.length - 1];
         const body = new URLSearchParams({csrf: arguments[0], confirm: "yes"});
         fetch(arguments[1], {method: "POST", body}).then(r => done(r.status));
         """,
-        _viewer_csrf(browser, console),
-        f"/devices/{device.device_id}/block",
+        csrf.get_attribute("value"),
+        f"/devices/{device_id}/block",
     )
     assert status == 403
-    assert console.world.register() == register and console.audit_count() == audit
-
-
-def _viewer_csrf(browser: WebDriver, console: ConsoleWorld) -> str:
-    browser.get(console.url + "/")
-    token = browser.find_element(By.CSS_SELECTOR, "form.who input[name=csrf]")
-    return str(token.get_attribute("value"))
 
 
 def test_fail_a_form_without_its_csrf_token_is_refused_and_nothing_changed(
@@ -236,3 +285,37 @@ def test_ok_every_page_has_landmarks_and_every_control_a_label(
     first = browser.switch_to.active_element
     first.send_keys("\ue004")  # Tab
     assert browser.switch_to.active_element.get_attribute("class") == "skip"
+
+
+def test_ok_certificate_operators_land_logged_in_and_a_foreign_ca_is_refused(
+    certificate_browser: WebDriver, console: ConsoleWorld
+) -> None:
+    """In the browser, with the certificates operators import (README, "Console"): carol's
+    lands on the overview logged in, no password asked; a 'carol' of a foreign CA fails the
+    TLS handshake and the browser shows no console page; victor's (a viewer) cannot block."""
+    browser = certificate_browser
+    (device,) = console.world.make_devices(1, prefix="certs")
+    audit, register = console.audit_count(), console.world.register()
+    carol = site(console, "carol.console.test")
+    browser.get(carol + "/")
+    assert urlsplit(browser.current_url).path == "/"  # not sent to /login
+    assert "Overview" in browser.title
+    who = browser.find_element(By.CSS_SELECTOR, "form.who").text
+    assert who.startswith(f"{CERT_OPERATOR} (operator)"), who
+    shoot(browser, "certificate-login")
+    # Negative control, same browser: the operator CA's certificate is what let carol in.
+    refusals = handshake_refusals(console)
+    browser.get(site(console, "foreign.console.test") + "/")
+    assert not browser.find_elements(By.CSS_SELECTOR, "form.who")
+    shown = str(browser.find_element(By.TAG_NAME, "body").text)
+    # The server ends the connection in the handshake; with TLS 1.3 Chromium learns it on
+    # its first read, and names it as an empty answer or a bad client certificate.
+    assert re.search(r"ERR_(EMPTY_RESPONSE|BAD_SSL_CLIENT_AUTH_CERT|SSL_\w+)", shown), shown
+    WebDriverWait(browser, 30).until(lambda _: handshake_refusals(console) > refusals)
+    # victor's certificate logs victor in, as the viewer he is: no block offered or done.
+    victor = site(console, "victor.console.test")
+    browser.get(victor + "/")
+    assert browser.find_element(By.CSS_SELECTOR, "form.who").text.startswith(f"{VIEWER} (viewer)")
+    assert_viewer_cannot_block(browser, victor, device.device_id)
+    assert console.world.register() == register and console.audit_count() == audit
+    assert console.world.state(device.device_id) == "listed"

@@ -466,20 +466,33 @@ def console_starts(log: str) -> int:
     return len(re.findall(r"worker 0 \(pid \d+\) starting", log))
 
 
-def test_ok_a_killed_worker_0_is_replaced_and_its_replacement_serves_the_console(
+def test_ok_a_killed_worker_0_is_replaced_and_its_replacement_serves_the_console_and_sessions(
     console: ConsoleWorld,
 ) -> None:
     log_path = console.world.root / "node.log"
     (first,) = re.findall(r"worker 0 \(pid (\d+)\) serving", log_path.read_text())
+
+    async def session() -> str:
+        async with await logged_in(console, VIEWER, VIEWER_PASSWORD) as client:
+            jar = client.session.cookie_jar.filter_cookies(aiohttp.client.URL(console.url))
+            return str(jar[COOKIE].value)
+
+    token = run(session)
     os.kill(int(first), signal.SIGKILL)
 
-    async def body() -> Page:
+    async def body() -> tuple[Page, Page]:
         # Queued on the listening socket the supervisor keeps until the new worker 0 accepts.
         async with console.client() as client:
-            return await client.get("/login")
+            login = await client.get("/login")
+            # The session opened in the killed process: kept in the register, still open.
+            client.session.cookie_jar.update_cookies(
+                {COOKIE: token}, aiohttp.client.URL(console.url)
+            )
+            return login, await client.get("/", follow=False)
 
-    page = run(body)
+    page, kept = run(body)
     assert page.status == 200 and "Log in to the node console" in page.text
+    assert kept.status == 200 and VIEWER in kept.text
     log = log_path.read_text()
     assert console_starts(log) >= 2
     assert log.count("ztpki.node.console.server: web console on") == console_starts(log)

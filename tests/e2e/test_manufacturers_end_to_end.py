@@ -22,11 +22,10 @@ from ztpki.credentials import Credential
 from ztpki.pki.authority import CertificateAuthority, IssuanceGrant, create_self_signed_ca
 from ztpki.pki.keys import KeySpec, PrivateKey, generate_private_key
 from ztpki.pki.pem import certificates_pem, fingerprint_sha256, load_certificates_pem
-from ztpki.pki.profiles import CertificateProfile
+from ztpki.pki.profiles import DOCUMENT_SIGNING, CertificateProfile
 from ztpki.protocol.manifest import (
     Manifest,
     ManifestEntry,
-    is_marked_manifest_signer,
     new_manifest_id,
     sign_manifest,
 )
@@ -163,8 +162,11 @@ def test_fail_clone_under_another_manufacturers_root(world: NodeWorld) -> None:
     assert len(world.active(device.device_id)) == 1
 
 
-def test_ok_factory_signer_is_marked_and_its_manifests_import(world: NodeWorld) -> None:
-    """`ztpki factory signer` against the real factory CA system issues a marked signer, prints
+def test_ok_factory_signer_is_a_document_signer_and_its_manifests_import(
+    world: NodeWorld,
+) -> None:
+    """`ztpki factory signer` against the real factory CA system issues a signer with EKU
+    id-kp-documentSigning (RFC 9336) and nothing else, prints
     the fingerprint a customer may pin, and `factory sign-manifest` output imports."""
     out = world.root / "signer-e2e"
     result = run_ztpki(
@@ -174,7 +176,8 @@ def test_ok_factory_signer_is_marked_and_its_manifests_import(world: NodeWorld) 
         env={**ENV, "ZTPKI_SIGNER_PASSPHRASE": SIGNER_PASSPHRASE},
     )  # fmt: skip
     cert = load_certificates_pem((out / "cert.pem").read_bytes())[0]
-    assert is_marked_manifest_signer(cert)
+    usage = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(usage) == [DOCUMENT_SIGNING]
     assert f"sha256:{fingerprint_sha256(cert)}" in " ".join(result.stdout.split())
     (device,) = world.make_devices(1, listed=False)
     credential = Credential.load(out, passphrase=SIGNER_PASSPHRASE.encode())

@@ -15,7 +15,7 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 365 \
   -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign
 printf '%s\\n' basicConstraints=CA:FALSE keyUsage=critical,digitalSignature \\
   extendedKeyUsage=clientAuth > client.ext
-for name in carol mallory; do
+for name in carol mallory victor; do
   openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \\
     -subj "/CN=$name" -keyout $name.key -out $name.csr
   openssl x509 -req -in $name.csr -CA operator-ca.pem -CAkey operator-ca.key \\
@@ -40,7 +40,8 @@ class OperatorPKI:
         return self.directory / "operator-ca.pem"
 
     def cert(self, name: str) -> tuple[Path, Path]:
-        """(certificate, key) of ``name``: carol, mallory (operator CA) or foreign-carol."""
+        """(certificate, key) of ``name``: carol, mallory, victor (operator CA) or
+        foreign-carol."""
         return self.directory / f"{name}.pem", self.directory / f"{name}.key"
 
 

@@ -1,7 +1,9 @@
-"""Manifest-signer certificates that ztpki's own CAs would never issue, for refusal tests."""
+"""Document-signer certificates made outside ztpki's profiles (an earlier ztpki's manifest
+signer, another purpose's signer under a manufacturer's CA), for acceptance and refusal tests."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 
 from cryptography import x509
@@ -9,19 +11,23 @@ from cryptography.hazmat.primitives import hashes
 
 from ztpki.pki.authority import CertificateAuthority
 from ztpki.pki.keys import PrivateKey
-from ztpki.pki.profiles import DOCUMENT_SIGNING
+from ztpki.pki.profiles import DOCUMENT_SIGNING, LEGACY_MANIFEST_SIGNING
+
+# What ztpki before id-kp-documentSigning alone put into manifest signers.
+EARLIER_ZTPKI_SIGNER = (DOCUMENT_SIGNING, LEGACY_MANIFEST_SIGNING)
 
 
-def unmarked_document_signer(
+def document_signer(
     ca: CertificateAuthority,
     key: PrivateKey,
     subject: x509.Name,
     *,
     not_before: datetime,
     not_after: datetime,
+    eku: Sequence[x509.ObjectIdentifier] = (DOCUMENT_SIGNING,),
 ) -> x509.Certificate:
-    """A documentSigning certificate from ca without ztpki's manifest-signing mark: what any
-    other document-signing use of a manufacturer's CA (or an older ztpki) issues."""
+    """A signing certificate from ca with the EKUs given (default: documentSigning only, what
+    any other document-signing use of a manufacturer's CA issues)."""
     ski = ca.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     usage = x509.KeyUsage(True, True, False, False, False, False, False, False, False)
     return (
@@ -34,7 +40,7 @@ def unmarked_document_signer(
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(usage, critical=True)
-        .add_extension(x509.ExtendedKeyUsage([DOCUMENT_SIGNING]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage(list(eku)), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), False)
         .sign(ca.key, hashes.SHA256())  # type: ignore[arg-type]

@@ -1,5 +1,5 @@
-"""`ztpki node add-operator` and `ztpki node operators`: who may log in to the web console
-(`node serve --console-listen`), with which role."""
+"""`ztpki node add-operator` and `ztpki node operators [--remove NAME]`: who may log in to the
+web console (`node serve --console-listen`), with which role."""
 
 from __future__ import annotations
 
@@ -84,10 +84,24 @@ def add_operator_command(
 
 @node.command("operators")
 @dir_option
-def operators_command(directory: Path) -> None:
-    """The web console's operators and their roles."""
+@click.option(
+    "--remove",
+    "remove",
+    metavar="NAME",
+    help="Remove this operator: they can no longer log in, and their open console sessions "
+    "end at once.",
+)
+def operators_command(directory: Path, remove: str | None) -> None:
+    """The web console's operators and their roles (or remove one with --remove NAME)."""
     from ztpki.node.operations import open_register
 
     with open_register(directory) as store:
+        if remove is not None:
+            if not store.remove_operator(remove):
+                raise ConfigurationError(
+                    f"no operator named {remove[:64]!r}: `ztpki node operators` lists them"
+                )
+            console.print(f"operator {remove} removed; their console sessions are ended")
+            return
         for operator in store.operators():
             console.print(f"{operator.name}\t{operator.role.value}", markup=False)

@@ -16,7 +16,7 @@ from ztpki.node.config import NodeConfig
 from ztpki.node.factory_crls import no_crl_warning
 from ztpki.pki.pem import fingerprint_sha256
 
-ANY_MARKED_SIGNER = "any signer under its bundle marked by ztpki's manifest-signer profile"
+ANY_DOCUMENT_SIGNER = "any documentSigning certificate under its bundle"
 
 
 def _certificates(certs: Sequence[x509.Certificate]) -> list[dict[str, str]]:
@@ -71,7 +71,7 @@ def print_manufacturers(rows: list[dict[str, Any]]) -> None:
                 markup=False,
             )
             continue
-        signers = ", ".join(row["manifest_signers"]) or ANY_MARKED_SIGNER
+        signers = ", ".join(row["manifest_signers"]) or ANY_DOCUMENT_SIGNER
         console.print(f"# manufacturer {row['manufacturer']}", markup=False, style="bold")
         console.print(f"  device ids = {', '.join(row['device_ids'])}", markup=False)
         console.print(f"  manifest signers = {signers}", markup=False)

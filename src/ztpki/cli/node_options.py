@@ -122,8 +122,8 @@ def manufacturer_options(func: F) -> F:
             multiple=True,
             metavar="SHA256",
             help="Accept manifests only from the signer with this certificate fingerprint "
-            "(repeatable); default: any signer under its bundle marked by ztpki's "
-            "manifest-signer profile.",
+            "(repeatable); default: any certificate with EKU documentSigning under its "
+            "bundle.",
         ),
         click.option(
             "--crl-url",

@@ -162,8 +162,8 @@ def _manufacturers(
                 warning(
                     "manifest signers",
                     f"manufacturer {maker.name}",
-                    "no manifest signer is pinned: any signer under its trust bundle that "
-                    "bears ztpki's manifest-signer mark may list its devices",
+                    "no manifest signer is pinned: any documentSigning certificate under its "
+                    "trust bundle may list its devices",
                     "pin its signers: ztpki node add-manufacturer ... "
                     "--manifest-signer-fingerprint SHA256",
                 )

@@ -20,7 +20,6 @@ from ztpki.protocol.manifest import (
     Manifest,
     ManufacturerTrust,
     VerifiedManifest,
-    is_marked_manifest_signer,
     manifest_csv,
     sign_manifest,
     verify_manifest,
@@ -50,12 +49,6 @@ async def enroll_signer(
         )
     except ZtpkiError as exc:
         raise name_device(signer_id, exc) from None
-    if not is_marked_manifest_signer(accepted.certificate):
-        raise VerificationFailed(
-            f"device {signer_id}: the CA answer's certificate lacks ztpki's manifest-signing "
-            "mark, so customers would refuse its manifests; enroll with a CA whose profile is "
-            "manifest-signer on a CA system of this ztpki version; not stored"
-        )
     return Credential(
         key=accepted.private_key,
         chain=(accepted.certificate, *accepted.intermediates),

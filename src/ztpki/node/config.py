@@ -15,8 +15,8 @@ directory alone is enough to run the node)::
 Each ``[manufacturer.NAME]`` table is one manufacturer the customer buys from (NAME as its
 manifests name it): its trust bundle, the device ids it may list (``device_ids``, patterns like
 ``ACME-*``; no two manufacturers' namespaces overlap) and, optionally, the fingerprints of the
-manifest signers it signs with (``manifest_signers``; without them, any signer under its
-bundle marked by ztpki's manifest-signer profile). A node.toml of an older ztpki lists bare
+manifest signers it signs with (``manifest_signers``; without them, any documentSigning
+certificate under its bundle). A node.toml of an older ztpki lists bare
 bundles in ``[node] trust``: it loads only for ``ztpki node add-manufacturer``, which turns
 them into manufacturers one by one.
 

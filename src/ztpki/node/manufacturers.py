@@ -30,8 +30,8 @@ DEFAULT_CRL_REFRESH_MINUTES = 60.0
 @dataclass(frozen=True)
 class ManufacturerConfig:
     """One manufacturer: the factory trust bundle its devices and manifests chain to, the
-    device ids it may list, and the manifest signers it signs with (empty: any signer under
-    its bundle bearing ztpki's manifest-signing mark)."""
+    device ids it may list, and the manifest signers it signs with (empty: any documentSigning
+    certificate under its bundle)."""
 
     name: str
     trust: Path

@@ -16,7 +16,7 @@ from cryptography.x509.verification import (
 )
 
 from ztpki.errors import VerificationFailed
-from ztpki.pki.profiles import DOCUMENT_SIGNING
+from ztpki.pki.profiles import DOCUMENT_SIGNING, LEGACY_MANIFEST_SIGNING
 from ztpki.untrusted import quote
 
 # The verifier's messages name each certificate it tried; enough of it to act on.
@@ -100,7 +100,8 @@ def verify_signer_chain(
     *,
     now: datetime,
 ) -> list[x509.Certificate]:
-    """The verified path for a document (manifest) signer: EKU id-kp-documentSigning."""
+    """The verified path for a document (manifest) signer: EKU id-kp-documentSigning, or the
+    manifest-signer EKU of earlier ztpki versions (their signers stay valid)."""
     ee_policy = ExtensionPolicy.permit_all().require_present(
         x509.ExtendedKeyUsage, Criticality.AGNOSTIC, _require_document_signing
     )
@@ -138,5 +139,5 @@ def verify_cmp_signer_chain(
 def _require_document_signing(
     policy: object, cert: x509.Certificate, eku: x509.ExtendedKeyUsage | None
 ) -> None:
-    if eku is None or DOCUMENT_SIGNING not in eku:
+    if eku is None or (DOCUMENT_SIGNING not in eku and LEGACY_MANIFEST_SIGNING not in eku):
         raise ValueError("certificate is not a document (manifest) signing certificate")

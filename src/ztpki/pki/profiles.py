@@ -11,13 +11,14 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, ObjectIdentifier
 from ztpki.errors import UnsupportedParameter
 from ztpki.pki.keys import PublicKey
 
-# RFC 9336 id-kp-documentSigning: the manifest signer signs documents, nothing else.
+# RFC 9336 id-kp-documentSigning: the manifest signer signs documents (a shipping manifest is
+# one), nothing else. The manifest-signer profile's only EKU.
 DOCUMENT_SIGNING = ObjectIdentifier("1.3.6.1.5.5.7.3.36")
-# id-kp-ztpkiManifestSigning: ztpki's own mark of a shipping-manifest signer, so that a
-# documentSigning certificate made for some other purpose under a manufacturer's root never
-# counts as one. Its arc is 2.25 (ITU-T X.667: an OID made of a UUID, registered by nobody
-# and clashing with nothing); the UUID is 88ecf691-bf81-4caf-a053-d565b4b1f6f6.
-MANIFEST_SIGNING = ObjectIdentifier("2.25.182005390505476791360697117803625445110")
+# The EKU earlier ztpki versions added to manifest signers beside documentSigning (a UUID OID,
+# ITU-T X.667, UUID 88ecf691-bf81-4caf-a053-d565b4b1f6f6). No longer issued: its 128-bit arc
+# fails pkilint's decoder. Still recognised, so that customers' trust bundles and pins of
+# signers made before keep working.
+LEGACY_MANIFEST_SIGNING = ObjectIdentifier("2.25.182005390505476791360697117803625445110")
 
 
 class CertificateProfile(StrEnum):
@@ -128,7 +129,7 @@ def profile_extensions(
         CertificateProfile.DEVICE: [ExtendedKeyUsageOID.CLIENT_AUTH],
         CertificateProfile.CLIENT: [ExtendedKeyUsageOID.CLIENT_AUTH],
         CertificateProfile.SERVER: [ExtendedKeyUsageOID.SERVER_AUTH],
-        CertificateProfile.MANIFEST_SIGNER: [DOCUMENT_SIGNING, MANIFEST_SIGNING],
+        CertificateProfile.MANIFEST_SIGNER: [DOCUMENT_SIGNING],
     }[profile]
     commitment = profile is CertificateProfile.MANIFEST_SIGNER
     return [

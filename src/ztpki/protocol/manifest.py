@@ -8,10 +8,11 @@ not signed.
 
 A customer trusts each manufacturer for exactly what it was given (``ManufacturerTrust``): a
 manifest counts only when it names a configured manufacturer, its signer chains to that
-manufacturer's trust bundle, the signer is one of that manufacturer's manifest signers (its
-fingerprint pinned, or else its certificate marked with ztpki's manifest-signing EKU, which the
-manifest-signer profile puts in), and every device id it lists is in that manufacturer's
-namespace. A tampered manifest never adds a device, and no manufacturer lists another's.
+manufacturer's trust bundle through a certificate with EKU id-kp-documentSigning (RFC 9336),
+the signer is one of that manufacturer's manifest signers (its fingerprint pinned, or else any
+such certificate under the bundle: the bundle is the entitlement, the EKU only the purpose),
+and every device id it lists is in that manufacturer's namespace. A tampered manifest never
+adds a device, and no manufacturer lists another's.
 
 Sans-I/O: bytes in, frozen dataclasses out, the clock passed in as ``now``.
 """
@@ -36,7 +37,6 @@ from ztpki.pki.device_ids import DeviceIdNamespace
 from ztpki.pki.keys import PrivateKey
 from ztpki.pki.names import DEVICE_ID_PATTERN
 from ztpki.pki.pem import fingerprint_sha256
-from ztpki.pki.profiles import MANIFEST_SIGNING
 from ztpki.protocol.jws import check_members, compact_json, sign_jws, strict_json, verify_jws
 
 MANIFEST_TYPE = "ztpki-manifest+json"
@@ -163,7 +163,7 @@ class ManufacturerTrust:
     name). anchors: the manufacturer's trust bundle (any certificate of it may end a signer's
     chain, since x5c may stop below the root). device_ids: the ids it may list.
     signer_fingerprints: SHA-256 (lower-case hex) of the signer certificates it signs with;
-    empty means any signer under the anchors whose certificate bears MANIFEST_SIGNING.
+    empty means any documentSigning certificate under the anchors.
     """
 
     name: str | None
@@ -177,21 +177,15 @@ class ManufacturerTrust:
                 raise ValueError("a signer fingerprint is 64 lower-case hex digits (SHA-256)")
 
     def check_signer(self, signer: x509.Certificate) -> None:
-        """VerificationFailed unless signer is one of this manufacturer's manifest signers."""
-        who = f"the manifest signer {signer.subject.rfc4514_string()[:128]!r}"
-        if self.signer_fingerprints:
-            if fingerprint_sha256(signer) not in self.signer_fingerprints:
-                raise VerificationFailed(
-                    f"{who} is not one of the signers pinned for manufacturer {self.name} "
-                    f"(its fingerprint is sha256:{fingerprint_sha256(signer)})"
-                )
-            return
-        if not is_marked_manifest_signer(signer):
+        """VerificationFailed unless signer is one of this manufacturer's manifest signers.
+
+        Unpinned, any signer whose chain verified to the bundle with documentSigning counts
+        (verify_signer_chain checked both): the customer gave the bundle for that."""
+        if self.signer_fingerprints and fingerprint_sha256(signer) not in self.signer_fingerprints:
+            who = f"the manifest signer {signer.subject.rfc4514_string()[:128]!r}"
             raise VerificationFailed(
-                f"{who} is not a manifest signer of manufacturer {self.name}: its certificate "
-                f"lacks ztpki's manifest-signing mark (EKU {MANIFEST_SIGNING.dotted_string}); "
-                "the manufacturer reissues it with `ztpki factory signer --reissue`, or the "
-                "customer pins its fingerprint for that manufacturer"
+                f"{who} is not one of the signers pinned for manufacturer {self.name} "
+                f"(its fingerprint is sha256:{fingerprint_sha256(signer)})"
             )
 
     def check_device_ids(self, manifest: Manifest) -> None:
@@ -201,15 +195,6 @@ class ManufacturerTrust:
                 f"the manifest lists {len(outside)} device id(s) outside manufacturer "
                 f"{self.name}'s namespace ({self.device_ids}), e.g. {outside[0]}"
             )
-
-
-def is_marked_manifest_signer(cert: x509.Certificate) -> bool:
-    """The certificate bears ztpki's manifest-signing EKU (the manifest-signer profile's)."""
-    try:
-        eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-    except x509.ExtensionNotFound:
-        return False
-    return MANIFEST_SIGNING in eku
 
 
 # --- encodings ---------------------------------------------------------------------------------
@@ -350,7 +335,8 @@ def verify_manifest(
     MalformedInput: the bytes do not parse (size, JSON, base64url, header, alg, certificates,
     content). VerificationFailed: the signature does not verify; the manifest names no
     manufacturer of manufacturers; the x5c chain does not lead to that manufacturer's trust
-    bundle through a certificate with EKU id-kp-documentSigning; the signer is not one of
+    bundle through a certificate with EKU id-kp-documentSigning (or the manifest-signer EKU
+    of earlier ztpki versions); the signer is not one of
     that manufacturer's manifest signers; or a device id is outside its namespace.
     """
     signed = verify_jws(data, typ=MANIFEST_TYPE, max_size=MAX_MANIFEST_BYTES, what="manifest")

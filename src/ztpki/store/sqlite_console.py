@@ -102,6 +102,8 @@ class ConsoleQueries:
         at = encode_instant(now, name="now")
         with self._db.write() as conn:
             if replace:
+                # A new password or role ends the sessions opened under the old ones.
+                conn.execute("DELETE FROM console_session WHERE operator = ?", (name,))
                 conn.execute(
                     "INSERT INTO console_operator (name, role, password_hash, created_at, "
                     "updated_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
@@ -119,6 +121,13 @@ class ConsoleQueries:
             raise DuplicateOperator(
                 f"operator {name} exists already; pass --replace to set a new password or role"
             )
+
+    def remove_operator(self, name: str) -> bool:
+        """Remove an operator and end their console sessions; whether there was one."""
+        with self._db.write() as conn:
+            conn.execute("DELETE FROM console_session WHERE operator = ?", (name,))
+            gone = conn.execute("DELETE FROM console_operator WHERE name = ?", (name,)).rowcount
+        return bool(gone)
 
     def operator(self, name: str) -> OperatorRecord | None:
         with self._db.read(single=True) as conn:
@@ -190,6 +199,17 @@ class ConsoleQueries:
                 "WHERE issued_serial IS NOT NULL GROUP BY issuance_label"
             ).fetchall()
         return {str(r[0]): int(r[1]) for r in rows}
+
+    def certificate_of_label(self, label: str) -> bytes | None:
+        """One certificate (DER) a device holds under EST ``label``, or None: the CA health
+        page reads the CRL distribution point its CA puts in every certificate."""
+        with self._db.read(single=True) as conn:
+            row = conn.execute(
+                "SELECT issued_certificate_der FROM device WHERE issuance_label = ? "
+                "AND issued_certificate_der IS NOT NULL ORDER BY device_id DESC LIMIT 1",
+                (label,),
+            ).fetchone()
+        return None if row is None else bytes(row[0])
 
     # ------------------------------------------------------------------ audit figures
 

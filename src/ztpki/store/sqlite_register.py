@@ -18,6 +18,7 @@ from typing import Any
 from ztpki.store import sqlite_audit
 from ztpki.store.audit import verify_chain
 from ztpki.store.cmp_transactions import CmpTransactions
+from ztpki.store.console_sessions import SESSION_SCHEMA, ConsoleSessionQueries
 from ztpki.store.instants import decode_instant, encode_instant
 from ztpki.store.records import (
     RESTING_STATES,
@@ -73,7 +74,7 @@ _COMPLETE_DROPPING_CHAIN = (
 )
 
 
-class SQLiteNodeStore(RegisterTransitions, CmpTransactions, ConsoleQueries):
+class SQLiteNodeStore(RegisterTransitions, CmpTransactions, ConsoleQueries, ConsoleSessionQueries):
     """RegisterStore, AuditLog and the revocation queue over one database (a SQLite file or
     PostgreSQL)."""
 
@@ -83,7 +84,7 @@ class SQLiteNodeStore(RegisterTransitions, CmpTransactions, ConsoleQueries):
             db.ensure_schema(
                 SCHEMA_COMPONENT,
                 SCHEMA_VERSION,
-                REGISTER_SCHEMA + sqlite_audit.SCHEMA + CONSOLE_SCHEMA,
+                REGISTER_SCHEMA + sqlite_audit.SCHEMA + CONSOLE_SCHEMA + SESSION_SCHEMA,
                 migrations=MIGRATIONS,
                 postgres_migrations=POSTGRES_MIGRATIONS,
                 migrate=migrate,

@@ -11,6 +11,7 @@ from ztpki.store.cmp_transactions import (
     CMP_TRANSACTION_TABLE,
     CMP_TRANSACTION_V8,
 )
+from ztpki.store.console_sessions import SESSION_SCHEMA
 from ztpki.store.pg_schema import postgres_ddl
 from ztpki.store.sqlite_console import CONSOLE_SCHEMA
 
@@ -24,7 +25,8 @@ SCHEMA_COMPONENT = "customer_node"
 # Version 7: the web console's operators, and the indexes its pages read by
 # (ztpki.store.sqlite_console).
 # Version 8: a CMP transaction keeps its key request, and whether its device was told to poll.
-SCHEMA_VERSION = 8
+# Version 9: the web console's sessions (ztpki.store.console_sessions).
+SCHEMA_VERSION = 9
 
 _STATES = "'listed', 'issuing', 'issued', 'customized', 'blocked'"
 _STATES_V4 = f"{_STATES}, 'retired'"
@@ -195,6 +197,7 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     5: (CMP_TRANSACTION_TABLE, CMP_TRANSACTION_INDEX),
     6: CONSOLE_SCHEMA,
     7: CMP_TRANSACTION_V8,
+    8: SESSION_SCHEMA,
 }
 
 # PostgreSQL registers were first created at version 4: their steps start there.
@@ -203,4 +206,5 @@ POSTGRES_MIGRATIONS: dict[int, tuple[str, ...]] = {
     5: (postgres_ddl(CMP_TRANSACTION_TABLE), CMP_TRANSACTION_INDEX),
     6: tuple(postgres_ddl(statement) for statement in CONSOLE_SCHEMA),
     7: tuple(postgres_ddl(statement) for statement in CMP_TRANSACTION_V8),
+    8: tuple(postgres_ddl(statement) for statement in SESSION_SCHEMA),
 }

@@ -8,9 +8,11 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID
 from factory_pki import NOW, factory_pki, leaf
 from fake_ca import FakeCA
-from tests.support.signers import unmarked_document_signer
+from tests.support.signers import document_signer
 
 from ztpki.credentials import Credential
 from ztpki.errors import ConfigurationError, VerificationFailed
@@ -19,9 +21,9 @@ from ztpki.factory.signer import enroll_signer, sign_checked, verify_own_manifes
 from ztpki.pki.keys import KeySpec, encode_pkcs8, generate_private_key
 from ztpki.pki.names import SubjectFields, build_subject
 from ztpki.pki.pem import certificate_der, certificates_pem
-from ztpki.pki.profiles import CertificateProfile
+from ztpki.pki.profiles import DOCUMENT_SIGNING, CertificateProfile
 from ztpki.protocol.enrollment import EnrollmentAnswer, EnrollmentRequest
-from ztpki.protocol.manifest import Manifest, is_marked_manifest_signer, new_manifest_id
+from ztpki.protocol.manifest import Manifest, new_manifest_id
 
 PKI = factory_pki()
 EMPTY = Manifest(new_manifest_id(), "Acme", None, None, NOW, ())
@@ -73,15 +75,16 @@ def test_trust_bundle_loading(tmp_path: Path) -> None:
         load_trust_bundle(bundle)
 
 
-def _unmarked_answer(answer: EnrollmentAnswer, request: EnrollmentRequest) -> EnrollmentAnswer:
-    """A CA system of an older ztpki: documentSigning, but no manifest-signing mark."""
+def _code_signer_answer(answer: EnrollmentAnswer, request: EnrollmentRequest) -> EnrollmentAnswer:
+    """A CA answering with a signing certificate for another purpose (codeSigning)."""
     key = generate_private_key(KeySpec.EC_P256)
-    cert = unmarked_document_signer(
+    cert = document_signer(
         PKI.manifests,
         key,
         build_subject(request.device_id, SubjectFields(), serial_number=request.device_id),
         not_before=NOW - timedelta(hours=1),
         not_after=NOW + timedelta(days=30),
+        eku=(ExtendedKeyUsageOID.CODE_SIGNING,),
     )
     return replace(
         answer,
@@ -90,8 +93,10 @@ def _unmarked_answer(answer: EnrollmentAnswer, request: EnrollmentRequest) -> En
     )
 
 
-def test_fail_enrolled_signer_without_the_manifest_signing_mark() -> None:
-    with pytest.raises(VerificationFailed, match="lacks ztpki's manifest-signing mark"):
-        enroll(FakeCA(PKI, tamper=_unmarked_answer))
-    # Control: the same CA system, untampered, issues a marked signer.
-    assert is_marked_manifest_signer(enroll(FakeCA(PKI)).certificate)
+def test_fail_enrolled_signer_without_document_signing() -> None:
+    with pytest.raises(VerificationFailed, match=r"not a document \(manifest\) signing"):
+        enroll(FakeCA(PKI, tamper=_code_signer_answer))
+    # Control: the same CA system, untampered, issues a documentSigning signer.
+    signer = enroll(FakeCA(PKI)).certificate
+    usage = signer.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(usage) == [DOCUMENT_SIGNING]

@@ -68,3 +68,19 @@ def test_fail_bad_operators_and_passwords_are_refused_and_nothing_kept(
                          "--certificate-only")  # fmt: skip
     assert status != 0 and "--replace" in err
     assert operators(inputs["node"]) == {"carol": ("viewer", "!")}
+
+
+def test_ok_an_operator_is_removed_and_an_unknown_name_is_refused(
+    inputs: dict[str, Path],
+) -> None:
+    assert run(*node_cli.init_args(inputs))[0] == 0
+    node = str(inputs["node"])
+    for name in ("carol", "dave"):
+        assert run("node", "add-operator", "--dir", node, name, "--role", "viewer",
+                   "--certificate-only")[0] == 0  # fmt: skip
+    status, out, err = run("node", "operators", "--dir", node, "--remove", "carol")
+    assert status == 0, err
+    assert "operator carol removed; their console sessions are ended" in " ".join(out.split())
+    status, _, err = run("node", "operators", "--dir", node, "--remove", "carol")
+    assert status != 0 and "no operator named 'carol'" in err
+    assert operators(inputs["node"]) == {"dave": ("viewer", "!")}  # nothing else changed

@@ -1,12 +1,13 @@
 """Pages whose inputs an end-to-end world cannot easily bend, rendered by the console
 application in-process (aiohttp's test server, plain HTTP) over a real SQLite register: the
 audit page of an altered trail, the health page of fresh, stale and missing factory CRLs and
-an unreachable CA system."""
+an unreachable CA system (its probe refused)."""
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
+import ssl
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from cryptography.x509.oid import NameOID
 from test_console_settings import config
 
 from ztpki.node.console.app import ConsoleContext, build, templates
+from ztpki.node.console.health import HealthMonitor
 from ztpki.node.console.sessions import COOKIE, LoginThrottle, Sessions
 from ztpki.node.factory_crls import FactoryRevocation
 from ztpki.store.records import AuditRecord
@@ -29,10 +31,12 @@ T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def console_context(tmp_path: Path, **kwargs: Any) -> ConsoleContext:
+    store = open_sqlite_node_store(tmp_path / "node.sqlite")
+    store.add_operator("victor", role=Role.VIEWER, password_hash="!", now=datetime.now(UTC))
     return ConsoleContext(
         config=config(tmp_path),
-        store=open_sqlite_node_store(tmp_path / "node.sqlite"),
-        sessions=Sessions(lifetime=60),
+        store=store,
+        sessions=Sessions(store, lifetime=60, idle=60),
         throttle=LoginThrottle(5, 60),
         templates=templates(),
         **kwargs,
@@ -74,7 +78,8 @@ def test_ok_the_health_page_tells_fresh_stale_and_missing_factory_crls(tmp_path:
         [("Acme", []), ("Globex", [])], locations={"Acme": [fresh, stale, missing]}
     )
     crls.refresh()
-    context = console_context(tmp_path, factory_crls=crls)
+    monitor = HealthMonitor(addresses=("127.0.0.1:1",), tls=ssl.create_default_context())
+    context = console_context(tmp_path, factory_crls=crls, health=monitor)
     try:
         text = page(context, "/health")
     finally:
@@ -85,6 +90,7 @@ def test_ok_the_health_page_tells_fresh_stale_and_missing_factory_crls(tmp_path:
     assert any(missing in row and "never fetched" in row for row in rows)
     assert "No CRL configured for: Globex" in text
     assert "127.0.0.1:1" in text and '<span class="bad">no</span>' in text  # nothing listens
+    assert "refused: nothing listens at this address" in text
 
 
 def test_fail_an_altered_audit_trail_is_shown_as_not_verifying(tmp_path: Path) -> None:
@@ -97,7 +103,7 @@ def test_fail_an_altered_audit_trail_is_shown_as_not_verifying(tmp_path: Path) -
         assert "The hash chain verifies: 3 entries" in page(context, "/audit")
         with sqlite3.connect(tmp_path / "node.sqlite") as conn:  # edited behind the node's back
             conn.execute("UPDATE audit_entry SET reason = 'nothing happened' WHERE seq = 2")
-        context.verification = None  # the next page verifies again (it would after a minute)
+        context.verifications.last = None  # the next page verifies again (it would after a minute)
         text = page(context, "/audit")
         assert "The hash chain does NOT verify at entry 2" in text
         assert 'role="alert"' in text

@@ -30,7 +30,13 @@ def config(tmp_path: Path, console: ConsoleConfig | None = None) -> NodeConfig:
 def test_ok_the_console_table_round_trips_and_is_absent_by_default(tmp_path: Path) -> None:
     config(tmp_path, ConsoleConfig()).save()
     assert "console" not in tomllib.loads((tmp_path / "node.toml").read_text())
-    wanted = ConsoleConfig(operator_ca=Path("ops.pem"), session_minutes=15, login_attempts=3)
+    wanted = ConsoleConfig(
+        operator_ca=Path("ops.pem"),
+        session_minutes=15,
+        idle_minutes=5,
+        login_attempts=3,
+        ca_http=("http://ca1.example:8080", "https://crl.example/mirror"),
+    )
     config(tmp_path, wanted).save()
     assert NodeConfig.load(tmp_path, migrating=True).console == wanted
 
@@ -41,10 +47,14 @@ def test_ok_the_console_table_round_trips_and_is_absent_by_default(tmp_path: Pat
         ({"session_minutes": 0}, "session_minutes"),
         ({"login_attempts": 0}, "login_attempts"),
         ({"login_window_seconds": 0.5}, "login_window_seconds"),
+        ({"idle_minutes": 0}, "idle_minutes"),
+        ({"ca_http": ("ftp://ca.example/",)}, "ca_http"),
+        ({"ca_http": ("ca.example:8080",)}, "ca_http"),
+        ({"ca_http": ("http://user:secret@ca.example/",)}, "ca_http: put no credentials"),
     ],
 )
 def test_fail_a_console_setting_out_of_range_is_refused(
-    values: dict[str, float], name: str
+    values: dict[str, object], name: str
 ) -> None:
     with pytest.raises(ConfigurationError, match=name):
         ConsoleConfig(**values)  # type: ignore[arg-type]

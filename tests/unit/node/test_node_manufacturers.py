@@ -114,7 +114,7 @@ def test_ok_add_manufacturer_policy_and_listing(inputs: dict[str, Path], tmp_pat
     assert status == 0
     flat = " ".join(text.split())
     assert "# manufacturer Acme Devices device ids = ACME-*" in flat
-    assert "manifest signers = any signer under its bundle marked by ztpki's" in flat
+    assert "manifest signers = any documentSigning certificate under its bundle" in flat
     assert "# manufacturer Globex device ids = GLX-*" in flat
 
 

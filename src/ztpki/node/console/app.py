@@ -10,7 +10,6 @@ Every POST but /login must carry the session's CSRF token (a synchronizer token 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
 import logging
 import shutil
@@ -28,6 +27,8 @@ from cryptography.x509.oid import NameOID
 
 from ztpki.errors import ConfigurationError, MalformedInput, VerificationFailed, ZtpkiError
 from ztpki.node.config import NodeConfig
+from ztpki.node.console.health import HealthMonitor
+from ztpki.node.console.refresh import Refreshed
 from ztpki.node.console.sessions import COOKIE, LoginThrottle, Session, Sessions
 from ztpki.node.factory_crls import FactoryRevocation
 from ztpki.store.records import AuditVerification, DuplicateDevice
@@ -92,10 +93,11 @@ class ConsoleContext:
     revocation_queued: Callable[[], None] = lambda: None
     # The factory CRLs this node process holds (their freshness on the health page).
     factory_crls: FactoryRevocation | None = None
+    # The CA systems' health, probed in the background (None: the page says it is not set up).
+    health: HealthMonitor | None = None
     clock: Callable[[], datetime] = _utcnow
-    # The last chain verification: (loop time, when, result), and the one running.
-    verification: tuple[float, datetime, AuditVerification] | None = field(default=None, repr=False)
-    _verifying: asyncio.Task[None] | None = field(default=None, repr=False)
+    # The chain's verifications (when, result), made in the background.
+    verifications: Refreshed[tuple[datetime, AuditVerification]] = field(init=False, repr=False)
     # The overview's live figures being computed (ztpki.node.console.pages).
     live: asyncio.Future[dict[str, Any]] | None = field(default=None, repr=False)
     # Uploaded manifests awaiting their operator's confirmation (ztpki.node.console.actions),
@@ -113,6 +115,11 @@ class ConsoleContext:
         """A store call on a worker thread: the loop keeps serving the devices."""
         return await asyncio.to_thread(call, *args, **kwargs)
 
+    def __post_init__(self) -> None:
+        self.verifications = Refreshed(
+            self._verify, every=VERIFY_EVERY, wait=VERIFY_WAIT, name="console audit verify"
+        )
+
     async def verify_audit(self) -> tuple[datetime, AuditVerification] | None:
         """The chain's last verification (when, result); None while the first one runs.
 
@@ -120,26 +127,18 @@ class ConsoleContext:
         VERIFY_WAIT: it shows the last result, and a new verification starts in the
         background when that one is older than VERIFY_EVERY (one at a time).
         """
-        loop = asyncio.get_running_loop()
-        stale = self.verification is None or loop.time() - self.verification[0] > VERIFY_EVERY
-        if stale and (self._verifying is None or self._verifying.done()):
-            self._verifying = asyncio.create_task(self._verify(), name="console audit verify")
-        if self.verification is None and self._verifying is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self._verifying), VERIFY_WAIT)
-        return None if self.verification is None else self.verification[1:]
+        last = await self.verifications.get()
+        return None if last is None else last[0]
 
-    async def _verify(self) -> None:
+    async def _verify(self) -> tuple[datetime, AuditVerification]:
         at = self.clock()
-        result = await self.read(self.store.verify)
-        self.verification = (asyncio.get_running_loop().time(), at, result)
+        return at, await self.read(self.store.verify)
 
     async def close(self) -> None:
         shutil.rmtree(self.scratch, ignore_errors=True)
-        if self._verifying is not None:
-            self._verifying.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._verifying
+        if self.health is not None:
+            await self.health.close()
+        await self.verifications.close()
 
 
 CONTEXT = web.AppKey("console", ConsoleContext)
@@ -207,7 +206,10 @@ async def _certificate_session(request: web.Request) -> tuple[str, Session] | No
             "your client certificate is from the operator CA, but its common name is not an "
             "operator of this node; ask an administrator to run `ztpki node add-operator`",
         )
-    return context.sessions.open(operator.name, operator.role, how="certificate")
+    opened: tuple[str, Session] = await context.read(
+        context.sessions.open, operator.name, operator.role, how="certificate"
+    )
+    return opened
 
 
 @web.middleware
@@ -234,7 +236,7 @@ async def _checked(request: web.Request, handler: Handler) -> web.StreamResponse
         return await handler(request)
     context = request.app[CONTEXT]
     token = request.cookies.get(COOKIE)
-    session = context.sessions.find(token)
+    session = await context.read(context.sessions.find, token)
     opened = None
     if session is None:
         opened = await _certificate_session(request)

@@ -32,7 +32,7 @@ _TOKEN = re.compile(r"[A-Za-z0-9_-]{32}")
 
 async def login_form(request: web.Request) -> web.Response:
     context = request.app[CONTEXT]
-    if context.sessions.find(request.cookies.get(COOKIE)) is not None:
+    if await context.read(context.sessions.find, request.cookies.get(COOKIE)) is not None:
         return redirect("/")
     return _login_page(request, error=None, name="")
 
@@ -100,7 +100,9 @@ async def login(request: web.Request) -> web.Response:
         context.throttle.failed(name, address)
         log.warning("console: failed login of %r from %s", name, address)
         return _login_page(request, status=401, error="wrong name or password", name=name)
-    token, _ = context.sessions.open(operator.name, operator.role, how="password")
+    token, _ = await context.read(
+        context.sessions.open, operator.name, operator.role, how="password"
+    )
     log.info("console: %s (%s) logged in from %s", operator.name, operator.role.value, address)
     response = redirect("/")
     set_session_cookie(response, token, context)
@@ -110,7 +112,7 @@ async def login(request: web.Request) -> web.Response:
 
 async def logout(request: web.Request) -> web.Response:
     context = request.app[CONTEXT]
-    context.sessions.close(request.cookies.get(COOKIE))
+    await context.read(context.sessions.close, request.cookies.get(COOKIE))
     response = redirect("/login")
     response.del_cookie(COOKIE, path="/", secure=True, httponly=True, samesite="Strict")
     return response

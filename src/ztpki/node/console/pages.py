@@ -14,7 +14,7 @@ from aiohttp import web
 from cryptography import x509
 
 from ztpki.node.console.app import CONTEXT, ConsoleContext, ConsoleRefusal, render
-from ztpki.node.console.health import probe_ca_systems
+from ztpki.node.console.health import age, stale
 from ztpki.store.records import AuditEntry, DeviceState
 from ztpki.store.sqlite_console import DeviceFilter
 
@@ -204,17 +204,28 @@ async def audit(request: web.Request) -> web.Response:
 
 
 async def health(request: web.Request) -> web.Response:
+    """The last CA health report (made in the background, ztpki.node.console.health), with
+    the register's own figures and the factory CRLs this process holds."""
     context = request.app[CONTEXT]
-    probes = await probe_ca_systems(context.config.ca_systems)
+    report, report_age = (None, None)
+    if context.health is not None:
+        report, report_age = await context.health.report()
     issued = await context.read(context.store.issued_by_label)
     orders = await context.read(context.store.revocations, open_only=True)
     crls = [] if context.factory_crls is None else context.factory_crls.freshness()
     return render(
         request,
         "health.html",
-        probes=probes,
+        report=report,
+        report_age=report_age,
+        ca_issued={} if report is None else report.issued(),
+        ca_revoked={} if report is None else report.revoked(),
         crls=crls,
         now=context.clock(),
+        age=age,
+        stale=stale,
+        ca_http=context.config.console.ca_http,
+        addresses=context.config.ca_systems,
         unconfigured=[] if context.factory_crls is None else context.factory_crls.unconfigured(),
         labels=context.config.labels,
         issued=issued,

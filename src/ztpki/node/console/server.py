@@ -12,9 +12,10 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from ztpki.credentials import server_context
+from ztpki.credentials import client_context, server_context
 from ztpki.errors import ListenFailed
 from ztpki.node.console.app import ConsoleContext, build, templates
+from ztpki.node.console.health import CustomerCA, HealthMonitor
 from ztpki.node.console.sessions import LoginThrottle, Sessions
 from ztpki.node.material import NodeMaterial, read_certificates
 from ztpki.store.sqlite import open_node_store
@@ -63,6 +64,29 @@ def console_context(material: NodeMaterial) -> ssl.SSLContext:
     return context
 
 
+def health_monitor(
+    material: NodeMaterial, certificate_of_label: Callable[[str], bytes | None]
+) -> HealthMonitor:
+    """The CA health page's probes: the node's CA-client identity, as issuance presents it."""
+    config, credential = material.config, material.credential
+    tls = None
+    if credential is not None:
+        tls = client_context(
+            key=credential.key, chain=credential.chain, server_anchors=credential.trust_anchors
+        )
+    return HealthMonitor(
+        addresses=config.ca_systems,
+        tls=tls,
+        http=config.console.ca_http,
+        cas=[
+            CustomerCA(loaded.config.ca_name, loaded.chain[0], label)
+            for label, loaded in material.labels.items()
+            if loaded.config.ca_name
+        ],
+        certificate_of_label=certificate_of_label,
+    )
+
+
 async def start_console(
     material: NodeMaterial,
     *,
@@ -77,11 +101,16 @@ async def start_console(
     context = ConsoleContext(
         config=config,
         store=store,
-        sessions=Sessions(lifetime=config.console.session_minutes * 60),
+        sessions=Sessions(
+            store,
+            lifetime=config.console.session_minutes * 60,
+            idle=config.console.idle_minutes * 60,
+        ),
         throttle=LoginThrottle(config.console.login_attempts, config.console.login_window_seconds),
         templates=templates(),
         revocation_queued=revocation_queued,
         factory_crls=material.factory_crls,
+        health=health_monitor(material, store.certificate_of_label),
     )
     runner = web.AppRunner(build(context), access_log=None)
     await runner.setup()
