@@ -15,13 +15,15 @@ import pytest
 from tests.support.softhsm import USER_PIN, SoftHSM, softhsm  # noqa: F401
 from tests.support.threaded_server import threaded_tls_server
 
-from ztpki.credentials import client_context, server_context
-from ztpki.errors import ConfigurationError
+from ztpki.casystem.client import CAClient
+from ztpki.credentials import Credential, client_context, server_context
+from ztpki.errors import ConfigurationError, Unavailable
 from ztpki.pki.authority import CertificateAuthority, IssuanceGrant, create_self_signed_ca
 from ztpki.pki.keys import KeySpec, generate_private_key
 from ztpki.pki.names import SubjectFields, build_subject
 from ztpki.pki.pkcs11_uri import Pkcs11Uri
 from ztpki.pki.profiles import CertificateProfile
+from ztpki.protocol.enrollment import EnrollmentRequest
 from ztpki.tokens import TokenKey, TokenPool, TokenUnavailable, generate_token_key, token_access
 from ztpki.tokens.tls import token_failure, use_token_key
 
@@ -77,11 +79,19 @@ def _connect(port: int, context: ssl.SSLContext) -> str:
         return tls.recv(200).decode().strip()
 
 
+def _station_credential(hsm: SoftHSM, ca: CertificateAuthority) -> Credential:
+    """A credential whose key is in a fresh token, certified by ``ca`` as "station"."""
+    key = _token_key(hsm)
+    chain = (_issue(ca, "station", key.public_key(), CertificateProfile.CLIENT),)
+    return Credential(key=key, chain=chain, trust_anchors=(ca.certificate,))
+
+
 def _station(hsm: SoftHSM, ca: CertificateAuthority) -> ssl.SSLContext:
     """A client context whose key is in a fresh token, certified by ``ca`` as "station"."""
-    key = _token_key(hsm)
-    chain = [_issue(ca, "station", key.public_key(), CertificateProfile.CLIENT)]
-    return client_context(key=key, chain=chain, server_anchors=[ca.certificate])
+    credential = _station_credential(hsm, ca)
+    return client_context(
+        key=credential.key, chain=credential.chain, server_anchors=credential.trust_anchors
+    )
 
 
 def test_ok_handshakes_signed_in_the_token(
@@ -111,6 +121,22 @@ def test_fail_token_gone_fails_the_handshake_then_recovers(
         assert USER_PIN not in failure.message
         assert _connect(port, context) == "TLSv1.3 station"  # no restart, no new context
     assert token_failure(context) is None
+
+
+def test_fail_ca_client_says_the_token_failed(
+    softhsm: SoftHSM,  # noqa: F811
+    pki: tuple[CertificateAuthority, ssl.SSLContext],
+) -> None:
+    """The CA-client reports a handshake the token did not sign as the token's failure
+    (not as a CA system that refused it), and nothing was sent."""
+    client = CAClient(("127.0.0.1", 0), _station_credential(softhsm, pki[0]))
+    with threaded_tls_server(_say_who, pki[1]) as port:
+        client.port = port
+        pkcs11.lib(softhsm.module).finalize()
+        with pytest.raises(Unavailable, match="the token holding this CA-client's key") as exc:
+            asyncio.run(client.enroll(EnrollmentRequest("r-1", "dev-1")))
+    assert "did not sign the TLS handshake" in exc.value.message
+    assert USER_PIN not in exc.value.message
 
 
 def test_fail_what_cannot_carry_a_token_key_is_refused(
