@@ -49,10 +49,7 @@ def test_ok_existing_ec_key_object_is_certified(
     tmp_path: Path,
 ) -> None:
     label = softhsm.new_token("card")
-    softhsm.pkcs11_tool(
-        "--token-label", label, "--login", "--pin", USER_PIN, "--keypairgen",
-        "--key-type", "EC:prime256v1", "--label", "card-key", "--id", "07",
-    )  # fmt: skip
+    softhsm.keypair(label, "EC:prime256v1", "card-key", "07")
     out = tmp_path / "line-7"
     uri = f"pkcs11:token={label};object=card-key;id=%07"
     assert add_client(plant, out, "--pkcs11", uri, "--pkcs11-existing") == 0
@@ -81,10 +78,7 @@ def test_fail_contradictions_leave_nothing(
     said: str,
 ) -> None:
     label = softhsm.new_token("card")
-    softhsm.pkcs11_tool(
-        "--token-label", label, "--login", "--pin", USER_PIN, "--keypairgen",
-        "--key-type", "rsa:2048", "--label", "station", "--id", "08",
-    )  # fmt: skip
+    softhsm.keypair(label, "rsa:2048", "station", "08")
     before = softhsm.private_keys(label)
     out = tmp_path / "line-8"
     status = add_client(plant, out, "--pkcs11", f"pkcs11:token={label};object=station", *extra)
