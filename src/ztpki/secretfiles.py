@@ -86,6 +86,32 @@ def write_public_file(path: Path, data: bytes) -> None:
     _write_new_file(path, data, mode=0o644, durable=False)
 
 
+def read_private_file(path: Path, *, limit: int) -> bytes:
+    """At most ``limit`` bytes of a regular file only its owner may read (mode 0600 or
+    stricter), opened without following a link; ConfigurationError naming the file, never
+    its content. FileNotFoundError passes through: the caller says what a missing one means."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read secret file {path}: {exc.strerror}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise ConfigurationError(f"secret file {path} is not a regular file")
+        if mode & 0o077:
+            raise ConfigurationError(
+                f"secret file {path} is readable by others "
+                f"(mode {stat.S_IMODE(mode):04o}); run chmod 600 on it"
+            )
+        return os.read(fd, limit)
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read secret file {path}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+
+
 def resolve_passphrase(
     *,
     passphrase_file: Path | None,

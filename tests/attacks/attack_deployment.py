@@ -426,6 +426,13 @@ def set_limits(node_dir: Path, limits: Mapping[str, float]) -> None:
     path.write_text(tomli_w.dumps(data))
 
 
+def allow_cmp_mac(node_dir: Path, label: str) -> None:
+    path = node_dir / "node.toml"
+    data = tomllib.loads(path.read_text())
+    data["ca"][label]["cmp_mac_protection"] = True
+    path.write_text(tomli_w.dumps(data))
+
+
 FACTORY_CAS: tuple[tuple[str, ...], ...] = (
     ("--name", "froot", "--org", "Acme Devices"),
     ("--name", "factory", "--parent", "froot", "--default", "--org", "Acme Devices"),
@@ -477,7 +484,7 @@ def build(root: Path) -> Deployment:
         out = ["--out", str(root / f"cred-{name}")]
         d.cli("ca", "add-client", *f, "--name", name, *out, *rights, system="factory")
     node_cred = str(root / "cred-node")
-    node = ["--name", "node", "--out", node_cred, "--ca", "devices"]
+    node = ["--name", "node", "--out", node_cred, "--ca", "devices", "--ca", "meters"]
     d.cli("ca", "add-client", *c, *node, system="customer")
     bundle, chain = str(root / "factory-bundle.pem"), str(root / "customer-chain.pem")
     d.cli("ca", "export", *f, "--name", "factory", "--out", bundle, system="factory")
@@ -501,6 +508,7 @@ def build(root: Path) -> Deployment:
         add_ca = ["--dir", str(d.node_dir), "--label", "meters", "--ca-name", "meters", *meters]
         d.cli("node", "add-ca", *add_ca)
         set_limits(d.node_dir, NODE_LIMITS)
+        allow_cmp_mac(d.node_dir, "meters")  # the shared-secret cases (test_attack_cmp_mac.py)
         d.cli("node", "import", "--dir", str(d.node_dir), str(root / "manifest-new.json"))
         d.serve_node()
     except BaseException:

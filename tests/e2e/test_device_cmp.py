@@ -52,14 +52,26 @@ def test_ok_activate_over_cmp(world: World) -> None:
     decisions = [e["decision"] for e in world.audit(device_id)]
     assert "issued" in decisions and "confirmed" in decisions
 
-    # Renewal over CMP: kur protected by the operational certificate.
-    renewed = ztpki(
-        "device", "renew", "--device", str(world.device(device_id)), "--protocol", "cmp"
-    )  # fmt: skip
-    assert "kur: the node answered" in flat(renewed.stdout)
+    # The device's configuration remembers the protocol it customized with...
+    assert shown["config"]["protocol"] == "cmp"
+    text = ztpki("device", "show", "--device", str(world.device(device_id))).stdout
+    assert "config protocol" in text and "cmp" in text
+
+    # ... so renewal without --protocol is over CMP: kur protected by the operational
+    # certificate.
+    renewed = ztpki("device", "renew", "--device", str(world.device(device_id)))
+    assert "kur: the node answered" in flat(renewed.stdout), renewed.stdout
     again = world.show(device_id)
     assert again["certificate"]["serial"] != shown["certificate"]["serial"]
-    assert again["config"]["confirmed"] is True
+    assert again["config"]["confirmed"] is True and again["config"]["protocol"] == "cmp"
+
+    # --protocol still overrides, and the configuration then records the new one.
+    over_est = ztpki(
+        "device", "renew", "--device", str(world.device(device_id)), "--protocol", "est"
+    )  # fmt: skip
+    assert "simplereenroll" in flat(over_est.stdout), over_est.stdout
+    assert "kur" not in flat(over_est.stdout)
+    assert world.show(device_id)["config"]["protocol"] == "est"
 
 
 def test_ok_central_key_generation_over_cmp(world: World) -> None:

@@ -1,6 +1,7 @@
 """CMP polling (RFC 9483 section 4.4) through the customer node: while the customer CA system
-is stopped, an ir is answered ``waiting`` and the device polls (pollReq -> pollRep) until the
-CA system is back, then gets its ip and confirms it as usual -- one certificate, exactly once.
+is stopped, an ir (or a p10cr) is answered ``waiting`` and the device polls (pollReq ->
+pollRep) until the CA system is back, then gets its ip (cp) and confirms it as usual -- one
+certificate, exactly once.
 
 Real processes on loopback over TLS: `openssl cmp` (which polls on its own when answered
 ``waiting``) and ztpki's codec for the requests openssl cannot be made to send (a pollReq for
@@ -33,6 +34,7 @@ from tests.support.cmp_messages import (
     request_header,
     signed,
 )
+from tests.support.shell import sh
 
 from ztpki.device.cmp_activation import trust_for
 from ztpki.device.cmp_client import CMPClient
@@ -86,16 +88,24 @@ def cmp_rows(world: NodeWorld, device_id: str) -> list[tuple[str, str | None]]:
 # ------------------------------------------------------------------ openssl cmp polls
 
 
-def test_ok_openssl_polls_until_the_ca_system_is_back(world: NodeWorld) -> None:
+@pytest.mark.parametrize(("cmd", "answer"), [("ir", "IP"), ("p10cr", "CP")])
+def test_ok_openssl_polls_until_the_ca_system_is_back(
+    world: NodeWorld, cmd: str, answer: str
+) -> None:
     (device,) = world.make_devices(1)
     cwd = world.root / f"poll-{device.device_id}"
     cwd.mkdir()
     new_key(cwd)
+    subject = SUBJECT.format(id=device.device_id)
+    if cmd == "p10cr":  # the key request is a PKCS#10 CSR (RFC 9483 section 4.1.4)
+        request = ["-csr", "p10.csr"]
+        sh(f"openssl req -new -key new.key -subj '{subject}' -out p10.csr", cwd)
+    else:
+        request = ["-newkey", "new.key", "-subject", subject]
     anchor = str(world.factory_anchor)
     command = ["openssl", "cmp", "-server", world.node.address, "-path", ".well-known/cmp",
-               "-tls_used", "-tls_trusted", anchor, "-trusted", anchor, "-cmd", "ir",
-               "-cert", str(device.cert_path), "-key", str(device.key_path),
-               "-newkey", "new.key", "-subject", SUBJECT.format(id=device.device_id),
+               "-tls_used", "-tls_trusted", anchor, "-trusted", anchor, "-cmd", cmd,
+               "-cert", str(device.cert_path), "-key", str(device.key_path), *request,
                "-certout", "new.pem", "-verbosity", "7", "-total_timeout", "120"]  # fmt: skip
     with customer_ca_stopped(world):
         openssl = subprocess.Popen(
@@ -120,7 +130,7 @@ def test_ok_openssl_polls_until_the_ca_system_is_back(world: NodeWorld) -> None:
     rest, _ = openssl.communicate(timeout=120)
     log = "".join(seen) + rest
     assert openssl.returncode == 0, log
-    assert "received IP" in log and "received PKICONF" in log, log
+    assert f"received {answer}" in log and "received PKICONF" in log, log
     certificate = load_certificates_pem((cwd / "new.pem").read_bytes())[0]
     assert world.state(device.device_id) == "customized"
     (issued,) = world.issued(device.device_id)  # exactly one certificate

@@ -42,9 +42,14 @@ V1_SCHEMA = (
 )
 
 
-# Undo what schema version 7 added (the web console's table and indexes): a register of
-# version 6 or older, as a test that fakes one by dropping what came later must leave it.
+# Undo what schema version 10 added (the devices' CMP shared secrets): a register of version 9
+# or older, as a test that fakes one by dropping what came later must leave it.
+BEFORE_CMP_SECRETS = ("DROP TABLE cmp_secret",)
+
+# Undo what schema versions 7 and later added (the web console's table and indexes, ...): a
+# register of version 6 or older.
 BEFORE_CONSOLE = (
+    *BEFORE_CMP_SECRETS,
     # Schema 9's sessions reference the operators: they go first.
     "DROP TABLE IF EXISTS console_session",
     "DROP TABLE console_operator",

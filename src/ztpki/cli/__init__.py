@@ -32,6 +32,7 @@ _EXTENSIONS = {
         "ztpki.cli.node_manufacturers",
         "ztpki.cli.node_serve",
         "ztpki.cli.node_console",
+        "ztpki.cli.node_cmp_secret",
     ),
 }
 

@@ -58,6 +58,7 @@ from ztpki.device.cmp_activation import EnrollmentProtocol, activating_client
 from ztpki.device.connect import RevocationPolicy, connect, identity_ssl_context
 from ztpki.device.customer_node import (
     NODE_CA_KEY,
+    PROTOCOL_KEY,
     NodeAddress,
     NodePin,
     choose_pin,
@@ -71,7 +72,7 @@ from ztpki.device.reporting import connect_remedy
 from ztpki.errors import ConfigurationError, ZtpkiError
 from ztpki.pki.keys import KeySpec
 from ztpki.pki.pem import load_certificates_pem
-from ztpki.untrusted import displayable
+from ztpki.untrusted import displayable, quote
 
 
 def _open(device_dir: Path, fault: FaultInjector | None) -> DeviceMemory:
@@ -90,6 +91,20 @@ def _node(memory: DeviceMemory, node: NodeAddress | None) -> NodeAddress:
             "discover the node"
         )
     return configured
+
+
+def _protocol(memory: DeviceMemory, given: str | None) -> EnrollmentProtocol:
+    """--protocol if given, else the protocol the device last enrolled with, else EST."""
+    if given is not None:
+        return EnrollmentProtocol(given.lower())
+    recorded = memory.config().get(PROTOCOL_KEY)
+    try:
+        return EnrollmentProtocol(recorded) if recorded else EnrollmentProtocol.EST
+    except ValueError:
+        raise ConfigurationError(
+            f"device {memory.device_id}'s configuration names protocol {quote(recorded)}; "
+            "give --protocol est or --protocol cmp"
+        ) from None
 
 
 def _pin(memory: DeviceMemory, given: NodePin | None) -> NodePin | None:
@@ -142,7 +157,7 @@ def activate_command(
     device_dir: Path,
     node: NodeAddress | None,
     key_on_device: bool,
-    protocol: str,
+    protocol: str | None,
     node_ca_fingerprint: str | None,
     node_ca: x509.Certificate | None,
     key_algorithm: str | None,
@@ -164,7 +179,7 @@ def activate_command(
         renew=False,
         key_mode=KeyMode.SIMPLEENROLL if key_on_device else KeyMode.SERVERKEYGEN,
         key_spec=KeySpec.parse(key_algorithm) if key_algorithm else None,
-        protocol=EnrollmentProtocol(protocol.lower()),
+        protocol=protocol,
     )
 
 
@@ -180,7 +195,7 @@ def activate_command(
 def renew_command(
     device_dir: Path,
     node: NodeAddress | None,
-    protocol: str,
+    protocol: str | None,
     node_ca_fingerprint: str | None,
     node_ca: x509.Certificate | None,
     timeout: float,
@@ -196,7 +211,7 @@ def renew_command(
         timeout=timeout,
         as_json=as_json,
         renew=True,
-        protocol=EnrollmentProtocol(protocol.lower()),
+        protocol=protocol,
     )
 
 
@@ -210,12 +225,12 @@ def _run_once(
     renew: bool,
     key_mode: KeyMode = KeyMode.SERVERKEYGEN,
     key_spec: KeySpec | None = None,
-    protocol: EnrollmentProtocol = EnrollmentProtocol.EST,
+    protocol: str | None = None,
 ) -> None:
     fault = FaultInjector.from_env()
     memory = _open(device_dir, fault)
     client = activating_client(
-        protocol,
+        _protocol(memory, protocol),
         memory,
         _node(memory, node),
         key_mode=key_mode,
@@ -261,7 +276,7 @@ def agent_command(
     device_dir: Path,
     node: NodeAddress | None,
     key_on_device: bool,
-    protocol: str,
+    protocol: str | None,
     node_ca_fingerprint: str | None,
     node_ca: x509.Certificate | None,
     discovery: DiscoverySettings,
@@ -285,7 +300,7 @@ def agent_command(
         memory,
         node=node,
         key_mode=KeyMode.SIMPLEENROLL if key_on_device else KeyMode.SERVERKEYGEN,
-        protocol=EnrollmentProtocol(protocol.lower()),
+        protocol=_protocol(memory, protocol),
         # Only the command line's pin: the agent follows the configuration's as it changes.
         pin=pin,
         report=_print_agent_event,

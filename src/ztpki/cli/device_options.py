@@ -115,10 +115,9 @@ key_on_device_option = click.option(
 protocol_option = click.option(
     "--protocol",
     type=click.Choice([p.value for p in EnrollmentProtocol], case_sensitive=False),
-    default=EnrollmentProtocol.EST.value,
-    show_default=True,
     help="Enrollment protocol to the node: EST (RFC 7030) or CMP (RFC 9483: ir + certConf, "
-    "with central key generation unless --key-on-device; kur to renew).",
+    "with central key generation unless --key-on-device; kur to renew). Default: the one "
+    "the device last enrolled with (`device show`: config protocol), else est.",
 )
 timeout_option = click.option(
     "--timeout", type=float, default=30.0, show_default=True, help="Seconds per request."

@@ -239,6 +239,7 @@ def policy_command(directory: Path, as_json: bool) -> None:
                 "chain": str(config.path(loaded.config.chain)),
                 "allow_no_eku": loaded.config.allow_no_eku,
                 "cmp_implicit_confirm": loaded.config.cmp_implicit_confirm,
+                "cmp_mac_protection": loaded.config.cmp_mac_protection,
                 **params,
             }
         )

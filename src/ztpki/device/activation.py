@@ -45,6 +45,7 @@ from ztpki.device.customer_node import (
     CONFIRMED_KEY,
     NODE_CA_KEY,
     NODE_URL_KEY,
+    PROTOCOL_KEY,
     NodeAddress,
     NodePin,
     node_changes,
@@ -131,6 +132,8 @@ class ActivatingClient:
     ``report`` receives each :class:`ActivationEvent` as it happens; ``now`` is the clock
     the answer's validity is checked against.
     """
+
+    protocol_name = "est"  # recorded in the configuration with the identity (PROTOCOL_KEY)
 
     def __init__(
         self,
@@ -375,7 +378,7 @@ class ActivatingClient:
         # The node this identity came from, and how it was trusted, as set-node states it
         # (not a discovered node: the device discovers again).
         node = node_changes(self.node, self.pin) if self.remember_node else {}
-        changes = {CONFIRMED_KEY: False, **node}
+        changes = {CONFIRMED_KEY: False, PROTOCOL_KEY: self.protocol_name, **node}
         try:
             # The memory fsyncs each write: keep that off the event loop (a benchmark or a
             # gateway customizes many devices in one process).

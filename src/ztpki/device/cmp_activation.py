@@ -182,6 +182,7 @@ class CMPActivatingClient(ActivatingClient):
     """The activating client with CMP in place of EST for the cacerts, request and confirm
     steps; loading, verifying, the atomic swap and resuming are the EST client's own."""
 
+    protocol_name = EnrollmentProtocol.CMP.value
     _enrollment: Enrollment | None = None
 
     async def _cmp_client(self, credentials: Credentials) -> CMPClient:

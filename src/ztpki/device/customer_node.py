@@ -52,6 +52,9 @@ NODE_URL_KEY = "node_url"
 NODE_CA_KEY = "node_ca_fingerprint"
 NODE_CA_CERT_KEY = "node_ca_certificate"
 CONFIRMED_KEY = "confirmed"  # the node took the installed identity as the live one
+# The enrollment protocol ("est", "cmp") the installed identity was obtained with: renew and
+# agent use it unless told otherwise (--protocol).
+PROTOCOL_KEY = "protocol"
 
 EST_PREFIX = "/.well-known/est"
 _LABEL = re.compile(r"[A-Za-z0-9._-]{1,64}")

@@ -9,12 +9,12 @@ secret was expected and never the secret itself.
 from __future__ import annotations
 
 import os
-import stat
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from ztpki.device.atomic import FILE_MODE, fsync_dir
 from ztpki.errors import ConfigurationError
+from ztpki.secretfiles import read_private_file
 
 SECRET_BYTES = 32
 MIN_SECRET_BYTES = 16
@@ -67,32 +67,12 @@ class FileSecretProvider:
 
     def secret(self) -> bytes:
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            data = read_private_file(self.path, limit=4096)
         except FileNotFoundError:
             raise ConfigurationError(
                 f"secret file {self.path} is missing; open the device with the secret "
                 "provider it was created with"
             ) from None
-        except OSError as exc:
-            raise ConfigurationError(
-                f"cannot read secret file {self.path}: {exc.strerror}"
-            ) from None
-        try:
-            mode = os.fstat(fd).st_mode
-            if not stat.S_ISREG(mode):
-                raise ConfigurationError(f"secret file {self.path} is not a regular file")
-            if mode & 0o077:
-                raise ConfigurationError(
-                    f"secret file {self.path} is readable by others "
-                    f"(mode {stat.S_IMODE(mode):04o}); run chmod 600 on it"
-                )
-            data = os.read(fd, 4096)
-        except OSError as exc:
-            raise ConfigurationError(
-                f"cannot read secret file {self.path}: {exc.strerror}"
-            ) from None
-        finally:
-            os.close(fd)
         if len(data) < MIN_SECRET_BYTES:
             raise ConfigurationError(
                 f"secret file {self.path} holds fewer than {MIN_SECRET_BYTES} bytes"

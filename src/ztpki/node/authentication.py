@@ -46,6 +46,9 @@ log = logging.getLogger(__name__)
 class IdentityKind(StrEnum):
     TEMPORARY = "temporary"
     OPERATIONAL = "operational"
+    # A device that proved the CMP shared secret the operator set for it (MAC-based
+    # protection, ztpki.node.cmp_mac): it customizes as with a temporary certificate.
+    SHARED_SECRET = "shared-secret"  # noqa: S105 (a kind of identity, not a secret)
 
 
 @dataclass(frozen=True)
@@ -56,7 +59,7 @@ class ClientIdentity:
     device_id: str
     fingerprint: str  # SHA-256 of the certificate DER, lower-case hex
     serial: str  # lower-case hex, as the stores keep serials
-    certificate: x509.Certificate = field(repr=False)
+    certificate: x509.Certificate | None = field(repr=False)  # None: SHARED_SECRET
     label: str | None = None  # the EST label whose CA issued an operational certificate
     # A temporary certificate: the manufacturers whose trust bundle carries its path.
     manufacturers: frozenset[str] = frozenset()

@@ -197,9 +197,9 @@ def decide(
         raise Refused(
             RefusalReason.BLOCKED, f"device {device.device_id} is blocked in the customer register"
         )
-    if identity.kind is IdentityKind.TEMPORARY:
-        return _temporary(device, identity, context)
-    return _operational(device, identity, context)
+    if identity.kind is IdentityKind.OPERATIONAL:
+        return _operational(device, identity, context)
+    return _temporary(device, identity, context)
 
 
 def _resting_state(device: RegisteredDevice) -> DeviceState:
@@ -232,12 +232,7 @@ def _check_label(device: RegisteredDevice, context: EnrollmentContext) -> None:
         )
 
 
-def _temporary(
-    device: RegisteredDevice, identity: ClientIdentity, context: EnrollmentContext
-) -> Decision:
-    # A device listed for a manufacturer takes only a certificate of that manufacturer's CA: a
-    # clone minted under another trusted manufacturer's root is refused even where the
-    # register pins no fingerprint (a device listed by hand).
+def _check_factory_certificate(device: RegisteredDevice, identity: ClientIdentity) -> None:
     if device.manufacturer is not None and device.manufacturer not in identity.manufacturers:
         raise Refused(
             RefusalReason.MANUFACTURER_MISMATCH,
@@ -251,6 +246,17 @@ def _temporary(
             "fingerprint mismatch: this temporary certificate is not the one the manufacturer's "
             f"manifest lists for device {device.device_id}",
         )
+
+
+def _temporary(
+    device: RegisteredDevice, identity: ClientIdentity, context: EnrollmentContext
+) -> Decision:
+    # A device listed for a manufacturer takes only a certificate of that manufacturer's CA: a
+    # clone minted under another trusted manufacturer's root is refused even where the
+    # register pins no fingerprint (a device listed by hand). A shared secret is the
+    # operator's own word for this one device (ztpki.node.cmp_mac): no certificate to match.
+    if identity.kind is IdentityKind.TEMPORARY:
+        _check_factory_certificate(device, identity)
     if _resting_state(device) is DeviceState.CUSTOMIZED:
         raise Refused(
             RefusalReason.CUSTOMIZED,

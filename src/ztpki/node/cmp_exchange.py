@@ -18,19 +18,31 @@ from cryptography import x509
 from ztpki.node.authentication import ClientIdentity
 from ztpki.node.enrollment import EnrollmentService
 from ztpki.node.enrollment_types import LoadedLabel
-from ztpki.protocol.cmp import Body, PKIMessage
+from ztpki.protocol.cmp import Body, CMPNotAuthorized, PKIMessage
 
 
 @dataclass(frozen=True)
 class CmpExchange:
-    """One verified request. ``signer`` is the certificate that protected it."""
+    """One verified request. ``protecting`` is the certificate that signed it; None when it
+    was MAC-protected with the device's shared secret (ztpki.node.cmp_mac)."""
 
     message: PKIMessage
     identity: ClientIdentity
     label: LoadedLabel
     service: EnrollmentService
     now: datetime
-    signer: x509.Certificate = field(repr=False)
+    protecting: x509.Certificate | None = field(repr=False)
+
+    @property
+    def signer(self) -> x509.Certificate:
+        """The signing certificate, for the requests that act on it (kur, rr, central key
+        generation's recipient); a MAC-protected one has none and is refused."""
+        if self.protecting is None:
+            raise CMPNotAuthorized(
+                f"a MAC-protected {self.message.body.type.value} cannot be served: it needs "
+                "the device's own certificate and key (signature-based protection)"
+            )
+        return self.protecting
 
     @property
     def endpoint(self) -> str:

@@ -5,7 +5,9 @@ HTTP-level faults are answered in HTTP (415 wrong media type, 413 too large, 405
 for another method, 404 unknown label). Everything else is answered with a PKIMessage
 (HTTP 200, as RFC 6712 clients expect): the handler's answer, or an ``error`` body whose
 PKIFailureInfo bit is the one the refusal carries (``FAIL_TABLE``). Every answer is signed with
-the node's own TLS server key and carries its chain in extraCerts, as EST's TLS does.
+the node's own TLS server key and carries its chain in extraCerts, as EST's TLS does -- except
+the answer to a request whose MAC verified with its device's shared secret, which is
+MAC-protected with that secret (ztpki.node.cmp_mac, RFC 9483 section 4.1.5).
 
 The request's protecting certificate is authenticated exactly as EST's TLS client
 certificate is (AuthenticationModule, full chain verification), and when the request came over
@@ -19,7 +21,7 @@ import asyncio
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -43,6 +45,7 @@ from ztpki.node.ca_client import UpstreamError
 from ztpki.node.cmp_dispatch import HANDLERS
 from ztpki.node.cmp_exchange import CmpExchange, CmpReply
 from ztpki.node.cmp_keygen import deliver_key
+from ztpki.node.cmp_mac import MacKey, authenticate_mac, check_secret_label
 from ztpki.node.enrollment_types import LoadedLabel
 from ztpki.node.strangers import UnauthenticatedReason
 from ztpki.pki.keys import PrivateKey
@@ -65,6 +68,7 @@ from ztpki.protocol.cmp import (
     sign_message,
     verify_protection,
 )
+from ztpki.protocol.cmp.mac import fresh, is_mac, mac_message
 from ztpki.protocol.est import UnsupportedMediaType, check_content_type
 from ztpki.untrusted import quote
 
@@ -139,9 +143,10 @@ class CmpEndpoint:
         now, started = est.now(), time.monotonic()
         message: PKIMessage | None = None
         identity: ClientIdentity | None = None
+        mac: MacKey | None = None
         try:
             message = decode_message(body)
-            identity, signer = await self._authenticate(request, message, label, now)
+            identity, signer, mac = await self._authenticate(request, message, label, now)
             bind(label=label.name, device_id=identity.device_id)
             handler = HANDLERS[message.body.type]
             exchange = CmpExchange(message, identity, label, est.service, now, signer)
@@ -163,7 +168,7 @@ class CmpEndpoint:
         if outcome == "issued":
             est.metrics.observe_enrollment(f"cmp-{kind}", elapsed)
             est.metrics.count_issued(label.name)
-        return self._response(message, reply, now)
+        return self._response(message, reply, now, mac)
 
     async def _read(self, request: web.Request) -> bytes:
         limits = self.est.limits
@@ -192,8 +197,9 @@ class CmpEndpoint:
 
     async def _authenticate(
         self, request: web.Request, message: PKIMessage, label: LoadedLabel, now: datetime
-    ) -> tuple[ClientIdentity, x509.Certificate]:
-        """The identity that signed message (checked as EST's TLS client), or a refusal."""
+    ) -> tuple[ClientIdentity, x509.Certificate | None, MacKey | None]:
+        """The identity that protected message, or a refusal: the signer (checked as EST's
+        TLS client), or the device whose shared secret made its MAC (ztpki.node.cmp_mac)."""
         est, header = self.est, message.header
         if header.pvno not in (PVNO_CMP2000, PVNO_CMP2021):
             raise UnsupportedVersion(f"pvno {header.pvno} is not supported; use 2 or 3")
@@ -203,6 +209,9 @@ class CmpEndpoint:
             raise BadMessageCheck(
                 "the message is not protected: sign it with the device's certificate and key"
             )
+        if is_mac(header.protection_alg):
+            identity, mac = await self._authenticate_mac(request, message, label, now)
+            return identity, None, mac
         signer = protection_certificate(message)
         try:
             identity = est.authentication.authenticate(message.extra_certs[0], now=now)
@@ -227,7 +236,29 @@ class CmpEndpoint:
         except (CMPError, Refused, RevocationUnknown) as exc:
             await est.service.record_refusal(_endpoint(label, message), identity, exc)
             raise
-        return identity, signer
+        return identity, signer, None
+
+    async def _authenticate_mac(
+        self, request: web.Request, message: PKIMessage, label: LoadedLabel, now: datetime
+    ) -> tuple[ClientIdentity, MacKey]:
+        est = self.est
+        tls = est.client_certificate(request) is not None
+        try:
+            identity, mac = await authenticate_mac(
+                est.service.register, message, label, tls_certificate=tls
+            )
+        except CMPError as exc:  # no identity proven: a stranger, counted, not audited
+            reason = UnauthenticatedReason.SHARED_SECRET_REFUSED
+            endpoint = _endpoint(label, message)
+            est.strangers.request(reason, endpoint, exc.message, peer=request.remote)
+            raise
+        try:
+            check_secret_label(identity, label, mac)
+            _check_time(message, now)
+        except CMPError as exc:
+            await est.service.record_refusal(_endpoint(label, message), identity, exc)
+            raise
+        return identity, mac
 
     def _check(
         self,
@@ -249,17 +280,15 @@ class CmpEndpoint:
             raise BadMessageCheck(
                 "the header's sender is not the subject of the protecting certificate"
             )
-        if header.message_time is not None and abs(header.message_time - now) > MAX_CLOCK_SKEW:
-            raise BadTime(
-                f"messageTime {header.message_time:%Y-%m-%dT%H:%M:%SZ} is more than "
-                f"{MAX_CLOCK_SKEW.seconds // 60} minutes from the node's clock"
-            )
+        _check_time(message, now)
 
     def _refusal(self, exc: ZtpkiError) -> CmpReply:
         status = StatusInfo.rejection(fail_info_of(exc), exc.message)
         return CmpReply(ErrorBody(status))
 
-    def _response(self, request: PKIMessage | None, reply: CmpReply, now: datetime) -> web.Response:
+    def _response(
+        self, request: PKIMessage | None, reply: CmpReply, now: datetime, mac: MacKey | None
+    ) -> web.Response:
         asked = request.header if request is not None else None
         header = Header(
             sender=self.signer.chain[0].subject,
@@ -271,7 +300,18 @@ class CmpEndpoint:
             message_time=now,
             implicit_confirm=reply.implicit_confirm,
         )
-        if reply.delivered_key is not None:
+        if mac is not None:
+            # RFC 9483 4.1.5: the device may have no anchor for the node's signature, so the
+            # answer is protected with the shared secret the request proved (a MAC is never
+            # computed for a request that did not: mac is set only once it verified).
+            body = mac_message(
+                replace(header, sender_kid=mac.sender_kid),
+                reply.body,
+                fresh(mac.params),
+                mac.secret,
+                extra_certs=self._chain_der + reply.extra_certs,
+            )
+        elif reply.delivered_key is not None:
             body = deliver_key(header, reply, self.signer.key, self.signer.chain)
         else:
             body = sign_message(
@@ -284,6 +324,15 @@ class CmpEndpoint:
         response.headers["Content-Type"] = CMP_CONTENT_TYPE
         response.headers["Cache-Control"] = "no-store"
         return response
+
+
+def _check_time(message: PKIMessage, now: datetime) -> None:
+    moment = message.header.message_time
+    if moment is not None and abs(moment - now) > MAX_CLOCK_SKEW:
+        raise BadTime(
+            f"messageTime {moment:%Y-%m-%dT%H:%M:%SZ} is more than "
+            f"{MAX_CLOCK_SKEW.seconds // 60} minutes from the node's clock"
+        )
 
 
 def _endpoint(label: LoadedLabel, message: PKIMessage) -> str:

@@ -162,6 +162,9 @@ class CALabel:
     # CMP: grant implicitConfirm (RFC 9483 section 4.1.1) to a request asking for it: the
     # certificate counts as confirmed when sent, no certConf. Off: every delivery is confirmed.
     cmp_implicit_confirm: bool = False
+    # CMP: accept MAC-based protection (RFC 9483 section 4.1.5) from a device the operator set
+    # a shared secret for (`ztpki node set-cmp-secret`). Off: only signed messages.
+    cmp_mac_protection: bool = False
 
     def __post_init__(self) -> None:
         if self.superseded_grace_seconds is not None and not self.superseded_grace_seconds >= 0:
@@ -178,6 +181,8 @@ class CALabel:
             table["superseded_grace_seconds"] = self.superseded_grace_seconds
         if self.cmp_implicit_confirm:
             table["cmp_implicit_confirm"] = True
+        if self.cmp_mac_protection:
+            table["cmp_mac_protection"] = True
         table.update(self.parameters.to_toml())
         return table
 
@@ -191,6 +196,7 @@ class CALabel:
             "allow_no_eku",
             "superseded_grace_seconds",
             "cmp_implicit_confirm",
+            "cmp_mac_protection",
         )
         params = {k: v for k, v in table.items() if k not in own}
         allow_no_eku = table.get("allow_no_eku", False)
@@ -199,6 +205,9 @@ class CALabel:
         implicit = table.get("cmp_implicit_confirm", False)
         if not isinstance(implicit, bool):
             raise ConfigurationError(f"[ca.{label}] cmp_implicit_confirm must be true or false")
+        mac = table.get("cmp_mac_protection", False)
+        if not isinstance(mac, bool):
+            raise ConfigurationError(f"[ca.{label}] cmp_mac_protection must be true or false")
         grace = table.get("superseded_grace_seconds")
         return cls(
             label=check_label(label),
@@ -208,6 +217,7 @@ class CALabel:
             allow_no_eku=allow_no_eku,
             superseded_grace_seconds=None if grace is None else float(grace),
             cmp_implicit_confirm=implicit,
+            cmp_mac_protection=mac,
         )
 
 

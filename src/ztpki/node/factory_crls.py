@@ -162,9 +162,9 @@ class FactoryRevocation:
     async def check(self, identity: ClientIdentity) -> RevocationCheck | None:
         """The revocation verdict on a temporary certificate, or None when no CRL speaks for
         its issuer (none configured, none named in it): nothing to check."""
-        if identity.kind is not IdentityKind.TEMPORARY or identity.issuer is None:
-            return None
         issuer, cert = identity.issuer, identity.certificate
+        if identity.kind is not IdentityKind.TEMPORARY or issuer is None or cert is None:
+            return None
         makers = [m for m in self._makers if issuer in m.bundle]
         if not makers:
             return None

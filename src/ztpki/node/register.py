@@ -29,6 +29,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from ztpki.errors import StorageError, Unavailable
+from ztpki.store.cmp_secrets import CmpSecret
 from ztpki.store.cmp_transactions import CmpTransaction, CmpTransactionState
 from ztpki.store.interfaces import NodeStore
 from ztpki.store.records import AuditRecord, DeviceState, RegisteredDevice
@@ -344,6 +345,9 @@ class AsyncRegister:
 
     async def cmp_transaction(self, transaction_id: bytes) -> CmpTransaction | None:
         return await self._run(self.store.cmp_transaction, transaction_id)
+
+    async def cmp_secret(self, device_id: str) -> CmpSecret | None:
+        return await self._run(self.store.cmp_secret, device_id)
 
     def close(self) -> None:
         """Finish the calls already queued, stop the thread; later calls raise StorageError."""

@@ -35,6 +35,8 @@ class UnauthenticatedReason(StrEnum):
     TLS_HANDSHAKE = "tls-handshake"  # refused in the TLS layer (chain, protocol version)
     NO_CERTIFICATE = "no-client-certificate"  # an operation that needs one came without
     CERTIFICATE_REFUSED = "certificate-refused"  # the authentication module refused it
+    # A CMP MAC that proved no device's shared secret (a metric label, not a secret).
+    SHARED_SECRET_REFUSED = "shared-secret-refused"  # noqa: S105
 
 
 class StrangerRefusals:

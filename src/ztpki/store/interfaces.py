@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Protocol
 
 from ztpki.errors import ZtpkiError
+from ztpki.store.cmp_secrets import CmpSecretStore
 from ztpki.store.cmp_transactions import CmpTransactionStore
 from ztpki.store.records import (
     AnsweredRequest,
@@ -463,5 +464,5 @@ class AuditLog(Protocol):
     def counts_by_decision(self) -> dict[str, int]: ...
 
 
-class NodeStore(RegisterStore, AuditLog, CmpTransactionStore, Protocol):
+class NodeStore(RegisterStore, AuditLog, CmpTransactionStore, CmpSecretStore, Protocol):
     """What the customer node keeps in one database: its register and its audit trail."""

@@ -17,6 +17,7 @@ from typing import Any
 
 from ztpki.store import sqlite_audit
 from ztpki.store.audit import verify_chain
+from ztpki.store.cmp_secrets import CmpSecrets
 from ztpki.store.cmp_transactions import CmpTransactions
 from ztpki.store.console_sessions import SESSION_SCHEMA, ConsoleSessionQueries
 from ztpki.store.instants import decode_instant, encode_instant
@@ -74,7 +75,9 @@ _COMPLETE_DROPPING_CHAIN = (
 )
 
 
-class SQLiteNodeStore(RegisterTransitions, CmpTransactions, ConsoleQueries, ConsoleSessionQueries):
+class SQLiteNodeStore(
+    RegisterTransitions, CmpTransactions, CmpSecrets, ConsoleQueries, ConsoleSessionQueries
+):
     """RegisterStore, AuditLog and the revocation queue over one database (a SQLite file or
     PostgreSQL)."""
 

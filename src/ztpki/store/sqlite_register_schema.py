@@ -6,6 +6,7 @@ the known states and tie ISSUING to a held lease and BLOCKED to a remembered sta
 
 from __future__ import annotations
 
+from ztpki.store.cmp_secrets import CMP_MAC_KEY_TABLE
 from ztpki.store.cmp_transactions import (
     CMP_TRANSACTION_INDEX,
     CMP_TRANSACTION_TABLE,
@@ -26,7 +27,8 @@ SCHEMA_COMPONENT = "customer_node"
 # (ztpki.store.sqlite_console).
 # Version 8: a CMP transaction keeps its key request, and whether its device was told to poll.
 # Version 9: the web console's sessions (ztpki.store.console_sessions).
-SCHEMA_VERSION = 9
+# Version 10: the devices' CMP shared secrets for MAC-based protection (ztpki.store.cmp_secrets).
+SCHEMA_VERSION = 10
 
 _STATES = "'listed', 'issuing', 'issued', 'customized', 'blocked'"
 _STATES_V4 = f"{_STATES}, 'retired'"
@@ -153,6 +155,7 @@ REGISTER_SCHEMA = (
     CMP_TRANSACTION_TABLE,
     CMP_TRANSACTION_INDEX,
     *CMP_TRANSACTION_V8,
+    CMP_MAC_KEY_TABLE,
 )
 
 # Version 1 keyed manifests by manifest_id alone. A manifest's manufacturer is the one its
@@ -198,6 +201,7 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     6: CONSOLE_SCHEMA,
     7: CMP_TRANSACTION_V8,
     8: SESSION_SCHEMA,
+    9: (CMP_MAC_KEY_TABLE,),
 }
 
 # PostgreSQL registers were first created at version 4: their steps start there.
@@ -207,4 +211,5 @@ POSTGRES_MIGRATIONS: dict[int, tuple[str, ...]] = {
     6: tuple(postgres_ddl(statement) for statement in CONSOLE_SCHEMA),
     7: tuple(postgres_ddl(statement) for statement in CMP_TRANSACTION_V8),
     8: tuple(postgres_ddl(statement) for statement in SESSION_SCHEMA),
+    9: (postgres_ddl(CMP_MAC_KEY_TABLE),),
 }

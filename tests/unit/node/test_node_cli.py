@@ -201,14 +201,22 @@ def test_ok_cmp_implicit_confirm_per_label_and_shown_by_policy(
     node = str(inputs["node"])
     status, out = run("node", "policy", "--dir", node, "--json")
     assert [r["cmp_implicit_confirm"] for r in json.loads(out)] == [False]  # off by default
+    assert [r["cmp_mac_protection"] for r in json.loads(out)] == [False]
     path = inputs["node"] / "node.toml"
     text = path.read_text()
-    path.write_text(
-        text.replace("allow_no_eku = false", "allow_no_eku = false\ncmp_implicit_confirm = true")
-    )
+    both = "allow_no_eku = false\ncmp_implicit_confirm = true\ncmp_mac_protection = true"
+    path.write_text(text.replace("allow_no_eku = false", both))
     status, out = run("node", "policy", "--dir", node)
     assert status == 0 and "cmp_implicit_confirm = True" in out
+    assert "cmp_mac_protection = True" in out
     assert NodeConfig.load(inputs["node"]).labels[0].cmp_implicit_confirm
+    assert NodeConfig.load(inputs["node"]).labels[0].cmp_mac_protection
+    path.write_text(
+        text.replace("allow_no_eku = false", "allow_no_eku = false\ncmp_mac_protection = 1")
+    )
+    capsys.readouterr()
+    assert run("node", "policy", "--dir", node)[0] == 1
+    assert "cmp_mac_protection must be true or false" in " ".join(capsys.readouterr().err.split())
     path.write_text(
         text.replace("allow_no_eku = false", "allow_no_eku = false\ncmp_implicit_confirm = 1")
     )

@@ -162,7 +162,7 @@ def test_ok_a_postgresql_register_of_schema_4_gains_the_sender_lease_by_node_mig
         (version,) = pg.execute(
             "SELECT version FROM schema_version WHERE component = 'customer_node'"
         ).fetchone()
-        assert version == sqlite_register.SCHEMA_VERSION == 9
+        assert version == sqlite_register.SCHEMA_VERSION == 10
         pg.execute(
             "INSERT INTO node_sender_lease (name, holder, token, expires_at) "
             "VALUES ('revocations', 'a', 1, '2026-01-01T00:00:00.000000Z')"

@@ -82,7 +82,11 @@ def test_ok_reload_applies_label_settings_and_proxy_entitlement(tmp_path: Path) 
         running,
         labels=(
             running.label("default"),
-            replace(meters, parameters=IssuingParameters(key_algorithm=KeySpec.EC_P256)),
+            replace(
+                meters,
+                parameters=IssuingParameters(key_algorithm=KeySpec.EC_P256),
+                cmp_mac_protection=True,  # a label's CMP shared-secret policy, too
+            ),
         ),
         proxy=ProxyConfig(trusted=(ipaddress.ip_network("10.1.0.0/24"),)),
     )

@@ -106,7 +106,7 @@ def test_ok_register_of_schema_5_gains_cmp_transactions(tmp_path: Path) -> None:
         assert store.begin_cmp_transaction(transaction())
     finally:
         store.close()
-    assert stored_schema_version(path, "customer_node") == SCHEMA_VERSION == 9
+    assert stored_schema_version(path, "customer_node") == SCHEMA_VERSION == 10
 
 
 def waiting_transaction(tid: bytes = b"\x02" * 16) -> CmpTransaction:
@@ -150,6 +150,7 @@ def test_ok_register_of_schema_7_gains_key_requests(backend: Backend) -> None:
     assert backend.node().begin_cmp_transaction(transaction())
     for column in ("operation", "public_key_der", "csr_der", "named_device_id", "waiting_since"):
         backend.raw("node", f"ALTER TABLE cmp_transaction DROP COLUMN {column}")
+    backend.raw("node", "DROP TABLE cmp_secret")  # schema 10's
     backend.raw("node", "DROP TABLE console_session")  # schema 9's
     backend.raw("node", "UPDATE schema_version SET version = 7 WHERE component = 'customer_node'")
     store = backend.node()

@@ -72,6 +72,7 @@ def test_ok_a_register_of_schema_8_gains_the_sessions(backend: Backend) -> None:
     store.add_operator("olga", role=Role.OPERATOR, password_hash="!", now=T0)
     store.close()
     backend.raw("node", "DROP TABLE console_session")
+    backend.raw("node", "DROP TABLE cmp_secret")  # schema 10's
     backend.raw("node", "UPDATE schema_version SET version = 8 WHERE component = 'customer_node'")
     migrated = _store(backend)  # the tests' stores migrate on open, as `node migrate` does
     assert migrated.database.schema_version("customer_node") == SCHEMA_VERSION

@@ -160,7 +160,7 @@ def test_ok_register_of_schema_3_migrates_to_the_current_one(tmp_path: Path) -> 
         assert store.get("d1").state is DeviceState.RETIRED  # type: ignore[union-attr]
     finally:
         store.close()
-    assert stored_schema_version(path, "customer_node") == 9 == SCHEMA_VERSION
+    assert stored_schema_version(path, "customer_node") == 10 == SCHEMA_VERSION
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
         with pytest.raises(sqlite3.IntegrityError):  # the schema still refuses unknown states
