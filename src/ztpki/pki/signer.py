@@ -49,6 +49,11 @@ class ExternalKey(Protocol):
         """True when this RSA key signs with RSASSA-PSS rather than PKCS#1 v1.5."""
         ...
 
+    @property
+    def quick(self) -> bool:
+        """True when its recent signatures were quick enough to make on an event loop."""
+        ...
+
     def public_key(self) -> PublicKey: ...
 
     def sign(self, data: bytes, algorithm: SignatureHash) -> bytes:
@@ -66,6 +71,12 @@ FILE_KEYS = (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey, ed25519.Ed25519Priva
 def key_location(key: SigningKey) -> str:
     """Where a CA's key lives, as `ztpki ca list` shows it."""
     return "file" if isinstance(key, FILE_KEYS) else key.location
+
+
+def signs_quickly(key: SigningKey) -> bool:
+    """Whether ``key`` signs fast enough for an event loop: a file key, or an external key
+    whose recent signatures were quick (a network HSM's are not: those go to a thread)."""
+    return isinstance(key, FILE_KEYS) or key.quick
 
 
 def rsa_padding(key: SigningKey) -> padding.PSS | padding.PKCS1v15 | None:
@@ -233,4 +244,5 @@ __all__ = [
     "sign_certificate",
     "sign_crl",
     "signature_hash",
+    "signs_quickly",
 ]

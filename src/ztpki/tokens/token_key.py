@@ -14,7 +14,9 @@ to the raw mechanism over the digest.
 from __future__ import annotations
 
 import hashlib
+import math
 import threading
+import time
 
 import pkcs11
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -31,6 +33,10 @@ from ztpki.pki.pkcs11_uri import Pkcs11Uri
 from ztpki.pki.signer import SignatureHash
 from ztpki.tokens.pool import PooledSession, TokenPool
 
+# A signature that returns within this many seconds blocks an event loop for less than the
+# hop to a worker thread would cost it: SoftHSM and a local HSM, not a network HSM or a
+# smart card (tens of milliseconds).
+QUICK = 0.002
 _CURVES = {KeySpec.EC_P256: "secp256r1", KeySpec.EC_P384: "secp384r1"}
 _RSA_BITS = {KeySpec.RSA_2048: 2048, KeySpec.RSA_3072: 3072}
 # DER DigestInfo prefixes (RFC 8017 9.2 note 1), for tokens without the hash-and-sign mechanism.
@@ -69,6 +75,8 @@ class TokenKey:
         self._mechanisms: set[Mechanism] | None = None
         self._lock = threading.Lock()
         self._hows: dict[str, _How] = {}
+        self._latency = math.inf  # seconds; inf: not known to be quick (none yet, or failed)
+        self._previous = math.inf
 
     @property
     def location(self) -> str:
@@ -98,11 +106,26 @@ class TokenKey:
             data = hashlib.new(algorithm.name, data).digest()
             if family == "rsa":
                 data = _DIGEST_INFO[algorithm.name] + data
+        started = time.perf_counter()
+        self._latency = math.inf  # until this one is back: a token that hangs is not quick
         with self._pool.session() as pooled:
             raw = _private_key(pooled, self._uri).sign(
                 data, mechanism=mechanism, mechanism_param=param
             )
+        self._note(time.perf_counter() - started)
         return _dss(bytes(raw)) if family == "ec" else bytes(raw)
+
+    @property
+    def quick(self) -> bool:
+        """Whether this key's recent signatures came back within QUICK seconds: then a
+        service signs on its event loop, which costs less CPU than the hop to a thread."""
+        return self._latency < QUICK
+
+    def _note(self, elapsed: float) -> None:
+        # A moving average: one slow signature (a busy HSM) sends the next ones to a thread
+        # until the token has been quick again for a while.
+        last = self._previous
+        self._previous = self._latency = elapsed if last == math.inf else 0.8 * last + 0.2 * elapsed
 
     def _how(self, hash_name: str) -> _How:
         """How this key signs with ``hash_name``: its family, the mechanism (with
