@@ -1,7 +1,9 @@
 """TLS credentials on disk: an encrypted key, its certificate chain and a trust anchor.
 
 A credential directory holds key.pem (encrypted PKCS#8, 0600), cert.pem (the certificate
-followed by any intermediates) and ca.pem (the trust anchors for the peer). The CA system
+followed by any intermediates) and ca.pem (the trust anchors for the peer). A CA-client
+whose key lives in a PKCS#11 token has key.toml (the key's URI and module, no PIN) instead
+of key.pem; its handshakes are signed in the token (tokens.tls). The CA system
 writes one for each CA-client (`ztpki ca add-client`); the node keeps one as its server
 identity. ssl contexts are built here so that every TLS edge uses the same settings.
 """
@@ -15,6 +17,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeAlias
 
 from cryptography import x509
 
@@ -22,8 +25,14 @@ from ztpki.errors import ConfigurationError, MalformedInput
 from ztpki.pki.keys import PrivateKey, decode_pkcs8, encode_pkcs8_pem, keys_match
 from ztpki.pki.pbes2 import AT_REST_KDF_ROUNDS
 from ztpki.pki.pem import certificates_pem, load_certificates_pem
+from ztpki.pki.signer import FILE_KEYS
 from ztpki.secretfiles import write_private_file, write_public_file
 from ztpki.throttle import LogThrottle
+
+if TYPE_CHECKING:  # the PKCS#11 binding loads only for a credential whose key is in a token
+    from ztpki.tokens import TokenKey
+
+CredentialKey: TypeAlias = "PrivateKey | TokenKey"
 
 KEY_FILE = "key.pem"
 CERT_FILE = "cert.pem"
@@ -36,7 +45,7 @@ log = logging.getLogger(__name__)
 class Credential:
     """A private key with its certificate chain, and the anchors that verify the peer."""
 
-    key: PrivateKey = field(repr=False)
+    key: CredentialKey = field(repr=False)
     chain: tuple[x509.Certificate, ...]
     trust_anchors: tuple[x509.Certificate, ...]
 
@@ -44,23 +53,44 @@ class Credential:
     def certificate(self) -> x509.Certificate:
         return self.chain[0]
 
+    @property
+    def file_key(self) -> PrivateKey:
+        """The key, for the uses that need it in this process (signing manifests, serving
+        TLS); ConfigurationError when it is in a token."""
+        if isinstance(self.key, FILE_KEYS):
+            return self.key
+        raise ConfigurationError(
+            f"this credential's key is in a PKCS#11 token ({self.key.location}); only a "
+            "CA-client's TLS connection can use a token key: give a credential with key.pem"
+        )
+
     def save(self, directory: Path, *, passphrase: bytes | None) -> None:
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        write_public_file(directory / CERT_FILE, certificates_pem(self.chain))
+        write_public_file(directory / TRUST_FILE, certificates_pem(self.trust_anchors))
+        if not isinstance(self.key, FILE_KEYS):
+            from ztpki.casystem.token_keys import record_token_key
+
+            record_token_key(directory, self.key)
+            return
         # A credential lives on disk for years and travels (to a factory line, a node): its
         # key gets the work factor of a CA key, not cryptography's 2,048 rounds.
         key_pem = encode_pkcs8_pem(self.key, passphrase=passphrase, kdf_rounds=AT_REST_KDF_ROUNDS)
         write_private_file(directory / KEY_FILE, key_pem)
-        write_public_file(directory / CERT_FILE, certificates_pem(self.chain))
-        write_public_file(directory / TRUST_FILE, certificates_pem(self.trust_anchors))
 
     @classmethod
     def load(
         cls, directory: Path, *, passphrase: bytes | None, passphrase_source: str | None = None
     ) -> Credential:
         """The credential in directory; passphrase_source names where the passphrase comes
-        from (e.g. "--client-passphrase-file or ZTPKI_CLIENT_PASSPHRASE"), for the error."""
+        from (e.g. "--client-passphrase-file or ZTPKI_CLIENT_PASSPHRASE"), for the error.
+        A key in a token is reached with ZTPKI_PKCS11_MODULE (else the recorded module) and
+        ZTPKI_PKCS11_PIN (or the URI's pin-source file); the passphrase is not used."""
+        from ztpki.casystem.token_keys import KEY_FILE as TOKEN_KEY_FILE
+
+        in_token = (directory / TOKEN_KEY_FILE).exists()
         try:
-            key_bytes = (directory / KEY_FILE).read_bytes()
+            key_bytes = b"" if in_token else (directory / KEY_FILE).read_bytes()
             chain = load_certificates_pem((directory / CERT_FILE).read_bytes())
             anchors = load_certificates_pem((directory / TRUST_FILE).read_bytes())
         except OSError as exc:
@@ -69,21 +99,42 @@ class Credential:
             ) from None
         except MalformedInput as exc:
             raise ConfigurationError(f"credential directory {directory}: {exc.message}") from None
-        try:
-            key = decode_pkcs8(key_bytes, passphrase=passphrase)
-        except MalformedInput:
-            source = f" ({passphrase_source})" if passphrase_source else ""
-            raise ConfigurationError(
-                f"cannot open the key in {directory}: wrong or missing passphrase{source}"
-            ) from None
+        key: CredentialKey
+        if in_token:
+            key = _token_key(directory)
+        else:
+            try:
+                key = decode_pkcs8(key_bytes, passphrase=passphrase)
+            except MalformedInput:
+                source = f" ({passphrase_source})" if passphrase_source else ""
+                raise ConfigurationError(
+                    f"cannot open the key in {directory}: wrong or missing passphrase{source}"
+                ) from None
         if not chain or not keys_match(key, chain[0].public_key()):
             # ssl would only say KEY_VALUES_MISMATCH, deep inside a service's start-up.
+            where = TOKEN_KEY_FILE if in_token else KEY_FILE
             raise ConfigurationError(
-                f"credential directory {directory}: {KEY_FILE} does not belong to the first "
+                f"credential directory {directory}: {where} does not belong to the first "
                 f"certificate in {CERT_FILE}; write the key and certificate of one credential "
                 "there (ztpki ca add-client --out DIR --force issues a new one)"
             )
         return cls(key=key, chain=tuple(chain), trust_anchors=tuple(anchors))
+
+
+def _token_key(directory: Path) -> TokenKey:
+    """The token key a credential's key.toml names, its token reached and the key found (a
+    wrong PIN or a missing token fails here, before any connection)."""
+    from ztpki.casystem.token_keys import TokenOptions, load_token_key
+    from ztpki.tokens import TokenUnavailable
+
+    try:
+        key = load_token_key(directory, TokenOptions(pool_size=2))
+    except TokenUnavailable as exc:
+        raise ConfigurationError(
+            f"the token holding the key of credential {directory} is not reachable: {exc.message}"
+        ) from None
+    assert key is not None
+    return key
 
 
 def load_identity(
@@ -226,7 +277,7 @@ def server_context(
 
 def client_context(
     *,
-    key: PrivateKey | None,
+    key: CredentialKey | None,
     chain: Sequence[x509.Certificate],
     server_anchors: Sequence[x509.Certificate],
     check_hostname: bool = True,
@@ -236,6 +287,10 @@ def client_context(
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.check_hostname = check_hostname
     _trust(context, server_anchors)
-    if key is not None:
+    if isinstance(key, FILE_KEYS):
         load_identity(context, key, chain)
+    elif key is not None:
+        from ztpki.tokens.tls import use_token_key
+
+        use_token_key(context, key, chain)
     return context

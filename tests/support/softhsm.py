@@ -86,6 +86,14 @@ class SoftHSM:
             "--type", "privkey",
         ).stdout  # fmt: skip
 
+    def keypair(self, label: str, key_type: str, object_label: str, key_id: str) -> None:
+        """A key pair made by `pkcs11-tool --keypairgen` in token ``label`` (as made outside
+        ztpki, e.g. on a smart card); ``key_type`` as pkcs11-tool spells it, id in hex."""
+        self.pkcs11_tool(
+            "--token-label", label, "--login", "--pin", USER_PIN, "--keypairgen",
+            "--key-type", key_type, "--label", object_label, "--id", key_id,
+        )  # fmt: skip
+
     def pkcs11_tool(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """OpenSC's pkcs11-tool against this SoftHSM, logged in as the user."""
         return subprocess.run(

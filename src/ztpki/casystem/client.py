@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -145,6 +146,7 @@ class CAClient:
                 self._connect_timeout,
             )
         except ssl.SSLError as exc:
+            _raise_token_failure(self._context, self.address)
             raise Unavailable(
                 f"TLS with CA system {self.address} failed ({exc.reason}): is this credential "
                 "registered with that CA system and the address right?"
@@ -165,6 +167,20 @@ class CAClient:
         if length > MAX_FRAME_SIZE:
             raise MalformedInput(f"CA system sent a frame of {length} bytes, over the limit")
         return decode(await connection.reader.readexactly(length))
+
+
+def _raise_token_failure(context: ssl.SSLContext, address: str) -> None:
+    """Unavailable naming the token, when the CA-client's key is in one that failed to sign
+    the handshake (removed, logged out): the CA system is not to blame."""
+    # Looked up, not imported: only a process with a token key has loaded tokens.tls (and
+    # the PKCS#11 binding behind it).
+    tls = sys.modules.get("ztpki.tokens.tls")
+    failure = None if tls is None else tls.token_failure(context)
+    if failure is not None:
+        raise Unavailable(
+            f"the token holding this CA-client's key did not sign the TLS handshake with "
+            f"CA system {address}: {failure.message}"
+        ) from None
 
 
 def _checked(answer: _Answer | EnrollmentError, request_id: str) -> _Answer:

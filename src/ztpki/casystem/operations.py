@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from ztpki.casystem.publisher import PublisherLimits, RevocationPublisher
 from ztpki.casystem.server_identity import ServerIdentity
 from ztpki.casystem.service import CASystemService, ServiceLimits
 from ztpki.casystem.token_keys import TokenOptions
-from ztpki.credentials import Credential
+from ztpki.credentials import Credential, CredentialKey
 from ztpki.errors import ConfigurationError
 from ztpki.pki.authority import IssuanceGrant
 from ztpki.pki.keys import KeySpec, generate_private_key
@@ -101,9 +102,11 @@ def add_client(
     entitlement: ClientEntitlement,
     validity_days: int = 825,
     now: datetime | None = None,
+    make_key: Callable[[], CredentialKey] | None = None,
 ) -> ClientRecord:
     """Issue and register the TLS credential of a CA-client (loading station, customer node)
-    with what it may ask for."""
+    with what it may ask for. Its key is what ``make_key`` makes (in a token), else a new
+    EC P-256 file key; made once the request is allowed, so a refusal leaves no key behind."""
     check_device_id(name)
     now = now or datetime.now(UTC)
     _require_system(directory)
@@ -115,7 +118,7 @@ def add_client(
             raise ConfigurationError(
                 f"a CA-client named {name!r} is already registered; remove it first"
             )
-        key = generate_private_key(KeySpec.EC_P256)
+        key = make_key() if make_key else generate_private_key(KeySpec.EC_P256)
         grant = IssuanceGrant(
             subject=build_subject(
                 name, SubjectFields(organizational_unit="ztpki CA-client"), serial_number=None

@@ -34,7 +34,7 @@ from ztpki.eventloop import cancel_tasks
 from ztpki.logs import bind, log_fields
 from ztpki.pki.keys import KeySpec, PrivateKey, decode_pkcs8, encode_pkcs8, generate_private_key
 from ztpki.pki.pem import serial_hex
-from ztpki.pki.signer import FILE_KEYS
+from ztpki.pki.signer import signs_quickly
 from ztpki.prometheus import database_figures
 from ztpki.protocol.enrollment import (
     EnrollmentAnswer,
@@ -292,12 +292,14 @@ class CASystemService:
                 self._refuse_if_live(plan)
             private_key = await self._generate(plan.key_spec)
             public_key = private_key.public_key()
-        if not isinstance(plan.ca.authority.key, FILE_KEYS):
-            # A token answers in its own time (a network HSM: milliseconds): off the loop,
-            # on one of the pool's sessions, so other connections go on meanwhile.
-            certificate = await asyncio.to_thread(self.system.sign, plan, public_key)
-        else:
+        if signs_quickly(plan.ca.authority.key):
             certificate = self.system.sign(plan, public_key)
+        else:
+            # A token that answers in its own time (a network HSM, a card: milliseconds, or
+            # not known yet): off the loop, on one of the pool's sessions, so other
+            # connections go on meanwhile. A quick one (SoftHSM) signs on the loop: the hop
+            # to a thread and back cost more CPU than its signature (benchmarks/README.md).
+            certificate = await asyncio.to_thread(self.system.sign, plan, public_key)
         answer = self.system.answer(plan, certificate, private_key)
         kept_key = answer.private_key_der if answer.private_key_encrypted else None
         record = self.system.record_of(plan, certificate, now=now, answer_key_der=kept_key)

@@ -100,7 +100,7 @@ def record_token_key(ca_dir: Path, key: TokenKey) -> None:
     """Write key.toml: where the CA's key lives (the URI, the module; no PIN)."""
     module = key.pool.module_path
     text = tomli_w.dumps({"pkcs11": key.location, "module": module, "rsa_pss": key.rsa_pss})
-    header = "# Where this CA's private key lives: a PKCS#11 token. No key file exists.\n"
+    header = "# Where this private key lives: a PKCS#11 token. No key file exists.\n"
     write_public_file(ca_dir / KEY_FILE, (header + text).encode())
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from rich.table import Table
@@ -28,9 +28,13 @@ from ztpki.cli.common import (
     refuse_existing_output,
     refuse_insecure_with_passphrase,
 )
+from ztpki.cli.pkcs11_options import client_key_options, client_token_key, token_options
 from ztpki.errors import ConfigurationError
 from ztpki.secretfiles import resolve_passphrase
 from ztpki.store.records import ClientEntitlement, ClientRecord
+
+if TYPE_CHECKING:
+    from ztpki.tokens import TokenKey
 
 CLIENT_ENV = "ZTPKI_CLIENT_PASSPHRASE"
 F = TypeVar("F", bound=Callable[..., Any])
@@ -120,6 +124,7 @@ def _cell(values: tuple[str, ...]) -> str:
     "--insecure-client-key", is_flag=True, help="Write the client key unencrypted (demos only)."
 )
 @passphrase_options(CA_ENV, "the CA private key")
+@client_key_options
 def add_client_command(
     directory: Path,
     name: str,
@@ -133,9 +138,19 @@ def add_client_command(
     insecure_client_key: bool,
     passphrase_file: Path | None,
     insecure_no_passphrase: bool,
+    pkcs11_uri: str | None,
+    pkcs11_existing: bool,
+    pkcs11_module: str | None,
+    pkcs11_pin_file: Path | None,
 ) -> None:
     """Issue and register the TLS credential a CA-client connects with, and what it may ask
-    for: the CAs (--ca, none unless named), device ids, and server names."""
+    for: the CAs (--ca, none unless named), device ids, and server names. With --pkcs11 the
+    client's key is made (or found) in a PKCS#11 token and never leaves it."""
+    if pkcs11_uri is not None and (insecure_client_key or client_passphrase_file):
+        raise click.UsageError(
+            "a key in a token (--pkcs11) has no passphrase: leave out --client-passphrase-file "
+            "and --insecure-client-key"
+        )
     refuse_insecure_with_passphrase(
         insecure_client_key,
         client_passphrase_file,
@@ -152,12 +167,24 @@ def add_client_command(
     # Before anything is issued or registered: a refused --out leaves the store unchanged.
     refuse_existing_output(out, force=force)
     secret = ca_passphrase(directory, passphrase_file, insecure_no_passphrase)
-    client_secret = resolve_passphrase(
-        passphrase_file=client_passphrase_file,
-        env_var=CLIENT_ENV,
-        insecure_no_passphrase=insecure_client_key,
-        what="the CA-client key",
-    )
+    make_key = None
+    client_secret = None
+    if pkcs11_uri is not None:
+        options = token_options(pkcs11_module, pkcs11_pin_file)
+        uri = pkcs11_uri
+
+        def make_key() -> TokenKey:
+            return client_token_key(uri, existing=pkcs11_existing, options=options)
+
+    else:
+        if pkcs11_existing:
+            raise click.UsageError("--pkcs11-existing needs --pkcs11 URI")
+        client_secret = resolve_passphrase(
+            passphrase_file=client_passphrase_file,
+            env_var=CLIENT_ENV,
+            insecure_no_passphrase=insecure_client_key,
+            what="the CA-client key",
+        )
     record = add_client(
         CASystemDirectory(directory),
         name,
@@ -165,10 +192,13 @@ def add_client_command(
         passphrase=secret,
         client_passphrase=client_secret,
         entitlement=entitlement,
+        make_key=make_key,
     )
+    where = f"; its key in the token {pkcs11_uri}" if pkcs11_uri else ""
     console.print(
         f"registered CA-client [bold]{name}[/] (serial {record.serial}) for CA(s) "
-        f"{_cell(entitlement.cas)}; credential in {out}"
+        f"{_cell(entitlement.cas)}; credential in {out}{where}",
+        soft_wrap=True,
     )
 
 

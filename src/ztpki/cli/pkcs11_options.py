@@ -35,12 +35,18 @@ def token_access_options(func: F) -> F:
 
 
 def token_key_options(func: F) -> F:
-    """--pkcs11 URI and what to do there: generate the key, or use the one that exists."""
+    """--pkcs11 URI and what to do there (generate the key, or use the one that exists),
+    --rsa-pss, and how to reach the token."""
     func = click.option(
         "--rsa-pss",
         is_flag=True,
         help="With an RSA key in a token: sign with RSASSA-PSS instead of PKCS#1 v1.5.",
     )(func)
+    return token_uri_options(func)
+
+
+def token_uri_options(func: F, *, what: str = "factory-ca") -> F:
+    """--pkcs11 URI, --pkcs11-existing, and how to reach the token."""
     func = click.option(
         "--pkcs11-existing",
         is_flag=True,
@@ -52,9 +58,14 @@ def token_key_options(func: F) -> F:
         "pkcs11_uri",
         metavar="URI",
         help="Keep the key in a PKCS#11 token (RFC 7512 URI, e.g. "
-        "'pkcs11:token=factory;object=factory-ca'): generated there, never leaving it.",
+        f"'pkcs11:token=factory;object={what}'): generated there, never leaving it.",
     )(func)
     return token_access_options(func)
+
+
+def client_key_options(func: F) -> F:
+    """`ca add-client`'s --pkcs11 options: the CA-client's TLS key in a token."""
+    return token_uri_options(func, what="line-1")
 
 
 def token_options(module: str | None, pin_file: Path | None) -> TokenOptions:
@@ -82,3 +93,22 @@ def token_key(
         key_spec=None if existing else key_spec,
         rsa_pss=rsa_pss,
     )
+
+
+def client_token_key(uri_text: str, *, existing: bool, options: TokenOptions) -> TokenKey:
+    """A CA-client's TLS key in a token: EC P-256 generated there, or the existing EC key
+    the URI names (an RSA one is refused: tokens.tls signs handshakes with EC keys only)."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = create_token_key(
+        parse_key_uri(uri_text),
+        options,
+        key_spec=None if existing else KeySpec.EC_P256,
+        rsa_pss=False,
+    )
+    if not isinstance(key.public_key(), ec.EllipticCurvePublicKey):
+        raise click.UsageError(
+            f"the key at {uri_text} is RSA; a CA-client's key in a token must be EC (P-256 "
+            "or P-384): leave out --pkcs11-existing to generate one"
+        )
+    return key

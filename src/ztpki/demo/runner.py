@@ -216,7 +216,7 @@ def _start_proof_service(
     )
     device_ca = demo.path("customer-ca", "cas", "devices")
     service = CustomerService(
-        credential.key,
+        credential.file_key,
         [credential.certificate, *services_ca],
         customer_anchors=root,
         crl=device_ca / "crl.der",

@@ -8,6 +8,7 @@ from pathlib import Path
 from cryptography import x509
 
 from ztpki.casystem.client import parse_address
+from ztpki.casystem.token_keys import KEY_FILE as TOKEN_KEY_FILE
 from ztpki.credentials import CERT_FILE, KEY_FILE, TRUST_FILE
 from ztpki.doctor.certificates import certificate_lifetime, crl_freshness
 from ztpki.doctor.files import secret_file
@@ -57,10 +58,10 @@ def _declared(config: NodeConfig) -> Finding:
 
 
 def _secret_files(config: NodeConfig) -> list[Finding]:
-    files = [
-        (config.path(config.server_key), "the node's server key"),
-        (config.path(config.ca_client) / KEY_FILE, "the CA-client key"),
-    ]
+    client = config.path(config.ca_client)
+    files = [(config.path(config.server_key), "the node's server key")]
+    if not (client / TOKEN_KEY_FILE).exists():  # a key in a token leaves no secret on disk
+        files.append((client / KEY_FILE, "the CA-client key"))
     url = config.directory / DATABASE_URL_FILE
     if url.exists():
         files.append((url, "the database URL"))

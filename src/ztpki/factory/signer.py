@@ -66,7 +66,7 @@ def verify_own_manifest(
 
 def sign_checked(manifest: Manifest, signer: Credential, *, now: datetime) -> bytes:
     """Sign, then verify as a customer would with the signer's own anchors before handing out."""
-    data = sign_manifest(manifest, key=signer.key, chain=signer.chain)
+    data = sign_manifest(manifest, key=signer.file_key, chain=signer.chain)
     try:
         verify_own_manifest(data, anchors=signer.trust_anchors, now=now)
     except VerificationFailed as exc:

@@ -21,6 +21,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from ztpki.casystem.client import CAClient, parse_address
 from ztpki.casystem.failover import parse_addresses
+from ztpki.casystem.token_keys import KEY_FILE as TOKEN_KEY_FILE
 from ztpki.casystem.wire import LiveCertificateExists
 from ztpki.credentials import CERT_FILE, KEY_FILE, TRUST_FILE, Credential
 from ztpki.errors import ConfigurationError, MalformedInput
@@ -237,13 +238,16 @@ def init_node(
     return InitResult(config, [*warnings, *crl_warnings(config)])
 
 
-_Credential = tuple[bytes, list[x509.Certificate], list[x509.Certificate]]
+# (the key's file name, its bytes), the certificate chain, the trust anchors
+_Credential = tuple[tuple[str, bytes], list[x509.Certificate], list[x509.Certificate]]
 
 
 def _read_credential(source: Path) -> _Credential:
-    """The CA-client credential's files, checked but not decrypted (the key stays encrypted)."""
+    """The CA-client credential's files, checked but not decrypted (the key stays encrypted).
+    A key in a token is its key.toml (URI and module), copied as it is."""
+    name = TOKEN_KEY_FILE if (source / TOKEN_KEY_FILE).exists() else KEY_FILE
     try:
-        key = (source / KEY_FILE).read_bytes()
+        key = (name, (source / name).read_bytes())
     except OSError as exc:
         raise ConfigurationError(
             f"{source} is not a CA-client credential (`ztpki ca add-client`): {exc.strerror}"
@@ -254,9 +258,9 @@ def _read_credential(source: Path) -> _Credential:
 
 
 def _write_credential(credential: _Credential, target: Path) -> None:
-    key, certs, anchors = credential
+    (key_name, key), certs, anchors = credential
     target.mkdir(parents=True, exist_ok=True, mode=0o700)
-    write_private_file(target / KEY_FILE, key)
+    write_private_file(target / key_name, key)
     write_public_file(target / CERT_FILE, certificates_pem(certs))
     write_public_file(target / TRUST_FILE, certificates_pem(anchors))
 

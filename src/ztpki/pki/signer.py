@@ -17,6 +17,8 @@ No I/O here: the external key's ``sign`` is where the token is reached, at the e
 
 from __future__ import annotations
 
+import weakref
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -24,10 +26,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
-from pyasn1.type import univ
 
 from ztpki.errors import MalformedInput, UnsupportedParameter
-from ztpki.pki.asn1 import encode_der, signed_parts
+from ztpki.pki.asn1 import der_children, der_content, der_element_end, der_tlv, signed_parts
 from ztpki.pki.keys import PrivateKey, PublicKey, signature_hash
 
 SignatureHash = hashes.SHA256 | hashes.SHA384
@@ -48,6 +49,11 @@ class ExternalKey(Protocol):
         """True when this RSA key signs with RSASSA-PSS rather than PKCS#1 v1.5."""
         ...
 
+    @property
+    def quick(self) -> bool:
+        """True when its recent signatures were quick enough to make on an event loop."""
+        ...
+
     def public_key(self) -> PublicKey: ...
 
     def sign(self, data: bytes, algorithm: SignatureHash) -> bytes:
@@ -65,6 +71,12 @@ FILE_KEYS = (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey, ed25519.Ed25519Priva
 def key_location(key: SigningKey) -> str:
     """Where a CA's key lives, as `ztpki ca list` shows it."""
     return "file" if isinstance(key, FILE_KEYS) else key.location
+
+
+def signs_quickly(key: SigningKey) -> bool:
+    """Whether ``key`` signs fast enough for an event loop: a file key, or an external key
+    whose recent signatures were quick (a network HSM's are not: those go to a thread)."""
+    return isinstance(key, FILE_KEYS) or key.quick
 
 
 def rsa_padding(key: SigningKey) -> padding.PSS | padding.PKCS1v15 | None:
@@ -133,29 +145,67 @@ def algorithm_identifier(key: ExternalKey) -> bytes:
 
 def resign(signed_der: bytes, signature: bytes) -> bytes:
     """``signed_der`` (a Certificate, CertificateList or BasicOCSPResponse) with its
-    signature BIT STRING replaced; everything before and after it is kept byte for byte."""
+    signature BIT STRING replaced; everything before and after it is kept byte for byte.
+
+    Spliced with the DER framing helpers rather than decoded and encoded through pyasn1:
+    on a token CA's hot path that round trip cost more CPU than the token's signature."""
     try:
-        parts = signed_parts(signed_der)
-    except MalformedInput:
+        if signed_der[:1] != b"\x30" or der_element_end(signed_der, 0) != len(signed_der):
+            raise MalformedInput("not one SEQUENCE")
+        parts = der_children(der_content(signed_der))
+        if len(parts) < _SIGNED_PARTS or parts[2][:1] != b"\x03":
+            raise MalformedInput("no signature BIT STRING")
+    except (MalformedInput, IndexError):
         raise ValueError("not a signed X.509 structure") from None
-    parts["signature"] = parts["signature"].clone(univ.BitString.fromOctetString(signature))
-    return encode_der(parts)
+    parts[2] = der_tlv(0x03, b"\x00" + signature)  # no unused bits
+    return der_tlv(0x30, b"".join(parts))
+
+
+_SIGNED_PARTS = 3  # the signed part, its AlgorithmIdentifier, the signature
 
 
 Builder = x509.CertificateBuilder | x509.CertificateRevocationListBuilder
 Signed = x509.Certificate | x509.CertificateRevocationList
 
 
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """How an external key's structures are drafted: fixed per key, so worked out once
+    (each step asks the key for its public key and type-checks it: microseconds that add up
+    on a token CA's hot path)."""
+
+    algorithm: SignatureHash
+    stand_in: PrivateKey
+    padding: padding.PSS | padding.PKCS1v15 | None
+
+
+_plans: weakref.WeakKeyDictionary[ExternalKey, _Plan] = weakref.WeakKeyDictionary()
+
+
+def _plan(key: ExternalKey) -> _Plan:
+    try:
+        return _plans[key]
+    except KeyError:
+        plan = _plans[key] = _work_out(key)
+        return plan
+    except TypeError:  # a key that cannot be a dictionary key: worked out per signature
+        return _work_out(key)
+
+
+def _work_out(key: ExternalKey) -> _Plan:
+    return _Plan(_external_hash(key), _stand_in(key.public_key()), rsa_padding(key))
+
+
 def _signed(builder: Builder, key: SigningKey) -> Signed:
     if isinstance(key, FILE_KEYS):
         return builder.sign(key, signature_hash(key), rsa_padding=rsa_padding(key))
-    algorithm = _external_hash(key)
-    draft = builder.sign(_stand_in(key.public_key()), algorithm, rsa_padding=rsa_padding(key))
+    plan = _plan(key)
+    draft = builder.sign(plan.stand_in, plan.algorithm, rsa_padding=plan.padding)
     if isinstance(draft, x509.Certificate):
-        der = resign(draft.public_bytes(_DER), key.sign(draft.tbs_certificate_bytes, algorithm))
-        return x509.load_der_x509_certificate(der)
-    der = resign(draft.public_bytes(_DER), key.sign(draft.tbs_certlist_bytes, algorithm))
-    return x509.load_der_x509_crl(der)
+        signature = key.sign(draft.tbs_certificate_bytes, plan.algorithm)
+        return x509.load_der_x509_certificate(resign(draft.public_bytes(_DER), signature))
+    signature = key.sign(draft.tbs_certlist_bytes, plan.algorithm)
+    return x509.load_der_x509_crl(resign(draft.public_bytes(_DER), signature))
 
 
 def sign_certificate(builder: x509.CertificateBuilder, key: SigningKey) -> x509.Certificate:
@@ -194,4 +244,5 @@ __all__ = [
     "sign_certificate",
     "sign_crl",
     "signature_hash",
+    "signs_quickly",
 ]

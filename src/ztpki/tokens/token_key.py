@@ -14,7 +14,9 @@ to the raw mechanism over the digest.
 from __future__ import annotations
 
 import hashlib
+import math
 import threading
+import time
 
 import pkcs11
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -31,6 +33,10 @@ from ztpki.pki.pkcs11_uri import Pkcs11Uri
 from ztpki.pki.signer import SignatureHash
 from ztpki.tokens.pool import PooledSession, TokenPool
 
+# A signature that returns within this many seconds blocks an event loop for less than the
+# hop to a worker thread would cost it: SoftHSM and a local HSM, not a network HSM or a
+# smart card (tens of milliseconds).
+QUICK = 0.002
 _CURVES = {KeySpec.EC_P256: "secp256r1", KeySpec.EC_P384: "secp384r1"}
 _RSA_BITS = {KeySpec.RSA_2048: 2048, KeySpec.RSA_3072: 3072}
 # DER DigestInfo prefixes (RFC 8017 9.2 note 1), for tokens without the hash-and-sign mechanism.
@@ -53,6 +59,10 @@ _PSS_PARAMS = {
 }
 
 
+# family ("ec", "rsa", "pss"), mechanism, its parameter, whether the mechanism hashes
+_How = tuple[str, Mechanism, object, bool]
+
+
 class TokenKey:
     """The private key ``uri`` names, in the token ``pool`` opens sessions on."""
 
@@ -64,6 +74,9 @@ class TokenKey:
         self._public: PublicKey | None = None
         self._mechanisms: set[Mechanism] | None = None
         self._lock = threading.Lock()
+        self._hows: dict[str, _How] = {}
+        self._latency = math.inf  # seconds; inf: not known to be quick (none yet, or failed)
+        self._previous = math.inf
 
     @property
     def location(self) -> str:
@@ -88,27 +101,66 @@ class TokenKey:
         return self._public
 
     def sign(self, data: bytes, algorithm: SignatureHash) -> bytes:
-        public = self.public_key()
-        family = "ec" if isinstance(public, ec.EllipticCurvePublicKey) else "rsa"
-        if family == "rsa" and self._rsa_pss:
-            family = "pss"
-        combined = _COMBINED[family, algorithm.name]
+        family, mechanism, param, combined = self._how(algorithm.name)
+        if not combined:
+            data = hashlib.new(algorithm.name, data).digest()
+            if family == "rsa":
+                data = _DIGEST_INFO[algorithm.name] + data
+        started = time.perf_counter()
+        self._latency = math.inf  # until this one is back: a token that hangs is not quick
         with self._pool.session() as pooled:
-            key = _private_key(pooled, self._uri)
-            param = _PSS_PARAMS[algorithm.name] if family == "pss" else None
+            raw = _private_key(pooled, self._uri).sign(
+                data, mechanism=mechanism, mechanism_param=param
+            )
+        self._note(time.perf_counter() - started)
+        return _dss(bytes(raw)) if family == "ec" else bytes(raw)
+
+    @property
+    def quick(self) -> bool:
+        """Whether this key's recent signatures came back within QUICK seconds: then a
+        service signs on its event loop, which costs less CPU than the hop to a thread."""
+        return self._latency < QUICK
+
+    def _note(self, elapsed: float) -> None:
+        # A moving average: one slow signature (a busy HSM) sends the next ones to a thread
+        # until the token has been quick again for a while.
+        last = self._previous
+        self._previous = self._latency = elapsed if last == math.inf else 0.8 * last + 0.2 * elapsed
+
+    def _how(self, hash_name: str) -> _How:
+        """How this key signs with ``hash_name``: its family, the mechanism (with
+        parameters) and whether that mechanism hashes. Decided once per hash: the checks
+        cost more than a signature's PKCS#11 call overhead when redone per call."""
+        how = self._hows.get(hash_name)
+        if how is None:
+            public = self.public_key()
+            family = "ec" if isinstance(public, ec.EllipticCurvePublicKey) else "rsa"
+            if family == "rsa" and self._rsa_pss:
+                family = "pss"
+            combined = _COMBINED[family, hash_name]
+            param = _PSS_PARAMS[hash_name] if family == "pss" else None
             if self._mechanisms is not None and combined in self._mechanisms:
-                raw = key.sign(data, mechanism=combined, mechanism_param=param)
+                how = (family, combined, param, True)
             else:
-                digest = hashlib.new(algorithm.name, data).digest()
-                if family == "rsa":
-                    digest = _DIGEST_INFO[algorithm.name] + digest
-                raw = key.sign(digest, mechanism=_RAW[family], mechanism_param=param)
-        if family != "ec":
-            return bytes(raw)
-        half = len(raw) // 2  # PKCS#11 gives r || s; X.509 wants the DER Ecdsa-Sig-Value
-        return encode_dss_signature(
-            int.from_bytes(raw[:half], "big"), int.from_bytes(raw[half:], "big")
-        )
+                how = (family, _RAW[family], param, False)
+            self._hows[hash_name] = how
+        return how
+
+    def sign_digest(self, digest: bytes) -> bytes:
+        """An ECDSA signature (DER) over a digest made elsewhere: a TLS handshake's, which
+        OpenSSL hashes before it asks the key (tokens.tls)."""
+        if not isinstance(self.public_key(), ec.EllipticCurvePublicKey):
+            raise UnsupportedParameter("only an EC token key signs a digest for TLS")
+        with self._pool.session() as pooled:
+            raw = _private_key(pooled, self._uri).sign(digest, mechanism=Mechanism.ECDSA)
+        return _dss(bytes(raw))
+
+
+def _dss(raw: bytes) -> bytes:
+    half = len(raw) // 2  # PKCS#11 gives r || s; X.509 and TLS want the DER Ecdsa-Sig-Value
+    return encode_dss_signature(
+        int.from_bytes(raw[:half], "big"), int.from_bytes(raw[half:], "big")
+    )
 
 
 def generate_token_key(

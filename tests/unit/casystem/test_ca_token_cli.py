@@ -47,10 +47,7 @@ def test_ok_root_and_subordinate_in_a_token(softhsm: SoftHSM, tmp_path: Path) ->
 
 def test_ok_existing_key_object(softhsm: SoftHSM, tmp_path: Path) -> None:  # noqa: F811
     label = softhsm.new_token()
-    softhsm.pkcs11_tool(
-        "--token-label", label, "--login", "--pin", USER_PIN, "--keypairgen",
-        "--key-type", "EC:prime256v1", "--label", "made-elsewhere", "--id", "42",
-    )  # fmt: skip
+    softhsm.keypair(label, "EC:prime256v1", "made-elsewhere", "42")
     plant = tmp_path / "plant"
     uri = f"pkcs11:token={label};object=made-elsewhere;id=%42"
     assert init(plant, "root", "--pkcs11", uri, "--pkcs11-existing") == 0

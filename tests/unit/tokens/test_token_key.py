@@ -149,3 +149,27 @@ def test_fail_module_lost_then_recovers_without_restart(softhsm: SoftHSM) -> Non
     public = key.public_key()
     assert isinstance(public, ec.EllipticCurvePublicKey)
     public.verify(signature, b"back", ec.ECDSA(hashes.SHA256()))
+
+
+def test_ok_quick_only_after_quick_signatures_and_not_after_a_failure(
+    softhsm: SoftHSM,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`ca serve` signs on its loop only with a key that is `quick`: never one not yet
+    seen to sign, nor one whose last signature failed (a token in trouble may hang)."""
+    from ztpki.tokens import token_key
+
+    monkeypatch.setattr(token_key, "QUICK", 10.0)  # any signature that returns is quick here
+    pool, uri = _pool(softhsm, softhsm.new_token())
+    key = generate_token_key(pool, uri, KeySpec.EC_P256)
+    assert not key.quick
+    key.sign(b"first", hashes.SHA256())
+    assert key.quick
+    pkcs11.lib(softhsm.module).finalize()
+    with pytest.raises(TokenUnavailable):
+        key.sign(b"down", hashes.SHA256())
+    assert not key.quick
+    key.sign(b"back", hashes.SHA256())
+    assert key.quick
+    monkeypatch.setattr(token_key, "QUICK", 0.0)  # a token slower than the bound: a thread
+    assert not key.quick
