@@ -66,6 +66,7 @@ from ztpki.device.customer_node import (
     node_changes,
 )
 from ztpki.device.discovery import DiscoverySettings
+from ztpki.device.key_store import key_token
 from ztpki.device.memory import DeviceMemory
 from ztpki.device.node_finder import NodeFinder
 from ztpki.device.reporting import connect_remedy
@@ -94,10 +95,13 @@ def _node(memory: DeviceMemory, node: NodeAddress | None) -> NodeAddress:
 
 
 def _protocol(memory: DeviceMemory, given: str | None) -> EnrollmentProtocol:
-    """--protocol if given, else the protocol the device last enrolled with, else EST."""
+    """--protocol if given, else the protocol the device last enrolled with, else CMP for a
+    device whose keys are in a token (the protocol that signs in it), else EST."""
     if given is not None:
         return EnrollmentProtocol(given.lower())
     recorded = memory.config().get(PROTOCOL_KEY)
+    if not recorded and key_token(memory) is not None:
+        return EnrollmentProtocol.CMP
     try:
         return EnrollmentProtocol(recorded) if recorded else EnrollmentProtocol.EST
     except ValueError:
@@ -105,6 +109,12 @@ def _protocol(memory: DeviceMemory, given: str | None) -> EnrollmentProtocol:
             f"device {memory.device_id}'s configuration names protocol {quote(recorded)}; "
             "give --protocol est or --protocol cmp"
         ) from None
+
+
+def _key_mode(memory: DeviceMemory, asked: KeyMode) -> KeyMode:
+    """A device whose keys are in a token makes its new key there: the only key it can keep
+    (so `device activate` needs no flag on such a device)."""
+    return KeyMode.SIMPLEENROLL if key_token(memory) is not None else asked
 
 
 def _pin(memory: DeviceMemory, given: NodePin | None) -> NodePin | None:
@@ -233,7 +243,7 @@ def _run_once(
         _protocol(memory, protocol),
         memory,
         _node(memory, node),
-        key_mode=key_mode,
+        key_mode=_key_mode(memory, key_mode),
         key_spec=key_spec,
         pin=_pin(memory, pin),
         report=None if as_json else _print_event,
@@ -299,7 +309,7 @@ def agent_command(
     agent = Agent(
         memory,
         node=node,
-        key_mode=KeyMode.SIMPLEENROLL if key_on_device else KeyMode.SERVERKEYGEN,
+        key_mode=_key_mode(memory, KeyMode.SIMPLEENROLL if key_on_device else KeyMode.SERVERKEYGEN),
         protocol=_protocol(memory, protocol),
         # Only the command line's pin: the agent follows the configuration's as it changes.
         pin=pin,
