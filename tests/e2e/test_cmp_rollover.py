@@ -6,6 +6,9 @@ link certificates (RFC 7030 4.1.3), and `openssl verify` of every link.
 OpenSSL 3.0's `openssl cmp` knows no rootCaCert infoType (-infotype rootCaCert: "unknown OID
 name") and has none of -oldwithold, -newwithnew, -newwithold, -oldwithnew (OpenSSL 3.2 added
 them); it is used here for genm caCerts, and `openssl verify` for the certificates.
+
+`ztpki device renew` (CMP) follows the rollover by itself: a device customized before it asks
+genm rootCaCert before its kur and keeps the new root (device/cmp_activation.py).
 """
 
 from __future__ import annotations
@@ -23,9 +26,10 @@ from tests.support.cmp_mock import MockPKI
 from tests.support.services import run_ztpki
 from tests.support.shell import sh
 
+from ztpki.device import DeviceMemory, Phase
 from ztpki.device.cmp_activation import trust_for
 from ztpki.device.cmp_client import CMPClient
-from ztpki.device.cmp_root_update import follow_root_update
+from ztpki.device.cmp_root_update import follow_root_update, trusted_root
 from ztpki.device.cmp_transaction import CMPRefused, Credentials
 from ztpki.pki.pem import certificates_pem, load_certificates_pem
 from ztpki.pki.rollover import RootKeyUpdate
@@ -87,7 +91,23 @@ def test_ok_no_update_before_a_rollover_and_a_root_not_served_refused(world: Nod
 
 
 @pytest.fixture(scope="module")
-def rolled(world: NodeWorld) -> x509.Certificate:
+def customized(world: NodeWorld) -> Path:
+    """A device memory customized over CMP (`ztpki device activate`) before the rollover."""
+    (device,) = world.make_devices(1)
+    path = world.root / "device-memories" / device.device_id
+    memory = DeviceMemory.create(path, device_id=device.device_id)
+    factory = load_certificates_pem((world.root / "factory-bundle.pem").read_bytes())
+    memory.set_trust_anchors(load_certificates_pem(world.factory_anchor.read_bytes()))
+    memory.replace_identity(phase=Phase.TEMPORARY, private_key=device.key,
+                            certificate=device.certificate, ca_certificates=factory)  # fmt: skip
+    run_ztpki("device", "activate", "--device", str(path), "--node", f"https://{world.node.address}",
+              "--protocol", "cmp", "--key-on-device", env=ENV)  # fmt: skip
+    assert world.state(device.device_id) == "customized"
+    return path
+
+
+@pytest.fixture(scope="module")
+def rolled(world: NodeWorld, customized: Path) -> x509.Certificate:
     """Roll croot over, restart its CA system, give the node the new export; the old root."""
     old = root_of(world)
     # A day longer than `ca init`'s: the new root must outlive the old one.
@@ -207,3 +227,31 @@ def test_fail_rollover_and_node_update_refusals(
     )  # fmt: skip
     assert stale.returncode != 0 and "leaves out the root" in stale.stderr, stale.stderr
     assert (world.node_dir / "ca" / "default.pem").read_bytes() == served
+
+
+def test_ok_device_renew_follows_the_root_update(
+    world: NodeWorld, rolled: x509.Certificate, customized: Path, tmp_path: Path
+) -> None:
+    before = DeviceMemory.open(customized).identity()
+    assert trusted_root(before.ca_certificates) == rolled  # customized under the old root
+    node = f"https://{world.node.address}"
+    renewed = run_ztpki("device", "renew", "--device", str(customized), "--node", node, env=ENV)
+    said = " ".join(renewed.stdout.split())
+    assert "followed the customer root's key update" in said, said
+    assert "kur: the node answered" in said, said
+    after = DeviceMemory.open(customized).identity()
+    assert after.certificate is not None and after.certificate != before.certificate
+    new_root = root_of(world)
+    # The renewed identity keeps the new root (the kur's answer chains to the old one).
+    assert trusted_root(after.ca_certificates) == new_root
+    assert rolled not in after.ca_certificates
+    # What the device stores verifies the new certificate for a party trusting the new root.
+    stored = [c for c in after.ca_certificates if c != new_root]
+    leaf = write(tmp_path / "leaf.pem", after.certificate)
+    between = write(tmp_path / "between.pem", *stored)
+    anchor = write(tmp_path / "new.pem", new_root)
+    assert sh(f"openssl verify -CAfile {anchor} -untrusted {between} {leaf}", tmp_path).returncode == 0
+    # The root is current now: the next renewal asks and stores nothing new.
+    again = run_ztpki("device", "renew", "--device", str(customized), "--node", node, env=ENV)
+    assert "followed" not in " ".join(again.stdout.split()), again.stdout
+    assert trusted_root(DeviceMemory.open(customized).identity().ca_certificates) == new_root

@@ -2,6 +2,9 @@
 
 One responder answers for every CA of the system; the request's issuerNameHash and
 issuerKeyHash choose the CA (pki.ocsp.IssuerIndex), anything else is ``unauthorized``.
+A root that rolled its key over (`ca rollover`) is answered for under each of its keys: a
+CertID naming an earlier key is signed by the responder certificate that key issued before
+it was deleted (casystem.rollover_ocsp), with the status from the same issuance store.
 
 Signing: by default each CA has a delegated responder (id-kp-OCSPSigning, ocsp-nocheck,
 7 days) whose key, of the CA key's own algorithm and size (an RSA-3072 CA's responder signs
@@ -20,7 +23,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -135,6 +138,11 @@ class _CASigner:
         return True
 
 
+# Which of a CA's keys a CertID names: 0 its current key, 1.. its earlier keys in the order
+# given (``previous``).
+CURRENT_KEY = 0
+
+
 class OCSPResponder:
     """Answers DER OCSP requests for every CA of a system."""
 
@@ -147,9 +155,21 @@ class OCSPResponder:
         signer: SignerPolicy = SignerPolicy.DELEGATED,
         next_update: Mapping[str, timedelta] | None = None,
         cache_entries: int = CACHE_ENTRIES,
+        previous: Mapping[str, Sequence[ResponseSigner]] | None = None,
     ) -> None:
+        """``previous``: per CA, the responders of its earlier keys (a rolled-over root's),
+        each issued by that key (``ResponseSigner.issuer`` names the key); they are fixed
+        certificates that nothing can renew, so one that has expired answers nothing."""
         self._source = source
-        self._index = IssuerIndex({n: a.certificate for n, a in authorities.items()})
+        self._previous = {
+            (n, k): s
+            for n, signers in (previous or {}).items()
+            for k, s in enumerate(signers, CURRENT_KEY + 1)
+        }
+        issuers = {(n, CURRENT_KEY): a.certificate for n, a in authorities.items()}
+        self._index = IssuerIndex(
+            {**issuers, **{label: s.issuer for label, s in self._previous.items()}}
+        )
         self._signers = {n: _CASigner(a, signer, now=now) for n, a in authorities.items()}
         self._next_update = dict(next_update or {})
         # CA certificates are not in the issuance store, yet a relying party checking a whole
@@ -161,7 +181,7 @@ class OCSPResponder:
             for a in authorities.values()
             if a.certificate.issuer in by_subject
         }
-        self._cache: OrderedDict[tuple[str, str, int], _Cached] = OrderedDict()
+        self._cache: OrderedDict[tuple[str, int, str, int], _Cached] = OrderedDict()
         self._cache_entries = cache_entries
         self._turn: object | None = None
         self._turn_versions: dict[str, int] = {}
@@ -175,7 +195,11 @@ class OCSPResponder:
         if renewed:
             # Answers signed by the old responder stay valid where they are; new ones come
             # from the new responder.
-            self._cache = OrderedDict((k, v) for k, v in self._cache.items() if k[0] not in renewed)
+            self._cache = OrderedDict(
+                (k, v)
+                for k, v in self._cache.items()
+                if k[0] not in renewed or k[1] != CURRENT_KEY
+            )
         return renewed
 
     def answer(self, der: bytes, *, now: datetime, turn: object | None = None) -> OCSPAnswer:
@@ -193,17 +217,20 @@ class OCSPResponder:
         except (MalformedOCSPRequest, PayloadTooLarge) as exc:
             _REFUSALS.log(logging.INFO, "malformed", "OCSP malformedRequest: %s", exc.message)
             return OCSPAnswer(MALFORMED_REQUEST)
-        ca_name = self._index.issuer_of(request.cert_id)
-        if ca_name is None:
+        issuer = self._index.issuer_of(request.cert_id)
+        earlier = issuer is not None and issuer[1] != CURRENT_KEY
+        if issuer is None or (earlier and self._previous[issuer].not_after <= now):
             _REFUSALS.log(
                 logging.INFO,
                 "unauthorized",
-                "OCSP unauthorized: no CA of this system matches the %s issuer hashes",
+                "OCSP unauthorized: no CA of this system matches the %s issuer hashes%s",
                 request.cert_id.hash_name,
+                " with a responder still valid (an earlier key's)" if earlier else "",
             )
             return OCSPAnswer(UNAUTHORIZED)
+        ca_name, key_index = issuer
         try:
-            return self._status_answer(ca_name, request, now, turn)
+            return self._status_answer(ca_name, key_index, request, now, turn)
         except Unavailable as exc:
             # The store is busy or gone for a moment: RFC 6960's tryLater, not a guess.
             log.warning("OCSP tryLater for CA %s: %s", ca_name, exc.message)
@@ -212,15 +239,25 @@ class OCSPResponder:
             log.exception("OCSP internal error for CA %s", ca_name)
             return OCSPAnswer(INTERNAL_ERROR)
 
+    def _signer(self, ca_name: str, key_index: int) -> ResponseSigner:
+        if key_index == CURRENT_KEY:
+            return self._signers[ca_name].signer
+        return self._previous[(ca_name, key_index)]
+
     def _status_answer(
-        self, ca_name: str, request: StatusRequest, now: datetime, turn: object | None
+        self,
+        ca_name: str,
+        key_index: int,
+        request: StatusRequest,
+        now: datetime,
+        turn: object | None,
     ) -> OCSPAnswer:
         # The version is read before the status: a revocation landing in between is cached
         # under the older version, so the next request signs again (never the reverse).
         version = self._version(ca_name, turn)
         cert_id = request.cert_id
         # The answer repeats the request's CertID, so its hash algorithm is part of the key.
-        key = (ca_name, cert_id.hash_name, cert_id.serial_number)
+        key = (ca_name, key_index, cert_id.hash_name, cert_id.serial_number)
         cached = self._cache.get(key)
         if cached is not None and cached.version != version:
             cached = None
@@ -229,7 +266,7 @@ class OCSPResponder:
             return _with_max_age(cached.answer, now)
         # The status of a fresh cache entry is still current; only the signature is new.
         status = cached.status if cached is not None else self._status(ca_name, cert_id)
-        answer = self.sign(ca_name, request, status, now=now)
+        answer = self.sign(ca_name, request, status, now=now, key_index=key_index)
         if request.nonce is not None:
             return answer  # signed for this nonce alone: never cached, never max-age
         refresh_at = refresh_time(answer)
@@ -250,12 +287,19 @@ class OCSPResponder:
         return version
 
     def sign(
-        self, ca_name: str, request: StatusRequest, status: StatusAnswer, *, now: datetime
+        self,
+        ca_name: str,
+        request: StatusRequest,
+        status: StatusAnswer,
+        *,
+        now: datetime,
+        key_index: int = CURRENT_KEY,
     ) -> OCSPAnswer:
-        """A freshly signed answer saying ``status`` (the caller read it from the store)."""
+        """A freshly signed answer saying ``status`` (the caller read it from the store), by
+        the responder of the CA's key ``key_index`` names."""
         this_update = now.replace(microsecond=0)
         validity = self._next_update.get(ca_name, DEFAULT_NEXT_UPDATE)
-        signer = self._signers[ca_name].signer
+        signer = self._signer(ca_name, key_index)
         next_update = min(this_update + validity, signer.not_after)
         body = build_response(
             request, status, signer, this_update=this_update, next_update=next_update
@@ -300,6 +344,7 @@ def _with_max_age(answer: OCSPAnswer, now: datetime) -> OCSPAnswer:
 
 
 __all__ = [
+    "CURRENT_KEY",
     "DEFAULT_NEXT_UPDATE",
     "OCSPAnswer",
     "OCSPResponder",

@@ -16,6 +16,7 @@ from ztpki.casystem.ocsp_responder import (
     SignerPolicy,
 )
 from ztpki.casystem.publisher import PublisherLimits, RevocationPublisher
+from ztpki.casystem.rollover_ocsp import previous_responders
 from ztpki.casystem.server_identity import ServerIdentity
 from ztpki.casystem.service import CASystemService, ServiceLimits
 from ztpki.casystem.token_keys import TokenOptions
@@ -228,15 +229,23 @@ def build_publisher(
     signer: SignerPolicy = SignerPolicy.DELEGATED,
     limits: PublisherLimits | None = None,
     ocsp_dir: Path | None = None,
+    passphrase: bytes | None = None,
 ) -> RevocationPublisher:
     """The HTTP publisher of CRLs and OCSP for every CA the service holds, reading the
     service's store (its own delegated responders are issued now, keys in memory); with
-    ``ocsp_dir``, it also keeps ``ocsp_dir/NAME/`` of pre-signed answers for each CA."""
+    ``ocsp_dir``, it also keeps ``ocsp_dir/NAME/`` of pre-signed answers for each CA. A root
+    that rolled its key over answers for its earlier keys with the responders they issued
+    (their keys open with ``passphrase``, casystem.rollover_ocsp)."""
     cas = service.system.cas
+    now = datetime.now(UTC)
     responder = OCSPResponder(
         {name: loaded.authority for name, loaded in cas.items()},
         service.store,
-        now=datetime.now(UTC),
+        now=now,
+        previous={
+            name: previous_responders(directory, name, passphrase=passphrase, now=now)
+            for name in cas
+        },
         signer=signer,
         next_update={
             name: timedelta(hours=loaded.policy.crl_next_update_hours)

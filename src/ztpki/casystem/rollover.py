@@ -5,11 +5,14 @@ What a rollover leaves in ``cas/NAME/``::
     ca.pem        newWithNew: the new self-signed root; the CA issues with the new key
     ca.key.pem    the new key (or key.toml: the new key in a token)
     links.pem     every rollover's oldWithOld, newWithOld and oldWithNew, oldest first
+    previous-keys/<SKI>/ocsp.pem, ocsp.key.pem
+                  the OCSP responder the old key issued before it was deleted, which answers
+                  for that key's certificates until the last of them expires (rollover_ocsp)
 
 The old private key is not kept: RFC 4210 4.4 needs it no longer once the three certificates
-exist. Everything the old key signed stays valid until it expires: a party that trusts the
-new root reaches it through oldWithNew, and the CA's one CRL, now signed with the new key,
-covers certificates of either key (RFC 5280 5: one CRL per issuer name; a party that still
+(and the old key's OCSP responder certificate) exist. Everything the old key signed stays
+valid until it expires: a party that trusts the new root reaches it through oldWithNew, and
+the CA's one CRL, now signed with the new key, covers certificates of either key (RFC 5280 5: one CRL per issuer name; a party that still
 trusts only the old root validates the CRL's signer through newWithOld, RFC 5280 6.3.3 (f)).
 
 Crash safety: every new file is first written to ``rollover.tmp/``, which becomes
@@ -31,6 +34,11 @@ from typing import TYPE_CHECKING
 from cryptography import x509
 
 from ztpki.casystem.directory import CASystemDirectory
+from ztpki.casystem.rollover_ocsp import (
+    finish_previous_responder,
+    issued_until,
+    stage_previous_responder,
+)
 from ztpki.casystem.token_keys import KEY_FILE, TokenOptions, record_token_key
 from ztpki.errors import ConfigurationError
 from ztpki.pki.keys import KeySpec, encode_pkcs8_pem, generate_private_key
@@ -83,6 +91,7 @@ def rollover_ca(
             "certificates; give the subordinate a new certificate from its parent "
             "(`ztpki ca init --parent ...`) instead"
         )
+    until = issued_until(directory, name, now=now)  # before anything is written: it may fail
     new_key: SigningKey = token_key if token_key is not None else generate_private_key(key_spec)
     update = update_root_key(
         old.key, old.certificate, new_key, now=now, validity=timedelta(days=validity_days)
@@ -96,6 +105,8 @@ def rollover_ca(
         write_private_file(staging / KEY_PEM, pem)
     else:
         record_token_key(staging, token_key)
+    # The old key's last signature: a responder for what it issued (RFC 6960 4.2.2.2).
+    stage_previous_responder(staging, old, until=until, passphrase=passphrase, now=now)
     links = (*directory.links(name), update.old_with_old, *update.links)
     write_public_file(staging / LINKS_FILE, certificates_pem(links), durable=True)
     write_public_file(staging / "ca.pem", certificates_pem([update.new_with_new]), durable=True)
@@ -111,6 +122,8 @@ def _finish(directory: CASystemDirectory, name: str, *, resumed: bool) -> Rollov
     pending = ca_dir / PENDING
     new_with_new = load_certificates_pem((pending / "ca.pem").read_bytes())[0]
     links = tuple(load_certificates_pem((pending / LINKS_FILE).read_bytes()))
+    update = _last_update(links, new_with_new)
+    finish_previous_responder(pending, ca_dir, update.old_with_old)
     if (pending / KEY_PEM).exists():
         write_private_file(ca_dir / KEY_PEM, (pending / KEY_PEM).read_bytes())
         (ca_dir / KEY_FILE).unlink(missing_ok=True)
@@ -121,7 +134,6 @@ def _finish(directory: CASystemDirectory, name: str, *, resumed: bool) -> Rollov
     write_public_file(ca_dir / "ca.pem", certificates_pem([new_with_new]), durable=True)
     shutil.rmtree(pending)
     sync_directory(ca_dir)
-    update = _last_update(links, new_with_new)
     log.info(
         "CA %s rolled over to a new key: %s%s",
         name,

@@ -452,6 +452,7 @@ def serve_command(
                 service,
                 signer=SignerPolicy(ocsp_signer or SignerPolicy.DELEGATED),
                 ocsp_dir=ocsp_dir,
+                passphrase=secret,
             )
             try:
                 http_host, http_port = await publisher.start(*http)

@@ -13,6 +13,13 @@ The same steps as over EST, with CMP's messages (RFC 9483):
               device memory: a device that crashes before it never told the node it has the
               certificate, and the node re-delivers or supersedes it, as for a lost EST answer
 
+Before a renewal (kur) the device asks, in the same connection, whether the customer root
+it trusts rolled over (genm rootCaCert, RFC 9483 4.3.2; ``cmp_root_update``). An update that
+verifies under that root goes into the device memory at once, atomically, with the
+identity's CA certificates, so every later TLS or CMP check uses the new root; one that does
+not verify is refused, logged, and changes nothing, and the renewal goes on with the root the
+device has.
+
 A confirmation the crash did cut off (the memory holds the new identity, ``confirmed`` false)
 is made with a genm protected by the new certificate: the node takes the first message
 signed with it as the device's confirmation, as it takes the first EST request.
@@ -21,6 +28,7 @@ signed with it as the device's confirmation, as it takes the first EST request.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -31,15 +39,23 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
 from ztpki.device.activation import ActivatingClient
+from ztpki.device.answer import IssuedIdentity
 from ztpki.device.cmp_client import CMPClient, Enrollment
+from ztpki.device.cmp_root_update import follow_in, follow_root_update, keep_followed, trusted_root
 from ztpki.device.cmp_transaction import Credentials, NodeTrust
 from ztpki.device.communication import node_context
 from ztpki.device.customer_node import NodeAddress
 from ztpki.device.key_store import check_token_enrollment, tls_key
 from ztpki.device.memory import DeviceMemory, Identity
-from ztpki.device.reporting import ActivationError, Step, confirm_remedy, request_remedy
+from ztpki.device.reporting import (
+    ActivationError,
+    ActivationResult,
+    Step,
+    confirm_remedy,
+    request_remedy,
+)
 from ztpki.device.request import KeyMode, Requested, device_key, drop_pending_key
-from ztpki.errors import ZtpkiError
+from ztpki.errors import MalformedInput, VerificationFailed, ZtpkiError
 from ztpki.pki.chain import verify_cmp_signer_chain
 from ztpki.pki.keys import KeySpec, PrivateKey, key_spec_of
 from ztpki.protocol.cmp import BodyType
@@ -58,6 +74,8 @@ __all__ = [
 ]
 
 CMP_PREFIX = "/.well-known/cmp"
+
+logger = logging.getLogger(__name__)
 
 
 class EnrollmentProtocol(StrEnum):
@@ -184,6 +202,9 @@ class CMPActivatingClient(ActivatingClient):
 
     protocol_name = EnrollmentProtocol.CMP.value
     _enrollment: Enrollment | None = None
+    # The CA certificates of the identity a renewal started from (after a root update it
+    # followed): the renewed identity keeps the root they trust.
+    _held: tuple[x509.Certificate, ...] = ()
 
     async def _cmp_client(self, credentials: Credentials) -> CMPClient:
         anchors = await self._node_anchors()
@@ -211,6 +232,9 @@ class CMPActivatingClient(ActivatingClient):
         cmp = await self._cmp_client(credentials_of(identity))
         async with cmp:
             self._at("before-request")
+            if mode is None:
+                identity = await self._follow_root(cmp, identity)
+                self._held = identity.ca_certificates
             try:
                 got = await cmp_request(
                     cmp, self.memory, identity, mode, key_spec=self.key_spec, pending=pending
@@ -241,6 +265,50 @@ class CMPActivatingClient(ActivatingClient):
         self._enrollment = got.enrollment
         requested = replace(got.requested, certificates=[got.enrollment.certificate, *cacerts])
         return requested, cacerts
+
+    async def _follow_root(self, cmp: CMPClient, identity: Identity) -> Identity:
+        """genm rootCaCert with the root the device trusts; a verified update stored."""
+        root = trusted_root(identity.ca_certificates)
+        if root is None:
+            return identity
+        try:
+            update = await follow_root_update(cmp, root, now=self._now())
+        except (VerificationFailed, MalformedInput) as exc:
+            logger.warning(
+                "device %s: refused the node's root CA update: %s; the device keeps its root %s",
+                self.memory.device_id,
+                exc.message,
+                root.subject.rfc4514_string(),
+            )
+            self._emit(Step.CACERTS, f"refused the node's root CA update: {exc.message}")
+            return identity
+        except ZtpkiError as exc:  # a node that cannot say: the renewal needs no update
+            self._emit(Step.CACERTS, f"no root CA update from the node ({exc.message})")
+            return identity
+        if update is None:
+            return identity
+        cas = follow_in(identity.ca_certificates, update)
+        try:
+            await asyncio.to_thread(
+                self.memory.replace_ca_certificates, cas, generation=identity.generation
+            )
+        except ZtpkiError as exc:
+            raise ActivationError(Step.CACERTS, exc) from None
+        self._emit(
+            Step.CACERTS,
+            "followed the customer root's key update: newWithOld verified under the root the "
+            f"device trusted; the new root {update.new_with_new.subject.rfc4514_string()} "
+            "is stored",
+        )
+        return replace(identity, ca_certificates=cas)
+
+    async def _install(self, issued: IssuedIdentity, action: str) -> ActivationResult:
+        held, self._held = self._held, ()
+        if held:
+            issued = replace(
+                issued, ca_certificates=keep_followed(issued.ca_certificates, held)
+            )
+        return await super()._install(issued, action)
 
     async def _present(self, identity: Identity) -> str:
         # certConf goes in the request's transaction, signed and sent with the identity that

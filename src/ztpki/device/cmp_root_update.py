@@ -6,10 +6,17 @@ only through the old one: newWithOld must verify under the root the device alrea
 and certify the very key of newWithNew, whose own self-signature must hold too; oldWithNew,
 when present, must certify the old root's key under the new one. Anything less is refused
 with VerificationFailed and the device keeps its old root.
+
+What the device keeps of an update it accepted (``follow_in``): among its CA certificates
+the old root gives way to newWithNew, followed by newWithOld and oldWithNew. The links are
+self-issued, so they never enter a TLS or CMP chain the device sends; oldWithNew lets what
+the old key certified (the issuing CA above the device's certificate) chain to the new root.
+Without oldWithNew (optional on the wire) the old root stays too, after the new one.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 
 from cryptography import x509
@@ -18,7 +25,7 @@ from cryptography.hazmat.primitives import serialization
 
 from ztpki.device.cmp_client import CMPClient
 from ztpki.errors import MalformedInput, VerificationFailed
-from ztpki.pki.rollover import RootKeyUpdate, is_self_signed
+from ztpki.pki.rollover import RootKeyUpdate, find_update, is_self_signed
 from ztpki.protocol.cmp import InfoTypeAndValue
 from ztpki.protocol.cmp.root_update import (
     ID_IT_ROOT_CA_CERT,
@@ -94,3 +101,39 @@ async def follow_root_update(
     if len(found) != 1:
         raise MalformedInput("the node's genp does not answer id-it-rootCaCert")
     return verify_root_update(trusted_root, found[0].value, now=now)
+
+
+def trusted_root(ca_certificates: Sequence[x509.Certificate]) -> x509.Certificate | None:
+    """The root the device trusts among its CA certificates: the self-signed one, or the
+    latest to expire when an update without oldWithNew left two."""
+    roots = [c for c in ca_certificates if is_self_signed(c)]
+    return max(roots, key=lambda c: c.not_valid_after_utc, default=None)
+
+
+def follow_in(
+    ca_certificates: Sequence[x509.Certificate], update: RootKeyUpdate
+) -> tuple[x509.Certificate, ...]:
+    """``ca_certificates`` with ``update``'s old root replaced by its new root and links."""
+    followed = (update.new_with_new, *update.links)
+    if update.old_with_new is None:
+        followed += (update.old_with_old,)  # nothing else links the old key to the new root
+    kept: list[x509.Certificate] = []
+    for certificate in ca_certificates:
+        for one in followed if certificate == update.old_with_old else (certificate,):
+            if one not in kept:
+                kept.append(one)
+    return tuple(kept)
+
+
+def keep_followed(
+    ca_certificates: Sequence[x509.Certificate], held: Sequence[x509.Certificate]
+) -> tuple[x509.Certificate, ...]:
+    """A new identity's CA certificates (an answer chaining to a root the device has moved
+    away from) with the update the device already follows, found again among ``held`` (its
+    current CA certificates) by signature, applied."""
+    result = tuple(ca_certificates)
+    for root in [c for c in result if is_self_signed(c)]:
+        update = find_update(root, tuple(held))
+        if update is not None:
+            result = follow_in(result, update)
+    return result

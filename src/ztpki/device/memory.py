@@ -256,6 +256,30 @@ class DeviceMemory:
         )
         return new
 
+    def replace_ca_certificates(
+        self, ca_certificates: Sequence[x509.Certificate], *, generation: int
+    ) -> None:
+        """Switch the CA certificates of identity ``generation`` (a followed root key update),
+        atomically; key and certificate stay as they are. Refused, changing nothing, when
+        the memory no longer holds that generation (another process swapped it meanwhile)."""
+        text = certificates_pem(ca_certificates).decode("ascii")
+        with self._locked():
+            record = self._read_identity_record()
+            if record["generation"] != generation or record["phase"] is Phase.BLANK:
+                raise self._error(
+                    f"identity {generation} is no longer the current one; its CA certificates "
+                    "were not replaced"
+                )
+            record["phase"] = record["phase"].value
+            record["ca_certificates"] = text
+            self._write(IDENTITY_FILE, json.dumps(record, indent=2).encode() + b"\n")
+        logger.info(
+            "device %s: identity %d now holds %d CA certificate(s)",
+            self.device_id,
+            generation,
+            len(ca_certificates),
+        )
+
     # -- configuration and trust anchors ------------------------------------------------
 
     def config(self) -> dict[str, Any]:

@@ -20,10 +20,11 @@ Decisions, each a reading of the RFCs:
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
+from typing import Generic, TypeVar
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -173,11 +174,18 @@ def parse_request(der: bytes, *, max_size: int = MAX_REQUEST_SIZE) -> StatusRequ
     return StatusRequest(cert_id, nonce)
 
 
-class IssuerIndex:
-    """Which CA a CertID names, for every CA of a system and every supported hash."""
+Label = TypeVar("Label", bound=Hashable)
 
-    def __init__(self, issuers: Mapping[str, x509.Certificate]) -> None:
-        self._by_hashes: dict[tuple[str, bytes, bytes], str] = {}
+
+class IssuerIndex(Generic[Label]):
+    """Which issuer a CertID names, for every CA of a system and every supported hash.
+
+    An issuer is a name and a key: a root that rolled its key over is two issuers with one
+    name (RFC 6960 4.1.1 hashes both), each with its own label.
+    """
+
+    def __init__(self, issuers: Mapping[Label, x509.Certificate]) -> None:
+        self._by_hashes: dict[tuple[str, bytes, bytes], Label] = {}
         for name, certificate in issuers.items():
             subject = certificate.subject.public_bytes()
             key = public_key_bits(certificate)
@@ -186,8 +194,8 @@ class IssuerIndex:
                 key_hash = hashlib.new(algorithm.name, key).digest()
                 self._by_hashes[(algorithm.name, name_hash, key_hash)] = name
 
-    def issuer_of(self, cert_id: CertID) -> str | None:
-        """The CA name, or None when no CA of the system matches both hashes."""
+    def issuer_of(self, cert_id: CertID) -> Label | None:
+        """The issuer's label, or None when no issuer matches both hashes."""
         return self._by_hashes.get(
             (cert_id.hash_name, cert_id.issuer_name_hash, cert_id.issuer_key_hash)
         )
