@@ -66,11 +66,16 @@ def _ca(name: str) -> CertificateAuthority:
 
 
 def _issue(
-    ca: CertificateAuthority, key: PrivateKey, name: str, profile: CertificateProfile, **san: object
+    ca: CertificateAuthority,
+    key: PrivateKey,
+    name: str,
+    profile: CertificateProfile,
+    ip_addresses: tuple[str, ...] = (),
 ) -> x509.Certificate:
     grant = IssuanceGrant(
         subject=build_subject(name, SubjectFields(), serial_number=name),
-        profile=profile, not_before=NOW - DAY, not_after=NOW + 30 * DAY, **san,  # type: ignore[arg-type]
+        profile=profile, not_before=NOW - DAY, not_after=NOW + 30 * DAY,
+        ip_addresses=ip_addresses,
     )  # fmt: skip
     return ca.issue(key.public_key(), grant)
 
@@ -101,7 +106,8 @@ class HostileNode:
         )  # fmt: skip
         body: object
         if asked.body.type is BodyType.GENM:
-            body = GenMsgBody(BodyType.GENP, (InfoTypeAndValue(ID_IT_ROOT_CA_KEY_UPDATE, self.forged),))
+            item = InfoTypeAndValue(ID_IT_ROOT_CA_KEY_UPDATE, self.forged)
+            body = GenMsgBody(BodyType.GENP, (item,))
         else:  # the renewal that follows: refused, so nothing is issued either
             body = ErrorBody(StatusInfo.rejection(FailInfo.BAD_REQUEST, "no"))
         der = self.certificate.public_bytes(Encoding.DER)
@@ -152,8 +158,12 @@ def test_fail_tampered_new_with_old_at_renewal(
     device_cert = _issue(customer, device_key, "dev-follow-1", CertificateProfile.DEVICE)
     memory = DeviceMemory.create(tmp_path / "device", device_id="dev-follow-1")
     memory.set_trust_anchors([factory.certificate])
-    memory.replace_identity(phase=Phase.CUSTOMIZED, private_key=device_key,
-                            certificate=device_cert, ca_certificates=[customer.certificate])  # fmt: skip
+    memory.replace_identity(
+        phase=Phase.CUSTOMIZED,
+        private_key=device_key,
+        certificate=device_cert,
+        ca_certificates=[customer.certificate],
+    )
     memory.update_config(**{CONFIRMED_KEY: True, PROTOCOL_KEY: "cmp"})
     # The forgery: a real-looking rollover of the customer root's name to the attacker's key,
     # its newWithOld signed by a look-alike root, not by the root the device trusts.
@@ -162,9 +172,8 @@ def test_fail_tampered_new_with_old_at_renewal(
         look_alike.key, look_alike.certificate, generate_private_key(KeySpec.EC_P256),
         now=NOW, validity=timedelta(days=365),
     )  # fmt: skip
-    value = encode_root_update(
-        RootUpdateValue(*(c.public_bytes(Encoding.DER) for c in (forged.new_with_new, *forged.links)))
-    )
+    ders = [c.public_bytes(Encoding.DER) for c in (forged.new_with_new, *forged.links)]
+    value = encode_root_update(RootUpdateValue(*ders))
     node_key = generate_private_key(KeySpec.EC_P256)
     node_cert = _issue(factory, node_key, "stolen-node", CertificateProfile.SERVER,
                        ip_addresses=("127.0.0.1",))  # fmt: skip

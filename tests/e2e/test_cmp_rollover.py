@@ -100,7 +100,8 @@ def customized(world: NodeWorld) -> Path:
     memory.set_trust_anchors(load_certificates_pem(world.factory_anchor.read_bytes()))
     memory.replace_identity(phase=Phase.TEMPORARY, private_key=device.key,
                             certificate=device.certificate, ca_certificates=factory)  # fmt: skip
-    run_ztpki("device", "activate", "--device", str(path), "--node", f"https://{world.node.address}",
+    node = f"https://{world.node.address}"
+    run_ztpki("device", "activate", "--device", str(path), "--node", node,
               "--protocol", "cmp", "--key-on-device", env=ENV)  # fmt: skip
     assert world.state(device.device_id) == "customized"
     return path
@@ -250,7 +251,8 @@ def test_ok_device_renew_follows_the_root_update(
     leaf = write(tmp_path / "leaf.pem", after.certificate)
     between = write(tmp_path / "between.pem", *stored)
     anchor = write(tmp_path / "new.pem", new_root)
-    assert sh(f"openssl verify -CAfile {anchor} -untrusted {between} {leaf}", tmp_path).returncode == 0
+    verified = sh(f"openssl verify -CAfile {anchor} -untrusted {between} {leaf}", tmp_path)
+    assert verified.returncode == 0
     # The root is current now: the next renewal asks and stores nothing new.
     again = run_ztpki("device", "renew", "--device", str(customized), "--node", node, env=ENV)
     assert "followed" not in " ".join(again.stdout.split()), again.stdout

@@ -218,14 +218,14 @@ class OCSPResponder:
             _REFUSALS.log(logging.INFO, "malformed", "OCSP malformedRequest: %s", exc.message)
             return OCSPAnswer(MALFORMED_REQUEST)
         issuer = self._index.issuer_of(request.cert_id)
-        earlier = issuer is not None and issuer[1] != CURRENT_KEY
-        if issuer is None or (earlier and self._previous[issuer].not_after <= now):
+        earlier = None if issuer is None or issuer[1] == CURRENT_KEY else self._previous[issuer]
+        if issuer is None or (earlier is not None and earlier.not_after <= now):
             _REFUSALS.log(
                 logging.INFO,
                 "unauthorized",
                 "OCSP unauthorized: no CA of this system matches the %s issuer hashes%s",
                 request.cert_id.hash_name,
-                " with a responder still valid (an earlier key's)" if earlier else "",
+                "" if earlier is None else " with a responder still valid (an earlier key's)",
             )
             return OCSPAnswer(UNAUTHORIZED)
         ca_name, key_index = issuer

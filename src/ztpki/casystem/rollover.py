@@ -12,8 +12,9 @@ What a rollover leaves in ``cas/NAME/``::
 The old private key is not kept: RFC 4210 4.4 needs it no longer once the three certificates
 (and the old key's OCSP responder certificate) exist. Everything the old key signed stays
 valid until it expires: a party that trusts the new root reaches it through oldWithNew, and
-the CA's one CRL, now signed with the new key, covers certificates of either key (RFC 5280 5: one CRL per issuer name; a party that still
-trusts only the old root validates the CRL's signer through newWithOld, RFC 5280 6.3.3 (f)).
+the CA's one CRL, now signed with the new key, covers certificates of either key (RFC 5280 5:
+one CRL per issuer name; a party that still trusts only the old root validates the CRL's
+signer through newWithOld, RFC 5280 6.3.3 (f)).
 
 Crash safety: every new file is first written to ``rollover.tmp/``, which becomes
 ``rollover.pending/`` by one rename; only then are the CA's own files replaced, ca.pem last.

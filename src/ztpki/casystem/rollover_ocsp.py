@@ -24,7 +24,6 @@ from datetime import datetime
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 
 from ztpki.casystem.directory import CASystemDirectory
 from ztpki.errors import ConfigurationError, MalformedInput
@@ -33,6 +32,7 @@ from ztpki.pki.keys import decode_pkcs8, encode_pkcs8_pem, generate_private_key,
 from ztpki.pki.ocsp import RESPONDER_LIFETIME, ResponseSigner, issue_responder_certificate
 from ztpki.pki.pbes2 import AT_REST_KDF_ROUNDS
 from ztpki.pki.pem import certificates_pem, load_certificates_pem, serial_hex
+from ztpki.pki.rollover import issued_by
 from ztpki.secretfiles import write_private_file, write_public_file
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ def issued_until(directory: CASystemDirectory, name: str, *, now: datetime) -> d
     ends = [now]
     for other in directory.ca_names():
         certificate = directory.certificate(other)
-        if other != name and certificate.issuer == root.subject and _issued_by(certificate, root):
+        if other != name and certificate.issuer == root.subject and issued_by(certificate, root):
             ends.append(certificate.not_valid_after_utc)
     location = directory.store_location
     if not (isinstance(location, Path) and not location.exists()):  # no store: none issued
@@ -114,7 +114,7 @@ def previous_responders(
         certificate = load_certificates_pem((folder / CERT_FILE).read_bytes())[0]
         if certificate.not_valid_after_utc <= now:
             continue  # everything its key issued has expired too
-        issuer = next((r for r in roots if _issued_by(certificate, r)), None)
+        issuer = next((r for r in roots if issued_by(certificate, r)), None)
         if issuer is None:
             raise ConfigurationError(
                 f"{folder / CERT_FILE} was issued by none of the earlier keys of CA {name} "
@@ -139,11 +139,3 @@ def previous_responders(
 
 def _key_id(root: x509.Certificate) -> str:
     return x509.SubjectKeyIdentifier.from_public_key(root.public_key()).digest.hex()
-
-
-def _issued_by(certificate: x509.Certificate, issuer: x509.Certificate) -> bool:
-    try:
-        certificate.verify_directly_issued_by(issuer)
-    except (ValueError, TypeError, InvalidSignature):
-        return False
-    return True

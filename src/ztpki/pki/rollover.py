@@ -124,7 +124,8 @@ def update_root_key(
     return RootKeyUpdate(old_certificate, new_with_new, new_with_old, old_with_new)
 
 
-def _issued_by(certificate: x509.Certificate, issuer: x509.Certificate) -> bool:
+def issued_by(certificate: x509.Certificate, issuer: x509.Certificate) -> bool:
+    """Signed by ``issuer``'s key under ``issuer``'s name (any bad signature or part: False)."""
     try:
         certificate.verify_directly_issued_by(issuer)
     except (ValueError, TypeError, InvalidSignature):
@@ -139,7 +140,7 @@ def find_update(
     by signature: newWithOld verifies under the old root, newWithNew under itself with the key
     newWithOld certifies, oldWithNew under newWithNew. None: no complete rollover from it."""
     for new_with_old in bundle:
-        if is_self_signed(new_with_old) or not _issued_by(new_with_old, old_root):
+        if is_self_signed(new_with_old) or not issued_by(new_with_old, old_root):
             continue
         if keys_match_certificates(new_with_old, old_root):
             continue
@@ -156,7 +157,7 @@ def find_update(
                 if (
                     not is_self_signed(old_with_new)
                     and keys_match_certificates(old_with_new, old_root)
-                    and _issued_by(old_with_new, new_with_new)
+                    and issued_by(old_with_new, new_with_new)
                 ):
                     return RootKeyUpdate(old_root, new_with_new, new_with_old, old_with_new)
     return None

@@ -19,6 +19,7 @@ import ztpki.casystem.rollover as rollover_module
 from ztpki.casystem.directory import CASystemDirectory
 from ztpki.casystem.revocation_operations import crl_target
 from ztpki.casystem.rollover import PENDING, rollover_ca
+from ztpki.casystem.rollover_ocsp import PREVIOUS_KEYS, previous_responders
 from ztpki.cli import main
 from ztpki.errors import ConfigurationError
 from ztpki.pki.crl import build_crl
@@ -208,6 +209,11 @@ def test_ok_a_crash_after_the_point_of_no_return_is_finished_by_running_again(
     authority = system.load_authority("croot", passphrase=PASSPHRASE.encode())
     assert keys_match(authority.key, staged.public_key())
     assert system.links("croot")[0] == old
+    # The old key's OCSP responder, issued before the crash, is in place too.
+    (responder,) = previous_responders(system, "croot", passphrase=PASSPHRASE.encode(), now=NOW)
+    responder.certificate.verify_directly_issued_by(old)
+    assert responder.issuer == old
+    assert len(list((system.ca_dir("croot") / PREVIOUS_KEYS).iterdir())) == 1
 
 
 def test_ok_a_crash_before_the_point_of_no_return_leaves_the_ca_as_it_was(

@@ -4,12 +4,14 @@ with a key file may move into a token the same way."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from tests.support.softhsm import USER_PIN, SoftHSM, softhsm  # noqa: F401
 
 from ztpki.casystem.directory import CASystemDirectory
+from ztpki.casystem.rollover_ocsp import previous_responders
 from ztpki.casystem.token_keys import TokenOptions
 from ztpki.cli import main
 from ztpki.pki.keys import keys_match
@@ -40,6 +42,11 @@ def test_ok_token_root_rolls_to_a_new_token_key(softhsm: SoftHSM, tmp_path: Path
     new_with_old.verify_directly_issued_by(old)  # signed in the token with the old key
     old_with_new.verify_directly_issued_by(authority.certificate)
     assert system.info("root").key_location.startswith(f"pkcs11:token={label};object=root-2")
+    # The old token key issued the OCSP responder of what it signed before it was left.
+    (responder,) = previous_responders(
+        system, "root", passphrase=b"token-rollover-test-passphrase", now=datetime.now(UTC)
+    )
+    responder.certificate.verify_directly_issued_by(old)
 
 
 def test_ok_file_root_rolls_into_a_token(softhsm: SoftHSM, tmp_path: Path) -> None:  # noqa: F811

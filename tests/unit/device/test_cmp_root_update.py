@@ -8,7 +8,12 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from ztpki.device.cmp_root_update import verify_root_update
+from ztpki.device.cmp_root_update import (
+    follow_in,
+    keep_followed,
+    trusted_root,
+    verify_root_update,
+)
 from ztpki.errors import VerificationFailed
 from ztpki.pki.authority import create_self_signed_ca
 from ztpki.pki.keys import KeySpec, generate_private_key
@@ -68,3 +73,23 @@ def test_fail_update_outside_its_validity() -> None:
     # newWithOld ends with the old root (30 days): a month later it vouches for nothing.
     with pytest.raises(VerificationFailed, match="newWithOld is not valid now"):
         verify_root_update(update.old_with_old, _value(update), now=NOW + timedelta(days=60))
+
+
+def test_ok_followed_root_replaces_the_old_and_survives_a_renewal() -> None:
+    update = _rollover()
+    issuing = _rollover().new_with_old  # a certificate that is no root: the issuing CA here
+    held = follow_in((issuing, update.old_with_old), update)
+    assert held == (issuing, update.new_with_new, *update.links)
+    assert trusted_root(held) == update.new_with_new
+    # A renewal's answer chains to the old root again: the followed root is kept.
+    assert keep_followed((issuing, update.old_with_old), held) == held
+    # Nothing followed: the answer's certificates are kept as they are.
+    assert keep_followed((issuing, update.old_with_old), (update.old_with_old,)) == (
+        issuing,
+        update.old_with_old,
+    )
+    # Without oldWithNew the old root stays, behind the new one (which is trusted).
+    bare = RootKeyUpdate(update.old_with_old, update.new_with_new, update.new_with_old, None)
+    kept = follow_in((update.old_with_old,), bare)
+    assert kept == (update.new_with_new, update.new_with_old, update.old_with_old)
+    assert trusted_root(kept) == update.new_with_new
