@@ -149,9 +149,7 @@ def running(node: HostileNode, client_anchor: x509.Certificate) -> Iterator[int]
         thread.join(timeout=30)
 
 
-def test_fail_tampered_new_with_old_at_renewal(
-    tmp_path: Path, attack_report: AttackReport
-) -> None:
+def test_fail_tampered_new_with_old_at_renewal(tmp_path: Path, attack_report: AttackReport) -> None:
     factory, customer = _ca("factory-anchor"), _ca("croot")
     # The device: customized (over CMP) under the customer root, factory anchor for the node.
     device_key = generate_private_key(KeySpec.EC_P256)

@@ -61,8 +61,7 @@ class RolledSystem:
             open_store(self.directory),
             now=now,
             previous={
-                n: previous_responders(self.directory, n, passphrase=secret, now=now)
-                for n in names
+                n: previous_responders(self.directory, n, passphrase=secret, now=now) for n in names
             },
         )
 
@@ -89,8 +88,8 @@ def rolled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> RolledSystem:
 def _cert_id(name_of: x509.Certificate, key_of: x509.Certificate, serial: int) -> bytes:
     """An RFC 5019 request whose CertID takes its name hash and its key hash from two
     certificates (SHA-1, as openssl sends)."""
-    name_hash = hashlib.sha1(name_of.subject.public_bytes()).digest()  # noqa: S324
-    key_hash = hashlib.sha1(public_key_bits(key_of)).digest()  # noqa: S324
+    name_hash = hashlib.sha1(name_of.subject.public_bytes()).digest()
+    key_hash = hashlib.sha1(public_key_bits(key_of)).digest()
     builder = ocsp.OCSPRequestBuilder().add_certificate_by_hash(
         name_hash, key_hash, serial, hashes.SHA1()
     )
@@ -154,9 +153,10 @@ def test_fail_old_keys_responder_asked_past_its_life(
     answer = responder.answer(request, now=later)
     assert _status(answer.body) is ocsp.OCSPResponseStatus.UNAUTHORIZED
     # And a service started after it has expired does not load it at all.
-    assert previous_responders(
-        rolled.directory, "croot", passphrase=PASSPHRASE.encode(), now=later
-    ) == ()
+    assert (
+        previous_responders(rolled.directory, "croot", passphrase=PASSPHRASE.encode(), now=later)
+        == ()
+    )
     _record(
         attack_report, "expired-old-responder",
         "a relying party (or a replaying attacker) asks about the old key's certificates after "
@@ -166,9 +166,7 @@ def test_fail_old_keys_responder_asked_past_its_life(
     )  # fmt: skip
 
 
-def test_fail_planted_old_key_responder(
-    rolled: RolledSystem, attack_report: AttackReport
-) -> None:
+def test_fail_planted_old_key_responder(rolled: RolledSystem, attack_report: AttackReport) -> None:
     (folder,) = (rolled.directory.ca_dir("croot") / PREVIOUS_KEYS).iterdir()
     now = datetime.now(UTC)
     # Write access to the CA directory, not the old key (deleted): a look-alike root of the
@@ -180,9 +178,7 @@ def test_fail_planted_old_key_responder(
     planted_key = generate_private_key(KeySpec.EC_P256)
     planted = issue_responder_certificate(fake_root, fake_key, planted_key, now=now)
     (folder / CERT_FILE).write_bytes(certificates_pem([planted]))
-    (folder / KEY_FILE).write_bytes(
-        encode_pkcs8_pem(planted_key, passphrase=PASSPHRASE.encode())
-    )
+    (folder / KEY_FILE).write_bytes(encode_pkcs8_pem(planted_key, passphrase=PASSPHRASE.encode()))
     before = rolled.state()
     with pytest.raises(ConfigurationError, match="issued by none of the earlier keys") as refused:
         rolled.responder(now=now)

@@ -149,4 +149,3 @@ def test_fail_cert_id_of_a_key_the_ca_never_had_is_unauthorized(rolled: Rolled) 
     )
     answer = post_ocsp(rolled.http, request_der(rolled.old_leaves[1], stranger))
     assert answer.ocsp().response_status is ocsp.OCSPResponseStatus.UNAUTHORIZED
-

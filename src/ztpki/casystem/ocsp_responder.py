@@ -196,9 +196,7 @@ class OCSPResponder:
             # Answers signed by the old responder stay valid where they are; new ones come
             # from the new responder.
             self._cache = OrderedDict(
-                (k, v)
-                for k, v in self._cache.items()
-                if k[0] not in renewed or k[1] != CURRENT_KEY
+                (k, v) for k, v in self._cache.items() if k[0] not in renewed or k[1] != CURRENT_KEY
             )
         return renewed
 

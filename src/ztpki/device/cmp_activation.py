@@ -305,9 +305,7 @@ class CMPActivatingClient(ActivatingClient):
     async def _install(self, issued: IssuedIdentity, action: str) -> ActivationResult:
         held, self._held = self._held, ()
         if held:
-            issued = replace(
-                issued, ca_certificates=keep_followed(issued.ca_certificates, held)
-            )
+            issued = replace(issued, ca_certificates=keep_followed(issued.ca_certificates, held))
         return await super()._install(issued, action)
 
     async def _present(self, identity: Identity) -> str:
