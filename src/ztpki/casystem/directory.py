@@ -175,8 +175,11 @@ class CASystemDirectory:
             )
 
     def key_paths(self) -> list[Path]:
-        """The key files of every CA of the system: the issuing CAs' and the service CA's."""
+        """The key files of every CA of the system: the issuing CAs' and the service CA's, and
+        the OCSP responder keys a rolled-over root's earlier keys certified (rollover_ocsp)."""
         paths = [self.ca_dir(n) / "ca.key.pem" for n in self.ca_names()]
+        for name in self.ca_names():
+            paths += sorted(self.ca_dir(name).glob("previous-keys/*/ocsp.key.pem"))
         paths.append(self.root / SERVICE_CA / "ca.key.pem")
         return [p for p in paths if p.exists()]
 
