@@ -66,17 +66,21 @@ class Credential:
 
     def save(self, directory: Path, *, passphrase: bytes | None) -> None:
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        write_public_file(directory / CERT_FILE, certificates_pem(self.chain))
-        write_public_file(directory / TRUST_FILE, certificates_pem(self.trust_anchors))
-        if not isinstance(self.key, FILE_KEYS):
+        # The key first: a refusal to write it (a link planted at key.pem) leaves no
+        # certificate files behind.
+        if isinstance(self.key, FILE_KEYS):
+            # A credential lives on disk for years and travels (to a factory line, a node):
+            # its key gets the work factor of a CA key, not cryptography's 2,048 rounds.
+            key_pem = encode_pkcs8_pem(
+                self.key, passphrase=passphrase, kdf_rounds=AT_REST_KDF_ROUNDS
+            )
+            write_private_file(directory / KEY_FILE, key_pem)
+        else:
             from ztpki.casystem.token_keys import record_token_key
 
             record_token_key(directory, self.key)
-            return
-        # A credential lives on disk for years and travels (to a factory line, a node): its
-        # key gets the work factor of a CA key, not cryptography's 2,048 rounds.
-        key_pem = encode_pkcs8_pem(self.key, passphrase=passphrase, kdf_rounds=AT_REST_KDF_ROUNDS)
-        write_private_file(directory / KEY_FILE, key_pem)
+        write_public_file(directory / CERT_FILE, certificates_pem(self.chain))
+        write_public_file(directory / TRUST_FILE, certificates_pem(self.trust_anchors))
 
     @classmethod
     def load(

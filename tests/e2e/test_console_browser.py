@@ -309,8 +309,13 @@ def test_ok_certificate_operators_land_logged_in_and_a_foreign_ca_is_refused(
     assert not browser.find_elements(By.CSS_SELECTOR, "form.who")
     shown = str(browser.find_element(By.TAG_NAME, "body").text)
     # The server ends the connection in the handshake; with TLS 1.3 Chromium learns it on
-    # its first read, and names it as an empty answer or a bad client certificate.
-    assert re.search(r"ERR_(EMPTY_RESPONSE|BAD_SSL_CLIENT_AUTH_CERT|SSL_\w+)", shown), shown
+    # its first read, and names it as an empty answer, a bad client certificate, or a socket
+    # closed under it (which of these depends on timing). The node's log says why below.
+    refused = (
+        r"ERR_(EMPTY_RESPONSE|BAD_SSL_CLIENT_AUTH_CERT|SSL_\w+"
+        r"|SOCKET_NOT_CONNECTED|CONNECTION_(RESET|CLOSED))"
+    )
+    assert re.search(refused, shown), shown
     WebDriverWait(browser, 30).until(lambda _: handshake_refusals(console) > refusals)
     # victor's certificate logs victor in, as the viewer he is: no block offered or done.
     victor = site(console, "victor.console.test")
