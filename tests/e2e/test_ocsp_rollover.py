@@ -139,6 +139,9 @@ def test_ok_old_keys_certificates_good_then_revoked_under_the_old_root(rolled: R
     fresh_pem = write_pem(rolled.work / "fresh.pem", fresh)
     now_good = rolled.ask(new_pem, fresh_pem, "-CAfile", new_pem)
     assert "Response verify OK" in now_good and f"{fresh_pem}: good" in now_good, now_good
+    # ... and the old key's responder does not vouch for it: the old key never signed it.
+    not_old = rolled.ask(old_root, fresh_pem, "-CAfile", old_root)
+    assert "Response verify OK" in not_old and f"{fresh_pem}: unknown" in not_old, not_old
 
 
 def test_fail_cert_id_of_a_key_the_ca_never_had_is_unauthorized(rolled: Rolled) -> None:

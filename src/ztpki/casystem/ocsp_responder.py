@@ -4,7 +4,8 @@ One responder answers for every CA of the system; the request's issuerNameHash a
 issuerKeyHash choose the CA (pki.ocsp.IssuerIndex), anything else is ``unauthorized``.
 A root that rolled its key over (`ca rollover`) is answered for under each of its keys: a
 CertID naming an earlier key is signed by the responder certificate that key issued before
-it was deleted (casystem.rollover_ocsp), with the status from the same issuance store.
+it was deleted (casystem.rollover_ocsp), with the status from the same issuance store
+(``unknown`` for a certificate that key did not sign: the store keeps one list per CA).
 
 Signing: by default each CA has a delegated responder (id-kp-OCSPSigning, ocsp-nocheck,
 7 days) whose key, of the CA key's own algorithm and size (an RSA-3072 CA's responder signs
@@ -51,6 +52,7 @@ from ztpki.pki.ocsp import (
     parse_request,
 )
 from ztpki.pki.pem import serial_hex
+from ztpki.pki.rollover import issued_by
 from ztpki.store.records import IssuedCertificate, Revocation
 from ztpki.throttle import LogThrottle
 
@@ -177,7 +179,7 @@ class OCSPResponder:
         # known to its issuer (and cannot be revoked here, so it is good).
         by_subject = {a.certificate.subject: n for n, a in authorities.items()}
         self._ca_certificates = {
-            (by_subject[a.certificate.issuer], a.certificate.serial_number)
+            (by_subject[a.certificate.issuer], a.certificate.serial_number): a.certificate
             for a in authorities.values()
             if a.certificate.issuer in by_subject
         }
@@ -263,7 +265,12 @@ class OCSPResponder:
             self._cache.move_to_end(key)
             return _with_max_age(cached.answer, now)
         # The status of a fresh cache entry is still current; only the signature is new.
-        status = cached.status if cached is not None else self._status(ca_name, cert_id)
+        if cached is not None:
+            status = cached.status
+        elif key_index == CURRENT_KEY:
+            status = self._status(ca_name, cert_id)
+        else:
+            status = self._earlier_key_status(ca_name, key_index, cert_id)
         answer = self.sign(ca_name, request, status, now=now, key_index=key_index)
         if request.nonce is not None:
             return answer  # signed for this nonce alone: never cached, never max-age
@@ -303,6 +310,19 @@ class OCSPResponder:
             request, status, signer, this_update=this_update, next_update=next_update
         )
         return OCSPAnswer(body, this_update=this_update, next_update=next_update)
+
+    def _earlier_key_status(self, ca_name: str, key_index: int, cert_id: CertID) -> StatusAnswer:
+        """The status of a certificate asked for under an earlier key of the CA: unknown
+        unless that key signed it (the store keeps one list per CA, whatever key signed)."""
+        issuer = self._previous[(ca_name, key_index)].issuer
+        record = self._source.certificate(ca_name, cert_id.serial_hex)
+        if record is None:
+            certificate = self._ca_certificates.get((ca_name, cert_id.serial_number))
+        else:
+            certificate = x509.load_der_x509_certificate(record.certificate_der)
+        if certificate is None or not issued_by(certificate, issuer):
+            return StatusAnswer(CertStatus.UNKNOWN)
+        return status_of(self._source.revocation(ca_name, cert_id.serial_hex))
 
     def _status(self, ca_name: str, cert_id: CertID) -> StatusAnswer:
         serial = cert_id.serial_hex
