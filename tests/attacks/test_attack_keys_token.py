@@ -144,15 +144,16 @@ def test_fail_token_device_wrong_pin_or_est_sends_nothing(
     assert guessed.returncode != 0
     assert "the PIN for token" in _said(guessed), _said(guessed)
     assert WRONG_PIN not in guessed.stdout + guessed.stderr
-    est = _activate(d, softhsm, device.directory, "--key-on-device")
+    # EST only when asked for: a token device's default is CMP (`device activate` alone works).
+    est = _activate(d, softhsm, device.directory, "--protocol", "est", "--key-on-device")
     assert est.returncode != 0
     assert "--protocol cmp" in _said(est), _said(est)
     assert (device.directory / "identity.json").read_bytes() == identity
     attack_report.record(
         case="keys/token-device-wrong-pin-or-est",
         category=CATEGORY,
-        attack="`device activate` of a token device with a guessed PIN; and over EST, whose "
-        "TLS client authentication would need the key in a file",
+        attack="`device activate` of a token device with a guessed PIN; and `--protocol est`, "
+        "whose TLS client authentication would need the key in a file",
         observed="both refused before a request is sent: 'the PIN for token ... is wrong' (the "
         "PIN not echoed), and 'enrolls over CMP'; device memory unchanged; "
         + d.check_unchanged(before, unaudited_because="nothing reached the node"),
