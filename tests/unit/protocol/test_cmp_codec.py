@@ -349,20 +349,29 @@ def test_fail_arbitrary_bytes_raise_only_typed_errors(data: bytes) -> None:
         decode_message(data)
 
 
+EDITS = st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), min_size=1, max_size=4)
+CUTS = st.one_of(st.none(), st.integers(0, 10_000))
+
+
+def mutated_openssl_message(name: str, edits: list[tuple[int, int]], cut: int | None) -> bytes:
+    """openssl's message ``name`` with octets overwritten and maybe cut short."""
+    data = bytearray(openssl_messages()[1][name])
+    for position, value in edits:
+        data[position % len(data)] = value
+    return bytes(data[: cut % len(data)] if cut is not None else data)
+
+
 @pytest.mark.fuzz
 @FUZZ
 @given(
     name=st.sampled_from(["ir", "ip", "certConf", "kur", "rr", "genm", "p10cr", "refused-ip"]),
-    edits=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), min_size=1, max_size=4),
-    cut=st.one_of(st.none(), st.integers(0, 10_000)),
+    edits=EDITS,
+    cut=CUTS,
 )
 def test_fail_mutated_openssl_messages_raise_only_typed_errors(
     name: str, edits: list[tuple[int, int]], cut: int | None
 ) -> None:
-    data = bytearray(openssl_messages()[1][name])
-    for position, value in edits:
-        data[position % len(data)] = value
-    mutated = bytes(data[: cut % len(data)] if cut is not None else data)
+    mutated = mutated_openssl_message(name, edits, cut)
     try:
         message = decode_message(mutated)
     except CMPError:

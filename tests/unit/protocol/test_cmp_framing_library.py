@@ -23,7 +23,16 @@ from pyasn1.codec.der import decoder, encoder
 from pyasn1.error import PyAsn1Error
 from pyasn1.type import univ
 from pyasn1_alt_modules import rfc9480
-from tests.unit.protocol.test_cmp_codec import FUZZ, _bodies, _certs, _headers, openssl_messages
+from tests.unit.protocol.test_cmp_codec import (
+    CUTS,
+    EDITS,
+    FUZZ,
+    _bodies,
+    _certs,
+    _headers,
+    mutated_openssl_message,
+    openssl_messages,
+)
 
 from ztpki.protocol.cmp import CMPError, Header, decode_message, encode_message
 from ztpki.protocol.cmp import asn1 as cmp_asn1
@@ -94,16 +103,13 @@ def test_ok_the_codec_writes_minimal_integers_where_pyasn1_does_not() -> None:
 @FUZZ
 @given(
     name=st.sampled_from(sorted(openssl_messages()[1])),
-    edits=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), min_size=1, max_size=4),
-    cut=st.one_of(st.none(), st.integers(0, 10_000)),
+    edits=EDITS,
+    cut=CUTS,
 )
 def test_fail_nothing_the_library_refuses_is_accepted_by_the_hand_framing(
     name: str, edits: list[tuple[int, int]], cut: int | None
 ) -> None:
-    data = bytearray(openssl_messages()[1][name])
-    for position, value in edits:
-        data[position % len(data)] = value
-    mutated = bytes(data[: cut % len(data)] if cut is not None else data)
+    mutated = mutated_openssl_message(name, edits, cut)
     try:
         message = decode_message(mutated)
     except CMPError:
