@@ -3,6 +3,7 @@ label a secret is bound to."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -12,9 +13,9 @@ from cryptography.hazmat.primitives import hashes
 
 from ztpki.errors import ConfigurationError
 from ztpki.node.authentication import ClientIdentity, IdentityKind
-from ztpki.node.cmp_mac import MacKey, check_secret_label
+from ztpki.node.cmp_mac import MAC_BODIES, MacKey, authenticate_mac, check_secret_label
 from ztpki.node.cmp_secret_operations import read_shared_secret
-from ztpki.protocol.cmp import CMPNotAuthorized
+from ztpki.protocol.cmp import BadMessageCheck, BodyType, CMPNotAuthorized
 from ztpki.protocol.cmp.mac import MacParameters, MacScheme
 
 
@@ -67,3 +68,31 @@ def test_fail_secret_bound_to_another_label() -> None:
     check_secret_label(identity, default, replace(bound, bound_label=None))  # type: ignore[arg-type]
     with pytest.raises(CMPNotAuthorized, match="set for label meters"):
         check_secret_label(identity, default, bound)  # type: ignore[arg-type]
+
+
+class _NoRegister:
+    """A register nothing may reach: the refusals below come before any lookup."""
+
+    async def cmp_secret(self, device_id: str) -> object:
+        raise AssertionError(f"the register was asked for {device_id}'s secret")
+
+
+@pytest.mark.parametrize("body_type", sorted(set(BodyType) - MAC_BODIES, key=lambda b: b.value))
+def test_fail_only_an_enrollment_may_be_mac_protected(body_type: BodyType) -> None:
+    """kur, rr, genm (and every answer type) need the device's signature: refused before
+    the register is asked for a secret, so nothing is looked up or changed."""
+    label = SimpleNamespace(name="meters", config=SimpleNamespace(cmp_mac_protection=True))
+    message = SimpleNamespace(body=SimpleNamespace(type=body_type))
+    with pytest.raises(BadMessageCheck, match="must be signed with the device's certificate"):
+        asyncio.run(
+            authenticate_mac(_NoRegister(), message, label, tls_certificate=False)  # type: ignore[arg-type]
+        )
+
+
+def test_fail_mac_protection_off_for_the_label_even_for_an_ir() -> None:
+    label = SimpleNamespace(name="default", config=SimpleNamespace(cmp_mac_protection=False))
+    message = SimpleNamespace(body=SimpleNamespace(type=BodyType.IR))
+    with pytest.raises(BadMessageCheck, match="not enabled for label default"):
+        asyncio.run(
+            authenticate_mac(_NoRegister(), message, label, tls_certificate=False)  # type: ignore[arg-type]
+        )
