@@ -52,6 +52,8 @@ _UNSTABLE = (
     (re.compile(r"\b[0-9a-f]{24,64}\b"), "<hex>"),
     (re.compile(r"127\.0\.0\.1:\d+"), "127.0.0.1:PORT"),
     (re.compile(r"/\S*/ztpki-attacks-[A-Za-z0-9_]+"), "DIR"),
+    # A test's own tmp_path, to the end of the path (names under it may carry hashes too).
+    (re.compile(r"/\S*?/pytest-of-[^/\s]+/pytest-\d+/[^\s():,;]*"), "DIR"),
     (re.compile(r"\b(rogue|ctl|during-[a-z]+)-\d+\b"), r"\1-N"),
     # Names a case makes fresh each run (clients, devices, directories), times and sizes.
     (re.compile(r"\b(ent-\d+|node-y|legacy|tmpnames|planted)-[0-9a-f]{6,8}\b"), r"\1-N"),
